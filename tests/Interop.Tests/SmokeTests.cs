@@ -1,0 +1,1 @@
+namespace ReaLNative.Interop.Tests;

@@ -1,0 +1,1 @@
+namespace ReaLNative.Planner.Tests;
