@@ -1,0 +1,363 @@
+/*
+ * realn.h — the ONLY public header of librealn, the native half of ReaLNative.
+ *
+ * One C ABI over several backends (CPU always, CUDA where built). Conventions (see DESIGN.md):
+ *  - every call that can fail returns realn_status (0 ok, negative error) and writes outputs
+ *    through pointers; realn_last_error() holds the calling thread's detail message;
+ *  - sizes, counts and offsets are int64_t; no long, no size_t; no exit/abort anywhere;
+ *  - every op and copy takes a realn_stream_t, which selects the backend and device (the CPU
+ *    backend executes synchronously on the calling thread with its OpenMP pool);
+ *  - tensors are raw pointers in the stream's memory space, row-major, contiguous unless a
+ *    leading dimension is given; activations carry a realn_dtype (CPU backend: F32 only);
+ *  - option structs start with int32_t size; int32_t version; and are initialised by a
+ *    REALN_*_OPTS_INIT macro so a caller built against an older header stays valid.
+ */
+#ifndef REALN_H
+#define REALN_H
+
+#include <stdint.h>
+
+#if defined(_WIN32)
+#define REALN_API __declspec(dllexport)
+#else
+#define REALN_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define REALN_VERSION_MAJOR 0
+#define REALN_VERSION_MINOR 1
+#define REALN_VERSION_PATCH 0
+
+/* ---------------------------------------------------------------------------------------------
+ * Status and errors
+ * ------------------------------------------------------------------------------------------- */
+typedef int32_t realn_status;
+enum {
+    REALN_OK = 0,
+    REALN_ERR_INVALID_ARGUMENT = -1, /* a null pointer, negative size, bad enum value ...       */
+    REALN_ERR_OUT_OF_MEMORY = -2,    /* host or device allocation failed                        */
+    REALN_ERR_UNSUPPORTED = -3,      /* the backend lacks this op or dtype                      */
+    REALN_ERR_BACKEND = -4,          /* the backend (CUDA, BLAS ...) reported a failure         */
+    REALN_ERR_NOT_FOUND = -5,        /* a backend, device or named item does not exist          */
+    REALN_ERR_INTERNAL = -6,         /* a bug: an unexpected C++ exception                      */
+    REALN_ERR_NUMERIC = -7           /* non-finite values where finite ones are required        */
+};
+
+/* Detail message of the last failed call on this thread ("" if none). Valid until the next
+ * failing call on the same thread. Never NULL. */
+REALN_API const char* realn_last_error(void);
+/* Static name of a status code ("REALN_ERR_INVALID_ARGUMENT"). Never NULL. */
+REALN_API const char* realn_status_string(realn_status status);
+REALN_API realn_status realn_version(int32_t* major, int32_t* minor, int32_t* patch);
+/* Human-readable build description: backends compiled in, BLAS, OpenMP threads. */
+REALN_API const char* realn_build_info(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Backends, threads, streams
+ * ------------------------------------------------------------------------------------------- */
+typedef enum realn_backend_kind {
+    REALN_BACKEND_CPU = 0,
+    REALN_BACKEND_CUDA = 1
+} realn_backend_kind;
+
+typedef enum realn_dtype {
+    REALN_DTYPE_F32 = 0,
+    REALN_DTYPE_BF16 = 1,
+    REALN_DTYPE_F16 = 2
+} realn_dtype;
+
+/* *available = 1 if the backend is compiled in and has at least one device. */
+REALN_API realn_status realn_backend_available(int32_t backend, int32_t* available);
+REALN_API realn_status realn_backend_device_count(int32_t backend, int32_t* count);
+/* Threads used by the CPU backend (OpenMP and BLAS). n <= 0 restores the default. */
+REALN_API realn_status realn_set_num_threads(int32_t n);
+REALN_API realn_status realn_get_num_threads(int32_t* n);
+
+typedef struct realn_stream* realn_stream_t;
+REALN_API realn_status realn_stream_create(int32_t backend, int32_t device, realn_stream_t* out);
+REALN_API realn_status realn_stream_synchronize(realn_stream_t stream);
+REALN_API realn_status realn_stream_backend(realn_stream_t stream, int32_t* backend);
+REALN_API realn_status realn_stream_destroy(realn_stream_t stream);
+
+/* ---------------------------------------------------------------------------------------------
+ * Memory
+ * ------------------------------------------------------------------------------------------- */
+enum {
+    REALN_HOST_PREFAULT = 1, /* touch every page once now (first touch is slow on these hosts) */
+    REALN_HOST_PINNED = 2,   /* page-lock (mlock / cudaHostRegister where possible)           */
+    REALN_HOST_HUGEPAGE = 4  /* advise transparent huge pages                                 */
+};
+/* Page-aligned host memory (2 MiB aligned when at least 2 MiB). Flags as above. */
+REALN_API realn_status realn_host_alloc(int64_t bytes, int32_t flags, void** out);
+REALN_API realn_status realn_host_free(void* ptr);
+
+/* Backend memory owned by a handle (host memory for the CPU backend, device memory for CUDA). */
+typedef struct realn_buf* realn_buf_t;
+REALN_API realn_status realn_buf_alloc(realn_stream_t stream, int64_t bytes, realn_buf_t* out);
+REALN_API realn_status realn_buf_ptr(realn_buf_t buf, void** out);
+REALN_API realn_status realn_buf_size(realn_buf_t buf, int64_t* out);
+REALN_API realn_status realn_buf_free(realn_buf_t buf);
+
+/* Copies. kind: 0 = same memory space as the stream (device-to-device), 1 = host-to-device,
+ * 2 = device-to-host. On the CPU backend all three are memcpy. */
+enum { REALN_COPY_D2D = 0, REALN_COPY_H2D = 1, REALN_COPY_D2H = 2 };
+REALN_API realn_status realn_copy(realn_stream_t stream, void* dst, const void* src, int64_t bytes,
+                                  int32_t kind);
+REALN_API realn_status realn_fill_f32(realn_stream_t stream, float* dst, int64_t n, float value);
+
+/* ---------------------------------------------------------------------------------------------
+ * Reallocation primitives: many [offset, offset+length) byte intervals between a flat buffer
+ * and a packed staging buffer, in order.
+ * gather:  staging = concat(flat[off_i : off_i + len_i] for i)
+ * scatter: flat[off_i : off_i + len_i] = staging[sum(len_<i) : ...] for i
+ * Intervals must not overlap on the flat side for scatter. offsets/lengths live in HOST memory.
+ * ------------------------------------------------------------------------------------------- */
+REALN_API realn_status realn_interval_gather(realn_stream_t stream, void* staging, const void* flat,
+                                             const int64_t* offsets, const int64_t* lengths,
+                                             int64_t count);
+REALN_API realn_status realn_interval_scatter(realn_stream_t stream, void* flat, const void* staging,
+                                              const int64_t* offsets, const int64_t* lengths,
+                                              int64_t count);
+/* 64-bit FNV-1a-style hash of bytes, for bit-exactness checks (deterministic, any backend). */
+REALN_API realn_status realn_hash_bytes(realn_stream_t stream, const void* data, int64_t bytes,
+                                        uint64_t* out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Dense linear algebra
+ * ------------------------------------------------------------------------------------------- */
+/* Strided-batched row-major GEMM: C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b],
+ * op(A) is M x K, op(B) is K x N, C is M x N. trans_a/trans_b: 0 or 1. lda/ldb/ldc are row
+ * strides in elements of the stored (untransposed) matrices; stride_* are batch strides in
+ * elements (ignored when batch == 1). */
+REALN_API realn_status realn_op_gemm(realn_stream_t stream, int32_t dtype, int32_t trans_a,
+                                     int32_t trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                                     const void* a, int64_t lda, int64_t stride_a, const void* b,
+                                     int64_t ldb, int64_t stride_b, float beta, void* c, int64_t ldc,
+                                     int64_t stride_c, int64_t batch);
+
+/* Linear layer, weight in [out, in] layout (Hugging Face / PyTorch): y = x @ W^T + bias.
+ * x: [rows, in], w: [out, in], bias: [out] or NULL, y: [rows, out]. */
+REALN_API realn_status realn_op_linear_fwd(realn_stream_t stream, int32_t dtype, const void* x,
+                                           const void* w, const void* bias, void* y, int64_t rows,
+                                           int64_t in_features, int64_t out_features);
+/* Backward: dx = dy @ W (overwritten, or accumulated if accumulate & 1); dw += dy^T @ x;
+ * dbias += sum_rows(dy). Any of dx, dw, dbias may be NULL to skip it. dw/dbias always
+ * ACCUMULATE (zero them before the first micro-batch). */
+enum { REALN_ACCUMULATE_DX = 1 };
+REALN_API realn_status realn_op_linear_bwd(realn_stream_t stream, int32_t dtype, const void* x,
+                                           const void* w, const void* dy, void* dx, void* dw,
+                                           void* dbias, int64_t rows, int64_t in_features,
+                                           int64_t out_features, int32_t flags);
+
+/* ---------------------------------------------------------------------------------------------
+ * Elementwise helpers
+ * ------------------------------------------------------------------------------------------- */
+/* y = alpha * x + beta * y, n elements (dtype of x and y). */
+REALN_API realn_status realn_op_axpby(realn_stream_t stream, int32_t dtype, int64_t n, float alpha,
+                                      const void* x, float beta, void* y);
+/* out = a + b, n elements; out may alias a or b. */
+REALN_API realn_status realn_op_add(realn_stream_t stream, int32_t dtype, int64_t n, const void* a,
+                                    const void* b, void* out);
+/* *out = sum(x_i^2) accumulated in double, fp32 input. */
+REALN_API realn_status realn_op_sumsq(realn_stream_t stream, const float* x, int64_t n, double* out);
+/* x *= alpha, fp32. */
+REALN_API realn_status realn_op_scale(realn_stream_t stream, float* x, int64_t n, float alpha);
+/* Counts non-finite values (NaN, +-Inf) in fp32 x. */
+REALN_API realn_status realn_op_count_nonfinite(realn_stream_t stream, const float* x, int64_t n,
+                                                int64_t* out);
+/* Converts between dtypes (F32 <-> BF16, F32 <-> F16); same dtype is a copy. */
+REALN_API realn_status realn_op_convert(realn_stream_t stream, int32_t dst_dtype, void* dst,
+                                        int32_t src_dtype, const void* src, int64_t n);
+
+/* ---------------------------------------------------------------------------------------------
+ * Transformer layers (fp32 on the CPU backend)
+ * ------------------------------------------------------------------------------------------- */
+/* Embedding (vocab-parallel aware): out[t] = table[ids[t] - vocab_start] if vocab_start <= ids[t]
+ * < vocab_start + vocab, else zeros. ids: int32 [n]; table: [vocab, hidden]; out: [n, hidden]. */
+REALN_API realn_status realn_op_embedding_fwd(realn_stream_t stream, int32_t dtype,
+                                              const int32_t* ids, int64_t n, const void* table,
+                                              int64_t vocab, int64_t hidden, int64_t vocab_start,
+                                              void* out);
+/* dtable[ids[t] - vocab_start] += dout[t] for in-range ids (accumulates; deterministic). */
+REALN_API realn_status realn_op_embedding_bwd(realn_stream_t stream, int32_t dtype,
+                                              const int32_t* ids, int64_t n, const void* dout,
+                                              int64_t vocab, int64_t hidden, int64_t vocab_start,
+                                              void* dtable);
+
+/* RMSNorm: y = x * rstd * w, rstd = 1/sqrt(mean(x^2) + eps). x,y: [rows, dim]; w: [dim];
+ * rstd: float [rows] (saved for backward; may be NULL in inference). */
+REALN_API realn_status realn_op_rmsnorm_fwd(realn_stream_t stream, int32_t dtype, const void* x,
+                                            const void* w, void* y, float* rstd, int64_t rows,
+                                            int64_t dim, float eps);
+/* dx overwritten; dw accumulated. rstd from the forward. */
+REALN_API realn_status realn_op_rmsnorm_bwd(realn_stream_t stream, int32_t dtype, const void* x,
+                                            const void* w, const float* rstd, const void* dy,
+                                            void* dx, void* dw, int64_t rows, int64_t dim);
+
+/* Rotary position embedding, Hugging Face LLaMA convention (rotate_half: element i pairs with
+ * i + rot_dim/2 within the first rot_dim dims of each head; freq_i = theta^(-2i/rot_dim)).
+ * x, y: [tokens, heads, head_dim] (y may alias x); positions: int32 [tokens] (per packed token).
+ * Backward applies the inverse rotation to the gradient (same signature, dy -> dx). */
+REALN_API realn_status realn_op_rotary_fwd(realn_stream_t stream, int32_t dtype, const void* x,
+                                           const int32_t* positions, void* y, int64_t tokens,
+                                           int64_t heads, int64_t head_dim, int64_t rot_dim,
+                                           float theta);
+REALN_API realn_status realn_op_rotary_bwd(realn_stream_t stream, int32_t dtype, const void* dy,
+                                           const int32_t* positions, void* dx, int64_t tokens,
+                                           int64_t heads, int64_t head_dim, int64_t rot_dim,
+                                           float theta);
+
+/* SwiGLU: out = silu(gate) * up over rows x cols. gate/up/out rows are ld_in / ld_in / ld_out
+ * elements apart (so a fused [rows, 2*cols] gate|up projection can be read in place). */
+REALN_API realn_status realn_op_swiglu_fwd(realn_stream_t stream, int32_t dtype, const void* gate,
+                                           const void* up, int64_t ld_in, void* out, int64_t ld_out,
+                                           int64_t rows, int64_t cols);
+/* dgate, dup overwritten (same ld_in layout as the forward inputs). */
+REALN_API realn_status realn_op_swiglu_bwd(realn_stream_t stream, int32_t dtype, const void* gate,
+                                           const void* up, int64_t ld_in, const void* dout,
+                                           int64_t ld_out, void* dgate, void* dup, int64_t rows,
+                                           int64_t cols);
+
+/* Causal self-attention over PACKED variable-length sequences (no padding).
+ * q: [T, hq, d], k, v: [T, hkv, d] (grouped-query: head h reads kv head h / (hq/hkv)),
+ * cu_seqlens: int32 [nseq + 1] prefix sums (cu_seqlens[0] = 0, cu_seqlens[nseq] = T), in HOST
+ * memory for the CPU backend. out: [T, hq, d]; lse: float [T, hq] log-sum-exp of the scaled
+ * scores per query row (saved for backward). scale is usually 1/sqrt(d). */
+REALN_API realn_status realn_op_attention_fwd(realn_stream_t stream, int32_t dtype, const void* q,
+                                              const void* k, const void* v,
+                                              const int32_t* cu_seqlens, int64_t nseq,
+                                              int64_t total_tokens, int64_t hq, int64_t hkv,
+                                              int64_t head_dim, float scale, void* out, float* lse);
+/* dq, dk, dv overwritten. */
+REALN_API realn_status realn_op_attention_bwd(realn_stream_t stream, int32_t dtype, const void* q,
+                                              const void* k, const void* v, const void* out,
+                                              const float* lse, const void* dout,
+                                              const int32_t* cu_seqlens, int64_t nseq,
+                                              int64_t total_tokens, int64_t hq, int64_t hkv,
+                                              int64_t head_dim, float scale, void* dq, void* dk,
+                                              void* dv);
+
+/* KV cache: kcache, vcache: [slots, max_len, hkv, d]. Store T new rows: token t goes to slot
+ * slots[t], position positions[t] (int32 arrays of length T; prefill and decode alike). */
+REALN_API realn_status realn_op_kv_store(realn_stream_t stream, int32_t dtype, const void* k,
+                                         const void* v, const int32_t* slots,
+                                         const int32_t* positions, int64_t tokens, void* kcache,
+                                         void* vcache, int64_t num_slots, int64_t max_len,
+                                         int64_t hkv, int64_t head_dim);
+/* Decode attention: one query token per sequence b (q: [B, hq, d]) attends to cache positions
+ * [0, lens[b]) of slot slots[b] (the current token must already be stored). out: [B, hq, d]. */
+REALN_API realn_status realn_op_attention_decode(realn_stream_t stream, int32_t dtype, const void* q,
+                                                 const void* kcache, const void* vcache,
+                                                 const int32_t* slots, const int32_t* lens,
+                                                 int64_t batch, int64_t num_slots, int64_t max_len,
+                                                 int64_t hq, int64_t hkv, int64_t head_dim,
+                                                 float scale, void* out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Log-probabilities, entropy, cross-entropy
+ * ------------------------------------------------------------------------------------------- */
+/* Per-row token log-probability under softmax(logits / temperature), optionally restricted to
+ * the allowed tokens of mask (uint8 [rows, vocab], 1 = allowed; NULL = all allowed):
+ *   logp[r] = z[r, labels[r]] - lse[r],  z = logits / temperature (masked-out -> -inf),
+ *   entropy[r] = -sum_j p_j log p_j  (NULL to skip), lse[r] saved for backward.
+ * logits: [rows, vocab] in dtype; logp, entropy, lse: float [rows]; labels: int32 [rows].
+ * A masked-out label yields logp = -inf (the caller's contract is that labels are allowed). */
+REALN_API realn_status realn_op_logprobs_fwd(realn_stream_t stream, int32_t dtype, const void* logits,
+                                             const int32_t* labels, const uint8_t* mask, int64_t rows,
+                                             int64_t vocab, float temperature, float* logp,
+                                             float* entropy, float* lse);
+/* dlogits = d(logp)/d(logits) * dlogp + d(entropy)/d(logits) * dentropy (dentropy may be NULL).
+ * dlogits overwritten (dtype). */
+REALN_API realn_status realn_op_logprobs_bwd(realn_stream_t stream, int32_t dtype, const void* logits,
+                                             const int32_t* labels, const uint8_t* mask, int64_t rows,
+                                             int64_t vocab, float temperature, const float* lse,
+                                             const float* dlogp, const float* dentropy,
+                                             void* dlogits);
+/* Cross-entropy with ignore_index: loss[r] = lse[r] - logits[r, labels[r]] (0 where labels[r] ==
+ * ignore_index). *mean_loss = mean over non-ignored rows (0 if none). loss, lse: float [rows]. */
+REALN_API realn_status realn_op_cross_entropy_fwd(realn_stream_t stream, int32_t dtype,
+                                                  const void* logits, const int32_t* labels,
+                                                  int64_t rows, int64_t vocab, int32_t ignore_index,
+                                                  float* loss, float* lse, double* mean_loss);
+/* dlogits = (softmax - onehot) * grad_scale for non-ignored rows, 0 for ignored rows
+ * (grad_scale is typically 1/num_non_ignored). Overwrites dlogits. */
+REALN_API realn_status realn_op_cross_entropy_bwd(realn_stream_t stream, int32_t dtype,
+                                                  const void* logits, const int32_t* labels,
+                                                  int64_t rows, int64_t vocab, int32_t ignore_index,
+                                                  const float* lse, float grad_scale, void* dlogits);
+
+/* ---------------------------------------------------------------------------------------------
+ * Optimizer
+ * ------------------------------------------------------------------------------------------- */
+typedef struct realn_adamw_opts {
+    int32_t size;    /* sizeof(realn_adamw_opts) */
+    int32_t version; /* 1 */
+    float lr;
+    float beta1;
+    float beta2;
+    float eps;
+    float weight_decay; /* decoupled: p -= lr * wd * p */
+    float grad_scale;   /* grads are multiplied by this first (clipping, loss scaling) */
+    int64_t step;       /* 1-based step number, for bias correction */
+} realn_adamw_opts;
+#define REALN_ADAMW_OPTS_INIT \
+    { (int32_t)sizeof(realn_adamw_opts), 1, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, 1 }
+/* fp32 params, grads, m, v: n elements each. Bias-corrected AdamW:
+ *   g = grad * grad_scale; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+ *   p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) + lr * wd * p */
+REALN_API realn_status realn_op_adamw(realn_stream_t stream, const realn_adamw_opts* opts, float* param,
+                                      const float* grad, float* m, float* v, int64_t n);
+
+/* ---------------------------------------------------------------------------------------------
+ * Sampling
+ * ------------------------------------------------------------------------------------------- */
+typedef struct realn_sample_opts {
+    int32_t size;      /* sizeof(realn_sample_opts) */
+    int32_t version;   /* 1 */
+    float temperature; /* 0 => greedy (argmax, lowest index on ties) */
+    int32_t top_k;     /* 0 => disabled */
+    float top_p;       /* 1 => disabled */
+    int32_t reserved;
+    uint64_t seed;     /* with offset, the random stream is a pure function of (seed, offset, row) */
+    uint64_t offset;   /* e.g. the decode step, so each step draws fresh numbers */
+} realn_sample_opts;
+#define REALN_SAMPLE_OPTS_INIT \
+    { (int32_t)sizeof(realn_sample_opts), 1, 1.0f, 0, 1.0f, 0, 0ull, 0ull }
+/* logits: [rows, vocab] (dtype). tokens: int32 [rows] out. mask_out: uint8 [rows, vocab] or
+ * NULL: 1 where the token survived top-k/top-p filtering (the mask training must reuse).
+ * logp_out: float [rows] or NULL: log-prob of the chosen token under the filtered,
+ * temperature-scaled distribution (greedy: under softmax(logits)). */
+REALN_API realn_status realn_op_sample(realn_stream_t stream, int32_t dtype, const void* logits,
+                                       int64_t rows, int64_t vocab, const realn_sample_opts* opts,
+                                       int32_t* tokens, uint8_t* mask_out, float* logp_out);
+
+/* ---------------------------------------------------------------------------------------------
+ * RL: generalised advantage estimation over packed sequences
+ * ------------------------------------------------------------------------------------------- */
+/* rewards: float [T] (T = cu_seqlens[nseq]), one per action step; values: float [T + nseq]: the
+ * value of each step plus one bootstrap value after each sequence (0 for terminated sequences),
+ * i.e. sequence i's values start at cu_seqlens[i] + i. advantages, returns: float [T].
+ *   delta_t = r_t + gamma V_{t+1} - V_t;  A_t = delta_t + gamma lambda A_{t+1};  R_t = A_t + V_t */
+REALN_API realn_status realn_op_gae(realn_stream_t stream, const float* rewards, const float* values,
+                                    const int32_t* cu_seqlens, int64_t nseq, float gamma,
+                                    float lambda, float* advantages, float* returns);
+
+/* ---------------------------------------------------------------------------------------------
+ * Self-test: the op case list (the same one ctest uses) run on a backend against the float64
+ * reference (and, for non-CPU backends, against the CPU backend). Builds a JSON document
+ *   {"backend": "cpu", "ops": [{"name": ..., "shape": ..., "max_rel_err": ..., "tol": ...,
+ *    "passed": true}, ...]}
+ * and returns it through *json (thread-local storage, valid until the next selftest call on the
+ * same thread). filter: substring of case names, or NULL for all. A failed case is reported in
+ * the JSON, not as a status; the status is non-OK only when the run itself cannot happen
+ * (backend missing). */
+REALN_API realn_status realn_selftest_run(int32_t backend, const char* filter, const char** json);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* REALN_H */

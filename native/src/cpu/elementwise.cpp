@@ -1,0 +1,108 @@
+// Elementwise helpers the engine composes layers from (residual adds, gradient clipping,
+// global norms, dtype conversion). Reductions accumulate in double and are deterministic:
+// fixed static partition, partial sums combined in thread order.
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "cpu_ops.hpp"
+#include "parallel.hpp"
+
+namespace realn::cpu {
+namespace {
+constexpr int64_t kPar = 1 << 15;
+
+// Deterministic parallel sum: per-thread partials over fixed ranges, combined in order.
+template <typename F>
+double det_sum(int64_t n, F term) {
+    const int nt = n > kPar ? omp_get_max_threads() : 1;
+    std::vector<double> part(static_cast<size_t>(nt), 0.0);
+#pragma omp parallel num_threads(nt)
+    {
+        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int64_t chunk = (n + T - 1) / T;
+        const int64_t lo = std::min(n, t * chunk), hi = std::min(n, lo + chunk);
+        double acc = 0.0;
+        for (int64_t i = lo; i < hi; ++i) acc += term(i);
+        part[t] = acc;
+    }
+    double s = 0.0;
+    for (double p : part) s += p;
+    return s;
+}
+
+inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // NaN
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    return static_cast<uint16_t>(u >> 16);
+}
+inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+}  // namespace
+
+void axpby(realn_stream_t, int32_t, int64_t n, float alpha, const void* x, float beta, void* y) {
+    const auto* X = static_cast<const float*>(x);
+    auto* Y = static_cast<float*>(y);
+#pragma omp parallel for simd schedule(static) if (n > kPar)
+    for (int64_t i = 0; i < n; ++i) Y[i] = alpha * X[i] + beta * Y[i];
+}
+
+void add(realn_stream_t, int32_t, int64_t n, const void* a, const void* b, void* out) {
+    const auto* A = static_cast<const float*>(a);
+    const auto* B = static_cast<const float*>(b);
+    auto* O = static_cast<float*>(out);
+#pragma omp parallel for simd schedule(static) if (n > kPar)
+    for (int64_t i = 0; i < n; ++i) O[i] = A[i] + B[i];
+}
+
+double sumsq(realn_stream_t, const float* x, int64_t n) {
+    return det_sum(n, [x](int64_t i) { return double(x[i]) * double(x[i]); });
+}
+
+void scale(realn_stream_t, float* x, int64_t n, float alpha) {
+#pragma omp parallel for simd schedule(static) if (n > kPar)
+    for (int64_t i = 0; i < n; ++i) x[i] *= alpha;
+}
+
+int64_t count_nonfinite(realn_stream_t, const float* x, int64_t n) {
+    int64_t c = 0;
+#pragma omp parallel for reduction(+ : c) schedule(static) if (n > kPar)
+    for (int64_t i = 0; i < n; ++i) c += std::isfinite(x[i]) ? 0 : 1;
+    return c;
+}
+
+void convert(realn_stream_t, int32_t dst_dtype, void* dst, int32_t src_dtype, const void* src,
+             int64_t n) {
+    if (dst_dtype == src_dtype) {
+        const int64_t es = dst_dtype == REALN_DTYPE_F32 ? 4 : 2;
+        parallel_memcpy(dst, src, n * es);
+        return;
+    }
+    auto load = [&](int64_t i) -> float {
+        switch (src_dtype) {
+            case REALN_DTYPE_F32: return static_cast<const float*>(src)[i];
+            case REALN_DTYPE_BF16: return bf16_to_f32(static_cast<const uint16_t*>(src)[i]);
+            default: return static_cast<float>(static_cast<const _Float16*>(src)[i]);
+        }
+    };
+#pragma omp parallel for schedule(static) if (n > kPar)
+    for (int64_t i = 0; i < n; ++i) {
+        const float f = load(i);
+        switch (dst_dtype) {
+            case REALN_DTYPE_F32: static_cast<float*>(dst)[i] = f; break;
+            case REALN_DTYPE_BF16: static_cast<uint16_t*>(dst)[i] = f32_to_bf16(f); break;
+            default: static_cast<_Float16*>(dst)[i] = static_cast<_Float16>(f); break;
+        }
+    }
+}
+
+}  // namespace realn::cpu
