@@ -1,1 +1,11 @@
-return 0;
+// realn: the command-line front of ReaLNative. Each command lives in Commands/*.cs and exposes
+// Create(); this file only assembles them. Exit codes: 0 ok, 1 failure of the work itself
+// (a test failed, a run diverged), 2 bad input (config, plan, arguments, missing backend).
+using System.CommandLine;
+using ReaLNative.Cli;
+using ReaLNative.Cli.Commands;
+
+var root = new RootCommand("ReaLNative: RLHF training with parameter reallocation");
+root.Subcommands.Add(SelfTestCommand.Create());
+root.Subcommands.Add(BenchCommand.Create());
+return await CliRunner.InvokeAsync(root, args);

@@ -1,0 +1,16 @@
+// `realn bench <what>`: quick in-process benchmarks that print a ratio to a reference measured
+// in the same run (the machine is shared and noisy). The BenchmarkDotNet suites in bench/ hold
+// the statistically careful versions of the kernel cases.
+using System.CommandLine;
+
+namespace ReaLNative.Cli.Commands;
+
+public static class BenchCommand
+{
+    public static Command Create()
+    {
+        var cmd = new Command("bench", "Benchmarks that report a ratio to a reference measured in the same run");
+        cmd.Subcommands.Add(BenchKernelsCommand.Create());
+        return cmd;
+    }
+}

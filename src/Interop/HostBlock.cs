@@ -1,0 +1,63 @@
+// Page-aligned host memory from realn_host_alloc: pre-faulted (fresh pages cost ~3-4 us each on
+// these machines, MACHINE.md), optionally page-locked and huge-page advised. Parameter buffers,
+// activation workspaces and reallocation staging all live in HostBlocks; short-lived ones come
+// from PinnedBufferPool so the fault cost is paid once per process.
+using System.Runtime.InteropServices;
+
+namespace ReaLNative.Interop;
+
+[Flags]
+public enum HostAllocFlags
+{
+    None = 0,
+    Prefault = 1,
+    Pinned = 2,
+    HugePage = 4,
+    Default = Prefault | HugePage,
+}
+
+public sealed unsafe class HostBlock : IDisposable
+{
+    private readonly HostMemoryHandle _handle;
+
+    public HostBlock(long bytes, HostAllocFlags flags = HostAllocFlags.Default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(bytes);
+        void* p;
+        Native.Check(Native.realn_host_alloc(bytes, (int)flags, &p));
+        _handle = new HostMemoryHandle((nint)p);
+        Bytes = bytes;
+    }
+
+    public long Bytes { get; }
+
+    public bool IsDisposed => _handle.IsClosed;
+
+    public void* Pointer
+    {
+        get
+        {
+            ObjectDisposedException.ThrowIf(_handle.IsClosed, this);
+            return (void*)_handle.DangerousGetHandle();
+        }
+    }
+
+    /// <summary>Typed view of the first <paramref name="count"/> elements (default: all that fit).</summary>
+    public Span<T> AsSpan<T>(long count = -1) where T : unmanaged
+    {
+        long max = Bytes / sizeof(T);
+        if (count < 0) count = max;
+        if (count > max || count > int.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(count), $"{count} elements of {typeof(T).Name} exceed the block ({Bytes} bytes) or a span's int range");
+        return new Span<T>(Pointer, (int)count);
+    }
+
+    public void Dispose() => _handle.Dispose();
+
+    private sealed class HostMemoryHandle : SafeHandle
+    {
+        public HostMemoryHandle(nint p) : base(0, ownsHandle: true) => SetHandle(p);
+        public override bool IsInvalid => handle == 0;
+        protected override bool ReleaseHandle() => Native.realn_host_free((void*)handle) == 0;
+    }
+}
