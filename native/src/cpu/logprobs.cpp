@@ -1,6 +1,6 @@
 // Token log-probabilities under softmax(logits / temperature), optionally restricted to a mask of
 // allowed tokens (top-k/top-p survivors from sampling), with the entropy of that distribution.
-// Parallel over rows; per row: a max pass, then one exp pass accumulating in double (the row is
+// Parallel over rows; per row: a max pass, then one exp pass (the row is
 // still in L2), so the logits stream from memory once. Backward is one pass when only dlogp is
 // needed, two when the entropy gradient needs H first (the first pass parks p in dlogits).
 //   z = x / T; p = softmax(z); logp = z[label] - lse; H = -sum p log p
@@ -70,15 +70,31 @@ void logprobs_bwd(realn_stream_t, int32_t, const void* logits, const int32_t* la
                 for (int64_t j = 0; j < vocab; ++j) g[j] = -a * simd_expf(x[j] * inv_t - l);
             }
         } else {
-            // Pass 1: p into g, H = -sum p log p (double).
+            // Pass 1: p into g, H = -sum p log p (float per block, double across blocks).
             double h = 0.0;
-#pragma omp simd reduction(+ : h)
-            for (int64_t j = 0; j < vocab; ++j) {
-                float d = x[j] * inv_t - l;
-                d = d > -100.0f ? d : -100.0f;
-                const float p = (!mk || mk[j]) ? simd_expf(d) : 0.0f;
-                g[j] = p;
-                h -= p * d;
+            for (int64_t blk = 0; blk < vocab; blk += kSumBlock) {
+                const int64_t e = vocab - blk < kSumBlock ? vocab : blk + kSumBlock;
+                float bh = 0.0f;
+                if (mk) {
+#pragma omp simd reduction(+ : bh)
+                    for (int64_t j = blk; j < e; ++j) {
+                        float d = x[j] * inv_t - l;
+                        d = d > -100.0f ? d : -100.0f;
+                        const float p = mk[j] ? simd_expf(d) : 0.0f;
+                        g[j] = p;
+                        bh -= p * d;
+                    }
+                } else {
+#pragma omp simd reduction(+ : bh)
+                    for (int64_t j = blk; j < e; ++j) {
+                        float d = x[j] * inv_t - l;
+                        d = d > -100.0f ? d : -100.0f;
+                        const float p = simd_expf(d);
+                        g[j] = p;
+                        bh -= p * d;
+                    }
+                }
+                h += bh;
             }
             const float hf = static_cast<float>(h);
             // Pass 2: g = -a p - b p (log p + H).

@@ -9,7 +9,6 @@ namespace realn::cpu {
 namespace {
 constexpr int64_t kPar = 1 << 14;
 
-#pragma omp declare simd notinbranch
 inline float sigmoid(float g) { return 1.0f / (1.0f + simd_expf(-g)); }
 }  // namespace
 
