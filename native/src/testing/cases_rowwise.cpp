@@ -64,12 +64,14 @@ Outcome embedding_bwd_case(Env& env, int64_t n, int64_t vocab, int64_t hidden, i
     Rng& r = env.rng();
     auto ids = embedding_ids(r, n, vocab, vs);
     auto table = r.uniform_vec(vocab * hidden), gout = r.uniform_vec(n * hidden);
-    auto dt0 = r.uniform_vec(vocab * hidden);  // accumulates into existing contents
+    // dtable accumulates into existing contents; a guard row after it must stay untouched.
+    auto dt0 = r.uniform_vec((vocab + 1) * hidden);
     float* dt = env.upload(dt0);
     Env::check(realn_op_embedding_bwd(env.stream(), REALN_DTYPE_F32, env.upload(ids), n,
                                       env.upload(gout), vocab, hidden, vs, dt));
     // loss = sum_t <fwd(table)[t], gout[t]>; d/d table[v, j] touches the tokens with id v.
-    Vec T = to_double(table), ref(vocab * hidden);
+    Vec T = to_double(table), ref((vocab + 1) * hidden);
+    for (int64_t j = 0; j < hidden; ++j) ref[vocab * hidden + j] = dt0[vocab * hidden + j];
     std::vector<std::vector<int64_t>> users(vocab);
     for (int64_t t = 0; t < n; ++t)
         if (ids[t] - vs >= 0 && ids[t] - vs < vocab) users[ids[t] - vs].push_back(t);
@@ -82,7 +84,7 @@ Outcome embedding_bwd_case(Env& env, int64_t n, int64_t vocab, int64_t hidden, i
                 return s;
             });
         }
-    return {rel_err(env.download(dt, vocab * hidden), ref), ""};
+    return {rel_err(env.download(dt, (vocab + 1) * hidden), ref), ""};
 }
 
 // ---------------------------------------------------------------- rmsnorm
@@ -373,10 +375,13 @@ std::vector<int64_t> fd_entries(Rng& r, int64_t rows, int64_t vocab, const std::
     return idx;
 }
 
+// masked_label: row 0's label is masked out; its logp is then the constant -inf minus lse, so its
+// gradient is that of -dlogp * lse (+ the entropy term): the reference differentiates exactly that.
 Outcome logprobs_bwd_case(Env& env, int64_t rows, int64_t vocab, float temp, bool masked,
-                          bool with_entropy) {
+                          bool with_entropy, bool masked_label) {
     Rng& r = env.rng();
     auto in = logprobs_inputs(r, rows, vocab, masked, 2.0f);
+    if (masked_label) in.mask[in.labels[0]] = 0;
     auto dlogp = r.uniform_vec(rows), dent = r.uniform_vec(rows);
     const uint8_t* mk = masked ? env.upload(in.mask) : nullptr;
     float* dl = env.upload(in.logits);
@@ -399,7 +404,8 @@ Outcome logprobs_bwd_case(Env& env, int64_t rows, int64_t vocab, float temp, boo
         got.push_back(g[idx]);
         ref.push_back(cdiff(X, idx, [&] {
             auto o = logprobs_row_ref(&X[i * vocab], m, in.labels[i], vocab, temp);
-            return dlogp[i] * o.logp + (with_entropy ? dent[i] * o.ent : 0.0);
+            const double lp = (masked_label && i == 0) ? -o.lse : o.logp;
+            return dlogp[i] * lp + (with_entropy ? dent[i] * o.ent : 0.0);
         }));
     }
     return {rel_err(got, ref), ""};
@@ -544,12 +550,12 @@ REALN_TEST_CASES {
                   kTolF32, [=](Env& e) { return logprobs_fwd_case(e, c.rows, c.vocab, c.temp, c.mask, c.ent, c.masked_label); }});
     }
     for (L c : {L{1, 1, 1.0f, false, true, false}, L{4, 50, 1.0f, false, false, false},
-                L{3, 64, 0.6f, true, true, false}, L{5, 200, 1.7f, false, true, false},
+                L{3, 64, 0.6f, true, true, false}, L{4, 90, 1.2f, true, true, true}, L{5, 200, 1.7f, false, true, false},
                 L{9, 4100, 0.8f, true, true, false}, L{2, 50304, 1.0f, false, false, false}}) {
         add_case({"logprobs_bwd",
                   concat_shape("rows=", c.rows, " vocab=", c.vocab, " T=", c.temp, c.mask ? " mask" : "",
-                               c.ent ? " entropy" : ""),
-                  kTolGrad, [=](Env& e) { return logprobs_bwd_case(e, c.rows, c.vocab, c.temp, c.mask, c.ent); }});
+                               c.ent ? " entropy" : "", c.masked_label ? " masked-label" : ""),
+                  kTolGrad, [=](Env& e) { return logprobs_bwd_case(e, c.rows, c.vocab, c.temp, c.mask, c.ent, c.masked_label); }});
     }
     // cross-entropy: (rows, vocab, ignore_index, ~1/k rows ignored; 0 = none, 1 = all).
     struct C { int64_t rows, vocab; int32_t ignore; int every; };
