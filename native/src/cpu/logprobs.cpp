@@ -8,6 +8,8 @@
 // Masked-out entries get p = 0 and zero gradient. A masked-out label gives logp = -inf (and only
 // the -p_j part of its gradient); a row with every token masked out gives lse = logp = -inf,
 // H = 0 and a zero gradient.
+// Measured (256 x 50304, 2 threads, best of 5, through the ABI, same run as a 51 MB memcpy of
+// 3.9 ms): fwd 3.2 ms (4.0 with T and entropy, 5.9 with a mask), bwd 2.4 ms (3.5 with entropy).
 #include <cmath>
 
 #include "cpu_ops.hpp"
