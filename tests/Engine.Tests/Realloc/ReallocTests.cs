@@ -4,48 +4,10 @@ using Xunit;
 
 namespace ReaLNative.Engine.Tests.Realloc;
 
-/// <summary>A LLaMA-shaped layout written independently of the engine's model code: column-parallel
-/// q/k/v/gate/up (dim 0), row-parallel o/down (dim 1), vocab-parallel embedding and head, replicated
-/// norms; pipeline stages split the L+2 units balanced by parameter count.</summary>
+/// <summary>Reference slicing of global tensors into shards, element by element, independent of
+/// the interval machinery under test.</summary>
 internal static class TestLayouts
 {
-    public static ShardLayoutFactory Llama(int layers, int hidden, int inter, int heads, int kvHeads, int vocab)
-    {
-        int hd = hidden / heads;
-        var units = new List<List<(string Name, long[] Shape, int Split)>>();
-        units.Add([("embed", [vocab, hidden], 0)]);
-        for (int l = 0; l < layers; l++)
-            units.Add([
-                ($"l{l}.in_norm", [hidden], -1),
-                ($"l{l}.q", [hidden, hidden], 0), ($"l{l}.k", [kvHeads * hd, hidden], 0), ($"l{l}.v", [kvHeads * hd, hidden], 0),
-                ($"l{l}.o", [hidden, hidden], 1), ($"l{l}.post_norm", [hidden], -1),
-                ($"l{l}.gate", [inter, hidden], 0), ($"l{l}.up", [inter, hidden], 0), ($"l{l}.down", [hidden, inter], 1)]);
-        units.Add([("norm", [hidden], -1), ("head", [vocab, hidden], 0)]);
-        long[] cost = units.Select(u => u.Sum(p => p.Shape.Aggregate(1L, (a, b) => a * b))).ToArray();
-        return (pp, ppRank, tp, tpRank) =>
-        {
-            // Stage s holds units whose cumulative midpoint falls in [s, s+1) * total / pp.
-            long total = cost.Sum(), acc = 0;
-            var views = new List<ShardView>();
-            long offset = 0;
-            for (int u = 0; u < units.Count; u++)
-            {
-                int stage = (int)Math.Min(pp - 1, (acc + cost[u] / 2) * pp / total);
-                acc += cost[u];
-                if (stage != ppRank) continue;
-                foreach (var (name, shape, split) in units[u])
-                {
-                    int sd = tp > 1 ? split : -1;
-                    long len = sd >= 0 ? shape[sd] / tp : 0, start = sd >= 0 ? len * tpRank : 0;
-                    var v = new ShardView(name, shape, sd, start, len, offset);
-                    views.Add(v);
-                    offset += v.LocalElements;
-                }
-            }
-            return new ShardLayout(views, offset);
-        };
-    }
-
     /// <summary>Reference slicing, element by element from the global tensors.</summary>
     public static float[] Shard(ShardLayout layout, IReadOnlyDictionary<string, float[]> global)
     {
@@ -71,7 +33,7 @@ internal static class TestLayouts
 
 public sealed class ReallocTests
 {
-    private static readonly ShardLayoutFactory Tiny = TestLayouts.Llama(layers: 3, hidden: 16, inter: 24, heads: 4, kvHeads: 2, vocab: 32);
+    private static readonly ShardLayoutFactory Tiny = LlamaShardLayouts.Factory(new LlamaShape(Layers: 3, Hidden: 32, Intermediate: 24, Heads: 8, KvHeads: 4, Vocab: 32));
 
     private static Dictionary<string, float[]> RandomParams(ShardLayoutFactory f, Random rng)
     {
@@ -209,7 +171,7 @@ public sealed class ReallocTests
             (pp, p, tp, m) => pp == 1 && tp == 1 && p == 0 ? Tiny(pp, p, tp, m) : other(pp, p, tp, m), 4, d => 0));
         Assert.Contains("needs parameter 'x' that no source shard holds", ex.Message);
         // Same names, disagreeing shapes.
-        ShardLayoutFactory wide = (pp, p, tp, m) => new ShardLayout([new ShardView("embed", [33, 16], -1, 0, 0, 0)], 33 * 16);
+        ShardLayoutFactory wide = (pp, p, tp, m) => new ShardLayout([new ShardView("model.embed_tokens.weight", [33, 32], -1, 0, 0, 0)], 33 * 32);
         ex = Assert.Throws<ArgumentException>(() => ReallocPlan.Build(new ParallelLayout([0], 1, 1, 1), new ParallelLayout([1, 2], 1, 1, 2),
             (pp, p, tp, m) => tp == 1 ? Tiny(pp, p, tp, m) : wide(pp, p, tp, m), 4, d => 0));
         Assert.Contains("shapes differ", ex.Message);
