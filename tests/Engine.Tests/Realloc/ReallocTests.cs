@@ -177,3 +177,34 @@ public sealed class ReallocTests
         Assert.Contains("shapes differ", ex.Message);
     }
 }
+
+public sealed class ReallocScheduleTests
+{
+    [Fact]
+    public void EveryRemoteStepIsSentAndReceivedExactlyOncePerDestination()
+    {
+        var f = LlamaShardLayouts.Factory(new LlamaShape(4, 32, 48, 8, 4, 64));
+        var rng = new Random(3);
+        for (int t = 0; t < 30; t++)
+        {
+            int pp = rng.Next(1, 3), dp = rng.Next(1, 3), tp = 1 << rng.Next(0, 2);
+            var a = new ParallelLayout(Enumerable.Range(0, 8).OrderBy(_ => rng.Next()).Take(pp * dp * tp).ToArray(), pp, dp, tp);
+            pp = rng.Next(1, 3); dp = rng.Next(1, 3); tp = 1 << rng.Next(0, 3);
+            if (pp * dp * tp > 8) dp = 1;
+            var b = new ParallelLayout(Enumerable.Range(0, 8).OrderBy(_ => rng.Next()).Take(pp * dp * tp).ToArray(), pp, dp, tp);
+            var plan = ReallocPlan.Build(a, b, f, 4, d => d / 4);
+            var schedules = Enumerable.Range(0, 8).Select(d => ReallocSchedule.ForDevice(plan, d)).ToList();
+            var sent = schedules.SelectMany(s => s.Sends.Select(x => (x.Tag, From: s.Device, To: x.Peer))).OrderBy(x => x).ToList();
+            var recv = schedules.SelectMany(s => s.Receives.Select(x => (x.Tag, From: x.Peer, To: s.Device))).OrderBy(x => x).ToList();
+            Assert.Equal(sent, recv);
+            Assert.Equal(plan.RemoteBytes, schedules.Sum(s => s.Receives.Sum(r => r.Step.Bytes)));
+            Assert.Equal(plan.LocalBytes, schedules.Sum(s => s.LocalCopies.Sum(r => r.Bytes)));
+            // Destination byte intervals of a step tile exactly its bytes.
+            foreach (var step in plan.Steps)
+            {
+                var (_, lens) = ReallocSchedule.ByteIntervals(step, 4, source: false);
+                Assert.Equal(step.Bytes, lens.Sum());
+            }
+        }
+    }
+}
