@@ -51,6 +51,32 @@ public sealed class ThroughputColumn : IColumn
     }
 }
 
+/// <summary>Throughput relative to the suite's baseline (reference time / candidate time, same
+/// work), i.e. the figure the goals are stated in; BenchmarkDotNet's own Ratio is the inverse.</summary>
+public sealed class SpeedRatioColumn : IColumn
+{
+    public string Id => nameof(SpeedRatioColumn);
+    public string ColumnName => "vs ref";
+    public bool AlwaysShow => true;
+    public ColumnCategory Category => ColumnCategory.Custom;
+    public int PriorityInCategory => 1;
+    public bool IsNumeric => true;
+    public UnitType UnitType => UnitType.Dimensionless;
+    public string Legend => "Throughput / baseline throughput in the same run (goal: GEMM >= 0.95, intervals >= 0.80)";
+    public bool IsAvailable(Summary summary) => true;
+    public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
+    public string GetValue(Summary summary, BenchmarkCase benchmarkCase) => GetValue(summary, benchmarkCase, SummaryStyle.Default);
+
+    public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style)
+    {
+        var baseline = summary.BenchmarksCases.FirstOrDefault(c =>
+            c.Descriptor.Baseline && c.Descriptor.Type == benchmarkCase.Descriptor.Type);
+        if (baseline is null) return "-";
+        double? r = ThroughputColumn.Rate(summary, benchmarkCase), b = ThroughputColumn.Rate(summary, baseline);
+        return r is null || b is null ? "-" : $"{r.Value / b.Value:F3}";
+    }
+}
+
 public static class GoalReport
 {
     public static void Print(IEnumerable<Summary> summaries)

@@ -49,6 +49,7 @@ struct Scratch {
 
 void sample_row(const float* x, int64_t vocab, const realn_sample_opts* o, int64_t row,
                 Scratch& sc, int32_t* token, uint8_t* mask, float* logp) {
+    if (vocab <= 0) return;  // validated by the ABI; tells the compiler the fills are bounded
     const int64_t amax = argmax(x, vocab);
     const double mx = x[amax];
     if (o->temperature == 0.0f || !std::isfinite(mx)) {
