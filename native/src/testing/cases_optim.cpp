@@ -71,6 +71,16 @@ Outcome gae_case(Env& env, std::vector<int32_t> lens, float gamma, float lambda)
             R[t] = next_adv + double(val[vi]);
         }
     }
+    // Decreasing offsets are refused with a status.
+    if (nseq >= 2) {
+        std::vector<int32_t> bad = cu;
+        std::swap(bad[1], bad[2]);
+        if (bad[1] != bad[2] && realn_op_gae(env.stream(), env.upload(rew), env.upload(val), bad.data(), nseq,
+                                             gamma, lambda, da, dr) == REALN_OK)
+            return {INFINITY, "decreasing cu_seqlens accepted"};
+        Env::check(realn_op_gae(env.stream(), env.upload(rew), env.upload(val), cu.data(), nseq, gamma,
+                                lambda, da, dr));
+    }
     return {worst({rel_err(env.download(da, T), A), rel_err(env.download(dr, T), R)}), ""};
 }
 
@@ -206,6 +216,11 @@ Outcome sample_repro_case(Env& env, int64_t rows, int64_t vocab, float temp, int
         return {INFINITY, "tokens differ between thread counts for the same seed"};
     auto c = run_sample(env, dx, rows, vocab, o);
     if (a.tokens != c.tokens) return {INFINITY, "tokens differ between two runs with the same seed"};
+    realn_sample_opts bad = o;
+    bad.top_p = 0.0f;
+    int32_t tok = 0;
+    if (realn_op_sample(env.stream(), REALN_DTYPE_F32, dx, 1, vocab, &bad, &tok, nullptr, nullptr) == REALN_OK)
+        return {INFINITY, "top_p=0 accepted"};
     o.offset = 1;
     auto d = run_sample(env, dx, rows, vocab, o);
     int64_t same = 0;
