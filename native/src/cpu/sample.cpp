@@ -1,14 +1,11 @@
-// Token sampling: greedy (temperature 0: argmax, lowest index on ties), or temperature with
-// optional top-k and top-p filtering, drawing from a counter-based random stream that is a pure
-// function of (seed, offset, row): the same tokens whatever the thread count or batch split.
-// mask_out records the tokens that survived filtering (training recomputes log-probs under the
-// same mask); logp_out is the chosen token's log-prob under the filtered, tempered distribution
-// (greedy: under softmax(logits)).
+// Token sampling: greedy, temperature, top-k, top-p. Each row draws ONE uniform number that is a
+// pure function of (seed, offset, row) (splitmix64 hashing, no shared generator state), so the
+// tokens do not depend on the thread count or on how rows are split. Candidates are ordered by
+// (probability desc, index asc); top-k keeps the first k, top-p the shortest prefix of that
+// order whose mass reaches top_p; the draw inverts the CDF over the kept tokens in that order.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
-#include <numeric>
 #include <vector>
 
 #include "cpu_ops.hpp"
@@ -24,105 +21,134 @@ inline uint64_t splitmix64(uint64_t x) {
 }
 
 // Uniform in [0, 1) with 53 random bits.
-inline double uniform(uint64_t seed, uint64_t offset, int64_t row) {
-    const uint64_t h = splitmix64(splitmix64(splitmix64(seed) ^ offset) ^ static_cast<uint64_t>(row));
-    return static_cast<double>(h >> 11) * (1.0 / 9007199254740992.0);
+inline double row_uniform(uint64_t seed, uint64_t offset, int64_t row) {
+    uint64_t h = splitmix64(seed);
+    h = splitmix64(h ^ offset);
+    h = splitmix64(h ^ static_cast<uint64_t>(row));
+    return static_cast<double>(h >> 11) * 0x1.0p-53;
+}
+
+// Argmax, lowest index on ties; NaN never wins.
+inline int64_t argmax(const float* x, int64_t n) {
+    int64_t best = 0;
+    float bv = -INFINITY;
+    bool found = false;
+    for (int64_t i = 0; i < n; ++i)
+        if (x[i] > bv || (!found && x[i] == bv)) {
+            bv = x[i];
+            best = i;
+            found = true;
+        }
+    return best;
 }
 
 struct Scratch {
-    std::vector<int32_t> idx;
-    std::vector<double> prob;
-    std::vector<std::pair<int32_t, double>> kept;
+    std::vector<double> prob;   // unnormalised exp((z - max)), 0 for NaN logits
+    std::vector<int32_t> order;
 };
+
+void sample_row(const float* x, int64_t vocab, const realn_sample_opts* o, int64_t row,
+                Scratch& sc, int32_t* token, uint8_t* mask, float* logp) {
+    if (vocab <= 0) return;  // validated by the ABI; tells the compiler the fills are bounded
+    const int64_t amax = argmax(x, vocab);
+    const double mx = x[amax];
+    if (o->temperature == 0.0f || !std::isfinite(mx)) {
+        // Greedy: no filtering, log-prob under softmax(logits).
+        *token = static_cast<int32_t>(amax);
+        if (mask) std::fill(mask, mask + vocab, uint8_t(1));
+        if (logp) {
+            double s = 0.0;
+            for (int64_t i = 0; i < vocab; ++i)
+                if (x[i] == x[i]) s += std::exp(double(x[i]) - mx);
+            *logp = std::isfinite(mx) ? static_cast<float>(-std::log(s)) : -INFINITY;
+        }
+        return;
+    }
+    const double inv_t = 1.0 / double(o->temperature);
+    sc.prob.resize(static_cast<size_t>(vocab));
+    double* P = sc.prob.data();
+    double total = 0.0;
+    for (int64_t i = 0; i < vocab; ++i) {
+        const double z = (double(x[i]) - mx) * inv_t;
+        P[i] = (x[i] == x[i]) ? std::exp(z) : 0.0;
+        total += P[i];
+    }
+    const double u = row_uniform(o->seed, o->offset, row);
+    const bool use_k = o->top_k > 0 && o->top_k < vocab;
+    const bool use_p = o->top_p < 1.0f;
+    int32_t tok = -1;
+    double kept_mass = 0.0;
+    if (!use_k && !use_p) {
+        // No filtering: invert the CDF in index order.
+        const double target = u * total;
+        double c = 0.0;
+        for (int64_t i = 0; i < vocab; ++i) {
+            if (P[i] <= 0.0) continue;
+            c += P[i];
+            tok = static_cast<int32_t>(i);
+            if (c > target) break;
+        }
+        kept_mass = total;
+        if (mask) std::fill(mask, mask + vocab, uint8_t(1));
+    } else {
+        auto& ord = sc.order;
+        ord.resize(static_cast<size_t>(vocab));
+        for (int64_t i = 0; i < vocab; ++i) ord[i] = static_cast<int32_t>(i);
+        auto before = [P](int32_t a, int32_t b) { return P[a] > P[b] || (P[a] == P[b] && a < b); };
+        int64_t kept = vocab;
+        if (use_k) {
+            kept = o->top_k;
+            std::nth_element(ord.begin(), ord.begin() + (kept - 1), ord.end(), before);
+            std::sort(ord.begin(), ord.begin() + kept, before);
+        } else {
+            std::sort(ord.begin(), ord.end(), before);
+        }
+        double mass = 0.0;
+        for (int64_t j = 0; j < kept; ++j) mass += P[ord[j]];
+        if (use_p) {
+            const double need = double(o->top_p) * mass;
+            double c = 0.0;
+            int64_t j = 0;
+            while (j < kept) {
+                c += P[ord[j]];
+                ++j;
+                if (c >= need) break;
+            }
+            kept = j;
+            mass = c;
+        }
+        const double target = u * mass;
+        double c = 0.0;
+        for (int64_t j = 0; j < kept; ++j) {
+            if (P[ord[j]] <= 0.0) continue;
+            c += P[ord[j]];
+            tok = ord[j];
+            if (c > target) break;
+        }
+        if (tok < 0) tok = ord[0];
+        kept_mass = mass;
+        if (mask) {
+            std::fill(mask, mask + vocab, uint8_t(0));
+            for (int64_t j = 0; j < kept; ++j) mask[ord[j]] = 1;
+        }
+    }
+    if (tok < 0) tok = static_cast<int32_t>(amax);
+    *token = tok;
+    if (logp) *logp = static_cast<float>(std::log(P[tok]) - std::log(kept_mass));
+}
 
 }  // namespace
 
 void sample(realn_stream_t, int32_t, const void* logits, int64_t rows, int64_t vocab,
             const realn_sample_opts* o, int32_t* tokens, uint8_t* mask_out, float* logp_out) {
-    const auto* X = static_cast<const float*>(logits);
-    const bool greedy = o->temperature == 0.0f;
-    const int64_t k = (o->top_k > 0 && o->top_k < vocab) ? o->top_k : vocab;
-    const bool use_p = o->top_p < 1.0f;
-    const double inv_t = greedy ? 1.0 : 1.0 / double(o->temperature);
-#pragma omp parallel for schedule(dynamic, 1) if (rows * vocab > (1 << 16))
-    for (int64_t r = 0; r < rows; ++r) {
-        thread_local Scratch sc;
-        const float* x = X + r * vocab;
-        uint8_t* mrow = mask_out ? mask_out + r * vocab : nullptr;
-        // Row max (and argmax for greedy), then log-sum-exp of the tempered logits.
-        int64_t arg = 0;
-        float mx = x[0];
-        for (int64_t j = 1; j < vocab; ++j)
-            if (x[j] > mx) { mx = x[j]; arg = j; }
-        if (greedy) {
-            double sum = 0.0;
-            for (int64_t j = 0; j < vocab; ++j) sum += std::exp(double(x[j]) - mx);
-            tokens[r] = static_cast<int32_t>(arg);
-            if (mrow) std::memset(mrow, 1, static_cast<size_t>(vocab));
-            if (logp_out) logp_out[r] = static_cast<float>(-std::log(sum));
-            continue;
-        }
-        // Candidates: every token, or the k largest (ties to the lower index).
-        auto& idx = sc.idx;
-        auto& prob = sc.prob;
-        idx.resize(static_cast<size_t>(vocab));
-        std::iota(idx.begin(), idx.end(), 0);
-        auto before = [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-        int64_t n = vocab;
-        if (k < vocab) {
-            std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(), before);
-            n = k;
-        }
-        if (use_p) std::sort(idx.begin(), idx.begin() + n, before);
-        prob.resize(static_cast<size_t>(n));
-        double sum = 0.0;
-        for (int64_t i = 0; i < n; ++i) {
-            prob[i] = std::exp((double(x[idx[i]]) - mx) * inv_t);
-            sum += prob[i];
-        }
-        if (use_p) {
-            // Smallest prefix (by descending probability) whose mass reaches top_p; at least one.
-            const double target = double(o->top_p) * sum;
-            double acc = 0.0;
-            int64_t keep = 0;
-            while (keep < n) {
-                acc += prob[keep++];
-                if (acc >= target) break;
-            }
-            n = keep;
-            sum = acc;
-        }
-        // Draw by inverse CDF over the kept tokens in ascending token order (independent of how
-        // the candidates were found).
-        if (!use_p && k < vocab) std::sort(idx.begin(), idx.begin() + n);
-        else if (use_p) {
-            auto& kept = sc.kept;
-            kept.resize(static_cast<size_t>(n));
-            for (int64_t i = 0; i < n; ++i) kept[i] = {idx[i], prob[i]};
-            std::sort(kept.begin(), kept.end());
-            for (int64_t i = 0; i < n; ++i) { idx[i] = kept[i].first; prob[i] = kept[i].second; }
-        }
-        if (!use_p && k < vocab)
-            for (int64_t i = 0; i < n; ++i) prob[i] = std::exp((double(x[idx[i]]) - mx) * inv_t);
-        const double u = uniform(o->seed, o->offset, r) * sum;
-        double acc = 0.0;
-        int64_t pick = n - 1;
-        for (int64_t i = 0; i < n; ++i) {
-            acc += prob[i];
-            if (u < acc) { pick = i; break; }
-        }
-        // Zero-probability picks cannot happen (u < acc needs prob > 0), except by rounding at the
-        // end: step back to the last token with mass.
-        while (pick > 0 && prob[pick] == 0.0) --pick;
-        tokens[r] = idx[pick];
-        if (mrow) {
-            if (n == vocab) std::memset(mrow, 1, static_cast<size_t>(vocab));
-            else {
-                std::memset(mrow, 0, static_cast<size_t>(vocab));
-                for (int64_t i = 0; i < n; ++i) mrow[idx[i]] = 1;
-            }
-        }
-        if (logp_out) logp_out[r] = static_cast<float>(std::log(prob[pick] / sum));
+    const auto* L = static_cast<const float*>(logits);
+#pragma omp parallel if (rows > 1 && rows * vocab > (1 << 14))
+    {
+        Scratch sc;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; ++r)
+            sample_row(L + r * vocab, vocab, o, r, sc, tokens + r, mask_out ? mask_out + r * vocab : nullptr,
+                       logp_out ? logp_out + r : nullptr);
     }
 }
 
