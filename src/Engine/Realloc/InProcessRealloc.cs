@@ -18,6 +18,10 @@ public static unsafe class InProcessRealloc
         foreach (var d in plan.To.Devices)
             Require(destination, d, plan.DestinationLayoutOf(d).TotalElements * plan.ElementSize, "destination");
         long es = plan.ElementSize;
+        // Copies as (src, dst, bytes) pieces of at most PieceBytes, split over the cores in
+        // contiguous runs of about equal bytes: small per-row intervals are batched, big ones split.
+        var pieces = new List<(nint Src, nint Dst, long Bytes)>();
+        long total = 0;
         foreach (var step in plan.Steps)
         {
             byte* s = (byte*)source[step.SrcDevice].Pointer;
@@ -26,12 +30,41 @@ public static unsafe class InProcessRealloc
                 byte* t = (byte*)destination[dd].Pointer;
                 foreach (var iv in step.Intervals)
                 {
-                    long n = iv.Length * es;
-                    Buffer.MemoryCopy(s + iv.SrcOffset * es, t + iv.DstOffset * es, n, n);
+                    long n = iv.Length * es, so = iv.SrcOffset * es, to = iv.DstOffset * es;
+                    for (long o = 0; o < n; o += PieceBytes)
+                        pieces.Add(((nint)(s + so + o), (nint)(t + to + o), Math.Min(PieceBytes, n - o)));
+                    total += n;
                 }
             }
         }
+        int workers = total < ParallelBytes ? 1 : Math.Min(Environment.ProcessorCount, 8);
+        if (workers == 1)
+        {
+            foreach (var (src, dst, n) in pieces) Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
+            return;
+        }
+        // Boundaries at equal cumulative bytes.
+        var bounds = new int[workers + 1];
+        long acc = 0;
+        int w = 1;
+        for (int i = 0; i < pieces.Count && w < workers; i++)
+        {
+            acc += pieces[i].Bytes;
+            if (acc >= total * w / workers) bounds[w++] = i + 1;
+        }
+        for (; w <= workers; w++) bounds[w] = pieces.Count;
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, k =>
+        {
+            for (int i = bounds[k]; i < bounds[k + 1]; i++)
+            {
+                var (src, dst, n) = pieces[i];
+                Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
+            }
+        });
     }
+
+    private const long PieceBytes = 4L << 20;
+    private const long ParallelBytes = 8L << 20;
 
     private static void Require(IReadOnlyDictionary<int, DeviceBuffer> buffers, int device, long bytes, string side)
     {
