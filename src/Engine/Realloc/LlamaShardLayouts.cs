@@ -1,8 +1,13 @@
 namespace ReaLNative.Engine.Realloc;
 
 /// <summary>Architecture numbers a LLaMA shard layout depends on.</summary>
-public sealed record LlamaShape(int Layers, int Hidden, int Intermediate, int Heads, int KvHeads, int Vocab)
+/// <remarks><paramref name="HeadRows"/>: rows of the output head -- Vocab (language-model head
+/// "lm_head.weight", vocab-parallel), 1 (scalar head "score.weight" of critics and reward models,
+/// replicated) or 0 (tied to the embedding: no separate head). -1 means Vocab.</remarks>
+public sealed record LlamaShape(int Layers, int Hidden, int Intermediate, int Heads, int KvHeads, int Vocab, int HeadRows = -1)
 {
+    public int EffectiveHeadRows => HeadRows < 0 ? Vocab : HeadRows;
+
     public long Parameters => Units().Sum(u => u.Sum(p => p.Shape.Aggregate(1L, (a, b) => a * b)));
 
     /// <summary>The L+2 pipeline units (embedding, blocks, norm+head) with their parameters
@@ -26,7 +31,10 @@ public sealed record LlamaShape(int Layers, int Hidden, int Intermediate, int He
                 (p + "mlp.up_proj.weight", [Intermediate, Hidden], 0),
                 (p + "mlp.down_proj.weight", [Hidden, Intermediate], 1)]);
         }
-        units.Add([("model.norm.weight", [Hidden], -1), ("lm_head.weight", [Vocab, Hidden], 0)]);
+        var last = new List<(string, long[], int)> { ("model.norm.weight", [Hidden], -1) };
+        if (EffectiveHeadRows == 1) last.Add(("score.weight", [1, Hidden], -1));
+        else if (EffectiveHeadRows > 0) last.Add(("lm_head.weight", [EffectiveHeadRows, Hidden], 0));
+        units.Add(last);
         return units;
     }
 }
