@@ -237,3 +237,52 @@ public sealed unsafe class ModelTests
             Generator.Generate(m, [[1, 2]], new GenerationOptions { MaxNewTokens = 100 })).Message);
     }
 }
+
+public sealed class CheckpointTests
+{
+    private static readonly LlamaConfig Tiny = new() { Layers = 2, Hidden = 16, Intermediate = 24, Heads = 4, KvHeads = 2, Vocab = 11, MaxPositions = 64 };
+
+    [Theory]
+    [InlineData(false, 1L << 30)]
+    [InlineData(true, 1L << 30)]
+    [InlineData(false, 2000)]  // forces several shards + index
+    public void RoundTripIsBitExact(bool scalar, long shardBytes)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "realn-ckpt-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            using var m = new LlamaModel(Tiny, scalar);
+            m.InitRandom(4, 0.5f);
+            Checkpoints.Safetensors.Save(m, dir, shardBytes);
+            Assert.Equal(shardBytes < 10000, File.Exists(Path.Combine(dir, "model.safetensors.index.json")));
+            using var back = Checkpoints.Safetensors.Load(dir);
+            Assert.Equal(scalar, back.ScalarHead);
+            Assert.True(m.Parameters.SequenceEqual(back.Parameters));
+            Assert.Equal(Tiny with { }, back.Config);
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void CorruptCheckpointsAreNamed()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "realn-ckpt-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            using var m = new LlamaModel(Tiny, false);
+            m.InitRandom(4);
+            Checkpoints.Safetensors.Save(m, dir);
+            string f = Path.Combine(dir, "model.safetensors");
+            var bytes = File.ReadAllBytes(f);
+            File.WriteAllBytes(f, bytes.AsSpan(0, bytes.Length - 100).ToArray());
+            var e = Assert.Throws<InvalidDataException>(() => Checkpoints.Safetensors.Load(dir));
+            Assert.Contains("outside", e.Message);
+            File.WriteAllBytes(f, [1, 2, 3]);
+            Assert.Contains("truncated", Assert.Throws<InvalidDataException>(() => Checkpoints.Safetensors.Load(dir)).Message);
+            Checkpoints.Safetensors.Save(m, dir);
+            using var other = new LlamaModel(Tiny with { Intermediate = 32 }, false);
+            Assert.Contains("mlp.gate_proj.weight", Assert.Throws<InvalidDataException>(() => Checkpoints.Safetensors.LoadInto(other, dir)).Message);
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+}
