@@ -121,7 +121,7 @@ class Gen:
             pass
         self.order.append(n)
 
-    # Flattened fields of a record: (name, byte offset, clang type).
+    # Flattened fields of a record: (C# name, C access path, byte offset, clang type).
     def fields(self, d, base, prefix=""):
         out = []
         rec = d.type
@@ -134,7 +134,7 @@ class Gen:
                 sub = ct.get_declaration()
                 # offset of the anonymous member: offset of its first named field minus that field's own offset
                 anon_off = base + self.anon_offset(d, c)
-                out += self.fields(sub, anon_off, prefix)
+                out += self.fields(sub, anon_off, prefix + (c.spelling + "." if c.spelling else ""))
                 continue
             if c.is_bitfield():
                 raise ValueError(f"bitfield {d.spelling}.{c.spelling} not supported")
@@ -142,7 +142,7 @@ class Gen:
                 self.want_struct(ct.get_declaration())
             else:
                 self.cs_type(ct, for_field=True)
-            out.append((prefix + c.spelling, off, ct))
+            out.append((c.spelling, prefix + c.spelling, off, ct))
         return out
 
     def anon_offset(self, parent, field_cursor):
@@ -202,7 +202,7 @@ class Gen:
             cdecl = f"{kind} {n}" if not d.type.spelling.startswith(n) or d.type.spelling == n and False else d.type.spelling
             ctype = d.type.spelling if "unnamed" not in d.type.spelling else n
             probe.append(f'    printf("{n} %zu\\n", sizeof({ctype}));')
-            for fname, off, ft in self.fields(d, 0):
+            for fname, cpath, off, ft in self.fields(d, 0):
                 if ft.kind == T.CONSTANTARRAY:
                     et = self.cs_type(ft.element_type)
                     if et in ("byte", "sbyte", "short", "ushort", "int", "uint", "long", "ulong", "float", "double"):
@@ -212,8 +212,8 @@ class Gen:
                         L.append(f"    [FieldOffset({off})] public byte {fname}_0;")
                 else:
                     L.append(f"    [FieldOffset({off})] public {self.cs_type(ft)} {fname};")
-                if fname and "." not in fname:
-                    probe.append(f'    printf("{n}.{fname} %zu\\n", offsetof({ctype}, {fname}));')
+                if fname:
+                    probe.append(f'    printf("{n}.{fname} %zu\\n", offsetof({ctype}, {cpath}));')
             L.append("}")
             L.append("")
         probe += ["    return 0;", "}", ""]
