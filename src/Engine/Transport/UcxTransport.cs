@@ -57,6 +57,8 @@ public sealed unsafe class UcxTransport : ITransport
         var p = new ucp_params
         {
             field_mask = (ulong)ucp_params_field.UCP_PARAM_FIELD_FEATURES,
+            // UCP_FEATURE_WAKEUP lets idle workers sleep in ucp_worker_wait; on this UCX build it
+            // also excludes the shared-memory / cma transports between processes (tcp remains).
             features = (ulong)(ucp_feature.UCP_FEATURE_TAG | ucp_feature.UCP_FEATURE_RMA | ucp_feature.UCP_FEATURE_WAKEUP),
         };
         nint ctx;
@@ -256,6 +258,7 @@ public sealed unsafe class UcxTransport : ITransport
         foreach (var op in _pending) op.Done.TrySetException(new ObjectDisposedException(nameof(UcxTransport)));
         foreach (var ep in _eps)
         {
+            if (ep == 0) continue;  // Connect failed before creating it
             var prm = new ucp_request_param_t
             {
                 op_attr_mask = (uint)ucp_op_attr_t.UCP_OP_ATTR_FIELD_FLAGS,
