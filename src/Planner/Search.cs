@@ -94,7 +94,7 @@ public static class PlanSearch
         return (results[bi].Choice, (long)p.SpaceSize);
     }
 
-    private static (int[] Best, long Evals, bool TimedOut) Anneal(PlanningProblem p, SearchOptions opt, List<int[]> starts, Stopwatch sw)
+    internal static (int[] Best, long Evals, bool TimedOut) Anneal(PlanningProblem p, SearchOptions opt, List<int[]> starts, Stopwatch sw)
     {
         int n = p.Calls.Count;
         var results = new (double Cost, int[] Choice, long Evals, bool TimedOut)[opt.Chains];
