@@ -102,6 +102,7 @@ internal static class Yaml
         var ys = new YamlStream();
         try { ys.Load(new StringReader(text)); }
         catch (YamlDotNet.Core.YamlException e) { throw new PlannerException($"{source}: YAML syntax error at line {e.Start.Line}: {e.Message}"); }
+        catch (InvalidOperationException e) { throw new PlannerException($"{source}: YAML syntax error: {e.Message}"); }
         if (ys.Documents.Count == 0 || ys.Documents[0].RootNode is not YamlMappingNode m)
             throw new PlannerException($"{source}: expected a YAML mapping at the top level");
         return m;
