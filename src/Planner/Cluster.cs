@@ -16,7 +16,8 @@ public enum Precision { Bf16, Fp32 }
 /// <c>memory_bandwidth_gbps</c> (device memory, GB/s), <c>intra_node_bandwidth_gbps</c> (per device, one direction),
 /// <c>intra_node_latency_us</c>, <c>inter_node_bandwidth_gbps</c> (per device NIC share, one direction),
 /// <c>inter_node_latency_us</c>, <c>host_bandwidth_gbps</c> (device-host copies for offload),
-/// optional <c>reserved_memory_gib</c> (runtime/fragmentation reserve, default 0).
+/// optional <c>reserved_memory_gib</c> (runtime/fragmentation reserve, default 0), optional
+/// <c>kernel_overhead_us</c> (fixed launch/sync cost per transformer block per pass, default 0).
 /// </summary>
 public sealed record ClusterSpec
 {
@@ -34,6 +35,9 @@ public sealed record ClusterSpec
     public required double InterNodeLatency { get; init; }
     public required double HostBandwidth { get; init; }
     public double ReservedMemoryBytes { get; init; }
+    /// <summary>Fixed seconds per transformer block per forward/decode pass (kernel launches, syncs);
+    /// dominates small decode steps where the roofline alone is far too optimistic.</summary>
+    public double KernelOverhead { get; init; }
 
     public int TotalDevices => Nodes * DevicesPerNode;
     /// <summary>Memory the planner may fill on each device.</summary>
@@ -59,7 +63,7 @@ public sealed record ClusterSpec
         var map = Yaml.LoadRoot(yaml, source);
         var known = new HashSet<string> { "name", "nodes", "devices_per_node", "device_memory_gib", "precision", "peak_tflops",
             "compute_efficiency", "memory_bandwidth_gbps", "intra_node_bandwidth_gbps", "intra_node_latency_us",
-            "inter_node_bandwidth_gbps", "inter_node_latency_us", "host_bandwidth_gbps", "reserved_memory_gib", "description" };
+            "inter_node_bandwidth_gbps", "inter_node_latency_us", "host_bandwidth_gbps", "reserved_memory_gib", "kernel_overhead_us", "description" };
         foreach (var k in map.Children.Keys)
             if (!known.Contains(k.ToString())) throw new PlannerException($"cluster.{k}: unknown key in {source} (known: {string.Join(", ", known.Order())})");
         var r = new Yaml.Reader(map, "cluster");
@@ -87,6 +91,7 @@ public sealed record ClusterSpec
             InterNodeLatency = r.Double("inter_node_latency_us", 0, 1e6) * 1e-6,
             HostBandwidth = r.Double("host_bandwidth_gbps", 0.001, 1e6) * 1e9,
             ReservedMemoryBytes = r.OptDouble("reserved_memory_gib", 0, 1e6, 0) * Units.GiB,
+            KernelOverhead = r.OptDouble("kernel_overhead_us", 0, 1e6, 0) * 1e-6,
         };
         if (spec.ReservedMemoryBytes >= spec.DeviceMemoryBytes)
             throw new PlannerException($"cluster.reserved_memory_gib: {spec.ReservedMemoryBytes / Units.GiB} GiB leaves nothing of device_memory_gib {spec.DeviceMemoryBytes / Units.GiB} GiB");

@@ -63,7 +63,8 @@ public sealed class Estimator
         double actBytes = tokens * layers * m.Hidden * 24.0 * _eb / s.Tp * mult; // elementwise traffic
         if (Profile?.BlockSeconds(m, kind, tokens) is { } blk)
             return layers * blk / s.Tp + Roof(2.0 * head * tokens * mult / s.Pp / s.Tp, head / s.Pp / s.Tp * _eb);
-        return Roof(FwdFlopsPerToken(m, scalar, s, ctx) * tokens * mult, weightBytes + actBytes + kvBytes);
+        return Roof(FwdFlopsPerToken(m, scalar, s, ctx) * tokens * mult, weightBytes + actBytes + kvBytes)
+            + layers * mult * Cluster.KernelOverhead;
     }
 
     /// <summary>Seconds of one call under an option (excludes reallocation and data transfer).</summary>
