@@ -78,7 +78,7 @@ public static class Program
             double s = sw.Elapsed.TotalSeconds;
             if (s > worst) { worst = s; worstName = name; }
             string B(string k) => r.Baselines[k] is { } b ? $"{b.Evaluation.IterationSeconds,8:F2}" : $"{"oom",8}";
-            Console.WriteLine($"{name,-28} {cl.TotalDevices,5} {s,9:F2} {r.Best.Evaluation.IterationSeconds,8:F2} {B("symmetric")} {B("heuristic")} {B("colocated")}  {r.Method}");
+            Console.WriteLine($"{name,-28} {cl.TotalDevices,5} {s,9:F2} {r.Best.Evaluation.IterationSeconds,8:F2} {B("symmetric")} {B("heuristic")} {B("colocated")}  {r.Method}, setup {r.SetupSeconds:F2} s, {r.Evaluations} evals, space {r.Problem.SpaceSize:E1}");
         }
         Console.WriteLine($"slowest: {worstName} {worst:F2} s (goal < 5 s)");
         var h = ClusterSpec.Load(Path.Combine(Examples.Root, "examples/clusters/h100-80gb.yaml")).WithNodes(16);

@@ -44,6 +44,29 @@ public sealed class PlanningProblem
             if (kept.Count == 0) throw Infeasible(i);
             Options[i] = kept;
         }
+        // A non-train call of a trainable model that runs on its train layout needs no reallocation and
+        // no second copy of the weights, which the per-mesh Pareto filter cannot see: keep, per kept
+        // train layout, the fastest option of that call on the same layout.
+        for (int i = 0; i < n; i++)
+        {
+            int tc = TrainCallOfRole[i];
+            if (tc < 0 || tc == i) continue;
+            var layouts = Options[tc].Select(o => (o.Option.Mesh, o.Option.Strategy)).Distinct().ToList();
+            var extra = new List<OptionInfo>();
+            foreach (var g in layouts.GroupBy(l => l.Mesh))
+            {
+                var strategies = g.Select(l => l.Strategy).ToHashSet();
+                foreach (var best in Raw(i, g.Key).Where(o => strategies.Contains(o.Option.Strategy))
+                             .GroupBy(o => o.Option.Strategy).Select(s => s.OrderBy(o => o.Seconds).First()))
+                    if (!Options[i].Any(o => o.Option == best.Option)) extra.Add(best);
+            }
+            // insert next to options on the same mesh so the search's same-mesh moves see them
+            foreach (var e in extra)
+            {
+                int at = Options[i].FindLastIndex(o => o.Option.Mesh == e.Option.Mesh);
+                Options[i].Insert(at < 0 ? Options[i].Count : at + 1, e);
+            }
+        }
     }
 
     /// <summary>Every aligned single-node mesh and every contiguous range of whole nodes.</summary>

@@ -23,7 +23,7 @@ public sealed record PlanResult(Plan Plan, int[] Choice, Evaluation Evaluation, 
 
 /// <summary>Search outcome: best plan, baselines, search time and how it was found.</summary>
 public sealed record SearchResult(PlanResult Best, IReadOnlyDictionary<string, PlanResult?> Baselines, double SearchSeconds,
-    string Method, long Evaluations, bool TimedOut, PlanningProblem Problem);
+    string Method, long Evaluations, bool TimedOut, PlanningProblem Problem, double SetupSeconds);
 
 public static class PlanSearch
 {
@@ -32,6 +32,7 @@ public static class PlanSearch
         var sw = Stopwatch.StartNew();
         var problem = new PlanningProblem(new Estimator(cluster, exp, profile));
         var baselines = Baselines.All(problem);
+        double setup = sw.Elapsed.TotalSeconds;
         int[]? best = null; string method; long evals = 0; bool timedOut = false;
         var ev = new Evaluator(problem);
         if (problem.SpaceSize <= opt.ExhaustiveLimit)
@@ -52,7 +53,7 @@ public static class PlanSearch
         if (!result.Evaluation.Feasible)
             throw new PlannerException($"no plan fits in memory on cluster '{cluster.Name}' ({cluster.TotalDevices} devices of {Units.Bytes(cluster.UsableMemoryBytes)}): " +
                 $"the best found overflows a device by {Units.Bytes(result.Evaluation.OverflowBytes)}");
-        return new SearchResult(result, baselines, sw.Elapsed.TotalSeconds, method, evals, timedOut, problem);
+        return new SearchResult(result, baselines, sw.Elapsed.TotalSeconds, method, evals, timedOut, problem, setup);
     }
 
     internal static PlanResult Finish(PlanningProblem p, int[] choice, Evaluator ev)
@@ -149,12 +150,14 @@ public static class PlanSearch
                 }
                 else cur[ci] = old;
             }
-            evals += Polish(p, ev, best, ref bestCost);
             results[chain] = (bestCost, best, evals, timedOut);
         });
         int bi = 0;
         for (int i = 1; i < results.Length; i++) if (results[i].Cost < results[bi].Cost) bi = i;
-        return (results[bi].Choice, results.Sum(r => r.Evals), results.Any(r => r.TimedOut));
+        // polish the best chain's plan once (coordinate descent to a local optimum)
+        var final = results[bi].Choice; double cost = results[bi].Cost;
+        long polish = Polish(p, new Evaluator(p), final, ref cost);
+        return (final, results.Sum(r => r.Evals) + polish, results.Any(r => r.TimedOut));
     }
 
     /// <summary>Greedy coordinate descent: best option per call with the others fixed, until no gain.</summary>
