@@ -181,19 +181,14 @@ public sealed class Estimator
         int dpn = Cluster.DevicesPerNode, nd = Cluster.TotalDevices;
         var intraOut = new double[nd]; var intraIn = new double[nd]; var local = new double[nd];
         var interOut = new double[Cluster.Nodes]; var interIn = new double[Cluster.Nodes];
+        var isSrc = new bool[nd];
         var ss = src.Strategy; var ds = dst.Strategy;
-        var destByNode = new Dictionary<int, List<int>>();
+        var dests = new int[ds.Dp]; var srcDev = new int[ss.Dp]; var remaining = new int[ds.Dp];
         for (int j = 0; j < ds.Pp; j++)
         for (int q = 0; q < ds.Tp; q++)
         {
-            destByNode.Clear();
-            for (int e = 0; e < ds.Dp; e++)
-            {
-                int dev = dst.Mesh.Device((j * ds.Dp + e) * ds.Tp + q, dpn);
-                int node = dev / dpn;
-                if (!destByNode.TryGetValue(node, out var l)) destByNode[node] = l = [];
-                l.Add(dev);
-            }
+            // destination replicas in rank order: their devices (and nodes) are non-decreasing
+            for (int e = 0; e < ds.Dp; e++) dests[e] = dst.Mesh.Device((j * ds.Dp + e) * ds.Tp + q, dpn);
             for (int sStage = 0; sStage < ss.Pp; sStage++)
             {
                 double fs = Overlap((double)sStage / ss.Pp, (double)(sStage + 1) / ss.Pp, (double)j / ds.Pp, (double)(j + 1) / ds.Pp);
@@ -203,36 +198,33 @@ public sealed class Estimator
                     double ft = Overlap((double)r / ss.Tp, (double)(r + 1) / ss.Tp, (double)q / ds.Tp, (double)(q + 1) / ds.Tp);
                     if (ft <= 0) continue;
                     double bytes = fs * ft * total;
-                    foreach (var (node, dests) in destByNode)
+                    for (int e = 0; e < ss.Dp; e++) { srcDev[e] = src.Mesh.Device((sStage * ss.Dp + e) * ss.Tp + r, dpn); isSrc[srcDev[e]] = true; }
+                    for (int a = 0; a < ds.Dp;)
                     {
-                        // source replicas of piece (sStage, r)
+                        int node = dests[a] / dpn, b = a, nRem = 0;
+                        for (; b < ds.Dp && dests[b] / dpn == node; b++)
+                            if (isSrc[dests[b]]) local[dests[b]] += bytes; else remaining[nRem++] = dests[b];
+                        a = b;
+                        if (nRem == 0) continue;
                         int bestLocalNode = -1, bestRemote = -1;
-                        var remaining = new List<int>(dests.Count);
-                        foreach (int d in dests)
-                        {
-                            bool isLocal = false;
-                            for (int e = 0; e < ss.Dp && !isLocal; e++)
-                                if (src.Mesh.Device((sStage * ss.Dp + e) * ss.Tp + r, dpn) == d) isLocal = true;
-                            if (isLocal) local[d] += bytes; else remaining.Add(d);
-                        }
-                        if (remaining.Count == 0) continue;
                         for (int e = 0; e < ss.Dp; e++)
                         {
-                            int sd = src.Mesh.Device((sStage * ss.Dp + e) * ss.Tp + r, dpn);
+                            int sd = srcDev[e];
                             if (sd / dpn == node) { if (bestLocalNode < 0 || intraOut[sd] < intraOut[bestLocalNode]) bestLocalNode = sd; }
                             else if (bestRemote < 0 || interOut[sd / dpn] < interOut[bestRemote / dpn]) bestRemote = sd;
                         }
                         if (bestLocalNode >= 0)
                         {
                             intraOut[bestLocalNode] += bytes; // chain broadcast: the sender sends once
-                            foreach (int d in remaining) intraIn[d] += bytes;
+                            for (int k = 0; k < nRem; k++) intraIn[remaining[k]] += bytes;
                         }
                         else
                         {
                             interOut[bestRemote / dpn] += bytes; interIn[node] += bytes;
-                            for (int k = 0; k < remaining.Count; k++) { intraIn[remaining[k]] += bytes; if (k > 0) intraOut[remaining[k - 1]] += bytes; }
+                            for (int k = 0; k < nRem; k++) { intraIn[remaining[k]] += bytes; if (k > 0) intraOut[remaining[k - 1]] += bytes; }
                         }
                     }
+                    for (int e = 0; e < ss.Dp; e++) isSrc[srcDev[e]] = false;
                 }
             }
         }

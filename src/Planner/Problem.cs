@@ -19,8 +19,7 @@ public sealed class PlanningProblem
     internal readonly int[] TrainCallOfRole; // per call: index of its role's train call, or -1
     internal readonly int[][] InputIdx;
     internal readonly bool[] Trainable;
-    private readonly ConcurrentDictionary<(int, int, int, int), double> _realloc = new();
-    private readonly ConcurrentDictionary<(int, int, int, int), double> _transfer = new();
+    private readonly ConcurrentDictionary<long, double> _realloc = new();
 
     public PlanningProblem(Estimator est)
     {
@@ -168,12 +167,11 @@ public sealed class PlanningProblem
     }
 
     internal double Realloc(int ci, int homeIdx, int optIdx) =>
-        _realloc.GetOrAdd((ci, homeIdx, optIdx, 0), k => Estimator.ReallocSeconds(Calls[k.Item1].Role,
-            Options[TrainCallOfRole[k.Item1]][k.Item2].Option, Options[k.Item1][k.Item3].Option));
+        _realloc.GetOrAdd(((long)ci << 48) | ((long)homeIdx << 24) | (uint)optIdx, _ => Estimator.ReallocSeconds(Calls[ci].Role,
+            Options[TrainCallOfRole[ci]][homeIdx].Option, Options[ci][optIdx].Option));
 
     internal double Transfer(int from, int fromIdx, int to, int toIdx) =>
-        _transfer.GetOrAdd((from, fromIdx, to, toIdx), k => Estimator.TransferSeconds(Calls[k.Item1],
-            Options[k.Item1][k.Item2].Option, Options[k.Item3][k.Item4].Option));
+        Estimator.TransferSeconds(Calls[from], Options[from][fromIdx].Option, Options[to][toIdx].Option);
 
     /// <summary>Size of the search space (product of option counts), saturating at double precision.</summary>
     public double SpaceSize => Options.Aggregate(1.0, (a, o) => a * o.Count);

@@ -20,6 +20,7 @@ public sealed class Evaluator
     private readonly double[] _static, _active, _free;
     private readonly double[] _end, _prevEnd;
     private readonly int _dpn;
+    private readonly Dictionary<long, double> _reallocLocal = new();
 
     public Evaluator(PlanningProblem p)
     {
@@ -115,7 +116,8 @@ public sealed class Evaluator
                 if (tc >= 0 && tc != i)
                 {
                     ready = Math.Max(ready, _prevEnd[tc]); // a model does not run ahead of its own train step
-                    double r = _p.Realloc(i, choice[tc], choice[i]);
+                    long key = ((long)i << 48) | ((long)choice[tc] << 24) | (uint)choice[i];
+                    if (!_reallocLocal.TryGetValue(key, out double r)) _reallocLocal[key] = r = _p.Realloc(i, choice[tc], choice[i]);
                     if (r > 0)
                     {
                         var home = _p.Options[tc][choice[tc]].Option.Mesh;
