@@ -200,8 +200,8 @@ public static class PlanValidator
             ValidateMesh(pc.Mesh, cluster.Nodes, cluster.DevicesPerNode, f);
             if (pc.Strategy.Size != pc.Mesh.Size)
                 throw new PlannerException($"{f}.strategy: pp*dp*tp = {pc.Strategy.Size} but the mesh has {pc.Mesh.Size} devices");
-            if (pc.Strategy.Tp > pc.Mesh.DeviceCount)
-                throw new PlannerException($"{f}.strategy: tp {pc.Strategy.Tp} would span nodes (mesh has {pc.Mesh.DeviceCount} devices per node)");
+            if (pc.Strategy.Tp > pc.Mesh.DeviceCount || pc.Mesh.DeviceCount % pc.Strategy.Tp != 0)
+                throw new PlannerException($"{f}.strategy: tp {pc.Strategy.Tp} would span nodes (it must divide the mesh's {pc.Mesh.DeviceCount} devices per node)");
             if (StrategyProblem(pc.Strategy, pc.MicroBatches, exp.Models[call.Role], call, cluster.DevicesPerNode) is { } why)
                 throw new PlannerException($"{f}.strategy: {why}");
         }

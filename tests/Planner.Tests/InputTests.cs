@@ -167,3 +167,22 @@ public class InputTests
         File.Delete(f);
     }
 }
+
+public class PlanValidatorTests
+{
+    [Fact]
+    public void TensorParallelGroupMayNotSpanNodes()
+    {
+        var cl = TestData.Cluster(3, 4, 8);
+        var exp = TestData.Exp("sft", "tiny", "tiny", 64, 8, 8, 1);
+        var ok = new Plan(3, 4, [new PlanCall("actor_train", "actor", CallType.TrainStep, new Mesh(0, 3, 0, 4), new Strategy(1, 6, 2), 1)], null);
+        PlanValidator.Validate(ok, cl, exp);
+        // tp 3 is not a divisor of 4 devices per node: a group would straddle nodes 0 and 1
+        var bad = ok with { Calls = [ok.Calls[0] with { Strategy = new Strategy(1, 4, 3) }] };
+        Assert.Contains("tp 3 would span nodes", Assert.Throws<PlannerException>(() => PlanValidator.Validate(bad, cl, exp)).Message);
+        var missing = ok with { Calls = [] };
+        Assert.Contains("call 'actor_train' of the experiment is missing", Assert.Throws<PlannerException>(() => PlanValidator.Validate(missing, cl, exp)).Message);
+        var wrongCluster = ok with { Nodes = 2 };
+        Assert.Contains("plan is for 2x4 devices", Assert.Throws<PlannerException>(() => PlanValidator.Validate(wrongCluster, cl, exp)).Message);
+    }
+}

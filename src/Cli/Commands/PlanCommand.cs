@@ -44,11 +44,18 @@ public static class PlanCommand
         catch (PlannerException e) { throw new UsageException(e.Message); }
 
         outPath ??= Path.GetFileNameWithoutExtension(configPath) + ".plan.json";
-        File.WriteAllText(outPath, PlanJson.ToJson(r.Best.Plan));
         string png = Path.ChangeExtension(outPath, ".png");
         var tasks = new List<SimTask>();
         new Evaluator(r.Problem).Simulate(r.Best.Choice, 1, tasks);
-        Gantt.Write(png, tasks, r.Problem.Cluster.TotalDevices, r.Problem.Experiment.Name);
+        try
+        {
+            File.WriteAllText(outPath, PlanJson.ToJson(r.Best.Plan));
+            Gantt.Write(png, tasks, r.Problem.Cluster.TotalDevices, r.Problem.Experiment.Name);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UsageException($"--out: cannot write '{outPath}' / '{png}': {e.Message}");
+        }
 
         if (asJson)
         {
