@@ -29,6 +29,8 @@ public static class PlanCommand
         return cmd;
     }
 
+    private static string S(double seconds) => seconds >= 1 ? seconds.ToString("F2") : seconds.ToString("G3");
+
     private static int Run(string configPath, string clusterPath, int? nodes, int seed, double limit, string? outPath, string? profilePath, bool asJson)
     {
         if (!(limit > 0)) throw new UsageException($"--time-limit: {limit} must be positive");
@@ -86,15 +88,15 @@ public static class PlanCommand
             int d0 = c.Mesh.FirstDevice(dpn);
             double mem = r.Best.PeakMemory.Skip(d0).Take(c.Mesh.Size).Max();
             table.AddRow(c.Name, c.Model, c.Mesh.ToString(), c.Strategy.ToString(), c.MicroBatches.ToString(),
-                $"{t.Start:F2}", $"{t.End:F2}", $"{mem / (1024.0 * 1024 * 1024):F1} GiB");
+                S(t.Start), S(t.End), $"{mem / (1024.0 * 1024 * 1024):F1} GiB");
         }
         foreach (var t in tasks.Where(t => t.IsRealloc))
-            table.AddRow(Markup.Escape(t.Name), "", "", "", "", $"{t.Start:F2}", $"{t.End:F2}", "");
+            table.AddRow(Markup.Escape(t.Name), "", "", "", "", S(t.Start), S(t.End), "");
         AnsiConsole.Write(table);
-        AnsiConsole.MarkupLine($"estimated iteration: [bold]{r.Best.Evaluation.IterationSeconds:F2} s[/] ({Markup.Escape(r.Method)}, {r.Evaluations} plans evaluated, {r.SearchSeconds:F2} s{(r.TimedOut ? ", time limit hit" : "")})");
+        AnsiConsole.MarkupLine($"estimated iteration: [bold]{S(r.Best.Evaluation.IterationSeconds)} s[/] ({Markup.Escape(r.Method)}, {r.Evaluations} plans evaluated, {r.SearchSeconds:F2} s{(r.TimedOut ? ", time limit hit" : "")})");
         foreach (var (name, b) in r.Baselines)
             AnsiConsole.MarkupLine(b is null ? $"  {name}: does not fit in memory"
-                : $"  {name}: {b.Evaluation.IterationSeconds:F2} s ({b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x)");
+                : $"  {name}: {S(b.Evaluation.IterationSeconds)} s ({b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x)");
         AnsiConsole.MarkupLine($"plan: {Markup.Escape(outPath)}, Gantt chart: {Markup.Escape(png)}");
         return 0;
     }
