@@ -1,0 +1,134 @@
+// `realn plan CONFIG --cluster CLUSTER [--nodes N] [--seed S] [--time-limit SEC] [--out PLAN.json]
+// [--profile PROFILE.json] [--json]`: searches the execution plan, prints it as a table with the
+// baselines (or the JSON document {"iteration_seconds", "baselines", "search_seconds", "plan"}),
+// writes the plan JSON and a Gantt chart PNG of one iteration beside it.
+using System.CommandLine;
+using System.Text.Json;
+using ReaLNative.Planner;
+using Spectre.Console;
+
+namespace ReaLNative.Cli.Commands;
+
+public static class PlanCommand
+{
+    public static Command Create()
+    {
+        var config = new Argument<string>("CONFIG") { Description = "Experiment YAML" };
+        var cluster = new Option<string>("--cluster") { Description = "Cluster spec YAML", Required = true };
+        var nodes = new Option<int?>("--nodes") { Description = "Override the spec's node count" };
+        var seed = new Option<int>("--seed") { Description = "Search seed", DefaultValueFactory = _ => 1 };
+        var limit = new Option<double>("--time-limit") { Description = "Search time cap in seconds", DefaultValueFactory = _ => 60 };
+        var outPath = new Option<string?>("--out") { Description = "Plan JSON path (default: CONFIG name + .plan.json in the current directory)" };
+        var profile = new Option<string?>("--profile") { Description = "Calibration profile JSON (from realn profile)" };
+        var json = new Option<bool>("--json") { Description = "Print the JSON result instead of a table" };
+        var cmd = new Command("plan", "Search the execution plan (per-call mesh and pp/dp/tp) of an experiment on a cluster");
+        cmd.Arguments.Add(config);
+        foreach (var o in new Option[] { cluster, nodes, seed, limit, outPath, profile, json }) cmd.Options.Add(o);
+        cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(cluster)!, p.GetValue(nodes), p.GetValue(seed), p.GetValue(limit),
+            p.GetValue(outPath), p.GetValue(profile), p.GetValue(json)));
+        return cmd;
+    }
+
+    private static string S(double seconds) => seconds >= 1 ? seconds.ToString("F2") : seconds.ToString("G3");
+
+    private static int Run(string configPath, string clusterPath, int? nodes, int seed, double limit, string? outPath, string? profilePath, bool asJson)
+    {
+        if (!(limit > 0)) throw new UsageException($"--time-limit: {limit} must be positive");
+        SearchResult r;
+        try
+        {
+            var spec = ClusterSpec.Load(clusterPath);
+            if (nodes is { } n) spec = spec.WithNodes(n);
+            var exp = Experiment.Load(configPath);
+            var prof = profilePath is null ? null : ProfileData.Load(profilePath);
+            r = PlanSearch.Run(spec, exp, new SearchOptions { Seed = seed, TimeLimitSeconds = limit }, prof);
+        }
+        catch (PlannerException e) { throw new UsageException(e.Message); }
+
+        outPath ??= Path.GetFileNameWithoutExtension(configPath) + ".plan.json";
+        string png = Path.ChangeExtension(outPath, ".png");
+        var tasks = new List<SimTask>();
+        new Evaluator(r.Problem).Simulate(r.Best.Choice, 1, tasks);
+        try
+        {
+            File.WriteAllText(outPath, PlanJson.ToJson(r.Best.Plan));
+            Gantt.Write(png, tasks, r.Problem.Cluster.TotalDevices, r.Problem.Experiment.Name);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UsageException($"--out: cannot write '{outPath}' / '{png}': {e.Message}");
+        }
+
+        if (asJson)
+        {
+            using var ms = new MemoryStream();
+            using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true }))
+            {
+                w.WriteStartObject();
+                w.WriteNumber("iteration_seconds", r.Best.Evaluation.IterationSeconds);
+                w.WriteStartObject("baselines");
+                foreach (var (name, b) in r.Baselines)
+                    if (b is null) w.WriteNull(name); else w.WriteNumber(name, b.Evaluation.IterationSeconds);
+                w.WriteEndObject();
+                w.WriteNumber("search_seconds", r.SearchSeconds);
+                w.WritePropertyName("plan");
+                PlanJson.Write(w, r.Best.Plan);
+                w.WriteEndObject();
+            }
+            Console.WriteLine(System.Text.Encoding.UTF8.GetString(ms.ToArray()));
+            return 0;
+        }
+
+        var table = new Table().AddColumns("call", "model", "mesh", "pp/dp/tp", "micro", "start s", "end s", "memory/device");
+        var first = tasks.Where(t => !t.IsRealloc).ToDictionary(t => t.Name);
+        int dpn = r.Problem.Cluster.DevicesPerNode;
+        foreach (var (c, i) in r.Best.Plan.Calls.Select((c, i) => (c, i)))
+        {
+            var t = first[c.Name];
+            int d0 = c.Mesh.FirstDevice(dpn);
+            double mem = r.Best.PeakMemory.Skip(d0).Take(c.Mesh.Size).Max();
+            table.AddRow(c.Name, c.Model, c.Mesh.ToString(), c.Strategy.ToString(), c.MicroBatches.ToString(),
+                S(t.Start), S(t.End), $"{mem / (1024.0 * 1024 * 1024):F1} GiB");
+        }
+        foreach (var t in tasks.Where(t => t.IsRealloc))
+            table.AddRow(Markup.Escape(t.Name), "", "", "", "", S(t.Start), S(t.End), "");
+        AnsiConsole.Write(table);
+        AnsiConsole.MarkupLine($"estimated iteration: [bold]{S(r.Best.Evaluation.IterationSeconds)} s[/] ({Markup.Escape(r.Method)}, {r.Evaluations} plans evaluated, {r.SearchSeconds:F2} s{(r.TimedOut ? ", time limit hit" : "")})");
+        foreach (var (name, b) in r.Baselines)
+            AnsiConsole.MarkupLine(b is null ? $"  {name}: does not fit in memory"
+                : $"  {name}: {S(b.Evaluation.IterationSeconds)} s ({b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x)");
+        AnsiConsole.MarkupLine($"plan: {Markup.Escape(outPath)}, Gantt chart: {Markup.Escape(png)}");
+        return 0;
+    }
+}
+
+/// <summary>Gantt chart of one simulated iteration: one row per device, one box per task.</summary>
+internal static class Gantt
+{
+    public static void Write(string path, List<SimTask> tasks, int devices, string title)
+    {
+        var plt = new ScottPlot.Plot();
+        var pal = new ScottPlot.Palettes.Category10();
+        var names = tasks.Select(t => t.Name).Distinct().ToList();
+        foreach (var t in tasks)
+        {
+            var color = pal.GetColor(names.IndexOf(t.Name));
+            void Box(int d0, int n)
+            {
+                if (n <= 0) return;
+                var rect = plt.Add.Rectangle(t.Start, t.End, d0, d0 + n);
+                rect.FillStyle.Color = color.WithAlpha(t.IsRealloc ? 0.35 : 0.8);
+                rect.LineStyle.Color = ScottPlot.Colors.Black;
+            }
+            Box(t.FirstDevice, t.DeviceCount);
+            if (t.IsRealloc) Box(t.FirstDevice2, t.DeviceCount2);
+            var txt = plt.Add.Text(t.Name, t.Start, t.FirstDevice + t.DeviceCount / 2.0);
+            txt.LabelFontSize = 10;
+        }
+        plt.Title($"{title}: one iteration");
+        plt.XLabel("seconds");
+        plt.YLabel("device");
+        plt.Axes.SetLimitsY(devices, 0);
+        plt.SavePng(path, 1400, Math.Max(400, Math.Min(2000, 40 + devices * 12)));
+    }
+}

@@ -1,0 +1,187 @@
+// The planner's view of an experiment: only the workload keys marked [P] in
+// docs/experiment-config.md (other keys belong to the engine and are ignored here), the model
+// architectures (preset or Hugging Face config.json) and the dataflow graph of model function calls.
+using System.Text.Json;
+using YamlDotNet.RepresentationModel;
+
+namespace ReaLNative.Planner;
+
+/// <summary>LLaMA-family architecture; the same fields `realn run` derives from a preset or config.json.</summary>
+public sealed record ModelConfig(string Name, int Layers, int Hidden, int Intermediate, int Heads, int KvHeads, int Vocab, bool Tied)
+{
+    public int HeadDim => Hidden / Heads;
+    public int KvDim => KvHeads * HeadDim;
+
+    /// <summary>Parameters of one transformer block: q,o (h*h each), k,v (h*kv), gate/up/down (3*h*i), two norms.</summary>
+    public double BlockParams => 2.0 * Hidden * Hidden + 2.0 * Hidden * KvDim + 3.0 * Hidden * Intermediate + 2.0 * Hidden;
+
+    /// <summary>Total parameters; <paramref name="scalarHead"/> for critic/reward (value head of width 1).</summary>
+    public double Params(bool scalarHead) =>
+        (double)Vocab * Hidden + Layers * BlockParams + Hidden + (scalarHead ? Hidden : Tied ? 0 : (double)Vocab * Hidden);
+
+    public static readonly IReadOnlyDictionary<string, ModelConfig> Presets = new Dictionary<string, ModelConfig>
+    {
+        ["tiny"] = new("tiny", 2, 64, 176, 4, 2, 32, false),
+        ["gpt2-small"] = new("gpt2-small", 12, 768, 2048, 12, 12, 50304, false),
+        ["llama-7b"] = new("llama-7b", 32, 4096, 11008, 32, 32, 32000, false),
+        ["llama-13b"] = new("llama-13b", 40, 5120, 13824, 40, 40, 32000, false),
+        ["llama-34b"] = new("llama-34b", 48, 8192, 22016, 64, 8, 32000, false),
+        ["llama-70b"] = new("llama-70b", 80, 8192, 28672, 64, 8, 32000, false),
+    };
+
+    /// <summary>Reads the architecture fields of a Hugging Face LLaMA config.json.</summary>
+    public static ModelConfig FromHfConfig(string path, string field)
+    {
+        if (!File.Exists(path)) throw new PlannerException($"{field}: config file '{path}' does not exist");
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(File.ReadAllText(path)); }
+        catch (JsonException e) { throw new PlannerException($"{field}: '{path}' is not valid JSON: {e.Message}"); }
+        using (doc)
+        {
+            var root = doc.RootElement;
+            int Get(string k, int? dflt = null)
+            {
+                if (!root.TryGetProperty(k, out var v))
+                    return dflt ?? throw new PlannerException($"{field}: '{path}' lacks '{k}'");
+                if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int x) || x <= 0)
+                    throw new PlannerException($"{field}: '{path}' key '{k}' must be a positive integer");
+                return x;
+            }
+            int heads = Get("num_attention_heads");
+            bool tied = root.TryGetProperty("tie_word_embeddings", out var t) && t.ValueKind == JsonValueKind.True;
+            var m = new ModelConfig(Path.GetFileName(Path.GetDirectoryName(Path.GetFullPath(path))) ?? "hf", Get("num_hidden_layers"), Get("hidden_size"),
+                Get("intermediate_size"), heads, Get("num_key_value_heads", heads), Get("vocab_size"), tied);
+            m.Check(field);
+            return m;
+        }
+    }
+
+    internal void Check(string field)
+    {
+        if (Hidden % Heads != 0) throw new PlannerException($"{field}: hidden_size {Hidden} is not a multiple of num_attention_heads {Heads}");
+        if (Heads % KvHeads != 0) throw new PlannerException($"{field}: num_attention_heads {Heads} is not a multiple of num_key_value_heads {KvHeads}");
+    }
+}
+
+/// <summary>Kind of model function call.</summary>
+public enum CallType { Generate, Inference, TrainStep }
+
+/// <summary>One model function call of the dataflow: its model role, type, the calls it consumes
+/// and the work size (sequences and tokens per sequence). Train calls run <see cref="OptimizerSteps"/>
+/// optimizer steps (PPO minibatches).</summary>
+public sealed record ModelCall(string Name, string Role, CallType Type, string[] Inputs, int Sequences, int PromptTokens, int NewTokens,
+    int OptimizerSteps, int OutputBytesPerToken)
+{
+    public int SequenceTokens => PromptTokens + NewTokens;
+}
+
+/// <summary>The planner's part of an experiment YAML plus the derived dataflow graph.</summary>
+public sealed class Experiment
+{
+    public required string Name { get; init; }
+    public required string Algorithm { get; init; }
+    public required int Iterations { get; init; }
+    public required int BatchSize { get; init; }
+    public required int PromptLen { get; init; }
+    public required int GenLen { get; init; }
+    public required int Minibatches { get; init; }
+    public required IReadOnlyDictionary<string, ModelConfig> Models { get; init; }
+    public required IReadOnlyList<ModelCall> Calls { get; init; }
+
+    /// <summary>Roles with a value (scalar) head instead of the LM head.</summary>
+    public static bool HasScalarHead(string role) => role is "critic" or "reward";
+
+    /// <summary>Roles trained by some call of this experiment (their train layout is their home).</summary>
+    public bool IsTrainable(string role) => Calls.Any(c => c.Role == role && c.Type == CallType.TrainStep);
+
+    public static Experiment Load(string path)
+    {
+        if (!File.Exists(path)) throw new PlannerException($"experiment '{path}' does not exist");
+        return Parse(File.ReadAllText(path), Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".", path);
+    }
+
+    public static Experiment Parse(string yaml, string baseDir = ".", string source = "experiment")
+    {
+        var root = Yaml.LoadRoot(yaml, source);
+        var r = new Yaml.Reader(root, "experiment");
+        string algo = r.Str("algorithm");
+        string[] roles = algo switch
+        {
+            "ppo" => ["actor", "critic", "ref", "reward"],
+            "grpo" or "remax" => ["actor", "ref", "reward"],
+            "dpo" => ["actor", "ref"],
+            "sft" => ["actor"],
+            "rm" => ["reward"],
+            _ => throw new PlannerException($"algorithm: '{algo}' is not one of sft, rm, ppo, grpo, remax, dpo"),
+        };
+        var modelsNode = r.Get("models") as YamlMappingNode ?? throw new PlannerException("models: missing or not a mapping");
+        var models = new Dictionary<string, ModelConfig>();
+        foreach (var role in roles)
+        {
+            string f = $"models.{role}";
+            var mn = modelsNode.Children.TryGetValue(new YamlScalarNode(role), out var n) ? n as YamlMappingNode : null;
+            if (mn is null) throw new PlannerException($"{f}: missing (algorithm {algo} needs {string.Join(", ", roles)})");
+            var mr = new Yaml.Reader(mn, f);
+            string? preset = mr.OptStr("preset"), config = mr.OptStr("config");
+            if ((preset is null) == (config is null)) throw new PlannerException($"{f}: give exactly one of 'preset' or 'config'");
+            if (preset is not null)
+                models[role] = ModelConfig.Presets.TryGetValue(preset, out var m) ? m
+                    : throw new PlannerException($"{f}.preset: '{preset}' is not one of {string.Join(", ", ModelConfig.Presets.Keys)}");
+            else
+                models[role] = ModelConfig.FromHfConfig(Path.Combine(baseDir, config!), $"{f}.config");
+        }
+        var b = new Yaml.Reader(r.Get("batch") as YamlMappingNode ?? throw new PlannerException("batch: missing or not a mapping"), "batch");
+        int size = b.Int("size", 1, 1 << 24), prompt = b.Int("prompt_len", 1, 1 << 20), gen = b.OptInt("gen_len", 0, 1 << 20, 0);
+        int mbs = b.OptInt("minibatches", 1, 1 << 16, 1);
+        if (mbs > size) throw new PlannerException($"batch.minibatches: {mbs} exceeds batch.size {size}");
+        if (algo is "ppo" or "grpo" or "remax" && gen < 1) throw new PlannerException($"batch.gen_len: {algo} generates, needs at least 1 new token");
+        return new Experiment
+        {
+            Name = r.OptStr("name") ?? Path.GetFileNameWithoutExtension(source),
+            Algorithm = algo,
+            Iterations = r.OptInt("iterations", 1, int.MaxValue, 1),
+            BatchSize = size, PromptLen = prompt, GenLen = gen, Minibatches = mbs,
+            Models = models,
+            Calls = BuildCalls(algo, size, prompt, gen, mbs),
+        };
+    }
+
+    /// <summary>The dataflow per algorithm (REFERENCE.md): data edges follow keys.</summary>
+    internal static List<ModelCall> BuildCalls(string algo, int b, int p, int g, int mbs)
+    {
+        // Output bytes per token: token ids + logprobs (+ mask) for generation, one fp32 per token for inference.
+        switch (algo)
+        {
+            case "ppo":
+                return [
+                    new("actor_gen", "actor", CallType.Generate, [], b, p, g, 1, 12),
+                    new("rew_inf", "reward", CallType.Inference, ["actor_gen"], b, p, g, 1, 4),
+                    new("ref_inf", "ref", CallType.Inference, ["actor_gen"], b, p, g, 1, 4),
+                    new("critic_inf", "critic", CallType.Inference, ["actor_gen"], b, p, g, 1, 4),
+                    new("actor_train", "actor", CallType.TrainStep, ["actor_gen", "rew_inf", "ref_inf", "critic_inf"], b, p, g, mbs, 0),
+                    new("critic_train", "critic", CallType.TrainStep, ["actor_gen", "rew_inf", "ref_inf", "critic_inf"], b, p, g, mbs, 0)];
+            case "grpo":
+                return [
+                    new("actor_gen", "actor", CallType.Generate, [], b, p, g, 1, 12),
+                    new("rew_inf", "reward", CallType.Inference, ["actor_gen"], b, p, g, 1, 4),
+                    new("ref_inf", "ref", CallType.Inference, ["actor_gen"], b, p, g, 1, 4),
+                    new("actor_train", "actor", CallType.TrainStep, ["actor_gen", "rew_inf", "ref_inf"], b, p, g, mbs, 0)];
+            case "remax":
+                // a sampled and a greedy generation: twice the sequences.
+                return [
+                    new("actor_gen", "actor", CallType.Generate, [], 2 * b, p, g, 1, 12),
+                    new("rew_inf", "reward", CallType.Inference, ["actor_gen"], 2 * b, p, g, 1, 4),
+                    new("ref_inf", "ref", CallType.Inference, ["actor_gen"], b, p, g, 1, 4),
+                    new("actor_train", "actor", CallType.TrainStep, ["actor_gen", "rew_inf", "ref_inf"], b, p, g, mbs, 0)];
+            case "dpo":
+                // chosen + rejected answers of gen_len tokens each.
+                return [
+                    new("ref_inf", "ref", CallType.Inference, [], 2 * b, p, Math.Max(g, 1), 1, 4),
+                    new("actor_train", "actor", CallType.TrainStep, ["ref_inf"], 2 * b, p, Math.Max(g, 1), mbs, 0)];
+            case "sft":
+                return [new("actor_train", "actor", CallType.TrainStep, [], b, p, g, mbs, 0)];
+            default: // rm: chosen + rejected
+                return [new("reward_train", "reward", CallType.TrainStep, [], 2 * b, p, g, mbs, 0)];
+        }
+    }
+}

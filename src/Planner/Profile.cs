@@ -1,0 +1,103 @@
+// Calibration profile: measured costs on the local backend that replace the roofline where present.
+// Written by the engine's `realn profile`, read here; format documented on ProfileData.
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace ReaLNative.Planner;
+
+/// <summary>
+/// A calibration profile (JSON, snake_case). Example:
+/// <code>
+/// { "version": 1, "backend": "cpu", "device": "AMD EPYC 2 cores",
+///   "gemm_gflops": 140.0,          // measured dense GEMM throughput per device (replaces peak x efficiency)
+///   "memcpy_gbps": 11.0,           // measured device-memory copy bandwidth (replaces memory_bandwidth_gbps)
+///   "layers": [ { "hidden": 64, "intermediate": 176, "heads": 4, "kv_heads": 2,
+///                 "points": [ { "kind": "fwd",    "tokens": 256, "context": 0,  "seconds": 1.2e-4 },
+///                             { "kind": "bwd",    "tokens": 256, "context": 0,  "seconds": 2.5e-4 },
+///                             { "kind": "decode", "tokens": 8,   "context": 32, "seconds": 3.0e-5 } ] } ] }
+/// </code>
+/// A point is the wall time of ONE transformer block (tp = 1) on one device: <c>fwd</c>/<c>bwd</c> for
+/// <c>tokens</c> packed tokens, <c>decode</c> for one decode step of <c>tokens</c> sequences at
+/// <c>context</c> cached tokens. The estimator interpolates linearly in tokens between points of the
+/// same kind (beyond the largest it scales proportionally, below the smallest it keeps the smallest),
+/// divides by tp, and uses the roofline for everything a profile lacks (other models, head, comms).
+/// </summary>
+public sealed record ProfileData
+{
+    [JsonPropertyName("version")] public int Version { get; init; } = 1;
+    [JsonPropertyName("backend")] public string Backend { get; init; } = "";
+    [JsonPropertyName("device")] public string Device { get; init; } = "";
+    [JsonPropertyName("gemm_gflops")] public double? GemmGflops { get; init; }
+    [JsonPropertyName("memcpy_gbps")] public double? MemcpyGbps { get; init; }
+    [JsonPropertyName("layers")] public List<LayerProfile> Layers { get; init; } = [];
+
+    public static ProfileData Load(string path)
+    {
+        if (!File.Exists(path)) throw new PlannerException($"profile '{path}' does not exist");
+        ProfileData? p;
+        try { p = JsonSerializer.Deserialize<ProfileData>(File.ReadAllText(path)); }
+        catch (JsonException e) { throw new PlannerException($"profile: {e.Path}: {e.Message}"); }
+        if (p is null) throw new PlannerException("profile: empty document");
+        p.Validate();
+        return p;
+    }
+
+    public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true });
+
+    public void Validate()
+    {
+        if (Version != 1) throw new PlannerException($"profile.version: {Version} is not supported (expected 1)");
+        if (GemmGflops is { } g && !(g > 0 && double.IsFinite(g))) throw new PlannerException($"profile.gemm_gflops: {g} must be a positive number");
+        if (MemcpyGbps is { } m && !(m > 0 && double.IsFinite(m))) throw new PlannerException($"profile.memcpy_gbps: {m} must be a positive number");
+        for (int i = 0; i < Layers.Count; i++)
+        {
+            var l = Layers[i];
+            if (l.Hidden <= 0 || l.Intermediate <= 0 || l.Heads <= 0 || l.KvHeads <= 0)
+                throw new PlannerException($"profile.layers[{i}]: hidden, intermediate, heads, kv_heads must be positive");
+            for (int j = 0; j < l.Points.Count; j++)
+            {
+                var pt = l.Points[j];
+                string f = $"profile.layers[{i}].points[{j}]";
+                if (pt.Kind is not ("fwd" or "bwd" or "decode")) throw new PlannerException($"{f}.kind: '{pt.Kind}' is not one of fwd, bwd, decode");
+                if (pt.Tokens <= 0) throw new PlannerException($"{f}.tokens: {pt.Tokens} must be positive");
+                if (!(pt.Seconds > 0 && double.IsFinite(pt.Seconds))) throw new PlannerException($"{f}.seconds: {pt.Seconds} must be a positive number");
+            }
+        }
+    }
+
+    /// <summary>Measured block time for a model's layer shape, or null when the profile lacks it.</summary>
+    public double? BlockSeconds(ModelConfig m, string kind, double tokens)
+    {
+        var l = Layers.FirstOrDefault(x => x.Hidden == m.Hidden && x.Intermediate == m.Intermediate && x.Heads == m.Heads && x.KvHeads == m.KvHeads);
+        if (l is null) return null;
+        var pts = l.Points.Where(p => p.Kind == kind).OrderBy(p => p.Tokens).ToList();
+        if (pts.Count == 0) return null;
+        if (tokens <= pts[0].Tokens) return pts[0].Seconds;
+        for (int i = 1; i < pts.Count; i++)
+            if (tokens <= pts[i].Tokens)
+            {
+                double a = (tokens - pts[i - 1].Tokens) / (pts[i].Tokens - pts[i - 1].Tokens);
+                return pts[i - 1].Seconds + a * (pts[i].Seconds - pts[i - 1].Seconds);
+            }
+        return pts[^1].Seconds * tokens / pts[^1].Tokens;
+    }
+}
+
+/// <summary>Measured points of one transformer block shape.</summary>
+public sealed record LayerProfile
+{
+    [JsonPropertyName("hidden")] public int Hidden { get; init; }
+    [JsonPropertyName("intermediate")] public int Intermediate { get; init; }
+    [JsonPropertyName("heads")] public int Heads { get; init; }
+    [JsonPropertyName("kv_heads")] public int KvHeads { get; init; }
+    [JsonPropertyName("points")] public List<LayerPoint> Points { get; init; } = [];
+}
+
+/// <summary>One measurement: kind fwd | bwd | decode, tokens, cached context (decode), seconds.</summary>
+public sealed record LayerPoint
+{
+    [JsonPropertyName("kind")] public string Kind { get; init; } = "";
+    [JsonPropertyName("tokens")] public long Tokens { get; init; }
+    [JsonPropertyName("context")] public long Context { get; init; }
+    [JsonPropertyName("seconds")] public double Seconds { get; init; }
+}

@@ -1,0 +1,186 @@
+// Execution-plan search: exhaustive enumeration when the space is small, otherwise several seeded
+// simulated-annealing chains in parallel (Metropolis acceptance on the real cost difference, a
+// geometric temperature schedule calibrated from sampled move sizes), then a greedy polish. The
+// step budget is fixed, so a seed gives the same plan on any machine; the time limit only cuts short.
+using System.Diagnostics;
+
+namespace ReaLNative.Planner;
+
+/// <summary>Search settings.</summary>
+public sealed record SearchOptions
+{
+    public int Seed { get; init; } = 1;
+    /// <summary>Wall-clock cap in seconds; when hit, chains stop early (results then depend on timing).</summary>
+    public double TimeLimitSeconds { get; init; } = 60;
+    public int Chains { get; init; } = 4;
+    public int StepsPerChain { get; init; } = 20000;
+    /// <summary>Spaces with at most this many plans are searched exhaustively.</summary>
+    public double ExhaustiveLimit { get; init; } = 200_000;
+}
+
+/// <summary>A finished plan with its evaluation.</summary>
+public sealed record PlanResult(Plan Plan, int[] Choice, Evaluation Evaluation, double[] PeakMemory);
+
+/// <summary>Search outcome: best plan, baselines, search time and how it was found.</summary>
+public sealed record SearchResult(PlanResult Best, IReadOnlyDictionary<string, PlanResult?> Baselines, double SearchSeconds,
+    string Method, long Evaluations, bool TimedOut, PlanningProblem Problem, double SetupSeconds);
+
+public static class PlanSearch
+{
+    public static SearchResult Run(ClusterSpec cluster, Experiment exp, SearchOptions opt, ProfileData? profile = null)
+    {
+        var sw = Stopwatch.StartNew();
+        var problem = new PlanningProblem(new Estimator(cluster, exp, profile));
+        var baselines = Baselines.All(problem);
+        double setup = sw.Elapsed.TotalSeconds;
+        int[]? best = null; string method; long evals = 0; bool timedOut = false;
+        var ev = new Evaluator(problem);
+        if (problem.SpaceSize <= opt.ExhaustiveLimit)
+        {
+            (best, evals) = Exhaustive(problem);
+            method = "exhaustive";
+        }
+        else
+        {
+            var starts = baselines.Values.Where(b => b is not null && b.Evaluation.Feasible).Select(b => b!.Choice).ToList();
+            (best, evals, timedOut) = Anneal(problem, opt, starts, sw);
+            method = $"annealing ({opt.Chains} chains x {opt.StepsPerChain} steps)";
+        }
+        var result = Finish(problem, best!, ev);
+        // never worse than a baseline (the search starts from them, this only guards the polish order)
+        foreach (var b in baselines.Values)
+            if (b is not null && b.Evaluation.Feasible && b.Evaluation.Cost < result.Evaluation.Cost) result = b;
+        if (!result.Evaluation.Feasible)
+            throw new PlannerException($"no plan fits in memory on cluster '{cluster.Name}' ({cluster.TotalDevices} devices of {Units.Bytes(cluster.UsableMemoryBytes)}): " +
+                $"the best found overflows a device by {Units.Bytes(result.Evaluation.OverflowBytes)}");
+        return new SearchResult(result, baselines, sw.Elapsed.TotalSeconds, method, evals, timedOut, problem, setup);
+    }
+
+    internal static PlanResult Finish(PlanningProblem p, int[] choice, Evaluator ev)
+    {
+        var e = ev.Evaluate(choice);
+        var peak = ev.PeakMemory(choice);
+        var calls = p.Calls.Select((c, i) =>
+        {
+            var o = p.Options[i][choice[i]].Option;
+            return new PlanCall(c.Name, c.Role, c.Type, o.Mesh, o.Strategy, o.MicroBatches);
+        }).ToList();
+        var plan = new Plan(p.Cluster.Nodes, p.Cluster.DevicesPerNode, calls, new PlanEstimate(e.IterationSeconds, peak.Select(x => (long)x).ToArray()));
+        return new PlanResult(plan, (int[])choice.Clone(), e, peak);
+    }
+
+    /// <summary>Evaluates every plan; parallel over the first call's options, ties broken by index.</summary>
+    public static (int[] Best, long Evaluations) Exhaustive(PlanningProblem p)
+    {
+        int n = p.Calls.Count;
+        var counts = p.Options.Select(o => o.Count).ToArray();
+        var results = new (double Cost, int[] Choice)[counts[0]];
+        Parallel.For(0, counts[0], () => new Evaluator(p), (first, _, ev) =>
+        {
+            var c = new int[n]; c[0] = first;
+            double bestCost = double.MaxValue; int[] bestC = (int[])c.Clone();
+            while (true)
+            {
+                double cost = ev.Evaluate(c).Cost;
+                if (cost < bestCost) { bestCost = cost; bestC = (int[])c.Clone(); }
+                int k = n - 1;
+                while (k >= 1 && ++c[k] == counts[k]) { c[k] = 0; k--; }
+                if (k < 1) break;
+            }
+            results[first] = (bestCost, bestC);
+            return ev;
+        }, _ => { });
+        int bi = 0;
+        for (int i = 1; i < results.Length; i++) if (results[i].Cost < results[bi].Cost) bi = i;
+        return (results[bi].Choice, (long)p.SpaceSize);
+    }
+
+    internal static (int[] Best, long Evals, bool TimedOut) Anneal(PlanningProblem p, SearchOptions opt, List<int[]> starts, Stopwatch sw)
+    {
+        int n = p.Calls.Count;
+        var results = new (double Cost, int[] Choice, long Evals, bool TimedOut)[opt.Chains];
+        Parallel.For(0, opt.Chains, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, chain =>
+        {
+            var rng = new Random(unchecked(opt.Seed * 1000003 + chain * 7919)); // System.Random(seed) is stable across runs
+            var ev = new Evaluator(p);
+            long evals = 0;
+            int[] cur = chain < starts.Count ? (int[])starts[chain].Clone() : Enumerable.Range(0, n).Select(i => rng.Next(p.Options[i].Count)).ToArray();
+            double curCost = ev.Evaluate(cur).Cost; evals++;
+            // temperature: initial so that the mean uphill move is accepted with probability 1/2,
+            // cooled geometrically to 1e-4 of that over the chain.
+            double sumUp = 0; int ups = 0;
+            var probe = (int[])cur.Clone();
+            for (int k = 0; k < 64; k++)
+            {
+                int ci = rng.Next(n); int old = probe[ci];
+                probe[ci] = rng.Next(p.Options[ci].Count);
+                double d = ev.Evaluate(probe).Cost - curCost; evals++;
+                if (d > 0 && double.IsFinite(d)) { sumUp += Math.Min(d, curCost); ups++; }
+                probe[ci] = old;
+            }
+            double t0 = ups > 0 ? sumUp / ups / Math.Log(2) : curCost * 0.1, tEnd = t0 * 1e-4;
+            double alpha = Math.Pow(tEnd / t0, 1.0 / opt.StepsPerChain);
+            double temp = t0;
+            int[] best = (int[])cur.Clone(); double bestCost = curCost;
+            bool timedOut = false;
+            for (int step = 0; step < opt.StepsPerChain; step++, temp *= alpha)
+            {
+                if ((step & 255) == 0 && sw.Elapsed.TotalSeconds > opt.TimeLimitSeconds) { timedOut = true; break; }
+                int ci = rng.Next(n), old = cur[ci];
+                var list = p.Options[ci];
+                int next;
+                if (rng.NextDouble() < 0.5)
+                {
+                    // neighbour: another option on the same mesh (options are grouped by mesh)
+                    var mesh = list[old].Option.Mesh;
+                    int lo = old, hi = old;
+                    while (lo > 0 && list[lo - 1].Option.Mesh == mesh) lo--;
+                    while (hi < list.Count - 1 && list[hi + 1].Option.Mesh == mesh) hi++;
+                    next = lo + rng.Next(hi - lo + 1);
+                }
+                else next = rng.Next(list.Count);
+                if (next == old) continue;
+                cur[ci] = next;
+                double c = ev.Evaluate(cur).Cost; evals++;
+                double delta = c - curCost;
+                if (delta <= 0 || rng.NextDouble() < Math.Exp(-delta / temp))
+                {
+                    curCost = c;
+                    if (c < bestCost) { bestCost = c; best = (int[])cur.Clone(); }
+                }
+                else cur[ci] = old;
+            }
+            results[chain] = (bestCost, best, evals, timedOut);
+        });
+        int bi = 0;
+        for (int i = 1; i < results.Length; i++) if (results[i].Cost < results[bi].Cost) bi = i;
+        // polish the best chain's plan once (coordinate descent to a local optimum)
+        var final = results[bi].Choice; double cost = results[bi].Cost;
+        long polish = Polish(p, new Evaluator(p), final, ref cost);
+        return (final, results.Sum(r => r.Evals) + polish, results.Any(r => r.TimedOut));
+    }
+
+    /// <summary>Greedy coordinate descent: best option per call with the others fixed, until no gain.</summary>
+    internal static long Polish(PlanningProblem p, Evaluator ev, int[] c, ref double cost)
+    {
+        long evals = 0;
+        for (int pass = 0; pass < 4; pass++)
+        {
+            bool improved = false;
+            for (int ci = 0; ci < c.Length; ci++)
+            {
+                int keep = c[ci];
+                for (int k = 0; k < p.Options[ci].Count; k++)
+                {
+                    if (k == keep) continue;
+                    c[ci] = k;
+                    double x = ev.Evaluate(c).Cost; evals++;
+                    if (x < cost - 1e-12) { cost = x; keep = k; improved = true; }
+                }
+                c[ci] = keep;
+            }
+            if (!improved) break;
+        }
+        return evals;
+    }
+}

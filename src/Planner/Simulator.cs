@@ -1,0 +1,142 @@
+// Plan evaluation: per-device memory (resident + peak active) and the makespan of several unrolled
+// iterations by list scheduling. Calls on disjoint meshes overlap; a reallocation occupies both its
+// source and destination meshes. One Evaluator per thread (it owns scratch arrays).
+namespace ReaLNative.Planner;
+
+/// <summary>One scheduled task of the simulation (a call or a reallocation).</summary>
+public sealed record SimTask(string Name, int Iteration, int FirstDevice, int DeviceCount, int FirstDevice2, int DeviceCount2, double Start, double End, bool IsRealloc);
+
+/// <summary>Result of evaluating one choice of options.</summary>
+public readonly record struct Evaluation(double IterationSeconds, double OverflowBytes, double Cost)
+{
+    public bool Feasible => OverflowBytes <= 0;
+}
+
+public sealed class Evaluator
+{
+    /// <summary>Iterations unrolled by the simulator; the iteration time is makespan / this.</summary>
+    public const int UnrolledIterations = 3;
+    private readonly PlanningProblem _p;
+    private readonly double[] _static, _active, _free;
+    private readonly double[] _end, _prevEnd;
+    private readonly int _dpn;
+    private readonly Dictionary<long, double> _reallocLocal = new();
+
+    public Evaluator(PlanningProblem p)
+    {
+        _p = p;
+        int nd = p.Cluster.TotalDevices;
+        _static = new double[nd]; _active = new double[nd]; _free = new double[nd];
+        _end = new double[p.Calls.Count]; _prevEnd = new double[p.Calls.Count];
+        _dpn = p.Cluster.DevicesPerNode;
+    }
+
+    /// <summary>Peak memory per device of a choice (resident + largest active).</summary>
+    public double[] PeakMemory(int[] choice)
+    {
+        Memory(choice);
+        return _static.Select((s, i) => s + _active[i]).ToArray();
+    }
+
+    private double Memory(int[] choice)
+    {
+        Array.Clear(_static); Array.Clear(_active);
+        var calls = _p.Calls;
+        for (int i = 0; i < calls.Count; i++)
+        {
+            var info = _p.Options[i][choice[i]];
+            var o = info.Option; var m = info.Memory;
+            double stat, act;
+            if (calls[i].Type == CallType.TrainStep) { stat = m.WeightBytes + m.TrainStateBytes; act = m.ActiveBytes; }
+            else if (_p.Trainable[i])
+            {
+                bool home = _p.Options[_p.TrainCallOfRole[i]][choice[_p.TrainCallOfRole[i]]].Option.SameLayout(o);
+                stat = 0; act = home ? m.ActiveBytes : m.WeightBytes + m.ActiveBytes;
+            }
+            else
+            {
+                // a non-trainable model resides in the layout of its first call unless offloaded to host.
+                int first = -1;
+                for (int j = 0; j < i; j++)
+                    if (calls[j].Role == calls[i].Role && !_p.Options[j][choice[j]].Option.Flag && _p.Options[j][choice[j]].Option.SameLayout(o)) { first = j; break; }
+                if (o.Flag) { stat = 0; act = m.WeightBytes + m.ActiveBytes; }
+                else { stat = first >= 0 ? 0 : m.WeightBytes; act = m.ActiveBytes; }
+            }
+            int d0 = o.Mesh.FirstDevice(_dpn), n = o.Mesh.Size;
+            for (int d = d0; d < d0 + n; d++)
+            {
+                _static[d] += stat;
+                if (act > _active[d]) _active[d] = act;
+            }
+        }
+        double over = 0, cap = _p.Cluster.UsableMemoryBytes;
+        for (int d = 0; d < _static.Length; d++) over = Math.Max(over, _static[d] + _active[d] - cap);
+        return over;
+    }
+
+    /// <summary>Evaluates a choice: memory overflow and simulated iteration seconds. Infeasible
+    /// choices get a cost scaled up by the overflow so the search is drawn back to feasible ones.</summary>
+    public Evaluation Evaluate(int[] choice)
+    {
+        double over = Memory(choice);
+        double t = Simulate(choice, UnrolledIterations, null) / UnrolledIterations;
+        double cost = over > 0 ? t * (2 + 10 * over / _p.Cluster.UsableMemoryBytes) : t;
+        return new Evaluation(t, over, cost);
+    }
+
+    private double MaxFree(int d0, int n)
+    {
+        double f = 0;
+        for (int d = d0; d < d0 + n; d++) if (_free[d] > f) f = _free[d];
+        return f;
+    }
+
+    private void SetFree(int d0, int n, double t)
+    {
+        for (int d = d0; d < d0 + n; d++) _free[d] = t;
+    }
+
+    /// <summary>List-schedules <paramref name="iterations"/> unrolled iterations; returns the makespan.</summary>
+    public double Simulate(int[] choice, int iterations, List<SimTask>? record)
+    {
+        Array.Clear(_free); Array.Clear(_end); Array.Clear(_prevEnd);
+        var calls = _p.Calls;
+        double makespan = 0;
+        for (int it = 0; it < iterations; it++)
+        {
+            for (int i = 0; i < calls.Count; i++)
+            {
+                var info = _p.Options[i][choice[i]];
+                var o = info.Option;
+                double ready = _prevEnd[i];
+                foreach (int j in _p.InputIdx[i])
+                    ready = Math.Max(ready, _end[j] + _p.Transfer(j, choice[j], i, choice[i]));
+                int d0 = o.Mesh.FirstDevice(_dpn), n = o.Mesh.Size;
+                int tc = _p.TrainCallOfRole[i];
+                if (tc >= 0 && tc != i)
+                {
+                    ready = Math.Max(ready, _prevEnd[tc]); // a model does not run ahead of its own train step
+                    long key = ((long)i << 48) | ((long)choice[tc] << 24) | (uint)choice[i];
+                    if (!_reallocLocal.TryGetValue(key, out double r)) _reallocLocal[key] = r = _p.Realloc(i, choice[tc], choice[i]);
+                    if (r > 0)
+                    {
+                        var home = _p.Options[tc][choice[tc]].Option.Mesh;
+                        int h0 = home.FirstDevice(_dpn), hn = home.Size;
+                        double rs = Math.Max(Math.Max(_prevEnd[tc], MaxFree(d0, n)), MaxFree(h0, hn));
+                        SetFree(d0, n, rs + r); SetFree(h0, hn, rs + r);
+                        record?.Add(new SimTask($"realloc {calls[i].Role}->{calls[i].Name}", it, h0, hn, d0, n, rs, rs + r, true));
+                        ready = Math.Max(ready, rs + r);
+                    }
+                }
+                double start = Math.Max(ready, MaxFree(d0, n));
+                double end = start + info.Seconds;
+                SetFree(d0, n, end);
+                _end[i] = end;
+                record?.Add(new SimTask(calls[i].Name, it, d0, n, d0, 0, start, end, false));
+                if (end > makespan) makespan = end;
+            }
+            Array.Copy(_end, _prevEnd, _end.Length);
+        }
+        return makespan;
+    }
+}

@@ -1,0 +1,116 @@
+// Estimator properties that follow from the cost model's physics: each checks a direction or a
+// closed-form figure that a wrong formula would break.
+using Xunit;
+
+namespace ReaLNative.Planner.Tests;
+
+public class EstimatorTests
+{
+    private static readonly ClusterSpec H100 = ClusterSpec.Load(TestData.Example("clusters/h100-80gb.yaml")).WithNodes(2);
+    private static readonly Experiment Exp7 = Experiment.Load(TestData.Example("scale/scale-both-7b-gen384.yaml"));
+    private static ModelCall Call(string n) => Exp7.Calls.First(c => c.Name == n);
+    private static CallOption Opt(Mesh m, int pp, int dp, int tp, int mb = 1, bool f = false) => new(m, new Strategy(pp, dp, tp), mb, f);
+    private static readonly Mesh Node0 = new(0, 1, 0, 8), Node1 = new(1, 1, 0, 8), Both = new(0, 2, 0, 8);
+
+    [Fact]
+    public void MemoryShrinksWithModelParallelismAndRecompute()
+    {
+        var est = new Estimator(H100, Exp7);
+        var train = Call("actor_train");
+        var m1 = est.Memory(train, Opt(Node0, 1, 8, 1, 2));
+        var m2 = est.Memory(train, Opt(Node0, 1, 4, 2, 2));
+        var m4 = est.Memory(train, Opt(Node0, 2, 2, 2, 4));
+        Assert.True(m2.WeightBytes < m1.WeightBytes && m4.WeightBytes < m2.WeightBytes);
+        // bf16 weights of LLaMA-7B on 1 tp rank: 2 bytes/param
+        Assert.InRange(m1.WeightBytes / (2 * ModelConfig.Presets["llama-7b"].Params(false)), 0.999, 1.001);
+        var rc = est.Memory(train, Opt(Node0, 1, 8, 1, 2, true));
+        Assert.True(rc.ActiveBytes < m1.ActiveBytes);
+        Assert.True(est.CallSeconds(train, Opt(Node0, 1, 8, 1, 2, true)) > est.CallSeconds(train, Opt(Node0, 1, 8, 1, 2)));
+    }
+
+    [Fact]
+    public void TrainCostsAboutThreeForwardsAndGenerationIsDecodeBound()
+    {
+        var est = new Estimator(H100, Exp7);
+        var o = Opt(Node0, 1, 8, 1, 1);
+        double inf = est.CallSeconds(Call("ref_inf"), o);
+        double train = est.CallSeconds(Call("actor_train"), Opt(Node0, 1, 8, 1, 1));
+        Assert.InRange(train / inf, 2.5, 4.5);
+        double gen = est.CallSeconds(Call("actor_gen"), o);
+        // 383 decode steps each read the 13.5 GB of weights at 3.35 TB/s at least
+        Assert.True(gen > 383 * 2 * ModelConfig.Presets["llama-7b"].Params(false) / 3350e9);
+        Assert.True(gen > inf);
+    }
+
+    [Fact]
+    public void ReallocationFollowsTheIntervalPlan()
+    {
+        var est = new Estimator(H100, Exp7);
+        double bytes = 2 * ModelConfig.Presets["llama-7b"].Params(false);
+        Assert.Equal(0, est.ReallocSeconds("actor", Opt(Node0, 1, 4, 2), Opt(Node0, 1, 4, 2, 2)));
+        // node 0 (dp 8) -> node 1 (dp 8): every destination needs the whole model; one sender per piece
+        // crosses to node 1 over 8 NICs, then a chain broadcast inside node 1.
+        double cross = est.ReallocSeconds("actor", Opt(Node0, 1, 8, 1), Opt(Node1, 1, 8, 1));
+        Assert.InRange(cross, bytes / (8 * H100.InterNodeBandwidth), bytes / H100.InterNodeBandwidth + bytes / H100.IntraNodeBandwidth + 1e-3);
+        // same node, tp 1 -> tp 8: every device already holds its slice (local copy only)
+        double local = est.ReallocSeconds("actor", Opt(Node0, 1, 8, 1), Opt(Node0, 1, 1, 8));
+        Assert.True(local < cross / 5, $"local {local} vs cross-node {cross}");
+        // growing onto both nodes costs less than moving everything to the other node
+        Assert.True(est.ReallocSeconds("actor", Opt(Node0, 1, 8, 1), Opt(Both, 1, 16, 1)) <= cross + 1e-9);
+    }
+
+    [Fact]
+    public void DataTransferIsZeroOnTheSameLayoutAndGrowsAcrossNodes()
+    {
+        var est = new Estimator(H100, Exp7);
+        var gen = Call("actor_gen");
+        Assert.Equal(0, est.TransferSeconds(gen, Opt(Node0, 1, 8, 1), Opt(Node0, 1, 8, 1, 2)));
+        double intra = est.TransferSeconds(gen, Opt(Node0, 1, 8, 1), Opt(new Mesh(0, 1, 0, 4), 1, 4, 1));
+        double inter = est.TransferSeconds(gen, Opt(Node0, 1, 8, 1), Opt(Node1, 1, 8, 1));
+        Assert.True(intra > 0 && inter > intra);
+    }
+
+    [Fact]
+    public void ProfileReplacesTheRoofline()
+    {
+        var cpu = ClusterSpec.Load(TestData.Example("clusters/cpu-local.yaml"));
+        var exp = TestData.Exp("sft", "tiny", "tiny", 8, 32, 32);
+        var call = exp.Calls[0];
+        var o = Opt(new Mesh(0, 1, 0, 1), 1, 1, 1, 1);
+        double roof = new Estimator(cpu, exp).CallSeconds(call, o);
+        var prof = new ProfileData
+        {
+            Layers = [new LayerProfile { Hidden = 64, Intermediate = 176, Heads = 4, KvHeads = 2, Points = [
+                new LayerPoint { Kind = "fwd", Tokens = 64, Seconds = 0.01 }, new LayerPoint { Kind = "fwd", Tokens = 1024, Seconds = 0.1 },
+                new LayerPoint { Kind = "bwd", Tokens = 64, Seconds = 0.02 }, new LayerPoint { Kind = "bwd", Tokens = 1024, Seconds = 0.2 }] }],
+        };
+        prof.Validate();
+        Assert.Equal(0.055, prof.BlockSeconds(exp.Models["actor"], "fwd", 544)!.Value, 6);
+        Assert.Equal(0.2, prof.BlockSeconds(exp.Models["actor"], "fwd", 2048)!.Value, 6);
+        Assert.Null(prof.BlockSeconds(ModelConfig.Presets["llama-7b"], "fwd", 10));
+        double measured = new Estimator(cpu, exp, prof).CallSeconds(call, o);
+        // 2 optimizer steps x 2 layers x (fwd 0.028 + bwd 0.056 at 256 tokens) = 0.336 s dominate
+        Assert.InRange(measured, 0.336, 0.345);
+        Assert.True(measured > 10 * roof);
+        var back = System.Text.Json.JsonSerializer.Deserialize<ProfileData>(prof.ToJson())!;
+        Assert.Equal(4, back.Layers[0].Points.Count);
+    }
+
+    [Fact]
+    public void SimulatorOverlapsDisjointMeshes()
+    {
+        var cl = TestData.Cluster(1, 2, 4);
+        var exp = TestData.Exp("ppo", "tiny", "tiny", 8, 8, 8);
+        var p = new PlanningProblem(new Estimator(cl, exp));
+        var ev = new Evaluator(p);
+        var d0 = new Mesh(0, 1, 0, 1); var d1 = new Mesh(0, 1, 1, 1);
+        int[] Choice(Func<int, Mesh> mesh) => Enumerable.Range(0, p.Calls.Count).Select(i => p.IndexOf(i, new CallOption(mesh(i), new Strategy(1, 1, 1), 1, false))).ToArray();
+        var serial = Choice(_ => d0);
+        var split = Choice(i => p.Calls[i].Role is "critic" or "reward" ? d1 : d0);
+        double sum = Enumerable.Range(0, p.Calls.Count).Sum(i => p.Options[i][serial[i]].Seconds);
+        var tasks = new List<SimTask>();
+        Assert.Equal(sum, ev.Simulate(serial, 1, tasks), 9);
+        Assert.Equal(p.Calls.Count, tasks.Count);
+        Assert.True(ev.Simulate(split, 1, null) < sum);
+    }
+}

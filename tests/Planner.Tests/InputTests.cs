@@ -1,0 +1,188 @@
+// Bad inputs give a PlannerException naming the field and what is wrong; shipped examples parse.
+using Xunit;
+
+namespace ReaLNative.Planner.Tests;
+
+public class InputTests
+{
+    private const string GoodCluster = """
+        name: c
+        nodes: 1
+        devices_per_node: 8
+        device_memory_gib: 80
+        precision: bf16
+        peak_tflops: 989
+        compute_efficiency: 0.5
+        memory_bandwidth_gbps: 3350
+        intra_node_bandwidth_gbps: 360
+        intra_node_latency_us: 6
+        inter_node_bandwidth_gbps: 45
+        inter_node_latency_us: 12
+        host_bandwidth_gbps: 50
+        """;
+
+    [Theory]
+    [InlineData("device_memory_gib: 80", "device_memory_gib: -1", "cluster.device_memory_gib: -1 is out of range")]
+    [InlineData("devices_per_node: 8", "devices_per_node: 6", "cluster.devices_per_node: 6 is not a power of two")]
+    [InlineData("precision: bf16", "precision: fp8", "cluster.precision: 'fp8' is not one of")]
+    [InlineData("peak_tflops: 989", "peak_tflops: fast", "cluster.peak_tflops: 'fast' is not a finite number")]
+    [InlineData("nodes: 1\n", "", "cluster.nodes: missing")]
+    [InlineData("host_bandwidth_gbps: 50", "host_bandwidth_gbps: 50\nbogus: 1", "cluster.bogus: unknown key")]
+    [InlineData("nodes: 1", "nodes: [1", "YAML syntax error")]
+    public void BadClusterNamesField(string from, string to, string expected)
+    {
+        var e = Assert.Throws<PlannerException>(() => ClusterSpec.Parse(GoodCluster.Replace(from, to)));
+        Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void ShippedClustersParse()
+    {
+        foreach (var f in new[] { "a100-80gb", "h100-80gb", "cpu-local" })
+        {
+            var c = ClusterSpec.Load(TestData.Example($"clusters/{f}.yaml"));
+            Assert.Equal(f, c.Name);
+            Assert.True(c.UsableMemoryBytes > 0);
+        }
+        var cpu = ClusterSpec.Load(TestData.Example("clusters/cpu-local.yaml"));
+        Assert.Equal(2, cpu.TotalDevices);
+        Assert.Equal(Precision.Fp32, cpu.Precision);
+        Assert.Equal(128, ClusterSpec.Load(TestData.Example("clusters/h100-80gb.yaml")).WithNodes(16).TotalDevices);
+        Assert.Throws<PlannerException>(() => cpu.WithNodes(0));
+    }
+
+    [Fact]
+    public void ScaleExamplesParseWithTwoToTheSeventeenTokens()
+    {
+        var files = Directory.GetFiles(TestData.Example("scale"), "*.yaml");
+        Assert.Equal(36, files.Length);
+        foreach (var f in files)
+        {
+            var e = Experiment.Load(f);
+            Assert.Equal("ppo", e.Algorithm);
+            Assert.Equal(1 << 17, e.BatchSize * (e.PromptLen + e.GenLen));
+            Assert.Equal(6, e.Calls.Count);
+        }
+        var both = Experiment.Load(TestData.Example("scale/scale-critic-70b-gen128.yaml"));
+        Assert.Equal("llama-7b", both.Models["actor"].Name);
+        Assert.Equal("llama-70b", both.Models["critic"].Name);
+    }
+
+    [Theory]
+    [InlineData("algorithm: ppo", "algorithm: ppx", "algorithm: 'ppx' is not one of")]
+    [InlineData("preset: tiny }\n  critic", "preset: huge }\n  critic", "models.actor.preset: 'huge' is not one of")]
+    [InlineData("  reward: { preset: tiny }\n", "", "models.reward: missing")]
+    [InlineData("size: 8", "size: 0", "batch.size: 0 is out of range")]
+    [InlineData("minibatches: 2", "minibatches: 9", "batch.minibatches: 9 exceeds batch.size 8")]
+    public void BadExperimentNamesField(string from, string to, string expected)
+    {
+        const string good = """
+            algorithm: ppo
+            models:
+              actor: { preset: tiny }
+              critic: { preset: tiny }
+              ref: { preset: tiny }
+              reward: { preset: tiny }
+            batch:
+              size: 8
+              prompt_len: 4
+              gen_len: 4
+              minibatches: 2
+            """;
+        Assert.Equal(6, Experiment.Parse(good).Calls.Count);
+        var e = Assert.Throws<PlannerException>(() => Experiment.Parse(good.Replace(from, to)));
+        Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void HfConfigJsonIsRead()
+    {
+        string dir = Directory.CreateTempSubdirectory("realn-plan").FullName;
+        File.WriteAllText(Path.Combine(dir, "config.json"), """
+            { "num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
+              "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": false }
+            """);
+        File.WriteAllText(Path.Combine(dir, "exp.yaml"), "algorithm: sft\nmodels:\n  actor: { config: config.json }\nbatch: { size: 8, prompt_len: 16, gen_len: 16 }\n");
+        var e = Experiment.Load(Path.Combine(dir, "exp.yaml"));
+        Assert.Equal(ModelConfig.Presets["llama-7b"].Params(false), e.Models["actor"].Params(false));
+        // LLaMA-7B has 6,738,415,616 parameters (embedding + head 2vh, blocks (4h^2 + 3hi + 2h) L, final norm h)
+        Assert.Equal(6_738_415_616d, e.Models["actor"].Params(false));
+        File.WriteAllText(Path.Combine(dir, "config.json"), """{ "num_hidden_layers": 2, "num_attention_heads": 4 }""");
+        var err = Assert.Throws<PlannerException>(() => Experiment.Load(Path.Combine(dir, "exp.yaml")));
+        Assert.Contains("models.actor.config", err.Message);
+        Assert.Contains("lacks 'hidden_size'", err.Message);
+        Directory.Delete(dir, true);
+    }
+
+    [Fact]
+    public void ModelThatFitsNowhereSaysByHowMuch()
+    {
+        var cpu = ClusterSpec.Load(TestData.Example("clusters/cpu-local.yaml"));
+        var exp = Experiment.Load(TestData.Example("scale/scale-both-70b-gen128.yaml"));
+        var e = Assert.Throws<PlannerException>(() => PlanSearch.Run(cpu, exp, new SearchOptions()));
+        Assert.Contains("llama-70b", e.Message);
+        Assert.Contains("does not fit", e.Message);
+        Assert.Matches(@"\d+\.\d+ GiB more than the 10\.00 GiB available", e.Message);
+    }
+
+    [Theory]
+    [InlineData("\"pp\": 1", "\"pp\": 3", "strategy: pp*dp*tp = 6 but the mesh has 2 devices")]
+    [InlineData("\"device_start\": 0", "\"device_start\": 1", "must be an aligned power-of-two range")]
+    [InlineData("\"node_count\": 1", "\"node_count\": 2", "outside the cluster's 1 node(s)")]
+    [InlineData("\"type\": \"generate\"", "\"type\": \"gen\"", "plan.calls[0].type: 'gen' is not one of")]
+    [InlineData("\"pp\": 1", "\"pp\": \"x\"", "plan.calls[0].strategy.pp: expected an integer")]
+    [InlineData("\"version\": 1", "\"version\": 2", "plan.version: 2 is not supported")]
+    [InlineData("\"name\": \"actor_gen\"", "\"name\": \"actor_gen2\"", "has no call 'actor_gen2'")]
+    public void BadPlanNamesField(string from, string to, string expected)
+    {
+        var cl = TestData.Cluster(1, 2, 4);
+        var exp = TestData.Exp("ppo", "tiny", "tiny", 8, 8, 8);
+        var r = PlanSearch.Run(cl, exp, new SearchOptions { Seed = 1 });
+        string json = PlanJson.ToJson(r.Best.Plan);
+        // make the first call a known shape, then break one field
+        var first = r.Best.Plan.Calls[0] with { Mesh = new Mesh(0, 1, 0, 2), Strategy = new Strategy(1, 2, 1), MicroBatches = 1 };
+        var plan = r.Best.Plan with { Calls = [first, .. r.Best.Plan.Calls.Skip(1)] };
+        json = PlanJson.ToJson(plan);
+        PlanValidator.Validate(PlanJson.Parse(json), cl, exp);
+        Assert.Contains(from, json);
+        var e = Assert.Throws<PlannerException>(() => PlanValidator.Validate(PlanJson.Parse(ReplaceFirst(json, from, to)), cl, exp));
+        Assert.Contains(expected, e.Message);
+    }
+
+    private static string ReplaceFirst(string s, string a, string b)
+    {
+        int i = s.IndexOf(a, StringComparison.Ordinal);
+        return s[..i] + b + s[(i + a.Length)..];
+    }
+
+    [Fact]
+    public void BadProfileNamesField()
+    {
+        string f = Path.GetTempFileName();
+        File.WriteAllText(f, """{ "version": 1, "layers": [ { "hidden": 64, "intermediate": 176, "heads": 4, "kv_heads": 2, "points": [ { "kind": "fwd", "tokens": 0, "seconds": 1 } ] } ] }""");
+        var e = Assert.Throws<PlannerException>(() => ProfileData.Load(f));
+        Assert.Contains("profile.layers[0].points[0].tokens", e.Message);
+        File.WriteAllText(f, """{ "version": 1, "gemm_gflops": -3 }""");
+        Assert.Contains("profile.gemm_gflops", Assert.Throws<PlannerException>(() => ProfileData.Load(f)).Message);
+        File.Delete(f);
+    }
+}
+
+public class PlanValidatorTests
+{
+    [Fact]
+    public void TensorParallelGroupMayNotSpanNodes()
+    {
+        var cl = TestData.Cluster(3, 4, 8);
+        var exp = TestData.Exp("sft", "tiny", "tiny", 64, 8, 8, 1);
+        var ok = new Plan(3, 4, [new PlanCall("actor_train", "actor", CallType.TrainStep, new Mesh(0, 3, 0, 4), new Strategy(1, 6, 2), 1)], null);
+        PlanValidator.Validate(ok, cl, exp);
+        // tp 3 is not a divisor of 4 devices per node: a group would straddle nodes 0 and 1
+        var bad = ok with { Calls = [ok.Calls[0] with { Strategy = new Strategy(1, 4, 3) }] };
+        Assert.Contains("tp 3 would span nodes", Assert.Throws<PlannerException>(() => PlanValidator.Validate(bad, cl, exp)).Message);
+        var missing = ok with { Calls = [] };
+        Assert.Contains("call 'actor_train' of the experiment is missing", Assert.Throws<PlannerException>(() => PlanValidator.Validate(missing, cl, exp)).Message);
+        var wrongCluster = ok with { Nodes = 2 };
+        Assert.Contains("plan is for 2x4 devices", Assert.Throws<PlannerException>(() => PlanValidator.Validate(wrongCluster, cl, exp)).Message);
+    }
+}
