@@ -12,6 +12,8 @@ public static class BenchCommand
         var cmd = new Command("bench", "Benchmarks that report a ratio to a reference measured in the same run");
         cmd.Subcommands.Add(BenchKernelsCommand.Create());
         cmd.Subcommands.Add(BenchReallocCommand.Create());
+        cmd.Subcommands.Add(BenchTrainCommand.CreateTrain());
+        cmd.Subcommands.Add(BenchTrainCommand.CreateGenerate());
         return cmd;
     }
 }

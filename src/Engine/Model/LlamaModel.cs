@@ -40,7 +40,7 @@ public sealed unsafe class LlamaModel : IDisposable
         Config = config.Validate();
         ScalarHead = scalarHead;
         _s = stream ?? NativeStream.Cpu();
-        Layout = LlamaShardLayouts.Factory(config.Shape(scalarHead))(1, 0, 1, 0);
+        Layout = ParamLayout.Create(config, scalarHead);
         _params = new HostBlock(Math.Max(4, Layout.TotalElements * 4));
         _grads = new HostBlock(Math.Max(4, Layout.TotalElements * 4));
         _grads.AsSpan<float>((int)Layout.TotalElements).Clear();
