@@ -286,3 +286,88 @@ public sealed class CheckpointTests
         finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
     }
 }
+
+public sealed class ParamLayoutTests
+{
+    private static readonly LlamaConfig Cfg = new() { Layers = 4, Hidden = 8, Intermediate = 12, Heads = 4, KvHeads = 2, Vocab = 10, MaxPositions = 16 };
+
+    /// <summary>Cuts a single-device parameter buffer into every (pp, tp) shard by the views'
+    /// slices, then rebuilds each global tensor from the shards: must equal the original exactly,
+    /// every element covered once per tp rank of its stage, and shard offsets contiguous.</summary>
+    [Theory]
+    [InlineData(false, 1, 2)]
+    [InlineData(false, 3, 2)]
+    [InlineData(true, 2, 1)]
+    [InlineData(true, 6, 2)]
+    public void ShardsTileTheSingleDeviceLayoutExactly(bool scalar, int pp, int tp)
+    {
+        var single = ParamLayout.Create(Cfg, scalar);
+        var rng = new Random(pp * 10 + tp);
+        var flat = Enumerable.Range(0, (int)single.TotalElements).Select(_ => (float)rng.NextDouble()).ToArray();
+        var rebuilt = new float[flat.Length];
+        var covered = new int[flat.Length];
+        var stageOfName = new Dictionary<string, int>();
+        for (int s = 0; s < pp; s++)
+            for (int r = 0; r < tp; r++)
+            {
+                var shard = ParamLayout.Create(Cfg, scalar, pp, s, tp, r);
+                var shardBuf = new float[shard.TotalElements];
+                long expectOffset = 0;
+                foreach (var v in shard.Views)
+                {
+                    Assert.Equal(expectOffset, v.Offset);
+                    expectOffset += v.LocalElements;
+                    if (stageOfName.TryGetValue(v.Name, out int st)) Assert.Equal(s, st);
+                    else stageOfName[v.Name] = s;
+                    Assert.True(single.TryGet(v.Name, out var g));
+                    Assert.Equal(g.GlobalShape, v.GlobalShape);
+                    long rows = v.GlobalShape[0], cols = v.GlobalShape.Length > 1 ? v.GlobalShape[1] : 1;
+                    long local = 0;
+                    for (long i = 0; i < rows; i++)
+                        for (long j = 0; j < cols; j++)
+                        {
+                            bool mine = v.SplitDim switch
+                            {
+                                0 => i >= v.SliceStart && i < v.SliceStart + v.SliceLength,
+                                1 => j >= v.SliceStart && j < v.SliceStart + v.SliceLength,
+                                _ => true,
+                            };
+                            if (!mine) continue;
+                            long gi = g.Offset + i * cols + j;
+                            // Documented local layout: row-major over LocalShape.
+                            long localCols = v.LocalShape.Length > 1 ? v.LocalShape[1] : 1;
+                            long li = (i - (v.SplitDim == 0 ? v.SliceStart : 0)) * localCols + (j - (v.SplitDim == 1 ? v.SliceStart : 0));
+                            Assert.Equal(local, li);
+                            shardBuf[v.Offset + li] = flat[gi];  // gather (sender side)
+                            local++;
+                        }
+                    // Scatter (receiver side) from the shard buffer, by the same view arithmetic.
+                    for (long li = 0; li < v.LocalElements; li++)
+                    {
+                        long localCols = v.LocalShape.Length > 1 ? v.LocalShape[1] : 1;
+                        long i = li / localCols + (v.SplitDim == 0 ? v.SliceStart : 0), j = li % localCols + (v.SplitDim == 1 ? v.SliceStart : 0);
+                        long gi = g.Offset + i * cols + j;
+                        if (v.SplitDim < 0 && r > 0) { Assert.Equal(rebuilt[gi], shardBuf[v.Offset + li]); continue; }
+                        rebuilt[gi] = shardBuf[v.Offset + li];
+                        covered[gi]++;
+                    }
+                    Assert.Equal(v.LocalElements, local);
+                }
+                Assert.Equal(expectOffset, shard.TotalElements);
+            }
+        Assert.All(covered, c => Assert.Equal(1, c));
+        Assert.Equal(flat, rebuilt);
+        Assert.Equal(single.Views.Count, stageOfName.Count);
+        // Stages hold contiguous runs of units in order.
+        var order = single.Views.Select(v => stageOfName[v.Name]).ToArray();
+        for (int i = 1; i < order.Length; i++) Assert.True(order[i] >= order[i - 1]);
+    }
+
+    [Fact]
+    public void BadShardCoordinatesAreNamed()
+    {
+        Assert.Contains("tp rank", Assert.Throws<ArgumentException>(() => ParamLayout.Create(Cfg, false, 1, 0, 2, 2)).Message);
+        Assert.Contains("pp rank", Assert.Throws<ArgumentException>(() => ParamLayout.Create(Cfg, false, 2, -1)).Message);
+        Assert.Contains("tp=3", Assert.Throws<ArgumentException>(() => ParamLayout.Create(Cfg, false, 1, 0, 3, 0)).Message);
+    }
+}
