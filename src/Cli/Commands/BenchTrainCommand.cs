@@ -22,9 +22,10 @@ public static unsafe class BenchTrainCommand
         var preset = new Option<string>("--model") { Description = "Model preset", DefaultValueFactory = _ => "gpt2-small" };
         var seqs = new Option<int>("--seqs") { Description = "Sequences per step", DefaultValueFactory = _ => 4 };
         var len = new Option<int>("--len") { Description = "Tokens per sequence", DefaultValueFactory = _ => 64 };
+        var recompute = new Option<bool>("--recompute") { Description = "Activation recomputation" };
         var cmd = new Command("train", "Training step (fwd+bwd+AdamW) GFLOP/s vs OpenBLAS SGEMM 1024^3");
-        foreach (var o in new Option[] { json, steps, preset, seqs, len }) cmd.Options.Add(o);
-        cmd.SetAction(p => RunTrain(p.GetValue(json), Math.Max(1, p.GetValue(steps)), p.GetValue(preset)!, p.GetValue(seqs), p.GetValue(len)));
+        foreach (var o in new Option[] { json, steps, preset, seqs, len, recompute }) cmd.Options.Add(o);
+        cmd.SetAction(p => RunTrain(p.GetValue(json), Math.Max(1, p.GetValue(steps)), p.GetValue(preset)!, p.GetValue(seqs), p.GetValue(len), p.GetValue(recompute)));
         return cmd;
     }
 
@@ -74,11 +75,11 @@ public static unsafe class BenchTrainCommand
         return PackedBatch.FromSequences(list);
     }
 
-    private static int RunTrain(bool asJson, int steps, string preset, int seqs, int len)
+    private static int RunTrain(bool asJson, int steps, string preset, int seqs, int len, bool recompute)
     {
         var cfg = LlamaConfig.Preset(preset);
         if (seqs < 1 || len < 2) throw new ArgumentException($"bench train: --seqs >= 1 and --len >= 2 (got {seqs}, {len})");
-        using var model = new LlamaModel(cfg, scalarHead: false);
+        using var model = new LlamaModel(cfg, scalarHead: false) { Recompute = recompute };
         model.InitRandom(1);
         using var opt = new AdamW(model, new LrSchedule(1e-4f, WarmupSteps: 2, Decay: "cosine", TotalSteps: 1000));
         var batch = RandomBatch(cfg.Vocab, seqs, len, 2);
@@ -136,6 +137,7 @@ public static unsafe class BenchTrainCommand
             ["flop_parameters"] = n,
             ["tokens"] = T,
             ["sequences"] = seqs,
+            ["recompute"] = recompute,
             ["threads"] = Environment.ProcessorCount,
             ["step_seconds_best"] = Math.Round(best, 4),
             ["step_seconds_median"] = Math.Round(times.Order().ElementAt(times.Count / 2), 4),
