@@ -36,6 +36,7 @@ public sealed unsafe class LlamaModel : IDisposable
         public bool Recomputed;
     }
 
+    /// <summary>A single-device model (layout (pp 1, tp 1)); parameters uninitialised until <see cref="InitRandom"/> or a checkpoint load; gradients zero.</summary>
     public LlamaModel(LlamaConfig config, bool scalarHead, NativeStream? stream = null)
     {
         Config = config.Validate();
@@ -87,18 +88,27 @@ public sealed unsafe class LlamaModel : IDisposable
 
     /// <summary>The model's architecture.</summary>
     public LlamaConfig Config { get; }
+    /// <summary>True for critic / reward models (score.weight, output [T]).</summary>
     public bool ScalarHead { get; }
+    /// <summary>Named views into the flat buffers (see <see cref="ParamLayout"/>).</summary>
     public ShardLayout Layout { get; }
+    /// <summary>The native stream every op of this model runs on.</summary>
     public NativeStream Stream => _s;
+    /// <summary>Elements of the flat parameter buffer.</summary>
     public long ParameterCount => Layout.TotalElements;
+    /// <summary>Columns of the forward output: vocab (logits) or 1 (values).</summary>
     public int OutputWidth => ScalarHead ? 1 : Config.Vocab;
 
     /// <summary>The flat parameter buffer (all views, layout order).</summary>
     public Span<float> Parameters => new(_params.Pointer, checked((int)Layout.TotalElements));
+    /// <summary>The flat gradient buffer, same layout as <see cref="Parameters"/>.</summary>
     public Span<float> Gradients => new(_grads.Pointer, checked((int)Layout.TotalElements));
+    /// <summary>Raw pointer to the parameter buffer (for native ops and reallocation).</summary>
     public float* ParametersPointer => (float*)_params.Pointer;
+    /// <summary>Raw pointer to the gradient buffer.</summary>
     public float* GradientsPointer => (float*)_grads.Pointer;
 
+    /// <summary>The parameters of one HF-named view (local shard shape, row-major).</summary>
     public Span<float> View(string name) =>
         Layout.TryGet(name, out var v) ? Parameters.Slice(checked((int)v.Offset), checked((int)v.LocalElements))
             : throw new ArgumentException($"model has no parameter '{name}'");
@@ -121,6 +131,7 @@ public sealed unsafe class LlamaModel : IDisposable
         }
     }
 
+    /// <summary>Copies all parameters of a model of the same layout (e.g. reference model from actor).</summary>
     public void CopyParametersFrom(LlamaModel other)
     {
         if (other.Layout.TotalElements != Layout.TotalElements || other.ScalarHead != ScalarHead)
@@ -128,6 +139,7 @@ public sealed unsafe class LlamaModel : IDisposable
         other.Parameters.CopyTo(Parameters);
     }
 
+    /// <summary>Zeroes the gradient buffer.</summary>
     public void ZeroGrad() => Gradients.Clear();
 
     private long ArenaFloats(int T, int nseq, bool recompute)
@@ -354,6 +366,7 @@ public sealed unsafe class LlamaModel : IDisposable
         Ck(Native.realn_op_linear_fwd(s, DType.F32, hl, _head, null, outRows, R, H, OutputWidth));
     }
 
+    /// <summary>Frees parameters, gradients and activations.</summary>
     public void Dispose()
     {
         _arena.Dispose();
@@ -368,6 +381,7 @@ public sealed unsafe class KvCache : IDisposable
     private readonly HostBlock _block;
     private readonly long _perLayer;
 
+    /// <summary>Cache for <paramref name="slots"/> sequences of up to <paramref name="maxLen"/> tokens.</summary>
     public KvCache(LlamaConfig c, int slots, int maxLen)
     {
         if (slots <= 0 || maxLen <= 0) throw new ArgumentException($"KV cache needs slots > 0 and max_len > 0 (got {slots}, {maxLen})");
@@ -378,9 +392,13 @@ public sealed unsafe class KvCache : IDisposable
         _block = new HostBlock(Math.Max(64, 2 * c.Layers * _perLayer * 4));
     }
 
+    /// <summary>Sequences the cache holds.</summary>
     public int Slots { get; }
+    /// <summary>Tokens per sequence.</summary>
     public int MaxLen { get; }
+    /// <summary>Keys of a layer: [slots, max_len, kv_heads, head_dim].</summary>
     public float* K(int layer) => (float*)_block.Pointer + 2 * layer * _perLayer;
+    /// <summary>Values of a layer: [slots, max_len, kv_heads, head_dim].</summary>
     public float* V(int layer) => (float*)_block.Pointer + (2 * layer + 1) * _perLayer;
     public void Dispose() => _block.Dispose();
 }
