@@ -36,6 +36,7 @@ public static class NativeLibraryResolver
     private static nint Resolve(string name, Assembly assembly, DllImportSearchPath? path)
     {
         if (name == "openblas") return ResolveOpenBlas();
+        if (name is "ucp" or "ucs") return ResolveSystem(name);
         if (name != Native.Library) return 0;
         lock (Gate)
         {
@@ -92,6 +93,14 @@ public static class NativeLibraryResolver
             "Looked in:" + Environment.NewLine + tried + Environment.NewLine +
             $"Build it with ./build.sh, or set {OverrideVariable} to the full path of librealn.so. " +
             "It needs libopenblas0 and libgomp1 (./build.sh installs them).");
+    }
+
+    /// <summary>UCX's libucp / libucs (Debian libucx0; ./build.sh installs libucx-dev).</summary>
+    private static nint ResolveSystem(string name)
+    {
+        foreach (string n in new[] { $"lib{name}.so.0", $"lib{name}.so" })
+            if (NativeLibrary.TryLoad(n, out nint h)) return h;
+        throw new DllNotFoundException($"lib{name}.so.0 (UCX) could not be loaded: install libucx0 (./build.sh does).");
     }
 
     private static nint ResolveOpenBlas()

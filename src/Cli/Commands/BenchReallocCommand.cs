@@ -2,8 +2,11 @@
 // model of more than 1 GiB, next to memcpy of the same bytes measured in the same run. Each case
 // is verified bit-exact (round trip hash) before it is timed.
 using System.CommandLine;
+using System.Diagnostics;
 using System.Text.Json;
+using ReaLNative.Engine.Control;
 using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Transport;
 
 namespace ReaLNative.Cli.Commands;
 
@@ -36,12 +39,16 @@ public static class BenchReallocCommand
         var log = asJson ? null : new Action<string>(Console.WriteLine);
         if (!asJson) Console.WriteLine($"model: {Model.Parameters * 4 / 1e9:F2} GB fp32 ({Model})");
         var (memcpy, cases) = InProcessReallocBenchmark.Run(Model, SameProcessPairs(), reps, log);
+        var (p2p, cross) = CrossProcess(reps, log);
+        foreach (var c in cross) cases.Add(c with { ReferenceGbps = p2p });
         if (asJson)
         {
             var o = new Dictionary<string, object>
             {
                 ["model_bytes"] = Model.Parameters * 4,
                 ["memcpy_gbps"] = Math.Round(memcpy, 2),
+                ["p2p_gbps"] = Math.Round(p2p, 2),
+                ["workers"] = CrossProcessReallocBench.Workers,
                 ["cases"] = cases.Select(c => new Dictionary<string, object>
                 {
                     ["from"] = c.From, ["to"] = c.To, ["kind"] = c.Kind, ["bytes"] = c.Bytes,
@@ -52,5 +59,61 @@ public static class BenchReallocCommand
             Console.WriteLine(JsonSerializer.Serialize(o, new JsonSerializerOptions { WriteIndented = true }));
         }
         return 0;
+    }
+
+    /// <summary>Starts the worker processes, runs the rendezvous and collects their reports.
+    /// Workers that fail or hang are killed; the error names the rank.</summary>
+    private static (double P2pGbps, List<ReallocBenchCase> Cases) CrossProcess(int reps, Action<string>? log)
+    {
+        int n = CrossProcessReallocBench.Workers;
+        var secret = MessageAuth.NewSecret();
+        string job = "bench-" + Guid.NewGuid().ToString("N")[..8];
+        var rv = new Rendezvous(n);
+        using var server = new ControlServer("tcp://127.0.0.1:0", new MessageAuth(secret, job), rv.Handle);
+        string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate the realn executable");
+        var procs = new List<Process>();
+        try
+        {
+            for (int r = 0; r < n; r++)
+            {
+                var psi = new ProcessStartInfo(exe) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+                foreach (var a in new[] { "worker", "--control", server.Endpoint, "--job", job, "--rank", r.ToString(), "--size", n.ToString(), "--reps", reps.ToString() })
+                    psi.ArgumentList.Add(a);
+                psi.Environment[WorkerCommand.SecretVariable] = Convert.ToHexString(secret);
+                psi.Environment["OMP_NUM_THREADS"] = "1";
+                procs.Add(Process.Start(psi)!);
+            }
+            var deadline = DateTime.UtcNow.AddMinutes(8);
+            foreach (var (p, r) in procs.Select((p, r) => (p, r)))
+            {
+                var left = deadline - DateTime.UtcNow;
+                if (!p.WaitForExit(left > TimeSpan.Zero ? left : TimeSpan.Zero))
+                    throw new TimeoutException($"worker {r} did not finish within 8 minutes");
+                if (p.ExitCode != 0)
+                    throw new InvalidOperationException($"worker {r} failed (exit {p.ExitCode}): {p.StandardError.ReadToEnd().Trim()}");
+            }
+        }
+        finally
+        {
+            foreach (var p in procs) { if (!p.HasExited) p.Kill(entireProcessTree: true); p.Dispose(); }
+        }
+        var reports = rv.Reports.ToDictionary(x => x.Rank, x => JsonDocument.Parse(x.Json).RootElement);
+        if (reports.Count != n) throw new InvalidOperationException($"only {reports.Count} of {n} workers reported");
+        double p2p = CrossProcessReallocBench.P2pBytes / reports[1].GetProperty("p2p_seconds").GetDouble() / 1e9;
+        log?.Invoke($"cross-process ({n} worker processes, UCX): point-to-point {p2p:F2} GB/s at {CrossProcessReallocBench.P2pBytes >> 20} MiB");
+        var pairs = CrossProcessReallocBench.Pairs();
+        var factory = LlamaShardLayouts.Factory(Model);
+        var result = new List<ReallocBenchCase>();
+        for (int c = 0; c < pairs.Count; c++)
+        {
+            double sec = reports.Values.Max(rep => rep.GetProperty("case_seconds")[c].GetDouble());
+            var plan = ReallocPlan.Build(pairs[c].From, pairs[c].To, factory, 4, _ => 0);
+            long bytes = plan.RemoteBytes + plan.LocalBytes;
+            var bc = new ReallocBenchCase(InProcessReallocBenchmark.Describe(pairs[c].From), InProcessReallocBenchmark.Describe(pairs[c].To),
+                "cross-process", bytes, sec, bytes / sec / 1e9, p2p);
+            log?.Invoke($"{bc.From} -> {bc.To}: {bytes / 1e9:F2} GB in {sec * 1e3:F0} ms, {bc.Gbps:F2} GB/s, p2p {p2p:F2} GB/s, ratio {bc.Ratio:F2}");
+            result.Add(bc);
+        }
+        return (p2p, result);
     }
 }

@@ -208,3 +208,58 @@ public sealed class ReallocScheduleTests
         }
     }
 }
+
+/// <summary>Reallocation over the UCX transport between 4 ranks (UCX workers on threads): staged
+/// multi-interval steps, zero-copy single-interval steps, broadcasts and local copies, bit-exact.</summary>
+public sealed class TransportReallocTests
+{
+    [Fact]
+    public async Task RandomLayoutPairsOverUcxAreBitExact()
+    {
+        var f = LlamaShardLayouts.Factory(new LlamaShape(Layers: 3, Hidden: 32, Intermediate: 24, Heads: 8, KvHeads: 4, Vocab: 32));
+        const int n = 4;
+        var world = Enumerable.Range(0, n).Select(r => new ReaLNative.Engine.Transport.UcxTransport(r, n)).ToArray();
+        var addrs = world.Select(t => t.LocalAddress).ToArray();
+        foreach (var t in world) t.Connect(addrs);
+        var movers = world.Select(t => new TransportRealloc(t)).ToArray();
+        try
+        {
+            var rng = new Random(77);
+            var global = new Dictionary<string, float[]>();
+            foreach (var v in f(1, 0, 1, 0).Views)
+                global[v.Name] = Enumerable.Range(0, (int)v.LocalElements).Select(_ => (float)rng.NextDouble()).ToArray();
+            for (int trial = 0; trial < 12; trial++)
+            {
+                ParallelLayout Pick()
+                {
+                    while (true)
+                    {
+                        int pp = rng.Next(1, 3), dp = rng.Next(1, 3), tp = 1 << rng.Next(0, 3);
+                        if (pp * dp * tp <= n)
+                            return new ParallelLayout(Enumerable.Range(0, n).OrderBy(_ => rng.Next()).Take(pp * dp * tp).ToArray(), pp, dp, tp);
+                    }
+                }
+                var a = Pick();
+                var b = Pick();
+                var plan = ReallocPlan.Build(a, b, f, 4, d => d / 2);
+                var src = a.Devices.ToDictionary(d => d, d => TestLayouts.Shard(plan.SourceLayoutOf(d), global));
+                var dst = b.Devices.ToDictionary(d => d, d => new float[plan.DestinationLayoutOf(d).TotalElements]);
+                var pins = src.Values.Concat(dst.Values).Select(x => System.Runtime.InteropServices.GCHandle.Alloc(x, System.Runtime.InteropServices.GCHandleType.Pinned)).ToList();
+                try
+                {
+                    nint P(Dictionary<int, float[]> m, int d) => m.TryGetValue(d, out var x) ? System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(x, 0) : 0;
+                    await Task.WhenAll(Enumerable.Range(0, n).Select(d => Task.Run(() =>
+                        movers[d].ExecuteAsync(plan, ReallocSchedule.ForDevice(plan, d), P(src, d), P(dst, d))))).WaitAsync(TimeSpan.FromSeconds(60));
+                }
+                finally { foreach (var h in pins) h.Free(); }
+                foreach (var d in b.Devices)
+                    Assert.True(TestLayouts.Shard(plan.DestinationLayoutOf(d), global).AsSpan().SequenceEqual(dst[d]), $"trial {trial}: {a} -> {b}, device {d}");
+            }
+        }
+        finally
+        {
+            foreach (var m in movers) m.Dispose();
+            foreach (var t in world) t.Dispose();
+        }
+    }
+}

@@ -1,0 +1,39 @@
+// `realn worker ...`: a worker process started by a master (`realn bench realloc`, later
+// `realn run` / `realn launch`). It authenticates to the master with the per-job secret taken from
+// the REALN_JOB_SECRET environment variable (hex), never from the command line.
+using System.CommandLine;
+using ReaLNative.Engine.Realloc;
+
+namespace ReaLNative.Cli.Commands;
+
+public static class WorkerCommand
+{
+    public const string SecretVariable = "REALN_JOB_SECRET";
+
+    public static Command Create()
+    {
+        var control = new Option<string>("--control") { Description = "Master control endpoint (tcp://host:port)", Required = true };
+        var job = new Option<string>("--job") { Description = "Job id", Required = true };
+        var rank = new Option<int>("--rank") { Required = true };
+        var size = new Option<int>("--size") { Required = true };
+        var role = new Option<string>("--role") { Description = "What to run", DefaultValueFactory = _ => "bench-realloc" };
+        var reps = new Option<int>("--reps") { DefaultValueFactory = _ => 3 };
+        var cmd = new Command("worker", "Worker process (started by a master; not for direct use)") { Hidden = true };
+        foreach (var o in new Option[] { control, job, rank, size, role, reps }) cmd.Options.Add(o);
+        cmd.SetAction(p =>
+        {
+            var hex = Environment.GetEnvironmentVariable(SecretVariable)
+                      ?? throw new UsageException($"{SecretVariable} is not set: workers are started by a master");
+            byte[] secret;
+            try { secret = Convert.FromHexString(hex); }
+            catch (FormatException) { throw new UsageException($"{SecretVariable} is not hex"); }
+            return p.GetValue(role) switch
+            {
+                "bench-realloc" => CrossProcessReallocBench.RunWorker(p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank),
+                    p.GetValue(size), BenchReallocCommand.Model, Math.Max(1, p.GetValue(reps))),
+                var r => throw new UsageException($"unknown worker role '{r}'"),
+            };
+        });
+        return cmd;
+    }
+}
