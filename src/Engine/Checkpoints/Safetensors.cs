@@ -14,8 +14,11 @@ namespace ReaLNative.Engine.Checkpoints;
 /// </summary>
 public static class Safetensors
 {
+    /// <summary>Shard size above which model.safetensors is split (2 GiB).</summary>
     public const long DefaultShardBytes = 2L << 30;
 
+    /// <summary>Writes config.json and the fp32 tensors (sharded with an index above
+    /// <paramref name="shardBytes"/>) into <paramref name="dir"/>, atomically per file.</summary>
     public static void Save(LlamaModel model, string dir, long shardBytes = DefaultShardBytes, IReadOnlyDictionary<string, string>? metadata = null)
     {
         Directory.CreateDirectory(dir);

@@ -6,14 +6,20 @@ namespace ReaLNative.Engine.Generation;
 /// <summary>Sampling settings. Temperature 0 = greedy.</summary>
 public sealed record GenerationOptions
 {
+    /// <summary>New tokens per sequence at most.</summary>
     public int MaxNewTokens { get; init; } = 16;
+    /// <summary>Softmax temperature; 0 = greedy argmax.</summary>
     public float Temperature { get; init; } = 1f;
+    /// <summary>Keep the k most likely tokens (0 = all).</summary>
     public int TopK { get; init; }
+    /// <summary>Nucleus: keep the smallest set of tokens with mass &gt;= p (1 = all).</summary>
     public float TopP { get; init; } = 1f;
     /// <summary>End-of-sequence token (-1: none); generation of a sequence stops after it.</summary>
     public int EosToken { get; init; } = -1;
+    /// <summary>Sampling seed: same seed, same prompts, same result.</summary>
     public ulong Seed { get; init; }
 
+    /// <summary>True when top-k/top-p masks are in effect (then masks are returned).</summary>
     public bool Filters => Temperature > 0 && (TopK > 0 || TopP < 1f);
 }
 
@@ -22,13 +28,18 @@ public sealed record GenerationOptions
 /// new token, which training must reuse to recompute the same log-probs.</summary>
 public sealed class GenerationResult
 {
+    /// <summary>The prompts, as given.</summary>
     public required int[][] Prompts { get; init; }
+    /// <summary>Generated tokens per sequence (EOS included when hit).</summary>
     public required int[][] NewTokens { get; init; }
+    /// <summary>Log-prob of each new token under the (tempered, filtered) sampling distribution.</summary>
     public required float[][] LogProbs { get; init; }
     /// <summary>Per sequence, per new token, vocab bytes (1 = allowed); null without filtering.</summary>
     public byte[][]? Masks { get; init; }
+    /// <summary>Whether each sequence stopped at EOS (else at max_new_tokens).</summary>
     public required bool[] EndedWithEos { get; init; }
 
+    /// <summary>Prompt + new tokens of sequence i.</summary>
     public int[] Sequence(int i) => [.. Prompts[i], .. NewTokens[i]];
 }
 
@@ -39,6 +50,7 @@ public sealed class GenerationResult
 /// </summary>
 public static unsafe class Generator
 {
+    /// <summary>Generates for all prompts in one batch; errors name the bad option.</summary>
     public static GenerationResult Generate(LlamaModel model, IReadOnlyList<int[]> prompts, GenerationOptions opt)
     {
         if (model.ScalarHead) throw new ArgumentException("generation needs a language-model head, not a scalar head");

@@ -7,17 +7,28 @@ namespace ReaLNative.Engine.Model;
 /// <summary>LLaMA-family architecture, as in a Hugging Face <c>config.json</c>.</summary>
 public sealed record LlamaConfig
 {
+    /// <summary>Decoder blocks (num_hidden_layers).</summary>
     public int Layers { get; init; }
+    /// <summary>Model width (hidden_size).</summary>
     public int Hidden { get; init; }
+    /// <summary>SwiGLU width (intermediate_size).</summary>
     public int Intermediate { get; init; }
+    /// <summary>Query heads (num_attention_heads).</summary>
     public int Heads { get; init; }
+    /// <summary>Key/value heads (num_key_value_heads; GQA when &lt; Heads).</summary>
     public int KvHeads { get; init; }
+    /// <summary>Vocabulary size (vocab_size).</summary>
     public int Vocab { get; init; }
+    /// <summary>Longest sequence (max_position_embeddings).</summary>
     public int MaxPositions { get; init; } = 4096;
+    /// <summary>RMSNorm epsilon (rms_norm_eps).</summary>
     public float RmsEps { get; init; } = 1e-5f;
+    /// <summary>Rotary base (rope_theta).</summary>
     public float RopeTheta { get; init; } = 10000f;
+    /// <summary>lm_head shares model.embed_tokens.weight (tie_word_embeddings).</summary>
     public bool TiedEmbeddings { get; init; }
 
+    /// <summary>Per-head width.</summary>
     public int HeadDim => Hidden / Heads;
 
     /// <summary>The presets of docs/experiment-config.md.</summary>
@@ -58,6 +69,7 @@ public sealed record LlamaConfig
     /// <summary>Parameters of the language model (for FLOP counts).</summary>
     public long ParameterCount(bool scalarHead = false) => Shape(scalarHead).Parameters;
 
+    /// <summary>Reads a Hugging Face config.json; errors name the file and the field.</summary>
     public static LlamaConfig FromHfJson(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"model config {path} not found", path);
@@ -89,6 +101,7 @@ public sealed record LlamaConfig
         }.Validate();
     }
 
+    /// <summary>Writes a Hugging Face config.json (LlamaForCausalLM, or LlamaForSequenceClassification with num_labels 1).</summary>
     public string ToHfJson(bool scalarHead = false)
     {
         var o = new JsonObject

@@ -33,14 +33,16 @@ public sealed unsafe class LlamaModel : IDisposable
         public int NSeq;
         public float*[] XIn = null!, H1 = null!, R1 = null!, Q = null!, K = null!, V = null!, Att = null!, Lse = null!, X2 = null!, H2 = null!, R2 = null!, GU = null!, A = null!;
         public float* XL, HF, RF, Out;
+        public bool Recomputed;
     }
 
+    /// <summary>A single-device model (layout (pp 1, tp 1)); parameters uninitialised until <see cref="InitRandom"/> or a checkpoint load; gradients zero.</summary>
     public LlamaModel(LlamaConfig config, bool scalarHead, NativeStream? stream = null)
     {
         Config = config.Validate();
         ScalarHead = scalarHead;
         _s = stream ?? NativeStream.Cpu();
-        Layout = LlamaShardLayouts.Factory(config.Shape(scalarHead))(1, 0, 1, 0);
+        Layout = ParamLayout.Create(config, scalarHead);
         _params = new HostBlock(Math.Max(4, Layout.TotalElements * 4));
         _grads = new HostBlock(Math.Max(4, Layout.TotalElements * 4));
         _grads.AsSpan<float>((int)Layout.TotalElements).Clear();
@@ -79,19 +81,34 @@ public sealed unsafe class LlamaModel : IDisposable
         Down = view(b, pre + "mlp.down_proj.weight"),
     };
 
+    /// <summary>Activation recomputation: forward keeps only each block's input; backward
+    /// recomputes the block's intermediates (one extra forward of the blocks, activation memory
+    /// ~1/10). Gradients equal those without recomputation. Takes effect at the next Forward.</summary>
+    public bool Recompute { get; set; }
+
+    /// <summary>The model's architecture.</summary>
     public LlamaConfig Config { get; }
+    /// <summary>True for critic / reward models (score.weight, output [T]).</summary>
     public bool ScalarHead { get; }
+    /// <summary>Named views into the flat buffers (see <see cref="ParamLayout"/>).</summary>
     public ShardLayout Layout { get; }
+    /// <summary>The native stream every op of this model runs on.</summary>
     public NativeStream Stream => _s;
+    /// <summary>Elements of the flat parameter buffer.</summary>
     public long ParameterCount => Layout.TotalElements;
+    /// <summary>Columns of the forward output: vocab (logits) or 1 (values).</summary>
     public int OutputWidth => ScalarHead ? 1 : Config.Vocab;
 
     /// <summary>The flat parameter buffer (all views, layout order).</summary>
     public Span<float> Parameters => new(_params.Pointer, checked((int)Layout.TotalElements));
+    /// <summary>The flat gradient buffer, same layout as <see cref="Parameters"/>.</summary>
     public Span<float> Gradients => new(_grads.Pointer, checked((int)Layout.TotalElements));
+    /// <summary>Raw pointer to the parameter buffer (for native ops and reallocation).</summary>
     public float* ParametersPointer => (float*)_params.Pointer;
+    /// <summary>Raw pointer to the gradient buffer.</summary>
     public float* GradientsPointer => (float*)_grads.Pointer;
 
+    /// <summary>The parameters of one HF-named view (local shard shape, row-major).</summary>
     public Span<float> View(string name) =>
         Layout.TryGet(name, out var v) ? Parameters.Slice(checked((int)v.Offset), checked((int)v.LocalElements))
             : throw new ArgumentException($"model has no parameter '{name}'");
@@ -114,6 +131,7 @@ public sealed unsafe class LlamaModel : IDisposable
         }
     }
 
+    /// <summary>Copies all parameters of a model of the same layout (e.g. reference model from actor).</summary>
     public void CopyParametersFrom(LlamaModel other)
     {
         if (other.Layout.TotalElements != Layout.TotalElements || other.ScalarHead != ScalarHead)
@@ -121,9 +139,10 @@ public sealed unsafe class LlamaModel : IDisposable
         other.Parameters.CopyTo(Parameters);
     }
 
+    /// <summary>Zeroes the gradient buffer.</summary>
     public void ZeroGrad() => Gradients.Clear();
 
-    private long ArenaFloats(int T, int nseq)
+    private long ArenaFloats(int T, int nseq, bool recompute)
     {
         var c = Config;
         long H = c.Hidden, qd = c.Heads * c.HeadDim, kd = c.KvHeads * c.HeadDim, I = c.Intermediate;
@@ -131,7 +150,8 @@ public sealed unsafe class LlamaModel : IDisposable
         long fin = 2 * T * H + T + (long)T * OutputWidth + 4 * 16;
         long ints = 3 * (T + nseq + 1) + 48;
         long bwd = 3 * T * H + 2 * T * qd + 2 * T * kd + 3 * T * I + (long)T * OutputWidth + 16 * 16;
-        return c.Layers * perLayer + fin + ints + bwd;
+        long blocks = recompute ? c.Layers * (T * H + 16) + perLayer : c.Layers * (perLayer + T * H + 16);
+        return blocks + fin + ints + bwd;
     }
 
     private static void Ck(int st) => Native.Check(st);
@@ -146,7 +166,7 @@ public sealed unsafe class LlamaModel : IDisposable
             if ((uint)t >= (uint)c.Vocab) throw new ArgumentException($"token id {t} outside the vocabulary [0, {c.Vocab})");
         foreach (var l in batch.SeqLens)
             if (l > c.MaxPositions) throw new ArgumentException($"sequence of {l} tokens exceeds max_position_embeddings {c.MaxPositions}");
-        _arena.Reset(ArenaFloats(T, batch.Count));
+        _arena.Reset(ArenaFloats(T, batch.Count, Recompute));
         var sv = new Saved { T = T, NSeq = batch.Count };
         sv.Tokens = (int*)_arena.Take(T);
         sv.Pos = (int*)_arena.Take(T);
@@ -158,44 +178,22 @@ public sealed unsafe class LlamaModel : IDisposable
         sv.XIn = new float*[L]; sv.H1 = new float*[L]; sv.R1 = new float*[L]; sv.Q = new float*[L]; sv.K = new float*[L];
         sv.V = new float*[L]; sv.Att = new float*[L]; sv.Lse = new float*[L]; sv.X2 = new float*[L]; sv.H2 = new float*[L];
         sv.R2 = new float*[L]; sv.GU = new float*[L]; sv.A = new float*[L];
-        long H = c.Hidden, qd = c.Heads * c.HeadDim, kd = c.KvHeads * c.HeadDim, I = c.Intermediate;
+        long H = c.Hidden;
         nint s = _s.Ptr;
         float* x = _arena.Take(T * H);
         Ck(Native.realn_op_embedding_fwd(s, DType.F32, sv.Tokens, T, _embed, c.Vocab, H, 0, x));
-        float scale = 1f / MathF.Sqrt(c.HeadDim);
+        bool rc = Recompute;
+        float*[]? shared = rc ? TakeLayerScratch(T) : null;
         for (int l = 0; l < L; l++)
         {
-            ref var w = ref _w[l];
             sv.XIn[l] = x;
-            float* h1 = sv.H1[l] = _arena.Take(T * H);
-            float* r1 = sv.R1[l] = _arena.Take(T);
-            Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x, w.InNorm, h1, r1, T, H, c.RmsEps));
-            float* q = sv.Q[l] = _arena.Take(T * qd);
-            float* k = sv.K[l] = _arena.Take(T * kd);
-            float* v = sv.V[l] = _arena.Take(T * kd);
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, h1, w.Q, null, q, T, H, qd));
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, h1, w.K, null, k, T, H, kd));
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, h1, w.V, null, v, T, H, kd));
-            Ck(Native.realn_op_rotary_fwd(s, DType.F32, q, sv.Pos, q, T, c.Heads, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Ck(Native.realn_op_rotary_fwd(s, DType.F32, k, sv.Pos, k, T, c.KvHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
-            float* att = sv.Att[l] = _arena.Take(T * qd);
-            float* lse = sv.Lse[l] = _arena.Take(T * c.Heads);
-            Ck(Native.realn_op_attention_fwd(s, DType.F32, q, k, v, sv.Cu, batch.Count, T, c.Heads, c.KvHeads, c.HeadDim, scale, att, lse));
-            float* x2 = sv.X2[l] = _arena.Take(T * H);
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, att, w.O, null, x2, T, qd, H));
-            Ck(Native.realn_op_add(s, DType.F32, T * H, x2, x, x2));
-            float* h2 = sv.H2[l] = _arena.Take(T * H);
-            float* r2 = sv.R2[l] = _arena.Take(T);
-            Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x2, w.PostNorm, h2, r2, T, H, c.RmsEps));
-            float* gu = sv.GU[l] = _arena.Take(T * 2 * I);
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, h2, w.GateUp, null, gu, T, H, 2 * I));
-            float* a = sv.A[l] = _arena.Take(T * I);
-            Ck(Native.realn_op_swiglu_fwd(s, DType.F32, gu, gu + I, 2 * I, a, I, T, I));
+            if (rc) AssignScratch(sv, l, shared!);
+            else AssignScratch(sv, l, TakeLayerScratch(T));
             float* xo = _arena.Take(T * H);
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, a, w.Down, null, xo, T, I, H));
-            Ck(Native.realn_op_add(s, DType.F32, T * H, xo, x2, xo));
+            LayerForward(l, sv, x, xo);
             x = xo;
         }
+        sv.Recomputed = rc;
         sv.XL = x;
         sv.HF = _arena.Take(T * H);
         sv.RF = _arena.Take(T);
@@ -204,6 +202,51 @@ public sealed unsafe class LlamaModel : IDisposable
         Ck(Native.realn_op_linear_fwd(s, DType.F32, sv.HF, _head, null, sv.Out, T, H, OutputWidth));
         _saved = sv;
         return sv.Out;
+    }
+
+    /// <summary>The per-layer activations backward needs, as one set of arena buffers:
+    /// h1, r1, q, k, v, att, lse, x2, h2, r2, gu, a.</summary>
+    private float*[] TakeLayerScratch(int T)
+    {
+        var c = Config;
+        long H = c.Hidden, qd = c.Heads * c.HeadDim, kd = c.KvHeads * c.HeadDim, I = c.Intermediate;
+        return [_arena.Take(T * H), _arena.Take(T), _arena.Take(T * qd), _arena.Take(T * kd), _arena.Take(T * kd),
+            _arena.Take(T * qd), _arena.Take(T * c.Heads), _arena.Take(T * H), _arena.Take(T * H), _arena.Take(T),
+            _arena.Take(T * 2 * I), _arena.Take(T * I)];
+    }
+
+    private static void AssignScratch(Saved sv, int l, float*[] b)
+    {
+        sv.H1[l] = b[0]; sv.R1[l] = b[1]; sv.Q[l] = b[2]; sv.K[l] = b[3]; sv.V[l] = b[4]; sv.Att[l] = b[5];
+        sv.Lse[l] = b[6]; sv.X2[l] = b[7]; sv.H2[l] = b[8]; sv.R2[l] = b[9]; sv.GU[l] = b[10]; sv.A[l] = b[11];
+    }
+
+    /// <summary>Block l: xo = x2 + down(swiglu(gate_up(norm2(x2)))), x2 = x + o(attn(rope(q), rope(k), v)(norm1(x))),
+    /// keeping its intermediates in sv's buffers of layer l.</summary>
+    private void LayerForward(int l, Saved sv, float* x, float* xo)
+    {
+        var c = Config;
+        int T = sv.T;
+        long H = c.Hidden, qd = c.Heads * c.HeadDim, kd = c.KvHeads * c.HeadDim, I = c.Intermediate;
+        nint s = _s.Ptr;
+        float scale = 1f / MathF.Sqrt(c.HeadDim);
+        ref var w = ref _w[l];
+        float* h1 = sv.H1[l], r1 = sv.R1[l], q = sv.Q[l], k = sv.K[l], v = sv.V[l], att = sv.Att[l], lse = sv.Lse[l];
+        float* x2 = sv.X2[l], h2 = sv.H2[l], r2 = sv.R2[l], gu = sv.GU[l], a = sv.A[l];
+        Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x, w.InNorm, h1, r1, T, H, c.RmsEps));
+        Ck(Native.realn_op_linear_fwd(s, DType.F32, h1, w.Q, null, q, T, H, qd));
+        Ck(Native.realn_op_linear_fwd(s, DType.F32, h1, w.K, null, k, T, H, kd));
+        Ck(Native.realn_op_linear_fwd(s, DType.F32, h1, w.V, null, v, T, H, kd));
+        Ck(Native.realn_op_rotary_fwd(s, DType.F32, q, sv.Pos, q, T, c.Heads, c.HeadDim, c.HeadDim, c.RopeTheta));
+        Ck(Native.realn_op_rotary_fwd(s, DType.F32, k, sv.Pos, k, T, c.KvHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
+        Ck(Native.realn_op_attention_fwd(s, DType.F32, q, k, v, sv.Cu, sv.NSeq, T, c.Heads, c.KvHeads, c.HeadDim, scale, att, lse));
+        Ck(Native.realn_op_linear_fwd(s, DType.F32, att, w.O, null, x2, T, qd, H));
+        Ck(Native.realn_op_add(s, DType.F32, T * H, x2, x, x2));
+        Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x2, w.PostNorm, h2, r2, T, H, c.RmsEps));
+        Ck(Native.realn_op_linear_fwd(s, DType.F32, h2, w.GateUp, null, gu, T, H, 2 * I));
+        Ck(Native.realn_op_swiglu_fwd(s, DType.F32, gu, gu + I, 2 * I, a, I, T, I));
+        Ck(Native.realn_op_linear_fwd(s, DType.F32, a, w.Down, null, xo, T, I, H));
+        Ck(Native.realn_op_add(s, DType.F32, T * H, xo, x2, xo));
     }
 
     /// <summary>Scratch of [T, OutputWidth] for the caller's output gradient (valid until the
@@ -231,6 +274,7 @@ public sealed unsafe class LlamaModel : IDisposable
         float scale = 1f / MathF.Sqrt(c.HeadDim);
         for (int l = c.Layers - 1; l >= 0; l--)
         {
+            if (sv.Recomputed) LayerForward(l, sv, sv.XIn[l], dT);  // dT: scratch for the unused block output
             ref var w = ref _w[l];
             ref var g = ref _g[l];
             // xo = x2 + down(swiglu(gate_up(norm2(x2))))
@@ -322,6 +366,7 @@ public sealed unsafe class LlamaModel : IDisposable
         Ck(Native.realn_op_linear_fwd(s, DType.F32, hl, _head, null, outRows, R, H, OutputWidth));
     }
 
+    /// <summary>Frees parameters, gradients and activations.</summary>
     public void Dispose()
     {
         _arena.Dispose();
@@ -336,6 +381,7 @@ public sealed unsafe class KvCache : IDisposable
     private readonly HostBlock _block;
     private readonly long _perLayer;
 
+    /// <summary>Cache for <paramref name="slots"/> sequences of up to <paramref name="maxLen"/> tokens.</summary>
     public KvCache(LlamaConfig c, int slots, int maxLen)
     {
         if (slots <= 0 || maxLen <= 0) throw new ArgumentException($"KV cache needs slots > 0 and max_len > 0 (got {slots}, {maxLen})");
@@ -346,9 +392,13 @@ public sealed unsafe class KvCache : IDisposable
         _block = new HostBlock(Math.Max(64, 2 * c.Layers * _perLayer * 4));
     }
 
+    /// <summary>Sequences the cache holds.</summary>
     public int Slots { get; }
+    /// <summary>Tokens per sequence.</summary>
     public int MaxLen { get; }
+    /// <summary>Keys of a layer: [slots, max_len, kv_heads, head_dim].</summary>
     public float* K(int layer) => (float*)_block.Pointer + 2 * layer * _perLayer;
+    /// <summary>Values of a layer: [slots, max_len, kv_heads, head_dim].</summary>
     public float* V(int layer) => (float*)_block.Pointer + (2 * layer + 1) * _perLayer;
     public void Dispose() => _block.Dispose();
 }

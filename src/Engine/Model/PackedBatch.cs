@@ -6,6 +6,7 @@ namespace ReaLNative.Engine.Model;
 /// </summary>
 public sealed class PackedBatch
 {
+    /// <summary>Packs tokens with per-sequence lengths (each &gt;= 1, summing to the token count).</summary>
     public PackedBatch(int[] tokens, int[] seqLens)
     {
         long sum = 0;
@@ -27,15 +28,23 @@ public sealed class PackedBatch
         }
     }
 
+    /// <summary>All token ids, sequences back to back.</summary>
     public int[] Tokens { get; }
+    /// <summary>Length of each sequence.</summary>
     public int[] SeqLens { get; }
+    /// <summary>Cumulative offsets [Count + 1], starting at 0.</summary>
     public int[] CuSeqlens { get; }
+    /// <summary>Each token's position within its sequence.</summary>
     public int[] Positions { get; }
+    /// <summary>Tokens in the batch (T).</summary>
     public int TotalTokens => Tokens.Length;
+    /// <summary>Sequences in the batch.</summary>
     public int Count => SeqLens.Length;
 
+    /// <summary>The tokens of sequence i.</summary>
     public ReadOnlySpan<int> Sequence(int i) => Tokens.AsSpan(CuSeqlens[i], SeqLens[i]);
 
+    /// <summary>Packs a list of sequences.</summary>
     public static PackedBatch FromSequences(IReadOnlyList<int[]> seqs)
     {
         var lens = seqs.Select(s => s.Length).ToArray();

@@ -7,6 +7,7 @@ namespace ReaLNative.Engine.Optim;
 /// min_lr_ratio * lr at <see cref="TotalSteps"/>.</summary>
 public sealed record LrSchedule(float Lr, int WarmupSteps = 0, string Decay = "constant", float MinLrRatio = 0.1f, int TotalSteps = 1)
 {
+    /// <summary>Learning rate at a 1-based step.</summary>
     public float At(long step)  // 1-based
     {
         if (WarmupSteps > 0 && step <= WarmupSteps) return Lr * step / WarmupSteps;
@@ -31,6 +32,7 @@ public sealed unsafe class AdamW : IDisposable
     private readonly LlamaModel _model;
     private readonly HostBlock _m, _v;
 
+    /// <summary>Moments zero; <paramref name="clipGradNorm"/> &lt;= 0 disables clipping.</summary>
     public AdamW(LlamaModel model, LrSchedule schedule, float beta1 = 0.9f, float beta2 = 0.95f, float eps = 1e-8f,
                  float weightDecay = 0f, float clipGradNorm = 1f)
     {
@@ -44,15 +46,19 @@ public sealed unsafe class AdamW : IDisposable
         _v.AsSpan<float>((int)model.ParameterCount).Clear();
     }
 
+    /// <summary>Learning-rate schedule.</summary>
     public LrSchedule Schedule { get; }
     public float Beta1 { get; }
     public float Beta2 { get; }
     public float Eps { get; }
     public float WeightDecay { get; }
     public float ClipGradNorm { get; }
+    /// <summary>Steps taken (the last step's 1-based index).</summary>
     public long Step { get; private set; }
 
+    /// <summary>AdamW m, same layout as the parameters.</summary>
     public Span<float> FirstMoment => new(_m.Pointer, (int)_model.ParameterCount);
+    /// <summary>AdamW v, same layout as the parameters.</summary>
     public Span<float> SecondMoment => new(_v.Pointer, (int)_model.ParameterCount);
 
     /// <summary>Global L2 norm of the gradient buffer.</summary>
@@ -88,6 +94,7 @@ public sealed unsafe class AdamW : IDisposable
         v.CopyTo(SecondMoment);
     }
 
+    /// <summary>Frees the moments.</summary>
     public void Dispose()
     {
         _m.Dispose();

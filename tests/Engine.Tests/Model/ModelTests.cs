@@ -180,6 +180,35 @@ public sealed unsafe class ModelTests
         Assert.True(maxErr / maxG < 1e-3, $"max gradient error {maxErr} (scale {maxG})");
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ActivationRecomputationGivesTheSameOutputsAndGradients(bool scalar)
+    {
+        using var m = Make(scalar, 6);
+        int[] tokens = [4, 1, 8, 2, 10, 3, 3, 6, 0], lens = [4, 2, 3];
+        var rng = new Random(12);
+        int n = tokens.Length * m.OutputWidth;
+        var G = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        (float[] outp, float[] grads) Run(bool rc)
+        {
+            m.Recompute = rc;
+            m.ZeroGrad();
+            float* o = m.Forward(new PackedBatch(tokens, lens));
+            var outp = new Span<float>(o, n).ToArray();
+            float* d = m.OutputGradientBuffer();
+            G.CopyTo(new Span<float>(d, n));
+            m.Backward(d);
+            return (outp, m.Gradients.ToArray());
+        }
+        var a = Run(false);
+        var b = Run(true);
+        Assert.Equal(a.outp, b.outp);
+        Assert.Contains(a.grads, g => g != 0);
+        for (int i = 0; i < a.grads.Length; i++)
+            Assert.True(Math.Abs(a.grads[i] - b.grads[i]) <= 1e-6f * (1 + Math.Abs(a.grads[i])), $"gradient {i}: {a.grads[i]} vs {b.grads[i]}");
+    }
+
     [Fact]
     public void GreedyGenerationEqualsStepwiseArgmaxAndKvDecodeEqualsRecompute()
     {
@@ -284,5 +313,90 @@ public sealed class CheckpointTests
             Assert.Contains("mlp.gate_proj.weight", Assert.Throws<InvalidDataException>(() => Checkpoints.Safetensors.LoadInto(other, dir)).Message);
         }
         finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+}
+
+public sealed class ParamLayoutTests
+{
+    private static readonly LlamaConfig Cfg = new() { Layers = 4, Hidden = 8, Intermediate = 12, Heads = 4, KvHeads = 2, Vocab = 10, MaxPositions = 16 };
+
+    /// <summary>Cuts a single-device parameter buffer into every (pp, tp) shard by the views'
+    /// slices, then rebuilds each global tensor from the shards: must equal the original exactly,
+    /// every element covered once per tp rank of its stage, and shard offsets contiguous.</summary>
+    [Theory]
+    [InlineData(false, 1, 2)]
+    [InlineData(false, 3, 2)]
+    [InlineData(true, 2, 1)]
+    [InlineData(true, 6, 2)]
+    public void ShardsTileTheSingleDeviceLayoutExactly(bool scalar, int pp, int tp)
+    {
+        var single = ParamLayout.Create(Cfg, scalar);
+        var rng = new Random(pp * 10 + tp);
+        var flat = Enumerable.Range(0, (int)single.TotalElements).Select(_ => (float)rng.NextDouble()).ToArray();
+        var rebuilt = new float[flat.Length];
+        var covered = new int[flat.Length];
+        var stageOfName = new Dictionary<string, int>();
+        for (int s = 0; s < pp; s++)
+            for (int r = 0; r < tp; r++)
+            {
+                var shard = ParamLayout.Create(Cfg, scalar, pp, s, tp, r);
+                var shardBuf = new float[shard.TotalElements];
+                long expectOffset = 0;
+                foreach (var v in shard.Views)
+                {
+                    Assert.Equal(expectOffset, v.Offset);
+                    expectOffset += v.LocalElements;
+                    if (stageOfName.TryGetValue(v.Name, out int st)) Assert.Equal(s, st);
+                    else stageOfName[v.Name] = s;
+                    Assert.True(single.TryGet(v.Name, out var g));
+                    Assert.Equal(g.GlobalShape, v.GlobalShape);
+                    long rows = v.GlobalShape[0], cols = v.GlobalShape.Length > 1 ? v.GlobalShape[1] : 1;
+                    long local = 0;
+                    for (long i = 0; i < rows; i++)
+                        for (long j = 0; j < cols; j++)
+                        {
+                            bool mine = v.SplitDim switch
+                            {
+                                0 => i >= v.SliceStart && i < v.SliceStart + v.SliceLength,
+                                1 => j >= v.SliceStart && j < v.SliceStart + v.SliceLength,
+                                _ => true,
+                            };
+                            if (!mine) continue;
+                            long gi = g.Offset + i * cols + j;
+                            // Documented local layout: row-major over LocalShape.
+                            long localCols = v.LocalShape.Length > 1 ? v.LocalShape[1] : 1;
+                            long li = (i - (v.SplitDim == 0 ? v.SliceStart : 0)) * localCols + (j - (v.SplitDim == 1 ? v.SliceStart : 0));
+                            Assert.Equal(local, li);
+                            shardBuf[v.Offset + li] = flat[gi];  // gather (sender side)
+                            local++;
+                        }
+                    // Scatter (receiver side) from the shard buffer, by the same view arithmetic.
+                    for (long li = 0; li < v.LocalElements; li++)
+                    {
+                        long localCols = v.LocalShape.Length > 1 ? v.LocalShape[1] : 1;
+                        long i = li / localCols + (v.SplitDim == 0 ? v.SliceStart : 0), j = li % localCols + (v.SplitDim == 1 ? v.SliceStart : 0);
+                        long gi = g.Offset + i * cols + j;
+                        if (v.SplitDim < 0 && r > 0) { Assert.Equal(rebuilt[gi], shardBuf[v.Offset + li]); continue; }
+                        rebuilt[gi] = shardBuf[v.Offset + li];
+                        covered[gi]++;
+                    }
+                    Assert.Equal(v.LocalElements, local);
+                }
+                Assert.Equal(expectOffset, shard.TotalElements);
+            }
+        Assert.All(covered, c => Assert.Equal(1, c));
+        Assert.Equal(flat, rebuilt);
+        Assert.Equal(single.Views.Count, stageOfName.Count);
+        // Stages hold contiguous runs of units in order.
+        var order = single.Views.Select(v => stageOfName[v.Name]).ToArray();
+        for (int i = 1; i < order.Length; i++) Assert.True(order[i] >= order[i - 1]);
+    }
+
+    [Fact]
+    public void BadShardCoordinatesAreNamed()
+    {
+        Assert.Contains("tp rank", Assert.Throws<ArgumentException>(() => ParamLayout.Create(Cfg, false, 1, 0, 2, 2)).Message);
+        Assert.Contains("pp rank", Assert.Throws<ArgumentException>(() => ParamLayout.Create(Cfg, false, 2, -1)).Message);
+        Assert.Contains("tp=3", Assert.Throws<ArgumentException>(() => ParamLayout.Create(Cfg, false, 1, 0, 3, 0)).Message);
     }
 }
