@@ -199,7 +199,8 @@ REALN_API realn_status realn_op_rmsnorm_bwd(realn_stream_t stream, int32_t dtype
 
 /* Rotary position embedding, Hugging Face LLaMA convention (rotate_half: element i pairs with
  * i + rot_dim/2 within the first rot_dim dims of each head; freq_i = theta^(-2i/rot_dim)).
- * x, y: [tokens, heads, head_dim] (y may alias x); positions: int32 [tokens] (per packed token).
+ * x, y: [tokens, heads, head_dim] (y may be x itself, not a partial overlap); positions: int32
+ * [tokens] (per packed token).
  * Backward applies the inverse rotation to the gradient (same signature, dy -> dx). */
 REALN_API realn_status realn_op_rotary_fwd(realn_stream_t stream, int32_t dtype, const void* x,
                                            const int32_t* positions, void* y, int64_t tokens,
@@ -264,20 +265,23 @@ REALN_API realn_status realn_op_attention_decode(realn_stream_t stream, int32_t 
  *   logp[r] = z[r, labels[r]] - lse[r],  z = logits / temperature (masked-out -> -inf),
  *   entropy[r] = -sum_j p_j log p_j  (NULL to skip), lse[r] saved for backward.
  * logits: [rows, vocab] in dtype; logp, entropy, lse: float [rows]; labels: int32 [rows].
- * A masked-out label yields logp = -inf (the caller's contract is that labels are allowed). */
+ * A masked-out label yields logp = -inf (the caller's contract is that labels are allowed); a row
+ * with no allowed token yields lse = logp = -inf and entropy = 0. */
 REALN_API realn_status realn_op_logprobs_fwd(realn_stream_t stream, int32_t dtype, const void* logits,
                                              const int32_t* labels, const uint8_t* mask, int64_t rows,
                                              int64_t vocab, float temperature, float* logp,
                                              float* entropy, float* lse);
 /* dlogits = d(logp)/d(logits) * dlogp + d(entropy)/d(logits) * dentropy (dentropy may be NULL).
- * dlogits overwritten (dtype). */
+ * dlogits overwritten (dtype); masked-out entries get 0. For a masked-out label, logp = -inf - lse
+ * and only the -lse part is differentiated; a row with lse = -inf gets all zeros. */
 REALN_API realn_status realn_op_logprobs_bwd(realn_stream_t stream, int32_t dtype, const void* logits,
                                              const int32_t* labels, const uint8_t* mask, int64_t rows,
                                              int64_t vocab, float temperature, const float* lse,
                                              const float* dlogp, const float* dentropy,
                                              void* dlogits);
 /* Cross-entropy with ignore_index: loss[r] = lse[r] - logits[r, labels[r]] (0 where labels[r] ==
- * ignore_index). *mean_loss = mean over non-ignored rows (0 if none). loss, lse: float [rows]. */
+ * ignore_index). *mean_loss = mean over non-ignored rows (0 if none). loss, lse: float [rows].
+ * Ignored rows are skipped entirely: their lse[r] is written as 0, not computed. */
 REALN_API realn_status realn_op_cross_entropy_fwd(realn_stream_t stream, int32_t dtype,
                                                   const void* logits, const int32_t* labels,
                                                   int64_t rows, int64_t vocab, int32_t ignore_index,

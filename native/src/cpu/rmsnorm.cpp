@@ -1,0 +1,93 @@
+// RMSNorm forward/backward, parallel over rows. Row statistics (sum of squares, the backward's
+// dot product) accumulate in double inside `omp simd` reductions: still one vectorised pass.
+// The weight gradient is a column sum over rows; to keep it deterministic without atomics each
+// thread sums its contiguous block of rows into a private double row, then the partial rows are
+// added in thread order (per column slice, in parallel). The scratch is kept per calling thread
+// and only grows, so steady-state calls allocate nothing.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu_ops.hpp"
+
+namespace realn::cpu {
+namespace {
+constexpr int64_t kPar = 1 << 14;  // elements below which one thread does the whole op
+
+int threads_for(int64_t rows, int64_t dim) {
+    if (rows * dim <= kPar) return 1;
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), rows)));
+}
+}  // namespace
+
+void rmsnorm_fwd(realn_stream_t, int32_t, const void* x, const void* w, void* y, float* rstd,
+                 int64_t rows, int64_t dim, float eps) {
+    const auto* X = static_cast<const float*>(x);
+    const auto* W = static_cast<const float*>(w);
+    auto* Y = static_cast<float*>(y);
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows, dim))
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = X + r * dim;
+        float* yr = Y + r * dim;
+        double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t j = 0; j < dim; ++j) ss += double(xr[j]) * double(xr[j]);
+        const double rs = 1.0 / std::sqrt(ss / double(dim) + double(eps));
+        const float rsf = static_cast<float>(rs);
+        if (rstd) rstd[r] = rsf;
+#pragma omp simd
+        for (int64_t j = 0; j < dim; ++j) yr[j] = xr[j] * rsf * W[j];
+    }
+}
+
+// y_j = x_j r w_j, r = (mean(x^2) + eps)^(-1/2):
+//   dx_j = r w_j dy_j - x_j r^3 / dim * sum_k(dy_k w_k x_k);   dw_j += sum_rows dy_j x_j r.
+void rmsnorm_bwd(realn_stream_t, int32_t, const void* x, const void* w, const float* rstd,
+                 const void* dy, void* dx, void* dw, int64_t rows, int64_t dim) {
+    const auto* X = static_cast<const float*>(x);
+    const auto* W = static_cast<const float*>(w);
+    const auto* DY = static_cast<const float*>(dy);
+    auto* DX = static_cast<float*>(dx);
+    auto* DW = static_cast<float*>(dw);
+    const int nt = threads_for(rows, dim);
+    thread_local std::vector<double> scratch;
+    if (scratch.size() < static_cast<size_t>(nt * dim)) scratch.resize(static_cast<size_t>(nt * dim));
+    double* parts = scratch.data();
+#pragma omp parallel num_threads(nt)
+    {
+        const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+        const int64_t per = (rows + T - 1) / T;
+        const int64_t lo = std::min(rows, t * per), hi = std::min(rows, lo + per);
+        double* __restrict part = parts + t * dim;
+        std::fill(part, part + dim, 0.0);
+        for (int64_t r = lo; r < hi; ++r) {
+            const float* __restrict xr = X + r * dim;
+            const float* __restrict gr = DY + r * dim;
+            float* __restrict dxr = DX + r * dim;
+            const double rs = rstd[r];
+            double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t j = 0; j < dim; ++j) dot += double(gr[j] * W[j]) * double(xr[j]);
+            const float a = static_cast<float>(rs);
+            const float c = static_cast<float>(rs * rs * rs * dot / double(dim));
+#pragma omp simd
+            for (int64_t j = 0; j < dim; ++j) {
+                dxr[j] = a * W[j] * gr[j] - c * xr[j];
+                part[j] += double(gr[j] * xr[j]) * rs;
+            }
+        }
+#pragma omp barrier
+        // Column slice per thread; partial rows added in thread order (deterministic).
+        const int64_t cper = (dim + T - 1) / T;
+        const int64_t clo = std::min(dim, t * cper), chi = std::min(dim, clo + cper);
+        for (int64_t j = clo; j < chi; ++j) {
+            double acc = 0.0;
+            for (int64_t k = 0; k < T; ++k) acc += parts[k * dim + j];
+            DW[j] += static_cast<float>(acc);
+        }
+    }
+}
+
+}  // namespace realn::cpu

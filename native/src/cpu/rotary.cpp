@@ -1,0 +1,63 @@
+// Rotary position embedding, Hugging Face LLaMA convention (rotate_half): within the first rot_dim
+// dims of each head, element i pairs with i + rot_dim/2 and turns by angle pos * theta^(-2i/rot_dim);
+// dims past rot_dim pass through. Positions are per packed token, so the cos/sin row is computed
+// per token (in double: angles reach thousands of radians, where fp32 argument rounding alone would
+// cost ~1e-4) and shared by all heads of that token. The backward is the inverse rotation (sin
+// negated), which is also the transpose. y may alias x exactly: each pair is read before it is
+// written, and a vector chunk never spans both halves because the loop runs rot_dim/2 times.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cpu_ops.hpp"
+
+namespace realn::cpu {
+
+void rotary(realn_stream_t, int32_t, const void* x, const int32_t* positions, void* y,
+            int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot_dim, float theta,
+            bool inverse) {
+    const auto* X = static_cast<const float*>(x);
+    auto* Y = static_cast<float*>(y);
+    const int64_t half = rot_dim / 2;
+    thread_local std::vector<double> inv_freq;
+    inv_freq.resize(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i)
+        inv_freq[i] = std::pow(double(theta), -2.0 * double(i) / double(rot_dim));
+    const double* F = inv_freq.data();
+    const double sign = inverse ? -1.0 : 1.0;
+    const int64_t row = heads * head_dim;
+    const bool copy_tail = rot_dim < head_dim && X != Y;
+#pragma omp parallel if (tokens * row > (1 << 14))
+    {
+        thread_local std::vector<float> cs;  // [cos(half) | sin(half)] of the current token
+        cs.resize(static_cast<size_t>(2 * half));
+        float* __restrict C = cs.data();
+        float* __restrict S = C + half;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tokens; ++t) {
+            const double pos = positions[t];
+            for (int64_t i = 0; i < half; ++i) {
+                const double a = pos * F[i];
+                C[i] = static_cast<float>(std::cos(a));
+                S[i] = static_cast<float>(sign * std::sin(a));
+            }
+            for (int64_t h = 0; h < heads; ++h) {
+                const float* xh = X + t * row + h * head_dim;
+                float* yh = Y + t * row + h * head_dim;
+#pragma omp simd
+                for (int64_t i = 0; i < half; ++i) {
+                    const float a = xh[i], b = xh[i + half];
+                    yh[i] = a * C[i] - b * S[i];
+                    yh[i + half] = b * C[i] + a * S[i];
+                }
+                if (copy_tail)
+                    std::memcpy(yh + rot_dim, xh + rot_dim, sizeof(float) * (head_dim - rot_dim));
+            }
+        }
+    }
+}
+
+}  // namespace realn::cpu
