@@ -7,7 +7,7 @@ using YamlDotNet.RepresentationModel;
 
 namespace ReaLNative.Engine.Config;
 
-public static class Algorithms
+public static class AlgorithmNames
 {
     public const string Sft = "sft", Rm = "rm", Ppo = "ppo", Grpo = "grpo", Remax = "remax", Dpo = "dpo";
     public static readonly string[] All = [Sft, Rm, Ppo, Grpo, Remax, Dpo];
@@ -16,7 +16,7 @@ public static class Algorithms
     public static string[] Roles(string algorithm) => algorithm switch
     {
         Sft => ["actor"],
-        Rm => ["reward"],
+        Rm => ["actor", "reward"], // the frozen actor generates the samples the pairs are made of
         Ppo => ["actor", "critic", "ref", "reward"],
         Grpo or Remax => ["actor", "ref", "reward"],
         Dpo => ["actor", "ref"],
@@ -113,7 +113,7 @@ public sealed record ExperimentConfig(string Name, string Algorithm, long Seed, 
 
         var top = new MapReader(root, "");
         string name = top.Str("name", "experiment");
-        string algorithm = top.Enum("algorithm", null, Algorithms.All);
+        string algorithm = top.Enum("algorithm", null, AlgorithmNames.All);
         long seed = top.Int("seed", 1, 0, long.MaxValue);
         top.Int("iterations", 1, 1, 1_000_000);
 
@@ -145,7 +145,7 @@ public sealed record ExperimentConfig(string Name, string Algorithm, long Seed, 
             {
                 string p = $"stages[{i}]";
                 var sr = new MapReader(seq.Children[i], p);
-                sr.Enum("algorithm", null, Algorithms.All);
+                sr.Enum("algorithm", null, AlgorithmNames.All);
                 foreach (var k in new[] { "iterations", "models", "batch", "optim", "generation", "ppo", "dpo" }) sr.Get(k);
                 sr.RejectUnknown();
                 var merged = MapReader.Merge(baseMap, (YamlMappingNode)seq.Children[i]);
@@ -174,11 +174,11 @@ public sealed record ExperimentConfig(string Name, string Algorithm, long Seed, 
     private static StageConfig ParseStage(YamlMappingNode node, int index, string path)
     {
         var r = new MapReader(node, path);
-        string algorithm = r.Enum("algorithm", null, Algorithms.All);
+        string algorithm = r.Enum("algorithm", null, AlgorithmNames.All);
         int iterations = (int)r.Int("iterations", null, 1, 1_000_000);
 
         var mr = new MapReader(r.Get("models"), r.Sub("models"));
-        var roles = Algorithms.Roles(algorithm);
+        var roles = AlgorithmNames.Roles(algorithm);
         var models = new Dictionary<string, ModelSpec>(StringComparer.Ordinal);
         foreach (var role in new[] { "actor", "critic", "ref", "reward" })
         {
@@ -198,7 +198,7 @@ public sealed record ExperimentConfig(string Name, string Algorithm, long Seed, 
             throw new ConfigException(br.Sub("minibatches"), $"{batch.Minibatches} does not divide batch.size ({size}); allowed values: divisors of {size}");
         if (size % batch.GroupSize != 0)
             throw new ConfigException(br.Sub("group_size"), $"{batch.GroupSize} does not divide batch.size ({size}); allowed values: divisors of {size}");
-        if (algorithm == Algorithms.Grpo && batch.GroupSize < 2)
+        if (algorithm == AlgorithmNames.Grpo && batch.GroupSize < 2)
             throw new ConfigException(br.Sub("group_size"), "grpo normalises rewards within a group; allowed values: integers >= 2 dividing batch.size");
         br.RejectUnknown();
 
@@ -240,7 +240,7 @@ public sealed record ExperimentConfig(string Name, string Algorithm, long Seed, 
         if (preset is null == config is null)
             throw new ConfigException(r.Path, $"give exactly one of 'preset' ({string.Join(" | ", Presets)}) or 'config' (path to a Hugging Face config.json)");
         if (preset is not null) r.Enum("preset", null, Presets);
-        bool trained = Algorithms.TrainedRoles(algorithm).Contains(role);
+        bool trained = AlgorithmNames.TrainedRoles(algorithm).Contains(role);
         string init = r.Str("init", trained ? "random" : null);
         r.RejectUnknown();
         return new ModelSpec(role, preset, config, init);
@@ -270,11 +270,11 @@ public sealed record ExperimentConfig(string Name, string Algorithm, long Seed, 
                 else if (m.InitFromPath && !Directory.Exists(Path.Combine(baseDir, m.Init)))
                     throw new ConfigException(p + ".init",
                         $"'{m.Init}' is neither random | sft | rm nor an existing checkpoint directory (relative to the YAML file)");
-                else if (m.Init == "random" && !Algorithms.TrainedRoles(st.Algorithm).Contains(role))
+                else if (m.Init == "random" && !AlgorithmNames.TrainedRoles(st.Algorithm).Contains(role))
                     throw new ConfigException(p + ".init",
                         $"a frozen {role} model initialised at random gives meaningless results; allowed values: sft | rm | path to a checkpoint directory");
             }
-            if (Algorithms.Produces(st.Algorithm) is { } prod)
+            if (AlgorithmNames.Produces(st.Algorithm) is { } prod)
                 produced[prod.Artifact] = st.Models[prod.Role];
         }
     }
