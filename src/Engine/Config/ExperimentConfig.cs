@@ -137,6 +137,7 @@ public sealed record ExperimentConfig(string Name, string Algorithm, long Seed, 
         {
             if (stagesNode is not YamlSequenceNode seq || seq.Children.Count == 0)
                 throw new ConfigException("stages", "expected a non-empty list of stages, e.g. - { algorithm: sft, iterations: 200 }");
+            ValidateSharedSections(top, algorithm);
             var baseMap = new YamlMappingNode();
             foreach (var (k, v) in root.Children)
                 if (((YamlScalarNode)k).Value is "models" or "batch" or "optim" or "generation" or "ppo" or "dpo" or "iterations")
@@ -190,7 +191,21 @@ public sealed record ExperimentConfig(string Name, string Algorithm, long Seed, 
         }
         mr.RejectUnknown();
 
-        var br = new MapReader(r.Get("batch"), r.Sub("batch"));
+        var batch = ParseBatch(new MapReader(r.Get("batch"), r.Sub("batch")), algorithm);
+        var optim = ParseOptim(new MapReader(r.Get("optim"), r.Sub("optim")));
+        var gen = ParseGeneration(new MapReader(r.Get("generation"), r.Sub("generation")));
+        var ppo = ParsePpo(new MapReader(r.Get("ppo"), r.Sub("ppo")));
+        var dpo = ParseDpo(new MapReader(r.Get("dpo"), r.Sub("dpo")));
+
+        // Top-level-only keys are allowed in the merged single-stage mapping.
+        if (path.Length == 0)
+            foreach (var k in new[] { "name", "seed", "task", "eval", "checkpoint_every", "stages" }) r.Get(k);
+        r.RejectUnknown();
+        return new StageConfig(index, algorithm, iterations, models, batch, optim, gen, ppo, dpo);
+    }
+
+    private static BatchConfig ParseBatch(MapReader br, string algorithm)
+    {
         int size = (int)br.Int("size", 64, 1, 1_000_000);
         var batch = new BatchConfig(size, (int)br.Int("prompt_len", 16, 1, 1_000_000), (int)br.Int("gen_len", 16, 1, 1_000_000),
                                     (int)br.Int("minibatches", 1, 1, size), (int)br.Int("group_size", 1, 1, size));
@@ -201,39 +216,68 @@ public sealed record ExperimentConfig(string Name, string Algorithm, long Seed, 
         if (algorithm == AlgorithmNames.Grpo && batch.GroupSize < 2)
             throw new ConfigException(br.Sub("group_size"), "grpo normalises rewards within a group; allowed values: integers >= 2 dividing batch.size");
         br.RejectUnknown();
+        return batch;
+    }
 
-        var or = new MapReader(r.Get("optim"), r.Sub("optim"));
+    private static OptimConfig ParseOptim(MapReader or)
+    {
         var betas = or.RealList("betas", [0.9, 0.95], 2, 0, 1, maxExclusive: true);
         var optim = new OptimConfig(or.Real("lr", 1e-3, 0, 10, minExclusive: true), or.Real("weight_decay", 0.0, 0, 10),
                                     betas[0], betas[1], or.Real("eps", 1e-8, 0, 1, minExclusive: true),
                                     (int)or.Int("warmup_steps", 0, 0, 1_000_000), or.Enum("decay", "cosine", "constant", "linear", "cosine"),
                                     or.Real("min_lr_ratio", 0.1, 0, 1), or.Real("clip_grad_norm", 1.0, 0, 1e6));
         or.RejectUnknown();
+        return optim;
+    }
 
-        var gr = new MapReader(r.Get("generation"), r.Sub("generation"));
+    private static GenerationConfig ParseGeneration(MapReader gr)
+    {
         var gen = new GenerationConfig(gr.Real("temperature", 1.0, 0, 100), (int)gr.Int("top_k", 0, 0, 1_000_000),
                                        gr.Real("top_p", 1.0, 0, 1, minExclusive: true));
         gr.RejectUnknown();
+        return gen;
+    }
 
-        var pr = new MapReader(r.Get("ppo"), r.Sub("ppo"));
+    private static PpoConfig ParsePpo(MapReader pr)
+    {
         var ppo = new PpoConfig(pr.Real("kl_coef", 0.05, 0, 100), pr.Real("clip_eps", 0.2, 0, 10, minExclusive: true),
                                 pr.Real("value_clip_eps", 0.2, 0, 1e6, minExclusive: true), pr.Real("gamma", 1.0, 0, 1),
                                 pr.Real("lambda", 0.95, 0, 1), (int)pr.Int("ppo_epochs", 1, 1, 1000), pr.Bool("adv_norm", true),
                                 pr.Real("max_reward_clip", 5.0, 0, 1e6, minExclusive: true));
         pr.RejectUnknown();
-
-        var dr = new MapReader(r.Get("dpo"), r.Sub("dpo"));
-        var dpo = new DpoConfig(dr.Real("beta", 0.1, 0, 1000, minExclusive: true));
-        dr.RejectUnknown();
-
-        // Top-level-only keys are allowed in the merged single-stage mapping.
-        if (path.Length == 0)
-            foreach (var k in new[] { "name", "seed", "task", "eval", "checkpoint_every", "stages" }) r.Get(k);
-        r.RejectUnknown();
-        return new StageConfig(index, algorithm, iterations, models, batch, optim, gen, ppo, dpo);
+        return ppo;
     }
 
-    private static ModelSpec ParseModel(MapReader r, string role, string algorithm)
+    private static DpoConfig ParseDpo(MapReader dr)
+    {
+        var dpo = new DpoConfig(dr.Real("beta", 0.1, 0, 1000, minExclusive: true));
+        dr.RejectUnknown();
+        return dpo;
+    }
+
+    /// <summary>With explicit stages, the shared top-level sections are checked on their own first, so an
+    /// error in them names the top-level path rather than the first stage's.</summary>
+    private static void ValidateSharedSections(MapReader top, string algorithm)
+    {
+        if (top.Get("batch") is { } b) ParseBatch(new MapReader(b, "batch"), AlgorithmNames.Sft);
+        if (top.Get("optim") is { } o) ParseOptim(new MapReader(o, "optim"));
+        if (top.Get("generation") is { } g) ParseGeneration(new MapReader(g, "generation"));
+        if (top.Get("ppo") is { } p) ParsePpo(new MapReader(p, "ppo"));
+        if (top.Get("dpo") is { } d) ParseDpo(new MapReader(d, "dpo"));
+        if (top.Get("models") is { } m)
+        {
+            var mr = new MapReader(m, "models");
+            foreach (var role in new[] { "actor", "critic", "ref", "reward" })
+                if (mr.Get(role) is { } n)
+                {
+                    var r = new MapReader(n, mr.Sub(role));
+                    ParseModel(r, role, algorithm, requireInit: false);
+                }
+            mr.RejectUnknown();
+        }
+    }
+
+    private static ModelSpec ParseModel(MapReader r, string role, string algorithm, bool requireInit = true)
     {
         string? preset = r.OptStr("preset");
         string? config = r.OptStr("config");
@@ -241,7 +285,7 @@ public sealed record ExperimentConfig(string Name, string Algorithm, long Seed, 
             throw new ConfigException(r.Path, $"give exactly one of 'preset' ({string.Join(" | ", Presets)}) or 'config' (path to a Hugging Face config.json)");
         if (preset is not null) r.Enum("preset", null, Presets);
         bool trained = AlgorithmNames.TrainedRoles(algorithm).Contains(role);
-        string init = r.Str("init", trained ? "random" : null);
+        string init = r.Str("init", trained || !requireInit ? "random" : null);
         r.RejectUnknown();
         return new ModelSpec(role, preset, config, init);
     }
