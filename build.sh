@@ -69,17 +69,21 @@ run_tests() {
     failed=1
   fi
   log "dotnet test"
-  if dotnet test ReaLNative.sln -c Release --no-build -nologo -v q --logger "console;verbosity=normal" 2>&1 | tee "$log_dir/dotnet.log" \
-      | grep -E "^(Passed!|Failed!)|^\s+Failed |error" ; then :; fi
-  if grep -qE "^Failed!|Test Run Failed|error" "$log_dir/dotnet.log" || ! grep -qE "^Passed!" "$log_dir/dotnet.log"; then
+  set +o pipefail
+  dotnet test ReaLNative.sln -c Release --no-build -nologo -v q --logger "console;verbosity=normal" \
+    >"$log_dir/dotnet.log" 2>&1
+  local rc=$?
+  set -o pipefail
+  # Per-assembly summaries ("Total tests: N" / "Passed: N" / "Failed: N"), failed test names.
+  grep -E "^\s+Failed [A-Za-z]|^Test Run (Successful|Failed)|error [A-Z]+[0-9]+" "$log_dir/dotnet.log" || true
+  if [ $rc -ne 0 ]; then
     failed=1
-    grep -E "Failed |Error Message|Assert" "$log_dir/dotnet.log" | head -40 || true
+    grep -E -A12 "^\s+Failed [A-Za-z]" "$log_dir/dotnet.log" | head -80 || true
   fi
-  # Sum the per-assembly summaries: "Passed!  - Failed:     0, Passed:    12, Skipped: ..."
-  while read -r f p; do
-    passed_total=$((passed_total + p)); failed_total=$((failed_total + f))
-  done < <(grep -E "^(Passed|Failed)! +- Failed: +[0-9]+, Passed: +[0-9]+" "$log_dir/dotnet.log" \
-           | sed -E 's/.*Failed: +([0-9]+), Passed: +([0-9]+).*/\1 \2/')
+  local p f
+  p=$(grep -E "^\s+Passed: +[0-9]+$" "$log_dir/dotnet.log" | awk '{s+=$2} END {print s+0}' || true)
+  f=$(grep -E "^\s+Failed: +[0-9]+$" "$log_dir/dotnet.log" | awk '{s+=$2} END {print s+0}' || true)
+  passed_total=$((passed_total + p)); failed_total=$((failed_total + f))
   echo "tests: $passed_total passed, $failed_total failed"
   rm -rf "$log_dir"
   return $failed

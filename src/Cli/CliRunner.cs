@@ -31,5 +31,23 @@ internal static class CliRunner
             Console.Error.WriteLine($"realn: {e.Message}");
             return 2;
         }
+        catch (Exception e) when (e is ArgumentException or FormatException or InvalidDataException
+                                      or FileNotFoundException or DirectoryNotFoundException)
+        {
+            // Bad input (config, plan, checkpoint, spec): the message names what is wrong.
+            Console.Error.WriteLine($"realn: {e.Message}");
+            return 2;
+        }
+        catch (OperationCanceledException)
+        {
+            Console.Error.WriteLine("realn: cancelled");
+            return 130;
+        }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"realn: {e.GetType().Name}: {e.Message}");
+            Console.Error.WriteLine(e.StackTrace);
+            return 1;
+        }
     }
 }

@@ -11,6 +11,7 @@ public static class BenchCommand
     {
         var cmd = new Command("bench", "Benchmarks that report a ratio to a reference measured in the same run");
         cmd.Subcommands.Add(BenchKernelsCommand.Create());
+        cmd.Subcommands.Add(BenchReallocCommand.Create());
         return cmd;
     }
 }

@@ -1,0 +1,96 @@
+using ReaLNative.Engine.Model;
+using ReaLNative.Interop;
+
+namespace ReaLNative.Engine.Optim;
+
+/// <summary>Learning-rate schedule: linear warmup, then constant, linear or cosine decay to
+/// min_lr_ratio * lr at <see cref="TotalSteps"/>.</summary>
+public sealed record LrSchedule(float Lr, int WarmupSteps = 0, string Decay = "constant", float MinLrRatio = 0.1f, int TotalSteps = 1)
+{
+    public float At(long step)  // 1-based
+    {
+        if (WarmupSteps > 0 && step <= WarmupSteps) return Lr * step / WarmupSteps;
+        double t = TotalSteps <= WarmupSteps ? 1 : Math.Clamp((double)(step - WarmupSteps) / (TotalSteps - WarmupSteps), 0, 1);
+        double min = Lr * MinLrRatio;
+        return Decay switch
+        {
+            "constant" => Lr,
+            "linear" => (float)(Lr - (Lr - min) * t),
+            "cosine" => (float)(min + (Lr - min) * 0.5 * (1 + Math.Cos(Math.PI * t))),
+            _ => throw new ArgumentException($"optim.decay '{Decay}' is not one of constant, linear, cosine"),
+        };
+    }
+}
+
+/// <summary>
+/// AdamW over a model's flat parameter buffer (moments in parallel buffers of the same layout),
+/// with global grad-norm clipping folded into the native step's grad_scale.
+/// </summary>
+public sealed unsafe class AdamW : IDisposable
+{
+    private readonly LlamaModel _model;
+    private readonly HostBlock _m, _v;
+
+    public AdamW(LlamaModel model, LrSchedule schedule, float beta1 = 0.9f, float beta2 = 0.95f, float eps = 1e-8f,
+                 float weightDecay = 0f, float clipGradNorm = 1f)
+    {
+        _model = model;
+        Schedule = schedule;
+        Beta1 = beta1; Beta2 = beta2; Eps = eps; WeightDecay = weightDecay; ClipGradNorm = clipGradNorm;
+        long bytes = Math.Max(4, model.ParameterCount * 4);
+        _m = new HostBlock(bytes);
+        _v = new HostBlock(bytes);
+        _m.AsSpan<float>((int)model.ParameterCount).Clear();
+        _v.AsSpan<float>((int)model.ParameterCount).Clear();
+    }
+
+    public LrSchedule Schedule { get; }
+    public float Beta1 { get; }
+    public float Beta2 { get; }
+    public float Eps { get; }
+    public float WeightDecay { get; }
+    public float ClipGradNorm { get; }
+    public long Step { get; private set; }
+
+    public Span<float> FirstMoment => new(_m.Pointer, (int)_model.ParameterCount);
+    public Span<float> SecondMoment => new(_v.Pointer, (int)_model.ParameterCount);
+
+    /// <summary>Global L2 norm of the gradient buffer.</summary>
+    public double GradNorm()
+    {
+        double ss;
+        Native.Check(Native.realn_op_sumsq(_model.Stream.Ptr, _model.GradientsPointer, _model.ParameterCount, &ss));
+        return Math.Sqrt(ss);
+    }
+
+    /// <summary>One step; returns the gradient norm before clipping. A non-finite gradient is
+    /// refused (the step is skipped and an exception names it) so no NaN reaches the weights.</summary>
+    public double StepOnce()
+    {
+        double norm = GradNorm();
+        if (!double.IsFinite(norm)) throw new InvalidOperationException("gradient norm is not finite; step refused");
+        Step++;
+        var o = AdamWOpts.Default;
+        o.Lr = Schedule.At(Step);
+        o.Beta1 = Beta1; o.Beta2 = Beta2; o.Eps = Eps; o.WeightDecay = WeightDecay;
+        o.GradScale = ClipGradNorm > 0 && norm > ClipGradNorm ? (float)(ClipGradNorm / norm) : 1f;
+        o.Step = Step;
+        Native.Check(Native.realn_op_adamw(_model.Stream.Ptr, &o, _model.ParametersPointer, _model.GradientsPointer,
+            (float*)_m.Pointer, (float*)_v.Pointer, _model.ParameterCount));
+        return norm;
+    }
+
+    /// <summary>Restores state saved by a checkpoint.</summary>
+    public void Restore(long step, ReadOnlySpan<float> m, ReadOnlySpan<float> v)
+    {
+        Step = step;
+        m.CopyTo(FirstMoment);
+        v.CopyTo(SecondMoment);
+    }
+
+    public void Dispose()
+    {
+        _m.Dispose();
+        _v.Dispose();
+    }
+}

@@ -1,0 +1,76 @@
+namespace ReaLNative.Engine.Realloc;
+
+/// <summary>
+/// Executes a <see cref="ReallocPlan"/> whose source and destination buffers all live in this
+/// process (the single-process engine and colocated layout changes): every interval is one memory
+/// copy straight from the source shard buffer into the destination shard buffer, no staging.
+/// Buffers are given per device as base pointers; their sizes are checked against the layouts.
+/// </summary>
+public static unsafe class InProcessRealloc
+{
+    public readonly record struct DeviceBuffer(nint Pointer, long Bytes);
+
+    public static void Execute(ReallocPlan plan, IReadOnlyDictionary<int, DeviceBuffer> source,
+                               IReadOnlyDictionary<int, DeviceBuffer> destination)
+    {
+        foreach (var d in plan.From.Devices)
+            Require(source, d, plan.SourceLayoutOf(d).TotalElements * plan.ElementSize, "source");
+        foreach (var d in plan.To.Devices)
+            Require(destination, d, plan.DestinationLayoutOf(d).TotalElements * plan.ElementSize, "destination");
+        long es = plan.ElementSize;
+        // Copies as (src, dst, bytes) pieces of at most PieceBytes, split over the cores in
+        // contiguous runs of about equal bytes: small per-row intervals are batched, big ones split.
+        var pieces = new List<(nint Src, nint Dst, long Bytes)>();
+        long total = 0;
+        foreach (var step in plan.Steps)
+        {
+            byte* s = (byte*)source[step.SrcDevice].Pointer;
+            foreach (var dd in step.DstDevices)
+            {
+                byte* t = (byte*)destination[dd].Pointer;
+                foreach (var iv in step.Intervals)
+                {
+                    long n = iv.Length * es, so = iv.SrcOffset * es, to = iv.DstOffset * es;
+                    for (long o = 0; o < n; o += PieceBytes)
+                        pieces.Add(((nint)(s + so + o), (nint)(t + to + o), Math.Min(PieceBytes, n - o)));
+                    total += n;
+                }
+            }
+        }
+        int workers = total < ParallelBytes ? 1 : Math.Min(Environment.ProcessorCount, 8);
+        if (workers == 1)
+        {
+            foreach (var (src, dst, n) in pieces) Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
+            return;
+        }
+        // Boundaries at equal cumulative bytes.
+        var bounds = new int[workers + 1];
+        long acc = 0;
+        int w = 1;
+        for (int i = 0; i < pieces.Count && w < workers; i++)
+        {
+            acc += pieces[i].Bytes;
+            if (acc >= total * w / workers) bounds[w++] = i + 1;
+        }
+        for (; w <= workers; w++) bounds[w] = pieces.Count;
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, k =>
+        {
+            for (int i = bounds[k]; i < bounds[k + 1]; i++)
+            {
+                var (src, dst, n) = pieces[i];
+                Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
+            }
+        });
+    }
+
+    private const long PieceBytes = 4L << 20;
+    private const long ParallelBytes = 8L << 20;
+
+    private static void Require(IReadOnlyDictionary<int, DeviceBuffer> buffers, int device, long bytes, string side)
+    {
+        if (!buffers.TryGetValue(device, out var b) || b.Pointer == 0)
+            throw new ArgumentException($"no {side} buffer for device {device}");
+        if (b.Bytes < bytes)
+            throw new ArgumentException($"{side} buffer of device {device} holds {b.Bytes} bytes, its shard needs {bytes}");
+    }
+}

@@ -1,0 +1,113 @@
+using System.Diagnostics;
+using ReaLNative.Interop;
+
+namespace ReaLNative.Engine.Realloc;
+
+/// <summary>One measured layout change.</summary>
+public sealed record ReallocBenchCase(string From, string To, string Kind, long Bytes, double Seconds, double Gbps, double ReferenceGbps)
+{
+    public double Ratio => Gbps / ReferenceGbps;
+}
+
+/// <summary>
+/// Same-process layout changes of a LLaMA model's parameters (every "device" a pre-faulted host
+/// buffer in this process), measured against memcpy of the same number of bytes in the same run,
+/// candidate and reference interleaved, best of n. Each case is verified bit-exact first: the
+/// round trip from -> to -> from must reproduce every source shard's hash.
+/// </summary>
+public static unsafe class InProcessReallocBenchmark
+{
+    public static (double MemcpyGbps, List<ReallocBenchCase> Cases) Run(
+        LlamaShape shape, IReadOnlyList<(ParallelLayout From, ParallelLayout To)> pairs, int reps, Action<string>? log = null)
+    {
+        var factory = LlamaShardLayouts.Factory(shape);
+        using var stream = NativeStream.Cpu();
+        var cases = new List<ReallocBenchCase>();
+        var rng = new Random(7);
+        long maxBytes = 0;
+        var plans = pairs.Select(p => (Fwd: ReallocPlan.Build(p.From, p.To, factory, 4, _ => 0),
+                                       Back: ReallocPlan.Build(p.To, p.From, factory, 4, _ => 0))).ToList();
+        foreach (var (fwd, _) in plans) maxBytes = Math.Max(maxBytes, fwd.LocalBytes + fwd.RemoteBytes);
+        using var refSrc = new HostBlock(maxBytes);
+        using var refDst = new HostBlock(maxBytes);
+        Fill(refSrc, rng);
+        double bestMemcpy = 0;
+        foreach (var (fwd, back) in plans)
+        {
+            var blocks = new List<HostBlock>();
+            try
+            {
+                var src = Allocate(fwd.From, fwd.SourceLayoutOf, blocks);
+                var dst = Allocate(fwd.To, fwd.DestinationLayoutOf, blocks);
+                // Consistent sources (replicated tensors equal on every tensor rank, data-parallel
+                // replicas equal): random parameters in the unsharded layout, reallocated to the source.
+                var whole = ParallelLayout.Contiguous(-1, 1, 1, 1);
+                var seed = ReallocPlan.Build(whole, fwd.From, factory, 4, _ => 0);
+                var wholeBufs = Allocate(whole, seed.SourceLayoutOf, blocks);
+                Fill(wholeBufs[-1].Block, rng);
+                InProcessRealloc.Execute(seed, wholeBufs.ToDictionary(kv => kv.Key, kv => kv.Value.Buffer),
+                                         src.ToDictionary(kv => kv.Key, kv => kv.Value.Buffer));
+                wholeBufs[-1].Block.Dispose();
+                var hashes = src.ToDictionary(kv => kv.Key, kv => Native.Hash(stream, kv.Value.Block.Pointer, kv.Value.Buffer.Bytes));
+                var srcBufs = src.ToDictionary(kv => kv.Key, kv => kv.Value.Buffer);
+                var dstBufs = dst.ToDictionary(kv => kv.Key, kv => kv.Value.Buffer);
+                InProcessRealloc.Execute(fwd, srcBufs, dstBufs);
+                foreach (var b in src.Values) new Span<byte>(b.Block.Pointer, (int)Math.Min(b.Block.Bytes, 1 << 20)).Clear();
+                InProcessRealloc.Execute(back, dstBufs, srcBufs);
+                foreach (var (d, h) in hashes)
+                    if (Native.Hash(stream, src[d].Block.Pointer, src[d].Buffer.Bytes) != h)
+                        throw new InvalidOperationException($"reallocation {fwd.From} -> {fwd.To} -> back is not bit-exact on device {d}");
+
+                long bytes = fwd.LocalBytes + fwd.RemoteBytes;
+                byte* rs = (byte*)refSrc.Pointer, rd = (byte*)refDst.Pointer;
+                double best = double.MaxValue, bestRef = double.MaxValue;
+                for (int i = 0; i < reps; i++)
+                {
+                    long t0 = Stopwatch.GetTimestamp();
+                    InProcessRealloc.Execute(fwd, srcBufs, dstBufs);
+                    long t1 = Stopwatch.GetTimestamp();
+                    Buffer.MemoryCopy(rs, rd, bytes, bytes);
+                    long t2 = Stopwatch.GetTimestamp();
+                    best = Math.Min(best, (t1 - t0) / (double)Stopwatch.Frequency);
+                    bestRef = Math.Min(bestRef, (t2 - t1) / (double)Stopwatch.Frequency);
+                }
+                var c = new ReallocBenchCase(Describe(fwd.From), Describe(fwd.To), "same-process", bytes, best, bytes / best / 1e9, bytes / bestRef / 1e9);
+                bestMemcpy = Math.Max(bestMemcpy, c.ReferenceGbps);
+                log?.Invoke($"{c.From} -> {c.To}: {bytes / 1e9:F2} GB in {best * 1e3:F1} ms, {c.Gbps:F2} GB/s, memcpy {c.ReferenceGbps:F2} GB/s, ratio {c.Ratio:F2}");
+                cases.Add(c);
+            }
+            finally
+            {
+                foreach (var b in blocks) b.Dispose();
+            }
+        }
+        return (bestMemcpy, cases);
+    }
+
+    public static string Describe(ParallelLayout l) =>
+        $"d{l.Devices[0]}{(l.Devices.Count > 1 ? "-" + l.Devices[^1] : "")}:pp{l.Pp}dp{l.Dp}tp{l.Tp}";
+
+    private static Dictionary<int, (HostBlock Block, InProcessRealloc.DeviceBuffer Buffer)> Allocate(
+        ParallelLayout layout, Func<int, ShardLayout> shardOf, List<HostBlock> owned)
+    {
+        var result = new Dictionary<int, (HostBlock, InProcessRealloc.DeviceBuffer)>();
+        foreach (var d in layout.Devices)
+        {
+            long bytes = shardOf(d).TotalElements * 4;
+            var b = new HostBlock(Math.Max(bytes, 64));
+            owned.Add(b);
+            result[d] = (b, new InProcessRealloc.DeviceBuffer((nint)b.Pointer, bytes));
+        }
+        return result;
+    }
+
+    private static void Fill(HostBlock b, Random rng)
+    {
+        var s = b.AsSpan<float>();
+        for (int i = 0; i < s.Length; i += 1024)
+        {
+            int n = Math.Min(1024, s.Length - i);
+            for (int j = 0; j < n; j++) s[i + j] = (float)rng.NextDouble();
+        }
+    }
+}

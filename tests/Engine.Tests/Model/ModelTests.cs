@@ -1,0 +1,288 @@
+using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Model;
+using Xunit;
+
+namespace ReaLNative.Engine.Tests.Model;
+
+/// <summary>A plain float64 LLaMA forward written from the HF definition, reading the model's flat
+/// parameter buffer by name: the reference for forward outputs and for finite-difference gradients.</summary>
+internal static class ReferenceLlama
+{
+    public static double[] Forward(LlamaConfig c, bool scalar, Func<string, double[]> p, int[] tokens, int[] lens)
+    {
+        int T = tokens.Length, H = c.Hidden, d = c.HeadDim, hq = c.Heads, hkv = c.KvHeads, I = c.Intermediate;
+        var emb = p("model.embed_tokens.weight");
+        var x = new double[T * H];
+        for (int t = 0; t < T; t++) Array.Copy(emb, tokens[t] * H, x, t * H, H);
+        var pos = new int[T];
+        var start = new int[T];
+        for (int s = 0, o = 0; s < lens.Length; o += lens[s], s++)
+            for (int i = 0; i < lens[s]; i++) { pos[o + i] = i; start[o + i] = o; }
+        for (int l = 0; l < c.Layers; l++)
+        {
+            string pre = $"model.layers.{l}.";
+            var h = Norm(x, p(pre + "input_layernorm.weight"), T, H, c.RmsEps);
+            var q = Lin(h, p(pre + "self_attn.q_proj.weight"), T, H, hq * d);
+            var k = Lin(h, p(pre + "self_attn.k_proj.weight"), T, H, hkv * d);
+            var v = Lin(h, p(pre + "self_attn.v_proj.weight"), T, H, hkv * d);
+            Rope(q, pos, hq, d, c.RopeTheta);
+            Rope(k, pos, hkv, d, c.RopeTheta);
+            var att = new double[T * hq * d];
+            for (int t = 0; t < T; t++)
+                for (int hh = 0; hh < hq; hh++)
+                {
+                    int g = hh / (hq / hkv);
+                    var sc = new double[t - start[t] + 1];
+                    double mx = double.NegativeInfinity;
+                    for (int j = start[t]; j <= t; j++)
+                    {
+                        double dot = 0;
+                        for (int e = 0; e < d; e++) dot += q[(t * hq + hh) * d + e] * k[(j * hkv + g) * d + e];
+                        sc[j - start[t]] = dot / Math.Sqrt(d);
+                        mx = Math.Max(mx, sc[j - start[t]]);
+                    }
+                    double sum = sc.Sum(z => Math.Exp(z - mx));
+                    for (int j = start[t]; j <= t; j++)
+                    {
+                        double pr = Math.Exp(sc[j - start[t]] - mx) / sum;
+                        for (int e = 0; e < d; e++) att[(t * hq + hh) * d + e] += pr * v[(j * hkv + g) * d + e];
+                    }
+                }
+            var o = Lin(att, p(pre + "self_attn.o_proj.weight"), T, hq * d, H);
+            for (int i = 0; i < x.Length; i++) x[i] += o[i];
+            var h2 = Norm(x, p(pre + "post_attention_layernorm.weight"), T, H, c.RmsEps);
+            var gt = Lin(h2, p(pre + "mlp.gate_proj.weight"), T, H, I);
+            var up = Lin(h2, p(pre + "mlp.up_proj.weight"), T, H, I);
+            for (int i = 0; i < gt.Length; i++) gt[i] = gt[i] / (1 + Math.Exp(-gt[i])) * up[i];
+            var dn = Lin(gt, p(pre + "mlp.down_proj.weight"), T, I, H);
+            for (int i = 0; i < x.Length; i++) x[i] += dn[i];
+        }
+        var hf = Norm(x, p("model.norm.weight"), T, H, c.RmsEps);
+        string head = scalar ? "score.weight" : c.TiedEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+        return Lin(hf, p(head), T, H, scalar ? 1 : c.Vocab);
+    }
+
+    private static double[] Norm(double[] x, double[] w, int T, int H, double eps)
+    {
+        var y = new double[x.Length];
+        for (int t = 0; t < T; t++)
+        {
+            double ss = 0;
+            for (int i = 0; i < H; i++) ss += x[t * H + i] * x[t * H + i];
+            double r = 1 / Math.Sqrt(ss / H + eps);
+            for (int i = 0; i < H; i++) y[t * H + i] = x[t * H + i] * r * w[i];
+        }
+        return y;
+    }
+
+    private static double[] Lin(double[] x, double[] w, int T, int inF, int outF)
+    {
+        var y = new double[T * outF];
+        for (int t = 0; t < T; t++)
+            for (int o = 0; o < outF; o++)
+            {
+                double s = 0;
+                for (int i = 0; i < inF; i++) s += x[t * inF + i] * w[o * inF + i];
+                y[t * outF + o] = s;
+            }
+        return y;
+    }
+
+    private static void Rope(double[] x, int[] pos, int heads, int d, double theta)
+    {
+        int half = d / 2;
+        for (int t = 0; t < pos.Length; t++)
+            for (int h = 0; h < heads; h++)
+                for (int i = 0; i < half; i++)
+                {
+                    double a = pos[t] * Math.Pow(theta, -2.0 * i / d);
+                    int b = (t * heads + h) * d;
+                    double x1 = x[b + i], x2 = x[b + i + half];
+                    x[b + i] = x1 * Math.Cos(a) - x2 * Math.Sin(a);
+                    x[b + i + half] = x2 * Math.Cos(a) + x1 * Math.Sin(a);
+                }
+    }
+}
+
+public sealed unsafe class ModelTests
+{
+    private static readonly LlamaConfig Tiny = new() { Layers = 2, Hidden = 16, Intermediate = 24, Heads = 4, KvHeads = 2, Vocab = 11, MaxPositions = 64 };
+
+    private static Func<string, double[]> Params(LlamaModel m) => name => m.View(name).ToArray().Select(f => (double)f).ToArray();
+
+    private static LlamaModel Make(bool scalar, int seed, LlamaConfig? cfg = null)
+    {
+        var m = new LlamaModel(cfg ?? Tiny, scalar);
+        m.InitRandom(seed, std: 0.3f);
+        // Norm weights random too (never all ones in a test).
+        var rng = new Random(seed + 1);
+        foreach (var v in m.Layout.Views.Where(v => v.GlobalShape.Length == 1))
+            foreach (ref var w in m.Parameters.Slice((int)v.Offset, (int)v.LocalElements)) w = 0.5f + (float)rng.NextDouble();
+        return m;
+    }
+
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public void ForwardMatchesFloat64Reference(bool scalar, bool tied)
+    {
+        var cfg = Tiny with { TiedEmbeddings = tied };
+        using var m = Make(scalar, 3, cfg);
+        int[] tokens = [1, 5, 2, 9, 0, 3, 3, 7, 10, 4], lens = [3, 1, 6];
+        float* o = m.Forward(new PackedBatch(tokens, lens));
+        var got = new ReadOnlySpan<float>(o, tokens.Length * m.OutputWidth).ToArray();
+        var want = ReferenceLlama.Forward(cfg, scalar, Params(m), tokens, lens);
+        double err = got.Zip(want, (a, b) => Math.Abs(a - b)).Max() / want.Max(Math.Abs);
+        Assert.True(err < 2e-5, $"max rel err {err}");
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void GradientsMatchFiniteDifferencesOfReference(bool scalar)
+    {
+        using var m = Make(scalar, 5);
+        int[] tokens = [1, 5, 2, 9, 0, 3, 7], lens = [3, 1, 3];
+        int W = m.OutputWidth, T = tokens.Length;
+        var rng = new Random(9);
+        var G = Enumerable.Range(0, T * W).Select(_ => rng.NextDouble() * 2 - 1).ToArray();
+        m.ZeroGrad();
+        m.Forward(new PackedBatch(tokens, lens));
+        float* dOut = m.OutputGradientBuffer();
+        for (int i = 0; i < G.Length; i++) dOut[i] = (float)G[i];
+        m.Backward(dOut);
+        var grads = m.Gradients.ToArray();
+        var flat = m.Parameters.ToArray().Select(f => (double)f).ToArray();
+        double Loss()
+        {
+            var outp = ReferenceLlama.Forward(Tiny, scalar, n => { m.Layout.TryGet(n, out var v); return flat.AsSpan((int)v.Offset, (int)v.LocalElements).ToArray(); }, tokens, lens);
+            return outp.Select((y, i) => y * G[i]).Sum();
+        }
+        // Every parameter of every view type (sampled within big views).
+        double maxErr = 0, maxG = 0;
+        foreach (var v in m.Layout.Views)
+        {
+            var idx = Enumerable.Range(0, (int)v.LocalElements).OrderBy(_ => rng.Next()).Take(12);
+            foreach (var j in idx)
+            {
+                int i = (int)v.Offset + j;
+                double x0 = flat[i];
+                flat[i] = x0 + 1e-5; double fp = Loss();
+                flat[i] = x0 - 1e-5; double fm = Loss();
+                flat[i] = x0;
+                double fd = (fp - fm) / 2e-5;
+                maxErr = Math.Max(maxErr, Math.Abs(fd - grads[i]));
+                maxG = Math.Max(maxG, Math.Abs(fd));
+            }
+        }
+        Assert.True(maxG > 1e-3, "gradients vanished: the test would prove nothing");
+        Assert.True(maxErr / maxG < 1e-3, $"max gradient error {maxErr} (scale {maxG})");
+    }
+
+    [Fact]
+    public void GreedyGenerationEqualsStepwiseArgmaxAndKvDecodeEqualsRecompute()
+    {
+        using var m = Make(false, 11);
+        int[][] prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9]];
+        var res = Generator.Generate(m, prompts, new GenerationOptions { MaxNewTokens = 6, Temperature = 0 });
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            var seq = prompts[i].ToList();
+            for (int step = 0; step < 6; step++)
+            {
+                float* o = m.Forward(new PackedBatch(seq.ToArray(), [seq.Count]));
+                var last = new ReadOnlySpan<float>(o + (seq.Count - 1) * Tiny.Vocab, Tiny.Vocab);
+                int arg = 0;
+                for (int j = 1; j < last.Length; j++) if (last[j] > last[arg]) arg = j;
+                Assert.Equal(arg, res.NewTokens[i][step]);
+                // The KV-cache log-prob equals log-softmax of the full recompute.
+                double mx = last[arg], sum = 0;
+                foreach (var z in last) sum += Math.Exp(z - mx);
+                Assert.Equal(-Math.Log(sum), res.LogProbs[i][step], 4);
+                seq.Add(arg);
+            }
+        }
+    }
+
+    [Fact]
+    public void SampledGenerationIsSeededAndRespectsEos()
+    {
+        using var m = Make(false, 12);
+        int[][] prompts = [[1, 2], [3], [4, 5, 6]];
+        var opt = new GenerationOptions { MaxNewTokens = 8, Temperature = 1.0f, TopK = 5, Seed = 42, EosToken = 0 };
+        var a = Generator.Generate(m, prompts, opt);
+        var b = Generator.Generate(m, prompts, opt);
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            Assert.Equal(a.NewTokens[i], b.NewTokens[i]);
+            int eos = Array.IndexOf(a.NewTokens[i], 0);
+            if (eos >= 0) { Assert.Equal(eos + 1, a.NewTokens[i].Length); Assert.True(a.EndedWithEos[i]); }
+            else Assert.Equal(8, a.NewTokens[i].Length);
+            Assert.NotNull(a.Masks);
+            Assert.Equal(a.NewTokens[i].Length * Tiny.Vocab, a.Masks![i].Length);
+            for (int s = 0; s < a.NewTokens[i].Length; s++)
+                Assert.Equal(5, a.Masks[i].AsSpan(s * Tiny.Vocab, Tiny.Vocab).ToArray().Count(x => x == 1));
+        }
+    }
+
+    [Fact]
+    public void BadInputsAreRefusedWithNames()
+    {
+        using var m = Make(false, 1);
+        Assert.Contains("token id 11", Assert.Throws<ArgumentException>(() => m.Forward(new PackedBatch([1, 11], [2]))).Message);
+        Assert.Contains("lengths sum", Assert.Throws<ArgumentException>(() => new PackedBatch([1, 2], [3])).Message);
+        Assert.Contains("num_key_value_heads", Assert.Throws<ArgumentException>(() => new LlamaModel(Tiny with { KvHeads = 3 }, false)).Message);
+        Assert.Contains("max_position_embeddings", Assert.Throws<ArgumentException>(() =>
+            Generator.Generate(m, [[1, 2]], new GenerationOptions { MaxNewTokens = 100 })).Message);
+    }
+}
+
+public sealed class CheckpointTests
+{
+    private static readonly LlamaConfig Tiny = new() { Layers = 2, Hidden = 16, Intermediate = 24, Heads = 4, KvHeads = 2, Vocab = 11, MaxPositions = 64 };
+
+    [Theory]
+    [InlineData(false, 1L << 30)]
+    [InlineData(true, 1L << 30)]
+    [InlineData(false, 2000)]  // forces several shards + index
+    public void RoundTripIsBitExact(bool scalar, long shardBytes)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "realn-ckpt-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            using var m = new LlamaModel(Tiny, scalar);
+            m.InitRandom(4, 0.5f);
+            Checkpoints.Safetensors.Save(m, dir, shardBytes);
+            Assert.Equal(shardBytes < 10000, File.Exists(Path.Combine(dir, "model.safetensors.index.json")));
+            using var back = Checkpoints.Safetensors.Load(dir);
+            Assert.Equal(scalar, back.ScalarHead);
+            Assert.True(m.Parameters.SequenceEqual(back.Parameters));
+            Assert.Equal(Tiny with { }, back.Config);
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void CorruptCheckpointsAreNamed()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "realn-ckpt-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            using var m = new LlamaModel(Tiny, false);
+            m.InitRandom(4);
+            Checkpoints.Safetensors.Save(m, dir);
+            string f = Path.Combine(dir, "model.safetensors");
+            var bytes = File.ReadAllBytes(f);
+            File.WriteAllBytes(f, bytes.AsSpan(0, bytes.Length - 100).ToArray());
+            var e = Assert.Throws<InvalidDataException>(() => Checkpoints.Safetensors.Load(dir));
+            Assert.Contains("outside", e.Message);
+            File.WriteAllBytes(f, [1, 2, 3]);
+            Assert.Contains("truncated", Assert.Throws<InvalidDataException>(() => Checkpoints.Safetensors.Load(dir)).Message);
+            Checkpoints.Safetensors.Save(m, dir);
+            using var other = new LlamaModel(Tiny with { Intermediate = 32 }, false);
+            Assert.Contains("mlp.gate_proj.weight", Assert.Throws<InvalidDataException>(() => Checkpoints.Safetensors.LoadInto(other, dir)).Message);
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+}

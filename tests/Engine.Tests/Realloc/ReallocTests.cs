@@ -1,0 +1,210 @@
+using System.Runtime.InteropServices;
+using ReaLNative.Engine.Realloc;
+using Xunit;
+
+namespace ReaLNative.Engine.Tests.Realloc;
+
+/// <summary>Reference slicing of global tensors into shards, element by element, independent of
+/// the interval machinery under test.</summary>
+internal static class TestLayouts
+{
+    /// <summary>Reference slicing, element by element from the global tensors.</summary>
+    public static float[] Shard(ShardLayout layout, IReadOnlyDictionary<string, float[]> global)
+    {
+        var buf = new float[layout.TotalElements];
+        foreach (var v in layout.Views)
+        {
+            var g = global[v.Name];
+            long[] gs = v.GlobalShape, ls = v.LocalShape;
+            long n = v.LocalElements;
+            var idx = new long[ls.Length];
+            for (long i = 0; i < n; i++)
+            {
+                long rem = i;
+                for (int d = ls.Length - 1; d >= 0; d--) { idx[d] = rem % ls[d]; rem /= ls[d]; }
+                long gi = 0;
+                for (int d = 0; d < gs.Length; d++) gi = gi * gs[d] + idx[d] + (d == v.SplitDim ? v.SliceStart : 0);
+                buf[v.Offset + i] = g[gi];
+            }
+        }
+        return buf;
+    }
+}
+
+public sealed class ReallocTests
+{
+    private static readonly ShardLayoutFactory Tiny = LlamaShardLayouts.Factory(new LlamaShape(Layers: 3, Hidden: 32, Intermediate: 24, Heads: 8, KvHeads: 4, Vocab: 32));
+
+    private static Dictionary<string, float[]> RandomParams(ShardLayoutFactory f, Random rng)
+    {
+        var g = new Dictionary<string, float[]>();
+        foreach (var v in f(1, 0, 1, 0).Views)
+        {
+            var a = new float[v.LocalElements];
+            for (int i = 0; i < a.Length; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) + i * 1e-3f;
+            g[v.Name] = a;
+        }
+        return g;
+    }
+
+    private static ParallelLayout RandomLayout(Random rng, int devices)
+    {
+        while (true)
+        {
+            int pp = rng.Next(1, 4), dp = rng.Next(1, 4), tp = 1 << rng.Next(0, 3);
+            int n = pp * dp * tp;
+            if (n > devices) continue;
+            // Any n distinct devices, in a random order (meshes may overlap the other layout or not).
+            var ids = Enumerable.Range(0, devices).OrderBy(_ => rng.Next()).Take(n).ToArray();
+            return new ParallelLayout(ids, pp, dp, tp);
+        }
+    }
+
+    private static unsafe Dictionary<int, float[]> Run(ReallocPlan plan, Dictionary<int, float[]> src)
+    {
+        var dst = plan.To.Devices.ToDictionary(d => d, d => new float[plan.DestinationLayoutOf(d).TotalElements]);
+        var handles = new List<GCHandle>();
+        try
+        {
+            InProcessRealloc.DeviceBuffer Pin(float[] a)
+            {
+                var h = GCHandle.Alloc(a, GCHandleType.Pinned);
+                handles.Add(h);
+                return new(h.AddrOfPinnedObject(), a.LongLength * 4);
+            }
+            var s = src.ToDictionary(kv => kv.Key, kv => Pin(kv.Value));
+            var t = dst.ToDictionary(kv => kv.Key, kv => Pin(kv.Value));
+            InProcessRealloc.Execute(plan, s, t);
+        }
+        finally
+        {
+            foreach (var h in handles) h.Free();
+        }
+        return dst;
+    }
+
+    [Fact]
+    public void RandomLayoutPairsAreBitExactIncludingRoundTrips()
+    {
+        var rng = new Random(12345);
+        for (int trial = 0; trial < 60; trial++)
+        {
+            var g = RandomParams(Tiny, rng);
+            var a = RandomLayout(rng, 12);
+            var b = RandomLayout(rng, 12);
+            Func<int, int> node = d => d / 4;
+            var src = a.Devices.ToDictionary(d => d, d =>
+            {
+                var (p, _, m) = a.Coords(a.Devices.ToList().IndexOf(d));
+                return TestLayouts.Shard(Tiny(a.Pp, p, a.Tp, m), g);
+            });
+            var forward = ReallocPlan.Build(a, b, Tiny, 4, node);
+            var moved = Run(forward, src);
+            foreach (var d in b.Devices)
+            {
+                var expect = TestLayouts.Shard(forward.DestinationLayoutOf(d), g);
+                Assert.True(expect.AsSpan().SequenceEqual(moved[d]), $"trial {trial}: {a} -> {b}, device {d} differs");
+            }
+            var back = Run(ReallocPlan.Build(b, a, Tiny, 4, node), moved);
+            foreach (var d in a.Devices)
+                Assert.True(src[d].AsSpan().SequenceEqual(back[d]), $"trial {trial}: round trip {a} -> {b} -> {a}, device {d} differs");
+        }
+    }
+
+    [Fact]
+    public void SameDeviceReplicasCopyLocallyAndRemoteNodesGetOneSender()
+    {
+        // Source: dp=4 on devices 0..3 (node 0). Destination: dp=2 x tp=2 on devices 2..5
+        // (devices 2,3 on node 0 hold source replicas; 4,5 on node 1 do not).
+        var a = new ParallelLayout([0, 1, 2, 3], 1, 4, 1);
+        var b = new ParallelLayout([2, 3, 4, 5], 1, 2, 2);
+        var plan = ReallocPlan.Build(a, b, Tiny, 4, d => d / 4);
+        Assert.Contains(plan.Steps, s => s.IsLocal && s.SrcDevice == 2);
+        Assert.Contains(plan.Steps, s => s.IsLocal && s.SrcDevice == 3);
+        Assert.All(plan.Steps.Where(s => !s.IsLocal), s => Assert.All(s.DstDevices, d => Assert.Equal(1, d / 4)));
+        // Destination tp rank r on node 1 is device 4+r; each gets its shard from exactly one sender.
+        Assert.Equal(2, plan.Steps.Count(s => !s.IsLocal));
+        // Both remote steps are from different senders (balanced): neither sender carries both.
+        var senders = plan.Steps.Where(s => !s.IsLocal).Select(s => s.SrcDevice).ToList();
+        Assert.Equal(2, senders.Distinct().Count());
+    }
+
+    [Fact]
+    public void SeveralDestinationsOnOneNodeAreOneBroadcast()
+    {
+        var a = new ParallelLayout([0], 1, 1, 1);
+        var b = new ParallelLayout([4, 5, 6, 7], 1, 4, 1);
+        var plan = ReallocPlan.Build(a, b, Tiny, 4, d => d / 4);
+        var step = Assert.Single(plan.Steps);
+        Assert.Equal([4, 5, 6, 7], step.DstDevices);
+        Assert.Equal(Tiny(1, 0, 1, 0).TotalElements * 4, step.Bytes);
+        Assert.Equal(step.Bytes * 4, plan.RemoteBytes);
+    }
+
+    [Fact]
+    public void TensorSplitIntervalsAreMergedRuns()
+    {
+        // tp=1 -> tp=2 for one row-parallel matrix [16, 24] split on dim 1: 16 runs of 12.
+        var full = new ShardView("w", [16, 24], -1, 0, 0, 0);
+        var half = new ShardView("w", [16, 24], 1, 12, 12, 0);
+        var list = new List<Interval>();
+        IntervalMath.Intersect(full, half, list);
+        Assert.Equal(16, list.Count);
+        Assert.All(list, iv => Assert.Equal(12, iv.Length));
+        Assert.Equal(12, list[0].SrcOffset);
+        Assert.Equal(24 + 12, list[1].SrcOffset);
+        // Column split (dim 0) of the same shapes is one contiguous run.
+        list.Clear();
+        IntervalMath.Intersect(new ShardView("w", [16, 24], -1, 0, 0, 0), new ShardView("w", [16, 24], 0, 8, 8, 100), list);
+        Assert.Equal(new Interval(8 * 24, 100, 8 * 24), Assert.Single(list));
+    }
+
+    [Fact]
+    public void BadInputsAreNamed()
+    {
+        var ex = Assert.Throws<ArgumentException>(() => new ParallelLayout([0, 1, 2], 1, 2, 2));
+        Assert.Contains("needs 4 devices", ex.Message);
+        ex = Assert.Throws<ArgumentException>(() => new ShardLayout([new ShardView("w", [4, 4], 0, 2, 4, 0)], 100));
+        Assert.Contains("'w'", ex.Message);
+        ShardLayoutFactory other = (pp, p, tp, m) => new ShardLayout([new ShardView("x", [8], -1, 0, 0, 0)], 8);
+        ex = Assert.Throws<ArgumentException>(() => ReallocPlan.Build(new ParallelLayout([0], 1, 1, 1), new ParallelLayout([1, 2], 1, 1, 2),
+            (pp, p, tp, m) => pp == 1 && tp == 1 && p == 0 ? Tiny(pp, p, tp, m) : other(pp, p, tp, m), 4, d => 0));
+        Assert.Contains("needs parameter 'x' that no source shard holds", ex.Message);
+        // Same names, disagreeing shapes.
+        ShardLayoutFactory wide = (pp, p, tp, m) => new ShardLayout([new ShardView("model.embed_tokens.weight", [33, 32], -1, 0, 0, 0)], 33 * 32);
+        ex = Assert.Throws<ArgumentException>(() => ReallocPlan.Build(new ParallelLayout([0], 1, 1, 1), new ParallelLayout([1, 2], 1, 1, 2),
+            (pp, p, tp, m) => tp == 1 ? Tiny(pp, p, tp, m) : wide(pp, p, tp, m), 4, d => 0));
+        Assert.Contains("shapes differ", ex.Message);
+    }
+}
+
+public sealed class ReallocScheduleTests
+{
+    [Fact]
+    public void EveryRemoteStepIsSentAndReceivedExactlyOncePerDestination()
+    {
+        var f = LlamaShardLayouts.Factory(new LlamaShape(4, 32, 48, 8, 4, 64));
+        var rng = new Random(3);
+        for (int t = 0; t < 30; t++)
+        {
+            int pp = rng.Next(1, 3), dp = rng.Next(1, 3), tp = 1 << rng.Next(0, 2);
+            var a = new ParallelLayout(Enumerable.Range(0, 8).OrderBy(_ => rng.Next()).Take(pp * dp * tp).ToArray(), pp, dp, tp);
+            pp = rng.Next(1, 3); dp = rng.Next(1, 3); tp = 1 << rng.Next(0, 3);
+            if (pp * dp * tp > 8) dp = 1;
+            var b = new ParallelLayout(Enumerable.Range(0, 8).OrderBy(_ => rng.Next()).Take(pp * dp * tp).ToArray(), pp, dp, tp);
+            var plan = ReallocPlan.Build(a, b, f, 4, d => d / 4);
+            var schedules = Enumerable.Range(0, 8).Select(d => ReallocSchedule.ForDevice(plan, d)).ToList();
+            var sent = schedules.SelectMany(s => s.Sends.Select(x => (x.Tag, From: s.Device, To: x.Peer))).OrderBy(x => x).ToList();
+            var recv = schedules.SelectMany(s => s.Receives.Select(x => (x.Tag, From: x.Peer, To: s.Device))).OrderBy(x => x).ToList();
+            Assert.Equal(sent, recv);
+            Assert.Equal(plan.RemoteBytes, schedules.Sum(s => s.Receives.Sum(r => r.Step.Bytes)));
+            Assert.Equal(plan.LocalBytes, schedules.Sum(s => s.LocalCopies.Sum(r => r.Bytes)));
+            // Destination byte intervals of a step tile exactly its bytes.
+            foreach (var step in plan.Steps)
+            {
+                var (_, lens) = ReallocSchedule.ByteIntervals(step, 4, source: false);
+                Assert.Equal(step.Bytes, lens.Sum());
+            }
+        }
+    }
+}

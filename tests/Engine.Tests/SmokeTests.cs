@@ -1,1 +1,0 @@
-namespace ReaLNative.Engine.Tests;
