@@ -8,4 +8,5 @@ using ReaLNative.Cli.Commands;
 var root = new RootCommand("ReaLNative: RLHF training with parameter reallocation");
 root.Subcommands.Add(SelfTestCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(RunCommand.Create());
 return await CliRunner.InvokeAsync(root, args);
