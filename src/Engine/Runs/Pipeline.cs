@@ -327,14 +327,24 @@ public sealed class Pipeline : IDisposable
                 h["rew_train"] = (call, b) =>
                 {
                     var r = b.Get<Rollout>("sequences");
+                    // Pairs: the two samples of a prompt ranked by the graded checker, and the
+                    // checker's exact answer preferred over every wrong sample.
                     var (ci, ri) = Pairs(r);
+                    var chosen = ci.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
+                    var rejected = ri.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
+                    for (int i = 0; i < r.Examples.Length; i++)
+                        if (_task.Score(r.Examples[i].Prompt, r.Completions[i]) < 1 || !r.Gen.EndedWithEos[i])
+                        {
+                            chosen.Add(([.. r.Prompts[i], .. _tok.Encode(r.Examples[i].Answer), _tok.Eos], r.Prompts[i].Length));
+                            rejected.Add((r.Gen.Sequence(i), r.Prompts[i].Length));
+                        }
                     b.Set("reward_stats", new object());
-                    if (ci.Length == 0) return new Dictionary<string, double> { ["pairs"] = 0 };
-                    var seqs = ci.Concat(ri).Select(i => r.Gen.Sequence(i)).ToArray();
-                    var sb = new ScoredBatch(seqs, ci.Concat(ri).Select(i => r.Prompts[i].Length).ToArray());
+                    if (chosen.Count == 0) return new Dictionary<string, double> { ["pairs"] = 0 };
+                    var all = chosen.Concat(rejected).ToList();
+                    var sb = new ScoredBatch(all.Select(x => x.Item1).ToArray(), all.Select(x => x.Item2).ToArray());
                     var m = _models["reward"];
                     var (_, last) = ModelOps.Values(m, sb);
-                    int n = ci.Length;
+                    int n = chosen.Count;
                     var dc = new float[n]; var dr = new float[n];
                     var st = Losses.PairwiseReward(last.AsSpan(0, n), last.AsSpan(n), dc, dr);
                     m.ZeroGrad();
