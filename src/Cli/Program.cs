@@ -8,6 +8,7 @@ using ReaLNative.Cli.Commands;
 var root = new RootCommand("ReaLNative: RLHF training with parameter reallocation");
 root.Subcommands.Add(SelfTestCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(RunCommand.Create());
 root.Subcommands.Add(PlanCommand.Create());
 root.Subcommands.Add(WorkerCommand.Create());
 return await CliRunner.InvokeAsync(root, args);

@@ -1,0 +1,200 @@
+// RLHF losses over packed per-token arrays (no padding: sequence i's action tokens are
+// [cu[i], cu[i+1])). Each returns the loss value and writes its gradient with respect to the
+// per-token log-probs (or values / scores) that the model produced; the model then runs the
+// native logprobs_bwd and its own backward. Accumulation is in double so tests can compare with
+// hand-computed values tightly.
+namespace ReaLNative.Engine.Algorithms;
+
+public readonly record struct PolicyLossStats(double Loss, double ClipFraction, double ApproxKl, int Tokens);
+public readonly record struct ValueLossStats(double Loss, double ClipFraction, int Tokens);
+public readonly record struct PairLossStats(double Loss, double Accuracy, double MeanMargin);
+
+public static class Losses
+{
+    private static void CheckLen(string name, int actual, int expected)
+    {
+        if (actual != expected) throw new ArgumentException($"{name} has {actual} elements, expected {expected}", name);
+    }
+
+    private static int CountMask(ReadOnlySpan<float> mask)
+    {
+        int n = 0;
+        foreach (var m in mask) if (m != 0) n++;
+        return n;
+    }
+
+    /// <summary>
+    /// PPO clipped surrogate: mean over masked tokens of max(-A r, -A clip(r, 1-eps, 1+eps)),
+    /// r = exp(logp - oldLogp). dLogp gets d loss / d logp (0 where the clipped branch is active).
+    /// </summary>
+    public static PolicyLossStats PpoPolicy(ReadOnlySpan<float> logp, ReadOnlySpan<float> oldLogp, ReadOnlySpan<float> advantages,
+                                            ReadOnlySpan<float> mask, double clipEps, Span<float> dLogp)
+    {
+        int t = logp.Length;
+        CheckLen(nameof(oldLogp), oldLogp.Length, t); CheckLen(nameof(advantages), advantages.Length, t);
+        CheckLen(nameof(mask), mask.Length, t); CheckLen(nameof(dLogp), dLogp.Length, t);
+        int n = CountMask(mask);
+        dLogp.Clear();
+        if (n == 0) return new PolicyLossStats(0, 0, 0, 0);
+        double loss = 0, clipped = 0, kl = 0;
+        for (int i = 0; i < t; i++)
+        {
+            if (mask[i] == 0) continue;
+            double a = advantages[i], lr = (double)logp[i] - oldLogp[i], r = Math.Exp(lr);
+            double s1 = -a * r, s2 = -a * Math.Clamp(r, 1 - clipEps, 1 + clipEps);
+            if (s1 >= s2) { loss += s1; dLogp[i] = (float)(-a * r / n); }
+            else { loss += s2; clipped++; }
+            kl += -lr;
+        }
+        return new PolicyLossStats(loss / n, clipped / n, kl / n, n);
+    }
+
+    /// <summary>
+    /// Clipped value loss: 0.5 mean max((v - R)^2, (vOld + clip(v - vOld, -eps, eps) - R)^2).
+    /// </summary>
+    public static ValueLossStats ClippedValue(ReadOnlySpan<float> values, ReadOnlySpan<float> oldValues, ReadOnlySpan<float> returns,
+                                             ReadOnlySpan<float> mask, double clipEps, Span<float> dValues)
+    {
+        int t = values.Length;
+        CheckLen(nameof(oldValues), oldValues.Length, t); CheckLen(nameof(returns), returns.Length, t);
+        CheckLen(nameof(mask), mask.Length, t); CheckLen(nameof(dValues), dValues.Length, t);
+        int n = CountMask(mask);
+        dValues.Clear();
+        if (n == 0) return new ValueLossStats(0, 0, 0);
+        double loss = 0, clipped = 0;
+        for (int i = 0; i < t; i++)
+        {
+            if (mask[i] == 0) continue;
+            double v = values[i], old = oldValues[i], ret = returns[i];
+            double vc = old + Math.Clamp(v - old, -clipEps, clipEps);
+            double l1 = (v - ret) * (v - ret), l2 = (vc - ret) * (vc - ret);
+            if (l1 >= l2) { loss += l1; dValues[i] = (float)((v - ret) / n); }
+            else { loss += l2; clipped++; }
+        }
+        return new ValueLossStats(0.5 * loss / n, clipped / n, n);
+    }
+
+    /// <summary>
+    /// Per-token PPO rewards: -klCoef (logp - refLogp) on every token, plus the sequence score
+    /// clipped to +-maxClip on the last token of sequences that ended with EOS.
+    /// </summary>
+    public static void KlShapedRewards(ReadOnlySpan<float> logp, ReadOnlySpan<float> refLogp, ReadOnlySpan<int> cuSeqlens,
+                                       ReadOnlySpan<float> scores, ReadOnlySpan<bool> endedWithEos, double klCoef, double maxClip,
+                                       Span<float> rewards)
+    {
+        int nseq = cuSeqlens.Length - 1, t = logp.Length;
+        CheckLen(nameof(refLogp), refLogp.Length, t); CheckLen(nameof(rewards), rewards.Length, t);
+        CheckLen(nameof(scores), scores.Length, nseq); CheckLen(nameof(endedWithEos), endedWithEos.Length, nseq);
+        if (cuSeqlens[nseq] != t) throw new ArgumentException($"cu_seqlens ends at {cuSeqlens[nseq]}, expected {t}", nameof(cuSeqlens));
+        for (int i = 0; i < t; i++) rewards[i] = (float)(-klCoef * ((double)logp[i] - refLogp[i]));
+        for (int s = 0; s < nseq; s++)
+            if (endedWithEos[s] && cuSeqlens[s + 1] > cuSeqlens[s])
+                rewards[cuSeqlens[s + 1] - 1] += (float)Math.Clamp(scores[s], -maxClip, maxClip);
+    }
+
+    /// <summary>In place: (x - mean) / (std + eps) over masked entries (population std); others become 0.</summary>
+    public static void NormalizeMasked(Span<float> x, ReadOnlySpan<float> mask, double eps = 1e-5)
+    {
+        CheckLen(nameof(mask), mask.Length, x.Length);
+        int n = CountMask(mask);
+        if (n == 0) { x.Clear(); return; }
+        double sum = 0;
+        for (int i = 0; i < x.Length; i++) if (mask[i] != 0) sum += x[i];
+        double mean = sum / n, sq = 0;
+        for (int i = 0; i < x.Length; i++) if (mask[i] != 0) sq += (x[i] - mean) * (x[i] - mean);
+        double inv = 1.0 / (Math.Sqrt(sq / n) + eps);
+        for (int i = 0; i < x.Length; i++) x[i] = mask[i] != 0 ? (float)((x[i] - mean) * inv) : 0f;
+    }
+
+    /// <summary>GRPO: rewards of consecutive groups of <paramref name="groupSize"/> samples of one prompt,
+    /// normalised within the group as (r - mean) / (std + eps), population std.</summary>
+    public static float[] GroupNormalize(ReadOnlySpan<float> rewards, int groupSize, double eps = 1e-5)
+    {
+        if (groupSize < 1 || rewards.Length % groupSize != 0)
+            throw new ArgumentException($"{rewards.Length} rewards do not split into groups of {groupSize}", nameof(groupSize));
+        var r = new float[rewards.Length];
+        for (int g = 0; g < rewards.Length; g += groupSize)
+        {
+            double mean = 0, sq = 0;
+            for (int i = 0; i < groupSize; i++) mean += rewards[g + i];
+            mean /= groupSize;
+            for (int i = 0; i < groupSize; i++) sq += (rewards[g + i] - mean) * (rewards[g + i] - mean);
+            double std = Math.Sqrt(sq / groupSize);
+            for (int i = 0; i < groupSize; i++) r[g + i] = (float)((rewards[g + i] - mean) / (std + eps));
+        }
+        return r;
+    }
+
+    /// <summary>
+    /// Adds klCoef * mean k3(logp, refLogp) to a policy loss: k3 = exp(ref - logp) - (ref - logp) - 1
+    /// (unbiased, non-negative KL estimate; GRPO). Accumulates into dLogp, returns the added term.
+    /// </summary>
+    public static double KlPenaltyK3(ReadOnlySpan<float> logp, ReadOnlySpan<float> refLogp, ReadOnlySpan<float> mask, double klCoef,
+                                     Span<float> dLogp)
+    {
+        int t = logp.Length;
+        CheckLen(nameof(refLogp), refLogp.Length, t); CheckLen(nameof(mask), mask.Length, t); CheckLen(nameof(dLogp), dLogp.Length, t);
+        int n = CountMask(mask);
+        if (n == 0 || klCoef == 0) return 0;
+        double sum = 0;
+        for (int i = 0; i < t; i++)
+        {
+            if (mask[i] == 0) continue;
+            double d = (double)refLogp[i] - logp[i], e = Math.Exp(d);
+            sum += e - d - 1;
+            dLogp[i] += (float)(klCoef * (1 - e) / n);
+        }
+        return klCoef * sum / n;
+    }
+
+    private static double Softplus(double x) => Math.Max(x, 0) + Math.Log(1 + Math.Exp(-Math.Abs(x)));
+    private static double Sigmoid(double x) => x >= 0 ? 1 / (1 + Math.Exp(-x)) : Math.Exp(x) / (1 + Math.Exp(x));
+
+    /// <summary>
+    /// Pairwise reward-model loss: mean -log sigmoid(chosen - rejected) over pairs of last-token
+    /// scores; gradients w.r.t. both score arrays.
+    /// </summary>
+    public static PairLossStats PairwiseReward(ReadOnlySpan<float> chosen, ReadOnlySpan<float> rejected, Span<float> dChosen, Span<float> dRejected)
+    {
+        int n = chosen.Length;
+        CheckLen(nameof(rejected), rejected.Length, n); CheckLen(nameof(dChosen), dChosen.Length, n); CheckLen(nameof(dRejected), dRejected.Length, n);
+        if (n == 0) throw new ArgumentException("no pairs", nameof(chosen));
+        double loss = 0, acc = 0, margin = 0;
+        for (int i = 0; i < n; i++)
+        {
+            double z = (double)chosen[i] - rejected[i];
+            loss += Softplus(-z);
+            double g = -Sigmoid(-z) / n;
+            dChosen[i] = (float)g; dRejected[i] = (float)-g;
+            if (z > 0) acc++;
+            margin += z;
+        }
+        return new PairLossStats(loss / n, acc / n, margin / n);
+    }
+
+    /// <summary>
+    /// DPO: mean -log sigmoid(beta ((pi_c - ref_c) - (pi_r - ref_r))) over pairs of sequence
+    /// log-probs (sums over answer tokens); gradients w.r.t. the policy's sequence log-probs.
+    /// </summary>
+    public static PairLossStats Dpo(ReadOnlySpan<float> piChosen, ReadOnlySpan<float> piRejected, ReadOnlySpan<float> refChosen,
+                                    ReadOnlySpan<float> refRejected, double beta, Span<float> dPiChosen, Span<float> dPiRejected)
+    {
+        int n = piChosen.Length;
+        CheckLen(nameof(piRejected), piRejected.Length, n); CheckLen(nameof(refChosen), refChosen.Length, n);
+        CheckLen(nameof(refRejected), refRejected.Length, n); CheckLen(nameof(dPiChosen), dPiChosen.Length, n);
+        CheckLen(nameof(dPiRejected), dPiRejected.Length, n);
+        if (n == 0) throw new ArgumentException("no pairs", nameof(piChosen));
+        double loss = 0, acc = 0, margin = 0;
+        for (int i = 0; i < n; i++)
+        {
+            double h = ((double)piChosen[i] - refChosen[i]) - ((double)piRejected[i] - refRejected[i]);
+            double z = beta * h;
+            loss += Softplus(-z);
+            double g = -Sigmoid(-z) * beta / n;
+            dPiChosen[i] = (float)g; dPiRejected[i] = (float)-g;
+            if (z > 0) acc++;
+            margin += z;
+        }
+        return new PairLossStats(loss / n, acc / n, margin / n);
+    }
+}

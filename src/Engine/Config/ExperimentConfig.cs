@@ -1,0 +1,341 @@
+// The experiment config (docs/experiment-config.md): typed, validated, resolved into an ordered
+// list of stages. Each stage is parsed from the top-level mapping deep-merged with the stage's
+// own keys, so "missing keys default from the top level" holds for every section and errors
+// still name the stage's field path.
+using YamlDotNet.Core;
+using YamlDotNet.RepresentationModel;
+
+namespace ReaLNative.Engine.Config;
+
+public static class AlgorithmNames
+{
+    public const string Sft = "sft", Rm = "rm", Ppo = "ppo", Grpo = "grpo", Remax = "remax", Dpo = "dpo";
+    public static readonly string[] All = [Sft, Rm, Ppo, Grpo, Remax, Dpo];
+
+    /// <summary>Model roles each algorithm needs.</summary>
+    public static string[] Roles(string algorithm) => algorithm switch
+    {
+        Sft => ["actor"],
+        Rm => ["actor", "reward"], // the frozen actor generates the samples the pairs are made of
+        Ppo => ["actor", "critic", "ref", "reward"],
+        Grpo or Remax => ["actor", "ref", "reward"],
+        Dpo => ["actor", "ref"],
+        _ => throw new ArgumentOutOfRangeException(nameof(algorithm), algorithm, null),
+    };
+
+    /// <summary>Roles whose parameters the algorithm trains.</summary>
+    public static string[] TrainedRoles(string algorithm) => algorithm switch
+    {
+        Rm => ["reward"],
+        Ppo => ["actor", "critic"],
+        _ => ["actor"],
+    };
+
+    /// <summary>Name of the artifact a stage leaves for later stages' `init`, if any.</summary>
+    public static (string Artifact, string Role)? Produces(string algorithm) => algorithm switch
+    {
+        Sft => ("sft", "actor"),
+        Rm => ("rm", "reward"),
+        _ => null,
+    };
+
+    /// <summary>Roles with a scalar (value) head instead of the LM head.</summary>
+    public static bool ScalarHead(string role) => role is "critic" or "reward";
+}
+
+public sealed record TaskConfig(string Name, int MinLen, int MaxLen);
+
+public sealed record EvalConfig(int Size, int Every);
+
+public sealed record ModelSpec(string Role, string? Preset, string? ConfigPath, string Init)
+{
+    /// <summary>Identity of the architecture, to check that an init source has the same shape.</summary>
+    public string ArchitectureKey => Preset is not null ? $"preset:{Preset}" : $"config:{ConfigPath}";
+    public bool InitFromPath => Init is not ("random" or "sft" or "rm");
+}
+
+public sealed record BatchConfig(int Size, int PromptLen, int GenLen, int Minibatches, int GroupSize);
+
+public sealed record OptimConfig(double Lr, double WeightDecay, double Beta1, double Beta2, double Eps,
+                                 int WarmupSteps, string Decay, double MinLrRatio, double ClipGradNorm)
+{
+    /// <summary>Learning rate at optimizer step <paramref name="step"/> (0-based) of <paramref name="total"/>.</summary>
+    public double LrAt(int step, int total)
+    {
+        if (WarmupSteps > 0 && step < WarmupSteps) return Lr * (step + 1) / WarmupSteps;
+        int span = Math.Max(1, total - WarmupSteps);
+        double t = Math.Clamp((double)(step - WarmupSteps) / span, 0, 1);
+        double f = Decay switch
+        {
+            "constant" => 1.0,
+            "linear" => 1.0 - t,
+            _ => 0.5 * (1 + Math.Cos(Math.PI * t)),
+        };
+        return Lr * (MinLrRatio + (1 - MinLrRatio) * f);
+    }
+}
+
+public sealed record GenerationConfig(double Temperature, int TopK, double TopP);
+
+public sealed record PpoConfig(double KlCoef, double ClipEps, double ValueClipEps, double Gamma, double Lambda,
+                               int PpoEpochs, bool AdvNorm, double MaxRewardClip);
+
+public sealed record DpoConfig(double Beta);
+
+/// <summary>One stage of the pipeline, fully resolved (no missing values).</summary>
+public sealed record StageConfig(int Index, string Algorithm, int Iterations, IReadOnlyDictionary<string, ModelSpec> Models,
+                                 BatchConfig Batch, OptimConfig Optim, GenerationConfig Generation, PpoConfig Ppo, DpoConfig Dpo)
+{
+    public string Path => $"stages[{Index}]";
+}
+
+public sealed record ExperimentConfig(string Name, string Algorithm, long Seed, string BaseDirectory, TaskConfig Task,
+                                      EvalConfig Eval, int CheckpointEvery, IReadOnlyList<StageConfig> Stages,
+                                      bool ExplicitStages)
+{
+    public static readonly string[] Presets = ["tiny", "gpt2-small", "llama-7b", "llama-13b", "llama-34b", "llama-70b"];
+    public static readonly string[] Tasks = ["sort-digits", "add"];
+
+    public static ExperimentConfig Load(string file)
+    {
+        if (!File.Exists(file)) throw new ConfigException("", $"config file '{file}' does not exist");
+        return Parse(File.ReadAllText(file), Path.GetDirectoryName(Path.GetFullPath(file))!);
+    }
+
+    public static ExperimentConfig Parse(string yaml, string baseDirectory)
+    {
+        var stream = new YamlStream();
+        try { stream.Load(new StringReader(yaml)); }
+        catch (YamlException e) { throw new ConfigException("", $"invalid YAML at line {e.Start.Line}, column {e.Start.Column}: {e.Message}"); }
+        if (stream.Documents.Count != 1) throw new ConfigException("", "expected exactly one YAML document");
+        if (stream.Documents[0].RootNode is not YamlMappingNode root)
+            throw new ConfigException("", "the top level must be a mapping");
+
+        var top = new MapReader(root, "");
+        string name = top.Str("name", "experiment");
+        string algorithm = top.Enum("algorithm", null, AlgorithmNames.All);
+        long seed = top.Int("seed", 1, 0, long.MaxValue);
+        top.Int("iterations", 1, 1, 1_000_000);
+
+        var task = ParseTask(new MapReader(top.Get("task"), "task"));
+        var ev = new MapReader(top.Get("eval"), "eval");
+        var eval = new EvalConfig((int)ev.Int("size", 64, 1, 100_000), (int)ev.Int("every", 5, 1, 1_000_000));
+        ev.RejectUnknown();
+        int ckptEvery = (int)top.Int("checkpoint_every", 10, 1, 1_000_000);
+        // Sections are validated as part of every stage; reading them here marks them known.
+        foreach (var k in new[] { "models", "batch", "optim", "generation", "ppo", "dpo" }) top.Get(k);
+        var stagesNode = top.Get("stages");
+        top.RejectUnknown();
+
+        var stages = new List<StageConfig>();
+        bool explicitStages = stagesNode is not null;
+        if (!explicitStages)
+        {
+            stages.Add(ParseStage(root, 0, ""));
+        }
+        else
+        {
+            if (stagesNode is not YamlSequenceNode seq || seq.Children.Count == 0)
+                throw new ConfigException("stages", "expected a non-empty list of stages, e.g. - { algorithm: sft, iterations: 200 }");
+            ValidateSharedSections(top, algorithm);
+            var baseMap = new YamlMappingNode();
+            foreach (var (k, v) in root.Children)
+                if (((YamlScalarNode)k).Value is "models" or "batch" or "optim" or "generation" or "ppo" or "dpo" or "iterations")
+                    baseMap.Children[k] = v;
+            for (int i = 0; i < seq.Children.Count; i++)
+            {
+                string p = $"stages[{i}]";
+                var sr = new MapReader(seq.Children[i], p);
+                sr.Enum("algorithm", null, AlgorithmNames.All);
+                foreach (var k in new[] { "iterations", "models", "batch", "optim", "generation", "ppo", "dpo" }) sr.Get(k);
+                sr.RejectUnknown();
+                var merged = MapReader.Merge(baseMap, (YamlMappingNode)seq.Children[i]);
+                stages.Add(ParseStage(merged, i, p));
+            }
+            if (stages[^1].Algorithm != algorithm)
+                throw new ConfigException("algorithm",
+                    $"'{algorithm}' must name the last stage's algorithm ('{stages[^1].Algorithm}'): the planner reads it as the workload");
+        }
+        ValidatePipeline(stages, baseDirectory, explicitStages);
+        ValidateTaskFits(task, stages, explicitStages);
+        return new ExperimentConfig(name, algorithm, seed, baseDirectory, task, eval, ckptEvery, stages, explicitStages);
+    }
+
+    private static TaskConfig ParseTask(MapReader r)
+    {
+        string name = r.Enum("name", "sort-digits", Tasks);
+        int maxAllowed = name == "add" ? 4 : 12;
+        int min = (int)r.Int("min_len", name == "add" ? 1 : 3, 1, maxAllowed);
+        int max = (int)r.Int("max_len", name == "add" ? 2 : 6, 1, maxAllowed);
+        if (max < min) throw new ConfigException(r.Sub("max_len"), $"{max} is below min_len ({min}); allowed values: integers in [{min}, {maxAllowed}]");
+        r.RejectUnknown();
+        return new TaskConfig(name, min, max);
+    }
+
+    private static StageConfig ParseStage(YamlMappingNode node, int index, string path)
+    {
+        var r = new MapReader(node, path);
+        string algorithm = r.Enum("algorithm", null, AlgorithmNames.All);
+        int iterations = (int)r.Int("iterations", null, 1, 1_000_000);
+
+        var mr = new MapReader(r.Get("models"), r.Sub("models"));
+        var roles = AlgorithmNames.Roles(algorithm);
+        var models = new Dictionary<string, ModelSpec>(StringComparer.Ordinal);
+        foreach (var role in new[] { "actor", "critic", "ref", "reward" })
+        {
+            var n = mr.Get(role);
+            if (!roles.Contains(role)) continue; // other stages' roles may live in the shared section
+            if (n is null)
+                throw new ConfigException(mr.Sub(role), $"required for algorithm '{algorithm}' (it needs: {string.Join(", ", roles)})");
+            models[role] = ParseModel(new MapReader(n, mr.Sub(role)), role, algorithm);
+        }
+        mr.RejectUnknown();
+
+        var batch = ParseBatch(new MapReader(r.Get("batch"), r.Sub("batch")), algorithm);
+        var optim = ParseOptim(new MapReader(r.Get("optim"), r.Sub("optim")));
+        var gen = ParseGeneration(new MapReader(r.Get("generation"), r.Sub("generation")));
+        var ppo = ParsePpo(new MapReader(r.Get("ppo"), r.Sub("ppo")));
+        var dpo = ParseDpo(new MapReader(r.Get("dpo"), r.Sub("dpo")));
+
+        // Top-level-only keys are allowed in the merged single-stage mapping.
+        if (path.Length == 0)
+            foreach (var k in new[] { "name", "seed", "task", "eval", "checkpoint_every", "stages" }) r.Get(k);
+        r.RejectUnknown();
+        return new StageConfig(index, algorithm, iterations, models, batch, optim, gen, ppo, dpo);
+    }
+
+    private static BatchConfig ParseBatch(MapReader br, string algorithm)
+    {
+        int size = (int)br.Int("size", 64, 1, 1_000_000);
+        var batch = new BatchConfig(size, (int)br.Int("prompt_len", 16, 1, 1_000_000), (int)br.Int("gen_len", 16, 1, 1_000_000),
+                                    (int)br.Int("minibatches", 1, 1, size), (int)br.Int("group_size", 1, 1, size));
+        if (size % batch.Minibatches != 0)
+            throw new ConfigException(br.Sub("minibatches"), $"{batch.Minibatches} does not divide batch.size ({size}); allowed values: divisors of {size}");
+        if (size % batch.GroupSize != 0)
+            throw new ConfigException(br.Sub("group_size"), $"{batch.GroupSize} does not divide batch.size ({size}); allowed values: divisors of {size}");
+        if (algorithm == AlgorithmNames.Grpo && batch.GroupSize < 2)
+            throw new ConfigException(br.Sub("group_size"), "grpo normalises rewards within a group; allowed values: integers >= 2 dividing batch.size");
+        br.RejectUnknown();
+        return batch;
+    }
+
+    private static OptimConfig ParseOptim(MapReader or)
+    {
+        var betas = or.RealList("betas", [0.9, 0.95], 2, 0, 1, maxExclusive: true);
+        var optim = new OptimConfig(or.Real("lr", 1e-3, 0, 10, minExclusive: true), or.Real("weight_decay", 0.0, 0, 10),
+                                    betas[0], betas[1], or.Real("eps", 1e-8, 0, 1, minExclusive: true),
+                                    (int)or.Int("warmup_steps", 0, 0, 1_000_000), or.Enum("decay", "cosine", "constant", "linear", "cosine"),
+                                    or.Real("min_lr_ratio", 0.1, 0, 1), or.Real("clip_grad_norm", 1.0, 0, 1e6));
+        or.RejectUnknown();
+        return optim;
+    }
+
+    private static GenerationConfig ParseGeneration(MapReader gr)
+    {
+        var gen = new GenerationConfig(gr.Real("temperature", 1.0, 0, 100), (int)gr.Int("top_k", 0, 0, 1_000_000),
+                                       gr.Real("top_p", 1.0, 0, 1, minExclusive: true));
+        gr.RejectUnknown();
+        return gen;
+    }
+
+    private static PpoConfig ParsePpo(MapReader pr)
+    {
+        var ppo = new PpoConfig(pr.Real("kl_coef", 0.05, 0, 100), pr.Real("clip_eps", 0.2, 0, 10, minExclusive: true),
+                                pr.Real("value_clip_eps", 0.2, 0, 1e6, minExclusive: true), pr.Real("gamma", 1.0, 0, 1),
+                                pr.Real("lambda", 0.95, 0, 1), (int)pr.Int("ppo_epochs", 1, 1, 1000), pr.Bool("adv_norm", true),
+                                pr.Real("max_reward_clip", 5.0, 0, 1e6, minExclusive: true));
+        pr.RejectUnknown();
+        return ppo;
+    }
+
+    private static DpoConfig ParseDpo(MapReader dr)
+    {
+        var dpo = new DpoConfig(dr.Real("beta", 0.1, 0, 1000, minExclusive: true));
+        dr.RejectUnknown();
+        return dpo;
+    }
+
+    /// <summary>With explicit stages, the shared top-level sections are checked on their own first, so an
+    /// error in them names the top-level path rather than the first stage's.</summary>
+    private static void ValidateSharedSections(MapReader top, string algorithm)
+    {
+        if (top.Get("batch") is { } b) ParseBatch(new MapReader(b, "batch"), AlgorithmNames.Sft);
+        if (top.Get("optim") is { } o) ParseOptim(new MapReader(o, "optim"));
+        if (top.Get("generation") is { } g) ParseGeneration(new MapReader(g, "generation"));
+        if (top.Get("ppo") is { } p) ParsePpo(new MapReader(p, "ppo"));
+        if (top.Get("dpo") is { } d) ParseDpo(new MapReader(d, "dpo"));
+        if (top.Get("models") is { } m)
+        {
+            var mr = new MapReader(m, "models");
+            foreach (var role in new[] { "actor", "critic", "ref", "reward" })
+                if (mr.Get(role) is { } n)
+                {
+                    var r = new MapReader(n, mr.Sub(role));
+                    ParseModel(r, role, algorithm, requireInit: false);
+                }
+            mr.RejectUnknown();
+        }
+    }
+
+    private static ModelSpec ParseModel(MapReader r, string role, string algorithm, bool requireInit = true)
+    {
+        string? preset = r.OptStr("preset");
+        string? config = r.OptStr("config");
+        if (preset is null == config is null)
+            throw new ConfigException(r.Path, $"give exactly one of 'preset' ({string.Join(" | ", Presets)}) or 'config' (path to a Hugging Face config.json)");
+        if (preset is not null) r.Enum("preset", null, Presets);
+        bool trained = AlgorithmNames.TrainedRoles(algorithm).Contains(role);
+        string init = r.Str("init", trained || !requireInit ? "random" : null);
+        r.RejectUnknown();
+        return new ModelSpec(role, preset, config, init);
+    }
+
+    /// <summary>Cross-stage checks: init sources exist earlier and have the same architecture; paths exist.</summary>
+    private static void ValidatePipeline(List<StageConfig> stages, string baseDir, bool explicitStages)
+    {
+        var produced = new Dictionary<string, ModelSpec>(StringComparer.Ordinal);
+        foreach (var st in stages)
+        {
+            string sp = explicitStages ? st.Path + "." : "";
+            foreach (var (role, m) in st.Models)
+            {
+                string p = $"{sp}models.{role}";
+                if (m.ConfigPath is not null && !File.Exists(Path.Combine(baseDir, m.ConfigPath)))
+                    throw new ConfigException(p + ".config", $"file '{m.ConfigPath}' not found (paths are relative to the YAML file)");
+                if (m.Init is "sft" or "rm")
+                {
+                    if (!produced.TryGetValue(m.Init, out var src))
+                        throw new ConfigException(p + ".init",
+                            $"'{m.Init}' needs an earlier '{m.Init}' stage in `stages`; allowed values: random | {string.Join(" | ", produced.Keys.Order())}{(produced.Count > 0 ? " | " : "")}path to a Hugging Face checkpoint directory");
+                    if (src.ArchitectureKey != m.ArchitectureKey)
+                        throw new ConfigException(p + ".init",
+                            $"'{m.Init}' produced a model of {src.ArchitectureKey}, this role is {m.ArchitectureKey}; the architectures must match");
+                }
+                else if (m.InitFromPath && !Directory.Exists(Path.Combine(baseDir, m.Init)))
+                    throw new ConfigException(p + ".init",
+                        $"'{m.Init}' is neither random | sft | rm nor an existing checkpoint directory (relative to the YAML file)");
+                else if (m.Init == "random" && !AlgorithmNames.TrainedRoles(st.Algorithm).Contains(role))
+                    throw new ConfigException(p + ".init",
+                        $"a frozen {role} model initialised at random gives meaningless results; allowed values: sft | rm | path to a checkpoint directory");
+            }
+            if (AlgorithmNames.Produces(st.Algorithm) is { } prod)
+                produced[prod.Artifact] = st.Models[prod.Role];
+        }
+    }
+
+    private static void ValidateTaskFits(TaskConfig task, List<StageConfig> stages, bool explicitStages)
+    {
+        var t = ReaLNative.Engine.Tasks.SyntheticTask.Create(task);
+        int promptLen = t.MaxPromptTokens, answerLen = t.MaxAnswerTokens;
+        foreach (var st in stages)
+        {
+            string sp = explicitStages ? st.Path + "." : "";
+            if (st.Batch.PromptLen < promptLen)
+                throw new ConfigException(sp + "batch.prompt_len",
+                    $"{st.Batch.PromptLen} is shorter than the longest '{task.Name}' prompt ({promptLen} tokens); allowed values: integers >= {promptLen}");
+            if (st.Batch.GenLen < answerLen)
+                throw new ConfigException(sp + "batch.gen_len",
+                    $"{st.Batch.GenLen} is shorter than the longest '{task.Name}' answer plus EOS ({answerLen} tokens); allowed values: integers >= {answerLen}");
+        }
+    }
+}

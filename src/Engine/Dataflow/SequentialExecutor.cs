@@ -1,0 +1,56 @@
+// Executes one iteration of a DataflowGraph on a single device: calls run one after another in
+// topological order, each reading its input keys from and writing its output keys to the
+// iteration's SampleBatch. Keeping this apart from the graph lets the distributed runtime execute
+// the same graph under an execution plan.
+using System.Diagnostics;
+
+namespace ReaLNative.Engine.Dataflow;
+
+/// <summary>Data of one iteration, by key (DESIGN.md: sequences are packed arrays, never padded).</summary>
+public sealed class SampleBatch
+{
+    private readonly Dictionary<string, object> _data = new(StringComparer.Ordinal);
+
+    public bool Contains(string key) => _data.ContainsKey(key);
+    public IEnumerable<string> Keys => _data.Keys;
+
+    public void Set(string key, object value)
+    {
+        if (!_data.TryAdd(key, value)) throw new InvalidOperationException($"key '{key}' is already set in this iteration");
+    }
+
+    public T Get<T>(string key) where T : class =>
+        _data.TryGetValue(key, out var v)
+            ? v as T ?? throw new InvalidCastException($"key '{key}' holds {v.GetType().Name}, not {typeof(T).Name}")
+            : throw new KeyNotFoundException($"key '{key}' is not in this iteration's batch");
+}
+
+/// <summary>What one call did: its name, wall time and the handler's scalar figures.</summary>
+public sealed record CallRecord(string Call, double Seconds, IReadOnlyDictionary<string, double> Figures);
+
+/// <summary>A call's implementation: reads its inputs from the batch, sets its outputs, returns figures for metrics.</summary>
+public delegate IReadOnlyDictionary<string, double> CallHandler(ModelFunctionCall call, SampleBatch batch);
+
+public sealed class SequentialExecutor(DataflowGraph graph, IReadOnlyDictionary<string, CallHandler> handlers)
+{
+    public DataflowGraph Graph => graph;
+
+    public IReadOnlyList<CallRecord> RunIteration(SampleBatch batch)
+    {
+        foreach (var k in graph.SourceKeys)
+            if (!batch.Contains(k)) throw new InvalidOperationException($"source key '{k}' missing from the batch");
+        var records = new List<CallRecord>(graph.Calls.Count);
+        foreach (var call in graph.TopologicalOrder)
+        {
+            if (!handlers.TryGetValue(call.Name, out var h))
+                throw new InvalidOperationException($"no handler for call '{call.Name}'");
+            var sw = Stopwatch.StartNew();
+            var figures = h(call, batch);
+            sw.Stop();
+            foreach (var k in call.Outputs)
+                if (!batch.Contains(k)) throw new InvalidOperationException($"call '{call.Name}' did not produce its output '{k}'");
+            records.Add(new CallRecord(call.Name, sw.Elapsed.TotalSeconds, figures));
+        }
+        return records;
+    }
+}

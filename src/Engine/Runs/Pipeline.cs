@@ -1,0 +1,539 @@
+// The single-device run loop: executes the config's stages in order (sft -> rm -> ppo ...),
+// each iteration as the stage's dataflow graph on a SequentialExecutor, writing metrics.jsonl,
+// checkpoints (HF safetensors + AdamW state) and stage artifacts (`sft`, `rm`) for later stages'
+// `init`. Every random draw is seeded by (seed, stream, stage, iteration), so a run resumed from
+// a checkpoint reproduces the uninterrupted run's parameters exactly.
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using ReaLNative.Engine.Algorithms;
+using ReaLNative.Engine.Checkpoints;
+using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Dataflow;
+using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Optim;
+using ReaLNative.Engine.Tasks;
+using ReaLNative.Engine.Tokenization;
+
+namespace ReaLNative.Engine.Runs;
+
+/// <summary>One finished iteration (or evaluation) of a stage, for progress displays.</summary>
+public sealed record ProgressEvent(int Stage, string Algorithm, int Iteration, int Iterations, IReadOnlyDictionary<string, double> Figures);
+
+public sealed class Pipeline : IDisposable
+{
+    private readonly ExperimentConfig _cfg;
+    private readonly string _out;
+    private readonly Action<ProgressEvent>? _progress;
+    private readonly SyntheticTask _task;
+    private readonly CharTokenizer _tok;
+    private readonly TaskExample[] _heldOut;
+    private readonly Dictionary<string, LlamaModel> _models = new();
+    private readonly Dictionary<string, AdamW> _optims = new();
+    private StreamWriter? _metrics;
+    private int _metricLines;
+
+    public Pipeline(ExperimentConfig cfg, string outDir, Action<ProgressEvent>? progress = null)
+    {
+        _cfg = cfg;
+        _out = Path.GetFullPath(outDir);
+        _progress = progress;
+        _task = SyntheticTask.Create(cfg.Task);
+        _heldOut = _task.HeldOut(cfg.Seed, cfg.Eval.Size);
+        var vocab = cfg.Stages.SelectMany(s => s.Models.Values).Select(m => Arch(m).Vocab).Min();
+        _tok = new CharTokenizer(vocab);
+    }
+
+    public string MetricsPath => Path.Combine(_out, "metrics.jsonl");
+    private string CkptDir => Path.Combine(_out, "checkpoints");
+    private string StatePath => Path.Combine(CkptDir, "latest", "state.json");
+
+    private LlamaConfig Arch(ModelSpec m) =>
+        m.Preset is not null ? LlamaConfig.Preset(m.Preset) : LlamaConfig.FromHfJson(Path.Combine(_cfg.BaseDirectory, m.ConfigPath!));
+
+    /// <summary>Runs (or, with <paramref name="resume"/>, continues) the pipeline; returns summary.json's content.</summary>
+    public JsonObject Run(bool resume, int? stopAfterIterations = null)
+    {
+        Directory.CreateDirectory(_out);
+        int startStage = 0, startIter = 0;
+        double priorSeconds = 0;
+        if (resume && File.Exists(StatePath))
+        {
+            var st = JsonNode.Parse(File.ReadAllText(StatePath))!;
+            startStage = (int)st["stage"]!; startIter = (int)st["next_iteration"]!;
+            _metricLines = (int)st["metric_lines"]!; priorSeconds = (double)st["seconds"]!;
+            var kept = File.Exists(MetricsPath) ? File.ReadLines(MetricsPath).Take(_metricLines).ToList() : [];
+            if (kept.Count != _metricLines) throw new InvalidDataException($"{MetricsPath} has fewer lines than the checkpoint recorded ({_metricLines})");
+            File.WriteAllLines(MetricsPath, kept);
+        }
+        else
+        {
+            if (Directory.Exists(CkptDir)) Directory.Delete(CkptDir, recursive: true);
+            File.WriteAllText(MetricsPath, "");
+            _metricLines = 0;
+        }
+        _metrics = new StreamWriter(MetricsPath, append: true) { AutoFlush = true };
+        var clock = Stopwatch.StartNew();
+        int budget = stopAfterIterations ?? int.MaxValue;
+        for (int s = startStage; s < _cfg.Stages.Count; s++)
+        {
+            var stage = _cfg.Stages[s];
+            int first = s == startStage ? startIter : 0;
+            if (first >= stage.Iterations) continue;
+            SetUpStage(stage, resumeFrom: s == startStage && first > 0);
+            var graph = DataflowGraph.For(stage.Algorithm, stage.Batch);
+            var exec = new SequentialExecutor(graph, Handlers(stage));
+            bool evals = stage.Algorithm != AlgorithmNames.Rm;
+            if (evals && first == 0) Evaluate(stage, 0);
+            for (int it = first; it < stage.Iterations; it++)
+            {
+                if (budget-- <= 0) { _metrics.Dispose(); _metrics = null; return new JsonObject { ["interrupted"] = true }; }
+                var batch = new SampleBatch();
+                batch.Set("iteration", new int[] { it });
+                LoadSources(stage, it, batch);
+                var figures = new Dictionary<string, double>();
+                foreach (var rec in exec.RunIteration(batch))
+                {
+                    var line = new JsonObject { ["stage"] = s, ["algorithm"] = stage.Algorithm, ["step"] = it + 1, ["call"] = rec.Call, ["seconds"] = Math.Round(rec.Seconds, 5) };
+                    foreach (var (k, v) in rec.Figures) { line[k] = double.IsFinite(v) ? Math.Round(v, 6) : null; figures[k] = v; }
+                    WriteMetric(line);
+                }
+                if (evals && ((it + 1) % _cfg.Eval.Every == 0 || it + 1 == stage.Iterations))
+                    figures["task_score"] = Evaluate(stage, it + 1);
+                _progress?.Invoke(new ProgressEvent(s, stage.Algorithm, it + 1, stage.Iterations, figures));
+                if ((it + 1) % _cfg.CheckpointEvery == 0 || it + 1 == stage.Iterations)
+                    SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds);
+            }
+            if (AlgorithmNames.Produces(stage.Algorithm) is { } prod)
+                Safetensors.Save(_models[prod.Role], Path.Combine(CkptDir, prod.Artifact));
+        }
+        _metrics.Dispose();
+        _metrics = null;
+        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds);
+        File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        return summary;
+    }
+
+    /// <summary>Final parameters of a role (for tests and for saving).</summary>
+    public LlamaModel Model(string role) => _models[role];
+
+    private void WriteMetric(JsonObject line)
+    {
+        _metrics!.WriteLine(line.ToJsonString());
+        _metricLines++;
+    }
+
+    // ---------------------------------------------------------------- models, init, checkpoints
+
+    private void SetUpStage(StageConfig stage, bool resumeFrom)
+    {
+        foreach (var o in _optims.Values) o.Dispose();
+        foreach (var m in _models.Values) m.Dispose();
+        _optims.Clear(); _models.Clear();
+        if (stage.Generation.TopK > 0 || stage.Generation.TopP < 1)
+            throw new ConfigException($"{stage.Path}.generation", "top_k / top_p filtering is not yet reproduced by the training log-prob recompute; use top_k: 0, top_p: 1");
+        foreach (var (role, spec) in stage.Models)
+        {
+            var model = new LlamaModel(Arch(spec), AlgorithmNames.ScalarHead(role));
+            _models[role] = model;
+            model.InitRandom((int)(StepRandom.Seed64(_cfg.Seed, "init-" + role, stage.Index, 0) & 0x7fffffff));
+            string? src = spec.Init switch
+            {
+                "random" => null,
+                "sft" or "rm" => Path.Combine(CkptDir, spec.Init),
+                _ => Path.Combine(_cfg.BaseDirectory, spec.Init),
+            };
+            if (src is not null)
+            {
+                using var loaded = Safetensors.Load(src);
+                if (loaded.ScalarHead == model.ScalarHead) model.CopyParametersFrom(loaded);
+                else ModelOps.CopyShared(loaded, model);
+            }
+        }
+        int stepsPerIter = stage.Algorithm == AlgorithmNames.Ppo ? stage.Ppo.PpoEpochs * stage.Batch.Minibatches
+                         : stage.Algorithm == AlgorithmNames.Grpo ? stage.Ppo.PpoEpochs * stage.Batch.Minibatches : 1;
+        foreach (var role in AlgorithmNames.TrainedRoles(stage.Algorithm))
+        {
+            var o = stage.Optim;
+            _optims[role] = new AdamW(_models[role],
+                new LrSchedule((float)o.Lr, o.WarmupSteps, o.Decay, (float)o.MinLrRatio, stage.Iterations * stepsPerIter),
+                (float)o.Beta1, (float)o.Beta2, (float)o.Eps, (float)o.WeightDecay, (float)o.ClipGradNorm);
+        }
+        if (resumeFrom)
+        {
+            string dir = Path.Combine(CkptDir, "latest");
+            foreach (var (role, opt) in _optims)
+            {
+                Safetensors.LoadInto(_models[role], Path.Combine(dir, role));
+                var st = JsonNode.Parse(File.ReadAllText(StatePath))!;
+                long step = (long)st["optimizer_steps"]![role]!;
+                opt.Restore(step, ReadFloats(Path.Combine(dir, role + ".adam_m"), _models[role].ParameterCount),
+                            ReadFloats(Path.Combine(dir, role + ".adam_v"), _models[role].ParameterCount));
+            }
+        }
+    }
+
+    private void SaveCheckpoint(StageConfig stage, int nextIteration, double seconds)
+    {
+        string tmp = Path.Combine(CkptDir, "latest.tmp"), dir = Path.Combine(CkptDir, "latest");
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
+        var steps = new JsonObject();
+        foreach (var (role, opt) in _optims)
+        {
+            Safetensors.Save(_models[role], Path.Combine(tmp, role));
+            WriteFloats(Path.Combine(tmp, role + ".adam_m"), opt.FirstMoment);
+            WriteFloats(Path.Combine(tmp, role + ".adam_v"), opt.SecondMoment);
+            steps[role] = opt.Step;
+        }
+        var state = new JsonObject
+        {
+            ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["next_iteration"] = nextIteration,
+            ["metric_lines"] = _metricLines, ["seconds"] = seconds, ["optimizer_steps"] = steps,
+        };
+        File.WriteAllText(Path.Combine(tmp, "state.json"), state.ToJsonString());
+        if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        Directory.Move(tmp, dir);
+    }
+
+    private static void WriteFloats(string path, ReadOnlySpan<float> data)
+    {
+        using var f = File.Create(path);
+        f.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data));
+    }
+
+    private static float[] ReadFloats(string path, long count)
+    {
+        var bytes = File.ReadAllBytes(path);
+        if (bytes.Length != count * 4) throw new InvalidDataException($"{path}: {bytes.Length} bytes, expected {count * 4}");
+        var r = new float[count];
+        Buffer.BlockCopy(bytes, 0, r, 0, bytes.Length);
+        return r;
+    }
+
+    // ---------------------------------------------------------------- data
+
+    private int[] PromptIds(string prompt) => [_tok.Bos, .. _tok.Encode(prompt)];
+
+    /// <summary>The iteration's prompts: batch.size examples (rm, dpo: size/2 prompts sampled twice;
+    /// grpo: size/group_size prompts sampled group_size times), consecutive copies.</summary>
+    private void LoadSources(StageConfig stage, int it, SampleBatch batch)
+    {
+        var rng = StepRandom.Create(_cfg.Seed, "prompts", stage.Index, it);
+        int copies = stage.Algorithm switch
+        {
+            AlgorithmNames.Rm or AlgorithmNames.Dpo => 2,
+            AlgorithmNames.Grpo => stage.Batch.GroupSize,
+            _ => 1,
+        };
+        int n = Math.Max(1, stage.Batch.Size / copies);
+        var ex = Enumerable.Range(0, n).Select(_ => _task.Sample(rng)).SelectMany(e => Enumerable.Repeat(e, copies)).ToArray();
+        batch.Set("prompts", ex);
+        if (stage.Algorithm == AlgorithmNames.Sft) batch.Set("answers", ex.Select(e => e.Answer).ToArray());
+    }
+
+    private sealed record Rollout(TaskExample[] Examples, int[][] Prompts, GenerationResult Gen, ScoredBatch Scored, string[] Completions);
+
+    private Rollout Generate(StageConfig stage, LlamaModel actor, TaskExample[] ex, int it, string stream, bool greedy)
+    {
+        var prompts = ex.Select(e => PromptIds(e.Prompt)).ToArray();
+        var gen = Generator.Generate(actor, prompts, new GenerationOptions
+        {
+            MaxNewTokens = stage.Batch.GenLen,
+            Temperature = greedy ? 0f : (float)stage.Generation.Temperature,
+            EosToken = _tok.Eos,
+            Seed = StepRandom.Seed64(_cfg.Seed, stream, stage.Index, it),
+        });
+        var seqs = Enumerable.Range(0, ex.Length).Select(gen.Sequence).ToArray();
+        var scored = new ScoredBatch(seqs, prompts.Select(p => p.Length).ToArray());
+        var comps = gen.NewTokens.Select(t => _tok.Decode(t)).ToArray();
+        return new Rollout(ex, prompts, gen, scored, comps);
+    }
+
+    /// <summary>Greedy held-out task score of the current actor; writes an "eval" metric line.</summary>
+    private double Evaluate(StageConfig stage, int step)
+    {
+        var actor = _models["actor"];
+        var r = Generate(stage, actor, _heldOut, 0, "eval", greedy: true);
+        double score = Enumerable.Range(0, _heldOut.Length).Average(i => _task.Score(_heldOut[i].Prompt, r.Completions[i]));
+        WriteMetric(new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = step, ["call"] = "eval", ["task_score"] = score });
+        if (step == 0) _progress?.Invoke(new ProgressEvent(stage.Index, stage.Algorithm, 0, stage.Iterations, new Dictionary<string, double> { ["task_score"] = score }));
+        return score;
+    }
+
+    // ---------------------------------------------------------------- call handlers
+
+    private Dictionary<string, CallHandler> Handlers(StageConfig stage)
+    {
+        float temp = (float)stage.Generation.Temperature;
+        int It(SampleBatch b) => b.Get<int[]>("iteration")[0];
+        var h = new Dictionary<string, CallHandler>();
+
+        h["actor_gen"] = (call, b) =>
+        {
+            var r = Generate(stage, _models["actor"], b.Get<TaskExample[]>("prompts"), It(b), "gen", greedy: false);
+            b.Set("sequences", r); b.Set("logprobs", r.Gen.LogProbs.SelectMany(x => x).ToArray());
+            b.Set("logits_mask", Array.Empty<byte>()); b.Set("ended_with_eos", r.Gen.EndedWithEos);
+            double score = Enumerable.Range(0, r.Examples.Length).Average(i => _task.Score(r.Examples[i].Prompt, r.Completions[i]));
+            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["sample_task_score"] = score,
+                ["gen_len_mean"] = r.Gen.NewTokens.Average(t => t.Length) };
+        };
+        h["actor_greedy_gen"] = (call, b) =>
+        {
+            var r = Generate(stage, _models["actor"], b.Get<TaskExample[]>("prompts"), It(b), "greedy", greedy: true);
+            b.Set("greedy_sequences", r); b.Set("greedy_ended_with_eos", r.Gen.EndedWithEos);
+            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
+        };
+        CallHandler RewInf(string seqKey, string outKey) => (call, b) =>
+        {
+            var r = b.Get<Rollout>(seqKey);
+            var (_, last) = ModelOps.Values(_models["reward"], r.Scored);
+            b.Set(outKey, last);
+            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["reward_mean"] = last.Average() };
+        };
+        h["rew_inf"] = RewInf("sequences", "scores");
+        h["rew_greedy_inf"] = RewInf("greedy_sequences", "greedy_scores");
+        h["ref_inf"] = (call, b) =>
+        {
+            var r = b.Get<Rollout>("sequences");
+            b.Set("ref_logprobs", ModelOps.LogProbs(_models["ref"], r.Scored, temp, out _));
+            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
+        };
+        h["critic_inf"] = (call, b) =>
+        {
+            var r = b.Get<Rollout>("sequences");
+            b.Set("values", ModelOps.Values(_models["critic"], r.Scored).ActionValues);
+            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
+        };
+
+        switch (stage.Algorithm)
+        {
+            case AlgorithmNames.Sft:
+                h["actor_train"] = (call, b) =>
+                {
+                    var ex = b.Get<TaskExample[]>("prompts");
+                    var seqs = ex.Select(e => (int[])[.. PromptIds(e.Prompt), .. _tok.Encode(e.Answer), _tok.Eos]).ToArray();
+                    var sb = new ScoredBatch(seqs, ex.Select(e => PromptIds(e.Prompt).Length).ToArray());
+                    var m = _models["actor"];
+                    m.ZeroGrad();
+                    double loss = ModelOps.SftStep(m, sb);
+                    double gn = _optims["actor"].StepOnce();
+                    b.Set("actor_stats", new object());
+                    return new Dictionary<string, double> { ["tokens"] = sb.Packed.TotalTokens, ["loss"] = loss, ["grad_norm"] = gn };
+                };
+                break;
+            case AlgorithmNames.Rm:
+                h["rew_train"] = (call, b) =>
+                {
+                    var r = b.Get<Rollout>("sequences");
+                    // Pairs: the two samples of a prompt ranked by the graded checker, and the
+                    // checker's exact answer preferred over every wrong sample.
+                    var (ci, ri) = Pairs(r);
+                    var chosen = ci.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
+                    var rejected = ri.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
+                    for (int i = 0; i < r.Examples.Length; i++)
+                        if (_task.Score(r.Examples[i].Prompt, r.Completions[i]) < 1 || !r.Gen.EndedWithEos[i])
+                        {
+                            chosen.Add(([.. r.Prompts[i], .. _tok.Encode(r.Examples[i].Answer), _tok.Eos], r.Prompts[i].Length));
+                            rejected.Add((r.Gen.Sequence(i), r.Prompts[i].Length));
+                        }
+                    b.Set("reward_stats", new object());
+                    if (chosen.Count == 0) return new Dictionary<string, double> { ["pairs"] = 0 };
+                    var all = chosen.Concat(rejected).ToList();
+                    var sb = new ScoredBatch(all.Select(x => x.Item1).ToArray(), all.Select(x => x.Item2).ToArray());
+                    var m = _models["reward"];
+                    var (_, last) = ModelOps.Values(m, sb);
+                    int n = chosen.Count;
+                    var dc = new float[n]; var dr = new float[n];
+                    var st = Losses.PairwiseReward(last.AsSpan(0, n), last.AsSpan(n), dc, dr);
+                    m.ZeroGrad();
+                    ModelOps.BackwardValues(m, sb, [], [.. dc, .. dr]);
+                    double gn = _optims["reward"].StepOnce();
+                    return new Dictionary<string, double> { ["tokens"] = sb.Packed.TotalTokens, ["loss"] = st.Loss, ["accuracy"] = st.Accuracy,
+                        ["pairs"] = n, ["margin"] = st.MeanMargin, ["grad_norm"] = gn };
+                };
+                break;
+            case AlgorithmNames.Ppo:
+                AddPpo(stage, h, temp);
+                break;
+            case AlgorithmNames.Grpo:
+            case AlgorithmNames.Remax:
+                AddCriticFree(stage, h, temp);
+                break;
+            case AlgorithmNames.Dpo:
+                h["actor_train"] = (call, b) =>
+                {
+                    var r = b.Get<Rollout>("sequences");
+                    var refLp = b.Get<float[]>("ref_logprobs");
+                    var (ci, ri) = Pairs(r);
+                    b.Set("actor_stats", new object());
+                    if (ci.Length == 0) return new Dictionary<string, double> { ["pairs"] = 0 };
+                    var m = _models["actor"];
+                    var lp = ModelOps.LogProbs(m, r.Scored, temp, out var lse);
+                    float SeqSum(float[] a, int i) { float s = 0; for (int k = r.Scored.ActionCu[i]; k < r.Scored.ActionCu[i + 1]; k++) s += a[k]; return s; }
+                    int n = ci.Length;
+                    var pc = ci.Select(i => SeqSum(lp, i)).ToArray(); var pr = ri.Select(i => SeqSum(lp, i)).ToArray();
+                    var rc = ci.Select(i => SeqSum(refLp, i)).ToArray(); var rr = ri.Select(i => SeqSum(refLp, i)).ToArray();
+                    var gc = new float[n]; var gr = new float[n];
+                    var st = Losses.Dpo(pc, pr, rc, rr, stage.Dpo.Beta, gc, gr);
+                    var d = new float[lp.Length];
+                    for (int p = 0; p < n; p++)
+                    {
+                        for (int k = r.Scored.ActionCu[ci[p]]; k < r.Scored.ActionCu[ci[p] + 1]; k++) d[k] += gc[p];
+                        for (int k = r.Scored.ActionCu[ri[p]]; k < r.Scored.ActionCu[ri[p] + 1]; k++) d[k] += gr[p];
+                    }
+                    m.ZeroGrad();
+                    ModelOps.BackwardLogProbs(m, r.Scored, temp, lse, d);
+                    double gn = _optims["actor"].StepOnce();
+                    return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = st.Loss, ["accuracy"] = st.Accuracy,
+                        ["pairs"] = n, ["grad_norm"] = gn };
+                };
+                break;
+        }
+        return h;
+    }
+
+    /// <summary>Preference pairs from consecutive sample pairs of one prompt, ranked by the task's graded checker.</summary>
+    private (int[] Chosen, int[] Rejected) Pairs(Rollout r)
+    {
+        var c = new List<int>(); var j = new List<int>();
+        for (int i = 0; i + 1 < r.Examples.Length; i += 2)
+        {
+            double a = _task.Grade(r.Examples[i].Prompt, r.Completions[i]) + (r.Gen.EndedWithEos[i] ? 0 : -1);
+            double b = _task.Grade(r.Examples[i + 1].Prompt, r.Completions[i + 1]) + (r.Gen.EndedWithEos[i + 1] ? 0 : -1);
+            if (a == b) continue;
+            c.Add(a > b ? i : i + 1); j.Add(a > b ? i + 1 : i);
+        }
+        return (c.ToArray(), j.ToArray());
+    }
+
+    /// <summary>Selects sequences [s0, s1) of a rollout as its own scored batch, with the matching slices of per-action arrays.</summary>
+    private static (ScoredBatch Batch, int A0, int A1) Slice(Rollout r, int s0, int s1)
+    {
+        var seqs = Enumerable.Range(s0, s1 - s0).Select(r.Gen.Sequence).ToArray();
+        var sb = new ScoredBatch(seqs, Enumerable.Range(s0, s1 - s0).Select(i => r.Prompts[i].Length).ToArray());
+        return (sb, r.Scored.ActionCu[s0], r.Scored.ActionCu[s1]);
+    }
+
+    private void AddPpo(StageConfig stage, Dictionary<string, CallHandler> h, float temp)
+    {
+        var ppo = stage.Ppo;
+        // Advantages and returns are computed once per iteration and shared by both train calls.
+        (float[] Adv, float[] Ret, double Kl, double Reward)? cache = null;
+        int cachedFor = -1;
+        (float[] Adv, float[] Ret, double Kl, double Reward) Advantages(SampleBatch b)
+        {
+            int it = b.Get<int[]>("iteration")[0];
+            if (cachedFor == it && cache is { } c) return c;
+            var r = b.Get<Rollout>("sequences");
+            var logp = b.Get<float[]>("logprobs"); var refLp = b.Get<float[]>("ref_logprobs");
+            var values = b.Get<float[]>("values"); var scores = b.Get<float[]>("scores");
+            int T = logp.Length;
+            var rewards = new float[T];
+            Losses.KlShapedRewards(logp, refLp, r.Scored.ActionCu, scores, r.Gen.EndedWithEos, ppo.KlCoef, ppo.MaxRewardClip, rewards);
+            var adv = new float[T]; var ret = new float[T];
+            Gae.Compute(_models["critic"].Stream, rewards, Gae.WithBootstrap(values, r.Scored.ActionCu), r.Scored.ActionCu, ppo.Gamma, ppo.Lambda, adv, ret);
+            var mask = new float[T]; Array.Fill(mask, 1f);
+            if (ppo.AdvNorm) Losses.NormalizeMasked(adv, mask);
+            double kl = 0; for (int k = 0; k < T; k++) kl += logp[k] - refLp[k];
+            cache = (adv, ret, T > 0 ? kl / r.Scored.Packed.Count : 0, scores.Average());
+            cachedFor = it;
+            return cache.Value;
+        }
+
+        h["actor_train"] = (call, b) =>
+        {
+            var r = b.Get<Rollout>("sequences");
+            var oldLp = b.Get<float[]>("logprobs");
+            var (adv, _, kl, reward) = Advantages(b);
+            var m = _models["actor"]; var opt = _optims["actor"];
+            double loss = 0, clip = 0; int steps = 0;
+            int n = r.Examples.Length, mb = stage.Batch.Minibatches;
+            for (int e = 0; e < ppo.PpoEpochs; e++)
+                for (int k = 0; k < mb; k++)
+                {
+                    var (sb, a0, a1) = Slice(r, k * n / mb, (k + 1) * n / mb);
+                    var lp = ModelOps.LogProbs(m, sb, temp, out var lse);
+                    var g = new float[lp.Length]; var mask = new float[lp.Length]; Array.Fill(mask, 1f);
+                    var st = Losses.PpoPolicy(lp, oldLp.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), mask, ppo.ClipEps, g);
+                    m.ZeroGrad();
+                    ModelOps.BackwardLogProbs(m, sb, temp, lse, g);
+                    opt.StepOnce();
+                    loss += st.Loss; clip += st.ClipFraction; steps++;
+                }
+            b.Set("actor_stats", new object());
+            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = loss / steps, ["clip_fraction"] = clip / steps,
+                ["reward_mean"] = reward, ["kl"] = kl, ["lr"] = opt.Schedule.At(opt.Step) };
+        };
+        h["critic_train"] = (call, b) =>
+        {
+            var r = b.Get<Rollout>("sequences");
+            var oldV = b.Get<float[]>("values");
+            var (_, ret, _, _) = Advantages(b);
+            var m = _models["critic"]; var opt = _optims["critic"];
+            double loss = 0; int steps = 0;
+            int n = r.Examples.Length, mb = stage.Batch.Minibatches;
+            for (int e = 0; e < ppo.PpoEpochs; e++)
+                for (int k = 0; k < mb; k++)
+                {
+                    var (sb, a0, a1) = Slice(r, k * n / mb, (k + 1) * n / mb);
+                    var (v, _) = ModelOps.Values(m, sb);
+                    var g = new float[v.Length]; var mask = new float[v.Length]; Array.Fill(mask, 1f);
+                    var st = Losses.ClippedValue(v, oldV.AsSpan(a0, a1 - a0), ret.AsSpan(a0, a1 - a0), mask, ppo.ValueClipEps, g);
+                    m.ZeroGrad();
+                    ModelOps.BackwardValues(m, sb, g, []);
+                    opt.StepOnce();
+                    loss += st.Loss; steps++;
+                }
+            b.Set("critic_stats", new object());
+            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = loss / steps };
+        };
+    }
+
+    /// <summary>GRPO (group-normalised scores) and ReMax (score minus the greedy sample's score) share
+    /// one actor update: the sequence advantage on every token, clipped surrogate, k3 KL to the reference.</summary>
+    private void AddCriticFree(StageConfig stage, Dictionary<string, CallHandler> h, float temp)
+    {
+        var ppo = stage.Ppo;
+        bool grpo = stage.Algorithm == AlgorithmNames.Grpo;
+        h["actor_train"] = (call, b) =>
+        {
+            var r = b.Get<Rollout>("sequences");
+            var oldLp = b.Get<float[]>("logprobs"); var refLp = b.Get<float[]>("ref_logprobs");
+            var scores = b.Get<float[]>("scores");
+            float[] seqAdv = grpo ? Losses.GroupNormalize(scores, stage.Batch.GroupSize)
+                                  : scores.Zip(b.Get<float[]>("greedy_scores"), (s, g) => s - g).ToArray();
+            var adv = new float[oldLp.Length];
+            for (int i = 0; i < r.Examples.Length; i++)
+                for (int k = r.Scored.ActionCu[i]; k < r.Scored.ActionCu[i + 1]; k++) adv[k] = seqAdv[i];
+            var m = _models["actor"]; var opt = _optims["actor"];
+            int epochs = grpo ? ppo.PpoEpochs : 1, mb = stage.Batch.Minibatches, n = r.Examples.Length;
+            double loss = 0, klTerm = 0; int steps = 0;
+            for (int e = 0; e < epochs; e++)
+                for (int k = 0; k < mb; k++)
+                {
+                    var (sb, a0, a1) = Slice(r, k * n / mb, (k + 1) * n / mb);
+                    var lp = ModelOps.LogProbs(m, sb, temp, out var lse);
+                    var g = new float[lp.Length]; var mask = new float[lp.Length]; Array.Fill(mask, 1f);
+                    var st = Losses.PpoPolicy(lp, oldLp.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), mask, ppo.ClipEps, g);
+                    klTerm += Losses.KlPenaltyK3(lp, refLp.AsSpan(a0, a1 - a0), mask, ppo.KlCoef, g);
+                    m.ZeroGrad();
+                    ModelOps.BackwardLogProbs(m, sb, temp, lse, g);
+                    opt.StepOnce();
+                    loss += st.Loss; steps++;
+                }
+            double kl = 0; for (int k = 0; k < oldLp.Length; k++) kl += oldLp[k] - refLp[k];
+            b.Set("actor_stats", new object());
+            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = loss / steps, ["kl_penalty"] = klTerm / steps,
+                ["reward_mean"] = scores.Average(), ["kl"] = kl / n };
+        };
+    }
+
+    public void Dispose()
+    {
+        _metrics?.Dispose();
+        foreach (var o in _optims.Values) o.Dispose();
+        foreach (var m in _models.Values) m.Dispose();
+    }
+}

@@ -1,0 +1,43 @@
+// summary.json from metrics.jsonl: it is derived from the metric lines (not kept in memory) so a
+// resumed run summarises the whole run, both halves.
+using System.Text.Json.Nodes;
+using ReaLNative.Engine.Config;
+
+namespace ReaLNative.Engine.Runs;
+
+public static class RunSummary
+{
+    public static JsonObject FromMetrics(string metricsPath, ExperimentConfig cfg, double seconds)
+    {
+        var lines = File.ReadLines(metricsPath).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+        int last = cfg.Stages.Count - 1;
+        var final = lines.Where(l => (int)l["stage"]! == last).ToList();
+        var evals = final.Where(l => (string)l["call"]! == "eval").ToList();
+        var rewards = final.Where(l => l["reward_mean"] is not null && (string)l["call"]! is "actor_train").ToList();
+        var stages = new JsonArray();
+        foreach (var st in cfg.Stages)
+        {
+            var own = lines.Where(l => (int)l["stage"]! == st.Index).ToList();
+            var ev = own.Where(l => (string)l["call"]! == "eval").ToList();
+            stages.Add(new JsonObject
+            {
+                ["algorithm"] = st.Algorithm, ["iterations"] = st.Iterations,
+                ["seconds"] = Math.Round(own.Where(l => l["seconds"] is not null).Sum(l => (double)l["seconds"]!), 3),
+                ["initial_task_score"] = ev.Count > 0 ? (double?)ev[0]["task_score"] : null,
+                ["final_task_score"] = ev.Count > 0 ? (double?)ev[^1]["task_score"] : null,
+            });
+        }
+        return new JsonObject
+        {
+            ["name"] = cfg.Name, ["algorithm"] = cfg.Algorithm,
+            ["initial_reward"] = rewards.Count > 0 ? (double?)rewards[0]["reward_mean"] : null,
+            ["final_reward"] = rewards.Count > 0 ? (double?)rewards[^1]["reward_mean"] : null,
+            ["initial_task_score"] = evals.Count > 0 ? (double?)evals[0]["task_score"] : null,
+            ["final_task_score"] = evals.Count > 0 ? (double?)evals[^1]["task_score"] : null,
+            ["iterations"] = cfg.Stages[last].Iterations,
+            ["total_iterations"] = cfg.Stages.Sum(s => s.Iterations),
+            ["seconds"] = Math.Round(seconds, 2),
+            ["stages"] = stages,
+        };
+    }
+}

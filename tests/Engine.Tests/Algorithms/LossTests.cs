@@ -1,0 +1,162 @@
+// Each RLHF loss against values worked out by hand (the arithmetic is in the comments).
+using ReaLNative.Engine.Algorithms;
+using ReaLNative.Interop;
+using Xunit;
+
+namespace ReaLNative.Engine.Tests.Algorithms;
+
+public class LossTests
+{
+    private const int P = 5; // decimal places for float32 results
+
+    [Fact]
+    public void PpoPolicyClipsBothSides()
+    {
+        // old logp 0, so ratio r = exp(logp). eps = 0.2, 4 masked tokens (the 5th is masked out).
+        //  r=1.1 A=1 : s1=-1.1 s2=-1.1 -> -1.1, grad -A r / n = -1.1/4
+        //  r=1.5 A=1 : s1=-1.5 s2=-1.2 -> -1.2 clipped, grad 0
+        //  r=0.5 A=-1: s1= 0.5 s2= 0.8 -> 0.8 clipped, grad 0
+        //  r=0.5 A=1 : s1=-0.5 s2=-0.8 -> -0.5 (unclipped branch is the max), grad -0.5/4
+        // loss = (-1.1 - 1.2 + 0.8 - 0.5) / 4 = -0.5
+        float[] logp = [MathF.Log(1.1f), MathF.Log(1.5f), MathF.Log(0.5f), MathF.Log(0.5f), 3f];
+        float[] old = [0, 0, 0, 0, 0], adv = [1, 1, -1, 1, 2], mask = [1, 1, 1, 1, 0];
+        var g = new float[5];
+        var s = Losses.PpoPolicy(logp, old, adv, mask, 0.2, g);
+        Assert.Equal(-0.5, s.Loss, P);
+        Assert.Equal(0.5, s.ClipFraction, P);
+        Assert.Equal(-(Math.Log(1.1) + Math.Log(1.5) + 2 * Math.Log(0.5)) / 4, s.ApproxKl, P);
+        Assert.Equal(4, s.Tokens);
+        Assert.Equal(-0.275, g[0], P);
+        Assert.Equal(-0.125, g[3], P);
+        Assert.Equal(0, g[1]); Assert.Equal(0, g[2]); Assert.Equal(0, g[4]);
+    }
+
+    [Fact]
+    public void PpoPolicyGradientMatchesFiniteDifference()
+    {
+        float[] logp = [-0.3f, -1.2f, -0.05f], old = [-0.35f, -1.0f, -0.4f], adv = [0.7f, -1.3f, 0.4f], mask = [1, 1, 1];
+        var g = new float[3];
+        Losses.PpoPolicy(logp, old, adv, mask, 0.2, g);
+        for (int i = 0; i < 3; i++)
+        {
+            const float h = 1e-3f;
+            var lp = (float[])logp.Clone(); lp[i] += h;
+            var lm = (float[])logp.Clone(); lm[i] -= h;
+            double fd = (Losses.PpoPolicy(lp, old, adv, mask, 0.2, new float[3]).Loss -
+                         Losses.PpoPolicy(lm, old, adv, mask, 0.2, new float[3]).Loss) / (2 * h);
+            Assert.Equal(fd, g[i], 3);
+        }
+    }
+
+    [Fact]
+    public void ClippedValueLoss()
+    {
+        // old 0, returns 1, eps 0.2:
+        //  v=0.1 : vc=0.1, l1=l2=0.81, grad (0.1-1)/3 = -0.3
+        //  v=0.5 : vc=0.2, l1=0.25, l2=0.64 -> 0.64 clipped, grad 0
+        //  v=-0.5: vc=-0.2, l1=2.25, l2=1.44 -> 2.25, grad -1.5/3 = -0.5
+        // loss = 0.5 (0.81 + 0.64 + 2.25) / 3 = 0.616667
+        float[] v = [0.1f, 0.5f, -0.5f], old = [0, 0, 0], ret = [1, 1, 1], mask = [1, 1, 1];
+        var g = new float[3];
+        var s = Losses.ClippedValue(v, old, ret, mask, 0.2, g);
+        Assert.Equal(3.7 / 6, s.Loss, P);
+        Assert.Equal(1.0 / 3, s.ClipFraction, P);
+        Assert.Equal(-0.3, g[0], P); Assert.Equal(0, g[1]); Assert.Equal(-0.5, g[2], P);
+    }
+
+    [Fact]
+    public void KlShapedRewards()
+    {
+        // r_t = -0.1 (logp - ref) = [-0.05, 0, -0.05]; seq 0 ended with EOS: its last token gets
+        // clip(10, -5, 5) = 5; seq 1 was truncated: no score.
+        float[] logp = [-1, -2, -0.5f], refLp = [-1.5f, -2, -1];
+        var r = new float[3];
+        Losses.KlShapedRewards(logp, refLp, [0, 2, 3], [10, 3], [true, false], 0.1, 5, r);
+        Assert.Equal(-0.05, r[0], P); Assert.Equal(5, r[1], P); Assert.Equal(-0.05, r[2], P);
+    }
+
+    [Fact]
+    public void GaeOnNativeOp()
+    {
+        // seq 0: r = [1, 0, 2], V = [0.5, 1.0, 0.2], bootstrap 0, gamma 0.9, lambda 0.8 (gl = 0.72)
+        //   d2 = 2 - 0.2 = 1.8                 A2 = 1.8
+        //   d1 = 0 + 0.9*0.2 - 1 = -0.82       A1 = -0.82 + 0.72*1.8 = 0.476
+        //   d0 = 1 + 0.9*1 - 0.5 = 1.4         A0 = 1.4 + 0.72*0.476 = 1.74272
+        //   R = A + V = [2.24272, 1.476, 2.0]
+        // seq 1: r = [3], V = [1], bootstrap 0.5: A = 3 + 0.45 - 1 = 2.45, R = 3.45
+        float[] rewards = [1, 0, 2, 3];
+        float[] values = [0.5f, 1.0f, 0.2f, 0, 1, 0.5f];
+        int[] cu = [0, 3, 4];
+        var a = new float[4]; var ret = new float[4];
+        using var stream = NativeStream.Cpu();
+        Gae.Compute(stream, rewards, values, cu, 0.9, 0.8, a, ret);
+        Assert.Equal(1.74272, a[0], P); Assert.Equal(0.476, a[1], P); Assert.Equal(1.8, a[2], P); Assert.Equal(2.45, a[3], P);
+        Assert.Equal(2.24272, ret[0], P); Assert.Equal(1.476, ret[1], P); Assert.Equal(2.0, ret[2], P); Assert.Equal(3.45, ret[3], P);
+
+        Assert.Equal([0.5f, 1.0f, 0.2f, 0, 1, 0], Gae.WithBootstrap([0.5f, 1.0f, 0.2f, 1], cu));
+        Assert.Throws<ArgumentException>(() => Gae.Compute(stream, rewards, values.AsSpan(0, 5), cu, 1, 1, a, ret));
+    }
+
+    [Fact]
+    public void AdvantageNormalisation()
+    {
+        // masked [1, 2, 3]: mean 2, population std sqrt(2/3) = 0.816497
+        float[] x = [1, 2, 3, 100];
+        Losses.NormalizeMasked(x, [1, 1, 1, 0]);
+        Assert.Equal(-1.224737, x[0], 4); Assert.Equal(0, x[1], P); Assert.Equal(1.224737, x[2], 4); Assert.Equal(0, x[3]);
+    }
+
+    [Fact]
+    public void GrpoGroupNormalisation()
+    {
+        // group [1, 2, 3]: (r - 2) / (0.816497 + 1e-5); group [5, 5, 5]: std 0 -> all 0
+        var r = Losses.GroupNormalize([1, 2, 3, 5, 5, 5], 3);
+        Assert.Equal(-1 / (Math.Sqrt(2.0 / 3) + 1e-5), r[0], P);
+        Assert.Equal(0, r[1], P);
+        Assert.Equal(1 / (Math.Sqrt(2.0 / 3) + 1e-5), r[2], P);
+        Assert.Equal([0f, 0f, 0f], r[3..]);
+        Assert.Throws<ArgumentException>(() => Losses.GroupNormalize([1, 2, 3], 2));
+    }
+
+    [Fact]
+    public void KlPenaltyK3()
+    {
+        // ref - logp = ln 2: k3 = 2 - ln 2 - 1 = 0.306853; d/dlogp = 1 - 2 = -1, times kl/n
+        float[] logp = [0, 0], refLp = [MathF.Log(2), MathF.Log(2)];
+        var g = new float[] { 1, 1 };
+        double added = Losses.KlPenaltyK3(logp, refLp, [1, 0], 0.5, g);
+        Assert.Equal(0.5 * (1 - Math.Log(2)), added, P);
+        Assert.Equal(1 - 0.5, g[0], P); // accumulated onto the existing 1
+        Assert.Equal(1, g[1]);
+    }
+
+    [Fact]
+    public void DpoLoss()
+    {
+        // pair 0: h = (-1 - -2) - (-3 - -2) = 2, z = 0.5*2 = 1, loss softplus(-1) = 0.313262
+        // pair 1: h = -2, z = -1, loss softplus(1) = 1.313262; mean 0.813262
+        // dz = -sigmoid(-z): pair 0 -0.268941, pair 1 -0.731059; d pi_c = beta dz / n
+        var gc = new float[2]; var gr = new float[2];
+        var s = Losses.Dpo([-1, -3], [-3, -1], [-2, -2], [-2, -2], 0.5, gc, gr);
+        Assert.Equal(0.813262, s.Loss, P);
+        Assert.Equal(0.5, s.Accuracy);
+        Assert.Equal(-0.268941 * 0.5 / 2, gc[0], P); Assert.Equal(0.268941 * 0.5 / 2, gr[0], P);
+        Assert.Equal(-0.731059 * 0.5 / 2, gc[1], P); Assert.Equal(0.731059 * 0.5 / 2, gr[1], P);
+    }
+
+    [Fact]
+    public void PairwiseRewardLoss()
+    {
+        // z = [2, -1]: loss = (softplus(-2) + softplus(1)) / 2 = (0.1269280 + 1.3132617) / 2 = 0.7200948
+        // d chosen = -sigmoid(-z) / 2 = [-0.059601, -0.365529]
+        var gc = new float[2]; var gr = new float[2];
+        var s = Losses.PairwiseReward([2, 0], [0, 1], gc, gr);
+        Assert.Equal(0.7200948, s.Loss, P);
+        Assert.Equal(0.5, s.Accuracy);
+        Assert.Equal(0.5, s.MeanMargin, P);
+        Assert.Equal(-0.059601, gc[0], P); Assert.Equal(-0.365529, gc[1], P);
+        Assert.Equal(0.059601, gr[0], P); Assert.Equal(0.365529, gr[1], P);
+        // extreme margins stay finite
+        Assert.True(double.IsFinite(Losses.PairwiseReward([-1000], [1000], new float[1], new float[1]).Loss));
+    }
+}

@@ -1,0 +1,228 @@
+// Experiment config: the shipped examples load; bad configs fail with the field path and the
+// allowed values in the message.
+using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Tasks;
+using ReaLNative.Engine.Tokenization;
+using Xunit;
+
+namespace ReaLNative.Engine.Tests.Config;
+
+public class ConfigTests
+{
+    internal static string RepoRoot()
+    {
+        var d = new DirectoryInfo(AppContext.BaseDirectory);
+        while (d is not null && !File.Exists(Path.Combine(d.FullName, "ReaLNative.sln"))) d = d.Parent;
+        return d?.FullName ?? throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);
+    }
+
+    private const string Valid = """
+        name: t
+        algorithm: ppo
+        seed: 3
+        iterations: 7
+        task: { name: sort-digits, min_len: 3, max_len: 5 }
+        models:
+          actor:  { preset: tiny, init: sft }
+          critic: { preset: tiny, init: rm }
+          ref:    { preset: tiny, init: sft }
+          reward: { preset: tiny, init: rm }
+        batch: { size: 8, prompt_len: 16, gen_len: 8, minibatches: 2 }
+        ppo: { kl_coef: 0.1 }
+        stages:
+          - { algorithm: sft, iterations: 20, models: { actor: { preset: tiny, init: random } } }
+          - { algorithm: rm, iterations: 10, models: { reward: { preset: tiny, init: sft } } }
+          - { algorithm: ppo, ppo: { clip_eps: 0.3 } }
+        """;
+
+    private static ConfigException Fails(string yaml) =>
+        Assert.Throws<ConfigException>(() => ExperimentConfig.Parse(yaml, Path.GetTempPath()));
+
+    [Theory]
+    [InlineData("ppo-tiny.yaml", "ppo")]
+    [InlineData("grpo-tiny.yaml", "grpo")]
+    [InlineData("remax-tiny.yaml", "remax")]
+    [InlineData("dpo-tiny.yaml", "dpo")]
+    public void ExamplesLoad(string file, string algorithm)
+    {
+        var cfg = ExperimentConfig.Load(Path.Combine(RepoRoot(), "examples", file));
+        Assert.Equal(algorithm, cfg.Algorithm);
+        Assert.Equal("sft", cfg.Stages[0].Algorithm);
+        Assert.Equal(algorithm, cfg.Stages[^1].Algorithm);
+    }
+
+    [Fact]
+    public void StagesInheritAndOverrideTopLevel()
+    {
+        var cfg = ExperimentConfig.Parse(Valid, Path.GetTempPath());
+        Assert.Equal(3, cfg.Stages.Count);
+        Assert.Equal(20, cfg.Stages[0].Iterations);
+        Assert.Equal(7, cfg.Stages[2].Iterations);           // from the top level
+        Assert.Equal(0.3, cfg.Stages[2].Ppo.ClipEps);         // stage override
+        Assert.Equal(0.1, cfg.Stages[2].Ppo.KlCoef);          // top level, merged per key
+        Assert.Equal(0.95, cfg.Stages[2].Ppo.Lambda);         // default
+        Assert.Equal("random", cfg.Stages[0].Models["actor"].Init);
+        Assert.Equal("sft", cfg.Stages[1].Models["actor"].Init);
+        Assert.Equal("rm", cfg.Stages[2].Models["critic"].Init);
+        Assert.Equal(["actor", "reward"], cfg.Stages[1].Models.Keys.Order());
+        Assert.Equal(3, cfg.Seed);
+    }
+
+    [Fact]
+    public void UnknownKeyNamesPathAndAllowedKeys()
+    {
+        var e = Fails(Valid.Replace("ppo: { kl_coef: 0.1 }", "ppo: { kl_coeff: 0.1 }"));
+        Assert.Equal("ppo.kl_coeff", e.FieldPath);
+        Assert.Contains("unknown key", e.Message);
+        Assert.Contains("kl_coef", e.Message);
+        Assert.Contains("clip_eps", e.Message);
+
+        e = Fails(Valid.Replace("seed: 3", "seed: 3\nlearning_rate: 1"));
+        Assert.Equal("learning_rate", e.FieldPath);
+    }
+
+    [Fact]
+    public void BadEnumListsAllowedValues()
+    {
+        var e = Fails(Valid.Replace("algorithm: ppo\n", "algorithm: ppoo\n"));
+        Assert.Equal("algorithm", e.FieldPath);
+        Assert.Contains("sft | rm | ppo | grpo | remax | dpo", e.Message);
+
+        e = Fails(Valid.Replace("{ preset: tiny, init: rm }\n  ref", "{ preset: huge, init: rm }\n  ref"));
+        Assert.Equal("models.critic.preset", e.FieldPath);
+        Assert.Contains("tiny | gpt2-small", e.Message);
+
+        e = Fails(Valid.Replace("name: sort-digits", "name: multiply"));
+        Assert.Equal("task.name", e.FieldPath);
+        Assert.Contains("sort-digits | add", e.Message);
+    }
+
+    [Fact]
+    public void StageValueErrorsNameTheStage()
+    {
+        var e = Fails(Valid.Replace("ppo: { clip_eps: 0.3 }", "ppo: { clip_eps: -1 }"));
+        Assert.Equal("stages[2].ppo.clip_eps", e.FieldPath);
+        Assert.Contains("(0, 10]", e.Message);
+
+        e = Fails(Valid.Replace("iterations: 20", "iterations: twenty"));
+        Assert.Equal("stages[0].iterations", e.FieldPath);
+        Assert.Contains("not an integer", e.Message);
+    }
+
+    [Fact]
+    public void OutOfRangeAndInconsistentValues()
+    {
+        var e = Fails(Valid.Replace("ppo: { kl_coef: 0.1 }", "ppo: { kl_coef: 0.1 }\noptim: { lr: -1 }"));
+        Assert.Equal("optim.lr", e.FieldPath);
+
+        e = Fails(Valid.Replace("minibatches: 2", "minibatches: 3"));
+        Assert.Equal("batch.minibatches", e.FieldPath);
+        Assert.Contains("divisors of 8", e.Message);
+
+        e = Fails(Valid.Replace("prompt_len: 16", "prompt_len: 4"));
+        Assert.Equal("stages[0].batch.prompt_len", e.FieldPath);
+        Assert.Contains("integers >= 7", e.Message);
+
+        e = Fails(Valid.Replace("optim: { lr: -1 }", "").Replace("ppo: { kl_coef: 0.1 }", "optim: { betas: [0.9] }"));
+        Assert.Equal("optim.betas", e.FieldPath);
+
+        e = Fails(Valid.Replace("ppo: { kl_coef: 0.1 }", "generation: { top_p: 0 }"));
+        Assert.Equal("generation.top_p", e.FieldPath);
+        Assert.Contains("(0, 1]", e.Message);
+    }
+
+    [Fact]
+    public void PipelineChecks()
+    {
+        // init: rm without an earlier rm stage
+        var e = Fails(Valid.Replace("  - { algorithm: rm, iterations: 10, models: { reward: { preset: tiny, init: sft } } }\n", "")
+                           .Replace("  - { algorithm: ppo", "  - { algorithm: ppo"));
+        Assert.Equal("stages[1].models.critic.init", e.FieldPath);
+        Assert.Contains("earlier 'rm' stage", e.Message);
+
+        // a role the algorithm needs is missing
+        e = Fails(Valid.Replace("  critic: { preset: tiny, init: rm }\n", ""));
+        Assert.Equal("stages[2].models.critic", e.FieldPath);
+        Assert.Contains("actor, critic, ref, reward", e.Message);
+
+        // the top-level algorithm must be the last stage's
+        e = Fails(Valid.Replace("algorithm: ppo\n", "algorithm: grpo\n"));
+        Assert.Equal("algorithm", e.FieldPath);
+
+        // frozen model initialised at random
+        e = Fails(Valid.Replace("ref:    { preset: tiny, init: sft }", "ref:    { preset: tiny, init: random }"));
+        Assert.Equal("stages[2].models.ref.init", e.FieldPath);
+
+        // architecture mismatch between the sft output and its consumer
+        e = Fails(Valid.Replace("ref:    { preset: tiny, init: sft }", "ref:    { preset: gpt2-small, init: sft }"));
+        Assert.Contains("architectures must match", e.Message);
+    }
+
+    [Fact]
+    public void SyntaxAndShapeErrors()
+    {
+        var e = Fails("name: [unclosed\n");
+        Assert.Contains("invalid YAML at line", e.Message);
+        e = Fails(Valid.Replace("batch: { size: 8,", "batch: [ 8,").Replace("minibatches: 2 }", "2 ]"));
+        Assert.Equal("batch", e.FieldPath);
+        e = Fails(Valid.Replace("stages:\n", "stages: 3\nx:\n"));
+        Assert.Equal("x", e.FieldPath);
+    }
+
+    [Fact]
+    public void SingleStageConfig()
+    {
+        var cfg = ExperimentConfig.Parse("""
+            algorithm: sft
+            iterations: 5
+            task: { name: add, min_len: 1, max_len: 2 }
+            models: { actor: { preset: tiny } }
+            batch: { size: 4, prompt_len: 8, gen_len: 4 }
+            """, Path.GetTempPath());
+        Assert.Single(cfg.Stages);
+        Assert.Equal("random", cfg.Stages[0].Models["actor"].Init);
+        Assert.Equal(5, cfg.Stages[0].Iterations);
+    }
+
+    [Fact]
+    public void LearningRateSchedule()
+    {
+        var o = new OptimConfig(1.0, 0, 0.9, 0.95, 1e-8, 2, "cosine", 0.1, 1);
+        Assert.Equal(0.5, o.LrAt(0, 12), 12);
+        Assert.Equal(1.0, o.LrAt(2, 12), 12);
+        Assert.Equal(0.55, o.LrAt(7, 12), 12);  // halfway through the decay: 0.1 + 0.9 * 0.5
+        Assert.Equal(0.1, o.LrAt(12, 12), 12);
+    }
+
+    [Fact]
+    public void TasksAndTokenizerRoundTrip()
+    {
+        var tok = new CharTokenizer();
+        var sort = SyntheticTask.Create(new TaskConfig("sort-digits", 3, 6));
+        var add = SyntheticTask.Create(new TaskConfig("add", 1, 3));
+        Assert.Equal("01234", sort.Solve("31204="));
+        Assert.Equal("357", add.Solve("12+345="));
+        Assert.Equal(1.0, sort.Score("31204=", "01234"));
+        Assert.Equal(0.0, sort.Score("31204=", "0123"));
+        Assert.Equal(0.8, sort.Grade("31204=", "01235"), 12);
+        Assert.Equal(5.0 / 6, sort.Grade("31204=", "012344"), 12);  // 5 right places of 6
+        var rng = StepRandom.Create(1, "t", 0, 0);
+        for (int i = 0; i < 200; i++)
+        {
+            foreach (var t in new[] { sort, add })
+            {
+                var ex = t.Sample(rng);
+                var ids = tok.Encode(ex.Prompt);
+                Assert.True(ids.Length + 1 <= t.MaxPromptTokens);
+                Assert.True(ex.Answer.Length + 1 <= t.MaxAnswerTokens);
+                Assert.Equal(ex.Prompt, tok.Decode([tok.Bos, .. ids, tok.Eos, 5]));
+                Assert.Equal(1.0, t.Score(ex.Prompt, ex.Answer));
+            }
+        }
+        Assert.Throws<ArgumentException>(() => tok.Encode("12a"));
+        Assert.Equal("1?", tok.Decode([4, 31]));
+        // per-step streams: same inputs, same numbers; different step, different numbers
+        Assert.Equal(StepRandom.Create(7, "gen", 1, 5).Next(), StepRandom.Create(7, "gen", 1, 5).Next());
+        Assert.NotEqual(StepRandom.Seed64(7, "gen", 1, 5), StepRandom.Seed64(7, "gen", 1, 6));
+    }
+}
