@@ -10,5 +10,6 @@ root.Subcommands.Add(SelfTestCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(RunCommand.Create());
 root.Subcommands.Add(PlanCommand.Create());
+root.Subcommands.Add(ProfileCommand.Create());
 root.Subcommands.Add(WorkerCommand.Create());
 return await CliRunner.InvokeAsync(root, args);

@@ -43,7 +43,7 @@ public static unsafe class BenchTrainCommand
     }
 
     /// <summary>Best-of-reps SGEMM 1024^3 GFLOP/s through OpenBLAS directly.</summary>
-    private static double SgemmGflops(int reps)
+    internal static double SgemmGflops(int reps)
     {
         const int n = 1024;
         using var a = new HostBlock(4L * n * n);
