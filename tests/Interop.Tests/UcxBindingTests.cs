@@ -22,7 +22,10 @@ public sealed unsafe class UcxBindingTests
     {
         string probe = RepoFile("tests", "Interop.Tests", "ucx_layout_probe.c");
         string exe = Path.Combine(Path.GetTempPath(), "realn-ucx-probe-" + Environment.ProcessId);
-        var cc = Process.Start(new ProcessStartInfo("cc", $"-o {exe} {probe}") { RedirectStandardError = true })!;
+        // cc where it exists; a fresh machine may only have g++ (compile as C with -x c).
+        string compiler = new[] { "/usr/bin/cc", "/usr/bin/gcc" }.FirstOrDefault(File.Exists) ?? "g++";
+        string args = compiler == "g++" ? $"-x c -o {exe} {probe}" : $"-o {exe} {probe}";
+        var cc = Process.Start(new ProcessStartInfo(compiler, args) { RedirectStandardError = true })!;
         Assert.True(cc.WaitForExit(60_000), "cc timed out");
         Assert.True(cc.ExitCode == 0, "probe did not compile: " + cc.StandardError.ReadToEnd());
         var run = Process.Start(new ProcessStartInfo(exe) { RedirectStandardOutput = true })!;
