@@ -225,14 +225,15 @@ REALN_API realn_status realn_op_swiglu_bwd(realn_stream_t stream, int32_t dtype,
 /* Causal self-attention over PACKED variable-length sequences (no padding).
  * q: [T, hq, d], k, v: [T, hkv, d] (grouped-query: head h reads kv head h / (hq/hkv)),
  * cu_seqlens: int32 [nseq + 1] prefix sums (cu_seqlens[0] = 0, cu_seqlens[nseq] = T), in HOST
- * memory for the CPU backend. out: [T, hq, d]; lse: float [T, hq] log-sum-exp of the scaled
- * scores per query row (saved for backward). scale is usually 1/sqrt(d). */
+ * memory for the CPU backend. Empty sequences are allowed. out: [T, hq, d]; lse: float [T, hq]
+ * log-sum-exp of the scaled scores per query row (saved for backward; NULL to skip, e.g. for
+ * inference). scale is usually 1/sqrt(d). */
 REALN_API realn_status realn_op_attention_fwd(realn_stream_t stream, int32_t dtype, const void* q,
                                               const void* k, const void* v,
                                               const int32_t* cu_seqlens, int64_t nseq,
                                               int64_t total_tokens, int64_t hq, int64_t hkv,
                                               int64_t head_dim, float scale, void* out, float* lse);
-/* dq, dk, dv overwritten. */
+/* out and lse as written by attention_fwd; dout: [T, hq, d]. dq, dk, dv overwritten. */
 REALN_API realn_status realn_op_attention_bwd(realn_stream_t stream, int32_t dtype, const void* q,
                                               const void* k, const void* v, const void* out,
                                               const float* lse, const void* dout,
@@ -242,7 +243,8 @@ REALN_API realn_status realn_op_attention_bwd(realn_stream_t stream, int32_t dty
                                               void* dv);
 
 /* KV cache: kcache, vcache: [slots, max_len, hkv, d]. Store T new rows: token t goes to slot
- * slots[t], position positions[t] (int32 arrays of length T; prefill and decode alike). */
+ * slots[t], position positions[t] (int32 arrays of length T; prefill and decode alike).
+ * k, v: [T, hkv, d]. If two tokens name the same (slot, position), the later token's row wins. */
 REALN_API realn_status realn_op_kv_store(realn_stream_t stream, int32_t dtype, const void* k,
                                          const void* v, const int32_t* slots,
                                          const int32_t* positions, int64_t tokens, void* kcache,
