@@ -60,19 +60,8 @@ public sealed record OptimConfig(double Lr, double WeightDecay, double Beta1, do
                                  int WarmupSteps, string Decay, double MinLrRatio, double ClipGradNorm)
 {
     /// <summary>Learning rate at optimizer step <paramref name="step"/> (0-based) of <paramref name="total"/>.</summary>
-    public double LrAt(int step, int total)
-    {
-        if (WarmupSteps > 0 && step < WarmupSteps) return Lr * (step + 1) / WarmupSteps;
-        int span = Math.Max(1, total - WarmupSteps);
-        double t = Math.Clamp((double)(step - WarmupSteps) / span, 0, 1);
-        double f = Decay switch
-        {
-            "constant" => 1.0,
-            "linear" => 1.0 - t,
-            _ => 0.5 * (1 + Math.Cos(Math.PI * t)),
-        };
-        return Lr * (MinLrRatio + (1 - MinLrRatio) * f);
-    }
+    public double LrAt(int step, int total) =>
+        new Optim.LrSchedule(Lr, WarmupSteps, Decay, MinLrRatio, total).Rate(step + 1);
 }
 
 public sealed record GenerationConfig(double Temperature, int TopK, double TopP);

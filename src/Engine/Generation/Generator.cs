@@ -107,7 +107,7 @@ public static unsafe class Generator
                 int i = active[r];
                 newTok[i].Add(toks[r]);
                 logp[i].Add(lp[r]);
-                masks?[i].AddRange(mask.AsSpan(r * V, V).ToArray());
+                masks?[i].AddRange(mask.AsSpan(r * V, V));
                 if (toks[r] == opt.EosToken) eos[i] = true;
                 else if (newTok[i].Count < opt.MaxNewTokens) next.Add(i);
             }

@@ -4,22 +4,27 @@ using ReaLNative.Interop;
 namespace ReaLNative.Engine.Optim;
 
 /// <summary>Learning-rate schedule: linear warmup, then constant, linear or cosine decay to
-/// min_lr_ratio * lr at <see cref="TotalSteps"/>.</summary>
-public sealed record LrSchedule(float Lr, int WarmupSteps = 0, string Decay = "constant", float MinLrRatio = 0.1f, int TotalSteps = 1)
+/// min_lr_ratio * lr at <see cref="TotalSteps"/> (the Hugging Face convention: the peak rate on the
+/// first step after warmup). The one implementation; the experiment config delegates here.</summary>
+public sealed record LrSchedule(double Lr, int WarmupSteps = 0, string Decay = "constant", double MinLrRatio = 0.1, int TotalSteps = 1)
 {
-    /// <summary>Learning rate at a 1-based step.</summary>
-    public float At(long step)  // 1-based
+    /// <summary>Rate of optimizer step <paramref name="step"/> (1-based, as AdamW counts).</summary>
+    public float At(long step) => (float)Rate(step);
+
+    /// <summary><see cref="At"/> in double precision.</summary>
+    public double Rate(long step)
     {
-        if (WarmupSteps > 0 && step <= WarmupSteps) return Lr * step / WarmupSteps;
-        double t = TotalSteps <= WarmupSteps ? 1 : Math.Clamp((double)(step - WarmupSteps) / (TotalSteps - WarmupSteps), 0, 1);
-        double min = Lr * MinLrRatio;
-        return Decay switch
+        long s = step - 1;  // 0-based
+        if (WarmupSteps > 0 && s < WarmupSteps) return Lr * (s + 1) / WarmupSteps;
+        double t = Math.Clamp((double)(s - WarmupSteps) / Math.Max(1, TotalSteps - WarmupSteps), 0, 1);
+        double f = Decay switch
         {
-            "constant" => Lr,
-            "linear" => (float)(Lr - (Lr - min) * t),
-            "cosine" => (float)(min + (Lr - min) * 0.5 * (1 + Math.Cos(Math.PI * t))),
+            "constant" => 1.0,
+            "linear" => 1.0 - t,
+            "cosine" => 0.5 * (1 + Math.Cos(Math.PI * t)),
             _ => throw new ArgumentException($"optim.decay '{Decay}' is not one of constant, linear, cosine"),
         };
+        return Decay == "constant" ? Lr : Lr * (MinLrRatio + (1 - MinLrRatio) * f);
     }
 }
 

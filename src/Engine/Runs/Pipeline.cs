@@ -157,7 +157,7 @@ public sealed class Pipeline : IDisposable
         {
             var o = stage.Optim;
             _optims[role] = new AdamW(_models[role],
-                new LrSchedule((float)o.Lr, o.WarmupSteps, o.Decay, (float)o.MinLrRatio, stage.Iterations * stepsPerIter),
+                new LrSchedule(o.Lr, o.WarmupSteps, o.Decay, o.MinLrRatio, stage.Iterations * stepsPerIter),
                 (float)o.Beta1, (float)o.Beta2, (float)o.Eps, (float)o.WeightDecay, (float)o.ClipGradNorm);
         }
         if (resumeFrom)
