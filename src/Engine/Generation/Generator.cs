@@ -1,4 +1,6 @@
 using ReaLNative.Engine.Model;
+using System.Runtime.InteropServices;
+using ReaLNative.Engine.Parallelism;
 using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Generation;
@@ -46,20 +48,41 @@ public sealed class GenerationResult
 /// <summary>
 /// Batched generation: one prefill of all prompts (packed, no padding) that fills a slot-based
 /// KV cache, then decode steps of one token per unfinished sequence against the cache, sampling
-/// on the native op with a seed and the step as offset (reproducible).
+/// on the native op with a seed. The random number of a draw is a pure function of (seed, decode
+/// step, sequence id), so the tokens do not depend on how sequences are batched, split over
+/// data-parallel ranks or grouped into micro-batches.
+/// Under pipeline parallelism the prompts go through the stages in micro-batches: stage s decodes
+/// micro-batch m while stage s+1 works on m-1; the last stage samples and tells every other stage
+/// of its pipeline which sequences go on with which tokens. Tensor ranks compute identical logits
+/// (all-gathered) and so sample identically.
 /// </summary>
 public static unsafe class Generator
 {
-    /// <summary>Generates for all prompts in one batch; errors name the bad option.</summary>
-    public static GenerationResult Generate(LlamaModel model, IReadOnlyList<int[]> prompts, GenerationOptions opt)
+    private const int ControlKind = 2, HiddenKind = 0;
+
+    /// <summary>Generates for all prompts in one batch on a single device; errors name the bad option.</summary>
+    public static GenerationResult Generate(LlamaModel model, IReadOnlyList<int[]> prompts, GenerationOptions opt) =>
+        GenerateShard(model, prompts, Enumerable.Range(0, prompts.Count).ToArray(), opt, 1)
+        ?? throw new InvalidOperationException("a single-device model is its own last stage");
+
+    /// <summary>
+    /// Generation by one shard of a (pipeline, tensor) parallel model: every shard of the pipeline
+    /// calls it with the same prompts. <paramref name="sequenceIds"/> are the prompts' ids in the
+    /// whole batch (they key the random draws). Returns the result on the last pipeline stage,
+    /// null on the others.
+    /// </summary>
+    public static GenerationResult? GenerateShard(LlamaModel model, IReadOnlyList<int[]> prompts, IReadOnlyList<int> sequenceIds,
+        GenerationOptions opt, int microBatches)
     {
         if (model.ScalarHead) throw new ArgumentException("generation needs a language-model head, not a scalar head");
         if (prompts.Count == 0) throw new ArgumentException("generation needs at least one prompt");
+        if (sequenceIds.Count != prompts.Count) throw new ArgumentException($"{sequenceIds.Count} sequence ids for {prompts.Count} prompts");
         if (opt.MaxNewTokens < 1) throw new ArgumentException($"max_new_tokens must be >= 1 (got {opt.MaxNewTokens})");
         if (opt.Temperature < 0) throw new ArgumentException($"temperature must be >= 0 (got {opt.Temperature})");
         if (!(opt.TopP > 0 && opt.TopP <= 1)) throw new ArgumentException($"top_p must be in (0, 1] (got {opt.TopP})");
+        if (microBatches < 1) throw new ArgumentException($"micro_batches must be >= 1 (got {microBatches})");
         var c = model.Config;
-        int B = prompts.Count, V = c.Vocab;
+        int B = prompts.Count, V = c.Vocab, H = c.Hidden;
         int maxPrompt = 0;
         foreach (var p in prompts)
         {
@@ -68,65 +91,110 @@ public static unsafe class Generator
         }
         int maxLen = maxPrompt + opt.MaxNewTokens;
         if (maxLen > c.MaxPositions) throw new ArgumentException($"prompt + max_new_tokens = {maxLen} exceeds max_position_embeddings {c.MaxPositions}");
-        using var cache = new KvCache(c, B, maxLen);
+        var comm = model.Comm;
+        int stage = comm?.Pipe ?? 0, last = (comm?.Pp ?? 1) - 1;
+        bool first = model.HasEmbedding, isLast = model.HasHead;
+
+        var mbs = Split.Contiguous(prompts.Select(p => p.Length).ToArray(), Math.Min(microBatches, B));
+        int M = mbs.Length;
+        var caches = new KvCache[M];
+        var outBufs = new HostBlock?[M];
+        var pendingSend = new Task?[M];
+        using var inBuf = new HostBlock(Math.Max(64, (long)mbs.Max(m => m.Sum(i => prompts[i].Length)) * H * 4));
         var newTok = Enumerable.Range(0, B).Select(_ => new List<int>()).ToArray();
         var logp = Enumerable.Range(0, B).Select(_ => new List<float>()).ToArray();
         var masks = opt.Filters ? Enumerable.Range(0, B).Select(_ => new List<byte>()).ToArray() : null;
         var eos = new bool[B];
-        var logits = new float[B * V];
-        var toks = new int[B];
-        var lp = new float[B];
-        var mask = new byte[B * V];
-
-        // Prefill.
-        var all = prompts.SelectMany(p => p).ToArray();
-        var slots = new int[all.Length];
-        var pos = new int[all.Length];
-        for (int i = 0, o = 0; i < B; i++)
-            for (int j = 0; j < prompts[i].Length; j++, o++) { slots[o] = i; pos[o] = j; }
-        var active = Enumerable.Range(0, B).ToList();
-        fixed (float* pl = logits)
-            model.ForwardCached(cache, all, slots, pos, decode: false, pl);
-        for (int step = 0; ; step++)
+        var logits = new float[mbs.Max(m => m.Length) * V];
+        try
         {
-            int n = active.Count;
-            var so = SampleOpts.Default;
-            so.Temperature = opt.Temperature;
-            so.TopK = opt.TopK;
-            so.TopP = opt.TopP;
-            so.Seed = opt.Seed;
-            so.Offset = (ulong)step;
-            fixed (float* pl = logits)
-            fixed (int* pt = toks)
-            fixed (float* plp = lp)
-            fixed (byte* pm = mask)
-                Native.Check(Native.realn_op_sample(model.Stream.Ptr, DType.F32, pl, n, V, &so, pt, masks is null ? null : pm, plp));
-            var next = new List<int>();
-            for (int r = 0; r < n; r++)
+            for (int m = 0; m < M; m++)
             {
-                int i = active[r];
-                newTok[i].Add(toks[r]);
-                logp[i].Add(lp[r]);
-                masks?[i].AddRange(mask.AsSpan(r * V, V));
-                if (toks[r] == opt.EosToken) eos[i] = true;
-                else if (newTok[i].Count < opt.MaxNewTokens) next.Add(i);
+                caches[m] = model.NewKvCache(mbs[m].Length, maxLen);
+                outBufs[m] = new HostBlock(Math.Max(64, (long)Math.Max(mbs[m].Sum(i => prompts[i].Length) * H, mbs[m].Length * V) * 4));
             }
-            if (next.Count == 0) break;
-            // Decode one token for every unfinished sequence; its row order follows `next`.
-            var dt = new int[next.Count];
-            var ds = new int[next.Count];
-            var dp = new int[next.Count];
-            for (int r = 0; r < next.Count; r++)
-            {
-                int i = next[r];
-                dt[r] = newTok[i][^1];
-                ds[r] = i;
-                dp[r] = prompts[i].Length + newTok[i].Count - 1;
-            }
-            fixed (float* pl = logits)
-                model.ForwardCached(cache, dt, ds, dp, decode: true, pl);
-            active = next;
+            // Per micro-batch: the local slots still decoding and their next tokens (known to every stage).
+            var active = new List<int>[M];
+            var nextTok = new int[M][];
+            bool[] done = new bool[M];
+            for (int step = 0; done.Contains(false); step++)
+                for (int m = 0; m < M; m++)
+                {
+                    if (done[m]) continue;
+                    int[] members = mbs[m];
+                    int[] toks, slots, pos;
+                    if (step == 0)
+                    {
+                        toks = members.SelectMany(i => prompts[i]).ToArray();
+                        slots = new int[toks.Length];
+                        pos = new int[toks.Length];
+                        for (int k = 0, o = 0; k < members.Length; k++)
+                            for (int j = 0; j < prompts[members[k]].Length; j++, o++) { slots[o] = k; pos[o] = j; }
+                    }
+                    else
+                    {
+                        if (!isLast) ReceiveControl(comm!, last, members.Length, out active[m], out nextTok[m]);
+                        if (active[m].Count == 0) { done[m] = true; continue; }
+                        slots = active[m].ToArray();
+                        toks = nextTok[m];
+                        pos = slots.Select(k => prompts[members[k]].Length + step - 1).ToArray();
+                    }
+                    int T = toks.Length;
+                    bool decode = step > 0;
+                    float* input = null;
+                    if (!first)
+                    {
+                        comm!.RecvStage(stage - 1, HiddenKind, inBuf.Pointer, (long)T * H * 4);
+                        input = (float*)inBuf.Pointer;
+                    }
+                    if (pendingSend[m] is { } ps) ShardComm.Complete(ps);  // the output buffer is about to be rewritten
+                    pendingSend[m] = null;
+                    float* output = (float*)outBufs[m]!.Pointer;
+                    model.ForwardCached(caches[m], toks, slots, pos, decode, input, output);
+                    if (!isLast)
+                    {
+                        pendingSend[m] = comm!.SendStage(stage + 1, HiddenKind, output, (long)T * H * 4);
+                        continue;
+                    }
+                    // Last stage: one logits row per decoding sequence, in slot order of `slots` runs.
+                    var rowsOf = step == 0 ? Enumerable.Range(0, members.Length).ToArray() : slots;
+                    int n = rowsOf.Length;
+                    var next = new List<int>();
+                    var nt = new List<int>();
+                    var so = SampleOpts.Default;
+                    so.Temperature = opt.Temperature;
+                    so.TopK = opt.TopK;
+                    so.TopP = opt.TopP;
+                    so.Seed = opt.Seed;
+                    var mask = masks is null ? null : new byte[V];
+                    for (int r = 0; r < n; r++)
+                    {
+                        int k = rowsOf[r], i = members[k];
+                        int tok;
+                        float lp;
+                        so.Offset = (ulong)step << 32 | (uint)sequenceIds[i];
+                        fixed (byte* pm = mask)
+                            Native.Check(Native.realn_op_sample(model.Stream.Ptr, DType.F32, output + (long)r * V, 1, V, &so, &tok, pm, &lp));
+                        newTok[i].Add(tok);
+                        logp[i].Add(lp);
+                        if (mask is not null) masks![i].AddRange(mask);
+                        if (tok == opt.EosToken) eos[i] = true;
+                        else if (newTok[i].Count < opt.MaxNewTokens) { next.Add(k); nt.Add(tok); }
+                    }
+                    active[m] = next;
+                    nextTok[m] = [.. nt];
+                    if (comm is not null)
+                        for (int s = 0; s < last; s++) SendControl(comm, s, members.Length, next, nt);
+                    if (next.Count == 0) done[m] = true;
+                }
+            foreach (var t in pendingSend) if (t is not null) ShardComm.Complete(t);
         }
+        finally
+        {
+            foreach (var k in caches) k?.Dispose();
+            foreach (var b in outBufs) b?.Dispose();
+        }
+        if (!isLast) return null;
         return new GenerationResult
         {
             Prompts = prompts.Select(p => p.ToArray()).ToArray(),
@@ -135,5 +203,57 @@ public static unsafe class Generator
             Masks = masks?.Select(l => l.ToArray()).ToArray(),
             EndedWithEos = eos,
         };
+    }
+
+    // Control message: [count, slot_0 .. slot_{count-1}, token_0 .. token_{count-1}], fixed size 1 + 2 * mb size.
+    private static void SendControl(ShardComm comm, int stage, int mbSize, List<int> slots, List<int> tokens)
+    {
+        var msg = new int[1 + 2 * mbSize];
+        msg[0] = slots.Count;
+        for (int r = 0; r < slots.Count; r++) { msg[1 + r] = slots[r]; msg[1 + slots.Count + r] = tokens[r]; }
+        var h = GCHandle.Alloc(msg, GCHandleType.Pinned);
+        try { ShardComm.Complete(comm.SendStage(stage, ControlKind, (void*)h.AddrOfPinnedObject(), msg.Length * 4)); }
+        finally { h.Free(); }
+    }
+
+    private static void ReceiveControl(ShardComm comm, int from, int mbSize, out List<int> slots, out int[] tokens)
+    {
+        var msg = new int[1 + 2 * mbSize];
+        fixed (int* p = msg) comm.RecvStage(from, ControlKind, p, msg.Length * 4);
+        int n = msg[0];
+        if ((uint)n > (uint)mbSize) throw new InvalidDataException($"generation control message names {n} sequences of a micro-batch of {mbSize}");
+        slots = [.. msg.AsSpan(1, n)];
+        tokens = msg.AsSpan(1 + n, n).ToArray();
+    }
+}
+
+/// <summary>Contiguous, balanced splits of a batch (data-parallel parts, micro-batches).</summary>
+public static class Split
+{
+    /// <summary>Splits items 0..n-1 with the given sizes (tokens) into <paramref name="parts"/>
+    /// contiguous, non-empty groups whose sums are balanced: group g ends where the running sum
+    /// first reaches (g+1)/parts of the total. Errors when there are fewer items than parts.</summary>
+    public static int[][] Contiguous(IReadOnlyList<int> sizes, int parts)
+    {
+        int n = sizes.Count;
+        if (parts < 1) throw new ArgumentException($"cannot split into {parts} parts");
+        if (n < parts) throw new ArgumentException($"{n} sequences cannot be split into {parts} non-empty parts");
+        long total = 0;
+        foreach (var s in sizes) total += s;
+        var result = new int[parts][];
+        int start = 0;
+        long acc = 0;
+        for (int g = 0; g < parts; g++)
+        {
+            int end = start;
+            long target = total * (g + 1) / parts;
+            // Take at least one; leave at least one for each later group.
+            do { acc += sizes[end]; end++; }
+            while (end < n - (parts - 1 - g) && acc + sizes[end] / 2 < target);
+            if (g == parts - 1) { while (end < n) acc += sizes[end++]; }
+            result[g] = Enumerable.Range(start, end - start).ToArray();
+            start = end;
+        }
+        return result;
     }
 }

@@ -1,25 +1,35 @@
+using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Realloc;
 using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Model;
 
 /// <summary>
-/// A LLaMA-family decoder on one device with explicit forward and backward over packed sequences.
+/// A LLaMA-family decoder shard with explicit forward and backward over packed sequences. On one
+/// device it is the whole model; under a <see cref="ShardComm"/> it is one (pipeline stage,
+/// tensor rank) shard: the stage's units (embedding on the first stage, its blocks, norm + head on
+/// the last), q/k/v/gate/up column-parallel and o/down row-parallel (one all-reduce after each),
+/// vocab-parallel embedding and head (the head's logits all-gathered to [T, vocab], so losses see
+/// the whole row on every tensor rank).
 /// All parameters live in ONE contiguous buffer laid out by <see cref="LlamaShardLayouts"/> (HF
-/// names, unit order: embedding, blocks, norm + head), gradients in a parallel buffer of the same
-/// layout -- the layout parameter reallocation moves. Actor: language-model head, output logits
-/// [T, vocab]. Critic / reward: scalar head "score.weight", output values [T].
-/// Activations live in a grow-only arena; <see cref="Forward"/> keeps what <see cref="Backward"/>
-/// needs until the next forward.
+/// names, unit order), gradients in a parallel buffer of the same layout -- the layout parameter
+/// reallocation moves. Actor: language-model head, output logits [T, vocab]. Critic / reward:
+/// scalar head "score.weight", output values [T]. A stage that is not the last outputs its hidden
+/// states [T, hidden]; one that is not the first takes them as input.
+/// Activations live in grow-only arenas, one per activation slot: a forward in slot k keeps what
+/// the backward of slot k needs until the next forward in slot k (pipeline schedules keep several
+/// micro-batches in flight, one slot each).
 /// </summary>
 public sealed unsafe class LlamaModel : IDisposable
 {
     private readonly NativeStream _s;
     private readonly HostBlock _params, _grads;
-    private readonly Arena _arena = new();
+    private readonly List<Arena> _arenas = [new()];
+    private readonly List<Saved?> _saved = [null];
     private readonly Layer[] _w, _g;
     private readonly float* _embed, _norm, _head, _gEmbed, _gNorm, _gHead;
-    private Saved? _saved;
+    private readonly ShardComm? _comm;
+    private readonly int _l0, _nl, _hq, _hkv, _iLocal, _vLocal, _vStart, _headLocal, _tp, _tpRank;
 
     private struct Layer
     {
@@ -37,34 +47,62 @@ public sealed unsafe class LlamaModel : IDisposable
     }
 
     /// <summary>A single-device model (layout (pp 1, tp 1)); parameters uninitialised until <see cref="InitRandom"/> or a checkpoint load; gradients zero.</summary>
-    public LlamaModel(LlamaConfig config, bool scalarHead, NativeStream? stream = null)
+    public LlamaModel(LlamaConfig config, bool scalarHead, NativeStream? stream = null) : this(config, scalarHead, null, stream) { }
+
+    /// <summary>The shard of rank <paramref name="comm"/> (its pipeline stage and tensor rank) of a
+    /// model laid out by comm's layout; null = single device. Errors name what does not divide.</summary>
+    public LlamaModel(LlamaConfig config, bool scalarHead, ShardComm? comm, NativeStream? stream = null)
     {
         Config = config.Validate();
         ScalarHead = scalarHead;
         _s = stream ?? NativeStream.Cpu();
-        Layout = ParamLayout.Create(config, scalarHead);
+        _comm = comm;
+        int pp = comm?.Pp ?? 1, ppRank = comm?.Pipe ?? 0;
+        _tp = comm?.Tp ?? 1;
+        _tpRank = comm?.Model ?? 0;
+        if (pp > 1 && config.TiedEmbeddings && !scalarHead)
+            throw new ArgumentException("tied embeddings need pp = 1 (the head and the embedding share one tensor)");
+        Layout = ParamLayout.Create(config, scalarHead, pp, ppRank, _tp, _tpRank);
+        _hq = config.Heads / _tp;
+        _hkv = config.KvHeads / _tp;
+        _iLocal = config.Intermediate / _tp;
+        _vLocal = config.Vocab / _tp;
+        _vStart = _tpRank * _vLocal;
+        _headLocal = scalarHead ? 1 : _vLocal;
         _params = new HostBlock(Math.Max(4, Layout.TotalElements * 4));
         _grads = new HostBlock(Math.Max(4, Layout.TotalElements * 4));
         _grads.AsSpan<float>((int)Layout.TotalElements).Clear();
-        _w = new Layer[config.Layers];
-        _g = new Layer[config.Layers];
         float* p = (float*)_params.Pointer, g = (float*)_grads.Pointer;
         float* View(float* b, string n) => Layout.TryGet(n, out var v) ? b + v.Offset : throw new InvalidOperationException($"no parameter {n}");
-        for (int l = 0; l < config.Layers; l++)
+        var layers = Enumerable.Range(0, config.Layers).Where(l => Layout.TryGet($"model.layers.{l}.input_layernorm.weight", out _)).ToArray();
+        _l0 = layers.Length > 0 ? layers[0] : 0;
+        _nl = layers.Length;
+        if (_nl > 0 && layers[^1] != _l0 + _nl - 1) throw new InvalidOperationException("layout: a stage's blocks must be contiguous");
+        _w = new Layer[_nl];
+        _g = new Layer[_nl];
+        for (int i = 0; i < _nl; i++)
         {
-            string pre = $"model.layers.{l}.";
-            _w[l] = MakeLayer(p, pre, View);
-            _g[l] = MakeLayer(g, pre, View);
-            if (View(p, pre + "mlp.up_proj.weight") != _w[l].GateUp + (long)config.Intermediate * config.Hidden)
+            string pre = $"model.layers.{_l0 + i}.";
+            _w[i] = MakeLayer(p, pre, View);
+            _g[i] = MakeLayer(g, pre, View);
+            if (View(p, pre + "mlp.up_proj.weight") != _w[i].GateUp + (long)_iLocal * config.Hidden)
                 throw new InvalidOperationException("layout: up_proj must follow gate_proj");
         }
-        _embed = View(p, "model.embed_tokens.weight");
-        _gEmbed = View(g, "model.embed_tokens.weight");
-        _norm = View(p, "model.norm.weight");
-        _gNorm = View(g, "model.norm.weight");
-        string head = scalarHead ? "score.weight" : config.TiedEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-        _head = View(p, head);
-        _gHead = View(g, head);
+        HasEmbedding = Layout.TryGet("model.embed_tokens.weight", out _);
+        HasHead = Layout.TryGet("model.norm.weight", out _);
+        if (HasEmbedding)
+        {
+            _embed = View(p, "model.embed_tokens.weight");
+            _gEmbed = View(g, "model.embed_tokens.weight");
+        }
+        if (HasHead)
+        {
+            _norm = View(p, "model.norm.weight");
+            _gNorm = View(g, "model.norm.weight");
+            string head = scalarHead ? "score.weight" : config.TiedEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+            _head = View(p, head);
+            _gHead = View(g, head);
+        }
     }
 
     private delegate float* ViewOf(float* b, string n);
@@ -90,14 +128,24 @@ public sealed unsafe class LlamaModel : IDisposable
     public LlamaConfig Config { get; }
     /// <summary>True for critic / reward models (score.weight, output [T]).</summary>
     public bool ScalarHead { get; }
+    /// <summary>The shard's communicators (null on a single device).</summary>
+    public ShardComm? Comm => _comm;
+    /// <summary>True when this shard holds the embedding (the first pipeline stage): its input is tokens.</summary>
+    public bool HasEmbedding { get; }
+    /// <summary>True when this shard holds norm + head (the last pipeline stage): its output is logits or values.</summary>
+    public bool HasHead { get; }
+    /// <summary>The blocks this shard holds: global indices [FirstLayer, FirstLayer + LayerCount).</summary>
+    public int FirstLayer => _l0;
+    /// <summary>Blocks this shard holds.</summary>
+    public int LayerCount => _nl;
     /// <summary>Named views into the flat buffers (see <see cref="ParamLayout"/>).</summary>
     public ShardLayout Layout { get; }
     /// <summary>The native stream every op of this model runs on.</summary>
     public NativeStream Stream => _s;
     /// <summary>Elements of the flat parameter buffer.</summary>
     public long ParameterCount => Layout.TotalElements;
-    /// <summary>Columns of the forward output: vocab (logits) or 1 (values).</summary>
-    public int OutputWidth => ScalarHead ? 1 : Config.Vocab;
+    /// <summary>Columns of the forward output: vocab (logits) or 1 (values); hidden on a stage without the head.</summary>
+    public int OutputWidth => HasHead ? (ScalarHead ? 1 : Config.Vocab) : Config.Hidden;
 
     /// <summary>The flat parameter buffer (all views, layout order).</summary>
     public Span<float> Parameters => new(_params.Pointer, checked((int)Layout.TotalElements));
@@ -113,22 +161,48 @@ public sealed unsafe class LlamaModel : IDisposable
         Layout.TryGet(name, out var v) ? Parameters.Slice(checked((int)v.Offset), checked((int)v.LocalElements))
             : throw new ArgumentException($"model has no parameter '{name}'");
 
-    /// <summary>Initialises like HF LLaMA: normal(0, 0.02) weights, norms 1; seeded.</summary>
+    /// <summary>Initialises like HF LLaMA: normal(0, 0.02) weights, norms 1; seeded. Each tensor
+    /// draws from its own stream seeded by (seed, name) over the GLOBAL tensor, and a shard keeps
+    /// its slice, so every layout initialises the same model.</summary>
     public void InitRandom(int seed, float std = 0.02f)
     {
-        var rng = new Random(seed);
         var all = Parameters;
         foreach (var v in Layout.Views)
         {
             var s = all.Slice((int)v.Offset, (int)v.LocalElements);
             if (v.GlobalShape.Length == 1) { s.Fill(1f); continue; }
-            for (int i = 0; i < s.Length; i += 2)
+            var rng = new Random(unchecked(seed * 1000003 ^ StableHash(v.Name)));  // not HashCode: it is salted per process
+            long total = v.GlobalShape.Aggregate(1L, (a, b) => a * b);
+            var full = new float[total];
+            for (long i = 0; i < total; i += 2)
             {
                 double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble(), r = Math.Sqrt(-2 * Math.Log(u1));
-                s[i] = (float)(std * r * Math.Cos(2 * Math.PI * u2));
-                if (i + 1 < s.Length) s[i + 1] = (float)(std * r * Math.Sin(2 * Math.PI * u2));
+                full[i] = (float)(std * r * Math.Cos(2 * Math.PI * u2));
+                if (i + 1 < total) full[i + 1] = (float)(std * r * Math.Sin(2 * Math.PI * u2));
             }
+            CopySlice(v, full, s);
         }
+    }
+
+    /// <summary>Copies this shard's slice of a global row-major tensor into <paramref name="dst"/>.</summary>
+    internal static void CopySlice(ShardView v, ReadOnlySpan<float> global, Span<float> dst)
+    {
+        if (v.SplitDim < 0) { global.CopyTo(dst); return; }
+        // Rows before the split dim, the split dim, elements after it.
+        long outer = 1, inner = 1;
+        for (int d = 0; d < v.SplitDim; d++) outer *= v.GlobalShape[d];
+        for (int d = v.SplitDim + 1; d < v.GlobalShape.Length; d++) inner *= v.GlobalShape[d];
+        long full = v.GlobalShape[v.SplitDim];
+        int run = (int)(v.SliceLength * inner);
+        for (long o = 0; o < outer; o++)
+            global.Slice((int)((o * full + v.SliceStart) * inner), run).CopyTo(dst.Slice((int)(o * run), run));
+    }
+
+    private static int StableHash(string s)
+    {
+        uint h = 2166136261;
+        foreach (char ch in s) h = (h ^ ch) * 16777619;
+        return (int)h;
     }
 
     /// <summary>Copies all parameters of a model of the same layout (e.g. reference model from actor).</summary>
@@ -145,74 +219,123 @@ public sealed unsafe class LlamaModel : IDisposable
     private long ArenaFloats(int T, int nseq, bool recompute)
     {
         var c = Config;
-        long H = c.Hidden, qd = c.Heads * c.HeadDim, kd = c.KvHeads * c.HeadDim, I = c.Intermediate;
-        long perLayer = 3 * T * H + 2 * T + 2 * T * qd + 2 * T * kd + T * c.Heads + T * H + 3 * T * I + 13 * 16;
-        long fin = 2 * T * H + T + (long)T * OutputWidth + 4 * 16;
+        long H = c.Hidden, qd = _hq * c.HeadDim, kd = _hkv * c.HeadDim, I = _iLocal, W = OutputWidth;
+        long perLayer = 3 * T * H + 2 * T + 2 * T * qd + 2 * T * kd + T * _hq + T * H + 3 * T * I + 13 * 16;
+        long fin = 2 * T * H + T + T * W + T * (long)_headLocal * (_tp > 1 ? _tp : 0) + T * H + 6 * 16;
         long ints = 3 * (T + nseq + 1) + 48;
-        long bwd = 3 * T * H + 2 * T * qd + 2 * T * kd + 3 * T * I + (long)T * OutputWidth + 16 * 16;
-        long blocks = recompute ? c.Layers * (T * H + 16) + perLayer : c.Layers * (perLayer + T * H + 16);
+        long bwd = 3 * T * H + 2 * T * qd + 2 * T * kd + 3 * T * I + 2 * T * W + 16 * 16;
+        long blocks = recompute ? _nl * (T * H + 16) + perLayer : _nl * (perLayer + T * H + 16);
         return blocks + fin + ints + bwd;
     }
 
     private static void Ck(int st) => Native.Check(st);
 
+    private Arena SlotArena(int slot)
+    {
+        if (slot < 0 || slot > 64) throw new ArgumentOutOfRangeException(nameof(slot), $"activation slot {slot} outside 0..64");
+        while (_arenas.Count <= slot) { _arenas.Add(new Arena()); _saved.Add(null); }
+        return _arenas[slot];
+    }
+
     /// <summary>Forward over a packed batch. Returns the output [T, OutputWidth] in the arena
     /// (valid until the next forward): logits, or values for a scalar head.</summary>
-    public float* Forward(PackedBatch batch)
+    public float* Forward(PackedBatch batch) => Forward(batch, null, 0);
+
+    /// <summary>Forward of this shard in activation slot <paramref name="slot"/>. A stage without
+    /// the embedding takes the previous stage's hidden states [T, hidden] in <paramref name="input"/>;
+    /// returns [T, <see cref="OutputWidth"/>] (valid until the next forward in that slot).</summary>
+    public float* Forward(PackedBatch batch, float* input, int slot)
     {
         var c = Config;
         int T = batch.TotalTokens;
-        foreach (var t in batch.Tokens)
-            if ((uint)t >= (uint)c.Vocab) throw new ArgumentException($"token id {t} outside the vocabulary [0, {c.Vocab})");
+        if (HasEmbedding)
+        {
+            foreach (var t in batch.Tokens)
+                if ((uint)t >= (uint)c.Vocab) throw new ArgumentException($"token id {t} outside the vocabulary [0, {c.Vocab})");
+        }
+        else if (input is null) throw new ArgumentException("a pipeline stage without the embedding needs the previous stage's hidden states");
         foreach (var l in batch.SeqLens)
             if (l > c.MaxPositions) throw new ArgumentException($"sequence of {l} tokens exceeds max_position_embeddings {c.MaxPositions}");
-        _arena.Reset(ArenaFloats(T, batch.Count, Recompute));
+        var arena = SlotArena(slot);
+        arena.Reset(ArenaFloats(T, batch.Count, Recompute));
         var sv = new Saved { T = T, NSeq = batch.Count };
-        sv.Tokens = (int*)_arena.Take(T);
-        sv.Pos = (int*)_arena.Take(T);
-        sv.Cu = (int*)_arena.Take(batch.Count + 1);
+        sv.Tokens = (int*)arena.Take(T);
+        sv.Pos = (int*)arena.Take(T);
+        sv.Cu = (int*)arena.Take(batch.Count + 1);
         batch.Tokens.CopyTo(new Span<int>(sv.Tokens, T));
         batch.Positions.CopyTo(new Span<int>(sv.Pos, T));
         batch.CuSeqlens.CopyTo(new Span<int>(sv.Cu, batch.Count + 1));
-        int L = c.Layers;
+        int L = _nl;
         sv.XIn = new float*[L]; sv.H1 = new float*[L]; sv.R1 = new float*[L]; sv.Q = new float*[L]; sv.K = new float*[L];
         sv.V = new float*[L]; sv.Att = new float*[L]; sv.Lse = new float*[L]; sv.X2 = new float*[L]; sv.H2 = new float*[L];
         sv.R2 = new float*[L]; sv.GU = new float*[L]; sv.A = new float*[L];
         long H = c.Hidden;
         nint s = _s.Ptr;
-        float* x = _arena.Take(T * H);
-        Ck(Native.realn_op_embedding_fwd(s, DType.F32, sv.Tokens, T, _embed, c.Vocab, H, 0, x));
+        float* x = arena.Take(T * H);
+        if (HasEmbedding)
+        {
+            Ck(Native.realn_op_embedding_fwd(s, DType.F32, sv.Tokens, T, _embed, _vLocal, H, _vStart, x));
+            TpAllReduce(x, T * H);
+        }
+        else Buffer.MemoryCopy(input, x, T * H * 4, T * H * 4);
         bool rc = Recompute;
-        float*[]? shared = rc ? TakeLayerScratch(T) : null;
+        float*[]? shared = rc ? TakeLayerScratch(arena, T) : null;
         for (int l = 0; l < L; l++)
         {
             sv.XIn[l] = x;
-            if (rc) AssignScratch(sv, l, shared!);
-            else AssignScratch(sv, l, TakeLayerScratch(T));
-            float* xo = _arena.Take(T * H);
+            AssignScratch(sv, l, rc ? shared! : TakeLayerScratch(arena, T));
+            float* xo = arena.Take(T * H);
             LayerForward(l, sv, x, xo);
             x = xo;
         }
         sv.Recomputed = rc;
         sv.XL = x;
-        sv.HF = _arena.Take(T * H);
-        sv.RF = _arena.Take(T);
+        _saved[slot] = sv;
+        if (!HasHead)
+        {
+            sv.Out = x;
+            return x;
+        }
+        sv.HF = arena.Take(T * H);
+        sv.RF = arena.Take(T);
         Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x, _norm, sv.HF, sv.RF, T, H, c.RmsEps));
-        sv.Out = _arena.Take((long)T * OutputWidth);
-        Ck(Native.realn_op_linear_fwd(s, DType.F32, sv.HF, _head, null, sv.Out, T, H, OutputWidth));
-        _saved = sv;
+        sv.Out = arena.Take((long)T * OutputWidth);
+        if (_tp == 1 || ScalarHead)
+            Ck(Native.realn_op_linear_fwd(s, DType.F32, sv.HF, _head, null, sv.Out, T, H, OutputWidth));
+        else
+        {
+            float* parts = arena.Take((long)_tp * T * _vLocal);
+            Ck(Native.realn_op_linear_fwd(s, DType.F32, sv.HF, _head, null, parts + (long)_tpRank * T * _vLocal, T, H, _vLocal));
+            GatherColumns(parts, sv.Out, T);
+        }
         return sv.Out;
+    }
+
+    private void TpAllReduce(float* x, long n)
+    {
+        if (_tp > 1) _comm!.TpAllReduce(x, n);
+    }
+
+    /// <summary>Vocab-parallel head: all-gathers the tensor ranks' [rows, V/tp] blocks (rank r's at
+    /// parts + r*rows*V/tp) and interleaves them into full rows [rows, V].</summary>
+    private void GatherColumns(float* parts, float* full, int rows)
+    {
+        _comm!.TpAllGather(parts, (long)_tp * rows * _vLocal);
+        long V = Config.Vocab, vl = _vLocal;
+        for (int r = 0; r < _tp; r++)
+            for (long t = 0; t < rows; t++)
+                Buffer.MemoryCopy(parts + (r * rows + t) * vl, full + t * V + r * vl, vl * 4, vl * 4);
     }
 
     /// <summary>The per-layer activations backward needs, as one set of arena buffers:
     /// h1, r1, q, k, v, att, lse, x2, h2, r2, gu, a.</summary>
-    private float*[] TakeLayerScratch(int T)
+    private float*[] TakeLayerScratch(Arena arena, int T)
     {
         var c = Config;
-        long H = c.Hidden, qd = c.Heads * c.HeadDim, kd = c.KvHeads * c.HeadDim, I = c.Intermediate;
-        return [_arena.Take(T * H), _arena.Take(T), _arena.Take(T * qd), _arena.Take(T * kd), _arena.Take(T * kd),
-            _arena.Take(T * qd), _arena.Take(T * c.Heads), _arena.Take(T * H), _arena.Take(T * H), _arena.Take(T),
-            _arena.Take(T * 2 * I), _arena.Take(T * I)];
+        long H = c.Hidden, qd = _hq * c.HeadDim, kd = _hkv * c.HeadDim, I = _iLocal;
+        return [arena.Take(T * H), arena.Take(T), arena.Take(T * qd), arena.Take(T * kd), arena.Take(T * kd),
+            arena.Take(T * qd), arena.Take(T * _hq), arena.Take(T * H), arena.Take(T * H), arena.Take(T),
+            arena.Take(T * 2 * I), arena.Take(T * I)];
     }
 
     private static void AssignScratch(Saved sv, int l, float*[] b)
@@ -221,13 +344,14 @@ public sealed unsafe class LlamaModel : IDisposable
         sv.Lse[l] = b[6]; sv.X2[l] = b[7]; sv.H2[l] = b[8]; sv.R2[l] = b[9]; sv.GU[l] = b[10]; sv.A[l] = b[11];
     }
 
-    /// <summary>Block l: xo = x2 + down(swiglu(gate_up(norm2(x2)))), x2 = x + o(attn(rope(q), rope(k), v)(norm1(x))),
-    /// keeping its intermediates in sv's buffers of layer l.</summary>
+    /// <summary>Block l (local index): xo = x2 + down(swiglu(gate_up(norm2(x2)))), x2 = x + o(attn(rope(q), rope(k), v)(norm1(x))),
+    /// keeping its intermediates in sv's buffers of layer l. Under tensor parallelism q/k/v/gate_up
+    /// produce this rank's heads / columns and the o / down outputs are all-reduced.</summary>
     private void LayerForward(int l, Saved sv, float* x, float* xo)
     {
         var c = Config;
         int T = sv.T;
-        long H = c.Hidden, qd = c.Heads * c.HeadDim, kd = c.KvHeads * c.HeadDim, I = c.Intermediate;
+        long H = c.Hidden, qd = _hq * c.HeadDim, kd = _hkv * c.HeadDim, I = _iLocal;
         nint s = _s.Ptr;
         float scale = 1f / MathF.Sqrt(c.HeadDim);
         ref var w = ref _w[l];
@@ -237,42 +361,71 @@ public sealed unsafe class LlamaModel : IDisposable
         Ck(Native.realn_op_linear_fwd(s, DType.F32, h1, w.Q, null, q, T, H, qd));
         Ck(Native.realn_op_linear_fwd(s, DType.F32, h1, w.K, null, k, T, H, kd));
         Ck(Native.realn_op_linear_fwd(s, DType.F32, h1, w.V, null, v, T, H, kd));
-        Ck(Native.realn_op_rotary_fwd(s, DType.F32, q, sv.Pos, q, T, c.Heads, c.HeadDim, c.HeadDim, c.RopeTheta));
-        Ck(Native.realn_op_rotary_fwd(s, DType.F32, k, sv.Pos, k, T, c.KvHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
-        Ck(Native.realn_op_attention_fwd(s, DType.F32, q, k, v, sv.Cu, sv.NSeq, T, c.Heads, c.KvHeads, c.HeadDim, scale, att, lse));
+        Ck(Native.realn_op_rotary_fwd(s, DType.F32, q, sv.Pos, q, T, _hq, c.HeadDim, c.HeadDim, c.RopeTheta));
+        Ck(Native.realn_op_rotary_fwd(s, DType.F32, k, sv.Pos, k, T, _hkv, c.HeadDim, c.HeadDim, c.RopeTheta));
+        Ck(Native.realn_op_attention_fwd(s, DType.F32, q, k, v, sv.Cu, sv.NSeq, T, _hq, _hkv, c.HeadDim, scale, att, lse));
         Ck(Native.realn_op_linear_fwd(s, DType.F32, att, w.O, null, x2, T, qd, H));
+        TpAllReduce(x2, T * H);
         Ck(Native.realn_op_add(s, DType.F32, T * H, x2, x, x2));
         Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x2, w.PostNorm, h2, r2, T, H, c.RmsEps));
         Ck(Native.realn_op_linear_fwd(s, DType.F32, h2, w.GateUp, null, gu, T, H, 2 * I));
         Ck(Native.realn_op_swiglu_fwd(s, DType.F32, gu, gu + I, 2 * I, a, I, T, I));
         Ck(Native.realn_op_linear_fwd(s, DType.F32, a, w.Down, null, xo, T, I, H));
+        TpAllReduce(xo, T * H);
         Ck(Native.realn_op_add(s, DType.F32, T * H, xo, x2, xo));
     }
 
     /// <summary>Scratch of [T, OutputWidth] for the caller's output gradient (valid until the
     /// next forward).</summary>
-    public float* OutputGradientBuffer()
+    public float* OutputGradientBuffer() => OutputGradientBuffer(0);
+
+    /// <summary>Scratch of [T, OutputWidth] in slot <paramref name="slot"/>'s arena (valid until its next forward).</summary>
+    public float* OutputGradientBuffer(int slot)
     {
-        var sv = _saved ?? throw new InvalidOperationException("Backward needs a Forward first");
-        return _arena.Take((long)sv.T * OutputWidth);
+        var sv = SavedOf(slot);
+        return _arenas[slot].Take((long)sv.T * OutputWidth);
     }
+
+    private Saved SavedOf(int slot) =>
+        (uint)slot < (uint)_saved.Count && _saved[slot] is { } sv ? sv : throw new InvalidOperationException($"Backward needs a Forward first (slot {slot})");
 
     /// <summary>Backward from dOut [T, OutputWidth]; gradients ACCUMULATE into
     /// <see cref="Gradients"/> (call <see cref="ZeroGrad"/> before the first micro-batch).</summary>
-    public void Backward(float* dOut)
+    public void Backward(float* dOut) => Backward(dOut, 0);
+
+    /// <summary>Backward of slot <paramref name="slot"/>'s forward from dOut [T, OutputWidth] (the
+    /// full logits / values gradient on the last stage, every tensor rank the same; the gradient of
+    /// the stage's output hidden states elsewhere). Returns the gradient of the stage's input
+    /// hidden states [T, hidden] for the previous stage (valid until the slot's next forward), or
+    /// null on the first stage.</summary>
+    public float* Backward(float* dOut, int slot)
     {
-        var sv = _saved ?? throw new InvalidOperationException("Backward needs a Forward first");
+        var sv = SavedOf(slot);
+        var arena = _arenas[slot];
         var c = Config;
         int T = sv.T;
-        long H = c.Hidden, qd = c.Heads * c.HeadDim, kd = c.KvHeads * c.HeadDim, I = c.Intermediate;
+        long H = c.Hidden, qd = _hq * c.HeadDim, kd = _hkv * c.HeadDim, I = _iLocal;
         nint s = _s.Ptr;
-        float* dX = _arena.Take(T * H), dH = _arena.Take(T * H), dT = _arena.Take(T * H);
-        float* dAtt = _arena.Take(T * qd), dQ = _arena.Take(T * qd), dK = _arena.Take(T * kd), dV = _arena.Take(T * kd);
-        float* dGU = _arena.Take(T * 2 * I), dA = _arena.Take(T * I);
-        Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.HF, _head, dOut, dH, _gHead, null, T, H, OutputWidth, 0));
-        Ck(Native.realn_op_rmsnorm_bwd(s, DType.F32, sv.XL, _norm, sv.RF, dH, dX, _gNorm, T, H));
+        float* dX = arena.Take(T * H), dH = arena.Take(T * H), dT = arena.Take(T * H);
+        float* dAtt = arena.Take(T * qd), dQ = arena.Take(T * qd), dK = arena.Take(T * kd), dV = arena.Take(T * kd);
+        float* dGU = arena.Take(T * 2 * I), dA = arena.Take(T * I);
+        if (HasHead)
+        {
+            float* dLocal = dOut;
+            if (_tp > 1 && !ScalarHead)
+            {
+                // This rank's vocab columns of the full logits gradient.
+                dLocal = arena.Take((long)T * _vLocal);
+                long V = c.Vocab, vl = _vLocal;
+                for (long t = 0; t < T; t++) Buffer.MemoryCopy(dOut + t * V + _vStart, dLocal + t * vl, vl * 4, vl * 4);
+            }
+            Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.HF, _head, dLocal, dH, _gHead, null, T, H, _headLocal, 0));
+            if (!ScalarHead) TpAllReduce(dH, T * H);  // a replicated scalar head gives every rank the whole dH
+            Ck(Native.realn_op_rmsnorm_bwd(s, DType.F32, sv.XL, _norm, sv.RF, dH, dX, _gNorm, T, H));
+        }
+        else Buffer.MemoryCopy(dOut, dX, T * H * 4, T * H * 4);
         float scale = 1f / MathF.Sqrt(c.HeadDim);
-        for (int l = c.Layers - 1; l >= 0; l--)
+        for (int l = _nl - 1; l >= 0; l--)
         {
             if (sv.Recomputed) LayerForward(l, sv, sv.XIn[l], dT);  // dT: scratch for the unused block output
             ref var w = ref _w[l];
@@ -281,21 +434,41 @@ public sealed unsafe class LlamaModel : IDisposable
             Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.A[l], w.Down, dX, dA, g.Down, null, T, I, H, 0));
             Ck(Native.realn_op_swiglu_bwd(s, DType.F32, sv.GU[l], sv.GU[l] + I, 2 * I, dA, I, dGU, dGU + I, T, I));
             Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.H2[l], w.GateUp, dGU, dH, g.GateUp, null, T, H, 2 * I, 0));
+            TpAllReduce(dH, T * H);
             Ck(Native.realn_op_rmsnorm_bwd(s, DType.F32, sv.X2[l], w.PostNorm, sv.R2[l], dH, dT, g.PostNorm, T, H));
             Ck(Native.realn_op_add(s, DType.F32, T * H, dX, dT, dX));
             // x2 = xin + o(attn(rope(q(h1)), rope(k(h1)), v(h1))), h1 = norm1(xin)
             Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.Att[l], w.O, dX, dAtt, g.O, null, T, qd, H, 0));
             Ck(Native.realn_op_attention_bwd(s, DType.F32, sv.Q[l], sv.K[l], sv.V[l], sv.Att[l], sv.Lse[l], dAtt, sv.Cu, sv.NSeq, T,
-                c.Heads, c.KvHeads, c.HeadDim, scale, dQ, dK, dV));
-            Ck(Native.realn_op_rotary_bwd(s, DType.F32, dQ, sv.Pos, dQ, T, c.Heads, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Ck(Native.realn_op_rotary_bwd(s, DType.F32, dK, sv.Pos, dK, T, c.KvHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
+                _hq, _hkv, c.HeadDim, scale, dQ, dK, dV));
+            Ck(Native.realn_op_rotary_bwd(s, DType.F32, dQ, sv.Pos, dQ, T, _hq, c.HeadDim, c.HeadDim, c.RopeTheta));
+            Ck(Native.realn_op_rotary_bwd(s, DType.F32, dK, sv.Pos, dK, T, _hkv, c.HeadDim, c.HeadDim, c.RopeTheta));
             Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.H1[l], w.Q, dQ, dH, g.Q, null, T, H, qd, 0));
             Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.H1[l], w.K, dK, dH, g.K, null, T, H, kd, 1));
             Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.H1[l], w.V, dV, dH, g.V, null, T, H, kd, 1));
+            TpAllReduce(dH, T * H);
             Ck(Native.realn_op_rmsnorm_bwd(s, DType.F32, sv.XIn[l], w.InNorm, sv.R1[l], dH, dT, g.InNorm, T, H));
             Ck(Native.realn_op_add(s, DType.F32, T * H, dX, dT, dX));
         }
-        Ck(Native.realn_op_embedding_bwd(s, DType.F32, sv.Tokens, T, dX, c.Vocab, H, 0, _gEmbed));
+        if (!HasEmbedding) return dX;
+        Ck(Native.realn_op_embedding_bwd(s, DType.F32, sv.Tokens, T, dX, _vLocal, H, _vStart, _gEmbed));
+        return null;
+    }
+
+    /// <summary>Sum of squares of this shard's gradients, counting tensors replicated over the
+    /// tensor-parallel group (norms, scalar head) on tensor rank 0 only: summed over the shards of
+    /// one data replica it is the squared global gradient norm.</summary>
+    public double GradSumSquaresForNorm()
+    {
+        double ss = 0;
+        foreach (var v in Layout.Views)
+        {
+            if (_tp > 1 && v.SplitDim < 0 && _tpRank != 0) continue;
+            double part;
+            Ck(Native.realn_op_sumsq(_s.Ptr, GradientsPointer + v.Offset, v.LocalElements, &part));
+            ss += part;
+        }
+        return ss;
     }
 
     // ------------------------------------------------------------------ KV-cache inference
@@ -304,23 +477,35 @@ public sealed unsafe class LlamaModel : IDisposable
     /// reads the cache up to and including that position (prefill: a whole prompt per slot, in
     /// order; decode: one token per slot). Writes the head output of the LAST token of each run of
     /// tokens of one slot into <paramref name="outRows"/> ([runs, OutputWidth]).</summary>
-    internal void ForwardCached(KvCache cache, int[] tokens, int[] slots, int[] positions, bool decode, float* outRows)
+    internal void ForwardCached(KvCache cache, int[] tokens, int[] slots, int[] positions, bool decode, float* outRows) =>
+        ForwardCached(cache, tokens, slots, positions, decode, null, outRows);
+
+    /// <summary><see cref="ForwardCached(KvCache, int[], int[], int[], bool, float*)"/> of a
+    /// pipeline stage: without the embedding it reads the previous stage's hidden states [T, hidden]
+    /// from <paramref name="input"/>; without the head it writes its hidden states [T, hidden] to
+    /// <paramref name="output"/> (every token: the next stage stores their K/V).</summary>
+    internal void ForwardCached(KvCache cache, int[] tokens, int[] slots, int[] positions, bool decode, float* input, float* output)
     {
         var c = Config;
         int T = tokens.Length;
-        long H = c.Hidden, qd = c.Heads * c.HeadDim, kd = c.KvHeads * c.HeadDim, I = c.Intermediate;
+        long H = c.Hidden, qd = _hq * c.HeadDim, kd = _hkv * c.HeadDim, I = _iLocal;
+        if (cache.Layers != _nl || cache.KvHeads != _hkv)
+            throw new ArgumentException($"KV cache holds {cache.Layers} layers of {cache.KvHeads} kv heads; this shard has {_nl} of {_hkv}");
+        if (!HasEmbedding && input is null) throw new ArgumentException("a pipeline stage without the embedding needs the previous stage's hidden states");
         // Runs: maximal groups of consecutive tokens of one slot (prefill) or single tokens (decode).
         var runEnds = new List<int>();
         for (int i = 0; i < T; i++)
             if (decode || i == T - 1 || slots[i + 1] != slots[i]) runEnds.Add(i);
         int R = runEnds.Count;
-        _saved = null;
-        _arena.Reset(7 * T * H + 2 * T * qd + 2 * T * kd + 3 * T * I + T * c.Heads + 4L * T + 3L * R + (long)R * H * 2 + 64 * 16);
-        int* tok = (int*)_arena.Take(T), pos = (int*)_arena.Take(T), sl = (int*)_arena.Take(T);
+        _saved[0] = null;
+        var arena = _arenas[0];
+        arena.Reset(7 * T * H + 2 * T * qd + 2 * T * kd + 3 * T * I + T * _hq + 4L * T + 3L * R + (long)R * H * 2
+            + (long)R * _headLocal * _tp + 64 * 16);
+        int* tok = (int*)arena.Take(T), pos = (int*)arena.Take(T), sl = (int*)arena.Take(T);
         tokens.CopyTo(new Span<int>(tok, T));
         positions.CopyTo(new Span<int>(pos, T));
         slots.CopyTo(new Span<int>(sl, T));
-        int* cu = (int*)_arena.Take(R + 1), rs = (int*)_arena.Take(R), lens = (int*)_arena.Take(R);
+        int* cu = (int*)arena.Take(R + 1), rs = (int*)arena.Take(R), lens = (int*)arena.Take(R);
         cu[0] = 0;
         for (int r = 0; r < R; r++)
         {
@@ -330,46 +515,68 @@ public sealed unsafe class LlamaModel : IDisposable
             if (!decode && positions[cu[r]] != 0) throw new ArgumentException("prefill runs must start at position 0");
         }
         nint s = _s.Ptr;
-        float* x = _arena.Take(T * H), h = _arena.Take(T * H), x2 = _arena.Take(T * H);
-        float* q = _arena.Take(T * qd), k = _arena.Take(T * kd), v = _arena.Take(T * kd), att = _arena.Take(T * qd), lse = _arena.Take(T * c.Heads);
-        float* gu = _arena.Take(T * 2 * I), a = _arena.Take(T * I);
-        Ck(Native.realn_op_embedding_fwd(s, DType.F32, tok, T, _embed, c.Vocab, H, 0, x));
+        float* x = arena.Take(T * H), h = arena.Take(T * H), x2 = arena.Take(T * H);
+        float* q = arena.Take(T * qd), k = arena.Take(T * kd), v = arena.Take(T * kd), att = arena.Take(T * qd), lse = arena.Take(T * _hq);
+        float* gu = arena.Take(T * 2 * I), a = arena.Take(T * I);
+        if (HasEmbedding)
+        {
+            Ck(Native.realn_op_embedding_fwd(s, DType.F32, tok, T, _embed, _vLocal, H, _vStart, x));
+            TpAllReduce(x, T * H);
+        }
+        else Buffer.MemoryCopy(input, x, T * H * 4, T * H * 4);
         float scale = 1f / MathF.Sqrt(c.HeadDim);
-        for (int l = 0; l < c.Layers; l++)
+        for (int l = 0; l < _nl; l++)
         {
             ref var w = ref _w[l];
             Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x, w.InNorm, h, null, T, H, c.RmsEps));
             Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.Q, null, q, T, H, qd));
             Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.K, null, k, T, H, kd));
             Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.V, null, v, T, H, kd));
-            Ck(Native.realn_op_rotary_fwd(s, DType.F32, q, pos, q, T, c.Heads, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Ck(Native.realn_op_rotary_fwd(s, DType.F32, k, pos, k, T, c.KvHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Ck(Native.realn_op_kv_store(s, DType.F32, k, v, sl, pos, T, cache.K(l), cache.V(l), cache.Slots, cache.MaxLen, c.KvHeads, c.HeadDim));
+            Ck(Native.realn_op_rotary_fwd(s, DType.F32, q, pos, q, T, _hq, c.HeadDim, c.HeadDim, c.RopeTheta));
+            Ck(Native.realn_op_rotary_fwd(s, DType.F32, k, pos, k, T, _hkv, c.HeadDim, c.HeadDim, c.RopeTheta));
+            Ck(Native.realn_op_kv_store(s, DType.F32, k, v, sl, pos, T, cache.K(l), cache.V(l), cache.Slots, cache.MaxLen, _hkv, c.HeadDim));
             if (decode)
                 Ck(Native.realn_op_attention_decode(s, DType.F32, q, cache.K(l), cache.V(l), rs, lens, R, cache.Slots, cache.MaxLen,
-                    c.Heads, c.KvHeads, c.HeadDim, scale, att));
+                    _hq, _hkv, c.HeadDim, scale, att));
             else
-                Ck(Native.realn_op_attention_fwd(s, DType.F32, q, k, v, cu, R, T, c.Heads, c.KvHeads, c.HeadDim, scale, att, lse));
+                Ck(Native.realn_op_attention_fwd(s, DType.F32, q, k, v, cu, R, T, _hq, _hkv, c.HeadDim, scale, att, lse));
             Ck(Native.realn_op_linear_fwd(s, DType.F32, att, w.O, null, x2, T, qd, H));
+            TpAllReduce(x2, T * H);
             Ck(Native.realn_op_add(s, DType.F32, T * H, x2, x, x2));
             Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x2, w.PostNorm, h, null, T, H, c.RmsEps));
             Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.GateUp, null, gu, T, H, 2 * I));
             Ck(Native.realn_op_swiglu_fwd(s, DType.F32, gu, gu + I, 2 * I, a, I, T, I));
             Ck(Native.realn_op_linear_fwd(s, DType.F32, a, w.Down, null, x, T, I, H));
+            TpAllReduce(x, T * H);
             Ck(Native.realn_op_add(s, DType.F32, T * H, x, x2, x));
         }
+        if (!HasHead)
+        {
+            Buffer.MemoryCopy(x, output, T * H * 4, T * H * 4);
+            return;
+        }
         // Head on the last token of each run only.
-        float* last = _arena.Take(R * H), hl = _arena.Take(R * H);
+        float* last = arena.Take(R * H), hl = arena.Take(R * H);
         for (int r = 0; r < R; r++)
             Buffer.MemoryCopy(x + (long)runEnds[r] * H, last + r * H, H * 4, H * 4);
         Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, last, _norm, hl, null, R, H, c.RmsEps));
-        Ck(Native.realn_op_linear_fwd(s, DType.F32, hl, _head, null, outRows, R, H, OutputWidth));
+        if (_tp == 1 || ScalarHead)
+            Ck(Native.realn_op_linear_fwd(s, DType.F32, hl, _head, null, output, R, H, _headLocal));
+        else
+        {
+            float* parts = arena.Take((long)_tp * R * _vLocal);
+            Ck(Native.realn_op_linear_fwd(s, DType.F32, hl, _head, null, parts + (long)_tpRank * R * _vLocal, R, H, _vLocal));
+            GatherColumns(parts, output, R);
+        }
     }
+
+    /// <summary>A KV cache for this shard (its blocks and kv heads) of <paramref name="slots"/> sequences.</summary>
+    public KvCache NewKvCache(int slots, int maxLen) => new(Config, slots, maxLen, _nl, _hkv);
 
     /// <summary>Frees parameters, gradients and activations.</summary>
     public void Dispose()
     {
-        _arena.Dispose();
+        foreach (var a in _arenas) a.Dispose();
         _params.Dispose();
         _grads.Dispose();
     }
@@ -381,21 +588,29 @@ public sealed unsafe class KvCache : IDisposable
     private readonly HostBlock _block;
     private readonly long _perLayer;
 
-    /// <summary>Cache for <paramref name="slots"/> sequences of up to <paramref name="maxLen"/> tokens.</summary>
-    public KvCache(LlamaConfig c, int slots, int maxLen)
+    /// <summary>Cache of a whole single-device model for <paramref name="slots"/> sequences of up to <paramref name="maxLen"/> tokens.</summary>
+    public KvCache(LlamaConfig c, int slots, int maxLen) : this(c, slots, maxLen, c.Layers, c.KvHeads) { }
+
+    internal KvCache(LlamaConfig c, int slots, int maxLen, int layers, int kvHeads)
     {
         if (slots <= 0 || maxLen <= 0) throw new ArgumentException($"KV cache needs slots > 0 and max_len > 0 (got {slots}, {maxLen})");
         if (maxLen > c.MaxPositions) throw new ArgumentException($"KV cache length {maxLen} exceeds max_position_embeddings {c.MaxPositions}");
         Slots = slots;
         MaxLen = maxLen;
-        _perLayer = (long)slots * maxLen * c.KvHeads * c.HeadDim;
-        _block = new HostBlock(Math.Max(64, 2 * c.Layers * _perLayer * 4));
+        Layers = layers;
+        KvHeads = kvHeads;
+        _perLayer = (long)slots * maxLen * kvHeads * c.HeadDim;
+        _block = new HostBlock(Math.Max(64, 2 * layers * _perLayer * 4));
     }
 
     /// <summary>Sequences the cache holds.</summary>
     public int Slots { get; }
     /// <summary>Tokens per sequence.</summary>
     public int MaxLen { get; }
+    /// <summary>Blocks whose K/V it holds.</summary>
+    public int Layers { get; }
+    /// <summary>Key/value heads per block it holds.</summary>
+    public int KvHeads { get; }
     /// <summary>Keys of a layer: [slots, max_len, kv_heads, head_dim].</summary>
     public float* K(int layer) => (float*)_block.Pointer + 2 * layer * _perLayer;
     /// <summary>Values of a layer: [slots, max_len, kv_heads, head_dim].</summary>

@@ -66,9 +66,13 @@ public sealed unsafe class AdamW : IDisposable
     /// <summary>AdamW v, same layout as the parameters.</summary>
     public Span<float> SecondMoment => new(_v.Pointer, (int)_model.ParameterCount);
 
-    /// <summary>Global L2 norm of the gradient buffer.</summary>
+    /// <summary>Global L2 norm of the gradient buffer.
+    /// For a shard of a parallel model: the norm over all its shards (pipeline stages and tensor
+    /// ranks of its data replica; replicated tensors counted once), so every shard clips alike.</summary>
     public double GradNorm()
     {
+        if (_model.Comm is { } comm && comm.Pp * comm.Tp > 1)
+            return Math.Sqrt(comm.MpSum(_model.GradSumSquaresForNorm()));
         double ss;
         Native.Check(Native.realn_op_sumsq(_model.Stream.Ptr, _model.GradientsPointer, _model.ParameterCount, &ss));
         return Math.Sqrt(ss);

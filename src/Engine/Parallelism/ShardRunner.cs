@@ -1,0 +1,177 @@
+// Runs one rank's shard of a (pp, dp, tp)-parallel model through a model function call: the
+// data-parallel split of the batch (contiguous, balanced by tokens), micro-batches, the pipeline
+// schedule (1F1B for training: warm-up forwards, then one forward one backward, then the
+// remaining backwards, so a stage holds at most pp - stage micro-batches of activations),
+// the gradient all-reduce over data-parallel replicas, and generation. Every rank of the layout
+// calls the same method with the same global batch; losses see their micro-batch's global
+// sequence ids, so a loss normalised over the whole batch gives the single-device gradient.
+using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Model;
+using ReaLNative.Interop;
+
+namespace ReaLNative.Engine.Parallelism;
+
+/// <summary>One micro-batch: the global ids of its sequences (in order) and their packing.</summary>
+public sealed class MicroBatch(int[] ids, PackedBatch packed)
+{
+    /// <summary>Ids of the sequences in the whole batch of the call.</summary>
+    public int[] Ids { get; } = ids;
+    /// <summary>The sequences, packed.</summary>
+    public PackedBatch Packed { get; } = packed;
+}
+
+/// <summary>A loss on the last pipeline stage: reads the micro-batch's output [T, width] (logits
+/// or values, full rows on every tensor rank), writes d loss / d output into <paramref name="dOutput"/>
+/// ([T, width]) and returns the micro-batch's share of the loss. Normalise by whole-batch counts,
+/// so the shares of all micro-batches and replicas add up to the batch's loss.</summary>
+public unsafe delegate double OutputLoss(MicroBatch mb, float* output, float* dOutput);
+
+/// <summary>Receives a micro-batch's output [T, width] on the last pipeline stage (valid during the call).</summary>
+public unsafe delegate void OutputSink(MicroBatch mb, float* output);
+
+/// <summary>Executes calls on one shard; with a model without <see cref="LlamaModel.Comm"/> it is the single-device engine.</summary>
+public sealed unsafe class ShardRunner(LlamaModel shard)
+{
+    private const int Forward = 0, Backward = 1;
+    private readonly ShardComm? _comm = shard.Comm;
+
+    /// <summary>The shard.</summary>
+    public LlamaModel Shard => shard;
+    private int Stage => _comm?.Pipe ?? 0;
+    private int Stages => _comm?.Pp ?? 1;
+
+    /// <summary>Ids of the sequences this rank's data-parallel replica handles.</summary>
+    public int[] DataPart(IReadOnlyList<int[]> sequences)
+    {
+        int dp = _comm?.Dp ?? 1;
+        return Split.Contiguous(sequences.Select(s => s.Length).ToArray(), dp)[_comm?.Data ?? 0];
+    }
+
+    /// <summary>This replica's micro-batches (at most <paramref name="microBatches"/>; fewer when it has fewer sequences).</summary>
+    public MicroBatch[] MicroBatches(IReadOnlyList<int[]> sequences, int microBatches)
+    {
+        if (microBatches < 1) throw new ArgumentException($"micro_batches must be >= 1 (got {microBatches})");
+        var part = DataPart(sequences);
+        var groups = Split.Contiguous(part.Select(i => sequences[i].Length).ToArray(), Math.Min(microBatches, part.Length));
+        return groups.Select(g =>
+        {
+            var ids = g.Select(k => part[k]).ToArray();
+            return new MicroBatch(ids, PackedBatch.FromSequences(ids.Select(i => sequences[i]).ToArray()));
+        }).ToArray();
+    }
+
+    /// <summary>
+    /// Forward and backward of the whole batch: zeroes the gradients, runs the 1F1B schedule over
+    /// this replica's micro-batches with <paramref name="loss"/> on the last stage, then sums the
+    /// gradients over data-parallel replicas. Afterwards every shard holds the gradient of the
+    /// whole batch's loss for its parameters (take the optimizer step next). Returns the sum of
+    /// the loss shares this rank computed (0 off the last stage).
+    /// </summary>
+    public double TrainStep(IReadOnlyList<int[]> sequences, int microBatches, OutputLoss loss)
+    {
+        var mbs = MicroBatches(sequences, microBatches);
+        int M = mbs.Length, s = Stage, S = Stages, H = shard.Config.Hidden;
+        bool first = shard.HasEmbedding, last = shard.HasHead;
+        int K = Math.Min(M, S - s);  // activation slots: micro-batches in flight on this stage
+        int warmup = Math.Min(S - s - 1, M);
+        long maxT = mbs.Max(m => m.Packed.TotalTokens);
+        using var inBuf = new HostBlock(Math.Max(64, maxT * H * 4));
+        var sends = new Task?[K];
+        var dOut = new nint[K];
+        double total = 0;
+        shard.ZeroGrad();
+
+        void F(int i)
+        {
+            int slot = i % K;
+            Drain(ref sends[slot]);
+            var mb = mbs[i];
+            long bytes = (long)mb.Packed.TotalTokens * H * 4;
+            float* input = null;
+            if (!first)
+            {
+                _comm!.RecvStage(s - 1, Forward, inBuf.Pointer, bytes);
+                input = (float*)inBuf.Pointer;
+            }
+            float* o = shard.Forward(mb.Packed, input, slot);
+            if (last)
+            {
+                float* d = shard.OutputGradientBuffer(slot);
+                total += loss(mb, o, d);
+                dOut[slot] = (nint)d;
+            }
+            else sends[slot] = _comm!.SendStage(s + 1, Forward, o, bytes);
+        }
+
+        void B(int i)
+        {
+            int slot = i % K;
+            var mb = mbs[i];
+            long bytes = (long)mb.Packed.TotalTokens * H * 4;
+            Drain(ref sends[slot]);
+            float* d;
+            if (last) d = (float*)dOut[slot];
+            else
+            {
+                _comm!.RecvStage(s + 1, Backward, inBuf.Pointer, bytes);
+                d = (float*)inBuf.Pointer;
+            }
+            float* dIn = shard.Backward(d, slot);
+            if (!first) sends[slot] = _comm!.SendStage(s - 1, Backward, dIn, bytes);
+        }
+
+        int nf = 0, nb = 0;
+        for (; nf < warmup; nf++) F(nf);
+        while (nf < M) { F(nf++); B(nb++); }
+        while (nb < M) B(nb++);
+        for (int k = 0; k < K; k++) Drain(ref sends[k]);
+        _comm?.DpAllReduce(shard.GradientsPointer, shard.ParameterCount);
+        return total;
+    }
+
+    /// <summary>Forward only (inference) over this replica's micro-batches, pipelined across
+    /// stages; <paramref name="sink"/> receives each micro-batch's output on the last stage.</summary>
+    public void Infer(IReadOnlyList<int[]> sequences, int microBatches, OutputSink sink)
+    {
+        var mbs = MicroBatches(sequences, microBatches);
+        int s = Stage, H = shard.Config.Hidden;
+        bool first = shard.HasEmbedding, last = shard.HasHead;
+        long maxT = mbs.Max(m => m.Packed.TotalTokens);
+        using var inBuf = new HostBlock(Math.Max(64, maxT * H * 4));
+        var sends = new Task?[2];
+        for (int i = 0; i < mbs.Length; i++)
+        {
+            int slot = i % 2;
+            Drain(ref sends[slot]);
+            var mb = mbs[i];
+            long bytes = (long)mb.Packed.TotalTokens * H * 4;
+            float* input = null;
+            if (!first)
+            {
+                _comm!.RecvStage(s - 1, Forward, inBuf.Pointer, bytes);
+                input = (float*)inBuf.Pointer;
+            }
+            float* o = shard.Forward(mb.Packed, input, slot);
+            if (last) sink(mb, o);
+            else sends[slot] = _comm!.SendStage(s + 1, Forward, o, bytes);
+        }
+        for (int k = 0; k < 2; k++) Drain(ref sends[k]);
+    }
+
+    /// <summary>Generation of this replica's share of <paramref name="prompts"/> in
+    /// <paramref name="microBatches"/> pipelined micro-batches. Returns (the global ids of the
+    /// replica's prompts, their result) on the last stage, null elsewhere.</summary>
+    public (int[] Ids, GenerationResult Result)? Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt, int microBatches)
+    {
+        var part = DataPart(prompts);
+        var r = Generator.GenerateShard(shard, part.Select(i => prompts[i]).ToArray(), part, opt, microBatches);
+        return r is null ? null : (part, r);
+    }
+
+    private static void Drain(ref Task? t)
+    {
+        if (t is null) return;
+        ShardComm.Complete(t);
+        t = null;
+    }
+}
