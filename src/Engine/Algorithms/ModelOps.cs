@@ -3,6 +3,7 @@
 // or from d loss / d value. Row p of the output predicts token p + 1, so action token p is
 // scored by row p - 1, and a critic's value for action p is read from row p - 1.
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Parallelism;
 using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Algorithms;
@@ -38,17 +39,7 @@ public static unsafe class ModelOps
 {
     private const int Ignore = -100;
 
-    private static int[] NextTokenLabels(PackedBatch b)
-    {
-        var labels = new int[b.TotalTokens];
-        for (int i = 0; i < b.Count; i++)
-            for (int p = 0; p < b.SeqLens[i]; p++)
-            {
-                int at = b.CuSeqlens[i] + p;
-                labels[at] = p + 1 < b.SeqLens[i] ? b.Tokens[at + 1] : 0;
-            }
-        return labels;
-    }
+    private static int[] NextTokenLabels(PackedBatch b) => ShardRunner.NextTokenLabels(b);
 
     /// <summary>Forward; returns log-probs of the action tokens (temperature-scaled), and keeps
     /// what <see cref="BackwardLogProbs"/> needs in <paramref name="lse"/>.</summary>

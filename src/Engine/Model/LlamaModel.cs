@@ -144,8 +144,19 @@ public sealed unsafe class LlamaModel : IDisposable
     public NativeStream Stream => _s;
     /// <summary>Elements of the flat parameter buffer.</summary>
     public long ParameterCount => Layout.TotalElements;
-    /// <summary>Columns of the forward output: vocab (logits) or 1 (values); hidden on a stage without the head.</summary>
-    public int OutputWidth => HasHead ? (ScalarHead ? 1 : Config.Vocab) : Config.Hidden;
+    /// <summary>Columns of the forward output: vocab (logits) or 1 (values); hidden on a stage without the head.
+    /// With <see cref="GatherLogits"/> off, a tensor rank's vocab slice.</summary>
+    public int OutputWidth => HasHead ? (ScalarHead ? 1 : GatherLogits ? Config.Vocab : _vLocal) : Config.Hidden;
+
+    /// <summary>Language-model head under tensor parallelism: true (default) all-gathers the logits
+    /// so Forward returns full rows [T, vocab] and Backward takes full rows; false keeps each rank's
+    /// vocab slice [T, vocab / tp] (columns <see cref="VocabStart"/> ..) for vocab-parallel losses
+    /// that never materialise whole rows (<see cref="VocabParallel"/>).</summary>
+    public bool GatherLogits { get; set; } = true;
+    /// <summary>First vocabulary id of this rank's slice of the embedding and head.</summary>
+    public int VocabStart => _vStart;
+    /// <summary>Vocabulary ids in this rank's slice.</summary>
+    public int VocabLocal => _vLocal;
 
     /// <summary>The flat parameter buffer (all views, layout order).</summary>
     public Span<float> Parameters => new(_params.Pointer, checked((int)Layout.TotalElements));
@@ -300,8 +311,8 @@ public sealed unsafe class LlamaModel : IDisposable
         sv.RF = arena.Take(T);
         Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x, _norm, sv.HF, sv.RF, T, H, c.RmsEps));
         sv.Out = arena.Take((long)T * OutputWidth);
-        if (_tp == 1 || ScalarHead)
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, sv.HF, _head, null, sv.Out, T, H, OutputWidth));
+        if (_tp == 1 || ScalarHead || !GatherLogits)
+            Ck(Native.realn_op_linear_fwd(s, DType.F32, sv.HF, _head, null, sv.Out, T, H, _headLocal));
         else
         {
             float* parts = arena.Take((long)_tp * T * _vLocal);
@@ -412,7 +423,7 @@ public sealed unsafe class LlamaModel : IDisposable
         if (HasHead)
         {
             float* dLocal = dOut;
-            if (_tp > 1 && !ScalarHead)
+            if (_tp > 1 && !ScalarHead && GatherLogits)
             {
                 // This rank's vocab columns of the full logits gradient.
                 dLocal = arena.Take((long)T * _vLocal);
@@ -560,7 +571,7 @@ public sealed unsafe class LlamaModel : IDisposable
         for (int r = 0; r < R; r++)
             Buffer.MemoryCopy(x + (long)runEnds[r] * H, last + r * H, H * 4, H * 4);
         Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, last, _norm, hl, null, R, H, c.RmsEps));
-        if (_tp == 1 || ScalarHead)
+        if (_tp == 1 || ScalarHead)  // sampling needs whole rows: always gathered
             Ck(Native.realn_op_linear_fwd(s, DType.F32, hl, _head, null, output, R, H, _headLocal));
         else
         {

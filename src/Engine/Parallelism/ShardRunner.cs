@@ -29,6 +29,14 @@ public unsafe delegate double OutputLoss(MicroBatch mb, float* output, float* dO
 /// <summary>Receives a micro-batch's output [T, width] on the last pipeline stage (valid during the call).</summary>
 public unsafe delegate void OutputSink(MicroBatch mb, float* output);
 
+/// <summary>A loss over per-token log-probs on the last pipeline stage: logp[p] is the log-prob of
+/// token p + 1 of its sequence under row p (the last row of each sequence scores label 0 and must
+/// get dLogp 0); writes d loss / d logp and returns the micro-batch's share of the loss.</summary>
+public delegate double TokenLoss(MicroBatch mb, ReadOnlySpan<float> logp, Span<float> dLogp);
+
+/// <summary>Receives a micro-batch's per-token log-probs (as for <see cref="TokenLoss"/>) on the last stage.</summary>
+public delegate void LogProbSink(MicroBatch mb, ReadOnlySpan<float> logp);
+
 /// <summary>Executes calls on one shard; with a model without <see cref="LlamaModel.Comm"/> it is the single-device engine.</summary>
 public sealed unsafe class ShardRunner(LlamaModel shard)
 {
@@ -166,6 +174,60 @@ public sealed unsafe class ShardRunner(LlamaModel shard)
         var part = DataPart(prompts);
         var r = Generator.GenerateShard(shard, part.Select(i => prompts[i]).ToArray(), part, opt, microBatches);
         return r is null ? null : (part, r);
+    }
+
+    /// <summary>
+    /// <see cref="TrainStep"/> with a loss on per-token log-probs (PPO, SFT, DPO, ...), computed
+    /// vocab-parallel: under tensor parallelism no rank materialises whole logits rows.
+    /// </summary>
+    public double TrainLogProbs(IReadOnlyList<int[]> sequences, int microBatches, float temperature, TokenLoss loss)
+    {
+        if (shard.ScalarHead) throw new ArgumentException("log-prob losses need a language-model head");
+        bool gather = shard.GatherLogits;
+        shard.GatherLogits = false;
+        try
+        {
+            return TrainStep(sequences, microBatches, (mb, o, d) =>
+            {
+                int T = mb.Packed.TotalTokens;
+                var labels = NextTokenLabels(mb.Packed);
+                float[] logp = new float[T], lse = new float[T], dlogp = new float[T];
+                VocabParallel.LogProbs(shard, o, T, labels, temperature, logp, lse);
+                double share = loss(mb, logp, dlogp);
+                VocabParallel.Backward(shard, o, T, labels, temperature, lse, dlogp, d);
+                return share;
+            });
+        }
+        finally { shard.GatherLogits = gather; }
+    }
+
+    /// <summary>Per-token log-probs (inference, vocab-parallel) delivered to <paramref name="sink"/> on the last stage.</summary>
+    public void InferLogProbs(IReadOnlyList<int[]> sequences, int microBatches, float temperature, LogProbSink sink)
+    {
+        if (shard.ScalarHead) throw new ArgumentException("log-probs need a language-model head");
+        bool gather = shard.GatherLogits;
+        shard.GatherLogits = false;
+        try
+        {
+            Infer(sequences, microBatches, (mb, o) =>
+            {
+                int T = mb.Packed.TotalTokens;
+                float[] logp = new float[T], lse = new float[T];
+                VocabParallel.LogProbs(shard, o, T, NextTokenLabels(mb.Packed), temperature, logp, lse);
+                sink(mb, logp);
+            });
+        }
+        finally { shard.GatherLogits = gather; }
+    }
+
+    /// <summary>Row p's label: token p + 1 of its sequence; 0 for each sequence's last row.</summary>
+    public static int[] NextTokenLabels(PackedBatch b)
+    {
+        var labels = new int[b.TotalTokens];
+        for (int i = 0; i < b.Count; i++)
+            for (int p = 0; p + 1 < b.SeqLens[i]; p++)
+                labels[b.CuSeqlens[i] + p] = b.Tokens[b.CuSeqlens[i] + p + 1];
+        return labels;
     }
 
     private static void Drain(ref Task? t)

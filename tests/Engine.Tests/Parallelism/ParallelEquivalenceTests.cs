@@ -35,14 +35,14 @@ public sealed unsafe class ParallelEquivalenceTests
     }
 
     /// <summary>Runs body on every rank of a layout of n devices, each on its own thread; fails (never hangs) after 120 s.</summary>
-    internal static T[] OnRanks<T>(int n, Func<ITransport, T> body)
+    internal static T[] OnRanks<T>(int n, Func<ITransport, T> body, ITransport[]? transports = null)
     {
         var fabric = new LocalFabric(n);
         var results = new T[n];
         var errors = new Exception?[n];
         var threads = Enumerable.Range(0, n).Select(r => new Thread(() =>
         {
-            var t = fabric.Rank(r);
+            var t = transports?[r] ?? fabric.Rank(r);
             t.Timeout = TimeSpan.FromSeconds(30);
             try { results[r] = body(t); }
             catch (Exception e) { errors[r] = e; }
@@ -206,6 +206,70 @@ public sealed unsafe class ParallelEquivalenceTests
         }
     }
 
+    /// <summary>-sum of w * logp over the labelled rows / their count, w in [-1, 1) seeded by (sequence id, position).</summary>
+    private static TokenLoss WeightedLogProbs(int[][] seqs)
+    {
+        long n = seqs.Sum(s => s.Length - 1);
+        return (mb, logp, d) =>
+        {
+            double sum = 0;
+            for (int k = 0, at = 0; k < mb.Ids.Length; at += mb.Packed.SeqLens[k], k++)
+            {
+                var rng = new Random(500 + mb.Ids[k]);
+                for (int p = 0; p + 1 < mb.Packed.SeqLens[k]; p++)
+                {
+                    double w = rng.NextDouble() * 2 - 1;
+                    sum -= w * logp[at + p] / n;
+                    d[at + p] = (float)(-w / n);
+                }
+            }
+            return sum;
+        };
+    }
+
+    private static (float[] Params, Dictionary<int, float[]> LogProbs, ShardLayout Layout, int Data) RunLogProbs(LlamaConfig cfg, int[][] seqs, int pp, int dp, int tp, ITransport? t)
+    {
+        var layout = ParallelLayout.Contiguous(0, pp, dp, tp);
+        using var comm = t is null ? null : new ShardComm(t, layout);
+        using var m = new LlamaModel(cfg, false, comm);
+        m.InitRandom(13);
+        var runner = new ShardRunner(m);
+        var lps = new Dictionary<int, float[]>();
+        runner.InferLogProbs(seqs, Math.Max(1, pp), 0.7f, (mb, lp) =>
+        {
+            for (int k = 0, at = 0; k < mb.Ids.Length; at += mb.Packed.SeqLens[k], k++)
+                lps[mb.Ids[k]] = lp.Slice(at, mb.Packed.SeqLens[k] - 1).ToArray();
+        });
+        runner.TrainLogProbs(seqs, 2 * pp, 0.7f, WeightedLogProbs(seqs));
+        using var opt = Optimizer(m);
+        opt.StepOnce();
+        return (m.Parameters.ToArray(), lps, m.Layout, comm?.Data ?? 0);
+    }
+
+    [Theory]
+    [MemberData(nameof(Layouts))]
+    public void VocabParallelLogProbTrainingMatchesSingleDevice(int pp, int dp, int tp)
+    {
+        var cfg = Config(tp);
+        var seqs = Batch(17, 8, cfg.Vocab);
+        var single = RunLogProbs(cfg, seqs, 1, 1, 1, null);
+        var ranks = OnRanks(pp * dp * tp, t => RunLogProbs(cfg, seqs, pp, dp, tp, t));
+        var layout = ParallelLayout.Contiguous(0, pp, dp, tp);
+        string tag = $"pp{pp} dp{dp} tp{tp}";
+        for (int r = 0; r < ranks.Length; r++)
+        {
+            if (layout.Coords(r).Pipe != pp - 1) { Assert.Empty(ranks[r].LogProbs); continue; }
+            foreach (var (id, lp) in ranks[r].LogProbs)
+                for (int j = 0; j < lp.Length; j++)
+                    Assert.True(Math.Abs(lp[j] - single.LogProbs[id][j]) < 2e-5, $"{tag} rank {r}: logp {j} of sequence {id}: {lp[j]} vs {single.LogProbs[id][j]}");
+        }
+        Assert.Equal(seqs.Length, ranks.Where((_, r) => layout.Coords(r).Model == 0).Sum(x => x.LogProbs.Count));
+        using var m1 = new LlamaModel(cfg, false);
+        for (int d = 0; d < dp; d++)
+            AssertClose(ByName(m1, single.Params), Assemble(ranks.Where(x => x.Data == d).Select(x => (x.Layout, x.Params))), 1e-5,
+                $"{tag} replica {d}: parameter after a log-prob loss step");
+    }
+
     [Theory]
     [MemberData(nameof(Layouts))]
     public void GenerationMatchesSingleDevice(int pp, int dp, int tp)
@@ -249,6 +313,28 @@ public sealed unsafe class ParallelEquivalenceTests
                 }
             }
             Assert.Equal(prompts.Length, seen.Count);
+        }
+    }
+
+    [Fact]
+    public void TrainStepOverUcxMatchesSingleDevice()
+    {
+        // The same schedule over the real data plane: UCX between 4 in-process workers (pp 2, tp 2).
+        var cfg = Config(2);
+        var seqs = Batch(31, 6, cfg.Vocab);
+        var single = RunLayout(cfg, false, seqs, 1, 1, 1, 1, null);
+        var ucx = Enumerable.Range(0, 4).Select(r => new UcxTransport(r, 4)).ToArray();
+        try
+        {
+            var addrs = ucx.Select(t => t.LocalAddress).ToArray();
+            foreach (var t in ucx) t.Connect(addrs);
+            var ranks = OnRanks(4, t => RunLayout(cfg, false, seqs, 2, 1, 2, 3, t), ucx);
+            using var m1 = new LlamaModel(cfg, false);
+            AssertClose(ByName(m1, single.Params), Assemble(ranks.Select(r => (r.Layout, r.Params))), 1e-5, "pp2 tp2 over UCX: parameter after AdamW");
+        }
+        finally
+        {
+            foreach (var t in ucx) t.Dispose();
         }
     }
 
