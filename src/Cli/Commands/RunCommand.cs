@@ -6,6 +6,7 @@ using System.Globalization;
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Runs;
+using ReaLNative.Planner;
 using Spectre.Console;
 
 namespace ReaLNative.Cli.Commands;
@@ -17,21 +18,52 @@ public static class RunCommand
         var config = new Argument<string>("config") { Description = "Experiment config (YAML), see docs/experiment-config.md" };
         var output = new Option<string>("--out") { Description = "Output directory", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue from the last checkpoint in --out" };
+        var planOpt = new Option<string?>("--plan")
+        {
+            Description = "Execution plan (JSON from `realn plan`): each call of the stage it matches runs on its own mesh and (pp, dp, tp) layout, devices as in-process workers",
+        };
         var cmd = new Command("run", "Run an experiment's pipeline on this machine");
         cmd.Arguments.Add(config);
         cmd.Options.Add(output);
         cmd.Options.Add(resume);
-        cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(output)!, p.GetValue(resume)));
+        cmd.Options.Add(planOpt);
+        cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(output)!, p.GetValue(resume), p.GetValue(planOpt)));
         return cmd;
     }
 
     private static string F(double v) => v.ToString(Math.Abs(v) >= 100 ? "F0" : "F3", CultureInfo.InvariantCulture);
 
-    private static int Run(string configPath, string outDir, bool resume)
+    /// <summary>Most in-process devices a plan may ask for (each is a thread with its own shards).</summary>
+    private const int MaxLocalDevices = 64;
+
+    /// <summary>Loads and validates a plan against the experiment (structure: calls, models, meshes,
+    /// degrees); errors name the call and the reason.</summary>
+    internal static Plan LoadPlan(string planPath, string configPath)
+    {
+        try
+        {
+            var plan = PlanJson.Load(planPath);
+            var exp = Experiment.Load(configPath);
+            var cluster = new ClusterSpec
+            {
+                Name = $"{plan.Nodes}x{plan.DevicesPerNode} (from the plan)", Nodes = plan.Nodes, DevicesPerNode = plan.DevicesPerNode,
+                DeviceMemoryBytes = 1, Precision = Precision.Fp32, PeakFlops = 1, ComputeEfficiency = 1, MemoryBandwidth = 1,
+                IntraNodeBandwidth = 1, IntraNodeLatency = 0, InterNodeBandwidth = 1, InterNodeLatency = 0, HostBandwidth = 1,
+            };
+            PlanValidator.Validate(plan, cluster, exp);
+            if (plan.Nodes * plan.DevicesPerNode > MaxLocalDevices)
+                throw new UsageException($"{planPath}: {plan.Nodes * plan.DevicesPerNode} devices; `realn run` runs at most {MaxLocalDevices} in-process devices (worker processes across nodes are not built yet)");
+            return plan;
+        }
+        catch (PlannerException e) { throw new UsageException($"{planPath}: {e.Message}"); }
+    }
+
+    private static int Run(string configPath, string outDir, bool resume, string? planPath)
     {
         ExperimentConfig cfg;
         try { cfg = ExperimentConfig.Load(configPath); }
         catch (ConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
+        var plan = planPath is null ? null : LoadPlan(planPath, configPath);
 
         AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: {string.Join(" -> ", cfg.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, task {cfg.Task.Name}, seed {cfg.Seed}");
         JsonObject summary = null!;
@@ -41,7 +73,7 @@ public static class RunCommand
             .Start(ctx =>
             {
                 var bars = cfg.Stages.Select(s => ctx.AddTask($"{s.Index}: {s.Algorithm}", autoStart: false, maxValue: s.Iterations)).ToList();
-                using var pipeline = new Pipeline(cfg, outDir, ev =>
+                using var pipeline = new Pipeline(cfg, outDir, plan: plan, progress: ev =>
                 {
                     var bar = bars[ev.Stage];
                     if (!bar.IsStarted) bar.StartTask();

@@ -13,6 +13,9 @@ using ReaLNative.Engine.Dataflow;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
+using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Realloc;
+using Plan = ReaLNative.Planner.Plan;
 using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Tokenization;
 
@@ -31,11 +34,21 @@ public sealed class Pipeline : IDisposable
     private readonly TaskExample[] _heldOut;
     private readonly Dictionary<string, LlamaModel> _models = new();
     private readonly Dictionary<string, AdamW> _optims = new();
+    private readonly Plan? _plan;
+    private readonly LocalCluster? _cluster;
+    private readonly Dictionary<string, ModelReplicas> _replicas = new();
+    private readonly Dictionary<string, DistributedModel> _callReplica = new();
     private StreamWriter? _metrics;
     private int _metricLines;
 
-    public Pipeline(ExperimentConfig cfg, string outDir, Action<ProgressEvent>? progress = null)
+    /// <summary>A run of <paramref name="cfg"/> into <paramref name="outDir"/>. With <paramref name="plan"/>
+    /// the stage whose calls the plan lists runs each call on its own mesh and (pp, dp, tp) layout
+    /// (in-process devices, parameters reallocated between the layouts); other stages and the
+    /// held-out evaluation run on the single device.</summary>
+    public Pipeline(ExperimentConfig cfg, string outDir, Action<ProgressEvent>? progress = null, Plan? plan = null)
     {
+        _plan = plan;
+        if (plan is not null) _cluster = new LocalCluster(plan.Nodes * plan.DevicesPerNode);
         _cfg = cfg;
         _out = Path.GetFullPath(outDir);
         _progress = progress;
@@ -43,6 +56,34 @@ public sealed class Pipeline : IDisposable
         _heldOut = _task.HeldOut(cfg.Seed, cfg.Eval.Size);
         var vocab = cfg.Stages.SelectMany(s => s.Models.Values).Select(m => Arch(m).Vocab).Min();
         _tok = new CharTokenizer(vocab);
+        if (plan is not null) CheckPlanLayouts(plan);
+    }
+
+    /// <summary>Refuses, before anything runs, a plan whose layouts the engine cannot build for
+    /// the stage's models (tp not dividing heads / kv heads / vocab / intermediate, pp above
+    /// layers + 2), naming the call; and a plan that matches no stage.</summary>
+    private void CheckPlanLayouts(Plan plan)
+    {
+        bool any = false;
+        foreach (var stage in _cfg.Stages)
+        {
+            var graph = DataflowGraph.For(stage.Algorithm, stage.Batch);
+            if (!graph.Calls.All(c => plan.Calls.Any(p => p.Name == c.Name))) continue;
+            any = true;
+            foreach (var call in graph.Calls)
+            {
+                var pc = plan.Call(call.Name);
+                if (!stage.Models.TryGetValue(call.Model, out var spec))
+                    throw new ConfigException($"plan call {call.Name}", $"stage {stage.Index} has no model '{call.Model}'");
+                try
+                {
+                    for (int p = 0; p < pc.Strategy.Pp; p++)
+                        ParamLayout.Create(Arch(spec), AlgorithmNames.ScalarHead(call.Model), pc.Strategy.Pp, p, pc.Strategy.Tp, 0);
+                }
+                catch (ArgumentException e) { throw new ConfigException($"plan call {call.Name}", $"strategy {pc.Strategy}: {e.Message}"); }
+            }
+        }
+        if (!any) throw new ConfigException("plan", $"no stage of '{_cfg.Name}' has exactly the plan's calls ({string.Join(", ", plan.Calls.Select(c => c.Name))})");
     }
 
     public string MetricsPath => Path.Combine(_out, "metrics.jsonl");
@@ -99,12 +140,15 @@ public sealed class Pipeline : IDisposable
                     foreach (var (k, v) in rec.Figures) { line[k] = double.IsFinite(v) ? Math.Round(v, 6) : null; figures[k] = v; }
                     WriteMetric(line);
                 }
-                if (evals && ((it + 1) % _cfg.Eval.Every == 0 || it + 1 == stage.Iterations))
-                    figures["task_score"] = Evaluate(stage, it + 1);
+                bool eval = evals && ((it + 1) % _cfg.Eval.Every == 0 || it + 1 == stage.Iterations);
+                bool ckpt = (it + 1) % _cfg.CheckpointEvery == 0 || it + 1 == stage.Iterations;
+                if (eval || ckpt) SyncBack();
+                if (eval) figures["task_score"] = Evaluate(stage, it + 1);
                 _progress?.Invoke(new ProgressEvent(s, stage.Algorithm, it + 1, stage.Iterations, figures));
-                if ((it + 1) % _cfg.CheckpointEvery == 0 || it + 1 == stage.Iterations)
+                if (ckpt)
                     SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds);
             }
+            SyncBack();
             if (AlgorithmNames.Produces(stage.Algorithm) is { } prod)
                 Safetensors.Save(_models[prod.Role], Path.Combine(CkptDir, prod.Artifact));
         }
@@ -128,6 +172,8 @@ public sealed class Pipeline : IDisposable
 
     private void SetUpStage(StageConfig stage, bool resumeFrom)
     {
+        foreach (var r in _replicas.Values) r.Dispose();
+        _replicas.Clear(); _callReplica.Clear();
         foreach (var o in _optims.Values) o.Dispose();
         foreach (var m in _models.Values) m.Dispose();
         _optims.Clear(); _models.Clear();
@@ -151,15 +197,8 @@ public sealed class Pipeline : IDisposable
                 else ModelOps.CopyShared(loaded, model);
             }
         }
-        int stepsPerIter = stage.Algorithm == AlgorithmNames.Ppo ? stage.Ppo.PpoEpochs * stage.Batch.Minibatches
-                         : stage.Algorithm == AlgorithmNames.Grpo ? stage.Ppo.PpoEpochs * stage.Batch.Minibatches : 1;
         foreach (var role in AlgorithmNames.TrainedRoles(stage.Algorithm))
-        {
-            var o = stage.Optim;
-            _optims[role] = new AdamW(_models[role],
-                new LrSchedule(o.Lr, o.WarmupSteps, o.Decay, o.MinLrRatio, stage.Iterations * stepsPerIter),
-                (float)o.Beta1, (float)o.Beta2, (float)o.Eps, (float)o.WeightDecay, (float)o.ClipGradNorm);
-        }
+            _optims[role] = NewOptimizer(stage, _models[role]);
         if (resumeFrom)
         {
             string dir = Path.Combine(CkptDir, "latest");
@@ -172,7 +211,73 @@ public sealed class Pipeline : IDisposable
                             ReadFloats(Path.Combine(dir, role + ".adam_v"), _models[role].ParameterCount));
             }
         }
+        BindPlan(stage);
     }
+
+    private AdamW NewOptimizer(StageConfig stage, LlamaModel model)
+    {
+        var o = stage.Optim;
+        int stepsPerIter = stage.Algorithm is AlgorithmNames.Ppo or AlgorithmNames.Grpo ? stage.Ppo.PpoEpochs * stage.Batch.Minibatches : 1;
+        return new AdamW(model, new LrSchedule(o.Lr, o.WarmupSteps, o.Decay, o.MinLrRatio, stage.Iterations * stepsPerIter),
+            (float)o.Beta1, (float)o.Beta2, (float)o.Eps, (float)o.WeightDecay, (float)o.ClipGradNorm);
+    }
+
+    /// <summary>Under a plan that lists this stage's calls: one replica per (role, layout,
+    /// micro-batches), the train call's trainable, all loaded from the full models.</summary>
+    private void BindPlan(StageConfig stage)
+    {
+        if (_plan is null) return;
+        var graph = DataflowGraph.For(stage.Algorithm, stage.Batch);
+        if (!graph.Calls.All(c => _plan.Calls.Any(p => p.Name == c.Name))) return;  // the plan is for another stage
+        int dpn = _plan.DevicesPerNode;
+        var byKey = new Dictionary<string, DistributedModel>();
+        foreach (var call in graph.Calls)
+        {
+            var pc = _plan.Call(call.Name);
+            string role = call.Model;
+            if (pc.Model != role) throw new ConfigException("plan", $"call {call.Name}: the plan runs it on model '{pc.Model}', the experiment on '{role}'");
+            var layout = new ParallelLayout(Enumerable.Range(0, pc.Mesh.Size).Select(r => pc.Mesh.Device(r, dpn)).ToArray(), pc.Strategy.Pp, pc.Strategy.Dp, pc.Strategy.Tp);
+            bool train = call.Type == CallType.TrainStep;
+            string key = $"{role}|{string.Join(",", layout.Devices)}|{layout.Pp}/{layout.Dp}/{layout.Tp}|{pc.MicroBatches}|{train}";
+            if (!_replicas.TryGetValue(role, out var reps)) _replicas[role] = reps = new ModelReplicas(role);
+            if (!byKey.TryGetValue(key, out var rep))
+            {
+                var full = _models[role];
+                try
+                {
+                    rep = new DistributedModel(_cluster!, $"{call.Name} ({role})", full.Config, full.ScalarHead, layout, pc.MicroBatches,
+                        train ? m => NewOptimizer(stage, m) : null);
+                }
+                catch (ArgumentException e) { throw new ConfigException($"plan call {call.Name}", e.Message); }
+                byKey[key] = rep;
+                reps.Add(rep);
+                if (train) reps.Train = rep;
+            }
+            _callReplica[call.Name] = rep;
+        }
+        foreach (var reps in _replicas.Values)
+        {
+            reps.LoadAll(_models[reps.Role]);
+            if (reps.Train is { } t && _optims.TryGetValue(reps.Role, out var opt)) t.MoveOptimizerState(opt, toShards: true);
+        }
+    }
+
+    /// <summary>Brings the full models and optimizers up to date with the train replicas (before
+    /// evaluation, checkpoints and stage artifacts).</summary>
+    private void SyncBack()
+    {
+        foreach (var reps in _replicas.Values)
+            if (reps.Train is { } t)
+            {
+                t.CopyTo(_models[reps.Role]);
+                if (_optims.TryGetValue(reps.Role, out var opt)) t.MoveOptimizerState(opt, toShards: false);
+            }
+    }
+
+    /// <summary>Where call <paramref name="call"/> runs its model: its plan replica, or the single device.</summary>
+    private IModelCalls Calls(string call, string role) =>
+        _callReplica.TryGetValue(call, out var r) ? new ReplicaCalls(r, _replicas[role])
+            : new SingleModelCalls(_models[role], () => _optims.GetValueOrDefault(role));
 
     private void SaveCheckpoint(StageConfig stage, int nextIteration, double seconds)
     {
@@ -235,10 +340,10 @@ public sealed class Pipeline : IDisposable
 
     private sealed record Rollout(TaskExample[] Examples, int[][] Prompts, GenerationResult Gen, ScoredBatch Scored, string[] Completions);
 
-    private Rollout Generate(StageConfig stage, LlamaModel actor, TaskExample[] ex, int it, string stream, bool greedy)
+    private Rollout Generate(StageConfig stage, IModelCalls actor, TaskExample[] ex, int it, string stream, bool greedy)
     {
         var prompts = ex.Select(e => PromptIds(e.Prompt)).ToArray();
-        var gen = Generator.Generate(actor, prompts, new GenerationOptions
+        var gen = actor.Generate(prompts, new GenerationOptions
         {
             MaxNewTokens = stage.Batch.GenLen,
             Temperature = greedy ? 0f : (float)stage.Generation.Temperature,
@@ -254,7 +359,7 @@ public sealed class Pipeline : IDisposable
     /// <summary>Greedy held-out task score of the current actor; writes an "eval" metric line.</summary>
     private double Evaluate(StageConfig stage, int step)
     {
-        var actor = _models["actor"];
+        var actor = new SingleModelCalls(_models["actor"], () => null);
         var r = Generate(stage, actor, _heldOut, 0, "eval", greedy: true);
         double score = Enumerable.Range(0, _heldOut.Length).Average(i => _task.Score(_heldOut[i].Prompt, r.Completions[i]));
         WriteMetric(new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = step, ["call"] = "eval", ["task_score"] = score });
@@ -272,7 +377,7 @@ public sealed class Pipeline : IDisposable
 
         h["actor_gen"] = (call, b) =>
         {
-            var r = Generate(stage, _models["actor"], b.Get<TaskExample[]>("prompts"), It(b), "gen", greedy: false);
+            var r = Generate(stage, Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), It(b), "gen", greedy: false);
             b.Set("sequences", r); b.Set("logprobs", r.Gen.LogProbs.SelectMany(x => x).ToArray());
             b.Set("logits_mask", Array.Empty<byte>()); b.Set("ended_with_eos", r.Gen.EndedWithEos);
             double score = Enumerable.Range(0, r.Examples.Length).Average(i => _task.Score(r.Examples[i].Prompt, r.Completions[i]));
@@ -281,14 +386,14 @@ public sealed class Pipeline : IDisposable
         };
         h["actor_greedy_gen"] = (call, b) =>
         {
-            var r = Generate(stage, _models["actor"], b.Get<TaskExample[]>("prompts"), It(b), "greedy", greedy: true);
+            var r = Generate(stage, Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), It(b), "greedy", greedy: true);
             b.Set("greedy_sequences", r); b.Set("greedy_ended_with_eos", r.Gen.EndedWithEos);
             return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
         };
         CallHandler RewInf(string seqKey, string outKey) => (call, b) =>
         {
             var r = b.Get<Rollout>(seqKey);
-            var (_, last) = ModelOps.Values(_models["reward"], r.Scored);
+            var (_, last) = Calls(call.Name, "reward").Values(r.Scored);
             b.Set(outKey, last);
             return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["reward_mean"] = last.Average() };
         };
@@ -297,13 +402,13 @@ public sealed class Pipeline : IDisposable
         h["ref_inf"] = (call, b) =>
         {
             var r = b.Get<Rollout>("sequences");
-            b.Set("ref_logprobs", ModelOps.LogProbs(_models["ref"], r.Scored, temp, out _));
+            b.Set("ref_logprobs", Calls(call.Name, "ref").LogProbs(r.Scored, temp));
             return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
         };
         h["critic_inf"] = (call, b) =>
         {
             var r = b.Get<Rollout>("sequences");
-            b.Set("values", ModelOps.Values(_models["critic"], r.Scored).ActionValues);
+            b.Set("values", Calls(call.Name, "critic").Values(r.Scored).ActionValues);
             return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
         };
 
@@ -315,10 +420,9 @@ public sealed class Pipeline : IDisposable
                     var ex = b.Get<TaskExample[]>("prompts");
                     var seqs = ex.Select(e => (int[])[.. PromptIds(e.Prompt), .. _tok.Encode(e.Answer), _tok.Eos]).ToArray();
                     var sb = new ScoredBatch(seqs, ex.Select(e => PromptIds(e.Prompt).Length).ToArray());
-                    var m = _models["actor"];
-                    m.ZeroGrad();
-                    double loss = ModelOps.SftStep(m, sb);
-                    double gn = _optims["actor"].StepOnce();
+                    var m = Calls(call.Name, "actor");
+                    double loss = m.SftStep(sb);
+                    double gn = m.Step();
                     b.Set("actor_stats", new object());
                     return new Dictionary<string, double> { ["tokens"] = sb.Packed.TotalTokens, ["loss"] = loss, ["grad_norm"] = gn };
                 };
@@ -342,14 +446,13 @@ public sealed class Pipeline : IDisposable
                     if (chosen.Count == 0) return new Dictionary<string, double> { ["pairs"] = 0 };
                     var all = chosen.Concat(rejected).ToList();
                     var sb = new ScoredBatch(all.Select(x => x.Item1).ToArray(), all.Select(x => x.Item2).ToArray());
-                    var m = _models["reward"];
-                    var (_, last) = ModelOps.Values(m, sb);
+                    var m = Calls(call.Name, "reward");
+                    var (_, last) = m.Values(sb);
                     int n = chosen.Count;
                     var dc = new float[n]; var dr = new float[n];
                     var st = Losses.PairwiseReward(last.AsSpan(0, n), last.AsSpan(n), dc, dr);
-                    m.ZeroGrad();
-                    ModelOps.BackwardValues(m, sb, [], [.. dc, .. dr]);
-                    double gn = _optims["reward"].StepOnce();
+                    m.BackwardValues(sb, [], [.. dc, .. dr]);
+                    double gn = m.Step();
                     return new Dictionary<string, double> { ["tokens"] = sb.Packed.TotalTokens, ["loss"] = st.Loss, ["accuracy"] = st.Accuracy,
                         ["pairs"] = n, ["margin"] = st.MeanMargin, ["grad_norm"] = gn };
                 };
@@ -369,8 +472,8 @@ public sealed class Pipeline : IDisposable
                     var (ci, ri) = Pairs(r);
                     b.Set("actor_stats", new object());
                     if (ci.Length == 0) return new Dictionary<string, double> { ["pairs"] = 0 };
-                    var m = _models["actor"];
-                    var lp = ModelOps.LogProbs(m, r.Scored, temp, out var lse);
+                    var m = Calls(call.Name, "actor");
+                    var lp = m.LogProbs(r.Scored, temp);
                     float SeqSum(float[] a, int i) { float s = 0; for (int k = r.Scored.ActionCu[i]; k < r.Scored.ActionCu[i + 1]; k++) s += a[k]; return s; }
                     int n = ci.Length;
                     var pc = ci.Select(i => SeqSum(lp, i)).ToArray(); var pr = ri.Select(i => SeqSum(lp, i)).ToArray();
@@ -383,9 +486,8 @@ public sealed class Pipeline : IDisposable
                         for (int k = r.Scored.ActionCu[ci[p]]; k < r.Scored.ActionCu[ci[p] + 1]; k++) d[k] += gc[p];
                         for (int k = r.Scored.ActionCu[ri[p]]; k < r.Scored.ActionCu[ri[p] + 1]; k++) d[k] += gr[p];
                     }
-                    m.ZeroGrad();
-                    ModelOps.BackwardLogProbs(m, r.Scored, temp, lse, d);
-                    double gn = _optims["actor"].StepOnce();
+                    m.BackwardLogProbs(r.Scored, temp, d);
+                    double gn = m.Step();
                     return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = st.Loss, ["accuracy"] = st.Accuracy,
                         ["pairs"] = n, ["grad_norm"] = gn };
                 };
@@ -447,43 +549,41 @@ public sealed class Pipeline : IDisposable
             var r = b.Get<Rollout>("sequences");
             var oldLp = b.Get<float[]>("logprobs");
             var (adv, _, kl, reward) = Advantages(b);
-            var m = _models["actor"]; var opt = _optims["actor"];
+            var m = Calls(call.Name, "actor");
             double loss = 0, clip = 0; int steps = 0;
             int n = r.Examples.Length, mb = stage.Batch.Minibatches;
             for (int e = 0; e < ppo.PpoEpochs; e++)
                 for (int k = 0; k < mb; k++)
                 {
                     var (sb, a0, a1) = Slice(r, k * n / mb, (k + 1) * n / mb);
-                    var lp = ModelOps.LogProbs(m, sb, temp, out var lse);
+                    var lp = m.LogProbs(sb, temp);
                     var g = new float[lp.Length]; var mask = new float[lp.Length]; Array.Fill(mask, 1f);
                     var st = Losses.PpoPolicy(lp, oldLp.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), mask, ppo.ClipEps, g);
-                    m.ZeroGrad();
-                    ModelOps.BackwardLogProbs(m, sb, temp, lse, g);
-                    opt.StepOnce();
+                    m.BackwardLogProbs(sb, temp, g);
+                    m.Step();
                     loss += st.Loss; clip += st.ClipFraction; steps++;
                 }
             b.Set("actor_stats", new object());
             return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = loss / steps, ["clip_fraction"] = clip / steps,
-                ["reward_mean"] = reward, ["kl"] = kl, ["lr"] = opt.Schedule.At(opt.Step) };
+                ["reward_mean"] = reward, ["kl"] = kl, ["lr"] = m.LearningRate };
         };
         h["critic_train"] = (call, b) =>
         {
             var r = b.Get<Rollout>("sequences");
             var oldV = b.Get<float[]>("values");
             var (_, ret, _, _) = Advantages(b);
-            var m = _models["critic"]; var opt = _optims["critic"];
+            var m = Calls(call.Name, "critic");
             double loss = 0; int steps = 0;
             int n = r.Examples.Length, mb = stage.Batch.Minibatches;
             for (int e = 0; e < ppo.PpoEpochs; e++)
                 for (int k = 0; k < mb; k++)
                 {
                     var (sb, a0, a1) = Slice(r, k * n / mb, (k + 1) * n / mb);
-                    var (v, _) = ModelOps.Values(m, sb);
+                    var (v, _) = m.Values(sb);
                     var g = new float[v.Length]; var mask = new float[v.Length]; Array.Fill(mask, 1f);
                     var st = Losses.ClippedValue(v, oldV.AsSpan(a0, a1 - a0), ret.AsSpan(a0, a1 - a0), mask, ppo.ValueClipEps, g);
-                    m.ZeroGrad();
-                    ModelOps.BackwardValues(m, sb, g, []);
-                    opt.StepOnce();
+                    m.BackwardValues(sb, g, []);
+                    m.Step();
                     loss += st.Loss; steps++;
                 }
             b.Set("critic_stats", new object());
@@ -507,20 +607,19 @@ public sealed class Pipeline : IDisposable
             var adv = new float[oldLp.Length];
             for (int i = 0; i < r.Examples.Length; i++)
                 for (int k = r.Scored.ActionCu[i]; k < r.Scored.ActionCu[i + 1]; k++) adv[k] = seqAdv[i];
-            var m = _models["actor"]; var opt = _optims["actor"];
+            var m = Calls(call.Name, "actor");
             int epochs = grpo ? ppo.PpoEpochs : 1, mb = stage.Batch.Minibatches, n = r.Examples.Length;
             double loss = 0, klTerm = 0; int steps = 0;
             for (int e = 0; e < epochs; e++)
                 for (int k = 0; k < mb; k++)
                 {
                     var (sb, a0, a1) = Slice(r, k * n / mb, (k + 1) * n / mb);
-                    var lp = ModelOps.LogProbs(m, sb, temp, out var lse);
+                    var lp = m.LogProbs(sb, temp);
                     var g = new float[lp.Length]; var mask = new float[lp.Length]; Array.Fill(mask, 1f);
                     var st = Losses.PpoPolicy(lp, oldLp.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), mask, ppo.ClipEps, g);
                     klTerm += Losses.KlPenaltyK3(lp, refLp.AsSpan(a0, a1 - a0), mask, ppo.KlCoef, g);
-                    m.ZeroGrad();
-                    ModelOps.BackwardLogProbs(m, sb, temp, lse, g);
-                    opt.StepOnce();
+                    m.BackwardLogProbs(sb, temp, g);
+                    m.Step();
                     loss += st.Loss; steps++;
                 }
             double kl = 0; for (int k = 0; k < oldLp.Length; k++) kl += oldLp[k] - refLp[k];
@@ -533,6 +632,7 @@ public sealed class Pipeline : IDisposable
     public void Dispose()
     {
         _metrics?.Dispose();
+        foreach (var r in _replicas.Values) r.Dispose();
         foreach (var o in _optims.Values) o.Dispose();
         foreach (var m in _models.Values) m.Dispose();
     }

@@ -1,0 +1,106 @@
+// A short SFT -> RM -> PPO run whose PPO stage executes under an execution plan with a different
+// mesh and (pp, dp, tp) per call on 4 in-process devices (parameters reallocated between the
+// layouts) must end with the same actor and critic as the single-device run; a plan the engine
+// cannot lay out is refused before anything runs, naming the call.
+using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Runs;
+using ReaLNative.Planner;
+using Xunit;
+using PlanCallType = ReaLNative.Planner.CallType;
+
+namespace ReaLNative.Engine.Tests.Runs;
+
+public sealed class PlanExecutionTests
+{
+    private static ExperimentConfig Config() => ExperimentConfig.Parse("""
+        name: plan-test
+        algorithm: ppo
+        seed: 3
+        iterations: 2
+        task: { name: sort-digits, min_len: 3, max_len: 4 }
+        eval: { size: 8, every: 2 }
+        checkpoint_every: 2
+        models:
+          actor:  { preset: tiny, init: sft }
+          critic: { preset: tiny, init: rm }
+          ref:    { preset: tiny, init: sft }
+          reward: { preset: tiny, init: rm }
+        batch: { size: 8, prompt_len: 8, gen_len: 6, minibatches: 2 }
+        ppo: { kl_coef: 0.05, ppo_epochs: 2 }
+        stages:
+          - { algorithm: sft, iterations: 6, models: { actor: { preset: tiny, init: random } }, optim: { lr: 3.0e-3 } }
+          - { algorithm: rm, iterations: 4, models: { reward: { preset: tiny, init: sft } } }
+          - { algorithm: ppo, optim: { lr: 5.0e-4 } }
+        """, Path.GetTempPath());
+
+    private static PlanCall Call(string name, string model, PlanCallType type, int start, int count, int pp, int dp, int tp, int micro) =>
+        new(name, model, type, new Mesh(0, 1, start, count), new Strategy(pp, dp, tp), micro);
+
+    private static Plan MixedPlan(int actorTrainTp = 2) => new(1, 4,
+    [
+        Call("actor_gen", "actor", PlanCallType.Generate, 0, 4, 1, 2, 2, 2),
+        Call("rew_inf", "reward", PlanCallType.Inference, 0, 2, 2, 1, 1, 2),
+        Call("ref_inf", "ref", PlanCallType.Inference, 2, 2, 1, 2, 1, 1),
+        Call("critic_inf", "critic", PlanCallType.Inference, 0, 4, 2, 1, 2, 2),
+        Call("actor_train", "actor", PlanCallType.TrainStep, 0, 4, 4 / actorTrainTp, 1, actorTrainTp, 4),
+        Call("critic_train", "critic", PlanCallType.TrainStep, 0, 4, 1, 2, 2, 2),
+    ], null);
+
+    private static string TempDir()
+    {
+        var d = Path.Combine(Path.GetTempPath(), "realn-plan-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(d);
+        return d;
+    }
+
+    /// <summary>Parameters after several AdamW steps: different reduction orders change gradients
+    /// by fp32 rounding, which Adam's normalised update amplifies only where a gradient element is
+    /// itself at rounding level (its update may then flip sign). So: almost every element (all but
+    /// 0.2%) within 1e-6, and none further than the optimizer could move it (lr x steps). A wrong
+    /// gradient or a stale reallocation moves most elements by about lr per step.</summary>
+    private static void AssertClose(ReaLNative.Engine.Model.LlamaModel want, ReaLNative.Engine.Model.LlamaModel got, double lrTimesSteps, string what)
+    {
+        long total = 0, off = 0;
+        foreach (var v in want.Layout.Views)
+        {
+            var w = want.View(v.Name).ToArray();
+            var g = got.View(v.Name).ToArray();
+            double err = w.Zip(g, (x, y) => Math.Abs(x - y)).Max();
+            Assert.True(err <= lrTimesSteps, $"{what}, {v.Name}: max |diff| {err:E3} exceeds lr x steps = {lrTimesSteps:E3}");
+            off += w.Zip(g, (x, y) => Math.Abs(x - y) > 1e-6 ? 1 : 0).Sum();
+            total += w.Length;
+        }
+        Assert.True(off <= total / 500, $"{what}: {off} of {total} parameters differ by more than 1e-6");
+    }
+
+    [Fact]
+    public void PpoUnderMixedLayoutPlanMatchesSingleDevice()
+    {
+        string a = TempDir(), b = TempDir();
+        try
+        {
+            using (var single = new Pipeline(Config(), a))
+            using (var planned = new Pipeline(Config(), b, plan: MixedPlan()))
+            {
+                single.Run(resume: false);
+                planned.Run(resume: false);
+                AssertClose(single.Model("actor"), planned.Model("actor"), 5e-4 * 8, "actor after 2 PPO iterations under the plan");
+                AssertClose(single.Model("critic"), planned.Model("critic"), 5e-4 * 8, "critic after 2 PPO iterations under the plan");
+            }
+            // The same samples were drawn: identical generation metrics line by line.
+            static IEnumerable<string?> Gen(string d) => File.ReadLines(Path.Combine(d, "metrics.jsonl"))
+                .Select(l => System.Text.Json.Nodes.JsonNode.Parse(l)!).Where(o => (string?)o["call"] == "actor_gen").Select(o => o["tokens"]?.ToJsonString());
+            Assert.Equal(Gen(a), Gen(b));
+        }
+        finally { Directory.Delete(a, true); Directory.Delete(b, true); }
+    }
+
+    [Fact]
+    public void PlanTheEngineCannotLayOutIsRefusedNamingTheCall()
+    {
+        // tp 4 does not divide the tiny model's 2 kv heads.
+        var e = Assert.Throws<ConfigException>(() => new Pipeline(Config(), TempDir(), plan: MixedPlan(actorTrainTp: 4)));
+        Assert.Contains("actor_train", e.Message);
+        Assert.Contains("kv heads", e.Message);
+    }
+}
