@@ -9,20 +9,26 @@ namespace ReaLNative.Engine.Dataflow;
 /// <summary>Data of one iteration, by key (DESIGN.md: sequences are packed arrays, never padded).</summary>
 public sealed class SampleBatch
 {
+    // Calls on disjoint meshes run concurrently (MeshExecutor): every access takes the lock.
     private readonly Dictionary<string, object> _data = new(StringComparer.Ordinal);
+    private readonly Lock _gate = new();
 
-    public bool Contains(string key) => _data.ContainsKey(key);
-    public IEnumerable<string> Keys => _data.Keys;
+    public bool Contains(string key) { lock (_gate) return _data.ContainsKey(key); }
+    public IEnumerable<string> Keys { get { lock (_gate) return _data.Keys.ToArray(); } }
 
     public void Set(string key, object value)
     {
-        if (!_data.TryAdd(key, value)) throw new InvalidOperationException($"key '{key}' is already set in this iteration");
+        lock (_gate)
+            if (!_data.TryAdd(key, value)) throw new InvalidOperationException($"key '{key}' is already set in this iteration");
     }
 
-    public T Get<T>(string key) where T : class =>
-        _data.TryGetValue(key, out var v)
-            ? v as T ?? throw new InvalidCastException($"key '{key}' holds {v.GetType().Name}, not {typeof(T).Name}")
-            : throw new KeyNotFoundException($"key '{key}' is not in this iteration's batch");
+    public T Get<T>(string key) where T : class
+    {
+        object? v;
+        lock (_gate)
+            if (!_data.TryGetValue(key, out v)) throw new KeyNotFoundException($"key '{key}' is not in this iteration's batch");
+        return v as T ?? throw new InvalidCastException($"key '{key}' holds {v.GetType().Name}, not {typeof(T).Name}");
+    }
 }
 
 /// <summary>What one call did: its name, wall time and the handler's scalar figures.</summary>

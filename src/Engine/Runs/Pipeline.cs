@@ -124,7 +124,7 @@ public sealed class Pipeline : IDisposable
             if (first >= stage.Iterations) continue;
             SetUpStage(stage, resumeFrom: s == startStage && first > 0);
             var graph = DataflowGraph.For(stage.Algorithm, stage.Batch);
-            var exec = new SequentialExecutor(graph, Handlers(stage));
+            var exec = new MeshExecutor(graph, Handlers(stage), DevicesOf);
             bool evals = stage.Algorithm != AlgorithmNames.Rm;
             if (evals && first == 0) Evaluate(stage, 0);
             for (int it = first; it < stage.Iterations; it++)
@@ -273,6 +273,10 @@ public sealed class Pipeline : IDisposable
                 if (_optims.TryGetValue(reps.Role, out var opt)) t.MoveOptimizerState(opt, toShards: false);
             }
     }
+
+    /// <summary>The devices a call occupies: its plan mesh, or the single device 0.</summary>
+    private IReadOnlyCollection<int> DevicesOf(string call) =>
+        _callReplica.TryGetValue(call, out var r) ? r.Layout.Devices : [0];
 
     /// <summary>Where call <paramref name="call"/> runs its model: its plan replica, or the single device.</summary>
     private IModelCalls Calls(string call, string role) =>
@@ -524,7 +528,12 @@ public sealed class Pipeline : IDisposable
         // Advantages and returns are computed once per iteration and shared by both train calls.
         (float[] Adv, float[] Ret, double Kl, double Reward)? cache = null;
         int cachedFor = -1;
+        var gate = new Lock();  // actor_train and critic_train may run concurrently under a plan
         (float[] Adv, float[] Ret, double Kl, double Reward) Advantages(SampleBatch b)
+        {
+            lock (gate) return AdvantagesLocked(b);
+        }
+        (float[] Adv, float[] Ret, double Kl, double Reward) AdvantagesLocked(SampleBatch b)
         {
             int it = b.Get<int[]>("iteration")[0];
             if (cachedFor == it && cache is { } c) return c;
