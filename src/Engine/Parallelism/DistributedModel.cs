@@ -11,7 +11,6 @@ using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Transport;
-using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Parallelism;
 
@@ -29,14 +28,11 @@ public sealed class LocalCluster
         _ranks = Enumerable.Range(0, devices).Select(fabric.Rank).ToArray();
         foreach (var r in _ranks) r.Timeout = timeout ?? TimeSpan.FromSeconds(120);
         Timeout = timeout ?? TimeSpan.FromSeconds(120);
-        ThreadsPerDevice = Math.Max(1, Environment.ProcessorCount / devices);
     }
 
     /// <summary>Devices in the cluster.</summary>
     public int Devices => _ranks.Length;
-    /// <summary>Native (OpenMP / BLAS) threads each device uses: the cores divided among the
-    /// devices, so devices busy at once do not oversubscribe the machine.</summary>
-    public int ThreadsPerDevice { get; } = 1;
+
     /// <summary>Deadline of one SPMD dispatch and of each exchange inside it.</summary>
     public TimeSpan Timeout { get; }
 
@@ -60,15 +56,7 @@ public sealed class LocalCluster
     public T[] Spmd<T>(int count, string what, Func<int, T> body)
     {
         var results = new T[count];
-        if (count == 1)
-        {
-            // Inline on the caller's thread; the OpenMP thread count is per thread, restore it after.
-            int before = Native.GetNumThreads();
-            Native.SetNumThreads(ThreadsPerDevice);
-            try { results[0] = body(0); }
-            finally { Native.SetNumThreads(before); }
-            return results;
-        }
+        if (count == 1) { results[0] = body(0); return results; }
         var errors = new Exception?[count];
         var threads = new Thread[count];
         for (int i = 0; i < count; i++)
@@ -76,11 +64,7 @@ public sealed class LocalCluster
             int k = i;
             threads[k] = new Thread(() =>
             {
-                try
-                {
-                    Native.SetNumThreads(ThreadsPerDevice);
-                    results[k] = body(k);
-                }
+                try { results[k] = body(k); }
                 catch (Exception e) { errors[k] = e; }
             }) { IsBackground = true, Name = $"{what} #{k}" };
             threads[k].Start();

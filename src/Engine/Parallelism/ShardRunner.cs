@@ -92,16 +92,8 @@ public sealed unsafe class ShardRunner(LlamaModel shard)
         void F(int i)
         {
             int slot = i % K;
-            Drain(ref sends[slot]);
             var mb = mbs[i];
-            long bytes = (long)mb.Packed.TotalTokens * H * 4;
-            float* input = null;
-            if (!first)
-            {
-                _comm!.RecvStage(s - 1, Forward, inBuf.Pointer, bytes);
-                input = (float*)inBuf.Pointer;
-            }
-            float* o = shard.Forward(mb.Packed, input, slot);
+            float* o = StageForward(mb, slot, ref sends[slot], inBuf, out long bytes);
             if (last)
             {
                 float* d = shard.OutputGradientBuffer(slot);
@@ -150,16 +142,8 @@ public sealed unsafe class ShardRunner(LlamaModel shard)
         for (int i = 0; i < mbs.Length; i++)
         {
             int slot = i % 2;
-            Drain(ref sends[slot]);
             var mb = mbs[i];
-            long bytes = (long)mb.Packed.TotalTokens * H * 4;
-            float* input = null;
-            if (!first)
-            {
-                _comm!.RecvStage(s - 1, Forward, inBuf.Pointer, bytes);
-                input = (float*)inBuf.Pointer;
-            }
-            float* o = shard.Forward(mb.Packed, input, slot);
+            float* o = StageForward(mb, slot, ref sends[slot], inBuf, out long bytes);
             if (last) sink(mb, o);
             else sends[slot] = _comm!.SendStage(s + 1, Forward, o, bytes);
         }
@@ -228,6 +212,22 @@ public sealed unsafe class ShardRunner(LlamaModel shard)
             for (int p = 0; p + 1 < b.SeqLens[i]; p++)
                 labels[b.CuSeqlens[i] + p] = b.Tokens[b.CuSeqlens[i] + p + 1];
         return labels;
+    }
+
+    /// <summary>The forward of one micro-batch on this stage in <paramref name="slot"/>: waits for
+    /// the slot's previous send (its buffer is about to be reused), receives the previous stage's
+    /// hidden states unless this is the first stage, runs the shard.</summary>
+    private float* StageForward(MicroBatch mb, int slot, ref Task? slotSend, HostBlock inBuf, out long bytes)
+    {
+        Drain(ref slotSend);
+        bytes = (long)mb.Packed.TotalTokens * shard.Config.Hidden * 4;
+        float* input = null;
+        if (!shard.HasEmbedding)
+        {
+            _comm!.RecvStage(Stage - 1, Forward, inBuf.Pointer, bytes);
+            input = (float*)inBuf.Pointer;
+        }
+        return shard.Forward(mb.Packed, input, slot);
     }
 
     private static void Drain(ref Task? t)
