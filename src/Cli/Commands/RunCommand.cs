@@ -1,5 +1,5 @@
-// `realn run CONFIG --out DIR [--resume]`: the single-device pipeline (sft -> rm -> ppo ...) of an
-// experiment config, with a progress bar per stage and one line of figures per iteration;
+// `realn run CONFIG --out DIR [--resume] [--plan PLAN.json]`: the pipeline (sft -> rm -> ppo ...) of an
+// experiment config (single device, or the plan's layouts for the stage it lists), with a progress bar per stage and one line of figures per iteration;
 // writes DIR/metrics.jsonl, DIR/summary.json, DIR/curves.png and DIR/checkpoints/.
 using System.CommandLine;
 using System.Globalization;
@@ -67,25 +67,31 @@ public static class RunCommand
 
         AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: {string.Join(" -> ", cfg.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, task {cfg.Task.Name}, seed {cfg.Seed}");
         JsonObject summary = null!;
-        AnsiConsole.Progress()
-            .AutoClear(false)
-            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
-            .Start(ctx =>
-            {
-                var bars = cfg.Stages.Select(s => ctx.AddTask($"{s.Index}: {s.Algorithm}", autoStart: false, maxValue: s.Iterations)).ToList();
-                using var pipeline = new Pipeline(cfg, outDir, plan: plan, progress: ev =>
+        Action<ProgressEvent>? show = null;
+        Pipeline pipeline;
+        // Built before the display so a refused plan is a usage error before anything runs.
+        try { pipeline = new Pipeline(cfg, outDir, plan: plan, progress: ev => show?.Invoke(ev)); }
+        catch (ConfigException e) { throw new UsageException($"{planPath ?? configPath}: {e.Message}"); }
+        using (pipeline)
+            AnsiConsole.Progress()
+                .AutoClear(false)
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
+                .Start(ctx =>
                 {
-                    var bar = bars[ev.Stage];
-                    if (!bar.IsStarted) bar.StartTask();
-                    bar.Value = ev.Iteration;
-                    var shown = ev.Figures.Where(kv => kv.Key is "loss" or "reward_mean" or "kl" or "task_score" or "accuracy" or "sample_task_score")
-                                          .Select(kv => $"{kv.Key} {F(kv.Value)}");
-                    ctx.Refresh();
-                    AnsiConsole.MarkupLine($"[grey]{ev.Algorithm} {ev.Iteration}/{ev.Iterations}[/] {Markup.Escape(string.Join("  ", shown))}");
+                    var bars = cfg.Stages.Select(s => ctx.AddTask($"{s.Index}: {s.Algorithm}", autoStart: false, maxValue: s.Iterations)).ToList();
+                    show = ev =>
+                    {
+                        var bar = bars[ev.Stage];
+                        if (!bar.IsStarted) bar.StartTask();
+                        bar.Value = ev.Iteration;
+                        var shown = ev.Figures.Where(kv => kv.Key is "loss" or "reward_mean" or "kl" or "task_score" or "accuracy" or "sample_task_score")
+                                              .Select(kv => $"{kv.Key} {F(kv.Value)}");
+                        ctx.Refresh();
+                        AnsiConsole.MarkupLine($"[grey]{ev.Algorithm} {ev.Iteration}/{ev.Iterations}[/] {Markup.Escape(string.Join("  ", shown))}");
+                    };
+                    summary = pipeline.Run(resume);
+                    foreach (var b in bars) b.StopTask();
                 });
-                summary = pipeline.Run(resume);
-                foreach (var b in bars) b.StopTask();
-            });
         Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"));
         AnsiConsole.MarkupLine($"task score {summary["initial_task_score"]} -> {summary["final_task_score"]}, reward {summary["initial_reward"]} -> {summary["final_reward"]}, {summary["seconds"]} s");
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "summary.json"))}, metrics.jsonl, curves.png");

@@ -230,22 +230,30 @@ public sealed class Pipeline : IDisposable
         var graph = DataflowGraph.For(stage.Algorithm, stage.Batch);
         if (!graph.Calls.All(c => _plan.Calls.Any(p => p.Name == c.Name))) return;  // the plan is for another stage
         int dpn = _plan.DevicesPerNode;
-        var byKey = new Dictionary<string, DistributedModel>();
+        // Calls of one model with the same layout and micro-batches share one replica (nothing to
+        // reallocate between them); the replica of the model's train call is trainable.
+        var keyOf = new Dictionary<string, (string Key, ParallelLayout Layout, int Micro)>();
         foreach (var call in graph.Calls)
         {
             var pc = _plan.Call(call.Name);
-            string role = call.Model;
-            if (pc.Model != role) throw new ConfigException("plan", $"call {call.Name}: the plan runs it on model '{pc.Model}', the experiment on '{role}'");
+            if (pc.Model != call.Model) throw new ConfigException("plan", $"call {call.Name}: the plan runs it on model '{pc.Model}', the experiment on '{call.Model}'");
             var layout = new ParallelLayout(Enumerable.Range(0, pc.Mesh.Size).Select(r => pc.Mesh.Device(r, dpn)).ToArray(), pc.Strategy.Pp, pc.Strategy.Dp, pc.Strategy.Tp);
-            bool train = call.Type == CallType.TrainStep;
-            string key = $"{role}|{string.Join(",", layout.Devices)}|{layout.Pp}/{layout.Dp}/{layout.Tp}|{pc.MicroBatches}|{train}";
+            keyOf[call.Name] = ($"{call.Model}|{string.Join(",", layout.Devices)}|{layout.Pp}/{layout.Dp}/{layout.Tp}|{pc.MicroBatches}", layout, pc.MicroBatches);
+        }
+        var trainedKeys = graph.Calls.Where(c => c.Type == CallType.TrainStep).Select(c => keyOf[c.Name].Key).ToHashSet();
+        var byKey = new Dictionary<string, DistributedModel>();
+        foreach (var call in graph.Calls)
+        {
+            var (key, layout, micro) = keyOf[call.Name];
+            string role = call.Model;
             if (!_replicas.TryGetValue(role, out var reps)) _replicas[role] = reps = new ModelReplicas(role);
             if (!byKey.TryGetValue(key, out var rep))
             {
                 var full = _models[role];
+                bool train = trainedKeys.Contains(key);
                 try
                 {
-                    rep = new DistributedModel(_cluster!, $"{call.Name} ({role})", full.Config, full.ScalarHead, layout, pc.MicroBatches,
+                    rep = new DistributedModel(_cluster!, $"{call.Name} ({role})", full.Config, full.ScalarHead, layout, micro,
                         train ? m => NewOptimizer(stage, m) : null);
                 }
                 catch (ArgumentException e) { throw new ConfigException($"plan call {call.Name}", e.Message); }

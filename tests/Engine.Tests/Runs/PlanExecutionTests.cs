@@ -41,7 +41,7 @@ public sealed class PlanExecutionTests
         Call("actor_gen", "actor", PlanCallType.Generate, 0, 4, 1, 2, 2, 2),
         Call("rew_inf", "reward", PlanCallType.Inference, 0, 2, 2, 1, 1, 2),
         Call("ref_inf", "ref", PlanCallType.Inference, 2, 2, 1, 2, 1, 1),
-        Call("critic_inf", "critic", PlanCallType.Inference, 0, 4, 2, 1, 2, 2),
+        Call("critic_inf", "critic", PlanCallType.Inference, 0, 4, 1, 2, 2, 2),  // shares critic_train's replica
         Call("actor_train", "actor", PlanCallType.TrainStep, 0, 4, 4 / actorTrainTp, 1, actorTrainTp, 4),
         Call("critic_train", "critic", PlanCallType.TrainStep, 0, 4, 1, 2, 2, 2),
     ], null);
