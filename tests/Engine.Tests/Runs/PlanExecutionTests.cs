@@ -96,6 +96,31 @@ public sealed class PlanExecutionTests
     }
 
     [Fact]
+    public void ResumeUnderAPlanEqualsTheUninterruptedPlanRun()
+    {
+        string a = TempDir(), b = TempDir();
+        try
+        {
+            float[] actor, critic;
+            using (var p = new Pipeline(Config(), a, plan: MixedPlan()))
+            {
+                p.Run(resume: false);
+                actor = p.Model("actor").Parameters.ToArray();
+                critic = p.Model("critic").Parameters.ToArray();
+            }
+            using (var p = new Pipeline(Config(), b, plan: MixedPlan()))
+                Assert.True((bool)p.Run(resume: false, stopAfterIterations: 11)["interrupted"]!);  // sft 6 + rm 4 + ppo 1
+            using (var p = new Pipeline(Config(), b, plan: MixedPlan()))
+            {
+                p.Run(resume: true);
+                Assert.Equal(actor, p.Model("actor").Parameters.ToArray());
+                Assert.Equal(critic, p.Model("critic").Parameters.ToArray());
+            }
+        }
+        finally { Directory.Delete(a, true); Directory.Delete(b, true); }
+    }
+
+    [Fact]
     public void PlanTheEngineCannotLayOutIsRefusedNamingTheCall()
     {
         // tp 4 does not divide the tiny model's 2 kv heads.
