@@ -173,4 +173,106 @@ public static unsafe class CrossProcessReallocBench
         Walk(l, buf, false, ref e);
         return e;
     }
+
+    /// <summary>One process's state for step-by-step runs (<see cref="CrossProcessReallocHost"/>):
+    /// plans of every pair, buffers of the current case, the mover, which cases were verified.</summary>
+    public sealed class Worker : IDisposable
+    {
+        private readonly UcxTransport _t;
+        private readonly ControlClient? _client;
+        private readonly ReallocPlan[] _plans;
+        private readonly TransportRealloc _mover;
+        private readonly HashSet<int> _verified = [];
+        private readonly HostBlock _p2p;
+        private int _case = -1;
+        private HostBlock? _src, _dst;
+
+        public Worker(UcxTransport transport, LlamaShape shape, ControlClient? client = null)
+        {
+            _t = transport;
+            _client = client;
+            var f = LlamaShardLayouts.Factory(shape);
+            _plans = Pairs().Select(p => ReallocPlan.Build(p.From, p.To, f, 4, _ => 0)).ToArray();
+            _mover = new TransportRealloc(transport);
+            _p2p = new HostBlock(P2pBytes);
+        }
+
+        public long CaseBytes(int c) => _plans[c].RemoteBytes + _plans[c].LocalBytes;
+
+        public void PointToPoint(long bytes)
+        {
+            if (bytes > P2pBytes) throw new ArgumentOutOfRangeException(nameof(bytes));
+            if (_t.Rank == 0) _t.SendAsync(1, 999, (nint)_p2p.Pointer, bytes).Wait(_t.Timeout);
+            else if (_t.Rank == 1) _t.RecvAsync(0, 999, (nint)_p2p.Pointer, bytes).Wait(_t.Timeout);
+        }
+
+        public void RunCase(int c)
+        {
+            var plan = _plans[c];
+            int rank = _t.Rank;
+            if (_case != c)
+            {
+                _src?.Dispose();
+                _dst?.Dispose();
+                _src = _dst = null;
+                if (plan.From.Devices.Contains(rank))
+                {
+                    var l = plan.SourceLayoutOf(rank);
+                    _src = new HostBlock(l.TotalElements * 4);
+                    Fill(l, (float*)_src.Pointer);
+                }
+                if (plan.To.Devices.Contains(rank)) _dst = new HostBlock(plan.DestinationLayoutOf(rank).TotalElements * 4);
+                _case = c;
+            }
+            var schedule = ReallocSchedule.ForDevice(plan, rank);
+            if (!_mover.ExecuteAsync(plan, schedule, _src is null ? 0 : (nint)_src.Pointer, _dst is null ? 0 : (nint)_dst.Pointer).Wait(_t.Timeout))
+                throw new TimeoutException($"rank {rank}: case {c} did not finish within {_t.Timeout.TotalSeconds:F0} s");
+            if (_dst is not null && _verified.Add(c) && Verify(plan.DestinationLayoutOf(rank), (float*)_dst.Pointer) is string bad)
+                throw new InvalidOperationException($"rank {rank}, case {c}: {bad}");
+        }
+
+        public void Dispose()
+        {
+            _src?.Dispose();
+            _dst?.Dispose();
+            _p2p.Dispose();
+            _mover.Dispose();
+            _client?.Dispose();
+        }
+    }
+
+    /// <summary>`realn worker --role bench-serve`: joins, then polls the master for numbered
+    /// commands ("case C", "p2p BYTES", "quit"), runs each and reports it done (or its error).</summary>
+    public static int Serve(string endpoint, string jobId, byte[] secret, int rank, int size, LlamaShape shape)
+    {
+        var auth = new MessageAuth(secret, jobId);
+        using var client = new ControlClient(endpoint, auth, $"worker-{rank}");
+        using var transport = new UcxTransport(rank, size) { Timeout = TimeSpan.FromSeconds(120) };
+        Rendezvous.Join(client, transport, TimeSpan.FromSeconds(120));
+        using var me = new Worker(transport, shape);
+        var rq = TimeSpan.FromSeconds(10);
+        var idleSince = DateTime.UtcNow;
+        for (int seq = 0; ; seq++)
+        {
+            string cmd;
+            while ((cmd = client.Request("command", JsonSerializer.Serialize(new { rank, seq }), rq)) == "wait")
+            {
+                if (DateTime.UtcNow - idleSince > TimeSpan.FromMinutes(30)) throw new TimeoutException($"rank {rank}: no command for 30 minutes");
+                Thread.Sleep(0);
+            }
+            idleSince = DateTime.UtcNow;
+            if (cmd == "quit") return 0;
+            string? error = null;
+            try
+            {
+                var parts = cmd.Split(' ');
+                if (parts[0] == "case") me.RunCase(int.Parse(parts[1]));
+                else if (parts[0] == "p2p") me.PointToPoint(long.Parse(parts[1]));
+                else throw new InvalidOperationException($"unknown command '{cmd}'");
+            }
+            catch (Exception e) { error = e.GetBaseException().Message; }
+            client.Request("done", JsonSerializer.Serialize(new { rank, seq, error }), rq);
+            if (error is not null) return 1;
+        }
+    }
 }

@@ -13,9 +13,9 @@ namespace ReaLNative.Engine.Transport;
 /// sent after it completes is a valid "data is there" notification. <see cref="GetAsync"/> completes
 /// when the bytes are in the local buffer. Neither notifies the owner.</item>
 /// <item>Every operation has the transport's deadline. An RMA operation that misses it fails with a
-/// <see cref="TimeoutException"/> naming the peer, and the endpoint to that peer is closed (the peer
-/// is treated as failed: UCX cannot cancel an RMA operation in flight, closing the endpoint is what
-/// releases the local buffer).</item>
+/// <see cref="TimeoutException"/> naming the peer, and the peer is treated as failed (no further
+/// operations to it). UCX cannot cancel an RMA operation in flight: unless the message says the
+/// buffer was released, keep it alive until the transport is disposed.</item>
 /// </list>
 /// UCX implements it (<see cref="UcxTransport"/>). A transport that cannot do one-sided access (NCCL
 /// has no RMA) simply does not implement this interface; callers test <c>transport is IRmaTransport</c>

@@ -16,10 +16,13 @@ namespace ReaLNative.Engine.Transport;
 /// and cma between local processes). Endpoints come from worker addresses exchanged through a
 /// bootstrap (<see cref="Connect"/>). The 64-bit UCX tag carries the source rank (24 bits) and the
 /// user tag (40 bits), receives match both exactly.
-/// Deadlines: a receive that misses its deadline is cancelled (ucp_request_cancel); a send or RMA
-/// operation cannot be cancelled in UCX once started, so missing its deadline closes the endpoint to
-/// that peer (the peer is treated as failed), which is what makes UCX give the buffer back. Either
-/// way the task fails with a <see cref="TimeoutException"/> only once UCX no longer touches the buffer.
+/// Deadlines: an operation that misses its deadline is cancelled (ucp_request_cancel; tagged sends
+/// and receives) and, for sends and RMA, the peer is treated as failed: no new operation to it is
+/// accepted and, with <see cref="UcxTransportOptions.PeerFailureDetection"/>, its endpoint is
+/// force-closed (which fails UCX's outstanding operations and gives their buffers back). The task
+/// fails with a <see cref="TimeoutException"/> naming the peer once UCX released the buffer, or at
+/// the latest 0.5 s after the deadline with a message saying UCX still holds the buffer (keep it
+/// alive until the transport is disposed).
 /// </summary>
 public sealed unsafe class UcxTransport : ITransport, IRmaTransport
 {
@@ -457,25 +460,36 @@ public sealed unsafe class UcxTransport : ITransport, IRmaTransport
         var now = DateTime.UtcNow;
         List<Op>? late = null;
         foreach (var op in _pending)
+        {
             if (op.Failure is null && (op.CancelRequested || now > op.Deadline)) (late ??= []).Add(op);
+            else if (op.Failure is not null && !op.Done.Task.IsCompleted && now > op.Deadline + AbandonAfter)
+                // UCX neither completed nor cancelled it: report the timeout now; UCX owns the buffer
+                // until the callback comes or the transport is disposed.
+                op.Done.TrySetException(new TimeoutException(op.Failure + "; UCX still holds the buffer: keep it alive until the transport is disposed"));
+        }
         if (late is null) return;
         foreach (var op in late)
         {
             op.Failure = op.CancelRequested ? "cancelled" :
                 $"rank {Rank}: {op.What} rank {op.Peer} ({(op.Kind is Kind.Send or Kind.Recv ? $"tag {op.Tag & ((1UL << TagBits) - 1)}, " : "")}{op.Bytes} bytes) did not complete within {Timeout.TotalSeconds:F1} s";
-            if (op.Kind == Kind.Recv)
-                Ucp.ucp_request_cancel(_worker, op.Request);  // the callback follows with UCS_ERR_CANCELED
-            else if (op.CancelRequested && op.Kind == Kind.Send)
-                Ucp.ucp_request_cancel(_worker, op.Request);  // an eager send still queued can go; otherwise it completes normally
-            else
-                CloseEndpoint(op.Peer, op.Failure);             // UCX fails the endpoint's operations, then the buffers are free
+            if (op.CancelRequested) op.Deadline = now;
+            if (op.Kind is Kind.Recv or Kind.Send)
+                Ucp.ucp_request_cancel(_worker, op.Request);  // the callback follows, UCS_ERR_CANCELED or UCS_OK
+            if (op.Kind != Kind.Recv && !op.CancelRequested)
+                CloseEndpoint(op.Peer, op.Failure);           // the peer is treated as failed
         }
     }
+
+    /// <summary>How long after its deadline an operation UCX could not cancel is reported failed anyway.</summary>
+    private static readonly TimeSpan AbandonAfter = TimeSpan.FromMilliseconds(500);
 
     private void CloseEndpoint(int peer, string why)
     {
         if (_closed[peer] is not null) return;
-        _closed[peer] = why;
+        _closed[peer] = why;  // no new operations to that peer
+        // A forced close fails the endpoint's outstanding operations (UCS_ERR_CANCELED), which is
+        // what gives RMA and send buffers back; UCX allows it only with UCP_ERR_HANDLING_MODE_PEER.
+        if (!Options.PeerFailureDetection) return;
         var prm = new ucp_request_param_t
         {
             op_attr_mask = (uint)ucp_op_attr_t.UCP_OP_ATTR_FIELD_FLAGS,
@@ -539,6 +553,8 @@ public sealed unsafe class UcxTransport : ITransport, IRmaTransport
         foreach (var ep in _eps)
         {
             if (ep == 0) continue;  // never created, or already closed after a timeout
+            // Forced even without UCP_ERR_HANDLING_MODE_PEER (which the header asks for): a flushing
+            // close waits on peers that may already be gone; the wait below is bounded either way.
             var prm = new ucp_request_param_t
             {
                 op_attr_mask = (uint)ucp_op_attr_t.UCP_OP_ATTR_FIELD_FLAGS,
