@@ -258,7 +258,7 @@ public static unsafe class CrossProcessReallocBench
             while ((cmd = client.Request("command", JsonSerializer.Serialize(new { rank, seq }), rq)) == "wait")
             {
                 if (DateTime.UtcNow - idleSince > TimeSpan.FromMinutes(30)) throw new TimeoutException($"rank {rank}: no command for 30 minutes");
-                Thread.Sleep(0);
+                Thread.Sleep(1);  // each poll is a control-plane round trip: keep them off the cores the data plane needs
             }
             idleSince = DateTime.UtcNow;
             if (cmd == "quit") return 0;

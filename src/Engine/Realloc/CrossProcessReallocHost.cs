@@ -97,7 +97,7 @@ public sealed unsafe class CrossProcessReallocHost : IDisposable
             {
                 if (_procs[r - 1].HasExited) throw new InvalidOperationException($"worker {r} exited ({_procs[r - 1].ExitCode}): {_procs[r - 1].StandardError.ReadToEnd().Trim()}");
                 if (DateTime.UtcNow > until) throw new TimeoutException($"worker {r} did not finish '{command}' within {Limit.TotalSeconds:F0} s");
-                Thread.SpinWait(100);
+                Thread.Sleep(1);  // not a spin: the workers need the cores
             }
             if (err.Length > 0) throw new InvalidOperationException($"worker {r}, '{command}': {err}");
         }
