@@ -214,16 +214,18 @@ public sealed class ReallocScheduleTests
 public sealed class TransportReallocTests
 {
     [Theory]
-    [InlineData(8L << 20)]
-    [InlineData(100L)]  // staged steps cut into many pieces, intervals split across pieces
-    public async Task RandomLayoutPairsOverUcxAreBitExact(long chunkBytes)
+    [InlineData(8L << 20, 0L)]       // all staged, whole steps in one piece
+    [InlineData(100L, 0L)]           // staged steps cut into many pieces, intervals split across pieces
+    [InlineData(100L, 64L)]          // long intervals by RMA get, short ones staged
+    [InlineData(8L << 20, 4L)]       // every interval of a multi-interval step by RMA get
+    public async Task RandomLayoutPairsOverUcxAreBitExact(long chunkBytes, long rmaMinBytes)
     {
         var f = LlamaShardLayouts.Factory(new LlamaShape(Layers: 3, Hidden: 32, Intermediate: 24, Heads: 8, KvHeads: 4, Vocab: 32));
         const int n = 4;
         var world = Enumerable.Range(0, n).Select(r => new ReaLNative.Engine.Transport.UcxTransport(r, n)).ToArray();
         var addrs = world.Select(t => t.LocalAddress).ToArray();
         foreach (var t in world) t.Connect(addrs);
-        var movers = world.Select(t => new TransportRealloc(t) { ChunkBytes = chunkBytes }).ToArray();
+        var movers = world.Select(t => new TransportRealloc(t) { ChunkBytes = chunkBytes, RmaMinBytes = rmaMinBytes }).ToArray();
         try
         {
             var rng = new Random(77);
