@@ -16,10 +16,12 @@ public static class BenchReallocCommand
     {
         var json = new Option<bool>("--json") { Description = "Print JSON" };
         var reps = new Option<int>("--reps") { Description = "Timed repetitions per case", DefaultValueFactory = _ => 3 };
+        var p2pOnly = new Option<bool>("--p2p-only") { Description = "Only the UCX point-to-point figures between the worker processes (tagged, put, get)" };
         var cmd = new Command("realloc", "Parameter reallocation bandwidth vs memcpy (model > 1 GiB)");
         cmd.Options.Add(json);
         cmd.Options.Add(reps);
-        cmd.SetAction(p => Run(p.GetValue(json), Math.Max(1, p.GetValue(reps))));
+        cmd.Options.Add(p2pOnly);
+        cmd.SetAction(p => p.GetValue(p2pOnly) ? P2pOnly(p.GetValue(json), Math.Max(1, p.GetValue(reps))) : Run(p.GetValue(json), Math.Max(1, p.GetValue(reps))));
         return cmd;
     }
 
@@ -39,7 +41,7 @@ public static class BenchReallocCommand
         var log = asJson ? null : new Action<string>(Console.WriteLine);
         if (!asJson) Console.WriteLine($"model: {Model.Parameters * 4 / 1e9:F2} GB fp32 ({Model})");
         var (memcpy, cases) = InProcessReallocBenchmark.Run(Model, SameProcessPairs(), reps, log);
-        var (p2p, cross) = CrossProcess(reps, log);
+        var (p2p, cross, extra) = CrossProcess(reps, log);
         foreach (var c in cross) cases.Add(c with { ReferenceGbps = p2p });
         if (asJson)
         {
@@ -49,6 +51,8 @@ public static class BenchReallocCommand
                 ["memcpy_gbps"] = Math.Round(memcpy, 2),
                 ["p2p_gbps"] = Math.Round(p2p, 2),
                 ["workers"] = CrossProcessReallocBench.Workers,
+                ["transport"] = extra["transport"],
+                ["p2p"] = extra["p2p"],
                 ["cases"] = cases.Select(c => new Dictionary<string, object>
                 {
                     ["from"] = c.From, ["to"] = c.To, ["kind"] = c.Kind, ["bytes"] = c.Bytes,
@@ -61,9 +65,58 @@ public static class BenchReallocCommand
         return 0;
     }
 
+    private static int P2pOnly(bool asJson, int reps)
+    {
+        var reports = StartWorkers("bench-p2p", reps);
+        var o = P2pFigures(reports);
+        if (asJson) Console.WriteLine(JsonSerializer.Serialize(o, new JsonSerializerOptions { WriteIndented = true }));
+        else foreach (var (k, v) in o) Console.WriteLine($"{k}: {(v is Dictionary<string, double> d ? string.Join(", ", d.Select(x => $"{x.Key} {x.Value} GB/s")) : v)}");
+        return 0;
+    }
+
+    /// <summary>The point-to-point figures of the workers' reports: tagged GB/s per size, put, get.</summary>
+    private static Dictionary<string, object> P2pFigures(Dictionary<int, JsonElement> reports)
+    {
+        var r1 = reports[1];
+        var r0 = reports[0];
+        var tagged = new Dictionary<string, double>();
+        foreach (long b in CrossProcessReallocBench.P2pSizes)
+        {
+            string key = b == CrossProcessReallocBench.P2pBytes ? "p2p_seconds" : $"p2p_seconds_{b >> 20}";
+            tagged[$"tag_{b >> 20}MiB"] = Math.Round(b / r1.GetProperty(key).GetDouble() / 1e9, 2);
+        }
+        foreach (var k in new[] { "put", "get" })
+            if (r0.TryGetProperty(k + "_seconds", out var s)) tagged[$"{k}_{CrossProcessReallocBench.P2pBytes >> 20}MiB"] = Math.Round(CrossProcessReallocBench.P2pBytes / s.GetDouble() / 1e9, 2);
+        return new Dictionary<string, object> { ["transport"] = r1.GetProperty("transport").GetString()!, ["p2p"] = tagged };
+    }
+
     /// <summary>Starts the worker processes, runs the rendezvous and collects their reports.
     /// Workers that fail or hang are killed; the error names the rank.</summary>
-    private static (double P2pGbps, List<ReallocBenchCase> Cases) CrossProcess(int reps, Action<string>? log)
+    private static (double P2pGbps, List<ReallocBenchCase> Cases, Dictionary<string, object> P2p) CrossProcess(int reps, Action<string>? log)
+    {
+        int n = CrossProcessReallocBench.Workers;
+        var reports = StartWorkers("bench-realloc", reps);
+        var extra = P2pFigures(reports);
+        double p2p = CrossProcessReallocBench.P2pBytes / reports[1].GetProperty("p2p_seconds").GetDouble() / 1e9;
+        log?.Invoke($"cross-process ({n} worker processes, UCX): point-to-point {p2p:F2} GB/s at {CrossProcessReallocBench.P2pBytes >> 20} MiB");
+        var pairs = CrossProcessReallocBench.Pairs();
+        var factory = LlamaShardLayouts.Factory(Model);
+        var result = new List<ReallocBenchCase>();
+        for (int c = 0; c < pairs.Count; c++)
+        {
+            double sec = reports.Values.Max(rep => rep.GetProperty("case_seconds")[c].GetDouble());
+            var plan = ReallocPlan.Build(pairs[c].From, pairs[c].To, factory, 4, _ => 0);
+            long bytes = plan.RemoteBytes + plan.LocalBytes;
+            var bc = new ReallocBenchCase(InProcessReallocBenchmark.Describe(pairs[c].From), InProcessReallocBenchmark.Describe(pairs[c].To),
+                "cross-process", bytes, sec, bytes / sec / 1e9, p2p);
+            log?.Invoke($"{bc.From} -> {bc.To}: {bytes / 1e9:F2} GB in {sec * 1e3:F0} ms, {bc.Gbps:F2} GB/s, p2p {p2p:F2} GB/s, ratio {bc.Ratio:F2}");
+            result.Add(bc);
+        }
+        log?.Invoke($"transport {extra["transport"]}; point-to-point GB/s: {string.Join(", ", ((Dictionary<string, double>)extra["p2p"]).Select(x => $"{x.Key} {x.Value}"))}");
+        return (p2p, result, extra);
+    }
+
+    private static Dictionary<int, JsonElement> StartWorkers(string role, int reps)
     {
         int n = CrossProcessReallocBench.Workers;
         var secret = MessageAuth.NewSecret();
@@ -77,7 +130,7 @@ public static class BenchReallocCommand
             for (int r = 0; r < n; r++)
             {
                 var psi = new ProcessStartInfo(exe) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-                foreach (var a in new[] { "worker", "--control", server.Endpoint, "--job", job, "--rank", r.ToString(), "--size", n.ToString(), "--reps", reps.ToString() })
+                foreach (var a in new[] { "worker", "--control", server.Endpoint, "--job", job, "--rank", r.ToString(), "--size", n.ToString(), "--role", role, "--reps", reps.ToString() })
                     psi.ArgumentList.Add(a);
                 psi.Environment[WorkerCommand.SecretVariable] = Convert.ToHexString(secret);
                 psi.Environment["OMP_NUM_THREADS"] = "1";
@@ -99,21 +152,6 @@ public static class BenchReallocCommand
         }
         var reports = rv.Reports.ToDictionary(x => x.Rank, x => JsonDocument.Parse(x.Json).RootElement);
         if (reports.Count != n) throw new InvalidOperationException($"only {reports.Count} of {n} workers reported");
-        double p2p = CrossProcessReallocBench.P2pBytes / reports[1].GetProperty("p2p_seconds").GetDouble() / 1e9;
-        log?.Invoke($"cross-process ({n} worker processes, UCX): point-to-point {p2p:F2} GB/s at {CrossProcessReallocBench.P2pBytes >> 20} MiB");
-        var pairs = CrossProcessReallocBench.Pairs();
-        var factory = LlamaShardLayouts.Factory(Model);
-        var result = new List<ReallocBenchCase>();
-        for (int c = 0; c < pairs.Count; c++)
-        {
-            double sec = reports.Values.Max(rep => rep.GetProperty("case_seconds")[c].GetDouble());
-            var plan = ReallocPlan.Build(pairs[c].From, pairs[c].To, factory, 4, _ => 0);
-            long bytes = plan.RemoteBytes + plan.LocalBytes;
-            var bc = new ReallocBenchCase(InProcessReallocBenchmark.Describe(pairs[c].From), InProcessReallocBenchmark.Describe(pairs[c].To),
-                "cross-process", bytes, sec, bytes / sec / 1e9, p2p);
-            log?.Invoke($"{bc.From} -> {bc.To}: {bytes / 1e9:F2} GB in {sec * 1e3:F0} ms, {bc.Gbps:F2} GB/s, p2p {p2p:F2} GB/s, ratio {bc.Ratio:F2}");
-            result.Add(bc);
-        }
-        return (p2p, result);
+        return reports;
     }
 }

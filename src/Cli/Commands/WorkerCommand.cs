@@ -31,6 +31,10 @@ public static class WorkerCommand
             {
                 "bench-realloc" => CrossProcessReallocBench.RunWorker(p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank),
                     p.GetValue(size), BenchReallocCommand.Model, Math.Max(1, p.GetValue(reps))),
+                "bench-p2p" => CrossProcessReallocBench.RunWorker(p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank),
+                    p.GetValue(size), BenchReallocCommand.Model, Math.Max(1, p.GetValue(reps)), p2pOnly: true),
+                "bench-serve" => CrossProcessReallocBench.Serve(p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank),
+                    p.GetValue(size), BenchReallocCommand.Model),
                 var r => throw new UsageException($"unknown worker role '{r}'"),
             };
         });

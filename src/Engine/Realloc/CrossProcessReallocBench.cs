@@ -26,32 +26,25 @@ public static unsafe class CrossProcessReallocBench
     public const int Workers = 4;
     public const long P2pBytes = 256L << 20;
 
-    public static int RunWorker(string endpoint, string jobId, byte[] secret, int rank, int size, LlamaShape shape, int reps)
+    public static int RunWorker(string endpoint, string jobId, byte[] secret, int rank, int size, LlamaShape shape, int reps, bool p2pOnly = false)
     {
         var auth = new MessageAuth(secret, jobId);
         using var client = new ControlClient(endpoint, auth, $"worker-{rank}");
         using var transport = new UcxTransport(rank, size) { Timeout = TimeSpan.FromSeconds(120) };
         var limit = TimeSpan.FromSeconds(120);
         Rendezvous.Join(client, transport, limit);
-        using var mover = new TransportRealloc(transport);
-        var factory = LlamaShardLayouts.Factory(shape);
-        var report = new Dictionary<string, object>();
+        var report = new Dictionary<string, object> { ["transport"] = transport.Options.ToString() };
 
-        // Point-to-point: rank 0 -> rank 1.
-        using (var buf = new HostBlock(P2pBytes))
+        foreach (var (name, sec) in PointToPoint(client, transport, rank, reps, limit, rma: true)) report[name] = sec;
+        if (p2pOnly)
         {
-            double best = double.MaxValue;
-            for (int i = 0; i < reps + 1; i++)
-            {
-                Rendezvous.Barrier(client, rank, $"p2p-{i}", limit);
-                long t0 = Stopwatch.GetTimestamp();
-                if (rank == 0) transport.SendAsync(1, 1000 + i, (nint)buf.Pointer, P2pBytes).Wait(limit);
-                else if (rank == 1) transport.RecvAsync(0, 1000 + i, (nint)buf.Pointer, P2pBytes).Wait(limit);
-                if (i > 0) best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
-            }
-            if (rank == 1) report["p2p_seconds"] = best;
+            client.Request("report", JsonSerializer.Serialize(new { rank, json = JsonSerializer.Serialize(report) }), TimeSpan.FromSeconds(10));
+            Rendezvous.Barrier(client, rank, "done", limit);
+            return 0;
         }
 
+        using var mover = new TransportRealloc(transport);
+        var factory = LlamaShardLayouts.Factory(shape);
         var pairs = Pairs();
         var cases = new List<double>();
         for (int c = 0; c < pairs.Count; c++)
@@ -97,6 +90,52 @@ public static unsafe class CrossProcessReallocBench
         return 0;
     }
 
+    /// <summary>Sizes of the point-to-point figures (tagged messages rank 0 -> rank 1; the last one is
+    /// the reference of the reallocation cases).</summary>
+    public static readonly long[] P2pSizes = [4L << 20, 64L << 20, P2pBytes];
+
+    /// <summary>Best seconds of a tagged rank 0 -> rank 1 message per size ("p2p_seconds" for
+    /// <see cref="P2pBytes"/>, "p2p_seconds_&lt;MiB&gt;" for the others) and, with
+    /// <paramref name="rma"/>, of a put and a get of <see cref="P2pBytes"/> into / from rank 1's
+    /// registered buffer ("put_seconds", "get_seconds"). Every rank takes part in the barriers, so
+    /// the process count (and the polling cores) match the reallocation cases.</summary>
+    private static List<(string, double)> PointToPoint(ControlClient client, UcxTransport transport, int rank, int reps, TimeSpan limit, bool rma)
+    {
+        var result = new List<(string, double)>();
+        using var buf = new HostBlock(P2pBytes);
+        nint p = (nint)buf.Pointer;
+        int round = 0;
+        double Time(Func<Task?> op)
+        {
+            double best = double.MaxValue;
+            for (int i = 0; i < reps + 1; i++)
+            {
+                Rendezvous.Barrier(client, rank, $"p2p-{round++}", limit);
+                long t0 = Stopwatch.GetTimestamp();
+                op()?.Wait(limit);
+                if (i > 0) best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+            }
+            return best;
+        }
+        foreach (long bytes in P2pSizes)
+        {
+            long tag = 1000 + bytes / (1 << 20);
+            double s = Time(() => rank == 0 ? transport.SendAsync(1, tag, p, bytes) : rank == 1 ? transport.RecvAsync(0, tag, p, bytes) : null);
+            result.Add((bytes == P2pBytes ? "p2p_seconds" : $"p2p_seconds_{bytes >> 20}", s));
+        }
+        if (rma && transport.Size > 1)
+        {
+            using var region = transport.Register(p, P2pBytes);
+            var group = new[] { 0, 1 };
+            byte[][]? table = rank < 2 ? RmaBootstrap.AllGatherAsync(transport, group, 1 << 30, region.Descriptor).Result : null;
+            using var remote = rank == 0 ? transport.Attach(1, table![1]) : null;
+            result.Add(("put_seconds", Time(() => rank == 0 ? transport.PutAsync(remote!, 0, p, P2pBytes) : null)));
+            result.Add(("get_seconds", Time(() => rank == 0 ? transport.GetAsync(remote!, 0, p, P2pBytes) : null)));
+            Rendezvous.Barrier(client, rank, "rma-done", limit);
+        }
+        return result;
+    }
+
     /// <summary>The benchmark's parameter values: a hash of (tensor, global element index), so
     /// every shard of every layout can be filled and checked independently.</summary>
     private static float Value(uint nameHash, long gi) =>
@@ -133,5 +172,107 @@ public static unsafe class CrossProcessReallocBench
         string? e = null;
         Walk(l, buf, false, ref e);
         return e;
+    }
+
+    /// <summary>One process's state for step-by-step runs (<see cref="CrossProcessReallocHost"/>):
+    /// plans of every pair, buffers of the current case, the mover, which cases were verified.</summary>
+    public sealed class Worker : IDisposable
+    {
+        private readonly UcxTransport _t;
+        private readonly ControlClient? _client;
+        private readonly ReallocPlan[] _plans;
+        private readonly TransportRealloc _mover;
+        private readonly HashSet<int> _verified = [];
+        private readonly HostBlock _p2p;
+        private int _case = -1;
+        private HostBlock? _src, _dst;
+
+        public Worker(UcxTransport transport, LlamaShape shape, ControlClient? client = null)
+        {
+            _t = transport;
+            _client = client;
+            var f = LlamaShardLayouts.Factory(shape);
+            _plans = Pairs().Select(p => ReallocPlan.Build(p.From, p.To, f, 4, _ => 0)).ToArray();
+            _mover = new TransportRealloc(transport);
+            _p2p = new HostBlock(P2pBytes);
+        }
+
+        public long CaseBytes(int c) => _plans[c].RemoteBytes + _plans[c].LocalBytes;
+
+        public void PointToPoint(long bytes)
+        {
+            if (bytes > P2pBytes) throw new ArgumentOutOfRangeException(nameof(bytes));
+            if (_t.Rank == 0) _t.SendAsync(1, 999, (nint)_p2p.Pointer, bytes).Wait(_t.Timeout);
+            else if (_t.Rank == 1) _t.RecvAsync(0, 999, (nint)_p2p.Pointer, bytes).Wait(_t.Timeout);
+        }
+
+        public void RunCase(int c)
+        {
+            var plan = _plans[c];
+            int rank = _t.Rank;
+            if (_case != c)
+            {
+                _src?.Dispose();
+                _dst?.Dispose();
+                _src = _dst = null;
+                if (plan.From.Devices.Contains(rank))
+                {
+                    var l = plan.SourceLayoutOf(rank);
+                    _src = new HostBlock(l.TotalElements * 4);
+                    Fill(l, (float*)_src.Pointer);
+                }
+                if (plan.To.Devices.Contains(rank)) _dst = new HostBlock(plan.DestinationLayoutOf(rank).TotalElements * 4);
+                _case = c;
+            }
+            var schedule = ReallocSchedule.ForDevice(plan, rank);
+            if (!_mover.ExecuteAsync(plan, schedule, _src is null ? 0 : (nint)_src.Pointer, _dst is null ? 0 : (nint)_dst.Pointer).Wait(_t.Timeout))
+                throw new TimeoutException($"rank {rank}: case {c} did not finish within {_t.Timeout.TotalSeconds:F0} s");
+            if (_dst is not null && _verified.Add(c) && Verify(plan.DestinationLayoutOf(rank), (float*)_dst.Pointer) is string bad)
+                throw new InvalidOperationException($"rank {rank}, case {c}: {bad}");
+        }
+
+        public void Dispose()
+        {
+            _src?.Dispose();
+            _dst?.Dispose();
+            _p2p.Dispose();
+            _mover.Dispose();
+            _client?.Dispose();
+        }
+    }
+
+    /// <summary>`realn worker --role bench-serve`: joins, then polls the master for numbered
+    /// commands ("case C", "p2p BYTES", "quit"), runs each and reports it done (or its error).</summary>
+    public static int Serve(string endpoint, string jobId, byte[] secret, int rank, int size, LlamaShape shape)
+    {
+        var auth = new MessageAuth(secret, jobId);
+        using var client = new ControlClient(endpoint, auth, $"worker-{rank}");
+        using var transport = new UcxTransport(rank, size) { Timeout = TimeSpan.FromSeconds(120) };
+        Rendezvous.Join(client, transport, TimeSpan.FromSeconds(120));
+        using var me = new Worker(transport, shape);
+        var rq = TimeSpan.FromSeconds(10);
+        var idleSince = DateTime.UtcNow;
+        for (int seq = 0; ; seq++)
+        {
+            string cmd;
+            while ((cmd = client.Request("command", JsonSerializer.Serialize(new { rank, seq }), rq)) == "wait")
+            {
+                if (DateTime.UtcNow - idleSince > TimeSpan.FromMinutes(30)) throw new TimeoutException($"rank {rank}: no command for 30 minutes");
+                Thread.Sleep(1);  // each poll is a control-plane round trip: keep them off the cores the data plane needs
+            }
+            idleSince = DateTime.UtcNow;
+            if (cmd == "quit") return 0;
+            string? error = null;
+            try
+            {
+                var parts = cmd.Split(' ');
+                if (parts[0] == "case") me.RunCase(int.Parse(parts[1]));
+                else if (parts[0] == "p2p") me.PointToPoint(long.Parse(parts[1]));
+                else throw new InvalidOperationException($"unknown command '{cmd}'");
+            }
+            catch (Exception e) { error = e.GetBaseException().Message; }
+            client.Request("done", JsonSerializer.Serialize(new { rank, seq, error }), rq);
+            if (error is not null) return 1;
+        }
     }
 }

@@ -9,7 +9,12 @@ namespace ReaLNative.Engine.Realloc;
 /// is sent from / received into the shard buffer itself (zero-copy); a multi-interval step is
 /// gathered into a pooled, pre-faulted staging buffer with the native interval gather, sent to
 /// every destination of its broadcast group, and scattered on arrival with the native interval
-/// scatter. All receives are posted before the sends, so no ordering between devices can deadlock.
+/// scatter, in pieces of <see cref="ChunkBytes"/> so that gather, transfer and scatter overlap
+/// (whole-step messages serialized them: gather all, move all, scatter all). Over an
+/// <see cref="IRmaTransport"/>, intervals of at least <see cref="RmaMinBytes"/> skip the staging:
+/// the sender registers its shard and sends the descriptor, the receiver gets them straight into
+/// its shard and then tells the sender it is done (the sender returns only after that). All
+/// receives are posted before the sends, so no ordering between devices can deadlock.
 /// </summary>
 public sealed class TransportRealloc : IDisposable
 {
@@ -19,11 +24,23 @@ public sealed class TransportRealloc : IDisposable
 
     public TransportRealloc(ITransport transport) => _t = transport;
 
+    /// <summary>Intervals at least this long are read by the receiver straight from the sender's
+    /// shard with RMA get (one copy, e.g. cma's process_vm_readv) when the transport is an
+    /// <see cref="IRmaTransport"/>; shorter ones are staged (gather, message, scatter: three passes
+    /// over memory, but one message for many intervals). 0 (the default) disables RMA: measured
+    /// here with 32 KiB (UCX 1.13, cma, 4 processes on 2 cores) it was slower than staging
+    /// (cross-process cases 0.12-0.38 of p2p against 0.42-0.67 staged), cause not yet found.</summary>
+    public long RmaMinBytes { get; init; }
+
+    private const long DescriptorTag = 1L << 39 | 1, DoneTag = 1L << 39 | 2;
+    private const int DescriptorMax = 4096;
+
     /// <param name="source">this device's source shard (0 when it holds none)</param>
     /// <param name="destination">this device's destination shard (0 when it receives none)</param>
     public async Task ExecuteAsync(ReallocPlan plan, ReallocSchedule schedule, nint source, nint destination, CancellationToken ct = default)
     {
         long es = plan.ElementSize;
+        var rma = RmaMinBytes > 0 ? _t as IRmaTransport : null;
         int si = 0;
         HostBlock Staging(long bytes)
         {
@@ -35,63 +52,192 @@ public sealed class TransportRealloc : IDisposable
             }
             return _staging[si++];
         }
+        // Per multi-interval step: the intervals moved by RMA get (long) and the staged ones.
+        (List<(long S, long D, long L)> Get, List<(long S, long D, long L)> Staged) Split(ReallocStep step)
+        {
+            var get = new List<(long, long, long)>();
+            var staged = new List<(long, long, long)>();
+            foreach (var iv in step.Intervals)
+                (rma is not null && iv.Length * es >= RmaMinBytes ? get : staged).Add((iv.SrcOffset * es, iv.DstOffset * es, iv.Length * es));
+            return (get, staged);
+        }
         var recvs = new List<Task>();
-        var scatters = new List<(Task Recv, ReallocStep Step, HostBlock Buf)>();
+        var scatters = new List<(Task Recv, Chunk Piece, HostBlock Buf)>();
+        var getsFrom = new Dictionary<int, List<(long S, long D, long L)>>();  // sender -> intervals this device gets
         foreach (var r in schedule.Receives)
         {
             if (destination == 0) throw new ArgumentException($"device {schedule.Device} receives but has no destination buffer");
             if (r.Step.Intervals.Count == 1)
-                recvs.Add(_t.RecvAsync(r.Peer, r.Tag, destination + (nint)(r.Step.Intervals[0].DstOffset * es), r.Step.Bytes, ct));
-            else
             {
-                var buf = Staging(r.Step.Bytes);
-                var task = _t.RecvAsync(r.Peer, r.Tag, Ptr(buf), r.Step.Bytes, ct);
+                recvs.Add(_t.RecvAsync(r.Peer, ChunkTag(r.Tag, 0), destination + (nint)(r.Step.Intervals[0].DstOffset * es), r.Step.Bytes, ct));
+                continue;
+            }
+            var (get, staged) = Split(r.Step);
+            if (get.Count > 0)
+            {
+                if (!getsFrom.TryGetValue(r.Peer, out var l)) getsFrom[r.Peer] = l = [];
+                l.AddRange(get);
+            }
+            if (staged.Count == 0) continue;
+            var chunks = Chunks(staged, ChunkBytes);
+            var buf = Staging(chunks.Sum(c => c.Bytes));
+            foreach (var c in chunks)
+            {
+                var task = _t.RecvAsync(r.Peer, ChunkTag(r.Tag, c.Index), Ptr(buf) + (nint)c.StagingOffset, c.Bytes, ct);
                 recvs.Add(task);
-                scatters.Add((task, r.Step, buf));
+                scatters.Add((task, c, buf));
             }
         }
+        // RMA set-up: this device's senders send their region descriptors; it tells them when done.
+        var descriptors = new Dictionary<int, (Task Recv, HostBlock Buf)>();
+        foreach (var peer in getsFrom.Keys)
+        {
+            var b = Staging(DescriptorMax);
+            descriptors[peer] = (_t.RecvAsync(peer, DescriptorTag, Ptr(b), DescriptorMax, ct), b);
+        }
+        var getPeers = new SortedSet<int>();  // receivers that read this device's shard
+        foreach (var snd in schedule.Sends)
+            if (snd.Step.Intervals.Count > 1 && Split(snd.Step).Get.Count > 0) getPeers.Add(snd.Peer);
+        IRmaRegion? region = null;
         var sends = new List<Task>();
-        int i = 0;
-        while (i < schedule.Sends.Count)
+        var doneFrom = new List<Task>();
+        HostBlock? doneBuf = null;
+        var remotes = new List<IRemoteRegion>();
+        try
         {
-            var step = schedule.Sends[i].Step;
-            if (source == 0) throw new ArgumentException($"device {schedule.Device} sends but has no source buffer");
-            nint from;
-            if (step.Intervals.Count == 1) from = source + (nint)(step.Intervals[0].SrcOffset * es);
-            else
+            if (getPeers.Count > 0)
             {
-                var buf = Staging(step.Bytes);
-                Gather(step, (int)es, source, buf);
-                from = Ptr(buf);
+                if (source == 0) throw new ArgumentException($"device {schedule.Device} sends but has no source buffer");
+                region = rma!.Register(source, plan.SourceLayoutOf(schedule.Device).TotalElements * es);
+                var d = region.Descriptor;
+                if (d.Length + 4 > DescriptorMax) throw new InvalidOperationException($"RMA descriptor of {d.Length} bytes");
+                var db = Staging(DescriptorMax);
+                unsafe
+                {
+                    *(int*)db.Pointer = d.Length;
+                    d.AsSpan().CopyTo(new Span<byte>((byte*)db.Pointer + 4, d.Length));
+                }
+                doneBuf = Staging(8 * getPeers.Count);
+                int k = 0;
+                foreach (var peer in getPeers)
+                {
+                    doneFrom.Add(_t.RecvAsync(peer, DoneTag, Ptr(doneBuf) + 8 * k++, 8, ct));
+                    sends.Add(_t.SendAsync(peer, DescriptorTag, Ptr(db), 4 + d.Length, ct));
+                }
             }
-            for (; i < schedule.Sends.Count && ReferenceEquals(schedule.Sends[i].Step, step); i++)
-                sends.Add(_t.SendAsync(schedule.Sends[i].Peer, schedule.Sends[i].Tag, from, step.Bytes, ct));
+            int i = 0;
+            while (i < schedule.Sends.Count)
+            {
+                var step = schedule.Sends[i].Step;
+                int first = i;
+                while (i < schedule.Sends.Count && ReferenceEquals(schedule.Sends[i].Step, step)) i++;
+                if (source == 0) throw new ArgumentException($"device {schedule.Device} sends but has no source buffer");
+                if (step.Intervals.Count == 1)
+                {
+                    nint from = source + (nint)(step.Intervals[0].SrcOffset * es);
+                    for (int k = first; k < i; k++)
+                        sends.Add(_t.SendAsync(schedule.Sends[k].Peer, ChunkTag(schedule.Sends[k].Tag, 0), from, step.Bytes, ct));
+                    continue;
+                }
+                var staged = Split(step).Staged;
+                if (staged.Count == 0) continue;
+                // Gather chunk by chunk: chunk j is on the wire (the receiver pulls it) while j + 1 is gathered.
+                var chunks = Chunks(staged, ChunkBytes);
+                var buf = Staging(chunks.Sum(c => c.Bytes));
+                foreach (var c in chunks)
+                {
+                    GatherChunk(c, source, buf);
+                    for (int k = first; k < i; k++)
+                        sends.Add(_t.SendAsync(schedule.Sends[k].Peer, ChunkTag(schedule.Sends[k].Tag, c.Index), Ptr(buf) + (nint)c.StagingOffset, c.Bytes, ct));
+                }
+            }
+            foreach (var step in schedule.LocalCopies) LocalCopy(step, (int)es, source, destination);
+            // Long intervals: read them from each sender's shard, then tell it so.
+            var gets = new List<Task>();
+            foreach (var (peer, list) in getsFrom)
+            {
+                var (task, b) = descriptors[peer];
+                await task;
+                byte[] desc;
+                unsafe { desc = new ReadOnlySpan<byte>((byte*)b.Pointer + 4, *(int*)b.Pointer).ToArray(); }
+                var remote = rma!.Attach(peer, desc);
+                remotes.Add(remote);
+                var mine = list.Select(iv => rma.GetAsync(remote, iv.S, destination + (nint)iv.D, iv.L, ct)).ToList();
+                gets.Add(Task.WhenAll(mine).ContinueWith(t => { t.GetAwaiter().GetResult(); return _t.SendAsync(peer, DoneTag, Ptr(b), 8, ct); }, TaskScheduler.Default).Unwrap());
+            }
+            foreach (var (task, c, buf) in scatters)
+            {
+                await task;
+                ScatterChunk(c, destination, buf);
+            }
+            await Task.WhenAll(recvs);
+            await Task.WhenAll(gets);
+            await Task.WhenAll(sends);
+            await Task.WhenAll(doneFrom);  // nobody reads this shard any more
         }
-        foreach (var step in schedule.LocalCopies) LocalCopy(step, (int)es, source, destination);
-        foreach (var (task, step, buf) in scatters)
+        finally
         {
-            await task;
-            Scatter(step, (int)es, destination, buf);
+            foreach (var r in remotes) r.Dispose();
+            region?.Dispose();
         }
-        await Task.WhenAll(recvs);
-        await Task.WhenAll(sends);
+    }
+
+    /// <summary>Bytes of one staged message: a multi-interval step is cut into pieces of about this
+    /// size so that gather, transfer and scatter of consecutive pieces overlap.</summary>
+    public long ChunkBytes { get; init; } = 8L << 20;
+
+    private static long ChunkTag(int stepTag, int chunk) => (long)stepTag << 20 | (uint)chunk;
+
+    /// <summary>A piece of a staged step: byte intervals (source offsets, destination offsets,
+    /// lengths) that fill [StagingOffset, StagingOffset + Bytes) of the step's staging buffer.</summary>
+    private sealed record Chunk(int Index, long StagingOffset, long Bytes, long[] Src, long[] Dst, long[] Len);
+
+    /// <summary>Cuts byte intervals (source offset, destination offset, length), in order, into
+    /// pieces of at most <paramref name="chunk"/> bytes (an interval longer than that is split).
+    /// Sender and receiver cut identically.</summary>
+    private static List<Chunk> Chunks(List<(long S, long D, long L)> intervals, long chunk)
+    {
+        var result = new List<Chunk>();
+        var src = new List<long>();
+        var dst = new List<long>();
+        var len = new List<long>();
+        long start = 0, filled = 0;
+        void Flush()
+        {
+            if (filled == 0) return;
+            result.Add(new Chunk(result.Count, start, filled, [.. src], [.. dst], [.. len]));
+            start += filled;
+            filled = 0;
+            src.Clear(); dst.Clear(); len.Clear();
+        }
+        foreach (var (s0, d0, l0) in intervals)
+        {
+            long so = s0, d = d0, left = l0;
+            while (left > 0)
+            {
+                long take = Math.Min(left, chunk - filled);
+                src.Add(so); dst.Add(d); len.Add(take);
+                so += take; d += take; left -= take; filled += take;
+                if (filled == chunk) Flush();
+            }
+        }
+        Flush();
+        return result;
+    }
+
+    private unsafe void GatherChunk(Chunk c, nint source, HostBlock buf)
+    {
+        fixed (long* po = c.Src, pl = c.Len)
+            Native.Check(Native.realn_interval_gather(_stream.Ptr, (byte*)buf.Pointer + c.StagingOffset, (void*)source, po, pl, c.Src.Length));
+    }
+
+    private unsafe void ScatterChunk(Chunk c, nint destination, HostBlock buf)
+    {
+        fixed (long* po = c.Dst, pl = c.Len)
+            Native.Check(Native.realn_interval_scatter(_stream.Ptr, (void*)destination, (byte*)buf.Pointer + c.StagingOffset, po, pl, c.Dst.Length));
     }
 
     private static unsafe nint Ptr(HostBlock b) => (nint)b.Pointer;
-
-    private unsafe void Gather(ReallocStep step, int es, nint source, HostBlock buf)
-    {
-        var (offs, lens) = ReallocSchedule.ByteIntervals(step, es, source: true);
-        fixed (long* po = offs, pl = lens)
-            Native.Check(Native.realn_interval_gather(_stream.Ptr, buf.Pointer, (void*)source, po, pl, offs.Length));
-    }
-
-    private unsafe void Scatter(ReallocStep step, int es, nint destination, HostBlock buf)
-    {
-        var (offs, lens) = ReallocSchedule.ByteIntervals(step, es, source: false);
-        fixed (long* po = offs, pl = lens)
-            Native.Check(Native.realn_interval_scatter(_stream.Ptr, (void*)destination, buf.Pointer, po, pl, offs.Length));
-    }
 
     private static unsafe void LocalCopy(ReallocStep step, int es, nint source, nint destination)
     {

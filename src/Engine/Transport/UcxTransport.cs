@@ -6,37 +6,58 @@ using ReaLNative.Interop.Ucx;
 namespace ReaLNative.Engine.Transport;
 
 /// <summary>
-/// <see cref="ITransport"/> over UCX tag matching (ucp_tag_send_nbx / ucp_tag_recv_nbx): zero-copy
-/// for the transports that support it (cma, rdma), shared memory or TCP otherwise, as UCX chooses
-/// (UCX_TLS may restrict it). One UCP context and worker per rank; all UCX calls happen on this
-/// object's progress thread, which spins briefly on ucp_worker_progress and otherwise sleeps in
-/// ucp_worker_wait (woken by ucp_worker_signal when work is queued), so idle CPU workers do not
-/// burn a core. Endpoints come from worker addresses exchanged through a bootstrap
-/// (<see cref="Connect"/>). The 64-bit UCX tag carries the source rank (24 bits) and the user tag
-/// (40 bits), receives match both exactly.
+/// <see cref="ITransport"/> over UCX tag matching (ucp_tag_send_nbx / ucp_tag_recv_nbx) and
+/// <see cref="IRmaTransport"/> over UCX RMA (ucp_mem_map, ucp_rkey_pack / ucp_ep_rkey_unpack,
+/// ucp_put_nbx / ucp_get_nbx, ucp_ep_flush_nbx): zero-copy where the transport supports it (cma,
+/// rdma), shared memory or TCP otherwise, as UCX chooses (UCX_TLS or
+/// <see cref="UcxTransportOptions.Transports"/> restrict it). One UCP context and worker per rank;
+/// every UCX call happens on this object's progress thread, which polls or sleeps as
+/// <see cref="UcxTransportOptions"/> says (default: poll with back-off, which keeps shared memory
+/// and cma between local processes). Endpoints come from worker addresses exchanged through a
+/// bootstrap (<see cref="Connect"/>). The 64-bit UCX tag carries the source rank (24 bits) and the
+/// user tag (40 bits), receives match both exactly.
+/// Deadlines: an operation that misses its deadline is cancelled (ucp_request_cancel; tagged sends
+/// and receives) and, for sends and RMA, the peer is treated as failed: no new operation to it is
+/// accepted and, with <see cref="UcxTransportOptions.PeerFailureDetection"/>, its endpoint is
+/// force-closed (which fails UCX's outstanding operations and gives their buffers back). The task
+/// fails with a <see cref="TimeoutException"/> naming the peer once UCX released the buffer, or at
+/// the latest 0.5 s after the deadline with a message saying UCX still holds the buffer (keep it
+/// alive until the transport is disposed).
 /// </summary>
-public sealed unsafe class UcxTransport : ITransport
+public sealed unsafe class UcxTransport : ITransport, IRmaTransport
 {
     private const int RankBits = 24, TagBits = 40;
     private readonly nint _context, _worker;
     private nint[] _eps = [];
+    private string?[] _closed = [];
+    private readonly List<nint> _closing = [];
     private readonly ConcurrentQueue<Op> _queue = new();
     private readonly Thread _thread;
     private volatile bool _stop;
     private readonly HashSet<Op> _pending = [];
-    private readonly Timer _watchdog;
+    private readonly Timer? _watchdog;
+    private readonly ManualResetEventSlim _kick = new(false, 1);
     private readonly byte[] _address;
+    private readonly HashSet<Region> _regions = [];
+    private readonly HashSet<RemoteRegion> _remotes = [];
     private Exception? _fatal;
+
+    private enum Kind { Send, Recv, Put, Get, Call }
 
     private sealed class Op
     {
         public UcxTransport Owner = null!;
-        public bool Send;
+        public Kind Kind;
         public int Peer;
         public ulong Tag;
         public nint Data;
         public long Bytes;
+        public ulong RemoteAddress;
+        public nint Rkey;
+        public Action? Call;
         public void* Request;
+        public int Outstanding;          // RMA: UCX requests still running (put + flush)
+        public ucs_status_t Status;      // first error among them
         public GCHandle Self;
         public DateTime Deadline;
         public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -44,23 +65,39 @@ public sealed unsafe class UcxTransport : ITransport
         public CancellationToken Token;
         public volatile bool CancelRequested;
         public string? Failure;  // set when the deadline passed: the task fails with it once UCX released the buffer
+
+        public string What => Kind switch
+        {
+            Kind.Send => "send to", Kind.Recv => "receive from", Kind.Put => "put to", Kind.Get => "get from", _ => "call on",
+        };
     }
 
-    public UcxTransport(int rank, int size)
+    public UcxTransport(int rank, int size) : this(rank, size, UcxTransportOptions.Default) { }
+
+    public UcxTransport(int rank, int size, UcxTransportOptions options)
     {
         if (size < 1 || rank < 0 || rank >= size) throw new ArgumentException($"rank {rank} outside a world of {size}");
         if (size > 1 << RankBits) throw new ArgumentException($"at most {1 << RankBits} ranks");
         Rank = rank;
         Size = size;
+        Options = options;
         nint cfg;
         Check(Ucp.ucp_config_read(null, null, &cfg), "ucp_config_read");
-        var p = new ucp_params
+        if (options.Transports is string tls)
         {
-            field_mask = (ulong)ucp_params_field.UCP_PARAM_FIELD_FEATURES,
-            // UCP_FEATURE_WAKEUP lets idle workers sleep in ucp_worker_wait; on this UCX build it
-            // also excludes the shared-memory / cma transports between processes (tcp remains).
-            features = (ulong)(ucp_feature.UCP_FEATURE_TAG | ucp_feature.UCP_FEATURE_RMA | ucp_feature.UCP_FEATURE_WAKEUP),
-        };
+            var name = "TLS\0"u8.ToArray();
+            var value = System.Text.Encoding.UTF8.GetBytes(tls + "\0");
+            fixed (byte* n = name, v = value)
+            {
+                var s = Ucp.ucp_config_modify(cfg, n, v);
+                if (s != ucs_status_t.UCS_OK) { Ucp.ucp_config_release(cfg); Check(s, $"UCX TLS={tls}"); }
+            }
+        }
+        var features = ucp_feature.UCP_FEATURE_TAG | ucp_feature.UCP_FEATURE_RMA;
+        // UCP_FEATURE_WAKEUP lets idle workers sleep in ucp_worker_wait; on this UCX build it also
+        // excludes the shared-memory / cma transports between processes (tcp remains).
+        if (options.Wakeup) features |= ucp_feature.UCP_FEATURE_WAKEUP;
+        var p = new ucp_params { field_mask = (ulong)ucp_params_field.UCP_PARAM_FIELD_FEATURES, features = (ulong)features };
         nint ctx;
         var st = Ucp.ucp_init(&p, cfg, &ctx);
         Ucp.ucp_config_release(cfg);
@@ -85,65 +122,205 @@ public sealed unsafe class UcxTransport : ITransport
         _address = new ReadOnlySpan<byte>((void*)addr, checked((int)len)).ToArray();
         Ucp.ucp_worker_release_address(_worker, addr);
         _thread = new Thread(Loop) { IsBackground = true, Name = $"ucx-progress-{rank}" };
-        _watchdog = new Timer(_ => { if (_pending.Count > 0 || !_queue.IsEmpty) Ucp.ucp_worker_signal(_worker); }, null, 20, 20);
+        if (options.Wakeup)
+            _watchdog = new Timer(_ => { if (!_stop && (_pending.Count > 0 || !_queue.IsEmpty)) Ucp.ucp_worker_signal(_worker); }, null, 20, 20);
+        _thread.Start();
     }
 
     public int Rank { get; }
     public int Size { get; }
+    public UcxTransportOptions Options { get; }
     public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(60);
 
     /// <summary>This worker's UCX address, to hand to the other ranks.</summary>
     public byte[] LocalAddress => _address;
 
-    /// <summary>Creates an endpoint to every rank from their addresses (index = rank) and starts
-    /// the progress thread.</summary>
+    /// <summary>Creates an endpoint to every rank from their addresses (index = rank).</summary>
     public void Connect(IReadOnlyList<byte[]> addresses)
     {
         if (addresses.Count != Size) throw new ArgumentException($"expected {Size} addresses, got {addresses.Count}");
-        _eps = new nint[Size];
-        for (int r = 0; r < Size; r++)
+        if (_eps.Length != 0) throw new InvalidOperationException("already connected");
+        Invoke(() =>
         {
-            fixed (byte* a = addresses[r])
+            var eps = new nint[Size];
+            try
             {
-                var ep = new ucp_ep_params
+                for (int r = 0; r < Size; r++)
                 {
-                    field_mask = (ulong)(ucp_ep_params_field.UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | ucp_ep_params_field.UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE),
-                    address = (nint)a,
-                    err_mode = ucp_err_handling_mode_t.UCP_ERR_HANDLING_MODE_PEER,
-                };
-                nint h;
-                Check(Ucp.ucp_ep_create(_worker, &ep, &h), $"ucp_ep_create to rank {r}");
-                _eps[r] = h;
+                    fixed (byte* a = addresses[r])
+                    {
+                        var ep = new ucp_ep_params
+                        {
+                            field_mask = (ulong)(ucp_ep_params_field.UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | ucp_ep_params_field.UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE),
+                            address = (nint)a,
+                            // PEER restricts UCX 1.13 to transports that detect peer failure (tcp):
+                            // no sysv/posix/self; see UcxTransportOptions.PeerFailureDetection.
+                            err_mode = Options.PeerFailureDetection ? ucp_err_handling_mode_t.UCP_ERR_HANDLING_MODE_PEER : ucp_err_handling_mode_t.UCP_ERR_HANDLING_MODE_NONE,
+                        };
+                        nint h;
+                        Check(Ucp.ucp_ep_create(_worker, &ep, &h), $"ucp_ep_create to rank {r}");
+                        eps[r] = h;
+                    }
+                }
             }
-        }
-        _thread.Start();
+            finally
+            {
+                _closed = new string?[Size];
+                _eps = eps;  // the ones created are closed at dispose
+            }
+        });
     }
 
-    public Task SendAsync(int peer, long tag, nint data, long bytes, CancellationToken ct = default) => Post(true, peer, tag, data, bytes, ct);
-    public Task RecvAsync(int peer, long tag, nint data, long bytes, CancellationToken ct = default) => Post(false, peer, tag, data, bytes, ct);
+    public Task SendAsync(int peer, long tag, nint data, long bytes, CancellationToken ct = default) => PostTagged(Kind.Send, peer, tag, data, bytes, ct);
+    public Task RecvAsync(int peer, long tag, nint data, long bytes, CancellationToken ct = default) => PostTagged(Kind.Recv, peer, tag, data, bytes, ct);
 
-    private Task Post(bool send, int peer, long tag, nint data, long bytes, CancellationToken ct)
+    // ---- RMA ------------------------------------------------------------------------------------
+
+    private sealed class Region(UcxTransport owner, nint memh, nint address, long bytes, byte[] descriptor) : IRmaRegion
+    {
+        public nint Memh = memh;
+        public nint Address { get; } = address;
+        public long Bytes { get; } = bytes;
+        public byte[] Descriptor { get; } = descriptor;
+        public void Dispose() => owner.Release(this);
+    }
+
+    private sealed class RemoteRegion(UcxTransport owner, int peer, ulong address, long bytes, nint rkey) : IRemoteRegion
+    {
+        public readonly UcxTransport Owner = owner;
+        public readonly ulong Address = address;
+        public nint Rkey = rkey;
+        public int Peer { get; } = peer;
+        public long Bytes { get; } = bytes;
+        public void Dispose() => Owner.Release(this);
+    }
+
+    public IRmaRegion Register(nint data, long bytes)
+    {
+        if (data == 0 || bytes <= 0) throw new ArgumentException("register a non-empty buffer");
+        Region? region = null;
+        Invoke(() =>
+        {
+            var prm = new ucp_mem_map_params
+            {
+                field_mask = (ulong)(ucp_mem_map_params_field.UCP_MEM_MAP_PARAM_FIELD_ADDRESS | ucp_mem_map_params_field.UCP_MEM_MAP_PARAM_FIELD_LENGTH),
+                address = (void*)data,
+                length = (ulong)bytes,
+            };
+            nint memh;
+            Check(Ucp.ucp_mem_map(_context, &prm, &memh), "ucp_mem_map");
+            void* key;
+            ulong keyLen;
+            var st = Ucp.ucp_rkey_pack(_context, memh, &key, &keyLen);
+            if (st != ucs_status_t.UCS_OK) { Ucp.ucp_mem_unmap(_context, memh); Check(st, "ucp_rkey_pack"); }
+            var d = new byte[16 + (int)keyLen];
+            BitConverter.TryWriteBytes(d.AsSpan(0, 8), (ulong)data);
+            BitConverter.TryWriteBytes(d.AsSpan(8, 8), bytes);
+            new ReadOnlySpan<byte>(key, (int)keyLen).CopyTo(d.AsSpan(16));
+            Ucp.ucp_rkey_buffer_release(key);
+            region = new Region(this, memh, data, bytes, d);
+            _regions.Add(region);
+        });
+        return region!;
+    }
+
+    public IRemoteRegion Attach(int peer, byte[] descriptor)
+    {
+        if ((uint)peer >= (uint)Size) throw new ArgumentOutOfRangeException(nameof(peer), $"peer {peer} outside a world of {Size}");
+        if (descriptor.Length <= 16) throw new ArgumentException("not an RMA descriptor");
+        if (_eps.Length == 0) throw new InvalidOperationException("Connect() first");
+        ulong address = BitConverter.ToUInt64(descriptor, 0);
+        long bytes = BitConverter.ToInt64(descriptor, 8);
+        RemoteRegion? remote = null;
+        Invoke(() =>
+        {
+            nint rkey;
+            fixed (byte* k = descriptor)
+                Check(Ucp.ucp_ep_rkey_unpack(Endpoint(peer), k + 16, &rkey), $"ucp_ep_rkey_unpack of rank {peer}'s region");
+            remote = new RemoteRegion(this, peer, address, bytes, rkey);
+            _remotes.Add(remote);
+        });
+        return remote!;
+    }
+
+    public Task PutAsync(IRemoteRegion remote, long offset, nint local, long bytes, CancellationToken ct = default) => PostRma(Kind.Put, remote, offset, local, bytes, ct);
+    public Task GetAsync(IRemoteRegion remote, long offset, nint local, long bytes, CancellationToken ct = default) => PostRma(Kind.Get, remote, offset, local, bytes, ct);
+
+    private Task PostRma(Kind kind, IRemoteRegion remote, long offset, nint local, long bytes, CancellationToken ct)
+    {
+        if (remote is not RemoteRegion r || r.Owner != this) throw new ArgumentException("a region attached through this transport");
+        if (r.Rkey == 0) throw new ObjectDisposedException(nameof(IRemoteRegion));
+        if (offset < 0 || bytes < 0 || offset > r.Bytes - bytes) throw new ArgumentOutOfRangeException(nameof(offset), $"[{offset}, +{bytes}) outside rank {r.Peer}'s region of {r.Bytes} bytes");
+        if (bytes > 0 && local == 0) throw new ArgumentException("null buffer with a positive size");
+        return Post(new Op { Kind = kind, Peer = r.Peer, Data = local, Bytes = bytes, RemoteAddress = r.Address + (ulong)offset, Rkey = r.Rkey }, ct);
+    }
+
+    private void Release(Region region)
+    {
+        if (region.Memh == 0 || _stop) return;
+        Invoke(() =>
+        {
+            if (region.Memh == 0) return;
+            Ucp.ucp_mem_unmap(_context, region.Memh);
+            region.Memh = 0;
+            _regions.Remove(region);
+        });
+    }
+
+    private void Release(RemoteRegion remote)
+    {
+        if (remote.Rkey == 0 || _stop) return;
+        Invoke(() =>
+        {
+            if (remote.Rkey == 0) return;
+            Ucp.ucp_rkey_destroy(remote.Rkey);
+            remote.Rkey = 0;
+            _remotes.Remove(remote);
+        });
+    }
+
+    // ---- posting and the progress thread --------------------------------------------------------
+
+    private Task PostTagged(Kind kind, int peer, long tag, nint data, long bytes, CancellationToken ct)
     {
         if ((uint)peer >= (uint)Size) throw new ArgumentOutOfRangeException(nameof(peer), $"peer {peer} outside a world of {Size}");
         if (tag < 0 || tag >= 1L << TagBits) throw new ArgumentOutOfRangeException(nameof(tag), $"tag {tag} outside [0, 2^{TagBits})");
         if (bytes < 0 || (bytes > 0 && data == 0)) throw new ArgumentException("null buffer with a positive size");
-        if (_fatal is not null) return Task.FromException(_fatal);
         if (_eps.Length == 0) throw new InvalidOperationException("Connect() first");
-        int src = send ? Rank : peer;
-        var op = new Op
-        {
-            Owner = this, Send = send, Peer = peer, Data = data, Bytes = bytes,
-            Tag = ((ulong)src << TagBits) | (ulong)tag,
-            Deadline = DateTime.UtcNow + Timeout,
-        };
+        int src = kind == Kind.Send ? Rank : peer;
+        return Post(new Op { Kind = kind, Peer = peer, Data = data, Bytes = bytes, Tag = ((ulong)src << TagBits) | (ulong)tag }, ct);
+    }
+
+    private Task Post(Op op, CancellationToken ct)
+    {
+        if (_fatal is not null) return Task.FromException(_fatal);
+        if (_stop) return Task.FromException(new ObjectDisposedException(nameof(UcxTransport)));
+        op.Owner = this;
+        op.Deadline = DateTime.UtcNow + Timeout;
         if (ct.CanBeCanceled)
         {
             op.Token = ct;
-            op.Cancel = ct.Register(() => { op.CancelRequested = true; Ucp.ucp_worker_signal(_worker); });
+            op.Cancel = ct.Register(() => { op.CancelRequested = true; Kick(); });
         }
         _queue.Enqueue(op);
-        Ucp.ucp_worker_signal(_worker);
+        Kick();
         return op.Done.Task;
+    }
+
+    /// <summary>Runs <paramref name="call"/> on the progress thread (UCX calls stay on one thread)
+    /// and waits for it, within the deadline.</summary>
+    private void Invoke(Action call)
+    {
+        if (Thread.CurrentThread == _thread) { call(); return; }
+        var t = Post(new Op { Kind = Kind.Call, Call = call }, default);
+        if (!t.Wait(Timeout)) throw new TimeoutException($"rank {Rank}: the UCX progress thread did not run a call within {Timeout.TotalSeconds:F0} s");
+        t.GetAwaiter().GetResult();
+    }
+
+    private void Kick()
+    {
+        if (Options.Wakeup) Ucp.ucp_worker_signal(_worker);
+        else _kick.Set();
     }
 
     private void Loop()
@@ -153,22 +330,43 @@ public sealed unsafe class UcxTransport : ITransport
             int idle = 0;
             while (!_stop)
             {
-                while (_queue.TryDequeue(out var op)) Start(op);
                 bool any = false;
+                while (_queue.TryDequeue(out var op)) { Start(op); any = true; }
                 while (Ucp.ucp_worker_progress(_worker) != 0) any = true;
                 if (_pending.Count > 0) ExpireDeadlines();
                 if (any) { idle = 0; continue; }
-                if (++idle < 200) { Thread.SpinWait(50); continue; }
-                idle = 0;
-                var st = Ucp.ucp_worker_arm(_worker);
-                if (st == ucs_status_t.UCS_OK && _queue.IsEmpty && !_stop) Ucp.ucp_worker_wait(_worker);
+                idle++;
+                if (Options.Wakeup)
+                {
+                    if (idle < 200) { Thread.SpinWait(50); continue; }
+                    idle = 0;
+                    var st = Ucp.ucp_worker_arm(_worker);
+                    if (st == ucs_status_t.UCS_OK && _queue.IsEmpty && !_stop) Ucp.ucp_worker_wait(_worker);
+                }
+                else if (idle <= Options.SpinIterations) Thread.SpinWait(20);
+                else if (idle <= Options.SpinIterations + Options.YieldIterations) Thread.Yield();
+                else
+                {
+                    // Operations in flight: 1 ms naps (a peer may be computing); idle: 1, 2, 4 .. MaxSleep ms.
+                    int step = idle - Options.SpinIterations - Options.YieldIterations;
+                    int ms = _pending.Count > 0 ? 1 : (int)Math.Min(Options.MaxSleep.TotalMilliseconds, 1 << Math.Min(step, 10));
+                    _kick.Wait(Math.Max(ms, 1));
+                    _kick.Reset();
+                }
             }
         }
         catch (Exception e)
         {
             _fatal = e;
             foreach (var op in _pending) op.Done.TrySetException(e);
+            while (_queue.TryDequeue(out var op)) op.Done.TrySetException(e);
         }
+    }
+
+    private nint Endpoint(int peer)
+    {
+        if (_closed[peer] is string why) throw new IOException($"rank {Rank}: the endpoint to rank {peer} was closed: {why}");
+        return _eps[peer];
     }
 
     private void Start(Op op)
@@ -179,23 +377,68 @@ public sealed unsafe class UcxTransport : ITransport
             op.Done.TrySetCanceled(op.Token);
             return;
         }
+        if (op.Kind == Kind.Call)
+        {
+            try { op.Call!(); op.Done.TrySetResult(); }
+            catch (Exception e) { op.Done.TrySetException(e); }
+            return;
+        }
+        nint ep = 0;
+        if (op.Kind != Kind.Recv)
+        {
+            if (_closed[op.Peer] is string why)
+            {
+                op.Cancel.Dispose();
+                op.Done.TrySetException(new IOException($"rank {Rank}: the endpoint to rank {op.Peer} was closed: {why}"));
+                return;
+            }
+            ep = _eps[op.Peer];
+        }
         op.Self = GCHandle.Alloc(op);
         var prm = new ucp_request_param_t
         {
             op_attr_mask = (uint)(ucp_op_attr_t.UCP_OP_ATTR_FIELD_CALLBACK | ucp_op_attr_t.UCP_OP_ATTR_FIELD_USER_DATA),
             user_data = (void*)GCHandle.ToIntPtr(op.Self),
         };
-        void* req;
-        if (op.Send)
+        switch (op.Kind)
         {
-            prm.send = (nint)(delegate* unmanaged[Cdecl]<void*, ucs_status_t, void*, void>)&OnSend;
-            req = Ucp.ucp_tag_send_nbx(_eps[op.Peer], (void*)op.Data, (ulong)op.Bytes, op.Tag, &prm);
+            case Kind.Send:
+            {
+                prm.send = (nint)(delegate* unmanaged[Cdecl]<void*, ucs_status_t, void*, void>)&OnSend;
+                Started(op, Ucp.ucp_tag_send_nbx(ep, (void*)op.Data, (ulong)op.Bytes, op.Tag, &prm));
+                break;
+            }
+            case Kind.Recv:
+            {
+                prm.recv = (nint)(delegate* unmanaged[Cdecl]<void*, ucs_status_t, ucp_tag_recv_info*, void*, void>)&OnRecv;
+                Started(op, Ucp.ucp_tag_recv_nbx(_worker, (void*)op.Data, (ulong)op.Bytes, op.Tag, ulong.MaxValue, &prm));
+                break;
+            }
+            case Kind.Get:
+            {
+                prm.send = (nint)(delegate* unmanaged[Cdecl]<void*, ucs_status_t, void*, void>)&OnRma;
+                void* req = Ucp.ucp_get_nbx(ep, (void*)op.Data, (ulong)op.Bytes, op.RemoteAddress, op.Rkey, &prm);
+                StartedRma(op, req);
+                if (op.Outstanding == 0) Finish(op, op.Status);
+                else _pending.Add(op);
+                break;
+            }
+            case Kind.Put:
+            {
+                // The put's completion only frees the local buffer; the flush behind it completes
+                // once the bytes reached the target's memory.
+                prm.send = (nint)(delegate* unmanaged[Cdecl]<void*, ucs_status_t, void*, void>)&OnRma;
+                StartedRma(op, Ucp.ucp_put_nbx(ep, (void*)op.Data, (ulong)op.Bytes, op.RemoteAddress, op.Rkey, &prm));
+                if (op.Status == ucs_status_t.UCS_OK) StartedRma(op, Ucp.ucp_ep_flush_nbx(ep, &prm));
+                if (op.Outstanding == 0) Finish(op, op.Status);
+                else _pending.Add(op);
+                break;
+            }
         }
-        else
-        {
-            prm.recv = (nint)(delegate* unmanaged[Cdecl]<void*, ucs_status_t, ucp_tag_recv_info*, void*, void>)&OnRecv;
-            req = Ucp.ucp_tag_recv_nbx(_worker, (void*)op.Data, (ulong)op.Bytes, op.Tag, ulong.MaxValue, &prm);
-        }
+    }
+
+    private void Started(Op op, void* req)
+    {
         if (req == null) Finish(op, ucs_status_t.UCS_OK);
         else if (Ucp.IsError(req)) Finish(op, Ucp.Status(req));
         else
@@ -205,30 +448,66 @@ public sealed unsafe class UcxTransport : ITransport
         }
     }
 
+    private static void StartedRma(Op op, void* req)
+    {
+        if (req == null) return;
+        if (Ucp.IsError(req)) { if (op.Status == ucs_status_t.UCS_OK) op.Status = Ucp.Status(req); }
+        else op.Outstanding++;
+    }
+
     private void ExpireDeadlines()
     {
         var now = DateTime.UtcNow;
         List<Op>? late = null;
         foreach (var op in _pending)
-            if (op.Failure is null && !op.CancelRequested && now > op.Deadline || op.CancelRequested && op.Failure is null) (late ??= []).Add(op);
+        {
+            if (op.Failure is null && (op.CancelRequested || now > op.Deadline)) (late ??= []).Add(op);
+            else if (op.Failure is not null && !op.Done.Task.IsCompleted && now > op.Deadline + AbandonAfter)
+                // UCX neither completed nor cancelled it: report the timeout now; UCX owns the buffer
+                // until the callback comes or the transport is disposed.
+                op.Done.TrySetException(new TimeoutException(op.Failure + "; UCX still holds the buffer: keep it alive until the transport is disposed"));
+        }
         if (late is null) return;
         foreach (var op in late)
         {
             op.Failure = op.CancelRequested ? "cancelled" :
-                $"rank {Rank}: {(op.Send ? "send to" : "receive from")} rank {op.Peer} (tag {op.Tag & ((1UL << TagBits) - 1)}, {op.Bytes} bytes) did not complete within {Timeout.TotalSeconds:F0} s";
-            // The callback follows with UCS_ERR_CANCELED; only then is the buffer free again.
-            Ucp.ucp_request_cancel(_worker, op.Request);
+                $"rank {Rank}: {op.What} rank {op.Peer} ({(op.Kind is Kind.Send or Kind.Recv ? $"tag {op.Tag & ((1UL << TagBits) - 1)}, " : "")}{op.Bytes} bytes) did not complete within {Timeout.TotalSeconds:F1} s";
+            if (op.CancelRequested) op.Deadline = now;
+            if (op.Kind is Kind.Recv or Kind.Send)
+                Ucp.ucp_request_cancel(_worker, op.Request);  // the callback follows, UCS_ERR_CANCELED or UCS_OK
+            if (op.Kind != Kind.Recv && !op.CancelRequested)
+                CloseEndpoint(op.Peer, op.Failure);           // the peer is treated as failed
         }
+    }
+
+    /// <summary>How long after its deadline an operation UCX could not cancel is reported failed anyway.</summary>
+    private static readonly TimeSpan AbandonAfter = TimeSpan.FromMilliseconds(500);
+
+    private void CloseEndpoint(int peer, string why)
+    {
+        if (_closed[peer] is not null) return;
+        _closed[peer] = why;  // no new operations to that peer
+        // A forced close fails the endpoint's outstanding operations (UCS_ERR_CANCELED), which is
+        // what gives RMA and send buffers back; UCX allows it only with UCP_ERR_HANDLING_MODE_PEER.
+        if (!Options.PeerFailureDetection) return;
+        var prm = new ucp_request_param_t
+        {
+            op_attr_mask = (uint)ucp_op_attr_t.UCP_OP_ATTR_FIELD_FLAGS,
+            flags = (uint)ucp_ep_close_flags_t.UCP_EP_CLOSE_FLAG_FORCE,
+        };
+        void* req = Ucp.ucp_ep_close_nbx(_eps[peer], &prm);
+        _eps[peer] = 0;
+        if (req != null && !Ucp.IsError(req)) _closing.Add((nint)req);
     }
 
     private static void Finish(Op op, ucs_status_t st)
     {
         if (op.Self.IsAllocated) op.Self.Free();
         op.Cancel.Dispose();
-        if (st == ucs_status_t.UCS_OK) op.Done.TrySetResult();
-        else if (op.CancelRequested) op.Done.TrySetCanceled(op.Token);
+        if (op.Failure is not null && op.CancelRequested) op.Done.TrySetCanceled(op.Token);
         else if (op.Failure is not null) op.Done.TrySetException(new TimeoutException(op.Failure));
-        else op.Done.TrySetException(new IOException($"UCX {(op.Send ? "send to" : "receive from")} rank {op.Peer} failed: {Ucp.StatusText(st)}"));
+        else if (st == ucs_status_t.UCS_OK) op.Done.TrySetResult();
+        else op.Done.TrySetException(new IOException($"UCX {op.What} rank {op.Peer} failed: {Ucp.StatusText(st)}"));
     }
 
     private static void Complete(void* request, ucs_status_t st, void* user)
@@ -245,36 +524,55 @@ public sealed unsafe class UcxTransport : ITransport
     [UnmanagedCallersOnly(CallConvs = [typeof(CallConvCdecl)])]
     private static void OnRecv(void* request, ucs_status_t st, ucp_tag_recv_info* info, void* user) => Complete(request, st, user);
 
+    [UnmanagedCallersOnly(CallConvs = [typeof(CallConvCdecl)])]
+    private static void OnRma(void* request, ucs_status_t st, void* user)
+    {
+        var op = (Op)GCHandle.FromIntPtr((nint)user).Target!;
+        if (st != ucs_status_t.UCS_OK && op.Status == ucs_status_t.UCS_OK) op.Status = st;
+        Ucp.ucp_request_free(request);
+        if (--op.Outstanding > 0) return;
+        op.Owner._pending.Remove(op);
+        Finish(op, op.Status);
+    }
+
     public void Dispose()
     {
         if (_stop) return;
         _stop = true;
-        _watchdog.Dispose();
+        _watchdog?.Dispose();
         if (_thread.IsAlive)
         {
-            Ucp.ucp_worker_signal(_worker);
+            Kick();
             _thread.Join(TimeSpan.FromSeconds(10));
         }
         foreach (var op in _pending) op.Done.TrySetException(new ObjectDisposedException(nameof(UcxTransport)));
+        while (_queue.TryDequeue(out var op)) op.Done.TrySetException(new ObjectDisposedException(nameof(UcxTransport)));
+        foreach (var r in _remotes) Ucp.ucp_rkey_destroy(r.Rkey);
+        foreach (var r in _regions) Ucp.ucp_mem_unmap(_context, r.Memh);
+        var requests = new List<nint>(_closing);
         foreach (var ep in _eps)
         {
-            if (ep == 0) continue;  // Connect failed before creating it
+            if (ep == 0) continue;  // never created, or already closed after a timeout
+            // Forced even without UCP_ERR_HANDLING_MODE_PEER (which the header asks for): a flushing
+            // close waits on peers that may already be gone; the wait below is bounded either way.
             var prm = new ucp_request_param_t
             {
                 op_attr_mask = (uint)ucp_op_attr_t.UCP_OP_ATTR_FIELD_FLAGS,
                 flags = (uint)ucp_ep_close_flags_t.UCP_EP_CLOSE_FLAG_FORCE,
             };
             void* req = Ucp.ucp_ep_close_nbx(ep, &prm);
-            if (req != null && !Ucp.IsError(req))
-            {
-                var until = DateTime.UtcNow.AddSeconds(5);
-                while (Ucp.ucp_request_check_status(req) == ucs_status_t.UCS_INPROGRESS && DateTime.UtcNow < until)
-                    Ucp.ucp_worker_progress(_worker);
-                Ucp.ucp_request_free(req);
-            }
+            if (req != null && !Ucp.IsError(req)) requests.Add((nint)req);
+        }
+        var until = DateTime.UtcNow.AddSeconds(5);
+        foreach (var req in requests)
+        {
+            while (Ucp.ucp_request_check_status((void*)req) == ucs_status_t.UCS_INPROGRESS && DateTime.UtcNow < until)
+                Ucp.ucp_worker_progress(_worker);
+            Ucp.ucp_request_free((void*)req);
         }
         Ucp.ucp_worker_destroy(_worker);
         Ucp.ucp_cleanup(_context);
+        _kick.Dispose();
     }
 
     private static void Check(ucs_status_t st, string what)

@@ -213,15 +213,19 @@ public sealed class ReallocScheduleTests
 /// multi-interval steps, zero-copy single-interval steps, broadcasts and local copies, bit-exact.</summary>
 public sealed class TransportReallocTests
 {
-    [Fact]
-    public async Task RandomLayoutPairsOverUcxAreBitExact()
+    [Theory]
+    [InlineData(8L << 20, 0L)]       // all staged, whole steps in one piece
+    [InlineData(100L, 0L)]           // staged steps cut into many pieces, intervals split across pieces
+    [InlineData(100L, 64L)]          // long intervals by RMA get, short ones staged
+    [InlineData(8L << 20, 4L)]       // every interval of a multi-interval step by RMA get
+    public async Task RandomLayoutPairsOverUcxAreBitExact(long chunkBytes, long rmaMinBytes)
     {
         var f = LlamaShardLayouts.Factory(new LlamaShape(Layers: 3, Hidden: 32, Intermediate: 24, Heads: 8, KvHeads: 4, Vocab: 32));
         const int n = 4;
         var world = Enumerable.Range(0, n).Select(r => new ReaLNative.Engine.Transport.UcxTransport(r, n)).ToArray();
         var addrs = world.Select(t => t.LocalAddress).ToArray();
         foreach (var t in world) t.Connect(addrs);
-        var movers = world.Select(t => new TransportRealloc(t)).ToArray();
+        var movers = world.Select(t => new TransportRealloc(t) { ChunkBytes = chunkBytes, RmaMinBytes = rmaMinBytes }).ToArray();
         try
         {
             var rng = new Random(77);

@@ -1,0 +1,46 @@
+namespace ReaLNative.Engine.Transport;
+
+/// <summary>
+/// How a <see cref="UcxTransport"/> waits for work. With <see cref="Wakeup"/> the context requests
+/// UCP_FEATURE_WAKEUP and an idle progress thread sleeps in ucp_worker_wait; on UCX 1.13 here that
+/// restricts the transports between processes to those with an event fd (tcp), see
+/// <c>realn bench realloc --p2p-only</c> for the measured difference. Without it (the default) UCX
+/// keeps shared memory (sysv/posix) and cma between local processes and the progress thread polls:
+/// it spins <see cref="SpinIterations"/> idle rounds, then yields the core
+/// <see cref="YieldIterations"/> times, then sleeps in steps growing to <see cref="MaxSleep"/> (1 ms
+/// while operations are in flight), and is woken at once when an operation is posted.
+/// Environment: REALN_UCX_WAKEUP=1 selects wakeup, REALN_UCX_SPIN the spin count, UCX_TLS (UCX's
+/// own) restricts transports.
+/// </summary>
+public sealed record UcxTransportOptions
+{
+    public bool Wakeup { get; init; }
+
+    /// <summary>Endpoints with UCP_ERR_HANDLING_MODE_PEER: UCX reports a dead peer as an error on
+    /// its operations. On UCX 1.13 that mode excludes every transport without peer-failure
+    /// detection (self, sysv, posix), so between local processes only tcp remains: off by default,
+    /// the transport's own deadlines catch a dead peer instead. REALN_UCX_ERRMODE=peer turns it on.</summary>
+    public bool PeerFailureDetection { get; init; }
+    public int SpinIterations { get; init; } = 4000;
+    public int YieldIterations { get; init; } = 200;
+    public TimeSpan MaxSleep { get; init; } = TimeSpan.FromMilliseconds(10);
+
+    /// <summary>UCX transport list for this context only (UCX's TLS setting, e.g. "tcp" or
+    /// "sm,cma,self"); null keeps UCX_TLS / UCX's choice.</summary>
+    public string? Transports { get; init; }
+
+    public static UcxTransportOptions Default { get; } = FromEnvironment();
+
+    public static UcxTransportOptions FromEnvironment()
+    {
+        var o = new UcxTransportOptions();
+        var w = Environment.GetEnvironmentVariable("REALN_UCX_WAKEUP");
+        if (w is not null) o = o with { Wakeup = w is "1" or "true" or "yes" or "on" };
+        if (Environment.GetEnvironmentVariable("REALN_UCX_ERRMODE") is string e) o = o with { PeerFailureDetection = e == "peer" };
+        if (int.TryParse(Environment.GetEnvironmentVariable("REALN_UCX_SPIN"), out int s) && s >= 0) o = o with { SpinIterations = s };
+        return o;
+    }
+
+    public override string ToString() => (Wakeup ? "wakeup" : $"poll (spin {SpinIterations}, yield {YieldIterations}, sleep <= {MaxSleep.TotalMilliseconds:F0} ms)")
+        + (PeerFailureDetection ? ", err mode peer" : "") + (Transports is null ? "" : $", tls {Transports}");
+}
