@@ -4,7 +4,7 @@ using ReaLNative.Interop;
 namespace ReaLNative.Engine.Generation;
 
 /// <summary>Sampling settings. Temperature 0 = greedy.</summary>
-public sealed record GenerationOptions
+internal sealed record GenerationOptions
 {
     /// <summary>New tokens per sequence at most.</summary>
     public int MaxNewTokens { get; init; } = 16;
@@ -26,7 +26,7 @@ public sealed record GenerationOptions
 /// <summary>Generated sequences: prompt + new tokens, the log-prob of each new token under the
 /// distribution it was drawn from, and (when top-k/top-p filtered) the mask of allowed tokens per
 /// new token, which training must reuse to recompute the same log-probs.</summary>
-public sealed class GenerationResult
+internal sealed class GenerationResult
 {
     /// <summary>The prompts, as given.</summary>
     public required int[][] Prompts { get; init; }
@@ -48,7 +48,7 @@ public sealed class GenerationResult
 /// KV cache, then decode steps of one token per unfinished sequence against the cache, sampling
 /// on the native op with a seed and the step as offset (reproducible).
 /// </summary>
-public static unsafe class Generator
+internal unsafe class Generator
 {
     /// <summary>Generates for all prompts in one batch; errors name the bad option.</summary>
     public static GenerationResult Generate(LlamaModel model, IReadOnlyList<int[]> prompts, GenerationOptions opt)

@@ -12,7 +12,7 @@ namespace ReaLNative.Engine.Model;
 /// Activations live in a grow-only arena; <see cref="Forward"/> keeps what <see cref="Backward"/>
 /// needs until the next forward.
 /// </summary>
-public sealed unsafe class LlamaModel : IDisposable
+internal unsafe class LlamaModel : IDisposable
 {
     private readonly NativeStream _s;
     private readonly HostBlock _params, _grads;
@@ -376,7 +376,7 @@ public sealed unsafe class LlamaModel : IDisposable
 }
 
 /// <summary>Slot-based KV cache for generation: per layer K and V of [slots, max_len, kv_heads, head_dim].</summary>
-public sealed unsafe class KvCache : IDisposable
+internal unsafe class KvCache : IDisposable
 {
     private readonly HostBlock _block;
     private readonly long _perLayer;

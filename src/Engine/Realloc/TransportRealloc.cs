@@ -11,7 +11,7 @@ namespace ReaLNative.Engine.Realloc;
 /// every destination of its broadcast group, and scattered on arrival with the native interval
 /// scatter. All receives are posted before the sends, so no ordering between devices can deadlock.
 /// </summary>
-public sealed class TransportRealloc : IDisposable
+internal sealed class TransportRealloc : IDisposable
 {
     private readonly ITransport _t;
     private readonly NativeStream _stream = NativeStream.Cpu();

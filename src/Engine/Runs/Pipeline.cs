@@ -19,9 +19,9 @@ using ReaLNative.Engine.Tokenization;
 namespace ReaLNative.Engine.Runs;
 
 /// <summary>One finished iteration (or evaluation) of a stage, for progress displays.</summary>
-public sealed record ProgressEvent(int Stage, string Algorithm, int Iteration, int Iterations, IReadOnlyDictionary<string, double> Figures);
+internal sealed record ProgressEvent(int Stage, string Algorithm, int Iteration, int Iterations, IReadOnlyDictionary<string, double> Figures);
 
-public sealed class Pipeline : IDisposable
+internal sealed class Pipeline : IDisposable
 {
     private readonly ExperimentConfig _cfg;
     private readonly string _out;

@@ -15,7 +15,7 @@ namespace ReaLNative.Engine.Transport;
 /// (<see cref="Connect"/>). The 64-bit UCX tag carries the source rank (24 bits) and the user tag
 /// (40 bits), receives match both exactly.
 /// </summary>
-public sealed unsafe class UcxTransport : ITransport
+internal unsafe class UcxTransport : ITransport
 {
     private const int RankBits = 24, TagBits = 40;
     private readonly nint _context, _worker;
