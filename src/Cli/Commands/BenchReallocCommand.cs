@@ -26,9 +26,9 @@ public static class BenchReallocCommand
     }
 
     /// <summary>~1.3 GB of fp32 parameters: 20 layers, hidden 1024, intermediate 2816, vocab 32000.</summary>
-    public static readonly LlamaShape Model = new(Layers: 20, Hidden: 1024, Intermediate: 2816, Heads: 16, KvHeads: 8, Vocab: 32000);
+    internal static readonly LlamaShape Model = new(Layers: 20, Hidden: 1024, Intermediate: 2816, Heads: 16, KvHeads: 8, Vocab: 32000);
 
-    public static IReadOnlyList<(ParallelLayout, ParallelLayout)> SameProcessPairs() =>
+    internal static IReadOnlyList<(ParallelLayout, ParallelLayout)> SameProcessPairs() =>
     [
         (ParallelLayout.Contiguous(0, 1, 1, 1), ParallelLayout.Contiguous(0, 1, 1, 2)),   // split tensors
         (ParallelLayout.Contiguous(0, 1, 1, 2), ParallelLayout.Contiguous(2, 1, 1, 1)),   // merge tensors

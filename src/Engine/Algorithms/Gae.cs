@@ -6,7 +6,7 @@ using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Algorithms;
 
-public static unsafe class Gae
+internal unsafe class Gae
 {
     public static float[] WithBootstrap(ReadOnlySpan<float> values, ReadOnlySpan<int> cuSeqlens)
     {

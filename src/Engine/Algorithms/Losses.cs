@@ -5,11 +5,11 @@
 // hand-computed values tightly.
 namespace ReaLNative.Engine.Algorithms;
 
-public readonly record struct PolicyLossStats(double Loss, double ClipFraction, double ApproxKl, int Tokens);
-public readonly record struct ValueLossStats(double Loss, double ClipFraction, int Tokens);
-public readonly record struct PairLossStats(double Loss, double Accuracy, double MeanMargin);
+internal readonly record struct PolicyLossStats(double Loss, double ClipFraction, double ApproxKl, int Tokens);
+internal readonly record struct ValueLossStats(double Loss, double ClipFraction, int Tokens);
+internal readonly record struct PairLossStats(double Loss, double Accuracy, double MeanMargin);
 
-public static class Losses
+internal static class Losses
 {
     private static void CheckLen(string name, int actual, int expected)
     {

@@ -9,7 +9,7 @@ using ReaLNative.Interop;
 namespace ReaLNative.Engine.Algorithms;
 
 /// <summary>Packed sequences plus the packed indices of their action (scored) tokens.</summary>
-public sealed class ScoredBatch
+internal sealed class ScoredBatch
 {
     public ScoredBatch(IReadOnlyList<int[]> sequences, IReadOnlyList<int> promptLengths)
     {
@@ -35,7 +35,7 @@ public sealed class ScoredBatch
     public int Actions => ActionIndex.Length;
 }
 
-public static unsafe class ModelOps
+internal unsafe class ModelOps
 {
     private const int Ignore = -100;
 

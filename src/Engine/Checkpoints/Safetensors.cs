@@ -12,7 +12,7 @@ namespace ReaLNative.Engine.Checkpoints;
 /// above <see cref="DefaultShardBytes"/>. Loading accepts F32, BF16 and F16 tensors (converted to
 /// fp32) and refuses missing, unexpected or mis-shaped tensors by name. A round trip is bit-exact.
 /// </summary>
-public static class Safetensors
+internal static class Safetensors
 {
     /// <summary>Shard size above which model.safetensors is split (2 GiB).</summary>
     public const long DefaultShardBytes = 2L << 30;

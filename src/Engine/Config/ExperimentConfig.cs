@@ -7,7 +7,7 @@ using YamlDotNet.RepresentationModel;
 
 namespace ReaLNative.Engine.Config;
 
-public static class AlgorithmNames
+internal static class AlgorithmNames
 {
     public const string Sft = "sft", Rm = "rm", Ppo = "ppo", Grpo = "grpo", Remax = "remax", Dpo = "dpo";
     public static readonly string[] All = [Sft, Rm, Ppo, Grpo, Remax, Dpo];
@@ -43,20 +43,20 @@ public static class AlgorithmNames
     public static bool ScalarHead(string role) => role is "critic" or "reward";
 }
 
-public sealed record TaskConfig(string Name, int MinLen, int MaxLen);
+internal sealed record TaskConfig(string Name, int MinLen, int MaxLen);
 
-public sealed record EvalConfig(int Size, int Every);
+internal sealed record EvalConfig(int Size, int Every);
 
-public sealed record ModelSpec(string Role, string? Preset, string? ConfigPath, string Init)
+internal sealed record ModelSpec(string Role, string? Preset, string? ConfigPath, string Init)
 {
     /// <summary>Identity of the architecture, to check that an init source has the same shape.</summary>
     public string ArchitectureKey => Preset is not null ? $"preset:{Preset}" : $"config:{ConfigPath}";
     public bool InitFromPath => Init is not ("random" or "sft" or "rm");
 }
 
-public sealed record BatchConfig(int Size, int PromptLen, int GenLen, int Minibatches, int GroupSize);
+internal sealed record BatchConfig(int Size, int PromptLen, int GenLen, int Minibatches, int GroupSize);
 
-public sealed record OptimConfig(double Lr, double WeightDecay, double Beta1, double Beta2, double Eps,
+internal sealed record OptimConfig(double Lr, double WeightDecay, double Beta1, double Beta2, double Eps,
                                  int WarmupSteps, string Decay, double MinLrRatio, double ClipGradNorm)
 {
     /// <summary>Learning rate at optimizer step <paramref name="step"/> (0-based) of <paramref name="total"/>.</summary>
@@ -64,21 +64,21 @@ public sealed record OptimConfig(double Lr, double WeightDecay, double Beta1, do
         new Optim.LrSchedule(Lr, WarmupSteps, Decay, MinLrRatio, total).Rate(step + 1);
 }
 
-public sealed record GenerationConfig(double Temperature, int TopK, double TopP);
+internal sealed record GenerationConfig(double Temperature, int TopK, double TopP);
 
-public sealed record PpoConfig(double KlCoef, double ClipEps, double ValueClipEps, double Gamma, double Lambda,
+internal sealed record PpoConfig(double KlCoef, double ClipEps, double ValueClipEps, double Gamma, double Lambda,
                                int PpoEpochs, bool AdvNorm, double MaxRewardClip);
 
-public sealed record DpoConfig(double Beta);
+internal sealed record DpoConfig(double Beta);
 
 /// <summary>One stage of the pipeline, fully resolved (no missing values).</summary>
-public sealed record StageConfig(int Index, string Algorithm, int Iterations, IReadOnlyDictionary<string, ModelSpec> Models,
+internal sealed record StageConfig(int Index, string Algorithm, int Iterations, IReadOnlyDictionary<string, ModelSpec> Models,
                                  BatchConfig Batch, OptimConfig Optim, GenerationConfig Generation, PpoConfig Ppo, DpoConfig Dpo)
 {
     public string Path => $"stages[{Index}]";
 }
 
-public sealed record ExperimentConfig(string Name, string Algorithm, long Seed, string BaseDirectory, TaskConfig Task,
+internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed, string BaseDirectory, TaskConfig Task,
                                       EvalConfig Eval, int CheckpointEvery, IReadOnlyList<StageConfig> Stages,
                                       bool ExplicitStages)
 {

@@ -7,7 +7,7 @@ using YamlDotNet.RepresentationModel;
 namespace ReaLNative.Engine.Config;
 
 /// <summary>A configuration error: names the field path, what is wrong and what is allowed.</summary>
-public sealed class ConfigException(string path, string message)
+internal sealed class ConfigException(string path, string message)
     : Exception(path.Length == 0 ? message : $"{path}: {message}")
 {
     public string FieldPath { get; } = path;

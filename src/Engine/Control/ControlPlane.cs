@@ -10,7 +10,7 @@ namespace ReaLNative.Engine.Control;
 /// workers with <paramref name="handler"/> on its own poller thread. Unauthenticated, replayed or
 /// foreign-job messages are logged and dropped (no reply: the sender's deadline reports it).
 /// </summary>
-public sealed class ControlServer : IDisposable
+internal sealed class ControlServer : IDisposable
 {
     private readonly RouterSocket _socket;
     private readonly NetMQPoller _poller;
@@ -90,7 +90,7 @@ public sealed class ControlServer : IDisposable
 
 /// <summary>A worker's end: one request at a time (calls are serialised), each with a deadline;
 /// a reply that fails authentication is ignored and the deadline reports the failure.</summary>
-public sealed class ControlClient : IDisposable
+internal sealed class ControlClient : IDisposable
 {
     private readonly DealerSocket _socket;
     private readonly MessageAuth _auth;

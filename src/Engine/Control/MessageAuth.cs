@@ -6,10 +6,10 @@ namespace ReaLNative.Engine.Control;
 
 /// <summary>One control-plane message: who sent it, its per-sender sequence number, a type and a
 /// JSON payload. Only metadata travels here; bulk data goes over the data plane.</summary>
-public sealed record ControlMessage(string JobId, string Sender, long Seq, string Type, string Payload);
+internal sealed record ControlMessage(string JobId, string Sender, long Seq, string Type, string Payload);
 
 /// <summary>Thrown for a message that fails authentication (never crashes the receiver).</summary>
-public sealed class ControlAuthException(string message) : Exception(message);
+internal sealed class ControlAuthException(string message) : Exception(message);
 
 /// <summary>
 /// Authenticates control messages with HMAC-SHA256 over a per-job secret. Wire form: six frames
@@ -17,7 +17,7 @@ public sealed class ControlAuthException(string message) : Exception(message);
 /// length prefixes). A receiver rejects a bad or missing MAC, another job's id, and replays (a
 /// sequence number not above the last one accepted from that sender).
 /// </summary>
-public sealed class MessageAuth
+internal sealed class MessageAuth
 {
     private readonly byte[] _secret;
     private readonly ConcurrentDictionary<string, long> _lastSeq = new(StringComparer.Ordinal);

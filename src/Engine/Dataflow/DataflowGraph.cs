@@ -6,19 +6,19 @@ using ReaLNative.Engine.Config;
 
 namespace ReaLNative.Engine.Dataflow;
 
-public enum CallType { Generate, Inference, TrainStep }
+internal enum CallType { Generate, Inference, TrainStep }
 
 /// <summary>One model function call: (model role, call type, input keys, output keys, batch size).</summary>
-public sealed record ModelFunctionCall(string Name, string Model, CallType Type, IReadOnlyList<string> Inputs,
+internal sealed record ModelFunctionCall(string Name, string Model, CallType Type, IReadOnlyList<string> Inputs,
                                        IReadOnlyList<string> Outputs, int BatchSize)
 {
     public override string ToString() => $"{Name} [{Model} {Type}] ({string.Join(", ", Inputs)}) -> ({string.Join(", ", Outputs)})";
 }
 
 /// <summary>An edge of one iteration: <see cref="From"/> produces <see cref="Key"/>, which <see cref="To"/> reads.</summary>
-public readonly record struct DataEdge(string From, string To, string Key);
+internal readonly record struct DataEdge(string From, string To, string Key);
 
-public sealed class DataflowGraph
+internal sealed class DataflowGraph
 {
     /// <summary>Keys present before any call runs (the master loads them).</summary>
     public IReadOnlyList<string> SourceKeys { get; }

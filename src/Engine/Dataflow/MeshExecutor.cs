@@ -7,7 +7,7 @@ using System.Diagnostics;
 
 namespace ReaLNative.Engine.Dataflow;
 
-public sealed class MeshExecutor(DataflowGraph graph, IReadOnlyDictionary<string, CallHandler> handlers, Func<string, IReadOnlyCollection<int>> devicesOf)
+internal sealed class MeshExecutor(DataflowGraph graph, IReadOnlyDictionary<string, CallHandler> handlers, Func<string, IReadOnlyCollection<int>> devicesOf)
 {
     public DataflowGraph Graph => graph;
 

@@ -7,7 +7,7 @@ using System.Diagnostics;
 namespace ReaLNative.Engine.Dataflow;
 
 /// <summary>Data of one iteration, by key (DESIGN.md: sequences are packed arrays, never padded).</summary>
-public sealed class SampleBatch
+internal sealed class SampleBatch
 {
     // Calls on disjoint meshes run concurrently (MeshExecutor): every access takes the lock.
     private readonly Dictionary<string, object> _data = new(StringComparer.Ordinal);
@@ -32,12 +32,12 @@ public sealed class SampleBatch
 }
 
 /// <summary>What one call did: its name, wall time and the handler's scalar figures.</summary>
-public sealed record CallRecord(string Call, double Seconds, IReadOnlyDictionary<string, double> Figures);
+internal sealed record CallRecord(string Call, double Seconds, IReadOnlyDictionary<string, double> Figures);
 
 /// <summary>A call's implementation: reads its inputs from the batch, sets its outputs, returns figures for metrics.</summary>
-public delegate IReadOnlyDictionary<string, double> CallHandler(ModelFunctionCall call, SampleBatch batch);
+internal delegate IReadOnlyDictionary<string, double> CallHandler(ModelFunctionCall call, SampleBatch batch);
 
-public sealed class SequentialExecutor(DataflowGraph graph, IReadOnlyDictionary<string, CallHandler> handlers)
+internal sealed class SequentialExecutor(DataflowGraph graph, IReadOnlyDictionary<string, CallHandler> handlers)
 {
     public DataflowGraph Graph => graph;
 

@@ -6,7 +6,7 @@ using ReaLNative.Interop;
 namespace ReaLNative.Engine.Generation;
 
 /// <summary>Sampling settings. Temperature 0 = greedy.</summary>
-public sealed record GenerationOptions
+internal sealed record GenerationOptions
 {
     /// <summary>New tokens per sequence at most.</summary>
     public int MaxNewTokens { get; init; } = 16;
@@ -28,7 +28,7 @@ public sealed record GenerationOptions
 /// <summary>Generated sequences: prompt + new tokens, the log-prob of each new token under the
 /// distribution it was drawn from, and (when top-k/top-p filtered) the mask of allowed tokens per
 /// new token, which training must reuse to recompute the same log-probs.</summary>
-public sealed class GenerationResult
+internal sealed class GenerationResult
 {
     /// <summary>The prompts, as given.</summary>
     public required int[][] Prompts { get; init; }
@@ -56,7 +56,7 @@ public sealed class GenerationResult
 /// of its pipeline which sequences go on with which tokens. Tensor ranks compute identical logits
 /// (all-gathered) and so sample identically.
 /// </summary>
-public static unsafe class Generator
+internal unsafe class Generator
 {
     private const int ControlKind = 2, HiddenKind = 0;
 
@@ -228,7 +228,7 @@ public static unsafe class Generator
 }
 
 /// <summary>Contiguous, balanced splits of a batch (data-parallel parts, micro-batches).</summary>
-public static class Split
+internal static class Split
 {
     /// <summary>Splits items 0..n-1 with the given sizes (tokens) into <paramref name="parts"/>
     /// contiguous, non-empty groups whose sums are balanced: group g ends where the running sum

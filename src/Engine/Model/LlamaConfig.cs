@@ -5,7 +5,7 @@ using ReaLNative.Engine.Realloc;
 namespace ReaLNative.Engine.Model;
 
 /// <summary>LLaMA-family architecture, as in a Hugging Face <c>config.json</c>.</summary>
-public sealed record LlamaConfig
+internal sealed record LlamaConfig
 {
     /// <summary>Decoder blocks (num_hidden_layers).</summary>
     public int Layers { get; init; }

@@ -4,7 +4,7 @@ namespace ReaLNative.Engine.Model;
 /// Sequences packed back to back: one token array and the sequence lengths; no padding. Derived:
 /// cumulative offsets (cu_seqlens) and each token's position within its sequence.
 /// </summary>
-public sealed class PackedBatch
+internal sealed class PackedBatch
 {
     /// <summary>Packs tokens with per-sequence lengths (each &gt;= 1, summing to the token count).</summary>
     public PackedBatch(int[] tokens, int[] seqLens)

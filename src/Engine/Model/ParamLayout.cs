@@ -18,7 +18,7 @@ namespace ReaLNative.Engine.Model;
 /// Pipeline stages take contiguous runs of the L+2 units balanced by parameter count.
 /// Single device = Create(cfg, head, 1, 0, 1, 0).
 /// </remarks>
-public static class ParamLayout
+internal static class ParamLayout
 {
     /// <summary>Layout of shard (ppRank, tpRank) of a model under pipeline size ppSize and
     /// tensor-parallel size tpSize. <paramref name="scalarHead"/>: critic / reward model

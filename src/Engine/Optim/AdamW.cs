@@ -6,7 +6,7 @@ namespace ReaLNative.Engine.Optim;
 /// <summary>Learning-rate schedule: linear warmup, then constant, linear or cosine decay to
 /// min_lr_ratio * lr at <see cref="TotalSteps"/> (the Hugging Face convention: the peak rate on the
 /// first step after warmup). The one implementation; the experiment config delegates here.</summary>
-public sealed record LrSchedule(double Lr, int WarmupSteps = 0, string Decay = "constant", double MinLrRatio = 0.1, int TotalSteps = 1)
+internal sealed record LrSchedule(double Lr, int WarmupSteps = 0, string Decay = "constant", double MinLrRatio = 0.1, int TotalSteps = 1)
 {
     /// <summary>Rate of optimizer step <paramref name="step"/> (1-based, as AdamW counts).</summary>
     public float At(long step) => (float)Rate(step);
@@ -32,7 +32,7 @@ public sealed record LrSchedule(double Lr, int WarmupSteps = 0, string Decay = "
 /// AdamW over a model's flat parameter buffer (moments in parallel buffers of the same layout),
 /// with global grad-norm clipping folded into the native step's grad_scale.
 /// </summary>
-public sealed unsafe class AdamW : IDisposable
+internal unsafe class AdamW : IDisposable
 {
     private readonly LlamaModel _model;
     private readonly HostBlock _m, _v;

@@ -16,7 +16,7 @@ namespace ReaLNative.Engine.Parallelism;
 
 /// <summary>The devices of one process: an in-process fabric, tag spaces for the models laid out
 /// on it, and SPMD dispatch with a deadline.</summary>
-public sealed class LocalCluster
+internal sealed class LocalCluster
 {
     private int _nextGroup;
     private readonly ITransport[] _ranks;
@@ -87,7 +87,7 @@ public sealed class LocalCluster
 /// runners and (for trainable replicas) their AdamW states. The operations mirror
 /// <see cref="ModelOps"/> on whole batches; every one of them runs on all of the layout's devices.
 /// </summary>
-public sealed unsafe class DistributedModel : IDisposable
+internal sealed unsafe class DistributedModel : IDisposable
 {
     private readonly LocalCluster _cluster;
     private readonly ShardComm[] _comms;

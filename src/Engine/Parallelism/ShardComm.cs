@@ -16,7 +16,7 @@ namespace ReaLNative.Engine.Parallelism;
 /// exchanges in the same order. <paramref name="groupBase"/> separates the tag spaces of several
 /// models sharing one transport (give each model its own base, <see cref="GroupIdsNeeded"/> apart).
 /// </summary>
-public sealed unsafe class ShardComm : IDisposable
+internal sealed unsafe class ShardComm : IDisposable
 {
     private readonly ITransport _t;
     private readonly Collectives? _tp, _dp, _mp;

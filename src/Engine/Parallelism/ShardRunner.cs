@@ -12,7 +12,7 @@ using ReaLNative.Interop;
 namespace ReaLNative.Engine.Parallelism;
 
 /// <summary>One micro-batch: the global ids of its sequences (in order) and their packing.</summary>
-public sealed class MicroBatch(int[] ids, PackedBatch packed)
+internal sealed class MicroBatch(int[] ids, PackedBatch packed)
 {
     /// <summary>Ids of the sequences in the whole batch of the call.</summary>
     public int[] Ids { get; } = ids;
@@ -24,21 +24,21 @@ public sealed class MicroBatch(int[] ids, PackedBatch packed)
 /// or values, full rows on every tensor rank), writes d loss / d output into <paramref name="dOutput"/>
 /// ([T, width]) and returns the micro-batch's share of the loss. Normalise by whole-batch counts,
 /// so the shares of all micro-batches and replicas add up to the batch's loss.</summary>
-public unsafe delegate double OutputLoss(MicroBatch mb, float* output, float* dOutput);
+internal unsafe delegate double OutputLoss(MicroBatch mb, float* output, float* dOutput);
 
 /// <summary>Receives a micro-batch's output [T, width] on the last pipeline stage (valid during the call).</summary>
-public unsafe delegate void OutputSink(MicroBatch mb, float* output);
+internal unsafe delegate void OutputSink(MicroBatch mb, float* output);
 
 /// <summary>A loss over per-token log-probs on the last pipeline stage: logp[p] is the log-prob of
 /// token p + 1 of its sequence under row p (the last row of each sequence scores label 0 and must
 /// get dLogp 0); writes d loss / d logp and returns the micro-batch's share of the loss.</summary>
-public delegate double TokenLoss(MicroBatch mb, ReadOnlySpan<float> logp, Span<float> dLogp);
+internal delegate double TokenLoss(MicroBatch mb, ReadOnlySpan<float> logp, Span<float> dLogp);
 
 /// <summary>Receives a micro-batch's per-token log-probs (as for <see cref="TokenLoss"/>) on the last stage.</summary>
-public delegate void LogProbSink(MicroBatch mb, ReadOnlySpan<float> logp);
+internal delegate void LogProbSink(MicroBatch mb, ReadOnlySpan<float> logp);
 
 /// <summary>Executes calls on one shard; with a model without <see cref="LlamaModel.Comm"/> it is the single-device engine.</summary>
-public sealed unsafe class ShardRunner(LlamaModel shard)
+internal sealed unsafe class ShardRunner(LlamaModel shard)
 {
     private const int Forward = 0, Backward = 1;
     private readonly ShardComm? _comm = shard.Comm;

@@ -10,7 +10,7 @@ using ReaLNative.Interop;
 namespace ReaLNative.Engine.Parallelism;
 
 /// <summary>Vocab-parallel log-probs and their backward (temperature-scaled, no top-k/top-p mask).</summary>
-public static unsafe class VocabParallel
+internal static unsafe class VocabParallel
 {
     /// <summary>logp[t] = log softmax(logits[t] / temperature)[labels[t]] over the whole vocabulary;
     /// <paramref name="local"/> is this rank's [T, <see cref="LlamaModel.VocabLocal"/>] slice

@@ -16,7 +16,7 @@ namespace ReaLNative.Engine.Realloc;
 /// time is that of the slowest rank. Destination shards are verified bit-exact on each case's first
 /// run. Buffers are kept for the current case only.
 /// </summary>
-public sealed unsafe class CrossProcessReallocHost : IDisposable
+internal sealed unsafe class CrossProcessReallocHost : IDisposable
 {
     private readonly int _size;
     private readonly ControlServer _server;

@@ -4,7 +4,7 @@ using ReaLNative.Interop;
 namespace ReaLNative.Engine.Realloc;
 
 /// <summary>One measured layout change.</summary>
-public sealed record ReallocBenchCase(string From, string To, string Kind, long Bytes, double Seconds, double Gbps, double ReferenceGbps)
+internal sealed record ReallocBenchCase(string From, string To, string Kind, long Bytes, double Seconds, double Gbps, double ReferenceGbps)
 {
     public double Ratio => Gbps / ReferenceGbps;
 }
@@ -15,7 +15,7 @@ public sealed record ReallocBenchCase(string From, string To, string Kind, long 
 /// candidate and reference interleaved, best of n. Each case is verified bit-exact first: the
 /// round trip from -> to -> from must reproduce every source shard's hash.
 /// </summary>
-public static unsafe class InProcessReallocBenchmark
+internal unsafe class InProcessReallocBenchmark
 {
     public static (double MemcpyGbps, List<ReallocBenchCase> Cases) Run(
         LlamaShape shape, IReadOnlyList<(ParallelLayout From, ParallelLayout To)> pairs, int reps, Action<string>? log = null)

@@ -1,7 +1,7 @@
 namespace ReaLNative.Engine.Realloc;
 
 /// <summary>A copy of <see cref="Length"/> elements from source offset to destination offset.</summary>
-public readonly record struct Interval(long SrcOffset, long DstOffset, long Length);
+internal readonly record struct Interval(long SrcOffset, long DstOffset, long Length);
 
 /// <summary>
 /// Which elements of a destination view come from a source view of the same parameter, as runs
@@ -9,7 +9,7 @@ public readonly record struct Interval(long SrcOffset, long DstOffset, long Leng
 /// extent on every dimension but the split one), so their intersection is a box too; it is walked
 /// row-major with the longest run that stays contiguous on both sides.
 /// </summary>
-public static class IntervalMath
+internal static class IntervalMath
 {
     public static void Intersect(ShardView src, ShardView dst, List<Interval> output)
     {

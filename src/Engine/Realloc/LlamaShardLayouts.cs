@@ -4,7 +4,7 @@ namespace ReaLNative.Engine.Realloc;
 /// <remarks><paramref name="HeadRows"/>: rows of the output head -- Vocab (language-model head
 /// "lm_head.weight", vocab-parallel), 1 (scalar head "score.weight" of critics and reward models,
 /// replicated) or 0 (tied to the embedding: no separate head). -1 means Vocab.</remarks>
-public sealed record LlamaShape(int Layers, int Hidden, int Intermediate, int Heads, int KvHeads, int Vocab, int HeadRows = -1)
+internal sealed record LlamaShape(int Layers, int Hidden, int Intermediate, int Heads, int KvHeads, int Vocab, int HeadRows = -1)
 {
     public int EffectiveHeadRows => HeadRows < 0 ? Vocab : HeadRows;
 
@@ -45,7 +45,7 @@ public sealed record LlamaShape(int Layers, int Hidden, int Intermediate, int He
 /// in), tensor parallel splits column-parallel weights on dim 0 and row-parallel ones on dim 1,
 /// norms are replicated. Views are stored in unit order, contiguously.
 /// </summary>
-public static class LlamaShardLayouts
+internal static class LlamaShardLayouts
 {
     public static ShardLayoutFactory Factory(LlamaShape shape)
     {

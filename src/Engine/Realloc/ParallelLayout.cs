@@ -5,7 +5,7 @@ namespace ReaLNative.Engine.Realloc;
 /// (pp, dp, tp) strategy. Ranks map to coordinates row-major over [pipe, data, model], tensor
 /// parallel innermost (DESIGN.md).
 /// </summary>
-public sealed record ParallelLayout
+internal sealed record ParallelLayout
 {
     public ParallelLayout(IReadOnlyList<int> devices, int pp, int dp, int tp)
     {

@@ -7,7 +7,7 @@ namespace ReaLNative.Engine.Realloc;
 /// when there are several). <see cref="IsLocal"/>: source and destination are the same device, a
 /// memory copy.
 /// </summary>
-public sealed record ReallocStep(
+internal sealed record ReallocStep(
     int SrcDevice,
     IReadOnlyList<int> DstDevices,
     (int Pipe, int Model) SrcShard,
@@ -27,7 +27,7 @@ public sealed record ReallocStep(
 /// devices on one node need the same bytes. Executing it reproduces every destination shard
 /// bit-exactly.
 /// </summary>
-public sealed class ReallocPlan
+internal sealed class ReallocPlan
 {
     private ReallocPlan(ParallelLayout from, ParallelLayout to, int elementSize, List<ReallocStep> steps,
                        Dictionary<(int Pipe, int Model), ShardLayout> srcShards,

@@ -7,7 +7,7 @@ namespace ReaLNative.Engine.Realloc;
 /// Every remote step has a tag unique within the plan (its index) so that messages of different
 /// steps between the same pair of devices never mix.
 /// </summary>
-public sealed class ReallocSchedule
+internal sealed class ReallocSchedule
 {
     public readonly record struct Remote(int Tag, ReallocStep Step, int Peer);
 

@@ -7,7 +7,7 @@ namespace ReaLNative.Engine.Realloc;
 /// tensor, replicated), stored contiguously and row-major over its local shape, starting at element
 /// <see cref="Offset"/> of the shard's one flat parameter buffer.
 /// </summary>
-public sealed record ShardView(string Name, long[] GlobalShape, int SplitDim, long SliceStart, long SliceLength, long Offset)
+internal sealed record ShardView(string Name, long[] GlobalShape, int SplitDim, long SliceStart, long SliceLength, long Offset)
 {
     /// <summary>The shape this shard stores: the global shape with the split dimension cut to the slice.</summary>
     public long[] LocalShape
@@ -49,7 +49,7 @@ public sealed record ShardView(string Name, long[] GlobalShape, int SplitDim, lo
 /// The parameter layout of one shard (one pipeline stage and one tensor-parallel rank of a model):
 /// its views, in buffer order, and the size of its flat buffer in elements.
 /// </summary>
-public sealed class ShardLayout
+internal sealed class ShardLayout
 {
     private readonly Dictionary<string, ShardView> _byName;
 
@@ -74,4 +74,4 @@ public sealed class ShardLayout
 
 /// <summary>Builds the shard layout of (pipeline stage <paramref name="ppRank"/> of <paramref name="pp"/>,
 /// tensor rank <paramref name="tpRank"/> of <paramref name="tp"/>) of one model.</summary>
-public delegate ShardLayout ShardLayoutFactory(int pp, int ppRank, int tp, int tpRank);
+internal delegate ShardLayout ShardLayoutFactory(int pp, int ppRank, int tp, int tpRank);

@@ -16,7 +16,7 @@ namespace ReaLNative.Engine.Realloc;
 /// its shard and then tells the sender it is done (the sender returns only after that). All
 /// receives are posted before the sends, so no ordering between devices can deadlock.
 /// </summary>
-public sealed class TransportRealloc : IDisposable
+internal sealed class TransportRealloc : IDisposable
 {
     private readonly ITransport _t;
     private readonly NativeStream _stream = NativeStream.Cpu();

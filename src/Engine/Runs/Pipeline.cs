@@ -22,9 +22,9 @@ using ReaLNative.Engine.Tokenization;
 namespace ReaLNative.Engine.Runs;
 
 /// <summary>One finished iteration (or evaluation) of a stage, for progress displays.</summary>
-public sealed record ProgressEvent(int Stage, string Algorithm, int Iteration, int Iterations, IReadOnlyDictionary<string, double> Figures);
+internal sealed record ProgressEvent(int Stage, string Algorithm, int Iteration, int Iterations, IReadOnlyDictionary<string, double> Figures);
 
-public sealed class Pipeline : IDisposable
+internal sealed class Pipeline : IDisposable
 {
     private readonly ExperimentConfig _cfg;
     private readonly string _out;
@@ -93,8 +93,11 @@ public sealed class Pipeline : IDisposable
     private LlamaConfig Arch(ModelSpec m) =>
         m.Preset is not null ? LlamaConfig.Preset(m.Preset) : LlamaConfig.FromHfJson(Path.Combine(_cfg.BaseDirectory, m.ConfigPath!));
 
-    /// <summary>Runs (or, with <paramref name="resume"/>, continues) the pipeline; returns summary.json's content.</summary>
-    public JsonObject Run(bool resume, int? stopAfterIterations = null)
+    /// <summary>Runs (or, with <paramref name="resume"/>, continues) the pipeline; returns summary.json's content,
+    /// or <c>{"interrupted": true}</c> after <paramref name="stopAfterIterations"/> iterations, or
+    /// <c>{"cancelled": true}</c> when <paramref name="cancellationToken"/> fires. The token is observed
+    /// between iterations only, so a checkpoint is never cut short and the last one stays complete.</summary>
+    public JsonObject Run(bool resume, int? stopAfterIterations = null, CancellationToken cancellationToken = default)
     {
         Directory.CreateDirectory(_out);
         int startStage = 0, startIter = 0;
@@ -130,6 +133,7 @@ public sealed class Pipeline : IDisposable
             for (int it = first; it < stage.Iterations; it++)
             {
                 if (budget-- <= 0) { _metrics.Dispose(); _metrics = null; return new JsonObject { ["interrupted"] = true }; }
+                if (cancellationToken.IsCancellationRequested) { _metrics.Dispose(); _metrics = null; return new JsonObject { ["cancelled"] = true }; }
                 var batch = new SampleBatch();
                 batch.Set("iteration", new int[] { it });
                 LoadSources(stage, it, batch);

@@ -5,7 +5,7 @@ using ReaLNative.Engine.Config;
 
 namespace ReaLNative.Engine.Runs;
 
-public static class RunSummary
+internal static class RunSummary
 {
     public static JsonObject FromMetrics(string metricsPath, ExperimentConfig cfg, double seconds)
     {

@@ -5,9 +5,9 @@ using ReaLNative.Engine.Config;
 
 namespace ReaLNative.Engine.Tasks;
 
-public readonly record struct TaskExample(string Prompt, string Answer);
+internal readonly record struct TaskExample(string Prompt, string Answer);
 
-public abstract class SyntheticTask
+internal abstract class SyntheticTask
 {
     public abstract string Name { get; }
     /// <summary>Longest prompt in tokens, BOS included.</summary>
@@ -51,7 +51,7 @@ public abstract class SyntheticTask
 }
 
 /// <summary>"31204=" -> "01234": sort a list of digits ascending.</summary>
-public sealed class SortDigitsTask(int minLen, int maxLen) : SyntheticTask
+internal sealed class SortDigitsTask(int minLen, int maxLen) : SyntheticTask
 {
     public override string Name => "sort-digits";
     public override int MaxPromptTokens => 1 + maxLen + 1;
@@ -75,7 +75,7 @@ public sealed class SortDigitsTask(int minLen, int maxLen) : SyntheticTask
 }
 
 /// <summary>"12+345=" -> "357": add two non-negative integers of min..max digits.</summary>
-public sealed class AddTask(int minLen, int maxLen) : SyntheticTask
+internal sealed class AddTask(int minLen, int maxLen) : SyntheticTask
 {
     public override string Name => "add";
     public override int MaxPromptTokens => 1 + 2 * maxLen + 2;
@@ -108,7 +108,7 @@ public sealed class AddTask(int minLen, int maxLen) : SyntheticTask
 /// Seeded randomness per (seed, stream name, stage, step): every step draws from its own
 /// generator, so a resumed run replays exactly the numbers an uninterrupted run would draw.
 /// </summary>
-public static class StepRandom
+internal static class StepRandom
 {
     public static Random Create(long seed, string stream, int stage, long step) => new(Seed32(seed, stream, stage, step));
 

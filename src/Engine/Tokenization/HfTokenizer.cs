@@ -10,7 +10,7 @@ namespace ReaLNative.Engine.Tokenization;
 /// ["a", "b"] pairs), added/special tokens, and BOS/EOS from the added tokens. Other model types
 /// (Unigram, WordPiece) are refused with a message naming the type.
 /// </summary>
-public sealed class HfTokenizer : ITokenizer
+internal sealed class HfTokenizer : ITokenizer
 {
     private readonly BpeTokenizer _bpe;
 

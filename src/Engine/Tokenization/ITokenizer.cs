@@ -2,7 +2,7 @@
 // vocabulary that fits the `tiny` preset (vocab 32); real models use a Hugging Face tokenizer.json.
 namespace ReaLNative.Engine.Tokenization;
 
-public interface ITokenizer
+internal interface ITokenizer
 {
     int VocabSize { get; }
     int Bos { get; }
@@ -16,7 +16,7 @@ public interface ITokenizer
 /// 2 = EOS, then one id per character of <see cref="Alphabet"/>. Decode stops at EOS and renders
 /// ids outside the alphabet as '?', so a model's garbage output still scores (as wrong).
 /// </summary>
-public sealed class CharTokenizer : ITokenizer
+internal sealed class CharTokenizer : ITokenizer
 {
     public const string Alphabet = "0123456789+=:, -";
     private const int First = 3;

@@ -8,7 +8,7 @@ namespace ReaLNative.Engine.Transport;
 /// member must call the same collectives in the same order; a per-group sequence number keeps
 /// consecutive collectives' messages apart.
 /// </summary>
-public sealed class Collectives
+internal sealed class Collectives
 {
     private readonly ITransport _t;
     private readonly int[] _group;

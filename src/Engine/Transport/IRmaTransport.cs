@@ -21,7 +21,7 @@ namespace ReaLNative.Engine.Transport;
 /// has no RMA) simply does not implement this interface; callers test <c>transport is IRmaTransport</c>
 /// and fall back to tagged messages.
 /// </summary>
-public interface IRmaTransport
+internal interface IRmaTransport
 {
     /// <summary>Registers [<paramref name="data"/>, +<paramref name="bytes"/>) for remote access.</summary>
     IRmaRegion Register(nint data, long bytes);
@@ -40,7 +40,7 @@ public interface IRmaTransport
 }
 
 /// <summary>A local buffer registered for remote access.</summary>
-public interface IRmaRegion : IDisposable
+internal interface IRmaRegion : IDisposable
 {
     nint Address { get; }
     long Bytes { get; }
@@ -50,7 +50,7 @@ public interface IRmaRegion : IDisposable
 }
 
 /// <summary>A peer's registered region as seen from this rank.</summary>
-public interface IRemoteRegion : IDisposable
+internal interface IRemoteRegion : IDisposable
 {
     int Peer { get; }
     long Bytes { get; }
@@ -59,7 +59,7 @@ public interface IRemoteRegion : IDisposable
 /// <summary>Exchanges RMA descriptors (or any small blobs) between the members of a group over the
 /// tagged channel: every member sends its blob (length, then bytes) to every other member. Uses
 /// user tags <paramref name="tag"/> and <paramref name="tag"/> + 1.</summary>
-public static class RmaBootstrap
+internal static class RmaBootstrap
 {
     public static async Task<byte[][]> AllGatherAsync(ITransport t, IReadOnlyList<int> group, long tag, byte[] mine, CancellationToken ct = default)
     {

@@ -8,7 +8,7 @@ namespace ReaLNative.Engine.Transport;
 /// Every operation has a deadline: a peer that never answers fails the task with a
 /// <see cref="TimeoutException"/> naming the peer, never a hang.
 /// </summary>
-public interface ITransport : IDisposable
+internal interface ITransport : IDisposable
 {
     int Rank { get; }
     int Size { get; }

@@ -5,7 +5,7 @@
 namespace ReaLNative.Engine.Transport;
 
 /// <summary>The shared mailboxes of a group of in-process ranks; <see cref="Rank"/> gives each rank's transport.</summary>
-public sealed class LocalFabric
+internal sealed class LocalFabric
 {
     private readonly Mailbox[] _boxes;
 

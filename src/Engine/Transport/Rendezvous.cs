@@ -10,7 +10,7 @@ namespace ReaLNative.Engine.Transport;
 /// "wait" before), "barrier" (released when all ranks arrived) and "report" (a worker's result);
 /// workers use <see cref="Join"/> and <see cref="Barrier"/>. Every wait has a deadline.
 /// </summary>
-public sealed class Rendezvous
+internal sealed class Rendezvous
 {
     private readonly int _size;
     private readonly string?[] _addresses;

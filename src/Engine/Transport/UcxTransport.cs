@@ -24,7 +24,7 @@ namespace ReaLNative.Engine.Transport;
 /// the latest 0.5 s after the deadline with a message saying UCX still holds the buffer (keep it
 /// alive until the transport is disposed).
 /// </summary>
-public sealed unsafe class UcxTransport : ITransport, IRmaTransport
+internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
 {
     private const int RankBits = 24, TagBits = 40;
     private readonly nint _context, _worker;

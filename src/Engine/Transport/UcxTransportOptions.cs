@@ -12,7 +12,7 @@ namespace ReaLNative.Engine.Transport;
 /// Environment: REALN_UCX_WAKEUP=1 selects wakeup, REALN_UCX_SPIN the spin count, UCX_TLS (UCX's
 /// own) restricts transports.
 /// </summary>
-public sealed record UcxTransportOptions
+internal sealed record UcxTransportOptions
 {
     public bool Wakeup { get; init; }
 

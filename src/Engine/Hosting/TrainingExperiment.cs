@@ -1,0 +1,128 @@
+// The public face of an experiment config: load it from YAML (a file or text built in code) and
+// adjust it in code before a run. It wraps the engine's validated ExperimentConfig, so every
+// error names the YAML field path, and keeps the YAML text for the planner's own reader.
+using ReaLNative.Engine.Config;
+
+namespace ReaLNative;
+
+/// <summary>
+/// An RLHF experiment: its ordered stages (for example sft -> rm -> ppo), task, seed and
+/// checkpoint cadence, read from the YAML format of <c>docs/experiment-config.md</c>.
+/// Instances are immutable; the <c>With*</c> methods return adjusted copies.
+/// </summary>
+public sealed class TrainingExperiment
+{
+    internal ExperimentConfig Config { get; }
+    internal string YamlText { get; }
+
+    private TrainingExperiment(ExperimentConfig config, string yamlText)
+    {
+        Config = config;
+        YamlText = yamlText;
+    }
+
+    /// <summary>Reads and validates an experiment YAML file; relative paths in it resolve against its folder.</summary>
+    /// <param name="path">Path of the YAML file.</param>
+    /// <exception cref="ArgumentException"><paramref name="path"/> is empty.</exception>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="ExperimentConfigException">The YAML is invalid; the message names the field.</exception>
+    public static TrainingExperiment FromYaml(string path)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(path);
+        string full = Path.GetFullPath(path);
+        if (!File.Exists(full)) throw new FileNotFoundException($"experiment config '{path}' does not exist", full);
+        return FromYamlText(File.ReadAllText(full), Path.GetDirectoryName(full));
+    }
+
+    /// <summary>Parses and validates experiment YAML given as text (for example built in code).</summary>
+    /// <param name="yaml">The YAML document.</param>
+    /// <param name="baseDirectory">Folder that relative paths in the YAML resolve against; default: the current directory.</param>
+    /// <exception cref="ExperimentConfigException">The YAML is invalid; the message names the field.</exception>
+    public static TrainingExperiment FromYamlText(string yaml, string? baseDirectory = null)
+    {
+        ArgumentNullException.ThrowIfNull(yaml);
+        string dir = Path.GetFullPath(baseDirectory ?? Directory.GetCurrentDirectory());
+        try { return new TrainingExperiment(ExperimentConfig.Parse(yaml, dir), yaml); }
+        catch (ConfigException e) { throw new ExperimentConfigException(e.FieldPath, e.Message, e); }
+    }
+
+    /// <summary>The experiment's name (YAML <c>name</c>).</summary>
+    public string Name => Config.Name;
+    /// <summary>The workload algorithm: the last stage's (YAML <c>algorithm</c>): sft, rm, ppo, grpo, remax or dpo.</summary>
+    public string Algorithm => Config.Algorithm;
+    /// <summary>Seed of every random draw of the run.</summary>
+    public long Seed => Config.Seed;
+    /// <summary>Synthetic task name (sort-digits or add).</summary>
+    public string Task => Config.Task.Name;
+    /// <summary>A checkpoint is written every this many iterations of a stage, and after its last one.</summary>
+    public int CheckpointEvery => Config.CheckpointEvery;
+    /// <summary>Folder that relative paths of the config resolve against.</summary>
+    public string BaseDirectory => Config.BaseDirectory;
+    /// <summary>The stages in run order.</summary>
+    public IReadOnlyList<ExperimentStage> Stages =>
+        Config.Stages.Select(s => new ExperimentStage(s.Index, s.Algorithm, s.Iterations, s.Models.Keys.ToArray())).ToArray();
+    /// <summary>Iterations of all stages together.</summary>
+    public int TotalIterations => Config.Stages.Sum(s => s.Iterations);
+
+    /// <summary>A copy with another seed.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="seed"/> is negative.</exception>
+    public TrainingExperiment WithSeed(long seed)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(seed);
+        return new TrainingExperiment(Config with { Seed = seed }, YamlText);
+    }
+
+    /// <summary>A copy whose stage <paramref name="stage"/> (0-based) runs <paramref name="iterations"/> iterations,
+    /// for example to shorten a run in a test or a demo.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">No such stage, or iterations below 1.</exception>
+    public TrainingExperiment WithStageIterations(int stage, int iterations)
+    {
+        if (stage < 0 || stage >= Config.Stages.Count)
+            throw new ArgumentOutOfRangeException(nameof(stage), stage, $"the experiment has stages 0..{Config.Stages.Count - 1}");
+        if (iterations < 1 || iterations > 1_000_000)
+            throw new ArgumentOutOfRangeException(nameof(iterations), iterations, "iterations must be in [1, 1000000]");
+        var stages = Config.Stages.Select(s => s.Index == stage ? s with { Iterations = iterations } : s).ToArray();
+        return new TrainingExperiment(Config with { Stages = stages }, YamlText);
+    }
+
+    /// <summary>A copy that writes a checkpoint every <paramref name="iterations"/> iterations (and after each stage's last).</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="iterations"/> is below 1.</exception>
+    public TrainingExperiment WithCheckpointEvery(int iterations)
+    {
+        if (iterations < 1) throw new ArgumentOutOfRangeException(nameof(iterations), iterations, "checkpoint_every must be >= 1");
+        return new TrainingExperiment(Config with { CheckpointEvery = iterations }, YamlText);
+    }
+
+    /// <summary>A copy whose held-out evaluation uses <paramref name="size"/> examples every <paramref name="every"/> iterations.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">A value is below 1.</exception>
+    public TrainingExperiment WithEvaluation(int size, int every)
+    {
+        if (size < 1) throw new ArgumentOutOfRangeException(nameof(size), size, "eval.size must be >= 1");
+        if (every < 1) throw new ArgumentOutOfRangeException(nameof(every), every, "eval.every must be >= 1");
+        return new TrainingExperiment(Config with { Eval = new EvalConfig(size, every) }, YamlText);
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() =>
+        $"{Name}: {string.Join(" -> ", Config.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, task {Task}, seed {Seed}";
+}
+
+/// <summary>One stage of an experiment.</summary>
+/// <param name="Index">0-based position in the run.</param>
+/// <param name="Algorithm">sft, rm, ppo, grpo, remax or dpo.</param>
+/// <param name="Iterations">Iterations the stage runs.</param>
+/// <param name="Roles">Model roles the stage uses (actor, critic, ref, reward).</param>
+public sealed record ExperimentStage(int Index, string Algorithm, int Iterations, IReadOnlyList<string> Roles);
+
+/// <summary>An experiment config is invalid; <see cref="FieldPath"/> names the offending field.</summary>
+public sealed class ExperimentConfigException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    /// <param name="fieldPath">YAML path of the bad field, such as <c>stages[1].optim.lr</c> (empty: the document).</param>
+    /// <param name="message">What is wrong, including the field path.</param>
+    /// <param name="inner">The underlying error, if any.</param>
+    public ExperimentConfigException(string fieldPath, string message, Exception? inner = null) : base(message, inner) => FieldPath = fieldPath;
+
+    /// <summary>YAML path of the bad field (empty when the document as a whole is wrong).</summary>
+    public string FieldPath { get; }
+}

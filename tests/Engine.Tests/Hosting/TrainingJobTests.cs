@@ -1,0 +1,92 @@
+// The public hosting API end to end on a tiny pipeline: a run completes with metrics streamed,
+// a second run cancelled midway ends Cancelled with its thread gone and a loadable checkpoint.
+using Xunit;
+
+namespace ReaLNative.Engine.Tests.Hosting;
+
+public class TrainingJobTests
+{
+    private static TrainingExperiment Tiny() => TrainingExperiment.FromYamlText("""
+        name: host-test
+        algorithm: ppo
+        seed: 3
+        iterations: 4
+        task: { name: sort-digits, min_len: 3, max_len: 4 }
+        eval: { size: 8, every: 2 }
+        checkpoint_every: 2
+        models:
+          actor:  { preset: tiny, init: sft }
+          critic: { preset: tiny, init: rm }
+          ref:    { preset: tiny, init: sft }
+          reward: { preset: tiny, init: rm }
+        batch: { size: 8, prompt_len: 8, gen_len: 6, minibatches: 2 }
+        stages:
+          - { algorithm: sft, iterations: 4, models: { actor: { preset: tiny, init: random } } }
+          - { algorithm: rm, iterations: 2, models: { reward: { preset: tiny, init: sft } } }
+          - { algorithm: ppo }
+        """);
+
+    private static string TempDir() => Path.Combine(Path.GetTempPath(), "realn-host-" + Guid.NewGuid().ToString("N")[..8]);
+
+    [Fact]
+    public async Task RunCompletesAndStreamsMetrics()
+    {
+        string dir = TempDir();
+        try
+        {
+            var job = new TrainingJob(Tiny(), new TrainingOptions { OutputDirectory = dir });
+            var seen = new List<MetricRecord>();
+            var reader = Task.Run(async () => { await foreach (var m in job.Metrics) seen.Add(m); });
+            var result = await job.RunAsync();
+            await reader.WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.Equal(TrainingStatus.Completed, result.Status);
+            Assert.False(job.IsRunning);
+            Assert.Equal(File.ReadLines(Path.Combine(dir, "metrics.jsonl")).Count(l => l.Length > 0), seen.Count);
+            Assert.Contains(seen, m => m.Call == "actor_train" && m.Stage == 2);
+            Assert.NotNull(result.FinalTaskScore);
+            var ck = Assert.IsType<CheckpointInfo>(result.LastCheckpoint);
+            Assert.Equal(2, ck.Stage);
+            ck.Verify();
+            using var actor = Checkpoint.Load(ck.ModelDirectory("actor"));
+            var text = new TextGenerator(actor).Generate("4213=", new GenerationSettings { MaxNewTokens = 6 });
+            Assert.NotNull(text);
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public async Task CancelMidwayEndsCleanlyWithCompleteCheckpoint()
+    {
+        string dir = TempDir();
+        try
+        {
+            using var cts = new CancellationTokenSource();
+            var job = new TrainingJob(Tiny(), new TrainingOptions { OutputDirectory = dir });
+            var progress = new SyncProgress(p => { if (p.Stage == 1 && p.Iteration >= 1) cts.Cancel(); });
+            var result = await job.RunAsync(progress, cts.Token);
+            Assert.Equal(TrainingStatus.Cancelled, result.Status);
+            Assert.False(job.IsRunning);
+            Assert.Null(result.SummaryJson);
+            var ck = Assert.IsType<CheckpointInfo>(result.LastCheckpoint);
+            ck.Verify();
+            Assert.False(File.Exists(Path.Combine(dir, "summary.json")));
+            Assert.False(Directory.Exists(Path.Combine(dir, "checkpoints", "latest.tmp")));
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void BadInputNamesTheField()
+    {
+        var e = Assert.Throws<ExperimentConfigException>(() => TrainingExperiment.FromYamlText("algorithm: ppo\nbatch: { size: -1 }\n"));
+        Assert.False(string.IsNullOrEmpty(e.Message));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Tiny().WithStageIterations(7, 1));
+        Assert.Throws<FileNotFoundException>(() => TrainingExperiment.FromYaml("/nonexistent/x.yaml"));
+    }
+
+    /// <summary>IProgress that reports on the calling (training) thread, so the test cancels deterministically.</summary>
+    private sealed class SyncProgress(Action<TrainingProgress> a) : IProgress<TrainingProgress>
+    {
+        public void Report(TrainingProgress value) => a(value);
+    }
+}
