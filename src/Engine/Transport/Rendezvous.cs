@@ -39,11 +39,11 @@ internal sealed class Rendezvous
                     _addresses[rank] = root.GetProperty("address").GetString();
                     return "ok";
                 case "addresses":
-                    return _addresses.Any(a => a is null) ? "wait" : JsonSerializer.Serialize(_addresses);
+                    return _addresses.Any(a => a is null) ? Wait(r => _addresses[r] is null) : JsonSerializer.Serialize(_addresses);
                 case "barrier":
                     var set = _barriers.GetOrAdd(root.GetProperty("name").GetString()!, _ => []);
                     set.Add(rank);
-                    return set.Count == _size ? "go" : "wait";
+                    return set.Count == _size ? "go" : Wait(r => !set.Contains(r));
                 case "report":
                     Reports.Enqueue((rank, root.GetProperty("json").GetString()!));
                     return "ok";
@@ -53,22 +53,35 @@ internal sealed class Rendezvous
         }
     }
 
-    /// <summary>Registers this rank's address, waits for everyone's and connects.</summary>
+    /// <summary>"wait:1,3": the ranks still missing, for the waiting rank's timeout message.</summary>
+    private string Wait(Func<int, bool> missing) => "wait:" + string.Join(",", Enumerable.Range(0, _size).Where(missing));
+
+    private static string Missing(string reply) => reply.Length > 5 ? $"rank(s) {reply[5..]} missing" : "ranks missing";
+
+    /// <summary>Each request's deadline: what is left of the whole wait, at most 10 s.</summary>
+    private static TimeSpan Step(DateTime until)
+    {
+        var left = until - DateTime.UtcNow;
+        return left < TimeSpan.FromMilliseconds(100) ? TimeSpan.FromMilliseconds(100) : left > TimeSpan.FromSeconds(10) ? TimeSpan.FromSeconds(10) : left;
+    }
+
+    /// <summary>Registers this rank's address, waits for everyone's and connects; all within
+    /// <paramref name="timeout"/>, else a <see cref="TimeoutException"/> naming the missing ranks.</summary>
     public static void Join(ControlClient client, UcxTransport transport, TimeSpan timeout)
     {
-        var rq = TimeSpan.FromSeconds(10);
-        client.Request("register", JsonSerializer.Serialize(new { rank = transport.Rank, address = Convert.ToBase64String(transport.LocalAddress) }), rq);
         var until = DateTime.UtcNow + timeout;
+        client.Request("register", JsonSerializer.Serialize(new { rank = transport.Rank, address = Convert.ToBase64String(transport.LocalAddress) }), Step(until));
         while (true)
         {
-            var reply = client.Request("addresses", JsonSerializer.Serialize(new { rank = transport.Rank }), rq);
-            if (reply != "wait")
+            var reply = client.Request("addresses", JsonSerializer.Serialize(new { rank = transport.Rank }), Step(until));
+            if (!reply.StartsWith("wait", StringComparison.Ordinal))
             {
                 var table = JsonSerializer.Deserialize<string[]>(reply)!;
                 transport.Connect(table.Select(Convert.FromBase64String).ToArray());
                 return;
             }
-            if (DateTime.UtcNow > until) throw new TimeoutException($"rank {transport.Rank}: not every rank registered within {timeout.TotalSeconds:F0} s");
+            if (DateTime.UtcNow > until)
+                throw new TimeoutException($"rank {transport.Rank}: rendezvous at {client.Endpoint}: not every rank registered within {timeout.TotalSeconds:F0} s ({Missing(reply)})");
             Thread.Sleep(10);
         }
     }
@@ -76,9 +89,11 @@ internal sealed class Rendezvous
     public static void Barrier(ControlClient client, int rank, string name, TimeSpan timeout)
     {
         var until = DateTime.UtcNow + timeout;
-        while (client.Request("barrier", JsonSerializer.Serialize(new { rank, name }), TimeSpan.FromSeconds(10)) != "go")
+        string reply;
+        while ((reply = client.Request("barrier", JsonSerializer.Serialize(new { rank, name }), Step(until))) != "go")
         {
-            if (DateTime.UtcNow > until) throw new TimeoutException($"rank {rank}: barrier '{name}' not reached by every rank within {timeout.TotalSeconds:F0} s");
+            if (DateTime.UtcNow > until)
+                throw new TimeoutException($"rank {rank}: barrier '{name}' not reached by every rank within {timeout.TotalSeconds:F0} s ({Missing(reply)})");
             Thread.Sleep(1);
         }
     }

@@ -12,7 +12,10 @@ public sealed class ControlPlaneTests
         using var server = new ControlServer("tcp://127.0.0.1:0", new MessageAuth(secret, "job1"),
             m => m.Type == "fail" ? throw new ArgumentException("no such thing") : $"{m.Sender}:{m.Type}:{m.Payload.Length}");
         using var client = new ControlClient(server.Endpoint, new MessageAuth(secret, "job1"), "worker-3");
-        Assert.Equal("worker-3:hello:5", client.Request("hello", "abcde", TimeSpan.FromSeconds(10)));
+        Assert.Equal("worker-3:hello:7", client.Request("hello", "\"abcde\"", TimeSpan.FromSeconds(10)));
+        var bad = Assert.Throws<InvalidOperationException>(() => client.Request("hello", "{not json", TimeSpan.FromSeconds(10)));
+        Assert.Contains("malformed JSON payload", bad.Message);
+        Assert.Equal(1, server.Drops[DropReason.Payload]);
         Assert.Equal("worker-3:again:0", client.Request("again", "", TimeSpan.FromSeconds(10)));
         var e = Assert.Throws<InvalidOperationException>(() => client.Request("fail", "", TimeSpan.FromSeconds(10)));
         Assert.Contains("no such thing", e.Message);
@@ -48,5 +51,32 @@ public sealed class ControlPlaneTests
         Assert.Contains("job 'job1'", Assert.Throws<ControlAuthException>(() => receiver.Open(other)).Message);
         Assert.Contains("frames", Assert.Throws<ControlAuthException>(() => receiver.Open([[1], [2]])).Message);
         Assert.Throws<ArgumentException>(() => new MessageAuth([1, 2, 3], "j"));
+    }
+
+    [Fact]
+    public void JobSecretComesFromEnvironmentOrPrivateFileOnly()
+    {
+        var secret = JobSecret.Generate();
+        string hex = Convert.ToHexString(secret);
+        Assert.Equal(secret, JobSecret.FromEnvironment(v => v == JobSecret.Variable ? hex : null, ["realn", "worker"]));
+        Assert.Contains("command line", Assert.Throws<InvalidOperationException>(
+            () => JobSecret.FromEnvironment(v => v == JobSecret.Variable ? hex : null, ["realn", "--x", hex])).Message);
+        string dir = Path.Combine(Path.GetTempPath(), "realn-secret-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string f = JobSecret.WriteFile(secret, Path.Combine(dir, "job.secret"));
+            if (!OperatingSystem.IsWindows())
+                Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(f));
+            Assert.Equal(secret, JobSecret.FromEnvironment(v => v == JobSecret.FileVariable ? f : null, ["realn"]));
+            if (!OperatingSystem.IsWindows())
+            {
+                File.SetUnixFileMode(f, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.OtherRead);
+                Assert.Contains("chmod 600", Assert.Throws<InvalidOperationException>(
+                    () => JobSecret.FromEnvironment(v => v == JobSecret.FileVariable ? f : null, ["realn"])).Message);
+            }
+            Assert.Throws<InvalidOperationException>(() => JobSecret.FromEnvironment(_ => null, ["realn"]));
+        }
+        finally { Directory.Delete(dir, true); }
     }
 }
