@@ -105,7 +105,6 @@ internal unsafe class Generator
         var logp = Enumerable.Range(0, B).Select(_ => new List<float>()).ToArray();
         var masks = opt.Filters ? Enumerable.Range(0, B).Select(_ => new List<byte>()).ToArray() : null;
         var eos = new bool[B];
-        var logits = new float[mbs.Max(m => m.Length) * V];
         try
         {
             for (int m = 0; m < M; m++)
