@@ -6,7 +6,7 @@ using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Algorithms;
 
-internal unsafe class Gae
+internal static unsafe class Gae
 {
     public static float[] WithBootstrap(ReadOnlySpan<float> values, ReadOnlySpan<int> cuSeqlens)
     {

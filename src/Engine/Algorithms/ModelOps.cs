@@ -35,7 +35,7 @@ internal sealed class ScoredBatch
     public int Actions => ActionIndex.Length;
 }
 
-internal unsafe class ModelOps
+internal static unsafe class ModelOps
 {
     private const int Ignore = -100;
 

@@ -56,7 +56,7 @@ internal sealed class GenerationResult
 /// of its pipeline which sequences go on with which tokens. Tensor ranks compute identical logits
 /// (all-gathered) and so sample identically.
 /// </summary>
-internal unsafe class Generator
+internal static unsafe class Generator
 {
     private const int ControlKind = 2, HiddenKind = 0;
 

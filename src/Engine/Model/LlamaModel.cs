@@ -20,7 +20,7 @@ namespace ReaLNative.Engine.Model;
 /// the backward of slot k needs until the next forward in slot k (pipeline schedules keep several
 /// micro-batches in flight, one slot each).
 /// </summary>
-internal unsafe class LlamaModel : IDisposable
+internal sealed unsafe class LlamaModel : IDisposable
 {
     private readonly NativeStream _s;
     private readonly HostBlock _params, _grads;
@@ -594,7 +594,7 @@ internal unsafe class LlamaModel : IDisposable
 }
 
 /// <summary>Slot-based KV cache for generation: per layer K and V of [slots, max_len, kv_heads, head_dim].</summary>
-internal unsafe class KvCache : IDisposable
+internal sealed unsafe class KvCache : IDisposable
 {
     private readonly HostBlock _block;
     private readonly long _perLayer;

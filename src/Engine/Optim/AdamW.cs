@@ -32,7 +32,7 @@ internal sealed record LrSchedule(double Lr, int WarmupSteps = 0, string Decay =
 /// AdamW over a model's flat parameter buffer (moments in parallel buffers of the same layout),
 /// with global grad-norm clipping folded into the native step's grad_scale.
 /// </summary>
-internal unsafe class AdamW : IDisposable
+internal sealed unsafe class AdamW : IDisposable
 {
     private readonly LlamaModel _model;
     private readonly HostBlock _m, _v;

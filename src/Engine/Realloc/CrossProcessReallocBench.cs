@@ -14,7 +14,7 @@ namespace ReaLNative.Engine.Realloc;
 /// bit-exactly against the deterministic parameter function, and reports its best time. The
 /// master (the `realn bench realloc` process) aggregates: a case takes as long as its slowest rank.
 /// </summary>
-internal unsafe class CrossProcessReallocBench
+internal static unsafe class CrossProcessReallocBench
 {
     public static IReadOnlyList<(ParallelLayout From, ParallelLayout To)> Pairs() =>
     [

@@ -6,7 +6,7 @@ namespace ReaLNative.Engine.Realloc;
 /// copy straight from the source shard buffer into the destination shard buffer, no staging.
 /// Buffers are given per device as base pointers; their sizes are checked against the layouts.
 /// </summary>
-internal unsafe class InProcessRealloc
+internal static unsafe class InProcessRealloc
 {
     public readonly record struct DeviceBuffer(nint Pointer, long Bytes);
 

@@ -15,7 +15,7 @@ internal sealed record ReallocBenchCase(string From, string To, string Kind, lon
 /// candidate and reference interleaved, best of n. Each case is verified bit-exact first: the
 /// round trip from -> to -> from must reproduce every source shard's hash.
 /// </summary>
-internal unsafe class InProcessReallocBenchmark
+internal static unsafe class InProcessReallocBenchmark
 {
     public static (double MemcpyGbps, List<ReallocBenchCase> Cases) Run(
         LlamaShape shape, IReadOnlyList<(ParallelLayout From, ParallelLayout To)> pairs, int reps, Action<string>? log = null)
