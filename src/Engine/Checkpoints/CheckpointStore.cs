@@ -115,7 +115,7 @@ internal sealed class CheckpointStore
     public string? Verify(string name) => VerifyDirectory(PathOf(name));
 
     /// <summary>Null when <paramref name="dir"/> matches its manifest.json, else the reason (missing manifest,
-    /// missing or extra file, size or SHA-256 mismatch).</summary>
+    /// missing file, size or SHA-256 mismatch; files the manifest does not list are ignored).</summary>
     public static string? VerifyDirectory(string dir)
     {
         string mpath = Path.Combine(dir, ManifestName);
