@@ -70,7 +70,8 @@ public static class RunCommand
         Action<ProgressEvent>? show = null;
         Pipeline pipeline;
         // Built before the display so a refused plan is a usage error before anything runs.
-        try { pipeline = new Pipeline(cfg, outDir, plan: plan, progress: ev => show?.Invoke(ev)); }
+        try { pipeline = new Pipeline(cfg, outDir, plan: plan, progress: ev => show?.Invoke(ev),
+                                           note: n => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(n)}[/]")); }
         catch (ConfigException e) { throw new UsageException($"{planPath ?? configPath}: {e.Message}"); }
         using (pipeline)
             AnsiConsole.Progress()

@@ -82,6 +82,9 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
                                       EvalConfig Eval, int CheckpointEvery, IReadOnlyList<StageConfig> Stages,
                                       bool ExplicitStages)
 {
+    /// <summary>How many of the newest checkpoints are kept (`checkpoint_keep`, >= 1, default 2).</summary>
+    public int CheckpointKeep { get; init; } = 2;
+
     public static readonly string[] Presets = ["tiny", "gpt2-small", "llama-7b", "llama-13b", "llama-34b", "llama-70b"];
     public static readonly string[] Tasks = ["sort-digits", "add"];
 
@@ -111,6 +114,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         var eval = new EvalConfig((int)ev.Int("size", 64, 1, 100_000), (int)ev.Int("every", 5, 1, 1_000_000));
         ev.RejectUnknown();
         int ckptEvery = (int)top.Int("checkpoint_every", 10, 1, 1_000_000);
+        int ckptKeep = (int)top.Int("checkpoint_keep", 2, 1, 1_000_000);
         // Sections are validated as part of every stage; reading them here marks them known.
         foreach (var k in new[] { "models", "batch", "optim", "generation", "ppo", "dpo" }) top.Get(k);
         var stagesNode = top.Get("stages");
@@ -147,7 +151,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         }
         ValidatePipeline(stages, baseDirectory, explicitStages);
         ValidateTaskFits(task, stages, explicitStages);
-        return new ExperimentConfig(name, algorithm, seed, baseDirectory, task, eval, ckptEvery, stages, explicitStages);
+        return new ExperimentConfig(name, algorithm, seed, baseDirectory, task, eval, ckptEvery, stages, explicitStages) { CheckpointKeep = ckptKeep };
     }
 
     private static TaskConfig ParseTask(MapReader r)
@@ -188,7 +192,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
 
         // Top-level-only keys are allowed in the merged single-stage mapping.
         if (path.Length == 0)
-            foreach (var k in new[] { "name", "seed", "task", "eval", "checkpoint_every", "stages" }) r.Get(k);
+            foreach (var k in new[] { "name", "seed", "task", "eval", "checkpoint_every", "checkpoint_keep", "stages" }) r.Get(k);
         r.RejectUnknown();
         return new StageConfig(index, algorithm, iterations, models, batch, optim, gen, ppo, dpo);
     }

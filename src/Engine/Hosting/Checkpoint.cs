@@ -1,8 +1,8 @@
 // Checkpoints for hosts: load and save a model in Hugging Face layout (config.json +
-// model.safetensors), and find a run's last complete checkpoint. The run loop writes a checkpoint
-// into checkpoints/latest.tmp and renames it to checkpoints/latest only when every file is
-// written (and Safetensors.Save writes each file through a temp + rename), so "latest" is either
-// the previous checkpoint or the new one, never a half-written one.
+// model.safetensors), and find a run's last complete checkpoint. The run loop writes each
+// checkpoint into checkpoints/step-N.tmp (N: iterations of all stages so far), fsyncs every file,
+// writes manifest.json (sizes + SHA-256) last, renames it to checkpoints/step-N and then replaces
+// the checkpoints/latest pointer file (tmp + fsync + rename); see Engine/Checkpoints/CheckpointStore.
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Model;
@@ -69,15 +69,20 @@ public static class Checkpoint
         Safetensors.Save(model.Model, directory);
     }
 
-    /// <summary>The last complete checkpoint of a run's output folder, or null when it has none.</summary>
+    /// <summary>The last complete checkpoint of a run's output folder (the one the <c>latest</c> pointer names,
+    /// else the newest <c>step-N</c> with a manifest), or null when it has none. It is not checksummed
+    /// here: <see cref="CheckpointInfo.Verify"/> does that.</summary>
     /// <param name="outputDirectory">The run's output folder (<see cref="TrainingOptions.OutputDirectory"/>).</param>
     /// <exception cref="InvalidDataException">The checkpoint's state.json is malformed.</exception>
     public static CheckpointInfo? Latest(string outputDirectory)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(outputDirectory);
-        string dir = Path.Combine(Path.GetFullPath(outputDirectory), "checkpoints", "latest");
+        var store = new CheckpointStore(Path.Combine(Path.GetFullPath(outputDirectory), "checkpoints"), 1);
+        string? name = store.Candidates().FirstOrDefault(n =>
+            File.Exists(Path.Combine(store.PathOf(n), CheckpointStore.ManifestName)) && File.Exists(Path.Combine(store.PathOf(n), "state.json")));
+        if (name is null) return null;
+        string dir = store.PathOf(name);
         string state = Path.Combine(dir, "state.json");
-        if (!File.Exists(state)) return null;
         try
         {
             var o = JsonNode.Parse(File.ReadAllText(state))!.AsObject();
@@ -93,7 +98,7 @@ public static class Checkpoint
 
 /// <summary>A run's checkpoint: the trained roles' models plus optimizer state, after
 /// <see cref="NextIteration"/> iterations of stage <see cref="Stage"/>. Resuming continues from it.</summary>
-/// <param name="Directory">The checkpoint folder (OUT/checkpoints/latest).</param>
+/// <param name="Directory">The checkpoint folder (OUT/checkpoints/step-N).</param>
 /// <param name="Stage">0-based stage the checkpoint belongs to.</param>
 /// <param name="Algorithm">That stage's algorithm.</param>
 /// <param name="NextIteration">Iterations of the stage completed (the next one to run, 0-based).</param>
@@ -106,10 +111,13 @@ public sealed record CheckpointInfo(string Directory, int Stage, string Algorith
         ? Path.Combine(Directory, role)
         : throw new ArgumentException($"checkpoint {Directory} holds roles {string.Join(", ", Roles)}, not '{role}'", nameof(role));
 
-    /// <summary>Loads every role's model and optimizer state sizes to prove the checkpoint is complete and readable.</summary>
-    /// <exception cref="InvalidDataException">Something is missing or inconsistent; the message names it.</exception>
+    /// <summary>Checks every file against the checkpoint's manifest.json (size and SHA-256), then loads every
+    /// role's model and checks the optimizer state sizes, to prove the checkpoint is complete and readable.</summary>
+    /// <exception cref="InvalidDataException">Something is missing, torn or corrupt; the message names it.</exception>
     public void Verify()
     {
+        if (CheckpointStore.VerifyDirectory(Directory) is { } why)
+            throw new InvalidDataException($"checkpoint {Directory}: {why}");
         foreach (var role in Roles)
         {
             using var m = Checkpoint.Load(ModelDirectory(role));

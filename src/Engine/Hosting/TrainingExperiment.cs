@@ -56,6 +56,8 @@ public sealed class TrainingExperiment
     public string Task => Config.Task.Name;
     /// <summary>A checkpoint is written every this many iterations of a stage, and after its last one.</summary>
     public int CheckpointEvery => Config.CheckpointEvery;
+    /// <summary>How many of the newest checkpoints (checkpoints/step-N) a run keeps (<c>checkpoint_keep</c>).</summary>
+    public int CheckpointKeep => Config.CheckpointKeep;
     /// <summary>Folder that relative paths of the config resolve against.</summary>
     public string BaseDirectory => Config.BaseDirectory;
     /// <summary>The stages in run order.</summary>
@@ -91,6 +93,14 @@ public sealed class TrainingExperiment
     {
         if (iterations < 1) throw new ArgumentOutOfRangeException(nameof(iterations), iterations, "checkpoint_every must be >= 1");
         return new TrainingExperiment(Config with { CheckpointEvery = iterations }, YamlText);
+    }
+
+    /// <summary>A copy that keeps the newest <paramref name="count"/> checkpoints, deleting older ones.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="count"/> is below 1.</exception>
+    public TrainingExperiment WithCheckpointKeep(int count)
+    {
+        if (count < 1) throw new ArgumentOutOfRangeException(nameof(count), count, "checkpoint_keep must be >= 1");
+        return new TrainingExperiment(Config with { CheckpointKeep = count }, YamlText);
     }
 
     /// <summary>A copy whose held-out evaluation uses <paramref name="size"/> examples every <paramref name="every"/> iterations.</summary>

@@ -167,6 +167,10 @@ public sealed class TrainingJob
                     int done = stages.Take(ev.Stage).Sum(s => s.Iterations) + ev.Iteration;
                     progress?.Report(new TrainingProgress(ev.Stage, stages.Count, ev.Algorithm, ev.Iteration, ev.Iterations,
                         Math.Clamp((double)done / total, 0, 1), ev.Figures, clock.Elapsed));
+                }, note: n =>
+                {
+                    if (n.Contains(" refused: ", StringComparison.Ordinal)) _log.LogWarning("{Note}", n);
+                    else _log.LogInformation("{Note}", n);
                 });
                 var summary = pipeline.Run(Options.Resume, null, cancellationToken);
                 tail.Pump();

@@ -40,18 +40,26 @@ internal sealed class Pipeline : IDisposable
     private readonly Dictionary<string, DistributedModel> _callReplica = new();
     private StreamWriter? _metrics;
     private int _metricLines;
+    private readonly CheckpointStore _store;
+    private readonly Action<string>? _note;
+    private readonly List<string> _resumeNotes = [];
+    private string? _resumeDir;   // the verified checkpoint a resumed run continues from
+    private JsonNode? _resumeState;
 
     /// <summary>A run of <paramref name="cfg"/> into <paramref name="outDir"/>. With <paramref name="plan"/>
     /// the stage whose calls the plan lists runs each call on its own mesh and (pp, dp, tp) layout
     /// (in-process devices, parameters reallocated between the layouts); other stages and the
-    /// held-out evaluation run on the single device.</summary>
-    public Pipeline(ExperimentConfig cfg, string outDir, Action<ProgressEvent>? progress = null, Plan? plan = null)
+    /// held-out evaluation run on the single device.
+    /// <paramref name="note"/> receives resume's messages (refused checkpoints, the one resumed from) as they happen.</summary>
+    public Pipeline(ExperimentConfig cfg, string outDir, Action<ProgressEvent>? progress = null, Plan? plan = null, Action<string>? note = null)
     {
+        _note = note;
         _plan = plan;
         if (plan is not null) _cluster = new LocalCluster(plan.Nodes * plan.DevicesPerNode);
         _cfg = cfg;
         _out = Path.GetFullPath(outDir);
         _progress = progress;
+        _store = new CheckpointStore(Path.Combine(_out, "checkpoints"), cfg.CheckpointKeep);
         _task = SyntheticTask.Create(cfg.Task);
         _heldOut = _task.HeldOut(cfg.Seed, cfg.Eval.Size);
         var vocab = cfg.Stages.SelectMany(s => s.Models.Values).Select(m => Arch(m).Vocab).Min();
@@ -88,7 +96,58 @@ internal sealed class Pipeline : IDisposable
 
     public string MetricsPath => Path.Combine(_out, "metrics.jsonl");
     private string CkptDir => Path.Combine(_out, "checkpoints");
-    private string StatePath => Path.Combine(CkptDir, "latest", "state.json");
+
+    /// <summary>What the last resume said: each refused checkpoint (and why) and the one it continued from.</summary>
+    public IReadOnlyList<string> ResumeNotes => _resumeNotes;
+
+    /// <summary>The checkpoint name's number: iterations of every earlier stage plus <paramref name="nextIteration"/>.</summary>
+    private long GlobalIteration(int stage, int nextIteration) =>
+        _cfg.Stages.Take(stage).Sum(s => (long)s.Iterations) + nextIteration;
+
+    private void Note(string message)
+    {
+        _resumeNotes.Add(message);
+        _note?.Invoke(message);
+    }
+
+    /// <summary>The newest checkpoint that verifies against its manifest (pointer first, then newest
+    /// name first), noting each refused one; null when there is none at all; throws naming every
+    /// refusal when none verifies.</summary>
+    private (string Dir, JsonNode State)? SelectCheckpoint()
+    {
+        var candidates = _store.Candidates();
+        if (candidates.Count == 0) return null;
+        var refused = new List<string>();
+        for (int i = 0; i < candidates.Count; i++)
+        {
+            string name = candidates[i];
+            string? why = _store.Verify(name);
+            JsonNode? st = null;
+            if (why is null)
+            {
+                try
+                {
+                    st = JsonNode.Parse(File.ReadAllText(Path.Combine(_store.PathOf(name), "state.json")))!;
+                    int stage = (int)st["stage"]!, next = (int)st["next_iteration"]!;
+                    _ = (int)st["metric_lines"]!; _ = (double)st["seconds"]!;
+                    if (stage < 0 || stage >= _cfg.Stages.Count || next < 0 || next > _cfg.Stages[stage].Iterations || (string?)st["algorithm"] != _cfg.Stages[stage].Algorithm)
+                        why = $"state.json (stage {stage}, iteration {next}) does not fit this experiment's stages";
+                }
+                catch (Exception e) when (e is JsonException or NullReferenceException or InvalidOperationException or FormatException)
+                { why = $"state.json malformed ({e.Message})"; }
+            }
+            if (why is null)
+            {
+                int stage = (int)st!["stage"]!, next = (int)st["next_iteration"]!;
+                Note($"resuming from checkpoint {name} (stage {stage} {_cfg.Stages[stage].Algorithm}, iteration {next})");
+                return (_store.PathOf(name), st);
+            }
+            refused.Add($"{name}: {why}");
+            Note($"checkpoint {name} refused: {why}; " + (i + 1 < candidates.Count ? $"falling back to {candidates[i + 1]}" : "no older checkpoint left"));
+        }
+        throw new InvalidDataException($"cannot resume: no checkpoint in {_store.Root} verifies ({string.Join("; ", refused)}); " +
+                                       "run without --resume to start over");
+    }
 
     private LlamaConfig Arch(ModelSpec m) =>
         m.Preset is not null ? LlamaConfig.Preset(m.Preset) : LlamaConfig.FromHfJson(Path.Combine(_cfg.BaseDirectory, m.ConfigPath!));
@@ -102,14 +161,21 @@ internal sealed class Pipeline : IDisposable
         Directory.CreateDirectory(_out);
         int startStage = 0, startIter = 0;
         double priorSeconds = 0;
-        if (resume && File.Exists(StatePath))
+        _resumeNotes.Clear();
+        _resumeDir = null; _resumeState = null;
+        var chosen = resume ? SelectCheckpoint() : null;
+        if (resume && chosen is null) Note($"no checkpoint in {_store.Root}; starting from the beginning");
+        if (chosen is { } c)
         {
-            var st = JsonNode.Parse(File.ReadAllText(StatePath))!;
+            var st = c.State;
+            _resumeDir = c.Dir; _resumeState = st;
             startStage = (int)st["stage"]!; startIter = (int)st["next_iteration"]!;
             _metricLines = (int)st["metric_lines"]!; priorSeconds = (double)st["seconds"]!;
             var kept = File.Exists(MetricsPath) ? File.ReadLines(MetricsPath).Take(_metricLines).ToList() : [];
             if (kept.Count != _metricLines) throw new InvalidDataException($"{MetricsPath} has fewer lines than the checkpoint recorded ({_metricLines})");
             File.WriteAllLines(MetricsPath, kept);
+            // Checkpoints newer than the chosen one were refused; their iterations are redone.
+            _store.DropNewerThan(CheckpointStore.StepOf(Path.GetFileName(c.Dir))!.Value);
         }
         else
         {
@@ -149,12 +215,13 @@ internal sealed class Pipeline : IDisposable
                 if (eval || ckpt) SyncBack();
                 if (eval) figures["task_score"] = Evaluate(stage, it + 1);
                 _progress?.Invoke(new ProgressEvent(s, stage.Algorithm, it + 1, stage.Iterations, figures));
+                // The stage artifact is written before the stage's last checkpoint: a run resumed
+                // from that checkpoint skips the stage and needs the artifact already there.
+                if (it + 1 == stage.Iterations && AlgorithmNames.Produces(stage.Algorithm) is { } prod)
+                    Safetensors.Save(_models[prod.Role], Path.Combine(CkptDir, prod.Artifact));
                 if (ckpt)
                     SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds);
             }
-            SyncBack();
-            if (AlgorithmNames.Produces(stage.Algorithm) is { } prod)
-                Safetensors.Save(_models[prod.Role], Path.Combine(CkptDir, prod.Artifact));
         }
         _metrics.Dispose();
         _metrics = null;
@@ -205,11 +272,11 @@ internal sealed class Pipeline : IDisposable
             _optims[role] = NewOptimizer(stage, _models[role]);
         if (resumeFrom)
         {
-            string dir = Path.Combine(CkptDir, "latest");
+            string dir = _resumeDir!;
+            var st = _resumeState!;
             foreach (var (role, opt) in _optims)
             {
                 Safetensors.LoadInto(_models[role], Path.Combine(dir, role));
-                var st = JsonNode.Parse(File.ReadAllText(StatePath))!;
                 long step = (long)st["optimizer_steps"]![role]!;
                 opt.Restore(step, ReadFloats(Path.Combine(dir, role + ".adam_m"), _models[role].ParameterCount),
                             ReadFloats(Path.Combine(dir, role + ".adam_v"), _models[role].ParameterCount));
@@ -297,25 +364,25 @@ internal sealed class Pipeline : IDisposable
 
     private void SaveCheckpoint(StageConfig stage, int nextIteration, double seconds)
     {
-        string tmp = Path.Combine(CkptDir, "latest.tmp"), dir = Path.Combine(CkptDir, "latest");
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-        Directory.CreateDirectory(tmp);
-        var steps = new JsonObject();
-        foreach (var (role, opt) in _optims)
+        // CheckpointStore fsyncs every file, writes manifest.json last, renames step-N.tmp -> step-N
+        // and moves the `latest` pointer; a crash at any point leaves the previous checkpoint usable.
+        _store.Write(GlobalIteration(stage.Index, nextIteration), tmp =>
         {
-            Safetensors.Save(_models[role], Path.Combine(tmp, role));
-            WriteFloats(Path.Combine(tmp, role + ".adam_m"), opt.FirstMoment);
-            WriteFloats(Path.Combine(tmp, role + ".adam_v"), opt.SecondMoment);
-            steps[role] = opt.Step;
-        }
-        var state = new JsonObject
-        {
-            ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["next_iteration"] = nextIteration,
-            ["metric_lines"] = _metricLines, ["seconds"] = seconds, ["optimizer_steps"] = steps,
-        };
-        File.WriteAllText(Path.Combine(tmp, "state.json"), state.ToJsonString());
-        if (Directory.Exists(dir)) Directory.Delete(dir, true);
-        Directory.Move(tmp, dir);
+            var steps = new JsonObject();
+            foreach (var (role, opt) in _optims)
+            {
+                Safetensors.Save(_models[role], Path.Combine(tmp, role));
+                WriteFloats(Path.Combine(tmp, role + ".adam_m"), opt.FirstMoment);
+                WriteFloats(Path.Combine(tmp, role + ".adam_v"), opt.SecondMoment);
+                steps[role] = opt.Step;
+            }
+            var state = new JsonObject
+            {
+                ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["next_iteration"] = nextIteration,
+                ["metric_lines"] = _metricLines, ["seconds"] = seconds, ["optimizer_steps"] = steps,
+            };
+            File.WriteAllText(Path.Combine(tmp, "state.json"), state.ToJsonString());
+        });
     }
 
     private static void WriteFloats(string path, ReadOnlySpan<float> data)

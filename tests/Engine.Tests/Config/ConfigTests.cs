@@ -132,6 +132,34 @@ public class ConfigTests
     }
 
     [Fact]
+    public void CheckpointKeepDefaultsValidatesAndIsTopLevelOnly()
+    {
+        Assert.Equal(2, ExperimentConfig.Parse(Valid, Path.GetTempPath()).CheckpointKeep);
+        Assert.Equal(5, ExperimentConfig.Parse(Valid.Replace("seed: 3", "seed: 3\ncheckpoint_keep: 5"), Path.GetTempPath()).CheckpointKeep);
+
+        var e = Fails(Valid.Replace("seed: 3", "seed: 3\ncheckpoint_keep: 0"));
+        Assert.Equal("checkpoint_keep", e.FieldPath);
+        Assert.Contains("out of range", e.Message);
+        Assert.Contains("checkpoint_keep", e.Message);
+
+        e = Fails(Valid.Replace("seed: 3", "seed: 3\ncheckpoint_keep: two"));
+        Assert.Equal("checkpoint_keep", e.FieldPath);
+
+        e = Fails(Valid.Replace("- { algorithm: ppo, ppo: { clip_eps: 0.3 } }", "- { algorithm: ppo, checkpoint_keep: 3 }"));
+        Assert.Equal("stages[2].checkpoint_keep", e.FieldPath);
+
+        // a single-stage config (no `stages`) accepts it at the top level too
+        var single = ExperimentConfig.Parse("""
+            algorithm: sft
+            iterations: 3
+            checkpoint_keep: 4
+            models: { actor: { preset: tiny, init: random } }
+            batch: { size: 8, prompt_len: 16, gen_len: 8 }
+            """, Path.GetTempPath());
+        Assert.Equal(4, single.CheckpointKeep);
+    }
+
+    [Fact]
     public void PipelineChecks()
     {
         // init: rm without an earlier rm stage

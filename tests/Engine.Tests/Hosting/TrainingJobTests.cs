@@ -70,7 +70,16 @@ public class TrainingJobTests
             var ck = Assert.IsType<CheckpointInfo>(result.LastCheckpoint);
             ck.Verify();
             Assert.False(File.Exists(Path.Combine(dir, "summary.json")));
-            Assert.False(Directory.Exists(Path.Combine(dir, "checkpoints", "latest.tmp")));
+            Assert.Empty(Directory.EnumerateDirectories(Path.Combine(dir, "checkpoints"), "*.tmp"));
+            int global = (ck.Stage == 0 ? 0 : 4) + ck.NextIteration;   // iterations of earlier stages (sft: 4) + this one's
+            Assert.Equal(Path.Combine(dir, "checkpoints", "step-" + global), ck.Directory);
+            // a corrupt file is caught by Verify's manifest check
+            var adam = Path.Combine(ck.Directory, ck.Roles[0] + ".adam_m");
+            var bytes = File.ReadAllBytes(adam);
+            bytes[8] ^= 1;
+            File.WriteAllBytes(adam, bytes);
+            var e = Assert.Throws<InvalidDataException>(ck.Verify);
+            Assert.Contains(ck.Roles[0] + ".adam_m checksum mismatch", e.Message);
         }
         finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
     }
@@ -81,6 +90,9 @@ public class TrainingJobTests
         var e = Assert.Throws<ExperimentConfigException>(() => TrainingExperiment.FromYamlText("algorithm: ppo\nbatch: { size: -1 }\n"));
         Assert.False(string.IsNullOrEmpty(e.Message));
         Assert.Throws<ArgumentOutOfRangeException>(() => Tiny().WithStageIterations(7, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Tiny().WithCheckpointKeep(0));
+        Assert.Equal(2, Tiny().CheckpointKeep);
+        Assert.Equal(3, Tiny().WithCheckpointKeep(3).CheckpointKeep);
         Assert.Throws<FileNotFoundException>(() => TrainingExperiment.FromYaml("/nonexistent/x.yaml"));
     }
 
