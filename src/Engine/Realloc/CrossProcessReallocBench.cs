@@ -24,6 +24,24 @@ public static unsafe class CrossProcessReallocBench
     ];
 
     public const int Workers = 4;
+
+    /// <summary>The benchmark's mover: <see cref="TransportRealloc"/>'s defaults, overridable for
+    /// experiments with REALN_REALLOC_DIRECT_MIN, REALN_REALLOC_DIRECT_PIECE, REALN_REALLOC_CHUNK and
+    /// REALN_REALLOC_RMA_MIN (bytes).</summary>
+    public static TransportRealloc Mover(ITransport transport)
+    {
+        static long Env(string name, long fallback) => long.TryParse(Environment.GetEnvironmentVariable(name), out long v) && v >= 0 ? v : fallback;
+        var d = new TransportRealloc(transport);
+        var m = new TransportRealloc(transport)
+        {
+            DirectMinBytes = Env("REALN_REALLOC_DIRECT_MIN", d.DirectMinBytes),
+            DirectPieceBytes = Env("REALN_REALLOC_DIRECT_PIECE", d.DirectPieceBytes),
+            ChunkBytes = Env("REALN_REALLOC_CHUNK", d.ChunkBytes),
+            RmaMinBytes = Env("REALN_REALLOC_RMA_MIN", d.RmaMinBytes),
+        };
+        d.Dispose();
+        return m;
+    }
     public const long P2pBytes = 256L << 20;
 
     public static int RunWorker(string endpoint, string jobId, byte[] secret, int rank, int size, LlamaShape shape, int reps, bool p2pOnly = false)
@@ -43,7 +61,7 @@ public static unsafe class CrossProcessReallocBench
             return 0;
         }
 
-        using var mover = new TransportRealloc(transport);
+        using var mover = Mover(transport);
         var factory = LlamaShardLayouts.Factory(shape);
         var pairs = Pairs();
         var cases = new List<double>();
@@ -193,7 +211,7 @@ public static unsafe class CrossProcessReallocBench
             _client = client;
             var f = LlamaShardLayouts.Factory(shape);
             _plans = Pairs().Select(p => ReallocPlan.Build(p.From, p.To, f, 4, _ => 0)).ToArray();
-            _mover = new TransportRealloc(transport);
+            _mover = Mover(transport);
             _p2p = new HostBlock(P2pBytes);
         }
 
