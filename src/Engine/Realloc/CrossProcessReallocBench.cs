@@ -65,6 +65,7 @@ public static unsafe class CrossProcessReallocBench
         var factory = LlamaShardLayouts.Factory(shape);
         var pairs = Pairs();
         var cases = new List<double>();
+        var repTimes = new List<List<double>>();
         for (int c = 0; c < pairs.Count; c++)
         {
             var plan = ReallocPlan.Build(pairs[c].From, pairs[c].To, factory, 4, _ => 0);
@@ -81,6 +82,7 @@ public static unsafe class CrossProcessReallocBench
                 if (plan.To.Devices.Contains(rank)) dst = new HostBlock(plan.DestinationLayoutOf(rank).TotalElements * 4);
                 nint s = src is null ? 0 : (nint)src.Pointer, d = dst is null ? 0 : (nint)dst.Pointer;
                 double best = double.MaxValue;
+                var times = new List<double>();
                 for (int i = 0; i < reps + 1; i++)
                 {
                     Rendezvous.Barrier(client, rank, $"case-{c}-{i}", limit);
@@ -92,9 +94,10 @@ public static unsafe class CrossProcessReallocBench
                         string? bad = Verify(plan.DestinationLayoutOf(rank), (float*)dst.Pointer);
                         if (bad is not null) throw new InvalidOperationException($"rank {rank}, case {c}: {bad}");
                     }
-                    if (i > 0) best = Math.Min(best, sec);
+                    if (i > 0) { best = Math.Min(best, sec); times.Add(sec); }
                 }
                 cases.Add(best);
+                repTimes.Add(times);
             }
             finally
             {
@@ -103,6 +106,7 @@ public static unsafe class CrossProcessReallocBench
             }
         }
         report["case_seconds"] = cases;
+        report["case_rep_seconds"] = repTimes;  // per timed repetition: the master takes min over reps of max over ranks
         client.Request("report", JsonSerializer.Serialize(new { rank, json = JsonSerializer.Serialize(report) }), TimeSpan.FromSeconds(10));
         Rendezvous.Barrier(client, rank, "done", limit);
         return 0;
@@ -111,6 +115,10 @@ public static unsafe class CrossProcessReallocBench
     /// <summary>Sizes of the point-to-point figures (tagged messages rank 0 -> rank 1; the last one is
     /// the reference of the reallocation cases).</summary>
     public static readonly long[] P2pSizes = [4L << 20, 64L << 20, P2pBytes];
+
+    /// <summary>Report key of <see cref="P2pBytes"/> moved as concurrent pieces of the mover's
+    /// direct-piece size.</summary>
+    public const string PiecesKey = "p2p_seconds_pieces";
 
     /// <summary>Best seconds of a tagged rank 0 -> rank 1 message per size ("p2p_seconds" for
     /// <see cref="P2pBytes"/>, "p2p_seconds_&lt;MiB&gt;" for the others) and, with
@@ -140,6 +148,21 @@ public static unsafe class CrossProcessReallocBench
             long tag = 1000 + bytes / (1 << 20);
             double s = Time(() => rank == 0 ? transport.SendAsync(1, tag, p, bytes) : rank == 1 ? transport.RecvAsync(0, tag, p, bytes) : null);
             result.Add((bytes == P2pBytes ? "p2p_seconds" : $"p2p_seconds_{bytes >> 20}", s));
+        }
+        // The message size the reallocation moves its bulk in: P2pBytes as pieces of
+        // TransportRealloc.DirectPieceBytes, all posted at once (as the cases post them).
+        {
+            long piece = TransportRealloc.DefaultDirectPieceBytes;
+            int n = (int)(P2pBytes / piece);
+            Task? Pieces()
+            {
+                if (rank > 1) return null;
+                var ops = new Task[n];
+                for (int k = 0; k < n; k++)
+                    ops[k] = rank == 0 ? transport.SendAsync(1, 2000 + k, p + (nint)(k * piece), piece) : transport.RecvAsync(0, 2000 + k, p + (nint)(k * piece), piece);
+                return Task.WhenAll(ops);
+            }
+            result.Add((PiecesKey, Time(Pieces)));
         }
         if (rma && transport.Size > 1)
         {

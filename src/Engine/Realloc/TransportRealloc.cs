@@ -244,7 +244,9 @@ public sealed class TransportRealloc : IDisposable
     public long DirectMinBytes { get; init; } = 256L << 10;
 
     /// <summary>Largest message of one direct interval (longer ones are cut).</summary>
-    public long DirectPieceBytes { get; init; } = 16L << 20;
+    public long DirectPieceBytes { get; init; } = DefaultDirectPieceBytes;
+
+    public const long DefaultDirectPieceBytes = 16L << 20;
 
     /// <summary>Cuts byte intervals (source offset, destination offset, length), in order, into
     /// pieces: an interval of at least <paramref name="direct"/> bytes (when positive) into pieces
