@@ -10,7 +10,13 @@ namespace ReaLNative.Engine.Realloc;
 /// gathered into a pooled, pre-faulted staging buffer with the native interval gather, sent to
 /// every destination of its broadcast group, and scattered on arrival with the native interval
 /// scatter, in pieces of <see cref="ChunkBytes"/> so that gather, transfer and scatter overlap
-/// (whole-step messages serialized them: gather all, move all, scatter all). Over an
+/// (whole-step messages serialized them: gather all, move all, scatter all). Intervals of at least
+/// <see cref="DirectMinBytes"/> skip the staging altogether: each is a tagged message (or several,
+/// of at most <see cref="DirectPieceBytes"/>) from the source shard straight into the destination
+/// shard, one copy over UCX's cma rendezvous instead of three passes over memory; a packed piece
+/// that is one run of the source (destination) shard is sent from (received into) the shard
+/// itself, skipping the gather (scatter). Both sides cut a step identically, so a piece's tag is
+/// (step, piece index). Over an
 /// <see cref="IRmaTransport"/>, intervals of at least <see cref="RmaMinBytes"/> skip the staging:
 /// the sender registers its shard and sends the descriptor, the receiver gets them straight into
 /// its shard and then tells the sender it is done (the sender returns only after that). All
@@ -29,7 +35,13 @@ public sealed class TransportRealloc : IDisposable
     /// <see cref="IRmaTransport"/>; shorter ones are staged (gather, message, scatter: three passes
     /// over memory, but one message for many intervals). 0 (the default) disables RMA: measured
     /// here with 32 KiB (UCX 1.13, cma, 4 processes on 2 cores) it was slower than staging
-    /// (cross-process cases 0.12-0.38 of p2p against 0.42-0.67 staged), cause not yet found.</summary>
+    /// (cross-process cases 0.12-0.38 of p2p against 0.42-0.67 staged). Likely cause (UCX 1.13
+    /// source and `ucx_info -e`): cma is only an rma_bw lane (used by the tagged rendezvous); RMA
+    /// get/put use the rma lanes (sysv/posix), which cannot reach memory UCX did not allocate, so
+    /// the rkey resolves to UCX's software RMA ("sw_rma"): active messages served by the target's
+    /// progress thread, copied through shared-memory fragments (two copies, and waits on a peer
+    /// that naps between polls). The direct tagged messages (<see cref="DirectMinBytes"/>) give the
+    /// one-copy path instead.</summary>
     public long RmaMinBytes { get; init; }
 
     private const long DescriptorTag = 1L << 39 | 1, DoneTag = 1L << 39 | 2;

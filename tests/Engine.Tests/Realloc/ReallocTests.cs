@@ -221,6 +221,7 @@ public sealed class TransportReallocTests
     [InlineData(8L << 20, 0L, 64L, 1L << 20)] // intervals >= 64 B as direct messages shard to shard, short ones packed
     [InlineData(100L, 0L, 32L, 40L)]         // direct intervals cut into 40-byte pieces, packed pieces of 100 bytes
     [InlineData(8L << 20, 0L, 4L, 16L << 20)] // every interval a direct message
+    [InlineData(100L, 256L, 32L, 64L)]       // RMA get >= 256 B, direct messages 32..255 B in 64-byte pieces, shorter packed
     public async Task RandomLayoutPairsOverUcxAreBitExact(long chunkBytes, long rmaMinBytes, long directMinBytes, long directPieceBytes)
     {
         var f = LlamaShardLayouts.Factory(new LlamaShape(Layers: 3, Hidden: 32, Intermediate: 24, Heads: 8, KvHeads: 4, Vocab: 32));
