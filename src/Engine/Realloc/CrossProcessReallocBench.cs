@@ -24,6 +24,24 @@ internal static unsafe class CrossProcessReallocBench
     ];
 
     public const int Workers = 4;
+
+    /// <summary>The benchmark's mover: <see cref="TransportRealloc"/>'s defaults, overridable for
+    /// experiments with REALN_REALLOC_DIRECT_MIN, REALN_REALLOC_DIRECT_PIECE, REALN_REALLOC_CHUNK and
+    /// REALN_REALLOC_RMA_MIN (bytes).</summary>
+    public static TransportRealloc Mover(ITransport transport)
+    {
+        static long Env(string name, long fallback) => long.TryParse(Environment.GetEnvironmentVariable(name), out long v) && v >= 0 ? v : fallback;
+        var d = new TransportRealloc(transport);
+        var m = new TransportRealloc(transport)
+        {
+            DirectMinBytes = Env("REALN_REALLOC_DIRECT_MIN", d.DirectMinBytes),
+            DirectPieceBytes = Env("REALN_REALLOC_DIRECT_PIECE", d.DirectPieceBytes),
+            ChunkBytes = Env("REALN_REALLOC_CHUNK", d.ChunkBytes),
+            RmaMinBytes = Env("REALN_REALLOC_RMA_MIN", d.RmaMinBytes),
+        };
+        d.Dispose();
+        return m;
+    }
     public const long P2pBytes = 256L << 20;
 
     public static int RunWorker(string endpoint, string jobId, byte[] secret, int rank, int size, LlamaShape shape, int reps, bool p2pOnly = false)
@@ -43,10 +61,11 @@ internal static unsafe class CrossProcessReallocBench
             return 0;
         }
 
-        using var mover = new TransportRealloc(transport);
+        using var mover = Mover(transport);
         var factory = LlamaShardLayouts.Factory(shape);
         var pairs = Pairs();
         var cases = new List<double>();
+        var repTimes = new List<List<double>>();
         for (int c = 0; c < pairs.Count; c++)
         {
             var plan = ReallocPlan.Build(pairs[c].From, pairs[c].To, factory, 4, _ => 0);
@@ -63,6 +82,7 @@ internal static unsafe class CrossProcessReallocBench
                 if (plan.To.Devices.Contains(rank)) dst = new HostBlock(plan.DestinationLayoutOf(rank).TotalElements * 4);
                 nint s = src is null ? 0 : (nint)src.Pointer, d = dst is null ? 0 : (nint)dst.Pointer;
                 double best = double.MaxValue;
+                var times = new List<double>();
                 for (int i = 0; i < reps + 1; i++)
                 {
                     Rendezvous.Barrier(client, rank, $"case-{c}-{i}", limit);
@@ -74,9 +94,10 @@ internal static unsafe class CrossProcessReallocBench
                         string? bad = Verify(plan.DestinationLayoutOf(rank), (float*)dst.Pointer);
                         if (bad is not null) throw new InvalidOperationException($"rank {rank}, case {c}: {bad}");
                     }
-                    if (i > 0) best = Math.Min(best, sec);
+                    if (i > 0) { best = Math.Min(best, sec); times.Add(sec); }
                 }
                 cases.Add(best);
+                repTimes.Add(times);
             }
             finally
             {
@@ -85,6 +106,7 @@ internal static unsafe class CrossProcessReallocBench
             }
         }
         report["case_seconds"] = cases;
+        report["case_rep_seconds"] = repTimes;  // per timed repetition: the master takes min over reps of max over ranks
         client.Request("report", JsonSerializer.Serialize(new { rank, json = JsonSerializer.Serialize(report) }), TimeSpan.FromSeconds(10));
         Rendezvous.Barrier(client, rank, "done", limit);
         return 0;
@@ -93,6 +115,10 @@ internal static unsafe class CrossProcessReallocBench
     /// <summary>Sizes of the point-to-point figures (tagged messages rank 0 -> rank 1; the last one is
     /// the reference of the reallocation cases).</summary>
     public static readonly long[] P2pSizes = [4L << 20, 64L << 20, P2pBytes];
+
+    /// <summary>Report key of <see cref="P2pBytes"/> moved as concurrent pieces of the mover's
+    /// direct-piece size.</summary>
+    public const string PiecesKey = "p2p_seconds_pieces";
 
     /// <summary>Best seconds of a tagged rank 0 -> rank 1 message per size ("p2p_seconds" for
     /// <see cref="P2pBytes"/>, "p2p_seconds_&lt;MiB&gt;" for the others) and, with
@@ -122,6 +148,21 @@ internal static unsafe class CrossProcessReallocBench
             long tag = 1000 + bytes / (1 << 20);
             double s = Time(() => rank == 0 ? transport.SendAsync(1, tag, p, bytes) : rank == 1 ? transport.RecvAsync(0, tag, p, bytes) : null);
             result.Add((bytes == P2pBytes ? "p2p_seconds" : $"p2p_seconds_{bytes >> 20}", s));
+        }
+        // The message size the reallocation moves its bulk in: P2pBytes as pieces of
+        // TransportRealloc.DirectPieceBytes, all posted at once (as the cases post them).
+        {
+            long piece = TransportRealloc.DefaultDirectPieceBytes;
+            int n = (int)(P2pBytes / piece);
+            Task? Pieces()
+            {
+                if (rank > 1) return null;
+                var ops = new Task[n];
+                for (int k = 0; k < n; k++)
+                    ops[k] = rank == 0 ? transport.SendAsync(1, 2000 + k, p + (nint)(k * piece), piece) : transport.RecvAsync(0, 2000 + k, p + (nint)(k * piece), piece);
+                return Task.WhenAll(ops);
+            }
+            result.Add((PiecesKey, Time(Pieces)));
         }
         if (rma && transport.Size > 1)
         {
@@ -193,7 +234,7 @@ internal static unsafe class CrossProcessReallocBench
             _client = client;
             var f = LlamaShardLayouts.Factory(shape);
             _plans = Pairs().Select(p => ReallocPlan.Build(p.From, p.To, f, 4, _ => 0)).ToArray();
-            _mover = new TransportRealloc(transport);
+            _mover = Mover(transport);
             _p2p = new HostBlock(P2pBytes);
         }
 

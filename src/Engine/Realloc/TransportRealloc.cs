@@ -10,7 +10,13 @@ namespace ReaLNative.Engine.Realloc;
 /// gathered into a pooled, pre-faulted staging buffer with the native interval gather, sent to
 /// every destination of its broadcast group, and scattered on arrival with the native interval
 /// scatter, in pieces of <see cref="ChunkBytes"/> so that gather, transfer and scatter overlap
-/// (whole-step messages serialized them: gather all, move all, scatter all). Over an
+/// (whole-step messages serialized them: gather all, move all, scatter all). Intervals of at least
+/// <see cref="DirectMinBytes"/> skip the staging altogether: each is a tagged message (or several,
+/// of at most <see cref="DirectPieceBytes"/>) from the source shard straight into the destination
+/// shard, one copy over UCX's cma rendezvous instead of three passes over memory; a packed piece
+/// that is one run of the source (destination) shard is sent from (received into) the shard
+/// itself, skipping the gather (scatter). Both sides cut a step identically, so a piece's tag is
+/// (step, piece index). Over an
 /// <see cref="IRmaTransport"/>, intervals of at least <see cref="RmaMinBytes"/> skip the staging:
 /// the sender registers its shard and sends the descriptor, the receiver gets them straight into
 /// its shard and then tells the sender it is done (the sender returns only after that). All
@@ -29,7 +35,13 @@ internal sealed class TransportRealloc : IDisposable
     /// <see cref="IRmaTransport"/>; shorter ones are staged (gather, message, scatter: three passes
     /// over memory, but one message for many intervals). 0 (the default) disables RMA: measured
     /// here with 32 KiB (UCX 1.13, cma, 4 processes on 2 cores) it was slower than staging
-    /// (cross-process cases 0.12-0.38 of p2p against 0.42-0.67 staged), cause not yet found.</summary>
+    /// (cross-process cases 0.12-0.38 of p2p against 0.42-0.67 staged). Likely cause (UCX 1.13
+    /// source and `ucx_info -e`): cma is only an rma_bw lane (used by the tagged rendezvous); RMA
+    /// get/put use the rma lanes (sysv/posix), which cannot reach memory UCX did not allocate, so
+    /// the rkey resolves to UCX's software RMA ("sw_rma"): active messages served by the target's
+    /// progress thread, copied through shared-memory fragments (two copies, and waits on a peer
+    /// that naps between polls). The direct tagged messages (<see cref="DirectMinBytes"/>) give the
+    /// one-copy path instead.</summary>
     public long RmaMinBytes { get; init; }
 
     private const long DescriptorTag = 1L << 39 | 1, DoneTag = 1L << 39 | 2;
@@ -51,6 +63,15 @@ internal sealed class TransportRealloc : IDisposable
                 _staging[si] = new HostBlock(bytes);
             }
             return _staging[si++];
+        }
+        // One staging buffer for the pieces of a step that are not contiguous on this side; each
+        // such piece gets its StagingOffset in it (sender and receiver lay out their own buffers).
+        HostBlock? StagingFor(List<Chunk> chunks, Func<Chunk, bool> direct)
+        {
+            long off = 0;
+            foreach (var c in chunks)
+                if (!direct(c)) { c.StagingOffset = off; off += c.Bytes; }
+            return off == 0 ? null : Staging(off);
         }
         // Per multi-interval step: the intervals moved by RMA get (long) and the staged ones.
         (List<(long S, long D, long L)> Get, List<(long S, long D, long L)> Staged) Split(ReallocStep step)
@@ -79,13 +100,19 @@ internal sealed class TransportRealloc : IDisposable
                 l.AddRange(get);
             }
             if (staged.Count == 0) continue;
-            var chunks = Chunks(staged, ChunkBytes);
-            var buf = Staging(chunks.Sum(c => c.Bytes));
+            var chunks = Chunks(staged, ChunkBytes, DirectMinBytes);
+            var buf = StagingFor(chunks, c => c.DstContiguous);
             foreach (var c in chunks)
             {
-                var task = _t.RecvAsync(r.Peer, ChunkTag(r.Tag, c.Index), Ptr(buf) + (nint)c.StagingOffset, c.Bytes, ct);
+                if (c.DstContiguous)
+                {
+                    // Straight into the destination shard: no scatter.
+                    recvs.Add(_t.RecvAsync(r.Peer, ChunkTag(r.Tag, c.Index), destination + (nint)c.Dst[0], c.Bytes, ct));
+                    continue;
+                }
+                var task = _t.RecvAsync(r.Peer, ChunkTag(r.Tag, c.Index), Ptr(buf!) + (nint)c.StagingOffset, c.Bytes, ct);
                 recvs.Add(task);
-                scatters.Add((task, c, buf));
+                scatters.Add((task, c, buf!));
             }
         }
         // RMA set-up: this device's senders send their region descriptors; it tells them when done.
@@ -125,6 +152,7 @@ internal sealed class TransportRealloc : IDisposable
                     sends.Add(_t.SendAsync(peer, DescriptorTag, Ptr(db), 4 + d.Length, ct));
                 }
             }
+            var gathers = new List<(int First, int End, List<Chunk> Chunks)>();
             int i = 0;
             while (i < schedule.Sends.Count)
             {
@@ -141,14 +169,25 @@ internal sealed class TransportRealloc : IDisposable
                 }
                 var staged = Split(step).Staged;
                 if (staged.Count == 0) continue;
-                // Gather chunk by chunk: chunk j is on the wire (the receiver pulls it) while j + 1 is gathered.
-                var chunks = Chunks(staged, ChunkBytes);
-                var buf = Staging(chunks.Sum(c => c.Bytes));
+                var chunks = Chunks(staged, ChunkBytes, DirectMinBytes);
+                // Pieces contiguous in the source shard go first, straight from it (no gather; the
+                // receiver pulls them while this device gathers the rest).
+                foreach (var c in chunks)
+                    if (c.SrcContiguous)
+                        for (int k = first; k < i; k++)
+                            sends.Add(_t.SendAsync(schedule.Sends[k].Peer, ChunkTag(schedule.Sends[k].Tag, c.Index), source + (nint)c.Src[0], c.Bytes, ct));
+                gathers.Add((first, i, chunks));
+            }
+            // Gather chunk by chunk: chunk j is on the wire (the receiver pulls it) while j + 1 is gathered.
+            foreach (var (first, end, chunks) in gathers)
+            {
+                var buf = StagingFor(chunks, c => c.SrcContiguous);
                 foreach (var c in chunks)
                 {
-                    GatherChunk(c, source, buf);
-                    for (int k = first; k < i; k++)
-                        sends.Add(_t.SendAsync(schedule.Sends[k].Peer, ChunkTag(schedule.Sends[k].Tag, c.Index), Ptr(buf) + (nint)c.StagingOffset, c.Bytes, ct));
+                    if (c.SrcContiguous) continue;
+                    GatherChunk(c, source, buf!);
+                    for (int k = first; k < end; k++)
+                        sends.Add(_t.SendAsync(schedule.Sends[k].Peer, ChunkTag(schedule.Sends[k].Tag, c.Index), Ptr(buf!) + (nint)c.StagingOffset, c.Bytes, ct));
                 }
             }
             foreach (var step in schedule.LocalCopies) LocalCopy(step, (int)es, source, destination);
@@ -190,29 +229,71 @@ internal sealed class TransportRealloc : IDisposable
 
     /// <summary>A piece of a staged step: byte intervals (source offsets, destination offsets,
     /// lengths) that fill [StagingOffset, StagingOffset + Bytes) of the step's staging buffer.</summary>
-    private sealed record Chunk(int Index, long StagingOffset, long Bytes, long[] Src, long[] Dst, long[] Len);
+    private sealed record Chunk(int Index, long Bytes, long[] Src, long[] Dst, long[] Len)
+    {
+        /// <summary>Where the piece sits in this side's staging buffer (set by the side that stages it).</summary>
+        public long StagingOffset { get; set; }
+
+        /// <summary>The piece is one run of the source shard: sent from it without a gather.</summary>
+        public bool SrcContiguous { get; } = Contiguous(Src, Len);
+
+        /// <summary>The piece is one run of the destination shard: received into it without a scatter.</summary>
+        public bool DstContiguous { get; } = Contiguous(Dst, Len);
+
+        private static bool Contiguous(long[] off, long[] len)
+        {
+            for (int i = 1; i < off.Length; i++) if (off[i] != off[i - 1] + len[i - 1]) return false;
+            return true;
+        }
+    }
+
+    /// <summary>Intervals of a multi-interval step at least this long (bytes) travel as messages of
+    /// their own, straight from the source shard into the destination shard (one copy: UCX's
+    /// rendezvous over cma is a single process_vm_readv), in pieces of at most
+    /// <see cref="DirectPieceBytes"/>; shorter ones (the per-row pieces of dimension-1 splits) are
+    /// packed into <see cref="ChunkBytes"/> pieces, which skip the gather (scatter) where they are
+    /// contiguous in the source (destination) shard. 0 packs every interval.</summary>
+    public long DirectMinBytes { get; init; } = 256L << 10;
+
+    /// <summary>Largest message of one direct interval (longer ones are cut).</summary>
+    public long DirectPieceBytes { get; init; } = DefaultDirectPieceBytes;
+
+    public const long DefaultDirectPieceBytes = 16L << 20;
 
     /// <summary>Cuts byte intervals (source offset, destination offset, length), in order, into
-    /// pieces of at most <paramref name="chunk"/> bytes (an interval longer than that is split).
-    /// Sender and receiver cut identically.</summary>
-    private static List<Chunk> Chunks(List<(long S, long D, long L)> intervals, long chunk)
+    /// pieces: an interval of at least <paramref name="direct"/> bytes (when positive) into pieces
+    /// of its own of at most <see cref="DirectPieceBytes"/>, the others packed into pieces of at
+    /// most <paramref name="chunk"/> bytes (an interval longer than that is split). Sender and
+    /// receiver cut identically.</summary>
+    private List<Chunk> Chunks(List<(long S, long D, long L)> intervals, long chunk, long direct)
     {
         var result = new List<Chunk>();
         var src = new List<long>();
         var dst = new List<long>();
         var len = new List<long>();
-        long start = 0, filled = 0;
+        long filled = 0;
         void Flush()
         {
             if (filled == 0) return;
-            result.Add(new Chunk(result.Count, start, filled, [.. src], [.. dst], [.. len]));
-            start += filled;
+            result.Add(new Chunk(result.Count, filled, [.. src], [.. dst], [.. len]));
             filled = 0;
             src.Clear(); dst.Clear(); len.Clear();
         }
+        long piece = Math.Max(1, DirectPieceBytes);
         foreach (var (s0, d0, l0) in intervals)
         {
             long so = s0, d = d0, left = l0;
+            if (direct > 0 && l0 >= direct)
+            {
+                Flush();
+                for (long k = (left + piece - 1) / piece; left > 0; k--)
+                {
+                    long take = (left + k - 1) / k;  // equal pieces
+                    result.Add(new Chunk(result.Count, take, [so], [d], [take]));
+                    so += take; d += take; left -= take;
+                }
+                continue;
+            }
             while (left > 0)
             {
                 long take = Math.Min(left, chunk - filled);

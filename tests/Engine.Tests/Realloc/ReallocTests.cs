@@ -214,18 +214,22 @@ public sealed class ReallocScheduleTests
 public sealed class TransportReallocTests
 {
     [Theory]
-    [InlineData(8L << 20, 0L)]       // all staged, whole steps in one piece
-    [InlineData(100L, 0L)]           // staged steps cut into many pieces, intervals split across pieces
-    [InlineData(100L, 64L)]          // long intervals by RMA get, short ones staged
-    [InlineData(8L << 20, 4L)]       // every interval of a multi-interval step by RMA get
-    public async Task RandomLayoutPairsOverUcxAreBitExact(long chunkBytes, long rmaMinBytes)
+    [InlineData(8L << 20, 0L, 0L, 0L)]       // all packed, whole steps in one piece
+    [InlineData(100L, 0L, 0L, 0L)]           // packed steps cut into many pieces, intervals split across pieces
+    [InlineData(100L, 64L, 0L, 0L)]          // long intervals by RMA get, short ones packed
+    [InlineData(8L << 20, 4L, 0L, 0L)]       // every interval of a multi-interval step by RMA get
+    [InlineData(8L << 20, 0L, 64L, 1L << 20)] // intervals >= 64 B as direct messages shard to shard, short ones packed
+    [InlineData(100L, 0L, 32L, 40L)]         // direct intervals cut into 40-byte pieces, packed pieces of 100 bytes
+    [InlineData(8L << 20, 0L, 4L, 16L << 20)] // every interval a direct message
+    [InlineData(100L, 256L, 32L, 64L)]       // RMA get >= 256 B, direct messages 32..255 B in 64-byte pieces, shorter packed
+    public async Task RandomLayoutPairsOverUcxAreBitExact(long chunkBytes, long rmaMinBytes, long directMinBytes, long directPieceBytes)
     {
         var f = LlamaShardLayouts.Factory(new LlamaShape(Layers: 3, Hidden: 32, Intermediate: 24, Heads: 8, KvHeads: 4, Vocab: 32));
         const int n = 4;
         var world = Enumerable.Range(0, n).Select(r => new ReaLNative.Engine.Transport.UcxTransport(r, n)).ToArray();
         var addrs = world.Select(t => t.LocalAddress).ToArray();
         foreach (var t in world) t.Connect(addrs);
-        var movers = world.Select(t => new TransportRealloc(t) { ChunkBytes = chunkBytes, RmaMinBytes = rmaMinBytes }).ToArray();
+        var movers = world.Select(t => new TransportRealloc(t) { ChunkBytes = chunkBytes, RmaMinBytes = rmaMinBytes, DirectMinBytes = directMinBytes, DirectPieceBytes = directPieceBytes }).ToArray();
         try
         {
             var rng = new Random(77);
