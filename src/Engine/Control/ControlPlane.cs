@@ -152,6 +152,9 @@ internal sealed class ControlServer : IDisposable
     /// <summary>Requests that reached the handler.</summary>
     public long Handled => Interlocked.Read(ref _handled);
 
+    /// <summary>Whether the poller thread answering requests is still running.</summary>
+    public bool IsRunning => _poller.IsRunning;
+
     private void OnReceive(object? sender, NetMQSocketEventArgs e)
     {
         // One identity frame (added by ROUTER, at most 255 bytes) + the six frames of the wire form.
