@@ -157,6 +157,7 @@ public sealed class ControlFuzzTests(ITestOutputHelper output)
             fuzzAuth.Seal(new ControlMessage(Job, "worker-1", 1, "register", RegisterPayload(1, 0))),
         };
         var acceptedJunk = new List<byte[][]>();
+        var authRequests = new Dictionary<long, string>();
         long jsonSeq = 0, authSeq = 0, headerSeq = 0;
         int iterations = 0, tcpConnections = 0, disconnectingOversized = 0, authBad = 0;
         var kinds = new int[12];
@@ -274,7 +275,8 @@ public sealed class ControlFuzzTests(ITestOutputHelper output)
                 {
                     var f = fuzzAuth.Seal(new ControlMessage(Job, "fuzz-auth", ++authSeq, failingTypes[rng.Next(failingTypes.Length)], meaningless[rng.Next(meaningless.Length)]));
                     Assert.True(Send(authDealer, f));
-                    acceptedJunk.Add(f);
+                    acceptedJunk.Add(Copy(f));
+                    authRequests[authSeq] = $"'{Encoding.UTF8.GetString(f[3])}' {Encoding.UTF8.GetString(f[4])}";
                     authBad++;
                     break;
                 }
@@ -329,7 +331,9 @@ public sealed class ControlFuzzTests(ITestOutputHelper output)
         while (errors < authBad && DateTime.UtcNow < deadline && BoundedReceive.TryReceive(authDealer, TimeSpan.FromSeconds(5), 6, 1 << 20, out var r))
         {
             var reply = mine.Open(r.Frames);
-            Assert.StartsWith("error:", reply.Type);
+            long answers = long.Parse(reply.Type[(reply.Type.IndexOf(':') + 1)..]);
+            Assert.True(reply.Type.StartsWith("error:", StringComparison.Ordinal),
+                        $"authenticated but meaningless request {authRequests[answers]} was executed: {reply.Type} {reply.Payload}");
             errors++;
         }
         Assert.Equal(authBad, errors);
@@ -442,7 +446,7 @@ public sealed class ControlFuzzTests(ITestOutputHelper output)
             switch (Mode(round))
             {
                 case "valid":
-                    Assert.Equal($"answer {round + 1}", client.Request("ping", "{}", RequestTimeout));
+                    Assert.Equal($"\"answer {round + 1}\"", client.Request("ping", "{}", RequestTimeout));
                     break;
                 case "error":
                     Assert.Contains("no such thing", Assert.Throws<InvalidOperationException>(() => client.Request("ping", "{}", RequestTimeout)).Message);
