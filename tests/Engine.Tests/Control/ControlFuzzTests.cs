@@ -19,7 +19,9 @@ namespace ReaLNative.Engine.Tests.Control;
 public sealed class ControlFuzzTests(ITestOutputHelper output)
 {
     private const string Job = "job-fuzz";
-    private const int Seed = 20261201;
+    // Reproducible: a fixed seed; REALN_FUZZ_SEED / REALN_FUZZ_ITERATIONS explore further (the time bound stays).
+    private static readonly int Seed = int.TryParse(Environment.GetEnvironmentVariable("REALN_FUZZ_SEED"), out int s) ? s : 20261201;
+    private static readonly int Iterations = int.TryParse(Environment.GetEnvironmentVariable("REALN_FUZZ_ITERATIONS"), out int n) ? n : 2000;
     private static readonly TimeSpan RequestTimeout = TimeSpan.FromSeconds(10);
 
     // ---- helpers -------------------------------------------------------------------------------
@@ -175,8 +177,9 @@ public sealed class ControlFuzzTests(ITestOutputHelper output)
             string sender = rng.Next(3) switch { 0 => "worker-0", 1 => "worker-1", _ => "fuzz-" + Letters(rng, 4) };
             return fuzzAuth.Seal(new ControlMessage(Job, sender, rng.NextInt64(1, 1L << 40), types[rng.Next(4)], RegisterPayload(rng.Next(2), rng.Next(100))));
         }
+        int roundsBefore = Math.Min(Volatile.Read(ref rounds[0]), Volatile.Read(ref rounds[1]));
         var fuzzClock = Stopwatch.StartNew();
-        for (; iterations < 2000 && fuzzClock.Elapsed < TimeSpan.FromSeconds(10); iterations++)
+        for (; iterations < Iterations && fuzzClock.Elapsed < TimeSpan.FromSeconds(10); iterations++)
         {
             int si = rng.Next(pool.Length);
             var s = pool[si];
@@ -320,11 +323,12 @@ public sealed class ControlFuzzTests(ITestOutputHelper output)
             }
         }
         var fuzzSeconds = fuzzClock.Elapsed.TotalSeconds;
+        int roundsDuring = Math.Min(Volatile.Read(ref rounds[0]), Volatile.Read(ref rounds[1])) - roundsBefore;
 
         // Every attributable drop arrives; the server keeps running.
         long expectedTotal = expected.Values.Sum();
         var settle = DateTime.UtcNow.AddSeconds(10);
-        while (server.Drops.Total < expectedTotal && DateTime.UtcNow < settle) Thread.Sleep(10);
+        while (expected.Any(kv => server.Drops[kv.Key] < kv.Value) && DateTime.UtcNow < settle) Thread.Sleep(10);
         Assert.True(server.IsRunning, "the control server's poller stopped");
 
         // The meaningless authenticated requests were all answered with an error.
@@ -353,13 +357,23 @@ public sealed class ControlFuzzTests(ITestOutputHelper output)
 
         var drops = server.Drops.Snapshot();
         output.WriteLine($"seed {Seed}: {iterations} fuzz iterations in {fuzzSeconds:F2} s (kinds {string.Join(" ", kinds)}), "
-                         + $"{tcpConnections} raw TCP connections, {disconnectingOversized} disconnecting oversized frames, {authBad} authenticated meaningless requests");
-        output.WriteLine($"drops by reason: {string.Join(", ", drops.Select(kv => $"{kv.Key} {kv.Value} (expected {expected[kv.Key]})"))}; total {server.Rejected}");
+                         + $"{tcpConnections} raw TCP connections, {disconnectingOversized} disconnecting oversized frames, {authBad} authenticated meaningless requests; {roundsDuring} legitimate rounds completed during the fuzzing");
+        output.WriteLine($"drops by reason: {string.Join(", ", drops.Select(kv => $"{kv.Key} {kv.Value} (expected {expected[kv.Key]})"))}; total {server.Rejected}, {server.Rejected - expectedTotal} more from raw TCP garbage decoded into frames");
         output.WriteLine($"legitimate: {legitCalls} requests, {target} rounds per rank; handled {server.Handled}; client drops {clients[0].Drops.Total}+{clients[1].Drops.Total}; test {total.Elapsed.TotalSeconds:F2} s");
 
-        foreach (var r in Enum.GetValues<DropReason>()) Assert.Equal(expected[r], drops[r]);
+        // Exact for everything but raw TCP: garbage on a plain socket can decode into frames (NetMQ
+        // still speaks ZMTP/1.0, which has no handshake), which land as FrameCount, Header, Mac or
+        // Oversized drops. Reasons that need the secret (replay, foreign job, payload) are exact.
+        foreach (var r in Enum.GetValues<DropReason>())
+        {
+            if ((r is DropReason.FrameCount or DropReason.Header or DropReason.Mac or DropReason.Oversized) && tcpConnections > 0)
+                Assert.InRange(drops[r], expected[r], long.MaxValue);
+            else
+                Assert.Equal(expected[r], drops[r]);
+        }
         Assert.Equal(legitCalls + authBad, server.Handled);  // no junk reached the handler
         Assert.Equal(0, clients[0].Drops.Total + clients[1].Drops.Total);
+        Assert.True(roundsDuring >= 1, "the legitimate workers made no progress while the fuzzer ran");
         Assert.True(total.Elapsed < TimeSpan.FromSeconds(45), $"took {total.Elapsed.TotalSeconds:F1} s");
 
         foreach (var d in pool) d.Dispose();
