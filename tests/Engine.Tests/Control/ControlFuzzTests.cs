@@ -179,7 +179,9 @@ public sealed class ControlFuzzTests(ITestOutputHelper output)
         }
         int roundsBefore = Math.Min(Volatile.Read(ref rounds[0]), Volatile.Read(ref rounds[1]));
         var fuzzClock = Stopwatch.StartNew();
-        for (; iterations < Iterations && fuzzClock.Elapsed < TimeSpan.FromSeconds(10); iterations++)
+        int Progress() => Math.Min(Volatile.Read(ref rounds[0]), Volatile.Read(ref rounds[1])) - roundsBefore;
+        // the bounded number of iterations, and on until the workers completed a few rounds alongside; at most 10 s
+        for (; (iterations < Iterations || Progress() < 3) && fuzzClock.Elapsed < TimeSpan.FromSeconds(10); iterations++)
         {
             int si = rng.Next(pool.Length);
             var s = pool[si];
@@ -323,7 +325,7 @@ public sealed class ControlFuzzTests(ITestOutputHelper output)
             }
         }
         var fuzzSeconds = fuzzClock.Elapsed.TotalSeconds;
-        int roundsDuring = Math.Min(Volatile.Read(ref rounds[0]), Volatile.Read(ref rounds[1])) - roundsBefore;
+        int roundsDuring = Progress();
 
         // Every attributable drop arrives; the server keeps running.
         long expectedTotal = expected.Values.Sum();
