@@ -383,6 +383,24 @@ public sealed class ControlFuzzTests(ITestOutputHelper output)
         foreach (var c in clients) c.Dispose();
     }
 
+    /// <summary>What the fuzzer found: an authenticated "register" with a null address un-registered
+    /// the rank (everyone's "addresses" went back to "wait"); a null report was queued.</summary>
+    [Fact]
+    public void RendezvousRefusesFieldsThatAreNotStrings()
+    {
+        var rdv = new Rendezvous(2);
+        ControlMessage M(string type, string payload) => new(Job, "w", 1, type, payload);
+        Assert.Equal("ok", rdv.Handle(M("register", RegisterPayload(0, 0))));
+        Assert.Equal("ok", rdv.Handle(M("register", RegisterPayload(1, 0))));
+        foreach (var p in new[] { "{\"rank\":0,\"address\":null}", "{\"rank\":0,\"address\":5}", "{\"rank\":0}" })
+            Assert.Contains("'address' must be a string", Assert.Throws<ArgumentException>(() => rdv.Handle(M("register", p))).Message);
+        Assert.Equal("[\"addr-0-0\",\"addr-1-0\"]", rdv.Handle(M("addresses", "{\"rank\":1}")));
+        Assert.Contains("'json'", Assert.Throws<ArgumentException>(() => rdv.Handle(M("report", "{\"rank\":0,\"json\":null}"))).Message);
+        Assert.Empty(rdv.Reports);
+        Assert.Contains("'name'", Assert.Throws<ArgumentException>(() => rdv.Handle(M("barrier", "{\"rank\":0,\"name\":null}"))).Message);
+        Assert.Equal("wait:1", rdv.Handle(M("barrier", "{\"rank\":0,\"name\":\"b\"}")));
+    }
+
     // ---- 2. worker side -----------------------------------------------------------------------
 
     [Fact]
