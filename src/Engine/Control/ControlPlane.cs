@@ -152,6 +152,9 @@ internal sealed class ControlServer : IDisposable
     /// <summary>Requests that reached the handler.</summary>
     public long Handled => Interlocked.Read(ref _handled);
 
+    /// <summary>Whether the poller thread answering requests is still running.</summary>
+    public bool IsRunning => _poller.IsRunning;
+
     private void OnReceive(object? sender, NetMQSocketEventArgs e)
     {
         // One identity frame (added by ROUTER, at most 255 bytes) + the six frames of the wire form.
@@ -276,15 +279,17 @@ internal sealed class ControlClient : IDisposable
             foreach (var f in _auth.Seal(new ControlMessage(_auth.JobId, _name, seq, type, payload))) m.Append(f);
             if (!_socket.TrySendMultipartMessage(timeout, m))
                 throw new TimeoutException($"{_name}: could not send '{type}' to the master at {Endpoint} within {timeout.TotalSeconds:F1} s (send queue full)");
-            long droppedBefore = Drops.Total;
+            var droppedBefore = Drops.Snapshot();
             while (true)
             {
                 var left = until - DateTime.UtcNow;
                 if (left <= TimeSpan.Zero || !BoundedReceive.TryReceive(_socket, left, MessageAuth.FrameCount, _opt.MaxMessageBytes, out var r))
                 {
-                    long dropped = Drops.Total - droppedBefore;
+                    // what was dropped while waiting for this reply (the counters themselves are totals)
+                    var meanwhile = Drops.Snapshot().Select(kv => (kv.Key, N: kv.Value - droppedBefore[kv.Key])).Where(d => d.N > 0).ToList();
+                    long dropped = meanwhile.Sum(d => d.N);
                     throw new TimeoutException($"{_name}: no authenticated reply from the master at {Endpoint} to '{type}' (request {seq}) within {timeout.TotalSeconds:F1} s"
-                                               + (dropped > 0 ? $"; {dropped} invalid repl{(dropped == 1 ? "y" : "ies")} dropped ({Drops})" : ""));
+                                               + (dropped > 0 ? $"; {dropped} invalid repl{(dropped == 1 ? "y" : "ies")} dropped ({string.Join(", ", meanwhile.Select(d => $"{d.Key} {d.N}"))})" : ""));
                 }
                 if (r.Bytes > _opt.MaxMessageBytes) { Drops.Add(DropReason.Oversized, $"{r.Bytes} bytes", _log, _name); continue; }
                 if (r.FrameCount != MessageAuth.FrameCount) { Drops.Add(DropReason.FrameCount, $"{r.FrameCount} frames", _log, _name); continue; }

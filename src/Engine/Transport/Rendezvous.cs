@@ -36,22 +36,29 @@ internal sealed class Rendezvous
             switch (m.Type)
             {
                 case "register":
-                    _addresses[rank] = root.GetProperty("address").GetString();
+                    _addresses[rank] = Text(root, "address");
                     return "ok";
                 case "addresses":
                     return _addresses.Any(a => a is null) ? Wait(r => _addresses[r] is null) : JsonSerializer.Serialize(_addresses);
                 case "barrier":
-                    var set = _barriers.GetOrAdd(root.GetProperty("name").GetString()!, _ => []);
+                    var set = _barriers.GetOrAdd(Text(root, "name"), _ => []);
                     set.Add(rank);
                     return set.Count == _size ? "go" : Wait(r => !set.Contains(r));
                 case "report":
-                    Reports.Enqueue((rank, root.GetProperty("json").GetString()!));
+                    Reports.Enqueue((rank, Text(root, "json")));
                     return "ok";
                 default:
                     throw new ArgumentException($"unknown control request '{m.Type}'");
             }
         }
     }
+
+    /// <summary>A required string property: a missing one, a null (which would un-register a rank)
+    /// or another kind of value is refused before anything changes.</summary>
+    private static string Text(JsonElement root, string name) =>
+        root.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String
+            ? v.GetString()!
+            : throw new ArgumentException($"'{name}' must be a string");
 
     /// <summary>"wait:1,3": the ranks still missing, for the waiting rank's timeout message.</summary>
     private string Wait(Func<int, bool> missing) => "wait:" + string.Join(",", Enumerable.Range(0, _size).Where(missing));
