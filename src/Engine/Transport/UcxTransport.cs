@@ -309,11 +309,16 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
 
     /// <summary>Runs <paramref name="call"/> on the progress thread (UCX calls stay on one thread)
     /// and waits for it, within the deadline.</summary>
+    private static readonly TimeSpan CallTimeout = TimeSpan.FromSeconds(30);
+
     private void Invoke(Action call)
     {
         if (Thread.CurrentThread == _thread) { call(); return; }
         var t = Post(new Op { Kind = Kind.Call, Call = call }, default);
-        if (!t.Wait(Timeout)) throw new TimeoutException($"rank {Rank}: the UCX progress thread did not run a call within {Timeout.TotalSeconds:F0} s");
+        // Internal calls (registration, endpoint set-up) get their own generous deadline: a short
+        // operation deadline set by the caller must not fail the set-up of that operation.
+        var limit = Timeout > CallTimeout ? Timeout : CallTimeout;
+        if (!t.Wait(limit)) throw new TimeoutException($"rank {Rank}: the UCX progress thread did not run a call within {limit.TotalSeconds:F0} s");
         t.GetAwaiter().GetResult();
     }
 
@@ -545,6 +550,13 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
             Kick();
             _thread.Join(TimeSpan.FromSeconds(10));
         }
+        // Let operations UCX still runs (one abandoned after its deadline, say) finish before any
+        // endpoint is destroyed: UCX 1.13 aborts in uct_tcp_ep_pending_purge when a tcp endpoint with
+        // queued operations is destroyed. Bounded: progress until quiet for 50 ms, at most 5 s.
+        var drainUntil = DateTime.UtcNow.AddSeconds(5);
+        var quietSince = DateTime.UtcNow;
+        while (_pending.Count > 0 && DateTime.UtcNow < drainUntil && DateTime.UtcNow - quietSince < TimeSpan.FromMilliseconds(50))
+            if (Ucp.ucp_worker_progress(_worker) != 0) quietSince = DateTime.UtcNow;
         foreach (var op in _pending) op.Done.TrySetException(new ObjectDisposedException(nameof(UcxTransport)));
         while (_queue.TryDequeue(out var op)) op.Done.TrySetException(new ObjectDisposedException(nameof(UcxTransport)));
         foreach (var r in _remotes) Ucp.ucp_rkey_destroy(r.Rkey);
