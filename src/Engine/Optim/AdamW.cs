@@ -59,7 +59,7 @@ internal sealed unsafe class AdamW : IDisposable
     public float WeightDecay { get; }
     public float ClipGradNorm { get; }
     /// <summary>Steps taken (the last step's 1-based index).</summary>
-    public long Step { get; private set; }
+    public long Step { get; internal set; }
 
     /// <summary>AdamW m, same layout as the parameters.</summary>
     public Span<float> FirstMoment => new(_m.Pointer, (int)_model.ParameterCount);

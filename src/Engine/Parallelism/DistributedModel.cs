@@ -291,8 +291,8 @@ internal sealed unsafe class DistributedModel : IDisposable
             Move(m, n, toShards, r => { fixed (float* p = _optims[r]!.FirstMoment) return (nint)p; });
             Move(v, n, toShards, r => { fixed (float* p = _optims[r]!.SecondMoment) return (nint)p; });
         }
-        if (toShards) foreach (var o in _optims) o!.Restore(full.Step, o.FirstMoment.ToArray(), o.SecondMoment.ToArray());
-        else full.Restore(_optims[0]!.Step, full.FirstMoment.ToArray(), full.SecondMoment.ToArray());
+        if (toShards) foreach (var o in _optims) o!.Step = full.Step;
+        else full.Step = _optims[0]!.Step;
     }
 
     private void Move(float* full, long count, bool toShards, Func<int, nint> shardPtr)
