@@ -1,11 +1,13 @@
-// `realn run CONFIG --out DIR [--resume] [--plan PLAN.json]`: the pipeline (sft -> rm -> ppo ...) of an
-// experiment config (single device, or the plan's layouts for the stage it lists), with a progress bar per stage and one line of figures per iteration;
-// writes DIR/metrics.jsonl, DIR/summary.json, DIR/curves.png and DIR/checkpoints/.
+// `realn run CONFIG --out DIR [--resume] [--plan PLAN.json [--in-process]]`: the pipeline (sft -> rm -> ppo ...)
+// of an experiment config (single device, or the plan's layouts for the stage it lists: one model
+// worker process per plan device, this process the master), with a progress bar per stage and one
+// line of figures per iteration; writes DIR/metrics.jsonl, DIR/summary.json, DIR/curves.png and DIR/checkpoints/.
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Runs;
+using ReaLNative.Engine.Workers;
 using ReaLNative.Planner;
 using Spectre.Console;
 
@@ -20,20 +22,22 @@ public static class RunCommand
         var resume = new Option<bool>("--resume") { Description = "Continue from the last checkpoint in --out" };
         var planOpt = new Option<string?>("--plan")
         {
-            Description = "Execution plan (JSON from `realn plan`): each call of the stage it matches runs on its own mesh and (pp, dp, tp) layout, devices as in-process workers",
+            Description = "Execution plan (JSON from `realn plan`): each call of the stage it matches runs on its own mesh and (pp, dp, tp) layout, one model worker process per device",
         };
+        var inProcess = new Option<bool>("--in-process") { Description = "Run the plan's devices as threads of this process instead of worker processes" };
         var cmd = new Command("run", "Run an experiment's pipeline on this machine");
         cmd.Arguments.Add(config);
         cmd.Options.Add(output);
         cmd.Options.Add(resume);
         cmd.Options.Add(planOpt);
-        cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(output)!, p.GetValue(resume), p.GetValue(planOpt)));
+        cmd.Options.Add(inProcess);
+        cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(output)!, p.GetValue(resume), p.GetValue(planOpt), p.GetValue(inProcess)));
         return cmd;
     }
 
     private static string F(double v) => v.ToString(Math.Abs(v) >= 100 ? "F0" : "F3", CultureInfo.InvariantCulture);
 
-    /// <summary>Most in-process devices a plan may ask for (each is a thread with its own shards).</summary>
+    /// <summary>Most devices a plan run on one machine may ask for (each a worker process or a thread with its own shards).</summary>
     private const int MaxLocalDevices = 64;
 
     /// <summary>Loads and validates a plan against the experiment (structure: calls, models, meshes,
@@ -52,13 +56,29 @@ public static class RunCommand
             };
             PlanValidator.Validate(plan, cluster, exp);
             if (plan.Nodes * plan.DevicesPerNode > MaxLocalDevices)
-                throw new UsageException($"{planPath}: {plan.Nodes * plan.DevicesPerNode} devices; `realn run` runs at most {MaxLocalDevices} in-process devices (worker processes across nodes are not built yet)");
+                throw new UsageException($"{planPath}: {plan.Nodes * plan.DevicesPerNode} devices; `realn run` runs at most {MaxLocalDevices} devices on one machine; use `realn launch` on each node");
             return plan;
         }
         catch (PlannerException e) { throw new UsageException($"{planPath}: {e.Message}"); }
     }
 
-    private static int Run(string configPath, string outDir, bool resume, string? planPath)
+    /// <summary>Model worker processes of this executable, one per plan device, on loopback.</summary>
+    internal static Func<int, IReplicaHost> WorkerProcesses() => n =>
+    {
+        var (exe, prefix) = Self();
+        return new WorkerPool(n, new WorkerPoolOptions { Executable = exe, ExecutablePrefix = prefix });
+    };
+
+    /// <summary>How to start this realn again: the apphost, or `dotnet realn.dll`.</summary>
+    internal static (string Exe, string[] Prefix) Self()
+    {
+        string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate the realn executable");
+        return Path.GetFileNameWithoutExtension(exe) == "dotnet"
+            ? (exe, [typeof(RunCommand).Assembly.Location])
+            : (exe, []);
+    }
+
+    private static int Run(string configPath, string outDir, bool resume, string? planPath, bool inProcess)
     {
         ExperimentConfig cfg;
         try { cfg = ExperimentConfig.Load(configPath); }
@@ -71,7 +91,8 @@ public static class RunCommand
         Pipeline pipeline;
         // Built before the display so a refused plan is a usage error before anything runs.
         try { pipeline = new Pipeline(cfg, outDir, plan: plan, progress: ev => show?.Invoke(ev),
-                                           note: n => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(n)}[/]")); }
+                                           note: n => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(n)}[/]"),
+                                           hosts: plan is null || inProcess ? null : WorkerProcesses()); }
         catch (ConfigException e) { throw new UsageException($"{planPath ?? configPath}: {e.Message}"); }
         using (pipeline)
             AnsiConsole.Progress()

@@ -3,6 +3,7 @@
 // the REALN_JOB_SECRET environment variable (hex), never from the command line.
 using System.CommandLine;
 using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Workers;
 
 namespace ReaLNative.Cli.Commands;
 
@@ -18,8 +19,11 @@ public static class WorkerCommand
         var size = new Option<int>("--size") { Required = true };
         var role = new Option<string>("--role") { Description = "What to run", DefaultValueFactory = _ => "bench-realloc" };
         var reps = new Option<int>("--reps") { DefaultValueFactory = _ => 3 };
+        var bind = new Option<string>("--bind") { Description = "Interface the worker's command server binds", DefaultValueFactory = _ => "127.0.0.1" };
+        var advertise = new Option<string?>("--advertise") { Description = "Host the master reaches the command server at (default: --bind)" };
+        var node = new Option<string?>("--node") { Description = "Node name in the master's messages" };
         var cmd = new Command("worker", "Worker process (started by a master; not for direct use)") { Hidden = true };
-        foreach (var o in new Option[] { control, job, rank, size, role, reps }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { control, job, rank, size, role, reps, bind, advertise, node }) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
             var hex = Environment.GetEnvironmentVariable(SecretVariable)
@@ -33,6 +37,10 @@ public static class WorkerCommand
                     p.GetValue(size), BenchReallocCommand.Model, Math.Max(1, p.GetValue(reps))),
                 "bench-p2p" => CrossProcessReallocBench.RunWorker(p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank),
                     p.GetValue(size), BenchReallocCommand.Model, Math.Max(1, p.GetValue(reps)), p2pOnly: true),
+                "model" => ModelWorker.Run(new WorkerArgs(p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank), p.GetValue(size))
+                {
+                    BindHost = p.GetValue(bind)!, AdvertiseHost = p.GetValue(advertise), Node = p.GetValue(node) ?? Environment.MachineName,
+                }),
                 "bench-serve" => CrossProcessReallocBench.Serve(p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank),
                     p.GetValue(size), BenchReallocCommand.Model),
                 var r => throw new UsageException($"unknown worker role '{r}'"),

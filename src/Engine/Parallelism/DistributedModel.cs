@@ -16,7 +16,7 @@ namespace ReaLNative.Engine.Parallelism;
 
 /// <summary>The devices of one process: an in-process fabric, tag spaces for the models laid out
 /// on it, and SPMD dispatch with a deadline.</summary>
-internal sealed class LocalCluster
+internal sealed class LocalCluster : Workers.IReplicaHost
 {
     private int _nextGroup;
     private readonly ITransport[] _ranks;
@@ -37,6 +37,14 @@ internal sealed class LocalCluster
     public TimeSpan Timeout { get; }
 
     internal ITransport Transport(int device) => _ranks[device];
+
+    public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, Workers.OptimizerSpec? optimizer) =>
+        new DistributedModel(this, name, config, scalarHead, layout, microBatches, optimizer is null ? null : optimizer.Create);
+
+    public void Dispose()
+    {
+        foreach (var r in _ranks) r.Dispose();
+    }
 
     internal int AllocateGroups(ParallelLayout layout)
     {
@@ -83,17 +91,50 @@ internal sealed class LocalCluster
 }
 
 /// <summary>
-/// One model's replica under one layout on a <see cref="LocalCluster"/>: the shards, their
-/// runners and (for trainable replicas) their AdamW states. The operations mirror
-/// <see cref="ModelOps"/> on whole batches; every one of them runs on all of the layout's devices.
+/// A model role's replica under one layout, wherever its shards live: in this process
+/// (<see cref="DistributedModel"/>) or in model worker processes (Workers/RemoteReplica). The
+/// operations mirror <see cref="ModelOps"/> on whole batches; each runs on all of the layout's
+/// devices. Reallocation moves parameters (and AdamW moments) between two replicas of one model,
+/// or to and from the single full copy the run loop keeps for initialisation and checkpoints.
 /// </summary>
-internal sealed unsafe class DistributedModel : IDisposable
+internal interface IReplica : IDisposable
+{
+    ParallelLayout Layout { get; }
+    LlamaConfig Config { get; }
+    bool ScalarHead { get; }
+    int MicroBatches { get; }
+    /// <summary>Whether the replica has an optimizer (the train call's replica).</summary>
+    bool Trainable { get; }
+    /// <summary>Learning rate of the last optimizer step.</summary>
+    float LearningRate { get; }
+
+    float[] LogProbs(ScoredBatch batch, float temperature);
+    (float[] ActionValues, float[] LastScores) Values(ScoredBatch batch);
+    void BackwardLogProbs(ScoredBatch batch, float temperature, float[] dActionLogp);
+    void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores);
+    double SftStep(ScoredBatch batch);
+    double Step();
+    GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt);
+
+    /// <summary>Parameter reallocation from another replica of the same model (bit-exact).</summary>
+    void CopyFrom(IReplica source);
+    /// <summary>Scatters a full single-device model (same architecture) into the shards.</summary>
+    void CopyFrom(LlamaModel full);
+    /// <summary>Gathers the shards into a full single-device model.</summary>
+    void CopyTo(LlamaModel full);
+    /// <summary>Scatters (toShards) or gathers AdamW moments and the step count between the shards
+    /// and a full model's optimizer (checkpoints and resume).</summary>
+    void MoveOptimizerState(AdamW full, bool toShards);
+}
+
+/// <summary>
+/// One model's replica under one layout on a <see cref="LocalCluster"/>: a <see cref="ShardReplica"/>
+/// per device, every operation dispatched to all of them at once (one thread per device).
+/// </summary>
+internal sealed unsafe class DistributedModel : IReplica
 {
     private readonly LocalCluster _cluster;
-    private readonly ShardComm[] _comms;
-    private readonly LlamaModel[] _shards;
-    private readonly ShardRunner[] _runners;
-    private readonly AdamW?[] _optims;
+    private readonly ShardReplica?[] _ranks;
     private readonly string _name;
 
     /// <summary>Shards of a model (parameters uninitialised; fill them with <see cref="CopyFrom(LlamaModel)"/>).
@@ -111,20 +152,11 @@ internal sealed unsafe class DistributedModel : IDisposable
         ScalarHead = scalarHead;
         MicroBatches = microBatches;
         int groups = cluster.AllocateGroups(layout);
-        int n = layout.Devices.Count;
-        _comms = new ShardComm[n];
-        _shards = new LlamaModel[n];
-        _runners = new ShardRunner[n];
-        _optims = new AdamW?[n];
+        _ranks = new ShardReplica?[layout.Devices.Count];
         try
         {
-            for (int r = 0; r < n; r++)
-            {
-                _comms[r] = new ShardComm(cluster.Transport(layout.Devices[r]), layout, groups);
-                _shards[r] = new LlamaModel(config, scalarHead, _comms[r]);
-                _runners[r] = new ShardRunner(_shards[r]);
-                _optims[r] = optimizer?.Invoke(_shards[r]);
-            }
+            for (int r = 0; r < _ranks.Length; r++)
+                _ranks[r] = new ShardReplica(cluster.Transport(layout.Devices[r]), config, scalarHead, layout, r, groups, microBatches, optimizer);
         }
         catch
         {
@@ -137,162 +169,81 @@ internal sealed unsafe class DistributedModel : IDisposable
     public LlamaConfig Config { get; }
     public bool ScalarHead { get; }
     public int MicroBatches { get; }
+    public bool Trainable => _ranks[0]!.Optimizer is not null;
+    public float LearningRate => _ranks[0]!.Optimizer is { } o ? o.Schedule.At(o.Step) : throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
     /// <summary>The shard of layout rank r.</summary>
-    public LlamaModel Shard(int rank) => _shards[rank];
+    public LlamaModel Shard(int rank) => _ranks[rank]!.Shard;
     /// <summary>The optimizer of layout rank r (null for an inference replica).</summary>
-    public AdamW? Optimizer(int rank) => _optims[rank];
+    public AdamW? Optimizer(int rank) => _ranks[rank]!.Optimizer;
 
-    private T[] Run<T>(string op, Func<int, T> body) => _cluster.Spmd(_shards.Length, $"{_name} {op} on {Layout}", body);
+    private T[] Run<T>(string op, Func<ShardReplica, T> body) => _cluster.Spmd(_ranks.Length, $"{_name} {op} on {Layout}", r => body(_ranks[r]!));
 
-    private bool Collects(int rank)
-    {
-        var (pipe, _, model) = Layout.Coords(rank);
-        return pipe == Layout.Pp - 1 && model == 0;
-    }
+    private static IEnumerable<T> Collected<T>(T?[] parts) where T : class => parts.Where(p => p is not null)!;
 
-    /// <summary>Log-probs of the action tokens (as <see cref="ModelOps.LogProbs"/>).</summary>
-    public float[] LogProbs(ScoredBatch batch, float temperature)
-    {
-        var seqs = Sequences(batch);
-        var result = new float[batch.Actions];
-        Run("logprobs", r =>
-        {
-            _runners[r].InferLogProbs(seqs, MicroBatches, temperature, (mb, lp) =>
-            {
-                if (!Collects(r)) return;
-                foreach (var (k, row) in ActionRows(batch, mb)) result[k] = lp[row];
-            });
-            return 0;
-        });
-        return result;
-    }
+    public float[] LogProbs(ScoredBatch batch, float temperature) =>
+        ShardOutput.MergeActions(batch, Collected(Run("logprobs", s => s.LogProbs(batch, temperature))));
 
-    /// <summary>Scalar-head outputs: the value before each action and each sequence's last-token score (as <see cref="ModelOps.Values"/>).</summary>
     public (float[] ActionValues, float[] LastScores) Values(ScoredBatch batch)
     {
         if (!ScalarHead) throw new ArgumentException($"{_name}: values need a scalar-head model");
-        var seqs = Sequences(batch);
-        var v = new float[batch.Actions];
-        var last = new float[batch.Packed.Count];
-        Run("values", r =>
-        {
-            _runners[r].Infer(seqs, MicroBatches, (mb, o) =>
-            {
-                if (!Collects(r)) return;
-                foreach (var (k, row) in ActionRows(batch, mb)) v[k] = o[row];
-                for (int j = 0, at = 0; j < mb.Ids.Length; at += mb.Packed.SeqLens[j], j++) last[mb.Ids[j]] = o[at + mb.Packed.SeqLens[j] - 1];
-            });
-            return 0;
-        });
-        return (v, last);
+        var parts = Collected(Run("values", s => s.Values(batch))).ToList();
+        return (ShardOutput.MergeActions(batch, parts), ShardOutput.MergeLast(batch.Packed.Count, parts));
     }
 
-    /// <summary>Gradients of sum_k dActionLogp[k] * logp(action k) (zeroed first; as
-    /// <see cref="ModelOps.BackwardLogProbs"/> after <see cref="ModelOps.LogProbs"/>).</summary>
-    public void BackwardLogProbs(ScoredBatch batch, float temperature, float[] dActionLogp)
-    {
-        var seqs = Sequences(batch);
-        Run("train (log-probs)", r => _runners[r].TrainLogProbs(seqs, MicroBatches, temperature, (mb, lp, d) =>
-        {
-            foreach (var (k, row) in ActionRows(batch, mb)) d[row] = dActionLogp[k];
-            return 0;
-        }));
-    }
+    public void BackwardLogProbs(ScoredBatch batch, float temperature, float[] dActionLogp) =>
+        Run("train (log-probs)", s => { s.BackwardLogProbs(batch, temperature, dActionLogp); return 0; });
 
-    /// <summary>Gradients from d loss / d action values and d loss / d last scores (zeroed first; as <see cref="ModelOps.BackwardValues"/>).</summary>
-    public void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores)
-    {
-        var seqs = Sequences(batch);
-        Run("train (values)", r => _runners[r].TrainStep(seqs, MicroBatches, (mb, o, d) =>
-        {
-            new Span<float>(d, mb.Packed.TotalTokens).Clear();
-            if (dActionValues.Length > 0)
-                foreach (var (k, row) in ActionRows(batch, mb)) d[row] += dActionValues[k];
-            if (dLastScores.Length > 0)
-                for (int j = 0, at = 0; j < mb.Ids.Length; at += mb.Packed.SeqLens[j], j++) d[at + mb.Packed.SeqLens[j] - 1] += dLastScores[mb.Ids[j]];
-            return 0;
-        }));
-    }
+    public void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores) =>
+        Run("train (values)", s => { s.BackwardValues(batch, dActionValues, dLastScores); return 0; });
 
-    /// <summary>SFT: mean negative log-likelihood of the action tokens (as <see cref="ModelOps.SftStep"/>); gradients zeroed first.</summary>
-    public double SftStep(ScoredBatch batch)
-    {
-        var seqs = Sequences(batch);
-        double n = Math.Max(1, batch.Actions);
-        var shares = Run("train (sft)", r => _runners[r].TrainLogProbs(seqs, MicroBatches, 1f, (mb, lp, d) =>
-        {
-            double loss = 0;
-            foreach (var (k, row) in ActionRows(batch, mb)) { loss -= lp[row] / n; d[row] = (float)(-1 / n); }
-            return Collects(r) ? loss : 0;
-        }));
-        return shares.Sum();
-    }
+    public double SftStep(ScoredBatch batch) => Run("train (sft)", s => s.SftShare(batch)).Sum();
 
-    /// <summary>One AdamW step on every shard; returns the global gradient norm before clipping.</summary>
     public double Step()
     {
-        if (_optims[0] is null) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
-        return Run("optimizer step", r => _optims[r]!.StepOnce())[0];
+        if (!Trainable) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
+        return Run("optimizer step", s => s.Step())[0];
     }
 
-    /// <summary>Generation of all prompts (each data replica its share, pipelined in micro-batches).</summary>
     public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt)
     {
-        var parts = Run("generate", r => _runners[r].Generate(prompts, opt, MicroBatches));
-        int B = prompts.Count;
-        var tok = new int[B][]; var lp = new float[B][]; var eos = new bool[B];
-        byte[][]? masks = opt.Filters ? new byte[B][] : null;
-        for (int r = 0; r < parts.Length; r++)
-        {
-            if (!Collects(r) || parts[r] is not { } p) continue;
-            for (int k = 0; k < p.Ids.Length; k++)
-            {
-                int i = p.Ids[k];
-                tok[i] = p.Result.NewTokens[k]; lp[i] = p.Result.LogProbs[k]; eos[i] = p.Result.EndedWithEos[k];
-                if (masks is not null) masks[i] = p.Result.Masks![k];
-            }
-        }
-        return new GenerationResult { Prompts = prompts.Select(x => x.ToArray()).ToArray(), NewTokens = tok, LogProbs = lp, Masks = masks, EndedWithEos = eos };
+        var parts = Run("generate", s => s.Generate(prompts, opt) is { } p ? new Tuple<int[], GenerationResult>(p.Ids, p.Result) : null);
+        return ShardReplica.MergeGeneration(prompts, opt, Collected(parts).Select(t => (t.Item1, t.Item2)));
     }
 
     // ------------------------------------------------------------------ reallocation
 
     private Dictionary<int, InProcessRealloc.DeviceBuffer> Buffers(Func<int, nint> ptr) =>
-        Enumerable.Range(0, _shards.Length).ToDictionary(r => Layout.Devices[r], r => new InProcessRealloc.DeviceBuffer(ptr(r), _shards[r].ParameterCount * 4));
+        Enumerable.Range(0, _ranks.Length).ToDictionary(r => Layout.Devices[r], r => new InProcessRealloc.DeviceBuffer(ptr(r), _ranks[r]!.Shard.ParameterCount * 4));
 
     private static ReallocPlan Plan(ParallelLayout from, ParallelLayout to, LlamaConfig c, bool scalar) =>
         ReallocPlan.Build(from, to, ParamLayout.Factory(c, scalar), 4, _ => 0);
 
-    /// <summary>Parameter reallocation from another replica of the same model (bit-exact interval copies).</summary>
-    public void CopyFrom(DistributedModel src)
+    public void CopyFrom(IReplica source)
     {
+        if (source is not DistributedModel src) throw new ArgumentException($"{_name}: an in-process replica copies only from in-process replicas");
         if (src.Config != Config || src.ScalarHead != ScalarHead) throw new ArgumentException($"{_name}: replicas of different models");
-        InProcessRealloc.Execute(Plan(src.Layout, Layout, Config, ScalarHead), src.Buffers(r => (nint)src._shards[r].ParametersPointer),
-            Buffers(r => (nint)_shards[r].ParametersPointer));
+        InProcessRealloc.Execute(Plan(src.Layout, Layout, Config, ScalarHead), src.Buffers(r => (nint)src._ranks[r]!.Shard.ParametersPointer),
+            Buffers(r => (nint)_ranks[r]!.Shard.ParametersPointer));
     }
 
     private static readonly ParallelLayout Single = ParallelLayout.Contiguous(0, 1, 1, 1);
 
-    /// <summary>Scatters a full single-device model (same architecture) into the shards.</summary>
-    public void CopyFrom(LlamaModel full) => Move(full.ParametersPointer, full.ParameterCount, toShards: true, r => (nint)_shards[r].ParametersPointer);
+    public void CopyFrom(LlamaModel full) => Move(full.ParametersPointer, full.ParameterCount, toShards: true, r => (nint)_ranks[r]!.Shard.ParametersPointer);
 
-    /// <summary>Gathers the shards into a full single-device model (same architecture).</summary>
-    public void CopyTo(LlamaModel full) => Move(full.ParametersPointer, full.ParameterCount, toShards: false, r => (nint)_shards[r].ParametersPointer);
+    public void CopyTo(LlamaModel full) => Move(full.ParametersPointer, full.ParameterCount, toShards: false, r => (nint)_ranks[r]!.Shard.ParametersPointer);
 
-    /// <summary>Scatters (toShards) or gathers AdamW moments and parameters between the shards and a
-    /// full model's optimizer (checkpoints and resume).</summary>
     public void MoveOptimizerState(AdamW full, bool toShards)
     {
-        if (_optims[0] is null) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
+        if (!Trainable) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
         fixed (float* m = full.FirstMoment)
         fixed (float* v = full.SecondMoment)
         {
             long n = full.FirstMoment.Length;
-            Move(m, n, toShards, r => { fixed (float* p = _optims[r]!.FirstMoment) return (nint)p; });
-            Move(v, n, toShards, r => { fixed (float* p = _optims[r]!.SecondMoment) return (nint)p; });
+            Move(m, n, toShards, r => { fixed (float* p = _ranks[r]!.Optimizer!.FirstMoment) return (nint)p; });
+            Move(v, n, toShards, r => { fixed (float* p = _ranks[r]!.Optimizer!.SecondMoment) return (nint)p; });
         }
-        if (toShards) foreach (var o in _optims) o!.Step = full.Step;
-        else full.Step = _optims[0]!.Step;
+        if (toShards) foreach (var s in _ranks) s!.Optimizer!.Step = full.Step;
+        else full.Step = _ranks[0]!.Optimizer!.Step;
     }
 
     private void Move(float* full, long count, bool toShards, Func<int, nint> shardPtr)
@@ -303,27 +254,8 @@ internal sealed unsafe class DistributedModel : IDisposable
         else InProcessRealloc.Execute(Plan(Layout, Single, Config, ScalarHead), Buffers(shardPtr), one);
     }
 
-    // ------------------------------------------------------------------ batch mapping
-
-    private static int[][] Sequences(ScoredBatch b) => Enumerable.Range(0, b.Packed.Count).Select(i => b.Packed.Sequence(i).ToArray()).ToArray();
-
-    /// <summary>(action index in the batch, row of the micro-batch that scores it) for every action of mb's sequences.</summary>
-    private static List<(int Action, int Row)> ActionRows(ScoredBatch b, MicroBatch mb)
-    {
-        var r = new List<(int, int)>();
-        for (int j = 0, at = 0; j < mb.Ids.Length; at += mb.Packed.SeqLens[j], j++)
-        {
-            int i = mb.Ids[j], start = b.Packed.CuSeqlens[i];
-            for (int k = b.ActionCu[i]; k < b.ActionCu[i + 1]; k++)
-                r.Add((k, at + (b.ActionIndex[k] - start) - 1));
-        }
-        return r;
-    }
-
     public void Dispose()
     {
-        foreach (var o in _optims) o?.Dispose();
-        foreach (var s in _shards) s?.Dispose();
-        foreach (var c in _comms) c?.Dispose();
+        foreach (var s in _ranks) s?.Dispose();
     }
 }

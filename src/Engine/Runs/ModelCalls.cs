@@ -1,5 +1,5 @@
 // What a call handler does with a model, independent of where the model lives: on the single
-// device (ModelOps on one LlamaModel) or laid out by an execution plan (a DistributedModel
+// device (ModelOps on one LlamaModel) or laid out by an execution plan (an IReplica
 // replica per call, parameters reallocated from the train call's replica when it has moved on).
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
@@ -71,7 +71,7 @@ internal sealed class SingleModelCalls(LlamaModel m, Func<AdamW?> optimizer) : I
 /// <summary>A call's replica under an execution plan. Before each operation it reallocates the
 /// parameters from the model's train replica if that replica has stepped since (the train
 /// replica itself is always current).</summary>
-internal sealed class ReplicaCalls(DistributedModel replica, ModelReplicas owner) : IModelCalls
+internal sealed class ReplicaCalls(IReplica replica, ModelReplicas owner) : IModelCalls
 {
     private T Fresh<T>(Func<T> f)
     {
@@ -85,7 +85,7 @@ internal sealed class ReplicaCalls(DistributedModel replica, ModelReplicas owner
     public void BackwardValues(ScoredBatch b, float[] dv, float[] dl) => Fresh(() => { replica.BackwardValues(b, dv, dl); return 0; });
     public double SftStep(ScoredBatch b) => Fresh(() => replica.SftStep(b));
 
-    public float LearningRate => replica.Optimizer(0) is { } o ? o.Schedule.At(o.Step) : throw new InvalidOperationException("an inference replica has no optimizer");
+    public float LearningRate => replica.LearningRate;
 
     public double Step()
     {
@@ -102,23 +102,23 @@ internal sealed class ReplicaCalls(DistributedModel replica, ModelReplicas owner
 /// the train replica has stepped since its last copy (ReaL moves train -> inference only).</summary>
 internal sealed class ModelReplicas(string role) : IDisposable
 {
-    private readonly Dictionary<DistributedModel, long> _version = new();
+    private readonly Dictionary<IReplica, long> _version = new(ReferenceEqualityComparer.Instance);
     private long _trainVersion;
 
     public string Role => role;
-    public DistributedModel? Train { get; set; }
-    public List<DistributedModel> All { get; } = [];
+    public IReplica? Train { get; set; }
+    public List<IReplica> All { get; } = [];
 
-    public void Add(DistributedModel r) { All.Add(r); _version[r] = 0; }
+    public void Add(IReplica r) { All.Add(r); _version[r] = 0; }
 
-    public void Refresh(DistributedModel r)
+    public void Refresh(IReplica r)
     {
         if (Train is null || ReferenceEquals(r, Train) || _version[r] == _trainVersion) return;
         r.CopyFrom(Train);
         _version[r] = _trainVersion;
     }
 
-    public void Stepped(DistributedModel r)
+    public void Stepped(IReplica r)
     {
         if (!ReferenceEquals(r, Train)) throw new InvalidOperationException($"{role}: only its train replica takes optimizer steps");
         _version[r] = ++_trainVersion;

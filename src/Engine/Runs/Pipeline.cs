@@ -18,6 +18,7 @@ using ReaLNative.Engine.Realloc;
 using Plan = ReaLNative.Planner.Plan;
 using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Tokenization;
+using ReaLNative.Engine.Workers;
 
 namespace ReaLNative.Engine.Runs;
 
@@ -35,9 +36,10 @@ internal sealed class Pipeline : IDisposable
     private readonly Dictionary<string, LlamaModel> _models = new();
     private readonly Dictionary<string, AdamW> _optims = new();
     private readonly Plan? _plan;
-    private readonly LocalCluster? _cluster;
+    private readonly Func<int, IReplicaHost> _hostFactory;
+    private IReplicaHost? _host;
     private readonly Dictionary<string, ModelReplicas> _replicas = new();
-    private readonly Dictionary<string, DistributedModel> _callReplica = new();
+    private readonly Dictionary<string, IReplica> _callReplica = new();
     private StreamWriter? _metrics;
     private int _metricLines;
     private readonly CheckpointStore _store;
@@ -50,12 +52,16 @@ internal sealed class Pipeline : IDisposable
     /// the stage whose calls the plan lists runs each call on its own mesh and (pp, dp, tp) layout
     /// (in-process devices, parameters reallocated between the layouts); other stages and the
     /// held-out evaluation run on the single device.
-    /// <paramref name="note"/> receives resume's messages (refused checkpoints, the one resumed from) as they happen.</summary>
-    public Pipeline(ExperimentConfig cfg, string outDir, Action<ProgressEvent>? progress = null, Plan? plan = null, Action<string>? note = null)
+    /// <paramref name="note"/> receives resume's messages (refused checkpoints, the one resumed from) as they happen.
+    /// <paramref name="hosts"/> makes the plan's devices (given their count) when the first stage
+    /// under the plan starts: in-process devices by default, or model worker processes
+    /// (<see cref="WorkerPool"/>); the plan is checked before that, so a refused plan starts nothing.</summary>
+    public Pipeline(ExperimentConfig cfg, string outDir, Action<ProgressEvent>? progress = null, Plan? plan = null, Action<string>? note = null,
+                    Func<int, IReplicaHost>? hosts = null)
     {
         _note = note;
         _plan = plan;
-        if (plan is not null) _cluster = new LocalCluster(plan.Nodes * plan.DevicesPerNode);
+        _hostFactory = hosts ?? (n => new LocalCluster(n));
         _cfg = cfg;
         _out = Path.GetFullPath(outDir);
         _progress = progress;
@@ -285,11 +291,13 @@ internal sealed class Pipeline : IDisposable
         BindPlan(stage);
     }
 
-    private AdamW NewOptimizer(StageConfig stage, LlamaModel model)
+    private AdamW NewOptimizer(StageConfig stage, LlamaModel model) => Optimizer(stage).Create(model);
+
+    private static OptimizerSpec Optimizer(StageConfig stage)
     {
         var o = stage.Optim;
         int stepsPerIter = stage.Algorithm is AlgorithmNames.Ppo or AlgorithmNames.Grpo ? stage.Ppo.PpoEpochs * stage.Batch.Minibatches : 1;
-        return new AdamW(model, new LrSchedule(o.Lr, o.WarmupSteps, o.Decay, o.MinLrRatio, stage.Iterations * stepsPerIter),
+        return new OptimizerSpec(new LrSchedule(o.Lr, o.WarmupSteps, o.Decay, o.MinLrRatio, stage.Iterations * stepsPerIter),
             (float)o.Beta1, (float)o.Beta2, (float)o.Eps, (float)o.WeightDecay, (float)o.ClipGradNorm);
     }
 
@@ -312,7 +320,8 @@ internal sealed class Pipeline : IDisposable
             keyOf[call.Name] = ($"{call.Model}|{string.Join(",", layout.Devices)}|{layout.Pp}/{layout.Dp}/{layout.Tp}|{pc.MicroBatches}", layout, pc.MicroBatches);
         }
         var trainedKeys = graph.Calls.Where(c => c.Type == CallType.TrainStep).Select(c => keyOf[c.Name].Key).ToHashSet();
-        var byKey = new Dictionary<string, DistributedModel>();
+        var byKey = new Dictionary<string, IReplica>();
+        _host ??= _hostFactory(_plan.Nodes * dpn);
         foreach (var call in graph.Calls)
         {
             var (key, layout, micro) = keyOf[call.Name];
@@ -324,8 +333,7 @@ internal sealed class Pipeline : IDisposable
                 bool train = trainedKeys.Contains(key);
                 try
                 {
-                    rep = new DistributedModel(_cluster!, $"{call.Name} ({role})", full.Config, full.ScalarHead, layout, micro,
-                        train ? m => NewOptimizer(stage, m) : null);
+                    rep = _host.Create($"{call.Name} ({role})", full.Config, full.ScalarHead, layout, micro, train ? Optimizer(stage) : null);
                 }
                 catch (ArgumentException e) { throw new ConfigException($"plan call {call.Name}", e.Message); }
                 byKey[key] = rep;
@@ -353,9 +361,15 @@ internal sealed class Pipeline : IDisposable
             }
     }
 
-    /// <summary>The devices a call occupies: its plan mesh, or the single device 0.</summary>
-    private IReadOnlyCollection<int> DevicesOf(string call) =>
-        _callReplica.TryGetValue(call, out var r) ? r.Layout.Devices : [0];
+    /// <summary>The devices a call occupies: its plan mesh (and, when its replica may have to be
+    /// reallocated from the model's train replica first, that replica's mesh, whose devices send),
+    /// or the single device 0.</summary>
+    private IReadOnlyCollection<int> DevicesOf(string call)
+    {
+        if (!_callReplica.TryGetValue(call, out var r)) return [0];
+        var train = _replicas.Values.FirstOrDefault(x => x.All.Contains(r))?.Train;
+        return train is null || ReferenceEquals(train, r) ? r.Layout.Devices : r.Layout.Devices.Union(train.Layout.Devices).ToArray();
+    }
 
     /// <summary>Where call <paramref name="call"/> runs its model: its plan replica, or the single device.</summary>
     private IModelCalls Calls(string call, string role) =>
@@ -721,6 +735,8 @@ internal sealed class Pipeline : IDisposable
     {
         _metrics?.Dispose();
         foreach (var r in _replicas.Values) r.Dispose();
+        _replicas.Clear();
+        _host?.Dispose();
         foreach (var o in _optims.Values) o.Dispose();
         foreach (var m in _models.Values) m.Dispose();
     }

@@ -14,6 +14,7 @@ internal sealed class Rendezvous
 {
     private readonly int _size;
     private readonly string?[] _addresses;
+    private readonly string?[] _infos;
     private readonly ConcurrentDictionary<string, HashSet<int>> _barriers = new();
     private readonly Lock _gate = new();
 
@@ -21,6 +22,14 @@ internal sealed class Rendezvous
     {
         _size = size;
         _addresses = new string?[size];
+        _infos = new string?[size];
+    }
+
+    /// <summary>What rank <paramref name="rank"/> registered besides its address (a worker's command
+    /// endpoint, host and pid, as JSON), or null.</summary>
+    public string? Info(int rank)
+    {
+        lock (_gate) return _infos[rank];
     }
 
     public ConcurrentQueue<(int Rank, string Json)> Reports { get; } = new();
@@ -36,7 +45,10 @@ internal sealed class Rendezvous
             switch (m.Type)
             {
                 case "register":
-                    _addresses[rank] = Text(root, "address");
+                    string address = Text(root, "address");
+                    string? info = root.TryGetProperty("info", out _) ? Text(root, "info") : null;
+                    _addresses[rank] = address;
+                    _infos[rank] = info;
                     return "ok";
                 case "addresses":
                     return _addresses.Any(a => a is null) ? Wait(r => _addresses[r] is null) : JsonSerializer.Serialize(_addresses);
@@ -74,10 +86,12 @@ internal sealed class Rendezvous
 
     /// <summary>Registers this rank's address, waits for everyone's and connects; all within
     /// <paramref name="timeout"/>, else a <see cref="TimeoutException"/> naming the missing ranks.</summary>
-    public static void Join(ControlClient client, UcxTransport transport, TimeSpan timeout)
+    public static void Join(ControlClient client, UcxTransport transport, TimeSpan timeout, string? info = null)
     {
         var until = DateTime.UtcNow + timeout;
-        client.Request("register", JsonSerializer.Serialize(new { rank = transport.Rank, address = Convert.ToBase64String(transport.LocalAddress) }), Step(until));
+        var reg = new System.Text.Json.Nodes.JsonObject { ["rank"] = transport.Rank, ["address"] = Convert.ToBase64String(transport.LocalAddress) };
+        if (info is not null) reg["info"] = info;
+        client.Request("register", reg.ToJsonString(), Step(until));
         while (true)
         {
             var reply = client.Request("addresses", JsonSerializer.Serialize(new { rank = transport.Rank }), Step(until));

@@ -12,7 +12,7 @@ namespace ReaLNative.Engine.Tests.Runs;
 
 public sealed class PlanExecutionTests
 {
-    private static ExperimentConfig Config() => ExperimentConfig.Parse("""
+    internal static ExperimentConfig Config() => ExperimentConfig.Parse("""
         name: plan-test
         algorithm: ppo
         seed: 3
@@ -36,7 +36,7 @@ public sealed class PlanExecutionTests
     private static PlanCall Call(string name, string model, PlanCallType type, int start, int count, int pp, int dp, int tp, int micro) =>
         new(name, model, type, new Mesh(0, 1, start, count), new Strategy(pp, dp, tp), micro);
 
-    private static Plan MixedPlan(int actorTrainTp = 2) => new(1, 4,
+    internal static Plan MixedPlan(int actorTrainTp = 2) => new(1, 4,
     [
         Call("actor_gen", "actor", PlanCallType.Generate, 0, 4, 1, 2, 2, 2),
         Call("rew_inf", "reward", PlanCallType.Inference, 0, 2, 2, 1, 1, 2),
@@ -46,7 +46,7 @@ public sealed class PlanExecutionTests
         Call("critic_train", "critic", PlanCallType.TrainStep, 0, 4, 1, 2, 2, 2),
     ], null);
 
-    private static string TempDir()
+    internal static string TempDir()
     {
         var d = Path.Combine(Path.GetTempPath(), "realn-plan-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(d);
@@ -58,7 +58,7 @@ public sealed class PlanExecutionTests
     /// itself at rounding level (its update may then flip sign). So: almost every element (all but
     /// 0.2%) within 1e-6, and none further than the optimizer could move it (lr x steps). A wrong
     /// gradient or a stale reallocation moves most elements by about lr per step.</summary>
-    private static void AssertClose(ReaLNative.Engine.Model.LlamaModel want, ReaLNative.Engine.Model.LlamaModel got, double lrTimesSteps, string what)
+    internal static void AssertClose(ReaLNative.Engine.Model.LlamaModel want, ReaLNative.Engine.Model.LlamaModel got, double lrTimesSteps, string what)
     {
         long total = 0, off = 0;
         foreach (var v in want.Layout.Views)

@@ -1,0 +1,214 @@
+// One device's part of a model replica under a (pp, dp, tp) layout: its shard, runner and (for a
+// trainable replica) AdamW, and the whole-batch operations of a model function call as that rank
+// executes them. Every rank of the layout runs the same operation on the same global batch; the
+// collecting ranks (last pipeline stage, tensor rank 0 of each data replica) return their
+// replica's outputs as a ShardOutput, the others null. The in-process DistributedModel runs these
+// on threads; a model worker process runs them for the master (Workers/ModelWorker).
+using ReaLNative.Engine.Algorithms;
+using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Optim;
+using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Transport;
+
+namespace ReaLNative.Engine.Parallelism;
+
+/// <summary>A collecting rank's outputs for the sequences of its data replica: their global ids (in
+/// the order it processed them), per id its action values concatenated (log-probs or values of
+/// the action tokens), and per id one scalar (the last token's value; empty when not asked).</summary>
+internal sealed record ShardOutput(int[] Ids, float[] Actions, float[] Last)
+{
+    /// <summary>Per-action outputs of the whole batch, assembled from the collecting ranks' parts;
+    /// every action must be covered exactly once.</summary>
+    public static float[] MergeActions(ScoredBatch b, IEnumerable<ShardOutput> parts)
+    {
+        var result = new float[b.Actions];
+        var seen = new bool[b.Packed.Count];
+        foreach (var p in parts)
+        {
+            int at = 0;
+            foreach (int i in p.Ids)
+            {
+                if ((uint)i >= (uint)seen.Length || seen[i]) throw new InvalidDataException($"shard outputs: sequence {i} out of range or reported twice");
+                seen[i] = true;
+                int n = b.ActionCu[i + 1] - b.ActionCu[i];
+                if (at + n > p.Actions.Length) throw new InvalidDataException($"shard outputs: {p.Actions.Length} action values, sequence {i} needs more");
+                Array.Copy(p.Actions, at, result, b.ActionCu[i], n);
+                at += n;
+            }
+            if (at != p.Actions.Length) throw new InvalidDataException($"shard outputs: {p.Actions.Length} action values for {at} actions");
+        }
+        if (Array.IndexOf(seen, false) is var miss and >= 0) throw new InvalidDataException($"shard outputs: no collecting rank reported sequence {miss}");
+        return result;
+    }
+
+    /// <summary>Per-sequence scalars of the whole batch from the parts.</summary>
+    public static float[] MergeLast(int count, IEnumerable<ShardOutput> parts)
+    {
+        var result = new float[count];
+        foreach (var p in parts)
+        {
+            if (p.Last.Length != p.Ids.Length) throw new InvalidDataException($"shard outputs: {p.Last.Length} last-token values for {p.Ids.Length} sequences");
+            for (int j = 0; j < p.Ids.Length; j++) result[p.Ids[j]] = p.Last[j];
+        }
+        return result;
+    }
+}
+
+/// <summary>One rank of a replica: shard, runner, optimizer, and the call operations.</summary>
+internal sealed unsafe class ShardReplica : IDisposable
+{
+    /// <summary>The shard of layout rank <paramref name="rank"/> over <paramref name="transport"/>
+    /// (tag space from <paramref name="groupBase"/>); with <paramref name="optimizer"/> trainable.</summary>
+    public ShardReplica(ITransport transport, LlamaConfig config, bool scalarHead, ParallelLayout layout, int rank, int groupBase,
+                        int microBatches, Func<LlamaModel, AdamW>? optimizer)
+    {
+        if (microBatches < 1) throw new ArgumentException($"micro_batches must be >= 1 (got {microBatches})");
+        Layout = layout;
+        MicroBatches = microBatches;
+        Comm = new ShardComm(transport, layout, groupBase);
+        if (Comm.LayoutRank != rank) { Comm.Dispose(); throw new ArgumentException($"transport rank {transport.Rank} is layout rank {Comm.LayoutRank}, not {rank}"); }
+        try
+        {
+            Shard = new LlamaModel(config, scalarHead, Comm);
+            Runner = new ShardRunner(Shard);
+            Optimizer = optimizer?.Invoke(Shard);
+        }
+        catch
+        {
+            Shard?.Dispose();
+            Comm.Dispose();
+            throw;
+        }
+    }
+
+    public ParallelLayout Layout { get; }
+    public int MicroBatches { get; }
+    public ShardComm Comm { get; }
+    public LlamaModel Shard { get; }
+    public ShardRunner Runner { get; }
+    public AdamW? Optimizer { get; }
+
+    /// <summary>Whether this rank returns its data replica's outputs.</summary>
+    public bool Collects => Comm.LastStage && Comm.Model == 0;
+
+    /// <summary>Log-probs of the action tokens of this replica's sequences (collecting ranks).</summary>
+    public ShardOutput? LogProbs(ScoredBatch batch, float temperature)
+    {
+        var (ids, acts) = (new List<int>(), new List<float>());
+        Runner.InferLogProbs(Sequences(batch), MicroBatches, temperature, (mb, lp) =>
+        {
+            if (!Collects) return;
+            ids.AddRange(mb.Ids);
+            foreach (var (_, row) in ActionRows(batch, mb)) acts.Add(lp[row]);
+        });
+        return Collects ? new ShardOutput([.. ids], [.. acts], []) : null;
+    }
+
+    /// <summary>Scalar-head outputs: the value before each action and each sequence's last-token score.</summary>
+    public ShardOutput? Values(ScoredBatch batch)
+    {
+        if (!Shard.ScalarHead) throw new ArgumentException("values need a scalar-head model");
+        var (ids, acts, last) = (new List<int>(), new List<float>(), new List<float>());
+        Runner.Infer(Sequences(batch), MicroBatches, (mb, o) =>
+        {
+            if (!Collects) return;
+            ids.AddRange(mb.Ids);
+            foreach (var (_, row) in ActionRows(batch, mb)) acts.Add(o[row]);
+            for (int j = 0, at = 0; j < mb.Ids.Length; at += mb.Packed.SeqLens[j], j++) last.Add(o[at + mb.Packed.SeqLens[j] - 1]);
+        });
+        return Collects ? new ShardOutput([.. ids], [.. acts], [.. last]) : null;
+    }
+
+    /// <summary>Gradients of sum_k dActionLogp[k] * logp(action k), zeroed first.</summary>
+    public void BackwardLogProbs(ScoredBatch batch, float temperature, float[] dActionLogp)
+    {
+        if (dActionLogp.Length != batch.Actions) throw new ArgumentException($"{dActionLogp.Length} log-prob gradients for {batch.Actions} actions");
+        Runner.TrainLogProbs(Sequences(batch), MicroBatches, temperature, (mb, lp, d) =>
+        {
+            foreach (var (k, row) in ActionRows(batch, mb)) d[row] = dActionLogp[k];
+            return 0;
+        });
+    }
+
+    /// <summary>Gradients from d loss / d action values and d loss / d last scores (either may be empty), zeroed first.</summary>
+    public void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores)
+    {
+        if (dActionValues.Length is var a && a != 0 && a != batch.Actions) throw new ArgumentException($"{a} value gradients for {batch.Actions} actions");
+        if (dLastScores.Length is var l && l != 0 && l != batch.Packed.Count) throw new ArgumentException($"{l} score gradients for {batch.Packed.Count} sequences");
+        Runner.TrainStep(Sequences(batch), MicroBatches, (mb, o, d) =>
+        {
+            new Span<float>(d, mb.Packed.TotalTokens).Clear();
+            if (dActionValues.Length > 0)
+                foreach (var (k, row) in ActionRows(batch, mb)) d[row] += dActionValues[k];
+            if (dLastScores.Length > 0)
+                for (int j = 0, at = 0; j < mb.Ids.Length; at += mb.Packed.SeqLens[j], j++) d[at + mb.Packed.SeqLens[j] - 1] += dLastScores[mb.Ids[j]];
+            return 0;
+        });
+    }
+
+    /// <summary>SFT (mean NLL of the action tokens) backward, zeroed first; returns this rank's
+    /// share of the loss (0 on ranks that do not collect), so the shares of all ranks add up.</summary>
+    public double SftShare(ScoredBatch batch)
+    {
+        double n = Math.Max(1, batch.Actions);
+        return Runner.TrainLogProbs(Sequences(batch), MicroBatches, 1f, (mb, lp, d) =>
+        {
+            double loss = 0;
+            foreach (var (_, row) in ActionRows(batch, mb)) { loss -= lp[row] / n; d[row] = (float)(-1 / n); }
+            return Collects ? loss : 0;
+        });
+    }
+
+    /// <summary>One AdamW step (every rank of a trainable replica); returns the global gradient norm before clipping.</summary>
+    public double Step() => (Optimizer ?? throw new InvalidOperationException("an inference replica has no optimizer")).StepOnce();
+
+    /// <summary>This replica's share of the prompts generated; (ids, result) on collecting ranks.</summary>
+    public (int[] Ids, GenerationResult Result)? Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt)
+    {
+        var r = Runner.Generate(prompts, opt, MicroBatches);
+        return Collects ? r : null;
+    }
+
+    /// <summary>Whole-batch generation result assembled from the collecting ranks' parts.</summary>
+    public static GenerationResult MergeGeneration(IReadOnlyList<int[]> prompts, GenerationOptions opt, IEnumerable<(int[] Ids, GenerationResult Result)> parts)
+    {
+        int B = prompts.Count;
+        var tok = new int[B][]; var lp = new float[B][]; var eos = new bool[B];
+        byte[][]? masks = opt.Filters ? new byte[B][] : null;
+        foreach (var p in parts)
+            for (int k = 0; k < p.Ids.Length; k++)
+            {
+                int i = p.Ids[k];
+                if ((uint)i >= (uint)B || tok[i] is not null) throw new InvalidDataException($"generation outputs: prompt {i} out of range or reported twice");
+                tok[i] = p.Result.NewTokens[k]; lp[i] = p.Result.LogProbs[k]; eos[i] = p.Result.EndedWithEos[k];
+                if (masks is not null) masks[i] = p.Result.Masks![k];
+            }
+        if (Array.FindIndex(tok, t => t is null) is var miss and >= 0) throw new InvalidDataException($"generation outputs: no collecting rank reported prompt {miss}");
+        return new GenerationResult { Prompts = prompts.Select(x => x.ToArray()).ToArray(), NewTokens = tok, LogProbs = lp, Masks = masks, EndedWithEos = eos };
+    }
+
+    // ------------------------------------------------------------------ batch mapping
+
+    private static int[][] Sequences(ScoredBatch b) => Enumerable.Range(0, b.Packed.Count).Select(i => b.Packed.Sequence(i).ToArray()).ToArray();
+
+    /// <summary>(action index in the batch, row of the micro-batch that scores it) for every action of mb's sequences, in id order.</summary>
+    private static List<(int Action, int Row)> ActionRows(ScoredBatch b, MicroBatch mb)
+    {
+        var r = new List<(int, int)>();
+        for (int j = 0, at = 0; j < mb.Ids.Length; at += mb.Packed.SeqLens[j], j++)
+        {
+            int i = mb.Ids[j], start = b.Packed.CuSeqlens[i];
+            for (int k = b.ActionCu[i]; k < b.ActionCu[i + 1]; k++)
+                r.Add((k, at + (b.ActionIndex[k] - start) - 1));
+        }
+        return r;
+    }
+
+    public void Dispose()
+    {
+        Optimizer?.Dispose();
+        Shard.Dispose();
+        Comm.Dispose();
+    }
+}

@@ -1,0 +1,312 @@
+// A model worker process: one device of an execution plan. It joins the job over the control
+// plane (UCX address, its own command endpoint), then executes the master's commands one at a
+// time on its command server: create / drop a replica's shard on this device, run a call's
+// operation on it (inputs and outputs over UCX, only metadata in the command), reallocate
+// parameters or AdamW moments between layouts (TransportRealloc), shut down. A heartbeat tells
+// the master it is alive, what it is doing and its last error; a worker that cannot reach its
+// master for HeartbeatLoss exits, so no worker outlives its job.
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using ReaLNative.Engine.Control;
+using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Transport;
+
+namespace ReaLNative.Engine.Workers;
+
+/// <summary>How a worker process reaches its master and presents itself.</summary>
+internal sealed record WorkerArgs(string Control, string Job, byte[] Secret, int Rank, int Size)
+{
+    /// <summary>Interface the command server binds (127.0.0.1 unless the job spans nodes).</summary>
+    public string BindHost { get; init; } = "127.0.0.1";
+    /// <summary>Host the master should use to reach the command server (default: <see cref="BindHost"/>).</summary>
+    public string? AdvertiseHost { get; init; }
+    /// <summary>Name of the node, for the master's messages.</summary>
+    public string Node { get; init; } = Environment.MachineName;
+}
+
+internal sealed unsafe class ModelWorker : IDisposable
+{
+    /// <summary>Deadline of rendezvous and of each data-plane operation.</summary>
+    public static TimeSpan OperationTimeout => TimeSpan.FromSeconds(Seconds("REALN_OP_TIMEOUT", 120));
+    /// <summary>How long a worker keeps running without reaching its master.</summary>
+    public static readonly TimeSpan HeartbeatLoss = TimeSpan.FromSeconds(20);
+    public static readonly TimeSpan HeartbeatEvery = TimeSpan.FromSeconds(1);
+
+    private readonly WorkerArgs _a;
+    private readonly ILogger _log;
+    private readonly ControlClient _client;
+    private readonly UcxTransport _transport;
+    private readonly ITransport _reallocTransport;
+    private readonly TransportRealloc _mover;
+    private readonly ControlServer _server;
+    private readonly Dictionary<int, ShardReplica> _replicas = new();
+    private readonly Dictionary<string, (ReallocPlan Plan, ReallocSchedule Schedule)> _plans = new();
+    private volatile string _busy = "idle";
+    private volatile string? _lastError;
+    private readonly ManualResetEventSlim _stop = new();
+
+    private ModelWorker(WorkerArgs a, ILogger log)
+    {
+        _a = a;
+        _log = log;
+        // One MessageAuth (replay window) per socket: the master's replies and its commands are
+        // two sequences, both sent as "master".
+        _client = new ControlClient(a.Control, new MessageAuth(a.Secret, a.Job), $"worker-{a.Rank}", log);
+        _transport = new UcxTransport(a.Rank, a.Size) { Timeout = OperationTimeout };
+        _reallocTransport = Tags.Realloc(_transport);
+        _mover = new TransportRealloc(_reallocTransport);
+        _server = new ControlServer($"tcp://{a.BindHost}:0", new MessageAuth(a.Secret, a.Job), Handle, log);
+    }
+
+    private int MasterRank => _a.Size - 1;
+
+    /// <summary>Runs a worker until the master shuts it down (0), a command fails fatally, or the
+    /// master is unreachable for <see cref="HeartbeatLoss"/> (3).</summary>
+    public static int Run(WorkerArgs a, ILogger? log = null)
+    {
+        log ??= NullLogger.Instance;
+        using var w = new ModelWorker(a, log);
+        string endpoint = w._server.Endpoint;
+        if (a.AdvertiseHost is { } adv) endpoint = $"tcp://{adv}:{endpoint[(endpoint.LastIndexOf(':') + 1)..]}";
+        var info = new JsonObject { ["control"] = endpoint, ["node"] = a.Node, ["pid"] = Environment.ProcessId };
+        Rendezvous.Join(w._client, w._transport, OperationTimeout, info.ToJsonString());
+        return w.Heartbeats();
+    }
+
+    private int Heartbeats()
+    {
+        var lastOk = Stopwatch.StartNew();
+        while (!_stop.Wait(HeartbeatEvery))
+        {
+            try
+            {
+                var beat = new JsonObject { ["rank"] = _a.Rank, ["busy"] = _busy, ["error"] = _lastError };
+                _client.Request("heartbeat", beat.ToJsonString(), TimeSpan.FromSeconds(5));
+                lastOk.Restart();
+            }
+            catch (Exception e) when (e is TimeoutException or InvalidOperationException)
+            {
+                if (lastOk.Elapsed > HeartbeatLoss)
+                {
+                    Console.Error.WriteLine($"worker {_a.Rank}: the master at {_a.Control} has not answered for {lastOk.Elapsed.TotalSeconds:F0} s ({e.Message}); exiting");
+                    return 3;
+                }
+            }
+        }
+        Thread.Sleep(100);  // let the shutdown reply leave before the sockets close
+        return 0;
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    private string Handle(ControlMessage m)
+    {
+        // The handler runs on the NetMQ poller thread, whose SynchronizationContext is the poller
+        // itself: an await inside a command (TransportRealloc, blobs) would queue its continuation
+        // behind the very handler that waits for it. Commands run without that context.
+        var context = SynchronizationContext.Current;
+        SynchronizationContext.SetSynchronizationContext(null);
+        try { return Execute(m); }
+        finally { SynchronizationContext.SetSynchronizationContext(context); }
+    }
+
+    private string Execute(ControlMessage m)
+    {
+        var j = m.Payload.Length == 0 ? new JsonObject() : JsonNode.Parse(m.Payload) ?? new JsonObject();
+        _busy = m.Type + (j["what"] is JsonNode w ? " " + w.GetValue<string>() : "");
+        try
+        {
+            return m.Type switch
+            {
+                "create" => Create(j),
+                "drop" => Drop(j),
+                "op" => Op(j),
+                "realloc" => Realloc(j),
+                "optim-step" => OptimStep(j),
+                "ping" => "ok",
+                "shutdown" => Shutdown(),
+                _ => throw new ArgumentException($"unknown worker command '{m.Type}'"),
+            };
+        }
+        catch (Exception e)
+        {
+            _lastError = $"{m.Type}: {e.Message}";
+            _log.LogError(e, "worker {Rank}: {Command} failed", _a.Rank, m.Type);
+            Console.Error.WriteLine($"worker {_a.Rank}: {m.Type} failed: {e}");
+            throw;
+        }
+        finally { _busy = "idle"; }
+    }
+
+    private string Shutdown()
+    {
+        _stop.Set();
+        return "ok";
+    }
+
+    private ShardReplica Replica(JsonNode j)
+    {
+        int id = WireJson.Int(j, "id");
+        return _replicas.TryGetValue(id, out var r) ? r : throw new ArgumentException($"worker {_a.Rank} holds no shard of replica {id}");
+    }
+
+    private string Create(JsonNode j)
+    {
+        int id = WireJson.Int(j, "id");
+        if (_replicas.ContainsKey(id)) throw new ArgumentException($"replica {id} exists");
+        var layout = WireJson.Layout(j["layout"]);
+        int rank = layout.Devices.ToList().IndexOf(_a.Rank);
+        if (rank < 0) throw new ArgumentException($"replica {id}'s layout {layout} does not use device {_a.Rank}");
+        int group = WireJson.Int(j, "group");
+        if (group < 0 || group + ShardComm.GroupIdsNeeded(layout) > Tags.MaxGroups) throw new ArgumentException($"group ids {group}.. outside the {Tags.MaxGroups} a job holds");
+        var optim = j["optimizer"] is { } o ? WireJson.Optimizer(o) : null;
+        _replicas[id] = new ShardReplica(_transport, WireJson.Config(j["config"]), j["scalar"]!.GetValue<bool>(), layout, rank, group,
+            WireJson.Int(j, "micro"), optim is null ? null : optim.Create);
+        return "ok";
+    }
+
+    private string Drop(JsonNode j)
+    {
+        if (_replicas.Remove(WireJson.Int(j, "id"), out var r)) r.Dispose();
+        return "ok";
+    }
+
+    private string OptimStep(JsonNode j)
+    {
+        var o = Replica(j).Optimizer ?? throw new ArgumentException("an inference replica has no optimizer");
+        if (j["set"] is { } s) o.Step = s.GetValue<long>();
+        return new JsonObject { ["step"] = o.Step }.ToJsonString();
+    }
+
+    private byte[] Input(JsonNode j, string what) =>
+        Wait(Blobs.RecvAsync(_transport, MasterRank, WireJson.Long(j, "tag_in"), what), what);
+
+    private void Output(JsonNode j, ShardReplica r, Func<WireWriter, WireWriter>? write, string what)
+    {
+        if (!r.Collects) return;
+        if (write is null) throw new InvalidOperationException($"{what}: a collecting rank produced no output");
+        Wait(Blobs.SendAsync(_transport, MasterRank, WireJson.Long(j, "tag_out"), write(new WireWriter()).ToArray()), what);
+    }
+
+    private static T Wait<T>(Task<T> t, string what)
+    {
+        Wait((Task)t, what);
+        return t.Result;
+    }
+
+    private static void Wait(Task t, string what)
+    {
+        if (!t.Wait(OperationTimeout + TimeSpan.FromSeconds(5)))
+            throw new TimeoutException($"{what}: the data plane did not complete within {OperationTimeout.TotalSeconds:F0} s");
+        if (t.IsFaulted) throw t.Exception!.InnerException!;
+    }
+
+    private string Op(JsonNode j)
+    {
+        var r = Replica(j);
+        string op = WireJson.Str(j, "op");
+        double value = 0;
+        switch (op)
+        {
+            case "logprobs":
+            {
+                var rd = new WireReader(Input(j, op), op);
+                var b = rd.Batch(); rd.End();
+                var o = r.LogProbs(b, (float)WireJson.Num(j, "temperature"));
+                Output(j, r, o is null ? null : w => w.Output(o), op);
+                break;
+            }
+            case "values":
+            {
+                var rd = new WireReader(Input(j, op), op);
+                var b = rd.Batch(); rd.End();
+                var o = r.Values(b);
+                Output(j, r, o is null ? null : w => w.Output(o), op);
+                break;
+            }
+            case "backward_logprobs":
+            {
+                var rd = new WireReader(Input(j, op), op);
+                var b = rd.Batch(); var d = rd.Floats(); rd.End();
+                r.BackwardLogProbs(b, (float)WireJson.Num(j, "temperature"), d);
+                break;
+            }
+            case "backward_values":
+            {
+                var rd = new WireReader(Input(j, op), op);
+                var b = rd.Batch(); var dv = rd.Floats(); var dl = rd.Floats(); rd.End();
+                r.BackwardValues(b, dv, dl);
+                break;
+            }
+            case "sft":
+            {
+                var rd = new WireReader(Input(j, op), op);
+                var b = rd.Batch(); rd.End();
+                value = r.SftShare(b);
+                break;
+            }
+            case "step":
+                value = r.Step();
+                break;
+            case "generate":
+            {
+                var rd = new WireReader(Input(j, op), op);
+                var prompts = rd.Prompts(); rd.End();
+                var g = r.Generate(prompts, WireJson.Generation(j["gen"]));
+                Output(j, r, g is { } x ? w => w.Generation(x) : null, op);
+                break;
+            }
+            default:
+                throw new ArgumentException($"unknown operation '{op}'");
+        }
+        return new JsonObject { ["value"] = value }.ToJsonString();
+    }
+
+    /// <summary>This device's part of a reallocation of parameters ("params") or AdamW moments
+    /// ("adam_m", "adam_v") between two layouts; replica -1 is the master's full copy.</summary>
+    private string Realloc(JsonNode j)
+    {
+        string kind = WireJson.Str(j, "kind");
+        var from = WireJson.Layout(j["from"]);
+        var to = WireJson.Layout(j["to"]);
+        int src = WireJson.Int(j, "src"), dst = WireJson.Int(j, "dst");
+        var config = WireJson.Config(j["config"]);
+        bool scalar = j["scalar"]!.GetValue<bool>();
+        string key = $"{WireJson.Layout(from).ToJsonString()}>{WireJson.Layout(to).ToJsonString()}|{WireJson.Config(config).ToJsonString()}|{scalar}";
+        if (!_plans.TryGetValue(key, out var p))
+        {
+            var plan = ReallocPlan.Build(from, to, ParamLayout.Factory(config, scalar), 4, _ => 0);
+            _plans[key] = p = (plan, ReallocSchedule.ForDevice(plan, _a.Rank));
+        }
+        nint Buffer(int id, ParallelLayout layout, string side)
+        {
+            if (!layout.Devices.Contains(_a.Rank)) return 0;
+            if (!_replicas.TryGetValue(id, out var r)) throw new ArgumentException($"realloc {side}: worker {_a.Rank} holds no shard of replica {id}");
+            if (kind == "params") return (nint)r.Shard.ParametersPointer;
+            var o = r.Optimizer ?? throw new ArgumentException($"realloc {kind}: replica {id} has no optimizer");
+            // AdamW's moments live in native memory: the pointer is stable.
+            var moments = kind switch { "adam_m" => o.FirstMoment, "adam_v" => o.SecondMoment, _ => throw new ArgumentException($"unknown realloc kind '{kind}'") };
+            fixed (float* p = moments) return (nint)p;
+        }
+        nint s = Buffer(src, from, "source"), d = Buffer(dst, to, "destination");
+        Wait(_mover.ExecuteAsync(p.Plan, p.Schedule, s, d), $"realloc {kind} {from} -> {to}");
+        return "ok";
+    }
+
+    private static double Seconds(string variable, double fallback) =>
+        double.TryParse(Environment.GetEnvironmentVariable(variable), System.Globalization.CultureInfo.InvariantCulture, out double s) && s > 0 ? s : fallback;
+
+    public void Dispose()
+    {
+        _server.Dispose();
+        foreach (var r in _replicas.Values) r.Dispose();
+        _replicas.Clear();
+        _mover.Dispose();
+        _transport.Dispose();
+        _client.Dispose();
+    }
+}

@@ -1,0 +1,216 @@
+// A model replica whose shards live in model worker processes: each operation is one command to
+// every worker of the layout (metadata only), with the batch sent to them and the collecting
+// ranks' outputs returned over UCX. Reallocation between two replicas runs entirely between the
+// workers (TransportRealloc, no byte through the master); to and from the full model the master
+// takes part as the rank holding it.
+using System.Text.Json.Nodes;
+using ReaLNative.Engine.Algorithms;
+using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Optim;
+using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Realloc;
+
+namespace ReaLNative.Engine.Workers;
+
+internal sealed unsafe class RemoteReplica : IReplica
+{
+    private readonly WorkerPool _pool;
+    private readonly string _name;
+    private readonly int _id;
+    private readonly OptimizerSpec? _optimizer;
+    private readonly int[] _collectors;
+    private long _step;
+    private bool _disposed;
+
+    public RemoteReplica(WorkerPool pool, string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer)
+    {
+        if (microBatches < 1) throw new ArgumentException($"{name}: micro_batches must be >= 1 (got {microBatches})");
+        // Shapes are checked here, before any worker allocates (the same check the shards make).
+        for (int p = 0; p < layout.Pp; p++) ParamLayout.Create(config, scalarHead, layout.Pp, p, layout.Tp, 0);
+        _pool = pool;
+        _name = name;
+        _optimizer = optimizer;
+        Layout = layout;
+        Config = config;
+        ScalarHead = scalarHead;
+        MicroBatches = microBatches;
+        _id = pool.NextReplicaId();
+        _collectors = Enumerable.Range(0, layout.Devices.Count).Where(r =>
+        {
+            var (pipe, _, model) = layout.Coords(r);
+            return pipe == layout.Pp - 1 && model == 0;
+        }).Select(r => layout.Devices[r]).ToArray();
+        int group = pool.AllocateGroups(layout);
+        var cmd = new JsonObject
+        {
+            ["id"] = _id, ["layout"] = WireJson.Layout(layout), ["config"] = WireJson.Config(config), ["scalar"] = scalarHead,
+            ["group"] = group, ["micro"] = microBatches,
+        };
+        if (optimizer is not null) cmd["optimizer"] = WireJson.Optimizer(optimizer);
+        string json = cmd.ToJsonString();
+        pool.Dispatch($"{name}: create on {layout}", layout.Devices, _ => ("create", (JsonObject)JsonNode.Parse(json)!));
+    }
+
+    public ParallelLayout Layout { get; }
+    public LlamaConfig Config { get; }
+    public bool ScalarHead { get; }
+    public int MicroBatches { get; }
+    public bool Trainable => _optimizer is not null;
+    public float LearningRate => _optimizer is { } o ? o.Schedule.At(_step) : throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
+
+    private string What(string op) => $"{_name} {op} on {Layout}";
+
+    /// <summary>Runs an operation on every worker: <paramref name="input"/> (if any) sent to each,
+    /// the collecting ranks' output blobs returned; the replies' values in device order.</summary>
+    private (double[] Values, byte[][] Outputs) Op(string op, JsonObject args, byte[]? input, bool output)
+    {
+        var (tagIn, tagOut) = _pool.DataTags();
+        var t = _pool.Transport;
+        var data = new List<Task>();
+        if (input is not null)
+            foreach (var d in Layout.Devices) data.Add(Blobs.SendAsync(t, d, tagIn, input));
+        var outs = output ? _collectors.Select(d => Blobs.RecvAsync(t, d, tagOut, $"{What(op)}: output of worker {d}")).ToArray() : [];
+        data.AddRange(outs);
+        args["id"] = _id; args["op"] = op; args["tag_in"] = tagIn; args["tag_out"] = tagOut;
+        string json = args.ToJsonString();
+        var replies = _pool.Dispatch(What(op), Layout.Devices, _ => ("op", (JsonObject)JsonNode.Parse(json)!), [.. data]);
+        var values = replies.Select(r => WireJson.Num(JsonNode.Parse(r), "value")).ToArray();
+        return (values, outs.Select(o => o.Result).ToArray());
+    }
+
+    private IEnumerable<ShardOutput> Outputs(byte[][] blobs, string op) => blobs.Select((b, i) =>
+    {
+        var r = new WireReader(b, $"{What(op)}: output of worker {_collectors[i]}");
+        var o = r.Output();
+        r.End();
+        return o;
+    });
+
+    public float[] LogProbs(ScoredBatch batch, float temperature)
+    {
+        var (_, outs) = Op("logprobs", new JsonObject { ["temperature"] = temperature }, new WireWriter().Batch(batch).ToArray(), output: true);
+        return ShardOutput.MergeActions(batch, Outputs(outs, "logprobs"));
+    }
+
+    public (float[] ActionValues, float[] LastScores) Values(ScoredBatch batch)
+    {
+        if (!ScalarHead) throw new ArgumentException($"{_name}: values need a scalar-head model");
+        var (_, outs) = Op("values", new JsonObject(), new WireWriter().Batch(batch).ToArray(), output: true);
+        var parts = Outputs(outs, "values").ToList();
+        return (ShardOutput.MergeActions(batch, parts), ShardOutput.MergeLast(batch.Packed.Count, parts));
+    }
+
+    public void BackwardLogProbs(ScoredBatch batch, float temperature, float[] dActionLogp)
+    {
+        if (dActionLogp.Length != batch.Actions) throw new ArgumentException($"{_name}: {dActionLogp.Length} log-prob gradients for {batch.Actions} actions");
+        Op("backward_logprobs", new JsonObject { ["temperature"] = temperature }, new WireWriter().Batch(batch).Floats(dActionLogp).ToArray(), output: false);
+    }
+
+    public void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores) =>
+        Op("backward_values", new JsonObject(), new WireWriter().Batch(batch).Floats(dActionValues).Floats(dLastScores).ToArray(), output: false);
+
+    public double SftStep(ScoredBatch batch) =>
+        Op("sft", new JsonObject(), new WireWriter().Batch(batch).ToArray(), output: false).Values.Sum();
+
+    public double Step()
+    {
+        if (_optimizer is null) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
+        double norm = Op("step", new JsonObject(), null, output: false).Values[0];
+        _step++;
+        return norm;
+    }
+
+    public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt)
+    {
+        var (_, outs) = Op("generate", new JsonObject { ["gen"] = WireJson.Generation(opt) }, new WireWriter().Prompts(prompts).ToArray(), output: true);
+        var parts = outs.Select((b, i) =>
+        {
+            var r = new WireReader(b, $"{What("generate")}: output of worker {_collectors[i]}");
+            var g = r.Generation(prompts, opt.Filters);
+            r.End();
+            return g;
+        }).ToList();
+        return ShardReplica.MergeGeneration(prompts, opt, parts);
+    }
+
+    // ------------------------------------------------------------------ reallocation
+
+    private ReallocPlan Plan(ParallelLayout from, ParallelLayout to) => ReallocPlan.Build(from, to, ParamLayout.Factory(Config, ScalarHead), 4, _ => 0);
+
+    private JsonObject Realloc(string kind, ParallelLayout from, ParallelLayout to, int src, int dst) => new()
+    {
+        ["kind"] = kind, ["from"] = WireJson.Layout(from), ["to"] = WireJson.Layout(to), ["src"] = src, ["dst"] = dst,
+        ["config"] = WireJson.Config(Config), ["scalar"] = ScalarHead,
+    };
+
+    public void CopyFrom(IReplica source)
+    {
+        if (source is not RemoteReplica src || !ReferenceEquals(src._pool, _pool)) throw new ArgumentException($"{_name}: a worker replica copies only from replicas of the same job");
+        if (src.Config != Config || src.ScalarHead != ScalarHead) throw new ArgumentException($"{_name}: replicas of different models");
+        var devices = src.Layout.Devices.Union(Layout.Devices).ToArray();
+        string json = Realloc("params", src.Layout, Layout, src._id, _id).ToJsonString();
+        _pool.Dispatch(What($"reallocation from {src.Layout}"), devices, _ => ("realloc", (JsonObject)JsonNode.Parse(json)!));
+    }
+
+    private ParallelLayout Full => ParallelLayout.Contiguous(_pool.MasterRank, 1, 1, 1);
+
+    /// <summary>Moves one buffer kind between the master's full copy and the shards.</summary>
+    private void Move(string kind, nint full, bool toShards)
+    {
+        var (from, to) = toShards ? (Full, Layout) : (Layout, Full);
+        string json = Realloc(kind, from, to, toShards ? -1 : _id, toShards ? _id : -1).ToJsonString();
+        _pool.ReallocWithMaster(What(toShards ? $"load {kind}" : $"gather {kind}"), Plan(from, to), toShards ? full : 0, toShards ? 0 : full,
+            Layout.Devices, _ => ("realloc", (JsonObject)JsonNode.Parse(json)!));
+    }
+
+    private void CheckFull(LlamaModel full)
+    {
+        if (full.Config != Config || full.ScalarHead != ScalarHead) throw new ArgumentException($"{_name}: the full model has another architecture");
+    }
+
+    public void CopyFrom(LlamaModel full)
+    {
+        CheckFull(full);
+        Move("params", (nint)full.ParametersPointer, toShards: true);
+    }
+
+    public void CopyTo(LlamaModel full)
+    {
+        CheckFull(full);
+        Move("params", (nint)full.ParametersPointer, toShards: false);
+    }
+
+    public void MoveOptimizerState(AdamW full, bool toShards)
+    {
+        if (_optimizer is null) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
+        fixed (float* m = full.FirstMoment)
+        fixed (float* v = full.SecondMoment)
+        {
+            Move("adam_m", (nint)m, toShards);
+            Move("adam_v", (nint)v, toShards);
+        }
+        if (toShards)
+        {
+            long step = full.Step;
+            _pool.Dispatch(What("set optimizer step"), Layout.Devices, _ => ("optim-step", new JsonObject { ["id"] = _id, ["set"] = step }));
+            _step = step;
+        }
+        else
+        {
+            var steps = _pool.Dispatch(What("optimizer step count"), Layout.Devices, _ => ("optim-step", new JsonObject { ["id"] = _id }))
+                .Select(r => WireJson.Long(JsonNode.Parse(r), "step")).Distinct().ToArray();
+            if (steps.Length != 1) throw new InvalidOperationException($"{_name}: shards disagree on the optimizer step ({string.Join(", ", steps)})");
+            full.Step = steps[0];
+            _step = steps[0];
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        try { _pool.Dispatch(What("drop"), Layout.Devices, _ => ("drop", new JsonObject { ["id"] = _id })); }
+        catch (WorkerFailedException) { /* the job is ending; the workers go with it */ }
+    }
+}

@@ -1,0 +1,283 @@
+// The data the master and the model workers exchange over the data plane (UCX), and the JSON the
+// control plane carries about it. Batches, gradients and outputs travel as length-prefixed blobs
+// (an 8-byte size message, then the body, on consecutive tags) so a receiver never has to know a
+// size in advance and never accepts more than its bound; the control message names the tags. The
+// binary layout is little-endian and read with bounds checks: a malformed blob is an
+// InvalidDataException naming what is wrong, never an out-of-range read.
+using System.Text.Json.Nodes;
+using ReaLNative.Engine.Algorithms;
+using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Optim;
+using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Transport;
+
+namespace ReaLNative.Engine.Workers;
+
+/// <summary>Tag spaces on the job's transport. Model-parallel groups (ShardComm, Collectives) use
+/// tags below 2^38 (group ids below <see cref="MaxGroups"/>); reallocation runs on
+/// <see cref="Realloc"/>, which sets bit 38; master-worker blobs use bit 39 with bit 38 clear.</summary>
+internal static class Tags
+{
+    public const int MaxGroups = 1024;
+    public const long ReallocBit = 1L << 38;
+    public const long DataBase = 1L << 39;
+
+    /// <summary>The transport seen by reallocation: every tag with bit 38 set.</summary>
+    public static ITransport Realloc(ITransport t) => new TagOffsetTransport(t, ReallocBit);
+
+    /// <summary>Tag of data blob <paramref name="seq"/> (each blob takes two tags: size and body).</summary>
+    public static long Data(long seq) => DataBase | (seq * 2 & (ReallocBit - 1));
+
+    private sealed class TagOffsetTransport(ITransport inner, long bit) : ITransport
+    {
+        public int Rank => inner.Rank;
+        public int Size => inner.Size;
+        public TimeSpan Timeout { get => inner.Timeout; set => inner.Timeout = value; }
+        public Task SendAsync(int peer, long tag, nint data, long bytes, CancellationToken ct = default) => inner.SendAsync(peer, tag | bit, data, bytes, ct);
+        public Task RecvAsync(int peer, long tag, nint data, long bytes, CancellationToken ct = default) => inner.RecvAsync(peer, tag | bit, data, bytes, ct);
+        public void Dispose() { }  // the inner transport belongs to its owner
+    }
+}
+
+/// <summary>Length-prefixed blobs over a transport (buffers pinned for the operation's lifetime).</summary>
+internal static class Blobs
+{
+    /// <summary>Largest blob accepted (1 GiB): batches and outputs of one call, never parameters.</summary>
+    public const long MaxBytes = 1L << 30;
+
+    public static async Task SendAsync(ITransport t, int peer, long tag, byte[] body)
+    {
+        var size = GC.AllocateUninitializedArray<byte>(8, pinned: true);
+        BitConverter.TryWriteBytes(size, (long)body.Length);
+        var pinned = body;
+        if (body.Length > 0)
+        {
+            pinned = GC.AllocateUninitializedArray<byte>(body.Length, pinned: true);
+            body.CopyTo(pinned, 0);
+        }
+        var head = t.SendAsync(peer, tag, Ptr(size), 8);
+        if (body.Length > 0) await t.SendAsync(peer, tag + 1, Ptr(pinned), body.Length).ConfigureAwait(false);
+        await head.ConfigureAwait(false);
+    }
+
+    public static async Task<byte[]> RecvAsync(ITransport t, int peer, long tag, string what)
+    {
+        var size = GC.AllocateUninitializedArray<byte>(8, pinned: true);
+        await t.RecvAsync(peer, tag, Ptr(size), 8).ConfigureAwait(false);
+        long n = BitConverter.ToInt64(size);
+        if (n < 0 || n > MaxBytes) throw new InvalidDataException($"{what}: rank {peer} announced a {n}-byte blob (limit {MaxBytes})");
+        var body = GC.AllocateUninitializedArray<byte>((int)n, pinned: true);
+        if (n > 0) await t.RecvAsync(peer, tag + 1, Ptr(body), n).ConfigureAwait(false);
+        return body;
+    }
+
+    // Arrays from the pinned object heap never move.
+    private static nint Ptr(byte[] a) => System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(a, 0);
+}
+
+/// <summary>Binary writer of the blob layouts.</summary>
+internal sealed class WireWriter
+{
+    private readonly MemoryStream _s = new();
+    private readonly BinaryWriter _w;
+    public WireWriter() => _w = new BinaryWriter(_s);
+
+    public WireWriter Int(int v) { _w.Write(v); return this; }
+    public WireWriter Ints(ReadOnlySpan<int> v) { _w.Write(v.Length); foreach (var x in v) _w.Write(x); return this; }
+    public WireWriter Floats(ReadOnlySpan<float> v) { _w.Write(v.Length); foreach (var x in v) _w.Write(x); return this; }
+    public WireWriter Bytes(ReadOnlySpan<byte> v) { _w.Write(v.Length); _w.Write(v); return this; }
+
+    /// <summary>Sequences and their prompt lengths (what <see cref="ScoredBatch"/> is built from).</summary>
+    public WireWriter Batch(ScoredBatch b)
+    {
+        Int(b.Packed.Count);
+        for (int i = 0; i < b.Packed.Count; i++)
+        {
+            var seq = b.Packed.Sequence(i);
+            // prompt length = position of the first action (or the whole sequence when it has none)
+            int prompt = b.ActionCu[i + 1] > b.ActionCu[i] ? b.ActionIndex[b.ActionCu[i]] - b.Packed.CuSeqlens[i] : seq.Length;
+            Int(prompt).Ints(seq);
+        }
+        return this;
+    }
+
+    public WireWriter Prompts(IReadOnlyList<int[]> prompts)
+    {
+        Int(prompts.Count);
+        foreach (var p in prompts) Ints(p);
+        return this;
+    }
+
+    public WireWriter Output(ShardOutput o) => Ints(o.Ids).Floats(o.Actions).Floats(o.Last);
+
+    public WireWriter Generation((int[] Ids, GenerationResult Result) g)
+    {
+        Ints(g.Ids);
+        for (int k = 0; k < g.Ids.Length; k++)
+        {
+            Ints(g.Result.NewTokens[k]).Floats(g.Result.LogProbs[k]).Int(g.Result.EndedWithEos[k] ? 1 : 0);
+            Bytes(g.Result.Masks is { } m ? m[k] : []);
+        }
+        return this;
+    }
+
+    public byte[] ToArray()
+    {
+        _w.Flush();
+        return _s.ToArray();
+    }
+}
+
+/// <summary>Bounds-checked reader of the blob layouts.</summary>
+internal sealed class WireReader(byte[] data, string what)
+{
+    private int _at;
+
+    private InvalidDataException Bad(string why) => new($"{what}: malformed data at byte {_at} of {data.Length}: {why}");
+
+    public int Int()
+    {
+        if (_at + 4 > data.Length) throw Bad("truncated");
+        int v = BitConverter.ToInt32(data, _at);
+        _at += 4;
+        return v;
+    }
+
+    private int Count(int elementBytes)
+    {
+        int n = Int();
+        if (n < 0 || (long)n * elementBytes > data.Length - _at) throw Bad($"a count of {n} exceeds what is left");
+        return n;
+    }
+
+    public int[] Ints()
+    {
+        int n = Count(4);
+        var r = new int[n];
+        Buffer.BlockCopy(data, _at, r, 0, n * 4);
+        _at += n * 4;
+        return r;
+    }
+
+    public float[] Floats()
+    {
+        int n = Count(4);
+        var r = new float[n];
+        Buffer.BlockCopy(data, _at, r, 0, n * 4);
+        _at += n * 4;
+        return r;
+    }
+
+    public byte[] Bytes()
+    {
+        int n = Count(1);
+        var r = data.AsSpan(_at, n).ToArray();
+        _at += n;
+        return r;
+    }
+
+    public ScoredBatch Batch()
+    {
+        int n = Count(8);
+        var seqs = new int[n][];
+        var prompts = new int[n];
+        for (int i = 0; i < n; i++) { prompts[i] = Int(); seqs[i] = Ints(); }
+        try { return new ScoredBatch(seqs, prompts); }
+        catch (ArgumentException e) { throw Bad(e.Message); }
+    }
+
+    public int[][] Prompts()
+    {
+        int n = Count(4);
+        var r = new int[n][];
+        for (int i = 0; i < n; i++) r[i] = Ints();
+        return r;
+    }
+
+    public ShardOutput Output() => new(Ints(), Floats(), Floats());
+
+    public (int[] Ids, GenerationResult Result) Generation(IReadOnlyList<int[]> prompts, bool masks)
+    {
+        var ids = Ints();
+        var tok = new int[ids.Length][]; var lp = new float[ids.Length][]; var eos = new bool[ids.Length];
+        var m = masks ? new byte[ids.Length][] : null;
+        for (int k = 0; k < ids.Length; k++)
+        {
+            if ((uint)ids[k] >= (uint)prompts.Count) throw Bad($"prompt id {ids[k]} of {prompts.Count}");
+            tok[k] = Ints(); lp[k] = Floats(); eos[k] = Int() != 0;
+            var mk = Bytes();
+            if (m is not null) m[k] = mk;
+        }
+        return (ids, new GenerationResult { Prompts = ids.Select(i => prompts[i]).ToArray(), NewTokens = tok, LogProbs = lp, Masks = m, EndedWithEos = eos });
+    }
+
+    public void End()
+    {
+        if (_at != data.Length) throw Bad($"{data.Length - _at} trailing bytes");
+    }
+}
+
+/// <summary>JSON forms of the metadata commands carry (AOT-safe: no reflection).</summary>
+internal static class WireJson
+{
+    public static JsonObject Config(LlamaConfig c) => new()
+    {
+        ["layers"] = c.Layers, ["hidden"] = c.Hidden, ["intermediate"] = c.Intermediate, ["heads"] = c.Heads, ["kv_heads"] = c.KvHeads,
+        ["vocab"] = c.Vocab, ["max_positions"] = c.MaxPositions, ["rms_eps"] = c.RmsEps, ["rope_theta"] = c.RopeTheta, ["tied"] = c.TiedEmbeddings,
+    };
+
+    public static LlamaConfig Config(JsonNode? j) => new()
+    {
+        Layers = Int(j, "layers"), Hidden = Int(j, "hidden"), Intermediate = Int(j, "intermediate"), Heads = Int(j, "heads"), KvHeads = Int(j, "kv_heads"),
+        Vocab = Int(j, "vocab"), MaxPositions = Int(j, "max_positions"), RmsEps = (float)Num(j, "rms_eps"), RopeTheta = (float)Num(j, "rope_theta"),
+        TiedEmbeddings = j?["tied"]?.GetValue<bool>() ?? throw Missing("tied"),
+    };
+
+    public static JsonObject Layout(ParallelLayout l) => new()
+    {
+        ["devices"] = new JsonArray(l.Devices.Select(d => (JsonNode)d).ToArray()), ["pp"] = l.Pp, ["dp"] = l.Dp, ["tp"] = l.Tp,
+    };
+
+    public static ParallelLayout Layout(JsonNode? j)
+    {
+        var devs = j?["devices"] as JsonArray ?? throw Missing("devices");
+        try { return new ParallelLayout(devs.Select(d => d!.GetValue<int>()).ToArray(), Int(j, "pp"), Int(j, "dp"), Int(j, "tp")); }
+        catch (ArgumentException e) { throw new InvalidDataException($"layout: {e.Message}"); }
+    }
+
+    public static JsonObject Optimizer(OptimizerSpec o) => new()
+    {
+        ["lr"] = o.Schedule.Lr, ["warmup"] = o.Schedule.WarmupSteps, ["decay"] = o.Schedule.Decay, ["min_lr_ratio"] = o.Schedule.MinLrRatio,
+        ["total_steps"] = o.Schedule.TotalSteps, ["beta1"] = o.Beta1, ["beta2"] = o.Beta2, ["eps"] = o.Eps, ["weight_decay"] = o.WeightDecay, ["clip"] = o.ClipGradNorm,
+    };
+
+    public static OptimizerSpec Optimizer(JsonNode? j) => new(
+        new LrSchedule(Num(j, "lr"), Int(j, "warmup"), j?["decay"]?.GetValue<string>() ?? throw Missing("decay"), Num(j, "min_lr_ratio"), Int(j, "total_steps")),
+        (float)Num(j, "beta1"), (float)Num(j, "beta2"), (float)Num(j, "eps"), (float)Num(j, "weight_decay"), (float)Num(j, "clip"));
+
+    public static JsonObject Generation(GenerationOptions o) => new()
+    {
+        ["max_new_tokens"] = o.MaxNewTokens, ["temperature"] = o.Temperature, ["top_k"] = o.TopK, ["top_p"] = o.TopP, ["eos"] = o.EosToken, ["seed"] = o.Seed.ToString(System.Globalization.CultureInfo.InvariantCulture),
+    };
+
+    public static GenerationOptions Generation(JsonNode? j) => new()
+    {
+        MaxNewTokens = Int(j, "max_new_tokens"), Temperature = (float)Num(j, "temperature"), TopK = Int(j, "top_k"), TopP = (float)Num(j, "top_p"), EosToken = Int(j, "eos"),
+        Seed = ulong.Parse(j?["seed"]?.GetValue<string>() ?? throw Missing("seed"), System.Globalization.CultureInfo.InvariantCulture),
+    };
+
+    public static int Int(JsonNode? j, string name) => j?[name]?.GetValue<int>() ?? throw Missing(name);
+    public static long Long(JsonNode? j, string name) => j?[name]?.GetValue<long>() ?? throw Missing(name);
+    public static double Num(JsonNode? j, string name) => j?[name]?.GetValue<double>() ?? throw Missing(name);
+    public static string Str(JsonNode? j, string name) => j?[name]?.GetValue<string>() ?? throw Missing(name);
+
+    private static InvalidDataException Missing(string name) => new($"command field '{name}' missing or null");
+}
+
+/// <summary>AdamW's hyperparameters: what makes an optimizer for a shard in any process.</summary>
+internal sealed record OptimizerSpec(LrSchedule Schedule, float Beta1, float Beta2, float Eps, float WeightDecay, float ClipGradNorm)
+{
+    public AdamW Create(LlamaModel model) => new(model, Schedule, Beta1, Beta2, Eps, WeightDecay, ClipGradNorm);
+}

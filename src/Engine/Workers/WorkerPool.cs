@@ -1,0 +1,338 @@
+// The master's side of the model workers: starts one worker process per device (or, for a
+// multi-node launch, waits for the launchers' workers to join), runs the rendezvous, joins the
+// UCX world itself as the last rank (it holds the full models and the batches), and dispatches
+// commands to a mesh's workers with a deadline while watching every worker: a worker process that
+// exits, a heartbeat that stops, or a command that fails ends the job with an error naming the
+// worker, its node, the call and the last error the worker reported. Disposing shuts the workers
+// down and kills what does not exit, so no worker outlives its master.
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using ReaLNative.Engine.Control;
+using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Transport;
+
+namespace ReaLNative.Engine.Workers;
+
+/// <summary>Where replicas of an execution plan live: in-process devices or worker processes.</summary>
+internal interface IReplicaHost : IDisposable
+{
+    int Devices { get; }
+    IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer);
+}
+
+/// <summary>How the master starts and watches its workers.</summary>
+internal sealed record WorkerPoolOptions
+{
+    /// <summary>The realn executable the workers run (`realn worker --role model ...`); null when
+    /// the workers are started by launchers (<see cref="ExternalWorkers"/>).</summary>
+    public string? Executable { get; init; }
+    /// <summary>Arguments before `worker` (e.g. the assembly when <see cref="Executable"/> is `dotnet`).</summary>
+    public IReadOnlyList<string> ExecutablePrefix { get; init; } = [];
+    /// <summary>Workers are started elsewhere (`realn launch` on each node): only wait for them to join.</summary>
+    public bool ExternalWorkers { get; init; }
+    /// <summary>The control endpoint the master binds (tcp://127.0.0.1:0: loopback, a free port).</summary>
+    public string Bind { get; init; } = "tcp://127.0.0.1:0";
+    /// <summary>The job secret (generated when null) and id.</summary>
+    public byte[]? Secret { get; init; }
+    public string Job { get; init; } = "job-" + Guid.NewGuid().ToString("N")[..8];
+    /// <summary>OpenMP / OpenBLAS threads per worker (0: the cores divided among the workers).</summary>
+    public int ThreadsPerWorker { get; init; }
+    /// <summary>Deadline for every worker to join.</summary>
+    public TimeSpan StartTimeout { get; init; } = TimeSpan.FromSeconds(120);
+    /// <summary>Deadline of one command (a call's operation on every worker of its mesh).</summary>
+    public TimeSpan CallTimeout { get; init; } = TimeSpan.FromSeconds(600);
+    /// <summary>A worker whose heartbeat is older than this is considered dead.</summary>
+    public TimeSpan HeartbeatTimeout { get; init; } = TimeSpan.FromSeconds(15);
+    /// <summary>Extra environment for spawned workers (tests, UCX settings).</summary>
+    public IReadOnlyDictionary<string, string> Environment { get; init; } = new Dictionary<string, string>();
+    public ILogger? Log { get; init; }
+}
+
+/// <summary>A worker's failure: which worker, on which node, during which call, and its last error.</summary>
+internal sealed class WorkerFailedException(string message, Exception? inner = null) : Exception(message, inner);
+
+internal sealed class WorkerPool : IReplicaHost
+{
+    private readonly WorkerPoolOptions _o;
+    private readonly ILogger _log;
+    private readonly byte[] _secret;
+    private readonly MessageAuth _auth;
+    private readonly ControlServer _server;
+    private readonly Rendezvous _rv;
+    private readonly Process?[] _procs;
+    private readonly ConcurrentQueue<string>[] _stderr;
+    private readonly ControlClient?[] _clients;
+    private readonly UcxTransport _transport = null!;
+    private readonly TransportRealloc _mover = null!;
+    private readonly WorkerState[] _state;
+    private readonly Lock _reallocGate = new();
+    private int _nextId, _nextGroup;
+    private long _nextData;
+    private volatile string? _failed;
+    private bool _disposed;
+
+    private sealed class WorkerState
+    {
+        public DateTime LastBeat = DateTime.UtcNow;
+        public string Busy = "starting";
+        public string? LastError;
+        public string Node = "?";
+        public int Pid;
+    }
+
+    /// <summary>Starts <paramref name="devices"/> workers (unless external) and waits until every one
+    /// has joined; throws naming the missing workers after <see cref="WorkerPoolOptions.StartTimeout"/>.</summary>
+    public WorkerPool(int devices, WorkerPoolOptions options)
+    {
+        if (devices < 1) throw new ArgumentOutOfRangeException(nameof(devices));
+        _o = options;
+        _log = options.Log ?? NullLogger.Instance;
+        Devices = devices;
+        _secret = options.Secret ?? JobSecret.Generate();
+        _auth = new MessageAuth(_secret, options.Job);
+        _rv = new Rendezvous(devices + 1);
+        _state = Enumerable.Range(0, devices).Select(_ => new WorkerState()).ToArray();
+        _procs = new Process?[devices];
+        _stderr = Enumerable.Range(0, devices).Select(_ => new ConcurrentQueue<string>()).ToArray();
+        _clients = new ControlClient?[devices];
+        _server = new ControlServer(options.Bind, _auth, Handle, _log);
+        try
+        {
+            // Workers first: a child started after UCX is up would inherit its descriptors.
+            if (!options.ExternalWorkers) Spawn();
+            _transport = new UcxTransport(devices, devices + 1) { Timeout = options.CallTimeout };
+            _mover = new TransportRealloc(Tags.Realloc(_transport));
+            using var self = new ControlClient(_server.Endpoint, new MessageAuth(_secret, options.Job), "master-rank");
+            JoinWatching(self);
+            for (int r = 0; r < devices; r++)
+            {
+                var info = JsonNode.Parse(_rv.Info(r) ?? throw new WorkerFailedException($"worker {r} registered without its command endpoint"))!;
+                _state[r].Node = WireJson.Str(info, "node");
+                _state[r].Pid = WireJson.Int(info, "pid");
+                _clients[r] = new ControlClient(WireJson.Str(info, "control"), new MessageAuth(_secret, options.Job), "master", _log);
+            }
+            _log.LogInformation("{Workers} model workers joined job {Job}", devices, options.Job);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public int Devices { get; }
+    /// <summary>Where workers (and launchers) reach the master.</summary>
+    public string Endpoint => _server.Endpoint;
+    public string Job => _o.Job;
+    /// <summary>The job secret (for launchers started by the caller; pass it by file or environment).</summary>
+    internal byte[] Secret => _secret;
+
+    private void Spawn()
+    {
+        string exe = _o.Executable ?? throw new ArgumentException("WorkerPoolOptions.Executable is required unless the workers are external");
+        int threads = _o.ThreadsPerWorker > 0 ? _o.ThreadsPerWorker : Math.Max(1, System.Environment.ProcessorCount / Devices);
+        for (int r = 0; r < Devices; r++)
+        {
+            var psi = new ProcessStartInfo(exe) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+            foreach (var a in _o.ExecutablePrefix) psi.ArgumentList.Add(a);
+            foreach (var a in new[] { "worker", "--role", "model", "--control", _server.Endpoint, "--job", _o.Job, "--rank", r.ToString(), "--size", (Devices + 1).ToString() })
+                psi.ArgumentList.Add(a);
+            psi.Environment[JobSecret.Variable] = Convert.ToHexString(_secret);
+            psi.Environment.Remove(JobSecret.FileVariable);
+            psi.Environment["OMP_NUM_THREADS"] = threads.ToString();
+            psi.Environment["OPENBLAS_NUM_THREADS"] = threads.ToString();
+            foreach (var (k, v) in _o.Environment) psi.Environment[k] = v;
+            var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start worker {r} ({exe})");
+            var tail = _stderr[r];
+            bool echo = System.Environment.GetEnvironmentVariable("REALN_WORKER_ECHO") == "1";
+            int rank = r;
+            p.ErrorDataReceived += (_, e) =>
+            {
+                if (e.Data is null) return;
+                if (echo) Console.Error.WriteLine($"[worker {rank}] {e.Data}");
+                tail.Enqueue(e.Data);
+                while (tail.Count > 40 && tail.TryDequeue(out string? _)) { }
+            };
+            p.OutputDataReceived += (_, _) => { };
+            p.BeginErrorReadLine();
+            p.BeginOutputReadLine();
+            _procs[r] = p;
+        }
+    }
+
+    /// <summary>The master's own rendezvous (rank <see cref="Devices"/>), failing early when a spawned worker exits.</summary>
+    private void JoinWatching(ControlClient self)
+    {
+        var join = Task.Run(() => Rendezvous.Join(self, _transport, _o.StartTimeout));
+        while (!join.Wait(TimeSpan.FromMilliseconds(100)))
+            for (int r = 0; r < Devices; r++)
+                if (_procs[r] is { HasExited: true } p)
+                    throw new WorkerFailedException($"worker {r} exited with code {p.ExitCode} before joining the job{StderrTail(r)}");
+        join.GetAwaiter().GetResult();
+    }
+
+    private string Handle(ControlMessage m)
+    {
+        if (m.Type == "heartbeat")
+        {
+            var j = JsonNode.Parse(m.Payload)!;
+            int r = WireJson.Int(j, "rank");
+            if ((uint)r >= (uint)Devices) throw new ArgumentException($"heartbeat from rank {r} outside {Devices} workers");
+            var s = _state[r];
+            lock (s)
+            {
+                s.LastBeat = DateTime.UtcNow;
+                s.Busy = j["busy"]?.GetValue<string>() ?? "?";
+                if (j["error"]?.GetValue<string>() is { } e) s.LastError = e;
+            }
+            return _failed is null ? "ok" : "stop";
+        }
+        return _rv.Handle(m);
+    }
+
+    // ------------------------------------------------------------------ dispatch
+
+    internal int NextReplicaId() => Interlocked.Increment(ref _nextId);
+
+    internal int AllocateGroups(ParallelLayout layout)
+    {
+        int n = ShardComm.GroupIdsNeeded(layout);
+        lock (_state)
+        {
+            if (_nextGroup + n > Tags.MaxGroups) throw new InvalidOperationException($"the job's collective tag space ({Tags.MaxGroups} groups) is exhausted");
+            int b = _nextGroup;
+            _nextGroup += n;
+            return b;
+        }
+    }
+
+    /// <summary>A fresh pair of data tags (input blob, output blob) for one operation.</summary>
+    internal (long In, long Out) DataTags()
+    {
+        long s = Interlocked.Add(ref _nextData, 2);
+        return (Tags.Data(s), Tags.Data(s + 1));
+    }
+
+    internal UcxTransport Transport => _transport;
+    internal int MasterRank => Devices;
+
+    /// <summary>A description of worker r for error messages.</summary>
+    private string Who(int r) => $"worker {r} (node {_state[r].Node}, pid {_state[r].Pid})";
+
+    private string StderrTail(int r)
+    {
+        var lines = _stderr[r].ToArray();
+        return lines.Length == 0 ? "" : $"; its last output:\n  {string.Join("\n  ", lines.TakeLast(8))}";
+    }
+
+    /// <summary>Throws naming the first dead worker: an exited process or a stopped heartbeat.</summary>
+    private void CheckHealth(string what)
+    {
+        for (int r = 0; r < Devices; r++)
+        {
+            var s = _state[r];
+            string? last;
+            lock (s) last = s.LastError;
+            if (_procs[r] is { HasExited: true } p)
+                Fail($"{Who(r)} exited with code {p.ExitCode} during {what}" + (last is null ? "" : $"; its last error: {last}") + StderrTail(r));
+            DateTime beat;
+            lock (s) beat = s.LastBeat;
+            if (DateTime.UtcNow - beat > _o.HeartbeatTimeout)
+                Fail($"{Who(r)} sent no heartbeat for {(DateTime.UtcNow - beat).TotalSeconds:F0} s during {what} (was: {s.Busy})" + (last is null ? "" : $"; its last error: {last}"));
+        }
+    }
+
+    private void Fail(string message)
+    {
+        _failed ??= message;
+        throw new WorkerFailedException(message);
+    }
+
+    /// <summary>Sends each worker of <paramref name="devices"/> its command and waits for every
+    /// reply and every data-plane task of the master, watching the workers meanwhile. Returns the
+    /// replies in device order.</summary>
+    internal string[] Dispatch(string what, IReadOnlyList<int> devices, Func<int, (string Type, JsonObject Payload)> command, params Task[] data)
+    {
+        if (_failed is { } f) throw new WorkerFailedException($"the job has already failed: {f}");
+        var replies = new string[devices.Count];
+        var tasks = new Task[devices.Count];
+        for (int i = 0; i < devices.Count; i++)
+        {
+            int k = i, d = devices[i];
+            var (type, payload) = command(d);
+            payload["what"] = what;
+            string json = payload.ToJsonString();
+            tasks[k] = Task.Factory.StartNew(() => replies[k] = _clients[d]!.Request(type, json, _o.CallTimeout), TaskCreationOptions.LongRunning);
+        }
+        var all = tasks.Concat(data).ToArray();
+        var until = DateTime.UtcNow + _o.CallTimeout + TimeSpan.FromSeconds(10);
+        while (!Task.WaitAll(all, TimeSpan.FromMilliseconds(200)))
+        {
+            for (int i = 0; i < tasks.Length; i++)
+                if (tasks[i].IsFaulted) Fail($"{Who(devices[i])} failed during {what}: {Inner(tasks[i]).Message}");
+            foreach (var t in data)
+                if (t.IsFaulted) Fail($"master's data plane failed during {what}: {Inner(t).Message}");
+            CheckHealth(what);
+            if (DateTime.UtcNow > until) Fail($"{what} did not finish within {_o.CallTimeout.TotalSeconds:F0} s on workers {string.Join(", ", devices.Where((_, i) => !tasks[i].IsCompleted))}");
+        }
+        for (int i = 0; i < tasks.Length; i++)
+            if (tasks[i].IsFaulted) Fail($"{Who(devices[i])} failed during {what}: {Inner(tasks[i]).Message}");
+        foreach (var t in data)
+            if (t.IsFaulted) Fail($"master's data plane failed during {what}: {Inner(t).Message}");
+        return replies;
+    }
+
+    private static Exception Inner(Task t) => t.Exception!.InnerException ?? t.Exception;
+
+    /// <summary>The master's part of a reallocation to or from its full copy, with the workers' parts.</summary>
+    internal void ReallocWithMaster(string what, ReallocPlan plan, nint source, nint destination, IReadOnlyList<int> workers,
+                                    Func<int, (string, JsonObject)> command)
+    {
+        lock (_reallocGate)
+        {
+            var schedule = ReallocSchedule.ForDevice(plan, MasterRank);
+            var mine = _mover.ExecuteAsync(plan, schedule, source, destination);
+            try { Dispatch(what, workers, command, mine); }
+            catch { _ = mine.ContinueWith(_ => { }, TaskScheduler.Default); throw; }
+        }
+    }
+
+    public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer)
+    {
+        foreach (var d in layout.Devices)
+            if ((uint)d >= (uint)Devices) throw new ArgumentException($"{name}: layout device {d} outside the job's {Devices} workers");
+        return new RemoteReplica(this, name, config, scalarHead, layout, microBatches, optimizer);
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        // Ask every worker to stop, then kill what is still running.
+        var stops = new List<Task>();
+        for (int r = 0; r < Devices; r++)
+            if (_clients[r] is { } c && _procs[r] is not { HasExited: true })
+                stops.Add(Task.Run(() => { try { c.Request("shutdown", "{}", TimeSpan.FromSeconds(2)); } catch (Exception) { /* it is killed below */ } }));
+        Task.WaitAll(stops.ToArray(), TimeSpan.FromSeconds(5));
+        foreach (var p in _procs)
+        {
+            if (p is null) continue;
+            try
+            {
+                if (!p.WaitForExit(TimeSpan.FromSeconds(5))) p.Kill(entireProcessTree: true);
+                p.WaitForExit(TimeSpan.FromSeconds(5));
+            }
+            catch (InvalidOperationException) { /* never started or already reaped */ }
+            p.Dispose();
+        }
+        foreach (var c in _clients) c?.Dispose();
+        _mover?.Dispose();
+        _transport?.Dispose();
+        _server.Dispose();
+    }
+}

@@ -1,0 +1,85 @@
+// Plans executed by model worker processes (one per device, this test process the master, UCX
+// between them): the same parameters as the in-process execution of the plan, bit for bit (the
+// same shard schedule and reduction order over another transport).
+using ReaLNative.Engine.Runs;
+using ReaLNative.Engine.Tests.Runs;
+using ReaLNative.Engine.Workers;
+using Xunit;
+
+namespace ReaLNative.Engine.Tests.Workers;
+
+public sealed class WorkerProcessTests
+{
+    /// <summary>The realn built from this checkout (./build.sh builds the whole solution before the tests).</summary>
+    internal static string Realn()
+    {
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "ReaLNative.sln")))
+            {
+                string exe = Path.Combine(d.FullName, "src", "Cli", "bin", "Release", "net10.0", "realn");
+                return File.Exists(exe) ? exe : throw new FileNotFoundException($"{exe} is missing: build the solution (./build.sh) first");
+            }
+        throw new DirectoryNotFoundException("no ReaLNative.sln above " + AppContext.BaseDirectory);
+    }
+
+    internal static Func<int, IReplicaHost> Processes(Dictionary<string, string>? env = null) =>
+        n => new WorkerPool(n, new WorkerPoolOptions { Executable = Realn(), ThreadsPerWorker = 1, Environment = env ?? new() });
+
+    [Fact]
+    public void PpoUnderAPlanInWorkerProcessesEqualsTheInProcessPlanRun()
+    {
+        string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir();
+        try
+        {
+            using var inProcess = new Pipeline(PlanExecutionTests.Config(), a, plan: PlanExecutionTests.MixedPlan());
+            using var workers = new Pipeline(PlanExecutionTests.Config(), b, plan: PlanExecutionTests.MixedPlan(), hosts: Processes());
+            inProcess.Run(resume: false);
+            workers.Run(resume: false);
+            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), workers.Model("actor").Parameters.ToArray());
+            Assert.Equal(inProcess.Model("critic").Parameters.ToArray(), workers.Model("critic").Parameters.ToArray());
+            Assert.Equal(File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip), File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
+        }
+        finally { Directory.Delete(a, true); Directory.Delete(b, true); }
+    }
+
+    /// <summary>A metrics line without its timing.</summary>
+    private static string Strip(string line)
+    {
+        var o = System.Text.Json.Nodes.JsonNode.Parse(line)!.AsObject();
+        o.Remove("seconds");
+        return o.ToJsonString();
+    }
+}
+
+public sealed class WorkerPoolTests
+{
+    [Fact]
+    public void ParametersAndMomentsRoundTripThroughWorkersBitExact()
+    {
+        var cfg = ReaLNative.Engine.Model.LlamaConfig.Preset("tiny");
+        using var pool = new WorkerPool(2, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+        using var full = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+        full.InitRandom(11);
+        var spec = new OptimizerSpec(new ReaLNative.Engine.Optim.LrSchedule(1e-3), 0.9f, 0.95f, 1e-8f, 0f, 1f);
+        using var adam = spec.Create(full);
+        var rng = new Random(5);
+        var m = Enumerable.Range(0, (int)full.ParameterCount).Select(_ => rng.NextSingle() - 0.5f).ToArray();
+        var v = Enumerable.Range(0, (int)full.ParameterCount).Select(_ => rng.NextSingle()).ToArray();
+        adam.Restore(7, m, v);
+        // tp 2 on devices 1, 0 (reversed), then pp 2 on 0, 1: the second replica is filled worker to worker.
+        using var tp = pool.Create("tp", cfg, false, new ReaLNative.Engine.Realloc.ParallelLayout([1, 0], 1, 1, 2), 1, spec);
+        using var pp = pool.Create("pp", cfg, false, new ReaLNative.Engine.Realloc.ParallelLayout([0, 1], 2, 1, 1), 2, null);
+        tp.CopyFrom(full);
+        tp.MoveOptimizerState(adam, toShards: true);
+        pp.CopyFrom(tp);
+        using var back = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+        pp.CopyTo(back);
+        Assert.Equal(full.Parameters.ToArray(), back.Parameters.ToArray());
+        using var adam2 = spec.Create(back);
+        tp.MoveOptimizerState(adam2, toShards: false);
+        Assert.Equal(7, adam2.Step);
+        Assert.Equal(m, adam2.FirstMoment.ToArray());
+        Assert.Equal(v, adam2.SecondMoment.ToArray());
+        Assert.Equal(1e-3f, tp.LearningRate, 6);
+    }
+}
