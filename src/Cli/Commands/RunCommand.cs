@@ -42,7 +42,7 @@ public static class RunCommand
 
     /// <summary>Loads and validates a plan against the experiment (structure: calls, models, meshes,
     /// degrees); errors name the call and the reason.</summary>
-    internal static Plan LoadPlan(string planPath, string configPath)
+    internal static Plan LoadPlan(string planPath, string configPath, int maxDevices = MaxLocalDevices)
     {
         try
         {
@@ -55,7 +55,7 @@ public static class RunCommand
                 IntraNodeBandwidth = 1, IntraNodeLatency = 0, InterNodeBandwidth = 1, InterNodeLatency = 0, HostBandwidth = 1,
             };
             PlanValidator.Validate(plan, cluster, exp);
-            if (plan.Nodes * plan.DevicesPerNode > MaxLocalDevices)
+            if (plan.Nodes * plan.DevicesPerNode > maxDevices)
                 throw new UsageException($"{planPath}: {plan.Nodes * plan.DevicesPerNode} devices; `realn run` runs at most {MaxLocalDevices} devices on one machine; use `realn launch` on each node");
             return plan;
         }

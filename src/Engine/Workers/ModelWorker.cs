@@ -85,8 +85,13 @@ internal sealed unsafe class ModelWorker : IDisposable
             try
             {
                 var beat = new JsonObject { ["rank"] = _a.Rank, ["busy"] = _busy, ["error"] = _lastError };
-                _client.Request("heartbeat", beat.ToJsonString(), TimeSpan.FromSeconds(5));
+                string reply = _client.Request("heartbeat", beat.ToJsonString(), TimeSpan.FromSeconds(5));
                 lastOk.Restart();
+                if (reply == "stop")
+                {
+                    Console.Error.WriteLine($"worker {_a.Rank}: the master ended the job after a failure; exiting");
+                    return 1;
+                }
             }
             catch (Exception e) when (e is TimeoutException or InvalidOperationException)
             {

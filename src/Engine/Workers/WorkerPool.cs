@@ -5,8 +5,6 @@
 // exits, a heartbeat that stops, or a command that fails ends the job with an error naming the
 // worker, its node, the call and the last error the worker reported. Disposing shuts the workers
 // down and kills what does not exit, so no worker outlives its master.
-using System.Collections.Concurrent;
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -35,6 +33,12 @@ internal sealed record WorkerPoolOptions
     public IReadOnlyList<string> ExecutablePrefix { get; init; } = [];
     /// <summary>Workers are started elsewhere (`realn launch` on each node): only wait for them to join.</summary>
     public bool ExternalWorkers { get; init; }
+    /// <summary>With <see cref="ExternalWorkers"/>: the ranks this process starts itself anyway (node 0's).</summary>
+    public IReadOnlyList<int> LocalRanks { get; init; } = [];
+    /// <summary>Interface local workers' command servers bind.</summary>
+    public string WorkerBindHost { get; init; } = "127.0.0.1";
+    /// <summary>This node's name in messages.</summary>
+    public string Node { get; init; } = System.Environment.MachineName;
     /// <summary>The control endpoint the master binds (tcp://127.0.0.1:0: loopback, a free port).</summary>
     public string Bind { get; init; } = "tcp://127.0.0.1:0";
     /// <summary>The job secret (generated when null) and id.</summary>
@@ -64,8 +68,7 @@ internal sealed class WorkerPool : IReplicaHost
     private readonly MessageAuth _auth;
     private readonly ControlServer _server;
     private readonly Rendezvous _rv;
-    private readonly Process?[] _procs;
-    private readonly ConcurrentQueue<string>[] _stderr;
+    private WorkerProcesses? _local;
     private readonly ControlClient?[] _clients;
     private readonly UcxTransport _transport = null!;
     private readonly TransportRealloc _mover = null!;
@@ -74,6 +77,7 @@ internal sealed class WorkerPool : IReplicaHost
     private int _nextId, _nextGroup;
     private long _nextData;
     private volatile string? _failed;
+    private volatile bool _done;
     private bool _disposed;
 
     private sealed class WorkerState
@@ -83,6 +87,8 @@ internal sealed class WorkerPool : IReplicaHost
         public string? LastError;
         public string Node = "?";
         public int Pid;
+        public int? ExitCode;   // reported by the worker's launcher
+        public string ExitTail = "";
     }
 
     /// <summary>Starts <paramref name="devices"/> workers (unless external) and waits until every one
@@ -97,14 +103,12 @@ internal sealed class WorkerPool : IReplicaHost
         _auth = new MessageAuth(_secret, options.Job);
         _rv = new Rendezvous(devices + 1);
         _state = Enumerable.Range(0, devices).Select(_ => new WorkerState()).ToArray();
-        _procs = new Process?[devices];
-        _stderr = Enumerable.Range(0, devices).Select(_ => new ConcurrentQueue<string>()).ToArray();
         _clients = new ControlClient?[devices];
         _server = new ControlServer(options.Bind, _auth, Handle, _log);
         try
         {
             // Workers first: a child started after UCX is up would inherit its descriptors.
-            if (!options.ExternalWorkers) Spawn();
+            Spawn(options.ExternalWorkers ? options.LocalRanks : Enumerable.Range(0, devices).ToArray());
             _transport = new UcxTransport(devices, devices + 1) { Timeout = options.CallTimeout };
             _mover = new TransportRealloc(Tags.Realloc(_transport));
             using var self = new ControlClient(_server.Endpoint, new MessageAuth(_secret, options.Job), "master-rank");
@@ -132,37 +136,15 @@ internal sealed class WorkerPool : IReplicaHost
     /// <summary>The job secret (for launchers started by the caller; pass it by file or environment).</summary>
     internal byte[] Secret => _secret;
 
-    private void Spawn()
+    private void Spawn(IReadOnlyList<int> ranks)
     {
-        string exe = _o.Executable ?? throw new ArgumentException("WorkerPoolOptions.Executable is required unless the workers are external");
-        int threads = _o.ThreadsPerWorker > 0 ? _o.ThreadsPerWorker : Math.Max(1, System.Environment.ProcessorCount / Devices);
-        for (int r = 0; r < Devices; r++)
+        if (ranks.Count == 0) return;
+        string exe = _o.Executable ?? throw new ArgumentException("WorkerPoolOptions.Executable is required to start workers");
+        int threads = _o.ThreadsPerWorker > 0 ? _o.ThreadsPerWorker : Math.Max(1, System.Environment.ProcessorCount / ranks.Count);
+        _local = new WorkerProcesses(new WorkerCommandLine(exe, _o.ExecutablePrefix, _server.Endpoint, _o.Job, Devices + 1)
         {
-            var psi = new ProcessStartInfo(exe) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-            foreach (var a in _o.ExecutablePrefix) psi.ArgumentList.Add(a);
-            foreach (var a in new[] { "worker", "--role", "model", "--control", _server.Endpoint, "--job", _o.Job, "--rank", r.ToString(), "--size", (Devices + 1).ToString() })
-                psi.ArgumentList.Add(a);
-            psi.Environment[JobSecret.Variable] = Convert.ToHexString(_secret);
-            psi.Environment.Remove(JobSecret.FileVariable);
-            psi.Environment["OMP_NUM_THREADS"] = threads.ToString();
-            psi.Environment["OPENBLAS_NUM_THREADS"] = threads.ToString();
-            foreach (var (k, v) in _o.Environment) psi.Environment[k] = v;
-            var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start worker {r} ({exe})");
-            var tail = _stderr[r];
-            bool echo = System.Environment.GetEnvironmentVariable("REALN_WORKER_ECHO") == "1";
-            int rank = r;
-            p.ErrorDataReceived += (_, e) =>
-            {
-                if (e.Data is null) return;
-                if (echo) Console.Error.WriteLine($"[worker {rank}] {e.Data}");
-                tail.Enqueue(e.Data);
-                while (tail.Count > 40 && tail.TryDequeue(out string? _)) { }
-            };
-            p.OutputDataReceived += (_, _) => { };
-            p.BeginErrorReadLine();
-            p.BeginOutputReadLine();
-            _procs[r] = p;
-        }
+            BindHost = _o.WorkerBindHost, Node = _o.Node, ThreadsPerWorker = threads, Environment = _o.Environment,
+        }, _secret, ranks);
     }
 
     /// <summary>The master's own rendezvous (rank <see cref="Devices"/>), failing early when a spawned worker exits.</summary>
@@ -171,8 +153,8 @@ internal sealed class WorkerPool : IReplicaHost
         var join = Task.Run(() => Rendezvous.Join(self, _transport, _o.StartTimeout));
         while (!join.Wait(TimeSpan.FromMilliseconds(100)))
             for (int r = 0; r < Devices; r++)
-                if (_procs[r] is { HasExited: true } p)
-                    throw new WorkerFailedException($"worker {r} exited with code {p.ExitCode} before joining the job{StderrTail(r)}");
+                if (ExitOf(r) is { } code)
+                    throw new WorkerFailedException($"worker {r} exited with code {code} before joining the job{StderrTail(r)}");
         join.GetAwaiter().GetResult();
     }
 
@@ -192,6 +174,15 @@ internal sealed class WorkerPool : IReplicaHost
             }
             return _failed is null ? "ok" : "stop";
         }
+        if (m.Type == "worker-exit")  // a launcher saw one of its workers exit
+        {
+            var j = JsonNode.Parse(m.Payload)!;
+            int r = WireJson.Int(j, "rank");
+            if ((uint)r >= (uint)Devices) throw new ArgumentException($"exit report for rank {r} outside {Devices} workers");
+            lock (_state[r]) { _state[r].ExitCode = WireJson.Int(j, "code"); _state[r].ExitTail = j["tail"]?.GetValue<string>() ?? ""; }
+            return "ok";
+        }
+        if (m.Type == "launcher") return _failed is null ? (_done ? "done" : "ok") : "stop";
         return _rv.Handle(m);
     }
 
@@ -226,8 +217,14 @@ internal sealed class WorkerPool : IReplicaHost
 
     private string StderrTail(int r)
     {
-        var lines = _stderr[r].ToArray();
-        return lines.Length == 0 ? "" : $"; its last output:\n  {string.Join("\n  ", lines.TakeLast(8))}";
+        if (_local is { } l && l.Owns(r)) return l.Tail(r);
+        lock (_state[r]) return _state[r].ExitTail;
+    }
+
+    private int? ExitOf(int r)
+    {
+        if (_local is { } l && l.Owns(r)) return l.ExitCode(r);
+        lock (_state[r]) return _state[r].ExitCode;
     }
 
     /// <summary>Throws naming the first dead worker: an exited process or a stopped heartbeat.</summary>
@@ -238,8 +235,8 @@ internal sealed class WorkerPool : IReplicaHost
             var s = _state[r];
             string? last;
             lock (s) last = s.LastError;
-            if (_procs[r] is { HasExited: true } p)
-                Fail($"{Who(r)} exited with code {p.ExitCode} during {what}" + (last is null ? "" : $"; its last error: {last}") + StderrTail(r));
+            if (ExitOf(r) is { } code)
+                Fail($"{Who(r)} exited with code {code} during {what}" + (last is null ? "" : $"; its last error: {last}") + StderrTail(r));
             DateTime beat;
             lock (s) beat = s.LastBeat;
             if (DateTime.UtcNow - beat > _o.HeartbeatTimeout)
@@ -313,26 +310,19 @@ internal sealed class WorkerPool : IReplicaHost
     {
         if (_disposed) return;
         _disposed = true;
-        // Ask every worker to stop, then kill what is still running.
+        _done = true;  // launchers asking now are told the job is over
+        // Ask every worker to stop, then kill what is still running here.
         var stops = new List<Task>();
         for (int r = 0; r < Devices; r++)
-            if (_clients[r] is { } c && _procs[r] is not { HasExited: true })
-                stops.Add(Task.Run(() => { try { c.Request("shutdown", "{}", TimeSpan.FromSeconds(2)); } catch (Exception) { /* it is killed below */ } }));
+            if (_clients[r] is { } c && ExitOf(r) is null)
+                stops.Add(Task.Run(() => { try { c.Request("shutdown", "{}", TimeSpan.FromSeconds(2)); } catch (Exception) { /* killed below, or by its launcher */ } }));
         Task.WaitAll(stops.ToArray(), TimeSpan.FromSeconds(5));
-        foreach (var p in _procs)
-        {
-            if (p is null) continue;
-            try
-            {
-                if (!p.WaitForExit(TimeSpan.FromSeconds(5))) p.Kill(entireProcessTree: true);
-                p.WaitForExit(TimeSpan.FromSeconds(5));
-            }
-            catch (InvalidOperationException) { /* never started or already reaped */ }
-            p.Dispose();
-        }
+        _local?.Dispose();
         foreach (var c in _clients) c?.Dispose();
         _mover?.Dispose();
         _transport?.Dispose();
+        // Launchers poll about once a second: give them the answer before the socket goes.
+        if (_o.ExternalWorkers) Thread.Sleep(1500);
         _server.Dispose();
     }
 }

@@ -1,0 +1,104 @@
+// The worker processes one node runs: started with the job secret in their environment (never on
+// the command line), threads per worker set so the node's cores are not oversubscribed, their
+// last output lines kept for error messages, and killed (whole process tree) when the node's
+// part of the job ends, so no worker is left behind.
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using ReaLNative.Engine.Control;
+
+namespace ReaLNative.Engine.Workers;
+
+/// <summary>How to start `realn worker --role model` processes for one job.</summary>
+internal sealed record WorkerCommandLine(string Executable, IReadOnlyList<string> Prefix, string Control, string Job, int Size)
+{
+    /// <summary>Interface the workers' command servers bind (and advertise).</summary>
+    public string BindHost { get; init; } = "127.0.0.1";
+    public string Node { get; init; } = System.Environment.MachineName;
+    public int ThreadsPerWorker { get; init; } = 1;
+    public IReadOnlyDictionary<string, string> Environment { get; init; } = new Dictionary<string, string>();
+}
+
+internal sealed class WorkerProcesses : IDisposable
+{
+    private readonly Dictionary<int, Process> _procs = new();
+    private readonly Dictionary<int, ConcurrentQueue<string>> _tails = new();
+
+    public WorkerProcesses(WorkerCommandLine cmd, byte[] secret, IEnumerable<int> ranks)
+    {
+        bool echo = System.Environment.GetEnvironmentVariable("REALN_WORKER_ECHO") == "1";
+        try
+        {
+            foreach (int r in ranks)
+            {
+                var psi = new ProcessStartInfo(cmd.Executable) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+                foreach (var a in cmd.Prefix) psi.ArgumentList.Add(a);
+                foreach (var a in new[] { "worker", "--role", "model", "--control", cmd.Control, "--job", cmd.Job, "--rank", r.ToString(), "--size", cmd.Size.ToString(),
+                                          "--bind", cmd.BindHost, "--node", cmd.Node })
+                    psi.ArgumentList.Add(a);
+                psi.Environment[JobSecret.Variable] = Convert.ToHexString(secret);
+                psi.Environment.Remove(JobSecret.FileVariable);
+                psi.Environment["OMP_NUM_THREADS"] = cmd.ThreadsPerWorker.ToString();
+                psi.Environment["OPENBLAS_NUM_THREADS"] = cmd.ThreadsPerWorker.ToString();
+                foreach (var (k, v) in cmd.Environment) psi.Environment[k] = v;
+                var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start worker {r} ({cmd.Executable})");
+                var tail = new ConcurrentQueue<string>();
+                int rank = r;
+                p.ErrorDataReceived += (_, e) =>
+                {
+                    if (e.Data is null) return;
+                    if (echo) Console.Error.WriteLine($"[worker {rank}] {e.Data}");
+                    tail.Enqueue(e.Data);
+                    while (tail.Count > 40 && tail.TryDequeue(out string? _)) { }
+                };
+                p.OutputDataReceived += (_, _) => { };
+                p.BeginErrorReadLine();
+                p.BeginOutputReadLine();
+                _procs[r] = p;
+                _tails[r] = tail;
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public IReadOnlyCollection<int> Ranks => _procs.Keys;
+    public bool Owns(int rank) => _procs.ContainsKey(rank);
+    public int Pid(int rank) => _procs[rank].Id;
+
+    /// <summary>The exit code of local worker <paramref name="rank"/>, or null while it runs (or when it is not local).</summary>
+    public int? ExitCode(int rank) => _procs.TryGetValue(rank, out var p) && p.HasExited ? p.ExitCode : null;
+
+    /// <summary>The worker's last lines of output, for error messages ("" when none).</summary>
+    public string Tail(int rank, int lines = 8)
+    {
+        if (!_tails.TryGetValue(rank, out var t)) return "";
+        var l = t.ToArray();
+        return l.Length == 0 ? "" : $"; its last output:\n  {string.Join("\n  ", l.TakeLast(lines))}";
+    }
+
+    /// <summary>Waits up to <paramref name="grace"/> for every worker to exit, then kills the rest.</summary>
+    public void Stop(TimeSpan grace)
+    {
+        var until = DateTime.UtcNow + grace;
+        foreach (var p in _procs.Values)
+        {
+            try
+            {
+                var left = until - DateTime.UtcNow;
+                if (!p.WaitForExit(left > TimeSpan.Zero ? left : TimeSpan.Zero)) p.Kill(entireProcessTree: true);
+                p.WaitForExit(TimeSpan.FromSeconds(5));
+            }
+            catch (InvalidOperationException) { /* never started or already reaped */ }
+        }
+    }
+
+    public void Dispose()
+    {
+        Stop(TimeSpan.FromSeconds(5));
+        foreach (var p in _procs.Values) p.Dispose();
+        _procs.Clear();
+    }
+}
