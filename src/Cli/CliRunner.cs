@@ -38,6 +38,12 @@ internal static class CliRunner
             Console.Error.WriteLine($"realn: {e.Message}");
             return 2;
         }
+        catch (Exception e) when (e is ReaLNative.Engine.Workers.WorkerFailedException or TimeoutException)
+        {
+            // A worker died or a wait passed its deadline: the message names who, where and what.
+            Console.Error.WriteLine($"realn: job failed: {e.Message}");
+            return 1;
+        }
         catch (OperationCanceledException)
         {
             Console.Error.WriteLine("realn: cancelled");

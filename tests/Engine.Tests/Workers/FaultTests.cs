@@ -1,0 +1,244 @@
+// Faults with real processes: `realn run` / `realn launch` as child processes, a model worker
+// killed with SIGKILL, the master killed, a two-"node" job in two network namespaces joined by a
+// veth pair and the veth cut. Each must end every process of the job non-zero with an error naming
+// what failed, leave no worker behind, and `--resume` must reach the parameters of an uninterrupted
+// run bit for bit (checkpoint files compared by their manifest's SHA-256).
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace ReaLNative.Engine.Tests.Workers;
+
+public sealed class FaultTests(ITestOutputHelper output)
+{
+    private const string Config = """
+        name: fault-test
+        algorithm: ppo
+        seed: 3
+        iterations: 2
+        task: { name: sort-digits, min_len: 3, max_len: 4 }
+        eval: { size: 8, every: 1000 }
+        checkpoint_every: 2
+        models:
+          actor:  { preset: tiny, init: sft }
+          critic: { preset: tiny, init: rm }
+          ref:    { preset: tiny, init: sft }
+          reward: { preset: tiny, init: rm }
+        batch: { size: 8, prompt_len: 8, gen_len: 6, minibatches: 2 }
+        ppo: { kl_coef: 0.05, ppo_epochs: 2 }
+        stages:
+          - { algorithm: sft, iterations: 4, models: { actor: { preset: tiny, init: random } }, optim: { lr: 3.0e-3 } }
+          - { algorithm: rm, iterations: 2, models: { reward: { preset: tiny, init: sft } } }
+          - { algorithm: ppo, iterations: PPO_ITERATIONS, optim: { lr: 5.0e-4 } }
+        """;
+
+    /// <summary>A plan over <paramref name="nodes"/> x <paramref name="perNode"/> devices whose
+    /// calls use different meshes and layouts (pipeline and data parallel across all devices).</summary>
+    private static string Plan(int nodes, int perNode)
+    {
+        JsonObject Call(string name, string model, string type, int n0, int nc, int d0, int dc, int pp, int dp, int micro) => new()
+        {
+            ["name"] = name, ["model"] = model, ["type"] = type,
+            ["mesh"] = new JsonObject { ["node_start"] = n0, ["node_count"] = nc, ["device_start"] = d0, ["device_count"] = dc },
+            ["strategy"] = new JsonObject { ["pp"] = pp, ["dp"] = dp, ["tp"] = 1 }, ["micro_batches"] = micro,
+        };
+        int all = nodes * perNode;
+        var calls = new JsonArray
+        {
+            Call("actor_gen", "actor", "generate", 0, 1, 0, 1, 1, 1, 1),
+            Call("rew_inf", "reward", "inference", nodes - 1, 1, perNode - 1, 1, 1, 1, 1),
+            Call("ref_inf", "ref", "inference", 0, nodes, 0, perNode, 1, all, 1),
+            Call("critic_inf", "critic", "inference", 0, nodes, 0, perNode, 1, all, 2),
+            Call("actor_train", "actor", "train_step", 0, nodes, 0, perNode, all, 1, 2),
+            Call("critic_train", "critic", "train_step", 0, nodes, 0, perNode, 1, all, 2),
+        };
+        return new JsonObject { ["version"] = 1, ["cluster"] = new JsonObject { ["nodes"] = nodes, ["devices_per_node"] = perNode }, ["calls"] = calls }.ToJsonString();
+    }
+
+    private sealed class Run(Process p, string name) : IDisposable
+    {
+        private readonly System.Text.StringBuilder _out = new();
+        public Process Process { get; } = p;
+        public string Output { get { lock (_out) return _out.ToString(); } }
+
+        public static Run Start(string name, string exe, IEnumerable<string> args, IDictionary<string, string>? env = null)
+        {
+            var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            foreach (var a in args) psi.ArgumentList.Add(a);
+            psi.Environment["NO_COLOR"] = "1";
+            foreach (var (k, v) in env ?? new Dictionary<string, string>()) psi.Environment[k] = v;
+            var r = new Run(Process.Start(psi)!, name);
+            r.Process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (r._out) r._out.AppendLine(e.Data); };
+            r.Process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (r._out) r._out.AppendLine(e.Data); };
+            r.Process.BeginOutputReadLine();
+            r.Process.BeginErrorReadLine();
+            return r;
+        }
+
+        public int Wait(TimeSpan limit)
+        {
+            if (!Process.WaitForExit(limit))
+            {
+                Process.Kill(entireProcessTree: true);
+                throw new TimeoutException($"{name} did not exit within {limit.TotalSeconds:F0} s; output:\n{Output}");
+            }
+            Process.WaitForExit();
+            return Process.ExitCode;
+        }
+
+        public void Dispose()
+        {
+            try { if (!Process.HasExited) Process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+            Process.Dispose();
+        }
+    }
+
+    private static string Dir()
+    {
+        var d = Path.Combine(Path.GetTempPath(), "realn-fault-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(d);
+        return d;
+    }
+
+    private static string Write(string dir, string name, string text)
+    {
+        var p = Path.Combine(dir, name);
+        File.WriteAllText(p, text);
+        return p;
+    }
+
+    /// <summary>Pids of live model worker processes whose command line matches.</summary>
+    private static List<int> Workers(Func<string, bool> match)
+    {
+        var pids = new List<int>();
+        foreach (var d in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(d), out int pid)) continue;
+            try
+            {
+                var cmd = File.ReadAllText(Path.Combine(d, "cmdline")).Replace('\0', ' ');
+                var stat = File.ReadAllText(Path.Combine(d, "stat"));
+                bool zombie = stat[(stat.LastIndexOf(')') + 2)..].StartsWith('Z');
+                if (!zombie && cmd.Contains(" worker --role model") && match(cmd)) pids.Add(pid);
+            }
+            catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+        return pids;
+    }
+
+    private static void WaitFor(Func<bool> cond, TimeSpan limit, string what)
+    {
+        var until = DateTime.UtcNow + limit;
+        while (!cond())
+        {
+            if (DateTime.UtcNow > until) throw new TimeoutException($"waited {limit.TotalSeconds:F0} s for {what}");
+            Thread.Sleep(100);
+        }
+    }
+
+    /// <summary>PPO iterations logged so far in a run directory.</summary>
+    private static int PpoSteps(string dir)
+    {
+        var m = Path.Combine(dir, "metrics.jsonl");
+        if (!File.Exists(m)) return 0;
+        try
+        {
+            using var f = new FileStream(m, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            using var r = new StreamReader(f);
+            return r.ReadToEnd().Split('\n').Count(l => l.Contains("\"algorithm\":\"ppo\"") && l.Contains("\"call\":\"critic_train\""));
+        }
+        catch (IOException) { return 0; }
+    }
+
+    /// <summary>SHA-256 of every model and optimizer file of the newest checkpoint.</summary>
+    private static Dictionary<string, string> Final(string dir)
+    {
+        var ck = Path.Combine(dir, "checkpoints");
+        string latest = File.ReadAllText(Path.Combine(ck, "latest")).Trim();
+        var files = JsonNode.Parse(File.ReadAllText(Path.Combine(ck, latest, "manifest.json")))!["files"]!.AsObject();
+        return files.Where(kv => kv.Key != "state.json").ToDictionary(kv => kv.Key, kv => (string)kv.Value!["sha256"]!);
+    }
+
+    [Fact]
+    public void KilledWorkerEndsTheRunNamingItAndResumeReachesTheUninterruptedParameters()
+    {
+        string dir = Dir();
+        try
+        {
+            string exe = WorkerProcessTests.Realn();
+            string cfg = Write(dir, "exp.yaml", Config.Replace("PPO_ITERATIONS", "40"));
+            string plan = Write(dir, "plan.json", Plan(1, 2));
+            string refDir = Path.Combine(dir, "ref"), runDir = Path.Combine(dir, "run");
+            using (var r = Run.Start("reference run", exe, ["run", cfg, "--plan", plan, "--in-process", "--out", refDir]))
+                Assert.True(r.Wait(TimeSpan.FromMinutes(3)) == 0, r.Output);
+
+            using (var run = Run.Start("plan run", exe, ["run", cfg, "--plan", plan, "--out", runDir]))
+            {
+                WaitFor(() => PpoSteps(runDir) >= 5 || run.Process.HasExited, TimeSpan.FromMinutes(2), "5 PPO iterations");
+                Assert.False(run.Process.HasExited, run.Output);
+                var workers = Workers(c => true).Where(p => ParentOf(p) == run.Process.Id).ToList();
+                Assert.Equal(2, workers.Count);
+                int victim = workers.First(p => File.ReadAllText($"/proc/{p}/cmdline").Replace('\0', ' ').Contains("--rank 1 "));
+                var killed = Stopwatch.StartNew();
+                Process.GetProcessById(victim).Kill();
+                int code = run.Wait(TimeSpan.FromSeconds(60));
+                output.WriteLine($"master exited {code} {killed.Elapsed.TotalSeconds:F1} s after the kill:\n{run.Output[^Math.Min(1500, run.Output.Length)..]}");
+                Assert.NotEqual(0, code);
+                Assert.True(killed.Elapsed < TimeSpan.FromSeconds(30), $"took {killed.Elapsed.TotalSeconds:F1} s");
+                Assert.Contains("worker 1", run.Output);
+                Assert.Contains("exited with code", run.Output);
+                Assert.Contains("during", run.Output);
+                WaitFor(() => workers.All(p => !Alive(p)), TimeSpan.FromSeconds(15), "the surviving worker to exit");
+            }
+            Assert.True(PpoSteps(runDir) < 40);
+            using (var resumed = Run.Start("resumed run", exe, ["run", cfg, "--plan", plan, "--out", runDir, "--resume"]))
+                Assert.True(resumed.Wait(TimeSpan.FromMinutes(3)) == 0, resumed.Output);
+            Assert.Equal(Final(refDir), Final(runDir));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void WorkersOfAKilledMasterExitOnTheirOwn()
+    {
+        string dir = Dir();
+        try
+        {
+            string exe = WorkerProcessTests.Realn();
+            string cfg = Write(dir, "exp.yaml", Config.Replace("PPO_ITERATIONS", "400"));
+            string plan = Write(dir, "plan.json", Plan(1, 2));
+            string runDir = Path.Combine(dir, "run");
+            using var run = Run.Start("plan run", exe, ["run", cfg, "--plan", plan, "--out", runDir]);
+            WaitFor(() => PpoSteps(runDir) >= 2 || run.Process.HasExited, TimeSpan.FromMinutes(2), "2 PPO iterations");
+            Assert.False(run.Process.HasExited, run.Output);
+            var workers = Workers(c => true).Where(p => ParentOf(p) == run.Process.Id).ToList();
+            Assert.Equal(2, workers.Count);
+            run.Process.Kill();  // SIGKILL: the master cannot tell anyone
+            var sw = Stopwatch.StartNew();
+            WaitFor(() => workers.All(p => !Alive(p)), TimeSpan.FromSeconds(40), "the orphaned workers to exit");
+            output.WriteLine($"workers gone {sw.Elapsed.TotalSeconds:F1} s after the master was killed");
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    private static bool Alive(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            return !stat[(stat.LastIndexOf(')') + 2)..].StartsWith('Z');
+        }
+        catch (IOException) { return false; }
+    }
+
+    private static int ParentOf(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            return int.Parse(stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[1]);
+        }
+        catch (IOException) { return -1; }
+    }
+}
