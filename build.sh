@@ -70,9 +70,9 @@ run_tests() {
   fi
   log "dotnet test"
   set +o pipefail
+  local rc=0
   dotnet test ReaLNative.sln -c Release --no-build -nologo -v q --logger "console;verbosity=normal" \
-    >"$log_dir/dotnet.log" 2>&1
-  local rc=$?
+    >"$log_dir/dotnet.log" 2>&1 || rc=$?
   set -o pipefail
   # Per-assembly summaries ("Total tests: N" / "Passed: N" / "Failed: N"), failed test names.
   grep -E "^\s+Failed [A-Za-z]|^Test Run (Successful|Failed)|error [A-Z]+[0-9]+" "$log_dir/dotnet.log" || true

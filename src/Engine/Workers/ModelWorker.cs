@@ -74,7 +74,11 @@ internal sealed unsafe class ModelWorker : IDisposable
         if (a.AdvertiseHost is { } adv) endpoint = $"tcp://{adv}:{endpoint[(endpoint.LastIndexOf(':') + 1)..]}";
         var info = new JsonObject { ["control"] = endpoint, ["node"] = a.Node, ["pid"] = Environment.ProcessId };
         Rendezvous.Join(w._client, w._transport, OperationTimeout, info.ToJsonString());
-        return w.Heartbeats();
+        int code = w.Heartbeats();
+        // Without its master a command may still be blocked in a collective (up to its deadline),
+        // and disposing would wait for it: leave at once, the process's end releases everything.
+        if (code != 0) Environment.Exit(code);
+        return code;
     }
 
     private int Heartbeats()

@@ -10,6 +10,7 @@ using Xunit.Abstractions;
 
 namespace ReaLNative.Engine.Tests.Workers;
 
+[Collection("worker processes")]
 public sealed class FaultTests(ITestOutputHelper output)
 {
     private const string Config = """

@@ -11,6 +11,7 @@ using Xunit.Abstractions;
 
 namespace ReaLNative.Engine.Tests.Workers;
 
+[Collection("worker processes")]
 public sealed class TwoNodeTests(ITestOutputHelper output) : IDisposable
 {
     private readonly string _id = Guid.NewGuid().ToString("N")[..6];

@@ -8,6 +8,7 @@ using Xunit;
 
 namespace ReaLNative.Engine.Tests.Workers;
 
+[Collection("worker processes")]
 public sealed class WorkerProcessTests
 {
     /// <summary>The realn built from this checkout (./build.sh builds the whole solution before the tests).</summary>
@@ -51,6 +52,7 @@ public sealed class WorkerProcessTests
     }
 }
 
+[Collection("worker processes")]
 public sealed class WorkerPoolTests
 {
     [Fact]
