@@ -98,6 +98,32 @@ internal sealed class CheckpointStore
         return dir;
     }
 
+    /// <summary>Writes a stage artifact (e.g. checkpoints/sft, a later stage's init) the way a
+    /// checkpoint is written: into <paramref name="dir"/>.tmp, every file fsynced, manifest.json
+    /// (size and SHA-256 per file) last, then renamed over <paramref name="dir"/>.</summary>
+    public static void WriteArtifact(string dir, Action<string> writeFiles)
+    {
+        string tmp = dir + ".tmp";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
+        writeFiles(tmp);
+        var files = new JsonObject();
+        foreach (var f in Directory.EnumerateFiles(tmp, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal))
+        {
+            var (size, sha) = HashAndSync(f);
+            files[Path.GetRelativePath(tmp, f).Replace('\\', '/')] = new JsonObject { ["size"] = size, ["sha256"] = sha };
+        }
+        WriteDurably(Path.Combine(tmp, ManifestName), new JsonObject { ["format"] = 1, ["name"] = Path.GetFileName(dir), ["files"] = files }
+            .ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        Posix.FsyncDirectory(tmp);
+        if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        Directory.Move(tmp, dir);
+        Posix.FsyncDirectory(Path.GetDirectoryName(Path.GetFullPath(dir))!);
+    }
+
+    /// <summary>Null when a stage artifact matches its manifest, else the reason.</summary>
+    public static string? VerifyArtifact(string dir) => VerifyDirectory(dir, requireState: false);
+
     /// <summary>Deletes all but the newest <see cref="Keep"/> checkpoints and any leftover temporary ones.</summary>
     public void Prune()
     {
@@ -116,7 +142,7 @@ internal sealed class CheckpointStore
 
     /// <summary>Null when <paramref name="dir"/> matches its manifest.json, else the reason (missing manifest,
     /// missing file, size or SHA-256 mismatch; files the manifest does not list are ignored).</summary>
-    public static string? VerifyDirectory(string dir)
+    public static string? VerifyDirectory(string dir, bool requireState = true)
     {
         string mpath = Path.Combine(dir, ManifestName);
         if (!File.Exists(mpath)) return "manifest.json missing (incomplete checkpoint)";
@@ -136,7 +162,7 @@ internal sealed class CheckpointStore
             if (actual != size) return $"{rel} size mismatch ({actual} bytes, manifest says {size}; torn write?)";
             if (!string.Equals(Sha256(f), sha, StringComparison.OrdinalIgnoreCase)) return $"{rel} checksum mismatch";
         }
-        if (!files.ContainsKey("state.json")) return "manifest.json lists no state.json";
+        if (requireState && !files.ContainsKey("state.json")) return "manifest.json lists no state.json";
         return null;
     }
 

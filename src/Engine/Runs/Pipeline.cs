@@ -224,7 +224,7 @@ internal sealed class Pipeline : IDisposable
                 // The stage artifact is written before the stage's last checkpoint: a run resumed
                 // from that checkpoint skips the stage and needs the artifact already there.
                 if (it + 1 == stage.Iterations && AlgorithmNames.Produces(stage.Algorithm) is { } prod)
-                    Safetensors.Save(_models[prod.Role], Path.Combine(CkptDir, prod.Artifact));
+                    CheckpointStore.WriteArtifact(Path.Combine(CkptDir, prod.Artifact), tmp => Safetensors.Save(_models[prod.Role], tmp));
                 if (ckpt)
                     SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds);
             }
@@ -269,6 +269,9 @@ internal sealed class Pipeline : IDisposable
             };
             if (src is not null)
             {
+                // A stage artifact carries a manifest; a torn or corrupt one is refused, not trained from.
+                if (spec.Init is "sft" or "rm" && CheckpointStore.VerifyArtifact(src) is { } why)
+                    throw new InvalidDataException($"stage artifact {src} refused: {why}; rerun the stage that writes it (start over without --resume)");
                 using var loaded = Safetensors.Load(src);
                 if (loaded.ScalarHead == model.ScalarHead) model.CopyParametersFrom(loaded);
                 else ModelOps.CopyShared(loaded, model);

@@ -167,6 +167,23 @@ public sealed class CheckpointResumeTests(CheckpointRunFixture run) : IClassFixt
     }
 
     [Fact]
+    public void CorruptStageArtifactIsRefusedNamingItInsteadOfTrainingFromIt()
+    {
+        string d = run.CopyOfInterrupted();
+        try
+        {
+            Assert.Null(CheckpointStore.VerifyArtifact(Ckpt(d, "sft")));
+            FlipByte(Path.Combine(Ckpt(d, "sft"), "model.safetensors"), 4000);
+            using var p = new Pipeline(CheckpointRunFixture.Config(), d);
+            // resuming inside the PPO stage initialises the actor and ref from the sft artifact
+            var e = Assert.Throws<InvalidDataException>(() => p.Run(resume: true, stopAfterIterations: 0));
+            Assert.Contains("stage artifact", e.Message);
+            Assert.Contains("model.safetensors checksum mismatch", e.Message);
+        }
+        finally { Directory.Delete(d, true); }
+    }
+
+    [Fact]
     public void MissingManifestIsRefusedAsIncomplete()
     {
         string d = run.CopyOfInterrupted();
