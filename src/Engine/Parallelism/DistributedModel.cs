@@ -1,10 +1,11 @@
-// A model role laid out over the devices of one process under a (pp, dp, tp) layout: one shard per
-// device, every operation dispatched to all of its devices at once (one thread per device, SPMD,
-// the shards talking over the in-process fabric) and its outputs collected from the last pipeline
-// stage of tensor rank 0 of each data replica. Reallocation moves parameters (and AdamW moments)
-// between two such layouts of one model, or to and from the single full copy the run loop keeps
-// for initialisation and checkpoints. This is the in-process execution of an execution plan;
-// worker processes run the same ShardRunner over UCX.
+// A model role laid out over the devices of one process under a (pp, dp, tp) layout: one
+// ShardReplica per device, every operation dispatched to all of its devices at once (one thread per
+// device, SPMD, the shards talking over the in-process fabric) and its outputs merged from the
+// collecting ranks (last pipeline stage, tensor rank 0 of each data replica). Reallocation moves
+// parameters (and AdamW moments) between two such layouts of one model, or to and from the single
+// full copy the run loop keeps for initialisation and checkpoints. This is the in-process
+// execution of an execution plan (`realn run --in-process`, the embedding API); model worker
+// processes run the same ShardReplica operations over UCX (Workers/RemoteReplica).
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Model;

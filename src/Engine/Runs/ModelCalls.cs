@@ -1,6 +1,7 @@
 // What a call handler does with a model, independent of where the model lives: on the single
-// device (ModelOps on one LlamaModel) or laid out by an execution plan (an IReplica
-// replica per call, parameters reallocated from the train call's replica when it has moved on).
+// device (ModelOps on one LlamaModel) or laid out by an execution plan (an IReplica per call, in
+// this process or in model worker processes, parameters reallocated from the train call's replica
+// when it has moved on).
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Model;

@@ -1,5 +1,6 @@
-// The single-device run loop: executes the config's stages in order (sft -> rm -> ppo ...),
-// each iteration as the stage's dataflow graph on a SequentialExecutor, writing metrics.jsonl,
+// The run loop: executes the config's stages in order (sft -> rm -> ppo ...), each iteration as
+// the stage's dataflow graph on a MeshExecutor (calls on the single device, or on the meshes of an
+// execution plan: in-process devices or model worker processes), writing metrics.jsonl,
 // checkpoints (HF safetensors + AdamW state) and stage artifacts (`sft`, `rm`) for later stages'
 // `init`. Every random draw is seeded by (seed, stream, stage, iteration), so a run resumed from
 // a checkpoint reproduces the uninterrupted run's parameters exactly.
