@@ -120,6 +120,9 @@ internal sealed class WorkerPool : IReplicaHost
                 _state[r].Pid = WireJson.Int(info, "pid");
                 _clients[r] = new ControlClient(WireJson.Str(info, "control"), new MessageAuth(_secret, options.Job), "master", _log);
             }
+            // Workers beat from the moment the rendezvous completes; a slow start (another node
+            // joining late) must not count against them.
+            foreach (var st in _state) lock (st) st.LastBeat = DateTime.UtcNow;
             _log.LogInformation("{Workers} model workers joined job {Job}", devices, options.Job);
         }
         catch
