@@ -16,44 +16,51 @@ internal static class CliRunner
         {
             return await root.Parse(args).InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
-        catch (UsageException e)
-        {
-            Console.Error.WriteLine($"realn: {e.Message}");
-            return 2;
-        }
-        catch (RealnException e)
-        {
-            Console.Error.WriteLine($"realn: native error: {e.Message}");
-            return 1;
-        }
-        catch (DllNotFoundException e)
-        {
-            Console.Error.WriteLine($"realn: {e.Message}");
-            return 2;
-        }
-        catch (Exception e) when (e is ArgumentException or FormatException or InvalidDataException
-                                      or FileNotFoundException or DirectoryNotFoundException)
-        {
-            // Bad input (config, plan, checkpoint, spec): the message names what is wrong.
-            Console.Error.WriteLine($"realn: {e.Message}");
-            return 2;
-        }
-        catch (Exception e) when (e is ReaLNative.Engine.Workers.WorkerFailedException or TimeoutException)
-        {
-            // A worker died or a wait passed its deadline: the message names who, where and what.
-            Console.Error.WriteLine($"realn: job failed: {e.Message}");
-            return 1;
-        }
-        catch (OperationCanceledException)
-        {
-            Console.Error.WriteLine("realn: cancelled");
-            return 130;
-        }
         catch (Exception e)
         {
-            Console.Error.WriteLine($"realn: {e.GetType().Name}: {e.Message}");
-            Console.Error.WriteLine(e.StackTrace);
-            return 1;
+            return Report(Unwrap(e));
+        }
+    }
+
+    /// <summary>The one exception inside aggregates (concurrent calls fail as AggregateException).</summary>
+    private static Exception Unwrap(Exception e)
+    {
+        while (e is AggregateException { InnerExceptions.Count: 1 } a) e = a.InnerExceptions[0];
+        return e;
+    }
+
+    private static int Report(Exception e)
+    {
+        switch (e)
+        {
+            case UsageException:
+                Console.Error.WriteLine($"realn: {e.Message}");
+                return 2;
+            case RealnException:
+                Console.Error.WriteLine($"realn: native error: {e.Message}");
+                return 1;
+            case DllNotFoundException:
+                Console.Error.WriteLine($"realn: {e.Message}");
+                return 2;
+            case ArgumentException or FormatException or InvalidDataException or FileNotFoundException or DirectoryNotFoundException:
+                // Bad input (config, plan, checkpoint, spec): the message names what is wrong.
+                Console.Error.WriteLine($"realn: {e.Message}");
+                return 2;
+            case ReaLNative.Engine.Workers.WorkerFailedException:
+                // A worker died, failed or went silent: the pool printed who, where and during what
+                // the moment it happened ("realn: job failed: ..."), before tearing the job down.
+                return 1;
+            case TimeoutException:
+                // A wait passed its deadline: the message names what was awaited.
+                Console.Error.WriteLine($"realn: job failed: {e.Message}");
+                return 1;
+            case OperationCanceledException:
+                Console.Error.WriteLine("realn: cancelled");
+                return 130;
+            default:
+                Console.Error.WriteLine($"realn: {e.GetType().Name}: {e.Message}");
+                Console.Error.WriteLine(e.StackTrace);
+                return 1;
         }
     }
 }

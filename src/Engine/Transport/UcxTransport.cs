@@ -548,7 +548,14 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
         if (_thread.IsAlive)
         {
             Kick();
-            _thread.Join(TimeSpan.FromSeconds(10));
+            if (!_thread.Join(TimeSpan.FromSeconds(10)))
+            {
+                // The progress thread is stuck inside UCX (a peer that vanished mid-connection, say):
+                // destroying the worker under it crashed the process. Leave it; the process is ending.
+                foreach (var op in _pending) op.Done.TrySetException(new ObjectDisposedException(nameof(UcxTransport)));
+                Console.Error.WriteLine($"rank {Rank}: the UCX progress thread did not stop within 10 s; its resources are left to process exit");
+                return;
+            }
         }
         // Let operations UCX still runs (one abandoned after its deadline, say) finish before any
         // endpoint is destroyed: UCX 1.13 aborts in uct_tcp_ep_pending_purge when a tcp endpoint with

@@ -76,7 +76,7 @@ internal sealed class WorkerPool : IReplicaHost
     private readonly Lock _reallocGate = new();
     private int _nextId, _nextGroup;
     private long _nextData;
-    private volatile string? _failed;
+    private string? _failed;
     private volatile bool _done;
     private bool _disposed;
 
@@ -115,7 +115,8 @@ internal sealed class WorkerPool : IReplicaHost
             JoinWatching(self);
             for (int r = 0; r < devices; r++)
             {
-                var info = JsonNode.Parse(_rv.Info(r) ?? throw new WorkerFailedException($"worker {r} registered without its command endpoint"))!;
+                var info = JsonNode.Parse(_rv.Info(r) ?? "null");
+                if (info is null) Fail($"worker {r} registered without its command endpoint");
                 _state[r].Node = WireJson.Str(info, "node");
                 _state[r].Pid = WireJson.Int(info, "pid");
                 _clients[r] = new ControlClient(WireJson.Str(info, "control"), new MessageAuth(_secret, options.Job), "master", _log);
@@ -157,7 +158,7 @@ internal sealed class WorkerPool : IReplicaHost
         while (!join.Wait(TimeSpan.FromMilliseconds(100)))
             for (int r = 0; r < Devices; r++)
                 if (ExitOf(r) is { } code)
-                    throw new WorkerFailedException($"worker {r} exited with code {code} before joining the job{StderrTail(r)}");
+                    Fail($"worker {r} exited with code {code} before joining the job{StderrTail(r)}");
         join.GetAwaiter().GetResult();
     }
 
@@ -249,7 +250,10 @@ internal sealed class WorkerPool : IReplicaHost
 
     private void Fail(string message)
     {
-        _failed ??= message;
+        // Said at once: tearing the job down after a failure may take seconds (or, with UCX
+        // stuck on a vanished peer, not finish), and the reason must not be lost with it.
+        if (Interlocked.CompareExchange(ref _failed, message, null) is null)
+            Console.Error.WriteLine($"realn: job failed: {message}");
         throw new WorkerFailedException(message);
     }
 
@@ -258,7 +262,7 @@ internal sealed class WorkerPool : IReplicaHost
     /// replies in device order.</summary>
     internal string[] Dispatch(string what, IReadOnlyList<int> devices, Func<int, (string Type, JsonObject Payload)> command, params Task[] data)
     {
-        if (_failed is { } f) throw new WorkerFailedException($"the job has already failed: {f}");
+        if (Volatile.Read(ref _failed) is { } f) throw new WorkerFailedException($"the job has already failed: {f}");
         var replies = new string[devices.Count];
         var tasks = new Task[devices.Count];
         for (int i = 0; i < devices.Count; i++)
