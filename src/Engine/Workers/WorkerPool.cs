@@ -248,6 +248,7 @@ internal sealed class WorkerPool : IReplicaHost
         }
     }
 
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
     private void Fail(string message)
     {
         // Said at once: tearing the job down after a failure may take seconds (or, with UCX
