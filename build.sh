@@ -78,7 +78,8 @@ run_tests() {
   grep -E "^\s+Failed [A-Za-z]|^Test Run (Successful|Failed)|error [A-Z]+[0-9]+" "$log_dir/dotnet.log" || true
   if [ $rc -ne 0 ]; then
     failed=1
-    grep -E -A12 "^\s+Failed [A-Za-z]" "$log_dir/dotnet.log" | head -80 || true
+    grep -E -A40 "^\s+Failed [A-Za-z]" "$log_dir/dotnet.log" | head -200 || true
+    cp "$log_dir/dotnet.log" "$ROOT/dotnet-test.log" && echo "full dotnet test log: $ROOT/dotnet-test.log"
   fi
   local p f
   p=$(grep -E "^\s+Passed: +[0-9]+$" "$log_dir/dotnet.log" | awk '{s+=$2} END {print s+0}' || true)
