@@ -8,8 +8,11 @@ using System.Runtime.InteropServices;
 
 namespace ReaLNative.Interop;
 
-public static class NativeLibraryResolver
+public static partial class NativeLibraryResolver
 {
+    [LibraryImport("libc", EntryPoint = "setenv", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int SetEnv(string name, string value, int overwrite);
+
     public const string OverrideVariable = "REALN_LIBRARY";
     private static readonly object Gate = new();
     private static nint _handle;
@@ -37,6 +40,7 @@ public static class NativeLibraryResolver
     {
         if (name == "openblas") return ResolveOpenBlas();
         if (name is "ucp" or "ucs") return ResolveSystem(name);
+        if (name == "libc") return NativeLibrary.Load("libc.so.6");
         if (name != Native.Library) return 0;
         lock (Gate)
         {
@@ -96,8 +100,21 @@ public static class NativeLibraryResolver
     }
 
     /// <summary>UCX's libucp / libucs (Debian libucx0; ./build.sh installs libucx-dev).</summary>
+    /// <summary>UCX's setting for the signals it traps. Left to UCX's default (ILL, SEGV, BUS, FPE)
+    /// its handler replaces the runtime's SIGSEGV handler, and .NET raises NullReferenceException
+    /// from SIGSEGV: any managed null dereference anywhere in the process then killed it ("Caught
+    /// signal 11 ... address (nil)"). Unless the user set it, UCX traps none.</summary>
+    public const string UcxErrorSignalsVariable = "UCX_ERROR_SIGNALS";
+
     private static nint ResolveSystem(string name)
     {
+        // Before libucs loads: it reads its configuration in its library constructor. The native
+        // environment is set (Environment.SetEnvironmentVariable does not reach getenv on Unix).
+        if (Environment.GetEnvironmentVariable(UcxErrorSignalsVariable) is null)
+        {
+            SetEnv(UcxErrorSignalsVariable, "", overwrite: 0);
+            Environment.SetEnvironmentVariable(UcxErrorSignalsVariable, "");
+        }
         foreach (string n in new[] { $"lib{name}.so.0", $"lib{name}.so" })
             if (NativeLibrary.TryLoad(n, out nint h)) return h;
         throw new DllNotFoundException($"lib{name}.so.0 (UCX) could not be loaded: install libucx0 (./build.sh does).");

@@ -55,6 +55,18 @@ public sealed unsafe class UcxBindingTests
         Assert.True(checkedStructs >= 20 && checkedFields >= 100, $"probe checked only {checkedStructs} structs / {checkedFields} fields");
     }
 
+    /// <summary>With UCX loaded, a managed null dereference is still a NullReferenceException (the
+    /// runtime raises it from SIGSEGV; UCX's default signal trapping turned it into a crash).</summary>
+    [Fact]
+    public void NullReferenceStaysAnExceptionWithUcxLoaded()
+    {
+        uint major, minor, release;
+        Ucp.ucp_get_version(&major, &minor, &release);
+        Assert.Equal("", Environment.GetEnvironmentVariable(NativeLibraryResolver.UcxErrorSignalsVariable));
+        int[]? none = Environment.TickCount == int.MinValue ? [1] : null;
+        Assert.Throws<NullReferenceException>(() => none![0]);
+    }
+
     [Fact]
     public void LibraryLoadsAndReportsItsVersion()
     {
