@@ -123,9 +123,12 @@ public sealed class PlanExecutionTests
     [Fact]
     public void PlanTheEngineCannotLayOutIsRefusedNamingTheCall()
     {
-        // tp 4 does not divide the tiny model's 2 kv heads.
-        var e = Assert.Throws<ConfigException>(() => new Pipeline(Config(), TempDir(), plan: MixedPlan(actorTrainTp: 4)));
+        // tp 4 does not divide the tiny model's 2 kv heads. Refused before any device (worker process) is made.
+        int hostsMade = 0;
+        var e = Assert.Throws<ConfigException>(() => new Pipeline(Config(), TempDir(), plan: MixedPlan(actorTrainTp: 4),
+            hosts: n => { hostsMade++; return new ReaLNative.Engine.Parallelism.LocalCluster(n); }));
         Assert.Contains("actor_train", e.Message);
         Assert.Contains("kv heads", e.Message);
+        Assert.Equal(0, hostsMade);
     }
 }
