@@ -10,8 +10,8 @@ namespace ReaLNative.Interop;
 
 public static partial class NativeLibraryResolver
 {
-    [LibraryImport("libc", EntryPoint = "setenv", StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int SetEnv(string name, string value, int overwrite);
+    [LibraryImport("libc", EntryPoint = "sigaction")]
+    private static unsafe partial int SigAction(int signum, void* act, void* oldact);
 
     public const string OverrideVariable = "REALN_LIBRARY";
     private static readonly object Gate = new();
@@ -99,22 +99,32 @@ public static partial class NativeLibraryResolver
             "It needs libopenblas0 and libgomp1 (./build.sh installs them).");
     }
 
-    /// <summary>UCX's libucp / libucs (Debian libucx0; ./build.sh installs libucx-dev).</summary>
-    /// <summary>UCX's setting for the signals it traps. Left to UCX's default (ILL, SEGV, BUS, FPE)
-    /// its handler replaces the runtime's SIGSEGV handler, and .NET raises NullReferenceException
-    /// from SIGSEGV: any managed null dereference anywhere in the process then killed it ("Caught
-    /// signal 11 ... address (nil)"). Unless the user set it, UCX traps none.</summary>
-    public const string UcxErrorSignalsVariable = "UCX_ERROR_SIGNALS";
+    /// <summary>Signals the .NET runtime turns into exceptions (NullReferenceException from SIGSEGV,
+    /// DivideByZeroException from SIGFPE, ...): ILL, BUS, FPE, SEGV on Linux.</summary>
+    private static readonly int[] RuntimeSignals = [4, 7, 8, 11];
 
-    private static nint ResolveSystem(string name)
+    /// <summary>Loads a UCX library keeping the runtime's signal handlers. libucs installs its own
+    /// for ILL, SEGV, BUS and FPE in its library constructor (UCX_ERROR_SIGNALS), replacing the
+    /// runtime's: every managed null dereference anywhere in the process then killed it ("Caught
+    /// signal 11 ... address (nil)"). The runtime's handlers are saved before and put back after
+    /// (sigaction, which unlike setenv is safe while other threads run).</summary>
+    private static unsafe nint ResolveSystem(string name)
     {
-        // Before libucs loads: it reads its configuration in its library constructor. The native
-        // environment is set (Environment.SetEnvironmentVariable does not reach getenv on Unix).
-        if (Environment.GetEnvironmentVariable(UcxErrorSignalsVariable) is null)
+        const int SlotBytes = 256;  // >= sizeof(struct sigaction) on every Linux ABI (152 on x86-64)
+        byte* saved = stackalloc byte[RuntimeSignals.Length * SlotBytes];
+        var have = new bool[RuntimeSignals.Length];
+        for (int i = 0; i < RuntimeSignals.Length; i++) have[i] = SigAction(RuntimeSignals[i], null, saved + i * SlotBytes) == 0;
+        try { return LoadSystem(name); }
+        finally
         {
-            SetEnv(UcxErrorSignalsVariable, "", overwrite: 0);
-            Environment.SetEnvironmentVariable(UcxErrorSignalsVariable, "");
+            for (int i = 0; i < RuntimeSignals.Length; i++)
+                if (have[i]) SigAction(RuntimeSignals[i], saved + i * SlotBytes, null);
         }
+    }
+
+    /// <summary>UCX's libucp / libucs (Debian libucx0; ./build.sh installs libucx-dev).</summary>
+    private static nint LoadSystem(string name)
+    {
         foreach (string n in new[] { $"lib{name}.so.0", $"lib{name}.so" })
             if (NativeLibrary.TryLoad(n, out nint h)) return h;
         throw new DllNotFoundException($"lib{name}.so.0 (UCX) could not be loaded: install libucx0 (./build.sh does).");
