@@ -48,8 +48,7 @@ internal sealed unsafe class RemoteReplica : IReplica
             ["group"] = group, ["micro"] = microBatches,
         };
         if (optimizer is not null) cmd["optimizer"] = WireJson.Optimizer(optimizer);
-        string json = cmd.ToJsonString();
-        pool.Dispatch($"{name}: create on {layout}", layout.Devices, _ => ("create", (JsonObject)JsonNode.Parse(json)!));
+        pool.Dispatch($"{name}: create on {layout}", layout.Devices, "create", cmd);
     }
 
     public ParallelLayout Layout { get; }
@@ -73,8 +72,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         var outs = output ? _collectors.Select(d => Blobs.RecvAsync(t, d, tagOut, $"{What(op)}: output of worker {d}")).ToArray() : [];
         data.AddRange(outs);
         args["id"] = _id; args["op"] = op; args["tag_in"] = tagIn; args["tag_out"] = tagOut;
-        string json = args.ToJsonString();
-        var replies = _pool.Dispatch(What(op), Layout.Devices, _ => ("op", (JsonObject)JsonNode.Parse(json)!), [.. data]);
+        var replies = _pool.Dispatch(What(op), Layout.Devices, "op", args, [.. data]);
         var values = replies.Select(r => WireJson.Num(JsonNode.Parse(r), "value")).ToArray();
         return (values, outs.Select(o => o.Result).ToArray());
     }
@@ -149,8 +147,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         if (source is not RemoteReplica src || !ReferenceEquals(src._pool, _pool)) throw new ArgumentException($"{_name}: a worker replica copies only from replicas of the same job");
         if (src.Config != Config || src.ScalarHead != ScalarHead) throw new ArgumentException($"{_name}: replicas of different models");
         var devices = src.Layout.Devices.Union(Layout.Devices).ToArray();
-        string json = Realloc("params", src.Layout, Layout, src._id, _id).ToJsonString();
-        _pool.Dispatch(What($"reallocation from {src.Layout}"), devices, _ => ("realloc", (JsonObject)JsonNode.Parse(json)!));
+        _pool.Dispatch(What($"reallocation from {src.Layout}"), devices, "realloc", Realloc("params", src.Layout, Layout, src._id, _id));
     }
 
     private ParallelLayout Full => ParallelLayout.Contiguous(_pool.MasterRank, 1, 1, 1);
@@ -159,9 +156,8 @@ internal sealed unsafe class RemoteReplica : IReplica
     private void Move(string kind, nint full, bool toShards)
     {
         var (from, to) = toShards ? (Full, Layout) : (Layout, Full);
-        string json = Realloc(kind, from, to, toShards ? -1 : _id, toShards ? _id : -1).ToJsonString();
         _pool.ReallocWithMaster(What(toShards ? $"load {kind}" : $"gather {kind}"), Plan(from, to), toShards ? full : 0, toShards ? 0 : full,
-            Layout.Devices, _ => ("realloc", (JsonObject)JsonNode.Parse(json)!));
+            Layout.Devices, Realloc(kind, from, to, toShards ? -1 : _id, toShards ? _id : -1));
     }
 
     private void CheckFull(LlamaModel full)
@@ -193,12 +189,12 @@ internal sealed unsafe class RemoteReplica : IReplica
         if (toShards)
         {
             long step = full.Step;
-            _pool.Dispatch(What("set optimizer step"), Layout.Devices, _ => ("optim-step", new JsonObject { ["id"] = _id, ["set"] = step }));
+            _pool.Dispatch(What("set optimizer step"), Layout.Devices, "optim-step", new JsonObject { ["id"] = _id, ["set"] = step });
             _step = step;
         }
         else
         {
-            var steps = _pool.Dispatch(What("optimizer step count"), Layout.Devices, _ => ("optim-step", new JsonObject { ["id"] = _id }))
+            var steps = _pool.Dispatch(What("optimizer step count"), Layout.Devices, "optim-step", new JsonObject { ["id"] = _id })
                 .Select(r => WireJson.Long(JsonNode.Parse(r), "step")).Distinct().ToArray();
             if (steps.Length != 1) throw new InvalidOperationException($"{_name}: shards disagree on the optimizer step ({string.Join(", ", steps)})");
             full.Step = steps[0];
@@ -210,7 +206,7 @@ internal sealed unsafe class RemoteReplica : IReplica
     {
         if (_disposed) return;
         _disposed = true;
-        try { _pool.Dispatch(What("drop"), Layout.Devices, _ => ("drop", new JsonObject { ["id"] = _id })); }
+        try { _pool.Dispatch(What("drop"), Layout.Devices, "drop", new JsonObject { ["id"] = _id }); }
         catch (WorkerFailedException) { /* the job is ending; the workers go with it */ }
     }
 }

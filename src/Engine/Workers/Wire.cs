@@ -47,18 +47,14 @@ internal static class Blobs
     /// <summary>Largest blob accepted (1 GiB): batches and outputs of one call, never parameters.</summary>
     public const long MaxBytes = 1L << 30;
 
+    /// <summary>Sends <paramref name="body"/>, which must come from <see cref="WireWriter.ToArray"/>
+    /// (the pinned object heap: it never moves, so one blob goes to many peers without a copy).</summary>
     public static async Task SendAsync(ITransport t, int peer, long tag, byte[] body)
     {
         var size = GC.AllocateUninitializedArray<byte>(8, pinned: true);
         BitConverter.TryWriteBytes(size, (long)body.Length);
-        var pinned = body;
-        if (body.Length > 0)
-        {
-            pinned = GC.AllocateUninitializedArray<byte>(body.Length, pinned: true);
-            body.CopyTo(pinned, 0);
-        }
         var head = t.SendAsync(peer, tag, Ptr(size), 8);
-        if (body.Length > 0) await t.SendAsync(peer, tag + 1, Ptr(pinned), body.Length).ConfigureAwait(false);
+        if (body.Length > 0) await t.SendAsync(peer, tag + 1, Ptr(body), body.Length).ConfigureAwait(false);
         await head.ConfigureAwait(false);
     }
 
@@ -123,10 +119,13 @@ internal sealed class WireWriter
         return this;
     }
 
+    /// <summary>The blob, on the pinned object heap (what <see cref="Blobs.SendAsync"/> needs).</summary>
     public byte[] ToArray()
     {
         _w.Flush();
-        return _s.ToArray();
+        var blob = GC.AllocateUninitializedArray<byte>((int)_s.Length, pinned: true);
+        _s.GetBuffer().AsSpan(0, blob.Length).CopyTo(blob);
+        return blob;
     }
 }
 

@@ -258,51 +258,50 @@ internal sealed class WorkerPool : IReplicaHost
         throw new WorkerFailedException(message);
     }
 
-    /// <summary>Sends each worker of <paramref name="devices"/> its command and waits for every
+    /// <summary>Sends every worker of <paramref name="devices"/> the command and waits for every
     /// reply and every data-plane task of the master, watching the workers meanwhile. Returns the
     /// replies in device order.</summary>
-    internal string[] Dispatch(string what, IReadOnlyList<int> devices, Func<int, (string Type, JsonObject Payload)> command, params Task[] data)
+    internal string[] Dispatch(string what, IReadOnlyList<int> devices, string type, JsonObject payload, params Task[] data)
     {
         if (Volatile.Read(ref _failed) is { } f) throw new WorkerFailedException($"the job has already failed: {f}");
+        payload["what"] = what;
+        string json = payload.ToJsonString();
         var replies = new string[devices.Count];
         var tasks = new Task[devices.Count];
         for (int i = 0; i < devices.Count; i++)
         {
             int k = i, d = devices[i];
-            var (type, payload) = command(d);
-            payload["what"] = what;
-            string json = payload.ToJsonString();
             tasks[k] = Task.Factory.StartNew(() => replies[k] = _clients[d]!.Request(type, json, _o.CallTimeout), TaskCreationOptions.LongRunning);
         }
-        var all = tasks.Concat(data).ToArray();
-        var until = DateTime.UtcNow + _o.CallTimeout + TimeSpan.FromSeconds(10);
-        while (!Task.WaitAll(all, TimeSpan.FromMilliseconds(200)))
+        void CheckTasks()
         {
             for (int i = 0; i < tasks.Length; i++)
                 if (tasks[i].IsFaulted) Fail($"{Who(devices[i])} failed during {what}: {Inner(tasks[i]).Message}");
             foreach (var t in data)
                 if (t.IsFaulted) Fail($"master's data plane failed during {what}: {Inner(t).Message}");
+        }
+        var all = tasks.Concat(data).ToArray();
+        var until = DateTime.UtcNow + _o.CallTimeout + TimeSpan.FromSeconds(10);
+        while (!Task.WaitAll(all, TimeSpan.FromMilliseconds(200)))
+        {
+            CheckTasks();
             CheckHealth(what);
             if (DateTime.UtcNow > until) Fail($"{what} did not finish within {_o.CallTimeout.TotalSeconds:F0} s on workers {string.Join(", ", devices.Where((_, i) => !tasks[i].IsCompleted))}");
         }
-        for (int i = 0; i < tasks.Length; i++)
-            if (tasks[i].IsFaulted) Fail($"{Who(devices[i])} failed during {what}: {Inner(tasks[i]).Message}");
-        foreach (var t in data)
-            if (t.IsFaulted) Fail($"master's data plane failed during {what}: {Inner(t).Message}");
+        CheckTasks();
         return replies;
     }
 
     private static Exception Inner(Task t) => t.Exception!.InnerException ?? t.Exception;
 
     /// <summary>The master's part of a reallocation to or from its full copy, with the workers' parts.</summary>
-    internal void ReallocWithMaster(string what, ReallocPlan plan, nint source, nint destination, IReadOnlyList<int> workers,
-                                    Func<int, (string, JsonObject)> command)
+    internal void ReallocWithMaster(string what, ReallocPlan plan, nint source, nint destination, IReadOnlyList<int> workers, JsonObject command)
     {
         lock (_reallocGate)
         {
             var schedule = ReallocSchedule.ForDevice(plan, MasterRank);
             var mine = _mover.ExecuteAsync(plan, schedule, source, destination);
-            try { Dispatch(what, workers, command, mine); }
+            try { Dispatch(what, workers, "realloc", command, mine); }
             catch { _ = mine.ContinueWith(_ => { }, TaskScheduler.Default); throw; }
         }
     }

@@ -57,44 +57,6 @@ public sealed class FaultTests(ITestOutputHelper output)
         return new JsonObject { ["version"] = 1, ["cluster"] = new JsonObject { ["nodes"] = nodes, ["devices_per_node"] = perNode }, ["calls"] = calls }.ToJsonString();
     }
 
-    private sealed class Run(Process p, string name) : IDisposable
-    {
-        private readonly System.Text.StringBuilder _out = new();
-        public Process Process { get; } = p;
-        public string Output { get { lock (_out) return _out.ToString(); } }
-
-        public static Run Start(string name, string exe, IEnumerable<string> args, IDictionary<string, string>? env = null)
-        {
-            var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            foreach (var a in args) psi.ArgumentList.Add(a);
-            psi.Environment["NO_COLOR"] = "1";
-            foreach (var (k, v) in env ?? new Dictionary<string, string>()) psi.Environment[k] = v;
-            var r = new Run(Process.Start(psi)!, name);
-            r.Process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (r._out) r._out.AppendLine(e.Data); };
-            r.Process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (r._out) r._out.AppendLine(e.Data); };
-            r.Process.BeginOutputReadLine();
-            r.Process.BeginErrorReadLine();
-            return r;
-        }
-
-        public int Wait(TimeSpan limit)
-        {
-            if (!Process.WaitForExit(limit))
-            {
-                Process.Kill(entireProcessTree: true);
-                throw new TimeoutException($"{name} did not exit within {limit.TotalSeconds:F0} s; output:\n{Output}");
-            }
-            Process.WaitForExit();
-            return Process.ExitCode;
-        }
-
-        public void Dispose()
-        {
-            try { if (!Process.HasExited) Process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
-            Process.Dispose();
-        }
-    }
-
     private static string Dir()
     {
         var d = Path.Combine(Path.GetTempPath(), "realn-fault-" + Guid.NewGuid().ToString("N")[..8]);
@@ -152,15 +114,6 @@ public sealed class FaultTests(ITestOutputHelper output)
         catch (IOException) { return 0; }
     }
 
-    /// <summary>SHA-256 of every model and optimizer file of the newest checkpoint.</summary>
-    private static Dictionary<string, string> Final(string dir)
-    {
-        var ck = Path.Combine(dir, "checkpoints");
-        string latest = File.ReadAllText(Path.Combine(ck, "latest")).Trim();
-        var files = JsonNode.Parse(File.ReadAllText(Path.Combine(ck, latest, "manifest.json")))!["files"]!.AsObject();
-        return files.Where(kv => kv.Key != "state.json").ToDictionary(kv => kv.Key, kv => (string)kv.Value!["sha256"]!);
-    }
-
     [Fact]
     public void KilledWorkerEndsTheRunNamingItAndResumeReachesTheUninterruptedParameters()
     {
@@ -195,7 +148,7 @@ public sealed class FaultTests(ITestOutputHelper output)
             Assert.True(PpoSteps(runDir) < 40);
             using (var resumed = Run.Start("resumed run", exe, ["run", cfg, "--plan", plan, "--out", runDir, "--resume"]))
                 Assert.True(resumed.Wait(TimeSpan.FromMinutes(3)) == 0, resumed.Output);
-            Assert.Equal(Final(refDir), Final(runDir));
+            Assert.Equal(Run.Final(refDir), Run.Final(runDir));
         }
         finally { Directory.Delete(dir, true); }
     }

@@ -112,43 +112,16 @@ public sealed class TwoNodeTests(ITestOutputHelper output) : IDisposable
         return new Files(d, Path.Combine(d, "exp.yaml"), Path.Combine(d, "plan.json"), secret);
     }
 
-    private (Process P, System.Text.StringBuilder Out) Launch(Files f, int node, string outDir, int port)
+    private Run Launch(Files f, int node, string outDir, int port)
     {
-        var psi = new ProcessStartInfo("ip") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { "netns", "exec", Ns(node), WorkerProcessTests.Realn(), "launch", f.Config, "--plan", f.Plan, "--nnodes", "2", "--node-rank", node.ToString(),
-                                  "--master", $"{Address(0)}:{port}" })
-            psi.ArgumentList.Add(a);
-        if (node == 0) { psi.ArgumentList.Add("--out"); psi.ArgumentList.Add(outDir); }
-        psi.Environment["REALN_JOB_SECRET_FILE"] = f.Secret;
-        psi.Environment.Remove("REALN_JOB_SECRET");
-        psi.Environment["UCX_TLS"] = "tcp,self";  // namespaces share /dev/shm: make the bytes cross the veth
-        psi.Environment["NO_COLOR"] = "1";
-        var sb = new System.Text.StringBuilder();
-        var p = Process.Start(psi)!;
-        p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (sb) sb.AppendLine(e.Data); };
-        p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (sb) sb.AppendLine(e.Data); };
-        p.BeginOutputReadLine();
-        p.BeginErrorReadLine();
-        return (p, sb);
-    }
-
-    private static int Wait((Process P, System.Text.StringBuilder Out) l, TimeSpan limit, string what)
-    {
-        if (!l.P.WaitForExit(limit))
+        var args = new List<string> { "netns", "exec", Ns(node), WorkerProcessTests.Realn(), "launch", f.Config, "--plan", f.Plan, "--nnodes", "2",
+                                      "--node-rank", node.ToString(), "--master", $"{Address(0)}:{port}" };
+        if (node == 0) args.AddRange(["--out", outDir]);
+        return Run.Start($"node {node}", "ip", args, new Dictionary<string, string?>
         {
-            l.P.Kill(true);
-            throw new TimeoutException($"{what} did not exit within {limit.TotalSeconds:F0} s:\n{l.Out}");
-        }
-        l.P.WaitForExit();
-        return l.P.ExitCode;
-    }
-
-    private static Dictionary<string, string> Final(string dir)
-    {
-        var ck = Path.Combine(dir, "checkpoints");
-        string latest = File.ReadAllText(Path.Combine(ck, "latest")).Trim();
-        var files = JsonNode.Parse(File.ReadAllText(Path.Combine(ck, latest, "manifest.json")))!["files"]!.AsObject();
-        return files.Where(kv => kv.Key != "state.json").ToDictionary(kv => kv.Key, kv => (string)kv.Value!["sha256"]!);
+            ["REALN_JOB_SECRET_FILE"] = f.Secret, ["REALN_JOB_SECRET"] = null,
+            ["UCX_TLS"] = "tcp,self",  // namespaces share /dev/shm: make the bytes cross the veth
+        });
     }
 
     /// <summary>A port below the ephemeral range, where the job's own processes bind port 0.</summary>
@@ -169,14 +142,14 @@ public sealed class TwoNodeTests(ITestOutputHelper output) : IDisposable
                 Assert.True(p.WaitForExit(TimeSpan.FromMinutes(3)) && p.ExitCode == 0, o);
             }
             int port = Port();
-            var n1 = Launch(f, 1, "", port);
-            var n0 = Launch(f, 0, multi, port);
-            int c0 = Wait(n0, TimeSpan.FromMinutes(4), "node 0");
-            int c1 = Wait(n1, TimeSpan.FromMinutes(1), "node 1");
-            string both = $"node 0 (exit {c0}):\n{n0.Out}\nnode 1 (exit {c1}):\n{n1.Out}";
+            using var n1 = Launch(f, 1, "", port);
+            using var n0 = Launch(f, 0, multi, port);
+            int c0 = n0.Wait(TimeSpan.FromMinutes(4));
+            int c1 = n1.Wait(TimeSpan.FromMinutes(1));
+            string both = $"node 0 (exit {c0}):\n{n0.Output}\nnode 1 (exit {c1}):\n{n1.Output}";
             output.WriteLine(both);
             Assert.True(c0 == 0 && c1 == 0, both);
-            Assert.Equal(Final(single), Final(multi));
+            Assert.Equal(Run.Final(single), Run.Final(multi));
         }
         finally { Directory.Delete(f.Dir, true); }
     }
@@ -190,22 +163,22 @@ public sealed class TwoNodeTests(ITestOutputHelper output) : IDisposable
         {
             string multi = Path.Combine(f.Dir, "multi");
             int port = Port();
-            var n1 = Launch(f, 1, "", port);
-            var n0 = Launch(f, 0, multi, port);
+            using var n1 = Launch(f, 1, "", port);
+            using var n0 = Launch(f, 0, multi, port);
             var until = DateTime.UtcNow + TimeSpan.FromMinutes(2);
-            while (!n0.Out.ToString().Contains("ppo 3/") && !n0.P.HasExited && DateTime.UtcNow < until) Thread.Sleep(100);
-            Assert.False(n0.P.HasExited, n0.Out.ToString());
-            Assert.Contains("ppo 3/", n0.Out.ToString());
+            while (!n0.Output.Contains("ppo 3/") && !n0.Process.HasExited && DateTime.UtcNow < until) Thread.Sleep(100);
+            Assert.False(n0.Process.HasExited, n0.Output);
+            Assert.Contains("ppo 3/", n0.Output);
             var cut = Stopwatch.StartNew();
             Must("ip", "netns", "exec", Ns(0), "ip", "link", "del", Veth(0));  // both ends go
-            int c0 = Wait(n0, TimeSpan.FromSeconds(90), "node 0 after the cut");
-            int c1 = Wait(n1, TimeSpan.FromSeconds(60), "node 1 after the cut");
-            output.WriteLine($"both ended {cut.Elapsed.TotalSeconds:F1} s after the cut\nnode 0 ({c0}):\n{n0.Out}\nnode 1 ({c1}):\n{n1.Out}");
+            int c0 = n0.Wait(TimeSpan.FromSeconds(90));
+            int c1 = n1.Wait(TimeSpan.FromSeconds(60));
+            output.WriteLine($"both ended {cut.Elapsed.TotalSeconds:F1} s after the cut\nnode 0 ({c0}):\n{n0.Output}\nnode 1 ({c1}):\n{n1.Output}");
             Assert.NotEqual(0, c0);
             Assert.NotEqual(0, c1);
             // The master names the worker it lost and what it was doing (node 0's own worker loses
             // the master too: the cut removes the address it reaches the master at).
-            Assert.Matches("job failed: worker [01] .*(sent no heartbeat|exited|failed)", n0.Out.ToString());
+            Assert.Matches("job failed: worker [01] .*(sent no heartbeat|exited|failed)", n0.Output);
             Assert.True(cut.Elapsed < TimeSpan.FromSeconds(60), $"took {cut.Elapsed.TotalSeconds:F0} s");
         }
         finally { Directory.Delete(f.Dir, true); }
