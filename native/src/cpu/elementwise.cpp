@@ -1,8 +1,9 @@
 // Elementwise helpers the engine composes layers from (residual adds, gradient clipping,
-// global norms, dtype conversion). Reductions accumulate in double and are deterministic:
-// fixed static partition, partial sums combined in thread order.
+// global norms, dtype conversion). Reductions accumulate in double and do not depend on the thread
+// count: fixed chunks (a function of n), partial sums combined in chunk order.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -15,22 +16,30 @@ namespace realn::cpu {
 namespace {
 constexpr int64_t kPar = 1 << 15;
 
-// Deterministic parallel sum: per-thread partials over fixed ranges, combined in order.
+// Sum that does not depend on the thread count: fixed chunks of kSumChunk terms (a function of
+// n only), each summed in order in double, then the chunk sums added in chunk order.
+constexpr int64_t kSumChunk = 1 << 14;
+
 template <typename F>
 double det_sum(int64_t n, F term) {
-    const int nt = n > kPar ? omp_get_max_threads() : 1;
-    std::vector<double> part(static_cast<size_t>(nt), 0.0);
-#pragma omp parallel num_threads(nt)
-    {
-        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-        const int64_t chunk = (n + T - 1) / T;
-        const int64_t lo = std::min(n, t * chunk), hi = std::min(n, lo + chunk);
+    const int64_t chunks = (n + kSumChunk - 1) / kSumChunk;
+    if (chunks <= 1) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < n; ++i) acc += term(i);
+        return acc;
+    }
+    thread_local std::vector<double> part;
+    if (part.size() < static_cast<size_t>(chunks)) part.resize(static_cast<size_t>(chunks));
+    double* parts = part.data();
+#pragma omp parallel for schedule(static) if (n > kPar)
+    for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t lo = c * kSumChunk, hi = std::min(n, lo + kSumChunk);
         double acc = 0.0;
         for (int64_t i = lo; i < hi; ++i) acc += term(i);
-        part[t] = acc;
+        parts[c] = acc;
     }
     double s = 0.0;
-    for (double p : part) s += p;
+    for (int64_t c = 0; c < chunks; ++c) s += parts[c];
     return s;
 }
 

@@ -1,34 +1,132 @@
-// GEMM on the CPU backend: row-major cblas_sgemm from OpenBLAS. A strided batch of small
-// matrices runs one matrix per OpenMP thread (OpenBLAS then runs single-threaded inside the
-// parallel region); large matrices run one after another with OpenBLAS's own threading.
+// GEMM on the CPU backend whose result does not depend on the number of threads: every op that
+// multiplies matrices (gemm, linear_fwd, linear_bwd) goes through fixed_tile_sgemm below.
+//
+// Why: OpenBLAS's result for an element depends on how it splits the work. Its single-threaded
+// driver (level3.c) and its threaded driver (level3_thread.c) cut K into different panels when
+// GEMM_Q < K < 2 GEMM_Q (GEMM_Q is 320 on Haswell kernels, 448 on SkylakeX), so the sum per
+// element is rounded differently, and which driver runs depends on the thread count. A worker
+// with 1 thread and an in-process run with 2 then differ in the last bit.
+//
+// How: the output C (per batch matrix) is cut into tiles whose shape is a pure function of
+// (m, n, k) (tiling_for: never of the thread count); tiles are handed to OpenMP threads and each
+// is one single-threaded cblas_sgemm call over the FULL K. An element's value is then the value
+// of that one single-threaded call, whichever thread ran it and however many threads there were.
+// OpenBLAS (OpenMP build) runs single-threaded when omp_in_parallel() or omp_get_max_threads()
+// is 1 (common_thread.h, num_cpu_avail); we set the calling task's nthreads ICV to 1 around
+// every call (OneBlasThread), which covers both the team of one and the inactive region. OpenBLAS
+// small-matrix kernels (SkylakeX) are chosen from the call's (m, n, k) too, i.e. from the tile
+// shape, which is again a function of the problem shape only.
+//
+// The guarantee (README "Determinism"): bit-identical results for any OpenMP thread count, on the
+// same machine with the same OpenBLAS build and core type (OPENBLAS_CORETYPE) and the same librealn
+// build (-march=native). NOT across CPUs or core types: another kernel set rounds differently.
+//
+// Cost: each tile packs its own A rows and B columns, so tiles are kept large (tiling_for
+// minimises the repacked floats for a tile count set by the work).
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <cstdint>
+
 #include "cpu_ops.hpp"
+#include "gemm_tiles.hpp"
 
 namespace realn::cpu {
+namespace {
+
+// A float of operand traffic (read, packed) costs about this many multiply-adds.
+constexpr double kMemWeight = 8.0;
+// Work (multiply-add equivalents) per tile below which splitting further does not pay: about
+// 25-50 us of one core.
+constexpr double kTileWork = double(1 << 20);
+constexpr int64_t kMaxTiles = 32;  // per matrix; enough tiles to balance up to ~16 threads
+constexpr int64_t kAlign = 16;     // tile edges are multiples of this (OpenBLAS unroll widths)
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The calling task runs OpenBLAS single-threaded while this lives (OpenMP nthreads ICV of this
+// task set to 1; restored after).
+struct OneBlasThread {
+    int saved = omp_get_max_threads();
+    OneBlasThread() {
+        if (saved != 1) omp_set_num_threads(1);
+    }
+    ~OneBlasThread() {
+        if (saved != 1) omp_set_num_threads(saved);
+    }
+};
+
+}  // namespace
+
+GemmTiling tiling_for(int64_t m, int64_t n, int64_t k) {
+    if (m <= 0 || n <= 0) return {std::max<int64_t>(m, 1), std::max<int64_t>(n, 1), 0, 0};
+    const double work = double(m) * double(n) * double(k) +
+                        kMemWeight * (double(m) * double(k) + double(n) * double(k) + double(m) * double(n));
+    const int64_t want = std::clamp<int64_t>(static_cast<int64_t>(work / kTileWork), 1, kMaxTiles);
+    // Fewest repacked operand floats (per unit of K) over grids with at least `want` tiles; when
+    // the matrix is too narrow for `want` aligned tiles, settle for fewer.
+    for (int64_t w = want; w > 1; --w) {
+        GemmTiling best{m, n, 1, 1};
+        double best_cost = -1.0;
+        for (int64_t gm = 1; gm <= w; ++gm) {
+            const int64_t gn = ceil_div(w, gm);
+            int64_t tm = std::min(m, ceil_div(ceil_div(m, gm), kAlign) * kAlign);
+            int64_t tn = std::min(n, ceil_div(ceil_div(n, gn), kAlign) * kAlign);
+            const int64_t rgm = ceil_div(m, tm), rgn = ceil_div(n, tn);
+            if (rgm * rgn < w) continue;
+            const double cost = double(rgm) * double(n) + double(rgn) * double(m);
+            if (best_cost < 0 || cost < best_cost ||
+                (cost == best_cost && rgm * rgn < best.gm * best.gn)) {
+                best = {tm, tn, rgm, rgn};
+                best_cost = cost;
+            }
+        }
+        if (best_cost >= 0) return best;
+    }
+    return {m, n, 1, 1};
+}
+
+void fixed_tile_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                      const float* A, int64_t lda, int64_t sa, const float* B, int64_t ldb,
+                      int64_t sb, float beta, float* C, int64_t ldc, int64_t sc, int64_t batch) {
+    if (m <= 0 || n <= 0 || batch <= 0) return;
+    const GemmTiling t = tiling_for(m, n, k);
+    const int64_t per = t.gm * t.gn, total = per * batch;
+    const CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans;
+    const CBLAS_TRANSPOSE TB = tb ? CblasTrans : CblasNoTrans;
+    auto tile = [&](int64_t id) {
+        const int64_t b = id / per, ij = id % per, i = ij / t.gn, j = ij % t.gn;
+        const int64_t r0 = i * t.tm, c0 = j * t.tn;
+        const int64_t rows = std::min(t.tm, m - r0), cols = std::min(t.tn, n - c0);
+        // Row r0 of op(A): A row r0, or A column r0 when transposed; likewise for B's columns.
+        const float* a = A + b * sa + (ta ? r0 : r0 * lda);
+        const float* bb = B + b * sb + (tb ? c0 * ldb : c0);
+        float* c = C + b * sc + r0 * ldc + c0;
+        cblas_sgemm(CblasRowMajor, TA, TB, static_cast<blasint>(rows), static_cast<blasint>(cols),
+                    static_cast<blasint>(k), alpha, a, static_cast<blasint>(lda), bb,
+                    static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
+    };
+    const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), total));
+    if (threads <= 1) {
+        OneBlasThread one;
+        for (int64_t id = 0; id < total; ++id) tile(id);
+        return;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        OneBlasThread one;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t id = 0; id < total; ++id) tile(id);
+    }
+}
 
 void gemm(realn_stream_t, int32_t, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k,
           float alpha, const void* a, int64_t lda, int64_t sa, const void* b, int64_t ldb,
           int64_t sb, float beta, void* c, int64_t ldc, int64_t sc, int64_t batch) {
-    const auto* A = static_cast<const float*>(a);
-    const auto* B = static_cast<const float*>(b);
-    auto* C = static_cast<float*>(c);
-    const CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans;
-    const CBLAS_TRANSPOSE TB = tb ? CblasTrans : CblasNoTrans;
-    auto one = [&](int64_t i) {
-        cblas_sgemm(CblasRowMajor, TA, TB, static_cast<blasint>(m), static_cast<blasint>(n),
-                    static_cast<blasint>(k), alpha, A + i * sa, static_cast<blasint>(lda),
-                    B + i * sb, static_cast<blasint>(ldb), beta, C + i * sc,
-                    static_cast<blasint>(ldc));
-    };
-    const double flops = 2.0 * double(m) * double(n) * double(k);
-    if (batch > 1 && flops < 8e6 && omp_get_max_threads() > 1) {
-#pragma omp parallel for schedule(dynamic, 1)
-        for (int64_t i = 0; i < batch; ++i) one(i);
-    } else {
-        for (int64_t i = 0; i < batch; ++i) one(i);
-    }
+    fixed_tile_sgemm(ta != 0, tb != 0, m, n, k, alpha, static_cast<const float*>(a), lda, sa,
+                     static_cast<const float*>(b), ldb, sb, beta, static_cast<float*>(c), ldc, sc,
+                     batch);
 }
 
 }  // namespace realn::cpu

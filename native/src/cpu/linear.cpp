@@ -1,10 +1,11 @@
-// Linear layer with the weight in [out, in] layout (HF/PyTorch), as two or three GEMMs.
-// Forward seeds y with the bias rows and lets SGEMM accumulate (beta = 1), saving a pass.
-#include <cblas.h>
-
+// Linear layer with the weight in [out, in] layout (HF/PyTorch), as two or three GEMMs through
+// the thread-count-independent fixed_tile_sgemm (gemm.cpp). Forward seeds y with the bias rows and
+// lets SGEMM accumulate (beta = 1), saving a pass. The bias gradient is a column sum per column in
+// row order: the same for any thread count.
 #include <cstring>
 
 #include "cpu_ops.hpp"
+#include "gemm_tiles.hpp"
 
 namespace realn::cpu {
 
@@ -20,8 +21,7 @@ void linear_fwd(realn_stream_t, int32_t, const void* x, const void* w, const voi
         for (int64_t r = 0; r < rows; ++r) std::memcpy(Y + r * out, Bv, sizeof(float) * out);
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)out, (blasint)in,
-                1.0f, X, (blasint)in, W, (blasint)in, beta, Y, (blasint)out);
+    fixed_tile_sgemm(false, true, rows, out, in, 1.0f, X, in, 0, W, in, 0, beta, Y, out, 0, 1);
 }
 
 void linear_bwd(realn_stream_t, int32_t, const void* x, const void* w, const void* dy, void* dx,
@@ -31,14 +31,12 @@ void linear_bwd(realn_stream_t, int32_t, const void* x, const void* w, const voi
     const auto* DY = static_cast<const float*>(dy);
     if (dx) {
         const float beta = (flags & REALN_ACCUMULATE_DX) ? 1.0f : 0.0f;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)rows, (blasint)in,
-                    (blasint)out, 1.0f, DY, (blasint)out, W, (blasint)in, beta,
-                    static_cast<float*>(dx), (blasint)in);
+        fixed_tile_sgemm(false, false, rows, in, out, 1.0f, DY, out, 0, W, in, 0, beta,
+                         static_cast<float*>(dx), in, 0, 1);
     }
     if (dw) {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)out, (blasint)in,
-                    (blasint)rows, 1.0f, DY, (blasint)out, X, (blasint)in, 1.0f,
-                    static_cast<float*>(dw), (blasint)in);
+        fixed_tile_sgemm(true, false, out, in, rows, 1.0f, DY, out, 0, X, in, 0, 1.0f,
+                         static_cast<float*>(dw), in, 0, 1);
     }
     if (dbias) {
         auto* DB = static_cast<float*>(dbias);

@@ -1,9 +1,9 @@
 // RMSNorm forward/backward, parallel over rows. Row statistics (sum of squares, the backward's
 // dot product) accumulate in double inside `omp simd` reductions: still one vectorised pass.
-// The weight gradient is a column sum over rows; to keep it deterministic without atomics each
-// thread sums its contiguous block of rows into a private double row, then the partial rows are
-// added in thread order (per column slice, in parallel). The scratch is kept per calling thread
-// and only grows, so steady-state calls allocate nothing.
+// The weight gradient is a column sum over rows; to keep it independent of the thread count
+// without atomics, the rows are cut into blocks by the row count alone, each block sums into a
+// private double row, then the block rows are added in block order (per column, in parallel).
+// The scratch is kept per calling thread and only grows, so steady-state calls allocate nothing.
 #include <omp.h>
 
 #include <algorithm>
@@ -19,6 +19,13 @@ constexpr int64_t kPar = 1 << 14;  // elements below which one thread does the w
 int threads_for(int64_t rows, int64_t dim) {
     if (rows * dim <= kPar) return 1;
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), rows)));
+}
+
+// Row blocks of the weight-gradient sum: a function of the row count only (never of the thread
+// count), at most kMaxRowBlocks, each of at least kMinBlockRows rows.
+constexpr int64_t kMaxRowBlocks = 32, kMinBlockRows = 8;
+int64_t row_blocks(int64_t rows) {
+    return std::clamp<int64_t>(rows / kMinBlockRows, 1, kMaxRowBlocks);
 }
 }  // namespace
 
@@ -51,40 +58,42 @@ void rmsnorm_bwd(realn_stream_t, int32_t, const void* x, const void* w, const fl
     const auto* DY = static_cast<const float*>(dy);
     auto* DX = static_cast<float*>(dx);
     auto* DW = static_cast<float*>(dw);
-    const int nt = threads_for(rows, dim);
+    const int64_t blocks = row_blocks(rows), per = (rows + blocks - 1) / blocks;
     thread_local std::vector<double> scratch;
-    if (scratch.size() < static_cast<size_t>(nt * dim)) scratch.resize(static_cast<size_t>(nt * dim));
+    if (scratch.size() < static_cast<size_t>(blocks * dim))
+        scratch.resize(static_cast<size_t>(blocks * dim));
     double* parts = scratch.data();
+    const int nt = threads_for(rows, dim);
 #pragma omp parallel num_threads(nt)
     {
-        const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
-        const int64_t per = (rows + T - 1) / T;
-        const int64_t lo = std::min(rows, t * per), hi = std::min(rows, lo + per);
-        double* __restrict part = parts + t * dim;
-        std::fill(part, part + dim, 0.0);
-        for (int64_t r = lo; r < hi; ++r) {
-            const float* __restrict xr = X + r * dim;
-            const float* __restrict gr = DY + r * dim;
-            float* __restrict dxr = DX + r * dim;
-            const double rs = rstd[r];
-            double dot = 0.0;
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < blocks; ++b) {
+            const int64_t lo = std::min(rows, b * per), hi = std::min(rows, lo + per);
+            double* __restrict part = parts + b * dim;
+            std::fill(part, part + dim, 0.0);
+            for (int64_t r = lo; r < hi; ++r) {
+                const float* __restrict xr = X + r * dim;
+                const float* __restrict gr = DY + r * dim;
+                float* __restrict dxr = DX + r * dim;
+                const double rs = rstd[r];
+                double dot = 0.0;
 #pragma omp simd reduction(+ : dot)
-            for (int64_t j = 0; j < dim; ++j) dot += double(gr[j] * W[j]) * double(xr[j]);
-            const float a = static_cast<float>(rs);
-            const float c = static_cast<float>(rs * rs * rs * dot / double(dim));
+                for (int64_t j = 0; j < dim; ++j) dot += double(gr[j] * W[j]) * double(xr[j]);
+                const float a = static_cast<float>(rs);
+                const float c = static_cast<float>(rs * rs * rs * dot / double(dim));
 #pragma omp simd
-            for (int64_t j = 0; j < dim; ++j) {
-                dxr[j] = a * W[j] * gr[j] - c * xr[j];
-                part[j] += double(gr[j] * xr[j]) * rs;
+                for (int64_t j = 0; j < dim; ++j) {
+                    dxr[j] = a * W[j] * gr[j] - c * xr[j];
+                    part[j] += double(gr[j] * xr[j]) * rs;
+                }
             }
         }
-#pragma omp barrier
-        // Column slice per thread; partial rows added in thread order (deterministic).
-        const int64_t cper = (dim + T - 1) / T;
-        const int64_t clo = std::min(dim, t * cper), chi = std::min(dim, clo + cper);
-        for (int64_t j = clo; j < chi; ++j) {
+        // Per column, the block partials added in block order (the implicit barrier above
+        // separates the passes).
+#pragma omp for schedule(static)
+        for (int64_t j = 0; j < dim; ++j) {
             double acc = 0.0;
-            for (int64_t k = 0; k < T; ++k) acc += parts[k * dim + j];
+            for (int64_t b = 0; b < blocks; ++b) acc += parts[b * dim + j];
             DW[j] += static_cast<float>(acc);
         }
     }
