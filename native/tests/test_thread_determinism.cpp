@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/gemm_tiles.hpp"
 #include "testing/harness.hpp"
 
 using namespace realn::testing;
@@ -77,8 +78,10 @@ void register_cases() {
                 G{1, 0, 64, 96, 700, 1, 1.0f, 1.0f}, G{0, 1, 256, 384, 600, 1, 1.0f, 0.0f},
                 G{1, 1, 129, 200, 333, 1, -1.0f, 0.25f}, G{0, 0, 300, 515, 481, 1, 1.0f, 0.0f},
                 G{0, 0, 48, 64, 500, 6, 1.0f, 0.0f}, G{1, 0, 5, 7, 9, 16, 1.0f, 1.0f}}) {
+        const auto t = realn::cpu::tiling_for(g.m, g.n, g.k);
         add("gemm",
-            concat_shape("ta=", g.ta, " tb=", g.tb, " m=", g.m, " n=", g.n, " k=", g.k, " batch=", g.batch),
+            concat_shape("ta=", g.ta, " tb=", g.tb, " m=", g.m, " n=", g.n, " k=", g.k, " batch=", g.batch,
+                         " (", t.gm, "x", t.gn, " tiles)"),
             [g](Env& e) {
                 const int64_t lda = (g.ta ? g.m : g.k) + 3, ldb = (g.tb ? g.k : g.n) + 1, ldc = g.n + 2;
                 const int64_t sa = (g.ta ? g.k : g.m) * lda + 5, sb = (g.tb ? g.n : g.k) * ldb + 7,
@@ -96,7 +99,7 @@ void register_cases() {
     struct L {
         int64_t rows, in, out;
     };
-    for (L l : {L{1, 500, 300}, L{37, 500, 300}, L{450, 96, 130}, L{600, 64, 176}}) {
+    for (L l : {L{1, 500, 300}, L{37, 500, 300}, L{450, 96, 130}, L{600, 64, 176}, L{300, 700, 900}}) {
         const std::string shape = concat_shape("rows=", l.rows, " in=", l.in, " out=", l.out);
         add("linear_fwd", shape, [l](Env& e) {
             Rng& r = e.rng();

@@ -21,12 +21,16 @@
 // same machine with the same OpenBLAS build and core type (OPENBLAS_CORETYPE) and the same librealn
 // build (-march=native). NOT across CPUs or core types: another kernel set rounds differently.
 //
-// Cost: each tile packs its own A rows and B columns, so tiles are kept large (tiling_for
-// minimises the repacked floats for a tile count set by the work).
+// Cost: each tile packs its own A rows and B columns (OpenBLAS cannot share packed panels across
+// calls), so tiling_for trades that repacking against parallelism (see there): a few big tiles
+// for square training shapes (2 x 2 for 1024^3), many thin ones where one operand is small
+// (decode, M = 1..64: B is streamed once either way, and SkylakeX's small-matrix kernels take
+// thin tiles).
 #include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "cpu_ops.hpp"
@@ -35,13 +39,22 @@
 namespace realn::cpu {
 namespace {
 
-// A float of operand traffic (read, packed) costs about this many multiply-adds.
-constexpr double kMemWeight = 8.0;
-// Work (multiply-add equivalents) per tile below which splitting further does not pay: about
-// 25-50 us of one core.
-constexpr double kTileWork = double(1 << 20);
-constexpr int64_t kMaxTiles = 32;  // per matrix; enough tiles to balance up to ~16 threads
-constexpr int64_t kAlign = 16;     // tile edges are multiples of this (OpenBLAS unroll widths)
+// Splitting costs packing: OpenBLAS packs the A rows and B columns of every call, so an m x n
+// output cut into gm x gn tiles packs A gn times and B gm times instead of once each. Measured
+// on a Xeon (AVX-512 kernels, one thread), packing a float costs about as much as 45..120
+// multiply-adds (depending on operand and transpose; kPackFma is in between), so the extra cost
+// relative to the product is about
+//   c = kPackFma * ((gn - 1) m + (gm - 1) n) / (m n)          (K cancels).
+// More tiles buy parallelism, fewer save packing, and the thread count must not decide. So the
+// grid is the one with the best geometric mean, over P = 1, 2, 4 threads (what a worker process
+// typically has), of its time relative to a perfect split: (1 + c) ceil(T / P) P / T for T tiles. Tiles hold at least kMinTileWork
+// (multiply-adds, plus kStreamFma per operand float for memory-bound shapes such as M = 1).
+constexpr double kPackFma = 64.0;
+constexpr int kMaxThreadsScored = 4;
+constexpr double kStreamFma = 4.0;
+constexpr double kMinTileWork = double(1 << 20);  // ~20 us on one core: less does not pay a thread
+constexpr int64_t kMaxTiles = 16;
+constexpr int64_t kAlign = 16;  // tile edges are multiples of this (OpenBLAS unroll widths)
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -61,30 +74,31 @@ struct OneBlasThread {
 
 GemmTiling tiling_for(int64_t m, int64_t n, int64_t k) {
     if (m <= 0 || n <= 0) return {std::max<int64_t>(m, 1), std::max<int64_t>(n, 1), 0, 0};
-    const double work = double(m) * double(n) * double(k) +
-                        kMemWeight * (double(m) * double(k) + double(n) * double(k) + double(m) * double(n));
-    const int64_t want = std::clamp<int64_t>(static_cast<int64_t>(work / kTileWork), 1, kMaxTiles);
-    // Fewest repacked operand floats (per unit of K) over grids with at least `want` tiles; when
-    // the matrix is too narrow for `want` aligned tiles, settle for fewer.
-    for (int64_t w = want; w > 1; --w) {
-        GemmTiling best{m, n, 1, 1};
-        double best_cost = -1.0;
-        for (int64_t gm = 1; gm <= w; ++gm) {
-            const int64_t gn = ceil_div(w, gm);
-            int64_t tm = std::min(m, ceil_div(ceil_div(m, gm), kAlign) * kAlign);
-            int64_t tn = std::min(n, ceil_div(ceil_div(n, gn), kAlign) * kAlign);
-            const int64_t rgm = ceil_div(m, tm), rgn = ceil_div(n, tn);
-            if (rgm * rgn < w) continue;
-            const double cost = double(rgm) * double(n) + double(rgn) * double(m);
-            if (best_cost < 0 || cost < best_cost ||
-                (cost == best_cost && rgm * rgn < best.gm * best.gn)) {
-                best = {tm, tn, rgm, rgn};
-                best_cost = cost;
+    const double mn = double(m) * double(n), kk = double(std::max<int64_t>(k, 1));
+    const double work = mn * kk + kStreamFma * (double(m) + double(n)) * kk;
+    GemmTiling best{m, n, 1, 1};
+    double best_score = 0.0;  // sum of log2 relative times; the single tile's is log2(P) per P
+    for (int p = 1; p <= kMaxThreadsScored; p *= 2) best_score += std::log2(double(p));
+    for (int64_t gm = 1; gm <= kMaxTiles; ++gm) {
+        const int64_t tm = std::min(m, ceil_div(ceil_div(m, gm), kAlign) * kAlign);
+        if (ceil_div(m, tm) != gm) continue;  // not possible with aligned edges
+        for (int64_t gn = 1; gm * gn <= kMaxTiles; ++gn) {
+            const int64_t tn = std::min(n, ceil_div(ceil_div(n, gn), kAlign) * kAlign);
+            if (ceil_div(n, tn) != gn) continue;
+            const int64_t tiles = gm * gn;
+            if (tiles == 1) continue;
+            if (work / double(tiles) < kMinTileWork) break;  // shrinks as gn grows
+            const double c = kPackFma * (double(gn - 1) * double(m) + double(gm - 1) * double(n)) / mn;
+            double score = 0.0;
+            for (int64_t p = 1; p <= kMaxThreadsScored; p *= 2)
+                score += std::log2((1.0 + c) * double(ceil_div(tiles, p) * p) / double(tiles));
+            if (score < best_score) {
+                best = {tm, tn, gm, gn};
+                best_score = score;
             }
         }
-        if (best_cost >= 0) return best;
     }
-    return {m, n, 1, 1};
+    return best;
 }
 
 void fixed_tile_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
