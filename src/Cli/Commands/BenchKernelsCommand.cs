@@ -1,6 +1,8 @@
 // `realn bench kernels [--json]`: the foundation's performance goals, measured as ratios inside
-// one run: GEMM through the ABI vs OpenBLAS called directly (1024^3, goal >= 0.95), and interval
-// gather/scatter of large intervals vs a plain memcpy of the same bytes (goal >= 0.80).
+// one run: GEMM through the ABI vs OpenBLAS called directly (1024^3, goal >= 0.95; plus training
+// and decode shapes, where the ABI's thread-count-independent tiling is compared with OpenBLAS's
+// own threading), and interval gather/scatter of large intervals vs a plain memcpy of the same
+// bytes (goal >= 0.80).
 // Candidate and reference runs are interleaved and the best of each is kept, so a burst of
 // load from another process hits both sides alike.
 using System.CommandLine;
@@ -74,6 +76,39 @@ public static unsafe class BenchKernelsCommand
             ["goal"] = 0.95,
         };
 
+        // Training shapes (a gpt2-small layer over 1024 tokens: qkv forward, input and weight
+        // gradients) and decode shapes (M = 1, 8, 64 rows against the same weight).
+        var shapes = new List<Dictionary<string, object>>();
+        foreach (var (name, ta, tb, m, nn, k) in new[]
+                 {
+                     ("train fwd", 0, 1, 1024, 2304, 768), ("train dx", 0, 0, 1024, 768, 2304), ("train dw", 1, 0, 2304, 768, 1024),
+                     ("decode", 0, 1, 1, 2304, 768), ("decode", 0, 1, 8, 2304, 768), ("decode", 0, 1, 64, 2304, 768),
+                 })
+        {
+            int lda = ta == 0 ? k : m, ldb = tb == 0 ? nn : k;
+            using var sa = new HostBlock(4L * m * k);
+            using var sb = new HostBlock(4L * nn * k);
+            using var sc = new HostBlock(4L * m * nn);
+            foreach (var blk in new[] { sa, sb })
+            {
+                var s = blk.AsSpan<float>();
+                for (int i = 0; i < s.Length; i++) s[i] = (float)(rng.NextDouble() - 0.5);
+            }
+            float* qa = (float*)sa.Pointer, qb = (float*)sb.Pointer, qc = (float*)sc.Pointer;
+            int shapeReps = m * (long)nn * k > 100_000_000 ? reps : reps * 8;
+            var (ts, tr) = Interleaved(
+                () => Native.Check(Native.realn_op_gemm(sp, DType.F32, ta, tb, m, nn, k, 1f, qa, lda, 0, qb, ldb, 0, 0f, qc, nn, 0, 1)),
+                () => OpenBlas.cblas_sgemm(OpenBlas.RowMajor, ta == 0 ? OpenBlas.NoTrans : OpenBlas.Trans, tb == 0 ? OpenBlas.NoTrans : OpenBlas.Trans,
+                                           m, nn, k, 1f, qa, lda, qb, ldb, 0f, qc, nn),
+                shapeReps);
+            shapes.Add(new Dictionary<string, object>
+            {
+                ["name"] = name, ["shape"] = $"{(ta == 0 ? "N" : "T")}{(tb == 0 ? "N" : "T")} {m}x{nn}x{k}",
+                ["abi_us"] = Math.Round(ts * 1e6, 1), ["openblas_us"] = Math.Round(tr * 1e6, 1), ["ratio"] = Math.Round(tr / ts, 3),
+            });
+        }
+        results["gemm_shapes"] = shapes;
+
         // Interval gather/scatter: 64 intervals of 2 MiB spread over a 160 MiB flat buffer.
         const long interval = 2L << 20, count = 64, stride = interval + (interval / 2);
         long flatBytes = stride * count, total = interval * count;
@@ -116,6 +151,8 @@ public static unsafe class BenchKernelsCommand
             var g = (Dictionary<string, object>)results["gemm"];
             var iv = (Dictionary<string, object>)results["interval"];
             Console.WriteLine($"GEMM 1024^3: ABI {g["abi_gflops"]} GFLOP/s, OpenBLAS {g["openblas_gflops"]} GFLOP/s, ratio {g["ratio"]} (goal >= 0.95)");
+            foreach (var sh in (List<Dictionary<string, object>>)results["gemm_shapes"])
+                Console.WriteLine($"GEMM {sh["name"]} {sh["shape"]}: ABI {sh["abi_us"]} us, OpenBLAS {sh["openblas_us"]} us, ratio {sh["ratio"]}");
             Console.WriteLine($"interval gather {iv["gather_gbps"]} GB/s, scatter {iv["scatter_gbps"]} GB/s, memcpy {iv["memcpy_gbps"]} GB/s, " +
                               $"ratios {iv["gather_ratio"]} / {iv["scatter_ratio"]} (goal >= 0.80)");
         }

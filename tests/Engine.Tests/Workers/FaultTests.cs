@@ -13,7 +13,7 @@ namespace ReaLNative.Engine.Tests.Workers;
 [Collection("worker processes")]
 public sealed class FaultTests(ITestOutputHelper output)
 {
-    private const string Config = """
+    internal const string Config = """
         name: fault-test
         algorithm: ppo
         seed: 3
@@ -36,7 +36,7 @@ public sealed class FaultTests(ITestOutputHelper output)
 
     /// <summary>A plan over <paramref name="nodes"/> x <paramref name="perNode"/> devices whose
     /// calls use different meshes and layouts (pipeline and data parallel across all devices).</summary>
-    private static string Plan(int nodes, int perNode)
+    internal static string Plan(int nodes, int perNode)
     {
         JsonObject Call(string name, string model, string type, int n0, int nc, int d0, int dc, int pp, int dp, int micro) => new()
         {
@@ -57,14 +57,14 @@ public sealed class FaultTests(ITestOutputHelper output)
         return new JsonObject { ["version"] = 1, ["cluster"] = new JsonObject { ["nodes"] = nodes, ["devices_per_node"] = perNode }, ["calls"] = calls }.ToJsonString();
     }
 
-    private static string Dir()
+    internal static string Dir()
     {
         var d = Path.Combine(Path.GetTempPath(), "realn-fault-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(d);
         return d;
     }
 
-    private static string Write(string dir, string name, string text)
+    internal static string Write(string dir, string name, string text)
     {
         var p = Path.Combine(dir, name);
         File.WriteAllText(p, text);
