@@ -80,17 +80,19 @@ void register_cases() {
                 G{0, 0, 48, 64, 500, 6, 1.0f, 0.0f}, G{1, 0, 5, 7, 9, 16, 1.0f, 1.0f}}) {
         const auto t = realn::cpu::tiling_for(g.m, g.n, g.k);
         add("gemm",
-            concat_shape("ta=", g.ta, " tb=", g.tb, " m=", g.m, " n=", g.n, " k=", g.k, " batch=", g.batch,
-                         " (", t.gm, "x", t.gn, " tiles)"),
+            concat_shape("ta=", g.ta, " tb=", g.tb, " m=", g.m, " n=", g.n, " k=", g.k,
+                         " batch=", g.batch, " (", t.gm, "x", t.gn, " tiles)"),
             [g](Env& e) {
-                const int64_t lda = (g.ta ? g.m : g.k) + 3, ldb = (g.tb ? g.k : g.n) + 1, ldc = g.n + 2;
+                const int64_t lda = (g.ta ? g.m : g.k) + 3, ldb = (g.tb ? g.k : g.n) + 1,
+                              ldc = g.n + 2;
                 const int64_t sa = (g.ta ? g.k : g.m) * lda + 5, sb = (g.tb ? g.n : g.k) * ldb + 7,
                               sc = g.m * ldc + 1;
                 float* A = e.upload(nonzero(e.rng(), sa * g.batch));
                 float* B = e.upload(nonzero(e.rng(), sb * g.batch));
                 float* C = e.upload(nonzero(e.rng(), sc * g.batch));
-                Env::check(realn_op_gemm(e.stream(), REALN_DTYPE_F32, g.ta, g.tb, g.m, g.n, g.k, g.alpha,
-                                         A, lda, sa, B, ldb, sb, g.beta, C, ldc, sc, g.batch));
+                Env::check(realn_op_gemm(e.stream(), REALN_DTYPE_F32, g.ta, g.tb, g.m, g.n, g.k,
+                                         g.alpha, A, lda, sa, B, ldb, sb, g.beta, C, ldc, sc,
+                                         g.batch));
                 Bytes out;
                 append(out, e.download(C, sc * g.batch));
                 return out;
@@ -99,7 +101,8 @@ void register_cases() {
     struct L {
         int64_t rows, in, out;
     };
-    for (L l : {L{1, 500, 300}, L{37, 500, 300}, L{450, 96, 130}, L{600, 64, 176}, L{300, 700, 900}}) {
+    for (L l :
+         {L{1, 500, 300}, L{37, 500, 300}, L{450, 96, 130}, L{600, 64, 176}, L{300, 700, 900}}) {
         const std::string shape = concat_shape("rows=", l.rows, " in=", l.in, " out=", l.out);
         add("linear_fwd", shape, [l](Env& e) {
             Rng& r = e.rng();
@@ -107,7 +110,8 @@ void register_cases() {
             float* w = e.upload(nonzero(r, l.out * l.in));
             float* b = e.upload(nonzero(r, l.out));
             float* y = static_cast<float*>(e.alloc(l.rows * l.out * 4));
-            Env::check(realn_op_linear_fwd(e.stream(), REALN_DTYPE_F32, x, w, b, y, l.rows, l.in, l.out));
+            Env::check(
+                realn_op_linear_fwd(e.stream(), REALN_DTYPE_F32, x, w, b, y, l.rows, l.in, l.out));
             Bytes out;
             append(out, e.download(y, l.rows * l.out));
             return out;
@@ -120,8 +124,8 @@ void register_cases() {
             float* dx = e.upload(nonzero(r, l.rows * l.in));
             float* dw = e.upload(nonzero(r, l.out * l.in));
             float* db = e.upload(nonzero(r, l.out));
-            Env::check(realn_op_linear_bwd(e.stream(), REALN_DTYPE_F32, x, w, dy, dx, dw, db, l.rows,
-                                           l.in, l.out, REALN_ACCUMULATE_DX));
+            Env::check(realn_op_linear_bwd(e.stream(), REALN_DTYPE_F32, x, w, dy, dx, dw, db,
+                                           l.rows, l.in, l.out, REALN_ACCUMULATE_DX));
             Bytes out;
             append(out, e.download(dx, l.rows * l.in));
             append(out, e.download(dw, l.out * l.in));
@@ -134,7 +138,8 @@ void register_cases() {
             float* x = e.upload(nonzero(e.rng(), n));
             double s = 0;
             Env::check(realn_op_sumsq(e.stream(), x, n, &s));
-            return Bytes(reinterpret_cast<unsigned char*>(&s), reinterpret_cast<unsigned char*>(&s) + 8);
+            return Bytes(reinterpret_cast<unsigned char*>(&s),
+                         reinterpret_cast<unsigned char*>(&s) + 8);
         });
     }
     for (auto [rows, dim] : {std::pair<int64_t, int64_t>{301, 96}, {1000, 64}, {7, 4000}}) {
@@ -147,8 +152,10 @@ void register_cases() {
             float* y = static_cast<float*>(e.alloc(rows * dim * 4));
             float* dx = static_cast<float*>(e.alloc(rows * dim * 4));
             float* rstd = static_cast<float*>(e.alloc(rows * 4));
-            Env::check(realn_op_rmsnorm_fwd(e.stream(), REALN_DTYPE_F32, x, w, y, rstd, rows, dim, 1e-5f));
-            Env::check(realn_op_rmsnorm_bwd(e.stream(), REALN_DTYPE_F32, x, w, rstd, dy, dx, dw, rows, dim));
+            Env::check(
+                realn_op_rmsnorm_fwd(e.stream(), REALN_DTYPE_F32, x, w, y, rstd, rows, dim, 1e-5f));
+            Env::check(realn_op_rmsnorm_bwd(e.stream(), REALN_DTYPE_F32, x, w, rstd, dy, dx, dw,
+                                            rows, dim));
             Bytes out;
             append(out, e.download(y, rows * dim));
             append(out, e.download(rstd, rows));
@@ -174,7 +181,8 @@ void register_cases() {
                                                   vocab, -100, loss, lse, &mean));
             Env::check(realn_op_cross_entropy_bwd(e.stream(), REALN_DTYPE_F32, logits, lab, rows,
                                                   vocab, -100, lse, 0.3f, dl));
-            Bytes out(reinterpret_cast<unsigned char*>(&mean), reinterpret_cast<unsigned char*>(&mean) + 8);
+            Bytes out(reinterpret_cast<unsigned char*>(&mean),
+                      reinterpret_cast<unsigned char*>(&mean) + 8);
             append(out, e.download(loss, rows));
             append(out, e.download(lse, rows));
             append(out, e.download(dl, rows * vocab));
@@ -217,13 +225,16 @@ void register_cases() {
         float* dq = static_cast<float*>(e.alloc(T * hq * d * 4));
         float* dk = static_cast<float*>(e.alloc(T * hkv * d * 4));
         float* dv = static_cast<float*>(e.alloc(T * hkv * d * 4));
-        Env::check(realn_op_attention_fwd(e.stream(), REALN_DTYPE_F32, q, k, v, cu.data(), 3, T, hq, hkv,
-                                          d, 0.25f, o, lse));
-        Env::check(realn_op_attention_bwd(e.stream(), REALN_DTYPE_F32, q, k, v, o, lse, dout, cu.data(), 3,
-                                          T, hq, hkv, d, 0.25f, dq, dk, dv));
+        Env::check(realn_op_attention_fwd(e.stream(), REALN_DTYPE_F32, q, k, v, cu.data(), 3, T, hq,
+                                          hkv, d, 0.25f, o, lse));
+        Env::check(realn_op_attention_bwd(e.stream(), REALN_DTYPE_F32, q, k, v, o, lse, dout,
+                                          cu.data(), 3, T, hq, hkv, d, 0.25f, dq, dk, dv));
         Bytes out;
-        for (auto [p, n] : {std::pair<float*, int64_t>{o, T * hq * d}, {lse, T * hq}, {dq, T * hq * d},
-                            {dk, T * hkv * d}, {dv, T * hkv * d}})
+        for (auto [p, n] : {std::pair<float*, int64_t>{o, T * hq * d},
+                            {lse, T * hq},
+                            {dq, T * hq * d},
+                            {dk, T * hkv * d},
+                            {dv, T * hkv * d}})
             append(out, e.download(p, n));
         return out;
     });
@@ -235,8 +246,8 @@ void register_cases() {
         float* vc = e.upload(nonzero(r, slots_n * L * hkv * d));
         const std::vector<int32_t> slots = {3, 0, 7, 1, 5, 2}, lens = {200, 17, 150, 1, 99, 64};
         float* o = static_cast<float*>(e.alloc(B * hq * d * 4));
-        Env::check(realn_op_attention_decode(e.stream(), REALN_DTYPE_F32, q, kc, vc, slots.data(), lens.data(),
-                                             B, slots_n, L, hq, hkv, d, 0.17f, o));
+        Env::check(realn_op_attention_decode(e.stream(), REALN_DTYPE_F32, q, kc, vc, slots.data(),
+                                             lens.data(), B, slots_n, L, hq, hkv, d, 0.17f, o));
         Bytes out;
         append(out, e.download(o, B * hq * d));
         return out;
@@ -248,7 +259,8 @@ void register_cases() {
         for (auto& i : ids) i = r.integer(0, 49);  // some out of this rank's range
         float* dout = e.upload(nonzero(r, n * hidden));
         float* dt = e.upload(nonzero(r, vocab * hidden));
-        Env::check(realn_op_embedding_bwd(e.stream(), REALN_DTYPE_F32, e.upload(ids), n, dout, vocab, hidden, 0, dt));
+        Env::check(realn_op_embedding_bwd(e.stream(), REALN_DTYPE_F32, e.upload(ids), n, dout,
+                                          vocab, hidden, 0, dt));
         Bytes out;
         append(out, e.download(dt, vocab * hidden));
         return out;
@@ -284,7 +296,8 @@ void register_cases() {
         auto* tokens = static_cast<int32_t*>(e.alloc(rows * 4));
         auto* mask = static_cast<uint8_t*>(e.alloc(rows * vocab));
         auto* logp = static_cast<float*>(e.alloc(rows * 4));
-        Env::check(realn_op_sample(e.stream(), REALN_DTYPE_F32, logits, rows, vocab, &o, tokens, mask, logp));
+        Env::check(realn_op_sample(e.stream(), REALN_DTYPE_F32, logits, rows, vocab, &o, tokens,
+                                   mask, logp));
         Bytes out;
         append(out, e.download(tokens, rows));
         append(out, e.download(mask, rows * vocab));
@@ -307,13 +320,15 @@ int main(int argc, char** argv) {
     const char* core = std::getenv("OPENBLAS_CORETYPE");
     const char* l2 = std::getenv("OPENBLAS_L2_SIZE");
     std::printf("OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s; OpenBLAS kernels: %s; %s\n",
-                core ? core : "(unset)", l2 ? l2 : "(unset)", openblas_get_corename(), realn_build_info());
+                core ? core : "(unset)", l2 ? l2 : "(unset)", openblas_get_corename(),
+                realn_build_info());
     if (core && !cpu_can_run(core)) {
         std::printf("this CPU cannot run OpenBLAS's %s kernels: skipped\n", core);
         return kSkipped;
     }
     if (core && strcasecmp(core, openblas_get_corename()) != 0) {
-        std::printf("OPENBLAS_CORETYPE=%s did not take effect (kernels: %s)\n", core, openblas_get_corename());
+        std::printf("OPENBLAS_CORETYPE=%s did not take effect (kernels: %s)\n", core,
+                    openblas_get_corename());
         return 1;
     }
     register_cases();
@@ -332,7 +347,9 @@ int main(int argc, char** argv) {
                 got = c.run(env);
                 int32_t now = 0;
                 Env::check(realn_get_num_threads(&now));
-                if (now != t) throw std::runtime_error("the op changed the thread count to " + std::to_string(now));
+                if (now != t)
+                    throw std::runtime_error("the op changed the thread count to " +
+                                             std::to_string(now));
             } catch (const std::exception& e) {
                 ok = false;
                 verdict = std::string("error: ") + e.what();
@@ -342,19 +359,22 @@ int main(int argc, char** argv) {
                 first = std::move(got);
                 continue;
             }
-            if (got.size() != first.size() || std::memcmp(got.data(), first.data(), got.size()) != 0) {
+            if (got.size() != first.size() ||
+                std::memcmp(got.data(), first.data(), got.size()) != 0) {
                 size_t at = 0;
                 while (at < got.size() && at < first.size() && got[at] == first[at]) ++at;
                 ok = false;
                 char buf[160];
-                std::snprintf(buf, sizeof buf, "%d threads differ from %d threads (first differing byte %zu of %zu)",
+                std::snprintf(buf, sizeof buf,
+                              "%d threads differ from %d threads (first differing byte %zu of %zu)",
                               t, threads.front(), at, first.size());
                 verdict = buf;
                 break;
             }
         }
         failed += ok ? 0 : 1;
-        std::printf("[%s] %-22s %-44s %s\n", ok ? "PASS" : "FAIL", c.name.c_str(), c.shape.c_str(), verdict.c_str());
+        std::printf("[%s] %-22s %-44s %s\n", ok ? "PASS" : "FAIL", c.name.c_str(), c.shape.c_str(),
+                    verdict.c_str());
     }
     realn_set_num_threads(0);
     std::printf("%zu passed, %d failed\n", det_cases().size() - failed, failed);

@@ -47,8 +47,9 @@ namespace {
 //   c = kPackFma * ((gn - 1) m + (gm - 1) n) / (m n)          (K cancels).
 // More tiles buy parallelism, fewer save packing, and the thread count must not decide. So the
 // grid is the one with the best geometric mean, over P = 1, 2, 4 threads (what a worker process
-// typically has), of its time relative to a perfect split: (1 + c) ceil(T / P) P / T for T tiles. Tiles hold at least kMinTileWork
-// (multiply-adds, plus kStreamFma per operand float for memory-bound shapes such as M = 1).
+// typically has), of its time relative to a perfect split: (1 + c) ceil(T / P) P / T for T
+// tiles. Tiles hold at least kMinTileWork (multiply-adds, plus kStreamFma per operand float for
+// memory-bound shapes such as M = 1). Beyond 4 threads a GEMM may have fewer tiles than threads.
 constexpr double kPackFma = 64.0;
 constexpr int kMaxThreadsScored = 4;
 constexpr double kStreamFma = 4.0;
@@ -88,7 +89,8 @@ GemmTiling tiling_for(int64_t m, int64_t n, int64_t k) {
             const int64_t tiles = gm * gn;
             if (tiles == 1) continue;
             if (work / double(tiles) < kMinTileWork) break;  // shrinks as gn grows
-            const double c = kPackFma * (double(gn - 1) * double(m) + double(gm - 1) * double(n)) / mn;
+            const double c =
+                kPackFma * (double(gn - 1) * double(m) + double(gm - 1) * double(n)) / mn;
             double score = 0.0;
             for (int64_t p = 1; p <= kMaxThreadsScored; p *= 2)
                 score += std::log2((1.0 + c) * double(ceil_div(tiles, p) * p) / double(tiles));
