@@ -104,10 +104,9 @@ internal static class Yaml
 {
     public static YamlMappingNode LoadRoot(string text, string source)
     {
-        var ys = new YamlStream();
-        try { ys.Load(new StringReader(text)); }
-        catch (YamlDotNet.Core.YamlException e) { throw new PlannerException($"{source}: YAML syntax error at line {e.Start.Line}: {e.Message}"); }
-        catch (InvalidOperationException e) { throw new PlannerException($"{source}: YAML syntax error: {e.Message}"); }
+        YamlStream ys;
+        try { ys = YamlText.Load(text, source); }
+        catch (InputException e) { throw new PlannerException($"YAML syntax error: {e.Detail["invalid YAML: ".Length..]}", e.File, e.Line, e.Column); }
         if (ys.Documents.Count == 0 || ys.Documents[0].RootNode is not YamlMappingNode m)
             throw new PlannerException($"{source}: expected a YAML mapping at the top level");
         return m;

@@ -125,13 +125,13 @@ public sealed class TrainingExperiment
 public sealed record ExperimentStage(int Index, string Algorithm, int Iterations, IReadOnlyList<string> Roles);
 
 /// <summary>An experiment config is invalid; <see cref="FieldPath"/> names the offending field.</summary>
-public sealed class ExperimentConfigException : Exception
+public sealed class ExperimentConfigException : InputException
 {
     /// <summary>Creates the exception.</summary>
     /// <param name="fieldPath">YAML path of the bad field, such as <c>stages[1].optim.lr</c> (empty: the document).</param>
     /// <param name="message">What is wrong, including the field path.</param>
     /// <param name="inner">The underlying error, if any.</param>
-    public ExperimentConfigException(string fieldPath, string message, Exception? inner = null) : base(message, inner) => FieldPath = fieldPath;
+    public ExperimentConfigException(string fieldPath, string message, Exception? inner = null) : base(message, inner: inner) => FieldPath = fieldPath;
 
     /// <summary>YAML path of the bad field (empty when the document as a whole is wrong).</summary>
     public string FieldPath { get; }
