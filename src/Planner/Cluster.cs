@@ -54,8 +54,10 @@ public sealed record ClusterSpec
 
     public static ClusterSpec Load(string path)
     {
-        if (!File.Exists(path)) throw new PlannerException($"cluster spec '{path}' does not exist");
-        return Parse(File.ReadAllText(path), path);
+        string text;
+        try { text = InputFile.ReadAllText(path, "cluster spec"); }
+        catch (InputException e) { throw new PlannerException(e.Message); }
+        return Parse(text, path);
     }
 
     public static ClusterSpec Parse(string yaml, string source = "cluster")

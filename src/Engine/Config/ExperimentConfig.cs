@@ -93,8 +93,10 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
 
     public static ExperimentConfig Load(string file)
     {
-        if (!File.Exists(file)) throw new ConfigException("", $"config file '{file}' does not exist");
-        return Parse(File.ReadAllText(file), Path.GetDirectoryName(Path.GetFullPath(file))!);
+        string text;
+        try { text = InputFile.ReadAllText(file, "config file"); }
+        catch (InputException e) { throw new ConfigException("", e.Message); }
+        return Parse(text, Path.GetDirectoryName(Path.GetFullPath(file))!);
     }
 
     public static ExperimentConfig Parse(string yaml, string baseDirectory)

@@ -30,6 +30,7 @@ public sealed class TrainingExperiment
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
         string full = Path.GetFullPath(path);
+        if (Directory.Exists(full)) throw new ExperimentConfigException("", $"experiment config '{path}' is a directory, not a file");
         if (!File.Exists(full)) throw new FileNotFoundException($"experiment config '{path}' does not exist", full);
         return FromYamlText(File.ReadAllText(full), Path.GetDirectoryName(full));
     }
