@@ -72,7 +72,9 @@ internal sealed record LlamaConfig
     /// <summary>Reads a Hugging Face config.json; errors name the file and the field.</summary>
     public static LlamaConfig FromHfJson(string path)
     {
-        string text = InputFile.ReadAllText(path, "model config");
+        if (Directory.Exists(path)) throw new InvalidDataException($"model config {path} is a directory, not a config.json file");
+        if (!File.Exists(path)) throw new FileNotFoundException($"model config {path} not found", path);
+        string text = File.ReadAllText(path);
         JsonNode? root;
         try { root = JsonNode.Parse(text); }
         catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})"); }

@@ -28,7 +28,8 @@ internal sealed class HfTokenizer : ITokenizer
 
     public static HfTokenizer Load(string path)
     {
-        InputFile.Check(path, "tokenizer");
+        if (Directory.Exists(path)) throw new InvalidDataException($"tokenizer {path} is a directory, not a tokenizer.json file");
+        if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer {path} not found", path);
         // A field of the wrong JSON kind (a number where a string belongs, a null id) surfaces as
         // InvalidOperationException / FormatException from the node API: named here as bad input.
         try { return Parse(path); }
