@@ -28,12 +28,12 @@ internal static class CliRunner
     }
 
     /// <summary>The exception to report: the one inside single-element aggregates (concurrent calls
-    /// fail as AggregateException), or a bad-input exception wrapped by a device thread or a task.</summary>
+    /// fail as AggregateException), or a bad-input / training failure wrapped by a device thread.</summary>
     internal static Exception Unwrap(Exception e)
     {
         while (e is AggregateException { InnerExceptions.Count: 1 } a) e = a.InnerExceptions[0];
         for (var i = e.InnerException; i is not null; i = i.InnerException)
-            if (i is InputException) return i;
+            if (i is InputException or TrainingFailedException) return i;
         return e;
     }
 

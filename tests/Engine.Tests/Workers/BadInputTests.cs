@@ -77,6 +77,17 @@ public sealed class BadInputTests(ITestOutputHelper output) : IDisposable
         Refused(RunArgs(Write("topk.yaml", Sft + "\ngeneration: { top_k: 5 }\n")), "topk.yaml", "generation.top_k", "allowed values: 0");
 
     [Fact]
+    public void DebugVariableAddsTheStackTrace()
+    {
+        using var run = Run.Start("debug", WorkerProcessTests.Realn(), RunArgs(Write("debug.yaml", Sft + "\ngeneration: { top_k: 5 }\n")),
+                                  new Dictionary<string, string?> { ["REALN_DEBUG"] = "1" });
+        Assert.Equal(2, run.Wait(TimeSpan.FromSeconds(60)));
+        Assert.Contains("realn: ", run.Output);
+        Assert.Contains("generation.top_k", run.Output);
+        Assert.Contains("   at ", run.Output);
+    }
+
+    [Fact]
     public void BadCheckpointsAreNamed()
     {
         // float data_offsets
@@ -105,7 +116,7 @@ public sealed class BadInputTests(ITestOutputHelper output) : IDisposable
     public void RunRefusesAModelThatCannotFitBeforeAllocating()
     {
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        Write("huge/config.json", """{"num_hidden_layers": 1000000, "hidden_size": 64, "intermediate_size": 176, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32, "max_position_embeddings": 128}""");
+        Write("huge/config.json", """{"num_hidden_layers": 100000000, "hidden_size": 64, "intermediate_size": 176, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32, "max_position_embeddings": 128}""");
         Refused(RunArgs(Write("huge.yaml", Sft.Replace("{ preset: tiny }", "{ config: huge/config.json }"))),
                 "huge.yaml", "does not fit in memory", "call actor_train", "more than the", "available on cluster 'this machine");
         Write("wide/config.json", """{"num_hidden_layers": 2, "hidden_size": 1000000, "intermediate_size": 176, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32, "max_position_embeddings": 128}""");
