@@ -54,17 +54,19 @@ WRAP
 }
 
 run_tests() {
-  local failed=0 passed_total=0 failed_total=0 log_dir
+  local failed=0 passed_total=0 failed_total=0 skipped_total=0 log_dir
   log_dir=$(mktemp -d)
   log "ctest"
   if (cd native/build && ctest --output-on-failure -j"$JOBS" 2>&1 | tee "$log_dir/ctest.log"); then :; else failed=1; fi
   local line
   line=$(grep -E "tests passed, [0-9]+ tests failed out of [0-9]+" "$log_dir/ctest.log" | tail -1 || true)
   if [ -n "$line" ]; then
-    local f t
+    local f t s
     f=$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\1/' <<<"$line")
     t=$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\2/' <<<"$line")
-    passed_total=$((passed_total + t - f)); failed_total=$((failed_total + f))
+    # ctest lists skipped tests under "The following tests did not run:" as "N - name (Skipped)".
+    s=$(grep -cE '\(Skipped\)$' "$log_dir/ctest.log" || true)
+    passed_total=$((passed_total + t - f - s)); failed_total=$((failed_total + f)); skipped_total=$((skipped_total + s))
   else
     failed=1
   fi
@@ -81,11 +83,19 @@ run_tests() {
     grep -E -A40 "^\s+Failed [A-Za-z]" "$log_dir/dotnet.log" | head -200 || true
     cp "$log_dir/dotnet.log" "$ROOT/dotnet-test.log" && echo "full dotnet test log: $ROOT/dotnet-test.log"
   fi
-  local p f
+  # Skipped tests (Xunit.SkippableFact's Skip.If, [Fact(Skip=...)]) with their reason: xunit prints
+  # "[xUnit.net t]     Class.Method [SKIP]" and the reason on the next line.
+  awk '/^\[xUnit\.net [^]]*\] +[^ ].* \[SKIP\]$/ {
+         sub(/^\[xUnit\.net [^]]*\] +/, ""); sub(/ \[SKIP\]$/, ""); name = $0
+         reason = "(no reason given)"
+         if ((getline nxt) > 0 && nxt !~ /\[SKIP\]$/) { sub(/^\[xUnit\.net [^]]*\] +/, "", nxt); reason = nxt }
+         print "  Skipped " name ": " reason }' "$log_dir/dotnet.log" || true
+  local p f s
   p=$(grep -E "^\s+Passed: +[0-9]+$" "$log_dir/dotnet.log" | awk '{s+=$2} END {print s+0}' || true)
   f=$(grep -E "^\s+Failed: +[0-9]+$" "$log_dir/dotnet.log" | awk '{s+=$2} END {print s+0}' || true)
-  passed_total=$((passed_total + p)); failed_total=$((failed_total + f))
-  echo "tests: $passed_total passed, $failed_total failed"
+  s=$(grep -E "^\s+Skipped: +[0-9]+$" "$log_dir/dotnet.log" | awk '{s+=$2} END {print s+0}' || true)
+  passed_total=$((passed_total + p)); failed_total=$((failed_total + f)); skipped_total=$((skipped_total + s))
+  echo "tests: $passed_total passed, $failed_total failed, $skipped_total skipped"
   rm -rf "$log_dir"
   return $failed
 }

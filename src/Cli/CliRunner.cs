@@ -1,15 +1,20 @@
-// Shared command plumbing: invoking the parser, and turning expected failures (bad input, a
-// native error, a missing library) into one clear line and an exit code instead of a stack trace.
+// Shared command plumbing: invoking the parser, and the one place that turns failures into one
+// line on stderr and an exit code: bad input (InputException and the I/O / format errors that name
+// their file) is `realn: <message>` + exit 2; a failure of the work itself is exit 1; anything
+// unexpected is `realn: internal error: <message>` + exit 1. No stack trace unless REALN_DEBUG=1.
 using System.CommandLine;
 using ReaLNative.Interop;
 
 namespace ReaLNative.Cli;
 
 /// <summary>Thrown by commands for bad user input; printed without a stack trace, exit code 2.</summary>
-public sealed class UsageException(string message) : Exception(message);
+public sealed class UsageException(string message) : InputException(message);
 
 internal static class CliRunner
 {
+    /// <summary>Set to 1 to print the stack trace of any failure (after its one-line message).</summary>
+    public const string DebugVariable = "REALN_DEBUG";
+
     public static async Task<int> InvokeAsync(RootCommand root, string[] args)
     {
         try
@@ -18,49 +23,62 @@ internal static class CliRunner
         }
         catch (Exception e)
         {
-            return Report(Unwrap(e));
+            return Report(Unwrap(e), Console.Error, Environment.GetEnvironmentVariable(DebugVariable) == "1");
         }
     }
 
-    /// <summary>The one exception inside aggregates (concurrent calls fail as AggregateException).</summary>
-    private static Exception Unwrap(Exception e)
+    /// <summary>The exception to report: the one inside single-element aggregates (concurrent calls
+    /// fail as AggregateException), or a bad-input / training failure wrapped by a device thread.</summary>
+    internal static Exception Unwrap(Exception e)
     {
         while (e is AggregateException { InnerExceptions.Count: 1 } a) e = a.InnerExceptions[0];
+        for (var i = e.InnerException; i is not null; i = i.InnerException)
+            if (i is InputException or TrainingFailedException) return i;
         return e;
     }
 
-    private static int Report(Exception e)
+    /// <summary>Writes the failure's line(s) and returns the exit code.</summary>
+    internal static int Report(Exception e, TextWriter err, bool debug)
     {
+        static string One(string s) => s.ReplaceLineEndings(" ").Trim();
+        int code;
         switch (e)
         {
-            case UsageException:
-                Console.Error.WriteLine($"realn: {e.Message}");
-                return 2;
-            case RealnException:
-                Console.Error.WriteLine($"realn: native error: {e.Message}");
-                return 1;
+            case InputException:
             case DllNotFoundException:
-                Console.Error.WriteLine($"realn: {e.Message}");
-                return 2;
             case ArgumentException or FormatException or InvalidDataException or FileNotFoundException or DirectoryNotFoundException:
-                // Bad input (config, plan, checkpoint, spec): the message names what is wrong.
-                Console.Error.WriteLine($"realn: {e.Message}");
-                return 2;
+                // Bad input (config, plan, checkpoint, spec, arguments): the message names what is wrong and where.
+                err.WriteLine($"realn: {One(e.Message)}");
+                code = 2;
+                break;
+            case RealnException:
+                err.WriteLine($"realn: native error: {One(e.Message)}");
+                code = 1;
+                break;
             case ReaLNative.Engine.Workers.WorkerFailedException:
                 // A worker died, failed or went silent: the pool printed who, where and during what
                 // the moment it happened ("realn: job failed: ..."), before tearing the job down.
-                return 1;
-            case TimeoutException:
-                // A wait passed its deadline: the message names what was awaited.
-                Console.Error.WriteLine($"realn: job failed: {e.Message}");
-                return 1;
+                code = 1;
+                break;
+            case TimeoutException or TrainingFailedException:
+                // A wait passed its deadline (the message names what was awaited), or training diverged.
+                err.WriteLine($"realn: job failed: {One(e.Message)}");
+                code = 1;
+                break;
+            case OutOfMemoryException or InsufficientExecutionStackException:
+                err.WriteLine($"realn: out of memory: {One(e.Message)}");
+                code = 1;
+                break;
             case OperationCanceledException:
-                Console.Error.WriteLine("realn: cancelled");
-                return 130;
+                err.WriteLine("realn: cancelled");
+                code = 130;
+                break;
             default:
-                Console.Error.WriteLine($"realn: {e.GetType().Name}: {e.Message}");
-                Console.Error.WriteLine(e.StackTrace);
-                return 1;
+                err.WriteLine($"realn: internal error: {e.GetType().Name}: {One(e.Message)}" + (debug ? "" : $" ({DebugVariable}=1 for the stack trace)"));
+                code = 1;
+                break;
         }
+        if (debug) err.WriteLine(e.ToString());
+        return code;
     }
 }

@@ -54,8 +54,10 @@ public sealed record ClusterSpec
 
     public static ClusterSpec Load(string path)
     {
-        if (!File.Exists(path)) throw new PlannerException($"cluster spec '{path}' does not exist");
-        return Parse(File.ReadAllText(path), path);
+        string text;
+        try { text = InputFile.ReadAllText(path, "cluster spec"); }
+        catch (InputException e) { throw new PlannerException(e.Message); }
+        return Parse(text, path);
     }
 
     public static ClusterSpec Parse(string yaml, string source = "cluster")
@@ -104,10 +106,9 @@ internal static class Yaml
 {
     public static YamlMappingNode LoadRoot(string text, string source)
     {
-        var ys = new YamlStream();
-        try { ys.Load(new StringReader(text)); }
-        catch (YamlDotNet.Core.YamlException e) { throw new PlannerException($"{source}: YAML syntax error at line {e.Start.Line}: {e.Message}"); }
-        catch (InvalidOperationException e) { throw new PlannerException($"{source}: YAML syntax error: {e.Message}"); }
+        YamlStream ys;
+        try { ys = YamlText.Load(text, source); }
+        catch (InputException e) { throw new PlannerException($"YAML syntax error: {e.Detail["invalid YAML: ".Length..]}", e.File, e.Line, e.Column); }
         if (ys.Documents.Count == 0 || ys.Documents[0].RootNode is not YamlMappingNode m)
             throw new PlannerException($"{source}: expected a YAML mapping at the top level");
         return m;

@@ -32,9 +32,11 @@ public sealed record ModelConfig(string Name, int Layers, int Hidden, int Interm
     /// <summary>Reads the architecture fields of a Hugging Face LLaMA config.json.</summary>
     public static ModelConfig FromHfConfig(string path, string field)
     {
-        if (!File.Exists(path)) throw new PlannerException($"{field}: config file '{path}' does not exist");
+        string text;
+        try { text = InputFile.ReadAllText(path, "config file", field); }
+        catch (InputException e) { throw new PlannerException(e.Message); }
         JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllText(path)); }
+        try { doc = JsonDocument.Parse(text); }
         catch (JsonException e) { throw new PlannerException($"{field}: '{path}' is not valid JSON: {e.Message}"); }
         using (doc)
         {
@@ -96,8 +98,10 @@ public sealed class Experiment
 
     public static Experiment Load(string path)
     {
-        if (!File.Exists(path)) throw new PlannerException($"experiment '{path}' does not exist");
-        return Parse(File.ReadAllText(path), Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".", path);
+        string text;
+        try { text = InputFile.ReadAllText(path, "experiment"); }
+        catch (InputException e) { throw new PlannerException(e.Message); }
+        return Parse(text, Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".", path);
     }
 
     public static Experiment Parse(string yaml, string baseDir = ".", string source = "experiment")
@@ -145,6 +149,16 @@ public sealed class Experiment
             Calls = BuildCalls(algo, size, prompt, gen, mbs),
         };
     }
+
+    /// <summary>An experiment built in code (the engine's view of one stage, for memory checks).</summary>
+    public static Experiment Create(string name, string algorithm, int iterations, int batchSize, int promptLen, int genLen, int minibatches,
+                                    IReadOnlyDictionary<string, ModelConfig> models) => new()
+    {
+        Name = name, Algorithm = algorithm, Iterations = iterations,
+        BatchSize = batchSize, PromptLen = promptLen, GenLen = genLen, Minibatches = minibatches,
+        Models = models,
+        Calls = BuildCalls(algorithm, batchSize, promptLen, genLen, minibatches),
+    };
 
     /// <summary>The dataflow per algorithm (REFERENCE.md): data edges follow keys.</summary>
     internal static List<ModelCall> BuildCalls(string algo, int b, int p, int g, int mbs)

@@ -92,22 +92,36 @@ public static class PlanJson
 
     public static Plan Load(string path)
     {
-        if (!File.Exists(path)) throw new PlannerException($"plan '{path}' does not exist");
-        return Parse(File.ReadAllText(path));
+        string text;
+        try { text = InputFile.ReadAllText(path, "plan"); }
+        catch (InputException e) { throw new PlannerException(e.Message); }
+        return Parse(text);
     }
 
+    /// <summary>Parses plan JSON strictly: an unknown field is an error naming its JSON path and the
+    /// allowed fields, as the experiment config reader does; syntax errors name the line and column.</summary>
     public static Plan Parse(string json)
     {
+        if (string.IsNullOrWhiteSpace(json)) throw new PlannerException("plan: the file is empty; a plan is the JSON `realn plan` writes");
         JsonDocument doc;
-        try { doc = JsonDocument.Parse(json); }
-        catch (JsonException e) { throw new PlannerException($"plan: not valid JSON: {e.Message}"); }
+        try { doc = JsonDocument.Parse(json, new JsonDocumentOptions { AllowDuplicateProperties = false }); }
+        catch (JsonException e)
+        {
+            // The parser's message ends with its own 0-based "LineNumber: .. | BytePositionInLine: .." suffix.
+            string why = e.Message;
+            int cut = why.IndexOf(" LineNumber:", StringComparison.Ordinal);
+            if (cut > 0) why = why[..cut];
+            throw new PlannerException($"plan: not valid JSON at line {(e.LineNumber ?? 0) + 1}, column {(e.BytePositionInLine ?? 0) + 1}: {why}");
+        }
         using (doc)
         {
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object) throw new PlannerException("plan: expected a JSON object");
+            Known(root, "plan", "version", "cluster", "calls", "estimate");
             int version = Int(root, "version", "plan");
             if (version != 1) throw new PlannerException($"plan.version: {version} is not supported (expected 1)");
             var cl = Obj(root, "cluster", "plan");
+            Known(cl, "plan.cluster", "nodes", "devices_per_node");
             int nodes = Int(cl, "nodes", "plan.cluster"), dpn = Int(cl, "devices_per_node", "plan.cluster");
             if (!root.TryGetProperty("calls", out var calls) || calls.ValueKind != JsonValueKind.Array)
                 throw new PlannerException("plan.calls: missing or not an array");
@@ -117,6 +131,7 @@ public static class PlanJson
             {
                 string f = $"plan.calls[{i++}]";
                 if (c.ValueKind != JsonValueKind.Object) throw new PlannerException($"{f}: expected an object");
+                Known(c, f, "name", "model", "type", "mesh", "strategy", "micro_batches");
                 string type = Str(c, "type", f);
                 var ct = type switch
                 {
@@ -124,12 +139,21 @@ public static class PlanJson
                     _ => throw new PlannerException($"{f}.type: '{type}' is not one of generate, inference, train_step"),
                 };
                 var m = Obj(c, "mesh", f); var s = Obj(c, "strategy", f);
+                Known(m, f + ".mesh", "node_start", "node_count", "device_start", "device_count");
+                Known(s, f + ".strategy", "pp", "dp", "tp");
+                int micro = c.TryGetProperty("micro_batches", out _) ? Int(c, "micro_batches", f) : 1;
+                if (micro < 1) throw new PlannerException($"{f}.micro_batches: {micro} must be at least 1");
                 list.Add(new PlanCall(Str(c, "name", f), Str(c, "model", f), ct,
                     new Mesh(Int(m, "node_start", f + ".mesh"), Int(m, "node_count", f + ".mesh"), Int(m, "device_start", f + ".mesh"), Int(m, "device_count", f + ".mesh")),
                     new Strategy(Int(s, "pp", f + ".strategy"), Int(s, "dp", f + ".strategy"), Int(s, "tp", f + ".strategy")),
-                    c.TryGetProperty("micro_batches", out _) ? Int(c, "micro_batches", f) : 1));
+                    micro));
             }
             PlanEstimate? est = null;
+            if (root.TryGetProperty("estimate", out var e0))
+            {
+                if (e0.ValueKind != JsonValueKind.Object) throw new PlannerException("plan.estimate: expected an object");
+                Known(e0, "plan.estimate", "iteration_seconds", "peak_memory_bytes");
+            }
             if (root.TryGetProperty("estimate", out var e) && e.ValueKind == JsonValueKind.Object &&
                 e.TryGetProperty("iteration_seconds", out var it) && it.ValueKind == JsonValueKind.Number)
             {
@@ -139,6 +163,14 @@ public static class PlanJson
             }
             return new Plan(nodes, dpn, list, est);
         }
+    }
+
+    /// <summary>Throws on the first property of <paramref name="e"/> that is not one of <paramref name="allowed"/>.</summary>
+    private static void Known(JsonElement e, string f, params string[] allowed)
+    {
+        foreach (var p in e.EnumerateObject())
+            if (Array.IndexOf(allowed, p.Name) < 0)
+                throw new PlannerException($"{f}.{p.Name}: unknown field; allowed fields here: {string.Join(", ", allowed)}");
     }
 
     private static JsonElement Obj(JsonElement e, string k, string f) =>
@@ -178,7 +210,8 @@ public static class PlanValidator
         if (s.Pp > m.Layers) return $"pp {s.Pp} exceeds the {m.Layers} layers";
         int seqs = c.Sequences / c.OptimizerSteps;
         if (seqs < s.Dp) return $"dp {s.Dp} exceeds the {seqs} sequences per step";
-        if (microBatches < 1 || microBatches * s.Dp > seqs) return $"micro_batches {microBatches} x dp {s.Dp} exceeds the {seqs} sequences per step";
+        if (microBatches < 1) return $"micro_batches {microBatches} must be at least 1";
+        if (microBatches * s.Dp > seqs) return $"micro_batches {microBatches} x dp {s.Dp} exceeds the {seqs} sequences per step";
         return null;
     }
 

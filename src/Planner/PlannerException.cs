@@ -4,7 +4,8 @@ namespace ReaLNative.Planner;
 
 /// <summary>Bad planner input or an infeasible experiment; <see cref="Exception.Message"/> names the
 /// offending field (e.g. <c>cluster.device_memory_gib</c>) and what is wrong with it.</summary>
-public sealed class PlannerException(string message) : Exception(message);
+public sealed class PlannerException(string message, string? file = null, int line = 0, int column = 0)
+    : InputException(message, file, line, column);
 
 internal static class Units
 {

@@ -33,7 +33,8 @@ public sealed record ProfileData
 
     public static ProfileData Load(string path)
     {
-        if (!File.Exists(path)) throw new PlannerException($"profile '{path}' does not exist");
+        try { InputFile.Check(path, "profile"); }
+        catch (InputException e) { throw new PlannerException(e.Message); }
         ProfileData? p;
         try { p = JsonSerializer.Deserialize<ProfileData>(File.ReadAllText(path)); }
         catch (JsonException e) { throw new PlannerException($"profile: {e.Path}: {e.Message}"); }

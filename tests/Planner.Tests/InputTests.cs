@@ -133,6 +133,14 @@ public class InputTests
     [InlineData("\"pp\": 1", "\"pp\": \"x\"", "plan.calls[0].strategy.pp: expected an integer")]
     [InlineData("\"version\": 1", "\"version\": 2", "plan.version: 2 is not supported")]
     [InlineData("\"name\": \"actor_gen\"", "\"name\": \"actor_gen2\"", "has no call 'actor_gen2'")]
+    [InlineData("\"micro_batches\": 1", "\"micro_batches\": 0", "plan.calls[0].micro_batches: 0 must be at least 1")]
+    [InlineData("\"micro_batches\": 1", "\"micro_batches\": 1, \"microbatches\": 2", "plan.calls[0].microbatches: unknown field; allowed fields here: name, model, type, mesh, strategy, micro_batches")]
+    [InlineData("\"tp\": 1", "\"tp\": 1, \"cp\": 1", "plan.calls[0].strategy.cp: unknown field")]
+    [InlineData("\"device_count\": 2", "\"device_count\": 2, \"devices\": [0, 1]", "plan.calls[0].mesh.devices: unknown field")]
+    [InlineData("\"version\": 1", "\"version\": 1, \"comment\": \"x\"", "plan.comment: unknown field")]
+    [InlineData("\"devices_per_node\": 2", "\"devices_per_node\": 2, \"gpus\": 2", "plan.cluster.gpus: unknown field")]
+    [InlineData("\"iteration_seconds\"", "\"seconds\": 1, \"iteration_seconds\"", "plan.estimate.seconds: unknown field")]
+    [InlineData("\"version\": 1,", "\"version\": 1,,", "plan: not valid JSON at line 2, column")]
     public void BadPlanNamesField(string from, string to, string expected)
     {
         var cl = TestData.Cluster(1, 2, 4);
@@ -184,5 +192,41 @@ public class PlanValidatorTests
         Assert.Contains("call 'actor_train' of the experiment is missing", Assert.Throws<PlannerException>(() => PlanValidator.Validate(missing, cl, exp)).Message);
         var wrongCluster = ok with { Nodes = 2 };
         Assert.Contains("plan is for 2x4 devices", Assert.Throws<PlannerException>(() => PlanValidator.Validate(wrongCluster, cl, exp)).Message);
+    }
+
+    [Fact]
+    public void EmptyPlanAndZeroMicroBatchesHaveTheirOwnMessages()
+    {
+        Assert.Contains("empty", Assert.Throws<PlannerException>(() => PlanJson.Parse(" \n")).Message);
+        var exp = TestData.Exp("ppo", "tiny", "tiny", 8, 8, 8);
+        var call = exp.Calls[0];
+        Assert.Equal("micro_batches 0 must be at least 1", PlanValidator.StrategyProblem(new Strategy(1, 1, 1), 0, exp.Models[call.Role], call, 8));
+    }
+
+    [Theory]
+    [InlineData("nodes: 1\ndevices_per_node: {a: 1\nname: c\n", 2, 19, "not closed")]   // YamlDotNet: InvalidOperationException, no position
+    [InlineData("nodes: 1\nname: [c\n", 3, 1, "YAML syntax error")]
+    public void YamlSyntaxErrorsNameLineAndColumn(string yaml, int line, int column, string expected)
+    {
+        var e = Assert.Throws<PlannerException>(() => ClusterSpec.Parse(yaml, "spec.yaml"));
+        Assert.Equal((line, column), (e.Line, e.Column));
+        Assert.StartsWith($"spec.yaml:{line}:{column}: ", e.Message);
+        Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void MemoryFitRefusesWhatCannotFitWithThePlannersMessage()
+    {
+        var exp = TestData.Exp("ppo", "llama-7b", "llama-7b", 8, 8, 8);
+        var e = Assert.Throws<PlannerException>(() => MemoryFit.Check(exp, null, 16 * 1024.0 * 1024 * 1024, "test box"));
+        Assert.Contains("does not fit: the most memory-frugal layout", e.Message);
+        Assert.Contains("available on cluster 'test box, one device'", e.Message);
+        var tiny = TestData.Exp("ppo", "tiny", "tiny", 8, 8, 8);
+        MemoryFit.Check(tiny, null, 16 * 1024.0 * 1024 * 1024, "test box");
+        // a plan: every call on the plan's layout; the devices share the memory after the master's copies
+        var plan = PlanSearch.Run(TestData.Cluster(1, 2, 4), tiny, new SearchOptions { Seed = 1 }).Best.Plan;
+        MemoryFit.Check(tiny, plan, 16 * 1024.0 * 1024 * 1024, "test box");
+        e = Assert.Throws<PlannerException>(() => MemoryFit.Check(tiny, plan, 200_000, "test box"));
+        Assert.Contains("test box", e.Message);
     }
 }

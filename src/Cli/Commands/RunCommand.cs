@@ -62,6 +62,16 @@ public static class RunCommand
         catch (PlannerException e) { throw new UsageException($"{planPath}: {e.Message}"); }
     }
 
+    /// <summary>Refuses, before anything is allocated, an experiment whose models do not fit in this
+    /// machine's available memory (the planner's memory model; `realn plan`'s message).</summary>
+    internal static void CheckMemory(ExperimentConfig cfg, string configPath, Plan? plan)
+    {
+        var (available, machine) = HostMemory.Available();
+        if (double.IsInfinity(available)) return;  // no /proc/meminfo: nothing to check against
+        try { MemoryCheck.Check(cfg, plan, available, machine); }
+        catch (ConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
+    }
+
     /// <summary>Model worker processes of this executable, one per plan device, on loopback.</summary>
     internal static Func<int, IReplicaHost> WorkerProcesses() => n =>
     {
@@ -84,6 +94,7 @@ public static class RunCommand
         try { cfg = ExperimentConfig.Load(configPath); }
         catch (ConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
         var plan = planPath is null ? null : LoadPlan(planPath, configPath);
+        CheckMemory(cfg, configPath, plan);
 
         AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: {string.Join(" -> ", cfg.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, task {cfg.Task.Name}, seed {cfg.Seed}");
         JsonObject summary = null!;

@@ -92,8 +92,9 @@ internal static class Safetensors
     }
 
     /// <summary>Reads config.json and builds a model; <paramref name="scalarHead"/> null: decide from the
-    /// file (score.weight present).</summary>
-    public static LlamaModel Load(string dir, bool? scalarHead = null)
+    /// file (score.weight present);
+    /// <paramref name="allowNonFinite"/>: load NaN / infinite weights instead of refusing them.</summary>
+    public static LlamaModel Load(string dir, bool? scalarHead = null, bool allowNonFinite = false)
     {
         if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"checkpoint directory {dir} not found");
         var cfg = LlamaConfig.FromHfJson(Path.Combine(dir, "config.json"));
@@ -102,7 +103,7 @@ internal static class Safetensors
         var model = new LlamaModel(cfg, scalar);
         try
         {
-            LoadInto(model, tensors, dir);
+            LoadInto(model, tensors, dir, allowNonFinite);
         }
         catch
         {
@@ -113,9 +114,9 @@ internal static class Safetensors
     }
 
     /// <summary>Overwrites a model's parameters from a checkpoint directory of the same architecture.</summary>
-    public static void LoadInto(LlamaModel model, string dir) => LoadInto(model, ReadAll(dir), dir);
+    public static void LoadInto(LlamaModel model, string dir, bool allowNonFinite = false) => LoadInto(model, ReadAll(dir), dir, allowNonFinite);
 
-    private static void LoadInto(LlamaModel model, Dictionary<string, (string Dtype, long[] Shape, byte[] Data)> tensors, string dir)
+    private static void LoadInto(LlamaModel model, Dictionary<string, (string Dtype, long[] Shape, byte[] Data)> tensors, string dir, bool allowNonFinite)
     {
         var all = model.Parameters;
         foreach (var v in model.Layout.Views)
@@ -126,10 +127,23 @@ internal static class Safetensors
                 throw new InvalidDataException($"checkpoint {dir}: tensor '{v.Name}' has shape [{string.Join(", ", t.Shape)}], the model needs [{string.Join(", ", v.LocalShape)}]");
             var dst = all.Slice((int)v.Offset, (int)v.LocalElements);
             Decode(t.Dtype, t.Data, dst, v.Name, dir);
+            if (!allowNonFinite) RefuseNonFinite(dst, v.Name, dir);
         }
         var extra = tensors.Keys.Where(k => !model.Layout.TryGet(k, out _) && !k.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)).ToList();
         if (extra.Count > 0)
             throw new InvalidDataException($"checkpoint {dir}: unexpected tensor(s) {string.Join(", ", extra.Take(5))} for this model");
+    }
+
+    /// <summary>Weights that are NaN or infinite poison every later step (a stack trace at the
+    /// first optimizer step at best): refused at load, naming the tensor and the first bad element.</summary>
+    private static void RefuseNonFinite(ReadOnlySpan<float> w, string name, string dir)
+    {
+        int first = -1, count = 0;
+        for (int i = 0; i < w.Length; i++)
+            if (!float.IsFinite(w[i])) { if (first < 0) first = i; count++; }
+        if (count > 0)
+            throw new InvalidDataException($"checkpoint {dir}: tensor '{name}' holds {count} non-finite value(s) of {w.Length} (first: {w[first]} at element {first}); " +
+                                           "refused (`allow_non_finite_weights: true` in the model's config entry loads it anyway)");
     }
 
     private static void Decode(string dtype, byte[] data, Span<float> dst, string name, string dir)
@@ -177,31 +191,93 @@ internal static class Safetensors
         return result;
     }
 
+    /// <summary>Bytes per element of the safetensors dtypes.</summary>
+    private static readonly Dictionary<string, int> DtypeBytes = new(StringComparer.Ordinal)
+    {
+        ["BOOL"] = 1, ["U8"] = 1, ["I8"] = 1, ["F8_E5M2"] = 1, ["F8_E4M3"] = 1,
+        ["I16"] = 2, ["U16"] = 2, ["F16"] = 2, ["BF16"] = 2,
+        ["I32"] = 4, ["U32"] = 4, ["F32"] = 4, ["I64"] = 8, ["U64"] = 8, ["F64"] = 8,
+    };
+
+    /// <summary>Reads one .safetensors file, checking its header the way the format requires: each
+    /// tensor's dtype is known, its shape non-negative integers, its data_offsets two integers whose
+    /// span is exactly shape x dtype bytes, and the tensors tile the data section with no gap, overlap
+    /// or byte beyond the file. A duplicate tensor name (in the file or across shards) is refused.</summary>
     private static void ReadFile(string path, Dictionary<string, (string, long[], byte[])> into)
     {
+        if (Directory.Exists(path)) throw new InvalidDataException($"{path}: is a directory, not a .safetensors file");
         if (!File.Exists(path)) throw new FileNotFoundException($"checkpoint shard {path} is missing", path);
         using var fs = File.OpenRead(path);
         Span<byte> len = stackalloc byte[8];
-        if (fs.Read(len) != 8) throw new InvalidDataException($"{path}: truncated (no header length)");
+        if (fs.Length < 8 || fs.Read(len) != 8) throw new InvalidDataException($"{path}: truncated (no header length)");
         ulong hl = BinaryPrimitives.ReadUInt64LittleEndian(len);
         if (hl == 0 || hl > 100_000_000 || (long)hl + 8 > fs.Length) throw new InvalidDataException($"{path}: header length {hl} is invalid for a {fs.Length}-byte file");
         var hb = new byte[hl];
         fs.ReadExactly(hb);
         JsonObject header;
-        try { header = JsonNode.Parse(hb) as JsonObject ?? throw new InvalidDataException($"{path}: header is not a JSON object"); }
+        try
+        {
+            header = JsonNode.Parse(hb, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject
+                     ?? throw new InvalidDataException($"{path}: header is not a JSON object");
+        }
         catch (JsonException e) { throw new InvalidDataException($"{path}: header is not valid JSON ({e.Message})"); }
         long dataStart = 8 + (long)hl, dataLen = fs.Length - dataStart;
+        var spans = new List<(long Start, long End, string Name)>();
+        var entries = new List<(string Name, string Dtype, long[] Shape, long Start, long End)>();
         foreach (var (name, node) in header)
         {
             if (name == "__metadata__") continue;
-            if (node is not JsonObject t || t["dtype"] is null || t["shape"] is not JsonArray shape || t["data_offsets"] is not JsonArray offs || offs.Count != 2)
-                throw new InvalidDataException($"{path}: tensor '{name}' has a malformed header entry");
-            long a = offs[0]!.GetValue<long>(), b = offs[1]!.GetValue<long>();
-            if (a < 0 || b < a || b > dataLen) throw new InvalidDataException($"{path}: tensor '{name}' data [{a}, {b}) lies outside the {dataLen}-byte data section");
+            string where = $"{path}: tensor '{name}'";
+            if (node is not JsonObject t) throw new InvalidDataException($"{where}: header entry is not an object");
+            if (t["dtype"] is not JsonValue dv || !dv.TryGetValue<string>(out var dtype))
+                throw new InvalidDataException($"{where}: 'dtype' is missing or not a string");
+            if (!DtypeBytes.TryGetValue(dtype, out int eb))
+                throw new InvalidDataException($"{where}: unknown dtype '{dtype}' (safetensors dtypes: {string.Join(", ", DtypeBytes.Keys)})");
+            if (t["shape"] is not JsonArray shapeNode) throw new InvalidDataException($"{where}: 'shape' is missing or not an array");
+            var shape = new long[shapeNode.Count];
+            long elements = 1;
+            for (int i = 0; i < shape.Length; i++)
+            {
+                shape[i] = NonNegativeInteger(shapeNode[i], $"{where}: shape[{i}]");
+                try { elements = checked(elements * shape[i]); }
+                catch (OverflowException) { throw new InvalidDataException($"{where}: shape [{string.Join(", ", shapeNode)}] overflows"); }
+            }
+            if (t["data_offsets"] is not JsonArray offs || offs.Count != 2)
+                throw new InvalidDataException($"{where}: 'data_offsets' must be an array of two integers [begin, end]");
+            long a = NonNegativeInteger(offs[0], $"{where}: data_offsets[0]"), b = NonNegativeInteger(offs[1], $"{where}: data_offsets[1]");
+            if (b < a) throw new InvalidDataException($"{where}: data_offsets [{a}, {b}) end before they begin");
+            if (b > dataLen) throw new InvalidDataException($"{where}: data [{a}, {b}) lies outside the {dataLen}-byte data section (the file is {fs.Length} bytes)");
+            long want;
+            try { want = checked(elements * eb); }
+            catch (OverflowException) { want = long.MaxValue; }
+            if (b - a != want)
+                throw new InvalidDataException($"{where}: data_offsets [{a}, {b}) hold {b - a} bytes, but {dtype} x shape [{string.Join(", ", shape)}] needs {want}");
+            if (into.ContainsKey(name)) throw new InvalidDataException($"{where}: appears in more than one shard");
+            spans.Add((a, b, name));
+            entries.Add((name, dtype, shape, a, b));
+        }
+        // The tensors must tile the data section: sorted by start, each begins where the previous ends.
+        spans.Sort((x, y) => x.Start != y.Start ? x.Start.CompareTo(y.Start) : x.End.CompareTo(y.End));
+        long at = 0; string? prev = null;
+        foreach (var (a, b, name) in spans)
+        {
+            if (a < at) throw new InvalidDataException($"{path}: tensor '{name}' data [{a}, {b}) overlaps tensor '{prev}' (which ends at {at})");
+            if (a > at) throw new InvalidDataException($"{path}: bytes [{at}, {a}) of the data section belong to no tensor (before '{name}'); tensors must be contiguous");
+            at = b; prev = name;
+        }
+        if (at != dataLen) throw new InvalidDataException($"{path}: the data section is {dataLen} bytes but its tensors end at {at}{(at < dataLen ? "; trailing bytes belong to no tensor" : "")}");
+        foreach (var (name, dtype, shape, a, b) in entries)
+        {
             var data = new byte[b - a];
             fs.Position = dataStart + a;
             fs.ReadExactly(data);
-            into[name] = (t["dtype"]!.GetValue<string>(), shape.Select(x => x!.GetValue<long>()).ToArray(), data);
+            into[name] = (dtype, shape, data);
         }
+    }
+
+    private static long NonNegativeInteger(JsonNode? n, string where)
+    {
+        if (n is JsonValue v && v.GetValueKind() == JsonValueKind.Number && v.TryGetValue<long>(out long x) && x >= 0) return x;
+        throw new InvalidDataException($"{where}: {n?.ToJsonString() ?? "null"} is not a non-negative integer");
     }
 }

@@ -2,7 +2,6 @@
 // list of stages. Each stage is parsed from the top-level mapping deep-merged with the stage's
 // own keys, so "missing keys default from the top level" holds for every section and errors
 // still name the stage's field path.
-using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
 
 namespace ReaLNative.Engine.Config;
@@ -49,6 +48,10 @@ internal sealed record EvalConfig(int Size, int Every);
 
 internal sealed record ModelSpec(string Role, string? Preset, string? ConfigPath, string Init)
 {
+    /// <summary>`allow_non_finite_weights`: load NaN / infinite weights from the init checkpoint
+    /// instead of refusing them (default false: refused, naming the tensor).</summary>
+    public bool AllowNonFiniteWeights { get; init; }
+
     /// <summary>Identity of the architecture, to check that an init source has the same shape.</summary>
     public string ArchitectureKey => Preset is not null ? $"preset:{Preset}" : $"config:{ConfigPath}";
     public bool InitFromPath => Init is not ("random" or "sft" or "rm");
@@ -90,15 +93,18 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
 
     public static ExperimentConfig Load(string file)
     {
-        if (!File.Exists(file)) throw new ConfigException("", $"config file '{file}' does not exist");
-        return Parse(File.ReadAllText(file), Path.GetDirectoryName(Path.GetFullPath(file))!);
+        string text;
+        try { text = InputFile.ReadAllText(file, "config file"); }
+        catch (InputException e) { throw new ConfigException("", e.Message); }
+        return Parse(text, Path.GetDirectoryName(Path.GetFullPath(file))!);
     }
 
     public static ExperimentConfig Parse(string yaml, string baseDirectory)
     {
-        var stream = new YamlStream();
-        try { stream.Load(new StringReader(yaml)); }
-        catch (YamlException e) { throw new ConfigException("", $"invalid YAML at line {e.Start.Line}, column {e.Start.Column}: {e.Message}"); }
+        YamlStream stream;
+        try { stream = YamlText.Load(yaml, "config"); }
+        catch (InputException e) { throw new ConfigException("", $"invalid YAML at line {e.Line}, column {e.Column}: {e.Detail["invalid YAML: ".Length..]}"); }
+        if (stream.Documents.Count == 0) throw new ConfigException("", "the file is empty; an experiment needs at least 'algorithm' and 'models' (docs/experiment-config.md)");
         if (stream.Documents.Count != 1) throw new ConfigException("", "expected exactly one YAML document");
         if (stream.Documents[0].RootNode is not YamlMappingNode root)
             throw new ConfigException("", "the top level must be a mapping");
@@ -227,6 +233,11 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
     {
         var gen = new GenerationConfig(gr.Real("temperature", 1.0, 0, 100), (int)gr.Int("top_k", 0, 0, 1_000_000),
                                        gr.Real("top_p", 1.0, 0, 1, minExclusive: true));
+        // Sampling filters change which tokens can be drawn; the training log-prob recompute does not
+        // apply them yet, so PPO's ratios would be wrong: refused here, before anything runs.
+        const string why = "sampling filters are not supported yet (the training log-prob recompute does not reproduce them)";
+        if (gen.TopK != 0) throw new ConfigException(gr.Sub("top_k"), $"{gen.TopK}: {why}; allowed values: 0 (no filter)");
+        if (gen.TopP < 1) throw new ConfigException(gr.Sub("top_p"), $"{gen.TopP.ToString(System.Globalization.CultureInfo.InvariantCulture)}: {why}; allowed values: 1 (no filter)");
         gr.RejectUnknown();
         return gen;
     }
@@ -279,8 +290,9 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         if (preset is not null) r.Enum("preset", null, Presets);
         bool trained = AlgorithmNames.TrainedRoles(algorithm).Contains(role);
         string init = r.Str("init", trained || !requireInit ? "random" : null);
+        bool allowNonFinite = r.Bool("allow_non_finite_weights", false);
         r.RejectUnknown();
-        return new ModelSpec(role, preset, config, init);
+        return new ModelSpec(role, preset, config, init) { AllowNonFiniteWeights = allowNonFinite };
     }
 
     /// <summary>Cross-stage checks: init sources exist earlier and have the same architecture; paths exist.</summary>

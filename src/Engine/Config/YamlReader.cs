@@ -8,7 +8,7 @@ namespace ReaLNative.Engine.Config;
 
 /// <summary>A configuration error: names the field path, what is wrong and what is allowed.</summary>
 internal sealed class ConfigException(string path, string message)
-    : Exception(path.Length == 0 ? message : $"{path}: {message}")
+    : InputException(path.Length == 0 ? message : $"{path}: {message}")
 {
     public string FieldPath { get; } = path;
 }

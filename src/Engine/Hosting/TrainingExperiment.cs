@@ -30,6 +30,7 @@ public sealed class TrainingExperiment
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
         string full = Path.GetFullPath(path);
+        if (Directory.Exists(full)) throw new ExperimentConfigException("", $"experiment config '{path}' is a directory, not a file");
         if (!File.Exists(full)) throw new FileNotFoundException($"experiment config '{path}' does not exist", full);
         return FromYamlText(File.ReadAllText(full), Path.GetDirectoryName(full));
     }
@@ -125,13 +126,13 @@ public sealed class TrainingExperiment
 public sealed record ExperimentStage(int Index, string Algorithm, int Iterations, IReadOnlyList<string> Roles);
 
 /// <summary>An experiment config is invalid; <see cref="FieldPath"/> names the offending field.</summary>
-public sealed class ExperimentConfigException : Exception
+public sealed class ExperimentConfigException : InputException
 {
     /// <summary>Creates the exception.</summary>
     /// <param name="fieldPath">YAML path of the bad field, such as <c>stages[1].optim.lr</c> (empty: the document).</param>
     /// <param name="message">What is wrong, including the field path.</param>
     /// <param name="inner">The underlying error, if any.</param>
-    public ExperimentConfigException(string fieldPath, string message, Exception? inner = null) : base(message, inner) => FieldPath = fieldPath;
+    public ExperimentConfigException(string fieldPath, string message, Exception? inner = null) : base(message, inner: inner) => FieldPath = fieldPath;
 
     /// <summary>YAML path of the bad field (empty when the document as a whole is wrong).</summary>
     public string FieldPath { get; }

@@ -72,9 +72,11 @@ internal sealed record LlamaConfig
     /// <summary>Reads a Hugging Face config.json; errors name the file and the field.</summary>
     public static LlamaConfig FromHfJson(string path)
     {
+        if (Directory.Exists(path)) throw new InvalidDataException($"model config {path} is a directory, not a config.json file");
         if (!File.Exists(path)) throw new FileNotFoundException($"model config {path} not found", path);
+        string text = File.ReadAllText(path);
         JsonNode? root;
-        try { root = JsonNode.Parse(File.ReadAllText(path)); }
+        try { root = JsonNode.Parse(text); }
         catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})"); }
         if (root is not JsonObject o) throw new InvalidDataException($"{path}: expected a JSON object");
         int Int(string k, int? dflt = null)

@@ -83,7 +83,7 @@ internal sealed unsafe class AdamW : IDisposable
     public double StepOnce()
     {
         double norm = GradNorm();
-        if (!double.IsFinite(norm)) throw new InvalidOperationException("gradient norm is not finite; step refused");
+        if (!double.IsFinite(norm)) throw new TrainingFailedException($"gradient norm is {norm} at optimizer step {Step + 1}; step refused (are the weights or the learning rate finite?)");
         Step++;
         var o = AdamWOpts.Default;
         o.Lr = Schedule.At(Step);

@@ -255,8 +255,6 @@ internal sealed class Pipeline : IDisposable
         foreach (var o in _optims.Values) o.Dispose();
         foreach (var m in _models.Values) m.Dispose();
         _optims.Clear(); _models.Clear();
-        if (stage.Generation.TopK > 0 || stage.Generation.TopP < 1)
-            throw new ConfigException($"{stage.Path}.generation", "top_k / top_p filtering is not yet reproduced by the training log-prob recompute; use top_k: 0, top_p: 1");
         foreach (var (role, spec) in stage.Models)
         {
             var model = new LlamaModel(Arch(spec), AlgorithmNames.ScalarHead(role));
@@ -273,7 +271,7 @@ internal sealed class Pipeline : IDisposable
                 // A stage artifact carries a manifest; a torn or corrupt one is refused, not trained from.
                 if (spec.Init is "sft" or "rm" && CheckpointStore.VerifyArtifact(src) is { } why)
                     throw new InvalidDataException($"stage artifact {src} refused: {why}; rerun the stage that writes it (start over without --resume)");
-                using var loaded = Safetensors.Load(src);
+                using var loaded = Safetensors.Load(src, allowNonFinite: spec.AllowNonFiniteWeights);
                 if (loaded.ScalarHead == model.ScalarHead) model.CopyParametersFrom(loaded);
                 else ModelOps.CopyShared(loaded, model);
             }
@@ -286,7 +284,7 @@ internal sealed class Pipeline : IDisposable
             var st = _resumeState!;
             foreach (var (role, opt) in _optims)
             {
-                Safetensors.LoadInto(_models[role], Path.Combine(dir, role));
+                Safetensors.LoadInto(_models[role], Path.Combine(dir, role), stage.Models[role].AllowNonFiniteWeights);
                 long step = (long)st["optimizer_steps"]![role]!;
                 opt.Restore(step, ReadFloats(Path.Combine(dir, role + ".adam_m"), _models[role].ParameterCount),
                             ReadFloats(Path.Combine(dir, role + ".adam_v"), _models[role].ParameterCount));

@@ -28,7 +28,19 @@ internal sealed class HfTokenizer : ITokenizer
 
     public static HfTokenizer Load(string path)
     {
+        if (Directory.Exists(path)) throw new InvalidDataException($"tokenizer {path} is a directory, not a tokenizer.json file");
         if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer {path} not found", path);
+        // A field of the wrong JSON kind (a number where a string belongs, a null id) surfaces as
+        // InvalidOperationException / FormatException from the node API: named here as bad input.
+        try { return Parse(path); }
+        catch (Exception e) when (e is InvalidOperationException or FormatException or NullReferenceException or KeyNotFoundException or ArgumentException)
+        {
+            throw new InvalidDataException($"{path}: malformed tokenizer.json ({e.Message})", e);
+        }
+    }
+
+    private static HfTokenizer Parse(string path)
+    {
         JsonObject root;
         try { root = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: expected a JSON object"); }
         catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})"); }

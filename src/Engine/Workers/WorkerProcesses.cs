@@ -79,6 +79,14 @@ internal sealed class WorkerProcesses : IDisposable
         return l.Length == 0 ? "" : $"; its last output:\n  {string.Join("\n  ", l.TakeLast(lines))}";
     }
 
+    /// <summary>Kills local worker <paramref name="rank"/> (SIGKILL ends a stopped process too).</summary>
+    public void Kill(int rank)
+    {
+        if (!_procs.TryGetValue(rank, out var p)) return;
+        try { p.Kill(entireProcessTree: true); p.WaitForExit(TimeSpan.FromSeconds(5)); }
+        catch (InvalidOperationException) { /* already reaped */ }
+    }
+
     /// <summary>Waits up to <paramref name="grace"/> for every worker to exit, then kills the rest.</summary>
     public void Stop(TimeSpan grace)
     {

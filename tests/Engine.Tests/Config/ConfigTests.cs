@@ -129,7 +129,30 @@ public class ConfigTests
         e = Fails(Valid.Replace("ppo: { kl_coef: 0.1 }", "generation: { top_p: 0 }"));
         Assert.Equal("generation.top_p", e.FieldPath);
         Assert.Contains("(0, 1]", e.Message);
+
+        // Sampling filters are refused when the config is read, not at the first stage's set-up (a stack trace before).
+        e = Fails(Valid.Replace("ppo: { kl_coef: 0.1 }", "generation: { top_k: 5 }"));
+        Assert.Equal("generation.top_k", e.FieldPath);
+        Assert.Contains("allowed values: 0", e.Message);
+        e = Fails(Valid.Replace("- { algorithm: ppo, ppo: { clip_eps: 0.3 } }", "- { algorithm: ppo, generation: { top_p: 0.9 } }"));
+        Assert.Equal("stages[2].generation.top_p", e.FieldPath);
     }
+
+    [Fact]
+    public void AllowNonFiniteWeightsIsAModelField()
+    {
+        var cfg = ExperimentConfig.Parse(Valid, Path.GetTempPath());
+        Assert.False(cfg.Stages[2].Models["actor"].AllowNonFiniteWeights);
+        cfg = ExperimentConfig.Parse(Valid.Replace("actor:  { preset: tiny, init: sft }", "actor:  { preset: tiny, init: sft, allow_non_finite_weights: true }"), Path.GetTempPath());
+        Assert.True(cfg.Stages[2].Models["actor"].AllowNonFiniteWeights);
+        Assert.False(cfg.Stages[2].Models["ref"].AllowNonFiniteWeights);
+        var e = Fails(Valid.Replace("ref:    { preset: tiny, init: sft }", "ref:    { preset: tiny, init: sft, allow_non_finite_weights: maybe }"));
+        Assert.Equal("models.ref.allow_non_finite_weights", e.FieldPath);
+    }
+
+    [Fact]
+    public void ConfigErrorsAreInputExceptions() =>
+        Assert.IsAssignableFrom<InputException>(Fails(Valid.Replace("seed: 3", "seed: -3")));
 
     [Fact]
     public void CheckpointKeepDefaultsValidatesAndIsTopLevelOnly()
@@ -191,6 +214,11 @@ public class ConfigTests
     {
         var e = Fails("name: [unclosed\n");
         Assert.Contains("invalid YAML at line", e.Message);
+        // YamlDotNet throws InvalidOperationException (no position) for this one: the open '{' is named.
+        e = Fails("name: x\nalgorithm: sft\nmodels: {actor: {preset: tiny}\nbatch: 1\n");
+        Assert.Contains("invalid YAML at line 3, column 9: the flow mapping '{' opened here is not closed", e.Message);
+        Assert.Contains("empty", Fails("").Message);
+        Assert.Contains("empty", Fails("# only a comment\n").Message);
         e = Fails(Valid.Replace("batch: { size: 8,", "batch: [ 8,").Replace("minibatches: 2 }", "2 ]"));
         Assert.Equal("batch", e.FieldPath);
         e = Fails(Valid.Replace("stages:\n", "stages: 3\nx:\n"));

@@ -316,6 +316,99 @@ public sealed class CheckpointTests
     }
 }
 
+/// <summary>The safetensors loader checks a header the way the format defines it; every refusal names
+/// the file and the tensor. Each header is edited in place, the data section left as saved.</summary>
+public sealed class SafetensorsHeaderTests : IDisposable
+{
+    private static readonly LlamaConfig Tiny = new() { Layers = 1, Hidden = 8, Intermediate = 12, Heads = 2, KvHeads = 1, Vocab = 5, MaxPositions = 16 };
+    private readonly string _dir = Directory.CreateTempSubdirectory("realn-st-").FullName;
+    private string File_ => Path.Combine(_dir, "model.safetensors");
+
+    public void Dispose() => Directory.Delete(_dir, true);
+
+    private LlamaModel Saved(float? fill = null)
+    {
+        var m = new LlamaModel(Tiny, false);
+        m.InitRandom(7);
+        if (fill is { } f) m.Parameters.Fill(f);
+        Checkpoints.Safetensors.Save(m, _dir);
+        return m;
+    }
+
+    private static long[] Offsets(System.Text.Json.Nodes.JsonObject h, string n) =>
+        [h[n]!["data_offsets"]![0]!.GetValue<long>(), h[n]!["data_offsets"]![1]!.GetValue<long>()];
+
+    private string Refused(Action<System.Text.Json.Nodes.JsonObject> edit)
+    {
+        using (Saved()) { }
+        Workers.BadInputTests.RewriteHeader(File_, edit);
+        var e = Assert.Throws<InvalidDataException>(() => { using var _ = Checkpoints.Safetensors.Load(_dir); });
+        Assert.Contains("model.safetensors", e.Message);
+        return e.Message;
+    }
+
+    [Fact]
+    public void OverlappingOffsetsAreRefused()
+    {
+        // Two tensors of the same size aliasing the same bytes: loaded (exit 0) before.
+        string m = Refused(h =>
+        {
+            var a = Offsets(h, "model.layers.0.input_layernorm.weight");
+            h["model.layers.0.post_attention_layernorm.weight"]!["data_offsets"] = new System.Text.Json.Nodes.JsonArray(a[0], a[1]);
+        });
+        Assert.Contains("overlaps", m);
+        Assert.Contains("layernorm.weight", m);
+    }
+
+    private static string Edge(System.Text.Json.Nodes.JsonObject h, bool first) =>
+        first ? h.Where(kv => kv.Key != "__metadata__").OrderBy(kv => Offsets(h, kv.Key)[0]).First().Key
+              : h.Where(kv => kv.Key != "__metadata__").OrderBy(kv => Offsets(h, kv.Key)[1]).Last().Key;
+
+    [Fact]
+    public void GapsTrailingBytesAndOffsetsBeyondTheFileAreRefused()
+    {
+        Assert.Contains("must be contiguous", Refused(h => h.Remove(Edge(h, first: true))));
+        Assert.Contains("trailing bytes belong to no tensor", Refused(h => h.Remove(Edge(h, first: false))));
+        Assert.Contains("outside", Refused(h =>
+        {
+            string last = Edge(h, first: false);
+            var o = Offsets(h, last);
+            h[last]!["data_offsets"] = new System.Text.Json.Nodes.JsonArray(o[0] + 4, o[1] + 4);
+        }));
+    }
+
+    [Fact]
+    public void DtypeShapeAndByteCountMustAgree()
+    {
+        string m = Refused(h => h["model.norm.weight"]!["dtype"] = "BF16");
+        Assert.Contains("model.norm.weight", m);
+        Assert.Contains("needs", m);
+        Assert.Contains("unknown dtype 'F33'", Refused(h => h["model.norm.weight"]!["dtype"] = "F33"));
+        Assert.Contains("needs", Refused(h => h["model.norm.weight"]!["shape"] = new System.Text.Json.Nodes.JsonArray(4)));
+        Assert.Contains("shape[0]", Refused(h => h["model.norm.weight"]!["shape"] = new System.Text.Json.Nodes.JsonArray(-8)));
+        Assert.Contains("data_offsets[0]", Refused(h => h["model.norm.weight"]!["data_offsets"]![0] = 0.5));
+        Assert.Contains("data_offsets", Refused(h => h["model.norm.weight"]!["data_offsets"] = new System.Text.Json.Nodes.JsonArray(0)));
+    }
+
+    [Fact]
+    public void NonFiniteWeightsAreRefusedUnlessAllowed()
+    {
+        using var m = Saved();
+        var w = m.View("model.layers.0.mlp.down_proj.weight");
+        w[3] = float.PositiveInfinity;
+        w[5] = float.NaN;
+        Checkpoints.Safetensors.Save(m, _dir);
+        var e = Assert.Throws<InvalidDataException>(() => { using var _ = Checkpoints.Safetensors.Load(_dir); });
+        Assert.Contains("model.layers.0.mlp.down_proj.weight", e.Message);
+        Assert.Contains("2 non-finite", e.Message);
+        Assert.Contains("element 3", e.Message);
+        using var loaded = Checkpoints.Safetensors.Load(_dir, allowNonFinite: true);
+        Assert.True(float.IsNaN(loaded.View("model.layers.0.mlp.down_proj.weight")[5]));
+        using var into = new LlamaModel(Tiny, false);
+        Assert.Throws<InvalidDataException>(() => Checkpoints.Safetensors.LoadInto(into, _dir));
+    }
+}
+
 public sealed class ParamLayoutTests
 {
     private static readonly LlamaConfig Cfg = new() { Layers = 4, Hidden = 8, Intermediate = 12, Heads = 4, KvHeads = 2, Vocab = 10, MaxPositions = 16 };

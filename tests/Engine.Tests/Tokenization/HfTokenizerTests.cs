@@ -48,5 +48,10 @@ public sealed class HfTokenizerTests
         try { Assert.Contains("not valid JSON", Assert.Throws<InvalidDataException>(() => HfTokenizer.Load(p)).Message); }
         finally { File.Delete(p); }
         Assert.Throws<FileNotFoundException>(() => HfTokenizer.Load("/nonexistent/tokenizer.json"));
+        // A field of the wrong JSON kind was an InvalidOperationException from the node API.
+        p = Write("""{ "model": { "type": "BPE", "vocab": { "a": "zero" } } }""");
+        try { Assert.Contains("malformed tokenizer.json", Assert.Throws<InvalidDataException>(() => HfTokenizer.Load(p)).Message); }
+        finally { File.Delete(p); }
+        Assert.Contains("is a directory", Assert.Throws<InvalidDataException>(() => HfTokenizer.Load(Path.GetTempPath())).Message);
     }
 }

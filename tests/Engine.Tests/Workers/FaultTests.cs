@@ -153,6 +153,50 @@ public sealed class FaultTests(ITestOutputHelper output)
         finally { Directory.Delete(dir, true); }
     }
 
+    /// <summary>A hung worker (SIGSTOP: alive, silent) must be named within the documented 15 s
+    /// heartbeat timeout (+ one 1 s beat period) and the master gone soon after: its teardown
+    /// kills the silent worker instead of asking it to shut down and waiting (24.7 s to exit before).</summary>
+    [Fact]
+    public void StoppedWorkerIsNamedWithinTheHeartbeatTimeout()
+    {
+        string dir = Dir();
+        int victim = -1;
+        try
+        {
+            string exe = WorkerProcessTests.Realn();
+            string cfg = Write(dir, "exp.yaml", Config.Replace("PPO_ITERATIONS", "400"));
+            string plan = Write(dir, "plan.json", Plan(1, 2));
+            string runDir = Path.Combine(dir, "run");
+            using var run = Run.Start("plan run", exe, ["run", cfg, "--plan", plan, "--out", runDir]);
+            WaitFor(() => PpoSteps(runDir) >= 2 || run.Process.HasExited, TimeSpan.FromMinutes(2), "2 PPO iterations");
+            Assert.False(run.Process.HasExited, run.Output);
+            var workers = Workers(c => true).Where(p => ParentOf(p) == run.Process.Id).ToList();
+            Assert.Equal(2, workers.Count);
+            victim = workers.First(p => File.ReadAllText($"/proc/{p}/cmdline").Replace('\0', ' ').Contains("--rank 1 "));
+            var stopped = Stopwatch.StartNew();
+            using (var kill = Process.Start("kill", ["-STOP", victim.ToString()]))
+            {
+                Assert.True(kill.WaitForExit(5000) && kill.ExitCode == 0, "kill -STOP failed");
+            }
+            WaitFor(() => run.Output.Contains("job failed") || run.Process.HasExited, TimeSpan.FromSeconds(40), "the failure line");
+            double named = stopped.Elapsed.TotalSeconds;
+            int code = run.Wait(TimeSpan.FromSeconds(40));
+            double exited = stopped.Elapsed.TotalSeconds;
+            output.WriteLine($"named {named:F1} s, master exited {exited:F1} s after SIGSTOP:\n{run.Output[^Math.Min(1500, run.Output.Length)..]}");
+            Assert.Equal(1, code);
+            Assert.Contains("worker 1", run.Output);
+            Assert.Contains("sent no heartbeat for", run.Output);
+            Assert.True(named >= 14 && named < 18.5, $"named after {named:F1} s; README: a worker that stops beating for 15 s ends the run");
+            Assert.True(exited < 21, $"the master exited {exited:F1} s after the stop");
+            WaitFor(() => workers.All(p => !Alive(p)), TimeSpan.FromSeconds(10), "every worker to be gone");
+        }
+        finally
+        {
+            if (victim > 0 && Alive(victim)) try { Process.GetProcessById(victim).Kill(); } catch (ArgumentException) { }
+            Directory.Delete(dir, true);
+        }
+    }
+
     [Fact]
     public void WorkersOfAKilledMasterExitOnTheirOwn()
     {

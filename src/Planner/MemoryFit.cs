@@ -1,0 +1,50 @@
+// The planner's memory model applied before `realn run` allocates anything: a config whose models
+// cannot fit this machine is refused with the message `realn plan` gives, instead of minutes of
+// allocation and a native out-of-memory error. Pure arithmetic on the experiment; the caller says
+// how much memory the machine has.
+namespace ReaLNative.Planner;
+
+/// <summary>Checks that an experiment (and, when given, a plan) fits in a machine's memory.</summary>
+public static class MemoryFit
+{
+    /// <summary>Throws a <see cref="PlannerException"/> when <paramref name="exp"/> does not fit.
+    /// Without a plan: every call on one device of <paramref name="availableBytes"/> (the search
+    /// `realn plan` runs on a one-device cluster, with its messages). With a plan: its devices share
+    /// the machine, after the master's full copy of every model; each call on its plan layout.</summary>
+    public static void Check(Experiment exp, Plan? plan, double availableBytes, string machine)
+    {
+        if (plan is null)
+        {
+            PlanSearch.Run(Machine($"{machine}, one device", 1, 1, availableBytes), exp, new SearchOptions { TimeLimitSeconds = 10 });
+            return;
+        }
+        int devices = plan.Nodes * plan.DevicesPerNode;
+        // The master holds the full fp32 models (initialisation, evaluation, checkpoints).
+        double master = exp.Models.Sum(kv => kv.Value.Params(Experiment.HasScalarHead(kv.Key)) * 4);
+        double perDevice = (availableBytes - master) / devices;
+        if (perDevice <= 0)
+            throw new PlannerException($"the master's full copies of the models need {Units.Bytes(master)}, more than the {Units.Bytes(availableBytes)} available on {machine}");
+        var cluster = Machine($"{machine}, {devices} plan devices sharing {Units.Bytes(availableBytes)} after the master's {Units.Bytes(master)}",
+                              plan.Nodes, plan.DevicesPerNode, perDevice);
+        var problem = new PlanningProblem(new Estimator(cluster, exp));   // a call no layout fits: `realn plan`'s message
+        var choice = new int[problem.Calls.Count];
+        for (int i = 0; i < choice.Length; i++)
+        {
+            var pc = plan.Calls.First(c => c.Name == problem.Calls[i].Name);
+            choice[i] = problem.IndexOf(i, new CallOption(pc.Mesh, pc.Strategy, pc.MicroBatches, false));
+        }
+        var peak = new Evaluator(problem).PeakMemory(choice);
+        int worst = Array.IndexOf(peak, peak.Max());
+        if (peak[worst] > perDevice)
+            throw new PlannerException($"the plan does not fit in memory on cluster '{cluster.Name}': device {worst} needs {Units.Bytes(peak[worst])}, " +
+                                       $"{Units.Bytes(peak[worst] - perDevice)} more than the {Units.Bytes(perDevice)} available to each device");
+    }
+
+    /// <summary>A CPU machine as a cluster: fp32, only the memory matters (speeds are placeholders).</summary>
+    private static ClusterSpec Machine(string name, int nodes, int devicesPerNode, double bytesPerDevice) => new()
+    {
+        Name = name, Nodes = nodes, DevicesPerNode = devicesPerNode, DeviceMemoryBytes = bytesPerDevice, Precision = Precision.Fp32,
+        PeakFlops = 1e12, ComputeEfficiency = 0.5, MemoryBandwidth = 1e10, IntraNodeBandwidth = 1e10, IntraNodeLatency = 1e-6,
+        InterNodeBandwidth = 1e9, InterNodeLatency = 1e-5, HostBandwidth = 1e10,
+    };
+}
