@@ -33,7 +33,7 @@ internal static class CliRunner
     {
         switch (e)
         {
-            case UsageException:
+            case UsageException or RunDirectoryException:
                 Console.Error.WriteLine($"realn: {e.Message}");
                 return 2;
             case RealnException:
