@@ -12,14 +12,23 @@ internal static class CliRunner
 {
     public static async Task<int> InvokeAsync(RootCommand root, string[] args)
     {
+        int code;
         try
         {
-            return await root.Parse(args).InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+            code = await root.Parse(args).InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception e) when (Interruption.ExitingAtOnce)
+        {
+            _ = e;   // what failed while a second signal tears the job down is not the news
+            code = 1;
         }
         catch (Exception e)
         {
-            return Report(Unwrap(e));
+            code = Report(Unwrap(e));
         }
+        // A second signal is ending the process with its own code (143 / 130): wait for it (30 s at most).
+        for (int i = 0; i < 300 && Interruption.ExitingAtOnce; i++) Thread.Sleep(100);
+        return code;
     }
 
     /// <summary>The one exception inside aggregates (concurrent calls fail as AggregateException).</summary>

@@ -15,6 +15,11 @@ internal sealed class Interruption : IDisposable
     private int _count;
     private volatile string? _signal;
     private volatile string? _source;
+    private static volatile bool s_exiting;
+
+    /// <summary>True once a second signal is ending the process: the command's thread must not
+    /// return an exit code of its own meanwhile (<see cref="CliRunner"/> waits for the exit).</summary>
+    public static bool ExitingAtOnce => s_exiting;
 
     /// <summary>Runs on a second signal before the process exits (kill workers, remove temporaries); may be replaced as the job progresses.</summary>
     public Action? Abort { get; set; }
@@ -64,6 +69,7 @@ internal sealed class Interruption : IDisposable
             return;
         }
         // Second signal: stop at once.
+        s_exiting = true;
         _signal = sig; _source = null;
         try { Abort?.Invoke(); }
         catch (Exception e) { Console.Error.WriteLine($"realn: while stopping: {e.Message}"); }

@@ -111,7 +111,6 @@ public static class RunCommand
         catch (ConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
         var plan = planPath is null ? null : LoadPlan(planPath, configPath);
 
-        AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: {string.Join(" -> ", cfg.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, task {cfg.Task.Name}, seed {cfg.Seed}");
         JsonObject summary = null!;
         Action<ProgressEvent>? show = null;
         Pipeline pipeline;
@@ -123,6 +122,7 @@ public static class RunCommand
         using (pipeline)
         {
             CheckOutput(pipeline, resume, overwrite);
+            AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: {string.Join(" -> ", cfg.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, task {cfg.Task.Name}, seed {cfg.Seed}");
             var before = interruption.Abort;
             interruption.Abort = () => { before?.Invoke(); RunDirectory.RemoveTemporaries(Path.GetFullPath(outDir)); };
             interruption.AbortDetail = () => $" at {pipeline.Position}; last checkpoint {pipeline.LastCheckpoint ?? "none"}; resume with --resume";

@@ -291,7 +291,7 @@ internal sealed class WorkerPool : IReplicaHost
     {
         // Said at once: tearing the job down after a failure may take seconds (or, with UCX
         // stuck on a vanished peer, not finish), and the reason must not be lost with it.
-        if (Interlocked.CompareExchange(ref _failed, message, null) is null)
+        if (Interlocked.CompareExchange(ref _failed, message, null) is null && !_aborted)   // an abort says why itself
             Console.Error.WriteLine($"realn: job failed: {message}");
         throw new WorkerFailedException(message);
     }

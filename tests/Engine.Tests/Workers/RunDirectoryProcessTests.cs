@@ -240,41 +240,44 @@ public sealed class RunDirectoryProcessTests(FinishedRunFixture run, ITestOutput
     }
 
     [Theory]
-    [InlineData("TERM", false, 143)]   // systemd / Slurm / kill: the master alone
-    [InlineData("INT", true, 130)]     // a terminal's Ctrl-C: the whole process group, workers included
-    public void SignalStopsAPlanRunMidPpoAndResumeCompletes(string signal, bool group, int exitCode)
+    [InlineData("TERM", false, false, 143)]   // systemd / Slurm / kill: the master alone
+    [InlineData("INT", true, false, 130)]     // a terminal's Ctrl-C: the whole process group, workers included
+    [InlineData("TERM", false, true, 143)]    // a second signal: stop at once, still no worker or *.tmp left
+    public void SignalStopsAPlanRunMidPpoAndResumeCompletes(string signal, bool group, bool twice, int exitCode)
     {
+        const int Ppo = 8;
         string dir = Path.Combine(run.Root, $"sig-{signal}-" + Guid.NewGuid().ToString("N")[..6]);
         Directory.CreateDirectory(dir);
         string cfg = Path.Combine(dir, "exp.yaml"), plan = Path.Combine(dir, "plan.json"), outDir = Path.Combine(dir, "run");
-        File.WriteAllText(cfg, FinishedRunFixture.Config(12));
+        File.WriteAllText(cfg, FinishedRunFixture.Config(Ppo));
         File.WriteAllText(plan, Plan2());
         string exe = WorkerProcessTests.Realn();
         string[] args = ["run", cfg, "--plan", plan, "--out", outDir];
         // setsid: the run leads its own process group (as a shell job does), so the group can be signalled without the test host.
         using (var r = group ? Run.Start("plan run", "setsid", [exe, .. args]) : Run.Start("plan run", exe, args))
         {
-            Procs.WaitFor(() => PpoSteps(outDir) >= 3 || r.Process.HasExited, TimeSpan.FromMinutes(2), "3 PPO iterations");
+            Procs.WaitFor(() => PpoSteps(outDir) >= 2 || r.Process.HasExited, TimeSpan.FromMinutes(2), "2 PPO iterations");
             Assert.False(r.Process.HasExited, r.Output);
             var workers = Procs.WorkersOf(r.Process.Id);
             Assert.Equal(2, workers.Count);
             var sw = Stopwatch.StartNew();
             Procs.Kill(signal, group ? -r.Process.Id : r.Process.Id);
+            if (twice) Procs.Kill(signal, group ? -r.Process.Id : r.Process.Id);
             int code = r.Wait(TimeSpan.FromSeconds(60));
             double seconds = sw.Elapsed.TotalSeconds;
-            output.WriteLine($"SIG{signal} -> exit {code} after {seconds:F2} s:\n{r.Output[^Math.Min(1200, r.Output.Length)..]}");
+            output.WriteLine($"SIG{signal}{(twice ? " twice" : "")} -> exit {code} after {seconds:F2} s:\n{r.Output[^Math.Min(1200, r.Output.Length)..]}");
             Assert.Equal(exitCode, code);
             Assert.True(seconds < 30, $"took {seconds:F1} s");
             var last = r.Output.Split('\n').Single(l => l.StartsWith("realn: interrupted", StringComparison.Ordinal)).TrimEnd();
-            Assert.Matches($@"^realn: interrupted by SIG{signal} at ppo iteration \d+/12; last checkpoint step-\d+; resume with --resume$", last);
+            Assert.Matches($@"^realn: interrupted by {(twice ? "a second " : "")}SIG{signal}{(twice ? ": stopped at once" : "")} at ppo iteration \d+/{Ppo}; last checkpoint step-\d+; resume with --resume$", last);
             Assert.DoesNotContain("job failed", r.Output);
             Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(outDir, "checkpoints"), "*.tmp"));
             Assert.All(workers, p => Assert.False(Procs.Alive(p), $"worker pid {p} still running after its master exited"));
-            Assert.True(PpoSteps(outDir) < 12);
+            Assert.True(PpoSteps(outDir) < Ppo);
         }
         using (var resumed = Run.Start("resumed run", exe, [.. args, "--resume"]))
             Assert.True(resumed.Wait(TimeSpan.FromMinutes(3)) == 0, resumed.Output);
         Assert.True(File.Exists(Path.Combine(outDir, "summary.json")));
-        Assert.Equal(12, PpoSteps(outDir));
+        Assert.Equal(Ppo, PpoSteps(outDir));
     }
 }
