@@ -46,7 +46,8 @@ namespace ReaLNative.Engine.Runs
             return CheckpointStore.StepOf(n) is not null || n is CheckpointStore.PointerName or "sft" or "rm" || name.StartsWith(ProbeName, StringComparison.Ordinal);
         }
 
-        /// <summary>What the directory holds, in words ("3 checkpoints and metrics.jsonl (42 lines)"), or null when it is absent or empty.</summary>
+        /// <summary>What the directory holds, in words ("3 checkpoints and metrics.jsonl (42 lines)"), or null when it is
+        /// absent or empty (an empty checkpoints/ counts as empty).</summary>
         public static string? Describe(string dir)
         {
             if (!Directory.Exists(dir)) return null;
@@ -72,7 +73,8 @@ namespace ReaLNative.Engine.Runs
             foreach (var e in Directory.EnumerateFileSystemEntries(dir).Select(p => Path.GetFileName(p)).Order(StringComparer.Ordinal))
                 if (e != Checkpoints && !TopFiles.Contains(e)) { foreign++; if (foreignNames.Count < 3) foreignNames.Add(e); }
             if (foreign > 0) parts.Add($"{foreign} other entr{(foreign == 1 ? "y" : "ies")} ({string.Join(", ", foreignNames)}{(foreign > 3 ? ", ..." : "")})");
-            if (parts.Count == 0) return Directory.EnumerateFileSystemEntries(dir).Any() ? "files" : null;
+            // An empty checkpoints/ (a start refused by the probe, or a check before this one) holds nothing.
+            if (parts.Count == 0) return null;
             return parts.Count == 1 ? parts[0] : string.Join(", ", parts.Take(parts.Count - 1)) + " and " + parts[^1];
         }
 

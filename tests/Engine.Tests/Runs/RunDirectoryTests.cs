@@ -30,6 +30,7 @@ public sealed class RunDirectoryTests : IDisposable
         Assert.Null(RunDirectory.Describe(_dir));
         RunDirectory.Check(_dir, RunStart.Fresh, "--resume", "--overwrite");   // empty: fine
         Assert.Empty(Directory.EnumerateFiles(_dir, "*", SearchOption.AllDirectories));   // the probe left nothing
+        RunDirectory.Check(_dir, RunStart.Fresh, "--resume", "--overwrite");   // checking twice (launch, then the run) is fine: an empty checkpoints/ is nothing
         Directory.CreateDirectory(Path.Combine(_dir, "checkpoints", "step-2"));
         Directory.CreateDirectory(Path.Combine(_dir, "checkpoints", "step-4"));
         Metrics(Line(0, 1) + Line(0, 2) + Line(0, 3));

@@ -243,7 +243,8 @@ public sealed class RunDirectoryProcessTests(FinishedRunFixture run, ITestOutput
     [InlineData("TERM", false, false, 143)]   // systemd / Slurm / kill: the master alone
     [InlineData("INT", true, false, 130)]     // a terminal's Ctrl-C: the whole process group, workers included
     [InlineData("TERM", false, true, 143)]    // a second signal: stop at once, still no worker or *.tmp left
-    public void SignalStopsAPlanRunMidPpoAndResumeCompletes(string signal, bool group, bool twice, int exitCode)
+    [InlineData("TERM", false, false, 143, true)]   // `realn launch` (one node): the same
+    public void SignalStopsAPlanRunMidPpoAndResumeCompletes(string signal, bool group, bool twice, int exitCode, bool launch = false)
     {
         const int Ppo = 8;
         string dir = Path.Combine(run.Root, $"sig-{signal}-" + Guid.NewGuid().ToString("N")[..6]);
@@ -252,7 +253,17 @@ public sealed class RunDirectoryProcessTests(FinishedRunFixture run, ITestOutput
         File.WriteAllText(cfg, FinishedRunFixture.Config(Ppo));
         File.WriteAllText(plan, Plan2());
         string exe = WorkerProcessTests.Realn();
-        string[] args = ["run", cfg, "--plan", plan, "--out", outDir];
+        static string FreePort()
+        {
+            var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+            l.Start();
+            int port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+            l.Stop();
+            return port.ToString();
+        }
+        string[] Args() => launch ? ["launch", cfg, "--plan", plan, "--nnodes", "1", "--node-rank", "0", "--master", "127.0.0.1:" + FreePort(), "--out", outDir]
+                                  : ["run", cfg, "--plan", plan, "--out", outDir];
+        string[] args = Args();
         // setsid: the run leads its own process group (as a shell job does), so the group can be signalled without the test host.
         using (var r = group ? Run.Start("plan run", "setsid", [exe, .. args]) : Run.Start("plan run", exe, args))
         {
@@ -275,7 +286,8 @@ public sealed class RunDirectoryProcessTests(FinishedRunFixture run, ITestOutput
             Assert.All(workers, p => Assert.False(Procs.Alive(p), $"worker pid {p} still running after its master exited"));
             Assert.True(PpoSteps(outDir) < Ppo);
         }
-        using (var resumed = Run.Start("resumed run", exe, [.. args, "--resume"]))
+        if (launch) return;   // the resume path is the same pipeline: the `realn run` cases cover it
+        using (var resumed = Run.Start("resumed run", exe, [.. Args(), "--resume"]))
             Assert.True(resumed.Wait(TimeSpan.FromMinutes(3)) == 0, resumed.Output);
         Assert.True(File.Exists(Path.Combine(outDir, "summary.json")));
         Assert.Equal(Ppo, PpoSteps(outDir));
