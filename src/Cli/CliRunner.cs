@@ -17,10 +17,9 @@ internal static class CliRunner
         {
             code = await root.Parse(args).InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
-        catch (Exception e) when (Interruption.ExitingAtOnce)
+        catch (Exception) when (Interruption.ExitingAtOnce)
         {
-            _ = e;   // what failed while a second signal tears the job down is not the news
-            code = 1;
+            code = 1;   // what failed while a second signal tears the job down is not the news
         }
         catch (Exception e)
         {

@@ -1,8 +1,9 @@
 // One run of an experiment for a host: the synchronous run loop (Pipeline) on a dedicated thread,
 // progress through IProgress<T>, metric lines as an IAsyncEnumerable fed by a bounded channel as
 // iterations finish (tailing metrics.jsonl, which the loop flushes per line), cancellation observed
-// between iterations. Cancellation does not throw: the result says Cancelled, the last checkpoint
-// is complete and the training thread has ended when RunAsync returns.
+// between iterations and calls (the mechanism `realn run` uses for SIGTERM / SIGINT). Cancellation
+// does not throw: the result says Cancelled, the last checkpoint is complete and the training
+// thread has ended when RunAsync returns.
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using System.Threading.Channels;
