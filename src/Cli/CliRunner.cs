@@ -17,14 +17,22 @@ internal static class CliRunner
 
     public static async Task<int> InvokeAsync(RootCommand root, string[] args)
     {
+        int code;
         try
         {
-            return await root.Parse(args).InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+            code = await root.Parse(args).InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception) when (Interruption.ExitingAtOnce)
+        {
+            code = 1;   // what failed while a second signal tears the job down is not the news
         }
         catch (Exception e)
         {
-            return Report(Unwrap(e), Console.Error, Environment.GetEnvironmentVariable(DebugVariable) == "1");
+            code = Report(Unwrap(e), Console.Error, Environment.GetEnvironmentVariable(DebugVariable) == "1");
         }
+        // A second signal is ending the process with its own code (143 / 130): wait for it (30 s at most).
+        for (int i = 0; i < 300 && Interruption.ExitingAtOnce; i++) Thread.Sleep(100);
+        return code;
     }
 
     /// <summary>The exception to report: the one inside single-element aggregates (concurrent calls
@@ -44,7 +52,7 @@ internal static class CliRunner
         int code;
         switch (e)
         {
-            case InputException:
+            case InputException or RunDirectoryException:
             case DllNotFoundException:
             case ArgumentException or FormatException or InvalidDataException or FileNotFoundException or DirectoryNotFoundException:
                 // Bad input (config, plan, checkpoint, spec, arguments): the message names what is wrong and where.

@@ -6,6 +6,8 @@
 // and count may come from Slurm (SLURM_NODEID / SLURM_NNODES) or Open MPI (OMPI_COMM_WORLD_RANK /
 // OMPI_COMM_WORLD_SIZE). The job secret comes from REALN_JOB_SECRET or REALN_JOB_SECRET_FILE on
 // every node (a single-node launch without one generates it); it is never on a command line.
+// SIGTERM / SIGINT to any node's launcher (or worker) stop the whole job at its next safe point;
+// a signalled launcher exits 143 / 130.
 using System.CommandLine;
 using System.Globalization;
 using System.Net;
@@ -32,13 +34,15 @@ public static class LaunchCommand
         var workerBind = new Option<string?>("--worker-bind") { Description = "Interface this node's workers bind (default: the address that routes to the master)" };
         var output = new Option<string?>("--out") { Description = "Output directory (node 0)" };
         var resume = new Option<bool>("--resume") { Description = "Continue from the last checkpoint in --out (node 0)" };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Start over in an --out that holds an earlier run, deleting only what a run wrote there (node 0)" };
         var job = new Option<string?>("--job") { Description = "Job id (default: derived from the job secret, the same on every node)" };
         var startTimeout = new Option<int>("--start-timeout") { Description = "Seconds for every node's workers to join", DefaultValueFactory = _ => 120 };
-        var cmd = new Command("launch", "Run one node's part of a (multi-node) plan: node 0 runs the master");
+        var cmd = new Command("launch", "Run one node's part of a (multi-node) plan: node 0 runs the master. SIGTERM / SIGINT to any node stop the job " +
+                                        "at its next safe point, exit 143 / 130; a second signal stops at once; continue with --resume");
         cmd.Arguments.Add(config);
-        foreach (var o in new Option[] { plan, nnodes, nodeRank, master, bind, workerBind, output, resume, job, startTimeout }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { plan, nnodes, nodeRank, master, bind, workerBind, output, resume, overwrite, job, startTimeout }) cmd.Options.Add(o);
         cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(plan)!, p.GetValue(nnodes), p.GetValue(nodeRank), p.GetValue(master)!, p.GetValue(bind),
-            p.GetValue(workerBind), p.GetValue(output), p.GetValue(resume), p.GetValue(job), p.GetValue(startTimeout)));
+            p.GetValue(workerBind), p.GetValue(output), p.GetValue(resume), p.GetValue(overwrite), p.GetValue(job), p.GetValue(startTimeout)));
         return cmd;
     }
 
@@ -81,8 +85,9 @@ public static class LaunchCommand
     }
 
     private static int Run(string configPath, string planPath, int? nnodes, int? nodeRank, string masterAddr, string? bind, string? workerBind,
-                           string? outDir, bool resume, string? jobId, int startTimeout)
+                           string? outDir, bool resume, bool overwrite, string? jobId, int startTimeout)
     {
+        using var interruption = new Interruption();
         var (node, nodes) = NodeOf(nodeRank, nnodes, Environment.GetEnvironmentVariable);
         var (host, port) = HostPort(masterAddr);
         ExperimentConfig cfg;
@@ -111,17 +116,41 @@ public static class LaunchCommand
         if (node != 0)
         {
             var cmdLine = new WorkerCommandLine(exe, prefix, control, job, devices + 1) { BindHost = wbind, Node = Environment.MachineName + $"/{node}", ThreadsPerWorker = threads };
-            return NodeLauncher.Run(cmdLine, secret, node, ranks, ModelWorker.HeartbeatLoss, m => Console.Error.WriteLine($"realn launch: {m}"));
+            var signals = new NodeSignals();
+            interruption.Token.Register(() => signals.Signal = interruption.Signal);
+            interruption.Abort = () => signals.KillWorkers?.Invoke();
+            interruption.AbortDetail = () => $"; node {node}'s workers killed";
+            int code = NodeLauncher.Run(cmdLine, secret, node, ranks, ModelWorker.HeartbeatLoss, m => Console.Error.WriteLine($"realn launch: {m}"), signals);
+            if (interruption.Requested)
+            {
+                Console.Error.WriteLine($"realn: interrupted by {interruption.Describe()}; node {node}'s workers stopped");
+                return interruption.ExitCode;
+            }
+            return code;
         }
 
         if (outDir is null) throw new UsageException("--out is required on node 0 (it runs the master)");
+        if (resume && overwrite) throw new UsageException("--resume and --overwrite exclude each other");
+        // The run directory is checked before any node's workers are waited for.
+        try { RunDirectory.Check(Path.GetFullPath(outDir), resume ? RunStart.Resume : overwrite ? RunStart.Overwrite : RunStart.Fresh, "--resume", "--overwrite"); }
+        catch (RunDirectoryException e) { throw new UsageException(e.Message); }
         AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: job {job}, {nodes} node(s) x {dpn} device(s), master {Markup.Escape(control)}; waiting for every node's workers");
-        var pool = new WorkerPool(devices, new WorkerPoolOptions
+        WorkerPool pool;
+        try
         {
-            Executable = exe, ExecutablePrefix = prefix, ExternalWorkers = true, LocalRanks = ranks, Bind = $"tcp://{bind ?? host}:{port}",
-            WorkerBindHost = wbind, Node = Environment.MachineName + "/0", Secret = secret, Job = job, ThreadsPerWorker = threads,
-            StartTimeout = TimeSpan.FromSeconds(startTimeout),
-        });
+            pool = new WorkerPool(devices, new WorkerPoolOptions
+            {
+                Executable = exe, ExecutablePrefix = prefix, ExternalWorkers = true, LocalRanks = ranks, Bind = $"tcp://{bind ?? host}:{port}",
+                WorkerBindHost = wbind, Node = Environment.MachineName + "/0", Secret = secret, Job = job, ThreadsPerWorker = threads,
+                StartTimeout = TimeSpan.FromSeconds(startTimeout), Cancellation = interruption.Token, OnInterrupt = interruption.Request,
+            });
+        }
+        catch (OperationCanceledException) when (interruption.Requested)
+        {
+            Console.Error.WriteLine($"realn: interrupted by {interruption.Describe()} while the workers were joining; nothing ran");
+            return interruption.ExitCode;
+        }
+        interruption.Abort = () => { pool.Abort(); RunDirectory.RemoveTemporaries(Path.GetFullPath(outDir)); };
         Pipeline pipeline;
         try
         {
@@ -139,7 +168,15 @@ public static class LaunchCommand
         {
             using (pipeline)
             {
-                var summary = pipeline.Run(resume);
+                interruption.AbortDetail = () => $" at {pipeline.Position}; last checkpoint {pipeline.LastCheckpoint ?? "none"}; resume with --resume";
+                var summary = pipeline.Run(resume, cancellationToken: interruption.Token, overwrite: overwrite);
+                if (summary["cancelled"] is not null)
+                {
+                    pipeline.Dispose();
+                    pool.Dispose();
+                    Console.Error.WriteLine($"realn: {RunCommand.InterruptedLine(interruption, summary)}");
+                    return interruption.ExitCode;
+                }
                 AnsiConsole.MarkupLine($"task score {summary["initial_task_score"]} -> {summary["final_task_score"]}, reward {summary["initial_reward"]} -> {summary["final_reward"]}, {summary["seconds"]} s");
             }
         }

@@ -1,7 +1,8 @@
-// `realn run CONFIG --out DIR [--resume] [--plan PLAN.json [--in-process]]`: the pipeline (sft -> rm -> ppo ...)
+// `realn run CONFIG --out DIR [--resume | --overwrite] [--plan PLAN.json [--in-process]]`: the pipeline (sft -> rm -> ppo ...)
 // of an experiment config (single device, or the plan's layouts for the stage it lists: one model
 // worker process per plan device, this process the master), with a progress bar per stage and one
 // line of figures per iteration; writes DIR/metrics.jsonl, DIR/summary.json, DIR/curves.png and DIR/checkpoints/.
+// A non-empty DIR needs --resume or --overwrite; SIGTERM / SIGINT stop it at the next safe point.
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
@@ -18,20 +19,27 @@ public static class RunCommand
     public static Command Create()
     {
         var config = new Argument<string>("config") { Description = "Experiment config (YAML), see docs/experiment-config.md" };
-        var output = new Option<string>("--out") { Description = "Output directory", Required = true };
-        var resume = new Option<bool>("--resume") { Description = "Continue from the last checkpoint in --out" };
+        var output = new Option<string>("--out")
+        {
+            Description = "Run directory: new or empty, unless --resume or --overwrite (receives metrics.jsonl, summary.json, curves.png, checkpoints/)",
+            Required = true,
+        };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the last checkpoint in --out that verifies" };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Start over in a --out that holds an earlier run: deletes only what a run wrote there" };
         var planOpt = new Option<string?>("--plan")
         {
             Description = "Execution plan (JSON from `realn plan`): each call of the stage it matches runs on its own mesh and (pp, dp, tp) layout, one model worker process per device",
         };
         var inProcess = new Option<bool>("--in-process") { Description = "Run the plan's devices as threads of this process instead of worker processes" };
-        var cmd = new Command("run", "Run an experiment's pipeline on this machine");
+        var cmd = new Command("run", "Run an experiment's pipeline on this machine. SIGTERM / SIGINT (Ctrl-C) stop it at the next safe point " +
+                                     "(between iterations or calls), workers included, exit 143 / 130; a second signal stops at once; continue with --resume");
         cmd.Arguments.Add(config);
         cmd.Options.Add(output);
         cmd.Options.Add(resume);
+        cmd.Options.Add(overwrite);
         cmd.Options.Add(planOpt);
         cmd.Options.Add(inProcess);
-        cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(output)!, p.GetValue(resume), p.GetValue(planOpt), p.GetValue(inProcess)));
+        cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(output)!, p.GetValue(resume), p.GetValue(overwrite), p.GetValue(planOpt), p.GetValue(inProcess)));
         return cmd;
     }
 
@@ -72,12 +80,29 @@ public static class RunCommand
         catch (ConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
     }
 
-    /// <summary>Model worker processes of this executable, one per plan device, on loopback.</summary>
-    internal static Func<int, IReplicaHost> WorkerProcesses() => n =>
+    /// <summary>Model worker processes of this executable, one per plan device, on loopback; a signal
+    /// a worker reports interrupts the job, a second signal here kills them.</summary>
+    internal static Func<int, IReplicaHost> WorkerProcesses(Interruption interruption) => n =>
     {
         var (exe, prefix) = Self();
-        return new WorkerPool(n, new WorkerPoolOptions { Executable = exe, ExecutablePrefix = prefix });
+        var pool = new WorkerPool(n, new WorkerPoolOptions { Executable = exe, ExecutablePrefix = prefix, Cancellation = interruption.Token, OnInterrupt = interruption.Request });
+        var before = interruption.Abort;
+        interruption.Abort = () => { pool.Abort(); before?.Invoke(); };
+        return pool;
     };
+
+    /// <summary>Checks --out before anything runs (bad input: exit 2, nothing changed).</summary>
+    internal static void CheckOutput(Pipeline pipeline, bool resume, bool overwrite)
+    {
+        if (resume && overwrite) throw new UsageException("--resume and --overwrite exclude each other");
+        try { pipeline.CheckOutput(resume ? RunStart.Resume : overwrite ? RunStart.Overwrite : RunStart.Fresh); }
+        catch (RunDirectoryException e) { throw new UsageException(e.Message); }
+    }
+
+    /// <summary>The line an interrupted run ends with, from the cancelled run's result.</summary>
+    internal static string InterruptedLine(Interruption interruption, JsonObject result) =>
+        $"interrupted by {interruption.Describe()} at {result["position"]}; " +
+        (result["last_checkpoint"] is { } ck ? $"last checkpoint {ck}; resume with --resume" : "no checkpoint yet; start over with --overwrite");
 
     /// <summary>How to start this realn again: the apphost, or `dotnet realn.dll`.</summary>
     internal static (string Exe, string[] Prefix) Self()
@@ -88,24 +113,30 @@ public static class RunCommand
             : (exe, []);
     }
 
-    private static int Run(string configPath, string outDir, bool resume, string? planPath, bool inProcess)
+    private static int Run(string configPath, string outDir, bool resume, bool overwrite, string? planPath, bool inProcess)
     {
+        using var interruption = new Interruption();
         ExperimentConfig cfg;
         try { cfg = ExperimentConfig.Load(configPath); }
         catch (ConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
         var plan = planPath is null ? null : LoadPlan(planPath, configPath);
         CheckMemory(cfg, configPath, plan);
 
-        AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: {string.Join(" -> ", cfg.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, task {cfg.Task.Name}, seed {cfg.Seed}");
         JsonObject summary = null!;
         Action<ProgressEvent>? show = null;
         Pipeline pipeline;
         // Built before the display so a refused plan is a usage error before anything runs.
         try { pipeline = new Pipeline(cfg, outDir, plan: plan, progress: ev => show?.Invoke(ev),
                                            note: n => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(n)}[/]"),
-                                           hosts: plan is null || inProcess ? null : WorkerProcesses()); }
+                                           hosts: plan is null || inProcess ? null : WorkerProcesses(interruption)); }
         catch (ConfigException e) { throw new UsageException($"{planPath ?? configPath}: {e.Message}"); }
         using (pipeline)
+        {
+            CheckOutput(pipeline, resume, overwrite);
+            AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: {string.Join(" -> ", cfg.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, task {cfg.Task.Name}, seed {cfg.Seed}");
+            var before = interruption.Abort;
+            interruption.Abort = () => { before?.Invoke(); RunDirectory.RemoveTemporaries(Path.GetFullPath(outDir)); };
+            interruption.AbortDetail = () => $" at {pipeline.Position}; last checkpoint {pipeline.LastCheckpoint ?? "none"}; resume with --resume";
             AnsiConsole.Progress()
                 .AutoClear(false)
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
@@ -122,9 +153,15 @@ public static class RunCommand
                         ctx.Refresh();
                         AnsiConsole.MarkupLine($"[grey]{ev.Algorithm} {ev.Iteration}/{ev.Iterations}[/] {Markup.Escape(string.Join("  ", shown))}");
                     };
-                    summary = pipeline.Run(resume);
+                    summary = pipeline.Run(resume, cancellationToken: interruption.Token, overwrite: overwrite);
                     foreach (var b in bars) b.StopTask();
                 });
+        }   // workers stopped
+        if (summary["cancelled"] is not null)
+        {
+            Console.Error.WriteLine($"realn: {InterruptedLine(interruption, summary)}");
+            return interruption.ExitCode;
+        }
         Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"));
         AnsiConsole.MarkupLine($"task score {summary["initial_task_score"]} -> {summary["final_task_score"]}, reward {summary["initial_reward"]} -> {summary["final_reward"]}, {summary["seconds"]} s");
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "summary.json"))}, metrics.jsonl, curves.png");

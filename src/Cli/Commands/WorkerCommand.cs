@@ -1,6 +1,8 @@
 // `realn worker ...`: a worker process started by a master (`realn bench realloc`, later
 // `realn run` / `realn launch`). It authenticates to the master with the per-job secret taken from
-// the REALN_JOB_SECRET environment variable (hex), never from the command line.
+// the REALN_JOB_SECRET environment variable (hex), never from the command line. A model worker
+// outlives a first SIGTERM / SIGINT (the whole job is usually signalled at once) and reports it to
+// its master, which stops the job at a safe point and shuts it down; a second signal ends it at once.
 using System.CommandLine;
 using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Workers;
@@ -31,6 +33,7 @@ public static class WorkerCommand
             byte[] secret;
             try { secret = Convert.FromHexString(hex); }
             catch (FormatException) { throw new UsageException($"{SecretVariable} is not hex"); }
+            using var signals = p.GetValue(role) == "model" ? ReportSignals() : null;
             return p.GetValue(role) switch
             {
                 "bench-realloc" => CrossProcessReallocBench.RunWorker(p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank),
@@ -47,5 +50,25 @@ public static class WorkerCommand
             };
         });
         return cmd;
+    }
+
+    private sealed class Registrations(params System.Runtime.InteropServices.PosixSignalRegistration[] r) : IDisposable
+    {
+        public void Dispose() { foreach (var x in r) x.Dispose(); }
+    }
+
+    private static Registrations ReportSignals()
+    {
+        int count = 0;
+        void On(System.Runtime.InteropServices.PosixSignalContext c)
+        {
+            c.Cancel = true;
+            bool term = c.Signal == System.Runtime.InteropServices.PosixSignal.SIGTERM;
+            if (Interlocked.Increment(ref count) == 1) { ModelWorker.NoteSignal(term ? "SIGTERM" : "SIGINT"); return; }
+            Environment.Exit(term ? 143 : 130);
+        }
+        return new Registrations(
+            System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, On),
+            System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGINT, On));
     }
 }

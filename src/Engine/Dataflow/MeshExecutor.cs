@@ -2,7 +2,8 @@
 // soon as the calls it reads from have finished and no running call occupies one of its devices,
 // so calls on disjoint meshes run concurrently (ReaL's list scheduling of model function calls).
 // With every call on one device it is the sequential order. Records come back in topological
-// order whatever the completion order, so metrics files are reproducible.
+// order whatever the completion order, so metrics files are reproducible. Cancellation is observed
+// between calls: no new call starts, the running ones finish, then OperationCanceledException.
 using System.Diagnostics;
 
 namespace ReaLNative.Engine.Dataflow;
@@ -11,7 +12,7 @@ internal sealed class MeshExecutor(DataflowGraph graph, IReadOnlyDictionary<stri
 {
     public DataflowGraph Graph => graph;
 
-    public IReadOnlyList<CallRecord> RunIteration(SampleBatch batch)
+    public IReadOnlyList<CallRecord> RunIteration(SampleBatch batch, CancellationToken cancellationToken = default)
     {
         foreach (var k in graph.SourceKeys)
             if (!batch.Contains(k)) throw new InvalidOperationException($"source key '{k}' missing from the batch");
@@ -24,7 +25,8 @@ internal sealed class MeshExecutor(DataflowGraph graph, IReadOnlyDictionary<stri
         Exception? failure = null;
         while (pending.Count > 0 || running.Count > 0)
         {
-            if (failure is null)
+            bool cancelled = cancellationToken.IsCancellationRequested;
+            if (failure is null && !cancelled)
                 foreach (var call in pending.ToList())
                 {
                     if (!graph.Parents(call.Name).All(done.ContainsKey)) continue;
@@ -36,7 +38,7 @@ internal sealed class MeshExecutor(DataflowGraph graph, IReadOnlyDictionary<stri
                 }
             if (running.Count == 0)
             {
-                if (failure is not null) break;
+                if (failure is not null || cancelled) break;
                 throw new InvalidOperationException($"calls {string.Join(", ", pending.Select(p => p.Name))} can never start (a parent is missing)");
             }
             var t = Task.WaitAny([.. running.Keys]);
@@ -46,6 +48,7 @@ internal sealed class MeshExecutor(DataflowGraph graph, IReadOnlyDictionary<stri
             else done[finished.Result.Call] = finished.Result;
         }
         if (failure is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failure).Throw();
+        if (pending.Count > 0) throw new OperationCanceledException("cancelled between calls", cancellationToken);
         return order.Select(c => done[c.Name]).ToList();
     }
 

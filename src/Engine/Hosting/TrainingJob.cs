@@ -1,8 +1,9 @@
 // One run of an experiment for a host: the synchronous run loop (Pipeline) on a dedicated thread,
 // progress through IProgress<T>, metric lines as an IAsyncEnumerable fed by a bounded channel as
 // iterations finish (tailing metrics.jsonl, which the loop flushes per line), cancellation observed
-// between iterations. Cancellation does not throw: the result says Cancelled, the last checkpoint
-// is complete and the training thread has ended when RunAsync returns.
+// between iterations and calls (the mechanism `realn run` uses for SIGTERM / SIGINT). Cancellation
+// does not throw: the result says Cancelled, the last checkpoint is complete and the training
+// thread has ended when RunAsync returns.
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using System.Threading.Channels;
@@ -18,8 +19,13 @@ public sealed class TrainingOptions
 {
     /// <summary>Folder that receives metrics.jsonl, summary.json, plan.json and checkpoints/ (required).</summary>
     public required string OutputDirectory { get; init; }
-    /// <summary>Continue from the last checkpoint in <see cref="OutputDirectory"/> instead of starting over (which deletes old checkpoints).</summary>
+    /// <summary>Continue from the last checkpoint in <see cref="OutputDirectory"/> that verifies. Without it (and without
+    /// <see cref="Overwrite"/>) the folder must be new or empty: a folder holding an earlier run is refused with
+    /// <see cref="RunDirectoryException"/>, nothing changed.</summary>
     public bool Resume { get; init; }
+    /// <summary>Start over in an <see cref="OutputDirectory"/> that holds an earlier run: deletes only what a run wrote
+    /// there (checkpoints, metrics.jsonl, summary.json, curves.png, plan.json), never other files. Excludes <see cref="Resume"/>.</summary>
+    public bool Overwrite { get; init; }
     /// <summary>Where the execution plan comes from (default <see cref="PlanChoice.SingleDevice"/>).</summary>
     public PlanChoice Plan { get; init; } = PlanChoice.SingleDevice;
     /// <summary>Logger factory for the job's log (default: none).</summary>
@@ -101,6 +107,7 @@ public sealed class TrainingJob
         if (string.IsNullOrWhiteSpace(options.OutputDirectory)) throw new ArgumentException("TrainingOptions.OutputDirectory is empty", nameof(options));
         if (options.MetricsBufferCapacity < 1) throw new ArgumentException($"TrainingOptions.MetricsBufferCapacity must be >= 1 (got {options.MetricsBufferCapacity})", nameof(options));
         ArgumentNullException.ThrowIfNull(options.Plan, "options.Plan");
+        if (options.Resume && options.Overwrite) throw new ArgumentException("TrainingOptions.Resume and TrainingOptions.Overwrite exclude each other", nameof(options));
         Experiment = experiment;
         Options = options;
         _log = (ILogger?)options.LoggerFactory?.CreateLogger<TrainingJob>() ?? NullLogger.Instance;
@@ -127,6 +134,8 @@ public sealed class TrainingJob
     /// checkpoint is complete, and the training thread has ended.</summary>
     /// <exception cref="InvalidOperationException">The job was already run.</exception>
     /// <exception cref="PlannerException">The plan could not be found or loaded.</exception>
+    /// <exception cref="RunDirectoryException">The output folder holds an earlier run (and neither Resume nor Overwrite is set),
+    /// is a file, or is not writable; checked before any training, nothing in it changed.</exception>
     public async Task<TrainingResult> RunAsync(IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         if (Interlocked.Exchange(ref _started, 1) != 0) throw new InvalidOperationException("a TrainingJob runs once; create a new job for another run");
@@ -138,8 +147,6 @@ public sealed class TrainingJob
             plan = await Task.Run(() => Options.Plan.Resolve(Experiment), cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) { _metrics.Writer.TryComplete(e); throw; }
-        Directory.CreateDirectory(outDir);
-        File.WriteAllText(Path.Combine(outDir, "plan.json"), PlanJson.ToJson(plan));
         // A plan over several devices runs its stage's calls on their layouts (in-process devices);
         // one that keeps everything on device 0 is the single-device run.
         bool distributed = plan.Calls.Any(c => c.Mesh.Size > 1 || c.Mesh.FirstDevice(plan.DevicesPerNode) != 0);
@@ -171,8 +178,8 @@ public sealed class TrainingJob
                 {
                     if (n.Contains(" refused: ", StringComparison.Ordinal)) _log.LogWarning("{Note}", n);
                     else _log.LogInformation("{Note}", n);
-                });
-                var summary = pipeline.Run(Options.Resume, null, cancellationToken);
+                }) { OptionNames = ("TrainingOptions.Resume", "TrainingOptions.Overwrite"), PlanRecord = PlanJson.ToJson(plan) };
+                var summary = pipeline.Run(Options.Resume, null, cancellationToken, Options.Overwrite);
                 tail.Pump();
                 tcs.SetResult(summary);
             }

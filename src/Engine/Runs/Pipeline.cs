@@ -153,44 +153,84 @@ internal sealed class Pipeline : IDisposable
             Note($"checkpoint {name} refused: {why}; " + (i + 1 < candidates.Count ? $"falling back to {candidates[i + 1]}" : "no older checkpoint left"));
         }
         throw new InvalidDataException($"cannot resume: no checkpoint in {_store.Root} verifies ({string.Join("; ", refused)}); " +
-                                       "run without --resume to start over");
+                                       $"start over with {OptionNames.Overwrite}");
     }
 
     private LlamaConfig Arch(ModelSpec m) =>
         m.Preset is not null ? LlamaConfig.Preset(m.Preset) : LlamaConfig.FromHfJson(Path.Combine(_cfg.BaseDirectory, m.ConfigPath!));
 
+    /// <summary>How the caller names resume and overwrite in messages (CLI flags by default).</summary>
+    public (string Resume, string Overwrite) OptionNames { get; init; } = ("--resume", "--overwrite");
+
+    /// <summary>Written as OUT/plan.json once the run directory is checked (the hosting API records its resolved plan).</summary>
+    public string? PlanRecord { get; init; }
+
+    private RunStart? _checked;
+    private volatile string _position = "start-up";
+
+    /// <summary>Where the run is, for interruption messages ("ppo iteration 7/40", "start-up").</summary>
+    public string Position => _position;
+
+    /// <summary>The newest complete checkpoint's name (the `latest` pointer), or null.</summary>
+    public string? LastCheckpoint => _store.Pointer();
+
+    /// <summary>Checks the output directory for a run started as <paramref name="start"/> before
+    /// anything runs (see <see cref="RunDirectory.Check"/>): a fresh start refuses a directory that
+    /// holds anything; every start probes writability. Deletes nothing. <see cref="Run"/> calls it
+    /// when the caller has not.</summary>
+    public void CheckOutput(RunStart start)
+    {
+        RunDirectory.Check(_out, start, OptionNames.Resume, OptionNames.Overwrite);
+        _checked = start;
+    }
+
     /// <summary>Runs (or, with <paramref name="resume"/>, continues) the pipeline; returns summary.json's content,
     /// or <c>{"interrupted": true}</c> after <paramref name="stopAfterIterations"/> iterations, or
-    /// <c>{"cancelled": true}</c> when <paramref name="cancellationToken"/> fires. The token is observed
-    /// between iterations only, so a checkpoint is never cut short and the last one stays complete.</summary>
-    public JsonObject Run(bool resume, int? stopAfterIterations = null, CancellationToken cancellationToken = default)
+    /// <c>{"cancelled": true, ...where...}</c> when <paramref name="cancellationToken"/> fires. The token is observed
+    /// between iterations and between an iteration's calls (never inside a checkpoint write), so the last
+    /// checkpoint stays complete; a cancelled run leaves no temporary directory.
+    /// Without <paramref name="resume"/> the output directory must be empty unless <paramref name="overwrite"/>,
+    /// which deletes only what a run wrote there. Nothing in the directory is deleted or cut back
+    /// before the resume point is verified and the stage set up.</summary>
+    public JsonObject Run(bool resume, int? stopAfterIterations = null, CancellationToken cancellationToken = default, bool overwrite = false)
     {
-        Directory.CreateDirectory(_out);
+        if (resume && overwrite) throw new ArgumentException($"{OptionNames.Resume} and {OptionNames.Overwrite} exclude each other");
+        var start = resume ? RunStart.Resume : overwrite ? RunStart.Overwrite : RunStart.Fresh;
+        if (_checked != start) CheckOutput(start);
+        _checked = null;   // a second Run checks again
+        if (cancellationToken.IsCancellationRequested) return Cancelled();
+        try { return RunChecked(start, stopAfterIterations, cancellationToken); }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested) { return Cancelled(); }
+    }
+
+    private (long KeepBytes, long Step)? _pendingCut;   // resume's cut-back, applied by CommitStart
+    private bool _startCommitted;
+
+    private JsonObject RunChecked(RunStart start, int? stopAfterIterations, CancellationToken cancellationToken)
+    {
         int startStage = 0, startIter = 0;
         double priorSeconds = 0;
         _resumeNotes.Clear();
         _resumeDir = null; _resumeState = null;
-        var chosen = resume ? SelectCheckpoint() : null;
-        if (resume && chosen is null) Note($"no checkpoint in {_store.Root}; starting from the beginning");
+        _pendingCut = null; _startCommitted = false;
+        _position = "start-up";
+        var chosen = start == RunStart.Resume ? SelectCheckpoint() : null;
+        if (start == RunStart.Resume && chosen is null)
+            Note($"no checkpoint in {_store.Root}; starting from the beginning" + (File.Exists(MetricsPath) ? $" ({RunDirectory.Metrics} is replaced)" : ""));
         if (chosen is { } c)
         {
             var st = c.State;
             _resumeDir = c.Dir; _resumeState = st;
             startStage = (int)st["stage"]!; startIter = (int)st["next_iteration"]!;
-            _metricLines = (int)st["metric_lines"]!; priorSeconds = (double)st["seconds"]!;
-            var kept = File.Exists(MetricsPath) ? File.ReadLines(MetricsPath).Take(_metricLines).ToList() : [];
-            if (kept.Count != _metricLines) throw new InvalidDataException($"{MetricsPath} has fewer lines than the checkpoint recorded ({_metricLines})");
-            File.WriteAllLines(MetricsPath, kept);
-            // Checkpoints newer than the chosen one were refused; their iterations are redone.
-            _store.DropNewerThan(CheckpointStore.StepOf(Path.GetFileName(c.Dir))!.Value);
+            priorSeconds = (double)st["seconds"]!;
+            string name = Path.GetFileName(c.Dir);
+            var cut = RunDirectory.ResumeCut(MetricsPath, startStage, startIter, (int)st["metric_lines"]!, name);
+            foreach (var n in cut.Notes) Note(n);
+            _metricLines = cut.KeepLines;
+            // Applied once the stage is set up: a resume that fails before leaves everything as it was.
+            _pendingCut = (cut.KeepBytes, CheckpointStore.StepOf(name)!.Value);
         }
-        else
-        {
-            if (Directory.Exists(CkptDir)) Directory.Delete(CkptDir, recursive: true);
-            File.WriteAllText(MetricsPath, "");
-            _metricLines = 0;
-        }
-        _metrics = new StreamWriter(MetricsPath, append: true) { AutoFlush = true };
+        else _metricLines = 0;
         var clock = Stopwatch.StartNew();
         int budget = stopAfterIterations ?? int.MaxValue;
         for (int s = startStage; s < _cfg.Stages.Count; s++)
@@ -198,20 +238,23 @@ internal sealed class Pipeline : IDisposable
             var stage = _cfg.Stages[s];
             int first = s == startStage ? startIter : 0;
             if (first >= stage.Iterations) continue;
+            _position = $"{stage.Algorithm} set-up";
             SetUpStage(stage, resumeFrom: s == startStage && first > 0);
+            CommitStart(start);
             var graph = DataflowGraph.For(stage.Algorithm, stage.Batch);
             var exec = new MeshExecutor(graph, Handlers(stage), DevicesOf);
             bool evals = stage.Algorithm != AlgorithmNames.Rm;
             if (evals && first == 0) Evaluate(stage, 0);
             for (int it = first; it < stage.Iterations; it++)
             {
-                if (budget-- <= 0) { _metrics.Dispose(); _metrics = null; return new JsonObject { ["interrupted"] = true }; }
-                if (cancellationToken.IsCancellationRequested) { _metrics.Dispose(); _metrics = null; return new JsonObject { ["cancelled"] = true }; }
+                _position = $"{stage.Algorithm} iteration {it + 1}/{stage.Iterations}";
+                if (budget-- <= 0) { CloseMetrics(); return new JsonObject { ["interrupted"] = true }; }
+                cancellationToken.ThrowIfCancellationRequested();
                 var batch = new SampleBatch();
                 batch.Set("iteration", new int[] { it });
                 LoadSources(stage, it, batch);
                 var figures = new Dictionary<string, double>();
-                foreach (var rec in exec.RunIteration(batch))
+                foreach (var rec in exec.RunIteration(batch, cancellationToken))
                 {
                     var line = new JsonObject { ["stage"] = s, ["algorithm"] = stage.Algorithm, ["step"] = it + 1, ["call"] = rec.Call, ["seconds"] = Math.Round(rec.Seconds, 5) };
                     foreach (var (k, v) in rec.Figures) { line[k] = double.IsFinite(v) ? Math.Round(v, 6) : null; figures[k] = v; }
@@ -230,11 +273,55 @@ internal sealed class Pipeline : IDisposable
                     SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds);
             }
         }
-        _metrics.Dispose();
-        _metrics = null;
+        CommitStart(start);
+        CloseMetrics();
+        _position = "summary";
         var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds);
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
+    }
+
+    /// <summary>The point of no return of a start, reached once the resume point is verified and the
+    /// first stage set up: resume cuts metrics.jsonl back to the checkpoint and drops refused newer
+    /// checkpoints (their iterations are redone); overwrite deletes the earlier run's files; a fresh
+    /// start creates metrics.jsonl. Then metrics.jsonl is opened for appending.</summary>
+    private void CommitStart(RunStart start)
+    {
+        if (_startCommitted) return;
+        _startCommitted = true;
+        if (_pendingCut is { } cut)
+        {
+            RunDirectory.CutMetrics(MetricsPath, cut.KeepBytes);
+            _store.DropNewerThan(cut.Step);
+        }
+        else
+        {
+            if (start == RunStart.Overwrite) RunDirectory.DeleteRunFiles(_out);
+            else if (start == RunStart.Resume)
+            {
+                // Resumed with no checkpoint at all: whatever an earlier start left is redone.
+                RunDirectory.DeleteRunFiles(_out);
+            }
+            Directory.CreateDirectory(CkptDir);
+            File.WriteAllText(MetricsPath, "");
+        }
+        RunDirectory.RemoveTemporaries(_out);
+        if (PlanRecord is not null) File.WriteAllText(Path.Combine(_out, "plan.json"), PlanRecord);
+        _metrics = new StreamWriter(new FileStream(MetricsPath, FileMode.Append, FileAccess.Write, FileShare.Read)) { AutoFlush = true };
+    }
+
+    private void CloseMetrics()
+    {
+        _metrics?.Dispose();
+        _metrics = null;
+    }
+
+    /// <summary>The result of a cancelled run: where it stopped and its last checkpoint; temporaries removed.</summary>
+    private JsonObject Cancelled()
+    {
+        CloseMetrics();
+        RunDirectory.RemoveTemporaries(_out);
+        return new JsonObject { ["cancelled"] = true, ["position"] = _position, ["last_checkpoint"] = LastCheckpoint };
     }
 
     /// <summary>Final parameters of a role (for tests and for saving).</summary>
@@ -242,7 +329,8 @@ internal sealed class Pipeline : IDisposable
 
     private void WriteMetric(JsonObject line)
     {
-        _metrics!.WriteLine(line.ToJsonString());
+        if (_metrics is null) throw new InvalidOperationException("metric line before the run's start was committed");
+        _metrics.WriteLine(line.ToJsonString());
         _metricLines++;
     }
 
@@ -270,7 +358,7 @@ internal sealed class Pipeline : IDisposable
             {
                 // A stage artifact carries a manifest; a torn or corrupt one is refused, not trained from.
                 if (spec.Init is "sft" or "rm" && CheckpointStore.VerifyArtifact(src) is { } why)
-                    throw new InvalidDataException($"stage artifact {src} refused: {why}; rerun the stage that writes it (start over without --resume)");
+                    throw new InvalidDataException($"stage artifact {src} refused: {why}; rerun the stage that writes it (start over with {OptionNames.Overwrite})");
                 using var loaded = Safetensors.Load(src, allowNonFinite: spec.AllowNonFiniteWeights);
                 if (loaded.ScalarHead == model.ScalarHead) model.CopyParametersFrom(loaded);
                 else ModelOps.CopyShared(loaded, model);
@@ -382,6 +470,8 @@ internal sealed class Pipeline : IDisposable
     {
         // CheckpointStore fsyncs every file, writes manifest.json last, renames step-N.tmp -> step-N
         // and moves the `latest` pointer; a crash at any point leaves the previous checkpoint usable.
+        // The metric lines the checkpoint counts reach the disk first: a resume finds them.
+        if (_metrics?.BaseStream is FileStream mf) mf.Flush(flushToDisk: true);
         _store.Write(GlobalIteration(stage.Index, nextIteration), tmp =>
         {
             var steps = new JsonObject();

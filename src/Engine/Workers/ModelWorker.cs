@@ -48,6 +48,12 @@ internal sealed unsafe class ModelWorker : IDisposable
     private volatile string _busy = "idle";
     private volatile string? _lastError;
     private readonly ManualResetEventSlim _stop = new();
+    private static volatile string? s_signal;
+
+    /// <summary>A SIGTERM / SIGINT this process received (the whole job is usually signalled at once:
+    /// a terminal's Ctrl-C, Slurm, systemd): the worker keeps serving and tells its master with the
+    /// next heartbeat, so the master stops the job at a safe point and then shuts the workers down.</summary>
+    public static void NoteSignal(string signal) => s_signal ??= signal;
 
     private ModelWorker(WorkerArgs a, ILogger log)
     {
@@ -89,6 +95,7 @@ internal sealed unsafe class ModelWorker : IDisposable
             try
             {
                 var beat = new JsonObject { ["rank"] = _a.Rank, ["busy"] = _busy, ["error"] = _lastError };
+                if (s_signal is { } sig) beat["signal"] = sig;
                 string reply = _client.Request("heartbeat", beat.ToJsonString(), TimeSpan.FromSeconds(5));
                 lastOk.Restart();
                 if (reply == "stop")

@@ -2,21 +2,31 @@
 // the node's model workers, reports any that exits to the master at once (so the master ends the
 // job naming it instead of waiting for a heartbeat to lapse), and ends when the master says the job
 // is over, when the master is unreachable for longer than a worker may be, or when a worker fails.
-// Every way out stops the node's workers: nothing is left running.
+// Every way out stops the node's workers: nothing is left running. A SIGTERM / SIGINT the launcher
+// receives (NodeSignals) is passed to the master, which stops the whole job at its next safe point.
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Control;
 
 namespace ReaLNative.Engine.Workers;
 
+/// <summary>A signal the node's launcher received (set by the command's handler) and how to stop the node's workers at once.</summary>
+internal sealed class NodeSignals
+{
+    public volatile string? Signal;
+    /// <summary>Kills the node's workers (a second signal); set by <see cref="NodeLauncher.Run"/>.</summary>
+    public Action? KillWorkers { get; internal set; }
+}
+
 internal static class NodeLauncher
 {
     /// <summary>Runs node <paramref name="node"/>'s workers (ranks <paramref name="ranks"/>) until the
     /// job ends; returns 0 when it ended normally, non-zero otherwise.</summary>
-    public static int Run(WorkerCommandLine cmd, byte[] secret, int node, IReadOnlyList<int> ranks, TimeSpan masterLoss, Action<string> log)
+    public static int Run(WorkerCommandLine cmd, byte[] secret, int node, IReadOnlyList<int> ranks, TimeSpan masterLoss, Action<string> log, NodeSignals? signals = null)
     {
         using var client = new ControlClient(cmd.Control, new MessageAuth(secret, cmd.Job), $"launcher-{node}");
         using var workers = new WorkerProcesses(cmd, secret, ranks);
+        if (signals is not null) signals.KillWorkers = () => workers.Stop(TimeSpan.Zero);
         log($"node {node}: started workers {string.Join(", ", ranks)} (pids {string.Join(", ", ranks.Select(workers.Pid))}), master {cmd.Control}");
         var reported = new HashSet<int>();
         var lastOk = Stopwatch.StartNew();
@@ -46,7 +56,9 @@ internal static class NodeLauncher
             }
             try
             {
-                string reply = client.Request("launcher", new JsonObject { ["node"] = node }.ToJsonString(), TimeSpan.FromSeconds(5));
+                var poll = new JsonObject { ["node"] = node };
+                if (signals?.Signal is { } sig) poll["signal"] = sig;
+                string reply = client.Request("launcher", poll.ToJsonString(), TimeSpan.FromSeconds(5));
                 lastOk.Restart();
                 if (reply is "done" or "stop")
                 {

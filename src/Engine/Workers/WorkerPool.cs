@@ -55,6 +55,11 @@ internal sealed record WorkerPoolOptions
     /// <summary>Extra environment for spawned workers (tests, UCX settings).</summary>
     public IReadOnlyDictionary<string, string> Environment { get; init; } = new Dictionary<string, string>();
     public ILogger? Log { get; init; }
+    /// <summary>Ends the wait for the workers to join (a signal during start-up).</summary>
+    public CancellationToken Cancellation { get; init; }
+    /// <summary>Told (once per source) when a worker or a node's launcher reports a SIGTERM / SIGINT it
+    /// received, e.g. "SIGTERM to worker 1": the job should stop at its next safe point.</summary>
+    public Action<string>? OnInterrupt { get; init; }
 }
 
 /// <summary>A worker's failure: which worker, on which node, during which call, and its last error.</summary>
@@ -78,7 +83,9 @@ internal sealed class WorkerPool : IReplicaHost
     private long _nextData;
     private string? _failed;
     private volatile bool _done;
+    private volatile bool _aborted;
     private bool _disposed;
+    private readonly HashSet<string> _interruptsSeen = [];
 
     private sealed class WorkerState
     {
@@ -157,9 +164,16 @@ internal sealed class WorkerPool : IReplicaHost
     {
         var join = Task.Run(() => Rendezvous.Join(self, _transport, _o.StartTimeout));
         while (!join.Wait(TimeSpan.FromMilliseconds(100)))
+        {
+            if (_o.Cancellation.IsCancellationRequested)
+            {
+                _ = join.ContinueWith(_ => { }, TaskScheduler.Default);
+                throw new OperationCanceledException("interrupted while the workers were joining", _o.Cancellation);
+            }
             for (int r = 0; r < Devices; r++)
                 if (ExitOf(r) is { } code)
                     Fail($"worker {r} exited with code {code} before joining the job{StderrTail(r)}");
+        }
         join.GetAwaiter().GetResult();
     }
 
@@ -177,7 +191,8 @@ internal sealed class WorkerPool : IReplicaHost
                 s.Busy = j["busy"]?.GetValue<string>() ?? "?";
                 if (j["error"]?.GetValue<string>() is { } e) s.LastError = e;
             }
-            return _failed is null ? "ok" : "stop";
+            if (j["signal"]?.GetValue<string>() is { } sig) Interrupt($"{sig} to worker {r}");
+            return _failed is null && !_aborted ? "ok" : "stop";
         }
         if (m.Type == "worker-exit")  // a launcher saw one of its workers exit
         {
@@ -187,8 +202,31 @@ internal sealed class WorkerPool : IReplicaHost
             lock (_state[r]) { _state[r].ExitCode = WireJson.Int(j, "code"); _state[r].ExitTail = j["tail"]?.GetValue<string>() ?? ""; }
             return "ok";
         }
-        if (m.Type == "launcher") return _failed is null ? (_done ? "done" : "ok") : "stop";
+        if (m.Type == "launcher")
+        {
+            var j = JsonNode.Parse(m.Payload);
+            if (j?["signal"]?.GetValue<string>() is { } sig) Interrupt($"{sig} to node {j["node"]}'s launcher");
+            return _failed is null && !_aborted ? (_done ? "done" : "ok") : "stop";
+        }
         return _rv.Handle(m);
+    }
+
+    private void Interrupt(string what)
+    {
+        lock (_interruptsSeen)
+            if (!_interruptsSeen.Add(what)) return;
+        _log.LogWarning("interrupt: {What}", what);
+        _o.OnInterrupt?.Invoke(what);
+    }
+
+    /// <summary>Ends the job at once (a second signal): heartbeats and launchers are told "stop",
+    /// this node's workers are killed; launchers get about a second and a half to hear it.</summary>
+    public void Abort()
+    {
+        _aborted = true;
+        try { _local?.Stop(TimeSpan.Zero); }
+        catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception) { /* being disposed meanwhile */ }
+        if (_o.ExternalWorkers) Thread.Sleep(1500);
     }
 
     // ------------------------------------------------------------------ dispatch
@@ -257,7 +295,7 @@ internal sealed class WorkerPool : IReplicaHost
     {
         // Said at once: tearing the job down after a failure may take seconds (or, with UCX
         // stuck on a vanished peer, not finish), and the reason must not be lost with it.
-        if (Interlocked.CompareExchange(ref _failed, message, null) is null)
+        if (Interlocked.CompareExchange(ref _failed, message, null) is null && !_aborted)   // an abort says why itself
             Console.Error.WriteLine($"realn: job failed: {message}");
         throw new WorkerFailedException(message);
     }

@@ -91,7 +91,7 @@ internal sealed class WorkerProcesses : IDisposable
     public void Stop(TimeSpan grace)
     {
         var until = DateTime.UtcNow + grace;
-        foreach (var p in _procs.Values)
+        foreach (var p in _procs.Values.ToArray())
         {
             try
             {

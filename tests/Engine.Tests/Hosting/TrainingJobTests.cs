@@ -85,6 +85,33 @@ public class TrainingJobTests
     }
 
     [Fact]
+    public async Task AFolderHoldingARunIsRefusedUnlessOverwriteWhichKeepsForeignFiles()
+    {
+        string dir = TempDir();
+        try
+        {
+            Directory.CreateDirectory(Path.Combine(dir, "checkpoints", "step-99"));
+            File.WriteAllText(Path.Combine(dir, "metrics.jsonl"), "{}\n");
+            File.WriteAllText(Path.Combine(dir, "notes.txt"), "mine");
+            var e = await Assert.ThrowsAsync<RunDirectoryException>(() => new TrainingJob(Tiny(), new TrainingOptions { OutputDirectory = dir }).RunAsync());
+            Assert.Contains("already holds 1 checkpoint, metrics.jsonl (1 lines) and 1 other entry (notes.txt); pass TrainingOptions.Resume to continue or TrainingOptions.Overwrite", e.Message);
+            Assert.True(Directory.Exists(Path.Combine(dir, "checkpoints", "step-99")));
+            Assert.False(File.Exists(Path.Combine(dir, "plan.json")));
+            Assert.Throws<ArgumentException>(() => new TrainingJob(Tiny(), new TrainingOptions { OutputDirectory = dir, Resume = true, Overwrite = true }));
+
+            using var cts = new CancellationTokenSource();
+            var job = new TrainingJob(Tiny(), new TrainingOptions { OutputDirectory = dir, Overwrite = true });
+            var result = await job.RunAsync(new SyncProgress(p => { if (p.Iteration >= 1) cts.Cancel(); }), cts.Token);
+            Assert.Equal(TrainingStatus.Cancelled, result.Status);
+            Assert.False(Directory.Exists(Path.Combine(dir, "checkpoints", "step-99")));
+            Assert.Equal("mine", File.ReadAllText(Path.Combine(dir, "notes.txt")));
+            Assert.True(File.Exists(Path.Combine(dir, "plan.json")));
+            Assert.DoesNotContain("{}", File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")));
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+
+    [Fact]
     public void BadInputNamesTheField()
     {
         var e = Assert.Throws<ExperimentConfigException>(() => TrainingExperiment.FromYamlText("algorithm: ppo\nbatch: { size: -1 }\n"));

@@ -53,3 +53,74 @@ internal sealed class Run(Process p, string name) : IDisposable
         return files.Where(kv => kv.Key != "state.json").ToDictionary(kv => kv.Key, kv => (string)kv.Value!["sha256"]!);
     }
 }
+
+/// <summary>Processes by pid (/proc): liveness, parent, model workers; and signals via kill(1).</summary>
+internal static class Procs
+{
+    public static bool Alive(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            return !stat[(stat.LastIndexOf(')') + 2)..].StartsWith('Z');
+        }
+        catch (IOException) { return false; }
+    }
+
+    public static int ParentOf(int pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            return int.Parse(stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[1]);
+        }
+        catch (IOException) { return -1; }
+    }
+
+    /// <summary>Live model worker processes whose parent is <paramref name="parent"/>.</summary>
+    public static List<int> WorkersOf(int parent)
+    {
+        var pids = new List<int>();
+        foreach (var d in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(d), out int pid)) continue;
+            try
+            {
+                var cmd = File.ReadAllText(Path.Combine(d, "cmdline")).Replace('\0', ' ');
+                if (cmd.Contains(" worker --role model") && Alive(pid) && ParentOf(pid) == parent) pids.Add(pid);
+            }
+            catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+        return pids;
+    }
+
+    /// <summary>Sends <paramref name="signal"/> (TERM, INT ...) to a pid, or to a process group with a negative id.</summary>
+    public static void Kill(string signal, int pid)
+    {
+        using var p = Process.Start(new ProcessStartInfo("kill", ["-s", signal, "--", pid.ToString()]) { UseShellExecute = false })!;
+        p.WaitForExit(10_000);
+        if (p.ExitCode != 0) throw new InvalidOperationException($"kill -s {signal} {pid} failed ({p.ExitCode})");
+    }
+
+    public static void WaitFor(Func<bool> cond, TimeSpan limit, string what)
+    {
+        var until = DateTime.UtcNow + limit;
+        while (!cond())
+        {
+            if (DateTime.UtcNow > until) throw new TimeoutException($"waited {limit.TotalSeconds:F0} s for {what}");
+            Thread.Sleep(50);
+        }
+    }
+
+    /// <summary>SHA-256 over every file of a directory tree (relative path, size, content), to show nothing changed.</summary>
+    public static string TreeHash(string dir)
+    {
+        using var h = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        foreach (var e in Directory.EnumerateFileSystemEntries(dir, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal))
+        {
+            h.AppendData(System.Text.Encoding.UTF8.GetBytes(Path.GetRelativePath(dir, e) + "\n"));
+            if (File.Exists(e)) h.AppendData(File.ReadAllBytes(e));
+        }
+        return Convert.ToHexString(h.GetHashAndReset());
+    }
+}

@@ -184,6 +184,39 @@ public sealed class TwoNodeTests(ITestOutputHelper output) : IDisposable
         finally { Directory.Delete(f.Dir, true); }
     }
 
+    [SkippableFact]
+    public void SigtermToTheOtherNodesLauncherStopsTheWholeJobAtASafePoint()
+    {
+        Network();
+        var f = Prepare(ppoIterations: 2000);
+        try
+        {
+            string multi = Path.Combine(f.Dir, "multi");
+            int port = Port();
+            using var n1 = Launch(f, 1, "", port);
+            using var n0 = Launch(f, 0, multi, port);
+            var until = DateTime.UtcNow + TimeSpan.FromMinutes(2);
+            while (!n0.Output.Contains("ppo 2/") && !n0.Process.HasExited && DateTime.UtcNow < until) Thread.Sleep(100);
+            Assert.False(n0.Process.HasExited, n0.Output);
+            var workers1 = Procs.WorkersOf(n1.Process.Id);   // `ip netns exec` execs the launcher: same pid
+            Assert.Single(workers1);
+            var sw = Stopwatch.StartNew();
+            Procs.Kill("TERM", n1.Process.Id);
+            int c0 = n0.Wait(TimeSpan.FromSeconds(60));
+            int c1 = n1.Wait(TimeSpan.FromSeconds(60));
+            output.WriteLine($"both ended {sw.Elapsed.TotalSeconds:F1} s after SIGTERM to node 1\nnode 0 ({c0}):\n{n0.Output}\nnode 1 ({c1}):\n{n1.Output}");
+            Assert.Equal(143, c0);
+            Assert.Equal(143, c1);
+            Assert.Matches(@"realn: interrupted by SIGTERM \(to node 1's launcher\) at ppo iteration \d+/2000; last checkpoint step-\d+; resume with --resume", n0.Output);
+            Assert.Contains("realn: interrupted by SIGTERM; node 1's workers stopped", n1.Output);
+            Assert.DoesNotContain("job failed", n0.Output);
+            Assert.All(workers1, p => Assert.False(Procs.Alive(p), $"node 1's worker {p} still running"));
+            Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(multi, "checkpoints"), "*.tmp"));
+            Assert.True(sw.Elapsed < TimeSpan.FromSeconds(30), $"took {sw.Elapsed.TotalSeconds:F0} s");
+        }
+        finally { Directory.Delete(f.Dir, true); }
+    }
+
     public void Dispose()
     {
         foreach (var ns in _namespaces)
