@@ -236,6 +236,9 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         var gen = ParseGeneration(new MapReader(r.Get("generation"), r.Sub("generation")));
         var ppo = ParsePpo(new MapReader(r.Get("ppo"), r.Sub("ppo")), algorithm);
         var dpo = ParseDpo(new MapReader(r.Get("dpo"), r.Sub("dpo")));
+        if (algorithm == AlgorithmNames.Ppo && ppo.DynamicSampling)
+            throw new ConfigException(r.Sub("ppo") + ".dynamic_sampling",
+                "drops groups of equal rewards, which only grpo | rloo | remax have (ppo's critic baseline gives them non-zero advantages); allowed values for ppo: false");
         if (AlgorithmNames.Rewarded(algorithm) && ppo.OverlongBuffer >= batch.GenLen)
             throw new ConfigException(r.Sub("ppo") + ".overlong_buffer",
                 $"{ppo.OverlongBuffer} is not below batch.gen_len ({batch.GenLen}); allowed values: integers in [0, {batch.GenLen - 1}]");
