@@ -89,6 +89,9 @@ public sealed class Experiment
     public required int Minibatches { get; init; }
     public required IReadOnlyDictionary<string, ModelConfig> Models { get; init; }
     public required IReadOnlyList<ModelCall> Calls { get; init; }
+    /// <summary>`reward.kind`: "model" (a reward model scores the samples: rew_inf calls) or a
+    /// rule-based kind such as "task" (scored on the master, no reward model and no reward call).</summary>
+    public string RewardKind { get; init; } = "model";
 
     /// <summary>Roles with a value (scalar) head instead of the LM head.</summary>
     public static bool HasScalarHead(string role) => role is "critic" or "reward";
@@ -109,14 +112,22 @@ public sealed class Experiment
         var root = Yaml.LoadRoot(yaml, source);
         var r = new Yaml.Reader(root, "experiment");
         string algo = r.Str("algorithm");
+        string rewardKind = "model";
+        if (r.Get("reward") is { } rn)
+        {
+            if (rn is not YamlMappingNode rm) throw new PlannerException("reward: expected a mapping, e.g. { kind: task }");
+            rewardKind = new Yaml.Reader(rm, "reward").OptStr("kind") ?? "model";
+            if (rewardKind is not ("model" or "task")) throw new PlannerException($"reward.kind: '{rewardKind}' is not one of model, task");
+        }
+        bool rewardModel = rewardKind == "model";
         string[] roles = algo switch
         {
-            "ppo" => ["actor", "critic", "ref", "reward"],
-            "grpo" or "remax" => ["actor", "ref", "reward"],
+            "ppo" => rewardModel ? ["actor", "critic", "ref", "reward"] : ["actor", "critic", "ref"],
+            "grpo" or "remax" or "rloo" => rewardModel ? ["actor", "ref", "reward"] : ["actor", "ref"],
             "dpo" => ["actor", "ref"],
             "sft" => ["actor"],
             "rm" => ["reward"],
-            _ => throw new PlannerException($"algorithm: '{algo}' is not one of sft, rm, ppo, grpo, remax, dpo"),
+            _ => throw new PlannerException($"algorithm: '{algo}' is not one of sft, rm, ppo, grpo, remax, rloo, dpo"),
         };
         var modelsNode = r.Get("models") as YamlMappingNode ?? throw new PlannerException("models: missing or not a mapping");
         var models = new Dictionary<string, ModelConfig>();
@@ -138,7 +149,7 @@ public sealed class Experiment
         int size = b.Int("size", 1, 1 << 24), prompt = b.Int("prompt_len", 1, 1 << 20), gen = b.OptInt("gen_len", 0, 1 << 20, 0);
         int mbs = b.OptInt("minibatches", 1, 1 << 16, 1);
         if (mbs > size) throw new PlannerException($"batch.minibatches: {mbs} exceeds batch.size {size}");
-        if (algo is "ppo" or "grpo" or "remax" && gen < 1) throw new PlannerException($"batch.gen_len: {algo} generates, needs at least 1 new token");
+        if (algo is "ppo" or "grpo" or "remax" or "rloo" && gen < 1) throw new PlannerException($"batch.gen_len: {algo} generates, needs at least 1 new token");
         return new Experiment
         {
             Name = r.OptStr("name") ?? Path.GetFileNameWithoutExtension(source),
@@ -146,7 +157,8 @@ public sealed class Experiment
             Iterations = r.OptInt("iterations", 1, int.MaxValue, 1),
             BatchSize = size, PromptLen = prompt, GenLen = gen, Minibatches = mbs,
             Models = models,
-            Calls = BuildCalls(algo, size, prompt, gen, mbs),
+            Calls = BuildCalls(algo, size, prompt, gen, mbs, rewardModel),
+            RewardKind = rewardKind,
         };
     }
 
@@ -157,41 +169,51 @@ public sealed class Experiment
         Name = name, Algorithm = algorithm, Iterations = iterations,
         BatchSize = batchSize, PromptLen = promptLen, GenLen = genLen, Minibatches = minibatches,
         Models = models,
-        Calls = BuildCalls(algorithm, batchSize, promptLen, genLen, minibatches),
+        Calls = BuildCalls(algorithm, batchSize, promptLen, genLen, minibatches, rewardModel: models.ContainsKey("reward")),
     };
 
-    /// <summary>The dataflow per algorithm (REFERENCE.md): data edges follow keys.</summary>
-    internal static List<ModelCall> BuildCalls(string algo, int b, int p, int g, int mbs)
+    /// <summary>The dataflow per algorithm (REFERENCE.md), the same calls as the engine's
+    /// DataflowGraph: data edges follow keys. Without a reward model (<paramref name="rewardModel"/>
+    /// false: a rule-based reward scored on the master) there are no rew_inf calls.</summary>
+    internal static List<ModelCall> BuildCalls(string algo, int b, int p, int g, int mbs, bool rewardModel = true)
     {
         // Output bytes per token: token ids + logprobs (+ mask) for generation, one fp32 per token for inference.
+        ModelCall[] Rew(string name, string from) => rewardModel ? [new(name, "reward", CallType.Inference, [from], b, p, g, 1, 4)] : [];
+        string[] Scored(params string[] deps) => rewardModel ? [.. deps, "rew_inf"] : deps;
         switch (algo)
         {
             case "ppo":
                 return [
                     new("actor_gen", "actor", CallType.Generate, [], b, p, g, 1, 12),
-                    new("rew_inf", "reward", CallType.Inference, ["actor_gen"], b, p, g, 1, 4),
+                    .. Rew("rew_inf", "actor_gen"),
                     new("ref_inf", "ref", CallType.Inference, ["actor_gen"], b, p, g, 1, 4),
                     new("critic_inf", "critic", CallType.Inference, ["actor_gen"], b, p, g, 1, 4),
-                    new("actor_train", "actor", CallType.TrainStep, ["actor_gen", "rew_inf", "ref_inf", "critic_inf"], b, p, g, mbs, 0),
-                    new("critic_train", "critic", CallType.TrainStep, ["actor_gen", "rew_inf", "ref_inf", "critic_inf"], b, p, g, mbs, 0)];
+                    new("actor_train", "actor", CallType.TrainStep, Scored("actor_gen", "ref_inf", "critic_inf"), b, p, g, mbs, 0),
+                    new("critic_train", "critic", CallType.TrainStep, Scored("actor_gen", "ref_inf", "critic_inf"), b, p, g, mbs, 0)];
             case "grpo":
+            case "rloo":
                 return [
                     new("actor_gen", "actor", CallType.Generate, [], b, p, g, 1, 12),
-                    new("rew_inf", "reward", CallType.Inference, ["actor_gen"], b, p, g, 1, 4),
+                    .. Rew("rew_inf", "actor_gen"),
                     new("ref_inf", "ref", CallType.Inference, ["actor_gen"], b, p, g, 1, 4),
-                    new("actor_train", "actor", CallType.TrainStep, ["actor_gen", "rew_inf", "ref_inf"], b, p, g, mbs, 0)];
+                    new("actor_train", "actor", CallType.TrainStep, Scored("actor_gen", "ref_inf"), b, p, g, mbs, 0)];
             case "remax":
-                // a sampled and a greedy generation: twice the sequences.
+                // a sampled and a greedy generation per prompt, each scored.
                 return [
-                    new("actor_gen", "actor", CallType.Generate, [], 2 * b, p, g, 1, 12),
-                    new("rew_inf", "reward", CallType.Inference, ["actor_gen"], 2 * b, p, g, 1, 4),
+                    new("actor_gen", "actor", CallType.Generate, [], b, p, g, 1, 12),
+                    new("actor_greedy_gen", "actor", CallType.Generate, [], b, p, g, 1, 12),
+                    .. Rew("rew_inf", "actor_gen"),
+                    .. Rew("rew_greedy_inf", "actor_greedy_gen"),
                     new("ref_inf", "ref", CallType.Inference, ["actor_gen"], b, p, g, 1, 4),
-                    new("actor_train", "actor", CallType.TrainStep, ["actor_gen", "rew_inf", "ref_inf"], b, p, g, mbs, 0)];
+                    new("actor_train", "actor", CallType.TrainStep,
+                        rewardModel ? ["actor_gen", "actor_greedy_gen", "rew_inf", "rew_greedy_inf", "ref_inf"] : ["actor_gen", "actor_greedy_gen", "ref_inf"],
+                        b, p, g, mbs, 0)];
             case "dpo":
-                // chosen + rejected answers of gen_len tokens each.
+                // online: two samples per prompt, ranked into chosen / rejected.
                 return [
-                    new("ref_inf", "ref", CallType.Inference, [], 2 * b, p, Math.Max(g, 1), 1, 4),
-                    new("actor_train", "actor", CallType.TrainStep, ["ref_inf"], 2 * b, p, Math.Max(g, 1), mbs, 0)];
+                    new("actor_gen", "actor", CallType.Generate, [], b, p, Math.Max(g, 1), 1, 12),
+                    new("ref_inf", "ref", CallType.Inference, ["actor_gen"], b, p, Math.Max(g, 1), 1, 4),
+                    new("actor_train", "actor", CallType.TrainStep, ["actor_gen", "ref_inf"], b, p, Math.Max(g, 1), 1, 0)];
             case "sft":
                 return [new("actor_train", "actor", CallType.TrainStep, [], b, p, g, mbs, 0)];
             default: // rm: chosen + rejected

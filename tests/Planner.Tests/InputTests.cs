@@ -68,12 +68,33 @@ public class InputTests
         Assert.Equal("llama-70b", both.Models["critic"].Name);
     }
 
+    [Fact]
+    public void TaskRewardExperimentHasNoRewardModel()
+    {
+        // reward.kind: task scores samples on the master: no reward model, no rew_inf call
+        var e = Experiment.Parse("""
+            algorithm: rloo
+            reward: { kind: task }
+            models:
+              actor: { preset: tiny }
+              ref: { preset: tiny }
+            batch: { size: 8, prompt_len: 4, gen_len: 4 }
+            """);
+        Assert.Equal("task", e.RewardKind);
+        Assert.Equal(["actor", "ref"], e.Models.Keys.Order());
+        Assert.Equal(["actor_gen", "ref_inf", "actor_train"], e.Calls.Select(c => c.Name));
+        Assert.False(e.IsTrainable("reward"));
+        foreach (var f in new[] { "grpo-tiny.yaml", "rloo-tiny.yaml", "remax-tiny.yaml", "dpo-tiny.yaml" })
+            Assert.DoesNotContain(Experiment.Load(TestData.Example(f)).Calls, c => c.Role == "reward");
+    }
+
     [Theory]
     [InlineData("algorithm: ppo", "algorithm: ppx", "algorithm: 'ppx' is not one of")]
     [InlineData("preset: tiny }\n  critic", "preset: huge }\n  critic", "models.actor.preset: 'huge' is not one of")]
     [InlineData("  reward: { preset: tiny }\n", "", "models.reward: missing")]
     [InlineData("size: 8", "size: 0", "batch.size: 0 is out of range")]
     [InlineData("minibatches: 2", "minibatches: 9", "batch.minibatches: 9 exceeds batch.size 8")]
+    [InlineData("algorithm: ppo", "algorithm: ppo\nreward: { kind: judge }", "reward.kind: 'judge' is not one of model, task")]
     public void BadExperimentNamesField(string from, string to, string expected)
     {
         const string good = """

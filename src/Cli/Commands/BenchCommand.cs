@@ -14,6 +14,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(BenchReallocCommand.Create());
         cmd.Subcommands.Add(BenchTrainCommand.CreateTrain());
         cmd.Subcommands.Add(BenchTrainCommand.CreateGenerate());
+        cmd.Subcommands.Add(BenchAlgorithmsCommand.Create());
         return cmd;
     }
 }

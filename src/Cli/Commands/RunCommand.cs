@@ -186,11 +186,20 @@ public static class Curves
                 var s = plot.Add.Scatter(ev.Select(l => (double)((int)l["step"]! + offset)).ToArray(), ev.Select(l => (double)l["task_score"]!).ToArray());
                 s.LegendText = $"{alg}: task score";
             }
-            var rw = g.Where(l => (string)l["call"]! == "rew_inf" && l["reward_mean"] is not null).ToList();
+            // reward and KL of the samples: the train call's figures (any reward kind: RM score or task checker)
+            var tr = g.Where(l => (string)l["call"]! == "actor_train").ToList();
+            var rw = tr.Where(l => l["reward_mean"] is not null).ToList();
             if (rw.Count > 0)
             {
                 var s = plot.Add.Scatter(rw.Select(l => (double)((int)l["step"]! + offset)).ToArray(), rw.Select(l => (double)l["reward_mean"]!).ToArray());
-                s.LegendText = $"{alg}: reward (RM score)";
+                s.LegendText = $"{alg}: reward";
+                s.Axes.YAxis = plot.Axes.Right;
+            }
+            var kl = tr.Where(l => l["kl"] is not null).ToList();
+            if (kl.Count > 0)
+            {
+                var s = plot.Add.Scatter(kl.Select(l => (double)((int)l["step"]! + offset)).ToArray(), kl.Select(l => (double)l["kl"]!).ToArray());
+                s.LegendText = $"{alg}: KL to ref (nats/seq)";
                 s.Axes.YAxis = plot.Axes.Right;
             }
             var acc = g.Where(l => (string)l["call"]! == "rew_train" && l["accuracy"] is not null).ToList();
@@ -203,7 +212,7 @@ public static class Curves
         }
         plot.Axes.Bottom.Label.Text = "iteration (stages back to back)";
         plot.Axes.Left.Label.Text = "task score / accuracy";
-        plot.Axes.Right.Label.Text = "reward";
+        plot.Axes.Right.Label.Text = "reward / KL";
         plot.ShowLegend();
         plot.SavePng(pngPath, 1000, 500);
     }

@@ -3,11 +3,15 @@
 // per-token log-probs (or values / scores) that the model produced; the model then runs the
 // native logprobs_bwd and its own backward. Accumulation is in double so tests can compare with
 // hand-computed values tightly.
+using ReaLNative.Engine.Config;
+
 namespace ReaLNative.Engine.Algorithms;
 
-internal readonly record struct PolicyLossStats(double Loss, double ClipFraction, double ApproxKl, int Tokens);
 internal readonly record struct ValueLossStats(double Loss, double ClipFraction, int Tokens);
 internal readonly record struct PairLossStats(double Loss, double Accuracy, double MeanMargin);
+/// <summary>Figures of <see cref="Losses.ClippedPolicy"/>: the whole loss, its surrogate and k3 KL parts,
+/// the fraction of tokens whose ratio was clipped (gradient 0), the aggregated k3 and the tokens that trained.</summary>
+internal readonly record struct ClippedPolicyStats(double Loss, double Surrogate, double KlTerm, double ClipFraction, double K3, int Tokens, int Sequences);
 
 internal static class Losses
 {
@@ -24,29 +28,78 @@ internal static class Losses
     }
 
     /// <summary>
-    /// PPO clipped surrogate: mean over masked tokens of max(-A r, -A clip(r, 1-eps, 1+eps)),
-    /// r = exp(logp - oldLogp). dLogp gets d loss / d logp (0 where the clipped branch is active).
+    /// The clipped surrogate of PPO, GRPO, ReMax, RLOO and DAPO (docs/algorithms.md), per token i of
+    /// sequence s: l_i = max(-A_i r_i, -A_i clip(r_i, 1 - clipLow, 1 + clipHigh)) + klCoef k3_i, with
+    /// r_i = exp(logp_i - oldLogp_i) and k3_i = exp(ref_i - logp_i) - (ref_i - logp_i) - 1 (0 without
+    /// <paramref name="refLogp"/>). Aggregation over the sequences with <paramref name="keep"/> set:
+    /// "token" = sum_i l_i / (tokens of kept sequences); "sequence" = mean over kept sequences of
+    /// each one's token mean. dLogp gets d loss / d logp (0 for dropped sequences).
     /// </summary>
-    public static PolicyLossStats PpoPolicy(ReadOnlySpan<float> logp, ReadOnlySpan<float> oldLogp, ReadOnlySpan<float> advantages,
-                                            ReadOnlySpan<float> mask, double clipEps, Span<float> dLogp)
+    public static ClippedPolicyStats ClippedPolicy(ReadOnlySpan<float> logp, ReadOnlySpan<float> oldLogp, ReadOnlySpan<float> advantages,
+                                                   ReadOnlySpan<float> refLogp, ReadOnlySpan<int> cuSeqlens, ReadOnlySpan<bool> keep,
+                                                   double clipLow, double clipHigh, string aggregation, double klCoef, Span<float> dLogp)
     {
-        int t = logp.Length;
+        int t = logp.Length, nseq = cuSeqlens.Length - 1;
         CheckLen(nameof(oldLogp), oldLogp.Length, t); CheckLen(nameof(advantages), advantages.Length, t);
-        CheckLen(nameof(mask), mask.Length, t); CheckLen(nameof(dLogp), dLogp.Length, t);
-        int n = CountMask(mask);
+        CheckLen(nameof(dLogp), dLogp.Length, t); CheckLen(nameof(keep), keep.Length, nseq);
+        if (refLogp.Length != 0) CheckLen(nameof(refLogp), refLogp.Length, t);
+        if (nseq < 0 || cuSeqlens[nseq] != t) throw new ArgumentException($"cu_seqlens must end at {t}", nameof(cuSeqlens));
+        if (aggregation is not (LossAggregation.Token or LossAggregation.Sequence))
+            throw new ArgumentException($"aggregation '{aggregation}': allowed values token | sequence", nameof(aggregation));
         dLogp.Clear();
-        if (n == 0) return new PolicyLossStats(0, 0, 0, 0);
-        double loss = 0, clipped = 0, kl = 0;
-        for (int i = 0; i < t; i++)
+        int tokens = 0, seqs = 0;
+        for (int s = 0; s < nseq; s++)
+            if (keep[s] && cuSeqlens[s + 1] > cuSeqlens[s]) { tokens += cuSeqlens[s + 1] - cuSeqlens[s]; seqs++; }
+        if (tokens == 0) return new ClippedPolicyStats(0, 0, 0, 0, 0, 0, 0);
+        double sur = 0, klSum = 0, k3Sum = 0, clipped = 0;
+        for (int s = 0; s < nseq; s++)
         {
-            if (mask[i] == 0) continue;
-            double a = advantages[i], lr = (double)logp[i] - oldLogp[i], r = Math.Exp(lr);
-            double s1 = -a * r, s2 = -a * Math.Clamp(r, 1 - clipEps, 1 + clipEps);
-            if (s1 >= s2) { loss += s1; dLogp[i] = (float)(-a * r / n); }
-            else { loss += s2; clipped++; }
-            kl += -lr;
+            int len = cuSeqlens[s + 1] - cuSeqlens[s];
+            if (!keep[s] || len == 0) continue;
+            double w = aggregation == LossAggregation.Token ? 1.0 / tokens : 1.0 / ((double)seqs * len);
+            for (int i = cuSeqlens[s]; i < cuSeqlens[s + 1]; i++)
+            {
+                double a = advantages[i], lr = (double)logp[i] - oldLogp[i], r = Math.Exp(lr);
+                double s1 = -a * r, s2 = -a * Math.Clamp(r, 1 - clipLow, 1 + clipHigh);
+                double g = 0;
+                if (s1 >= s2) { sur += w * s1; g = -a * r; }
+                else { sur += w * s2; clipped++; }
+                if (refLogp.Length != 0)
+                {
+                    double d = (double)refLogp[i] - logp[i], e = Math.Exp(d), k3 = e - d - 1;
+                    k3Sum += w * k3;
+                    klSum += w * klCoef * k3;
+                    g += klCoef * (1 - e);
+                }
+                dLogp[i] = (float)(w * g);
+            }
         }
-        return new PolicyLossStats(loss / n, clipped / n, kl / n, n);
+        return new ClippedPolicyStats(sur + klSum, sur, klSum, clipped / tokens, k3Sum, tokens, seqs);
+    }
+
+    /// <summary>
+    /// IPO (Azar et al. 2023): mean (h - 1/(2 beta))^2 over pairs, h = (pi_c - ref_c) - (pi_r - ref_r)
+    /// of sequence log-probs; gradients w.r.t. the policy's sequence log-probs.
+    /// </summary>
+    public static PairLossStats Ipo(ReadOnlySpan<float> piChosen, ReadOnlySpan<float> piRejected, ReadOnlySpan<float> refChosen,
+                                    ReadOnlySpan<float> refRejected, double beta, Span<float> dPiChosen, Span<float> dPiRejected)
+    {
+        int n = piChosen.Length;
+        CheckLen(nameof(piRejected), piRejected.Length, n); CheckLen(nameof(refChosen), refChosen.Length, n);
+        CheckLen(nameof(refRejected), refRejected.Length, n); CheckLen(nameof(dPiChosen), dPiChosen.Length, n);
+        CheckLen(nameof(dPiRejected), dPiRejected.Length, n);
+        if (n == 0) throw new ArgumentException("no pairs", nameof(piChosen));
+        double loss = 0, acc = 0, margin = 0, target = 1 / (2 * beta);
+        for (int i = 0; i < n; i++)
+        {
+            double h = ((double)piChosen[i] - refChosen[i]) - ((double)piRejected[i] - refRejected[i]);
+            loss += (h - target) * (h - target);
+            double g = 2 * (h - target) / n;
+            dPiChosen[i] = (float)g; dPiRejected[i] = (float)-g;
+            if (h > 0) acc++;
+            margin += h;
+        }
+        return new PairLossStats(loss / n, acc / n, margin / n);
     }
 
     /// <summary>
@@ -104,47 +157,6 @@ internal static class Losses
         for (int i = 0; i < x.Length; i++) if (mask[i] != 0) sq += (x[i] - mean) * (x[i] - mean);
         double inv = 1.0 / (Math.Sqrt(sq / n) + eps);
         for (int i = 0; i < x.Length; i++) x[i] = mask[i] != 0 ? (float)((x[i] - mean) * inv) : 0f;
-    }
-
-    /// <summary>GRPO: rewards of consecutive groups of <paramref name="groupSize"/> samples of one prompt,
-    /// normalised within the group as (r - mean) / (std + eps), population std.</summary>
-    public static float[] GroupNormalize(ReadOnlySpan<float> rewards, int groupSize, double eps = 1e-5)
-    {
-        if (groupSize < 1 || rewards.Length % groupSize != 0)
-            throw new ArgumentException($"{rewards.Length} rewards do not split into groups of {groupSize}", nameof(groupSize));
-        var r = new float[rewards.Length];
-        for (int g = 0; g < rewards.Length; g += groupSize)
-        {
-            double mean = 0, sq = 0;
-            for (int i = 0; i < groupSize; i++) mean += rewards[g + i];
-            mean /= groupSize;
-            for (int i = 0; i < groupSize; i++) sq += (rewards[g + i] - mean) * (rewards[g + i] - mean);
-            double std = Math.Sqrt(sq / groupSize);
-            for (int i = 0; i < groupSize; i++) r[g + i] = (float)((rewards[g + i] - mean) / (std + eps));
-        }
-        return r;
-    }
-
-    /// <summary>
-    /// Adds klCoef * mean k3(logp, refLogp) to a policy loss: k3 = exp(ref - logp) - (ref - logp) - 1
-    /// (unbiased, non-negative KL estimate; GRPO). Accumulates into dLogp, returns the added term.
-    /// </summary>
-    public static double KlPenaltyK3(ReadOnlySpan<float> logp, ReadOnlySpan<float> refLogp, ReadOnlySpan<float> mask, double klCoef,
-                                     Span<float> dLogp)
-    {
-        int t = logp.Length;
-        CheckLen(nameof(refLogp), refLogp.Length, t); CheckLen(nameof(mask), mask.Length, t); CheckLen(nameof(dLogp), dLogp.Length, t);
-        int n = CountMask(mask);
-        if (n == 0 || klCoef == 0) return 0;
-        double sum = 0;
-        for (int i = 0; i < t; i++)
-        {
-            if (mask[i] == 0) continue;
-            double d = (double)refLogp[i] - logp[i], e = Math.Exp(d);
-            sum += e - d - 1;
-            dLogp[i] += (float)(klCoef * (1 - e) / n);
-        }
-        return klCoef * sum / n;
     }
 
     private static double Softplus(double x) => Math.Max(x, 0) + Math.Log(1 + Math.Exp(-Math.Abs(x)));

@@ -8,16 +8,23 @@ namespace ReaLNative.Engine.Config;
 
 internal static class AlgorithmNames
 {
-    public const string Sft = "sft", Rm = "rm", Ppo = "ppo", Grpo = "grpo", Remax = "remax", Dpo = "dpo";
-    public static readonly string[] All = [Sft, Rm, Ppo, Grpo, Remax, Dpo];
+    public const string Sft = "sft", Rm = "rm", Ppo = "ppo", Grpo = "grpo", Remax = "remax", Rloo = "rloo", Dpo = "dpo";
+    public static readonly string[] All = [Sft, Rm, Ppo, Grpo, Remax, Rloo, Dpo];
 
-    /// <summary>Model roles each algorithm needs.</summary>
-    public static string[] Roles(string algorithm) => algorithm switch
+    /// <summary>Algorithms that sample a group of answers per prompt (batch.group_size >= 2).</summary>
+    public static bool Grouped(string algorithm) => algorithm is Grpo or Rloo;
+
+    /// <summary>Algorithms whose samples are scored by a reward (model or rule-based, `reward.kind`).</summary>
+    public static bool Rewarded(string algorithm) => algorithm is Ppo or Grpo or Remax or Rloo;
+
+    /// <summary>Model roles each algorithm needs; an RL algorithm whose reward is rule-based
+    /// (<paramref name="rewardModel"/> false) has no reward model.</summary>
+    public static string[] Roles(string algorithm, bool rewardModel = true) => algorithm switch
     {
         Sft => ["actor"],
         Rm => ["actor", "reward"], // the frozen actor generates the samples the pairs are made of
-        Ppo => ["actor", "critic", "ref", "reward"],
-        Grpo or Remax => ["actor", "ref", "reward"],
+        Ppo => rewardModel ? ["actor", "critic", "ref", "reward"] : ["actor", "critic", "ref"],
+        Grpo or Remax or Rloo => rewardModel ? ["actor", "ref", "reward"] : ["actor", "ref"],
         Dpo => ["actor", "ref"],
         _ => throw new ArgumentOutOfRangeException(nameof(algorithm), algorithm, null),
     };
@@ -69,16 +76,55 @@ internal sealed record OptimConfig(double Lr, double WeightDecay, double Beta1, 
 
 internal sealed record GenerationConfig(double Temperature, int TopK, double TopP);
 
+/// <summary>Policy-gradient options (ppo, grpo, remax, rloo). ClipEpsLow/High: the ratio's clip
+/// range [1 - low, 1 + high] (both clip_eps unless set; DAPO's clip-higher sets high above low).
+/// LossAgg: "token" (mean over every token of the batch: DAPO, PPO) or "sequence" (mean over
+/// sequences of each sequence's token mean: GRPO as published). StdNorm: GRPO divides the
+/// group-centred rewards by the group's std (false: Dr. GRPO). DynamicSampling: drop groups whose
+/// rewards are all equal (DAPO). OverlongBuffer/OverlongPenalty: DAPO's soft overlong punishment
+/// over the last `overlong_buffer` tokens before gen_len (0 = off).</summary>
 internal sealed record PpoConfig(double KlCoef, double ClipEps, double ValueClipEps, double Gamma, double Lambda,
-                               int PpoEpochs, bool AdvNorm, double MaxRewardClip);
+                               int PpoEpochs, bool AdvNorm, double MaxRewardClip)
+{
+    public double ClipEpsLow { get; init; } = ClipEps;
+    public double ClipEpsHigh { get; init; } = ClipEps;
+    public string LossAgg { get; init; } = LossAggregation.Token;
+    public bool StdNorm { get; init; } = true;
+    public bool DynamicSampling { get; init; }
+    public int OverlongBuffer { get; init; }
+    public double OverlongPenalty { get; init; } = 1.0;
+}
 
-internal sealed record DpoConfig(double Beta);
+internal static class LossAggregation
+{
+    public const string Token = "token", Sequence = "sequence";
+}
+
+/// <summary>DPO options: beta and the loss ("sigmoid": DPO; "ipo": IPO's squared loss).</summary>
+internal sealed record DpoConfig(double Beta)
+{
+    public string Loss { get; init; } = "sigmoid";
+}
+
+/// <summary>Where an RL stage's sequence rewards come from: "model" (the reward model's last-token
+/// score, `models.reward`) or "task" (the task's exact checker: 1 for the right answer ended by EOS,
+/// else 0; no model, so it cannot be exploited). Rule-based kinds (answer match, format, tests)
+/// are further values of <see cref="Kind"/> (see Algorithms/Rewards.cs).</summary>
+internal sealed record RewardConfig(string Kind)
+{
+    public const string Model = "model", Task = "task";
+    public static readonly string[] Kinds = [Model, Task];
+    public bool UsesModel => Kind == Model;
+}
 
 /// <summary>One stage of the pipeline, fully resolved (no missing values).</summary>
 internal sealed record StageConfig(int Index, string Algorithm, int Iterations, IReadOnlyDictionary<string, ModelSpec> Models,
                                  BatchConfig Batch, OptimConfig Optim, GenerationConfig Generation, PpoConfig Ppo, DpoConfig Dpo)
 {
     public string Path => $"stages[{Index}]";
+    public RewardConfig Reward { get; init; } = new(RewardConfig.Model);
+    /// <summary>Whether this stage calls a reward model (an RL algorithm with `reward.kind: model`).</summary>
+    public bool UsesRewardModel => AlgorithmNames.Rewarded(Algorithm) && Reward.UsesModel;
 }
 
 internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed, string BaseDirectory, TaskConfig Task,
@@ -122,7 +168,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         int ckptEvery = (int)top.Int("checkpoint_every", 10, 1, 1_000_000);
         int ckptKeep = (int)top.Int("checkpoint_keep", 2, 1, 1_000_000);
         // Sections are validated as part of every stage; reading them here marks them known.
-        foreach (var k in new[] { "models", "batch", "optim", "generation", "ppo", "dpo" }) top.Get(k);
+        foreach (var k in new[] { "models", "batch", "optim", "generation", "ppo", "dpo", "reward" }) top.Get(k);
         var stagesNode = top.Get("stages");
         top.RejectUnknown();
 
@@ -139,14 +185,14 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
             ValidateSharedSections(top, algorithm);
             var baseMap = new YamlMappingNode();
             foreach (var (k, v) in root.Children)
-                if (((YamlScalarNode)k).Value is "models" or "batch" or "optim" or "generation" or "ppo" or "dpo" or "iterations")
+                if (((YamlScalarNode)k).Value is "models" or "batch" or "optim" or "generation" or "ppo" or "dpo" or "reward" or "iterations")
                     baseMap.Children[k] = v;
             for (int i = 0; i < seq.Children.Count; i++)
             {
                 string p = $"stages[{i}]";
                 var sr = new MapReader(seq.Children[i], p);
                 sr.Enum("algorithm", null, AlgorithmNames.All);
-                foreach (var k in new[] { "iterations", "models", "batch", "optim", "generation", "ppo", "dpo" }) sr.Get(k);
+                foreach (var k in new[] { "iterations", "models", "batch", "optim", "generation", "ppo", "dpo", "reward" }) sr.Get(k);
                 sr.RejectUnknown();
                 var merged = MapReader.Merge(baseMap, (YamlMappingNode)seq.Children[i]);
                 stages.Add(ParseStage(merged, i, p));
@@ -177,8 +223,9 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         string algorithm = r.Enum("algorithm", null, AlgorithmNames.All);
         int iterations = (int)r.Int("iterations", null, 1, 1_000_000);
 
+        var reward = ParseReward(new MapReader(r.Get("reward"), r.Sub("reward")));
         var mr = new MapReader(r.Get("models"), r.Sub("models"));
-        var roles = AlgorithmNames.Roles(algorithm);
+        var roles = AlgorithmNames.Roles(algorithm, reward.UsesModel);
         var models = new Dictionary<string, ModelSpec>(StringComparer.Ordinal);
         foreach (var role in new[] { "actor", "critic", "ref", "reward" })
         {
@@ -193,14 +240,20 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         var batch = ParseBatch(new MapReader(r.Get("batch"), r.Sub("batch")), algorithm);
         var optim = ParseOptim(new MapReader(r.Get("optim"), r.Sub("optim")));
         var gen = ParseGeneration(new MapReader(r.Get("generation"), r.Sub("generation")));
-        var ppo = ParsePpo(new MapReader(r.Get("ppo"), r.Sub("ppo")));
+        var ppo = ParsePpo(new MapReader(r.Get("ppo"), r.Sub("ppo")), algorithm);
         var dpo = ParseDpo(new MapReader(r.Get("dpo"), r.Sub("dpo")));
+        if (algorithm == AlgorithmNames.Ppo && ppo.DynamicSampling)
+            throw new ConfigException(r.Sub("ppo") + ".dynamic_sampling",
+                "drops groups of equal rewards, which only grpo | rloo | remax have (ppo's critic baseline gives them non-zero advantages); allowed values for ppo: false");
+        if (AlgorithmNames.Rewarded(algorithm) && ppo.OverlongBuffer >= batch.GenLen)
+            throw new ConfigException(r.Sub("ppo") + ".overlong_buffer",
+                $"{ppo.OverlongBuffer} is not below batch.gen_len ({batch.GenLen}); allowed values: integers in [0, {batch.GenLen - 1}]");
 
         // Top-level-only keys are allowed in the merged single-stage mapping.
         if (path.Length == 0)
             foreach (var k in new[] { "name", "seed", "task", "eval", "checkpoint_every", "checkpoint_keep", "stages" }) r.Get(k);
         r.RejectUnknown();
-        return new StageConfig(index, algorithm, iterations, models, batch, optim, gen, ppo, dpo);
+        return new StageConfig(index, algorithm, iterations, models, batch, optim, gen, ppo, dpo) { Reward = reward };
     }
 
     private static BatchConfig ParseBatch(MapReader br, string algorithm)
@@ -212,8 +265,8 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
             throw new ConfigException(br.Sub("minibatches"), $"{batch.Minibatches} does not divide batch.size ({size}); allowed values: divisors of {size}");
         if (size % batch.GroupSize != 0)
             throw new ConfigException(br.Sub("group_size"), $"{batch.GroupSize} does not divide batch.size ({size}); allowed values: divisors of {size}");
-        if (algorithm == AlgorithmNames.Grpo && batch.GroupSize < 2)
-            throw new ConfigException(br.Sub("group_size"), "grpo normalises rewards within a group; allowed values: integers >= 2 dividing batch.size");
+        if (AlgorithmNames.Grouped(algorithm) && batch.GroupSize < 2)
+            throw new ConfigException(br.Sub("group_size"), $"{algorithm} compares the samples of a group; allowed values: integers >= 2 dividing batch.size");
         br.RejectUnknown();
         return batch;
     }
@@ -242,21 +295,39 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         return gen;
     }
 
-    private static PpoConfig ParsePpo(MapReader pr)
+    private static PpoConfig ParsePpo(MapReader pr, string algorithm)
     {
-        var ppo = new PpoConfig(pr.Real("kl_coef", 0.05, 0, 100), pr.Real("clip_eps", 0.2, 0, 10, minExclusive: true),
+        double clip = pr.Real("clip_eps", 0.2, 0, 10, minExclusive: true);
+        var ppo = new PpoConfig(pr.Real("kl_coef", 0.05, 0, 100), clip,
                                 pr.Real("value_clip_eps", 0.2, 0, 1e6, minExclusive: true), pr.Real("gamma", 1.0, 0, 1),
                                 pr.Real("lambda", 0.95, 0, 1), (int)pr.Int("ppo_epochs", 1, 1, 1000), pr.Bool("adv_norm", true),
-                                pr.Real("max_reward_clip", 5.0, 0, 1e6, minExclusive: true));
+                                pr.Real("max_reward_clip", 5.0, 0, 1e6, minExclusive: true))
+        {
+            ClipEpsLow = pr.Real("clip_eps_low", clip, 0, 10, minExclusive: true),
+            ClipEpsHigh = pr.Real("clip_eps_high", clip, 0, 10, minExclusive: true),
+            LossAgg = pr.Enum("loss_agg", algorithm == AlgorithmNames.Grpo ? LossAggregation.Sequence : LossAggregation.Token,
+                              LossAggregation.Token, LossAggregation.Sequence),
+            StdNorm = pr.Bool("std_norm", true),
+            DynamicSampling = pr.Bool("dynamic_sampling", false),
+            OverlongBuffer = (int)pr.Int("overlong_buffer", 0, 0, 1_000_000),
+            OverlongPenalty = pr.Real("overlong_penalty", 1.0, 0, 1e6),
+        };
         pr.RejectUnknown();
         return ppo;
     }
 
     private static DpoConfig ParseDpo(MapReader dr)
     {
-        var dpo = new DpoConfig(dr.Real("beta", 0.1, 0, 1000, minExclusive: true));
+        var dpo = new DpoConfig(dr.Real("beta", 0.1, 0, 1000, minExclusive: true)) { Loss = dr.Enum("loss", "sigmoid", "sigmoid", "ipo") };
         dr.RejectUnknown();
         return dpo;
+    }
+
+    private static RewardConfig ParseReward(MapReader rr)
+    {
+        var reward = new RewardConfig(rr.Enum("kind", RewardConfig.Model, RewardConfig.Kinds));
+        rr.RejectUnknown();
+        return reward;
     }
 
     /// <summary>With explicit stages, the shared top-level sections are checked on their own first, so an
@@ -266,7 +337,8 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         if (top.Get("batch") is { } b) ParseBatch(new MapReader(b, "batch"), AlgorithmNames.Sft);
         if (top.Get("optim") is { } o) ParseOptim(new MapReader(o, "optim"));
         if (top.Get("generation") is { } g) ParseGeneration(new MapReader(g, "generation"));
-        if (top.Get("ppo") is { } p) ParsePpo(new MapReader(p, "ppo"));
+        if (top.Get("ppo") is { } p) ParsePpo(new MapReader(p, "ppo"), algorithm);
+        if (top.Get("reward") is { } rw) ParseReward(new MapReader(rw, "reward"));
         if (top.Get("dpo") is { } d) ParseDpo(new MapReader(d, "dpo"));
         if (top.Get("models") is { } m)
         {

@@ -92,12 +92,20 @@ internal sealed class DataflowGraph
     /// <summary>Models whose parameters some call trains.</summary>
     public IEnumerable<string> TrainedModels => Calls.Where(c => c.Type == CallType.TrainStep).Select(c => c.Model).Distinct();
 
-    /// <summary>The graph of one stage's algorithm (REFERENCE.md "Algorithms and their dataflow").</summary>
-    public static DataflowGraph For(string algorithm, BatchConfig batch)
+    /// <summary>The graph of a stage (its algorithm, batch and whether a reward model scores the samples).</summary>
+    public static DataflowGraph For(StageConfig stage) => For(stage.Algorithm, stage.Batch, stage.UsesRewardModel);
+
+    /// <summary>The graph of one stage's algorithm (REFERENCE.md "Algorithms and their dataflow").
+    /// With a rule-based reward (<paramref name="rewardModel"/> false) there is no reward call: the
+    /// generation call scores its own samples on the master ("scores", ReMax's "greedy_scores").</summary>
+    public static DataflowGraph For(string algorithm, BatchConfig batch, bool rewardModel = true)
     {
         int n = batch.Size;
         ModelFunctionCall C(string name, string model, CallType t, string[] i, string[] o) => new(name, model, t, i, o, n);
         string[] gen = ["sequences", "logprobs", "logits_mask", "ended_with_eos"];
+        string[] scoredGen = rewardModel ? gen : [.. gen, "scores"];
+        ModelFunctionCall[] Reward(string name, string seqKey, string outKey) =>
+            rewardModel ? [C(name, "reward", CallType.Inference, [seqKey], [outKey])] : [];
         return algorithm switch
         {
             AlgorithmNames.Sft => new(["prompts", "answers"], [
@@ -106,25 +114,26 @@ internal sealed class DataflowGraph
                 C("actor_gen", "actor", CallType.Generate, ["prompts"], gen),
                 C("rew_train", "reward", CallType.TrainStep, ["prompts", "sequences", "ended_with_eos"], ["reward_stats"])]),
             AlgorithmNames.Ppo => new(["prompts"], [
-                C("actor_gen", "actor", CallType.Generate, ["prompts"], gen),
-                C("rew_inf", "reward", CallType.Inference, ["sequences"], ["scores"]),
+                C("actor_gen", "actor", CallType.Generate, ["prompts"], scoredGen),
+                .. Reward("rew_inf", "sequences", "scores"),
                 C("ref_inf", "ref", CallType.Inference, ["sequences", "logits_mask"], ["ref_logprobs"]),
                 C("critic_inf", "critic", CallType.Inference, ["sequences"], ["values"]),
                 C("actor_train", "actor", CallType.TrainStep,
                   ["sequences", "logprobs", "logits_mask", "ended_with_eos", "scores", "ref_logprobs", "values"], ["actor_stats"]),
                 C("critic_train", "critic", CallType.TrainStep,
                   ["sequences", "logprobs", "ended_with_eos", "scores", "ref_logprobs", "values"], ["critic_stats"])]),
-            AlgorithmNames.Grpo => new(["prompts"], [
-                C("actor_gen", "actor", CallType.Generate, ["prompts"], gen),
-                C("rew_inf", "reward", CallType.Inference, ["sequences"], ["scores"]),
+            AlgorithmNames.Grpo or AlgorithmNames.Rloo => new(["prompts"], [
+                C("actor_gen", "actor", CallType.Generate, ["prompts"], scoredGen),
+                .. Reward("rew_inf", "sequences", "scores"),
                 C("ref_inf", "ref", CallType.Inference, ["sequences", "logits_mask"], ["ref_logprobs"]),
                 C("actor_train", "actor", CallType.TrainStep,
-                  ["sequences", "logprobs", "logits_mask", "scores", "ref_logprobs"], ["actor_stats"])]),
+                  ["sequences", "logprobs", "logits_mask", "ended_with_eos", "scores", "ref_logprobs"], ["actor_stats"])]),
             AlgorithmNames.Remax => new(["prompts"], [
-                C("actor_gen", "actor", CallType.Generate, ["prompts"], gen),
-                C("actor_greedy_gen", "actor", CallType.Generate, ["prompts"], ["greedy_sequences", "greedy_ended_with_eos"]),
-                C("rew_inf", "reward", CallType.Inference, ["sequences"], ["scores"]),
-                C("rew_greedy_inf", "reward", CallType.Inference, ["greedy_sequences"], ["greedy_scores"]),
+                C("actor_gen", "actor", CallType.Generate, ["prompts"], scoredGen),
+                C("actor_greedy_gen", "actor", CallType.Generate, ["prompts"],
+                  rewardModel ? ["greedy_sequences", "greedy_ended_with_eos"] : ["greedy_sequences", "greedy_ended_with_eos", "greedy_scores"]),
+                .. Reward("rew_inf", "sequences", "scores"),
+                .. Reward("rew_greedy_inf", "greedy_sequences", "greedy_scores"),
                 C("ref_inf", "ref", CallType.Inference, ["sequences", "logits_mask"], ["ref_logprobs"]),
                 C("actor_train", "actor", CallType.TrainStep,
                   ["sequences", "logprobs", "logits_mask", "ended_with_eos", "scores", "greedy_scores", "ref_logprobs"], ["actor_stats"])]),

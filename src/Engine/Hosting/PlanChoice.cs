@@ -65,7 +65,7 @@ public abstract class PlanChoice
     internal static IReadOnlyList<ModelFunctionCall> Calls(TrainingExperiment e)
     {
         var last = e.Config.Stages[^1];
-        return DataflowGraph.For(last.Algorithm, last.Batch).Calls;
+        return DataflowGraph.For(last).Calls;
     }
 
     private static void CheckCovers(Plan plan, TrainingExperiment e, string source)

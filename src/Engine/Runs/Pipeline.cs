@@ -26,7 +26,7 @@ namespace ReaLNative.Engine.Runs;
 /// <summary>One finished iteration (or evaluation) of a stage, for progress displays.</summary>
 internal sealed record ProgressEvent(int Stage, string Algorithm, int Iteration, int Iterations, IReadOnlyDictionary<string, double> Figures);
 
-internal sealed class Pipeline : IDisposable
+internal sealed partial class Pipeline : IDisposable
 {
     private readonly ExperimentConfig _cfg;
     private readonly string _out;
@@ -82,7 +82,7 @@ internal sealed class Pipeline : IDisposable
         bool any = false;
         foreach (var stage in _cfg.Stages)
         {
-            var graph = DataflowGraph.For(stage.Algorithm, stage.Batch);
+            var graph = DataflowGraph.For(stage);
             if (!graph.Calls.All(c => plan.Calls.Any(p => p.Name == c.Name))) continue;
             any = true;
             foreach (var call in graph.Calls)
@@ -241,7 +241,7 @@ internal sealed class Pipeline : IDisposable
             _position = $"{stage.Algorithm} set-up";
             SetUpStage(stage, resumeFrom: s == startStage && first > 0);
             CommitStart(start);
-            var graph = DataflowGraph.For(stage.Algorithm, stage.Batch);
+            var graph = DataflowGraph.For(stage);
             var exec = new MeshExecutor(graph, Handlers(stage), DevicesOf);
             bool evals = stage.Algorithm != AlgorithmNames.Rm;
             if (evals && first == 0) Evaluate(stage, 0);
@@ -386,7 +386,7 @@ internal sealed class Pipeline : IDisposable
     private static OptimizerSpec Optimizer(StageConfig stage)
     {
         var o = stage.Optim;
-        int stepsPerIter = stage.Algorithm is AlgorithmNames.Ppo or AlgorithmNames.Grpo ? stage.Ppo.PpoEpochs * stage.Batch.Minibatches : 1;
+        int stepsPerIter = OptimizerStepsPerIteration(stage);
         return new OptimizerSpec(new LrSchedule(o.Lr, o.WarmupSteps, o.Decay, o.MinLrRatio, stage.Iterations * stepsPerIter),
             (float)o.Beta1, (float)o.Beta2, (float)o.Eps, (float)o.WeightDecay, (float)o.ClipGradNorm);
     }
@@ -396,7 +396,7 @@ internal sealed class Pipeline : IDisposable
     private void BindPlan(StageConfig stage)
     {
         if (_plan is null) return;
-        var graph = DataflowGraph.For(stage.Algorithm, stage.Batch);
+        var graph = DataflowGraph.For(stage);
         if (!graph.Calls.All(c => _plan.Calls.Any(p => p.Name == c.Name))) return;  // the plan is for another stage
         int dpn = _plan.DevicesPerNode;
         // Calls of one model with the same layout and micro-batches share one replica (nothing to
@@ -518,7 +518,7 @@ internal sealed class Pipeline : IDisposable
         int copies = stage.Algorithm switch
         {
             AlgorithmNames.Rm or AlgorithmNames.Dpo => 2,
-            AlgorithmNames.Grpo => stage.Batch.GroupSize,
+            AlgorithmNames.Grpo or AlgorithmNames.Rloo => stage.Batch.GroupSize,
             _ => 1,
         };
         int n = Math.Max(1, stage.Batch.Size / copies);
@@ -569,6 +569,7 @@ internal sealed class Pipeline : IDisposable
             var r = Generate(stage, Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), It(b), "gen", greedy: false);
             b.Set("sequences", r); b.Set("logprobs", r.Gen.LogProbs.SelectMany(x => x).ToArray());
             b.Set("logits_mask", Array.Empty<byte>()); b.Set("ended_with_eos", r.Gen.EndedWithEos);
+            if (RuleScores(stage, r) is { } scores) b.Set("scores", scores);
             double score = Enumerable.Range(0, r.Examples.Length).Average(i => _task.Score(r.Examples[i].Prompt, r.Completions[i]));
             return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["sample_task_score"] = score,
                 ["gen_len_mean"] = r.Gen.NewTokens.Average(t => t.Length) };
@@ -577,6 +578,7 @@ internal sealed class Pipeline : IDisposable
         {
             var r = Generate(stage, Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), It(b), "greedy", greedy: true);
             b.Set("greedy_sequences", r); b.Set("greedy_ended_with_eos", r.Gen.EndedWithEos);
+            if (RuleScores(stage, r) is { } scores) b.Set("greedy_scores", scores);
             return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
         };
         CallHandler RewInf(string seqKey, string outKey) => (call, b) =>
@@ -651,35 +653,11 @@ internal sealed class Pipeline : IDisposable
                 break;
             case AlgorithmNames.Grpo:
             case AlgorithmNames.Remax:
+            case AlgorithmNames.Rloo:
                 AddCriticFree(stage, h, temp);
                 break;
             case AlgorithmNames.Dpo:
-                h["actor_train"] = (call, b) =>
-                {
-                    var r = b.Get<Rollout>("sequences");
-                    var refLp = b.Get<float[]>("ref_logprobs");
-                    var (ci, ri) = Pairs(r);
-                    b.Set("actor_stats", new object());
-                    if (ci.Length == 0) return new Dictionary<string, double> { ["pairs"] = 0 };
-                    var m = Calls(call.Name, "actor");
-                    var lp = m.LogProbs(r.Scored, temp);
-                    float SeqSum(float[] a, int i) { float s = 0; for (int k = r.Scored.ActionCu[i]; k < r.Scored.ActionCu[i + 1]; k++) s += a[k]; return s; }
-                    int n = ci.Length;
-                    var pc = ci.Select(i => SeqSum(lp, i)).ToArray(); var pr = ri.Select(i => SeqSum(lp, i)).ToArray();
-                    var rc = ci.Select(i => SeqSum(refLp, i)).ToArray(); var rr = ri.Select(i => SeqSum(refLp, i)).ToArray();
-                    var gc = new float[n]; var gr = new float[n];
-                    var st = Losses.Dpo(pc, pr, rc, rr, stage.Dpo.Beta, gc, gr);
-                    var d = new float[lp.Length];
-                    for (int p = 0; p < n; p++)
-                    {
-                        for (int k = r.Scored.ActionCu[ci[p]]; k < r.Scored.ActionCu[ci[p] + 1]; k++) d[k] += gc[p];
-                        for (int k = r.Scored.ActionCu[ri[p]]; k < r.Scored.ActionCu[ri[p] + 1]; k++) d[k] += gr[p];
-                    }
-                    m.BackwardLogProbs(r.Scored, temp, d);
-                    double gn = m.Step();
-                    return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = st.Loss, ["accuracy"] = st.Accuracy,
-                        ["pairs"] = n, ["grad_norm"] = gn };
-                };
+                AddDpo(stage, h, temp);
                 break;
         }
         return h;
@@ -724,16 +702,10 @@ internal sealed class Pipeline : IDisposable
             if (cachedFor == it && cache is { } c) return c;
             var r = b.Get<Rollout>("sequences");
             var logp = b.Get<float[]>("logprobs"); var refLp = b.Get<float[]>("ref_logprobs");
-            var values = b.Get<float[]>("values"); var scores = b.Get<float[]>("scores");
-            int T = logp.Length;
-            var rewards = new float[T];
-            Losses.KlShapedRewards(logp, refLp, r.Scored.ActionCu, scores, r.Gen.EndedWithEos, ppo.KlCoef, ppo.MaxRewardClip, rewards);
-            var adv = new float[T]; var ret = new float[T];
-            Gae.Compute(_models["critic"].Stream, rewards, Gae.WithBootstrap(values, r.Scored.ActionCu), r.Scored.ActionCu, ppo.Gamma, ppo.Lambda, adv, ret);
-            var mask = new float[T]; Array.Fill(mask, 1f);
-            if (ppo.AdvNorm) Losses.NormalizeMasked(adv, mask);
-            double kl = 0; for (int k = 0; k < T; k++) kl += logp[k] - refLp[k];
-            cache = (adv, ret, T > 0 ? kl / r.Scored.Packed.Count : 0, scores.Average());
+            var scores = Shaped(stage, r, b.Get<float[]>("scores"));
+            var (adv, ret, kl) = Ppo.Advantages(_models["critic"].Stream, logp, refLp, b.Get<float[]>("values"), scores,
+                                                r.Gen.EndedWithEos, r.Scored.ActionCu, ppo);
+            cache = (adv, ret, kl, scores.Average());
             cachedFor = it;
             return cache.Value;
         }
@@ -751,8 +723,9 @@ internal sealed class Pipeline : IDisposable
                 {
                     var (sb, a0, a1) = Slice(r, k * n / mb, (k + 1) * n / mb);
                     var lp = m.LogProbs(sb, temp);
-                    var g = new float[lp.Length]; var mask = new float[lp.Length]; Array.Fill(mask, 1f);
-                    var st = Losses.PpoPolicy(lp, oldLp.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), mask, ppo.ClipEps, g);
+                    var g = new float[lp.Length]; var keep = new bool[sb.Packed.Count]; Array.Fill(keep, true);
+                    var st = Losses.ClippedPolicy(lp, oldLp.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), [], sb.ActionCu, keep,
+                                                  ppo.ClipEpsLow, ppo.ClipEpsHigh, ppo.LossAgg, 0, g);
                     m.BackwardLogProbs(sb, temp, g);
                     m.Step();
                     loss += st.Loss; clip += st.ClipFraction; steps++;
@@ -782,44 +755,6 @@ internal sealed class Pipeline : IDisposable
                 }
             b.Set("critic_stats", new object());
             return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = loss / steps };
-        };
-    }
-
-    /// <summary>GRPO (group-normalised scores) and ReMax (score minus the greedy sample's score) share
-    /// one actor update: the sequence advantage on every token, clipped surrogate, k3 KL to the reference.</summary>
-    private void AddCriticFree(StageConfig stage, Dictionary<string, CallHandler> h, float temp)
-    {
-        var ppo = stage.Ppo;
-        bool grpo = stage.Algorithm == AlgorithmNames.Grpo;
-        h["actor_train"] = (call, b) =>
-        {
-            var r = b.Get<Rollout>("sequences");
-            var oldLp = b.Get<float[]>("logprobs"); var refLp = b.Get<float[]>("ref_logprobs");
-            var scores = b.Get<float[]>("scores");
-            float[] seqAdv = grpo ? Losses.GroupNormalize(scores, stage.Batch.GroupSize)
-                                  : scores.Zip(b.Get<float[]>("greedy_scores"), (s, g) => s - g).ToArray();
-            var adv = new float[oldLp.Length];
-            for (int i = 0; i < r.Examples.Length; i++)
-                for (int k = r.Scored.ActionCu[i]; k < r.Scored.ActionCu[i + 1]; k++) adv[k] = seqAdv[i];
-            var m = Calls(call.Name, "actor");
-            int epochs = grpo ? ppo.PpoEpochs : 1, mb = stage.Batch.Minibatches, n = r.Examples.Length;
-            double loss = 0, klTerm = 0; int steps = 0;
-            for (int e = 0; e < epochs; e++)
-                for (int k = 0; k < mb; k++)
-                {
-                    var (sb, a0, a1) = Slice(r, k * n / mb, (k + 1) * n / mb);
-                    var lp = m.LogProbs(sb, temp);
-                    var g = new float[lp.Length]; var mask = new float[lp.Length]; Array.Fill(mask, 1f);
-                    var st = Losses.PpoPolicy(lp, oldLp.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), mask, ppo.ClipEps, g);
-                    klTerm += Losses.KlPenaltyK3(lp, refLp.AsSpan(a0, a1 - a0), mask, ppo.KlCoef, g);
-                    m.BackwardLogProbs(sb, temp, g);
-                    m.Step();
-                    loss += st.Loss; steps++;
-                }
-            double kl = 0; for (int k = 0; k < oldLp.Length; k++) kl += oldLp[k] - refLp[k];
-            b.Set("actor_stats", new object());
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = loss / steps, ["kl_penalty"] = klTerm / steps,
-                ["reward_mean"] = scores.Average(), ["kl"] = kl / n };
         };
     }
 

@@ -14,6 +14,7 @@ internal static class RunSummary
         var final = lines.Where(l => (int)l["stage"]! == last).ToList();
         var evals = final.Where(l => (string)l["call"]! == "eval").ToList();
         var rewards = final.Where(l => l["reward_mean"] is not null && (string)l["call"]! is "actor_train").ToList();
+        var kls = final.Where(l => l["kl"] is not null && (string)l["call"]! is "actor_train").Select(l => (double)l["kl"]!).ToList();
         var stages = new JsonArray();
         foreach (var st in cfg.Stages)
         {
@@ -34,6 +35,9 @@ internal static class RunSummary
             ["final_reward"] = rewards.Count > 0 ? (double?)rewards[^1]["reward_mean"] : null,
             ["initial_task_score"] = evals.Count > 0 ? (double?)evals[0]["task_score"] : null,
             ["final_task_score"] = evals.Count > 0 ? (double?)evals[^1]["task_score"] : null,
+            // KL of the samples to the reference (nats per sequence) at the last iteration and its maximum
+            ["final_kl"] = kls.Count > 0 ? kls[^1] : null,
+            ["max_kl"] = kls.Count > 0 ? kls.Max() : null,
             ["iterations"] = cfg.Stages[last].Iterations,
             ["total_iterations"] = cfg.Stages.Sum(s => s.Iterations),
             ["seconds"] = Math.Round(seconds, 2),

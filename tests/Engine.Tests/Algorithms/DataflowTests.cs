@@ -29,7 +29,7 @@ public class DataflowTests
     }
 
     [Theory]
-    [InlineData("sft", 1)] [InlineData("rm", 2)] [InlineData("grpo", 4)] [InlineData("remax", 6)] [InlineData("dpo", 3)]
+    [InlineData("sft", 1)] [InlineData("rm", 2)] [InlineData("grpo", 4)] [InlineData("rloo", 4)] [InlineData("remax", 6)] [InlineData("dpo", 3)]
     public void EveryAlgorithmHasAValidGraph(string algorithm, int calls)
     {
         var g = DataflowGraph.For(algorithm, Batch);
@@ -37,6 +37,37 @@ public class DataflowTests
         Assert.All(g.Calls, c => Assert.Equal(8, c.BatchSize));
         var roles = AlgorithmNames.Roles(algorithm);
         Assert.All(g.Calls, c => Assert.Contains(c.Model, roles));
+    }
+
+    [Theory]
+    [InlineData("ppo", 5)] [InlineData("grpo", 3)] [InlineData("rloo", 3)] [InlineData("remax", 4)]
+    public void RuleBasedRewardHasNoRewardCall(string algorithm, int calls)
+    {
+        // reward.kind: task: the generation calls score their own samples on the master
+        var g = DataflowGraph.For(algorithm, Batch, rewardModel: false);
+        Assert.Equal(calls, g.Calls.Count);
+        var roles = AlgorithmNames.Roles(algorithm, rewardModel: false);
+        Assert.DoesNotContain("reward", roles);
+        Assert.All(g.Calls, c => Assert.Contains(c.Model, roles));
+        Assert.Contains("scores", g["actor_gen"].Outputs);
+        if (algorithm == "remax") Assert.Contains("greedy_scores", g["actor_greedy_gen"].Outputs);
+    }
+
+    [Theory]
+    [InlineData("ppo", "model")] [InlineData("ppo", "task")] [InlineData("grpo", "model")] [InlineData("grpo", "task")]
+    [InlineData("rloo", "model")] [InlineData("rloo", "task")] [InlineData("remax", "model")] [InlineData("remax", "task")]
+    [InlineData("dpo", "model")]
+    public void PlannerReadsTheEngineGraph(string algorithm, string rewardKind)
+    {
+        // `realn plan` must list exactly the calls `realn run --plan` executes, with the same models
+        bool rm = rewardKind == "model";
+        string models = "actor: { preset: tiny }\n  ref: { preset: tiny }" + (algorithm == "ppo" ? "\n  critic: { preset: tiny }" : "") +
+                        (rm && algorithm != "dpo" ? "\n  reward: { preset: tiny }" : "");
+        var exp = ReaLNative.Planner.Experiment.Parse($"algorithm: {algorithm}\nreward: {{ kind: {rewardKind} }}\nmodels:\n  {models}\n" +
+                                                       "batch: { size: 8, prompt_len: 16, gen_len: 8, minibatches: 2 }\n");
+        var g = DataflowGraph.For(algorithm, Batch, rm);
+        Assert.Equal(g.Calls.Select(c => (c.Name, c.Model)).Order(), exp.Calls.Select(c => (c.Name, c.Role)).Order());
+        Assert.Equal(g.Calls.Select(c => c.Model).Distinct().Order(), exp.Models.Keys.Order());
     }
 
     [Fact]

@@ -1,5 +1,7 @@
 // Each RLHF loss against values worked out by hand (the arithmetic is in the comments).
 using ReaLNative.Engine.Algorithms;
+using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Tasks;
 using ReaLNative.Interop;
 using Xunit;
 
@@ -9,42 +11,47 @@ public class LossTests
 {
     private const int P = 5; // decimal places for float32 results
 
+    private static bool[] All(int n) => Enumerable.Repeat(true, n).ToArray();
+
     [Fact]
     public void PpoPolicyClipsBothSides()
     {
-        // old logp 0, so ratio r = exp(logp). eps = 0.2, 4 masked tokens (the 5th is masked out).
+        // old logp 0, so ratio r = exp(logp). eps = 0.2, 4 one-token sequences, token mean.
         //  r=1.1 A=1 : s1=-1.1 s2=-1.1 -> -1.1, grad -A r / n = -1.1/4
         //  r=1.5 A=1 : s1=-1.5 s2=-1.2 -> -1.2 clipped, grad 0
         //  r=0.5 A=-1: s1= 0.5 s2= 0.8 -> 0.8 clipped, grad 0
         //  r=0.5 A=1 : s1=-0.5 s2=-0.8 -> -0.5 (unclipped branch is the max), grad -0.5/4
         // loss = (-1.1 - 1.2 + 0.8 - 0.5) / 4 = -0.5
-        float[] logp = [MathF.Log(1.1f), MathF.Log(1.5f), MathF.Log(0.5f), MathF.Log(0.5f), 3f];
-        float[] old = [0, 0, 0, 0, 0], adv = [1, 1, -1, 1, 2], mask = [1, 1, 1, 1, 0];
-        var g = new float[5];
-        var s = Losses.PpoPolicy(logp, old, adv, mask, 0.2, g);
+        float[] logp = [MathF.Log(1.1f), MathF.Log(1.5f), MathF.Log(0.5f), MathF.Log(0.5f)];
+        float[] old = [0, 0, 0, 0], adv = [1, 1, -1, 1];
+        var g = new float[4];
+        var s = Losses.ClippedPolicy(logp, old, adv, [], [0, 1, 2, 3, 4], All(4), 0.2, 0.2, "token", 0, g);
         Assert.Equal(-0.5, s.Loss, P);
         Assert.Equal(0.5, s.ClipFraction, P);
-        Assert.Equal(-(Math.Log(1.1) + Math.Log(1.5) + 2 * Math.Log(0.5)) / 4, s.ApproxKl, P);
         Assert.Equal(4, s.Tokens);
         Assert.Equal(-0.275, g[0], P);
         Assert.Equal(-0.125, g[3], P);
-        Assert.Equal(0, g[1]); Assert.Equal(0, g[2]); Assert.Equal(0, g[4]);
+        Assert.Equal(0, g[1]); Assert.Equal(0, g[2]);
     }
 
     [Fact]
     public void PpoPolicyGradientMatchesFiniteDifference()
     {
-        float[] logp = [-0.3f, -1.2f, -0.05f], old = [-0.35f, -1.0f, -0.4f], adv = [0.7f, -1.3f, 0.4f], mask = [1, 1, 1];
-        var g = new float[3];
-        Losses.PpoPolicy(logp, old, adv, mask, 0.2, g);
-        for (int i = 0; i < 3; i++)
+        float[] logp = [-0.3f, -1.2f, -0.05f], old = [-0.35f, -1.0f, -0.4f], adv = [0.7f, -1.3f, 0.4f], refLp = [-0.2f, -1.5f, -0.3f];
+        int[] cu = [0, 2, 3];
+        foreach (var agg in new[] { "token", "sequence" })
         {
-            const float h = 1e-3f;
-            var lp = (float[])logp.Clone(); lp[i] += h;
-            var lm = (float[])logp.Clone(); lm[i] -= h;
-            double fd = (Losses.PpoPolicy(lp, old, adv, mask, 0.2, new float[3]).Loss -
-                         Losses.PpoPolicy(lm, old, adv, mask, 0.2, new float[3]).Loss) / (2 * h);
-            Assert.Equal(fd, g[i], 3);
+            var g = new float[3];
+            Losses.ClippedPolicy(logp, old, adv, refLp, cu, All(2), 0.2, 0.28, agg, 0.1, g);
+            for (int i = 0; i < 3; i++)
+            {
+                const float h = 1e-3f;
+                var lp = (float[])logp.Clone(); lp[i] += h;
+                var lm = (float[])logp.Clone(); lm[i] -= h;
+                double fd = (Losses.ClippedPolicy(lp, old, adv, refLp, cu, All(2), 0.2, 0.28, agg, 0.1, new float[3]).Loss -
+                             Losses.ClippedPolicy(lm, old, adv, refLp, cu, All(2), 0.2, 0.28, agg, 0.1, new float[3]).Loss) / (2 * h);
+                Assert.Equal(fd, g[i], 3);
+            }
         }
     }
 
@@ -107,30 +114,6 @@ public class LossTests
     }
 
     [Fact]
-    public void GrpoGroupNormalisation()
-    {
-        // group [1, 2, 3]: (r - 2) / (0.816497 + 1e-5); group [5, 5, 5]: std 0 -> all 0
-        var r = Losses.GroupNormalize([1, 2, 3, 5, 5, 5], 3);
-        Assert.Equal(-1 / (Math.Sqrt(2.0 / 3) + 1e-5), r[0], P);
-        Assert.Equal(0, r[1], P);
-        Assert.Equal(1 / (Math.Sqrt(2.0 / 3) + 1e-5), r[2], P);
-        Assert.Equal([0f, 0f, 0f], r[3..]);
-        Assert.Throws<ArgumentException>(() => Losses.GroupNormalize([1, 2, 3], 2));
-    }
-
-    [Fact]
-    public void KlPenaltyK3()
-    {
-        // ref - logp = ln 2: k3 = 2 - ln 2 - 1 = 0.306853; d/dlogp = 1 - 2 = -1, times kl/n
-        float[] logp = [0, 0], refLp = [MathF.Log(2), MathF.Log(2)];
-        var g = new float[] { 1, 1 };
-        double added = Losses.KlPenaltyK3(logp, refLp, [1, 0], 0.5, g);
-        Assert.Equal(0.5 * (1 - Math.Log(2)), added, P);
-        Assert.Equal(1 - 0.5, g[0], P); // accumulated onto the existing 1
-        Assert.Equal(1, g[1]);
-    }
-
-    [Fact]
     public void DpoLoss()
     {
         // pair 0: h = (-1 - -2) - (-3 - -2) = 2, z = 0.5*2 = 1, loss softplus(-1) = 0.313262
@@ -158,5 +141,110 @@ public class LossTests
         Assert.Equal(0.059601, gr[0], P); Assert.Equal(0.365529, gr[1], P);
         // extreme margins stay finite
         Assert.True(double.IsFinite(Losses.PairwiseReward([-1000], [1000], new float[1], new float[1]).Loss));
+    }
+
+    [Fact]
+    public void ClippedPolicyAsymmetricClipAggregationAndK3()
+    {
+        // old logp 0 (r = exp(logp)); sequence 0 = tokens 0,1, sequence 1 = token 2; clip [1-0.2, 1+0.28].
+        //  t0 r=1.25 A=1 : s1=-1.25, s2=-1.25 (1.25 < 1.28, not clipped) -> -1.25, d/dlogp = -A r = -1.25
+        //  t1 r=0.7 A=-1 : s1=0.7, s2=0.8 -> 0.8 clipped, grad 0
+        //  t2 r=1 A=2    : -2, grad -2
+        // token:    w = 1/3       : surrogate (-1.25 + 0.8 - 2)/3 = -0.816667; grads [-1.25/3, 0, -2/3]
+        // sequence: w = 1/4, 1/2  : 0.25 (-1.25 + 0.8) + 0.5 (-2) = -1.1125;    grads [-0.3125, 0, -1]
+        float[] logp = [MathF.Log(1.25f), MathF.Log(0.7f), 0], old = [0, 0, 0], adv = [1, -1, 2];
+        int[] cu = [0, 2, 3];
+        var g = new float[3];
+        var t = Losses.ClippedPolicy(logp, old, adv, [], cu, All(2), 0.2, 0.28, "token", 0, g);
+        Assert.Equal(-0.816667, t.Loss, P); Assert.Equal(1 / 3.0, t.ClipFraction, P); Assert.Equal(3, t.Tokens);
+        Assert.Equal(-1.25 / 3, g[0], P); Assert.Equal(0, g[1]); Assert.Equal(-2 / 3.0, g[2], P);
+        var q = Losses.ClippedPolicy(logp, old, adv, [], cu, All(2), 0.2, 0.28, "sequence", 0, g);
+        Assert.Equal(-1.1125, q.Loss, P);
+        Assert.Equal(-0.3125, g[0], P); Assert.Equal(0, g[1]); Assert.Equal(-1, g[2], P);
+        // symmetric 0.2 clips t0 at 1.2: token surrogate (-1.2 + 0.8 - 2)/3 = -0.8, grad 0
+        var sym = Losses.ClippedPolicy(logp, old, adv, [], cu, All(2), 0.2, 0.2, "token", 0, g);
+        Assert.Equal(-0.8, sym.Loss, P); Assert.Equal(0, g[0]);
+        // k3 to the reference, ref - logp = ln 2 on t2: k3 = 2 - ln 2 - 1 = 0.306853, d k3/d logp = 1 - 2 = -1;
+        // kl_coef 0.1, token mean: KL term 0.1 * 0.306853 / 3, grad t2 (-2 + 0.1 * -1) / 3 = -0.7
+        float[] refLp = [logp[0], logp[1], MathF.Log(2)];
+        var k = Losses.ClippedPolicy(logp, old, adv, refLp, cu, All(2), 0.2, 0.28, "token", 0.1, g);
+        Assert.Equal(0.1 * (1 - Math.Log(2)) / 3, k.KlTerm, P);
+        Assert.Equal((1 - Math.Log(2)) / 3, k.K3, P);
+        Assert.Equal(-0.816667 + 0.1 * (1 - Math.Log(2)) / 3, k.Loss, P);
+        Assert.Equal(-0.7, g[2], P);
+        // a dropped sequence (dynamic sampling) neither counts in the mean nor gets a gradient: (-1.25 + 0.8) / 2
+        var d = Losses.ClippedPolicy(logp, old, adv, [], cu, [true, false], 0.2, 0.28, "token", 0, g);
+        Assert.Equal(-0.225, d.Loss, P); Assert.Equal(2, d.Tokens); Assert.Equal(-0.625, g[0], P); Assert.Equal(0, g[2]);
+    }
+
+    private static PpoConfig Opts(bool stdNorm = true, bool dynamic = false) =>
+        new(0.05, 0.2, 0.2, 1, 1, 1, true, 5) { StdNorm = stdNorm, DynamicSampling = dynamic };
+
+    [Fact]
+    public void GrpoAdvantagesWithAndWithoutStdNormalisation()
+    {
+        // group [1, 0, 0, 1]: mean 0.5, population std 0.5 -> +-0.5 / (0.5 + 1e-6); Dr. GRPO: +-0.5
+        // group [2, 2, 2, 2]: 0 (and dropped by dynamic sampling)
+        float[] r = [1, 0, 0, 1, 2, 2, 2, 2];
+        var a = new Grpo(Opts()).Advantages(r, [], 4);
+        Assert.Equal(0.5 / (0.5 + 1e-6), a[0], P); Assert.Equal(-0.5 / (0.5 + 1e-6), a[1], P);
+        Assert.Equal([0f, 0f, 0f, 0f], a[4..]);
+        var dr = new Grpo(Opts(stdNorm: false)).Advantages(r, [], 4);
+        Assert.Equal([0.5f, -0.5f, -0.5f, 0.5f, 0, 0, 0, 0], dr);
+        Assert.Equal([true, true, true, true, false, false, false, false], new Grpo(Opts(dynamic: true)).Keep(r, [], 4));
+        Assert.All(new Grpo(Opts()).Keep(r, [], 4), Assert.True);
+        Assert.Throws<ArgumentException>(() => new Grpo(Opts()).Advantages([1, 2, 3], [], 2));
+    }
+
+    [Fact]
+    public void RlooLeaveOneOutBaseline()
+    {
+        // [1, 0, 0, 1]: A_0 = 1 - (0 + 0 + 1)/3 = 2/3, A_1 = 0 - 2/3; [3, 1]: 3 - 1 = 2, 1 - 3 = -2
+        var a = new Rloo(Opts()).Advantages([1, 0, 0, 1], [], 4);
+        Assert.Equal(2 / 3.0, a[0], P); Assert.Equal(-2 / 3.0, a[1], P); Assert.Equal(-2 / 3.0, a[2], P); Assert.Equal(2 / 3.0, a[3], P);
+        Assert.Equal([2f, -2f], new Rloo(Opts()).Advantages([3, 1], [], 2));
+        Assert.Throws<ArgumentException>(() => new Rloo(Opts()).Advantages([3, 1], [], 1));
+    }
+
+    [Fact]
+    public void RemaxGreedyBaseline()
+    {
+        var remax = new Remax(Opts(dynamic: true));
+        Assert.Equal([0.5f, 0f, -1f], remax.Advantages([1, 0.5f, 0], [0.5f, 0.5f, 1], 1));
+        Assert.Equal([true, false, true], remax.Keep([1, 0.5f, 0], [0.5f, 0.5f, 1], 1));
+        Assert.Throws<ArgumentException>(() => remax.Advantages([1, 0.5f], [0.5f], 1));
+    }
+
+    [Fact]
+    public void IpoLoss()
+    {
+        // beta 0.5: target 1/(2 beta) = 1. pair 0: h = (-1 - -2) - (-3 - -2) = 2, (2 - 1)^2 = 1, d = 2 (2 - 1) / 2 = 1
+        // pair 1: h = 0, (0 - 1)^2 = 1, d = 2 (0 - 1) / 2 = -1. loss 1, accuracy 1/2 (h > 0), margin 1
+        var gc = new float[2]; var gr = new float[2];
+        var s = Losses.Ipo([-1, 0], [-3, 0], [-2, 0], [-2, 0], 0.5, gc, gr);
+        Assert.Equal(1, s.Loss, P); Assert.Equal(0.5, s.Accuracy); Assert.Equal(1, s.MeanMargin, P);
+        Assert.Equal([1f, -1f], gc); Assert.Equal([-1f, 1f], gr);
+        // DpoAlgorithm picks the loss by dpo.loss
+        var viaAlgo = new DpoAlgorithm(new DpoConfig(0.5) { Loss = "ipo" }).Loss([-1, 0], [-3, 0], [-2, 0], [-2, 0], gc, gr);
+        Assert.Equal(1, viaAlgo.Loss, P);
+        Assert.Equal(0.813262, new DpoAlgorithm(new DpoConfig(0.5)).Loss([-1, -3], [-3, -1], [-2, -2], [-2, -2], gc, gr).Loss, P);
+    }
+
+    [Fact]
+    public void OverlongPenaltyAndTaskReward()
+    {
+        // gen_len 8, buffer 3, penalty 1: free up to 5 tokens, then (5 - len) / 3
+        Assert.Equal(0, SequenceRewards.OverlongPenalty(5, 8, 3, 1.0));
+        Assert.Equal(-1 / 3.0, SequenceRewards.OverlongPenalty(6, 8, 3, 1.0), P);
+        Assert.Equal(-1, SequenceRewards.OverlongPenalty(8, 8, 3, 1.0), P);
+        Assert.Equal(-0.5, SequenceRewards.OverlongPenalty(9, 8, 3, 0.5), P);
+        Assert.Equal(0, SequenceRewards.OverlongPenalty(8, 8, 0, 1.0));
+        var task = SyntheticTask.Create(new TaskConfig("sort-digits", 3, 6));
+        var reward = SequenceRewards.Create(new RewardConfig("task"), task)!;
+        var ex = new TaskExample("312=", "123");
+        Assert.Equal(1f, reward.Score(ex, "123", endedWithEos: true));
+        Assert.Equal(0f, reward.Score(ex, "123", endedWithEos: false));   // truncated: not an answer
+        Assert.Equal(0f, reward.Score(ex, "132", endedWithEos: true));
+        Assert.Null(SequenceRewards.Create(new RewardConfig("model"), task));
     }
 }

@@ -18,9 +18,8 @@ public class ModelOpsTests
         var sb = new ScoredBatch(seqs, [2, 3]);
         var lp0 = ModelOps.LogProbs(m, sb, 1f, out var lse);
         var adv = sb.ActionIndex.Select((_, k) => k < 4 ? 1f : -1f).ToArray();   // seq 0 good, seq 1 bad
-        var mask = Enumerable.Repeat(1f, lp0.Length).ToArray();
         var g = new float[lp0.Length];
-        Losses.PpoPolicy(lp0, lp0, adv, mask, 0.2, g);
+        Losses.ClippedPolicy(lp0, lp0, adv, [], sb.ActionCu, [true, true], 0.2, 0.2, "token", 0, g);
         using var opt = new AdamW(m, new LrSchedule(1e-3f), clipGradNorm: 0);
         m.ZeroGrad();
         ModelOps.BackwardLogProbs(m, sb, 1f, lse, g);

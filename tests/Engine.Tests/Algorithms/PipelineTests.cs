@@ -95,4 +95,48 @@ public class PipelineTests
         }
         finally { Directory.Delete(d, true); }
     }
+
+    [Theory]
+    [InlineData("grpo", "task")] [InlineData("rloo", "task")] [InlineData("remax", "task")] [InlineData("ppo", "task")] [InlineData("dpo", "model")]
+    public void EveryAlgorithmRunsEndToEnd(string algorithm, string reward)
+    {
+        // SFT then two iterations of the algorithm: every train line reports its loss, reward and KL
+        // (finite); a task reward runs no reward model.
+        var cfg = ExperimentConfig.Parse($$"""
+            name: e2e
+            algorithm: {{algorithm}}
+            seed: 2
+            iterations: 2
+            task: { name: sort-digits, min_len: 3, max_len: 4 }
+            eval: { size: 8, every: 2 }
+            models:
+              actor:  { preset: tiny, init: sft }
+              ref:    { preset: tiny, init: sft }
+              critic: { preset: tiny, init: sft }
+            reward: { kind: {{reward}} }
+            batch: { size: 8, prompt_len: 8, gen_len: 6, minibatches: 2, group_size: {{(algorithm is "grpo" or "rloo" ? 4 : 1)}} }
+            ppo: { clip_eps_high: 0.28, dynamic_sampling: {{(algorithm == "rloo" ? "true" : "false")}}, overlong_buffer: 2 }
+            stages:
+              - { algorithm: sft, iterations: 4, models: { actor: { preset: tiny, init: random } }, optim: { lr: 3.0e-3 } }
+              - { algorithm: {{algorithm}}, optim: { lr: 5.0e-4 } }
+            """, Path.GetTempPath());
+        string d = TempDir();
+        try
+        {
+            using (var p = new Pipeline(cfg, d)) p.Run(resume: false);
+            var lines = File.ReadLines(Path.Combine(d, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!.AsObject()).Where(o => (int)o["stage"]! == 1).ToList();
+            Assert.DoesNotContain(lines, o => (string)o["call"]! is "rew_inf" or "rew_greedy_inf");
+            var train = lines.Where(o => (string)o["call"]! == "actor_train").ToList();
+            Assert.Equal(2, train.Count);
+            foreach (var o in train)
+            {
+                if (algorithm == "dpo" && (int)o["pairs"]! == 0) continue;
+                Assert.NotNull(o["loss"]); Assert.NotNull(o["kl"]);
+                if (algorithm != "dpo") Assert.InRange((double)o["reward_mean"]!, -1.0, 1.0);   // checker 0/1 plus overlong penalty in [-1, 0]
+            }
+            var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(d, "summary.json")))!;
+            Assert.NotNull(summary["final_task_score"]);
+        }
+        finally { Directory.Delete(d, true); }
+    }
 }

@@ -43,6 +43,7 @@ public class ConfigTests
     [InlineData("grpo-tiny.yaml", "grpo")]
     [InlineData("remax-tiny.yaml", "remax")]
     [InlineData("dpo-tiny.yaml", "dpo")]
+    [InlineData("rloo-tiny.yaml", "rloo")]
     public void ExamplesLoad(string file, string algorithm)
     {
         var cfg = ExperimentConfig.Load(Path.Combine(RepoRoot(), "examples", file));
@@ -86,7 +87,7 @@ public class ConfigTests
     {
         var e = Fails(Valid.Replace("algorithm: ppo\n", "algorithm: ppoo\n"));
         Assert.Equal("algorithm", e.FieldPath);
-        Assert.Contains("sft | rm | ppo | grpo | remax | dpo", e.Message);
+        Assert.Contains("sft | rm | ppo | grpo | remax | rloo | dpo", e.Message);
 
         e = Fails(Valid.Replace("{ preset: tiny, init: rm }\n  ref", "{ preset: huge, init: rm }\n  ref"));
         Assert.Equal("models.critic.preset", e.FieldPath);
@@ -223,6 +224,63 @@ public class ConfigTests
         Assert.Equal("batch", e.FieldPath);
         e = Fails(Valid.Replace("stages:\n", "stages: 3\nx:\n"));
         Assert.Equal("x", e.FieldPath);
+    }
+
+    private const string TaskRewarded = """
+        algorithm: grpo
+        iterations: 5
+        task: { name: sort-digits, min_len: 3, max_len: 5 }
+        models: { actor: { preset: tiny, init: sft }, ref: { preset: tiny, init: sft } }
+        reward: { kind: task }
+        batch: { size: 8, prompt_len: 16, gen_len: 8, group_size: 4 }
+        stages:
+          - { algorithm: sft, iterations: 2, models: { actor: { preset: tiny, init: random } } }
+          - { algorithm: grpo }
+        """;
+
+    [Fact]
+    public void TaskRewardNeedsNoRewardModelAndDropsTheRewardCall()
+    {
+        var cfg = ExperimentConfig.Parse(TaskRewarded, Path.GetTempPath());
+        var st = cfg.Stages[1];
+        Assert.Equal("task", st.Reward.Kind);
+        Assert.False(st.UsesRewardModel);
+        Assert.Equal(["actor", "ref"], st.Models.Keys.Order());
+        var g = ReaLNative.Engine.Dataflow.DataflowGraph.For(st);
+        Assert.DoesNotContain(g.Calls, c => c.Model == "reward");
+        Assert.Contains("scores", g["actor_gen"].Outputs);
+        // a reward model named anyway is not needed, and an unknown kind lists the allowed ones
+        var e = Fails(TaskRewarded.Replace("kind: task", "kind: judge"));
+        Assert.Equal("reward.kind", e.FieldPath);   // the shared top-level section names its own path
+        Assert.Contains("model | task", e.Message);
+        // without `reward`, grpo still wants its reward model
+        e = Fails(TaskRewarded.Replace("reward: { kind: task }\n", ""));
+        Assert.Equal("stages[1].models.reward", e.FieldPath);
+        // rloo is grouped like grpo
+        e = Fails(TaskRewarded.Replace("grpo", "rloo").Replace("group_size: 4", "group_size: 1"));
+        Assert.Equal("stages[1].batch.group_size", e.FieldPath);
+    }
+
+    [Fact]
+    public void PolicyGradientOptionsDefaultAndValidate()
+    {
+        var st = ExperimentConfig.Parse(TaskRewarded, Path.GetTempPath()).Stages[1];
+        Assert.Equal(0.2, st.Ppo.ClipEpsLow); Assert.Equal(0.2, st.Ppo.ClipEpsHigh);
+        Assert.Equal("sequence", st.Ppo.LossAgg);            // GRPO as published
+        Assert.True(st.Ppo.StdNorm); Assert.False(st.Ppo.DynamicSampling); Assert.Equal(0, st.Ppo.OverlongBuffer);
+        var dapo = ExperimentConfig.Parse(TaskRewarded.Replace("reward: { kind: task }",
+            "reward: { kind: task }\nppo: { clip_eps_low: 0.2, clip_eps_high: 0.28, loss_agg: token, dynamic_sampling: true, overlong_buffer: 3, std_norm: false }"),
+            Path.GetTempPath()).Stages[1].Ppo;
+        Assert.Equal(0.28, dapo.ClipEpsHigh); Assert.Equal("token", dapo.LossAgg); Assert.True(dapo.DynamicSampling);
+        Assert.Equal(3, dapo.OverlongBuffer); Assert.False(dapo.StdNorm);
+        var e = Fails(TaskRewarded.Replace("reward: { kind: task }", "reward: { kind: task }\nppo: { overlong_buffer: 8 }"));
+        Assert.Equal("stages[1].ppo.overlong_buffer", e.FieldPath);
+        e = Fails(TaskRewarded.Replace("reward: { kind: task }", "reward: { kind: task }\nppo: { loss_agg: mean }"));
+        Assert.Contains("token | sequence", e.Message);
+        e = Fails(TaskRewarded.Replace("reward: { kind: task }", "reward: { kind: task }\ndpo: { loss: hinge }"));
+        Assert.Contains("sigmoid | ipo", e.Message);
+        // PPO's default aggregation stays the token mean
+        Assert.Equal("token", ExperimentConfig.Parse(Valid, Path.GetTempPath()).Stages[2].Ppo.LossAgg);
     }
 
     [Fact]
