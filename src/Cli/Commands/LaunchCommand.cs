@@ -121,13 +121,16 @@ public static class LaunchCommand
             Executable = exe, ExecutablePrefix = prefix, ExternalWorkers = true, LocalRanks = ranks, Bind = $"tcp://{bind ?? host}:{port}",
             WorkerBindHost = wbind, Node = Environment.MachineName + "/0", Secret = secret, Job = job, ThreadsPerWorker = threads,
             StartTimeout = TimeSpan.FromSeconds(startTimeout),
+            JoinNote = m => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(m)}[/]"),
         });
+        AnsiConsole.MarkupLine($"all {nodes} node(s) joined: {devices} model workers");
+        PlanReport.PrintPlan(plan, planPath, $"devices: {devices} model worker processes, {dpn} per node ({threads} OpenMP thread(s) each), node 0 runs the master (UCX rank {devices})");
         Pipeline pipeline;
         try
         {
             pipeline = new Pipeline(cfg, outDir, plan: plan, hosts: n => n == devices ? pool : throw new InvalidOperationException($"the plan needs {n} devices, the launch has {devices}"),
                 progress: ev => AnsiConsole.MarkupLine($"[grey]{ev.Algorithm} {ev.Iteration}/{ev.Iterations}[/] " +
-                    Markup.Escape(string.Join("  ", ev.Figures.Where(kv => kv.Key is "loss" or "reward_mean" or "task_score").Select(kv => $"{kv.Key} {kv.Value:F3}")))),
+                    Markup.Escape(string.Join("  ", ev.Figures.Where(kv => kv.Key is "loss" or "reward_mean" or "task_score").Select(kv => $"{kv.Key} {HumanOutput.Num(kv.Value)}")))),
                 note: n => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(n)}[/]"));
         }
         catch (ConfigException e)
@@ -135,16 +138,19 @@ public static class LaunchCommand
             pool.Dispose();
             throw new UsageException($"{planPath}: {e.Message}");
         }
+        System.Text.Json.Nodes.JsonObject summary;
         try
         {
             using (pipeline)
             {
-                var summary = pipeline.Run(resume);
-                AnsiConsole.MarkupLine($"task score {summary["initial_task_score"]} -> {summary["final_task_score"]}, reward {summary["initial_reward"]} -> {summary["final_reward"]}, {summary["seconds"]} s");
+                summary = pipeline.Run(resume);
             }
         }
         finally { pool.Dispose(); }  // workers shut down (or killed), launchers told the job is over
         Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"));
+        PlanReport.PrintMeasured(plan, Path.Combine(outDir, "metrics.jsonl"));
+        AnsiConsole.MarkupLine(Markup.Escape(HumanOutput.SummaryLine(summary)));
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "summary.json"))}, metrics.jsonl, curves.png");
         return 0;
     }
 }

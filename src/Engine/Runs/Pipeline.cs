@@ -460,10 +460,12 @@ internal sealed class Pipeline : IDisposable
     /// <summary>Greedy held-out task score of the current actor; writes an "eval" metric line.</summary>
     private double Evaluate(StageConfig stage, int step)
     {
+        var clock = Stopwatch.StartNew();
         var actor = new SingleModelCalls(_models["actor"], () => null);
         var r = Generate(stage, actor, _heldOut, 0, "eval", greedy: true);
         double score = Enumerable.Range(0, _heldOut.Length).Average(i => _task.Score(_heldOut[i].Prompt, r.Completions[i]));
-        WriteMetric(new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = step, ["call"] = "eval", ["task_score"] = score });
+        WriteMetric(new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = step, ["call"] = "eval", ["task_score"] = score,
+                                     ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 5) });
         if (step == 0) _progress?.Invoke(new ProgressEvent(stage.Index, stage.Algorithm, 0, stage.Iterations, new Dictionary<string, double> { ["task_score"] = score }));
         return score;
     }

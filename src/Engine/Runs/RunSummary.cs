@@ -15,14 +15,20 @@ internal static class RunSummary
         var evals = final.Where(l => (string)l["call"]! == "eval").ToList();
         var rewards = final.Where(l => l["reward_mean"] is not null && (string)l["call"]! is "actor_train").ToList();
         var stages = new JsonArray();
+        double accounted = 0;
         foreach (var st in cfg.Stages)
         {
             var own = lines.Where(l => (int)l["stage"]! == st.Index).ToList();
             var ev = own.Where(l => (string)l["call"]! == "eval").ToList();
+            double callSeconds = own.Where(l => l["seconds"] is not null && (string)l["call"]! != "eval").Sum(l => (double)l["seconds"]!);
+            double evalSeconds = ev.Where(l => l["seconds"] is not null).Sum(l => (double)l["seconds"]!);
+            accounted += callSeconds + evalSeconds;
             stages.Add(new JsonObject
             {
                 ["algorithm"] = st.Algorithm, ["iterations"] = st.Iterations,
-                ["seconds"] = Math.Round(own.Where(l => l["seconds"] is not null).Sum(l => (double)l["seconds"]!), 3),
+                ["seconds"] = Math.Round(callSeconds + evalSeconds, 3),
+                ["calls_seconds"] = Math.Round(callSeconds, 3),
+                ["eval_seconds"] = Math.Round(evalSeconds, 3),
                 ["initial_task_score"] = ev.Count > 0 ? (double?)ev[0]["task_score"] : null,
                 ["final_task_score"] = ev.Count > 0 ? (double?)ev[^1]["task_score"] : null,
             });
@@ -37,6 +43,9 @@ internal static class RunSummary
             ["iterations"] = cfg.Stages[last].Iterations,
             ["total_iterations"] = cfg.Stages.Sum(s => s.Iterations),
             ["seconds"] = Math.Round(seconds, 2),
+            // The wall time no stage's calls or evaluations account for: model set-up and stage
+            // artifacts, checkpoints, data preparation, reallocation waits between calls.
+            ["other_seconds"] = Math.Round(Math.Max(0, seconds - accounted), 2),
             ["stages"] = stages,
         };
     }

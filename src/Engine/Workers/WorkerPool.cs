@@ -55,6 +55,9 @@ internal sealed record WorkerPoolOptions
     /// <summary>Extra environment for spawned workers (tests, UCX settings).</summary>
     public IReadOnlyDictionary<string, string> Environment { get; init; } = new Dictionary<string, string>();
     public ILogger? Log { get; init; }
+    /// <summary>Progress of the join for the person waiting (every 10 s: which ranks are still
+    /// missing, and when the deadline falls); null: silent.</summary>
+    public Action<string>? JoinNote { get; init; }
 }
 
 /// <summary>A worker's failure: which worker, on which node, during which call, and its last error.</summary>
@@ -155,10 +158,22 @@ internal sealed class WorkerPool : IReplicaHost
     private void JoinWatching(ControlClient self)
     {
         var join = Task.Run(() => Rendezvous.Join(self, _transport, _o.StartTimeout));
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        var nextNote = TimeSpan.FromSeconds(10);
         while (!join.Wait(TimeSpan.FromMilliseconds(100)))
+        {
             for (int r = 0; r < Devices; r++)
                 if (ExitOf(r) is { } code)
                     Fail($"worker {r} exited with code {code} before joining the job{StderrTail(r)}");
+            if (_o.JoinNote is { } note && waited.Elapsed >= nextNote)
+            {
+                nextNote += TimeSpan.FromSeconds(10);
+                var missing = Enumerable.Range(0, Devices).Where(r => _rv.Info(r) is null).ToList();
+                if (missing.Count > 0)
+                    note($"waiting for worker rank(s) {string.Join(",", missing)} to join ({waited.Elapsed.TotalSeconds:F0} s of {_o.StartTimeout.TotalSeconds:F0} s); " +
+                         "is `realn launch` running on every node, in a directory where CONFIG and PLAN exist?");
+            }
+        }
         join.GetAwaiter().GetResult();
     }
 
