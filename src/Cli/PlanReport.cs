@@ -21,7 +21,7 @@ internal static class PlanReport
             int d0 = c.Mesh.FirstDevice(dpn);
             string devices = c.Mesh.NodeCount == 1 ? (c.Mesh.Size == 1 ? $"{d0}" : $"{d0}..{d0 + c.Mesh.Size - 1}")
                 : string.Join(",", Enumerable.Range(0, c.Mesh.Size).Select(r => c.Mesh.Device(r, dpn)));
-            string est = plan.Estimate?.CallSeconds is { } cs && cs.TryGetValue(c.Name, out double v) ? HumanOutput.Num(v) : "";
+            string est = plan.Estimate?.CallSeconds is { } cs && cs.TryGetValue(c.Name, out double v) ? Commands.PlanCommand.S(v) : "";
             table.AddRow(Markup.Escape(c.Name), Markup.Escape(c.Model), PlanJson.TypeName(c.Type), Markup.Escape(c.Mesh.ToString()), devices,
                          c.Strategy.ToString(), c.MicroBatches.ToString(), est);
         }
@@ -50,7 +50,7 @@ internal static class PlanReport
             double measured = mine.Sum(l => (double)l["seconds"]!) / Math.Max(1, iterations);
             double? est = plan.Estimate?.CallSeconds is { } cs && cs.TryGetValue(c.Name, out double v) ? v : null;
             table.AddRow(Markup.Escape(c.Name), Markup.Escape(c.Mesh.ToString()), c.Strategy.ToString(), HumanOutput.Num(measured),
-                         est is null ? "n/a" : HumanOutput.Num(est), est is > 0 ? $"{measured / est.Value:F1}x" : "");
+                         est is null ? "n/a" : Commands.PlanCommand.S(est.Value), est is > 0 ? $"{measured / est.Value:F1}x" : "");
         }
         AnsiConsole.MarkupLine($"per call, stage {stage} ({Markup.Escape((string)own[0]["algorithm"]!)}), mean over its iterations:");
         AnsiConsole.Write(table);

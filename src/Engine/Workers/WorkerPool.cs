@@ -58,6 +58,7 @@ internal sealed record WorkerPoolOptions
     /// <summary>Progress of the join for the person waiting (every 10 s: which ranks are still
     /// missing, and when the deadline falls); null: silent.</summary>
     public Action<string>? JoinNote { get; init; }
+    public TimeSpan JoinNoteEvery { get; init; } = TimeSpan.FromSeconds(10);
 }
 
 /// <summary>A worker's failure: which worker, on which node, during which call, and its last error.</summary>
@@ -159,7 +160,7 @@ internal sealed class WorkerPool : IReplicaHost
     {
         var join = Task.Run(() => Rendezvous.Join(self, _transport, _o.StartTimeout));
         var waited = System.Diagnostics.Stopwatch.StartNew();
-        var nextNote = TimeSpan.FromSeconds(10);
+        var nextNote = _o.JoinNoteEvery;
         while (!join.Wait(TimeSpan.FromMilliseconds(100)))
         {
             for (int r = 0; r < Devices; r++)
@@ -167,7 +168,7 @@ internal sealed class WorkerPool : IReplicaHost
                     Fail($"worker {r} exited with code {code} before joining the job{StderrTail(r)}");
             if (_o.JoinNote is { } note && waited.Elapsed >= nextNote)
             {
-                nextNote += TimeSpan.FromSeconds(10);
+                nextNote += _o.JoinNoteEvery;
                 var missing = Enumerable.Range(0, Devices).Where(r => _rv.Info(r) is null).ToList();
                 if (missing.Count > 0)
                     note($"waiting for worker rank(s) {string.Join(",", missing)} to join ({waited.Elapsed.TotalSeconds:F0} s of {_o.StartTimeout.TotalSeconds:F0} s); " +

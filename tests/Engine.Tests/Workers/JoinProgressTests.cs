@@ -1,0 +1,29 @@
+// A multi-node master waiting for its workers says, while it waits, which ranks have not joined and
+// when it gives up (a node started in the wrong directory used to leave node 0 silent until the
+// deadline).
+using ReaLNative.Engine.Workers;
+using Xunit;
+
+namespace ReaLNative.Engine.Tests.Workers;
+
+[Collection("worker processes")]
+public sealed class JoinProgressTests
+{
+    [Fact]
+    public void WaitingMasterNamesTheMissingRanksWhileItWaits()
+    {
+        var notes = new List<string>();
+        var e = Assert.Throws<TimeoutException>(() => new WorkerPool(2, new WorkerPoolOptions
+        {
+            ExternalWorkers = true, LocalRanks = [], StartTimeout = TimeSpan.FromSeconds(3.2),
+            JoinNoteEvery = TimeSpan.FromSeconds(1), JoinNote = n => { lock (notes) notes.Add(n); },
+        }).Dispose());
+        Assert.Contains("missing", e.Message);
+        lock (notes)
+        {
+            Assert.InRange(notes.Count, 2, 4);
+            Assert.All(notes, n => Assert.StartsWith("waiting for worker rank(s) 0,1 to join (", n));
+            Assert.Contains("of 3 s", notes[0]);
+        }
+    }
+}
