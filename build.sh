@@ -5,6 +5,8 @@
 #   ./build.sh pack     native + the ReaLNative packages (ReaLNative, .Interop, .Planner) into
 #                       artifacts/feed, versioned 0.1.0-dev.<UTC time> so a new pack never meets a
 #                       stale copy in a NuGet cache; prints the version
+#   ./build.sh docs-check  build, then only the tests that execute README.md (command table vs
+#                       --help both ways, the embedding steps and example in a fresh folder)
 #   ./build.sh clean    remove build outputs
 # Re-running is fast when nothing changed: cmake and dotnet build incrementally, apt is only
 # consulted when a package is missing.
@@ -112,6 +114,9 @@ case "${1:-build}" in
   build) ensure_packages; build_native; build_managed; log "done: ./realn --help" ;;
   test) ensure_packages; build_native; build_managed; run_tests ;;
   pack) ensure_packages; build_native; pack_packages ;;
+  docs-check) ensure_packages; build_native; build_managed
+    dotnet test tests/Engine.Tests -c Release --no-build -nologo -v q --logger "console;verbosity=normal" \
+      --filter "FullyQualifiedName~ReaLNative.Engine.Tests.Docs|FullyQualifiedName~ReaLNative.Engine.Tests.Hosting.PackageTests" ;;
   clean) rm -rf native/build realn; dotnet clean ReaLNative.sln -c Release -v q >/dev/null ;;
-  *) echo "usage: ./build.sh [build|test|pack|clean]" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh [build|test|pack|docs-check|clean]" >&2; exit 2 ;;
 esac

@@ -147,7 +147,7 @@ public static class LaunchCommand
             }
         }
         finally { pool.Dispose(); }  // workers shut down (or killed), launchers told the job is over
-        Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"));
+        Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"), $"{cfg.Name}: training curves");
         PlanReport.PrintMeasured(plan, Path.Combine(outDir, "metrics.jsonl"));
         AnsiConsole.MarkupLine(Markup.Escape(HumanOutput.SummaryLine(summary)));
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "summary.json"))}, metrics.jsonl, curves.png");

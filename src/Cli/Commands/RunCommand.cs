@@ -128,7 +128,7 @@ public static class RunCommand
                     summary = pipeline.Run(resume);
                     foreach (var b in bars) b.StopTask();
                 });
-        Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"));
+        Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"), $"{cfg.Name}: training curves");
         if (plan is not null) PlanReport.PrintMeasured(plan, Path.Combine(outDir, "metrics.jsonl"));
         AnsiConsole.MarkupLine(Markup.Escape(HumanOutput.SummaryLine(summary)));
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "summary.json"))}, metrics.jsonl, curves.png");
