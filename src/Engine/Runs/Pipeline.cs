@@ -168,6 +168,9 @@ internal sealed class Pipeline : IDisposable
         Directory.CreateDirectory(_out);
         int startStage = 0, startIter = 0;
         double priorSeconds = 0;
+        // Wall time of each stage (set-up, iterations, evaluations, checkpoints): summary.json's
+        // per-stage seconds; carried in checkpoints so a resumed run accounts for both halves.
+        var stageSeconds = new double[_cfg.Stages.Count];
         _resumeNotes.Clear();
         _resumeDir = null; _resumeState = null;
         var chosen = resume ? SelectCheckpoint() : null;
@@ -178,6 +181,8 @@ internal sealed class Pipeline : IDisposable
             _resumeDir = c.Dir; _resumeState = st;
             startStage = (int)st["stage"]!; startIter = (int)st["next_iteration"]!;
             _metricLines = (int)st["metric_lines"]!; priorSeconds = (double)st["seconds"]!;
+            if (st["stage_seconds"] is JsonArray prior && prior.Count == stageSeconds.Length)
+                for (int i = 0; i < prior.Count; i++) stageSeconds[i] = prior[i] is JsonValue v && v.TryGetValue(out double d) ? d : 0;
             var kept = File.Exists(MetricsPath) ? File.ReadLines(MetricsPath).Take(_metricLines).ToList() : [];
             if (kept.Count != _metricLines) throw new InvalidDataException($"{MetricsPath} has fewer lines than the checkpoint recorded ({_metricLines})");
             File.WriteAllLines(MetricsPath, kept);
@@ -198,6 +203,7 @@ internal sealed class Pipeline : IDisposable
             var stage = _cfg.Stages[s];
             int first = s == startStage ? startIter : 0;
             if (first >= stage.Iterations) continue;
+            var stageClock = Stopwatch.StartNew();
             SetUpStage(stage, resumeFrom: s == startStage && first > 0);
             var graph = DataflowGraph.For(stage.Algorithm, stage.Batch);
             var exec = new MeshExecutor(graph, Handlers(stage), DevicesOf);
@@ -227,12 +233,17 @@ internal sealed class Pipeline : IDisposable
                 if (it + 1 == stage.Iterations && AlgorithmNames.Produces(stage.Algorithm) is { } prod)
                     CheckpointStore.WriteArtifact(Path.Combine(CkptDir, prod.Artifact), tmp => Safetensors.Save(_models[prod.Role], tmp));
                 if (ckpt)
-                    SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds);
+                {
+                    var upToNow = (double[])stageSeconds.Clone();
+                    upToNow[s] += stageClock.Elapsed.TotalSeconds;
+                    SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds, upToNow);
+                }
             }
+            stageSeconds[s] += stageClock.Elapsed.TotalSeconds;
         }
         _metrics.Dispose();
         _metrics = null;
-        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds);
+        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds, stageSeconds);
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }
@@ -380,7 +391,7 @@ internal sealed class Pipeline : IDisposable
         _callReplica.TryGetValue(call, out var r) ? new ReplicaCalls(r, _replicas[role])
             : new SingleModelCalls(_models[role], () => _optims.GetValueOrDefault(role));
 
-    private void SaveCheckpoint(StageConfig stage, int nextIteration, double seconds)
+    private void SaveCheckpoint(StageConfig stage, int nextIteration, double seconds, double[] stageSeconds)
     {
         // CheckpointStore fsyncs every file, writes manifest.json last, renames step-N.tmp -> step-N
         // and moves the `latest` pointer; a crash at any point leaves the previous checkpoint usable.
@@ -398,6 +409,7 @@ internal sealed class Pipeline : IDisposable
             {
                 ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["next_iteration"] = nextIteration,
                 ["metric_lines"] = _metricLines, ["seconds"] = seconds, ["optimizer_steps"] = steps,
+                ["stage_seconds"] = new JsonArray(stageSeconds.Select(x => (JsonNode?)JsonValue.Create(Math.Round(x, 3))).ToArray()),
             };
             File.WriteAllText(Path.Combine(tmp, "state.json"), state.ToJsonString());
         });

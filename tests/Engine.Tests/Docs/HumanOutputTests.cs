@@ -66,6 +66,7 @@ public sealed class HumanOutputTests : IDisposable
         Assert.Matches(@"(?m)^task score \d\.\d{3} -> \d\.\d{3}, [\d.]+ s$", output);
         Assert.DoesNotMatch(@"\d\.\d{4,}", output);  // no unrounded figure anywhere
         Assert.Contains("wrote ", output);
+        AssertWallTimeAccountedFor(Path.Combine(_dir, "sft", "summary.json"), sequentialCalls: true);
     }
 
     [Fact]
@@ -81,10 +82,22 @@ public sealed class HumanOutputTests : IDisposable
         Assert.Matches(@"│ actor_gen +│ actor +│ generate +│ n0:d\d-\d +│", output);
         Assert.Contains("measured s/iter", output);
         Assert.Matches(@"│ critic_train +│ n0:d\d-\d +│ \d/\d/\d +│ \d+\.\d+ +│ \d+\.\d+ +│ \d+\.\dx", output);
-        // summary.json: the stages' calls and evaluations plus other_seconds are the wall time.
-        var s = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "summary.json")))!.AsObject();
+        AssertWallTimeAccountedFor(Path.Combine(outDir, "summary.json"));  // calls overlap here: they may sum past a stage's wall time
+    }
+
+    /// <summary>summary.json: the stages' wall times plus other_seconds are the run's seconds (the
+    /// old summary's stage times covered only the calls: 57.7 of 78 s).</summary>
+    private static void AssertWallTimeAccountedFor(string summaryPath, bool sequentialCalls = false)
+    {
+        var s = JsonNode.Parse(File.ReadAllText(summaryPath))!.AsObject();
+        double total = (double)s["seconds"]!;
         double parts = s["stages"]!.AsArray().Sum(st => (double)st!["seconds"]!) + (double)s["other_seconds"]!;
-        Assert.InRange(parts, (double)s["seconds"]! - 0.05, (double)s["seconds"]! + 0.05);
-        Assert.All(s["stages"]!.AsArray(), st => Assert.Equal((double)st!["seconds"]!, (double)st["calls_seconds"]! + (double)st["eval_seconds"]!, 2));
+        Assert.InRange(parts, total - 0.05, total + 0.05);
+        Assert.InRange((double)s["other_seconds"]!, 0, Math.Max(0.5, total * 0.2));
+        foreach (var st in s["stages"]!.AsArray())
+        {
+            Assert.InRange((double)st!["eval_seconds"]!, 0, (double)st["seconds"]! + 0.01);
+            if (sequentialCalls) Assert.InRange((double)st["calls_seconds"]! + (double)st["eval_seconds"]!, 0, (double)st["seconds"]! + 0.01);
+        }
     }
 }
