@@ -2,6 +2,11 @@
 # ReaLNative's one entry point.
 #   ./build.sh          install missing system packages, build native (Release) + managed, write ./realn
 #   ./build.sh test     the above, then every test suite (ctest + dotnet test); non-zero on any failure
+#   ./build.sh pack     native + the ReaLNative packages (ReaLNative, .Interop, .Planner) into
+#                       artifacts/feed, versioned 0.1.0-dev.<UTC time> so a new pack never meets a
+#                       stale copy in a NuGet cache; prints the version
+#   ./build.sh docs-check  build, then only the tests that execute README.md (command table vs
+#                       --help both ways, the embedding steps and example in a fresh folder)
 #   ./build.sh clean    remove build outputs
 # Re-running is fast when nothing changed: cmake and dotnet build incrementally, apt is only
 # consulted when a package is missing.
@@ -100,9 +105,28 @@ run_tests() {
   return $failed
 }
 
+# The packages a host references. Each pack gets its own version, so a host's restore never takes an
+# older build from its NuGet cache (which never refreshes a version it already holds).
+pack_packages() {
+  local feed="$ROOT/artifacts/feed" version
+  version="0.1.0-dev.$(date -u +%Y%m%d%H%M%S)"
+  log "managed (Release): src/Engine and its dependencies"
+  dotnet build src/Engine/ReaLNative.Engine.csproj -c Release -nologo -v q -clp:ErrorsOnly
+  mkdir -p "$feed"
+  log "packing ReaLNative $version into $feed"
+  for p in src/Interop/ReaLNative.Interop.csproj src/Planner/ReaLNative.Planner.csproj src/Engine/ReaLNative.Engine.csproj; do
+    dotnet pack "$p" -c Release --no-build -o "$feed" -p:PackageVersion="$version" -nologo -v q -clp:ErrorsOnly
+  done
+  echo "packed ReaLNative $version into $feed"
+}
+
 case "${1:-build}" in
   build) ensure_packages; build_native; build_managed; log "done: ./realn --help" ;;
   test) ensure_packages; build_native; build_managed; run_tests ;;
+  pack) ensure_packages; build_native; pack_packages ;;
+  docs-check) ensure_packages; build_native; build_managed
+    dotnet test tests/Engine.Tests -c Release --no-build -nologo -v q --logger "console;verbosity=normal" \
+      --filter "FullyQualifiedName~ReaLNative.Engine.Tests.Docs|FullyQualifiedName~ReaLNative.Engine.Tests.Hosting.PackageTests" ;;
   clean) rm -rf native/build realn; dotnet clean ReaLNative.sln -c Release -v q >/dev/null ;;
-  *) echo "usage: ./build.sh [build|test|clean]" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh [build|test|pack|docs-check|clean]" >&2; exit 2 ;;
 esac

@@ -5,6 +5,7 @@ using System.CommandLine;
 using ReaLNative.Cli;
 using ReaLNative.Cli.Commands;
 
+HumanOutput.Configure();
 var root = new RootCommand("ReaLNative: RLHF training with parameter reallocation");
 root.Subcommands.Add(SelfTestCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
@@ -13,4 +14,5 @@ root.Subcommands.Add(LaunchCommand.Create());
 root.Subcommands.Add(PlanCommand.Create());
 root.Subcommands.Add(ProfileCommand.Create());
 root.Subcommands.Add(WorkerCommand.Create());
+HelpText.Add(root);
 return await CliRunner.InvokeAsync(root, args);

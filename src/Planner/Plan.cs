@@ -1,5 +1,5 @@
 // The execution plan: the contract between the planner (writes it) and the engine (runs it).
-// JSON format in DESIGN.md; PlanJson reads/writes it, PlanValidator checks it against a cluster
+// JSON format in docs/plan-format.md; PlanJson reads/writes it, PlanValidator checks it against a cluster
 // and an experiment with field-path errors.
 using System.Text.Json;
 
@@ -38,10 +38,11 @@ public readonly record struct Strategy(int Pp, int Dp, int Tp)
 /// <summary>One call of the plan: which mesh and strategy the call of <see cref="Model"/> runs on.</summary>
 public sealed record PlanCall(string Name, string Model, CallType Type, Mesh Mesh, Strategy Strategy, int MicroBatches);
 
-/// <summary>Planner estimate stored with a plan (informational for the engine).</summary>
-public sealed record PlanEstimate(double IterationSeconds, long[] PeakMemoryBytes);
+/// <summary>Planner estimate stored with a plan (informational for the engine; `realn run --plan`
+/// prints each call's measured time beside <see cref="CallSeconds"/>).</summary>
+public sealed record PlanEstimate(double IterationSeconds, long[] PeakMemoryBytes, IReadOnlyDictionary<string, double>? CallSeconds = null);
 
-/// <summary>An execution plan (DESIGN.md, "Execution plan"). Produced by <c>realn plan</c>,
+/// <summary>An execution plan (docs/plan-format.md). Produced by <c>realn plan</c>,
 /// consumed by <c>realn run</c>/<c>realn launch</c>; validate with <see cref="PlanValidator"/>.</summary>
 public sealed record Plan(int Nodes, int DevicesPerNode, IReadOnlyList<PlanCall> Calls, PlanEstimate? Estimate)
 {
@@ -78,6 +79,12 @@ public static class PlanJson
             w.WriteStartObject("estimate");
             w.WriteNumber("iteration_seconds", Math.Round(e.IterationSeconds, 6));
             w.WriteStartArray("peak_memory_bytes"); foreach (var b in e.PeakMemoryBytes) w.WriteNumberValue(b); w.WriteEndArray();
+            if (e.CallSeconds is { } cs)
+            {
+                w.WriteStartObject("call_seconds");
+                foreach (var c in p.Calls) if (cs.TryGetValue(c.Name, out double v)) w.WriteNumber(c.Name, Math.Round(v, 6));
+                w.WriteEndObject();
+            }
             w.WriteEndObject();
         }
         w.WriteEndObject();
@@ -159,7 +166,10 @@ public static class PlanJson
             {
                 var peaks = e.TryGetProperty("peak_memory_bytes", out var pk) && pk.ValueKind == JsonValueKind.Array
                     ? pk.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.Number ? x.GetInt64() : 0L).ToArray() : [];
-                est = new PlanEstimate(it.GetDouble(), peaks);
+                Dictionary<string, double>? callSeconds = null;
+                if (e.TryGetProperty("call_seconds", out var cs) && cs.ValueKind == JsonValueKind.Object)
+                    callSeconds = cs.EnumerateObject().Where(x => x.Value.ValueKind == JsonValueKind.Number).ToDictionary(x => x.Name, x => x.Value.GetDouble());
+                est = new PlanEstimate(it.GetDouble(), peaks, callSeconds);
             }
             return new Plan(nodes, dpn, list, est);
         }

@@ -65,7 +65,10 @@ public static class PlanSearch
             var o = p.Options[i][choice[i]].Option;
             return new PlanCall(c.Name, c.Role, c.Type, o.Mesh, o.Strategy, o.MicroBatches);
         }).ToList();
-        var plan = new Plan(p.Cluster.Nodes, p.Cluster.DevicesPerNode, calls, new PlanEstimate(e.IterationSeconds, peak.Select(x => (long)x).ToArray()));
+        var tasks = new List<SimTask>();
+        ev.Simulate(choice, 1, tasks);
+        var callSeconds = tasks.Where(t => !t.IsRealloc).GroupBy(t => t.Name).ToDictionary(g => g.Key, g => g.Sum(t => t.End - t.Start));
+        var plan = new Plan(p.Cluster.Nodes, p.Cluster.DevicesPerNode, calls, new PlanEstimate(e.IterationSeconds, peak.Select(x => (long)x).ToArray(), callSeconds));
         return new PlanResult(plan, (int[])choice.Clone(), e, peak);
     }
 

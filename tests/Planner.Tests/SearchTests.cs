@@ -75,6 +75,10 @@ public class SearchTests
         var roundTrip = PlanJson.Parse(PlanJson.ToJson(r.Plan));
         PlanValidator.Validate(roundTrip, cl, exp);
         Assert.Equal(PlanJson.ToJson(r.Plan), PlanJson.ToJson(roundTrip));
+        // Each call's estimated seconds travel with the plan (`realn run --plan` prints them beside the measured ones).
+        var callSeconds = roundTrip.Estimate!.CallSeconds!;
+        Assert.Equal(r.Plan.Calls.Select(c => c.Name).Order(), callSeconds.Keys.Order());
+        Assert.All(callSeconds.Values, v => Assert.True(v > 0 && double.IsFinite(v), $"call estimate {v}"));
         Assert.True(r.Evaluation.Feasible);
         Assert.Equal(cl.TotalDevices, r.PeakMemory.Length);
         Assert.All(r.PeakMemory, m => Assert.True(m <= cl.UsableMemoryBytes, $"device memory {m} exceeds {cl.UsableMemoryBytes}"));

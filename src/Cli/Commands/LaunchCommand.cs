@@ -143,6 +143,7 @@ public static class LaunchCommand
                 Executable = exe, ExecutablePrefix = prefix, ExternalWorkers = true, LocalRanks = ranks, Bind = $"tcp://{bind ?? host}:{port}",
                 WorkerBindHost = wbind, Node = Environment.MachineName + "/0", Secret = secret, Job = job, ThreadsPerWorker = threads,
                 StartTimeout = TimeSpan.FromSeconds(startTimeout), Cancellation = interruption.Token, OnInterrupt = interruption.Request,
+                JoinNote = m => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(m)}[/]"),
             });
         }
         catch (OperationCanceledException) when (interruption.Requested)
@@ -151,12 +152,14 @@ public static class LaunchCommand
             return interruption.ExitCode;
         }
         interruption.Abort = () => { pool.Abort(); RunDirectory.RemoveTemporaries(Path.GetFullPath(outDir)); };
+        AnsiConsole.MarkupLine($"all {nodes} node(s) joined: {devices} model workers");
+        PlanReport.PrintPlan(plan, planPath, $"devices: {devices} model worker processes, {dpn} per node ({threads} OpenMP thread(s) each), node 0 runs the master (UCX rank {devices})");
         Pipeline pipeline;
         try
         {
             pipeline = new Pipeline(cfg, outDir, plan: plan, hosts: n => n == devices ? pool : throw new InvalidOperationException($"the plan needs {n} devices, the launch has {devices}"),
                 progress: ev => AnsiConsole.MarkupLine($"[grey]{ev.Algorithm} {ev.Iteration}/{ev.Iterations}[/] " +
-                    Markup.Escape(string.Join("  ", ev.Figures.Where(kv => kv.Key is "loss" or "reward_mean" or "task_score").Select(kv => $"{kv.Key} {kv.Value:F3}")))),
+                    Markup.Escape(string.Join("  ", ev.Figures.Where(kv => kv.Key is "loss" or "reward_mean" or "task_score").Select(kv => $"{kv.Key} {HumanOutput.Num(kv.Value)}")))),
                 note: n => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(n)}[/]"));
         }
         catch (ConfigException e)
@@ -164,12 +167,13 @@ public static class LaunchCommand
             pool.Dispose();
             throw new UsageException($"{planPath}: {e.Message}");
         }
+        System.Text.Json.Nodes.JsonObject summary;
         try
         {
             using (pipeline)
             {
                 interruption.AbortDetail = () => $" at {pipeline.Position}; last checkpoint {pipeline.LastCheckpoint ?? "none"}; resume with --resume";
-                var summary = pipeline.Run(resume, cancellationToken: interruption.Token, overwrite: overwrite);
+                summary = pipeline.Run(resume, cancellationToken: interruption.Token, overwrite: overwrite);
                 if (summary["cancelled"] is not null)
                 {
                     pipeline.Dispose();
@@ -177,11 +181,13 @@ public static class LaunchCommand
                     Console.Error.WriteLine($"realn: {RunCommand.InterruptedLine(interruption, summary)}");
                     return interruption.ExitCode;
                 }
-                AnsiConsole.MarkupLine($"task score {summary["initial_task_score"]} -> {summary["final_task_score"]}, reward {summary["initial_reward"]} -> {summary["final_reward"]}, {summary["seconds"]} s");
             }
         }
         finally { pool.Dispose(); }  // workers shut down (or killed), launchers told the job is over
-        Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"));
+        Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"), $"{cfg.Name}: training curves");
+        PlanReport.PrintMeasured(plan, Path.Combine(outDir, "metrics.jsonl"));
+        AnsiConsole.MarkupLine(Markup.Escape(HumanOutput.SummaryLine(summary)));
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "summary.json"))}, metrics.jsonl, curves.png");
         return 0;
     }
 }

@@ -29,7 +29,8 @@ public static class PlanCommand
         return cmd;
     }
 
-    private static string S(double seconds) => seconds >= 1 ? seconds.ToString("F2") : seconds.ToString("G3");
+    /// <summary>Seconds in fixed notation (never 5.93E-05): 2 decimals from 1 s, 5 below 0.01 s.</summary>
+    internal static string S(double seconds) => seconds.ToString(seconds >= 1 ? "F2" : seconds >= 0.01 ? "F3" : "F5", System.Globalization.CultureInfo.InvariantCulture);
 
     private static int Run(string configPath, string clusterPath, int? nodes, int seed, double limit, string? outPath, string? profilePath, bool asJson)
     {
@@ -51,8 +52,9 @@ public static class PlanCommand
         new Evaluator(r.Problem).Simulate(r.Best.Choice, 1, tasks);
         try
         {
+            if (Path.GetDirectoryName(Path.GetFullPath(outPath)) is { } dir) Directory.CreateDirectory(dir);
             File.WriteAllText(outPath, PlanJson.ToJson(r.Best.Plan));
-            Gantt.Write(png, tasks, r.Problem.Cluster.TotalDevices, r.Problem.Experiment.Name);
+            Gantt.Write(png, tasks, r.Problem.Cluster.TotalDevices, r.Problem.Cluster.DevicesPerNode, r.Problem.Experiment.Name);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -87,8 +89,8 @@ public static class PlanCommand
             var t = first[c.Name];
             int d0 = c.Mesh.FirstDevice(dpn);
             double mem = r.Best.PeakMemory.Skip(d0).Take(c.Mesh.Size).Max();
-            table.AddRow(c.Name, c.Model, c.Mesh.ToString(), c.Strategy.ToString(), c.MicroBatches.ToString(),
-                S(t.Start), S(t.End), $"{mem / (1024.0 * 1024 * 1024):F1} GiB");
+            table.AddRow(Markup.Escape(c.Name), Markup.Escape(c.Model), c.Mesh.ToString(), c.Strategy.ToString(), c.MicroBatches.ToString(),
+                S(t.Start), S(t.End), mem >= 1024.0 * 1024 * 1024 ? $"{mem / (1024.0 * 1024 * 1024):F1} GiB" : $"{mem / (1024.0 * 1024):F1} MiB");
         }
         foreach (var t in tasks.Where(t => t.IsRealloc))
             table.AddRow(Markup.Escape(t.Name), "", "", "", "", S(t.Start), S(t.End), "");
@@ -102,33 +104,84 @@ public static class PlanCommand
     }
 }
 
-/// <summary>Gantt chart of one simulated iteration: one row per device, one box per task.</summary>
+/// <summary>Gantt chart of one simulated iteration: one row per device (integer ticks), nodes
+/// separated and labelled, one coloured box per call named in the legend (and inside the box where
+/// it fits), reallocations as hatched bars at least a few pixels wide, listed in the legend.</summary>
 internal static class Gantt
 {
-    public static void Write(string path, List<SimTask> tasks, int devices, string title)
+    private const int Width = 1400, PlotAreaPixels = 1000;  // the data area is what is left of Width after axes and legend
+    private const double MinBarPixels = 4, CharPixels = 6.5;
+
+    public static void Write(string path, List<SimTask> tasks, int devices, int devicesPerNode, string title)
     {
         var plt = new ScottPlot.Plot();
         var pal = new ScottPlot.Palettes.Category10();
         var names = tasks.Select(t => t.Name).Distinct().ToList();
-        foreach (var t in tasks)
+        double end = Math.Max(1e-9, tasks.Count == 0 ? 1 : tasks.Max(t => t.End));
+        double minWidth = end * MinBarPixels / PlotAreaPixels;
+        var legend = new List<ScottPlot.LegendItem>();
+        foreach (var name in names)
         {
-            var color = pal.GetColor(names.IndexOf(t.Name));
-            void Box(int d0, int n)
+            var color = pal.GetColor(names.IndexOf(name));
+            var mine = tasks.Where(t => t.Name == name).ToList();
+            bool realloc = mine[0].IsRealloc;
+            foreach (var t in mine)
             {
-                if (n <= 0) return;
-                var rect = plt.Add.Rectangle(t.Start, t.End, d0, d0 + n);
-                rect.FillStyle.Color = color.WithAlpha(t.IsRealloc ? 0.35 : 0.8);
-                rect.LineStyle.Color = ScottPlot.Colors.Black;
+                double x1 = Math.Max(t.End, t.Start + minWidth);
+                void Box(int d0, int n)
+                {
+                    if (n <= 0) return;
+                    var rect = plt.Add.Rectangle(t.Start, x1, d0, d0 + n);
+                    rect.FillStyle.Color = color.WithAlpha(realloc ? 0.45 : 0.8);
+                    if (realloc) { rect.FillStyle.Hatch = new ScottPlot.Hatches.Striped(); rect.FillStyle.HatchColor = ScottPlot.Colors.Black.WithAlpha(0.5); }
+                    rect.LineStyle.Color = ScottPlot.Colors.Black;
+                    rect.LineStyle.Width = 1;
+                }
+                Box(t.FirstDevice, t.DeviceCount);
+                if (realloc) { Box(t.FirstDevice2, t.DeviceCount2); continue; }
+                // Inside the box, in the middle of its first device row, only where the name fits.
+                if ((t.End - t.Start) / end * PlotAreaPixels >= name.Length * CharPixels + 6)
+                {
+                    var txt = plt.Add.Text(name, t.Start + end * 3 / PlotAreaPixels, t.FirstDevice + 0.5);
+                    txt.LabelFontSize = 10;
+                    txt.LabelAlignment = ScottPlot.Alignment.MiddleLeft;
+                }
             }
-            Box(t.FirstDevice, t.DeviceCount);
-            if (t.IsRealloc) Box(t.FirstDevice2, t.DeviceCount2);
-            var txt = plt.Add.Text(t.Name, t.Start, t.FirstDevice + t.DeviceCount / 2.0);
-            txt.LabelFontSize = 10;
+            double seconds = mine.Sum(t => t.End - t.Start);
+            legend.Add(new ScottPlot.LegendItem
+            {
+                LabelText = realloc ? $"{name} ({S(seconds)})" : name,
+                FillColor = color.WithAlpha(realloc ? 0.45 : 0.8),
+            });
         }
-        plt.Title($"{title}: one iteration");
+        // Device rows: a tick per device (centred on its row); thick lines and labels between nodes.
+        var ticks = new ScottPlot.TickGenerators.NumericManual();
+        for (int d = 0; d < devices; d++) ticks.AddMajor(d + 0.5, d.ToString());
+        plt.Axes.Left.TickGenerator = ticks;
+        int nodes = devicesPerNode > 0 ? devices / devicesPerNode : 1;
+        if (nodes > 1)
+            for (int n = 0; n < nodes; n++)
+            {
+                if (n > 0)
+                {
+                    var line = plt.Add.HorizontalLine(n * devicesPerNode);
+                    line.LineWidth = 3;
+                    line.Color = ScottPlot.Colors.Black;
+                }
+                var label = plt.Add.Text($"node {n}", end, n * devicesPerNode + 0.05);
+                label.LabelFontSize = 11;
+                label.LabelBold = true;
+                label.LabelAlignment = ScottPlot.Alignment.UpperRight;
+            }
+        plt.Legend.ManualItems.AddRange(legend);
+        plt.ShowLegend(ScottPlot.Edge.Right);
+        plt.Title($"{title}: one iteration{(nodes > 1 ? $", {nodes} nodes x {devicesPerNode} devices" : $", {devices} devices")}");
         plt.XLabel("seconds");
         plt.YLabel("device");
+        plt.Axes.SetLimitsX(0, end * 1.02);
         plt.Axes.SetLimitsY(devices, 0);
-        plt.SavePng(path, 1400, Math.Max(400, Math.Min(2000, 40 + devices * 12)));
+        plt.SavePng(path, Width, Math.Max(400, Math.Min(2000, 120 + devices * 28)));
     }
+
+    private static string S(double seconds) => PlanCommand.S(seconds) + " s";
 }

@@ -43,7 +43,19 @@ public static class RunCommand
         return cmd;
     }
 
-    private static string F(double v) => v.ToString(Math.Abs(v) >= 100 ? "F0" : "F3", CultureInfo.InvariantCulture);
+    private static string F(double v) => HumanOutput.Num(v);
+
+    /// <summary>Who runs the plan's devices, and what that costs on this machine.</summary>
+    private static string DevicesLine(Plan plan, bool inProcess)
+    {
+        int devices = plan.Nodes * plan.DevicesPerNode, cores = Environment.ProcessorCount;
+        string who = inProcess
+            ? $"devices: {devices} threads of this process (--in-process)"
+            : $"devices: {devices} model worker processes (`realn worker --role model`, {Math.Max(1, cores / devices)} OpenMP thread(s) each), this process the master (UCX rank {devices})";
+        return devices >= cores
+            ? who + $"; {cores} cores here: the devices share them, so expect this run to be slower than a single-device one (README, \"Execution plans\")"
+            : who;
+    }
 
     /// <summary>Most devices a plan run on one machine may ask for (each a worker process or a thread with its own shards).</summary>
     private const int MaxLocalDevices = 64;
@@ -134,6 +146,7 @@ public static class RunCommand
         {
             CheckOutput(pipeline, resume, overwrite);
             AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: {string.Join(" -> ", cfg.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, task {cfg.Task.Name}, seed {cfg.Seed}");
+            if (plan is not null) PlanReport.PrintPlan(plan, planPath!, DevicesLine(plan, inProcess));
             var before = interruption.Abort;
             interruption.Abort = () => { before?.Invoke(); RunDirectory.RemoveTemporaries(Path.GetFullPath(outDir)); };
             interruption.AbortDetail = () => $" at {pipeline.Position}; last checkpoint {pipeline.LastCheckpoint ?? "none"}; resume with --resume";
@@ -148,6 +161,7 @@ public static class RunCommand
                         var bar = bars[ev.Stage];
                         if (!bar.IsStarted) bar.StartTask();
                         bar.Value = ev.Iteration;
+                        if (ev.Iteration >= ev.Iterations) bar.StopTask();  // its clock stops with the stage
                         var shown = ev.Figures.Where(kv => kv.Key is "loss" or "reward_mean" or "kl" or "task_score" or "accuracy" or "sample_task_score")
                                               .Select(kv => $"{kv.Key} {F(kv.Value)}");
                         ctx.Refresh();
@@ -162,24 +176,29 @@ public static class RunCommand
             Console.Error.WriteLine($"realn: {InterruptedLine(interruption, summary)}");
             return interruption.ExitCode;
         }
-        Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"));
-        AnsiConsole.MarkupLine($"task score {summary["initial_task_score"]} -> {summary["final_task_score"]}, reward {summary["initial_reward"]} -> {summary["final_reward"]}, {summary["seconds"]} s");
+        Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"), $"{cfg.Name}: training curves");
+        if (plan is not null) PlanReport.PrintMeasured(plan, Path.Combine(outDir, "metrics.jsonl"));
+        AnsiConsole.MarkupLine(Markup.Escape(HumanOutput.SummaryLine(summary)));
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "summary.json"))}, metrics.jsonl, curves.png");
         return 0;
     }
 }
 
-/// <summary>curves.png: reward and task score over iterations for each stage (ScottPlot).</summary>
+/// <summary>curves.png: task score, pair accuracy and reward over iterations, the stages back to
+/// back with a dashed line and the stage's name at each stage's start (ScottPlot).</summary>
 public static class Curves
 {
-    public static void Write(string metricsPath, string pngPath)
+    public static void Write(string metricsPath, string pngPath, string? title = null)
     {
         var lines = File.ReadLines(metricsPath).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
         var plot = new ScottPlot.Plot();
         int offset = 0;
+        bool rewards = false;
+        var starts = new List<(int At, string Name)>();
         foreach (var g in lines.GroupBy(l => (int)l["stage"]!).OrderBy(g => g.Key))
         {
             string alg = (string)g.First()["algorithm"]!;
+            starts.Add((offset, $"{g.Key}: {alg}"));
             var ev = g.Where(l => (string)l["call"]! == "eval").ToList();
             if (ev.Count > 0)
             {
@@ -192,15 +211,17 @@ public static class Curves
             if (rw.Count > 0)
             {
                 var s = plot.Add.Scatter(rw.Select(l => (double)((int)l["step"]! + offset)).ToArray(), rw.Select(l => (double)l["reward_mean"]!).ToArray());
-                s.LegendText = $"{alg}: reward";
+                s.LegendText = $"{alg}: reward (right axis)";
                 s.Axes.YAxis = plot.Axes.Right;
+                rewards = true;
             }
             var kl = tr.Where(l => l["kl"] is not null).ToList();
             if (kl.Count > 0)
             {
                 var s = plot.Add.Scatter(kl.Select(l => (double)((int)l["step"]! + offset)).ToArray(), kl.Select(l => (double)l["kl"]!).ToArray());
-                s.LegendText = $"{alg}: KL to ref (nats/seq)";
+                s.LegendText = $"{alg}: KL to ref (nats/seq, right axis)";
                 s.Axes.YAxis = plot.Axes.Right;
+                rewards = true;
             }
             var acc = g.Where(l => (string)l["call"]! == "rew_train" && l["accuracy"] is not null).ToList();
             if (acc.Count > 0)
@@ -210,10 +231,24 @@ public static class Curves
             }
             offset += g.Max(l => (int)l["step"]!);
         }
+        foreach (var (at, name) in starts)
+        {
+            var line = plot.Add.VerticalLine(at);
+            line.LinePattern = ScottPlot.LinePattern.Dashed;
+            line.Color = ScottPlot.Colors.Gray;
+            line.LineWidth = 1;
+            line.ExcludeFromLegend = true;
+            var label = plot.Add.Text(name, at, 1.0);
+            label.LabelFontSize = 11;
+            label.LabelAlignment = ScottPlot.Alignment.UpperLeft;
+        }
+        plot.Title(title ?? $"{Path.GetFileName(Path.GetDirectoryName(Path.GetFullPath(metricsPath)))}: training curves");
         plot.Axes.Bottom.Label.Text = "iteration (stages back to back)";
-        plot.Axes.Left.Label.Text = "task score / accuracy";
-        plot.Axes.Right.Label.Text = "reward / KL";
-        plot.ShowLegend();
+        plot.Axes.Left.Label.Text = "task score / pair accuracy";
+        if (rewards) plot.Axes.Right.Label.Text = "reward / KL";
+        plot.Axes.SetLimitsX(0, Math.Max(1, offset));
+        plot.Axes.SetLimitsY(0, 1.05);
+        plot.ShowLegend(ScottPlot.Alignment.LowerRight);
         plot.SavePng(pngPath, 1000, 500);
     }
 }

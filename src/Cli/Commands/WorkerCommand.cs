@@ -17,10 +17,10 @@ public static class WorkerCommand
     {
         var control = new Option<string>("--control") { Description = "Master control endpoint (tcp://host:port)", Required = true };
         var job = new Option<string>("--job") { Description = "Job id", Required = true };
-        var rank = new Option<int>("--rank") { Required = true };
-        var size = new Option<int>("--size") { Required = true };
-        var role = new Option<string>("--role") { Description = "What to run", DefaultValueFactory = _ => "bench-realloc" };
-        var reps = new Option<int>("--reps") { DefaultValueFactory = _ => 3 };
+        var rank = new Option<int>("--rank") { Description = "This worker's UCX rank (its device)", Required = true };
+        var size = new Option<int>("--size") { Description = "UCX world size (workers + the master)", Required = true };
+        var role = new Option<string>("--role") { Description = "What to run: model | bench-realloc | bench-p2p | bench-serve", DefaultValueFactory = _ => "bench-realloc" };
+        var reps = new Option<int>("--reps") { Description = "Repetitions (bench roles)", DefaultValueFactory = _ => 3 };
         var bind = new Option<string>("--bind") { Description = "Interface the worker's command server binds", DefaultValueFactory = _ => "127.0.0.1" };
         var advertise = new Option<string?>("--advertise") { Description = "Host the master reaches the command server at (default: --bind)" };
         var node = new Option<string?>("--node") { Description = "Node name in the master's messages" };

@@ -210,6 +210,9 @@ internal sealed partial class Pipeline : IDisposable
     {
         int startStage = 0, startIter = 0;
         double priorSeconds = 0;
+        // Wall time of each stage (set-up, iterations, evaluations, checkpoints): summary.json's
+        // per-stage seconds; carried in checkpoints so a resumed run accounts for both halves.
+        var stageSeconds = new double[_cfg.Stages.Count];
         _resumeNotes.Clear();
         _resumeDir = null; _resumeState = null;
         _pendingCut = null; _startCommitted = false;
@@ -223,6 +226,8 @@ internal sealed partial class Pipeline : IDisposable
             _resumeDir = c.Dir; _resumeState = st;
             startStage = (int)st["stage"]!; startIter = (int)st["next_iteration"]!;
             priorSeconds = (double)st["seconds"]!;
+            if (st["stage_seconds"] is JsonArray prior && prior.Count == stageSeconds.Length)
+                for (int i = 0; i < prior.Count; i++) stageSeconds[i] = prior[i] is JsonValue v && v.TryGetValue(out double d) ? d : 0;
             string name = Path.GetFileName(c.Dir);
             var cut = RunDirectory.ResumeCut(MetricsPath, startStage, startIter, (int)st["metric_lines"]!, name);
             foreach (var n in cut.Notes) Note(n);
@@ -239,6 +244,7 @@ internal sealed partial class Pipeline : IDisposable
             int first = s == startStage ? startIter : 0;
             if (first >= stage.Iterations) continue;
             _position = $"{stage.Algorithm} set-up";
+            var stageClock = Stopwatch.StartNew();
             SetUpStage(stage, resumeFrom: s == startStage && first > 0);
             CommitStart(start);
             var graph = DataflowGraph.For(stage);
@@ -270,13 +276,18 @@ internal sealed partial class Pipeline : IDisposable
                 if (it + 1 == stage.Iterations && AlgorithmNames.Produces(stage.Algorithm) is { } prod)
                     CheckpointStore.WriteArtifact(Path.Combine(CkptDir, prod.Artifact), tmp => Safetensors.Save(_models[prod.Role], tmp));
                 if (ckpt)
-                    SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds);
+                {
+                    var upToNow = (double[])stageSeconds.Clone();
+                    upToNow[s] += stageClock.Elapsed.TotalSeconds;
+                    SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds, upToNow);
+                }
             }
+            stageSeconds[s] += stageClock.Elapsed.TotalSeconds;
         }
         CommitStart(start);
         CloseMetrics();
         _position = "summary";
-        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds);
+        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds, stageSeconds);
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }
@@ -466,7 +477,7 @@ internal sealed partial class Pipeline : IDisposable
         _callReplica.TryGetValue(call, out var r) ? new ReplicaCalls(r, _replicas[role])
             : new SingleModelCalls(_models[role], () => _optims.GetValueOrDefault(role));
 
-    private void SaveCheckpoint(StageConfig stage, int nextIteration, double seconds)
+    private void SaveCheckpoint(StageConfig stage, int nextIteration, double seconds, double[] stageSeconds)
     {
         // CheckpointStore fsyncs every file, writes manifest.json last, renames step-N.tmp -> step-N
         // and moves the `latest` pointer; a crash at any point leaves the previous checkpoint usable.
@@ -486,6 +497,7 @@ internal sealed partial class Pipeline : IDisposable
             {
                 ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["next_iteration"] = nextIteration,
                 ["metric_lines"] = _metricLines, ["seconds"] = seconds, ["optimizer_steps"] = steps,
+                ["stage_seconds"] = new JsonArray(stageSeconds.Select(x => (JsonNode?)JsonValue.Create(Math.Round(x, 3))).ToArray()),
             };
             File.WriteAllText(Path.Combine(tmp, "state.json"), state.ToJsonString());
         });
@@ -548,10 +560,12 @@ internal sealed partial class Pipeline : IDisposable
     /// <summary>Greedy held-out task score of the current actor; writes an "eval" metric line.</summary>
     private double Evaluate(StageConfig stage, int step)
     {
+        var clock = Stopwatch.StartNew();
         var actor = new SingleModelCalls(_models["actor"], () => null);
         var r = Generate(stage, actor, _heldOut, 0, "eval", greedy: true);
         double score = Enumerable.Range(0, _heldOut.Length).Average(i => _task.Score(_heldOut[i].Prompt, r.Completions[i]));
-        WriteMetric(new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = step, ["call"] = "eval", ["task_score"] = score });
+        WriteMetric(new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = step, ["call"] = "eval", ["task_score"] = score,
+                                     ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 5) });
         if (step == 0) _progress?.Invoke(new ProgressEvent(stage.Index, stage.Algorithm, 0, stage.Iterations, new Dictionary<string, double> { ["task_score"] = score }));
         return score;
     }

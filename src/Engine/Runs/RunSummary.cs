@@ -7,7 +7,8 @@ namespace ReaLNative.Engine.Runs;
 
 internal static class RunSummary
 {
-    public static JsonObject FromMetrics(string metricsPath, ExperimentConfig cfg, double seconds)
+    /// <param name="stageSeconds">Wall time of each stage (set-up, iterations, evaluations, checkpoints).</param>
+    public static JsonObject FromMetrics(string metricsPath, ExperimentConfig cfg, double seconds, IReadOnlyList<double> stageSeconds)
     {
         var lines = File.ReadLines(metricsPath).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
         int last = cfg.Stages.Count - 1;
@@ -16,14 +17,22 @@ internal static class RunSummary
         var rewards = final.Where(l => l["reward_mean"] is not null && (string)l["call"]! is "actor_train").ToList();
         var kls = final.Where(l => l["kl"] is not null && (string)l["call"]! is "actor_train").Select(l => (double)l["kl"]!).ToList();
         var stages = new JsonArray();
+        double accounted = 0;
         foreach (var st in cfg.Stages)
         {
             var own = lines.Where(l => (int)l["stage"]! == st.Index).ToList();
             var ev = own.Where(l => (string)l["call"]! == "eval").ToList();
+            double callSeconds = own.Where(l => l["seconds"] is not null && (string)l["call"]! != "eval").Sum(l => (double)l["seconds"]!);
+            double evalSeconds = ev.Where(l => l["seconds"] is not null).Sum(l => (double)l["seconds"]!);
+            accounted += stageSeconds[st.Index];
             stages.Add(new JsonObject
             {
                 ["algorithm"] = st.Algorithm, ["iterations"] = st.Iterations,
-                ["seconds"] = Math.Round(own.Where(l => l["seconds"] is not null).Sum(l => (double)l["seconds"]!), 3),
+                ["seconds"] = Math.Round(stageSeconds[st.Index], 3),
+                // Summed over the stage's calls: calls on disjoint meshes of a plan overlap, so this
+                // can exceed the stage's wall time; the rest of a stage is set-up and checkpoints.
+                ["calls_seconds"] = Math.Round(callSeconds, 3),
+                ["eval_seconds"] = Math.Round(evalSeconds, 3),
                 ["initial_task_score"] = ev.Count > 0 ? (double?)ev[0]["task_score"] : null,
                 ["final_task_score"] = ev.Count > 0 ? (double?)ev[^1]["task_score"] : null,
             });
@@ -41,6 +50,8 @@ internal static class RunSummary
             ["iterations"] = cfg.Stages[last].Iterations,
             ["total_iterations"] = cfg.Stages.Sum(s => s.Iterations),
             ["seconds"] = Math.Round(seconds, 2),
+            // The wall time outside every stage: opening the output, reading metrics, the summary.
+            ["other_seconds"] = Math.Round(Math.Max(0, seconds - accounted), 2),
             ["stages"] = stages,
         };
     }

@@ -60,6 +60,10 @@ internal sealed record WorkerPoolOptions
     /// <summary>Told (once per source) when a worker or a node's launcher reports a SIGTERM / SIGINT it
     /// received, e.g. "SIGTERM to worker 1": the job should stop at its next safe point.</summary>
     public Action<string>? OnInterrupt { get; init; }
+    /// <summary>Progress of the join for the person waiting (every 10 s: which ranks are still
+    /// missing, and when the deadline falls); null: silent.</summary>
+    public Action<string>? JoinNote { get; init; }
+    public TimeSpan JoinNoteEvery { get; init; } = TimeSpan.FromSeconds(10);
 }
 
 /// <summary>A worker's failure: which worker, on which node, during which call, and its last error.</summary>
@@ -163,6 +167,8 @@ internal sealed class WorkerPool : IReplicaHost
     private void JoinWatching(ControlClient self)
     {
         var join = Task.Run(() => Rendezvous.Join(self, _transport, _o.StartTimeout));
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        var nextNote = _o.JoinNoteEvery;
         while (!join.Wait(TimeSpan.FromMilliseconds(100)))
         {
             if (_o.Cancellation.IsCancellationRequested)
@@ -173,6 +179,14 @@ internal sealed class WorkerPool : IReplicaHost
             for (int r = 0; r < Devices; r++)
                 if (ExitOf(r) is { } code)
                     Fail($"worker {r} exited with code {code} before joining the job{StderrTail(r)}");
+            if (_o.JoinNote is { } note && waited.Elapsed >= nextNote)
+            {
+                nextNote += _o.JoinNoteEvery;
+                var missing = Enumerable.Range(0, Devices).Where(r => _rv.Info(r) is null).ToList();
+                if (missing.Count > 0)
+                    note($"waiting for worker rank(s) {string.Join(",", missing)} to join ({waited.Elapsed.TotalSeconds:F0} s of {_o.StartTimeout.TotalSeconds:F0} s); " +
+                         "is `realn launch` running on every node, in a directory where CONFIG and PLAN exist?");
+            }
         }
         join.GetAwaiter().GetResult();
     }
