@@ -56,6 +56,17 @@ public sealed record StageLayout(int[] Blocks, bool[] Embedding, bool[] Head, do
 
 public sealed class Estimator
 {
+    /// <summary>What the model leaves out (docs/cost-model.md, "What the model leaves out"); `realn plan` prints it.</summary>
+    public static readonly IReadOnlyList<string> Limits =
+    [
+        "no compute/communication overlap for tp and pipeline messages (ZeRO-3 gathers do overlap)",
+        "no interleaved pipeline schedule, sequence/context or expert parallelism",
+        "static-batch generation: every sequence decodes gen_len tokens; no continuous batching, paged KV or speculative decoding",
+        "no network contention between concurrent calls or groups sharing NICs",
+        "CPU devices of one machine are priced as independent (shared cores/memory bandwidth and worker dispatch are not modelled)",
+        "no stragglers, failures, data loading, checkpointing or evaluation time",
+    ];
+
     public ClusterSpec Cluster { get; }
     public Experiment Experiment { get; }
     public ProfileData? Profile { get; }
