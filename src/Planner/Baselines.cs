@@ -153,7 +153,8 @@ public static class Baselines
 
     /// <summary>OpenRLHF: one group of devices per role (actor training, generation, critic, reference,
     /// reward; critic inference on the critic's group), sized in proportion to parameter count (inference-only
-    /// models count half), rounded to powers of two and packed in order of size; with fewer devices than
+    /// models count half), rounded to powers of two, a ZeRO-3 group at most one device per sequence of an
+    /// optimizer step, and packed in order of size; with fewer devices than
     /// groups, reference joins the actor, reward the critic, then generation the actor (OpenRLHF's colocation
     /// flags). Training and inference are ZeRO-3 in their group; generation uses tp inside a node.</summary>
     public static PlanResult? OpenRlhf(PlanningProblem p)
@@ -203,9 +204,12 @@ public static class Baselines
         foreach (var (from, into) in new[] { ("ref", "actor"), ("reward", "critic"), ("gen", "actor"), ("reward", "actor"), ("critic", "actor") })
             if (groups.Count > n) Merge(from, into);
         if (groups.Count > n) return null;
-        // sizes: powers of two proportional to weight, each at least 1, total at most n
+        // sizes: powers of two proportional to weight, each at least 1, total at most n; a ZeRO-3 group has at
+        // most one device per sequence of an optimizer step (DeepSpeed's batch = micro-batch x accumulation x world)
         double sum = groups.Sum(g => g.Weight);
-        var size = groups.Select(g => (int)Math.Max(1, PowFloor(n * g.Weight / sum))).ToArray();
+        var cap = groups.Select(g => (int)PowFloor(p.Calls.Where(c => g.Keys.Contains(GroupKey(c)) && c.Type != CallType.Generate)
+            .Select(c => c.Sequences / c.OptimizerSteps).DefaultIfEmpty(n).Min())).ToArray();
+        var size = groups.Select((g, k) => (int)Math.Min(cap[k], Math.Max(1, PowFloor(n * g.Weight / sum)))).ToArray();
         while (size.Sum() > n) { int k = Array.IndexOf(size, size.Max()); size[k] /= 2; }
         while (true)
         {
@@ -213,7 +217,7 @@ public static class Baselines
             for (int k = 0; k < size.Length; k++)
             {
                 double want = n * groups[k].Weight / sum / size[k];
-                if (size.Sum() + size[k] <= n && Packable(size, k, c) && want > ratio) { ratio = want; best = k; }
+                if (size.Sum() + size[k] <= n && 2 * size[k] <= cap[k] && Packable(size, k, c) && want > ratio) { ratio = want; best = k; }
             }
             if (best < 0) break;
             size[best] *= 2;

@@ -103,7 +103,10 @@ public sealed class PlanningProblem
             {
                 if (size / tp % pp != 0) continue;
                 var s = new Strategy(pp, size / tp / pp, tp);
-                foreach (int mb in (int[])[pp, 2 * pp, 4 * pp])
+                // pp, 2pp, 4pp micro-batches; with fewer sequences per replica than stages (long contexts),
+                // as many as there are: a pipeline that is mostly bubble can still be the only one that fits
+                int most = c.Sequences / c.OptimizerSteps / s.Dp;
+                foreach (int mb in pp <= most ? (int[])[pp, 2 * pp, 4 * pp] : most >= 1 ? [most] : [])
                 {
                     if (PlanValidator.StrategyProblem(s, mb, model, c, Cluster.DevicesPerNode) is not null) continue;
                     foreach (bool f in flags)

@@ -139,4 +139,23 @@ public class CostModelTests
         Assert.Equal(gs["actor"], gs["ref"]); Assert.Equal(gs["actor"], gs["gen"]); Assert.Equal(gs["critic"], gs["reward"]);
         Assert.NotEqual(gs["actor"], gs["critic"]);
     }
+
+    [Fact]
+    public void LongContextWithFewSequencesStillGetsPipelinedOptions()
+    {
+        // 16 sequences in 4 minibatches: 4 per optimizer step, fewer than the stages a 70B needs on 64 GPUs.
+        // The pipeline runs with as many micro-batches as there are sequences (before: no option at all, so no
+        // symmetric plan); OpenRLHF's ZeRO-3 groups get at most one device per sequence.
+        var exp = Experiment.Load(TestData.Example("scale/scale-critic-70b-long-p1k-g7k.yaml"));
+        var cl = H100.WithNodes(8);
+        var p = new PlanningProblem(new Estimator(cl, exp));
+        int train = p.Calls.ToList().FindIndex(c => c.Name == "critic_train");
+        Assert.Contains(p.Raw(train, p.FullMesh), o => o.Option.Strategy.Pp > o.Option.MicroBatches && o.Option.MicroBatches * o.Option.Strategy.Dp <= 4);
+        Assert.NotNull(Baselines.Symmetric(p));
+        if (Baselines.OpenRlhfGroups(p) is { } g)
+        {
+            foreach (var key in new[] { "actor", "critic" }) Assert.True(g[key].Size <= 4, $"{key} group {g[key]}");   // 4 per optimizer step
+            foreach (var key in new[] { "ref", "reward" }) Assert.True(g[key].Size <= 16, $"{key} group {g[key]}"); // inference: all 16
+        }
+    }
 }
