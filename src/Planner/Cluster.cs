@@ -25,7 +25,8 @@ public enum Precision { Bf16, Fp32 }
 /// <c>memory_efficiency</c> (share of memory_bandwidth_gbps a streaming kernel reaches, default 1),
 /// <c>kernel_launch_us</c> (floor of any kernel: launch + minimal execution, default 0),
 /// <c>layer_overhead_us</c> (host work per transformer block per pass, default 0),
-/// <c>attention_kernel</c> (flash | materialized, default flash).
+/// <c>attention_kernel</c> (flash | materialized, default flash), <c>shared_host</c> (true: the node's devices are
+/// cores of one host sharing memory_bandwidth_gbps, default false), <c>call_dispatch_us</c> (per call, worker dispatch, default 0).
 /// docs/cost-model.md gives each constant's source for the shipped specs.
 /// </summary>
 public sealed record ClusterSpec
@@ -53,6 +54,11 @@ public sealed record ClusterSpec
     /// <summary>Fused (flash) attention; false prices the materialized s x s scores of pre-2022 systems
     /// (QK^T, masked softmax, dropout and PV over the full matrix in device memory).</summary>
     public bool FlashAttention { get; init; } = true;
+    /// <summary>The node's devices are cores of one host (CPU backend): they share its memory bandwidth, and a
+    /// run without a plan gives its single device every core (<see cref="PlanSearch.SingleDeviceSeconds"/>).</summary>
+    public bool SharedHost { get; init; }
+    /// <summary>Seconds per call for dispatching it to worker processes (control command, batch in, outputs back).</summary>
+    public double CallDispatch { get; init; }
     /// <summary>Share of <see cref="MemoryBandwidth"/> a streaming kernel reaches.</summary>
     public double MemoryEfficiency { get; init; } = 1;
     /// <summary>Seconds a kernel takes at least (launch and minimal execution): the floor of every op.</summary>
@@ -85,7 +91,7 @@ public sealed record ClusterSpec
         var known = new HashSet<string> { "name", "nodes", "devices_per_node", "device_memory_gib", "precision", "peak_tflops",
             "compute_efficiency", "memory_bandwidth_gbps", "intra_node_bandwidth_gbps", "intra_node_latency_us",
             "inter_node_bandwidth_gbps", "inter_node_latency_us", "host_bandwidth_gbps", "reserved_memory_gib", "description",
-            "gemm_half_dim", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel" };
+            "gemm_half_dim", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel", "shared_host", "call_dispatch_us" };
         foreach (var k in map.Children.Keys)
             if (!known.Contains(k.ToString())) throw new PlannerException($"cluster.{k}: unknown key in {source} (known: {string.Join(", ", known.Order())})");
         var r = new Yaml.Reader(map, "cluster");
@@ -120,6 +126,13 @@ public sealed record ClusterSpec
             MemoryEfficiency = r.OptDouble("memory_efficiency", 0.01, 1.0, 1.0),
             KernelLaunch = r.OptDouble("kernel_launch_us", 0, 1e6, 0) * 1e-6,
             LayerOverhead = r.OptDouble("layer_overhead_us", 0, 1e6, 0) * 1e-6,
+            SharedHost = (r.OptStr("shared_host") ?? "false") switch
+            {
+                "true" => true,
+                "false" => false,
+                var v => throw new PlannerException($"cluster.shared_host: '{v}' is not true or false"),
+            },
+            CallDispatch = r.OptDouble("call_dispatch_us", 0, 1e9, 0) * 1e-6,
             FlashAttention = (r.OptStr("attention_kernel") ?? "flash") switch
             {
                 "flash" => true,

@@ -63,7 +63,7 @@ public sealed class Estimator
         "no interleaved pipeline schedule, sequence/context or expert parallelism",
         "static-batch generation: every sequence decodes gen_len tokens; no continuous batching, paged KV or speculative decoding",
         "no network contention between concurrent calls or groups sharing NICs",
-        "CPU devices of one machine are priced as independent (shared cores/memory bandwidth and worker dispatch are not modelled)",
+        "CPU devices of one machine (shared_host) share its memory bandwidth evenly whether or not the others are busy; cores are not shared",
         "no stragglers, failures, data loading, checkpointing or evaluation time",
     ];
 
@@ -71,14 +71,17 @@ public sealed class Estimator
     public Experiment Experiment { get; }
     public ProfileData? Profile { get; }
     private readonly double _gemm, _membw;
-    private readonly int _eb;
+    private readonly int _eb, _hostShare;
     private readonly ConcurrentDictionary<(ModelConfig, bool, int), StageLayout> _layouts = new();
 
     public Estimator(ClusterSpec cluster, Experiment exp, ProfileData? profile = null)
     {
         Cluster = cluster; Experiment = exp; Profile = profile;
-        _gemm = profile?.GemmGflops is { } g ? g * 1e9 : cluster.PeakFlops * cluster.ComputeEfficiency;
-        _membw = profile?.MemcpyGbps is { } m ? m * 1e9 : cluster.MemoryBandwidth * cluster.MemoryEfficiency;
+        // a profile is measured by one process on every core of the host; a device of a shared host has 1/n of them
+        _hostShare = cluster.SharedHost ? cluster.DevicesPerNode : 1;
+        _gemm = profile?.GemmGflops is { } g ? g * 1e9 / _hostShare : cluster.PeakFlops * cluster.ComputeEfficiency;
+        _membw = (profile?.MemcpyGbps is { } m ? m * 1e9 : cluster.MemoryBandwidth * cluster.MemoryEfficiency)
+            / (cluster.SharedHost ? cluster.DevicesPerNode : 1); // cores of one host share its memory bandwidth
         _eb = cluster.ElementBytes;
     }
 
@@ -172,7 +175,7 @@ public sealed class Estimator
     {
         double ar = tp > 1 ? 2 * AllReduce(tokens * m.Hidden * _eb, tp, false) : 0;
         string kind = pass switch { Pass.Fwd => "fwd", Pass.Bwd => "bwd", _ => "decode" };
-        if (Profile?.BlockSeconds(m, kind, tokens) is { } measured) return measured / tp + ar;
+        if (Profile?.BlockSeconds(m, kind, tokens) is { } measured) return measured * _hostShare / tp + ar;
         int h = m.Hidden, qd = m.Heads / tp * m.HeadDim, kvd = Math.Max(m.KvHeads / tp, 1) * m.HeadDim;
         double inter = (double)m.Intermediate / tp, t = tokens;
         double gemms = Gemm(t, qd + 2 * kvd, h) + Gemm(t, h, qd) + Gemm(t, 2 * inter, h) + Gemm(t, h, inter);
@@ -214,7 +217,12 @@ public sealed class Estimator
     {
         var m = Experiment.Models[c.Role];
         bool scalar = Experiment.HasScalarHead(c.Role);
-        if (o.Zero3) return Zero3Seconds(c, o, m, scalar);
+        if (o.Zero3) return Zero3Seconds(c, o, m, scalar) + Cluster.CallDispatch;
+        return Cluster.CallDispatch + NativeSeconds(c, o, m, scalar);
+    }
+
+    private double NativeSeconds(ModelCall c, CallOption o, ModelConfig m, bool scalar)
+    {
         var s = o.Strategy;
         int mb = o.MicroBatches;
         bool ppInter = PipelineCrossesNodes(o);

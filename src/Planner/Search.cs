@@ -57,6 +57,24 @@ public static class PlanSearch
         return new SearchResult(result, baselines, sw.Elapsed.TotalSeconds, method, evals, timedOut, problem, setup);
     }
 
+    /// <summary>For a <see cref="ClusterSpec.SharedHost"/> cluster: the estimated iteration of a run without a plan
+    /// (`realn run` default), one device in one process with every core of the node (compute x devices per node,
+    /// the whole memory bandwidth, no worker dispatch; a profile is used as measured, `realn profile` runs on
+    /// every core); its fastest micro-batch/recompute choice. Null for other clusters or when it does not fit.</summary>
+    public static double? SingleDeviceSeconds(ClusterSpec cluster, Experiment exp, ProfileData? profile = null)
+    {
+        if (!cluster.SharedHost) return null;
+        var one = cluster with
+        {
+            Nodes = 1, DevicesPerNode = 1, SharedHost = false, CallDispatch = 0,
+            PeakFlops = cluster.PeakFlops * cluster.DevicesPerNode,
+            DeviceMemoryBytes = cluster.DeviceMemoryBytes * cluster.DevicesPerNode,
+            ReservedMemoryBytes = cluster.ReservedMemoryBytes * cluster.DevicesPerNode,
+        };
+        try { return Baselines.Symmetric(new PlanningProblem(new Estimator(one, exp, profile)))?.Evaluation.IterationSeconds; }
+        catch (PlannerException) { return null; }
+    }
+
     /// <summary>Whether every call of a result is priced as the engine executes it (no ZeRO-3 pricing).</summary>
     internal static bool Executable(PlanningProblem p, PlanResult r) =>
         r.Choice.Select((k, i) => p.Options[i][k].Option.Zero3).All(z => !z);

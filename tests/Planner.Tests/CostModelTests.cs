@@ -158,4 +158,24 @@ public class CostModelTests
             foreach (var key in new[] { "ref", "reward" }) Assert.True(g[key].Size <= 16, $"{key} group {g[key]}"); // inference: all 16
         }
     }
+
+    [Fact]
+    public void SharedHostCpuDevicesShareBandwidthAndTheSingleDeviceIsCompared()
+    {
+        // issue 19, measured on cpu-local: ppo-tiny ran 0.174 s/iteration on the single device (both cores, one
+        // process) and 0.463 / 0.859 s under the searched 2-device plan (in process / workers). The model now
+        // sees the shared memory bandwidth, the worker dispatch per call and the single device's two cores.
+        var cpu = ClusterSpec.Load(TestData.Example("clusters/cpu-local.yaml"));
+        Assert.True(cpu.SharedHost && cpu.CallDispatch > 0);
+        var exp = Experiment.Load(TestData.Example("ppo-tiny.yaml"));
+        var call = exp.Calls.First(c => c.Name == "actor_gen");
+        var o = new CallOption(new Mesh(0, 1, 0, 1), new Strategy(1, 1, 1), 1, false);
+        double shared = new Estimator(cpu, exp).CallSeconds(call, o), own = new Estimator(cpu with { SharedHost = false }, exp).CallSeconds(call, o);
+        Assert.True(shared > own, $"shared-host bandwidth {shared} vs own {own}");
+        var r = PlanSearch.Run(cpu, exp, new SearchOptions { Seed = 1, StepsPerChain = 2000 });
+        double? single = PlanSearch.SingleDeviceSeconds(cpu, exp);
+        Assert.NotNull(single);
+        Assert.True(single < r.Best.Evaluation.IterationSeconds, $"single device {single} vs plan {r.Best.Evaluation.IterationSeconds}");
+        Assert.Null(PlanSearch.SingleDeviceSeconds(H100, exp));
+    }
 }

@@ -1,7 +1,8 @@
 // `realn plan CONFIG --cluster CLUSTER [--nodes N] [--seed S] [--time-limit SEC] [--out PLAN.json]
 // [--profile PROFILE.json] [--show plan|BASELINE] [--json]`: searches the execution plan, prints it as a
 // table with every baseline's time and the searched plan's speedup over it and the model's limits (or the
-// JSON document {"iteration_seconds", "baselines", "search_seconds", "limits", "plan"}), writes the plan
+// JSON document {"iteration_seconds", "baselines", ["single_device_seconds",] "search_seconds", "limits", "plan"}),
+// (single device: shared-host CPU clusters, a run without --plan on every core), writes the plan
 // JSON and a Gantt chart PNG of one iteration (of the plan or the baseline named by --show) beside it.
 using System.CommandLine;
 using System.Text.Json;
@@ -48,6 +49,7 @@ public static class PlanCommand
             r = PlanSearch.Run(spec, exp, new SearchOptions { Seed = seed, TimeLimitSeconds = limit }, prof);
         }
         catch (PlannerException e) { throw new UsageException(e.Message); }
+        double? single = PlanSearch.SingleDeviceSeconds(r.Problem.Cluster, r.Problem.Experiment, r.Problem.Estimator.Profile);
 
         outPath ??= Path.GetFileNameWithoutExtension(configPath) + ".plan.json";
         string png = Path.ChangeExtension(outPath, ".png");
@@ -91,6 +93,7 @@ public static class PlanCommand
                     w.WriteEndObject();
                 }
                 w.WriteEndObject();
+                if (single is { } sd) w.WriteNumber("single_device_seconds", sd);
                 w.WriteNumber("search_seconds", r.SearchSeconds);
                 w.WriteStartArray("limits");
                 foreach (var l in Estimator.Limits) w.WriteStringValue(l);
@@ -122,6 +125,10 @@ public static class PlanCommand
         foreach (var (name, b) in r.Baselines)
             AnsiConsole.MarkupLine(b is null ? $"  {name}: not applicable or does not fit in memory"
                 : $"  {name}: {S(b.Evaluation.IterationSeconds)} s -> speedup {b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x");
+        if (single is { } one)
+            AnsiConsole.MarkupLine(one < r.Best.Evaluation.IterationSeconds
+                ? $"[yellow]single device (realn run without --plan, all {r.Problem.Cluster.DevicesPerNode} cores in one process): {S(one)} s, faster than this plan: run without --plan[/]"
+                : $"single device (realn run without --plan, all {r.Problem.Cluster.DevicesPerNode} cores in one process): {S(one)} s ({one / r.Best.Evaluation.IterationSeconds:F2}x the plan)");
         AnsiConsole.MarkupLine("the estimate leaves out:");
         foreach (var l in Estimator.Limits) AnsiConsole.MarkupLine($"  - {Markup.Escape(l)}");
         AnsiConsole.MarkupLine($"plan: {Markup.Escape(outPath)}, Gantt chart{(show == "plan" ? "" : $" ({show})")}: {Markup.Escape(png)}");
