@@ -12,6 +12,14 @@ namespace ReaLNative.Planner.Bench;
 
 public static class Examples
 {
+    /// <summary>Nodes of 8 GPUs per scale setting (examples/scale/README.md): scale-actor and scale-critic
+    /// 7B/13B/34B/70B on 8/16/32/64 GPUs, scale-both on 16/32/64/128.</summary>
+    public static int LadderNodes(string name)
+    {
+        int step = name.Contains("-70b-") ? 8 : name.Contains("-34b-") ? 4 : name.Contains("-13b-") ? 2 : 1;
+        return name.StartsWith("scale-both") ? 2 * step : step;
+    }
+
     public static string Root { get; } = FindRoot();
     private static string FindRoot()
     {
@@ -21,7 +29,7 @@ public static class Examples
     }
 
     /// <summary>Every experiment under examples/ with the cluster it is planned for: scale examples on
-    /// H100 nodes (7b: 1, 13b: 2, 34b: 4, 70b: 16 nodes), anything else on this CPU machine.</summary>
+    /// H100 nodes by the scaling ladder (<see cref="LadderNodes"/>), anything else on this CPU machine.</summary>
     public static IEnumerable<(string Name, string Path, ClusterSpec Cluster)> All()
     {
         var h100 = ClusterSpec.Load(System.IO.Path.Combine(Root, "examples/clusters/h100-80gb.yaml"));
@@ -30,7 +38,7 @@ public static class Examples
         {
             if (f.Contains("/clusters/")) continue;
             string n = System.IO.Path.GetFileNameWithoutExtension(f);
-            int nodes = n.Contains("-70b-") ? 16 : n.Contains("-34b-") ? 4 : n.Contains("-13b-") ? 2 : 1;
+            int nodes = LadderNodes(n);
             yield return (n, f, f.Contains("/scale/") ? h100.WithNodes(nodes) : cpu);
         }
     }
@@ -69,7 +77,8 @@ public static class Program
 
     private static int Quick()
     {
-        Console.WriteLine($"{"experiment",-28} {"gpus",5} {"search s",9} {"plan s",8} {"symm s",8} {"heur s",8} {"coloc s",8}  method");
+        string[] keys = ["heuristic", "deepspeed_chat", "openrlhf", "symmetric"];
+        Console.WriteLine($"{"experiment",-30} {"gpus",5} {"search s",9} {"plan s",8}  speedup over {string.Join(" / ", keys)}  method");
         double worst = 0; string worstName = "";
         foreach (var (name, path, cl) in Examples.All())
         {
@@ -77,8 +86,8 @@ public static class Program
             var r = PlanSearch.Run(cl, Experiment.Load(path), new SearchOptions());
             double s = sw.Elapsed.TotalSeconds;
             if (s > worst) { worst = s; worstName = name; }
-            string B(string k) => r.Baselines[k] is { } b ? $"{b.Evaluation.IterationSeconds,8:F2}" : $"{"oom",8}";
-            Console.WriteLine($"{name,-28} {cl.TotalDevices,5} {s,9:F2} {r.Best.Evaluation.IterationSeconds,8:F2} {B("symmetric")} {B("heuristic")} {B("colocated")}  {r.Method}, setup {r.SetupSeconds:F2} s, {r.Evaluations} evals, space {r.Problem.SpaceSize:E1}");
+            string B(string k) => r.Baselines[k] is { } b ? $"{b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds,6:F2}x" : $"{"n/a",7}";
+            Console.WriteLine($"{name,-30} {cl.TotalDevices,5} {s,9:F2} {r.Best.Evaluation.IterationSeconds,8:F2}  {string.Join(" ", keys.Select(B))}  {r.Method}, setup {r.SetupSeconds:F2} s, {r.Evaluations} evals, space {r.Problem.SpaceSize:E1}");
         }
         Console.WriteLine($"slowest: {worstName} {worst:F2} s (goal < 5 s)");
         var h = ClusterSpec.Load(Path.Combine(Examples.Root, "examples/clusters/h100-80gb.yaml")).WithNodes(16);

@@ -1,16 +1,27 @@
-// Heuristic baselines computed for the same experiment and estimator: symmetric (Megatron-style:
-// every call on all devices with the single best strategy), ReaL's heuristic (generation and
-// inference on all devices, actor and critic training on the two halves) and colocated-all
-// (DeepSpeed-Chat style: every call on all devices, each model keeps one layout, no reallocation).
+// The plans users compare an RLHF system with, each built by its own rule (not by our search) and
+// priced by the same estimator: heuristic (Megatron-LM-style symmetric 3D parallelism chosen by
+// practitioner rules), deepspeed_chat (ZeRO-3 training + hybrid-engine TP generation, all colocated),
+// openrlhf (disjoint GPU groups per model, vLLM-style TP generation, weight broadcast after each step)
+// and symmetric (the best single strategy on all devices, by the estimator). docs/cost-model.md has the rules.
 namespace ReaLNative.Planner;
 
 public static class Baselines
 {
+    /// <summary>Each baseline's rule in one line (printed by `realn plan`, documented in docs/cost-model.md).</summary>
+    public static readonly IReadOnlyDictionary<string, string> Rules = new Dictionary<string, string>
+    {
+        ["heuristic"] = "Megatron-LM-style symmetric plan: every call on all devices with one (pp, dp, tp); tp the smallest power of two within a node, then pp across nodes, such that all models' weights + the trained ones' fp32 grads take at most half a device; dp the rest",
+        ["deepspeed_chat"] = "DeepSpeed-Chat hybrid engine: all models colocated on all devices; training and inference as ZeRO-3 data parallelism (per-layer parameter all-gather, gradient reduce-scatter); generation with tp inside a node after gathering the parameters",
+        ["openrlhf"] = "OpenRLHF: disjoint device groups for actor training, generation, critic, reference and reward, sized by parameter count (powers of two); ZeRO-3 in each group, tp generation, actor weights broadcast from one rank to the generation group after each step",
+        ["symmetric"] = "every call on all devices with the single (pp, dp, tp) the estimator finds fastest",
+    };
+
     public static Dictionary<string, PlanResult?> All(PlanningProblem p) => new()
     {
-        ["symmetric"] = Symmetric(p),
         ["heuristic"] = Heuristic(p),
-        ["colocated"] = Colocated(p),
+        ["deepspeed_chat"] = DeepSpeedChat(p),
+        ["openrlhf"] = OpenRlhf(p),
+        ["symmetric"] = Symmetric(p),
     };
 
     /// <summary>Best single strategy on the full mesh for every call (micro-batches/flags per call).</summary>
@@ -32,65 +43,224 @@ public static class Baselines
         return best;
     }
 
-    /// <summary>ReaL's heuristic: generation and inference on all devices, actor training on the first
-    /// half and critic training on the second (all devices when there is no critic or one device).</summary>
-    public static PlanResult? Heuristic(PlanningProblem p)
+    /// <summary>The practitioner's rule for one symmetric (pp, dp, tp): tp grows within a node (1, 2, ... devices
+    /// per node), then pp across nodes (divisors of the node count), until the weights of all models (bf16) plus
+    /// the fp32 gradients of the trained ones (6 B/param trained, 2 frozen; fp32: 8 and 4) take at most half the
+    /// usable memory per device, the rest left to optimizer shards and activations; every call must admit the
+    /// strategy. Null when none does.</summary>
+    public static Strategy? HeuristicStrategy(PlanningProblem p)
     {
         var c = p.Cluster;
-        var full = p.FullMesh;
-        Mesh first = full, second = full;
-        if (c.Nodes > 1) { int h = c.Nodes / 2; first = Span(0, h, c); second = Span(h, c.Nodes - h, c); }
-        else if (c.DevicesPerNode > 1) { int h = c.DevicesPerNode / 2; first = new Mesh(0, 1, 0, h); second = new Mesh(0, 1, h, h); }
-        bool hasCritic = p.Calls.Any(x => x.Role == "critic" && x.Type == CallType.TrainStep);
-        var meshes = p.Calls.Select(x => x.Type != CallType.TrainStep ? full
-            : !hasCritic ? full : x.Role == "critic" ? second : first).ToArray();
-        return OnMeshes(p, meshes, sameLayoutPerModel: false);
+        // every model lives on every device: trainable ones with weights + fp32 gradients, frozen ones with weights
+        double bytes = p.Experiment.Models.Sum(kv => kv.Value.Params(Experiment.HasScalarHead(kv.Key))
+            * (p.Experiment.IsTrainable(kv.Key) ? c.ElementBytes + 4 : c.ElementBytes));
+        int n = c.TotalDevices;
+        Strategy? lastValid = null;
+        for (int pp = 1; pp <= c.Nodes; pp++)
+        {
+            if (c.Nodes % pp != 0) continue;
+            for (int tp = 1; tp <= c.DevicesPerNode; tp *= 2)
+            {
+                if (n % (tp * pp) != 0) continue;
+                var s = new Strategy(pp, n / tp / pp, tp);
+                if (!Enumerable.Range(0, p.Calls.Count).All(i => Problem(p, i, s, 1) is null)) continue;
+                lastValid = s;
+                if (bytes / (tp * pp) <= 0.5 * c.UsableMemoryBytes) return s;
+            }
+        }
+        return lastValid; // nothing meets the memory rule: the most model-parallel valid strategy
     }
 
-    private static Mesh Span(int start, int count, ClusterSpec c) => count == 1 ? new Mesh(start, 1, 0, c.DevicesPerNode) : new Mesh(start, count, 0, c.DevicesPerNode);
+    private static string? Problem(PlanningProblem p, int ci, Strategy s, int mb) =>
+        PlanValidator.StrategyProblem(s, mb, p.Experiment.Models[p.Calls[ci].Role], p.Calls[ci], p.Cluster.DevicesPerNode);
 
-    /// <summary>DeepSpeed-Chat style: everything on all devices, one layout per model.</summary>
-    public static PlanResult? Colocated(PlanningProblem p) =>
-        OnMeshes(p, p.Calls.Select(_ => p.FullMesh).ToArray(), sameLayoutPerModel: true);
-
-    private static PlanResult? OnMeshes(PlanningProblem p, Mesh[] meshes, bool sameLayoutPerModel)
+    /// <summary>Megatron-LM-style symmetric plan (see <see cref="HeuristicStrategy"/>): train calls with
+    /// 4 x pp micro-batches (fewer when sequences run out), others with pp; recomputation or more
+    /// micro-batches only when memory requires.</summary>
+    public static PlanResult? Heuristic(PlanningProblem p)
     {
-        var ev = new Evaluator(p);
-        var perCall = meshes.Select((m, i) => p.Raw(i, m).ToList()).ToArray();
-        if (perCall.Any(l => l.Count == 0)) return null;
-        if (!sameLayoutPerModel)
+        if (HeuristicStrategy(p) is not { } s) return null;
+        var full = p.FullMesh;
+        var choice = new int[p.Calls.Count];
+        for (int i = 0; i < choice.Length; i++)
         {
-            var choice = perCall.Select((l, i) => p.IndexOf(i, l.OrderBy(o => o.Seconds).First().Option)).ToArray();
-            return FixFeasible(p, ev, choice, i => perCall[i]);
+            var call = p.Calls[i];
+            int seqs = call.Sequences / call.OptimizerSteps / s.Dp;
+            int mb = Math.Max(1, Math.Min(call.Type == CallType.TrainStep ? 4 * s.Pp : s.Pp, seqs));
+            choice[i] = p.IndexOf(i, new CallOption(full, s, mb, false));
         }
-        // one strategy per model: coordinate descent over each model's strategies.
-        var roles = p.Calls.Select(x => x.Role).Distinct().ToList();
-        var strat = new Dictionary<string, Strategy>();
-        foreach (var r in roles)
+        return FixFeasible(p, new Evaluator(p), choice, i => Variants(p, i, full, s, zero3: false));
+    }
+
+    /// <summary>Options of a call on one mesh and strategy: micro-batches 1, 2, 4, ... and the flag
+    /// (recompute for train calls; offload only for non-ZeRO calls of frozen models).</summary>
+    private static IEnumerable<OptionInfo> Variants(PlanningProblem p, int ci, Mesh mesh, Strategy s, bool zero3)
+    {
+        var call = p.Calls[ci];
+        bool flagOk = call.Type == CallType.TrainStep || (!zero3 && !p.Trainable[ci]);
+        var list = new List<OptionInfo>();
+        for (int mb = 1; mb <= call.Sequences / call.OptimizerSteps / s.Dp; mb *= 2)
         {
-            var idx = Enumerable.Range(0, p.Calls.Count).Where(i => p.Calls[i].Role == r).ToList();
-            var common = perCall[idx[0]].Select(o => o.Option.Strategy).Distinct().Where(s => idx.All(i => perCall[i].Any(o => o.Option.Strategy == s))).ToList();
-            if (common.Count == 0) return null;
-            strat[r] = common.OrderBy(s => idx.Sum(i => perCall[i].Where(o => o.Option.Strategy == s).Min(o => PlanningProblem.AloneBytes(o.Memory)))).First();
-        }
-        int[] Build() => Enumerable.Range(0, p.Calls.Count).Select(i =>
-            p.IndexOf(i, perCall[i].Where(o => o.Option.Strategy == strat[p.Calls[i].Role]).OrderBy(o => o.Seconds).First().Option)).ToArray();
-        PlanResult? best = FixFeasible(p, ev, Build(), i => perCall[i].Where(o => o.Option.Strategy == strat[p.Calls[i].Role]));
-        for (int pass = 0; pass < 2; pass++)
-            foreach (var r in roles)
+            if (Problem(p, ci, s, mb) is not null) continue;
+            foreach (bool f in flagOk ? [false, true] : new[] { false })
             {
-                var idx = Enumerable.Range(0, p.Calls.Count).Where(i => p.Calls[i].Role == r).ToList();
-                var common = perCall[idx[0]].Select(o => o.Option.Strategy).Distinct().Where(s => idx.All(i => perCall[i].Any(o => o.Option.Strategy == s))).ToList();
-                var keep = strat[r];
-                foreach (var s in common)
-                {
-                    strat[r] = s;
-                    var res = FixFeasible(p, ev, Build(), i => perCall[i].Where(o => o.Option.Strategy == strat[p.Calls[i].Role]));
-                    if (res is not null && (best is null || res.Evaluation.Cost < best.Evaluation.Cost)) { best = res; keep = s; }
-                }
-                strat[r] = keep;
+                var o = new CallOption(mesh, s, mb, f, zero3);
+                int k = p.IndexOf(ci, o);
+                list.Add(p.Options[ci][k]);
             }
+        }
+        return list;
+    }
+
+    /// <summary>Smallest power-of-two tp (within a node and the mesh, dividing the heads) whose weight shard
+    /// takes at most half a device, leaving the rest to the KV cache: the inference engines' usual choice.</summary>
+    private static int GenerationTp(PlanningProblem p, int ci, Mesh mesh)
+    {
+        var call = p.Calls[ci];
+        var m = p.Experiment.Models[call.Role];
+        int best = -1;
+        for (int tp = 1; tp <= Math.Min(mesh.DeviceCount, p.Cluster.DevicesPerNode); tp *= 2)
+        {
+            if (Problem(p, ci, new Strategy(1, mesh.Size / tp, tp), 1) is not null) continue;
+            best = tp;
+            if (m.Params(false) * p.Cluster.ElementBytes / tp <= 0.5 * p.Cluster.UsableMemoryBytes) return tp;
+        }
         return best;
+    }
+
+    /// <summary>DeepSpeed-Chat: every call on all devices; generation with tp inside a node (parameters
+    /// gathered from the ZeRO-3 shards before it), every other call ZeRO-3 over all devices with the fewest
+    /// micro-batches that fit (gradient checkpointing when needed). Null when a call cannot run that way
+    /// (more devices than sequences per optimizer step, which ZeRO-3 data parallelism needs).</summary>
+    public static PlanResult? DeepSpeedChat(PlanningProblem p)
+    {
+        var full = p.FullMesh;
+        int n = full.Size;
+        var allowed = new List<OptionInfo>[p.Calls.Count];
+        for (int i = 0; i < p.Calls.Count; i++)
+        {
+            if (p.Calls[i].Type == CallType.Generate)
+            {
+                int tp = GenerationTp(p, i, full);
+                if (tp < 0) return null;
+                allowed[i] = Variants(p, i, full, new Strategy(1, n / tp, tp), zero3: false).ToList();
+            }
+            else allowed[i] = Variants(p, i, full, new Strategy(1, n, 1), zero3: true).ToList();
+            if (allowed[i].Count == 0) return null;
+        }
+        return Leanest(p, allowed);
+    }
+
+    /// <summary>OpenRLHF: one group of devices per role (actor training, generation, critic, reference,
+    /// reward; critic inference on the critic's group), sized in proportion to parameter count (inference-only
+    /// models count half), rounded to powers of two, a ZeRO-3 group at most one device per sequence of an
+    /// optimizer step, and packed in order of size; with fewer devices than
+    /// groups, reference joins the actor, reward the critic, then generation the actor (OpenRLHF's colocation
+    /// flags). Training and inference are ZeRO-3 in their group; generation uses tp inside a node.</summary>
+    public static PlanResult? OpenRlhf(PlanningProblem p)
+    {
+        var groups = OpenRlhfGroups(p);
+        if (groups is null) return null;
+        var allowed = new List<OptionInfo>[p.Calls.Count];
+        for (int i = 0; i < p.Calls.Count; i++)
+        {
+            var mesh = groups[GroupKey(p.Calls[i])];
+            if (p.Calls[i].Type == CallType.Generate)
+            {
+                int tp = GenerationTp(p, i, mesh);
+                if (tp < 0) return null;
+                allowed[i] = Variants(p, i, mesh, new Strategy(1, mesh.Size / tp, tp), zero3: false).ToList();
+            }
+            else allowed[i] = Variants(p, i, mesh, new Strategy(1, mesh.Size, 1), zero3: true).ToList();
+            if (allowed[i].Count == 0) return null;
+        }
+        return Leanest(p, allowed);
+    }
+
+    private static string GroupKey(ModelCall c) => c.Type == CallType.Generate ? "gen" : c.Role;
+
+    /// <summary>The meshes of OpenRLHF's groups by key (role, or "gen"); null when they cannot be placed.</summary>
+    public static Dictionary<string, Mesh>? OpenRlhfGroups(PlanningProblem p)
+    {
+        var c = p.Cluster;
+        var exp = p.Experiment;
+        // group key -> (members, weight)
+        var groups = new List<(List<string> Keys, double Weight)>();
+        foreach (var call in p.Calls)
+        {
+            string key = GroupKey(call);
+            if (groups.Any(g => g.Keys.Contains(key))) continue;
+            double w = exp.Models[call.Role].Params(Experiment.HasScalarHead(call.Role)) * (exp.IsTrainable(call.Role) || key == "gen" ? 1 : 0.5);
+            groups.Add(([key], w));
+        }
+        void Merge(string from, string into)
+        {
+            int a = groups.FindIndex(g => g.Keys.Contains(from)), b = groups.FindIndex(g => g.Keys.Contains(into));
+            if (a < 0 || b < 0 || a == b) return;
+            groups[b] = ([.. groups[b].Keys, .. groups[a].Keys], groups[b].Weight + groups[a].Weight);
+            groups.RemoveAt(a);
+        }
+        int n = c.TotalDevices;
+        foreach (var (from, into) in new[] { ("ref", "actor"), ("reward", "critic"), ("gen", "actor"), ("reward", "actor"), ("critic", "actor") })
+            if (groups.Count > n) Merge(from, into);
+        if (groups.Count > n) return null;
+        // sizes: powers of two proportional to weight, each at least 1, total at most n; a ZeRO-3 group has at
+        // most one device per sequence of an optimizer step (DeepSpeed's batch = micro-batch x accumulation x world)
+        double sum = groups.Sum(g => g.Weight);
+        var cap = groups.Select(g => (int)PowFloor(p.Calls.Where(c => g.Keys.Contains(GroupKey(c)) && c.Type != CallType.Generate)
+            .Select(c => c.Sequences / c.OptimizerSteps).DefaultIfEmpty(n).Min())).ToArray();
+        var size = groups.Select((g, k) => (int)Math.Min(cap[k], Math.Max(1, PowFloor(n * g.Weight / sum)))).ToArray();
+        while (size.Sum() > n) { int k = Array.IndexOf(size, size.Max()); size[k] /= 2; }
+        while (true)
+        {
+            int best = -1; double ratio = 0;
+            for (int k = 0; k < size.Length; k++)
+            {
+                double want = n * groups[k].Weight / sum / size[k];
+                if (size.Sum() + size[k] <= n && 2 * size[k] <= cap[k] && Packable(size, k, c) && want > ratio) { ratio = want; best = k; }
+            }
+            if (best < 0) break;
+            size[best] *= 2;
+        }
+        if (!Packable(size, -1, c)) return null;
+        // pack largest first: powers of two in descending order stay aligned
+        var order = Enumerable.Range(0, size.Length).OrderByDescending(k => size[k]).ThenBy(k => k).ToList();
+        var result = new Dictionary<string, Mesh>();
+        int next = 0, dpn = c.DevicesPerNode;
+        foreach (int k in order)
+        {
+            var mesh = size[k] >= dpn ? new Mesh(next / dpn, size[k] / dpn, 0, dpn) : new Mesh(next / dpn, 1, next % dpn, size[k]);
+            foreach (var key in groups[k].Keys) result[key] = mesh;
+            next += size[k];
+        }
+        return result;
+    }
+
+    private static double PowFloor(double x) => x < 1 ? 1 : Math.Pow(2, Math.Floor(Math.Log2(x)));
+
+    /// <summary>Whether sizes (group <paramref name="grow"/> doubled) are valid meshes: a group larger than a
+    /// node must be whole nodes.</summary>
+    private static bool Packable(int[] size, int grow, ClusterSpec c)
+    {
+        for (int k = 0; k < size.Length; k++)
+        {
+            int s = k == grow ? 2 * size[k] : size[k];
+            if (s > c.DevicesPerNode && s % c.DevicesPerNode != 0) return false;
+        }
+        return true;
+    }
+
+    /// <summary>Per call, the allowed option with the fewest micro-batches and no flag, then the leanest
+    /// variants until memory fits.</summary>
+    private static PlanResult? Leanest(PlanningProblem p, List<OptionInfo>[] allowed)
+    {
+        var choice = new int[p.Calls.Count];
+        for (int i = 0; i < choice.Length; i++)
+        {
+            var first = allowed[i].OrderBy(o => o.Option.Flag).ThenBy(o => o.Option.MicroBatches).First();
+            choice[i] = p.IndexOf(i, first.Option);
+        }
+        return FixFeasible(p, new Evaluator(p), choice, i => allowed[i]);
     }
 
     /// <summary>If the choice overflows memory, moves calls on the overflowing devices to their

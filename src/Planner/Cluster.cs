@@ -12,12 +12,22 @@ public enum Precision { Bf16, Fp32 }
 /// A homogeneous cluster. YAML keys (all required unless noted):
 /// <c>name</c>, <c>nodes</c> (1..32), <c>devices_per_node</c> (power of two, 1..64),
 /// <c>device_memory_gib</c>, <c>precision</c> (bf16|fp32), <c>peak_tflops</c> (dense, in that precision),
-/// <c>compute_efficiency</c> (0..1, achieved share of peak for large GEMMs),
-/// <c>memory_bandwidth_gbps</c> (device memory, GB/s), <c>intra_node_bandwidth_gbps</c> (per device, one direction),
-/// <c>intra_node_latency_us</c>, <c>inter_node_bandwidth_gbps</c> (per device NIC share, one direction),
-/// <c>inter_node_latency_us</c>, <c>host_bandwidth_gbps</c> (device-host copies for offload),
-/// optional <c>reserved_memory_gib</c> (runtime/fragmentation reserve, default 0), optional
-/// <c>kernel_overhead_us</c> (fixed launch/sync cost per transformer block per pass, default 0).
+/// <c>compute_efficiency</c> (0..1, share of peak a large GEMM reaches; smaller shapes get less, see
+/// <c>gemm_half_dim</c>), <c>memory_bandwidth_gbps</c> (device memory, GB/s),
+/// <c>intra_node_bandwidth_gbps</c> (all-reduce bus bandwidth inside a node, nccl-tests busbw at large messages),
+/// <c>intra_node_latency_us</c> (base time of one collective or p2p message inside a node),
+/// <c>inter_node_bandwidth_gbps</c> (per device NIC share, one direction),
+/// <c>inter_node_latency_us</c> (base time of one collective or message across nodes), <c>host_bandwidth_gbps</c>
+/// (device-host copies for offload). Optional: <c>reserved_memory_gib</c> (runtime/fragmentation reserve, default 0),
+/// <c>gemm_half_dim</c> (GEMM dimension at which efficiency per dimension halves, default 128),
+/// <c>attention_efficiency</c> (share of peak of fused attention at long sequences, default compute_efficiency),
+/// <c>attention_half_seq</c> (sequence length at which it halves, default 256),
+/// <c>memory_efficiency</c> (share of memory_bandwidth_gbps a streaming kernel reaches, default 1),
+/// <c>kernel_launch_us</c> (floor of any kernel: launch + minimal execution, default 0),
+/// <c>layer_overhead_us</c> (host work per transformer block per pass, default 0),
+/// <c>attention_kernel</c> (flash | materialized, default flash), <c>shared_host</c> (true: the node's devices are
+/// cores of one host sharing memory_bandwidth_gbps, default false), <c>call_dispatch_us</c> (per call, worker dispatch, default 0).
+/// docs/cost-model.md gives each constant's source for the shipped specs.
 /// </summary>
 public sealed record ClusterSpec
 {
@@ -35,9 +45,26 @@ public sealed record ClusterSpec
     public required double InterNodeLatency { get; init; }
     public required double HostBandwidth { get; init; }
     public double ReservedMemoryBytes { get; init; }
-    /// <summary>Fixed seconds per transformer block per forward/decode pass (kernel launches, syncs);
-    /// dominates small decode steps where the roofline alone is far too optimistic.</summary>
-    public double KernelOverhead { get; init; }
+    /// <summary>GEMM dimension d at which the per-dimension efficiency factor d/(d+half) is 1/2.</summary>
+    public double GemmHalfDim { get; init; } = 128;
+    /// <summary>Share of peak a fused (flash) attention kernel reaches at long sequences.</summary>
+    public double AttentionEfficiency { get; init; } = 0.5;
+    /// <summary>Sequence length at which attention efficiency is half of <see cref="AttentionEfficiency"/>.</summary>
+    public double AttentionHalfSeq { get; init; } = 256;
+    /// <summary>Fused (flash) attention; false prices the materialized s x s scores of pre-2022 systems
+    /// (QK^T, masked softmax, dropout and PV over the full matrix in device memory).</summary>
+    public bool FlashAttention { get; init; } = true;
+    /// <summary>The node's devices are cores of one host (CPU backend): they share its memory bandwidth, and a
+    /// run without a plan gives its single device every core (<see cref="PlanSearch.SingleDeviceSeconds"/>).</summary>
+    public bool SharedHost { get; init; }
+    /// <summary>Seconds per call for dispatching it to worker processes (control command, batch in, outputs back).</summary>
+    public double CallDispatch { get; init; }
+    /// <summary>Share of <see cref="MemoryBandwidth"/> a streaming kernel reaches.</summary>
+    public double MemoryEfficiency { get; init; } = 1;
+    /// <summary>Seconds a kernel takes at least (launch and minimal execution): the floor of every op.</summary>
+    public double KernelLaunch { get; init; }
+    /// <summary>Host seconds per transformer block per pass (dispatch of its ops).</summary>
+    public double LayerOverhead { get; init; }
 
     public int TotalDevices => Nodes * DevicesPerNode;
     /// <summary>Memory the planner may fill on each device.</summary>
@@ -65,13 +92,15 @@ public sealed record ClusterSpec
         var map = Yaml.LoadRoot(yaml, source);
         var known = new HashSet<string> { "name", "nodes", "devices_per_node", "device_memory_gib", "precision", "peak_tflops",
             "compute_efficiency", "memory_bandwidth_gbps", "intra_node_bandwidth_gbps", "intra_node_latency_us",
-            "inter_node_bandwidth_gbps", "inter_node_latency_us", "host_bandwidth_gbps", "reserved_memory_gib", "kernel_overhead_us", "description" };
+            "inter_node_bandwidth_gbps", "inter_node_latency_us", "host_bandwidth_gbps", "reserved_memory_gib", "description",
+            "gemm_half_dim", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel", "shared_host", "call_dispatch_us" };
         foreach (var k in map.Children.Keys)
             if (!known.Contains(k.ToString())) throw new PlannerException($"cluster.{k}: unknown key in {source} (known: {string.Join(", ", known.Order())})");
         var r = new Yaml.Reader(map, "cluster");
         int dpn = r.Int("devices_per_node", 1, 64);
         if ((dpn & (dpn - 1)) != 0) throw new PlannerException($"cluster.devices_per_node: {dpn} is not a power of two");
         string prec = r.Str("precision");
+        double eff = r.Double("compute_efficiency", 0.01, 1.0);
         var spec = new ClusterSpec
         {
             Name = r.Str("name"),
@@ -85,7 +114,7 @@ public sealed record ClusterSpec
                 _ => throw new PlannerException($"cluster.precision: '{prec}' is not one of bf16, fp32"),
             },
             PeakFlops = r.Double("peak_tflops", 1e-6, 1e6) * 1e12,
-            ComputeEfficiency = r.Double("compute_efficiency", 0.01, 1.0),
+            ComputeEfficiency = eff,
             MemoryBandwidth = r.Double("memory_bandwidth_gbps", 0.01, 1e6) * 1e9,
             IntraNodeBandwidth = r.Double("intra_node_bandwidth_gbps", 0.001, 1e6) * 1e9,
             IntraNodeLatency = r.Double("intra_node_latency_us", 0, 1e6) * 1e-6,
@@ -93,7 +122,25 @@ public sealed record ClusterSpec
             InterNodeLatency = r.Double("inter_node_latency_us", 0, 1e6) * 1e-6,
             HostBandwidth = r.Double("host_bandwidth_gbps", 0.001, 1e6) * 1e9,
             ReservedMemoryBytes = r.OptDouble("reserved_memory_gib", 0, 1e6, 0) * Units.GiB,
-            KernelOverhead = r.OptDouble("kernel_overhead_us", 0, 1e6, 0) * 1e-6,
+            GemmHalfDim = r.OptDouble("gemm_half_dim", 0, 1e6, 128),
+            AttentionEfficiency = r.OptDouble("attention_efficiency", 0.01, 1.0, eff),
+            AttentionHalfSeq = r.OptDouble("attention_half_seq", 0, 1e7, 256),
+            MemoryEfficiency = r.OptDouble("memory_efficiency", 0.01, 1.0, 1.0),
+            KernelLaunch = r.OptDouble("kernel_launch_us", 0, 1e6, 0) * 1e-6,
+            LayerOverhead = r.OptDouble("layer_overhead_us", 0, 1e6, 0) * 1e-6,
+            SharedHost = (r.OptStr("shared_host") ?? "false") switch
+            {
+                "true" => true,
+                "false" => false,
+                var v => throw new PlannerException($"cluster.shared_host: '{v}' is not true or false"),
+            },
+            CallDispatch = r.OptDouble("call_dispatch_us", 0, 1e9, 0) * 1e-6,
+            FlashAttention = (r.OptStr("attention_kernel") ?? "flash") switch
+            {
+                "flash" => true,
+                "materialized" => false,
+                var k => throw new PlannerException($"cluster.attention_kernel: '{k}' is not one of flash, materialized"),
+            },
         };
         if (spec.ReservedMemoryBytes >= spec.DeviceMemoryBytes)
             throw new PlannerException($"cluster.reserved_memory_gib: {spec.ReservedMemoryBytes / Units.GiB} GiB leaves nothing of device_memory_gib {spec.DeviceMemoryBytes / Units.GiB} GiB");

@@ -1,70 +1,215 @@
-// Cost estimator: per-call seconds by roofline (or a calibration profile), per-device memory, the
-// reallocation cost from the interval plan between two layouts (bytes per link) and the data
-// transfer between calls. Everything is in seconds and bytes; no hidden unit conversions.
+// Cost estimator: per-call seconds from per-kernel costs (GEMM efficiency by shape, fused attention by
+// sequence length, streaming kernels, launch floors, host overhead per layer), the engine's integer layer
+// assignment per pipeline stage, collectives by message size on the link the ranks actually share,
+// per-device memory, reallocation by the busiest link and data transfer between calls. Every constant
+// and its source: docs/cost-model.md. Everything is in seconds and bytes; no hidden unit conversions.
+using System.Collections.Concurrent;
+
 namespace ReaLNative.Planner;
 
 /// <summary>A call's layout choice: mesh, strategy, micro-batches and a flag — activation
-/// recomputation for train calls, host offload for calls of non-trainable models.</summary>
-public readonly record struct CallOption(Mesh Mesh, Strategy Strategy, int MicroBatches, bool Flag)
+/// recomputation for train calls, host offload for calls of non-trainable models. <see cref="Zero3"/>
+/// prices the call as DeepSpeed ZeRO-3 data parallelism (parameters sharded over the mesh, gathered per
+/// layer); only the deepspeed_chat and openrlhf baselines use it, the search never does.</summary>
+public readonly record struct CallOption(Mesh Mesh, Strategy Strategy, int MicroBatches, bool Flag, bool Zero3 = false)
 {
-    public bool SameLayout(CallOption o) => Mesh == o.Mesh && Strategy == o.Strategy;
+    public bool SameLayout(CallOption o) => Mesh == o.Mesh && Strategy == o.Strategy && Zero3 == o.Zero3;
 }
 
-/// <summary>Per-device memory of one call option (uniform over the mesh: stages are balanced).</summary>
+/// <summary>Per-device memory of one call option on its fullest pipeline stage.</summary>
 public readonly record struct CallMemory(double WeightBytes, double TrainStateBytes, double ActiveBytes);
+
+/// <summary>How a model's L+2 pipeline units (embedding, blocks, final norm + head) fall on pp stages:
+/// the engine's rule (src/Engine/Realloc/LlamaShardLayouts.cs): a unit goes to the stage its cumulative
+/// parameter midpoint falls in, clamped so that no stage is left empty.</summary>
+public sealed record StageLayout(int[] Blocks, bool[] Embedding, bool[] Head, double[] ParamStart, double[] ParamEnd, double TotalParams)
+{
+    public int Stages => Blocks.Length;
+    public int MaxBlocks => Blocks.Max();
+    public double MaxParams => Enumerable.Range(0, Stages).Max(j => ParamEnd[j] - ParamStart[j]);
+
+    public static StageLayout For(ModelConfig m, bool scalarHead, int pp)
+    {
+        int count = m.Layers + 2;
+        if (pp < 1 || pp > m.Layers) throw new PlannerException($"pp {pp} leaves a pipeline stage of {m.Name} without a transformer block ({m.Layers} layers)");
+        long headRows = scalarHead ? 1 : m.Tied ? 0 : m.Vocab;
+        long Cost(int u) => u == 0 ? (long)m.Vocab * m.Hidden : u == count - 1 ? m.Hidden + headRows * m.Hidden : (long)m.BlockParams;
+        long total = 0;
+        for (int u = 0; u < count; u++) total += Cost(u);
+        var blocks = new int[pp]; var emb = new bool[pp]; var head = new bool[pp];
+        var start = new double[pp]; var end = new double[pp];
+        Array.Fill(start, double.NaN);
+        long acc = 0;
+        for (int u = 0; u < count; u++)
+        {
+            long c = Cost(u);
+            int s = (int)Math.Min(pp - 1, (acc + c / 2) * pp / total);
+            s = Math.Clamp(s, Math.Max(0, pp - (count - u)), Math.Min(u, pp - 1));
+            if (double.IsNaN(start[s])) start[s] = acc;
+            end[s] = acc + c;
+            acc += c;
+            if (u == 0) emb[s] = true; else if (u == count - 1) head[s] = true; else blocks[s]++;
+        }
+        return new StageLayout(blocks, emb, head, start, end, total);
+    }
+}
 
 public sealed class Estimator
 {
+    /// <summary>What the model leaves out (docs/cost-model.md, "What the model leaves out"); `realn plan` prints it.</summary>
+    public static readonly IReadOnlyList<string> Limits =
+    [
+        "no compute/communication overlap for tp and pipeline messages (ZeRO-3 gathers do overlap)",
+        "no interleaved pipeline schedule, sequence/context or expert parallelism",
+        "static-batch generation: every sequence decodes gen_len tokens; no continuous batching, paged KV or speculative decoding",
+        "no network contention between concurrent calls or groups sharing NICs",
+        "CPU devices of one machine (shared_host) share its memory bandwidth evenly whether or not the others are busy; cores are not shared",
+        "no stragglers, failures, data loading, checkpointing or evaluation time",
+    ];
+
     public ClusterSpec Cluster { get; }
     public Experiment Experiment { get; }
     public ProfileData? Profile { get; }
-    private readonly double _flops, _membw;
-    private readonly int _eb;
+    private readonly double _gemm, _membw;
+    private readonly int _eb, _hostShare;
+    private readonly ConcurrentDictionary<(ModelConfig, bool, int), StageLayout> _layouts = new();
 
     public Estimator(ClusterSpec cluster, Experiment exp, ProfileData? profile = null)
     {
         Cluster = cluster; Experiment = exp; Profile = profile;
-        _flops = profile?.GemmGflops is { } g ? g * 1e9 : cluster.PeakFlops * cluster.ComputeEfficiency;
-        _membw = profile?.MemcpyGbps is { } m ? m * 1e9 : cluster.MemoryBandwidth;
+        // a profile is measured by one process on every core of the host; a device of a shared host has 1/n of them
+        _hostShare = cluster.SharedHost ? cluster.DevicesPerNode : 1;
+        _gemm = profile?.GemmGflops is { } g ? g * 1e9 / _hostShare : cluster.PeakFlops * cluster.ComputeEfficiency;
+        _membw = (profile?.MemcpyGbps is { } m ? m * 1e9 : cluster.MemoryBandwidth * cluster.MemoryEfficiency)
+            / (cluster.SharedHost ? cluster.DevicesPerNode : 1); // cores of one host share its memory bandwidth
         _eb = cluster.ElementBytes;
     }
 
-    private double Roof(double flops, double bytes) => Math.Max(flops / _flops, bytes / _membw);
+    public StageLayout Layout(ModelConfig m, bool scalar, int pp) => _layouts.GetOrAdd((m, scalar, pp), k => StageLayout.For(k.Item1, k.Item2, k.Item3));
 
-    /// <summary>Ring all-reduce of <paramref name="bytes"/> over <paramref name="n"/> ranks.</summary>
-    public double AllReduce(double bytes, int n, bool interNode)
+    // ---- kernels ---------------------------------------------------------------------------------
+
+    private double Sat(double d) => d / (d + Cluster.GemmHalfDim);
+
+    /// <summary>One GEMM (M x K) * (K x N): the slower of compute at shape-dependent efficiency
+    /// (large-GEMM throughput x d/(d+half) per dimension) and reading/writing its operands, at least a launch.</summary>
+    public double Gemm(double m, double n, double k)
     {
-        if (n <= 1) return 0;
-        double bw = interNode ? Cluster.InterNodeBandwidth : Cluster.IntraNodeBandwidth;
-        double lat = interNode ? Cluster.InterNodeLatency : Cluster.IntraNodeLatency;
-        return 2.0 * (n - 1) / n * bytes / bw + 2.0 * (n - 1) * lat;
+        if (m <= 0 || n <= 0 || k <= 0) return 0;
+        double compute = 2 * m * n * k / (_gemm * Sat(m) * Sat(n) * Sat(k));
+        double memory = (m * k + k * n + m * n) * _eb / _membw;
+        return Math.Max(Math.Max(compute, memory), Cluster.KernelLaunch);
     }
 
-    private double P2P(double bytes, bool interNode) =>
-        interNode ? bytes / Cluster.InterNodeBandwidth + Cluster.InterNodeLatency : bytes / Cluster.IntraNodeBandwidth + Cluster.IntraNodeLatency;
+    /// <summary>A memory-bound kernel moving <paramref name="bytes"/>, at least a launch.</summary>
+    public double Stream(double bytes) => Math.Max(bytes / _membw, Cluster.KernelLaunch);
 
-    private bool DpInter(CallOption o) => o.Mesh.NodeCount > 1 && o.Strategy.Dp * o.Strategy.Tp > Cluster.DevicesPerNode;
-    private bool PpInter(CallOption o) => o.Mesh.NodeCount > 1 && o.Strategy.Dp * o.Strategy.Tp >= Cluster.DevicesPerNode;
-
-    /// <summary>Forward FLOPs per token of one pipeline stage on one tp rank, at average attention context <paramref name="ctx"/>.</summary>
-    private static double FwdFlopsPerToken(ModelConfig m, bool scalar, Strategy s, double ctx)
+    /// <summary>Fused causal attention for <paramref name="tokens"/> queries attending to <paramref name="ctx"/>
+    /// keys on average, in sequences of <paramref name="seqLen"/> (efficiency grows with it); decode reads the KV cache.</summary>
+    private double Attention(double tokens, double ctx, double seqLen, int qDim, int kvDim, int heads, bool decode, double flopScale = 1)
     {
-        double head = scalar ? m.Hidden : (double)m.Vocab * m.Hidden;
-        return (2.0 * (m.Layers * m.BlockParams + head) + 4.0 * m.Hidden * ctx * m.Layers) / s.Pp / s.Tp;
+        if (!decode && !Cluster.FlashAttention)
+        {
+            // materialized scores: full (unmasked) QK^T and PV as batched GEMMs, and ~6 passes over the
+            // heads x s x s scores per sequence (write, softmax read/write, dropout read/write, PV read)
+            double gemm = 4.0 * tokens * seqLen * qDim * flopScale / _gemm;
+            double scores = 6.0 * tokens * seqLen * heads * _eb * flopScale / _membw;
+            return Math.Max(gemm + scores, Cluster.KernelLaunch);
+        }
+        double eff = Cluster.AttentionEfficiency * seqLen / (seqLen + Cluster.AttentionHalfSeq);
+        double flops = 4.0 * tokens * ctx * qDim * flopScale;
+        double bytes = decode ? tokens * ctx * 2.0 * kvDim * _eb + 2.0 * tokens * qDim * _eb
+                              : tokens * (2.0 * qDim + 2.0 * kvDim) * _eb * flopScale;
+        return Math.Max(Math.Max(flops / (Cluster.PeakFlops * eff), bytes / _membw), Cluster.KernelLaunch);
     }
 
-    /// <summary>Block time on one stage/tp rank for <paramref name="tokens"/> tokens: profile if present, else roofline.</summary>
-    private double StageCompute(ModelConfig m, bool scalar, Strategy s, string kind, double tokens, double ctx, double kvBytes)
+    // ---- links and collectives -------------------------------------------------------------------
+
+    /// <summary>Bus bandwidth of a collective group: NVLink-class inside a node; across nodes the NICs of
+    /// the group's members on one node (one NIC share per device), capped by the intra-node figure.</summary>
+    private double GroupBandwidth(bool interNode, int membersPerNode) =>
+        interNode ? Math.Min(Cluster.IntraNodeBandwidth, Math.Max(1, membersPerNode) * Cluster.InterNodeBandwidth) : Cluster.IntraNodeBandwidth;
+
+    private double Latency(bool interNode) => interNode ? Cluster.InterNodeLatency : Cluster.IntraNodeLatency;
+
+    /// <summary>Ring all-reduce of <paramref name="bytes"/> over <paramref name="n"/> ranks: one base latency
+    /// plus 2(n-1)/n bytes at the group's bus bandwidth (the alpha-beta fit of nccl-tests curves).</summary>
+    public double AllReduce(double bytes, int n, bool interNode, int membersPerNode = 1) =>
+        n <= 1 ? 0 : Latency(interNode) + 2.0 * (n - 1) / n * bytes / GroupBandwidth(interNode, membersPerNode);
+
+    /// <summary>All-gather (or reduce-scatter) of <paramref name="bytes"/> in total over <paramref name="n"/> ranks.</summary>
+    public double AllGather(double bytes, int n, bool interNode, int membersPerNode = 1) =>
+        n <= 1 ? 0 : Latency(interNode) + (double)(n - 1) / n * bytes / GroupBandwidth(interNode, membersPerNode);
+
+    /// <summary>One point-to-point message: inside a node over NVLink, else over the sender's NIC share.</summary>
+    public double P2P(double bytes, bool interNode) =>
+        Latency(interNode) + bytes / (interNode ? Cluster.InterNodeBandwidth : Cluster.IntraNodeBandwidth);
+
+    /// <summary>Whether the data-parallel group of a stage spans nodes, and its members per node.
+    /// Ranks are row-major over [pipe, data, model], so a stage's dp x tp ranks are contiguous.</summary>
+    public (bool Inter, int PerNode) DpGroup(CallOption o)
     {
-        double layers = (double)m.Layers / s.Pp;
-        double head = scalar ? m.Hidden : (double)m.Vocab * m.Hidden;
-        double weightBytes = (m.Layers * m.BlockParams + head) / s.Pp / s.Tp * _eb;
-        double mult = kind == "bwd" ? 2 : 1;
-        double actBytes = tokens * layers * m.Hidden * 24.0 * _eb / s.Tp * mult; // elementwise traffic
-        if (Profile?.BlockSeconds(m, kind, tokens) is { } blk)
-            return layers * blk / s.Tp + Roof(2.0 * head * tokens * mult / s.Pp / s.Tp, head / s.Pp / s.Tp * _eb);
-        return Roof(FwdFlopsPerToken(m, scalar, s, ctx) * tokens * mult, weightBytes + actBytes + kvBytes)
-            + layers * mult * Cluster.KernelOverhead;
+        var s = o.Strategy;
+        if (o.Mesh.NodeCount == 1 || s.Dp * s.Tp <= o.Mesh.DeviceCount) return (false, s.Dp);
+        return (true, o.Mesh.DeviceCount / s.Tp);
+    }
+
+    /// <summary>Whether any pipeline hop (stage j to j+1, same data/tensor coordinate) crosses nodes.</summary>
+    public bool PipelineCrossesNodes(CallOption o)
+    {
+        var s = o.Strategy;
+        if (s.Pp <= 1 || o.Mesh.NodeCount == 1) return false;
+        int dpn = Cluster.DevicesPerNode, stride = s.Dp * s.Tp;
+        for (int j = 0; j + 1 < s.Pp; j++)
+            if (o.Mesh.Device(j * stride, dpn) / dpn != o.Mesh.Device((j + 1) * stride, dpn) / dpn) return true;
+        return false;
+    }
+
+    // ---- one transformer block, one pipeline stage ----------------------------------------------
+
+    private enum Pass { Fwd, Bwd, Decode }
+
+    /// <summary>One block on one tensor rank: <paramref name="tokens"/> packed tokens (decode: sequences,
+    /// one token each) attending to <paramref name="ctx"/> keys on average; includes its tp all-reduces.</summary>
+    private double Block(ModelConfig m, int tp, double tokens, double ctx, double seqLen, Pass pass)
+    {
+        double ar = tp > 1 ? 2 * AllReduce(tokens * m.Hidden * _eb, tp, false) : 0;
+        string kind = pass switch { Pass.Fwd => "fwd", Pass.Bwd => "bwd", _ => "decode" };
+        if (Profile?.BlockSeconds(m, kind, tokens) is { } measured) return measured * _hostShare / tp + ar;
+        int h = m.Hidden, qd = m.Heads / tp * m.HeadDim, kvd = Math.Max(m.KvHeads / tp, 1) * m.HeadDim;
+        double inter = (double)m.Intermediate / tp, t = tokens;
+        double gemms = Gemm(t, qd + 2 * kvd, h) + Gemm(t, h, qd) + Gemm(t, 2 * inter, h) + Gemm(t, h, inter);
+        // rmsnorm x2, rotary, residual add x2, SwiGLU: read + write of their operands
+        double elem = Stream(2.0 * h * t * _eb) * 2 + Stream(2.0 * (qd + kvd) * t * _eb) + Stream(3.0 * h * t * _eb) * 2 + Stream(3.0 * inter * t * _eb);
+        bool decode = pass == Pass.Decode;
+        int heads = m.Heads / tp;
+        double attn = Attention(t, ctx, seqLen, qd, kvd, heads, decode);
+        double x = pass switch
+        {
+            // backward: data and weight gradient GEMMs (twice the forward work), FlashAttention-2's backward
+            // (2.5x the forward's matmul FLOPs), elementwise backward twice the traffic
+            Pass.Bwd => Gemm(t, h, qd + 2 * kvd) + Gemm(qd + 2 * kvd, h, t) + Gemm(t, qd, h) + Gemm(h, qd, t)
+                      + Gemm(t, h, 2 * inter) + Gemm(2 * inter, h, t) + Gemm(t, inter, h) + Gemm(h, inter, t)
+                      + Attention(t, ctx, seqLen, qd, kvd, heads, false, 2.5) + 2 * elem,
+            _ => gemms + attn + elem,
+        };
+        return x + ar + Cluster.LayerOverhead;
+    }
+
+    /// <summary>Seconds of the slowest pipeline stage for one micro-batch (integer blocks per stage; the
+    /// first stage holds the embedding, the last the final norm, head and log-softmax / sampling).</summary>
+    private double SlowestStage(ModelConfig m, bool scalar, Strategy s, double tokens, double ctx, double seqLen, Pass pass)
+    {
+        var lay = Layout(m, scalar, s.Pp);
+        double block = Block(m, s.Tp, tokens, ctx, seqLen, pass);
+        double vshard = scalar ? 1 : (double)m.Vocab / s.Tp;
+        double head = pass == Pass.Bwd ? Gemm(tokens, m.Hidden, vshard) + Gemm(vshard, m.Hidden, tokens) + Stream(tokens * vshard * 8)
+                                       : Gemm(tokens, vshard, m.Hidden) + Stream(tokens * vshard * 8) + (s.Tp > 1 ? AllReduce(tokens * 8, s.Tp, false) : 0);
+        double embed = Stream(2.0 * tokens * m.Hidden * _eb) + (s.Tp > 1 ? AllReduce(tokens * m.Hidden * _eb, s.Tp, false) : 0);
+        double worst = 0;
+        for (int j = 0; j < lay.Stages; j++)
+            worst = Math.Max(worst, lay.Blocks[j] * block + (lay.Embedding[j] ? embed : 0) + (lay.Head[j] ? head : 0));
+        return worst;
     }
 
     /// <summary>Seconds of one call under an option (excludes reallocation and data transfer).</summary>
@@ -72,81 +217,136 @@ public sealed class Estimator
     {
         var m = Experiment.Models[c.Role];
         bool scalar = Experiment.HasScalarHead(c.Role);
+        if (o.Zero3) return Zero3Seconds(c, o, m, scalar) + Cluster.CallDispatch;
+        return Cluster.CallDispatch + NativeSeconds(c, o, m, scalar);
+    }
+
+    private double NativeSeconds(ModelCall c, CallOption o, ModelConfig m, bool scalar)
+    {
         var s = o.Strategy;
         int mb = o.MicroBatches;
-        double layersPerStage = (double)m.Layers / s.Pp;
-        bool ppInter = PpInter(o);
-        double PipeTime(double perMb, double actBytesMb, int passes) =>
-            (mb + s.Pp - 1) * perMb + (s.Pp > 1 ? passes * (mb + s.Pp - 1) * P2P(actBytesMb, ppInter) : 0);
+        bool ppInter = PipelineCrossesNodes(o);
+        double Hop(double tokens) => s.Pp > 1 ? P2P(tokens * m.Hidden * _eb / s.Tp, ppInter) : 0; // Megatron scatter/gather: 1/tp per rank
         double offload = o.Flag && c.Type != CallType.TrainStep ? Memory(c, o).WeightBytes / Cluster.HostBandwidth : 0;
+        double seqLen = c.SequenceTokens;
 
         switch (c.Type)
         {
             case CallType.TrainStep:
             {
-                double tokensStep = (double)c.Sequences / c.OptimizerSteps * c.SequenceTokens / s.Dp;
-                double tmb = tokensStep / mb, ctx = c.SequenceTokens / 2.0;
-                double fwd = StageCompute(m, scalar, s, "fwd", tmb, ctx, 0), bwd = StageCompute(m, scalar, s, "bwd", tmb, ctx, 0);
-                double arBytes = tmb * m.Hidden * _eb;
-                int ars = o.Flag ? 6 : 4;
-                double tpComm = layersPerStage * ars * AllReduce(arBytes, s.Tp, false);
-                double perMb = fwd * (o.Flag ? 2 : 1) + bwd + tpComm;
-                double pipe = PipeTime(perMb, arBytes, 2);
-                double stageParams = (m.Params(scalar)) / s.Pp / s.Tp;
-                double gradReduce = AllReduce(stageParams * 4, s.Dp, DpInter(o));
-                double stateBytes = Cluster.Precision == Precision.Bf16 ? 12 : 8;
-                double optim = stageParams / s.Dp * (2 * stateBytes + 4 + _eb) / _membw;
-                return c.OptimizerSteps * (pipe + gradReduce + optim);
+                double tmb = (double)c.Sequences / c.OptimizerSteps * seqLen / s.Dp / mb;
+                double f = SlowestStage(m, scalar, s, tmb, seqLen / 2, seqLen, Pass.Fwd);
+                double b = SlowestStage(m, scalar, s, tmb, seqLen / 2, seqLen, Pass.Bwd);
+                double pipe = (mb + s.Pp - 1) * (f * (o.Flag ? 2 : 1) + b + 2 * Hop(tmb));
+                return c.OptimizerSteps * (pipe + GradSync(m, scalar, o) + OptimizerStep(Layout(m, scalar, s.Pp).MaxParams / s.Tp / s.Dp));
             }
             case CallType.Inference:
             {
-                double tokens = (double)c.Sequences * c.SequenceTokens / s.Dp, tmb = tokens / mb;
-                double fwd = StageCompute(m, scalar, s, "fwd", tmb, c.SequenceTokens / 2.0, 0);
-                double arBytes = tmb * m.Hidden * _eb;
-                double perMb = fwd + layersPerStage * 2 * AllReduce(arBytes, s.Tp, false);
-                return PipeTime(perMb, arBytes, 1) + offload;
+                double tmb = (double)c.Sequences * seqLen / s.Dp / mb;
+                double f = SlowestStage(m, scalar, s, tmb, seqLen / 2, seqLen, Pass.Fwd);
+                return (mb + s.Pp - 1) * (f + Hop(tmb)) + offload;
             }
             default:
             {
-                // prefill of the prompts, then new_tokens - 1 decode steps reading weights and the KV cache.
+                // prefill of the prompts (pipelined like inference), then new_tokens - 1 decode steps; each
+                // step passes every micro-batch through every stage: max(micro-batches, pp) stage times.
                 double seqs = (double)c.Sequences / s.Dp;
                 double pmb = seqs * c.PromptTokens / mb;
-                double prefill = PipeTime(StageCompute(m, scalar, s, "fwd", pmb, c.PromptTokens / 2.0, 0)
-                    + layersPerStage * 2 * AllReduce(pmb * m.Hidden * _eb, s.Tp, false), pmb * m.Hidden * _eb, 1);
+                double prefill = (mb + s.Pp - 1) * (SlowestStage(m, scalar, s, pmb, c.PromptTokens / 2.0, c.PromptTokens, Pass.Fwd) + Hop(pmb));
                 double bs = seqs / mb, ctx = c.PromptTokens + c.NewTokens / 2.0;
-                double kvShard = Math.Max(m.KvHeads / s.Tp, 1) * m.HeadDim;
-                double kvBytes = bs * ctx * 2 * kvShard * layersPerStage * _eb;
-                double stage = StageCompute(m, scalar, s, "decode", bs, ctx, kvBytes)
-                    + layersPerStage * 2 * AllReduce(bs * m.Hidden * _eb, s.Tp, false);
-                double hop = s.Pp > 1 ? P2P(bs * m.Hidden * _eb, ppInter) : 0;
-                double step = Math.Max(mb, s.Pp) * (stage + hop);
+                double step = Math.Max(mb, s.Pp) * (SlowestStage(m, scalar, s, bs, ctx, ctx, Pass.Decode) + Hop(bs));
                 return prefill + Math.Max(0, c.NewTokens - 1) * step + offload;
             }
         }
     }
 
-    /// <summary>Per-device memory of a call option: weights of the layout, train state (grads +
-    /// distributed optimizer) for train calls, and active memory (activations, logits, KV cache).</summary>
+    /// <summary>Distributed-optimizer gradient sync per optimizer step: reduce-scatter of fp32 gradients and
+    /// all-gather of the updated weights over the stage's data-parallel group.</summary>
+    private double GradSync(ModelConfig m, bool scalar, CallOption o)
+    {
+        var s = o.Strategy;
+        if (s.Dp <= 1) return 0;
+        double p = Layout(m, scalar, s.Pp).MaxParams / s.Tp;
+        var (inter, perNode) = DpGroup(o);
+        return AllGather(p * 4, s.Dp, inter, perNode) + AllGather(p * _eb, s.Dp, inter, perNode);
+    }
+
+    /// <summary>AdamW over <paramref name="params"/> local parameters: memory bound; bf16 training reads and
+    /// writes fp32 master, m, v (24 B), reads the fp32 gradient (4 B) and writes the bf16 weight (2 B).</summary>
+    public double OptimizerStep(double @params) => Stream(@params * (Cluster.Precision == Precision.Bf16 ? 30 : 28));
+
+    /// <summary>DeepSpeed ZeRO-3 over the mesh (pp = tp = 1): each layer's parameters are all-gathered before
+    /// its forward and again before its backward (per micro-batch; prefetch overlaps the gather with the
+    /// previous layer's compute, so a layer costs the slower of the two), gradients are reduce-scattered
+    /// (bf16) during the backward, and the optimizer updates a 1/N shard.</summary>
+    private double Zero3Seconds(ModelCall c, CallOption o, ModelConfig m, bool scalar)
+    {
+        var s = o.Strategy;
+        int n = s.Dp, mb = o.MicroBatches;
+        var (inter, perNode) = DpGroup(o);
+        double layerBytes = m.BlockParams * _eb;
+        double gather = AllGather(layerBytes, n, inter, perNode);
+        double seqLen = c.SequenceTokens;
+        double headBytes = (double)m.Vocab * m.Hidden * _eb;
+        var single1 = new Strategy(1, 1, 1);
+        if (c.Type == CallType.TrainStep)
+        {
+            double tmb = (double)c.Sequences / c.OptimizerSteps * seqLen / n / mb;
+            double f = Block(m, 1, tmb, seqLen / 2, seqLen, Pass.Fwd), b = Block(m, 1, tmb, seqLen / 2, seqLen, Pass.Bwd);
+            double perLayer = Math.Max(f, gather) * (o.Flag ? 2 : 1) + Math.Max(b, gather + AllGather(layerBytes, n, inter, perNode));
+            double ends = SlowestStage(m, scalar, single1, tmb, seqLen / 2, seqLen, Pass.Fwd) - m.Layers * f
+                        + SlowestStage(m, scalar, single1, tmb, seqLen / 2, seqLen, Pass.Bwd) - m.Layers * b
+                        + 3 * AllGather(headBytes, n, inter, perNode);
+            double step = mb * (m.Layers * perLayer + Math.Max(0, ends)) + OptimizerStep(m.Params(scalar) / n);
+            return c.OptimizerSteps * step;
+        }
+        // inference (ref/reward/critic under ZeRO-3): gathered per layer as in the forward above
+        double tokens = (double)c.Sequences * seqLen / n / mb;
+        double fi = Block(m, 1, tokens, seqLen / 2, seqLen, Pass.Fwd);
+        double endsI = SlowestStage(m, scalar, single1, tokens, seqLen / 2, seqLen, Pass.Fwd) - m.Layers * fi + AllGather(headBytes, n, inter, perNode);
+        return mb * (m.Layers * Math.Max(fi, gather) + Math.Max(0, endsI));
+    }
+
+    /// <summary>Per-device memory of a call option on its fullest stage: weights of the layout, train state
+    /// (fp32 gradients + distributed optimizer) for train calls, and active memory (activations, logits, KV cache).</summary>
     public CallMemory Memory(ModelCall c, CallOption o)
     {
         var m = Experiment.Models[c.Role];
         bool scalar = Experiment.HasScalarHead(c.Role);
         var s = o.Strategy;
-        double stageParams = m.Params(scalar) / s.Pp / s.Tp;
-        double weights = stageParams * _eb;
-        double layers = Math.Ceiling((double)m.Layers / s.Pp);
         double vocabShard = scalar ? 1 : (double)m.Vocab / s.Tp;
         int mb = o.MicroBatches;
+        double adam = Cluster.Precision == Precision.Bf16 ? 12 : 8; // fp32 master + m + v (fp32 training: m + v)
+        // activation bytes per token per layer, Korthikanti et al. 2022 (tensor parallel, no sequence
+        // parallelism, flash attention so no s^2 term): h (10 + 24/tp) at 2-byte activations
+        double ActPerToken(int tp) => m.Hidden * (10.0 + 24.0 / tp) * _eb / 2.0;
+        if (o.Zero3)
+        {
+            double p = m.Params(scalar), n = s.Dp;
+            double gathered = 2 * m.BlockParams * _eb + (double)m.Vocab * m.Hidden * _eb; // prefetch buffers + gathered head
+            if (c.Type == CallType.TrainStep)
+            {
+                double tmb = (double)c.Sequences / c.OptimizerSteps * c.SequenceTokens / n / mb;
+                double acts = o.Flag ? m.Layers * tmb * m.Hidden * _eb + tmb * ActPerToken(1) : m.Layers * tmb * ActPerToken(1);
+                return new CallMemory(p * _eb / n, p * (_eb + adam) / n, acts + gathered + tmb * m.Vocab * 8.0);
+            }
+            double t = (double)c.Sequences * c.SequenceTokens / n / mb;
+            return new CallMemory(p * _eb / n, 0, gathered + t * (4.0 * m.Hidden + 2.0 * m.Intermediate) * _eb + t * m.Vocab * 4.0);
+        }
+        var lay = Layout(m, scalar, s.Pp);
+        double stageParams = lay.MaxParams / s.Tp;
+        double weights = stageParams * _eb;
+        double layers = lay.MaxBlocks;
         switch (c.Type)
         {
             case CallType.TrainStep:
             {
                 double tmb = (double)c.Sequences / c.OptimizerSteps * c.SequenceTokens / s.Dp / mb;
-                double inflight = Math.Min(mb, s.Pp);
-                double perLayer = tmb * m.Hidden * _eb * 17.0 / s.Tp; // flash attention, packed: no s^2 term
+                double inflight = Math.Min(mb, s.Pp); // 1F1B: the first stage holds pp micro-batches
+                double perLayer = tmb * ActPerToken(s.Tp);
                 double acts = o.Flag ? layers * tmb * m.Hidden * _eb * inflight + perLayer : layers * perLayer * inflight;
                 double logits = tmb * vocabShard * 4 * 2;
-                double state = stageParams * 4 + stageParams / s.Dp * (Cluster.Precision == Precision.Bf16 ? 12 : 8);
+                double state = stageParams * 4 + stageParams / s.Dp * adam;
                 return new CallMemory(weights, state, acts + logits);
             }
             case CallType.Inference:
@@ -172,13 +372,28 @@ public sealed class Estimator
     /// range x tensor-parallel slice) pieces, picks one sender per (piece, destination node) among the
     /// source's data-parallel replicas (same node first, else the least-loaded node), copies locally where
     /// source and destination share a device, broadcasts inside a node, and returns the busiest link's
-    /// bytes / bandwidth plus latency.</summary>
+    /// bytes / bandwidth plus latency. From a ZeRO-3 layout (baselines only): DeepSpeed-Chat's hybrid engine
+    /// all-gathers the tensor-parallel shards on the same devices; OpenRLHF gathers on the training group and
+    /// broadcasts every tensor from one rank to the generation group.</summary>
     public double ReallocSeconds(string role, CallOption src, CallOption dst)
     {
         if (src.SameLayout(dst)) return 0;
         var m = Experiment.Models[role];
-        double total = m.Params(Experiment.HasScalarHead(role)) * _eb;
+        bool scalar = Experiment.HasScalarHead(role);
+        double total = m.Params(scalar) * _eb;
         int dpn = Cluster.DevicesPerNode, nd = Cluster.TotalDevices;
+        if (src.Zero3)
+        {
+            var (inter, perNode) = DpGroup(src);
+            if (src.Mesh.Overlaps(dst.Mesh))
+                return AllGather(total / dst.Strategy.Tp, src.Strategy.Dp, inter, perNode) + m.Layers * Latency(inter);
+            bool cross = src.Mesh.NodeStart != dst.Mesh.NodeStart || src.Mesh.NodeCount > 1 || dst.Mesh.NodeCount > 1;
+            int tensors = 9 * m.Layers + 3;
+            return AllGather(total, src.Strategy.Dp, inter, perNode) + tensors * (Latency(inter) + Latency(cross))
+                + total / (cross ? Cluster.InterNodeBandwidth : Cluster.IntraNodeBandwidth);
+        }
+        var srcLay = Layout(m, scalar, src.Strategy.Pp); var dstLay = Layout(m, scalar, dst.Strategy.Pp);
+        double tp = srcLay.TotalParams;
         var intraOut = new double[nd]; var intraIn = new double[nd]; var local = new double[nd];
         var interOut = new double[Cluster.Nodes]; var interIn = new double[Cluster.Nodes];
         var isSrc = new bool[nd];
@@ -191,7 +406,7 @@ public sealed class Estimator
             for (int e = 0; e < ds.Dp; e++) dests[e] = dst.Mesh.Device((j * ds.Dp + e) * ds.Tp + q, dpn);
             for (int sStage = 0; sStage < ss.Pp; sStage++)
             {
-                double fs = Overlap((double)sStage / ss.Pp, (double)(sStage + 1) / ss.Pp, (double)j / ds.Pp, (double)(j + 1) / ds.Pp);
+                double fs = Overlap(srcLay.ParamStart[sStage] / tp, srcLay.ParamEnd[sStage] / tp, dstLay.ParamStart[j] / tp, dstLay.ParamEnd[j] / tp);
                 if (fs <= 0) continue;
                 for (int r = 0; r < ss.Tp; r++)
                 {

@@ -20,6 +20,9 @@ public sealed class PlanningProblem
     internal readonly int[][] InputIdx;
     internal readonly bool[] Trainable;
     private readonly ConcurrentDictionary<long, double> _realloc = new();
+    /// <summary>Per call, how many of <see cref="Options"/> the search explores: options added later by
+    /// baselines (for example ZeRO-3 priced ones, which the engine cannot run) are not searched.</summary>
+    public int[] SearchCount { get; }
 
     public PlanningProblem(Estimator est)
     {
@@ -66,6 +69,7 @@ public sealed class PlanningProblem
                 Options[i].Insert(at < 0 ? Options[i].Count : at + 1, e);
             }
         }
+        SearchCount = Options.Select(o => o.Count).ToArray();
     }
 
     /// <summary>Every aligned single-node mesh and every contiguous range of whole nodes.</summary>
@@ -99,7 +103,10 @@ public sealed class PlanningProblem
             {
                 if (size / tp % pp != 0) continue;
                 var s = new Strategy(pp, size / tp / pp, tp);
-                foreach (int mb in (int[])[pp, 2 * pp, 4 * pp])
+                // pp, 2pp, 4pp micro-batches; with fewer sequences per replica than stages (long contexts),
+                // as many as there are: a pipeline that is mostly bubble can still be the only one that fits
+                int most = c.Sequences / c.OptimizerSteps / s.Dp;
+                foreach (int mb in pp <= most ? (int[])[pp, 2 * pp, 4 * pp] : most >= 1 ? [most] : [])
                 {
                     if (PlanValidator.StrategyProblem(s, mb, model, c, Cluster.DevicesPerNode) is not null) continue;
                     foreach (bool f in flags)
@@ -174,5 +181,5 @@ public sealed class PlanningProblem
         Estimator.TransferSeconds(Calls[from], Options[from][fromIdx].Option, Options[to][toIdx].Option);
 
     /// <summary>Size of the search space (product of option counts), saturating at double precision.</summary>
-    public double SpaceSize => Options.Aggregate(1.0, (a, o) => a * o.Count);
+    public double SpaceSize => SearchCount.Aggregate(1.0, (a, c) => a * c);
 }

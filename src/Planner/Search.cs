@@ -42,19 +42,42 @@ public static class PlanSearch
         }
         else
         {
-            var starts = baselines.Values.Where(b => b is not null && b.Evaluation.Feasible).Select(b => b!.Choice).ToList();
+            var starts = baselines.Values.Where(b => b is not null && b.Evaluation.Feasible && Executable(problem, b)).Select(b => b!.Choice).ToList();
             (best, evals, timedOut) = Anneal(problem, opt, starts, sw);
             method = $"annealing ({opt.Chains} chains x {opt.StepsPerChain} steps)";
         }
         var result = Finish(problem, best!, ev);
-        // never worse than a baseline (the search starts from them, this only guards the polish order)
+        // never worse than a baseline priced like the engine runs it (the search starts from them, this only
+        // guards the polish order); ZeRO-3 priced baselines model other systems and may well be faster
         foreach (var b in baselines.Values)
-            if (b is not null && b.Evaluation.Feasible && b.Evaluation.Cost < result.Evaluation.Cost) result = b;
+            if (b is not null && b.Evaluation.Feasible && Executable(problem, b) && b.Evaluation.Cost < result.Evaluation.Cost) result = b;
         if (!result.Evaluation.Feasible)
             throw new PlannerException($"no plan fits in memory on cluster '{cluster.Name}' ({cluster.TotalDevices} devices of {Units.Bytes(cluster.UsableMemoryBytes)}): " +
                 $"the best found overflows a device by {Units.Bytes(result.Evaluation.OverflowBytes)}");
         return new SearchResult(result, baselines, sw.Elapsed.TotalSeconds, method, evals, timedOut, problem, setup);
     }
+
+    /// <summary>For a <see cref="ClusterSpec.SharedHost"/> cluster: the estimated iteration of a run without a plan
+    /// (`realn run` default), one device in one process with every core of the node (compute x devices per node,
+    /// the whole memory bandwidth, no worker dispatch; a profile is used as measured, `realn profile` runs on
+    /// every core); its fastest micro-batch/recompute choice. Null for other clusters or when it does not fit.</summary>
+    public static double? SingleDeviceSeconds(ClusterSpec cluster, Experiment exp, ProfileData? profile = null)
+    {
+        if (!cluster.SharedHost) return null;
+        var one = cluster with
+        {
+            Nodes = 1, DevicesPerNode = 1, SharedHost = false, CallDispatch = 0,
+            PeakFlops = cluster.PeakFlops * cluster.DevicesPerNode,
+            DeviceMemoryBytes = cluster.DeviceMemoryBytes * cluster.DevicesPerNode,
+            ReservedMemoryBytes = cluster.ReservedMemoryBytes * cluster.DevicesPerNode,
+        };
+        try { return Baselines.Symmetric(new PlanningProblem(new Estimator(one, exp, profile)))?.Evaluation.IterationSeconds; }
+        catch (PlannerException) { return null; }
+    }
+
+    /// <summary>Whether every call of a result is priced as the engine executes it (no ZeRO-3 pricing).</summary>
+    internal static bool Executable(PlanningProblem p, PlanResult r) =>
+        r.Choice.Select((k, i) => p.Options[i][k].Option.Zero3).All(z => !z);
 
     internal static PlanResult Finish(PlanningProblem p, int[] choice, Evaluator ev)
     {
@@ -76,7 +99,7 @@ public static class PlanSearch
     public static (int[] Best, long Evaluations) Exhaustive(PlanningProblem p)
     {
         int n = p.Calls.Count;
-        var counts = p.Options.Select(o => o.Count).ToArray();
+        var counts = p.SearchCount;
         var results = new (double Cost, int[] Choice)[counts[0]];
         Parallel.For(0, counts[0], () => new Evaluator(p), (first, _, ev) =>
         {
@@ -107,7 +130,7 @@ public static class PlanSearch
             var rng = new Random(unchecked(opt.Seed * 1000003 + chain * 7919)); // System.Random(seed) is stable across runs
             var ev = new Evaluator(p);
             long evals = 0;
-            int[] cur = chain < starts.Count ? (int[])starts[chain].Clone() : Enumerable.Range(0, n).Select(i => rng.Next(p.Options[i].Count)).ToArray();
+            int[] cur = chain < starts.Count ? (int[])starts[chain].Clone() : Enumerable.Range(0, n).Select(i => rng.Next(p.SearchCount[i])).ToArray();
             double curCost = ev.Evaluate(cur).Cost; evals++;
             // temperature: initial so that the mean uphill move is accepted with probability 1/2,
             // cooled geometrically to 1e-4 of that over the chain.
@@ -116,7 +139,7 @@ public static class PlanSearch
             for (int k = 0; k < 64; k++)
             {
                 int ci = rng.Next(n); int old = probe[ci];
-                probe[ci] = rng.Next(p.Options[ci].Count);
+                probe[ci] = rng.Next(p.SearchCount[ci]);
                 double d = ev.Evaluate(probe).Cost - curCost; evals++;
                 if (d > 0 && double.IsFinite(d)) { sumUp += Math.Min(d, curCost); ups++; }
                 probe[ci] = old;
@@ -138,10 +161,10 @@ public static class PlanSearch
                     var mesh = list[old].Option.Mesh;
                     int lo = old, hi = old;
                     while (lo > 0 && list[lo - 1].Option.Mesh == mesh) lo--;
-                    while (hi < list.Count - 1 && list[hi + 1].Option.Mesh == mesh) hi++;
+                    while (hi < p.SearchCount[ci] - 1 && list[hi + 1].Option.Mesh == mesh) hi++;
                     next = lo + rng.Next(hi - lo + 1);
                 }
-                else next = rng.Next(list.Count);
+                else next = rng.Next(p.SearchCount[ci]);
                 if (next == old) continue;
                 cur[ci] = next;
                 double c = ev.Evaluate(cur).Cost; evals++;
@@ -175,7 +198,7 @@ public static class PlanSearch
                 int keep = c[ci];
                 for (int k = 0; k < p.Options[ci].Count; k++)
                 {
-                    if (k == keep) continue;
+                    if (k == keep || p.Options[ci][k].Option.Zero3) continue;
                     c[ci] = k;
                     double x = ev.Evaluate(c).Cost; evals++;
                     if (x < cost - 1e-12) { cost = x; keep = k; improved = true; }

@@ -55,13 +55,17 @@ public class InputTests
     public void ScaleExamplesParseWithTwoToTheSeventeenTokens()
     {
         var files = Directory.GetFiles(TestData.Example("scale"), "*.yaml");
-        Assert.Equal(36, files.Length);
+        Assert.Equal(72, files.Length); // 3 kinds x 4 sizes x (3 short + 3 long-context sequence settings)
         foreach (var f in files)
         {
             var e = Experiment.Load(f);
             Assert.Equal("ppo", e.Algorithm);
             Assert.Equal(1 << 17, e.BatchSize * (e.PromptLen + e.GenLen));
             Assert.Equal(6, e.Calls.Count);
+            // the header names the ladder's GPU count and the matching --nodes
+            string head = File.ReadAllText(f);
+            var gpus = System.Text.RegularExpressions.Regex.Match(head, @"Plan on (\d+) GPUs").Groups[1].Value;
+            Assert.Contains($"--nodes {int.Parse(gpus) / 8}", head);
         }
         var both = Experiment.Load(TestData.Example("scale/scale-critic-70b-gen128.yaml"));
         Assert.Equal("llama-7b", both.Models["actor"].Name);

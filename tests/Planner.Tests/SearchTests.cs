@@ -56,15 +56,17 @@ public class SearchTests
         try { r = PlanSearch.Run(cl, exp, new SearchOptions { Seed = 3 }); }
         catch (PlannerException e) { Assert.Contains("overflows", e.Message); return; }
         CheckPlan(r.Best, cl, exp);
-        Assert.Contains("symmetric", r.Baselines.Keys);
+        Assert.Equal(["deepspeed_chat", "heuristic", "openrlhf", "symmetric"], r.Baselines.Keys.Order());
         foreach (var (name, b) in r.Baselines)
         {
             if (b is null) continue;
             CheckPlan(b, cl, exp);
-            Assert.True(r.Best.Evaluation.IterationSeconds <= b.Evaluation.IterationSeconds * (1 + 1e-9), $"search worse than baseline {name}");
-            if (name is "symmetric" or "colocated")
+            // the search covers every plan priced as the engine runs it; ZeRO-3 priced baselines model other systems
+            if (name is "symmetric" or "heuristic")
+                Assert.True(r.Best.Evaluation.IterationSeconds <= b.Evaluation.IterationSeconds * (1 + 1e-9), $"search worse than baseline {name}");
+            if (name is "symmetric" or "heuristic" or "deepspeed_chat")
                 Assert.All(b.Plan.Calls, c => Assert.Equal(cl.TotalDevices, c.Mesh.Size));
-            if (name == "symmetric")
+            if (name is "symmetric" or "heuristic")
                 Assert.Single(b.Plan.Calls.Select(c => c.Strategy).Distinct());
         }
     }
@@ -106,6 +108,7 @@ public class SearchTests
         var r = PlanSearch.Run(cl, exp, new SearchOptions { Seed = 1, StepsPerChain = 2000 });
         CheckPlan(r.Best, cl, exp);
         foreach (var b in r.Baselines.Values.Where(b => b is not null)) CheckPlan(b!, cl, exp);
-        Assert.True(r.Baselines.Values.Where(b => b is not null).All(b => r.Best.Evaluation.IterationSeconds <= b!.Evaluation.IterationSeconds));
+        Assert.True(r.Baselines.Where(b => b.Value is not null && b.Key is "heuristic" or "symmetric").All(b => r.Best.Evaluation.IterationSeconds <= b.Value!.Evaluation.IterationSeconds));
+        Assert.All(r.Baselines.Values, b => Assert.NotNull(b));
     }
 }

@@ -1,7 +1,9 @@
 // `realn plan CONFIG --cluster CLUSTER [--nodes N] [--seed S] [--time-limit SEC] [--out PLAN.json]
-// [--profile PROFILE.json] [--json]`: searches the execution plan, prints it as a table with the
-// baselines (or the JSON document {"iteration_seconds", "baselines", "search_seconds", "plan"}),
-// writes the plan JSON and a Gantt chart PNG of one iteration beside it.
+// [--profile PROFILE.json] [--show plan|BASELINE] [--json]`: searches the execution plan, prints it as a
+// table with every baseline's time and the searched plan's speedup over it and the model's limits (or the
+// JSON document {"iteration_seconds", "baselines", ["single_device_seconds",] "search_seconds", "limits", "plan"}),
+// (single device: shared-host CPU clusters, a run without --plan on every core), writes the plan
+// JSON and a Gantt chart PNG of one iteration (of the plan or the baseline named by --show) beside it.
 using System.CommandLine;
 using System.Text.Json;
 using ReaLNative.Planner;
@@ -21,20 +23,23 @@ public static class PlanCommand
         var outPath = new Option<string?>("--out") { Description = "Plan JSON path (default: CONFIG name + .plan.json in the current directory)" };
         var profile = new Option<string?>("--profile") { Description = "Calibration profile JSON (from realn profile)" };
         var json = new Option<bool>("--json") { Description = "Print the JSON result instead of a table" };
+        var show = new Option<string>("--show") { Description = $"Gantt chart of: plan, {string.Join(", ", Baselines.Rules.Keys)}", DefaultValueFactory = _ => "plan" };
         var cmd = new Command("plan", "Search the execution plan (per-call mesh and pp/dp/tp) of an experiment on a cluster");
         cmd.Arguments.Add(config);
-        foreach (var o in new Option[] { cluster, nodes, seed, limit, outPath, profile, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { cluster, nodes, seed, limit, outPath, profile, show, json }) cmd.Options.Add(o);
         cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(cluster)!, p.GetValue(nodes), p.GetValue(seed), p.GetValue(limit),
-            p.GetValue(outPath), p.GetValue(profile), p.GetValue(json)));
+            p.GetValue(outPath), p.GetValue(profile), p.GetValue(show)!, p.GetValue(json)));
         return cmd;
     }
 
     /// <summary>Seconds in fixed notation (never 5.93E-05): 2 decimals from 1 s, 5 below 0.01 s.</summary>
     internal static string S(double seconds) => seconds.ToString(seconds >= 1 ? "F2" : seconds >= 0.01 ? "F3" : "F5", System.Globalization.CultureInfo.InvariantCulture);
 
-    private static int Run(string configPath, string clusterPath, int? nodes, int seed, double limit, string? outPath, string? profilePath, bool asJson)
+    private static int Run(string configPath, string clusterPath, int? nodes, int seed, double limit, string? outPath, string? profilePath, string show, bool asJson)
     {
         if (!(limit > 0)) throw new UsageException($"--time-limit: {limit} must be positive");
+        if (show != "plan" && !Baselines.Rules.ContainsKey(show))
+            throw new UsageException($"--show: '{show}' is not one of plan, {string.Join(", ", Baselines.Rules.Keys)}");
         SearchResult r;
         try
         {
@@ -45,16 +50,24 @@ public static class PlanCommand
             r = PlanSearch.Run(spec, exp, new SearchOptions { Seed = seed, TimeLimitSeconds = limit }, prof);
         }
         catch (PlannerException e) { throw new UsageException(e.Message); }
+        double? single = PlanSearch.SingleDeviceSeconds(r.Problem.Cluster, r.Problem.Experiment, r.Problem.Estimator.Profile);
 
         outPath ??= Path.GetFileNameWithoutExtension(configPath) + ".plan.json";
         string png = Path.ChangeExtension(outPath, ".png");
         var tasks = new List<SimTask>();
         new Evaluator(r.Problem).Simulate(r.Best.Choice, 1, tasks);
+        var shown = tasks;
+        if (show != "plan")
+        {
+            var b = r.Baselines[show] ?? throw new UsageException($"--show: baseline {show} has no plan for this experiment and cluster (not applicable or does not fit in memory)");
+            shown = [];
+            new Evaluator(r.Problem).Simulate(b.Choice, 1, shown);
+        }
         try
         {
             if (Path.GetDirectoryName(Path.GetFullPath(outPath)) is { } dir) Directory.CreateDirectory(dir);
             File.WriteAllText(outPath, PlanJson.ToJson(r.Best.Plan));
-            Gantt.Write(png, tasks, r.Problem.Cluster.TotalDevices, r.Problem.Cluster.DevicesPerNode, r.Problem.Experiment.Name);
+            Gantt.Write(png, shown, r.Problem.Cluster.TotalDevices, r.Problem.Cluster.DevicesPerNode, show == "plan" ? r.Problem.Experiment.Name : $"{r.Problem.Experiment.Name} ({show} baseline)");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -64,15 +77,29 @@ public static class PlanCommand
         if (asJson)
         {
             using var ms = new MemoryStream();
-            using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true }))
+            using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
             {
                 w.WriteStartObject();
                 w.WriteNumber("iteration_seconds", r.Best.Evaluation.IterationSeconds);
                 w.WriteStartObject("baselines");
                 foreach (var (name, b) in r.Baselines)
-                    if (b is null) w.WriteNull(name); else w.WriteNumber(name, b.Evaluation.IterationSeconds);
+                {
+                    w.WriteStartObject(name);
+                    if (b is null) { w.WriteNull("iteration_seconds"); w.WriteNull("speedup"); w.WriteString("note", "not applicable or does not fit in memory"); }
+                    else
+                    {
+                        w.WriteNumber("iteration_seconds", b.Evaluation.IterationSeconds);
+                        w.WriteNumber("speedup", Math.Round(b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds, 4));
+                    }
+                    w.WriteString("rule", Baselines.Rules[name]);
+                    w.WriteEndObject();
+                }
                 w.WriteEndObject();
+                if (single is { } sd) w.WriteNumber("single_device_seconds", sd);
                 w.WriteNumber("search_seconds", r.SearchSeconds);
+                w.WriteStartArray("limits");
+                foreach (var l in Estimator.Limits) w.WriteStringValue(l);
+                w.WriteEndArray();
                 w.WritePropertyName("plan");
                 PlanJson.Write(w, r.Best.Plan);
                 w.WriteEndObject();
@@ -96,10 +123,17 @@ public static class PlanCommand
             table.AddRow(Markup.Escape(t.Name), "", "", "", "", S(t.Start), S(t.End), "");
         AnsiConsole.Write(table);
         AnsiConsole.MarkupLine($"estimated iteration: [bold]{S(r.Best.Evaluation.IterationSeconds)} s[/] ({Markup.Escape(r.Method)}, {r.Evaluations} plans evaluated, {r.SearchSeconds:F2} s{(r.TimedOut ? ", time limit hit" : "")})");
+        AnsiConsole.MarkupLine("baselines (speedup of the plan over each; rules in docs/cost-model.md):");
         foreach (var (name, b) in r.Baselines)
-            AnsiConsole.MarkupLine(b is null ? $"  {name}: does not fit in memory"
-                : $"  {name}: {S(b.Evaluation.IterationSeconds)} s ({b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x)");
-        AnsiConsole.MarkupLine($"plan: {Markup.Escape(outPath)}, Gantt chart: {Markup.Escape(png)}");
+            AnsiConsole.MarkupLine(b is null ? $"  {name}: not applicable or does not fit in memory"
+                : $"  {name}: {S(b.Evaluation.IterationSeconds)} s -> speedup {b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x");
+        if (single is { } one)
+            AnsiConsole.MarkupLine(one < r.Best.Evaluation.IterationSeconds
+                ? $"[yellow]single device (realn run without --plan, all {r.Problem.Cluster.DevicesPerNode} cores in one process): {S(one)} s, faster than this plan: run without --plan[/]"
+                : $"single device (realn run without --plan, all {r.Problem.Cluster.DevicesPerNode} cores in one process): {S(one)} s ({one / r.Best.Evaluation.IterationSeconds:F2}x the plan)");
+        AnsiConsole.MarkupLine("the estimate leaves out:");
+        foreach (var l in Estimator.Limits) AnsiConsole.MarkupLine($"  - {Markup.Escape(l)}");
+        AnsiConsole.MarkupLine($"plan: {Markup.Escape(outPath)}, Gantt chart{(show == "plan" ? "" : $" ({show})")}: {Markup.Escape(png)}");
         return 0;
     }
 }
