@@ -43,6 +43,9 @@ internal sealed class GenerationResult
     public byte[][]? Masks { get; init; }
     /// <summary>Whether each sequence stopped at EOS (else at max_new_tokens).</summary>
     public required bool[] EndedWithEos { get; init; }
+    /// <summary>Prompt tokens that went through a prefill (fewer than all prompt tokens when
+    /// identical prompts shared one prefill); 0 where not counted (pipeline stages).</summary>
+    public long PrefilledTokens { get; init; }
 
     /// <summary>Prompt + new tokens of sequence i.</summary>
     public int[] Sequence(int i) => [.. Prompts[i], .. NewTokens[i]];
@@ -207,6 +210,7 @@ internal static unsafe class Generator
             LogProbs = logp.Select(l => l.ToArray()).ToArray(),
             Masks = masks?.Select(l => l.ToArray()).ToArray(),
             EndedWithEos = eos,
+            PrefilledTokens = prompts.Sum(p => (long)p.Length),
         };
     }
 
@@ -225,8 +229,10 @@ internal static unsafe class Generator
     /// Continuous batching on a single device: at most <paramref name="slots"/> sequences are in
     /// the KV cache at once; a sequence that finishes (EOS or its cap) frees its slot at once and
     /// the next prompt is prefilled into it, so the decode batch stays full instead of waiting for
-    /// the longest sequence. Each draw is keyed by (seed, token index of the sequence, prompt
-    /// index) exactly as in <see cref="Generate"/>, so the result is the same.
+    /// the longest sequence. Prompts admitted together that are identical (a GRPO/RLOO group's
+    /// samples) share one prefill: its K/V prefix is copied into the others' slots and their first
+    /// tokens are drawn from the same logits. Each draw is keyed by (seed, token index of the
+    /// sequence, prompt index) exactly as in <see cref="Generate"/>, so the result is the same.
     /// </summary>
     public static GenerationResult GenerateContinuous(LlamaModel model, IReadOnlyList<int[]> prompts, GenerationOptions opt, int slots)
     {
@@ -277,6 +283,8 @@ internal static unsafe class Generator
         var preTok = new List<int>();
         var preSlot = new List<int>();
         var prePos = new List<int>();
+        var shared = new List<(int Slot, int SourceRow, int SourceSlot)>();
+        long prefilled = 0;
 
         // Samples row r of `output` for the sequence in slot `slot`; frees the slot when it is done.
         void Sample(int r, int slot)
@@ -299,7 +307,7 @@ internal static unsafe class Generator
         while (live > 0 || nextPrompt < B)
         {
             // Admit waiting prompts into free slots: one packed prefill, which yields their first tokens.
-            preTok.Clear(); preSlot.Clear(); prePos.Clear();
+            preTok.Clear(); preSlot.Clear(); prePos.Clear(); shared.Clear();
             int admitted = 0;
             for (int sl = 0; sl < S && nextPrompt < B; sl++)
             {
@@ -307,13 +315,27 @@ internal static unsafe class Generator
                 int i = nextPrompt++;
                 slotSeq[sl] = i;
                 live++;
-                rowSlot[admitted++] = sl;
                 var p = prompts[i];
+                int src = -1;
+                for (int r = 0; r < admitted && src < 0; r++)
+                {
+                    var q = prompts[slotSeq[rowSlot[r]]];
+                    if (ReferenceEquals(p, q) || p.AsSpan().SequenceEqual(q)) src = r;
+                }
+                if (src >= 0) { shared.Add((sl, src, rowSlot[src])); continue; }
+                rowSlot[admitted++] = sl;
                 for (int j = 0; j < p.Length; j++) { preTok.Add(p[j]); preSlot.Add(sl); prePos.Add(j); }
             }
             if (admitted > 0)
             {
                 model.ForwardCached(cache, [.. preTok], [.. preSlot], [.. prePos], false, output);
+                prefilled += preTok.Count;
+                // Shared prompts first (Sample may free a source slot whose prefix they copy).
+                foreach (var (sl, srcRow, srcSlot) in shared)
+                {
+                    cache.CopyPrefix(srcSlot, sl, prompts[slotSeq[sl]].Length);
+                    Sample(srcRow, sl);
+                }
                 for (int r = 0; r < admitted; r++) Sample(r, rowSlot[r]);
             }
             // One decode step for every sequence in the cache that already has a token (all of them now).
@@ -338,6 +360,7 @@ internal static unsafe class Generator
             LogProbs = logp.Select((l, i) => l.AsSpan(0, count[i]).ToArray()).ToArray(),
             Masks = masks?.Select((m, i) => m.AsSpan(0, (int)((long)count[i] * V)).ToArray()).ToArray(),
             EndedWithEos = eos,
+            PrefilledTokens = prefilled,
         };
     }
 

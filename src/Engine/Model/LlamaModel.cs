@@ -610,6 +610,7 @@ internal sealed unsafe class KvCache : IDisposable
         MaxLen = maxLen;
         Layers = layers;
         KvHeads = kvHeads;
+        HeadDim = c.HeadDim;
         _perLayer = (long)slots * maxLen * kvHeads * c.HeadDim;
         _block = new HostBlock(Math.Max(64, 2 * layers * _perLayer * 4));
     }
@@ -622,6 +623,22 @@ internal sealed unsafe class KvCache : IDisposable
     public int Layers { get; }
     /// <summary>Key/value heads per block it holds.</summary>
     public int KvHeads { get; }
+    /// <summary>Width of a key/value head.</summary>
+    public int HeadDim { get; }
+    /// <summary>Copies the K/V of positions [0, length) of slot <paramref name="from"/> into slot
+    /// <paramref name="to"/> in every layer (a shared prompt prefix: prefilled once, used by many).</summary>
+    public void CopyPrefix(int from, int to, int length)
+    {
+        if ((uint)from >= (uint)Slots || (uint)to >= (uint)Slots) throw new ArgumentOutOfRangeException(nameof(to), $"KV slots {from} -> {to} outside 0..{Slots - 1}");
+        if (length < 0 || length > MaxLen) throw new ArgumentOutOfRangeException(nameof(length), $"prefix of {length} tokens outside 0..{MaxLen}");
+        if (from == to || length == 0) return;
+        long row = (long)KvHeads * HeadDim, bytes = length * row * 4;
+        for (int l = 0; l < Layers; l++)
+        {
+            Buffer.MemoryCopy(K(l) + (long)from * MaxLen * row, K(l) + (long)to * MaxLen * row, bytes, bytes);
+            Buffer.MemoryCopy(V(l) + (long)from * MaxLen * row, V(l) + (long)to * MaxLen * row, bytes, bytes);
+        }
+    }
     /// <summary>Keys of a layer: [slots, max_len, kv_heads, head_dim].</summary>
     public float* K(int layer) => (float*)_block.Pointer + 2 * layer * _perLayer;
     /// <summary>Values of a layer: [slots, max_len, kv_heads, head_dim].</summary>

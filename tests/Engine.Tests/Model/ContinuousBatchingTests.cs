@@ -69,6 +69,48 @@ public sealed class ContinuousBatchingTests
         AssertSame(Generator.Generate(m, prompts, opt), Generator.GenerateContinuous(m, prompts, opt, 2));
     }
 
+    [Theory]
+    [InlineData(4)]
+    [InlineData(6)]
+    public void GroupsOfIdenticalPromptsShareOnePrefillAndSampleTheSame(int slots)
+    {
+        using var m = Make(24);
+        var distinct = Prompts(3, 7);
+        // GRPO-style groups of 4 samples per prompt: copies (equal content) and the same array.
+        var prompts = distinct.SelectMany(p => new[] { p, p.ToArray(), p, p.ToArray() }).ToArray();
+        var opt = new GenerationOptions { MaxNewTokens = 7, Temperature = 1f, TopK = 8, Seed = 5, EosToken = 2 };
+        var stat = Generator.Generate(m, prompts, opt);
+        var cont = Generator.GenerateContinuous(m, prompts, opt, slots);
+        AssertSame(stat, cont);
+        Assert.Equal(prompts.Sum(p => p.Length), stat.PrefilledTokens);
+        Assert.True(cont.PrefilledTokens < stat.PrefilledTokens, $"prefilled {cont.PrefilledTokens} of {stat.PrefilledTokens} prompt tokens");
+        // Samples of one group differ (their draws are keyed by sequence), though they share the prefix.
+        Assert.Contains(Enumerable.Range(1, 3), k => !stat.NewTokens[0].SequenceEqual(stat.NewTokens[k]));
+    }
+
+    [Fact]
+    public void CopyPrefixCopiesEveryLayerAndChecksBounds()
+    {
+        using var cache = new KvCache(Small, 3, 8);
+        var rng = new Random(1);
+        unsafe
+        {
+            long per = 3L * 8 * Small.KvHeads * Small.HeadDim, row = Small.KvHeads * Small.HeadDim;
+            for (int l = 0; l < Small.Layers; l++)
+                for (long e = 0; e < per; e++) { cache.K(l)[e] = (float)rng.NextDouble(); cache.V(l)[e] = (float)rng.NextDouble(); }
+            cache.CopyPrefix(2, 0, 5);
+            for (int l = 0; l < Small.Layers; l++)
+                for (long e = 0; e < 5 * row; e++)
+                {
+                    Assert.Equal(cache.K(l)[2 * 8 * row + e], cache.K(l)[e]);
+                    Assert.Equal(cache.V(l)[2 * 8 * row + e], cache.V(l)[e]);
+                }
+            Assert.NotEqual(cache.K(0)[2 * 8 * row + 5 * row], cache.K(0)[5 * row]);  // beyond the prefix: untouched
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.CopyPrefix(3, 0, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.CopyPrefix(0, 1, 9));
+    }
+
     [Fact]
     public void BadOptionsAreRefusedWithNames()
     {
