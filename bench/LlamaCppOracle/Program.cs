@@ -1,8 +1,9 @@
-// `dotnet run -c Release --project bench/LlamaCppOracle -- check|bench [options]`: realn's generation
+// `dotnet run -c Release --project bench/LlamaCppOracle -- check|bench|kernels [options]`: realn's generation
 // against llama.cpp F32 on the same model in the same process. `check` converts a small GQA model
 // to GGUF and compares logits at every position (the converter's correctness test); `bench` runs
 // greedy prefill + decode for batch 1, 4 and 64 on the gpt2-small preset, interleaving realn and
-// llama.cpp, measures the memory read bandwidth, and prints tokens/s and ratios.
+// llama.cpp, measures the memory read bandwidth, and prints tokens/s and ratios; `kernels` times one
+// decode step's linears through realn's small-M kernel against OpenBLAS SGEMM.
 using System.Diagnostics;
 using System.Runtime.Intrinsics;
 using ReaLNative.Engine.Checkpoints;
@@ -27,6 +28,7 @@ public static class Program
             return mode switch
             {
                 "check" => Check(Opt("--model", "check-gqa")) ? 0 : 1,
+                "kernels" => Kernels(Opt("--model", "gpt2-small"), Opt("--batches", "1,4,64").Split(',').Select(int.Parse).ToArray()),
                 "bench" => Bench(Opt("--model", "gpt2-small"), Opt("--batches", "1,4,64").Split(',').Select(int.Parse).ToArray(),
                     int.Parse(Opt("--prompt-len", "32")), int.Parse(Opt("--new-tokens", "32")), int.Parse(Opt("--reps", "2"))),
                 _ => throw new ArgumentException($"unknown mode '{mode}' (check | bench)"),
@@ -128,6 +130,48 @@ public static class Program
         return per * threads * 4.0 / best / 1e9;
     }
 
+    /// <summary>One decode step's linears (every layer's qkv, o, gate|up, down and the head) through
+    /// realn's linear op (small-M kernel) vs OpenBLAS SGEMM directly (the path before it), interleaved.</summary>
+    private static unsafe void DecodeLinearKernels(LlamaConfig cfg, int[] rows)
+    {
+        int H = cfg.Hidden, I = cfg.Intermediate, kd = cfg.KvHeads * cfg.HeadDim;
+        (int In, int Out)[] shapes = [(H, H + 2 * kd), (H, H), (H, 2 * I), (I, H)];
+        (int In, int Out)[] all = [.. Enumerable.Range(0, cfg.Layers).SelectMany(_ => shapes), (H, cfg.Vocab)];
+        long wElems = all.Max(s => (long)s.In * s.Out), maxIn = Math.Max(H, I), maxOut = Math.Max(cfg.Vocab, 2 * I);
+        // Distinct weights per matrix, as in the model (no cache reuse between calls).
+        long total = all.Sum(s => (long)s.In * s.Out);
+        using var w = new HostBlock(total * 4);
+        new Span<float>(w.Pointer, (int)total).Fill(0.01f);
+        int maxRows = rows.Max();
+        using var x = new HostBlock(maxRows * maxIn * 4);
+        using var y = new HostBlock(maxRows * maxOut * 4);
+        new Span<float>(x.Pointer, (int)(maxRows * maxIn)).Fill(0.5f);
+        using var s = NativeStream.Cpu();
+        foreach (int M in rows)
+        {
+            double bestOurs = double.MaxValue, bestBlas = double.MaxValue;
+            for (int rep = 0; rep < 4; rep++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                float* wp = (float*)w.Pointer;
+                foreach (var (i, o) in all) { Native.Check(Native.realn_op_linear_fwd(s.Ptr, DType.F32, x.Pointer, wp, null, y.Pointer, M, i, o)); wp += (long)i * o; }
+                bestOurs = Math.Min(bestOurs, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+                t0 = Stopwatch.GetTimestamp();
+                wp = (float*)w.Pointer;
+                foreach (var (i, o) in all) { OpenBlas.cblas_sgemm(OpenBlas.RowMajor, OpenBlas.NoTrans, OpenBlas.Trans, M, o, i, 1f, (float*)x.Pointer, i, wp, i, 0f, (float*)y.Pointer, o); wp += (long)i * o; }
+                bestBlas = Math.Min(bestBlas, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+            }
+            Console.WriteLine($"  decode-step linears, {M} rows: realn {bestOurs * 1e3:F1} ms ({total * 4 / bestOurs / 1e9:F1} GB/s of weights), OpenBLAS SGEMM {bestBlas * 1e3:F1} ms: speed-up {bestBlas / bestOurs:F2}");
+        }
+    }
+
+    private static int Kernels(string preset, int[] rows)
+    {
+        Console.WriteLine($"decode linears, {preset}, {Native.GetNumThreads()} threads; load {File.ReadAllText("/proc/loadavg").Trim()}");
+        DecodeLinearKernels(LlamaConfig.Preset(preset), rows);
+        return 0;
+    }
+
     private sealed class Best
     {
         public double Prefill = double.MaxValue, Decode = double.MaxValue;
@@ -181,6 +225,7 @@ public static class Program
             double bw = ReadBandwidthGBs(threads);
             double bound = bw * 1e9 / decodeBytes;
             Console.WriteLine($"  read bandwidth {bw:F1} GB/s; a decode step reads {decodeBytes / 1e6:F0} MB of weights: batch-1 bound {bound:F1} tokens/s");
+            DecodeLinearKernels(cfg, [1, 4, 64]);
             Console.WriteLine($"  {"batch",5} {"phase",8} {"realn tok/s",12} {"llama.cpp",12} {"ratio",7}  {"greedy tokens equal",20}");
             foreach (int B in batches)
             {
