@@ -6,6 +6,7 @@
 
 #include "cpu_ops.hpp"
 #include "gemm_tiles.hpp"
+#include "small_m_linear.hpp"
 
 namespace realn::cpu {
 
@@ -15,6 +16,10 @@ void linear_fwd(realn_stream_t, int32_t, const void* x, const void* w, const voi
     const auto* W = static_cast<const float*>(w);
     const auto* Bv = static_cast<const float*>(bias);
     auto* Y = static_cast<float*>(y);
+    if (rows <= kSmallMMaxRows) {  // decode: stream the weights once, no SGEMM packing
+        small_m_linear_fwd(small_m_best_isa(), X, W, Bv, Y, rows, in, out);
+        return;
+    }
     float beta = 0.0f;
     if (Bv) {
 #pragma omp parallel for schedule(static) if (rows * out > (1 << 16))

@@ -2,7 +2,9 @@
 // hidden 768, 12 heads, vocab 50304) on 4 x 64 packed tokens: one forward + backward + AdamW step,
 // tokens/s and achieved GFLOP/s counting 6*N*tokens plus attention, against OpenBLAS SGEMM at
 // 1024^3 measured in the same run on the same threads (goal: ratio >= 0.60).
-// `realn bench generate [--json]`: batched KV-cache decode tokens/s of the same model.
+// `realn bench generate [--json]`: batched KV-cache decode tokens/s of the same model;
+// `--rlhf`: RLHF-style generation (many prompts of varied length, outputs of varied length),
+// continuous batching against the static batch in the same run, tokens checked identical.
 using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;
@@ -36,9 +38,13 @@ public static unsafe class BenchTrainCommand
         var batch = new Option<int>("--batch") { Description = "Prompts per batch", DefaultValueFactory = _ => 4 };
         var prompt = new Option<int>("--prompt-len") { Description = "Prompt tokens", DefaultValueFactory = _ => 32 };
         var gen = new Option<int>("--new-tokens") { Description = "New tokens per prompt", DefaultValueFactory = _ => 32 };
+        var rlhf = new Option<bool>("--rlhf") { Description = "RLHF generation: continuous batching vs the static batch (prompts 16-64 tokens, outputs 1..--new-tokens)" };
+        var slots = new Option<int>("--slots") { Description = "--rlhf: KV-cache slots of continuous batching", DefaultValueFactory = _ => 64 };
         var cmd = new Command("generate", "Batched prefill + KV-cache decode tokens/s");
-        foreach (var o in new Option[] { json, preset, batch, prompt, gen }) cmd.Options.Add(o);
-        cmd.SetAction(p => RunGenerate(p.GetValue(json), p.GetValue(preset)!, p.GetValue(batch), p.GetValue(prompt), p.GetValue(gen)));
+        foreach (var o in new Option[] { json, preset, batch, prompt, gen, rlhf, slots }) cmd.Options.Add(o);
+        cmd.SetAction(p => p.GetValue(rlhf)
+            ? RunRlhfGenerate(p.GetValue(json), p.GetValue(preset)!, p.GetValue(batch), p.GetValue(gen), p.GetValue(slots))
+            : RunGenerate(p.GetValue(json), p.GetValue(preset)!, p.GetValue(batch), p.GetValue(prompt), p.GetValue(gen)));
         return cmd;
     }
 
@@ -207,6 +213,46 @@ public static unsafe class BenchTrainCommand
         };
         Print(asJson, "bench generate", res);
         return 0;
+    }
+
+    private static int RunRlhfGenerate(bool asJson, string preset, int batchSize, int maxNew, int slots)
+    {
+        var cfg = LlamaConfig.Preset(preset);
+        if (batchSize < 1 || maxNew < 1 || slots < 1)
+            throw new ArgumentException($"bench generate --rlhf: --batch >= 1, --new-tokens >= 1, --slots >= 1 (got {batchSize}, {maxNew}, {slots})");
+        using var model = new LlamaModel(cfg, scalarHead: false);
+        model.InitRandom(1);
+        var rng = new Random(5);
+        var prompts = Enumerable.Range(0, batchSize).Select(_ => Enumerable.Range(0, rng.Next(16, 65)).Select(_ => rng.Next(cfg.Vocab)).ToArray()).ToList();
+        var caps = prompts.Select(_ => rng.Next(1, maxNew + 1)).ToArray();
+        var opt = new GenerationOptions { MaxNewTokens = maxNew, Temperature = 1f, Seed = 11, MaxNewTokensPerPrompt = caps };
+        Generator.Generate(model, prompts.Take(2).ToList(), opt with { MaxNewTokens = 2, MaxNewTokensPerPrompt = null });  // warm-up
+        long t0 = Stopwatch.GetTimestamp();
+        var stat = Generator.Generate(model, prompts, opt);
+        double statSec = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        t0 = Stopwatch.GetTimestamp();
+        var cont = Generator.GenerateContinuous(model, prompts, opt, slots);
+        double contSec = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        bool same = true;
+        for (int i = 0; i < batchSize; i++) same &= stat.NewTokens[i].AsSpan().SequenceEqual(cont.NewTokens[i]);
+        int tokens = stat.NewTokens.Sum(t => t.Length);
+        var res = new Dictionary<string, object>
+        {
+            ["model"] = preset,
+            ["prompts"] = batchSize,
+            ["prompt_tokens"] = "16..64",
+            ["new_tokens"] = $"1..{maxNew} (total {tokens})",
+            ["slots"] = slots,
+            ["threads"] = Native.GetNumThreads(),
+            ["load_average"] = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "?",
+            ["static_tokens_per_second"] = Math.Round(tokens / statSec, 1),
+            ["continuous_tokens_per_second"] = Math.Round(tokens / contSec, 1),
+            ["ratio"] = Math.Round(statSec / contSec, 3),
+            ["goal"] = 1.5,
+            ["tokens_identical"] = same,
+        };
+        Print(asJson, "bench generate --rlhf", res);
+        return same ? 0 : 1;
     }
 
     private static void Print(bool asJson, string title, Dictionary<string, object> res)

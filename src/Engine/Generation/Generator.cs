@@ -20,6 +20,9 @@ internal sealed record GenerationOptions
     public int EosToken { get; init; } = -1;
     /// <summary>Sampling seed: same seed, same prompts, same result.</summary>
     public ulong Seed { get; init; }
+    /// <summary>Per prompt, new tokens at most (each &lt;= <see cref="MaxNewTokens"/>); null = MaxNewTokens for all.
+    /// Single device only (benchmarks use it for outputs of varied length without an EOS-prone model).</summary>
+    public int[]? MaxNewTokensPerPrompt { get; init; }
 
     /// <summary>True when top-k/top-p masks are in effect (then masks are returned).</summary>
     public bool Filters => Temperature > 0 && (TopK > 0 || TopP < 1f);
@@ -40,6 +43,9 @@ internal sealed class GenerationResult
     public byte[][]? Masks { get; init; }
     /// <summary>Whether each sequence stopped at EOS (else at max_new_tokens).</summary>
     public required bool[] EndedWithEos { get; init; }
+    /// <summary>Prompt tokens that went through a prefill (fewer than all prompt tokens when
+    /// identical prompts shared one prefill); 0 where not counted (pipeline stages).</summary>
+    public long PrefilledTokens { get; init; }
 
     /// <summary>Prompt + new tokens of sequence i.</summary>
     public int[] Sequence(int i) => [.. Prompts[i], .. NewTokens[i]];
@@ -81,6 +87,9 @@ internal static unsafe class Generator
         if (opt.Temperature < 0) throw new ArgumentException($"temperature must be >= 0 (got {opt.Temperature})");
         if (!(opt.TopP > 0 && opt.TopP <= 1)) throw new ArgumentException($"top_p must be in (0, 1] (got {opt.TopP})");
         if (microBatches < 1) throw new ArgumentException($"micro_batches must be >= 1 (got {microBatches})");
+        if (opt.MaxNewTokensPerPrompt is not null && model.Comm is not null)
+            throw new ArgumentException("per-prompt max_new_tokens are supported on a single device only");
+        var caps = Caps(opt, prompts.Count);
         var c = model.Config;
         int B = prompts.Count, V = c.Vocab, H = c.Hidden;
         int maxPrompt = 0;
@@ -178,7 +187,7 @@ internal static unsafe class Generator
                         logp[i].Add(lp);
                         if (mask is not null) masks![i].AddRange(mask);
                         if (tok == opt.EosToken) eos[i] = true;
-                        else if (newTok[i].Count < opt.MaxNewTokens) { next.Add(k); nt.Add(tok); }
+                        else if (newTok[i].Count < caps[i]) { next.Add(k); nt.Add(tok); }
                     }
                     active[m] = next;
                     nextTok[m] = [.. nt];
@@ -201,6 +210,157 @@ internal static unsafe class Generator
             LogProbs = logp.Select(l => l.ToArray()).ToArray(),
             Masks = masks?.Select(l => l.ToArray()).ToArray(),
             EndedWithEos = eos,
+            PrefilledTokens = prompts.Sum(p => (long)p.Length),
+        };
+    }
+
+    /// <summary>New tokens at most per prompt; errors name the bad entry.</summary>
+    private static int[] Caps(GenerationOptions opt, int count)
+    {
+        if (opt.MaxNewTokensPerPrompt is not { } per) return Enumerable.Repeat(opt.MaxNewTokens, count).ToArray();
+        if (per.Length != count) throw new ArgumentException($"{per.Length} per-prompt max_new_tokens for {count} prompts");
+        for (int i = 0; i < per.Length; i++)
+            if (per[i] < 1 || per[i] > opt.MaxNewTokens)
+                throw new ArgumentException($"per-prompt max_new_tokens[{i}] = {per[i]} outside 1..{opt.MaxNewTokens}");
+        return per;
+    }
+
+    /// <summary>
+    /// Continuous batching on a single device: at most <paramref name="slots"/> sequences are in
+    /// the KV cache at once; a sequence that finishes (EOS or its cap) frees its slot at once and
+    /// the next prompt is prefilled into it, so the decode batch stays full instead of waiting for
+    /// the longest sequence. Prompts admitted together that are identical (a GRPO/RLOO group's
+    /// samples) share one prefill: its K/V prefix is copied into the others' slots and their first
+    /// tokens are drawn from the same logits. Each draw is keyed by (seed, token index of the
+    /// sequence, prompt index) exactly as in <see cref="Generate"/>, so the result is the same.
+    /// </summary>
+    public static GenerationResult GenerateContinuous(LlamaModel model, IReadOnlyList<int[]> prompts, GenerationOptions opt, int slots)
+    {
+        if (model.Comm is not null) throw new ArgumentException("continuous batching runs on a single device (no pipeline or tensor parallelism)");
+        if (model.ScalarHead) throw new ArgumentException("generation needs a language-model head, not a scalar head");
+        if (prompts.Count == 0) throw new ArgumentException("generation needs at least one prompt");
+        if (slots < 1) throw new ArgumentException($"continuous batching needs slots >= 1 (got {slots})");
+        if (opt.MaxNewTokens < 1) throw new ArgumentException($"max_new_tokens must be >= 1 (got {opt.MaxNewTokens})");
+        if (opt.Temperature < 0) throw new ArgumentException($"temperature must be >= 0 (got {opt.Temperature})");
+        if (!(opt.TopP > 0 && opt.TopP <= 1)) throw new ArgumentException($"top_p must be in (0, 1] (got {opt.TopP})");
+        var c = model.Config;
+        int B = prompts.Count, V = c.Vocab, S = Math.Min(slots, B);
+        var caps = Caps(opt, B);
+        int maxPrompt = 0;
+        foreach (var p in prompts)
+        {
+            if (p.Length == 0) throw new ArgumentException("empty prompt");
+            maxPrompt = Math.Max(maxPrompt, p.Length);
+        }
+        int maxLen = maxPrompt + opt.MaxNewTokens;
+        if (maxLen > c.MaxPositions) throw new ArgumentException($"prompt + max_new_tokens = {maxLen} exceeds max_position_embeddings {c.MaxPositions}");
+        var newTok = new int[B][];
+        var logp = new float[B][];
+        var masks = opt.Filters ? new byte[B][] : null;
+        var count = new int[B];
+        var eos = new bool[B];
+        for (int i = 0; i < B; i++)
+        {
+            newTok[i] = new int[caps[i]];
+            logp[i] = new float[caps[i]];
+            if (masks is not null) masks[i] = new byte[(long)caps[i] * V];
+        }
+        var slotSeq = new int[S];
+        Array.Fill(slotSeq, -1);
+        int nextPrompt = 0, live = 0;
+        var so = SampleOpts.Default;
+        so.Temperature = opt.Temperature;
+        so.TopK = opt.TopK;
+        so.TopP = opt.TopP;
+        so.Seed = opt.Seed;
+        using var cache = model.NewKvCache(S, maxLen);
+        using var outBuf = new HostBlock(Math.Max(64, (long)S * V * 4));
+        float* output = (float*)outBuf.Pointer;
+        var rowSlot = new int[S];
+        var decTok = new int[S];
+        var decSlot = new int[S];
+        var decPos = new int[S];
+        var preTok = new List<int>();
+        var preSlot = new List<int>();
+        var prePos = new List<int>();
+        var shared = new List<(int Slot, int SourceRow, int SourceSlot)>();
+        long prefilled = 0;
+
+        // Samples row r of `output` for the sequence in slot `slot`; frees the slot when it is done.
+        void Sample(int r, int slot)
+        {
+            int i = slotSeq[slot], k = count[i];
+            int tok;
+            float lp;
+            var o = so;
+            o.Offset = (ulong)k << 32 | (uint)i;
+            Span<byte> mask = masks is null ? default : masks[i].AsSpan((int)((long)k * V), V);
+            fixed (byte* pm = mask)
+                Native.Check(Native.realn_op_sample(model.Stream.Ptr, DType.F32, output + (long)r * V, 1, V, &o, &tok, pm, &lp));
+            newTok[i][k] = tok;
+            logp[i][k] = lp;
+            count[i] = k + 1;
+            if (tok == opt.EosToken) eos[i] = true;
+            if (eos[i] || count[i] == caps[i]) { slotSeq[slot] = -1; live--; }
+        }
+
+        while (live > 0 || nextPrompt < B)
+        {
+            // Admit waiting prompts into free slots: one packed prefill, which yields their first tokens.
+            preTok.Clear(); preSlot.Clear(); prePos.Clear(); shared.Clear();
+            int admitted = 0;
+            for (int sl = 0; sl < S && nextPrompt < B; sl++)
+            {
+                if (slotSeq[sl] >= 0) continue;
+                int i = nextPrompt++;
+                slotSeq[sl] = i;
+                live++;
+                var p = prompts[i];
+                int src = -1;
+                for (int r = 0; r < admitted && src < 0; r++)
+                {
+                    var q = prompts[slotSeq[rowSlot[r]]];
+                    if (ReferenceEquals(p, q) || p.AsSpan().SequenceEqual(q)) src = r;
+                }
+                if (src >= 0) { shared.Add((sl, src, rowSlot[src])); continue; }
+                rowSlot[admitted++] = sl;
+                for (int j = 0; j < p.Length; j++) { preTok.Add(p[j]); preSlot.Add(sl); prePos.Add(j); }
+            }
+            if (admitted > 0)
+            {
+                model.ForwardCached(cache, [.. preTok], [.. preSlot], [.. prePos], false, output);
+                prefilled += preTok.Count;
+                // Shared prompts first (Sample may free a source slot whose prefix they copy).
+                foreach (var (sl, srcRow, srcSlot) in shared)
+                {
+                    cache.CopyPrefix(srcSlot, sl, prompts[slotSeq[sl]].Length);
+                    Sample(srcRow, sl);
+                }
+                for (int r = 0; r < admitted; r++) Sample(r, rowSlot[r]);
+            }
+            // One decode step for every sequence in the cache that already has a token (all of them now).
+            int n = 0;
+            for (int sl = 0; sl < S; sl++)
+            {
+                int i = slotSeq[sl];
+                if (i < 0) continue;
+                decSlot[n] = sl;
+                decTok[n] = newTok[i][count[i] - 1];
+                decPos[n] = prompts[i].Length + count[i] - 1;
+                n++;
+            }
+            if (n == 0) continue;
+            model.ForwardCached(cache, decTok.AsSpan(0, n).ToArray(), decSlot.AsSpan(0, n).ToArray(), decPos.AsSpan(0, n).ToArray(), true, output);
+            for (int r = 0; r < n; r++) Sample(r, decSlot[r]);
+        }
+        return new GenerationResult
+        {
+            Prompts = prompts.Select(p => p.ToArray()).ToArray(),
+            NewTokens = newTok.Select((t, i) => t.AsSpan(0, count[i]).ToArray()).ToArray(),
+            LogProbs = logp.Select((l, i) => l.AsSpan(0, count[i]).ToArray()).ToArray(),
+            Masks = masks?.Select((m, i) => m.AsSpan(0, (int)((long)count[i] * V)).ToArray()).ToArray(),
+            EndedWithEos = eos,
+            PrefilledTokens = prefilled,
         };
     }
 

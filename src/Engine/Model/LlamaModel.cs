@@ -510,7 +510,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         int R = runEnds.Count;
         _saved[0] = null;
         var arena = _arenas[0];
-        arena.Reset(7 * T * H + 2 * T * qd + 2 * T * kd + 3 * T * I + T * _hq + 4L * T + 3L * R + (long)R * H * 2
+        arena.Reset(7 * T * H + 3 * T * qd + 4 * T * kd + 3 * T * I + T * _hq + 4L * T + 3L * R + (long)R * H * 2
             + (long)R * _headLocal * _tp + 64 * 16);
         int* tok = (int*)arena.Take(T), pos = (int*)arena.Take(T), sl = (int*)arena.Take(T);
         tokens.CopyTo(new Span<int>(tok, T));
@@ -527,7 +527,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         }
         nint s = _s.Ptr;
         float* x = arena.Take(T * H), h = arena.Take(T * H), x2 = arena.Take(T * H);
-        float* q = arena.Take(T * qd), k = arena.Take(T * kd), v = arena.Take(T * kd), att = arena.Take(T * qd), lse = arena.Take(T * _hq);
+        float* qkv = arena.Take(T * (qd + 2 * kd)), q0 = arena.Take(T * qd), k0 = arena.Take(T * kd), v0 = arena.Take(T * kd), att = arena.Take(T * qd), lse = arena.Take(T * _hq);
         float* gu = arena.Take(T * 2 * I), a = arena.Take(T * I);
         if (HasEmbedding)
         {
@@ -539,10 +539,29 @@ internal sealed unsafe class LlamaModel : IDisposable
         for (int l = 0; l < _nl; l++)
         {
             ref var w = ref _w[l];
+            float* q = q0, k = k0, v = v0;
             Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x, w.InNorm, h, null, T, H, c.RmsEps));
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.Q, null, q, T, H, qd));
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.K, null, k, T, H, kd));
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.V, null, v, T, H, kd));
+            if (decode && w.K == w.Q + qd * H && w.V == w.K + kd * H)
+            {
+                // Decode: q, k, v are consecutive rows of one [qd + 2 kd, H] matrix, so one call
+                // streams all three; rows of its output are q | k | v (one token: used in place).
+                long qkvw = qd + 2 * kd;
+                Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.Q, null, qkv, T, H, qkvw));
+                if (T == 1) { q = qkv; k = qkv + qd; v = k + kd; }
+                else
+                    for (long t = 0; t < T; t++)
+                    {
+                        Buffer.MemoryCopy(qkv + t * qkvw, q + t * qd, qd * 4, qd * 4);
+                        Buffer.MemoryCopy(qkv + t * qkvw + qd, k + t * kd, kd * 4, kd * 4);
+                        Buffer.MemoryCopy(qkv + t * qkvw + qd + kd, v + t * kd, kd * 4, kd * 4);
+                    }
+            }
+            else
+            {
+                Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.Q, null, q, T, H, qd));
+                Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.K, null, k, T, H, kd));
+                Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.V, null, v, T, H, kd));
+            }
             Ck(Native.realn_op_rotary_fwd(s, DType.F32, q, pos, q, T, _hq, c.HeadDim, c.HeadDim, c.RopeTheta));
             Ck(Native.realn_op_rotary_fwd(s, DType.F32, k, pos, k, T, _hkv, c.HeadDim, c.HeadDim, c.RopeTheta));
             Ck(Native.realn_op_kv_store(s, DType.F32, k, v, sl, pos, T, cache.K(l), cache.V(l), cache.Slots, cache.MaxLen, _hkv, c.HeadDim));
@@ -610,6 +629,7 @@ internal sealed unsafe class KvCache : IDisposable
         MaxLen = maxLen;
         Layers = layers;
         KvHeads = kvHeads;
+        HeadDim = c.HeadDim;
         _perLayer = (long)slots * maxLen * kvHeads * c.HeadDim;
         _block = new HostBlock(Math.Max(64, 2 * layers * _perLayer * 4));
     }
@@ -622,6 +642,22 @@ internal sealed unsafe class KvCache : IDisposable
     public int Layers { get; }
     /// <summary>Key/value heads per block it holds.</summary>
     public int KvHeads { get; }
+    /// <summary>Width of a key/value head.</summary>
+    public int HeadDim { get; }
+    /// <summary>Copies the K/V of positions [0, length) of slot <paramref name="from"/> into slot
+    /// <paramref name="to"/> in every layer (a shared prompt prefix: prefilled once, used by many).</summary>
+    public void CopyPrefix(int from, int to, int length)
+    {
+        if ((uint)from >= (uint)Slots || (uint)to >= (uint)Slots) throw new ArgumentOutOfRangeException(nameof(to), $"KV slots {from} -> {to} outside 0..{Slots - 1}");
+        if (length < 0 || length > MaxLen) throw new ArgumentOutOfRangeException(nameof(length), $"prefix of {length} tokens outside 0..{MaxLen}");
+        if (from == to || length == 0) return;
+        long row = (long)KvHeads * HeadDim, bytes = length * row * 4;
+        for (int l = 0; l < Layers; l++)
+        {
+            Buffer.MemoryCopy(K(l) + (long)from * MaxLen * row, K(l) + (long)to * MaxLen * row, bytes, bytes);
+            Buffer.MemoryCopy(V(l) + (long)from * MaxLen * row, V(l) + (long)to * MaxLen * row, bytes, bytes);
+        }
+    }
     /// <summary>Keys of a layer: [slots, max_len, kv_heads, head_dim].</summary>
     public float* K(int layer) => (float*)_block.Pointer + 2 * layer * _perLayer;
     /// <summary>Values of a layer: [slots, max_len, kv_heads, head_dim].</summary>

@@ -1,0 +1,28 @@
+// Small-M linear forward for KV-cache decode: y[m, :] = x[m, :] W^T (+ bias) for a few rows, where
+// SGEMM's packing costs more than the work. Streams each weight row once for all rows of x (a
+// bandwidth-bound GEMV batch); AVX-512 or AVX2+FMA picked at run time. Every output element is one
+// dot product computed by one thread in a fixed order, so results do not depend on thread count.
+#pragma once
+
+#include <cstdint>
+
+namespace realn::cpu {
+
+// Most rows the small-M path takes (decode batches up to 64); linear_fwd sends larger ones to
+// SGEMM. Its results do not depend on the row count either, so a sequence decodes to the same
+// logits whatever batch it is in (continuous batching relies on it).
+constexpr int64_t kSmallMMaxRows = 64;
+
+enum class SimdIsa : int32_t { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+// The best ISA this CPU runs (checked once).
+SimdIsa small_m_best_isa();
+// True if this CPU can run `isa`.
+bool small_m_isa_supported(SimdIsa isa);
+
+// y [rows, out] = x [rows, in] * w[out, in]^T (+ bias [out]); rows <= kSmallMMaxRows. Uses `isa`
+// (which must be supported). Parallel over blocks of output columns.
+void small_m_linear_fwd(SimdIsa isa, const float* x, const float* w, const float* bias, float* y,
+                        int64_t rows, int64_t in, int64_t out);
+
+}  // namespace realn::cpu

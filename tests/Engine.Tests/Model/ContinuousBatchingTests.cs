@@ -1,0 +1,126 @@
+// Continuous batching must not change what is generated: the same tokens, log-probs and masks as
+// the static generator for the same seed, whatever the number of slots (so sequences are
+// prefilled and decoded in different batch compositions), with EOS and per-prompt caps.
+using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Model;
+using Xunit;
+
+namespace ReaLNative.Engine.Tests.Model;
+
+public sealed class ContinuousBatchingTests
+{
+    private static readonly LlamaConfig Small = new() { Layers = 2, Hidden = 32, Intermediate = 48, Heads = 4, KvHeads = 2, Vocab = 13, MaxPositions = 64 };
+
+    private static LlamaModel Make(int seed)
+    {
+        var m = new LlamaModel(Small, false);
+        m.InitRandom(seed, std: 0.3f);
+        return m;
+    }
+
+    private static int[][] Prompts(int n, int seed)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => Enumerable.Range(0, rng.Next(1, 7)).Select(_ => rng.Next(Small.Vocab)).ToArray()).ToArray();
+    }
+
+    private static void AssertSame(GenerationResult a, GenerationResult b)
+    {
+        Assert.Equal(a.NewTokens.Length, b.NewTokens.Length);
+        for (int i = 0; i < a.NewTokens.Length; i++)
+        {
+            Assert.Equal(a.NewTokens[i], b.NewTokens[i]);
+            Assert.Equal(a.LogProbs[i], b.LogProbs[i]);
+            Assert.Equal(a.EndedWithEos[i], b.EndedWithEos[i]);
+            if (a.Masks is not null) Assert.Equal(a.Masks[i], b.Masks![i]);
+        }
+        Assert.Equal(a.Masks is null, b.Masks is null);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    [InlineData(5)]
+    [InlineData(12)]
+    public void SampledTokensEqualTheStaticGenerator(int slots)
+    {
+        using var m = Make(21);
+        var prompts = Prompts(12, 4);
+        var rng = new Random(8);
+        var opt = new GenerationOptions
+        {
+            MaxNewTokens = 9, Temperature = 0.9f, TopK = 6, TopP = 0.95f, Seed = 77, EosToken = 3,
+            MaxNewTokensPerPrompt = prompts.Select(_ => rng.Next(1, 10)).ToArray(),
+        };
+        var stat = Generator.Generate(m, prompts, opt);
+        var cont = Generator.GenerateContinuous(m, prompts, opt, slots);
+        AssertSame(stat, cont);
+        Assert.Contains(stat.EndedWithEos, e => e);  // EOS frees slots early in this draw
+        for (int i = 0; i < prompts.Length; i++)
+            Assert.True(stat.NewTokens[i].Length <= opt.MaxNewTokensPerPrompt![i]);
+    }
+
+    [Fact]
+    public void GreedyTokensEqualTheStaticGenerator()
+    {
+        using var m = Make(22);
+        var prompts = Prompts(7, 5);
+        var opt = new GenerationOptions { MaxNewTokens = 12, Temperature = 0 };
+        AssertSame(Generator.Generate(m, prompts, opt), Generator.GenerateContinuous(m, prompts, opt, 2));
+    }
+
+    [Theory]
+    [InlineData(4)]
+    [InlineData(6)]
+    public void GroupsOfIdenticalPromptsShareOnePrefillAndSampleTheSame(int slots)
+    {
+        using var m = Make(24);
+        var distinct = Prompts(3, 7);
+        // GRPO-style groups of 4 samples per prompt: copies (equal content) and the same array.
+        var prompts = distinct.SelectMany(p => new[] { p, p.ToArray(), p, p.ToArray() }).ToArray();
+        var opt = new GenerationOptions { MaxNewTokens = 7, Temperature = 1f, TopK = 8, Seed = 5, EosToken = 2 };
+        var stat = Generator.Generate(m, prompts, opt);
+        var cont = Generator.GenerateContinuous(m, prompts, opt, slots);
+        AssertSame(stat, cont);
+        Assert.Equal(prompts.Sum(p => p.Length), stat.PrefilledTokens);
+        Assert.True(cont.PrefilledTokens < stat.PrefilledTokens, $"prefilled {cont.PrefilledTokens} of {stat.PrefilledTokens} prompt tokens");
+        // Samples of one group differ (their draws are keyed by sequence), though they share the prefix.
+        Assert.Contains(Enumerable.Range(1, 3), k => !stat.NewTokens[0].SequenceEqual(stat.NewTokens[k]));
+    }
+
+    [Fact]
+    public void CopyPrefixCopiesEveryLayerAndChecksBounds()
+    {
+        using var cache = new KvCache(Small, 3, 8);
+        var rng = new Random(1);
+        unsafe
+        {
+            long per = 3L * 8 * Small.KvHeads * Small.HeadDim, row = Small.KvHeads * Small.HeadDim;
+            for (int l = 0; l < Small.Layers; l++)
+                for (long e = 0; e < per; e++) { cache.K(l)[e] = (float)rng.NextDouble(); cache.V(l)[e] = (float)rng.NextDouble(); }
+            cache.CopyPrefix(2, 0, 5);
+            for (int l = 0; l < Small.Layers; l++)
+                for (long e = 0; e < 5 * row; e++)
+                {
+                    Assert.Equal(cache.K(l)[2 * 8 * row + e], cache.K(l)[e]);
+                    Assert.Equal(cache.V(l)[2 * 8 * row + e], cache.V(l)[e]);
+                }
+            Assert.NotEqual(cache.K(0)[2 * 8 * row + 5 * row], cache.K(0)[5 * row]);  // beyond the prefix: untouched
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.CopyPrefix(3, 0, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.CopyPrefix(0, 1, 9));
+    }
+
+    [Fact]
+    public void BadOptionsAreRefusedWithNames()
+    {
+        using var m = Make(23);
+        var prompts = Prompts(3, 6);
+        Assert.Contains("slots >= 1", Assert.Throws<ArgumentException>(() =>
+            Generator.GenerateContinuous(m, prompts, new GenerationOptions(), 0)).Message);
+        Assert.Contains("max_new_tokens[1]", Assert.Throws<ArgumentException>(() =>
+            Generator.GenerateContinuous(m, prompts, new GenerationOptions { MaxNewTokens = 4, MaxNewTokensPerPrompt = [1, 5, 2] }, 2)).Message);
+        Assert.Contains("2 per-prompt", Assert.Throws<ArgumentException>(() =>
+            Generator.Generate(m, prompts, new GenerationOptions { MaxNewTokens = 4, MaxNewTokensPerPrompt = [1, 2] })).Message);
+    }
+}
