@@ -159,7 +159,7 @@ public static class PlanJson
             if (root.TryGetProperty("estimate", out var e0))
             {
                 if (e0.ValueKind != JsonValueKind.Object) throw new PlannerException("plan.estimate: expected an object");
-                Known(e0, "plan.estimate", "iteration_seconds", "peak_memory_bytes");
+                Known(e0, "plan.estimate", "iteration_seconds", "peak_memory_bytes", "call_seconds");
             }
             if (root.TryGetProperty("estimate", out var e) && e.ValueKind == JsonValueKind.Object &&
                 e.TryGetProperty("iteration_seconds", out var it) && it.ValueKind == JsonValueKind.Number)
