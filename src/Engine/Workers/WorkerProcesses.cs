@@ -39,6 +39,12 @@ internal sealed class WorkerProcesses : IDisposable
                 psi.Environment.Remove(JobSecret.FileVariable);
                 psi.Environment["OMP_NUM_THREADS"] = cmd.ThreadsPerWorker.ToString();
                 psi.Environment["OPENBLAS_NUM_THREADS"] = cmd.ThreadsPerWorker.ToString();
+                // A worker needs no UCX fault handlers: libucs would install them for SEGV/BUS/ILL/FPE
+                // when it loads, and a managed null dereference on another thread before the resolver
+                // puts the runtime's handlers back killed a worker at start-up ("Caught signal 11 ...
+                // (nil)", seen under load). Set for the child before exec: no setenv race. A value the
+                // user set is kept.
+                if (!psi.Environment.ContainsKey("UCX_ERROR_SIGNALS")) psi.Environment["UCX_ERROR_SIGNALS"] = "";
                 foreach (var (k, v) in cmd.Environment) psi.Environment[k] = v;
                 var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start worker {r} ({cmd.Executable})");
                 var tail = new ConcurrentQueue<string>();
