@@ -14,26 +14,9 @@ namespace ReaLNative.Engine.Tests.Workers;
 /// <summary>One finished single-device run (sft 4, rm 2, ppo 2) the tests copy and alter.</summary>
 public sealed class FinishedRunFixture : IDisposable
 {
-    internal static string Config(int ppoIterations) => $$"""
-        name: rundir-test
-        algorithm: ppo
-        seed: 3
-        iterations: 2
-        task: { name: sort-digits, min_len: 3, max_len: 4 }
-        eval: { size: 8, every: 1000 }
-        checkpoint_every: 2
-        models:
-          actor:  { preset: tiny, init: sft }
-          critic: { preset: tiny, init: rm }
-          ref:    { preset: tiny, init: sft }
-          reward: { preset: tiny, init: rm }
-        batch: { size: 8, prompt_len: 8, gen_len: 6, minibatches: 2 }
-        ppo: { kl_coef: 0.05, ppo_epochs: 2 }
-        stages:
-          - { algorithm: sft, iterations: 4, models: { actor: { preset: tiny, init: random } }, optim: { lr: 3.0e-3 } }
-          - { algorithm: rm, iterations: 2, models: { reward: { preset: tiny, init: sft } } }
-          - { algorithm: ppo, iterations: {{ppoIterations}}, optim: { lr: 5.0e-4 } }
-        """;
+    /// <summary>FaultTests' job (sft 4, rm 2, ppo N), named for this suite.</summary>
+    internal static string Config(int ppoIterations) =>
+        FaultTests.Config.Replace("name: fault-test", "name: rundir-test").Replace("PPO_ITERATIONS", ppoIterations.ToString());
 
     public string Root { get; } = Path.Combine(Path.GetTempPath(), "realn-rundir-" + Guid.NewGuid().ToString("N")[..8]);
     public string Run => Path.Combine(Root, "run");
