@@ -10,6 +10,10 @@ namespace ReaLNative.Cli;
 /// <summary>Thrown by commands for bad user input; printed without a stack trace, exit code 2.</summary>
 public sealed class UsageException(string message) : InputException(message);
 
+/// <summary>A measurement that cannot be trusted (the machine too busy to time what was asked);
+/// printed as one line, exit code 1.</summary>
+public sealed class MeasurementException(string message) : Exception(message);
+
 internal static class CliRunner
 {
     /// <summary>Set to 1 to print the stack trace of any failure (after its one-line message).</summary>
@@ -66,6 +70,10 @@ internal static class CliRunner
             case ReaLNative.Engine.Workers.WorkerFailedException:
                 // A worker died, failed or went silent: the pool printed who, where and during what
                 // the moment it happened ("realn: job failed: ..."), before tearing the job down.
+                code = 1;
+                break;
+            case MeasurementException:
+                err.WriteLine($"realn: {One(e.Message)}");
                 code = 1;
                 break;
             case TimeoutException or TrainingFailedException:

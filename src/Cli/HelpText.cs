@@ -33,6 +33,9 @@ internal static class HelpText
         ["bench realloc"] = (["realn bench realloc", "realn bench realloc --p2p-only --json"], "README.md \"Execution plans, multi-process and multi-node\""),
         ["bench train"] = (["realn bench train --model tiny --steps 2"], "README.md \"Other commands\""),
         ["bench generate"] = (["realn bench generate --model tiny --new-tokens 16"], "README.md \"Other commands\""),
+        ["bench plan"] = (["realn bench plan examples/bench/ppo-tiny-timing.yaml --out runs/bench-plan",
+                           "realn bench plan examples/bench/ppo-tiny-timing.yaml --profile runs/profile.json --only single,workers --out runs/bench-plan2 --json"],
+                          "docs/cost-model.md (the loop on this machine)"),
         ["worker"] = (["(started by `realn run --plan`, `realn launch` and `realn bench realloc` with REALN_JOB_SECRET set; not for direct use)"],
                       "README.md \"Execution plans, multi-process and multi-node\""),
     };

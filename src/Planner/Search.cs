@@ -75,6 +75,19 @@ public static class PlanSearch
         catch (PlannerException) { return null; }
     }
 
+    /// <summary>The estimated iteration of a searched plan when its devices run as threads of one process
+    /// (`realn run --plan --in-process`): the same calls without the per-call worker dispatch
+    /// (<see cref="ClusterSpec.CallDispatch"/>).</summary>
+    public static double InProcessSeconds(SearchResult r)
+    {
+        var p = r.Problem;
+        var q = new PlanningProblem(new Estimator(p.Cluster with { CallDispatch = 0 }, p.Experiment, p.Estimator.Profile));
+        var again = Finish(q, r.Best.Choice, new Evaluator(q));
+        if (!again.Plan.Calls.SequenceEqual(r.Best.Plan.Calls))
+            throw new PlannerException("internal: the plan's options differ without worker dispatch; cannot price it in-process");
+        return again.Evaluation.IterationSeconds;
+    }
+
     /// <summary>Whether every call of a result is priced as the engine executes it (no ZeRO-3 pricing).</summary>
     internal static bool Executable(PlanningProblem p, PlanResult r) =>
         r.Choice.Select((k, i) => p.Options[i][k].Option.Zero3).All(z => !z);

@@ -177,5 +177,11 @@ public class CostModelTests
         Assert.NotNull(single);
         Assert.True(single < r.Best.Evaluation.IterationSeconds, $"single device {single} vs plan {r.Best.Evaluation.IterationSeconds}");
         Assert.Null(PlanSearch.SingleDeviceSeconds(H100, exp));
+        // In-process (`realn run --plan --in-process`): the same calls without the per-call worker dispatch, which
+        // the plan pays once per call it runs.
+        double threads = PlanSearch.InProcessSeconds(r);
+        Assert.True(threads < r.Best.Evaluation.IterationSeconds - cpu.CallDispatch, $"in-process {threads} vs workers {r.Best.Evaluation.IterationSeconds}");
+        var noDispatch = PlanSearch.Run(cpu with { CallDispatch = 0 }, exp, new SearchOptions { Seed = 1, StepsPerChain = 2000 });
+        Assert.Equal(noDispatch.Best.Evaluation.IterationSeconds, PlanSearch.InProcessSeconds(noDispatch), 12);
     }
 }

@@ -15,6 +15,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(BenchTrainCommand.CreateTrain());
         cmd.Subcommands.Add(BenchTrainCommand.CreateGenerate());
         cmd.Subcommands.Add(BenchAlgorithmsCommand.Create());
+        cmd.Subcommands.Add(BenchPlanCommand.Create());
         return cmd;
     }
 }

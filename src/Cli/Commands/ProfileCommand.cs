@@ -2,8 +2,9 @@
 // the wall time of ONE transformer block (forward and backward at several packed token counts,
 // and one decode step at several batch sizes) plus GEMM and memcpy throughput, and writes the
 // calibration profile the planner's estimator uses instead of its roofline (src/Planner/Profile.cs
-// documents the format). A block is timed as the difference between a 2-block and a 1-block model
-// with a tiny vocabulary, so embedding and head costs cancel.
+// documents the format). A block is timed as half the difference between a 3-block and a 1-block model
+// with a tiny vocabulary, so embedding and head costs cancel; the two are timed alternately, and a
+// difference that does not stand above the timing noise is refused (exit 1) rather than recorded.
 using System.CommandLine;
 using System.Diagnostics;
 using ReaLNative.Engine.Generation;
@@ -39,18 +40,47 @@ public static class ProfileCommand
         return best;
     }
 
-    private static unsafe double TrainSeconds(LlamaModel m, PackedBatch b, bool backward)
+    private const int Reps = 7;
+
+    /// <summary>
+    /// The cost of <paramref name="blocks"/> extra blocks: <paramref name="one"/> and <paramref name="three"/>
+    /// are timed alternately (so a burst of load hits both), best of <see cref="Reps"/> each. The difference
+    /// must stand above the noise of the measurement (the spread between the best and the median of the
+    /// smaller model's times); otherwise the profile would record noise, and it is refused.
+    /// </summary>
+    internal static double BlockSeconds(string what, Action one, Action three, int blocks)
     {
-        return Best(() =>
+        one();
+        three();
+        var t1 = new double[Reps];
+        var t3 = new double[Reps];
+        for (int i = 0; i < Reps; i++)
         {
-            m.ZeroGrad();
-            float* o = m.Forward(b);
-            if (!backward) return;
-            float* g = m.OutputGradientBuffer();
-            new Span<float>(g, b.TotalTokens * m.OutputWidth).Fill(1e-3f);
-            m.Backward(g);
-        });
+            long t0 = Stopwatch.GetTimestamp();
+            one();
+            t1[i] = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            t0 = Stopwatch.GetTimestamp();
+            three();
+            t3[i] = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        }
+        Array.Sort(t1);
+        Array.Sort(t3);
+        double diff = t3[0] - t1[0];
+        double noise = Math.Max(t1[Reps / 2] - t1[0], t3[Reps / 2] - t3[0]);
+        if (diff <= 0 || diff < noise)
+            throw new MeasurementException($"profile: {what}: {blocks} more blocks took {diff * 1e3:F3} ms against a timing spread of {noise * 1e3:F3} ms (best {t1[0] * 1e3:F3} / {t3[0] * 1e3:F3} ms): the machine is too busy to measure a block; rerun it when the load is lower");
+        return diff / blocks;
     }
+
+    private static unsafe Action TrainStep(LlamaModel m, PackedBatch b, bool backward) => () =>
+    {
+        m.ZeroGrad();
+        m.Forward(b);
+        if (!backward) return;
+        float* g = m.OutputGradientBuffer();
+        new Span<float>(g, b.TotalTokens * m.OutputWidth).Fill(1e-3f);
+        m.Backward(g);
+    };
 
     private static int Run(string[] presets, string output)
     {
@@ -62,9 +92,9 @@ public static class ProfileCommand
             catch (ArgumentException e) { throw new UsageException(e.Message); }
             var small = cfg with { Vocab = 64, Layers = 1, MaxPositions = 4096 };
             using var one = new LlamaModel(small, false);
-            using var two = new LlamaModel(small with { Layers = 2 }, false);
+            using var three = new LlamaModel(small with { Layers = 3 }, false);
             one.InitRandom(1);
-            two.InitRandom(1);
+            three.InitRandom(1);
             var points = new List<LayerPoint>();
             var rng = new Random(3);
             foreach (int tokens in new[] { 64, 256, 1024 })
@@ -72,20 +102,29 @@ public static class ProfileCommand
                 int seqLen = Math.Min(tokens, 256);
                 var lens = Enumerable.Repeat(seqLen, tokens / seqLen).ToArray();
                 var batch = new PackedBatch(Enumerable.Range(0, tokens).Select(_ => rng.Next(64)).ToArray(), lens);
-                double f1 = TrainSeconds(one, batch, false), f2 = TrainSeconds(two, batch, false);
-                double t1 = TrainSeconds(one, batch, true), t2 = TrainSeconds(two, batch, true);
-                double fwd = Math.Max(f2 - f1, 1e-7), both = Math.Max(t2 - t1, 2e-7);
+                double fwd = BlockSeconds($"{name} forward of {tokens} tokens", TrainStep(one, batch, false), TrainStep(three, batch, false), 2);
+                double both = BlockSeconds($"{name} forward+backward of {tokens} tokens", TrainStep(one, batch, true), TrainStep(three, batch, true), 2);
+                if (both <= fwd)
+                    throw new MeasurementException($"profile: {name} at {tokens} tokens: forward+backward of a block ({both * 1e3:F3} ms) measured no slower than its forward ({fwd * 1e3:F3} ms): the machine is too busy to measure; rerun it when the load is lower");
                 points.Add(new LayerPoint { Kind = "fwd", Tokens = tokens, Seconds = fwd });
-                points.Add(new LayerPoint { Kind = "bwd", Tokens = tokens, Seconds = Math.Max(both - fwd, 1e-7) });
+                points.Add(new LayerPoint { Kind = "bwd", Tokens = tokens, Seconds = both - fwd });
                 Console.WriteLine($"{name} block: {tokens} tokens fwd {fwd * 1e3:F3} ms, bwd {(both - fwd) * 1e3:F3} ms");
             }
             const int context = 32;
             foreach (int batchSize in new[] { 8, 32 })
             {
                 var prompts = Enumerable.Range(0, batchSize).Select(_ => Enumerable.Range(0, context).Select(_ => rng.Next(64)).ToArray()).ToArray();
-                double Steps(LlamaModel m, int n) => Best(() => Generator.Generate(m, prompts, new GenerationOptions { MaxNewTokens = n, Temperature = 0 }), 3);
-                double d1 = (Steps(one, 17) - Steps(one, 1)) / 16, d2 = (Steps(two, 17) - Steps(two, 1)) / 16;
-                double step = Math.Max(d2 - d1, 1e-7);
+                // 16 decode steps after the prefill: the prefill and the per-call set-up cancel in the difference
+                // of 17 and 1 new tokens, the embedding and head in the difference of 3 and 1 blocks.
+                Action Steps(LlamaModel m) => () =>
+                {
+                    Generator.Generate(m, prompts, new GenerationOptions { MaxNewTokens = 17, Temperature = 0 });
+                };
+                double prefillOne = Best(() => Generator.Generate(one, prompts, new GenerationOptions { MaxNewTokens = 1, Temperature = 0 }), 3);
+                double prefillThree = Best(() => Generator.Generate(three, prompts, new GenerationOptions { MaxNewTokens = 1, Temperature = 0 }), 3);
+                double step = (BlockSeconds($"{name} 16 decode steps of {batchSize} sequences", Steps(one), Steps(three), 2) * 2 - (prefillThree - prefillOne)) / 2 / 16;
+                if (step <= 0)
+                    throw new MeasurementException($"profile: {name}: a decode step of {batchSize} sequences measured {step * 1e3:F3} ms per block: the machine is too busy to measure; rerun it when the load is lower");
                 points.Add(new LayerPoint { Kind = "decode", Tokens = batchSize, Context = context, Seconds = step });
                 Console.WriteLine($"{name} block: decode step of {batchSize} sequences at context {context}: {step * 1e3:F3} ms");
             }

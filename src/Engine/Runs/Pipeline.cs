@@ -213,6 +213,8 @@ internal sealed partial class Pipeline : IDisposable
         // Wall time of each stage (set-up, iterations, evaluations, checkpoints): summary.json's
         // per-stage seconds; carried in checkpoints so a resumed run accounts for both halves.
         var stageSeconds = new double[_cfg.Stages.Count];
+        // Of which the iterations' dataflow (every call of an iteration, no evaluation or checkpoint).
+        var iterationSeconds = new double[_cfg.Stages.Count];
         _resumeNotes.Clear();
         _resumeDir = null; _resumeState = null;
         _pendingCut = null; _startCommitted = false;
@@ -228,6 +230,8 @@ internal sealed partial class Pipeline : IDisposable
             priorSeconds = (double)st["seconds"]!;
             if (st["stage_seconds"] is JsonArray prior && prior.Count == stageSeconds.Length)
                 for (int i = 0; i < prior.Count; i++) stageSeconds[i] = prior[i] is JsonValue v && v.TryGetValue(out double d) ? d : 0;
+            if (st["stage_iterations_seconds"] is JsonArray priorIt && priorIt.Count == iterationSeconds.Length)
+                for (int i = 0; i < priorIt.Count; i++) iterationSeconds[i] = priorIt[i] is JsonValue v && v.TryGetValue(out double d) ? d : 0;
             string name = Path.GetFileName(c.Dir);
             var cut = RunDirectory.ResumeCut(MetricsPath, startStage, startIter, (int)st["metric_lines"]!, name);
             foreach (var n in cut.Notes) Note(n);
@@ -260,12 +264,14 @@ internal sealed partial class Pipeline : IDisposable
                 batch.Set("iteration", new int[] { it });
                 LoadSources(stage, it, batch);
                 var figures = new Dictionary<string, double>();
+                long iterationStart = Stopwatch.GetTimestamp();
                 foreach (var rec in exec.RunIteration(batch, cancellationToken))
                 {
                     var line = new JsonObject { ["stage"] = s, ["algorithm"] = stage.Algorithm, ["step"] = it + 1, ["call"] = rec.Call, ["seconds"] = Math.Round(rec.Seconds, 5) };
                     foreach (var (k, v) in rec.Figures) { line[k] = double.IsFinite(v) ? Math.Round(v, 6) : null; figures[k] = v; }
                     WriteMetric(line);
                 }
+                iterationSeconds[s] += Stopwatch.GetElapsedTime(iterationStart).TotalSeconds;
                 bool eval = evals && ((it + 1) % _cfg.Eval.Every == 0 || it + 1 == stage.Iterations);
                 bool ckpt = (it + 1) % _cfg.CheckpointEvery == 0 || it + 1 == stage.Iterations;
                 if (eval || ckpt) SyncBack();
@@ -279,7 +285,7 @@ internal sealed partial class Pipeline : IDisposable
                 {
                     var upToNow = (double[])stageSeconds.Clone();
                     upToNow[s] += stageClock.Elapsed.TotalSeconds;
-                    SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds, upToNow);
+                    SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds, upToNow, iterationSeconds);
                 }
             }
             stageSeconds[s] += stageClock.Elapsed.TotalSeconds;
@@ -287,7 +293,7 @@ internal sealed partial class Pipeline : IDisposable
         CommitStart(start);
         CloseMetrics();
         _position = "summary";
-        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds, stageSeconds);
+        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds, stageSeconds, iterationSeconds);
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }
@@ -477,7 +483,7 @@ internal sealed partial class Pipeline : IDisposable
         _callReplica.TryGetValue(call, out var r) ? new ReplicaCalls(r, _replicas[role])
             : new SingleModelCalls(_models[role], () => _optims.GetValueOrDefault(role));
 
-    private void SaveCheckpoint(StageConfig stage, int nextIteration, double seconds, double[] stageSeconds)
+    private void SaveCheckpoint(StageConfig stage, int nextIteration, double seconds, double[] stageSeconds, double[] iterationSeconds)
     {
         // CheckpointStore fsyncs every file, writes manifest.json last, renames step-N.tmp -> step-N
         // and moves the `latest` pointer; a crash at any point leaves the previous checkpoint usable.
@@ -498,6 +504,7 @@ internal sealed partial class Pipeline : IDisposable
                 ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["next_iteration"] = nextIteration,
                 ["metric_lines"] = _metricLines, ["seconds"] = seconds, ["optimizer_steps"] = steps,
                 ["stage_seconds"] = new JsonArray(stageSeconds.Select(x => (JsonNode?)JsonValue.Create(Math.Round(x, 3))).ToArray()),
+                ["stage_iterations_seconds"] = new JsonArray(iterationSeconds.Select(x => (JsonNode?)JsonValue.Create(Math.Round(x, 5))).ToArray()),
             };
             File.WriteAllText(Path.Combine(tmp, "state.json"), state.ToJsonString());
         });

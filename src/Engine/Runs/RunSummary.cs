@@ -8,7 +8,9 @@ namespace ReaLNative.Engine.Runs;
 internal static class RunSummary
 {
     /// <param name="stageSeconds">Wall time of each stage (set-up, iterations, evaluations, checkpoints).</param>
-    public static JsonObject FromMetrics(string metricsPath, ExperimentConfig cfg, double seconds, IReadOnlyList<double> stageSeconds)
+    /// <param name="iterationSeconds">Of which each stage's iterations: the wall time of their dataflow (every
+    /// call of the iteration, no evaluation or checkpoint).</param>
+    public static JsonObject FromMetrics(string metricsPath, ExperimentConfig cfg, double seconds, IReadOnlyList<double> stageSeconds, IReadOnlyList<double> iterationSeconds)
     {
         var lines = File.ReadLines(metricsPath).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
         int last = cfg.Stages.Count - 1;
@@ -29,6 +31,8 @@ internal static class RunSummary
             {
                 ["algorithm"] = st.Algorithm, ["iterations"] = st.Iterations,
                 ["seconds"] = Math.Round(stageSeconds[st.Index], 3),
+                // The wall time of the iterations' dataflow (what `realn plan` estimates per iteration).
+                ["iterations_seconds"] = Math.Round(iterationSeconds[st.Index], 4),
                 // Summed over the stage's calls: calls on disjoint meshes of a plan overlap, so this
                 // can exceed the stage's wall time; the rest of a stage is set-up and checkpoints.
                 ["calls_seconds"] = Math.Round(callSeconds, 3),

@@ -97,6 +97,11 @@ public sealed class HumanOutputTests : IDisposable
         foreach (var st in s["stages"]!.AsArray())
         {
             Assert.InRange((double)st!["eval_seconds"]!, 0, (double)st["seconds"]! + 0.01);
+            // the iterations' dataflow is inside the stage's wall time, beside its evaluations, and holds every call of a
+            // sequential run
+            double iterations = (double)st["iterations_seconds"]!;
+            Assert.InRange(iterations + (double)st["eval_seconds"]!, 0, (double)st["seconds"]! + 0.01);
+            if (sequentialCalls) Assert.InRange((double)st["calls_seconds"]!, 0, iterations + 0.01);
             if (sequentialCalls) Assert.InRange((double)st["calls_seconds"]! + (double)st["eval_seconds"]!, 0, (double)st["seconds"]! + 0.01);
         }
     }

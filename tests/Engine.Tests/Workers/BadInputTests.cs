@@ -152,6 +152,21 @@ public sealed class BadInputTests(ITestOutputHelper output) : IDisposable
         Refused(RunArgs(Write("empty.yaml", "")), "empty.yaml", "empty");
     }
 
+    [Fact]
+    public void BenchPlanRefusesWhatItCannotRunHere()
+    {
+        string root = ConfigRoot();
+        string cfg = Path.Combine(root, "examples", "bench", "ppo-tiny-timing.yaml");
+        string cluster = Path.Combine(root, "examples", "clusters", "cpu-local.yaml");
+        string fresh = Path.Combine(_dir, "bench-plan");
+        Refused(["bench", "plan", cfg, "--cluster", cluster, "--only", "single,gpu", "--out", fresh], "--only", "'gpu' is not one of single, threads, workers");
+        string two = Write("two-nodes.yaml", File.ReadAllText(cluster).Replace("nodes: 1", "nodes: 2"));
+        Refused(["bench", "plan", cfg, "--cluster", two, "--out", fresh], "two-nodes.yaml", "nodes: 2", "one node");
+        Write("busy/keep.txt", "x");
+        Refused(["bench", "plan", cfg, "--cluster", cluster, "--out", Path.Combine(_dir, "busy")], "--out", "is not empty");
+        Assert.False(Directory.Exists(fresh), "a refused bench plan created its --out");
+    }
+
     private static string ConfigRoot()
     {
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)

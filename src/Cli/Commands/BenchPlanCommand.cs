@@ -1,0 +1,164 @@
+// `realn bench plan CONFIG [--cluster SPEC] [--profile PROFILE.json] [--only single,threads,workers]
+// [--out DIR] [--timeout SEC] [--json]`: closes the planner's loop on this machine. It searches the plan
+// of CONFIG on a one-node cluster spec (the machine it runs on), then runs the experiment three ways as
+// child `realn run` processes - without a plan (the single device: one process, every core), under the
+// plan with its devices as threads (--in-process), and under the plan with worker processes - and prints,
+// for each, the estimated and the measured wall time of one iteration of the planned stage and their
+// ratio, plus each plan run against the measured single device. The measurement is the stage's
+// `iterations_seconds` in summary.json (the iterations' dataflow, no evaluation or checkpoint) divided by
+// its iterations, so examples/bench/ppo-tiny-timing.yaml keeps the earlier stages short.
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using ReaLNative.Engine.Dataflow;
+using ReaLNative.Engine.Config;
+using ReaLNative.Planner;
+
+namespace ReaLNative.Cli.Commands;
+
+public static class BenchPlanCommand
+{
+    /// <summary>The ways the experiment is run and timed: no plan, the plan in-process, the plan in worker processes.</summary>
+    public static readonly string[] Modes = ["single", "threads", "workers"];
+
+    public static Command Create()
+    {
+        var config = new Argument<string>("CONFIG") { Description = "Experiment YAML (examples/bench/ppo-tiny-timing.yaml: short SFT and RM stages, 12 PPO iterations)" };
+        var cluster = new Option<string>("--cluster") { Description = "One-node cluster spec of this machine", DefaultValueFactory = _ => "examples/clusters/cpu-local.yaml" };
+        var profile = new Option<string?>("--profile") { Description = "Calibration profile JSON (from realn profile) for the estimates" };
+        var only = new Option<string?>("--only") { Description = $"Comma-separated subset of {string.Join(",", Modes)}" };
+        var output = new Option<string>("--out") { Description = "Plan and run directories go to OUT (OUT/plan.json, OUT/MODE/, OUT/MODE.log); must be new or empty", DefaultValueFactory = _ => "runs/bench-plan" };
+        var timeout = new Option<double>("--timeout") { Description = "Deadline of each run in seconds", DefaultValueFactory = _ => 1800 };
+        var json = new Option<bool>("--json") { Description = "Print JSON" };
+        var cmd = new Command("plan", "Plan an experiment for this machine, run it without a plan, with the plan in-process and in worker processes: estimated vs measured seconds per iteration");
+        cmd.Arguments.Add(config);
+        foreach (var o in new Option[] { cluster, profile, only, output, timeout, json }) cmd.Options.Add(o);
+        cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(cluster)!, p.GetValue(profile), p.GetValue(only), p.GetValue(output)!, p.GetValue(timeout), p.GetValue(json)));
+        return cmd;
+    }
+
+    private static string F(double? v) => v is { } x ? x.ToString("F3", CultureInfo.InvariantCulture) : "-";
+
+    private static int Run(string configPath, string clusterPath, string? profilePath, string? only, string outRoot, double timeout, bool json)
+    {
+        var modes = only is null ? Modes : only.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (modes.Length == 0) throw new UsageException($"--only: name at least one of {string.Join(", ", Modes)}");
+        foreach (var m in modes)
+            if (!Modes.Contains(m)) throw new UsageException($"--only: '{m}' is not one of {string.Join(", ", Modes)}");
+        if (!(timeout > 0)) throw new UsageException($"--timeout: {timeout} must be positive");
+        ExperimentConfig cfg;
+        try { cfg = ExperimentConfig.Load(configPath); }
+        catch (ConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
+        if (File.Exists(outRoot)) throw new UsageException($"--out: '{outRoot}' is a file");
+        if (Directory.Exists(outRoot) && Directory.EnumerateFileSystemEntries(outRoot).Any())
+            throw new UsageException($"--out: '{outRoot}' is not empty; name a new directory");
+
+        SearchResult r;
+        ClusterSpec spec;
+        try
+        {
+            spec = ClusterSpec.Load(clusterPath);
+            if (spec.Nodes != 1) throw new UsageException($"{clusterPath}: nodes: {spec.Nodes}; `realn bench plan` runs the plan on this machine, so the spec must describe one node");
+            var prof = profilePath is null ? null : ProfileData.Load(profilePath);
+            r = PlanSearch.Run(spec, Experiment.Load(configPath), new SearchOptions(), prof);
+        }
+        catch (PlannerException e) { throw new UsageException(e.Message); }
+        var plan = r.Best.Plan;
+        double? singleEstimate = PlanSearch.SingleDeviceSeconds(r.Problem.Cluster, r.Problem.Experiment, r.Problem.Estimator.Profile);
+        double threadsEstimate = PlanSearch.InProcessSeconds(r);
+        int stage = PlannedStage(cfg, plan)
+            ?? throw new UsageException($"{configPath}: no stage runs exactly the calls of the plan ({string.Join(", ", plan.Calls.Select(c => c.Name))})");
+
+        Directory.CreateDirectory(outRoot);
+        string planPath = Path.Combine(outRoot, "plan.json");
+        File.WriteAllText(planPath, PlanJson.ToJson(plan));
+        if (!json)
+            Console.Error.WriteLine($"plan for {spec.Name} ({spec.DevicesPerNode} devices): {string.Join(", ", plan.Calls.Select(c => $"{c.Name} {c.Mesh} {c.Strategy}"))}; estimated {F(r.Best.Evaluation.IterationSeconds)} s/iteration in worker processes, {F(threadsEstimate)} s in-process, single device {F(singleEstimate)} s");
+
+        var rows = new JsonArray();
+        double? singleMeasured = null;
+        foreach (var mode in Modes.Where(modes.Contains))
+        {
+            string dir = Path.Combine(outRoot, mode);
+            var args = new List<string> { "run", configPath, "--out", dir };
+            if (mode != "single") { args.Add("--plan"); args.Add(planPath); }
+            if (mode == "threads") args.Add("--in-process");
+            if (!json) Console.Error.WriteLine($"{mode}: realn {string.Join(' ', args)} (log: {dir}.log)");
+            RunChild(args, dir + ".log", timeout, mode);
+            var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")))!.AsObject();
+            var st = summary["stages"]![stage]!.AsObject();
+            double measured = (double)st["iterations_seconds"]! / (int)st["iterations"]!;
+            double estimate = mode switch { "single" => singleEstimate ?? double.NaN, "threads" => threadsEstimate, _ => r.Best.Evaluation.IterationSeconds };
+            if (mode == "single") singleMeasured = measured;
+            rows.Add(new JsonObject
+            {
+                ["mode"] = mode,
+                ["estimate_seconds"] = double.IsFinite(estimate) ? Math.Round(estimate, 5) : null,
+                ["measured_seconds"] = Math.Round(measured, 5),
+                ["measured_over_estimate"] = double.IsFinite(estimate) && estimate > 0 ? Math.Round(measured / estimate, 3) : null,
+                ["task_score"] = (double?)st["final_task_score"],
+            });
+        }
+        foreach (var row in rows.Select(x => x!.AsObject()))
+            row["over_single_measured"] = singleMeasured is { } s && (string)row["mode"]! != "single" ? Math.Round((double)row["measured_seconds"]! / s, 3) : null;
+
+        if (json)
+        {
+            Console.WriteLine(new JsonObject
+            {
+                ["benchmark"] = "plan", ["config"] = configPath, ["cluster"] = spec.Name, ["stage"] = stage,
+                ["stage_algorithm"] = cfg.Stages[stage].Algorithm, ["iterations"] = cfg.Stages[stage].Iterations,
+                ["plan"] = JsonNode.Parse(PlanJson.ToJson(plan)), ["rows"] = rows,
+            }.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
+            return 0;
+        }
+        Console.WriteLine($"stage {stage} ({cfg.Stages[stage].Algorithm}, {cfg.Stages[stage].Iterations} iterations), seconds per iteration:");
+        Console.WriteLine($"{"run",-8} {"estimate",9} {"measured",9} {"meas/est",9} {"vs single",10}");
+        foreach (var row in rows.Select(x => x!.AsObject()))
+        {
+            string ratio = row["measured_over_estimate"] is { } q ? ((double)q).ToString("F2", CultureInfo.InvariantCulture) : "-";
+            string vs = row["over_single_measured"] is { } v ? ((double)v).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-";
+            Console.WriteLine($"{(string)row["mode"]!,-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {vs,10}");
+        }
+        Console.WriteLine("single: realn run without --plan (one process, every core); threads: --plan --in-process; workers: --plan, one worker process per device");
+        return 0;
+    }
+
+    /// <summary>The last stage whose dataflow is exactly the plan's calls (the stage `realn run --plan` lays out).</summary>
+    internal static int? PlannedStage(ExperimentConfig cfg, Plan plan)
+    {
+        var names = plan.Calls.Select(c => c.Name).ToHashSet();
+        for (int s = cfg.Stages.Count - 1; s >= 0; s--)
+        {
+            var calls = DataflowGraph.For(cfg.Stages[s]).Calls.Select(c => c.Name).ToHashSet();
+            if (calls.SetEquals(names)) return s;
+        }
+        return null;
+    }
+
+    /// <summary>Runs `realn ARGS` with its output in LOG; a non-zero exit or the deadline is a failure naming the log.</summary>
+    private static void RunChild(List<string> args, string log, double timeout, string mode)
+    {
+        var (exe, prefix) = RunCommand.Self();
+        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in prefix.Concat(args)) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {exe}");
+        using var w = new StreamWriter(log);
+        var gate = new object();
+        p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (gate) w.WriteLine(e.Data); };
+        p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (gate) w.WriteLine(e.Data); };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        if (!p.WaitForExit(TimeSpan.FromSeconds(timeout)))
+        {
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit(10_000);
+            throw new TimeoutException($"bench plan: the {mode} run did not finish within --timeout {timeout} s (log: {log})");
+        }
+        p.WaitForExit();   // drains the redirected output
+        if (p.ExitCode != 0)
+            throw new MeasurementException($"bench plan: the {mode} run failed with exit code {p.ExitCode}; see {log}");
+    }
+}
