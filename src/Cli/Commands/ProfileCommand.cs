@@ -45,8 +45,8 @@ public static class ProfileCommand
     /// <summary>
     /// The cost of <paramref name="blocks"/> extra blocks: <paramref name="one"/> and <paramref name="three"/>
     /// are timed alternately (so a burst of load hits both), best of <see cref="Reps"/> each. The difference
-    /// must stand above the noise of the measurement (the spread between the best and the median of the
-    /// smaller model's times); otherwise the profile would record noise, and it is refused.
+    /// must stand above the noise of the measurement (the gap between the best and the second best time of
+    /// either model); otherwise the profile would record noise, and it is refused.
     /// </summary>
     internal static double BlockSeconds(string what, Action one, Action three, int blocks)
     {
@@ -66,7 +66,8 @@ public static class ProfileCommand
         Array.Sort(t1);
         Array.Sort(t3);
         double diff = t3[0] - t1[0];
-        double noise = Math.Max(t1[Reps / 2] - t1[0], t3[Reps / 2] - t3[0]);
+        // The uncertainty of a best-of-N time: how far the second best is from it.
+        double noise = Math.Max(t1[1] - t1[0], t3[1] - t3[0]);
         if (diff <= 0 || diff < noise)
             throw new MeasurementException($"profile: {what}: {blocks} more blocks took {diff * 1e3:F3} ms against a timing spread of {noise * 1e3:F3} ms (best {t1[0] * 1e3:F3} / {t3[0] * 1e3:F3} ms): the machine is too busy to measure a block; rerun it when the load is lower");
         return diff / blocks;
