@@ -19,8 +19,9 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPE
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # System packages: OpenBLAS (OpenMP build, so BLAS shares the OpenMP thread pool), UCX and its
-# tools, pkg-config, iproute2 (network-namespace tests).
-PACKAGES=(libopenblas-openmp-dev libgomp1 libucx-dev ucx-utils pkg-config iproute2)
+# tools, pkg-config, iproute2 (network-namespace tests), clang-14 (compiles the CUDA backend's
+# kernels to PTX without a CUDA toolkit).
+PACKAGES=(libopenblas-openmp-dev libgomp1 libucx-dev ucx-utils pkg-config iproute2 clang-14)
 
 ensure_packages() {
   local missing=()

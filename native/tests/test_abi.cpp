@@ -99,11 +99,16 @@ int main() {
     EXPECT(realn_host_free(h) == REALN_ERR_INVALID_ARGUMENT);  // double free is caught
     EXPECT(error_mentions("was not returned by realn_host_alloc"));
 
-    // Selftest of a backend that is not built reports NOT_FOUND.
+    // Selftest of a backend without a device: NOT_FOUND where it is not built, UNSUPPORTED (naming
+    // the missing driver or device) where it is built but cannot run here.
     int32_t cuda = 0;
     realn_backend_available(REALN_BACKEND_CUDA, &cuda);
     const char* json = nullptr;
-    if (!cuda) EXPECT(realn_selftest_run(REALN_BACKEND_CUDA, nullptr, &json) == REALN_ERR_NOT_FOUND);
+    if (!cuda) {
+        const bool built = std::strstr(realn_build_info(), "cuda") != nullptr;
+        EXPECT(realn_selftest_run(REALN_BACKEND_CUDA, nullptr, &json) == (built ? REALN_ERR_UNSUPPORTED : REALN_ERR_NOT_FOUND));
+        if (built) EXPECT(error_mentions("cuda backend: "));
+    }
     EXPECT(realn_selftest_run(REALN_BACKEND_CPU, "gemm", &json) == REALN_OK && json &&
            std::strstr(json, "\"backend\": \"cpu\"") && std::strstr(json, "\"passed\": true"));
 

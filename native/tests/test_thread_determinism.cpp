@@ -322,6 +322,10 @@ int main(int argc, char** argv) {
     std::printf("OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s; OpenBLAS kernels: %s; %s\n",
                 core ? core : "(unset)", l2 ? l2 : "(unset)", openblas_get_corename(),
                 realn_build_info());
+    if (core && std::strcmp(openblas_get_corename(), "reference") == 0) {
+        std::printf("built with the reference SGEMM (REALN_BLAS=reference): no OpenBLAS kernel set to force: skipped\n");
+        return kSkipped;
+    }
     if (core && !cpu_can_run(core)) {
         std::printf("this CPU cannot run OpenBLAS's %s kernels: skipped\n", core);
         return kSkipped;

@@ -45,6 +45,10 @@ thread_local std::string g_last_error;
 
 namespace realn {
 
+#ifdef REALN_HAVE_CUDA
+const char* cuda_unavailable_reason();
+#endif
+
 void set_last_error(const std::string& message) { g_last_error = message; }
 void clear_last_error() { g_last_error.clear(); }
 
@@ -119,6 +123,10 @@ REALN_API realn_status realn_stream_create(int32_t backend, int32_t device, real
                         backend == REALN_BACKEND_CUDA ? " (cuda) is not compiled into this build"
                                                       : " is unknown");
         int32_t n = b->device_count();
+#ifdef REALN_HAVE_CUDA
+        if (n == 0 && backend == REALN_BACKEND_CUDA)
+            realn::fail(REALN_ERR_UNSUPPORTED, "cuda backend: ", realn::cuda_unavailable_reason());
+#endif
         if (device < 0 || device >= n)
             realn::fail(REALN_ERR_NOT_FOUND, "device ", device, " does not exist on backend '",
                         b->name, "' (", n, " device(s))");

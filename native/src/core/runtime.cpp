@@ -55,7 +55,12 @@ REALN_API const char* realn_build_info(void) {
 #ifdef REALN_HAVE_CUDA
         s += ", cuda";
 #endif
-        s += "; blas: openblas; openmp threads: " + std::to_string(omp_get_max_threads());
+#ifdef REALN_BLAS_REFERENCE
+        s += "; blas: reference (no OpenBLAS: slow CPU GEMM)";
+#else
+        s += "; blas: openblas";
+#endif
+        s += "; openmp threads: " + std::to_string(omp_get_max_threads());
 #ifdef __AVX2__
         s += "; simd: avx2";
 #endif

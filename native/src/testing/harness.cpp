@@ -135,10 +135,16 @@ extern "C" REALN_API realn_status realn_selftest_run(int32_t backend, const char
         *json = nullptr;
         int32_t available = 0;
         realn_backend_available(backend, &available);
-        if (!available)
-            realn::fail(REALN_ERR_NOT_FOUND, "backend ", backend,
-                        backend == REALN_BACKEND_CUDA ? " (cuda) is not available in this build or has no device"
-                                                      : " is unknown");
+        if (!available) {
+            if (backend == REALN_BACKEND_CUDA) {
+                // The stream's refusal names the reason (no driver, no device, not compiled in).
+                realn_stream_t probe = nullptr;
+                realn_status st = realn_stream_create(backend, 0, &probe);
+                if (st == REALN_OK) realn_stream_destroy(probe);
+                realn::fail(st == REALN_ERR_UNSUPPORTED ? REALN_ERR_UNSUPPORTED : REALN_ERR_NOT_FOUND, realn_last_error());
+            }
+            realn::fail(REALN_ERR_NOT_FOUND, "backend ", backend, " is unknown");
+        }
         const char* bname = backend == REALN_BACKEND_CPU ? "cpu" : "cuda";
         std::ostringstream os;
         os << "{\"backend\": \"" << bname << "\", \"ops\": [";

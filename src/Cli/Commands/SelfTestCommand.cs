@@ -27,9 +27,14 @@ public static class SelfTestCommand
     private static int Run(string backendName, bool asJson, string? filter)
     {
         var backend = backendName == "cuda" ? Backend.Cuda : Backend.Cpu;
-        if (!Native.BackendAvailable(backend))
-            throw new UsageException($"backend '{backendName}' is not available: {Native.BuildInfo()}");
-        string report = Native.SelfTest(backend, filter);
+        string report;
+        // An absent backend (not compiled in, no driver, no device) is refused naming why: the native
+        // self-test reports the reason (e.g. "cuda backend: no CUDA driver (libcuda.so.1: ...)").
+        try { report = Native.SelfTest(backend, filter); }
+        catch (RealnException e) when (e.Status is RealnStatus.Unsupported or RealnStatus.NotFound)
+        {
+            throw new UsageException($"--backend {backendName}: not available here: {e.NativeMessage} ({Native.BuildInfo()})");
+        }
         using var doc = JsonDocument.Parse(report);
         var ops = doc.RootElement.GetProperty("ops");
         int failed = ops.EnumerateArray().Count(o => !o.GetProperty("passed").GetBoolean());

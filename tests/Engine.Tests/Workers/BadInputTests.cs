@@ -169,6 +169,18 @@ public sealed class BadInputTests(ITestOutputHelper output) : IDisposable
         Assert.False(Directory.Exists(fresh), "a refused bench plan created its --out");
     }
 
+    [Fact]
+    public void SelftestOnAnAbsentBackendNamesWhy()
+    {
+        if (ReaLNative.Interop.Native.BackendAvailable(ReaLNative.Interop.Backend.Cuda))
+        {
+            output.WriteLine("skipped: this machine has a CUDA device, so the cuda backend is not absent");
+            return;
+        }
+        // Built but without a driver here: the refusal names the backend and the missing driver or device.
+        Refused(["selftest", "--backend", "cuda"], "--backend cuda: not available here", "cuda backend: ");
+    }
+
     private static string ConfigRoot()
     {
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)

@@ -1,0 +1,443 @@
+// The CUDA backend's table (core/backend.hpp): device memory, streams and the ops implemented so
+// far, on the driver API loaded at run time (driver.hpp) and PTX built from native/cuda/kernels
+// (embedded by CMake, JIT-compiled by the driver for the GPU at first use: PTX 7.5 loads on
+// drivers since CUDA 11.5 and runs on sm_80 / sm_90).
+//
+// STATUS: compiled on every build; NOT YET RUN ON A GPU (no GPU was lent while it was written).
+// Implemented: memory, copies, fill, interval gather/scatter, hash, GEMM / linear (fp32 through
+// cuBLAS), axpby, add, scale, sumsq, count_nonfinite, convert (f32 <-> bf16), embedding,
+// RMSNorm, rotary, SwiGLU, AdamW, GAE. Not yet: attention (fwd/bwd/decode), KV store, log-probs,
+// cross-entropy, sampling: they report REALN_ERR_UNSUPPORTED naming the op.
+// Host-side metadata (cu_seqlens, interval lists) is read from host memory as on the CPU backend.
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "../src/core/backend.hpp"
+#include "../src/core/error.hpp"
+#include "../src/cpu/cpu_ops.hpp"
+#include "driver.hpp"
+
+namespace realn::cuda {
+
+struct PtxBlob {
+    const char* name;
+    const char* ptx;
+};
+extern const PtxBlob kPtx[];
+extern const int kPtxCount;
+
+namespace {
+
+struct Device {
+    CUcontext ctx = nullptr;
+    std::vector<CUmodule> modules;
+    std::unordered_map<std::string, CUfunction> functions;
+    std::mutex mu;
+};
+
+Device& device(int32_t d) {
+    static std::mutex mu;
+    static std::map<int32_t, std::unique_ptr<Device>> devices;
+    std::lock_guard<std::mutex> lock(mu);
+    auto& slot = devices[d];
+    if (!slot) {
+        const Driver& drv = driver();
+        auto dev = std::make_unique<Device>();
+        CUdevice h = 0;
+        check(drv.cuDeviceGet(&h, d), "cuDeviceGet");
+        check(drv.cuDevicePrimaryCtxRetain(&dev->ctx, h), "cuDevicePrimaryCtxRetain");
+        check(drv.cuCtxSetCurrent(dev->ctx), "cuCtxSetCurrent");
+        for (int i = 0; i < kPtxCount; ++i) {
+            char log[4096] = {0};
+            int opts[] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
+            void* vals[] = {log, reinterpret_cast<void*>(static_cast<uintptr_t>(sizeof log))};
+            CUmodule m = nullptr;
+            CUresult r = drv.cuModuleLoadDataEx(&m, kPtx[i].ptx, 2, opts, vals);
+            if (r != CUDA_SUCCESS)
+                fail(REALN_ERR_BACKEND, "loading the PTX of ", kPtx[i].name, " failed (", r, "): ", log);
+            dev->modules.push_back(m);
+        }
+        slot = std::move(dev);
+    }
+    return *slot;
+}
+
+CUstream native(realn_stream_t s) { return static_cast<CUstream>(s->native); }
+
+// Makes the stream's device current on this thread (ops may come from any thread).
+void bind(realn_stream_t s) { check(driver().cuCtxSetCurrent(device(s->device).ctx), "cuCtxSetCurrent"); }
+
+CUfunction function(realn_stream_t s, const char* name) {
+    Device& d = device(s->device);
+    std::lock_guard<std::mutex> lock(d.mu);
+    auto it = d.functions.find(name);
+    if (it != d.functions.end()) return it->second;
+    for (CUmodule m : d.modules) {
+        CUfunction f = nullptr;
+        if (driver().cuModuleGetFunction(&f, m, name) == CUDA_SUCCESS) return d.functions[name] = f;
+    }
+    fail(REALN_ERR_INTERNAL, "kernel ", name, " is not in the embedded PTX");
+}
+
+constexpr unsigned kBlock = 256;
+constexpr unsigned kReduceBlocks = 256;
+
+unsigned grid_for(int64_t n) {
+    int64_t g = (n + kBlock - 1) / kBlock;
+    return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(g, int64_t(1) << 20)));
+}
+
+template <typename... A>
+void launch(realn_stream_t s, const char* name, unsigned grid, unsigned block, A... args) {
+    bind(s);
+    void* params[] = {static_cast<void*>(&args)...};
+    check(driver().cuLaunchKernel(function(s, name), grid, 1, 1, block, 1, 1, 0, native(s), params, nullptr), name);
+}
+
+CUdeviceptr dp(const void* p) { return reinterpret_cast<CUdeviceptr>(p); }
+
+// Device scratch freed when it goes out of scope (after the stream has consumed it: callers synchronise).
+struct Scratch {
+    CUdeviceptr ptr = 0;
+    explicit Scratch(int64_t bytes) { check(driver().cuMemAlloc(&ptr, static_cast<size_t>(std::max<int64_t>(bytes, 8))), "cuMemAlloc"); }
+    ~Scratch() { if (ptr) driver().cuMemFree(ptr); }
+    template <typename T>
+    T* as() const { return reinterpret_cast<T*>(ptr); }
+};
+
+void sync(realn_stream_t s) {
+    bind(s);
+    check(driver().cuStreamSynchronize(native(s)), "cuStreamSynchronize");
+}
+
+// ---- streams and memory ------------------------------------------------------------------------
+
+int32_t device_count() { return driver().devices; }
+
+void* stream_create(int32_t d) {
+    const Driver& drv = driver();
+    if (drv.devices == 0) fail(REALN_ERR_UNSUPPORTED, "cuda backend: ", drv.unavailable);
+    check(drv.cuCtxSetCurrent(device(d).ctx), "cuCtxSetCurrent");
+    CUstream st = nullptr;
+    check(drv.cuStreamCreate(&st, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+    return st;
+}
+
+std::mutex g_blas_mu;
+std::map<CUstream, cublasHandle_t> g_blas;
+
+void stream_destroy(void* p) {
+    auto st = static_cast<CUstream>(p);
+    {
+        std::lock_guard<std::mutex> lock(g_blas_mu);
+        auto it = g_blas.find(st);
+        if (it != g_blas.end()) {
+            driver().cublasDestroy(it->second);
+            g_blas.erase(it);
+        }
+    }
+    if (st) driver().cuStreamDestroy(st);
+}
+
+void* alloc(realn_stream_t s, int64_t bytes) {
+    bind(s);
+    CUdeviceptr p = 0;
+    CUresult r = driver().cuMemAlloc(&p, static_cast<size_t>(std::max<int64_t>(bytes, 256)));
+    if (r != CUDA_SUCCESS) fail(REALN_ERR_OUT_OF_MEMORY, "cannot allocate ", bytes, " bytes of device memory (CUDA error ", r, ")");
+    return reinterpret_cast<void*>(p);
+}
+
+void free_(realn_stream_t s, void* p) {
+    bind(s);
+    driver().cuMemFree(dp(p));
+}
+
+void copy(realn_stream_t s, void* dst, const void* src, int64_t bytes, int32_t kind) {
+    bind(s);
+    const Driver& drv = driver();
+    const auto n = static_cast<size_t>(bytes);
+    switch (kind) {
+        case REALN_COPY_H2D: check(drv.cuMemcpyHtoDAsync(dp(dst), src, n, native(s)), "cuMemcpyHtoDAsync"); break;
+        case REALN_COPY_D2H: check(drv.cuMemcpyDtoHAsync(dst, dp(src), n, native(s)), "cuMemcpyDtoHAsync"); break;
+        default: check(drv.cuMemcpyDtoDAsync(dp(dst), dp(src), n, native(s)), "cuMemcpyDtoDAsync"); break;
+    }
+}
+
+void fill_f32(realn_stream_t s, float* dst, int64_t n, float v) { launch(s, "realn_fill_f32", grid_for(n), kBlock, dst, n, v); }
+
+// Few intervals: one DMA copy each (full bandwidth for large ones). Many: one kernel launch, a block
+// per interval (per-call overhead of thousands of small copies would dominate).
+constexpr int64_t kDmaIntervals = 64;
+
+void intervals(realn_stream_t s, bool gather, void* flat, void* staging, const int64_t* off, const int64_t* len, int64_t count) {
+    bind(s);
+    if (count <= kDmaIntervals) {
+        int64_t at = 0;
+        for (int64_t i = 0; i < count; ++i) {
+            if (len[i] > 0) {
+                CUdeviceptr f = dp(flat) + off[i], st = dp(staging) + at;
+                check(driver().cuMemcpyDtoDAsync(gather ? st : f, gather ? f : st, static_cast<size_t>(len[i]), native(s)),
+                      "cuMemcpyDtoDAsync");
+            }
+            at += len[i];
+        }
+        return;
+    }
+    std::vector<int64_t> meta(static_cast<size_t>(3 * count));
+    for (int64_t i = 0, at = 0; i < count; ++i) {
+        meta[i] = off[i];
+        meta[count + i] = len[i];
+        meta[2 * count + i] = at;
+        at += len[i];
+    }
+    Scratch dev(3 * count * static_cast<int64_t>(sizeof(int64_t)));
+    copy(s, dev.as<int64_t>(), meta.data(), 3 * count * static_cast<int64_t>(sizeof(int64_t)), REALN_COPY_H2D);
+    const int64_t* d = dev.as<int64_t>();
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>(count, 65535));
+    if (gather)
+        launch(s, "realn_interval_gather", grid, kBlock, static_cast<char*>(staging), static_cast<const char*>(flat), d, d + count,
+               d + 2 * count, count);
+    else
+        launch(s, "realn_interval_scatter", grid, kBlock, static_cast<char*>(flat), static_cast<const char*>(staging), d, d + count,
+               d + 2 * count, count);
+    sync(s);  // the lists are freed on return
+}
+
+void interval_gather(realn_stream_t s, void* staging, const void* flat, const int64_t* off, const int64_t* len, int64_t count) {
+    intervals(s, true, const_cast<void*>(flat), staging, off, len, count);
+}
+
+void interval_scatter(realn_stream_t s, void* flat, const void* staging, const int64_t* off, const int64_t* len, int64_t count) {
+    intervals(s, false, flat, const_cast<void*>(staging), off, len, count);
+}
+
+// The same hash as the CPU backend, of the bytes brought to the host (a check, not a hot path).
+uint64_t hash_bytes(realn_stream_t s, const void* data, int64_t bytes) {
+    std::vector<unsigned char> host(static_cast<size_t>(bytes));
+    if (bytes > 0) copy(s, host.data(), data, bytes, REALN_COPY_D2H);
+    sync(s);
+    return realn::cpu::hash_bytes(nullptr, host.data(), bytes);
+}
+
+// ---- dense (cuBLAS) ----------------------------------------------------------------------------
+
+cublasHandle_t blas(realn_stream_t s) {
+    const Driver& drv = driver();
+    if (drv.cublasCreate == nullptr) fail(REALN_ERR_UNSUPPORTED, "cuda backend: ", drv.cublas_unavailable);
+    bind(s);
+    std::lock_guard<std::mutex> lock(g_blas_mu);
+    auto it = g_blas.find(native(s));
+    if (it != g_blas.end()) return it->second;
+    cublasHandle_t h = nullptr;
+    if (drv.cublasCreate(&h) != 0) fail(REALN_ERR_BACKEND, "cublasCreate failed");
+    if (drv.cublasSetStream(h, native(s)) != 0) fail(REALN_ERR_BACKEND, "cublasSetStream failed");
+    return g_blas[native(s)] = h;
+}
+
+// Row-major C = alpha op(A) op(B) + beta C is column-major C^T = alpha op(B)^T op(A)^T + beta C^T:
+// cuBLAS gets B first, with the same transpose flags, and m and n swapped.
+void gemm(realn_stream_t s, int32_t, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k, float alpha,
+          const void* a, int64_t lda, int64_t sa, const void* b, int64_t ldb, int64_t sb, float beta, void* c,
+          int64_t ldc, int64_t sc, int64_t batch) {
+    cublasHandle_t h = blas(s);
+    cublasStatus_t st = driver().cublasGemmStridedBatchedEx(
+        h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+        static_cast<int>(k), &alpha, b, CUDA_R_32F, static_cast<int>(ldb), sb, a, CUDA_R_32F, static_cast<int>(lda), sa,
+        &beta, c, CUDA_R_32F, static_cast<int>(ldc), sc, static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != 0) fail(REALN_ERR_BACKEND, "cublasGemmStridedBatchedEx failed (status ", st, ")");
+}
+
+void linear_fwd(realn_stream_t s, int32_t dt, const void* x, const void* w, const void* bias, void* y, int64_t rows,
+                int64_t in, int64_t out) {
+    gemm(s, dt, 0, 1, rows, out, in, 1.0f, x, in, 0, w, in, 0, 0.0f, y, out, 0, 1);
+    if (bias) launch(s, "realn_add_bias", grid_for(rows * out), kBlock, static_cast<float*>(y), static_cast<const float*>(bias), rows, out);
+}
+
+void linear_bwd(realn_stream_t s, int32_t dt, const void* x, const void* w, const void* dy, void* dx, void* dw,
+                void* dbias, int64_t rows, int64_t in, int64_t out, int32_t flags) {
+    if (dx) gemm(s, dt, 0, 0, rows, in, out, 1.0f, dy, out, 0, w, in, 0, (flags & REALN_ACCUMULATE_DX) ? 1.0f : 0.0f, dx, in, 0, 1);
+    if (dw) gemm(s, dt, 1, 0, out, in, rows, 1.0f, dy, out, 0, x, in, 0, 1.0f, dw, in, 0, 1);
+    if (dbias) launch(s, "realn_colsum_acc", grid_for(out), kBlock, static_cast<const float*>(dy), static_cast<float*>(dbias), rows, out);
+}
+
+// ---- elementwise and reductions ----------------------------------------------------------------
+
+void axpby(realn_stream_t s, int32_t, int64_t n, float alpha, const void* x, float beta, void* y) {
+    launch(s, "realn_axpby_f32", grid_for(n), kBlock, n, alpha, static_cast<const float*>(x), beta, static_cast<float*>(y));
+}
+void add(realn_stream_t s, int32_t, int64_t n, const void* a, const void* b, void* out) {
+    launch(s, "realn_add_f32", grid_for(n), kBlock, n, static_cast<const float*>(a), static_cast<const float*>(b), static_cast<float*>(out));
+}
+void scale(realn_stream_t s, float* x, int64_t n, float alpha) { launch(s, "realn_scale_f32", grid_for(n), kBlock, x, n, alpha); }
+
+double reduce(realn_stream_t s, const char* partial_kernel, const float* x, int64_t n) {
+    Scratch partial(kReduceBlocks * sizeof(double)), total(sizeof(double));
+    launch(s, partial_kernel, kReduceBlocks, kBlock, x, n, partial.as<double>());
+    launch(s, "realn_sum_partials", 1, kBlock, static_cast<const double*>(partial.as<double>()), static_cast<int>(kReduceBlocks), total.as<double>());
+    double out = 0;
+    copy(s, &out, total.as<double>(), sizeof out, REALN_COPY_D2H);
+    sync(s);
+    return out;
+}
+double sumsq(realn_stream_t s, const float* x, int64_t n) { return reduce(s, "realn_sumsq_partial", x, n); }
+int64_t count_nonfinite(realn_stream_t s, const float* x, int64_t n) {
+    return static_cast<int64_t>(reduce(s, "realn_nonfinite_partial", x, n));
+}
+
+void convert(realn_stream_t s, int32_t dst_dtype, void* dst, int32_t src_dtype, const void* src, int64_t n) {
+    if (dst_dtype == src_dtype) {
+        copy(s, dst, src, n * (dst_dtype == REALN_DTYPE_F32 ? 4 : 2), REALN_COPY_D2D);
+    } else if (src_dtype == REALN_DTYPE_F32 && dst_dtype == REALN_DTYPE_BF16) {
+        launch(s, "realn_f32_to_bf16", grid_for(n), kBlock, static_cast<const float*>(src), static_cast<unsigned short*>(dst), n);
+    } else if (src_dtype == REALN_DTYPE_BF16 && dst_dtype == REALN_DTYPE_F32) {
+        launch(s, "realn_bf16_to_f32", grid_for(n), kBlock, static_cast<const unsigned short*>(src), static_cast<float*>(dst), n);
+    } else {
+        fail(REALN_ERR_UNSUPPORTED, "cuda backend: convert from dtype ", src_dtype, " to ", dst_dtype, " is not implemented (f32 <-> bf16 only)");
+    }
+}
+
+// ---- transformer layers ------------------------------------------------------------------------
+
+void embedding_fwd(realn_stream_t s, int32_t, const int32_t* ids, int64_t n, const void* table, int64_t vocab,
+                   int64_t hidden, int64_t vs, void* out) {
+    launch(s, "realn_embedding_fwd", grid_for(n * hidden), kBlock, ids, n, static_cast<const float*>(table), vocab, hidden, vs,
+           static_cast<float*>(out));
+}
+void embedding_bwd(realn_stream_t s, int32_t, const int32_t* ids, int64_t n, const void* dout, int64_t vocab,
+                   int64_t hidden, int64_t vs, void* dtable) {
+    launch(s, "realn_embedding_bwd", grid_for(hidden), kBlock, ids, n, static_cast<const float*>(dout), vocab, hidden, vs,
+           static_cast<float*>(dtable));
+}
+
+void rmsnorm_fwd(realn_stream_t s, int32_t, const void* x, const void* w, void* y, float* rstd, int64_t rows, int64_t dim,
+                 float eps) {
+    launch(s, "realn_rmsnorm_fwd", static_cast<unsigned>(rows), kBlock, static_cast<const float*>(x), static_cast<const float*>(w),
+           static_cast<float*>(y), rstd, rows, dim, eps);
+}
+void rmsnorm_bwd(realn_stream_t s, int32_t, const void* x, const void* w, const float* rstd, const void* dy, void* dx,
+                 void* dw, int64_t rows, int64_t dim) {
+    launch(s, "realn_rmsnorm_bwd_dx", static_cast<unsigned>(rows), kBlock, static_cast<const float*>(x), static_cast<const float*>(w),
+           rstd, static_cast<const float*>(dy), static_cast<float*>(dx), rows, dim);
+    launch(s, "realn_rmsnorm_bwd_dw", grid_for(dim), kBlock, static_cast<const float*>(x), rstd, static_cast<const float*>(dy),
+           static_cast<float*>(dw), rows, dim);
+}
+
+void rotary(realn_stream_t s, int32_t, const void* x, const int32_t* positions, void* y, int64_t tokens, int64_t heads,
+            int64_t head_dim, int64_t rot_dim, float theta, bool inverse) {
+    const int64_t half = rot_dim / 2;
+    std::vector<double> inv_freq(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i) inv_freq[i] = std::pow(double(theta), -2.0 * double(i) / double(rot_dim));
+    Scratch table(half * static_cast<int64_t>(sizeof(double)));
+    copy(s, table.as<double>(), inv_freq.data(), half * static_cast<int64_t>(sizeof(double)), REALN_COPY_H2D);
+    launch(s, "realn_rotary", grid_for(tokens * heads * half), kBlock, static_cast<const float*>(x), positions,
+           static_cast<float*>(y), tokens, heads, head_dim, rot_dim, static_cast<const double*>(table.as<double>()),
+           inverse ? -1.0f : 1.0f);
+    if (rot_dim < head_dim && x != y)
+        launch(s, "realn_rotary_tail", grid_for(tokens * heads * (head_dim - rot_dim)), kBlock, static_cast<const float*>(x),
+               static_cast<float*>(y), tokens * heads, head_dim, rot_dim);
+    sync(s);  // the table is freed on return
+}
+
+void swiglu_fwd(realn_stream_t s, int32_t, const void* gate, const void* up, int64_t ld_in, void* out, int64_t ld_out,
+                int64_t rows, int64_t cols) {
+    launch(s, "realn_swiglu_fwd", grid_for(rows * cols), kBlock, static_cast<const float*>(gate), static_cast<const float*>(up),
+           ld_in, static_cast<float*>(out), ld_out, rows, cols);
+}
+void swiglu_bwd(realn_stream_t s, int32_t, const void* gate, const void* up, int64_t ld_in, const void* dout, int64_t ld_out,
+                void* dgate, void* dup, int64_t rows, int64_t cols) {
+    launch(s, "realn_swiglu_bwd", grid_for(rows * cols), kBlock, static_cast<const float*>(gate), static_cast<const float*>(up),
+           ld_in, static_cast<const float*>(dout), ld_out, static_cast<float*>(dgate), static_cast<float*>(dup), rows, cols);
+}
+
+// ---- optimizer, RL -----------------------------------------------------------------------------
+
+void adamw(realn_stream_t s, const realn_adamw_opts* o, float* p, const float* g, float* m, float* v, int64_t n) {
+    const double t = static_cast<double>(o->step);
+    const float step_size = static_cast<float>(o->lr / (1.0 - std::pow(double(o->beta1), t)));
+    const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(double(o->beta2), t)));
+    launch(s, "realn_adamw", grid_for(n), kBlock, p, g, m, v, n, o->beta1, o->beta2, o->eps, o->grad_scale, step_size,
+           inv_sqrt_bc2, o->lr * o->weight_decay);
+}
+
+void gae(realn_stream_t s, const float* rewards, const float* values, const int32_t* cu_seqlens, int64_t nseq, float gamma,
+         float lambda, float* adv, float* ret) {
+    Scratch cu((nseq + 1) * static_cast<int64_t>(sizeof(int32_t)));
+    copy(s, cu.as<int32_t>(), cu_seqlens, (nseq + 1) * static_cast<int64_t>(sizeof(int32_t)), REALN_COPY_H2D);
+    launch(s, "realn_gae", grid_for(nseq), kBlock, rewards, values, static_cast<const int32_t*>(cu.as<int32_t>()), nseq, gamma,
+           lambda, adv, ret);
+    sync(s);
+}
+
+bool supports(Op op, int32_t dtype) {
+    switch (op) {
+        case Op::IntervalGather: case Op::IntervalScatter: case Op::HashBytes: case Op::Copy: case Op::Fill:
+            return true;
+        case Op::Convert:
+            return dtype == REALN_DTYPE_F32 || dtype == REALN_DTYPE_BF16;
+        case Op::Gemm: case Op::LinearFwd: case Op::LinearBwd: case Op::Axpby: case Op::Add: case Op::Sumsq:
+        case Op::Scale: case Op::CountNonfinite: case Op::EmbeddingFwd: case Op::EmbeddingBwd: case Op::RmsnormFwd:
+        case Op::RmsnormBwd: case Op::RotaryFwd: case Op::RotaryBwd: case Op::SwigluFwd: case Op::SwigluBwd:
+        case Op::Adamw: case Op::Gae:
+            return dtype == REALN_DTYPE_F32;
+        default:
+            return false;  // attention, KV store, log-probs, cross-entropy, sampling: not yet
+    }
+}
+
+Backend make() {
+    Backend b{};
+    b.name = "cuda";
+    b.kind = REALN_BACKEND_CUDA;
+    b.device_count = device_count;
+    b.supports_op = supports;
+    b.stream_create = stream_create;
+    b.stream_synchronize = sync;
+    b.stream_destroy = stream_destroy;
+    b.alloc = alloc;
+    b.free = free_;
+    b.copy = copy;
+    b.fill_f32 = fill_f32;
+    b.interval_gather = interval_gather;
+    b.interval_scatter = interval_scatter;
+    b.hash_bytes = hash_bytes;
+    b.gemm = gemm;
+    b.linear_fwd = linear_fwd;
+    b.linear_bwd = linear_bwd;
+    b.axpby = axpby;
+    b.add = add;
+    b.sumsq = sumsq;
+    b.scale = scale;
+    b.count_nonfinite = count_nonfinite;
+    b.convert = convert;
+    b.embedding_fwd = embedding_fwd;
+    b.embedding_bwd = embedding_bwd;
+    b.rmsnorm_fwd = rmsnorm_fwd;
+    b.rmsnorm_bwd = rmsnorm_bwd;
+    b.rotary = rotary;
+    b.swiglu_fwd = swiglu_fwd;
+    b.swiglu_bwd = swiglu_bwd;
+    b.adamw = adamw;
+    b.gae = gae;
+    return b;
+}
+
+}  // namespace
+}  // namespace realn::cuda
+
+namespace realn {
+
+const Backend* cuda_backend() {
+    static const Backend b = cuda::make();
+    return &b;
+}
+
+// Why the cuda backend has no device here ("" when it has one).
+const char* cuda_unavailable_reason() { return cuda::driver().unavailable.c_str(); }
+
+}  // namespace realn

@@ -1,0 +1,114 @@
+// realn_cuda_bench: microbenchmarks of the CUDA backend against a reference measured in the same
+// run (tools/gpu-check.sh runs it on a GPU host and writes docs/performance.md from its output).
+//   gemm  : realn_op_gemm (fp32, through the ABI) vs cublasGemmStridedBatchedEx called directly
+//   copy  : realn_copy D2D vs cuMemcpyDtoDAsync directly, 1 GiB
+//   gather: realn_interval_gather of 4 KiB intervals (every other one) vs one D2D copy of the bytes
+// Prints one JSON object per line; exits 77 where no CUDA device is usable.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <vector>
+
+#include "../cuda/driver.hpp"
+#include "realn.h"
+
+using namespace realn::cuda;
+
+static void ok(realn_status st, const char* what) {
+    if (st != REALN_OK) {
+        std::printf("{\"error\": \"%s: %s\"}\n", what, realn_last_error());
+        std::exit(1);
+    }
+}
+
+// Best of `reps` timed runs (after one warm-up), synchronising the stream around each.
+static double best(realn_stream_t s, int reps, const std::function<void()>& fn) {
+    fn();
+    ok(realn_stream_synchronize(s), "sync");
+    double b = 1e30;
+    for (int i = 0; i < reps; ++i) {
+        auto t0 = std::chrono::steady_clock::now();
+        fn();
+        ok(realn_stream_synchronize(s), "sync");
+        b = std::min(b, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return b;
+}
+
+int main() {
+    int32_t avail = 0;
+    realn_backend_available(REALN_BACKEND_CUDA, &avail);
+    if (!avail) {
+        realn_stream_t probe = nullptr;
+        realn_stream_create(REALN_BACKEND_CUDA, 0, &probe);
+        std::printf("no CUDA device: %s\n", realn_last_error());
+        return 77;
+    }
+    const Driver& d = driver();
+    realn_stream_t s = nullptr;
+    ok(realn_stream_create(REALN_BACKEND_CUDA, 0, &s), "stream");
+    CUstream native = nullptr;
+    {
+        // The backend's stream: the direct calls below run on the same one.
+        struct Peek { const void* backend; int32_t device; void* native; };
+        native = static_cast<CUstream>(reinterpret_cast<Peek*>(s)->native);
+    }
+    auto buf = [&](int64_t bytes) {
+        realn_buf_t b = nullptr;
+        ok(realn_buf_alloc(s, bytes, &b), "alloc");
+        void* p = nullptr;
+        realn_buf_ptr(b, &p);
+        std::vector<float> init(static_cast<size_t>(bytes / 4));
+        for (size_t i = 0; i < init.size(); ++i) init[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+        ok(realn_copy(s, p, init.data(), bytes, REALN_COPY_H2D), "h2d");
+        return p;
+    };
+
+    cublasHandle_t h = nullptr;
+    if (d.cublasCreate == nullptr || d.cublasCreate(&h) != 0) {
+        std::printf("{\"error\": \"%s\"}\n", d.cublas_unavailable.c_str());
+        return 1;
+    }
+    d.cublasSetStream(h, native);
+    for (int64_t n : {1024, 4096, 8192}) {
+        void* a = buf(n * n * 4);
+        void* b = buf(n * n * 4);
+        void* c = buf(n * n * 4);
+        const int reps = n >= 8192 ? 5 : 20;
+        double ours = best(s, reps, [&] {
+            ok(realn_op_gemm(s, REALN_DTYPE_F32, 0, 0, n, n, n, 1.0f, a, n, 0, b, n, 0, 0.0f, c, n, 0, 1), "gemm");
+        });
+        const float one = 1.0f, zero = 0.0f;
+        double direct = best(s, reps, [&] {
+            d.cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(n), static_cast<int>(n),
+                                         &one, b, CUDA_R_32F, static_cast<int>(n), 0, a, CUDA_R_32F, static_cast<int>(n), 0,
+                                         &zero, c, CUDA_R_32F, static_cast<int>(n), 0, 1, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        });
+        std::printf("{\"bench\": \"gemm_f32\", \"n\": %lld, \"ours_tflops\": %.2f, \"cublas_tflops\": %.2f, \"ratio\": %.3f}\n",
+                    static_cast<long long>(n), 2.0 * n * n * n / ours / 1e12, 2.0 * n * n * n / direct / 1e12, direct / ours);
+    }
+    const int64_t bytes = int64_t(1) << 30;
+    void* src = buf(bytes);
+    void* dst = buf(bytes);
+    double ours = best(s, 10, [&] { ok(realn_copy(s, dst, src, bytes, REALN_COPY_D2D), "copy"); });
+    double direct = best(s, 10, [&] {
+        d.cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dst), reinterpret_cast<CUdeviceptr>(src), bytes, native);
+    });
+    std::printf("{\"bench\": \"copy_d2d\", \"bytes\": %lld, \"ours_gbps\": %.1f, \"direct_gbps\": %.1f, \"ratio\": %.3f}\n",
+                static_cast<long long>(bytes), bytes / ours / 1e9, bytes / direct / 1e9, direct / ours);
+    std::vector<int64_t> off, len;
+    for (int64_t o = 0; o + 4096 <= bytes / 64; o += 8192) { off.push_back(o); len.push_back(4096); }
+    const int64_t moved = static_cast<int64_t>(off.size()) * 4096;
+    double gather = best(s, 5, [&] {
+        ok(realn_interval_gather(s, dst, src, off.data(), len.data(), static_cast<int64_t>(off.size())), "gather");
+    });
+    double plain = best(s, 5, [&] {
+        d.cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dst), reinterpret_cast<CUdeviceptr>(src), moved, native);
+    });
+    std::printf("{\"bench\": \"interval_gather\", \"intervals\": %zu, \"bytes\": %lld, \"ours_gbps\": %.1f, \"memcpy_gbps\": %.1f, \"ratio\": %.3f}\n",
+                off.size(), static_cast<long long>(moved), moved / gather / 1e9, moved / plain / 1e9, plain / gather);
+    d.cublasDestroy(h);
+    realn_stream_destroy(s);
+    return 0;
+}
