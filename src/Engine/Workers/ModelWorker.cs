@@ -144,6 +144,7 @@ internal sealed unsafe class ModelWorker : IDisposable
                 "realloc" => Realloc(j),
                 "optim-step" => OptimStep(j),
                 "ping" => "ok",
+                "memory" => new JsonObject { ["peak_rss_bytes"] = Runs.ProcessMemory.PeakRssBytes() }.ToJsonString(),
                 "shutdown" => Shutdown(),
                 _ => throw new ArgumentException($"unknown worker command '{m.Type}'"),
             };

@@ -34,13 +34,33 @@ public sealed class WorkerProcessTests
         {
             using var inProcess = new Pipeline(PlanExecutionTests.Config(), a, plan: PlanExecutionTests.MixedPlan());
             using var workers = new Pipeline(PlanExecutionTests.Config(), b, plan: PlanExecutionTests.MixedPlan(), hosts: Processes());
-            inProcess.Run(resume: false);
-            workers.Run(resume: false);
+            var inProcessSummary = inProcess.Run(resume: false);
+            var workersSummary = workers.Run(resume: false);
             Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), workers.Model("actor").Parameters.ToArray());
             Assert.Equal(inProcess.Model("critic").Parameters.ToArray(), workers.Model("critic").Parameters.ToArray());
             Assert.Equal(File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip), File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
+            CheckMemoryFigures(inProcessSummary, workers: 0, Path.Combine(a, "summary.json"));
+            CheckMemoryFigures(workersSummary, workers: PlanExecutionTests.MixedPlan().DevicesPerNode, Path.Combine(b, "summary.json"));
         }
         finally { Directory.Delete(a, true); Directory.Delete(b, true); }
+    }
+
+    /// <summary>summary.json's per-process memory: a peak RSS for the master and each worker process
+    /// (in-process devices count in the master), positive, the master's at least its planned bytes;
+    /// the planner's estimate for the same processes.</summary>
+    private static void CheckMemoryFigures(System.Text.Json.Nodes.JsonObject summary, int workers, string file)
+    {
+        var written = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(file))!;
+        foreach (var key in new[] { "peak_rss_bytes_by_process", "planned_memory_bytes_by_process" })
+        {
+            var byProcess = summary[key]!.AsObject();
+            Assert.Equal(byProcess.ToJsonString(), written[key]!.ToJsonString());
+            var expected = new[] { "master" }.Concat(Enumerable.Range(0, workers).Select(d => $"worker_{d}")).Order().ToArray();
+            Assert.Equal(expected, byProcess.Select(kv => kv.Key).Order().ToArray());
+            Assert.All(byProcess, kv => Assert.True((long)kv.Value! > 0, $"{key}.{kv.Key} = {kv.Value}"));
+        }
+        // The master holds the full models: its peak is at least what the planner counts for it.
+        Assert.True((long)summary["peak_rss_bytes_by_process"]!["master"]! >= (long)summary["planned_memory_bytes_by_process"]!["master"]!);
     }
 
     /// <summary>A metrics line without its timing.</summary>
