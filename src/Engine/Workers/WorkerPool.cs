@@ -273,6 +273,9 @@ internal sealed class WorkerPool : IReplicaHost
     internal UcxTransport Transport => _transport;
     internal int MasterRank => Devices;
 
+    /// <summary>Bytes the master has read from workers' shards straight from their processes.</summary>
+    internal long ProcessReadBytes => _mover?.ProcessReadBytes ?? 0;
+
     /// <summary>A description of worker r for error messages.</summary>
     private string Who(int r) => $"worker {r} (node {_state[r].Node}, pid {_state[r].Pid})";
 

@@ -75,11 +75,17 @@ public sealed class WorkerProcessTests
 [Collection("worker processes")]
 public sealed class WorkerPoolTests
 {
-    [Fact]
-    public void ParametersAndMomentsRoundTripThroughWorkersBitExact()
+    /// <summary>With process reads (the default: workers and master read each other's shards with
+    /// process_vm_readv) and with REALN_REALLOC_PROCESS_READ=0 in the workers (their address header
+    /// says so, and the master, which allows it, moves everything over UCX with them).</summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ParametersAndMomentsRoundTripThroughWorkersBitExact(bool processRead)
     {
         var cfg = ReaLNative.Engine.Model.LlamaConfig.Preset("tiny");
-        using var pool = new WorkerPool(2, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+        var env = processRead ? new Dictionary<string, string>() : new Dictionary<string, string> { ["REALN_REALLOC_PROCESS_READ"] = "0" };
+        using var pool = new WorkerPool(2, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1, Environment = env });
         using var full = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
         full.InitRandom(11);
         var spec = new OptimizerSpec(new ReaLNative.Engine.Optim.LrSchedule(1e-3), 0.9f, 0.95f, 1e-8f, 0f, 1f);
@@ -103,5 +109,8 @@ public sealed class WorkerPoolTests
         Assert.Equal(m, adam2.FirstMoment.ToArray());
         Assert.Equal(v, adam2.SecondMoment.ToArray());
         Assert.Equal(1e-3f, tp.LearningRate, 6);
+        // The master read the workers' shards from their processes, or never did.
+        if (processRead) Assert.True(pool.ProcessReadBytes >= full.ParameterCount * 4 * 2, $"{pool.ProcessReadBytes} bytes read");
+        else Assert.Equal(0, pool.ProcessReadBytes);
     }
 }
