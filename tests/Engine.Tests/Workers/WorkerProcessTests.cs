@@ -1,6 +1,7 @@
 // Plans executed by model worker processes (one per device, this test process the master, UCX
 // between them): the same parameters as the in-process execution of the plan, bit for bit (the
 // same shard schedule and reduction order over another transport).
+using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Runs;
 using ReaLNative.Engine.Tests.Runs;
 using ReaLNative.Engine.Workers;
@@ -75,6 +76,43 @@ public sealed class WorkerProcessTests
 [Collection("worker processes")]
 public sealed class WorkerPoolTests
 {
+    /// <summary>Workers initialise and load their own shards (no byte of the model through the
+    /// master): gathered, they equal the single-device model initialised with the same seed, and
+    /// the model loaded whole from the same sharded checkpoint; bit for bit.</summary>
+    [Fact]
+    public void WorkersInitialiseAndLoadTheirOwnShards()
+    {
+        var cfg = ReaLNative.Engine.Model.LlamaConfig.Preset("tiny");
+        string dir = Path.Combine(Path.GetTempPath(), "realn-shards-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            using var pool = new WorkerPool(2, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+            using var cluster = new ReaLNative.Engine.Parallelism.LocalCluster(2);
+            using var single = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+            single.InitRandom(31);
+            using var saved = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+            saved.InitRandom(32, 0.5f);
+            ReaLNative.Engine.Checkpoints.Safetensors.Save(saved, dir, shardBytes: 40_000);
+            foreach (var layout in new[] { new ReaLNative.Engine.Realloc.ParallelLayout([1, 0], 1, 1, 2), new ReaLNative.Engine.Realloc.ParallelLayout([0, 1], 2, 1, 1) })
+            {
+                IReplica[] replicas = [pool.Create("remote", cfg, false, layout, 1, null),
+                                       new ReaLNative.Engine.Parallelism.DistributedModel(cluster, "local", cfg, false, layout, 1)];
+                foreach (var r in replicas)
+                {
+                    using var back = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+                    r.InitShards(31);
+                    r.CopyTo(back);
+                    Assert.True(single.Parameters.SequenceEqual(back.Parameters), $"{layout}: init");
+                    r.LoadShards(dir);
+                    r.CopyTo(back);
+                    Assert.True(saved.Parameters.SequenceEqual(back.Parameters), $"{layout}: load");
+                    r.Dispose();
+                }
+            }
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+
     /// <summary>With process reads (the default: workers and master read each other's shards with
     /// process_vm_readv) and with REALN_REALLOC_PROCESS_READ=0 in the workers (their address header
     /// says so, and the master, which allows it, moves everything over UCX with them).</summary>
