@@ -121,6 +121,14 @@ REALN_API realn_status realn_interval_gather(realn_stream_t stream, void* stagin
 REALN_API realn_status realn_interval_scatter(realn_stream_t stream, void* flat, const void* staging,
                                               const int64_t* offsets, const int64_t* lengths,
                                               int64_t count);
+/* Reads count byte intervals from process pid on this host (process_vm_readv): bytes
+ * [remote + remote_offsets[i], + lengths[i]) of its memory into [local + local_offsets[i], + lengths[i]).
+ * One kernel copy; the other process takes no part (it keeps the memory alive and unchanged until
+ * told the read is done). REALN_ERR_UNSUPPORTED when not allowed (EPERM: another user, ptrace
+ * scope); REALN_ERR_BACKEND for other failures (ESRCH: no such process, EFAULT: an address outside
+ * either process's mappings). Offsets and lengths live in host memory. */
+REALN_API realn_status realn_process_read(int32_t pid, void* local, uint64_t remote, const int64_t* remote_offsets,
+                                          const int64_t* local_offsets, const int64_t* lengths, int64_t count);
 /* 64-bit FNV-1a-style hash of bytes, for bit-exactness checks (deterministic, any backend). */
 REALN_API realn_status realn_hash_bytes(realn_stream_t stream, const void* data, int64_t bytes,
                                         uint64_t* out);

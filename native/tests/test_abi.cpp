@@ -1,10 +1,15 @@
 // The C ABI's error contract, exercised through the shared library exactly as a host sees it:
 // bad arguments return a status (never crash), the thread's last error names the argument,
 // unsupported dtypes and missing backends are reported, handles free cleanly.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "realn.h"
 
@@ -19,6 +24,68 @@ static int g_failures = 0;
 
 static bool error_mentions(const char* needle) {
     return std::strstr(realn_last_error(), needle) != nullptr;
+}
+
+// realn_process_read from a forked child: the child keeps the original random bytes at the same
+// address while the parent overwrites its own copy, so every byte read must come from the child.
+// Random intervals: long ones (split in pieces, read by several threads) and more short ones
+// than one process_vm_readv takes (IOV_MAX), against a plain copy of the original bytes.
+static void test_process_read() {
+    const int64_t bytes = int64_t(40) << 20;
+    std::vector<unsigned char> data(static_cast<size_t>(bytes)), original;
+    std::mt19937_64 rng(11);
+    for (auto& b : data) b = static_cast<unsigned char>(rng());
+    original = data;
+    int go[2];
+    EXPECT(pipe(go) == 0);
+    pid_t child = fork();
+    if (child == 0) {
+        char c;
+        ssize_t r = read(go[0], &c, 1);  // until the parent is done reading
+        _exit(r == 1 ? 0 : 1);
+    }
+    std::memset(data.data(), 0, data.size());
+    std::vector<int64_t> src, dst, len;
+    int64_t at = 0;
+    for (int i = 0; i < 3; ++i) {  // long intervals: 8-11 MiB each, to the start of the destination
+        int64_t n = (int64_t(8) << 20) + static_cast<int64_t>(rng() % (3u << 20));
+        src.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(bytes - n)));
+        dst.push_back(at);
+        len.push_back(n);
+        at += n;
+    }
+    for (int i = 0; i < 3000; ++i) {  // short ones, with gaps
+        int64_t n = 1 + static_cast<int64_t>(rng() % 3000);
+        at += static_cast<int64_t>(rng() % 64);
+        src.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(bytes - n)));
+        dst.push_back(at);
+        len.push_back(n);
+        at += n;
+    }
+    std::vector<unsigned char> out(static_cast<size_t>(at), 0xee), want(static_cast<size_t>(at), 0xee);
+    for (size_t i = 0; i < src.size(); ++i) std::memcpy(&want[dst[i]], &original[src[i]], len[i]);
+    auto remote = reinterpret_cast<uint64_t>(data.data());
+    EXPECT(realn_process_read(child, out.data(), remote, src.data(), dst.data(), len.data(),
+                              static_cast<int64_t>(src.size())) == REALN_OK);
+    EXPECT(out == want);
+    // Bad arguments and a range outside the child's mappings are reported, not crashed on.
+    EXPECT(realn_process_read(0, out.data(), remote, src.data(), dst.data(), len.data(), 1) == REALN_ERR_INVALID_ARGUMENT);
+    EXPECT(error_mentions("pid"));
+    int64_t neg = -1;
+    EXPECT(realn_process_read(child, out.data(), remote, &neg, dst.data(), len.data(), 1) == REALN_ERR_INVALID_ARGUMENT);
+    EXPECT(error_mentions("interval 0"));
+    int64_t far = int64_t(1) << 46, one = 1, zero = 0;
+    EXPECT(realn_process_read(child, out.data(), 4096, &far, &zero, &one, 1) == REALN_ERR_BACKEND);
+    EXPECT(error_mentions("process_vm_readv"));
+    EXPECT(realn_process_read(child, nullptr, remote, src.data(), dst.data(), len.data(), 0) == REALN_OK);
+    EXPECT(write(go[1], "x", 1) == 1);
+    int status = 0;
+    EXPECT(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    // The child is gone: ESRCH.
+    EXPECT(realn_process_read(child, out.data(), remote, src.data(), dst.data(), len.data(), 1) == REALN_ERR_BACKEND);
+    EXPECT(error_mentions("No such process"));
+    close(go[0]);
+    close(go[1]);
 }
 
 int main() {
@@ -111,6 +178,8 @@ int main() {
     }
     EXPECT(realn_selftest_run(REALN_BACKEND_CPU, "gemm", &json) == REALN_OK && json &&
            std::strstr(json, "\"backend\": \"cpu\"") && std::strstr(json, "\"passed\": true"));
+
+    test_process_read();
 
     EXPECT(realn_stream_destroy(s) == REALN_OK);
     EXPECT(realn_stream_destroy(nullptr) == REALN_OK);

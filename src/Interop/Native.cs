@@ -74,6 +74,7 @@ public static unsafe partial class Native
     // --- reallocation primitives -----------------------------------------------------------------
     [LibraryImport(Library)] public static partial int realn_interval_gather(nint stream, void* staging, void* flat, long* offsets, long* lengths, long count);
     [LibraryImport(Library)] public static partial int realn_interval_scatter(nint stream, void* flat, void* staging, long* offsets, long* lengths, long count);
+    [LibraryImport(Library)] public static partial int realn_process_read(int pid, void* local, ulong remote, long* remoteOffsets, long* localOffsets, long* lengths, long count);
     [LibraryImport(Library)] public static partial int realn_hash_bytes(nint stream, void* data, long bytes, ulong* hash);
 
     // --- dense -----------------------------------------------------------------------------------

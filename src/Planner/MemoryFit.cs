@@ -19,25 +19,49 @@ public static class MemoryFit
             return;
         }
         int devices = plan.Nodes * plan.DevicesPerNode;
-        // The master holds the full fp32 models (initialisation, evaluation, checkpoints).
-        double master = exp.Models.Sum(kv => kv.Value.Params(Experiment.HasScalarHead(kv.Key)) * 4);
+        double master = MasterBytes(exp);
         double perDevice = (availableBytes - master) / devices;
         if (perDevice <= 0)
             throw new PlannerException($"the master's full copies of the models need {Units.Bytes(master)}, more than the {Units.Bytes(availableBytes)} available on {machine}");
         var cluster = Machine($"{machine}, {devices} plan devices sharing {Units.Bytes(availableBytes)} after the master's {Units.Bytes(master)}",
                               plan.Nodes, plan.DevicesPerNode, perDevice);
-        var problem = new PlanningProblem(new Estimator(cluster, exp));   // a call no layout fits: `realn plan`'s message
+        var peak = DevicePeaks(exp, plan, cluster);   // a call no layout fits: `realn plan`'s message
+        int worst = Array.IndexOf(peak, peak.Max());
+        if (peak[worst] > perDevice)
+            throw new PlannerException($"the plan does not fit in memory on cluster '{cluster.Name}': device {worst} needs {Units.Bytes(peak[worst])}, " +
+                                       $"{Units.Bytes(peak[worst] - perDevice)} more than the {Units.Bytes(perDevice)} available to each device");
+    }
+
+    /// <summary>The planner's memory model for a run of <paramref name="exp"/>, per process: with a
+    /// plan, the master's full fp32 copies of the models (initialisation, evaluation, checkpoints)
+    /// and each plan device's peak (resident shards and optimizer state plus the largest
+    /// activations of its calls); without one, the single device (the master) running every call.</summary>
+    public static MemoryEstimate Estimate(Experiment exp, Plan? plan)
+    {
+        if (plan is null)
+        {
+            var one = Machine("one device", 1, 1, 1e18);
+            var single = new Plan(1, 1, exp.Calls.Select(c => new PlanCall(c.Name, c.Role, c.Type, new Mesh(0, 1, 0, 1), new Strategy(1, 1, 1), 1)).ToList(), null);
+            return new MemoryEstimate(DevicePeaks(exp, single, one)[0], []);
+        }
+        var cluster = Machine("plan devices", plan.Nodes, plan.DevicesPerNode, 1e18);
+        return new MemoryEstimate(MasterBytes(exp), DevicePeaks(exp, plan, cluster));
+    }
+
+    /// <summary>The master's full fp32 copies of the models.</summary>
+    private static double MasterBytes(Experiment exp) => exp.Models.Sum(kv => kv.Value.Params(Experiment.HasScalarHead(kv.Key)) * 4);
+
+    /// <summary>Peak memory per device of the plan's choice for every call.</summary>
+    private static double[] DevicePeaks(Experiment exp, Plan plan, ClusterSpec cluster)
+    {
+        var problem = new PlanningProblem(new Estimator(cluster, exp));
         var choice = new int[problem.Calls.Count];
         for (int i = 0; i < choice.Length; i++)
         {
             var pc = plan.Calls.First(c => c.Name == problem.Calls[i].Name);
             choice[i] = problem.IndexOf(i, new CallOption(pc.Mesh, pc.Strategy, pc.MicroBatches, false));
         }
-        var peak = new Evaluator(problem).PeakMemory(choice);
-        int worst = Array.IndexOf(peak, peak.Max());
-        if (peak[worst] > perDevice)
-            throw new PlannerException($"the plan does not fit in memory on cluster '{cluster.Name}': device {worst} needs {Units.Bytes(peak[worst])}, " +
-                                       $"{Units.Bytes(peak[worst] - perDevice)} more than the {Units.Bytes(perDevice)} available to each device");
+        return new Evaluator(problem).PeakMemory(choice);
     }
 
     /// <summary>A CPU machine as a cluster: fp32, only the memory matters (speeds are placeholders).</summary>
@@ -48,3 +72,7 @@ public static class MemoryFit
         InterNodeBandwidth = 1e9, InterNodeLatency = 1e-5, HostBandwidth = 1e10,
     };
 }
+
+/// <summary>The planner's memory estimate per process of a run: the master and each plan device
+/// (empty without a plan), in bytes.</summary>
+public sealed record MemoryEstimate(double MasterBytes, double[] DeviceBytes);

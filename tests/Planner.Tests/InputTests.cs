@@ -254,4 +254,24 @@ public class PlanValidatorTests
         e = Assert.Throws<PlannerException>(() => MemoryFit.Check(tiny, plan, 200_000, "test box"));
         Assert.Contains("test box", e.Message);
     }
+
+    [Fact]
+    public void MemoryEstimateIsWhatTheSearchAndTheFitCheckSee()
+    {
+        var tiny = TestData.Exp("ppo", "tiny", "tiny", 8, 8, 8);
+        var best = PlanSearch.Run(TestData.Cluster(1, 2, 4), tiny, new SearchOptions { Seed = 1 }).Best;
+        var e = MemoryFit.Estimate(tiny, best.Plan);
+        // per device: the search's own peak for its choice; the master: the full fp32 models
+        Assert.Equal(best.PeakMemory, e.DeviceBytes);
+        Assert.Equal(tiny.Models.Sum(kv => kv.Value.Params(Experiment.HasScalarHead(kv.Key)) * 4), e.MasterBytes);
+        Assert.All(e.DeviceBytes, b => Assert.True(b > 0));
+        // the fit check passes with exactly that much memory and refuses a little less
+        double needed = e.MasterBytes + e.DeviceBytes.Max() * e.DeviceBytes.Length;
+        MemoryFit.Check(tiny, best.Plan, needed * 1.0001, "test box");
+        Assert.Throws<PlannerException>(() => MemoryFit.Check(tiny, best.Plan, needed * 0.999, "test box"));
+        // without a plan: one device (the master) runs every call, models and optimizer state resident
+        var single = MemoryFit.Estimate(tiny, null);
+        Assert.Empty(single.DeviceBytes);
+        Assert.True(single.MasterBytes > e.MasterBytes, $"{single.MasterBytes} <= {e.MasterBytes}");
+    }
 }

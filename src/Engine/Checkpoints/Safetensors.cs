@@ -205,9 +205,32 @@ internal static class Safetensors
     /// or byte beyond the file. A duplicate tensor name (in the file or across shards) is refused.</summary>
     private static void ReadFile(string path, Dictionary<string, (string, long[], byte[])> into)
     {
+        using var fs = OpenShard(path);
+        var (dataStart, entries) = ReadHeader(fs, path);
+        foreach (var (name, e) in entries)
+        {
+            if (into.ContainsKey(name)) throw new InvalidDataException($"{path}: tensor '{name}': appears in more than one shard");
+            var data = new byte[e.End - e.Start];
+            fs.Position = dataStart + e.Start;
+            fs.ReadExactly(data);
+            into[name] = (e.Dtype, e.Shape, data);
+        }
+    }
+
+    private static FileStream OpenShard(string path)
+    {
         if (Directory.Exists(path)) throw new InvalidDataException($"{path}: is a directory, not a .safetensors file");
         if (!File.Exists(path)) throw new FileNotFoundException($"checkpoint shard {path} is missing", path);
-        using var fs = File.OpenRead(path);
+        return File.OpenRead(path);
+    }
+
+    /// <summary>One tensor of a .safetensors header: dtype, shape, [Start, End) of the data section.</summary>
+    private readonly record struct Entry(string Dtype, long[] Shape, long Start, long End);
+
+    /// <summary>Reads and checks a .safetensors header (see <see cref="ReadFile"/>); returns where
+    /// the data section starts in the file and the tensors, in header order.</summary>
+    private static (long DataStart, List<(string Name, Entry Entry)> Entries) ReadHeader(FileStream fs, string path)
+    {
         Span<byte> len = stackalloc byte[8];
         if (fs.Length < 8 || fs.Read(len) != 8) throw new InvalidDataException($"{path}: truncated (no header length)");
         ulong hl = BinaryPrimitives.ReadUInt64LittleEndian(len);
@@ -252,7 +275,6 @@ internal static class Safetensors
             catch (OverflowException) { want = long.MaxValue; }
             if (b - a != want)
                 throw new InvalidDataException($"{where}: data_offsets [{a}, {b}) hold {b - a} bytes, but {dtype} x shape [{string.Join(", ", shape)}] needs {want}");
-            if (into.ContainsKey(name)) throw new InvalidDataException($"{where}: appears in more than one shard");
             spans.Add((a, b, name));
             entries.Add((name, dtype, shape, a, b));
         }
@@ -266,14 +288,93 @@ internal static class Safetensors
             at = b; prev = name;
         }
         if (at != dataLen) throw new InvalidDataException($"{path}: the data section is {dataLen} bytes but its tensors end at {at}{(at < dataLen ? "; trailing bytes belong to no tensor" : "")}");
-        foreach (var (name, dtype, shape, a, b) in entries)
+        return (dataStart, entries.Select(e => (e.Name, new Entry(e.Dtype, e.Shape, e.Start, e.End))).ToList());
+    }
+
+    /// <summary>Loads one shard of a model (a pipeline stage's tensors, each cut to its tensor-
+    /// parallel slice: <paramref name="layout"/>) from an HF checkpoint directory
+    /// (model.safetensors, or shards with model.safetensors.index.json) into the shard's flat
+    /// buffer, reading only the bytes of its slices from the files that hold its tensors: a
+    /// worker loads its shards without anyone holding the whole model. F32, BF16 and F16 files
+    /// (converted to fp32). Refuses, naming the file and tensor, a tensor that is missing or whose
+    /// shape is not the layout's global shape, and (unless <paramref name="allowNonFinite"/>) NaN or
+    /// infinite values. The result equals slicing the tensors <see cref="Load"/> reads, bit for bit.</summary>
+    public static unsafe void LoadShard(string dir, Realloc.ShardLayout layout, float* destination, bool allowNonFinite = false)
+    {
+        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"checkpoint directory {dir} not found");
+        // Which file holds each tensor.
+        string index = Path.Combine(dir, "model.safetensors.index.json"), single = Path.Combine(dir, "model.safetensors");
+        Dictionary<string, string>? fileOf = null;
+        if (File.Exists(index))
         {
-            var data = new byte[b - a];
-            fs.Position = dataStart + a;
-            fs.ReadExactly(data);
-            into[name] = (dtype, shape, data);
+            var o = JsonNode.Parse(File.ReadAllText(index)) as JsonObject ?? throw new InvalidDataException($"{index}: expected a JSON object");
+            if (o["weight_map"] is not JsonObject wm) throw new InvalidDataException($"{index}: 'weight_map' missing");
+            fileOf = wm.ToDictionary(kv => kv.Key, kv => kv.Value is JsonValue v && v.TryGetValue<string>(out var f) && f.Length > 0 && Path.GetFileName(f) == f
+                ? f : throw new InvalidDataException($"{index}: weight_map entry '{kv.Key}' is not a file name of this directory"), StringComparer.Ordinal);
+        }
+        else if (!File.Exists(single)) throw new FileNotFoundException($"checkpoint {dir}: neither model.safetensors nor model.safetensors.index.json exists");
+        var byFile = new Dictionary<string, List<Realloc.ShardView>>(StringComparer.Ordinal);
+        foreach (var v in layout.Views)
+        {
+            string file = "model.safetensors";
+            if (fileOf is not null && !fileOf.TryGetValue(v.Name, out file!))
+                throw new InvalidDataException($"checkpoint {dir}: tensor '{v.Name}' is missing (not in {Path.GetFileName(index)})");
+            if (!byFile.TryGetValue(file, out var l)) byFile[file] = l = [];
+            l.Add(v);
+        }
+        foreach (var (file, views) in byFile)
+        {
+            string path = Path.Combine(dir, file);
+            using var fs = OpenShard(path);
+            var (dataStart, entries) = ReadHeader(fs, path);
+            var tensors = entries.ToDictionary(e => e.Name, e => e.Entry, StringComparer.Ordinal);
+            foreach (var v in views)
+            {
+                if (!tensors.TryGetValue(v.Name, out var t))
+                    throw new InvalidDataException($"{path}: tensor '{v.Name}' is missing");
+                if (!t.Shape.SequenceEqual(v.GlobalShape))
+                    throw new InvalidDataException($"{path}: tensor '{v.Name}' has shape [{string.Join(", ", t.Shape)}], the model needs [{string.Join(", ", v.GlobalShape)}]");
+                var dst = new Span<float>(destination + v.Offset, checked((int)v.LocalElements));
+                ReadSlice(fs, path, dataStart + t.Start, t.Dtype, v, dst);
+                if (!allowNonFinite) RefuseNonFinite(dst, v.Name, path);
+            }
         }
     }
+
+    /// <summary>Reads a view's slice of a tensor stored row-major at <paramref name="start"/>: the
+    /// split dimension cuts the tensor into <c>outer</c> runs (the product of the dimensions before
+    /// it) of <c>SliceLength x inner</c> contiguous elements, one positioned read each.</summary>
+    private static void ReadSlice(FileStream fs, string path, long start, string dtype, Realloc.ShardView v, Span<float> dst)
+    {
+        int eb = dtype switch
+        {
+            "F32" => 4, "BF16" or "F16" => 2,
+            _ => throw new InvalidDataException($"{path}: tensor '{v.Name}' has dtype {dtype} (supported: F32, BF16, F16)"),
+        };
+        var g = v.GlobalShape;
+        int split = v.SplitDim < 0 ? 0 : v.SplitDim;
+        long outer = 1, inner = 1;
+        for (int d = 0; d < split; d++) outer *= g[d];
+        for (int d = split + 1; d < g.Length; d++) inner *= g[d];
+        long first = v.SplitDim < 0 ? 0 : v.SliceStart, len = v.SplitDim < 0 ? g[0] : v.SliceLength;
+        int run = checked((int)(len * inner));   // elements per run
+        var handle = fs.SafeFileHandle;
+        byte[]? buf = eb == 4 ? null : new byte[run * eb];
+        for (long o = 0; o < outer; o++)
+        {
+            long at = start + (o * g[split] + first) * inner * eb;
+            var target = dst.Slice((int)(o * run), run);
+            var bytes = eb == 4 ? System.Runtime.InteropServices.MemoryMarshal.AsBytes(target) : buf.AsSpan();
+            for (int got = 0; got < bytes.Length;)
+            {
+                int n = RandomAccess.Read(handle, bytes[got..], at + got);
+                if (n <= 0) throw new InvalidDataException($"{path}: tensor '{v.Name}': the file ends inside its data");
+                got += n;
+            }
+            if (eb == 2) Decode(dtype, buf!, target, v.Name, path);
+        }
+    }
+
 
     private static long NonNegativeInteger(JsonNode? n, string where)
     {

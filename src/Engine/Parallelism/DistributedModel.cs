@@ -123,6 +123,13 @@ internal interface IReplica : IDisposable
     void CopyFrom(LlamaModel full);
     /// <summary>Gathers the shards into a full single-device model.</summary>
     void CopyTo(LlamaModel full);
+    /// <summary>Every shard initialises its own slices (<see cref="LlamaModel.InitRandom"/>: each
+    /// tensor from its own seeded stream, so the model is the one a single device initialises with
+    /// the same seed); nobody holds the whole model.</summary>
+    void InitShards(int seed, float std = 0.02f);
+    /// <summary>Every shard reads its own slices of an HF checkpoint directory by byte range
+    /// (<see cref="Checkpoints.Safetensors.LoadShard"/>); nobody holds the whole model.</summary>
+    void LoadShards(string checkpointDir, bool allowNonFinite = false);
     /// <summary>Scatters (toShards) or gathers AdamW moments and the step count between the shards
     /// and a full model's optimizer (checkpoints and resume).</summary>
     void MoveOptimizerState(AdamW full, bool toShards);
@@ -232,6 +239,16 @@ internal sealed unsafe class DistributedModel : IReplica
     public void CopyFrom(LlamaModel full) => Move(full.ParametersPointer, full.ParameterCount, toShards: true, r => (nint)_ranks[r]!.Shard.ParametersPointer);
 
     public void CopyTo(LlamaModel full) => Move(full.ParametersPointer, full.ParameterCount, toShards: false, r => (nint)_ranks[r]!.Shard.ParametersPointer);
+
+    public void InitShards(int seed, float std = 0.02f)
+    {
+        foreach (var r in _ranks) r!.Shard.InitRandom(seed, std);
+    }
+
+    public void LoadShards(string checkpointDir, bool allowNonFinite = false)
+    {
+        foreach (var r in _ranks) Checkpoints.Safetensors.LoadShard(checkpointDir, r!.Shard.Layout, r.Shard.ParametersPointer, allowNonFinite);
+    }
 
     public void MoveOptimizerState(AdamW full, bool toShards)
     {

@@ -105,6 +105,7 @@ internal static unsafe class CrossProcessReallocBench
                 dst?.Dispose();
             }
         }
+        report["process_read_bytes"] = mover.ProcessReadBytes;
         report["case_seconds"] = cases;
         report["case_rep_seconds"] = repTimes;  // per timed repetition: the master takes min over reps of max over ranks
         client.Request("report", JsonSerializer.Serialize(new { rank, json = JsonSerializer.Serialize(report) }), TimeSpan.FromSeconds(10));

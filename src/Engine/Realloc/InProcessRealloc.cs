@@ -37,7 +37,7 @@ internal static unsafe class InProcessRealloc
                 }
             }
         }
-        int workers = total < ParallelBytes ? 1 : Math.Min(Environment.ProcessorCount, 8);
+        int workers = total < ParallelBytes ? 1 : CopyThreads;
         if (workers == 1)
         {
             foreach (var (src, dst, n) in pieces) Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
@@ -62,6 +62,9 @@ internal static unsafe class InProcessRealloc
             }
         });
     }
+
+    /// <summary>Threads of a large copy.</summary>
+    public static int CopyThreads => Math.Min(Environment.ProcessorCount, 8);
 
     private const long PieceBytes = 4L << 20;
     private const long ParallelBytes = 8L << 20;

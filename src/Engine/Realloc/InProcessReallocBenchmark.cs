@@ -11,7 +11,8 @@ internal sealed record ReallocBenchCase(string From, string To, string Kind, lon
 
 /// <summary>
 /// Same-process layout changes of a LLaMA model's parameters (every "device" a pre-faulted host
-/// buffer in this process), measured against memcpy of the same number of bytes in the same run,
+/// buffer in this process), measured against memcpy of the same number of bytes in the same run
+/// (the better of one thread and the reallocation's threads, between pre-faulted buffers),
 /// candidate and reference interleaved, best of n. Each case is verified bit-exact first: the
 /// round trip from -> to -> from must reproduce every source shard's hash.
 /// </summary>
@@ -60,6 +61,9 @@ internal static unsafe class InProcessReallocBenchmark
 
                 long bytes = fwd.LocalBytes + fwd.RemoteBytes;
                 byte* rs = (byte*)refSrc.Pointer, rd = (byte*)refDst.Pointer;
+                // The reference: the best copy of the same bytes this machine does, one thread or
+                // several (as many as the reallocation's copy uses), between pre-faulted buffers;
+                // interleaved with the candidate so both see the same load.
                 double best = double.MaxValue, bestRef = double.MaxValue;
                 for (int i = 0; i < reps; i++)
                 {
@@ -68,8 +72,10 @@ internal static unsafe class InProcessReallocBenchmark
                     long t1 = Stopwatch.GetTimestamp();
                     Buffer.MemoryCopy(rs, rd, bytes, bytes);
                     long t2 = Stopwatch.GetTimestamp();
+                    ParallelCopy(rs, rd, bytes);
+                    long t3 = Stopwatch.GetTimestamp();
                     best = Math.Min(best, (t1 - t0) / (double)Stopwatch.Frequency);
-                    bestRef = Math.Min(bestRef, (t2 - t1) / (double)Stopwatch.Frequency);
+                    bestRef = Math.Min(bestRef, Math.Min(t2 - t1, t3 - t2) / (double)Stopwatch.Frequency);
                 }
                 var c = new ReallocBenchCase(Describe(fwd.From), Describe(fwd.To), "same-process", bytes, best, bytes / best / 1e9, bytes / bestRef / 1e9);
                 bestMemcpy = Math.Max(bestMemcpy, c.ReferenceGbps);
@@ -82,6 +88,18 @@ internal static unsafe class InProcessReallocBenchmark
             }
         }
         return (bestMemcpy, cases);
+    }
+
+    /// <summary>memcpy split into equal parts over the threads the reallocation's copy uses.</summary>
+    private static void ParallelCopy(byte* src, byte* dst, long bytes)
+    {
+        int workers = InProcessRealloc.CopyThreads;
+        long part = (bytes + workers - 1) / workers;
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, k =>
+        {
+            long o = k * part, n = Math.Min(part, bytes - o);
+            if (n > 0) Buffer.MemoryCopy(src + o, dst + o, n, n);
+        });
     }
 
     public static string Describe(ParallelLayout l) =>

@@ -44,7 +44,23 @@ internal sealed class TransportRealloc : IDisposable
     /// one-copy path instead.</summary>
     public long RmaMinBytes { get; init; }
 
-    private const long DescriptorTag = 1L << 39 | 1, DoneTag = 1L << 39 | 2;
+    private const long DescriptorTag = 1L << 39 | 1, DoneTag = 1L << 39 | 2, ProcAddressTag = 1L << 39 | 3, ProcDoneTag = 1L << 39 | 4;
+
+    /// <summary>Whether a receiver reads its intervals straight from the shard of a sender that the
+    /// transport names a process on this host (<see cref="ITransport.LocalProcessOf"/>) with one
+    /// process_vm_readv per batch of intervals (<c>realn_process_read</c>): one copy, no gather,
+    /// no scatter, no message per interval; the sender only sends its shard's address and waits for
+    /// the receiver's "done". Every other peer (another host, process reads off) goes over the
+    /// transport as below. Where the kernel refuses the read (another user, ptrace scope) the pair
+    /// falls back to tagged messages, one per interval. Every mover of a job must agree (the
+    /// default; tests turn it off to exercise the transport paths).</summary>
+    public bool ProcessRead { get; init; } = true;
+
+    /// <summary>Bytes this mover has read from other processes' shards (process_vm_readv).</summary>
+    public long ProcessReadBytes => Interlocked.Read(ref _processReadBytes);
+    private long _processReadBytes;
+
+    private bool ReadsFrom(int peer) => ProcessRead && _t.LocalProcessOf(peer) is not null;
     private const int DescriptorMax = 4096;
 
     /// <param name="source">this device's source shard (0 when it holds none)</param>
@@ -85,9 +101,21 @@ internal sealed class TransportRealloc : IDisposable
         var recvs = new List<Task>();
         var scatters = new List<(Task Recv, Chunk Piece, HostBlock Buf)>();
         var getsFrom = new Dictionary<int, List<(long S, long D, long L)>>();  // sender -> intervals this device gets
+        var readFrom = new Dictionary<int, List<(long Tag, long S, long D, long L)>>();  // sender -> intervals read from its process
         foreach (var r in schedule.Receives)
         {
             if (destination == 0) throw new ArgumentException($"device {schedule.Device} receives but has no destination buffer");
+            if (ReadsFrom(r.Peer))
+            {
+                if (!readFrom.TryGetValue(r.Peer, out var l)) readFrom[r.Peer] = l = [];
+                if (r.Step.Intervals.Count >= 1 << 20) throw new InvalidOperationException($"a step of {r.Step.Intervals.Count} intervals (at most 2^20)");
+                for (int k = 0; k < r.Step.Intervals.Count; k++)
+                {
+                    var iv = r.Step.Intervals[k];
+                    l.Add((ChunkTag(r.Tag, k), iv.SrcOffset * es, iv.DstOffset * es, iv.Length * es));
+                }
+                continue;
+            }
             if (r.Step.Intervals.Count == 1)
             {
                 recvs.Add(_t.RecvAsync(r.Peer, ChunkTag(r.Tag, 0), destination + (nint)(r.Step.Intervals[0].DstOffset * es), r.Step.Bytes, ct));
@@ -122,16 +150,39 @@ internal sealed class TransportRealloc : IDisposable
             var b = Staging(DescriptorMax);
             descriptors[peer] = (_t.RecvAsync(peer, DescriptorTag, Ptr(b), DescriptorMax, ct), b);
         }
+        // Senders whose process this device reads: their shard's address, then (after the read) "done".
+        var addresses = readFrom.Keys.ToDictionary(peer => peer, peer =>
+        {
+            var b = Staging(8);
+            return (Recv: _t.RecvAsync(peer, ProcAddressTag, Ptr(b), 8, ct), Buf: b);
+        });
+        // Receivers that read this device's shard from its process, and the others.
+        var sendSteps = schedule.Sends.Where(snd => !ReadsFrom(snd.Peer)).ToList();
+        var readers = schedule.Sends.Where(snd => ReadsFrom(snd.Peer)).GroupBy(snd => snd.Peer).ToDictionary(g => g.Key, g => g.ToList());
         var getPeers = new SortedSet<int>();  // receivers that read this device's shard
-        foreach (var snd in schedule.Sends)
+        foreach (var snd in sendSteps)
             if (snd.Step.Intervals.Count > 1 && Split(snd.Step).Get.Count > 0) getPeers.Add(snd.Peer);
         IRmaRegion? region = null;
         var sends = new List<Task>();
         var doneFrom = new List<Task>();
         HostBlock? doneBuf = null;
         var remotes = new List<IRemoteRegion>();
+        var readerDone = new List<(int Peer, Task Recv, nint Status)>();
         try
         {
+            if (readers.Count > 0)
+            {
+                if (source == 0) throw new ArgumentException($"device {schedule.Device} sends but has no source buffer");
+                var ab = Staging(8 + 8 * readers.Count);
+                unsafe { *(long*)ab.Pointer = source; }
+                int k = 0;
+                foreach (var peer in readers.Keys)
+                {
+                    nint status = Ptr(ab) + 8 + 8 * k++;
+                    readerDone.Add((peer, _t.RecvAsync(peer, ProcDoneTag, status, 8, ct), status));
+                    sends.Add(_t.SendAsync(peer, ProcAddressTag, Ptr(ab), 8, ct));
+                }
+            }
             if (getPeers.Count > 0)
             {
                 if (source == 0) throw new ArgumentException($"device {schedule.Device} sends but has no source buffer");
@@ -154,17 +205,17 @@ internal sealed class TransportRealloc : IDisposable
             }
             var gathers = new List<(int First, int End, List<Chunk> Chunks)>();
             int i = 0;
-            while (i < schedule.Sends.Count)
+            while (i < sendSteps.Count)
             {
-                var step = schedule.Sends[i].Step;
+                var step = sendSteps[i].Step;
                 int first = i;
-                while (i < schedule.Sends.Count && ReferenceEquals(schedule.Sends[i].Step, step)) i++;
+                while (i < sendSteps.Count && ReferenceEquals(sendSteps[i].Step, step)) i++;
                 if (source == 0) throw new ArgumentException($"device {schedule.Device} sends but has no source buffer");
                 if (step.Intervals.Count == 1)
                 {
                     nint from = source + (nint)(step.Intervals[0].SrcOffset * es);
                     for (int k = first; k < i; k++)
-                        sends.Add(_t.SendAsync(schedule.Sends[k].Peer, ChunkTag(schedule.Sends[k].Tag, 0), from, step.Bytes, ct));
+                        sends.Add(_t.SendAsync(sendSteps[k].Peer, ChunkTag(sendSteps[k].Tag, 0), from, step.Bytes, ct));
                     continue;
                 }
                 var staged = Split(step).Staged;
@@ -175,7 +226,7 @@ internal sealed class TransportRealloc : IDisposable
                 foreach (var c in chunks)
                     if (c.SrcContiguous)
                         for (int k = first; k < i; k++)
-                            sends.Add(_t.SendAsync(schedule.Sends[k].Peer, ChunkTag(schedule.Sends[k].Tag, c.Index), source + (nint)c.Src[0], c.Bytes, ct));
+                            sends.Add(_t.SendAsync(sendSteps[k].Peer, ChunkTag(sendSteps[k].Tag, c.Index), source + (nint)c.Src[0], c.Bytes, ct));
                 gathers.Add((first, i, chunks));
             }
             // Gather chunk by chunk: chunk j is on the wire (the receiver pulls it) while j + 1 is gathered.
@@ -187,10 +238,12 @@ internal sealed class TransportRealloc : IDisposable
                     if (c.SrcContiguous) continue;
                     GatherChunk(c, source, buf!);
                     for (int k = first; k < end; k++)
-                        sends.Add(_t.SendAsync(schedule.Sends[k].Peer, ChunkTag(schedule.Sends[k].Tag, c.Index), Ptr(buf!) + (nint)c.StagingOffset, c.Bytes, ct));
+                        sends.Add(_t.SendAsync(sendSteps[k].Peer, ChunkTag(sendSteps[k].Tag, c.Index), Ptr(buf!) + (nint)c.StagingOffset, c.Bytes, ct));
                 }
             }
             foreach (var step in schedule.LocalCopies) LocalCopy(step, (int)es, source, destination);
+            // Intervals of senders on this host: read from their processes, concurrently with the rest.
+            var reads = readFrom.Select(kv => Task.Run(() => ReadFromAsync(kv.Key, addresses[kv.Key].Recv, addresses[kv.Key].Buf, kv.Value, destination, ct), ct)).ToList();
             // Long intervals: read them from each sender's shard, then tell it so.
             var gets = new List<Task>();
             foreach (var (peer, list) in getsFrom)
@@ -211,14 +264,74 @@ internal sealed class TransportRealloc : IDisposable
             }
             await Task.WhenAll(recvs);
             await Task.WhenAll(gets);
+            await Task.WhenAll(reads);
             await Task.WhenAll(sends);
             await Task.WhenAll(doneFrom);  // nobody reads this shard any more
+            foreach (var (peer, done, status) in readerDone)
+            {
+                await done;   // the reader is done with this shard
+                long st;
+                unsafe { st = *(long*)status; }
+                if (st == ReadFailed) throw new InvalidOperationException($"device {peer} could not read device {schedule.Device}'s shard from its process (see device {peer}'s error)");
+                if (st != ReadRefused) continue;
+                // The kernel refused the read: the intervals go as tagged messages, one each.
+                var fallback = new List<Task>();
+                foreach (var snd in readers[peer])
+                    for (int k = 0; k < snd.Step.Intervals.Count; k++)
+                    {
+                        var iv = snd.Step.Intervals[k];
+                        fallback.Add(_t.SendAsync(peer, ChunkTag(snd.Tag, k), source + (nint)(iv.SrcOffset * es), iv.Length * es, ct));
+                    }
+                await Task.WhenAll(fallback);
+            }
         }
         finally
         {
             foreach (var r in remotes) r.Dispose();
             region?.Dispose();
         }
+    }
+
+    private const long ReadDone = 0, ReadRefused = 1, ReadFailed = 2;
+
+    /// <summary>The receiver's side of a process read: waits for the sender's shard address, reads
+    /// every interval from the sender's process, tells the sender it is done. When the kernel
+    /// refuses (EPERM), the intervals are received as tagged messages instead (the sender sends them
+    /// on the "refused" status); any other failure is reported to the sender and thrown.</summary>
+    private async Task ReadFromAsync(int peer, Task address, HostBlock buf, List<(long Tag, long S, long D, long L)> intervals, nint destination, CancellationToken ct)
+    {
+        await address.ConfigureAwait(false);
+        ulong remote;
+        unsafe { remote = *(ulong*)buf.Pointer; }
+        int pid = _t.LocalProcessOf(peer) ?? throw new InvalidOperationException($"device {peer} is not a process on this host");
+        long status = ReadDone;
+        Exception? failure = null;
+        try
+        {
+            var so = intervals.Select(x => x.S).ToArray();
+            var d = intervals.Select(x => x.D).ToArray();
+            var l = intervals.Select(x => x.L).ToArray();
+            unsafe
+            {
+                fixed (long* ps = so, pd = d, pl = l)
+                    Native.Check(Native.realn_process_read(pid, (void*)destination, remote, ps, pd, pl, so.Length));
+            }
+            Interlocked.Add(ref _processReadBytes, l.Sum());
+        }
+        catch (RealnException e) when (e.Status == RealnStatus.Unsupported) { status = ReadRefused; }
+        catch (Exception e)
+        {
+            status = ReadFailed;
+            failure = new InvalidOperationException($"reading device {peer}'s shard from process {pid}: {e.Message}", e);
+        }
+        var fallback = new List<Task>();
+        if (status == ReadRefused)
+            foreach (var (tag, _, dst, len) in intervals)
+                fallback.Add(_t.RecvAsync(peer, tag, destination + (nint)dst, len, ct));
+        unsafe { *(long*)buf.Pointer = status; }
+        await _t.SendAsync(peer, ProcDoneTag, Ptr(buf), 8, ct).ConfigureAwait(false);
+        await Task.WhenAll(fallback).ConfigureAwait(false);
+        if (failure is not null) throw failure;
     }
 
     /// <summary>Bytes of one staged message: a multi-interval step is cut into pieces of about this

@@ -15,15 +15,7 @@ internal static class MemoryCheck
     {
         foreach (var stage in cfg.Stages)
         {
-            var models = stage.Models.ToDictionary(kv => kv.Key, kv =>
-            {
-                var a = kv.Value.Preset is not null ? LlamaConfig.Preset(kv.Value.Preset)
-                    : LlamaConfig.FromHfJson(Path.Combine(cfg.BaseDirectory, kv.Value.ConfigPath!));
-                return new ModelConfig(kv.Value.Preset ?? kv.Value.ConfigPath!, a.Layers, a.Hidden, a.Intermediate, a.Heads, a.KvHeads, a.Vocab, a.TiedEmbeddings);
-            });
-            var exp = Planner.Experiment.Create(cfg.Name, stage.Algorithm, stage.Iterations, stage.Batch.Size, stage.Batch.PromptLen,
-                                                stage.Batch.GenLen, stage.Batch.Minibatches, models);
-            bool planned = plan is not null && exp.Calls.All(c => plan.Calls.Any(p => p.Name == c.Name)) && exp.Calls.Count == plan.Calls.Count;
+            var (exp, planned) = StageExperiment(cfg, stage, plan);
             try { MemoryFit.Check(exp, planned ? plan : null, availableBytes, machine); }
             catch (PlannerException e)
             {
@@ -31,4 +23,44 @@ internal static class MemoryCheck
             }
         }
     }
+
+    /// <summary>The planner's view of a stage, and whether <paramref name="plan"/> is for it.</summary>
+    private static (Planner.Experiment Exp, bool Planned) StageExperiment(ExperimentConfig cfg, StageConfig stage, Plan? plan)
+    {
+        var models = stage.Models.ToDictionary(kv => kv.Key, kv =>
+        {
+            var a = kv.Value.Preset is not null ? LlamaConfig.Preset(kv.Value.Preset)
+                : LlamaConfig.FromHfJson(Path.Combine(cfg.BaseDirectory, kv.Value.ConfigPath!));
+            return new ModelConfig(kv.Value.Preset ?? kv.Value.ConfigPath!, a.Layers, a.Hidden, a.Intermediate, a.Heads, a.KvHeads, a.Vocab, a.TiedEmbeddings);
+        });
+        var exp = Planner.Experiment.Create(cfg.Name, stage.Algorithm, stage.Iterations, stage.Batch.Size, stage.Batch.PromptLen,
+                                            stage.Batch.GenLen, stage.Batch.Minibatches, models);
+        bool planned = plan is not null && exp.Calls.All(c => plan.Calls.Any(p => p.Name == c.Name)) && exp.Calls.Count == plan.Calls.Count;
+        return (exp, planned);
+    }
+
+    /// <summary>The planner's memory estimate per process of a run of <paramref name="cfg"/>, in bytes:
+    /// "master" (the most any stage needs of it: the full models under the plan, every call of a
+    /// stage the plan does not list) and, when a plan runs, "worker_D" per plan device (its most over
+    /// the plan's stages). The counterpart of summary.json's peak_rss_bytes_by_process.</summary>
+    public static SortedDictionary<string, long> Planned(ExperimentConfig cfg, Plan? plan)
+    {
+        double master = 0;
+        double[]? devices = null;
+        foreach (var stage in cfg.Stages)
+        {
+            var (exp, planned) = StageExperiment(cfg, stage, plan);
+            var e = MemoryFit.Estimate(exp, planned ? plan : null);
+            master = Math.Max(master, e.MasterBytes);
+            if (e.DeviceBytes.Length == 0) continue;
+            devices ??= new double[e.DeviceBytes.Length];
+            for (int d = 0; d < devices.Length; d++) devices[d] = Math.Max(devices[d], e.DeviceBytes[d]);
+        }
+        var result = new SortedDictionary<string, long>(StringComparer.Ordinal) { ["master"] = (long)master };
+        for (int d = 0; d < (devices?.Length ?? 0); d++) result[WorkerKey(d)] = (long)devices![d];
+        return result;
+    }
+
+    /// <summary>A worker's key in the by-process memory figures.</summary>
+    public static string WorkerKey(int device) => $"worker_{device}";
 }

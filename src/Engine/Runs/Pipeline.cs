@@ -294,6 +294,7 @@ internal sealed partial class Pipeline : IDisposable
         CloseMetrics();
         _position = "summary";
         var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds, stageSeconds, iterationSeconds);
+        ProcessMemory.AddToSummary(summary, _cfg, _plan, _host);
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }

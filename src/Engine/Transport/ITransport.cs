@@ -18,4 +18,11 @@ internal interface ITransport : IDisposable
 
     Task SendAsync(int peer, long tag, nint data, long bytes, CancellationToken ct = default);
     Task RecvAsync(int peer, long tag, nint data, long bytes, CancellationToken ct = default);
+
+    /// <summary>The process id of <paramref name="peer"/> when it runs on this host (same kernel,
+    /// pid and network namespaces) and both ranks allow their memory to be read by the other
+    /// (<c>REALN_REALLOC_PROCESS_READ</c> not 0): a one-copy process_vm_readv path between them
+    /// (<see cref="Realloc.TransportRealloc"/>). Null otherwise: another host, ranks in this
+    /// process's own fabric, or a transport that cannot tell.</summary>
+    int? LocalProcessOf(int peer) => null;
 }

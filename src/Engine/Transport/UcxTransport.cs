@@ -119,7 +119,7 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
         nint addr;
         ulong len;
         Check(Ucp.ucp_worker_get_address(_worker, &addr, &len), "ucp_worker_get_address");
-        _address = new ReadOnlySpan<byte>((void*)addr, checked((int)len)).ToArray();
+        _address = ProcessHeader.Write(options, new ReadOnlySpan<byte>((void*)addr, checked((int)len)));
         Ucp.ucp_worker_release_address(_worker, addr);
         _thread = new Thread(Loop) { IsBackground = true, Name = $"ucx-progress-{rank}" };
         if (options.Wakeup)
@@ -132,14 +132,31 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
     public UcxTransportOptions Options { get; }
     public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(60);
 
-    /// <summary>This worker's UCX address, to hand to the other ranks.</summary>
+    /// <summary>This rank's address, to hand to the other ranks: a header naming its process
+    /// (host key, pid, whether it allows process reads; <see cref="ProcessHeader"/>) followed by
+    /// the UCX worker address.</summary>
     public byte[] LocalAddress => _address;
+
+    private int?[] _localPids = [];
+
+    /// <inheritdoc/>
+    public int? LocalProcessOf(int peer) => (uint)peer < (uint)_localPids.Length ? _localPids[peer] : null;
 
     /// <summary>Creates an endpoint to every rank from their addresses (index = rank).</summary>
     public void Connect(IReadOnlyList<byte[]> addresses)
     {
         if (addresses.Count != Size) throw new ArgumentException($"expected {Size} addresses, got {addresses.Count}");
         if (_eps.Length != 0) throw new InvalidOperationException("already connected");
+        var mine = ProcessHeader.Read(_address, Rank);
+        var ucx = new byte[Size][];
+        var pids = new int?[Size];
+        for (int r = 0; r < Size; r++)
+        {
+            var h = ProcessHeader.Read(addresses[r], r);
+            ucx[r] = h.Ucx;
+            if (h.ProcessRead && mine.ProcessRead && h.HostKey == mine.HostKey) pids[r] = h.Pid;
+        }
+        _localPids = pids;
         Invoke(() =>
         {
             var eps = new nint[Size];
@@ -147,7 +164,7 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
             {
                 for (int r = 0; r < Size; r++)
                 {
-                    fixed (byte* a = addresses[r])
+                    fixed (byte* a = ucx[r])
                     {
                         var ep = new ucp_ep_params
                         {
@@ -598,4 +615,50 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
     {
         if (st != ucs_status_t.UCS_OK) throw new IOException($"{what} failed: {Ucp.StatusText(st)}");
     }
+}
+
+/// <summary>The header of a rank's address: which process it is and where. Layout: "RLNP", a
+/// version byte (1), a flags byte (bit 0: the process allows process reads), the pid (int32), the
+/// host key's length (uint16) and UTF-8 bytes, then the UCX worker address.</summary>
+internal static class ProcessHeader
+{
+    private static readonly byte[] Magic = "RLNP"u8.ToArray();
+
+    public readonly record struct Parsed(bool ProcessRead, int Pid, string HostKey, byte[] Ucx);
+
+    public static byte[] Write(UcxTransportOptions o, ReadOnlySpan<byte> ucx)
+    {
+        var key = System.Text.Encoding.UTF8.GetBytes(o.HostKey ?? ThisHost.Value);
+        if (key.Length > ushort.MaxValue) throw new ArgumentException("host key longer than 65535 bytes");
+        var b = new byte[4 + 1 + 1 + 4 + 2 + key.Length + ucx.Length];
+        Magic.CopyTo(b, 0);
+        b[4] = 1;
+        b[5] = (byte)(o.ProcessRead ? 1 : 0);
+        BitConverter.TryWriteBytes(b.AsSpan(6), Environment.ProcessId);
+        BitConverter.TryWriteBytes(b.AsSpan(10), (ushort)key.Length);
+        key.CopyTo(b, 12);
+        ucx.CopyTo(b.AsSpan(12 + key.Length));
+        return b;
+    }
+
+    public static Parsed Read(byte[] a, int rank)
+    {
+        if (a.Length < 12 || !a.AsSpan(0, 4).SequenceEqual(Magic) || a[4] != 1)
+            throw new ArgumentException($"rank {rank}'s address has no ReaLNative process header (version 1): is every rank running this build of realn?");
+        int keyLength = BitConverter.ToUInt16(a, 10);
+        if (12 + keyLength >= a.Length) throw new ArgumentException($"rank {rank}'s address is truncated ({a.Length} bytes, host key of {keyLength})");
+        return new Parsed((a[5] & 1) != 0, BitConverter.ToInt32(a, 6), System.Text.Encoding.UTF8.GetString(a, 12, keyLength), a[(12 + keyLength)..]);
+    }
+
+    /// <summary>This host: the kernel's boot id, with this process's pid and network namespaces.</summary>
+    private static readonly Lazy<string> ThisHost = new(() =>
+    {
+        static string Try(Func<string> f) { try { return f(); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return "?"; } }
+        string boot = Try(() => File.ReadAllText("/proc/sys/kernel/random/boot_id").Trim());
+        string pidNs = Try(() => new FileInfo("/proc/self/ns/pid").LinkTarget ?? "?");
+        string netNs = Try(() => new FileInfo("/proc/self/ns/net").LinkTarget ?? "?");
+        // Without /proc nothing says two processes share a kernel: the machine name is all there is,
+        // and a unique suffix keeps such processes apart (no process reads between them).
+        return boot == "?" ? $"{Environment.MachineName}/{Guid.NewGuid():N}" : $"{boot}|{pidNs}|{netNs}";
+    });
 }

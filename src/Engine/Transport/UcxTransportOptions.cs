@@ -29,6 +29,17 @@ internal sealed record UcxTransportOptions
     /// "sm,cma,self"); null keeps UCX_TLS / UCX's choice.</summary>
     public string? Transports { get; init; }
 
+    /// <summary>Whether peers on this host may read this process's memory (process_vm_readv) and
+    /// this process theirs; both ends must allow it (the address header carries it).
+    /// REALN_REALLOC_PROCESS_READ=0 turns it off: reallocation then moves everything over UCX.</summary>
+    public bool ProcessRead { get; init; } = true;
+
+    /// <summary>What identifies this host to its peers: ranks with equal keys are processes of one
+    /// kernel that can read each other's memory. Null: the boot id with the pid and network
+    /// namespaces (processes in two network namespaces are two nodes, as the multi-node tests
+    /// simulate them). Tests set it to put ranks of one host on "different hosts".</summary>
+    public string? HostKey { get; init; }
+
     public static UcxTransportOptions Default { get; } = FromEnvironment();
 
     public static UcxTransportOptions FromEnvironment()
@@ -38,9 +49,10 @@ internal sealed record UcxTransportOptions
         if (w is not null) o = o with { Wakeup = w is "1" or "true" or "yes" or "on" };
         if (Environment.GetEnvironmentVariable("REALN_UCX_ERRMODE") is string e) o = o with { PeerFailureDetection = e == "peer" };
         if (int.TryParse(Environment.GetEnvironmentVariable("REALN_UCX_SPIN"), out int s) && s >= 0) o = o with { SpinIterations = s };
+        if (Environment.GetEnvironmentVariable("REALN_REALLOC_PROCESS_READ") == "0") o = o with { ProcessRead = false };
         return o;
     }
 
     public override string ToString() => (Wakeup ? "wakeup" : $"poll (spin {SpinIterations}, yield {YieldIterations}, sleep <= {MaxSleep.TotalMilliseconds:F0} ms)")
-        + (PeerFailureDetection ? ", err mode peer" : "") + (Transports is null ? "" : $", tls {Transports}");
+        + (PeerFailureDetection ? ", err mode peer" : "") + (Transports is null ? "" : $", tls {Transports}") + (ProcessRead ? "" : ", no process read");
 }

@@ -143,7 +143,10 @@ internal sealed unsafe class ModelWorker : IDisposable
                 "op" => Op(j),
                 "realloc" => Realloc(j),
                 "optim-step" => OptimStep(j),
+                "init-shard" => InitShard(j),
+                "load-shard" => LoadShard(j),
                 "ping" => "ok",
+                "memory" => new JsonObject { ["peak_rss_bytes"] = Runs.ProcessMemory.PeakRssBytes() }.ToJsonString(),
                 "shutdown" => Shutdown(),
                 _ => throw new ArgumentException($"unknown worker command '{m.Type}'"),
             };
@@ -188,6 +191,21 @@ internal sealed unsafe class ModelWorker : IDisposable
     private string Drop(JsonNode j)
     {
         if (_replicas.Remove(WireJson.Int(j, "id"), out var r)) r.Dispose();
+        return "ok";
+    }
+
+    /// <summary>Initialises this worker's shard of a replica itself (per-tensor seeded streams).</summary>
+    private string InitShard(JsonNode j)
+    {
+        Replica(j).Shard.InitRandom(WireJson.Int(j, "seed"), (float)WireJson.Num(j, "std"));
+        return "ok";
+    }
+
+    /// <summary>Reads this worker's shard of a replica from an HF checkpoint by byte range.</summary>
+    private string LoadShard(JsonNode j)
+    {
+        var r = Replica(j);
+        Checkpoints.Safetensors.LoadShard(WireJson.Str(j, "dir"), r.Shard.Layout, r.Shard.ParametersPointer, j["allow_non_finite"]?.GetValue<bool>() ?? false);
         return "ok";
     }
 

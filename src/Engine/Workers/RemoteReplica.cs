@@ -177,6 +177,15 @@ internal sealed unsafe class RemoteReplica : IReplica
         Move("params", (nint)full.ParametersPointer, toShards: false);
     }
 
+    public void InitShards(int seed, float std = 0.02f) =>
+        _pool.Dispatch(What("init"), Layout.Devices, "init-shard", new JsonObject { ["id"] = _id, ["seed"] = seed, ["std"] = std });
+
+    /// <summary>Each worker reads its shard from <paramref name="checkpointDir"/> itself: the path
+    /// must name the same files on every worker's node (a shared file system, or copies).</summary>
+    public void LoadShards(string checkpointDir, bool allowNonFinite = false) =>
+        _pool.Dispatch(What("load"), Layout.Devices, "load-shard",
+                       new JsonObject { ["id"] = _id, ["dir"] = Path.GetFullPath(checkpointDir), ["allow_non_finite"] = allowNonFinite });
+
     public void MoveOptimizerState(AdamW full, bool toShards)
     {
         if (_optimizer is null) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");

@@ -37,6 +37,7 @@ internal static class Tags
         public TimeSpan Timeout { get => inner.Timeout; set => inner.Timeout = value; }
         public Task SendAsync(int peer, long tag, nint data, long bytes, CancellationToken ct = default) => inner.SendAsync(peer, tag | bit, data, bytes, ct);
         public Task RecvAsync(int peer, long tag, nint data, long bytes, CancellationToken ct = default) => inner.RecvAsync(peer, tag | bit, data, bytes, ct);
+        public int? LocalProcessOf(int peer) => inner.LocalProcessOf(peer);
         public void Dispose() { }  // the inner transport belongs to its owner
     }
 }

@@ -21,6 +21,10 @@ internal interface IReplicaHost : IDisposable
 {
     int Devices { get; }
     IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer);
+
+    /// <summary>Each worker process's peak resident set in bytes (null where a worker cannot tell),
+    /// by device; null when the devices are threads of this process (counted in its own).</summary>
+    IReadOnlyList<long?>? WorkerPeakRssBytes() => null;
 }
 
 /// <summary>How the master starts and watches its workers.</summary>
@@ -269,6 +273,9 @@ internal sealed class WorkerPool : IReplicaHost
     internal UcxTransport Transport => _transport;
     internal int MasterRank => Devices;
 
+    /// <summary>Bytes the master has read from workers' shards straight from their processes.</summary>
+    internal long ProcessReadBytes => _mover?.ProcessReadBytes ?? 0;
+
     /// <summary>A description of worker r for error messages.</summary>
     private string Who(int r) => $"worker {r} (node {_state[r].Node}, pid {_state[r].Pid})";
 
@@ -360,6 +367,13 @@ internal sealed class WorkerPool : IReplicaHost
             try { Dispatch(what, workers, "realloc", command, mine); }
             catch { _ = mine.ContinueWith(_ => { }, TaskScheduler.Default); throw; }
         }
+    }
+
+    /// <summary>Asks every worker for its peak resident set (the `memory` command: its VmHWM).</summary>
+    public IReadOnlyList<long?>? WorkerPeakRssBytes()
+    {
+        var replies = Dispatch("memory", Enumerable.Range(0, Devices).ToArray(), "memory", new JsonObject());
+        return replies.Select(r => JsonNode.Parse(r)?["peak_rss_bytes"]?.GetValue<long?>()).ToArray();
     }
 
     public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer)

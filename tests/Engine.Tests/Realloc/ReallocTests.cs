@@ -229,7 +229,8 @@ public sealed class TransportReallocTests
         var world = Enumerable.Range(0, n).Select(r => new ReaLNative.Engine.Transport.UcxTransport(r, n)).ToArray();
         var addrs = world.Select(t => t.LocalAddress).ToArray();
         foreach (var t in world) t.Connect(addrs);
-        var movers = world.Select(t => new TransportRealloc(t) { ChunkBytes = chunkBytes, RmaMinBytes = rmaMinBytes, DirectMinBytes = directMinBytes, DirectPieceBytes = directPieceBytes }).ToArray();
+        // The transport's own paths: ranks of one process would otherwise read each other's shards.
+        var movers = world.Select(t => new TransportRealloc(t) { ChunkBytes = chunkBytes, RmaMinBytes = rmaMinBytes, DirectMinBytes = directMinBytes, DirectPieceBytes = directPieceBytes, ProcessRead = false }).ToArray();
         try
         {
             var rng = new Random(77);
@@ -269,5 +270,136 @@ public sealed class TransportReallocTests
             foreach (var m in movers) m.Dispose();
             foreach (var t in world) t.Dispose();
         }
+    }
+}
+
+/// <summary>Process reads (process_vm_readv from the sender's shard) between UCX ranks that their
+/// address headers put on one host: bit-exact against the plain reference and against the
+/// transport's own path on the same random parameters; off (one rank or all), or across "hosts",
+/// nothing is read that way and the result is the same.</summary>
+public sealed class ProcessReadReallocTests
+{
+    private static readonly ShardLayoutFactory Shape =
+        LlamaShardLayouts.Factory(new LlamaShape(Layers: 3, Hidden: 32, Intermediate: 24, Heads: 8, KvHeads: 4, Vocab: 32));
+
+    private static ReaLNative.Engine.Transport.UcxTransport[] World(int n, Func<int, ReaLNative.Engine.Transport.UcxTransportOptions> options)
+    {
+        var world = Enumerable.Range(0, n).Select(r => new ReaLNative.Engine.Transport.UcxTransport(r, n, options(r))).ToArray();
+        var addrs = world.Select(t => t.LocalAddress).ToArray();
+        foreach (var t in world) t.Connect(addrs);
+        return world;
+    }
+
+    /// <summary>Runs <paramref name="trials"/> random layout pairs with movers of each world; returns
+    /// every destination shard of every trial per world, checked against the reference.</summary>
+    private static async Task<(List<float[]>[] Shards, long[] ReadBytes)> Run(ReaLNative.Engine.Transport.UcxTransport[][] worlds, bool[] processRead, int trials, int seed)
+    {
+        int n = worlds[0].Length;
+        var movers = worlds.Select((w, i) => w.Select(t => new TransportRealloc(t) { ProcessRead = processRead[i], DirectMinBytes = 64, ChunkBytes = 200 }).ToArray()).ToArray();
+        var results = worlds.Select(_ => new List<float[]>()).ToArray();
+        try
+        {
+            var rng = new Random(seed);
+            var global = new Dictionary<string, float[]>();
+            foreach (var v in Shape(1, 0, 1, 0).Views)
+                global[v.Name] = Enumerable.Range(0, (int)v.LocalElements).Select(_ => rng.NextSingle() - 0.5f).ToArray();
+            for (int trial = 0; trial < trials; trial++)
+            {
+                ParallelLayout Pick()
+                {
+                    while (true)
+                    {
+                        int pp = rng.Next(1, 3), dp = rng.Next(1, 3), tp = 1 << rng.Next(0, 3);
+                        if (pp * dp * tp <= n)
+                            return new ParallelLayout(Enumerable.Range(0, n).OrderBy(_ => rng.Next()).Take(pp * dp * tp).ToArray(), pp, dp, tp);
+                    }
+                }
+                var a = Pick();
+                var b = Pick();
+                var plan = ReallocPlan.Build(a, b, Shape, 4, d => d / 2);
+                for (int w = 0; w < worlds.Length; w++)
+                {
+                    var src = a.Devices.ToDictionary(d => d, d => TestLayouts.Shard(plan.SourceLayoutOf(d), global));
+                    var dst = b.Devices.ToDictionary(d => d, d => Enumerable.Repeat(float.NaN, (int)plan.DestinationLayoutOf(d).TotalElements).ToArray());
+                    var pins = src.Values.Concat(dst.Values).Select(x => System.Runtime.InteropServices.GCHandle.Alloc(x, System.Runtime.InteropServices.GCHandleType.Pinned)).ToList();
+                    try
+                    {
+                        nint P(Dictionary<int, float[]> m, int d) => m.TryGetValue(d, out var x) ? System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(x, 0) : 0;
+                        var ms = movers[w];
+                        await Task.WhenAll(Enumerable.Range(0, n).Select(d => Task.Run(() =>
+                            ms[d].ExecuteAsync(plan, ReallocSchedule.ForDevice(plan, d), P(src, d), P(dst, d))))).WaitAsync(TimeSpan.FromSeconds(60));
+                    }
+                    finally { foreach (var h in pins) h.Free(); }
+                    foreach (var d in b.Devices.Order())
+                    {
+                        Assert.True(TestLayouts.Shard(plan.DestinationLayoutOf(d), global).AsSpan().SequenceEqual(dst[d]), $"world {w}, trial {trial}: {a} -> {b}, device {d}");
+                        results[w].Add(dst[d]);
+                    }
+                }
+            }
+            return (results, movers.Select(w => w.Sum(m => m.ProcessReadBytes)).ToArray());
+        }
+        finally { foreach (var m in movers.SelectMany(x => x)) m.Dispose(); }
+    }
+
+    [Fact]
+    public async Task ProcessReadsAreBitExactAndEqualTheTransportPath()
+    {
+        const int n = 4;
+        var on = World(n, _ => ReaLNative.Engine.Transport.UcxTransportOptions.Default with { ProcessRead = true });
+        var off = World(n, _ => ReaLNative.Engine.Transport.UcxTransportOptions.Default with { ProcessRead = true });
+        try
+        {
+            // Ranks of this process: every peer is a process on this host (this one).
+            for (int r = 0; r < n; r++)
+                for (int q = 0; q < n; q++) Assert.Equal(Environment.ProcessId, on[r].LocalProcessOf(q));
+            var (results, read) = await Run([on, off], [true, false], trials: 10, seed: 91);
+            Assert.True(read[0] > 0, "no bytes were read from a process");
+            Assert.Equal(0, read[1]);
+            Assert.Equal(results[0].Count, results[1].Count);
+            for (int i = 0; i < results[0].Count; i++) Assert.True(results[0][i].AsSpan().SequenceEqual(results[1][i]), $"shard {i}");
+        }
+        finally { foreach (var t in on.Concat(off)) t.Dispose(); }
+    }
+
+    [Fact]
+    public async Task PeersOnAnotherHostOrWithProcessReadsOffAreNeverRead()
+    {
+        const int n = 4;
+        // Ranks 0, 1 on host "a", 2, 3 on host "b"; in the second world rank 3 turned process reads off.
+        var hosts = World(n, r => ReaLNative.Engine.Transport.UcxTransportOptions.Default with { HostKey = r < 2 ? "a" : "b" });
+        var oneOff = World(n, r => ReaLNative.Engine.Transport.UcxTransportOptions.Default with { ProcessRead = r != 3 });
+        try
+        {
+            for (int r = 0; r < n; r++)
+                for (int q = 0; q < n; q++)
+                {
+                    Assert.Equal(r / 2 == q / 2 ? Environment.ProcessId : null, hosts[r].LocalProcessOf(q));
+                    Assert.Equal(r != 3 && q != 3 ? Environment.ProcessId : null, oneOff[r].LocalProcessOf(q));
+                }
+            // Every rank on a host of its own: no process reads at all, still bit-exact.
+            var alone = World(n, r => ReaLNative.Engine.Transport.UcxTransportOptions.Default with { HostKey = $"host-{r}" });
+            try
+            {
+                for (int r = 0; r < n; r++)
+                    for (int q = 0; q < n; q++)
+                        if (q != r) Assert.Null(alone[r].LocalProcessOf(q));
+                var (_, read) = await Run([alone, oneOff], [true, true], trials: 6, seed: 17);
+                Assert.Equal(0, read[0]);
+                Assert.True(read[1] > 0, "ranks 0-2 read nothing from each other");
+            }
+            finally { foreach (var t in alone) t.Dispose(); }
+            await Run([hosts, hosts], [true, true], trials: 4, seed: 5);
+        }
+        finally { foreach (var t in hosts.Concat(oneOff)) t.Dispose(); }
+    }
+
+    [Fact]
+    public void AnAddressWithoutTheProcessHeaderIsRefused()
+    {
+        using var t = new ReaLNative.Engine.Transport.UcxTransport(0, 2);
+        var foreign = t.LocalAddress[12..];   // a bare UCX address
+        var e = Assert.Throws<ArgumentException>(() => t.Connect([t.LocalAddress, foreign]));
+        Assert.Contains("rank 1", e.Message);
     }
 }

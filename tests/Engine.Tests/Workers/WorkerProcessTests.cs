@@ -1,6 +1,7 @@
 // Plans executed by model worker processes (one per device, this test process the master, UCX
 // between them): the same parameters as the in-process execution of the plan, bit for bit (the
 // same shard schedule and reduction order over another transport).
+using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Runs;
 using ReaLNative.Engine.Tests.Runs;
 using ReaLNative.Engine.Workers;
@@ -34,13 +35,33 @@ public sealed class WorkerProcessTests
         {
             using var inProcess = new Pipeline(PlanExecutionTests.Config(), a, plan: PlanExecutionTests.MixedPlan());
             using var workers = new Pipeline(PlanExecutionTests.Config(), b, plan: PlanExecutionTests.MixedPlan(), hosts: Processes());
-            inProcess.Run(resume: false);
-            workers.Run(resume: false);
+            var inProcessSummary = inProcess.Run(resume: false);
+            var workersSummary = workers.Run(resume: false);
             Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), workers.Model("actor").Parameters.ToArray());
             Assert.Equal(inProcess.Model("critic").Parameters.ToArray(), workers.Model("critic").Parameters.ToArray());
             Assert.Equal(File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip), File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
+            CheckMemoryFigures(inProcessSummary, workers: 0, Path.Combine(a, "summary.json"));
+            CheckMemoryFigures(workersSummary, workers: PlanExecutionTests.MixedPlan().DevicesPerNode, Path.Combine(b, "summary.json"));
         }
         finally { Directory.Delete(a, true); Directory.Delete(b, true); }
+    }
+
+    /// <summary>summary.json's per-process memory: a peak RSS for the master and each worker process
+    /// (in-process devices count in the master), positive, the master's at least its planned bytes;
+    /// the planner's estimate for the same processes.</summary>
+    private static void CheckMemoryFigures(System.Text.Json.Nodes.JsonObject summary, int workers, string file)
+    {
+        var written = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(file))!;
+        foreach (var key in new[] { "peak_rss_bytes_by_process", "planned_memory_bytes_by_process" })
+        {
+            var byProcess = summary[key]!.AsObject();
+            Assert.Equal(byProcess.ToJsonString(), written[key]!.ToJsonString());
+            var expected = new[] { "master" }.Concat(Enumerable.Range(0, workers).Select(d => $"worker_{d}")).Order().ToArray();
+            Assert.Equal(expected, byProcess.Select(kv => kv.Key).Order().ToArray());
+            Assert.All(byProcess, kv => Assert.True((long)kv.Value! > 0, $"{key}.{kv.Key} = {kv.Value}"));
+        }
+        // The master holds the full models: its peak is at least what the planner counts for it.
+        Assert.True((long)summary["peak_rss_bytes_by_process"]!["master"]! >= (long)summary["planned_memory_bytes_by_process"]!["master"]!);
     }
 
     /// <summary>A metrics line without its timing.</summary>
@@ -55,11 +76,54 @@ public sealed class WorkerProcessTests
 [Collection("worker processes")]
 public sealed class WorkerPoolTests
 {
+    /// <summary>Workers initialise and load their own shards (no byte of the model through the
+    /// master): gathered, they equal the single-device model initialised with the same seed, and
+    /// the model loaded whole from the same sharded checkpoint; bit for bit.</summary>
     [Fact]
-    public void ParametersAndMomentsRoundTripThroughWorkersBitExact()
+    public void WorkersInitialiseAndLoadTheirOwnShards()
     {
         var cfg = ReaLNative.Engine.Model.LlamaConfig.Preset("tiny");
-        using var pool = new WorkerPool(2, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+        string dir = Path.Combine(Path.GetTempPath(), "realn-shards-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            using var pool = new WorkerPool(2, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+            using var cluster = new ReaLNative.Engine.Parallelism.LocalCluster(2);
+            using var single = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+            single.InitRandom(31);
+            using var saved = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+            saved.InitRandom(32, 0.5f);
+            ReaLNative.Engine.Checkpoints.Safetensors.Save(saved, dir, shardBytes: 40_000);
+            foreach (var layout in new[] { new ReaLNative.Engine.Realloc.ParallelLayout([1, 0], 1, 1, 2), new ReaLNative.Engine.Realloc.ParallelLayout([0, 1], 2, 1, 1) })
+            {
+                IReplica[] replicas = [pool.Create("remote", cfg, false, layout, 1, null),
+                                       new ReaLNative.Engine.Parallelism.DistributedModel(cluster, "local", cfg, false, layout, 1)];
+                foreach (var r in replicas)
+                {
+                    using var back = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+                    r.InitShards(31);
+                    r.CopyTo(back);
+                    Assert.True(single.Parameters.SequenceEqual(back.Parameters), $"{layout}: init");
+                    r.LoadShards(dir);
+                    r.CopyTo(back);
+                    Assert.True(saved.Parameters.SequenceEqual(back.Parameters), $"{layout}: load");
+                    r.Dispose();
+                }
+            }
+        }
+        finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+
+    /// <summary>With process reads (the default: workers and master read each other's shards with
+    /// process_vm_readv) and with REALN_REALLOC_PROCESS_READ=0 in the workers (their address header
+    /// says so, and the master, which allows it, moves everything over UCX with them).</summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ParametersAndMomentsRoundTripThroughWorkersBitExact(bool processRead)
+    {
+        var cfg = ReaLNative.Engine.Model.LlamaConfig.Preset("tiny");
+        var env = processRead ? new Dictionary<string, string>() : new Dictionary<string, string> { ["REALN_REALLOC_PROCESS_READ"] = "0" };
+        using var pool = new WorkerPool(2, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1, Environment = env });
         using var full = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
         full.InitRandom(11);
         var spec = new OptimizerSpec(new ReaLNative.Engine.Optim.LrSchedule(1e-3), 0.9f, 0.95f, 1e-8f, 0f, 1f);
@@ -83,5 +147,8 @@ public sealed class WorkerPoolTests
         Assert.Equal(m, adam2.FirstMoment.ToArray());
         Assert.Equal(v, adam2.SecondMoment.ToArray());
         Assert.Equal(1e-3f, tp.LearningRate, 6);
+        // The master read the workers' shards from their processes, or never did.
+        if (processRead) Assert.True(pool.ProcessReadBytes >= full.ParameterCount * 4 * 2, $"{pool.ProcessReadBytes} bytes read");
+        else Assert.Equal(0, pool.ProcessReadBytes);
     }
 }
