@@ -33,6 +33,12 @@ internal static class HelpText
         ["bench realloc"] = (["realn bench realloc", "realn bench realloc --p2p-only --json"], "README.md \"Execution plans, multi-process and multi-node\""),
         ["bench train"] = (["realn bench train --model tiny --steps 2"], "README.md \"Other commands\""),
         ["bench generate"] = (["realn bench generate --model tiny --new-tokens 16"], "README.md \"Other commands\""),
+        ["export"] = (["realn export runs/ppo-tiny/checkpoints/sft --gguf sft.gguf",
+                       "realn export runs/x/checkpoints/sft --gguf model-bf16.gguf --dtype bf16 --tokenizer my-tokenizer/"],
+                      "README.md \"GGUF export and generation\""),
+        ["generate"] = (["realn generate runs/ppo-tiny/checkpoints/sft --prompt 53142=",
+                         "realn generate runs/x/checkpoints/sft --chat --system \"Be brief.\" --prompt \"What is 2+3?\""],
+                        "README.md \"GGUF export and generation\""),
         ["worker"] = (["(started by `realn run --plan`, `realn launch` and `realn bench realloc` with REALN_JOB_SECRET set; not for direct use)"],
                       "README.md \"Execution plans, multi-process and multi-node\""),
     };

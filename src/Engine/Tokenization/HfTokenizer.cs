@@ -66,6 +66,8 @@ internal sealed class HfTokenizer : ITokenizer
     }
 
     public int VocabSize { get; }
+    /// <summary>SentencePiece-style: a '▁' goes in front of each piece of text.</summary>
+    public bool PrependsSpace => _prependSpace;
     public int Bos { get; private set; } = -1;
     public int Eos { get; private set; } = -1;
     public BpeStyle Style { get; }
@@ -184,7 +186,7 @@ internal sealed class HfTokenizer : ITokenizer
             try { pre = new Regex(pattern, RegexOptions.CultureInvariant); }
             catch (ArgumentException e) { throw new InvalidDataException($"{path}: pre-tokenizer regex is not supported by .NET ({e.Message}): {pattern}"); }
         }
-        bool prepend = style == BpeStyle.SentencePiece && PrependsSpace(root);
+        bool prepend = style == BpeStyle.SentencePiece && PrependsSpaceIn(root);
         string? unkToken = model["unk_token"]?.GetValue<string>();
         var options = new BpeOptions(vocab)
         {
@@ -275,7 +277,7 @@ internal sealed class HfTokenizer : ITokenizer
         : null;
 
     /// <summary>SentencePiece-style: a '▁' goes in front of the text (normalizer Prepend, or Metaspace with add_prefix_space / prepend_scheme first|always).</summary>
-    private static bool PrependsSpace(JsonObject root)
+    private static bool PrependsSpaceIn(JsonObject root)
     {
         if (FindType(root["normalizer"], "Prepend") is not null) return true;
         if (FindType(root["pre_tokenizer"], "Metaspace") is JsonObject m)
