@@ -209,6 +209,13 @@ internal sealed class HfTokenizer : ITokenizer
         tok.Bos = Find("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "<|endoftext|>");
         tok.Eos = Find("</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>", "<|endoftext|>");
         tok.AddBos = style == BpeStyle.SentencePiece && tok.Bos >= 0;
+        // LLaMA-3 style: the post-processor's single-sequence template starts with the BOS token.
+        if (FindType(root["post_processor"], "TemplateProcessing") is JsonObject tp && tp["single"] is JsonArray single
+            && single.FirstOrDefault() is JsonObject firstPiece && firstPiece["SpecialToken"] is JsonObject st && st["id"]?.GetValue<string>() is { } bosName)
+        {
+            tok.AddBos = true;
+            if (tok.TokenId(bosName) is int bosId) tok.Bos = bosId;
+        }
         return tok;
     }
 

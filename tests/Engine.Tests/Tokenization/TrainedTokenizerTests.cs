@@ -182,6 +182,24 @@ public sealed class TrainedTokenizerTests : IDisposable
     }
 
     [Fact]
+    public void APostProcessorThatPrependsBosSetsAddBos()
+    {
+        var t = ByteLevelLlama3(_dir, 300);
+        Assert.False(t.AddBos);
+        var root = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "tokenizer.json")))!.AsObject();
+        // as in LLaMA-3's tokenizer.json
+        root["post_processor"] = System.Text.Json.Nodes.JsonNode.Parse("""
+            {"type": "Sequence", "processors": [{"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+             {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+              "pair": [], "special_tokens": {}}]}
+            """);
+        File.WriteAllText(Path.Combine(_dir, "tokenizer.json"), root.ToJsonString());
+        t = HfTokenizer.Load(_dir);
+        Assert.True(t.AddBos);
+        Assert.Equal("<|begin_of_text|>", t.BosToken);
+    }
+
+    [Fact]
     public void BadTokenizerConfigIsNamed()
     {
         File.WriteAllText(Path.Combine(_dir, "tokenizer.json"), BpeTrainer.ByteLevel(Corpus().Take(5), 300, Llama3Specials));
