@@ -47,6 +47,12 @@ internal sealed class LlamaCpp : IDisposable
 
     public int Vocab => _vocab;
 
+    /// <summary>llama.cpp's tokenization of <paramref name="text"/> (special tokens parsed, no BOS added).</summary>
+    public int[] Tokenize(string text) => [.. _weights.Tokenize(text, false, true, System.Text.Encoding.UTF8).Select(t => (int)t)];
+
+    /// <summary>The model's GGUF metadata as llama.cpp reports it.</summary>
+    public IReadOnlyDictionary<string, string> Metadata => _weights.Metadata;
+
     /// <summary>Logits of every position of one sequence [T, vocab] (fresh cache).</summary>
     public float[] AllLogits(int[] tokens)
     {

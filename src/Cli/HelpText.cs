@@ -36,6 +36,12 @@ internal static class HelpText
         ["bench plan"] = (["realn bench plan examples/bench/ppo-tiny-timing.yaml --out runs/bench-plan",
                            "realn bench plan examples/bench/ppo-tiny-timing.yaml --profile runs/profile.json --only single,workers --out runs/bench-plan2 --json"],
                           "docs/cost-model.md (the loop on this machine)"),
+        ["export"] = (["realn export runs/ppo-tiny/checkpoints/sft --gguf sft.gguf",
+                       "realn export runs/x/checkpoints/sft --gguf model-bf16.gguf --dtype bf16 --tokenizer my-tokenizer/"],
+                      "README.md \"GGUF export and generation\""),
+        ["generate"] = (["realn generate runs/ppo-tiny/checkpoints/sft --prompt 53142=",
+                         "realn generate runs/x/checkpoints/sft --chat --system \"Be brief.\" --prompt \"What is 2+3?\""],
+                        "README.md \"GGUF export and generation\""),
         ["worker"] = (["(started by `realn run --plan`, `realn launch` and `realn bench realloc` with REALN_JOB_SECRET set; not for direct use)"],
                       "README.md \"Execution plans, multi-process and multi-node\""),
     };

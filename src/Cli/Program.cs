@@ -13,6 +13,8 @@ root.Subcommands.Add(RunCommand.Create());
 root.Subcommands.Add(LaunchCommand.Create());
 root.Subcommands.Add(PlanCommand.Create());
 root.Subcommands.Add(ProfileCommand.Create());
+root.Subcommands.Add(ExportCommand.Create());
+root.Subcommands.Add(GenerateCommand.Create());
 root.Subcommands.Add(WorkerCommand.Create());
 HelpText.Add(root);
 return await CliRunner.InvokeAsync(root, args);

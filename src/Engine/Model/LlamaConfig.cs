@@ -88,6 +88,11 @@ internal sealed record LlamaConfig
         float Flt(string k, float dflt) => o[k] is JsonValue v && v.TryGetValue<double>(out var x) ? (float)x : o[k] is null ? dflt
             : throw new InvalidDataException($"{path}: '{k}' must be a number");
         int heads = Int("num_attention_heads");
+        RefuseUnsupported(o, path);
+        int maxPositions = Int("max_position_embeddings", 4096);
+        // Mistral's sliding-window attention equals full causal attention for sequences within the
+        // window: such a checkpoint loads with its context limited to the window.
+        if (o["sliding_window"] is JsonValue sw && sw.TryGetValue<int>(out var window) && window > 0) maxPositions = Math.Min(maxPositions, window);
         return new LlamaConfig
         {
             Layers = Int("num_hidden_layers"),
@@ -96,11 +101,29 @@ internal sealed record LlamaConfig
             Heads = heads,
             KvHeads = Int("num_key_value_heads", heads),
             Vocab = Int("vocab_size"),
-            MaxPositions = Int("max_position_embeddings", 4096),
+            MaxPositions = maxPositions,
             RmsEps = Flt("rms_norm_eps", 1e-5f),
             RopeTheta = Flt("rope_theta", 10000f),
             TiedEmbeddings = o["tie_word_embeddings"] is JsonValue t && t.TryGetValue<bool>(out var b) && b,
         }.Validate();
+    }
+
+    /// <summary>Refuses what this LLaMA implementation would silently compute differently: other model
+    /// types (Qwen2's q/k/v biases), rope scaling (LLaMA 3.1's "llama3" frequencies), biases, an
+    /// explicit head_dim other than hidden/heads, activations other than SiLU.</summary>
+    private static void RefuseUnsupported(JsonObject o, string path)
+    {
+        string? Str(string k) => o[k] is JsonValue v && v.TryGetValue<string>(out var s) ? s : null;
+        if (Str("model_type") is { } mt && mt is not ("llama" or "mistral"))
+            throw new InvalidDataException($"{path}: model_type '{mt}' is not supported (supported: llama, mistral{(mt == "qwen2" ? "; qwen2 needs q/k/v projection biases, which this model does not have" : "")})");
+        if (o["rope_scaling"] is JsonObject rs)
+            throw new InvalidDataException($"{path}: rope_scaling ({(rs["rope_type"] ?? rs["type"])?.ToJsonString() ?? "?"}) is not implemented: the rotary frequencies would differ from the checkpoint's (LLaMA 3.1's \"llama3\" scaling included)");
+        foreach (var k in new[] { "attention_bias", "mlp_bias" })
+            if (o[k] is JsonValue b && b.TryGetValue<bool>(out var on) && on) throw new InvalidDataException($"{path}: {k} true is not supported (no biases in this model)");
+        if (Str("hidden_act") is { } act && act != "silu") throw new InvalidDataException($"{path}: hidden_act '{act}' is not supported (supported: silu)");
+        if (o["head_dim"] is JsonValue hd && hd.TryGetValue<int>(out var headDim) && o["hidden_size"] is JsonValue hs && hs.TryGetValue<int>(out var hidden)
+            && o["num_attention_heads"] is JsonValue nh && nh.TryGetValue<int>(out var nHeads) && nHeads > 0 && headDim * nHeads != hidden)
+            throw new InvalidDataException($"{path}: head_dim {headDim} is not hidden_size / num_attention_heads ({hidden} / {nHeads}): not supported");
     }
 
     /// <summary>Writes a Hugging Face config.json (LlamaForCausalLM, or LlamaForSequenceClassification with num_labels 1).</summary>

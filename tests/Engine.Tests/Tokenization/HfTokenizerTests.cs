@@ -52,6 +52,8 @@ public sealed class HfTokenizerTests
         p = Write("""{ "model": { "type": "BPE", "vocab": { "a": "zero" } } }""");
         try { Assert.Contains("malformed tokenizer.json", Assert.Throws<InvalidDataException>(() => HfTokenizer.Load(p)).Message); }
         finally { File.Delete(p); }
-        Assert.Contains("is a directory", Assert.Throws<InvalidDataException>(() => HfTokenizer.Load(Path.GetTempPath())).Message);
+        string empty = Directory.CreateTempSubdirectory("realn-tok-").FullName;
+        try { Assert.Contains("has no tokenizer.json", Assert.Throws<FileNotFoundException>(() => HfTokenizer.Load(empty)).Message); }
+        finally { Directory.Delete(empty, true); }
     }
 }
