@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/gemm_bf16.hpp"
 #include "cpu/gemm_tiles.hpp"
 #include "testing/harness.hpp"
 
@@ -134,10 +135,11 @@ void register_cases() {
         });
     }
     // bf16 weights (fp32 activations) on each bf16 GEMM path this CPU runs (REALN_BF16_GEMM).
-    for (const char* path : {"avx512bf16", "convert"}) {
-        if (std::string(path) == "avx512bf16" &&
-            !(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16"))) {
-            std::printf("bf16 path avx512bf16: CPU lacks AVX512_BF16, skipped\n");
+    for (auto [path, kind] : {std::pair{"amx", realn::cpu::Bf16GemmPath::Amx},
+                              std::pair{"avx512bf16", realn::cpu::Bf16GemmPath::Avx512Bf16},
+                              std::pair{"convert", realn::cpu::Bf16GemmPath::Convert}}) {
+        if (!realn::cpu::bf16_gemm_path_supported(kind)) {
+            std::printf("[SKIP] bf16 GEMM path %s: not available on this CPU/kernel\n", path);
             continue;
         }
         for (G g : {G{0, 0, 17, 333, 1517, 1, 0.5f, 1.0f}, G{1, 0, 64, 96, 700, 1, 1.0f, 1.0f},

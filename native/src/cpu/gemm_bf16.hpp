@@ -4,21 +4,22 @@
 // the bf16 linear layer (bf16 weight, fp32 activations).
 //
 // Paths (env REALN_BF16_GEMM, read once; unset = the best the CPU runs):
+//   amx         AMX-BF16 tiles (tdpbf16ps), where the CPU has them and Linux grants the process
+//               tile state (arch_prctl ARCH_REQ_XCOMP_PERM);
 //   avx512bf16  packed tiles and a vdpbf16ps micro-kernel (AVX512_BF16);
 //   convert     operands widened to fp32 (after the bf16 rounding) and fixed_tile_sgemm.
-// AMX tiles are not implemented (the env value "amx" is refused with that reason).
 //
-// Determinism: both paths are independent of the thread count. avx512bf16: an element's sum runs
+// Determinism: every path is independent of the thread count. amx and avx512bf16: an element's sum runs
 // over k in order (pairs of k per vdpbf16ps, K blocks of a size fixed by K alone), whichever tile
 // and thread computes it, so it does not even depend on the tiling. convert: fixed_tile_sgemm's
-// guarantee (gemm.cpp). The two paths round differently from each other.
+// guarantee (gemm.cpp). The paths round differently from each other.
 #pragma once
 
 #include <cstdint>
 
 namespace realn::cpu {
 
-enum class Bf16GemmPath : int32_t { Avx512Bf16 = 0, Convert = 1 };
+enum class Bf16GemmPath : int32_t { Avx512Bf16 = 0, Convert = 1, Amx = 2 };
 
 // The path REALN_BF16_GEMM selects (or the best available); throws (REALN_ERR_INVALID_ARGUMENT /
 // REALN_ERR_UNSUPPORTED, naming the variable) for an unknown or unavailable value.

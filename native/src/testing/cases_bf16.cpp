@@ -113,12 +113,15 @@ struct PathEnv {
 };
 
 bool path_runs(const char* path) {
-    return std::string(path) == "convert" || cpu::bf16_gemm_path_supported(cpu::Bf16GemmPath::Avx512Bf16);
+    const std::string p(path);
+    return p == "convert" ? true
+           : p == "amx"   ? cpu::bf16_gemm_path_supported(cpu::Bf16GemmPath::Amx)
+                          : cpu::bf16_gemm_path_supported(cpu::Bf16GemmPath::Avx512Bf16);
 }
 
 Outcome gemm_case(Env& env, const char* path, int ta, int tb, int64_t m, int64_t n, int64_t k, int64_t batch,
                   float alpha, float beta) {
-    if (!path_runs(path)) return {0.0, "AVX512_BF16 not on this CPU: skipped"};
+    if (!path_runs(path)) return {0.0, std::string(path) + " not available on this CPU: skipped"};
     PathEnv pe(path);
     Rng& r = env.rng();
     const int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 1, ldc = n + 2;
@@ -147,7 +150,7 @@ Outcome gemm_case(Env& env, const char* path, int ta, int tb, int64_t m, int64_t
 
 // x [rows, in] fp32 (rounded to bf16 by the op when rows > kSmallMMaxRows), w bf16.
 Outcome linear_fwd_case(Env& env, const char* path, int64_t rows, int64_t in, int64_t out, bool bias) {
-    if (!path_runs(path)) return {0.0, "AVX512_BF16 not on this CPU: skipped"};
+    if (!path_runs(path)) return {0.0, std::string(path) + " not available on this CPU: skipped"};
     PathEnv pe(path);
     Rng& r = env.rng();
     auto x = r.uniform_vec(rows * in), b = r.uniform_vec(out);
@@ -169,7 +172,7 @@ Outcome linear_fwd_case(Env& env, const char* path, int64_t rows, int64_t in, in
 
 // dx (= or +=) dy W, dw += dy^T x (dy, x rounded to bf16), dbias += column sums of dy (fp32).
 Outcome linear_bwd_case(Env& env, const char* path, int64_t rows, int64_t in, int64_t out, bool acc) {
-    if (!path_runs(path)) return {0.0, "AVX512_BF16 not on this CPU: skipped"};
+    if (!path_runs(path)) return {0.0, std::string(path) + " not available on this CPU: skipped"};
     PathEnv pe(path);
     Rng& r = env.rng();
     auto x = r.uniform_vec(rows * in), gy = r.uniform_vec(rows * out);
@@ -283,10 +286,11 @@ REALN_TEST_CASES {
         add_case({"convert", concat_shape("f32->bf16 RNE bit-exact n=", n, " (ties, subnormals, overflow, nan)"), 0.0,
                   [n](Env& e) { return convert_case(e, n); }});
     struct G { int ta, tb; int64_t m, n, k, batch; float alpha, beta; };
-    for (const char* path : {"avx512bf16", "convert"}) {
+    for (const char* path : {"amx", "avx512bf16", "convert"}) {
         for (G g : {G{0, 0, 17, 23, 31, 1, 1.0f, 0.0f}, G{1, 0, 8, 5, 64, 1, 0.5f, 1.0f},
                     G{0, 1, 33, 9, 17, 3, -1.0f, 0.25f}, G{1, 1, 4, 70, 3, 2, 2.0f, -0.5f},
                     G{0, 0, 1, 1, 1, 1, 1.0f, 0.0f}, G{0, 1, 200, 530, 1100, 1, 1.0f, 1.0f},
+                    G{1, 1, 70, 45, 97, 1, 1.0f, 0.0f},
                     G{1, 0, 13, 40, 0, 1, 1.0f, 0.5f}}) {
             add_case({"gemm",
                       concat_shape("dtype=bf16 path=", path, " ta=", g.ta, " tb=", g.tb, " m=", g.m, " n=", g.n, " k=",

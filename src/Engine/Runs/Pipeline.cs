@@ -71,7 +71,16 @@ internal sealed partial class Pipeline : IDisposable
         _heldOut = _task.HeldOut(cfg.Seed, cfg.Eval.Size);
         var vocab = cfg.Stages.SelectMany(s => s.Models.Values).Select(m => Arch(m).Vocab).Min();
         _tok = new CharTokenizer(vocab);
-        if (plan is not null) CheckPlanLayouts(plan);
+        if (plan is not null)
+        {
+            CheckPlanLayouts(plan);
+            // bf16 models under a plan: the replicas and reallocation move fp32 only (not implemented).
+            foreach (var stage in cfg.Stages)
+                foreach (var (role, spec) in stage.Models)
+                    if (spec.Precision == Precisions.Bf16)
+                        throw new ConfigException(PrecisionField(stage, role),
+                            "'bf16' with --plan (replicas in plan layouts, parameter reallocation) is not implemented; allowed values with --plan: fp32");
+        }
     }
 
     /// <summary>Refuses, before anything runs, a plan whose layouts the engine cannot build for
@@ -377,6 +386,7 @@ internal sealed partial class Pipeline : IDisposable
         }
         foreach (var role in AlgorithmNames.TrainedRoles(stage.Algorithm))
             _optims[role] = NewOptimizer(stage, _models[role]);
+        ApplyPrecision(stage);
         if (resumeFrom)
         {
             string dir = _resumeDir!;
@@ -391,6 +401,30 @@ internal sealed partial class Pipeline : IDisposable
         }
         BindPlan(stage);
     }
+
+    /// <summary>`precision: bf16` models: trained ones keep their fp32 master (the optimizer's) and
+    /// forward/backward through a bf16 copy; frozen ones hold bf16 only. Refused, naming the field,
+    /// where it is not implemented (a stage under a plan) or the backend lacks bf16.</summary>
+    private void ApplyPrecision(StageConfig stage)
+    {
+        foreach (var (role, spec) in stage.Models)
+        {
+            if (spec.Precision != Precisions.Bf16) continue;
+            string field = PrecisionField(stage, role);
+            try
+            {
+                if (_optims.ContainsKey(role)) _models[role].SetPrecision(ModelPrecision.Bf16);
+                else _models[role].FreezeToBf16();
+            }
+            catch (NotSupportedException e)
+            {
+                throw new ConfigException(field, $"'bf16' is not available: {e.Message}; allowed values on this backend: fp32");
+            }
+        }
+    }
+
+    private string PrecisionField(StageConfig stage, string role) =>
+        _cfg.ExplicitStages ? $"{stage.Path}.models.{role}.precision" : $"models.{role}.precision";
 
     private AdamW NewOptimizer(StageConfig stage, LlamaModel model) => Optimizer(stage).Create(model);
 
