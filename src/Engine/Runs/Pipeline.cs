@@ -394,6 +394,13 @@ internal sealed partial class Pipeline : IDisposable
             foreach (var (role, opt) in _optims)
             {
                 Safetensors.LoadInto(_models[role], Path.Combine(dir, role), stage.Models[role].AllowNonFiniteWeights);
+                string master = Path.Combine(dir, role + ".master");
+                if (_models[role].Precision == ModelPrecision.Bf16)
+                {
+                    if (!File.Exists(master))
+                        throw new InvalidDataException($"checkpoint {dir}: {role} is bf16 but {role}.master (its fp32 master weights) is missing; resume it with the precision it was written with");
+                    ReadFloats(master, _models[role].ParameterCount).CopyTo(_models[role].Parameters);
+                }
                 long step = (long)st["optimizer_steps"]![role]!;
                 opt.Restore(step, ReadFloats(Path.Combine(dir, role + ".adam_m"), _models[role].ParameterCount),
                             ReadFloats(Path.Combine(dir, role + ".adam_v"), _models[role].ParameterCount));
@@ -523,6 +530,10 @@ internal sealed partial class Pipeline : IDisposable
             foreach (var (role, opt) in _optims)
             {
                 Safetensors.Save(_models[role], Path.Combine(tmp, role));
+                // bf16: the safetensors hold the bf16 weights (HF style); the fp32 master the
+                // optimizer updates is resumable state next to the moments.
+                if (_models[role].Precision == ModelPrecision.Bf16)
+                    WriteFloats(Path.Combine(tmp, role + ".master"), _models[role].Parameters);
                 WriteFloats(Path.Combine(tmp, role + ".adam_m"), opt.FirstMoment);
                 WriteFloats(Path.Combine(tmp, role + ".adam_v"), opt.SecondMoment);
                 steps[role] = opt.Step;
