@@ -297,8 +297,24 @@ internal sealed partial class Pipeline : IDisposable
         CloseMetrics();
         _position = "summary";
         var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds, stageSeconds);
+        if (PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
+    }
+
+    /// <summary>Peak resident memory of this process so far (Linux VmHWM of /proc/self/status), in
+    /// bytes; null where the kernel does not report it. Under a resume: the resumed process only.</summary>
+    internal static long? PeakRssBytes()
+    {
+        const string file = "/proc/self/status";
+        if (!File.Exists(file)) return null;
+        foreach (var line in File.ReadLines(file))
+            if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+            {
+                var parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                return parts.Length >= 3 && parts[2] == "kB" && long.TryParse(parts[1], out long kb) ? kb * 1024 : null;
+            }
+        return null;
     }
 
     /// <summary>The point of no return of a start, reached once the resume point is verified and the

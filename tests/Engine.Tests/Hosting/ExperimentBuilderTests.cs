@@ -64,6 +64,9 @@ public class ExperimentBuilderTests
             var result = await job.RunAsync();
             Assert.Equal(TrainingStatus.Completed, result.Status);
             Assert.NotNull(result.FinalTaskScore);
+            var summary = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")))!;
+            long rss = (long)summary["peak_rss_bytes"]!;
+            Assert.InRange(rss, 10L << 20, 64L << 30);  // this process's VmHWM: runtime + models
             // Under a plan bf16 is not implemented: refused before anything runs, naming the field.
             static PlanCall C(string n, string m, CallType t, int start, int count, int dp) =>
                 new(n, m, t, new Mesh(0, 1, start, count), new Strategy(1, dp, 1), 1);
