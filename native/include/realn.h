@@ -8,7 +8,12 @@
  *  - every op and copy takes a realn_stream_t, which selects the backend and device (the CPU
  *    backend executes synchronously on the calling thread with its OpenMP pool);
  *  - tensors are raw pointers in the stream's memory space, row-major, contiguous unless a
- *    leading dimension is given; activations carry a realn_dtype (CPU backend: F32 only);
+ *    leading dimension is given; activations carry a realn_dtype (CPU backend: F32, plus the
+ *    bf16 weight ops below);
+ *  - bf16 on the CPU backend means bf16 WEIGHTS with fp32 activations: gemm (A, B bf16, C fp32),
+ *    linear_fwd/linear_bwd (w bf16; x, bias, y, dy, dx, dw, dbias fp32; products of bf16-rounded
+ *    operands, fp32 accumulation), embedding_fwd (table bf16, out fp32) and rmsnorm_fwd (w bf16).
+ *    Env REALN_BF16_GEMM = avx512bf16 | convert picks the GEMM path (default: the best present);
  *  - option structs start with int32_t size; int32_t version; and are initialised by a
  *    REALN_*_OPTS_INIT macro so a caller built against an older header stays valid.
  */

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/gemm_bf16.hpp"
 #include "cpu/gemm_tiles.hpp"
 #include "testing/harness.hpp"
 
@@ -132,6 +133,69 @@ void register_cases() {
             append(out, e.download(db, l.out));
             return out;
         });
+    }
+    // bf16 weights (fp32 activations) on each bf16 GEMM path this CPU runs (REALN_BF16_GEMM).
+    for (auto [path, kind] : {std::pair{"amx", realn::cpu::Bf16GemmPath::Amx},
+                              std::pair{"avx512bf16", realn::cpu::Bf16GemmPath::Avx512Bf16},
+                              std::pair{"convert", realn::cpu::Bf16GemmPath::Convert}}) {
+        if (!realn::cpu::bf16_gemm_path_supported(kind)) {
+            std::printf("[SKIP] bf16 GEMM path %s: not available on this CPU/kernel\n", path);
+            continue;
+        }
+        for (G g : {G{0, 0, 17, 333, 1517, 1, 0.5f, 1.0f}, G{1, 0, 64, 96, 700, 1, 1.0f, 1.0f},
+                    G{1, 1, 129, 200, 333, 1, -1.0f, 0.25f}, G{0, 1, 300, 515, 481, 2, 1.0f, 0.0f}}) {
+            add("gemm",
+                concat_shape("dtype=bf16 path=", path, " ta=", g.ta, " tb=", g.tb, " m=", g.m, " n=", g.n,
+                             " k=", g.k, " batch=", g.batch),
+                [g, path](Env& e) {
+                    setenv("REALN_BF16_GEMM", path, 1);
+                    const int64_t lda = (g.ta ? g.m : g.k) + 3, ldb = (g.tb ? g.k : g.n) + 1, ldc = g.n + 2;
+                    const int64_t sa = (g.ta ? g.k : g.m) * lda + 5, sb = (g.tb ? g.n : g.k) * ldb + 7,
+                                  sc = g.m * ldc + 1;
+                    float* Af = e.upload(nonzero(e.rng(), sa * g.batch));
+                    float* Bf = e.upload(nonzero(e.rng(), sb * g.batch));
+                    float* C = e.upload(nonzero(e.rng(), sc * g.batch));
+                    void* A = e.alloc(sa * g.batch * 2);
+                    void* B = e.alloc(sb * g.batch * 2);
+                    Env::check(realn_op_convert(e.stream(), REALN_DTYPE_BF16, A, REALN_DTYPE_F32, Af, sa * g.batch));
+                    Env::check(realn_op_convert(e.stream(), REALN_DTYPE_BF16, B, REALN_DTYPE_F32, Bf, sb * g.batch));
+                    Env::check(realn_op_gemm(e.stream(), REALN_DTYPE_BF16, g.ta, g.tb, g.m, g.n, g.k, g.alpha, A,
+                                             lda, sa, B, ldb, sb, g.beta, C, ldc, sc, g.batch));
+                    unsetenv("REALN_BF16_GEMM");
+                    Bytes out;
+                    append(out, e.download(C, sc * g.batch));
+                    return out;
+                });
+        }
+        for (L l : {L{1, 500, 300}, L{37, 500, 300}, L{65, 600, 130}, L{300, 700, 900}, L{450, 1100, 96}}) {
+            const std::string shape =
+                concat_shape("dtype=bf16 path=", path, " rows=", l.rows, " in=", l.in, " out=", l.out);
+            add("linear_fwd+bwd", shape, [l, path](Env& e) {
+                setenv("REALN_BF16_GEMM", path, 1);
+                Rng& r = e.rng();
+                auto wf = nonzero(r, l.out * l.in);
+                float* wf_dev = e.upload(wf);
+                uint16_t* w = static_cast<uint16_t*>(e.alloc(l.out * l.in * 2));
+                Env::check(realn_op_convert(e.stream(), REALN_DTYPE_BF16, w, REALN_DTYPE_F32, wf_dev, l.out * l.in));
+                float* x = e.upload(nonzero(r, l.rows * l.in));
+                float* b = e.upload(nonzero(r, l.out));
+                float* y = static_cast<float*>(e.alloc(l.rows * l.out * 4));
+                float* dy = e.upload(nonzero(r, l.rows * l.out));
+                float* dx = e.upload(nonzero(r, l.rows * l.in));
+                float* dw = e.upload(nonzero(r, l.out * l.in));
+                float* db = e.upload(nonzero(r, l.out));
+                Env::check(realn_op_linear_fwd(e.stream(), REALN_DTYPE_BF16, x, w, b, y, l.rows, l.in, l.out));
+                Env::check(realn_op_linear_bwd(e.stream(), REALN_DTYPE_BF16, x, w, dy, dx, dw, db, l.rows,
+                                               l.in, l.out, REALN_ACCUMULATE_DX));
+                unsetenv("REALN_BF16_GEMM");
+                Bytes out;
+                append(out, e.download(y, l.rows * l.out));
+                append(out, e.download(dx, l.rows * l.in));
+                append(out, e.download(dw, l.out * l.in));
+                append(out, e.download(db, l.out));
+                return out;
+            });
+        }
     }
     for (int64_t n : {int64_t(40000), int64_t(100003)}) {
         add("sumsq", concat_shape("n=", n), [n](Env& e) {

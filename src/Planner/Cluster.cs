@@ -25,6 +25,8 @@ public enum Precision { Bf16, Fp32 }
 /// <c>memory_efficiency</c> (share of memory_bandwidth_gbps a streaming kernel reaches, default 1),
 /// <c>kernel_launch_us</c> (floor of any kernel: launch + minimal execution, default 0),
 /// <c>layer_overhead_us</c> (host work per transformer block per pass, default 0),
+/// <c>peak_tflops_bf16</c> / <c>peak_tflops_fp32</c> (dense peak in each precision, for experiments whose
+/// <c>precision</c> differs from the spec's; see <see cref="ForPrecision"/>),
 /// <c>attention_kernel</c> (flash | materialized, default flash), <c>shared_host</c> (true: the node's devices are
 /// cores of one host sharing memory_bandwidth_gbps, default false), <c>call_dispatch_us</c> (per call, worker dispatch, default 0).
 /// docs/cost-model.md gives each constant's source for the shipped specs.
@@ -37,6 +39,8 @@ public sealed record ClusterSpec
     public required double DeviceMemoryBytes { get; init; }
     public required Precision Precision { get; init; }
     public required double PeakFlops { get; init; }
+    /// <summary>Dense peak FLOP/s per precision where the spec gives it (peak_tflops_bf16 / peak_tflops_fp32).</summary>
+    public IReadOnlyDictionary<Precision, double> PeakFlopsByPrecision { get; init; } = new Dictionary<Precision, double>();
     public required double ComputeEfficiency { get; init; }
     public required double MemoryBandwidth { get; init; }
     public required double IntraNodeBandwidth { get; init; }
@@ -72,6 +76,17 @@ public sealed record ClusterSpec
     /// <summary>Bytes per weight/activation element in this precision.</summary>
     public int ElementBytes => Precision == Precision.Bf16 ? 2 : 4;
 
+    /// <summary>This cluster training in <paramref name="precision"/> (an experiment's `precision`):
+    /// element bytes, master/optimizer bytes and the GEMM peak of that precision. The peak is
+    /// peak_tflops_&lt;precision&gt;, or peak_tflops when the spec's own precision matches; otherwise refused.</summary>
+    public ClusterSpec ForPrecision(Precision precision)
+    {
+        string key = precision == Precision.Bf16 ? "peak_tflops_bf16" : "peak_tflops_fp32";
+        if (PeakFlopsByPrecision.TryGetValue(precision, out double peak)) return this with { Precision = precision, PeakFlops = peak };
+        if (precision == Precision) return this;
+        throw new PlannerException($"cluster.{key}: missing; the experiment's precision is {key[^4..]} and the spec's peak_tflops is for {(Precision == Precision.Bf16 ? "bf16" : "fp32")}");
+    }
+
     /// <summary>The same nodes, another node count (node specs are shipped once, used for 1..16 nodes).</summary>
     public ClusterSpec WithNodes(int nodes)
     {
@@ -93,7 +108,8 @@ public sealed record ClusterSpec
         var known = new HashSet<string> { "name", "nodes", "devices_per_node", "device_memory_gib", "precision", "peak_tflops",
             "compute_efficiency", "memory_bandwidth_gbps", "intra_node_bandwidth_gbps", "intra_node_latency_us",
             "inter_node_bandwidth_gbps", "inter_node_latency_us", "host_bandwidth_gbps", "reserved_memory_gib", "description",
-            "gemm_half_dim", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel", "shared_host", "call_dispatch_us" };
+            "gemm_half_dim", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel", "shared_host", "call_dispatch_us",
+            "peak_tflops_bf16", "peak_tflops_fp32" };
         foreach (var k in map.Children.Keys)
             if (!known.Contains(k.ToString())) throw new PlannerException($"cluster.{k}: unknown key in {source} (known: {string.Join(", ", known.Order())})");
         var r = new Yaml.Reader(map, "cluster");
@@ -114,6 +130,8 @@ public sealed record ClusterSpec
                 _ => throw new PlannerException($"cluster.precision: '{prec}' is not one of bf16, fp32"),
             },
             PeakFlops = r.Double("peak_tflops", 1e-6, 1e6) * 1e12,
+            PeakFlopsByPrecision = new[] { (Precision.Bf16, "peak_tflops_bf16"), (Precision.Fp32, "peak_tflops_fp32") }
+                .Where(x => r.Get(x.Item2) is not null).ToDictionary(x => x.Item1, x => r.Double(x.Item2, 1e-6, 1e6) * 1e12),
             ComputeEfficiency = eff,
             MemoryBandwidth = r.Double("memory_bandwidth_gbps", 0.01, 1e6) * 1e9,
             IntraNodeBandwidth = r.Double("intra_node_bandwidth_gbps", 0.001, 1e6) * 1e9,

@@ -92,6 +92,8 @@ public sealed class Experiment
     /// <summary>`reward.kind`: "model" (a reward model scores the samples: rew_inf calls) or a
     /// rule-based kind such as "task" (scored on the master, no reward model and no reward call).</summary>
     public string RewardKind { get; init; } = "model";
+    /// <summary>The experiment's `precision` (bf16 | fp32), or null when it sets none: the cluster spec's then.</summary>
+    public Precision? Precision { get; init; }
 
     /// <summary>Roles with a value (scalar) head instead of the LM head.</summary>
     public static bool HasScalarHead(string role) => role is "critic" or "reward";
@@ -120,6 +122,13 @@ public sealed class Experiment
             if (rewardKind is not ("model" or "task")) throw new PlannerException($"reward.kind: '{rewardKind}' is not one of model, task");
         }
         bool rewardModel = rewardKind == "model";
+        Precision? precision = r.OptStr("precision") switch
+        {
+            null => null,
+            "bf16" => ReaLNative.Planner.Precision.Bf16,
+            "fp32" => ReaLNative.Planner.Precision.Fp32,
+            var other => throw new PlannerException($"precision: '{other}' is not one of fp32, bf16"),
+        };
         string[] roles = algo switch
         {
             "ppo" => rewardModel ? ["actor", "critic", "ref", "reward"] : ["actor", "critic", "ref"],
@@ -159,6 +168,7 @@ public sealed class Experiment
             Models = models,
             Calls = BuildCalls(algo, size, prompt, gen, mbs, rewardModel),
             RewardKind = rewardKind,
+            Precision = precision,
         };
     }
 

@@ -30,6 +30,7 @@ public static class PlanSearch
     public static SearchResult Run(ClusterSpec cluster, Experiment exp, SearchOptions opt, ProfileData? profile = null)
     {
         var sw = Stopwatch.StartNew();
+        if (exp.Precision is { } precision) cluster = cluster.ForPrecision(precision);
         var problem = new PlanningProblem(new Estimator(cluster, exp, profile));
         var baselines = Baselines.All(problem);
         double setup = sw.Elapsed.TotalSeconds;

@@ -27,11 +27,18 @@ public unsafe class ErrorTests
     {
         using var s = NativeStream.Cpu();
         float x = 1;
-        int st = Native.realn_op_gemm(s.Ptr, DType.BF16, 0, 0, 1, 1, 1, 1, &x, 1, 0, &x, 1, 0, 0, &x, 1, 0, 1);
+        // The CPU backend runs bf16 weights for gemm / linear / embedding_fwd / rmsnorm_fwd only.
+        int st = Native.realn_op_swiglu_fwd(s.Ptr, DType.BF16, &x, &x, 1, &x, 1, 1, 1);
         var ex = Assert.Throws<RealnException>(() => Native.Check(st));
         Assert.Equal(RealnStatus.Unsupported, ex.Status);
         Assert.Contains("cpu", ex.NativeMessage);
         Assert.Contains("bf16", ex.NativeMessage);
+        Assert.Contains("swiglu", ex.NativeMessage);
+        // F16 is on no op of the CPU backend.
+        st = Native.realn_op_gemm(s.Ptr, DType.F16, 0, 0, 1, 1, 1, 1, &x, 1, 0, &x, 1, 0, 0, &x, 1, 0, 1);
+        ex = Assert.Throws<RealnException>(() => Native.Check(st));
+        Assert.Equal(RealnStatus.Unsupported, ex.Status);
+        Assert.Contains("f16", ex.NativeMessage);
     }
 
     [Fact]

@@ -1,4 +1,4 @@
-// The CPU backend's table: fp32 everything, executed synchronously on the calling thread with
+// The CPU backend's table: fp32 everything plus bf16 weights for gemm/linear/embedding/rmsnorm, executed synchronously on the calling thread with
 // OpenMP parallel loops and OpenBLAS (OpenMP build, so BLAS shares our thread pool and runs
 // single-threaded when called inside a parallel region). This backend is the reference every
 // other backend is tested against.
@@ -22,6 +22,13 @@ bool cpu_supports(Op op, int32_t dtype) {
         case Op::Copy:
         case Op::Convert:
             return true;
+        // bf16 weights, fp32 activations (realn.h "bf16 on the CPU backend").
+        case Op::Gemm:
+        case Op::LinearFwd:
+        case Op::LinearBwd:
+        case Op::EmbeddingFwd:
+        case Op::RmsnormFwd:
+            return dtype == REALN_DTYPE_F32 || dtype == REALN_DTYPE_BF16;
         default:
             return dtype == REALN_DTYPE_F32;
     }

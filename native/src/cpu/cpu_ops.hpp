@@ -1,6 +1,7 @@
 // Declarations of the CPU backend's op implementations, one .cpp per op (or op family) in this
 // folder. Signatures match the Backend table entries in core/backend.hpp; arguments have been
-// validated by core/api.cpp already. fp32 only: dtype is always REALN_DTYPE_F32 here.
+// validated by core/api.cpp already. dtype is REALN_DTYPE_F32, or REALN_DTYPE_BF16 for the ops
+// backend_cpu.cpp lists (bf16 weights, fp32 activations; realn.h).
 #pragma once
 
 #include <cstdint>

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "bf16.hpp"
 #include "cpu_ops.hpp"
 #include "parallel.hpp"
 
@@ -43,19 +44,6 @@ double det_sum(int64_t n, F term) {
     return s;
 }
 
-inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // NaN
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-    return static_cast<uint16_t>(u >> 16);
-}
-inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = static_cast<uint32_t>(h) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
 }  // namespace
 
 void axpby(realn_stream_t, int32_t, int64_t n, float alpha, const void* x, float beta, void* y) {
@@ -94,6 +82,21 @@ void convert(realn_stream_t, int32_t dst_dtype, void* dst, int32_t src_dtype, co
     if (dst_dtype == src_dtype) {
         const int64_t es = dst_dtype == REALN_DTYPE_F32 ? 4 : 2;
         parallel_memcpy(dst, src, n * es);
+        return;
+    }
+    if ((src_dtype == REALN_DTYPE_F32 && dst_dtype == REALN_DTYPE_BF16) ||
+        (src_dtype == REALN_DTYPE_BF16 && dst_dtype == REALN_DTYPE_F32)) {
+        // Bulk RNE (bf16.cpp), in chunks of a size fixed by n: same bits as the scalar loop.
+        constexpr int64_t kChunk = 1 << 14;
+        const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (n > kPar)
+        for (int64_t c = 0; c < chunks; ++c) {
+            const int64_t lo = c * kChunk, len = std::min(kChunk, n - lo);
+            if (src_dtype == REALN_DTYPE_F32)
+                f32_to_bf16_n(static_cast<const float*>(src) + lo, static_cast<uint16_t*>(dst) + lo, len);
+            else
+                bf16_to_f32_n(static_cast<const uint16_t*>(src) + lo, static_cast<float*>(dst) + lo, len);
+        }
         return;
     }
     auto load = [&](int64_t i) -> float {

@@ -3,19 +3,32 @@
 // Forward: one memcpy per token, parallel over tokens. Backward must be deterministic although
 // ids repeat, so threads split the HIDDEN dimension (each owns a column slice of every table row)
 // and walk the tokens in order: no atomics, no scratch, same sums for any thread count.
+// REALN_DTYPE_BF16 (forward only): a bf16 table, fp32 output rows.
 #include <omp.h>
 
 #include <algorithm>
 #include <cstring>
 
+#include "bf16.hpp"
 #include "cpu_ops.hpp"
 
 namespace realn::cpu {
 
-void embedding_fwd(realn_stream_t, int32_t, const int32_t* ids, int64_t n, const void* table,
+void embedding_fwd(realn_stream_t, int32_t dtype, const int32_t* ids, int64_t n, const void* table,
                    int64_t vocab, int64_t hidden, int64_t vocab_start, void* out) {
-    const auto* T = static_cast<const float*>(table);
     auto* O = static_cast<float*>(out);
+    if (dtype == REALN_DTYPE_BF16) {  // bf16 table, fp32 rows out (exact widening)
+        const auto* Tb = static_cast<const uint16_t*>(table);
+#pragma omp parallel for schedule(static) if (n * hidden > (1 << 15))
+        for (int64_t t = 0; t < n; ++t) {
+            const int64_t local = static_cast<int64_t>(ids[t]) - vocab_start;
+            float* dst = O + t * hidden;
+            if (local >= 0 && local < vocab) bf16_to_f32_n(Tb + local * hidden, dst, hidden);
+            else std::memset(dst, 0, sizeof(float) * static_cast<size_t>(hidden));
+        }
+        return;
+    }
+    const auto* T = static_cast<const float*>(table);
     const size_t row_bytes = sizeof(float) * static_cast<size_t>(hidden);
 #pragma omp parallel for schedule(static) if (n * hidden > (1 << 15))
     for (int64_t t = 0; t < n; ++t) {

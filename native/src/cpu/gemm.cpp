@@ -34,6 +34,7 @@
 #include <cstdint>
 
 #include "cpu_ops.hpp"
+#include "gemm_bf16.hpp"
 #include "gemm_tiles.hpp"
 
 namespace realn::cpu {
@@ -137,9 +138,18 @@ void fixed_tile_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
     }
 }
 
-void gemm(realn_stream_t, int32_t, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k,
+void gemm(realn_stream_t, int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k,
           float alpha, const void* a, int64_t lda, int64_t sa, const void* b, int64_t ldb,
           int64_t sb, float beta, void* c, int64_t ldc, int64_t sc, int64_t batch) {
+    if (dtype == REALN_DTYPE_BF16) {  // A, B bf16; C fp32 (gemm_bf16.hpp)
+        const Bf16GemmPath path = bf16_gemm_path();
+        for (int64_t bi = 0; bi < batch; ++bi)
+            gemm_mixed(path, m, n, k, alpha,
+                       {static_cast<const uint16_t*>(a) + bi * sa, lda, ta != 0, true},
+                       {static_cast<const uint16_t*>(b) + bi * sb, ldb, tb != 0, true}, beta,
+                       static_cast<float*>(c) + bi * sc, ldc);
+        return;
+    }
     fixed_tile_sgemm(ta != 0, tb != 0, m, n, k, alpha, static_cast<const float*>(a), lda, sa,
                      static_cast<const float*>(b), ldb, sb, beta, static_cast<float*>(c), ldc, sc,
                      batch);

@@ -4,12 +4,14 @@
 // without atomics, the rows are cut into blocks by the row count alone, each block sums into a
 // private double row, then the block rows are added in block order (per column, in parallel).
 // The scratch is kept per calling thread and only grows, so steady-state calls allocate nothing.
+// REALN_DTYPE_BF16 (forward only): the weight is bf16, x, y and rstd fp32.
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "bf16.hpp"
 #include "cpu_ops.hpp"
 
 namespace realn::cpu {
@@ -29,10 +31,16 @@ int64_t row_blocks(int64_t rows) {
 }
 }  // namespace
 
-void rmsnorm_fwd(realn_stream_t, int32_t, const void* x, const void* w, void* y, float* rstd,
+void rmsnorm_fwd(realn_stream_t, int32_t dtype, const void* x, const void* w, void* y, float* rstd,
                  int64_t rows, int64_t dim, float eps) {
     const auto* X = static_cast<const float*>(x);
     const auto* W = static_cast<const float*>(w);
+    if (dtype == REALN_DTYPE_BF16) {  // bf16 weight, fp32 x/y: widen the weight once (exact)
+        thread_local std::vector<float> wide;
+        if (wide.size() < static_cast<size_t>(dim)) wide.resize(static_cast<size_t>(dim));
+        bf16_to_f32_n(static_cast<const uint16_t*>(w), wide.data(), dim);
+        W = wide.data();
+    }
     auto* Y = static_cast<float*>(y);
 #pragma omp parallel for schedule(static) num_threads(threads_for(rows, dim))
     for (int64_t r = 0; r < rows; ++r) {

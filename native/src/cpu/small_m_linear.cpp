@@ -9,6 +9,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 
 namespace realn::cpu {
 namespace {
@@ -124,7 +126,99 @@ const TileSet& tiles(SimdIsa isa) {
     }
 }
 
+// ---------------------------------------------------------------- bf16 weights
+__attribute__((target("avx512f,avx512bw"))) inline __m512 widen16(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <int MR, int NR>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void tile_bf16_avx512(const float* X, const uint16_t* W,
+                                                                          float* Y, int64_t K, int64_t ldy) {
+    __m512 acc[MR][NR];
+    for (int m = 0; m < MR; ++m)
+        for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 w[NR];
+        for (int n = 0; n < NR; ++n)
+            w[n] = widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + n * K + k)));
+        for (int m = 0; m < MR; ++m) {
+            const __m512 x = _mm512_loadu_ps(X + m * K + k);
+            for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_fmadd_ps(x, w[n], acc[m][n]);
+        }
+    }
+    if (k < K) {
+        const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1u);
+        __m512 w[NR];
+        for (int n = 0; n < NR; ++n) w[n] = widen16(_mm256_maskz_loadu_epi16(mask, W + n * K + k));
+        for (int m = 0; m < MR; ++m) {
+            const __m512 x = _mm512_maskz_loadu_ps(mask, X + m * K + k);
+            for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_fmadd_ps(x, w[n], acc[m][n]);
+        }
+    }
+    for (int m = 0; m < MR; ++m)
+        for (int n = 0; n < NR; ++n) Y[m * ldy + n] = hsum512(acc[m][n]);
+}
+
+template <int MR, int NR>
+void tile_bf16_scalar(const float* X, const uint16_t* W, float* Y, int64_t K, int64_t ldy) {
+    for (int m = 0; m < MR; ++m)
+        for (int n = 0; n < NR; ++n) {
+            float s = 0.0f;
+            for (int64_t t = 0; t < K; ++t) {
+                const uint32_t u = uint32_t(W[n * K + t]) << 16;
+                float wf;
+                std::memcpy(&wf, &u, 4);
+                s += X[m * K + t] * wf;
+            }
+            Y[m * ldy + n] = s;
+        }
+}
+
+using TileBf16Fn = void (*)(const float*, const uint16_t*, float*, int64_t, int64_t);
+struct TileSetBf16 {
+    TileBf16Fn full[4];
+    TileBf16Fn one[4];
+};
+
+std::atomic<int32_t> g_bf16_forced{-1};
+
 }  // namespace
+
+void small_m_bf16_force_isa(SimdIsa isa) { g_bf16_forced.store(static_cast<int32_t>(isa)); }
+
+void small_m_linear_fwd_bf16(const float* X, const uint16_t* W, const float* B, float* Y, int64_t rows,
+                             int64_t in, int64_t out) {
+    static const TileSetBf16 k512{
+        {tile_bf16_avx512<1, kNr>, tile_bf16_avx512<2, kNr>, tile_bf16_avx512<3, kNr>, tile_bf16_avx512<4, kNr>},
+        {tile_bf16_avx512<1, 1>, tile_bf16_avx512<2, 1>, tile_bf16_avx512<3, 1>, tile_bf16_avx512<4, 1>}};
+    static const TileSetBf16 kScalar{
+        {tile_bf16_scalar<1, kNr>, tile_bf16_scalar<2, kNr>, tile_bf16_scalar<3, kNr>, tile_bf16_scalar<4, kNr>},
+        {tile_bf16_scalar<1, 1>, tile_bf16_scalar<2, 1>, tile_bf16_scalar<3, 1>, tile_bf16_scalar<4, 1>}};
+    static const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                               __builtin_cpu_supports("avx512vl");
+    const int32_t forced = g_bf16_forced.load();
+    const bool use512 = forced == static_cast<int32_t>(SimdIsa::Scalar) ? false : has512;
+    const TileSetBf16& ts = use512 ? k512 : kScalar;
+    const int64_t blocks = (out + kNr - 1) / kNr;
+#pragma omp parallel for schedule(static) if (in * out >= (1 << 14))
+    for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t n0 = b * kNr, nr = std::min(kNr, out - n0);
+        const uint16_t* Wb = W + n0 * in;
+        for (int64_t m0 = 0; m0 < rows; m0 += 4) {
+            const int64_t mr = std::min<int64_t>(4, rows - m0);
+            const float* Xm = X + m0 * in;
+            float* Ym = Y + m0 * out + n0;
+            if (nr == kNr)
+                ts.full[mr - 1](Xm, Wb, Ym, in, out);
+            else
+                for (int64_t n = 0; n < nr; ++n) ts.one[mr - 1](Xm, Wb + n * in, Ym + n, in, out);
+        }
+        if (B)
+            for (int64_t m = 0; m < rows; ++m)
+                for (int64_t n = 0; n < nr; ++n) Y[m * out + n0 + n] += B[n0 + n];
+    }
+}
 
 bool small_m_isa_supported(SimdIsa isa) {
     switch (isa) {

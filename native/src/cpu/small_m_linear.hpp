@@ -25,4 +25,12 @@ bool small_m_isa_supported(SimdIsa isa);
 void small_m_linear_fwd(SimdIsa isa, const float* x, const float* w, const float* bias, float* y,
                         int64_t rows, int64_t in, int64_t out);
 
+// The same with a bf16 weight w [out, in] (x, bias, y fp32): weights widened to fp32 in registers
+// (exact), fp32 FMAs; AVX-512 (F + BW) where present, else scalar. Same fixed accumulation order
+// per output element, so results do not depend on the thread or row count either.
+void small_m_linear_fwd_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
+                             int64_t rows, int64_t in, int64_t out);
+// Which kernel small_m_linear_fwd_bf16 runs: Avx512 or Scalar; tests force Scalar through this.
+void small_m_bf16_force_isa(SimdIsa isa);
+
 }  // namespace realn::cpu

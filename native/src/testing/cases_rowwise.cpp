@@ -369,7 +369,9 @@ std::vector<int64_t> fd_entries(Rng& r, int64_t rows, int64_t vocab, const std::
             for (int64_t j = 0; j < vocab; ++j) idx.push_back(i * vocab + j);
             continue;
         }
-        idx.push_back(i * vocab + labels[i]);
+        // The label's entry, where the row has one: an ignored row's label (e.g. -100) is no column,
+        // and i * vocab + label would index another row, or before the buffer for row 0.
+        if (labels[i] >= 0 && labels[i] < vocab) idx.push_back(i * vocab + labels[i]);
         for (int64_t k = 0; k < sample; ++k) idx.push_back(i * vocab + r.integer(0, int32_t(vocab - 1)));
     }
     return idx;

@@ -5,6 +5,8 @@
 // `realn bench generate [--json]`: batched KV-cache decode tokens/s of the same model;
 // `--rlhf`: RLHF-style generation (many prompts of varied length, outputs of varied length),
 // continuous batching against the static batch in the same run, tokens checked identical.
+// `--precision bf16` (train, generate): the bf16 model measured, then the fp32 model in the same
+// run, and the ratio printed (goals: step <= 0.8x fp32, decode tokens/s >= 1.6x fp32).
 using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;
@@ -25,9 +27,11 @@ public static unsafe class BenchTrainCommand
         var seqs = new Option<int>("--seqs") { Description = "Sequences per step", DefaultValueFactory = _ => 4 };
         var len = new Option<int>("--len") { Description = "Tokens per sequence", DefaultValueFactory = _ => 64 };
         var recompute = new Option<bool>("--recompute") { Description = "Activation recomputation" };
+        var precision = PrecisionOption();
         var cmd = new Command("train", "Training step (fwd+bwd+AdamW) GFLOP/s vs OpenBLAS SGEMM 1024^3");
-        foreach (var o in new Option[] { json, steps, preset, seqs, len, recompute }) cmd.Options.Add(o);
-        cmd.SetAction(p => RunTrain(p.GetValue(json), Math.Max(1, p.GetValue(steps)), p.GetValue(preset)!, p.GetValue(seqs), p.GetValue(len), p.GetValue(recompute)));
+        foreach (var o in new Option[] { json, steps, preset, seqs, len, recompute, precision }) cmd.Options.Add(o);
+        cmd.SetAction(p => RunTrain(p.GetValue(json), Math.Max(1, p.GetValue(steps)), p.GetValue(preset)!, p.GetValue(seqs), p.GetValue(len), p.GetValue(recompute),
+            ParsePrecision(p.GetValue(precision)!)));
         return cmd;
     }
 
@@ -40,13 +44,33 @@ public static unsafe class BenchTrainCommand
         var gen = new Option<int>("--new-tokens") { Description = "New tokens per prompt", DefaultValueFactory = _ => 32 };
         var rlhf = new Option<bool>("--rlhf") { Description = "RLHF generation: continuous batching vs the static batch (prompts 16-64 tokens, outputs 1..--new-tokens)" };
         var slots = new Option<int>("--slots") { Description = "--rlhf: KV-cache slots of continuous batching", DefaultValueFactory = _ => 64 };
+        var precision = PrecisionOption();
         var cmd = new Command("generate", "Batched prefill + KV-cache decode tokens/s");
-        foreach (var o in new Option[] { json, preset, batch, prompt, gen, rlhf, slots }) cmd.Options.Add(o);
-        cmd.SetAction(p => p.GetValue(rlhf)
-            ? RunRlhfGenerate(p.GetValue(json), p.GetValue(preset)!, p.GetValue(batch), p.GetValue(gen), p.GetValue(slots))
-            : RunGenerate(p.GetValue(json), p.GetValue(preset)!, p.GetValue(batch), p.GetValue(prompt), p.GetValue(gen)));
+        foreach (var o in new Option[] { json, preset, batch, prompt, gen, rlhf, slots, precision }) cmd.Options.Add(o);
+        cmd.SetAction(p =>
+        {
+            var prec = ParsePrecision(p.GetValue(precision)!);
+            if (p.GetValue(rlhf) && prec != ModelPrecision.Fp32)
+                throw new ArgumentException("bench generate: --precision bf16 is measured without --rlhf (the static batch's decode); allowed with --rlhf: fp32");
+            return p.GetValue(rlhf)
+                ? RunRlhfGenerate(p.GetValue(json), p.GetValue(preset)!, p.GetValue(batch), p.GetValue(gen), p.GetValue(slots))
+                : RunGenerate(p.GetValue(json), p.GetValue(preset)!, p.GetValue(batch), p.GetValue(prompt), p.GetValue(gen), prec);
+        });
         return cmd;
     }
+
+    private static Option<string> PrecisionOption() => new("--precision")
+    {
+        Description = "fp32 | bf16 (bf16: also measures fp32 in the same run and prints the ratio)",
+        DefaultValueFactory = _ => "fp32",
+    };
+
+    private static ModelPrecision ParsePrecision(string v) => v switch
+    {
+        "fp32" => ModelPrecision.Fp32,
+        "bf16" => ModelPrecision.Bf16,
+        _ => throw new ArgumentException($"--precision: '{v}' is not allowed; allowed values: fp32 | bf16"),
+    };
 
     /// <summary>Best-of-reps SGEMM 1024^3 GFLOP/s through OpenBLAS directly.</summary>
     internal static double SgemmGflops(int reps)
@@ -81,12 +105,34 @@ public static unsafe class BenchTrainCommand
         return PackedBatch.FromSequences(list);
     }
 
-    private static int RunTrain(bool asJson, int steps, string preset, int seqs, int len, bool recompute)
+    private static int RunTrain(bool asJson, int steps, string preset, int seqs, int len, bool recompute, ModelPrecision precision)
+    {
+        if (seqs < 1 || len < 2) throw new ArgumentException($"bench train: --seqs >= 1 and --len >= 2 (got {seqs}, {len})");
+        var res = MeasureTrain(steps, preset, seqs, len, recompute, precision);
+        if (precision == ModelPrecision.Bf16)
+        {
+            // The fp32 step of the same model and batch, measured now (same machine load).
+            var fp = MeasureTrain(steps, preset, seqs, len, recompute, ModelPrecision.Fp32);
+            res["fp32_step_seconds_best"] = fp["step_seconds_best"];
+            res["fp32_forward_seconds_best"] = fp["forward_seconds_best"];
+            res["fp32_backward_seconds_best"] = fp["backward_seconds_best"];
+            res["bf16_over_fp32_step"] = Math.Round((double)res["step_seconds_best"] / (double)fp["step_seconds_best"], 3);
+            res["bf16_goal"] = "<= 0.8";
+            res["bf16_gemm_path"] = Environment.GetEnvironmentVariable("REALN_BF16_GEMM") is { Length: > 0 } e ? e : "default (amx > avx512bf16 > convert)";
+        }
+        res["load_average"] = LoadAverage();
+        Print(asJson, "bench train", res);
+        return 0;
+    }
+
+    private static string LoadAverage() => File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "?";
+
+    private static Dictionary<string, object> MeasureTrain(int steps, string preset, int seqs, int len, bool recompute, ModelPrecision precision)
     {
         var cfg = LlamaConfig.Preset(preset);
-        if (seqs < 1 || len < 2) throw new ArgumentException($"bench train: --seqs >= 1 and --len >= 2 (got {seqs}, {len})");
         using var model = new LlamaModel(cfg, scalarHead: false) { Recompute = recompute };
         model.InitRandom(1);
+        if (precision == ModelPrecision.Bf16) model.SetPrecision(ModelPrecision.Bf16);
         using var opt = new AdamW(model, new LrSchedule(1e-4f, WarmupSteps: 2, Decay: "cosine", TotalSteps: 1000));
         var batch = RandomBatch(cfg.Vocab, seqs, len, 2);
         int T = batch.TotalTokens, V = cfg.Vocab;
@@ -167,18 +213,35 @@ public static unsafe class BenchTrainCommand
             ["goal"] = 0.60,
             ["train_gflops_counting_embedding"] = Math.Round(gflopsAll, 2),
             ["ratio_counting_embedding"] = Math.Round(gflopsAll / gemm, 3),
+            ["precision"] = precision == ModelPrecision.Bf16 ? "bf16" : "fp32",
         };
-        Print(asJson, "bench train", res);
+        return res;
+    }
+
+    private static int RunGenerate(bool asJson, string preset, int batchSize, int promptLen, int newTokens, ModelPrecision precision)
+    {
+        if (batchSize < 1 || promptLen < 1 || newTokens < 2)
+            throw new ArgumentException($"bench generate: --batch >= 1, --prompt-len >= 1, --new-tokens >= 2 (got {batchSize}, {promptLen}, {newTokens})");
+        var res = MeasureGenerate(preset, batchSize, promptLen, newTokens, precision);
+        if (precision == ModelPrecision.Bf16)
+        {
+            var fp = MeasureGenerate(preset, batchSize, promptLen, newTokens, ModelPrecision.Fp32);
+            res["fp32_decode_tokens_per_second"] = fp["decode_tokens_per_second"];
+            res["fp32_prefill_tokens_per_second"] = fp["prefill_tokens_per_second"];
+            res["bf16_over_fp32_decode_tokens_per_second"] = Math.Round((double)res["decode_tokens_per_second"] / (double)fp["decode_tokens_per_second"], 3);
+            res["bf16_goal"] = ">= 1.6";
+        }
+        res["load_average"] = LoadAverage();
+        Print(asJson, "bench generate", res);
         return 0;
     }
 
-    private static int RunGenerate(bool asJson, string preset, int batchSize, int promptLen, int newTokens)
+    private static Dictionary<string, object> MeasureGenerate(string preset, int batchSize, int promptLen, int newTokens, ModelPrecision precision)
     {
         var cfg = LlamaConfig.Preset(preset);
-        if (batchSize < 1 || promptLen < 1 || newTokens < 2)
-            throw new ArgumentException($"bench generate: --batch >= 1, --prompt-len >= 1, --new-tokens >= 2 (got {batchSize}, {promptLen}, {newTokens})");
         using var model = new LlamaModel(cfg, scalarHead: false);
         model.InitRandom(1);
+        if (precision == ModelPrecision.Bf16) model.FreezeToBf16();
         var rng = new Random(5);
         var prompts = Enumerable.Range(0, batchSize).Select(_ => Enumerable.Range(0, promptLen).Select(_ => rng.Next(cfg.Vocab)).ToArray()).ToList();
         var opt = new GenerationOptions { MaxNewTokens = newTokens, Temperature = 1f, TopK = 0, TopP = 1f, Seed = 11 };
@@ -210,9 +273,9 @@ public static unsafe class BenchTrainCommand
             ["total_seconds"] = Math.Round(bestAll, 4),
             ["decode_tokens_per_second"] = Math.Round(decoded / decodeSec, 1),
             ["end_to_end_new_tokens_per_second"] = Math.Round(generated / bestAll, 1),
+            ["precision"] = precision == ModelPrecision.Bf16 ? "bf16" : "fp32",
         };
-        Print(asJson, "bench generate", res);
-        return 0;
+        return res;
     }
 
     private static int RunRlhfGenerate(bool asJson, string preset, int batchSize, int maxNew, int slots)

@@ -7,7 +7,8 @@ using ReaLNative.Engine.Model;
 namespace ReaLNative.Engine.Checkpoints;
 
 /// <summary>
-/// Hugging Face checkpoints: <c>config.json</c> + <c>model.safetensors</c> (fp32, HF LLaMA tensor
+/// Hugging Face checkpoints: <c>config.json</c> + <c>model.safetensors</c> (fp32, or bf16 for a
+/// model in bf16 precision with <c>torch_dtype: bfloat16</c> as HF writes them; HF LLaMA tensor
 /// names), sharded as <c>model-0000i-of-0000n.safetensors</c> with <c>model.safetensors.index.json</c>
 /// above <see cref="DefaultShardBytes"/>. Loading accepts F32, BF16 and F16 tensors (converted to
 /// fp32) and refuses missing, unexpected or mis-shaped tensors by name. A round trip is bit-exact.
@@ -22,14 +23,16 @@ internal static class Safetensors
     public static void Save(LlamaModel model, string dir, long shardBytes = DefaultShardBytes, IReadOnlyDictionary<string, string>? metadata = null)
     {
         Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "config.json"), model.Config.ToHfJson(model.ScalarHead));
+        bool bf16 = model.Precision == ModelPrecision.Bf16;
+        int es = bf16 ? 2 : 4;
+        File.WriteAllText(Path.Combine(dir, "config.json"), model.Config.ToHfJson(model.ScalarHead, bf16 ? "bfloat16" : "float32"));
         var views = model.Layout.Views;
         // Group tensors into shards.
         var shards = new List<List<Realloc.ShardView>>();
         long cur = 0;
         foreach (var v in views)
         {
-            long b = v.LocalElements * 4;
+            long b = v.LocalElements * es;
             if (shards.Count == 0 || (cur + b > shardBytes && shards[^1].Count > 0)) { shards.Add([]); cur = 0; }
             shards[^1].Add(v);
             cur += b;
@@ -45,7 +48,7 @@ internal static class Safetensors
         string index = Path.Combine(dir, "model.safetensors.index.json");
         if (shards.Count > 1)
         {
-            var idx = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = model.ParameterCount * 4 }, ["weight_map"] = weightMap };
+            var idx = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = model.ParameterCount * es }, ["weight_map"] = weightMap };
             File.WriteAllText(index, idx.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         }
         else if (File.Exists(index)) File.Delete(index);
@@ -61,13 +64,14 @@ internal static class Safetensors
             header["__metadata__"] = md;
         }
         else header["__metadata__"] = new JsonObject { ["format"] = "pt" };
+        bool bf16 = model.Precision == ModelPrecision.Bf16;
         long off = 0;
         foreach (var v in views)
         {
-            long n = v.LocalElements * 4;
+            long n = v.LocalElements * (bf16 ? 2 : 4);
             header[v.Name] = new JsonObject
             {
-                ["dtype"] = "F32",
+                ["dtype"] = bf16 ? "BF16" : "F32",
                 ["shape"] = new JsonArray(v.LocalShape.Select(d => (JsonNode)d).ToArray()),
                 ["data_offsets"] = new JsonArray(off, off + n),
             };
@@ -83,9 +87,18 @@ internal static class Safetensors
             fs.Write(len);
             fs.Write(hb);
             for (int i = 0; i < pad; i++) fs.WriteByte((byte)' ');
-            var all = model.Parameters;
-            foreach (var v in views)
-                fs.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(all.Slice((int)v.Offset, (int)v.LocalElements)));
+            if (bf16)
+            {
+                var half = model.Bf16Parameters;
+                foreach (var v in views)
+                    fs.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(half.Slice((int)v.Offset, (int)v.LocalElements)));
+            }
+            else
+            {
+                var all = model.Parameters;
+                foreach (var v in views)
+                    fs.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(all.Slice((int)v.Offset, (int)v.LocalElements)));
+            }
             fs.Flush(true);
         }
         File.Move(tmp, path, overwrite: true);  // never a half-written checkpoint under the real name

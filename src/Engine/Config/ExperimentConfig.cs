@@ -59,9 +59,19 @@ internal sealed record ModelSpec(string Role, string? Preset, string? ConfigPath
     /// instead of refusing them (default false: refused, naming the tensor).</summary>
     public bool AllowNonFiniteWeights { get; init; }
 
+    /// <summary>`precision`: fp32 | bf16 (default: the top-level `precision`, itself default fp32).</summary>
+    public string Precision { get; init; } = Precisions.Fp32;
+
     /// <summary>Identity of the architecture, to check that an init source has the same shape.</summary>
     public string ArchitectureKey => Preset is not null ? $"preset:{Preset}" : $"config:{ConfigPath}";
     public bool InitFromPath => Init is not ("random" or "sft" or "rm");
+}
+
+/// <summary>Model weight precisions (`precision`, top level and per model).</summary>
+internal static class Precisions
+{
+    public const string Fp32 = "fp32", Bf16 = "bf16";
+    public static readonly string[] All = [Fp32, Bf16];
 }
 
 internal sealed record BatchConfig(int Size, int PromptLen, int GenLen, int Minibatches, int GroupSize);
@@ -160,6 +170,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         string algorithm = top.Enum("algorithm", null, AlgorithmNames.All);
         long seed = top.Int("seed", 1, 0, long.MaxValue);
         top.Int("iterations", 1, 1, 1_000_000);
+        string precision = top.Enum("precision", Precisions.Fp32, Precisions.All);
 
         var task = ParseTask(new MapReader(top.Get("task"), "task"));
         var ev = new MapReader(top.Get("eval"), "eval");
@@ -176,13 +187,13 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         bool explicitStages = stagesNode is not null;
         if (!explicitStages)
         {
-            stages.Add(ParseStage(root, 0, ""));
+            stages.Add(ParseStage(root, 0, "", precision));
         }
         else
         {
             if (stagesNode is not YamlSequenceNode seq || seq.Children.Count == 0)
                 throw new ConfigException("stages", "expected a non-empty list of stages, e.g. - { algorithm: sft, iterations: 200 }");
-            ValidateSharedSections(top, algorithm);
+            ValidateSharedSections(top, algorithm, precision);
             var baseMap = new YamlMappingNode();
             foreach (var (k, v) in root.Children)
                 if (((YamlScalarNode)k).Value is "models" or "batch" or "optim" or "generation" or "ppo" or "dpo" or "reward" or "iterations")
@@ -195,7 +206,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
                 foreach (var k in new[] { "iterations", "models", "batch", "optim", "generation", "ppo", "dpo", "reward" }) sr.Get(k);
                 sr.RejectUnknown();
                 var merged = MapReader.Merge(baseMap, (YamlMappingNode)seq.Children[i]);
-                stages.Add(ParseStage(merged, i, p));
+                stages.Add(ParseStage(merged, i, p, precision));
             }
             if (stages[^1].Algorithm != algorithm)
                 throw new ConfigException("algorithm",
@@ -217,7 +228,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         return new TaskConfig(name, min, max);
     }
 
-    private static StageConfig ParseStage(YamlMappingNode node, int index, string path)
+    private static StageConfig ParseStage(YamlMappingNode node, int index, string path, string precision)
     {
         var r = new MapReader(node, path);
         string algorithm = r.Enum("algorithm", null, AlgorithmNames.All);
@@ -233,7 +244,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
             if (!roles.Contains(role)) continue; // other stages' roles may live in the shared section
             if (n is null)
                 throw new ConfigException(mr.Sub(role), $"required for algorithm '{algorithm}' (it needs: {string.Join(", ", roles)})");
-            models[role] = ParseModel(new MapReader(n, mr.Sub(role)), role, algorithm);
+            models[role] = ParseModel(new MapReader(n, mr.Sub(role)), role, algorithm, precision);
         }
         mr.RejectUnknown();
 
@@ -251,7 +262,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
 
         // Top-level-only keys are allowed in the merged single-stage mapping.
         if (path.Length == 0)
-            foreach (var k in new[] { "name", "seed", "task", "eval", "checkpoint_every", "checkpoint_keep", "stages" }) r.Get(k);
+            foreach (var k in new[] { "name", "seed", "task", "eval", "checkpoint_every", "checkpoint_keep", "stages", "precision" }) r.Get(k);
         r.RejectUnknown();
         return new StageConfig(index, algorithm, iterations, models, batch, optim, gen, ppo, dpo) { Reward = reward };
     }
@@ -332,7 +343,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
 
     /// <summary>With explicit stages, the shared top-level sections are checked on their own first, so an
     /// error in them names the top-level path rather than the first stage's.</summary>
-    private static void ValidateSharedSections(MapReader top, string algorithm)
+    private static void ValidateSharedSections(MapReader top, string algorithm, string precision)
     {
         if (top.Get("batch") is { } b) ParseBatch(new MapReader(b, "batch"), AlgorithmNames.Sft);
         if (top.Get("optim") is { } o) ParseOptim(new MapReader(o, "optim"));
@@ -347,13 +358,13 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
                 if (mr.Get(role) is { } n)
                 {
                     var r = new MapReader(n, mr.Sub(role));
-                    ParseModel(r, role, algorithm, requireInit: false);
+                    ParseModel(r, role, algorithm, precision, requireInit: false);
                 }
             mr.RejectUnknown();
         }
     }
 
-    private static ModelSpec ParseModel(MapReader r, string role, string algorithm, bool requireInit = true)
+    private static ModelSpec ParseModel(MapReader r, string role, string algorithm, string precision, bool requireInit = true)
     {
         string? preset = r.OptStr("preset");
         string? config = r.OptStr("config");
@@ -363,8 +374,9 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         bool trained = AlgorithmNames.TrainedRoles(algorithm).Contains(role);
         string init = r.Str("init", trained || !requireInit ? "random" : null);
         bool allowNonFinite = r.Bool("allow_non_finite_weights", false);
+        string modelPrecision = r.Enum("precision", precision, Precisions.All);
         r.RejectUnknown();
-        return new ModelSpec(role, preset, config, init) { AllowNonFiniteWeights = allowNonFinite };
+        return new ModelSpec(role, preset, config, init) { AllowNonFiniteWeights = allowNonFinite, Precision = modelPrecision };
     }
 
     /// <summary>Cross-stage checks: init sources exist earlier and have the same architecture; paths exist.</summary>

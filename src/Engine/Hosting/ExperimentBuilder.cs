@@ -22,6 +22,7 @@ public sealed class ExperimentBuilder
     private (int Size, int PromptLen, int GenLen, int Minibatches)? _batch;
     private (int Size, int Every)? _eval;
     private int? _checkpointEvery;
+    private string? _precision;
     private readonly List<(string Algorithm, int Iterations, double? Lr)> _stages = [];
 
     /// <summary>An experiment named <paramref name="name"/> whose final algorithm is <paramref name="algorithm"/>
@@ -66,6 +67,11 @@ public sealed class ExperimentBuilder
     /// <param name="iterations">The interval.</param>
     public ExperimentBuilder CheckpointEvery(int iterations) { _checkpointEvery = iterations; return this; }
 
+    /// <summary>Weight precision of every model: "fp32" (default) or "bf16" (bf16 weights, fp32
+    /// master parameters, optimizer state and activations; docs/experiment-config.md `precision`).</summary>
+    /// <param name="precision">fp32 | bf16; anything else is refused by <see cref="Build"/>, naming the field.</param>
+    public ExperimentBuilder Precision(string precision) { _precision = precision; return this; }
+
     /// <summary>Appends a stage; stages run in order and later ones start from earlier ones'
     /// artifacts (sft initialises actor and ref, rm the reward model and critic).</summary>
     /// <param name="algorithm">The stage's algorithm.</param>
@@ -86,6 +92,7 @@ public sealed class ExperimentBuilder
         y.AppendLine(c, $"task: {{ name: {_task}, min_len: {_minLen}, max_len: {_maxLen} }}");
         if (_eval is { } e) y.AppendLine(c, $"eval: {{ size: {e.Size}, every: {e.Every} }}");
         if (_checkpointEvery is { } k) y.AppendLine(c, $"checkpoint_every: {k}");
+        if (_precision is { } pr) y.AppendLine(c, $"precision: '{pr.Replace("'", "''", StringComparison.Ordinal)}'");
         y.AppendLine("models:");
         y.AppendLine(c, $"  actor:  {{ preset: {_preset}, init: sft }}");
         y.AppendLine(c, $"  critic: {{ preset: {_preset}, init: rm }}");

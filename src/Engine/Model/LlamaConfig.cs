@@ -126,8 +126,9 @@ internal sealed record LlamaConfig
             throw new InvalidDataException($"{path}: head_dim {headDim} is not hidden_size / num_attention_heads ({hidden} / {nHeads}): not supported");
     }
 
-    /// <summary>Writes a Hugging Face config.json (LlamaForCausalLM, or LlamaForSequenceClassification with num_labels 1).</summary>
-    public string ToHfJson(bool scalarHead = false)
+    /// <summary>Writes a Hugging Face config.json (LlamaForCausalLM, or LlamaForSequenceClassification with num_labels 1);
+    /// <paramref name="torchDtype"/>: the stored tensors' dtype (float32 | bfloat16).</summary>
+    public string ToHfJson(bool scalarHead = false, string torchDtype = "float32")
     {
         var o = new JsonObject
         {
@@ -144,7 +145,7 @@ internal sealed record LlamaConfig
             ["rms_norm_eps"] = RmsEps,
             ["rope_theta"] = RopeTheta,
             ["tie_word_embeddings"] = TiedEmbeddings,
-            ["torch_dtype"] = "float32",
+            ["torch_dtype"] = torchDtype,
         };
         if (scalarHead) o["num_labels"] = 1;
         return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });

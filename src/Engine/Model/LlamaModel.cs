@@ -29,6 +29,9 @@ internal sealed unsafe class LlamaModel : IDisposable
     private readonly Layer[] _w, _g;
     private readonly float* _embed, _norm, _head, _gEmbed, _gNorm, _gHead;
     private readonly ShardComm? _comm;
+    private readonly nint _pBase;
+    private HostBlock? _lp;              // bf16 copy of the parameters (Precision = Bf16), same layout
+    private bool _lpStale = true, _masterReleased;
     private readonly int _l0, _nl, _hq, _hkv, _iLocal, _vLocal, _vStart, _headLocal, _tp, _tpRank;
 
     private struct Layer
@@ -73,6 +76,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         _grads = new HostBlock(Math.Max(4, Layout.TotalElements * 4));
         _grads.AsSpan<float>((int)Layout.TotalElements).Clear();
         float* p = (float*)_params.Pointer, g = (float*)_grads.Pointer;
+        _pBase = (nint)p;
         float* View(float* b, string n) => Layout.TryGet(n, out var v) ? b + v.Offset : throw new InvalidOperationException($"no parameter {n}");
         var layers = Enumerable.Range(0, config.Layers).Where(l => Layout.TryGet($"model.layers.{l}.input_layernorm.weight", out _)).ToArray();
         _l0 = layers.Length > 0 ? layers[0] : 0;
@@ -124,6 +128,101 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// ~1/10). Gradients equal those without recomputation. Takes effect at the next Forward.</summary>
     public bool Recompute { get; set; }
 
+    /// <summary>Numeric precision of the weights the forward and backward read (docs/experiment-config.md
+    /// `precision`). Bf16: a bf16 copy of the fp32 master parameters feeds every linear layer,
+    /// the embedding and the RMSNorm forwards (activations, softmax, norms' statistics, losses and
+    /// gradients stay fp32; the optimizer updates the fp32 master). The copy is refreshed before a
+    /// forward whenever the master may have changed (any access to <see cref="Parameters"/> or
+    /// <see cref="ParametersPointer"/> marks it stale: the optimizer, loads, copies).</summary>
+    public ModelPrecision Precision { get; private set; } = ModelPrecision.Fp32;
+
+    /// <summary>True once <see cref="FreezeToBf16"/> dropped the fp32 master and gradients.</summary>
+    public bool HoldsBf16Only => _masterReleased;
+
+    private int Wd => Precision == ModelPrecision.Bf16 ? DType.BF16 : DType.F32;
+
+    /// <summary>Switches the model to <paramref name="precision"/>. Bf16 probes the stream's backend
+    /// first and throws <see cref="NotSupportedException"/> when it lacks bf16 linear layers.</summary>
+    public void SetPrecision(ModelPrecision precision)
+    {
+        if (_masterReleased && precision != ModelPrecision.Bf16)
+            throw new InvalidOperationException("a model frozen to bf16 has no fp32 weights to return to");
+        if (precision == ModelPrecision.Bf16 && Precision != ModelPrecision.Bf16)
+        {
+            ProbeBf16(_s);
+            _lp = new HostBlock(Math.Max(2, Layout.TotalElements * 2));
+            _lpStale = true;
+        }
+        else if (precision == ModelPrecision.Fp32 && _lp is not null)
+        {
+            _lp.Dispose();
+            _lp = null;
+        }
+        Precision = precision;
+    }
+
+    /// <summary>Throws <see cref="NotSupportedException"/> unless <paramref name="stream"/>'s backend
+    /// runs the bf16 weight ops (a 1 x 1 linear layer is tried).</summary>
+    public static void ProbeBf16(NativeStream stream)
+    {
+        float x = 1, y = 0;
+        ushort w = 0x3f80;  // 1.0
+        int st = Native.realn_op_linear_fwd(stream.Ptr, DType.BF16, &x, &w, null, &y, 1, 1, 1);
+        if (st == (int)RealnStatus.Unsupported)
+            throw new NotSupportedException($"the {stream.Backend.ToString().ToLowerInvariant()} backend has no bf16 weight ops: {Native.LastError()}");
+        Native.Check(st);
+        if (y != 1) throw new InvalidOperationException($"bf16 probe: 1 x 1 linear layer gave {y}, not 1");
+    }
+
+    /// <summary>A frozen model (never trained: ref, reward) in bf16 holds its bf16 weights only: the
+    /// copy is made now and the fp32 master and gradient buffers are freed (6 of every 8 bytes per
+    /// parameter). Afterwards <see cref="Parameters"/>, <see cref="Gradients"/> and Backward throw.</summary>
+    public void FreezeToBf16()
+    {
+        if (_masterReleased) return;
+        SetPrecision(ModelPrecision.Bf16);
+        RefreshBf16();
+        _params.Dispose();
+        _grads.Dispose();
+        _masterReleased = true;
+    }
+
+    /// <summary>The bf16 copy of the parameters (layout order), refreshed from the master if stale.</summary>
+    public ReadOnlySpan<ushort> Bf16Parameters
+    {
+        get
+        {
+            if (_lp is null) throw new InvalidOperationException("the model is not in bf16 precision");
+            RefreshBf16();
+            return new(_lp.Pointer, checked((int)Layout.TotalElements));
+        }
+    }
+
+    /// <summary>Overwrites the bf16 weights of a model that holds bf16 only (a bf16 checkpoint's tensors, layout order).</summary>
+    public void LoadBf16(ReadOnlySpan<ushort> values)
+    {
+        if (!_masterReleased || _lp is null) throw new InvalidOperationException("LoadBf16 is for models frozen to bf16");
+        if (values.Length != Layout.TotalElements) throw new ArgumentException($"{values.Length} values for {Layout.TotalElements} parameters");
+        values.CopyTo(new Span<ushort>(_lp.Pointer, values.Length));
+    }
+
+    private void RefreshBf16()
+    {
+        if (Precision != ModelPrecision.Bf16 || !_lpStale || _masterReleased) return;
+        Ck(Native.realn_op_convert(_s.Ptr, DType.BF16, _lp!.Pointer, DType.F32, _params.Pointer, Layout.TotalElements));
+        _lpStale = false;
+    }
+
+    // The weight operand of an op: the fp32 master, or its bf16 copy at the same element offset.
+    private void* Wt(float* p) =>
+        Precision == ModelPrecision.Bf16 ? (byte*)_lp!.Pointer + ((long)p - (long)_pBase) / 2 : p;
+
+    private void ThrowIfBf16Only(string what)
+    {
+        if (_masterReleased)
+            throw new InvalidOperationException($"{what}: this model holds bf16 weights only (frozen with precision bf16); it has no fp32 parameters or gradients");
+    }
+
     /// <summary>The model's architecture.</summary>
     public LlamaConfig Config { get; }
     /// <summary>True for critic / reward models (score.weight, output [T]).</summary>
@@ -158,14 +257,29 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// <summary>Vocabulary ids in this rank's slice.</summary>
     public int VocabLocal => _vLocal;
 
-    /// <summary>The flat parameter buffer (all views, layout order).</summary>
-    public Span<float> Parameters => new(_params.Pointer, checked((int)Layout.TotalElements));
+    /// <summary>The flat fp32 (master) parameter buffer (all views, layout order). Marks a bf16 copy stale.</summary>
+    public Span<float> Parameters => new(ParametersPointer, checked((int)Layout.TotalElements));
     /// <summary>The flat gradient buffer, same layout as <see cref="Parameters"/>.</summary>
-    public Span<float> Gradients => new(_grads.Pointer, checked((int)Layout.TotalElements));
-    /// <summary>Raw pointer to the parameter buffer (for native ops and reallocation).</summary>
-    public float* ParametersPointer => (float*)_params.Pointer;
+    public Span<float> Gradients => new(GradientsPointer, checked((int)Layout.TotalElements));
+    /// <summary>Raw pointer to the parameter buffer (for native ops and reallocation). Marks a bf16 copy stale.</summary>
+    public float* ParametersPointer
+    {
+        get
+        {
+            ThrowIfBf16Only("parameters");
+            _lpStale = true;
+            return (float*)_params.Pointer;
+        }
+    }
     /// <summary>Raw pointer to the gradient buffer.</summary>
-    public float* GradientsPointer => (float*)_grads.Pointer;
+    public float* GradientsPointer
+    {
+        get
+        {
+            ThrowIfBf16Only("gradients");
+            return (float*)_grads.Pointer;
+        }
+    }
 
     /// <summary>The parameters of one HF-named view (local shard shape, row-major).</summary>
     public Span<float> View(string name) =>
@@ -267,6 +381,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         else if (input is null) throw new ArgumentException("a pipeline stage without the embedding needs the previous stage's hidden states");
         foreach (var l in batch.SeqLens)
             if (l > c.MaxPositions) throw new ArgumentException($"sequence of {l} tokens exceeds max_position_embeddings {c.MaxPositions}");
+        RefreshBf16();
         var arena = SlotArena(slot);
         arena.Reset(ArenaFloats(T, batch.Count, Recompute));
         var sv = new Saved { T = T, NSeq = batch.Count };
@@ -285,7 +400,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         float* x = arena.Take(T * H);
         if (HasEmbedding)
         {
-            Ck(Native.realn_op_embedding_fwd(s, DType.F32, sv.Tokens, T, _embed, _vLocal, H, _vStart, x));
+            Ck(Native.realn_op_embedding_fwd(s, Wd, sv.Tokens, T, Wt(_embed), _vLocal, H, _vStart, x));
             TpAllReduce(x, T * H);
         }
         else Buffer.MemoryCopy(input, x, T * H * 4, T * H * 4);
@@ -309,14 +424,14 @@ internal sealed unsafe class LlamaModel : IDisposable
         }
         sv.HF = arena.Take(T * H);
         sv.RF = arena.Take(T);
-        Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x, _norm, sv.HF, sv.RF, T, H, c.RmsEps));
+        Ck(Native.realn_op_rmsnorm_fwd(s, Wd, x, Wt(_norm), sv.HF, sv.RF, T, H, c.RmsEps));
         sv.Out = arena.Take((long)T * OutputWidth);
         if (_tp == 1 || ScalarHead || !GatherLogits)
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, sv.HF, _head, null, sv.Out, T, H, _headLocal));
+            Ck(Native.realn_op_linear_fwd(s, Wd, sv.HF, Wt(_head), null, sv.Out, T, H, _headLocal));
         else
         {
             float* parts = arena.Take((long)_tp * T * _vLocal);
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, sv.HF, _head, null, parts + (long)_tpRank * T * _vLocal, T, H, _vLocal));
+            Ck(Native.realn_op_linear_fwd(s, Wd, sv.HF, Wt(_head), null, parts + (long)_tpRank * T * _vLocal, T, H, _vLocal));
             GatherColumns(parts, sv.Out, T);
         }
         return sv.Out;
@@ -368,20 +483,20 @@ internal sealed unsafe class LlamaModel : IDisposable
         ref var w = ref _w[l];
         float* h1 = sv.H1[l], r1 = sv.R1[l], q = sv.Q[l], k = sv.K[l], v = sv.V[l], att = sv.Att[l], lse = sv.Lse[l];
         float* x2 = sv.X2[l], h2 = sv.H2[l], r2 = sv.R2[l], gu = sv.GU[l], a = sv.A[l];
-        Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x, w.InNorm, h1, r1, T, H, c.RmsEps));
-        Ck(Native.realn_op_linear_fwd(s, DType.F32, h1, w.Q, null, q, T, H, qd));
-        Ck(Native.realn_op_linear_fwd(s, DType.F32, h1, w.K, null, k, T, H, kd));
-        Ck(Native.realn_op_linear_fwd(s, DType.F32, h1, w.V, null, v, T, H, kd));
+        Ck(Native.realn_op_rmsnorm_fwd(s, Wd, x, Wt(w.InNorm), h1, r1, T, H, c.RmsEps));
+        Ck(Native.realn_op_linear_fwd(s, Wd, h1, Wt(w.Q), null, q, T, H, qd));
+        Ck(Native.realn_op_linear_fwd(s, Wd, h1, Wt(w.K), null, k, T, H, kd));
+        Ck(Native.realn_op_linear_fwd(s, Wd, h1, Wt(w.V), null, v, T, H, kd));
         Ck(Native.realn_op_rotary_fwd(s, DType.F32, q, sv.Pos, q, T, _hq, c.HeadDim, c.HeadDim, c.RopeTheta));
         Ck(Native.realn_op_rotary_fwd(s, DType.F32, k, sv.Pos, k, T, _hkv, c.HeadDim, c.HeadDim, c.RopeTheta));
         Ck(Native.realn_op_attention_fwd(s, DType.F32, q, k, v, sv.Cu, sv.NSeq, T, _hq, _hkv, c.HeadDim, scale, att, lse));
-        Ck(Native.realn_op_linear_fwd(s, DType.F32, att, w.O, null, x2, T, qd, H));
+        Ck(Native.realn_op_linear_fwd(s, Wd, att, Wt(w.O), null, x2, T, qd, H));
         TpAllReduce(x2, T * H);
         Ck(Native.realn_op_add(s, DType.F32, T * H, x2, x, x2));
-        Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x2, w.PostNorm, h2, r2, T, H, c.RmsEps));
-        Ck(Native.realn_op_linear_fwd(s, DType.F32, h2, w.GateUp, null, gu, T, H, 2 * I));
+        Ck(Native.realn_op_rmsnorm_fwd(s, Wd, x2, Wt(w.PostNorm), h2, r2, T, H, c.RmsEps));
+        Ck(Native.realn_op_linear_fwd(s, Wd, h2, Wt(w.GateUp), null, gu, T, H, 2 * I));
         Ck(Native.realn_op_swiglu_fwd(s, DType.F32, gu, gu + I, 2 * I, a, I, T, I));
-        Ck(Native.realn_op_linear_fwd(s, DType.F32, a, w.Down, null, xo, T, I, H));
+        Ck(Native.realn_op_linear_fwd(s, Wd, a, Wt(w.Down), null, xo, T, I, H));
         TpAllReduce(xo, T * H);
         Ck(Native.realn_op_add(s, DType.F32, T * H, xo, x2, xo));
     }
@@ -411,6 +526,7 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// null on the first stage.</summary>
     public float* Backward(float* dOut, int slot)
     {
+        ThrowIfBf16Only("Backward");
         var sv = SavedOf(slot);
         var arena = _arenas[slot];
         var c = Config;
@@ -430,7 +546,7 @@ internal sealed unsafe class LlamaModel : IDisposable
                 long V = c.Vocab, vl = _vLocal;
                 for (long t = 0; t < T; t++) Buffer.MemoryCopy(dOut + t * V + _vStart, dLocal + t * vl, vl * 4, vl * 4);
             }
-            Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.HF, _head, dLocal, dH, _gHead, null, T, H, _headLocal, 0));
+            Ck(Native.realn_op_linear_bwd(s, Wd, sv.HF, Wt(_head), dLocal, dH, _gHead, null, T, H, _headLocal, 0));
             if (!ScalarHead) TpAllReduce(dH, T * H);  // a replicated scalar head gives every rank the whole dH
             Ck(Native.realn_op_rmsnorm_bwd(s, DType.F32, sv.XL, _norm, sv.RF, dH, dX, _gNorm, T, H));
         }
@@ -442,21 +558,21 @@ internal sealed unsafe class LlamaModel : IDisposable
             ref var w = ref _w[l];
             ref var g = ref _g[l];
             // xo = x2 + down(swiglu(gate_up(norm2(x2))))
-            Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.A[l], w.Down, dX, dA, g.Down, null, T, I, H, 0));
+            Ck(Native.realn_op_linear_bwd(s, Wd, sv.A[l], Wt(w.Down), dX, dA, g.Down, null, T, I, H, 0));
             Ck(Native.realn_op_swiglu_bwd(s, DType.F32, sv.GU[l], sv.GU[l] + I, 2 * I, dA, I, dGU, dGU + I, T, I));
-            Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.H2[l], w.GateUp, dGU, dH, g.GateUp, null, T, H, 2 * I, 0));
+            Ck(Native.realn_op_linear_bwd(s, Wd, sv.H2[l], Wt(w.GateUp), dGU, dH, g.GateUp, null, T, H, 2 * I, 0));
             TpAllReduce(dH, T * H);
             Ck(Native.realn_op_rmsnorm_bwd(s, DType.F32, sv.X2[l], w.PostNorm, sv.R2[l], dH, dT, g.PostNorm, T, H));
             Ck(Native.realn_op_add(s, DType.F32, T * H, dX, dT, dX));
             // x2 = xin + o(attn(rope(q(h1)), rope(k(h1)), v(h1))), h1 = norm1(xin)
-            Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.Att[l], w.O, dX, dAtt, g.O, null, T, qd, H, 0));
+            Ck(Native.realn_op_linear_bwd(s, Wd, sv.Att[l], Wt(w.O), dX, dAtt, g.O, null, T, qd, H, 0));
             Ck(Native.realn_op_attention_bwd(s, DType.F32, sv.Q[l], sv.K[l], sv.V[l], sv.Att[l], sv.Lse[l], dAtt, sv.Cu, sv.NSeq, T,
                 _hq, _hkv, c.HeadDim, scale, dQ, dK, dV));
             Ck(Native.realn_op_rotary_bwd(s, DType.F32, dQ, sv.Pos, dQ, T, _hq, c.HeadDim, c.HeadDim, c.RopeTheta));
             Ck(Native.realn_op_rotary_bwd(s, DType.F32, dK, sv.Pos, dK, T, _hkv, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.H1[l], w.Q, dQ, dH, g.Q, null, T, H, qd, 0));
-            Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.H1[l], w.K, dK, dH, g.K, null, T, H, kd, 1));
-            Ck(Native.realn_op_linear_bwd(s, DType.F32, sv.H1[l], w.V, dV, dH, g.V, null, T, H, kd, 1));
+            Ck(Native.realn_op_linear_bwd(s, Wd, sv.H1[l], Wt(w.Q), dQ, dH, g.Q, null, T, H, qd, 0));
+            Ck(Native.realn_op_linear_bwd(s, Wd, sv.H1[l], Wt(w.K), dK, dH, g.K, null, T, H, kd, 1));
+            Ck(Native.realn_op_linear_bwd(s, Wd, sv.H1[l], Wt(w.V), dV, dH, g.V, null, T, H, kd, 1));
             TpAllReduce(dH, T * H);
             Ck(Native.realn_op_rmsnorm_bwd(s, DType.F32, sv.XIn[l], w.InNorm, sv.R1[l], dH, dT, g.InNorm, T, H));
             Ck(Native.realn_op_add(s, DType.F32, T * H, dX, dT, dX));
@@ -509,6 +625,7 @@ internal sealed unsafe class LlamaModel : IDisposable
             if (decode || i == T - 1 || slots[i + 1] != slots[i]) runEnds.Add(i);
         int R = runEnds.Count;
         _saved[0] = null;
+        RefreshBf16();
         var arena = _arenas[0];
         arena.Reset(7 * T * H + 3 * T * qd + 4 * T * kd + 3 * T * I + T * _hq + 4L * T + 3L * R + (long)R * H * 2
             + (long)R * _headLocal * _tp + 64 * 16);
@@ -531,7 +648,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         float* gu = arena.Take(T * 2 * I), a = arena.Take(T * I);
         if (HasEmbedding)
         {
-            Ck(Native.realn_op_embedding_fwd(s, DType.F32, tok, T, _embed, _vLocal, H, _vStart, x));
+            Ck(Native.realn_op_embedding_fwd(s, Wd, tok, T, Wt(_embed), _vLocal, H, _vStart, x));
             TpAllReduce(x, T * H);
         }
         else Buffer.MemoryCopy(input, x, T * H * 4, T * H * 4);
@@ -540,13 +657,13 @@ internal sealed unsafe class LlamaModel : IDisposable
         {
             ref var w = ref _w[l];
             float* q = q0, k = k0, v = v0;
-            Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x, w.InNorm, h, null, T, H, c.RmsEps));
+            Ck(Native.realn_op_rmsnorm_fwd(s, Wd, x, Wt(w.InNorm), h, null, T, H, c.RmsEps));
             if (decode && w.K == w.Q + qd * H && w.V == w.K + kd * H)
             {
                 // Decode: q, k, v are consecutive rows of one [qd + 2 kd, H] matrix, so one call
                 // streams all three; rows of its output are q | k | v (one token: used in place).
                 long qkvw = qd + 2 * kd;
-                Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.Q, null, qkv, T, H, qkvw));
+                Ck(Native.realn_op_linear_fwd(s, Wd, h, Wt(w.Q), null, qkv, T, H, qkvw));
                 if (T == 1) { q = qkv; k = qkv + qd; v = k + kd; }
                 else
                     for (long t = 0; t < T; t++)
@@ -558,9 +675,9 @@ internal sealed unsafe class LlamaModel : IDisposable
             }
             else
             {
-                Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.Q, null, q, T, H, qd));
-                Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.K, null, k, T, H, kd));
-                Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.V, null, v, T, H, kd));
+                Ck(Native.realn_op_linear_fwd(s, Wd, h, Wt(w.Q), null, q, T, H, qd));
+                Ck(Native.realn_op_linear_fwd(s, Wd, h, Wt(w.K), null, k, T, H, kd));
+                Ck(Native.realn_op_linear_fwd(s, Wd, h, Wt(w.V), null, v, T, H, kd));
             }
             Ck(Native.realn_op_rotary_fwd(s, DType.F32, q, pos, q, T, _hq, c.HeadDim, c.HeadDim, c.RopeTheta));
             Ck(Native.realn_op_rotary_fwd(s, DType.F32, k, pos, k, T, _hkv, c.HeadDim, c.HeadDim, c.RopeTheta));
@@ -570,13 +687,13 @@ internal sealed unsafe class LlamaModel : IDisposable
                     _hq, _hkv, c.HeadDim, scale, att));
             else
                 Ck(Native.realn_op_attention_fwd(s, DType.F32, q, k, v, cu, R, T, _hq, _hkv, c.HeadDim, scale, att, lse));
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, att, w.O, null, x2, T, qd, H));
+            Ck(Native.realn_op_linear_fwd(s, Wd, att, Wt(w.O), null, x2, T, qd, H));
             TpAllReduce(x2, T * H);
             Ck(Native.realn_op_add(s, DType.F32, T * H, x2, x, x2));
-            Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, x2, w.PostNorm, h, null, T, H, c.RmsEps));
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, h, w.GateUp, null, gu, T, H, 2 * I));
+            Ck(Native.realn_op_rmsnorm_fwd(s, Wd, x2, Wt(w.PostNorm), h, null, T, H, c.RmsEps));
+            Ck(Native.realn_op_linear_fwd(s, Wd, h, Wt(w.GateUp), null, gu, T, H, 2 * I));
             Ck(Native.realn_op_swiglu_fwd(s, DType.F32, gu, gu + I, 2 * I, a, I, T, I));
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, a, w.Down, null, x, T, I, H));
+            Ck(Native.realn_op_linear_fwd(s, Wd, a, Wt(w.Down), null, x, T, I, H));
             TpAllReduce(x, T * H);
             Ck(Native.realn_op_add(s, DType.F32, T * H, x, x2, x));
         }
@@ -589,13 +706,13 @@ internal sealed unsafe class LlamaModel : IDisposable
         float* last = arena.Take(R * H), hl = arena.Take(R * H);
         for (int r = 0; r < R; r++)
             Buffer.MemoryCopy(x + (long)runEnds[r] * H, last + r * H, H * 4, H * 4);
-        Ck(Native.realn_op_rmsnorm_fwd(s, DType.F32, last, _norm, hl, null, R, H, c.RmsEps));
+        Ck(Native.realn_op_rmsnorm_fwd(s, Wd, last, Wt(_norm), hl, null, R, H, c.RmsEps));
         if (_tp == 1 || ScalarHead)  // sampling needs whole rows: always gathered
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, hl, _head, null, output, R, H, _headLocal));
+            Ck(Native.realn_op_linear_fwd(s, Wd, hl, Wt(_head), null, output, R, H, _headLocal));
         else
         {
             float* parts = arena.Take((long)_tp * R * _vLocal);
-            Ck(Native.realn_op_linear_fwd(s, DType.F32, hl, _head, null, parts + (long)_tpRank * R * _vLocal, R, H, _vLocal));
+            Ck(Native.realn_op_linear_fwd(s, Wd, hl, Wt(_head), null, parts + (long)_tpRank * R * _vLocal, R, H, _vLocal));
             GatherColumns(parts, output, R);
         }
     }
@@ -609,7 +726,16 @@ internal sealed unsafe class LlamaModel : IDisposable
         foreach (var a in _arenas) a.Dispose();
         _params.Dispose();
         _grads.Dispose();
+        _lp?.Dispose();
     }
+}
+
+/// <summary>Weight precision of a model (experiment `precision`): fp32, or bf16 weights with fp32
+/// master parameters, optimizer state, activations and losses.</summary>
+internal enum ModelPrecision
+{
+    Fp32 = 0,
+    Bf16 = 1,
 }
 
 /// <summary>Slot-based KV cache for generation: per layer K and V of [slots, max_len, kv_heads, head_dim].</summary>

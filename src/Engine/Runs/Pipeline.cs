@@ -71,7 +71,16 @@ internal sealed partial class Pipeline : IDisposable
         _heldOut = _task.HeldOut(cfg.Seed, cfg.Eval.Size);
         var vocab = cfg.Stages.SelectMany(s => s.Models.Values).Select(m => Arch(m).Vocab).Min();
         _tok = new CharTokenizer(vocab);
-        if (plan is not null) CheckPlanLayouts(plan);
+        if (plan is not null)
+        {
+            CheckPlanLayouts(plan);
+            // bf16 models under a plan: the replicas and reallocation move fp32 only (not implemented).
+            foreach (var stage in cfg.Stages)
+                foreach (var (role, spec) in stage.Models)
+                    if (spec.Precision == Precisions.Bf16)
+                        throw new ConfigException(PrecisionField(stage, role),
+                            "'bf16' with --plan (replicas in plan layouts, parameter reallocation) is not implemented; allowed values with --plan: fp32");
+        }
     }
 
     /// <summary>Refuses, before anything runs, a plan whose layouts the engine cannot build for
@@ -294,6 +303,8 @@ internal sealed partial class Pipeline : IDisposable
         CloseMetrics();
         _position = "summary";
         var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds, stageSeconds, iterationSeconds);
+        // The process that ran the run (VmHWM; under a resume, the resumed process only); per process below.
+        if (ProcessMemory.PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
         ProcessMemory.AddToSummary(summary, _cfg, _plan, _host);
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
@@ -384,6 +395,7 @@ internal sealed partial class Pipeline : IDisposable
         }
         foreach (var role in AlgorithmNames.TrainedRoles(stage.Algorithm))
             _optims[role] = NewOptimizer(stage, _models[role]);
+        ApplyPrecision(stage);
         if (resumeFrom)
         {
             string dir = _resumeDir!;
@@ -391,6 +403,13 @@ internal sealed partial class Pipeline : IDisposable
             foreach (var (role, opt) in _optims)
             {
                 Safetensors.LoadInto(_models[role], Path.Combine(dir, role), stage.Models[role].AllowNonFiniteWeights);
+                string master = Path.Combine(dir, role + ".master");
+                if (_models[role].Precision == ModelPrecision.Bf16)
+                {
+                    if (!File.Exists(master))
+                        throw new InvalidDataException($"checkpoint {dir}: {role} is bf16 but {role}.master (its fp32 master weights) is missing; resume it with the precision it was written with");
+                    ReadFloats(master, _models[role].ParameterCount).CopyTo(_models[role].Parameters);
+                }
                 long step = (long)st["optimizer_steps"]![role]!;
                 opt.Restore(step, ReadFloats(Path.Combine(dir, role + ".adam_m"), _models[role].ParameterCount),
                             ReadFloats(Path.Combine(dir, role + ".adam_v"), _models[role].ParameterCount));
@@ -398,6 +417,30 @@ internal sealed partial class Pipeline : IDisposable
         }
         BindPlan(stage);
     }
+
+    /// <summary>`precision: bf16` models: trained ones keep their fp32 master (the optimizer's) and
+    /// forward/backward through a bf16 copy; frozen ones hold bf16 only. Refused, naming the field,
+    /// where it is not implemented (a stage under a plan) or the backend lacks bf16.</summary>
+    private void ApplyPrecision(StageConfig stage)
+    {
+        foreach (var (role, spec) in stage.Models)
+        {
+            if (spec.Precision != Precisions.Bf16) continue;
+            string field = PrecisionField(stage, role);
+            try
+            {
+                if (_optims.ContainsKey(role)) _models[role].SetPrecision(ModelPrecision.Bf16);
+                else _models[role].FreezeToBf16();
+            }
+            catch (NotSupportedException e)
+            {
+                throw new ConfigException(field, $"'bf16' is not available: {e.Message}; allowed values on this backend: fp32");
+            }
+        }
+    }
+
+    private string PrecisionField(StageConfig stage, string role) =>
+        _cfg.ExplicitStages ? $"{stage.Path}.models.{role}.precision" : $"models.{role}.precision";
 
     private AdamW NewOptimizer(StageConfig stage, LlamaModel model) => Optimizer(stage).Create(model);
 
@@ -496,6 +539,10 @@ internal sealed partial class Pipeline : IDisposable
             foreach (var (role, opt) in _optims)
             {
                 Safetensors.Save(_models[role], Path.Combine(tmp, role));
+                // bf16: the safetensors hold the bf16 weights (HF style); the fp32 master the
+                // optimizer updates is resumable state next to the moments.
+                if (_models[role].Precision == ModelPrecision.Bf16)
+                    WriteFloats(Path.Combine(tmp, role + ".master"), _models[role].Parameters);
                 WriteFloats(Path.Combine(tmp, role + ".adam_m"), opt.FirstMoment);
                 WriteFloats(Path.Combine(tmp, role + ".adam_v"), opt.SecondMoment);
                 steps[role] = opt.Step;

@@ -44,12 +44,37 @@ public class ConfigTests
     [InlineData("remax-tiny.yaml", "remax")]
     [InlineData("dpo-tiny.yaml", "dpo")]
     [InlineData("rloo-tiny.yaml", "rloo")]
+    [InlineData("ppo-tiny-bf16.yaml", "ppo")]
     public void ExamplesLoad(string file, string algorithm)
     {
         var cfg = ExperimentConfig.Load(Path.Combine(RepoRoot(), "examples", file));
         Assert.Equal(algorithm, cfg.Algorithm);
         Assert.Equal("sft", cfg.Stages[0].Algorithm);
         Assert.Equal(algorithm, cfg.Stages[^1].Algorithm);
+    }
+
+    [Fact]
+    public void PrecisionDefaultsFromTopLevelAndModelsOverrideIt()
+    {
+        var fp = ExperimentConfig.Parse(Valid, Path.GetTempPath());
+        Assert.All(fp.Stages.SelectMany(s => s.Models.Values), m => Assert.Equal("fp32", m.Precision));
+        var bf = ExperimentConfig.Parse(Valid.Replace("seed: 3", "seed: 3\nprecision: bf16")
+            .Replace("ref:    { preset: tiny, init: sft }", "ref:    { preset: tiny, init: sft, precision: fp32 }"), Path.GetTempPath());
+        var ppo = bf.Stages[^1];
+        Assert.Equal("bf16", ppo.Models["actor"].Precision);
+        Assert.Equal("bf16", ppo.Models["reward"].Precision);
+        Assert.Equal("fp32", ppo.Models["ref"].Precision);
+        Assert.Equal("bf16", bf.Stages[0].Models["actor"].Precision);
+    }
+
+    [Theory]
+    [InlineData("seed: 3", "seed: 3\nprecision: fp8", "precision: 'fp8' is not allowed; allowed values: fp32 | bf16")]
+    [InlineData("ref:    { preset: tiny, init: sft }", "ref:    { preset: tiny, init: sft, precision: f16 }",
+                "models.ref.precision: 'f16' is not allowed; allowed values: fp32 | bf16")]
+    public void UnknownPrecisionIsRefusedNamingTheField(string from, string to, string expected)
+    {
+        var e = Fails(Valid.Replace(from, to));
+        Assert.Contains(expected, e.Message);
     }
 
     [Fact]

@@ -50,4 +50,40 @@ public class ExperimentBuilderTests
         }
         finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
     }
+
+    [Fact]
+    public async Task Bf16ExperimentRunsAndBadPrecisionIsRefused()
+    {
+        var ex = Assert.Throws<ExperimentConfigException>(() => Tiny().Precision("fp8").Build());
+        Assert.Equal("precision", ex.FieldPath);
+        Assert.Contains("fp32 | bf16", ex.Message);
+        string dir = Path.Combine(Path.GetTempPath(), "realn-bf16-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            var job = new TrainingJob(Tiny().Precision("bf16").Build(), new TrainingOptions { OutputDirectory = dir });
+            var result = await job.RunAsync();
+            Assert.Equal(TrainingStatus.Completed, result.Status);
+            Assert.NotNull(result.FinalTaskScore);
+            var summary = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")))!;
+            long rss = (long)summary["peak_rss_bytes"]!;
+            Assert.InRange(rss, 10L << 20, 64L << 30);  // this process's VmHWM: runtime + models
+            // Under a plan bf16 is not implemented: refused before anything runs, naming the field.
+            static PlanCall C(string n, string m, CallType t, int start, int count, int dp) =>
+                new(n, m, t, new Mesh(0, 1, start, count), new Strategy(1, dp, 1), 1);
+            var plan = new Plan(1, 2, [
+                C("actor_gen", "actor", CallType.Generate, 0, 2, 2), C("rew_inf", "reward", CallType.Inference, 0, 1, 1),
+                C("ref_inf", "ref", CallType.Inference, 1, 1, 1), C("critic_inf", "critic", CallType.Inference, 0, 2, 2),
+                C("actor_train", "actor", CallType.TrainStep, 0, 1, 1), C("critic_train", "critic", CallType.TrainStep, 1, 1, 1)], null);
+            var planned = new TrainingJob(Tiny().Precision("bf16").Build(),
+                new TrainingOptions { OutputDirectory = dir + "-plan", Plan = PlanChoice.FromPlan(plan) });
+            var refused = await Assert.ThrowsAnyAsync<Exception>(() => planned.RunAsync());
+            Assert.Contains("precision", refused.Message);
+            Assert.Contains("--plan", refused.Message);
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+            if (Directory.Exists(dir + "-plan")) Directory.Delete(dir + "-plan", true);
+        }
+    }
 }

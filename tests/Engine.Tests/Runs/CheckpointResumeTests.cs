@@ -275,3 +275,92 @@ public sealed class CheckpointStoreTests
         finally { Directory.Delete(Path.GetDirectoryName(root)!, true); }
     }
 }
+
+/// <summary>precision: bf16 checkpoints: HF-style bf16 safetensors (torch_dtype bfloat16) plus the
+/// fp32 master and AdamW moments; a run interrupted and resumed ends bit-identical (master, bf16
+/// copy and metrics) to the uninterrupted run.</summary>
+public sealed class Bf16CheckpointResumeTests
+{
+    [Fact]
+    public void Bf16RunResumesBitExact()
+    {
+        var cfg = ExperimentConfig.Parse(Bf16Yaml, Path.GetTempPath());
+        string full = CheckpointRunFixture.TempDir(), cut = CheckpointRunFixture.TempDir();
+        try
+        {
+            float[] actor, critic;
+            ushort[] actorBf16;
+            using (var p = new Pipeline(cfg, full))
+            {
+                p.Run(resume: false);
+                actor = p.Model("actor").Parameters.ToArray();
+                critic = p.Model("critic").Parameters.ToArray();
+                actorBf16 = p.Model("actor").Bf16Parameters.ToArray();
+                Assert.True(p.Model("ref").HoldsBf16Only);
+                Assert.True(p.Model("reward").HoldsBf16Only);
+            }
+            using (var p = new Pipeline(cfg, cut))
+                Assert.True((bool)p.Run(resume: false, stopAfterIterations: 14)["interrupted"]!);
+            string step = Path.Combine(cut, "checkpoints", "step-14");
+            Assert.Contains("\"torch_dtype\": \"bfloat16\"", File.ReadAllText(Path.Combine(step, "actor", "config.json")));
+            var header = Header(Path.Combine(step, "actor", "model.safetensors"));
+            Assert.Equal("BF16", (string)header["model.norm.weight"]!["dtype"]!);
+            Assert.True(File.Exists(Path.Combine(step, "actor.master")));
+            Assert.True(File.Exists(Path.Combine(step, "critic.master")));
+            Assert.Null(new CheckpointStore(Path.Combine(cut, "checkpoints"), 2).Verify("step-14"));
+            using (var p = new Pipeline(cfg, cut))
+            {
+                p.Run(resume: true);
+                Assert.Equal(actor, p.Model("actor").Parameters.ToArray());
+                Assert.Equal(critic, p.Model("critic").Parameters.ToArray());
+                Assert.Equal(actorBf16, p.Model("actor").Bf16Parameters.ToArray());
+            }
+            Assert.Equal(File.ReadAllLines(Path.Combine(full, "metrics.jsonl")).Select(StripSeconds),
+                         File.ReadAllLines(Path.Combine(cut, "metrics.jsonl")).Select(StripSeconds));
+        }
+        finally
+        {
+            Directory.Delete(full, true);
+            Directory.Delete(cut, true);
+        }
+    }
+
+    private static readonly string Bf16Yaml = """
+        name: ckpt-bf16
+        algorithm: ppo
+        seed: 5
+        precision: bf16
+        iterations: 6
+        task: { name: sort-digits, min_len: 3, max_len: 4 }
+        eval: { size: 8, every: 2 }
+        checkpoint_every: 2
+        models:
+          actor:  { preset: tiny, init: sft }
+          critic: { preset: tiny, init: rm }
+          ref:    { preset: tiny, init: sft }
+          reward: { preset: tiny, init: rm }
+        batch: { size: 8, prompt_len: 8, gen_len: 6, minibatches: 2 }
+        ppo: { kl_coef: 0.02, ppo_epochs: 2 }
+        stages:
+          - { algorithm: sft, iterations: 6, models: { actor: { preset: tiny, init: random } }, optim: { lr: 3.0e-3 } }
+          - { algorithm: rm, iterations: 4, models: { reward: { preset: tiny, init: sft } } }
+          - { algorithm: ppo, optim: { lr: 5.0e-4 } }
+        """;
+
+    private static JsonObject Header(string path)
+    {
+        using var f = File.OpenRead(path);
+        var len = new byte[8];
+        f.ReadExactly(len);
+        var hb = new byte[BitConverter.ToInt64(len)];
+        f.ReadExactly(hb);
+        return JsonNode.Parse(hb)!.AsObject();
+    }
+
+    private static string StripSeconds(string line)
+    {
+        var o = JsonNode.Parse(line)!.AsObject();
+        o.Remove("seconds");
+        return o.ToJsonString();
+    }
+}
