@@ -175,6 +175,10 @@ public sealed class Estimator
     {
         double ar = tp > 1 ? 2 * AllReduce(tokens * m.Hidden * _eb, tp, false) : 0;
         string kind = pass switch { Pass.Fwd => "fwd", Pass.Bwd => "bwd", _ => "decode" };
+        // A device of a shared host has cores / devices threads: its own measured points when the profile has
+        // them, else the all-core points scaled as if the block's time were inversely proportional to threads.
+        if (_hostShare > 1 && Profile?.Threads is { } all && Profile.BlockSeconds(m, kind, tokens, Math.Max(1, all / _hostShare)) is { } own)
+            return own / tp + ar;
         if (Profile?.BlockSeconds(m, kind, tokens) is { } measured) return measured * _hostShare / tp + ar;
         int h = m.Hidden, qd = m.Heads / tp * m.HeadDim, kvd = Math.Max(m.KvHeads / tp, 1) * m.HeadDim;
         double inter = (double)m.Intermediate / tp, t = tokens;

@@ -21,6 +21,11 @@ namespace ReaLNative.Planner;
 /// <c>context</c> cached tokens. The estimator interpolates linearly in tokens between points of the
 /// same kind (beyond the largest it scales proportionally, below the smallest it keeps the smallest),
 /// divides by tp, and uses the roofline for everything a profile lacks (other models, head, comms).
+/// <c>threads</c> (top level) is how many threads the process that measured had (every core of the
+/// host); a point may carry its own <c>threads</c> (absent = the top-level count). On a shared-host
+/// cluster a device gets cores / devices threads: the estimator takes the points measured with exactly
+/// that many, else the all-thread points times the devices per host (perfect scaling, which small
+/// blocks do not reach: a 1-thread block is often less than twice a 2-thread one).
 /// </summary>
 public sealed record ProfileData
 {
@@ -29,6 +34,7 @@ public sealed record ProfileData
     [JsonPropertyName("device")] public string Device { get; init; } = "";
     [JsonPropertyName("gemm_gflops")] public double? GemmGflops { get; init; }
     [JsonPropertyName("memcpy_gbps")] public double? MemcpyGbps { get; init; }
+    [JsonPropertyName("threads")] public int? Threads { get; init; }
     [JsonPropertyName("layers")] public List<LayerProfile> Layers { get; init; } = [];
 
     public static ProfileData Load(string path)
@@ -50,6 +56,7 @@ public sealed record ProfileData
         if (Version != 1) throw new PlannerException($"profile.version: {Version} is not supported (expected 1)");
         if (GemmGflops is { } g && !(g > 0 && double.IsFinite(g))) throw new PlannerException($"profile.gemm_gflops: {g} must be a positive number");
         if (MemcpyGbps is { } m && !(m > 0 && double.IsFinite(m))) throw new PlannerException($"profile.memcpy_gbps: {m} must be a positive number");
+        if (Threads is { } th && th <= 0) throw new PlannerException($"profile.threads: {th} must be positive");
         for (int i = 0; i < Layers.Count; i++)
         {
             var l = Layers[i];
@@ -62,16 +69,19 @@ public sealed record ProfileData
                 if (pt.Kind is not ("fwd" or "bwd" or "decode")) throw new PlannerException($"{f}.kind: '{pt.Kind}' is not one of fwd, bwd, decode");
                 if (pt.Tokens <= 0) throw new PlannerException($"{f}.tokens: {pt.Tokens} must be positive");
                 if (!(pt.Seconds > 0 && double.IsFinite(pt.Seconds))) throw new PlannerException($"{f}.seconds: {pt.Seconds} must be a positive number");
+                if (pt.Threads is { } t && t <= 0) throw new PlannerException($"{f}.threads: {t} must be positive");
             }
         }
     }
 
     /// <summary>Measured block time for a model's layer shape, or null when the profile lacks it.</summary>
-    public double? BlockSeconds(ModelConfig m, string kind, double tokens)
+    /// <param name="threads">Only points measured with this many threads (null: the all-thread points).</param>
+    public double? BlockSeconds(ModelConfig m, string kind, double tokens, int? threads = null)
     {
         var l = Layers.FirstOrDefault(x => x.Hidden == m.Hidden && x.Intermediate == m.Intermediate && x.Heads == m.Heads && x.KvHeads == m.KvHeads);
         if (l is null) return null;
-        var pts = l.Points.Where(p => p.Kind == kind).OrderBy(p => p.Tokens).ToList();
+        int? all = Threads;
+        var pts = l.Points.Where(p => p.Kind == kind && (p.Threads ?? all) == (threads ?? all)).OrderBy(p => p.Tokens).ToList();
         if (pts.Count == 0) return null;
         if (tokens <= pts[0].Tokens) return pts[0].Seconds;
         for (int i = 1; i < pts.Count; i++)
@@ -101,4 +111,6 @@ public sealed record LayerPoint
     [JsonPropertyName("tokens")] public long Tokens { get; init; }
     [JsonPropertyName("context")] public long Context { get; init; }
     [JsonPropertyName("seconds")] public double Seconds { get; init; }
+    /// <summary>Threads of the measuring process (absent: the profile's <see cref="ProfileData.Threads"/>).</summary>
+    [JsonPropertyName("threads")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public int? Threads { get; init; }
 }

@@ -100,6 +100,41 @@ public class EstimatorTests
     }
 
     [Fact]
+    public void ASharedHostDeviceUsesThePointsMeasuredWithItsThreads()
+    {
+        // realn profile on 2 cores writes all-thread points and 1-thread points; a cpu-local device (1 core) takes
+        // the 1-thread ones as measured (small blocks barely speed up with a second thread), a run without a plan
+        // (one device with both cores) the all-thread ones; a profile without 1-thread points scales by 2.
+        var cpu = ClusterSpec.Load(TestData.Example("clusters/cpu-local.yaml"));
+        var exp = TestData.Exp("sft", "tiny", "tiny", 8, 32, 32);
+        var call = exp.Calls[0];
+        var o = Opt(new Mesh(0, 1, 0, 1), 1, 1, 1, 1);
+        LayerPoint P(string kind, double s, int? threads = null) => new() { Kind = kind, Tokens = 256, Seconds = s, Threads = threads };
+        var both = new ProfileData
+        {
+            Threads = 2,
+            Layers = [new LayerProfile { Hidden = 64, Intermediate = 176, Heads = 4, KvHeads = 2, Points = [
+                P("fwd", 0.01), P("bwd", 0.02), P("fwd", 0.013, 1), P("bwd", 0.026, 1)] }],
+        };
+        both.Validate();
+        Assert.Equal(0.013, both.BlockSeconds(exp.Models["actor"], "fwd", 256, 1)!.Value, 9);
+        Assert.Equal(0.01, both.BlockSeconds(exp.Models["actor"], "fwd", 256)!.Value, 9);
+        Assert.Null(both.BlockSeconds(exp.Models["actor"], "fwd", 256, 4));
+        var allOnly = both with { Layers = [both.Layers[0] with { Points = both.Layers[0].Points.Where(p => p.Threads is null).ToList() }] };
+        double own = new Estimator(cpu, exp, both).CallSeconds(call, o) - cpu.CallDispatch;
+        double scaled = new Estimator(cpu, exp, allOnly).CallSeconds(call, o) - cpu.CallDispatch;
+        // 2 optimizer steps x 2 layers x (fwd + bwd): 1-thread 0.039 s per layer pass vs 2 x 0.03 scaled
+        Assert.InRange(own, 4 * 0.039, 4 * 0.039 + 0.005);
+        Assert.InRange(scaled, 4 * 0.06, 4 * 0.06 + 0.005);
+        double single = new Estimator(cpu with { SharedHost = false, CallDispatch = 0, DevicesPerNode = 1 }, exp, both).CallSeconds(call, o);
+        Assert.InRange(single, 4 * 0.03, 4 * 0.03 + 0.005);
+        var back = System.Text.Json.JsonSerializer.Deserialize<ProfileData>(both.ToJson())!;
+        Assert.Equal(2, back.Threads);
+        Assert.Equal(2, back.Layers[0].Points.Count(p => p.Threads == 1));
+        Assert.Contains("threads", Assert.Throws<PlannerException>(() => (both with { Threads = 0 }).Validate()).Message);
+    }
+
+    [Fact]
     public void SimulatorOverlapsDisjointMeshes()
     {
         var cl = TestData.Cluster(1, 2, 4);

@@ -97,7 +97,17 @@ public static class ProfileCommand
             one.InitRandom(1);
             three.InitRandom(1);
             var points = new List<LayerPoint>();
+            // Every core (how a run without a plan computes), and one thread (a device of a shared host
+            // with one core each, how a plan's devices compute on this 2-core machine).
+            int all = Native.GetNumThreads();
+            foreach (int threads in all > 1 ? new[] { all, 1 } : new[] { all })
+            {
+            Native.SetNumThreads(threads);
+            try
+            {
             var rng = new Random(3);
+            int? tag = threads == all ? null : threads;
+            string at = threads == all ? "" : $" ({threads} thread)";
             foreach (int tokens in new[] { 64, 256, 1024 })
             {
                 int seqLen = Math.Min(tokens, 256);
@@ -107,9 +117,9 @@ public static class ProfileCommand
                 double both = BlockSeconds($"{name} forward+backward of {tokens} tokens", TrainStep(one, batch, true), TrainStep(three, batch, true), 2);
                 if (both <= fwd)
                     throw new MeasurementException($"profile: {name} at {tokens} tokens: forward+backward of a block ({both * 1e3:F3} ms) measured no slower than its forward ({fwd * 1e3:F3} ms): the machine is too busy to measure; rerun it when the load is lower");
-                points.Add(new LayerPoint { Kind = "fwd", Tokens = tokens, Seconds = fwd });
-                points.Add(new LayerPoint { Kind = "bwd", Tokens = tokens, Seconds = both - fwd });
-                Console.WriteLine($"{name} block: {tokens} tokens fwd {fwd * 1e3:F3} ms, bwd {(both - fwd) * 1e3:F3} ms");
+                points.Add(new LayerPoint { Kind = "fwd", Tokens = tokens, Seconds = fwd, Threads = tag });
+                points.Add(new LayerPoint { Kind = "bwd", Tokens = tokens, Seconds = both - fwd, Threads = tag });
+                Console.WriteLine($"{name} block{at}: {tokens} tokens fwd {fwd * 1e3:F3} ms, bwd {(both - fwd) * 1e3:F3} ms");
             }
             const int context = 32;
             foreach (int batchSize in new[] { 8, 32 })
@@ -126,8 +136,11 @@ public static class ProfileCommand
                 double step = (BlockSeconds($"{name} 16 decode steps of {batchSize} sequences", Steps(one), Steps(three), 2) * 2 - (prefillThree - prefillOne)) / 2 / 16;
                 if (step <= 0)
                     throw new MeasurementException($"profile: {name}: a decode step of {batchSize} sequences measured {step * 1e3:F3} ms per block: the machine is too busy to measure; rerun it when the load is lower");
-                points.Add(new LayerPoint { Kind = "decode", Tokens = batchSize, Context = context, Seconds = step });
-                Console.WriteLine($"{name} block: decode step of {batchSize} sequences at context {context}: {step * 1e3:F3} ms");
+                points.Add(new LayerPoint { Kind = "decode", Tokens = batchSize, Context = context, Seconds = step, Threads = tag });
+                Console.WriteLine($"{name} block{at}: decode step of {batchSize} sequences at context {context}: {step * 1e3:F3} ms");
+            }
+            }
+            finally { Native.SetNumThreads(0); }
             }
             layers.Add(new LayerProfile { Hidden = cfg.Hidden, Intermediate = cfg.Intermediate, Heads = cfg.Heads, KvHeads = cfg.KvHeads, Points = points });
         }
@@ -137,6 +150,7 @@ public static class ProfileCommand
         {
             Backend = "cpu",
             Device = $"{Environment.ProcessorCount} cores, {Native.GetNumThreads()} threads",
+            Threads = Native.GetNumThreads(),
             GemmGflops = Math.Round(gemm, 2),
             MemcpyGbps = Math.Round(memcpy, 2),
             Layers = layers,
