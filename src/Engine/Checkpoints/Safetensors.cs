@@ -54,6 +54,29 @@ internal static class Safetensors
         else if (File.Exists(index)) File.Delete(index);
     }
 
+    /// <summary>Writes the whole tensors <paramref name="names"/> of a shard that holds them unsplit
+    /// (a pipeline stage with tensor parallelism 1) as one .safetensors file (fp32, fsynced, then
+    /// renamed into place): one file of a sharded HF checkpoint written by the worker holding it.</summary>
+    public static void SaveShardFile(LlamaModel shard, string path, IReadOnlyCollection<string> names)
+    {
+        var views = shard.Layout.Views.Where(v => names.Contains(v.Name)).ToList();
+        foreach (var v in views)
+            if (v.SplitDim >= 0 && v.SliceLength != v.GlobalShape[v.SplitDim])
+                throw new ArgumentException($"{path}: tensor '{v.Name}' is split in this shard; only whole tensors are written");
+        if (views.Count != names.Count) throw new ArgumentException($"{path}: the shard holds {views.Count} of the {names.Count} tensors asked for");
+        WriteFile(path, views, shard, null);
+    }
+
+    /// <summary>The index of a sharded checkpoint written file by file (<see cref="SaveShardFile"/>):
+    /// each tensor's file, and the total size.</summary>
+    public static void WriteIndex(string dir, IReadOnlyDictionary<string, string> fileOfTensor, long totalBytes)
+    {
+        var wm = new JsonObject();
+        foreach (var (k, v) in fileOfTensor) wm[k] = v;
+        var idx = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = totalBytes }, ["weight_map"] = wm };
+        File.WriteAllText(Path.Combine(dir, "model.safetensors.index.json"), idx.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
     private static void WriteFile(string path, List<Realloc.ShardView> views, LlamaModel model, IReadOnlyDictionary<string, string>? metadata)
     {
         var header = new JsonObject();

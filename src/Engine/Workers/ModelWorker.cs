@@ -145,6 +145,7 @@ internal sealed unsafe class ModelWorker : IDisposable
                 "optim-step" => OptimStep(j),
                 "init-shard" => InitShard(j),
                 "load-shard" => LoadShard(j),
+                "save-shard" => SaveShard(j),
                 "ping" => "ok",
                 "memory" => new JsonObject { ["peak_rss_bytes"] = Runs.ProcessMemory.PeakRssBytes() }.ToJsonString(),
                 "shutdown" => Shutdown(),
@@ -206,6 +207,15 @@ internal sealed unsafe class ModelWorker : IDisposable
     {
         var r = Replica(j);
         Checkpoints.Safetensors.LoadShard(WireJson.Str(j, "dir"), r.Shard.Layout, r.Shard.ParametersPointer, j["allow_non_finite"]?.GetValue<bool>() ?? false);
+        return "ok";
+    }
+
+    /// <summary>Writes whole tensors of this worker's shard (a tp-1 stage) as one file of a sharded checkpoint.</summary>
+    private string SaveShard(JsonNode j)
+    {
+        var mine = j["files"]?[_a.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture)] ?? throw new ArgumentException($"save-shard: no file for worker {_a.Rank}");
+        var names = mine["names"]!.AsArray().Select(n => n!.GetValue<string>()).ToHashSet(StringComparer.Ordinal);
+        Checkpoints.Safetensors.SaveShardFile(Replica(j).Shard, WireJson.Str(mine, "path"), names);
         return "ok";
     }
 

@@ -180,6 +180,53 @@ internal sealed unsafe class RemoteReplica : IReplica
     public void InitShards(int seed, float std = 0.02f) =>
         _pool.Dispatch(What("init"), Layout.Devices, "init-shard", new JsonObject { ["id"] = _id, ["seed"] = seed, ["std"] = std });
 
+    /// <summary>Writes the replica as an HF checkpoint into <paramref name="dir"/> without the master
+    /// holding it: the parameters are reallocated worker to worker onto a pipeline of whole tensors
+    /// over the replica's devices (tp 1, as many stages as devices, at most layers + 2), each stage's
+    /// worker writes its file (model-0000k-of-0000n.safetensors, fsynced), the master writes
+    /// config.json and the index. Callers commit the directory by renaming it into place once this
+    /// returns (every file is then complete).</summary>
+    public void SaveShards(string dir)
+    {
+        dir = Path.GetFullPath(dir);
+        Directory.CreateDirectory(dir);
+        int stages = Math.Min(Layout.Devices.Count, Config.Layers + 2);
+        var writers = new ParallelLayout(Layout.Devices.Take(stages).ToArray(), stages, 1, 1);
+        RemoteReplica? temp = null;
+        try
+        {
+            var target = this;
+            if (Layout.Tp != 1 || Layout.Dp != 1 || !Layout.Devices.SequenceEqual(writers.Devices) || Layout.Pp != stages)
+            {
+                target = temp = new RemoteReplica(_pool, _name + " (checkpoint)", Config, ScalarHead, writers, 1, null);
+                temp.CopyFrom(this);
+            }
+            var fileOf = new Dictionary<string, string>(StringComparer.Ordinal);
+            var jobs = new List<(int Device, string File, string[] Names)>();
+            long total = 0;
+            for (int p = 0; p < stages; p++)
+            {
+                string file = stages == 1 ? "model.safetensors" : $"model-{p + 1:D5}-of-{stages:D5}.safetensors";
+                // A tensor two stages hold (tied embeddings) is written once, by the first.
+                var names = ParamLayout.Create(Config, ScalarHead, stages, p, 1, 0).Views.Where(v => fileOf.TryAdd(v.Name, file)).ToList();
+                total += names.Sum(v => v.LocalElements * 4);
+                jobs.Add((writers.Devices[p], file, names.Select(v => v.Name).ToArray()));
+            }
+            var files = new JsonObject();
+            foreach (var (device, file, names) in jobs)
+                files[device.ToString(System.Globalization.CultureInfo.InvariantCulture)] = new JsonObject
+                {
+                    ["path"] = Path.Combine(dir, file), ["names"] = new JsonArray(names.Select(n => (JsonNode)n).ToArray()),
+                };
+            _pool.Dispatch(What($"save to {dir}"), writers.Devices, "save-shard", new JsonObject { ["id"] = target._id, ["files"] = files });
+            File.WriteAllText(Path.Combine(dir, "config.json"), Config.ToHfJson(ScalarHead));
+            string index = Path.Combine(dir, "model.safetensors.index.json");
+            if (stages > 1) Checkpoints.Safetensors.WriteIndex(dir, fileOf, total);
+            else if (File.Exists(index)) File.Delete(index);
+        }
+        finally { temp?.Dispose(); }
+    }
+
     /// <summary>Each worker reads its shard from <paramref name="checkpointDir"/> itself: the path
     /// must name the same files on every worker's node (a shared file system, or copies).</summary>
     public void LoadShards(string checkpointDir, bool allowNonFinite = false) =>

@@ -106,6 +106,22 @@ public sealed class WorkerPoolTests
                     r.LoadShards(dir);
                     r.CopyTo(back);
                     Assert.True(saved.Parameters.SequenceEqual(back.Parameters), $"{layout}: load");
+                    if (r is RemoteReplica remote)
+                    {
+                        // Written by the workers (a file per stage of a pipeline over the devices),
+                        // read back whole: the same model; an HF index names both files.
+                        string written = Path.Combine(dir, $"written-{layout.Pp}");
+                        r.InitShards(33);
+                        remote.SaveShards(written);
+                        using var reference = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+                        reference.InitRandom(33);
+                        using var whole = ReaLNative.Engine.Checkpoints.Safetensors.Load(written);
+                        Assert.True(reference.Parameters.SequenceEqual(whole.Parameters), $"{layout}: written");
+                        var index = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(written, "model.safetensors.index.json")))!;
+                        Assert.Equal(["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"],
+                                     index["weight_map"]!.AsObject().Select(kv => (string)kv.Value!).Distinct().Order());
+                        Assert.Empty(Directory.GetFiles(written, "*.tmp"));
+                    }
                     r.Dispose();
                 }
             }
