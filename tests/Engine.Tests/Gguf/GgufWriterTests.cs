@@ -209,4 +209,27 @@ public sealed class GgufWriterTests : IDisposable
         Assert.Equal(2, code);
         Assert.Contains("not found", output);
     }
+
+    [Fact]
+    public void CharacterTokenizerCheckpointsGenerateAndExport()
+    {
+        // what `realn run` writes for the synthetic tasks: no tokenizer.json, vocab 32
+        string ckpt = Path.Combine(_dir, "tiny");
+        using var model = new LlamaModel(LlamaConfig.Preset("tiny"), scalarHead: false);
+        model.InitRandom(5, std: 0.3f);
+        Safetensors.Save(model, ckpt);
+        var ch = new CharTokenizer(32);
+        var (code, output) = ReadmeCommandTableTests.Realn("generate", ckpt, "--prompt", "53142=", "--max-new-tokens", "8");
+        Assert.True(code == 0, output);
+        var expected = Generator.Generate(model, [[ch.Bos, .. ch.Encode("53142=")]], new GenerationOptions { MaxNewTokens = 8, Temperature = 0, EosToken = ch.Eos }).NewTokens[0];
+        Assert.Equal(ch.Decode(expected), output.TrimEnd('\n'));
+        (code, output) = ReadmeCommandTableTests.Realn("generate", ckpt, "--prompt", "abc");
+        Assert.Equal(2, code);
+        Assert.Contains("--prompt: character 'a' at 0 is not in the task alphabet", output);
+        string gguf = Path.Combine(_dir, "tiny.gguf");
+        (code, output) = ReadmeCommandTableTests.Realn("export", ckpt, "--gguf", gguf);
+        Assert.True(code == 0, output);
+        Assert.Contains("character tokenizer", output);
+        Assert.Equal("gpt2", Read(gguf).Meta["tokenizer.ggml.model"]);
+    }
 }
