@@ -24,6 +24,15 @@ using ReaLNative.Engine.Workers;
 
 namespace ReaLNative.Engine.Runs;
 
+/// <summary>A held-out evaluation: the examples, the greedy answers, and each answer's score.</summary>
+internal sealed record HeldOutResult(TaskExample[] Examples, string[] Completions, bool[] EndedWithEos, double[] Scores, long RecordsSkipped)
+{
+    /// <summary>The held-out score (task_score): the mean of <see cref="Scores"/>.</summary>
+    public double Score => Scores.Average();
+    /// <summary>Answers that scored at least 1 (right, for 0/1 rewards).</summary>
+    public int Right => Scores.Count(x => x >= 1);
+}
+
 /// <summary>One finished iteration (or evaluation) of a stage, for progress displays.</summary>
 internal sealed record ProgressEvent(int Stage, string Algorithm, int Iteration, int Iterations, IReadOnlyDictionary<string, double> Figures);
 
@@ -358,6 +367,7 @@ internal sealed partial class Pipeline : IDisposable
         _source?.Dispose(); _source = null;
         _reward?.Dispose(); _reward = null;
         _reward = SequenceRewards.Create(stage.Reward, _cfg.BaseDirectory);
+        _rewardStage = stage.Index;
         _source = stage.Dataset is { } ds
             ? new ExampleStream(TrainSpec(stage, ds), firstIteration, PromptsPerIteration(stage))
             : new SyntheticSource(_task, _cfg.Seed, stage.Index);
@@ -631,14 +641,30 @@ internal sealed partial class Pipeline : IDisposable
         return new Rollout(ex, prompts, gen, scored, comps);
     }
 
+    /// <summary>Greedy answers of <paramref name="actor"/> to stage <paramref name="stage"/>'s held-out
+    /// examples and each one's score (the stage's rule-based reward, else exact match): what
+    /// metrics.jsonl's eval lines and `realn eval` report.</summary>
+    public HeldOutResult EvaluateHeldOut(LlamaModel actor, StageConfig stage)
+    {
+        if (_rewardStage != stage.Index)
+        {
+            _reward?.Dispose();
+            _reward = SequenceRewards.Create(stage.Reward, _cfg.BaseDirectory);
+            _rewardStage = stage.Index;
+        }
+        var heldOut = HeldOut(stage);
+        var r = Generate(stage, new SingleModelCalls(actor, () => null), heldOut, 0, "eval", greedy: true);
+        return new HeldOutResult(heldOut, r.Completions, r.Gen.EndedWithEos, Checks(heldOut, r.Completions, r.Gen.EndedWithEos),
+                                 _heldOutSkipped.GetValueOrDefault(stage.Index));
+    }
+
+    private int _rewardStage = -1;
+
     /// <summary>Greedy held-out task score of the current actor; writes an "eval" metric line.</summary>
     private double Evaluate(StageConfig stage, int step)
     {
         var clock = Stopwatch.StartNew();
-        var actor = new SingleModelCalls(_models["actor"], () => null);
-        var heldOut = HeldOut(stage);
-        var r = Generate(stage, actor, heldOut, 0, "eval", greedy: true);
-        double score = Checks(heldOut, r.Completions, r.Gen.EndedWithEos).Average();
+        double score = EvaluateHeldOut(_models["actor"], stage).Score;
         var line = new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = step, ["call"] = "eval", ["task_score"] = score,
                                     ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 5) };
         if (stage.Dataset is not null) line["held_out_records_skipped"] = _heldOutSkipped.GetValueOrDefault(stage.Index);
