@@ -23,10 +23,10 @@ def problems():
     out = []
     for n in NAMES:
         for o in OBJECTS:
-            for a in range(1, 21):
-                for b in range(1, 21):
+            for a in range(1, 13):
+                for b in range(1, 13):
                     out.append((f"{n} had {a} {o}, got {b} more. How many now?", f"{a}+{b}", a + b))
-            for a in range(5, 31):
+            for a in range(5, 21):
                 for b in range(1, a):
                     out.append((f"{n} had {a} {o}, gave {b} away. How many left?", f"{a}-{b}", a - b))
             for a in range(2, 10):
