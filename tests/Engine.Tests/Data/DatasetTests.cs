@@ -287,4 +287,18 @@ public sealed class DatasetTests : IDisposable
         var e = Assert.Throws<InputException>(() => q.Run(resume: false));
         Assert.Equal((Path.Combine(_dir, "train.jsonl"), 2), (e.File, e.Line));
     }
+
+    [Fact]
+    public void ResumedDatasetRunEqualsTheUninterruptedRun()
+    {
+        Write("t.jsonl", Enumerable.Range(0, 23).Select(i => $$"""{"prompt": "{{i % 10}}{{i / 10}}=", "response": "{{i / 10}}{{i % 10}}"}""").ToArray());
+        Write("h.jsonl", """{"prompt": "12=", "answer": "21"}""");
+        var cfg = ExperimentConfig.Parse(Yaml("{ train: t.jsonl, held_out: h.jsonl, shuffle_buffer: 5 }").Replace("iterations: 3", "iterations: 8")
+                                         + "\ncheckpoint_every: 2\n", _dir);
+        string a = Path.Combine(_dir, "a"), b = Path.Combine(_dir, "b");
+        float[] whole;
+        using (var p = new Pipeline(cfg, a)) { p.Run(resume: false); whole = p.Model("actor").Parameters.ToArray(); }
+        using (var p = new Pipeline(cfg, b)) Assert.True((bool)p.Run(resume: false, stopAfterIterations: 5)["interrupted"]!);
+        using (var p = new Pipeline(cfg, b)) { p.Run(resume: true); Assert.Equal(whole, p.Model("actor").Parameters.ToArray()); }
+    }
 }
