@@ -59,9 +59,9 @@ public sealed class MathExampleTests(ITestOutputHelper output) : IDisposable
         string yaml = File.ReadAllText(Path.Combine(Examples, "grpo-math.yaml"))
             .Replace("models/math-char/", Path.Combine(Examples, "models", "math-char") + "/")
             .Replace("data/math-", Path.Combine(Examples, "data") + "/math-")
-            .Replace("iterations: 30\n", $"iterations: {grpo}\n")
+            .Replace("iterations: 40\n", $"iterations: {grpo}\n")
             .Replace("    iterations: 150\n", $"    iterations: {sft}\n")
-            .Replace("eval: { size: 256, every: 10 }", $"eval: {{ size: {evalSize}, every: 100 }}");
+            .Replace("eval: { size: 256, every: 20 }", $"eval: {{ size: {evalSize}, every: 100 }}");
         string p = Path.Combine(_dir, "grpo-math.yaml");
         File.WriteAllText(p, yaml);
         var cfg = ExperimentConfig.Load(p);
