@@ -10,6 +10,7 @@ var root = new RootCommand("ReaLNative: RLHF training with parameter reallocatio
 root.Subcommands.Add(SelfTestCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(RunCommand.Create());
+root.Subcommands.Add(EvalCommand.Create());
 root.Subcommands.Add(LaunchCommand.Create());
 root.Subcommands.Add(PlanCommand.Create());
 root.Subcommands.Add(ProfileCommand.Create());

@@ -45,6 +45,13 @@ public static class RunCommand
 
     private static string F(double v) => HumanOutput.Num(v);
 
+    /// <summary>Where the stages' examples come from: the synthetic task, or each dataset file once.</summary>
+    private static string Source(ExperimentConfig cfg)
+    {
+        var files = cfg.Stages.Select(s => s.Dataset is { } d ? "data " + Path.GetRelativePath(cfg.BaseDirectory, d.Train) : "task " + cfg.Task.Name).Distinct();
+        return string.Join(", ", files);
+    }
+
     /// <summary>Who runs the plan's devices, and what that costs on this machine.</summary>
     private static string DevicesLine(Plan plan, bool inProcess)
     {
@@ -145,7 +152,7 @@ public static class RunCommand
         using (pipeline)
         {
             CheckOutput(pipeline, resume, overwrite);
-            AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: {string.Join(" -> ", cfg.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, task {cfg.Task.Name}, seed {cfg.Seed}");
+            AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: {string.Join(" -> ", cfg.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, {Markup.Escape(Source(cfg))}, seed {cfg.Seed}");
             if (plan is not null) PlanReport.PrintPlan(plan, planPath!, DevicesLine(plan, inProcess));
             var before = interruption.Abort;
             interruption.Abort = () => { before?.Invoke(); RunDirectory.RemoveTemporaries(Path.GetFullPath(outDir)); };

@@ -116,23 +116,14 @@ internal sealed record DpoConfig(double Beta)
     public string Loss { get; init; } = "sigmoid";
 }
 
-/// <summary>Where an RL stage's sequence rewards come from: "model" (the reward model's last-token
-/// score, `models.reward`) or "task" (the task's exact checker: 1 for the right answer ended by EOS,
-/// else 0; no model, so it cannot be exploited). Rule-based kinds (answer match, format, tests)
-/// are further values of <see cref="Kind"/> (see Algorithms/Rewards.cs).</summary>
-internal sealed record RewardConfig(string Kind)
-{
-    public const string Model = "model", Task = "task";
-    public static readonly string[] Kinds = [Model, Task];
-    public bool UsesModel => Kind == Model;
-}
-
 /// <summary>One stage of the pipeline, fully resolved (no missing values).</summary>
 internal sealed record StageConfig(int Index, string Algorithm, int Iterations, IReadOnlyDictionary<string, ModelSpec> Models,
                                  BatchConfig Batch, OptimConfig Optim, GenerationConfig Generation, PpoConfig Ppo, DpoConfig Dpo)
 {
     public string Path => $"stages[{Index}]";
     public RewardConfig Reward { get; init; } = new(RewardConfig.Model);
+    /// <summary>The stage's `dataset:` (null: examples come from the synthetic `task:`).</summary>
+    public DatasetConfig? Dataset { get; init; }
     /// <summary>Whether this stage calls a reward model (an RL algorithm with `reward.kind: model`).</summary>
     public bool UsesRewardModel => AlgorithmNames.Rewarded(Algorithm) && Reward.UsesModel;
 }
@@ -179,7 +170,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         int ckptEvery = (int)top.Int("checkpoint_every", 10, 1, 1_000_000);
         int ckptKeep = (int)top.Int("checkpoint_keep", 2, 1, 1_000_000);
         // Sections are validated as part of every stage; reading them here marks them known.
-        foreach (var k in new[] { "models", "batch", "optim", "generation", "ppo", "dpo", "reward" }) top.Get(k);
+        foreach (var k in new[] { "models", "batch", "optim", "generation", "ppo", "dpo", "reward", "dataset" }) top.Get(k);
         var stagesNode = top.Get("stages");
         top.RejectUnknown();
 
@@ -187,26 +178,26 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         bool explicitStages = stagesNode is not null;
         if (!explicitStages)
         {
-            stages.Add(ParseStage(root, 0, "", precision));
+            stages.Add(ParseStage(root, 0, "", precision, baseDirectory));
         }
         else
         {
             if (stagesNode is not YamlSequenceNode seq || seq.Children.Count == 0)
                 throw new ConfigException("stages", "expected a non-empty list of stages, e.g. - { algorithm: sft, iterations: 200 }");
-            ValidateSharedSections(top, algorithm, precision);
+            ValidateSharedSections(top, algorithm, precision, baseDirectory);
             var baseMap = new YamlMappingNode();
             foreach (var (k, v) in root.Children)
-                if (((YamlScalarNode)k).Value is "models" or "batch" or "optim" or "generation" or "ppo" or "dpo" or "reward" or "iterations")
+                if (((YamlScalarNode)k).Value is "models" or "batch" or "optim" or "generation" or "ppo" or "dpo" or "reward" or "dataset" or "iterations")
                     baseMap.Children[k] = v;
             for (int i = 0; i < seq.Children.Count; i++)
             {
                 string p = $"stages[{i}]";
                 var sr = new MapReader(seq.Children[i], p);
                 sr.Enum("algorithm", null, AlgorithmNames.All);
-                foreach (var k in new[] { "iterations", "models", "batch", "optim", "generation", "ppo", "dpo", "reward" }) sr.Get(k);
+                foreach (var k in new[] { "iterations", "models", "batch", "optim", "generation", "ppo", "dpo", "reward", "dataset" }) sr.Get(k);
                 sr.RejectUnknown();
                 var merged = MapReader.Merge(baseMap, (YamlMappingNode)seq.Children[i]);
-                stages.Add(ParseStage(merged, i, p, precision));
+                stages.Add(ParseStage(merged, i, p, precision, baseDirectory));
             }
             if (stages[^1].Algorithm != algorithm)
                 throw new ConfigException("algorithm",
@@ -228,13 +219,14 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         return new TaskConfig(name, min, max);
     }
 
-    private static StageConfig ParseStage(YamlMappingNode node, int index, string path, string precision)
+    private static StageConfig ParseStage(YamlMappingNode node, int index, string path, string precision, string baseDirectory)
     {
         var r = new MapReader(node, path);
         string algorithm = r.Enum("algorithm", null, AlgorithmNames.All);
         int iterations = (int)r.Int("iterations", null, 1, 1_000_000);
 
-        var reward = ParseReward(new MapReader(r.Get("reward"), r.Sub("reward")));
+        var reward = RewardConfig.Parse(new MapReader(r.Get("reward"), r.Sub("reward")));
+        var dataset = DatasetConfig.Parse(r.Get("dataset"), r.Sub("dataset"), baseDirectory, algorithm);
         var mr = new MapReader(r.Get("models"), r.Sub("models"));
         var roles = AlgorithmNames.Roles(algorithm, reward.UsesModel);
         var models = new Dictionary<string, ModelSpec>(StringComparer.Ordinal);
@@ -264,7 +256,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         if (path.Length == 0)
             foreach (var k in new[] { "name", "seed", "task", "eval", "checkpoint_every", "checkpoint_keep", "stages", "precision" }) r.Get(k);
         r.RejectUnknown();
-        return new StageConfig(index, algorithm, iterations, models, batch, optim, gen, ppo, dpo) { Reward = reward };
+        return new StageConfig(index, algorithm, iterations, models, batch, optim, gen, ppo, dpo) { Reward = reward, Dataset = dataset };
     }
 
     private static BatchConfig ParseBatch(MapReader br, string algorithm)
@@ -334,22 +326,16 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         return dpo;
     }
 
-    private static RewardConfig ParseReward(MapReader rr)
-    {
-        var reward = new RewardConfig(rr.Enum("kind", RewardConfig.Model, RewardConfig.Kinds));
-        rr.RejectUnknown();
-        return reward;
-    }
-
     /// <summary>With explicit stages, the shared top-level sections are checked on their own first, so an
     /// error in them names the top-level path rather than the first stage's.</summary>
-    private static void ValidateSharedSections(MapReader top, string algorithm, string precision)
+    private static void ValidateSharedSections(MapReader top, string algorithm, string precision, string baseDirectory)
     {
         if (top.Get("batch") is { } b) ParseBatch(new MapReader(b, "batch"), AlgorithmNames.Sft);
         if (top.Get("optim") is { } o) ParseOptim(new MapReader(o, "optim"));
         if (top.Get("generation") is { } g) ParseGeneration(new MapReader(g, "generation"));
         if (top.Get("ppo") is { } p) ParsePpo(new MapReader(p, "ppo"), algorithm);
-        if (top.Get("reward") is { } rw) ParseReward(new MapReader(rw, "reward"));
+        if (top.Get("reward") is { } rw) RewardConfig.Parse(new MapReader(rw, "reward"));
+        if (top.Get("dataset") is { } ds) DatasetConfig.Parse(ds, "dataset", baseDirectory, AlgorithmNames.Rm);
         if (top.Get("dpo") is { } d) ParseDpo(new MapReader(d, "dpo"));
         if (top.Get("models") is { } m)
         {
@@ -416,7 +402,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
     {
         var t = ReaLNative.Engine.Tasks.SyntheticTask.Create(task);
         int promptLen = t.MaxPromptTokens, answerLen = t.MaxAnswerTokens;
-        foreach (var st in stages)
+        foreach (var st in stages.Where(s => s.Dataset is null))  // a dataset's records are checked as they are read
         {
             string sp = explicitStages ? st.Path + "." : "";
             if (st.Batch.PromptLen < promptLen)

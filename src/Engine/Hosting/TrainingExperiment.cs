@@ -113,6 +113,29 @@ public sealed class TrainingExperiment
         return new TrainingExperiment(Config with { Eval = new EvalConfig(size, every) }, YamlText);
     }
 
+    /// <summary>A copy whose RL stages score their samples with <paramref name="reward"/> (instead of
+    /// the YAML's <c>reward</c>: no reward model is loaded), and whose held-out evaluation scores
+    /// greedy answers with it too (every stage). The function is called on the run's thread, once
+    /// per generated answer; an exception or a non-finite value ends the run
+    /// (<see cref="TrainingFailedException"/>). Plans made from the YAML by <c>realn plan</c> keep
+    /// the YAML's reward calls.</summary>
+    /// <param name="reward">Maps an answer (prompt, completion, whether it ended with EOS, the
+    /// example's reference answer and metadata) to its reward.</param>
+    /// <exception cref="ArgumentNullException"><paramref name="reward"/> is null.</exception>
+    public TrainingExperiment WithRewardFunction(Func<RewardInput, double> reward)
+    {
+        ArgumentNullException.ThrowIfNull(reward);
+        var rc = new RewardConfig(RewardConfig.Function) { Delegate = reward };
+        var stages = Config.Stages.Select(s => s with
+        {
+            Reward = rc,
+            Models = AlgorithmNames.Rewarded(s.Algorithm)
+                ? s.Models.Where(m => m.Key != "reward").ToDictionary(m => m.Key, m => m.Value, StringComparer.Ordinal)
+                : s.Models,
+        }).ToArray();
+        return new TrainingExperiment(Config with { Stages = stages }, YamlText);
+    }
+
     /// <inheritdoc/>
     public override string ToString() =>
         $"{Name}: {string.Join(" -> ", Config.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, task {Task}, seed {Seed}";

@@ -10,6 +10,7 @@ using System.Text.Json.Nodes;
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Data;
 using ReaLNative.Engine.Dataflow;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Model;
@@ -23,6 +24,15 @@ using ReaLNative.Engine.Workers;
 
 namespace ReaLNative.Engine.Runs;
 
+/// <summary>A held-out evaluation: the examples, the greedy answers, and each answer's score.</summary>
+internal sealed record HeldOutResult(TaskExample[] Examples, string[] Completions, bool[] EndedWithEos, double[] Scores, long RecordsSkipped)
+{
+    /// <summary>The held-out score (task_score): the mean of <see cref="Scores"/>.</summary>
+    public double Score => Scores.Average();
+    /// <summary>Answers that scored at least 1 (right, for 0/1 rewards).</summary>
+    public int Right => Scores.Count(x => x >= 1);
+}
+
 /// <summary>One finished iteration (or evaluation) of a stage, for progress displays.</summary>
 internal sealed record ProgressEvent(int Stage, string Algorithm, int Iteration, int Iterations, IReadOnlyDictionary<string, double> Figures);
 
@@ -33,7 +43,9 @@ internal sealed partial class Pipeline : IDisposable
     private readonly Action<ProgressEvent>? _progress;
     private readonly SyntheticTask _task;
     private readonly CharTokenizer _tok;
-    private readonly TaskExample[] _heldOut;
+    private readonly Dictionary<int, TaskExample[]> _heldOuts = new();
+    private IExampleSource? _source;     // the current stage's training examples
+    private ISequenceReward? _reward;    // the current stage's rule-based reward (null: reward model / exact match)
     private readonly Dictionary<string, LlamaModel> _models = new();
     private readonly Dictionary<string, AdamW> _optims = new();
     private readonly Plan? _plan;
@@ -68,7 +80,6 @@ internal sealed partial class Pipeline : IDisposable
         _progress = progress;
         _store = new CheckpointStore(Path.Combine(_out, "checkpoints"), cfg.CheckpointKeep);
         _task = SyntheticTask.Create(cfg.Task);
-        _heldOut = _task.HeldOut(cfg.Seed, cfg.Eval.Size);
         var vocab = cfg.Stages.SelectMany(s => s.Models.Values).Select(m => Arch(m).Vocab).Min();
         _tok = new CharTokenizer(vocab);
         if (plan is not null)
@@ -258,7 +269,7 @@ internal sealed partial class Pipeline : IDisposable
             if (first >= stage.Iterations) continue;
             _position = $"{stage.Algorithm} set-up";
             var stageClock = Stopwatch.StartNew();
-            SetUpStage(stage, resumeFrom: s == startStage && first > 0);
+            SetUpStage(stage, resumeFrom: s == startStage && first > 0, first);
             CommitStart(start);
             var graph = DataflowGraph.For(stage);
             var exec = new MeshExecutor(graph, Handlers(stage), DevicesOf);
@@ -274,9 +285,13 @@ internal sealed partial class Pipeline : IDisposable
                 LoadSources(stage, it, batch);
                 var figures = new Dictionary<string, double>();
                 long iterationStart = Stopwatch.GetTimestamp();
+                bool firstCall = true;
                 foreach (var rec in exec.RunIteration(batch, cancellationToken))
                 {
                     var line = new JsonObject { ["stage"] = s, ["algorithm"] = stage.Algorithm, ["step"] = it + 1, ["call"] = rec.Call, ["seconds"] = Math.Round(rec.Seconds, 5) };
+                    // A dataset stage's first line of each iteration counts the bad records skipped so far.
+                    if (firstCall && stage.Dataset is not null) line["records_skipped"] = _source!.Skipped;
+                    firstCall = false;
                     foreach (var (k, v) in rec.Figures) { line[k] = double.IsFinite(v) ? Math.Round(v, 6) : null; figures[k] = v; }
                     WriteMetric(line);
                 }
@@ -365,8 +380,15 @@ internal sealed partial class Pipeline : IDisposable
 
     // ---------------------------------------------------------------- models, init, checkpoints
 
-    private void SetUpStage(StageConfig stage, bool resumeFrom)
+    private void SetUpStage(StageConfig stage, bool resumeFrom, int firstIteration = 0)
     {
+        _source?.Dispose(); _source = null;
+        _reward?.Dispose(); _reward = null;
+        _reward = SequenceRewards.Create(stage.Reward, _cfg.BaseDirectory);
+        _rewardStage = stage.Index;
+        _source = stage.Dataset is { } ds
+            ? new ExampleStream(TrainSpec(stage, ds), firstIteration, PromptsPerIteration(stage))
+            : new SyntheticSource(_task, _cfg.Seed, stage.Index);
         foreach (var r in _replicas.Values) r.Dispose();
         _replicas.Clear(); _callReplica.Clear();
         foreach (var o in _optims.Values) o.Dispose();
@@ -577,21 +599,83 @@ internal sealed partial class Pipeline : IDisposable
 
     private int[] PromptIds(string prompt) => [_tok.Bos, .. _tok.Encode(prompt)];
 
+    /// <summary>Copies of each prompt in an iteration's batch (rm, dpo: 2; grpo, rloo: group_size).</summary>
+    private static int CopiesPerPrompt(StageConfig stage) => stage.Algorithm switch
+    {
+        AlgorithmNames.Rm or AlgorithmNames.Dpo => 2,
+        AlgorithmNames.Grpo or AlgorithmNames.Rloo => stage.Batch.GroupSize,
+        _ => 1,
+    };
+
+    private static int PromptsPerIteration(StageConfig stage) => Math.Max(1, stage.Batch.Size / CopiesPerPrompt(stage));
+
     /// <summary>The iteration's prompts: batch.size examples (rm, dpo: size/2 prompts sampled twice;
     /// grpo: size/group_size prompts sampled group_size times), consecutive copies.</summary>
     private void LoadSources(StageConfig stage, int it, SampleBatch batch)
     {
-        var rng = StepRandom.Create(_cfg.Seed, "prompts", stage.Index, it);
-        int copies = stage.Algorithm switch
-        {
-            AlgorithmNames.Rm or AlgorithmNames.Dpo => 2,
-            AlgorithmNames.Grpo or AlgorithmNames.Rloo => stage.Batch.GroupSize,
-            _ => 1,
-        };
-        int n = Math.Max(1, stage.Batch.Size / copies);
-        var ex = Enumerable.Range(0, n).Select(_ => _task.Sample(rng)).SelectMany(e => Enumerable.Repeat(e, copies)).ToArray();
+        int copies = CopiesPerPrompt(stage);
+        var ex = _source!.Take(it, PromptsPerIteration(stage)).SelectMany(e => Enumerable.Repeat(e, copies)).ToArray();
         batch.Set("prompts", ex);
-        if (stage.Algorithm == AlgorithmNames.Sft) batch.Set("answers", ex.Select(e => e.Answer).ToArray());
+        if (stage.Algorithm == AlgorithmNames.Sft) batch.Set("answers", ex.Select(e => e.Target).ToArray());
+    }
+
+    /// <summary>How a stage reads a dataset file: the fields its algorithm and reward need, and the
+    /// check that makes a record bad (text the tokenizer cannot encode, a prompt longer than
+    /// batch.prompt_len, an SFT response longer than batch.gen_len, an answer the reward cannot use).</summary>
+    private DatasetSpec Spec(StageConfig stage, DatasetConfig ds, string path, string format, bool heldOut)
+    {
+        var reward = _reward;
+        string? Check(TaskExample e)
+        {
+            int promptTokens, targetTokens = 0;
+            try
+            {
+                promptTokens = PromptIds(e.Prompt).Length;
+                if (!heldOut && stage.Algorithm == AlgorithmNames.Sft) targetTokens = _tok.Encode(e.Target).Length + 1;
+            }
+            catch (ArgumentException x) { return $"{x.Message.Split(" (Parameter")[0]} (the tokenizer of this run cannot encode it)"; }
+            if (promptTokens > stage.Batch.PromptLen)
+                return $"prompt is {promptTokens} tokens with BOS, longer than batch.prompt_len ({stage.Batch.PromptLen})";
+            if (targetTokens > stage.Batch.GenLen)
+                return $"response is {targetTokens} tokens with EOS, longer than batch.gen_len ({stage.Batch.GenLen})";
+            return reward?.CheckExample(e);
+        }
+        void Skipped(string what)
+        {
+            if (_skipNotes++ < 5) _note?.Invoke($"dataset: skipped {what}" + (_skipNotes == 5 ? " (further skips are only counted: records_skipped in metrics.jsonl)" : ""));
+        }
+        return new DatasetSpec(path, format, ds.Fields, DatasetConfig.RequiredFields(stage.Algorithm, stage.Reward, heldOut),
+                               ds.ShuffleBuffer, ds.Seed ?? _cfg.Seed, stage.Index, ds.SkipBadRecords, Check, Skipped);
+    }
+
+    private int _skipNotes;
+
+    private DatasetSpec TrainSpec(StageConfig stage, DatasetConfig ds) => Spec(stage, ds, ds.Train, ds.Format, heldOut: false);
+
+    /// <summary>The stage's held-out examples: the first eval.size usable records of its held-out
+    /// file, or the synthetic task's fixed held-out draw.</summary>
+    private TaskExample[] HeldOut(StageConfig stage)
+    {
+        if (_heldOuts.TryGetValue(stage.Index, out var h)) return h;
+        if (stage.Dataset is { HeldOut: { } path } ds)
+        {
+            var (ex, skipped) = ExampleStream.ReadFirst(Spec(stage, ds, path, ds.HeldOutFormat!, heldOut: true), _cfg.Eval.Size);
+            _heldOutSkipped[stage.Index] = skipped;
+            h = ex;
+        }
+        else h = _task.HeldOut(_cfg.Seed, _cfg.Eval.Size);
+        return _heldOuts[stage.Index] = h;
+    }
+
+    private readonly Dictionary<int, long> _heldOutSkipped = new();
+
+    /// <summary>Each completion's held-out score: the stage's rule-based reward (other than `task`),
+    /// else 1 for exactly the reference answer.</summary>
+    private double[] Checks(TaskExample[] ex, string[] completions, bool[] endedWithEos)
+    {
+        if (_reward is null or TaskCheckerReward)
+            return Enumerable.Range(0, ex.Length).Select(i => SyntheticTask.Exact(ex[i], completions[i])).ToArray();
+        return _reward.Score(SequenceRewards.Inputs(ex, completions, endedWithEos)).Select(x => (double)x).ToArray();
     }
 
     private sealed record Rollout(TaskExample[] Examples, int[][] Prompts, GenerationResult Gen, ScoredBatch Scored, string[] Completions);
@@ -612,15 +696,34 @@ internal sealed partial class Pipeline : IDisposable
         return new Rollout(ex, prompts, gen, scored, comps);
     }
 
+    /// <summary>Greedy answers of <paramref name="actor"/> to stage <paramref name="stage"/>'s held-out
+    /// examples and each one's score (the stage's rule-based reward, else exact match): what
+    /// metrics.jsonl's eval lines and `realn eval` report.</summary>
+    public HeldOutResult EvaluateHeldOut(LlamaModel actor, StageConfig stage)
+    {
+        if (_rewardStage != stage.Index)
+        {
+            _reward?.Dispose();
+            _reward = SequenceRewards.Create(stage.Reward, _cfg.BaseDirectory);
+            _rewardStage = stage.Index;
+        }
+        var heldOut = HeldOut(stage);
+        var r = Generate(stage, new SingleModelCalls(actor, () => null), heldOut, 0, "eval", greedy: true);
+        return new HeldOutResult(heldOut, r.Completions, r.Gen.EndedWithEos, Checks(heldOut, r.Completions, r.Gen.EndedWithEos),
+                                 _heldOutSkipped.GetValueOrDefault(stage.Index));
+    }
+
+    private int _rewardStage = -1;
+
     /// <summary>Greedy held-out task score of the current actor; writes an "eval" metric line.</summary>
     private double Evaluate(StageConfig stage, int step)
     {
         var clock = Stopwatch.StartNew();
-        var actor = new SingleModelCalls(_models["actor"], () => null);
-        var r = Generate(stage, actor, _heldOut, 0, "eval", greedy: true);
-        double score = Enumerable.Range(0, _heldOut.Length).Average(i => _task.Score(_heldOut[i].Prompt, r.Completions[i]));
-        WriteMetric(new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = step, ["call"] = "eval", ["task_score"] = score,
-                                     ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 5) });
+        double score = EvaluateHeldOut(_models["actor"], stage).Score;
+        var line = new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = step, ["call"] = "eval", ["task_score"] = score,
+                                    ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 5) };
+        if (stage.Dataset is not null) line["held_out_records_skipped"] = _heldOutSkipped.GetValueOrDefault(stage.Index);
+        WriteMetric(line);
         if (step == 0) _progress?.Invoke(new ProgressEvent(stage.Index, stage.Algorithm, 0, stage.Iterations, new Dictionary<string, double> { ["task_score"] = score }));
         return score;
     }
@@ -633,13 +736,14 @@ internal sealed partial class Pipeline : IDisposable
         int It(SampleBatch b) => b.Get<int[]>("iteration")[0];
         var h = new Dictionary<string, CallHandler>();
 
+        double[] scoresOrChecks(Rollout r) => Checks(r.Examples, r.Completions, r.Gen.EndedWithEos);
         h["actor_gen"] = (call, b) =>
         {
             var r = Generate(stage, Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), It(b), "gen", greedy: false);
             b.Set("sequences", r); b.Set("logprobs", r.Gen.LogProbs.SelectMany(x => x).ToArray());
             b.Set("logits_mask", Array.Empty<byte>()); b.Set("ended_with_eos", r.Gen.EndedWithEos);
             if (RuleScores(stage, r) is { } scores) b.Set("scores", scores);
-            double score = Enumerable.Range(0, r.Examples.Length).Average(i => _task.Score(r.Examples[i].Prompt, r.Completions[i]));
+            double score = scoresOrChecks(r).Average();
             return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["sample_task_score"] = score,
                 ["gen_len_mean"] = r.Gen.NewTokens.Average(t => t.Length) };
         };
@@ -678,7 +782,7 @@ internal sealed partial class Pipeline : IDisposable
                 h["actor_train"] = (call, b) =>
                 {
                     var ex = b.Get<TaskExample[]>("prompts");
-                    var seqs = ex.Select(e => (int[])[.. PromptIds(e.Prompt), .. _tok.Encode(e.Answer), _tok.Eos]).ToArray();
+                    var seqs = ex.Select(e => (int[])[.. PromptIds(e.Prompt), .. _tok.Encode(e.Target), _tok.Eos]).ToArray();
                     var sb = new ScoredBatch(seqs, ex.Select(e => PromptIds(e.Prompt).Length).ToArray());
                     var m = Calls(call.Name, "actor");
                     double loss = m.SftStep(sb);
@@ -697,9 +801,9 @@ internal sealed partial class Pipeline : IDisposable
                     var chosen = ci.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
                     var rejected = ri.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
                     for (int i = 0; i < r.Examples.Length; i++)
-                        if (_task.Score(r.Examples[i].Prompt, r.Completions[i]) < 1 || !r.Gen.EndedWithEos[i])
+                        if (SyntheticTask.Exact(r.Examples[i], r.Completions[i]) < 1 || !r.Gen.EndedWithEos[i])
                         {
-                            chosen.Add(([.. r.Prompts[i], .. _tok.Encode(r.Examples[i].Answer), _tok.Eos], r.Prompts[i].Length));
+                            chosen.Add(([.. r.Prompts[i], .. _tok.Encode(r.Examples[i].Target), _tok.Eos], r.Prompts[i].Length));
                             rejected.Add((r.Gen.Sequence(i), r.Prompts[i].Length));
                         }
                     b.Set("reward_stats", new object());
@@ -738,8 +842,8 @@ internal sealed partial class Pipeline : IDisposable
         var c = new List<int>(); var j = new List<int>();
         for (int i = 0; i + 1 < r.Examples.Length; i += 2)
         {
-            double a = _task.Grade(r.Examples[i].Prompt, r.Completions[i]) + (r.Gen.EndedWithEos[i] ? 0 : -1);
-            double b = _task.Grade(r.Examples[i + 1].Prompt, r.Completions[i + 1]) + (r.Gen.EndedWithEos[i + 1] ? 0 : -1);
+            double a = SyntheticTask.Grade(r.Examples[i], r.Completions[i]) + (r.Gen.EndedWithEos[i] ? 0 : -1);
+            double b = SyntheticTask.Grade(r.Examples[i + 1], r.Completions[i + 1]) + (r.Gen.EndedWithEos[i + 1] ? 0 : -1);
             if (a == b) continue;
             c.Add(a > b ? i : i + 1); j.Add(a > b ? i + 1 : i);
         }
@@ -830,6 +934,8 @@ internal sealed partial class Pipeline : IDisposable
     public void Dispose()
     {
         _metrics?.Dispose();
+        _source?.Dispose();
+        _reward?.Dispose();
         foreach (var r in _replicas.Values) r.Dispose();
         _replicas.Clear();
         _host?.Dispose();

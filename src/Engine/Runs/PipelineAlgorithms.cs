@@ -20,8 +20,8 @@ internal sealed partial class Pipeline
     /// an RL stage), computed on the master where the generated text is; null when a reward model scores them.</summary>
     private float[]? RuleScores(StageConfig stage, Rollout r)
     {
-        if (!AlgorithmNames.Rewarded(stage.Algorithm) || SequenceRewards.Create(stage.Reward, _task) is not { } reward) return null;
-        return Enumerable.Range(0, r.Examples.Length).Select(i => reward.Score(r.Examples[i], r.Completions[i], r.Gen.EndedWithEos[i])).ToArray();
+        if (!AlgorithmNames.Rewarded(stage.Algorithm) || _reward is not { } reward) return null;
+        return reward.Score(SequenceRewards.Inputs(r.Examples, r.Completions, r.Gen.EndedWithEos));
     }
 
     /// <summary>Sequence rewards after DAPO's overlong penalty (ppo.overlong_buffer; unchanged when 0).</summary>

@@ -5,7 +5,18 @@ using ReaLNative.Engine.Config;
 
 namespace ReaLNative.Engine.Tasks;
 
-internal readonly record struct TaskExample(string Prompt, string Answer);
+/// <summary>One example: the prompt, the reference answer (what the held-out score and the
+/// answer-matching rewards compare with), and from a dataset also the SFT response (when it is not
+/// the answer itself: a worked solution ending in the answer), the record's metadata (JSON text)
+/// and where it came from ("FILE:LINE").</summary>
+internal readonly record struct TaskExample(string Prompt, string Answer)
+{
+    public string? Response { get; init; }
+    public string? Metadata { get; init; }
+    public string? Source { get; init; }
+    /// <summary>What SFT trains the model to answer: the response, else the answer.</summary>
+    public string Target => Response ?? Answer;
+}
 
 internal abstract class SyntheticTask
 {
@@ -21,13 +32,21 @@ internal abstract class SyntheticTask
     /// <summary>1 if the completion is exactly the right answer, else 0.</summary>
     public double Score(string prompt, string completion) => completion == Solve(prompt) ? 1.0 : 0.0;
 
+    /// <summary>1 if the completion is exactly the example's answer, else 0 (for a synthetic example
+    /// the same as <see cref="Score"/>; also for dataset examples).</summary>
+    public static double Exact(TaskExample example, string completion) => completion == example.Answer ? 1.0 : 0.0;
+
+    /// <summary>Partial credit against the example's answer: see <see cref="Grade(string, string)"/>.</summary>
+    public static double Grade(TaskExample example, string completion) => GradeAgainst(example.Answer, completion);
+
     /// <summary>
     /// Partial credit in [0, 1]: characters in the right position over max(|answer|, |completion|);
     /// 1 exactly when the completion is right.
     /// </summary>
-    public double Grade(string prompt, string completion)
+    public double Grade(string prompt, string completion) => GradeAgainst(Solve(prompt), completion);
+
+    private static double GradeAgainst(string a, string completion)
     {
-        string a = Solve(prompt);
         int n = Math.Max(a.Length, completion.Length);
         if (n == 0) return 1;
         int ok = 0;

@@ -239,12 +239,11 @@ public class LossTests
         Assert.Equal(-1, SequenceRewards.OverlongPenalty(8, 8, 3, 1.0), P);
         Assert.Equal(-0.5, SequenceRewards.OverlongPenalty(9, 8, 3, 0.5), P);
         Assert.Equal(0, SequenceRewards.OverlongPenalty(8, 8, 0, 1.0));
-        var task = SyntheticTask.Create(new TaskConfig("sort-digits", 3, 6));
-        var reward = SequenceRewards.Create(new RewardConfig("task"), task)!;
-        var ex = new TaskExample("312=", "123");
-        Assert.Equal(1f, reward.Score(ex, "123", endedWithEos: true));
-        Assert.Equal(0f, reward.Score(ex, "123", endedWithEos: false));   // truncated: not an answer
-        Assert.Equal(0f, reward.Score(ex, "132", endedWithEos: true));
-        Assert.Null(SequenceRewards.Create(new RewardConfig("model"), task));
+        var reward = SequenceRewards.Create(new RewardConfig("task"), ".")!;
+        RewardInput In(string completion, bool eos) => new("312=", completion, eos, "123", null);
+        Assert.Equal([1f, 0f, 0f], reward.Score([In("123", eos: true),
+                                                  In("123", eos: false),    // truncated: not an answer
+                                                  In("132", eos: true)]));
+        Assert.Null(SequenceRewards.Create(new RewardConfig("model"), "."));
     }
 }

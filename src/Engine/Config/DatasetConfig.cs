@@ -1,0 +1,83 @@
+// The `dataset:` section of a stage (docs/experiment-config.md): which files a stage trains and
+// evaluates on, their format, which field of a record plays which part, shuffling and what a bad
+// record does. A stage without one draws from the synthetic `task:`.
+using ReaLNative.Engine.Data;
+
+namespace ReaLNative.Engine.Config;
+
+/// <summary>Which column of a record holds each part of an example: prompt (every algorithm),
+/// response (sft's target), answer (the reference of rule-based rewards and of the held-out
+/// score), metadata (any JSON, handed to external and .NET reward functions).</summary>
+internal sealed record DatasetFields(IReadOnlyDictionary<string, string> Mapped)
+{
+    public const string Prompt = "prompt", Response = "response", Answer = "answer", Metadata = "metadata";
+    public static readonly string[] Roles = [Prompt, Response, Answer, Metadata];
+    public static DatasetFields Default { get; } = new(Roles.ToDictionary(r => r, r => r));
+    public string Column(string role) => Mapped[role];
+}
+
+/// <param name="Train">Training file (absolute path).</param>
+/// <param name="HeldOut">Held-out file for the evaluation (absolute path; null for a stage without evaluation).</param>
+/// <param name="Format">jsonl | parquet (from the extension unless given).</param>
+/// <param name="ShuffleBuffer">Records held for shuffling (1: file order).</param>
+/// <param name="Seed">Seed of the shuffle (default: the experiment's seed).</param>
+/// <param name="SkipBadRecords">on_bad_record: skip (true, counted in metrics) | fail.</param>
+internal sealed record DatasetConfig(string Train, string? HeldOut, string Format, string? HeldOutFormat, DatasetFields Fields,
+                                    int ShuffleBuffer, long? Seed, bool SkipBadRecords)
+{
+    public const string Skip = "skip", Fail = "fail";
+
+    public static DatasetConfig? Parse(YamlDotNet.RepresentationModel.YamlNode? node, string path, string baseDirectory, string algorithm)
+    {
+        if (node is null or YamlDotNet.RepresentationModel.YamlScalarNode { Value: null or "" or "~" or "null" }) return null;
+        var r = new MapReader(node, path);
+        string train = File(r, "train", baseDirectory, required: true)!;
+        string? heldOut = File(r, "held_out", baseDirectory, required: false);
+        string? format = r.OptStr("format");
+        if (format is not null) r.Enum("format", null, DatasetReader.Formats);
+        string trainFormat = format ?? DatasetReader.FormatOf(train)
+            ?? throw new ConfigException(r.Sub("format"), $"cannot tell the format of '{train}' from its extension; allowed values: {string.Join(" | ", DatasetReader.Formats)}");
+        string? heldFormat = heldOut is null ? null : format ?? DatasetReader.FormatOf(heldOut)
+            ?? throw new ConfigException(r.Sub("format"), $"cannot tell the format of '{heldOut}' from its extension; allowed values: {string.Join(" | ", DatasetReader.Formats)}");
+        var fr = new MapReader(r.Get("fields"), r.Sub("fields"));
+        var mapped = new Dictionary<string, string>();
+        foreach (var role in DatasetFields.Roles)
+        {
+            string col = fr.Str(role, role);
+            if (col.Length == 0) throw new ConfigException(fr.Sub(role), "empty; give the record's field (JSONL key / Parquet column) that holds the " + role);
+            mapped[role] = col;
+        }
+        fr.RejectUnknown();
+        int buffer = (int)r.Int("shuffle_buffer", 10_000, 1, 10_000_000);
+        long? seed = r.Has("seed") ? r.Int("seed", null, 0, long.MaxValue) : null;
+        bool skip = r.Enum("on_bad_record", Fail, Skip, Fail) == Skip;
+        r.RejectUnknown();
+        if (heldOut is null && algorithm != AlgorithmNames.Rm)
+            throw new ConfigException(r.Sub("held_out"), $"required for a {algorithm} stage with a dataset: its held-out evaluation reads it (a file that does not overlap `train`)");
+        return new DatasetConfig(train, heldOut, trainFormat, heldFormat, new DatasetFields(mapped), buffer, seed, skip);
+    }
+
+    private static string? File(MapReader r, string key, string baseDirectory, bool required)
+    {
+        string? v = required ? r.Str(key, null) : r.OptStr(key);
+        if (v is null) return null;
+        string full = Path.GetFullPath(Path.Combine(baseDirectory, v));
+        if (!System.IO.File.Exists(full))
+            throw new ConfigException(r.Sub(key), $"file '{v}' not found (paths are relative to the YAML file)");
+        return full;
+    }
+
+    /// <summary>The fields a record must have: in the training file of an <paramref name="algorithm"/>
+    /// stage with reward <paramref name="reward"/>, or in its held-out file (<paramref name="heldOut"/>).</summary>
+    public static string[] RequiredFields(string algorithm, RewardConfig reward, bool heldOut)
+    {
+        var req = new List<string> { DatasetFields.Prompt };
+        bool answer = heldOut
+            ? !reward.RuleBased || reward.NeedsAnswer                                  // the held-out score: exact match or the reward
+            : algorithm is AlgorithmNames.Rm or AlgorithmNames.Dpo                     // the graded checker ranks the samples
+              || AlgorithmNames.Rewarded(algorithm) && reward.RuleBased && reward.NeedsAnswer;
+        if (!heldOut && algorithm == AlgorithmNames.Sft) req.Add(DatasetFields.Response);
+        if (answer) req.Add(DatasetFields.Answer);
+        return req.ToArray();
+    }
+}
