@@ -45,6 +45,14 @@ internal sealed class WorkerProcesses : IDisposable
                 // (nil)", seen under load). Set for the child before exec: no setenv race. A value the
                 // user set is kept.
                 if (!psi.Environment.ContainsKey("UCX_ERROR_SIGNALS")) psi.Environment["UCX_ERROR_SIGNALS"] = "";
+                // Nor UCX's memory hooks: when libucs loads, UCM hot-patches mmap/munmap ("bistro") and
+                // malloc in place, and a thread inside the patched code at that moment resumes on
+                // half-written instructions (SIGSEGV; openucx/ucx's own hook test flakes the same way).
+                // The .NET runtime's threads call mmap all the time: workers died at start-up with
+                // exit 139 and no output, under load, in the full suite. Without the hooks UCX keeps no
+                // registration cache, which the transports used here (shared memory, cma, tcp) do not need.
+                if (!psi.Environment.ContainsKey("UCX_MEM_MMAP_HOOK_MODE")) psi.Environment["UCX_MEM_MMAP_HOOK_MODE"] = "none";
+                if (!psi.Environment.ContainsKey("UCX_MEM_MALLOC_HOOKS")) psi.Environment["UCX_MEM_MALLOC_HOOKS"] = "no";
                 foreach (var (k, v) in cmd.Environment) psi.Environment[k] = v;
                 var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start worker {r} ({cmd.Executable})");
                 var tail = new ConcurrentQueue<string>();
