@@ -225,7 +225,7 @@ public sealed class GgufWriterTests : IDisposable
         Assert.Equal(ch.Decode(expected), output.TrimEnd('\n'));
         (code, output) = ReadmeCommandTableTests.Realn("generate", ckpt, "--prompt", "abc");
         Assert.Equal(2, code);
-        Assert.Contains("--prompt: character 'a' at 0 is not in the task alphabet", output);
+        Assert.Contains("--prompt: character 'a' at 0 is not in the tokenizer's alphabet", output);
         string gguf = Path.Combine(_dir, "tiny.gguf");
         (code, output) = ReadmeCommandTableTests.Realn("export", ckpt, "--gguf", gguf);
         Assert.True(code == 0, output);
