@@ -83,7 +83,21 @@ public static class PlanSearch
     {
         var p = r.Problem;
         var q = new PlanningProblem(new Estimator(p.Cluster with { CallDispatch = 0 }, p.Experiment, p.Estimator.Profile));
-        var again = Finish(q, r.Best.Choice, new Evaluator(q));
+        // The option lists are filtered by cost, so the same option may sit at another index (or be
+        // filtered out) without the dispatch term: find each chosen option by its content, else add it.
+        var choice = new int[p.Calls.Count];
+        for (int i = 0; i < choice.Length; i++)
+        {
+            var chosen = p.Options[i][r.Best.Choice[i]];
+            int k = q.Options[i].FindIndex(o => o.Option == chosen.Option);
+            if (k < 0)
+            {
+                q.Options[i].Add(chosen with { Seconds = q.Estimator.CallSeconds(p.Calls[i], chosen.Option) });
+                k = q.Options[i].Count - 1;
+            }
+            choice[i] = k;
+        }
+        var again = Finish(q, choice, new Evaluator(q));
         if (!again.Plan.Calls.SequenceEqual(r.Best.Plan.Calls))
             throw new PlannerException("internal: the plan's options differ without worker dispatch; cannot price it in-process");
         return again.Evaluation.IterationSeconds;

@@ -183,5 +183,19 @@ public class CostModelTests
         Assert.True(threads < r.Best.Evaluation.IterationSeconds - cpu.CallDispatch, $"in-process {threads} vs workers {r.Best.Evaluation.IterationSeconds}");
         var noDispatch = PlanSearch.Run(cpu with { CallDispatch = 0 }, exp, new SearchOptions { Seed = 1, StepsPerChain = 2000 });
         Assert.Equal(noDispatch.Best.Evaluation.IterationSeconds, PlanSearch.InProcessSeconds(noDispatch), 12);
+        // With a profile measured on cpu-local (every core and one thread, 2026-12-03) the cost-filtered option
+        // lists differ without the dispatch term: the chosen options are found by content, not by index.
+        string profileJson = """
+            {"version":1,"backend":"cpu","device":"2 cores, 2 threads","gemm_gflops":216.67,"memcpy_gbps":8.12,"threads":2,"layers":[{"hidden":64,"intermediate":176,"heads":4,"kv_heads":2,"points":[{"kind":"fwd","tokens":64,"context":0,"seconds":0.00019499999999999997},{"kind":"bwd","tokens":64,"context":0,"seconds":0.00024275000000000002},{"kind":"fwd","tokens":256,"context":0,"seconds":0.00077545},{"kind":"bwd","tokens":256,"context":0,"seconds":0.0010178},{"kind":"fwd","tokens":1024,"context":0,"seconds":0.0021658},{"kind":"bwd","tokens":1024,"context":0,"seconds":0.0038454000000000006},{"kind":"decode","tokens":8,"context":32,"seconds":3.6065625e-05},{"kind":"decode","tokens":32,"context":32,"seconds":0.00011693437500000001},{"kind":"fwd","tokens":64,"context":0,"seconds":0.00022225,"threads":1},{"kind":"bwd","tokens":64,"context":0,"seconds":0.00027804999999999996,"threads":1},{"kind":"fwd","tokens":256,"context":0,"seconds":0.000986,"threads":1},{"kind":"bwd","tokens":256,"context":0,"seconds":0.0016430999999999998,"threads":1},{"kind":"fwd","tokens":1024,"context":0,"seconds":0.0037922,"threads":1},{"kind":"bwd","tokens":1024,"context":0,"seconds":0.00629725,"threads":1},{"kind":"decode","tokens":8,"context":32,"seconds":3.1581249999999985e-05,"threads":1},{"kind":"decode","tokens":32,"context":32,"seconds":0.00014102499999999997,"threads":1}]}]}
+            """;
+        string profilePath = Path.Combine(Path.GetTempPath(), $"realn-profile-{Guid.NewGuid():N}.json");
+        File.WriteAllText(profilePath, profileJson);
+        ProfileData prof;
+        try { prof = ProfileData.Load(profilePath); }
+        finally { File.Delete(profilePath); }
+        var timing = Experiment.Load(TestData.Example("bench/ppo-tiny-timing.yaml"));
+        var profiled = PlanSearch.Run(cpu, timing, new SearchOptions(), prof);
+        double inProcess = PlanSearch.InProcessSeconds(profiled);
+        Assert.InRange(inProcess, 0.05, profiled.Best.Evaluation.IterationSeconds - cpu.CallDispatch);
     }
 }
