@@ -175,6 +175,32 @@ void tile_bf16_scalar(const float* X, const uint16_t* W, float* Y, int64_t K, in
         }
 }
 
+// The driver of both weight types: blocks of kNr output columns over the threads, rows of X in
+// tiles of up to 4 through the ISA's full-block tile, the tail of `out` row by row, then the bias.
+// Threads only when the weights are big enough to amortise the fork (~64 KiB).
+template <typename TileSetT, typename WT>
+void run_tiles(const TileSetT& ts, const float* X, const WT* W, const float* B, float* Y, int64_t rows, int64_t in,
+               int64_t out) {
+    const int64_t blocks = (out + kNr - 1) / kNr;
+#pragma omp parallel for schedule(static) if (in * out >= (1 << 14))
+    for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t n0 = b * kNr, nr = std::min(kNr, out - n0);
+        const WT* Wb = W + n0 * in;
+        for (int64_t m0 = 0; m0 < rows; m0 += 4) {
+            const int64_t mr = std::min<int64_t>(4, rows - m0);
+            const float* Xm = X + m0 * in;
+            float* Ym = Y + m0 * out + n0;
+            if (nr == kNr)
+                ts.full[mr - 1](Xm, Wb, Ym, in, out);
+            else
+                for (int64_t n = 0; n < nr; ++n) ts.one[mr - 1](Xm, Wb + n * in, Ym + n, in, out);
+        }
+        if (B)
+            for (int64_t m = 0; m < rows; ++m)
+                for (int64_t n = 0; n < nr; ++n) Y[m * out + n0 + n] += B[n0 + n];
+    }
+}
+
 using TileBf16Fn = void (*)(const float*, const uint16_t*, float*, int64_t, int64_t);
 struct TileSetBf16 {
     TileBf16Fn full[4];
@@ -200,24 +226,7 @@ void small_m_linear_fwd_bf16(const float* X, const uint16_t* W, const float* B, 
     const int32_t forced = g_bf16_forced.load();
     const bool use512 = forced == static_cast<int32_t>(SimdIsa::Scalar) ? false : has512;
     const TileSetBf16& ts = use512 ? k512 : kScalar;
-    const int64_t blocks = (out + kNr - 1) / kNr;
-#pragma omp parallel for schedule(static) if (in * out >= (1 << 14))
-    for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t n0 = b * kNr, nr = std::min(kNr, out - n0);
-        const uint16_t* Wb = W + n0 * in;
-        for (int64_t m0 = 0; m0 < rows; m0 += 4) {
-            const int64_t mr = std::min<int64_t>(4, rows - m0);
-            const float* Xm = X + m0 * in;
-            float* Ym = Y + m0 * out + n0;
-            if (nr == kNr)
-                ts.full[mr - 1](Xm, Wb, Ym, in, out);
-            else
-                for (int64_t n = 0; n < nr; ++n) ts.one[mr - 1](Xm, Wb + n * in, Ym + n, in, out);
-        }
-        if (B)
-            for (int64_t m = 0; m < rows; ++m)
-                for (int64_t n = 0; n < nr; ++n) Y[m * out + n0 + n] += B[n0 + n];
-    }
+    run_tiles(ts, X, W, B, Y, rows, in, out);
 }
 
 bool small_m_isa_supported(SimdIsa isa) {
@@ -237,26 +246,7 @@ SimdIsa small_m_best_isa() {
 
 void small_m_linear_fwd(SimdIsa isa, const float* X, const float* W, const float* B, float* Y, int64_t rows,
                         int64_t in, int64_t out) {
-    const TileSet& ts = tiles(isa);
-    const int64_t blocks = (out + kNr - 1) / kNr;
-    // Threads only when the weights are big enough to amortise the fork (~64 KiB).
-#pragma omp parallel for schedule(static) if (in * out >= (1 << 14))
-    for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t n0 = b * kNr, nr = std::min(kNr, out - n0);
-        const float* Wb = W + n0 * in;
-        for (int64_t m0 = 0; m0 < rows; m0 += 4) {
-            const int64_t mr = std::min<int64_t>(4, rows - m0);
-            const float* Xm = X + m0 * in;
-            float* Ym = Y + m0 * out + n0;
-            if (nr == kNr)
-                ts.full[mr - 1](Xm, Wb, Ym, in, out);
-            else
-                for (int64_t n = 0; n < nr; ++n) ts.one[mr - 1](Xm, Wb + n * in, Ym + n, in, out);
-        }
-        if (B)
-            for (int64_t m = 0; m < rows; ++m)
-                for (int64_t n = 0; n < nr; ++n) Y[m * out + n0 + n] += B[n0 + n];
-    }
+    run_tiles(tiles(isa), X, W, B, Y, rows, in, out);
 }
 
 }  // namespace realn::cpu
