@@ -13,6 +13,9 @@ public static partial class NativeLibraryResolver
     [LibraryImport("libc", EntryPoint = "sigaction")]
     private static unsafe partial int SigAction(int signum, void* act, void* oldact);
 
+    [LibraryImport("libc", EntryPoint = "setenv", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int SetEnv(string name, string value, int overwrite);
+
     public const string OverrideVariable = "REALN_LIBRARY";
     private static readonly object Gate = new();
     private static nint _handle;
@@ -110,6 +113,7 @@ public static partial class NativeLibraryResolver
     /// (sigaction, which unlike setenv is safe while other threads run).</summary>
     private static unsafe nint ResolveSystem(string name)
     {
+        DisableUcxMemoryHooks();
         const int SlotBytes = 256;  // >= sizeof(struct sigaction) on every Linux ABI (152 on x86-64)
         byte* saved = stackalloc byte[RuntimeSignals.Length * SlotBytes];
         var have = new bool[RuntimeSignals.Length];
@@ -120,6 +124,20 @@ public static partial class NativeLibraryResolver
             for (int i = 0; i < RuntimeSignals.Length; i++)
                 if (have[i]) SigAction(RuntimeSignals[i], saved + i * SlotBytes, null);
         }
+    }
+
+    /// <summary>UCX's memory hooks off unless the user set them: when libucs loads, UCM hot-patches
+    /// mmap/munmap/brk ("bistro") while other threads of this process (the runtime's, OpenMP's) may
+    /// be executing them, and a thread that runs a half-written instruction dies with SIGSEGV
+    /// ("Caught signal 11"; seen at start-up under load, in workers and once in a master). This
+    /// engine registers every buffer it sends explicitly, so UCX needs no hooks. Worker processes
+    /// get the same settings in their environment (WorkerProcesses); here the master sets them with
+    /// libc's setenv (overwrite 0: a user's value wins) before the library's constructor reads them.
+    /// Environment.SetEnvironmentVariable would not do: on Unix it changes only the runtime's copy.</summary>
+    private static void DisableUcxMemoryHooks()
+    {
+        SetEnv("UCX_MEM_MMAP_HOOK_MODE", "none", 0);
+        SetEnv("UCX_MEM_MALLOC_HOOKS", "no", 0);
     }
 
     /// <summary>UCX's libucp / libucs (Debian libucx0; ./build.sh installs libucx-dev).</summary>
