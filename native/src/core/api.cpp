@@ -10,6 +10,7 @@
 
 #include "backend.hpp"
 #include "error.hpp"
+#include "options.hpp"
 
 using realn::Backend;
 using realn::Op;
@@ -767,23 +768,35 @@ REALN_OP(realn_op_cross_entropy_bwd,
 
 // -- optimizer, sampling, RL --------------------------------------------------------------------
 
-REALN_OP(realn_op_adamw,
+// Option structs: every released layout (options.hpp). Append a version here when a field is
+// appended to the struct in realn.h (with the next version number in its INIT macro).
+static const realn::OptsVersions<realn_adamw_opts, 1> kAdamwOptsVersions = {
+    "realn_adamw_opts", "REALN_ADAMW_OPTS_INIT", {40}, REALN_ADAMW_OPTS_INIT};
+static const realn::OptsVersions<realn_sample_opts, 1> kSampleOptsVersions = {
+    "realn_sample_opts", "REALN_SAMPLE_OPTS_INIT", {40}, REALN_SAMPLE_OPTS_INIT};
+static_assert(sizeof(realn_adamw_opts) == 40 && sizeof(realn_sample_opts) == 40,
+              "an option struct changed size: append its new version to k*OptsVersions");
+
+static realn::OptsInForce<realn_adamw_opts> adamw_opts_in_force(const realn_adamw_opts* given) {
+    return {realn::read_opts(given, kAdamwOptsVersions)};
+}
+static realn::OptsInForce<realn_sample_opts> sample_opts_in_force(const realn_sample_opts* given) {
+    return {realn::read_opts(given, kSampleOptsVersions)};
+}
+
+REALN_OP_CALL(realn_op_adamw,
          (realn_stream_t stream, const realn_adamw_opts* opts, float* param, const float* grad, float* m,
           float* v, int64_t n),
-         (stream, opts, param, grad, m, v, n), Adamw, REALN_DTYPE_F32, adamw) {
+         (stream, opts, param, grad, m, v, n), Adamw, REALN_DTYPE_F32, adamw,
+         (stream, adamw_opts_in_force(opts).get(), param, grad, m, v, n)) {
     REALN_NOT_NULL(opts);
-    REALN_REQUIRE(opts->size >= static_cast<int32_t>(sizeof(realn_adamw_opts)) &&
-                      opts->version == 1,
-                  "opts must be initialised with REALN_ADAMW_OPTS_INIT (size ", opts->size,
-                  ", version ", opts->version, ")");
-    REALN_REQUIRE(opts->step >= 1, "opts->step must be >= 1 (got ", opts->step, ")");
-    REALN_REQUIRE(opts->beta1 >= 0 && opts->beta1 < 1, "opts->beta1 must be in [0, 1) (got ",
-                  opts->beta1, ")");
-    REALN_REQUIRE(opts->beta2 >= 0 && opts->beta2 < 1, "opts->beta2 must be in [0, 1) (got ",
-                  opts->beta2, ")");
-    REALN_REQUIRE(opts->eps > 0, "opts->eps must be > 0 (got ", opts->eps, ")");
-    REALN_REQUIRE(std::isfinite(opts->lr) && opts->lr >= 0, "opts->lr must be finite and >= 0");
-    REALN_REQUIRE(std::isfinite(opts->grad_scale), "opts->grad_scale must be finite");
+    const realn_adamw_opts o = adamw_opts_in_force(opts).value;
+    REALN_REQUIRE(o.step >= 1, "opts->step must be >= 1 (got ", o.step, ")");
+    REALN_REQUIRE(o.beta1 >= 0 && o.beta1 < 1, "opts->beta1 must be in [0, 1) (got ", o.beta1, ")");
+    REALN_REQUIRE(o.beta2 >= 0 && o.beta2 < 1, "opts->beta2 must be in [0, 1) (got ", o.beta2, ")");
+    REALN_REQUIRE(o.eps > 0, "opts->eps must be > 0 (got ", o.eps, ")");
+    REALN_REQUIRE(std::isfinite(o.lr) && o.lr >= 0, "opts->lr must be finite and >= 0");
+    REALN_REQUIRE(std::isfinite(o.grad_scale), "opts->grad_scale must be finite");
     REALN_NON_NEGATIVE(n);
     if (n == 0) return false;
     REALN_NOT_NULL(param);
@@ -793,20 +806,17 @@ REALN_OP(realn_op_adamw,
     return true;
 }
 
-REALN_OP(realn_op_sample,
+REALN_OP_CALL(realn_op_sample,
          (realn_stream_t stream, int32_t dtype, const void* logits, int64_t rows, int64_t vocab,
           const realn_sample_opts* opts, int32_t* tokens, uint8_t* mask_out, float* logp_out),
-         (stream, dtype, logits, rows, vocab, opts, tokens, mask_out, logp_out), Sample, dtype, sample) {
+         (stream, dtype, logits, rows, vocab, opts, tokens, mask_out, logp_out), Sample, dtype, sample,
+         (stream, dtype, logits, rows, vocab, sample_opts_in_force(opts).get(), tokens, mask_out, logp_out)) {
     REALN_NOT_NULL(opts);
-    REALN_REQUIRE(opts->size >= static_cast<int32_t>(sizeof(realn_sample_opts)) &&
-                      opts->version == 1,
-                  "opts must be initialised with REALN_SAMPLE_OPTS_INIT (size ", opts->size,
-                  ", version ", opts->version, ")");
-    REALN_REQUIRE(opts->temperature >= 0 && std::isfinite(opts->temperature),
-                  "opts->temperature must be finite and >= 0 (got ", opts->temperature, ")");
-    REALN_REQUIRE(opts->top_k >= 0, "opts->top_k must be >= 0 (got ", opts->top_k, ")");
-    REALN_REQUIRE(opts->top_p > 0 && opts->top_p <= 1, "opts->top_p must be in (0, 1] (got ",
-                  opts->top_p, ")");
+    const realn_sample_opts o = sample_opts_in_force(opts).value;
+    REALN_REQUIRE(o.temperature >= 0 && std::isfinite(o.temperature),
+                  "opts->temperature must be finite and >= 0 (got ", o.temperature, ")");
+    REALN_REQUIRE(o.top_k >= 0, "opts->top_k must be >= 0 (got ", o.top_k, ")");
+    REALN_REQUIRE(o.top_p > 0 && o.top_p <= 1, "opts->top_p must be in (0, 1] (got ", o.top_p, ")");
     REALN_NON_NEGATIVE(rows);
     REALN_POSITIVE(vocab);
     if (rows == 0) return false;
