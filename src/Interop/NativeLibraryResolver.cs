@@ -2,6 +2,8 @@
 // order: $REALN_LIBRARY (an explicit path), then the CUDA build, then the CPU build, each looked
 // for beside the application, in the NuGet runtimes/ layout and in the repository's native build
 // folders. A failure names every path tried and how to fix it, as LLamaSharp's loader does.
+// librealn_selftest (the op case list, `realn selftest` only) is loaded after librealn, from the
+// folder librealn came from first, so its calls bind to the librealn already loaded.
 using System.Reflection;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -20,6 +22,8 @@ public static partial class NativeLibraryResolver
     private static readonly object Gate = new();
     private static nint _handle;
     private static string? _loadedFrom;
+    private static nint _selfTestHandle;
+    private const string SelfTestFile = "librealn_selftest.so";
 
     /// <summary>Path of the librealn that was loaded (null before the first call).</summary>
     public static string? LoadedFrom => _loadedFrom;
@@ -44,12 +48,44 @@ public static partial class NativeLibraryResolver
         if (name == "openblas") return ResolveOpenBlas();
         if (name is "ucp" or "ucs") return ResolveSystem(name);
         if (name == "libc") return NativeLibrary.Load("libc.so.6");
+        if (name == Native.SelfTestLibrary) return LoadSelfTest();
         if (name != Native.Library) return 0;
+        return LoadRealn();
+    }
+
+    private static nint LoadRealn()
+    {
         lock (Gate)
         {
             if (_handle != 0) return _handle;
             (_handle, _loadedFrom) = Load();
             return _handle;
+        }
+    }
+
+    /// <summary>Where librealn_selftest.so is looked for, in order: beside the loaded librealn, then
+    /// the folders librealn is looked for in.</summary>
+    public static IReadOnlyList<string> SelfTestCandidates()
+    {
+        var dirs = new List<string>();
+        if (_loadedFrom is not null && Path.GetDirectoryName(_loadedFrom) is { Length: > 0 } loadedDir) dirs.Add(loadedDir);
+        foreach (string candidate in Candidates())
+            if (Path.GetDirectoryName(candidate) is { Length: > 0 } dir && !dirs.Contains(dir)) dirs.Add(dir);
+        return dirs.Select(d => Path.Combine(d, SelfTestFile)).ToList();
+    }
+
+    private static nint LoadSelfTest()
+    {
+        LoadRealn();  // first: librealn_selftest.so binds to the librealn loaded here (its soname)
+        lock (Gate)
+        {
+            if (_selfTestHandle != 0) return _selfTestHandle;
+            foreach (string candidate in SelfTestCandidates())
+                if (File.Exists(candidate) && NativeLibrary.TryLoad(candidate, out nint h)) return _selfTestHandle = h;
+            throw new DllNotFoundException(
+                $"{SelfTestFile} (the op case list of `realn selftest`) could not be loaded. Looked in:" + Environment.NewLine +
+                string.Join(Environment.NewLine, SelfTestCandidates().Select(c => "  " + c)) + Environment.NewLine +
+                "./build.sh builds it beside librealn.so (native/build); the ReaLNative package carries both.");
         }
     }
 
