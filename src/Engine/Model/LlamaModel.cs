@@ -1,5 +1,6 @@
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Parallelism;
-using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Transport;
 using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Model;

@@ -8,6 +8,7 @@
 // processes run the same ShardReplica operations over UCX (Workers/RemoteReplica).
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Realloc;

@@ -6,6 +6,7 @@
 // on threads; a model worker process runs them for the master (Workers/ModelWorker).
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Realloc;

@@ -13,6 +13,7 @@ using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Data;
 using ReaLNative.Engine.Dataflow;
 using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
