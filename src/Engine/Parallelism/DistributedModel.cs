@@ -18,7 +18,7 @@ namespace ReaLNative.Engine.Parallelism;
 
 /// <summary>The devices of one process: an in-process fabric, tag spaces for the models laid out
 /// on it, and SPMD dispatch with a deadline.</summary>
-internal sealed class LocalCluster : Workers.IReplicaHost
+internal sealed class LocalCluster : IReplicaHost
 {
     private int _nextGroup;
     private readonly ITransport[] _ranks;
@@ -40,7 +40,7 @@ internal sealed class LocalCluster : Workers.IReplicaHost
 
     internal ITransport Transport(int device) => _ranks[device];
 
-    public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, Workers.OptimizerSpec? optimizer) =>
+    public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer) =>
         new DistributedModel(this, name, config, scalarHead, layout, microBatches, optimizer is null ? null : optimizer.Create);
 
     public void Dispose()

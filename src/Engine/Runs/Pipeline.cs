@@ -321,7 +321,7 @@ internal sealed partial class Pipeline : IDisposable
         var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds, stageSeconds, iterationSeconds);
         // The process that ran the run (VmHWM; under a resume, the resumed process only); per process below.
         if (ProcessMemory.PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
-        ProcessMemory.AddToSummary(summary, _cfg, _plan, _host);
+        MemoryCheck.AddToSummary(summary, _cfg, _plan, _host);
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }

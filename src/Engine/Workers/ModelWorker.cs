@@ -148,7 +148,7 @@ internal sealed unsafe class ModelWorker : IDisposable
                 "load-shard" => LoadShard(j),
                 "save-shard" => SaveShard(j),
                 "ping" => "ok",
-                "memory" => new JsonObject { ["peak_rss_bytes"] = Runs.ProcessMemory.PeakRssBytes() }.ToJsonString(),
+                "memory" => new JsonObject { ["peak_rss_bytes"] = ProcessMemory.PeakRssBytes() }.ToJsonString(),
                 "shutdown" => Shutdown(),
                 _ => throw new ArgumentException($"unknown worker command '{m.Type}'"),
             };

@@ -276,9 +276,3 @@ internal static class WireJson
 
     private static InvalidDataException Missing(string name) => new($"command field '{name}' missing or null");
 }
-
-/// <summary>AdamW's hyperparameters: what makes an optimizer for a shard in any process.</summary>
-internal sealed record OptimizerSpec(LrSchedule Schedule, float Beta1, float Beta2, float Eps, float WeightDecay, float ClipGradNorm)
-{
-    public AdamW Create(LlamaModel model) => new(model, Schedule, Beta1, Beta2, Eps, WeightDecay, ClipGradNorm);
-}

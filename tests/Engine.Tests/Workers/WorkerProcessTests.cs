@@ -2,6 +2,7 @@
 // between them): the same parameters as the in-process execution of the plan, bit for bit (the
 // same shard schedule and reduction order over another transport).
 using ReaLNative.Engine.Layout;
+using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Runs;
 using ReaLNative.Engine.Tests.Runs;
