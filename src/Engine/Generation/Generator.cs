@@ -1,6 +1,5 @@
 using ReaLNative.Engine.Model;
 using System.Runtime.InteropServices;
-using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Transport;
 using ReaLNative.Interop;
 

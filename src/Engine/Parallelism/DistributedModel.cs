@@ -6,7 +6,6 @@
 // full copy the run loop keeps for initialisation and checkpoints. This is the in-process
 // execution of an execution plan (`realn run --in-process`, the embedding API); model worker
 // processes run the same ShardReplica operations over UCX (Workers/RemoteReplica).
-using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
@@ -95,7 +94,7 @@ internal sealed class LocalCluster : IReplicaHost
 /// <summary>
 /// A model role's replica under one layout, wherever its shards live: in this process
 /// (<see cref="DistributedModel"/>) or in model worker processes (Workers/RemoteReplica). The
-/// operations mirror <see cref="ModelOps"/> on whole batches; each runs on all of the layout's
+/// operations mirror Algorithms/ModelOps.cs on whole batches; each runs on all of the layout's
 /// devices. Reallocation moves parameters (and AdamW moments) between two replicas of one model,
 /// or to and from the single full copy the run loop keeps for initialisation and checkpoints.
 /// </summary>

@@ -5,13 +5,11 @@
 // binary layout is little-endian and read with bounds checks: a malformed blob is an
 // InvalidDataException naming what is wrong, never an out-of-range read.
 using System.Text.Json.Nodes;
-using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
-using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Transport;
 
 namespace ReaLNative.Engine.Workers;
