@@ -4,6 +4,7 @@
 // pair in the engine too). Goal ratio >= 0.70 (issue: a same-process layout change reaches 70% of
 // memcpy). Cross-process cases need the worker transport and run from `realn bench realloc`.
 using BenchmarkDotNet.Attributes;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Realloc;
 using ReaLNative.Interop;
 

@@ -20,7 +20,7 @@ public readonly record struct CallOption(Mesh Mesh, Strategy Strategy, int Micro
 public readonly record struct CallMemory(double WeightBytes, double TrainStateBytes, double ActiveBytes);
 
 /// <summary>How a model's L+2 pipeline units (embedding, blocks, final norm + head) fall on pp stages:
-/// the engine's rule (src/Engine/Realloc/LlamaShardLayouts.cs): a unit goes to the stage its cumulative
+/// the engine's rule (src/Engine/Layout/LlamaShardLayouts.cs): a unit goes to the stage its cumulative
 /// parameter midpoint falls in, clamped so that no stage is left empty.</summary>
 public sealed record StageLayout(int[] Blocks, bool[] Embedding, bool[] Head, double[] ParamStart, double[] ParamEnd, double TotalParams)
 {

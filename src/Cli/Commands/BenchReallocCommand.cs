@@ -7,6 +7,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;
 using ReaLNative.Engine.Control;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Transport;
 

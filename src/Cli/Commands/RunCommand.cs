@@ -7,6 +7,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Runs;
 using ReaLNative.Engine.Workers;
 using ReaLNative.Planner;
@@ -186,7 +187,7 @@ public static class RunCommand
         Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"), $"{cfg.Name}: training curves");
         if (plan is not null) PlanReport.PrintMeasured(plan, Path.Combine(outDir, "metrics.jsonl"));
         AnsiConsole.MarkupLine(Markup.Escape(HumanOutput.SummaryLine(summary)));
-        if (ProcessMemory.Line(summary) is { } memory) AnsiConsole.MarkupLine(Markup.Escape(memory));
+        if (MemoryCheck.Line(summary) is { } memory) AnsiConsole.MarkupLine(Markup.Escape(memory));
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "summary.json"))}, metrics.jsonl, curves.png");
         return 0;
     }

@@ -8,33 +8,6 @@ using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Algorithms;
 
-/// <summary>Packed sequences plus the packed indices of their action (scored) tokens.</summary>
-internal sealed class ScoredBatch
-{
-    public ScoredBatch(IReadOnlyList<int[]> sequences, IReadOnlyList<int> promptLengths)
-    {
-        Packed = PackedBatch.FromSequences(sequences);
-        var idx = new List<int>();
-        var cu = new int[sequences.Count + 1];
-        for (int i = 0; i < sequences.Count; i++)
-        {
-            if (promptLengths[i] < 1 || promptLengths[i] > sequences[i].Length)
-                throw new ArgumentException($"sequence {i}: prompt length {promptLengths[i]} outside 1..{sequences[i].Length}");
-            for (int p = promptLengths[i]; p < sequences[i].Length; p++) idx.Add(Packed.CuSeqlens[i] + p);
-            cu[i + 1] = idx.Count;
-        }
-        ActionIndex = idx.ToArray();
-        ActionCu = cu;
-    }
-
-    public PackedBatch Packed { get; }
-    /// <summary>Packed index of each action token, sequence by sequence.</summary>
-    public int[] ActionIndex { get; }
-    /// <summary>Offsets of each sequence's actions in <see cref="ActionIndex"/> (the GAE cu_seqlens).</summary>
-    public int[] ActionCu { get; }
-    public int Actions => ActionIndex.Length;
-}
-
 internal static unsafe class ModelOps
 {
     private const int Ignore = -100;

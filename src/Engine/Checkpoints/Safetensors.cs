@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 
 namespace ReaLNative.Engine.Checkpoints;
@@ -28,7 +29,7 @@ internal static class Safetensors
         File.WriteAllText(Path.Combine(dir, "config.json"), model.Config.ToHfJson(model.ScalarHead, bf16 ? "bfloat16" : "float32"));
         var views = model.Layout.Views;
         // Group tensors into shards.
-        var shards = new List<List<Realloc.ShardView>>();
+        var shards = new List<List<ShardView>>();
         long cur = 0;
         foreach (var v in views)
         {
@@ -77,7 +78,7 @@ internal static class Safetensors
         File.WriteAllText(Path.Combine(dir, "model.safetensors.index.json"), idx.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
-    private static void WriteFile(string path, List<Realloc.ShardView> views, LlamaModel model, IReadOnlyDictionary<string, string>? metadata)
+    private static void WriteFile(string path, List<ShardView> views, LlamaModel model, IReadOnlyDictionary<string, string>? metadata)
     {
         var header = new JsonObject();
         if (metadata is not null)
@@ -335,7 +336,7 @@ internal static class Safetensors
     /// (converted to fp32). Refuses, naming the file and tensor, a tensor that is missing or whose
     /// shape is not the layout's global shape, and (unless <paramref name="allowNonFinite"/>) NaN or
     /// infinite values. The result equals slicing the tensors <see cref="Load"/> reads, bit for bit.</summary>
-    public static unsafe void LoadShard(string dir, Realloc.ShardLayout layout, float* destination, bool allowNonFinite = false)
+    public static unsafe void LoadShard(string dir, ShardLayout layout, float* destination, bool allowNonFinite = false)
     {
         if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"checkpoint directory {dir} not found");
         // Which file holds each tensor.
@@ -349,7 +350,7 @@ internal static class Safetensors
                 ? f : throw new InvalidDataException($"{index}: weight_map entry '{kv.Key}' is not a file name of this directory"), StringComparer.Ordinal);
         }
         else if (!File.Exists(single)) throw new FileNotFoundException($"checkpoint {dir}: neither model.safetensors nor model.safetensors.index.json exists");
-        var byFile = new Dictionary<string, List<Realloc.ShardView>>(StringComparer.Ordinal);
+        var byFile = new Dictionary<string, List<ShardView>>(StringComparer.Ordinal);
         foreach (var v in layout.Views)
         {
             string file = "model.safetensors";
@@ -380,7 +381,7 @@ internal static class Safetensors
     /// <summary>Reads a view's slice of a tensor stored row-major at <paramref name="start"/>: the
     /// split dimension cuts the tensor into <c>outer</c> runs (the product of the dimensions before
     /// it) of <c>SliceLength x inner</c> contiguous elements, one positioned read each.</summary>
-    private static void ReadSlice(FileStream fs, string path, long start, string dtype, Realloc.ShardView v, Span<float> dst)
+    private static void ReadSlice(FileStream fs, string path, long start, string dtype, ShardView v, Span<float> dst)
     {
         int eb = dtype switch
         {

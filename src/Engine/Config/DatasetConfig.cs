@@ -1,8 +1,6 @@
 // The `dataset:` section of a stage (docs/experiment-config.md): which files a stage trains and
 // evaluates on, their format, which field of a record plays which part, shuffling and what a bad
 // record does. A stage without one draws from the synthetic `task:`.
-using ReaLNative.Engine.Data;
-
 namespace ReaLNative.Engine.Config;
 
 /// <summary>Which column of a record holds each part of an example: prompt (every algorithm),
@@ -34,11 +32,11 @@ internal sealed record DatasetConfig(string Train, string? HeldOut, string Forma
         string train = File(r, "train", baseDirectory, required: true)!;
         string? heldOut = File(r, "held_out", baseDirectory, required: false);
         string? format = r.OptStr("format");
-        if (format is not null) r.Enum("format", null, DatasetReader.Formats);
-        string trainFormat = format ?? DatasetReader.FormatOf(train)
-            ?? throw new ConfigException(r.Sub("format"), $"cannot tell the format of '{train}' from its extension; allowed values: {string.Join(" | ", DatasetReader.Formats)}");
-        string? heldFormat = heldOut is null ? null : format ?? DatasetReader.FormatOf(heldOut)
-            ?? throw new ConfigException(r.Sub("format"), $"cannot tell the format of '{heldOut}' from its extension; allowed values: {string.Join(" | ", DatasetReader.Formats)}");
+        if (format is not null) r.Enum("format", null, DatasetFormats.All);
+        string trainFormat = format ?? DatasetFormats.FormatOf(train)
+            ?? throw new ConfigException(r.Sub("format"), $"cannot tell the format of '{train}' from its extension; allowed values: {string.Join(" | ", DatasetFormats.All)}");
+        string? heldFormat = heldOut is null ? null : format ?? DatasetFormats.FormatOf(heldOut)
+            ?? throw new ConfigException(r.Sub("format"), $"cannot tell the format of '{heldOut}' from its extension; allowed values: {string.Join(" | ", DatasetFormats.All)}");
         var fr = new MapReader(r.Get("fields"), r.Sub("fields"));
         var mapped = new Dictionary<string, string>();
         foreach (var role in DatasetFields.Roles)
@@ -80,4 +78,19 @@ internal sealed record DatasetConfig(string Train, string? HeldOut, string Forma
         if (answer) req.Add(DatasetFields.Answer);
         return req.ToArray();
     }
+}
+
+/// <summary>The file formats a dataset may have (`dataset.format`; Data/DatasetReader.cs reads them).</summary>
+internal static class DatasetFormats
+{
+    public const string Jsonl = "jsonl", Parquet = "parquet";
+    public static readonly string[] All = [Jsonl, Parquet];
+
+    /// <summary>The format of <paramref name="path"/> by its extension (.jsonl / .json: jsonl, .parquet: parquet), or null.</summary>
+    public static string? FormatOf(string path) => Path.GetExtension(path).ToLowerInvariant() switch
+    {
+        ".jsonl" or ".json" or ".ndjson" => Jsonl,
+        ".parquet" => Parquet,
+        _ => null,
+    };
 }

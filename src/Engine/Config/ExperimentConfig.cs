@@ -49,7 +49,32 @@ internal static class AlgorithmNames
     public static bool ScalarHead(string role) => role is "critic" or "reward";
 }
 
-internal sealed record TaskConfig(string Name, int MinLen, int MaxLen);
+/// <summary>The `task:` section: a synthetic task and its operand lengths. The token bounds are what
+/// a stage's batch must fit; they equal the tasks' own MaxPromptTokens / MaxAnswerTokens
+/// (Tasks/SyntheticTask.cs, held equal by a test), so that Config checks the fit without the task
+/// generators.</summary>
+internal sealed record TaskConfig(string Name, int MinLen, int MaxLen)
+{
+    /// <summary>Longest prompt in tokens, BOS included: BOS, the digits and '=' (sort-digits); BOS,
+    /// two operands, '+' and '=' (add).</summary>
+    public int MaxPromptTokens => Name switch
+    {
+        "sort-digits" => 1 + MaxLen + 1,
+        "add" => 1 + 2 * MaxLen + 2,
+        _ => throw UnknownName(),
+    };
+
+    /// <summary>Longest answer in tokens, EOS included (a sum has at most one digit more than its operands).</summary>
+    public int MaxAnswerTokens => Name switch
+    {
+        "sort-digits" => MaxLen + 1,
+        "add" => MaxLen + 2,
+        _ => throw UnknownName(),
+    };
+
+    private ConfigException UnknownName() =>
+        new("task.name", $"'{Name}' is not allowed; allowed values: {string.Join(" | ", ExperimentConfig.Tasks)}");
+}
 
 internal sealed record EvalConfig(int Size, int Every);
 
@@ -77,12 +102,7 @@ internal static class Precisions
 internal sealed record BatchConfig(int Size, int PromptLen, int GenLen, int Minibatches, int GroupSize);
 
 internal sealed record OptimConfig(double Lr, double WeightDecay, double Beta1, double Beta2, double Eps,
-                                 int WarmupSteps, string Decay, double MinLrRatio, double ClipGradNorm)
-{
-    /// <summary>Learning rate at optimizer step <paramref name="step"/> (0-based) of <paramref name="total"/>.</summary>
-    public double LrAt(int step, int total) =>
-        new Optim.LrSchedule(Lr, WarmupSteps, Decay, MinLrRatio, total).Rate(step + 1);
-}
+                                 int WarmupSteps, string Decay, double MinLrRatio, double ClipGradNorm);
 
 internal sealed record GenerationConfig(double Temperature, int TopK, double TopP);
 
@@ -404,8 +424,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
 
     private static void ValidateTaskFits(TaskConfig task, List<StageConfig> stages, bool explicitStages)
     {
-        var t = ReaLNative.Engine.Tasks.SyntheticTask.Create(task);
-        int promptLen = t.MaxPromptTokens, answerLen = t.MaxAnswerTokens;
+        int promptLen = task.MaxPromptTokens, answerLen = task.MaxAnswerTokens;
         foreach (var st in stages.Where(s => s.Dataset is null))  // a dataset's records are checked as they are read
         {
             string sp = explicitStages ? st.Path + "." : "";

@@ -18,23 +18,12 @@ internal readonly record struct DatasetRecord(string Where, string File, long Li
 
 internal static class DatasetReader
 {
-    public const string Jsonl = "jsonl", Parquet = "parquet";
-    public static readonly string[] Formats = [Jsonl, Parquet];
-
-    /// <summary>The format of <paramref name="path"/> by its extension (.jsonl / .json: jsonl, .parquet: parquet), or null.</summary>
-    public static string? FormatOf(string path) => Path.GetExtension(path).ToLowerInvariant() switch
-    {
-        ".jsonl" or ".json" or ".ndjson" => Jsonl,
-        ".parquet" => Parquet,
-        _ => null,
-    };
-
     /// <summary>Every record of the file, in file order, read lazily.</summary>
     public static IEnumerable<DatasetRecord> Read(string path, string format, DatasetFields fields, IReadOnlyList<string> required) =>
         format switch
         {
-            Jsonl => ReadJsonl(path, fields, required),
-            Parquet => ReadParquet(path, fields, required),
+            DatasetFormats.Jsonl => ReadJsonl(path, fields, required),
+            DatasetFormats.Parquet => ReadParquet(path, fields, required),
             _ => throw new ArgumentOutOfRangeException(nameof(format), format, null),
         };
 

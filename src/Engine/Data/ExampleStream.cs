@@ -125,7 +125,7 @@ internal sealed record DatasetSpec(string Path, string Format, DatasetFields Fie
             if (error is null && Check is not null) error = Check(rec.Example!.Value);
             if (error is null) { yield return rec.Example!.Value; continue; }
             if (!SkipBad)
-                throw Format == DatasetReader.Jsonl
+                throw Format == DatasetFormats.Jsonl
                     ? new InputException($"{error} (dataset.on_bad_record: fail; `skip` skips such records and counts them)", Path, (int)Math.Min(rec.Line, int.MaxValue))
                     : new InputException($"row {rec.Line}: {error} (dataset.on_bad_record: fail; `skip` skips such records and counts them)", Path);
             if (skipped is not null)

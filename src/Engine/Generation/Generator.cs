@@ -1,6 +1,6 @@
 using ReaLNative.Engine.Model;
 using System.Runtime.InteropServices;
-using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Transport;
 using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Generation;

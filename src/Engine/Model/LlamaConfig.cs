@@ -1,6 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Layout;
 
 namespace ReaLNative.Engine.Model;
 

@@ -1,5 +1,5 @@
-using ReaLNative.Engine.Parallelism;
-using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Layout;
+using ReaLNative.Engine.Transport;
 using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Model;
@@ -282,7 +282,7 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// <summary>Language-model head under tensor parallelism: true (default) all-gathers the logits
     /// so Forward returns full rows [T, vocab] and Backward takes full rows; false keeps each rank's
     /// vocab slice [T, vocab / tp] (columns <see cref="VocabStart"/> ..) for vocab-parallel losses
-    /// that never materialise whole rows (<see cref="VocabParallel"/>).</summary>
+    /// that never materialise whole rows (Parallelism/VocabParallel.cs).</summary>
     public bool GatherLogits { get; set; } = true;
     /// <summary>First vocabulary id of this rank's slice of the embedding and head.</summary>
     public int VocabStart => _vocabStart;

@@ -1,4 +1,4 @@
-using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Layout;
 
 namespace ReaLNative.Engine.Model;
 

@@ -1,3 +1,4 @@
+using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Model;
 using ReaLNative.Interop;
 
@@ -5,7 +6,8 @@ namespace ReaLNative.Engine.Optim;
 
 /// <summary>Learning-rate schedule: linear warmup, then constant, linear or cosine decay to
 /// min_lr_ratio * lr at <see cref="TotalSteps"/> (the Hugging Face convention: the peak rate on the
-/// first step after warmup). The one implementation; the experiment config delegates here.</summary>
+/// first step after warmup). The one implementation; the experiment config's numbers reach it
+/// through <see cref="OptimConfigSchedule.LrAt"/>.</summary>
 internal sealed record LrSchedule(double Lr, int WarmupSteps = 0, string Decay = "constant", double MinLrRatio = 0.1, int TotalSteps = 1)
 {
     /// <summary>Rate of optimizer step <paramref name="step"/> (1-based, as AdamW counts).</summary>
@@ -26,6 +28,14 @@ internal sealed record LrSchedule(double Lr, int WarmupSteps = 0, string Decay =
         };
         return Decay == "constant" ? Lr : Lr * (MinLrRatio + (1 - MinLrRatio) * f);
     }
+}
+
+/// <summary>The `optim:` section's schedule (Config holds the numbers, Optim the formula).</summary>
+internal static class OptimConfigSchedule
+{
+    /// <summary>Learning rate at optimizer step <paramref name="step"/> (0-based) of <paramref name="total"/>.</summary>
+    public static double LrAt(this OptimConfig optim, int step, int total) =>
+        new LrSchedule(optim.Lr, optim.WarmupSteps, optim.Decay, optim.MinLrRatio, total).Rate(step + 1);
 }
 
 /// <summary>

@@ -6,8 +6,8 @@
 // full copy the run loop keeps for initialisation and checkpoints. This is the in-process
 // execution of an execution plan (`realn run --in-process`, the embedding API); model worker
 // processes run the same ShardReplica operations over UCX (Workers/RemoteReplica).
-using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Realloc;
@@ -17,7 +17,7 @@ namespace ReaLNative.Engine.Parallelism;
 
 /// <summary>The devices of one process: an in-process fabric, tag spaces for the models laid out
 /// on it, and SPMD dispatch with a deadline.</summary>
-internal sealed class LocalCluster : Workers.IReplicaHost
+internal sealed class LocalCluster : IReplicaHost
 {
     private int _nextGroup;
     private readonly ITransport[] _ranks;
@@ -39,7 +39,7 @@ internal sealed class LocalCluster : Workers.IReplicaHost
 
     internal ITransport Transport(int device) => _ranks[device];
 
-    public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, Workers.OptimizerSpec? optimizer) =>
+    public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer) =>
         new DistributedModel(this, name, config, scalarHead, layout, microBatches, optimizer is null ? null : optimizer.Create);
 
     public void Dispose()
@@ -94,7 +94,7 @@ internal sealed class LocalCluster : Workers.IReplicaHost
 /// <summary>
 /// A model role's replica under one layout, wherever its shards live: in this process
 /// (<see cref="DistributedModel"/>) or in model worker processes (Workers/RemoteReplica). The
-/// operations mirror <see cref="ModelOps"/> on whole batches; each runs on all of the layout's
+/// operations mirror Algorithms/ModelOps.cs on whole batches; each runs on all of the layout's
 /// devices. Reallocation moves parameters (and AdamW moments) between two replicas of one model,
 /// or to and from the single full copy the run loop keeps for initialisation and checkpoints.
 /// </summary>

@@ -4,11 +4,10 @@
 // collecting ranks (last pipeline stage, tensor rank 0 of each data replica) return their
 // replica's outputs as a ShardOutput, the others null. The in-process DistributedModel runs these
 // on threads; a model worker process runs them for the master (Workers/ModelWorker).
-using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
-using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Transport;
 
 namespace ReaLNative.Engine.Parallelism;

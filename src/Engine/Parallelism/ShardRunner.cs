@@ -7,6 +7,7 @@
 // sequence ids, so a loss normalised over the whole batch gives the single-device gradient.
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Transport;
 using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Parallelism;

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Text.Json;
 using ReaLNative.Engine.Control;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Transport;
 using ReaLNative.Interop;
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Realloc;

@@ -1,3 +1,5 @@
+using ReaLNative.Engine.Layout;
+
 namespace ReaLNative.Engine.Realloc;
 
 /// <summary>A copy of <see cref="Length"/> elements from source offset to destination offset.</summary>

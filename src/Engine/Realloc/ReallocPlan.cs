@@ -1,3 +1,5 @@
+using ReaLNative.Engine.Layout;
+
 namespace ReaLNative.Engine.Realloc;
 
 /// <summary>

@@ -1,8 +1,13 @@
 // Before `realn run` allocates a model: every stage of the experiment, as the planner sees it,
 // must fit in the memory this machine has (the plan's stage on the plan's layouts, every other
-// stage on one device). A refusal is `realn plan`'s message, prefixed with the stage.
+// stage on one device). A refusal is `realn plan`'s message, prefixed with the stage. After a
+// run, summary.json shows each process's measured peak beside that estimate.
+using System.Globalization;
+using System.Text.Json.Nodes;
 using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Workers;
 using ReaLNative.Planner;
 
 namespace ReaLNative.Engine.Runs;
@@ -63,4 +68,42 @@ internal static class MemoryCheck
 
     /// <summary>A worker's key in the by-process memory figures.</summary>
     public static string WorkerKey(int device) => $"worker_{device}";
+
+    /// <summary>summary.json's memory figures: <c>peak_rss_bytes_by_process</c> (this process as
+    /// "master", each worker process as "worker_D": their VmHWM, so far in this invocation of the
+    /// run) and <c>planned_memory_bytes_by_process</c> (the planner's estimate, <see cref="MemoryCheck.Planned"/>;
+    /// plan devices that are threads of this process are added to "master").</summary>
+    public static void AddToSummary(JsonObject summary, ExperimentConfig cfg, Plan? plan, IReplicaHost? host)
+    {
+        var peak = new JsonObject { ["master"] = ProcessMemory.PeakRssBytes() };
+        var workers = host?.WorkerPeakRssBytes();
+        for (int d = 0; d < (workers?.Count ?? 0); d++) peak[MemoryCheck.WorkerKey(d)] = workers![d];
+        summary["peak_rss_bytes_by_process"] = peak;
+        SortedDictionary<string, long> planned;
+        try { planned = MemoryCheck.Planned(cfg, plan); }
+        catch (PlannerException) { return; }   // no estimate for this experiment: the measured figures stand alone
+        var p = new JsonObject { ["master"] = planned["master"] };
+        foreach (var (k, v) in planned)
+        {
+            if (k == "master") continue;
+            if (workers is null) p["master"] = (long)p["master"]! + v;   // in-process devices
+            else p[k] = v;
+        }
+        summary["planned_memory_bytes_by_process"] = p;
+    }
+
+    /// <summary>The line printed after a run: each process's peak RSS beside the planner's estimate.</summary>
+    public static string? Line(JsonObject summary)
+    {
+        if (summary["peak_rss_bytes_by_process"] is not JsonObject peak) return null;
+        var planned = summary["planned_memory_bytes_by_process"] as JsonObject;
+        var parts = peak.Select(kv =>
+        {
+            string measured = kv.Value is null ? "unknown" : MiB((long)kv.Value);
+            return planned?[kv.Key] is { } pl ? $"{kv.Key} {measured} (planned {MiB((long)pl)})" : $"{kv.Key} {measured}";
+        });
+        return "peak RSS: " + string.Join(", ", parts);
+    }
+
+    private static string MiB(long bytes) => (bytes / 1048576.0).ToString("F0", CultureInfo.InvariantCulture) + " MiB";
 }

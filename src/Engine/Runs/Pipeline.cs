@@ -13,10 +13,10 @@ using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Data;
 using ReaLNative.Engine.Dataflow;
 using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
-using ReaLNative.Engine.Realloc;
 using Plan = ReaLNative.Planner.Plan;
 using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Tokenization;
@@ -320,7 +320,7 @@ internal sealed partial class Pipeline : IDisposable
         var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds, stageSeconds, iterationSeconds);
         // The process that ran the run (VmHWM; under a resume, the resumed process only); per process below.
         if (ProcessMemory.PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
-        ProcessMemory.AddToSummary(summary, _cfg, _plan, _host);
+        MemoryCheck.AddToSummary(summary, _cfg, _plan, _host);
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }

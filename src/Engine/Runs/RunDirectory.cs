@@ -9,14 +9,6 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Checkpoints;
 
-namespace ReaLNative
-{
-    /// <summary>The output directory of a run cannot be used as asked: it already holds a run (and
-    /// neither resume nor overwrite was asked), it is a file, or it is not writable. Nothing in it
-    /// was changed.</summary>
-    public sealed class RunDirectoryException(string message) : IOException(message);
-}
-
 namespace ReaLNative.Engine.Runs
 {
     /// <summary>How a run treats an output directory that already holds something.</summary>

@@ -10,6 +10,7 @@ using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using ReaLNative.Engine.Control;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Realloc;
@@ -147,7 +148,7 @@ internal sealed unsafe class ModelWorker : IDisposable
                 "load-shard" => LoadShard(j),
                 "save-shard" => SaveShard(j),
                 "ping" => "ok",
-                "memory" => new JsonObject { ["peak_rss_bytes"] = Runs.ProcessMemory.PeakRssBytes() }.ToJsonString(),
+                "memory" => new JsonObject { ["peak_rss_bytes"] = ProcessMemory.PeakRssBytes() }.ToJsonString(),
                 "shutdown" => Shutdown(),
                 _ => throw new ArgumentException($"unknown worker command '{m.Type}'"),
             };

@@ -4,8 +4,8 @@
 // workers (TransportRealloc, no byte through the master); to and from the full model the master
 // takes part as the rank holding it.
 using System.Text.Json.Nodes;
-using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;

@@ -5,12 +5,11 @@
 // binary layout is little-endian and read with bounds checks: a malformed blob is an
 // InvalidDataException naming what is wrong, never an out-of-range read.
 using System.Text.Json.Nodes;
-using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
-using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Transport;
 
 namespace ReaLNative.Engine.Workers;
@@ -274,10 +273,4 @@ internal static class WireJson
     public static string Str(JsonNode? j, string name) => j?[name]?.GetValue<string>() ?? throw Missing(name);
 
     private static InvalidDataException Missing(string name) => new($"command field '{name}' missing or null");
-}
-
-/// <summary>AdamW's hyperparameters: what makes an optimizer for a shard in any process.</summary>
-internal sealed record OptimizerSpec(LrSchedule Schedule, float Beta1, float Beta2, float Eps, float WeightDecay, float ClipGradNorm)
-{
-    public AdamW Create(LlamaModel model) => new(model, Schedule, Beta1, Beta2, Eps, WeightDecay, ClipGradNorm);
 }

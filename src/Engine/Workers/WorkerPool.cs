@@ -9,23 +9,14 @@ using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using ReaLNative.Engine.Control;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Transport;
 
 namespace ReaLNative.Engine.Workers;
-
-/// <summary>Where replicas of an execution plan live: in-process devices or worker processes.</summary>
-internal interface IReplicaHost : IDisposable
-{
-    int Devices { get; }
-    IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer);
-
-    /// <summary>Each worker process's peak resident set in bytes (null where a worker cannot tell),
-    /// by device; null when the devices are threads of this process (counted in its own).</summary>
-    IReadOnlyList<long?>? WorkerPeakRssBytes() => null;
-}
 
 /// <summary>How the master starts and watches its workers.</summary>
 internal sealed record WorkerPoolOptions

@@ -1,6 +1,7 @@
 // Experiment config: the shipped examples load; bad configs fail with the field path and the
 // allowed values in the message.
 using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Tokenization;
 using Xunit;
@@ -341,6 +342,22 @@ public class ConfigTests
         Assert.Equal(1.0, o.LrAt(2, 12), 12);
         Assert.Equal(0.55, o.LrAt(7, 12), 12);  // halfway through the decay: 0.1 + 0.9 * 0.5
         Assert.Equal(0.1, o.LrAt(12, 12), 12);
+    }
+
+    [Fact]
+    public void TaskConfigTokenBoundsAreTheTasksOwn()
+    {
+        // Config checks that a batch fits the task from TaskConfig's bounds, without the generators.
+        foreach (var name in ExperimentConfig.Tasks)
+            for (int maxLen = 1; maxLen <= 12; maxLen++)
+            {
+                var cfg = new TaskConfig(name, 1, maxLen);
+                var task = SyntheticTask.Create(cfg);
+                Assert.Equal(task.MaxPromptTokens, cfg.MaxPromptTokens);
+                Assert.Equal(task.MaxAnswerTokens, cfg.MaxAnswerTokens);
+            }
+        var unknown = Assert.Throws<ConfigException>(() => new TaskConfig("reverse", 1, 3).MaxPromptTokens);
+        Assert.Contains("'reverse' is not allowed; allowed values: sort-digits | add", unknown.Message);
     }
 
     [Fact]

@@ -29,7 +29,7 @@ public sealed class DatasetTests : IDisposable
 
     private static DatasetSpec Spec(string path, bool skip = false, int buffer = 1, long seed = 1, string[]? required = null,
                                     Func<TaskExample, string?>? check = null, DatasetFields? fields = null) =>
-        new(path, DatasetReader.FormatOf(path)!, fields ?? DatasetFields.Default, required ?? ["prompt", "answer"], buffer, seed, 0, skip, check);
+        new(path, DatasetFormats.FormatOf(path)!, fields ?? DatasetFields.Default, required ?? ["prompt", "answer"], buffer, seed, 0, skip, check);
 
     private string Numbers(int n) => Write("n.jsonl", Enumerable.Range(0, n).Select(i => $$"""{"prompt": "{{i}}+0=", "answer": "{{i}}"}""").ToArray());
 

@@ -4,6 +4,7 @@
 // step with global-norm clipping, and greedy and sampled generation must match a single
 // LlamaModel on the same random parameters and batch.
 using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Realloc;
 using Xunit;
 

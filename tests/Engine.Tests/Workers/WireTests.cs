@@ -2,6 +2,7 @@
 // blobs are refused with InvalidDataException (never an out-of-range read or a huge allocation).
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Workers;
 using Xunit;

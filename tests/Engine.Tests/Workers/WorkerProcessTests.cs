@@ -1,6 +1,8 @@
 // Plans executed by model worker processes (one per device, this test process the master, UCX
 // between them): the same parameters as the in-process execution of the plan, bit for bit (the
 // same shard schedule and reduction order over another transport).
+using ReaLNative.Engine.Layout;
+using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Runs;
 using ReaLNative.Engine.Tests.Runs;
@@ -93,7 +95,7 @@ public sealed class WorkerPoolTests
             using var saved = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
             saved.InitRandom(32, 0.5f);
             ReaLNative.Engine.Checkpoints.Safetensors.Save(saved, dir, shardBytes: 40_000);
-            foreach (var layout in new[] { new ReaLNative.Engine.Realloc.ParallelLayout([1, 0], 1, 1, 2), new ReaLNative.Engine.Realloc.ParallelLayout([0, 1], 2, 1, 1) })
+            foreach (var layout in new[] { new ParallelLayout([1, 0], 1, 1, 2), new ParallelLayout([0, 1], 2, 1, 1) })
             {
                 IReplica[] replicas = [pool.Create("remote", cfg, false, layout, 1, null),
                                        new ReaLNative.Engine.Parallelism.DistributedModel(cluster, "local", cfg, false, layout, 1)];
@@ -149,8 +151,8 @@ public sealed class WorkerPoolTests
         var v = Enumerable.Range(0, (int)full.ParameterCount).Select(_ => rng.NextSingle()).ToArray();
         adam.Restore(7, m, v);
         // tp 2 on devices 1, 0 (reversed), then pp 2 on 0, 1: the second replica is filled worker to worker.
-        using var tp = pool.Create("tp", cfg, false, new ReaLNative.Engine.Realloc.ParallelLayout([1, 0], 1, 1, 2), 1, spec);
-        using var pp = pool.Create("pp", cfg, false, new ReaLNative.Engine.Realloc.ParallelLayout([0, 1], 2, 1, 1), 2, null);
+        using var tp = pool.Create("tp", cfg, false, new ParallelLayout([1, 0], 1, 1, 2), 1, spec);
+        using var pp = pool.Create("pp", cfg, false, new ParallelLayout([0, 1], 2, 1, 1), 2, null);
         tp.CopyFrom(full);
         tp.MoveOptimizerState(adam, toShards: true);
         pp.CopyFrom(tp);

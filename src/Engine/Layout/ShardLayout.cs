@@ -1,4 +1,4 @@
-namespace ReaLNative.Engine.Realloc;
+namespace ReaLNative.Engine.Layout;
 
 /// <summary>
 /// One parameter's piece held by a shard. The global tensor is row-major with

@@ -1,4 +1,4 @@
-namespace ReaLNative.Engine.Realloc;
+namespace ReaLNative.Engine.Layout;
 
 /// <summary>
 /// Where and how a model is laid out: the mesh's devices (global device ids, rank order) and its

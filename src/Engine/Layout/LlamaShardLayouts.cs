@@ -1,4 +1,4 @@
-namespace ReaLNative.Engine.Realloc;
+namespace ReaLNative.Engine.Layout;
 
 /// <summary>Architecture numbers a LLaMA shard layout depends on.</summary>
 /// <remarks><paramref name="HeadRows"/>: rows of the output head -- Vocab (language-model head

@@ -4,11 +4,10 @@
 // (activations forward, gradients backward). Synchronous wrappers over the async collectives:
 // a model shard computes on one thread and blocks on each exchange, the transport's deadline
 // bounding every wait.
-using ReaLNative.Engine.Realloc;
-using ReaLNative.Engine.Transport;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Interop;
 
-namespace ReaLNative.Engine.Parallelism;
+namespace ReaLNative.Engine.Transport;
 
 /// <summary>
 /// One rank's view of a model's parallel layout and the collectives it needs. Transport ranks are

@@ -1,7 +1,7 @@
-using ReaLNative.Engine.Runs;
+using ReaLNative.Engine.Workers;
 using Xunit;
 
-namespace ReaLNative.Engine.Tests.Runs;
+namespace ReaLNative.Engine.Tests.Workers;
 
 public sealed class ProcessMemoryTests
 {

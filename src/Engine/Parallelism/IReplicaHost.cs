@@ -1,0 +1,19 @@
+// Where the replicas of an execution plan live: devices that are threads of this process
+// (LocalCluster) or worker processes (Workers/WorkerPool). The run loop holds one and asks it for
+// replicas; the interface sits beside IReplica so that neither side depends on the other.
+using ReaLNative.Engine.Layout;
+using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Optim;
+
+namespace ReaLNative.Engine.Parallelism;
+
+/// <summary>Where replicas of an execution plan live: in-process devices or worker processes.</summary>
+internal interface IReplicaHost : IDisposable
+{
+    int Devices { get; }
+    IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer);
+
+    /// <summary>Each worker process's peak resident set in bytes (null where a worker cannot tell),
+    /// by device; null when the devices are threads of this process (counted in its own).</summary>
+    IReadOnlyList<long?>? WorkerPeakRssBytes() => null;
+}
