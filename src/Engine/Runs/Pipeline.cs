@@ -17,6 +17,7 @@ using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Stages;
 using Plan = ReaLNative.Planner.Plan;
 using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Tokenization;
@@ -44,6 +45,7 @@ internal sealed partial class Pipeline : IDisposable
     private readonly SyntheticTask _task;
     private readonly CharTokenizer _tok;
     private readonly Dictionary<int, TaskExample[]> _heldOuts = new();
+    private IStageAlgorithm? _algorithm; // the current stage's algorithm: its call handlers, trained roles, batch shape
     private IExampleSource? _source;     // the current stage's training examples
     private ISequenceReward? _reward;    // the current stage's rule-based reward (null: reward model / exact match)
     private readonly Dictionary<string, LlamaModel> _models = new();
@@ -272,8 +274,8 @@ internal sealed partial class Pipeline : IDisposable
             SetUpStage(stage, resumeFrom: s == startStage && first > 0, first);
             CommitStart(start);
             var graph = DataflowGraph.For(stage);
-            var exec = new MeshExecutor(graph, Handlers(stage), DevicesOf);
-            bool evals = stage.Algorithm != AlgorithmNames.Rm;
+            var exec = new MeshExecutor(graph, _algorithm!.Handlers(Context(stage)), DevicesOf);
+            bool evals = _algorithm.EvaluatesActor;
             if (evals && first == 0) Evaluate(stage, 0);
             for (int it = first; it < stage.Iterations; it++)
             {
@@ -303,7 +305,7 @@ internal sealed partial class Pipeline : IDisposable
                 _progress?.Invoke(new ProgressEvent(s, stage.Algorithm, it + 1, stage.Iterations, figures));
                 // The stage artifact is written before the stage's last checkpoint: a run resumed
                 // from that checkpoint skips the stage and needs the artifact already there.
-                if (it + 1 == stage.Iterations && AlgorithmNames.Produces(stage.Algorithm) is { } prod)
+                if (it + 1 == stage.Iterations && _algorithm.Produces is { } prod)
                     CheckpointStore.WriteArtifact(Path.Combine(CkptDir, prod.Artifact), tmp => Safetensors.Save(_models[prod.Role], tmp));
                 if (ckpt)
                 {
@@ -386,8 +388,9 @@ internal sealed partial class Pipeline : IDisposable
         _reward?.Dispose(); _reward = null;
         _reward = SequenceRewards.Create(stage.Reward, _cfg.BaseDirectory);
         _rewardStage = stage.Index;
+        _algorithm = StageAlgorithms.For(stage);
         _source = stage.Dataset is { } ds
-            ? new ExampleStream(TrainSpec(stage, ds), firstIteration, PromptsPerIteration(stage))
+            ? new ExampleStream(TrainSpec(stage, ds), firstIteration, PromptsPerIteration(stage, _algorithm))
             : new SyntheticSource(_task, _cfg.Seed, stage.Index);
         foreach (var r in _replicas.Values) r.Dispose();
         _replicas.Clear(); _callReplica.Clear();
@@ -415,7 +418,7 @@ internal sealed partial class Pipeline : IDisposable
                 else ModelOps.CopyShared(loaded, model);
             }
         }
-        foreach (var role in AlgorithmNames.TrainedRoles(stage.Algorithm))
+        foreach (var role in _algorithm.TrainedRoles)
             _optims[role] = NewOptimizer(stage, _models[role]);
         ApplyPrecision(stage);
         if (resumeFrom)
@@ -469,7 +472,7 @@ internal sealed partial class Pipeline : IDisposable
     private static OptimizerSpec Optimizer(StageConfig stage)
     {
         var o = stage.Optim;
-        int stepsPerIter = OptimizerStepsPerIteration(stage);
+        int stepsPerIter = StageAlgorithms.For(stage).OptimizerStepsPerIteration;
         return new OptimizerSpec(new LrSchedule(o.Lr, o.WarmupSteps, o.Decay, o.MinLrRatio, stage.Iterations * stepsPerIter),
             (float)o.Beta1, (float)o.Beta2, (float)o.Eps, (float)o.WeightDecay, (float)o.ClipGradNorm);
     }
@@ -597,26 +600,17 @@ internal sealed partial class Pipeline : IDisposable
 
     // ---------------------------------------------------------------- data
 
-    private int[] PromptIds(string prompt) => [_tok.Bos, .. _tok.Encode(prompt)];
+    private int[] PromptIds(string prompt) => StageContext.PromptIds(_tok, prompt);
 
-    /// <summary>Copies of each prompt in an iteration's batch (rm, dpo: 2; grpo, rloo: group_size).</summary>
-    private static int CopiesPerPrompt(StageConfig stage) => stage.Algorithm switch
-    {
-        AlgorithmNames.Rm or AlgorithmNames.Dpo => 2,
-        AlgorithmNames.Grpo or AlgorithmNames.Rloo => stage.Batch.GroupSize,
-        _ => 1,
-    };
-
-    private static int PromptsPerIteration(StageConfig stage) => Math.Max(1, stage.Batch.Size / CopiesPerPrompt(stage));
+    private static int PromptsPerIteration(StageConfig stage, IStageAlgorithm algorithm) => Math.Max(1, stage.Batch.Size / algorithm.CopiesPerPrompt);
 
     /// <summary>The iteration's prompts: batch.size examples (rm, dpo: size/2 prompts sampled twice;
     /// grpo: size/group_size prompts sampled group_size times), consecutive copies.</summary>
     private void LoadSources(StageConfig stage, int it, SampleBatch batch)
     {
-        int copies = CopiesPerPrompt(stage);
-        var ex = _source!.Take(it, PromptsPerIteration(stage)).SelectMany(e => Enumerable.Repeat(e, copies)).ToArray();
-        batch.Set("prompts", ex);
-        if (stage.Algorithm == AlgorithmNames.Sft) batch.Set("answers", ex.Select(e => e.Target).ToArray());
+        int copies = _algorithm!.CopiesPerPrompt;
+        var ex = _source!.Take(it, PromptsPerIteration(stage, _algorithm)).SelectMany(e => Enumerable.Repeat(e, copies)).ToArray();
+        _algorithm.SetSources(batch, ex);
     }
 
     /// <summary>How a stage reads a dataset file: the fields its algorithm and reward need, and the
@@ -669,32 +663,9 @@ internal sealed partial class Pipeline : IDisposable
 
     private readonly Dictionary<int, long> _heldOutSkipped = new();
 
-    /// <summary>Each completion's held-out score: the stage's rule-based reward (other than `task`),
-    /// else 1 for exactly the reference answer.</summary>
-    private double[] Checks(TaskExample[] ex, string[] completions, bool[] endedWithEos)
-    {
-        if (_reward is null or TaskCheckerReward)
-            return Enumerable.Range(0, ex.Length).Select(i => SyntheticTask.Exact(ex[i], completions[i])).ToArray();
-        return _reward.Score(SequenceRewards.Inputs(ex, completions, endedWithEos)).Select(x => (double)x).ToArray();
-    }
-
-    private sealed record Rollout(TaskExample[] Examples, int[][] Prompts, GenerationResult Gen, ScoredBatch Scored, string[] Completions);
-
-    private Rollout Generate(StageConfig stage, IModelCalls actor, TaskExample[] ex, int it, string stream, bool greedy)
-    {
-        var prompts = ex.Select(e => PromptIds(e.Prompt)).ToArray();
-        var gen = actor.Generate(prompts, new GenerationOptions
-        {
-            MaxNewTokens = stage.Batch.GenLen,
-            Temperature = greedy ? 0f : (float)stage.Generation.Temperature,
-            EosToken = _tok.Eos,
-            Seed = StepRandom.Seed64(_cfg.Seed, stream, stage.Index, it),
-        });
-        var seqs = Enumerable.Range(0, ex.Length).Select(gen.Sequence).ToArray();
-        var scored = new ScoredBatch(seqs, prompts.Select(p => p.Length).ToArray());
-        var comps = gen.NewTokens.Select(t => _tok.Decode(t)).ToArray();
-        return new Rollout(ex, prompts, gen, scored, comps);
-    }
+    /// <summary>What the stage's call handlers use of this run (models: the plan replica of a call, else the single device).</summary>
+    private StageContext Context(StageConfig stage) =>
+        new(stage, _cfg.Seed, _tok, _reward, Calls, role => _models[role]);
 
     /// <summary>Greedy answers of <paramref name="actor"/> to stage <paramref name="stage"/>'s held-out
     /// examples and each one's score (the stage's rule-based reward, else exact match): what
@@ -708,8 +679,9 @@ internal sealed partial class Pipeline : IDisposable
             _rewardStage = stage.Index;
         }
         var heldOut = HeldOut(stage);
-        var r = Generate(stage, new SingleModelCalls(actor, () => null), heldOut, 0, "eval", greedy: true);
-        return new HeldOutResult(heldOut, r.Completions, r.Gen.EndedWithEos, Checks(heldOut, r.Completions, r.Gen.EndedWithEos),
+        var context = Context(stage);
+        var r = context.Generate(new SingleModelCalls(actor, () => null), heldOut, 0, "eval", greedy: true);
+        return new HeldOutResult(heldOut, r.Completions, r.Gen.EndedWithEos, context.Checks(heldOut, r.Completions, r.Gen.EndedWithEos),
                                  _heldOutSkipped.GetValueOrDefault(stage.Index));
     }
 
@@ -726,209 +698,6 @@ internal sealed partial class Pipeline : IDisposable
         WriteMetric(line);
         if (step == 0) _progress?.Invoke(new ProgressEvent(stage.Index, stage.Algorithm, 0, stage.Iterations, new Dictionary<string, double> { ["task_score"] = score }));
         return score;
-    }
-
-    // ---------------------------------------------------------------- call handlers
-
-    private Dictionary<string, CallHandler> Handlers(StageConfig stage)
-    {
-        float temp = (float)stage.Generation.Temperature;
-        int It(SampleBatch b) => b.Get<int[]>("iteration")[0];
-        var h = new Dictionary<string, CallHandler>();
-
-        double[] scoresOrChecks(Rollout r) => Checks(r.Examples, r.Completions, r.Gen.EndedWithEos);
-        h["actor_gen"] = (call, b) =>
-        {
-            var r = Generate(stage, Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), It(b), "gen", greedy: false);
-            b.Set("sequences", r); b.Set("logprobs", r.Gen.LogProbs.SelectMany(x => x).ToArray());
-            b.Set("logits_mask", Array.Empty<byte>()); b.Set("ended_with_eos", r.Gen.EndedWithEos);
-            if (RuleScores(stage, r) is { } scores) b.Set("scores", scores);
-            double score = scoresOrChecks(r).Average();
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["sample_task_score"] = score,
-                ["gen_len_mean"] = r.Gen.NewTokens.Average(t => t.Length) };
-        };
-        h["actor_greedy_gen"] = (call, b) =>
-        {
-            var r = Generate(stage, Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), It(b), "greedy", greedy: true);
-            b.Set("greedy_sequences", r); b.Set("greedy_ended_with_eos", r.Gen.EndedWithEos);
-            if (RuleScores(stage, r) is { } scores) b.Set("greedy_scores", scores);
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
-        };
-        CallHandler RewInf(string seqKey, string outKey) => (call, b) =>
-        {
-            var r = b.Get<Rollout>(seqKey);
-            var (_, last) = Calls(call.Name, "reward").Values(r.Scored);
-            b.Set(outKey, last);
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["reward_mean"] = last.Average() };
-        };
-        h["rew_inf"] = RewInf("sequences", "scores");
-        h["rew_greedy_inf"] = RewInf("greedy_sequences", "greedy_scores");
-        h["ref_inf"] = (call, b) =>
-        {
-            var r = b.Get<Rollout>("sequences");
-            b.Set("ref_logprobs", Calls(call.Name, "ref").LogProbs(r.Scored, temp));
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
-        };
-        h["critic_inf"] = (call, b) =>
-        {
-            var r = b.Get<Rollout>("sequences");
-            b.Set("values", Calls(call.Name, "critic").Values(r.Scored).ActionValues);
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
-        };
-
-        switch (stage.Algorithm)
-        {
-            case AlgorithmNames.Sft:
-                h["actor_train"] = (call, b) =>
-                {
-                    var ex = b.Get<TaskExample[]>("prompts");
-                    var seqs = ex.Select(e => (int[])[.. PromptIds(e.Prompt), .. _tok.Encode(e.Target), _tok.Eos]).ToArray();
-                    var sb = new ScoredBatch(seqs, ex.Select(e => PromptIds(e.Prompt).Length).ToArray());
-                    var m = Calls(call.Name, "actor");
-                    double loss = m.SftStep(sb);
-                    double gn = m.Step();
-                    b.Set("actor_stats", new object());
-                    return new Dictionary<string, double> { ["tokens"] = sb.Packed.TotalTokens, ["loss"] = loss, ["grad_norm"] = gn };
-                };
-                break;
-            case AlgorithmNames.Rm:
-                h["rew_train"] = (call, b) =>
-                {
-                    var r = b.Get<Rollout>("sequences");
-                    // Pairs: the two samples of a prompt ranked by the graded checker, and the
-                    // checker's exact answer preferred over every wrong sample.
-                    var (ci, ri) = Pairs(r);
-                    var chosen = ci.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
-                    var rejected = ri.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
-                    for (int i = 0; i < r.Examples.Length; i++)
-                        if (SyntheticTask.Exact(r.Examples[i], r.Completions[i]) < 1 || !r.Gen.EndedWithEos[i])
-                        {
-                            chosen.Add(([.. r.Prompts[i], .. _tok.Encode(r.Examples[i].Target), _tok.Eos], r.Prompts[i].Length));
-                            rejected.Add((r.Gen.Sequence(i), r.Prompts[i].Length));
-                        }
-                    b.Set("reward_stats", new object());
-                    if (chosen.Count == 0) return new Dictionary<string, double> { ["pairs"] = 0 };
-                    var all = chosen.Concat(rejected).ToList();
-                    var sb = new ScoredBatch(all.Select(x => x.Item1).ToArray(), all.Select(x => x.Item2).ToArray());
-                    var m = Calls(call.Name, "reward");
-                    var (_, last) = m.Values(sb);
-                    int n = chosen.Count;
-                    var dc = new float[n]; var dr = new float[n];
-                    var st = Losses.PairwiseReward(last.AsSpan(0, n), last.AsSpan(n), dc, dr);
-                    m.BackwardValues(sb, [], [.. dc, .. dr]);
-                    double gn = m.Step();
-                    return new Dictionary<string, double> { ["tokens"] = sb.Packed.TotalTokens, ["loss"] = st.Loss, ["accuracy"] = st.Accuracy,
-                        ["pairs"] = n, ["margin"] = st.MeanMargin, ["grad_norm"] = gn };
-                };
-                break;
-            case AlgorithmNames.Ppo:
-                AddPpo(stage, h, temp);
-                break;
-            case AlgorithmNames.Grpo:
-            case AlgorithmNames.Remax:
-            case AlgorithmNames.Rloo:
-                AddCriticFree(stage, h, temp);
-                break;
-            case AlgorithmNames.Dpo:
-                AddDpo(stage, h, temp);
-                break;
-        }
-        return h;
-    }
-
-    /// <summary>Preference pairs from consecutive sample pairs of one prompt, ranked by the task's graded checker.</summary>
-    private (int[] Chosen, int[] Rejected) Pairs(Rollout r)
-    {
-        var c = new List<int>(); var j = new List<int>();
-        for (int i = 0; i + 1 < r.Examples.Length; i += 2)
-        {
-            double a = SyntheticTask.Grade(r.Examples[i], r.Completions[i]) + (r.Gen.EndedWithEos[i] ? 0 : -1);
-            double b = SyntheticTask.Grade(r.Examples[i + 1], r.Completions[i + 1]) + (r.Gen.EndedWithEos[i + 1] ? 0 : -1);
-            if (a == b) continue;
-            c.Add(a > b ? i : i + 1); j.Add(a > b ? i + 1 : i);
-        }
-        return (c.ToArray(), j.ToArray());
-    }
-
-    /// <summary>Selects sequences [s0, s1) of a rollout as its own scored batch, with the matching slices of per-action arrays.</summary>
-    private static (ScoredBatch Batch, int A0, int A1) Slice(Rollout r, int s0, int s1)
-    {
-        var seqs = Enumerable.Range(s0, s1 - s0).Select(r.Gen.Sequence).ToArray();
-        var sb = new ScoredBatch(seqs, Enumerable.Range(s0, s1 - s0).Select(i => r.Prompts[i].Length).ToArray());
-        return (sb, r.Scored.ActionCu[s0], r.Scored.ActionCu[s1]);
-    }
-
-    private void AddPpo(StageConfig stage, Dictionary<string, CallHandler> h, float temp)
-    {
-        var ppo = stage.Ppo;
-        // Advantages and returns are computed once per iteration and shared by both train calls.
-        (float[] Adv, float[] Ret, double Kl, double Reward)? cache = null;
-        int cachedFor = -1;
-        var gate = new Lock();  // actor_train and critic_train may run concurrently under a plan
-        (float[] Adv, float[] Ret, double Kl, double Reward) Advantages(SampleBatch b)
-        {
-            lock (gate) return AdvantagesLocked(b);
-        }
-        (float[] Adv, float[] Ret, double Kl, double Reward) AdvantagesLocked(SampleBatch b)
-        {
-            int it = b.Get<int[]>("iteration")[0];
-            if (cachedFor == it && cache is { } c) return c;
-            var r = b.Get<Rollout>("sequences");
-            var logp = b.Get<float[]>("logprobs"); var refLp = b.Get<float[]>("ref_logprobs");
-            var scores = Shaped(stage, r, b.Get<float[]>("scores"));
-            var (adv, ret, kl) = Ppo.Advantages(_models["critic"].Stream, logp, refLp, b.Get<float[]>("values"), scores,
-                                                r.Gen.EndedWithEos, r.Scored.ActionCu, ppo);
-            cache = (adv, ret, kl, scores.Average());
-            cachedFor = it;
-            return cache.Value;
-        }
-
-        h["actor_train"] = (call, b) =>
-        {
-            var r = b.Get<Rollout>("sequences");
-            var oldLp = b.Get<float[]>("logprobs");
-            var (adv, _, kl, reward) = Advantages(b);
-            var m = Calls(call.Name, "actor");
-            double loss = 0, clip = 0; int steps = 0;
-            int n = r.Examples.Length, mb = stage.Batch.Minibatches;
-            for (int e = 0; e < ppo.PpoEpochs; e++)
-                for (int k = 0; k < mb; k++)
-                {
-                    var (sb, a0, a1) = Slice(r, k * n / mb, (k + 1) * n / mb);
-                    var lp = m.LogProbs(sb, temp);
-                    var g = new float[lp.Length]; var keep = new bool[sb.Packed.Count]; Array.Fill(keep, true);
-                    var st = Losses.ClippedPolicy(lp, oldLp.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), [], sb.ActionCu, keep,
-                                                  ppo.ClipEpsLow, ppo.ClipEpsHigh, ppo.LossAgg, 0, g);
-                    m.BackwardLogProbs(sb, temp, g);
-                    m.Step();
-                    loss += st.Loss; clip += st.ClipFraction; steps++;
-                }
-            b.Set("actor_stats", new object());
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = loss / steps, ["clip_fraction"] = clip / steps,
-                ["reward_mean"] = reward, ["kl"] = kl, ["lr"] = m.LearningRate };
-        };
-        h["critic_train"] = (call, b) =>
-        {
-            var r = b.Get<Rollout>("sequences");
-            var oldV = b.Get<float[]>("values");
-            var (_, ret, _, _) = Advantages(b);
-            var m = Calls(call.Name, "critic");
-            double loss = 0; int steps = 0;
-            int n = r.Examples.Length, mb = stage.Batch.Minibatches;
-            for (int e = 0; e < ppo.PpoEpochs; e++)
-                for (int k = 0; k < mb; k++)
-                {
-                    var (sb, a0, a1) = Slice(r, k * n / mb, (k + 1) * n / mb);
-                    var (v, _) = m.Values(sb);
-                    var g = new float[v.Length]; var mask = new float[v.Length]; Array.Fill(mask, 1f);
-                    var st = Losses.ClippedValue(v, oldV.AsSpan(a0, a1 - a0), ret.AsSpan(a0, a1 - a0), mask, ppo.ValueClipEps, g);
-                    m.BackwardValues(sb, g, []);
-                    m.Step();
-                    loss += st.Loss; steps++;
-                }
-            b.Set("critic_stats", new object());
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = loss / steps };
-        };
     }
 
     public void Dispose()
