@@ -57,11 +57,10 @@ internal sealed partial class Pipeline : IDisposable
     private readonly Dictionary<string, IReplica> _callReplica = new();
     private StreamWriter? _metrics;
     private int _metricLines;
-    private readonly CheckpointStore _store;
+    private readonly RunCheckpoints _checkpoints;
     private readonly Action<string>? _note;
     private readonly List<string> _resumeNotes = [];
-    private string? _resumeDir;   // the verified checkpoint a resumed run continues from
-    private JsonNode? _resumeState;
+    private ResumePoint? _resume;   // the verified checkpoint a resumed run continues from
 
     /// <summary>A run of <paramref name="cfg"/> into <paramref name="outDir"/>. With <paramref name="plan"/>
     /// the stage whose calls the plan lists runs each call on its own mesh and (pp, dp, tp) layout
@@ -80,7 +79,7 @@ internal sealed partial class Pipeline : IDisposable
         _cfg = cfg;
         _out = Path.GetFullPath(outDir);
         _progress = progress;
-        _store = new CheckpointStore(Path.Combine(_out, "checkpoints"), cfg.CheckpointKeep);
+        _checkpoints = new RunCheckpoints(cfg, Path.Combine(_out, "checkpoints"), Note);
         _task = SyntheticTask.Create(cfg.Task);
         var vocab = cfg.Stages.SelectMany(s => s.Models.Values).Select(m => Arch(m).Vocab).Min();
         _tok = new CharTokenizer(vocab);
@@ -124,14 +123,11 @@ internal sealed partial class Pipeline : IDisposable
     }
 
     public string MetricsPath => Path.Combine(_out, "metrics.jsonl");
-    private string CkptDir => Path.Combine(_out, "checkpoints");
+    private string CkptDir => _checkpoints.Root;
 
     /// <summary>What the last resume said: each refused checkpoint (and why) and the one it continued from.</summary>
     public IReadOnlyList<string> ResumeNotes => _resumeNotes;
 
-    /// <summary>The checkpoint name's number: iterations of every earlier stage plus <paramref name="nextIteration"/>.</summary>
-    private long GlobalIteration(int stage, int nextIteration) =>
-        _cfg.Stages.Take(stage).Sum(s => (long)s.Iterations) + nextIteration;
 
     private void Note(string message)
     {
@@ -139,44 +135,6 @@ internal sealed partial class Pipeline : IDisposable
         _note?.Invoke(message);
     }
 
-    /// <summary>The newest checkpoint that verifies against its manifest (pointer first, then newest
-    /// name first), noting each refused one; null when there is none at all; throws naming every
-    /// refusal when none verifies.</summary>
-    private (string Dir, JsonNode State)? SelectCheckpoint()
-    {
-        var candidates = _store.Candidates();
-        if (candidates.Count == 0) return null;
-        var refused = new List<string>();
-        for (int i = 0; i < candidates.Count; i++)
-        {
-            string name = candidates[i];
-            string? why = _store.Verify(name);
-            JsonNode? st = null;
-            if (why is null)
-            {
-                try
-                {
-                    st = JsonNode.Parse(File.ReadAllText(Path.Combine(_store.PathOf(name), "state.json")))!;
-                    int stage = (int)st["stage"]!, next = (int)st["next_iteration"]!;
-                    _ = (int)st["metric_lines"]!; _ = (double)st["seconds"]!;
-                    if (stage < 0 || stage >= _cfg.Stages.Count || next < 0 || next > _cfg.Stages[stage].Iterations || (string?)st["algorithm"] != _cfg.Stages[stage].Algorithm)
-                        why = $"state.json (stage {stage}, iteration {next}) does not fit this experiment's stages";
-                }
-                catch (Exception e) when (e is JsonException or NullReferenceException or InvalidOperationException or FormatException)
-                { why = $"state.json malformed ({e.Message})"; }
-            }
-            if (why is null)
-            {
-                int stage = (int)st!["stage"]!, next = (int)st["next_iteration"]!;
-                Note($"resuming from checkpoint {name} (stage {stage} {_cfg.Stages[stage].Algorithm}, iteration {next})");
-                return (_store.PathOf(name), st);
-            }
-            refused.Add($"{name}: {why}");
-            Note($"checkpoint {name} refused: {why}; " + (i + 1 < candidates.Count ? $"falling back to {candidates[i + 1]}" : "no older checkpoint left"));
-        }
-        throw new InvalidDataException($"cannot resume: no checkpoint in {_store.Root} verifies ({string.Join("; ", refused)}); " +
-                                       $"start over with {OptionNames.Overwrite}");
-    }
 
     private LlamaConfig Arch(ModelSpec m) =>
         m.Preset is not null ? LlamaConfig.Preset(m.Preset) : LlamaConfig.FromHfJson(Path.Combine(_cfg.BaseDirectory, m.ConfigPath!));
@@ -194,7 +152,7 @@ internal sealed partial class Pipeline : IDisposable
     public string Position => _position;
 
     /// <summary>The newest complete checkpoint's name (the `latest` pointer), or null.</summary>
-    public string? LastCheckpoint => _store.Pointer();
+    public string? LastCheckpoint => _checkpoints.Store.Pointer();
 
     /// <summary>Checks the output directory for a run started as <paramref name="start"/> before
     /// anything runs (see <see cref="RunDirectory.Check"/>): a fresh start refuses a directory that
@@ -238,28 +196,23 @@ internal sealed partial class Pipeline : IDisposable
         // Of which the iterations' dataflow (every call of an iteration, no evaluation or checkpoint).
         var iterationSeconds = new double[_cfg.Stages.Count];
         _resumeNotes.Clear();
-        _resumeDir = null; _resumeState = null;
+        _resume = null;
         _pendingCut = null; _startCommitted = false;
         _position = "start-up";
-        var chosen = start == RunStart.Resume ? SelectCheckpoint() : null;
+        var chosen = start == RunStart.Resume ? _checkpoints.Select(OptionNames.Overwrite) : null;
         if (start == RunStart.Resume && chosen is null)
-            Note($"no checkpoint in {_store.Root}; starting from the beginning" + (File.Exists(MetricsPath) ? $" ({RunDirectory.Metrics} is replaced)" : ""));
+            Note($"no checkpoint in {_checkpoints.Store.Root}; starting from the beginning" + (File.Exists(MetricsPath) ? $" ({RunDirectory.Metrics} is replaced)" : ""));
         if (chosen is { } c)
         {
-            var st = c.State;
-            _resumeDir = c.Dir; _resumeState = st;
-            startStage = (int)st["stage"]!; startIter = (int)st["next_iteration"]!;
-            priorSeconds = (double)st["seconds"]!;
-            if (st["stage_seconds"] is JsonArray prior && prior.Count == stageSeconds.Length)
-                for (int i = 0; i < prior.Count; i++) stageSeconds[i] = prior[i] is JsonValue v && v.TryGetValue(out double d) ? d : 0;
-            if (st["stage_iterations_seconds"] is JsonArray priorIt && priorIt.Count == iterationSeconds.Length)
-                for (int i = 0; i < priorIt.Count; i++) iterationSeconds[i] = priorIt[i] is JsonValue v && v.TryGetValue(out double d) ? d : 0;
-            string name = Path.GetFileName(c.Dir);
-            var cut = RunDirectory.ResumeCut(MetricsPath, startStage, startIter, (int)st["metric_lines"]!, name);
+            _resume = c;
+            startStage = c.Stage; startIter = c.NextIteration;
+            priorSeconds = c.Seconds;
+            c.ReadStageSeconds(stageSeconds, iterationSeconds);
+            var cut = RunDirectory.ResumeCut(MetricsPath, startStage, startIter, c.MetricLines, c.Name);
             foreach (var n in cut.Notes) Note(n);
             _metricLines = cut.KeepLines;
             // Applied once the stage is set up: a resume that fails before leaves everything as it was.
-            _pendingCut = (cut.KeepBytes, CheckpointStore.StepOf(name)!.Value);
+            _pendingCut = (cut.KeepBytes, c.Step);
         }
         else _metricLines = 0;
         var clock = Stopwatch.StartNew();
@@ -306,7 +259,7 @@ internal sealed partial class Pipeline : IDisposable
                 // The stage artifact is written before the stage's last checkpoint: a run resumed
                 // from that checkpoint skips the stage and needs the artifact already there.
                 if (it + 1 == stage.Iterations && _algorithm.Produces is { } prod)
-                    CheckpointStore.WriteArtifact(Path.Combine(CkptDir, prod.Artifact), tmp => Safetensors.Save(_models[prod.Role], tmp));
+                    _checkpoints.WriteArtifact(prod.Artifact, _models[prod.Role]);
                 if (ckpt)
                 {
                     var upToNow = (double[])stageSeconds.Clone();
@@ -338,7 +291,7 @@ internal sealed partial class Pipeline : IDisposable
         if (_pendingCut is { } cut)
         {
             RunDirectory.CutMetrics(MetricsPath, cut.KeepBytes);
-            _store.DropNewerThan(cut.Step);
+            _checkpoints.Store.DropNewerThan(cut.Step);
         }
         else
         {
@@ -405,7 +358,7 @@ internal sealed partial class Pipeline : IDisposable
             string? src = spec.Init switch
             {
                 "random" => null,
-                "sft" or "rm" => Path.Combine(CkptDir, spec.Init),
+                "sft" or "rm" => _checkpoints.ArtifactPath(spec.Init),
                 _ => Path.Combine(_cfg.BaseDirectory, spec.Init),
             };
             if (src is not null)
@@ -421,25 +374,7 @@ internal sealed partial class Pipeline : IDisposable
         foreach (var role in _algorithm.TrainedRoles)
             _optims[role] = NewOptimizer(stage, _models[role]);
         ApplyPrecision(stage);
-        if (resumeFrom)
-        {
-            string dir = _resumeDir!;
-            var st = _resumeState!;
-            foreach (var (role, opt) in _optims)
-            {
-                Safetensors.LoadInto(_models[role], Path.Combine(dir, role), stage.Models[role].AllowNonFiniteWeights);
-                string master = Path.Combine(dir, role + ".master");
-                if (_models[role].Precision == ModelPrecision.Bf16)
-                {
-                    if (!File.Exists(master))
-                        throw new InvalidDataException($"checkpoint {dir}: {role} is bf16 but {role}.master (its fp32 master weights) is missing; resume it with the precision it was written with");
-                    ReadFloats(master, _models[role].ParameterCount).CopyTo(_models[role].Parameters);
-                }
-                long step = (long)st["optimizer_steps"]![role]!;
-                opt.Restore(step, ReadFloats(Path.Combine(dir, role + ".adam_m"), _models[role].ParameterCount),
-                            ReadFloats(Path.Combine(dir, role + ".adam_v"), _models[role].ParameterCount));
-            }
-        }
+        if (resumeFrom) RunCheckpoints.Restore(_resume!, stage, _models, _optims);
         BindPlan(stage);
     }
 
@@ -554,48 +489,10 @@ internal sealed partial class Pipeline : IDisposable
 
     private void SaveCheckpoint(StageConfig stage, int nextIteration, double seconds, double[] stageSeconds, double[] iterationSeconds)
     {
-        // CheckpointStore fsyncs every file, writes manifest.json last, renames step-N.tmp -> step-N
-        // and moves the `latest` pointer; a crash at any point leaves the previous checkpoint usable.
         // The metric lines the checkpoint counts reach the disk first: a resume finds them.
         if (_metrics?.BaseStream is FileStream mf) mf.Flush(flushToDisk: true);
-        _store.Write(GlobalIteration(stage.Index, nextIteration), tmp =>
-        {
-            var steps = new JsonObject();
-            foreach (var (role, opt) in _optims)
-            {
-                Safetensors.Save(_models[role], Path.Combine(tmp, role));
-                // bf16: the safetensors hold the bf16 weights (HF style); the fp32 master the
-                // optimizer updates is resumable state next to the moments.
-                if (_models[role].Precision == ModelPrecision.Bf16)
-                    WriteFloats(Path.Combine(tmp, role + ".master"), _models[role].Parameters);
-                WriteFloats(Path.Combine(tmp, role + ".adam_m"), opt.FirstMoment);
-                WriteFloats(Path.Combine(tmp, role + ".adam_v"), opt.SecondMoment);
-                steps[role] = opt.Step;
-            }
-            var state = new JsonObject
-            {
-                ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["next_iteration"] = nextIteration,
-                ["metric_lines"] = _metricLines, ["seconds"] = seconds, ["optimizer_steps"] = steps,
-                ["stage_seconds"] = new JsonArray(stageSeconds.Select(x => (JsonNode?)JsonValue.Create(Math.Round(x, 3))).ToArray()),
-                ["stage_iterations_seconds"] = new JsonArray(iterationSeconds.Select(x => (JsonNode?)JsonValue.Create(Math.Round(x, 5))).ToArray()),
-            };
-            File.WriteAllText(Path.Combine(tmp, "state.json"), state.ToJsonString());
-        });
-    }
-
-    private static void WriteFloats(string path, ReadOnlySpan<float> data)
-    {
-        using var f = File.Create(path);
-        f.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data));
-    }
-
-    private static float[] ReadFloats(string path, long count)
-    {
-        var bytes = File.ReadAllBytes(path);
-        if (bytes.Length != count * 4) throw new InvalidDataException($"{path}: {bytes.Length} bytes, expected {count * 4}");
-        var r = new float[count];
-        Buffer.BlockCopy(bytes, 0, r, 0, bytes.Length);
-        return r;
+        _checkpoints.Save(new RunProgress(stage.Index, stage.Algorithm, nextIteration, _metricLines, seconds, stageSeconds, iterationSeconds),
+                          _models, _optims);
     }
 
     // ---------------------------------------------------------------- data
