@@ -51,10 +51,7 @@ internal sealed partial class Pipeline : IDisposable
     private readonly Dictionary<string, LlamaModel> _models = new();
     private readonly Dictionary<string, AdamW> _optims = new();
     private readonly Plan? _plan;
-    private readonly Func<int, IReplicaHost> _hostFactory;
-    private IReplicaHost? _host;
-    private readonly Dictionary<string, ModelReplicas> _replicas = new();
-    private readonly Dictionary<string, IReplica> _callReplica = new();
+    private readonly PlanBinding _binding;   // where each call runs its model: its plan replica, or the single device
     private StreamWriter? _metrics;
     private int _metricLines;
     private readonly RunCheckpoints _checkpoints;
@@ -75,7 +72,7 @@ internal sealed partial class Pipeline : IDisposable
     {
         _note = note;
         _plan = plan;
-        _hostFactory = hosts ?? (n => new LocalCluster(n));
+        _binding = new PlanBinding(plan, hosts ?? (n => new LocalCluster(n)), _models, _optims);
         _cfg = cfg;
         _out = Path.GetFullPath(outDir);
         _progress = progress;
@@ -85,7 +82,7 @@ internal sealed partial class Pipeline : IDisposable
         _tok = new CharTokenizer(vocab);
         if (plan is not null)
         {
-            CheckPlanLayouts(plan);
+            PlanBinding.CheckLayouts(cfg, plan, Arch);
             // bf16 models under a plan: the replicas and reallocation move fp32 only (not implemented).
             foreach (var stage in cfg.Stages)
                 foreach (var (role, spec) in stage.Models)
@@ -95,46 +92,17 @@ internal sealed partial class Pipeline : IDisposable
         }
     }
 
-    /// <summary>Refuses, before anything runs, a plan whose layouts the engine cannot build for
-    /// the stage's models (tp not dividing heads / kv heads / vocab / intermediate, pp above
-    /// layers + 2), naming the call; and a plan that matches no stage.</summary>
-    private void CheckPlanLayouts(Plan plan)
-    {
-        bool any = false;
-        foreach (var stage in _cfg.Stages)
-        {
-            var graph = DataflowGraph.For(stage);
-            if (!graph.Calls.All(c => plan.Calls.Any(p => p.Name == c.Name))) continue;
-            any = true;
-            foreach (var call in graph.Calls)
-            {
-                var pc = plan.Call(call.Name);
-                if (!stage.Models.TryGetValue(call.Model, out var spec))
-                    throw new ConfigException($"plan call {call.Name}", $"stage {stage.Index} has no model '{call.Model}'");
-                try
-                {
-                    for (int p = 0; p < pc.Strategy.Pp; p++)
-                        ParamLayout.Create(Arch(spec), AlgorithmNames.ScalarHead(call.Model), pc.Strategy.Pp, p, pc.Strategy.Tp, 0);
-                }
-                catch (ArgumentException e) { throw new ConfigException($"plan call {call.Name}", $"strategy {pc.Strategy}: {e.Message}"); }
-            }
-        }
-        if (!any) throw new ConfigException("plan", $"no stage of '{_cfg.Name}' has exactly the plan's calls ({string.Join(", ", plan.Calls.Select(c => c.Name))})");
-    }
-
     public string MetricsPath => Path.Combine(_out, "metrics.jsonl");
     private string CkptDir => _checkpoints.Root;
 
     /// <summary>What the last resume said: each refused checkpoint (and why) and the one it continued from.</summary>
     public IReadOnlyList<string> ResumeNotes => _resumeNotes;
 
-
     private void Note(string message)
     {
         _resumeNotes.Add(message);
         _note?.Invoke(message);
     }
-
 
     private LlamaConfig Arch(ModelSpec m) =>
         m.Preset is not null ? LlamaConfig.Preset(m.Preset) : LlamaConfig.FromHfJson(Path.Combine(_cfg.BaseDirectory, m.ConfigPath!));
@@ -227,7 +195,7 @@ internal sealed partial class Pipeline : IDisposable
             SetUpStage(stage, resumeFrom: s == startStage && first > 0, first);
             CommitStart(start);
             var graph = DataflowGraph.For(stage);
-            var exec = new MeshExecutor(graph, _algorithm!.Handlers(Context(stage)), DevicesOf);
+            var exec = new MeshExecutor(graph, _algorithm!.Handlers(Context(stage)), _binding.DevicesOf);
             bool evals = _algorithm.EvaluatesActor;
             if (evals && first == 0) Evaluate(stage, 0);
             for (int it = first; it < stage.Iterations; it++)
@@ -253,7 +221,7 @@ internal sealed partial class Pipeline : IDisposable
                 iterationSeconds[s] += Stopwatch.GetElapsedTime(iterationStart).TotalSeconds;
                 bool eval = evals && ((it + 1) % _cfg.Eval.Every == 0 || it + 1 == stage.Iterations);
                 bool ckpt = (it + 1) % _cfg.CheckpointEvery == 0 || it + 1 == stage.Iterations;
-                if (eval || ckpt) SyncBack();
+                if (eval || ckpt) _binding.SyncBack();
                 if (eval) figures["task_score"] = Evaluate(stage, it + 1);
                 _progress?.Invoke(new ProgressEvent(s, stage.Algorithm, it + 1, stage.Iterations, figures));
                 // The stage artifact is written before the stage's last checkpoint: a run resumed
@@ -275,7 +243,7 @@ internal sealed partial class Pipeline : IDisposable
         var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds, stageSeconds, iterationSeconds);
         // The process that ran the run (VmHWM; under a resume, the resumed process only); per process below.
         if (ProcessMemory.PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
-        ProcessMemory.AddToSummary(summary, _cfg, _plan, _host);
+        ProcessMemory.AddToSummary(summary, _cfg, _plan, _binding.Host);
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }
@@ -345,8 +313,7 @@ internal sealed partial class Pipeline : IDisposable
         _source = stage.Dataset is { } ds
             ? new ExampleStream(TrainSpec(stage, ds), firstIteration, PromptsPerIteration(stage, _algorithm))
             : new SyntheticSource(_task, _cfg.Seed, stage.Index);
-        foreach (var r in _replicas.Values) r.Dispose();
-        _replicas.Clear(); _callReplica.Clear();
+        _binding.Release();
         foreach (var o in _optims.Values) o.Dispose();
         foreach (var m in _models.Values) m.Dispose();
         _optims.Clear(); _models.Clear();
@@ -375,7 +342,7 @@ internal sealed partial class Pipeline : IDisposable
             _optims[role] = NewOptimizer(stage, _models[role]);
         ApplyPrecision(stage);
         if (resumeFrom) RunCheckpoints.Restore(_resume!, stage, _models, _optims);
-        BindPlan(stage);
+        _binding.Bind(stage, () => Optimizer(stage));
     }
 
     /// <summary>`precision: bf16` models: trained ones keep their fp32 master (the optimizer's) and
@@ -412,80 +379,6 @@ internal sealed partial class Pipeline : IDisposable
             (float)o.Beta1, (float)o.Beta2, (float)o.Eps, (float)o.WeightDecay, (float)o.ClipGradNorm);
     }
 
-    /// <summary>Under a plan that lists this stage's calls: one replica per (role, layout,
-    /// micro-batches), the train call's trainable, all loaded from the full models.</summary>
-    private void BindPlan(StageConfig stage)
-    {
-        if (_plan is null) return;
-        var graph = DataflowGraph.For(stage);
-        if (!graph.Calls.All(c => _plan.Calls.Any(p => p.Name == c.Name))) return;  // the plan is for another stage
-        int dpn = _plan.DevicesPerNode;
-        // Calls of one model with the same layout and micro-batches share one replica (nothing to
-        // reallocate between them); the replica of the model's train call is trainable.
-        var keyOf = new Dictionary<string, (string Key, ParallelLayout Layout, int Micro)>();
-        foreach (var call in graph.Calls)
-        {
-            var pc = _plan.Call(call.Name);
-            if (pc.Model != call.Model) throw new ConfigException("plan", $"call {call.Name}: the plan runs it on model '{pc.Model}', the experiment on '{call.Model}'");
-            var layout = new ParallelLayout(Enumerable.Range(0, pc.Mesh.Size).Select(r => pc.Mesh.Device(r, dpn)).ToArray(), pc.Strategy.Pp, pc.Strategy.Dp, pc.Strategy.Tp);
-            keyOf[call.Name] = ($"{call.Model}|{string.Join(",", layout.Devices)}|{layout.Pp}/{layout.Dp}/{layout.Tp}|{pc.MicroBatches}", layout, pc.MicroBatches);
-        }
-        var trainedKeys = graph.Calls.Where(c => c.Type == CallType.TrainStep).Select(c => keyOf[c.Name].Key).ToHashSet();
-        var byKey = new Dictionary<string, IReplica>();
-        _host ??= _hostFactory(_plan.Nodes * dpn);
-        foreach (var call in graph.Calls)
-        {
-            var (key, layout, micro) = keyOf[call.Name];
-            string role = call.Model;
-            if (!_replicas.TryGetValue(role, out var reps)) _replicas[role] = reps = new ModelReplicas(role);
-            if (!byKey.TryGetValue(key, out var rep))
-            {
-                var full = _models[role];
-                bool train = trainedKeys.Contains(key);
-                try
-                {
-                    rep = _host.Create($"{call.Name} ({role})", full.Config, full.ScalarHead, layout, micro, train ? Optimizer(stage) : null);
-                }
-                catch (ArgumentException e) { throw new ConfigException($"plan call {call.Name}", e.Message); }
-                byKey[key] = rep;
-                reps.Add(rep);
-                if (train) reps.Train = rep;
-            }
-            _callReplica[call.Name] = rep;
-        }
-        foreach (var reps in _replicas.Values)
-        {
-            reps.LoadAll(_models[reps.Role]);
-            if (reps.Train is { } t && _optims.TryGetValue(reps.Role, out var opt)) t.MoveOptimizerState(opt, toShards: true);
-        }
-    }
-
-    /// <summary>Brings the full models and optimizers up to date with the train replicas (before
-    /// evaluation, checkpoints and stage artifacts).</summary>
-    private void SyncBack()
-    {
-        foreach (var reps in _replicas.Values)
-            if (reps.Train is { } t)
-            {
-                t.CopyTo(_models[reps.Role]);
-                if (_optims.TryGetValue(reps.Role, out var opt)) t.MoveOptimizerState(opt, toShards: false);
-            }
-    }
-
-    /// <summary>The devices a call occupies: its plan mesh (and, when its replica may have to be
-    /// reallocated from the model's train replica first, that replica's mesh, whose devices send),
-    /// or the single device 0.</summary>
-    private IReadOnlyCollection<int> DevicesOf(string call)
-    {
-        if (!_callReplica.TryGetValue(call, out var r)) return [0];
-        var train = _replicas.Values.FirstOrDefault(x => x.All.Contains(r))?.Train;
-        return train is null || ReferenceEquals(train, r) ? r.Layout.Devices : r.Layout.Devices.Union(train.Layout.Devices).ToArray();
-    }
-
-    /// <summary>Where call <paramref name="call"/> runs its model: its plan replica, or the single device.</summary>
-    private IModelCalls Calls(string call, string role) =>
-        _callReplica.TryGetValue(call, out var r) ? new ReplicaCalls(r, _replicas[role])
-            : new SingleModelCalls(_models[role], () => _optims.GetValueOrDefault(role));
 
     private void SaveCheckpoint(StageConfig stage, int nextIteration, double seconds, double[] stageSeconds, double[] iterationSeconds)
     {
@@ -562,7 +455,7 @@ internal sealed partial class Pipeline : IDisposable
 
     /// <summary>What the stage's call handlers use of this run (models: the plan replica of a call, else the single device).</summary>
     private StageContext Context(StageConfig stage) =>
-        new(stage, _cfg.Seed, _tok, _reward, Calls, role => _models[role]);
+        new(stage, _cfg.Seed, _tok, _reward, _binding.Calls, role => _models[role]);
 
     /// <summary>Greedy answers of <paramref name="actor"/> to stage <paramref name="stage"/>'s held-out
     /// examples and each one's score (the stage's rule-based reward, else exact match): what
@@ -602,9 +495,7 @@ internal sealed partial class Pipeline : IDisposable
         _metrics?.Dispose();
         _source?.Dispose();
         _reward?.Dispose();
-        foreach (var r in _replicas.Values) r.Dispose();
-        _replicas.Clear();
-        _host?.Dispose();
+        _binding.Dispose();
         foreach (var o in _optims.Values) o.Dispose();
         foreach (var m in _models.Values) m.Dispose();
     }
