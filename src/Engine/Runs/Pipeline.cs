@@ -10,13 +10,10 @@ using System.Text.Json.Nodes;
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Config;
-using ReaLNative.Engine.Data;
 using ReaLNative.Engine.Dataflow;
-using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
-using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Stages;
 using Plan = ReaLNative.Planner.Plan;
 using ReaLNative.Engine.Tasks;
@@ -37,16 +34,15 @@ internal sealed record HeldOutResult(TaskExample[] Examples, string[] Completion
 /// <summary>One finished iteration (or evaluation) of a stage, for progress displays.</summary>
 internal sealed record ProgressEvent(int Stage, string Algorithm, int Iteration, int Iterations, IReadOnlyDictionary<string, double> Figures);
 
-internal sealed partial class Pipeline : IDisposable
+internal sealed class Pipeline : IDisposable
 {
     private readonly ExperimentConfig _cfg;
     private readonly string _out;
     private readonly Action<ProgressEvent>? _progress;
     private readonly SyntheticTask _task;
     private readonly CharTokenizer _tok;
-    private readonly Dictionary<int, TaskExample[]> _heldOuts = new();
+    private readonly StageExamples _examples;   // each stage's training and held-out examples
     private IStageAlgorithm? _algorithm; // the current stage's algorithm: its call handlers, trained roles, batch shape
-    private IExampleSource? _source;     // the current stage's training examples
     private ISequenceReward? _reward;    // the current stage's rule-based reward (null: reward model / exact match)
     private readonly Dictionary<string, LlamaModel> _models = new();
     private readonly Dictionary<string, AdamW> _optims = new();
@@ -80,6 +76,7 @@ internal sealed partial class Pipeline : IDisposable
         _task = SyntheticTask.Create(cfg.Task);
         var vocab = cfg.Stages.SelectMany(s => s.Models.Values).Select(m => Arch(m).Vocab).Min();
         _tok = new CharTokenizer(vocab);
+        _examples = new StageExamples(cfg, _task, _tok, note);
         if (plan is not null)
         {
             PlanBinding.CheckLayouts(cfg, plan, Arch);
@@ -154,36 +151,21 @@ internal sealed partial class Pipeline : IDisposable
     private (long KeepBytes, long Step)? _pendingCut;   // resume's cut-back, applied by CommitStart
     private bool _startCommitted;
 
+    // Wall time: the run's part before a resume, this process's part, each stage's (set-up,
+    // iterations, evaluations, checkpoints: summary.json's per-stage seconds) and of which the
+    // iterations' dataflow (every call of an iteration, no evaluation or checkpoint). Carried in
+    // checkpoints so a resumed run accounts for both halves.
+    private double _priorSeconds;
+    private Stopwatch _clock = new();
+    private double[] _stageSeconds = [], _iterationSeconds = [];
+
+    /// <summary>The run loop: stages in order, each set up (models, optimizers, plan replicas) and
+    /// then its iterations, each the stage's dataflow graph followed by evaluation, the stage
+    /// artifact and a checkpoint when due.</summary>
     private JsonObject RunChecked(RunStart start, int? stopAfterIterations, CancellationToken cancellationToken)
     {
-        int startStage = 0, startIter = 0;
-        double priorSeconds = 0;
-        // Wall time of each stage (set-up, iterations, evaluations, checkpoints): summary.json's
-        // per-stage seconds; carried in checkpoints so a resumed run accounts for both halves.
-        var stageSeconds = new double[_cfg.Stages.Count];
-        // Of which the iterations' dataflow (every call of an iteration, no evaluation or checkpoint).
-        var iterationSeconds = new double[_cfg.Stages.Count];
-        _resumeNotes.Clear();
-        _resume = null;
-        _pendingCut = null; _startCommitted = false;
-        _position = "start-up";
-        var chosen = start == RunStart.Resume ? _checkpoints.Select(OptionNames.Overwrite) : null;
-        if (start == RunStart.Resume && chosen is null)
-            Note($"no checkpoint in {_checkpoints.Store.Root}; starting from the beginning" + (File.Exists(MetricsPath) ? $" ({RunDirectory.Metrics} is replaced)" : ""));
-        if (chosen is { } c)
-        {
-            _resume = c;
-            startStage = c.Stage; startIter = c.NextIteration;
-            priorSeconds = c.Seconds;
-            c.ReadStageSeconds(stageSeconds, iterationSeconds);
-            var cut = RunDirectory.ResumeCut(MetricsPath, startStage, startIter, c.MetricLines, c.Name);
-            foreach (var n in cut.Notes) Note(n);
-            _metricLines = cut.KeepLines;
-            // Applied once the stage is set up: a resume that fails before leaves everything as it was.
-            _pendingCut = (cut.KeepBytes, c.Step);
-        }
-        else _metricLines = 0;
-        var clock = Stopwatch.StartNew();
+        var (startStage, startIter) = StartingPoint(start);
+        _clock = Stopwatch.StartNew();
         int budget = stopAfterIterations ?? int.MaxValue;
         for (int s = startStage; s < _cfg.Stages.Count; s++)
         {
@@ -194,53 +176,104 @@ internal sealed partial class Pipeline : IDisposable
             var stageClock = Stopwatch.StartNew();
             SetUpStage(stage, resumeFrom: s == startStage && first > 0, first);
             CommitStart(start);
-            var graph = DataflowGraph.For(stage);
-            var exec = new MeshExecutor(graph, _algorithm!.Handlers(Context(stage)), _binding.DevicesOf);
-            bool evals = _algorithm.EvaluatesActor;
-            if (evals && first == 0) Evaluate(stage, 0);
+            var exec = new MeshExecutor(DataflowGraph.For(stage), _algorithm!.Handlers(Context(stage)), _binding.DevicesOf);
+            if (_algorithm.EvaluatesActor && first == 0) Evaluate(stage, 0);
             for (int it = first; it < stage.Iterations; it++)
             {
                 _position = $"{stage.Algorithm} iteration {it + 1}/{stage.Iterations}";
                 if (budget-- <= 0) { CloseMetrics(); return new JsonObject { ["interrupted"] = true }; }
                 cancellationToken.ThrowIfCancellationRequested();
-                var batch = new SampleBatch();
-                batch.Set("iteration", new int[] { it });
-                LoadSources(stage, it, batch);
-                var figures = new Dictionary<string, double>();
-                long iterationStart = Stopwatch.GetTimestamp();
-                bool firstCall = true;
-                foreach (var rec in exec.RunIteration(batch, cancellationToken))
-                {
-                    var line = new JsonObject { ["stage"] = s, ["algorithm"] = stage.Algorithm, ["step"] = it + 1, ["call"] = rec.Call, ["seconds"] = Math.Round(rec.Seconds, 5) };
-                    // A dataset stage's first line of each iteration counts the bad records skipped so far.
-                    if (firstCall && stage.Dataset is not null) line["records_skipped"] = _source!.Skipped;
-                    firstCall = false;
-                    foreach (var (k, v) in rec.Figures) { line[k] = double.IsFinite(v) ? Math.Round(v, 6) : null; figures[k] = v; }
-                    WriteMetric(line);
-                }
-                iterationSeconds[s] += Stopwatch.GetElapsedTime(iterationStart).TotalSeconds;
-                bool eval = evals && ((it + 1) % _cfg.Eval.Every == 0 || it + 1 == stage.Iterations);
-                bool ckpt = (it + 1) % _cfg.CheckpointEvery == 0 || it + 1 == stage.Iterations;
-                if (eval || ckpt) _binding.SyncBack();
-                if (eval) figures["task_score"] = Evaluate(stage, it + 1);
-                _progress?.Invoke(new ProgressEvent(s, stage.Algorithm, it + 1, stage.Iterations, figures));
-                // The stage artifact is written before the stage's last checkpoint: a run resumed
-                // from that checkpoint skips the stage and needs the artifact already there.
-                if (it + 1 == stage.Iterations && _algorithm.Produces is { } prod)
-                    _checkpoints.WriteArtifact(prod.Artifact, _models[prod.Role]);
-                if (ckpt)
-                {
-                    var upToNow = (double[])stageSeconds.Clone();
-                    upToNow[s] += stageClock.Elapsed.TotalSeconds;
-                    SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds, upToNow, iterationSeconds);
-                }
+                var figures = RunIteration(stage, exec, it, cancellationToken);
+                EndIteration(stage, it, figures, stageClock);
             }
-            stageSeconds[s] += stageClock.Elapsed.TotalSeconds;
+            _stageSeconds[s] += stageClock.Elapsed.TotalSeconds;
         }
         CommitStart(start);
         CloseMetrics();
+        return WriteSummary();
+    }
+
+    /// <summary>Where the run starts: the beginning, or (resume) the verified checkpoint's stage and
+    /// iteration, with its wall times and metric lines; metrics.jsonl's cut-back waits for CommitStart.</summary>
+    private (int Stage, int Iteration) StartingPoint(RunStart start)
+    {
+        _priorSeconds = 0;
+        _stageSeconds = new double[_cfg.Stages.Count];
+        _iterationSeconds = new double[_cfg.Stages.Count];
+        _resumeNotes.Clear();
+        _resume = null;
+        _pendingCut = null; _startCommitted = false;
+        _position = "start-up";
+        var chosen = start == RunStart.Resume ? _checkpoints.Select(OptionNames.Overwrite) : null;
+        if (start == RunStart.Resume && chosen is null)
+            Note($"no checkpoint in {_checkpoints.Store.Root}; starting from the beginning" + (File.Exists(MetricsPath) ? $" ({RunDirectory.Metrics} is replaced)" : ""));
+        if (chosen is not { } c)
+        {
+            _metricLines = 0;
+            return (0, 0);
+        }
+        _resume = c;
+        _priorSeconds = c.Seconds;
+        c.ReadStageSeconds(_stageSeconds, _iterationSeconds);
+        var cut = RunDirectory.ResumeCut(MetricsPath, c.Stage, c.NextIteration, c.MetricLines, c.Name);
+        foreach (var n in cut.Notes) Note(n);
+        _metricLines = cut.KeepLines;
+        // Applied once the stage is set up: a resume that fails before leaves everything as it was.
+        _pendingCut = (cut.KeepBytes, c.Step);
+        return (c.Stage, c.NextIteration);
+    }
+
+    /// <summary>One iteration: the stage's source keys, then every call of its dataflow graph, each
+    /// call's figures written as a metric line; returns the figures for progress displays.</summary>
+    private Dictionary<string, double> RunIteration(StageConfig stage, MeshExecutor exec, int it, CancellationToken cancellationToken)
+    {
+        var batch = new SampleBatch();
+        batch.Set("iteration", new int[] { it });
+        _algorithm!.SetSources(batch, _examples.Take(stage, it));
+        var figures = new Dictionary<string, double>();
+        long iterationStart = Stopwatch.GetTimestamp();
+        bool firstCall = true;
+        foreach (var rec in exec.RunIteration(batch, cancellationToken))
+        {
+            var line = new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = it + 1, ["call"] = rec.Call, ["seconds"] = Math.Round(rec.Seconds, 5) };
+            // A dataset stage's first line of each iteration counts the bad records skipped so far.
+            if (firstCall && stage.Dataset is not null) line["records_skipped"] = _examples.RecordsSkipped;
+            firstCall = false;
+            foreach (var (k, v) in rec.Figures) { line[k] = double.IsFinite(v) ? Math.Round(v, 6) : null; figures[k] = v; }
+            WriteMetric(line);
+        }
+        _iterationSeconds[stage.Index] += Stopwatch.GetElapsedTime(iterationStart).TotalSeconds;
+        return figures;
+    }
+
+    /// <summary>After iteration <paramref name="it"/>: the held-out evaluation (every eval.every and
+    /// last), the progress event, the stage artifact (last iteration) and a checkpoint (every
+    /// checkpoint_every and last), the full models synced back from the plan replicas first.</summary>
+    private void EndIteration(StageConfig stage, int it, Dictionary<string, double> figures, Stopwatch stageClock)
+    {
+        bool last = it + 1 == stage.Iterations;
+        bool eval = _algorithm!.EvaluatesActor && ((it + 1) % _cfg.Eval.Every == 0 || last);
+        bool ckpt = (it + 1) % _cfg.CheckpointEvery == 0 || last;
+        if (eval || ckpt) _binding.SyncBack();
+        if (eval) figures["task_score"] = Evaluate(stage, it + 1);
+        _progress?.Invoke(new ProgressEvent(stage.Index, stage.Algorithm, it + 1, stage.Iterations, figures));
+        // The stage artifact is written before the stage's last checkpoint: a run resumed
+        // from that checkpoint skips the stage and needs the artifact already there.
+        if (last && _algorithm.Produces is { } prod)
+            _checkpoints.WriteArtifact(prod.Artifact, _models[prod.Role]);
+        if (ckpt)
+        {
+            var upToNow = (double[])_stageSeconds.Clone();
+            upToNow[stage.Index] += stageClock.Elapsed.TotalSeconds;
+            SaveCheckpoint(stage, it + 1, _priorSeconds + _clock.Elapsed.TotalSeconds, upToNow, _iterationSeconds);
+        }
+    }
+
+    /// <summary>summary.json, from metrics.jsonl and the wall times, with the processes' peak memory.</summary>
+    private JsonObject WriteSummary()
+    {
         _position = "summary";
-        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds, stageSeconds, iterationSeconds);
+        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, _priorSeconds + _clock.Elapsed.TotalSeconds, _stageSeconds, _iterationSeconds);
         // The process that ran the run (VmHWM; under a resume, the resumed process only); per process below.
         if (ProcessMemory.PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
         ProcessMemory.AddToSummary(summary, _cfg, _plan, _binding.Host);
@@ -305,14 +338,11 @@ internal sealed partial class Pipeline : IDisposable
 
     private void SetUpStage(StageConfig stage, bool resumeFrom, int firstIteration = 0)
     {
-        _source?.Dispose(); _source = null;
         _reward?.Dispose(); _reward = null;
         _reward = SequenceRewards.Create(stage.Reward, _cfg.BaseDirectory);
         _rewardStage = stage.Index;
         _algorithm = StageAlgorithms.For(stage);
-        _source = stage.Dataset is { } ds
-            ? new ExampleStream(TrainSpec(stage, ds), firstIteration, PromptsPerIteration(stage, _algorithm))
-            : new SyntheticSource(_task, _cfg.Seed, stage.Index);
+        _examples.Open(stage, _algorithm, _reward, firstIteration);
         _binding.Release();
         foreach (var o in _optims.Values) o.Dispose();
         foreach (var m in _models.Values) m.Dispose();
@@ -388,70 +418,7 @@ internal sealed partial class Pipeline : IDisposable
                           _models, _optims);
     }
 
-    // ---------------------------------------------------------------- data
 
-    private int[] PromptIds(string prompt) => StageContext.PromptIds(_tok, prompt);
-
-    private static int PromptsPerIteration(StageConfig stage, IStageAlgorithm algorithm) => Math.Max(1, stage.Batch.Size / algorithm.CopiesPerPrompt);
-
-    /// <summary>The iteration's prompts: batch.size examples (rm, dpo: size/2 prompts sampled twice;
-    /// grpo: size/group_size prompts sampled group_size times), consecutive copies.</summary>
-    private void LoadSources(StageConfig stage, int it, SampleBatch batch)
-    {
-        int copies = _algorithm!.CopiesPerPrompt;
-        var ex = _source!.Take(it, PromptsPerIteration(stage, _algorithm)).SelectMany(e => Enumerable.Repeat(e, copies)).ToArray();
-        _algorithm.SetSources(batch, ex);
-    }
-
-    /// <summary>How a stage reads a dataset file: the fields its algorithm and reward need, and the
-    /// check that makes a record bad (text the tokenizer cannot encode, a prompt longer than
-    /// batch.prompt_len, an SFT response longer than batch.gen_len, an answer the reward cannot use).</summary>
-    private DatasetSpec Spec(StageConfig stage, DatasetConfig ds, string path, string format, bool heldOut)
-    {
-        var reward = _reward;
-        string? Check(TaskExample e)
-        {
-            int promptTokens, targetTokens = 0;
-            try
-            {
-                promptTokens = PromptIds(e.Prompt).Length;
-                if (!heldOut && stage.Algorithm == AlgorithmNames.Sft) targetTokens = _tok.Encode(e.Target).Length + 1;
-            }
-            catch (ArgumentException x) { return $"{x.Message.Split(" (Parameter")[0]} (the tokenizer of this run cannot encode it)"; }
-            if (promptTokens > stage.Batch.PromptLen)
-                return $"prompt is {promptTokens} tokens with BOS, longer than batch.prompt_len ({stage.Batch.PromptLen})";
-            if (targetTokens > stage.Batch.GenLen)
-                return $"response is {targetTokens} tokens with EOS, longer than batch.gen_len ({stage.Batch.GenLen})";
-            return reward?.CheckExample(e);
-        }
-        void Skipped(string what)
-        {
-            if (_skipNotes++ < 5) _note?.Invoke($"dataset: skipped {what}" + (_skipNotes == 5 ? " (further skips are only counted: records_skipped in metrics.jsonl)" : ""));
-        }
-        return new DatasetSpec(path, format, ds.Fields, DatasetConfig.RequiredFields(stage.Algorithm, stage.Reward, heldOut),
-                               ds.ShuffleBuffer, ds.Seed ?? _cfg.Seed, stage.Index, ds.SkipBadRecords, Check, Skipped);
-    }
-
-    private int _skipNotes;
-
-    private DatasetSpec TrainSpec(StageConfig stage, DatasetConfig ds) => Spec(stage, ds, ds.Train, ds.Format, heldOut: false);
-
-    /// <summary>The stage's held-out examples: the first eval.size usable records of its held-out
-    /// file, or the synthetic task's fixed held-out draw.</summary>
-    private TaskExample[] HeldOut(StageConfig stage)
-    {
-        if (_heldOuts.TryGetValue(stage.Index, out var h)) return h;
-        if (stage.Dataset is { HeldOut: { } path } ds)
-        {
-            var (ex, skipped) = ExampleStream.ReadFirst(Spec(stage, ds, path, ds.HeldOutFormat!, heldOut: true), _cfg.Eval.Size);
-            _heldOutSkipped[stage.Index] = skipped;
-            h = ex;
-        }
-        else h = _task.HeldOut(_cfg.Seed, _cfg.Eval.Size);
-        return _heldOuts[stage.Index] = h;
-    }
-
-    private readonly Dictionary<int, long> _heldOutSkipped = new();
 
     /// <summary>What the stage's call handlers use of this run (models: the plan replica of a call, else the single device).</summary>
     private StageContext Context(StageConfig stage) =>
@@ -468,11 +435,11 @@ internal sealed partial class Pipeline : IDisposable
             _reward = SequenceRewards.Create(stage.Reward, _cfg.BaseDirectory);
             _rewardStage = stage.Index;
         }
-        var heldOut = HeldOut(stage);
+        var heldOut = _examples.HeldOut(stage, _reward);
         var context = Context(stage);
         var r = context.Generate(new SingleModelCalls(actor, () => null), heldOut, 0, "eval", greedy: true);
         return new HeldOutResult(heldOut, r.Completions, r.Gen.EndedWithEos, context.Checks(heldOut, r.Completions, r.Gen.EndedWithEos),
-                                 _heldOutSkipped.GetValueOrDefault(stage.Index));
+                                 _examples.HeldOutSkipped(stage));
     }
 
     private int _rewardStage = -1;
@@ -484,7 +451,7 @@ internal sealed partial class Pipeline : IDisposable
         double score = EvaluateHeldOut(_models["actor"], stage).Score;
         var line = new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = step, ["call"] = "eval", ["task_score"] = score,
                                     ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 5) };
-        if (stage.Dataset is not null) line["held_out_records_skipped"] = _heldOutSkipped.GetValueOrDefault(stage.Index);
+        if (stage.Dataset is not null) line["held_out_records_skipped"] = _examples.HeldOutSkipped(stage);
         WriteMetric(line);
         if (step == 0) _progress?.Invoke(new ProgressEvent(stage.Index, stage.Algorithm, 0, stage.Iterations, new Dictionary<string, double> { ["task_score"] = score }));
         return score;
@@ -493,7 +460,7 @@ internal sealed partial class Pipeline : IDisposable
     public void Dispose()
     {
         _metrics?.Dispose();
-        _source?.Dispose();
+        _examples.Dispose();
         _reward?.Dispose();
         _binding.Dispose();
         foreach (var o in _optims.Values) o.Dispose();
