@@ -3,7 +3,9 @@
 // execution plan: in-process devices or model worker processes), writing metrics.jsonl,
 // checkpoints (HF safetensors + AdamW state) and stage artifacts (`sft`, `rm`) for later stages'
 // `init`. Every random draw is seeded by (seed, stream, stage, iteration), so a run resumed from
-// a checkpoint reproduces the uninterrupted run's parameters exactly.
+// a checkpoint reproduces the uninterrupted run's parameters exactly. The loop knows no algorithm:
+// a stage's calls are its IStageAlgorithm's (src/Engine/Stages), the plan's replicas PlanBinding's,
+// checkpoints RunCheckpoints' (src/Engine/Checkpoints); docs/architecture.md has the map.
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
