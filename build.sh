@@ -45,7 +45,7 @@ build_native() {
     cmake -S native -B native/build -DCMAKE_BUILD_TYPE=Release -DREALN_CUDA="${REALN_CUDA:-auto}" >/dev/null
   fi
   cmake --build native/build -j"$JOBS" 2>&1 | grep -vE '^\[ *[0-9]+%\]|^-- |Consolidate compiler' || true
-  test -f native/build/librealn.so || { echo "native build failed" >&2; exit 1; }
+  test -f native/build/librealn.so && test -f native/build/librealn_selftest.so || { echo "native build failed" >&2; exit 1; }
 }
 
 build_managed() {

@@ -15,7 +15,14 @@
  *    operands, fp32 accumulation), embedding_fwd (table bf16, out fp32) and rmsnorm_fwd (w bf16).
  *    Env REALN_BF16_GEMM = avx512bf16 | convert picks the GEMM path (default: the best present);
  *  - option structs start with int32_t size; int32_t version; and are initialised by a
- *    REALN_*_OPTS_INIT macro so a caller built against an older header stays valid.
+ *    REALN_*_OPTS_INIT macro so a caller built against an older header stays valid. They are
+ *    versioned by size: a field is only ever appended, with the next version number, and each
+ *    struct lists the size of every released version. The library accepts the size of any released
+ *    version together with that version's number, and gives the fields that version lacks their
+ *    REALN_*_OPTS_INIT defaults; a size smaller than version 1's, a size no released version has
+ *    (a newer header's, too) or a version that does not match the size is refused with
+ *    REALN_ERR_INVALID_ARGUMENT naming the INIT macro and the released sizes;
+ *  - the op test cases are not part of librealn: librealn_selftest (realn_selftest.h) runs them.
  */
 #ifndef REALN_H
 #define REALN_H
@@ -311,6 +318,7 @@ REALN_API realn_status realn_op_cross_entropy_bwd(realn_stream_t stream, int32_t
 /* ---------------------------------------------------------------------------------------------
  * Optimizer
  * ------------------------------------------------------------------------------------------- */
+/* Released versions: 1 = 40 bytes (all the fields below). */
 typedef struct realn_adamw_opts {
     int32_t size;    /* sizeof(realn_adamw_opts) */
     int32_t version; /* 1 */
@@ -333,6 +341,7 @@ REALN_API realn_status realn_op_adamw(realn_stream_t stream, const realn_adamw_o
 /* ---------------------------------------------------------------------------------------------
  * Sampling
  * ------------------------------------------------------------------------------------------- */
+/* Released versions: 1 = 40 bytes (all the fields below). */
 typedef struct realn_sample_opts {
     int32_t size;      /* sizeof(realn_sample_opts) */
     int32_t version;   /* 1 */
@@ -363,17 +372,6 @@ REALN_API realn_status realn_op_sample(realn_stream_t stream, int32_t dtype, con
 REALN_API realn_status realn_op_gae(realn_stream_t stream, const float* rewards, const float* values,
                                     const int32_t* cu_seqlens, int64_t nseq, float gamma,
                                     float lambda, float* advantages, float* returns);
-
-/* ---------------------------------------------------------------------------------------------
- * Self-test: the op case list (the same one ctest uses) run on a backend against the float64
- * reference (and, for non-CPU backends, against the CPU backend). Builds a JSON document
- *   {"backend": "cpu", "ops": [{"name": ..., "shape": ..., "max_rel_err": ..., "tol": ...,
- *    "passed": true}, ...]}
- * and returns it through *json (thread-local storage, valid until the next selftest call on the
- * same thread). filter: substring of case names, or NULL for all. A failed case is reported in
- * the JSON, not as a status; the status is non-OK only when the run itself cannot happen
- * (backend missing). */
-REALN_API realn_status realn_selftest_run(int32_t backend, const char* filter, const char** json);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "realn.h"
+#include "realn_selftest.h"
 
 namespace realn::cuda {
 struct PtxBlob {
@@ -66,8 +67,8 @@ int main() {
            "refusal does not name the reason: %s", why.c_str());
     const char* json = nullptr;
     st = realn_selftest_run(REALN_BACKEND_CUDA, nullptr, &json);
-    EXPECT(st == REALN_ERR_UNSUPPORTED && std::string(realn_last_error()).find("cuda backend: ") != std::string::npos,
-           "cuda selftest without a device: status %d, %s", st, realn_last_error());
+    EXPECT(st == REALN_ERR_UNSUPPORTED && std::string(realn_selftest_last_error()).find("cuda backend: ") != std::string::npos,
+           "cuda selftest without a device: status %d, %s", st, realn_selftest_last_error());
     if (failures) return 1;
     std::printf("cuda backend compiled (%d PTX modules, %zu kernels); not run: %s\n", realn::cuda::kPtxCount,
                 sizeof kernels / sizeof kernels[0], why.c_str());

@@ -31,6 +31,10 @@ public static unsafe partial class Native
     /// <summary>Library name the resolver maps to librealn.so (see NativeLibraryResolver).</summary>
     public const string Library = "realn";
 
+    /// <summary>Library name the resolver maps to librealn_selftest.so: the op case list, which
+    /// librealn.so does not export (see NativeLibraryResolver).</summary>
+    public const string SelfTestLibrary = "realn_selftest";
+
     public const int REALN_HOST_PREFAULT = 1, REALN_HOST_PINNED = 2, REALN_HOST_HUGEPAGE = 4;
     public const int REALN_COPY_D2D = 0, REALN_COPY_H2D = 1, REALN_COPY_D2H = 2;
     public const int REALN_ACCUMULATE_DX = 1;
@@ -149,9 +153,10 @@ public static unsafe partial class Native
     public static partial int realn_op_gae(nint stream, float* rewards, float* values, int* cuSeqlens, long nseq, float gamma, float lambda,
         float* advantages, float* returns);
 
-    // --- self-test -------------------------------------------------------------------------------
-    [LibraryImport(Library)]
+    // --- self-test (librealn_selftest.so, native/include/realn_selftest.h) ----------------------------
+    [LibraryImport(SelfTestLibrary)]
     public static partial int realn_selftest_run(int backend, byte* filter, byte** json);
+    [LibraryImport(SelfTestLibrary)] public static partial byte* realn_selftest_last_error();
 
     /// <summary>The calling thread's last native error message.</summary>
     public static string LastError() => Marshal.PtrToStringUTF8((nint)realn_last_error()) ?? "";
@@ -179,19 +184,23 @@ public static unsafe partial class Native
         return n;
     }
 
-    /// <summary>Runs the native op case list on a backend; returns the JSON document.</summary>
+    /// <summary>Runs the native op case list on a backend; returns the JSON document. A run that
+    /// cannot happen (backend missing) throws a <see cref="RealnException"/> naming why.</summary>
     public static string SelfTest(Backend backend, string? filter = null)
     {
         byte* json = null;
+        int status;
         if (filter is null)
         {
-            Check(realn_selftest_run((int)backend, null, &json));
+            status = realn_selftest_run((int)backend, null, &json);
         }
         else
         {
             byte[] f = System.Text.Encoding.UTF8.GetBytes(filter + "\0");
-            fixed (byte* pf = f) Check(realn_selftest_run((int)backend, pf, &json));
+            fixed (byte* pf = f) status = realn_selftest_run((int)backend, pf, &json);
         }
+        if (status != 0)
+            throw new RealnException((RealnStatus)status, Marshal.PtrToStringUTF8((nint)realn_selftest_last_error()) ?? "");
         return Marshal.PtrToStringUTF8((nint)json) ?? "";
     }
 

@@ -94,6 +94,19 @@ public sealed class Experiment
     public string RewardKind { get; init; } = "model";
     /// <summary>The experiment's `precision` (bf16 | fp32), or null when it sets none: the cluster spec's then.</summary>
     public Precision? Precision { get; init; }
+    /// <summary>`mode: async` with `max_staleness: N`: generation runs ahead of training by up to N
+    /// policy versions (the samples of iteration i come from weights of version >= i - N); null for
+    /// the synchronous dataflow (`mode: sync`, the default).</summary>
+    public int? MaxStaleness { get; init; }
+    /// <summary>True for `mode: async`.</summary>
+    public bool Asynchronous => MaxStaleness is not null;
+
+    /// <summary>The same experiment with the synchronous dataflow (what an async plan is compared with).</summary>
+    public Experiment Synchronous() => new()
+    {
+        Name = Name, Algorithm = Algorithm, Iterations = Iterations, BatchSize = BatchSize, PromptLen = PromptLen, GenLen = GenLen,
+        Minibatches = Minibatches, Models = Models, Calls = Calls, RewardKind = RewardKind, Precision = Precision, MaxStaleness = null,
+    };
 
     /// <summary>Roles with a value (scalar) head instead of the LM head.</summary>
     public static bool HasScalarHead(string role) => role is "critic" or "reward";
@@ -128,6 +141,15 @@ public sealed class Experiment
             "bf16" => ReaLNative.Planner.Precision.Bf16,
             "fp32" => ReaLNative.Planner.Precision.Fp32,
             var other => throw new PlannerException($"precision: '{other}' is not one of fp32, bf16"),
+        };
+        int? maxStaleness = r.OptStr("mode") switch
+        {
+            null or "sync" => r.Get("max_staleness") is null ? null
+                : throw new PlannerException("max_staleness: only meaningful with mode: async"),
+            "async" => algo is "ppo" or "grpo" or "remax" or "rloo"
+                ? r.OptInt("max_staleness", 0, 16, 1)
+                : throw new PlannerException($"mode: async needs an algorithm that generates and trains (ppo, grpo, rloo, remax), not {algo}"),
+            var other => throw new PlannerException($"mode: '{other}' is not one of sync, async"),
         };
         string[] roles = algo switch
         {
@@ -169,6 +191,7 @@ public sealed class Experiment
             Calls = BuildCalls(algo, size, prompt, gen, mbs, rewardModel),
             RewardKind = rewardKind,
             Precision = precision,
+            MaxStaleness = maxStaleness,
         };
     }
 

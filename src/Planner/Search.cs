@@ -23,13 +23,19 @@ public sealed record PlanResult(Plan Plan, int[] Choice, Evaluation Evaluation, 
 
 /// <summary>Search outcome: best plan, baselines, search time and how it was found.</summary>
 public sealed record SearchResult(PlanResult Best, IReadOnlyDictionary<string, PlanResult?> Baselines, double SearchSeconds,
-    string Method, long Evaluations, bool TimedOut, PlanningProblem Problem, double SetupSeconds);
+    string Method, long Evaluations, bool TimedOut, PlanningProblem Problem, double SetupSeconds)
+{
+    /// <summary>For an asynchronous experiment: the search of the same experiment with the synchronous
+    /// dataflow (its best plan also seeds the asynchronous search); null otherwise.</summary>
+    public SearchResult? Synchronous { get; init; }
+}
 
 public static class PlanSearch
 {
     public static SearchResult Run(ClusterSpec cluster, Experiment exp, SearchOptions opt, ProfileData? profile = null)
     {
         var sw = Stopwatch.StartNew();
+        var sync = exp.Asynchronous ? Run(cluster, exp.Synchronous(), opt, profile) : null;
         if (exp.Precision is { } precision) cluster = cluster.ForPrecision(precision);
         var problem = new PlanningProblem(new Estimator(cluster, exp, profile));
         var baselines = Baselines.All(problem);
@@ -44,10 +50,14 @@ public static class PlanSearch
         else
         {
             var starts = baselines.Values.Where(b => b is not null && b.Evaluation.Feasible && Executable(problem, b)).Select(b => b!.Choice).ToList();
+            if (sync is not null) starts.Add(InProblem(sync, problem));
             (best, evals, timedOut) = Anneal(problem, opt, starts, sw);
             method = $"annealing ({opt.Chains} chains x {opt.StepsPerChain} steps)";
         }
         var result = Finish(problem, best!, ev);
+        // an asynchronous plan is never worse than the best synchronous plan run asynchronously
+        if (sync is not null && Finish(problem, InProblem(sync, problem), ev) is { } fromSync
+            && fromSync.Evaluation.Feasible && fromSync.Evaluation.Cost < result.Evaluation.Cost) result = fromSync;
         // never worse than a baseline priced like the engine runs it (the search starts from them, this only
         // guards the polish order); ZeRO-3 priced baselines model other systems and may well be faster
         foreach (var b in baselines.Values)
@@ -55,8 +65,12 @@ public static class PlanSearch
         if (!result.Evaluation.Feasible)
             throw new PlannerException($"no plan fits in memory on cluster '{cluster.Name}' ({cluster.TotalDevices} devices of {Units.Bytes(cluster.UsableMemoryBytes)}): " +
                 $"the best found overflows a device by {Units.Bytes(result.Evaluation.OverflowBytes)}");
-        return new SearchResult(result, baselines, sw.Elapsed.TotalSeconds, method, evals, timedOut, problem, setup);
+        return new SearchResult(result, baselines, sw.Elapsed.TotalSeconds, method, evals, timedOut, problem, setup) { Synchronous = sync };
     }
+
+    /// <summary>The best plan of <paramref name="r"/> as a choice in <paramref name="p"/> (same calls; options found by content).</summary>
+    private static int[] InProblem(SearchResult r, PlanningProblem p) =>
+        r.Best.Choice.Select((c, i) => p.IndexOf(i, r.Problem.Options[i][c].Option)).ToArray();
 
     /// <summary>For a <see cref="ClusterSpec.SharedHost"/> cluster: the estimated iteration of a run without a plan
     /// (`realn run` default), one device in one process with every core of the node (compute x devices per node,

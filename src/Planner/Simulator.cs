@@ -1,6 +1,9 @@
 // Plan evaluation: per-device memory (resident + peak active) and the makespan of several unrolled
 // iterations by list scheduling. Calls on disjoint meshes overlap; a reallocation occupies both its
 // source and destination meshes. One Evaluator per thread (it owns scratch arrays).
+// Asynchronous RL (Experiment.MaxStaleness = N, see SimulateAsync): generation runs up to N policy
+// versions ahead of training, so on its own mesh it overlaps the trainers; each train step pushes
+// its weights to the generation mesh at once, occupying both meshes for the transfer.
 namespace ReaLNative.Planner;
 
 /// <summary>One scheduled task of the simulation (a call or a reallocation).</summary>
@@ -16,7 +19,14 @@ public sealed class Evaluator
 {
     /// <summary>Iterations unrolled by the simulator; the iteration time is makespan / this.</summary>
     public const int UnrolledIterations = 3;
+    /// <summary>Iterations unrolled for an asynchronous experiment (enough for the pipeline to fill);
+    /// its iteration time is the steady state over k/2 iterations before the last N.</summary>
+    public static int AsyncIterations(int maxStaleness) => 4 + 2 * maxStaleness;
     private readonly PlanningProblem _p;
+    private readonly int? _staleness;
+    private double[][] _endOf = [];      // async: [iteration][call] end time
+    private double[][] _pushEnd = [];    // async: [iteration][call] when the weights of that iteration's train step reached a generation call's mesh
+    private double[] _iterationEnd = []; // async: when the iteration's last non-generation call ended
     private readonly double[] _static, _active, _free;
     private readonly double[] _end, _prevEnd;
     private readonly int _dpn;
@@ -29,6 +39,7 @@ public sealed class Evaluator
         _static = new double[nd]; _active = new double[nd]; _free = new double[nd];
         _end = new double[p.Calls.Count]; _prevEnd = new double[p.Calls.Count];
         _dpn = p.Cluster.DevicesPerNode;
+        _staleness = p.Experiment.MaxStaleness;
     }
 
     /// <summary>Peak memory per device of a choice (resident + largest active).</summary>
@@ -79,7 +90,15 @@ public sealed class Evaluator
     public Evaluation Evaluate(int[] choice)
     {
         double over = Memory(choice);
-        double t = Simulate(choice, UnrolledIterations, null) / UnrolledIterations;
+        double t;
+        if (_staleness is int staleness)
+        {
+            // Steady state: iterations whose issue slot also issued a generation (the last N do not).
+            int k = AsyncIterations(staleness), last = k - 1 - staleness, span = k / 2;
+            SimulateAsync(choice, k, staleness, null);
+            t = (_iterationEnd[last] - _iterationEnd[last - span]) / span;
+        }
+        else t = Simulate(choice, UnrolledIterations, null) / UnrolledIterations;
         double cost = over > 0 ? t * (2 + 10 * over / _p.Cluster.UsableMemoryBytes) : t;
         return new Evaluation(t, over, cost);
     }
@@ -99,6 +118,7 @@ public sealed class Evaluator
     /// <summary>List-schedules <paramref name="iterations"/> unrolled iterations; returns the makespan.</summary>
     public double Simulate(int[] choice, int iterations, List<SimTask>? record)
     {
+        if (_staleness is int staleness) return SimulateAsync(choice, iterations, staleness, record);
         Array.Clear(_free); Array.Clear(_end); Array.Clear(_prevEnd);
         var calls = _p.Calls;
         double makespan = 0;
@@ -136,6 +156,109 @@ public sealed class Evaluator
                 if (end > makespan) makespan = end;
             }
             Array.Copy(_end, _prevEnd, _end.Length);
+        }
+        return makespan;
+    }
+
+    private bool AsyncGeneration(int i) => _p.Calls[i].Type == CallType.Generate && _p.TrainCallOfRole[i] >= 0;
+
+    /// <summary>
+    /// List schedule of the asynchronous dataflow with staleness <paramref name="staleness"/>, in the
+    /// order the calls are issued: generation of iteration g = it + N is issued with iteration it
+    /// (iterations 0..N at the start, on the initial weights); the other calls of iteration it follow
+    /// in dataflow order. Generation of iteration g reads the weights of the train step of iteration
+    /// g - 1 - N, pushed to its mesh after that iteration's calls (a reallocation occupying the train
+    /// and the generation mesh; none when the layouts are equal). With N = 0 this is the synchronous
+    /// schedule.
+    /// </summary>
+    private double SimulateAsync(int[] choice, int iterations, int staleness, List<SimTask>? record)
+    {
+        var calls = _p.Calls;
+        int rows = iterations + staleness + 1;
+        if (_endOf.Length < rows || _endOf[0].Length != calls.Count)
+        {
+            _endOf = Enumerable.Range(0, rows).Select(_ => new double[calls.Count]).ToArray();
+            _pushEnd = Enumerable.Range(0, rows).Select(_ => new double[calls.Count]).ToArray();
+            _iterationEnd = new double[rows];
+        }
+        Array.Clear(_free);
+        double makespan = 0;
+
+        void Run(int i, int it)
+        {
+            var info = _p.Options[i][choice[i]];
+            var o = info.Option;
+            double ready = it > 0 ? _endOf[it - 1][i] : 0;
+            foreach (int j in _p.InputIdx[i])
+                ready = Math.Max(ready, _endOf[it][j] + _p.Transfer(j, choice[j], i, choice[i]));
+            int tc = _p.TrainCallOfRole[i];
+            if (tc >= 0 && tc != i)
+            {
+                if (AsyncGeneration(i)) { if (it - 1 - staleness >= 0) ready = Math.Max(ready, _pushEnd[it - 1 - staleness][i]); }
+                else
+                {
+                    // Trainer-side calls (critic_inf, ...) read the newest weights, reallocated as in the synchronous schedule.
+                    double weights = it > 0 ? _endOf[it - 1][tc] : 0;
+                    ready = Math.Max(ready, weights);
+                    long key = ((long)i << 48) | ((long)choice[tc] << 24) | (uint)choice[i];
+                    if (!_reallocLocal.TryGetValue(key, out double r)) _reallocLocal[key] = r = _p.Realloc(i, choice[tc], choice[i]);
+                    if (r > 0)
+                    {
+                        var trainMesh = _p.Options[tc][choice[tc]].Option.Mesh;
+                        int t0 = trainMesh.FirstDevice(_dpn), tn = trainMesh.Size, c0 = o.Mesh.FirstDevice(_dpn), cn = o.Mesh.Size;
+                        double rs = Math.Max(Math.Max(weights, MaxFree(c0, cn)), MaxFree(t0, tn));
+                        SetFree(c0, cn, rs + r); SetFree(t0, tn, rs + r);
+                        record?.Add(new SimTask($"realloc {calls[i].Role}->{calls[i].Name}", it, t0, tn, c0, cn, rs, rs + r, true));
+                        ready = Math.Max(ready, rs + r);
+                    }
+                }
+            }
+            int d0 = o.Mesh.FirstDevice(_dpn), n = o.Mesh.Size;
+            double start = Math.Max(ready, MaxFree(d0, n)), end = start + info.Seconds;
+            SetFree(d0, n, end);
+            _endOf[it][i] = end;
+            record?.Add(new SimTask(calls[i].Name, it, d0, n, d0, 0, start, end, false));
+            if (end > makespan) makespan = end;
+        }
+
+        // Pushes the weights of train call tc's step in iteration it to every generation call of its model.
+        void Push(int tc, int it)
+        {
+            var home = _p.Options[tc][choice[tc]].Option.Mesh;
+            int h0 = home.FirstDevice(_dpn), hn = home.Size;
+            double end = _endOf[it][tc];
+            for (int g = 0; g < calls.Count; g++)
+            {
+                if (!AsyncGeneration(g) || _p.TrainCallOfRole[g] != tc) continue;
+                long key = ((long)g << 48) | ((long)choice[tc] << 24) | (uint)choice[g];
+                if (!_reallocLocal.TryGetValue(key, out double r)) _reallocLocal[key] = r = _p.Realloc(g, choice[tc], choice[g]);
+                if (r <= 0) { _pushEnd[it][g] = end; continue; }
+                var gm = _p.Options[g][choice[g]].Option.Mesh;
+                int g0 = gm.FirstDevice(_dpn), gn = gm.Size;
+                double rs = Math.Max(Math.Max(end, MaxFree(g0, gn)), MaxFree(h0, hn));
+                SetFree(g0, gn, rs + r); SetFree(h0, hn, rs + r);
+                _pushEnd[it][g] = rs + r;
+                record?.Add(new SimTask($"realloc {calls[g].Role}->{calls[g].Name}", it, h0, hn, g0, gn, rs, rs + r, true));
+                if (rs + r > makespan) makespan = rs + r;
+            }
+        }
+
+        for (int it = 0; it < iterations; it++)
+        {
+            for (int g = it == 0 ? 0 : it + staleness; g <= it + staleness && g < iterations; g++)
+                for (int i = 0; i < calls.Count; i++)
+                    if (AsyncGeneration(i)) Run(i, g);
+            double iterationEnd = 0;
+            for (int i = 0; i < calls.Count; i++)
+            {
+                if (AsyncGeneration(i)) continue;
+                Run(i, it);
+                iterationEnd = Math.Max(iterationEnd, _endOf[it][i]);
+            }
+            _iterationEnd[it] = iterationEnd;
+            // After the iteration's calls, as the synchronous schedule does at the next iteration's start.
+            for (int i = 0; i < calls.Count; i++)
+                if (calls[i].Type == CallType.TrainStep) Push(i, it);
         }
         return makespan;
     }

@@ -2,6 +2,7 @@
 // every handle is released exactly once (and children keep parents alive), pooled buffers are
 // reused, and misuse (bad sizes, disposed objects, null) gives a clear managed exception rather
 // than a crash.
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using ReaLNative.Interop;
 using Xunit;
@@ -68,6 +69,19 @@ public unsafe class ErrorTests
         Assert.Throws<RealnException>(() => Native.Check(st));
         Assert.Contains("x must not be NULL", Native.LastError());
         Assert.Contains("stream_create", other);
+    }
+
+    [Fact]
+    public void CaseListLivesInTheSelfTestLibraryNotInLibrealn()
+    {
+        Assert.Contains("interval", Native.SelfTest(Backend.Cpu, "interval"));
+        nint realn = NativeLibrary.Load(NativeLibraryResolver.LoadedFrom!);
+        Assert.False(NativeLibrary.TryGetExport(realn, "realn_selftest_run", out _), "librealn.so must not export the op cases");
+        Assert.True(NativeLibrary.TryGetExport(realn, "realn_op_gemm", out _));
+        string beside = Path.Combine(Path.GetDirectoryName(NativeLibraryResolver.LoadedFrom!)!, "librealn_selftest.so");
+        Assert.Equal(beside, NativeLibraryResolver.SelfTestCandidates()[0]);
+        nint selfTest = NativeLibrary.Load(beside);
+        Assert.True(NativeLibrary.TryGetExport(selfTest, "realn_selftest_run", out _));
     }
 
     [Fact]

@@ -1,6 +1,8 @@
 // Every exported realn_* function: argument validation shared by all backends, then dispatch
 // through the stream's backend table. Validation lives here once so a backend never sees a null
 // pointer, a negative size or an unknown dtype, and every failure names the argument.
+// Handles (version, backends, streams, buffers) are written out; every op is one entry of the op
+// table below (REALN_OP): its parameters, its checks and its backend dispatch, in one place.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -8,12 +10,14 @@
 
 #include "backend.hpp"
 #include "error.hpp"
+#include "options.hpp"
 
+using realn::Backend;
 using realn::Op;
 
 namespace {
 
-const realn::Backend* be(realn_stream_t s) {
+const Backend* be(realn_stream_t s) {
     REALN_REQUIRE(s != nullptr, "stream must not be NULL");
     REALN_REQUIRE(s->backend != nullptr, "stream is not initialised (destroyed twice?)");
     return s->backend;
@@ -24,11 +28,13 @@ void check_dtype(int32_t dtype) {
                   "dtype must be REALN_DTYPE_F32 (0), BF16 (1) or F16 (2) (got ", dtype, ")");
 }
 
-// Dispatch helper: checks the backend supports (op, dtype) and has the entry.
+// The stream's entry for an op: the stream is checked first, then the dtype, then that the
+// backend has the entry and supports (op, dtype).
 template <typename Fn>
-Fn entry(realn_stream_t s, Op op, int32_t dtype, Fn fn) {
+Fn dispatch(realn_stream_t s, Op op, int32_t dtype, Fn Backend::*member) {
+    const Backend* b = be(s);
     check_dtype(dtype);
-    const realn::Backend* b = be(s);
+    Fn fn = b->*member;
     if (fn == nullptr || !b->supports_op(op, dtype)) {
         static const char* dtypes[] = {"f32", "bf16", "f16"};
         realn::fail(REALN_ERR_UNSUPPORTED, "backend '", b->name, "' does not support op ",
@@ -36,8 +42,6 @@ Fn entry(realn_stream_t s, Op op, int32_t dtype, Fn fn) {
     }
     return fn;
 }
-
-#define DISPATCH(s, op, dtype, member) entry(s, op, dtype, be(s)->member)
 
 thread_local std::string g_last_error;
 
@@ -54,12 +58,10 @@ void clear_last_error() { g_last_error.clear(); }
 
 const char* op_name(Op op) {
     static const char* names[] = {
-        "gemm", "linear_fwd", "linear_bwd", "axpby", "add", "sumsq", "scale", "count_nonfinite",
-        "convert", "embedding_fwd", "embedding_bwd", "rmsnorm_fwd", "rmsnorm_bwd", "rotary_fwd",
-        "rotary_bwd", "swiglu_fwd", "swiglu_bwd", "attention_fwd", "attention_bwd", "kv_store",
-        "attention_decode", "logprobs_fwd", "logprobs_bwd", "cross_entropy_fwd",
-        "cross_entropy_bwd", "adamw", "sample", "gae", "interval_gather", "interval_scatter",
-        "hash_bytes", "copy", "fill"};
+#define REALN_OP_NAME(id, name) #name,
+        REALN_OP_LIST(REALN_OP_NAME)
+#undef REALN_OP_NAME
+    };
     static_assert(sizeof(names) / sizeof(names[0]) == static_cast<size_t>(Op::Count_),
                   "op_name table out of date");
     auto i = static_cast<int32_t>(op);
@@ -100,7 +102,7 @@ REALN_API realn_status realn_version(int32_t* major, int32_t* minor, int32_t* pa
 REALN_API realn_status realn_backend_available(int32_t backend, int32_t* available) {
     return realn::guard("realn_backend_available", [&] {
         REALN_NOT_NULL(available);
-        const realn::Backend* b = realn::backend_get(backend);
+        const Backend* b = realn::backend_get(backend);
         *available = (b != nullptr && b->device_count() > 0) ? 1 : 0;
     });
 }
@@ -108,7 +110,7 @@ REALN_API realn_status realn_backend_available(int32_t backend, int32_t* availab
 REALN_API realn_status realn_backend_device_count(int32_t backend, int32_t* count) {
     return realn::guard("realn_backend_device_count", [&] {
         REALN_NOT_NULL(count);
-        const realn::Backend* b = realn::backend_get(backend);
+        const Backend* b = realn::backend_get(backend);
         *count = b ? b->device_count() : 0;
     });
 }
@@ -117,7 +119,7 @@ REALN_API realn_status realn_stream_create(int32_t backend, int32_t device, real
     return realn::guard("realn_stream_create", [&] {
         REALN_NOT_NULL(out);
         *out = nullptr;
-        const realn::Backend* b = realn::backend_get(backend);
+        const Backend* b = realn::backend_get(backend);
         if (b == nullptr)
             realn::fail(REALN_ERR_NOT_FOUND, "backend ", backend,
                         backend == REALN_BACKEND_CUDA ? " (cuda) is not compiled into this build"
@@ -155,7 +157,7 @@ REALN_API realn_status realn_stream_backend(realn_stream_t stream, int32_t* back
 REALN_API realn_status realn_stream_destroy(realn_stream_t stream) {
     return realn::guard("realn_stream_destroy", [&] {
         if (stream == nullptr) return;
-        const realn::Backend* b = be(stream);
+        const Backend* b = be(stream);
         b->stream_destroy(stream->native);
         stream->backend = nullptr;
         delete stream;
@@ -167,7 +169,7 @@ REALN_API realn_status realn_buf_alloc(realn_stream_t stream, int64_t bytes, rea
         REALN_NOT_NULL(out);
         *out = nullptr;
         REALN_NON_NEGATIVE(bytes);
-        const realn::Backend* b = be(stream);
+        const Backend* b = be(stream);
         void* p = b->alloc(stream, bytes);
         *out = new realn_buf{stream, p, bytes};
     });
@@ -197,28 +199,36 @@ REALN_API realn_status realn_buf_free(realn_buf_t buf) {
     });
 }
 
-REALN_API realn_status realn_copy(realn_stream_t stream, void* dst, const void* src, int64_t bytes,
-                                  int32_t kind) {
-    return realn::guard("realn_copy", [&] {
-        REALN_NON_NEGATIVE(bytes);
-        REALN_REQUIRE(kind >= REALN_COPY_D2D && kind <= REALN_COPY_D2H,
-                      "kind must be 0 (D2D), 1 (H2D) or 2 (D2H) (got ", kind, ")");
-        if (bytes == 0) return;
-        REALN_NOT_NULL(dst);
-        REALN_NOT_NULL(src);
-        be(stream)->copy(stream, dst, src, bytes, kind);
-    });
-}
+}  // extern "C"
 
-REALN_API realn_status realn_fill_f32(realn_stream_t stream, float* dst, int64_t n, float value) {
-    return realn::guard("realn_fill_f32", [&] {
-        REALN_NON_NEGATIVE(n);
-        if (n == 0) return;
-        REALN_NOT_NULL(dst);
-        be(stream)->fill_f32(stream, dst, n, value);
-    });
-}
+// ---- The op table ----------------------------------------------------------------------------
+// One entry per op:
+//   REALN_OP(export, (parameters), (arguments), Op, dtype, entry) { checks }
+// export and parameters are realn.h's (the compiler rejects a definition that differs from the
+// header's declaration); arguments are the parameters' names. The checks get the arguments, throw
+// realn::Error naming a bad one, and return false when the call has nothing to do (zero rows);
+// otherwise the stream's backend entry `entry` runs with the same arguments, once
+// supports_op(Op, dtype) holds (dtype: the op's dtype argument, REALN_DTYPE_F32 for fp32-only and
+// byte-level ops). REALN_OP_CALL gives the entry other arguments; REALN_OP_RESULT also stores what
+// the entry returns through an output parameter.
+// Every entry runs under realn::guard, which turns the exception into the status and the message
+// "<export>: <detail>".
+#define REALN_OP_DEFINE(name, params, args, op, dtype, store, entry, entry_args)                  \
+    static bool name##_checks params;                                                           \
+    extern "C" REALN_API realn_status name params {                                             \
+        return realn::guard(#name, [&] {                                                        \
+            if (name##_checks args) store dispatch(stream, Op::op, dtype, &Backend::entry) entry_args; \
+        });                                                                                     \
+    }                                                                                           \
+    static bool name##_checks params
+#define REALN_OP(name, params, args, op, dtype, entry) \
+    REALN_OP_DEFINE(name, params, args, op, dtype, , entry, args)
+#define REALN_OP_CALL(name, params, args, op, dtype, entry, entry_args) \
+    REALN_OP_DEFINE(name, params, args, op, dtype, , entry, entry_args)
+#define REALN_OP_RESULT(name, params, args, result, op, dtype, entry, entry_args) \
+    REALN_OP_DEFINE(name, params, args, op, dtype, result =, entry, entry_args)
 
+// Shared checks.
 static void check_intervals(const int64_t* offsets, const int64_t* lengths, int64_t count) {
     REALN_NON_NEGATIVE(count);
     if (count == 0) return;
@@ -229,249 +239,6 @@ static void check_intervals(const int64_t* offsets, const int64_t* lengths, int6
             realn::fail(REALN_ERR_INVALID_ARGUMENT, "interval ", i, " has offset ", offsets[i],
                         " and length ", lengths[i], "; both must be >= 0");
     }
-}
-
-REALN_API realn_status realn_interval_gather(realn_stream_t stream, void* staging, const void* flat,
-                                             const int64_t* offsets, const int64_t* lengths,
-                                             int64_t count) {
-    return realn::guard("realn_interval_gather", [&] {
-        check_intervals(offsets, lengths, count);
-        if (count == 0) return;
-        REALN_NOT_NULL(staging);
-        REALN_NOT_NULL(flat);
-        DISPATCH(stream, Op::IntervalGather, REALN_DTYPE_F32, interval_gather)(
-            stream, staging, flat, offsets, lengths, count);
-    });
-}
-
-REALN_API realn_status realn_interval_scatter(realn_stream_t stream, void* flat, const void* staging,
-                                              const int64_t* offsets, const int64_t* lengths,
-                                              int64_t count) {
-    return realn::guard("realn_interval_scatter", [&] {
-        check_intervals(offsets, lengths, count);
-        if (count == 0) return;
-        REALN_NOT_NULL(staging);
-        REALN_NOT_NULL(flat);
-        DISPATCH(stream, Op::IntervalScatter, REALN_DTYPE_F32, interval_scatter)(
-            stream, flat, staging, offsets, lengths, count);
-    });
-}
-
-REALN_API realn_status realn_hash_bytes(realn_stream_t stream, const void* data, int64_t bytes,
-                                        uint64_t* out) {
-    return realn::guard("realn_hash_bytes", [&] {
-        REALN_NOT_NULL(out);
-        REALN_NON_NEGATIVE(bytes);
-        if (bytes > 0) REALN_NOT_NULL(data);
-        *out = DISPATCH(stream, Op::HashBytes, REALN_DTYPE_F32, hash_bytes)(stream, data, bytes);
-    });
-}
-
-REALN_API realn_status realn_op_gemm(realn_stream_t stream, int32_t dtype, int32_t trans_a,
-                                     int32_t trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                                     const void* a, int64_t lda, int64_t stride_a, const void* b,
-                                     int64_t ldb, int64_t stride_b, float beta, void* c, int64_t ldc,
-                                     int64_t stride_c, int64_t batch) {
-    return realn::guard("realn_op_gemm", [&] {
-        REALN_REQUIRE(trans_a == 0 || trans_a == 1, "trans_a must be 0 or 1 (got ", trans_a, ")");
-        REALN_REQUIRE(trans_b == 0 || trans_b == 1, "trans_b must be 0 or 1 (got ", trans_b, ")");
-        REALN_NON_NEGATIVE(m);
-        REALN_NON_NEGATIVE(n);
-        REALN_NON_NEGATIVE(k);
-        REALN_NON_NEGATIVE(batch);
-        if (m == 0 || n == 0 || batch == 0) return;
-        REALN_NOT_NULL(c);
-        if (k > 0) {
-            REALN_NOT_NULL(a);
-            REALN_NOT_NULL(b);
-        }
-        // Row-major: stored A is (trans_a ? k x m : m x k); its row length bounds lda.
-        int64_t a_cols = trans_a ? m : k, b_cols = trans_b ? k : n;
-        REALN_REQUIRE(lda >= std::max<int64_t>(1, a_cols), "lda (", lda, ") must be >= ", a_cols);
-        REALN_REQUIRE(ldb >= std::max<int64_t>(1, b_cols), "ldb (", ldb, ") must be >= ", b_cols);
-        REALN_REQUIRE(ldc >= std::max<int64_t>(1, n), "ldc (", ldc, ") must be >= n (", n, ")");
-        if (batch > 1) {
-            REALN_NON_NEGATIVE(stride_a);
-            REALN_NON_NEGATIVE(stride_b);
-            REALN_REQUIRE(stride_c >= m * ldc,
-                          "stride_c (", stride_c, ") must be >= m * ldc (", m * ldc,
-                          ") so batches of C do not overlap");
-        }
-        DISPATCH(stream, Op::Gemm, dtype, gemm)(stream, dtype, trans_a, trans_b, m, n, k, alpha, a,
-                                                lda, stride_a, b, ldb, stride_b, beta, c, ldc,
-                                                stride_c, batch);
-    });
-}
-
-REALN_API realn_status realn_op_linear_fwd(realn_stream_t stream, int32_t dtype, const void* x,
-                                           const void* w, const void* bias, void* y, int64_t rows,
-                                           int64_t in_features, int64_t out_features) {
-    return realn::guard("realn_op_linear_fwd", [&] {
-        REALN_NON_NEGATIVE(rows);
-        REALN_POSITIVE(in_features);
-        REALN_POSITIVE(out_features);
-        if (rows == 0) return;
-        REALN_NOT_NULL(x);
-        REALN_NOT_NULL(w);
-        REALN_NOT_NULL(y);
-        DISPATCH(stream, Op::LinearFwd, dtype, linear_fwd)(stream, dtype, x, w, bias, y, rows,
-                                                           in_features, out_features);
-    });
-}
-
-REALN_API realn_status realn_op_linear_bwd(realn_stream_t stream, int32_t dtype, const void* x,
-                                           const void* w, const void* dy, void* dx, void* dw,
-                                           void* dbias, int64_t rows, int64_t in_features,
-                                           int64_t out_features, int32_t flags) {
-    return realn::guard("realn_op_linear_bwd", [&] {
-        REALN_NON_NEGATIVE(rows);
-        REALN_POSITIVE(in_features);
-        REALN_POSITIVE(out_features);
-        REALN_REQUIRE((flags & ~REALN_ACCUMULATE_DX) == 0, "unknown flags ", flags);
-        if (rows == 0) return;
-        REALN_NOT_NULL(dy);
-        if (dx) REALN_REQUIRE(w != nullptr, "w must not be NULL when dx is requested");
-        if (dw) REALN_REQUIRE(x != nullptr, "x must not be NULL when dw is requested");
-        DISPATCH(stream, Op::LinearBwd, dtype, linear_bwd)(stream, dtype, x, w, dy, dx, dw, dbias,
-                                                           rows, in_features, out_features, flags);
-    });
-}
-
-REALN_API realn_status realn_op_axpby(realn_stream_t stream, int32_t dtype, int64_t n, float alpha,
-                                      const void* x, float beta, void* y) {
-    return realn::guard("realn_op_axpby", [&] {
-        REALN_NON_NEGATIVE(n);
-        if (n == 0) return;
-        REALN_NOT_NULL(x);
-        REALN_NOT_NULL(y);
-        DISPATCH(stream, Op::Axpby, dtype, axpby)(stream, dtype, n, alpha, x, beta, y);
-    });
-}
-
-REALN_API realn_status realn_op_add(realn_stream_t stream, int32_t dtype, int64_t n, const void* a,
-                                    const void* b, void* out) {
-    return realn::guard("realn_op_add", [&] {
-        REALN_NON_NEGATIVE(n);
-        if (n == 0) return;
-        REALN_NOT_NULL(a);
-        REALN_NOT_NULL(b);
-        REALN_NOT_NULL(out);
-        DISPATCH(stream, Op::Add, dtype, add)(stream, dtype, n, a, b, out);
-    });
-}
-
-REALN_API realn_status realn_op_sumsq(realn_stream_t stream, const float* x, int64_t n, double* out) {
-    return realn::guard("realn_op_sumsq", [&] {
-        REALN_NOT_NULL(out);
-        REALN_NON_NEGATIVE(n);
-        *out = 0.0;
-        if (n == 0) return;
-        REALN_NOT_NULL(x);
-        *out = DISPATCH(stream, Op::Sumsq, REALN_DTYPE_F32, sumsq)(stream, x, n);
-    });
-}
-
-REALN_API realn_status realn_op_scale(realn_stream_t stream, float* x, int64_t n, float alpha) {
-    return realn::guard("realn_op_scale", [&] {
-        REALN_NON_NEGATIVE(n);
-        if (n == 0) return;
-        REALN_NOT_NULL(x);
-        DISPATCH(stream, Op::Scale, REALN_DTYPE_F32, scale)(stream, x, n, alpha);
-    });
-}
-
-REALN_API realn_status realn_op_count_nonfinite(realn_stream_t stream, const float* x, int64_t n,
-                                                int64_t* out) {
-    return realn::guard("realn_op_count_nonfinite", [&] {
-        REALN_NOT_NULL(out);
-        REALN_NON_NEGATIVE(n);
-        *out = 0;
-        if (n == 0) return;
-        REALN_NOT_NULL(x);
-        *out = DISPATCH(stream, Op::CountNonfinite, REALN_DTYPE_F32, count_nonfinite)(stream, x, n);
-    });
-}
-
-REALN_API realn_status realn_op_convert(realn_stream_t stream, int32_t dst_dtype, void* dst,
-                                        int32_t src_dtype, const void* src, int64_t n) {
-    return realn::guard("realn_op_convert", [&] {
-        check_dtype(dst_dtype);
-        REALN_NON_NEGATIVE(n);
-        if (n == 0) return;
-        REALN_NOT_NULL(dst);
-        REALN_NOT_NULL(src);
-        DISPATCH(stream, Op::Convert, src_dtype, convert)(stream, dst_dtype, dst, src_dtype, src, n);
-    });
-}
-
-REALN_API realn_status realn_op_embedding_fwd(realn_stream_t stream, int32_t dtype,
-                                              const int32_t* ids, int64_t n, const void* table,
-                                              int64_t vocab, int64_t hidden, int64_t vocab_start,
-                                              void* out) {
-    return realn::guard("realn_op_embedding_fwd", [&] {
-        REALN_NON_NEGATIVE(n);
-        REALN_POSITIVE(vocab);
-        REALN_POSITIVE(hidden);
-        REALN_NON_NEGATIVE(vocab_start);
-        if (n == 0) return;
-        REALN_NOT_NULL(ids);
-        REALN_NOT_NULL(table);
-        REALN_NOT_NULL(out);
-        DISPATCH(stream, Op::EmbeddingFwd, dtype, embedding_fwd)(stream, dtype, ids, n, table, vocab,
-                                                                 hidden, vocab_start, out);
-    });
-}
-
-REALN_API realn_status realn_op_embedding_bwd(realn_stream_t stream, int32_t dtype,
-                                              const int32_t* ids, int64_t n, const void* dout,
-                                              int64_t vocab, int64_t hidden, int64_t vocab_start,
-                                              void* dtable) {
-    return realn::guard("realn_op_embedding_bwd", [&] {
-        REALN_NON_NEGATIVE(n);
-        REALN_POSITIVE(vocab);
-        REALN_POSITIVE(hidden);
-        REALN_NON_NEGATIVE(vocab_start);
-        if (n == 0) return;
-        REALN_NOT_NULL(ids);
-        REALN_NOT_NULL(dout);
-        REALN_NOT_NULL(dtable);
-        DISPATCH(stream, Op::EmbeddingBwd, dtype, embedding_bwd)(stream, dtype, ids, n, dout, vocab,
-                                                                 hidden, vocab_start, dtable);
-    });
-}
-
-REALN_API realn_status realn_op_rmsnorm_fwd(realn_stream_t stream, int32_t dtype, const void* x,
-                                            const void* w, void* y, float* rstd, int64_t rows,
-                                            int64_t dim, float eps) {
-    return realn::guard("realn_op_rmsnorm_fwd", [&] {
-        REALN_NON_NEGATIVE(rows);
-        REALN_POSITIVE(dim);
-        REALN_REQUIRE(eps >= 0 && std::isfinite(eps), "eps must be finite and >= 0 (got ", eps, ")");
-        if (rows == 0) return;
-        REALN_NOT_NULL(x);
-        REALN_NOT_NULL(w);
-        REALN_NOT_NULL(y);
-        DISPATCH(stream, Op::RmsnormFwd, dtype, rmsnorm_fwd)(stream, dtype, x, w, y, rstd, rows, dim,
-                                                             eps);
-    });
-}
-
-REALN_API realn_status realn_op_rmsnorm_bwd(realn_stream_t stream, int32_t dtype, const void* x,
-                                            const void* w, const float* rstd, const void* dy,
-                                            void* dx, void* dw, int64_t rows, int64_t dim) {
-    return realn::guard("realn_op_rmsnorm_bwd", [&] {
-        REALN_NON_NEGATIVE(rows);
-        REALN_POSITIVE(dim);
-        if (rows == 0) return;
-        REALN_NOT_NULL(x);
-        REALN_NOT_NULL(w);
-        REALN_NOT_NULL(rstd);
-        REALN_NOT_NULL(dy);
-        REALN_NOT_NULL(dx);
-        REALN_NOT_NULL(dw);
-        DISPATCH(stream, Op::RmsnormBwd, dtype, rmsnorm_bwd)(stream, dtype, x, w, rstd, dy, dx, dw,
-                                                             rows, dim);
-    });
 }
 
 static void check_rotary(const void* x, const int32_t* positions, void* y, int64_t tokens,
@@ -489,65 +256,11 @@ static void check_rotary(const void* x, const int32_t* positions, void* y, int64
     REALN_NOT_NULL(y);
 }
 
-REALN_API realn_status realn_op_rotary_fwd(realn_stream_t stream, int32_t dtype, const void* x,
-                                           const int32_t* positions, void* y, int64_t tokens,
-                                           int64_t heads, int64_t head_dim, int64_t rot_dim,
-                                           float theta) {
-    return realn::guard("realn_op_rotary_fwd", [&] {
-        check_rotary(x, positions, y, tokens, heads, head_dim, rot_dim, theta);
-        if (tokens == 0) return;
-        DISPATCH(stream, Op::RotaryFwd, dtype, rotary)(stream, dtype, x, positions, y, tokens, heads,
-                                                       head_dim, rot_dim, theta, false);
-    });
-}
-
-REALN_API realn_status realn_op_rotary_bwd(realn_stream_t stream, int32_t dtype, const void* dy,
-                                           const int32_t* positions, void* dx, int64_t tokens,
-                                           int64_t heads, int64_t head_dim, int64_t rot_dim,
-                                           float theta) {
-    return realn::guard("realn_op_rotary_bwd", [&] {
-        check_rotary(dy, positions, dx, tokens, heads, head_dim, rot_dim, theta);
-        if (tokens == 0) return;
-        DISPATCH(stream, Op::RotaryBwd, dtype, rotary)(stream, dtype, dy, positions, dx, tokens,
-                                                       heads, head_dim, rot_dim, theta, true);
-    });
-}
-
-REALN_API realn_status realn_op_swiglu_fwd(realn_stream_t stream, int32_t dtype, const void* gate,
-                                           const void* up, int64_t ld_in, void* out, int64_t ld_out,
-                                           int64_t rows, int64_t cols) {
-    return realn::guard("realn_op_swiglu_fwd", [&] {
-        REALN_NON_NEGATIVE(rows);
-        REALN_POSITIVE(cols);
-        REALN_REQUIRE(ld_in >= cols, "ld_in (", ld_in, ") must be >= cols (", cols, ")");
-        REALN_REQUIRE(ld_out >= cols, "ld_out (", ld_out, ") must be >= cols (", cols, ")");
-        if (rows == 0) return;
-        REALN_NOT_NULL(gate);
-        REALN_NOT_NULL(up);
-        REALN_NOT_NULL(out);
-        DISPATCH(stream, Op::SwigluFwd, dtype, swiglu_fwd)(stream, dtype, gate, up, ld_in, out,
-                                                           ld_out, rows, cols);
-    });
-}
-
-REALN_API realn_status realn_op_swiglu_bwd(realn_stream_t stream, int32_t dtype, const void* gate,
-                                           const void* up, int64_t ld_in, const void* dout,
-                                           int64_t ld_out, void* dgate, void* dup, int64_t rows,
-                                           int64_t cols) {
-    return realn::guard("realn_op_swiglu_bwd", [&] {
-        REALN_NON_NEGATIVE(rows);
-        REALN_POSITIVE(cols);
-        REALN_REQUIRE(ld_in >= cols, "ld_in (", ld_in, ") must be >= cols (", cols, ")");
-        REALN_REQUIRE(ld_out >= cols, "ld_out (", ld_out, ") must be >= cols (", cols, ")");
-        if (rows == 0) return;
-        REALN_NOT_NULL(gate);
-        REALN_NOT_NULL(up);
-        REALN_NOT_NULL(dout);
-        REALN_NOT_NULL(dgate);
-        REALN_NOT_NULL(dup);
-        DISPATCH(stream, Op::SwigluBwd, dtype, swiglu_bwd)(stream, dtype, gate, up, ld_in, dout,
-                                                           ld_out, dgate, dup, rows, cols);
-    });
+static void check_swiglu_shape(int64_t ld_in, int64_t ld_out, int64_t rows, int64_t cols) {
+    REALN_NON_NEGATIVE(rows);
+    REALN_POSITIVE(cols);
+    REALN_REQUIRE(ld_in >= cols, "ld_in (", ld_in, ") must be >= cols (", cols, ")");
+    REALN_REQUIRE(ld_out >= cols, "ld_out (", ld_out, ") must be >= cols (", cols, ")");
 }
 
 static void check_attention_shape(const int32_t* cu_seqlens, int64_t nseq, int64_t total,
@@ -569,113 +282,6 @@ static void check_attention_shape(const int32_t* cu_seqlens, int64_t nseq, int64
                   ") must equal total_tokens (", total, ")");
 }
 
-REALN_API realn_status realn_op_attention_fwd(realn_stream_t stream, int32_t dtype, const void* q,
-                                              const void* k, const void* v,
-                                              const int32_t* cu_seqlens, int64_t nseq,
-                                              int64_t total_tokens, int64_t hq, int64_t hkv,
-                                              int64_t head_dim, float scale, void* out, float* lse) {
-    return realn::guard("realn_op_attention_fwd", [&] {
-        check_attention_shape(cu_seqlens, nseq, total_tokens, hq, hkv, head_dim, scale);
-        if (total_tokens == 0) return;
-        REALN_NOT_NULL(q);
-        REALN_NOT_NULL(k);
-        REALN_NOT_NULL(v);
-        REALN_NOT_NULL(out);
-        DISPATCH(stream, Op::AttentionFwd, dtype, attention_fwd)(stream, dtype, q, k, v, cu_seqlens,
-                                                                 nseq, total_tokens, hq, hkv,
-                                                                 head_dim, scale, out, lse);
-    });
-}
-
-REALN_API realn_status realn_op_attention_bwd(realn_stream_t stream, int32_t dtype, const void* q,
-                                              const void* k, const void* v, const void* out,
-                                              const float* lse, const void* dout,
-                                              const int32_t* cu_seqlens, int64_t nseq,
-                                              int64_t total_tokens, int64_t hq, int64_t hkv,
-                                              int64_t head_dim, float scale, void* dq, void* dk,
-                                              void* dv) {
-    return realn::guard("realn_op_attention_bwd", [&] {
-        check_attention_shape(cu_seqlens, nseq, total_tokens, hq, hkv, head_dim, scale);
-        if (total_tokens == 0) return;
-        REALN_NOT_NULL(q);
-        REALN_NOT_NULL(k);
-        REALN_NOT_NULL(v);
-        REALN_NOT_NULL(out);
-        REALN_NOT_NULL(lse);
-        REALN_NOT_NULL(dout);
-        REALN_NOT_NULL(dq);
-        REALN_NOT_NULL(dk);
-        REALN_NOT_NULL(dv);
-        DISPATCH(stream, Op::AttentionBwd, dtype, attention_bwd)(
-            stream, dtype, q, k, v, out, lse, dout, cu_seqlens, nseq, total_tokens, hq, hkv,
-            head_dim, scale, dq, dk, dv);
-    });
-}
-
-REALN_API realn_status realn_op_kv_store(realn_stream_t stream, int32_t dtype, const void* k,
-                                         const void* v, const int32_t* slots,
-                                         const int32_t* positions, int64_t tokens, void* kcache,
-                                         void* vcache, int64_t num_slots, int64_t max_len,
-                                         int64_t hkv, int64_t head_dim) {
-    return realn::guard("realn_op_kv_store", [&] {
-        REALN_NON_NEGATIVE(tokens);
-        REALN_POSITIVE(num_slots);
-        REALN_POSITIVE(max_len);
-        REALN_POSITIVE(hkv);
-        REALN_POSITIVE(head_dim);
-        if (tokens == 0) return;
-        REALN_NOT_NULL(k);
-        REALN_NOT_NULL(v);
-        REALN_NOT_NULL(slots);
-        REALN_NOT_NULL(positions);
-        REALN_NOT_NULL(kcache);
-        REALN_NOT_NULL(vcache);
-        for (int64_t t = 0; t < tokens; ++t) {
-            REALN_REQUIRE(slots[t] >= 0 && slots[t] < num_slots, "slots[", t, "]=", slots[t],
-                          " is outside [0, num_slots=", num_slots, ")");
-            REALN_REQUIRE(positions[t] >= 0 && positions[t] < max_len, "positions[", t,
-                          "]=", positions[t], " is outside [0, max_len=", max_len, ")");
-        }
-        DISPATCH(stream, Op::KvStore, dtype, kv_store)(stream, dtype, k, v, slots, positions, tokens,
-                                                       kcache, vcache, num_slots, max_len, hkv,
-                                                       head_dim);
-    });
-}
-
-REALN_API realn_status realn_op_attention_decode(realn_stream_t stream, int32_t dtype, const void* q,
-                                                 const void* kcache, const void* vcache,
-                                                 const int32_t* slots, const int32_t* lens,
-                                                 int64_t batch, int64_t num_slots, int64_t max_len,
-                                                 int64_t hq, int64_t hkv, int64_t head_dim,
-                                                 float scale, void* out) {
-    return realn::guard("realn_op_attention_decode", [&] {
-        REALN_NON_NEGATIVE(batch);
-        REALN_POSITIVE(num_slots);
-        REALN_POSITIVE(max_len);
-        REALN_POSITIVE(hq);
-        REALN_POSITIVE(hkv);
-        REALN_POSITIVE(head_dim);
-        REALN_REQUIRE(hq % hkv == 0, "hq (", hq, ") must be a multiple of hkv (", hkv, ")");
-        REALN_REQUIRE(std::isfinite(scale) && scale > 0, "scale must be finite and > 0");
-        if (batch == 0) return;
-        REALN_NOT_NULL(q);
-        REALN_NOT_NULL(kcache);
-        REALN_NOT_NULL(vcache);
-        REALN_NOT_NULL(slots);
-        REALN_NOT_NULL(lens);
-        REALN_NOT_NULL(out);
-        for (int64_t b = 0; b < batch; ++b) {
-            REALN_REQUIRE(slots[b] >= 0 && slots[b] < num_slots, "slots[", b, "]=", slots[b],
-                          " is outside [0, num_slots=", num_slots, ")");
-            REALN_REQUIRE(lens[b] >= 1 && lens[b] <= max_len, "lens[", b, "]=", lens[b],
-                          " is outside [1, max_len=", max_len, "]");
-        }
-        DISPATCH(stream, Op::AttentionDecode, dtype, attention_decode)(
-            stream, dtype, q, kcache, vcache, slots, lens, batch, num_slots, max_len, hq, hkv,
-            head_dim, scale, out);
-    });
-}
-
 static void check_labels(const int32_t* labels, int64_t rows, int64_t vocab, bool allow_ignore,
                          int32_t ignore_index) {
     for (int64_t r = 0; r < rows; ++r) {
@@ -685,157 +291,556 @@ static void check_labels(const int32_t* labels, int64_t rows, int64_t vocab, boo
     }
 }
 
-REALN_API realn_status realn_op_logprobs_fwd(realn_stream_t stream, int32_t dtype, const void* logits,
-                                             const int32_t* labels, const uint8_t* mask, int64_t rows,
-                                             int64_t vocab, float temperature, float* logp,
-                                             float* entropy, float* lse) {
-    return realn::guard("realn_op_logprobs_fwd", [&] {
-        REALN_NON_NEGATIVE(rows);
-        REALN_POSITIVE(vocab);
-        REALN_REQUIRE(temperature > 0 && std::isfinite(temperature),
-                      "temperature must be finite and > 0 (got ", temperature, ")");
-        if (rows == 0) return;
-        REALN_NOT_NULL(logits);
-        REALN_NOT_NULL(labels);
-        REALN_NOT_NULL(logp);
-        REALN_NOT_NULL(lse);
-        check_labels(labels, rows, vocab, false, 0);
-        DISPATCH(stream, Op::LogprobsFwd, dtype, logprobs_fwd)(stream, dtype, logits, labels, mask,
-                                                               rows, vocab, temperature, logp,
-                                                               entropy, lse);
-    });
+static void check_temperature(float temperature) {
+    REALN_REQUIRE(temperature > 0 && std::isfinite(temperature),
+                  "temperature must be finite and > 0 (got ", temperature, ")");
 }
 
-REALN_API realn_status realn_op_logprobs_bwd(realn_stream_t stream, int32_t dtype, const void* logits,
-                                             const int32_t* labels, const uint8_t* mask, int64_t rows,
-                                             int64_t vocab, float temperature, const float* lse,
-                                             const float* dlogp, const float* dentropy,
-                                             void* dlogits) {
-    return realn::guard("realn_op_logprobs_bwd", [&] {
-        REALN_NON_NEGATIVE(rows);
-        REALN_POSITIVE(vocab);
-        REALN_REQUIRE(temperature > 0 && std::isfinite(temperature),
-                      "temperature must be finite and > 0 (got ", temperature, ")");
-        if (rows == 0) return;
-        REALN_NOT_NULL(logits);
-        REALN_NOT_NULL(labels);
-        REALN_NOT_NULL(lse);
-        REALN_NOT_NULL(dlogp);
-        REALN_NOT_NULL(dlogits);
-        check_labels(labels, rows, vocab, false, 0);
-        DISPATCH(stream, Op::LogprobsBwd, dtype, logprobs_bwd)(stream, dtype, logits, labels, mask,
-                                                               rows, vocab, temperature, lse, dlogp,
-                                                               dentropy, dlogits);
-    });
+// -- memory -------------------------------------------------------------------------------------
+
+REALN_OP(realn_copy, (realn_stream_t stream, void* dst, const void* src, int64_t bytes, int32_t kind),
+         (stream, dst, src, bytes, kind), Copy, REALN_DTYPE_F32, copy) {
+    REALN_NON_NEGATIVE(bytes);
+    REALN_REQUIRE(kind >= REALN_COPY_D2D && kind <= REALN_COPY_D2H,
+                  "kind must be 0 (D2D), 1 (H2D) or 2 (D2H) (got ", kind, ")");
+    if (bytes == 0) return false;
+    REALN_NOT_NULL(dst);
+    REALN_NOT_NULL(src);
+    return true;
 }
 
-REALN_API realn_status realn_op_cross_entropy_fwd(realn_stream_t stream, int32_t dtype,
-                                                  const void* logits, const int32_t* labels,
-                                                  int64_t rows, int64_t vocab, int32_t ignore_index,
-                                                  float* loss, float* lse, double* mean_loss) {
-    return realn::guard("realn_op_cross_entropy_fwd", [&] {
-        REALN_NON_NEGATIVE(rows);
-        REALN_POSITIVE(vocab);
-        REALN_NOT_NULL(mean_loss);
-        *mean_loss = 0.0;
-        if (rows == 0) return;
-        REALN_NOT_NULL(logits);
-        REALN_NOT_NULL(labels);
-        REALN_NOT_NULL(loss);
-        REALN_NOT_NULL(lse);
-        check_labels(labels, rows, vocab, true, ignore_index);
-        *mean_loss = DISPATCH(stream, Op::CrossEntropyFwd, dtype, cross_entropy_fwd)(
-            stream, dtype, logits, labels, rows, vocab, ignore_index, loss, lse);
-    });
+REALN_OP(realn_fill_f32, (realn_stream_t stream, float* dst, int64_t n, float value),
+         (stream, dst, n, value), Fill, REALN_DTYPE_F32, fill_f32) {
+    REALN_NON_NEGATIVE(n);
+    if (n == 0) return false;
+    REALN_NOT_NULL(dst);
+    return true;
 }
 
-REALN_API realn_status realn_op_cross_entropy_bwd(realn_stream_t stream, int32_t dtype,
-                                                  const void* logits, const int32_t* labels,
-                                                  int64_t rows, int64_t vocab, int32_t ignore_index,
-                                                  const float* lse, float grad_scale, void* dlogits) {
-    return realn::guard("realn_op_cross_entropy_bwd", [&] {
-        REALN_NON_NEGATIVE(rows);
-        REALN_POSITIVE(vocab);
-        if (rows == 0) return;
-        REALN_NOT_NULL(logits);
-        REALN_NOT_NULL(labels);
-        REALN_NOT_NULL(lse);
-        REALN_NOT_NULL(dlogits);
-        check_labels(labels, rows, vocab, true, ignore_index);
-        DISPATCH(stream, Op::CrossEntropyBwd, dtype, cross_entropy_bwd)(
-            stream, dtype, logits, labels, rows, vocab, ignore_index, lse, grad_scale, dlogits);
-    });
+// -- reallocation primitives --------------------------------------------------------------------
+
+REALN_OP(realn_interval_gather,
+         (realn_stream_t stream, void* staging, const void* flat, const int64_t* offsets,
+          const int64_t* lengths, int64_t count),
+         (stream, staging, flat, offsets, lengths, count), IntervalGather, REALN_DTYPE_F32,
+         interval_gather) {
+    check_intervals(offsets, lengths, count);
+    if (count == 0) return false;
+    REALN_NOT_NULL(staging);
+    REALN_NOT_NULL(flat);
+    return true;
 }
 
-REALN_API realn_status realn_op_adamw(realn_stream_t stream, const realn_adamw_opts* opts, float* param,
-                                      const float* grad, float* m, float* v, int64_t n) {
-    return realn::guard("realn_op_adamw", [&] {
-        REALN_NOT_NULL(opts);
-        REALN_REQUIRE(opts->size >= static_cast<int32_t>(sizeof(realn_adamw_opts)) &&
-                          opts->version == 1,
-                      "opts must be initialised with REALN_ADAMW_OPTS_INIT (size ", opts->size,
-                      ", version ", opts->version, ")");
-        REALN_REQUIRE(opts->step >= 1, "opts->step must be >= 1 (got ", opts->step, ")");
-        REALN_REQUIRE(opts->beta1 >= 0 && opts->beta1 < 1, "opts->beta1 must be in [0, 1) (got ",
-                      opts->beta1, ")");
-        REALN_REQUIRE(opts->beta2 >= 0 && opts->beta2 < 1, "opts->beta2 must be in [0, 1) (got ",
-                      opts->beta2, ")");
-        REALN_REQUIRE(opts->eps > 0, "opts->eps must be > 0 (got ", opts->eps, ")");
-        REALN_REQUIRE(std::isfinite(opts->lr) && opts->lr >= 0, "opts->lr must be finite and >= 0");
-        REALN_REQUIRE(std::isfinite(opts->grad_scale), "opts->grad_scale must be finite");
-        REALN_NON_NEGATIVE(n);
-        if (n == 0) return;
-        REALN_NOT_NULL(param);
-        REALN_NOT_NULL(grad);
-        REALN_NOT_NULL(m);
-        REALN_NOT_NULL(v);
-        DISPATCH(stream, Op::Adamw, REALN_DTYPE_F32, adamw)(stream, opts, param, grad, m, v, n);
-    });
+REALN_OP(realn_interval_scatter,
+         (realn_stream_t stream, void* flat, const void* staging, const int64_t* offsets,
+          const int64_t* lengths, int64_t count),
+         (stream, flat, staging, offsets, lengths, count), IntervalScatter, REALN_DTYPE_F32,
+         interval_scatter) {
+    check_intervals(offsets, lengths, count);
+    if (count == 0) return false;
+    REALN_NOT_NULL(staging);
+    REALN_NOT_NULL(flat);
+    return true;
 }
 
-REALN_API realn_status realn_op_sample(realn_stream_t stream, int32_t dtype, const void* logits,
-                                       int64_t rows, int64_t vocab, const realn_sample_opts* opts,
-                                       int32_t* tokens, uint8_t* mask_out, float* logp_out) {
-    return realn::guard("realn_op_sample", [&] {
-        REALN_NOT_NULL(opts);
-        REALN_REQUIRE(opts->size >= static_cast<int32_t>(sizeof(realn_sample_opts)) &&
-                          opts->version == 1,
-                      "opts must be initialised with REALN_SAMPLE_OPTS_INIT (size ", opts->size,
-                      ", version ", opts->version, ")");
-        REALN_REQUIRE(opts->temperature >= 0 && std::isfinite(opts->temperature),
-                      "opts->temperature must be finite and >= 0 (got ", opts->temperature, ")");
-        REALN_REQUIRE(opts->top_k >= 0, "opts->top_k must be >= 0 (got ", opts->top_k, ")");
-        REALN_REQUIRE(opts->top_p > 0 && opts->top_p <= 1, "opts->top_p must be in (0, 1] (got ",
-                      opts->top_p, ")");
-        REALN_NON_NEGATIVE(rows);
-        REALN_POSITIVE(vocab);
-        if (rows == 0) return;
-        REALN_NOT_NULL(logits);
-        REALN_NOT_NULL(tokens);
-        DISPATCH(stream, Op::Sample, dtype, sample)(stream, dtype, logits, rows, vocab, opts, tokens,
-                                                    mask_out, logp_out);
-    });
+// Runs on the backend even for zero bytes (the hash of nothing is the seed).
+REALN_OP_RESULT(realn_hash_bytes, (realn_stream_t stream, const void* data, int64_t bytes, uint64_t* out),
+                (stream, data, bytes, out), *out, HashBytes, REALN_DTYPE_F32, hash_bytes,
+                (stream, data, bytes)) {
+    REALN_NOT_NULL(out);
+    REALN_NON_NEGATIVE(bytes);
+    if (bytes > 0) REALN_NOT_NULL(data);
+    return true;
 }
 
-REALN_API realn_status realn_op_gae(realn_stream_t stream, const float* rewards, const float* values,
-                                    const int32_t* cu_seqlens, int64_t nseq, float gamma,
-                                    float lambda, float* advantages, float* returns) {
-    return realn::guard("realn_op_gae", [&] {
-        REALN_NON_NEGATIVE(nseq);
-        REALN_REQUIRE(gamma >= 0 && gamma <= 1, "gamma must be in [0, 1] (got ", gamma, ")");
-        REALN_REQUIRE(lambda >= 0 && lambda <= 1, "lambda must be in [0, 1] (got ", lambda, ")");
-        if (nseq == 0) return;
-        REALN_NOT_NULL(cu_seqlens);
-        REALN_REQUIRE(cu_seqlens[0] == 0, "cu_seqlens[0] must be 0 (got ", cu_seqlens[0], ")");
-        for (int64_t i = 0; i < nseq; ++i)
-            REALN_REQUIRE(cu_seqlens[i + 1] >= cu_seqlens[i], "cu_seqlens must be non-decreasing");
-        REALN_NOT_NULL(rewards);
-        REALN_NOT_NULL(values);
-        REALN_NOT_NULL(advantages);
-        REALN_NOT_NULL(returns);
-        DISPATCH(stream, Op::Gae, REALN_DTYPE_F32, gae)(stream, rewards, values, cu_seqlens, nseq,
-                                                        gamma, lambda, advantages, returns);
-    });
+// -- dense linear algebra -----------------------------------------------------------------------
+
+REALN_OP(realn_op_gemm,
+         (realn_stream_t stream, int32_t dtype, int32_t trans_a, int32_t trans_b, int64_t m, int64_t n,
+          int64_t k, float alpha, const void* a, int64_t lda, int64_t stride_a, const void* b,
+          int64_t ldb, int64_t stride_b, float beta, void* c, int64_t ldc, int64_t stride_c,
+          int64_t batch),
+         (stream, dtype, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c,
+          ldc, stride_c, batch),
+         Gemm, dtype, gemm) {
+    REALN_REQUIRE(trans_a == 0 || trans_a == 1, "trans_a must be 0 or 1 (got ", trans_a, ")");
+    REALN_REQUIRE(trans_b == 0 || trans_b == 1, "trans_b must be 0 or 1 (got ", trans_b, ")");
+    REALN_NON_NEGATIVE(m);
+    REALN_NON_NEGATIVE(n);
+    REALN_NON_NEGATIVE(k);
+    REALN_NON_NEGATIVE(batch);
+    if (m == 0 || n == 0 || batch == 0) return false;
+    REALN_NOT_NULL(c);
+    if (k > 0) {
+        REALN_NOT_NULL(a);
+        REALN_NOT_NULL(b);
+    }
+    // Row-major: stored A is (trans_a ? k x m : m x k); its row length bounds lda.
+    int64_t a_cols = trans_a ? m : k, b_cols = trans_b ? k : n;
+    REALN_REQUIRE(lda >= std::max<int64_t>(1, a_cols), "lda (", lda, ") must be >= ", a_cols);
+    REALN_REQUIRE(ldb >= std::max<int64_t>(1, b_cols), "ldb (", ldb, ") must be >= ", b_cols);
+    REALN_REQUIRE(ldc >= std::max<int64_t>(1, n), "ldc (", ldc, ") must be >= n (", n, ")");
+    if (batch > 1) {
+        REALN_NON_NEGATIVE(stride_a);
+        REALN_NON_NEGATIVE(stride_b);
+        REALN_REQUIRE(stride_c >= m * ldc,
+                      "stride_c (", stride_c, ") must be >= m * ldc (", m * ldc,
+                      ") so batches of C do not overlap");
+    }
+    return true;
 }
 
-}  // extern "C"
+REALN_OP(realn_op_linear_fwd,
+         (realn_stream_t stream, int32_t dtype, const void* x, const void* w, const void* bias, void* y,
+          int64_t rows, int64_t in_features, int64_t out_features),
+         (stream, dtype, x, w, bias, y, rows, in_features, out_features), LinearFwd, dtype, linear_fwd) {
+    REALN_NON_NEGATIVE(rows);
+    REALN_POSITIVE(in_features);
+    REALN_POSITIVE(out_features);
+    if (rows == 0) return false;
+    REALN_NOT_NULL(x);
+    REALN_NOT_NULL(w);
+    REALN_NOT_NULL(y);
+    return true;
+}
+
+REALN_OP(realn_op_linear_bwd,
+         (realn_stream_t stream, int32_t dtype, const void* x, const void* w, const void* dy, void* dx,
+          void* dw, void* dbias, int64_t rows, int64_t in_features, int64_t out_features,
+          int32_t flags),
+         (stream, dtype, x, w, dy, dx, dw, dbias, rows, in_features, out_features, flags), LinearBwd,
+         dtype, linear_bwd) {
+    REALN_NON_NEGATIVE(rows);
+    REALN_POSITIVE(in_features);
+    REALN_POSITIVE(out_features);
+    REALN_REQUIRE((flags & ~REALN_ACCUMULATE_DX) == 0, "unknown flags ", flags);
+    if (rows == 0) return false;
+    REALN_NOT_NULL(dy);
+    if (dx) REALN_REQUIRE(w != nullptr, "w must not be NULL when dx is requested");
+    if (dw) REALN_REQUIRE(x != nullptr, "x must not be NULL when dw is requested");
+    return true;
+}
+
+// -- elementwise --------------------------------------------------------------------------------
+
+REALN_OP(realn_op_axpby,
+         (realn_stream_t stream, int32_t dtype, int64_t n, float alpha, const void* x, float beta, void* y),
+         (stream, dtype, n, alpha, x, beta, y), Axpby, dtype, axpby) {
+    REALN_NON_NEGATIVE(n);
+    if (n == 0) return false;
+    REALN_NOT_NULL(x);
+    REALN_NOT_NULL(y);
+    return true;
+}
+
+REALN_OP(realn_op_add,
+         (realn_stream_t stream, int32_t dtype, int64_t n, const void* a, const void* b, void* out),
+         (stream, dtype, n, a, b, out), Add, dtype, add) {
+    REALN_NON_NEGATIVE(n);
+    if (n == 0) return false;
+    REALN_NOT_NULL(a);
+    REALN_NOT_NULL(b);
+    REALN_NOT_NULL(out);
+    return true;
+}
+
+REALN_OP_RESULT(realn_op_sumsq, (realn_stream_t stream, const float* x, int64_t n, double* out),
+                (stream, x, n, out), *out, Sumsq, REALN_DTYPE_F32, sumsq, (stream, x, n)) {
+    REALN_NOT_NULL(out);
+    REALN_NON_NEGATIVE(n);
+    *out = 0.0;
+    if (n == 0) return false;
+    REALN_NOT_NULL(x);
+    return true;
+}
+
+REALN_OP(realn_op_scale, (realn_stream_t stream, float* x, int64_t n, float alpha), (stream, x, n, alpha),
+         Scale, REALN_DTYPE_F32, scale) {
+    REALN_NON_NEGATIVE(n);
+    if (n == 0) return false;
+    REALN_NOT_NULL(x);
+    return true;
+}
+
+REALN_OP_RESULT(realn_op_count_nonfinite, (realn_stream_t stream, const float* x, int64_t n, int64_t* out),
+                (stream, x, n, out), *out, CountNonfinite, REALN_DTYPE_F32, count_nonfinite,
+                (stream, x, n)) {
+    REALN_NOT_NULL(out);
+    REALN_NON_NEGATIVE(n);
+    *out = 0;
+    if (n == 0) return false;
+    REALN_NOT_NULL(x);
+    return true;
+}
+
+// Dispatched on the source dtype; the destination dtype is checked here.
+REALN_OP(realn_op_convert,
+         (realn_stream_t stream, int32_t dst_dtype, void* dst, int32_t src_dtype, const void* src, int64_t n),
+         (stream, dst_dtype, dst, src_dtype, src, n), Convert, src_dtype, convert) {
+    check_dtype(dst_dtype);
+    REALN_NON_NEGATIVE(n);
+    if (n == 0) return false;
+    REALN_NOT_NULL(dst);
+    REALN_NOT_NULL(src);
+    return true;
+}
+
+// -- transformer layers -------------------------------------------------------------------------
+
+REALN_OP(realn_op_embedding_fwd,
+         (realn_stream_t stream, int32_t dtype, const int32_t* ids, int64_t n, const void* table,
+          int64_t vocab, int64_t hidden, int64_t vocab_start, void* out),
+         (stream, dtype, ids, n, table, vocab, hidden, vocab_start, out), EmbeddingFwd, dtype,
+         embedding_fwd) {
+    REALN_NON_NEGATIVE(n);
+    REALN_POSITIVE(vocab);
+    REALN_POSITIVE(hidden);
+    REALN_NON_NEGATIVE(vocab_start);
+    if (n == 0) return false;
+    REALN_NOT_NULL(ids);
+    REALN_NOT_NULL(table);
+    REALN_NOT_NULL(out);
+    return true;
+}
+
+REALN_OP(realn_op_embedding_bwd,
+         (realn_stream_t stream, int32_t dtype, const int32_t* ids, int64_t n, const void* dout,
+          int64_t vocab, int64_t hidden, int64_t vocab_start, void* dtable),
+         (stream, dtype, ids, n, dout, vocab, hidden, vocab_start, dtable), EmbeddingBwd, dtype,
+         embedding_bwd) {
+    REALN_NON_NEGATIVE(n);
+    REALN_POSITIVE(vocab);
+    REALN_POSITIVE(hidden);
+    REALN_NON_NEGATIVE(vocab_start);
+    if (n == 0) return false;
+    REALN_NOT_NULL(ids);
+    REALN_NOT_NULL(dout);
+    REALN_NOT_NULL(dtable);
+    return true;
+}
+
+REALN_OP(realn_op_rmsnorm_fwd,
+         (realn_stream_t stream, int32_t dtype, const void* x, const void* w, void* y, float* rstd,
+          int64_t rows, int64_t dim, float eps),
+         (stream, dtype, x, w, y, rstd, rows, dim, eps), RmsnormFwd, dtype, rmsnorm_fwd) {
+    REALN_NON_NEGATIVE(rows);
+    REALN_POSITIVE(dim);
+    REALN_REQUIRE(eps >= 0 && std::isfinite(eps), "eps must be finite and >= 0 (got ", eps, ")");
+    if (rows == 0) return false;
+    REALN_NOT_NULL(x);
+    REALN_NOT_NULL(w);
+    REALN_NOT_NULL(y);
+    return true;
+}
+
+REALN_OP(realn_op_rmsnorm_bwd,
+         (realn_stream_t stream, int32_t dtype, const void* x, const void* w, const float* rstd,
+          const void* dy, void* dx, void* dw, int64_t rows, int64_t dim),
+         (stream, dtype, x, w, rstd, dy, dx, dw, rows, dim), RmsnormBwd, dtype, rmsnorm_bwd) {
+    REALN_NON_NEGATIVE(rows);
+    REALN_POSITIVE(dim);
+    if (rows == 0) return false;
+    REALN_NOT_NULL(x);
+    REALN_NOT_NULL(w);
+    REALN_NOT_NULL(rstd);
+    REALN_NOT_NULL(dy);
+    REALN_NOT_NULL(dx);
+    REALN_NOT_NULL(dw);
+    return true;
+}
+
+// Forward and backward share the backend's rotary entry (the backward rotates by -angle).
+REALN_OP_CALL(realn_op_rotary_fwd,
+         (realn_stream_t stream, int32_t dtype, const void* x, const int32_t* positions, void* y,
+          int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot_dim, float theta),
+         (stream, dtype, x, positions, y, tokens, heads, head_dim, rot_dim, theta), RotaryFwd, dtype,
+         rotary, (stream, dtype, x, positions, y, tokens, heads, head_dim, rot_dim, theta, false)) {
+    check_rotary(x, positions, y, tokens, heads, head_dim, rot_dim, theta);
+    return tokens > 0;
+}
+
+REALN_OP_CALL(realn_op_rotary_bwd,
+         (realn_stream_t stream, int32_t dtype, const void* dy, const int32_t* positions, void* dx,
+          int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot_dim, float theta),
+         (stream, dtype, dy, positions, dx, tokens, heads, head_dim, rot_dim, theta), RotaryBwd, dtype,
+         rotary, (stream, dtype, dy, positions, dx, tokens, heads, head_dim, rot_dim, theta, true)) {
+    check_rotary(dy, positions, dx, tokens, heads, head_dim, rot_dim, theta);
+    return tokens > 0;
+}
+
+REALN_OP(realn_op_swiglu_fwd,
+         (realn_stream_t stream, int32_t dtype, const void* gate, const void* up, int64_t ld_in, void* out,
+          int64_t ld_out, int64_t rows, int64_t cols),
+         (stream, dtype, gate, up, ld_in, out, ld_out, rows, cols), SwigluFwd, dtype, swiglu_fwd) {
+    check_swiglu_shape(ld_in, ld_out, rows, cols);
+    if (rows == 0) return false;
+    REALN_NOT_NULL(gate);
+    REALN_NOT_NULL(up);
+    REALN_NOT_NULL(out);
+    return true;
+}
+
+REALN_OP(realn_op_swiglu_bwd,
+         (realn_stream_t stream, int32_t dtype, const void* gate, const void* up, int64_t ld_in,
+          const void* dout, int64_t ld_out, void* dgate, void* dup, int64_t rows, int64_t cols),
+         (stream, dtype, gate, up, ld_in, dout, ld_out, dgate, dup, rows, cols), SwigluBwd, dtype,
+         swiglu_bwd) {
+    check_swiglu_shape(ld_in, ld_out, rows, cols);
+    if (rows == 0) return false;
+    REALN_NOT_NULL(gate);
+    REALN_NOT_NULL(up);
+    REALN_NOT_NULL(dout);
+    REALN_NOT_NULL(dgate);
+    REALN_NOT_NULL(dup);
+    return true;
+}
+
+REALN_OP(realn_op_attention_fwd,
+         (realn_stream_t stream, int32_t dtype, const void* q, const void* k, const void* v,
+          const int32_t* cu_seqlens, int64_t nseq, int64_t total_tokens, int64_t hq, int64_t hkv,
+          int64_t head_dim, float scale, void* out, float* lse),
+         (stream, dtype, q, k, v, cu_seqlens, nseq, total_tokens, hq, hkv, head_dim, scale, out, lse),
+         AttentionFwd, dtype, attention_fwd) {
+    check_attention_shape(cu_seqlens, nseq, total_tokens, hq, hkv, head_dim, scale);
+    if (total_tokens == 0) return false;
+    REALN_NOT_NULL(q);
+    REALN_NOT_NULL(k);
+    REALN_NOT_NULL(v);
+    REALN_NOT_NULL(out);
+    return true;
+}
+
+REALN_OP(realn_op_attention_bwd,
+         (realn_stream_t stream, int32_t dtype, const void* q, const void* k, const void* v,
+          const void* out, const float* lse, const void* dout, const int32_t* cu_seqlens, int64_t nseq,
+          int64_t total_tokens, int64_t hq, int64_t hkv, int64_t head_dim, float scale, void* dq,
+          void* dk, void* dv),
+         (stream, dtype, q, k, v, out, lse, dout, cu_seqlens, nseq, total_tokens, hq, hkv, head_dim,
+          scale, dq, dk, dv),
+         AttentionBwd, dtype, attention_bwd) {
+    check_attention_shape(cu_seqlens, nseq, total_tokens, hq, hkv, head_dim, scale);
+    if (total_tokens == 0) return false;
+    REALN_NOT_NULL(q);
+    REALN_NOT_NULL(k);
+    REALN_NOT_NULL(v);
+    REALN_NOT_NULL(out);
+    REALN_NOT_NULL(lse);
+    REALN_NOT_NULL(dout);
+    REALN_NOT_NULL(dq);
+    REALN_NOT_NULL(dk);
+    REALN_NOT_NULL(dv);
+    return true;
+}
+
+REALN_OP(realn_op_kv_store,
+         (realn_stream_t stream, int32_t dtype, const void* k, const void* v, const int32_t* slots,
+          const int32_t* positions, int64_t tokens, void* kcache, void* vcache, int64_t num_slots,
+          int64_t max_len, int64_t hkv, int64_t head_dim),
+         (stream, dtype, k, v, slots, positions, tokens, kcache, vcache, num_slots, max_len, hkv,
+          head_dim),
+         KvStore, dtype, kv_store) {
+    REALN_NON_NEGATIVE(tokens);
+    REALN_POSITIVE(num_slots);
+    REALN_POSITIVE(max_len);
+    REALN_POSITIVE(hkv);
+    REALN_POSITIVE(head_dim);
+    if (tokens == 0) return false;
+    REALN_NOT_NULL(k);
+    REALN_NOT_NULL(v);
+    REALN_NOT_NULL(slots);
+    REALN_NOT_NULL(positions);
+    REALN_NOT_NULL(kcache);
+    REALN_NOT_NULL(vcache);
+    for (int64_t t = 0; t < tokens; ++t) {
+        REALN_REQUIRE(slots[t] >= 0 && slots[t] < num_slots, "slots[", t, "]=", slots[t],
+                      " is outside [0, num_slots=", num_slots, ")");
+        REALN_REQUIRE(positions[t] >= 0 && positions[t] < max_len, "positions[", t,
+                      "]=", positions[t], " is outside [0, max_len=", max_len, ")");
+    }
+    return true;
+}
+
+REALN_OP(realn_op_attention_decode,
+         (realn_stream_t stream, int32_t dtype, const void* q, const void* kcache, const void* vcache,
+          const int32_t* slots, const int32_t* lens, int64_t batch, int64_t num_slots, int64_t max_len,
+          int64_t hq, int64_t hkv, int64_t head_dim, float scale, void* out),
+         (stream, dtype, q, kcache, vcache, slots, lens, batch, num_slots, max_len, hq, hkv, head_dim,
+          scale, out),
+         AttentionDecode, dtype, attention_decode) {
+    REALN_NON_NEGATIVE(batch);
+    REALN_POSITIVE(num_slots);
+    REALN_POSITIVE(max_len);
+    REALN_POSITIVE(hq);
+    REALN_POSITIVE(hkv);
+    REALN_POSITIVE(head_dim);
+    REALN_REQUIRE(hq % hkv == 0, "hq (", hq, ") must be a multiple of hkv (", hkv, ")");
+    REALN_REQUIRE(std::isfinite(scale) && scale > 0, "scale must be finite and > 0");
+    if (batch == 0) return false;
+    REALN_NOT_NULL(q);
+    REALN_NOT_NULL(kcache);
+    REALN_NOT_NULL(vcache);
+    REALN_NOT_NULL(slots);
+    REALN_NOT_NULL(lens);
+    REALN_NOT_NULL(out);
+    for (int64_t b = 0; b < batch; ++b) {
+        REALN_REQUIRE(slots[b] >= 0 && slots[b] < num_slots, "slots[", b, "]=", slots[b],
+                      " is outside [0, num_slots=", num_slots, ")");
+        REALN_REQUIRE(lens[b] >= 1 && lens[b] <= max_len, "lens[", b, "]=", lens[b],
+                      " is outside [1, max_len=", max_len, "]");
+    }
+    return true;
+}
+
+// -- log-probabilities and losses ---------------------------------------------------------------
+
+REALN_OP(realn_op_logprobs_fwd,
+         (realn_stream_t stream, int32_t dtype, const void* logits, const int32_t* labels,
+          const uint8_t* mask, int64_t rows, int64_t vocab, float temperature, float* logp,
+          float* entropy, float* lse),
+         (stream, dtype, logits, labels, mask, rows, vocab, temperature, logp, entropy, lse),
+         LogprobsFwd, dtype, logprobs_fwd) {
+    REALN_NON_NEGATIVE(rows);
+    REALN_POSITIVE(vocab);
+    check_temperature(temperature);
+    if (rows == 0) return false;
+    REALN_NOT_NULL(logits);
+    REALN_NOT_NULL(labels);
+    REALN_NOT_NULL(logp);
+    REALN_NOT_NULL(lse);
+    check_labels(labels, rows, vocab, false, 0);
+    return true;
+}
+
+REALN_OP(realn_op_logprobs_bwd,
+         (realn_stream_t stream, int32_t dtype, const void* logits, const int32_t* labels,
+          const uint8_t* mask, int64_t rows, int64_t vocab, float temperature, const float* lse,
+          const float* dlogp, const float* dentropy, void* dlogits),
+         (stream, dtype, logits, labels, mask, rows, vocab, temperature, lse, dlogp, dentropy, dlogits),
+         LogprobsBwd, dtype, logprobs_bwd) {
+    REALN_NON_NEGATIVE(rows);
+    REALN_POSITIVE(vocab);
+    check_temperature(temperature);
+    if (rows == 0) return false;
+    REALN_NOT_NULL(logits);
+    REALN_NOT_NULL(labels);
+    REALN_NOT_NULL(lse);
+    REALN_NOT_NULL(dlogp);
+    REALN_NOT_NULL(dlogits);
+    check_labels(labels, rows, vocab, false, 0);
+    return true;
+}
+
+REALN_OP_RESULT(realn_op_cross_entropy_fwd,
+                (realn_stream_t stream, int32_t dtype, const void* logits, const int32_t* labels,
+                 int64_t rows, int64_t vocab, int32_t ignore_index, float* loss, float* lse,
+                 double* mean_loss),
+                (stream, dtype, logits, labels, rows, vocab, ignore_index, loss, lse, mean_loss),
+                *mean_loss, CrossEntropyFwd, dtype, cross_entropy_fwd,
+                (stream, dtype, logits, labels, rows, vocab, ignore_index, loss, lse)) {
+    REALN_NON_NEGATIVE(rows);
+    REALN_POSITIVE(vocab);
+    REALN_NOT_NULL(mean_loss);
+    *mean_loss = 0.0;
+    if (rows == 0) return false;
+    REALN_NOT_NULL(logits);
+    REALN_NOT_NULL(labels);
+    REALN_NOT_NULL(loss);
+    REALN_NOT_NULL(lse);
+    check_labels(labels, rows, vocab, true, ignore_index);
+    return true;
+}
+
+REALN_OP(realn_op_cross_entropy_bwd,
+         (realn_stream_t stream, int32_t dtype, const void* logits, const int32_t* labels, int64_t rows,
+          int64_t vocab, int32_t ignore_index, const float* lse, float grad_scale, void* dlogits),
+         (stream, dtype, logits, labels, rows, vocab, ignore_index, lse, grad_scale, dlogits),
+         CrossEntropyBwd, dtype, cross_entropy_bwd) {
+    REALN_NON_NEGATIVE(rows);
+    REALN_POSITIVE(vocab);
+    if (rows == 0) return false;
+    REALN_NOT_NULL(logits);
+    REALN_NOT_NULL(labels);
+    REALN_NOT_NULL(lse);
+    REALN_NOT_NULL(dlogits);
+    check_labels(labels, rows, vocab, true, ignore_index);
+    return true;
+}
+
+// -- optimizer, sampling, RL --------------------------------------------------------------------
+
+// Option structs: every released layout (options.hpp). Append a version here when a field is
+// appended to the struct in realn.h (with the next version number in its INIT macro).
+static const realn::OptsVersions<realn_adamw_opts, 1> kAdamwOptsVersions = {
+    "realn_adamw_opts", "REALN_ADAMW_OPTS_INIT", {40}, REALN_ADAMW_OPTS_INIT};
+static const realn::OptsVersions<realn_sample_opts, 1> kSampleOptsVersions = {
+    "realn_sample_opts", "REALN_SAMPLE_OPTS_INIT", {40}, REALN_SAMPLE_OPTS_INIT};
+static_assert(sizeof(realn_adamw_opts) == 40 && sizeof(realn_sample_opts) == 40,
+              "an option struct changed size: append its new version to k*OptsVersions");
+
+static realn::OptsInForce<realn_adamw_opts> adamw_opts_in_force(const realn_adamw_opts* given) {
+    return {realn::read_opts(given, kAdamwOptsVersions)};
+}
+static realn::OptsInForce<realn_sample_opts> sample_opts_in_force(const realn_sample_opts* given) {
+    return {realn::read_opts(given, kSampleOptsVersions)};
+}
+
+REALN_OP_CALL(realn_op_adamw,
+         (realn_stream_t stream, const realn_adamw_opts* opts, float* param, const float* grad, float* m,
+          float* v, int64_t n),
+         (stream, opts, param, grad, m, v, n), Adamw, REALN_DTYPE_F32, adamw,
+         (stream, adamw_opts_in_force(opts).get(), param, grad, m, v, n)) {
+    REALN_NOT_NULL(opts);
+    const realn_adamw_opts o = adamw_opts_in_force(opts).value;
+    REALN_REQUIRE(o.step >= 1, "opts->step must be >= 1 (got ", o.step, ")");
+    REALN_REQUIRE(o.beta1 >= 0 && o.beta1 < 1, "opts->beta1 must be in [0, 1) (got ", o.beta1, ")");
+    REALN_REQUIRE(o.beta2 >= 0 && o.beta2 < 1, "opts->beta2 must be in [0, 1) (got ", o.beta2, ")");
+    REALN_REQUIRE(o.eps > 0, "opts->eps must be > 0 (got ", o.eps, ")");
+    REALN_REQUIRE(std::isfinite(o.lr) && o.lr >= 0, "opts->lr must be finite and >= 0");
+    REALN_REQUIRE(std::isfinite(o.grad_scale), "opts->grad_scale must be finite");
+    REALN_NON_NEGATIVE(n);
+    if (n == 0) return false;
+    REALN_NOT_NULL(param);
+    REALN_NOT_NULL(grad);
+    REALN_NOT_NULL(m);
+    REALN_NOT_NULL(v);
+    return true;
+}
+
+REALN_OP_CALL(realn_op_sample,
+         (realn_stream_t stream, int32_t dtype, const void* logits, int64_t rows, int64_t vocab,
+          const realn_sample_opts* opts, int32_t* tokens, uint8_t* mask_out, float* logp_out),
+         (stream, dtype, logits, rows, vocab, opts, tokens, mask_out, logp_out), Sample, dtype, sample,
+         (stream, dtype, logits, rows, vocab, sample_opts_in_force(opts).get(), tokens, mask_out, logp_out)) {
+    REALN_NOT_NULL(opts);
+    const realn_sample_opts o = sample_opts_in_force(opts).value;
+    REALN_REQUIRE(o.temperature >= 0 && std::isfinite(o.temperature),
+                  "opts->temperature must be finite and >= 0 (got ", o.temperature, ")");
+    REALN_REQUIRE(o.top_k >= 0, "opts->top_k must be >= 0 (got ", o.top_k, ")");
+    REALN_REQUIRE(o.top_p > 0 && o.top_p <= 1, "opts->top_p must be in (0, 1] (got ", o.top_p, ")");
+    REALN_NON_NEGATIVE(rows);
+    REALN_POSITIVE(vocab);
+    if (rows == 0) return false;
+    REALN_NOT_NULL(logits);
+    REALN_NOT_NULL(tokens);
+    return true;
+}
+
+REALN_OP(realn_op_gae,
+         (realn_stream_t stream, const float* rewards, const float* values, const int32_t* cu_seqlens,
+          int64_t nseq, float gamma, float lambda, float* advantages, float* returns),
+         (stream, rewards, values, cu_seqlens, nseq, gamma, lambda, advantages, returns), Gae,
+         REALN_DTYPE_F32, gae) {
+    REALN_NON_NEGATIVE(nseq);
+    REALN_REQUIRE(gamma >= 0 && gamma <= 1, "gamma must be in [0, 1] (got ", gamma, ")");
+    REALN_REQUIRE(lambda >= 0 && lambda <= 1, "lambda must be in [0, 1] (got ", lambda, ")");
+    if (nseq == 0) return false;
+    REALN_NOT_NULL(cu_seqlens);
+    REALN_REQUIRE(cu_seqlens[0] == 0, "cu_seqlens[0] must be 0 (got ", cu_seqlens[0], ")");
+    for (int64_t i = 0; i < nseq; ++i)
+        REALN_REQUIRE(cu_seqlens[i + 1] >= cu_seqlens[i], "cu_seqlens must be non-decreasing");
+    REALN_NOT_NULL(rewards);
+    REALN_NOT_NULL(values);
+    REALN_NOT_NULL(advantages);
+    REALN_NOT_NULL(returns);
+    return true;
+}

@@ -1,6 +1,7 @@
 // The backend interface: one function-pointer table per backend (CPU always, CUDA where built).
-// Exports in api.cpp validate arguments once, then dispatch through the stream's table, so a
-// backend implements only the computation. Every entry throws realn::Error on failure.
+// The exports (core/api.cpp, one op-table entry per op) validate arguments once, then dispatch
+// through the stream's table, so a backend implements only the computation. Every entry throws
+// realn::Error on failure.
 // Entries marked (optional) may be null; supports_op() says what a backend can run.
 #pragma once
 
@@ -10,12 +11,24 @@
 
 namespace realn {
 
+// Every op of the ABI, once: its id and the name supports_op errors, ctest families and the case
+// list use. The enum and op_name() are generated from this list.
+#define REALN_OP_LIST(X)                                                                         \
+    X(Gemm, gemm) X(LinearFwd, linear_fwd) X(LinearBwd, linear_bwd) X(Axpby, axpby) X(Add, add)  \
+    X(Sumsq, sumsq) X(Scale, scale) X(CountNonfinite, count_nonfinite) X(Convert, convert)       \
+    X(EmbeddingFwd, embedding_fwd) X(EmbeddingBwd, embedding_bwd) X(RmsnormFwd, rmsnorm_fwd)     \
+    X(RmsnormBwd, rmsnorm_bwd) X(RotaryFwd, rotary_fwd) X(RotaryBwd, rotary_bwd)                 \
+    X(SwigluFwd, swiglu_fwd) X(SwigluBwd, swiglu_bwd) X(AttentionFwd, attention_fwd)             \
+    X(AttentionBwd, attention_bwd) X(KvStore, kv_store) X(AttentionDecode, attention_decode)     \
+    X(LogprobsFwd, logprobs_fwd) X(LogprobsBwd, logprobs_bwd)                                    \
+    X(CrossEntropyFwd, cross_entropy_fwd) X(CrossEntropyBwd, cross_entropy_bwd) X(Adamw, adamw)  \
+    X(Sample, sample) X(Gae, gae) X(IntervalGather, interval_gather)                             \
+    X(IntervalScatter, interval_scatter) X(HashBytes, hash_bytes) X(Copy, copy) X(Fill, fill)
+
 enum class Op : int32_t {
-    Gemm, LinearFwd, LinearBwd, Axpby, Add, Sumsq, Scale, CountNonfinite, Convert,
-    EmbeddingFwd, EmbeddingBwd, RmsnormFwd, RmsnormBwd, RotaryFwd, RotaryBwd, SwigluFwd,
-    SwigluBwd, AttentionFwd, AttentionBwd, KvStore, AttentionDecode, LogprobsFwd, LogprobsBwd,
-    CrossEntropyFwd, CrossEntropyBwd, Adamw, Sample, Gae, IntervalGather, IntervalScatter,
-    HashBytes, Copy, Fill,
+#define REALN_OP_ENUM(id, name) id,
+    REALN_OP_LIST(REALN_OP_ENUM)
+#undef REALN_OP_ENUM
     Count_
 };
 

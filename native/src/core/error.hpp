@@ -8,6 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "realn.h"
 
@@ -38,25 +39,32 @@ template <typename... Args>
     throw Error(status, concat(args...));
 }
 
-// Runs fn(); maps exceptions to statuses. Never lets an exception cross the C ABI.
+// Runs fn(); maps exceptions to statuses and hands "<where>: <detail>" to report. Never lets an
+// exception cross the C ABI.
 template <typename Fn>
-realn_status guard(const char* where, Fn&& fn) noexcept {
+realn_status guard_reporting(void (*report)(const std::string&), const char* where, Fn&& fn) noexcept {
     try {
         fn();
         return REALN_OK;
     } catch (const Error& e) {
-        set_last_error(concat(where, ": ", e.what()));
+        report(concat(where, ": ", e.what()));
         return e.status();
     } catch (const std::bad_alloc&) {
-        set_last_error(concat(where, ": out of memory"));
+        report(concat(where, ": out of memory"));
         return REALN_ERR_OUT_OF_MEMORY;
     } catch (const std::exception& e) {
-        set_last_error(concat(where, ": internal error: ", e.what()));
+        report(concat(where, ": internal error: ", e.what()));
         return REALN_ERR_INTERNAL;
     } catch (...) {
-        set_last_error(concat(where, ": internal error: unknown exception"));
+        report(concat(where, ": internal error: unknown exception"));
         return REALN_ERR_INTERNAL;
     }
+}
+
+// guard_reporting into the calling thread's realn_last_error() slot: every librealn export.
+template <typename Fn>
+realn_status guard(const char* where, Fn&& fn) noexcept {
+    return guard_reporting(set_last_error, where, std::forward<Fn>(fn));
 }
 
 }  // namespace realn

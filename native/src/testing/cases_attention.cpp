@@ -354,7 +354,7 @@ Outcome attention_decode_case(Env& env, const std::vector<int>& lens, int64_t hq
 
 }  // namespace
 
-REALN_TEST_CASES {
+void add_attention_cases() {
     struct F { std::vector<int> lens; int64_t hq, hkv, d; bool timing, probe; };
     for (const F& f : {F{{5, 1, 17, 0, 3}, 4, 4, 16, false, true},
                        F{{1, 33, 70, 2}, 4, 2, 64, false, false},

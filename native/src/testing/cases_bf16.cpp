@@ -281,7 +281,7 @@ Outcome small_m_case(Env& env, bool scalar, int64_t rows, int64_t in, int64_t ou
 
 }  // namespace
 
-REALN_TEST_CASES {
+void add_bf16_cases() {
     for (int64_t n : {int64_t(1001), int64_t(70001)})
         add_case({"convert", concat_shape("f32->bf16 RNE bit-exact n=", n, " (ties, subnormals, overflow, nan)"), 0.0,
                   [n](Env& e) { return convert_case(e, n); }});

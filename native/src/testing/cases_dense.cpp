@@ -91,7 +91,7 @@ Outcome linear_bwd_case(Env& env, int64_t rows, int64_t in, int64_t out, bool ac
 
 }  // namespace
 
-REALN_TEST_CASES {
+void add_dense_cases() {
     struct G { int ta, tb; int64_t m, n, k, batch; float alpha, beta; };
     for (G g : {G{0, 0, 17, 23, 31, 1, 1.0f, 0.0f}, G{1, 0, 8, 5, 64, 1, 0.5f, 1.0f},
                 G{0, 1, 33, 9, 16, 3, -1.0f, 0.25f}, G{1, 1, 4, 70, 3, 2, 2.0f, -0.5f},

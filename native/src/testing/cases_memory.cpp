@@ -120,7 +120,7 @@ float bf16_round(float f) {
 
 }  // namespace
 
-REALN_TEST_CASES {
+void add_memory_cases() {
     for (int64_t n : {int64_t(1), int64_t(1000), int64_t(1) << 20}) {
         add_case({"copy", concat_shape("bytes=", n), 0.0, [n](Env& e) {
                       std::vector<uint8_t> src(n);

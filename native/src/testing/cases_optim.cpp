@@ -231,7 +231,7 @@ Outcome sample_repro_case(Env& env, int64_t rows, int64_t vocab, float temp, int
 
 }  // namespace
 
-REALN_TEST_CASES {
+void add_optim_cases() {
     // adamw: from step 1 (fresh state), resumed at step 1000, several steps each.
     add_case({"adamw", "n=1000 steps 1..3 wd=0.1", 1e-5,
               [](Env& e) { return adamw_case(e, 1000, 1, 3, 0.1f, 1.0f); }});

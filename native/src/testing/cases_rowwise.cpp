@@ -502,7 +502,7 @@ Outcome cross_entropy_bwd_case(Env& env, int64_t rows, int64_t vocab, int32_t ig
 
 }  // namespace
 
-REALN_TEST_CASES {
+void add_rowwise_cases() {
     // embedding: (n, vocab, hidden, vocab_start); a second shard (vocab_start > 0) sees ids of
     // other shards; the large case runs the threaded column split.
     for (auto [n, v, h, vs] : {std::tuple{37, 50, 24, 0}, std::tuple{1, 7, 5, 0}, std::tuple{64, 30, 130, 20},

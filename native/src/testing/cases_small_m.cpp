@@ -59,7 +59,7 @@ Outcome isa_case(Env& env, cpu::SimdIsa isa, int64_t rows, int64_t in, int64_t o
 
 }  // namespace
 
-REALN_TEST_CASES {
+void add_small_m_cases() {
     for (auto [rows, in, out, bias] : {std::tuple{1, 768, 37, false}, std::tuple{2, 33, 9, true},
                                        std::tuple{4, 130, 64, false}, std::tuple{7, 17, 130, true},
                                        std::tuple{8, 256, 129, false}, std::tuple{64, 96, 40, true}}) {

@@ -1,6 +1,6 @@
-// One list of op test cases, used by ctest (native/tests) and by `realn selftest` (through
-// realn_selftest_run). A case draws random inputs, runs the op on the backend under test through
-// the public C ABI, and compares with a float64 reference computed here; backward cases compare
+// One list of op test cases (the static library realn_cases), used by ctest (native/tests) and by
+// `realn selftest` (through realn_selftest_run, exported by librealn_selftest.so, not by librealn).
+// A case draws random inputs, runs the op on the backend under test through the public C ABI, and compares with a float64 reference computed here; backward cases compare
 // with central finite differences of the float64 reference forward. The reported error is
 // normwise: max|out - ref| / max|ref| (non-finite output => infinite error, so NaN never passes).
 #pragma once
@@ -91,9 +91,18 @@ struct Case {
     std::function<Outcome(Env&)> run;
 };
 
-// Registration (static initialisers in the case files call this).
+// The case list: every case file's add_<family>_cases() appends its cases through add_case, in
+// the order cases() calls them (explicit calls, not static initialisers, so the list survives
+// linking from the static library realn_cases). A case's seed is 1235 + its index in the list.
 bool add_case(Case c);
 const std::vector<Case>& cases();
+void add_attention_cases();  // cases_attention.cpp
+void add_bf16_cases();       // cases_bf16.cpp
+void add_dense_cases();      // cases_dense.cpp
+void add_memory_cases();     // cases_memory.cpp
+void add_optim_cases();      // cases_optim.cpp
+void add_rowwise_cases();    // cases_rowwise.cpp
+void add_small_m_cases();    // cases_small_m.cpp
 
 // Normwise error of out against ref; +inf if out has a non-finite value where ref is finite.
 double rel_err(const std::vector<float>& out, const std::vector<double>& ref);
@@ -120,12 +129,3 @@ constexpr double kTolF32 = 2e-5;
 constexpr double kTolGrad = 2e-4;
 
 }  // namespace realn::testing
-
-#define REALN_CONCAT_(a, b) a##b
-#define REALN_CONCAT(a, b) REALN_CONCAT_(a, b)
-// Usage: REALN_TEST_CASES { add_case({...}); ... }  (one block per case file)
-#define REALN_TEST_CASES                                                  \
-    static void REALN_CONCAT(realn_register_cases_, __LINE__)();          \
-    static const bool REALN_CONCAT(realn_registered_, __LINE__) =         \
-        (REALN_CONCAT(realn_register_cases_, __LINE__)(), true);          \
-    static void REALN_CONCAT(realn_register_cases_, __LINE__)()

@@ -50,6 +50,7 @@ public static class PlanCommand
             r = PlanSearch.Run(spec, exp, new SearchOptions { Seed = seed, TimeLimitSeconds = limit }, prof);
         }
         catch (PlannerException e) { throw new UsageException(e.Message); }
+        var sync = r.Synchronous;   // an async experiment: the best synchronous plan, for comparison
         double? single = PlanSearch.SingleDeviceSeconds(r.Problem.Cluster, r.Problem.Experiment, r.Problem.Estimator.Profile);
 
         outPath ??= Path.GetFileNameWithoutExtension(configPath) + ".plan.json";
@@ -81,6 +82,16 @@ public static class PlanCommand
             {
                 w.WriteStartObject();
                 w.WriteNumber("iteration_seconds", r.Best.Evaluation.IterationSeconds);
+                w.WriteString("mode", sync is null ? "sync" : "async");
+                if (sync is not null)
+                {
+                    w.WriteNumber("max_staleness", r.Problem.Experiment.MaxStaleness!.Value);
+                    w.WriteStartObject("synchronous");
+                    w.WriteNumber("iteration_seconds", sync.Best.Evaluation.IterationSeconds);
+                    w.WriteNumber("speedup", Math.Round(sync.Best.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds, 4));
+                    w.WriteString("rule", "the best plan of the same experiment with the synchronous dataflow (mode: sync)");
+                    w.WriteEndObject();
+                }
                 w.WriteStartObject("baselines");
                 foreach (var (name, b) in r.Baselines)
                 {
@@ -123,6 +134,9 @@ public static class PlanCommand
             table.AddRow(Markup.Escape(t.Name), "", "", "", "", S(t.Start), S(t.End), "");
         AnsiConsole.Write(table);
         AnsiConsole.MarkupLine($"estimated iteration: [bold]{S(r.Best.Evaluation.IterationSeconds)} s[/] ({Markup.Escape(r.Method)}, {r.Evaluations} plans evaluated, {r.SearchSeconds:F2} s{(r.TimedOut ? ", time limit hit" : "")})");
+        if (sync is not null)
+            AnsiConsole.MarkupLine($"asynchronous dataflow, max_staleness {r.Problem.Experiment.MaxStaleness}: the best synchronous plan takes " +
+                $"{S(sync.Best.Evaluation.IterationSeconds)} s -> speedup {sync.Best.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x (steady state)");
         AnsiConsole.MarkupLine("baselines (speedup of the plan over each; rules in docs/cost-model.md):");
         foreach (var (name, b) in r.Baselines)
             AnsiConsole.MarkupLine(b is null ? $"  {name}: not applicable or does not fit in memory"

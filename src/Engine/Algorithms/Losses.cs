@@ -34,15 +34,26 @@ internal static class Losses
     /// <paramref name="refLogp"/>). Aggregation over the sequences with <paramref name="keep"/> set:
     /// "token" = sum_i l_i / (tokens of kept sequences); "sequence" = mean over kept sequences of
     /// each one's token mean. dLogp gets d loss / d logp (0 for dropped sequences).
+    /// Decoupled PPO (off-policy samples of asynchronous RL; Hilton et al. 2021, AReaL): with
+    /// <paramref name="behaviourLogp"/> given, oldLogp is the proximal policy (the trainer's weights
+    /// before this step, recomputed) and behaviourLogp the policy that generated the tokens; each
+    /// token's surrogate is weighted by the constant w_i = exp(oldLogp_i - behaviourLogp_i), capped
+    /// at <paramref name="behaviourWeightCap"/> when that is positive (tokens above the cap are
+    /// dropped from the surrogate, as AReaL does). The KL term is not weighted. When behaviour equals
+    /// proximal every w_i is exp(0) = 1 exactly and the result equals the on-policy loss bit for bit.
     /// </summary>
     public static ClippedPolicyStats ClippedPolicy(ReadOnlySpan<float> logp, ReadOnlySpan<float> oldLogp, ReadOnlySpan<float> advantages,
                                                    ReadOnlySpan<float> refLogp, ReadOnlySpan<int> cuSeqlens, ReadOnlySpan<bool> keep,
-                                                   double clipLow, double clipHigh, string aggregation, double klCoef, Span<float> dLogp)
+                                                   double clipLow, double clipHigh, string aggregation, double klCoef, Span<float> dLogp,
+                                                   ReadOnlySpan<float> behaviourLogp = default, double behaviourWeightCap = 0)
     {
         int t = logp.Length, nseq = cuSeqlens.Length - 1;
         CheckLen(nameof(oldLogp), oldLogp.Length, t); CheckLen(nameof(advantages), advantages.Length, t);
         CheckLen(nameof(dLogp), dLogp.Length, t); CheckLen(nameof(keep), keep.Length, nseq);
         if (refLogp.Length != 0) CheckLen(nameof(refLogp), refLogp.Length, t);
+        if (behaviourLogp.Length != 0) CheckLen(nameof(behaviourLogp), behaviourLogp.Length, t);
+        if (behaviourWeightCap < 0 || double.IsNaN(behaviourWeightCap))
+            throw new ArgumentException($"behaviour weight cap {behaviourWeightCap}: must be 0 (none) or positive", nameof(behaviourWeightCap));
         if (nseq < 0 || cuSeqlens[nseq] != t) throw new ArgumentException($"cu_seqlens must end at {t}", nameof(cuSeqlens));
         if (aggregation is not (LossAggregation.Token or LossAggregation.Sequence))
             throw new ArgumentException($"aggregation '{aggregation}': allowed values token | sequence", nameof(aggregation));
@@ -61,9 +72,14 @@ internal static class Losses
             {
                 double a = advantages[i], lr = (double)logp[i] - oldLogp[i], r = Math.Exp(lr);
                 double s1 = -a * r, s2 = -a * Math.Clamp(r, 1 - clipLow, 1 + clipHigh);
-                double g = 0;
-                if (s1 >= s2) { sur += w * s1; g = -a * r; }
-                else { sur += w * s2; clipped++; }
+                double g = 0, behaviourWeight = 1;
+                if (behaviourLogp.Length != 0)
+                {
+                    behaviourWeight = Math.Exp((double)oldLogp[i] - behaviourLogp[i]);
+                    if (behaviourWeightCap > 0 && behaviourWeight > behaviourWeightCap) behaviourWeight = 0;
+                }
+                if (s1 >= s2) { sur += w * behaviourWeight * s1; g = -a * r * behaviourWeight; }
+                else { sur += w * behaviourWeight * s2; clipped++; }
                 if (refLogp.Length != 0)
                 {
                     double d = (double)refLogp[i] - logp[i], e = Math.Exp(d), k3 = e - d - 1;

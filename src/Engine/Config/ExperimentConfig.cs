@@ -162,6 +162,10 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         long seed = top.Int("seed", 1, 0, long.MaxValue);
         top.Int("iterations", 1, 1, 1_000_000);
         string precision = top.Enum("precision", Precisions.Fp32, Precisions.All);
+        // The asynchronous dataflow is modelled by the planner (`realn plan`) but not run by the engine yet.
+        if (top.Enum("mode", "sync", ["sync", "async"]) == "async")
+            throw new ConfigException("mode", "async is not run by the engine yet (realn plan models it and compares it with the synchronous plan); use mode: sync");
+        if (top.Has("max_staleness")) throw new ConfigException("max_staleness", "only meaningful with mode: async, which the engine does not run yet");
 
         var task = ParseTask(new MapReader(top.Get("task"), "task"));
         var ev = new MapReader(top.Get("eval"), "eval");

@@ -22,30 +22,62 @@ namespace ReaLNative.Engine.Model;
 /// </summary>
 internal sealed unsafe class LlamaModel : IDisposable
 {
-    private readonly NativeStream _s;
+    private readonly NativeStream _stream;
     private readonly HostBlock _params, _grads;
     private readonly List<Arena> _arenas = [new()];
-    private readonly List<Saved?> _saved = [null];
-    private readonly Layer[] _w, _g;
-    private readonly float* _embed, _norm, _head, _gEmbed, _gNorm, _gHead;
+    private readonly List<ForwardState?> _forwardStates = [null];
+    private readonly BlockWeights[] _blockWeights, _blockGrads;
+    private readonly float* _embed, _norm, _head, _embedGrad, _normGrad, _headGrad;
     private readonly ShardComm? _comm;
-    private readonly nint _pBase;
-    private HostBlock? _lp;              // bf16 copy of the parameters (Precision = Bf16), same layout
-    private bool _lpStale = true, _masterReleased;
-    private readonly int _l0, _nl, _hq, _hkv, _iLocal, _vLocal, _vStart, _headLocal, _tp, _tpRank;
+    private readonly nint _masterBase;
+    private HostBlock? _bf16Params;              // bf16 copy of the parameters (Precision = Bf16), same layout
+    private bool _bf16Stale = true, _masterReleased;
+    private readonly int _firstLayer, _layerCount, _qHeads, _kvHeads, _ffnLocal, _vocabLocal, _vocabStart, _headWidth, _tp, _tpRank;
 
-    private struct Layer
+    /// <summary>Where one block's weights (or their gradients) sit in a flat buffer.</summary>
+    private struct BlockWeights
     {
-        public float* InNorm, Q, K, V, O, PostNorm, GateUp, Down;
+        public float* InputNorm, QProj, KProj, VProj, OProj, PostNorm, GateUp, Down;
     }
 
-    private sealed class Saved
+    /// <summary>Where one block's forward writes its intermediates: kept for backward in training,
+    /// shared scratch in KV-cache inference (then the RMSNorm statistics are not kept: null).</summary>
+    private struct BlockActivations
     {
-        public int T;
-        public int* Tokens, Pos, Cu;
-        public int NSeq;
-        public float*[] XIn = null!, H1 = null!, R1 = null!, Q = null!, K = null!, V = null!, Att = null!, Lse = null!, X2 = null!, H2 = null!, R2 = null!, GU = null!, A = null!;
-        public float* XL, HF, RF, Out;
+        public float* Normed1, Rstd1, Q, K, V, Attn, Lse, Mid, Normed2, Rstd2, GateUp, Act;
+        /// <summary>[T, qd + 2 kd] scratch of the fused q|k|v projection (inference only; null in training).</summary>
+        public float* Qkv;
+    }
+
+    /// <summary>How a block's attention reads keys and values: the packed batch's own sequences
+    /// (training forward, and prefill without a cache), or a KV cache the block first stores its
+    /// new keys/values into (generation: prefill runs, or decode with one token per slot).</summary>
+    private readonly struct AttentionSource
+    {
+        public readonly int* CuSeqlens;     // [Sequences + 1] token offsets of the sequences (or runs) of the batch
+        public readonly int Sequences;
+        public readonly KvCache? Cache;
+        public readonly int* TokenSlots;    // [T] cache slot of each token
+        public readonly int* RunSlots;      // [Sequences] cache slot of each run (decode)
+        public readonly int* RunLengths;    // [Sequences] tokens in the cache after the step (decode)
+        public readonly bool Decode;
+
+        public AttentionSource(int* cuSeqlens, int sequences) { CuSeqlens = cuSeqlens; Sequences = sequences; }
+
+        public AttentionSource(KvCache cache, int* cuSeqlens, int runs, int* tokenSlots, int* runSlots, int* runLengths, bool decode)
+        {
+            Cache = cache; CuSeqlens = cuSeqlens; Sequences = runs; TokenSlots = tokenSlots; RunSlots = runSlots; RunLengths = runLengths; Decode = decode;
+        }
+    }
+
+    /// <summary>What a training forward keeps for its backward (one per activation slot).</summary>
+    private sealed class ForwardState(int tokenCount, int sequences, int blocks)
+    {
+        public readonly int TokenCount = tokenCount, Sequences = sequences;
+        public int* Tokens, Positions, CuSeqlens;
+        public readonly float*[] BlockInput = new float*[blocks];                         // input hidden states of each block
+        public readonly BlockActivations[] Blocks = new BlockActivations[blocks];         // intermediates of each block (shared when Recomputed)
+        public float* FinalHidden, FinalNormed, FinalRstd, Output;
         public bool Recomputed;
     }
 
@@ -58,7 +90,7 @@ internal sealed unsafe class LlamaModel : IDisposable
     {
         Config = config.Validate();
         ScalarHead = scalarHead;
-        _s = stream ?? NativeStream.Cpu();
+        _stream = stream ?? NativeStream.Cpu();
         _comm = comm;
         int pp = comm?.Pp ?? 1, ppRank = comm?.Pipe ?? 0;
         _tp = comm?.Tp ?? 1;
@@ -66,30 +98,30 @@ internal sealed unsafe class LlamaModel : IDisposable
         if (pp > 1 && config.TiedEmbeddings && !scalarHead)
             throw new ArgumentException("tied embeddings need pp = 1 (the head and the embedding share one tensor)");
         Layout = ParamLayout.Create(config, scalarHead, pp, ppRank, _tp, _tpRank);
-        _hq = config.Heads / _tp;
-        _hkv = config.KvHeads / _tp;
-        _iLocal = config.Intermediate / _tp;
-        _vLocal = config.Vocab / _tp;
-        _vStart = _tpRank * _vLocal;
-        _headLocal = scalarHead ? 1 : _vLocal;
+        _qHeads = config.Heads / _tp;
+        _kvHeads = config.KvHeads / _tp;
+        _ffnLocal = config.Intermediate / _tp;
+        _vocabLocal = config.Vocab / _tp;
+        _vocabStart = _tpRank * _vocabLocal;
+        _headWidth = scalarHead ? 1 : _vocabLocal;
         _params = new HostBlock(Math.Max(4, Layout.TotalElements * 4));
         _grads = new HostBlock(Math.Max(4, Layout.TotalElements * 4));
         _grads.AsSpan<float>((int)Layout.TotalElements).Clear();
         float* p = (float*)_params.Pointer, g = (float*)_grads.Pointer;
-        _pBase = (nint)p;
+        _masterBase = (nint)p;
         float* View(float* b, string n) => Layout.TryGet(n, out var v) ? b + v.Offset : throw new InvalidOperationException($"no parameter {n}");
         var layers = Enumerable.Range(0, config.Layers).Where(l => Layout.TryGet($"model.layers.{l}.input_layernorm.weight", out _)).ToArray();
-        _l0 = layers.Length > 0 ? layers[0] : 0;
-        _nl = layers.Length;
-        if (_nl > 0 && layers[^1] != _l0 + _nl - 1) throw new InvalidOperationException("layout: a stage's blocks must be contiguous");
-        _w = new Layer[_nl];
-        _g = new Layer[_nl];
-        for (int i = 0; i < _nl; i++)
+        _firstLayer = layers.Length > 0 ? layers[0] : 0;
+        _layerCount = layers.Length;
+        if (_layerCount > 0 && layers[^1] != _firstLayer + _layerCount - 1) throw new InvalidOperationException("layout: a stage's blocks must be contiguous");
+        _blockWeights = new BlockWeights[_layerCount];
+        _blockGrads = new BlockWeights[_layerCount];
+        for (int i = 0; i < _layerCount; i++)
         {
-            string pre = $"model.layers.{_l0 + i}.";
-            _w[i] = MakeLayer(p, pre, View);
-            _g[i] = MakeLayer(g, pre, View);
-            if (View(p, pre + "mlp.up_proj.weight") != _w[i].GateUp + (long)_iLocal * config.Hidden)
+            string pre = $"model.layers.{_firstLayer + i}.";
+            _blockWeights[i] = BlockViews(p, pre, View);
+            _blockGrads[i] = BlockViews(g, pre, View);
+            if (View(p, pre + "mlp.up_proj.weight") != _blockWeights[i].GateUp + (long)_ffnLocal * config.Hidden)
                 throw new InvalidOperationException("layout: up_proj must follow gate_proj");
         }
         HasEmbedding = Layout.TryGet("model.embed_tokens.weight", out _);
@@ -97,27 +129,27 @@ internal sealed unsafe class LlamaModel : IDisposable
         if (HasEmbedding)
         {
             _embed = View(p, "model.embed_tokens.weight");
-            _gEmbed = View(g, "model.embed_tokens.weight");
+            _embedGrad = View(g, "model.embed_tokens.weight");
         }
         if (HasHead)
         {
             _norm = View(p, "model.norm.weight");
-            _gNorm = View(g, "model.norm.weight");
+            _normGrad = View(g, "model.norm.weight");
             string head = scalarHead ? "score.weight" : config.TiedEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
             _head = View(p, head);
-            _gHead = View(g, head);
+            _headGrad = View(g, head);
         }
     }
 
     private delegate float* ViewOf(float* b, string n);
 
-    private static Layer MakeLayer(float* b, string pre, ViewOf view) => new()
+    private static BlockWeights BlockViews(float* b, string pre, ViewOf view) => new()
     {
-        InNorm = view(b, pre + "input_layernorm.weight"),
-        Q = view(b, pre + "self_attn.q_proj.weight"),
-        K = view(b, pre + "self_attn.k_proj.weight"),
-        V = view(b, pre + "self_attn.v_proj.weight"),
-        O = view(b, pre + "self_attn.o_proj.weight"),
+        InputNorm = view(b, pre + "input_layernorm.weight"),
+        QProj = view(b, pre + "self_attn.q_proj.weight"),
+        KProj = view(b, pre + "self_attn.k_proj.weight"),
+        VProj = view(b, pre + "self_attn.v_proj.weight"),
+        OProj = view(b, pre + "self_attn.o_proj.weight"),
         PostNorm = view(b, pre + "post_attention_layernorm.weight"),
         GateUp = view(b, pre + "mlp.gate_proj.weight"),  // up_proj follows gate_proj: one [2I, H] matrix
         Down = view(b, pre + "mlp.down_proj.weight"),
@@ -139,7 +171,7 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// <summary>True once <see cref="FreezeToBf16"/> dropped the fp32 master and gradients.</summary>
     public bool HoldsBf16Only => _masterReleased;
 
-    private int Wd => Precision == ModelPrecision.Bf16 ? DType.BF16 : DType.F32;
+    private int WeightType => Precision == ModelPrecision.Bf16 ? DType.BF16 : DType.F32;
 
     /// <summary>Switches the model to <paramref name="precision"/>. Bf16 probes the stream's backend
     /// first and throws <see cref="NotSupportedException"/> when it lacks bf16 linear layers.</summary>
@@ -149,14 +181,14 @@ internal sealed unsafe class LlamaModel : IDisposable
             throw new InvalidOperationException("a model frozen to bf16 has no fp32 weights to return to");
         if (precision == ModelPrecision.Bf16 && Precision != ModelPrecision.Bf16)
         {
-            ProbeBf16(_s);
-            _lp = new HostBlock(Math.Max(2, Layout.TotalElements * 2));
-            _lpStale = true;
+            ProbeBf16(_stream);
+            _bf16Params = new HostBlock(Math.Max(2, Layout.TotalElements * 2));
+            _bf16Stale = true;
         }
-        else if (precision == ModelPrecision.Fp32 && _lp is not null)
+        else if (precision == ModelPrecision.Fp32 && _bf16Params is not null)
         {
-            _lp.Dispose();
-            _lp = null;
+            _bf16Params.Dispose();
+            _bf16Params = null;
         }
         Precision = precision;
     }
@@ -192,30 +224,30 @@ internal sealed unsafe class LlamaModel : IDisposable
     {
         get
         {
-            if (_lp is null) throw new InvalidOperationException("the model is not in bf16 precision");
+            if (_bf16Params is null) throw new InvalidOperationException("the model is not in bf16 precision");
             RefreshBf16();
-            return new(_lp.Pointer, checked((int)Layout.TotalElements));
+            return new(_bf16Params.Pointer, checked((int)Layout.TotalElements));
         }
     }
 
     /// <summary>Overwrites the bf16 weights of a model that holds bf16 only (a bf16 checkpoint's tensors, layout order).</summary>
     public void LoadBf16(ReadOnlySpan<ushort> values)
     {
-        if (!_masterReleased || _lp is null) throw new InvalidOperationException("LoadBf16 is for models frozen to bf16");
+        if (!_masterReleased || _bf16Params is null) throw new InvalidOperationException("LoadBf16 is for models frozen to bf16");
         if (values.Length != Layout.TotalElements) throw new ArgumentException($"{values.Length} values for {Layout.TotalElements} parameters");
-        values.CopyTo(new Span<ushort>(_lp.Pointer, values.Length));
+        values.CopyTo(new Span<ushort>(_bf16Params.Pointer, values.Length));
     }
 
     private void RefreshBf16()
     {
-        if (Precision != ModelPrecision.Bf16 || !_lpStale || _masterReleased) return;
-        Ck(Native.realn_op_convert(_s.Ptr, DType.BF16, _lp!.Pointer, DType.F32, _params.Pointer, Layout.TotalElements));
-        _lpStale = false;
+        if (Precision != ModelPrecision.Bf16 || !_bf16Stale || _masterReleased) return;
+        Check(Native.realn_op_convert(_stream.Ptr, DType.BF16, _bf16Params!.Pointer, DType.F32, _params.Pointer, Layout.TotalElements));
+        _bf16Stale = false;
     }
 
     // The weight operand of an op: the fp32 master, or its bf16 copy at the same element offset.
-    private void* Wt(float* p) =>
-        Precision == ModelPrecision.Bf16 ? (byte*)_lp!.Pointer + ((long)p - (long)_pBase) / 2 : p;
+    private void* Weight(float* p) =>
+        Precision == ModelPrecision.Bf16 ? (byte*)_bf16Params!.Pointer + ((long)p - (long)_masterBase) / 2 : p;
 
     private void ThrowIfBf16Only(string what)
     {
@@ -234,18 +266,18 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// <summary>True when this shard holds norm + head (the last pipeline stage): its output is logits or values.</summary>
     public bool HasHead { get; }
     /// <summary>The blocks this shard holds: global indices [FirstLayer, FirstLayer + LayerCount).</summary>
-    public int FirstLayer => _l0;
+    public int FirstLayer => _firstLayer;
     /// <summary>Blocks this shard holds.</summary>
-    public int LayerCount => _nl;
+    public int LayerCount => _layerCount;
     /// <summary>Named views into the flat buffers (see <see cref="ParamLayout"/>).</summary>
     public ShardLayout Layout { get; }
     /// <summary>The native stream every op of this model runs on.</summary>
-    public NativeStream Stream => _s;
+    public NativeStream Stream => _stream;
     /// <summary>Elements of the flat parameter buffer.</summary>
     public long ParameterCount => Layout.TotalElements;
     /// <summary>Columns of the forward output: vocab (logits) or 1 (values); hidden on a stage without the head.
     /// With <see cref="GatherLogits"/> off, a tensor rank's vocab slice.</summary>
-    public int OutputWidth => HasHead ? (ScalarHead ? 1 : GatherLogits ? Config.Vocab : _vLocal) : Config.Hidden;
+    public int OutputWidth => HasHead ? (ScalarHead ? 1 : GatherLogits ? Config.Vocab : _vocabLocal) : Config.Hidden;
 
     /// <summary>Language-model head under tensor parallelism: true (default) all-gathers the logits
     /// so Forward returns full rows [T, vocab] and Backward takes full rows; false keeps each rank's
@@ -253,9 +285,9 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// that never materialise whole rows (<see cref="VocabParallel"/>).</summary>
     public bool GatherLogits { get; set; } = true;
     /// <summary>First vocabulary id of this rank's slice of the embedding and head.</summary>
-    public int VocabStart => _vStart;
+    public int VocabStart => _vocabStart;
     /// <summary>Vocabulary ids in this rank's slice.</summary>
-    public int VocabLocal => _vLocal;
+    public int VocabLocal => _vocabLocal;
 
     /// <summary>The flat fp32 (master) parameter buffer (all views, layout order). Marks a bf16 copy stale.</summary>
     public Span<float> Parameters => new(ParametersPointer, checked((int)Layout.TotalElements));
@@ -267,7 +299,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         get
         {
             ThrowIfBf16Only("parameters");
-            _lpStale = true;
+            _bf16Stale = true;
             return (float*)_params.Pointer;
         }
     }
@@ -344,21 +376,21 @@ internal sealed unsafe class LlamaModel : IDisposable
     private long ArenaFloats(int T, int nseq, bool recompute)
     {
         var c = Config;
-        long H = c.Hidden, qd = _hq * c.HeadDim, kd = _hkv * c.HeadDim, I = _iLocal, W = OutputWidth;
-        long perLayer = 3 * T * H + 2 * T + 2 * T * qd + 2 * T * kd + T * _hq + T * H + 3 * T * I + 13 * 16;
-        long fin = 2 * T * H + T + T * W + T * (long)_headLocal * (_tp > 1 ? _tp : 0) + T * H + 6 * 16;
+        long H = c.Hidden, qd = _qHeads * c.HeadDim, kd = _kvHeads * c.HeadDim, I = _ffnLocal, W = OutputWidth;
+        long perLayer = 3 * T * H + 2 * T + 2 * T * qd + 2 * T * kd + T * _qHeads + T * H + 3 * T * I + 13 * 16;
+        long fin = 2 * T * H + T + T * W + T * (long)_headWidth * (_tp > 1 ? _tp : 0) + T * H + 6 * 16;
         long ints = 3 * (T + nseq + 1) + 48;
         long bwd = 3 * T * H + 2 * T * qd + 2 * T * kd + 3 * T * I + 2 * T * W + 16 * 16;
-        long blocks = recompute ? _nl * (T * H + 16) + perLayer : _nl * (perLayer + T * H + 16);
+        long blocks = recompute ? _layerCount * (T * H + 16) + perLayer : _layerCount * (perLayer + T * H + 16);
         return blocks + fin + ints + bwd;
     }
 
-    private static void Ck(int st) => Native.Check(st);
+    private static void Check(int st) => Native.Check(st);
 
     private Arena SlotArena(int slot)
     {
         if (slot < 0 || slot > 64) throw new ArgumentOutOfRangeException(nameof(slot), $"activation slot {slot} outside 0..64");
-        while (_arenas.Count <= slot) { _arenas.Add(new Arena()); _saved.Add(null); }
+        while (_arenas.Count <= slot) { _arenas.Add(new Arena()); _forwardStates.Add(null); }
         return _arenas[slot];
     }
 
@@ -384,57 +416,71 @@ internal sealed unsafe class LlamaModel : IDisposable
         RefreshBf16();
         var arena = SlotArena(slot);
         arena.Reset(ArenaFloats(T, batch.Count, Recompute));
-        var sv = new Saved { T = T, NSeq = batch.Count };
-        sv.Tokens = (int*)arena.Take(T);
-        sv.Pos = (int*)arena.Take(T);
-        sv.Cu = (int*)arena.Take(batch.Count + 1);
-        batch.Tokens.CopyTo(new Span<int>(sv.Tokens, T));
-        batch.Positions.CopyTo(new Span<int>(sv.Pos, T));
-        batch.CuSeqlens.CopyTo(new Span<int>(sv.Cu, batch.Count + 1));
-        int L = _nl;
-        sv.XIn = new float*[L]; sv.H1 = new float*[L]; sv.R1 = new float*[L]; sv.Q = new float*[L]; sv.K = new float*[L];
-        sv.V = new float*[L]; sv.Att = new float*[L]; sv.Lse = new float*[L]; sv.X2 = new float*[L]; sv.H2 = new float*[L];
-        sv.R2 = new float*[L]; sv.GU = new float*[L]; sv.A = new float*[L];
+        var state = new ForwardState(T, batch.Count, _layerCount);
+        state.Tokens = (int*)arena.Take(T);
+        state.Positions = (int*)arena.Take(T);
+        state.CuSeqlens = (int*)arena.Take(batch.Count + 1);
+        batch.Tokens.CopyTo(new Span<int>(state.Tokens, T));
+        batch.Positions.CopyTo(new Span<int>(state.Positions, T));
+        batch.CuSeqlens.CopyTo(new Span<int>(state.CuSeqlens, batch.Count + 1));
         long H = c.Hidden;
-        nint s = _s.Ptr;
         float* x = arena.Take(T * H);
+        EmbedOrTakeInput(state.Tokens, T, input, x);
+        bool recompute = Recompute;
+        var shared = recompute ? TakeBlockActivations(arena, T) : default;
+        var attention = new AttentionSource(state.CuSeqlens, state.Sequences);
+        for (int l = 0; l < _layerCount; l++)
+        {
+            state.BlockInput[l] = x;
+            state.Blocks[l] = recompute ? shared : TakeBlockActivations(arena, T);
+            float* blockOutput = arena.Take(T * H);
+            BlockForward(l, T, state.Positions, x, blockOutput, state.Blocks[l], attention);
+            x = blockOutput;
+        }
+        state.Recomputed = recompute;
+        state.FinalHidden = x;
+        _forwardStates[slot] = state;
+        if (!HasHead)
+        {
+            state.Output = x;
+            return x;
+        }
+        state.FinalNormed = arena.Take(T * H);
+        state.FinalRstd = arena.Take(T);
+        state.Output = arena.Take((long)T * OutputWidth);
+        Head(arena, x, T, state.FinalNormed, state.FinalRstd, state.Output, gather: GatherLogits);
+        return state.Output;
+    }
+
+    /// <summary>The first stage embeds its tokens (vocab-parallel: each rank looks up its slice,
+    /// then one all-reduce); a later stage copies the previous stage's hidden states.</summary>
+    private void EmbedOrTakeInput(int* tokens, int T, float* input, float* x)
+    {
+        long H = Config.Hidden;
         if (HasEmbedding)
         {
-            Ck(Native.realn_op_embedding_fwd(s, Wd, sv.Tokens, T, Wt(_embed), _vLocal, H, _vStart, x));
+            Check(Native.realn_op_embedding_fwd(_stream.Ptr, WeightType, tokens, T, Weight(_embed), _vocabLocal, H, _vocabStart, x));
             TpAllReduce(x, T * H);
         }
         else Buffer.MemoryCopy(input, x, T * H * 4, T * H * 4);
-        bool rc = Recompute;
-        float*[]? shared = rc ? TakeLayerScratch(arena, T) : null;
-        for (int l = 0; l < L; l++)
-        {
-            sv.XIn[l] = x;
-            AssignScratch(sv, l, rc ? shared! : TakeLayerScratch(arena, T));
-            float* xo = arena.Take(T * H);
-            LayerForward(l, sv, x, xo);
-            x = xo;
-        }
-        sv.Recomputed = rc;
-        sv.XL = x;
-        _saved[slot] = sv;
-        if (!HasHead)
-        {
-            sv.Out = x;
-            return x;
-        }
-        sv.HF = arena.Take(T * H);
-        sv.RF = arena.Take(T);
-        Ck(Native.realn_op_rmsnorm_fwd(s, Wd, x, Wt(_norm), sv.HF, sv.RF, T, H, c.RmsEps));
-        sv.Out = arena.Take((long)T * OutputWidth);
-        if (_tp == 1 || ScalarHead || !GatherLogits)
-            Ck(Native.realn_op_linear_fwd(s, Wd, sv.HF, Wt(_head), null, sv.Out, T, H, _headLocal));
+    }
+
+    /// <summary>Final norm and head over <paramref name="rows"/> hidden states: output [rows,
+    /// OutputWidth]. Under tensor parallelism an LM head's vocab slices are all-gathered into whole
+    /// rows when <paramref name="gather"/> (always for sampling), else each rank keeps its slice.</summary>
+    private void Head(Arena arena, float* hidden, int rows, float* normed, float* rstd, float* output, bool gather)
+    {
+        nint stream = _stream.Ptr;
+        long H = Config.Hidden;
+        Check(Native.realn_op_rmsnorm_fwd(stream, WeightType, hidden, Weight(_norm), normed, rstd, rows, H, Config.RmsEps));
+        if (_tp == 1 || ScalarHead || !gather)
+            Check(Native.realn_op_linear_fwd(stream, WeightType, normed, Weight(_head), null, output, rows, H, _headWidth));
         else
         {
-            float* parts = arena.Take((long)_tp * T * _vLocal);
-            Ck(Native.realn_op_linear_fwd(s, Wd, sv.HF, Wt(_head), null, parts + (long)_tpRank * T * _vLocal, T, H, _vLocal));
-            GatherColumns(parts, sv.Out, T);
+            float* parts = arena.Take((long)_tp * rows * _vocabLocal);
+            Check(Native.realn_op_linear_fwd(stream, WeightType, normed, Weight(_head), null, parts + (long)_tpRank * rows * _vocabLocal, rows, H, _vocabLocal));
+            GatherColumns(parts, output, rows);
         }
-        return sv.Out;
     }
 
     private void TpAllReduce(float* x, long n)
@@ -446,59 +492,83 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// parts + r*rows*V/tp) and interleaves them into full rows [rows, V].</summary>
     private void GatherColumns(float* parts, float* full, int rows)
     {
-        _comm!.TpAllGather(parts, (long)_tp * rows * _vLocal);
-        long V = Config.Vocab, vl = _vLocal;
+        _comm!.TpAllGather(parts, (long)_tp * rows * _vocabLocal);
+        long V = Config.Vocab, vl = _vocabLocal;
         for (int r = 0; r < _tp; r++)
             for (long t = 0; t < rows; t++)
                 Buffer.MemoryCopy(parts + (r * rows + t) * vl, full + t * V + r * vl, vl * 4, vl * 4);
     }
 
-    /// <summary>The per-layer activations backward needs, as one set of arena buffers:
-    /// h1, r1, q, k, v, att, lse, x2, h2, r2, gu, a.</summary>
-    private float*[] TakeLayerScratch(Arena arena, int T)
+    /// <summary>One block's intermediates for a training forward, as arena buffers (what backward reads).</summary>
+    private BlockActivations TakeBlockActivations(Arena arena, int T)
     {
         var c = Config;
-        long H = c.Hidden, qd = _hq * c.HeadDim, kd = _hkv * c.HeadDim, I = _iLocal;
-        return [arena.Take(T * H), arena.Take(T), arena.Take(T * qd), arena.Take(T * kd), arena.Take(T * kd),
-            arena.Take(T * qd), arena.Take(T * _hq), arena.Take(T * H), arena.Take(T * H), arena.Take(T),
-            arena.Take(T * 2 * I), arena.Take(T * I)];
+        long H = c.Hidden, qd = _qHeads * c.HeadDim, kd = _kvHeads * c.HeadDim, I = _ffnLocal;
+        return new BlockActivations
+        {
+            Normed1 = arena.Take(T * H), Rstd1 = arena.Take(T), Q = arena.Take(T * qd), K = arena.Take(T * kd), V = arena.Take(T * kd),
+            Attn = arena.Take(T * qd), Lse = arena.Take(T * _qHeads), Mid = arena.Take(T * H), Normed2 = arena.Take(T * H), Rstd2 = arena.Take(T),
+            GateUp = arena.Take(T * 2 * I), Act = arena.Take(T * I),
+        };
     }
 
-    private static void AssignScratch(Saved sv, int l, float*[] b)
-    {
-        sv.H1[l] = b[0]; sv.R1[l] = b[1]; sv.Q[l] = b[2]; sv.K[l] = b[3]; sv.V[l] = b[4]; sv.Att[l] = b[5];
-        sv.Lse[l] = b[6]; sv.X2[l] = b[7]; sv.H2[l] = b[8]; sv.R2[l] = b[9]; sv.GU[l] = b[10]; sv.A[l] = b[11];
-    }
-
-    /// <summary>Block l (local index): xo = x2 + down(swiglu(gate_up(norm2(x2)))), x2 = x + o(attn(rope(q), rope(k), v)(norm1(x))),
-    /// keeping its intermediates in sv's buffers of layer l. Under tensor parallelism q/k/v/gate_up
-    /// produce this rank's heads / columns and the o / down outputs are all-reduced.</summary>
-    private void LayerForward(int l, Saved sv, float* x, float* xo)
+    /// <summary>THE transformer block (local index <paramref name="l"/>), used by training, activation
+    /// recomputation, prefill and decode alike:
+    /// mid = x + o(attention(rope(q), rope(k), v)), q|k|v = proj(norm1(x));
+    /// output = mid + down(swiglu(gate_up(norm2(mid)))).
+    /// Intermediates go to <paramref name="a"/>. Under tensor parallelism q/k/v/gate_up produce this
+    /// rank's heads / columns and the o / down outputs are all-reduced. <paramref name="output"/> may
+    /// be <paramref name="x"/> (x is dead once mid is formed). In decode, when q/k/v are consecutive
+    /// rows of one matrix and <see cref="BlockActivations.Qkv"/> is given, one call streams all three.</summary>
+    private void BlockForward(int l, int T, int* positions, float* x, float* output, in BlockActivations a, in AttentionSource attention)
     {
         var c = Config;
-        int T = sv.T;
-        long H = c.Hidden, qd = _hq * c.HeadDim, kd = _hkv * c.HeadDim, I = _iLocal;
-        nint s = _s.Ptr;
+        long H = c.Hidden, qd = _qHeads * c.HeadDim, kd = _kvHeads * c.HeadDim, I = _ffnLocal;
+        nint stream = _stream.Ptr;
         float scale = 1f / MathF.Sqrt(c.HeadDim);
-        ref var w = ref _w[l];
-        float* h1 = sv.H1[l], r1 = sv.R1[l], q = sv.Q[l], k = sv.K[l], v = sv.V[l], att = sv.Att[l], lse = sv.Lse[l];
-        float* x2 = sv.X2[l], h2 = sv.H2[l], r2 = sv.R2[l], gu = sv.GU[l], a = sv.A[l];
-        Ck(Native.realn_op_rmsnorm_fwd(s, Wd, x, Wt(w.InNorm), h1, r1, T, H, c.RmsEps));
-        Ck(Native.realn_op_linear_fwd(s, Wd, h1, Wt(w.Q), null, q, T, H, qd));
-        Ck(Native.realn_op_linear_fwd(s, Wd, h1, Wt(w.K), null, k, T, H, kd));
-        Ck(Native.realn_op_linear_fwd(s, Wd, h1, Wt(w.V), null, v, T, H, kd));
-        Ck(Native.realn_op_rotary_fwd(s, DType.F32, q, sv.Pos, q, T, _hq, c.HeadDim, c.HeadDim, c.RopeTheta));
-        Ck(Native.realn_op_rotary_fwd(s, DType.F32, k, sv.Pos, k, T, _hkv, c.HeadDim, c.HeadDim, c.RopeTheta));
-        Ck(Native.realn_op_attention_fwd(s, DType.F32, q, k, v, sv.Cu, sv.NSeq, T, _hq, _hkv, c.HeadDim, scale, att, lse));
-        Ck(Native.realn_op_linear_fwd(s, Wd, att, Wt(w.O), null, x2, T, qd, H));
-        TpAllReduce(x2, T * H);
-        Ck(Native.realn_op_add(s, DType.F32, T * H, x2, x, x2));
-        Ck(Native.realn_op_rmsnorm_fwd(s, Wd, x2, Wt(w.PostNorm), h2, r2, T, H, c.RmsEps));
-        Ck(Native.realn_op_linear_fwd(s, Wd, h2, Wt(w.GateUp), null, gu, T, H, 2 * I));
-        Ck(Native.realn_op_swiglu_fwd(s, DType.F32, gu, gu + I, 2 * I, a, I, T, I));
-        Ck(Native.realn_op_linear_fwd(s, Wd, a, Wt(w.Down), null, xo, T, I, H));
-        TpAllReduce(xo, T * H);
-        Ck(Native.realn_op_add(s, DType.F32, T * H, xo, x2, xo));
+        ref var w = ref _blockWeights[l];
+        Check(Native.realn_op_rmsnorm_fwd(stream, WeightType, x, Weight(w.InputNorm), a.Normed1, a.Rstd1, T, H, c.RmsEps));
+        float* q = a.Q, k = a.K, v = a.V;
+        if (attention.Decode && a.Qkv != null && w.KProj == w.QProj + qd * H && w.VProj == w.KProj + kd * H)
+        {
+            // Rows of the fused output are q | k | v (one token: used in place).
+            long qkvWidth = qd + 2 * kd;
+            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.QProj), null, a.Qkv, T, H, qkvWidth));
+            if (T == 1) { q = a.Qkv; k = a.Qkv + qd; v = k + kd; }
+            else
+                for (long t = 0; t < T; t++)
+                {
+                    Buffer.MemoryCopy(a.Qkv + t * qkvWidth, q + t * qd, qd * 4, qd * 4);
+                    Buffer.MemoryCopy(a.Qkv + t * qkvWidth + qd, k + t * kd, kd * 4, kd * 4);
+                    Buffer.MemoryCopy(a.Qkv + t * qkvWidth + qd + kd, v + t * kd, kd * 4, kd * 4);
+                }
+        }
+        else
+        {
+            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.QProj), null, q, T, H, qd));
+            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.KProj), null, k, T, H, kd));
+            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.VProj), null, v, T, H, kd));
+        }
+        Check(Native.realn_op_rotary_fwd(stream, DType.F32, q, positions, q, T, _qHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
+        Check(Native.realn_op_rotary_fwd(stream, DType.F32, k, positions, k, T, _kvHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
+        if (attention.Cache is { } cache)
+            Check(Native.realn_op_kv_store(stream, DType.F32, k, v, attention.TokenSlots, positions, T, cache.K(l), cache.V(l), cache.Slots,
+                cache.MaxLen, _kvHeads, c.HeadDim));
+        if (attention.Decode)
+            Check(Native.realn_op_attention_decode(stream, DType.F32, q, attention.Cache!.K(l), attention.Cache.V(l), attention.RunSlots,
+                attention.RunLengths, attention.Sequences, attention.Cache.Slots, attention.Cache.MaxLen, _qHeads, _kvHeads, c.HeadDim, scale, a.Attn));
+        else
+            Check(Native.realn_op_attention_fwd(stream, DType.F32, q, k, v, attention.CuSeqlens, attention.Sequences, T, _qHeads, _kvHeads,
+                c.HeadDim, scale, a.Attn, a.Lse));
+        Check(Native.realn_op_linear_fwd(stream, WeightType, a.Attn, Weight(w.OProj), null, a.Mid, T, qd, H));
+        TpAllReduce(a.Mid, T * H);
+        Check(Native.realn_op_add(stream, DType.F32, T * H, a.Mid, x, a.Mid));
+        Check(Native.realn_op_rmsnorm_fwd(stream, WeightType, a.Mid, Weight(w.PostNorm), a.Normed2, a.Rstd2, T, H, c.RmsEps));
+        Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed2, Weight(w.GateUp), null, a.GateUp, T, H, 2 * I));
+        Check(Native.realn_op_swiglu_fwd(stream, DType.F32, a.GateUp, a.GateUp + I, 2 * I, a.Act, I, T, I));
+        Check(Native.realn_op_linear_fwd(stream, WeightType, a.Act, Weight(w.Down), null, output, T, I, H));
+        TpAllReduce(output, T * H);
+        Check(Native.realn_op_add(stream, DType.F32, T * H, output, a.Mid, output));
     }
 
     /// <summary>Scratch of [T, OutputWidth] for the caller's output gradient (valid until the
@@ -508,12 +578,12 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// <summary>Scratch of [T, OutputWidth] in slot <paramref name="slot"/>'s arena (valid until its next forward).</summary>
     public float* OutputGradientBuffer(int slot)
     {
-        var sv = SavedOf(slot);
-        return _arenas[slot].Take((long)sv.T * OutputWidth);
+        var state = StateOf(slot);
+        return _arenas[slot].Take((long)state.TokenCount * OutputWidth);
     }
 
-    private Saved SavedOf(int slot) =>
-        (uint)slot < (uint)_saved.Count && _saved[slot] is { } sv ? sv : throw new InvalidOperationException($"Backward needs a Forward first (slot {slot})");
+    private ForwardState StateOf(int slot) =>
+        (uint)slot < (uint)_forwardStates.Count && _forwardStates[slot] is { } state ? state : throw new InvalidOperationException($"Backward needs a Forward first (slot {slot})");
 
     /// <summary>Backward from dOut [T, OutputWidth]; gradients ACCUMULATE into
     /// <see cref="Gradients"/> (call <see cref="ZeroGrad"/> before the first micro-batch).</summary>
@@ -527,58 +597,61 @@ internal sealed unsafe class LlamaModel : IDisposable
     public float* Backward(float* dOut, int slot)
     {
         ThrowIfBf16Only("Backward");
-        var sv = SavedOf(slot);
+        var state = StateOf(slot);
         var arena = _arenas[slot];
         var c = Config;
-        int T = sv.T;
-        long H = c.Hidden, qd = _hq * c.HeadDim, kd = _hkv * c.HeadDim, I = _iLocal;
-        nint s = _s.Ptr;
+        int T = state.TokenCount;
+        long H = c.Hidden, qd = _qHeads * c.HeadDim, kd = _kvHeads * c.HeadDim, I = _ffnLocal;
+        nint stream = _stream.Ptr;
+        // dX: gradient of the running hidden state; dH: of a norm's output; dT: of a norm's input (added to dX).
         float* dX = arena.Take(T * H), dH = arena.Take(T * H), dT = arena.Take(T * H);
-        float* dAtt = arena.Take(T * qd), dQ = arena.Take(T * qd), dK = arena.Take(T * kd), dV = arena.Take(T * kd);
-        float* dGU = arena.Take(T * 2 * I), dA = arena.Take(T * I);
+        float* dAttn = arena.Take(T * qd), dQ = arena.Take(T * qd), dK = arena.Take(T * kd), dV = arena.Take(T * kd);
+        float* dGateUp = arena.Take(T * 2 * I), dAct = arena.Take(T * I);
         if (HasHead)
         {
             float* dLocal = dOut;
             if (_tp > 1 && !ScalarHead && GatherLogits)
             {
                 // This rank's vocab columns of the full logits gradient.
-                dLocal = arena.Take((long)T * _vLocal);
-                long V = c.Vocab, vl = _vLocal;
-                for (long t = 0; t < T; t++) Buffer.MemoryCopy(dOut + t * V + _vStart, dLocal + t * vl, vl * 4, vl * 4);
+                dLocal = arena.Take((long)T * _vocabLocal);
+                long V = c.Vocab, vl = _vocabLocal;
+                for (long t = 0; t < T; t++) Buffer.MemoryCopy(dOut + t * V + _vocabStart, dLocal + t * vl, vl * 4, vl * 4);
             }
-            Ck(Native.realn_op_linear_bwd(s, Wd, sv.HF, Wt(_head), dLocal, dH, _gHead, null, T, H, _headLocal, 0));
+            Check(Native.realn_op_linear_bwd(stream, WeightType, state.FinalNormed, Weight(_head), dLocal, dH, _headGrad, null, T, H, _headWidth, 0));
             if (!ScalarHead) TpAllReduce(dH, T * H);  // a replicated scalar head gives every rank the whole dH
-            Ck(Native.realn_op_rmsnorm_bwd(s, DType.F32, sv.XL, _norm, sv.RF, dH, dX, _gNorm, T, H));
+            Check(Native.realn_op_rmsnorm_bwd(stream, DType.F32, state.FinalHidden, _norm, state.FinalRstd, dH, dX, _normGrad, T, H));
         }
         else Buffer.MemoryCopy(dOut, dX, T * H * 4, T * H * 4);
         float scale = 1f / MathF.Sqrt(c.HeadDim);
-        for (int l = _nl - 1; l >= 0; l--)
+        var attention = new AttentionSource(state.CuSeqlens, state.Sequences);
+        for (int l = _layerCount - 1; l >= 0; l--)
         {
-            if (sv.Recomputed) LayerForward(l, sv, sv.XIn[l], dT);  // dT: scratch for the unused block output
-            ref var w = ref _w[l];
-            ref var g = ref _g[l];
-            // xo = x2 + down(swiglu(gate_up(norm2(x2))))
-            Ck(Native.realn_op_linear_bwd(s, Wd, sv.A[l], Wt(w.Down), dX, dA, g.Down, null, T, I, H, 0));
-            Ck(Native.realn_op_swiglu_bwd(s, DType.F32, sv.GU[l], sv.GU[l] + I, 2 * I, dA, I, dGU, dGU + I, T, I));
-            Ck(Native.realn_op_linear_bwd(s, Wd, sv.H2[l], Wt(w.GateUp), dGU, dH, g.GateUp, null, T, H, 2 * I, 0));
+            ref readonly var a = ref state.Blocks[l];
+            if (state.Recomputed) BlockForward(l, T, state.Positions, state.BlockInput[l], dT, a, attention);  // dT: scratch for the unused block output
+            ref var w = ref _blockWeights[l];
+            ref var g = ref _blockGrads[l];
+            // output = mid + down(swiglu(gate_up(norm2(mid))))
+            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Act, Weight(w.Down), dX, dAct, g.Down, null, T, I, H, 0));
+            Check(Native.realn_op_swiglu_bwd(stream, DType.F32, a.GateUp, a.GateUp + I, 2 * I, dAct, I, dGateUp, dGateUp + I, T, I));
+            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed2, Weight(w.GateUp), dGateUp, dH, g.GateUp, null, T, H, 2 * I, 0));
             TpAllReduce(dH, T * H);
-            Ck(Native.realn_op_rmsnorm_bwd(s, DType.F32, sv.X2[l], w.PostNorm, sv.R2[l], dH, dT, g.PostNorm, T, H));
-            Ck(Native.realn_op_add(s, DType.F32, T * H, dX, dT, dX));
-            // x2 = xin + o(attn(rope(q(h1)), rope(k(h1)), v(h1))), h1 = norm1(xin)
-            Ck(Native.realn_op_linear_bwd(s, Wd, sv.Att[l], Wt(w.O), dX, dAtt, g.O, null, T, qd, H, 0));
-            Ck(Native.realn_op_attention_bwd(s, DType.F32, sv.Q[l], sv.K[l], sv.V[l], sv.Att[l], sv.Lse[l], dAtt, sv.Cu, sv.NSeq, T,
-                _hq, _hkv, c.HeadDim, scale, dQ, dK, dV));
-            Ck(Native.realn_op_rotary_bwd(s, DType.F32, dQ, sv.Pos, dQ, T, _hq, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Ck(Native.realn_op_rotary_bwd(s, DType.F32, dK, sv.Pos, dK, T, _hkv, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Ck(Native.realn_op_linear_bwd(s, Wd, sv.H1[l], Wt(w.Q), dQ, dH, g.Q, null, T, H, qd, 0));
-            Ck(Native.realn_op_linear_bwd(s, Wd, sv.H1[l], Wt(w.K), dK, dH, g.K, null, T, H, kd, 1));
-            Ck(Native.realn_op_linear_bwd(s, Wd, sv.H1[l], Wt(w.V), dV, dH, g.V, null, T, H, kd, 1));
+            Check(Native.realn_op_rmsnorm_bwd(stream, DType.F32, a.Mid, w.PostNorm, a.Rstd2, dH, dT, g.PostNorm, T, H));
+            Check(Native.realn_op_add(stream, DType.F32, T * H, dX, dT, dX));
+            // mid = x + o(attention(rope(q(normed1)), rope(k(normed1)), v(normed1))), normed1 = norm1(x)
+            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Attn, Weight(w.OProj), dX, dAttn, g.OProj, null, T, qd, H, 0));
+            Check(Native.realn_op_attention_bwd(stream, DType.F32, a.Q, a.K, a.V, a.Attn, a.Lse, dAttn, state.CuSeqlens, state.Sequences, T,
+                _qHeads, _kvHeads, c.HeadDim, scale, dQ, dK, dV));
+            Check(Native.realn_op_rotary_bwd(stream, DType.F32, dQ, state.Positions, dQ, T, _qHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
+            Check(Native.realn_op_rotary_bwd(stream, DType.F32, dK, state.Positions, dK, T, _kvHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
+            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.QProj), dQ, dH, g.QProj, null, T, H, qd, 0));
+            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.KProj), dK, dH, g.KProj, null, T, H, kd, 1));
+            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.VProj), dV, dH, g.VProj, null, T, H, kd, 1));
             TpAllReduce(dH, T * H);
-            Ck(Native.realn_op_rmsnorm_bwd(s, DType.F32, sv.XIn[l], w.InNorm, sv.R1[l], dH, dT, g.InNorm, T, H));
-            Ck(Native.realn_op_add(s, DType.F32, T * H, dX, dT, dX));
+            Check(Native.realn_op_rmsnorm_bwd(stream, DType.F32, state.BlockInput[l], w.InputNorm, a.Rstd1, dH, dT, g.InputNorm, T, H));
+            Check(Native.realn_op_add(stream, DType.F32, T * H, dX, dT, dX));
         }
         if (!HasEmbedding) return dX;
-        Ck(Native.realn_op_embedding_bwd(s, DType.F32, sv.Tokens, T, dX, _vLocal, H, _vStart, _gEmbed));
+        Check(Native.realn_op_embedding_bwd(stream, DType.F32, state.Tokens, T, dX, _vocabLocal, H, _vocabStart, _embedGrad));
         return null;
     }
 
@@ -592,7 +665,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         {
             if (_tp > 1 && v.SplitDim < 0 && _tpRank != 0) continue;
             double part;
-            Ck(Native.realn_op_sumsq(_s.Ptr, GradientsPointer + v.Offset, v.LocalElements, &part));
+            Check(Native.realn_op_sumsq(_stream.Ptr, GradientsPointer + v.Offset, v.LocalElements, &part));
             ss += part;
         }
         return ss;
@@ -615,110 +688,60 @@ internal sealed unsafe class LlamaModel : IDisposable
     {
         var c = Config;
         int T = tokens.Length;
-        long H = c.Hidden, qd = _hq * c.HeadDim, kd = _hkv * c.HeadDim, I = _iLocal;
-        if (cache.Layers != _nl || cache.KvHeads != _hkv)
-            throw new ArgumentException($"KV cache holds {cache.Layers} layers of {cache.KvHeads} kv heads; this shard has {_nl} of {_hkv}");
+        long H = c.Hidden, qd = _qHeads * c.HeadDim, kd = _kvHeads * c.HeadDim, I = _ffnLocal;
+        if (cache.Layers != _layerCount || cache.KvHeads != _kvHeads)
+            throw new ArgumentException($"KV cache holds {cache.Layers} layers of {cache.KvHeads} kv heads; this shard has {_layerCount} of {_kvHeads}");
         if (!HasEmbedding && input is null) throw new ArgumentException("a pipeline stage without the embedding needs the previous stage's hidden states");
         // Runs: maximal groups of consecutive tokens of one slot (prefill) or single tokens (decode).
         var runEnds = new List<int>();
         for (int i = 0; i < T; i++)
             if (decode || i == T - 1 || slots[i + 1] != slots[i]) runEnds.Add(i);
-        int R = runEnds.Count;
-        _saved[0] = null;
+        int runs = runEnds.Count;
+        _forwardStates[0] = null;
         RefreshBf16();
         var arena = _arenas[0];
-        arena.Reset(7 * T * H + 3 * T * qd + 4 * T * kd + 3 * T * I + T * _hq + 4L * T + 3L * R + (long)R * H * 2
-            + (long)R * _headLocal * _tp + 64 * 16);
-        int* tok = (int*)arena.Take(T), pos = (int*)arena.Take(T), sl = (int*)arena.Take(T);
-        tokens.CopyTo(new Span<int>(tok, T));
-        positions.CopyTo(new Span<int>(pos, T));
-        slots.CopyTo(new Span<int>(sl, T));
-        int* cu = (int*)arena.Take(R + 1), rs = (int*)arena.Take(R), lens = (int*)arena.Take(R);
-        cu[0] = 0;
-        for (int r = 0; r < R; r++)
+        arena.Reset(7 * T * H + 3 * T * qd + 4 * T * kd + 3 * T * I + T * _qHeads + 4L * T + 3L * runs + (long)runs * H * 2
+            + (long)runs * _headWidth * _tp + 64 * 16);
+        int* tokenIds = (int*)arena.Take(T), tokenPositions = (int*)arena.Take(T), tokenSlots = (int*)arena.Take(T);
+        tokens.CopyTo(new Span<int>(tokenIds, T));
+        positions.CopyTo(new Span<int>(tokenPositions, T));
+        slots.CopyTo(new Span<int>(tokenSlots, T));
+        int* cuSeqlens = (int*)arena.Take(runs + 1), runSlots = (int*)arena.Take(runs), runLengths = (int*)arena.Take(runs);
+        cuSeqlens[0] = 0;
+        for (int r = 0; r < runs; r++)
         {
-            cu[r + 1] = runEnds[r] + 1;
-            rs[r] = slots[runEnds[r]];
-            lens[r] = positions[runEnds[r]] + 1;
-            if (!decode && positions[cu[r]] != 0) throw new ArgumentException("prefill runs must start at position 0");
+            cuSeqlens[r + 1] = runEnds[r] + 1;
+            runSlots[r] = slots[runEnds[r]];
+            runLengths[r] = positions[runEnds[r]] + 1;
+            if (!decode && positions[cuSeqlens[r]] != 0) throw new ArgumentException("prefill runs must start at position 0");
         }
-        nint s = _s.Ptr;
-        float* x = arena.Take(T * H), h = arena.Take(T * H), x2 = arena.Take(T * H);
-        float* qkv = arena.Take(T * (qd + 2 * kd)), q0 = arena.Take(T * qd), k0 = arena.Take(T * kd), v0 = arena.Take(T * kd), att = arena.Take(T * qd), lse = arena.Take(T * _hq);
-        float* gu = arena.Take(T * 2 * I), a = arena.Take(T * I);
-        if (HasEmbedding)
+        float* x = arena.Take(T * H), normed = arena.Take(T * H);
+        // One set of scratch for every block (nothing is kept for a backward): both norms write
+        // `normed`, their statistics are not stored.
+        var scratch = new BlockActivations
         {
-            Ck(Native.realn_op_embedding_fwd(s, Wd, tok, T, Wt(_embed), _vLocal, H, _vStart, x));
-            TpAllReduce(x, T * H);
-        }
-        else Buffer.MemoryCopy(input, x, T * H * 4, T * H * 4);
-        float scale = 1f / MathF.Sqrt(c.HeadDim);
-        for (int l = 0; l < _nl; l++)
-        {
-            ref var w = ref _w[l];
-            float* q = q0, k = k0, v = v0;
-            Ck(Native.realn_op_rmsnorm_fwd(s, Wd, x, Wt(w.InNorm), h, null, T, H, c.RmsEps));
-            if (decode && w.K == w.Q + qd * H && w.V == w.K + kd * H)
-            {
-                // Decode: q, k, v are consecutive rows of one [qd + 2 kd, H] matrix, so one call
-                // streams all three; rows of its output are q | k | v (one token: used in place).
-                long qkvw = qd + 2 * kd;
-                Ck(Native.realn_op_linear_fwd(s, Wd, h, Wt(w.Q), null, qkv, T, H, qkvw));
-                if (T == 1) { q = qkv; k = qkv + qd; v = k + kd; }
-                else
-                    for (long t = 0; t < T; t++)
-                    {
-                        Buffer.MemoryCopy(qkv + t * qkvw, q + t * qd, qd * 4, qd * 4);
-                        Buffer.MemoryCopy(qkv + t * qkvw + qd, k + t * kd, kd * 4, kd * 4);
-                        Buffer.MemoryCopy(qkv + t * qkvw + qd + kd, v + t * kd, kd * 4, kd * 4);
-                    }
-            }
-            else
-            {
-                Ck(Native.realn_op_linear_fwd(s, Wd, h, Wt(w.Q), null, q, T, H, qd));
-                Ck(Native.realn_op_linear_fwd(s, Wd, h, Wt(w.K), null, k, T, H, kd));
-                Ck(Native.realn_op_linear_fwd(s, Wd, h, Wt(w.V), null, v, T, H, kd));
-            }
-            Ck(Native.realn_op_rotary_fwd(s, DType.F32, q, pos, q, T, _hq, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Ck(Native.realn_op_rotary_fwd(s, DType.F32, k, pos, k, T, _hkv, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Ck(Native.realn_op_kv_store(s, DType.F32, k, v, sl, pos, T, cache.K(l), cache.V(l), cache.Slots, cache.MaxLen, _hkv, c.HeadDim));
-            if (decode)
-                Ck(Native.realn_op_attention_decode(s, DType.F32, q, cache.K(l), cache.V(l), rs, lens, R, cache.Slots, cache.MaxLen,
-                    _hq, _hkv, c.HeadDim, scale, att));
-            else
-                Ck(Native.realn_op_attention_fwd(s, DType.F32, q, k, v, cu, R, T, _hq, _hkv, c.HeadDim, scale, att, lse));
-            Ck(Native.realn_op_linear_fwd(s, Wd, att, Wt(w.O), null, x2, T, qd, H));
-            TpAllReduce(x2, T * H);
-            Ck(Native.realn_op_add(s, DType.F32, T * H, x2, x, x2));
-            Ck(Native.realn_op_rmsnorm_fwd(s, Wd, x2, Wt(w.PostNorm), h, null, T, H, c.RmsEps));
-            Ck(Native.realn_op_linear_fwd(s, Wd, h, Wt(w.GateUp), null, gu, T, H, 2 * I));
-            Ck(Native.realn_op_swiglu_fwd(s, DType.F32, gu, gu + I, 2 * I, a, I, T, I));
-            Ck(Native.realn_op_linear_fwd(s, Wd, a, Wt(w.Down), null, x, T, I, H));
-            TpAllReduce(x, T * H);
-            Ck(Native.realn_op_add(s, DType.F32, T * H, x, x2, x));
-        }
+            Normed1 = normed, Mid = arena.Take(T * H), Qkv = arena.Take(T * (qd + 2 * kd)), Q = arena.Take(T * qd), K = arena.Take(T * kd),
+            V = arena.Take(T * kd), Attn = arena.Take(T * qd), Lse = arena.Take(T * _qHeads), Normed2 = normed,
+            GateUp = arena.Take(T * 2 * I), Act = arena.Take(T * I),
+        };
+        EmbedOrTakeInput(tokenIds, T, input, x);
+        var attention = new AttentionSource(cache, cuSeqlens, runs, tokenSlots, runSlots, runLengths, decode);
+        for (int l = 0; l < _layerCount; l++)
+            BlockForward(l, T, tokenPositions, x, x, scratch, attention);
         if (!HasHead)
         {
             Buffer.MemoryCopy(x, output, T * H * 4, T * H * 4);
             return;
         }
-        // Head on the last token of each run only.
-        float* last = arena.Take(R * H), hl = arena.Take(R * H);
-        for (int r = 0; r < R; r++)
+        // Head on the last token of each run only; sampling needs whole rows: always gathered.
+        float* last = arena.Take(runs * H), lastNormed = arena.Take(runs * H);
+        for (int r = 0; r < runs; r++)
             Buffer.MemoryCopy(x + (long)runEnds[r] * H, last + r * H, H * 4, H * 4);
-        Ck(Native.realn_op_rmsnorm_fwd(s, Wd, last, Wt(_norm), hl, null, R, H, c.RmsEps));
-        if (_tp == 1 || ScalarHead)  // sampling needs whole rows: always gathered
-            Ck(Native.realn_op_linear_fwd(s, Wd, hl, Wt(_head), null, output, R, H, _headLocal));
-        else
-        {
-            float* parts = arena.Take((long)_tp * R * _vLocal);
-            Ck(Native.realn_op_linear_fwd(s, Wd, hl, Wt(_head), null, parts + (long)_tpRank * R * _vLocal, R, H, _vLocal));
-            GatherColumns(parts, output, R);
-        }
+        Head(arena, last, runs, lastNormed, null, output, gather: true);
     }
 
     /// <summary>A KV cache for this shard (its blocks and kv heads) of <paramref name="slots"/> sequences.</summary>
-    public KvCache NewKvCache(int slots, int maxLen) => new(Config, slots, maxLen, _nl, _hkv);
+    public KvCache NewKvCache(int slots, int maxLen) => new(Config, slots, maxLen, _layerCount, _kvHeads);
 
     /// <summary>Frees parameters, gradients and activations.</summary>
     public void Dispose()
@@ -726,7 +749,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         foreach (var a in _arenas) a.Dispose();
         _params.Dispose();
         _grads.Dispose();
-        _lp?.Dispose();
+        _bf16Params?.Dispose();
     }
 }
 

@@ -18,7 +18,7 @@ namespace ReaLNative.Engine.Parallelism;
 /// </summary>
 internal sealed unsafe class ShardComm : IDisposable
 {
-    private readonly ITransport _t;
+    private readonly ITransport _transport;
     private readonly Collectives? _tp, _dp, _mp;
     private readonly int _pipeGroup;
     private readonly long[,] _sent, _recvd;  // [kind, peer stage]
@@ -27,7 +27,7 @@ internal sealed unsafe class ShardComm : IDisposable
     /// <summary>Communicators of the rank whose device is <paramref name="transport"/>.Rank.</summary>
     public ShardComm(ITransport transport, ParallelLayout layout, int groupBase = 0)
     {
-        _t = transport;
+        _transport = transport;
         Layout = layout;
         LayoutRank = -1;
         for (int i = 0; i < layout.Devices.Count; i++)
@@ -73,7 +73,7 @@ internal sealed unsafe class ShardComm : IDisposable
     public bool FirstStage => Pipe == 0;
     public bool LastStage => Pipe == Layout.Pp - 1;
     /// <summary>The underlying transport (its rank is this rank's device).</summary>
-    public ITransport Transport => _t;
+    public ITransport Transport => _transport;
 
     private float* Scratch(long floats)
     {
@@ -134,11 +134,11 @@ internal sealed unsafe class ShardComm : IDisposable
     /// <summary>Posts a send of <paramref name="bytes"/> to pipeline stage <paramref name="stage"/>;
     /// the buffer must stay valid until the task completes.</summary>
     public Task SendStage(int stage, int kind, void* data, long bytes) =>
-        _t.SendAsync(StageDevice(stage), Tag(kind, _sent[kind, stage]++), (nint)data, bytes);
+        _transport.SendAsync(StageDevice(stage), Tag(kind, _sent[kind, stage]++), (nint)data, bytes);
 
     /// <summary>Receives <paramref name="bytes"/> from pipeline stage <paramref name="stage"/> (blocking).</summary>
     public void RecvStage(int stage, int kind, void* data, long bytes) =>
-        Wait(_t.RecvAsync(StageDevice(stage), Tag(kind, _recvd[kind, stage]++), (nint)data, bytes));
+        Wait(_transport.RecvAsync(StageDevice(stage), Tag(kind, _recvd[kind, stage]++), (nint)data, bytes));
 
     /// <summary>Waits for a posted send.</summary>
     public static void Complete(Task send) => Wait(send);

@@ -24,11 +24,11 @@ namespace ReaLNative.Engine.Realloc;
 /// </summary>
 internal sealed class TransportRealloc : IDisposable
 {
-    private readonly ITransport _t;
+    private readonly ITransport _transport;
     private readonly NativeStream _stream = NativeStream.Cpu();
     private readonly List<HostBlock> _staging = [];
 
-    public TransportRealloc(ITransport transport) => _t = transport;
+    public TransportRealloc(ITransport transport) => _transport = transport;
 
     /// <summary>Intervals at least this long are read by the receiver straight from the sender's
     /// shard with RMA get (one copy, e.g. cma's process_vm_readv) when the transport is an
@@ -60,7 +60,7 @@ internal sealed class TransportRealloc : IDisposable
     public long ProcessReadBytes => Interlocked.Read(ref _processReadBytes);
     private long _processReadBytes;
 
-    private bool ReadsFrom(int peer) => ProcessRead && _t.LocalProcessOf(peer) is not null;
+    private bool ReadsFrom(int peer) => ProcessRead && _transport.LocalProcessOf(peer) is not null;
     private const int DescriptorMax = 4096;
 
     /// <param name="source">this device's source shard (0 when it holds none)</param>
@@ -68,7 +68,7 @@ internal sealed class TransportRealloc : IDisposable
     public async Task ExecuteAsync(ReallocPlan plan, ReallocSchedule schedule, nint source, nint destination, CancellationToken ct = default)
     {
         long es = plan.ElementSize;
-        var rma = RmaMinBytes > 0 ? _t as IRmaTransport : null;
+        var rma = RmaMinBytes > 0 ? _transport as IRmaTransport : null;
         int si = 0;
         HostBlock Staging(long bytes)
         {
@@ -118,7 +118,7 @@ internal sealed class TransportRealloc : IDisposable
             }
             if (r.Step.Intervals.Count == 1)
             {
-                recvs.Add(_t.RecvAsync(r.Peer, ChunkTag(r.Tag, 0), destination + (nint)(r.Step.Intervals[0].DstOffset * es), r.Step.Bytes, ct));
+                recvs.Add(_transport.RecvAsync(r.Peer, ChunkTag(r.Tag, 0), destination + (nint)(r.Step.Intervals[0].DstOffset * es), r.Step.Bytes, ct));
                 continue;
             }
             var (get, staged) = Split(r.Step);
@@ -135,10 +135,10 @@ internal sealed class TransportRealloc : IDisposable
                 if (c.DstContiguous)
                 {
                     // Straight into the destination shard: no scatter.
-                    recvs.Add(_t.RecvAsync(r.Peer, ChunkTag(r.Tag, c.Index), destination + (nint)c.Dst[0], c.Bytes, ct));
+                    recvs.Add(_transport.RecvAsync(r.Peer, ChunkTag(r.Tag, c.Index), destination + (nint)c.Dst[0], c.Bytes, ct));
                     continue;
                 }
-                var task = _t.RecvAsync(r.Peer, ChunkTag(r.Tag, c.Index), Ptr(buf!) + (nint)c.StagingOffset, c.Bytes, ct);
+                var task = _transport.RecvAsync(r.Peer, ChunkTag(r.Tag, c.Index), Ptr(buf!) + (nint)c.StagingOffset, c.Bytes, ct);
                 recvs.Add(task);
                 scatters.Add((task, c, buf!));
             }
@@ -148,13 +148,13 @@ internal sealed class TransportRealloc : IDisposable
         foreach (var peer in getsFrom.Keys)
         {
             var b = Staging(DescriptorMax);
-            descriptors[peer] = (_t.RecvAsync(peer, DescriptorTag, Ptr(b), DescriptorMax, ct), b);
+            descriptors[peer] = (_transport.RecvAsync(peer, DescriptorTag, Ptr(b), DescriptorMax, ct), b);
         }
         // Senders whose process this device reads: their shard's address, then (after the read) "done".
         var addresses = readFrom.Keys.ToDictionary(peer => peer, peer =>
         {
             var b = Staging(8);
-            return (Recv: _t.RecvAsync(peer, ProcAddressTag, Ptr(b), 8, ct), Buf: b);
+            return (Recv: _transport.RecvAsync(peer, ProcAddressTag, Ptr(b), 8, ct), Buf: b);
         });
         // Receivers that read this device's shard from its process, and the others.
         var sendSteps = schedule.Sends.Where(snd => !ReadsFrom(snd.Peer)).ToList();
@@ -179,8 +179,8 @@ internal sealed class TransportRealloc : IDisposable
                 foreach (var peer in readers.Keys)
                 {
                     nint status = Ptr(ab) + 8 + 8 * k++;
-                    readerDone.Add((peer, _t.RecvAsync(peer, ProcDoneTag, status, 8, ct), status));
-                    sends.Add(_t.SendAsync(peer, ProcAddressTag, Ptr(ab), 8, ct));
+                    readerDone.Add((peer, _transport.RecvAsync(peer, ProcDoneTag, status, 8, ct), status));
+                    sends.Add(_transport.SendAsync(peer, ProcAddressTag, Ptr(ab), 8, ct));
                 }
             }
             if (getPeers.Count > 0)
@@ -199,8 +199,8 @@ internal sealed class TransportRealloc : IDisposable
                 int k = 0;
                 foreach (var peer in getPeers)
                 {
-                    doneFrom.Add(_t.RecvAsync(peer, DoneTag, Ptr(doneBuf) + 8 * k++, 8, ct));
-                    sends.Add(_t.SendAsync(peer, DescriptorTag, Ptr(db), 4 + d.Length, ct));
+                    doneFrom.Add(_transport.RecvAsync(peer, DoneTag, Ptr(doneBuf) + 8 * k++, 8, ct));
+                    sends.Add(_transport.SendAsync(peer, DescriptorTag, Ptr(db), 4 + d.Length, ct));
                 }
             }
             var gathers = new List<(int First, int End, List<Chunk> Chunks)>();
@@ -215,7 +215,7 @@ internal sealed class TransportRealloc : IDisposable
                 {
                     nint from = source + (nint)(step.Intervals[0].SrcOffset * es);
                     for (int k = first; k < i; k++)
-                        sends.Add(_t.SendAsync(sendSteps[k].Peer, ChunkTag(sendSteps[k].Tag, 0), from, step.Bytes, ct));
+                        sends.Add(_transport.SendAsync(sendSteps[k].Peer, ChunkTag(sendSteps[k].Tag, 0), from, step.Bytes, ct));
                     continue;
                 }
                 var staged = Split(step).Staged;
@@ -226,7 +226,7 @@ internal sealed class TransportRealloc : IDisposable
                 foreach (var c in chunks)
                     if (c.SrcContiguous)
                         for (int k = first; k < i; k++)
-                            sends.Add(_t.SendAsync(sendSteps[k].Peer, ChunkTag(sendSteps[k].Tag, c.Index), source + (nint)c.Src[0], c.Bytes, ct));
+                            sends.Add(_transport.SendAsync(sendSteps[k].Peer, ChunkTag(sendSteps[k].Tag, c.Index), source + (nint)c.Src[0], c.Bytes, ct));
                 gathers.Add((first, i, chunks));
             }
             // Gather chunk by chunk: chunk j is on the wire (the receiver pulls it) while j + 1 is gathered.
@@ -238,7 +238,7 @@ internal sealed class TransportRealloc : IDisposable
                     if (c.SrcContiguous) continue;
                     GatherChunk(c, source, buf!);
                     for (int k = first; k < end; k++)
-                        sends.Add(_t.SendAsync(sendSteps[k].Peer, ChunkTag(sendSteps[k].Tag, c.Index), Ptr(buf!) + (nint)c.StagingOffset, c.Bytes, ct));
+                        sends.Add(_transport.SendAsync(sendSteps[k].Peer, ChunkTag(sendSteps[k].Tag, c.Index), Ptr(buf!) + (nint)c.StagingOffset, c.Bytes, ct));
                 }
             }
             foreach (var step in schedule.LocalCopies) LocalCopy(step, (int)es, source, destination);
@@ -255,7 +255,7 @@ internal sealed class TransportRealloc : IDisposable
                 var remote = rma!.Attach(peer, desc);
                 remotes.Add(remote);
                 var mine = list.Select(iv => rma.GetAsync(remote, iv.S, destination + (nint)iv.D, iv.L, ct)).ToList();
-                gets.Add(Task.WhenAll(mine).ContinueWith(t => { t.GetAwaiter().GetResult(); return _t.SendAsync(peer, DoneTag, Ptr(b), 8, ct); }, TaskScheduler.Default).Unwrap());
+                gets.Add(Task.WhenAll(mine).ContinueWith(t => { t.GetAwaiter().GetResult(); return _transport.SendAsync(peer, DoneTag, Ptr(b), 8, ct); }, TaskScheduler.Default).Unwrap());
             }
             foreach (var (task, c, buf) in scatters)
             {
@@ -280,7 +280,7 @@ internal sealed class TransportRealloc : IDisposable
                     for (int k = 0; k < snd.Step.Intervals.Count; k++)
                     {
                         var iv = snd.Step.Intervals[k];
-                        fallback.Add(_t.SendAsync(peer, ChunkTag(snd.Tag, k), source + (nint)(iv.SrcOffset * es), iv.Length * es, ct));
+                        fallback.Add(_transport.SendAsync(peer, ChunkTag(snd.Tag, k), source + (nint)(iv.SrcOffset * es), iv.Length * es, ct));
                     }
                 await Task.WhenAll(fallback);
             }
@@ -303,7 +303,7 @@ internal sealed class TransportRealloc : IDisposable
         await address.ConfigureAwait(false);
         ulong remote;
         unsafe { remote = *(ulong*)buf.Pointer; }
-        int pid = _t.LocalProcessOf(peer) ?? throw new InvalidOperationException($"device {peer} is not a process on this host");
+        int pid = _transport.LocalProcessOf(peer) ?? throw new InvalidOperationException($"device {peer} is not a process on this host");
         long status = ReadDone;
         Exception? failure = null;
         try
@@ -327,9 +327,9 @@ internal sealed class TransportRealloc : IDisposable
         var fallback = new List<Task>();
         if (status == ReadRefused)
             foreach (var (tag, _, dst, len) in intervals)
-                fallback.Add(_t.RecvAsync(peer, tag, destination + (nint)dst, len, ct));
+                fallback.Add(_transport.RecvAsync(peer, tag, destination + (nint)dst, len, ct));
         unsafe { *(long*)buf.Pointer = status; }
-        await _t.SendAsync(peer, ProcDoneTag, Ptr(buf), 8, ct).ConfigureAwait(false);
+        await _transport.SendAsync(peer, ProcDoneTag, Ptr(buf), 8, ct).ConfigureAwait(false);
         await Task.WhenAll(fallback).ConfigureAwait(false);
         if (failure is not null) throw failure;
     }

@@ -443,47 +443,47 @@ internal sealed class ChatTemplate
         /// <summary>Recursive-descent expression parser over one tag's content, with Jinja's precedence.</summary>
         internal sealed class ExprParser
         {
-            private readonly Parser _p;
-            private readonly string _s;
+            private readonly Parser _parser;
+            private readonly string _text;
             private readonly int _base;
-            private int _i;
+            private int _pos;
 
             public ExprParser(Parser p, Chunk c)
             {
-                _p = p;
-                _s = c.Content;
+                _parser = p;
+                _text = c.Content;
                 _base = c.ContentOffset;
             }
 
-            public int Offset => _base + _i;
+            public int Offset => _base + _pos;
 
-            private (int, int) Here() => _p.LineCol(_base + _i);
+            private (int, int) Here() => _parser.LineCol(_base + _pos);
 
-            private ChatTemplateException Err(string msg) => _p.Error(_base + _i, msg);
+            private ChatTemplateException Err(string msg) => _parser.Error(_base + _pos, msg);
 
-            private void Ws() { while (_i < _s.Length && char.IsWhiteSpace(_s[_i])) _i++; }
+            private void Ws() { while (_pos < _text.Length && char.IsWhiteSpace(_text[_pos])) _pos++; }
 
             public void ExpectEnd()
             {
                 Ws();
-                if (_i < _s.Length) throw Err($"unexpected '{Rest()}'");
+                if (_pos < _text.Length) throw Err($"unexpected '{Rest()}'");
             }
 
-            private string Rest() => _s[_i..].Length > 20 ? _s.Substring(_i, 20) + "..." : _s[_i..];
+            private string Rest() => _text[_pos..].Length > 20 ? _text.Substring(_pos, 20) + "..." : _text[_pos..];
 
             private string? PeekWord()
             {
                 Ws();
-                int j = _i;
-                if (j >= _s.Length || !(char.IsLetter(_s[j]) || _s[j] == '_')) return null;
-                while (j < _s.Length && (char.IsLetterOrDigit(_s[j]) || _s[j] == '_')) j++;
-                return _s[_i..j];
+                int j = _pos;
+                if (j >= _text.Length || !(char.IsLetter(_text[j]) || _text[j] == '_')) return null;
+                while (j < _text.Length && (char.IsLetterOrDigit(_text[j]) || _text[j] == '_')) j++;
+                return _text[_pos..j];
             }
 
             public bool TryKeyword(string kw)
             {
                 if (PeekWord() != kw) return false;
-                _i += kw.Length;
+                _pos += kw.Length;
                 return true;
             }
 
@@ -495,18 +495,18 @@ internal sealed class ChatTemplate
             public string Identifier()
             {
                 var w = PeekWord() ?? throw Err("expected a name");
-                _i += w.Length;
+                _pos += w.Length;
                 return w;
             }
 
             public bool TryPunct(string p)
             {
                 Ws();
-                if (string.CompareOrdinal(_s, _i, p, 0, p.Length) != 0) return false;
+                if (string.CompareOrdinal(_text, _pos, p, 0, p.Length) != 0) return false;
                 // '=' must not match '==', '*' not '**', '/' not '//'
-                if (p is "=" or "*" or "/" && _i + 1 < _s.Length && _s[_i + 1] == p[0]) return false;
-                if (p is "=" && _i > 0 && _s[_i] == '=' && _i + 1 < _s.Length && _s[_i + 1] == '=') return false;
-                _i += p.Length;
+                if (p is "=" or "*" or "/" && _pos + 1 < _text.Length && _text[_pos + 1] == p[0]) return false;
+                if (p is "=" && _pos > 0 && _text[_pos] == '=' && _pos + 1 < _text.Length && _text[_pos + 1] == '=') return false;
+                _pos += p.Length;
                 return true;
             }
 
@@ -521,8 +521,8 @@ internal sealed class ChatTemplate
                 if (!allowCondExpr) return e;
                 while (true)
                 {
-                    int save = _i;
-                    if (!TryKeyword("if")) { _i = save; return e; }
+                    int save = _pos;
+                    if (!TryKeyword("if")) { _pos = save; return e; }
                     var (l, c) = Here();
                     var cond = ParseOr();
                     Expr? other = TryKeyword("else") ? ParseExpression() : null;
@@ -562,10 +562,10 @@ internal sealed class ChatTemplate
                         if (TryPunct(o)) { op = o; break; }
                     if (op is null)
                     {
-                        int save = _i;
+                        int save = _pos;
                         if (TryKeyword("in")) op = "in";
                         else if (TryKeyword("not") && TryKeyword("in")) op = "not in";
-                        else { _i = save; return a; }
+                        else { _pos = save; return a; }
                     }
                     a = new Binary(op, a, ParseMath1(), l, c);
                 }
@@ -651,7 +651,7 @@ internal sealed class ChatTemplate
                             // `is divisibleby 3`, `is sameas x`: one bare argument (not for tests used as booleans)
                             var w = PeekWord();
                             Ws();
-                            if (_i < _s.Length && w is not ("and" or "or" or "else" or "if" or "in" or "not" or "is") && (char.IsDigit(_s[_i]) || _s[_i] is '\'' or '"' || w is not null))
+                            if (_pos < _text.Length && w is not ("and" or "or" or "else" or "if" or "in" or "not" or "is") && (char.IsDigit(_text[_pos]) || _text[_pos] is '\'' or '"' || w is not null))
                                 args.Add(ParsePostfix(ParsePrimary()));
                         }
                         e = new Test(e, name, neg, args, l, c);
@@ -665,19 +665,19 @@ internal sealed class ChatTemplate
                 if (TryPunct(")")) return;
                 while (true)
                 {
-                    int save = _i;
+                    int save = _pos;
                     var w = PeekWord();
                     if (w is not null)
                     {
-                        _i += w.Length;
+                        _pos += w.Length;
                         Ws();
-                        if (_i < _s.Length && _s[_i] == '=' && !(_i + 1 < _s.Length && _s[_i + 1] == '='))
+                        if (_pos < _text.Length && _text[_pos] == '=' && !(_pos + 1 < _text.Length && _text[_pos + 1] == '='))
                         {
-                            _i++;
+                            _pos++;
                             kw.Add((w, ParseExpression()));
                             goto next;
                         }
-                        _i = save;
+                        _pos = save;
                     }
                     args.Add(ParseExpression());
                 next:
@@ -694,12 +694,12 @@ internal sealed class ChatTemplate
                     if (TryPunct("."))
                     {
                         Ws();
-                        if (_i < _s.Length && char.IsDigit(_s[_i]))
+                        if (_pos < _text.Length && char.IsDigit(_text[_pos]))
                         {
-                            int j = _i;
-                            while (j < _s.Length && char.IsDigit(_s[j])) j++;
-                            e = new GetItem(e, new Lit(long.Parse(_s[_i..j], CultureInfo.InvariantCulture), l, c), l, c);
-                            _i = j;
+                            int j = _pos;
+                            while (j < _text.Length && char.IsDigit(_text[j])) j++;
+                            e = new GetItem(e, new Lit(long.Parse(_text[_pos..j], CultureInfo.InvariantCulture), l, c), l, c);
+                            _pos = j;
                         }
                         else e = new GetAttr(e, Identifier(), l, c);
                     }
@@ -731,20 +731,20 @@ internal sealed class ChatTemplate
             private bool TryPunctPeek(string p)
             {
                 Ws();
-                return string.CompareOrdinal(_s, _i, p, 0, p.Length) == 0;
+                return string.CompareOrdinal(_text, _pos, p, 0, p.Length) == 0;
             }
 
             private Expr ParsePrimary()
             {
                 Ws();
                 var (l, c) = Here();
-                if (_i >= _s.Length) throw Err("expected an expression");
-                char ch = _s[_i];
+                if (_pos >= _text.Length) throw Err("expected an expression");
+                char ch = _text[_pos];
                 if (ch == '\'' || ch == '"')
                 {
                     var sb = new StringBuilder();
                     // adjacent string literals concatenate, as in Python
-                    while (_i < _s.Length && (_s[_i] == '\'' || _s[_i] == '"'))
+                    while (_pos < _text.Length && (_text[_pos] == '\'' || _text[_pos] == '"'))
                     {
                         sb.Append(ReadString());
                         Ws();
@@ -753,17 +753,17 @@ internal sealed class ChatTemplate
                 }
                 if (char.IsDigit(ch))
                 {
-                    int j = _i;
-                    while (j < _s.Length && (char.IsDigit(_s[j]) || _s[j] == '_')) j++;
+                    int j = _pos;
+                    while (j < _text.Length && (char.IsDigit(_text[j]) || _text[j] == '_')) j++;
                     bool isFloat = false;
-                    if (j + 1 < _s.Length && _s[j] == '.' && char.IsDigit(_s[j + 1]))
+                    if (j + 1 < _text.Length && _text[j] == '.' && char.IsDigit(_text[j + 1]))
                     {
                         isFloat = true;
                         j++;
-                        while (j < _s.Length && char.IsDigit(_s[j])) j++;
+                        while (j < _text.Length && char.IsDigit(_text[j])) j++;
                     }
-                    string num = _s[_i..j].Replace("_", "");
-                    _i = j;
+                    string num = _text[_pos..j].Replace("_", "");
+                    _pos = j;
                     return isFloat ? new Lit(double.Parse(num, CultureInfo.InvariantCulture), l, c) : new Lit(long.Parse(num, CultureInfo.InvariantCulture), l, c);
                 }
                 if (TryPunct("("))
@@ -802,7 +802,7 @@ internal sealed class ChatTemplate
                     return new DictExpr(items, l, c);
                 }
                 var w = PeekWord() ?? throw Err($"unexpected '{Rest()}'");
-                _i += w.Length;
+                _pos += w.Length;
                 return w switch
                 {
                     "true" or "True" => new Lit(true, l, c),
@@ -814,16 +814,16 @@ internal sealed class ChatTemplate
 
             private string ReadString()
             {
-                char q = _s[_i++];
+                char q = _text[_pos++];
                 var sb = new StringBuilder();
                 while (true)
                 {
-                    if (_i >= _s.Length) throw Err("unterminated string");
-                    char ch = _s[_i++];
+                    if (_pos >= _text.Length) throw Err("unterminated string");
+                    char ch = _text[_pos++];
                     if (ch == q) return sb.ToString();
                     if (ch != '\\') { sb.Append(ch); continue; }
-                    if (_i >= _s.Length) throw Err("unterminated string");
-                    char e = _s[_i++];
+                    if (_pos >= _text.Length) throw Err("unterminated string");
+                    char e = _text[_pos++];
                     switch (e)
                     {
                         case 'n': sb.Append('\n'); break;
@@ -833,9 +833,9 @@ internal sealed class ChatTemplate
                         case '\'': sb.Append('\''); break;
                         case '"': sb.Append('"'); break;
                         case '0': sb.Append('\0'); break;
-                        case 'u' when _i + 4 <= _s.Length:
-                            sb.Append((char)int.Parse(_s.AsSpan(_i, 4), NumberStyles.HexNumber, CultureInfo.InvariantCulture));
-                            _i += 4;
+                        case 'u' when _pos + 4 <= _text.Length:
+                            sb.Append((char)int.Parse(_text.AsSpan(_pos, 4), NumberStyles.HexNumber, CultureInfo.InvariantCulture));
+                            _pos += 4;
                             break;
                         case '\n': break;  // line continuation
                         default: sb.Append('\\').Append(e); break;  // Python keeps unknown escapes

@@ -10,7 +10,7 @@ namespace ReaLNative.Engine.Transport;
 /// </summary>
 internal sealed class Collectives
 {
-    private readonly ITransport _t;
+    private readonly ITransport _transport;
     private readonly int[] _group;
     private readonly int _me;
     private long _seq;
@@ -20,7 +20,7 @@ internal sealed class Collectives
 
     public Collectives(ITransport transport, IReadOnlyList<int> group, int groupId = 0)
     {
-        _t = transport;
+        _transport = transport;
         _group = [.. group];
         _me = Array.IndexOf(_group, transport.Rank);
         if (_me < 0) throw new ArgumentException($"rank {transport.Rank} is not in the group [{string.Join(", ", group)}]");
@@ -83,8 +83,8 @@ internal sealed class Collectives
         {
             long off = s * SegmentBytes, len = Math.Min(SegmentBytes, bytes - off);
             int step = (int)(s & 0xFF);
-            if (pos > 0) await _t.RecvAsync(prev, Tag(seq, step), data + (nint)off, len, ct);
-            if (pos < p - 1) sends.Add(_t.SendAsync(next, Tag(seq, step), data + (nint)off, len, ct));
+            if (pos > 0) await _transport.RecvAsync(prev, Tag(seq, step), data + (nint)off, len, ct);
+            if (pos < p - 1) sends.Add(_transport.SendAsync(next, Tag(seq, step), data + (nint)off, len, ct));
             if (sends.Count >= 4) { await sends[0]; sends.RemoveAt(0); }  // bound the outstanding sends (tags repeat after 256)
         }
         await Task.WhenAll(sends);
@@ -98,8 +98,8 @@ internal sealed class Collectives
         {
             var (slo, shi) = Chunk(n, ((_me - s - 1) % p + p) % p);
             var (rlo, rhi) = Chunk(n, ((_me - s - 2) % p + p) % p);
-            var send = _t.SendAsync(right, Tag(seq, s), data + (nint)(slo * 4), (shi - slo) * 4, ct);
-            var recv = _t.RecvAsync(left, Tag(seq, s), scratch, (rhi - rlo) * 4, ct);
+            var send = _transport.SendAsync(right, Tag(seq, s), data + (nint)(slo * 4), (shi - slo) * 4, ct);
+            var recv = _transport.RecvAsync(left, Tag(seq, s), scratch, (rhi - rlo) * 4, ct);
             await Task.WhenAll(send, recv);
             AddInto(data + (nint)(rlo * 4), scratch, rhi - rlo);
         }
@@ -126,8 +126,8 @@ internal sealed class Collectives
             var (slo, shi) = Chunk(n, ((_me - s) % p + p) % p);
             var (rlo, rhi) = Chunk(n, ((_me - s - 1) % p + p) % p);
             int step = 128 + s;
-            var send = _t.SendAsync(right, Tag(seq, step), data + (nint)(slo * es), (shi - slo) * es, ct);
-            var recv = _t.RecvAsync(left, Tag(seq, step), data + (nint)(rlo * es), (rhi - rlo) * es, ct);
+            var send = _transport.SendAsync(right, Tag(seq, step), data + (nint)(slo * es), (shi - slo) * es, ct);
+            var recv = _transport.RecvAsync(left, Tag(seq, step), data + (nint)(rlo * es), (rhi - rlo) * es, ct);
             await Task.WhenAll(send, recv);
         }
     }

@@ -36,7 +36,7 @@ internal sealed unsafe class ModelWorker : IDisposable
     public static readonly TimeSpan HeartbeatLoss = TimeSpan.FromSeconds(20);
     public static readonly TimeSpan HeartbeatEvery = TimeSpan.FromSeconds(1);
 
-    private readonly WorkerArgs _a;
+    private readonly WorkerArgs _args;
     private readonly ILogger _log;
     private readonly ControlClient _client;
     private readonly UcxTransport _transport;
@@ -57,7 +57,7 @@ internal sealed unsafe class ModelWorker : IDisposable
 
     private ModelWorker(WorkerArgs a, ILogger log)
     {
-        _a = a;
+        _args = a;
         _log = log;
         // One MessageAuth (replay window) per socket: the master's replies and its commands are
         // two sequences, both sent as "master".
@@ -68,7 +68,7 @@ internal sealed unsafe class ModelWorker : IDisposable
         _server = new ControlServer($"tcp://{a.BindHost}:0", new MessageAuth(a.Secret, a.Job), Handle, log);
     }
 
-    private int MasterRank => _a.Size - 1;
+    private int MasterRank => _args.Size - 1;
 
     /// <summary>Runs a worker until the master shuts it down (0), a command fails fatally, or the
     /// master is unreachable for <see cref="HeartbeatLoss"/> (3).</summary>
@@ -94,13 +94,13 @@ internal sealed unsafe class ModelWorker : IDisposable
         {
             try
             {
-                var beat = new JsonObject { ["rank"] = _a.Rank, ["busy"] = _busy, ["error"] = _lastError };
+                var beat = new JsonObject { ["rank"] = _args.Rank, ["busy"] = _busy, ["error"] = _lastError };
                 if (s_signal is { } sig) beat["signal"] = sig;
                 string reply = _client.Request("heartbeat", beat.ToJsonString(), TimeSpan.FromSeconds(5));
                 lastOk.Restart();
                 if (reply == "stop")
                 {
-                    Console.Error.WriteLine($"worker {_a.Rank}: the master ended the job after a failure; exiting");
+                    Console.Error.WriteLine($"worker {_args.Rank}: the master ended the job after a failure; exiting");
                     return 1;
                 }
             }
@@ -108,7 +108,7 @@ internal sealed unsafe class ModelWorker : IDisposable
             {
                 if (lastOk.Elapsed > HeartbeatLoss)
                 {
-                    Console.Error.WriteLine($"worker {_a.Rank}: the master at {_a.Control} has not answered for {lastOk.Elapsed.TotalSeconds:F0} s ({e.Message}); exiting");
+                    Console.Error.WriteLine($"worker {_args.Rank}: the master at {_args.Control} has not answered for {lastOk.Elapsed.TotalSeconds:F0} s ({e.Message}); exiting");
                     return 3;
                 }
             }
@@ -155,8 +155,8 @@ internal sealed unsafe class ModelWorker : IDisposable
         catch (Exception e)
         {
             _lastError = $"{m.Type}: {e.Message}";
-            _log.LogError(e, "worker {Rank}: {Command} failed", _a.Rank, m.Type);
-            Console.Error.WriteLine($"worker {_a.Rank}: {m.Type} failed: {e}");
+            _log.LogError(e, "worker {Rank}: {Command} failed", _args.Rank, m.Type);
+            Console.Error.WriteLine($"worker {_args.Rank}: {m.Type} failed: {e}");
             throw;
         }
         finally { _busy = "idle"; }
@@ -171,7 +171,7 @@ internal sealed unsafe class ModelWorker : IDisposable
     private ShardReplica Replica(JsonNode j)
     {
         int id = WireJson.Int(j, "id");
-        return _replicas.TryGetValue(id, out var r) ? r : throw new ArgumentException($"worker {_a.Rank} holds no shard of replica {id}");
+        return _replicas.TryGetValue(id, out var r) ? r : throw new ArgumentException($"worker {_args.Rank} holds no shard of replica {id}");
     }
 
     private string Create(JsonNode j)
@@ -179,8 +179,8 @@ internal sealed unsafe class ModelWorker : IDisposable
         int id = WireJson.Int(j, "id");
         if (_replicas.ContainsKey(id)) throw new ArgumentException($"replica {id} exists");
         var layout = WireJson.Layout(j["layout"]);
-        int rank = layout.Devices.ToList().IndexOf(_a.Rank);
-        if (rank < 0) throw new ArgumentException($"replica {id}'s layout {layout} does not use device {_a.Rank}");
+        int rank = layout.Devices.ToList().IndexOf(_args.Rank);
+        if (rank < 0) throw new ArgumentException($"replica {id}'s layout {layout} does not use device {_args.Rank}");
         int group = WireJson.Int(j, "group");
         if (group < 0 || group + ShardComm.GroupIdsNeeded(layout) > Tags.MaxGroups) throw new ArgumentException($"group ids {group}.. outside the {Tags.MaxGroups} a job holds");
         var optim = j["optimizer"] is { } o ? WireJson.Optimizer(o) : null;
@@ -213,7 +213,7 @@ internal sealed unsafe class ModelWorker : IDisposable
     /// <summary>Writes whole tensors of this worker's shard (a tp-1 stage) as one file of a sharded checkpoint.</summary>
     private string SaveShard(JsonNode j)
     {
-        var mine = j["files"]?[_a.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture)] ?? throw new ArgumentException($"save-shard: no file for worker {_a.Rank}");
+        var mine = j["files"]?[_args.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture)] ?? throw new ArgumentException($"save-shard: no file for worker {_args.Rank}");
         var names = mine["names"]!.AsArray().Select(n => n!.GetValue<string>()).ToHashSet(StringComparer.Ordinal);
         Checkpoints.Safetensors.SaveShardFile(Replica(j).Shard, WireJson.Str(mine, "path"), names);
         return "ok";
@@ -324,12 +324,12 @@ internal sealed unsafe class ModelWorker : IDisposable
         if (!_plans.TryGetValue(key, out var p))
         {
             var plan = ReallocPlan.Build(from, to, ParamLayout.Factory(config, scalar), 4, _ => 0);
-            _plans[key] = p = (plan, ReallocSchedule.ForDevice(plan, _a.Rank));
+            _plans[key] = p = (plan, ReallocSchedule.ForDevice(plan, _args.Rank));
         }
         nint Buffer(int id, ParallelLayout layout, string side)
         {
-            if (!layout.Devices.Contains(_a.Rank)) return 0;
-            if (!_replicas.TryGetValue(id, out var r)) throw new ArgumentException($"realloc {side}: worker {_a.Rank} holds no shard of replica {id}");
+            if (!layout.Devices.Contains(_args.Rank)) return 0;
+            if (!_replicas.TryGetValue(id, out var r)) throw new ArgumentException($"realloc {side}: worker {_args.Rank} holds no shard of replica {id}");
             if (kind == "params") return (nint)r.Shard.ParametersPointer;
             var o = r.Optimizer ?? throw new ArgumentException($"realloc {kind}: replica {id} has no optimizer");
             // AdamW's moments live in native memory: the pointer is stable.

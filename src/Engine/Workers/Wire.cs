@@ -77,14 +77,14 @@ internal static class Blobs
 /// <summary>Binary writer of the blob layouts.</summary>
 internal sealed class WireWriter
 {
-    private readonly MemoryStream _s = new();
-    private readonly BinaryWriter _w;
-    public WireWriter() => _w = new BinaryWriter(_s);
+    private readonly MemoryStream _buffer = new();
+    private readonly BinaryWriter _writer;
+    public WireWriter() => _writer = new BinaryWriter(_buffer);
 
-    public WireWriter Int(int v) { _w.Write(v); return this; }
-    public WireWriter Ints(ReadOnlySpan<int> v) { _w.Write(v.Length); foreach (var x in v) _w.Write(x); return this; }
-    public WireWriter Floats(ReadOnlySpan<float> v) { _w.Write(v.Length); foreach (var x in v) _w.Write(x); return this; }
-    public WireWriter Bytes(ReadOnlySpan<byte> v) { _w.Write(v.Length); _w.Write(v); return this; }
+    public WireWriter Int(int v) { _writer.Write(v); return this; }
+    public WireWriter Ints(ReadOnlySpan<int> v) { _writer.Write(v.Length); foreach (var x in v) _writer.Write(x); return this; }
+    public WireWriter Floats(ReadOnlySpan<float> v) { _writer.Write(v.Length); foreach (var x in v) _writer.Write(x); return this; }
+    public WireWriter Bytes(ReadOnlySpan<byte> v) { _writer.Write(v.Length); _writer.Write(v); return this; }
 
     /// <summary>Sequences and their prompt lengths (what <see cref="ScoredBatch"/> is built from).</summary>
     public WireWriter Batch(ScoredBatch b)
@@ -123,9 +123,9 @@ internal sealed class WireWriter
     /// <summary>The blob, on the pinned object heap (what <see cref="Blobs.SendAsync"/> needs).</summary>
     public byte[] ToArray()
     {
-        _w.Flush();
-        var blob = GC.AllocateUninitializedArray<byte>((int)_s.Length, pinned: true);
-        _s.GetBuffer().AsSpan(0, blob.Length).CopyTo(blob);
+        _writer.Flush();
+        var blob = GC.AllocateUninitializedArray<byte>((int)_buffer.Length, pinned: true);
+        _buffer.GetBuffer().AsSpan(0, blob.Length).CopyTo(blob);
         return blob;
     }
 }

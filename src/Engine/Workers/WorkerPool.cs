@@ -75,7 +75,7 @@ internal sealed class WorkerFailedException(string message, Exception? inner = n
 
 internal sealed class WorkerPool : IReplicaHost
 {
-    private readonly WorkerPoolOptions _o;
+    private readonly WorkerPoolOptions _options;
     private readonly ILogger _log;
     private readonly byte[] _secret;
     private readonly MessageAuth _auth;
@@ -83,8 +83,9 @@ internal sealed class WorkerPool : IReplicaHost
     private readonly Rendezvous _rv;
     private WorkerProcesses? _local;
     private readonly ControlClient?[] _clients;
-    private readonly UcxTransport _transport = null!;
-    private readonly TransportRealloc _mover = null!;
+    // Null only while the constructor has not got that far (its failure path disposes a partial pool).
+    private readonly UcxTransport? _transport;
+    private readonly TransportRealloc? _mover;
     private readonly WorkerState[] _state;
     private readonly Lock _reallocGate = new();
     private int _nextId, _nextGroup;
@@ -112,7 +113,7 @@ internal sealed class WorkerPool : IReplicaHost
     public WorkerPool(int devices, WorkerPoolOptions options)
     {
         if (devices < 1) throw new ArgumentOutOfRangeException(nameof(devices));
-        _o = options;
+        _options = options;
         _log = options.Log ?? NullLogger.Instance;
         Devices = devices;
         _secret = options.Secret ?? JobSecret.Generate();
@@ -152,43 +153,43 @@ internal sealed class WorkerPool : IReplicaHost
     public int Devices { get; }
     /// <summary>Where workers (and launchers) reach the master.</summary>
     public string Endpoint => _server.Endpoint;
-    public string Job => _o.Job;
+    public string Job => _options.Job;
     /// <summary>The job secret (for launchers started by the caller; pass it by file or environment).</summary>
     internal byte[] Secret => _secret;
 
     private void Spawn(IReadOnlyList<int> ranks)
     {
         if (ranks.Count == 0) return;
-        string exe = _o.Executable ?? throw new ArgumentException("WorkerPoolOptions.Executable is required to start workers");
-        int threads = _o.ThreadsPerWorker > 0 ? _o.ThreadsPerWorker : Math.Max(1, System.Environment.ProcessorCount / ranks.Count);
-        _local = new WorkerProcesses(new WorkerCommandLine(exe, _o.ExecutablePrefix, _server.Endpoint, _o.Job, Devices + 1)
+        string exe = _options.Executable ?? throw new ArgumentException("WorkerPoolOptions.Executable is required to start workers");
+        int threads = _options.ThreadsPerWorker > 0 ? _options.ThreadsPerWorker : Math.Max(1, System.Environment.ProcessorCount / ranks.Count);
+        _local = new WorkerProcesses(new WorkerCommandLine(exe, _options.ExecutablePrefix, _server.Endpoint, _options.Job, Devices + 1)
         {
-            BindHost = _o.WorkerBindHost, Node = _o.Node, ThreadsPerWorker = threads, Environment = _o.Environment,
+            BindHost = _options.WorkerBindHost, Node = _options.Node, ThreadsPerWorker = threads, Environment = _options.Environment,
         }, _secret, ranks);
     }
 
     /// <summary>The master's own rendezvous (rank <see cref="Devices"/>), failing early when a spawned worker exits.</summary>
     private void JoinWatching(ControlClient self)
     {
-        var join = Task.Run(() => Rendezvous.Join(self, _transport, _o.StartTimeout));
+        var join = Task.Run(() => Rendezvous.Join(self, Transport, _options.StartTimeout));
         var waited = System.Diagnostics.Stopwatch.StartNew();
-        var nextNote = _o.JoinNoteEvery;
+        var nextNote = _options.JoinNoteEvery;
         while (!join.Wait(TimeSpan.FromMilliseconds(100)))
         {
-            if (_o.Cancellation.IsCancellationRequested)
+            if (_options.Cancellation.IsCancellationRequested)
             {
                 _ = join.ContinueWith(_ => { }, TaskScheduler.Default);
-                throw new OperationCanceledException("interrupted while the workers were joining", _o.Cancellation);
+                throw new OperationCanceledException("interrupted while the workers were joining", _options.Cancellation);
             }
             for (int r = 0; r < Devices; r++)
                 if (ExitOf(r) is { } code)
                     Fail($"worker {r} exited with code {code} before joining the job{StderrTail(r)}");
-            if (_o.JoinNote is { } note && waited.Elapsed >= nextNote)
+            if (_options.JoinNote is { } note && waited.Elapsed >= nextNote)
             {
-                nextNote += _o.JoinNoteEvery;
+                nextNote += _options.JoinNoteEvery;
                 var missing = Enumerable.Range(0, Devices).Where(r => _rv.Info(r) is null).ToList();
                 if (missing.Count > 0)
-                    note($"waiting for worker rank(s) {string.Join(",", missing)} to join ({waited.Elapsed.TotalSeconds:F0} s of {_o.StartTimeout.TotalSeconds:F0} s); " +
+                    note($"waiting for worker rank(s) {string.Join(",", missing)} to join ({waited.Elapsed.TotalSeconds:F0} s of {_options.StartTimeout.TotalSeconds:F0} s); " +
                          "is `realn launch` running on every node, in a directory where CONFIG and PLAN exist?");
             }
         }
@@ -234,7 +235,7 @@ internal sealed class WorkerPool : IReplicaHost
         lock (_interruptsSeen)
             if (!_interruptsSeen.Add(what)) return;
         _log.LogWarning("interrupt: {What}", what);
-        _o.OnInterrupt?.Invoke(what);
+        _options.OnInterrupt?.Invoke(what);
     }
 
     /// <summary>Ends the job at once (a second signal): heartbeats and launchers are told "stop",
@@ -244,7 +245,7 @@ internal sealed class WorkerPool : IReplicaHost
         _aborted = true;
         try { _local?.Stop(TimeSpan.Zero); }
         catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception) { /* being disposed meanwhile */ }
-        if (_o.ExternalWorkers) Thread.Sleep(1500);
+        if (_options.ExternalWorkers) Thread.Sleep(1500);
     }
 
     // ------------------------------------------------------------------ dispatch
@@ -270,11 +271,12 @@ internal sealed class WorkerPool : IReplicaHost
         return (Tags.Data(s), Tags.Data(s + 1));
     }
 
-    internal UcxTransport Transport => _transport;
+    internal UcxTransport Transport => _transport ?? throw new InvalidOperationException("the worker pool's transport is not started");
     internal int MasterRank => Devices;
 
     /// <summary>Bytes the master has read from workers' shards straight from their processes.</summary>
     internal long ProcessReadBytes => _mover?.ProcessReadBytes ?? 0;
+    private TransportRealloc Mover => _mover ?? throw new InvalidOperationException("the worker pool's reallocation mover is not started");
 
     /// <summary>A description of worker r for error messages.</summary>
     private string Who(int r) => $"worker {r} (node {_state[r].Node}, pid {_state[r].Pid})";
@@ -303,7 +305,7 @@ internal sealed class WorkerPool : IReplicaHost
                 Fail($"{Who(r)} exited with code {code} during {what}" + (last is null ? "" : $"; its last error: {last}") + StderrTail(r));
             DateTime beat;
             lock (s) beat = s.LastBeat;
-            if (DateTime.UtcNow - beat > _o.HeartbeatTimeout)
+            if (DateTime.UtcNow - beat > _options.HeartbeatTimeout)
             {
                 lock (s) s.Silent = true;
                 Fail($"{Who(r)} sent no heartbeat for {(DateTime.UtcNow - beat).TotalSeconds:F0} s during {what} (was: {s.Busy})" + (last is null ? "" : $"; its last error: {last}"));
@@ -334,7 +336,7 @@ internal sealed class WorkerPool : IReplicaHost
         for (int i = 0; i < devices.Count; i++)
         {
             int k = i, d = devices[i];
-            tasks[k] = Task.Factory.StartNew(() => replies[k] = _clients[d]!.Request(type, json, _o.CallTimeout), TaskCreationOptions.LongRunning);
+            tasks[k] = Task.Factory.StartNew(() => replies[k] = _clients[d]!.Request(type, json, _options.CallTimeout), TaskCreationOptions.LongRunning);
         }
         void CheckTasks()
         {
@@ -344,12 +346,12 @@ internal sealed class WorkerPool : IReplicaHost
                 if (t.IsFaulted) Fail($"master's data plane failed during {what}: {Inner(t).Message}");
         }
         var all = tasks.Concat(data).ToArray();
-        var until = DateTime.UtcNow + _o.CallTimeout + TimeSpan.FromSeconds(10);
+        var until = DateTime.UtcNow + _options.CallTimeout + TimeSpan.FromSeconds(10);
         while (!Task.WaitAll(all, TimeSpan.FromMilliseconds(200)))
         {
             CheckTasks();
             CheckHealth(what);
-            if (DateTime.UtcNow > until) Fail($"{what} did not finish within {_o.CallTimeout.TotalSeconds:F0} s on workers {string.Join(", ", devices.Where((_, i) => !tasks[i].IsCompleted))}");
+            if (DateTime.UtcNow > until) Fail($"{what} did not finish within {_options.CallTimeout.TotalSeconds:F0} s on workers {string.Join(", ", devices.Where((_, i) => !tasks[i].IsCompleted))}");
         }
         CheckTasks();
         return replies;
@@ -363,7 +365,7 @@ internal sealed class WorkerPool : IReplicaHost
         lock (_reallocGate)
         {
             var schedule = ReallocSchedule.ForDevice(plan, MasterRank);
-            var mine = _mover.ExecuteAsync(plan, schedule, source, destination);
+            var mine = Mover.ExecuteAsync(plan, schedule, source, destination);
             try { Dispatch(what, workers, "realloc", command, mine); }
             catch { _ = mine.ContinueWith(_ => { }, TaskScheduler.Default); throw; }
         }
@@ -407,7 +409,7 @@ internal sealed class WorkerPool : IReplicaHost
         _mover?.Dispose();
         _transport?.Dispose();
         // Launchers poll about once a second: give them the answer before the socket goes.
-        if (_o.ExternalWorkers) Thread.Sleep(1500);
+        if (_options.ExternalWorkers) Thread.Sleep(1500);
         _server.Dispose();
     }
 }

@@ -35,6 +35,67 @@ public class LossTests
     }
 
     [Fact]
+    public void DecoupledPpoWeightsEachTokenByProximalOverBehaviour()
+    {
+        // Proximal (old) logp 0, so r = exp(logp); behaviour logp b gives weight w = exp(0 - b).
+        //  token 0: r=1.1 A=1,  b=ln(0.5) -> w=2   : unclipped -1.1   -> -2.2,  grad -A r w / n = -2.2/3
+        //  token 1: r=1.5 A=1,  b=ln(2)   -> w=0.5 : clipped   -1.2   -> -0.6,  grad 0
+        //  token 2: r=0.5 A=1,  b=ln(4)   -> w=0.25: unclipped -0.5   -> -0.125, grad -0.125/3
+        // loss = (-2.2 - 0.6 - 0.125) / 3 = -0.975
+        float[] logp = [MathF.Log(1.1f), MathF.Log(1.5f), MathF.Log(0.5f)];
+        float[] old = [0, 0, 0], adv = [1, 1, 1], behaviour = [MathF.Log(0.5f), MathF.Log(2f), MathF.Log(4f)];
+        var g = new float[3];
+        var s = Losses.ClippedPolicy(logp, old, adv, [], [0, 1, 2, 3], All(3), 0.2, 0.2, "token", 0, g, behaviour);
+        Assert.Equal(-0.975, s.Loss, P);
+        Assert.Equal(-2.2 / 3, g[0], P);
+        Assert.Equal(0, g[1]);
+        Assert.Equal(-0.125 / 3, g[2], P);
+        // Cap 1.5: token 0's weight 2 is above it and the token leaves the surrogate (still counted in the mean).
+        var capped = Losses.ClippedPolicy(logp, old, adv, [], [0, 1, 2, 3], All(3), 0.2, 0.2, "token", 0, g, behaviour, behaviourWeightCap: 1.5);
+        Assert.Equal((-0.6 - 0.125) / 3, capped.Loss, P);
+        Assert.Equal(0, g[0]);
+        Assert.Throws<ArgumentException>(() => Losses.ClippedPolicy(logp, old, adv, [], [0, 1, 2, 3], All(3), 0.2, 0.2, "token", 0, g, behaviour, -1));
+        Assert.Throws<ArgumentException>(() => Losses.ClippedPolicy(logp, old, adv, [], [0, 1, 2, 3], All(3), 0.2, 0.2, "token", 0, g, behaviour[..2]));
+    }
+
+    [Fact]
+    public void DecoupledPpoWithBehaviourEqualToProximalIsTheOnPolicyLossBitForBit()
+    {
+        var rng = new Random(7);
+        float[] R(int n, double scale) => Enumerable.Range(0, n).Select(_ => (float)((rng.NextDouble() - 0.5) * scale)).ToArray();
+        float[] logp = R(40, 2), old = R(40, 2), adv = R(40, 4), refLp = R(40, 2);
+        int[] cu = [0, 7, 19, 19, 33, 40];
+        bool[] keep = [true, true, true, false, true];
+        foreach (var agg in new[] { "token", "sequence" })
+        {
+            float[] g0 = new float[40], g1 = new float[40];
+            var a = Losses.ClippedPolicy(logp, old, adv, refLp, cu, keep, 0.2, 0.28, agg, 0.05, g0);
+            var b = Losses.ClippedPolicy(logp, old, adv, refLp, cu, keep, 0.2, 0.28, agg, 0.05, g1, old);
+            Assert.Equal(a, b);
+            Assert.Equal(g0, g1);
+        }
+    }
+
+    [Fact]
+    public void DecoupledPpoGradientMatchesFiniteDifference()
+    {
+        float[] logp = [-0.3f, -1.2f, -0.05f], old = [-0.35f, -1.0f, -0.4f], adv = [0.7f, -1.3f, 0.4f], refLp = [-0.2f, -1.5f, -0.3f];
+        float[] behaviour = [-0.6f, -0.9f, -0.2f];
+        int[] cu = [0, 2, 3];
+        var g = new float[3];
+        Losses.ClippedPolicy(logp, old, adv, refLp, cu, All(2), 0.2, 0.28, "token", 0.1, g, behaviour);
+        for (int i = 0; i < 3; i++)
+        {
+            const float h = 1e-3f;
+            var lp = (float[])logp.Clone(); lp[i] += h;
+            var lm = (float[])logp.Clone(); lm[i] -= h;
+            double fd = (Losses.ClippedPolicy(lp, old, adv, refLp, cu, All(2), 0.2, 0.28, "token", 0.1, new float[3], behaviour).Loss -
+                         Losses.ClippedPolicy(lm, old, adv, refLp, cu, All(2), 0.2, 0.28, "token", 0.1, new float[3], behaviour).Loss) / (2 * h);
+            Assert.Equal(fd, g[i], 3);
+        }
+    }
+
+    [Fact]
     public void PpoPolicyGradientMatchesFiniteDifference()
     {
         float[] logp = [-0.3f, -1.2f, -0.05f], old = [-0.35f, -1.0f, -0.4f], adv = [0.7f, -1.3f, 0.4f], refLp = [-0.2f, -1.5f, -0.3f];

@@ -77,6 +77,16 @@ public class ConfigTests
         Assert.Contains(expected, e.Message);
     }
 
+    [Theory]
+    [InlineData("seed: 3\nmode: async", "mode: async is not run by the engine yet")]
+    [InlineData("seed: 3\nmode: later", "mode: 'later' is not allowed; allowed values: sync | async")]
+    [InlineData("seed: 3\nmax_staleness: 2", "max_staleness: only meaningful with mode: async")]
+    public void AsyncModeIsRefusedUntilTheEngineRunsIt(string to, string expected)
+    {
+        Assert.Contains(expected, Fails(Valid.Replace("seed: 3", to)).Message);
+        Assert.Single(ExperimentConfig.Parse(Valid.Replace("seed: 3", "seed: 3\nmode: sync"), Path.GetTempPath()).Stages.Take(1));
+    }
+
     [Fact]
     public void StagesInheritAndOverrideTopLevel()
     {

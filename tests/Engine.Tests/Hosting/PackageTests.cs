@@ -108,6 +108,7 @@ public class PackageTests(ReadmeEmbeddingFixture fx) : IClassFixture<ReadmeEmbed
         Skip.If(fx.SkipReason is not null, fx.SkipReason);
         using var zip = System.IO.Compression.ZipFile.OpenRead(Path.Combine(fx.Feed, $"ReaLNative.{fx.Version}.nupkg"));
         Assert.Contains(zip.Entries, e => e.FullName == "runtimes/linux-x64/native/librealn.so");
+        Assert.Contains(zip.Entries, e => e.FullName == "runtimes/linux-x64/native/librealn_selftest.so");
         Assert.Contains(zip.Entries, e => e.FullName == "lib/net10.0/ReaLNative.Engine.xml");
     }
 
