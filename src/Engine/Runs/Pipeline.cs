@@ -3,20 +3,22 @@
 // execution plan: in-process devices or model worker processes), writing metrics.jsonl,
 // checkpoints (HF safetensors + AdamW state) and stage artifacts (`sft`, `rm`) for later stages'
 // `init`. Every random draw is seeded by (seed, stream, stage, iteration), so a run resumed from
-// a checkpoint reproduces the uninterrupted run's parameters exactly.
+// a checkpoint reproduces the uninterrupted run's parameters exactly. The loop knows no algorithm:
+// a stage's calls are its IStageAlgorithm's (src/Engine/Stages), the plan's replicas PlanBinding's,
+// checkpoints RunCheckpoints' (src/Engine/Checkpoints); docs/architecture.md has the map.
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Config;
-using ReaLNative.Engine.Data;
 using ReaLNative.Engine.Dataflow;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Stages;
 using Plan = ReaLNative.Planner.Plan;
 using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Tokenization;
@@ -36,30 +38,26 @@ internal sealed record HeldOutResult(TaskExample[] Examples, string[] Completion
 /// <summary>One finished iteration (or evaluation) of a stage, for progress displays.</summary>
 internal sealed record ProgressEvent(int Stage, string Algorithm, int Iteration, int Iterations, IReadOnlyDictionary<string, double> Figures);
 
-internal sealed partial class Pipeline : IDisposable
+internal sealed class Pipeline : IDisposable
 {
     private readonly ExperimentConfig _cfg;
     private readonly string _out;
     private readonly Action<ProgressEvent>? _progress;
     private readonly SyntheticTask _task;
     private readonly CharTokenizer _tok;
-    private readonly Dictionary<int, TaskExample[]> _heldOuts = new();
-    private IExampleSource? _source;     // the current stage's training examples
+    private readonly StageExamples _examples;   // each stage's training and held-out examples
+    private IStageAlgorithm? _algorithm; // the current stage's algorithm: its call handlers, trained roles, batch shape
     private ISequenceReward? _reward;    // the current stage's rule-based reward (null: reward model / exact match)
     private readonly Dictionary<string, LlamaModel> _models = new();
     private readonly Dictionary<string, AdamW> _optims = new();
     private readonly Plan? _plan;
-    private readonly Func<int, IReplicaHost> _hostFactory;
-    private IReplicaHost? _host;
-    private readonly Dictionary<string, ModelReplicas> _replicas = new();
-    private readonly Dictionary<string, IReplica> _callReplica = new();
+    private readonly PlanBinding _binding;   // where each call runs its model: its plan replica, or the single device
     private StreamWriter? _metrics;
     private int _metricLines;
-    private readonly CheckpointStore _store;
+    private readonly RunCheckpoints _checkpoints;
     private readonly Action<string>? _note;
     private readonly List<string> _resumeNotes = [];
-    private string? _resumeDir;   // the verified checkpoint a resumed run continues from
-    private JsonNode? _resumeState;
+    private ResumePoint? _resume;   // the verified checkpoint a resumed run continues from
 
     /// <summary>A run of <paramref name="cfg"/> into <paramref name="outDir"/>. With <paramref name="plan"/>
     /// the stage whose calls the plan lists runs each call on its own mesh and (pp, dp, tp) layout
@@ -74,17 +72,18 @@ internal sealed partial class Pipeline : IDisposable
     {
         _note = note;
         _plan = plan;
-        _hostFactory = hosts ?? (n => new LocalCluster(n));
+        _binding = new PlanBinding(plan, hosts ?? (n => new LocalCluster(n)), _models, _optims);
         _cfg = cfg;
         _out = Path.GetFullPath(outDir);
         _progress = progress;
-        _store = new CheckpointStore(Path.Combine(_out, "checkpoints"), cfg.CheckpointKeep);
+        _checkpoints = new RunCheckpoints(cfg, Path.Combine(_out, "checkpoints"), Note);
         _task = SyntheticTask.Create(cfg.Task);
         var vocab = cfg.Stages.SelectMany(s => s.Models.Values).Select(m => Arch(m).Vocab).Min();
         _tok = new CharTokenizer(vocab);
+        _examples = new StageExamples(cfg, _task, _tok, note);
         if (plan is not null)
         {
-            CheckPlanLayouts(plan);
+            PlanBinding.CheckLayouts(cfg, plan, Arch);
             // bf16 models under a plan: the replicas and reallocation move fp32 only (not implemented).
             foreach (var stage in cfg.Stages)
                 foreach (var (role, spec) in stage.Models)
@@ -94,86 +93,16 @@ internal sealed partial class Pipeline : IDisposable
         }
     }
 
-    /// <summary>Refuses, before anything runs, a plan whose layouts the engine cannot build for
-    /// the stage's models (tp not dividing heads / kv heads / vocab / intermediate, pp above
-    /// layers + 2), naming the call; and a plan that matches no stage.</summary>
-    private void CheckPlanLayouts(Plan plan)
-    {
-        bool any = false;
-        foreach (var stage in _cfg.Stages)
-        {
-            var graph = DataflowGraph.For(stage);
-            if (!graph.Calls.All(c => plan.Calls.Any(p => p.Name == c.Name))) continue;
-            any = true;
-            foreach (var call in graph.Calls)
-            {
-                var pc = plan.Call(call.Name);
-                if (!stage.Models.TryGetValue(call.Model, out var spec))
-                    throw new ConfigException($"plan call {call.Name}", $"stage {stage.Index} has no model '{call.Model}'");
-                try
-                {
-                    for (int p = 0; p < pc.Strategy.Pp; p++)
-                        ParamLayout.Create(Arch(spec), AlgorithmNames.ScalarHead(call.Model), pc.Strategy.Pp, p, pc.Strategy.Tp, 0);
-                }
-                catch (ArgumentException e) { throw new ConfigException($"plan call {call.Name}", $"strategy {pc.Strategy}: {e.Message}"); }
-            }
-        }
-        if (!any) throw new ConfigException("plan", $"no stage of '{_cfg.Name}' has exactly the plan's calls ({string.Join(", ", plan.Calls.Select(c => c.Name))})");
-    }
-
     public string MetricsPath => Path.Combine(_out, "metrics.jsonl");
-    private string CkptDir => Path.Combine(_out, "checkpoints");
+    private string CkptDir => _checkpoints.Root;
 
     /// <summary>What the last resume said: each refused checkpoint (and why) and the one it continued from.</summary>
     public IReadOnlyList<string> ResumeNotes => _resumeNotes;
-
-    /// <summary>The checkpoint name's number: iterations of every earlier stage plus <paramref name="nextIteration"/>.</summary>
-    private long GlobalIteration(int stage, int nextIteration) =>
-        _cfg.Stages.Take(stage).Sum(s => (long)s.Iterations) + nextIteration;
 
     private void Note(string message)
     {
         _resumeNotes.Add(message);
         _note?.Invoke(message);
-    }
-
-    /// <summary>The newest checkpoint that verifies against its manifest (pointer first, then newest
-    /// name first), noting each refused one; null when there is none at all; throws naming every
-    /// refusal when none verifies.</summary>
-    private (string Dir, JsonNode State)? SelectCheckpoint()
-    {
-        var candidates = _store.Candidates();
-        if (candidates.Count == 0) return null;
-        var refused = new List<string>();
-        for (int i = 0; i < candidates.Count; i++)
-        {
-            string name = candidates[i];
-            string? why = _store.Verify(name);
-            JsonNode? st = null;
-            if (why is null)
-            {
-                try
-                {
-                    st = JsonNode.Parse(File.ReadAllText(Path.Combine(_store.PathOf(name), "state.json")))!;
-                    int stage = (int)st["stage"]!, next = (int)st["next_iteration"]!;
-                    _ = (int)st["metric_lines"]!; _ = (double)st["seconds"]!;
-                    if (stage < 0 || stage >= _cfg.Stages.Count || next < 0 || next > _cfg.Stages[stage].Iterations || (string?)st["algorithm"] != _cfg.Stages[stage].Algorithm)
-                        why = $"state.json (stage {stage}, iteration {next}) does not fit this experiment's stages";
-                }
-                catch (Exception e) when (e is JsonException or NullReferenceException or InvalidOperationException or FormatException)
-                { why = $"state.json malformed ({e.Message})"; }
-            }
-            if (why is null)
-            {
-                int stage = (int)st!["stage"]!, next = (int)st["next_iteration"]!;
-                Note($"resuming from checkpoint {name} (stage {stage} {_cfg.Stages[stage].Algorithm}, iteration {next})");
-                return (_store.PathOf(name), st);
-            }
-            refused.Add($"{name}: {why}");
-            Note($"checkpoint {name} refused: {why}; " + (i + 1 < candidates.Count ? $"falling back to {candidates[i + 1]}" : "no older checkpoint left"));
-        }
-        throw new InvalidDataException($"cannot resume: no checkpoint in {_store.Root} verifies ({string.Join("; ", refused)}); " +
-                                       $"start over with {OptionNames.Overwrite}");
     }
 
     private LlamaConfig Arch(ModelSpec m) =>
@@ -192,7 +121,7 @@ internal sealed partial class Pipeline : IDisposable
     public string Position => _position;
 
     /// <summary>The newest complete checkpoint's name (the `latest` pointer), or null.</summary>
-    public string? LastCheckpoint => _store.Pointer();
+    public string? LastCheckpoint => _checkpoints.Store.Pointer();
 
     /// <summary>Checks the output directory for a run started as <paramref name="start"/> before
     /// anything runs (see <see cref="RunDirectory.Check"/>): a fresh start refuses a directory that
@@ -226,41 +155,21 @@ internal sealed partial class Pipeline : IDisposable
     private (long KeepBytes, long Step)? _pendingCut;   // resume's cut-back, applied by CommitStart
     private bool _startCommitted;
 
+    // Wall time: the run's part before a resume, this process's part, each stage's (set-up,
+    // iterations, evaluations, checkpoints: summary.json's per-stage seconds) and of which the
+    // iterations' dataflow (every call of an iteration, no evaluation or checkpoint). Carried in
+    // checkpoints so a resumed run accounts for both halves.
+    private double _priorSeconds;
+    private Stopwatch _clock = new();
+    private double[] _stageSeconds = [], _iterationSeconds = [];
+
+    /// <summary>The run loop: stages in order, each set up (models, optimizers, plan replicas) and
+    /// then its iterations, each the stage's dataflow graph followed by evaluation, the stage
+    /// artifact and a checkpoint when due.</summary>
     private JsonObject RunChecked(RunStart start, int? stopAfterIterations, CancellationToken cancellationToken)
     {
-        int startStage = 0, startIter = 0;
-        double priorSeconds = 0;
-        // Wall time of each stage (set-up, iterations, evaluations, checkpoints): summary.json's
-        // per-stage seconds; carried in checkpoints so a resumed run accounts for both halves.
-        var stageSeconds = new double[_cfg.Stages.Count];
-        // Of which the iterations' dataflow (every call of an iteration, no evaluation or checkpoint).
-        var iterationSeconds = new double[_cfg.Stages.Count];
-        _resumeNotes.Clear();
-        _resumeDir = null; _resumeState = null;
-        _pendingCut = null; _startCommitted = false;
-        _position = "start-up";
-        var chosen = start == RunStart.Resume ? SelectCheckpoint() : null;
-        if (start == RunStart.Resume && chosen is null)
-            Note($"no checkpoint in {_store.Root}; starting from the beginning" + (File.Exists(MetricsPath) ? $" ({RunDirectory.Metrics} is replaced)" : ""));
-        if (chosen is { } c)
-        {
-            var st = c.State;
-            _resumeDir = c.Dir; _resumeState = st;
-            startStage = (int)st["stage"]!; startIter = (int)st["next_iteration"]!;
-            priorSeconds = (double)st["seconds"]!;
-            if (st["stage_seconds"] is JsonArray prior && prior.Count == stageSeconds.Length)
-                for (int i = 0; i < prior.Count; i++) stageSeconds[i] = prior[i] is JsonValue v && v.TryGetValue(out double d) ? d : 0;
-            if (st["stage_iterations_seconds"] is JsonArray priorIt && priorIt.Count == iterationSeconds.Length)
-                for (int i = 0; i < priorIt.Count; i++) iterationSeconds[i] = priorIt[i] is JsonValue v && v.TryGetValue(out double d) ? d : 0;
-            string name = Path.GetFileName(c.Dir);
-            var cut = RunDirectory.ResumeCut(MetricsPath, startStage, startIter, (int)st["metric_lines"]!, name);
-            foreach (var n in cut.Notes) Note(n);
-            _metricLines = cut.KeepLines;
-            // Applied once the stage is set up: a resume that fails before leaves everything as it was.
-            _pendingCut = (cut.KeepBytes, CheckpointStore.StepOf(name)!.Value);
-        }
-        else _metricLines = 0;
-        var clock = Stopwatch.StartNew();
+        var (startStage, startIter) = StartingPoint(start);
+        _clock = Stopwatch.StartNew();
         int budget = stopAfterIterations ?? int.MaxValue;
         for (int s = startStage; s < _cfg.Stages.Count; s++)
         {
@@ -271,56 +180,107 @@ internal sealed partial class Pipeline : IDisposable
             var stageClock = Stopwatch.StartNew();
             SetUpStage(stage, resumeFrom: s == startStage && first > 0, first);
             CommitStart(start);
-            var graph = DataflowGraph.For(stage);
-            var exec = new MeshExecutor(graph, Handlers(stage), DevicesOf);
-            bool evals = stage.Algorithm != AlgorithmNames.Rm;
-            if (evals && first == 0) Evaluate(stage, 0);
+            var exec = new MeshExecutor(DataflowGraph.For(stage), _algorithm!.Handlers(Context(stage)), _binding.DevicesOf);
+            if (_algorithm.EvaluatesActor && first == 0) Evaluate(stage, 0);
             for (int it = first; it < stage.Iterations; it++)
             {
                 _position = $"{stage.Algorithm} iteration {it + 1}/{stage.Iterations}";
                 if (budget-- <= 0) { CloseMetrics(); return new JsonObject { ["interrupted"] = true }; }
                 cancellationToken.ThrowIfCancellationRequested();
-                var batch = new SampleBatch();
-                batch.Set("iteration", new int[] { it });
-                LoadSources(stage, it, batch);
-                var figures = new Dictionary<string, double>();
-                long iterationStart = Stopwatch.GetTimestamp();
-                bool firstCall = true;
-                foreach (var rec in exec.RunIteration(batch, cancellationToken))
-                {
-                    var line = new JsonObject { ["stage"] = s, ["algorithm"] = stage.Algorithm, ["step"] = it + 1, ["call"] = rec.Call, ["seconds"] = Math.Round(rec.Seconds, 5) };
-                    // A dataset stage's first line of each iteration counts the bad records skipped so far.
-                    if (firstCall && stage.Dataset is not null) line["records_skipped"] = _source!.Skipped;
-                    firstCall = false;
-                    foreach (var (k, v) in rec.Figures) { line[k] = double.IsFinite(v) ? Math.Round(v, 6) : null; figures[k] = v; }
-                    WriteMetric(line);
-                }
-                iterationSeconds[s] += Stopwatch.GetElapsedTime(iterationStart).TotalSeconds;
-                bool eval = evals && ((it + 1) % _cfg.Eval.Every == 0 || it + 1 == stage.Iterations);
-                bool ckpt = (it + 1) % _cfg.CheckpointEvery == 0 || it + 1 == stage.Iterations;
-                if (eval || ckpt) SyncBack();
-                if (eval) figures["task_score"] = Evaluate(stage, it + 1);
-                _progress?.Invoke(new ProgressEvent(s, stage.Algorithm, it + 1, stage.Iterations, figures));
-                // The stage artifact is written before the stage's last checkpoint: a run resumed
-                // from that checkpoint skips the stage and needs the artifact already there.
-                if (it + 1 == stage.Iterations && AlgorithmNames.Produces(stage.Algorithm) is { } prod)
-                    CheckpointStore.WriteArtifact(Path.Combine(CkptDir, prod.Artifact), tmp => Safetensors.Save(_models[prod.Role], tmp));
-                if (ckpt)
-                {
-                    var upToNow = (double[])stageSeconds.Clone();
-                    upToNow[s] += stageClock.Elapsed.TotalSeconds;
-                    SaveCheckpoint(stage, it + 1, priorSeconds + clock.Elapsed.TotalSeconds, upToNow, iterationSeconds);
-                }
+                var figures = RunIteration(stage, exec, it, cancellationToken);
+                EndIteration(stage, it, figures, stageClock);
             }
-            stageSeconds[s] += stageClock.Elapsed.TotalSeconds;
+            _stageSeconds[s] += stageClock.Elapsed.TotalSeconds;
         }
         CommitStart(start);
         CloseMetrics();
+        return WriteSummary();
+    }
+
+    /// <summary>Where the run starts: the beginning, or (resume) the verified checkpoint's stage and
+    /// iteration, with its wall times and metric lines; metrics.jsonl's cut-back waits for CommitStart.</summary>
+    private (int Stage, int Iteration) StartingPoint(RunStart start)
+    {
+        _priorSeconds = 0;
+        _stageSeconds = new double[_cfg.Stages.Count];
+        _iterationSeconds = new double[_cfg.Stages.Count];
+        _resumeNotes.Clear();
+        _resume = null;
+        _pendingCut = null; _startCommitted = false;
+        _position = "start-up";
+        var chosen = start == RunStart.Resume ? _checkpoints.Select(OptionNames.Overwrite) : null;
+        if (start == RunStart.Resume && chosen is null)
+            Note($"no checkpoint in {_checkpoints.Store.Root}; starting from the beginning" + (File.Exists(MetricsPath) ? $" ({RunDirectory.Metrics} is replaced)" : ""));
+        if (chosen is not { } c)
+        {
+            _metricLines = 0;
+            return (0, 0);
+        }
+        _resume = c;
+        _priorSeconds = c.Seconds;
+        c.ReadStageSeconds(_stageSeconds, _iterationSeconds);
+        var cut = RunDirectory.ResumeCut(MetricsPath, c.Stage, c.NextIteration, c.MetricLines, c.Name);
+        foreach (var n in cut.Notes) Note(n);
+        _metricLines = cut.KeepLines;
+        // Applied once the stage is set up: a resume that fails before leaves everything as it was.
+        _pendingCut = (cut.KeepBytes, c.Step);
+        return (c.Stage, c.NextIteration);
+    }
+
+    /// <summary>One iteration: the stage's source keys, then every call of its dataflow graph, each
+    /// call's figures written as a metric line; returns the figures for progress displays.</summary>
+    private Dictionary<string, double> RunIteration(StageConfig stage, MeshExecutor exec, int it, CancellationToken cancellationToken)
+    {
+        var batch = new SampleBatch();
+        batch.Set("iteration", new int[] { it });
+        _algorithm!.SetSources(batch, _examples.Take(stage, it));
+        var figures = new Dictionary<string, double>();
+        long iterationStart = Stopwatch.GetTimestamp();
+        bool firstCall = true;
+        foreach (var rec in exec.RunIteration(batch, cancellationToken))
+        {
+            var line = new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = it + 1, ["call"] = rec.Call, ["seconds"] = Math.Round(rec.Seconds, 5) };
+            // A dataset stage's first line of each iteration counts the bad records skipped so far.
+            if (firstCall && stage.Dataset is not null) line["records_skipped"] = _examples.RecordsSkipped;
+            firstCall = false;
+            foreach (var (k, v) in rec.Figures) { line[k] = double.IsFinite(v) ? Math.Round(v, 6) : null; figures[k] = v; }
+            WriteMetric(line);
+        }
+        _iterationSeconds[stage.Index] += Stopwatch.GetElapsedTime(iterationStart).TotalSeconds;
+        return figures;
+    }
+
+    /// <summary>After iteration <paramref name="it"/>: the held-out evaluation (every eval.every and
+    /// last), the progress event, the stage artifact (last iteration) and a checkpoint (every
+    /// checkpoint_every and last), the full models synced back from the plan replicas first.</summary>
+    private void EndIteration(StageConfig stage, int it, Dictionary<string, double> figures, Stopwatch stageClock)
+    {
+        bool last = it + 1 == stage.Iterations;
+        bool eval = _algorithm!.EvaluatesActor && ((it + 1) % _cfg.Eval.Every == 0 || last);
+        bool ckpt = (it + 1) % _cfg.CheckpointEvery == 0 || last;
+        if (eval || ckpt) _binding.SyncBack();
+        if (eval) figures["task_score"] = Evaluate(stage, it + 1);
+        _progress?.Invoke(new ProgressEvent(stage.Index, stage.Algorithm, it + 1, stage.Iterations, figures));
+        // The stage artifact is written before the stage's last checkpoint: a run resumed
+        // from that checkpoint skips the stage and needs the artifact already there.
+        if (last && _algorithm.Produces is { } prod)
+            _checkpoints.WriteArtifact(prod.Artifact, _models[prod.Role]);
+        if (ckpt)
+        {
+            var upToNow = (double[])_stageSeconds.Clone();
+            upToNow[stage.Index] += stageClock.Elapsed.TotalSeconds;
+            SaveCheckpoint(stage, it + 1, _priorSeconds + _clock.Elapsed.TotalSeconds, upToNow, _iterationSeconds);
+        }
+    }
+
+    /// <summary>summary.json, from metrics.jsonl and the wall times, with the processes' peak memory.</summary>
+    private JsonObject WriteSummary()
+    {
         _position = "summary";
-        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, priorSeconds + clock.Elapsed.TotalSeconds, stageSeconds, iterationSeconds);
+        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, _priorSeconds + _clock.Elapsed.TotalSeconds, _stageSeconds, _iterationSeconds);
         // The process that ran the run (VmHWM; under a resume, the resumed process only); per process below.
         if (ProcessMemory.PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
-        MemoryCheck.AddToSummary(summary, _cfg, _plan, _host);
+        MemoryCheck.AddToSummary(summary, _cfg, _plan, _binding.Host);
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }
@@ -336,7 +296,7 @@ internal sealed partial class Pipeline : IDisposable
         if (_pendingCut is { } cut)
         {
             RunDirectory.CutMetrics(MetricsPath, cut.KeepBytes);
-            _store.DropNewerThan(cut.Step);
+            _checkpoints.Store.DropNewerThan(cut.Step);
         }
         else
         {
@@ -382,15 +342,12 @@ internal sealed partial class Pipeline : IDisposable
 
     private void SetUpStage(StageConfig stage, bool resumeFrom, int firstIteration = 0)
     {
-        _source?.Dispose(); _source = null;
         _reward?.Dispose(); _reward = null;
         _reward = SequenceRewards.Create(stage.Reward, _cfg.BaseDirectory);
         _rewardStage = stage.Index;
-        _source = stage.Dataset is { } ds
-            ? new ExampleStream(TrainSpec(stage, ds), firstIteration, PromptsPerIteration(stage))
-            : new SyntheticSource(_task, _cfg.Seed, stage.Index);
-        foreach (var r in _replicas.Values) r.Dispose();
-        _replicas.Clear(); _callReplica.Clear();
+        _algorithm = StageAlgorithms.For(stage);
+        _examples.Open(stage, _algorithm, _reward, firstIteration);
+        _binding.Release();
         foreach (var o in _optims.Values) o.Dispose();
         foreach (var m in _models.Values) m.Dispose();
         _optims.Clear(); _models.Clear();
@@ -402,7 +359,7 @@ internal sealed partial class Pipeline : IDisposable
             string? src = spec.Init switch
             {
                 "random" => null,
-                "sft" or "rm" => Path.Combine(CkptDir, spec.Init),
+                "sft" or "rm" => _checkpoints.ArtifactPath(spec.Init),
                 _ => Path.Combine(_cfg.BaseDirectory, spec.Init),
             };
             if (src is not null)
@@ -415,29 +372,11 @@ internal sealed partial class Pipeline : IDisposable
                 else ModelOps.CopyShared(loaded, model);
             }
         }
-        foreach (var role in AlgorithmNames.TrainedRoles(stage.Algorithm))
+        foreach (var role in _algorithm.TrainedRoles)
             _optims[role] = NewOptimizer(stage, _models[role]);
         ApplyPrecision(stage);
-        if (resumeFrom)
-        {
-            string dir = _resumeDir!;
-            var st = _resumeState!;
-            foreach (var (role, opt) in _optims)
-            {
-                Safetensors.LoadInto(_models[role], Path.Combine(dir, role), stage.Models[role].AllowNonFiniteWeights);
-                string master = Path.Combine(dir, role + ".master");
-                if (_models[role].Precision == ModelPrecision.Bf16)
-                {
-                    if (!File.Exists(master))
-                        throw new InvalidDataException($"checkpoint {dir}: {role} is bf16 but {role}.master (its fp32 master weights) is missing; resume it with the precision it was written with");
-                    ReadFloats(master, _models[role].ParameterCount).CopyTo(_models[role].Parameters);
-                }
-                long step = (long)st["optimizer_steps"]![role]!;
-                opt.Restore(step, ReadFloats(Path.Combine(dir, role + ".adam_m"), _models[role].ParameterCount),
-                            ReadFloats(Path.Combine(dir, role + ".adam_v"), _models[role].ParameterCount));
-            }
-        }
-        BindPlan(stage);
+        if (resumeFrom) RunCheckpoints.Restore(_resume!, stage, _models, _optims);
+        _binding.Bind(stage, () => Optimizer(stage));
     }
 
     /// <summary>`precision: bf16` models: trained ones keep their fp32 master (the optimizer's) and
@@ -469,232 +408,25 @@ internal sealed partial class Pipeline : IDisposable
     private static OptimizerSpec Optimizer(StageConfig stage)
     {
         var o = stage.Optim;
-        int stepsPerIter = OptimizerStepsPerIteration(stage);
+        int stepsPerIter = StageAlgorithms.For(stage).OptimizerStepsPerIteration;
         return new OptimizerSpec(new LrSchedule(o.Lr, o.WarmupSteps, o.Decay, o.MinLrRatio, stage.Iterations * stepsPerIter),
             (float)o.Beta1, (float)o.Beta2, (float)o.Eps, (float)o.WeightDecay, (float)o.ClipGradNorm);
     }
 
-    /// <summary>Under a plan that lists this stage's calls: one replica per (role, layout,
-    /// micro-batches), the train call's trainable, all loaded from the full models.</summary>
-    private void BindPlan(StageConfig stage)
-    {
-        if (_plan is null) return;
-        var graph = DataflowGraph.For(stage);
-        if (!graph.Calls.All(c => _plan.Calls.Any(p => p.Name == c.Name))) return;  // the plan is for another stage
-        int dpn = _plan.DevicesPerNode;
-        // Calls of one model with the same layout and micro-batches share one replica (nothing to
-        // reallocate between them); the replica of the model's train call is trainable.
-        var keyOf = new Dictionary<string, (string Key, ParallelLayout Layout, int Micro)>();
-        foreach (var call in graph.Calls)
-        {
-            var pc = _plan.Call(call.Name);
-            if (pc.Model != call.Model) throw new ConfigException("plan", $"call {call.Name}: the plan runs it on model '{pc.Model}', the experiment on '{call.Model}'");
-            var layout = new ParallelLayout(Enumerable.Range(0, pc.Mesh.Size).Select(r => pc.Mesh.Device(r, dpn)).ToArray(), pc.Strategy.Pp, pc.Strategy.Dp, pc.Strategy.Tp);
-            keyOf[call.Name] = ($"{call.Model}|{string.Join(",", layout.Devices)}|{layout.Pp}/{layout.Dp}/{layout.Tp}|{pc.MicroBatches}", layout, pc.MicroBatches);
-        }
-        var trainedKeys = graph.Calls.Where(c => c.Type == CallType.TrainStep).Select(c => keyOf[c.Name].Key).ToHashSet();
-        var byKey = new Dictionary<string, IReplica>();
-        _host ??= _hostFactory(_plan.Nodes * dpn);
-        foreach (var call in graph.Calls)
-        {
-            var (key, layout, micro) = keyOf[call.Name];
-            string role = call.Model;
-            if (!_replicas.TryGetValue(role, out var reps)) _replicas[role] = reps = new ModelReplicas(role);
-            if (!byKey.TryGetValue(key, out var rep))
-            {
-                var full = _models[role];
-                bool train = trainedKeys.Contains(key);
-                try
-                {
-                    rep = _host.Create($"{call.Name} ({role})", full.Config, full.ScalarHead, layout, micro, train ? Optimizer(stage) : null);
-                }
-                catch (ArgumentException e) { throw new ConfigException($"plan call {call.Name}", e.Message); }
-                byKey[key] = rep;
-                reps.Add(rep);
-                if (train) reps.Train = rep;
-            }
-            _callReplica[call.Name] = rep;
-        }
-        foreach (var reps in _replicas.Values)
-        {
-            reps.LoadAll(_models[reps.Role]);
-            if (reps.Train is { } t && _optims.TryGetValue(reps.Role, out var opt)) t.MoveOptimizerState(opt, toShards: true);
-        }
-    }
-
-    /// <summary>Brings the full models and optimizers up to date with the train replicas (before
-    /// evaluation, checkpoints and stage artifacts).</summary>
-    private void SyncBack()
-    {
-        foreach (var reps in _replicas.Values)
-            if (reps.Train is { } t)
-            {
-                t.CopyTo(_models[reps.Role]);
-                if (_optims.TryGetValue(reps.Role, out var opt)) t.MoveOptimizerState(opt, toShards: false);
-            }
-    }
-
-    /// <summary>The devices a call occupies: its plan mesh (and, when its replica may have to be
-    /// reallocated from the model's train replica first, that replica's mesh, whose devices send),
-    /// or the single device 0.</summary>
-    private IReadOnlyCollection<int> DevicesOf(string call)
-    {
-        if (!_callReplica.TryGetValue(call, out var r)) return [0];
-        var train = _replicas.Values.FirstOrDefault(x => x.All.Contains(r))?.Train;
-        return train is null || ReferenceEquals(train, r) ? r.Layout.Devices : r.Layout.Devices.Union(train.Layout.Devices).ToArray();
-    }
-
-    /// <summary>Where call <paramref name="call"/> runs its model: its plan replica, or the single device.</summary>
-    private IModelCalls Calls(string call, string role) =>
-        _callReplica.TryGetValue(call, out var r) ? new ReplicaCalls(r, _replicas[role])
-            : new SingleModelCalls(_models[role], () => _optims.GetValueOrDefault(role));
 
     private void SaveCheckpoint(StageConfig stage, int nextIteration, double seconds, double[] stageSeconds, double[] iterationSeconds)
     {
-        // CheckpointStore fsyncs every file, writes manifest.json last, renames step-N.tmp -> step-N
-        // and moves the `latest` pointer; a crash at any point leaves the previous checkpoint usable.
         // The metric lines the checkpoint counts reach the disk first: a resume finds them.
         if (_metrics?.BaseStream is FileStream mf) mf.Flush(flushToDisk: true);
-        _store.Write(GlobalIteration(stage.Index, nextIteration), tmp =>
-        {
-            var steps = new JsonObject();
-            foreach (var (role, opt) in _optims)
-            {
-                Safetensors.Save(_models[role], Path.Combine(tmp, role));
-                // bf16: the safetensors hold the bf16 weights (HF style); the fp32 master the
-                // optimizer updates is resumable state next to the moments.
-                if (_models[role].Precision == ModelPrecision.Bf16)
-                    WriteFloats(Path.Combine(tmp, role + ".master"), _models[role].Parameters);
-                WriteFloats(Path.Combine(tmp, role + ".adam_m"), opt.FirstMoment);
-                WriteFloats(Path.Combine(tmp, role + ".adam_v"), opt.SecondMoment);
-                steps[role] = opt.Step;
-            }
-            var state = new JsonObject
-            {
-                ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["next_iteration"] = nextIteration,
-                ["metric_lines"] = _metricLines, ["seconds"] = seconds, ["optimizer_steps"] = steps,
-                ["stage_seconds"] = new JsonArray(stageSeconds.Select(x => (JsonNode?)JsonValue.Create(Math.Round(x, 3))).ToArray()),
-                ["stage_iterations_seconds"] = new JsonArray(iterationSeconds.Select(x => (JsonNode?)JsonValue.Create(Math.Round(x, 5))).ToArray()),
-            };
-            File.WriteAllText(Path.Combine(tmp, "state.json"), state.ToJsonString());
-        });
+        _checkpoints.Save(new RunProgress(stage.Index, stage.Algorithm, nextIteration, _metricLines, seconds, stageSeconds, iterationSeconds),
+                          _models, _optims);
     }
 
-    private static void WriteFloats(string path, ReadOnlySpan<float> data)
-    {
-        using var f = File.Create(path);
-        f.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data));
-    }
 
-    private static float[] ReadFloats(string path, long count)
-    {
-        var bytes = File.ReadAllBytes(path);
-        if (bytes.Length != count * 4) throw new InvalidDataException($"{path}: {bytes.Length} bytes, expected {count * 4}");
-        var r = new float[count];
-        Buffer.BlockCopy(bytes, 0, r, 0, bytes.Length);
-        return r;
-    }
 
-    // ---------------------------------------------------------------- data
-
-    private int[] PromptIds(string prompt) => [_tok.Bos, .. _tok.Encode(prompt)];
-
-    /// <summary>Copies of each prompt in an iteration's batch (rm, dpo: 2; grpo, rloo: group_size).</summary>
-    private static int CopiesPerPrompt(StageConfig stage) => stage.Algorithm switch
-    {
-        AlgorithmNames.Rm or AlgorithmNames.Dpo => 2,
-        AlgorithmNames.Grpo or AlgorithmNames.Rloo => stage.Batch.GroupSize,
-        _ => 1,
-    };
-
-    private static int PromptsPerIteration(StageConfig stage) => Math.Max(1, stage.Batch.Size / CopiesPerPrompt(stage));
-
-    /// <summary>The iteration's prompts: batch.size examples (rm, dpo: size/2 prompts sampled twice;
-    /// grpo: size/group_size prompts sampled group_size times), consecutive copies.</summary>
-    private void LoadSources(StageConfig stage, int it, SampleBatch batch)
-    {
-        int copies = CopiesPerPrompt(stage);
-        var ex = _source!.Take(it, PromptsPerIteration(stage)).SelectMany(e => Enumerable.Repeat(e, copies)).ToArray();
-        batch.Set("prompts", ex);
-        if (stage.Algorithm == AlgorithmNames.Sft) batch.Set("answers", ex.Select(e => e.Target).ToArray());
-    }
-
-    /// <summary>How a stage reads a dataset file: the fields its algorithm and reward need, and the
-    /// check that makes a record bad (text the tokenizer cannot encode, a prompt longer than
-    /// batch.prompt_len, an SFT response longer than batch.gen_len, an answer the reward cannot use).</summary>
-    private DatasetSpec Spec(StageConfig stage, DatasetConfig ds, string path, string format, bool heldOut)
-    {
-        var reward = _reward;
-        string? Check(TaskExample e)
-        {
-            int promptTokens, targetTokens = 0;
-            try
-            {
-                promptTokens = PromptIds(e.Prompt).Length;
-                if (!heldOut && stage.Algorithm == AlgorithmNames.Sft) targetTokens = _tok.Encode(e.Target).Length + 1;
-            }
-            catch (ArgumentException x) { return $"{x.Message.Split(" (Parameter")[0]} (the tokenizer of this run cannot encode it)"; }
-            if (promptTokens > stage.Batch.PromptLen)
-                return $"prompt is {promptTokens} tokens with BOS, longer than batch.prompt_len ({stage.Batch.PromptLen})";
-            if (targetTokens > stage.Batch.GenLen)
-                return $"response is {targetTokens} tokens with EOS, longer than batch.gen_len ({stage.Batch.GenLen})";
-            return reward?.CheckExample(e);
-        }
-        void Skipped(string what)
-        {
-            if (_skipNotes++ < 5) _note?.Invoke($"dataset: skipped {what}" + (_skipNotes == 5 ? " (further skips are only counted: records_skipped in metrics.jsonl)" : ""));
-        }
-        return new DatasetSpec(path, format, ds.Fields, DatasetConfig.RequiredFields(stage.Algorithm, stage.Reward, heldOut),
-                               ds.ShuffleBuffer, ds.Seed ?? _cfg.Seed, stage.Index, ds.SkipBadRecords, Check, Skipped);
-    }
-
-    private int _skipNotes;
-
-    private DatasetSpec TrainSpec(StageConfig stage, DatasetConfig ds) => Spec(stage, ds, ds.Train, ds.Format, heldOut: false);
-
-    /// <summary>The stage's held-out examples: the first eval.size usable records of its held-out
-    /// file, or the synthetic task's fixed held-out draw.</summary>
-    private TaskExample[] HeldOut(StageConfig stage)
-    {
-        if (_heldOuts.TryGetValue(stage.Index, out var h)) return h;
-        if (stage.Dataset is { HeldOut: { } path } ds)
-        {
-            var (ex, skipped) = ExampleStream.ReadFirst(Spec(stage, ds, path, ds.HeldOutFormat!, heldOut: true), _cfg.Eval.Size);
-            _heldOutSkipped[stage.Index] = skipped;
-            h = ex;
-        }
-        else h = _task.HeldOut(_cfg.Seed, _cfg.Eval.Size);
-        return _heldOuts[stage.Index] = h;
-    }
-
-    private readonly Dictionary<int, long> _heldOutSkipped = new();
-
-    /// <summary>Each completion's held-out score: the stage's rule-based reward (other than `task`),
-    /// else 1 for exactly the reference answer.</summary>
-    private double[] Checks(TaskExample[] ex, string[] completions, bool[] endedWithEos)
-    {
-        if (_reward is null or TaskCheckerReward)
-            return Enumerable.Range(0, ex.Length).Select(i => SyntheticTask.Exact(ex[i], completions[i])).ToArray();
-        return _reward.Score(SequenceRewards.Inputs(ex, completions, endedWithEos)).Select(x => (double)x).ToArray();
-    }
-
-    private sealed record Rollout(TaskExample[] Examples, int[][] Prompts, GenerationResult Gen, ScoredBatch Scored, string[] Completions);
-
-    private Rollout Generate(StageConfig stage, IModelCalls actor, TaskExample[] ex, int it, string stream, bool greedy)
-    {
-        var prompts = ex.Select(e => PromptIds(e.Prompt)).ToArray();
-        var gen = actor.Generate(prompts, new GenerationOptions
-        {
-            MaxNewTokens = stage.Batch.GenLen,
-            Temperature = greedy ? 0f : (float)stage.Generation.Temperature,
-            EosToken = _tok.Eos,
-            Seed = StepRandom.Seed64(_cfg.Seed, stream, stage.Index, it),
-        });
-        var seqs = Enumerable.Range(0, ex.Length).Select(gen.Sequence).ToArray();
-        var scored = new ScoredBatch(seqs, prompts.Select(p => p.Length).ToArray());
-        var comps = gen.NewTokens.Select(t => _tok.Decode(t)).ToArray();
-        return new Rollout(ex, prompts, gen, scored, comps);
-    }
+    /// <summary>What the stage's call handlers use of this run (models: the plan replica of a call, else the single device).</summary>
+    private StageContext Context(StageConfig stage) =>
+        new(stage, _cfg.Seed, _tok, _reward, _binding.Calls, role => _models[role]);
 
     /// <summary>Greedy answers of <paramref name="actor"/> to stage <paramref name="stage"/>'s held-out
     /// examples and each one's score (the stage's rule-based reward, else exact match): what
@@ -707,10 +439,11 @@ internal sealed partial class Pipeline : IDisposable
             _reward = SequenceRewards.Create(stage.Reward, _cfg.BaseDirectory);
             _rewardStage = stage.Index;
         }
-        var heldOut = HeldOut(stage);
-        var r = Generate(stage, new SingleModelCalls(actor, () => null), heldOut, 0, "eval", greedy: true);
-        return new HeldOutResult(heldOut, r.Completions, r.Gen.EndedWithEos, Checks(heldOut, r.Completions, r.Gen.EndedWithEos),
-                                 _heldOutSkipped.GetValueOrDefault(stage.Index));
+        var heldOut = _examples.HeldOut(stage, _reward);
+        var context = Context(stage);
+        var r = context.Generate(new SingleModelCalls(actor, () => null), heldOut, 0, "eval", greedy: true);
+        return new HeldOutResult(heldOut, r.Completions, r.Gen.EndedWithEos, context.Checks(heldOut, r.Completions, r.Gen.EndedWithEos),
+                                 _examples.HeldOutSkipped(stage));
     }
 
     private int _rewardStage = -1;
@@ -722,223 +455,18 @@ internal sealed partial class Pipeline : IDisposable
         double score = EvaluateHeldOut(_models["actor"], stage).Score;
         var line = new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = step, ["call"] = "eval", ["task_score"] = score,
                                     ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 5) };
-        if (stage.Dataset is not null) line["held_out_records_skipped"] = _heldOutSkipped.GetValueOrDefault(stage.Index);
+        if (stage.Dataset is not null) line["held_out_records_skipped"] = _examples.HeldOutSkipped(stage);
         WriteMetric(line);
         if (step == 0) _progress?.Invoke(new ProgressEvent(stage.Index, stage.Algorithm, 0, stage.Iterations, new Dictionary<string, double> { ["task_score"] = score }));
         return score;
     }
 
-    // ---------------------------------------------------------------- call handlers
-
-    private Dictionary<string, CallHandler> Handlers(StageConfig stage)
-    {
-        float temp = (float)stage.Generation.Temperature;
-        int It(SampleBatch b) => b.Get<int[]>("iteration")[0];
-        var h = new Dictionary<string, CallHandler>();
-
-        double[] scoresOrChecks(Rollout r) => Checks(r.Examples, r.Completions, r.Gen.EndedWithEos);
-        h["actor_gen"] = (call, b) =>
-        {
-            var r = Generate(stage, Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), It(b), "gen", greedy: false);
-            b.Set("sequences", r); b.Set("logprobs", r.Gen.LogProbs.SelectMany(x => x).ToArray());
-            b.Set("logits_mask", Array.Empty<byte>()); b.Set("ended_with_eos", r.Gen.EndedWithEos);
-            if (RuleScores(stage, r) is { } scores) b.Set("scores", scores);
-            double score = scoresOrChecks(r).Average();
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["sample_task_score"] = score,
-                ["gen_len_mean"] = r.Gen.NewTokens.Average(t => t.Length) };
-        };
-        h["actor_greedy_gen"] = (call, b) =>
-        {
-            var r = Generate(stage, Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), It(b), "greedy", greedy: true);
-            b.Set("greedy_sequences", r); b.Set("greedy_ended_with_eos", r.Gen.EndedWithEos);
-            if (RuleScores(stage, r) is { } scores) b.Set("greedy_scores", scores);
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
-        };
-        CallHandler RewInf(string seqKey, string outKey) => (call, b) =>
-        {
-            var r = b.Get<Rollout>(seqKey);
-            var (_, last) = Calls(call.Name, "reward").Values(r.Scored);
-            b.Set(outKey, last);
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["reward_mean"] = last.Average() };
-        };
-        h["rew_inf"] = RewInf("sequences", "scores");
-        h["rew_greedy_inf"] = RewInf("greedy_sequences", "greedy_scores");
-        h["ref_inf"] = (call, b) =>
-        {
-            var r = b.Get<Rollout>("sequences");
-            b.Set("ref_logprobs", Calls(call.Name, "ref").LogProbs(r.Scored, temp));
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
-        };
-        h["critic_inf"] = (call, b) =>
-        {
-            var r = b.Get<Rollout>("sequences");
-            b.Set("values", Calls(call.Name, "critic").Values(r.Scored).ActionValues);
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
-        };
-
-        switch (stage.Algorithm)
-        {
-            case AlgorithmNames.Sft:
-                h["actor_train"] = (call, b) =>
-                {
-                    var ex = b.Get<TaskExample[]>("prompts");
-                    var seqs = ex.Select(e => (int[])[.. PromptIds(e.Prompt), .. _tok.Encode(e.Target), _tok.Eos]).ToArray();
-                    var sb = new ScoredBatch(seqs, ex.Select(e => PromptIds(e.Prompt).Length).ToArray());
-                    var m = Calls(call.Name, "actor");
-                    double loss = m.SftStep(sb);
-                    double gn = m.Step();
-                    b.Set("actor_stats", new object());
-                    return new Dictionary<string, double> { ["tokens"] = sb.Packed.TotalTokens, ["loss"] = loss, ["grad_norm"] = gn };
-                };
-                break;
-            case AlgorithmNames.Rm:
-                h["rew_train"] = (call, b) =>
-                {
-                    var r = b.Get<Rollout>("sequences");
-                    // Pairs: the two samples of a prompt ranked by the graded checker, and the
-                    // checker's exact answer preferred over every wrong sample.
-                    var (ci, ri) = Pairs(r);
-                    var chosen = ci.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
-                    var rejected = ri.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
-                    for (int i = 0; i < r.Examples.Length; i++)
-                        if (SyntheticTask.Exact(r.Examples[i], r.Completions[i]) < 1 || !r.Gen.EndedWithEos[i])
-                        {
-                            chosen.Add(([.. r.Prompts[i], .. _tok.Encode(r.Examples[i].Target), _tok.Eos], r.Prompts[i].Length));
-                            rejected.Add((r.Gen.Sequence(i), r.Prompts[i].Length));
-                        }
-                    b.Set("reward_stats", new object());
-                    if (chosen.Count == 0) return new Dictionary<string, double> { ["pairs"] = 0 };
-                    var all = chosen.Concat(rejected).ToList();
-                    var sb = new ScoredBatch(all.Select(x => x.Item1).ToArray(), all.Select(x => x.Item2).ToArray());
-                    var m = Calls(call.Name, "reward");
-                    var (_, last) = m.Values(sb);
-                    int n = chosen.Count;
-                    var dc = new float[n]; var dr = new float[n];
-                    var st = Losses.PairwiseReward(last.AsSpan(0, n), last.AsSpan(n), dc, dr);
-                    m.BackwardValues(sb, [], [.. dc, .. dr]);
-                    double gn = m.Step();
-                    return new Dictionary<string, double> { ["tokens"] = sb.Packed.TotalTokens, ["loss"] = st.Loss, ["accuracy"] = st.Accuracy,
-                        ["pairs"] = n, ["margin"] = st.MeanMargin, ["grad_norm"] = gn };
-                };
-                break;
-            case AlgorithmNames.Ppo:
-                AddPpo(stage, h, temp);
-                break;
-            case AlgorithmNames.Grpo:
-            case AlgorithmNames.Remax:
-            case AlgorithmNames.Rloo:
-                AddCriticFree(stage, h, temp);
-                break;
-            case AlgorithmNames.Dpo:
-                AddDpo(stage, h, temp);
-                break;
-        }
-        return h;
-    }
-
-    /// <summary>Preference pairs from consecutive sample pairs of one prompt, ranked by the task's graded checker.</summary>
-    private (int[] Chosen, int[] Rejected) Pairs(Rollout r)
-    {
-        var c = new List<int>(); var j = new List<int>();
-        for (int i = 0; i + 1 < r.Examples.Length; i += 2)
-        {
-            double a = SyntheticTask.Grade(r.Examples[i], r.Completions[i]) + (r.Gen.EndedWithEos[i] ? 0 : -1);
-            double b = SyntheticTask.Grade(r.Examples[i + 1], r.Completions[i + 1]) + (r.Gen.EndedWithEos[i + 1] ? 0 : -1);
-            if (a == b) continue;
-            c.Add(a > b ? i : i + 1); j.Add(a > b ? i + 1 : i);
-        }
-        return (c.ToArray(), j.ToArray());
-    }
-
-    /// <summary>Selects sequences [s0, s1) of a rollout as its own scored batch, with the matching slices of per-action arrays.</summary>
-    private static (ScoredBatch Batch, int A0, int A1) Slice(Rollout r, int s0, int s1)
-    {
-        var seqs = Enumerable.Range(s0, s1 - s0).Select(r.Gen.Sequence).ToArray();
-        var sb = new ScoredBatch(seqs, Enumerable.Range(s0, s1 - s0).Select(i => r.Prompts[i].Length).ToArray());
-        return (sb, r.Scored.ActionCu[s0], r.Scored.ActionCu[s1]);
-    }
-
-    private void AddPpo(StageConfig stage, Dictionary<string, CallHandler> h, float temp)
-    {
-        var ppo = stage.Ppo;
-        // Advantages and returns are computed once per iteration and shared by both train calls.
-        (float[] Adv, float[] Ret, double Kl, double Reward)? cache = null;
-        int cachedFor = -1;
-        var gate = new Lock();  // actor_train and critic_train may run concurrently under a plan
-        (float[] Adv, float[] Ret, double Kl, double Reward) Advantages(SampleBatch b)
-        {
-            lock (gate) return AdvantagesLocked(b);
-        }
-        (float[] Adv, float[] Ret, double Kl, double Reward) AdvantagesLocked(SampleBatch b)
-        {
-            int it = b.Get<int[]>("iteration")[0];
-            if (cachedFor == it && cache is { } c) return c;
-            var r = b.Get<Rollout>("sequences");
-            var logp = b.Get<float[]>("logprobs"); var refLp = b.Get<float[]>("ref_logprobs");
-            var scores = Shaped(stage, r, b.Get<float[]>("scores"));
-            var (adv, ret, kl) = Ppo.Advantages(_models["critic"].Stream, logp, refLp, b.Get<float[]>("values"), scores,
-                                                r.Gen.EndedWithEos, r.Scored.ActionCu, ppo);
-            cache = (adv, ret, kl, scores.Average());
-            cachedFor = it;
-            return cache.Value;
-        }
-
-        h["actor_train"] = (call, b) =>
-        {
-            var r = b.Get<Rollout>("sequences");
-            var oldLp = b.Get<float[]>("logprobs");
-            var (adv, _, kl, reward) = Advantages(b);
-            var m = Calls(call.Name, "actor");
-            double loss = 0, clip = 0; int steps = 0;
-            int n = r.Examples.Length, mb = stage.Batch.Minibatches;
-            for (int e = 0; e < ppo.PpoEpochs; e++)
-                for (int k = 0; k < mb; k++)
-                {
-                    var (sb, a0, a1) = Slice(r, k * n / mb, (k + 1) * n / mb);
-                    var lp = m.LogProbs(sb, temp);
-                    var g = new float[lp.Length]; var keep = new bool[sb.Packed.Count]; Array.Fill(keep, true);
-                    var st = Losses.ClippedPolicy(lp, oldLp.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), [], sb.ActionCu, keep,
-                                                  ppo.ClipEpsLow, ppo.ClipEpsHigh, ppo.LossAgg, 0, g);
-                    m.BackwardLogProbs(sb, temp, g);
-                    m.Step();
-                    loss += st.Loss; clip += st.ClipFraction; steps++;
-                }
-            b.Set("actor_stats", new object());
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = loss / steps, ["clip_fraction"] = clip / steps,
-                ["reward_mean"] = reward, ["kl"] = kl, ["lr"] = m.LearningRate };
-        };
-        h["critic_train"] = (call, b) =>
-        {
-            var r = b.Get<Rollout>("sequences");
-            var oldV = b.Get<float[]>("values");
-            var (_, ret, _, _) = Advantages(b);
-            var m = Calls(call.Name, "critic");
-            double loss = 0; int steps = 0;
-            int n = r.Examples.Length, mb = stage.Batch.Minibatches;
-            for (int e = 0; e < ppo.PpoEpochs; e++)
-                for (int k = 0; k < mb; k++)
-                {
-                    var (sb, a0, a1) = Slice(r, k * n / mb, (k + 1) * n / mb);
-                    var (v, _) = m.Values(sb);
-                    var g = new float[v.Length]; var mask = new float[v.Length]; Array.Fill(mask, 1f);
-                    var st = Losses.ClippedValue(v, oldV.AsSpan(a0, a1 - a0), ret.AsSpan(a0, a1 - a0), mask, ppo.ValueClipEps, g);
-                    m.BackwardValues(sb, g, []);
-                    m.Step();
-                    loss += st.Loss; steps++;
-                }
-            b.Set("critic_stats", new object());
-            return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = loss / steps };
-        };
-    }
-
     public void Dispose()
     {
         _metrics?.Dispose();
-        _source?.Dispose();
+        _examples.Dispose();
         _reward?.Dispose();
-        foreach (var r in _replicas.Values) r.Dispose();
-        _replicas.Clear();
-        _host?.Dispose();
+        _binding.Dispose();
         foreach (var o in _optims.Values) o.Dispose();
         foreach (var m in _models.Values) m.Dispose();
     }

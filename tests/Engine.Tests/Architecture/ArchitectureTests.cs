@@ -19,9 +19,11 @@ public sealed class ArchitectureTests
         ["Contracts", "Control", "Tokenization", "Layout"],
         ["Config", "Transport"],
         ["Tasks", "Model"],
-        ["Data", "Dataflow", "Generation", "Optim", "Checkpoints", "Realloc"],
+        ["Data", "Dataflow", "Generation", "Optim", "Realloc"],
+        ["Checkpoints"],
         ["Parallelism"],
         ["Algorithms", "Workers"],
+        ["Stages"],
         ["Runs"],
         ["Hosting"],
     ];

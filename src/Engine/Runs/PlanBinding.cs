@@ -1,0 +1,149 @@
+// A run under an execution plan: the stage whose calls the plan lists runs each call on its own
+// mesh and (pp, dp, tp) layout. Binding a stage makes one replica per (model, layout,
+// micro-batches) on the plan's devices (in-process devices or model worker processes), the train
+// call's replica trainable, all loaded from the full models; SyncBack brings the full models and
+// optimizers up to date before evaluation, checkpoints and stage artifacts. Without a plan (or
+// for a stage the plan does not list) every call runs on the single device.
+using ReaLNative.Engine.Layout;
+using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Dataflow;
+using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Optim;
+using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Stages;
+using ReaLNative.Engine.Workers;
+using Plan = ReaLNative.Planner.Plan;
+
+namespace ReaLNative.Engine.Runs;
+
+/// <param name="plan">The execution plan, or null: every call on the single device.</param>
+/// <param name="hosts">Makes the plan's devices (given their count) when the first stage under the plan is bound.</param>
+/// <param name="models">The run's full models by role (the current stage's).</param>
+/// <param name="optims">The run's optimizers of the trained roles.</param>
+internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
+                                  Dictionary<string, LlamaModel> models, Dictionary<string, AdamW> optims) : IDisposable
+{
+    private IReplicaHost? _host;
+    private readonly Dictionary<string, ModelReplicas> _replicas = new();
+    private readonly Dictionary<string, IReplica> _callReplica = new();
+
+    /// <summary>The plan's devices once a stage was bound (in-process devices or worker processes), else null.</summary>
+    public IReplicaHost? Host => _host;
+
+    /// <summary>Refuses, before anything runs, a plan whose layouts the engine cannot build for
+    /// the stage's models (tp not dividing heads / kv heads / vocab / intermediate, pp above
+    /// layers + 2), naming the call; and a plan that matches no stage.</summary>
+    public static void CheckLayouts(ExperimentConfig cfg, Plan plan, Func<ModelSpec, LlamaConfig> arch)
+    {
+        bool any = false;
+        foreach (var stage in cfg.Stages)
+        {
+            var graph = DataflowGraph.For(stage);
+            if (!graph.Calls.All(c => plan.Calls.Any(p => p.Name == c.Name))) continue;
+            any = true;
+            foreach (var call in graph.Calls)
+            {
+                var pc = plan.Call(call.Name);
+                if (!stage.Models.TryGetValue(call.Model, out var spec))
+                    throw new ConfigException($"plan call {call.Name}", $"stage {stage.Index} has no model '{call.Model}'");
+                try
+                {
+                    for (int p = 0; p < pc.Strategy.Pp; p++)
+                        ParamLayout.Create(arch(spec), AlgorithmNames.ScalarHead(call.Model), pc.Strategy.Pp, p, pc.Strategy.Tp, 0);
+                }
+                catch (ArgumentException e) { throw new ConfigException($"plan call {call.Name}", $"strategy {pc.Strategy}: {e.Message}"); }
+            }
+        }
+        if (!any) throw new ConfigException("plan", $"no stage of '{cfg.Name}' has exactly the plan's calls ({string.Join(", ", plan.Calls.Select(c => c.Name))})");
+    }
+
+    /// <summary>Under a plan that lists this stage's calls: one replica per (role, layout,
+    /// micro-batches), the train call's trainable, all loaded from the full models.</summary>
+    public void Bind(StageConfig stage, Func<OptimizerSpec> optimizer)
+    {
+        if (plan is null) return;
+        var graph = DataflowGraph.For(stage);
+        if (!graph.Calls.All(c => plan.Calls.Any(p => p.Name == c.Name))) return;  // the plan is for another stage
+        int dpn = plan.DevicesPerNode;
+        // Calls of one model with the same layout and micro-batches share one replica (nothing to
+        // reallocate between them); the replica of the model's train call is trainable.
+        var keyOf = new Dictionary<string, (string Key, ParallelLayout Layout, int Micro)>();
+        foreach (var call in graph.Calls)
+        {
+            var pc = plan.Call(call.Name);
+            if (pc.Model != call.Model) throw new ConfigException("plan", $"call {call.Name}: the plan runs it on model '{pc.Model}', the experiment on '{call.Model}'");
+            var layout = new ParallelLayout(Enumerable.Range(0, pc.Mesh.Size).Select(r => pc.Mesh.Device(r, dpn)).ToArray(), pc.Strategy.Pp, pc.Strategy.Dp, pc.Strategy.Tp);
+            keyOf[call.Name] = ($"{call.Model}|{string.Join(",", layout.Devices)}|{layout.Pp}/{layout.Dp}/{layout.Tp}|{pc.MicroBatches}", layout, pc.MicroBatches);
+        }
+        var trainedKeys = graph.Calls.Where(c => c.Type == CallType.TrainStep).Select(c => keyOf[c.Name].Key).ToHashSet();
+        var byKey = new Dictionary<string, IReplica>();
+        _host ??= hosts(plan.Nodes * dpn);
+        foreach (var call in graph.Calls)
+        {
+            var (key, layout, micro) = keyOf[call.Name];
+            string role = call.Model;
+            if (!_replicas.TryGetValue(role, out var reps)) _replicas[role] = reps = new ModelReplicas(role);
+            if (!byKey.TryGetValue(key, out var rep))
+            {
+                var full = models[role];
+                bool train = trainedKeys.Contains(key);
+                try
+                {
+                    rep = _host.Create($"{call.Name} ({role})", full.Config, full.ScalarHead, layout, micro, train ? optimizer() : null);
+                }
+                catch (ArgumentException e) { throw new ConfigException($"plan call {call.Name}", e.Message); }
+                byKey[key] = rep;
+                reps.Add(rep);
+                if (train) reps.Train = rep;
+            }
+            _callReplica[call.Name] = rep;
+        }
+        foreach (var reps in _replicas.Values)
+        {
+            reps.LoadAll(models[reps.Role]);
+            if (reps.Train is { } t && optims.TryGetValue(reps.Role, out var opt)) t.MoveOptimizerState(opt, toShards: true);
+        }
+    }
+
+    /// <summary>Brings the full models and optimizers up to date with the train replicas (before
+    /// evaluation, checkpoints and stage artifacts).</summary>
+    public void SyncBack()
+    {
+        foreach (var reps in _replicas.Values)
+            if (reps.Train is { } t)
+            {
+                t.CopyTo(models[reps.Role]);
+                if (optims.TryGetValue(reps.Role, out var opt)) t.MoveOptimizerState(opt, toShards: false);
+            }
+    }
+
+    /// <summary>The devices a call occupies: its plan mesh (and, when its replica may have to be
+    /// reallocated from the model's train replica first, that replica's mesh, whose devices send),
+    /// or the single device 0.</summary>
+    public IReadOnlyCollection<int> DevicesOf(string call)
+    {
+        if (!_callReplica.TryGetValue(call, out var r)) return [0];
+        var train = _replicas.Values.FirstOrDefault(x => x.All.Contains(r))?.Train;
+        return train is null || ReferenceEquals(train, r) ? r.Layout.Devices : r.Layout.Devices.Union(train.Layout.Devices).ToArray();
+    }
+
+    /// <summary>Where call <paramref name="call"/> runs its model: its plan replica, or the single device.</summary>
+    public IModelCalls Calls(string call, string role) =>
+        _callReplica.TryGetValue(call, out var r) ? new ReplicaCalls(r, _replicas[role])
+            : new SingleModelCalls(models[role], () => optims.GetValueOrDefault(role));
+
+    /// <summary>Drops the bound stage's replicas (a new stage is about to be set up); the host stays.</summary>
+    public void Release()
+    {
+        foreach (var r in _replicas.Values) r.Dispose();
+        _replicas.Clear(); _callReplica.Clear();
+    }
+
+    public void Dispose()
+    {
+        foreach (var r in _replicas.Values) r.Dispose();
+        _replicas.Clear();
+        _host?.Dispose();
+    }
+}

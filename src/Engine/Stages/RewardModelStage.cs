@@ -1,0 +1,53 @@
+// RM: the frozen actor samples two answers per prompt (actor_gen); rew_train trains the reward
+// model on preference pairs, mean -log sigmoid(chosen - rejected) (Losses.PairwiseReward). Leaves
+// the `rm` artifact (the reward model) for later stages' `init`; the actor is not evaluated.
+using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Algorithms;
+using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Dataflow;
+using ReaLNative.Engine.Tasks;
+
+namespace ReaLNative.Engine.Stages;
+
+internal sealed class RewardModelStage(StageConfig stage) : StageAlgorithm(stage)
+{
+    public override int CopiesPerPrompt => 2;
+    public override bool EvaluatesActor => false;
+
+    public override Dictionary<string, CallHandler> Handlers(StageContext context)
+    {
+        var tok = context.Tokenizer;
+        return new Dictionary<string, CallHandler>
+        {
+            ["actor_gen"] = context.SampleCall(),
+            ["rew_train"] = (call, b) =>
+            {
+                var r = b.Get<Rollout>("sequences");
+                // Pairs: the two samples of a prompt ranked by the graded checker, and the
+                // checker's exact answer preferred over every wrong sample.
+                var (ci, ri) = r.Pairs();
+                var chosen = ci.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
+                var rejected = ri.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
+                for (int i = 0; i < r.Examples.Length; i++)
+                    if (SyntheticTask.Exact(r.Examples[i], r.Completions[i]) < 1 || !r.Gen.EndedWithEos[i])
+                    {
+                        chosen.Add(([.. r.Prompts[i], .. tok.Encode(r.Examples[i].Target), tok.Eos], r.Prompts[i].Length));
+                        rejected.Add((r.Gen.Sequence(i), r.Prompts[i].Length));
+                    }
+                b.Set("reward_stats", new object());
+                if (chosen.Count == 0) return new Dictionary<string, double> { ["pairs"] = 0 };
+                var all = chosen.Concat(rejected).ToList();
+                var sb = new ScoredBatch(all.Select(x => x.Item1).ToArray(), all.Select(x => x.Item2).ToArray());
+                var m = context.Calls(call.Name, "reward");
+                var (_, last) = m.Values(sb);
+                int n = chosen.Count;
+                var dc = new float[n]; var dr = new float[n];
+                var st = Losses.PairwiseReward(last.AsSpan(0, n), last.AsSpan(n), dc, dr);
+                m.BackwardValues(sb, [], [.. dc, .. dr]);
+                double gn = m.Step();
+                return new Dictionary<string, double> { ["tokens"] = sb.Packed.TotalTokens, ["loss"] = st.Loss, ["accuracy"] = st.Accuracy,
+                    ["pairs"] = n, ["margin"] = st.MeanMargin, ["grad_norm"] = gn };
+            },
+        };
+    }
+}
