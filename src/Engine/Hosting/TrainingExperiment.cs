@@ -63,7 +63,7 @@ public sealed class TrainingExperiment
     public string BaseDirectory => Config.BaseDirectory;
     /// <summary>The stages in run order.</summary>
     public IReadOnlyList<ExperimentStage> Stages =>
-        Config.Stages.Select(s => new ExperimentStage(s.Index, s.Algorithm, s.Iterations, s.Models.Keys.ToArray())).ToArray();
+        Config.Stages.Select(s => new ExperimentStage(s.Index, s.Algorithm, s.Iterations, s.Models.Keys.ToArray()) { TrainingData = s.Dataset?.Train }).ToArray();
     /// <summary>Iterations of all stages together.</summary>
     public int TotalIterations => Config.Stages.Sum(s => s.Iterations);
 
@@ -146,7 +146,11 @@ public sealed class TrainingExperiment
 /// <param name="Algorithm">sft, rm, ppo, grpo, remax or dpo.</param>
 /// <param name="Iterations">Iterations the stage runs.</param>
 /// <param name="Roles">Model roles the stage uses (actor, critic, ref, reward).</param>
-public sealed record ExperimentStage(int Index, string Algorithm, int Iterations, IReadOnlyList<string> Roles);
+public sealed record ExperimentStage(int Index, string Algorithm, int Iterations, IReadOnlyList<string> Roles)
+{
+    /// <summary>The stage's training examples file (YAML <c>dataset.train</c>, absolute), or null when it draws from the synthetic task.</summary>
+    public string? TrainingData { get; init; }
+}
 
 /// <summary>An experiment config is invalid; <see cref="FieldPath"/> names the offending field.</summary>
 public sealed class ExperimentConfigException : InputException
