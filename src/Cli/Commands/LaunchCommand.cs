@@ -14,8 +14,6 @@ using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using Spectre.Console;
-using ReaLNative.Engine.Control;
-using ReaLNative.Engine.Workers;
 
 namespace ReaLNative.Cli.Commands;
 
@@ -92,31 +90,32 @@ public static class LaunchCommand
         var plan = RunCommand.LoadPlan(planPath, configPath, maxDevices: int.MaxValue);
         if (plan.Nodes != nodes) throw new UsageException($"{planPath}: the plan's cluster has {plan.Nodes} node(s), the launch {nodes}");
         byte[] secret;
-        bool given = !string.IsNullOrEmpty(Environment.GetEnvironmentVariable(JobSecret.Variable)) || !string.IsNullOrEmpty(Environment.GetEnvironmentVariable(JobSecret.FileVariable));
-        if (given)
+        if (WorkerHost.SecretInEnvironment)
         {
-            try { secret = JobSecret.FromEnvironment(); }
+            try { secret = WorkerHost.SecretFromEnvironment(); }
             catch (InvalidOperationException e) { throw new UsageException(e.Message); }
         }
-        else if (nodes == 1) secret = JobSecret.Generate();
-        else throw new UsageException($"a multi-node job needs the same secret on every node: set {JobSecret.FileVariable} to a file of mode 0600 holding 64 hex digits " +
-                                      $"(e.g. `(umask 077; openssl rand -hex 32 > ~/.realn-secret)`) or {JobSecret.Variable}; never put it on the command line");
+        else if (nodes == 1) secret = WorkerHost.NewSecret();
+        else throw new UsageException($"a multi-node job needs the same secret on every node: set {WorkerHost.SecretFileVariable} to a file of mode 0600 holding 64 hex digits " +
+                                      $"(e.g. `(umask 077; openssl rand -hex 32 > ~/.realn-secret)`) or {WorkerHost.SecretVariable}; never put it on the command line");
         string job = jobId ?? "job-" + Convert.ToHexString(SHA256.HashData(secret))[..12].ToLowerInvariant();
         int dpn = plan.DevicesPerNode, devices = nodes * dpn;
         var ranks = Enumerable.Range(node * dpn, dpn).ToArray();
         string wbind = workerBind ?? LocalAddressToward(host, port);
-        var (exe, prefix) = RunCommand.Self();
         string control = $"tcp://{host}:{port}";
         int threads = Math.Max(1, Environment.ProcessorCount / dpn);
 
         if (node != 0)
         {
-            var cmdLine = new WorkerCommandLine(exe, prefix, control, job, devices + 1) { BindHost = wbind, Node = Environment.MachineName + $"/{node}", ThreadsPerWorker = threads };
-            var signals = new NodeSignals();
-            interruption.Token.Register(() => signals.Signal = interruption.Signal);
-            interruption.Abort = () => signals.KillWorkers?.Invoke();
+            var worker = new WorkerNode(new WorkerNodeOptions
+            {
+                Control = control, Job = job, Secret = secret, Node = node, Ranks = ranks, Size = devices + 1,
+                WorkerBindHost = wbind, NodeName = Environment.MachineName + $"/{node}", ThreadsPerWorker = threads,
+            });
+            interruption.Token.Register(() => worker.ReportSignal(interruption.Signal!));
+            interruption.Abort = worker.KillWorkers;
             interruption.AbortDetail = () => $"; node {node}'s workers killed";
-            int code = NodeLauncher.Run(cmdLine, secret, node, ranks, ModelWorker.HeartbeatLoss, m => Console.Error.WriteLine($"realn launch: {m}"), signals);
+            int code = worker.Run(m => Console.Error.WriteLine($"realn launch: {m}"));
             if (interruption.Requested)
             {
                 Console.Error.WriteLine($"realn: interrupted by {interruption.Describe()}; node {node}'s workers stopped");
@@ -129,7 +128,7 @@ public static class LaunchCommand
         if (resume && overwrite) throw new UsageException("--resume and --overwrite exclude each other");
         var hosts = JobHosts.LauncherNode(new LauncherNodeOptions
         {
-            Executable = exe, ExecutableArguments = prefix, MasterEndpoint = $"tcp://{bind ?? host}:{port}", WorkerBindHost = wbind,
+            MasterEndpoint = $"tcp://{bind ?? host}:{port}", WorkerBindHost = wbind,
             NodeName = Environment.MachineName + "/0", Secret = secret, Job = job, ThreadsPerWorker = threads,
             StartTimeout = TimeSpan.FromSeconds(startTimeout), OnWorkerSignal = interruption.Request,
             JoinProgress = m => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(m)}[/]"),

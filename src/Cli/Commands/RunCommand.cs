@@ -6,7 +6,6 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
-using ReaLNative.Engine.Runs;
 using ReaLNative.Planner;
 using Spectre.Console;
 
@@ -182,7 +181,7 @@ public static class RunCommand
         Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"), $"{experiment.Name}: training curves");
         if (plan is not null) PlanReport.PrintMeasured(plan, Path.Combine(outDir, "metrics.jsonl"));
         AnsiConsole.MarkupLine(Markup.Escape(HumanOutput.SummaryLine(summary)));
-        if (ProcessMemory.Line(summary) is { } memory) AnsiConsole.MarkupLine(Markup.Escape(memory));
+        if (HumanOutput.MemoryLine(summary) is { } memory) AnsiConsole.MarkupLine(Markup.Escape(memory));
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "summary.json"))}, metrics.jsonl, curves.png");
         return 0;
     }

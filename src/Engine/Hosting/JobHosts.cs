@@ -3,7 +3,7 @@
 // --plan`), or node 0 of a multi-node launch whose workers join from every node (`realn launch`).
 // The choice is the third input of the one job builder (TrainingJob: experiment, plan choice,
 // hosts); the worker processes run this executable's worker entry point (`realn worker --role
-// model ...`).
+// model ...`; an embedding host's executable hands them to WorkerHost.RunModelWorker).
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Workers;
 using ReaLNative.Planner;
@@ -100,7 +100,7 @@ public abstract class JobHosts
 public record WorkerProcessOptions
 {
     /// <summary>The executable a worker runs, given <c>worker --role model ...</c> after <see cref="ExecutableArguments"/>;
-    /// it must run the model worker on them (the <c>realn</c> executable does).
+    /// it must hand them to <see cref="WorkerHost.RunModelWorker"/> (the <c>realn</c> executable does).
     /// Default: this process's executable (under <c>dotnet app.dll</c>: <c>dotnet app.dll</c>).</summary>
     public string? Executable { get; init; }
     /// <summary>Arguments before <c>worker</c> (for example an assembly path when <see cref="Executable"/> is <c>dotnet</c>).</summary>

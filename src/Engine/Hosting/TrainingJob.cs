@@ -225,22 +225,25 @@ public sealed class TrainingJob : IDisposable
         var plan = Prepare();
         if (!Options.Plan.Executed) return;
         lock (_gate)
-        {
             if (_workers is not null) return;
-            _workers = Options.Hosts.Start(plan.Nodes * plan.DevicesPerNode, plan, cancellationToken);
-        }
+        // Not under the lock: Abort (a second signal) must not wait for the join.
+        var workers = Options.Hosts.Start(plan.Nodes * plan.DevicesPerNode, plan, cancellationToken);
+        lock (_gate) _workers = workers;
     }
 
     /// <summary>The plan's devices for the pipeline: the ones started earlier, else started now.</summary>
     private IReplicaHost StartedWorkers(int devices)
     {
-        lock (_gate)
+        IReplicaHost? workers;
+        lock (_gate) workers = _workers;
+        if (workers is null)
         {
-            _workers ??= Options.Hosts.Start(devices, _plan!, _runToken);
-            if (_workers.Devices != devices) throw new InvalidOperationException($"the plan needs {devices} devices, the started workers are {_workers.Devices}");
-            _workersHandedOver = true;
-            return _workers;
+            workers = Options.Hosts.Start(devices, _plan!, _runToken);   // not under the lock: see StartWorkers
+            lock (_gate) _workers = workers;
         }
+        if (workers.Devices != devices) throw new InvalidOperationException($"the plan needs {devices} devices, the started workers are {workers.Devices}");
+        lock (_gate) _workersHandedOver = true;
+        return workers;
     }
 
     private CancellationToken _runToken;
@@ -257,9 +260,8 @@ public sealed class TrainingJob : IDisposable
     /// written. The last complete checkpoint stays; the run's thread is left to the process exit.</summary>
     public void Abort()
     {
-        IReplicaHost? workers;
-        lock (_gate) workers = _workers;
-        (workers as WorkerPool)?.Abort();
+        // No lock: a second signal must not wait for a join or a plan search in progress.
+        (Volatile.Read(ref _workers) as WorkerPool)?.Abort();
         RunDirectory.RemoveTemporaries(_outDir);
     }
 
