@@ -5,6 +5,7 @@
 // the same run; goal: every case >= 0.70 of it ("vs ref" column and the goal lines at the end).
 // Needs the realn CLI built (src/Cli/bin/Release/net10.0/realn, or REALN_CLI).
 using BenchmarkDotNet.Attributes;
+using ReaLNative.Diagnostics;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Realloc;
 

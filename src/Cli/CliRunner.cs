@@ -3,16 +3,13 @@
 // their file) is `realn: <message>` + exit 2; a failure of the work itself is exit 1; anything
 // unexpected is `realn: internal error: <message>` + exit 1. No stack trace unless REALN_DEBUG=1.
 using System.CommandLine;
+using ReaLNative.Diagnostics;
 using ReaLNative.Interop;
 
 namespace ReaLNative.Cli;
 
 /// <summary>Thrown by commands for bad user input; printed without a stack trace, exit code 2.</summary>
 public sealed class UsageException(string message) : InputException(message);
-
-/// <summary>A measurement that cannot be trusted (the machine too busy to time what was asked);
-/// printed as one line, exit code 1.</summary>
-public sealed class MeasurementException(string message) : Exception(message);
 
 internal static class CliRunner
 {
@@ -67,7 +64,7 @@ internal static class CliRunner
                 err.WriteLine($"realn: native error: {One(e.Message)}");
                 code = 1;
                 break;
-            case ReaLNative.Engine.Workers.WorkerFailedException:
+            case WorkerFailedException:
                 // A worker died, failed or went silent: the pool printed who, where and during what
                 // the moment it happened ("realn: job failed: ..."), before tearing the job down.
                 code = 1;

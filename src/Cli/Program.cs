@@ -1,9 +1,11 @@
-// realn: the command-line front of ReaLNative. Each command lives in Commands/*.cs and exposes
-// Create(); this file only assembles them. Exit codes: 0 ok, 1 failure of the work itself
+// realn: the command-line front of ReaLNative. Each command lives in Commands/*.cs (the ones that
+// time engine internals, `profile` and `bench realloc|train|generate`, in src/Diagnostics) and
+// exposes Create(); this file only assembles them. It uses the engine's public API only. Exit codes: 0 ok, 1 failure of the work itself
 // (a test failed, a run diverged), 2 bad input (config, plan, arguments, missing backend).
 using System.CommandLine;
 using ReaLNative.Cli;
 using ReaLNative.Cli.Commands;
+using ReaLNative.Diagnostics;
 
 HumanOutput.Configure();
 var root = new RootCommand("ReaLNative: RLHF training with parameter reallocation");

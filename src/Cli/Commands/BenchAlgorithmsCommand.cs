@@ -8,8 +8,6 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using ReaLNative.Engine.Config;
-using ReaLNative.Engine.Runs;
 
 namespace ReaLNative.Cli.Commands;
 
@@ -39,18 +37,22 @@ public static class BenchAlgorithmsCommand
         var rows = new JsonArray();
         foreach (var name in names)
         {
+            string summaryJson;
             string path = Path.Combine(examplesDir, $"{name}-tiny.yaml");
-            ExperimentConfig cfg;
-            try { cfg = ExperimentConfig.Load(path); }
-            catch (ConfigException e) { throw new UsageException($"{path}: {e.Message}"); }
+            var experiment = RunCommand.LoadExperiment(path);
             string outDir = Path.Combine(outRoot, $"{name}-tiny");
             if (!json) Console.Error.WriteLine($"running {path} -> {outDir}");
             var clock = Stopwatch.StartNew();
-            JsonObject summary;
-            using (var p = new Pipeline(cfg, outDir)) summary = p.Run(resume: false);
+            using (var job = new TrainingJob(experiment, new TrainingOptions { OutputDirectory = outDir, WritePlanJson = false, ResumeOptionName = "--resume", OverwriteOptionName = "--overwrite" }))
+            {
+                try { job.Prepare(); }
+                catch (ExperimentConfigException e) { throw new UsageException($"{path}: {e.Message}"); }
+                summaryJson = job.Run().SummaryJson!;
+            }
+            var summary = JsonNode.Parse(summaryJson)!.AsObject();
             double wall = clock.Elapsed.TotalSeconds;
             Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"));
-            var last = cfg.Stages[^1];
+            var last = experiment.Stages[^1];
             var trainLines = File.ReadLines(Path.Combine(outDir, "metrics.jsonl")).Where(l => l.Length > 0)
                 .Select(l => JsonNode.Parse(l)!.AsObject())
                 .Where(o => (int)o["stage"]! == last.Index && (string)o["call"]! == "actor_train").ToList();
@@ -61,7 +63,7 @@ public static class BenchAlgorithmsCommand
             rows.Add(new JsonObject
             {
                 ["example"] = $"{name}-tiny", ["algorithm"] = last.Algorithm,
-                ["reward"] = AlgorithmNames.Rewarded(last.Algorithm) ? last.Reward.Kind : "pairs (graded checker)",
+                ["reward"] = last.Reward ?? "pairs (graded checker)",
                 ["start_task_score"] = start, ["end_task_score"] = end,
                 ["error_cut"] = cut is { } c ? Math.Round(c, 4) : null,
                 ["start_reward"] = (double?)summary["initial_reward"], ["end_reward"] = (double?)summary["final_reward"],

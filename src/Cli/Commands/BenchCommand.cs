@@ -1,7 +1,9 @@
 // `realn bench <what>`: quick in-process benchmarks that print a ratio to a reference measured
 // in the same run (the machine is shared and noisy). The BenchmarkDotNet suites in bench/ hold
-// the statistically careful versions of the kernel cases.
+// the statistically careful versions of the kernel cases. `realloc`, `train` and `generate` time the
+// engine's internals and live in the ReaLNative.Diagnostics assembly (src/Diagnostics).
 using System.CommandLine;
+using ReaLNative.Diagnostics;
 
 namespace ReaLNative.Cli.Commands;
 

@@ -60,10 +60,9 @@ public static unsafe class BenchKernelsCommand
             var s = blk.AsSpan<float>();
             for (int i = 0; i < s.Length; i++) s[i] = (float)(rng.NextDouble() - 0.5);
         }
-        nint sp = stream.Ptr;
         float* pa = (float*)a.Pointer, pb = (float*)b.Pointer, pc = (float*)c.Pointer;
         var (tAbi, tBlas) = Interleaved(
-            () => Native.Check(Native.realn_op_gemm(sp, DType.F32, 0, 0, n, n, n, 1f, pa, n, 0, pb, n, 0, 0f, pc, n, 0, 1)),
+            () => Kernels.Gemm(stream, false, false, n, n, n, pa, n, pb, n, pc, n),
             () => OpenBlas.cblas_sgemm(OpenBlas.RowMajor, OpenBlas.NoTrans, OpenBlas.NoTrans, n, n, n, 1f, pa, n, pb, n, 0f, pc, n),
             reps);
         double flops = 2.0 * n * n * n;
@@ -97,7 +96,7 @@ public static unsafe class BenchKernelsCommand
             float* qa = (float*)sa.Pointer, qb = (float*)sb.Pointer, qc = (float*)sc.Pointer;
             int shapeReps = m * (long)nn * k > 100_000_000 ? reps : reps * 8;
             var (ts, tr) = Interleaved(
-                () => Native.Check(Native.realn_op_gemm(sp, DType.F32, ta, tb, m, nn, k, 1f, qa, lda, 0, qb, ldb, 0, 0f, qc, nn, 0, 1)),
+                () => Kernels.Gemm(stream, ta != 0, tb != 0, m, nn, k, qa, lda, qb, ldb, qc, nn),
                 () => OpenBlas.cblas_sgemm(OpenBlas.RowMajor, ta == 0 ? OpenBlas.NoTrans : OpenBlas.Trans, tb == 0 ? OpenBlas.NoTrans : OpenBlas.Trans,
                                            m, nn, k, 1f, qa, lda, qb, ldb, 0f, qc, nn),
                 shapeReps);
@@ -125,8 +124,8 @@ public static unsafe class BenchKernelsCommand
         fixed (long* po = offs, pl = lens)
         {
             long* o = po, l = pl;
-            (gather, mc1) = Interleaved(() => Native.Check(Native.realn_interval_gather(sp, ps, pf, o, l, count)), Memcpy, reps);
-            (scatter, mc2) = Interleaved(() => Native.Check(Native.realn_interval_scatter(sp, pf, ps, o, l, count)), Memcpy, reps);
+            (gather, mc1) = Interleaved(() => Kernels.IntervalGather(stream, ps, pf, o, l, count), Memcpy, reps);
+            (scatter, mc2) = Interleaved(() => Kernels.IntervalScatter(stream, pf, ps, o, l, count), Memcpy, reps);
         }
         double memcpy = Math.Min(mc1, mc2);
         results["interval"] = new Dictionary<string, object>
@@ -140,7 +139,7 @@ public static unsafe class BenchKernelsCommand
             ["scatter_ratio"] = Math.Round(memcpy / scatter, 3),
             ["goal"] = 0.80,
         };
-        results["threads"] = Native.GetNumThreads();
+        results["threads"] = Kernels.Threads;
 
         if (asJson)
         {

@@ -12,8 +12,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using ReaLNative.Engine.Dataflow;
-using ReaLNative.Engine.Config;
+using ReaLNative.Diagnostics;
 using ReaLNative.Planner;
 
 namespace ReaLNative.Cli.Commands;
@@ -48,9 +47,7 @@ public static class BenchPlanCommand
         foreach (var m in modes)
             if (!Modes.Contains(m)) throw new UsageException($"--only: '{m}' is not one of {string.Join(", ", Modes)}");
         if (!(timeout > 0)) throw new UsageException($"--timeout: {timeout} must be positive");
-        ExperimentConfig cfg;
-        try { cfg = ExperimentConfig.Load(configPath); }
-        catch (ConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
+        var experiment = RunCommand.LoadExperiment(configPath);
         if (File.Exists(outRoot)) throw new UsageException($"--out: '{outRoot}' is a file");
         if (Directory.Exists(outRoot) && Directory.EnumerateFileSystemEntries(outRoot).Any())
             throw new UsageException($"--out: '{outRoot}' is not empty; name a new directory");
@@ -68,7 +65,7 @@ public static class BenchPlanCommand
         var plan = r.Best.Plan;
         double? singleEstimate = PlanSearch.SingleDeviceSeconds(r.Problem.Cluster, r.Problem.Experiment, r.Problem.Estimator.Profile);
         double threadsEstimate = PlanSearch.InProcessSeconds(r);
-        int stage = PlannedStage(cfg, plan)
+        int stage = PlannedStage(experiment, plan)
             ?? throw new UsageException($"{configPath}: no stage runs exactly the calls of the plan ({string.Join(", ", plan.Calls.Select(c => c.Name))})");
 
         Directory.CreateDirectory(outRoot);
@@ -109,12 +106,12 @@ public static class BenchPlanCommand
             Console.WriteLine(new JsonObject
             {
                 ["benchmark"] = "plan", ["config"] = configPath, ["cluster"] = spec.Name, ["stage"] = stage,
-                ["stage_algorithm"] = cfg.Stages[stage].Algorithm, ["iterations"] = cfg.Stages[stage].Iterations,
+                ["stage_algorithm"] = experiment.Stages[stage].Algorithm, ["iterations"] = experiment.Stages[stage].Iterations,
                 ["plan"] = JsonNode.Parse(PlanJson.ToJson(plan)), ["rows"] = rows,
             }.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
             return 0;
         }
-        Console.WriteLine($"stage {stage} ({cfg.Stages[stage].Algorithm}, {cfg.Stages[stage].Iterations} iterations), seconds per iteration:");
+        Console.WriteLine($"stage {stage} ({experiment.Stages[stage].Algorithm}, {experiment.Stages[stage].Iterations} iterations), seconds per iteration:");
         Console.WriteLine($"{"run",-8} {"estimate",9} {"measured",9} {"meas/est",9} {"vs single",10}");
         foreach (var row in rows.Select(x => x!.AsObject()))
         {
@@ -127,12 +124,13 @@ public static class BenchPlanCommand
     }
 
     /// <summary>The last stage whose dataflow is exactly the plan's calls (the stage `realn run --plan` lays out).</summary>
-    internal static int? PlannedStage(ExperimentConfig cfg, Plan plan)
+    internal static int? PlannedStage(TrainingExperiment experiment, Plan plan)
     {
         var names = plan.Calls.Select(c => c.Name).ToHashSet();
-        for (int s = cfg.Stages.Count - 1; s >= 0; s--)
+        var stages = experiment.Stages;
+        for (int s = stages.Count - 1; s >= 0; s--)
         {
-            var calls = DataflowGraph.For(cfg.Stages[s]).Calls.Select(c => c.Name).ToHashSet();
+            var calls = stages[s].Calls.ToHashSet();
             if (calls.SetEquals(names)) return s;
         }
         return null;

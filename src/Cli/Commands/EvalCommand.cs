@@ -9,9 +9,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using ReaLNative.Engine.Checkpoints;
-using ReaLNative.Engine.Config;
-using ReaLNative.Engine.Runs;
+using ReaLNative.Planner;
 
 namespace ReaLNative.Cli.Commands;
 
@@ -43,34 +41,43 @@ public static class EvalCommand
         if (!Directory.Exists(dir)) throw new UsageException($"--checkpoint {dir}: no such directory");
         if (IsModel(dir)) return dir;
         if (IsModel(Path.Combine(dir, "actor"))) return Path.Combine(dir, "actor");
-        var store = new CheckpointStore(Path.Combine(dir, "checkpoints"), 1);
-        if (store.Pointer() is { } latest && IsModel(Path.Combine(store.PathOf(latest), "actor"))) return Path.Combine(store.PathOf(latest), "actor");
+        if (LatestPointer(dir) is { } latest && IsModel(Path.Combine(dir, "checkpoints", latest, "actor"))) return Path.Combine(dir, "checkpoints", latest, "actor");
         throw new UsageException($"--checkpoint {dir}: not a model folder (config.json + .safetensors), a checkpoint with actor/, or a run directory with checkpoints/latest");
+    }
+
+    /// <summary>The checkpoint a run directory's checkpoints/latest pointer names (step-N), or null.</summary>
+    private static string? LatestPointer(string runDir)
+    {
+        string pointer = Path.Combine(runDir, "checkpoints", "latest");
+        try
+        {
+            if (!File.Exists(pointer)) return null;
+            string name = File.ReadAllText(pointer).Trim();
+            return name.StartsWith("step-", StringComparison.Ordinal) && long.TryParse(name.AsSpan(5), NumberStyles.None, CultureInfo.InvariantCulture, out _) ? name : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
     }
 
     private static int Run(string configPath, string checkpoint, int? stageIndex, bool json)
     {
-        var cfg = ExperimentConfig.Load(configPath);
-        int si = stageIndex ?? cfg.Stages.Count - 1;
-        if (si < 0 || si >= cfg.Stages.Count)
-            throw new UsageException($"--stage {si}: the experiment has stages 0..{cfg.Stages.Count - 1}");
-        var stage = cfg.Stages[si];
-        if (!stage.Models.ContainsKey("actor"))
+        var experiment = TrainingExperiment.FromYamlText(InputFile.ReadAllText(configPath, "config file"), Path.GetDirectoryName(Path.GetFullPath(configPath)));
+        var stages = experiment.Stages;
+        int si = stageIndex ?? stages.Count - 1;
+        if (si < 0 || si >= stages.Count)
+            throw new UsageException($"--stage {si}: the experiment has stages 0..{stages.Count - 1}");
+        var stage = stages[si];
+        if (!stage.Roles.Contains("actor"))
             throw new UsageException($"--stage {si}: a {stage.Algorithm} stage has no actor to evaluate");
         string folder = ModelFolder(checkpoint);
         var clock = Stopwatch.StartNew();
-        using var model = Safetensors.Load(folder, scalarHead: false);
-        // The pipeline is only asked to evaluate: it writes nothing (no run directory is created).
-        using var pipeline = new Pipeline(cfg, Path.Combine(Path.GetTempPath(), "realn-eval-unused"));
-        var r = pipeline.EvaluateHeldOut(model, stage);
-        var ds = stage.Dataset;
+        var r = Evaluation.HeldOut(experiment, folder, si);
         var result = new JsonObject
         {
             ["checkpoint"] = folder, ["config"] = configPath, ["stage"] = si, ["algorithm"] = stage.Algorithm,
-            ["held_out"] = ds?.HeldOut is { } h ? Path.GetRelativePath(cfg.BaseDirectory, h) : $"task {cfg.Task.Name}",
-            ["scorer"] = stage.Reward.RuleBased && stage.Reward.Kind != RewardConfig.Task ? stage.Reward.Kind : "exact_match",
-            ["examples"] = r.Examples.Length, ["task_score"] = Math.Round(r.Score, 6), ["right"] = r.Right,
-            ["ended_with_eos"] = r.EndedWithEos.Count(x => x), ["records_skipped"] = r.RecordsSkipped,
+            ["held_out"] = r.HeldOutFile is { } h ? Path.GetRelativePath(experiment.BaseDirectory, h) : $"task {experiment.Task}",
+            ["scorer"] = r.Scorer,
+            ["examples"] = r.Answers.Count, ["task_score"] = Math.Round(r.Score, 6), ["right"] = r.Right,
+            ["ended_with_eos"] = r.Answers.Count(a => a.EndedWithEos), ["records_skipped"] = r.RecordsSkipped,
             ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 3),
         };
         if (json)
@@ -79,10 +86,10 @@ public static class EvalCommand
             return 0;
         }
         var inv = CultureInfo.InvariantCulture;
-        Console.WriteLine($"held-out score {r.Score.ToString("0.000", inv)} ({r.Right}/{r.Examples.Length} right, scored by {result["scorer"]}) " +
+        Console.WriteLine($"held-out score {r.Score.ToString("0.000", inv)} ({r.Right}/{r.Answers.Count} right, scored by {result["scorer"]}) " +
                           $"of {folder} on {result["held_out"]} (stage {si} {stage.Algorithm}), {clock.Elapsed.TotalSeconds.ToString("0.0", inv)} s");
-        for (int i = 0; i < Math.Min(3, r.Examples.Length); i++)
-            Console.WriteLine($"  {r.Examples[i].Prompt} -> {r.Completions[i]}{(r.EndedWithEos[i] ? "" : " (no EOS)")}  [{r.Scores[i].ToString("0.##", inv)}]");
+        foreach (var a in r.Answers.Take(3))
+            Console.WriteLine($"  {a.Prompt} -> {a.Completion}{(a.EndedWithEos ? "" : " (no EOS)")}  [{a.Score.ToString("0.##", inv)}]");
         return 0;
     }
 }

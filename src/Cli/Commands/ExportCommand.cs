@@ -3,7 +3,6 @@
 // GGUF file llama.cpp and Ollama load: LLaMA architecture, matrices in the chosen dtype, the
 // tokenizer and its chat template in the metadata.
 using System.CommandLine;
-using ReaLNative.Engine.Checkpoints;
 
 namespace ReaLNative.Cli.Commands;
 
@@ -26,16 +25,8 @@ public static class ExportCommand
 
     private static int Run(string checkpoint, string output, string dtypeName, string? tokenizerPath)
     {
-        var dtype = GgufWriter.ParseDType(dtypeName);
-        using var model = Safetensors.Load(checkpoint);
-        var tok = CheckpointTokenizer.Resolve(checkpoint, tokenizerPath, model.Config.Vocab);
-        var vocab = tok.Hf is not null ? GgufVocab.From(tok.Hf, model.Config.Vocab)
-            : tok.Char is not null ? GgufVocab.FromChar(tok.Char, model.Config.Vocab)
-            : GgufVocab.Synthetic(model.Config.Vocab);
-        GgufWriter.Write(model, output, vocab, dtype);
-        string what = tok.Hf is not null ? $"tokenizer {tok.Hf.Path} ({vocab.Model}{(vocab.Pre is null ? "" : ", pre " + vocab.Pre)}){(vocab.ChatTemplate is null ? "" : " with its chat template")}"
-            : tok.Char is not null ? "the synthetic tasks' character tokenizer" : "a synthetic vocabulary (token ids only)";
-        Console.WriteLine($"wrote {output}: {model.ParameterCount:N0} parameters as {dtypeName.ToLowerInvariant()}, {new FileInfo(output).Length / 1e6:F1} MB, {what}");
+        var r = GgufExport.Write(checkpoint, output, dtypeName, tokenizerPath);
+        Console.WriteLine($"wrote {output}: {r.Parameters:N0} parameters as {dtypeName.ToLowerInvariant()}, {r.Bytes / 1e6:F1} MB, {r.Tokenizer}");
         return 0;
     }
 }

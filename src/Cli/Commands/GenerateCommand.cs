@@ -4,9 +4,6 @@
 // (with the generation prompt); otherwise the text is encoded as is, after BOS when the
 // tokenizer adds one. Generation stops at the tokenizer's EOS.
 using System.CommandLine;
-using ReaLNative.Engine.Checkpoints;
-using ReaLNative.Engine.Generation;
-using ReaLNative.Engine.Tokenization;
 
 namespace ReaLNative.Cli.Commands;
 
@@ -37,35 +34,10 @@ public static class GenerateCommand
         if (!(temperature >= 0)) throw new UsageException($"--temperature must be >= 0 (got {temperature})");
         if (!(topP > 0 && topP <= 1)) throw new UsageException($"--top-p must be in (0, 1] (got {topP})");
         if (system is not null && !chat) throw new UsageException("--system needs --chat");
-        using var model = Safetensors.Load(checkpoint);
-        if (model.ScalarHead) throw new UsageException($"{checkpoint} is a scalar-head model (reward or critic): it scores, it does not generate");
-        var tok = CheckpointTokenizer.Resolve(checkpoint, tokenizerPath, model.Config.Vocab);
-        int[] ids;
-        if (chat)
+        Console.WriteLine(TextGenerator.Complete(checkpoint, prompt, new CompletionSettings
         {
-            var hf = tok.Hf ?? throw new UsageException($"--chat needs a Hugging Face tokenizer with a chat_template ({checkpoint} has no tokenizer.json; give --tokenizer)");
-            var messages = new List<ChatMessage>();
-            if (system is not null) messages.Add(new("system", system));
-            messages.Add(new("user", prompt));
-            ids = ChatEncoder.EncodePrompt(hf, messages);
-        }
-        else if (tok.Hf is { } hf) ids = hf.AddBos && hf.Bos >= 0 ? [hf.Bos, .. hf.Encode(prompt)] : hf.Encode(prompt);
-        else if (tok.Char is { } ch)
-        {
-            try { ids = [ch.Bos, .. ch.Encode(prompt)]; }
-            catch (ArgumentException e) { throw new UsageException($"--prompt: {e.Message}"); }
-        }
-        else throw new UsageException($"{checkpoint} has no tokenizer.json and its vocab_size {model.Config.Vocab} is not the synthetic tasks' tokenizer: give --tokenizer");
-        if (ids.Length == 0) throw new UsageException("--prompt encodes to no tokens");
-        if (ids.Length + maxNew > model.Config.MaxPositions)
-            throw new UsageException($"prompt ({ids.Length} tokens) + --max-new-tokens {maxNew} exceed the model's max_position_embeddings {model.Config.MaxPositions}");
-        var r = Generator.Generate(model, [ids], new GenerationOptions
-        {
-            MaxNewTokens = maxNew, Temperature = temperature, TopP = topP, Seed = seed, EosToken = tok.Tokenizer.Eos,
-        });
-        var outIds = r.NewTokens[0];
-        int n = outIds.Length > 0 && outIds[^1] == tok.Tokenizer.Eos ? outIds.Length - 1 : outIds.Length;
-        Console.WriteLine(tok.Tokenizer.Decode(outIds.AsSpan(0, n)));
+            Chat = chat, System = system, MaxNewTokens = maxNew, Temperature = temperature, TopP = topP, Seed = seed, TokenizerPath = tokenizerPath,
+        }));
         return 0;
     }
 }

@@ -14,10 +14,6 @@ using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using Spectre.Console;
-using ReaLNative.Engine.Config;
-using ReaLNative.Engine.Control;
-using ReaLNative.Engine.Runs;
-using ReaLNative.Engine.Workers;
 
 namespace ReaLNative.Cli.Commands;
 
@@ -90,37 +86,36 @@ public static class LaunchCommand
         using var interruption = new Interruption();
         var (node, nodes) = NodeOf(nodeRank, nnodes, Environment.GetEnvironmentVariable);
         var (host, port) = HostPort(masterAddr);
-        ExperimentConfig cfg;
-        try { cfg = ExperimentConfig.Load(configPath); }
-        catch (ConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
+        var experiment = RunCommand.LoadExperiment(configPath);
         var plan = RunCommand.LoadPlan(planPath, configPath, maxDevices: int.MaxValue);
         if (plan.Nodes != nodes) throw new UsageException($"{planPath}: the plan's cluster has {plan.Nodes} node(s), the launch {nodes}");
         byte[] secret;
-        bool given = !string.IsNullOrEmpty(Environment.GetEnvironmentVariable(JobSecret.Variable)) || !string.IsNullOrEmpty(Environment.GetEnvironmentVariable(JobSecret.FileVariable));
-        if (given)
+        if (WorkerHost.SecretInEnvironment)
         {
-            try { secret = JobSecret.FromEnvironment(); }
+            try { secret = WorkerHost.SecretFromEnvironment(); }
             catch (InvalidOperationException e) { throw new UsageException(e.Message); }
         }
-        else if (nodes == 1) secret = JobSecret.Generate();
-        else throw new UsageException($"a multi-node job needs the same secret on every node: set {JobSecret.FileVariable} to a file of mode 0600 holding 64 hex digits " +
-                                      $"(e.g. `(umask 077; openssl rand -hex 32 > ~/.realn-secret)`) or {JobSecret.Variable}; never put it on the command line");
+        else if (nodes == 1) secret = WorkerHost.NewSecret();
+        else throw new UsageException($"a multi-node job needs the same secret on every node: set {WorkerHost.SecretFileVariable} to a file of mode 0600 holding 64 hex digits " +
+                                      $"(e.g. `(umask 077; openssl rand -hex 32 > ~/.realn-secret)`) or {WorkerHost.SecretVariable}; never put it on the command line");
         string job = jobId ?? "job-" + Convert.ToHexString(SHA256.HashData(secret))[..12].ToLowerInvariant();
         int dpn = plan.DevicesPerNode, devices = nodes * dpn;
         var ranks = Enumerable.Range(node * dpn, dpn).ToArray();
         string wbind = workerBind ?? LocalAddressToward(host, port);
-        var (exe, prefix) = RunCommand.Self();
         string control = $"tcp://{host}:{port}";
         int threads = Math.Max(1, Environment.ProcessorCount / dpn);
 
         if (node != 0)
         {
-            var cmdLine = new WorkerCommandLine(exe, prefix, control, job, devices + 1) { BindHost = wbind, Node = Environment.MachineName + $"/{node}", ThreadsPerWorker = threads };
-            var signals = new NodeSignals();
-            interruption.Token.Register(() => signals.Signal = interruption.Signal);
-            interruption.Abort = () => signals.KillWorkers?.Invoke();
+            var worker = new WorkerNode(new WorkerNodeOptions
+            {
+                Control = control, Job = job, Secret = secret, Node = node, Ranks = ranks, Size = devices + 1,
+                WorkerBindHost = wbind, NodeName = Environment.MachineName + $"/{node}", ThreadsPerWorker = threads,
+            });
+            interruption.Token.Register(() => worker.ReportSignal(interruption.Signal!));
+            interruption.Abort = worker.KillWorkers;
             interruption.AbortDetail = () => $"; node {node}'s workers killed";
-            int code = NodeLauncher.Run(cmdLine, secret, node, ranks, ModelWorker.HeartbeatLoss, m => Console.Error.WriteLine($"realn launch: {m}"), signals);
+            int code = worker.Run(m => Console.Error.WriteLine($"realn launch: {m}"));
             if (interruption.Requested)
             {
                 Console.Error.WriteLine($"realn: interrupted by {interruption.Describe()}; node {node}'s workers stopped");
@@ -131,60 +126,36 @@ public static class LaunchCommand
 
         if (outDir is null) throw new UsageException("--out is required on node 0 (it runs the master)");
         if (resume && overwrite) throw new UsageException("--resume and --overwrite exclude each other");
-        // The run directory is checked before any node's workers are waited for.
-        try { RunDirectory.Check(Path.GetFullPath(outDir), resume ? RunStart.Resume : overwrite ? RunStart.Overwrite : RunStart.Fresh, "--resume", "--overwrite"); }
-        catch (RunDirectoryException e) { throw new UsageException(e.Message); }
-        AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: job {job}, {nodes} node(s) x {dpn} device(s), master {Markup.Escape(control)}; waiting for every node's workers");
-        WorkerPool pool;
-        try
+        var hosts = JobHosts.LauncherNode(new LauncherNodeOptions
         {
-            pool = new WorkerPool(devices, new WorkerPoolOptions
-            {
-                Executable = exe, ExecutablePrefix = prefix, ExternalWorkers = true, LocalRanks = ranks, Bind = $"tcp://{bind ?? host}:{port}",
-                WorkerBindHost = wbind, Node = Environment.MachineName + "/0", Secret = secret, Job = job, ThreadsPerWorker = threads,
-                StartTimeout = TimeSpan.FromSeconds(startTimeout), Cancellation = interruption.Token, OnInterrupt = interruption.Request,
-                JoinNote = m => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(m)}[/]"),
-            });
-        }
+            MasterEndpoint = $"tcp://{bind ?? host}:{port}", WorkerBindHost = wbind,
+            NodeName = Environment.MachineName + "/0", Secret = secret, Job = job, ThreadsPerWorker = threads,
+            StartTimeout = TimeSpan.FromSeconds(startTimeout), OnWorkerSignal = interruption.Request,
+            JoinProgress = m => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(m)}[/]"),
+        });
+        using var run = new TrainingJob(experiment, RunCommand.Options(outDir, resume, overwrite, plan, hosts));
+        // The plan's layouts and the run directory are checked before any node's workers are waited for.
+        RunCommand.Prepare(run, configPath, planPath);
+        AnsiConsole.MarkupLine($"[bold]{Markup.Escape(experiment.Name)}[/]: job {job}, {nodes} node(s) x {dpn} device(s), master {Markup.Escape(control)}; waiting for every node's workers");
+        try { run.StartWorkers(interruption.Token); }
         catch (OperationCanceledException) when (interruption.Requested)
         {
             Console.Error.WriteLine($"realn: interrupted by {interruption.Describe()} while the workers were joining; nothing ran");
             return interruption.ExitCode;
         }
-        interruption.Abort = () => { pool.Abort(); RunDirectory.RemoveTemporaries(Path.GetFullPath(outDir)); };
+        RunCommand.AbortOnSecondSignal(interruption, run);
         AnsiConsole.MarkupLine($"all {nodes} node(s) joined: {devices} model workers");
         PlanReport.PrintPlan(plan, planPath, $"devices: {devices} model worker processes, {dpn} per node ({threads} OpenMP thread(s) each), node 0 runs the master (UCX rank {devices})");
-        Pipeline pipeline;
-        try
+        var result = run.Run(new RunCommand.Reporter(ev => AnsiConsole.MarkupLine($"[grey]{ev.Algorithm} {ev.Iteration}/{ev.Iterations}[/] " +
+            Markup.Escape(string.Join("  ", ev.Figures.Where(kv => kv.Key is "loss" or "reward_mean" or "task_score").Select(kv => $"{kv.Key} {HumanOutput.Num(kv.Value)}"))))),
+            interruption.Token);   // workers shut down (or killed), launchers told the job is over
+        if (result.Status == TrainingStatus.Cancelled)
         {
-            pipeline = new Pipeline(cfg, outDir, plan: plan, hosts: n => n == devices ? pool : throw new InvalidOperationException($"the plan needs {n} devices, the launch has {devices}"),
-                progress: ev => AnsiConsole.MarkupLine($"[grey]{ev.Algorithm} {ev.Iteration}/{ev.Iterations}[/] " +
-                    Markup.Escape(string.Join("  ", ev.Figures.Where(kv => kv.Key is "loss" or "reward_mean" or "task_score").Select(kv => $"{kv.Key} {HumanOutput.Num(kv.Value)}")))),
-                note: n => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(n)}[/]"));
+            Console.Error.WriteLine($"realn: {RunCommand.InterruptedLine(interruption, result)}");
+            return interruption.ExitCode;
         }
-        catch (ConfigException e)
-        {
-            pool.Dispose();
-            throw new UsageException($"{planPath}: {e.Message}");
-        }
-        System.Text.Json.Nodes.JsonObject summary;
-        try
-        {
-            using (pipeline)
-            {
-                interruption.AbortDetail = () => $" at {pipeline.Position}; last checkpoint {pipeline.LastCheckpoint ?? "none"}; resume with --resume";
-                summary = pipeline.Run(resume, cancellationToken: interruption.Token, overwrite: overwrite);
-                if (summary["cancelled"] is not null)
-                {
-                    pipeline.Dispose();
-                    pool.Dispose();
-                    Console.Error.WriteLine($"realn: {RunCommand.InterruptedLine(interruption, summary)}");
-                    return interruption.ExitCode;
-                }
-            }
-        }
-        finally { pool.Dispose(); }  // workers shut down (or killed), launchers told the job is over
-        Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"), $"{cfg.Name}: training curves");
+        var summary = System.Text.Json.Nodes.JsonNode.Parse(result.SummaryJson!)!.AsObject();
+        Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"), $"{experiment.Name}: training curves");
         PlanReport.PrintMeasured(plan, Path.Combine(outDir, "metrics.jsonl"));
         AnsiConsole.MarkupLine(Markup.Escape(HumanOutput.SummaryLine(summary)));
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "summary.json"))}, metrics.jsonl, curves.png");

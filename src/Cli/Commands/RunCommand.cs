@@ -6,10 +6,6 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
-using ReaLNative.Engine.Config;
-using ReaLNative.Engine.Parallelism;
-using ReaLNative.Engine.Runs;
-using ReaLNative.Engine.Workers;
 using ReaLNative.Planner;
 using Spectre.Console;
 
@@ -47,9 +43,9 @@ public static class RunCommand
     private static string F(double v) => HumanOutput.Num(v);
 
     /// <summary>Where the stages' examples come from: the synthetic task, or each dataset file once.</summary>
-    private static string Source(ExperimentConfig cfg)
+    private static string Source(TrainingExperiment experiment)
     {
-        var files = cfg.Stages.Select(s => s.Dataset is { } d ? "data " + Path.GetRelativePath(cfg.BaseDirectory, d.Train) : "task " + cfg.Task.Name).Distinct();
+        var files = experiment.Stages.Select(s => s.TrainingData is { } d ? "data " + Path.GetRelativePath(experiment.BaseDirectory, d) : "task " + experiment.Task).Distinct();
         return string.Join(", ", files);
     }
 
@@ -67,6 +63,13 @@ public static class RunCommand
 
     /// <summary>Most devices a plan run on one machine may ask for (each a worker process or a thread with its own shards).</summary>
     private const int MaxLocalDevices = 64;
+
+    /// <summary>Reads and validates an experiment config; errors name the file and the field (exit 2).</summary>
+    internal static TrainingExperiment LoadExperiment(string configPath)
+    {
+        try { return TrainingExperiment.FromYamlText(InputFile.ReadAllText(configPath, "config file"), Path.GetDirectoryName(Path.GetFullPath(configPath))); }
+        catch (InputException e) { throw new UsageException($"{configPath}: {e.Message}"); }
+    }
 
     /// <summary>Loads and validates a plan against the experiment (structure: calls, models, meshes,
     /// degrees); errors name the call and the reason.</summary>
@@ -90,39 +93,39 @@ public static class RunCommand
         catch (PlannerException e) { throw new UsageException($"{planPath}: {e.Message}"); }
     }
 
-    /// <summary>Refuses, before anything is allocated, an experiment whose models do not fit in this
-    /// machine's available memory (the planner's memory model; `realn plan`'s message).</summary>
-    internal static void CheckMemory(ExperimentConfig cfg, string configPath, Plan? plan)
+    /// <summary>Checks everything before anything runs (TrainingJob.Prepare): memory, the plan's layouts, --out.
+    /// Bad input is exit 2, nothing changed.</summary>
+    internal static void Prepare(TrainingJob job, string configPath, string? planPath)
     {
-        var (available, machine) = HostMemory.Available();
-        if (double.IsInfinity(available)) return;  // no /proc/meminfo: nothing to check against
-        try { MemoryCheck.Check(cfg, plan, available, machine); }
-        catch (ConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
-    }
-
-    /// <summary>Model worker processes of this executable, one per plan device, on loopback; a signal
-    /// a worker reports interrupts the job, a second signal here kills them.</summary>
-    internal static Func<int, IReplicaHost> WorkerProcesses(Interruption interruption) => n =>
-    {
-        var (exe, prefix) = Self();
-        var pool = new WorkerPool(n, new WorkerPoolOptions { Executable = exe, ExecutablePrefix = prefix, Cancellation = interruption.Token, OnInterrupt = interruption.Request });
-        var before = interruption.Abort;
-        interruption.Abort = () => { pool.Abort(); before?.Invoke(); };
-        return pool;
-    };
-
-    /// <summary>Checks --out before anything runs (bad input: exit 2, nothing changed).</summary>
-    internal static void CheckOutput(Pipeline pipeline, bool resume, bool overwrite)
-    {
-        if (resume && overwrite) throw new UsageException("--resume and --overwrite exclude each other");
-        try { pipeline.CheckOutput(resume ? RunStart.Resume : overwrite ? RunStart.Overwrite : RunStart.Fresh); }
+        try { job.Prepare(); }
+        catch (ExperimentConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
+        catch (PlannerException e) { throw new UsageException($"{planPath ?? configPath}: {e.Message}"); }
         catch (RunDirectoryException e) { throw new UsageException(e.Message); }
     }
 
+    /// <summary>The job options every CLI run shares: flag names in messages, resume's notes in yellow, no plan.json.</summary>
+    internal static TrainingOptions Options(string outDir, bool resume, bool overwrite, Plan? plan, JobHosts hosts) => new()
+    {
+        OutputDirectory = outDir, Resume = resume, Overwrite = overwrite,
+        Plan = plan is null ? PlanChoice.SingleDevice : PlanChoice.FromPlan(plan), Hosts = hosts,
+        ResumeOptionName = "--resume", OverwriteOptionName = "--overwrite", WritePlanJson = false,
+        OnNote = n => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(n)}[/]"),
+    };
+
+    /// <summary>A second signal: stop the job at once; the line says where it was.</summary>
+    internal static void AbortOnSecondSignal(Interruption interruption, TrainingJob job)
+    {
+        interruption.Abort = job.Abort;
+        interruption.AbortDetail = () => $" at {job.Position}; last checkpoint {LastCheckpointName(job.Options.OutputDirectory) ?? "none"}; resume with --resume";
+    }
+
+    private static string? LastCheckpointName(string outDir) =>
+        Checkpoint.Latest(outDir) is { } c ? Path.GetFileName(c.Directory) : null;
+
     /// <summary>The line an interrupted run ends with, from the cancelled run's result.</summary>
-    internal static string InterruptedLine(Interruption interruption, JsonObject result) =>
-        $"interrupted by {interruption.Describe()} at {result["position"]}; " +
-        (result["last_checkpoint"] is { } ck ? $"last checkpoint {ck}; resume with --resume" : "no checkpoint yet; start over with --overwrite");
+    internal static string InterruptedLine(Interruption interruption, TrainingResult result) =>
+        $"interrupted by {interruption.Describe()} at {result.StoppedAt}; " +
+        (result.LastCheckpoint is { } ck ? $"last checkpoint {Path.GetFileName(ck.Directory)}; resume with --resume" : "no checkpoint yet; start over with --overwrite");
 
     /// <summary>How to start this realn again: the apphost, or `dotnet realn.dll`.</summary>
     internal static (string Exe, string[] Prefix) Self()
@@ -136,60 +139,57 @@ public static class RunCommand
     private static int Run(string configPath, string outDir, bool resume, bool overwrite, string? planPath, bool inProcess)
     {
         using var interruption = new Interruption();
-        ExperimentConfig cfg;
-        try { cfg = ExperimentConfig.Load(configPath); }
-        catch (ConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
+        var experiment = LoadExperiment(configPath);
         var plan = planPath is null ? null : LoadPlan(planPath, configPath);
-        CheckMemory(cfg, configPath, plan);
+        if (resume && overwrite) throw new UsageException("--resume and --overwrite exclude each other");
+        var hosts = plan is null || inProcess ? JobHosts.InProcess : JobHosts.WorkerProcesses(new WorkerProcessOptions { OnWorkerSignal = interruption.Request });
+        using var job = new TrainingJob(experiment, Options(outDir, resume, overwrite, plan, hosts));
+        // Checked before the display, so a refused plan or --out is a usage error before anything runs.
+        Prepare(job, configPath, planPath);
 
-        JsonObject summary = null!;
-        Action<ProgressEvent>? show = null;
-        Pipeline pipeline;
-        // Built before the display so a refused plan is a usage error before anything runs.
-        try { pipeline = new Pipeline(cfg, outDir, plan: plan, progress: ev => show?.Invoke(ev),
-                                           note: n => AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(n)}[/]"),
-                                           hosts: plan is null || inProcess ? null : WorkerProcesses(interruption)); }
-        catch (ConfigException e) { throw new UsageException($"{planPath ?? configPath}: {e.Message}"); }
-        using (pipeline)
-        {
-            CheckOutput(pipeline, resume, overwrite);
-            AnsiConsole.MarkupLine($"[bold]{Markup.Escape(cfg.Name)}[/]: {string.Join(" -> ", cfg.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, {Markup.Escape(Source(cfg))}, seed {cfg.Seed}");
-            if (plan is not null) PlanReport.PrintPlan(plan, planPath!, DevicesLine(plan, inProcess));
-            var before = interruption.Abort;
-            interruption.Abort = () => { before?.Invoke(); RunDirectory.RemoveTemporaries(Path.GetFullPath(outDir)); };
-            interruption.AbortDetail = () => $" at {pipeline.Position}; last checkpoint {pipeline.LastCheckpoint ?? "none"}; resume with --resume";
-            AnsiConsole.Progress()
-                .AutoClear(false)
-                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
-                .Start(ctx =>
+        TrainingResult result = null!;
+        Action<TrainingProgress>? show = null;
+        AnsiConsole.MarkupLine($"[bold]{Markup.Escape(experiment.Name)}[/]: {string.Join(" -> ", experiment.Stages.Select(s => $"{s.Algorithm} ({s.Iterations})"))}, {Markup.Escape(Source(experiment))}, seed {experiment.Seed}");
+        if (plan is not null) PlanReport.PrintPlan(plan, planPath!, DevicesLine(plan, inProcess));
+        AbortOnSecondSignal(interruption, job);
+        AnsiConsole.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
+            .Start(ctx =>
+            {
+                var bars = experiment.Stages.Select(s => ctx.AddTask($"{s.Index}: {s.Algorithm}", autoStart: false, maxValue: s.Iterations)).ToList();
+                show = ev =>
                 {
-                    var bars = cfg.Stages.Select(s => ctx.AddTask($"{s.Index}: {s.Algorithm}", autoStart: false, maxValue: s.Iterations)).ToList();
-                    show = ev =>
-                    {
-                        var bar = bars[ev.Stage];
-                        if (!bar.IsStarted) bar.StartTask();
-                        bar.Value = ev.Iteration;
-                        if (ev.Iteration >= ev.Iterations) bar.StopTask();  // its clock stops with the stage
-                        var shown = ev.Figures.Where(kv => kv.Key is "loss" or "reward_mean" or "kl" or "task_score" or "accuracy" or "sample_task_score")
-                                              .Select(kv => $"{kv.Key} {F(kv.Value)}");
-                        ctx.Refresh();
-                        AnsiConsole.MarkupLine($"[grey]{ev.Algorithm} {ev.Iteration}/{ev.Iterations}[/] {Markup.Escape(string.Join("  ", shown))}");
-                    };
-                    summary = pipeline.Run(resume, cancellationToken: interruption.Token, overwrite: overwrite);
-                    foreach (var b in bars) b.StopTask();
-                });
-        }   // workers stopped
-        if (summary["cancelled"] is not null)
+                    var bar = bars[ev.Stage];
+                    if (!bar.IsStarted) bar.StartTask();
+                    bar.Value = ev.Iteration;
+                    if (ev.Iteration >= ev.Iterations) bar.StopTask();  // its clock stops with the stage
+                    var shown = ev.Figures.Where(kv => kv.Key is "loss" or "reward_mean" or "kl" or "task_score" or "accuracy" or "sample_task_score")
+                                          .Select(kv => $"{kv.Key} {F(kv.Value)}");
+                    ctx.Refresh();
+                    AnsiConsole.MarkupLine($"[grey]{ev.Algorithm} {ev.Iteration}/{ev.Iterations}[/] {Markup.Escape(string.Join("  ", shown))}");
+                };
+                result = job.Run(new Reporter(ev => show?.Invoke(ev)), interruption.Token);   // workers stopped when it returns
+                foreach (var b in bars) b.StopTask();
+            });
+        if (result.Status == TrainingStatus.Cancelled)
         {
-            Console.Error.WriteLine($"realn: {InterruptedLine(interruption, summary)}");
+            Console.Error.WriteLine($"realn: {InterruptedLine(interruption, result)}");
             return interruption.ExitCode;
         }
-        Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"), $"{cfg.Name}: training curves");
+        var summary = JsonNode.Parse(result.SummaryJson!)!.AsObject();
+        Curves.Write(Path.Combine(outDir, "metrics.jsonl"), Path.Combine(outDir, "curves.png"), $"{experiment.Name}: training curves");
         if (plan is not null) PlanReport.PrintMeasured(plan, Path.Combine(outDir, "metrics.jsonl"));
         AnsiConsole.MarkupLine(Markup.Escape(HumanOutput.SummaryLine(summary)));
-        if (MemoryCheck.Line(summary) is { } memory) AnsiConsole.MarkupLine(Markup.Escape(memory));
+        if (HumanOutput.MemoryLine(summary) is { } memory) AnsiConsole.MarkupLine(Markup.Escape(memory));
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "summary.json"))}, metrics.jsonl, curves.png");
         return 0;
+    }
+
+    /// <summary>Progress reported on the run's thread (the command's own), straight to the display.</summary>
+    internal sealed class Reporter(Action<TrainingProgress> report) : IProgress<TrainingProgress>
+    {
+        public void Report(TrainingProgress value) => report(value);
     }
 }
 

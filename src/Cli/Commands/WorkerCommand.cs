@@ -1,18 +1,16 @@
-// `realn worker ...`: a worker process started by a master (`realn bench realloc`, later
-// `realn run` / `realn launch`). It authenticates to the master with the per-job secret taken from
+// `realn worker ...`: a worker process started by a master (`realn run --plan`, `realn launch`:
+// role model, WorkerHost.RunModelWorker; `realn bench realloc`: the bench roles, in
+// src/Diagnostics). It authenticates to the master with the per-job secret taken from
 // the REALN_JOB_SECRET environment variable (hex), never from the command line. A model worker
 // outlives a first SIGTERM / SIGINT (the whole job is usually signalled at once) and reports it to
 // its master, which stops the job at a safe point and shuts it down; a second signal ends it at once.
 using System.CommandLine;
-using ReaLNative.Engine.Realloc;
-using ReaLNative.Engine.Workers;
+using ReaLNative.Diagnostics;
 
 namespace ReaLNative.Cli.Commands;
 
 public static class WorkerCommand
 {
-    public const string SecretVariable = "REALN_JOB_SECRET";
-
     public static Command Create()
     {
         var control = new Option<string>("--control") { Description = "Master control endpoint (tcp://host:port)", Required = true };
@@ -28,26 +26,22 @@ public static class WorkerCommand
         foreach (var o in new Option[] { control, job, rank, size, role, reps, bind, advertise, node }) cmd.Options.Add(o);
         cmd.SetAction(p =>
         {
-            var hex = Environment.GetEnvironmentVariable(SecretVariable)
-                      ?? throw new UsageException($"{SecretVariable} is not set: workers are started by a master");
+            var hex = Environment.GetEnvironmentVariable(WorkerHost.SecretVariable)
+                      ?? throw new UsageException($"{WorkerHost.SecretVariable} is not set: workers are started by a master");
             byte[] secret;
             try { secret = Convert.FromHexString(hex); }
-            catch (FormatException) { throw new UsageException($"{SecretVariable} is not hex"); }
+            catch (FormatException) { throw new UsageException($"{WorkerHost.SecretVariable} is not hex"); }
             using var signals = p.GetValue(role) == "model" ? ReportSignals() : null;
-            return p.GetValue(role) switch
-            {
-                "bench-realloc" => CrossProcessReallocBench.RunWorker(p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank),
-                    p.GetValue(size), BenchReallocCommand.Model, Math.Max(1, p.GetValue(reps))),
-                "bench-p2p" => CrossProcessReallocBench.RunWorker(p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank),
-                    p.GetValue(size), BenchReallocCommand.Model, Math.Max(1, p.GetValue(reps)), p2pOnly: true),
-                "model" => ModelWorker.Run(new WorkerArgs(p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank), p.GetValue(size))
+            string what = p.GetValue(role)!;
+            if (what == "model")
+                return WorkerHost.RunModelWorker(new ModelWorkerOptions
                 {
-                    BindHost = p.GetValue(bind)!, AdvertiseHost = p.GetValue(advertise), Node = p.GetValue(node) ?? Environment.MachineName,
-                }),
-                "bench-serve" => CrossProcessReallocBench.Serve(p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank),
-                    p.GetValue(size), BenchReallocCommand.Model),
-                var r => throw new UsageException($"unknown worker role '{r}'"),
-            };
+                    Control = p.GetValue(control)!, Job = p.GetValue(job)!, Secret = secret, Rank = p.GetValue(rank), Size = p.GetValue(size),
+                    BindHost = p.GetValue(bind)!, AdvertiseHost = p.GetValue(advertise), NodeName = p.GetValue(node) ?? Environment.MachineName,
+                });
+            if (BenchReallocCommand.WorkerRoles.Contains(what))
+                return BenchReallocCommand.RunWorker(what, p.GetValue(control)!, p.GetValue(job)!, secret, p.GetValue(rank), p.GetValue(size), Math.Max(1, p.GetValue(reps)));
+            throw new UsageException($"unknown worker role '{what}'");
         });
         return cmd;
     }
@@ -64,7 +58,7 @@ public static class WorkerCommand
         {
             c.Cancel = true;
             bool term = c.Signal == System.Runtime.InteropServices.PosixSignal.SIGTERM;
-            if (Interlocked.Increment(ref count) == 1) { ModelWorker.NoteSignal(term ? "SIGTERM" : "SIGINT"); return; }
+            if (Interlocked.Increment(ref count) == 1) { WorkerHost.ReportSignal(term ? "SIGTERM" : "SIGINT"); return; }
             Environment.Exit(term ? 143 : 130);
         }
         return new Registrations(

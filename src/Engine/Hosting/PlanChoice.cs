@@ -1,8 +1,8 @@
 // How a job gets its execution plan: the single-device default, a planner search on a cluster
 // spec, or a plan JSON written earlier by `realn plan`. The chosen plan is validated against the
 // experiment's calls, written to OUT/plan.json and reported; the stage it lists runs each call on
-// its mesh and layout, the plan's devices being in-process workers (worker processes per device
-// are not built yet).
+// its mesh and layout, the plan's devices being those of the job's JobHosts (in-process devices,
+// worker processes, or every node's workers of a launch).
 using ReaLNative.Engine.Dataflow;
 using ReaLNative.Planner;
 using EngineCallType = ReaLNative.Engine.Dataflow.CallType;
@@ -61,6 +61,10 @@ public abstract class PlanChoice
     /// <summary>Resolves the plan for an experiment and checks it covers the workload stage's calls.</summary>
     internal abstract Plan Resolve(TrainingExperiment experiment);
 
+    /// <summary>Whether the run executes the plan (its stage's calls on their meshes and layouts, on the
+    /// job's <see cref="JobHosts"/>); the single-device choice runs everything on this process's device.</summary>
+    internal virtual bool Executed => true;
+
     /// <summary>Model function calls of the experiment's last (workload) stage.</summary>
     internal static IReadOnlyList<ModelFunctionCall> Calls(TrainingExperiment e)
     {
@@ -80,6 +84,7 @@ public abstract class PlanChoice
     private sealed class SingleDeviceChoice : PlanChoice
     {
         public override string ToString() => "single device";
+        internal override bool Executed => false;
 
         internal override Plan Resolve(TrainingExperiment experiment)
         {

@@ -1,5 +1,7 @@
 // Generation for hosts: text in, text out with the synthetic tasks' character tokenizer (the
-// vocabulary the tiny presets train on), or token ids in and out for any vocabulary.
+// vocabulary the tiny presets train on), or token ids in and out for any vocabulary; and one
+// completion of a checkpoint folder with its own tokenizer and chat template (`realn generate`).
+using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Tokenization;
 
@@ -68,6 +70,57 @@ public sealed class TextGenerator
         return Run(prompts, settings, eosToken).NewTokens;
     }
 
+    /// <summary>One completion of <paramref name="prompt"/> by the checkpoint in <paramref name="checkpointDirectory"/>, with
+    /// the tokenizer <see cref="CompletionSettings.TokenizerPath"/>, else the checkpoint's own tokenizer.json, else the
+    /// synthetic tasks' character tokenizer; stops at the tokenizer's EOS (not included). With
+    /// <see cref="CompletionSettings.Chat"/> the prompt is a user turn rendered through the tokenizer's chat template
+    /// (with the generation prompt); otherwise it is encoded as is, after BOS when the tokenizer adds one. This is
+    /// <c>realn generate</c>; refusals name its options (--chat, --tokenizer, --prompt, --max-new-tokens).</summary>
+    /// <exception cref="InputException">The model has a value head, no usable tokenizer, a prompt that does not encode
+    /// or does not fit <c>max_position_embeddings</c> with the new tokens.</exception>
+    /// <exception cref="ArgumentException">A setting is out of range.</exception>
+    public static string Complete(string checkpointDirectory, string prompt, CompletionSettings settings)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(checkpointDirectory);
+        ArgumentNullException.ThrowIfNull(prompt);
+        ArgumentNullException.ThrowIfNull(settings);
+        if (settings.MaxNewTokens < 1) throw new ArgumentException($"MaxNewTokens must be >= 1 (got {settings.MaxNewTokens})", nameof(settings));
+        if (!(settings.Temperature >= 0)) throw new ArgumentException($"Temperature must be >= 0 (got {settings.Temperature})", nameof(settings));
+        if (!(settings.TopP > 0 && settings.TopP <= 1)) throw new ArgumentException($"TopP must be in (0, 1] (got {settings.TopP})", nameof(settings));
+        if (settings.System is not null && !settings.Chat) throw new ArgumentException("System needs Chat", nameof(settings));
+        string checkpoint = checkpointDirectory;
+        int maxNew = settings.MaxNewTokens;
+        using var model = Safetensors.Load(checkpoint);
+        if (model.ScalarHead) throw new InputException($"{checkpoint} is a scalar-head model (reward or critic): it scores, it does not generate");
+        var tok = CheckpointTokenizer.Resolve(checkpoint, settings.TokenizerPath, model.Config.Vocab);
+        int[] ids;
+        if (settings.Chat)
+        {
+            var hf = tok.Hf ?? throw new InputException($"--chat needs a Hugging Face tokenizer with a chat_template ({checkpoint} has no tokenizer.json; give --tokenizer)");
+            var messages = new List<ChatMessage>();
+            if (settings.System is not null) messages.Add(new("system", settings.System));
+            messages.Add(new("user", prompt));
+            ids = ChatEncoder.EncodePrompt(hf, messages);
+        }
+        else if (tok.Hf is { } hf) ids = hf.AddBos && hf.Bos >= 0 ? [hf.Bos, .. hf.Encode(prompt)] : hf.Encode(prompt);
+        else if (tok.Char is { } ch)
+        {
+            try { ids = [ch.Bos, .. ch.Encode(prompt)]; }
+            catch (ArgumentException e) { throw new InputException($"--prompt: {e.Message}"); }
+        }
+        else throw new InputException($"{checkpoint} has no tokenizer.json and its vocab_size {model.Config.Vocab} is not the synthetic tasks' tokenizer: give --tokenizer");
+        if (ids.Length == 0) throw new InputException("--prompt encodes to no tokens");
+        if (ids.Length + maxNew > model.Config.MaxPositions)
+            throw new InputException($"prompt ({ids.Length} tokens) + --max-new-tokens {maxNew} exceed the model's max_position_embeddings {model.Config.MaxPositions}");
+        var r = Generator.Generate(model, [ids], new GenerationOptions
+        {
+            MaxNewTokens = maxNew, Temperature = settings.Temperature, TopP = settings.TopP, Seed = settings.Seed, EosToken = tok.Tokenizer.Eos,
+        });
+        var outIds = r.NewTokens[0];
+        int n = outIds.Length > 0 && outIds[^1] == tok.Tokenizer.Eos ? outIds.Length - 1 : outIds.Length;
+        return tok.Tokenizer.Decode(outIds.AsSpan(0, n));
+    }
+
     private GenerationResult Run(IReadOnlyList<int[]> prompts, GenerationSettings? s, int eos)
     {
         s ??= new GenerationSettings();
@@ -77,4 +130,23 @@ public sealed class TextGenerator
             MaxNewTokens = s.MaxNewTokens, Temperature = s.Temperature, TopK = s.TopK, TopP = s.TopP, Seed = s.Seed, EosToken = eos,
         });
     }
+}
+
+/// <summary>Settings of <see cref="TextGenerator.Complete"/>.</summary>
+public sealed record CompletionSettings
+{
+    /// <summary>Render the prompt as a user turn through the tokenizer's chat template.</summary>
+    public bool Chat { get; init; }
+    /// <summary>With <see cref="Chat"/>: a system message before the prompt.</summary>
+    public string? System { get; init; }
+    /// <summary>New tokens at most (default 64).</summary>
+    public int MaxNewTokens { get; init; } = 64;
+    /// <summary>Sampling temperature; 0 (the default) is greedy.</summary>
+    public float Temperature { get; init; }
+    /// <summary>Nucleus sampling mass (1, the default: off).</summary>
+    public float TopP { get; init; } = 1f;
+    /// <summary>Sampling seed (default 1).</summary>
+    public ulong Seed { get; init; } = 1;
+    /// <summary>tokenizer.json (or its folder); default: the checkpoint's own, else the synthetic tasks' character tokenizer.</summary>
+    public string? TokenizerPath { get; init; }
 }

@@ -2,6 +2,7 @@
 // adjust it in code before a run. It wraps the engine's validated ExperimentConfig, so every
 // error names the YAML field path, and keeps the YAML text for the planner's own reader.
 using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Dataflow;
 
 namespace ReaLNative;
 
@@ -63,7 +64,12 @@ public sealed class TrainingExperiment
     public string BaseDirectory => Config.BaseDirectory;
     /// <summary>The stages in run order.</summary>
     public IReadOnlyList<ExperimentStage> Stages =>
-        Config.Stages.Select(s => new ExperimentStage(s.Index, s.Algorithm, s.Iterations, s.Models.Keys.ToArray())).ToArray();
+        Config.Stages.Select(s => new ExperimentStage(s.Index, s.Algorithm, s.Iterations, s.Models.Keys.ToArray())
+        {
+            TrainingData = s.Dataset?.Train,
+            Reward = AlgorithmNames.Rewarded(s.Algorithm) ? s.Reward.Kind : null,
+            Calls = DataflowGraph.For(s).Calls.Select(c => c.Name).ToArray(),
+        }).ToArray();
     /// <summary>Iterations of all stages together.</summary>
     public int TotalIterations => Config.Stages.Sum(s => s.Iterations);
 
@@ -146,7 +152,16 @@ public sealed class TrainingExperiment
 /// <param name="Algorithm">sft, rm, ppo, grpo, remax or dpo.</param>
 /// <param name="Iterations">Iterations the stage runs.</param>
 /// <param name="Roles">Model roles the stage uses (actor, critic, ref, reward).</param>
-public sealed record ExperimentStage(int Index, string Algorithm, int Iterations, IReadOnlyList<string> Roles);
+public sealed record ExperimentStage(int Index, string Algorithm, int Iterations, IReadOnlyList<string> Roles)
+{
+    /// <summary>The stage's training examples file (YAML <c>dataset.train</c>, absolute), or null when it draws from the synthetic task.</summary>
+    public string? TrainingData { get; init; }
+    /// <summary>How an RL stage rewards its samples (YAML <c>reward.kind</c>: model, task, a rule, function, program);
+    /// null for stages that are not rewarded (sft, rm, dpo).</summary>
+    public string? Reward { get; init; }
+    /// <summary>The stage's model function calls (actor_gen, rew_inf, actor_train ...), the names a plan's calls match.</summary>
+    public IReadOnlyList<string> Calls { get; init; } = [];
+}
 
 /// <summary>An experiment config is invalid; <see cref="FieldPath"/> names the offending field.</summary>
 public sealed class ExperimentConfigException : InputException

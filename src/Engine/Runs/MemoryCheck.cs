@@ -92,18 +92,4 @@ internal static class MemoryCheck
         summary["planned_memory_bytes_by_process"] = p;
     }
 
-    /// <summary>The line printed after a run: each process's peak RSS beside the planner's estimate.</summary>
-    public static string? Line(JsonObject summary)
-    {
-        if (summary["peak_rss_bytes_by_process"] is not JsonObject peak) return null;
-        var planned = summary["planned_memory_bytes_by_process"] as JsonObject;
-        var parts = peak.Select(kv =>
-        {
-            string measured = kv.Value is null ? "unknown" : MiB((long)kv.Value);
-            return planned?[kv.Key] is { } pl ? $"{kv.Key} {measured} (planned {MiB((long)pl)})" : $"{kv.Key} {measured}";
-        });
-        return "peak RSS: " + string.Join(", ", parts);
-    }
-
-    private static string MiB(long bytes) => (bytes / 1048576.0).ToString("F0", CultureInfo.InvariantCulture) + " MiB";
 }

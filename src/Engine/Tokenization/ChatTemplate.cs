@@ -13,7 +13,7 @@ using ReaLNative.Planner;
 namespace ReaLNative.Engine.Tokenization;
 
 /// <summary>A chat template that cannot be parsed or rendered; the message says where and why.</summary>
-public sealed class ChatTemplateException(string message) : InputException(message);
+internal sealed class ChatTemplateException(string message) : InputException(message);
 
 /// <summary>One message of a conversation.</summary>
 internal sealed record ChatMessage(string Role, string Content);

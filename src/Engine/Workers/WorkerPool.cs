@@ -61,9 +61,6 @@ internal sealed record WorkerPoolOptions
     public TimeSpan JoinNoteEvery { get; init; } = TimeSpan.FromSeconds(10);
 }
 
-/// <summary>A worker's failure: which worker, on which node, during which call, and its last error.</summary>
-internal sealed class WorkerFailedException(string message, Exception? inner = null) : Exception(message, inner);
-
 internal sealed class WorkerPool : IReplicaHost
 {
     private readonly WorkerPoolOptions _options;

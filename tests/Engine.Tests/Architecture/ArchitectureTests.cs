@@ -38,7 +38,6 @@ public sealed class ArchitectureTests
     /// its owner; delete an entry once its edge is gone (<see cref="TemporaryAllowancesAreStillNeeded"/>).</summary>
     internal static readonly (string From, string To, string Why)[] TemporaryAllowances =
     [
-        ("Realloc", "Control", "helper D2 (issue 15) moves the benchmark code (CrossProcessReallocBench.cs, CrossProcessReallocHost.cs) out of Engine/Realloc"),
     ];
 
     /// <summary>Folders whose files declare the public namespace <c>ReaLNative</c> (the public API)

@@ -1,6 +1,6 @@
-// How much memory `realn run` may use on this machine: MemAvailable from /proc/meminfo, capped by
+// How much memory a job whose devices are on this machine (`realn run`, TrainingJob) may use: MemAvailable from /proc/meminfo, capped by
 // the cgroup (v2) limit of this process when one is set (containers report the host's meminfo).
-namespace ReaLNative.Cli;
+namespace ReaLNative.Engine.Runs;
 
 internal static class HostMemory
 {

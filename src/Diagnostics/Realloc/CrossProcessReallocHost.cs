@@ -5,8 +5,9 @@ using ReaLNative.Engine.Control;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Transport;
 using ReaLNative.Interop;
+using ReaLNative.Engine.Realloc;
 
-namespace ReaLNative.Engine.Realloc;
+namespace ReaLNative.Diagnostics;
 
 /// <summary>
 /// Cross-process reallocation driven one step at a time, for benchmark harnesses that time each

@@ -12,7 +12,7 @@ using ReaLNative.Engine.Model;
 using ReaLNative.Interop;
 using ReaLNative.Planner;
 
-namespace ReaLNative.Cli.Commands;
+namespace ReaLNative.Diagnostics;
 
 public static class ProfileCommand
 {
@@ -90,7 +90,7 @@ public static class ProfileCommand
         {
             LlamaConfig cfg;
             try { cfg = LlamaConfig.Preset(name); }
-            catch (ArgumentException e) { throw new UsageException(e.Message); }
+            catch (ArgumentException e) { throw new InputException(e.Message); }
             var small = cfg with { Vocab = 64, Layers = 1, MaxPositions = 4096 };
             using var one = new LlamaModel(small, false);
             using var three = new LlamaModel(small with { Layers = 3 }, false);

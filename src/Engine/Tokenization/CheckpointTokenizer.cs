@@ -1,10 +1,8 @@
-// The tokenizer of a checkpoint for `realn export` and `realn generate`: --tokenizer PATH (a
-// tokenizer.json or a directory holding one, tokenizer_config.json beside it), else the
+// The tokenizer of a checkpoint for GGUF export and generation (`realn export`, `realn generate`):
+// --tokenizer PATH (a tokenizer.json or a directory holding one, tokenizer_config.json beside it), else the
 // checkpoint directory's own tokenizer.json, else the synthetic tasks' character tokenizer
 // when the model's vocabulary fits it (the models `realn run` trains on the built-in tasks).
-using ReaLNative.Engine.Tokenization;
-
-namespace ReaLNative.Cli.Commands;
+namespace ReaLNative.Engine.Tokenization;
 
 internal sealed record CheckpointTokenizer(HfTokenizer? Hf, CharTokenizer? Char)
 {
@@ -17,7 +15,7 @@ internal sealed record CheckpointTokenizer(HfTokenizer? Hf, CharTokenizer? Char)
         {
             var hf = HfTokenizer.Load(path);
             if (hf.VocabSize > modelVocab)
-                throw new UsageException($"tokenizer {hf.Path} has {hf.VocabSize} tokens, more than the model's vocab_size {modelVocab} ({checkpoint}/config.json)");
+                throw new InputException($"tokenizer {hf.Path} has {hf.VocabSize} tokens, more than the model's vocab_size {modelVocab} ({checkpoint}/config.json)");
             return new(hf, null);
         }
         if (modelVocab >= 3 + CharTokenizer.Alphabet.Length && modelVocab < 260)

@@ -11,7 +11,7 @@ using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Transport;
 
-namespace ReaLNative.Cli.Commands;
+namespace ReaLNative.Diagnostics;
 
 public static class BenchReallocCommand
 {
@@ -38,6 +38,19 @@ public static class BenchReallocCommand
         (ParallelLayout.Contiguous(0, 2, 1, 1), ParallelLayout.Contiguous(2, 1, 1, 2)),   // pipeline -> tensor
         (ParallelLayout.Contiguous(0, 1, 1, 4), ParallelLayout.Contiguous(0, 2, 1, 2)),   // tensor -> pipeline x tensor, overlapping
     ];
+
+    /// <summary>The worker roles of this benchmark (`realn worker --role ROLE`), run on the worker's side.</summary>
+    public static readonly string[] WorkerRoles = ["bench-realloc", "bench-p2p", "bench-serve"];
+
+    /// <summary>One worker process of the benchmark (a role of <see cref="WorkerRoles"/>): joins the master at
+    /// <paramref name="control"/>, runs its part and returns the exit code.</summary>
+    public static int RunWorker(string role, string control, string job, byte[] secret, int rank, int size, int reps) => role switch
+    {
+        "bench-realloc" => CrossProcessReallocBench.RunWorker(control, job, secret, rank, size, Model, reps),
+        "bench-p2p" => CrossProcessReallocBench.RunWorker(control, job, secret, rank, size, Model, reps, p2pOnly: true),
+        "bench-serve" => CrossProcessReallocBench.Serve(control, job, secret, rank, size, Model),
+        _ => throw new InputException($"unknown worker role '{role}'"),
+    };
 
     private static int Run(bool asJson, int reps)
     {
@@ -152,7 +165,7 @@ public static class BenchReallocCommand
                 var psi = new ProcessStartInfo(exe) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
                 foreach (var a in new[] { "worker", "--control", server.Endpoint, "--job", job, "--rank", r.ToString(), "--size", n.ToString(), "--role", role, "--reps", reps.ToString() })
                     psi.ArgumentList.Add(a);
-                psi.Environment[WorkerCommand.SecretVariable] = Convert.ToHexString(secret);
+                psi.Environment[JobSecret.Variable] = Convert.ToHexString(secret);
                 psi.Environment["OMP_NUM_THREADS"] = "1";
                 procs.Add(Process.Start(psi)!);
             }

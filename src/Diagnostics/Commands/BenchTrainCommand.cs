@@ -15,7 +15,7 @@ using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Interop;
 
-namespace ReaLNative.Cli.Commands;
+namespace ReaLNative.Diagnostics;
 
 public static unsafe class BenchTrainCommand
 {

@@ -4,8 +4,9 @@ using ReaLNative.Engine.Control;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Transport;
 using ReaLNative.Interop;
+using ReaLNative.Engine.Realloc;
 
-namespace ReaLNative.Engine.Realloc;
+namespace ReaLNative.Diagnostics;
 
 /// <summary>
 /// The worker side of the cross-process reallocation benchmark: every worker process is one

@@ -1,8 +1,9 @@
 using System.Diagnostics;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Interop;
+using ReaLNative.Engine.Realloc;
 
-namespace ReaLNative.Engine.Realloc;
+namespace ReaLNative.Diagnostics;
 
 /// <summary>One measured layout change.</summary>
 internal sealed record ReallocBenchCase(string From, string To, string Kind, long Bytes, double Seconds, double Gbps, double ReferenceGbps)
