@@ -301,6 +301,23 @@ internal sealed class WorkerPool : IReplicaHost
         }
     }
 
+    /// <summary>A worker's failure is often the echo of another's death (its reallocation read from a
+    /// process that is gone, its collective lost a peer): before blaming the worker that reported,
+    /// give the launchers and heartbeats a moment to show a worker that exited or went silent, and
+    /// name that one (CheckHealth throws). Returns when none shows within the grace period.</summary>
+    private void BlameADeadWorkerFirst(string what)
+    {
+        var until = DateTime.UtcNow + DeadWorkerGrace;
+        do
+        {
+            CheckHealth(what);
+            Thread.Sleep(50);
+        } while (DateTime.UtcNow < until);
+    }
+
+    /// <summary>How long a reported failure waits for another worker's exit to show (see <see cref="BlameADeadWorkerFirst"/>).</summary>
+    internal static readonly TimeSpan DeadWorkerGrace = TimeSpan.FromSeconds(2);
+
     [System.Diagnostics.CodeAnalysis.DoesNotReturn]
     private void Fail(string message)
     {
@@ -329,9 +346,17 @@ internal sealed class WorkerPool : IReplicaHost
         void CheckTasks()
         {
             for (int i = 0; i < tasks.Length; i++)
-                if (tasks[i].IsFaulted) Fail($"{Who(devices[i])} failed during {what}: {Inner(tasks[i]).Message}");
+                if (tasks[i].IsFaulted)
+                {
+                    BlameADeadWorkerFirst(what);
+                    Fail($"{Who(devices[i])} failed during {what}: {Inner(tasks[i]).Message}");
+                }
             foreach (var t in data)
-                if (t.IsFaulted) Fail($"master's data plane failed during {what}: {Inner(t).Message}");
+                if (t.IsFaulted)
+                {
+                    BlameADeadWorkerFirst(what);
+                    Fail($"master's data plane failed during {what}: {Inner(t).Message}");
+                }
         }
         var all = tasks.Concat(data).ToArray();
         var until = DateTime.UtcNow + _options.CallTimeout + TimeSpan.FromSeconds(10);
