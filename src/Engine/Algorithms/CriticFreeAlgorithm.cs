@@ -43,11 +43,12 @@ internal abstract class CriticFreeAlgorithm(PpoConfig options)
     /// <summary>The loss of one minibatch: the sequence advantages on every token of their sequence,
     /// clipped surrogate (clip_eps_low / clip_eps_high), k3 KL to the reference, loss_agg.</summary>
     public ClippedPolicyStats Loss(ReadOnlySpan<float> logp, ReadOnlySpan<float> oldLogp, ReadOnlySpan<float> refLogp,
-                                   ReadOnlySpan<int> cuSeqlens, ReadOnlySpan<float> sequenceAdvantages, ReadOnlySpan<bool> keep, Span<float> dLogp)
+                                   ReadOnlySpan<int> cuSeqlens, ReadOnlySpan<float> sequenceAdvantages, ReadOnlySpan<bool> keep, Span<float> dLogp,
+                                   ReadOnlySpan<float> behaviourLogp = default)
     {
         var adv = TokenAdvantages(sequenceAdvantages, cuSeqlens);
         return Losses.ClippedPolicy(logp, oldLogp, adv, refLogp, cuSeqlens, keep, Options.ClipEpsLow, Options.ClipEpsHigh,
-                                    Options.LossAgg, Options.KlCoef, dLogp);
+                                    Options.LossAgg, Options.KlCoef, dLogp, behaviourLogp, Options.BehaviourWeightCap);
     }
 
     /// <summary>Each sequence's advantage on every one of its tokens.</summary>

@@ -96,10 +96,13 @@ internal sealed class RunCheckpoints(ExperimentConfig cfg, string root, Action<s
     /// state, and state.json. CheckpointStore fsyncs every file, writes manifest.json last, renames
     /// step-N.tmp -> step-N and moves the `latest` pointer; a crash at any point leaves the previous
     /// checkpoint usable.</summary>
-    public void Save(RunProgress progress, IReadOnlyDictionary<string, LlamaModel> models, IReadOnlyDictionary<string, AdamW> optimizers)
+    /// <param name="extraFiles">Writes further files of the run's state into the checkpoint directory (covered by the manifest).</param>
+    public void Save(RunProgress progress, IReadOnlyDictionary<string, LlamaModel> models, IReadOnlyDictionary<string, AdamW> optimizers,
+                     Action<string>? extraFiles = null)
     {
         Store.Write(GlobalIteration(progress.Stage, progress.NextIteration), tmp =>
         {
+            extraFiles?.Invoke(tmp);
             var steps = new JsonObject();
             foreach (var (role, opt) in optimizers)
             {

@@ -123,6 +123,9 @@ internal sealed record PpoConfig(double KlCoef, double ClipEps, double ValueClip
     public bool DynamicSampling { get; init; }
     public int OverlongBuffer { get; init; }
     public double OverlongPenalty { get; init; } = 1.0;
+    /// <summary>Asynchronous RL's decoupled objective: tokens whose behaviour weight
+    /// exp(proximal - behaviour) exceeds this leave the surrogate (0: no cap).</summary>
+    public double BehaviourWeightCap { get; init; }
 }
 
 internal static class LossAggregation
@@ -155,6 +158,14 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
     /// <summary>How many of the newest checkpoints are kept (`checkpoint_keep`, >= 1, default 2).</summary>
     public int CheckpointKeep { get; init; } = 2;
 
+    /// <summary>`mode: async` with `max_staleness: N`: in the RL stages, generation of iteration g
+    /// runs with the policy of iteration g - N, overlapping the training of the iterations before
+    /// (Runs/AsyncRollouts.cs); null: `mode: sync`.</summary>
+    public int? MaxStaleness { get; init; }
+
+    /// <summary>Whether stage <paramref name="stage"/> runs asynchronously (an RL stage of an async experiment).</summary>
+    public bool Asynchronous(StageConfig stage) => MaxStaleness is not null && AlgorithmNames.Rewarded(stage.Algorithm);
+
     public static readonly string[] Presets = ["tiny", "gpt2-small", "llama-7b", "llama-13b", "llama-34b", "llama-70b"];
     public static readonly string[] Tasks = ["sort-digits", "add"];
 
@@ -182,10 +193,16 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         long seed = top.Int("seed", 1, 0, long.MaxValue);
         top.Int("iterations", 1, 1, 1_000_000);
         string precision = top.Enum("precision", Precisions.Fp32, Precisions.All);
-        // The asynchronous dataflow is modelled by the planner (`realn plan`) but not run by the engine yet.
+        // The asynchronous dataflow (docs/algorithms.md "Asynchronous RL"): generation runs up to
+        // max_staleness policy versions ahead of training in the RL stages.
+        int? maxStaleness = null;
         if (top.Enum("mode", "sync", ["sync", "async"]) == "async")
-            throw new ConfigException("mode", "async is not run by the engine yet (realn plan models it and compares it with the synchronous plan); use mode: sync");
-        if (top.Has("max_staleness")) throw new ConfigException("max_staleness", "only meaningful with mode: async, which the engine does not run yet");
+        {
+            if (!AlgorithmNames.Rewarded(algorithm))
+                throw new ConfigException("mode", $"async runs the RL algorithms (ppo | grpo | rloo | remax), not '{algorithm}'; use mode: sync");
+            maxStaleness = (int)top.Int("max_staleness", 1, 0, 16);
+        }
+        else if (top.Has("max_staleness")) throw new ConfigException("max_staleness", "only meaningful with mode: async");
 
         var task = ParseTask(new MapReader(top.Get("task"), "task"));
         var ev = new MapReader(top.Get("eval"), "eval");
@@ -229,7 +246,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         }
         ValidatePipeline(stages, baseDirectory, explicitStages);
         ValidateTaskFits(task, stages, explicitStages);
-        return new ExperimentConfig(name, algorithm, seed, baseDirectory, task, eval, ckptEvery, stages, explicitStages) { CheckpointKeep = ckptKeep };
+        return new ExperimentConfig(name, algorithm, seed, baseDirectory, task, eval, ckptEvery, stages, explicitStages) { CheckpointKeep = ckptKeep, MaxStaleness = maxStaleness };
     }
 
     private static TaskConfig ParseTask(MapReader r)
@@ -338,6 +355,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
             DynamicSampling = pr.Bool("dynamic_sampling", false),
             OverlongBuffer = (int)pr.Int("overlong_buffer", 0, 0, 1_000_000),
             OverlongPenalty = pr.Real("overlong_penalty", 1.0, 0, 1e6),
+            BehaviourWeightCap = pr.Real("behaviour_weight_cap", 0, 0, 1e6),
         };
         pr.RejectUnknown();
         return ppo;

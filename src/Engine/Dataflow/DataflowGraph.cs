@@ -89,6 +89,16 @@ internal sealed class DataflowGraph
         return done;
     }
 
+    /// <summary>The graph split for asynchronous RL: the generation calls (with the source keys) and
+    /// the rest, which reads the generation calls' outputs as its source keys.</summary>
+    public (DataflowGraph Generation, DataflowGraph Others) SplitGeneration()
+    {
+        var gen = Calls.Where(c => c.Type == CallType.Generate).ToList();
+        if (gen.Count == 0) throw new InvalidOperationException("the graph has no generation call");
+        var rest = Calls.Where(c => c.Type != CallType.Generate).ToList();
+        return (new DataflowGraph(SourceKeys, gen), new DataflowGraph([.. SourceKeys, .. gen.SelectMany(c => c.Outputs)], rest));
+    }
+
     /// <summary>Models whose parameters some call trains.</summary>
     public IEnumerable<string> TrainedModels => Calls.Where(c => c.Type == CallType.TrainStep).Select(c => c.Model).Distinct();
 

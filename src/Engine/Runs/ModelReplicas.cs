@@ -52,9 +52,27 @@ internal sealed class ModelReplicas(string role) : IDisposable
 
     public void Add(IReplica r) { All.Add(r); _version[r] = 0; }
 
+    private readonly HashSet<IReplica> _pinned = new(ReferenceEqualityComparer.Instance);
+
     public void Refresh(IReplica r)
     {
-        if (Train is null || ReferenceEquals(r, Train) || _version[r] == _trainVersion) return;
+        if (Train is null || ReferenceEquals(r, Train) || _version[r] == _trainVersion || _pinned.Contains(r)) return;
+        r.CopyFrom(Train);
+        _version[r] = _trainVersion;
+    }
+
+    /// <summary>Takes <paramref name="r"/> out of the refresh before each operation: its weights
+    /// change only by <see cref="Push"/> (the generation replica of an async run).</summary>
+    public void Pin(IReplica r)
+    {
+        if (ReferenceEquals(r, Train)) throw new InvalidOperationException($"{role}: the train replica cannot be pinned");
+        _pinned.Add(r);
+    }
+
+    /// <summary>Copies the train replica's weights into <paramref name="r"/> now.</summary>
+    public void Push(IReplica r)
+    {
+        if (Train is null) throw new InvalidOperationException($"{role}: no train replica to push from");
         r.CopyFrom(Train);
         _version[r] = _trainVersion;
     }

@@ -38,7 +38,7 @@ internal sealed record HeldOutResult(TaskExample[] Examples, string[] Completion
 /// <summary>One finished iteration (or evaluation) of a stage, for progress displays.</summary>
 internal sealed record ProgressEvent(int Stage, string Algorithm, int Iteration, int Iterations, IReadOnlyDictionary<string, double> Figures);
 
-internal sealed class Pipeline : IDisposable
+internal sealed partial class Pipeline : IDisposable
 {
     private readonly ExperimentConfig _cfg;
     private readonly string _out;
@@ -182,7 +182,11 @@ internal sealed class Pipeline : IDisposable
             CommitStart(start);
             var exec = new MeshExecutor(DataflowGraph.For(stage), _algorithm!.Handlers(Context(stage)), _binding.DevicesOf);
             if (_algorithm.EvaluatesActor && first == 0) Evaluate(stage, 0);
-            for (int it = first; it < stage.Iterations; it++)
+            if (_cfg.Asynchronous(stage))
+            {
+                if (!RunAsyncIterations(stage, first, ref budget, stageClock, cancellationToken)) { CloseMetrics(); return new JsonObject { ["interrupted"] = true }; }
+            }
+            else for (int it = first; it < stage.Iterations; it++)
             {
                 _position = $"{stage.Algorithm} iteration {it + 1}/{stage.Iterations}";
                 if (budget-- <= 0) { CloseMetrics(); return new JsonObject { ["interrupted"] = true }; }
@@ -237,7 +241,15 @@ internal sealed class Pipeline : IDisposable
         var figures = new Dictionary<string, double>();
         long iterationStart = Stopwatch.GetTimestamp();
         bool firstCall = true;
-        foreach (var rec in exec.RunIteration(batch, cancellationToken))
+        WriteCallRecords(stage, it, exec.RunIteration(batch, cancellationToken), figures, ref firstCall);
+        _iterationSeconds[stage.Index] += Stopwatch.GetElapsedTime(iterationStart).TotalSeconds;
+        return figures;
+    }
+
+    /// <summary>A metric line per call record of iteration <paramref name="it"/>; the figures also into <paramref name="figures"/>.</summary>
+    private void WriteCallRecords(StageConfig stage, int it, IEnumerable<CallRecord> records, Dictionary<string, double> figures, ref bool firstCall)
+    {
+        foreach (var rec in records)
         {
             var line = new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = it + 1, ["call"] = rec.Call, ["seconds"] = Math.Round(rec.Seconds, 5) };
             // A dataset stage's first line of each iteration counts the bad records skipped so far.
@@ -246,8 +258,6 @@ internal sealed class Pipeline : IDisposable
             foreach (var (k, v) in rec.Figures) { line[k] = double.IsFinite(v) ? Math.Round(v, 6) : null; figures[k] = v; }
             WriteMetric(line);
         }
-        _iterationSeconds[stage.Index] += Stopwatch.GetElapsedTime(iterationStart).TotalSeconds;
-        return figures;
     }
 
     /// <summary>After iteration <paramref name="it"/>: the held-out evaluation (every eval.every and
@@ -418,8 +428,10 @@ internal sealed class Pipeline : IDisposable
     {
         // The metric lines the checkpoint counts reach the disk first: a resume finds them.
         if (_metrics?.BaseStream is FileStream mf) mf.Flush(flushToDisk: true);
+        // An async stage's batches generated ahead with older weights go with the checkpoint (AsyncRollouts).
+        var ahead = _rollouts?.Ahead(nextIteration);
         _checkpoints.Save(new RunProgress(stage.Index, stage.Algorithm, nextIteration, _metricLines, seconds, stageSeconds, iterationSeconds),
-                          _models, _optims);
+                          _models, _optims, ahead is { Count: > 0 } ? dir => RolloutFile.Write(Path.Combine(dir, RolloutFile.Name), ahead, _rolloutKeys) : null);
     }
 
 

@@ -128,6 +128,19 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
         return train is null || ReferenceEquals(train, r) ? r.Layout.Devices : r.Layout.Devices.Union(train.Layout.Devices).ToArray();
     }
 
+    /// <summary>Whether the plan laid out the bound stage's calls (else they run on the single device).</summary>
+    public bool Bound => _callReplica.Count > 0;
+
+    /// <summary>The devices of call <paramref name="call"/>'s own replica (its plan mesh), without the train replica's.</summary>
+    public IReadOnlyList<int> MeshOf(string call) => _callReplica[call].Layout.Devices;
+
+    /// <summary>Async RL: call <paramref name="call"/>'s replica (of <paramref name="role"/>) takes
+    /// new weights only from <see cref="Push"/>, never before an operation.</summary>
+    public void Pin(string call, string role) => _replicas[role].Pin(_callReplica[call]);
+
+    /// <summary>Async RL: copies the train replica of <paramref name="role"/> into call <paramref name="call"/>'s replica.</summary>
+    public void Push(string call, string role) => _replicas[role].Push(_callReplica[call]);
+
     /// <summary>Where call <paramref name="call"/> runs its model: its plan replica, or the single device.</summary>
     public IModelCalls Calls(string call, string role) =>
         _callReplica.TryGetValue(call, out var r) ? new ReplicaCalls(r, _replicas[role])

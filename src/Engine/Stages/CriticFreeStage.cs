@@ -49,6 +49,10 @@ internal sealed class CriticFreeStage(StageConfig stage) : StageAlgorithm(stage)
             var seqAdv = algo.Advantages(scores, greedy, group);
             var keep = algo.Keep(scores, greedy, group);
             var m = context.Calls(call.Name, "actor");
+            // Asynchronous RL: an off-policy batch's ratio is against the proximal policy (recomputed),
+            // the generation log-probs weight it (decoupled objective); on-policy they are the same.
+            var proximal = context.ProximalLogProbs(b, m, r);
+            var ratioBase = proximal ?? oldLp;
             int n = r.Examples.Length, mb = Stage.Batch.Minibatches;
             double loss = 0, klTerm = 0, k3 = 0, clip = 0, gradNorm = 0; int steps = 0;
             for (int e = 0; e < Stage.Ppo.PpoEpochs; e++)
@@ -59,8 +63,9 @@ internal sealed class CriticFreeStage(StageConfig stage) : StageAlgorithm(stage)
                     var (sb, a0, a1) = r.Slice(s0, s1);
                     var lp = m.LogProbs(sb, temp);
                     var g = new float[lp.Length];
-                    var st = algo.Loss(lp, oldLp.AsSpan(a0, a1 - a0), refLp.AsSpan(a0, a1 - a0), sb.ActionCu,
-                                       seqAdv.AsSpan(s0, s1 - s0), keep.AsSpan(s0, s1 - s0), g);
+                    var st = algo.Loss(lp, ratioBase.AsSpan(a0, a1 - a0), refLp.AsSpan(a0, a1 - a0), sb.ActionCu,
+                                       seqAdv.AsSpan(s0, s1 - s0), keep.AsSpan(s0, s1 - s0), g,
+                                       proximal is null ? default : oldLp.AsSpan(a0, a1 - a0));
                     m.BackwardLogProbs(sb, temp, g);
                     gradNorm += m.Step();
                     loss += st.Loss; klTerm += st.KlTerm; k3 += st.K3; clip += st.ClipFraction; steps++;

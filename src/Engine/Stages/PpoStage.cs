@@ -52,6 +52,10 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
             var oldLp = b.Get<float[]>("logprobs");
             var (adv, _, kl, reward) = Advantages(b);
             var m = context.Calls(call.Name, "actor");
+            // Asynchronous RL: an off-policy batch's ratio is against the proximal policy (recomputed),
+            // the generation log-probs weight it (decoupled objective); on-policy they are the same.
+            var proximal = context.ProximalLogProbs(b, m, r);
+            var ratioBase = proximal ?? oldLp;
             double loss = 0, clip = 0; int steps = 0;
             int n = r.Examples.Length, mb = Stage.Batch.Minibatches;
             for (int e = 0; e < ppo.PpoEpochs; e++)
@@ -60,8 +64,9 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
                     var (sb, a0, a1) = r.Slice(k * n / mb, (k + 1) * n / mb);
                     var lp = m.LogProbs(sb, temp);
                     var g = new float[lp.Length]; var keep = new bool[sb.Packed.Count]; Array.Fill(keep, true);
-                    var st = Losses.ClippedPolicy(lp, oldLp.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), [], sb.ActionCu, keep,
-                                                  ppo.ClipEpsLow, ppo.ClipEpsHigh, ppo.LossAgg, 0, g);
+                    var st = Losses.ClippedPolicy(lp, ratioBase.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), [], sb.ActionCu, keep,
+                                                  ppo.ClipEpsLow, ppo.ClipEpsHigh, ppo.LossAgg, 0, g,
+                                                  proximal is null ? default : oldLp.AsSpan(a0, a1 - a0), ppo.BehaviourWeightCap);
                     m.BackwardLogProbs(sb, temp, g);
                     m.Step();
                     loss += st.Loss; clip += st.ClipFraction; steps++;

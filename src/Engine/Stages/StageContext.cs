@@ -77,10 +77,17 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
             EosToken = tokenizer.Eos,
             Seed = StepRandom.Seed64(seed, stream, stage.Index, it),
         });
+        return Assemble(ex, gen);
+    }
+
+    /// <summary>The rollout of examples <paramref name="ex"/> whose generation returned <paramref name="gen"/>.</summary>
+    public Rollout Assemble(TaskExample[] ex, GenerationResult gen)
+    {
+        if (gen.Prompts.Length != ex.Length) throw new ArgumentException($"{gen.Prompts.Length} generated sequences for {ex.Length} examples");
         var seqs = Enumerable.Range(0, ex.Length).Select(gen.Sequence).ToArray();
-        var scored = new ScoredBatch(seqs, prompts.Select(p => p.Length).ToArray());
+        var scored = new ScoredBatch(seqs, gen.Prompts.Select(p => p.Length).ToArray());
         var comps = gen.NewTokens.Select(t => tokenizer.Decode(t)).ToArray();
-        return new Rollout(ex, prompts, gen, scored, comps);
+        return new Rollout(ex, gen.Prompts, gen, scored, comps);
     }
 
     /// <summary>Each completion's held-out score: the stage's rule-based reward (other than `task`),
@@ -89,7 +96,9 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
     {
         if (reward is null or TaskCheckerReward)
             return Enumerable.Range(0, ex.Length).Select(i => SyntheticTask.Exact(ex[i], completions[i])).ToArray();
-        return reward.Score(SequenceRewards.Inputs(ex, completions, endedWithEos)).Select(x => (double)x).ToArray();
+        // One reward serves the generation thread of an async run and the trainer's evaluations (an
+        // external program answers one batch at a time).
+        lock (reward) return reward.Score(SequenceRewards.Inputs(ex, completions, endedWithEos)).Select(x => (double)x).ToArray();
     }
 
     /// <summary>The rule-based reward of each sample of a rollout (`reward.kind` other than model, in
@@ -97,7 +106,34 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
     public float[]? RuleScores(Rollout r)
     {
         if (!AlgorithmNames.Rewarded(stage.Algorithm) || reward is null) return null;
-        return reward.Score(SequenceRewards.Inputs(r.Examples, r.Completions, r.Gen.EndedWithEos));
+        lock (reward) return reward.Score(SequenceRewards.Inputs(r.Examples, r.Completions, r.Gen.EndedWithEos));
+    }
+
+    // ---------------------------------------------------------------- asynchronous RL
+
+    /// <summary>The policy version that sampled an async batch (Runs/AsyncRollouts.cs).</summary>
+    public const string BehaviourVersionKey = "behaviour_version";
+    /// <summary>The policy version the trainer holds when it trains on an async batch.</summary>
+    public const string PolicyVersionKey = "policy_version";
+
+    /// <summary>How many policy versions the batch's samples are behind the trainer (0 in a synchronous run).</summary>
+    public static int Staleness(SampleBatch b) =>
+        b.Contains(PolicyVersionKey) && b.Contains(BehaviourVersionKey) ? b.Get<int[]>(PolicyVersionKey)[0] - b.Get<int[]>(BehaviourVersionKey)[0] : 0;
+
+    /// <summary>The proximal policy's log-probs of the sampled actions (the trainer's weights before
+    /// the iteration's first step, minibatch by minibatch) for an off-policy batch of the decoupled
+    /// objective; null for an on-policy batch, whose generation log-probs are the proximal ones.</summary>
+    public float[]? ProximalLogProbs(SampleBatch b, IModelCalls actor, Rollout r)
+    {
+        if (Staleness(b) == 0) return null;
+        int n = r.Examples.Length, mb = stage.Batch.Minibatches;
+        var all = new float[r.Scored.ActionCu[n]];
+        for (int k = 0; k < mb; k++)
+        {
+            var (sb, a0, _) = r.Slice(k * n / mb, (k + 1) * n / mb);
+            actor.LogProbs(sb, (float)stage.Generation.Temperature).CopyTo(all, a0);
+        }
+        return all;
     }
 
     /// <summary>Sequence rewards after DAPO's overlong penalty (ppo.overlong_buffer; unchanged when 0).</summary>

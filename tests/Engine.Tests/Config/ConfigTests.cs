@@ -79,13 +79,14 @@ public class ConfigTests
     }
 
     [Theory]
-    [InlineData("seed: 3\nmode: async", "mode: async is not run by the engine yet")]
     [InlineData("seed: 3\nmode: later", "mode: 'later' is not allowed; allowed values: sync | async")]
     [InlineData("seed: 3\nmax_staleness: 2", "max_staleness: only meaningful with mode: async")]
-    public void AsyncModeIsRefusedUntilTheEngineRunsIt(string to, string expected)
+    [InlineData("seed: 3\nmode: async\nmax_staleness: 20", "max_staleness")]
+    public void AsyncModeSettingsAreChecked(string to, string expected)
     {
         Assert.Contains(expected, Fails(Valid.Replace("seed: 3", to)).Message);
-        Assert.Single(ExperimentConfig.Parse(Valid.Replace("seed: 3", "seed: 3\nmode: sync"), Path.GetTempPath()).Stages.Take(1));
+        Assert.Null(ExperimentConfig.Parse(Valid.Replace("seed: 3", "seed: 3\nmode: sync"), Path.GetTempPath()).MaxStaleness);
+        Assert.Equal(1, ExperimentConfig.Parse(Valid.Replace("seed: 3", "seed: 3\nmode: async"), Path.GetTempPath()).MaxStaleness);
     }
 
     [Fact]

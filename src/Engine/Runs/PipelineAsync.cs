@@ -1,0 +1,119 @@
+// The run loop of an asynchronous RL stage (`mode: async`): the stage's generation calls run ahead
+// on their own side (AsyncRollouts: the plan's generation mesh, or without a plan a generation
+// copy of the actor), the rest of the dataflow here, one iteration after another as in a
+// synchronous stage, then the weight push, evaluation and checkpoints. Each iteration also writes
+// an "async" metric line: the batch's staleness, the time the trainer waited, the push, and the
+// generation and training sides' utilisation.
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Dataflow;
+using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Stages;
+
+namespace ReaLNative.Engine.Runs;
+
+internal sealed partial class Pipeline
+{
+    private AsyncRollouts? _rollouts;                   // the running async stage's generation side
+    private IReadOnlyList<string> _rolloutKeys = [];    // the keys its generation calls produce
+
+    /// <summary>How long the trainer waits for one generation (and the generation side for a stop) before the run fails.</summary>
+    public TimeSpan AsyncDeadline { get; init; } = TimeSpan.FromMinutes(30);
+
+    /// <summary>Iterations <paramref name="first"/>.. of an async stage; false when the iteration
+    /// budget ran out first (the run is interrupted).</summary>
+    private bool RunAsyncIterations(StageConfig stage, int first, ref int budget, Stopwatch stageClock, CancellationToken cancellationToken)
+    {
+        int staleness = _cfg.MaxStaleness!.Value;
+        var (genGraph, restGraph) = DataflowGraph.For(stage).SplitGeneration();
+        var genNames = genGraph.Calls.Select(c => c.Name).ToHashSet();
+        var restHandlers = _algorithm!.Handlers(Context(stage)).Where(h => !genNames.Contains(h.Key)).ToDictionary();
+        Dictionary<string, CallHandler> genHandlers;
+        Action push;
+        Func<string, IReadOnlyCollection<int>> genDevices;
+        LlamaModel? genCopy = null;
+        try
+        {
+            if (_binding.Bound)
+            {
+                // The generation calls keep their own devices: nothing else may run there.
+                var mesh = genGraph.Calls.SelectMany(c => _binding.MeshOf(c.Name)).ToHashSet();
+                foreach (var c in restGraph.Calls)
+                    if (_binding.MeshOf(c.Name).Where(mesh.Contains).ToList() is { Count: > 0 } shared)
+                        throw new ConfigException("mode", $"async runs generation ({string.Join(", ", genNames)}) on devices of its own, but the plan also puts {c.Name} " +
+                                                          $"on device(s) {string.Join(", ", shared)}; use a plan with a separate generation group (realn plan searches one for mode: async) or mode: sync");
+                foreach (var c in genGraph.Calls) _binding.Pin(c.Name, c.Model);
+                genHandlers = _algorithm.Handlers(Context(stage)).Where(h => genNames.Contains(h.Key)).ToDictionary();
+                push = () => { foreach (var c in genGraph.Calls) _binding.Push(c.Name, c.Model); };
+                genDevices = _binding.MeshOf;
+            }
+            else
+            {
+                // No plan: the trainer's actor is the master's; generation samples with a copy of it.
+                var actor = _models["actor"];
+                genCopy = new LlamaModel(actor.Config, actor.ScalarHead);
+                genCopy.CopyParametersFrom(actor);
+                if (actor.Precision == ModelPrecision.Bf16) genCopy.SetPrecision(ModelPrecision.Bf16);
+                var copy = genCopy;
+                var genContext = new StageContext(stage, _cfg.Seed, _tok, _reward,
+                    (call, role) => role == "actor" ? new SingleModelCalls(copy, () => null) : _binding.Calls(call, role), role => _models[role]);
+                genHandlers = _algorithm.Handlers(genContext).Where(h => genNames.Contains(h.Key)).ToDictionary();
+                push = () => copy.CopyParametersFrom(actor);
+                genDevices = _ => [0];
+            }
+
+            var restored = _resume is { } r && r.Stage == stage.Index && r.NextIteration == first && File.Exists(Path.Combine(r.Dir, RolloutFile.Name))
+                ? RolloutFile.Read(Path.Combine(r.Dir, RolloutFile.Name), Context(stage)) : [];
+            SampleBatch Sources(int g)
+            {
+                var batch = new SampleBatch();
+                batch.Set("iteration", new[] { g });
+                _algorithm.SetSources(batch, _examples.Take(stage, g));
+                return batch;
+            }
+            using var rollouts = new AsyncRollouts(new MeshExecutor(genGraph, genHandlers, genDevices), Sources, push, staleness, first, stage.Iterations,
+                                                   restored, AsyncDeadline, cancellationToken);
+            _rollouts = rollouts;
+            _rolloutKeys = genGraph.Calls.SelectMany(c => c.Outputs).ToList();
+            var exec = new MeshExecutor(restGraph, restHandlers, _binding.DevicesOf);
+            for (int it = first; it < stage.Iterations; it++)
+            {
+                _position = $"{stage.Algorithm} iteration {it + 1}/{stage.Iterations}";
+                if (budget-- <= 0) return false;
+                cancellationToken.ThrowIfCancellationRequested();
+                long start = Stopwatch.GetTimestamp();
+                var ready = rollouts.Take(it);
+                double waited = Stopwatch.GetElapsedTime(start).TotalSeconds;
+                ready.Batch.Set(StageContext.PolicyVersionKey, new[] { it });
+                var figures = new Dictionary<string, double>();
+                bool firstCall = true;
+                WriteCallRecords(stage, it, ready.Records, figures, ref firstCall);
+                long trainStart = Stopwatch.GetTimestamp();
+                WriteCallRecords(stage, it, exec.RunIteration(ready.Batch, cancellationToken), figures, ref firstCall);
+                double training = Stopwatch.GetElapsedTime(trainStart).TotalSeconds;
+                var (pushWait, pushSeconds) = rollouts.Publish(it + 1);
+                double wall = Stopwatch.GetElapsedTime(start).TotalSeconds;
+                _iterationSeconds[stage.Index] += wall;
+                double generating = rollouts.TakeBusySeconds();
+                WriteMetric(new JsonObject
+                {
+                    ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = it + 1, ["call"] = "async",
+                    ["max_staleness"] = staleness, ["behaviour_version"] = ready.Version, ["policy_version"] = it,
+                    ["staleness"] = it - ready.Version, ["samples"] = stage.Batch.Size, ["dropped_stale"] = 0,
+                    ["wait_seconds"] = Math.Round(waited + pushWait, 5), ["push_seconds"] = Math.Round(pushSeconds, 5),
+                    ["gen_utilisation"] = Math.Round(Math.Min(1, generating / wall), 4),
+                    ["train_utilisation"] = Math.Round(Math.Min(1, (training + pushSeconds) / wall), 4),
+                });
+                figures["staleness"] = it - ready.Version;
+                EndIteration(stage, it, figures, stageClock);
+            }
+            return true;
+        }
+        finally
+        {
+            _rollouts = null;
+            genCopy?.Dispose();
+        }
+    }
+}

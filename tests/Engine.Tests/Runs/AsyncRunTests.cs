@@ -1,0 +1,223 @@
+// Asynchronous RL (`mode: async`, Runs/AsyncRollouts.cs): max_staleness 0 is the synchronous run
+// bit for bit; with N > 0 generation of iteration g samples with policy version max(g - N, 0)
+// (metrics.jsonl's async lines say so), the run is reproducible, and differs from the synchronous
+// one (its samples are off-policy); a resume from a checkpoint of an async run (which holds the
+// batches generated ahead) ends bit-identical to the uninterrupted run; under a plan the
+// generation calls need devices of their own; the rollouts file names what is malformed.
+using System.Text.Json.Nodes;
+using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Dataflow;
+using ReaLNative.Engine.Runs;
+using ReaLNative.Engine.Stages;
+using ReaLNative.Planner;
+using Xunit;
+using PlanCallType = ReaLNative.Planner.CallType;
+
+namespace ReaLNative.Engine.Tests.Runs;
+
+public sealed class AsyncRunTests
+{
+    internal static ExperimentConfig Config(string mode, string algorithm = "ppo", int iterations = 4, int checkpointEvery = 100) => ExperimentConfig.Parse($$"""
+        name: async-test
+        algorithm: {{algorithm}}
+        seed: 3
+        {{mode}}
+        iterations: {{iterations}}
+        task: { name: sort-digits, min_len: 3, max_len: 4 }
+        eval: { size: 8, every: 100 }
+        checkpoint_every: {{checkpointEvery}}
+        checkpoint_keep: 10
+        models:
+          actor:  { preset: tiny, init: sft }
+          ref:    { preset: tiny, init: sft }
+          reward: { preset: tiny, init: rm }
+          {{(algorithm == "ppo" ? "critic: { preset: tiny, init: rm }" : "")}}
+        batch: { size: 8, prompt_len: 8, gen_len: 6, minibatches: 2, group_size: {{(algorithm == "grpo" ? 4 : 1)}} }
+        ppo: { kl_coef: 0.05, ppo_epochs: 2 }
+        stages:
+          - { algorithm: sft, iterations: 6, models: { actor: { preset: tiny, init: random } }, optim: { lr: 3.0e-3 } }
+          - { algorithm: rm, iterations: 4, models: { reward: { preset: tiny, init: sft } } }
+          - { algorithm: {{algorithm}}, optim: { lr: 5.0e-4 } }
+        """, Path.GetTempPath());
+
+    private static (float[] Actor, List<JsonObject> Lines) Run(ExperimentConfig cfg, Plan? plan = null)
+    {
+        string d = PlanExecutionTests.TempDir();
+        try
+        {
+            using var p = new Pipeline(cfg, d, plan: plan);
+            p.Run(resume: false);
+            return (p.Model("actor").Parameters.ToArray(), Lines(d));
+        }
+        finally { Directory.Delete(d, true); }
+    }
+
+    private static List<JsonObject> Lines(string dir) =>
+        File.ReadLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+
+    /// <summary>The metric lines without wall times (which differ run to run).</summary>
+    private static IEnumerable<string> Content(IEnumerable<JsonObject> lines) => lines.Select(l =>
+    {
+        var c = l.DeepClone().AsObject();
+        foreach (var k in new[] { "seconds", "wait_seconds", "push_seconds", "gen_utilisation", "train_utilisation" }) c.Remove(k);
+        return c.ToJsonString();
+    });
+
+    [Theory]
+    [InlineData("ppo")]
+    [InlineData("grpo")]
+    public void StalenessZeroIsTheSynchronousRunBitForBit(string algorithm)
+    {
+        var sync = Run(Config("mode: sync", algorithm));
+        var async0 = Run(Config("mode: async\nmax_staleness: 0", algorithm));
+        Assert.Equal(sync.Actor, async0.Actor);
+        // The same metric lines, plus one async line per RL iteration saying staleness 0.
+        Assert.Equal(Content(sync.Lines), Content(async0.Lines.Where(l => (string)l["call"]! != "async")));
+        var asyncLines = async0.Lines.Where(l => (string)l["call"]! == "async").ToList();
+        Assert.Equal(4, asyncLines.Count);
+        Assert.All(asyncLines, l => Assert.Equal(0, (int)l["staleness"]!));
+    }
+
+    [Fact]
+    public void StalenessOneSamplesWithTheVersionBeforeAndIsReproducible()
+    {
+        var cfg = Config("mode: async\nmax_staleness: 1");
+        var a = Run(cfg);
+        var b = Run(cfg);
+        Assert.Equal(a.Actor, b.Actor);
+        Assert.Equal(Content(a.Lines), Content(b.Lines));
+        var asyncLines = a.Lines.Where(l => (string)l["call"]! == "async").ToList();
+        Assert.Equal([0, 0, 1, 2], asyncLines.Select(l => (int)l["behaviour_version"]!));
+        Assert.Equal([0, 1, 1, 1], asyncLines.Select(l => (int)l["staleness"]!));
+        Assert.All(asyncLines, l => Assert.Equal(0, (int)l["dropped_stale"]!));
+        // Off-policy samples train another model than the synchronous run.
+        Assert.NotEqual(Run(Config("mode: sync")).Actor, a.Actor);
+    }
+
+    [Fact]
+    public void ResumeFromAnAsyncCheckpointEndsBitIdenticalToTheUninterruptedRun()
+    {
+        // N = 2 and a checkpoint after every iteration: the checkpoint after PPO iteration 2 holds
+        // the batches of iterations 3 and 4, generated with versions 1 and 2 (older than its weights).
+        var cfg = Config("mode: async\nmax_staleness: 2", iterations: 5, checkpointEvery: 1);
+        string full = PlanExecutionTests.TempDir(), cut = PlanExecutionTests.TempDir();
+        try
+        {
+            float[] want;
+            using (var p = new Pipeline(cfg, full)) { p.Run(resume: false); want = p.Model("actor").Parameters.ToArray(); }
+            using (var p = new Pipeline(cfg, cut))
+                Assert.True((bool)p.Run(resume: false, stopAfterIterations: 6 + 4 + 2)["interrupted"]!);
+            var latest = Directory.GetDirectories(Path.Combine(cut, "checkpoints"), "step-*").OrderBy(d => d.Length).ThenBy(d => d).Last();
+            Assert.True(File.Exists(Path.Combine(latest, RolloutFile.Name)), $"{latest} holds no {RolloutFile.Name}");
+            using (var p = new Pipeline(cfg, cut))
+            {
+                p.Run(resume: true);
+                Assert.Equal(want, p.Model("actor").Parameters.ToArray());
+                Assert.Equal(Content(Lines(full)), Content(Lines(cut)));
+            }
+        }
+        finally { Directory.Delete(full, true); Directory.Delete(cut, true); }
+    }
+
+    private static PlanCall Call(string name, string model, PlanCallType type, int start, int count) =>
+        new(name, model, type, new Mesh(0, 1, start, count), new Strategy(1, 1, 1), 1);
+
+    private static Plan TwoGroups(int genDevice) => new(1, 2,
+    [
+        Call("actor_gen", "actor", PlanCallType.Generate, genDevice, 1),
+        Call("rew_inf", "reward", PlanCallType.Inference, 1, 1),
+        Call("ref_inf", "ref", PlanCallType.Inference, 1, 1),
+        Call("critic_inf", "critic", PlanCallType.Inference, 1, 1),
+        Call("actor_train", "actor", PlanCallType.TrainStep, 1, 1),
+        Call("critic_train", "critic", PlanCallType.TrainStep, 1, 1),
+    ], null);
+
+    [Fact]
+    public void UnderAPlanGenerationRunsOnItsOwnDevicesAndTrainsTheSameModel()
+    {
+        var cfg = Config("mode: async\nmax_staleness: 1");
+        var noPlan = Run(cfg);
+        var planned = Run(cfg, TwoGroups(genDevice: 0));
+        // Every call on one device with (1, 1, 1): the same ops as the single device.
+        Assert.Equal(noPlan.Actor, planned.Actor);
+        Assert.Equal(Content(noPlan.Lines), Content(planned.Lines));
+    }
+
+    [Fact]
+    public void APlanWhoseGenerationSharesDevicesIsRefusedNamingMode()
+    {
+        string d = PlanExecutionTests.TempDir();
+        try
+        {
+            using var p = new Pipeline(Config("mode: async"), d, plan: TwoGroups(genDevice: 1));
+            var e = Assert.Throws<ConfigException>(() => p.Run(resume: false));
+            Assert.StartsWith("mode:", e.Message);
+            Assert.Contains("device(s) 1", e.Message);
+        }
+        finally { Directory.Delete(d, true); }
+    }
+
+    [Theory]
+    [InlineData("mode: async\nmax_staleness: 17", "max_staleness")]
+    [InlineData("mode: async\nmax_staleness: -1", "max_staleness")]
+    [InlineData("max_staleness: 2", "max_staleness: only meaningful with mode: async")]
+    public void BadAsyncSettingsAreRefusedNamingTheField(string mode, string expected)
+    {
+        Assert.Contains(expected, Assert.Throws<ConfigException>(() => Config(mode)).Message);
+    }
+
+    [Fact]
+    public void AsyncIsOnlyForRlAlgorithms()
+    {
+        var e = Assert.Throws<ConfigException>(() => ExperimentConfig.Parse("""
+            algorithm: sft
+            mode: async
+            models: { actor: { preset: tiny } }
+            """, Path.GetTempPath()));
+        Assert.StartsWith("mode:", e.Message);
+        Assert.Contains("'sft'", e.Message);
+    }
+
+    [Fact]
+    public void AMalformedRolloutsFileIsNamed()
+    {
+        string d = PlanExecutionTests.TempDir();
+        try
+        {
+            var stage = Config("mode: async").Stages[^1];
+            var context = new StageContext(stage, 3, new ReaLNative.Engine.Tokenization.CharTokenizer(64), null, (_, _) => throw new InvalidOperationException(), _ => throw new InvalidOperationException());
+            var gen = new ReaLNative.Engine.Generation.GenerationResult
+            {
+                Prompts = [[1, 5, 6], [1, 7]], NewTokens = [[9, 2], [8]], LogProbs = [[-0.5f, -1.25f], [-2f]], EndedWithEos = [true, false],
+            };
+            var batch = new SampleBatch();
+            var examples = new[] { new ReaLNative.Engine.Tasks.TaskExample("ab", "ba"), new ReaLNative.Engine.Tasks.TaskExample("c", "c") };
+            batch.Set("prompts", examples);
+            batch.Set("sequences", context.Assemble(examples, gen));
+            batch.Set("logprobs", new[] { -0.5f, -1.25f, -2f });
+            batch.Set("ended_with_eos", new[] { true, false });
+            string file = Path.Combine(d, RolloutFile.Name);
+            RolloutFile.Write(file, [new GeneratedBatch(3, batch, [new CallRecord("actor_gen", 0.25, new Dictionary<string, double> { ["tokens"] = 8 })], 2)],
+                              ["sequences", "logprobs", "ended_with_eos"]);
+            // Round trip: the same tokens, log-probs, version and figures.
+            var read = RolloutFile.Read(file, context);
+            var back = new SampleBatch();
+            back.Set("prompts", examples);
+            read[0].Fill(back);
+            Assert.Equal((3, 2), (read[0].Iteration, read[0].Version));
+            Assert.Equal(gen.NewTokens, back.Get<Rollout>("sequences").Gen.NewTokens);
+            Assert.Equal(gen.LogProbs, back.Get<Rollout>("sequences").Gen.LogProbs);
+            Assert.Equal(new[] { -0.5f, -1.25f, -2f }, back.Get<float[]>("logprobs"));
+            Assert.Equal(8, read[0].Records[0].Figures["tokens"]);
+            // Truncated: named with the file and the batch.
+            var bytes = File.ReadAllBytes(file);
+            File.WriteAllBytes(file, bytes[..(bytes.Length - 5)]);
+            var e = Assert.Throws<InvalidDataException>(() => RolloutFile.Read(file, context));
+            Assert.Contains(file, e.Message);
+            Assert.Contains("truncated in batch 0", e.Message);
+            File.WriteAllBytes(file, [.. "NOTROLLS"u8.ToArray(), 0, 0, 0, 0]);
+            Assert.Contains("bad magic", Assert.Throws<InvalidDataException>(() => RolloutFile.Read(file, context)).Message);
+        }
+        finally { Directory.Delete(d, true); }
+    }
+}
