@@ -102,10 +102,13 @@ public sealed class Experiment
     public bool Asynchronous => MaxStaleness is not null;
 
     /// <summary>The same experiment with the synchronous dataflow (what an async plan is compared with).</summary>
-    public Experiment Synchronous() => new()
+    public Experiment Synchronous() => WithMaxStaleness(null);
+
+    /// <summary>The same experiment with `max_staleness` <paramref name="maxStaleness"/> (null: `mode: sync`).</summary>
+    public Experiment WithMaxStaleness(int? maxStaleness) => new()
     {
         Name = Name, Algorithm = Algorithm, Iterations = Iterations, BatchSize = BatchSize, PromptLen = PromptLen, GenLen = GenLen,
-        Minibatches = Minibatches, Models = Models, Calls = Calls, RewardKind = RewardKind, Precision = Precision, MaxStaleness = null,
+        Minibatches = Minibatches, Models = Models, Calls = Calls, RewardKind = RewardKind, Precision = Precision, MaxStaleness = maxStaleness,
     };
 
     /// <summary>Roles with a value (scalar) head instead of the LM head.</summary>

@@ -18,6 +18,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(BenchTrainCommand.CreateGenerate());
         cmd.Subcommands.Add(BenchAlgorithmsCommand.Create());
         cmd.Subcommands.Add(BenchPlanCommand.Create());
+        cmd.Subcommands.Add(BenchAsyncCommand.Create());
         return cmd;
     }
 }

@@ -232,6 +232,14 @@ public static class Curves
                 s.Axes.YAxis = plot.Axes.Right;
                 rewards = true;
             }
+            // async stages: how busy the generation and training sides were
+            var asy = g.Where(l => (string)l["call"]! == "async").ToList();
+            foreach (var (key, name) in new[] { ("gen_utilisation", "generation utilisation"), ("train_utilisation", "training utilisation") })
+                if (asy.Count > 0)
+                {
+                    var s = plot.Add.Scatter(asy.Select(l => (double)((int)l["step"]! + offset)).ToArray(), asy.Select(l => (double)l[key]!).ToArray());
+                    s.LegendText = $"{alg}: {name} (async)";
+                }
             var acc = g.Where(l => (string)l["call"]! == "rew_train" && l["accuracy"] is not null).ToList();
             if (acc.Count > 0)
             {

@@ -106,7 +106,8 @@ public abstract class PlanChoice
         internal override Plan Resolve(TrainingExperiment experiment)
         {
             var spec = cluster ?? ClusterSpec.Load(path!);
-            var exp = Planner.Experiment.Parse(experiment.YamlText, experiment.BaseDirectory, experiment.Name);
+            // The mode may have been changed in code (TrainingExperiment.WithMaxStaleness) since the YAML.
+            var exp = Planner.Experiment.Parse(experiment.YamlText, experiment.BaseDirectory, experiment.Name).WithMaxStaleness(experiment.MaxStaleness);
             var plan = PlanSearch.Run(spec, exp, options).Best.Plan;
             CheckCovers(plan, experiment, $"searched on '{spec.Name}'");
             return plan;

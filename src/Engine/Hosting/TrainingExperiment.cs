@@ -73,6 +73,21 @@ public sealed class TrainingExperiment
     /// <summary>Iterations of all stages together.</summary>
     public int TotalIterations => Config.Stages.Sum(s => s.Iterations);
 
+    /// <summary>`mode: async` with `max_staleness`, or null for `mode: sync`.</summary>
+    public int? MaxStaleness => Config.MaxStaleness;
+
+    /// <summary>A copy run asynchronously with <paramref name="maxStaleness"/> (`mode: async`,
+    /// `max_staleness: N`), or synchronously when null (`mode: sync`).</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxStaleness"/> outside [0, 16].</exception>
+    /// <exception cref="ExperimentConfigException">Async for an experiment whose algorithm is not an RL one (ppo, grpo, rloo, remax).</exception>
+    public TrainingExperiment WithMaxStaleness(int? maxStaleness)
+    {
+        if (maxStaleness is { } n && (n < 0 || n > 16)) throw new ArgumentOutOfRangeException(nameof(maxStaleness), n, "max_staleness must be in [0, 16]");
+        if (maxStaleness is not null && !AlgorithmNames.Rewarded(Config.Algorithm))
+            throw new ExperimentConfigException("mode", $"async runs the RL algorithms (ppo | grpo | rloo | remax), not '{Config.Algorithm}'");
+        return new TrainingExperiment(Config with { MaxStaleness = maxStaleness }, YamlText);
+    }
+
     /// <summary>A copy with another seed.</summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="seed"/> is negative.</exception>
     public TrainingExperiment WithSeed(long seed)

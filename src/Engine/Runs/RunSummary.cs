@@ -27,7 +27,7 @@ internal static class RunSummary
             double callSeconds = own.Where(l => l["seconds"] is not null && (string)l["call"]! != "eval").Sum(l => (double)l["seconds"]!);
             double evalSeconds = ev.Where(l => l["seconds"] is not null).Sum(l => (double)l["seconds"]!);
             accounted += stageSeconds[st.Index];
-            stages.Add(new JsonObject
+            var stageSummary = new JsonObject
             {
                 ["algorithm"] = st.Algorithm, ["iterations"] = st.Iterations,
                 ["seconds"] = Math.Round(stageSeconds[st.Index], 3),
@@ -39,11 +39,13 @@ internal static class RunSummary
                 ["eval_seconds"] = Math.Round(evalSeconds, 3),
                 ["initial_task_score"] = ev.Count > 0 ? (double?)ev[0]["task_score"] : null,
                 ["final_task_score"] = ev.Count > 0 ? (double?)ev[^1]["task_score"] : null,
-            });
+            };
+            if (AsyncSummary(own) is { } a) stageSummary["async"] = a;
+            stages.Add(stageSummary);
         }
         return new JsonObject
         {
-            ["name"] = cfg.Name, ["algorithm"] = cfg.Algorithm,
+            ["name"] = cfg.Name, ["algorithm"] = cfg.Algorithm, ["mode"] = cfg.MaxStaleness is null ? "sync" : "async",
             ["initial_reward"] = rewards.Count > 0 ? (double?)rewards[0]["reward_mean"] : null,
             ["final_reward"] = rewards.Count > 0 ? (double?)rewards[^1]["reward_mean"] : null,
             ["initial_task_score"] = evals.Count > 0 ? (double?)evals[0]["task_score"] : null,
@@ -57,6 +59,28 @@ internal static class RunSummary
             // The wall time outside every stage: opening the output, reading metrics, the summary.
             ["other_seconds"] = Math.Round(Math.Max(0, seconds - accounted), 2),
             ["stages"] = stages,
+        };
+    }
+
+    /// <summary>An async stage's "async" lines summed up: samples by staleness (versions behind the
+    /// trainer), samples dropped for staleness, the mean utilisation of the generation and training
+    /// sides, and the trainer's total wait and push time; null for a synchronous stage.</summary>
+    private static JsonObject? AsyncSummary(List<JsonObject> stageLines)
+    {
+        var lines = stageLines.Where(l => (string)l["call"]! == "async").ToList();
+        if (lines.Count == 0) return null;
+        var histogram = new JsonObject();
+        foreach (var g in lines.GroupBy(l => (int)l["staleness"]!).OrderBy(g => g.Key))
+            histogram[g.Key.ToString(System.Globalization.CultureInfo.InvariantCulture)] = g.Sum(l => (long)l["samples"]!);
+        return new JsonObject
+        {
+            ["max_staleness"] = (int)lines[0]["max_staleness"]!,
+            ["staleness_histogram"] = histogram,
+            ["dropped_stale"] = lines.Sum(l => (long)l["dropped_stale"]!),
+            ["gen_utilisation"] = Math.Round(lines.Average(l => (double)l["gen_utilisation"]!), 4),
+            ["train_utilisation"] = Math.Round(lines.Average(l => (double)l["train_utilisation"]!), 4),
+            ["wait_seconds"] = Math.Round(lines.Sum(l => (double)l["wait_seconds"]!), 3),
+            ["push_seconds"] = Math.Round(lines.Sum(l => (double)l["push_seconds"]!), 3),
         };
     }
 }

@@ -62,6 +62,7 @@ internal sealed class CriticFreeStage(StageConfig stage) : StageAlgorithm(stage)
                     if (!keep.AsSpan(s0, s1 - s0).Contains(true)) continue;  // dynamic sampling dropped the whole minibatch
                     var (sb, a0, a1) = r.Slice(s0, s1);
                     var lp = m.LogProbs(sb, temp);
+                    if (proximal is not null && e == 0 && k == 0) lp.CopyTo(proximal, a0);   // the proximal weights' forward
                     var g = new float[lp.Length];
                     var st = algo.Loss(lp, ratioBase.AsSpan(a0, a1 - a0), refLp.AsSpan(a0, a1 - a0), sb.ActionCu,
                                        seqAdv.AsSpan(s0, s1 - s0), keep.AsSpan(s0, s1 - s0), g,

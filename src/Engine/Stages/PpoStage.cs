@@ -63,6 +63,7 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
                 {
                     var (sb, a0, a1) = r.Slice(k * n / mb, (k + 1) * n / mb);
                     var lp = m.LogProbs(sb, temp);
+                    if (proximal is not null && e == 0 && k == 0) lp.CopyTo(proximal, a0);   // the proximal weights' forward
                     var g = new float[lp.Length]; var keep = new bool[sb.Packed.Count]; Array.Fill(keep, true);
                     var st = Losses.ClippedPolicy(lp, ratioBase.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), [], sb.ActionCu, keep,
                                                   ppo.ClipEpsLow, ppo.ClipEpsHigh, ppo.LossAgg, 0, g,

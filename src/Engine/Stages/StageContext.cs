@@ -122,13 +122,15 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
 
     /// <summary>The proximal policy's log-probs of the sampled actions (the trainer's weights before
     /// the iteration's first step, minibatch by minibatch) for an off-policy batch of the decoupled
-    /// objective; null for an on-policy batch, whose generation log-probs are the proximal ones.</summary>
+    /// objective; null for an on-policy batch, whose generation log-probs are the proximal ones.
+    /// Minibatch 0 is left for the caller to fill from its first forward (epoch 0, minibatch 0: the
+    /// same weights, so the same values), which saves one minibatch's forward.</summary>
     public float[]? ProximalLogProbs(SampleBatch b, IModelCalls actor, Rollout r)
     {
         if (Staleness(b) == 0) return null;
         int n = r.Examples.Length, mb = stage.Batch.Minibatches;
         var all = new float[r.Scored.ActionCu[n]];
-        for (int k = 0; k < mb; k++)
+        for (int k = 1; k < mb; k++)
         {
             var (sb, a0, _) = r.Slice(k * n / mb, (k + 1) * n / mb);
             actor.LogProbs(sb, (float)stage.Generation.Temperature).CopyTo(all, a0);

@@ -72,7 +72,7 @@ public sealed class FaultTests(ITestOutputHelper output)
     }
 
     /// <summary>Pids of live model worker processes whose command line matches.</summary>
-    private static List<int> Workers(Func<string, bool> match)
+    internal static List<int> Workers(Func<string, bool> match)
     {
         var pids = new List<int>();
         foreach (var d in Directory.EnumerateDirectories("/proc"))
@@ -90,7 +90,7 @@ public sealed class FaultTests(ITestOutputHelper output)
         return pids;
     }
 
-    private static void WaitFor(Func<bool> cond, TimeSpan limit, string what)
+    internal static void WaitFor(Func<bool> cond, TimeSpan limit, string what)
     {
         var until = DateTime.UtcNow + limit;
         while (!cond())
