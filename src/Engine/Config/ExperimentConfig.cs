@@ -126,6 +126,9 @@ internal sealed record PpoConfig(double KlCoef, double ClipEps, double ValueClip
     /// <summary>Asynchronous RL's decoupled objective: tokens whose behaviour weight
     /// exp(proximal - behaviour) exceeds this leave the surrogate (0: no cap).</summary>
     public double BehaviourWeightCap { get; init; }
+    /// <summary>Asynchronous RL: stale batches train with the decoupled objective (the proximal
+    /// log-probs recomputed); false: the ratio is against the behaviour log-probs (no recompute).</summary>
+    public bool DecoupledLoss { get; init; } = true;
 }
 
 internal static class LossAggregation
@@ -356,6 +359,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
             OverlongBuffer = (int)pr.Int("overlong_buffer", 0, 0, 1_000_000),
             OverlongPenalty = pr.Real("overlong_penalty", 1.0, 0, 1e6),
             BehaviourWeightCap = pr.Real("behaviour_weight_cap", 0, 0, 1e6),
+            DecoupledLoss = pr.Bool("decoupled_loss", true),
         };
         pr.RejectUnknown();
         return ppo;

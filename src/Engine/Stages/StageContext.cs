@@ -122,12 +122,13 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
 
     /// <summary>The proximal policy's log-probs of the sampled actions (the trainer's weights before
     /// the iteration's first step, minibatch by minibatch) for an off-policy batch of the decoupled
-    /// objective; null for an on-policy batch, whose generation log-probs are the proximal ones.
+    /// objective; null for an on-policy batch, whose generation log-probs are the proximal ones, and
+    /// with `ppo.decoupled_loss: false` (the ratio is then against the behaviour log-probs).
     /// Minibatch 0 is left for the caller to fill from its first forward (epoch 0, minibatch 0: the
     /// same weights, so the same values), which saves one minibatch's forward.</summary>
     public float[]? ProximalLogProbs(SampleBatch b, IModelCalls actor, Rollout r)
     {
-        if (Staleness(b) == 0) return null;
+        if (Staleness(b) == 0 || !stage.Ppo.DecoupledLoss) return null;
         int n = r.Examples.Length, mb = stage.Batch.Minibatches;
         var all = new float[r.Scored.ActionCu[n]];
         for (int k = 1; k < mb; k++)

@@ -17,7 +17,10 @@ namespace ReaLNative.Engine.Tests.Runs;
 
 public sealed class AsyncRunTests
 {
-    internal static ExperimentConfig Config(string mode, string algorithm = "ppo", int iterations = 4, int checkpointEvery = 100) => ExperimentConfig.Parse($$"""
+    internal static ExperimentConfig Config(string mode, string algorithm = "ppo", int iterations = 4, int checkpointEvery = 100) =>
+        ExperimentConfig.Parse(Yaml(mode, algorithm, iterations, checkpointEvery), Path.GetTempPath());
+
+    private static string Yaml(string mode, string algorithm, int iterations, int checkpointEvery) => $$"""
         name: async-test
         algorithm: {{algorithm}}
         seed: 3
@@ -38,7 +41,7 @@ public sealed class AsyncRunTests
           - { algorithm: sft, iterations: 6, models: { actor: { preset: tiny, init: random } }, optim: { lr: 3.0e-3 } }
           - { algorithm: rm, iterations: 4, models: { reward: { preset: tiny, init: sft } } }
           - { algorithm: {{algorithm}}, optim: { lr: 5.0e-4 } }
-        """, Path.GetTempPath());
+        """;
 
     private static (float[] Actor, List<JsonObject> Lines) Run(ExperimentConfig cfg, Plan? plan = null)
     {
@@ -90,8 +93,12 @@ public sealed class AsyncRunTests
         Assert.Equal([0, 0, 1, 2], asyncLines.Select(l => (int)l["behaviour_version"]!));
         Assert.Equal([0, 1, 1, 1], asyncLines.Select(l => (int)l["staleness"]!));
         Assert.All(asyncLines, l => Assert.Equal(0, (int)l["dropped_stale"]!));
-        // Off-policy samples train another model than the synchronous run.
+        // Off-policy samples train another model than the synchronous run, and the plain PPO ratio
+        // against the behaviour policy (no proximal recompute) another than the decoupled objective.
         Assert.NotEqual(Run(Config("mode: sync")).Actor, a.Actor);
+        var plain = Run(ExperimentConfig.Parse(Yaml("mode: async\nmax_staleness: 1", "ppo", 4, 100)
+            .Replace("ppo: { kl_coef: 0.05, ppo_epochs: 2 }", "ppo: { kl_coef: 0.05, ppo_epochs: 2, decoupled_loss: false }"), Path.GetTempPath()));
+        Assert.NotEqual(a.Actor, plain.Actor);
     }
 
     [Fact]
