@@ -21,6 +21,13 @@ internal sealed class Interruption : IDisposable
     /// return an exit code of its own meanwhile (<see cref="CliRunner"/> waits for the exit).</summary>
     public static bool ExitingAtOnce => s_exiting;
 
+    private static int s_lastLineClaimed;
+
+    /// <summary>True for the first caller only: the run's own "interrupted ..." line and the second
+    /// signal's "stopped at once" line race when the second signal arrives as the run reaches its
+    /// safe point; exactly one of them is printed.</summary>
+    public static bool ClaimLastLine() => Interlocked.Exchange(ref s_lastLineClaimed, 1) == 0;
+
     /// <summary>Runs on a second signal before the process exits (kill workers, remove temporaries); may be replaced as the job progresses.</summary>
     public Action? Abort { get; set; }
     /// <summary>The line printed on a second signal (after "realn: interrupted by SIG... "); e.g. where the run was.</summary>
@@ -75,7 +82,7 @@ internal sealed class Interruption : IDisposable
         catch (Exception e) { Console.Error.WriteLine($"realn: while stopping: {e.Message}"); }
         string detail = "";
         try { detail = AbortDetail?.Invoke() ?? ""; } catch (Exception) { /* the line still goes out */ }
-        Console.Error.WriteLine($"realn: interrupted by a second {sig}: stopped at once{detail}");
+        if (ClaimLastLine()) Console.Error.WriteLine($"realn: interrupted by a second {sig}: stopped at once{detail}");
         Console.Error.Flush();
         Environment.Exit(ExitCode);
     }

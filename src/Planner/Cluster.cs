@@ -28,7 +28,8 @@ public enum Precision { Bf16, Fp32 }
 /// <c>peak_tflops_bf16</c> / <c>peak_tflops_fp32</c> (dense peak in each precision, for experiments whose
 /// <c>precision</c> differs from the spec's; see <see cref="ForPrecision"/>),
 /// <c>attention_kernel</c> (flash | materialized, default flash), <c>shared_host</c> (true: the node's devices are
-/// cores of one host sharing memory_bandwidth_gbps, default false), <c>call_dispatch_us</c> (per call, worker dispatch, default 0).
+/// cores of one host sharing memory_bandwidth_gbps, default false), <c>worker_round_trip_us</c> (per master-worker round trip of a call in worker processes, default 0;
+/// see <see cref="Estimator.WorkerRoundTrips"/>).
 /// docs/cost-model.md gives each constant's source for the shipped specs.
 /// </summary>
 public sealed record ClusterSpec
@@ -61,8 +62,9 @@ public sealed record ClusterSpec
     /// <summary>The node's devices are cores of one host (CPU backend): they share its memory bandwidth, and a
     /// run without a plan gives its single device every core (<see cref="PlanSearch.SingleDeviceSeconds"/>).</summary>
     public bool SharedHost { get; init; }
-    /// <summary>Seconds per call for dispatching it to worker processes (control command, batch in, outputs back).</summary>
-    public double CallDispatch { get; init; }
+    /// <summary>Seconds per master-worker round trip when calls run in worker processes (control command, batch
+    /// in, outputs back, beyond the worker's compute); a call makes <see cref="Estimator.WorkerRoundTrips"/> of them.</summary>
+    public double WorkerRoundTrip { get; init; }
     /// <summary>Share of <see cref="MemoryBandwidth"/> a streaming kernel reaches.</summary>
     public double MemoryEfficiency { get; init; } = 1;
     /// <summary>Seconds a kernel takes at least (launch and minimal execution): the floor of every op.</summary>
@@ -108,7 +110,7 @@ public sealed record ClusterSpec
         var known = new HashSet<string> { "name", "nodes", "devices_per_node", "device_memory_gib", "precision", "peak_tflops",
             "compute_efficiency", "memory_bandwidth_gbps", "intra_node_bandwidth_gbps", "intra_node_latency_us",
             "inter_node_bandwidth_gbps", "inter_node_latency_us", "host_bandwidth_gbps", "reserved_memory_gib", "description",
-            "gemm_half_dim", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel", "shared_host", "call_dispatch_us",
+            "gemm_half_dim", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel", "shared_host", "worker_round_trip_us",
             "peak_tflops_bf16", "peak_tflops_fp32" };
         foreach (var k in map.Children.Keys)
             if (!known.Contains(k.ToString())) throw new PlannerException($"cluster.{k}: unknown key in {source} (known: {string.Join(", ", known.Order())})");
@@ -152,7 +154,7 @@ public sealed record ClusterSpec
                 "false" => false,
                 var v => throw new PlannerException($"cluster.shared_host: '{v}' is not true or false"),
             },
-            CallDispatch = r.OptDouble("call_dispatch_us", 0, 1e9, 0) * 1e-6,
+            WorkerRoundTrip = r.OptDouble("worker_round_trip_us", 0, 1e9, 0) * 1e-6,
             FlashAttention = (r.OptStr("attention_kernel") ?? "flash") switch
             {
                 "flash" => true,

@@ -177,8 +177,10 @@ public sealed class Estimator
         string kind = pass switch { Pass.Fwd => "fwd", Pass.Bwd => "bwd", _ => "decode" };
         // A device of a shared host has cores / devices threads: its own measured points when the profile has
         // them, else the all-core points scaled as if the block's time were inversely proportional to threads.
+        // More devices than cores (4 worker processes on 2 cores): each one-thread device gets cores / devices
+        // of a core while all compute, so its one-thread time is stretched by devices / cores.
         if (_hostShare > 1 && Profile?.Threads is { } all && Profile.BlockSeconds(m, kind, tokens, Math.Max(1, all / _hostShare)) is { } own)
-            return own / tp + ar;
+            return own * Math.Max(1.0, (double)_hostShare / all) / tp + ar;
         if (Profile?.BlockSeconds(m, kind, tokens) is { } measured) return measured * _hostShare / tp + ar;
         int h = m.Hidden, qd = m.Heads / tp * m.HeadDim, kvd = Math.Max(m.KvHeads / tp, 1) * m.HeadDim;
         double inter = (double)m.Intermediate / tp, t = tokens;
@@ -221,9 +223,18 @@ public sealed class Estimator
     {
         var m = Experiment.Models[c.Role];
         bool scalar = Experiment.HasScalarHead(c.Role);
-        if (o.Zero3) return Zero3Seconds(c, o, m, scalar) + Cluster.CallDispatch;
-        return Cluster.CallDispatch + NativeSeconds(c, o, m, scalar);
+        double dispatch = WorkerDispatchSeconds(c);
+        if (o.Zero3) return Zero3Seconds(c, o, m, scalar) + dispatch;
+        return dispatch + NativeSeconds(c, o, m, scalar);
     }
+
+    /// <summary>Master-worker round trips of a call in worker processes: one for generation and inference; a
+    /// train call two per optimizer step (the forward whose outputs the master's loss needs, then the backward
+    /// sent together with the optimizer step).</summary>
+    public static int WorkerRoundTrips(ModelCall c) => c.Type == CallType.TrainStep ? 2 * c.OptimizerSteps : 1;
+
+    /// <summary>Seconds of a call's master-worker round trips (<see cref="ClusterSpec.WorkerRoundTrip"/> each).</summary>
+    public double WorkerDispatchSeconds(ModelCall c) => WorkerRoundTrips(c) * Cluster.WorkerRoundTrip;
 
     private double NativeSeconds(ModelCall c, CallOption o, ModelConfig m, bool scalar)
     {

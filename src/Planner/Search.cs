@@ -81,7 +81,7 @@ public static class PlanSearch
         if (!cluster.SharedHost) return null;
         var one = cluster with
         {
-            Nodes = 1, DevicesPerNode = 1, SharedHost = false, CallDispatch = 0,
+            Nodes = 1, DevicesPerNode = 1, SharedHost = false, WorkerRoundTrip = 0,
             PeakFlops = cluster.PeakFlops * cluster.DevicesPerNode,
             DeviceMemoryBytes = cluster.DeviceMemoryBytes * cluster.DevicesPerNode,
             ReservedMemoryBytes = cluster.ReservedMemoryBytes * cluster.DevicesPerNode,
@@ -91,12 +91,12 @@ public static class PlanSearch
     }
 
     /// <summary>The estimated iteration of a searched plan when its devices run as threads of one process
-    /// (`realn run --plan --in-process`): the same calls without the per-call worker dispatch
-    /// (<see cref="ClusterSpec.CallDispatch"/>).</summary>
+    /// (`realn run --plan --in-process`): the same calls without the master-worker round trips
+    /// (<see cref="ClusterSpec.WorkerRoundTrip"/>).</summary>
     public static double InProcessSeconds(SearchResult r)
     {
         var p = r.Problem;
-        var q = new PlanningProblem(new Estimator(p.Cluster with { CallDispatch = 0 }, p.Experiment, p.Estimator.Profile));
+        var q = new PlanningProblem(new Estimator(p.Cluster with { WorkerRoundTrip = 0 }, p.Experiment, p.Estimator.Profile));
         // The option lists are filtered by cost, so the same option may sit at another index (or be
         // filtered out) without the dispatch term: find each chosen option by its content, else add it.
         var choice = new int[p.Calls.Count];

@@ -164,9 +164,9 @@ public class CostModelTests
     {
         // issue 19, measured on cpu-local: ppo-tiny ran 0.174 s/iteration on the single device (both cores, one
         // process) and 0.463 / 0.859 s under the searched 2-device plan (in process / workers). The model now
-        // sees the shared memory bandwidth, the worker dispatch per call and the single device's two cores.
+        // sees the shared memory bandwidth, the worker round trips of each call and the single device's two cores.
         var cpu = ClusterSpec.Load(TestData.Example("clusters/cpu-local.yaml"));
-        Assert.True(cpu.SharedHost && cpu.CallDispatch > 0);
+        Assert.True(cpu.SharedHost && cpu.WorkerRoundTrip > 0);
         var exp = Experiment.Load(TestData.Example("ppo-tiny.yaml"));
         var call = exp.Calls.First(c => c.Name == "actor_gen");
         var o = new CallOption(new Mesh(0, 1, 0, 1), new Strategy(1, 1, 1), 1, false);
@@ -177,11 +177,11 @@ public class CostModelTests
         Assert.NotNull(single);
         Assert.True(single < r.Best.Evaluation.IterationSeconds, $"single device {single} vs plan {r.Best.Evaluation.IterationSeconds}");
         Assert.Null(PlanSearch.SingleDeviceSeconds(H100, exp));
-        // In-process (`realn run --plan --in-process`): the same calls without the per-call worker dispatch, which
-        // the plan pays once per call it runs.
+        // In-process (`realn run --plan --in-process`): the same calls without the worker round trips, which the
+        // plan pays for every call it runs (train calls 2 per optimizer step).
         double threads = PlanSearch.InProcessSeconds(r);
-        Assert.True(threads < r.Best.Evaluation.IterationSeconds - cpu.CallDispatch, $"in-process {threads} vs workers {r.Best.Evaluation.IterationSeconds}");
-        var noDispatch = PlanSearch.Run(cpu with { CallDispatch = 0 }, exp, new SearchOptions { Seed = 1, StepsPerChain = 2000 });
+        Assert.True(threads < r.Best.Evaluation.IterationSeconds - cpu.WorkerRoundTrip, $"in-process {threads} vs workers {r.Best.Evaluation.IterationSeconds}");
+        var noDispatch = PlanSearch.Run(cpu with { WorkerRoundTrip = 0 }, exp, new SearchOptions { Seed = 1, StepsPerChain = 2000 });
         Assert.Equal(noDispatch.Best.Evaluation.IterationSeconds, PlanSearch.InProcessSeconds(noDispatch), 12);
         // With a profile measured on cpu-local (every core and one thread, 2026-12-03) the cost-filtered option
         // lists differ without the dispatch term: the chosen options are found by content, not by index.
@@ -196,6 +196,6 @@ public class CostModelTests
         var timing = Experiment.Load(TestData.Example("bench/ppo-tiny-timing.yaml"));
         var profiled = PlanSearch.Run(cpu, timing, new SearchOptions(), prof);
         double inProcess = PlanSearch.InProcessSeconds(profiled);
-        Assert.InRange(inProcess, 0.05, profiled.Best.Evaluation.IterationSeconds - cpu.CallDispatch);
+        Assert.InRange(inProcess, 0.05, profiled.Best.Evaluation.IterationSeconds - cpu.WorkerRoundTrip);
     }
 }

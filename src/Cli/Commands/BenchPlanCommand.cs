@@ -6,7 +6,9 @@
 // for each, the estimated and the measured wall time of one iteration of the planned stage and their
 // ratio, plus each plan run against the measured single device. The measurement is the stage's
 // `iterations_seconds` in summary.json (the iterations' dataflow, no evaluation or checkpoint) divided by
-// its iterations, so examples/bench/ppo-tiny-timing.yaml keeps the earlier stages short.
+// its iterations, so examples/bench/ppo-tiny-timing.yaml keeps the earlier stages short. The workers
+// run also reports its mean master-worker round trip beyond the workers' compute (REALN_WORKER_TIMING),
+// printed next to the cluster spec's worker_round_trip_us.
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -75,7 +77,7 @@ public static class BenchPlanCommand
             Console.Error.WriteLine($"plan for {spec.Name} ({spec.DevicesPerNode} devices): {string.Join(", ", plan.Calls.Select(c => $"{c.Name} {c.Mesh} {c.Strategy}"))}; estimated {F(r.Best.Evaluation.IterationSeconds)} s/iteration in worker processes, {F(threadsEstimate)} s in-process, single device {F(singleEstimate)} s");
 
         var rows = new JsonArray();
-        double? singleMeasured = null;
+        double? singleMeasured = null, measuredRoundTripMs = null;
         foreach (var mode in Modes.Where(modes.Contains))
         {
             string dir = Path.Combine(outRoot, mode);
@@ -83,7 +85,8 @@ public static class BenchPlanCommand
             if (mode != "single") { args.Add("--plan"); args.Add(planPath); }
             if (mode == "threads") args.Add("--in-process");
             if (!json) Console.Error.WriteLine($"{mode}: realn {string.Join(' ', args)} (log: {dir}.log)");
-            RunChild(args, dir + ".log", timeout, mode);
+            RunChild(args, dir + ".log", timeout, mode, mode == "workers" ? new() { ["REALN_WORKER_TIMING"] = "1" } : new());
+            if (mode == "workers") measuredRoundTripMs = RoundTripMs(dir + ".log");
             var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")))!.AsObject();
             var st = summary["stages"]![stage]!.AsObject();
             double measured = (double)st["iterations_seconds"]! / (int)st["iterations"]!;
@@ -108,6 +111,7 @@ public static class BenchPlanCommand
                 ["benchmark"] = "plan", ["config"] = configPath, ["cluster"] = spec.Name, ["stage"] = stage,
                 ["stage_algorithm"] = experiment.Stages[stage].Algorithm, ["iterations"] = experiment.Stages[stage].Iterations,
                 ["plan"] = JsonNode.Parse(PlanJson.ToJson(plan)), ["rows"] = rows,
+                ["worker_round_trip_ms"] = new JsonObject { ["spec"] = Math.Round(spec.WorkerRoundTrip * 1e3, 3), ["measured"] = measuredRoundTripMs },
             }.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
             return 0;
         }
@@ -120,6 +124,8 @@ public static class BenchPlanCommand
             Console.WriteLine($"{(string)row["mode"]!,-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {vs,10}");
         }
         Console.WriteLine("single: realn run without --plan (one process, every core); threads: --plan --in-process; workers: --plan, one worker process per device");
+        if (measuredRoundTripMs is { } rt)
+            Console.WriteLine($"worker round trip beyond compute: {rt.ToString("F2", CultureInfo.InvariantCulture)} ms measured, {(spec.WorkerRoundTrip * 1e3).ToString("F2", CultureInfo.InvariantCulture)} ms in {spec.Name}'s worker_round_trip_us");
         return 0;
     }
 
@@ -137,10 +143,11 @@ public static class BenchPlanCommand
     }
 
     /// <summary>Runs `realn ARGS` with its output in LOG; a non-zero exit or the deadline is a failure naming the log.</summary>
-    private static void RunChild(List<string> args, string log, double timeout, string mode)
+    private static void RunChild(List<string> args, string log, double timeout, string mode, Dictionary<string, string> environment)
     {
         var (exe, prefix) = RunCommand.Self();
         var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var (k, v) in environment) psi.Environment[k] = v;
         foreach (var a in prefix.Concat(args)) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {exe}");
         using var w = new StreamWriter(log);
@@ -158,5 +165,16 @@ public static class BenchPlanCommand
         p.WaitForExit();   // drains the redirected output
         if (p.ExitCode != 0)
             throw new MeasurementException($"bench plan: the {mode} run failed with exit code {p.ExitCode}; see {log}");
+    }
+
+    /// <summary>The mean round trip a worker-process run reported at its end (the last line the engine's
+    /// OpTimings writes with REALN_WORKER_TIMING=1), in ms; null when the log has none.</summary>
+    private static double? RoundTripMs(string log)
+    {
+        const string prefix = "worker round trip beyond compute, ms:";
+        var line = File.ReadLines(log).LastOrDefault(l => l.StartsWith(prefix, StringComparison.Ordinal));
+        if (line is null) return null;
+        var first = line[prefix.Length..].Trim().Split(' ')[0];
+        return double.TryParse(first, NumberStyles.Float, CultureInfo.InvariantCulture, out double ms) ? ms : null;
     }
 }

@@ -151,7 +151,7 @@ public static class LaunchCommand
             interruption.Token);   // workers shut down (or killed), launchers told the job is over
         if (result.Status == TrainingStatus.Cancelled)
         {
-            Console.Error.WriteLine($"realn: {RunCommand.InterruptedLine(interruption, result)}");
+            if (Interruption.ClaimLastLine()) Console.Error.WriteLine($"realn: {RunCommand.InterruptedLine(interruption, result)}");
             return interruption.ExitCode;
         }
         var summary = System.Text.Json.Nodes.JsonNode.Parse(result.SummaryJson!)!.AsObject();

@@ -174,7 +174,7 @@ public static class RunCommand
             });
         if (result.Status == TrainingStatus.Cancelled)
         {
-            Console.Error.WriteLine($"realn: {InterruptedLine(interruption, result)}");
+            if (Interruption.ClaimLastLine()) Console.Error.WriteLine($"realn: {InterruptedLine(interruption, result)}");
             return interruption.ExitCode;
         }
         var summary = JsonNode.Parse(result.SummaryJson!)!.AsObject();

@@ -227,14 +227,24 @@ internal sealed unsafe class ModelWorker : IDisposable
         return new JsonObject { ["step"] = o.Step }.ToJsonString();
     }
 
-    private byte[] Input(JsonNode j, string what) =>
-        Wait(Blobs.RecvAsync(_transport, MasterRank, WireJson.Long(j, "tag_in"), what), what);
+    private byte[] Input(JsonNode j, string what)
+    {
+        long t0 = Stopwatch.GetTimestamp();
+        var b = Wait(Blobs.RecvAsync(_transport, MasterRank, WireJson.Long(j, "tag_in"), what), what);
+        _inputSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        return b;
+    }
+
+    // Seconds of the current operation spent waiting for its input blob and sending its output.
+    private double _inputSeconds, _outputSeconds;
 
     private void Output(JsonNode j, ShardReplica r, Func<WireWriter, WireWriter>? write, string what)
     {
         if (!r.Collects) return;
         if (write is null) throw new InvalidOperationException($"{what}: a collecting rank produced no output");
-        Wait(Blobs.SendAsync(_transport, MasterRank, WireJson.Long(j, "tag_out"), write(new WireWriter()).ToArray()), what);
+        long t0 = Stopwatch.GetTimestamp();
+        try { Wait(Blobs.SendAsync(_transport, MasterRank, WireJson.Long(j, "tag_out"), write(new WireWriter()).ToArray()), what); }
+        finally { _outputSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds; }
     }
 
     private static T Wait<T>(Task<T> t, string what)
@@ -252,6 +262,8 @@ internal sealed unsafe class ModelWorker : IDisposable
 
     private string Op(JsonNode j)
     {
+        long start = Stopwatch.GetTimestamp();
+        _inputSeconds = _outputSeconds = 0;
         var r = Replica(j);
         string op = WireJson.Str(j, "op");
         double value = 0;
@@ -308,7 +320,17 @@ internal sealed unsafe class ModelWorker : IDisposable
             default:
                 throw new ArgumentException($"unknown operation '{op}'");
         }
-        return new JsonObject { ["value"] = value }.ToJsonString();
+        // A backward followed by the optimizer step in one command (RemoteReplica defers a backward
+        // until its step): the step's gradient norm is the reply's value.
+        if (j["then_step"]?.GetValue<bool>() == true)
+        {
+            if (op is not ("backward_logprobs" or "backward_values")) throw new ArgumentException($"then_step after '{op}': only a backward is followed by a step");
+            value = r.Step();
+        }
+        return new JsonObject
+        {
+            ["value"] = value, ["seconds"] = Stopwatch.GetElapsedTime(start).TotalSeconds, ["input_seconds"] = _inputSeconds, ["output_seconds"] = _outputSeconds,
+        }.ToJsonString();
     }
 
     /// <summary>This device's part of a reallocation of parameters ("params") or AdamW moments

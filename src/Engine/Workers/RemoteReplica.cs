@@ -1,6 +1,8 @@
 // A model replica whose shards live in model worker processes: each operation is one command to
 // every worker of the layout (metadata only), with the batch sent to them and the collecting
-// ranks' outputs returned over UCX. Reallocation between two replicas runs entirely between the
+// ranks' outputs returned over UCX. A backward is sent with the optimizer step that follows it
+// (one round trip instead of two; a backward only writes gradients, which only the step reads):
+// any other operation sends a deferred backward on its own first. Reallocation between two replicas runs entirely between the
 // workers (TransportRealloc, no byte through the master); to and from the full model the master
 // takes part as the rank holding it.
 using System.Text.Json.Nodes;
@@ -22,6 +24,8 @@ internal sealed unsafe class RemoteReplica : IReplica
     private readonly int[] _collectors;
     private long _step;
     private bool _disposed;
+    /// <summary>A backward not sent yet: it goes with the next <see cref="Step"/>, or alone before any other operation.</summary>
+    private (string Op, JsonObject Args, byte[] Input)? _deferredBackward;
 
     public RemoteReplica(WorkerPool pool, string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer)
     {
@@ -64,16 +68,34 @@ internal sealed unsafe class RemoteReplica : IReplica
     /// the collecting ranks' output blobs returned; the replies' values in device order.</summary>
     private (double[] Values, byte[][] Outputs) Op(string op, JsonObject args, byte[]? input, bool output)
     {
+        SendDeferredBackward();
+        return Send(op, args, input, output);
+    }
+
+    /// <summary>Sends a deferred backward on its own (before any other operation reaches the workers).</summary>
+    private void SendDeferredBackward()
+    {
+        if (_deferredBackward is not { } d) return;
+        _deferredBackward = null;
+        Send(d.Op, d.Args, d.Input, output: false);
+    }
+
+    private (double[] Values, byte[][] Outputs) Send(string op, JsonObject args, byte[]? input, bool output)
+    {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        string label = args["then_step"] is not null ? op + " and optimizer step" : op;
         var (tagIn, tagOut) = _pool.DataTags();
         var t = _pool.Transport;
         var data = new List<Task>();
         if (input is not null)
             foreach (var d in Layout.Devices) data.Add(Blobs.SendAsync(t, d, tagIn, input));
-        var outs = output ? _collectors.Select(d => Blobs.RecvAsync(t, d, tagOut, $"{What(op)}: output of worker {d}")).ToArray() : [];
+        var outs = output ? _collectors.Select(d => Blobs.RecvAsync(t, d, tagOut, $"{What(label)}: output of worker {d}")).ToArray() : [];
         data.AddRange(outs);
         args["id"] = _id; args["op"] = op; args["tag_in"] = tagIn; args["tag_out"] = tagOut;
-        var replies = _pool.Dispatch(What(op), Layout.Devices, "op", args, [.. data]);
-        var values = replies.Select(r => WireJson.Num(JsonNode.Parse(r), "value")).ToArray();
+        var replies = _pool.Dispatch(What(label), Layout.Devices, "op", args, [.. data]);
+        var parsed = replies.Select(r => JsonNode.Parse(r)).ToArray();
+        var values = parsed.Select(r => WireJson.Num(r, "value")).ToArray();
+        _pool.OpTimings.Add(label, System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds, parsed);
         return (values, outs.Select(o => o.Result).ToArray());
     }
 
@@ -102,11 +124,19 @@ internal sealed unsafe class RemoteReplica : IReplica
     public void BackwardLogProbs(ScoredBatch batch, float temperature, float[] dActionLogp)
     {
         if (dActionLogp.Length != batch.Actions) throw new ArgumentException($"{_name}: {dActionLogp.Length} log-prob gradients for {batch.Actions} actions");
-        Op("backward_logprobs", new JsonObject { ["temperature"] = temperature }, new WireWriter().Batch(batch).Floats(dActionLogp).ToArray(), output: false);
+        Defer("backward_logprobs", new JsonObject { ["temperature"] = temperature }, new WireWriter().Batch(batch).Floats(dActionLogp).ToArray());
     }
 
     public void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores) =>
-        Op("backward_values", new JsonObject(), new WireWriter().Batch(batch).Floats(dActionValues).Floats(dLastScores).ToArray(), output: false);
+        Defer("backward_values", new JsonObject(), new WireWriter().Batch(batch).Floats(dActionValues).Floats(dLastScores).ToArray());
+
+    /// <summary>Keeps a backward for the step that follows it (an inference replica has none: sent at once).</summary>
+    private void Defer(string op, JsonObject args, byte[] input)
+    {
+        SendDeferredBackward();
+        if (_optimizer is null) { Send(op, args, input, output: false); return; }
+        _deferredBackward = (op, args, input);
+    }
 
     public double SftStep(ScoredBatch batch) =>
         Op("sft", new JsonObject(), new WireWriter().Batch(batch).ToArray(), output: false).Values.Sum();
@@ -114,7 +144,14 @@ internal sealed unsafe class RemoteReplica : IReplica
     public double Step()
     {
         if (_optimizer is null) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
-        double norm = Op("step", new JsonObject(), null, output: false).Values[0];
+        double norm;
+        if (_deferredBackward is { } d)
+        {
+            _deferredBackward = null;
+            d.Args["then_step"] = true;
+            norm = Send(d.Op, d.Args, d.Input, output: false).Values[0];
+        }
+        else norm = Op("step", new JsonObject(), null, output: false).Values[0];
         _step++;
         return norm;
     }
@@ -146,6 +183,8 @@ internal sealed unsafe class RemoteReplica : IReplica
     {
         if (source is not RemoteReplica src || !ReferenceEquals(src._pool, _pool)) throw new ArgumentException($"{_name}: a worker replica copies only from replicas of the same job");
         if (src.Config != Config || src.ScalarHead != ScalarHead) throw new ArgumentException($"{_name}: replicas of different models");
+        src.SendDeferredBackward();
+        SendDeferredBackward();
         var devices = src.Layout.Devices.Union(Layout.Devices).ToArray();
         _pool.Dispatch(What($"reallocation from {src.Layout}"), devices, "realloc", Realloc("params", src.Layout, Layout, src._id, _id));
     }
@@ -155,6 +194,7 @@ internal sealed unsafe class RemoteReplica : IReplica
     /// <summary>Moves one buffer kind between the master's full copy and the shards.</summary>
     private void Move(string kind, nint full, bool toShards)
     {
+        SendDeferredBackward();
         var (from, to) = toShards ? (Full, Layout) : (Layout, Full);
         _pool.ReallocWithMaster(What(toShards ? $"load {kind}" : $"gather {kind}"), Plan(from, to), toShards ? full : 0, toShards ? 0 : full,
             Layout.Devices, Realloc(kind, from, to, toShards ? -1 : _id, toShards ? _id : -1));
@@ -177,8 +217,11 @@ internal sealed unsafe class RemoteReplica : IReplica
         Move("params", (nint)full.ParametersPointer, toShards: false);
     }
 
-    public void InitShards(int seed, float std = 0.02f) =>
+    public void InitShards(int seed, float std = 0.02f)
+    {
+        SendDeferredBackward();
         _pool.Dispatch(What("init"), Layout.Devices, "init-shard", new JsonObject { ["id"] = _id, ["seed"] = seed, ["std"] = std });
+    }
 
     /// <summary>Writes the replica as an HF checkpoint into <paramref name="dir"/> without the master
     /// holding it: the parameters are reallocated worker to worker onto a pipeline of whole tensors
@@ -188,6 +231,7 @@ internal sealed unsafe class RemoteReplica : IReplica
     /// returns (every file is then complete).</summary>
     public void SaveShards(string dir)
     {
+        SendDeferredBackward();
         dir = Path.GetFullPath(dir);
         Directory.CreateDirectory(dir);
         int stages = Math.Min(Layout.Devices.Count, Config.Layers + 2);
@@ -229,13 +273,17 @@ internal sealed unsafe class RemoteReplica : IReplica
 
     /// <summary>Each worker reads its shard from <paramref name="checkpointDir"/> itself: the path
     /// must name the same files on every worker's node (a shared file system, or copies).</summary>
-    public void LoadShards(string checkpointDir, bool allowNonFinite = false) =>
+    public void LoadShards(string checkpointDir, bool allowNonFinite = false)
+    {
+        SendDeferredBackward();
         _pool.Dispatch(What("load"), Layout.Devices, "load-shard",
                        new JsonObject { ["id"] = _id, ["dir"] = Path.GetFullPath(checkpointDir), ["allow_non_finite"] = allowNonFinite });
+    }
 
     public void MoveOptimizerState(AdamW full, bool toShards)
     {
         if (_optimizer is null) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
+        SendDeferredBackward();
         fixed (float* m = full.FirstMoment)
         fixed (float* v = full.SecondMoment)
         {
@@ -262,6 +310,7 @@ internal sealed unsafe class RemoteReplica : IReplica
     {
         if (_disposed) return;
         _disposed = true;
+        _deferredBackward = null;  // its gradients go with the replica
         try { _pool.Dispatch(What("drop"), Layout.Devices, "drop", new JsonObject { ["id"] = _id }); }
         catch (WorkerFailedException) { /* the job is ending; the workers go with it */ }
     }

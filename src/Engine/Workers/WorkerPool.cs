@@ -76,6 +76,9 @@ internal sealed class WorkerPool : IReplicaHost
     private readonly TransportRealloc? _mover;
     private readonly WorkerState[] _state;
     private readonly Lock _reallocGate = new();
+    private int _localThreadsPerWorker;
+    /// <summary>Round trips of replica operations (REALN_WORKER_TIMING=1 prints them at the end).</summary>
+    internal OpTimings OpTimings { get; } = new();
     private int _nextId, _nextGroup;
     private long _nextData;
     private string? _failed;
@@ -114,7 +117,9 @@ internal sealed class WorkerPool : IReplicaHost
         {
             // Workers first: a child started after UCX is up would inherit its descriptors.
             Spawn(options.ExternalWorkers ? options.LocalRanks : Enumerable.Range(0, devices).ToArray());
-            _transport = new UcxTransport(devices, devices + 1) { Timeout = options.CallTimeout };
+            // While this node's workers compute on every core, the master's progress thread must not spin either.
+            int localComputeThreads = (_local?.Ranks.Count ?? 0) * _localThreadsPerWorker;
+            _transport = new UcxTransport(devices, devices + 1, UcxTransportOptions.Default.ForBusyCores(localComputeThreads)) { Timeout = options.CallTimeout };
             _mover = new TransportRealloc(Tags.Realloc(_transport));
             using var self = new ControlClient(_server.Endpoint, new MessageAuth(_secret, options.Job), "master-rank");
             JoinWatching(self);
@@ -149,7 +154,7 @@ internal sealed class WorkerPool : IReplicaHost
     {
         if (ranks.Count == 0) return;
         string exe = _options.Executable ?? throw new ArgumentException("WorkerPoolOptions.Executable is required to start workers");
-        int threads = _options.ThreadsPerWorker > 0 ? _options.ThreadsPerWorker : Math.Max(1, System.Environment.ProcessorCount / ranks.Count);
+        int threads = _localThreadsPerWorker = _options.ThreadsPerWorker > 0 ? _options.ThreadsPerWorker : Math.Max(1, System.Environment.ProcessorCount / ranks.Count);
         _local = new WorkerProcesses(new WorkerCommandLine(exe, _options.ExecutablePrefix, _server.Endpoint, _options.Job, Devices + 1)
         {
             BindHost = _options.WorkerBindHost, Node = _options.Node, ThreadsPerWorker = threads, Environment = _options.Environment,
@@ -402,7 +407,8 @@ internal sealed class WorkerPool : IReplicaHost
     {
         if (_disposed) return;
         _disposed = true;
-        _done = true;  // launchers asking now are told the job is over
+        _done = true;
+        if (System.Environment.GetEnvironmentVariable("REALN_WORKER_TIMING") == "1" && OpTimings.Count > 0) Console.Error.Write(OpTimings.ToString());  // launchers asking now are told the job is over
         // A silent worker (hung, stopped) answers nothing: killed at once rather than asked and
         // waited for (that wait was 10 s of a stopped worker's 25 s to the master's exit).
         for (int r = 0; r < Devices; r++)

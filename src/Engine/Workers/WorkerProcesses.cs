@@ -5,6 +5,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using ReaLNative.Engine.Control;
+using ReaLNative.Engine.Transport;
 
 namespace ReaLNative.Engine.Workers;
 
@@ -26,9 +27,13 @@ internal sealed class WorkerProcesses : IDisposable
     public WorkerProcesses(WorkerCommandLine cmd, byte[] secret, IEnumerable<int> ranks)
     {
         bool echo = System.Environment.GetEnvironmentVariable("REALN_WORKER_ECHO") == "1";
+        var list = ranks.ToList();
+        // The workers' compute threads fill the node's cores: their transports' progress threads
+        // must not spin (UcxTransportOptions.SkipSpin).
+        bool skipSpin = UcxTransportOptions.SkipSpin(list.Count * cmd.ThreadsPerWorker);
         try
         {
-            foreach (int r in ranks)
+            foreach (int r in list)
             {
                 var psi = new ProcessStartInfo(cmd.Executable) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
                 foreach (var a in cmd.Prefix) psi.ArgumentList.Add(a);
@@ -39,6 +44,7 @@ internal sealed class WorkerProcesses : IDisposable
                 psi.Environment.Remove(JobSecret.FileVariable);
                 psi.Environment["OMP_NUM_THREADS"] = cmd.ThreadsPerWorker.ToString();
                 psi.Environment["OPENBLAS_NUM_THREADS"] = cmd.ThreadsPerWorker.ToString();
+                if (skipSpin) psi.Environment[UcxTransportOptions.SpinVariable] = "0";
                 // A worker needs no UCX fault handlers: libucs would install them for SEGV/BUS/ILL/FPE
                 // when it loads, and a managed null dereference on another thread before the resolver
                 // puts the runtime's handlers back killed a worker at start-up ("Caught signal 11 ...
