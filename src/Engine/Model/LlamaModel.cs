@@ -230,6 +230,19 @@ internal sealed unsafe class LlamaModel : IDisposable
         }
     }
 
+    /// <summary>Raw pointer to the bf16 weights (reallocation of bf16 parameters), refreshed from the
+    /// master first when stale. Writing through it is for a model that holds bf16 only (a master's
+    /// next refresh would overwrite the writes).</summary>
+    public ushort* Bf16ParametersPointer
+    {
+        get
+        {
+            if (_bf16Params is null) throw new InvalidOperationException("the model is not in bf16 precision");
+            RefreshBf16();
+            return (ushort*)_bf16Params.Pointer;
+        }
+    }
+
     /// <summary>Overwrites the bf16 weights of a model that holds bf16 only (a bf16 checkpoint's tensors, layout order).</summary>
     public void LoadBf16(ReadOnlySpan<ushort> values)
     {

@@ -52,10 +52,13 @@ internal sealed class ModelReplicas(string role) : IDisposable
 
     public void Add(IReplica r) { All.Add(r); _version[r] = 0; }
 
+    /// <summary>Bytes reallocated from the train replica to the others (bf16 weights where they hold bf16 only).</summary>
+    public long ReallocatedBytes { get; private set; }
+
     public void Refresh(IReplica r)
     {
         if (Train is null || ReferenceEquals(r, Train) || _version[r] == _trainVersion) return;
-        r.CopyFrom(Train);
+        ReallocatedBytes += r.CopyFrom(Train);
         _version[r] = _trainVersion;
     }
 
