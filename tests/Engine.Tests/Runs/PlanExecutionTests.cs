@@ -204,22 +204,26 @@ public sealed class PlanExecutionTests
         finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
     }
 
-    [Fact]
-    public void ResumeUnderAPlanEqualsTheUninterruptedPlanRun()
+    /// <summary>bf16 too: the checkpoint's fp32 masters and moments go back to the train replicas,
+    /// the other replicas get bf16 from them.</summary>
+    [Theory]
+    [InlineData("fp32")]
+    [InlineData("bf16")]
+    public void ResumeUnderAPlanEqualsTheUninterruptedPlanRun(string precision)
     {
         string a = TempDir(), b = TempDir();
         try
         {
             float[] actor, critic;
-            using (var p = new Pipeline(Config(), a, plan: MixedPlan()))
+            using (var p = new Pipeline(Config(precision), a, plan: MixedPlan()))
             {
                 p.Run(resume: false);
                 actor = p.Model("actor").Parameters.ToArray();
                 critic = p.Model("critic").Parameters.ToArray();
             }
-            using (var p = new Pipeline(Config(), b, plan: MixedPlan()))
+            using (var p = new Pipeline(Config(precision), b, plan: MixedPlan()))
                 Assert.True((bool)p.Run(resume: false, stopAfterIterations: 11)["interrupted"]!);  // sft 6 + rm 4 + ppo 1
-            using (var p = new Pipeline(Config(), b, plan: MixedPlan()))
+            using (var p = new Pipeline(Config(precision), b, plan: MixedPlan()))
             {
                 p.Run(resume: true);
                 Assert.Equal(actor, p.Model("actor").Parameters.ToArray());
