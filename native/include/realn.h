@@ -12,7 +12,9 @@
  *    bf16 weight ops below);
  *  - bf16 on the CPU backend means bf16 WEIGHTS with fp32 activations: gemm (A, B bf16, C fp32),
  *    linear_fwd/linear_bwd (w bf16; x, bias, y, dy, dx, dw, dbias fp32; products of bf16-rounded
- *    operands, fp32 accumulation), embedding_fwd (table bf16, out fp32) and rmsnorm_fwd (w bf16).
+ *    operands, fp32 accumulation), embedding_fwd (table bf16, out fp32), embedding_bwd (a bf16
+ *    table's gradient: dout, dtable fp32; the op never reads the table) and rmsnorm_fwd/_bwd (w
+ *    bf16; x, y, rstd, dy, dx, dw fp32).
  *    Env REALN_BF16_GEMM = avx512bf16 | convert picks the GEMM path (default: the best present);
  *  - option structs start with int32_t size; int32_t version; and are initialised by a
  *    REALN_*_OPTS_INIT macro so a caller built against an older header stays valid. They are

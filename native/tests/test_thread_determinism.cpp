@@ -228,6 +228,28 @@ void register_cases() {
             return out;
         });
     }
+    for (auto [rows, dim] : {std::pair<int64_t, int64_t>{301, 96}, {7, 4000}}) {
+        add("rmsnorm_fwd+bwd", concat_shape("dtype=bf16 rows=", rows, " dim=", dim), [rows, dim](Env& e) {
+            Rng& r = e.rng();
+            float* x = e.upload(nonzero(r, rows * dim));
+            float* wf = e.upload(nonzero(r, dim));
+            auto* w = static_cast<uint16_t*>(e.alloc(dim * 2));
+            Env::check(realn_op_convert(e.stream(), REALN_DTYPE_BF16, w, REALN_DTYPE_F32, wf, dim));
+            float* dy = e.upload(nonzero(r, rows * dim));
+            float* dw = e.upload(nonzero(r, dim));
+            float* y = static_cast<float*>(e.alloc(rows * dim * 4));
+            float* dx = static_cast<float*>(e.alloc(rows * dim * 4));
+            float* rstd = static_cast<float*>(e.alloc(rows * 4));
+            Env::check(realn_op_rmsnorm_fwd(e.stream(), REALN_DTYPE_BF16, x, w, y, rstd, rows, dim, 1e-5f));
+            Env::check(realn_op_rmsnorm_bwd(e.stream(), REALN_DTYPE_BF16, x, w, rstd, dy, dx, dw, rows, dim));
+            Bytes out;
+            append(out, e.download(y, rows * dim));
+            append(out, e.download(rstd, rows));
+            append(out, e.download(dx, rows * dim));
+            append(out, e.download(dw, dim));
+            return out;
+        });
+    }
     for (auto [rows, vocab] : {std::pair<int64_t, int64_t>{64, 1000}, {5, 50304}}) {
         const std::string shape = concat_shape("rows=", rows, " vocab=", vocab);
         add("cross_entropy_fwd+bwd", shape, [rows, vocab](Env& e) {
@@ -324,6 +346,19 @@ void register_cases() {
         float* dout = e.upload(nonzero(r, n * hidden));
         float* dt = e.upload(nonzero(r, vocab * hidden));
         Env::check(realn_op_embedding_bwd(e.stream(), REALN_DTYPE_F32, e.upload(ids), n, dout,
+                                          vocab, hidden, 0, dt));
+        Bytes out;
+        append(out, e.download(dt, vocab * hidden));
+        return out;
+    });
+    add("embedding_bwd", "dtype=bf16 n=500 vocab=40 hidden=200 (ids repeat)", [](Env& e) {
+        Rng& r = e.rng();
+        const int64_t n = 500, vocab = 40, hidden = 200;
+        std::vector<int32_t> ids(static_cast<size_t>(n));
+        for (auto& i : ids) i = r.integer(0, 49);  // some out of this rank's range
+        float* dout = e.upload(nonzero(r, n * hidden));
+        float* dt = e.upload(nonzero(r, vocab * hidden));
+        Env::check(realn_op_embedding_bwd(e.stream(), REALN_DTYPE_BF16, e.upload(ids), n, dout,
                                           vocab, hidden, 0, dt));
         Bytes out;
         append(out, e.download(dt, vocab * hidden));

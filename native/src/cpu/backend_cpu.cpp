@@ -1,4 +1,4 @@
-// The CPU backend's table: fp32 everything plus bf16 weights for gemm/linear/embedding/rmsnorm, executed synchronously on the calling thread with
+// The CPU backend's table: fp32 everything plus bf16 weights for gemm/linear/embedding/rmsnorm (forward and backward), executed synchronously on the calling thread with
 // OpenMP parallel loops and OpenBLAS (OpenMP build, so BLAS shares our thread pool and runs
 // single-threaded when called inside a parallel region). This backend is the reference every
 // other backend is tested against.
@@ -27,7 +27,9 @@ bool cpu_supports(Op op, int32_t dtype) {
         case Op::LinearFwd:
         case Op::LinearBwd:
         case Op::EmbeddingFwd:
+        case Op::EmbeddingBwd:
         case Op::RmsnormFwd:
+        case Op::RmsnormBwd:
             return dtype == REALN_DTYPE_F32 || dtype == REALN_DTYPE_BF16;
         default:
             return dtype == REALN_DTYPE_F32;

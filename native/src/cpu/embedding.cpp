@@ -3,7 +3,8 @@
 // Forward: one memcpy per token, parallel over tokens. Backward must be deterministic although
 // ids repeat, so threads split the HIDDEN dimension (each owns a column slice of every table row)
 // and walk the tokens in order: no atomics, no scratch, same sums for any thread count.
-// REALN_DTYPE_BF16 (forward only): a bf16 table, fp32 output rows.
+// REALN_DTYPE_BF16: a bf16 table; the forward widens its rows into fp32 output rows; the backward
+// never reads the table, so a bf16 table's gradient (fp32, as every gradient) is the fp32 code.
 #include <omp.h>
 
 #include <algorithm>

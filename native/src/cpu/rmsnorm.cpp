@@ -4,7 +4,9 @@
 // without atomics, the rows are cut into blocks by the row count alone, each block sums into a
 // private double row, then the block rows are added in block order (per column, in parallel).
 // The scratch is kept per calling thread and only grows, so steady-state calls allocate nothing.
-// REALN_DTYPE_BF16 (forward only): the weight is bf16, x, y and rstd fp32.
+// REALN_DTYPE_BF16: the weight is bf16 (widened once per call, exactly); x, y, rstd, dy, dx and
+// the weight gradient dw are fp32. The backward then differentiates the function the bf16 forward
+// computed (the same widened weight), not the fp32 master's.
 #include <omp.h>
 
 #include <algorithm>
@@ -29,18 +31,21 @@ constexpr int64_t kMaxRowBlocks = 32, kMinBlockRows = 8;
 int64_t row_blocks(int64_t rows) {
     return std::clamp<int64_t>(rows / kMinBlockRows, 1, kMaxRowBlocks);
 }
+
+// The weight as fp32: w itself, or (bf16) widened into a per-thread buffer that only grows.
+const float* weight_f32(int32_t dtype, const void* w, int64_t dim) {
+    if (dtype != REALN_DTYPE_BF16) return static_cast<const float*>(w);
+    thread_local std::vector<float> wide;
+    if (wide.size() < static_cast<size_t>(dim)) wide.resize(static_cast<size_t>(dim));
+    bf16_to_f32_n(static_cast<const uint16_t*>(w), wide.data(), dim);
+    return wide.data();
+}
 }  // namespace
 
 void rmsnorm_fwd(realn_stream_t, int32_t dtype, const void* x, const void* w, void* y, float* rstd,
                  int64_t rows, int64_t dim, float eps) {
     const auto* X = static_cast<const float*>(x);
-    const auto* W = static_cast<const float*>(w);
-    if (dtype == REALN_DTYPE_BF16) {  // bf16 weight, fp32 x/y: widen the weight once (exact)
-        thread_local std::vector<float> wide;
-        if (wide.size() < static_cast<size_t>(dim)) wide.resize(static_cast<size_t>(dim));
-        bf16_to_f32_n(static_cast<const uint16_t*>(w), wide.data(), dim);
-        W = wide.data();
-    }
+    const float* W = weight_f32(dtype, w, dim);
     auto* Y = static_cast<float*>(y);
 #pragma omp parallel for schedule(static) num_threads(threads_for(rows, dim))
     for (int64_t r = 0; r < rows; ++r) {
@@ -59,10 +64,10 @@ void rmsnorm_fwd(realn_stream_t, int32_t dtype, const void* x, const void* w, vo
 
 // y_j = x_j r w_j, r = (mean(x^2) + eps)^(-1/2):
 //   dx_j = r w_j dy_j - x_j r^3 / dim * sum_k(dy_k w_k x_k);   dw_j += sum_rows dy_j x_j r.
-void rmsnorm_bwd(realn_stream_t, int32_t, const void* x, const void* w, const float* rstd,
+void rmsnorm_bwd(realn_stream_t, int32_t dtype, const void* x, const void* w, const float* rstd,
                  const void* dy, void* dx, void* dw, int64_t rows, int64_t dim) {
     const auto* X = static_cast<const float*>(x);
-    const auto* W = static_cast<const float*>(w);
+    const float* W = weight_f32(dtype, w, dim);
     const auto* DY = static_cast<const float*>(dy);
     auto* DX = static_cast<float*>(dx);
     auto* DW = static_cast<float*>(dw);

@@ -1,7 +1,7 @@
 // Cases: bf16 (bf16 weights, fp32 activations; realn.h). The fp32 -> bf16 conversion bit for bit
 // against an independent float64 nearest-even reference (ties, subnormals, overflow, NaN); the
 // bf16 GEMM on every path this CPU runs (REALN_BF16_GEMM) and the bf16 linear layer, embedding and
-// rmsnorm against float64 references computed from the same bf16-rounded operands (so the
+// rmsnorm (forward and backward) against float64 references computed from the same bf16-rounded operands (so the
 // tolerance is the fp32 accumulation's, not bf16's); the small-M bf16 kernel per ISA.
 #include <omp.h>
 
@@ -244,6 +244,69 @@ Outcome rmsnorm_case(Env& env, int64_t rows, int64_t dim) {
     return {worst({rel_err(env.download(y, rows * dim), ref), rel_err(env.download(rs, rows), rref)}), ""};
 }
 
+// Backward with a bf16 weight: dx (overwritten) and dw (accumulated) against the float64 gradient of
+// y = x r w with w the widened bf16 weight, and bit for bit the fp32 op given that widened weight.
+Outcome rmsnorm_bwd_case(Env& env, int64_t rows, int64_t dim) {
+    Rng& r = env.rng();
+    auto x = r.uniform_vec(rows * dim, -2.0f, 2.0f), g = r.uniform_vec(rows * dim), dw0 = r.uniform_vec(dim);
+    auto w = to_bf16(r.uniform_vec(dim, 0.5f, 1.5f));
+    std::vector<float> wf(dim);
+    for (int64_t j = 0; j < dim; ++j) wf[j] = widen(w[j]);
+    const float eps = 1e-5f;
+    float* X = env.upload(x);
+    float* rs = static_cast<float*>(env.alloc(rows * 4));
+    Env::check(realn_op_rmsnorm_fwd(env.stream(), REALN_DTYPE_BF16, X, env.upload(w), env.alloc(rows * dim * 4), rs, rows, dim, eps));
+    float* dx = env.upload(r.uniform_vec(rows * dim));  // overwritten
+    float* dw = env.upload(dw0);
+    float* G = env.upload(g);
+    Env::check(realn_op_rmsnorm_bwd(env.stream(), REALN_DTYPE_BF16, X, env.upload(w), rs, G, dx, dw, rows, dim));
+    float* dx32 = static_cast<float*>(env.alloc(rows * dim * 4));
+    float* dw32 = env.upload(dw0);
+    Env::check(realn_op_rmsnorm_bwd(env.stream(), REALN_DTYPE_F32, X, env.upload(wf), rs, G, dx32, dw32, rows, dim));
+    const auto gx = env.download(dx, rows * dim), gw = env.download(dw, dim);
+    if (gx != env.download(dx32, rows * dim) || gw != env.download(dw32, dim))
+        return {1.0, "differs from the fp32 op given the widened weight"};
+    // dx_j = r w_j g_j - x_j r^3 / dim * sum_k g_k w_k x_k;  dw_j += sum_rows g_j x_j r.
+    std::vector<double> rx(rows * dim), rw(dw0.begin(), dw0.end());
+    for (int64_t i = 0; i < rows; ++i) {
+        const float* xi = &x[i * dim];
+        const float* gi = &g[i * dim];
+        double ss = 0, dot = 0;
+        for (int64_t j = 0; j < dim; ++j) ss += double(xi[j]) * xi[j];
+        const double rr = 1.0 / std::sqrt(ss / dim + eps);
+        for (int64_t j = 0; j < dim; ++j) dot += double(gi[j]) * wf[j] * xi[j];
+        for (int64_t j = 0; j < dim; ++j) {
+            rx[i * dim + j] = rr * wf[j] * gi[j] - xi[j] * rr * rr * rr / dim * dot;
+            rw[j] += double(gi[j]) * xi[j] * rr;
+        }
+    }
+    return {worst({rel_err(gx, rx), rel_err(gw, rw)}), ""};
+}
+
+// A bf16 table's gradient: fp32, accumulated; the op never reads the table, so it is the fp32 op
+// bit for bit, and the float64 sum of the output gradients of each row's tokens.
+Outcome embedding_bwd_case(Env& env, int64_t n, int64_t vocab, int64_t hidden, int64_t start) {
+    Rng& r = env.rng();
+    std::vector<int32_t> ids(n);
+    for (auto& id : ids) id = r.integer(int32_t(start) - 3, int32_t(start + vocab) + 2);  // some out of range
+    auto gout = r.uniform_vec(n * hidden), dt0 = r.uniform_vec(vocab * hidden);
+    int32_t* I = env.upload(ids);
+    float* G = env.upload(gout);
+    float* dt = env.upload(dt0);
+    float* dt32 = env.upload(dt0);
+    Env::check(realn_op_embedding_bwd(env.stream(), REALN_DTYPE_BF16, I, n, G, vocab, hidden, start, dt));
+    Env::check(realn_op_embedding_bwd(env.stream(), REALN_DTYPE_F32, I, n, G, vocab, hidden, start, dt32));
+    const auto got = env.download(dt, vocab * hidden);
+    if (got != env.download(dt32, vocab * hidden)) return {1.0, "differs from the fp32 op"};
+    std::vector<double> ref(dt0.begin(), dt0.end());
+    for (int64_t t = 0; t < n; ++t) {
+        const int64_t local = ids[t] - start;
+        if (local < 0 || local >= vocab) continue;
+        for (int64_t j = 0; j < hidden; ++j) ref[local * hidden + j] += gout[t * hidden + j];
+    }
+    return {rel_err(got, ref), ""};
+}
+
 Outcome small_m_case(Env& env, bool scalar, int64_t rows, int64_t in, int64_t out, bool bias) {
     if (env.backend() != REALN_BACKEND_CPU) return {0.0, "CPU kernel: not run on this backend"};
     if (!scalar && !cpu::small_m_isa_supported(cpu::SimdIsa::Avx512)) return {0.0, "AVX-512 not on this CPU: skipped"};
@@ -324,6 +387,14 @@ void add_bf16_cases() {
     for (auto [rows, dim] : {std::tuple{7, 64}, std::tuple{301, 96}})
         add_case({"rmsnorm_fwd", concat_shape("dtype=bf16 rows=", rows, " dim=", dim), kTolF32,
                   [=](Env& e) { return rmsnorm_case(e, rows, dim); }});
+    // One row, odd dims, a threaded shape (rows x dim > 2^14), many row blocks.
+    for (auto [rows, dim] : {std::tuple{1, 7}, std::tuple{5, 33}, std::tuple{40, 420}, std::tuple{301, 96}})
+        add_case({"rmsnorm_bwd", concat_shape("dtype=bf16 rows=", rows, " dim=", dim), kTolF32,
+                  [=](Env& e) { return rmsnorm_bwd_case(e, rows, dim); }});
+    // Ids repeat; a second vocab shard; the threaded column split.
+    for (auto [n, vocab, hidden, start] : {std::tuple{40, 50, 24, 0}, std::tuple{500, 40, 200, 20}})
+        add_case({"embedding_bwd", concat_shape("dtype=bf16 n=", n, " vocab=", vocab, " hidden=", hidden, " start=", start),
+                  kTolF32, [=](Env& e) { return embedding_bwd_case(e, n, vocab, hidden, start); }});
     for (bool scalar : {false, true})
         for (auto [rows, in, out, bias] : {std::tuple{1, 1, 1, false}, std::tuple{3, 45, 7, true},
                                            std::tuple{8, 1031, 65, true}, std::tuple{37, 129, 70, false}})

@@ -162,7 +162,7 @@ internal sealed unsafe class LlamaModel : IDisposable
 
     /// <summary>Numeric precision of the weights the forward and backward read (docs/experiment-config.md
     /// `precision`). Bf16: a bf16 copy of the fp32 master parameters feeds every linear layer,
-    /// the embedding and the RMSNorm forwards (activations, softmax, norms' statistics, losses and
+    /// the embedding and the RMSNorms, forward and backward (activations, softmax, norms' statistics, losses and
     /// gradients stay fp32; the optimizer updates the fp32 master). The copy is refreshed before a
     /// forward whenever the master may have changed (any access to <see cref="Parameters"/> or
     /// <see cref="ParametersPointer"/> marks it stale: the optimizer, loads, copies).</summary>
@@ -227,6 +227,19 @@ internal sealed unsafe class LlamaModel : IDisposable
             if (_bf16Params is null) throw new InvalidOperationException("the model is not in bf16 precision");
             RefreshBf16();
             return new(_bf16Params.Pointer, checked((int)Layout.TotalElements));
+        }
+    }
+
+    /// <summary>Raw pointer to the bf16 weights (reallocation of bf16 parameters), refreshed from the
+    /// master first when stale. Writing through it is for a model that holds bf16 only (a master's
+    /// next refresh would overwrite the writes).</summary>
+    public ushort* Bf16ParametersPointer
+    {
+        get
+        {
+            if (_bf16Params is null) throw new InvalidOperationException("the model is not in bf16 precision");
+            RefreshBf16();
+            return (ushort*)_bf16Params.Pointer;
         }
     }
 
@@ -619,7 +632,7 @@ internal sealed unsafe class LlamaModel : IDisposable
             }
             Check(Native.realn_op_linear_bwd(stream, WeightType, state.FinalNormed, Weight(_head), dLocal, dH, _headGrad, null, T, H, _headWidth, 0));
             if (!ScalarHead) TpAllReduce(dH, T * H);  // a replicated scalar head gives every rank the whole dH
-            Check(Native.realn_op_rmsnorm_bwd(stream, DType.F32, state.FinalHidden, _norm, state.FinalRstd, dH, dX, _normGrad, T, H));
+            Check(Native.realn_op_rmsnorm_bwd(stream, WeightType, state.FinalHidden, Weight(_norm), state.FinalRstd, dH, dX, _normGrad, T, H));
         }
         else Buffer.MemoryCopy(dOut, dX, T * H * 4, T * H * 4);
         float scale = 1f / MathF.Sqrt(c.HeadDim);
@@ -635,7 +648,7 @@ internal sealed unsafe class LlamaModel : IDisposable
             Check(Native.realn_op_swiglu_bwd(stream, DType.F32, a.GateUp, a.GateUp + I, 2 * I, dAct, I, dGateUp, dGateUp + I, T, I));
             Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed2, Weight(w.GateUp), dGateUp, dH, g.GateUp, null, T, H, 2 * I, 0));
             TpAllReduce(dH, T * H);
-            Check(Native.realn_op_rmsnorm_bwd(stream, DType.F32, a.Mid, w.PostNorm, a.Rstd2, dH, dT, g.PostNorm, T, H));
+            Check(Native.realn_op_rmsnorm_bwd(stream, WeightType, a.Mid, Weight(w.PostNorm), a.Rstd2, dH, dT, g.PostNorm, T, H));
             Check(Native.realn_op_add(stream, DType.F32, T * H, dX, dT, dX));
             // mid = x + o(attention(rope(q(normed1)), rope(k(normed1)), v(normed1))), normed1 = norm1(x)
             Check(Native.realn_op_linear_bwd(stream, WeightType, a.Attn, Weight(w.OProj), dX, dAttn, g.OProj, null, T, qd, H, 0));
@@ -647,11 +660,11 @@ internal sealed unsafe class LlamaModel : IDisposable
             Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.KProj), dK, dH, g.KProj, null, T, H, kd, 1));
             Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.VProj), dV, dH, g.VProj, null, T, H, kd, 1));
             TpAllReduce(dH, T * H);
-            Check(Native.realn_op_rmsnorm_bwd(stream, DType.F32, state.BlockInput[l], w.InputNorm, a.Rstd1, dH, dT, g.InputNorm, T, H));
+            Check(Native.realn_op_rmsnorm_bwd(stream, WeightType, state.BlockInput[l], Weight(w.InputNorm), a.Rstd1, dH, dT, g.InputNorm, T, H));
             Check(Native.realn_op_add(stream, DType.F32, T * H, dX, dT, dX));
         }
         if (!HasEmbedding) return dX;
-        Check(Native.realn_op_embedding_bwd(stream, DType.F32, state.Tokens, T, dX, _vocabLocal, H, _vocabStart, _embedGrad));
+        Check(Native.realn_op_embedding_bwd(stream, WeightType, state.Tokens, T, dX, _vocabLocal, H, _vocabStart, _embedGrad));
         return null;
     }
 

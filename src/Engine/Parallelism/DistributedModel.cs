@@ -39,8 +39,9 @@ internal sealed class LocalCluster : IReplicaHost
 
     internal ITransport Transport(int device) => _ranks[device];
 
-    public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer) =>
-        new DistributedModel(this, name, config, scalarHead, layout, microBatches, optimizer is null ? null : optimizer.Create);
+    public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer,
+                           ModelPrecision precision = ModelPrecision.Fp32) =>
+        new DistributedModel(this, name, config, scalarHead, layout, microBatches, optimizer is null ? null : optimizer.Create, precision);
 
     public void Dispose()
     {
@@ -108,6 +109,11 @@ internal interface IReplica : IDisposable
     bool Trainable { get; }
     /// <summary>Learning rate of the last optimizer step.</summary>
     float LearningRate { get; }
+    /// <summary>Weight precision: with bf16, a trainable replica keeps fp32 master weights (and
+    /// AdamW moments) and runs on their bf16 copy; an inference replica holds bf16 weights only.</summary>
+    ModelPrecision Precision { get; }
+    /// <summary>Whether the replica holds bf16 weights only (a bf16 inference replica).</summary>
+    bool HoldsBf16Only => Precision == ModelPrecision.Bf16 && !Trainable;
 
     float[] LogProbs(ScoredBatch batch, float temperature);
     (float[] ActionValues, float[] LastScores) Values(ScoredBatch batch);
@@ -117,11 +123,15 @@ internal interface IReplica : IDisposable
     double Step();
     GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt);
 
-    /// <summary>Parameter reallocation from another replica of the same model (bit-exact).</summary>
-    void CopyFrom(IReplica source);
-    /// <summary>Scatters a full single-device model (same architecture) into the shards.</summary>
+    /// <summary>Parameter reallocation from another replica of the same model (bit-exact): bf16
+    /// weights into a replica that holds bf16 only, else the fp32 master (<see cref="ParameterBuffers.Between"/>).
+    /// Returns the bytes the reallocation plan moved (between devices and within them).</summary>
+    long CopyFrom(IReplica source);
+    /// <summary>Scatters a full single-device model (same architecture) into the shards (bf16 weights
+    /// into a replica that holds bf16 only, else the fp32 master).</summary>
     void CopyFrom(LlamaModel full);
-    /// <summary>Gathers the shards into a full single-device model.</summary>
+    /// <summary>Gathers the shards into a full single-device model (the fp32 master, or bf16 weights
+    /// into a full model that holds bf16 only).</summary>
     void CopyTo(LlamaModel full);
     /// <summary>Every shard initialises its own slices (<see cref="LlamaModel.InitRandom"/>: each
     /// tensor from its own seeded stream, so the model is the one a single device initialises with
@@ -133,6 +143,37 @@ internal interface IReplica : IDisposable
     /// <summary>Scatters (toShards) or gathers AdamW moments and the step count between the shards
     /// and a full model's optimizer (checkpoints and resume).</summary>
     void MoveOptimizerState(AdamW full, bool toShards);
+}
+
+/// <summary>The parameter buffer a reallocation moves: the fp32 master weights, or the bf16 weights
+/// (half the bytes).</summary>
+internal enum ParameterBuffer
+{
+    Fp32Master,
+    Bf16,
+}
+
+/// <summary>Which parameter buffer moves between two holders of one model's weights (replicas or the
+/// full model): a destination that keeps an fp32 master gets the source's master; one that holds
+/// bf16 only gets the source's bf16 weights (its copy of the master, refreshed, or its own).</summary>
+internal static class ParameterBuffers
+{
+    public static int ElementSize(ParameterBuffer b) => b == ParameterBuffer.Bf16 ? 2 : 4;
+
+    /// <summary>The buffer that moves from a source (precision, holds bf16 only) to a destination;
+    /// a pair that cannot be served (the destination needs a master the source lacks, or bf16 from
+    /// an fp32 source) throws naming <paramref name="what"/>.</summary>
+    public static ParameterBuffer Between(string what, ModelPrecision srcPrecision, bool srcBf16Only, ModelPrecision dstPrecision, bool dstBf16Only)
+    {
+        if (!dstBf16Only)
+            return srcBf16Only
+                ? throw new ArgumentException($"{what}: the destination keeps fp32 master weights ({Name(dstPrecision)}), the source holds bf16 weights only")
+                : ParameterBuffer.Fp32Master;
+        return srcPrecision == ModelPrecision.Bf16 ? ParameterBuffer.Bf16
+            : throw new ArgumentException($"{what}: the destination holds bf16 weights only, the source's precision is fp32");
+    }
+
+    private static string Name(ModelPrecision p) => p == ModelPrecision.Bf16 ? "bf16" : "fp32";
 }
 
 /// <summary>
@@ -148,7 +189,7 @@ internal sealed unsafe class DistributedModel : IReplica
     /// <summary>Shards of a model (parameters uninitialised; fill them with <see cref="CopyFrom(LlamaModel)"/>).
     /// <paramref name="optimizer"/> makes a trainable replica (one AdamW per shard).</summary>
     public DistributedModel(LocalCluster cluster, string name, LlamaConfig config, bool scalarHead, ParallelLayout layout,
-                            int microBatches, Func<LlamaModel, AdamW>? optimizer = null)
+                            int microBatches, Func<LlamaModel, AdamW>? optimizer = null, ModelPrecision precision = ModelPrecision.Fp32)
     {
         foreach (var d in layout.Devices)
             if ((uint)d >= (uint)cluster.Devices) throw new ArgumentException($"{name}: layout device {d} outside the cluster's {cluster.Devices} devices");
@@ -159,12 +200,13 @@ internal sealed unsafe class DistributedModel : IReplica
         Config = config;
         ScalarHead = scalarHead;
         MicroBatches = microBatches;
+        Precision = precision;
         int groups = cluster.AllocateGroups(layout);
         _ranks = new ShardReplica?[layout.Devices.Count];
         try
         {
             for (int r = 0; r < _ranks.Length; r++)
-                _ranks[r] = new ShardReplica(cluster.Transport(layout.Devices[r]), config, scalarHead, layout, r, groups, microBatches, optimizer);
+                _ranks[r] = new ShardReplica(cluster.Transport(layout.Devices[r]), config, scalarHead, layout, r, groups, microBatches, optimizer, precision);
         }
         catch
         {
@@ -177,6 +219,7 @@ internal sealed unsafe class DistributedModel : IReplica
     public LlamaConfig Config { get; }
     public bool ScalarHead { get; }
     public int MicroBatches { get; }
+    public ModelPrecision Precision { get; }
     public bool Trainable => _ranks[0]!.Optimizer is not null;
     public float LearningRate => _ranks[0]!.Optimizer is { } o ? o.Schedule.At(o.Step) : throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
     /// <summary>The shard of layout rank r.</summary>
@@ -220,25 +263,42 @@ internal sealed unsafe class DistributedModel : IReplica
 
     // ------------------------------------------------------------------ reallocation
 
-    private Dictionary<int, InProcessRealloc.DeviceBuffer> Buffers(Func<int, nint> ptr) =>
-        Enumerable.Range(0, _ranks.Length).ToDictionary(r => Layout.Devices[r], r => new InProcessRealloc.DeviceBuffer(ptr(r), _ranks[r]!.Shard.ParameterCount * 4));
+    private Dictionary<int, InProcessRealloc.DeviceBuffer> Buffers(Func<int, nint> ptr, int elementSize) =>
+        Enumerable.Range(0, _ranks.Length).ToDictionary(r => Layout.Devices[r], r => new InProcessRealloc.DeviceBuffer(ptr(r), _ranks[r]!.Shard.ParameterCount * elementSize));
 
-    private static ReallocPlan Plan(ParallelLayout from, ParallelLayout to, LlamaConfig c, bool scalar) =>
-        ReallocPlan.Build(from, to, ParamLayout.Factory(c, scalar), 4, _ => 0);
+    /// <summary>The shard of rank r's parameter buffer of kind <paramref name="b"/>.</summary>
+    private nint Parameters(int r, ParameterBuffer b) => ParameterPointer(_ranks[r]!.Shard, b);
 
-    public void CopyFrom(IReplica source)
+    private static nint ParameterPointer(LlamaModel m, ParameterBuffer b) =>
+        b == ParameterBuffer.Bf16 ? (nint)m.Bf16ParametersPointer : (nint)m.ParametersPointer;
+
+    private static ReallocPlan Plan(ParallelLayout from, ParallelLayout to, LlamaConfig c, bool scalar, int elementSize) =>
+        ReallocPlan.Build(from, to, ParamLayout.Factory(c, scalar), elementSize, _ => 0);
+
+    public long CopyFrom(IReplica source)
     {
         if (source is not DistributedModel src) throw new ArgumentException($"{_name}: an in-process replica copies only from in-process replicas");
         if (src.Config != Config || src.ScalarHead != ScalarHead) throw new ArgumentException($"{_name}: replicas of different models");
-        InProcessRealloc.Execute(Plan(src.Layout, Layout, Config, ScalarHead), src.Buffers(r => (nint)src._ranks[r]!.Shard.ParametersPointer),
-            Buffers(r => (nint)_ranks[r]!.Shard.ParametersPointer));
+        var kind = ParameterBuffers.Between($"{_name}: reallocation from {src._name}", src.Precision, ((IReplica)src).HoldsBf16Only, Precision, ((IReplica)this).HoldsBf16Only);
+        int es = ParameterBuffers.ElementSize(kind);
+        var plan = Plan(src.Layout, Layout, Config, ScalarHead, es);
+        InProcessRealloc.Execute(plan, src.Buffers(r => src.Parameters(r, kind), es), Buffers(r => Parameters(r, kind), es));
+        return plan.RemoteBytes + plan.LocalBytes;
     }
 
     private static readonly ParallelLayout Single = ParallelLayout.Contiguous(0, 1, 1, 1);
 
-    public void CopyFrom(LlamaModel full) => Move(full.ParametersPointer, full.ParameterCount, toShards: true, r => (nint)_ranks[r]!.Shard.ParametersPointer);
+    public void CopyFrom(LlamaModel full)
+    {
+        var kind = ParameterBuffers.Between($"{_name}: load from the full model", full.Precision, full.HoldsBf16Only, Precision, ((IReplica)this).HoldsBf16Only);
+        Move(ParameterPointer(full, kind), full.ParameterCount, ParameterBuffers.ElementSize(kind), toShards: true, r => Parameters(r, kind));
+    }
 
-    public void CopyTo(LlamaModel full) => Move(full.ParametersPointer, full.ParameterCount, toShards: false, r => (nint)_ranks[r]!.Shard.ParametersPointer);
+    public void CopyTo(LlamaModel full)
+    {
+        var kind = ParameterBuffers.Between($"{_name}: gather into the full model", Precision, ((IReplica)this).HoldsBf16Only, full.Precision, full.HoldsBf16Only);
+        Move(ParameterPointer(full, kind), full.ParameterCount, ParameterBuffers.ElementSize(kind), toShards: false, r => Parameters(r, kind));
+    }
 
     public void InitShards(int seed, float std = 0.02f)
     {
@@ -257,19 +317,19 @@ internal sealed unsafe class DistributedModel : IReplica
         fixed (float* v = full.SecondMoment)
         {
             long n = full.FirstMoment.Length;
-            Move(m, n, toShards, r => { fixed (float* p = _ranks[r]!.Optimizer!.FirstMoment) return (nint)p; });
-            Move(v, n, toShards, r => { fixed (float* p = _ranks[r]!.Optimizer!.SecondMoment) return (nint)p; });
+            Move((nint)m, n, 4, toShards, r => { fixed (float* p = _ranks[r]!.Optimizer!.FirstMoment) return (nint)p; });
+            Move((nint)v, n, 4, toShards, r => { fixed (float* p = _ranks[r]!.Optimizer!.SecondMoment) return (nint)p; });
         }
         if (toShards) foreach (var s in _ranks) s!.Optimizer!.Step = full.Step;
         else full.Step = _ranks[0]!.Optimizer!.Step;
     }
 
-    private void Move(float* full, long count, bool toShards, Func<int, nint> shardPtr)
+    private void Move(nint full, long count, int elementSize, bool toShards, Func<int, nint> shardPtr)
     {
-        var one = new Dictionary<int, InProcessRealloc.DeviceBuffer> { [Single.Devices[0]] = new((nint)full, count * 4) };
+        var one = new Dictionary<int, InProcessRealloc.DeviceBuffer> { [Single.Devices[0]] = new(full, count * elementSize) };
         // The full copy is "device 0 alone": a device the layout may also use; buffers are per side, so that is fine.
-        if (toShards) InProcessRealloc.Execute(Plan(Single, Layout, Config, ScalarHead), one, Buffers(shardPtr));
-        else InProcessRealloc.Execute(Plan(Layout, Single, Config, ScalarHead), Buffers(shardPtr), one);
+        if (toShards) InProcessRealloc.Execute(Plan(Single, Layout, Config, ScalarHead, elementSize), one, Buffers(shardPtr, elementSize));
+        else InProcessRealloc.Execute(Plan(Layout, Single, Config, ScalarHead, elementSize), Buffers(shardPtr, elementSize), one);
     }
 
     public void Dispose()

@@ -11,7 +11,11 @@ namespace ReaLNative.Engine.Parallelism;
 internal interface IReplicaHost : IDisposable
 {
     int Devices { get; }
-    IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer);
+    /// <summary>A replica of a model under <paramref name="layout"/>; with <paramref name="optimizer"/>
+    /// trainable. <paramref name="precision"/> bf16: a trainable replica keeps the fp32 master and
+    /// AdamW moments and runs on their bf16 copy, an inference replica holds bf16 weights only.</summary>
+    IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer,
+                    ModelPrecision precision = ModelPrecision.Fp32);
 
     /// <summary>Each worker process's peak resident set in bytes (null where a worker cannot tell),
     /// by device; null when the devices are threads of this process (counted in its own).</summary>

@@ -58,9 +58,11 @@ internal sealed record ShardOutput(int[] Ids, float[] Actions, float[] Last)
 internal sealed unsafe class ShardReplica : IDisposable
 {
     /// <summary>The shard of layout rank <paramref name="rank"/> over <paramref name="transport"/>
-    /// (tag space from <paramref name="groupBase"/>); with <paramref name="optimizer"/> trainable.</summary>
+    /// (tag space from <paramref name="groupBase"/>); with <paramref name="optimizer"/> trainable.
+    /// <paramref name="precision"/> bf16: a trainable shard keeps its fp32 master (the optimizer's)
+    /// and runs on a bf16 copy; an inference shard holds bf16 weights only.</summary>
     public ShardReplica(ITransport transport, LlamaConfig config, bool scalarHead, ParallelLayout layout, int rank, int groupBase,
-                        int microBatches, Func<LlamaModel, AdamW>? optimizer)
+                        int microBatches, Func<LlamaModel, AdamW>? optimizer, ModelPrecision precision = ModelPrecision.Fp32)
     {
         if (microBatches < 1) throw new ArgumentException($"micro_batches must be >= 1 (got {microBatches})");
         Layout = layout;
@@ -72,9 +74,15 @@ internal sealed unsafe class ShardReplica : IDisposable
             Shard = new LlamaModel(config, scalarHead, Comm);
             Runner = new ShardRunner(Shard);
             Optimizer = optimizer?.Invoke(Shard);
+            if (precision == ModelPrecision.Bf16)
+            {
+                if (Optimizer is null) Shard.FreezeToBf16();
+                else Shard.SetPrecision(ModelPrecision.Bf16);
+            }
         }
         catch
         {
+            Optimizer?.Dispose();
             Shard?.Dispose();
             Comm.Dispose();
             throw;

@@ -52,12 +52,15 @@ internal sealed class ModelReplicas(string role) : IDisposable
 
     public void Add(IReplica r) { All.Add(r); _version[r] = 0; }
 
+    /// <summary>Bytes reallocated from the train replica to the others (bf16 weights where they hold bf16 only).</summary>
+    public long ReallocatedBytes { get; private set; }
+
     private readonly HashSet<IReplica> _pinned = new(ReferenceEqualityComparer.Instance);
 
     public void Refresh(IReplica r)
     {
-        if (Train is null || ReferenceEquals(r, Train) || _version[r] == _trainVersion || _pinned.Contains(r)) return;
-        r.CopyFrom(Train);
+        if (_pinned.Contains(r) || Train is null || ReferenceEquals(r, Train) || _version[r] == _trainVersion) return;
+        ReallocatedBytes += r.CopyFrom(Train);
         _version[r] = _trainVersion;
     }
 
@@ -73,7 +76,7 @@ internal sealed class ModelReplicas(string role) : IDisposable
     public void Push(IReplica r)
     {
         if (Train is null) throw new InvalidOperationException($"{role}: no train replica to push from");
-        r.CopyFrom(Train);
+        ReallocatedBytes += r.CopyFrom(Train);
         _version[r] = _trainVersion;
     }
 

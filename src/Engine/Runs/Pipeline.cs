@@ -84,12 +84,6 @@ internal sealed partial class Pipeline : IDisposable
         if (plan is not null)
         {
             PlanBinding.CheckLayouts(cfg, plan, Arch);
-            // bf16 models under a plan: the replicas and reallocation move fp32 only (not implemented).
-            foreach (var stage in cfg.Stages)
-                foreach (var (role, spec) in stage.Models)
-                    if (spec.Precision == Precisions.Bf16)
-                        throw new ConfigException(PrecisionField(stage, role),
-                            "'bf16' with --plan (replicas in plan layouts, parameter reallocation) is not implemented; allowed values with --plan: fp32");
         }
     }
 
@@ -291,6 +285,7 @@ internal sealed partial class Pipeline : IDisposable
         // The process that ran the run (VmHWM; under a resume, the resumed process only); per process below.
         if (ProcessMemory.PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
         MemoryCheck.AddToSummary(summary, _cfg, _plan, _binding.Host);
+        if (_binding.Host is not null) summary["realloc_bytes"] = _binding.ReallocatedBytes;
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }
@@ -390,8 +385,8 @@ internal sealed partial class Pipeline : IDisposable
     }
 
     /// <summary>`precision: bf16` models: trained ones keep their fp32 master (the optimizer's) and
-    /// forward/backward through a bf16 copy; frozen ones hold bf16 only. Refused, naming the field,
-    /// where it is not implemented (a stage under a plan) or the backend lacks bf16.</summary>
+    /// forward/backward through a bf16 copy; frozen ones hold bf16 only (so do the plan replicas
+    /// that do not train: PlanBinding). Refused, naming the field, where the backend lacks bf16.</summary>
     private void ApplyPrecision(StageConfig stage)
     {
         foreach (var (role, spec) in stage.Models)

@@ -2,7 +2,9 @@
 // mesh and (pp, dp, tp) layout. Binding a stage makes one replica per (model, layout,
 // micro-batches) on the plan's devices (in-process devices or model worker processes), the train
 // call's replica trainable, all loaded from the full models; SyncBack brings the full models and
-// optimizers up to date before evaluation, checkpoints and stage artifacts. Without a plan (or
+// optimizers up to date before evaluation, checkpoints and stage artifacts. A bf16 model's train
+// replica keeps the fp32 master and AdamW moments, its other replicas hold bf16 weights only (and
+// receive bf16 when reallocated: half the bytes). Without a plan (or
 // for a stage the plan does not list) every call runs on the single device.
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Config;
@@ -90,7 +92,7 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
                 bool train = trainedKeys.Contains(key);
                 try
                 {
-                    rep = _host.Create($"{call.Name} ({role})", full.Config, full.ScalarHead, layout, micro, train ? optimizer() : null);
+                    rep = _host.Create($"{call.Name} ({role})", full.Config, full.ScalarHead, layout, micro, train ? optimizer() : null, full.Precision);
                 }
                 catch (ArgumentException e) { throw new ConfigException($"plan call {call.Name}", e.Message); }
                 byKey[key] = rep;
@@ -146,9 +148,15 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
         _callReplica.TryGetValue(call, out var r) ? new ReplicaCalls(r, _replicas[role])
             : new SingleModelCalls(models[role], () => optims.GetValueOrDefault(role));
 
+    /// <summary>Parameter bytes reallocated from train replicas to the other replicas of their
+    /// models so far (bf16 weights for a bf16 model: half the fp32 figure).</summary>
+    public long ReallocatedBytes => _releasedBytes + _replicas.Values.Sum(r => r.ReallocatedBytes);
+    private long _releasedBytes;
+
     /// <summary>Drops the bound stage's replicas (a new stage is about to be set up); the host stays.</summary>
     public void Release()
     {
+        _releasedBytes += _replicas.Values.Sum(r => r.ReallocatedBytes);
         foreach (var r in _replicas.Values) r.Dispose();
         _replicas.Clear(); _callReplica.Clear();
     }

@@ -185,8 +185,14 @@ internal sealed unsafe class ModelWorker : IDisposable
         int group = WireJson.Int(j, "group");
         if (group < 0 || group + ShardComm.GroupIdsNeeded(layout) > Tags.MaxGroups) throw new ArgumentException($"group ids {group}.. outside the {Tags.MaxGroups} a job holds");
         var optim = j["optimizer"] is { } o ? WireJson.Optimizer(o) : null;
+        var precision = (string?)j["precision"] switch
+        {
+            null or "fp32" => ModelPrecision.Fp32,
+            "bf16" => ModelPrecision.Bf16,
+            var other => throw new ArgumentException($"replica {id}: precision '{other}' is not one of fp32, bf16"),
+        };
         _replicas[id] = new ShardReplica(_transport, WireJson.Config(j["config"]), j["scalar"]!.GetValue<bool>(), layout, rank, group,
-            WireJson.Int(j, "micro"), optim is null ? null : optim.Create);
+            WireJson.Int(j, "micro"), optim is null ? null : optim.Create, precision);
         return "ok";
     }
 
@@ -333,8 +339,9 @@ internal sealed unsafe class ModelWorker : IDisposable
         }.ToJsonString();
     }
 
-    /// <summary>This device's part of a reallocation of parameters ("params") or AdamW moments
-    /// ("adam_m", "adam_v") between two layouts; replica -1 is the master's full copy.</summary>
+    /// <summary>This device's part of a reallocation of parameters ("params": the fp32 master;
+    /// "params_bf16": the bf16 weights, 2 bytes each) or AdamW moments ("adam_m", "adam_v") between
+    /// two layouts; replica -1 is the master's full copy.</summary>
     private string Realloc(JsonNode j)
     {
         string kind = WireJson.Str(j, "kind");
@@ -343,10 +350,11 @@ internal sealed unsafe class ModelWorker : IDisposable
         int src = WireJson.Int(j, "src"), dst = WireJson.Int(j, "dst");
         var config = WireJson.Config(j["config"]);
         bool scalar = j["scalar"]!.GetValue<bool>();
-        string key = $"{WireJson.Layout(from).ToJsonString()}>{WireJson.Layout(to).ToJsonString()}|{WireJson.Config(config).ToJsonString()}|{scalar}";
+        int elementSize = kind == "params_bf16" ? 2 : 4;
+        string key = $"{WireJson.Layout(from).ToJsonString()}>{WireJson.Layout(to).ToJsonString()}|{WireJson.Config(config).ToJsonString()}|{scalar}|{elementSize}";
         if (!_plans.TryGetValue(key, out var p))
         {
-            var plan = ReallocPlan.Build(from, to, ParamLayout.Factory(config, scalar), 4, _ => 0);
+            var plan = ReallocPlan.Build(from, to, ParamLayout.Factory(config, scalar), elementSize, _ => 0);
             _plans[key] = p = (plan, ReallocSchedule.ForDevice(plan, _args.Rank));
         }
         nint Buffer(int id, ParallelLayout layout, string side)
@@ -354,6 +362,7 @@ internal sealed unsafe class ModelWorker : IDisposable
             if (!layout.Devices.Contains(_args.Rank)) return 0;
             if (!_replicas.TryGetValue(id, out var r)) throw new ArgumentException($"realloc {side}: worker {_args.Rank} holds no shard of replica {id}");
             if (kind == "params") return (nint)r.Shard.ParametersPointer;
+            if (kind == "params_bf16") return (nint)r.Shard.Bf16ParametersPointer;
             var o = r.Optimizer ?? throw new ArgumentException($"realloc {kind}: replica {id} has no optimizer");
             // AdamW's moments live in native memory: the pointer is stable.
             var moments = kind switch { "adam_m" => o.FirstMoment, "adam_v" => o.SecondMoment, _ => throw new ArgumentException($"unknown realloc kind '{kind}'") };

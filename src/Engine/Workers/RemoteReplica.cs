@@ -27,7 +27,8 @@ internal sealed unsafe class RemoteReplica : IReplica
     /// <summary>A backward not sent yet: it goes with the next <see cref="Step"/>, or alone before any other operation.</summary>
     private (string Op, JsonObject Args, byte[] Input)? _deferredBackward;
 
-    public RemoteReplica(WorkerPool pool, string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer)
+    public RemoteReplica(WorkerPool pool, string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer,
+                         ModelPrecision precision = ModelPrecision.Fp32)
     {
         if (microBatches < 1) throw new ArgumentException($"{name}: micro_batches must be >= 1 (got {microBatches})");
         // Shapes are checked here, before any worker allocates (the same check the shards make).
@@ -39,6 +40,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         Config = config;
         ScalarHead = scalarHead;
         MicroBatches = microBatches;
+        Precision = precision;
         _id = pool.NextReplicaId();
         _collectors = Enumerable.Range(0, layout.Devices.Count).Where(r =>
         {
@@ -52,6 +54,7 @@ internal sealed unsafe class RemoteReplica : IReplica
             ["group"] = group, ["micro"] = microBatches,
         };
         if (optimizer is not null) cmd["optimizer"] = WireJson.Optimizer(optimizer);
+        if (precision == ModelPrecision.Bf16) cmd["precision"] = "bf16";
         pool.Dispatch($"{name}: create on {layout}", layout.Devices, "create", cmd);
     }
 
@@ -59,6 +62,7 @@ internal sealed unsafe class RemoteReplica : IReplica
     public LlamaConfig Config { get; }
     public bool ScalarHead { get; }
     public int MicroBatches { get; }
+    public ModelPrecision Precision { get; }
     public bool Trainable => _optimizer is not null;
     public float LearningRate => _optimizer is { } o ? o.Schedule.At(_step) : throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
 
@@ -171,7 +175,11 @@ internal sealed unsafe class RemoteReplica : IReplica
 
     // ------------------------------------------------------------------ reallocation
 
-    private ReallocPlan Plan(ParallelLayout from, ParallelLayout to) => ReallocPlan.Build(from, to, ParamLayout.Factory(Config, ScalarHead), 4, _ => 0);
+    private ReallocPlan Plan(ParallelLayout from, ParallelLayout to, int elementSize) =>
+        ReallocPlan.Build(from, to, ParamLayout.Factory(Config, ScalarHead), elementSize, _ => 0);
+
+    /// <summary>The realloc kind that moves parameter buffer <paramref name="b"/> (ModelWorker's names).</summary>
+    private static string Kind(ParameterBuffer b) => b == ParameterBuffer.Bf16 ? "params_bf16" : "params";
 
     private JsonObject Realloc(string kind, ParallelLayout from, ParallelLayout to, int src, int dst) => new()
     {
@@ -179,24 +187,27 @@ internal sealed unsafe class RemoteReplica : IReplica
         ["config"] = WireJson.Config(Config), ["scalar"] = ScalarHead,
     };
 
-    public void CopyFrom(IReplica source)
+    public long CopyFrom(IReplica source)
     {
         if (source is not RemoteReplica src || !ReferenceEquals(src._pool, _pool)) throw new ArgumentException($"{_name}: a worker replica copies only from replicas of the same job");
         if (src.Config != Config || src.ScalarHead != ScalarHead) throw new ArgumentException($"{_name}: replicas of different models");
         src.SendDeferredBackward();
         SendDeferredBackward();
+        var kind = ParameterBuffers.Between($"{_name}: reallocation from {src._name}", src.Precision, ((IReplica)src).HoldsBf16Only, Precision, ((IReplica)this).HoldsBf16Only);
         var devices = src.Layout.Devices.Union(Layout.Devices).ToArray();
-        _pool.Dispatch(What($"reallocation from {src.Layout}"), devices, "realloc", Realloc("params", src.Layout, Layout, src._id, _id));
+        _pool.Dispatch(What($"reallocation from {src.Layout}"), devices, "realloc", Realloc(Kind(kind), src.Layout, Layout, src._id, _id));
+        var plan = Plan(src.Layout, Layout, ParameterBuffers.ElementSize(kind));
+        return plan.RemoteBytes + plan.LocalBytes;
     }
 
     private ParallelLayout Full => ParallelLayout.Contiguous(_pool.MasterRank, 1, 1, 1);
 
-    /// <summary>Moves one buffer kind between the master's full copy and the shards.</summary>
-    private void Move(string kind, nint full, bool toShards)
+    /// <summary>Moves one buffer kind (elements of <paramref name="elementSize"/> bytes) between the master's full copy and the shards.</summary>
+    private void Move(string kind, nint full, int elementSize, bool toShards)
     {
         SendDeferredBackward();
         var (from, to) = toShards ? (Full, Layout) : (Layout, Full);
-        _pool.ReallocWithMaster(What(toShards ? $"load {kind}" : $"gather {kind}"), Plan(from, to), toShards ? full : 0, toShards ? 0 : full,
+        _pool.ReallocWithMaster(What(toShards ? $"load {kind}" : $"gather {kind}"), Plan(from, to, elementSize), toShards ? full : 0, toShards ? 0 : full,
             Layout.Devices, Realloc(kind, from, to, toShards ? -1 : _id, toShards ? _id : -1));
     }
 
@@ -205,16 +216,21 @@ internal sealed unsafe class RemoteReplica : IReplica
         if (full.Config != Config || full.ScalarHead != ScalarHead) throw new ArgumentException($"{_name}: the full model has another architecture");
     }
 
+    private static nint ParameterPointer(LlamaModel m, ParameterBuffer b) =>
+        b == ParameterBuffer.Bf16 ? (nint)m.Bf16ParametersPointer : (nint)m.ParametersPointer;
+
     public void CopyFrom(LlamaModel full)
     {
         CheckFull(full);
-        Move("params", (nint)full.ParametersPointer, toShards: true);
+        var kind = ParameterBuffers.Between($"{_name}: load from the full model", full.Precision, full.HoldsBf16Only, Precision, ((IReplica)this).HoldsBf16Only);
+        Move(Kind(kind), ParameterPointer(full, kind), ParameterBuffers.ElementSize(kind), toShards: true);
     }
 
     public void CopyTo(LlamaModel full)
     {
         CheckFull(full);
-        Move("params", (nint)full.ParametersPointer, toShards: false);
+        var kind = ParameterBuffers.Between($"{_name}: gather into the full model", Precision, ((IReplica)this).HoldsBf16Only, full.Precision, full.HoldsBf16Only);
+        Move(Kind(kind), ParameterPointer(full, kind), ParameterBuffers.ElementSize(kind), toShards: false);
     }
 
     public void InitShards(int seed, float std = 0.02f)
@@ -287,8 +303,8 @@ internal sealed unsafe class RemoteReplica : IReplica
         fixed (float* m = full.FirstMoment)
         fixed (float* v = full.SecondMoment)
         {
-            Move("adam_m", (nint)m, toShards);
-            Move("adam_v", (nint)v, toShards);
+            Move("adam_m", (nint)m, 4, toShards);
+            Move("adam_v", (nint)v, 4, toShards);
         }
         if (toShards)
         {

@@ -396,11 +396,12 @@ internal sealed class WorkerPool : IReplicaHost
         return replies.Select(r => JsonNode.Parse(r)?["peak_rss_bytes"]?.GetValue<long?>()).ToArray();
     }
 
-    public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer)
+    public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer,
+                           ModelPrecision precision = ModelPrecision.Fp32)
     {
         foreach (var d in layout.Devices)
             if ((uint)d >= (uint)Devices) throw new ArgumentException($"{name}: layout device {d} outside the job's {Devices} workers");
-        return new RemoteReplica(this, name, config, scalarHead, layout, microBatches, optimizer);
+        return new RemoteReplica(this, name, config, scalarHead, layout, microBatches, optimizer, precision);
     }
 
     public void Dispose()

@@ -106,6 +106,36 @@ public sealed unsafe class Bf16Tests
         Assert.Equal(a, b);
     }
 
+    /// <summary>The backward reads the bf16 weights the forward read (RMSNorm and linear layers
+    /// alike), not the fp32 master: two models with different masters but the same bf16 copy have
+    /// bit-identical gradients. Make's norm weights are not bf16 values, so a backward reading the
+    /// master would differ.</summary>
+    [Fact]
+    public void BackwardReadsTheBf16WeightsNotTheMaster()
+    {
+        using var m = Make(41);
+        using var r = Make(41);
+        var p = r.Parameters;
+        for (int i = 0; i < p.Length; i++) p[i] = Widen(Rne(p[i]));
+        Assert.NotEqual(m.Parameters.ToArray(), r.Parameters.ToArray());
+        var (tokens, lens) = Batch(43, [40, 30]);
+        var rng = new Random(44);
+        var g = Enumerable.Range(0, tokens.Length * Cfg.Vocab).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        float[] Gradients(LlamaModel model)
+        {
+            model.SetPrecision(ModelPrecision.Bf16);
+            model.ZeroGrad();
+            model.Forward(new PackedBatch(tokens, lens));
+            float* d = model.OutputGradientBuffer();
+            g.CopyTo(new Span<float>(d, g.Length));
+            model.Backward(d);
+            return model.Gradients.ToArray();
+        }
+        var (gm, gr) = (Gradients(m), Gradients(r));
+        Assert.Contains(gm, x => x != 0);
+        Assert.Equal(gr, gm);
+    }
+
     [Fact]
     public void FrozenModelHoldsBf16OnlyAndGivesTheSameOutputs()
     {

@@ -10,9 +10,9 @@ namespace ReaLNative.Engine.Tests.Realloc;
 internal static class TestLayouts
 {
     /// <summary>Reference slicing, element by element from the global tensors.</summary>
-    public static float[] Shard(ShardLayout layout, IReadOnlyDictionary<string, float[]> global)
+    public static T[] Shard<T>(ShardLayout layout, IReadOnlyDictionary<string, T[]> global)
     {
-        var buf = new float[layout.TotalElements];
+        var buf = new T[layout.TotalElements];
         foreach (var v in layout.Views)
         {
             var g = global[v.Name];
@@ -402,5 +402,102 @@ public sealed class ProcessReadReallocTests
         var foreign = t.LocalAddress[12..];   // a bare UCX address
         var e = Assert.Throws<ArgumentException>(() => t.Connect([t.LocalAddress, foreign]));
         Assert.Contains("rank 1", e.Message);
+    }
+}
+
+/// <summary>bf16 parameters (2 bytes per element) moved between random layouts, in process and over
+/// UCX (staged, direct and zero-copy paths): bit-exact against slicing the global tensors. Odd
+/// splits (11 columns of down_proj per tensor rank, 17 vocab rows) put intervals at offsets that
+/// are only 2-byte aligned.</summary>
+public sealed class Bf16ReallocTests
+{
+    private static readonly ShardLayoutFactory Odd =
+        LlamaShardLayouts.Factory(new LlamaShape(Layers: 3, Hidden: 36, Intermediate: 22, Heads: 4, KvHeads: 2, Vocab: 34));
+
+    /// <summary>Random bit patterns (every bf16 value, NaNs included: a copy must keep them all).</summary>
+    private static Dictionary<string, ushort[]> RandomBf16(Random rng) =>
+        Odd(1, 0, 1, 0).Views.ToDictionary(v => v.Name, v => Enumerable.Range(0, (int)v.LocalElements).Select(_ => (ushort)rng.Next(0x10000)).ToArray());
+
+    private static ParallelLayout Pick(Random rng, int n)
+    {
+        while (true)
+        {
+            int pp = rng.Next(1, 4), dp = rng.Next(1, 3), tp = rng.Next(1, 3);
+            if (pp * dp * tp <= n)
+                return new ParallelLayout(Enumerable.Range(0, n).OrderBy(_ => rng.Next()).Take(pp * dp * tp).ToArray(), pp, dp, tp);
+        }
+    }
+
+    private static List<System.Runtime.InteropServices.GCHandle> Pin(IEnumerable<ushort[]> arrays) =>
+        arrays.Select(x => System.Runtime.InteropServices.GCHandle.Alloc(x, System.Runtime.InteropServices.GCHandleType.Pinned)).ToList();
+
+    [Fact]
+    public void InProcessRandomLayoutPairsAreBitExactAndMoveHalfTheFp32Bytes()
+    {
+        var rng = new Random(4242);
+        for (int trial = 0; trial < 40; trial++)
+        {
+            var g = RandomBf16(rng);
+            var (a, b) = (Pick(rng, 8), Pick(rng, 8));
+            var plan = ReallocPlan.Build(a, b, Odd, 2, d => d / 4);
+            var fp32 = ReallocPlan.Build(a, b, Odd, 4, d => d / 4);
+            Assert.Equal(fp32.RemoteBytes, 2 * plan.RemoteBytes);
+            Assert.Equal(fp32.LocalBytes, 2 * plan.LocalBytes);
+            var src = a.Devices.ToDictionary(d => d, d => TestLayouts.Shard(plan.SourceLayoutOf(d), g));
+            var dst = b.Devices.ToDictionary(d => d, d => Enumerable.Repeat((ushort)0x7fc1, (int)plan.DestinationLayoutOf(d).TotalElements).ToArray());
+            var pins = Pin(src.Values.Concat(dst.Values));
+            try
+            {
+                InProcessRealloc.DeviceBuffer Buf(ushort[] x) => new(System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(x, 0), x.LongLength * 2);
+                InProcessRealloc.Execute(plan, src.ToDictionary(kv => kv.Key, kv => Buf(kv.Value)), dst.ToDictionary(kv => kv.Key, kv => Buf(kv.Value)));
+            }
+            finally { foreach (var h in pins) h.Free(); }
+            foreach (var d in b.Devices)
+                Assert.True(TestLayouts.Shard(plan.DestinationLayoutOf(d), g).AsSpan().SequenceEqual(dst[d]), $"trial {trial}: {a} -> {b}, device {d}");
+        }
+    }
+
+    [Theory]
+    [InlineData(8L << 20, 0L, 0L)]    // all packed, whole steps in one piece
+    [InlineData(102L, 0L, 0L)]        // packed pieces of 51 elements: intervals split across pieces
+    [InlineData(8L << 20, 30L, 38L)]  // intervals >= 15 elements as direct messages in 19-element pieces
+    public async Task OverUcxRandomLayoutPairsAreBitExact(long chunkBytes, long directMinBytes, long directPieceBytes)
+    {
+        const int n = 4;
+        var world = Enumerable.Range(0, n).Select(r => new ReaLNative.Engine.Transport.UcxTransport(r, n)).ToArray();
+        var addrs = world.Select(t => t.LocalAddress).ToArray();
+        foreach (var t in world) t.Connect(addrs);
+        var movers = world.Select(t => new TransportRealloc(t)
+        {
+            ChunkBytes = chunkBytes, DirectMinBytes = directMinBytes, DirectPieceBytes = directPieceBytes == 0 ? TransportRealloc.DefaultDirectPieceBytes : directPieceBytes,
+            ProcessRead = false,
+        }).ToArray();
+        try
+        {
+            var rng = new Random(97);
+            var g = RandomBf16(rng);
+            for (int trial = 0; trial < 8; trial++)
+            {
+                var (a, b) = (Pick(rng, n), Pick(rng, n));
+                var plan = ReallocPlan.Build(a, b, Odd, 2, d => d / 2);
+                var src = a.Devices.ToDictionary(d => d, d => TestLayouts.Shard(plan.SourceLayoutOf(d), g));
+                var dst = b.Devices.ToDictionary(d => d, d => new ushort[plan.DestinationLayoutOf(d).TotalElements]);
+                var pins = Pin(src.Values.Concat(dst.Values));
+                try
+                {
+                    nint P(Dictionary<int, ushort[]> m, int d) => m.TryGetValue(d, out var x) ? System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(x, 0) : 0;
+                    await Task.WhenAll(Enumerable.Range(0, n).Select(d => Task.Run(() =>
+                        movers[d].ExecuteAsync(plan, ReallocSchedule.ForDevice(plan, d), P(src, d), P(dst, d))))).WaitAsync(TimeSpan.FromSeconds(60));
+                }
+                finally { foreach (var h in pins) h.Free(); }
+                foreach (var d in b.Devices)
+                    Assert.True(TestLayouts.Shard(plan.DestinationLayoutOf(d), g).AsSpan().SequenceEqual(dst[d]), $"trial {trial}: {a} -> {b}, device {d}");
+            }
+        }
+        finally
+        {
+            foreach (var m in movers) m.Dispose();
+            foreach (var t in world) t.Dispose();
+        }
     }
 }

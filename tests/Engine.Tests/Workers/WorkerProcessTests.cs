@@ -29,18 +29,24 @@ public sealed class WorkerProcessTests
     internal static Func<int, IReplicaHost> Processes(Dictionary<string, string>? env = null) =>
         n => new WorkerPool(n, new WorkerPoolOptions { Executable = Realn(), ThreadsPerWorker = 1, Environment = env ?? new() });
 
-    [Fact]
-    public void PpoUnderAPlanInWorkerProcessesEqualsTheInProcessPlanRun()
+    /// <summary>In bf16 the train replicas keep the fp32 master and moments; the other replicas hold
+    /// bf16 only and are reallocated bf16 (in worker processes: worker to worker over UCX or process reads).</summary>
+    [Theory]
+    [InlineData("fp32")]
+    [InlineData("bf16")]
+    public void PpoUnderAPlanInWorkerProcessesEqualsTheInProcessPlanRun(string precision)
     {
         string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir();
         try
         {
-            using var inProcess = new Pipeline(PlanExecutionTests.Config(), a, plan: PlanExecutionTests.MixedPlan());
-            using var workers = new Pipeline(PlanExecutionTests.Config(), b, plan: PlanExecutionTests.MixedPlan(), hosts: Processes());
+            using var inProcess = new Pipeline(PlanExecutionTests.Config(precision), a, plan: PlanExecutionTests.MixedPlan());
+            using var workers = new Pipeline(PlanExecutionTests.Config(precision), b, plan: PlanExecutionTests.MixedPlan(), hosts: Processes());
             var inProcessSummary = inProcess.Run(resume: false);
             var workersSummary = workers.Run(resume: false);
             Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), workers.Model("actor").Parameters.ToArray());
             Assert.Equal(inProcess.Model("critic").Parameters.ToArray(), workers.Model("critic").Parameters.ToArray());
+            Assert.True((long)inProcessSummary["realloc_bytes"]! > 0);
+            Assert.Equal((long)inProcessSummary["realloc_bytes"]!, (long)workersSummary["realloc_bytes"]!);
             Assert.Equal(File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip), File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
             CheckMemoryFigures(inProcessSummary, workers: 0, Path.Combine(a, "summary.json"));
             CheckMemoryFigures(workersSummary, workers: PlanExecutionTests.MixedPlan().DevicesPerNode, Path.Combine(b, "summary.json"));
@@ -129,6 +135,33 @@ public sealed class WorkerPoolTests
             }
         }
         finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
+    }
+
+    /// <summary>bf16 replicas in worker processes: the train replica gets the fp32 master, the
+    /// inference replica the train shards' bf16 copies worker to worker (half the fp32 bytes);
+    /// gathered into a frozen full model they are the bf16 rounding of the master, bit for bit, and
+    /// the master comes back unrounded.</summary>
+    [Fact]
+    public void Bf16ReplicasReallocateBf16WorkerToWorkerBitExact()
+    {
+        var cfg = ReaLNative.Engine.Model.LlamaConfig.Preset("tiny");
+        using var pool = new WorkerPool(2, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+        using var full = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+        full.InitRandom(11, 0.5f);
+        var rounded = full.Parameters.ToArray().Select(ReaLNative.Engine.Tests.Model.Bf16Tests.Rne).ToArray();
+        full.SetPrecision(ReaLNative.Engine.Model.ModelPrecision.Bf16);
+        var spec = new OptimizerSpec(new ReaLNative.Engine.Optim.LrSchedule(1e-3), 0.9f, 0.95f, 1e-8f, 0f, 1f);
+        using var tp = pool.Create("tp", cfg, false, new ParallelLayout([1, 0], 1, 1, 2), 1, spec, ReaLNative.Engine.Model.ModelPrecision.Bf16);
+        using var pp = pool.Create("pp", cfg, false, new ParallelLayout([0, 1], 2, 1, 1), 2, null, ReaLNative.Engine.Model.ModelPrecision.Bf16);
+        tp.CopyFrom(full);
+        Assert.Equal(full.ParameterCount * 2, pp.CopyFrom(tp));
+        using var back = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+        back.FreezeToBf16();
+        pp.CopyTo(back);
+        Assert.Equal(rounded, back.Bf16Parameters.ToArray());
+        using var master = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+        tp.CopyTo(master);
+        Assert.Equal(full.Parameters.ToArray(), master.Parameters.ToArray());
     }
 
     /// <summary>With process reads (the default: workers and master read each other's shards with
