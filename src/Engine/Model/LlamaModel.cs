@@ -38,6 +38,8 @@ internal sealed unsafe class LlamaModel : IDisposable
     private struct BlockWeights
     {
         public float* InputNorm, QProj, KProj, VProj, OProj, PostNorm, GateUp, Down;
+        /// <summary>q/k/v projection biases (Qwen2); null without.</summary>
+        public float* QBias, KBias, VBias;
     }
 
     /// <summary>Where one block's forward writes its intermediates: kept for backward in training,
@@ -143,8 +145,11 @@ internal sealed unsafe class LlamaModel : IDisposable
 
     private delegate float* ViewOf(float* b, string n);
 
-    private static BlockWeights BlockViews(float* b, string pre, ViewOf view) => new()
+    private BlockWeights BlockViews(float* b, string pre, ViewOf view) => new()
     {
+        QBias = Config.QkvBias ? view(b, pre + "self_attn.q_proj.bias") : null,
+        KBias = Config.QkvBias ? view(b, pre + "self_attn.k_proj.bias") : null,
+        VBias = Config.QkvBias ? view(b, pre + "self_attn.v_proj.bias") : null,
         InputNorm = view(b, pre + "input_layernorm.weight"),
         QProj = view(b, pre + "self_attn.q_proj.weight"),
         KProj = view(b, pre + "self_attn.k_proj.weight"),
@@ -245,6 +250,33 @@ internal sealed unsafe class LlamaModel : IDisposable
         _bf16Stale = false;
     }
 
+    // ---- Model families (LLaMA 3.1 rope scaling, Qwen2 q/k/v biases) ----
+    private double[]? _scaledInvFreq;  // the rotary table when Config.RopeScaling is set (else the native theta form)
+
+    /// <summary>Rotary embedding of x [T, heads, HeadDim] in place (inverse: the backward's rotation).</summary>
+    private void Rotary(float* x, int* positions, int T, int heads, bool inverse)
+    {
+        var c = Config;
+        if (c.RopeScaling is null)
+        {
+            Check(inverse ? Native.realn_op_rotary_bwd(_stream.Ptr, DType.F32, x, positions, x, T, heads, c.HeadDim, c.HeadDim, c.RopeTheta)
+                : Native.realn_op_rotary_fwd(_stream.Ptr, DType.F32, x, positions, x, T, heads, c.HeadDim, c.HeadDim, c.RopeTheta));
+            return;
+        }
+        _scaledInvFreq ??= c.RotaryInverseFrequencies();
+        fixed (double* f = _scaledInvFreq)
+            Check(inverse ? Native.realn_op_rotary_freqs_bwd(_stream.Ptr, DType.F32, x, positions, x, T, heads, c.HeadDim, c.HeadDim, f)
+                : Native.realn_op_rotary_freqs_fwd(_stream.Ptr, DType.F32, x, positions, x, T, heads, c.HeadDim, c.HeadDim, f));
+    }
+
+    // A bias operand: fp32 in every precision (linear_fwd reads bias in fp32 with bf16 weights too).
+    private float* Bias(float* p)
+    {
+        if (p != null && _masterReleased)
+            throw new NotSupportedException("q/k/v projection biases (qwen2) in a model frozen to bf16 weights only are not supported: its fp32 biases are freed");
+        return p;
+    }
+
     // The weight operand of an op: the fp32 master, or its bf16 copy at the same element offset.
     private void* Weight(float* p) =>
         Precision == ModelPrecision.Bf16 ? (byte*)_bf16Params!.Pointer + ((long)p - (long)_masterBase) / 2 : p;
@@ -327,7 +359,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         foreach (var v in Layout.Views)
         {
             var s = all.Slice((int)v.Offset, (int)v.LocalElements);
-            if (v.GlobalShape.Length == 1) { s.Fill(1f); continue; }
+            if (v.GlobalShape.Length == 1) { s.Fill(v.Name.EndsWith(".bias", StringComparison.Ordinal) ? 0f : 1f); continue; }  // norms 1, biases 0 (as HF)
             var rng = new Random(unchecked(seed * 1000003 ^ StableHash(v.Name)));  // not HashCode: it is salted per process
             long total = v.GlobalShape.Aggregate(1L, (a, b) => a * b);
             var full = new float[total];
@@ -529,11 +561,12 @@ internal sealed unsafe class LlamaModel : IDisposable
         ref var w = ref _blockWeights[l];
         Check(Native.realn_op_rmsnorm_fwd(stream, WeightType, x, Weight(w.InputNorm), a.Normed1, a.Rstd1, T, H, c.RmsEps));
         float* q = a.Q, k = a.K, v = a.V;
-        if (attention.Decode && a.Qkv != null && w.KProj == w.QProj + qd * H && w.VProj == w.KProj + kd * H)
+        if (attention.Decode && a.Qkv != null && w.KProj == w.QProj + qd * H && w.VProj == w.KProj + kd * H
+            && (w.QBias == null || (w.KBias == w.QBias + qd && w.VBias == w.KBias + kd)))
         {
-            // Rows of the fused output are q | k | v (one token: used in place).
+            // Rows of the fused output are q | k | v (one token: used in place); so are the biases.
             long qkvWidth = qd + 2 * kd;
-            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.QProj), null, a.Qkv, T, H, qkvWidth));
+            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.QProj), Bias(w.QBias), a.Qkv, T, H, qkvWidth));
             if (T == 1) { q = a.Qkv; k = a.Qkv + qd; v = k + kd; }
             else
                 for (long t = 0; t < T; t++)
@@ -545,12 +578,12 @@ internal sealed unsafe class LlamaModel : IDisposable
         }
         else
         {
-            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.QProj), null, q, T, H, qd));
-            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.KProj), null, k, T, H, kd));
-            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.VProj), null, v, T, H, kd));
+            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.QProj), Bias(w.QBias), q, T, H, qd));
+            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.KProj), Bias(w.KBias), k, T, H, kd));
+            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.VProj), Bias(w.VBias), v, T, H, kd));
         }
-        Check(Native.realn_op_rotary_fwd(stream, DType.F32, q, positions, q, T, _qHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
-        Check(Native.realn_op_rotary_fwd(stream, DType.F32, k, positions, k, T, _kvHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
+        Rotary(q, positions, T, _qHeads, inverse: false);
+        Rotary(k, positions, T, _kvHeads, inverse: false);
         if (attention.Cache is { } cache)
             Check(Native.realn_op_kv_store(stream, DType.F32, k, v, attention.TokenSlots, positions, T, cache.K(l), cache.V(l), cache.Slots,
                 cache.MaxLen, _kvHeads, c.HeadDim));
@@ -641,11 +674,11 @@ internal sealed unsafe class LlamaModel : IDisposable
             Check(Native.realn_op_linear_bwd(stream, WeightType, a.Attn, Weight(w.OProj), dX, dAttn, g.OProj, null, T, qd, H, 0));
             Check(Native.realn_op_attention_bwd(stream, DType.F32, a.Q, a.K, a.V, a.Attn, a.Lse, dAttn, state.CuSeqlens, state.Sequences, T,
                 _qHeads, _kvHeads, c.HeadDim, scale, dQ, dK, dV));
-            Check(Native.realn_op_rotary_bwd(stream, DType.F32, dQ, state.Positions, dQ, T, _qHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Check(Native.realn_op_rotary_bwd(stream, DType.F32, dK, state.Positions, dK, T, _kvHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.QProj), dQ, dH, g.QProj, null, T, H, qd, 0));
-            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.KProj), dK, dH, g.KProj, null, T, H, kd, 1));
-            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.VProj), dV, dH, g.VProj, null, T, H, kd, 1));
+            Rotary(dQ, state.Positions, T, _qHeads, inverse: true);
+            Rotary(dK, state.Positions, T, _kvHeads, inverse: true);
+            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.QProj), dQ, dH, g.QProj, g.QBias, T, H, qd, 0));
+            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.KProj), dK, dH, g.KProj, g.KBias, T, H, kd, 1));
+            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.VProj), dV, dH, g.VProj, g.VBias, T, H, kd, 1));
             TpAllReduce(dH, T * H);
             Check(Native.realn_op_rmsnorm_bwd(stream, DType.F32, state.BlockInput[l], w.InputNorm, a.Rstd1, dH, dT, g.InputNorm, T, H));
             Check(Native.realn_op_add(stream, DType.F32, T * H, dX, dT, dX));
