@@ -219,6 +219,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         if (_masterReleased) return;
         SetPrecision(ModelPrecision.Bf16);
         RefreshBf16();
+        KeepFp32Biases();
         _params.Dispose();
         _grads.Dispose();
         _masterReleased = true;
@@ -241,6 +242,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         if (!_masterReleased || _bf16Params is null) throw new InvalidOperationException("LoadBf16 is for models frozen to bf16");
         if (values.Length != Layout.TotalElements) throw new ArgumentException($"{values.Length} values for {Layout.TotalElements} parameters");
         values.CopyTo(new Span<ushort>(_bf16Params.Pointer, values.Length));
+        LoadFp32BiasesFromBf16();
     }
 
     private void RefreshBf16()
@@ -269,12 +271,41 @@ internal sealed unsafe class LlamaModel : IDisposable
                 : Native.realn_op_rotary_freqs_fwd(_stream.Ptr, DType.F32, x, positions, x, T, heads, c.HeadDim, c.HeadDim, f));
     }
 
-    // A bias operand: fp32 in every precision (linear_fwd reads bias in fp32 with bf16 weights too).
-    private float* Bias(float* p)
+    // A bias operand: fp32 in every precision (linear_fwd reads bias in fp32 with bf16 weights too);
+    // a model frozen to bf16 keeps its biases in _frozenBiases.
+    private static float* Bias(float* p) => p;
+
+    private HostBlock? _frozenBiases;  // fp32 q|k|v biases of each block once the master is freed (FreezeToBf16)
+
+    /// <summary>Before the fp32 master is freed: moves each block's q|k|v biases (consecutive in the
+    /// layout) to a small fp32 block and points the block weights there.</summary>
+    private void KeepFp32Biases()
     {
-        if (p != null && _masterReleased)
-            throw new NotSupportedException("q/k/v projection biases (qwen2) in a model frozen to bf16 weights only are not supported: its fp32 biases are freed");
-        return p;
+        if (!Config.QkvBias || _layerCount == 0) return;
+        long qd = (long)_qHeads * Config.HeadDim, kd = (long)_kvHeads * Config.HeadDim, per = qd + 2 * kd;
+        _frozenBiases = new HostBlock(per * _layerCount * 4);
+        for (int i = 0; i < _layerCount; i++)
+        {
+            ref var w = ref _blockWeights[i];
+            if (w.KBias != w.QBias + qd || w.VBias != w.KBias + kd) throw new InvalidOperationException("layout: q/k/v biases must be consecutive");
+            float* dst = (float*)_frozenBiases.Pointer + i * per;
+            Buffer.MemoryCopy(w.QBias, dst, per * 4, per * 4);
+            w.QBias = dst; w.KBias = dst + qd; w.VBias = dst + qd + kd;
+        }
+    }
+
+    /// <summary>After bf16 weights are loaded into a frozen model: its fp32 biases from them.</summary>
+    private void LoadFp32BiasesFromBf16()
+    {
+        if (_frozenBiases is null) return;
+        long per = _qHeads * Config.HeadDim + 2L * _kvHeads * Config.HeadDim;
+        var bf16 = new ReadOnlySpan<ushort>(_bf16Params!.Pointer, checked((int)Layout.TotalElements));
+        for (int i = 0; i < _layerCount; i++)
+        {
+            Layout.TryGet($"model.layers.{_firstLayer + i}.self_attn.q_proj.bias", out var v);
+            var dst = new Span<float>((float*)_frozenBiases.Pointer + i * per, (int)per);
+            for (int j = 0; j < per; j++) dst[j] = BitConverter.UInt32BitsToSingle((uint)bf16[(int)v.Offset + j] << 16);
+        }
     }
 
     // The weight operand of an op: the fp32 master, or its bf16 copy at the same element offset.
@@ -783,6 +814,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         _params.Dispose();
         _grads.Dispose();
         _bf16Params?.Dispose();
+        _frozenBiases?.Dispose();
     }
 }
 
