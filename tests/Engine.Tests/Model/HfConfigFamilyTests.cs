@@ -94,6 +94,17 @@ public sealed class HfConfigFamilyTests : IDisposable
     }
 
     [Theory]
+    [InlineData("llama")]
+    [InlineData("llama3.1")]
+    [InlineData("qwen2")]
+    public void WorkerProcessesGetTheFamilyFields(string family)
+    {
+        var cfg = ModelTests.Family(family);
+        var sent = ReaLNative.Engine.Workers.WireJson.Config(cfg).ToJsonString();
+        Assert.Equal(cfg, ReaLNative.Engine.Workers.WireJson.Config(System.Text.Json.Nodes.JsonNode.Parse(sent)));
+    }
+
+    [Theory]
     [InlineData("\"model_type\": \"llama\", \"rope_scaling\": {\"factor\": 4.0, \"original_max_position_embeddings\": 32768, \"rope_type\": \"yarn\"}",
                 "rope_scaling type 'yarn' is not implemented (supported: llama3")]
     [InlineData("\"model_type\": \"llama\", \"rope_scaling\": {\"factor\": 2.0, \"type\": \"dynamic\"}", "rope_scaling type 'dynamic' is not implemented")]
