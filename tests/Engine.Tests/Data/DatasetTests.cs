@@ -398,6 +398,32 @@ public sealed class PreferencePairDatasetTests : IDisposable
     }
 
     [Fact]
+    public void ParquetPairsAreReadAndANullRejectedIsNamedByRow()
+    {
+        string p = Path.Combine(_dir, "p.parquet");
+        var q = new DataField<string>("q"); var good = new DataField<string>("good"); var bad = new DataField<string>("bad", nullable: true);
+        using (var fs = File.Create(p))
+        {
+            var w = ParquetWriter.CreateAsync(new ParquetSchema(q, good, bad), fs).GetAwaiter().GetResult();
+            using (var rg = w.CreateRowGroup())
+            {
+                rg.WriteAsync(q, new[] { "1=", "2=", "3=" }).GetAwaiter().GetResult();
+                rg.WriteAsync(good, new[] { "11", "22", "33" }).GetAwaiter().GetResult();
+                rg.WriteAsync(bad, new string?[] { "0", null, "0" }).GetAwaiter().GetResult();
+            }
+            w.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+        var fields = new DatasetFields(new Dictionary<string, string>(DatasetFields.Default.Mapped) { ["prompt"] = "q", ["chosen"] = "good", ["rejected"] = "bad" });
+        var required = DatasetConfig.RequiredFields("rm", ExperimentConfig.Parse(Yaml("rm", "{ train: p.parquet }"), _dir).Stages[0].Reward, heldOut: false, offlinePairs: true);
+        Assert.Equal(["prompt", "chosen", "rejected"], required);
+        var spec = new DatasetSpec(p, "parquet", fields, required, 1, 1, 0, true, null);
+        var ex = spec.Examples(null).ToArray();
+        Assert.Equal([("1=", "11", "0"), ("3=", "33", "0")], ex.Select(e => (e.Prompt, e.Chosen, e.Rejected)));
+        var e = Assert.Throws<InputException>(() => (spec with { SkipBad = false }).Examples(null).ToArray());
+        Assert.Contains("row 2: field 'bad' (rejected) is missing or null", e.Message);
+    }
+
+    [Fact]
     public void MalformedPairRecordsAreNamedWithFileAndLine()
     {
         Write("p.jsonl",
