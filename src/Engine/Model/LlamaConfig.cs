@@ -189,6 +189,9 @@ internal sealed record LlamaConfig
         };
         if (RopeScaling is { } rs) o["rope_scaling"] = rs.ToHfJson();
         if (ModelType == "qwen2") o["use_sliding_window"] = false;
+        // Mistral loaded with its context cut to its window attends fully within max_position_embeddings;
+        // an explicit null keeps transformers from applying its default window (4096).
+        if (ModelType == "mistral") o["sliding_window"] = null;
         if (scalarHead) o["num_labels"] = 1;
         return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }

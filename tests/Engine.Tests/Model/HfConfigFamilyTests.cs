@@ -36,6 +36,11 @@ public sealed class HfConfigFamilyTests : IDisposable
         var m3 = LlamaConfig.FromHfJson(Write($$"""{"model_type": "mistral", {{Sizes}}, "max_position_embeddings": 32768, "rope_theta": 1000000.0, "sliding_window": null}"""));
         Assert.Equal(32768, m3.MaxPositions);
         Assert.Equal(1e6f, m3.RopeTheta);
+        // Written back as mistral with no window (transformers would otherwise default to 4096), it reads the same.
+        var back = System.Text.Json.Nodes.JsonNode.Parse(m3.ToHfJson())!.AsObject();
+        Assert.Equal(("mistral", "MistralForCausalLM"), ((string?)back["model_type"], (string?)back["architectures"]![0]));
+        Assert.True(back.ContainsKey("sliding_window") && back["sliding_window"] is null);
+        Assert.Equal(m3, LlamaConfig.FromHfJson(Write(m3.ToHfJson())));
     }
 
     [Fact]
