@@ -329,12 +329,11 @@ void rmsnorm_bwd(realn_stream_t s, int32_t, const void* x, const void* w, const 
 }
 
 void rotary(realn_stream_t s, int32_t, const void* x, const int32_t* positions, void* y, int64_t tokens, int64_t heads,
-            int64_t head_dim, int64_t rot_dim, float theta, bool inverse) {
+            int64_t head_dim, int64_t rot_dim, const double* inv_freq, bool inverse) {
+    // inv_freq: the caller's host table (uploaded per call).
     const int64_t half = rot_dim / 2;
-    std::vector<double> inv_freq(static_cast<size_t>(half));
-    for (int64_t i = 0; i < half; ++i) inv_freq[i] = std::pow(double(theta), -2.0 * double(i) / double(rot_dim));
     Scratch table(half * static_cast<int64_t>(sizeof(double)));
-    copy(s, table.as<double>(), inv_freq.data(), half * static_cast<int64_t>(sizeof(double)), REALN_COPY_H2D);
+    copy(s, table.as<double>(), inv_freq, half * static_cast<int64_t>(sizeof(double)), REALN_COPY_H2D);
     launch(s, "realn_rotary", grid_for(tokens * heads * half), kBlock, static_cast<const float*>(x), positions,
            static_cast<float*>(y), tokens, heads, head_dim, rot_dim, static_cast<const double*>(table.as<double>()),
            inverse ? -1.0f : 1.0f);

@@ -232,6 +232,18 @@ REALN_API realn_status realn_op_rotary_bwd(realn_stream_t stream, int32_t dtype,
                                            const int32_t* positions, void* dx, int64_t tokens,
                                            int64_t heads, int64_t head_dim, int64_t rot_dim,
                                            float theta);
+/* The same rotation with the frequencies given per pair: pair i (i < rot_dim/2) turns by angle
+ * pos * inv_freq[i]. inv_freq: HOST memory, double [rot_dim/2], each finite and > 0 (read before
+ * the call returns). For scaled rotary variants (LLaMA 3.1's "llama3" rope_scaling), whose
+ * per-dimension frequencies are no power series of one theta. */
+REALN_API realn_status realn_op_rotary_freqs_fwd(realn_stream_t stream, int32_t dtype,
+                                                 const void* x, const int32_t* positions, void* y,
+                                                 int64_t tokens, int64_t heads, int64_t head_dim,
+                                                 int64_t rot_dim, const double* inv_freq);
+REALN_API realn_status realn_op_rotary_freqs_bwd(realn_stream_t stream, int32_t dtype,
+                                                 const void* dy, const int32_t* positions, void* dx,
+                                                 int64_t tokens, int64_t heads, int64_t head_dim,
+                                                 int64_t rot_dim, const double* inv_freq);
 
 /* SwiGLU: out = silu(gate) * up over rows x cols. gate/up/out rows are ld_in / ld_in / ld_out
  * elements apart (so a fused [rows, 2*cols] gate|up projection can be read in place). */

@@ -26,7 +26,7 @@ static const std::map<std::string, std::vector<std::string>> kFamilies = {
     {"hash", {"hash_bytes"}},
     {"embedding", {"embedding_fwd", "embedding_bwd"}},
     {"rmsnorm", {"rmsnorm_fwd", "rmsnorm_bwd"}},
-    {"rotary", {"rotary_fwd", "rotary_bwd"}},
+    {"rotary", {"rotary_fwd", "rotary_bwd", "rotary_freqs_fwd", "rotary_freqs_bwd"}},
     {"swiglu", {"swiglu_fwd", "swiglu_bwd"}},
     {"attention", {"attention_fwd", "attention_bwd", "attention_decode"}},
     {"kv_store", {"kv_store"}},

@@ -113,6 +113,10 @@ public static unsafe partial class Native
     [LibraryImport(Library)]
     public static partial int realn_op_rotary_bwd(nint stream, int dtype, void* dy, int* positions, void* dx, long tokens, long heads, long headDim, long rotDim, float theta);
     [LibraryImport(Library)]
+    public static partial int realn_op_rotary_freqs_fwd(nint stream, int dtype, void* x, int* positions, void* y, long tokens, long heads, long headDim, long rotDim, double* invFreq);
+    [LibraryImport(Library)]
+    public static partial int realn_op_rotary_freqs_bwd(nint stream, int dtype, void* dy, int* positions, void* dx, long tokens, long heads, long headDim, long rotDim, double* invFreq);
+    [LibraryImport(Library)]
     public static partial int realn_op_swiglu_fwd(nint stream, int dtype, void* gate, void* up, long ldIn, void* output, long ldOut, long rows, long cols);
     [LibraryImport(Library)]
     public static partial int realn_op_swiglu_bwd(nint stream, int dtype, void* gate, void* up, long ldIn, void* dout, long ldOut, void* dgate, void* dup, long rows, long cols);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "backend.hpp"
 #include "error.hpp"
@@ -241,19 +242,43 @@ static void check_intervals(const int64_t* offsets, const int64_t* lengths, int6
     }
 }
 
-static void check_rotary(const void* x, const int32_t* positions, void* y, int64_t tokens,
-                         int64_t heads, int64_t head_dim, int64_t rot_dim, float theta) {
+static void check_rotary_shape(const void* x, const int32_t* positions, void* y, int64_t tokens,
+                               int64_t heads, int64_t head_dim, int64_t rot_dim) {
     REALN_NON_NEGATIVE(tokens);
     REALN_POSITIVE(heads);
     REALN_POSITIVE(head_dim);
     REALN_REQUIRE(rot_dim > 0 && rot_dim <= head_dim && rot_dim % 2 == 0,
                   "rot_dim must be even and in (0, head_dim=", head_dim, "] (got ", rot_dim, ")");
-    REALN_REQUIRE(theta > 0 && std::isfinite(theta), "theta must be finite and > 0 (got ", theta,
-                  ")");
     if (tokens == 0) return;
     REALN_NOT_NULL(x);
     REALN_NOT_NULL(positions);
     REALN_NOT_NULL(y);
+}
+
+static void check_rotary(const void* x, const int32_t* positions, void* y, int64_t tokens,
+                         int64_t heads, int64_t head_dim, int64_t rot_dim, float theta) {
+    check_rotary_shape(x, positions, y, tokens, heads, head_dim, rot_dim);
+    REALN_REQUIRE(theta > 0 && std::isfinite(theta), "theta must be finite and > 0 (got ", theta,
+                  ")");
+}
+
+static void check_rotary_freqs(const void* x, const int32_t* positions, void* y, int64_t tokens,
+                               int64_t heads, int64_t head_dim, int64_t rot_dim,
+                               const double* inv_freq) {
+    check_rotary_shape(x, positions, y, tokens, heads, head_dim, rot_dim);
+    REALN_NOT_NULL(inv_freq);
+    for (int64_t i = 0; i < rot_dim / 2; ++i)
+        REALN_REQUIRE(inv_freq[i] > 0 && std::isfinite(inv_freq[i]), "inv_freq[", i,
+                      "] must be finite and > 0 (got ", inv_freq[i], ")");
+}
+
+// The unscaled rotary frequencies theta^(-2i/rot_dim), i < rot_dim/2 (a temporary: it lives
+// until the backend entry it is passed to returns).
+static std::vector<double> theta_inv_freq(float theta, int64_t rot_dim) {
+    std::vector<double> f(static_cast<size_t>(rot_dim / 2));
+    for (int64_t i = 0; i < rot_dim / 2; ++i)
+        f[i] = std::pow(double(theta), -2.0 * double(i) / double(rot_dim));
+    return f;
 }
 
 static void check_swiglu_shape(int64_t ld_in, int64_t ld_out, int64_t rows, int64_t cols) {
@@ -549,12 +574,15 @@ REALN_OP(realn_op_rmsnorm_bwd,
     return true;
 }
 
-// Forward and backward share the backend's rotary entry (the backward rotates by -angle).
+// Forward and backward share the backend's rotary entry (the backward rotates by -angle); the
+// theta form passes the unscaled frequency table, the freqs form the caller's (same Ops: one
+// backend entry serves both).
 REALN_OP_CALL(realn_op_rotary_fwd,
          (realn_stream_t stream, int32_t dtype, const void* x, const int32_t* positions, void* y,
           int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot_dim, float theta),
          (stream, dtype, x, positions, y, tokens, heads, head_dim, rot_dim, theta), RotaryFwd, dtype,
-         rotary, (stream, dtype, x, positions, y, tokens, heads, head_dim, rot_dim, theta, false)) {
+         rotary, (stream, dtype, x, positions, y, tokens, heads, head_dim, rot_dim,
+                  theta_inv_freq(theta, rot_dim).data(), false)) {
     check_rotary(x, positions, y, tokens, heads, head_dim, rot_dim, theta);
     return tokens > 0;
 }
@@ -563,8 +591,27 @@ REALN_OP_CALL(realn_op_rotary_bwd,
          (realn_stream_t stream, int32_t dtype, const void* dy, const int32_t* positions, void* dx,
           int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot_dim, float theta),
          (stream, dtype, dy, positions, dx, tokens, heads, head_dim, rot_dim, theta), RotaryBwd, dtype,
-         rotary, (stream, dtype, dy, positions, dx, tokens, heads, head_dim, rot_dim, theta, true)) {
+         rotary, (stream, dtype, dy, positions, dx, tokens, heads, head_dim, rot_dim,
+                  theta_inv_freq(theta, rot_dim).data(), true)) {
     check_rotary(dy, positions, dx, tokens, heads, head_dim, rot_dim, theta);
+    return tokens > 0;
+}
+
+REALN_OP_CALL(realn_op_rotary_freqs_fwd,
+         (realn_stream_t stream, int32_t dtype, const void* x, const int32_t* positions, void* y,
+          int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot_dim, const double* inv_freq),
+         (stream, dtype, x, positions, y, tokens, heads, head_dim, rot_dim, inv_freq), RotaryFwd, dtype,
+         rotary, (stream, dtype, x, positions, y, tokens, heads, head_dim, rot_dim, inv_freq, false)) {
+    check_rotary_freqs(x, positions, y, tokens, heads, head_dim, rot_dim, inv_freq);
+    return tokens > 0;
+}
+
+REALN_OP_CALL(realn_op_rotary_freqs_bwd,
+         (realn_stream_t stream, int32_t dtype, const void* dy, const int32_t* positions, void* dx,
+          int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot_dim, const double* inv_freq),
+         (stream, dtype, dy, positions, dx, tokens, heads, head_dim, rot_dim, inv_freq), RotaryBwd, dtype,
+         rotary, (stream, dtype, dy, positions, dx, tokens, heads, head_dim, rot_dim, inv_freq, true)) {
+    check_rotary_freqs(dy, positions, dx, tokens, heads, head_dim, rot_dim, inv_freq);
     return tokens > 0;
 }
 

@@ -90,9 +90,10 @@ struct Backend {
     void (*rmsnorm_bwd)(realn_stream_t s, int32_t dtype, const void* x, const void* w,
                         const float* rstd, const void* dy, void* dx, void* dw, int64_t rows,
                         int64_t dim);
+    // inv_freq: host memory, double [rot_dim / 2] (the angle of pair i is pos * inv_freq[i]).
     void (*rotary)(realn_stream_t s, int32_t dtype, const void* x, const int32_t* positions,
                    void* y, int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot_dim,
-                   float theta, bool inverse);
+                   const double* inv_freq, bool inverse);
     void (*swiglu_fwd)(realn_stream_t s, int32_t dtype, const void* gate, const void* up,
                        int64_t ld_in, void* out, int64_t ld_out, int64_t rows, int64_t cols);
     void (*swiglu_bwd)(realn_stream_t s, int32_t dtype, const void* gate, const void* up,

@@ -53,7 +53,7 @@ REALN_CPU_OP void rmsnorm_bwd(realn_stream_t s, int32_t dtype, const void* x, co
                  const void* dy, void* dx, void* dw, int64_t rows, int64_t dim);
 // rotary.cpp
 REALN_CPU_OP void rotary(realn_stream_t s, int32_t dtype, const void* x, const int32_t* positions, void* y,
-            int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot_dim, float theta,
+            int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot_dim, const double* inv_freq,
             bool inverse);
 // swiglu.cpp
 REALN_CPU_OP void swiglu_fwd(realn_stream_t s, int32_t dtype, const void* gate, const void* up, int64_t ld_in,

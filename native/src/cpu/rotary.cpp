@@ -1,6 +1,6 @@
 // Rotary position embedding, Hugging Face LLaMA convention (rotate_half): within the first rot_dim
-// dims of each head, element i pairs with i + rot_dim/2 and turns by angle pos * theta^(-2i/rot_dim);
-// dims past rot_dim pass through. Positions are per packed token, so the cos/sin row is computed
+// dims of each head, element i pairs with i + rot_dim/2 and turns by angle pos * inv_freq[i]
+// (theta^(-2i/rot_dim) unscaled; the caller's table, in double); dims past rot_dim pass through. Positions are per packed token, so the cos/sin row is computed
 // per token (in double: angles reach thousands of radians, where fp32 argument rounding alone would
 // cost ~1e-4) and shared by all heads of that token. The backward is the inverse rotation (sin
 // negated), which is also the transpose. y may alias x exactly: each pair is read before it is
@@ -17,16 +17,12 @@
 namespace realn::cpu {
 
 void rotary(realn_stream_t, int32_t, const void* x, const int32_t* positions, void* y,
-            int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot_dim, float theta,
+            int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot_dim, const double* inv_freq,
             bool inverse) {
     const auto* X = static_cast<const float*>(x);
     auto* Y = static_cast<float*>(y);
     const int64_t half = rot_dim / 2;
-    thread_local std::vector<double> inv_freq;
-    inv_freq.resize(static_cast<size_t>(half));
-    for (int64_t i = 0; i < half; ++i)
-        inv_freq[i] = std::pow(double(theta), -2.0 * double(i) / double(rot_dim));
-    const double* F = inv_freq.data();
+    const double* F = inv_freq;
     const double sign = inverse ? -1.0 : 1.0;
     const int64_t row = heads * head_dim;
     const bool copy_tail = rot_dim < head_dim && X != Y;

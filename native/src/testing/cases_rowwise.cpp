@@ -157,37 +157,60 @@ std::vector<int32_t> packed_positions(Rng& r, int64_t tokens, int32_t max_start)
     return p;
 }
 
+// The frequency table of rotary_fwd's theta form: theta^(-2i/rot), i < rot/2.
+std::vector<double> theta_table(int64_t rot, double theta) {
+    std::vector<double> f(rot / 2);
+    for (int64_t i = 0; i < rot / 2; ++i) f[i] = std::pow(theta, -2.0 * i / rot);
+    return f;
+}
+
+// A scaled table as LLaMA 3.1's rope_scaling makes (computed here independently in double):
+// theta's table with each pair's frequency divided by a random factor in [1, 32] (a few left
+// unscaled), so every pair turns at its own rate.
+std::vector<double> scaled_table(Rng& r, int64_t rot, double theta) {
+    auto f = theta_table(rot, theta);
+    for (auto& v : f) v /= (r.integer(0, 3) == 0 ? 1.0 : double(r.uniform(1.0f, 32.0f)));
+    return f;
+}
+
 // One head of one token at position pos: y = rotate(x) over the first rot dims, copy the rest.
-void rotary_head_ref(const double* xh, double* yh, int32_t pos, int64_t hd, int64_t rot, double theta) {
+void rotary_head_ref(const double* xh, double* yh, int32_t pos, int64_t hd, int64_t rot,
+                     const std::vector<double>& inv_freq) {
     const int64_t half = rot / 2;
     for (int64_t i = 0; i < hd; ++i) yh[i] = xh[i];
     for (int64_t i = 0; i < half; ++i) {
-        const double a = pos * std::pow(theta, -2.0 * i / rot);
+        const double a = pos * inv_freq[i];
         yh[i] = xh[i] * std::cos(a) - xh[i + half] * std::sin(a);
         yh[i + half] = xh[i + half] * std::cos(a) + xh[i] * std::sin(a);
     }
 }
 
 void rotary_ref(const Vec& x, Vec& y, const std::vector<int32_t>& pos, int64_t tokens, int64_t heads,
-                int64_t hd, int64_t rot, double theta) {
+                int64_t hd, int64_t rot, const std::vector<double>& inv_freq) {
     for (int64_t t = 0; t < tokens; ++t)
         for (int64_t h = 0; h < heads; ++h)
-            rotary_head_ref(&x[(t * heads + h) * hd], &y[(t * heads + h) * hd], pos[t], hd, rot, theta);
+            rotary_head_ref(&x[(t * heads + h) * hd], &y[(t * heads + h) * hd], pos[t], hd, rot, inv_freq);
 }
 
+// scaled: the freqs form (rotary_freqs_fwd/bwd) with a scaled_table; otherwise the theta form.
 Outcome rotary_fwd_case(Env& env, int64_t tokens, int64_t heads, int64_t hd, int64_t rot,
-                        float theta, int32_t max_start, bool inplace) {
+                        float theta, int32_t max_start, bool inplace, bool scaled) {
     Rng& r = env.rng();
     auto x = r.uniform_vec(tokens * heads * hd);
     auto pos = packed_positions(r, tokens, max_start);
+    const auto table = scaled ? scaled_table(r, rot, theta) : theta_table(rot, theta);
     float* dx = env.upload(x);
     float* dy = inplace ? dx : static_cast<float*>(env.alloc(tokens * heads * hd * 4));
-    Env::check(realn_op_rotary_fwd(env.stream(), REALN_DTYPE_F32, dx, env.upload(pos), dy, tokens,
-                                   heads, hd, rot, theta));
+    if (scaled)
+        Env::check(realn_op_rotary_freqs_fwd(env.stream(), REALN_DTYPE_F32, dx, env.upload(pos), dy, tokens,
+                                             heads, hd, rot, table.data()));
+    else
+        Env::check(realn_op_rotary_fwd(env.stream(), REALN_DTYPE_F32, dx, env.upload(pos), dy, tokens,
+                                       heads, hd, rot, theta));
     Vec ref(x.size());
-    rotary_ref(to_double(x), ref, pos, tokens, heads, hd, rot, theta);
+    rotary_ref(to_double(x), ref, pos, tokens, heads, hd, rot, table);
     Outcome o{rel_err(env.download(dy, tokens * heads * hd), ref), ""};
-    if (tokens == 1) {  // argument checks: odd rot_dim, rot_dim > head_dim
+    if (tokens == 1 && !scaled) {  // argument checks: odd rot_dim, rot_dim > head_dim
         Outcome a = expect_invalid(realn_op_rotary_fwd(env.stream(), REALN_DTYPE_F32, dx, env.upload(pos),
                                                        dy, tokens, heads, hd, 3, theta), "odd rot_dim");
         Outcome b = expect_invalid(realn_op_rotary_fwd(env.stream(), REALN_DTYPE_F32, dx, env.upload(pos),
@@ -195,25 +218,43 @@ Outcome rotary_fwd_case(Env& env, int64_t tokens, int64_t heads, int64_t hd, int
         o.max_rel_err = worst({o.max_rel_err, a.max_rel_err, b.max_rel_err});
         o.note = a.note + b.note;
     }
+    if (tokens == 1 && scaled) {  // argument checks: a missing table, a zero or non-finite entry
+        auto bad = table;
+        bad[bad.size() - 1] = 0.0;
+        Outcome a = expect_invalid(realn_op_rotary_freqs_fwd(env.stream(), REALN_DTYPE_F32, dx, env.upload(pos),
+                                                             dy, tokens, heads, hd, rot, nullptr), "inv_freq NULL");
+        Outcome b = expect_invalid(realn_op_rotary_freqs_fwd(env.stream(), REALN_DTYPE_F32, dx, env.upload(pos),
+                                                             dy, tokens, heads, hd, rot, bad.data()), "inv_freq 0");
+        bad[0] = std::nan("");
+        Outcome c = expect_invalid(realn_op_rotary_freqs_fwd(env.stream(), REALN_DTYPE_F32, dx, env.upload(pos),
+                                                             dy, tokens, heads, hd, rot, bad.data()), "inv_freq NaN");
+        o.max_rel_err = worst({o.max_rel_err, a.max_rel_err, b.max_rel_err, c.max_rel_err});
+        o.note = a.note + b.note + c.note;
+    }
     return o;
 }
 
 Outcome rotary_bwd_case(Env& env, int64_t tokens, int64_t heads, int64_t hd, int64_t rot,
-                        float theta, int32_t max_start, bool inplace) {
+                        float theta, int32_t max_start, bool inplace, bool scaled) {
     Rng& r = env.rng();
     const int64_t n = tokens * heads * hd;
     auto x = r.uniform_vec(n), g = r.uniform_vec(n);
     auto pos = packed_positions(r, tokens, max_start);
+    const auto table = scaled ? scaled_table(r, rot, theta) : theta_table(rot, theta);
     float* dg = env.upload(g);
     float* dx = inplace ? dg : static_cast<float*>(env.alloc(n * 4));
-    Env::check(realn_op_rotary_bwd(env.stream(), REALN_DTYPE_F32, dg, env.upload(pos), dx, tokens,
-                                   heads, hd, rot, theta));
+    if (scaled)
+        Env::check(realn_op_rotary_freqs_bwd(env.stream(), REALN_DTYPE_F32, dg, env.upload(pos), dx, tokens,
+                                             heads, hd, rot, table.data()));
+    else
+        Env::check(realn_op_rotary_bwd(env.stream(), REALN_DTYPE_F32, dg, env.upload(pos), dx, tokens,
+                                       heads, hd, rot, theta));
     // loss = sum <rotary(x), g>; entry k of head (t, h) only moves that head's output.
     Vec X = to_double(x), Y(hd), ref(n);
     for (int64_t th = 0; th < tokens * heads; ++th)
         for (int64_t k = 0; k < hd; ++k)
             ref[th * hd + k] = cdiff(X, th * hd + k, [&] {
-                rotary_head_ref(&X[th * hd], Y.data(), pos[th / heads], hd, rot, theta);
+                rotary_head_ref(&X[th * hd], Y.data(), pos[th / heads], hd, rot, table);
                 double s = 0;
                 for (int64_t q = 0; q < hd; ++q) s += Y[q] * g[th * hd + q];
                 return s;
@@ -529,9 +570,14 @@ void add_rowwise_cases() {
         const auto shape = concat_shape("tokens=", c.t, " heads=", c.h, " head_dim=", c.hd, " rot=", c.rot,
                                         " theta=", c.theta, " pos<=", c.start + 40, c.inplace ? " in-place" : "");
         add_case({"rotary_fwd", shape, kTolF32,
-                  [=](Env& e) { return rotary_fwd_case(e, c.t, c.h, c.hd, c.rot, c.theta, c.start, c.inplace); }});
+                  [=](Env& e) { return rotary_fwd_case(e, c.t, c.h, c.hd, c.rot, c.theta, c.start, c.inplace, false); }});
         add_case({"rotary_bwd", shape, kTolGrad,
-                  [=](Env& e) { return rotary_bwd_case(e, c.t, c.h, c.hd, c.rot, c.theta, c.start, c.inplace); }});
+                  [=](Env& e) { return rotary_bwd_case(e, c.t, c.h, c.hd, c.rot, c.theta, c.start, c.inplace, false); }});
+        // The freqs form (a per-pair table, as LLaMA 3.1's scaling makes) on the same shapes.
+        add_case({"rotary_freqs_fwd", shape + " scaled table", kTolF32,
+                  [=](Env& e) { return rotary_fwd_case(e, c.t, c.h, c.hd, c.rot, c.theta, c.start, c.inplace, true); }});
+        add_case({"rotary_freqs_bwd", shape + " scaled table", kTolGrad,
+                  [=](Env& e) { return rotary_bwd_case(e, c.t, c.h, c.hd, c.rot, c.theta, c.start, c.inplace, true); }});
     }
     // swiglu: (rows, cols, fused gate|up layout).
     for (auto [rows, cols, fused] : {std::tuple{1, 1, false}, std::tuple{7, 33, true}, std::tuple{5, 19, false},

@@ -4,6 +4,9 @@
 // llama.cpp's converter writes them); the tokenizer (GgufVocab) and chat template go in the
 // metadata. Our rotary is Hugging Face's rotate_half; llama.cpp's "llama" architecture rotates
 // adjacent pairs, so q_proj / k_proj rows are permuted per head as convert_hf_to_gguf.py does.
+// Families: LLaMA 3.1's rope scaling goes in as llama.cpp's "rope_freqs.weight" tensor (per pair,
+// the unscaled frequency over the scaled one: llama.cpp divides by it); Qwen2 is llama.cpp's
+// "qwen2" architecture (NEOX rotary = rotate_half: no permutation) with blk.N.attn_{q,k,v}.bias.
 using System.Text;
 using ReaLNative.Engine.Model;
 
@@ -71,6 +74,8 @@ internal static class GgufWriter
         if (vocab.Tokens.Length != c.Vocab)
             throw new ArgumentException($"GGUF export: the vocabulary has {vocab.Tokens.Length} tokens, the model's vocab_size is {c.Vocab}");
         int H = c.Hidden, I = c.Intermediate, d = c.HeadDim, kd = c.KvHeads * d;
+        string arch = c.ModelType == "qwen2" ? "qwen2" : "llama";
+        if (arch == "qwen2") permuteRope = false;  // llama.cpp's qwen2 rotates halves, as we do
         var tensors = new List<Tensor>();
         float[] Copy(string n) => model.View(n).ToArray();
         float[] Permuted(string n, int heads)
@@ -83,6 +88,8 @@ internal static class GgufWriter
             return dst;
         }
         tensors.Add(new("token_embd.weight", [H, c.Vocab], true, () => Copy("model.embed_tokens.weight")));
+        if (c.RopeScaling is not null)
+            tensors.Add(new("rope_freqs.weight", [d / 2], false, () => RopeFreqFactors(c)));
         for (int l = 0; l < c.Layers; l++)
         {
             string p = $"model.layers.{l}.", b = $"blk.{l}.";
@@ -90,6 +97,12 @@ internal static class GgufWriter
             tensors.Add(new(b + "attn_q.weight", [H, c.Heads * d], true, () => Permuted(p + "self_attn.q_proj.weight", c.Heads)));
             tensors.Add(new(b + "attn_k.weight", [H, kd], true, () => Permuted(p + "self_attn.k_proj.weight", c.KvHeads)));
             tensors.Add(new(b + "attn_v.weight", [H, kd], true, () => Copy(p + "self_attn.v_proj.weight")));
+            if (c.QkvBias)
+            {
+                tensors.Add(new(b + "attn_q.bias", [c.Heads * d], false, () => Copy(p + "self_attn.q_proj.bias")));
+                tensors.Add(new(b + "attn_k.bias", [kd], false, () => Copy(p + "self_attn.k_proj.bias")));
+                tensors.Add(new(b + "attn_v.bias", [kd], false, () => Copy(p + "self_attn.v_proj.bias")));
+            }
             tensors.Add(new(b + "attn_output.weight", [c.Heads * d, H], true, () => Copy(p + "self_attn.o_proj.weight")));
             tensors.Add(new(b + "ffn_norm.weight", [H], false, () => Copy(p + "post_attention_layernorm.weight")));
             tensors.Add(new(b + "ffn_gate.weight", [H, I], true, () => Copy(p + "mlp.gate_proj.weight")));
@@ -109,19 +122,19 @@ internal static class GgufWriter
             void KvF32(string k, float v) => kv.Add(() => { Str(k); w.Write(TypeF32); w.Write(v); });
             void KvBool(string k, bool v) => kv.Add(() => { Str(k); w.Write(TypeBool); w.Write((byte)(v ? 1 : 0)); });
             void KvStr(string k, string v) => kv.Add(() => { Str(k); w.Write(TypeString); Str(v); });
-            KvStr("general.architecture", "llama");
+            KvStr("general.architecture", arch);
             KvStr("general.name", "realn-export");
             KvU32("general.alignment", Alignment);
-            KvU32("llama.context_length", (uint)c.MaxPositions);
-            KvU32("llama.embedding_length", (uint)H);
-            KvU32("llama.block_count", (uint)c.Layers);
-            KvU32("llama.feed_forward_length", (uint)I);
-            KvU32("llama.attention.head_count", (uint)c.Heads);
-            KvU32("llama.attention.head_count_kv", (uint)c.KvHeads);
-            KvU32("llama.rope.dimension_count", (uint)d);
-            KvU32("llama.vocab_size", (uint)c.Vocab);
-            KvF32("llama.attention.layer_norm_rms_epsilon", c.RmsEps);
-            KvF32("llama.rope.freq_base", c.RopeTheta);
+            KvU32(arch + ".context_length", (uint)c.MaxPositions);
+            KvU32(arch + ".embedding_length", (uint)H);
+            KvU32(arch + ".block_count", (uint)c.Layers);
+            KvU32(arch + ".feed_forward_length", (uint)I);
+            KvU32(arch + ".attention.head_count", (uint)c.Heads);
+            KvU32(arch + ".attention.head_count_kv", (uint)c.KvHeads);
+            KvU32(arch + ".rope.dimension_count", (uint)d);
+            KvU32(arch + ".vocab_size", (uint)c.Vocab);
+            KvF32(arch + ".attention.layer_norm_rms_epsilon", c.RmsEps);
+            KvF32(arch + ".rope.freq_base", c.RopeTheta);
             KvU32("general.file_type", dtype switch { GgufDType.F32 => 0u, GgufDType.F16 => 1u, _ => 32u });  // LLAMA_FTYPE_ALL_F32 / MOSTLY_F16 / MOSTLY_BF16
             KvStr("tokenizer.ggml.model", vocab.Model);
             if (vocab.Pre is not null) KvStr("tokenizer.ggml.pre", vocab.Pre);
@@ -198,6 +211,15 @@ internal static class GgufWriter
             fs.Flush(true);
         }
         File.Move(tmp, path, overwrite: true);  // never a half-written file under the real name
+    }
+
+    /// <summary>llama.cpp's rope_freqs of a scaled rotary: per pair, the unscaled inverse frequency over the
+    /// scaled one (llama.cpp turns pair i by pos * theta^(-2i/d) / factor[i]).</summary>
+    public static float[] RopeFreqFactors(LlamaConfig c)
+    {
+        var scaled = c.RotaryInverseFrequencies();
+        var plain = (c with { RopeScaling = null }).RotaryInverseFrequencies();
+        return plain.Select((f, i) => (float)(f / scaled[i])).ToArray();
     }
 
     private static (uint Type, int Size) TypeOf(Tensor t, GgufDType dtype) => !t.Matrix ? (GgmlF32, 4) : dtype switch

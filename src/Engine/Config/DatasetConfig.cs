@@ -5,13 +5,18 @@ namespace ReaLNative.Engine.Config;
 
 /// <summary>Which column of a record holds each part of an example: prompt (every algorithm),
 /// response (sft's target), answer (the reference of rule-based rewards and of the held-out
-/// score), metadata (any JSON, handed to external and .NET reward functions).</summary>
+/// score), metadata (any JSON, handed to external and .NET reward functions), and, only when the
+/// `fields` block names them, chosen / rejected (an rm or dpo stage's offline preference pair).</summary>
 internal sealed record DatasetFields(IReadOnlyDictionary<string, string> Mapped)
 {
-    public const string Prompt = "prompt", Response = "response", Answer = "answer", Metadata = "metadata";
+    public const string Prompt = "prompt", Response = "response", Answer = "answer", Metadata = "metadata", Chosen = "chosen", Rejected = "rejected";
     public static readonly string[] Roles = [Prompt, Response, Answer, Metadata];
+    /// <summary>The roles read only when mapped explicitly (a file's "chosen" key is otherwise not read).</summary>
+    public static readonly string[] PairRoles = [Chosen, Rejected];
     public static DatasetFields Default { get; } = new(Roles.ToDictionary(r => r, r => r));
     public string Column(string role) => Mapped[role];
+    /// <summary>The records are preference pairs: rm / dpo train on them instead of ranking their own samples.</summary>
+    public bool OfflinePairs => Mapped.ContainsKey(Chosen);
 }
 
 /// <param name="Train">Training file (absolute path).</param>
@@ -45,6 +50,18 @@ internal sealed record DatasetConfig(string Train, string? HeldOut, string Forma
             if (col.Length == 0) throw new ConfigException(fr.Sub(role), "empty; give the record's field (JSONL key / Parquet column) that holds the " + role);
             mapped[role] = col;
         }
+        foreach (var role in DatasetFields.PairRoles)
+        {
+            if (!fr.Has(role)) continue;
+            string col = fr.Str(role, role);
+            if (col.Length == 0) throw new ConfigException(fr.Sub(role), "empty; give the record's field (JSONL key / Parquet column) that holds the " + role + " response");
+            if (algorithm is not (AlgorithmNames.Rm or AlgorithmNames.Dpo))
+                throw new ConfigException(fr.Sub(role), $"preference pairs are for rm and dpo stages, not {algorithm}");
+            mapped[role] = col;
+        }
+        if (mapped.ContainsKey(DatasetFields.Chosen) != mapped.ContainsKey(DatasetFields.Rejected))
+            throw new ConfigException(fr.Sub(mapped.ContainsKey(DatasetFields.Chosen) ? DatasetFields.Rejected : DatasetFields.Chosen),
+                "missing: offline preference pairs need both fields.chosen and fields.rejected");
         fr.RejectUnknown();
         int buffer = (int)r.Int("shuffle_buffer", 10_000, 1, 10_000_000);
         long? seed = r.Has("seed") ? r.Int("seed", null, 0, long.MaxValue) : null;
@@ -66,9 +83,11 @@ internal sealed record DatasetConfig(string Train, string? HeldOut, string Forma
     }
 
     /// <summary>The fields a record must have: in the training file of an <paramref name="algorithm"/>
-    /// stage with reward <paramref name="reward"/>, or in its held-out file (<paramref name="heldOut"/>).</summary>
-    public static string[] RequiredFields(string algorithm, RewardConfig reward, bool heldOut)
+    /// stage with reward <paramref name="reward"/>, or in its held-out file (<paramref name="heldOut"/>);
+    /// <paramref name="offlinePairs"/>: the training file holds chosen / rejected pairs.</summary>
+    public static string[] RequiredFields(string algorithm, RewardConfig reward, bool heldOut, bool offlinePairs = false)
     {
+        if (offlinePairs && !heldOut) return [DatasetFields.Prompt, DatasetFields.Chosen, DatasetFields.Rejected];
         var req = new List<string> { DatasetFields.Prompt };
         bool answer = heldOut
             ? !reward.RuleBased || reward.NeedsAnswer                                  // the held-out score: exact match or the reward

@@ -167,6 +167,7 @@ internal static class DatasetReader
         var ex = new TaskExample(prompt, answer ?? response ?? "")
         {
             Response = response, Metadata = values.GetValueOrDefault(DatasetFields.Metadata), Source = where,
+            Chosen = values.GetValueOrDefault(DatasetFields.Chosen), Rejected = values.GetValueOrDefault(DatasetFields.Rejected),
         };
         return new DatasetRecord(where, path, line, ex, null);
     }

@@ -3,8 +3,9 @@ namespace ReaLNative.Engine.Layout;
 /// <summary>Architecture numbers a LLaMA shard layout depends on.</summary>
 /// <remarks><paramref name="HeadRows"/>: rows of the output head -- Vocab (language-model head
 /// "lm_head.weight", vocab-parallel), 1 (scalar head "score.weight" of critics and reward models,
-/// replicated) or 0 (tied to the embedding: no separate head). -1 means Vocab.</remarks>
-internal sealed record LlamaShape(int Layers, int Hidden, int Intermediate, int Heads, int KvHeads, int Vocab, int HeadRows = -1)
+/// replicated) or 0 (tied to the embedding: no separate head). -1 means Vocab.
+/// <paramref name="QkvBias"/>: q/k/v projection biases (Qwen2), column-parallel like their weights.</remarks>
+internal sealed record LlamaShape(int Layers, int Hidden, int Intermediate, int Heads, int KvHeads, int Vocab, int HeadRows = -1, bool QkvBias = false)
 {
     public int EffectiveHeadRows => HeadRows < 0 ? Vocab : HeadRows;
 
@@ -20,16 +21,25 @@ internal sealed record LlamaShape(int Layers, int Hidden, int Intermediate, int 
         for (int l = 0; l < Layers; l++)
         {
             string p = $"model.layers.{l}.";
-            units.Add([
+            var block = new List<(string, long[], int)>
+            {
                 (p + "input_layernorm.weight", [Hidden], -1),
                 (p + "self_attn.q_proj.weight", [Heads * hd, Hidden], 0),
                 (p + "self_attn.k_proj.weight", [KvHeads * hd, Hidden], 0),
                 (p + "self_attn.v_proj.weight", [KvHeads * hd, Hidden], 0),
+            };
+            if (QkvBias)  // after the three weights (which stay one q|k|v matrix), q|k|v in order too
+                block.AddRange([
+                    (p + "self_attn.q_proj.bias", [Heads * hd], 0),
+                    (p + "self_attn.k_proj.bias", [KvHeads * hd], 0),
+                    (p + "self_attn.v_proj.bias", [KvHeads * hd], 0)]);
+            block.AddRange([
                 (p + "self_attn.o_proj.weight", [Hidden, Heads * hd], 1),
                 (p + "post_attention_layernorm.weight", [Hidden], -1),
                 (p + "mlp.gate_proj.weight", [Intermediate, Hidden], 0),
                 (p + "mlp.up_proj.weight", [Intermediate, Hidden], 0),
                 (p + "mlp.down_proj.weight", [Hidden, Intermediate], 1)]);
+            units.Add(block);
         }
         var last = new List<(string, long[], int)> { ("model.norm.weight", [Hidden], -1) };
         if (EffectiveHeadRows == 1) last.Add(("score.weight", [1, Hidden], -1));

@@ -38,6 +38,8 @@ internal sealed unsafe class LlamaModel : IDisposable
     private struct BlockWeights
     {
         public float* InputNorm, QProj, KProj, VProj, OProj, PostNorm, GateUp, Down;
+        /// <summary>q/k/v projection biases (Qwen2); null without.</summary>
+        public float* QBias, KBias, VBias;
     }
 
     /// <summary>Where one block's forward writes its intermediates: kept for backward in training,
@@ -143,8 +145,11 @@ internal sealed unsafe class LlamaModel : IDisposable
 
     private delegate float* ViewOf(float* b, string n);
 
-    private static BlockWeights BlockViews(float* b, string pre, ViewOf view) => new()
+    private BlockWeights BlockViews(float* b, string pre, ViewOf view) => new()
     {
+        QBias = Config.QkvBias ? view(b, pre + "self_attn.q_proj.bias") : null,
+        KBias = Config.QkvBias ? view(b, pre + "self_attn.k_proj.bias") : null,
+        VBias = Config.QkvBias ? view(b, pre + "self_attn.v_proj.bias") : null,
         InputNorm = view(b, pre + "input_layernorm.weight"),
         QProj = view(b, pre + "self_attn.q_proj.weight"),
         KProj = view(b, pre + "self_attn.k_proj.weight"),
@@ -214,6 +219,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         if (_masterReleased) return;
         SetPrecision(ModelPrecision.Bf16);
         RefreshBf16();
+        KeepFp32Biases();
         _params.Dispose();
         _grads.Dispose();
         _masterReleased = true;
@@ -249,6 +255,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         if (!_masterReleased || _bf16Params is null) throw new InvalidOperationException("LoadBf16 is for models frozen to bf16");
         if (values.Length != Layout.TotalElements) throw new ArgumentException($"{values.Length} values for {Layout.TotalElements} parameters");
         values.CopyTo(new Span<ushort>(_bf16Params.Pointer, values.Length));
+        LoadFp32BiasesFromBf16();
     }
 
     private void RefreshBf16()
@@ -256,6 +263,62 @@ internal sealed unsafe class LlamaModel : IDisposable
         if (Precision != ModelPrecision.Bf16 || !_bf16Stale || _masterReleased) return;
         Check(Native.realn_op_convert(_stream.Ptr, DType.BF16, _bf16Params!.Pointer, DType.F32, _params.Pointer, Layout.TotalElements));
         _bf16Stale = false;
+    }
+
+    // ---- Model families (LLaMA 3.1 rope scaling, Qwen2 q/k/v biases) ----
+    private double[]? _scaledInvFreq;  // the rotary table when Config.RopeScaling is set (else the native theta form)
+
+    /// <summary>Rotary embedding of x [T, heads, HeadDim] in place (inverse: the backward's rotation).</summary>
+    private void Rotary(float* x, int* positions, int T, int heads, bool inverse)
+    {
+        var c = Config;
+        if (c.RopeScaling is null)
+        {
+            Check(inverse ? Native.realn_op_rotary_bwd(_stream.Ptr, DType.F32, x, positions, x, T, heads, c.HeadDim, c.HeadDim, c.RopeTheta)
+                : Native.realn_op_rotary_fwd(_stream.Ptr, DType.F32, x, positions, x, T, heads, c.HeadDim, c.HeadDim, c.RopeTheta));
+            return;
+        }
+        _scaledInvFreq ??= c.RotaryInverseFrequencies();
+        fixed (double* f = _scaledInvFreq)
+            Check(inverse ? Native.realn_op_rotary_freqs_bwd(_stream.Ptr, DType.F32, x, positions, x, T, heads, c.HeadDim, c.HeadDim, f)
+                : Native.realn_op_rotary_freqs_fwd(_stream.Ptr, DType.F32, x, positions, x, T, heads, c.HeadDim, c.HeadDim, f));
+    }
+
+    // A bias operand: fp32 in every precision (linear_fwd reads bias in fp32 with bf16 weights too);
+    // a model frozen to bf16 keeps its biases in _frozenBiases.
+    private static float* Bias(float* p) => p;
+
+    private HostBlock? _frozenBiases;  // fp32 q|k|v biases of each block once the master is freed (FreezeToBf16)
+
+    /// <summary>Before the fp32 master is freed: moves each block's q|k|v biases (consecutive in the
+    /// layout) to a small fp32 block and points the block weights there.</summary>
+    private void KeepFp32Biases()
+    {
+        if (!Config.QkvBias || _layerCount == 0) return;
+        long qd = (long)_qHeads * Config.HeadDim, kd = (long)_kvHeads * Config.HeadDim, per = qd + 2 * kd;
+        _frozenBiases = new HostBlock(per * _layerCount * 4);
+        for (int i = 0; i < _layerCount; i++)
+        {
+            ref var w = ref _blockWeights[i];
+            if (w.KBias != w.QBias + qd || w.VBias != w.KBias + kd) throw new InvalidOperationException("layout: q/k/v biases must be consecutive");
+            float* dst = (float*)_frozenBiases.Pointer + i * per;
+            Buffer.MemoryCopy(w.QBias, dst, per * 4, per * 4);
+            w.QBias = dst; w.KBias = dst + qd; w.VBias = dst + qd + kd;
+        }
+    }
+
+    /// <summary>After bf16 weights are loaded into a frozen model: its fp32 biases from them.</summary>
+    private void LoadFp32BiasesFromBf16()
+    {
+        if (_frozenBiases is null) return;
+        long per = _qHeads * Config.HeadDim + 2L * _kvHeads * Config.HeadDim;
+        var bf16 = new ReadOnlySpan<ushort>(_bf16Params!.Pointer, checked((int)Layout.TotalElements));
+        for (int i = 0; i < _layerCount; i++)
+        {
+            Layout.TryGet($"model.layers.{_firstLayer + i}.self_attn.q_proj.bias", out var v);
+            var dst = new Span<float>((float*)_frozenBiases.Pointer + i * per, (int)per);
+            for (int j = 0; j < per; j++) dst[j] = BitConverter.UInt32BitsToSingle((uint)bf16[(int)v.Offset + j] << 16);
+        }
     }
 
     // The weight operand of an op: the fp32 master, or its bf16 copy at the same element offset.
@@ -340,7 +403,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         foreach (var v in Layout.Views)
         {
             var s = all.Slice((int)v.Offset, (int)v.LocalElements);
-            if (v.GlobalShape.Length == 1) { s.Fill(1f); continue; }
+            if (v.GlobalShape.Length == 1) { s.Fill(v.Name.EndsWith(".bias", StringComparison.Ordinal) ? 0f : 1f); continue; }  // norms 1, biases 0 (as HF)
             var rng = new Random(unchecked(seed * 1000003 ^ StableHash(v.Name)));  // not HashCode: it is salted per process
             long total = v.GlobalShape.Aggregate(1L, (a, b) => a * b);
             var full = new float[total];
@@ -542,11 +605,12 @@ internal sealed unsafe class LlamaModel : IDisposable
         ref var w = ref _blockWeights[l];
         Check(Native.realn_op_rmsnorm_fwd(stream, WeightType, x, Weight(w.InputNorm), a.Normed1, a.Rstd1, T, H, c.RmsEps));
         float* q = a.Q, k = a.K, v = a.V;
-        if (attention.Decode && a.Qkv != null && w.KProj == w.QProj + qd * H && w.VProj == w.KProj + kd * H)
+        if (attention.Decode && a.Qkv != null && w.KProj == w.QProj + qd * H && w.VProj == w.KProj + kd * H
+            && (w.QBias == null || (w.KBias == w.QBias + qd && w.VBias == w.KBias + kd)))
         {
-            // Rows of the fused output are q | k | v (one token: used in place).
+            // Rows of the fused output are q | k | v (one token: used in place); so are the biases.
             long qkvWidth = qd + 2 * kd;
-            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.QProj), null, a.Qkv, T, H, qkvWidth));
+            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.QProj), Bias(w.QBias), a.Qkv, T, H, qkvWidth));
             if (T == 1) { q = a.Qkv; k = a.Qkv + qd; v = k + kd; }
             else
                 for (long t = 0; t < T; t++)
@@ -558,12 +622,12 @@ internal sealed unsafe class LlamaModel : IDisposable
         }
         else
         {
-            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.QProj), null, q, T, H, qd));
-            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.KProj), null, k, T, H, kd));
-            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.VProj), null, v, T, H, kd));
+            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.QProj), Bias(w.QBias), q, T, H, qd));
+            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.KProj), Bias(w.KBias), k, T, H, kd));
+            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.VProj), Bias(w.VBias), v, T, H, kd));
         }
-        Check(Native.realn_op_rotary_fwd(stream, DType.F32, q, positions, q, T, _qHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
-        Check(Native.realn_op_rotary_fwd(stream, DType.F32, k, positions, k, T, _kvHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
+        Rotary(q, positions, T, _qHeads, inverse: false);
+        Rotary(k, positions, T, _kvHeads, inverse: false);
         if (attention.Cache is { } cache)
             Check(Native.realn_op_kv_store(stream, DType.F32, k, v, attention.TokenSlots, positions, T, cache.K(l), cache.V(l), cache.Slots,
                 cache.MaxLen, _kvHeads, c.HeadDim));
@@ -654,11 +718,11 @@ internal sealed unsafe class LlamaModel : IDisposable
             Check(Native.realn_op_linear_bwd(stream, WeightType, a.Attn, Weight(w.OProj), dX, dAttn, g.OProj, null, T, qd, H, 0));
             Check(Native.realn_op_attention_bwd(stream, DType.F32, a.Q, a.K, a.V, a.Attn, a.Lse, dAttn, state.CuSeqlens, state.Sequences, T,
                 _qHeads, _kvHeads, c.HeadDim, scale, dQ, dK, dV));
-            Check(Native.realn_op_rotary_bwd(stream, DType.F32, dQ, state.Positions, dQ, T, _qHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Check(Native.realn_op_rotary_bwd(stream, DType.F32, dK, state.Positions, dK, T, _kvHeads, c.HeadDim, c.HeadDim, c.RopeTheta));
-            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.QProj), dQ, dH, g.QProj, null, T, H, qd, 0));
-            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.KProj), dK, dH, g.KProj, null, T, H, kd, 1));
-            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.VProj), dV, dH, g.VProj, null, T, H, kd, 1));
+            Rotary(dQ, state.Positions, T, _qHeads, inverse: true);
+            Rotary(dK, state.Positions, T, _kvHeads, inverse: true);
+            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.QProj), dQ, dH, g.QProj, g.QBias, T, H, qd, 0));
+            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.KProj), dK, dH, g.KProj, g.KBias, T, H, kd, 1));
+            Check(Native.realn_op_linear_bwd(stream, WeightType, a.Normed1, Weight(w.VProj), dV, dH, g.VProj, g.VBias, T, H, kd, 1));
             TpAllReduce(dH, T * H);
             Check(Native.realn_op_rmsnorm_bwd(stream, WeightType, state.BlockInput[l], Weight(w.InputNorm), a.Rstd1, dH, dT, g.InputNorm, T, H));
             Check(Native.realn_op_add(stream, DType.F32, T * H, dX, dT, dX));
@@ -763,6 +827,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         _params.Dispose();
         _grads.Dispose();
         _bf16Params?.Dispose();
+        _frozenBiases?.Dispose();
     }
 }
 

@@ -55,23 +55,29 @@ internal sealed class StageExamples(ExperimentConfig cfg, SyntheticTask task, Ch
         string? Check(TaskExample e)
         {
             int promptTokens, targetTokens = 0;
+            string target = "response";
             try
             {
                 promptTokens = StageContext.PromptIds(tok, e.Prompt).Length;
                 if (!heldOut && stage.Algorithm == AlgorithmNames.Sft) targetTokens = tok.Encode(e.Target).Length + 1;
+                if (!heldOut && ds.Fields.OfflinePairs)
+                {
+                    int c = tok.Encode(e.Chosen!).Length + 1, r = tok.Encode(e.Rejected!).Length + 1;
+                    (targetTokens, target) = c >= r ? (c, "chosen response") : (r, "rejected response");
+                }
             }
             catch (ArgumentException x) { return $"{x.Message.Split(" (Parameter")[0]} (the tokenizer of this run cannot encode it)"; }
             if (promptTokens > stage.Batch.PromptLen)
                 return $"prompt is {promptTokens} tokens with BOS, longer than batch.prompt_len ({stage.Batch.PromptLen})";
             if (targetTokens > stage.Batch.GenLen)
-                return $"response is {targetTokens} tokens with EOS, longer than batch.gen_len ({stage.Batch.GenLen})";
+                return $"{target} is {targetTokens} tokens with EOS, longer than batch.gen_len ({stage.Batch.GenLen})";
             return reward?.CheckExample(e);
         }
         void Skipped(string what)
         {
             if (_skipNotes++ < 5) note?.Invoke($"dataset: skipped {what}" + (_skipNotes == 5 ? " (further skips are only counted: records_skipped in metrics.jsonl)" : ""));
         }
-        return new DatasetSpec(path, format, ds.Fields, DatasetConfig.RequiredFields(stage.Algorithm, stage.Reward, heldOut),
+        return new DatasetSpec(path, format, ds.Fields, DatasetConfig.RequiredFields(stage.Algorithm, stage.Reward, heldOut, ds.Fields.OfflinePairs),
                                ds.ShuffleBuffer, ds.Seed ?? cfg.Seed, stage.Index, ds.SkipBadRecords, Check, Skipped);
     }
 

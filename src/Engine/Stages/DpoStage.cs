@@ -1,7 +1,8 @@
 // Online DPO / IPO: the actor samples two answers per prompt (actor_gen), the frozen reference
 // scores them (ref_inf); actor_train ranks each prompt's two samples by the task's graded checker
 // into chosen / rejected and takes one optimizer step on the loss of their sequence log-probs
-// against the reference (DpoAlgorithm: `dpo.loss` sigmoid | ipo).
+// against the reference (DpoAlgorithm: `dpo.loss` sigmoid | ipo). With a dataset of chosen /
+// rejected pairs (dataset.fields), nothing is sampled: the pairs are the file's (offline DPO).
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Config;
@@ -15,7 +16,7 @@ internal sealed class DpoStage(StageConfig stage) : StageAlgorithm(stage)
 
     public override Dictionary<string, CallHandler> Handlers(StageContext context) => new()
     {
-        ["actor_gen"] = context.SampleCall(),
+        ["actor_gen"] = context.SampleOrPairsCall(),
         ["ref_inf"] = context.ReferenceCall(),
         ["actor_train"] = Train(context),
     };

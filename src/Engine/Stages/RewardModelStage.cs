@@ -1,6 +1,7 @@
 // RM: the frozen actor samples two answers per prompt (actor_gen); rew_train trains the reward
 // model on preference pairs, mean -log sigmoid(chosen - rejected) (Losses.PairwiseReward). Leaves
 // the `rm` artifact (the reward model) for later stages' `init`; the actor is not evaluated.
+// With a dataset of chosen / rejected pairs (dataset.fields), the pairs are the file's, as given.
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Config;
@@ -19,7 +20,7 @@ internal sealed class RewardModelStage(StageConfig stage) : StageAlgorithm(stage
         var tok = context.Tokenizer;
         return new Dictionary<string, CallHandler>
         {
-            ["actor_gen"] = context.SampleCall(),
+            ["actor_gen"] = context.SampleOrPairsCall(),
             ["rew_train"] = (call, b) =>
             {
                 var r = b.Get<Rollout>("sequences");
@@ -28,7 +29,7 @@ internal sealed class RewardModelStage(StageConfig stage) : StageAlgorithm(stage
                 var (ci, ri) = r.Pairs();
                 var chosen = ci.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
                 var rejected = ri.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
-                for (int i = 0; i < r.Examples.Length; i++)
+                for (int i = 0; i < r.Examples.Length && !r.OfflinePairs; i++)
                     if (SyntheticTask.Exact(r.Examples[i], r.Completions[i]) < 1 || !r.Gen.EndedWithEos[i])
                     {
                         chosen.Add(([.. r.Prompts[i], .. tok.Encode(r.Examples[i].Target), tok.Eos], r.Prompts[i].Length));

@@ -16,9 +16,15 @@ namespace ReaLNative.Engine.Stages;
 /// returned, the sequences as a scored batch and the decoded completions.</summary>
 internal sealed record Rollout(TaskExample[] Examples, int[][] Prompts, GenerationResult Gen, ScoredBatch Scored, string[] Completions)
 {
-    /// <summary>Preference pairs from consecutive sample pairs of one prompt, ranked by the task's graded checker.</summary>
+    /// <summary>The sequences are a dataset's chosen (even index) / rejected (odd) responses, not samples.</summary>
+    public bool OfflinePairs { get; init; }
+
+    /// <summary>Preference pairs from consecutive sample pairs of one prompt, ranked by the task's graded
+    /// checker; of offline pairs, each (chosen, rejected) as the dataset gives it.</summary>
     public (int[] Chosen, int[] Rejected) Pairs()
     {
+        if (OfflinePairs)
+            return (Enumerable.Range(0, Examples.Length / 2).Select(p => 2 * p).ToArray(), Enumerable.Range(0, Examples.Length / 2).Select(p => 2 * p + 1).ToArray());
         var c = new List<int>(); var j = new List<int>();
         for (int i = 0; i + 1 < Examples.Length; i += 2)
         {
@@ -160,6 +166,30 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
         double score = Checks(r.Examples, r.Completions, r.Gen.EndedWithEos).Average();
         return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["sample_task_score"] = score,
             ["gen_len_mean"] = r.Gen.NewTokens.Average(t => t.Length) };
+    };
+
+    /// <summary>actor_gen of rm and dpo: the actor's samples, or, with a dataset of chosen / rejected
+    /// pairs, those responses (<see cref="PairsCall"/>).</summary>
+    public CallHandler SampleOrPairsCall() => stage.Dataset is { Fields.OfflinePairs: true } ? PairsCall() : SampleCall();
+
+    /// <summary>The iteration's offline pairs as a rollout: each prompt's two copies hold its chosen
+    /// and its rejected response (tokens, then EOS), nothing is generated.</summary>
+    public CallHandler PairsCall() => (call, b) =>
+    {
+        var ex = b.Get<TaskExample[]>("prompts");
+        var prompts = ex.Select(e => PromptIds(e.Prompt)).ToArray();
+        var responses = ex.Select((e, i) => (int[])[.. tokenizer.Encode(i % 2 == 0 ? e.Chosen! : e.Rejected!), tokenizer.Eos]).ToArray();
+        var gen = new GenerationResult
+        {
+            Prompts = prompts, NewTokens = responses, LogProbs = responses.Select(t => new float[t.Length]).ToArray(),
+            EndedWithEos = responses.Select(_ => true).ToArray(),
+        };
+        var seqs = Enumerable.Range(0, ex.Length).Select(gen.Sequence).ToArray();
+        var r = new Rollout(ex, prompts, gen, new ScoredBatch(seqs, prompts.Select(p => p.Length).ToArray()),
+                            ex.Select((e, i) => i % 2 == 0 ? e.Chosen! : e.Rejected!).ToArray()) { OfflinePairs = true };
+        b.Set("sequences", r); b.Set("logprobs", gen.LogProbs.SelectMany(x => x).ToArray());
+        b.Set("logits_mask", Array.Empty<byte>()); b.Set("ended_with_eos", gen.EndedWithEos);
+        return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["offline_pairs"] = ex.Length / 2 };
     };
 
     /// <summary>actor_greedy_gen: the greedy answers ("greedy_sequences", "greedy_ended_with_eos";

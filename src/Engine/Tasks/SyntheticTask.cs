@@ -14,6 +14,9 @@ internal readonly record struct TaskExample(string Prompt, string Answer)
     public string? Response { get; init; }
     public string? Metadata { get; init; }
     public string? Source { get; init; }
+    /// <summary>An offline preference pair's preferred and dispreferred responses (dataset fields chosen / rejected; rm and dpo).</summary>
+    public string? Chosen { get; init; }
+    public string? Rejected { get; init; }
     /// <summary>What SFT trains the model to answer: the response, else the answer.</summary>
     public string Target => Response ?? Answer;
 }

@@ -225,14 +225,15 @@ internal static class WireJson
     {
         ["layers"] = c.Layers, ["hidden"] = c.Hidden, ["intermediate"] = c.Intermediate, ["heads"] = c.Heads, ["kv_heads"] = c.KvHeads,
         ["vocab"] = c.Vocab, ["max_positions"] = c.MaxPositions, ["rms_eps"] = c.RmsEps, ["rope_theta"] = c.RopeTheta, ["tied"] = c.TiedEmbeddings,
+        ["family"] = c.FamilyJson(),
     };
 
-    public static LlamaConfig Config(JsonNode? j) => new()
+    public static LlamaConfig Config(JsonNode? j) => new LlamaConfig
     {
         Layers = Int(j, "layers"), Hidden = Int(j, "hidden"), Intermediate = Int(j, "intermediate"), Heads = Int(j, "heads"), KvHeads = Int(j, "kv_heads"),
         Vocab = Int(j, "vocab"), MaxPositions = Int(j, "max_positions"), RmsEps = (float)Num(j, "rms_eps"), RopeTheta = (float)Num(j, "rope_theta"),
         TiedEmbeddings = j?["tied"]?.GetValue<bool>() ?? throw Missing("tied"),
-    };
+    }.WithFamily(j?["family"]);
 
     public static JsonObject Layout(ParallelLayout l) => new()
     {

@@ -302,3 +302,146 @@ public sealed class DatasetTests : IDisposable
         using (var p = new Pipeline(cfg, b)) { p.Run(resume: true); Assert.Equal(whole, p.Model("actor").Parameters.ToArray()); }
     }
 }
+
+// Offline preference pairs: `fields: { chosen, rejected }` make rm and dpo stages train on the
+// file's pairs instead of ranking their own samples.
+public sealed class PreferencePairDatasetTests : IDisposable
+{
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), "realn-pairs-" + Guid.NewGuid().ToString("N")[..8]);
+
+    public PreferencePairDatasetTests()
+    {
+        Directory.CreateDirectory(_dir);
+        // The frozen models' checkpoint (a frozen model may not be initialised at random).
+        using var m = new ReaLNative.Engine.Model.LlamaModel(ReaLNative.Engine.Model.LlamaConfig.Preset("tiny"), scalarHead: false);
+        m.InitRandom(1);
+        ReaLNative.Engine.Checkpoints.Safetensors.Save(m, Path.Combine(_dir, "init"));
+    }
+    public void Dispose() => Directory.Delete(_dir, true);
+
+    private void Write(string name, params string[] lines) => File.WriteAllLines(Path.Combine(_dir, name), lines);
+
+    private static string Yaml(string algorithm, string dataset, int iterations = 3) => $$"""
+        name: pairs
+        algorithm: {{algorithm}}
+        seed: 3
+        iterations: {{iterations}}
+        eval: { size: 2, every: 100 }
+        models:
+          actor: { preset: tiny, init: init }
+          {{(algorithm == "rm" ? "reward: { preset: tiny, init: random }" : "ref: { preset: tiny, init: init }")}}
+        batch: { size: 8, prompt_len: 8, gen_len: 6 }
+        optim: { lr: 3.0e-3 }
+        dataset: {{dataset}}
+        """;
+
+    /// <summary>Prompts "d=" with the chosen answer the digit doubled-ish and a fixed wrong rejected one.</summary>
+    private void Pairs(string name, int n) =>
+        Write(name, Enumerable.Range(0, n).Select(i => $$"""{"q": "{{i % 10}}=", "good": "{{i % 10}}{{i % 10}}", "bad": "0"}""").ToArray());
+
+    private static JsonNode[] Metrics(string run) =>
+        File.ReadAllLines(Path.Combine(run, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!).ToArray();
+
+    [Fact]
+    public void ConfigMapsPairsOnlyForRmAndDpoAndOnlyBothTogether()
+    {
+        Pairs("p.jsonl", 4);
+        Write("h.jsonl", """{"q": "1=", "answer": "11"}""");
+        var cfg = ExperimentConfig.Parse(Yaml("rm", "{ train: p.jsonl, fields: { prompt: q, chosen: good, rejected: bad } }"), _dir);
+        var f = cfg.Stages[0].Dataset!.Fields;
+        Assert.True(f.OfflinePairs);
+        Assert.Equal(("good", "bad"), (f.Column("chosen"), f.Column("rejected")));
+        Assert.False(ExperimentConfig.Parse(Yaml("rm", "{ train: p.jsonl, fields: { prompt: q } }"), _dir).Stages[0].Dataset!.Fields.OfflinePairs);
+        ConfigException Bad(string algorithm, string ds) => Assert.Throws<ConfigException>(() => ExperimentConfig.Parse(Yaml(algorithm, ds), _dir));
+        var e = Bad("rm", "{ train: p.jsonl, fields: { prompt: q, chosen: good } }");
+        Assert.Equal("dataset.fields.rejected", e.FieldPath);
+        Assert.Contains("need both fields.chosen and fields.rejected", e.Message);
+        Assert.Equal("dataset.fields.chosen", Bad("rm", "{ train: p.jsonl, fields: { prompt: q, rejected: bad } }").FieldPath);
+        e = Assert.Throws<ConfigException>(() => ExperimentConfig.Parse(Yaml("rm", "{ train: p.jsonl, held_out: h.jsonl, fields: { prompt: q, chosen: good, rejected: bad } }")
+            .Replace("algorithm: rm", "algorithm: sft").Replace("reward: { preset: tiny, init: random }", "").Replace("init: init", "init: random"), _dir));
+        Assert.Equal("dataset.fields.chosen", e.FieldPath);
+        Assert.Contains("preference pairs are for rm and dpo stages, not sft", e.Message);
+    }
+
+    [Fact]
+    public void RewardModelTrainsOnTheFilesPairs()
+    {
+        Pairs("p.jsonl", 12);
+        var cfg = ExperimentConfig.Parse(Yaml("rm", "{ train: p.jsonl, fields: { prompt: q, chosen: good, rejected: bad } }", iterations: 12), _dir);
+        string run = Path.Combine(_dir, "rm");
+        using (var p = new Pipeline(cfg, run)) p.Run(resume: false);
+        var lines = Metrics(run);
+        var gen = lines.Where(l => (string)l["call"]! == "actor_gen").ToArray();
+        var train = lines.Where(l => (string)l["call"]! == "rew_train").ToArray();
+        Assert.Equal(12, train.Length);
+        Assert.All(gen, l => Assert.Equal(4, (double)l["offline_pairs"]!));
+        Assert.All(train, l => Assert.Equal(4, (double)l["pairs"]!));  // batch 8 = 4 prompts x (chosen, rejected), no checker pairs added
+        // The file's preference is learnt: the last steps rank every chosen response above its rejected one.
+        Assert.Equal(1.0, (double)train[^1]["accuracy"]!);
+        Assert.True((double)train[^1]["loss"]! < (double)train[0]["loss"]!, $"loss {train[0]["loss"]} -> {train[^1]["loss"]}");
+    }
+
+    [Fact]
+    public void DpoTrainsOnTheFilesPairs()
+    {
+        Pairs("p.jsonl", 12);
+        Write("h.jsonl", """{"q": "1=", "answer": "11"}""", """{"q": "2=", "answer": "22"}""");
+        var cfg = ExperimentConfig.Parse(Yaml("dpo", "{ train: p.jsonl, held_out: h.jsonl, fields: { prompt: q, chosen: good, rejected: bad } }", iterations: 8), _dir);
+        string run = Path.Combine(_dir, "dpo");
+        using (var p = new Pipeline(cfg, run)) p.Run(resume: false);
+        var train = Metrics(run).Where(l => (string)l["call"]! == "actor_train").ToArray();
+        Assert.Equal(8, train.Length);
+        Assert.All(train, l => Assert.Equal(4, (double)l["pairs"]!));
+        // The policy moves toward the chosen responses relative to the reference: the margin grows from 0.
+        Assert.Equal(0.0, (double)train[0]["margin"]!, 6);  // actor = reference at the first step
+        Assert.True((double)train[^1]["margin"]! > 0.1, $"DPO margin after 8 steps: {train[^1]["margin"]}");
+    }
+
+    [Fact]
+    public void ParquetPairsAreReadAndANullRejectedIsNamedByRow()
+    {
+        string p = Path.Combine(_dir, "p.parquet");
+        var q = new DataField<string>("q"); var good = new DataField<string>("good"); var bad = new DataField<string>("bad", nullable: true);
+        using (var fs = File.Create(p))
+        {
+            var w = ParquetWriter.CreateAsync(new ParquetSchema(q, good, bad), fs).GetAwaiter().GetResult();
+            using (var rg = w.CreateRowGroup())
+            {
+                rg.WriteAsync(q, new[] { "1=", "2=", "3=" }).GetAwaiter().GetResult();
+                rg.WriteAsync(good, new[] { "11", "22", "33" }).GetAwaiter().GetResult();
+                rg.WriteAsync(bad, new string?[] { "0", null, "0" }).GetAwaiter().GetResult();
+            }
+            w.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+        var fields = new DatasetFields(new Dictionary<string, string>(DatasetFields.Default.Mapped) { ["prompt"] = "q", ["chosen"] = "good", ["rejected"] = "bad" });
+        var required = DatasetConfig.RequiredFields("rm", ExperimentConfig.Parse(Yaml("rm", "{ train: p.parquet }"), _dir).Stages[0].Reward, heldOut: false, offlinePairs: true);
+        Assert.Equal(["prompt", "chosen", "rejected"], required);
+        var spec = new DatasetSpec(p, "parquet", fields, required, 1, 1, 0, true, null);
+        var ex = spec.Examples(null).ToArray();
+        Assert.Equal([("1=", "11", "0"), ("3=", "33", "0")], ex.Select(e => (e.Prompt, e.Chosen, e.Rejected)));
+        var e = Assert.Throws<InputException>(() => (spec with { SkipBad = false }).Examples(null).ToArray());
+        Assert.Contains("row 2: field 'bad' (rejected) is missing or null", e.Message);
+    }
+
+    [Fact]
+    public void MalformedPairRecordsAreNamedWithFileAndLine()
+    {
+        Write("p.jsonl",
+            """{"q": "1=", "good": "11", "bad": "0"}""",
+            """{"q": "2=", "good": "22"}""",                          // line 2: rejected missing
+            """{"q": "3=", "good": ["33"], "bad": "0"}""",            // line 3: chosen not a string
+            """{"q": "4=", "good": "4444444444", "bad": "0"}""",      // line 4: chosen longer than gen_len
+            """{"q": "5=", "good": "55", "bad": "0"}""");
+        var skip = ExperimentConfig.Parse(Yaml("rm", "{ train: p.jsonl, on_bad_record: skip, fields: { prompt: q, chosen: good, rejected: bad } }", iterations: 1), _dir);
+        var notes = new List<string>();
+        using (var p = new Pipeline(skip, Path.Combine(_dir, "skip"), note: notes.Add)) p.Run(resume: false);
+        string file = Path.Combine(_dir, "p.jsonl");
+        Assert.Contains(notes, n => n.Contains(file + ":2: field 'bad' (rejected) is missing or null"));
+        Assert.Contains(notes, n => n.Contains(file + ":3: field 'good' (chosen) is a JSON array, expected a string"));
+        Assert.Contains(notes, n => n.Contains(file + ":4: chosen response is 11 tokens with EOS, longer than batch.gen_len (6)"));
+        var fail = ExperimentConfig.Parse(Yaml("rm", "{ train: p.jsonl, fields: { prompt: q, chosen: good, rejected: bad } }", iterations: 1), _dir);
+        using var q = new Pipeline(fail, Path.Combine(_dir, "fail"));
+        var e = Assert.Throws<InputException>(() => q.Run(resume: false));
+        Assert.Equal((file, 2), (e.File, e.Line));
+    }
+}

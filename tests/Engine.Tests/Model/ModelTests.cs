@@ -25,8 +25,15 @@ internal static class ReferenceLlama
             var q = Lin(h, p(pre + "self_attn.q_proj.weight"), T, H, hq * d);
             var k = Lin(h, p(pre + "self_attn.k_proj.weight"), T, H, hkv * d);
             var v = Lin(h, p(pre + "self_attn.v_proj.weight"), T, H, hkv * d);
-            Rope(q, pos, hq, d, c.RopeTheta);
-            Rope(k, pos, hkv, d, c.RopeTheta);
+            if (c.QkvBias)  // Qwen2
+            {
+                AddBias(q, p(pre + "self_attn.q_proj.bias"));
+                AddBias(k, p(pre + "self_attn.k_proj.bias"));
+                AddBias(v, p(pre + "self_attn.v_proj.bias"));
+            }
+            var invFreq = InverseFrequencies(c);
+            Rope(q, pos, hq, d, invFreq);
+            Rope(k, pos, hkv, d, invFreq);
             var att = new double[T * hq * d];
             for (int t = 0; t < T; t++)
                 for (int hh = 0; hh < hq; hh++)
@@ -88,14 +95,39 @@ internal static class ReferenceLlama
         return y;
     }
 
-    private static void Rope(double[] x, int[] pos, int heads, int d, double theta)
+    private static void AddBias(double[] y, double[] b)
+    {
+        for (int i = 0; i < y.Length; i++) y[i] += b[i % b.Length];
+    }
+
+    /// <summary>theta^(-2i/d), then LLaMA 3.1's scaling written out from HF's _compute_llama3_parameters:
+    /// wavelength &lt; original/high_freq_factor: kept; &gt; original/low_freq_factor: divided by factor;
+    /// else smooth = (original/wavelength - low)/(high - low), (1 - smooth) f/factor + smooth f.</summary>
+    public static double[] InverseFrequencies(LlamaConfig c)
+    {
+        int d = c.HeadDim;
+        var f = new double[d / 2];
+        for (int i = 0; i < f.Length; i++)
+        {
+            f[i] = 1.0 / Math.Pow(c.RopeTheta, 2.0 * i / d);
+            if (c.RopeScaling is not { } s) continue;
+            double wavelen = 2 * Math.PI / f[i];
+            if (wavelen < s.OriginalMaxPositions / s.HighFreqFactor) continue;
+            if (wavelen > s.OriginalMaxPositions / s.LowFreqFactor) { f[i] /= s.Factor; continue; }
+            double smooth = (s.OriginalMaxPositions / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
+            f[i] = (1 - smooth) * f[i] / s.Factor + smooth * f[i];
+        }
+        return f;
+    }
+
+    private static void Rope(double[] x, int[] pos, int heads, int d, double[] invFreq)
     {
         int half = d / 2;
         for (int t = 0; t < pos.Length; t++)
             for (int h = 0; h < heads; h++)
                 for (int i = 0; i < half; i++)
                 {
-                    double a = pos[t] * Math.Pow(theta, -2.0 * i / d);
+                    double a = pos[t] * invFreq[i];
                     int b = (t * heads + h) * d;
                     double x1 = x[b + i], x2 = x[b + i + half];
                     x[b + i] = x1 * Math.Cos(a) - x2 * Math.Sin(a);
@@ -107,6 +139,21 @@ internal static class ReferenceLlama
 public sealed unsafe class ModelTests
 {
     private static readonly LlamaConfig Tiny = new() { Layers = 2, Hidden = 16, Intermediate = 24, Heads = 4, KvHeads = 2, Vocab = 11, MaxPositions = 64 };
+
+    /// <summary>The model families on a shape where they matter: head dim 8, so LLaMA 3.1's scaling
+    /// keeps pair 0, blends pair 1 and divides pairs 2-3 (wavelengths 6.3, 63, 628, 6283 against
+    /// 256/8 and 256/1); Qwen2 adds q/k/v biases (random in the tests, as every 1-D tensor).</summary>
+    internal static LlamaConfig Family(string family)
+    {
+        var c = new LlamaConfig { Layers = 2, Hidden = 32, Intermediate = 24, Heads = 4, KvHeads = 2, Vocab = 11, MaxPositions = 64 };
+        return family switch
+        {
+            "llama" => c,
+            "llama3.1" => c with { RopeScaling = new Llama3RopeScaling(8, 1, 8, 256) },
+            "qwen2" => c with { QkvBias = true, ModelType = "qwen2", TiedEmbeddings = true, RopeTheta = 1e6f },
+            _ => throw new ArgumentException(family),
+        };
+    }
 
     private static Func<string, double[]> Params(LlamaModel m) => name => m.View(name).ToArray().Select(f => (double)f).ToArray();
 
@@ -125,9 +172,28 @@ public sealed unsafe class ModelTests
     [InlineData(false, false)]
     [InlineData(true, false)]
     [InlineData(false, true)]
-    public void ForwardMatchesFloat64Reference(bool scalar, bool tied)
+    public void ForwardMatchesFloat64Reference(bool scalar, bool tied) => ForwardMatches(Tiny with { TiedEmbeddings = tied }, scalar);
+
+    [Theory]
+    [InlineData("llama3.1", false)]
+    [InlineData("llama3.1", true)]
+    [InlineData("qwen2", false)]
+    [InlineData("qwen2", true)]
+    public void FamiliesForwardMatchFloat64Reference(string family, bool scalar)
     {
-        var cfg = Tiny with { TiedEmbeddings = tied };
+        var cfg = Family(family);
+        ForwardMatches(cfg, scalar);
+        // The family's feature changes the outputs (so the match above is evidence of it).
+        using var m = Make(scalar, 3, cfg);
+        int[] tokens = [1, 5, 2, 9, 0, 3, 3, 7, 10, 4], lens = [3, 1, 6];
+        var with = ReferenceLlama.Forward(cfg, scalar, Params(m), tokens, lens);
+        var without = ReferenceLlama.Forward(cfg with { RopeScaling = null, QkvBias = false }, scalar, Params(m), tokens, lens);
+        double diff = with.Zip(without, (a, b) => Math.Abs(a - b)).Max() / with.Max(Math.Abs);
+        Assert.True(diff > 1e-3, $"{family}'s feature moved the outputs by only {diff}");
+    }
+
+    private static void ForwardMatches(LlamaConfig cfg, bool scalar)
+    {
         using var m = Make(scalar, 3, cfg);
         int[] tokens = [1, 5, 2, 9, 0, 3, 3, 7, 10, 4], lens = [3, 1, 6];
         float* o = m.Forward(new PackedBatch(tokens, lens));
@@ -140,9 +206,17 @@ public sealed unsafe class ModelTests
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public void GradientsMatchFiniteDifferencesOfReference(bool scalar)
+    public void GradientsMatchFiniteDifferencesOfReference(bool scalar) => GradientsMatch(Tiny, scalar);
+
+    [Theory]
+    [InlineData("llama3.1", false)]
+    [InlineData("qwen2", false)]
+    [InlineData("qwen2", true)]
+    public void FamiliesGradientsMatchFiniteDifferencesOfReference(string family, bool scalar) => GradientsMatch(Family(family), scalar);
+
+    private static void GradientsMatch(LlamaConfig cfg, bool scalar)
     {
-        using var m = Make(scalar, 5);
+        using var m = Make(scalar, 5, cfg);
         int[] tokens = [1, 5, 2, 9, 0, 3, 7], lens = [3, 1, 3];
         int W = m.OutputWidth, T = tokens.Length;
         var rng = new Random(9);
@@ -156,7 +230,7 @@ public sealed unsafe class ModelTests
         var flat = m.Parameters.ToArray().Select(f => (double)f).ToArray();
         double Loss()
         {
-            var outp = ReferenceLlama.Forward(Tiny, scalar, n => { m.Layout.TryGet(n, out var v); return flat.AsSpan((int)v.Offset, (int)v.LocalElements).ToArray(); }, tokens, lens);
+            var outp = ReferenceLlama.Forward(cfg, scalar, n => { m.Layout.TryGet(n, out var v); return flat.AsSpan((int)v.Offset, (int)v.LocalElements).ToArray(); }, tokens, lens);
             return outp.Select((y, i) => y * G[i]).Sum();
         }
         // Every parameter of every view type (sampled within big views).
@@ -210,9 +284,44 @@ public sealed unsafe class ModelTests
     }
 
     [Fact]
-    public void GreedyGenerationEqualsStepwiseArgmaxAndKvDecodeEqualsRecompute()
+    public void GreedyGenerationEqualsStepwiseArgmaxAndKvDecodeEqualsRecompute() => GreedyGenerationMatches(Tiny);
+
+    [Theory]
+    [InlineData("llama3.1")]
+    [InlineData("qwen2")]  // decode's fused q|k|v projection with the fused biases
+    public void FamiliesGreedyGenerationEqualsStepwiseArgmax(string family) => GreedyGenerationMatches(Family(family));
+
+    [Fact]
+    public void Qwen2FrozenToBf16KeepsItsBiases()
     {
-        using var m = Make(false, 11);
+        var cfg = Family("qwen2");
+        using var m = Make(false, 4, cfg);
+        using var frozen = Make(false, 4, cfg);
+        m.SetPrecision(ModelPrecision.Bf16);
+        var bf16 = m.Bf16Parameters.ToArray();
+        frozen.FreezeToBf16();
+        int[] tokens = [1, 5, 2, 9, 0, 3, 3, 7], lens = [5, 3];
+        int n = tokens.Length * cfg.Vocab;
+        var a = new ReadOnlySpan<float>(m.Forward(new PackedBatch(tokens, lens)), n).ToArray();
+        var b = new ReadOnlySpan<float>(frozen.Forward(new PackedBatch(tokens, lens)), n).ToArray();
+        Assert.Equal(a, b);
+        // Loaded from bf16 values (a bf16 checkpoint), the biases are those values widened: the bf16
+        // model whose fp32 master holds the rounded parameters computes the same outputs.
+        frozen.LoadBf16(bf16);
+        using var rounded = Make(false, 4, cfg);
+        var widened = bf16.Select(h => BitConverter.UInt32BitsToSingle((uint)h << 16)).ToArray();
+        widened.CopyTo(rounded.Parameters);
+        rounded.SetPrecision(ModelPrecision.Bf16);
+        var c = new ReadOnlySpan<float>(rounded.Forward(new PackedBatch(tokens, lens)), n).ToArray();
+        var d = new ReadOnlySpan<float>(frozen.Forward(new PackedBatch(tokens, lens)), n).ToArray();
+        Assert.Equal(c, d);
+        Assert.NotEqual(a, c);  // the biases' rounding shows: the reload did replace them
+    }
+
+    private static void GreedyGenerationMatches(LlamaConfig cfg)
+    {
+        using var m = Make(false, 11, cfg);
+        var Tiny = cfg;
         int[][] prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9]];
         var res = Generator.Generate(m, prompts, new GenerationOptions { MaxNewTokens = 6, Temperature = 0 });
         for (int i = 0; i < prompts.Length; i++)

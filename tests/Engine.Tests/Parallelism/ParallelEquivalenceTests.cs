@@ -153,6 +153,7 @@ public sealed unsafe class ParallelEquivalenceTests
         using var comm = t is null ? null : new ShardComm(t, layout);
         using var m = new LlamaModel(cfg, scalar, comm);
         m.InitRandom(7);
+        RandomBiases(m);
         var runner = new ShardRunner(m);
         var outputs = new Dictionary<int, float[]>();
         int W = m.OutputWidth;
@@ -168,13 +169,42 @@ public sealed unsafe class ParallelEquivalenceTests
         return new Outcome(m.Layout, comm?.Data ?? 0, loss, grads, m.Parameters.ToArray(), norm, outputs);
     }
 
+    /// <summary>Seeded random values (by name, global tensor, this shard's slice) for the q/k/v biases
+    /// that InitRandom leaves 0, so the forward exercises their sharding.</summary>
+    private static void RandomBiases(LlamaModel m)
+    {
+        foreach (var v in m.Layout.Views.Where(v => v.Name.EndsWith(".bias", StringComparison.Ordinal)))
+        {
+            var rng = new Random(v.Name.Sum(ch => ch) * 31 + v.Name.Length);
+            var global = Enumerable.Range(0, (int)v.GlobalShape[0]).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+            LlamaModel.CopySlice(v, global, m.Parameters.Slice((int)v.Offset, (int)v.LocalElements));
+        }
+    }
+
+    /// <summary>The tiny config of the families: LLaMA 3.1's rope scaling (head dim 16: pairs kept,
+    /// blended and divided), Qwen2's q/k/v biases (untied here, so pipeline layouts apply).</summary>
+    private static LlamaConfig FamilyConfig(string family, int tp) => family switch
+    {
+        "llama3.1" => Config(tp) with { RopeScaling = new Llama3RopeScaling(8, 1, 8, 256) },
+        "qwen2" => Config(tp) with { QkvBias = true, ModelType = "qwen2" },
+        _ => throw new ArgumentException(family),
+    };
+
+    [Theory]
+    [InlineData("qwen2", 1, 1, 2)]
+    [InlineData("qwen2", 2, 1, 2)]
+    [InlineData("qwen2", 1, 1, 4)]
+    [InlineData("llama3.1", 2, 1, 2)]
+    public void FamiliesTrainStepMatchesSingleDevice(string family, int pp, int dp, int tp) => TrainStepMatches(FamilyConfig(family, tp), pp, dp, tp);
+
     [Theory]
     [MemberData(nameof(Layouts))]
-    public void TrainStepMatchesSingleDevice(int pp, int dp, int tp)
+    public void TrainStepMatchesSingleDevice(int pp, int dp, int tp) => TrainStepMatches(Config(tp), pp, dp, tp);
+
+    private static void TrainStepMatches(LlamaConfig cfg, int pp, int dp, int tp)
     {
         foreach (bool scalar in new[] { false, true })
         {
-            var cfg = Config(tp);
             var seqs = Batch(11, 8, cfg.Vocab);
             var single = RunLayout(cfg, scalar, seqs, 1, 1, 1, 1, null);
             int micro = pp > 1 ? 2 * pp : 2;  // the planner's default for training: 2 pp micro-batches

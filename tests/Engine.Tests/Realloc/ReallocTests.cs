@@ -84,11 +84,15 @@ public sealed class ReallocTests
         return dst;
     }
 
-    [Fact]
-    public void RandomLayoutPairsAreBitExactIncludingRoundTrips()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]  // Qwen2's q/k/v biases: 1-D column-parallel tensors
+    public void RandomLayoutPairsAreBitExactIncludingRoundTrips(bool qkvBias)
     {
+        var Tiny = qkvBias ? LlamaShardLayouts.Factory(new LlamaShape(Layers: 3, Hidden: 32, Intermediate: 24, Heads: 8, KvHeads: 4, Vocab: 32, QkvBias: true))
+            : ReallocTests.Tiny;
         var rng = new Random(12345);
-        for (int trial = 0; trial < 60; trial++)
+        for (int trial = 0; trial < (qkvBias ? 30 : 60); trial++)
         {
             var g = RandomParams(Tiny, rng);
             var a = RandomLayout(rng, 12);
