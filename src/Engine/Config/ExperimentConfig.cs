@@ -104,7 +104,13 @@ internal sealed record BatchConfig(int Size, int PromptLen, int GenLen, int Mini
 internal sealed record OptimConfig(double Lr, double WeightDecay, double Beta1, double Beta2, double Eps,
                                  int WarmupSteps, string Decay, double MinLrRatio, double ClipGradNorm);
 
-internal sealed record GenerationConfig(double Temperature, int TopK, double TopP);
+/// <summary>Sampling settings of actor_gen. Continuous (`batching: continuous`, the default): continuous
+/// batching with one KV slot per sequence, identical prompts (GRPO/RLOO groups) prefilled once and
+/// their K/V prefix shared; the same tokens, log-probs and masks as `batching: static`.</summary>
+internal sealed record GenerationConfig(double Temperature, int TopK, double TopP)
+{
+    public bool Continuous { get; init; } = true;
+}
 
 /// <summary>Policy-gradient options (ppo, grpo, remax, rloo). ClipEpsLow/High: the ratio's clip
 /// range [1 - low, 1 + high] (both clip_eps unless set; DAPO's clip-higher sets high above low).
@@ -312,7 +318,8 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
     private static GenerationConfig ParseGeneration(MapReader gr)
     {
         var gen = new GenerationConfig(gr.Real("temperature", 1.0, 0, 100), (int)gr.Int("top_k", 0, 0, 1_000_000),
-                                       gr.Real("top_p", 1.0, 0, 1, minExclusive: true));
+                                       gr.Real("top_p", 1.0, 0, 1, minExclusive: true))
+        { Continuous = gr.Enum("batching", "continuous", "static", "continuous") == "continuous" };
         // Sampling filters change which tokens can be drawn; the training log-prob recompute does not
         // apply them yet, so PPO's ratios would be wrong: refused here, before anything runs.
         const string why = "sampling filters are not supported yet (the training log-prob recompute does not reproduce them)";

@@ -76,6 +76,7 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
             Temperature = greedy ? 0f : (float)stage.Generation.Temperature,
             EosToken = tokenizer.Eos,
             Seed = StepRandom.Seed64(seed, stream, stage.Index, it),
+            Continuous = stage.Generation.Continuous,
         });
         var seqs = Enumerable.Range(0, ex.Length).Select(gen.Sequence).ToArray();
         var scored = new ScoredBatch(seqs, prompts.Select(p => p.Length).ToArray());
