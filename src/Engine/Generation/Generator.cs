@@ -26,9 +26,14 @@ internal sealed record GenerationOptions
     /// <summary>Continuous batching (experiment `generation.batching: continuous`): each micro-batch
     /// decodes through <see cref="Generator.GenerateContinuous(LlamaModel, IReadOnlyList{int[]}, IReadOnlyList{int}, GenerationOptions, int)"/>
     /// with one slot per sequence, so identical prompts (a GRPO/RLOO group) are prefilled once and
-    /// share their K/V prefix; the result is identical to the static batch. Applies where a shard
-    /// is a whole model (no pipeline or tensor parallelism); elsewhere generation stays static.</summary>
+    /// share their K/V prefix; the result is identical to the static batch with
+    /// <see cref="BatchIndependentPrefill"/>. Applies where a shard is a whole model (no pipeline or
+    /// tensor parallelism); elsewhere generation stays static (with that prefill).</summary>
     public bool Continuous { get; init; }
+    /// <summary>Prefill through <see cref="Generator.Prefill"/> (forwards of at most 64 tokens: a
+    /// prompt's K/V and logits do not depend on its batch) instead of one packed forward of all
+    /// prompts. Continuous batching always prefills so; on a CPU it costs a weight stream per forward.</summary>
+    public bool BatchIndependentPrefill { get; init; }
     /// <summary>Benchmarks: record each forward's rows and seconds (static path, single device) in
     /// <see cref="GenerationResult.Steps"/>.</summary>
     public bool RecordSteps { get; init; }
@@ -182,7 +187,7 @@ internal static unsafe class Generator
                     pendingSend[m] = null;
                     float* output = (float*)outBufs[m]!.Pointer;
                     long t0 = steps is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
-                    if (!decode && first && isLast)
+                    if (!decode && first && isLast && (opt.BatchIndependentPrefill || opt.Continuous))
                         Prefill(model, caches[m], members.Select(i => prompts[i]).ToArray(), Enumerable.Range(0, members.Length).ToArray(), output, V);
                     else
                         model.ForwardCached(caches[m], toks, slots, pos, decode, input, output);
@@ -290,7 +295,8 @@ internal static unsafe class Generator
     /// samples) share one prefill: its K/V prefix is copied into the others' slots and their first
     /// tokens are drawn from the same logits. Each draw is keyed by (seed, token index of the
     /// sequence, prompt index) exactly as in <see cref="Generate"/>, and prefills go through
-    /// <see cref="Prefill"/> in both, so the result is the same: always with slots &gt;= prompts
+    /// <see cref="Prefill"/>, so the result is the static path's with
+    /// <see cref="GenerationOptions.BatchIndependentPrefill"/>: always with slots &gt;= prompts
     /// (the decode batches are then the static path's), and with fewer slots while no decode step
     /// of either path has more than <see cref="SmallMMaxRows"/> rows (the SGEMM above it rounds a
     /// row differently from the small-M kernel below it).

@@ -77,6 +77,7 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
             EosToken = tokenizer.Eos,
             Seed = StepRandom.Seed64(seed, stream, stage.Index, it),
             Continuous = stage.Generation.Continuous,
+            BatchIndependentPrefill = stage.Generation.BatchIndependentPrefill,
         });
         var seqs = Enumerable.Range(0, ex.Length).Select(gen.Sequence).ToArray();
         var scored = new ScoredBatch(seqs, prompts.Select(p => p.Length).ToArray());

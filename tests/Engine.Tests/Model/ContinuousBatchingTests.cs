@@ -1,8 +1,9 @@
 // Continuous batching must not change what is generated: the same tokens, log-probs and masks as
 // the static generator for the same seed, whatever the number of slots (so sequences are
 // prefilled and decoded in different batch compositions), with EOS and per-prompt caps; shared
-// prefixes keep the static prefill's side of the linear kernels' row threshold (64 rows); and a
-// GRPO run with `generation.batching: continuous` ends with the parameters of `static`.
+// prefixes do not change a prompt's K/V (prefills of at most 64 tokens, batch-independent); and a
+// GRPO run with `generation.batching: continuous` ends with the parameters of `static` with
+// `prefill: batch_independent`; continuous with a packed prefill is refused.
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Generation;
@@ -57,7 +58,7 @@ public sealed class ContinuousBatchingTests
             MaxNewTokens = 9, Temperature = 0.9f, TopK = 6, TopP = 0.95f, Seed = 77, EosToken = 3,
             MaxNewTokensPerPrompt = prompts.Select(_ => rng.Next(1, 10)).ToArray(),
         };
-        var stat = Generator.Generate(m, prompts, opt);
+        var stat = Generator.Generate(m, prompts, opt with { BatchIndependentPrefill = true });
         var cont = Generator.GenerateContinuous(m, prompts, opt, slots);
         AssertSame(stat, cont);
         Assert.Contains(stat.EndedWithEos, e => e);  // EOS frees slots early in this draw
@@ -71,7 +72,7 @@ public sealed class ContinuousBatchingTests
         using var m = Make(22);
         var prompts = Prompts(7, 5);
         var opt = new GenerationOptions { MaxNewTokens = 12, Temperature = 0 };
-        AssertSame(Generator.Generate(m, prompts, opt), Generator.GenerateContinuous(m, prompts, opt, 2));
+        AssertSame(Generator.Generate(m, prompts, opt with { BatchIndependentPrefill = true }), Generator.GenerateContinuous(m, prompts, opt, 2));
     }
 
     [Theory]
@@ -84,7 +85,7 @@ public sealed class ContinuousBatchingTests
         // GRPO-style groups of 4 samples per prompt: copies (equal content) and the same array.
         var prompts = distinct.SelectMany(p => new[] { p, p.ToArray(), p, p.ToArray() }).ToArray();
         var opt = new GenerationOptions { MaxNewTokens = 7, Temperature = 1f, TopK = 8, Seed = 5, EosToken = 2 };
-        var stat = Generator.Generate(m, prompts, opt);
+        var stat = Generator.Generate(m, prompts, opt with { BatchIndependentPrefill = true });
         var cont = Generator.GenerateContinuous(m, prompts, opt, slots);
         AssertSame(stat, cont);
         Assert.Equal(prompts.Sum(p => p.Length), stat.PrefilledTokens);
@@ -104,7 +105,7 @@ public sealed class ContinuousBatchingTests
         var distinct = Enumerable.Range(0, distinctCount).Select(_ => Enumerable.Range(0, rng.Next(minLen, maxLen + 1)).Select(_ => rng.Next(Small.Vocab)).ToArray()).ToArray();
         var prompts = distinct.SelectMany(p => Enumerable.Repeat(p, group)).ToArray();
         var opt = new GenerationOptions { MaxNewTokens = 6, Temperature = 1f, Seed = 9, EosToken = 1 };
-        var stat = Generator.Generate(m, prompts, opt);
+        var stat = Generator.Generate(m, prompts, opt with { BatchIndependentPrefill = true });
         Assert.True(stat.PrefilledTokens > Generator.SmallMMaxRows || prompts.Length > Generator.SmallMMaxRows);
         var cont = Generator.GenerateContinuous(m, prompts, opt, prompts.Length);
         AssertSame(stat, cont);
@@ -112,13 +113,13 @@ public sealed class ContinuousBatchingTests
         // The same through the options (the pipeline's path), micro-batched as the static path cuts it.
         AssertSame(stat, Generator.Generate(m, prompts, opt with { Continuous = true }));
         var shard = Generator.GenerateShard(m, prompts, Enumerable.Range(0, prompts.Length).ToArray(), opt with { Continuous = true }, 3)!;
-        AssertSame(Generator.GenerateShard(m, prompts, Enumerable.Range(0, prompts.Length).ToArray(), opt, 3)!, shard);
+        AssertSame(Generator.GenerateShard(m, prompts, Enumerable.Range(0, prompts.Length).ToArray(), opt with { BatchIndependentPrefill = true }, 3)!, shard);
     }
 
     [Fact]
     public void GrpoWithContinuousBatchingEndsWithTheParametersOfTheStaticBatch()
     {
-        // 32 samples = 8 prompts x 4: the static prefill packs > 64 tokens, the 8 distinct prompts fewer.
+        // 32 samples = 8 prompts x 4: a packed static prefill would have > 64 tokens, the 8 distinct prompts fewer.
         static ExperimentConfig Config(string batching) => ExperimentConfig.Parse($$"""
             name: cb
             algorithm: grpo
@@ -144,7 +145,7 @@ public sealed class ContinuousBatchingTests
         {
             float[] cont, stat;
             using (var p = new Pipeline(Config("continuous"), a)) { p.Run(resume: false); cont = p.Model("actor").Parameters.ToArray(); }
-            using (var p = new Pipeline(Config("static"), b)) { p.Run(resume: false); stat = p.Model("actor").Parameters.ToArray(); }
+            using (var p = new Pipeline(Config("static, prefill: batch_independent"), b)) { p.Run(resume: false); stat = p.Model("actor").Parameters.ToArray(); }
             Assert.Equal(stat, cont);
             static List<string> Lines(string d) => File.ReadLines(Path.Combine(d, "metrics.jsonl"))
                 .Select(l => JsonNode.Parse(l)!.AsObject()).Select(o => { o.Remove("seconds"); return o.ToJsonString(); }).ToList();
@@ -153,6 +154,35 @@ public sealed class ContinuousBatchingTests
             Assert.Contains(lc, l => l.Contains("\"actor_gen\""));
         }
         finally { Directory.Delete(a, true); Directory.Delete(b, true); }
+    }
+
+    [Fact]
+    public void BatchingSettingsAreReadAndAPackedPrefillIsRefusedUnderContinuousBatching()
+    {
+        static string Yaml(string gen) => $$"""
+            name: cb
+            algorithm: grpo
+            seed: 3
+            iterations: 2
+            task: { name: sort-digits, min_len: 3, max_len: 4 }
+            models:
+              actor: { preset: tiny, init: sft }
+              ref:   { preset: tiny, init: sft }
+            reward: { kind: task }
+            {{gen}}
+            batch: { size: 32, prompt_len: 8, gen_len: 6, minibatches: 2, group_size: 4 }
+            stages:
+              - { algorithm: sft, iterations: 4, models: { actor: { preset: tiny, init: random } } }
+              - { algorithm: grpo }
+            """;
+        var d = ExperimentConfig.Parse(Yaml(""), Path.GetTempPath()).Stages[1].Generation;
+        Assert.False(d.Continuous);
+        Assert.False(d.BatchIndependentPrefill);
+        var c = ExperimentConfig.Parse(Yaml("generation: { batching: continuous }"), Path.GetTempPath()).Stages[1].Generation;
+        Assert.True(c.Continuous && c.BatchIndependentPrefill);
+        var e = Assert.Throws<ConfigException>(() => ExperimentConfig.Parse(Yaml("generation: { batching: continuous, prefill: packed }"), Path.GetTempPath()));
+        Assert.Equal("generation.prefill", e.FieldPath);
+        Assert.Throws<ConfigException>(() => ExperimentConfig.Parse(Yaml("generation: { batching: paged }"), Path.GetTempPath()));
     }
 
     [Fact]
