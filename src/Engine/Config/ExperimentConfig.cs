@@ -104,7 +104,17 @@ internal sealed record BatchConfig(int Size, int PromptLen, int GenLen, int Mini
 internal sealed record OptimConfig(double Lr, double WeightDecay, double Beta1, double Beta2, double Eps,
                                  int WarmupSteps, string Decay, double MinLrRatio, double ClipGradNorm);
 
-internal sealed record GenerationConfig(double Temperature, int TopK, double TopP);
+/// <summary>Sampling settings of actor_gen. Continuous (`batching: continuous`): continuous batching
+/// with one KV slot per sequence, identical prompts (GRPO/RLOO groups) prefilled once and their K/V
+/// prefix shared, always with the batch-independent prefill. BatchIndependentPrefill (`prefill:
+/// batch_independent`; `packed`, one forward of all prompts, is the static default): prompts
+/// prefilled in forwards of at most 64 tokens, so static and continuous give the same tokens,
+/// log-probs and masks.</summary>
+internal sealed record GenerationConfig(double Temperature, int TopK, double TopP)
+{
+    public bool Continuous { get; init; }
+    public bool BatchIndependentPrefill { get; init; }
+}
 
 /// <summary>Policy-gradient options (ppo, grpo, remax, rloo). ClipEpsLow/High: the ratio's clip
 /// range [1 - low, 1 + high] (both clip_eps unless set; DAPO's clip-higher sets high above low).
@@ -332,7 +342,13 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
     private static GenerationConfig ParseGeneration(MapReader gr)
     {
         var gen = new GenerationConfig(gr.Real("temperature", 1.0, 0, 100), (int)gr.Int("top_k", 0, 0, 1_000_000),
-                                       gr.Real("top_p", 1.0, 0, 1, minExclusive: true));
+                                       gr.Real("top_p", 1.0, 0, 1, minExclusive: true))
+        {
+            Continuous = gr.Enum("batching", "static", "static", "continuous") == "continuous",
+        };
+        gen = gen with { BatchIndependentPrefill = gr.Enum("prefill", gen.Continuous ? "batch_independent" : "packed", "packed", "batch_independent") == "batch_independent" };
+        if (gen.Continuous && !gen.BatchIndependentPrefill)
+            throw new ConfigException(gr.Sub("prefill"), "packed: continuous batching prefills batch-independently (shared prefixes must not change a prompt's K/V); allowed values with batching: continuous: batch_independent");
         // Sampling filters change which tokens can be drawn; the training log-prob recompute does not
         // apply them yet, so PPO's ratios would be wrong: refused here, before anything runs.
         const string why = "sampling filters are not supported yet (the training log-prob recompute does not reproduce them)";

@@ -23,6 +23,20 @@ internal sealed record GenerationOptions
     /// <summary>Per prompt, new tokens at most (each &lt;= <see cref="MaxNewTokens"/>); null = MaxNewTokens for all.
     /// Single device only (benchmarks use it for outputs of varied length without an EOS-prone model).</summary>
     public int[]? MaxNewTokensPerPrompt { get; init; }
+    /// <summary>Continuous batching (experiment `generation.batching: continuous`): each micro-batch
+    /// decodes through <see cref="Generator.GenerateContinuous(LlamaModel, IReadOnlyList{int[]}, IReadOnlyList{int}, GenerationOptions, int)"/>
+    /// with one slot per sequence, so identical prompts (a GRPO/RLOO group) are prefilled once and
+    /// share their K/V prefix; the result is identical to the static batch with
+    /// <see cref="BatchIndependentPrefill"/>. Applies where a shard is a whole model (no pipeline or
+    /// tensor parallelism); elsewhere generation stays static (with that prefill).</summary>
+    public bool Continuous { get; init; }
+    /// <summary>Prefill through <see cref="Generator.Prefill"/> (forwards of at most 64 tokens: a
+    /// prompt's K/V and logits do not depend on its batch) instead of one packed forward of all
+    /// prompts. Continuous batching always prefills so; on a CPU it costs a weight stream per forward.</summary>
+    public bool BatchIndependentPrefill { get; init; }
+    /// <summary>Benchmarks: record each forward's rows and seconds (static path, single device) in
+    /// <see cref="GenerationResult.Steps"/>.</summary>
+    public bool RecordSteps { get; init; }
 
     /// <summary>True when top-k/top-p masks are in effect (then masks are returned).</summary>
     public bool Filters => Temperature > 0 && (TopK > 0 || TopP < 1f);
@@ -46,6 +60,9 @@ internal sealed class GenerationResult
     /// <summary>Prompt tokens that went through a prefill (fewer than all prompt tokens when
     /// identical prompts shared one prefill); 0 where not counted (pipeline stages).</summary>
     public long PrefilledTokens { get; init; }
+    /// <summary>Per forward (prefill or decode step) of the static path: its rows (sequences) and
+    /// seconds; null unless <see cref="GenerationOptions.RecordSteps"/>.</summary>
+    public (int Rows, bool Decode, double Seconds)[]? Steps { get; init; }
 
     /// <summary>Prompt + new tokens of sequence i.</summary>
     public int[] Sequence(int i) => [.. Prompts[i], .. NewTokens[i]];
@@ -106,6 +123,17 @@ internal static unsafe class Generator
 
         var mbs = Split.Contiguous(prompts.Select(p => p.Length).ToArray(), Math.Min(microBatches, B));
         int M = mbs.Length;
+        if (opt.Continuous && (comm is null || (comm.Pp == 1 && comm.Tp == 1)))
+        {
+            // Each micro-batch as the static path cuts it, one slot per sequence: the same batches
+            // (so the same kernels) as below, plus shared prefixes of identical prompts.
+            var partsOf = mbs.Select(mb => GenerateContinuous(model, mb.Select(i => prompts[i]).ToArray(),
+                                                              mb.Select(i => sequenceIds[i]).ToArray(),
+                                                              opt with { MaxNewTokensPerPrompt = opt.MaxNewTokensPerPrompt is { } per ? mb.Select(i => per[i]).ToArray() : null },
+                                                              mb.Length)).ToArray();
+            return Concat(prompts, mbs, partsOf, opt.Filters);
+        }
+        var steps = opt.RecordSteps && comm is null ? new List<(int, bool, double)>() : null;
         var caches = new KvCache[M];
         var outBufs = new HostBlock?[M];
         var pendingSend = new Task?[M];
@@ -158,7 +186,12 @@ internal static unsafe class Generator
                     if (pendingSend[m] is { } ps) ShardComm.Complete(ps);  // the output buffer is about to be rewritten
                     pendingSend[m] = null;
                     float* output = (float*)outBufs[m]!.Pointer;
-                    model.ForwardCached(caches[m], toks, slots, pos, decode, input, output);
+                    long t0 = steps is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
+                    if (!decode && first && isLast && (opt.BatchIndependentPrefill || opt.Continuous))
+                        Prefill(model, caches[m], members.Select(i => prompts[i]).ToArray(), Enumerable.Range(0, members.Length).ToArray(), output, V);
+                    else
+                        model.ForwardCached(caches[m], toks, slots, pos, decode, input, output);
+                    steps?.Add((decode ? T : members.Length, decode, System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds));
                     if (!isLast)
                     {
                         pendingSend[m] = comm!.SendStage(stage + 1, HiddenKind, output, (long)T * H * 4);
@@ -211,6 +244,35 @@ internal static unsafe class Generator
             Masks = masks?.Select(l => l.ToArray()).ToArray(),
             EndedWithEos = eos,
             PrefilledTokens = prompts.Sum(p => (long)p.Length),
+            Steps = steps?.ToArray(),
+        };
+    }
+
+    /// <summary>The results of the micro-batches <paramref name="mbs"/> (indices into <paramref name="prompts"/>) as one, in prompt order.</summary>
+    private static GenerationResult Concat(IReadOnlyList<int[]> prompts, int[][] mbs, GenerationResult[] parts, bool filters)
+    {
+        int B = prompts.Count;
+        var newTok = new int[B][];
+        var logp = new float[B][];
+        var masks = filters ? new byte[B][] : null;
+        var eos = new bool[B];
+        for (int m = 0; m < mbs.Length; m++)
+            for (int k = 0; k < mbs[m].Length; k++)
+            {
+                int i = mbs[m][k];
+                newTok[i] = parts[m].NewTokens[k];
+                logp[i] = parts[m].LogProbs[k];
+                if (masks is not null) masks[i] = parts[m].Masks![k];
+                eos[i] = parts[m].EndedWithEos[k];
+            }
+        return new GenerationResult
+        {
+            Prompts = prompts.Select(p => p.ToArray()).ToArray(),
+            NewTokens = newTok,
+            LogProbs = logp,
+            Masks = masks,
+            EndedWithEos = eos,
+            PrefilledTokens = parts.Sum(p => p.PrefilledTokens),
         };
     }
 
@@ -232,13 +294,33 @@ internal static unsafe class Generator
     /// the longest sequence. Prompts admitted together that are identical (a GRPO/RLOO group's
     /// samples) share one prefill: its K/V prefix is copied into the others' slots and their first
     /// tokens are drawn from the same logits. Each draw is keyed by (seed, token index of the
-    /// sequence, prompt index) exactly as in <see cref="Generate"/>, so the result is the same.
+    /// sequence, prompt index) exactly as in <see cref="Generate"/>, and prefills go through
+    /// <see cref="Prefill"/>, so the result is the static path's with
+    /// <see cref="GenerationOptions.BatchIndependentPrefill"/>: always with slots &gt;= prompts
+    /// (the decode batches are then the static path's), and with fewer slots while no decode step
+    /// of either path has more than <see cref="SmallMMaxRows"/> rows (the SGEMM above it rounds a
+    /// row differently from the small-M kernel below it).
     /// </summary>
-    public static GenerationResult GenerateContinuous(LlamaModel model, IReadOnlyList<int[]> prompts, GenerationOptions opt, int slots)
+    public static GenerationResult GenerateContinuous(LlamaModel model, IReadOnlyList<int[]> prompts, GenerationOptions opt, int slots) =>
+        GenerateContinuous(model, prompts, Enumerable.Range(0, prompts.Count).ToArray(), opt, slots);
+
+    /// <summary>
+    /// Rows up to which the native linear forward runs its small-M kernel, above which SGEMM
+    /// (native/src/cpu/small_m_linear.hpp, kSmallMMaxRows). The small-M kernel gives a row the same
+    /// value whatever other rows it is batched with; SGEMM's value depends on the call's shape.
+    /// </summary>
+    public const int SmallMMaxRows = 64;
+
+    /// <summary><see cref="GenerateContinuous(LlamaModel, IReadOnlyList{int[]}, GenerationOptions, int)"/> of
+    /// a data-parallel replica's share: <paramref name="sequenceIds"/> are the prompts' ids in the
+    /// whole batch (they key the random draws).</summary>
+    public static GenerationResult GenerateContinuous(LlamaModel model, IReadOnlyList<int[]> prompts, IReadOnlyList<int> sequenceIds, GenerationOptions opt, int slots)
     {
-        if (model.Comm is not null) throw new ArgumentException("continuous batching runs on a single device (no pipeline or tensor parallelism)");
+        if (model.Comm is { } cm && (cm.Pp != 1 || cm.Tp != 1))
+            throw new ArgumentException("continuous batching runs on a whole model (no pipeline or tensor parallelism)");
         if (model.ScalarHead) throw new ArgumentException("generation needs a language-model head, not a scalar head");
         if (prompts.Count == 0) throw new ArgumentException("generation needs at least one prompt");
+        if (sequenceIds.Count != prompts.Count) throw new ArgumentException($"{sequenceIds.Count} sequence ids for {prompts.Count} prompts");
         if (slots < 1) throw new ArgumentException($"continuous batching needs slots >= 1 (got {slots})");
         if (opt.MaxNewTokens < 1) throw new ArgumentException($"max_new_tokens must be >= 1 (got {opt.MaxNewTokens})");
         if (opt.Temperature < 0) throw new ArgumentException($"temperature must be >= 0 (got {opt.Temperature})");
@@ -280,10 +362,8 @@ internal static unsafe class Generator
         var decTok = new int[S];
         var decSlot = new int[S];
         var decPos = new int[S];
-        var preTok = new List<int>();
-        var preSlot = new List<int>();
-        var prePos = new List<int>();
         var shared = new List<(int Slot, int SourceRow, int SourceSlot)>();
+        var wave = new List<(int Slot, int Source)>();  // admitted this round: slot, slot whose prefill it shares (-1: its own)
         long prefilled = 0;
 
         // Samples row r of `output` for the sequence in slot `slot`; frees the slot when it is done.
@@ -293,7 +373,7 @@ internal static unsafe class Generator
             int tok;
             float lp;
             var o = so;
-            o.Offset = (ulong)k << 32 | (uint)i;
+            o.Offset = (ulong)k << 32 | (uint)sequenceIds[i];
             Span<byte> mask = masks is null ? default : masks[i].AsSpan((int)((long)k * V), V);
             fixed (byte* pm = mask)
                 Native.Check(Native.realn_op_sample(model.Stream.Ptr, DType.F32, output + (long)r * V, 1, V, &o, &tok, pm, &lp));
@@ -307,7 +387,7 @@ internal static unsafe class Generator
         while (live > 0 || nextPrompt < B)
         {
             // Admit waiting prompts into free slots: one packed prefill, which yields their first tokens.
-            preTok.Clear(); preSlot.Clear(); prePos.Clear(); shared.Clear();
+            shared.Clear(); wave.Clear();
             int admitted = 0;
             for (int sl = 0; sl < S && nextPrompt < B; sl++)
             {
@@ -317,19 +397,26 @@ internal static unsafe class Generator
                 live++;
                 var p = prompts[i];
                 int src = -1;
-                for (int r = 0; r < admitted && src < 0; r++)
+                for (int w = 0; w < wave.Count && src < 0; w++)
                 {
-                    var q = prompts[slotSeq[rowSlot[r]]];
-                    if (ReferenceEquals(p, q) || p.AsSpan().SequenceEqual(q)) src = r;
+                    var (ws, wsrc) = wave[w];
+                    var q = prompts[slotSeq[ws]];
+                    if (wsrc < 0 && (ReferenceEquals(p, q) || p.AsSpan().SequenceEqual(q))) src = ws;
                 }
-                if (src >= 0) { shared.Add((sl, src, rowSlot[src])); continue; }
-                rowSlot[admitted++] = sl;
-                for (int j = 0; j < p.Length; j++) { preTok.Add(p[j]); preSlot.Add(sl); prePos.Add(j); }
+                wave.Add((sl, src));
             }
+            foreach (var (sl, src) in wave)
+                if (src < 0) rowSlot[admitted++] = sl;
+            foreach (var (sl, src) in wave)
+                if (src >= 0)
+                {
+                    int row = Array.IndexOf(rowSlot, src, 0, admitted);
+                    shared.Add((sl, row, src));
+                }
             if (admitted > 0)
             {
-                model.ForwardCached(cache, [.. preTok], [.. preSlot], [.. prePos], false, output);
-                prefilled += preTok.Count;
+                prefilled += Prefill(model, cache, rowSlot.AsSpan(0, admitted).ToArray().Select(sl => prompts[slotSeq[sl]]).ToArray(),
+                                     rowSlot.AsSpan(0, admitted).ToArray(), output, V);
                 // Shared prompts first (Sample may free a source slot whose prefix they copy).
                 foreach (var (sl, srcRow, srcSlot) in shared)
                 {
@@ -362,6 +449,35 @@ internal static unsafe class Generator
             EndedWithEos = eos,
             PrefilledTokens = prefilled,
         };
+    }
+
+    /// <summary>
+    /// Prefills <paramref name="runPrompts"/> into KV slots <paramref name="runSlots"/> and writes the
+    /// logits of each prompt's last token to row r of <paramref name="output"/>: consecutive prompts
+    /// packed into forwards of at most <see cref="SmallMMaxRows"/> tokens (a longer prompt alone), so
+    /// every linear runs the small-M kernel and a prompt's logits and K/V do not depend on which
+    /// other prompts are prefilled with it (a longer one's forward is the same whatever the batch).
+    /// Static and continuous batching, shared prefixes and data-parallel splits then agree bit for
+    /// bit. Returns the tokens prefilled.
+    /// </summary>
+    internal static long Prefill(LlamaModel model, KvCache cache, IReadOnlyList<int[]> runPrompts, IReadOnlyList<int> runSlots, float* output, int V)
+    {
+        long total = 0;
+        for (int r0 = 0; r0 < runPrompts.Count;)
+        {
+            int r1 = r0, tokens = 0;
+            do tokens += runPrompts[r1++].Length;
+            while (r1 < runPrompts.Count && tokens + runPrompts[r1].Length <= SmallMMaxRows);
+            var toks = new int[tokens];
+            var slots = new int[tokens];
+            var pos = new int[tokens];
+            for (int r = r0, o = 0; r < r1; r++)
+                for (int j = 0; j < runPrompts[r].Length; j++, o++) { toks[o] = runPrompts[r][j]; slots[o] = runSlots[r]; pos[o] = j; }
+            model.ForwardCached(cache, toks, slots, pos, false, output + (long)r0 * V);
+            total += tokens;
+            r0 = r1;
+        }
+        return total;
     }
 
     // Control message: [count, slot_0 .. slot_{count-1}, token_0 .. token_{count-1}], fixed size 1 + 2 * mb size.

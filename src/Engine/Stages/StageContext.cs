@@ -82,6 +82,8 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
             Temperature = greedy ? 0f : (float)stage.Generation.Temperature,
             EosToken = tokenizer.Eos,
             Seed = StepRandom.Seed64(seed, stream, stage.Index, it),
+            Continuous = stage.Generation.Continuous,
+            BatchIndependentPrefill = stage.Generation.BatchIndependentPrefill,
         });
         return Assemble(ex, gen);
     }

@@ -260,12 +260,15 @@ internal static class WireJson
     public static JsonObject Generation(GenerationOptions o) => new()
     {
         ["max_new_tokens"] = o.MaxNewTokens, ["temperature"] = o.Temperature, ["top_k"] = o.TopK, ["top_p"] = o.TopP, ["eos"] = o.EosToken, ["seed"] = o.Seed.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        ["continuous"] = o.Continuous, ["batch_independent_prefill"] = o.BatchIndependentPrefill,
     };
 
     public static GenerationOptions Generation(JsonNode? j) => new()
     {
         MaxNewTokens = Int(j, "max_new_tokens"), Temperature = (float)Num(j, "temperature"), TopK = Int(j, "top_k"), TopP = (float)Num(j, "top_p"), EosToken = Int(j, "eos"),
         Seed = ulong.Parse(j?["seed"]?.GetValue<string>() ?? throw Missing("seed"), System.Globalization.CultureInfo.InvariantCulture),
+        Continuous = j?["continuous"]?.GetValue<bool>() ?? throw Missing("continuous"),
+        BatchIndependentPrefill = j?["batch_independent_prefill"]?.GetValue<bool>() ?? throw Missing("batch_independent_prefill"),
     };
 
     public static int Int(JsonNode? j, string name) => j?[name]?.GetValue<int>() ?? throw Missing(name);

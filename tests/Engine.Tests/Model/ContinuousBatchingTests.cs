@@ -1,8 +1,14 @@
 // Continuous batching must not change what is generated: the same tokens, log-probs and masks as
 // the static generator for the same seed, whatever the number of slots (so sequences are
-// prefilled and decoded in different batch compositions), with EOS and per-prompt caps.
+// prefilled and decoded in different batch compositions), with EOS and per-prompt caps; shared
+// prefixes do not change a prompt's K/V (prefills of at most 64 tokens, batch-independent); and a
+// GRPO run with `generation.batching: continuous` ends with the parameters of `static` with
+// `prefill: batch_independent`; continuous with a packed prefill is refused.
+using System.Text.Json.Nodes;
+using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Runs;
 using Xunit;
 
 namespace ReaLNative.Engine.Tests.Model;
@@ -52,7 +58,7 @@ public sealed class ContinuousBatchingTests
             MaxNewTokens = 9, Temperature = 0.9f, TopK = 6, TopP = 0.95f, Seed = 77, EosToken = 3,
             MaxNewTokensPerPrompt = prompts.Select(_ => rng.Next(1, 10)).ToArray(),
         };
-        var stat = Generator.Generate(m, prompts, opt);
+        var stat = Generator.Generate(m, prompts, opt with { BatchIndependentPrefill = true });
         var cont = Generator.GenerateContinuous(m, prompts, opt, slots);
         AssertSame(stat, cont);
         Assert.Contains(stat.EndedWithEos, e => e);  // EOS frees slots early in this draw
@@ -66,7 +72,7 @@ public sealed class ContinuousBatchingTests
         using var m = Make(22);
         var prompts = Prompts(7, 5);
         var opt = new GenerationOptions { MaxNewTokens = 12, Temperature = 0 };
-        AssertSame(Generator.Generate(m, prompts, opt), Generator.GenerateContinuous(m, prompts, opt, 2));
+        AssertSame(Generator.Generate(m, prompts, opt with { BatchIndependentPrefill = true }), Generator.GenerateContinuous(m, prompts, opt, 2));
     }
 
     [Theory]
@@ -79,13 +85,104 @@ public sealed class ContinuousBatchingTests
         // GRPO-style groups of 4 samples per prompt: copies (equal content) and the same array.
         var prompts = distinct.SelectMany(p => new[] { p, p.ToArray(), p, p.ToArray() }).ToArray();
         var opt = new GenerationOptions { MaxNewTokens = 7, Temperature = 1f, TopK = 8, Seed = 5, EosToken = 2 };
-        var stat = Generator.Generate(m, prompts, opt);
+        var stat = Generator.Generate(m, prompts, opt with { BatchIndependentPrefill = true });
         var cont = Generator.GenerateContinuous(m, prompts, opt, slots);
         AssertSame(stat, cont);
         Assert.Equal(prompts.Sum(p => p.Length), stat.PrefilledTokens);
         Assert.True(cont.PrefilledTokens < stat.PrefilledTokens, $"prefilled {cont.PrefilledTokens} of {stat.PrefilledTokens} prompt tokens");
         // Samples of one group differ (their draws are keyed by sequence), though they share the prefix.
         Assert.Contains(Enumerable.Range(1, 3), k => !stat.NewTokens[0].SequenceEqual(stat.NewTokens[k]));
+    }
+
+    [Theory]
+    [InlineData(6, 4, 3, 6)]    // 24 prompts: the static prefill has > 64 token rows, the shared one would not
+    [InlineData(10, 8, 1, 3)]   // 80 prompts: > 64 head rows (one per prompt) statically, 10 when shared
+    [InlineData(40, 2, 1, 2)]   // 80 prompts, 40 distinct: both sides stay above
+    public void SharedPrefillsKeepTheStaticSideOfTheKernelThreshold(int distinctCount, int group, int minLen, int maxLen)
+    {
+        using var m = Make(25);
+        var rng = new Random(distinctCount);
+        var distinct = Enumerable.Range(0, distinctCount).Select(_ => Enumerable.Range(0, rng.Next(minLen, maxLen + 1)).Select(_ => rng.Next(Small.Vocab)).ToArray()).ToArray();
+        var prompts = distinct.SelectMany(p => Enumerable.Repeat(p, group)).ToArray();
+        var opt = new GenerationOptions { MaxNewTokens = 6, Temperature = 1f, Seed = 9, EosToken = 1 };
+        var stat = Generator.Generate(m, prompts, opt with { BatchIndependentPrefill = true });
+        Assert.True(stat.PrefilledTokens > Generator.SmallMMaxRows || prompts.Length > Generator.SmallMMaxRows);
+        var cont = Generator.GenerateContinuous(m, prompts, opt, prompts.Length);
+        AssertSame(stat, cont);
+        Assert.True(cont.PrefilledTokens < stat.PrefilledTokens, $"prefilled {cont.PrefilledTokens} of {stat.PrefilledTokens} prompt tokens");
+        // The same through the options (the pipeline's path), micro-batched as the static path cuts it.
+        AssertSame(stat, Generator.Generate(m, prompts, opt with { Continuous = true }));
+        var shard = Generator.GenerateShard(m, prompts, Enumerable.Range(0, prompts.Length).ToArray(), opt with { Continuous = true }, 3)!;
+        AssertSame(Generator.GenerateShard(m, prompts, Enumerable.Range(0, prompts.Length).ToArray(), opt with { BatchIndependentPrefill = true }, 3)!, shard);
+    }
+
+    [Fact]
+    public void GrpoWithContinuousBatchingEndsWithTheParametersOfTheStaticBatch()
+    {
+        // 32 samples = 8 prompts x 4: a packed static prefill would have > 64 tokens, the 8 distinct prompts fewer.
+        static ExperimentConfig Config(string batching) => ExperimentConfig.Parse($$"""
+            name: cb
+            algorithm: grpo
+            seed: 3
+            iterations: 2
+            task: { name: sort-digits, min_len: 3, max_len: 4 }
+            eval: { size: 8, every: 2 }
+            models:
+              actor: { preset: tiny, init: sft }
+              ref:   { preset: tiny, init: sft }
+            reward: { kind: task }
+            generation: { temperature: 1.0, batching: {{batching}} }
+            batch: { size: 32, prompt_len: 8, gen_len: 6, minibatches: 2, group_size: 4 }
+            stages:
+              - { algorithm: sft, iterations: 4, models: { actor: { preset: tiny, init: random } }, optim: { lr: 3.0e-3 } }
+              - { algorithm: grpo, optim: { lr: 5.0e-4 } }
+            """, Path.GetTempPath());
+        string a = Path.Combine(Path.GetTempPath(), "realn-cb-" + Guid.NewGuid().ToString("N")[..8]);
+        string b = a + "-static";
+        Directory.CreateDirectory(a);
+        Directory.CreateDirectory(b);
+        try
+        {
+            float[] cont, stat;
+            using (var p = new Pipeline(Config("continuous"), a)) { p.Run(resume: false); cont = p.Model("actor").Parameters.ToArray(); }
+            using (var p = new Pipeline(Config("static, prefill: batch_independent"), b)) { p.Run(resume: false); stat = p.Model("actor").Parameters.ToArray(); }
+            Assert.Equal(stat, cont);
+            static List<string> Lines(string d) => File.ReadLines(Path.Combine(d, "metrics.jsonl"))
+                .Select(l => JsonNode.Parse(l)!.AsObject()).Select(o => { o.Remove("seconds"); return o.ToJsonString(); }).ToList();
+            var (lc, ls) = (Lines(a), Lines(b));
+            Assert.Equal(ls, lc);
+            Assert.Contains(lc, l => l.Contains("\"actor_gen\""));
+        }
+        finally { Directory.Delete(a, true); Directory.Delete(b, true); }
+    }
+
+    [Fact]
+    public void BatchingSettingsAreReadAndAPackedPrefillIsRefusedUnderContinuousBatching()
+    {
+        static string Yaml(string gen) => $$"""
+            name: cb
+            algorithm: grpo
+            seed: 3
+            iterations: 2
+            task: { name: sort-digits, min_len: 3, max_len: 4 }
+            models:
+              actor: { preset: tiny, init: sft }
+              ref:   { preset: tiny, init: sft }
+            reward: { kind: task }
+            {{gen}}
+            batch: { size: 32, prompt_len: 8, gen_len: 6, minibatches: 2, group_size: 4 }
+            stages:
+              - { algorithm: sft, iterations: 4, models: { actor: { preset: tiny, init: random } } }
+              - { algorithm: grpo }
+            """;
+        var d = ExperimentConfig.Parse(Yaml(""), Path.GetTempPath()).Stages[1].Generation;
+        Assert.False(d.Continuous);
+        Assert.False(d.BatchIndependentPrefill);
+        var c = ExperimentConfig.Parse(Yaml("generation: { batching: continuous }"), Path.GetTempPath()).Stages[1].Generation;
+        Assert.True(c.Continuous && c.BatchIndependentPrefill);
+        var e = Assert.Throws<ConfigException>(() => ExperimentConfig.Parse(Yaml("generation: { batching: continuous, prefill: packed }"), Path.GetTempPath()));
+        Assert.Equal("generation.prefill", e.FieldPath);
+        Assert.Throws<ConfigException>(() => ExperimentConfig.Parse(Yaml("generation: { batching: paged }"), Path.GetTempPath()));
     }
 
     [Fact]
