@@ -125,7 +125,7 @@ internal sealed record LlamaConfig
             RmsEps = Flt("rms_norm_eps", 1e-5f),
             RopeTheta = Flt("rope_theta", 10000f),
             TiedEmbeddings = o["tie_word_embeddings"] is JsonValue t && t.TryGetValue<bool>(out var b) && b,
-            RopeScaling = o["rope_scaling"] is JsonObject rs ? Llama3RopeScaling.FromHfJson(rs, path) : null,
+            RopeScaling = o["rope_scaling"] is JsonObject rs && !Llama3RopeScaling.IsDefault(rs) ? Llama3RopeScaling.FromHfJson(rs, path) : null,
             QkvBias = modelType == "qwen2",
             ModelType = modelType,
         }.Validate();
@@ -232,6 +232,9 @@ internal sealed record Llama3RopeScaling(double Factor, double LowFreqFactor, do
         }
         return r;
     }
+
+    /// <summary>rope_scaling {"rope_type": "default"}: transformers' plain rotary (no scaling).</summary>
+    public static bool IsDefault(JsonObject rs) => (rs["rope_type"] ?? rs["type"]) is JsonValue tv && tv.TryGetValue<string>(out var ts) && ts == "default";
 
     /// <summary>Reads rope_scaling; anything but rope_type "llama3" with its four numbers is refused, naming the file and field.</summary>
     public static Llama3RopeScaling FromHfJson(JsonObject rs, string path)

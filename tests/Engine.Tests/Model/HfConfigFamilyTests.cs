@@ -49,6 +49,7 @@ public sealed class HfConfigFamilyTests : IDisposable
         // LLaMA 3.1 8B's rope keys (sizes small)
         var l31 = LlamaConfig.FromHfJson(Write($$"""{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu", {{Sizes}}, "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "rope_theta": 500000.0, "attention_bias": false, "mlp_bias": false, "tie_word_embeddings": false}"""));
         Assert.Equal(new Llama3RopeScaling(8, 1, 4, 8192), l31.RopeScaling);
+        Assert.Null(LlamaConfig.FromHfJson(Write($$"""{"model_type": "llama", {{Sizes}}, "rope_scaling": {"rope_type": "default"} }""")).RopeScaling);
         Assert.False(l31.QkvBias);
         // head dim 16, theta 5e5: wavelengths 2 pi 5e5^(i/8) = 6.3, 32, 167, 862, 4447, 22950, ...:
         // pairs 0-3 under 8192/4 kept, pair 4 blended, pairs 5-7 over 8192/1 divided by 8
