@@ -62,6 +62,9 @@ public static class PlanSearch
         // guards the polish order); ZeRO-3 priced baselines model other systems and may well be faster
         foreach (var b in baselines.Values)
             if (b is not null && b.Evaluation.Feasible && Executable(problem, b) && b.Evaluation.Cost < result.Evaluation.Cost) result = b;
+        if (!result.Evaluation.Feasible && result.Evaluation.GenerationShared && result.Evaluation.OverflowBytes <= 0)
+            throw new PlannerException($"mode: async runs generation on devices of its own, and no plan on cluster '{cluster.Name}' ({cluster.TotalDevices} devices) " +
+                                       "gives the generation calls devices that no other call uses; use mode: sync");
         if (!result.Evaluation.Feasible)
             throw new PlannerException($"no plan fits in memory on cluster '{cluster.Name}' ({cluster.TotalDevices} devices of {Units.Bytes(cluster.UsableMemoryBytes)}): " +
                 $"the best found overflows a device by {Units.Bytes(result.Evaluation.OverflowBytes)}");

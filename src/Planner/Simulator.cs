@@ -10,9 +10,11 @@ namespace ReaLNative.Planner;
 public sealed record SimTask(string Name, int Iteration, int FirstDevice, int DeviceCount, int FirstDevice2, int DeviceCount2, double Start, double End, bool IsRealloc);
 
 /// <summary>Result of evaluating one choice of options.</summary>
-public readonly record struct Evaluation(double IterationSeconds, double OverflowBytes, double Cost)
+/// <param name="GenerationShared">Async only: a generation call shares a device with another call,
+/// which the engine does not run (generation keeps devices of its own); such a choice is infeasible.</param>
+public readonly record struct Evaluation(double IterationSeconds, double OverflowBytes, double Cost, bool GenerationShared = false)
 {
-    public bool Feasible => OverflowBytes <= 0;
+    public bool Feasible => OverflowBytes <= 0 && !GenerationShared;
 }
 
 public sealed class Evaluator
@@ -100,7 +102,30 @@ public sealed class Evaluator
         }
         else t = Simulate(choice, UnrolledIterations, null) / UnrolledIterations;
         double cost = over > 0 ? t * (2 + 10 * over / _p.Cluster.UsableMemoryBytes) : t;
-        return new Evaluation(t, over, cost);
+        bool shared = _staleness is not null && GenerationSharesDevices(choice);
+        // drawn back to plans the engine runs: generation on devices no other call uses
+        return new Evaluation(t, over, shared ? cost * 100 : cost, shared);
+    }
+
+    /// <summary>Whether a generation call's mesh shares a device with a call of another type (the
+    /// engine's async mode needs the generation group apart: Runs/PipelineAsync.cs).</summary>
+    private bool GenerationSharesDevices(int[] choice)
+    {
+        Array.Clear(_free);   // scratch: 1 = a generation call's device
+        var calls = _p.Calls;
+        for (int i = 0; i < calls.Count; i++)
+            if (calls[i].Type == CallType.Generate)
+            {
+                var m = _p.Options[i][choice[i]].Option.Mesh;
+                SetFree(m.FirstDevice(_dpn), m.Size, 1);
+            }
+        for (int i = 0; i < calls.Count; i++)
+            if (calls[i].Type != CallType.Generate)
+            {
+                var m = _p.Options[i][choice[i]].Option.Mesh;
+                if (MaxFree(m.FirstDevice(_dpn), m.Size) > 0) return true;
+            }
+        return false;
     }
 
     private double MaxFree(int d0, int n)
