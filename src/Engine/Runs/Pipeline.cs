@@ -84,6 +84,7 @@ internal sealed partial class Pipeline : IDisposable
         if (plan is not null)
         {
             PlanBinding.CheckLayouts(cfg, plan, Arch);
+            PlanBinding.CheckAsyncGeneration(cfg, plan);
         }
     }
 

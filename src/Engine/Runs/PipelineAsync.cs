@@ -37,12 +37,7 @@ internal sealed partial class Pipeline
         {
             if (_binding.Bound)
             {
-                // The generation calls keep their own devices: nothing else may run there.
-                var mesh = genGraph.Calls.SelectMany(c => _binding.MeshOf(c.Name)).ToHashSet();
-                foreach (var c in restGraph.Calls)
-                    if (_binding.MeshOf(c.Name).Where(mesh.Contains).ToList() is { Count: > 0 } shared)
-                        throw new ConfigException("mode", $"async runs generation ({string.Join(", ", genNames)}) on devices of its own, but the plan also puts {c.Name} " +
-                                                          $"on device(s) {string.Join(", ", shared)}; use a plan with a separate generation group (realn plan searches one for mode: async) or mode: sync");
+                // The generation calls have devices of their own (PlanBinding.CheckAsyncGeneration, when the run was made).
                 foreach (var c in genGraph.Calls) _binding.Pin(c.Name, c.Model);
                 genHandlers = _algorithm.Handlers(Context(stage)).Where(h => genNames.Contains(h.Key)).ToDictionary();
                 push = () => { foreach (var c in genGraph.Calls) _binding.Push(c.Name, c.Model); };

@@ -60,6 +60,24 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
         if (!any) throw new ConfigException("plan", $"no stage of '{cfg.Name}' has exactly the plan's calls ({string.Join(", ", plan.Calls.Select(c => c.Name))})");
     }
 
+    /// <summary>`mode: async`: refuses, before anything runs, a plan that puts a generation call of an
+    /// async stage on a device another call of the stage uses (the generation group runs apart).</summary>
+    public static void CheckAsyncGeneration(ExperimentConfig cfg, Plan plan)
+    {
+        foreach (var stage in cfg.Stages.Where(cfg.Asynchronous))
+        {
+            var graph = DataflowGraph.For(stage);
+            if (!graph.Calls.All(c => plan.Calls.Any(p => p.Name == c.Name))) continue;
+            int[] Devices(string call) { var pc = plan.Call(call); return Enumerable.Range(0, pc.Mesh.Size).Select(r => pc.Mesh.Device(r, plan.DevicesPerNode)).ToArray(); }
+            var gen = graph.Calls.Where(c => c.Type == CallType.Generate).ToList();
+            var mesh = gen.SelectMany(c => Devices(c.Name)).ToHashSet();
+            foreach (var c in graph.Calls.Where(c => c.Type != CallType.Generate))
+                if (Devices(c.Name).Where(mesh.Contains).ToList() is { Count: > 0 } shared)
+                    throw new ConfigException("mode", $"async runs generation ({string.Join(", ", gen.Select(g => g.Name))}) on devices of its own, but the plan also puts {c.Name} " +
+                                                      $"on device(s) {string.Join(", ", shared)}; use a plan with a separate generation group (realn plan searches one for mode: async) or mode: sync");
+        }
+    }
+
     /// <summary>Under a plan that lists this stage's calls: one replica per (role, layout,
     /// micro-batches), the train call's trainable, all loaded from the full models.</summary>
     public void Bind(StageConfig stage, Func<OptimizerSpec> optimizer)

@@ -156,8 +156,8 @@ public sealed class AsyncRunTests
         string d = PlanExecutionTests.TempDir();
         try
         {
-            using var p = new Pipeline(Config("mode: async"), d, plan: TwoGroups(genDevice: 1));
-            var e = Assert.Throws<ConfigException>(() => p.Run(resume: false));
+            // Refused when the run is made, before the SFT and RM stages run.
+            var e = Assert.Throws<ConfigException>(() => new Pipeline(Config("mode: async"), d, plan: TwoGroups(genDevice: 1)));
             Assert.StartsWith("mode:", e.Message);
             Assert.Contains("device(s) 1", e.Message);
         }
