@@ -432,9 +432,10 @@ internal sealed partial class Pipeline : IDisposable
 
 
 
-    /// <summary>What the stage's call handlers use of this run (models: the plan replica of a call, else the single device).</summary>
-    private StageContext Context(StageConfig stage) =>
-        new(stage, _cfg.Seed, _tok, _reward, _binding.Calls, role => _models[role]);
+    /// <summary>What the stage's call handlers use of this run (models: the plan replica of a call, else
+    /// the single device; or where <paramref name="calls"/> says).</summary>
+    private StageContext Context(StageConfig stage, Func<string, string, IModelCalls>? calls = null) =>
+        new(stage, _cfg.Seed, _tok, _reward, calls ?? _binding.Calls, role => _models[role]);
 
     /// <summary>Greedy answers of <paramref name="actor"/> to stage <paramref name="stage"/>'s held-out
     /// examples and each one's score (the stage's rule-based reward, else exact match): what

@@ -28,7 +28,8 @@ internal sealed partial class Pipeline
         int staleness = _cfg.MaxStaleness!.Value;
         var (genGraph, restGraph) = DataflowGraph.For(stage).SplitGeneration();
         var genNames = genGraph.Calls.Select(c => c.Name).ToHashSet();
-        var restHandlers = _algorithm!.Handlers(Context(stage)).Where(h => !genNames.Contains(h.Key)).ToDictionary();
+        var handlers = _algorithm!.Handlers(Context(stage));
+        var restHandlers = handlers.Where(h => !genNames.Contains(h.Key)).ToDictionary();
         Dictionary<string, CallHandler> genHandlers;
         Action push;
         Func<string, IReadOnlyCollection<int>> genDevices;
@@ -39,7 +40,7 @@ internal sealed partial class Pipeline
             {
                 // The generation calls have devices of their own (PlanBinding.CheckAsyncGeneration, when the run was made).
                 foreach (var c in genGraph.Calls) _binding.Pin(c.Name, c.Model);
-                genHandlers = _algorithm.Handlers(Context(stage)).Where(h => genNames.Contains(h.Key)).ToDictionary();
+                genHandlers = handlers.Where(h => genNames.Contains(h.Key)).ToDictionary();
                 push = () => { foreach (var c in genGraph.Calls) _binding.Push(c.Name, c.Model); };
                 genDevices = _binding.MeshOf;
             }
@@ -51,8 +52,7 @@ internal sealed partial class Pipeline
                 genCopy.CopyParametersFrom(actor);
                 if (actor.Precision == ModelPrecision.Bf16) genCopy.SetPrecision(ModelPrecision.Bf16);
                 var copy = genCopy;
-                var genContext = new StageContext(stage, _cfg.Seed, _tok, _reward,
-                    (call, role) => role == "actor" ? new SingleModelCalls(copy, () => null) : _binding.Calls(call, role), role => _models[role]);
+                var genContext = Context(stage, (call, role) => role == "actor" ? new SingleModelCalls(copy, () => null) : _binding.Calls(call, role));
                 genHandlers = _algorithm.Handlers(genContext).Where(h => genNames.Contains(h.Key)).ToDictionary();
                 push = () => copy.CopyParametersFrom(actor);
                 genDevices = _ => [0];

@@ -71,25 +71,6 @@ public sealed class FaultTests(ITestOutputHelper output)
         return p;
     }
 
-    /// <summary>Pids of live model worker processes whose command line matches.</summary>
-    internal static List<int> Workers(Func<string, bool> match)
-    {
-        var pids = new List<int>();
-        foreach (var d in Directory.EnumerateDirectories("/proc"))
-        {
-            if (!int.TryParse(Path.GetFileName(d), out int pid)) continue;
-            try
-            {
-                var cmd = File.ReadAllText(Path.Combine(d, "cmdline")).Replace('\0', ' ');
-                var stat = File.ReadAllText(Path.Combine(d, "stat"));
-                bool zombie = stat[(stat.LastIndexOf(')') + 2)..].StartsWith('Z');
-                if (!zombie && cmd.Contains(" worker --role model") && match(cmd)) pids.Add(pid);
-            }
-            catch (IOException) { } catch (UnauthorizedAccessException) { }
-        }
-        return pids;
-    }
-
     internal static void WaitFor(Func<bool> cond, TimeSpan limit, string what)
     {
         var until = DateTime.UtcNow + limit;
@@ -115,37 +96,46 @@ public sealed class FaultTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void KilledWorkerEndsTheRunNamingItAndResumeReachesTheUninterruptedParameters()
+    public void KilledWorkerEndsTheRunNamingItAndResumeReachesTheUninterruptedParameters() =>
+        KillAWorkerMidRunThenResume(output, Config.Replace("PPO_ITERATIONS", "40"), Plan(1, 2), victimRank: 1, PpoSteps, stepsBeforeKill: 5, totalSteps: 40);
+
+    /// <summary>Runs the experiment in-process under the plan (the reference), then with worker
+    /// processes; once <paramref name="stepsBeforeKill"/> iterations are logged (<paramref name="steps"/>
+    /// counts them in a run directory) kills the worker of <paramref name="victimRank"/>. The run must
+    /// end non-zero within 30 s naming that worker, leave no worker behind, and `--resume` must reach
+    /// the reference's checkpoint files bit for bit.</summary>
+    internal static void KillAWorkerMidRunThenResume(ITestOutputHelper output, string config, string planJson, int victimRank,
+                                                     Func<string, int> steps, int stepsBeforeKill, int totalSteps)
     {
         string dir = Dir();
         try
         {
             string exe = WorkerProcessTests.Realn();
-            string cfg = Write(dir, "exp.yaml", Config.Replace("PPO_ITERATIONS", "40"));
-            string plan = Write(dir, "plan.json", Plan(1, 2));
+            string cfg = Write(dir, "exp.yaml", config);
+            string plan = Write(dir, "plan.json", planJson);
             string refDir = Path.Combine(dir, "ref"), runDir = Path.Combine(dir, "run");
             using (var r = Run.Start("reference run", exe, ["run", cfg, "--plan", plan, "--in-process", "--out", refDir]))
                 Assert.True(r.Wait(TimeSpan.FromMinutes(3)) == 0, r.Output);
 
             using (var run = Run.Start("plan run", exe, ["run", cfg, "--plan", plan, "--out", runDir]))
             {
-                WaitFor(() => PpoSteps(runDir) >= 5 || run.Process.HasExited, TimeSpan.FromMinutes(2), "5 PPO iterations");
+                WaitFor(() => steps(runDir) >= stepsBeforeKill || run.Process.HasExited, TimeSpan.FromMinutes(2), $"{stepsBeforeKill} iterations");
                 Assert.False(run.Process.HasExited, run.Output);
-                var workers = Workers(c => true).Where(p => ParentOf(p) == run.Process.Id).ToList();
+                var workers = Procs.WorkersOf(run.Process.Id);
                 Assert.Equal(2, workers.Count);
-                int victim = workers.First(p => File.ReadAllText($"/proc/{p}/cmdline").Replace('\0', ' ').Contains("--rank 1 "));
+                int victim = workers.First(p => File.ReadAllText($"/proc/{p}/cmdline").Replace('\0', ' ').Contains($"--rank {victimRank} "));
                 var killed = Stopwatch.StartNew();
                 Process.GetProcessById(victim).Kill();
                 int code = run.Wait(TimeSpan.FromSeconds(60));
                 output.WriteLine($"master exited {code} {killed.Elapsed.TotalSeconds:F1} s after the kill:\n{run.Output[^Math.Min(1500, run.Output.Length)..]}");
                 Assert.NotEqual(0, code);
                 Assert.True(killed.Elapsed < TimeSpan.FromSeconds(30), $"took {killed.Elapsed.TotalSeconds:F1} s");
-                Assert.Contains("worker 1", run.Output);
+                Assert.Contains($"worker {victimRank}", run.Output);
                 Assert.Contains("exited with code", run.Output);
                 Assert.Contains("during", run.Output);
-                WaitFor(() => workers.All(p => !Alive(p)), TimeSpan.FromSeconds(15), "the surviving worker to exit");
+                WaitFor(() => workers.All(p => !Procs.Alive(p)), TimeSpan.FromSeconds(15), "the surviving worker to exit");
             }
-            Assert.True(PpoSteps(runDir) < 40);
+            Assert.True(steps(runDir) < totalSteps);
             using (var resumed = Run.Start("resumed run", exe, ["run", cfg, "--plan", plan, "--out", runDir, "--resume"]))
                 Assert.True(resumed.Wait(TimeSpan.FromMinutes(3)) == 0, resumed.Output);
             Assert.Equal(Run.Final(refDir), Run.Final(runDir));
@@ -170,7 +160,7 @@ public sealed class FaultTests(ITestOutputHelper output)
             using var run = Run.Start("plan run", exe, ["run", cfg, "--plan", plan, "--out", runDir]);
             WaitFor(() => PpoSteps(runDir) >= 2 || run.Process.HasExited, TimeSpan.FromMinutes(2), "2 PPO iterations");
             Assert.False(run.Process.HasExited, run.Output);
-            var workers = Workers(c => true).Where(p => ParentOf(p) == run.Process.Id).ToList();
+            var workers = Procs.WorkersOf(run.Process.Id);
             Assert.Equal(2, workers.Count);
             victim = workers.First(p => File.ReadAllText($"/proc/{p}/cmdline").Replace('\0', ' ').Contains("--rank 1 "));
             var stopped = Stopwatch.StartNew();
@@ -188,11 +178,11 @@ public sealed class FaultTests(ITestOutputHelper output)
             Assert.Contains("sent no heartbeat for", run.Output);
             Assert.True(named >= 14 && named < 18.5, $"named after {named:F1} s; README: a worker that stops beating for 15 s ends the run");
             Assert.True(exited < 21, $"the master exited {exited:F1} s after the stop");
-            WaitFor(() => workers.All(p => !Alive(p)), TimeSpan.FromSeconds(10), "every worker to be gone");
+            WaitFor(() => workers.All(p => !Procs.Alive(p)), TimeSpan.FromSeconds(10), "every worker to be gone");
         }
         finally
         {
-            if (victim > 0 && Alive(victim)) try { Process.GetProcessById(victim).Kill(); } catch (ArgumentException) { }
+            if (victim > 0 && Procs.Alive(victim)) try { Process.GetProcessById(victim).Kill(); } catch (ArgumentException) { }
             Directory.Delete(dir, true);
         }
     }
@@ -210,33 +200,13 @@ public sealed class FaultTests(ITestOutputHelper output)
             using var run = Run.Start("plan run", exe, ["run", cfg, "--plan", plan, "--out", runDir]);
             WaitFor(() => PpoSteps(runDir) >= 2 || run.Process.HasExited, TimeSpan.FromMinutes(2), "2 PPO iterations");
             Assert.False(run.Process.HasExited, run.Output);
-            var workers = Workers(c => true).Where(p => ParentOf(p) == run.Process.Id).ToList();
+            var workers = Procs.WorkersOf(run.Process.Id);
             Assert.Equal(2, workers.Count);
             run.Process.Kill();  // SIGKILL: the master cannot tell anyone
             var sw = Stopwatch.StartNew();
-            WaitFor(() => workers.All(p => !Alive(p)), TimeSpan.FromSeconds(40), "the orphaned workers to exit");
+            WaitFor(() => workers.All(p => !Procs.Alive(p)), TimeSpan.FromSeconds(40), "the orphaned workers to exit");
             output.WriteLine($"workers gone {sw.Elapsed.TotalSeconds:F1} s after the master was killed");
         }
         finally { Directory.Delete(dir, true); }
-    }
-
-    private static bool Alive(int pid)
-    {
-        try
-        {
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            return !stat[(stat.LastIndexOf(')') + 2)..].StartsWith('Z');
-        }
-        catch (IOException) { return false; }
-    }
-
-    private static int ParentOf(int pid)
-    {
-        try
-        {
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            return int.Parse(stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[1]);
-        }
-        catch (IOException) { return -1; }
     }
 }
