@@ -98,22 +98,26 @@ internal sealed class RunCheckpoints(ExperimentConfig cfg, string root, Action<s
     /// checkpoint usable.</summary>
     /// <param name="extraFiles">Writes further files of the run's state into the checkpoint directory (covered by the manifest).</param>
     public void Save(RunProgress progress, IReadOnlyDictionary<string, LlamaModel> models, IReadOnlyDictionary<string, AdamW> optimizers,
-                     Action<string>? extraFiles = null)
+                     Action<string>? extraFiles = null) =>
+        Save(progress, optimizers.Select(kv => (ICheckpointRole)new FullModelState(kv.Key, models[kv.Key], kv.Value)).ToList(), extraFiles);
+
+    /// <summary>Writes checkpoint step-(global iteration) from each trained role's state, wherever it
+    /// lives (a full model, or a plan replica whose shards write their parts themselves: the master
+    /// then only commits). Phase 1: every part is written and fsynced into step-N.tmp; phase 2
+    /// (CheckpointStore): manifest, rename, pointer.</summary>
+    public void Save(RunProgress progress, IReadOnlyList<ICheckpointRole> roles, Action<string>? extraFiles = null)
     {
         Store.Write(GlobalIteration(progress.Stage, progress.NextIteration), tmp =>
         {
             extraFiles?.Invoke(tmp);
             var steps = new JsonObject();
-            foreach (var (role, opt) in optimizers)
+            foreach (var r in roles)
             {
-                Safetensors.Save(models[role], Path.Combine(tmp, role));
                 // bf16: the safetensors hold the bf16 weights (HF style); the fp32 master the
                 // optimizer updates is resumable state next to the moments.
-                if (models[role].Precision == ModelPrecision.Bf16)
-                    WriteFloats(Path.Combine(tmp, role + ".master"), models[role].Parameters);
-                WriteFloats(Path.Combine(tmp, role + ".adam_m"), opt.FirstMoment);
-                WriteFloats(Path.Combine(tmp, role + ".adam_v"), opt.SecondMoment);
-                steps[role] = opt.Step;
+                foreach (var part in Parts(r.Bf16))
+                    r.Write(Path.Combine(tmp, CheckpointParts.Name(r.Role, part)), part);
+                steps[r.Role] = r.OptimizerStep;
             }
             var state = new JsonObject
             {
@@ -124,6 +128,31 @@ internal sealed class RunCheckpoints(ExperimentConfig cfg, string root, Action<s
             };
             File.WriteAllText(Path.Combine(tmp, "state.json"), state.ToJsonString());
         });
+    }
+
+    /// <summary>The parts a trained role's checkpoint holds.</summary>
+    private static CheckpointPart[] Parts(bool bf16) => bf16
+        ? [CheckpointPart.Weights, CheckpointPart.Master, CheckpointPart.FirstMoment, CheckpointPart.SecondMoment]
+        : [CheckpointPart.Weights, CheckpointPart.FirstMoment, CheckpointPart.SecondMoment];
+
+    /// <summary>Restores trained <paramref name="role"/> of a bound stage from checkpoint <paramref name="from"/>
+    /// into its train replica, every shard reading its own slices by byte range (whatever plan, or
+    /// the single device, wrote it): the fp32 weights (a bf16 model: its fp32 master), both AdamW
+    /// moments and the optimizer step.</summary>
+    public static void RestoreShards(ResumePoint from, StageConfig stage, string role, ICheckpointTarget target)
+    {
+        string dir = from.Dir;
+        if (target.Bf16)
+        {
+            string master = Path.Combine(dir, CheckpointParts.Name(role, CheckpointPart.Master));
+            if (!File.Exists(master))
+                throw new InvalidDataException($"checkpoint {dir}: {role} is bf16 but {role}.master (its fp32 master weights) is missing; resume it with the precision it was written with");
+            target.Read(master, CheckpointPart.Master, false);
+        }
+        else target.Read(Path.Combine(dir, role), CheckpointPart.Weights, stage.Models[role].AllowNonFiniteWeights);
+        target.Read(Path.Combine(dir, CheckpointParts.Name(role, CheckpointPart.FirstMoment)), CheckpointPart.FirstMoment, true);
+        target.Read(Path.Combine(dir, CheckpointParts.Name(role, CheckpointPart.SecondMoment)), CheckpointPart.SecondMoment, true);
+        target.OptimizerStep = (long)from.State["optimizer_steps"]![role]!;
     }
 
     /// <summary>Loads each trained role's parameters (and fp32 master under bf16) and its optimizer
@@ -152,7 +181,10 @@ internal sealed class RunCheckpoints(ExperimentConfig cfg, string root, Action<s
     public void WriteArtifact(string name, LlamaModel model) =>
         CheckpointStore.WriteArtifact(ArtifactPath(name), tmp => Safetensors.Save(model, tmp));
 
-    private static void WriteFloats(string path, ReadOnlySpan<float> data)
+    /// <summary>Writes a stage artifact whose HF folder <paramref name="write"/> fills (a plan replica's shards write it).</summary>
+    public void WriteArtifact(string name, Action<string> write) => CheckpointStore.WriteArtifact(ArtifactPath(name), write);
+
+    internal static void WriteFloats(string path, ReadOnlySpan<float> data)
     {
         using var f = File.Create(path);
         f.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data));
@@ -165,5 +197,43 @@ internal sealed class RunCheckpoints(ExperimentConfig cfg, string root, Action<s
         var r = new float[count];
         Buffer.BlockCopy(bytes, 0, r, 0, bytes.Length);
         return r;
+    }
+}
+
+/// <summary>A trained role's checkpoint state as a checkpoint writes it, wherever it lives.</summary>
+internal interface ICheckpointRole
+{
+    string Role { get; }
+    /// <summary>Whether the role is bf16 (its checkpoint has the fp32 master besides the bf16 weights).</summary>
+    bool Bf16 { get; }
+    long OptimizerStep { get; }
+    /// <summary>Writes <paramref name="part"/> to <paramref name="path"/> (the weights' HF folder, or a flat file), complete and fsynced or at least flushed for the store's fsync.</summary>
+    void Write(string path, CheckpointPart part);
+}
+
+/// <summary>Where a resume reads a trained role's checkpoint state into (a plan's train replica).</summary>
+internal interface ICheckpointTarget
+{
+    bool Bf16 { get; }
+    long OptimizerStep { set; }
+    void Read(string path, CheckpointPart part, bool allowNonFinite);
+}
+
+/// <summary>A trained role's state in a full single-device model and its optimizer.</summary>
+internal sealed class FullModelState(string role, LlamaModel model, AdamW optimizer) : ICheckpointRole
+{
+    public string Role => role;
+    public bool Bf16 => model.Precision == ModelPrecision.Bf16;
+    public long OptimizerStep => optimizer.Step;
+
+    public void Write(string path, CheckpointPart part)
+    {
+        switch (part)
+        {
+            case CheckpointPart.Weights: Safetensors.Save(model, path); break;
+            case CheckpointPart.Master: RunCheckpoints.WriteFloats(path, model.Parameters); break;
+            case CheckpointPart.FirstMoment: RunCheckpoints.WriteFloats(path, optimizer.FirstMoment); break;
+            case CheckpointPart.SecondMoment: RunCheckpoints.WriteFloats(path, optimizer.SecondMoment); break;
+        }
     }
 }

@@ -328,6 +328,19 @@ internal static class Safetensors
         return (dataStart, entries.Select(e => (e.Name, new Entry(e.Dtype, e.Shape, e.Start, e.End))).ToList());
     }
 
+    /// <summary>Whether the HF checkpoint in <paramref name="dir"/> has a scalar head (a score.weight
+    /// tensor), read from the index or the file's header only.</summary>
+    public static bool HasScalarHead(string dir)
+    {
+        string index = Path.Combine(dir, "model.safetensors.index.json"), single = Path.Combine(dir, "model.safetensors");
+        if (File.Exists(index))
+            return JsonNode.Parse(File.ReadAllText(index)) is JsonObject o && o["weight_map"] is JsonObject wm ? wm.ContainsKey("score.weight")
+                : throw new InvalidDataException($"{index}: 'weight_map' missing");
+        if (!File.Exists(single)) throw new FileNotFoundException($"checkpoint {dir}: neither model.safetensors nor model.safetensors.index.json exists");
+        using var fs = OpenShard(single);
+        return ReadHeader(fs, single).Entries.Any(e => e.Name == "score.weight");
+    }
+
     /// <summary>Loads one shard of a model (a pipeline stage's tensors, each cut to its tensor-
     /// parallel slice: <paramref name="layout"/>) from an HF checkpoint directory
     /// (model.safetensors, or shards with model.safetensors.index.json) into the shard's flat
@@ -336,7 +349,10 @@ internal static class Safetensors
     /// (converted to fp32). Refuses, naming the file and tensor, a tensor that is missing or whose
     /// shape is not the layout's global shape, and (unless <paramref name="allowNonFinite"/>) NaN or
     /// infinite values. The result equals slicing the tensors <see cref="Load"/> reads, bit for bit.</summary>
-    public static unsafe void LoadShard(string dir, ShardLayout layout, float* destination, bool allowNonFinite = false)
+    /// <param name="sharedOnly">Load only the tensors the checkpoint has with the layout's global
+    /// shape and leave the others as they are (an LM checkpoint into a scalar-head model: what
+    /// ModelOps.CopyShared does for a full model).</param>
+    public static unsafe void LoadShard(string dir, ShardLayout layout, float* destination, bool allowNonFinite = false, bool sharedOnly = false)
     {
         if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"checkpoint directory {dir} not found");
         // Which file holds each tensor.
@@ -355,7 +371,10 @@ internal static class Safetensors
         {
             string file = "model.safetensors";
             if (fileOf is not null && !fileOf.TryGetValue(v.Name, out file!))
+            {
+                if (sharedOnly) continue;
                 throw new InvalidDataException($"checkpoint {dir}: tensor '{v.Name}' is missing (not in {Path.GetFileName(index)})");
+            }
             if (!byFile.TryGetValue(file, out var l)) byFile[file] = l = [];
             l.Add(v);
         }
@@ -368,13 +387,67 @@ internal static class Safetensors
             foreach (var v in views)
             {
                 if (!tensors.TryGetValue(v.Name, out var t))
+                {
+                    if (sharedOnly) continue;
                     throw new InvalidDataException($"{path}: tensor '{v.Name}' is missing");
+                }
                 if (!t.Shape.SequenceEqual(v.GlobalShape))
-                    throw new InvalidDataException($"{path}: tensor '{v.Name}' has shape [{string.Join(", ", t.Shape)}], the model needs [{string.Join(", ", v.GlobalShape)}]");
+                    if (sharedOnly) continue;
+                    else throw new InvalidDataException($"{path}: tensor '{v.Name}' has shape [{string.Join(", ", t.Shape)}], the model needs [{string.Join(", ", v.GlobalShape)}]");
                 var dst = new Span<float>(destination + v.Offset, checked((int)v.LocalElements));
                 ReadSlice(fs, path, dataStart + t.Start, t.Dtype, v, dst);
                 if (!allowNonFinite) RefuseNonFinite(dst, v.Name, path);
             }
+        }
+    }
+
+    /// <summary>Writes the whole tensors <paramref name="names"/> of a shard that holds them unsplit
+    /// (<paramref name="data"/>: the shard's fp32 buffer of its layout, e.g. an AdamW moment) into the
+    /// flat file <paramref name="path"/> at the offsets the single-device layout
+    /// <paramref name="full"/> gives them (the run checkpoint's role.adam_m / .adam_v / .master
+    /// format: the full model's buffer, little-endian fp32). The file must exist with its full size
+    /// (<see cref="CreateFlat"/>); each writer of a sharded save writes its own tensors and fsyncs.</summary>
+    public static unsafe void WriteFlatShard(string path, ShardLayout layout, ShardLayout full, float* data, IReadOnlyCollection<string> names)
+    {
+        using var fs = new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.ReadWrite, 1);
+        if (fs.Length != full.TotalElements * 4) throw new InvalidDataException($"{path}: {fs.Length} bytes, expected {full.TotalElements * 4}");
+        var handle = fs.SafeFileHandle;
+        foreach (var v in layout.Views.Where(v => names.Contains(v.Name)))
+        {
+            if (v.SplitDim >= 0 && v.SliceLength != v.GlobalShape[v.SplitDim])
+                throw new ArgumentException($"{path}: tensor '{v.Name}' is split in this shard; only whole tensors are written");
+            if (!full.TryGet(v.Name, out var f)) throw new ArgumentException($"{path}: tensor '{v.Name}' is not in the model");
+            // Writes of up to 1 GiB each (RandomAccess takes an int-sized span).
+            for (long at = 0; at < v.LocalElements;)
+            {
+                int n = (int)Math.Min(v.LocalElements - at, 1 << 28);
+                RandomAccess.Write(handle, new ReadOnlySpan<byte>(data + v.Offset + at, n * 4), (f.Offset + at) * 4);
+                at += n;
+            }
+        }
+        fs.Flush(flushToDisk: true);
+    }
+
+    /// <summary>Creates (or cuts back) <paramref name="path"/> to <paramref name="bytes"/> bytes of
+    /// zeros, without writing them (a sparse file the shard writers fill).</summary>
+    public static void CreateFlat(string path, long bytes)
+    {
+        using var fs = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.ReadWrite);
+        fs.SetLength(bytes);
+    }
+
+    /// <summary>Reads one shard (<paramref name="layout"/>: each tensor cut to its slice) of a flat
+    /// fp32 file in the single-device layout <paramref name="full"/> by byte range: what
+    /// <see cref="LoadShard"/> does for safetensors, for the run checkpoint's AdamW moments and fp32
+    /// master. Refuses a file of the wrong size naming it.</summary>
+    public static unsafe void LoadFlatShard(string path, ShardLayout layout, ShardLayout full, float* destination)
+    {
+        using var fs = OpenShard(path);
+        if (fs.Length != full.TotalElements * 4) throw new InvalidDataException($"{path}: {fs.Length} bytes, expected {full.TotalElements * 4}");
+        foreach (var v in layout.Views)
+        {
+            if (!full.TryGet(v.Name, out var f)) throw new ArgumentException($"{path}: tensor '{v.Name}' is not in the model");
+            ReadSlice(fs, path, f.Offset * 4, "F32", v, new Span<float>(destination + v.Offset, checked((int)v.LocalElements)));
         }
     }
 

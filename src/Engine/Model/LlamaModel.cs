@@ -107,8 +107,9 @@ internal sealed unsafe class LlamaModel : IDisposable
         _vocabStart = _tpRank * _vocabLocal;
         _headWidth = scalarHead ? 1 : _vocabLocal;
         _params = new HostBlock(Math.Max(4, Layout.TotalElements * 4));
-        _grads = new HostBlock(Math.Max(4, Layout.TotalElements * 4));
-        _grads.AsSpan<float>((int)Layout.TotalElements).Clear();
+        // Gradients: fresh anonymous pages read as zero and are not touched until a backward writes
+        // them, so a model that never trains (inference replicas, ref, reward) holds no gradient memory.
+        _grads = new HostBlock(Math.Max(4, Layout.TotalElements * 4), HostAllocFlags.HugePage);
         float* p = (float*)_params.Pointer, g = (float*)_grads.Pointer;
         _masterBase = (nint)p;
         float* View(float* b, string n) => Layout.TryGet(n, out var v) ? b + v.Offset : throw new InvalidOperationException($"no parameter {n}");
@@ -256,6 +257,26 @@ internal sealed unsafe class LlamaModel : IDisposable
         if (values.Length != Layout.TotalElements) throw new ArgumentException($"{values.Length} values for {Layout.TotalElements} parameters");
         values.CopyTo(new Span<ushort>(_bf16Params.Pointer, values.Length));
         LoadFp32BiasesFromBf16();
+    }
+
+    /// <summary>Takes the bf16 weights and the fp32 q/k/v biases of <paramref name="other"/>, a model of
+    /// the same layout also frozen to bf16 (a shard initialised in fp32 on a twin, then frozen: what a
+    /// single device does before <see cref="FreezeToBf16"/>).</summary>
+    public void LoadFrozen(LlamaModel other)
+    {
+        if (!_masterReleased || !other._masterReleased) throw new InvalidOperationException("LoadFrozen is between models frozen to bf16");
+        if (other.Layout.TotalElements != Layout.TotalElements || other.Config != Config) throw new ArgumentException("LoadFrozen: the models' layouts differ");
+        long n = Layout.TotalElements * 2;
+        Buffer.MemoryCopy(other._bf16Params!.Pointer, _bf16Params!.Pointer, n, n);
+        if (_frozenBiases is not null)
+            Buffer.MemoryCopy(other._frozenBiases!.Pointer, _frozenBiases.Pointer, _frozenBiases.Bytes, _frozenBiases.Bytes);
+    }
+
+    /// <summary>After the bf16 weights of a model frozen to bf16 were written in place (a bf16
+    /// reallocation), its fp32 q/k/v biases are taken from them.</summary>
+    public void BiasesFromBf16()
+    {
+        if (_masterReleased) LoadFp32BiasesFromBf16();
     }
 
     private void RefreshBf16()

@@ -7,6 +7,7 @@
 // execution of an execution plan (`realn run --in-process`, the embedding API); model worker
 // processes run the same ShardReplica operations over UCX (Workers/RemoteReplica).
 using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
@@ -133,13 +134,20 @@ internal interface IReplica : IDisposable
     /// <summary>Gathers the shards into a full single-device model (the fp32 master, or bf16 weights
     /// into a full model that holds bf16 only).</summary>
     void CopyTo(LlamaModel full);
-    /// <summary>Every shard initialises its own slices (<see cref="LlamaModel.InitRandom"/>: each
-    /// tensor from its own seeded stream, so the model is the one a single device initialises with
-    /// the same seed); nobody holds the whole model.</summary>
-    void InitShards(int seed, float std = 0.02f);
-    /// <summary>Every shard reads its own slices of an HF checkpoint directory by byte range
-    /// (<see cref="Checkpoints.Safetensors.LoadShard"/>); nobody holds the whole model.</summary>
-    void LoadShards(string checkpointDir, bool allowNonFinite = false);
+    /// <summary>Every shard initialises itself as a single device initialises the whole model
+    /// (<see cref="ShardReplica.Initialise"/>: seeded per-tensor streams, then its slices of
+    /// <paramref name="checkpoint"/> by byte range, then bf16 where the replica holds bf16 only);
+    /// nobody holds the whole model. Bit-identical to scattering the single device's model.</summary>
+    void Initialise(int seed, string? checkpoint = null, bool sharedOnly = false, bool allowNonFinite = false);
+    /// <summary>Writes checkpoint part <paramref name="part"/> to <paramref name="path"/> (the weights'
+    /// HF folder, or the flat file) from the shards (<see cref="ShardedSave"/>); returns once every
+    /// file is complete and fsynced. Nobody holds the whole model.</summary>
+    void SaveState(string path, CheckpointPart part);
+    /// <summary>Every shard reads its slices of checkpoint part <paramref name="part"/> from
+    /// <paramref name="path"/> by byte range (whatever layout wrote it).</summary>
+    void LoadState(string path, CheckpointPart part, bool allowNonFinite = false);
+    /// <summary>The optimizer's step count (checkpoints; set on resume).</summary>
+    long OptimizerStep { get; set; }
     /// <summary>Scatters (toShards) or gathers AdamW moments and the step count between the shards
     /// and a full model's optimizer (checkpoints and resume).</summary>
     void MoveOptimizerState(AdamW full, bool toShards);
@@ -283,6 +291,7 @@ internal sealed unsafe class DistributedModel : IReplica
         int es = ParameterBuffers.ElementSize(kind);
         var plan = Plan(src.Layout, Layout, Config, ScalarHead, es);
         InProcessRealloc.Execute(plan, src.Buffers(r => src.Parameters(r, kind), es), Buffers(r => Parameters(r, kind), es));
+        if (kind == ParameterBuffer.Bf16) foreach (var r in _ranks) r!.Shard.BiasesFromBf16();
         return plan.RemoteBytes + plan.LocalBytes;
     }
 
@@ -292,6 +301,7 @@ internal sealed unsafe class DistributedModel : IReplica
     {
         var kind = ParameterBuffers.Between($"{_name}: load from the full model", full.Precision, full.HoldsBf16Only, Precision, ((IReplica)this).HoldsBf16Only);
         Move(ParameterPointer(full, kind), full.ParameterCount, ParameterBuffers.ElementSize(kind), toShards: true, r => Parameters(r, kind));
+        if (kind == ParameterBuffer.Bf16) foreach (var r in _ranks) r!.Shard.BiasesFromBf16();
     }
 
     public void CopyTo(LlamaModel full)
@@ -300,14 +310,64 @@ internal sealed unsafe class DistributedModel : IReplica
         Move(ParameterPointer(full, kind), full.ParameterCount, ParameterBuffers.ElementSize(kind), toShards: false, r => Parameters(r, kind));
     }
 
-    public void InitShards(int seed, float std = 0.02f)
+    public void Initialise(int seed, string? checkpoint = null, bool sharedOnly = false, bool allowNonFinite = false) =>
+        Run("initialise", s => { s.Initialise(seed, 0.02f, checkpoint, sharedOnly, allowNonFinite); return 0; });
+
+    public void SaveState(string path, CheckpointPart part)
     {
-        foreach (var r in _ranks) r!.Shard.InitRandom(seed, std);
+        var (writers, temporary) = ShardedSave.Writers(Layout, Config, ScalarHead);
+        bool bf16Weights = part == CheckpointPart.Weights && Precision == ModelPrecision.Bf16;
+        DistributedModel? temp = null;
+        try
+        {
+            var target = this;
+            var writePart = part;
+            if (temporary)
+            {
+                // The part is reallocated into the parameters of a tp-1 pipeline that writes it.
+                target = temp = new DistributedModel(_cluster, _name + " (checkpoint)", Config, ScalarHead, writers, 1, null,
+                                                     bf16Weights ? ModelPrecision.Bf16 : ModelPrecision.Fp32);
+                var kind = bf16Weights ? ParameterBuffer.Bf16 : ParameterBuffer.Fp32Master;
+                int es = ParameterBuffers.ElementSize(kind);
+                InProcessRealloc.Execute(Plan(Layout, writers, Config, ScalarHead, es), Buffers(r => StatePointer(r, part), es), temp.Buffers(r => temp.Parameters(r, kind), es));
+                if (bf16Weights) foreach (var t in temp._ranks) t!.Shard.BiasesFromBf16();
+                writePart = part == CheckpointPart.Weights ? part : CheckpointPart.Master;   // a moment now sits in the temporary's fp32 weights
+            }
+            var writes = ShardedSave.Prepare(path, part, writers, Config, ScalarHead);
+            var byRank = writes.ToDictionary(w => target.Layout.Devices.ToList().IndexOf(writers.Devices[w.WriterRank]));
+            target.Run($"save {Path.GetFileName(path)}", s =>
+            {
+                if (byRank.TryGetValue(s.Comm.LayoutRank, out var w)) s.SaveState(writePart, w.Path, w.Tensors);
+                return 0;
+            });
+            ShardedSave.Finish(path, part, writes, Config, ScalarHead, bf16Weights);
+        }
+        finally { temp?.Dispose(); }
     }
 
-    public void LoadShards(string checkpointDir, bool allowNonFinite = false)
+    public void LoadState(string path, CheckpointPart part, bool allowNonFinite = false)
     {
-        foreach (var r in _ranks) Checkpoints.Safetensors.LoadShard(checkpointDir, r!.Shard.Layout, r.Shard.ParametersPointer, allowNonFinite);
+        path = Path.GetFullPath(path);
+        Run($"load {Path.GetFileName(path)}", s => { s.LoadState(part, path, allowNonFinite); return 0; });
+    }
+
+    public long OptimizerStep
+    {
+        get => (_ranks[0]!.Optimizer ?? throw new InvalidOperationException($"{_name}: an inference replica has no optimizer")).Step;
+        set { foreach (var r in _ranks) (r!.Optimizer ?? throw new InvalidOperationException($"{_name}: an inference replica has no optimizer")).Step = value; }
+    }
+
+    /// <summary>Rank r's buffer of checkpoint part <paramref name="part"/> (the weights: bf16 for a bf16 model, else the fp32 master).</summary>
+    private nint StatePointer(int r, CheckpointPart part)
+    {
+        var shard = _ranks[r]!;
+        switch (part)
+        {
+            case CheckpointPart.Weights: return Parameters(r, Precision == ModelPrecision.Bf16 ? ParameterBuffer.Bf16 : ParameterBuffer.Fp32Master);
+            case CheckpointPart.Master: return Parameters(r, ParameterBuffer.Fp32Master);
+        }
+        var o = shard.Optimizer ?? throw new InvalidOperationException($"{_name}: an inference replica has no optimizer state");
+        fixed (float* p = part == CheckpointPart.FirstMoment ? o.FirstMoment : o.SecondMoment) return (nint)p;
     }
 
     public void MoveOptimizerState(AdamW full, bool toShards)

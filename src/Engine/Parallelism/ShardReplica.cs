@@ -4,6 +4,7 @@
 // collecting ranks (last pipeline stage, tensor rank 0 of each data replica) return their
 // replica's outputs as a ShardOutput, the others null. The in-process DistributedModel runs these
 // on threads; a model worker process runs them for the master (Workers/ModelWorker).
+using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
@@ -193,6 +194,73 @@ internal sealed unsafe class ShardReplica : IDisposable
             }
         if (Array.FindIndex(tok, t => t is null) is var miss and >= 0) throw new InvalidDataException($"generation outputs: no collecting rank reported prompt {miss}");
         return new GenerationResult { Prompts = prompts.Select(x => x.ToArray()).ToArray(), NewTokens = tok, LogProbs = lp, Masks = masks, EndedWithEos = eos };
+    }
+
+    // ------------------------------------------------------------------ life cycle without a full model
+
+    /// <summary>Initialises this rank's shard itself, as a single device initialises the whole model:
+    /// every tensor from its own seeded stream (<see cref="LlamaModel.InitRandom"/>), then, with
+    /// <paramref name="checkpoint"/>, its slices of that HF checkpoint by byte range (only the tensors
+    /// the checkpoint shares with the model when <paramref name="sharedOnly"/>); a shard that holds bf16
+    /// only is initialised on an fp32 twin and then frozen, as the single device freezes. Bit-identical
+    /// to slicing the single device's model.</summary>
+    public void Initialise(int seed, float std, string? checkpoint, bool sharedOnly, bool allowNonFinite)
+    {
+        if (!Shard.HoldsBf16Only) { Fill(Shard); return; }
+        using var twin = new LlamaModel(Shard.Config, Shard.ScalarHead, Comm);
+        Fill(twin);
+        twin.FreezeToBf16();
+        Shard.LoadFrozen(twin);
+
+        void Fill(LlamaModel m)
+        {
+            m.InitRandom(seed, std);
+            if (checkpoint is not null)
+                Checkpoints.Safetensors.LoadShard(checkpoint, m.Layout, m.ParametersPointer, allowNonFinite, sharedOnly);
+        }
+    }
+
+    /// <summary>Whether this rank writes its tensors in a sharded save: a replica with tp 1 saves
+    /// from data replica 0's pipeline stages, which hold whole tensors.</summary>
+    public bool Writes => Comm.Tp == 1 && Comm.Data == 0;
+
+    /// <summary>The tensors this rank writes (a tensor two stages hold, tied embeddings, by the first).</summary>
+    public string[] WrittenTensors()
+    {
+        var earlier = Enumerable.Range(0, Comm.Pipe).SelectMany(p => ParamLayout.Create(Shard.Config, Shard.ScalarHead, Comm.Pp, p, 1, 0).Views.Select(v => v.Name)).ToHashSet();
+        return Shard.Layout.Views.Select(v => v.Name).Where(n => !earlier.Contains(n)).ToArray();
+    }
+
+    /// <summary>Writes <paramref name="part"/> of this rank's whole tensors: the weights as one file of
+    /// a sharded HF checkpoint (<paramref name="path"/>; bf16 for a bf16 model), the master or a
+    /// moment at its offsets into the flat file <paramref name="path"/>; fsynced.</summary>
+    public void SaveState(CheckpointPart part, string path, IReadOnlyCollection<string> names)
+    {
+        if (!Writes) throw new InvalidOperationException($"rank {Comm.LayoutRank} of {Layout} writes no checkpoint file (tp 1, data replica 0 only)");
+        if (part == CheckpointPart.Weights) { Checkpoints.Safetensors.SaveShardFile(Shard, path, names); return; }
+        Checkpoints.Safetensors.WriteFlatShard(path, Shard.Layout, ParamLayout.Create(Shard.Config, Shard.ScalarHead), StatePointer(part), names);
+    }
+
+    /// <summary>Reads <paramref name="part"/> of this rank's shard from a checkpoint by byte range
+    /// (<paramref name="path"/>: the role's HF folder for the weights, else the flat file).</summary>
+    public void LoadState(CheckpointPart part, string path, bool allowNonFinite)
+    {
+        if (Shard.HoldsBf16Only) throw new InvalidOperationException("a replica that holds bf16 weights only is not restored from a checkpoint (it is reallocated from the train replica)");
+        if (part == CheckpointPart.Weights) Checkpoints.Safetensors.LoadShard(path, Shard.Layout, Shard.ParametersPointer, allowNonFinite);
+        else Checkpoints.Safetensors.LoadFlatShard(path, Shard.Layout, ParamLayout.Create(Shard.Config, Shard.ScalarHead), StatePointer(part));
+    }
+
+    private float* StatePointer(CheckpointPart part)
+    {
+        if (part == CheckpointPart.Master) return Shard.ParametersPointer;
+        var o = Optimizer ?? throw new InvalidOperationException("an inference replica has no optimizer state");
+        var moment = part switch
+        {
+            CheckpointPart.FirstMoment => o.FirstMoment,
+            CheckpointPart.SecondMoment => o.SecondMoment,
+            _ => throw new ArgumentException($"no flat buffer for {part}"),
+        };
+        fixed (float* p = moment) return p;   // AdamW's moments live in native memory: the pointer is stable
     }
 
     // ------------------------------------------------------------------ batch mapping

@@ -1,5 +1,6 @@
 // A model's calls under an execution plan: an IReplica per call (in this process or in model
 // worker processes), parameters reallocated from the train call's replica when it has moved on.
+using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
@@ -86,14 +87,34 @@ internal sealed class ModelReplicas(string role) : IDisposable
         _version[r] = ++_trainVersion;
     }
 
-    /// <summary>Every replica loaded from the full model (stage start, resume).</summary>
-    public void LoadAll(LlamaModel full)
+    /// <summary>Stage start: <paramref name="initialise"/> fills the source replica (the train replica,
+    /// else the first) on its own shards, then every other replica is reallocated from it.</summary>
+    public void Initialise(Action<IReplica> initialise)
     {
-        foreach (var r in All) { r.CopyFrom(full); _version[r] = _trainVersion; }
+        var source = Train ?? All[0];
+        initialise(source);
+        foreach (var r in All)
+        {
+            if (!ReferenceEquals(r, source)) r.CopyFrom(source);   // set-up, not counted as a reallocation between calls
+            _version[r] = _trainVersion;
+        }
     }
+
+    public bool IsPinned(IReplica r) => _pinned.Contains(r);
 
     public void Dispose()
     {
         foreach (var r in All) r.Dispose();
     }
+}
+
+/// <summary>A trained role's checkpoint state in its train replica: the shards write and read their
+/// own parts (<see cref="IReplica.SaveState"/>, <see cref="IReplica.LoadState"/>).</summary>
+internal sealed class ReplicaCheckpoint(string role, IReplica replica) : ICheckpointRole, ICheckpointTarget
+{
+    public string Role => role;
+    public bool Bf16 => replica.Precision == ModelPrecision.Bf16;
+    public long OptimizerStep { get => replica.OptimizerStep; set => replica.OptimizerStep = value; }
+    public void Write(string path, CheckpointPart part) => replica.SaveState(path, part);
+    public void Read(string path, CheckpointPart part, bool allowNonFinite) => replica.LoadState(path, part, allowNonFinite);
 }

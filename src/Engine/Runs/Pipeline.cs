@@ -23,6 +23,7 @@ using Plan = ReaLNative.Planner.Plan;
 using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Tokenization;
 using ReaLNative.Engine.Workers;
+using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Runs;
 
@@ -52,6 +53,8 @@ internal sealed partial class Pipeline : IDisposable
     private readonly Dictionary<string, AdamW> _optims = new();
     private readonly Plan? _plan;
     private readonly PlanBinding _binding;   // where each call runs its model: its plan replica, or the single device
+    private readonly NativeStream _stream = NativeStream.Cpu();   // the master's own compute (GAE)
+    private readonly List<LlamaModel> _gathered = [];   // full copies gathered for Model(role) callers
     private StreamWriter? _metrics;
     private int _metricLines;
     private readonly RunCheckpoints _checkpoints;
@@ -263,13 +266,15 @@ internal sealed partial class Pipeline : IDisposable
         bool last = it + 1 == stage.Iterations;
         bool eval = _algorithm!.EvaluatesActor && ((it + 1) % _cfg.Eval.Every == 0 || last);
         bool ckpt = (it + 1) % _cfg.CheckpointEvery == 0 || last;
-        if (eval || ckpt) _binding.SyncBack();
         if (eval) figures["task_score"] = Evaluate(stage, it + 1);
         _progress?.Invoke(new ProgressEvent(stage.Index, stage.Algorithm, it + 1, stage.Iterations, figures));
         // The stage artifact is written before the stage's last checkpoint: a run resumed
         // from that checkpoint skips the stage and needs the artifact already there.
         if (last && _algorithm.Produces is { } prod)
-            _checkpoints.WriteArtifact(prod.Artifact, _models[prod.Role]);
+        {
+            if (_binding.Holds(prod.Role)) _checkpoints.WriteArtifact(prod.Artifact, tmp => _binding.SaveState(prod.Role, tmp, CheckpointPart.Weights));
+            else _checkpoints.WriteArtifact(prod.Artifact, _models[prod.Role]);
+        }
         if (ckpt)
         {
             var upToNow = (double[])_stageSeconds.Clone();
@@ -334,8 +339,16 @@ internal sealed partial class Pipeline : IDisposable
         return new JsonObject { ["cancelled"] = true, ["position"] = _position, ["last_checkpoint"] = LastCheckpoint };
     }
 
-    /// <summary>Final parameters of a role (for tests and for saving).</summary>
-    public LlamaModel Model(string role) => _models[role];
+    /// <summary>Final parameters of a role (for tests and for saving). A role of a stage bound to the
+    /// plan lives on the plan's devices only: its full model is gathered from the shards on request
+    /// (owned by the pipeline), which the run itself never does.</summary>
+    public LlamaModel Model(string role)
+    {
+        if (_models.TryGetValue(role, out var m)) return m;
+        var full = _binding.Gather(role);
+        _gathered.Add(full);
+        return full;
+    }
 
     private void WriteMetric(JsonObject line)
     {
@@ -357,22 +370,16 @@ internal sealed partial class Pipeline : IDisposable
         foreach (var o in _optims.Values) o.Dispose();
         foreach (var m in _models.Values) m.Dispose();
         _optims.Clear(); _models.Clear();
+        foreach (var g in _gathered) g.Dispose();
+        _gathered.Clear();
+        if (_binding.Covers(stage)) { SetUpBound(stage, resumeFrom); return; }
         foreach (var (role, spec) in stage.Models)
         {
             var model = new LlamaModel(Arch(spec), AlgorithmNames.ScalarHead(role));
             _models[role] = model;
-            model.InitRandom((int)(StepRandom.Seed64(_cfg.Seed, "init-" + role, stage.Index, 0) & 0x7fffffff));
-            string? src = spec.Init switch
+            model.InitRandom(InitSeed(stage, role));
+            if (InitSource(spec) is { } src)
             {
-                "random" => null,
-                "sft" or "rm" => _checkpoints.ArtifactPath(spec.Init),
-                _ => Path.Combine(_cfg.BaseDirectory, spec.Init),
-            };
-            if (src is not null)
-            {
-                // A stage artifact carries a manifest; a torn or corrupt one is refused, not trained from.
-                if (spec.Init is "sft" or "rm" && CheckpointStore.VerifyArtifact(src) is { } why)
-                    throw new InvalidDataException($"stage artifact {src} refused: {why}; rerun the stage that writes it (start over with {OptionNames.Overwrite})");
                 using var loaded = Safetensors.Load(src, allowNonFinite: spec.AllowNonFiniteWeights);
                 if (loaded.ScalarHead == model.ScalarHead) model.CopyParametersFrom(loaded);
                 else ModelOps.CopyShared(loaded, model);
@@ -382,7 +389,52 @@ internal sealed partial class Pipeline : IDisposable
             _optims[role] = NewOptimizer(stage, _models[role]);
         ApplyPrecision(stage);
         if (resumeFrom) RunCheckpoints.Restore(_resume!, stage, _models, _optims);
-        _binding.Bind(stage, () => Optimizer(stage));
+    }
+
+    private int InitSeed(StageConfig stage, string role) => (int)(StepRandom.Seed64(_cfg.Seed, "init-" + role, stage.Index, 0) & 0x7fffffff);
+
+    /// <summary>The checkpoint a model's `init` names (a stage artifact, verified against its
+    /// manifest, or an HF folder), or null for `random`.</summary>
+    private string? InitSource(ModelSpec spec)
+    {
+        string? src = spec.Init switch
+        {
+            "random" => null,
+            "sft" or "rm" => _checkpoints.ArtifactPath(spec.Init),
+            _ => Path.Combine(_cfg.BaseDirectory, spec.Init),
+        };
+        // A stage artifact carries a manifest; a torn or corrupt one is refused, not trained from.
+        if (src is not null && spec.Init is "sft" or "rm" && CheckpointStore.VerifyArtifact(src) is { } why)
+            throw new InvalidDataException($"stage artifact {src} refused: {why}; rerun the stage that writes it (start over with {OptionNames.Overwrite})");
+        return src;
+    }
+
+    /// <summary>A stage the plan lists: its models live on the plan's devices only. Each role's source
+    /// replica initialises its own shards exactly as the single device initialises the whole model
+    /// (seeded streams, then its slices of the init checkpoint: only the shared tensors when the
+    /// checkpoint's head differs, as ModelOps.CopyShared), a resume reads the trained roles' slices of
+    /// the checkpoint, and the roles' other replicas are reallocated from the source. The master
+    /// holds no model.</summary>
+    private void SetUpBound(StageConfig stage, bool resumeFrom)
+    {
+        foreach (var (role, spec) in stage.Models)
+            if (spec.Precision == Precisions.Bf16)
+            {
+                try { LlamaModel.ProbeBf16(_stream); }
+                catch (NotSupportedException e) { throw new ConfigException(PrecisionField(stage, role), $"'bf16' is not available: {e.Message}; allowed values on this backend: fp32"); }
+            }
+        var trained = _algorithm!.TrainedRoles.ToHashSet();
+        _binding.Bind(stage, () => Optimizer(stage),
+            role => (Arch(stage.Models[role]), AlgorithmNames.ScalarHead(role), stage.Models[role].Precision == Precisions.Bf16 ? ModelPrecision.Bf16 : ModelPrecision.Fp32),
+            (role, replica) =>
+            {
+                var spec = stage.Models[role];
+                string? src = InitSource(spec);
+                bool sharedOnly = src is not null && Safetensors.HasScalarHead(src) != replica.ScalarHead;
+                replica.Initialise(InitSeed(stage, role), src, sharedOnly, spec.AllowNonFiniteWeights);
+                if (resumeFrom && trained.Contains(role))
+                    RunCheckpoints.RestoreShards(_resume!, stage, role, new ReplicaCheckpoint(role, replica));
+            });
     }
 
     /// <summary>`precision: bf16` models: trained ones keep their fp32 master (the optimizer's) and
@@ -426,8 +478,11 @@ internal sealed partial class Pipeline : IDisposable
         if (_metrics?.BaseStream is FileStream mf) mf.Flush(flushToDisk: true);
         // An async stage's batches generated ahead with older weights go with the checkpoint (AsyncRollouts).
         var ahead = _rollouts?.Ahead(nextIteration);
+        // A bound stage's trained roles are written by their train replicas' shards; the master commits.
+        var roles = _optims.Select(kv => (ICheckpointRole)new FullModelState(kv.Key, _models[kv.Key], kv.Value))
+            .Concat(_algorithm!.TrainedRoles.Where(_binding.Holds).Select(r => (ICheckpointRole)new ReplicaCheckpoint(r, _binding.TrainReplica(r)))).ToList();
         _checkpoints.Save(new RunProgress(stage.Index, stage.Algorithm, nextIteration, _metricLines, seconds, stageSeconds, iterationSeconds),
-                          _models, _optims, ahead is { Count: > 0 } ? dir => RolloutFile.Write(Path.Combine(dir, RolloutFile.Name), ahead, _rolloutKeys) : null);
+                          roles, ahead is { Count: > 0 } ? dir => RolloutFile.Write(Path.Combine(dir, RolloutFile.Name), ahead, _rolloutKeys) : null);
     }
 
 
@@ -435,12 +490,14 @@ internal sealed partial class Pipeline : IDisposable
     /// <summary>What the stage's call handlers use of this run (models: the plan replica of a call, else
     /// the single device; or where <paramref name="calls"/> says).</summary>
     private StageContext Context(StageConfig stage, Func<string, string, IModelCalls>? calls = null) =>
-        new(stage, _cfg.Seed, _tok, _reward, calls ?? _binding.Calls, role => _models[role]);
+        new(stage, _cfg.Seed, _tok, _reward, calls ?? _binding.Calls, _stream);
 
     /// <summary>Greedy answers of <paramref name="actor"/> to stage <paramref name="stage"/>'s held-out
     /// examples and each one's score (the stage's rule-based reward, else exact match): what
     /// metrics.jsonl's eval lines and `realn eval` report.</summary>
-    public HeldOutResult EvaluateHeldOut(LlamaModel actor, StageConfig stage)
+    public HeldOutResult EvaluateHeldOut(LlamaModel actor, StageConfig stage) => EvaluateHeldOut(new SingleModelCalls(actor, () => null), stage);
+
+    private HeldOutResult EvaluateHeldOut(IModelCalls actor, StageConfig stage)
     {
         if (_rewardStage != stage.Index)
         {
@@ -450,7 +507,7 @@ internal sealed partial class Pipeline : IDisposable
         }
         var heldOut = _examples.HeldOut(stage, _reward);
         var context = Context(stage);
-        var r = context.Generate(new SingleModelCalls(actor, () => null), heldOut, 0, "eval", greedy: true);
+        var r = context.Generate(actor, heldOut, 0, "eval", greedy: true);
         return new HeldOutResult(heldOut, r.Completions, r.Gen.EndedWithEos, context.Checks(heldOut, r.Completions, r.Gen.EndedWithEos),
                                  _examples.HeldOutSkipped(stage));
     }
@@ -461,7 +518,8 @@ internal sealed partial class Pipeline : IDisposable
     private double Evaluate(StageConfig stage, int step)
     {
         var clock = Stopwatch.StartNew();
-        double score = EvaluateHeldOut(_models["actor"], stage).Score;
+        // A bound stage evaluates on the actor's replica (the master holds no model).
+        double score = EvaluateHeldOut(_binding.Holds("actor") ? _binding.EvaluationCalls() : new SingleModelCalls(_models["actor"], () => null), stage).Score;
         var line = new JsonObject { ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = step, ["call"] = "eval", ["task_score"] = score,
                                     ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 5) };
         if (stage.Dataset is not null) line["held_out_records_skipped"] = _examples.HeldOutSkipped(stage);
@@ -475,7 +533,9 @@ internal sealed partial class Pipeline : IDisposable
         _metrics?.Dispose();
         _examples.Dispose();
         _reward?.Dispose();
+        foreach (var g in _gathered) g.Dispose();
         _binding.Dispose();
+        _stream.Dispose();
         foreach (var o in _optims.Values) o.Dispose();
         foreach (var m in _models.Values) m.Dispose();
     }

@@ -1,11 +1,15 @@
 // A run under an execution plan: the stage whose calls the plan lists runs each call on its own
 // mesh and (pp, dp, tp) layout. Binding a stage makes one replica per (model, layout,
 // micro-batches) on the plan's devices (in-process devices or model worker processes), the train
-// call's replica trainable, all loaded from the full models; SyncBack brings the full models and
-// optimizers up to date before evaluation, checkpoints and stage artifacts. A bf16 model's train
-// replica keeps the fp32 master and AdamW moments, its other replicas hold bf16 weights only (and
-// receive bf16 when reallocated: half the bytes). Without a plan (or
-// for a stage the plan does not list) every call runs on the single device.
+// call's replica trainable. No process holds a whole model of a bound stage: each role's source
+// replica (the train replica, else its first) initialises its own shards (seeded streams, its slices
+// of the init checkpoint, or on resume its slices of the run checkpoint by byte range), the role's
+// other replicas are reallocated from it, and checkpoints and stage artifacts are written by the
+// shards themselves (IReplica.SaveState). A bf16 model's train replica keeps the fp32 master and
+// AdamW moments, its other replicas hold bf16 weights only (and receive bf16 when reallocated:
+// half the bytes). Without a plan (or for a stage the plan does not list) every call runs on the
+// single device, on the full models the run loop keeps.
+using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Dataflow;
@@ -21,7 +25,7 @@ namespace ReaLNative.Engine.Runs;
 
 /// <param name="plan">The execution plan, or null: every call on the single device.</param>
 /// <param name="hosts">Makes the plan's devices (given their count) when the first stage under the plan is bound.</param>
-/// <param name="models">The run's full models by role (the current stage's).</param>
+/// <param name="models">The run's full models by role (the current stage's, when it is not bound: the single device's).</param>
 /// <param name="optims">The run's optimizers of the trained roles.</param>
 internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
                                   Dictionary<string, LlamaModel> models, Dictionary<string, AdamW> optims) : IDisposable
@@ -78,14 +82,20 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
         }
     }
 
+    /// <summary>Whether the plan lists exactly this stage's calls (the stage is bound: its models live on the plan's devices only).</summary>
+    public bool Covers(StageConfig stage) => plan is not null && DataflowGraph.For(stage).Calls.All(c => plan.Calls.Any(p => p.Name == c.Name));
+
     /// <summary>Under a plan that lists this stage's calls: one replica per (role, layout,
-    /// micro-batches), the train call's trainable, all loaded from the full models.</summary>
-    public void Bind(StageConfig stage, Func<OptimizerSpec> optimizer)
+    /// micro-batches), the train call's trainable. <paramref name="initialise"/> fills each role's
+    /// source replica (its train replica, else its first) on its own shards (seeded init, init
+    /// checkpoint, resume); the role's other replicas are then reallocated from it.</summary>
+    /// <param name="arch">A role's architecture, head and precision.</param>
+    public void Bind(StageConfig stage, Func<OptimizerSpec> optimizer, Func<string, (LlamaConfig Config, bool ScalarHead, ModelPrecision Precision)> arch,
+                     Action<string, IReplica> initialise)
     {
-        if (plan is null) return;
+        if (!Covers(stage)) return;  // no plan, or the plan is for another stage
         var graph = DataflowGraph.For(stage);
-        if (!graph.Calls.All(c => plan.Calls.Any(p => p.Name == c.Name))) return;  // the plan is for another stage
-        int dpn = plan.DevicesPerNode;
+        int dpn = plan!.DevicesPerNode;
         // Calls of one model with the same layout and micro-batches share one replica (nothing to
         // reallocate between them); the replica of the model's train call is trainable.
         var keyOf = new Dictionary<string, (string Key, ParallelLayout Layout, int Micro)>();
@@ -106,11 +116,11 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
             if (!_replicas.TryGetValue(role, out var reps)) _replicas[role] = reps = new ModelReplicas(role);
             if (!byKey.TryGetValue(key, out var rep))
             {
-                var full = models[role];
+                var (config, scalarHead, precision) = arch(role);
                 bool train = trainedKeys.Contains(key);
                 try
                 {
-                    rep = _host.Create($"{call.Name} ({role})", full.Config, full.ScalarHead, layout, micro, train ? optimizer() : null, full.Precision);
+                    rep = _host.Create($"{call.Name} ({role})", config, scalarHead, layout, micro, train ? optimizer() : null, precision);
                 }
                 catch (ArgumentException e) { throw new ConfigException($"plan call {call.Name}", e.Message); }
                 byKey[key] = rep;
@@ -118,24 +128,58 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
                 if (train) reps.Train = rep;
             }
             _callReplica[call.Name] = rep;
+            if (role == "actor" && call.Type == CallType.Generate) _actorGenerate ??= call.Name;
+            else if (role == "actor") _actorAny ??= call.Name;
         }
-        foreach (var reps in _replicas.Values)
-        {
-            reps.LoadAll(models[reps.Role]);
-            if (reps.Train is { } t && optims.TryGetValue(reps.Role, out var opt)) t.MoveOptimizerState(opt, toShards: true);
-        }
+        foreach (var reps in _replicas.Values) reps.Initialise(r => initialise(reps.Role, r));
     }
 
-    /// <summary>Brings the full models and optimizers up to date with the train replicas (before
-    /// evaluation, checkpoints and stage artifacts).</summary>
-    public void SyncBack()
+    private string? _actorGenerate, _actorAny;
+
+    /// <summary>Where the bound stage's held-out evaluation generates: the actor's generation call's
+    /// replica (refreshed from the train replica first), or, where that replica is pinned (async
+    /// runs) or the stage has none, the actor's train replica.</summary>
+    public IModelCalls EvaluationCalls()
     {
-        foreach (var reps in _replicas.Values)
-            if (reps.Train is { } t)
+        var reps = _replicas.GetValueOrDefault("actor") ?? throw new InvalidOperationException("the bound stage has no actor");
+        if (_actorGenerate is { } g && !reps.IsPinned(_callReplica[g])) return Calls(g, "actor");
+        if (reps.Train is { } t) return new ReplicaCalls(t, reps);
+        return Calls(_actorAny ?? _actorGenerate!, "actor");
+    }
+
+    /// <summary>Writes <paramref name="part"/> of trained <paramref name="role"/> to <paramref name="path"/>
+    /// from its train replica's shards (checkpoints, stage artifacts); nobody holds the whole model.</summary>
+    public void SaveState(string role, string path, CheckpointPart part) => TrainReplica(role).SaveState(path, part);
+
+    /// <summary>The optimizer step count of trained <paramref name="role"/>.</summary>
+    public long OptimizerStep(string role) => TrainReplica(role).OptimizerStep;
+
+    /// <summary>The train replica of <paramref name="role"/> in the bound stage.</summary>
+    public IReplica TrainReplica(string role) =>
+        _replicas.GetValueOrDefault(role)?.Train ?? throw new InvalidOperationException($"the bound stage has no train replica of {role}");
+
+    /// <summary>Whether <paramref name="role"/> is a model of the bound stage (its shards live on the plan's devices).</summary>
+    public bool Holds(string role) => _replicas.ContainsKey(role);
+
+    /// <summary>A full single-device copy of <paramref name="role"/> gathered from its shards
+    /// (the train replica, else its first): for tests and embedding callers only, never in the run
+    /// loop. A trained bf16 model is gathered from its fp32 master; a frozen one holds bf16 only.</summary>
+    public LlamaModel Gather(string role)
+    {
+        var reps = _replicas.GetValueOrDefault(role) ?? throw new ArgumentException($"the bound stage has no model '{role}'");
+        var src = reps.Train ?? reps.All[0];
+        var full = new LlamaModel(src.Config, src.ScalarHead);
+        try
+        {
+            if (src.Precision == ModelPrecision.Bf16)
             {
-                t.CopyTo(models[reps.Role]);
-                if (optims.TryGetValue(reps.Role, out var opt)) t.MoveOptimizerState(opt, toShards: false);
+                if (src.HoldsBf16Only) full.FreezeToBf16();
+                else full.SetPrecision(ModelPrecision.Bf16);
             }
+            src.CopyTo(full);
+            return full;
+        }
+        catch { full.Dispose(); throw; }
     }
 
     /// <summary>The devices a call occupies: its plan mesh (and, when its replica may have to be

@@ -32,7 +32,7 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
             var r = b.Get<Rollout>("sequences");
             var logp = b.Get<float[]>("logprobs"); var refLp = b.Get<float[]>("ref_logprobs");
             var scores = context.Shaped(r, b.Get<float[]>("scores"));
-            var (adv, ret, kl) = Ppo.Advantages(context.Model("critic").Stream, logp, refLp, b.Get<float[]>("values"), scores,
+            var (adv, ret, kl) = Ppo.Advantages(context.Stream, logp, refLp, b.Get<float[]>("values"), scores,
                                                 r.Gen.EndedWithEos, r.Scored.ActionCu, ppo);
             cache = (adv, ret, kl, scores.Average());
             cachedFor = it;

@@ -10,6 +10,8 @@ using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Tokenization;
 
+using ReaLNative.Interop;
+
 namespace ReaLNative.Engine.Stages;
 
 /// <summary>An iteration's samples: the examples, their prompts' token ids, what generation
@@ -50,9 +52,9 @@ internal sealed record Rollout(TaskExample[] Examples, int[][] Prompts, Generati
 /// <param name="tokenizer">The run's tokenizer.</param>
 /// <param name="reward">The stage's rule-based reward; null where a reward model (or, for held-out checks, exact match) scores.</param>
 /// <param name="calls">Where a call (name, model role) runs its model.</param>
-/// <param name="model">The full (master) model of a role.</param>
+/// <param name="stream">The master's own compute stream (GAE and other per-batch math on the master).</param>
 internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer tokenizer, ISequenceReward? reward,
-                                   Func<string, string, IModelCalls> calls, Func<string, LlamaModel> model)
+                                   Func<string, string, IModelCalls> calls, NativeStream stream)
 {
     public StageConfig Stage => stage;
     public CharTokenizer Tokenizer => tokenizer;
@@ -60,8 +62,8 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
     /// <summary>Where call <paramref name="call"/> runs its model <paramref name="role"/>.</summary>
     public IModelCalls Calls(string call, string role) => calls(call, role);
 
-    /// <summary>The full model of <paramref name="role"/> on the master.</summary>
-    public LlamaModel Model(string role) => model(role);
+    /// <summary>The master's compute stream (the master holds no model under a plan).</summary>
+    public NativeStream Stream => stream;
 
     /// <summary>BOS then the prompt's tokens.</summary>
     public static int[] PromptIds(CharTokenizer tokenizer, string prompt) => [tokenizer.Bos, .. tokenizer.Encode(prompt)];

@@ -10,6 +10,7 @@ using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using ReaLNative.Engine.Control;
+using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Parallelism;
@@ -145,8 +146,8 @@ internal sealed unsafe class ModelWorker : IDisposable
                 "realloc" => Realloc(j),
                 "optim-step" => OptimStep(j),
                 "init-shard" => InitShard(j),
-                "load-shard" => LoadShard(j),
-                "save-shard" => SaveShard(j),
+                "load-state" => LoadState(j),
+                "save-state" => SaveState(j),
                 "ping" => "ok",
                 "memory" => new JsonObject { ["peak_rss_bytes"] = ProcessMemory.PeakRssBytes() }.ToJsonString(),
                 "shutdown" => Shutdown(),
@@ -202,27 +203,28 @@ internal sealed unsafe class ModelWorker : IDisposable
         return "ok";
     }
 
-    /// <summary>Initialises this worker's shard of a replica itself (per-tensor seeded streams).</summary>
+    /// <summary>Initialises this worker's shard of a replica itself (per-tensor seeded streams, then
+    /// its slices of an HF checkpoint by byte range when "dir" is given).</summary>
     private string InitShard(JsonNode j)
     {
-        Replica(j).Shard.InitRandom(WireJson.Int(j, "seed"), (float)WireJson.Num(j, "std"));
+        Replica(j).Initialise(WireJson.Int(j, "seed"), (float)WireJson.Num(j, "std"), (string?)j["dir"],
+                              j["shared_only"]?.GetValue<bool>() ?? false, j["allow_non_finite"]?.GetValue<bool>() ?? false);
         return "ok";
     }
 
-    /// <summary>Reads this worker's shard of a replica from an HF checkpoint by byte range.</summary>
-    private string LoadShard(JsonNode j)
+    /// <summary>Reads this worker's slices of a checkpoint part by byte range.</summary>
+    private string LoadState(JsonNode j)
     {
-        var r = Replica(j);
-        Checkpoints.Safetensors.LoadShard(WireJson.Str(j, "dir"), r.Shard.Layout, r.Shard.ParametersPointer, j["allow_non_finite"]?.GetValue<bool>() ?? false);
+        Replica(j).LoadState(CheckpointParts.FromWire(WireJson.Str(j, "part")), WireJson.Str(j, "path"), j["allow_non_finite"]?.GetValue<bool>() ?? false);
         return "ok";
     }
 
-    /// <summary>Writes whole tensors of this worker's shard (a tp-1 stage) as one file of a sharded checkpoint.</summary>
-    private string SaveShard(JsonNode j)
+    /// <summary>Writes this worker's whole tensors of a checkpoint part (one file of the weights, or its byte ranges of a flat file), fsynced.</summary>
+    private string SaveState(JsonNode j)
     {
-        var mine = j["files"]?[_args.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture)] ?? throw new ArgumentException($"save-shard: no file for worker {_args.Rank}");
+        var mine = j["files"]?[_args.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture)] ?? throw new ArgumentException($"save-state: no file for worker {_args.Rank}");
         var names = mine["names"]!.AsArray().Select(n => n!.GetValue<string>()).ToHashSet(StringComparer.Ordinal);
-        Checkpoints.Safetensors.SaveShardFile(Replica(j).Shard, WireJson.Str(mine, "path"), names);
+        Replica(j).SaveState(CheckpointParts.FromWire(WireJson.Str(j, "part")), WireJson.Str(mine, "path"), names);
         return "ok";
     }
 
@@ -357,7 +359,9 @@ internal sealed unsafe class ModelWorker : IDisposable
             var plan = ReallocPlan.Build(from, to, ParamLayout.Factory(config, scalar), elementSize, _ => 0);
             _plans[key] = p = (plan, ReallocSchedule.ForDevice(plan, _args.Rank));
         }
-        nint Buffer(int id, ParallelLayout layout, string side)
+        string dstKind = (string?)j["dst_kind"] ?? kind;   // a checkpoint part moves into a writer's weights
+        if ((dstKind == "params_bf16") != (kind == "params_bf16")) throw new ArgumentException($"realloc {kind} -> {dstKind}: element sizes differ");
+        nint Buffer(int id, ParallelLayout layout, string side, string kind)
         {
             if (!layout.Devices.Contains(_args.Rank)) return 0;
             if (!_replicas.TryGetValue(id, out var r)) throw new ArgumentException($"realloc {side}: worker {_args.Rank} holds no shard of replica {id}");
@@ -368,8 +372,10 @@ internal sealed unsafe class ModelWorker : IDisposable
             var moments = kind switch { "adam_m" => o.FirstMoment, "adam_v" => o.SecondMoment, _ => throw new ArgumentException($"unknown realloc kind '{kind}'") };
             fixed (float* p = moments) return (nint)p;
         }
-        nint s = Buffer(src, from, "source"), d = Buffer(dst, to, "destination");
+        nint s = Buffer(src, from, "source", kind), d = Buffer(dst, to, "destination", dstKind);
         Wait(_mover.ExecuteAsync(p.Plan, p.Schedule, s, d), $"realloc {kind} {from} -> {to}");
+        // A bf16-only shard's fp32 q/k/v biases follow its new bf16 weights.
+        if (dstKind == "params_bf16" && to.Devices.Contains(_args.Rank)) _replicas[dst].Shard.BiasesFromBf16();
         return "ok";
     }
 

@@ -6,6 +6,7 @@
 // workers (TransportRealloc, no byte through the master); to and from the full model the master
 // takes part as the rank holding it.
 using System.Text.Json.Nodes;
+using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
@@ -233,67 +234,87 @@ internal sealed unsafe class RemoteReplica : IReplica
         Move(Kind(kind), ParameterPointer(full, kind), ParameterBuffers.ElementSize(kind), toShards: false);
     }
 
-    public void InitShards(int seed, float std = 0.02f)
+    public void Initialise(int seed, string? checkpoint = null, bool sharedOnly = false, bool allowNonFinite = false)
     {
         SendDeferredBackward();
-        _pool.Dispatch(What("init"), Layout.Devices, "init-shard", new JsonObject { ["id"] = _id, ["seed"] = seed, ["std"] = std });
+        var cmd = new JsonObject { ["id"] = _id, ["seed"] = seed, ["std"] = 0.02, ["shared_only"] = sharedOnly, ["allow_non_finite"] = allowNonFinite };
+        // Each worker reads the checkpoint itself: the path must name the same files on every worker's node (a shared file system, or copies).
+        if (checkpoint is not null) cmd["dir"] = Path.GetFullPath(checkpoint);
+        _pool.Dispatch(What("initialise"), Layout.Devices, "init-shard", cmd);
     }
 
-    /// <summary>Writes the replica as an HF checkpoint into <paramref name="dir"/> without the master
-    /// holding it: the parameters are reallocated worker to worker onto a pipeline of whole tensors
-    /// over the replica's devices (tp 1, as many stages as devices, at most layers + 2), each stage's
-    /// worker writes its file (model-0000k-of-0000n.safetensors, fsynced), the master writes
-    /// config.json and the index. Callers commit the directory by renaming it into place once this
-    /// returns (every file is then complete).</summary>
-    public void SaveShards(string dir)
+    /// <summary>The realloc kind (ModelWorker's names) of checkpoint part <paramref name="part"/>'s buffer.</summary>
+    private string StateKind(CheckpointPart part) => part switch
+    {
+        CheckpointPart.Weights => Precision == ModelPrecision.Bf16 ? "params_bf16" : "params",
+        CheckpointPart.Master => "params",
+        CheckpointPart.FirstMoment => "adam_m",
+        _ => "adam_v",
+    };
+
+    /// <summary>Writes a part of the checkpoint without the master holding it: the writers (data
+    /// replica 0 of a tp-1 layout, or a temporary tp-1 pipeline the part is reallocated into worker to
+    /// worker) each write their file or byte ranges and fsync; the master writes config.json and the
+    /// index. The caller commits the checkpoint folder once this returns.</summary>
+    public void SaveState(string path, CheckpointPart part)
     {
         SendDeferredBackward();
-        dir = Path.GetFullPath(dir);
-        Directory.CreateDirectory(dir);
-        int stages = Math.Min(Layout.Devices.Count, Config.Layers + 2);
-        var writers = new ParallelLayout(Layout.Devices.Take(stages).ToArray(), stages, 1, 1);
+        var (writers, temporary) = ShardedSave.Writers(Layout, Config, ScalarHead);
+        bool bf16Weights = part == CheckpointPart.Weights && Precision == ModelPrecision.Bf16;
         RemoteReplica? temp = null;
         try
         {
             var target = this;
-            if (Layout.Tp != 1 || Layout.Dp != 1 || !Layout.Devices.SequenceEqual(writers.Devices) || Layout.Pp != stages)
+            var writePart = part;
+            if (temporary)
             {
-                target = temp = new RemoteReplica(_pool, _name + " (checkpoint)", Config, ScalarHead, writers, 1, null);
-                temp.CopyFrom(this);
+                target = temp = new RemoteReplica(_pool, _name + " (checkpoint)", Config, ScalarHead, writers, 1, null, bf16Weights ? ModelPrecision.Bf16 : ModelPrecision.Fp32);
+                var move = Realloc(StateKind(part), Layout, writers, _id, temp._id);
+                move["dst_kind"] = bf16Weights ? "params_bf16" : "params";
+                _pool.Dispatch(What($"move {Path.GetFileName(path)} to its writers"), Layout.Devices.Union(writers.Devices).ToArray(), "realloc", move);
+                writePart = part == CheckpointPart.Weights ? part : CheckpointPart.Master;   // a moment now sits in the temporary's fp32 weights
             }
-            var fileOf = new Dictionary<string, string>(StringComparer.Ordinal);
-            var jobs = new List<(int Device, string File, string[] Names)>();
-            long total = 0;
-            for (int p = 0; p < stages; p++)
-            {
-                string file = stages == 1 ? "model.safetensors" : $"model-{p + 1:D5}-of-{stages:D5}.safetensors";
-                // A tensor two stages hold (tied embeddings) is written once, by the first.
-                var names = ParamLayout.Create(Config, ScalarHead, stages, p, 1, 0).Views.Where(v => fileOf.TryAdd(v.Name, file)).ToList();
-                total += names.Sum(v => v.LocalElements * 4);
-                jobs.Add((writers.Devices[p], file, names.Select(v => v.Name).ToArray()));
-            }
+            var writes = ShardedSave.Prepare(path, part, writers, Config, ScalarHead);
             var files = new JsonObject();
-            foreach (var (device, file, names) in jobs)
-                files[device.ToString(System.Globalization.CultureInfo.InvariantCulture)] = new JsonObject
+            foreach (var w in writes)
+                files[writers.Devices[w.WriterRank].ToString(System.Globalization.CultureInfo.InvariantCulture)] = new JsonObject
                 {
-                    ["path"] = Path.Combine(dir, file), ["names"] = new JsonArray(names.Select(n => (JsonNode)n).ToArray()),
+                    ["path"] = w.Path, ["names"] = new JsonArray(w.Tensors.Select(n => (JsonNode)n).ToArray()),
                 };
-            _pool.Dispatch(What($"save to {dir}"), writers.Devices, "save-shard", new JsonObject { ["id"] = target._id, ["files"] = files });
-            File.WriteAllText(Path.Combine(dir, "config.json"), Config.ToHfJson(ScalarHead));
-            string index = Path.Combine(dir, "model.safetensors.index.json");
-            if (stages > 1) Checkpoints.Safetensors.WriteIndex(dir, fileOf, total);
-            else if (File.Exists(index)) File.Delete(index);
+            _pool.Dispatch(What($"save {Path.GetFileName(path)}"), writes.Select(w => writers.Devices[w.WriterRank]).ToArray(), "save-state",
+                           new JsonObject { ["id"] = target._id, ["part"] = CheckpointParts.Wire(writePart), ["files"] = files });
+            ShardedSave.Finish(path, part, writes, Config, ScalarHead, bf16Weights);
         }
         finally { temp?.Dispose(); }
     }
 
-    /// <summary>Each worker reads its shard from <paramref name="checkpointDir"/> itself: the path
-    /// must name the same files on every worker's node (a shared file system, or copies).</summary>
-    public void LoadShards(string checkpointDir, bool allowNonFinite = false)
+    /// <summary>Each worker reads its slices itself: the path must name the same files on every worker's node.</summary>
+    public void LoadState(string path, CheckpointPart part, bool allowNonFinite = false)
     {
         SendDeferredBackward();
-        _pool.Dispatch(What("load"), Layout.Devices, "load-shard",
-                       new JsonObject { ["id"] = _id, ["dir"] = Path.GetFullPath(checkpointDir), ["allow_non_finite"] = allowNonFinite });
+        _pool.Dispatch(What($"load {Path.GetFileName(path)}"), Layout.Devices, "load-state",
+                       new JsonObject { ["id"] = _id, ["part"] = CheckpointParts.Wire(part), ["path"] = Path.GetFullPath(path),
+                                        ["allow_non_finite"] = allowNonFinite });
+    }
+
+    public long OptimizerStep
+    {
+        get
+        {
+            if (_optimizer is null) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
+            SendDeferredBackward();
+            var steps = _pool.Dispatch(What("optimizer step count"), Layout.Devices, "optim-step", new JsonObject { ["id"] = _id })
+                .Select(r => WireJson.Long(JsonNode.Parse(r), "step")).Distinct().ToArray();
+            if (steps.Length != 1) throw new InvalidOperationException($"{_name}: shards disagree on the optimizer step ({string.Join(", ", steps)})");
+            return _step = steps[0];
+        }
+        set
+        {
+            if (_optimizer is null) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
+            SendDeferredBackward();
+            _pool.Dispatch(What("set optimizer step"), Layout.Devices, "optim-step", new JsonObject { ["id"] = _id, ["set"] = value });
+            _step = value;
+        }
     }
 
     public void MoveOptimizerState(AdamW full, bool toShards)

@@ -84,55 +84,111 @@ public sealed class WorkerProcessTests
 [Collection("worker processes")]
 public sealed class WorkerPoolTests
 {
-    /// <summary>Workers initialise and load their own shards (no byte of the model through the
-    /// master): gathered, they equal the single-device model initialised with the same seed, and
-    /// the model loaded whole from the same sharded checkpoint; bit for bit.</summary>
+    /// <summary>Workers initialise, load and save their own shards (no byte of the model through the
+    /// master), in worker processes and in process, under layouts with tp (the part moves to a
+    /// temporary tp-1 pipeline that writes), pp and dp (data replica 0's stages write): initialised
+    /// they equal the single-device model with the same seed; loaded from a sharded checkpoint (whole,
+    /// or only its shared tensors into a scalar-head model) they equal the single device's load; every
+    /// checkpoint part they write (HF weights, fp32 master, both AdamW moments) equals what the single
+    /// device writes of the gathered state, and reads back into another layout; bit for bit.</summary>
     [Fact]
-    public void WorkersInitialiseAndLoadTheirOwnShards()
+    public void WorkersInitialiseLoadAndSaveTheirOwnShards()
     {
         var cfg = ReaLNative.Engine.Model.LlamaConfig.Preset("tiny");
         string dir = Path.Combine(Path.GetTempPath(), "realn-shards-" + Guid.NewGuid().ToString("N"));
+        var spec = new OptimizerSpec(new ReaLNative.Engine.Optim.LrSchedule(1e-3), 0.9f, 0.95f, 1e-8f, 0f, 1f);
         try
         {
             using var pool = new WorkerPool(2, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
-            using var cluster = new ReaLNative.Engine.Parallelism.LocalCluster(2);
+            using var cluster = new LocalCluster(2);
             using var single = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
             single.InitRandom(31);
             using var saved = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
             saved.InitRandom(32, 0.5f);
-            ReaLNative.Engine.Checkpoints.Safetensors.Save(saved, dir, shardBytes: 40_000);
-            foreach (var layout in new[] { new ParallelLayout([1, 0], 1, 1, 2), new ParallelLayout([0, 1], 2, 1, 1) })
-            {
-                IReplica[] replicas = [pool.Create("remote", cfg, false, layout, 1, null),
-                                       new ReaLNative.Engine.Parallelism.DistributedModel(cluster, "local", cfg, false, layout, 1)];
-                foreach (var r in replicas)
+            string lm = Path.Combine(dir, "lm");
+            ReaLNative.Engine.Checkpoints.Safetensors.Save(saved, lm, shardBytes: 40_000);
+            // An LM checkpoint into a critic: the shared trunk is loaded, score.weight keeps its init.
+            using var critic = new ReaLNative.Engine.Model.LlamaModel(cfg, true);
+            critic.InitRandom(34);
+            ReaLNative.Engine.Algorithms.ModelOps.CopyShared(saved, critic);
+            // Optimizer state with random moments (never zeros) to scatter and write back.
+            using var state = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+            state.InitRandom(35, 0.5f);
+            using var adam = spec.Create(state);
+            var rng = new Random(5);
+            var m = Enumerable.Range(0, (int)state.ParameterCount).Select(_ => (float)rng.NextDouble()).ToArray();
+            var v = Enumerable.Range(0, (int)state.ParameterCount).Select(_ => (float)rng.NextDouble()).ToArray();
+            adam.Restore(7, m, v);
+            string reference = Path.Combine(dir, "reference");
+            Directory.CreateDirectory(reference);
+            foreach (var part in Enum.GetValues<ReaLNative.Engine.Checkpoints.CheckpointPart>())
+                new ReaLNative.Engine.Checkpoints.FullModelState("actor", state, adam).Write(Path.Combine(reference, ReaLNative.Engine.Checkpoints.CheckpointParts.Name("actor", part)), part);
+
+            var layouts = new[] { new ParallelLayout([1, 0], 1, 1, 2), new ParallelLayout([0, 1], 2, 1, 1), new ParallelLayout([1, 0], 1, 2, 1) };
+            foreach (var layout in layouts)
+                foreach (bool remote in new[] { true, false })
                 {
+                    IReplicaHost host = remote ? pool : cluster;
+                    string what = $"{(remote ? "workers" : "in process")} {layout}";
                     using var back = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
-                    r.InitShards(31);
-                    r.CopyTo(back);
-                    Assert.True(single.Parameters.SequenceEqual(back.Parameters), $"{layout}: init");
-                    r.LoadShards(dir);
-                    r.CopyTo(back);
-                    Assert.True(saved.Parameters.SequenceEqual(back.Parameters), $"{layout}: load");
-                    if (r is RemoteReplica remote)
+                    using (var r = host.Create("lm", cfg, false, layout, 1, null))
                     {
-                        // Written by the workers (a file per stage of a pipeline over the devices),
-                        // read back whole: the same model; an HF index names both files.
-                        string written = Path.Combine(dir, $"written-{layout.Pp}");
-                        r.InitShards(33);
-                        remote.SaveShards(written);
-                        using var reference = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
-                        reference.InitRandom(33);
-                        using var whole = ReaLNative.Engine.Checkpoints.Safetensors.Load(written);
-                        Assert.True(reference.Parameters.SequenceEqual(whole.Parameters), $"{layout}: written");
-                        var index = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(written, "model.safetensors.index.json")))!;
-                        Assert.Equal(["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"],
-                                     index["weight_map"]!.AsObject().Select(kv => (string)kv.Value!).Distinct().Order());
-                        Assert.Empty(Directory.GetFiles(written, "*.tmp"));
+                        r.Initialise(31);
+                        r.CopyTo(back);
+                        Assert.True(single.Parameters.SequenceEqual(back.Parameters), $"{what}: init");
+                        r.Initialise(99, lm);
+                        r.CopyTo(back);
+                        Assert.True(saved.Parameters.SequenceEqual(back.Parameters), $"{what}: load");
                     }
-                    r.Dispose();
+                    using (var r = host.Create("critic", cfg, true, layout, 1, null))
+                    {
+                        using var criticBack = new ReaLNative.Engine.Model.LlamaModel(cfg, true);
+                        r.Initialise(34, lm, sharedOnly: true);
+                        r.CopyTo(criticBack);
+                        Assert.True(critic.Parameters.SequenceEqual(criticBack.Parameters), $"{what}: shared tensors of an LM checkpoint");
+                    }
+                    // Every part written by the shards equals the single device's file.
+                    string written = Path.Combine(dir, $"written-{(remote ? "w" : "p")}-{layout.Pp}{layout.Dp}{layout.Tp}");
+                    Directory.CreateDirectory(written);
+                    using (var r = host.Create("actor", cfg, false, layout, 1, spec))
+                    {
+                        r.CopyFrom(state);
+                        r.MoveOptimizerState(adam, toShards: true);
+                        foreach (var part in Enum.GetValues<ReaLNative.Engine.Checkpoints.CheckpointPart>())
+                            r.SaveState(Path.Combine(written, ReaLNative.Engine.Checkpoints.CheckpointParts.Name("actor", part)), part);
+                        Assert.Equal(7, r.OptimizerStep);
+                    }
+                    using (var whole = ReaLNative.Engine.Checkpoints.Safetensors.Load(Path.Combine(written, "actor")))
+                        Assert.True(state.Parameters.SequenceEqual(whole.Parameters), $"{what}: written weights");
+                    foreach (var ext in new[] { ".master", ".adam_m", ".adam_v" })
+                        Assert.True(File.ReadAllBytes(Path.Combine(reference, "actor" + ext)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(written, "actor" + ext))),
+                                    $"{what}: written actor{ext}");
+                    Assert.Empty(Directory.GetFiles(written, "*.tmp", SearchOption.AllDirectories));
+                    // Read back into the next layout (another plan), gathered: the same state.
+                    var other = layouts[(Array.IndexOf(layouts, layout) + 1) % layouts.Length];
+                    using (var r = host.Create("actor", cfg, false, other, 1, spec))
+                    {
+                        r.Initialise(1);
+                        r.LoadState(Path.Combine(written, "actor"), ReaLNative.Engine.Checkpoints.CheckpointPart.Weights);
+                        r.LoadState(Path.Combine(written, "actor.adam_m"), ReaLNative.Engine.Checkpoints.CheckpointPart.FirstMoment);
+                        r.LoadState(Path.Combine(written, "actor.adam_v"), ReaLNative.Engine.Checkpoints.CheckpointPart.SecondMoment);
+                        r.OptimizerStep = 7;
+                        using var got = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
+                        using var gotAdam = spec.Create(got);
+                        r.CopyTo(got);
+                        r.MoveOptimizerState(gotAdam, toShards: false);
+                        Assert.True(state.Parameters.SequenceEqual(got.Parameters), $"{what}: weights read back under {other}");
+                        Assert.True(m.AsSpan().SequenceEqual(gotAdam.FirstMoment) && v.AsSpan().SequenceEqual(gotAdam.SecondMoment), $"{what}: moments read back under {other}");
+                        Assert.Equal(7, gotAdam.Step);
+                        r.LoadState(Path.Combine(written, "actor.master"), ReaLNative.Engine.Checkpoints.CheckpointPart.Master);
+                        r.CopyTo(got);
+                        Assert.True(state.Parameters.SequenceEqual(got.Parameters), $"{what}: master read back under {other}");
+                    }
                 }
-            }
+            // The pp-2 writers wrote a file per stage and an HF index naming both.
+            var index = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "written-w-211", "actor", "model.safetensors.index.json")))!;
+            Assert.Equal(["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"],
+                         index["weight_map"]!.AsObject().Select(kv => (string)kv.Value!).Distinct().Order());
         }
         finally { if (Directory.Exists(dir)) Directory.Delete(dir, true); }
     }
