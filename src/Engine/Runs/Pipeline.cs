@@ -339,6 +339,9 @@ internal sealed partial class Pipeline : IDisposable
         return new JsonObject { ["cancelled"] = true, ["position"] = _position, ["last_checkpoint"] = LastCheckpoint };
     }
 
+    /// <summary>Full models the master holds now (none while a stage bound to the plan runs; gathered copies not counted).</summary>
+    internal int FullModelsHeld => _models.Count + _optims.Count;
+
     /// <summary>Final parameters of a role (for tests and for saving). A role of a stage bound to the
     /// plan lives on the plan's devices only: its full model is gathered from the shards on request
     /// (owned by the pipeline), which the run itself never does.</summary>

@@ -36,7 +36,7 @@ public sealed class PlanExecutionTests
           - { algorithm: ppo, optim: { lr: 5.0e-4 } }
         """;
 
-    private static PlanCall Call(string name, string model, PlanCallType type, int start, int count, int pp, int dp, int tp, int micro) =>
+    internal static PlanCall Call(string name, string model, PlanCallType type, int start, int count, int pp, int dp, int tp, int micro) =>
         new(name, model, type, new Mesh(0, 1, start, count), new Strategy(pp, dp, tp), micro);
 
     internal static Plan MixedPlan(int actorTrainTp = 2) => new(1, 4,
