@@ -19,6 +19,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(BenchAlgorithmsCommand.Create());
         cmd.Subcommands.Add(BenchPlanCommand.Create());
         cmd.Subcommands.Add(BenchAsyncCommand.Create());
+        cmd.Subcommands.Add(BenchScaleOutCommand.Create());
         return cmd;
     }
 }

@@ -427,14 +427,26 @@ internal sealed unsafe class LlamaModel : IDisposable
             if (v.GlobalShape.Length == 1) { s.Fill(v.Name.EndsWith(".bias", StringComparison.Ordinal) ? 0f : 1f); continue; }  // norms 1, biases 0 (as HF)
             var rng = new Random(unchecked(seed * 1000003 ^ StableHash(v.Name)));  // not HashCode: it is salted per process
             long total = v.GlobalShape.Aggregate(1L, (a, b) => a * b);
-            var full = new float[total];
+            // The global tensor's stream is drawn in order, but only this shard's slice is kept (no
+            // global-sized buffer: a shard of a large embedding never holds the whole of it).
+            int split = v.SplitDim;
+            long inner = 1;
+            for (int d = split + 1; split >= 0 && d < v.GlobalShape.Length; d++) inner *= v.GlobalShape[d];
+            long period = split < 0 ? total : v.GlobalShape[split] * inner, first = v.SliceStart, len = v.SliceLength;
             for (long i = 0; i < total; i += 2)
             {
                 double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble(), r = Math.Sqrt(-2 * Math.Log(u1));
-                full[i] = (float)(std * r * Math.Cos(2 * Math.PI * u2));
-                if (i + 1 < total) full[i + 1] = (float)(std * r * Math.Sin(2 * Math.PI * u2));
+                Put(s, i, (float)(std * r * Math.Cos(2 * Math.PI * u2)));
+                if (i + 1 < total) Put(s, i + 1, (float)(std * r * Math.Sin(2 * Math.PI * u2)));
             }
-            CopySlice(v, full, s);
+
+            // Element g of the global row-major tensor, if this shard holds it.
+            void Put(Span<float> dst, long g, float value)
+            {
+                if (split < 0) { dst[(int)g] = value; return; }
+                long o = g / period, rest = g - o * period, row = rest / inner;
+                if (row >= first && row < first + len) dst[(int)((o * len + row - first) * inner + (rest - row * inner))] = value;
+            }
         }
     }
 

@@ -214,7 +214,8 @@ internal sealed unsafe class ShardReplica : IDisposable
 
         void Fill(LlamaModel m)
         {
-            m.InitRandom(seed, std);
+            // A checkpoint that fills every tensor makes the seeded values irrelevant: not drawn.
+            if (checkpoint is null || sharedOnly) m.InitRandom(seed, std);
             if (checkpoint is not null)
                 Checkpoints.Safetensors.LoadShard(checkpoint, m.Layout, m.ParametersPointer, allowNonFinite, sharedOnly);
         }

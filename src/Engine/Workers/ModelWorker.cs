@@ -224,7 +224,13 @@ internal sealed unsafe class ModelWorker : IDisposable
     {
         var mine = j["files"]?[_args.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture)] ?? throw new ArgumentException($"save-state: no file for worker {_args.Rank}");
         var names = mine["names"]!.AsArray().Select(n => n!.GetValue<string>()).ToHashSet(StringComparer.Ordinal);
-        Replica(j).SaveState(CheckpointParts.FromWire(WireJson.Str(j, "part")), WireJson.Str(mine, "path"), names);
+        string path = WireJson.Str(mine, "path");
+        // Fault injection (tests): REALN_FAILPOINT=save-state:TEXT kills this worker (SIGKILL) when it is
+        // to write a path containing TEXT: a worker lost in the middle of a sharded checkpoint write.
+        if (Environment.GetEnvironmentVariable("REALN_FAILPOINT") is { } fp && fp.StartsWith("save-state:", StringComparison.Ordinal)
+            && path.Contains(fp["save-state:".Length..], StringComparison.Ordinal))
+            Process.GetCurrentProcess().Kill();
+        Replica(j).SaveState(CheckpointParts.FromWire(WireJson.Str(j, "part")), path, names);
         return "ok";
     }
 

@@ -99,6 +99,46 @@ public sealed class FaultTests(ITestOutputHelper output)
     public void KilledWorkerEndsTheRunNamingItAndResumeReachesTheUninterruptedParameters() =>
         KillAWorkerMidRunThenResume(output, Config.Replace("PPO_ITERATIONS", "40"), Plan(1, 2), victimRank: 1, PpoSteps, stepsBeforeKill: 5, totalSteps: 40);
 
+    /// <summary>Workers write a bound stage's checkpoints themselves (phase 1) before the master commits
+    /// them (phase 2: manifest, rename, pointer). Both workers are killed as they start to write the
+    /// second PPO checkpoint (step-10; fault injection): the run ends non-zero naming a worker, the
+    /// previous checkpoint (step-8, also written by the workers) stays the latest and verifies, and
+    /// `--resume` continues from it to the uninterrupted in-process run's checkpoint files, bit for bit.</summary>
+    [Fact]
+    public void WorkersKilledDuringAShardedCheckpointWriteLeaveThePreviousCheckpointToResumeFrom()
+    {
+        string dir = Dir();
+        try
+        {
+            string exe = WorkerProcessTests.Realn();
+            string cfg = Write(dir, "exp.yaml", Config.Replace("PPO_ITERATIONS", "4"));
+            string plan = Write(dir, "plan.json", Plan(1, 2));
+            string refDir = Path.Combine(dir, "ref"), runDir = Path.Combine(dir, "run");
+            using (var r = Run.Start("reference run", exe, ["run", cfg, "--plan", plan, "--in-process", "--out", refDir]))
+                Assert.True(r.Wait(TimeSpan.FromMinutes(3)) == 0, r.Output);
+            using (var run = Run.Start("plan run", exe, ["run", cfg, "--plan", plan, "--out", runDir], new Dictionary<string, string?> { ["REALN_FAILPOINT"] = "save-state:step-10.tmp" }))
+            {
+                int code = run.Wait(TimeSpan.FromMinutes(3));
+                output.WriteLine(run.Output[^Math.Min(1500, run.Output.Length)..]);
+                Assert.NotEqual(0, code);
+                Assert.Contains("exited with code", run.Output);
+                Assert.Contains("save actor", run.Output);
+            }
+            string ckpts = Path.Combine(runDir, "checkpoints");
+            Assert.Equal("step-8", File.ReadAllText(Path.Combine(ckpts, "latest")).Trim());
+            Assert.False(Directory.Exists(Path.Combine(ckpts, "step-10")));
+            Assert.Null(ReaLNative.Engine.Checkpoints.CheckpointStore.VerifyDirectory(Path.Combine(ckpts, "step-8")));
+            using (var resumed = Run.Start("resumed run", exe, ["run", cfg, "--plan", plan, "--out", runDir, "--resume"]))
+            {
+                Assert.True(resumed.Wait(TimeSpan.FromMinutes(3)) == 0, resumed.Output);
+                Assert.Contains("resuming from checkpoint step-8", resumed.Output);
+            }
+            Assert.Equal(Run.Final(refDir), Run.Final(runDir));
+            Assert.Empty(Directory.EnumerateDirectories(ckpts, "*.tmp"));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     /// <summary>Runs the experiment in-process under the plan (the reference), then with worker
     /// processes; once <paramref name="stepsBeforeKill"/> iterations are logged (<paramref name="steps"/>
     /// counts them in a run directory) kills the worker of <paramref name="victimRank"/>. The run must
