@@ -10,7 +10,7 @@ public static class MemoryFit
     /// <summary>Throws a <see cref="PlannerException"/> when <paramref name="exp"/> does not fit.
     /// Without a plan: every call on one device of <paramref name="availableBytes"/> (the search
     /// `realn plan` runs on a one-device cluster, with its messages). With a plan: its devices share
-    /// the machine, after the master's full copy of every model; each call on its plan layout.</summary>
+    /// the machine (the master holds no model of the stage the plan lists); each call on its plan layout.</summary>
     public static void Check(Experiment exp, Plan? plan, double availableBytes, string machine)
     {
         if (plan is null)
@@ -19,12 +19,8 @@ public static class MemoryFit
             return;
         }
         int devices = plan.Nodes * plan.DevicesPerNode;
-        double master = MasterBytes(exp);
-        double perDevice = (availableBytes - master) / devices;
-        if (perDevice <= 0)
-            throw new PlannerException($"the master's full copies of the models need {Units.Bytes(master)}, more than the {Units.Bytes(availableBytes)} available on {machine}");
-        var cluster = Machine($"{machine}, {devices} plan devices sharing {Units.Bytes(availableBytes)} after the master's {Units.Bytes(master)}",
-                              plan.Nodes, plan.DevicesPerNode, perDevice);
+        double perDevice = availableBytes / devices;
+        var cluster = Machine($"{machine}, {devices} plan devices sharing {Units.Bytes(availableBytes)}", plan.Nodes, plan.DevicesPerNode, perDevice);
         var peak = DevicePeaks(exp, plan, cluster);   // a call no layout fits: `realn plan`'s message
         int worst = Array.IndexOf(peak, peak.Max());
         if (peak[worst] > perDevice)
@@ -33,8 +29,8 @@ public static class MemoryFit
     }
 
     /// <summary>The planner's memory model for a run of <paramref name="exp"/>, per process: with a
-    /// plan, the master's full fp32 copies of the models (initialisation, evaluation, checkpoints)
-    /// and each plan device's peak (resident shards and optimizer state plus the largest
+    /// plan, no model bytes on the master (the plan's devices initialise, evaluate and checkpoint
+    /// their own shards; the master keeps metadata, metrics and batches) and each plan device's peak (resident shards and optimizer state plus the largest
     /// activations of its calls); without one, the single device (the master) running every call.</summary>
     public static MemoryEstimate Estimate(Experiment exp, Plan? plan)
     {
@@ -45,11 +41,8 @@ public static class MemoryFit
             return new MemoryEstimate(DevicePeaks(exp, single, one)[0], []);
         }
         var cluster = Machine("plan devices", plan.Nodes, plan.DevicesPerNode, 1e18);
-        return new MemoryEstimate(MasterBytes(exp), DevicePeaks(exp, plan, cluster));
+        return new MemoryEstimate(0, DevicePeaks(exp, plan, cluster));
     }
-
-    /// <summary>The master's full fp32 copies of the models.</summary>
-    private static double MasterBytes(Experiment exp) => exp.Models.Sum(kv => kv.Value.Params(Experiment.HasScalarHead(kv.Key)) * 4);
 
     /// <summary>Peak memory per device of the plan's choice for every call.</summary>
     private static double[] DevicePeaks(Experiment exp, Plan plan, ClusterSpec cluster)
