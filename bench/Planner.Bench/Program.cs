@@ -84,7 +84,14 @@ public static class Program
         {
             var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
             var sw = Stopwatch.StartNew();
-            var r = PlanSearch.Run(cl, Experiment.Load(path), new SearchOptions());
+            SearchResult r;
+            try { r = PlanSearch.Run(cl, Experiment.Load(path), new SearchOptions()); }
+            catch (PlannerException e)
+            {
+                // e.g. a bf16 experiment on cpu-local, whose spec gives no bf16 peak (refused by design)
+                Console.WriteLine($"{name,-30} {cl.TotalDevices,5} refused: {e.Message}");
+                continue;
+            }
             double s = sw.Elapsed.TotalSeconds;
             double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
             if (s > worst) { worst = s; worstName = name; }

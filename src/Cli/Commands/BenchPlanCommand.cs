@@ -8,7 +8,9 @@
 // `iterations_seconds` in summary.json (the iterations' dataflow, no evaluation or checkpoint) divided by
 // its iterations, so examples/bench/ppo-tiny-timing.yaml keeps the earlier stages short. The workers
 // run also reports its mean master-worker round trip beyond the workers' compute (REALN_WORKER_TIMING),
-// printed next to the cluster spec's worker_round_trip_us.
+// printed next to the cluster spec's worker_round_trip_us. The run `realn plan` chooses (the single device when
+// it is estimated no slower than the plan in worker processes, else the plan in worker processes) is marked
+// (`chosen` in --json); its measurement over the single device's is the loop's check.
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -65,7 +67,8 @@ public static class BenchPlanCommand
         }
         catch (PlannerException e) { throw new UsageException(e.Message); }
         var plan = r.Best.Plan;
-        double? singleEstimate = PlanSearch.SingleDeviceSeconds(r.Problem.Cluster, r.Problem.Experiment, r.Problem.Estimator.Profile);
+        double? singleEstimate = r.SingleDeviceSeconds;
+        string chosen = r.SingleDeviceChosen ? "single" : "workers";   // what `realn plan` tells the user to run
         double threadsEstimate = PlanSearch.InProcessSeconds(r);
         int stage = PlannedStage(experiment, plan)
             ?? throw new UsageException($"{configPath}: no stage runs exactly the calls of the plan ({string.Join(", ", plan.Calls.Select(c => c.Name))})");
@@ -74,7 +77,7 @@ public static class BenchPlanCommand
         string planPath = Path.Combine(outRoot, "plan.json");
         File.WriteAllText(planPath, PlanJson.ToJson(plan));
         if (!json)
-            Console.Error.WriteLine($"plan for {spec.Name} ({spec.DevicesPerNode} devices): {string.Join(", ", plan.Calls.Select(c => $"{c.Name} {c.Mesh} {c.Strategy}"))}; estimated {F(r.Best.Evaluation.IterationSeconds)} s/iteration in worker processes, {F(threadsEstimate)} s in-process, single device {F(singleEstimate)} s");
+            Console.Error.WriteLine($"plan for {spec.Name} ({spec.DevicesPerNode} devices): {string.Join(", ", plan.Calls.Select(c => $"{c.Name} {c.Mesh} {c.Strategy}"))}; estimated {F(r.Best.Evaluation.IterationSeconds)} s/iteration in worker processes, {F(threadsEstimate)} s in-process, single device {F(singleEstimate)} s; chosen: {(chosen == "single" ? "the single device (no plan)" : "the plan in worker processes")}");
 
         var rows = new JsonArray();
         double? singleMeasured = null, measuredRoundTripMs = null;
@@ -95,6 +98,7 @@ public static class BenchPlanCommand
             rows.Add(new JsonObject
             {
                 ["mode"] = mode,
+                ["chosen"] = mode == chosen,
                 ["estimate_seconds"] = double.IsFinite(estimate) ? Math.Round(estimate, 5) : null,
                 ["measured_seconds"] = Math.Round(measured, 5),
                 ["measured_over_estimate"] = double.IsFinite(estimate) && estimate > 0 ? Math.Round(measured / estimate, 3) : null,
@@ -110,7 +114,7 @@ public static class BenchPlanCommand
             {
                 ["benchmark"] = "plan", ["config"] = configPath, ["cluster"] = spec.Name, ["stage"] = stage,
                 ["stage_algorithm"] = experiment.Stages[stage].Algorithm, ["iterations"] = experiment.Stages[stage].Iterations,
-                ["plan"] = JsonNode.Parse(PlanJson.ToJson(plan)), ["rows"] = rows,
+                ["chosen"] = chosen, ["plan"] = JsonNode.Parse(PlanJson.ToJson(plan)), ["rows"] = rows,
                 ["worker_round_trip_ms"] = new JsonObject { ["spec"] = Math.Round(spec.WorkerRoundTrip * 1e3, 3), ["measured"] = measuredRoundTripMs },
             }.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
             return 0;
@@ -121,9 +125,9 @@ public static class BenchPlanCommand
         {
             string ratio = row["measured_over_estimate"] is { } q ? ((double)q).ToString("F2", CultureInfo.InvariantCulture) : "-";
             string vs = row["over_single_measured"] is { } v ? ((double)v).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-";
-            Console.WriteLine($"{(string)row["mode"]!,-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {vs,10}");
+            Console.WriteLine($"{(string)row["mode"]! + ((bool)row["chosen"]! ? "*" : ""),-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {vs,10}");
         }
-        Console.WriteLine("single: realn run without --plan (one process, every core); threads: --plan --in-process; workers: --plan, one worker process per device");
+        Console.WriteLine("single: realn run without --plan (one process, every core); threads: --plan --in-process; workers: --plan, one worker process per device; *: what realn plan chooses");
         if (measuredRoundTripMs is { } rt)
             Console.WriteLine($"worker round trip beyond compute: {rt.ToString("F2", CultureInfo.InvariantCulture)} ms measured, {(spec.WorkerRoundTrip * 1e3).ToString("F2", CultureInfo.InvariantCulture)} ms in {spec.Name}'s worker_round_trip_us");
         return 0;
