@@ -78,16 +78,25 @@ public static class Program
     private static int Quick()
     {
         string[] keys = ["heuristic", "deepspeed_chat", "openrlhf", "symmetric"];
-        Console.WriteLine($"{"experiment",-30} {"gpus",5} {"search s",9} {"plan s",8}  speedup over {string.Join(" / ", keys)}  method");
+        Console.WriteLine($"{"experiment",-30} {"gpus",5} {"search s",9} {"cpu s",7} {"plan s",8}  speedup over {string.Join(" / ", keys)}  method");
         double worst = 0; string worstName = "";
         foreach (var (name, path, cl) in Examples.All())
         {
+            var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
             var sw = Stopwatch.StartNew();
-            var r = PlanSearch.Run(cl, Experiment.Load(path), new SearchOptions());
+            SearchResult r;
+            try { r = PlanSearch.Run(cl, Experiment.Load(path), new SearchOptions()); }
+            catch (PlannerException e)
+            {
+                // e.g. a bf16 experiment on cpu-local, whose spec gives no bf16 peak (refused by design)
+                Console.WriteLine($"{name,-30} {cl.TotalDevices,5} refused: {e.Message}");
+                continue;
+            }
             double s = sw.Elapsed.TotalSeconds;
+            double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
             if (s > worst) { worst = s; worstName = name; }
             string B(string k) => r.Baselines[k] is { } b ? $"{b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds,6:F2}x" : $"{"n/a",7}";
-            Console.WriteLine($"{name,-30} {cl.TotalDevices,5} {s,9:F2} {r.Best.Evaluation.IterationSeconds,8:F2}  {string.Join(" ", keys.Select(B))}  {r.Method}, setup {r.SetupSeconds:F2} s, {r.Evaluations} evals, space {r.Problem.SpaceSize:E1}");
+            Console.WriteLine($"{name,-30} {cl.TotalDevices,5} {s,9:F2} {cpu,7:F2} {r.Best.Evaluation.IterationSeconds,8:F2}  {string.Join(" ", keys.Select(B))}  {r.Method}, setup {r.SetupSeconds:F2} s, {r.Evaluations} evals, space {r.Problem.SpaceSize:E1}");
         }
         Console.WriteLine($"slowest: {worstName} {worst:F2} s (goal < 5 s)");
         var h = ClusterSpec.Load(Path.Combine(Examples.Root, "examples/clusters/h100-80gb.yaml")).WithNodes(16);

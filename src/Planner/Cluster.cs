@@ -29,7 +29,8 @@ public enum Precision { Bf16, Fp32 }
 /// <c>precision</c> differs from the spec's; see <see cref="ForPrecision"/>),
 /// <c>attention_kernel</c> (flash | materialized, default flash), <c>shared_host</c> (true: the node's devices are
 /// cores of one host sharing memory_bandwidth_gbps, default false), <c>worker_round_trip_us</c> (per master-worker round trip of a call in worker processes, default 0;
-/// see <see cref="Estimator.WorkerRoundTrips"/>).
+/// see <see cref="Estimator.WorkerRoundTrips"/>), <c>worker_compute_slowdown</c> (a shared host's device computing in a
+/// one-thread worker process, relative to the profile's one-thread point measured with the host otherwise idle, default 1).
 /// docs/cost-model.md gives each constant's source for the shipped specs.
 /// </summary>
 public sealed record ClusterSpec
@@ -65,6 +66,11 @@ public sealed record ClusterSpec
     /// <summary>Seconds per master-worker round trip when calls run in worker processes (control command, batch
     /// in, outputs back, beyond the worker's compute); a call makes <see cref="Estimator.WorkerRoundTrips"/> of them.</summary>
     public double WorkerRoundTrip { get; init; }
+    /// <summary>On a <see cref="SharedHost"/>: how much longer a device's compute takes in a one-thread worker process
+    /// than the profile's one-thread point, which was measured with the other cores idle: in a run the other devices'
+    /// workers and the master compute on the same cores, caches and memory bandwidth. 1 = as profiled; devices as
+    /// threads of one process (`--in-process`) and the single device are priced without it.</summary>
+    public double WorkerComputeSlowdown { get; init; } = 1;
     /// <summary>Share of <see cref="MemoryBandwidth"/> a streaming kernel reaches.</summary>
     public double MemoryEfficiency { get; init; } = 1;
     /// <summary>Seconds a kernel takes at least (launch and minimal execution): the floor of every op.</summary>
@@ -110,7 +116,7 @@ public sealed record ClusterSpec
         var known = new HashSet<string> { "name", "nodes", "devices_per_node", "device_memory_gib", "precision", "peak_tflops",
             "compute_efficiency", "memory_bandwidth_gbps", "intra_node_bandwidth_gbps", "intra_node_latency_us",
             "inter_node_bandwidth_gbps", "inter_node_latency_us", "host_bandwidth_gbps", "reserved_memory_gib", "description",
-            "gemm_half_dim", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel", "shared_host", "worker_round_trip_us",
+            "gemm_half_dim", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel", "shared_host", "worker_round_trip_us", "worker_compute_slowdown",
             "peak_tflops_bf16", "peak_tflops_fp32" };
         foreach (var k in map.Children.Keys)
             if (!known.Contains(k.ToString())) throw new PlannerException($"cluster.{k}: unknown key in {source} (known: {string.Join(", ", known.Order())})");
@@ -155,6 +161,7 @@ public sealed record ClusterSpec
                 var v => throw new PlannerException($"cluster.shared_host: '{v}' is not true or false"),
             },
             WorkerRoundTrip = r.OptDouble("worker_round_trip_us", 0, 1e9, 0) * 1e-6,
+            WorkerComputeSlowdown = r.OptDouble("worker_compute_slowdown", 1, 10, 1),
             FlashAttention = (r.OptStr("attention_kernel") ?? "flash") switch
             {
                 "flash" => true,

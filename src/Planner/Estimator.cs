@@ -63,14 +63,14 @@ public sealed class Estimator
         "no interleaved pipeline schedule, sequence/context or expert parallelism",
         "static-batch generation: every sequence decodes gen_len tokens; no continuous batching, paged KV or speculative decoding",
         "no network contention between concurrent calls or groups sharing NICs",
-        "CPU devices of one machine (shared_host) share its memory bandwidth evenly whether or not the others are busy; cores are not shared",
+        "CPU devices of one machine (shared_host) share its memory bandwidth evenly, and worker processes compute at a measured slowdown, whether or not the others are busy",
         "no stragglers, failures, data loading, checkpointing or evaluation time",
     ];
 
     public ClusterSpec Cluster { get; }
     public Experiment Experiment { get; }
     public ProfileData? Profile { get; }
-    private readonly double _gemm, _membw;
+    private readonly double _gemm, _membw, _workerSlowdown;
     private readonly int _eb, _hostShare;
     private readonly ConcurrentDictionary<(ModelConfig, bool, int), StageLayout> _layouts = new();
 
@@ -83,6 +83,8 @@ public sealed class Estimator
         _membw = (profile?.MemcpyGbps is { } m ? m * 1e9 : cluster.MemoryBandwidth * cluster.MemoryEfficiency)
             / (cluster.SharedHost ? cluster.DevicesPerNode : 1); // cores of one host share its memory bandwidth
         _eb = cluster.ElementBytes;
+        // devices in one-thread worker processes of a shared host compute alongside each other and the master
+        _workerSlowdown = cluster.SharedHost ? cluster.WorkerComputeSlowdown : 1;
     }
 
     public StageLayout Layout(ModelConfig m, bool scalar, int pp) => _layouts.GetOrAdd((m, scalar, pp), k => StageLayout.For(k.Item1, k.Item2, k.Item3));
@@ -130,7 +132,11 @@ public sealed class Estimator
     private double GroupBandwidth(bool interNode, int membersPerNode) =>
         interNode ? Math.Min(Cluster.IntraNodeBandwidth, Math.Max(1, membersPerNode) * Cluster.InterNodeBandwidth) : Cluster.IntraNodeBandwidth;
 
-    private double Latency(bool interNode) => interNode ? Cluster.InterNodeLatency : Cluster.IntraNodeLatency;
+    /// <summary>Base latency of a message or collective. Between the worker processes of a shared host it is a
+    /// master-worker round trip's (<see cref="ClusterSpec.WorkerRoundTrip"/>): the same control messages and thread
+    /// wake-ups, and with more devices than cores the same waits for a peer's time slice.</summary>
+    private double Latency(bool interNode) => interNode ? Cluster.InterNodeLatency
+        : Cluster.SharedHost ? Math.Max(Cluster.IntraNodeLatency, Cluster.WorkerRoundTrip) : Cluster.IntraNodeLatency;
 
     /// <summary>Ring all-reduce of <paramref name="bytes"/> over <paramref name="n"/> ranks: one base latency
     /// plus 2(n-1)/n bytes at the group's bus bandwidth (the alpha-beta fit of nccl-tests curves).</summary>
@@ -224,8 +230,8 @@ public sealed class Estimator
         var m = Experiment.Models[c.Role];
         bool scalar = Experiment.HasScalarHead(c.Role);
         double dispatch = WorkerDispatchSeconds(c);
-        if (o.Zero3) return Zero3Seconds(c, o, m, scalar) + dispatch;
-        return dispatch + NativeSeconds(c, o, m, scalar);
+        if (o.Zero3) return Zero3Seconds(c, o, m, scalar) * _workerSlowdown + dispatch;
+        return dispatch + NativeSeconds(c, o, m, scalar) * _workerSlowdown;
     }
 
     /// <summary>Master-worker round trips of a call in worker processes: one for generation and inference; a

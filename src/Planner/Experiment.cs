@@ -125,6 +125,10 @@ public sealed class Experiment
         return Parse(text, Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".", path);
     }
 
+    /// <summary>The engine's reward kinds (src/Engine/Config/RewardConfig.cs, which a test keeps equal): only
+    /// `model` runs a reward model; every other kind scores on the master without one.</summary>
+    public static readonly string[] RewardKinds = ["model", "task", "exact_match", "numeric_match", "regex", "combined", "require_eos", "external"];
+
     public static Experiment Parse(string yaml, string baseDir = ".", string source = "experiment")
     {
         var root = Yaml.LoadRoot(yaml, source);
@@ -135,7 +139,7 @@ public sealed class Experiment
         {
             if (rn is not YamlMappingNode rm) throw new PlannerException("reward: expected a mapping, e.g. { kind: task }");
             rewardKind = new Yaml.Reader(rm, "reward").OptStr("kind") ?? "model";
-            if (rewardKind is not ("model" or "task")) throw new PlannerException($"reward.kind: '{rewardKind}' is not one of model, task");
+            if (!RewardKinds.Contains(rewardKind)) throw new PlannerException($"reward.kind: '{rewardKind}' is not one of {string.Join(", ", RewardKinds)}");
         }
         bool rewardModel = rewardKind == "model";
         Precision? precision = r.OptStr("precision") switch

@@ -28,6 +28,14 @@ public sealed record SearchResult(PlanResult Best, IReadOnlyDictionary<string, P
     /// <summary>For an asynchronous experiment: the search of the same experiment with the synchronous
     /// dataflow (its best plan also seeds the asynchronous search); null otherwise.</summary>
     public SearchResult? Synchronous { get; init; }
+
+    /// <summary>On a <see cref="ClusterSpec.SharedHost"/> cluster: the estimated iteration of the run without a plan
+    /// (<see cref="PlanSearch.SingleDeviceSeconds"/>); null elsewhere or when it does not fit.</summary>
+    public double? SingleDeviceSeconds { get; init; }
+
+    /// <summary>The search's choice on a shared host: the single device (`realn run` without --plan) when it is
+    /// estimated no slower than the best plan run in worker processes; the plan otherwise.</summary>
+    public bool SingleDeviceChosen => SingleDeviceSeconds is { } s && s <= Best.Evaluation.IterationSeconds;
 }
 
 public static class PlanSearch
@@ -68,7 +76,10 @@ public static class PlanSearch
         if (!result.Evaluation.Feasible)
             throw new PlannerException($"no plan fits in memory on cluster '{cluster.Name}' ({cluster.TotalDevices} devices of {Units.Bytes(cluster.UsableMemoryBytes)}): " +
                 $"the best found overflows a device by {Units.Bytes(result.Evaluation.OverflowBytes)}");
-        return new SearchResult(result, baselines, sw.Elapsed.TotalSeconds, method, evals, timedOut, problem, setup) { Synchronous = sync };
+        // a shared CPU host can also run the experiment without a plan, on one device with every core
+        double? single = SingleDeviceSeconds(problem.Cluster, problem.Experiment, profile);
+        return new SearchResult(result, baselines, sw.Elapsed.TotalSeconds, method, evals, timedOut, problem, setup)
+            { Synchronous = sync, SingleDeviceSeconds = single };
     }
 
     /// <summary>The best plan of <paramref name="r"/> as a choice in <paramref name="p"/> (same calls; options found by content).</summary>
@@ -84,7 +95,7 @@ public static class PlanSearch
         if (!cluster.SharedHost) return null;
         var one = cluster with
         {
-            Nodes = 1, DevicesPerNode = 1, SharedHost = false, WorkerRoundTrip = 0,
+            Nodes = 1, DevicesPerNode = 1, SharedHost = false, WorkerRoundTrip = 0, WorkerComputeSlowdown = 1,
             PeakFlops = cluster.PeakFlops * cluster.DevicesPerNode,
             DeviceMemoryBytes = cluster.DeviceMemoryBytes * cluster.DevicesPerNode,
             ReservedMemoryBytes = cluster.ReservedMemoryBytes * cluster.DevicesPerNode,
@@ -95,11 +106,12 @@ public static class PlanSearch
 
     /// <summary>The estimated iteration of a searched plan when its devices run as threads of one process
     /// (`realn run --plan --in-process`): the same calls without the master-worker round trips
-    /// (<see cref="ClusterSpec.WorkerRoundTrip"/>).</summary>
+    /// (<see cref="ClusterSpec.WorkerRoundTrip"/>) and at the profiled one-thread speed
+    /// (<see cref="ClusterSpec.WorkerComputeSlowdown"/> is for one-thread worker processes).</summary>
     public static double InProcessSeconds(SearchResult r)
     {
         var p = r.Problem;
-        var q = new PlanningProblem(new Estimator(p.Cluster with { WorkerRoundTrip = 0 }, p.Experiment, p.Estimator.Profile));
+        var q = new PlanningProblem(new Estimator(p.Cluster with { WorkerRoundTrip = 0, WorkerComputeSlowdown = 1 }, p.Experiment, p.Estimator.Profile));
         // The option lists are filtered by cost, so the same option may sit at another index (or be
         // filtered out) without the dispatch term: find each chosen option by its content, else add it.
         var choice = new int[p.Calls.Count];

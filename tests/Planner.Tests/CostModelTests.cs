@@ -181,21 +181,67 @@ public class CostModelTests
         // plan pays for every call it runs (train calls 2 per optimizer step).
         double threads = PlanSearch.InProcessSeconds(r);
         Assert.True(threads < r.Best.Evaluation.IterationSeconds - cpu.WorkerRoundTrip, $"in-process {threads} vs workers {r.Best.Evaluation.IterationSeconds}");
-        var noDispatch = PlanSearch.Run(cpu with { WorkerRoundTrip = 0 }, exp, new SearchOptions { Seed = 1, StepsPerChain = 2000 });
+        var noDispatch = PlanSearch.Run(cpu with { WorkerRoundTrip = 0, WorkerComputeSlowdown = 1 }, exp, new SearchOptions { Seed = 1, StepsPerChain = 2000 });
         Assert.Equal(noDispatch.Best.Evaluation.IterationSeconds, PlanSearch.InProcessSeconds(noDispatch), 12);
         // With a profile measured on cpu-local (every core and one thread, 2026-12-03) the cost-filtered option
         // lists differ without the dispatch term: the chosen options are found by content, not by index.
+        var prof = MeasuredCpuLocalProfile();
+        var timing = Experiment.Load(TestData.Example("bench/ppo-tiny-timing.yaml"));
+        var profiled = PlanSearch.Run(cpu, timing, new SearchOptions(), prof);
+        double inProcess = PlanSearch.InProcessSeconds(profiled);
+        Assert.InRange(inProcess, 0.05, profiled.Best.Evaluation.IterationSeconds - cpu.WorkerRoundTrip);
+    }
+
+    /// <summary>`realn profile` on cpu-local, idle (every core and one thread, 2026-12-03).</summary>
+    private static ProfileData MeasuredCpuLocalProfile()
+    {
         string profileJson = """
             {"version":1,"backend":"cpu","device":"2 cores, 2 threads","gemm_gflops":216.67,"memcpy_gbps":8.12,"threads":2,"layers":[{"hidden":64,"intermediate":176,"heads":4,"kv_heads":2,"points":[{"kind":"fwd","tokens":64,"context":0,"seconds":0.00019499999999999997},{"kind":"bwd","tokens":64,"context":0,"seconds":0.00024275000000000002},{"kind":"fwd","tokens":256,"context":0,"seconds":0.00077545},{"kind":"bwd","tokens":256,"context":0,"seconds":0.0010178},{"kind":"fwd","tokens":1024,"context":0,"seconds":0.0021658},{"kind":"bwd","tokens":1024,"context":0,"seconds":0.0038454000000000006},{"kind":"decode","tokens":8,"context":32,"seconds":3.6065625e-05},{"kind":"decode","tokens":32,"context":32,"seconds":0.00011693437500000001},{"kind":"fwd","tokens":64,"context":0,"seconds":0.00022225,"threads":1},{"kind":"bwd","tokens":64,"context":0,"seconds":0.00027804999999999996,"threads":1},{"kind":"fwd","tokens":256,"context":0,"seconds":0.000986,"threads":1},{"kind":"bwd","tokens":256,"context":0,"seconds":0.0016430999999999998,"threads":1},{"kind":"fwd","tokens":1024,"context":0,"seconds":0.0037922,"threads":1},{"kind":"bwd","tokens":1024,"context":0,"seconds":0.00629725,"threads":1},{"kind":"decode","tokens":8,"context":32,"seconds":3.1581249999999985e-05,"threads":1},{"kind":"decode","tokens":32,"context":32,"seconds":0.00014102499999999997,"threads":1}]}]}
             """;
         string profilePath = Path.Combine(Path.GetTempPath(), $"realn-profile-{Guid.NewGuid():N}.json");
         File.WriteAllText(profilePath, profileJson);
-        ProfileData prof;
-        try { prof = ProfileData.Load(profilePath); }
+        try { return ProfileData.Load(profilePath); }
         finally { File.Delete(profilePath); }
+    }
+
+    [Fact]
+    public void OnASharedHostTheSearchChoosesTheSingleDeviceUnlessAPlanIsFaster()
+    {
+        // issue 19 item 6: the 2-device plan run in worker processes measured 1.12-1.40x the single device (one
+        // process, both cores) while it was estimated level with it. Worker processes compute next to each other and
+        // the master (worker_compute_slowdown) and pay round trips, so the search now prices them slower and
+        // chooses the single device; without those two terms the plan would be chosen.
+        var cpu = ClusterSpec.Load(TestData.Example("clusters/cpu-local.yaml"));
         var timing = Experiment.Load(TestData.Example("bench/ppo-tiny-timing.yaml"));
-        var profiled = PlanSearch.Run(cpu, timing, new SearchOptions(), prof);
-        double inProcess = PlanSearch.InProcessSeconds(profiled);
-        Assert.InRange(inProcess, 0.05, profiled.Best.Evaluation.IterationSeconds - cpu.WorkerRoundTrip);
+        var prof = MeasuredCpuLocalProfile();
+        var r = PlanSearch.Run(cpu, timing, new SearchOptions(), prof);
+        Assert.NotNull(r.SingleDeviceSeconds);
+        Assert.True(r.SingleDeviceChosen, $"single {r.SingleDeviceSeconds} vs plan {r.Best.Evaluation.IterationSeconds}");
+        Assert.True(r.Best.Evaluation.IterationSeconds > 1.1 * r.SingleDeviceSeconds!.Value);
+        // devices as threads of one process: no round trips and the profiled one-thread speed
+        Assert.True(PlanSearch.InProcessSeconds(r) < r.SingleDeviceSeconds);
+        var unpriced = PlanSearch.Run(cpu with { WorkerRoundTrip = 0, WorkerComputeSlowdown = 1 }, timing, new SearchOptions(), prof);
+        Assert.False(unpriced.SingleDeviceChosen);
+        Assert.Equal(r.SingleDeviceSeconds!.Value, unpriced.SingleDeviceSeconds!.Value, 12);
+        // not a shared host: no single-device alternative
+        Assert.Null(PlanSearch.Run(H100, TestData.Exp("ppo", "tiny", "tiny", 8, 8, 8), new SearchOptions { StepsPerChain = 500 }).SingleDeviceSeconds);
+    }
+
+    [Fact]
+    public void CollectivesBetweenWorkerProcessesOfASharedHostWaitLikeARoundTrip()
+    {
+        // a dp-2 train step on cpu-local: each optimizer step reduce-scatters gradients and all-gathers weights
+        // between the two worker processes; each waits as long as a master-worker round trip, not the 11 us of a
+        // message alone. In process (no round trips) the spec's latency stays.
+        var cpu = ClusterSpec.Load(TestData.Example("clusters/cpu-local.yaml")) with { WorkerComputeSlowdown = 1 };
+        var exp = TestData.Exp("sft", "tiny", "tiny", 8, 32, 32);
+        var call = exp.Calls[0];
+        var dp2 = new CallOption(new Mesh(0, 1, 0, 2), new Strategy(1, 2, 1), 1, false);
+        double workers = new Estimator(cpu, exp).CallSeconds(call, dp2), threads = new Estimator(cpu with { WorkerRoundTrip = 0 }, exp).CallSeconds(call, dp2);
+        double expected = Estimator.WorkerRoundTrips(call) * cpu.WorkerRoundTrip + call.OptimizerSteps * 2 * (cpu.WorkerRoundTrip - cpu.IntraNodeLatency);
+        Assert.Equal(expected, workers - threads, 9);
+        var one = new CallOption(new Mesh(0, 1, 0, 1), new Strategy(1, 1, 1), 1, false);
+        Assert.Equal(Estimator.WorkerRoundTrips(call) * cpu.WorkerRoundTrip,
+            new Estimator(cpu, exp).CallSeconds(call, one) - new Estimator(cpu with { WorkerRoundTrip = 0 }, exp).CallSeconds(call, one), 9);
     }
 }

@@ -90,12 +90,13 @@ public class EstimatorTests
         Assert.Null(prof.BlockSeconds(ModelConfig.Presets["llama-7b"], "fwd", 10));
         double measured = new Estimator(cpu, exp, prof).CallSeconds(call, o);
         // 2 optimizer steps x 2 layers x (fwd 0.028 + bwd 0.056 at 256 tokens) = 0.336 s as profiled on the whole
-        // host; a device of cpu-local's shared 2-core host has half the cores (x2), plus 2 worker round trips per
-        // optimizer step (forward, then backward with the step)
+        // host; a device of cpu-local's shared 2-core host has half the cores (x2) and computes in a worker process
+        // next to the others (x worker_compute_slowdown), plus 2 worker round trips per optimizer step (forward,
+        // then backward with the step)
         Assert.Equal(4, Estimator.WorkerRoundTrips(call));
-        double dispatch = 4 * cpu.WorkerRoundTrip;
-        Assert.True(dispatch > 0);
-        Assert.InRange(measured, 2 * 0.336 + dispatch, 2 * 0.336 + dispatch + 0.01);
+        double dispatch = 4 * cpu.WorkerRoundTrip, slow = cpu.WorkerComputeSlowdown;
+        Assert.True(dispatch > 0 && slow > 1);
+        Assert.InRange(measured, slow * 2 * 0.336 + dispatch, slow * (2 * 0.336 + 0.01) + dispatch);
         double own = new Estimator(cpu with { SharedHost = false, WorkerRoundTrip = 0 }, exp, prof).CallSeconds(call, o);
         Assert.InRange(own, 0.336, 0.345);
         Assert.True(measured - dispatch > 10 * (roof - dispatch));
@@ -125,14 +126,14 @@ public class EstimatorTests
         Assert.Equal(0.01, both.BlockSeconds(exp.Models["actor"], "fwd", 256)!.Value, 9);
         Assert.Null(both.BlockSeconds(exp.Models["actor"], "fwd", 256, 4));
         var allOnly = both with { Layers = [both.Layers[0] with { Points = both.Layers[0].Points.Where(p => p.Threads is null).ToList() }] };
-        double dispatch = Estimator.WorkerRoundTrips(call) * cpu.WorkerRoundTrip;
-        double own = new Estimator(cpu, exp, both).CallSeconds(call, o) - dispatch;
-        double scaled = new Estimator(cpu, exp, allOnly).CallSeconds(call, o) - dispatch;
+        double dispatch = Estimator.WorkerRoundTrips(call) * cpu.WorkerRoundTrip, slow = cpu.WorkerComputeSlowdown;
+        double own = (new Estimator(cpu, exp, both).CallSeconds(call, o) - dispatch) / slow;
+        double scaled = (new Estimator(cpu, exp, allOnly).CallSeconds(call, o) - dispatch) / slow;
         // 2 optimizer steps x 2 layers x (fwd + bwd): 1-thread 0.039 s per layer pass vs 2 x 0.03 scaled
         Assert.InRange(own, 4 * 0.039, 4 * 0.039 + 0.005);
         Assert.InRange(scaled, 4 * 0.06, 4 * 0.06 + 0.005);
         // Four devices on the profile's two cores: one thread each, time-sliced, so the one-thread points x 4/2.
-        double four = new Estimator(cpu with { DevicesPerNode = 4 }, exp, both).CallSeconds(call, o) - dispatch;
+        double four = (new Estimator(cpu with { DevicesPerNode = 4 }, exp, both).CallSeconds(call, o) - dispatch) / slow;
         Assert.InRange(four, 2 * 4 * 0.039, 2 * 4 * 0.039 + 0.01);
         double single = new Estimator(cpu with { SharedHost = false, WorkerRoundTrip = 0, DevicesPerNode = 1 }, exp, both).CallSeconds(call, o);
         Assert.InRange(single, 4 * 0.03, 4 * 0.03 + 0.005);

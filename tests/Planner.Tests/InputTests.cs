@@ -92,13 +92,31 @@ public class InputTests
             Assert.DoesNotContain(Experiment.Load(TestData.Example(f)).Calls, c => c.Role == "reward");
     }
 
+    [Fact]
+    public void EveryExampleExperimentLoads()
+    {
+        // `realn plan` accepts every experiment the engine runs; grpo-math.yaml (reward.kind: numeric_match)
+        // was refused by the planner while the engine ran it
+        var files = Directory.GetFiles(TestData.Example(""), "*.yaml", SearchOption.AllDirectories)
+            .Where(f => !f.Contains("/clusters/") && !f.Contains("/models/") && !f.Contains("/data/")).ToList();
+        Assert.Contains(files, f => f.EndsWith("grpo-math.yaml"));
+        foreach (var f in files)
+        {
+            var e = Experiment.Load(f);
+            Assert.True(e.Calls.Count > 0, f);
+        }
+        var math = Experiment.Load(TestData.Example("grpo-math.yaml"));
+        Assert.Equal("numeric_match", math.RewardKind);
+        Assert.DoesNotContain(math.Calls, c => c.Role == "reward");
+    }
+
     [Theory]
     [InlineData("algorithm: ppo", "algorithm: ppx", "algorithm: 'ppx' is not one of")]
     [InlineData("preset: tiny }\n  critic", "preset: huge }\n  critic", "models.actor.preset: 'huge' is not one of")]
     [InlineData("  reward: { preset: tiny }\n", "", "models.reward: missing")]
     [InlineData("size: 8", "size: 0", "batch.size: 0 is out of range")]
     [InlineData("minibatches: 2", "minibatches: 9", "batch.minibatches: 9 exceeds batch.size 8")]
-    [InlineData("algorithm: ppo", "algorithm: ppo\nreward: { kind: judge }", "reward.kind: 'judge' is not one of model, task")]
+    [InlineData("algorithm: ppo", "algorithm: ppo\nreward: { kind: judge }", "reward.kind: 'judge' is not one of model, task, exact_match, numeric_match")]
     public void BadExperimentNamesField(string from, string to, string expected)
     {
         const string good = """

@@ -8,7 +8,10 @@
 // `iterations_seconds` in summary.json (the iterations' dataflow, no evaluation or checkpoint) divided by
 // its iterations, so examples/bench/ppo-tiny-timing.yaml keeps the earlier stages short. The workers
 // run also reports its mean master-worker round trip beyond the workers' compute (REALN_WORKER_TIMING),
-// printed next to the cluster spec's worker_round_trip_us.
+// printed next to the cluster spec's worker_round_trip_us. The run `realn plan` chooses (the single device when
+// it is estimated no slower than the plan in worker processes, else the plan in worker processes) is marked
+// (`chosen` in --json); its measurement over the single device's is the loop's check. The host's load average is
+// printed with the runs (measurements on a loaded host are not the model's error).
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -65,7 +68,8 @@ public static class BenchPlanCommand
         }
         catch (PlannerException e) { throw new UsageException(e.Message); }
         var plan = r.Best.Plan;
-        double? singleEstimate = PlanSearch.SingleDeviceSeconds(r.Problem.Cluster, r.Problem.Experiment, r.Problem.Estimator.Profile);
+        double? singleEstimate = r.SingleDeviceSeconds;
+        string chosen = r.SingleDeviceChosen ? "single" : "workers";   // what `realn plan` tells the user to run
         double threadsEstimate = PlanSearch.InProcessSeconds(r);
         int stage = PlannedStage(experiment, plan)
             ?? throw new UsageException($"{configPath}: no stage runs exactly the calls of the plan ({string.Join(", ", plan.Calls.Select(c => c.Name))})");
@@ -74,10 +78,11 @@ public static class BenchPlanCommand
         string planPath = Path.Combine(outRoot, "plan.json");
         File.WriteAllText(planPath, PlanJson.ToJson(plan));
         if (!json)
-            Console.Error.WriteLine($"plan for {spec.Name} ({spec.DevicesPerNode} devices): {string.Join(", ", plan.Calls.Select(c => $"{c.Name} {c.Mesh} {c.Strategy}"))}; estimated {F(r.Best.Evaluation.IterationSeconds)} s/iteration in worker processes, {F(threadsEstimate)} s in-process, single device {F(singleEstimate)} s");
+            Console.Error.WriteLine($"plan for {spec.Name} ({spec.DevicesPerNode} devices): {string.Join(", ", plan.Calls.Select(c => $"{c.Name} {c.Mesh} {c.Strategy}"))}; estimated {F(r.Best.Evaluation.IterationSeconds)} s/iteration in worker processes, {F(threadsEstimate)} s in-process, single device {F(singleEstimate)} s; chosen: {(chosen == "single" ? "the single device (no plan)" : "the plan in worker processes")}");
 
         var rows = new JsonArray();
         double? singleMeasured = null, measuredRoundTripMs = null;
+        double? loadBefore = LoadAverage();
         foreach (var mode in Modes.Where(modes.Contains))
         {
             string dir = Path.Combine(outRoot, mode);
@@ -87,6 +92,7 @@ public static class BenchPlanCommand
             if (!json) Console.Error.WriteLine($"{mode}: realn {string.Join(' ', args)} (log: {dir}.log)");
             RunChild(args, dir + ".log", timeout, mode, mode == "workers" ? new() { ["REALN_WORKER_TIMING"] = "1" } : new());
             if (mode == "workers") measuredRoundTripMs = RoundTripMs(dir + ".log");
+            double? runLoad = LoadAverage();
             var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")))!.AsObject();
             var st = summary["stages"]![stage]!.AsObject();
             double measured = (double)st["iterations_seconds"]! / (int)st["iterations"]!;
@@ -95,10 +101,12 @@ public static class BenchPlanCommand
             rows.Add(new JsonObject
             {
                 ["mode"] = mode,
+                ["chosen"] = mode == chosen,
                 ["estimate_seconds"] = double.IsFinite(estimate) ? Math.Round(estimate, 5) : null,
                 ["measured_seconds"] = Math.Round(measured, 5),
                 ["measured_over_estimate"] = double.IsFinite(estimate) && estimate > 0 ? Math.Round(measured / estimate, 3) : null,
                 ["task_score"] = (double?)st["final_task_score"],
+                ["load_average_after"] = runLoad,
             });
         }
         foreach (var row in rows.Select(x => x!.AsObject()))
@@ -110,20 +118,22 @@ public static class BenchPlanCommand
             {
                 ["benchmark"] = "plan", ["config"] = configPath, ["cluster"] = spec.Name, ["stage"] = stage,
                 ["stage_algorithm"] = experiment.Stages[stage].Algorithm, ["iterations"] = experiment.Stages[stage].Iterations,
-                ["plan"] = JsonNode.Parse(PlanJson.ToJson(plan)), ["rows"] = rows,
+                ["load_average_before"] = loadBefore, ["chosen"] = chosen, ["plan"] = JsonNode.Parse(PlanJson.ToJson(plan)), ["rows"] = rows,
                 ["worker_round_trip_ms"] = new JsonObject { ["spec"] = Math.Round(spec.WorkerRoundTrip * 1e3, 3), ["measured"] = measuredRoundTripMs },
             }.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
             return 0;
         }
         Console.WriteLine($"stage {stage} ({experiment.Stages[stage].Algorithm}, {experiment.Stages[stage].Iterations} iterations), seconds per iteration:");
-        Console.WriteLine($"{"run",-8} {"estimate",9} {"measured",9} {"meas/est",9} {"vs single",10}");
+        Console.WriteLine($"{"run",-8} {"estimate",9} {"measured",9} {"meas/est",9} {"vs single",10} {"load after",10}");
         foreach (var row in rows.Select(x => x!.AsObject()))
         {
             string ratio = row["measured_over_estimate"] is { } q ? ((double)q).ToString("F2", CultureInfo.InvariantCulture) : "-";
             string vs = row["over_single_measured"] is { } v ? ((double)v).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-";
-            Console.WriteLine($"{(string)row["mode"]!,-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {vs,10}");
+            Console.WriteLine($"{(string)row["mode"]! + ((bool)row["chosen"]! ? "*" : ""),-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {vs,10} {(row["load_average_after"] is { } la ? ((double)la).ToString("F1", CultureInfo.InvariantCulture) : "-"),10}");
         }
-        Console.WriteLine("single: realn run without --plan (one process, every core); threads: --plan --in-process; workers: --plan, one worker process per device");
+        Console.WriteLine("single: realn run without --plan (one process, every core); threads: --plan --in-process; workers: --plan, one worker process per device; *: what realn plan chooses");
+        if (loadBefore is { } lb)
+            Console.WriteLine($"load average (1 min) before: {lb.ToString("F1", CultureInfo.InvariantCulture)} on {Environment.ProcessorCount} cores; other jobs' threads inflate every measurement, workers most");
         if (measuredRoundTripMs is { } rt)
             Console.WriteLine($"worker round trip beyond compute: {rt.ToString("F2", CultureInfo.InvariantCulture)} ms measured, {(spec.WorkerRoundTrip * 1e3).ToString("F2", CultureInfo.InvariantCulture)} ms in {spec.Name}'s worker_round_trip_us");
         return 0;
@@ -165,6 +175,18 @@ public static class BenchPlanCommand
         p.WaitForExit();   // drains the redirected output
         if (p.ExitCode != 0)
             throw new MeasurementException($"bench plan: the {mode} run failed with exit code {p.ExitCode}; see {log}");
+    }
+
+    /// <summary>The host's 1-minute load average (/proc/loadavg), printed with the measurements; null where absent.</summary>
+    private static double? LoadAverage()
+    {
+        try
+        {
+            var first = File.ReadAllText("/proc/loadavg").Split(' ')[0];
+            return double.TryParse(first, NumberStyles.Float, CultureInfo.InvariantCulture, out double l) ? l : null;
+        }
+        catch (IOException) { return null; }
+        catch (UnauthorizedAccessException) { return null; }
     }
 
     /// <summary>The mean round trip a worker-process run reported at its end (the last line the engine's

@@ -1,8 +1,9 @@
 // `realn plan CONFIG --cluster CLUSTER [--nodes N] [--seed S] [--time-limit SEC] [--out PLAN.json]
 // [--profile PROFILE.json] [--show plan|BASELINE] [--json]`: searches the execution plan, prints it as a
 // table with every baseline's time and the searched plan's speedup over it and the model's limits (or the
-// JSON document {"iteration_seconds", "baselines", ["single_device_seconds",] "search_seconds", "limits", "plan"}),
-// (single device: shared-host CPU clusters, a run without --plan on every core), writes the plan
+// JSON document {"iteration_seconds", "baselines", ["single_device_seconds", "chosen",] "search_seconds", "limits", "plan"}),
+// (single device: shared-host CPU clusters, a run without --plan on every core; chosen: single_device when it is
+// estimated no slower than the plan in worker processes, else plan), writes the plan
 // JSON and a Gantt chart PNG of one iteration (of the plan or the baseline named by --show) beside it.
 using System.CommandLine;
 using System.Text.Json;
@@ -51,7 +52,7 @@ public static class PlanCommand
         }
         catch (PlannerException e) { throw new UsageException(e.Message); }
         var sync = r.Synchronous;   // an async experiment: the best synchronous plan, for comparison
-        double? single = PlanSearch.SingleDeviceSeconds(r.Problem.Cluster, r.Problem.Experiment, r.Problem.Estimator.Profile);
+        double? single = r.SingleDeviceSeconds;
 
         outPath ??= Path.GetFileNameWithoutExtension(configPath) + ".plan.json";
         string png = Path.ChangeExtension(outPath, ".png");
@@ -106,7 +107,11 @@ public static class PlanCommand
                     w.WriteEndObject();
                 }
                 w.WriteEndObject();
-                if (single is { } sd) w.WriteNumber("single_device_seconds", sd);
+                if (single is { } sd)
+                {
+                    w.WriteNumber("single_device_seconds", sd);
+                    w.WriteString("chosen", r.SingleDeviceChosen ? "single_device" : "plan");
+                }
                 w.WriteNumber("search_seconds", r.SearchSeconds);
                 w.WriteStartArray("limits");
                 foreach (var l in Estimator.Limits) w.WriteStringValue(l);
@@ -142,8 +147,8 @@ public static class PlanCommand
             AnsiConsole.MarkupLine(b is null ? $"  {name}: not applicable or does not fit in memory"
                 : $"  {name}: {S(b.Evaluation.IterationSeconds)} s -> speedup {b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x");
         if (single is { } one)
-            AnsiConsole.MarkupLine(one < r.Best.Evaluation.IterationSeconds
-                ? $"[yellow]single device (realn run without --plan, all {r.Problem.Cluster.DevicesPerNode} cores in one process): {S(one)} s, faster than this plan: run without --plan[/]"
+            AnsiConsole.MarkupLine(r.SingleDeviceChosen
+                ? $"[yellow]chosen: the single device (realn run without --plan, all {r.Problem.Cluster.DevicesPerNode} cores in one process): {S(one)} s, no slower than this plan in worker processes: run without --plan[/]"
                 : $"single device (realn run without --plan, all {r.Problem.Cluster.DevicesPerNode} cores in one process): {S(one)} s ({one / r.Best.Evaluation.IterationSeconds:F2}x the plan)");
         AnsiConsole.MarkupLine("the estimate leaves out:");
         foreach (var l in Estimator.Limits) AnsiConsole.MarkupLine($"  - {Markup.Escape(l)}");
