@@ -33,7 +33,7 @@ public static class MemoryFit
     }
 
     /// <summary>The planner's memory model for a run of <paramref name="exp"/>, per process: with a
-    /// plan, the master's full fp32 copies of the models (initialisation, evaluation, checkpoints)
+    /// plan, the master's full copies of the models (<see cref="MasterBytes"/>) (initialisation, evaluation, checkpoints)
     /// and each plan device's peak (resident shards and optimizer state plus the largest
     /// activations of its calls); without one, the single device (the master) running every call.</summary>
     public static MemoryEstimate Estimate(Experiment exp, Plan? plan)
@@ -48,8 +48,15 @@ public static class MemoryFit
         return new MemoryEstimate(MasterBytes(exp), DevicePeaks(exp, plan, cluster));
     }
 
-    /// <summary>The master's full fp32 copies of the models.</summary>
-    private static double MasterBytes(Experiment exp) => exp.Models.Sum(kv => kv.Value.Params(Experiment.HasScalarHead(kv.Key)) * 4);
+    /// <summary>The master's full copies of the models, by precision (<see cref="Experiment.PrecisionOf"/>):
+    /// fp32 4 B per parameter; bf16 2 B for a model no call trains (it holds bf16 only), 6 B for a
+    /// trained one (its fp32 master and the bf16 copy its forward reads).</summary>
+    public static double MasterBytes(Experiment exp) => exp.Models.Sum(kv =>
+    {
+        bool trained = exp.IsTrainable(kv.Key);
+        double perParam = exp.PrecisionOf(kv.Key) == Precision.Bf16 ? (trained ? 6 : 2) : 4;
+        return kv.Value.Params(Experiment.HasScalarHead(kv.Key)) * perParam;
+    });
 
     /// <summary>Peak memory per device of the plan's choice for every call.</summary>
     private static double[] DevicePeaks(Experiment exp, Plan plan, ClusterSpec cluster)
@@ -64,7 +71,9 @@ public static class MemoryFit
         return new Evaluator(problem).PeakMemory(choice);
     }
 
-    /// <summary>A CPU machine as a cluster: fp32, only the memory matters (speeds are placeholders).</summary>
+    /// <summary>A CPU machine as a cluster: fp32 activations (the engine's on every precision), only the
+    /// memory matters (speeds are placeholders). Weights, train state and KV caches take each model's
+    /// precision from the experiment (<see cref="Estimator.Memory"/>).</summary>
     private static ClusterSpec Machine(string name, int nodes, int devicesPerNode, double bytesPerDevice) => new()
     {
         Name = name, Nodes = nodes, DevicesPerNode = devicesPerNode, DeviceMemoryBytes = bytesPerDevice, Precision = Precision.Fp32,
