@@ -14,7 +14,9 @@
  *    linear_fwd/linear_bwd (w bf16; x, bias, y, dy, dx, dw, dbias fp32; products of bf16-rounded
  *    operands, fp32 accumulation), embedding_fwd (table bf16, out fp32), embedding_bwd (a bf16
  *    table's gradient: dout, dtable fp32; the op never reads the table) and rmsnorm_fwd/_bwd (w
- *    bf16; x, y, rstd, dy, dx, dw fp32).
+ *    bf16; x, y, rstd, dy, dx, dw fp32), plus a bf16 KV CACHE: kv_store and attention_decode
+ *    with dtype BF16 take kcache/vcache in bf16 (k, v, q, out fp32; rows rounded to nearest even
+ *    when stored, widened to fp32 when read, fp32 softmax and accumulation).
  *    Env REALN_BF16_GEMM = avx512bf16 | convert picks the GEMM path (default: the best present);
  *  - option structs start with int32_t size; int32_t version; and are initialised by a
  *    REALN_*_OPTS_INIT macro so a caller built against an older header stays valid. They are
@@ -276,16 +278,18 @@ REALN_API realn_status realn_op_attention_bwd(realn_stream_t stream, int32_t dty
                                               int64_t head_dim, float scale, void* dq, void* dk,
                                               void* dv);
 
-/* KV cache: kcache, vcache: [slots, max_len, hkv, d]. Store T new rows: token t goes to slot
- * slots[t], position positions[t] (int32 arrays of length T; prefill and decode alike).
- * k, v: [T, hkv, d]. If two tokens name the same (slot, position), the later token's row wins. */
+/* KV cache: kcache, vcache: [slots, max_len, hkv, d] in dtype (F32, or BF16 on the CPU backend).
+ * Store T new rows: token t goes to slot slots[t], position positions[t] (int32 arrays of length
+ * T; prefill and decode alike). k, v: [T, hkv, d] fp32 (a BF16 cache stores them rounded to
+ * nearest even). If two tokens name the same (slot, position), the later token's row wins. */
 REALN_API realn_status realn_op_kv_store(realn_stream_t stream, int32_t dtype, const void* k,
                                          const void* v, const int32_t* slots,
                                          const int32_t* positions, int64_t tokens, void* kcache,
                                          void* vcache, int64_t num_slots, int64_t max_len,
                                          int64_t hkv, int64_t head_dim);
 /* Decode attention: one query token per sequence b (q: [B, hq, d]) attends to cache positions
- * [0, lens[b]) of slot slots[b] (the current token must already be stored). out: [B, hq, d]. */
+ * [0, lens[b]) of slot slots[b] (the current token must already be stored). out: [B, hq, d].
+ * q and out are fp32; dtype is the cache's (BF16: rows widened to fp32, fp32 arithmetic). */
 REALN_API realn_status realn_op_attention_decode(realn_stream_t stream, int32_t dtype, const void* q,
                                                  const void* kcache, const void* vcache,
                                                  const int32_t* slots, const int32_t* lens,

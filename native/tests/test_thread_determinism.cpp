@@ -338,6 +338,30 @@ void register_cases() {
         append(out, e.download(o, B * hq * d));
         return out;
     });
+    // A bf16 KV cache: the store (rows rounded to bf16) and decode (AVX-512 kernel where present).
+    add("kv_store+attention_decode", "dtype=bf16 batch=6 max_len=200 hq=8 hkv=2 d=40", [](Env& e) {
+        Rng& r = e.rng();
+        const int64_t B = 6, slots_n = 8, L = 200, hq = 8, hkv = 2, d = 40, T = slots_n * L;
+        std::vector<int32_t> all_slots, all_pos;
+        for (int32_t t = 0; t < T; ++t) {
+            all_slots.push_back(t / int32_t(L));
+            all_pos.push_back(t % int32_t(L));
+        }
+        auto* kc = static_cast<uint16_t*>(e.alloc(T * hkv * d * 2));
+        auto* vc = static_cast<uint16_t*>(e.alloc(T * hkv * d * 2));
+        Env::check(realn_op_kv_store(e.stream(), REALN_DTYPE_BF16, e.upload(nonzero(r, T * hkv * d)),
+                                     e.upload(nonzero(r, T * hkv * d)), all_slots.data(), all_pos.data(), T, kc,
+                                     vc, slots_n, L, hkv, d));
+        float* q = e.upload(nonzero(r, B * hq * d));
+        const std::vector<int32_t> slots = {3, 0, 7, 1, 5, 2}, lens = {200, 17, 150, 1, 99, 64};
+        float* o = static_cast<float*>(e.alloc(B * hq * d * 4));
+        Env::check(realn_op_attention_decode(e.stream(), REALN_DTYPE_BF16, q, kc, vc, slots.data(),
+                                             lens.data(), B, slots_n, L, hq, hkv, d, 0.17f, o));
+        Bytes out;
+        append(out, e.download(kc, T * hkv * d));
+        append(out, e.download(o, B * hq * d));
+        return out;
+    });
     add("embedding_bwd", "n=500 vocab=40 hidden=200 (ids repeat)", [](Env& e) {
         Rng& r = e.rng();
         const int64_t n = 500, vocab = 40, hidden = 200;

@@ -329,7 +329,10 @@ public sealed class Estimator
     }
 
     /// <summary>Per-device memory of a call option on its fullest stage: weights of the layout, train state
-    /// (fp32 gradients + distributed optimizer) for train calls, and active memory (activations, logits, KV cache).</summary>
+    /// (fp32 gradients + distributed optimizer) for train calls, and active memory (activations, logits, KV cache).
+    /// Weights, train state and the KV cache are in the model's precision (<see cref="Experiment.PrecisionOf"/>,
+    /// else the cluster's): bf16 weights 2 B with fp32 gradients 4 B + fp32 master, m, v 12 B (18 B trained, 2 B
+    /// frozen); fp32 4 B + 4 B + m, v 8 B (16 B trained). Activations are in the cluster's precision.</summary>
     public CallMemory Memory(ModelCall c, CallOption o)
     {
         var m = Experiment.Models[c.Role];
@@ -337,26 +340,28 @@ public sealed class Estimator
         var s = o.Strategy;
         double vocabShard = scalar ? 1 : (double)m.Vocab / s.Tp;
         int mb = o.MicroBatches;
-        double adam = Cluster.Precision == Precision.Bf16 ? 12 : 8; // fp32 master + m + v (fp32 training: m + v)
+        bool bf16 = (Experiment.PrecisionOf(c.Role) ?? Cluster.Precision) == Precision.Bf16;
+        double wb = bf16 ? 2 : 4;         // bytes per weight and per KV-cache element
+        double adam = bf16 ? 12 : 8;      // fp32 master + m + v (fp32 training: m + v)
         // activation bytes per token per layer, Korthikanti et al. 2022 (tensor parallel, no sequence
         // parallelism, flash attention so no s^2 term): h (10 + 24/tp) at 2-byte activations
         double ActPerToken(int tp) => m.Hidden * (10.0 + 24.0 / tp) * _eb / 2.0;
         if (o.Zero3)
         {
             double p = m.Params(scalar), n = s.Dp;
-            double gathered = 2 * m.BlockParams * _eb + (double)m.Vocab * m.Hidden * _eb; // prefetch buffers + gathered head
+            double gathered = 2 * m.BlockParams * wb + (double)m.Vocab * m.Hidden * wb; // prefetch buffers + gathered head
             if (c.Type == CallType.TrainStep)
             {
                 double tmb = (double)c.Sequences / c.OptimizerSteps * c.SequenceTokens / n / mb;
                 double acts = o.Flag ? m.Layers * tmb * m.Hidden * _eb + tmb * ActPerToken(1) : m.Layers * tmb * ActPerToken(1);
-                return new CallMemory(p * _eb / n, p * (_eb + adam) / n, acts + gathered + tmb * m.Vocab * 8.0);
+                return new CallMemory(p * wb / n, p * (wb + adam) / n, acts + gathered + tmb * m.Vocab * 8.0);
             }
             double t = (double)c.Sequences * c.SequenceTokens / n / mb;
-            return new CallMemory(p * _eb / n, 0, gathered + t * (4.0 * m.Hidden + 2.0 * m.Intermediate) * _eb + t * m.Vocab * 4.0);
+            return new CallMemory(p * wb / n, 0, gathered + t * (4.0 * m.Hidden + 2.0 * m.Intermediate) * _eb + t * m.Vocab * 4.0);
         }
         var lay = Layout(m, scalar, s.Pp);
         double stageParams = lay.MaxParams / s.Tp;
-        double weights = stageParams * _eb;
+        double weights = stageParams * wb;
         double layers = lay.MaxBlocks;
         switch (c.Type)
         {
@@ -380,7 +385,7 @@ public sealed class Estimator
             {
                 double seqs = (double)c.Sequences / s.Dp;
                 double kvShard = Math.Max(m.KvHeads / s.Tp, 1) * m.HeadDim;
-                double kv = seqs * c.SequenceTokens * 2 * kvShard * layers * _eb;
+                double kv = seqs * c.SequenceTokens * 2 * kvShard * layers * wb;
                 double pmb = seqs * c.PromptTokens / mb;
                 double prefill = pmb * (4.0 * m.Hidden + 2.0 * m.Intermediate / s.Tp) * _eb + seqs / mb * vocabShard * 4;
                 return new CallMemory(weights, 0, kv + prefill);

@@ -94,6 +94,13 @@ public sealed class Experiment
     public string RewardKind { get; init; } = "model";
     /// <summary>The experiment's `precision` (bf16 | fp32), or null when it sets none: the cluster spec's then.</summary>
     public Precision? Precision { get; init; }
+    /// <summary>Per-model `precision` where a model sets its own (the engine's `models.ROLE.precision`);
+    /// a role not listed takes <see cref="Precision"/>.</summary>
+    public IReadOnlyDictionary<string, Precision>? ModelPrecisions { get; init; }
+    /// <summary>The precision role <paramref name="role"/> holds its weights in: its own, else the
+    /// experiment's, else null (the cluster spec's).</summary>
+    public Precision? PrecisionOf(string role) =>
+        ModelPrecisions is not null && ModelPrecisions.TryGetValue(role, out var p) ? p : Precision;
     /// <summary>`mode: async` with `max_staleness: N`: generation runs ahead of training by up to N
     /// policy versions (the samples of iteration i come from weights of version >= i - N); null for
     /// the synchronous dataflow (`mode: sync`, the default).</summary>
@@ -109,6 +116,15 @@ public sealed class Experiment
     {
         Name = Name, Algorithm = Algorithm, Iterations = Iterations, BatchSize = BatchSize, PromptLen = PromptLen, GenLen = GenLen,
         Minibatches = Minibatches, Models = Models, Calls = Calls, RewardKind = RewardKind, Precision = Precision, MaxStaleness = maxStaleness,
+        ModelPrecisions = ModelPrecisions,
+    };
+
+    /// <summary>The same experiment with per-model precisions <paramref name="modelPrecisions"/>.</summary>
+    public Experiment WithModelPrecisions(IReadOnlyDictionary<string, Precision>? modelPrecisions) => new()
+    {
+        Name = Name, Algorithm = Algorithm, Iterations = Iterations, BatchSize = BatchSize, PromptLen = PromptLen, GenLen = GenLen,
+        Minibatches = Minibatches, Models = Models, Calls = Calls, RewardKind = RewardKind, Precision = Precision, MaxStaleness = MaxStaleness,
+        ModelPrecisions = modelPrecisions,
     };
 
     /// <summary>Roles with a value (scalar) head instead of the LM head.</summary>

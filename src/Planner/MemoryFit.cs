@@ -57,7 +57,9 @@ public static class MemoryFit
         return new Evaluator(problem).PeakMemory(choice);
     }
 
-    /// <summary>A CPU machine as a cluster: fp32, only the memory matters (speeds are placeholders).</summary>
+    /// <summary>A CPU machine as a cluster: fp32 activations (the engine's on every precision), only the
+    /// memory matters (speeds are placeholders). Weights, train state and KV caches take each model's
+    /// precision from the experiment (<see cref="Estimator.Memory"/>).</summary>
     private static ClusterSpec Machine(string name, int nodes, int devicesPerNode, double bytesPerDevice) => new()
     {
         Name = name, Nodes = nodes, DevicesPerNode = devicesPerNode, DeviceMemoryBytes = bytesPerDevice, Precision = Precision.Fp32,

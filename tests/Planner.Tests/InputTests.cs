@@ -273,6 +273,51 @@ public class PlanValidatorTests
         Assert.Contains("test box", e.Message);
     }
 
+    /// <summary>Bytes per parameter by each model's precision: bf16 trained = 2 (weights) + 4 (fp32
+    /// gradients) + 12 (fp32 master, m, v) against fp32's 4 + 4 + 8; bf16 frozen = 2 against 4; the
+    /// KV cache in the model's precision; activations in the cluster's (fp32 on the CPU machine).</summary>
+    [Fact]
+    public void MemoryEstimateUsesEachModelsPrecision()
+    {
+        var fp = TestData.Exp("ppo", "tiny", "tiny", 8, 8, 8);
+        var all = fp.Models.Keys.ToDictionary(r => r, _ => Precision.Bf16);
+        var bf = fp.WithModelPrecisions(all);
+        var refOnly = fp.WithModelPrecisions(new Dictionary<string, Precision> { ["ref"] = Precision.Bf16 });
+        Assert.Equal(Precision.Bf16, bf.PrecisionOf("actor"));
+        Assert.Null(fp.PrecisionOf("actor"));
+        Assert.Null(refOnly.PrecisionOf("actor"));
+        var cluster = TestData.Cluster(1, 1, 4);
+        var one = new CallOption(new Mesh(0, 1, 0, 1), new Strategy(1, 1, 1), 1, false);
+        foreach (var call in fp.Calls)
+        {
+            var m32 = new Estimator(cluster, fp).Memory(call, one);
+            var m16 = new Estimator(cluster, bf).Memory(call, one);
+            var mRef = new Estimator(cluster, refOnly).Memory(call, one);
+            Assert.Equal(m32.WeightBytes / 2, m16.WeightBytes, 6);
+            Assert.Equal(call.Role == "ref" ? m16 : m32, mRef);   // only the ref model's calls change
+            switch (call.Type)
+            {
+                case CallType.TrainStep:
+                    Assert.Equal(m32.TrainStateBytes / 12 * 16, m16.TrainStateBytes, 6);   // per parameter: 4 + 8 -> 4 + 12
+                    Assert.Equal((m32.WeightBytes + m32.TrainStateBytes) / 16 * 18, m16.WeightBytes + m16.TrainStateBytes, 6);
+                    Assert.Equal(m32.ActiveBytes, m16.ActiveBytes);      // fp32 activations
+                    break;
+                case CallType.Generate:
+                    Assert.True(m16.ActiveBytes < m32.ActiveBytes, $"{call.Name}: a bf16 KV cache is smaller");
+                    break;
+                default:
+                    Assert.Equal(0, m16.TrainStateBytes);
+                    Assert.Equal(m32.ActiveBytes, m16.ActiveBytes);
+                    break;
+            }
+        }
+        // Without a plan (every call on the master): PPO's models (actor = ref, critic = reward in
+        // size) hold 2 x 18 + 2 x 2 = 40 B per parameter pair in bf16, as many as 2 x 16 + 2 x 4 in
+        // fp32; only the KV cache can make the bf16 peak smaller.
+        double single32 = MemoryFit.Estimate(fp, null).MasterBytes, single16 = MemoryFit.Estimate(bf, null).MasterBytes;
+        Assert.True(single16 <= single32 && single16 > 0.9 * single32, $"{single16} vs {single32}");
+    }
+
     [Fact]
     public void MemoryEstimateIsWhatTheSearchAndTheFitCheckSee()
     {

@@ -1,4 +1,5 @@
-// The CPU backend's table: fp32 everything plus bf16 weights for gemm/linear/embedding/rmsnorm (forward and backward), executed synchronously on the calling thread with
+// The CPU backend's table: fp32 everything plus bf16 weights for gemm/linear/embedding/rmsnorm (forward and backward)
+// and a bf16 KV cache (kv_store, attention_decode), executed synchronously on the calling thread with
 // OpenMP parallel loops and OpenBLAS (OpenMP build, so BLAS shares our thread pool and runs
 // single-threaded when called inside a parallel region). This backend is the reference every
 // other backend is tested against.
@@ -30,6 +31,9 @@ bool cpu_supports(Op op, int32_t dtype) {
         case Op::EmbeddingBwd:
         case Op::RmsnormFwd:
         case Op::RmsnormBwd:
+        // A bf16 KV cache (k, v, q, out fp32).
+        case Op::KvStore:
+        case Op::AttentionDecode:
             return dtype == REALN_DTYPE_F32 || dtype == REALN_DTYPE_BF16;
         default:
             return dtype == REALN_DTYPE_F32;

@@ -1,13 +1,19 @@
 // Cases: packed causal attention (forward against a float64 reference; backward against central
 // finite differences of that reference), the KV-cache store (bit-exact) and decode attention
-// (the last token's decode equals the last row of full causal attention over its sequence).
+// (the last token's decode equals the last row of full causal attention over its sequence), and
+// the same for a bf16 cache: stored rows bit for bit the nearest-even bf16 of the inputs, decode
+// (AVX-512 and scalar kernels) against the float64 reference of the bf16-rounded K/V with the fp32
+// tolerance and against that of the unrounded K/V with a bf16 tolerance.
 // Finite differences are local: perturbing q[t, h] changes only row (t, h); perturbing k/v[t, g]
 // changes only rows >= t of t's sequence in the query heads of group g. So each derivative costs
 // one sequence-sized forward, and long shapes check a random sample of coordinates.
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <numeric>
 
+#include "../cpu/cpu_ops.hpp"
+#include "../cpu/kv_cache.hpp"
 #include "harness.hpp"
 
 namespace realn::testing {
@@ -352,6 +358,136 @@ Outcome attention_decode_case(Env& env, const std::vector<int>& lens, int64_t hq
     return o;
 }
 
+// ---------------------------------------------------------------- bf16 cache
+float widen_bf16(uint16_t h) {
+    const uint32_t u = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// The store into a bf16 cache of random bf16 values: every stored element is bit for bit the
+// nearest-even bf16 of its input (exact ties included), untouched cells keep their bits, a repeated
+// (slot, position) keeps the later token's row, and a refused call leaves the cache as it was.
+Outcome kv_store_bf16_case(Env& env, int64_t num_slots, int64_t max_len, int64_t hkv, int64_t d, int64_t tokens) {
+    Rng& r = env.rng();
+    const int64_t row = hkv * d, cache_n = num_slots * max_len * row;
+    std::vector<int32_t> cells(static_cast<size_t>(num_slots * max_len));
+    std::iota(cells.begin(), cells.end(), 0);
+    std::shuffle(cells.begin(), cells.end(), r.gen);
+    std::vector<int32_t> slots, pos;
+    for (int64_t t = 0; t < tokens; ++t) {
+        slots.push_back(int32_t(cells[t % (tokens - 1)] / max_len));  // the last token repeats the first's cell
+        pos.push_back(int32_t(cells[t % (tokens - 1)] % max_len));
+    }
+    std::vector<uint16_t> kc0(cache_n), vc0(cache_n);
+    for (int64_t i = 0; i < cache_n; ++i) {
+        kc0[i] = ref_bf16(r.normal(2.0f));
+        vc0[i] = ref_bf16(r.normal(2.0f));
+    }
+    auto k = r.normal_vec(tokens * row, 2.0f), v = r.uniform_vec(tokens * row);
+    for (int64_t i = 0; i < tokens * row; i += 5) {  // exact ties: the low half is 0x8000
+        uint32_t u;
+        std::memcpy(&u, &k[i], 4);
+        u = (u & 0xffff0000u) | 0x8000u;
+        std::memcpy(&k[i], &u, 4);
+    }
+    auto* dkc = env.upload(kc0);
+    auto* dvc = env.upload(vc0);
+    float* dk = env.upload(k);
+    float* dv = env.upload(v);
+    Env::check(realn_op_kv_store(env.stream(), REALN_DTYPE_BF16, dk, dv, slots.data(), pos.data(), tokens, dkc, dvc,
+                                 num_slots, max_len, hkv, d));
+    auto rk = kc0, rv = vc0;
+    for (int64_t t = 0; t < tokens; ++t) {
+        const int64_t dst = (int64_t(slots[t]) * max_len + pos[t]) * row;
+        for (int64_t e = 0; e < row; ++e) {
+            rk[dst + e] = ref_bf16(k[t * row + e]);
+            rv[dst + e] = ref_bf16(v[t * row + e]);
+        }
+    }
+    auto count = [&](const std::vector<uint16_t>& got, const std::vector<uint16_t>& want) {
+        int64_t bad = 0;
+        for (int64_t i = 0; i < cache_n; ++i) bad += got[i] != want[i];
+        return bad;
+    };
+    int64_t bad = count(env.download(dkc, cache_n), rk) + count(env.download(dvc, cache_n), rv);
+    if (bad) return {double(bad), concat_shape(bad, " cache elements differ from the nearest-even bf16")};
+    auto bad_pos = pos;
+    bad_pos.back() = int32_t(max_len);
+    const std::string refused = expect_invalid(realn_op_kv_store(env.stream(), REALN_DTYPE_BF16, dk, dv, slots.data(),
+                                                                 bad_pos.data(), tokens, dkc, dvc, num_slots, max_len,
+                                                                 hkv, d),
+                                               "position == max_len");
+    if (!refused.empty()) return {INFINITY, refused};
+    bad = count(env.download(dkc, cache_n), rk) + count(env.download(dvc, cache_n), rv);
+    return {double(bad), bad ? concat_shape(bad, " elements changed by a refused store") : ""};
+}
+
+// Decode against a bf16 cache (kernel forced to scalar or AVX-512), sequences prefilled through
+// the bf16 kv_store into random slots of a cache of random bf16 values.
+Outcome attention_decode_bf16_case(Env& env, const std::vector<int>& lens, int64_t hq, int64_t hkv, int64_t d,
+                                   bool scalar) {
+    if (env.backend() != REALN_BACKEND_CPU) return {0.0, "CPU kernel choice: not run on this backend"};
+    if (!scalar && !cpu::attention_decode_bf16_has_avx512()) return {0.0, "AVX-512 not on this CPU: skipped"};
+    struct Force {
+        explicit Force(bool s) { cpu::attention_decode_bf16_force_isa(s ? cpu::SimdIsa::Scalar : cpu::SimdIsa::Avx512); }
+        ~Force() { cpu::attention_decode_bf16_force_isa(cpu::SimdIsa::Avx512); }
+    } force(scalar);
+    Rng& r = env.rng();
+    const Attn a = make_attn(lens, hq, hkv, d);
+    const int64_t B = a.nseq(), T = a.total();
+    const int64_t max_len = *std::max_element(lens.begin(), lens.end()) + 3, num_slots = B + 2;
+    std::vector<int32_t> perm(static_cast<size_t>(num_slots));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), r.gen);
+    std::vector<int32_t> slot_of(perm.begin(), perm.begin() + B), tok_slot, tok_pos, dlens;
+    for (int64_t b = 0; b < B; ++b) {
+        dlens.push_back(lens[b]);
+        for (int p = 0; p < lens[b]; ++p) {
+            tok_slot.push_back(slot_of[b]);
+            tok_pos.push_back(p);
+        }
+    }
+    Inputs in = draw(r, a);
+    const int64_t cache_n = num_slots * max_len * hkv * d;
+    std::vector<uint16_t> junk(cache_n);
+    for (auto& h : junk) h = ref_bf16(r.uniform(-3.0f, 3.0f));
+    auto* kc = env.upload(junk);
+    auto* vc = env.upload(junk);
+    Env::check(realn_op_kv_store(env.stream(), REALN_DTYPE_BF16, env.upload(in.k), env.upload(in.v), tok_slot.data(),
+                                 tok_pos.data(), T, kc, vc, num_slots, max_len, hkv, d));
+    std::vector<float> qlast;
+    for (int64_t b = 0; b < B; ++b) {
+        const int64_t t = a.cu[b + 1] - 1;
+        qlast.insert(qlast.end(), in.q.begin() + t * hq * d, in.q.begin() + (t + 1) * hq * d);
+    }
+    auto* dout = static_cast<float*>(env.alloc(B * hq * d * 4));
+    if (scalar)  // this library's copy of the kernel (librealn_selftest compiles it too), whose choice Force sets
+        cpu::attention_decode(env.stream(), REALN_DTYPE_BF16, env.upload(qlast), kc, vc, slot_of.data(), dlens.data(),
+                              B, num_slots, max_len, hq, hkv, d, float(a.scale()), dout);
+    else  // the op: librealn's best kernel
+        Env::check(realn_op_attention_decode(env.stream(), REALN_DTYPE_BF16, env.upload(qlast), kc, vc, slot_of.data(),
+                                             dlens.data(), B, num_slots, max_len, hq, hkv, d, float(a.scale()), dout));
+    const auto out = env.download(dout, B * hq * d);
+    auto Q = to_double(in.q), K = to_double(in.k), V = to_double(in.v), Kr = K, Vr = V;
+    for (size_t i = 0; i < K.size(); ++i) {
+        Kr[i] = widen_bf16(ref_bf16(in.k[i]));
+        Vr[i] = widen_bf16(ref_bf16(in.v[i]));
+    }
+    std::vector<double> ref(static_cast<size_t>(B * hq * d)), ref_rounded(ref.size());
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < hq; ++h) {
+            ref_row(a, Q, K, V, a.cu[b], a.cu[b + 1] - 1, h, &ref[(b * hq + h) * d]);
+            ref_row(a, Q, Kr, Vr, a.cu[b], a.cu[b + 1] - 1, h, &ref_rounded[(b * hq + h) * d]);
+        }
+    // bf16 storage alone (K and V each within 2^-9 relative): measured up to 7e-3 of the largest
+    // output on these shapes; 2e-2 bounds it.
+    const double vs_fp32 = rel_err(out, ref), vs_rounded = rel_err(out, ref_rounded);
+    if (!(vs_fp32 <= 2e-2)) return {INFINITY, concat_shape("vs the unrounded float64 reference: ", vs_fp32, " > 2e-2")};
+    return {vs_rounded, concat_shape("vs unrounded K/V ", vs_fp32)};
+}
+
 }  // namespace
 
 void add_attention_cases() {
@@ -394,6 +530,19 @@ void add_attention_cases() {
         add_case({"attention_decode", attn_shape(a), kTolF32,
                   [dc](Env& e) { return attention_decode_case(e, dc.lens, dc.hq, dc.hkv, dc.d, dc.timing); }});
     }
+    for (const S& s : {S{5, 11, 2, 16, 17, false}, S{3, 70, 4, 64, 150, false}, S{8, 4, 1, 5, 2, false}})
+        add_case({"kv_store",
+                  concat_shape("dtype=bf16 slots=", s.slots, " max_len=", s.max_len, " hkv=", s.hkv, " d=", s.d,
+                               " tokens=", s.tokens, " (last repeats the first's cell)"),
+                  0.0, [s](Env& e) { return kv_store_bf16_case(e, s.slots, s.max_len, s.hkv, s.d, s.tokens); }});
+    // d 16 / 64: whole 16-lane blocks; 5 and 40: the masked tail; groups of 1, 2 and 3.
+    for (bool scalar : {false, true})
+        for (const D& dc : {D{{1, 9, 64, 130}, 4, 4, 16, false}, D{{3, 1, 40}, 4, 2, 64, false},
+                            D{{17, 1}, 8, 2, 40, false}, D{{6, 2}, 3, 1, 5, false}}) {
+            const Attn a = make_attn(dc.lens, dc.hq, dc.hkv, dc.d);
+            add_case({scalar ? "attention_decode_bf16_scalar" : "attention_decode_bf16_avx512", attn_shape(a), kTolF32,
+                      [dc, scalar](Env& e) { return attention_decode_bf16_case(e, dc.lens, dc.hq, dc.hkv, dc.d, scalar); }});
+        }
 }
 
 }  // namespace realn::testing

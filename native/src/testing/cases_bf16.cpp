@@ -28,6 +28,8 @@ uint32_t f_bits(float f) {
     return u;
 }
 
+}  // namespace
+
 // Nearest bf16 to f by comparing the two bf16 neighbours (truncation and one step up in
 // magnitude) in float64, ties to the even one; the step past the largest finite bf16 counts as
 // 2^128, so values from the midpoint on overflow to infinity as IEEE rounding does.
@@ -43,6 +45,8 @@ uint16_t ref_bf16(float f) {
     if (dhi < dlo) return hi;
     return (lo & 1) ? hi : lo;
 }
+
+namespace {
 
 float widen(uint16_t h) { return bits_f(uint32_t(h) << 16); }
 float rnd(float f) { return widen(ref_bf16(f)); }

@@ -114,6 +114,9 @@ double worst(std::initializer_list<double> errs);
 std::vector<double> finite_diff(const std::function<double(const std::vector<double>&)>& f,
                                 std::vector<double> x, double h = 1e-6);
 std::vector<double> to_double(const std::vector<float>& v);
+// The bf16 nearest to f, ties to even, from a float64 comparison of its two neighbours (independent
+// of the library's conversion; NaN gives 0: callers compare NaNs separately). cases_bf16.cpp.
+uint16_t ref_bf16(float f);
 
 // "rows=7 dim=64"-style shape strings.
 template <typename... Args>

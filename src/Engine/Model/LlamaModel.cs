@@ -662,10 +662,10 @@ internal sealed unsafe class LlamaModel : IDisposable
         Rotary(q, positions, T, _qHeads, inverse: false);
         Rotary(k, positions, T, _kvHeads, inverse: false);
         if (attention.Cache is { } cache)
-            Check(Native.realn_op_kv_store(stream, DType.F32, k, v, attention.TokenSlots, positions, T, cache.K(l), cache.V(l), cache.Slots,
+            Check(Native.realn_op_kv_store(stream, cache.ElementType, k, v, attention.TokenSlots, positions, T, cache.K(l), cache.V(l), cache.Slots,
                 cache.MaxLen, _kvHeads, c.HeadDim));
         if (attention.Decode)
-            Check(Native.realn_op_attention_decode(stream, DType.F32, q, attention.Cache!.K(l), attention.Cache.V(l), attention.RunSlots,
+            Check(Native.realn_op_attention_decode(stream, attention.Cache!.ElementType, q, attention.Cache.K(l), attention.Cache.V(l), attention.RunSlots,
                 attention.RunLengths, attention.Sequences, attention.Cache.Slots, attention.Cache.MaxLen, _qHeads, _kvHeads, c.HeadDim, scale, a.Attn));
         else
             Check(Native.realn_op_attention_fwd(stream, DType.F32, q, k, v, attention.CuSeqlens, attention.Sequences, T, _qHeads, _kvHeads,
@@ -850,8 +850,9 @@ internal sealed unsafe class LlamaModel : IDisposable
         Head(arena, last, runs, lastNormed, null, output, gather: true);
     }
 
-    /// <summary>A KV cache for this shard (its blocks and kv heads) of <paramref name="slots"/> sequences.</summary>
-    public KvCache NewKvCache(int slots, int maxLen) => new(Config, slots, maxLen, _layerCount, _kvHeads);
+    /// <summary>A KV cache for this shard (its blocks and kv heads) of <paramref name="slots"/> sequences,
+    /// in the model's precision: bf16 for a bf16 model (decode reads half the bytes; it still computes in fp32).</summary>
+    public KvCache NewKvCache(int slots, int maxLen) => new(Config, slots, maxLen, _layerCount, _kvHeads, WeightType);
 
     /// <summary>Frees parameters, gradients and activations.</summary>
     public void Dispose()
@@ -872,27 +873,42 @@ internal enum ModelPrecision
     Bf16 = 1,
 }
 
-/// <summary>Slot-based KV cache for generation: per layer K and V of [slots, max_len, kv_heads, head_dim].</summary>
+/// <summary>Slot-based KV cache for generation: per layer K and V of [slots, max_len, kv_heads, head_dim],
+/// fp32 or bf16 (<see cref="ElementType"/>; a bf16 cache stores rows rounded to nearest even).</summary>
 internal sealed unsafe class KvCache : IDisposable
 {
     private readonly HostBlock _block;
-    private readonly long _perLayer;
+    private readonly long _perLayerBytes;
 
     /// <summary>Cache of a whole single-device model for <paramref name="slots"/> sequences of up to <paramref name="maxLen"/> tokens.</summary>
-    public KvCache(LlamaConfig c, int slots, int maxLen) : this(c, slots, maxLen, c.Layers, c.KvHeads) { }
+    public KvCache(LlamaConfig c, int slots, int maxLen, int elementType = DType.F32) : this(c, slots, maxLen, c.Layers, c.KvHeads, elementType) { }
 
-    internal KvCache(LlamaConfig c, int slots, int maxLen, int layers, int kvHeads)
+    internal KvCache(LlamaConfig c, int slots, int maxLen, int layers, int kvHeads, int elementType)
     {
         if (slots <= 0 || maxLen <= 0) throw new ArgumentException($"KV cache needs slots > 0 and max_len > 0 (got {slots}, {maxLen})");
         if (maxLen > c.MaxPositions) throw new ArgumentException($"KV cache length {maxLen} exceeds max_position_embeddings {c.MaxPositions}");
+        ElementBytes = elementType switch
+        {
+            DType.F32 => 4,
+            DType.BF16 => 2,
+            _ => throw new ArgumentException($"KV cache element type {elementType}: only fp32 ({DType.F32}) and bf16 ({DType.BF16})"),
+        };
+        ElementType = elementType;
         Slots = slots;
         MaxLen = maxLen;
         Layers = layers;
         KvHeads = kvHeads;
         HeadDim = c.HeadDim;
-        _perLayer = (long)slots * maxLen * kvHeads * c.HeadDim;
-        _block = new HostBlock(Math.Max(64, 2 * layers * _perLayer * 4));
+        _perLayerBytes = (long)slots * maxLen * kvHeads * c.HeadDim * ElementBytes;
+        _block = new HostBlock(Math.Max(64, 2 * layers * _perLayerBytes));
     }
+
+    /// <summary>realn dtype of the stored K/V (<see cref="DType.F32"/> or <see cref="DType.BF16"/>).</summary>
+    public int ElementType { get; }
+    /// <summary>Bytes per stored element (4 or 2).</summary>
+    public int ElementBytes { get; }
+    /// <summary>Bytes the cache holds.</summary>
+    public long Bytes => 2 * Layers * _perLayerBytes;
 
     /// <summary>Sequences the cache holds.</summary>
     public int Slots { get; }
@@ -911,16 +927,17 @@ internal sealed unsafe class KvCache : IDisposable
         if ((uint)from >= (uint)Slots || (uint)to >= (uint)Slots) throw new ArgumentOutOfRangeException(nameof(to), $"KV slots {from} -> {to} outside 0..{Slots - 1}");
         if (length < 0 || length > MaxLen) throw new ArgumentOutOfRangeException(nameof(length), $"prefix of {length} tokens outside 0..{MaxLen}");
         if (from == to || length == 0) return;
-        long row = (long)KvHeads * HeadDim, bytes = length * row * 4;
+        long row = (long)KvHeads * HeadDim * ElementBytes, bytes = length * row;
         for (int l = 0; l < Layers; l++)
         {
-            Buffer.MemoryCopy(K(l) + (long)from * MaxLen * row, K(l) + (long)to * MaxLen * row, bytes, bytes);
-            Buffer.MemoryCopy(V(l) + (long)from * MaxLen * row, V(l) + (long)to * MaxLen * row, bytes, bytes);
+            byte* k = (byte*)K(l), v = (byte*)V(l);
+            Buffer.MemoryCopy(k + (long)from * MaxLen * row, k + (long)to * MaxLen * row, bytes, bytes);
+            Buffer.MemoryCopy(v + (long)from * MaxLen * row, v + (long)to * MaxLen * row, bytes, bytes);
         }
     }
-    /// <summary>Keys of a layer: [slots, max_len, kv_heads, head_dim].</summary>
-    public float* K(int layer) => (float*)_block.Pointer + 2 * layer * _perLayer;
-    /// <summary>Values of a layer: [slots, max_len, kv_heads, head_dim].</summary>
-    public float* V(int layer) => (float*)_block.Pointer + (2 * layer + 1) * _perLayer;
+    /// <summary>Keys of a layer: [slots, max_len, kv_heads, head_dim] of <see cref="ElementType"/>.</summary>
+    public void* K(int layer) => (byte*)_block.Pointer + 2 * layer * _perLayerBytes;
+    /// <summary>Values of a layer: [slots, max_len, kv_heads, head_dim] of <see cref="ElementType"/>.</summary>
+    public void* V(int layer) => (byte*)_block.Pointer + (2 * layer + 1) * _perLayerBytes;
     public void Dispose() => _block.Dispose();
 }

@@ -29,8 +29,8 @@ internal static class MemoryCheck
         }
     }
 
-    /// <summary>The planner's view of a stage, and whether <paramref name="plan"/> is for it.</summary>
-    private static (Planner.Experiment Exp, bool Planned) StageExperiment(ExperimentConfig cfg, StageConfig stage, Plan? plan)
+    /// <summary>The planner's view of a stage (each model in its precision), and whether <paramref name="plan"/> is for it.</summary>
+    internal static (Planner.Experiment Exp, bool Planned) StageExperiment(ExperimentConfig cfg, StageConfig stage, Plan? plan)
     {
         var models = stage.Models.ToDictionary(kv => kv.Key, kv =>
         {
@@ -38,8 +38,10 @@ internal static class MemoryCheck
                 : LlamaConfig.FromHfJson(Path.Combine(cfg.BaseDirectory, kv.Value.ConfigPath!));
             return new ModelConfig(kv.Value.Preset ?? kv.Value.ConfigPath!, a.Layers, a.Hidden, a.Intermediate, a.Heads, a.KvHeads, a.Vocab, a.TiedEmbeddings);
         });
+        // Each model's `precision` (bf16: 2 B weights, 18 B per parameter trained; Estimator.Memory).
+        var precisions = stage.Models.ToDictionary(kv => kv.Key, kv => kv.Value.Precision == Precisions.Bf16 ? Precision.Bf16 : Precision.Fp32);
         var exp = Planner.Experiment.Create(cfg.Name, stage.Algorithm, stage.Iterations, stage.Batch.Size, stage.Batch.PromptLen,
-                                            stage.Batch.GenLen, stage.Batch.Minibatches, models);
+                                            stage.Batch.GenLen, stage.Batch.Minibatches, models).WithModelPrecisions(precisions);
         bool planned = plan is not null && exp.Calls.All(c => plan.Calls.Any(p => p.Name == c.Name)) && exp.Calls.Count == plan.Calls.Count;
         return (exp, planned);
     }

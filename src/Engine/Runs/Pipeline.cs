@@ -387,10 +387,10 @@ internal sealed partial class Pipeline : IDisposable
                 if (loaded.ScalarHead == model.ScalarHead) model.CopyParametersFrom(loaded);
                 else ModelOps.CopyShared(loaded, model);
             }
+            ApplyPrecision(stage, role, spec);   // a frozen bf16 model frees its fp32 buffers before the next one loads
         }
         foreach (var role in _algorithm.TrainedRoles)
             _optims[role] = NewOptimizer(stage, _models[role]);
-        ApplyPrecision(stage);
         if (resumeFrom) RunCheckpoints.Restore(_resume!, stage, _models, _optims);
     }
 
@@ -443,21 +443,17 @@ internal sealed partial class Pipeline : IDisposable
     /// <summary>`precision: bf16` models: trained ones keep their fp32 master (the optimizer's) and
     /// forward/backward through a bf16 copy; frozen ones hold bf16 only (so do the plan replicas
     /// that do not train: PlanBinding). Refused, naming the field, where the backend lacks bf16.</summary>
-    private void ApplyPrecision(StageConfig stage)
+    private void ApplyPrecision(StageConfig stage, string role, ModelSpec spec)
     {
-        foreach (var (role, spec) in stage.Models)
+        if (spec.Precision != Precisions.Bf16) return;
+        try
         {
-            if (spec.Precision != Precisions.Bf16) continue;
-            string field = PrecisionField(stage, role);
-            try
-            {
-                if (_optims.ContainsKey(role)) _models[role].SetPrecision(ModelPrecision.Bf16);
-                else _models[role].FreezeToBf16();
-            }
-            catch (NotSupportedException e)
-            {
-                throw new ConfigException(field, $"'bf16' is not available: {e.Message}; allowed values on this backend: fp32");
-            }
+            if (_algorithm!.TrainedRoles.Contains(role)) _models[role].SetPrecision(ModelPrecision.Bf16);
+            else _models[role].FreezeToBf16();
+        }
+        catch (NotSupportedException e)
+        {
+            throw new ConfigException(PrecisionField(stage, role), $"'bf16' is not available: {e.Message}; allowed values on this backend: fp32");
         }
     }
 

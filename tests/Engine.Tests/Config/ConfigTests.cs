@@ -66,6 +66,12 @@ public class ConfigTests
         Assert.Equal("bf16", ppo.Models["reward"].Precision);
         Assert.Equal("fp32", ppo.Models["ref"].Precision);
         Assert.Equal("bf16", bf.Stages[0].Models["actor"].Precision);
+        // The memory check plans each model in its own precision.
+        var (exp, _) = ReaLNative.Engine.Runs.MemoryCheck.StageExperiment(bf, ppo, null);
+        Assert.Equal(ReaLNative.Planner.Precision.Bf16, exp.PrecisionOf("actor"));
+        Assert.Equal(ReaLNative.Planner.Precision.Fp32, exp.PrecisionOf("ref"));
+        var (exp32, _) = ReaLNative.Engine.Runs.MemoryCheck.StageExperiment(fp, fp.Stages[^1], null);
+        Assert.All(exp32.Models.Keys, r => Assert.Equal(ReaLNative.Planner.Precision.Fp32, exp32.PrecisionOf(r)));
     }
 
     [Theory]

@@ -185,24 +185,32 @@ public sealed class ContinuousBatchingTests
         Assert.Throws<ConfigException>(() => ExperimentConfig.Parse(Yaml("generation: { batching: paged }"), Path.GetTempPath()));
     }
 
-    [Fact]
-    public void CopyPrefixCopiesEveryLayerAndChecksBounds()
+    [Theory]
+    [InlineData(ReaLNative.Interop.DType.F32)]
+    [InlineData(ReaLNative.Interop.DType.BF16)]
+    public void CopyPrefixCopiesEveryLayerAndChecksBounds(int elementType)
     {
-        using var cache = new KvCache(Small, 3, 8);
+        using var cache = new KvCache(Small, 3, 8, elementType);
         var rng = new Random(1);
         unsafe
         {
-            long per = 3L * 8 * Small.KvHeads * Small.HeadDim, row = Small.KvHeads * Small.HeadDim;
+            // Compared as raw 16-bit units: 2 per fp32 element, 1 per bf16 one.
+            long units = cache.ElementBytes / 2;
+            long per = 3L * 8 * Small.KvHeads * Small.HeadDim * units, row = Small.KvHeads * Small.HeadDim * units;
+            Assert.Equal(2 * Small.Layers * per * 2, cache.Bytes);
+            ushort* K(int l) => (ushort*)cache.K(l);
+            ushort* V(int l) => (ushort*)cache.V(l);
             for (int l = 0; l < Small.Layers; l++)
-                for (long e = 0; e < per; e++) { cache.K(l)[e] = (float)rng.NextDouble(); cache.V(l)[e] = (float)rng.NextDouble(); }
+                for (long e = 0; e < per; e++) { K(l)[e] = (ushort)rng.Next(1 << 16); V(l)[e] = (ushort)rng.Next(1 << 16); }
+            var before = new ReadOnlySpan<ushort>(K(0), (int)per).ToArray();
             cache.CopyPrefix(2, 0, 5);
             for (int l = 0; l < Small.Layers; l++)
                 for (long e = 0; e < 5 * row; e++)
                 {
-                    Assert.Equal(cache.K(l)[2 * 8 * row + e], cache.K(l)[e]);
-                    Assert.Equal(cache.V(l)[2 * 8 * row + e], cache.V(l)[e]);
+                    Assert.Equal(K(l)[2 * 8 * row + e], K(l)[e]);
+                    Assert.Equal(V(l)[2 * 8 * row + e], V(l)[e]);
                 }
-            Assert.NotEqual(cache.K(0)[2 * 8 * row + 5 * row], cache.K(0)[5 * row]);  // beyond the prefix: untouched
+            for (long e = 5 * row; e < per; e++) Assert.Equal(before[e], K(0)[e]);  // beyond the prefix: untouched
         }
         Assert.Throws<ArgumentOutOfRangeException>(() => cache.CopyPrefix(3, 0, 1));
         Assert.Throws<ArgumentOutOfRangeException>(() => cache.CopyPrefix(0, 1, 9));
