@@ -97,16 +97,18 @@ internal sealed partial class Pipeline
                 double wall = Stopwatch.GetElapsedTime(start).TotalSeconds;
                 _iterationSeconds[stage.Index] += wall;
                 double generating = rollouts.TakeBusySeconds();
-                WriteMetric(new JsonObject
+                var line = new JsonObject
                 {
                     ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = it + 1, ["call"] = "async",
                     ["max_staleness"] = staleness, ["behaviour_version"] = ready.Version, ["policy_version"] = it,
                     ["staleness"] = it - ready.Version, ["samples"] = stage.Batch.Size, ["dropped_stale"] = 0,
                     ["wait_seconds"] = Math.Round(waited + pushWait, 5), ["push_seconds"] = Math.Round(pushSeconds, 5),
-                    ["weight_update"] = _cfg.WeightUpdate, ["token_staleness"] = TokenStaleness(ready.Batch, it),
+                    ["interrupt_step"] = interruptStep,
                     ["gen_utilisation"] = Math.Round(Math.Min(1, generating / wall), 4),
                     ["train_utilisation"] = Math.Round(Math.Min(1, (training + pushSeconds) / wall), 4),
-                });
+                };
+                foreach (var (s, n) in TokenStaleness(ready.Batch, it)) line[TokenStalenessPrefix + s] = n;
+                WriteMetric(line);
                 figures["staleness"] = it - ready.Version;
                 EndIteration(stage, it, figures, stageClock);
             }
@@ -119,13 +121,12 @@ internal sealed partial class Pipeline
         }
     }
 
-    /// <summary>The batch's generated tokens counted by staleness (versions behind <paramref name="policy"/>).</summary>
-    private static JsonObject TokenStaleness(SampleBatch batch, int policy)
-    {
-        var counts = new JsonObject();
-        if (batch.Contains(StageContext.TokenVersionsKey))
-            foreach (var g in batch.Get<int[]>(StageContext.TokenVersionsKey).GroupBy(v => policy - v).OrderBy(g => g.Key))
-                counts[g.Key.ToString(System.Globalization.CultureInfo.InvariantCulture)] = g.Count();
-        return counts;
-    }
+    /// <summary>The async line's fields "tokens_staleness_S": the batch's generated tokens sampled S versions behind the trainer.</summary>
+    internal const string TokenStalenessPrefix = "tokens_staleness_";
+
+    /// <summary>The batch's generated tokens counted by staleness (versions behind <paramref name="policy"/>), ascending.</summary>
+    private static IEnumerable<(int Staleness, int Tokens)> TokenStaleness(SampleBatch batch, int policy) =>
+        batch.Contains(StageContext.TokenVersionsKey)
+            ? batch.Get<int[]>(StageContext.TokenVersionsKey).GroupBy(v => policy - v).OrderBy(g => g.Key).Select(g => (g.Key, g.Count()))
+            : [];
 }

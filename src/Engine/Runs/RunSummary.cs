@@ -75,15 +75,18 @@ internal static class RunSummary
         // Generated tokens by staleness (under weight_update: interrupt a batch's later tokens are a version newer).
         var tokens = new SortedDictionary<int, long>();
         foreach (var l in lines)
-            if (l["token_staleness"] is JsonObject ts)
-                foreach (var (k, v) in ts)
-                    tokens[int.Parse(k, System.Globalization.CultureInfo.InvariantCulture)] = tokens.GetValueOrDefault(int.Parse(k, System.Globalization.CultureInfo.InvariantCulture)) + (long)v!;
+            foreach (var (k, v) in l)
+                if (k.StartsWith(Pipeline.TokenStalenessPrefix, StringComparison.Ordinal))
+                {
+                    int staleness = int.Parse(k.AsSpan(Pipeline.TokenStalenessPrefix.Length), System.Globalization.CultureInfo.InvariantCulture);
+                    tokens[staleness] = tokens.GetValueOrDefault(staleness) + (long)v!;
+                }
         var tokenHistogram = new JsonObject();
         foreach (var (k, v) in tokens) tokenHistogram[k.ToString(System.Globalization.CultureInfo.InvariantCulture)] = v;
         return new JsonObject
         {
             ["max_staleness"] = (int)lines[0]["max_staleness"]!,
-            ["weight_update"] = (string?)lines[0]["weight_update"],
+            ["interrupt_step"] = (int?)lines[0]["interrupt_step"],
             ["staleness_histogram"] = histogram,
             ["token_staleness_histogram"] = tokenHistogram,
             ["dropped_stale"] = lines.Sum(l => (long)l["dropped_stale"]!),

@@ -1,6 +1,6 @@
 // Async runs with `weight_update: interrupt` (Runs/AsyncRollouts.cs): the generation in flight
 // takes the next policy version at decode step k = ceil(interrupt_at * gen_len), so a batch's
-// tokens have two versions (metrics.jsonl's token_staleness counts them); the run is reproducible
+// tokens have two versions (metrics.jsonl's tokens_staleness_S count them); the run is reproducible
 // bit for bit, resumes bit for bit from a checkpoint whose rollouts.bin holds the per-token
 // versions, gives the same parameters without a plan, under an in-process 2-device plan and in
 // worker processes; an explicit `weight_update: finish_batch` is the default bit for bit; bad
@@ -27,7 +27,9 @@ public sealed class AsyncInterruptTests
 
     private static List<JsonObject> AsyncLines(List<JsonObject> lines) => lines.Where(l => (string)l["call"]! == "async").ToList();
 
-    private static int Tokens(JsonObject line, int staleness) => (int?)line["token_staleness"]![staleness.ToString()] ?? 0;
+    private static int Tokens(JsonObject line, int staleness) => (int?)line[$"tokens_staleness_{staleness}"] ?? 0;
+
+    private static string TokenFields(JsonObject line) => string.Join(", ", line.Where(kv => kv.Key.StartsWith("tokens_staleness_")).Select(kv => $"{kv.Key} {kv.Value}"));
 
     [Fact]
     public void InterruptIsReproducibleAndItsLaterTokensAreTheNewVersions()
@@ -40,21 +42,44 @@ public sealed class AsyncInterruptTests
         Assert.Equal(AsyncRunTests.Content(a.Lines), AsyncRunTests.Content(b.Lines));
         var lines = AsyncLines(a.Lines);
         Assert.Equal([0, 0, 1, 2], lines.Select(l => (int)l["behaviour_version"]!));
-        Assert.All(lines, l => Assert.Equal("interrupt", (string)l["weight_update"]!));
+        Assert.All(lines, l => Assert.Equal(3, (int)l["interrupt_step"]!));
         // Iteration 1 generates with version 0 and takes version 1 (what finish_batch pushes after it)
         // at step 3: its first 3 tokens per sequence are 1 version behind, the rest on-policy.
         Assert.Equal(0, Tokens(lines[0], 1));
         for (int it = 1; it < 4; it++)
         {
-            Assert.True(Tokens(lines[it], 1) > 0, $"iteration {it}: {lines[it]["token_staleness"]}");
-            Assert.True(Tokens(lines[it], 1) <= 3 * 8, $"iteration {it}: {lines[it]["token_staleness"]}");
+            Assert.True(Tokens(lines[it], 1) > 0, $"iteration {it}: {TokenFields(lines[it])}");
+            Assert.True(Tokens(lines[it], 1) <= 3 * 8, $"iteration {it}: {TokenFields(lines[it])}");
         }
         Assert.True(Enumerable.Range(1, 3).Sum(it => Tokens(lines[it], 0)) > 0, "no sequence went on past the pause step");
         // The samples are not finish_batch's.
         var finish = AsyncRunTests.Run(Config("mode: async\nmax_staleness: 1"));
         Assert.NotEqual(finish.Actor, a.Actor);
         // finish_batch: every token of a batch has the batch's staleness.
-        Assert.All(AsyncLines(finish.Lines), l => Assert.Equal([((int)l["staleness"]!).ToString()], l["token_staleness"]!.AsObject().Select(kv => kv.Key)));
+        Assert.All(AsyncLines(finish.Lines), l =>
+            Assert.Equal([$"tokens_staleness_{l["staleness"]}"], l.Where(kv => kv.Key.StartsWith("tokens_staleness_")).Select(kv => kv.Key)));
+        Assert.All(AsyncLines(finish.Lines), l => Assert.Equal(0, (int)l["interrupt_step"]!));
+    }
+
+    [Fact]
+    public async Task TheHostingApiStreamsTheAsyncLinesAsNumbers()
+    {
+        // MetricRecord holds numbers only: the async line's per-staleness token counts are fields of their own.
+        string dir = PlanExecutionTests.TempDir();
+        try
+        {
+            var job = new TrainingJob(TrainingExperiment.FromYamlText(AsyncRunTests.Yaml(Interrupt, "grpo", 3, 100)), new TrainingOptions { OutputDirectory = dir, Overwrite = true });
+            var seen = new List<MetricRecord>();
+            var reader = Task.Run(async () => { await foreach (var m in job.Metrics) seen.Add(m); });
+            var result = await job.RunAsync();
+            await reader.WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.Equal(TrainingStatus.Completed, result.Status);
+            var asyncRecords = seen.Where(m => m.Call == "async").ToList();
+            Assert.Equal(3, asyncRecords.Count);
+            Assert.All(asyncRecords, m => Assert.Equal(3, m.Values["interrupt_step"]));
+            Assert.True(asyncRecords[1].Values["tokens_staleness_0"] > 0 && asyncRecords[1].Values["tokens_staleness_1"] > 0);
+        }
+        finally { Directory.Delete(dir, true); }
     }
 
     [Fact]
@@ -88,7 +113,7 @@ public sealed class AsyncInterruptTests
                 Assert.Equal(AsyncRunTests.Content(AsyncRunTests.Lines(full)), AsyncRunTests.Content(AsyncRunTests.Lines(cut)));
             }
             var lines = AsyncLines(AsyncRunTests.Lines(full));
-            Assert.True(Tokens(lines[4], 1) > 0 && Tokens(lines[4], 2) > 0, $"iteration 5: {lines[4]["token_staleness"]}");
+            Assert.True(Tokens(lines[4], 1) > 0 && Tokens(lines[4], 2) > 0, $"iteration 5: {TokenFields(lines[4])}");
         }
         finally { Directory.Delete(full, true); Directory.Delete(cut, true); }
     }
@@ -110,6 +135,49 @@ public sealed class AsyncInterruptTests
             Assert.Equal(AsyncRunTests.Content(noPlan.Lines), AsyncRunTests.Content(AsyncRunTests.Lines(d)));
         }
         finally { Directory.Delete(d, true); }
+    }
+
+    private static Plan GenerationOn(int devices, Strategy genStrategy)
+    {
+        PlanCall Call(string name, string model, ReaLNative.Planner.CallType type, int start, int count, Strategy s) => new(name, model, type, new Mesh(0, 1, start, count), s, 1);
+        var one = new Strategy(1, 1, 1);
+        return new(1, devices + 1,
+        [
+            Call("actor_gen", "actor", ReaLNative.Planner.CallType.Generate, 0, devices, genStrategy),
+            Call("rew_inf", "reward", ReaLNative.Planner.CallType.Inference, devices, 1, one),
+            Call("ref_inf", "ref", ReaLNative.Planner.CallType.Inference, devices, 1, one),
+            Call("critic_inf", "critic", ReaLNative.Planner.CallType.Inference, devices, 1, one),
+            Call("actor_train", "actor", ReaLNative.Planner.CallType.TrainStep, devices, 1, one),
+            Call("critic_train", "critic", ReaLNative.Planner.CallType.TrainStep, devices, 1, one),
+        ], null);
+    }
+
+    [Fact]
+    public void APipelinedGenerationCallIsRefusedNamingWeightUpdate()
+    {
+        string d = PlanExecutionTests.TempDir();
+        try
+        {
+            var e = Assert.Throws<ConfigException>(() => new Pipeline(Config(Interrupt), d, plan: GenerationOn(2, new Strategy(2, 1, 1))));
+            Assert.StartsWith("weight_update:", e.Message);
+            Assert.Contains("pp 2", e.Message);
+        }
+        finally { Directory.Delete(d, true); }
+    }
+
+    [Theory]
+    [InlineData(1, 2)]   // tensor-parallel generation: both ranks pause and resume together
+    [InlineData(2, 1)]   // data-parallel generation: each rank keeps its share's state
+    public void TensorAndDataParallelGenerationMeshesPauseAndReproduce(int dp, int tp)
+    {
+        var cfg = Config(Interrupt, iterations: 3);
+        var plan = GenerationOn(2, new Strategy(1, dp, tp));
+        var a = AsyncRunTests.Run(cfg, plan);
+        var b = AsyncRunTests.Run(cfg, plan);
+        Assert.Equal(a.Actor, b.Actor);
+        Assert.Equal(AsyncRunTests.Content(a.Lines), AsyncRunTests.Content(b.Lines));
+        Assert.True(AsyncLines(a.Lines).Skip(1).Sum(l => Tokens(l, 0)) > 0, "no token sampled by the new version");
+        if (dp > 1) Assert.Equal(AsyncRunTests.Run(cfg).Actor, a.Actor);   // data parallelism changes no op: the no-plan run
     }
 
     [Theory]
