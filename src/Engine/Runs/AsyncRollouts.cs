@@ -94,6 +94,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     private (int Iteration, int From, int To)? _swap;   // the generation in flight and the versions it swaps between
     private int _pausedIteration = -1;      // the generation paused for new weights (or that ended before its pause)
     private bool _swapTaken;                // whether the generation in flight took the new weights
+    private double _pausedSeconds;          // how long the generation in flight waited at its pause (not busy time)
 
     /// <param name="generation">The stage's generation calls on the generation side.</param>
     /// <param name="sources">An iteration's batch with its source keys (called in iteration order, on the generation thread).</param>
@@ -161,12 +162,13 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
                     // interrupt: this generation takes the version that finish_batch would push after it.
                     _swap = _interruptStep > 0 && Needed(g + 1) > version ? (g, version, Needed(g + 1)) : null;
                     _swapTaken = false;
+                    _pausedSeconds = 0;
                 }
                 var batch = _sources(g);
                 batch.Set(StageContext.BehaviourVersionKey, new[] { version });
                 long t0 = Stopwatch.GetTimestamp();
                 var records = _generation.RunIteration(batch, _cancel);
-                double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds - _pausedSeconds;
                 SetTokenVersions(batch, version, _swapTaken ? (_interruptStep, _swap!.Value.To) : null);
                 lock (_gate)
                 {
@@ -212,6 +214,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
             _pausedIteration = g;
             Monitor.PulseAll(_gate);
             var until = DateTime.UtcNow + _deadline;
+            long t0 = Stopwatch.GetTimestamp();
             while (_weights < to)
             {
                 if (_stopping) throw new OperationCanceledException($"async generation of iteration {g + 1} stopped while paused for policy version {to}");
@@ -220,6 +223,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
                 Monitor.Wait(_gate, left);
             }
             _swapTaken = true;
+            _pausedSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
         }
     }
 
