@@ -95,7 +95,7 @@ public static class BenchAsyncCommand
         double? scoreDiff = ms["final_task_score"] is { } ss && ma["final_task_score"] is { } sa ? Math.Round((double)sa - (double)ss, 4) : null;
         var result = new JsonObject
         {
-            ["benchmark"] = "async", ["config"] = configPath, ["algorithm"] = experiment.Algorithm, ["max_staleness"] = n,
+            ["benchmark"] = "async", ["config"] = configPath, ["algorithm"] = experiment.Algorithm, ["max_staleness"] = n, ["weight_update"] = async.WeightUpdate,
             ["plan"] = planPath, ["hosts"] = plan is null ? "single device" : workers ? "worker processes" : "in-process devices",
             ["reps"] = reps, ["sync"] = ms, ["async"] = ma,
             ["score_difference"] = scoreDiff,
@@ -110,7 +110,7 @@ public static class BenchAsyncCommand
             Console.WriteLine(result.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             return 0;
         }
-        Console.WriteLine($"{experiment.Name}, {result["hosts"]}, async max_staleness {n}, {reps} rep(s) (medians):");
+        Console.WriteLine($"{experiment.Name}, {result["hosts"]}, async max_staleness {n} weight_update {async.WeightUpdate}, {reps} rep(s) (medians):");
         Console.WriteLine($"{"mode",-6} {"score",7} {"run s",8} {"RL iter s",10}");
         foreach (var (mode, m) in new[] { ("sync", ms), ("async", ma) })
             Console.WriteLine($"{mode,-6} {F((double?)m["final_task_score"]),7} {F((double?)m["seconds"], "F1"),8} {F((double?)m["rl_iterations_seconds"], "F2"),10}");

@@ -1,4 +1,5 @@
 using ReaLNative.Engine.Model;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using ReaLNative.Engine.Transport;
 using ReaLNative.Interop;
@@ -38,9 +39,28 @@ internal sealed record GenerationOptions
     /// <see cref="GenerationResult.Steps"/>.</summary>
     public bool RecordSteps { get; init; }
 
+    /// <summary>Generation in chunks with the weights changed in between (async runs'
+    /// `weight_update: interrupt`): null = in one call. See <see cref="GenerationPause"/>.</summary>
+    public GenerationPause? Pause { get; init; }
+
     /// <summary>True when top-k/top-p masks are in effect (then masks are returned).</summary>
     public bool Filters => Temperature > 0 && (TopK > 0 || TopP < 1f);
 }
+
+/// <summary>
+/// One chunk of a generation that pauses at a decode-step boundary, so that the model's weights
+/// can be replaced before it continues on the KV cache of the tokens so far (the static path of
+/// <see cref="Generator.GenerateShard"/>, no pipeline parallelism). A call with
+/// <see cref="Resume"/> false starts the generation and runs its steps before
+/// <see cref="StopBeforeStep"/> (step 0 is the prefill, which samples each sequence's token 0; step
+/// s samples token s); a call with <see cref="Resume"/> true continues the paused generation of
+/// <see cref="Session"/> on the same model (same prompts and options), up to
+/// <see cref="StopBeforeStep"/> again or, when 0, to the end. Each call returns every sequence's
+/// tokens so far. The state (the KV caches, tokens, log-probs) stays with the model object between
+/// the calls (in a model worker, in the worker), one paused generation per model: starting another
+/// drops the older one.
+/// </summary>
+internal sealed record GenerationPause(long Session, int StopBeforeStep, bool Resume);
 
 /// <summary>Generated sequences: prompt + new tokens, the log-prob of each new token under the
 /// distribution it was drawn from, and (when top-k/top-p filtered) the mask of allowed tokens per
@@ -106,6 +126,13 @@ internal static unsafe class Generator
         if (microBatches < 1) throw new ArgumentException($"micro_batches must be >= 1 (got {microBatches})");
         if (opt.MaxNewTokensPerPrompt is not null && model.Comm is not null)
             throw new ArgumentException("per-prompt max_new_tokens are supported on a single device only");
+        if (opt.Pause is { } pause)
+        {
+            if (pause.StopBeforeStep < 0 || (pause.StopBeforeStep == 0 && !pause.Resume))
+                throw new ArgumentException($"a generation pause needs a stop step >= 1 (got {pause.StopBeforeStep})");
+            if (model.Comm is { Pp: > 1 }) throw new ArgumentException("a generation cannot pause under pipeline parallelism (messages between stages would be in flight)");
+            if (opt.Continuous) throw new ArgumentException("a generation cannot pause under continuous batching (its sequences are at different steps)");
+        }
         var caps = Caps(opt, prompts.Count);
         var c = model.Config;
         int B = prompts.Count, V = c.Vocab, H = c.Hidden;
@@ -134,26 +161,40 @@ internal static unsafe class Generator
             return Concat(prompts, mbs, partsOf, opt.Filters);
         }
         var steps = opt.RecordSteps && comm is null ? new List<(int, bool, double)>() : null;
-        var caches = new KvCache[M];
-        var outBufs = new HostBlock?[M];
+        var resumed = opt.Pause is { Resume: true } rp ? PausedGeneration.Take(model, rp.Session, B, opt) : null;
+        var caches = resumed?.Caches ?? new KvCache[M];
+        var outBufs = resumed?.OutBufs ?? new HostBlock?[M];
         var pendingSend = new Task?[M];
         using var inBuf = new HostBlock(Math.Max(64, (long)mbs.Max(m => m.Sum(i => prompts[i].Length)) * H * 4));
-        var newTok = Enumerable.Range(0, B).Select(_ => new List<int>()).ToArray();
-        var logp = Enumerable.Range(0, B).Select(_ => new List<float>()).ToArray();
-        var masks = opt.Filters ? Enumerable.Range(0, B).Select(_ => new List<byte>()).ToArray() : null;
-        var eos = new bool[B];
+        var newTok = resumed?.NewTokens ?? Enumerable.Range(0, B).Select(_ => new List<int>()).ToArray();
+        var logp = resumed?.LogProbs ?? Enumerable.Range(0, B).Select(_ => new List<float>()).ToArray();
+        var masks = resumed is not null ? resumed.Masks : opt.Filters ? Enumerable.Range(0, B).Select(_ => new List<byte>()).ToArray() : null;
+        var eos = resumed?.Eos ?? new bool[B];
+        // Per micro-batch: the local slots still decoding and their next tokens (known to every stage).
+        var active = resumed?.Active ?? new List<int>[M];
+        var nextTok = resumed?.NextTokens ?? new int[M][];
+        bool[] done = resumed?.Done ?? new bool[M];
+        int stopBefore = opt.Pause?.StopBeforeStep ?? 0;
+        bool keep = false;   // paused: the caches stay with the model for the next chunk
         try
         {
-            for (int m = 0; m < M; m++)
+            if (resumed is null)
+                for (int m = 0; m < M; m++)
+                {
+                    caches[m] = model.NewKvCache(mbs[m].Length, maxLen);
+                    outBufs[m] = new HostBlock(Math.Max(64, (long)Math.Max(mbs[m].Sum(i => prompts[i].Length) * H, mbs[m].Length * V) * 4));
+                }
+            for (int step = resumed?.Step ?? 0; ; step++)
             {
-                caches[m] = model.NewKvCache(mbs[m].Length, maxLen);
-                outBufs[m] = new HostBlock(Math.Max(64, (long)Math.Max(mbs[m].Sum(i => prompts[i].Length) * H, mbs[m].Length * V) * 4));
-            }
-            // Per micro-batch: the local slots still decoding and their next tokens (known to every stage).
-            var active = new List<int>[M];
-            var nextTok = new int[M][];
-            bool[] done = new bool[M];
-            for (int step = 0; done.Contains(false); step++)
+                if (opt.Pause is { } chunk && stopBefore > 0 && (step == stopBefore || !done.Contains(false)))
+                {
+                    // A chunk ends (or the whole generation did, before the stop): the state stays for the next call.
+                    PausedGeneration.Keep(model, new PausedGeneration(chunk.Session, B, opt.Seed, opt.MaxNewTokens, step, caches, outBufs,
+                                                                      newTok, logp, masks, eos, active, nextTok, done));
+                    keep = true;
+                    break;
+                }
+                if (!done.Contains(false)) break;
                 for (int m = 0; m < M; m++)
                 {
                     if (done[m]) continue;
@@ -228,12 +269,16 @@ internal static unsafe class Generator
                         for (int s = 0; s < last; s++) SendControl(comm, s, members.Length, next, nt);
                     if (next.Count == 0) done[m] = true;
                 }
+            }
             foreach (var t in pendingSend) if (t is not null) ShardComm.Complete(t);
         }
         finally
         {
-            foreach (var k in caches) k?.Dispose();
-            foreach (var b in outBufs) b?.Dispose();
+            if (!keep)
+            {
+                foreach (var k in caches) k?.Dispose();
+                foreach (var b in outBufs) b?.Dispose();
+            }
         }
         if (!isLast) return null;
         return new GenerationResult
@@ -246,6 +291,44 @@ internal static unsafe class Generator
             PrefilledTokens = prompts.Sum(p => (long)p.Length),
             Steps = steps?.ToArray(),
         };
+    }
+
+    /// <summary>The state of a paused chunked generation (<see cref="GenerationPause"/>), kept with its model between the calls.</summary>
+    private sealed record PausedGeneration(long Session, int Count, ulong Seed, int MaxNewTokens, int Step, KvCache[] Caches, HostBlock?[] OutBufs,
+                                           List<int>[] NewTokens, List<float>[] LogProbs, List<byte>[]? Masks, bool[] Eos,
+                                           List<int>[] Active, int[][] NextTokens, bool[] Done) : IDisposable
+    {
+        private static readonly ConditionalWeakTable<LlamaModel, PausedGeneration> Paused = new();
+
+        /// <summary>Keeps <paramref name="state"/> with <paramref name="model"/>, dropping an older paused generation.</summary>
+        public static void Keep(LlamaModel model, PausedGeneration state)
+        {
+            lock (Paused)
+            {
+                if (Paused.TryGetValue(model, out var old) && !ReferenceEquals(old, state)) old.Dispose();
+                Paused.AddOrUpdate(model, state);
+            }
+        }
+
+        /// <summary>The paused generation <paramref name="session"/> of <paramref name="model"/>, removed from it; errors name what does not match.</summary>
+        public static PausedGeneration Take(LlamaModel model, long session, int count, GenerationOptions opt)
+        {
+            lock (Paused)
+            {
+                if (!Paused.TryGetValue(model, out var s) || s.Session != session)
+                    throw new InvalidOperationException($"no paused generation {session} on this model to resume{(s is null ? "" : $" (it holds {s.Session})")}");
+                if (s.Count != count || s.Seed != opt.Seed || s.MaxNewTokens != opt.MaxNewTokens)
+                    throw new ArgumentException($"resuming generation {session} with {count} prompts, seed {opt.Seed}, max_new_tokens {opt.MaxNewTokens}; it started with {s.Count}, {s.Seed}, {s.MaxNewTokens}");
+                Paused.Remove(model);
+                return s;
+            }
+        }
+
+        public void Dispose()
+        {
+            foreach (var k in Caches) k?.Dispose();
+            foreach (var b in OutBufs) b?.Dispose();
+        }
     }
 
     /// <summary>The results of the micro-batches <paramref name="mbs"/> (indices into <paramref name="prompts"/>) as one, in prompt order.</summary>

@@ -76,15 +76,22 @@ public sealed class TrainingExperiment
     /// <summary>`mode: async` with `max_staleness`, or null for `mode: sync`.</summary>
     public int? MaxStaleness => Config.MaxStaleness;
 
+    /// <summary>`weight_update` of an async run: finish_batch (a generation in flight finishes on its
+    /// weights) or interrupt (it takes the new weights at a decode step).</summary>
+    public string WeightUpdate => Config.WeightUpdate;
+
     /// <summary>A copy run asynchronously with <paramref name="maxStaleness"/> (`mode: async`,
     /// `max_staleness: N`), or synchronously when null (`mode: sync`).</summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxStaleness"/> outside [0, 16].</exception>
-    /// <exception cref="ExperimentConfigException">Async for an experiment whose algorithm is not an RL one (ppo, grpo, rloo, remax).</exception>
+    /// <exception cref="ExperimentConfigException">Async for an experiment whose algorithm is not an RL one (ppo, grpo, rloo, remax);
+    /// 0 for an experiment with `weight_update: interrupt`.</exception>
     public TrainingExperiment WithMaxStaleness(int? maxStaleness)
     {
         if (maxStaleness is { } n && (n < 0 || n > 16)) throw new ArgumentOutOfRangeException(nameof(maxStaleness), n, "max_staleness must be in [0, 16]");
         if (maxStaleness is not null && !AlgorithmNames.Rewarded(Config.Algorithm))
             throw new ExperimentConfigException("mode", $"async runs the RL algorithms (ppo | grpo | rloo | remax), not '{Config.Algorithm}'");
+        if (maxStaleness == 0 && Config.WeightUpdate == WeightUpdates.Interrupt)
+            throw new ExperimentConfigException("weight_update", "interrupt needs max_staleness >= 1 (at 0 no newer policy exists while a batch is generated)");
         return new TrainingExperiment(Config with { MaxStaleness = maxStaleness }, YamlText);
     }
 

@@ -14,6 +14,17 @@
 // parameters as `mode: sync`. No sample is ever older than N versions, so none is dropped for
 // staleness (the count is reported, and stays 0 by construction).
 //
+// `weight_update: interrupt` (interruptStep k >= 1) moves each of these pushes into the generation
+// in flight: the push of version v, which finish_batch makes after generation of iteration
+// v - 1 + N, is taken by that generation before its decode step k (a deterministic point, so the
+// run stays reproducible): it pauses there (Generation/Generator.cs GenerationPause; the KV cache
+// of the tokens so far is kept), the trainer pushes, and it continues with the new weights. So
+// tokens 0 .. k-1 of each sequence of iteration g are sampled by version max(g - N, start) and
+// the rest by g + 1 - N (needs N >= 1); the batch records each token's version ("token_versions",
+// aligned with "logprobs"), and the behaviour log-probs are each token's sampling version's. When
+// every sequence ended before step k the generation takes no weights and the push follows it, as
+// in finish_batch.
+//
 // A checkpoint after iteration it holds the batches generated ahead with older weights
 // (iterations it + 1 .. it + N: their tokens, behaviour log-probs, versions and figures) in
 // rollouts.bin; a resume restores them and generates the rest from the checkpoint's weights.
@@ -28,7 +39,42 @@ namespace ReaLNative.Engine.Runs;
 /// outputs), the generation calls' records, the policy version that sampled it and when it was ready.</summary>
 internal sealed record GeneratedBatch(int Iteration, SampleBatch Batch, IReadOnlyList<CallRecord> Records, int Version);
 
-internal sealed class AsyncRollouts : IDisposable
+/// <summary>Where a generation call of an async run may pause for new weights (AsyncRollouts under
+/// `weight_update: interrupt`).</summary>
+internal interface IGenerationPausePoint
+{
+    /// <summary>The step before which the current generation takes new weights, with its session id; null: it takes none.</summary>
+    (int Step, long Session)? PausePoint();
+    /// <summary>The generation reached its pause; <paramref name="unfinished"/>: some sequence goes on
+    /// (then this waits for the new weights), else it ended before the step and takes none.</summary>
+    void Paused(bool unfinished);
+}
+
+/// <summary>A generation role's calls whose Generate pauses where <paramref name="point"/> says,
+/// for the new weights, and then continues; everything else as <paramref name="inner"/>.</summary>
+internal sealed class PausingCalls(IModelCalls inner, IGenerationPausePoint point) : IModelCalls
+{
+    public float[] LogProbs(Model.ScoredBatch b, float temperature) => inner.LogProbs(b, temperature);
+    public (float[] ActionValues, float[] LastScores) Values(Model.ScoredBatch b) => inner.Values(b);
+    public void BackwardLogProbs(Model.ScoredBatch b, float temperature, float[] dActionLogp) => inner.BackwardLogProbs(b, temperature, dActionLogp);
+    public void BackwardValues(Model.ScoredBatch b, float[] dActionValues, float[] dLastScores) => inner.BackwardValues(b, dActionValues, dLastScores);
+    public double SftStep(Model.ScoredBatch b) => inner.SftStep(b);
+    public double Step() => inner.Step();
+    public float LearningRate => inner.LearningRate;
+
+    public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt)
+    {
+        if (point.PausePoint() is not var (step, session)) return inner.Generate(prompts, opt);
+        var first = inner.Generate(prompts, opt with { Pause = new GenerationPause(session, step, Resume: false) });
+        bool unfinished = false;
+        for (int i = 0; i < first.NewTokens.Length; i++)
+            unfinished |= !first.EndedWithEos[i] && first.NewTokens[i].Length < (opt.MaxNewTokensPerPrompt?[i] ?? opt.MaxNewTokens);
+        point.Paused(unfinished);
+        return inner.Generate(prompts, opt with { Pause = new GenerationPause(session, 0, Resume: true) });
+    }
+}
+
+internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
 {
     private readonly MeshExecutor _generation;
     private readonly Func<int, SampleBatch> _sources;
@@ -44,6 +90,11 @@ internal sealed class AsyncRollouts : IDisposable
     private Exception? _failure;
     private bool _stopping;
     private double _busySeconds; // generation time not yet reported by TakeBusySeconds
+    private readonly int _interruptStep;   // weight_update: interrupt: the pause step k; 0: finish_batch
+    private (int Iteration, int From, int To)? _swap;   // the generation in flight and the versions it swaps between
+    private int _pausedIteration = -1;      // the generation paused for new weights (or that ended before its pause)
+    private bool _swapTaken;                // whether the generation in flight took the new weights
+    private double _pausedSeconds;          // how long the generation in flight waited at its pause (not busy time)
 
     /// <param name="generation">The stage's generation calls on the generation side.</param>
     /// <param name="sources">An iteration's batch with its source keys (called in iteration order, on the generation thread).</param>
@@ -53,10 +104,16 @@ internal sealed class AsyncRollouts : IDisposable
     /// <param name="end">The stage's iteration count.</param>
     /// <param name="restored">Batches a checkpoint generated ahead (iterations start, start + 1, ...; their sources are set again here, in order).</param>
     /// <param name="deadline">How long the trainer waits for one generation (or the generation side for a push) before the run fails.</param>
+    /// <param name="interruptStep">`weight_update: interrupt`: the decode step before which a generation takes the next version (>= 1, needs N >= 1); 0: finish_batch.</param>
+    /// <param name="pausePoint">Receives this object as the generation calls' pause point (before the generation thread starts).</param>
     public AsyncRollouts(MeshExecutor generation, Func<int, SampleBatch> sources, Action push, int maxStaleness, int start, int end,
                          IReadOnlyList<(int Iteration, Action<SampleBatch> Fill, IReadOnlyList<CallRecord> Records, int Version)> restored,
-                         TimeSpan deadline, CancellationToken cancel)
+                         TimeSpan deadline, CancellationToken cancel, int interruptStep = 0, PausePointRelay? pausePoint = null)
     {
+        if (interruptStep < 0 || (interruptStep > 0 && maxStaleness < 1))
+            throw new ArgumentException($"weight_update: interrupt needs a pause step >= 1 and max_staleness >= 1 (got {interruptStep}, {maxStaleness})");
+        _interruptStep = interruptStep;
+        if (pausePoint is not null) pausePoint.Target = this;
         _generation = generation; _sources = sources; _push = push;
         _staleness = maxStaleness; _start = start; _end = end; _deadline = deadline; _cancel = cancel;
         _weights = start; _next = start;
@@ -68,6 +125,15 @@ internal sealed class AsyncRollouts : IDisposable
             var batch = _sources(r.Iteration);
             r.Fill(batch);
             batch.Set(StageContext.BehaviourVersionKey, new[] { r.Version });
+            if (!batch.Contains(StageContext.TokenVersionsKey)) SetTokenVersions(batch, r.Version, null);   // a rollouts.bin of format 1
+            else if (batch.Contains("sequences"))
+            {
+                var tv = batch.Get<int[]>(StageContext.TokenVersionsKey);
+                int tokens = batch.Get<Rollout>("sequences").Gen.NewTokens.Sum(t => t.Length);
+                if (tv.Length != tokens) throw new InvalidDataException($"rollouts.bin: iteration {r.Iteration} has {tv.Length} token versions for {tokens} tokens");
+                if (tv.Any(v => v < r.Version || v > r.Iteration))
+                    throw new InvalidDataException($"rollouts.bin: iteration {r.Iteration} has a token version outside [{r.Version}, {r.Iteration}]");
+            }
             _ready[r.Iteration] = new GeneratedBatch(r.Iteration, batch, r.Records, r.Version);
             _next++;
         }
@@ -93,16 +159,22 @@ internal sealed class AsyncRollouts : IDisposable
                     if (_stopping || _next >= _end) return;
                     g = _next; version = _weights;
                     if (version != Needed(g)) throw new InvalidOperationException($"generation of iteration {g} holds policy version {version}, not {Needed(g)}");
+                    // interrupt: this generation takes the version that finish_batch would push after it.
+                    _swap = _interruptStep > 0 && Needed(g + 1) > version ? (g, version, Needed(g + 1)) : null;
+                    _swapTaken = false;
+                    _pausedSeconds = 0;
                 }
                 var batch = _sources(g);
                 batch.Set(StageContext.BehaviourVersionKey, new[] { version });
                 long t0 = Stopwatch.GetTimestamp();
                 var records = _generation.RunIteration(batch, _cancel);
-                double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds - _pausedSeconds;
+                SetTokenVersions(batch, version, _swapTaken ? (_interruptStep, _swap!.Value.To) : null);
                 lock (_gate)
                 {
                     _ready[g] = new GeneratedBatch(g, batch, records, version);
                     _next = g + 1;
+                    _swap = null;
                     _busySeconds += seconds;
                     Monitor.PulseAll(_gate);
                 }
@@ -111,6 +183,47 @@ internal sealed class AsyncRollouts : IDisposable
         catch (Exception e)
         {
             lock (_gate) { _failure = e; Monitor.PulseAll(_gate); }
+        }
+    }
+
+    /// <summary>Sets the batch's per-token policy versions (aligned with "logprobs": sequence by
+    /// sequence, new token by new token): <paramref name="version"/>, or from token
+    /// <paramref name="swap"/>.Step on <paramref name="swap"/>.To.</summary>
+    private static void SetTokenVersions(SampleBatch batch, int version, (int Step, int To)? swap)
+    {
+        if (!batch.Contains("sequences")) return;
+        var gen = batch.Get<Rollout>("sequences").Gen;
+        var versions = new int[gen.NewTokens.Sum(t => t.Length)];
+        int o = 0;
+        foreach (var t in gen.NewTokens)
+            for (int j = 0; j < t.Length; j++) versions[o++] = swap is { } s && j >= s.Step ? s.To : version;
+        batch.Set(StageContext.TokenVersionsKey, versions);
+    }
+
+    public (int Step, long Session)? PausePoint()
+    {
+        lock (_gate) return _swap is { } s ? (_interruptStep, s.Iteration) : null;
+    }
+
+    public void Paused(bool unfinished)
+    {
+        lock (_gate)
+        {
+            var (g, _, to) = _swap ?? throw new InvalidOperationException("a generation paused where no weight swap was planned");
+            if (!unfinished) return;   // every sequence ended before the step: the push follows this generation, as in finish_batch
+            _pausedIteration = g;
+            Monitor.PulseAll(_gate);
+            var until = DateTime.UtcNow + _deadline;
+            long t0 = Stopwatch.GetTimestamp();
+            while (_weights < to)
+            {
+                if (_stopping) throw new OperationCanceledException($"async generation of iteration {g + 1} stopped while paused for policy version {to}");
+                var left = until - DateTime.UtcNow;
+                if (left <= TimeSpan.Zero) throw new TimeoutException($"async generation of iteration {g + 1}: policy version {to} was not pushed within {_deadline.TotalSeconds:F0} s of its pause");
+                Monitor.Wait(_gate, left);
+            }
+            _swapTaken = true;
+            _pausedSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
         }
     }
 
@@ -156,9 +269,18 @@ internal sealed class AsyncRollouts : IDisposable
     public (double WaitSeconds, double PushSeconds) Publish(int version)
     {
         int g = version + _staleness;   // the first generation that needs these weights
-        if (g >= _end) return (0, 0);
         long t0 = Stopwatch.GetTimestamp();
-        WaitFor(() => _next >= g, () => $"generation of iteration {g}");
+        if (_interruptStep > 0)
+        {
+            // interrupt: generation g - 1 takes them at its pause (or, when it ended before, g at its start).
+            if (g - 1 >= _end) return (0, 0);
+            WaitFor(() => _next >= g || _pausedIteration == g - 1, () => $"generation of iteration {g} to reach decode step {_interruptStep}");
+        }
+        else
+        {
+            if (g >= _end) return (0, 0);
+            WaitFor(() => _next >= g, () => $"generation of iteration {g}");
+        }
         double wait = Stopwatch.GetElapsedTime(t0).TotalSeconds;
         t0 = Stopwatch.GetTimestamp();
         _push();
@@ -190,4 +312,14 @@ internal sealed class AsyncRollouts : IDisposable
         if (!Stop())
             Console.Error.WriteLine($"realn: async generation: the generation in flight did not end within {_deadline.TotalSeconds:F0} s of the stop");
     }
+}
+
+/// <summary>Forwards to the <see cref="AsyncRollouts"/> that the generation calls' handlers, made
+/// before it, pause at.</summary>
+internal sealed class PausePointRelay : IGenerationPausePoint
+{
+    public IGenerationPausePoint? Target { get; set; }
+    private IGenerationPausePoint Point => Target ?? throw new InvalidOperationException("the async generation side is not running");
+    public (int Step, long Session)? PausePoint() => Point.PausePoint();
+    public void Paused(bool unfinished) => Point.Paused(unfinished);
 }

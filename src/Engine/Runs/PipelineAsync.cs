@@ -30,6 +30,10 @@ internal sealed partial class Pipeline
         var genNames = genGraph.Calls.Select(c => c.Name).ToHashSet();
         var handlers = _algorithm!.Handlers(Context(stage));
         var restHandlers = handlers.Where(h => !genNames.Contains(h.Key)).ToDictionary();
+        // weight_update: interrupt: the generation calls' actor pauses for the new weights (AsyncRollouts).
+        int interruptStep = _cfg.WeightUpdate == WeightUpdates.Interrupt ? _cfg.InterruptStep(stage) : 0;
+        var pausePoint = new PausePointRelay();
+        IModelCalls Pausing(IModelCalls calls) => interruptStep > 0 ? new PausingCalls(calls, pausePoint) : calls;
         Dictionary<string, CallHandler> genHandlers;
         Action push;
         Func<string, IReadOnlyCollection<int>> genDevices;
@@ -40,7 +44,9 @@ internal sealed partial class Pipeline
             {
                 // The generation calls have devices of their own (PlanBinding.CheckAsyncGeneration, when the run was made).
                 foreach (var c in genGraph.Calls) _binding.Pin(c.Name, c.Model);
-                genHandlers = handlers.Where(h => genNames.Contains(h.Key)).ToDictionary();
+                genHandlers = interruptStep == 0 ? handlers.Where(h => genNames.Contains(h.Key)).ToDictionary()
+                    : _algorithm.Handlers(Context(stage, (call, role) => role == "actor" && genNames.Contains(call) ? Pausing(_binding.Calls(call, role)) : _binding.Calls(call, role)))
+                                .Where(h => genNames.Contains(h.Key)).ToDictionary();
                 push = () => { foreach (var c in genGraph.Calls) _binding.Push(c.Name, c.Model); };
                 genDevices = _binding.MeshOf;
             }
@@ -52,7 +58,7 @@ internal sealed partial class Pipeline
                 genCopy.CopyParametersFrom(actor);
                 if (actor.Precision == ModelPrecision.Bf16) genCopy.SetPrecision(ModelPrecision.Bf16);
                 var copy = genCopy;
-                var genContext = Context(stage, (call, role) => role == "actor" ? new SingleModelCalls(copy, () => null) : _binding.Calls(call, role));
+                var genContext = Context(stage, (call, role) => role == "actor" ? Pausing(new SingleModelCalls(copy, () => null)) : _binding.Calls(call, role));
                 genHandlers = _algorithm.Handlers(genContext).Where(h => genNames.Contains(h.Key)).ToDictionary();
                 push = () => copy.CopyParametersFrom(actor);
                 genDevices = _ => [0];
@@ -68,9 +74,9 @@ internal sealed partial class Pipeline
                 return batch;
             }
             using var rollouts = new AsyncRollouts(new MeshExecutor(genGraph, genHandlers, genDevices), Sources, push, staleness, first, stage.Iterations,
-                                                   restored, AsyncDeadline, cancellationToken);
+                                                   restored, AsyncDeadline, cancellationToken, interruptStep, pausePoint);
             _rollouts = rollouts;
-            _rolloutKeys = genGraph.Calls.SelectMany(c => c.Outputs).ToList();
+            _rolloutKeys = [.. genGraph.Calls.SelectMany(c => c.Outputs), StageContext.TokenVersionsKey];
             var exec = new MeshExecutor(restGraph, restHandlers, _binding.DevicesOf);
             for (int it = first; it < stage.Iterations; it++)
             {
@@ -91,15 +97,18 @@ internal sealed partial class Pipeline
                 double wall = Stopwatch.GetElapsedTime(start).TotalSeconds;
                 _iterationSeconds[stage.Index] += wall;
                 double generating = rollouts.TakeBusySeconds();
-                WriteMetric(new JsonObject
+                var line = new JsonObject
                 {
                     ["stage"] = stage.Index, ["algorithm"] = stage.Algorithm, ["step"] = it + 1, ["call"] = "async",
                     ["max_staleness"] = staleness, ["behaviour_version"] = ready.Version, ["policy_version"] = it,
                     ["staleness"] = it - ready.Version, ["samples"] = stage.Batch.Size, ["dropped_stale"] = 0,
                     ["wait_seconds"] = Math.Round(waited + pushWait, 5), ["push_seconds"] = Math.Round(pushSeconds, 5),
+                    ["interrupt_step"] = interruptStep,
                     ["gen_utilisation"] = Math.Round(Math.Min(1, generating / wall), 4),
                     ["train_utilisation"] = Math.Round(Math.Min(1, (training + pushSeconds) / wall), 4),
-                });
+                };
+                foreach (var (s, n) in TokenStaleness(ready.Batch, it)) line[TokenStalenessPrefix + s] = n;
+                WriteMetric(line);
                 figures["staleness"] = it - ready.Version;
                 EndIteration(stage, it, figures, stageClock);
             }
@@ -111,4 +120,13 @@ internal sealed partial class Pipeline
             genCopy?.Dispose();
         }
     }
+
+    /// <summary>The async line's fields "tokens_staleness_S": the batch's generated tokens sampled S versions behind the trainer.</summary>
+    internal const string TokenStalenessPrefix = "tokens_staleness_";
+
+    /// <summary>The batch's generated tokens counted by staleness (versions behind <paramref name="policy"/>), ascending.</summary>
+    private static IEnumerable<(int Staleness, int Tokens)> TokenStaleness(SampleBatch batch, int policy) =>
+        batch.Contains(StageContext.TokenVersionsKey)
+            ? batch.Get<int[]>(StageContext.TokenVersionsKey).GroupBy(v => policy - v).OrderBy(g => g.Key).Select(g => (g.Key, g.Count()))
+            : [];
 }

@@ -74,6 +74,9 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
             if (!graph.Calls.All(c => plan.Calls.Any(p => p.Name == c.Name))) continue;
             int[] Devices(string call) { var pc = plan.Call(call); return Enumerable.Range(0, pc.Mesh.Size).Select(r => pc.Mesh.Device(r, plan.DevicesPerNode)).ToArray(); }
             var gen = graph.Calls.Where(c => c.Type == CallType.Generate).ToList();
+            // weight_update: interrupt pauses a generation between decode steps (Generation/Generator.cs GenerationPause).
+            if (cfg.WeightUpdate == WeightUpdates.Interrupt && gen.FirstOrDefault(c => plan.Call(c.Name).Strategy.Pp > 1) is { } piped)
+                throw new ConfigException("weight_update", $"interrupt pauses generation between decode steps, which {piped.Name}'s pipeline parallelism (pp {plan.Call(piped.Name).Strategy.Pp}) cannot; use a plan without pp for it or finish_batch");
             var mesh = gen.SelectMany(c => Devices(c.Name)).ToHashSet();
             foreach (var c in graph.Calls.Where(c => c.Type != CallType.Generate))
                 if (Devices(c.Name).Where(mesh.Contains).ToList() is { Count: > 0 } shared)

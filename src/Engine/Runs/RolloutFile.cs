@@ -2,7 +2,9 @@
 // than the checkpoint's (Runs/AsyncRollouts.cs), so a resume trains on exactly the samples the
 // uninterrupted run trains on. Per batch: the iteration, the policy version that sampled it, the
 // generation calls' records (seconds and figures: metrics.jsonl's lines) and the generation
-// outputs (tokens, log-probs, masks, EOS flags, rule-based scores). The examples are not stored:
+// outputs (tokens, log-probs, masks, EOS flags, rule-based scores) and the policy version of each
+// generated token (format 2; a format-1 file, written before per-token versions, is read with every
+// token of a batch at the batch's version, which is what it held). The examples are not stored:
 // the run's example source gives them again for the iteration. Little-endian binary; the
 // checkpoint manifest's SHA-256 covers the file, and reading names what is malformed.
 using System.Text;
@@ -16,8 +18,10 @@ namespace ReaLNative.Engine.Runs;
 internal static class RolloutFile
 {
     public const string Name = "rollouts.bin";
-    private static readonly byte[] Magic = "REALNRO1"u8.ToArray();
-    private const byte RolloutTag = 1, FloatsTag = 2, BoolsTag = 3, BytesTag = 4;
+    private static readonly byte[] Magic = "REALNRO2"u8.ToArray();
+    /// <summary>Format 1 (no per-token versions; no int arrays), still read.</summary>
+    private static readonly byte[] MagicFormat1 = "REALNRO1"u8.ToArray();
+    private const byte RolloutTag = 1, FloatsTag = 2, BoolsTag = 3, BytesTag = 4, IntsTag = 5;
 
     public static void Write(string path, IReadOnlyList<GeneratedBatch> batches, IReadOnlyList<string> keys)
     {
@@ -54,6 +58,7 @@ internal static class RolloutFile
                     case float[] f: w.Write(FloatsTag); Array(w, f, (w, x) => w.Write(x)); break;
                     case bool[] f: w.Write(BoolsTag); Array(w, f, (w, x) => w.Write(x)); break;
                     case byte[] f: w.Write(BytesTag); Array(w, f, (w, x) => w.Write(x)); break;
+                    case int[] f: w.Write(IntsTag); Array(w, f, (w, x) => w.Write(x)); break;
                     case var o: throw new InvalidOperationException($"{Name}: key '{k}' holds a {o?.GetType().Name ?? "null"}, which is not stored");
                 }
             }
@@ -69,7 +74,11 @@ internal static class RolloutFile
         int batch = -1;
         try
         {
-            if (!r.ReadBytes(Magic.Length).AsSpan().SequenceEqual(Magic)) throw new InvalidDataException("not a rollouts file (bad magic)");
+            var magic = r.ReadBytes(Magic.Length);
+            bool format1 = magic.AsSpan().SequenceEqual(MagicFormat1);
+            if (!format1 && !magic.AsSpan().SequenceEqual(Magic))
+                throw new InvalidDataException(magic.AsSpan().StartsWith("REALNRO"u8)
+                    ? $"rollouts file format '{(char)magic[^1]}' is not known (this build reads 1 and 2)" : "not a rollouts file (bad magic)");
             int n = Count(r, 1 << 20);
             for (batch = 0; batch < n; batch++)
             {
@@ -107,6 +116,7 @@ internal static class RolloutFile
                         case FloatsTag: { var a = Array(r, r => r.ReadSingle()); values.Add((key, _ => a)); break; }
                         case BoolsTag: { var a = Array(r, r => r.ReadBoolean()); values.Add((key, _ => a)); break; }
                         case BytesTag: { var a = Array(r, r => r.ReadByte()); values.Add((key, _ => a)); break; }
+                        case IntsTag when !format1: { var a = Array(r, r => r.ReadInt32()); values.Add((key, _ => a)); break; }
                         default: throw new InvalidDataException($"key '{key}' has unknown type tag {tag}");
                     }
                 }

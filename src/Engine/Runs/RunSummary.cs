@@ -63,7 +63,7 @@ internal static class RunSummary
     }
 
     /// <summary>An async stage's "async" lines summed up: samples by staleness (versions behind the
-    /// trainer), samples dropped for staleness, the mean utilisation of the generation and training
+    /// trainer; a sample's oldest token), generated tokens by staleness, samples dropped for staleness, the mean utilisation of the generation and training
     /// sides, and the trainer's total wait and push time; null for a synchronous stage.</summary>
     private static JsonObject? AsyncSummary(List<JsonObject> stageLines)
     {
@@ -72,10 +72,23 @@ internal static class RunSummary
         var histogram = new JsonObject();
         foreach (var g in lines.GroupBy(l => (int)l["staleness"]!).OrderBy(g => g.Key))
             histogram[g.Key.ToString(System.Globalization.CultureInfo.InvariantCulture)] = g.Sum(l => (long)l["samples"]!);
+        // Generated tokens by staleness (under weight_update: interrupt a batch's later tokens are a version newer).
+        var tokens = new SortedDictionary<int, long>();
+        foreach (var l in lines)
+            foreach (var (k, v) in l)
+                if (k.StartsWith(Pipeline.TokenStalenessPrefix, StringComparison.Ordinal))
+                {
+                    int staleness = int.Parse(k.AsSpan(Pipeline.TokenStalenessPrefix.Length), System.Globalization.CultureInfo.InvariantCulture);
+                    tokens[staleness] = tokens.GetValueOrDefault(staleness) + (long)v!;
+                }
+        var tokenHistogram = new JsonObject();
+        foreach (var (k, v) in tokens) tokenHistogram[k.ToString(System.Globalization.CultureInfo.InvariantCulture)] = v;
         return new JsonObject
         {
             ["max_staleness"] = (int)lines[0]["max_staleness"]!,
+            ["interrupt_step"] = (int?)lines[0]["interrupt_step"],
             ["staleness_histogram"] = histogram,
+            ["token_staleness_histogram"] = tokenHistogram,
             ["dropped_stale"] = lines.Sum(l => (long)l["dropped_stale"]!),
             ["gen_utilisation"] = Math.Round(lines.Average(l => (double)l["gen_utilisation"]!), 4),
             ["train_utilisation"] = Math.Round(lines.Average(l => (double)l["train_utilisation"]!), 4),

@@ -123,6 +123,10 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
 
     /// <summary>The policy version that sampled an async batch (Runs/AsyncRollouts.cs).</summary>
     public const string BehaviourVersionKey = "behaviour_version";
+    /// <summary>The policy version that sampled each new token of an async batch's "sequences"
+    /// (aligned with "logprobs"); under `weight_update: interrupt` a batch's later tokens are a
+    /// version newer than its <see cref="BehaviourVersionKey"/> (the oldest).</summary>
+    public const string TokenVersionsKey = "token_versions";
     /// <summary>The policy version the trainer holds when it trains on an async batch.</summary>
     public const string PolicyVersionKey = "policy_version";
 

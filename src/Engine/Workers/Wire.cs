@@ -257,7 +257,15 @@ internal static class WireJson
         new LrSchedule(Num(j, "lr"), Int(j, "warmup"), j?["decay"]?.GetValue<string>() ?? throw Missing("decay"), Num(j, "min_lr_ratio"), Int(j, "total_steps")),
         (float)Num(j, "beta1"), (float)Num(j, "beta2"), (float)Num(j, "eps"), (float)Num(j, "weight_decay"), (float)Num(j, "clip"));
 
-    public static JsonObject Generation(GenerationOptions o) => new()
+    public static JsonObject Generation(GenerationOptions o)
+    {
+        var j = GenerationFields(o);
+        // Only a chunked generation (async weight_update: interrupt) carries its pause.
+        if (o.Pause is { } p) j["pause"] = new JsonObject { ["session"] = p.Session, ["stop_before_step"] = p.StopBeforeStep, ["resume"] = p.Resume };
+        return j;
+    }
+
+    private static JsonObject GenerationFields(GenerationOptions o) => new()
     {
         ["max_new_tokens"] = o.MaxNewTokens, ["temperature"] = o.Temperature, ["top_k"] = o.TopK, ["top_p"] = o.TopP, ["eos"] = o.EosToken, ["seed"] = o.Seed.ToString(System.Globalization.CultureInfo.InvariantCulture),
         ["continuous"] = o.Continuous, ["batch_independent_prefill"] = o.BatchIndependentPrefill,
@@ -269,6 +277,7 @@ internal static class WireJson
         Seed = ulong.Parse(j?["seed"]?.GetValue<string>() ?? throw Missing("seed"), System.Globalization.CultureInfo.InvariantCulture),
         Continuous = j?["continuous"]?.GetValue<bool>() ?? throw Missing("continuous"),
         BatchIndependentPrefill = j?["batch_independent_prefill"]?.GetValue<bool>() ?? throw Missing("batch_independent_prefill"),
+        Pause = j?["pause"] is { } p ? new GenerationPause(Long(p, "session"), Int(p, "stop_before_step"), p["resume"]?.GetValue<bool>() ?? throw Missing("resume")) : null,
     };
 
     public static int Int(JsonNode? j, string name) => j?[name]?.GetValue<int>() ?? throw Missing(name);

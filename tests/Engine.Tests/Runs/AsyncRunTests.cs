@@ -20,7 +20,7 @@ public sealed class AsyncRunTests
     internal static ExperimentConfig Config(string mode, string algorithm = "ppo", int iterations = 4, int checkpointEvery = 100) =>
         ExperimentConfig.Parse(Yaml(mode, algorithm, iterations, checkpointEvery), Path.GetTempPath());
 
-    private static string Yaml(string mode, string algorithm, int iterations, int checkpointEvery) => $$"""
+    internal static string Yaml(string mode, string algorithm, int iterations, int checkpointEvery) => $$"""
         name: async-test
         algorithm: {{algorithm}}
         seed: 3
@@ -43,7 +43,7 @@ public sealed class AsyncRunTests
           - { algorithm: {{algorithm}}, optim: { lr: 5.0e-4 } }
         """;
 
-    private static (float[] Actor, List<JsonObject> Lines) Run(ExperimentConfig cfg, Plan? plan = null)
+    internal static (float[] Actor, List<JsonObject> Lines) Run(ExperimentConfig cfg, Plan? plan = null)
     {
         string d = PlanExecutionTests.TempDir();
         try
@@ -55,11 +55,11 @@ public sealed class AsyncRunTests
         finally { Directory.Delete(d, true); }
     }
 
-    private static List<JsonObject> Lines(string dir) =>
+    internal static List<JsonObject> Lines(string dir) =>
         File.ReadLines(Path.Combine(dir, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
 
     /// <summary>The metric lines without wall times (which differ run to run).</summary>
-    private static IEnumerable<string> Content(IEnumerable<JsonObject> lines) => lines.Select(l =>
+    internal static IEnumerable<string> Content(IEnumerable<JsonObject> lines) => lines.Select(l =>
     {
         var c = l.DeepClone().AsObject();
         foreach (var k in new[] { "seconds", "wait_seconds", "push_seconds", "gen_utilisation", "train_utilisation" }) c.Remove(k);
@@ -129,7 +129,7 @@ public sealed class AsyncRunTests
     private static PlanCall Call(string name, string model, PlanCallType type, int start, int count) =>
         new(name, model, type, new Mesh(0, 1, start, count), new Strategy(1, 1, 1), 1);
 
-    private static Plan TwoGroups(int genDevice) => new(1, 2,
+    internal static Plan TwoGroups(int genDevice) => new(1, 2,
     [
         Call("actor_gen", "actor", PlanCallType.Generate, genDevice, 1),
         Call("rew_inf", "reward", PlanCallType.Inference, 1, 1),
