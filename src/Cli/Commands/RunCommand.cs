@@ -193,7 +193,7 @@ public static class RunCommand
     }
 }
 
-/// <summary>curves.png: task score, pair accuracy and reward over iterations, the stages back to
+/// <summary>curves.png: task score (each stage's last in its legend), pair accuracy and reward over iterations, the stages back to
 /// back with a dashed line and the stage's name at each stage's start (ScottPlot).</summary>
 public static class Curves
 {
@@ -212,7 +212,7 @@ public static class Curves
             if (ev.Count > 0)
             {
                 var s = plot.Add.Scatter(ev.Select(l => (double)((int)l["step"]! + offset)).ToArray(), ev.Select(l => (double)l["task_score"]!).ToArray());
-                s.LegendText = $"{alg}: task score";
+                s.LegendText = $"{alg}: task score ({((double)ev[^1]["task_score"]!).ToString("0.000", CultureInfo.InvariantCulture)} at its end)";
             }
             // reward and KL of the samples: the train call's figures (any reward kind: RM score or task checker)
             var tr = g.Where(l => (string)l["call"]! == "actor_train").ToList();

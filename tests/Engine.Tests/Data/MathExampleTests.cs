@@ -3,6 +3,7 @@
 // through the dataset, numeric_match and `realn eval`, whose score must equal the run's last eval
 // line. The full example (SFT then GRPO, held-out accuracy rising) is opt-in: REALN_EXAMPLE_TESTS=1.
 using System.Diagnostics;
+using System.Text.RegularExpressions;
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Tests.Docs;
@@ -31,7 +32,7 @@ public sealed class MathExampleTests(ITestOutputHelper output) : IDisposable
         {
             // one response format: "<a><op><b>=<c> #### <c>", c right and equal to the answer
             var resp = (string)r["response"]!;
-            var m = System.Text.RegularExpressions.Regex.Match(resp, @"^(\d+)([-+*])(\d+)=(\d+) #### (\d+)$");
+            var m = Regex.Match(resp, @"^(\d+)([-+*])(\d+)=(\d+) #### (\d+)$");
             Assert.True(m.Success, resp);
             long a = long.Parse(m.Groups[1].Value), b = long.Parse(m.Groups[3].Value);
             long c = m.Groups[2].Value switch { "+" => a + b, "-" => a - b, _ => a * b };
@@ -58,10 +59,11 @@ public sealed class MathExampleTests(ITestOutputHelper output) : IDisposable
         Directory.CreateDirectory(_dir);
         string yaml = File.ReadAllText(Path.Combine(Examples, "grpo-math.yaml"))
             .Replace("models/math-char/", Path.Combine(Examples, "models", "math-char") + "/")
-            .Replace("data/math-", Path.Combine(Examples, "data") + "/math-")
-            .Replace("iterations: 40\n", $"iterations: {grpo}\n")
-            .Replace("    iterations: 150\n", $"    iterations: {sft}\n")
-            .Replace("eval: { size: 256, every: 20 }", $"eval: {{ size: {evalSize}, every: 100 }}");
+            .Replace("data/math-", Path.Combine(Examples, "data") + "/math-");
+        // the top-level iterations (grpo), the sft stage's (indented), the eval line: whatever the example's figures
+        yaml = Regex.Replace(yaml, @"^iterations: \d+$", $"iterations: {grpo}", RegexOptions.Multiline);
+        yaml = Regex.Replace(yaml, @"^    iterations: \d+$", $"    iterations: {sft}", RegexOptions.Multiline);
+        yaml = Regex.Replace(yaml, @"^eval: \{[^}]*\}$", $"eval: {{ size: {evalSize}, every: 100 }}", RegexOptions.Multiline);
         string p = Path.Combine(_dir, "grpo-math.yaml");
         File.WriteAllText(p, yaml);
         var cfg = ExperimentConfig.Load(p);
