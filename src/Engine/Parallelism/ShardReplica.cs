@@ -225,13 +225,6 @@ internal sealed unsafe class ShardReplica : IDisposable
     /// from data replica 0's pipeline stages, which hold whole tensors.</summary>
     public bool Writes => Comm.Tp == 1 && Comm.Data == 0;
 
-    /// <summary>The tensors this rank writes (a tensor two stages hold, tied embeddings, by the first).</summary>
-    public string[] WrittenTensors()
-    {
-        var earlier = Enumerable.Range(0, Comm.Pipe).SelectMany(p => ParamLayout.Create(Shard.Config, Shard.ScalarHead, Comm.Pp, p, 1, 0).Views.Select(v => v.Name)).ToHashSet();
-        return Shard.Layout.Views.Select(v => v.Name).Where(n => !earlier.Contains(n)).ToArray();
-    }
-
     /// <summary>Writes <paramref name="part"/> of this rank's whole tensors: the weights as one file of
     /// a sharded HF checkpoint (<paramref name="path"/>; bf16 for a bf16 model), the master or a
     /// moment at its offsets into the flat file <paramref name="path"/>; fsynced.</summary>
