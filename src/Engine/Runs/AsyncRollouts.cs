@@ -155,7 +155,16 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
                 int g, version;
                 lock (_gate)
                 {
-                    while (!_stopping && _next < _end && _weights < Needed(_next)) Monitor.Wait(_gate);
+                    // The trainer pushes each version after its iteration (or stops the loop on a failure); a
+                    // push that does not come within the deadline ends the run, naming the version.
+                    var until = DateTime.UtcNow + _deadline;
+                    while (!_stopping && _next < _end && _weights < Needed(_next))
+                    {
+                        var left = until - DateTime.UtcNow;
+                        if (left <= TimeSpan.Zero)
+                            throw new TimeoutException($"async generation of iteration {_next + 1}: policy version {Needed(_next)} was not pushed within {_deadline.TotalSeconds:F0} s");
+                        Monitor.Wait(_gate, left);
+                    }
                     if (_stopping || _next >= _end) return;
                     g = _next; version = _weights;
                     if (version != Needed(g)) throw new InvalidOperationException($"generation of iteration {g} holds policy version {version}, not {Needed(g)}");

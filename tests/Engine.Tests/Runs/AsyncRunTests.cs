@@ -227,4 +227,34 @@ public sealed class AsyncRunTests
         }
         finally { Directory.Delete(d, true); }
     }
+
+    /// <summary>The generation thread waits for each version with the deadline too: a trainer that
+    /// never pushes version 1 ends generation of iteration 3 (N = 1) with a TimeoutException naming
+    /// the version, which the trainer's next wait rethrows at once; nothing hangs.</summary>
+    [Fact]
+    public void AVersionNeverPushedEndsGenerationWithinTheDeadline()
+    {
+        var (gen, _) = DataflowGraph.For(Config("mode: async").Stages[^1]).SplitGeneration();
+        var rollout = new Rollout([], [[1, 2]], new ReaLNative.Engine.Generation.GenerationResult
+        {
+            Prompts = [[1, 2]], NewTokens = [[3]], LogProbs = [[-0.5f]], EndedWithEos = [true],
+        }, new ReaLNative.Engine.Model.ScoredBatch([[1, 2, 3]], [2]), ["x"]);
+        var handlers = gen.Calls.ToDictionary(c => c.Name, c => (CallHandler)((call, b) =>
+        {
+            foreach (var k in call.Outputs) b.Set(k, k == "sequences" ? rollout : new float[] { 0 });
+            return new Dictionary<string, double>();
+        }));
+        SampleBatch Sources(int g)
+        {
+            var b = new SampleBatch();
+            foreach (var k in gen.SourceKeys) b.Set(k, new[] { g });
+            return b;
+        }
+        using var rollouts = new AsyncRollouts(new MeshExecutor(gen, handlers, _ => [0]), Sources, () => { }, 1, 0, 4, [],
+                                               TimeSpan.FromMilliseconds(300), CancellationToken.None);
+        Thread.Sleep(1500);   // iterations 0 and 1 (version 0) are generated; iteration 2 waits for version 1
+        Assert.Equal(0, rollouts.Take(0).Iteration);
+        var e = Assert.Throws<TimeoutException>(() => rollouts.Take(2));
+        Assert.Contains("policy version 1 was not pushed within", e.Message);
+    }
 }
