@@ -102,11 +102,17 @@ public sealed class AsyncRunTests
     }
 
     [Fact]
-    public void ResumeFromAnAsyncCheckpointEndsBitIdenticalToTheUninterruptedRun()
-    {
+    public void ResumeFromAnAsyncCheckpointEndsBitIdenticalToTheUninterruptedRun() =>
         // N = 2 and a checkpoint after every iteration: the checkpoint after PPO iteration 2 holds
         // the batches of iterations 3 and 4, generated with versions 1 and 2 (older than its weights).
-        var cfg = Config("mode: async\nmax_staleness: 2", iterations: 5, checkpointEvery: 1);
+        ResumeFromTheCheckpointAfterPpoIteration2IsBitExact(Config("mode: async\nmax_staleness: 2", iterations: 5, checkpointEvery: 1));
+
+    /// <summary>Runs <paramref name="cfg"/> (sft 6 + rm 4 + ppo iterations, a checkpoint after each)
+    /// uninterrupted, and again stopped after PPO iteration 2 (its checkpoint must hold rollouts.bin)
+    /// then resumed: the actor and every metric line (timings aside) are equal. Returns the
+    /// uninterrupted run's metric lines.</summary>
+    internal static List<JsonObject> ResumeFromTheCheckpointAfterPpoIteration2IsBitExact(ExperimentConfig cfg)
+    {
         string full = PlanExecutionTests.TempDir(), cut = PlanExecutionTests.TempDir();
         try
         {
@@ -122,6 +128,7 @@ public sealed class AsyncRunTests
                 Assert.Equal(want, p.Model("actor").Parameters.ToArray());
                 Assert.Equal(Content(Lines(full)), Content(Lines(cut)));
             }
+            return Lines(full);
         }
         finally { Directory.Delete(full, true); Directory.Delete(cut, true); }
     }
