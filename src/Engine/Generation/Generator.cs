@@ -84,6 +84,10 @@ internal sealed class GenerationResult
     /// seconds; null unless <see cref="GenerationOptions.RecordSteps"/>.</summary>
     public (int Rows, bool Decode, double Seconds)[]? Steps { get; init; }
 
+    /// <summary>Where worker processes keep the generated sequences (prompt + new tokens, in prompt
+    /// order), for the calls that score them next; null when only this process has them.</summary>
+    public BatchSource? Source { get; init; }
+
     /// <summary>Prompt + new tokens of sequence i.</summary>
     public int[] Sequence(int i) => [.. Prompts[i], .. NewTokens[i]];
 }

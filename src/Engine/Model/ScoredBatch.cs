@@ -28,4 +28,16 @@ internal sealed class ScoredBatch
     /// <summary>Offsets of each sequence's actions in <see cref="ActionIndex"/> (the GAE cu_seqlens).</summary>
     public int[] ActionCu { get; }
     public int Actions => ActionIndex.Length;
+
+    /// <summary>Where worker processes already hold these sequences (the generation that produced
+    /// them); null when only this process has them.</summary>
+    public BatchSource? Source { get; init; }
+}
+
+/// <summary>Sequences that model workers hold: batch <paramref name="Key"/> of <paramref name="Owner"/>
+/// (the worker pool), store id of each sequence in order (Workers/ResidentBatches.cs).</summary>
+internal sealed record BatchSource(object Owner, string Key, int[] Ids)
+{
+    /// <summary>Sequences [s0, s1) of this source.</summary>
+    public BatchSource Slice(int s0, int s1) => this with { Ids = Ids[s0..s1] };
 }

@@ -20,4 +20,8 @@ internal interface IReplicaHost : IDisposable
     /// <summary>Each worker process's peak resident set in bytes (null where a worker cannot tell),
     /// by device; null when the devices are threads of this process (counted in its own).</summary>
     IReadOnlyList<long?>? WorkerPeakRssBytes() => null;
+
+    /// <summary>Bytes of call inputs the master sent to worker processes, and bytes of sequences the
+    /// workers moved between themselves (Workers/ResidentBatches.cs); null for in-process devices.</summary>
+    (long FromMaster, long BetweenWorkers)? DataBytes => null;
 }

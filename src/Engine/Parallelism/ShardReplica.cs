@@ -179,7 +179,8 @@ internal sealed unsafe class ShardReplica : IDisposable
     }
 
     /// <summary>Whole-batch generation result assembled from the collecting ranks' parts.</summary>
-    public static GenerationResult MergeGeneration(IReadOnlyList<int[]> prompts, GenerationOptions opt, IEnumerable<(int[] Ids, GenerationResult Result)> parts)
+    public static GenerationResult MergeGeneration(IReadOnlyList<int[]> prompts, GenerationOptions opt, IEnumerable<(int[] Ids, GenerationResult Result)> parts,
+                                                   BatchSource? source = null)
     {
         int B = prompts.Count;
         var tok = new int[B][]; var lp = new float[B][]; var eos = new bool[B];
@@ -193,7 +194,7 @@ internal sealed unsafe class ShardReplica : IDisposable
                 if (masks is not null) masks[i] = p.Result.Masks![k];
             }
         if (Array.FindIndex(tok, t => t is null) is var miss and >= 0) throw new InvalidDataException($"generation outputs: no collecting rank reported prompt {miss}");
-        return new GenerationResult { Prompts = prompts.Select(x => x.ToArray()).ToArray(), NewTokens = tok, LogProbs = lp, Masks = masks, EndedWithEos = eos };
+        return new GenerationResult { Prompts = prompts.Select(x => x.ToArray()).ToArray(), NewTokens = tok, LogProbs = lp, Masks = masks, EndedWithEos = eos, Source = source };
     }
 
     // ------------------------------------------------------------------ life cycle without a full model

@@ -292,6 +292,8 @@ internal sealed partial class Pipeline : IDisposable
         if (ProcessMemory.PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
         MemoryCheck.AddToSummary(summary, _cfg, _plan, _binding.Host);
         if (_binding.Host is not null) summary["realloc_bytes"] = _binding.ReallocatedBytes;
+        if (_binding.Host?.DataBytes is var (fromMaster, betweenWorkers))
+            summary["data_bytes"] = new JsonObject { ["from_master"] = fromMaster, ["between_workers"] = betweenWorkers };
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }

@@ -42,7 +42,7 @@ internal sealed record Rollout(TaskExample[] Examples, int[][] Prompts, Generati
     public (ScoredBatch Batch, int A0, int A1) Slice(int s0, int s1)
     {
         var seqs = Enumerable.Range(s0, s1 - s0).Select(Gen.Sequence).ToArray();
-        var sb = new ScoredBatch(seqs, Enumerable.Range(s0, s1 - s0).Select(i => Prompts[i].Length).ToArray());
+        var sb = new ScoredBatch(seqs, Enumerable.Range(s0, s1 - s0).Select(i => Prompts[i].Length).ToArray()) { Source = Scored.Source?.Slice(s0, s1) };
         return (sb, Scored.ActionCu[s0], Scored.ActionCu[s1]);
     }
 }
@@ -95,7 +95,7 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
     {
         if (gen.Prompts.Length != ex.Length) throw new ArgumentException($"{gen.Prompts.Length} generated sequences for {ex.Length} examples");
         var seqs = Enumerable.Range(0, ex.Length).Select(gen.Sequence).ToArray();
-        var scored = new ScoredBatch(seqs, gen.Prompts.Select(p => p.Length).ToArray());
+        var scored = new ScoredBatch(seqs, gen.Prompts.Select(p => p.Length).ToArray()) { Source = gen.Source };
         var comps = gen.NewTokens.Select(t => tokenizer.Decode(t)).ToArray();
         return new Rollout(ex, gen.Prompts, gen, scored, comps);
     }

@@ -10,6 +10,7 @@ using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using ReaLNative.Engine.Control;
+using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
@@ -47,6 +48,11 @@ internal sealed unsafe class ModelWorker : IDisposable
     private readonly ControlServer _server;
     private readonly Dictionary<int, ShardReplica> _replicas = new();
     private readonly Dictionary<string, (ReallocPlan Plan, ReallocSchedule Schedule)> _plans = new();
+    /// <summary>Sequences this worker keeps for later calls (Workers/ResidentBatches.cs): batch key ->
+    /// store id -> (prompt length, prompt + generated tokens).</summary>
+    private readonly Dictionary<string, Dictionary<int, (int Prompt, int[] Tokens)>> _batches = new(StringComparer.Ordinal);
+    /// <summary>The registered buffers of the batches this worker generated (read by other workers).</summary>
+    private readonly Dictionary<string, (IRmaRegion Region, nint Buffer)> _kept = new(StringComparer.Ordinal);
     private volatile string _busy = "idle";
     private volatile string? _lastError;
     private readonly ManualResetEventSlim _stop = new();
@@ -138,6 +144,8 @@ internal sealed unsafe class ModelWorker : IDisposable
         _busy = m.Type + (j["what"] is JsonNode w ? " " + w.GetValue<string>() : "");
         try
         {
+            if (j["drop_batches"] is JsonArray drop)
+                foreach (var k in drop) Drop(k!.GetValue<string>());
             return m.Type switch
             {
                 "create" => Create(j),
@@ -274,6 +282,139 @@ internal sealed unsafe class ModelWorker : IDisposable
         if (t.IsFaulted) throw t.Exception!.InnerException!;
     }
 
+    // ------------------------------------------------------------------ batches between workers
+
+    /// <summary>Keeps a generation's sequences (this rank's <paramref name="ids"/>) under
+    /// <paramref name="key"/>: for this worker's own calls, and in one native buffer registered for
+    /// one-sided reads by the other workers (their tokens back to back, in <paramref name="ids"/>
+    /// order). Returns the buffer's descriptor (base64), null when this rank generated no sequence.</summary>
+    private string? Keep(string key, int[] ids, IReadOnlyList<int[]> prompts, GenerationResult result)
+    {
+        Drop(key);
+        var held = new Dictionary<int, (int, int[])>();
+        for (int k = 0; k < ids.Length; k++) held[ids[k]] = (prompts[ids[k]].Length, result.Sequence(k));
+        _batches[key] = held;
+        long tokens = ids.Select((id, k) => (long)held[id].Item2.Length).Sum();
+        if (tokens == 0) return null;
+        nint buffer = (nint)System.Runtime.InteropServices.NativeMemory.Alloc((nuint)(4 * tokens));
+        try
+        {
+            long at = 0;
+            foreach (int id in ids)
+            {
+                var t = held[id].Item2;
+                t.CopyTo(new Span<int>((int*)buffer + at, t.Length));
+                at += t.Length;
+            }
+            var region = ((IRmaTransport)_transport).Register(buffer, 4 * tokens);
+            _kept[key] = (region, buffer);
+            return Convert.ToBase64String(region.Descriptor);
+        }
+        catch
+        {
+            System.Runtime.InteropServices.NativeMemory.Free((void*)buffer);
+            throw;
+        }
+    }
+
+    /// <summary>Forgets batch <paramref name="key"/> (its registered buffer too).</summary>
+    private void Drop(string key)
+    {
+        _batches.Remove(key);
+        if (_kept.Remove(key, out var k))
+        {
+            k.Region.Dispose();
+            System.Runtime.InteropServices.NativeMemory.Free((void*)k.Buffer);
+        }
+    }
+
+    /// <summary>Reads the sequences this worker misses from the holders' registered buffers (the
+    /// command's "fetch" entries for this worker; all reads posted at once, each with the data plane's
+    /// deadline) and keeps them under the batch's key.</summary>
+    private void Fetch(JsonNode j, JsonNode reference, string op)
+    {
+        if (j["fetch"] is not JsonArray reads) return;
+        long t0 = Stopwatch.GetTimestamp();
+        string key = WireJson.Str(reference, "key");
+        var promptOf = new Dictionary<int, int>();
+        var refIds = reference["ids"]!.AsArray(); var refPrompts = reference["prompts"]!.AsArray();
+        for (int i = 0; i < refIds.Count; i++) promptOf[refIds[i]!.GetValue<int>()] = refPrompts[i]!.GetValue<int>();
+        var rma = (IRmaTransport)_transport;
+        var remotes = new List<IRemoteRegion>();
+        var pending = new List<(Task Read, int Id, int[] Tokens, int Src)>();
+        try
+        {
+            foreach (var f in reads)
+            {
+                if (WireJson.Int(f, "dst") != _args.Rank) continue;
+                int src = WireJson.Int(f, "src");
+                var remote = rma.Attach(src, Convert.FromBase64String(WireJson.Str(f, "descriptor")));
+                remotes.Add(remote);
+                var ids = f!["ids"]!.AsArray(); var offsets = f["offsets"]!.AsArray(); var lengths = f["lengths"]!.AsArray();
+                for (int k = 0; k < ids.Count; k++)
+                {
+                    int id = ids[k]!.GetValue<int>(), len = lengths[k]!.GetValue<int>();
+                    long offset = offsets[k]!.GetValue<long>();
+                    if (len < 1 || offset < 0 || 4 * (offset + len) > remote.Bytes)
+                        throw new ArgumentException($"{op}: batch {key} sequence {id}: tokens [{offset}, +{len}) outside worker {src}'s buffer of {remote.Bytes / 4}");
+                    var tokens = GC.AllocateUninitializedArray<int>(len, pinned: true);
+                    pending.Add((rma.GetAsync(remote, 4 * offset, System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(tokens, 0), 4L * len), id, tokens, src));
+                }
+            }
+            var mine = _batches.TryGetValue(key, out var b) ? b : _batches[key] = new Dictionary<int, (int, int[])>();
+            foreach (var (read, id, tokens, src) in pending)
+            {
+                Wait(read, $"{op}: batch {key}: read sequence {id} from worker {src}");
+                mine[id] = (promptOf.TryGetValue(id, out int p) ? p : throw new ArgumentException($"{op}: batch {key}: read sequence {id} is not in the call's batch"), tokens);
+            }
+        }
+        finally
+        {
+            foreach (var r in remotes) r.Dispose();
+            _inputSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        }
+    }
+
+    /// <summary>The batch of an operation that carries nothing else: by reference, or the input blob.</summary>
+    private ScoredBatch BatchOnly(JsonNode j, ShardReplica r, string op)
+    {
+        if (j["batch_ref"] is not null) return Batch(j, r, null, op);
+        var rd = new WireReader(Input(j, op), op);
+        var b = rd.Batch();
+        rd.End();
+        return b;
+    }
+
+    /// <summary>The batch of an operation: from the sequences this worker holds when the command
+    /// refers to them (after the command's moves), else read from the input blob. Only this rank's
+    /// data-parallel part must be held: the other sequences are placed by their lengths alone (the
+    /// shard never reads their tokens), so they are zero tokens of the right length.</summary>
+    private ScoredBatch Batch(JsonNode j, ShardReplica r, WireReader? input, string op)
+    {
+        if (j["batch_ref"] is not { } br) return (input ?? throw new ArgumentException($"{op}: no batch")).Batch();
+        Fetch(j, br, op);
+        string key = WireJson.Str(br, "key");
+        int[] Ints(string name) => br[name]?.AsArray().Select(x => x!.GetValue<int>()).ToArray() ?? throw new ArgumentException($"{op}: batch {key}: no '{name}'");
+        int[] ids = Ints("ids"), lens = Ints("lens"), prompts = Ints("prompts");
+        if (lens.Length != ids.Length || prompts.Length != ids.Length)
+            throw new ArgumentException($"{op}: batch {key}: {ids.Length} ids, {lens.Length} lengths, {prompts.Length} prompt lengths");
+        if (lens.Any(l => l < 1)) throw new ArgumentException($"{op}: batch {key}: a sequence length below 1");
+        var part = Split.Contiguous(lens, r.Layout.Dp)[r.Comm.Data].ToHashSet();
+        _batches.TryGetValue(key, out var held);
+        var seqs = new int[ids.Length][];
+        for (int i = 0; i < ids.Length; i++)
+        {
+            if (!part.Contains(i)) { seqs[i] = new int[lens[i]]; continue; }
+            if (held is null || !held.TryGetValue(ids[i], out var q))
+                throw new ArgumentException($"{op}: worker {_args.Rank} holds no sequence {ids[i]} of batch {key} (its data-parallel part needs it)");
+            if (q.Tokens.Length != lens[i] || q.Prompt != prompts[i])
+                throw new ArgumentException($"{op}: batch {key} sequence {ids[i]}: held with {q.Tokens.Length} tokens (prompt {q.Prompt}), the call has {lens[i]} (prompt {prompts[i]})");
+            seqs[i] = q.Tokens;
+        }
+        try { return new ScoredBatch(seqs, prompts); }
+        catch (ArgumentException e) { throw new ArgumentException($"{op}: batch {key}: {e.Message}"); }
+    }
+
     private string Op(JsonNode j)
     {
         long start = Stopwatch.GetTimestamp();
@@ -281,20 +422,19 @@ internal sealed unsafe class ModelWorker : IDisposable
         var r = Replica(j);
         string op = WireJson.Str(j, "op");
         double value = 0;
+        string? descriptor = null;
         switch (op)
         {
             case "logprobs":
             {
-                var rd = new WireReader(Input(j, op), op);
-                var b = rd.Batch(); rd.End();
+                var b = BatchOnly(j, r, op);
                 var o = r.LogProbs(b, (float)WireJson.Num(j, "temperature"));
                 Output(j, r, o is null ? null : w => w.Output(o), op);
                 break;
             }
             case "values":
             {
-                var rd = new WireReader(Input(j, op), op);
-                var b = rd.Batch(); rd.End();
+                var b = BatchOnly(j, r, op);
                 var o = r.Values(b);
                 Output(j, r, o is null ? null : w => w.Output(o), op);
                 break;
@@ -302,21 +442,20 @@ internal sealed unsafe class ModelWorker : IDisposable
             case "backward_logprobs":
             {
                 var rd = new WireReader(Input(j, op), op);
-                var b = rd.Batch(); var d = rd.Floats(); rd.End();
+                var b = Batch(j, r, rd, op); var d = rd.Floats(); rd.End();
                 r.BackwardLogProbs(b, (float)WireJson.Num(j, "temperature"), d);
                 break;
             }
             case "backward_values":
             {
                 var rd = new WireReader(Input(j, op), op);
-                var b = rd.Batch(); var dv = rd.Floats(); var dl = rd.Floats(); rd.End();
+                var b = Batch(j, r, rd, op); var dv = rd.Floats(); var dl = rd.Floats(); rd.End();
                 r.BackwardValues(b, dv, dl);
                 break;
             }
             case "sft":
             {
-                var rd = new WireReader(Input(j, op), op);
-                var b = rd.Batch(); rd.End();
+                var b = BatchOnly(j, r, op);
                 value = r.SftShare(b);
                 break;
             }
@@ -328,6 +467,7 @@ internal sealed unsafe class ModelWorker : IDisposable
                 var rd = new WireReader(Input(j, op), op);
                 var prompts = rd.Prompts(); rd.End();
                 var g = r.Generate(prompts, WireJson.Generation(j["gen"]));
+                if ((string?)j["keep_as"] is { } key && g is { } kept) descriptor = Keep(key, kept.Ids, prompts, kept.Result);
                 Output(j, r, g is { } x ? w => w.Generation(x) : null, op);
                 break;
             }
@@ -341,10 +481,12 @@ internal sealed unsafe class ModelWorker : IDisposable
             if (op is not ("backward_logprobs" or "backward_values")) throw new ArgumentException($"then_step after '{op}': only a backward is followed by a step");
             value = r.Step();
         }
-        return new JsonObject
+        var reply = new JsonObject
         {
             ["value"] = value, ["seconds"] = Stopwatch.GetElapsedTime(start).TotalSeconds, ["input_seconds"] = _inputSeconds, ["output_seconds"] = _outputSeconds,
-        }.ToJsonString();
+        };
+        if (descriptor is not null) reply["kept"] = descriptor;
+        return reply.ToJsonString();
     }
 
     /// <summary>This device's part of a reallocation of parameters ("params": the fp32 master;
@@ -391,6 +533,7 @@ internal sealed unsafe class ModelWorker : IDisposable
     public void Dispose()
     {
         _server.Dispose();
+        foreach (var key in _kept.Keys.ToList()) Drop(key);
         foreach (var r in _replicas.Values) r.Dispose();
         _replicas.Clear();
         _mover.Dispose();

@@ -26,7 +26,7 @@ internal sealed unsafe class RemoteReplica : IReplica
     private long _step;
     private bool _disposed;
     /// <summary>A backward not sent yet: it goes with the next <see cref="Step"/>, or alone before any other operation.</summary>
-    private (string Op, JsonObject Args, byte[] Input)? _deferredBackward;
+    private (string Op, JsonObject Args, byte[] Input, BatchReads? Reads)? _deferredBackward;
 
     public RemoteReplica(WorkerPool pool, string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer,
                          ModelPrecision precision = ModelPrecision.Fp32)
@@ -71,10 +71,13 @@ internal sealed unsafe class RemoteReplica : IReplica
 
     /// <summary>Runs an operation on every worker: <paramref name="input"/> (if any) sent to each,
     /// the collecting ranks' output blobs returned; the replies' values in device order.</summary>
-    private (double[] Values, byte[][] Outputs) Op(string op, JsonObject args, byte[]? input, bool output)
+    private (double[] Values, byte[][] Outputs) Op(string op, JsonObject args, byte[]? input, bool output, BatchReads? reads = null) =>
+        Op(op, args, input, output, reads, out _);
+
+    private (double[] Values, byte[][] Outputs) Op(string op, JsonObject args, byte[]? input, bool output, BatchReads? reads, out JsonNode?[] replies)
     {
         SendDeferredBackward();
-        return Send(op, args, input, output);
+        return Send(op, args, input, output, reads, out replies);
     }
 
     /// <summary>Sends a deferred backward on its own (before any other operation reaches the workers).</summary>
@@ -82,10 +85,29 @@ internal sealed unsafe class RemoteReplica : IReplica
     {
         if (_deferredBackward is not { } d) return;
         _deferredBackward = null;
-        Send(d.Op, d.Args, d.Input, output: false);
+        Send(d.Op, d.Args, d.Input, output: false, d.Reads);
     }
 
-    private (double[] Values, byte[][] Outputs) Send(string op, JsonObject args, byte[]? input, bool output)
+    private (double[] Values, byte[][] Outputs) Send(string op, JsonObject args, byte[]? input, bool output, BatchReads? reads) =>
+        Send(op, args, input, output, reads, out _);
+
+    /// <summary>Sends an operation; a batch it refers to (<paramref name="reads"/>) is released once it returns.</summary>
+    private (double[] Values, byte[][] Outputs) Send(string op, JsonObject args, byte[]? input, bool output, BatchReads? reads, out JsonNode?[] replies)
+    {
+        bool ok = false;
+        try
+        {
+            var r = SendOnce(op, args, input, output, out replies);
+            ok = true;
+            return r;
+        }
+        finally
+        {
+            if (reads is not null) _pool.Batches.Done(reads.Key, reads.Fetches, ok);
+        }
+    }
+
+    private (double[] Values, byte[][] Outputs) SendOnce(string op, JsonObject args, byte[]? input, bool output, out JsonNode?[] parsed)
     {
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         string label = args["then_step"] is not null ? op + " and optimizer step" : op;
@@ -94,11 +116,12 @@ internal sealed unsafe class RemoteReplica : IReplica
         var data = new List<Task>();
         if (input is not null)
             foreach (var d in Layout.Devices) data.Add(Blobs.SendAsync(t, d, tagIn, input));
+        if (input is not null) _pool.Batches.CountFromMaster((long)input.Length * Layout.Devices.Count);
         var outs = output ? _collectors.Select(d => Blobs.RecvAsync(t, d, tagOut, $"{What(label)}: output of worker {d}")).ToArray() : [];
         data.AddRange(outs);
         args["id"] = _id; args["op"] = op; args["tag_in"] = tagIn; args["tag_out"] = tagOut;
         var replies = _pool.Dispatch(What(label), Layout.Devices, "op", args, [.. data]);
-        var parsed = replies.Select(r => JsonNode.Parse(r)).ToArray();
+        parsed = replies.Select(r => JsonNode.Parse(r)).ToArray();
         var values = parsed.Select(r => WireJson.Num(r, "value")).ToArray();
         _pool.OpTimings.Add(label, System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds, parsed);
         return (values, outs.Select(o => o.Result).ToArray());
@@ -112,16 +135,43 @@ internal sealed unsafe class RemoteReplica : IReplica
         return o;
     });
 
+    // ------------------------------------------------------------------ batches between workers
+
+    /// <summary>A batch an operation refers to (held by workers), and the reads its command carries.</summary>
+    private sealed record BatchReads(string Key, List<BatchFetch> Fetches);
+
+    /// <summary>The batch of an operation: when this job's workers hold its sequences (the generation
+    /// that produced them kept them), <paramref name="args"/> gets a reference (store ids and lengths:
+    /// metadata) and, for the workers of this layout that miss sequences of their data-parallel part,
+    /// where to read them (Workers/ResidentBatches.cs); the input writer then holds nothing of the
+    /// batch. Otherwise the batch goes inline from the master, in the input writer.</summary>
+    private (WireWriter Input, BatchReads? Reads) BatchInput(JsonObject args, ScoredBatch batch)
+    {
+        if (_pool.Batches.Plan(batch, Layout) is not var (reference, fetches)) return (new WireWriter().Batch(batch), null);
+        args["batch_ref"] = reference;
+        if (fetches.Count > 0) args["fetch"] = ResidentBatches.Wire(fetches);
+        return (new WireWriter(), new BatchReads((string)reference["key"]!, fetches));
+    }
+
+    /// <summary>The input blob of an operation that carries nothing but its batch: none when the batch went by reference.</summary>
+    private static byte[]? Blob((WireWriter Input, BatchReads? Reads) b) => b.Reads is null ? b.Input.ToArray() : null;
+
     public float[] LogProbs(ScoredBatch batch, float temperature)
     {
-        var (_, outs) = Op("logprobs", new JsonObject { ["temperature"] = temperature }, new WireWriter().Batch(batch).ToArray(), output: true);
+        SendDeferredBackward();
+        var args = new JsonObject { ["temperature"] = temperature };
+        var input = BatchInput(args, batch);
+        var (_, outs) = Op("logprobs", args, Blob(input), output: true, input.Reads);
         return ShardOutput.MergeActions(batch, Outputs(outs, "logprobs"));
     }
 
     public (float[] ActionValues, float[] LastScores) Values(ScoredBatch batch)
     {
         if (!ScalarHead) throw new ArgumentException($"{_name}: values need a scalar-head model");
-        var (_, outs) = Op("values", new JsonObject(), new WireWriter().Batch(batch).ToArray(), output: true);
+        SendDeferredBackward();
+        var args = new JsonObject();
+        var input = BatchInput(args, batch);
+        var (_, outs) = Op("values", args, Blob(input), output: true, input.Reads);
         var parts = Outputs(outs, "values").ToList();
         return (ShardOutput.MergeActions(batch, parts), ShardOutput.MergeLast(batch.Packed.Count, parts));
     }
@@ -129,22 +179,35 @@ internal sealed unsafe class RemoteReplica : IReplica
     public void BackwardLogProbs(ScoredBatch batch, float temperature, float[] dActionLogp)
     {
         if (dActionLogp.Length != batch.Actions) throw new ArgumentException($"{_name}: {dActionLogp.Length} log-prob gradients for {batch.Actions} actions");
-        Defer("backward_logprobs", new JsonObject { ["temperature"] = temperature }, new WireWriter().Batch(batch).Floats(dActionLogp).ToArray());
+        SendDeferredBackward();
+        var args = new JsonObject { ["temperature"] = temperature };
+        var input = BatchInput(args, batch);
+        Defer("backward_logprobs", args, input.Input.Floats(dActionLogp).ToArray(), input.Reads);
     }
 
-    public void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores) =>
-        Defer("backward_values", new JsonObject(), new WireWriter().Batch(batch).Floats(dActionValues).Floats(dLastScores).ToArray());
-
-    /// <summary>Keeps a backward for the step that follows it (an inference replica has none: sent at once).</summary>
-    private void Defer(string op, JsonObject args, byte[] input)
+    public void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores)
     {
         SendDeferredBackward();
-        if (_optimizer is null) { Send(op, args, input, output: false); return; }
-        _deferredBackward = (op, args, input);
+        var args = new JsonObject();
+        var input = BatchInput(args, batch);
+        Defer("backward_values", args, input.Input.Floats(dActionValues).Floats(dLastScores).ToArray(), input.Reads);
     }
 
-    public double SftStep(ScoredBatch batch) =>
-        Op("sft", new JsonObject(), new WireWriter().Batch(batch).ToArray(), output: false).Values.Sum();
+    /// <summary>Keeps a backward for the step that follows it (an inference replica has none: sent at once).</summary>
+    private void Defer(string op, JsonObject args, byte[] input, BatchReads? reads)
+    {
+        SendDeferredBackward();
+        if (_optimizer is null) { Send(op, args, input, output: false, reads); return; }
+        _deferredBackward = (op, args, input, reads);
+    }
+
+    public double SftStep(ScoredBatch batch)
+    {
+        SendDeferredBackward();
+        var args = new JsonObject();
+        var input = BatchInput(args, batch);
+        return Op("sft", args, Blob(input), output: false, input.Reads).Values.Sum();
+    }
 
     public double Step()
     {
@@ -154,7 +217,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         {
             _deferredBackward = null;
             d.Args["then_step"] = true;
-            norm = Send(d.Op, d.Args, d.Input, output: false).Values[0];
+            norm = Send(d.Op, d.Args, d.Input, output: false, d.Reads).Values[0];
         }
         else norm = Op("step", new JsonObject(), null, output: false).Values[0];
         _step++;
@@ -163,7 +226,12 @@ internal sealed unsafe class RemoteReplica : IReplica
 
     public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt)
     {
-        var (_, outs) = Op("generate", new JsonObject { ["gen"] = WireJson.Generation(opt) }, new WireWriter().Prompts(prompts).ToArray(), output: true);
+        var args = new JsonObject { ["gen"] = WireJson.Generation(opt) };
+        // The collecting ranks keep the sequences for the calls that score them next (the last chunk
+        // of a paused generation: every chunk returns the tokens so far).
+        string? key = _pool.WorkerToWorkerData && opt.Pause is null or { Resume: true, StopBeforeStep: 0 } ? _pool.Batches.NewKey() : null;
+        if (key is not null) args["keep_as"] = key;
+        var (_, outs) = Op("generate", args, new WireWriter().Prompts(prompts).ToArray(), output: true, null, out var replies);
         var parts = outs.Select((b, i) =>
         {
             var r = new WireReader(b, $"{What("generate")}: output of worker {_collectors[i]}");
@@ -171,7 +239,15 @@ internal sealed unsafe class RemoteReplica : IReplica
             r.End();
             return g;
         }).ToList();
-        return ShardReplica.MergeGeneration(prompts, opt, parts);
+        if (key is null) return ShardReplica.MergeGeneration(prompts, opt, parts);
+        for (int i = 0; i < parts.Count; i++)
+        {
+            var reply = replies[Layout.Devices.ToList().IndexOf(_collectors[i])];
+            // A collector with no sequence of its own registers no buffer.
+            if ((string?)reply?["kept"] is { } descriptor)
+                _pool.Batches.Hold(key, _collectors[i], descriptor, parts[i].Ids, [.. parts[i].Ids.Select((id, k) => prompts[id].Length + parts[i].Result.NewTokens[k].Length)]);
+        }
+        return ShardReplica.MergeGeneration(prompts, opt, parts, new BatchSource(_pool.Batches, key, [.. Enumerable.Range(0, prompts.Count)]));
     }
 
     // ------------------------------------------------------------------ reallocation

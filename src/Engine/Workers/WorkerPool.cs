@@ -59,6 +59,10 @@ internal sealed record WorkerPoolOptions
     /// missing, and when the deadline falls); null: silent.</summary>
     public Action<string>? JoinNote { get; init; }
     public TimeSpan JoinNoteEvery { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>A generation's sequences stay with the workers that produced them, and later calls'
+    /// workers get them from those workers (Workers/ResidentBatches.cs); false: the master sends every
+    /// call its whole batch (the comparison in tests).</summary>
+    public bool WorkerToWorkerData { get; init; } = true;
 }
 
 internal sealed class WorkerPool : IReplicaHost
@@ -245,6 +249,14 @@ internal sealed class WorkerPool : IReplicaHost
 
     internal int NextReplicaId() => Interlocked.Increment(ref _nextId);
 
+    /// <summary>Which workers hold which sequences of the batches generated on them.</summary>
+    internal ResidentBatches Batches { get; } = new();
+
+    public (long FromMaster, long BetweenWorkers)? DataBytes => (Batches.BytesFromMaster, Batches.BytesBetweenWorkers);
+
+    /// <summary>Whether generated sequences stay with the workers (<see cref="WorkerPoolOptions.WorkerToWorkerData"/>).</summary>
+    internal bool WorkerToWorkerData => _options.WorkerToWorkerData;
+
     internal int AllocateGroups(ParallelLayout layout)
     {
         int n = ShardComm.GroupIdsNeeded(layout);
@@ -340,6 +352,7 @@ internal sealed class WorkerPool : IReplicaHost
     {
         if (Volatile.Read(ref _failed) is { } f) throw new WorkerFailedException($"the job has already failed: {f}");
         payload["what"] = what;
+        if (Batches.TakeForgotten(devices) is { } forgotten) payload["drop_batches"] = forgotten;
         string json = payload.ToJsonString();
         var replies = new string[devices.Count];
         var tasks = new Task[devices.Count];

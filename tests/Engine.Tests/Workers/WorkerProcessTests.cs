@@ -12,7 +12,7 @@ using Xunit;
 namespace ReaLNative.Engine.Tests.Workers;
 
 [Collection("worker processes")]
-public sealed class WorkerProcessTests
+public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     /// <summary>The realn built from this checkout (./build.sh builds the whole solution before the tests).</summary>
     internal static string Realn()
@@ -26,8 +26,8 @@ public sealed class WorkerProcessTests
         throw new DirectoryNotFoundException("no ReaLNative.sln above " + AppContext.BaseDirectory);
     }
 
-    internal static Func<int, IReplicaHost> Processes(Dictionary<string, string>? env = null) =>
-        n => new WorkerPool(n, new WorkerPoolOptions { Executable = Realn(), ThreadsPerWorker = 1, Environment = env ?? new() });
+    internal static Func<int, IReplicaHost> Processes(Dictionary<string, string>? env = null, bool workerToWorkerData = true) =>
+        n => new WorkerPool(n, new WorkerPoolOptions { Executable = Realn(), ThreadsPerWorker = 1, Environment = env ?? new(), WorkerToWorkerData = workerToWorkerData });
 
     /// <summary>In bf16 the train replicas keep the fp32 master and moments; the other replicas hold
     /// bf16 only and are reallocated bf16 (in worker processes: worker to worker over UCX or process reads).</summary>
@@ -50,6 +50,37 @@ public sealed class WorkerProcessTests
             Assert.Equal(File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip), File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
             CheckMemoryFigures(inProcessSummary, workers: 0, Path.Combine(a, "summary.json"));
             CheckMemoryFigures(workersSummary, workers: PlanExecutionTests.MixedPlan().DevicesPerNode, Path.Combine(b, "summary.json"));
+        }
+        finally { Directory.Delete(a, true); Directory.Delete(b, true); }
+    }
+
+    /// <summary>Data between calls goes worker to worker: the generation's collecting ranks keep the
+    /// sequences (registered for one-sided reads) and every later call's workers read the ones their
+    /// data-parallel part needs straight from them (rew_inf on devices 0-1 reads device 2's half,
+    /// ref_inf on 2-3 reads across the generation's split, actor_train's dp-1 pipeline reads
+    /// everything), with calls on disjoint meshes running at once. The run is bit-identical to the one
+    /// where the master sends every call its whole batch, and the master sends a fraction of the bytes.</summary>
+    [Fact]
+    public void BatchesMoveWorkerToWorkerAndTheRunIsUnchanged()
+    {
+        string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir();
+        try
+        {
+            using var viaMaster = new Pipeline(PlanExecutionTests.Config(), a, plan: PlanExecutionTests.MixedPlan(), hosts: Processes(workerToWorkerData: false));
+            using var direct = new Pipeline(PlanExecutionTests.Config(), b, plan: PlanExecutionTests.MixedPlan(), hosts: Processes());
+            var m = viaMaster.Run(resume: false);
+            var d = direct.Run(resume: false);
+            Assert.Equal(viaMaster.Model("actor").Parameters.ToArray(), direct.Model("actor").Parameters.ToArray());
+            Assert.Equal(viaMaster.Model("critic").Parameters.ToArray(), direct.Model("critic").Parameters.ToArray());
+            Assert.Equal(File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip), File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
+            long Bytes(System.Text.Json.Nodes.JsonObject s, string k) => (long)s["data_bytes"]![k]!;
+            output.WriteLine($"master sent {Bytes(m, "from_master")} bytes via the master, {Bytes(d, "from_master")} with worker-to-worker data ({Bytes(d, "between_workers")} bytes between workers)");
+            Assert.Equal(0, Bytes(m, "between_workers"));
+            Assert.True(Bytes(d, "between_workers") > 0, "no sequence moved between workers");
+            // What the master still sends: prompts, per-token gradients of its losses, and the
+            // evaluation's and earlier stages' batches.
+            Assert.True(Bytes(d, "from_master") < Bytes(m, "from_master") / 2,
+                $"the master sent {Bytes(d, "from_master")} bytes with worker-to-worker data and {Bytes(m, "from_master")} without");
         }
         finally { Directory.Delete(a, true); Directory.Delete(b, true); }
     }
