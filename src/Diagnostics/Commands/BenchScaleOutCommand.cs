@@ -118,6 +118,8 @@ public static class BenchScaleOutCommand
             ["processes"] = processes, ["run_seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 1),
             ["cores"] = Environment.ProcessorCount, ["run"] = run,
         };
+        // Call inputs the master sent and sequences the workers read from each other (summary.json's data_bytes).
+        if (summary["data_bytes"] is JsonObject data) result["data_bytes"] = data.DeepClone();
         if (json)
         {
             Console.WriteLine(result.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -128,6 +130,8 @@ public static class BenchScaleOutCommand
         foreach (var row in processes.Select(r => r!.AsObject()))
             Console.WriteLine($"{(string)row["process"]!,-10} {Gb((long)row["peak_rss_bytes"]!),12} {(double)row["of_reference"]!,10:F3} {(row["planned_bytes"] is JsonNode pb ? Gb((long)pb) : "-"),11} {(row["of_planned"] is JsonNode op ? ((double)op).ToString("F2", CultureInfo.InvariantCulture) : "-"),11}");
         Console.WriteLine($"master peak RSS / models' state: {(double)result["master_of_reference"]!:F3} (goal < 0.1); run {result["run_seconds"]} s");
+        if (result["data_bytes"] is JsonObject d)
+            Console.WriteLine($"call inputs: {(long)d["from_master"]!} bytes from the master, {(long)d["between_workers"]!} bytes read worker to worker");
         return 0;
     }
 
