@@ -3,15 +3,20 @@ namespace ReaLNative.Engine.Realloc;
 /// <summary>
 /// Executes a <see cref="ReallocPlan"/> whose source and destination buffers all live in this
 /// process (the single-process engine and colocated layout changes): every interval is one memory
-/// copy straight from the source shard buffer into the destination shard buffer, no staging.
+/// copy straight from the source shard buffer into the destination shard buffer, no staging,
+/// split over <see cref="CopyThreads"/> threads. A reallocation of at least
+/// <see cref="StreamMinBytes"/> copies with streaming stores (<see cref="StreamingCopy"/>): its
+/// pieces (per-row runs of a dimension-1 split, KiB each) are far below the size where memcpy
+/// streams, and plain stores read every destination line before writing it.
 /// Buffers are given per device as base pointers; their sizes are checked against the layouts.
 /// </summary>
 internal static unsafe class InProcessRealloc
 {
     public readonly record struct DeviceBuffer(nint Pointer, long Bytes);
 
+    /// <param name="streamMinBytes">total bytes from which the copy streams (tests lower it)</param>
     public static void Execute(ReallocPlan plan, IReadOnlyDictionary<int, DeviceBuffer> source,
-                               IReadOnlyDictionary<int, DeviceBuffer> destination)
+                               IReadOnlyDictionary<int, DeviceBuffer> destination, long streamMinBytes = StreamMinBytes)
     {
         foreach (var d in plan.From.Devices)
             Require(source, d, plan.SourceLayoutOf(d).TotalElements * plan.ElementSize, "source");
@@ -37,10 +42,21 @@ internal static unsafe class InProcessRealloc
                 }
             }
         }
+        bool stream = total >= streamMinBytes;
+        void CopyRange(int first, int end)
+        {
+            for (int i = first; i < end; i++)
+            {
+                var (src, dst, n) = pieces[i];
+                if (stream) StreamingCopy.Copy((byte*)src, (byte*)dst, n);
+                else Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
+            }
+            if (stream) StreamingCopy.Fence();
+        }
         int workers = total < ParallelBytes ? 1 : CopyThreads;
         if (workers == 1)
         {
-            foreach (var (src, dst, n) in pieces) Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
+            CopyRange(0, pieces.Count);
             return;
         }
         // Boundaries at equal cumulative bytes.
@@ -53,18 +69,15 @@ internal static unsafe class InProcessRealloc
             if (acc >= total * w / workers) bounds[w++] = i + 1;
         }
         for (; w <= workers; w++) bounds[w] = pieces.Count;
-        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, k =>
-        {
-            for (int i = bounds[k]; i < bounds[k + 1]; i++)
-            {
-                var (src, dst, n) = pieces[i];
-                Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
-            }
-        });
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, k => CopyRange(bounds[k], bounds[k + 1]));
     }
 
     /// <summary>Threads of a large copy.</summary>
     public static int CopyThreads => Math.Min(Environment.ProcessorCount, 8);
+
+    /// <summary>Total bytes from which a reallocation copies with streaming stores: beyond the
+    /// caches, where nothing the copy writes would still be cached when it is read.</summary>
+    public const long StreamMinBytes = 16L << 20;
 
     private const long PieceBytes = 4L << 20;
     private const long ParallelBytes = 8L << 20;
