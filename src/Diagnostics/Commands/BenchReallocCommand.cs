@@ -60,7 +60,7 @@ public static class BenchReallocCommand
         if (!asJson) Console.WriteLine($"model: {Model.Parameters * 4 / 1e9:F2} GB fp32 ({Model})");
         var (memcpy, cases) = InProcessReallocBenchmark.Run(Model, SameProcessPairs(), reps, log);
         var (p2p, cross, extra) = CrossProcess(reps, log);
-        foreach (var c in cross) cases.Add(c with { ReferenceGbps = p2p });
+        cases.AddRange(cross);
         if (asJson)
         {
             var o = new Dictionary<string, object>
@@ -79,6 +79,7 @@ public static class BenchReallocCommand
                     ["reference_gbps"] = Math.Round(c.ReferenceGbps, 2), ["ratio"] = Math.Round(c.Ratio, 3),
                     ["reference"] = c.Reference, ["goal"] = 0.80, ["goal_max"] = 1.10,
                     ["memcpy_1_thread_gbps"] = Round(c.MemcpyOneThreadGbps), ["memcpy_threads_gbps"] = Round(c.MemcpyThreadsGbps),
+                    ["streaming_copy_threads_gbps"] = Round(c.StreamingCopyThreadsGbps),
                     ["contiguous_read_gbps"] = Round(c.ContiguousReadGbps), ["p2p_gbps"] = Round(c.P2pGbps),
                 }.Where(kv => kv.Value is not null).ToDictionary(kv => kv.Key, kv => kv.Value!)).ToList(),
             };

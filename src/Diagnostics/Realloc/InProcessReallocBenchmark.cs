@@ -17,6 +17,7 @@ internal sealed record ReallocBenchCase(string From, string To, string Kind, lon
     /// <summary>The candidates of the reference (null where they do not apply).</summary>
     public double? MemcpyOneThreadGbps { get; init; }
     public double? MemcpyThreadsGbps { get; init; }
+    public double? StreamingCopyThreadsGbps { get; init; }
     public double? ContiguousReadGbps { get; init; }
     public double? P2pGbps { get; init; }
 }
@@ -101,6 +102,7 @@ internal static unsafe class InProcessReallocBenchmark
                 {
                     Reference = bestRef == one ? "memcpy_1_thread" : bestRef == threads ? "memcpy_threads" : "streaming_copy_threads",
                     MemcpyOneThreadGbps = bytes / one / 1e9, MemcpyThreadsGbps = bytes / threads / 1e9,
+                    StreamingCopyThreadsGbps = bytes / streaming / 1e9,
                 };
                 bestMemcpy = Math.Max(bestMemcpy, c.ReferenceGbps);
                 log?.Invoke($"{c.From} -> {c.To}: {bytes / 1e9:F2} GB in {best * 1e3:F1} ms, {c.Gbps:F2} GB/s, best copy {c.ReferenceGbps:F2} GB/s ({c.Reference}), ratio {c.Ratio:F2}");

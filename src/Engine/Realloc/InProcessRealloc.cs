@@ -23,8 +23,8 @@ internal static unsafe class InProcessRealloc
         foreach (var d in plan.To.Devices)
             Require(destination, d, plan.DestinationLayoutOf(d).TotalElements * plan.ElementSize, "destination");
         long es = plan.ElementSize;
-        // Copies as (src, dst, bytes) pieces of at most PieceBytes, split over the cores in
-        // contiguous runs of about equal bytes: small per-row intervals are batched, big ones split.
+        // Copies as (src, dst, bytes) pieces of at most PieceBytes, taken by the threads in work
+        // items of about PieceBytes: small per-row intervals are batched, big ones split.
         var pieces = new List<(nint Src, nint Dst, long Bytes)>();
         long total = 0;
         foreach (var step in plan.Steps)
@@ -51,25 +51,31 @@ internal static unsafe class InProcessRealloc
                 if (stream) StreamingCopy.Copy((byte*)src, (byte*)dst, n);
                 else Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
             }
-            if (stream) StreamingCopy.Fence();
         }
         int workers = total < ParallelBytes ? 1 : CopyThreads;
         if (workers == 1)
         {
             CopyRange(0, pieces.Count);
+            if (stream) StreamingCopy.Fence();
             return;
         }
-        // Boundaries at equal cumulative bytes.
-        var bounds = new int[workers + 1];
+        // Work items of about PieceBytes (runs of consecutive pieces), taken by the threads in
+        // turn: a thread the scheduler delays (the cores are shared) holds up at most one item,
+        // where equal shares per thread would make the copy wait for its slowest thread.
+        var items = new List<int> { 0 };
         long acc = 0;
-        int w = 1;
-        for (int i = 0; i < pieces.Count && w < workers; i++)
+        for (int i = 0; i < pieces.Count; i++)
         {
             acc += pieces[i].Bytes;
-            if (acc >= total * w / workers) bounds[w++] = i + 1;
+            if (acc >= PieceBytes) { items.Add(i + 1); acc = 0; }
         }
-        for (; w <= workers; w++) bounds[w] = pieces.Count;
-        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, k => CopyRange(bounds[k], bounds[k + 1]));
+        if (items[^1] != pieces.Count) items.Add(pieces.Count);
+        int next = -1;
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, _ =>
+        {
+            for (int k; (k = Interlocked.Increment(ref next)) < items.Count - 1;) CopyRange(items[k], items[k + 1]);
+            if (stream) StreamingCopy.Fence();
+        });
     }
 
     /// <summary>Threads of a large copy.</summary>
