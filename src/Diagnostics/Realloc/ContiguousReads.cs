@@ -8,8 +8,8 @@ namespace ReaLNative.Diagnostics;
 /// <summary>
 /// The cross-process cases' process-to-process reference: every receiving rank of a case reads,
 /// from every rank it receives from, as many bytes as the case moves between them, but as one
-/// contiguous region (the start of the sender's source shard into consecutive bytes of its
-/// destination shard), with the same system call (process_vm_readv through
+/// contiguous region (of the sender's source shard, distinct bytes for each of its receivers, into
+/// consecutive bytes of the receiver's destination shard), with the same system call (process_vm_readv through
 /// <c>realn_process_read</c>), the same threads and the same concurrency as the case: all
 /// receivers at once, each reading its senders concurrently. So the case is compared with the
 /// best copy this machine does between the same processes for the same bytes, not with one pair
@@ -34,10 +34,23 @@ internal sealed unsafe class ContiguousReads
 
     /// <summary>Exchanges the source shards' addresses between the ranks of case
     /// <paramref name="caseIndex"/>; every rank calls it at the same point.</summary>
-    public static ContiguousReads Prepare(ITransport transport, ReallocSchedule schedule, nint source, int caseIndex)
+    public static ContiguousReads Prepare(ITransport transport, ReallocPlan plan, ReallocSchedule schedule, nint source, int caseIndex)
     {
         var bytesFrom = new SortedDictionary<int, long>();
         foreach (var r in schedule.Receives) bytesFrom[r.Peer] = bytesFrom.GetValueOrDefault(r.Peer) + r.Step.Bytes;
+        // Where in each sender's shard this rank's region starts: after the regions of the
+        // sender's lower-numbered receivers, so receivers of one sender read distinct bytes as in
+        // the case (two receivers reading the same region at once would share its trips to memory).
+        var remoteStart = new Dictionary<int, long>();
+        foreach (int sender in bytesFrom.Keys)
+        {
+            var perReceiver = new SortedDictionary<int, long>();
+            foreach (var step in plan.Steps.Where(st => st.SrcDevice == sender && !st.IsLocal))
+                foreach (int d in step.DstDevices) perReceiver[d] = perReceiver.GetValueOrDefault(d) + step.Bytes;
+            long before = perReceiver.Where(kv => kv.Key < schedule.Device).Sum(kv => kv.Value);
+            long shard = plan.SourceLayoutOf(sender).TotalElements * plan.ElementSize;
+            remoteStart[sender] = Math.Max(0, Math.Min(before % Math.Max(shard, 1), shard - bytesFrom[sender]));
+        }
         var sendTo = schedule.Sends.Select(s => s.Peer).Distinct().Where(p => transport.LocalProcessOf(p) is not null).ToList();
         bool available = bytesFrom.Keys.All(p => transport.LocalProcessOf(p) is not null);
         using var buf = new HostBlock(8L * (1 + bytesFrom.Count));
@@ -56,7 +69,7 @@ internal sealed unsafe class ContiguousReads
         foreach (var (peer, bytes) in bytesFrom)
         {
             if (transport.LocalProcessOf(peer) is not int pid) continue;
-            reads.Add((pid, (ulong)words[k++], offset, bytes));
+            reads.Add((pid, (ulong)words[k++] + (ulong)remoteStart[peer], offset, bytes));
             offset += bytes;
         }
         return new ContiguousReads(reads, available);

@@ -84,7 +84,7 @@ internal static unsafe class CrossProcessReallocBench
                 }
                 if (plan.To.Devices.Contains(rank)) dst = new HostBlock(plan.DestinationLayoutOf(rank).TotalElements * 4);
                 nint s = src is null ? 0 : (nint)src.Pointer, d = dst is null ? 0 : (nint)dst.Pointer;
-                var contiguous = ContiguousReads.Prepare(transport, schedule, s, c);
+                var contiguous = ContiguousReads.Prepare(transport, plan, schedule, s, c);
                 double best = double.MaxValue;
                 var times = new List<double>();
                 var refTimes = new List<double>();
