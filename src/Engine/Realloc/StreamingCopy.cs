@@ -21,6 +21,9 @@ internal static unsafe class StreamingCopy
     /// would dominate).</summary>
     private const long MinStreamBytes = 256;
 
+    private const int Page = 4096;
+    private const long PageBlock = 4 * Page;
+
     /// <summary>Whether this CPU has streaming stores that the copy uses (x86 SSE2 and up);
     /// elsewhere <see cref="Copy"/> is Buffer.MemoryCopy.</summary>
     public static bool IsSupported => Sse2.IsSupported;
@@ -42,6 +45,37 @@ internal static unsafe class StreamingCopy
         {
             Buffer.MemoryCopy(src, dst, head, head);
             src += head; dst += head; bytes -= head;
+        }
+        if (Avx512F.IsSupported && bytes >= PageBlock)
+        {
+            // Whole blocks of 4 pages, the 4 pages read in step (as glibc's large memcpy does):
+            // four streams keep more memory pages open and the prefetchers busy than one.
+            long blocks = bytes / PageBlock;
+            for (long k = 0; k < blocks; k++, src += PageBlock, dst += PageBlock)
+                for (int o = 0; o < Page; o += 128)
+                {
+                    Sse.Prefetch0(src + o + 512);
+                    Sse.Prefetch0(src + Page + o + 512);
+                    Sse.Prefetch0(src + 2 * Page + o + 512);
+                    Sse.Prefetch0(src + 3 * Page + o + 512);
+                    var a0 = Vector512.Load(src + o);
+                    var a1 = Vector512.Load(src + o + 64);
+                    var b0 = Vector512.Load(src + Page + o);
+                    var b1 = Vector512.Load(src + Page + o + 64);
+                    var c0 = Vector512.Load(src + 2 * Page + o);
+                    var c1 = Vector512.Load(src + 2 * Page + o + 64);
+                    var d0 = Vector512.Load(src + 3 * Page + o);
+                    var d1 = Vector512.Load(src + 3 * Page + o + 64);
+                    Avx512F.StoreAlignedNonTemporal(dst + o, a0);
+                    Avx512F.StoreAlignedNonTemporal(dst + o + 64, a1);
+                    Avx512F.StoreAlignedNonTemporal(dst + Page + o, b0);
+                    Avx512F.StoreAlignedNonTemporal(dst + Page + o + 64, b1);
+                    Avx512F.StoreAlignedNonTemporal(dst + 2 * Page + o, c0);
+                    Avx512F.StoreAlignedNonTemporal(dst + 2 * Page + o + 64, c1);
+                    Avx512F.StoreAlignedNonTemporal(dst + 3 * Page + o, d0);
+                    Avx512F.StoreAlignedNonTemporal(dst + 3 * Page + o + 64, d1);
+                }
+            bytes -= blocks * PageBlock;
         }
         long body = bytes & ~(4L * align - 1);
         byte* end = dst + body;

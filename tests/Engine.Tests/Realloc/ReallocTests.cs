@@ -157,10 +157,11 @@ public sealed class ReallocTests
     {
         var rng = new Random(99);
         const int Guard = 192;
-        var src = new byte[40000 + 2 * Guard];
+        const int Max = 100000;
+        var src = new byte[Max + 2 * Guard];
         rng.NextBytes(src);
-        var lengths = new List<int> { 0, 1, 63, 64, 255, 256, 257, 511, 1000, 4096, 5632, 40000 - 128 };
-        for (int i = 0; i < 40; i++) lengths.Add(rng.Next(0, 40000 - 128));
+        var lengths = new List<int> { 0, 1, 63, 64, 255, 256, 257, 511, 1000, 4096, 5632, 16384, 16384 + 64, 65536 + 1000, Max - 128 };
+        for (int i = 0; i < 40; i++) lengths.Add(rng.Next(0, Max - 128));
         foreach (int n in lengths)
             for (int t = 0; t < 6; t++)
             {
