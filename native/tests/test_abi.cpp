@@ -29,8 +29,9 @@ static bool error_mentions(const char* needle) {
 
 // realn_process_read from a forked child: the child keeps the original random bytes at the same
 // address while the parent overwrites its own copy, so every byte read must come from the child.
-// Random intervals: long ones (split in pieces, read by several threads) and more short ones
-// than one process_vm_readv takes (IOV_MAX), against a plain copy of the original bytes.
+// Random intervals: long ones (split in pieces, read by several threads), more short ones
+// than one process_vm_readv takes (IOV_MAX), and runs contiguous on one side only, against a
+// plain copy of the original bytes.
 static void test_process_read() {
     const int64_t bytes = int64_t(40) << 20;
     std::vector<unsigned char> data(static_cast<size_t>(bytes)), original;
@@ -62,6 +63,22 @@ static void test_process_read() {
         dst.push_back(at);
         len.push_back(n);
         at += n;
+    }
+    // Runs contiguous on one side only (a dimension-1 split read into whole rows, and back): the
+    // read merges them into one iovec on that side while the other side keeps its gaps.
+    for (int side = 0; side < 2; ++side) {
+        int64_t s = static_cast<int64_t>(rng() % static_cast<uint64_t>(bytes / 2));
+        for (int i = 0; i < 1500; ++i) {
+            int64_t n = 1 + static_cast<int64_t>(rng() % 3000);
+            if (side == 0) at += 1 + static_cast<int64_t>(rng() % 64);
+            else s += 1 + static_cast<int64_t>(rng() % 64);
+            if (s + n > bytes) s = 0;
+            src.push_back(s);
+            dst.push_back(at);
+            len.push_back(n);
+            at += n;
+            s += n;
+        }
     }
     std::vector<unsigned char> out(static_cast<size_t>(at), 0xee), want(static_cast<size_t>(at), 0xee);
     for (size_t i = 0; i < src.size(); ++i) std::memcpy(&want[dst[i]], &original[src[i]], len[i]);

@@ -33,38 +33,56 @@ struct Piece {
     int64_t bytes;
 };
 
-// Reads pieces [first, end) with as many process_vm_readv calls as it takes (a call may stop
-// early at an iovec boundary); returns 0 or the errno of the call that failed.
-int read_batch(pid_t pid, const Piece* p, int64_t count) {
-    std::vector<iovec> local(static_cast<size_t>(count)), remote(static_cast<size_t>(count));
-    for (int64_t i = 0; i < count; ++i) {
-        local[i] = {p[i].local, static_cast<size_t>(p[i].bytes)};
-        remote[i] = {reinterpret_cast<void*>(p[i].remote), static_cast<size_t>(p[i].bytes)};
+// Appends [base, base + bytes) to an iovec list, extending the last iovec when it continues it.
+void append(std::vector<iovec>& list, char* base, int64_t bytes) {
+    if (!list.empty() && static_cast<char*>(list.back().iov_base) + list.back().iov_len == base)
+        list.back().iov_len += static_cast<size_t>(bytes);
+    else
+        list.push_back({base, static_cast<size_t>(bytes)});
+}
+
+// Moves the first not yet complete iovec of a list (at) past `bytes` bytes.
+void advance(std::vector<iovec>& list, size_t& at, size_t bytes) {
+    while (bytes > 0 && at < list.size()) {
+        if (bytes >= list[at].iov_len) {
+            bytes -= list[at].iov_len;
+            ++at;
+        } else {
+            list[at].iov_base = static_cast<char*>(list[at].iov_base) + bytes;
+            list[at].iov_len -= bytes;
+            bytes = 0;
+        }
     }
-    int64_t at = 0;  // first iovec not yet complete
-    while (at < count) {
-        ssize_t got = process_vm_readv(pid, &local[at], static_cast<unsigned long>(count - at), &remote[at],
-                                       static_cast<unsigned long>(count - at), 0);
+    while (at < list.size() && list[at].iov_len == 0) ++at;
+}
+
+// Reads pieces [first, end) with as many process_vm_readv calls as it takes (a call may stop
+// early at an iovec boundary); returns 0 or the errno of the call that failed. Pieces that are
+// contiguous on one side share one iovec there: the two lists are byte streams matched in order,
+// so a run of the other process's memory read into many places here (a dimension-1 split merged
+// into full rows) is one remote iovec. That matters: the kernel pins the remote pages once per
+// remote iovec, which costs as much as copying a few KiB (measured: 5.5 KiB pieces at 2.6 GB/s
+// one remote iovec each, 3.2 GB/s merged, 3.2 GB/s one contiguous read).
+int read_batch(pid_t pid, const Piece* p, int64_t count) {
+    std::vector<iovec> local, remote;
+    local.reserve(static_cast<size_t>(count));
+    remote.reserve(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) {
+        append(local, p[i].local, p[i].bytes);
+        append(remote, reinterpret_cast<char*>(p[i].remote), p[i].bytes);
+    }
+    size_t at_local = 0, at_remote = 0;  // first iovec not yet complete on each side
+    while (at_local < local.size() && at_remote < remote.size()) {
+        ssize_t got = process_vm_readv(pid, &local[at_local], static_cast<unsigned long>(local.size() - at_local),
+                                       &remote[at_remote], static_cast<unsigned long>(remote.size() - at_remote), 0);
         if (got < 0) {
             if (errno == EINTR) continue;
             return errno;
         }
         if (got == 0) return EFAULT;
         // Advance past what was read; a partially read iovec continues where it stopped.
-        auto left = static_cast<size_t>(got);
-        while (left > 0 && at < count) {
-            if (left >= local[at].iov_len) {
-                left -= local[at].iov_len;
-                ++at;
-            } else {
-                local[at].iov_base = static_cast<char*>(local[at].iov_base) + left;
-                local[at].iov_len -= left;
-                remote[at].iov_base = static_cast<char*>(remote[at].iov_base) + left;
-                remote[at].iov_len -= left;
-                left = 0;
-            }
-        }
-        while (at < count && local[at].iov_len == 0) ++at;
+        advance(local, at_local, static_cast<size_t>(got));
+        advance(remote, at_remote, static_cast<size_t>(got));
     }
     return 0;
 }

@@ -68,6 +68,7 @@ internal static unsafe class CrossProcessReallocBench
         var pairs = Pairs();
         var cases = new List<double>();
         var repTimes = new List<List<double>>();
+        var referenceTimes = new List<List<double>>();
         for (int c = 0; c < pairs.Count; c++)
         {
             var plan = ReallocPlan.Build(pairs[c].From, pairs[c].To, factory, 4, _ => 0);
@@ -83,8 +84,11 @@ internal static unsafe class CrossProcessReallocBench
                 }
                 if (plan.To.Devices.Contains(rank)) dst = new HostBlock(plan.DestinationLayoutOf(rank).TotalElements * 4);
                 nint s = src is null ? 0 : (nint)src.Pointer, d = dst is null ? 0 : (nint)dst.Pointer;
+                var contiguous = ContiguousReads.Prepare(transport, plan, schedule, s, c);
                 double best = double.MaxValue;
                 var times = new List<double>();
+                var refTimes = new List<double>();
+                // Candidate and reference alternate, so both see the same load.
                 for (int i = 0; i < reps + 1; i++)
                 {
                     Rendezvous.Barrier(client, rank, $"case-{c}-{i}", limit);
@@ -96,10 +100,15 @@ internal static unsafe class CrossProcessReallocBench
                         string? bad = Verify(plan.DestinationLayoutOf(rank), (float*)dst.Pointer);
                         if (bad is not null) throw new InvalidOperationException($"rank {rank}, case {c}: {bad}");
                     }
-                    if (i > 0) { best = Math.Min(best, sec); times.Add(sec); }
+                    Rendezvous.Barrier(client, rank, $"case-{c}-{i}-reference", limit);
+                    double refSec = contiguous.Time(d, limit);
+                    if (i > 0) { best = Math.Min(best, sec); times.Add(sec); refTimes.Add(refSec); }
                 }
+                // No sender frees its shard while a receiver may still read it.
+                Rendezvous.Barrier(client, rank, $"case-{c}-end", limit);
                 cases.Add(best);
                 repTimes.Add(times);
+                referenceTimes.Add(refTimes);
             }
             finally
             {
@@ -110,6 +119,7 @@ internal static unsafe class CrossProcessReallocBench
         report["process_read_bytes"] = mover.ProcessReadBytes;
         report["case_seconds"] = cases;
         report["case_rep_seconds"] = repTimes;  // per timed repetition: the master takes min over reps of max over ranks
+        report["contiguous_read_rep_seconds"] = referenceTimes;  // the same, for the contiguous-read reference (0 on ranks that read nothing)
         client.Request("report", JsonSerializer.Serialize(new { rank, json = JsonSerializer.Serialize(report) }), TimeSpan.FromSeconds(10));
         Rendezvous.Barrier(client, rank, "done", limit);
         return 0;
@@ -167,6 +177,23 @@ internal static unsafe class CrossProcessReallocBench
             }
             result.Add((PiecesKey, Time(Pieces)));
         }
+        // One process reading P2pBytes straight from the other's buffer (process_vm_readv), the
+        // system call under UCX's cma rendezvous and under the cases' reads: the same pair and bytes.
+        if (transport.LocalProcessOf(rank == 0 ? 1 : 0) is int peerPid && rank < 2)
+        {
+            using var address = new HostBlock(8);
+            *(long*)address.Pointer = p;
+            (rank == 0 ? transport.SendAsync(1, 3000, (nint)address.Pointer, 8) : transport.RecvAsync(0, 3000, (nint)address.Pointer, 8)).Wait(limit);
+            ulong remote = *(ulong*)address.Pointer;
+            result.Add(("read_seconds", Time(() =>
+            {
+                if (rank != 1) return null;
+                long zero = 0, bytes = P2pBytes;
+                Native.Check(Native.realn_process_read(peerPid, (void*)p, remote, &zero, &zero, &bytes, 1));
+                return null;
+            })));
+        }
+        else result.Add(("read_seconds", Time(() => null)));  // the other ranks join the barriers
         if (rma && transport.Size > 1)
         {
             using var region = transport.Register(p, P2pBytes);

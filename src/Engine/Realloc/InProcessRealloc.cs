@@ -3,23 +3,28 @@ namespace ReaLNative.Engine.Realloc;
 /// <summary>
 /// Executes a <see cref="ReallocPlan"/> whose source and destination buffers all live in this
 /// process (the single-process engine and colocated layout changes): every interval is one memory
-/// copy straight from the source shard buffer into the destination shard buffer, no staging.
+/// copy straight from the source shard buffer into the destination shard buffer, no staging,
+/// split over <see cref="CopyThreads"/> threads. A reallocation of at least
+/// <see cref="StreamMinBytes"/> copies with streaming stores (<see cref="StreamingCopy"/>): its
+/// pieces (per-row runs of a dimension-1 split, KiB each) are far below the size where memcpy
+/// streams, and plain stores read every destination line before writing it.
 /// Buffers are given per device as base pointers; their sizes are checked against the layouts.
 /// </summary>
 internal static unsafe class InProcessRealloc
 {
     public readonly record struct DeviceBuffer(nint Pointer, long Bytes);
 
+    /// <param name="streamMinBytes">total bytes from which the copy streams (tests lower it)</param>
     public static void Execute(ReallocPlan plan, IReadOnlyDictionary<int, DeviceBuffer> source,
-                               IReadOnlyDictionary<int, DeviceBuffer> destination)
+                               IReadOnlyDictionary<int, DeviceBuffer> destination, long streamMinBytes = StreamMinBytes)
     {
         foreach (var d in plan.From.Devices)
             Require(source, d, plan.SourceLayoutOf(d).TotalElements * plan.ElementSize, "source");
         foreach (var d in plan.To.Devices)
             Require(destination, d, plan.DestinationLayoutOf(d).TotalElements * plan.ElementSize, "destination");
         long es = plan.ElementSize;
-        // Copies as (src, dst, bytes) pieces of at most PieceBytes, split over the cores in
-        // contiguous runs of about equal bytes: small per-row intervals are batched, big ones split.
+        // Copies as (src, dst, bytes) pieces of at most PieceBytes, taken by the threads in work
+        // items of about PieceBytes: small per-row intervals are batched, big ones split.
         var pieces = new List<(nint Src, nint Dst, long Bytes)>();
         long total = 0;
         foreach (var step in plan.Steps)
@@ -37,34 +42,48 @@ internal static unsafe class InProcessRealloc
                 }
             }
         }
+        bool stream = total >= streamMinBytes;
+        void CopyRange(int first, int end)
+        {
+            for (int i = first; i < end; i++)
+            {
+                var (src, dst, n) = pieces[i];
+                if (stream) StreamingCopy.Copy((byte*)src, (byte*)dst, n);
+                else Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
+            }
+        }
         int workers = total < ParallelBytes ? 1 : CopyThreads;
         if (workers == 1)
         {
-            foreach (var (src, dst, n) in pieces) Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
+            CopyRange(0, pieces.Count);
+            if (stream) StreamingCopy.Fence();
             return;
         }
-        // Boundaries at equal cumulative bytes.
-        var bounds = new int[workers + 1];
+        // Work items of about PieceBytes (runs of consecutive pieces), taken by the threads in
+        // turn: a thread the scheduler delays (the cores are shared) holds up at most one item,
+        // where equal shares per thread would make the copy wait for its slowest thread.
+        var items = new List<int> { 0 };
         long acc = 0;
-        int w = 1;
-        for (int i = 0; i < pieces.Count && w < workers; i++)
+        for (int i = 0; i < pieces.Count; i++)
         {
             acc += pieces[i].Bytes;
-            if (acc >= total * w / workers) bounds[w++] = i + 1;
+            if (acc >= PieceBytes) { items.Add(i + 1); acc = 0; }
         }
-        for (; w <= workers; w++) bounds[w] = pieces.Count;
-        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, k =>
+        if (items[^1] != pieces.Count) items.Add(pieces.Count);
+        int next = -1;
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, _ =>
         {
-            for (int i = bounds[k]; i < bounds[k + 1]; i++)
-            {
-                var (src, dst, n) = pieces[i];
-                Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
-            }
+            for (int k; (k = Interlocked.Increment(ref next)) < items.Count - 1;) CopyRange(items[k], items[k + 1]);
+            if (stream) StreamingCopy.Fence();
         });
     }
 
     /// <summary>Threads of a large copy.</summary>
     public static int CopyThreads => Math.Min(Environment.ProcessorCount, 8);
+
+    /// <summary>Total bytes from which a reallocation copies with streaming stores: beyond the
+    /// caches, where nothing the copy writes would still be cached when it is read.</summary>
+    public const long StreamMinBytes = 16L << 20;
 
     private const long PieceBytes = 4L << 20;
     private const long ParallelBytes = 8L << 20;

@@ -61,7 +61,7 @@ public sealed class ReallocTests
         }
     }
 
-    private static unsafe Dictionary<int, float[]> Run(ReallocPlan plan, Dictionary<int, float[]> src)
+    private static unsafe Dictionary<int, float[]> Run(ReallocPlan plan, Dictionary<int, float[]> src, long streamMinBytes = InProcessRealloc.StreamMinBytes)
     {
         var dst = plan.To.Devices.ToDictionary(d => d, d => new float[plan.DestinationLayoutOf(d).TotalElements]);
         var handles = new List<GCHandle>();
@@ -75,7 +75,7 @@ public sealed class ReallocTests
             }
             var s = src.ToDictionary(kv => kv.Key, kv => Pin(kv.Value));
             var t = dst.ToDictionary(kv => kv.Key, kv => Pin(kv.Value));
-            InProcessRealloc.Execute(plan, s, t);
+            InProcessRealloc.Execute(plan, s, t, streamMinBytes);
         }
         finally
         {
@@ -85,9 +85,10 @@ public sealed class ReallocTests
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]  // Qwen2's q/k/v biases: 1-D column-parallel tensors
-    public void RandomLayoutPairsAreBitExactIncludingRoundTrips(bool qkvBias)
+    [InlineData(false, false)]
+    [InlineData(true, false)]  // Qwen2's q/k/v biases: 1-D column-parallel tensors
+    [InlineData(false, true)]  // streaming stores (a reallocation above InProcessRealloc.StreamMinBytes)
+    public void RandomLayoutPairsAreBitExactIncludingRoundTrips(bool qkvBias, bool streaming)
     {
         var Tiny = qkvBias ? LlamaShardLayouts.Factory(new LlamaShape(Layers: 3, Hidden: 32, Intermediate: 24, Heads: 8, KvHeads: 4, Vocab: 32, QkvBias: true))
             : ReallocTests.Tiny;
@@ -104,16 +105,76 @@ public sealed class ReallocTests
                 return TestLayouts.Shard(Tiny(a.Pp, p, a.Tp, m), g);
             });
             var forward = ReallocPlan.Build(a, b, Tiny, 4, node);
-            var moved = Run(forward, src);
+            var moved = Run(forward, src, streaming ? 0 : long.MaxValue);
             foreach (var d in b.Devices)
             {
                 var expect = TestLayouts.Shard(forward.DestinationLayoutOf(d), g);
                 Assert.True(expect.AsSpan().SequenceEqual(moved[d]), $"trial {trial}: {a} -> {b}, device {d} differs");
             }
-            var back = Run(ReallocPlan.Build(b, a, Tiny, 4, node), moved);
+            var back = Run(ReallocPlan.Build(b, a, Tiny, 4, node), moved, streaming ? 0 : long.MaxValue);
             foreach (var d in a.Devices)
                 Assert.True(src[d].AsSpan().SequenceEqual(back[d]), $"trial {trial}: round trip {a} -> {b} -> {a}, device {d} differs");
         }
+    }
+
+    /// <summary>A model of ~30 MB: above the parallel-copy and streaming thresholds, with per-row
+    /// runs of 1000 bytes (intermediate 1000 / tp 4 floats) that start off the streaming stores'
+    /// alignment, so the threaded streaming path with its unaligned heads and tails is what runs.</summary>
+    [Fact]
+    public void LargeReallocationsCopyOnThreadsWithStreamingStoresBitExact()
+    {
+        var shape = new LlamaShape(Layers: 2, Hidden: 384, Intermediate: 1000, Heads: 8, KvHeads: 4, Vocab: 6000);
+        var f = LlamaShardLayouts.Factory(shape);
+        Assert.True(shape.Parameters * 4 > InProcessRealloc.StreamMinBytes);
+        var rng = new Random(2024);
+        var g = RandomParams(f, rng);
+        ParallelLayout[] layouts =
+        [
+            ParallelLayout.Contiguous(0, 1, 1, 1), ParallelLayout.Contiguous(1, 1, 1, 4), ParallelLayout.Contiguous(5, 2, 1, 2),
+            new ParallelLayout([7, 2, 4, 0], 1, 2, 2), ParallelLayout.Contiguous(0, 2, 1, 1),
+        ];
+        for (int i = 0; i < layouts.Length; i++)
+        {
+            var a = layouts[i];
+            var b = layouts[(i + 1) % layouts.Length];
+            var src = a.Devices.ToDictionary(d => d, d =>
+            {
+                var (p, _, m) = a.Coords(a.Devices.ToList().IndexOf(d));
+                return TestLayouts.Shard(f(a.Pp, p, a.Tp, m), g);
+            });
+            var plan = ReallocPlan.Build(a, b, f, 4, _ => 0);
+            Assert.True(plan.LocalBytes + plan.RemoteBytes >= InProcessRealloc.StreamMinBytes);
+            var moved = Run(plan, src);
+            foreach (var d in b.Devices)
+                Assert.True(TestLayouts.Shard(plan.DestinationLayoutOf(d), g).AsSpan().SequenceEqual(moved[d]), $"{a} -> {b}, device {d} differs");
+        }
+    }
+
+    /// <summary>Streaming copies equal Buffer.MemoryCopy for every length and source/destination
+    /// misalignment, and write nothing outside the destination range.</summary>
+    [Fact]
+    public unsafe void StreamingCopyEqualsMemoryCopyAtEveryAlignment()
+    {
+        var rng = new Random(99);
+        const int Guard = 192;
+        const int Max = 100000;
+        var src = new byte[Max + 2 * Guard];
+        rng.NextBytes(src);
+        var lengths = new List<int> { 0, 1, 63, 64, 255, 256, 257, 511, 1000, 4096, 5632, 16384, 16384 + 64, 65536 + 1000, Max - 128 };
+        for (int i = 0; i < 40; i++) lengths.Add(rng.Next(0, Max - 128));
+        foreach (int n in lengths)
+            for (int t = 0; t < 6; t++)
+            {
+                int so = rng.Next(0, 128), dOff = rng.Next(0, 128);
+                var dst = new byte[n + 2 * Guard + 128];
+                rng.NextBytes(dst);
+                var expect = (byte[])dst.Clone();
+                src.AsSpan(Guard + so, n).CopyTo(expect.AsSpan(Guard + dOff, n));
+                fixed (byte* ps = src, pd = dst)
+                    StreamingCopy.Copy(ps + Guard + so, pd + Guard + dOff, n);
+                StreamingCopy.Fence();
+                Assert.True(expect.AsSpan().SequenceEqual(dst), $"length {n}, source offset {so}, destination offset {dOff}");
+            }
     }
 
     [Fact]

@@ -1,0 +1,96 @@
+using System.Diagnostics;
+using ReaLNative.Engine.Realloc;
+using ReaLNative.Engine.Transport;
+using ReaLNative.Interop;
+
+namespace ReaLNative.Diagnostics;
+
+/// <summary>
+/// The cross-process cases' process-to-process reference: every receiving rank of a case reads,
+/// from every rank it receives from, as many bytes as the case moves between them, but as one
+/// contiguous region (of the sender's source shard, distinct bytes for each of its receivers, into
+/// consecutive bytes of the receiver's destination shard), with the same system call (process_vm_readv through
+/// <c>realn_process_read</c>), the same threads and the same concurrency as the case: all
+/// receivers at once, each reading its senders concurrently. So the case is compared with the
+/// best copy this machine does between the same processes for the same bytes, not with one pair
+/// of processes exchanging one message (UCX point-to-point moves one pair's bytes on one core
+/// while a case has several receivers reading on every core).
+/// </summary>
+internal sealed unsafe class ContiguousReads
+{
+    private readonly List<(int Pid, ulong Remote, long LocalOffset, long Bytes)> _reads;
+
+    private ContiguousReads(List<(int, ulong, long, long)> reads, bool available)
+    {
+        _reads = reads;
+        Available = available;
+    }
+
+    /// <summary>False when a sender of this rank is not a process it can read (another host, or
+    /// REALN_REALLOC_PROCESS_READ=0): the reference is then point-to-point only.</summary>
+    public bool Available { get; }
+
+    private const long AddressTag = 1L << 38;
+
+    /// <summary>Exchanges the source shards' addresses between the ranks of case
+    /// <paramref name="caseIndex"/>; every rank calls it at the same point.</summary>
+    public static ContiguousReads Prepare(ITransport transport, ReallocPlan plan, ReallocSchedule schedule, nint source, int caseIndex)
+    {
+        var bytesFrom = new SortedDictionary<int, long>();
+        foreach (var r in schedule.Receives) bytesFrom[r.Peer] = bytesFrom.GetValueOrDefault(r.Peer) + r.Step.Bytes;
+        // Where in each sender's shard this rank's region starts: after the regions of the
+        // sender's lower-numbered receivers, so receivers of one sender read distinct bytes as in
+        // the case (two receivers reading the same region at once would share its trips to memory).
+        var remoteStart = new Dictionary<int, long>();
+        foreach (int sender in bytesFrom.Keys)
+        {
+            var perReceiver = new SortedDictionary<int, long>();
+            foreach (var step in plan.Steps.Where(st => st.SrcDevice == sender && !st.IsLocal))
+                foreach (int d in step.DstDevices) perReceiver[d] = perReceiver.GetValueOrDefault(d) + step.Bytes;
+            long before = perReceiver.Where(kv => kv.Key < schedule.Device).Sum(kv => kv.Value);
+            long shard = plan.SourceLayoutOf(sender).TotalElements * plan.ElementSize;
+            remoteStart[sender] = Math.Max(0, Math.Min(before % Math.Max(shard, 1), shard - bytesFrom[sender]));
+        }
+        var sendTo = schedule.Sends.Select(s => s.Peer).Distinct().Where(p => transport.LocalProcessOf(p) is not null).ToList();
+        bool available = bytesFrom.Keys.All(p => transport.LocalProcessOf(p) is not null);
+        using var buf = new HostBlock(8L * (1 + bytesFrom.Count));
+        long* words = (long*)buf.Pointer;
+        words[0] = source;
+        var ops = new List<Task>();
+        foreach (var peer in sendTo) ops.Add(transport.SendAsync(peer, AddressTag | (uint)caseIndex, (nint)words, 8));
+        int k = 1;
+        foreach (var peer in bytesFrom.Keys)
+            if (transport.LocalProcessOf(peer) is not null) ops.Add(transport.RecvAsync(peer, AddressTag | (uint)caseIndex, (nint)(words + k++), 8));
+        if (!Task.WhenAll(ops).Wait(TimeSpan.FromSeconds(60)))
+            throw new TimeoutException($"rank {schedule.Device}: the shard addresses of case {caseIndex} were not exchanged within 60 s");
+        var reads = new List<(int, ulong, long, long)>();
+        long offset = 0;
+        k = 1;
+        foreach (var (peer, bytes) in bytesFrom)
+        {
+            if (transport.LocalProcessOf(peer) is not int pid) continue;
+            reads.Add((pid, (ulong)words[k++] + (ulong)remoteStart[peer], offset, bytes));
+            offset += bytes;
+        }
+        return new ContiguousReads(reads, available);
+    }
+
+    /// <summary>Seconds this rank takes to read its regions into <paramref name="destination"/>
+    /// (0 when it reads nothing, -1 when the reference is not available).</summary>
+    public double Time(nint destination, TimeSpan limit)
+    {
+        if (!Available) return -1;
+        if (_reads.Count == 0) return 0;
+        long t0 = Stopwatch.GetTimestamp();
+        if (_reads.Count == 1) Read(_reads[0], destination);
+        else if (!Task.WhenAll(_reads.Select(r => Task.Run(() => Read(r, destination)))).Wait(limit))
+            throw new TimeoutException($"contiguous reads did not finish within {limit.TotalSeconds:F0} s");
+        return Stopwatch.GetElapsedTime(t0).TotalSeconds;
+    }
+
+    private static void Read((int Pid, ulong Remote, long LocalOffset, long Bytes) r, nint destination)
+    {
+        long remoteOffset = 0, localOffset = r.LocalOffset, bytes = r.Bytes;
+        Native.Check(Native.realn_process_read(r.Pid, (void*)destination, r.Remote, &remoteOffset, &localOffset, &bytes, 1));
+    }
+}
