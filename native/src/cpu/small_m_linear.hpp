@@ -13,7 +13,7 @@ namespace realn::cpu {
 // logits whatever batch it is in (continuous batching relies on it).
 constexpr int64_t kSmallMMaxRows = 64;
 
-enum class SimdIsa : int32_t { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+enum class SimdIsa : int32_t { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3 };
 
 // The best ISA this CPU runs (checked once).
 SimdIsa small_m_best_isa();
@@ -25,12 +25,17 @@ bool small_m_isa_supported(SimdIsa isa);
 void small_m_linear_fwd(SimdIsa isa, const float* x, const float* w, const float* bias, float* y,
                         int64_t rows, int64_t in, int64_t out);
 
-// The same with a bf16 weight w [out, in] (x, bias, y fp32): weights widened to fp32 in registers
-// (exact), fp32 FMAs; AVX-512 (F + BW) where present, else scalar. Same fixed accumulation order
-// per output element, so results do not depend on the thread or row count either.
+// The same with a bf16 weight w [out, in] (x, bias, y fp32): x is rounded to bf16 (RNE, as the bf16
+// GEMM of prefill and training rounds it), and each output element is the sum of exact bf16
+// products as vdpbf16ps accumulates them (AVX512_BF16), in a fixed order. The AVX-512F, AVX2 and
+// scalar kernels emulate that instruction exactly, so every ISA gives the same bits; none depends
+// on the thread or row count either.
 void small_m_linear_fwd_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
                              int64_t rows, int64_t in, int64_t out);
-// Which kernel small_m_linear_fwd_bf16 runs: Avx512 or Scalar; tests force Scalar through this.
+// The ISA small_m_linear_fwd_bf16 runs: the best supported (Avx512Bf16 > Avx512 > Avx2 > Scalar)
+// unless forced; tests force each one through small_m_bf16_force_isa (which must be supported).
+SimdIsa small_m_bf16_isa();
+bool small_m_bf16_isa_supported(SimdIsa isa);
 void small_m_bf16_force_isa(SimdIsa isa);
 
 }  // namespace realn::cpu
