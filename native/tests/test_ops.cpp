@@ -19,7 +19,7 @@ static const std::map<std::string, std::vector<std::string>> kFamilies = {
     {"gemm", {"gemm"}},
     {"linear", {"linear_fwd", "linear_bwd"}},
     {"small_m", {"linear_fwd_small_m", "small_m_linear_avx512", "small_m_linear_avx2", "small_m_linear_scalar",
-                 "small_m_linear_bf16_avx512bf16", "small_m_linear_bf16_avx512", "small_m_linear_bf16_avx2",
+                 "small_m_linear_bf16_amx", "small_m_linear_bf16_avx512bf16", "small_m_linear_bf16_avx512", "small_m_linear_bf16_avx2",
                  "small_m_linear_bf16_scalar"}},
     {"elementwise", {"axpby", "add", "sumsq", "scale", "count_nonfinite", "copy", "fill"}},
     {"convert", {"convert"}},

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bf16.hpp"
+#include "gemm_bf16.hpp"
 
 namespace realn::cpu {
 namespace {
@@ -164,7 +165,7 @@ void run_tiles(const TileSetT& ts, const float* X, const float* W, const float* 
     run_tile_blocks(ts, X, W, B, Y, rows, in, out);
 }
 
-// ---------------------------------------------------------------- bf16 weights
+// ---------------------------------------------------------------- bf16 weights (vector ISAs)
 // x is rounded to bf16 (RNE) once per call; an output element is the vdpbf16ps sum of its products
 // of bf16 pairs: 16 fp32 lanes, lane i of a 32-element chunk c takes k = 32c + 2i + 1, then
 // 32c + 2i (each an FMA of an exact product, round to nearest even, denormal inputs read as zero,
@@ -328,6 +329,131 @@ const TileSetDp& dp_tiles(SimdIsa isa) {
 }
 #undef REALN_DP_TILESET
 
+
+// ---------------------------------------------------------------- AMX (bf16 weights)
+// The transposed product Y^T = W X^T on AMX tiles: an A tile is 16 weight rows x 32 k read straight
+// from W (row stride `in`), a B tile 16 k pairs x 16 rows of x (x packed once per call: per group
+// of 16 rows, pair q of row m at [q][m], zero-padded), a C tile 16 weight rows x 16 rows of x. K
+// runs in blocks of kAmxKc (512) with the C tiles zeroed per block and each block's sum merged into
+// y (first block: y = bias + sum, later: y += sum), as the AMX path of the bf16 GEMM does
+// (gemm_bf16.cpp), so each element's sum is the same whatever the row count. A tail of `out`
+// (< 16 rows) or a K that is not a multiple of 32 reads a zero-padded copy of the 16 rows.
+constexpr int64_t kAmxKc = 512;
+
+struct alignas(64) AmxConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+__attribute__((target("amx-tile,amx-bf16"))) void amx_small_m_config() {
+    AmxConfig cfg;
+    for (int t = 0; t < 7; ++t) {  // tmm0-3 C, tmm4 A, tmm5-6 B
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+__attribute__((target("amx-tile"))) void amx_small_m_release() { _tile_release(); }
+
+// One K block of 16 weight rows (A from `a`, row stride `lda` elements, kcp k) against the G
+// groups of packed x (pairs [q0, q0 + kcp / 2) of each), sums into acc[G][16 w rows][16 x rows].
+template <int G>
+__attribute__((target("amx-tile,amx-bf16"))) void amx_small_m_block(const uint16_t* a, int64_t lda, int64_t kcp,
+                                                                    const uint32_t* xp, int64_t pairs_total,
+                                                                    int64_t q0, float* acc) {
+    _tile_zero(0);
+    if constexpr (G > 1) _tile_zero(1);
+    if constexpr (G > 2) _tile_zero(2);
+    if constexpr (G > 3) _tile_zero(3);
+    for (int64_t s = 0; s < kcp; s += 32) {
+        _tile_loadd(4, a + s, lda * 2);
+        const uint32_t* b = xp + (q0 + s / 2) * 16;
+        _tile_loadd(5, b, 64);
+        _tile_dpbf16ps(0, 4, 5);
+        if constexpr (G > 1) {
+            _tile_loadd(6, b + pairs_total * 16, 64);
+            _tile_dpbf16ps(1, 4, 6);
+        }
+        if constexpr (G > 2) {
+            _tile_loadd(5, b + 2 * pairs_total * 16, 64);
+            _tile_dpbf16ps(2, 4, 5);
+        }
+        if constexpr (G > 3) {
+            _tile_loadd(6, b + 3 * pairs_total * 16, 64);
+            _tile_dpbf16ps(3, 4, 6);
+        }
+    }
+    _tile_stored(0, acc, 64);
+    if constexpr (G > 1) _tile_stored(1, acc + 256, 64);
+    if constexpr (G > 2) _tile_stored(2, acc + 512, 64);
+    if constexpr (G > 3) _tile_stored(3, acc + 768, 64);
+}
+
+using AmxBlockFn = void (*)(const uint16_t*, int64_t, int64_t, const uint32_t*, int64_t, int64_t, float*);
+
+// x [rows, in] fp32 -> bf16 pairs for B tiles: out[g][q][m] = (x[16g+m][2q], x[16g+m][2q+1]),
+// q < pairs_total (K padded to a multiple of 32), zero for padded k and rows.
+const uint32_t* amx_pack_x(const float* X, int64_t rows, int64_t in, int64_t groups, int64_t pairs_total) {
+    thread_local std::vector<uint32_t> buf;
+    thread_local std::vector<uint16_t> row;
+    const size_t n = static_cast<size_t>(groups * pairs_total * 16);
+    if (buf.size() < n) buf.resize(n);
+    std::fill(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n), 0u);
+    row.assign(static_cast<size_t>(pairs_total * 2), 0);
+    for (int64_t m = 0; m < rows; ++m) {
+        f32_to_bf16_n(X + m * in, row.data(), in);
+        uint32_t* o = buf.data() + (m / 16) * pairs_total * 16 + (m % 16);
+        for (int64_t q = 0; q < pairs_total; ++q)
+            o[q * 16] = uint32_t(row[2 * q]) | (uint32_t(row[2 * q + 1]) << 16);
+    }
+    return buf.data();
+}
+
+__attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_small_m(const float* X, const uint16_t* W,
+                                                                      const float* B, float* Y, int64_t rows,
+                                                                      int64_t in, int64_t out) {
+    const int64_t groups = (rows + 15) / 16, kp = (in + 31) / 32 * 32, pairs_total = kp / 2;
+    const uint32_t* xp = amx_pack_x(X, rows, in, groups, pairs_total);
+    static const AmxBlockFn fns[4] = {amx_small_m_block<1>, amx_small_m_block<2>, amx_small_m_block<3>,
+                                      amx_small_m_block<4>};
+    const AmxBlockFn block = fns[groups - 1];
+    const int64_t nblocks = (out + 15) / 16;
+    const bool direct_k = in % 32 == 0;
+#pragma omp parallel if (in * out >= (1 << 14))
+    {
+        amx_small_m_config();
+        alignas(64) float acc[4 * 256];
+        std::vector<uint16_t> pad;  // a zero-padded copy of 16 rows when they cannot be tile-loaded in place
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < nblocks; ++b) {
+            const int64_t n0 = b * 16, nr = std::min<int64_t>(16, out - n0);
+            const uint16_t* a = W + n0 * in;
+            int64_t lda = in;
+            if (nr < 16 || !direct_k) {
+                pad.assign(static_cast<size_t>(16 * kp), 0);
+                for (int64_t i = 0; i < nr; ++i) std::memcpy(pad.data() + i * kp, a + i * in, sizeof(uint16_t) * in);
+                a = pad.data();
+                lda = kp;
+            }
+            for (int64_t pc = 0; pc < kp; pc += kAmxKc) {
+                const int64_t kcp = std::min(kAmxKc, kp - pc);
+                block(a + pc, lda, kcp, xp, pairs_total, pc / 2, acc);
+                for (int64_t m = 0; m < rows; ++m) {
+                    const float* c = acc + (m / 16) * 256 + (m % 16);  // acc[g][i][m % 16]
+                    float* y = Y + m * out + n0;
+                    for (int64_t i = 0; i < nr; ++i) {
+                        const float v = c[i * 16];
+                        y[i] = pc == 0 ? (B ? B[n0 + i] + v : v) : y[i] + v;
+                    }
+                }
+            }
+        }
+        amx_small_m_release();
+    }
+}
+
 // x rounded to bf16, one buffer per calling thread (decode calls come from one thread at a time).
 const uint16_t* rounded_rows(const float* X, int64_t n) {
     thread_local std::vector<uint16_t> buf;
@@ -345,12 +471,16 @@ bool small_m_bf16_isa_supported(SimdIsa isa) {
     return small_m_isa_supported(isa) && (isa != SimdIsa::Avx512 || __builtin_cpu_supports("avx512bw"));
 }
 
-void small_m_bf16_force_isa(SimdIsa isa) { g_bf16_forced.store(static_cast<int32_t>(isa)); }
+void small_m_bf16_force_isa(SimdIsa isa) {
+    // Checking support also asks Linux for AMX tile state (once per process) before a forced AMX run.
+    if (small_m_bf16_isa_supported(isa)) g_bf16_forced.store(static_cast<int32_t>(isa));
+}
 
 SimdIsa small_m_bf16_isa() {
     const int32_t forced = g_bf16_forced.load();
     if (forced >= 0) return static_cast<SimdIsa>(forced);
-    static const SimdIsa best = small_m_isa_supported(SimdIsa::Avx512Bf16) ? SimdIsa::Avx512Bf16
+    static const SimdIsa best = small_m_isa_supported(SimdIsa::AmxBf16)      ? SimdIsa::AmxBf16
+                                : small_m_isa_supported(SimdIsa::Avx512Bf16) ? SimdIsa::Avx512Bf16
                                 : small_m_bf16_isa_supported(SimdIsa::Avx512) ? SimdIsa::Avx512
                                 : small_m_isa_supported(SimdIsa::Avx2)     ? SimdIsa::Avx2
                                                                            : SimdIsa::Scalar;
@@ -360,6 +490,10 @@ SimdIsa small_m_bf16_isa() {
 void small_m_linear_fwd_bf16(const float* X, const uint16_t* W, const float* B, float* Y, int64_t rows,
                              int64_t in, int64_t out) {
     const SimdIsa isa = small_m_bf16_isa();
+    if (isa == SimdIsa::AmxBf16) {
+        amx_small_m(X, W, B, Y, rows, in, out);
+        return;
+    }
     const TileSetDp& ts = dp_tiles(isa);
     const uint16_t* Xh = rounded_rows(X, rows * in);
     // The emulating SIMD kernels need vdpbf16ps's denormal handling: DAZ (bit 6) and FTZ (bit 15).
@@ -376,6 +510,7 @@ void small_m_linear_fwd_bf16(const float* X, const uint16_t* W, const float* B, 
 bool small_m_isa_supported(SimdIsa isa) {
     switch (isa) {
         case SimdIsa::Avx512: return __builtin_cpu_supports("avx512f");
+        case SimdIsa::AmxBf16: return bf16_gemm_path_supported(Bf16GemmPath::Amx);
         case SimdIsa::Avx512Bf16:
             return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                    __builtin_cpu_supports("avx512bf16");

@@ -312,8 +312,8 @@ Outcome embedding_bwd_case(Env& env, int64_t n, int64_t vocab, int64_t hidden, i
 }
 
 // One ISA of the small-M bf16 kernel: against float64 of the bf16-rounded x and w; bit-identical to
-// the scalar kernel (every ISA emulates vdpbf16ps exactly), to itself with one thread and to each row
-// computed alone.
+// the scalar kernel (every vector ISA emulates vdpbf16ps exactly) or, for AMX, to the bf16 GEMM's
+// AMX path (the prefill/training linear), to itself with one thread and to each row computed alone.
 Outcome small_m_case(Env& env, cpu::SimdIsa isa, int64_t rows, int64_t in, int64_t out, bool bias) {
     if (env.backend() != REALN_BACKEND_CPU) return {0.0, "CPU kernel: not run on this backend"};
     if (!cpu::small_m_bf16_isa_supported(isa)) return {0.0, "ISA not on this CPU: skipped"};
@@ -327,7 +327,14 @@ Outcome small_m_case(Env& env, cpu::SimdIsa isa, int64_t rows, int64_t in, int64
         ~Force() { cpu::small_m_bf16_force_isa(prev); }
         cpu::SimdIsa prev;
     };
-    {
+    const char* twin = "the scalar kernel";
+    if (isa == cpu::SimdIsa::AmxBf16) {
+        twin = "the AMX bf16 GEMM";
+        for (int64_t m = 0; m < rows; ++m)
+            for (int64_t o = 0; o < out; ++o) ys[m * out + o] = bias ? b[o] : 0.0f;
+        cpu::gemm_mixed(cpu::Bf16GemmPath::Amx, rows, out, in, 1.0f, {x.data(), in, false, false},
+                        {w.data(), in, true, true}, bias ? 1.0f : 0.0f, ys.data(), out);
+    } else {
         Force force(cpu::SimdIsa::Scalar);
         cpu::small_m_linear_fwd_bf16(x.data(), w.data(), bp, ys.data(), rows, in, out);
     }
@@ -340,7 +347,7 @@ Outcome small_m_case(Env& env, cpu::SimdIsa isa, int64_t rows, int64_t in, int64
     if (y != y1) return {1.0, "result differs between 1 thread and " + std::to_string(threads)};
     for (size_t i = 0; i < y.size(); ++i)
         if (f_bits(y[i]) != f_bits(ys[i]))
-            return {1.0, concat_shape("element ", i, " differs from the scalar kernel: ", y[i], " vs ", ys[i])};
+            return {1.0, concat_shape("element ", i, " differs from ", twin, ": ", y[i], " vs ", ys[i])};
     for (int64_t m = 0; m < rows; ++m) {
         std::vector<float> row(out);
         cpu::small_m_linear_fwd_bf16(x.data() + m * in, w.data(), bp, row.data(), 1, in, out);
@@ -413,11 +420,13 @@ void add_bf16_cases() {
         add_case({"embedding_bwd", concat_shape("dtype=bf16 n=", n, " vocab=", vocab, " hidden=", hidden, " start=", start),
                   kTolF32, [=](Env& e) { return embedding_bwd_case(e, n, vocab, hidden, start); }});
     // Tails of every length class (in % 32), one row, the threaded shape, all four row tiles.
-    for (auto [isa, name] : {std::tuple{cpu::SimdIsa::Avx512Bf16, "avx512bf16"}, std::tuple{cpu::SimdIsa::Avx512, "avx512"},
+    for (auto [isa, name] : {std::tuple{cpu::SimdIsa::AmxBf16, "amx"}, std::tuple{cpu::SimdIsa::Avx512Bf16, "avx512bf16"},
+                             std::tuple{cpu::SimdIsa::Avx512, "avx512"},
                              std::tuple{cpu::SimdIsa::Avx2, "avx2"}, std::tuple{cpu::SimdIsa::Scalar, "scalar"}})
         for (auto [rows, in, out, bias] : {std::tuple{1, 1, 1, false}, std::tuple{3, 45, 7, true},
                                            std::tuple{8, 1031, 65, true}, std::tuple{37, 129, 70, false},
-                                           std::tuple{64, 96, 33, true}, std::tuple{2, 300, 257, false}})
+                                           std::tuple{64, 96, 33, true}, std::tuple{2, 300, 257, false},
+                                           std::tuple{17, 1100, 48, true}, std::tuple{5, 2048, 80, false}})
             add_case({std::string("small_m_linear_bf16_") + name,
                       concat_shape("rows=", rows, " in=", in, " out=", out, " bias=", bias), kTolF32,
                       [=](Env& e) { return small_m_case(e, isa, rows, in, out, bias); }});
