@@ -440,13 +440,16 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_small_m(const floa
             for (int64_t pc = 0; pc < kp; pc += kAmxKc) {
                 const int64_t kcp = std::min(kAmxKc, kp - pc);
                 block(a + pc, lda, kcp, xp, pairs_total, pc / 2, acc);
+                // acc[g][i][m % 16] -> y[m][n0 + i]: one 16-lane gather per row of x.
+                const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1u);
+                const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                       _mm512_set1_epi32(16));
+                const __m512 bias = pc == 0 && B ? _mm512_maskz_loadu_ps(mask, B + n0) : _mm512_setzero_ps();
                 for (int64_t m = 0; m < rows; ++m) {
-                    const float* c = acc + (m / 16) * 256 + (m % 16);  // acc[g][i][m % 16]
+                    const __m512 v = _mm512_i32gather_ps(idx, acc + (m / 16) * 256 + (m % 16), 4);
                     float* y = Y + m * out + n0;
-                    for (int64_t i = 0; i < nr; ++i) {
-                        const float v = c[i * 16];
-                        y[i] = pc == 0 ? (B ? B[n0 + i] + v : v) : y[i] + v;
-                    }
+                    const __m512 r = pc == 0 ? (B ? _mm512_add_ps(bias, v) : v) : _mm512_add_ps(_mm512_maskz_loadu_ps(mask, y), v);
+                    _mm512_mask_storeu_ps(y, mask, r);
                 }
             }
         }
