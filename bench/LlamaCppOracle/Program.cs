@@ -1,9 +1,12 @@
 // `dotnet run -c Release --project bench/LlamaCppOracle -- check|bench|kernels [options]`: realn's generation
-// against llama.cpp F32 on the same model in the same process. `check` converts a small GQA model
+// against llama.cpp on the same model in the same process. `check` converts a small GQA model
 // to GGUF and compares logits at every position (the converter's correctness test); `bench` runs
 // greedy prefill + decode for batch 1, 4 and 64 on the gpt2-small preset, interleaving realn and
-// llama.cpp, measures the memory read bandwidth, and prints tokens/s and ratios; `kernels` times one
-// decode step's linears through realn's small-M kernel against OpenBLAS SGEMM.
+// llama.cpp, measures the memory read bandwidth (best of several read methods, same thread count),
+// and prints tokens/s, ratios and the batch-1 bandwidth bound; `--dtype f32,f16,bf16` picks the
+// comparisons: f32 = realn fp32 vs llama.cpp F32, f16 / bf16 = realn bf16 weights vs llama.cpp
+// F16 / BF16 weights (the bound then counts 2 bytes per weight). `kernels` times one decode step's
+// linears through realn's small-M kernel (fp32: against OpenBLAS SGEMM; bf16: against the bandwidth).
 using System.Diagnostics;
 using System.Runtime.Intrinsics;
 using ReaLNative.Engine.Checkpoints;
@@ -30,7 +33,8 @@ public static class Program
                 "check" => Check(Opt("--model", "check-gqa")) ? 0 : 1,
                 "kernels" => Kernels(Opt("--model", "gpt2-small"), Opt("--batches", "1,4,64").Split(',').Select(int.Parse).ToArray()),
                 "bench" => Bench(Opt("--model", "gpt2-small"), Opt("--batches", "1,4,64").Split(',').Select(int.Parse).ToArray(),
-                    int.Parse(Opt("--prompt-len", "32")), int.Parse(Opt("--new-tokens", "32")), int.Parse(Opt("--reps", "2"))),
+                    int.Parse(Opt("--prompt-len", "32")), int.Parse(Opt("--new-tokens", "32")), int.Parse(Opt("--reps", "2")),
+                    Opt("--dtype", "f32").Split(',').Select(GgufWriter.ParseDType).Distinct().ToArray()),
                 _ => throw new ArgumentException($"unknown mode '{mode}' (check | bench)"),
             };
         }
@@ -95,44 +99,88 @@ public static class Program
         return ok;
     }
 
-    /// <summary>Read bandwidth (GB/s) of <paramref name="threads"/> threads summing a 1 GiB buffer, best of 3.</summary>
-    internal static unsafe double ReadBandwidthGBs(int threads)
+    /// <summary>One way of reading memory: its name and the GB/s it reached.</summary>
+    internal sealed record ReadMethod(string Name, double GBs);
+
+    /// <summary>Read bandwidth of <paramref name="threads"/> threads over a 1 GiB buffer (larger than
+    /// any cache), best of several methods, each the best of 3 passes after a first that faults pages
+    /// in: 256-bit and 512-bit loads (8 accumulators), one stream per thread or 4 interleaved streams
+    /// per thread (as the small-M kernel reads 4 weight rows at once), and realn's own OpenMP-threaded
+    /// sum of squares. The bound is only honest if no decode kernel beats it; Bench checks that.</summary>
+    internal static unsafe List<ReadMethod> ReadBandwidths(int threads)
     {
         const long bytes = 1L << 30;
         using var block = new HostBlock(bytes);
         new Span<float>(block.Pointer, (int)(bytes / 4)).Fill(1f);
         float* p = (float*)block.Pointer;
-        long n = bytes / 4, per = n / threads / 64 * 64;
-        double best = double.MaxValue;
-        float sink = 0;
-        for (int rep = 0; rep < 4; rep++)
+        long n = bytes / 4, per = n / threads / 1024 * 1024;
+        var res = new List<ReadMethod>();
+        double Time(Action pass)
         {
-            var sums = new float[threads];
-            long t0 = Stopwatch.GetTimestamp();
-            Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+            double best = double.MaxValue;
+            for (int rep = 0; rep < 4; rep++)
             {
-                float* q = p + t * per;
-                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                for (long i = 0; i < per; i += 32)
-                {
-                    a0 += Vector256.Load(q + i);
-                    a1 += Vector256.Load(q + i + 8);
-                    a2 += Vector256.Load(q + i + 16);
-                    a3 += Vector256.Load(q + i + 24);
-                }
-                sums[t] = Vector256.Sum(a0 + a1 + a2 + a3);
-            });
-            double s = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-            if (rep > 0) best = Math.Min(best, s);  // first pass faults pages in
-            sink += sums.Sum();
+                long t0 = Stopwatch.GetTimestamp();
+                pass();
+                double s = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                if (rep > 0) best = Math.Min(best, s);
+            }
+            return per * threads * 4.0 / best / 1e9;
         }
-        GC.KeepAlive(sink);
-        return per * threads * 4.0 / best / 1e9;
+        var sums = new float[threads];
+        void Threads(Action<int> body) => Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, body);
+        foreach (int streams in new[] { 1, 4 })
+        {
+            long len = per / streams;
+            if (streams == 1)
+                res.Add(new("256-bit loads, 1 stream/thread", Time(() => Threads(t =>
+                {
+                    Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                    float* q = p + t * per;
+                    for (long i = 0; i < per; i += 32)
+                    {
+                        a0 += Vector256.Load(q + i); a1 += Vector256.Load(q + i + 8);
+                        a2 += Vector256.Load(q + i + 16); a3 += Vector256.Load(q + i + 24);
+                    }
+                    sums[t] = Vector256.Sum(a0 + a1 + a2 + a3);
+                }))));
+            if (!Vector512.IsHardwareAccelerated) continue;
+            res.Add(new($"512-bit loads, {streams} stream{(streams > 1 ? "s" : "")}/thread", Time(() => Threads(t =>
+            {
+                float* b = p + t * per;
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+                // `streams` equally spaced pointers advanced together (the 4-stream case interleaves them).
+                for (long i = 0; i < len; i += 128 / streams)
+                {
+                    for (int s = 0; s < streams; s++)
+                    {
+                        float* q = b + s * len + i;
+                        if (streams == 1)
+                        {
+                            a0 += Vector512.Load(q); a1 += Vector512.Load(q + 16); a2 += Vector512.Load(q + 32); a3 += Vector512.Load(q + 48);
+                            a4 += Vector512.Load(q + 64); a5 += Vector512.Load(q + 80); a6 += Vector512.Load(q + 96); a7 += Vector512.Load(q + 112);
+                        }
+                        else
+                        {
+                            a0 += Vector512.Load(q); a1 += Vector512.Load(q + 16);
+                        }
+                    }
+                }
+                sums[t] = Vector512.Sum(a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7);
+            }))));
+        }
+        using (var s = NativeStream.Cpu())
+        {
+            using var out1 = new HostBlock(8);
+            res.Add(new("realn sumsq (OpenMP)", Time(() => Native.Check(Native.realn_op_sumsq(s.Ptr, p, per * threads, (double*)out1.Pointer)))));
+        }
+        GC.KeepAlive(sums);
+        return res;
     }
 
     /// <summary>One decode step's linears (every layer's qkv, o, gate|up, down and the head) through
     /// realn's linear op (small-M kernel) vs OpenBLAS SGEMM directly (the path before it), interleaved.</summary>
-    private static unsafe void DecodeLinearKernels(LlamaConfig cfg, int[] rows)
+    private static unsafe void DecodeLinearKernels(LlamaConfig cfg, int[] rows, double readGBs = 0)
     {
         int H = cfg.Hidden, I = cfg.Intermediate, kd = cfg.KvHeads * cfg.HeadDim;
         (int In, int Out)[] shapes = [(H, H + 2 * kd), (H, H), (H, 2 * I), (I, H)];
@@ -161,14 +209,34 @@ public static class Program
                 foreach (var (i, o) in all) { OpenBlas.cblas_sgemm(OpenBlas.RowMajor, OpenBlas.NoTrans, OpenBlas.Trans, M, o, i, 1f, (float*)x.Pointer, i, wp, i, 0f, (float*)y.Pointer, o); wp += (long)i * o; }
                 bestBlas = Math.Min(bestBlas, Stopwatch.GetElapsedTime(t0).TotalSeconds);
             }
-            Console.WriteLine($"  decode-step linears, {M} rows: realn {bestOurs * 1e3:F1} ms ({total * 4 / bestOurs / 1e9:F1} GB/s of weights), OpenBLAS SGEMM {bestBlas * 1e3:F1} ms: speed-up {bestBlas / bestOurs:F2}");
+            Console.WriteLine($"  decode-step linears, {M} rows: realn {bestOurs * 1e3:F1} ms ({total * 4 / bestOurs / 1e9:F1} GB/s of weights{OfRead(total * 4 / bestOurs / 1e9, readGBs)}), OpenBLAS SGEMM {bestBlas * 1e3:F1} ms: speed-up {bestBlas / bestOurs:F2}");
+        }
+        // The same linears with bf16 weights (realn's small-M bf16 kernel; no BLAS reference for it).
+        using var wh = new HostBlock(total * 2);
+        new Span<ushort>(wh.Pointer, (int)total).Fill(GgufWriter.ToBf16(0.01f));
+        foreach (int M in rows)
+        {
+            double best = double.MaxValue;
+            for (int rep = 0; rep < 4; rep++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                ushort* wp = (ushort*)wh.Pointer;
+                foreach (var (i, o) in all) { Native.Check(Native.realn_op_linear_fwd(s.Ptr, DType.BF16, x.Pointer, wp, null, y.Pointer, M, i, o)); wp += (long)i * o; }
+                best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+            }
+            Console.WriteLine($"  decode-step linears, {M} rows, bf16 weights: realn {best * 1e3:F1} ms ({total * 2 / best / 1e9:F1} GB/s of weights{OfRead(total * 2 / best / 1e9, readGBs)})");
         }
     }
 
+    private static string OfRead(double gbs, double readGBs) =>
+        readGBs <= 0 ? "" : $", {gbs / readGBs:F2} of the read bandwidth{(gbs > readGBs * 1.02 ? ": ABOVE IT, the bandwidth reference is too low" : "")}";
+
     private static int Kernels(string preset, int[] rows)
     {
-        Console.WriteLine($"decode linears, {preset}, {Native.GetNumThreads()} threads; load {File.ReadAllText("/proc/loadavg").Trim()}");
-        DecodeLinearKernels(LlamaConfig.Preset(preset), rows);
+        int threads = Native.GetNumThreads();
+        Console.WriteLine($"decode linears, {preset}, {threads} threads; load {File.ReadAllText("/proc/loadavg").Trim()}");
+        double bw = PrintBandwidth(threads);
+        DecodeLinearKernels(LlamaConfig.Preset(preset), rows, bw);
         return 0;
     }
 
@@ -190,42 +258,68 @@ public static class Program
         return (pre, Math.Max(1e-9, all - pre), g.NewTokens);
     }
 
-    private static int Bench(string preset, int[] batches, int promptLen, int newTokens, int reps)
+    /// <summary>Measures every read method, prints them, returns the best (GB/s).</summary>
+    private static double PrintBandwidth(int threads)
     {
-        if (promptLen < 1 || newTokens < 2 || reps < 1 || batches.Any(b => b < 1))
-            throw new ArgumentException("bench: --prompt-len >= 1, --new-tokens >= 2, --reps >= 1, batches >= 1");
+        var methods = ReadBandwidths(threads);
+        var best = methods.MaxBy(m => m.GBs)!;
+        Console.WriteLine($"  read bandwidth, {threads} threads: {string.Join("; ", methods.Select(m => $"{m.Name} {m.GBs:F1}"))} GB/s; best {best.GBs:F1} ({best.Name})");
+        return best.GBs;
+    }
+
+    private static string DTypeName(GgufDType d) => d switch { GgufDType.F32 => "F32", GgufDType.F16 => "F16", _ => "BF16" };
+
+    private static int Bench(string preset, int[] batches, int promptLen, int newTokens, int reps, GgufDType[] dtypes)
+    {
+        if (promptLen < 1 || newTokens < 2 || reps < 1 || batches.Length == 0 || batches.Any(b => b < 1) || dtypes.Length == 0)
+            throw new ArgumentException("bench: --prompt-len >= 1, --new-tokens >= 2, --reps >= 1, batches >= 1, --dtype f32|f16|bf16 (comma-separated)");
         var cfg = LlamaConfig.Preset(preset);
         int threads = Native.GetNumThreads();
+        Console.WriteLine($"llama.cpp vs realn, {preset}, {threads} threads, prompt {promptLen}, new tokens {newTokens}, best of {reps}; load {File.ReadAllText("/proc/loadavg").Trim()}");
+        double bw = PrintBandwidth(threads);
+        DecodeLinearKernels(cfg, [1, 4, 64], bw);
+        foreach (var dtype in dtypes) BenchOne(cfg, preset, batches, promptLen, newTokens, reps, dtype, threads, bw);
+        Console.WriteLine($"  load after: {File.ReadAllText("/proc/loadavg").Trim()}");
+        return 0;
+    }
+
+    /// <summary>One comparison: llama.cpp with <paramref name="dtype"/> weights against realn fp32 (F32)
+    /// or realn bf16 weights (F16, BF16), on the same random model.</summary>
+    private static void BenchOne(LlamaConfig cfg, string preset, int[] batches, int promptLen, int newTokens, int reps, GgufDType dtype,
+                                 int threads, double bw)
+    {
         using var model = new LlamaModel(cfg, scalarHead: false);
         model.InitRandom(1);
-        string path = Path.Combine(Path.GetTempPath(), $"realn-bench-{Environment.ProcessId}.gguf");
-        Console.WriteLine($"llama.cpp vs realn, {preset}, {threads} threads, prompt {promptLen}, new tokens {newTokens}, best of {reps}; load {File.ReadAllText("/proc/loadavg").Trim()}");
+        string path = Path.Combine(Path.GetTempPath(), $"realn-bench-{Environment.ProcessId}-{dtype}.gguf");
         try
         {
-            GgufWriter.Write(model, path);
+            GgufWriter.Write(model, path, null, dtype);  // from the fp32 weights; BF16 rounds as FreezeToBf16 does
+            bool bf16 = dtype != GgufDType.F32;
+            if (bf16) model.FreezeToBf16();
+            string ours = bf16 ? "bf16" : "fp32";
             int maxB = batches.Max();
             using var cpp = new LlamaCpp(path, threads, maxB, promptLen + newTokens + 1, maxB * promptLen);
+            Console.WriteLine($"  -- realn {ours} weights vs llama.cpp {DTypeName(dtype)} weights (KV caches: realn {ours}, llama.cpp F32) --");
             var rng = new Random(5);
             var probe = Enumerable.Range(0, 16).Select(_ => rng.Next(cfg.Vocab)).ToArray();
             var theirs = cpp.AllLogits(probe);
             LogitsComparison cmp;
             unsafe
             {
-                float* ours = model.Forward(PackedBatch.FromSequences([probe]));
+                float* o = model.Forward(PackedBatch.FromSequences([probe]));
                 double num = 0, den = 0, mx = 0;
                 for (long i = 0; i < theirs.Length; i++)
                 {
-                    double d = ours[i] - theirs[i];
+                    double d = o[i] - theirs[i];
                     num += d * d; den += (double)theirs[i] * theirs[i]; mx = Math.Max(mx, Math.Abs(d));
                 }
                 cmp = new LogitsComparison(probe.Length, mx, Math.Sqrt(num / den), -1);
             }
             Console.WriteLine($"  logits cross-check: max |diff| {cmp.MaxAbsDiff:E2}, relative L2 {cmp.RelL2:E2} over {probe.Length} positions");
-            double decodeBytes = 4.0 * (model.ParameterCount - (cfg.TiedEmbeddings ? 0 : (long)cfg.Vocab * cfg.Hidden));
-            double bw = ReadBandwidthGBs(threads);
+            double bytesPerWeight = bf16 ? 2 : 4;
+            double decodeBytes = bytesPerWeight * (model.ParameterCount - (cfg.TiedEmbeddings ? 0 : (long)cfg.Vocab * cfg.Hidden));
             double bound = bw * 1e9 / decodeBytes;
-            Console.WriteLine($"  read bandwidth {bw:F1} GB/s; a decode step reads {decodeBytes / 1e6:F0} MB of weights: batch-1 bound {bound:F1} tokens/s");
-            DecodeLinearKernels(cfg, [1, 4, 64]);
+            Console.WriteLine($"  a decode step reads {decodeBytes / 1e6:F0} MB of weights ({bytesPerWeight} B each): batch-1 bound {bound:F1} tokens/s at {bw:F1} GB/s");
             Console.WriteLine($"  {"batch",5} {"phase",8} {"realn tok/s",12} {"llama.cpp",12} {"ratio",7}  {"greedy tokens equal",20}");
             foreach (int B in batches)
             {
@@ -233,12 +327,12 @@ public static class Program
                 int nt = B >= 64 ? Math.Min(newTokens, 16) : newTokens;
                 RealnGreedy(model, prompts, 2);  // warm-up both
                 cpp.Greedy(prompts, 2);
-                Best ours = new(), them = new();
+                Best mine = new(), them = new();
                 int[][] ot = [], tt = [];
                 for (int r = 0; r < reps; r++)
                 {
                     var a = RealnGreedy(model, prompts, nt);
-                    ours.Add(a.Pre, a.Dec);
+                    mine.Add(a.Pre, a.Dec);
                     ot = a.Tokens;
                     var b = cpp.Greedy(prompts, nt);
                     them.Add(b.PrefillSec, b.DecodeSec);
@@ -251,16 +345,14 @@ public static class Program
                         if (ot[s][j] != tt[s][j]) break;  // after a divergence the continuations differ legitimately
                         same++;
                     }
-                double preOurs = B * promptLen / ours.Prefill, preThem = B * promptLen / them.Prefill;
-                double decOurs = B * (nt - 1) / ours.Decode, decThem = B * (nt - 1) / them.Decode;
+                double preOurs = B * promptLen / mine.Prefill, preThem = B * promptLen / them.Prefill;
+                double decOurs = B * (nt - 1) / mine.Decode, decThem = B * (nt - 1) / them.Decode;
                 Console.WriteLine($"  {B,5} {"prefill",8} {preOurs,12:F1} {preThem,12:F1} {preOurs / preThem,7:F2}");
                 Console.WriteLine($"  {B,5} {"decode",8} {decOurs,12:F1} {decThem,12:F1} {decOurs / decThem,7:F2}  {same}/{total} (prefix agreement)");
                 if (B == 1)
                     Console.WriteLine($"  {1,5} {"bound",8} realn decode / bandwidth bound {decOurs / bound:F2}; llama.cpp {decThem / bound:F2}");
             }
-            Console.WriteLine($"  load after: {File.ReadAllText("/proc/loadavg").Trim()}");
         }
         finally { File.Delete(path); }
-        return 0;
     }
 }

@@ -16,6 +16,7 @@
 
 #include "cpu/gemm_bf16.hpp"
 #include "cpu/gemm_tiles.hpp"
+#include "cpu/small_m_linear.hpp"
 #include "testing/harness.hpp"
 
 using namespace realn::testing;
@@ -195,6 +196,34 @@ void register_cases() {
                 append(out, e.download(db, l.out));
                 return out;
             });
+        }
+    }
+    // The decode (small-M) bf16 linear on each kernel this CPU runs; threads split the output columns.
+    for (auto [isa, name] : {std::pair{realn::cpu::SimdIsa::AmxBf16, "amx"}, std::pair{realn::cpu::SimdIsa::Avx512Bf16, "avx512bf16"},
+                             std::pair{realn::cpu::SimdIsa::Avx512, "avx512"}, std::pair{realn::cpu::SimdIsa::Avx2, "avx2"},
+                             std::pair{realn::cpu::SimdIsa::Scalar, "scalar"}}) {
+        if (!realn::cpu::small_m_bf16_isa_supported(isa)) {
+            std::printf("[SKIP] small-M bf16 kernel %s: not available on this CPU/kernel\n", name);
+            continue;
+        }
+        for (auto [rows, in, out] : {std::tuple<int64_t, int64_t, int64_t>{1, 768, 300}, {4, 1100, 97}, {64, 200, 333}}) {
+            add("linear_fwd small-M", concat_shape("dtype=bf16 kernel=", name, " rows=", rows, " in=", in, " out=", out),
+                [isa = isa, rows = rows, in = in, out = out](Env& e) {
+                    const realn::cpu::SimdIsa prev = realn::cpu::small_m_bf16_isa();
+                    realn::cpu::small_m_bf16_force_isa(isa);
+                    Rng& r = e.rng();
+                    float* wf = e.upload(nonzero(r, out * in));
+                    uint16_t* w = static_cast<uint16_t*>(e.alloc(out * in * 2));
+                    Env::check(realn_op_convert(e.stream(), REALN_DTYPE_BF16, w, REALN_DTYPE_F32, wf, out * in));
+                    float* x = e.upload(nonzero(r, rows * in));
+                    float* b = e.upload(nonzero(r, out));
+                    float* y = static_cast<float*>(e.alloc(rows * out * 4));
+                    Env::check(realn_op_linear_fwd(e.stream(), REALN_DTYPE_BF16, x, w, b, y, rows, in, out));
+                    realn::cpu::small_m_bf16_force_isa(prev);
+                    Bytes o;
+                    append(o, e.download(y, rows * out));
+                    return o;
+                });
         }
     }
     for (int64_t n : {int64_t(40000), int64_t(100003)}) {

@@ -4,7 +4,7 @@
 // row order: the same for any thread count.
 // REALN_DTYPE_BF16: the weight w is bf16, every other tensor fp32; products of bf16-rounded
 // operands accumulate in fp32 (gemm_bf16.hpp), decode rows (<= kSmallMMaxRows) go to the small-M
-// kernel reading bf16 weights (x stays fp32 there).
+// kernel reading bf16 weights (x rounded to bf16 there too; AMX or vdpbf16ps sums).
 #include <cstring>
 
 #include "cpu_ops.hpp"

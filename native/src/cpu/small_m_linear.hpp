@@ -13,7 +13,7 @@ namespace realn::cpu {
 // logits whatever batch it is in (continuous batching relies on it).
 constexpr int64_t kSmallMMaxRows = 64;
 
-enum class SimdIsa : int32_t { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+enum class SimdIsa : int32_t { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3, AmxBf16 = 4 };
 
 // The best ISA this CPU runs (checked once).
 SimdIsa small_m_best_isa();
@@ -25,12 +25,19 @@ bool small_m_isa_supported(SimdIsa isa);
 void small_m_linear_fwd(SimdIsa isa, const float* x, const float* w, const float* bias, float* y,
                         int64_t rows, int64_t in, int64_t out);
 
-// The same with a bf16 weight w [out, in] (x, bias, y fp32): weights widened to fp32 in registers
-// (exact), fp32 FMAs; AVX-512 (F + BW) where present, else scalar. Same fixed accumulation order
-// per output element, so results do not depend on the thread or row count either.
+// The same with a bf16 weight w [out, in] (x, bias, y fp32): x is rounded to bf16 (RNE, as the bf16
+// GEMM of prefill and training rounds it), and each output element is a sum of exact bf16 products
+// in a fixed order. AMX (where Linux grants tile state): the transposed product on tiles, summed
+// exactly as the bf16 GEMM's AMX path sums (so decode rows get the bits prefill and training get);
+// else vdpbf16ps (AVX512_BF16), which the AVX-512F, AVX2 and scalar kernels emulate bit for bit.
+// No kernel's result depends on the thread or row count.
 void small_m_linear_fwd_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
                              int64_t rows, int64_t in, int64_t out);
-// Which kernel small_m_linear_fwd_bf16 runs: Avx512 or Scalar; tests force Scalar through this.
+// The ISA small_m_linear_fwd_bf16 runs: the best supported (AmxBf16 > Avx512Bf16 > Avx512 > Avx2 >
+// Scalar)
+// unless forced; tests force each one through small_m_bf16_force_isa (an unsupported ISA is ignored).
+SimdIsa small_m_bf16_isa();
+bool small_m_bf16_isa_supported(SimdIsa isa);
 void small_m_bf16_force_isa(SimdIsa isa);
 
 }  // namespace realn::cpu

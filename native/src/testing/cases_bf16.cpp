@@ -152,7 +152,7 @@ Outcome gemm_case(Env& env, const char* path, int ta, int tb, int64_t m, int64_t
     return {rel_err(out, ref), ""};
 }
 
-// x [rows, in] fp32 (rounded to bf16 by the op when rows > kSmallMMaxRows), w bf16.
+// x [rows, in] fp32 (rounded to bf16 by the op, by the small-M kernel too), w bf16.
 Outcome linear_fwd_case(Env& env, const char* path, int64_t rows, int64_t in, int64_t out, bool bias) {
     if (!path_runs(path)) return {0.0, std::string(path) + " not available on this CPU: skipped"};
     PathEnv pe(path);
@@ -162,7 +162,7 @@ Outcome linear_fwd_case(Env& env, const char* path, int64_t rows, int64_t in, in
     float* dy = static_cast<float*>(env.alloc(rows * out * 4));
     Env::check(realn_op_linear_fwd(env.stream(), REALN_DTYPE_BF16, env.upload(x), env.upload(w),
                                    bias ? env.upload(b) : nullptr, dy, rows, in, out));
-    const auto X = rows > cpu::kSmallMMaxRows ? rounded(x) : to_double(x);
+    const auto X = rounded(x);
     const auto W = widened(w);
     std::vector<double> ref(rows * out);
     for (int64_t i = 0; i < rows; ++i)
@@ -311,36 +311,56 @@ Outcome embedding_bwd_case(Env& env, int64_t n, int64_t vocab, int64_t hidden, i
     return {rel_err(got, ref), ""};
 }
 
-Outcome small_m_case(Env& env, bool scalar, int64_t rows, int64_t in, int64_t out, bool bias) {
+// One ISA of the small-M bf16 kernel: against float64 of the bf16-rounded x and w; bit-identical to
+// the scalar kernel (every vector ISA emulates vdpbf16ps exactly) or, for AMX, to the bf16 GEMM's
+// AMX path (the prefill/training linear), to itself with one thread and to each row computed alone.
+Outcome small_m_case(Env& env, cpu::SimdIsa isa, int64_t rows, int64_t in, int64_t out, bool bias) {
     if (env.backend() != REALN_BACKEND_CPU) return {0.0, "CPU kernel: not run on this backend"};
-    if (!scalar && !cpu::small_m_isa_supported(cpu::SimdIsa::Avx512)) return {0.0, "AVX-512 not on this CPU: skipped"};
+    if (!cpu::small_m_bf16_isa_supported(isa)) return {0.0, "ISA not on this CPU: skipped"};
     Rng& r = env.rng();
     auto x = r.uniform_vec(rows * in), b = r.uniform_vec(out);
     auto w = to_bf16(r.uniform_vec(out * in));
-    std::vector<float> y(rows * out), y1(rows * out);
+    std::vector<float> y(rows * out), y1(rows * out), ys(rows * out);
     const float* bp = bias ? b.data() : nullptr;
     struct Force {
-        explicit Force(bool s) { cpu::small_m_bf16_force_isa(s ? cpu::SimdIsa::Scalar : cpu::SimdIsa::Avx512); }
-        ~Force() { cpu::small_m_bf16_force_isa(cpu::SimdIsa::Avx512); }
-    } force(scalar);
+        explicit Force(cpu::SimdIsa i) : prev(cpu::small_m_bf16_isa()) { cpu::small_m_bf16_force_isa(i); }
+        ~Force() { cpu::small_m_bf16_force_isa(prev); }
+        cpu::SimdIsa prev;
+    };
+    const char* twin = "the scalar kernel";
+    if (isa == cpu::SimdIsa::AmxBf16) {
+        twin = "the AMX bf16 GEMM";
+        for (int64_t m = 0; m < rows; ++m)
+            for (int64_t o = 0; o < out; ++o) ys[m * out + o] = bias ? b[o] : 0.0f;
+        cpu::gemm_mixed(cpu::Bf16GemmPath::Amx, rows, out, in, 1.0f, {x.data(), in, false, false},
+                        {w.data(), in, true, true}, bias ? 1.0f : 0.0f, ys.data(), out);
+    } else {
+        Force force(cpu::SimdIsa::Scalar);
+        cpu::small_m_linear_fwd_bf16(x.data(), w.data(), bp, ys.data(), rows, in, out);
+    }
+    Force force(isa);
     cpu::small_m_linear_fwd_bf16(x.data(), w.data(), bp, y.data(), rows, in, out);
     const int threads = omp_get_max_threads();
     omp_set_num_threads(1);
     cpu::small_m_linear_fwd_bf16(x.data(), w.data(), bp, y1.data(), rows, in, out);
     omp_set_num_threads(threads);
     if (y != y1) return {1.0, "result differs between 1 thread and " + std::to_string(threads)};
+    for (size_t i = 0; i < y.size(); ++i)
+        if (f_bits(y[i]) != f_bits(ys[i]))
+            return {1.0, concat_shape("element ", i, " differs from ", twin, ": ", y[i], " vs ", ys[i])};
     for (int64_t m = 0; m < rows; ++m) {
         std::vector<float> row(out);
         cpu::small_m_linear_fwd_bf16(x.data() + m * in, w.data(), bp, row.data(), 1, in, out);
         if (!std::equal(row.begin(), row.end(), y.begin() + m * out))
             return {1.0, "row " + std::to_string(m) + " alone differs from the batch"};
     }
+    const auto X = rounded(x);
     const auto W = widened(w);
     std::vector<double> ref(rows * out);
     for (int64_t i = 0; i < rows; ++i)
         for (int64_t o = 0; o < out; ++o) {
             double acc = bias ? b[o] : 0.0;
-            for (int64_t p = 0; p < in; ++p) acc += double(x[i * in + p]) * W[o * in + p];
+            for (int64_t p = 0; p < in; ++p) acc += X[i * in + p] * W[o * in + p];
             ref[i * out + o] = acc;
         }
     return {rel_err(y, ref), ""};
@@ -399,12 +419,17 @@ void add_bf16_cases() {
     for (auto [n, vocab, hidden, start] : {std::tuple{40, 50, 24, 0}, std::tuple{500, 40, 200, 20}})
         add_case({"embedding_bwd", concat_shape("dtype=bf16 n=", n, " vocab=", vocab, " hidden=", hidden, " start=", start),
                   kTolF32, [=](Env& e) { return embedding_bwd_case(e, n, vocab, hidden, start); }});
-    for (bool scalar : {false, true})
+    // Tails of every length class (in % 32), one row, the threaded shape, all four row tiles.
+    for (auto [isa, name] : {std::tuple{cpu::SimdIsa::AmxBf16, "amx"}, std::tuple{cpu::SimdIsa::Avx512Bf16, "avx512bf16"},
+                             std::tuple{cpu::SimdIsa::Avx512, "avx512"},
+                             std::tuple{cpu::SimdIsa::Avx2, "avx2"}, std::tuple{cpu::SimdIsa::Scalar, "scalar"}})
         for (auto [rows, in, out, bias] : {std::tuple{1, 1, 1, false}, std::tuple{3, 45, 7, true},
-                                           std::tuple{8, 1031, 65, true}, std::tuple{37, 129, 70, false}})
-            add_case({scalar ? "small_m_linear_bf16_scalar" : "small_m_linear_bf16_avx512",
+                                           std::tuple{8, 1031, 65, true}, std::tuple{37, 129, 70, false},
+                                           std::tuple{64, 96, 33, true}, std::tuple{2, 300, 257, false},
+                                           std::tuple{17, 1100, 48, true}, std::tuple{5, 2048, 80, false}})
+            add_case({std::string("small_m_linear_bf16_") + name,
                       concat_shape("rows=", rows, " in=", in, " out=", out, " bias=", bias), kTolF32,
-                      [=](Env& e) { return small_m_case(e, scalar, rows, in, out, bias); }});
+                      [=](Env& e) { return small_m_case(e, isa, rows, in, out, bias); }});
 }
 
 }  // namespace realn::testing
