@@ -24,6 +24,7 @@
 #include "../src/core/error.hpp"
 #include "../src/cpu/cpu_ops.hpp"
 #include "driver.hpp"
+#include "host_plans.hpp"
 
 namespace realn::cuda {
 
@@ -434,24 +435,11 @@ void gae(realn_stream_t s, const float* rewards, const float* values, const int3
 
 // ---- KV cache and attention ----------------------------------------------------------------------
 
-// kv_store: the host lists each cache row once, keeping the last token that names it (the CPU
-// backend's "later token wins"), so the kernel has one writer per element.
 void kv_store(realn_stream_t s, int32_t dtype, const void* k, const void* v, const int32_t* slots, const int32_t* positions,
               int64_t tokens, void* kcache, void* vcache, int64_t, int64_t max_len, int64_t hkv, int64_t d) {
-    std::unordered_map<int64_t, int32_t> last;  // cache row -> token
-    std::vector<int64_t> dst_row;
-    std::vector<int32_t> src_tok;
-    for (int64_t t = 0; t < tokens; ++t) {
-        const int64_t cell = int64_t(slots[t]) * max_len + positions[t];
-        auto it = last.find(cell);
-        if (it == last.end()) {
-            last.emplace(cell, static_cast<int32_t>(dst_row.size()));
-            dst_row.push_back(cell);
-            src_tok.push_back(static_cast<int32_t>(t));
-        } else {
-            src_tok[it->second] = static_cast<int32_t>(t);
-        }
-    }
+    const KvStorePlan plan = kv_store_plan(slots, positions, tokens, max_len);
+    const auto& dst_row = plan.dst_row;
+    const auto& src_tok = plan.src_token;
     const int64_t items = static_cast<int64_t>(dst_row.size()), row = hkv * d;
     auto dev_src = upload(s, src_tok);
     auto dev_dst = upload(s, dst_row);
@@ -468,7 +456,6 @@ void kv_store(realn_stream_t s, int32_t dtype, const void* k, const void* v, con
 
 constexpr int64_t kDecodeMaxHeadDim = 256;   // REALN_DECODE_DMAX in kernels/kv_cache.cu
 constexpr int64_t kAttentionMaxHeadDim = 128;  // REALN_ATT_DMAX in kernels/attention.cu
-constexpr unsigned kAttentionRows = 8;         // REALN_ATT_WARPS: rows per block, one warp each
 
 void attention_decode(realn_stream_t s, int32_t dtype, const void* q, const void* kcache, const void* vcache,
                       const int32_t* slots, const int32_t* lens, int64_t batch, int64_t, int64_t max_len, int64_t hq,
@@ -484,16 +471,6 @@ void attention_decode(realn_stream_t s, int32_t dtype, const void* q, const void
     sync(s);
 }
 
-// (sequence start, sequence length, first row) of every kAttentionRows-row tile of every sequence.
-std::vector<int32_t> attention_tiles(const int32_t* cu_seqlens, int64_t nseq) {
-    std::vector<int32_t> tiles;
-    for (int64_t i = 0; i < nseq; ++i) {
-        const int32_t start = cu_seqlens[i], len = cu_seqlens[i + 1] - cu_seqlens[i];
-        for (int32_t r = 0; r < len; r += static_cast<int32_t>(kAttentionRows)) tiles.insert(tiles.end(), {start, len, r});
-    }
-    return tiles;
-}
-
 void check_attention_head_dim(const char* op, int64_t d) {
     if (d > kAttentionMaxHeadDim)
         fail(REALN_ERR_UNSUPPORTED, "cuda backend: ", op, " supports head_dim <= ", kAttentionMaxHeadDim, " (got ", d, ")");
@@ -505,7 +482,7 @@ void attention_fwd(realn_stream_t s, int32_t, const void* q, const void* k, cons
     const std::vector<int32_t> tiles = attention_tiles(cu_seqlens, nseq);
     if (tiles.empty()) return;
     auto dev_tiles = upload(s, tiles);
-    launch2(s, "realn_attention_fwd", static_cast<unsigned>(tiles.size() / 3), static_cast<unsigned>(hq), kAttentionRows * 32,
+    launch2(s, "realn_attention_fwd", static_cast<unsigned>(tiles.size() / 3), static_cast<unsigned>(hq), static_cast<unsigned>(kAttentionRows * 32),
             static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v),
             static_cast<const int*>(dev_tiles->as<int>()), hq, hkv, d, scale, static_cast<float*>(out), lse);
     sync(s);
@@ -520,14 +497,14 @@ void attention_bwd(realn_stream_t s, int32_t, const void* q, const void* k, cons
     auto dev_tiles = upload(s, tiles);
     Scratch delta(total * hq * static_cast<int64_t>(sizeof(float)));
     const int64_t rows = total * hq;
-    launch(s, "realn_attention_bwd_delta", static_cast<unsigned>((rows + kAttentionRows - 1) / kAttentionRows), kAttentionRows * 32,
+    launch(s, "realn_attention_bwd_delta", static_cast<unsigned>((rows + kAttentionRows - 1) / kAttentionRows), static_cast<unsigned>(kAttentionRows * 32),
            static_cast<const float*>(out), static_cast<const float*>(dout), rows, d, delta.as<float>());
     const auto* tl = static_cast<const int*>(dev_tiles->as<int>());
     const unsigned ntiles = static_cast<unsigned>(tiles.size() / 3);
-    launch2(s, "realn_attention_bwd_dq", ntiles, static_cast<unsigned>(hq), kAttentionRows * 32, static_cast<const float*>(q),
+    launch2(s, "realn_attention_bwd_dq", ntiles, static_cast<unsigned>(hq), static_cast<unsigned>(kAttentionRows * 32), static_cast<const float*>(q),
             static_cast<const float*>(k), static_cast<const float*>(v), lse, static_cast<const float*>(dout),
             static_cast<const float*>(delta.as<float>()), tl, hq, hkv, d, scale, static_cast<float*>(dq));
-    launch2(s, "realn_attention_bwd_dkv", ntiles, static_cast<unsigned>(hkv), kAttentionRows * 32, static_cast<const float*>(q),
+    launch2(s, "realn_attention_bwd_dkv", ntiles, static_cast<unsigned>(hkv), static_cast<unsigned>(kAttentionRows * 32), static_cast<const float*>(q),
             static_cast<const float*>(k), static_cast<const float*>(v), lse, static_cast<const float*>(dout),
             static_cast<const float*>(delta.as<float>()), tl, hq, hkv, d, scale, static_cast<float*>(dk), static_cast<float*>(dv));
     sync(s);

@@ -4,9 +4,34 @@
 // Math without libdevice: sqrt/fma lower to PTX instructions; exp/sin/cos use the hardware
 // approximations (ex2.approx, sin.approx, cos.approx), whose error (~2^-22 relative for ex2,
 // ~2^-21 absolute for sin/cos on [-pi, pi]) is inside the fp32 tolerances of the case list.
+// A third spelling, REALN_CUDA_EMULATE, compiles the kernels as host C++ for ctest
+// `cuda_kernels_emulated` (native/tests/cuda_emulator.hpp: one OS thread per GPU thread, real
+// barriers and warp exchanges, blocks one after another so function statics are shared memory).
 #pragma once
 
-#if defined(__NVCC__)
+#if defined(REALN_CUDA_EMULATE)
+#define REALN_GLOBAL inline
+#define REALN_DEVICE static inline
+#define REALN_SHARED static
+REALN_DEVICE float realn_exp2(float x) { return realn::emu::exp2_(x); }
+REALN_DEVICE float realn_sin(float x) { return realn::emu::sin_(x); }
+REALN_DEVICE float realn_cos(float x) { return realn::emu::cos_(x); }
+REALN_DEVICE void realn_sync() { realn::emu::syncthreads(); }
+REALN_DEVICE unsigned realn_f2u(float x) { return __builtin_bit_cast(unsigned, x); }
+REALN_DEVICE float realn_u2f(unsigned x) { return __builtin_bit_cast(float, x); }
+REALN_DEVICE float realn_sqrt(float x) { return __builtin_sqrtf(x); }
+REALN_DEVICE double realn_sqrt_d(double x) { return __builtin_sqrt(x); }
+REALN_DEVICE double realn_rint_d(double x) { return __builtin_rint(x); }
+REALN_DEVICE float realn_log2(float x) { return realn::emu::log2_(x); }
+REALN_DEVICE float realn_shfl_xor(float v, int lane_mask) { return realn::emu::shfl_xor(v, lane_mask); }
+REALN_DEVICE float realn_shfl(float v, int src_lane) { return realn::emu::shfl(v, src_lane); }
+REALN_DEVICE unsigned long long realn_d2ull(double x) { return __builtin_bit_cast(unsigned long long, x); }
+REALN_DEVICE double realn_ull2d(unsigned long long x) { return __builtin_bit_cast(double, x); }
+using realn::emu::threadIdx;
+using realn::emu::blockIdx;
+using realn::emu::blockDim;
+using realn::emu::gridDim;
+#elif defined(__NVCC__)
 #define REALN_GLOBAL extern "C" __global__
 #define REALN_DEVICE static __device__ inline
 #define REALN_SHARED __shared__
