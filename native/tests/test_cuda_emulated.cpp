@@ -1,5 +1,5 @@
-// ctest `cuda_kernels_emulated`: the CUDA backend's attention, KV-cache and loss kernels
-// (native/cuda/kernels/*.cu), compiled as host C++ and run on the CPU emulator (cuda_emulator.hpp),
+// ctest `cuda_kernels_emulated`: the CUDA backend's kernels (native/cuda/kernels/*.cu: attention,
+// KV cache, losses, and the row-wise, elementwise, optimizer and interval ones), compiled as host C++ and run on the CPU emulator (cuda_emulator.hpp),
 // with the backend's own host work lists (native/cuda/host_plans.hpp), against the CPU backend's
 // ops through the public ABI on random inputs (the CPU ops are themselves checked against float64
 // references by the case list). This checks the kernels' logic - indexing, causal/GQA masking,
@@ -21,6 +21,10 @@
 #include "../cuda/kernels/attention.cu"
 #include "../cuda/kernels/kv_cache.cu"
 #include "../cuda/kernels/losses.cu"
+#include "../cuda/kernels/elementwise.cu"
+#include "../cuda/kernels/interval.cu"
+#include "../cuda/kernels/optim.cu"
+#include "../cuda/kernels/rowwise.cu"
 #include "realn.h"
 
 namespace {
@@ -252,6 +256,173 @@ void cross_entropy_case(int64_t rows, int64_t vocab) {
     expect_close("cross_entropy_bwd", shape, g, g_ref, 2e-5);
 }
 
+
+void expect_same(const char* what, const std::string& shape, const void* a, const void* b, size_t bytes) {
+    const bool same = std::memcmp(a, b, bytes) == 0;
+    std::printf("%s %s %s: %s\n", same ? "ok  " : "FAIL", what, shape.c_str(), same ? "bit-exact" : "differs");
+    if (!same) ++failures;
+}
+
+// RMSNorm, SwiGLU (strided gate|up), rotary (a partial rotation), embedding (vocab-parallel, ids
+// outside the shard), with small grids so the grid-stride loops wrap.
+void rowwise_case() {
+    const int64_t rows = 5, dim = 300;
+    const auto x = uniform(rows * dim), w = uniform(dim), dy = uniform(rows * dim);
+    std::vector<float> y_ref(x.size()), rs_ref(rows), y(x.size(), NAN), rs(rows, NAN);
+    check(realn_op_rmsnorm_fwd(cpu_stream(), REALN_DTYPE_F32, x.data(), w.data(), y_ref.data(), rs_ref.data(), rows, dim, 1e-5f),
+          "cpu rmsnorm_fwd");
+    realn::emu::launch(static_cast<unsigned>(rows), 1, 128,
+                       [&] { realn_rmsnorm_fwd(x.data(), w.data(), y.data(), rs.data(), rows, dim, 1e-5f); });
+    const std::string shape = "rows=5 dim=300";
+    expect_close("rmsnorm_fwd y", shape, y, y_ref, 2e-6);
+    expect_close("rmsnorm_fwd rstd", shape, rs, rs_ref, 2e-6);
+    const auto dw0 = uniform(dim);
+    std::vector<float> dx_ref(x.size()), dw_ref = dw0, dx(x.size(), NAN), dw = dw0;
+    check(realn_op_rmsnorm_bwd(cpu_stream(), REALN_DTYPE_F32, x.data(), w.data(), rs_ref.data(), dy.data(), dx_ref.data(),
+                               dw_ref.data(), rows, dim),
+          "cpu rmsnorm_bwd");
+    realn::emu::launch(static_cast<unsigned>(rows), 1, 128,
+                       [&] { realn_rmsnorm_bwd_dx(x.data(), w.data(), rs.data(), dy.data(), dx.data(), rows, dim); });
+    realn::emu::launch(2, 1, 64, [&] { realn_rmsnorm_bwd_dw(x.data(), rs.data(), dy.data(), dw.data(), rows, dim); });
+    expect_close("rmsnorm_bwd dx", shape, dx, dx_ref, 2e-6);
+    expect_close("rmsnorm_bwd dw", shape, dw, dw_ref, 2e-6);
+
+    const int64_t cols = 70, ld_in = 2 * cols + 3, ld_out = cols + 1;
+    const auto gu = uniform(rows * ld_in, -4, 4), dout = uniform(rows * ld_out);
+    std::vector<float> o_ref(rows * ld_out, 0), o(rows * ld_out, 0), dg_ref(gu.size(), 0), dg(gu.size(), 0);
+    check(realn_op_swiglu_fwd(cpu_stream(), REALN_DTYPE_F32, gu.data(), gu.data() + cols, ld_in, o_ref.data(), ld_out, rows, cols),
+          "cpu swiglu_fwd");
+    check(realn_op_swiglu_bwd(cpu_stream(), REALN_DTYPE_F32, gu.data(), gu.data() + cols, ld_in, dout.data(), ld_out,
+                              dg_ref.data(), dg_ref.data() + cols, rows, cols),
+          "cpu swiglu_bwd");
+    realn::emu::launch(2, 1, 64, [&] {
+        realn_swiglu_fwd(gu.data(), gu.data() + cols, ld_in, o.data(), ld_out, rows, cols);
+        realn_swiglu_bwd(gu.data(), gu.data() + cols, ld_in, dout.data(), ld_out, dg.data(), dg.data() + cols, rows, cols);
+    });
+    expect_close("swiglu_fwd", "rows=5 cols=70 strided", o, o_ref, 2e-6);
+    expect_close("swiglu_bwd", "rows=5 cols=70 strided", dg, dg_ref, 2e-6);
+
+    const int64_t tokens = 6, heads = 3, head_dim = 20, rot_dim = 12;
+    const auto rx = uniform(tokens * heads * head_dim);
+    std::vector<int32_t> pos{0, 1, 7, 100, 4095, 33};
+    std::vector<double> inv_freq(rot_dim / 2);
+    for (int64_t i = 0; i < rot_dim / 2; ++i) inv_freq[i] = std::pow(10000.0, -2.0 * double(i) / double(rot_dim));
+    std::vector<float> ry_ref(rx.size()), ry(rx.size(), NAN);
+    check(realn_op_rotary_freqs_fwd(cpu_stream(), REALN_DTYPE_F32, rx.data(), pos.data(), ry_ref.data(), tokens, heads, head_dim,
+                                    rot_dim, inv_freq.data()),
+          "cpu rotary");
+    realn::emu::launch(2, 1, 64, [&] {
+        realn_rotary(rx.data(), pos.data(), ry.data(), tokens, heads, head_dim, rot_dim, inv_freq.data(), 1.0f);
+        realn_rotary_tail(rx.data(), ry.data(), tokens * heads, head_dim, rot_dim);
+    });
+    expect_close("rotary", "tokens=6 heads=3 head_dim=20 rot_dim=12", ry, ry_ref, 2e-6);
+
+    const int64_t vocab = 11, hidden = 36, vs = 5, n = 9;
+    std::vector<int32_t> ids{5, 6, 15, 0, 4, 16, 5, 10, 15};  // ids outside [5, 16) and repeats
+    const auto table = uniform(vocab * hidden), gout = uniform(n * hidden), dt0 = uniform(vocab * hidden);
+    std::vector<float> e_ref(n * hidden), e(n * hidden, NAN), dt_ref = dt0, dt = dt0;
+    check(realn_op_embedding_fwd(cpu_stream(), REALN_DTYPE_F32, ids.data(), n, table.data(), vocab, hidden, vs, e_ref.data()),
+          "cpu embedding_fwd");
+    check(realn_op_embedding_bwd(cpu_stream(), REALN_DTYPE_F32, ids.data(), n, gout.data(), vocab, hidden, vs, dt_ref.data()),
+          "cpu embedding_bwd");
+    realn::emu::launch(2, 1, 64, [&] {
+        realn_embedding_fwd(ids.data(), n, table.data(), vocab, hidden, vs, e.data());
+        realn_embedding_bwd(ids.data(), n, gout.data(), vocab, hidden, vs, dt.data());
+    });
+    expect_same("embedding_fwd", "vocab=11 of [5, 16) hidden=36", e.data(), e_ref.data(), e.size() * 4);
+    expect_close("embedding_bwd", "vocab=11 of [5, 16) hidden=36", dt, dt_ref, 2e-6);
+}
+
+// sumsq / count_nonfinite (partials then their sum), convert both ways, AdamW, GAE, interval
+// gather/scatter (16-byte, 4-byte and byte paths).
+void elementwise_case() {
+    const int64_t n = 5000;
+    auto x = uniform(n, -3, 3);
+    x[17] = NAN;
+    x[4000] = INFINITY;
+    double ss_ref = 0;
+    int64_t bad_ref = 0;
+    std::vector<float> finite = x;
+    finite[17] = finite[4000] = 0.5f;
+    check(realn_op_sumsq(cpu_stream(), finite.data(), n, &ss_ref), "cpu sumsq");
+    check(realn_op_count_nonfinite(cpu_stream(), x.data(), n, &bad_ref), "cpu count_nonfinite");
+    const int blocks = 3;
+    std::vector<double> partial(blocks, NAN), total(1, NAN), bad_partial(blocks, NAN), bad_total(1, NAN);
+    realn::emu::launch(blocks, 1, 128, [&] {
+        realn_sumsq_partial(finite.data(), n, partial.data());
+        realn_nonfinite_partial(x.data(), n, bad_partial.data());
+    });
+    realn::emu::launch(1, 1, 64, [&] {
+        realn_sum_partials(partial.data(), blocks, total.data());
+        realn_sum_partials(bad_partial.data(), blocks, bad_total.data());
+    });
+    expect_close("sumsq", "n=5000", {float(total[0])}, {float(ss_ref)}, 1e-7);
+    expect_close("count_nonfinite", "n=5000 (2 bad)", {float(bad_total[0])}, {float(bad_ref)}, 0);
+
+    std::vector<uint16_t> h_ref(n), h(n);
+    std::vector<float> back_ref(n), back(n);
+    check(realn_op_convert(cpu_stream(), REALN_DTYPE_BF16, h_ref.data(), REALN_DTYPE_F32, x.data(), n), "cpu convert");
+    check(realn_op_convert(cpu_stream(), REALN_DTYPE_F32, back_ref.data(), REALN_DTYPE_BF16, h_ref.data(), n), "cpu convert");
+    realn::emu::launch(2, 1, 64, [&] { realn_f32_to_bf16(x.data(), h.data(), n); });
+    realn::emu::launch(2, 1, 64, [&] { realn_bf16_to_f32(h.data(), back.data(), n); });
+    expect_same("convert f32->bf16", "n=5000 with NaN, inf", h.data(), h_ref.data(), h.size() * 2);
+    expect_same("convert bf16->f32", "n=5000", back.data(), back_ref.data(), back.size() * 4);
+
+    // AdamW: the step size and bias correction as backend_cuda.cpp's host code forms them.
+    realn_adamw_opts o = REALN_ADAMW_OPTS_INIT;
+    o.lr = 3e-3f;
+    o.weight_decay = 0.1f;
+    o.grad_scale = 0.5f;
+    o.step = 7;
+    const auto p0 = uniform(n), g = uniform(n), m0 = uniform(n, -0.1f, 0.1f), v0 = uniform(n, 0.0f, 0.01f);
+    auto p_ref = p0, m_ref = m0, v_ref = v0, p = p0, m = m0, v = v0;
+    check(realn_op_adamw(cpu_stream(), &o, p_ref.data(), g.data(), m_ref.data(), v_ref.data(), n), "cpu adamw");
+    const float step_size = static_cast<float>(o.lr / (1.0 - std::pow(double(o.beta1), double(o.step))));
+    const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(double(o.beta2), double(o.step))));
+    realn::emu::launch(2, 1, 64, [&] {
+        realn_adamw(p.data(), g.data(), m.data(), v.data(), n, o.beta1, o.beta2, o.eps, o.grad_scale, step_size, inv_sqrt_bc2,
+                    o.lr * o.weight_decay);
+    });
+    expect_close("adamw p", "n=5000 step=7", p, p_ref, 1e-6);
+    expect_close("adamw m", "n=5000 step=7", m, m_ref, 1e-6);
+    expect_close("adamw v", "n=5000 step=7", v, v_ref, 1e-6);
+
+    std::vector<int32_t> cu{0, 4, 4, 13};
+    const auto rewards = uniform(13), values = uniform(13 + 3);
+    std::vector<float> adv_ref(13), ret_ref(13), adv(13, NAN), ret(13, NAN);
+    check(realn_op_gae(cpu_stream(), rewards.data(), values.data(), cu.data(), 3, 0.99f, 0.95f, adv_ref.data(), ret_ref.data()),
+          "cpu gae");
+    realn::emu::launch(1, 1, 32, [&] {
+        realn_gae(rewards.data(), values.data(), cu.data(), 3, 0.99f, 0.95f, adv.data(), ret.data());
+    });
+    expect_close("gae advantages", "lens=4,0,9", adv, adv_ref, 1e-6);
+    expect_close("gae returns", "lens=4,0,9", ret, ret_ref, 1e-6);
+
+    std::vector<unsigned char> flat(4096);
+    for (size_t i = 0; i < flat.size(); ++i) flat[i] = static_cast<unsigned char>(i * 131 + 7);
+    std::vector<int64_t> off{0, 64, 1004, 2048, 3000}, len{32, 48, 20, 0, 77}, at;  // 16-byte, 16, 4, empty, byte
+    int64_t total_bytes = 0;
+    for (int64_t l : len) {
+        at.push_back(total_bytes);
+        total_bytes += l;
+    }
+    std::vector<unsigned char> st_ref(total_bytes), st(total_bytes);
+    check(realn_interval_gather(cpu_stream(), st_ref.data(), flat.data(), off.data(), len.data(), 5), "cpu gather");
+    realn::emu::launch(2, 1, 64, [&] {
+        realn_interval_gather(reinterpret_cast<char*>(st.data()), reinterpret_cast<const char*>(flat.data()),
+                              reinterpret_cast<const i64*>(off.data()), reinterpret_cast<const i64*>(len.data()),
+                              reinterpret_cast<const i64*>(at.data()), 5);
+    });
+    expect_same("interval_gather", "5 intervals, 16/4/1-byte paths", st.data(), st_ref.data(), st.size());
+    std::vector<unsigned char> flat2(flat.size(), 0), flat2_ref(flat.size(), 0);
+    check(realn_interval_scatter(cpu_stream(), flat2_ref.data(), st_ref.data(), off.data(), len.data(), 5), "cpu scatter");
+    realn::emu::launch(2, 1, 64, [&] {
+        realn_interval_scatter(reinterpret_cast<char*>(flat2.data()), reinterpret_cast<const char*>(st_ref.data()),
+                               reinterpret_cast<const i64*>(off.data()), reinterpret_cast<const i64*>(len.data()),
+                               reinterpret_cast<const i64*>(at.data()), 5);
+    });
+    expect_same("interval_scatter", "5 intervals, 16/4/1-byte paths", flat2.data(), flat2_ref.data(), flat2.size());
+}
 }  // namespace
 
 int main() {
@@ -275,6 +446,10 @@ int main() {
         logprobs_case(5, 777, 0.7f, true, true);
         logprobs_case(3, 300, 1.3f, false, true);
         cross_entropy_case(4, 1500);
+    });
+    timed("row-wise, elementwise, optimizer, intervals", [] {
+        rowwise_case();
+        elementwise_case();
     });
     if (failures) {
         std::printf("%d failure(s)\n", failures);
