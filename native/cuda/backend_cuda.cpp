@@ -6,7 +6,7 @@
 // STATUS: compiled on every build; NOT YET RUN ON A GPU (no GPU was lent while it was written).
 // Implemented: memory, copies, fill, interval gather/scatter, hash, GEMM / linear (fp32, and bf16
 // operands with fp32 accumulation, through cuBLAS), axpby, add, scale, sumsq, count_nonfinite,
-// convert (f32 <-> bf16), embedding, RMSNorm, rotary, SwiGLU, attention fwd/bwd (fp32, head_dim
+// convert (f32 <-> bf16), embedding and RMSNorm (fp32, or a bf16 table / weight), rotary, SwiGLU, attention fwd/bwd (fp32, head_dim
 // <= 128), KV store and decode attention (fp32 or bf16 cache, head_dim <= 256), log-probs /
 // entropy, cross-entropy, sampling (on the host: the CPU sampler), AdamW, GAE.
 // Host-side metadata (cu_seqlens, slots, positions, lens, interval lists) is read from host memory
@@ -364,10 +364,16 @@ void convert(realn_stream_t s, int32_t dst_dtype, void* dst, int32_t src_dtype, 
 
 // ---- transformer layers ------------------------------------------------------------------------
 
-void embedding_fwd(realn_stream_t s, int32_t, const int32_t* ids, int64_t n, const void* table, int64_t vocab,
+// dtype BF16 (as on the CPU backend): a bf16 table widened into fp32 rows; the backward never
+// reads the table, so a bf16 table's gradient (fp32) is the fp32 kernel.
+void embedding_fwd(realn_stream_t s, int32_t dt, const int32_t* ids, int64_t n, const void* table, int64_t vocab,
                    int64_t hidden, int64_t vs, void* out) {
-    launch(s, "realn_embedding_fwd", grid_for(n * hidden), kBlock, ids, n, static_cast<const float*>(table), vocab, hidden, vs,
-           static_cast<float*>(out));
+    if (dt == REALN_DTYPE_BF16)
+        launch(s, "realn_embedding_fwd_bf16", grid_for(n * hidden), kBlock, ids, n, static_cast<const unsigned short*>(table), vocab,
+               hidden, vs, static_cast<float*>(out));
+    else
+        launch(s, "realn_embedding_fwd", grid_for(n * hidden), kBlock, ids, n, static_cast<const float*>(table), vocab, hidden, vs,
+               static_cast<float*>(out));
 }
 void embedding_bwd(realn_stream_t s, int32_t, const int32_t* ids, int64_t n, const void* dout, int64_t vocab,
                    int64_t hidden, int64_t vs, void* dtable) {
@@ -375,17 +381,32 @@ void embedding_bwd(realn_stream_t s, int32_t, const int32_t* ids, int64_t n, con
            static_cast<float*>(dtable));
 }
 
-void rmsnorm_fwd(realn_stream_t s, int32_t, const void* x, const void* w, void* y, float* rstd, int64_t rows, int64_t dim,
-                 float eps) {
-    launch(s, "realn_rmsnorm_fwd", static_cast<unsigned>(rows), kBlock, static_cast<const float*>(x), static_cast<const float*>(w),
-           static_cast<float*>(y), rstd, rows, dim, eps);
+// dtype BF16 (as on the CPU backend): the bf16 weight is widened once per call (exactly) into
+// device scratch; everything else is the fp32 path. The caller synchronises before it is freed.
+std::unique_ptr<Scratch> widen_weight(realn_stream_t s, int32_t dt, const void* w, int64_t dim) {
+    if (dt != REALN_DTYPE_BF16) return nullptr;
+    auto wide = std::make_unique<Scratch>(dim * 4);
+    launch(s, "realn_bf16_to_f32", grid_for(dim), kBlock, static_cast<const unsigned short*>(w), wide->as<float>(), dim);
+    return wide;
 }
-void rmsnorm_bwd(realn_stream_t s, int32_t, const void* x, const void* w, const float* rstd, const void* dy, void* dx,
+
+void rmsnorm_fwd(realn_stream_t s, int32_t dt, const void* x, const void* w, void* y, float* rstd, int64_t rows, int64_t dim,
+                 float eps) {
+    auto wide = widen_weight(s, dt, w, dim);
+    const float* wf = wide ? wide->as<float>() : static_cast<const float*>(w);
+    launch(s, "realn_rmsnorm_fwd", static_cast<unsigned>(rows), kBlock, static_cast<const float*>(x), wf,
+           static_cast<float*>(y), rstd, rows, dim, eps);
+    if (wide) sync(s);
+}
+void rmsnorm_bwd(realn_stream_t s, int32_t dt, const void* x, const void* w, const float* rstd, const void* dy, void* dx,
                  void* dw, int64_t rows, int64_t dim) {
-    launch(s, "realn_rmsnorm_bwd_dx", static_cast<unsigned>(rows), kBlock, static_cast<const float*>(x), static_cast<const float*>(w),
+    auto wide = widen_weight(s, dt, w, dim);
+    const float* wf = wide ? wide->as<float>() : static_cast<const float*>(w);
+    launch(s, "realn_rmsnorm_bwd_dx", static_cast<unsigned>(rows), kBlock, static_cast<const float*>(x), wf,
            rstd, static_cast<const float*>(dy), static_cast<float*>(dx), rows, dim);
     launch(s, "realn_rmsnorm_bwd_dw", grid_for(dim), kBlock, static_cast<const float*>(x), rstd, static_cast<const float*>(dy),
            static_cast<float*>(dw), rows, dim);
+    if (wide) sync(s);
 }
 
 void rotary(realn_stream_t s, int32_t, const void* x, const int32_t* positions, void* y, int64_t tokens, int64_t heads,
@@ -578,11 +599,12 @@ bool supports(Op op, int32_t dtype) {
             return true;
         case Op::Convert:
             return dtype == REALN_DTYPE_F32 || dtype == REALN_DTYPE_BF16;
-        // bf16 as on the CPU backend (realn.h): GEMM operands / linear weight; a bf16 KV cache.
+        // bf16 as on the CPU backend (realn.h): GEMM operands / linear, embedding and RMSNorm
+        // weights; a bf16 KV cache.
         case Op::Gemm: case Op::LinearFwd: case Op::LinearBwd: case Op::KvStore: case Op::AttentionDecode:
+        case Op::EmbeddingFwd: case Op::EmbeddingBwd: case Op::RmsnormFwd: case Op::RmsnormBwd:
             return dtype == REALN_DTYPE_F32 || dtype == REALN_DTYPE_BF16;
-        case Op::Axpby: case Op::Add: case Op::Sumsq: case Op::Scale: case Op::CountNonfinite: case Op::EmbeddingFwd:
-        case Op::EmbeddingBwd: case Op::RmsnormFwd: case Op::RmsnormBwd: case Op::RotaryFwd: case Op::RotaryBwd:
+        case Op::Axpby: case Op::Add: case Op::Sumsq: case Op::Scale: case Op::CountNonfinite: case Op::RotaryFwd: case Op::RotaryBwd:
         case Op::SwigluFwd: case Op::SwigluBwd: case Op::Adamw: case Op::Gae: case Op::AttentionFwd:
         case Op::AttentionBwd: case Op::LogprobsFwd: case Op::LogprobsBwd: case Op::CrossEntropyFwd:
         case Op::CrossEntropyBwd: case Op::Sample:

@@ -330,6 +330,13 @@ void rowwise_case() {
         realn_embedding_bwd(ids.data(), n, gout.data(), vocab, hidden, vs, dt.data());
     });
     expect_same("embedding_fwd", "vocab=11 of [5, 16) hidden=36", e.data(), e_ref.data(), e.size() * 4);
+    std::vector<uint16_t> table_bf16(table.size());
+    check(realn_op_convert(cpu_stream(), REALN_DTYPE_BF16, table_bf16.data(), REALN_DTYPE_F32, table.data(), vocab * hidden),
+          "cpu convert");
+    check(realn_op_embedding_fwd(cpu_stream(), REALN_DTYPE_BF16, ids.data(), n, table_bf16.data(), vocab, hidden, vs, e_ref.data()),
+          "cpu embedding_fwd bf16");
+    realn::emu::launch(2, 1, 64, [&] { realn_embedding_fwd_bf16(ids.data(), n, table_bf16.data(), vocab, hidden, vs, e.data()); });
+    expect_same("embedding_fwd", "bf16 table vocab=11 of [5, 16) hidden=36", e.data(), e_ref.data(), e.size() * 4);
     expect_close("embedding_bwd", "vocab=11 of [5, 16) hidden=36", dt, dt_ref, 2e-6);
 }
 
