@@ -5,6 +5,8 @@
 // references by the case list). This checks the kernels' logic - indexing, causal/GQA masking,
 // tiles across sequence boundaries, online softmax, barrier placement, reductions - where no GPU
 // is available; it says nothing about speed or the GPU's approximate exp/log (see common.cuh).
+// Built with ThreadSanitizer where available (native/tests/CMakeLists.txt), so a missing or
+// misplaced barrier shows up as a data race on the block's shared memory and fails the test.
 #include <algorithm>
 #include <chrono>
 #include <functional>
@@ -462,6 +464,10 @@ int main() {
         std::printf("%d failure(s)\n", failures);
         return 1;
     }
-    std::printf("every emulated kernel matches the CPU backend\n");
+#ifdef REALN_EMULATED_UNDER_TSAN
+    std::printf("every emulated kernel matches the CPU backend (under ThreadSanitizer: no shared-memory race)\n");
+#else
+    std::printf("every emulated kernel matches the CPU backend (no ThreadSanitizer in this compiler: races not checked)\n");
+#endif
     return 0;
 }
