@@ -47,8 +47,3 @@ const Nccl& nccl();
 void nccl_check(ncclResult_t r, const char* what);
 
 }  // namespace realn::cuda
-
-namespace realn {
-// Makes device's primary context current on this thread (backend_cuda.cpp).
-void cuda_bind_device(int32_t device);
-}  // namespace realn

@@ -392,6 +392,20 @@ REALN_API realn_status realn_op_gae(realn_stream_t stream, const float* rewards,
                                     float lambda, float* advantages, float* returns);
 
 /* ---------------------------------------------------------------------------------------------
+ * CUDA IPC: device memory shared with another process on this host (cuda backend; NOT YET RUN ON
+ * HARDWARE), so a reallocation between two processes on one node is one device-to-device copy.
+ * device_ptr must be the start of a backend buffer (realn_buf_ptr). A stream of another backend is
+ * refused with REALN_ERR_UNSUPPORTED (host memory: realn_process_read).
+ * ------------------------------------------------------------------------------------------- */
+#define REALN_IPC_HANDLE_BYTES 64
+/* Writes REALN_IPC_HANDLE_BYTES bytes to handle, for another process to open. */
+REALN_API realn_status realn_ipc_handle(realn_stream_t stream, const void* device_ptr, uint8_t* handle);
+/* Maps the memory behind another process's handle into this one (on the stream's device). */
+REALN_API realn_status realn_ipc_open(realn_stream_t stream, const uint8_t* handle, void** device_ptr);
+/* Unmaps what realn_ipc_open returned. */
+REALN_API realn_status realn_ipc_close(realn_stream_t stream, void* device_ptr);
+
+/* ---------------------------------------------------------------------------------------------
  * Collectives between devices: NCCL, loaded at run time (libnccl.so.2, or REALN_NCCL_LIBRARY)
  * for streams of the cuda backend. NOT YET RUN ON HARDWARE. Without NCCL, a CUDA driver or a cuda
  * build every call fails with REALN_ERR_UNSUPPORTED and a message naming what is missing.

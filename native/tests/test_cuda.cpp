@@ -121,6 +121,22 @@ int main() {
         std::printf("collectives refused as expected: %s\n", init_why.c_str());
     }
     if (libnccl) dlclose(libnccl);
+
+    // CUDA IPC handles: a cpu stream is refused naming the backend (no cuda stream can exist here).
+    realn_stream_t cpu = nullptr;
+    EXPECT(realn_stream_create(REALN_BACKEND_CPU, 0, &cpu) == REALN_OK, "cpu stream: %s", realn_last_error());
+    uint8_t ipc[REALN_IPC_HANDLE_BYTES] = {0};
+    float host_value = 0;
+    EXPECT(realn_ipc_handle(cpu, &host_value, ipc) == REALN_ERR_UNSUPPORTED &&
+               std::string(realn_last_error()).find("realn_ipc_handle: IPC handles are device memory's: the 'cpu' backend") == 0,
+           "ipc handle of host memory: %s", realn_last_error());
+    void* opened = &host_value;
+    EXPECT(realn_ipc_open(cpu, ipc, &opened) == REALN_ERR_UNSUPPORTED && opened == nullptr, "ipc open on a cpu stream: %s",
+           realn_last_error());
+    EXPECT(realn_ipc_handle(cpu, nullptr, ipc) == REALN_ERR_INVALID_ARGUMENT &&
+               std::string(realn_last_error()).find("device_ptr must not be NULL") != std::string::npos,
+           "ipc handle of NULL: %s", realn_last_error());
+    realn_stream_destroy(cpu);
     if (available) {
         std::printf("a CUDA device is present: the ops_* tests run every case on it\n");
         return failures == 0 ? 0 : 1;
