@@ -15,7 +15,7 @@
 #define REALN_ATT_DMAX 128
 #define REALN_ATT_PL (REALN_ATT_DMAX / 32)
 
-REALN_DEVICE float realn_att_neg_inf() { return -__builtin_huge_valf(); }
+REALN_DEVICE float realn_att_neg_inf() { return realn_u2f(0xff800000u); }
 
 // dst[r][c] = src row (row0 + r) of head `head` for c < d, 0 elsewhere (and for rows >= row_end).
 // Called by the whole block.

@@ -55,7 +55,7 @@ REALN_DEVICE void realn_decode(const float* q, const C* kcache, const C* vcache,
         qr[i] = c < d ? qh[c] : 0.0f;
         acc[i] = 0.0f;
     }
-    float m = -__builtin_huge_valf(), l = 0.0f;
+    float m = realn_u2f(0xff800000u), l = 0.0f;
     for (i64 j = warp; j < len; j += REALN_DECODE_WARPS) {  // uniform per warp: all lanes shuffle
         float part = 0.0f;
         for (int i = 0; i < REALN_DECODE_PER_LANE; ++i) {
@@ -79,7 +79,7 @@ REALN_DEVICE void realn_decode(const float* q, const C* kcache, const C* vcache,
     for (int i = 0; i < REALN_DECODE_PER_LANE; ++i) part_acc[warp][lane + 32 * i] = acc[i];
     realn_sync();
     if (warp != 0) return;  // no barrier follows
-    float mt = -__builtin_huge_valf();
+    float mt = realn_u2f(0xff800000u);
     for (int w = 0; w < REALN_DECODE_WARPS; ++w) mt = part_m[w] > mt ? part_m[w] : mt;
     float lt = 0.0f, o[REALN_DECODE_PER_LANE];
     for (int i = 0; i < REALN_DECODE_PER_LANE; ++i) o[i] = 0.0f;

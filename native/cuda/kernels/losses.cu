@@ -7,7 +7,7 @@
 
 #define REALN_ROW_THREADS 256
 
-REALN_DEVICE float realn_neg_inf() { return -__builtin_huge_valf(); }
+REALN_DEVICE float realn_neg_inf() { return realn_u2f(0xff800000u); }
 
 // z_j = x_j * inv_t, or -inf where the mask forbids j. Returns max_j z_j (-inf if all masked).
 REALN_DEVICE float realn_row_zmax(const float* x, const unsigned char* mk, i64 vocab, float inv_t, float* fscratch) {
