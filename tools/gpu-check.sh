@@ -4,9 +4,13 @@
 # (PTX by clang++-14, else nvcc; OpenBLAS if installed, else the reference SGEMM), then
 #   1. runs the whole op case list on the cuda backend (realn_op_tests --backend cuda): every case
 #      the backend implements against the float64 reference, the others listed as not implemented;
-#   2. runs realn_cuda_bench: GEMM through the ABI vs cuBLAS called directly, device copies vs
-#      cuMemcpyDtoD, interval gather vs one copy of the same bytes (ratios measured in the same run);
-#   3. writes the figures to OUT/performance.md (and docs/performance.md when run in a checkout).
+#   2. runs realn_cuda_bench: GEMM (fp32 and bf16) through the ABI vs cuBLAS called directly,
+#      attention fwd/bwd times, device copies vs cuMemcpyDtoD, interval gather vs one copy of the
+#      same bytes (ratios measured in the same run);
+#   3. where python3 with torch sees the GPU: PyTorch scaled_dot_product_attention on the same
+#      attention shape (tools/sdpa_bench.py) and the ratio SDPA time / ours;
+#   4. writes the figures to OUT/performance.md (and docs/performance.md when run in a checkout).
+# Every step has a deadline (timeout), so a hung kernel ends the run naming the step.
 # Usage: tools/gpu-check.sh [OUT]   (OUT defaults to $OUT, else ./gpu-check-out)
 # Exit: 0 all cases passed; 1 a case or the build failed; 77 no usable CUDA device (the build still ran).
 set -euo pipefail
@@ -40,27 +44,38 @@ cmake --build "$BUILD" -j"$JOBS" --target realn realn_op_tests realn_cuda_tests 
   || { log "build failed (see gpu-check.log)"; tail -30 "$OUTDIR/gpu-check.log"; exit 1; }
 
 set +e
-"$BUILD/tests/realn_cuda_tests" | tee "$OUTDIR/cuda-backend.txt"
+timeout 300 "$BUILD/tests/realn_cuda_tests" | tee "$OUTDIR/cuda-backend.txt"
 probe=${PIPESTATUS[0]}
 set -e
 if [ "$probe" = 77 ]; then
   log "no usable CUDA device: the backend was built, nothing was run on a GPU"
   exit 77
 elif [ "$probe" != 0 ]; then
-  log "cuda_backend test failed"
+  log "cuda_backend test failed (exit $probe; 124 = timed out after 300 s)"
   exit 1
 fi
 
 log "op cases on the cuda backend"
 set +e
-"$BUILD/tests/realn_op_tests" --backend cuda > "$OUTDIR/cases-cuda.txt" 2>&1
+timeout 1200 "$BUILD/tests/realn_op_tests" --backend cuda > "$OUTDIR/cases-cuda.txt" 2>&1
 cases_rc=$?
+[ "$cases_rc" = 124 ] && echo "op cases timed out after 1200 s" >> "$OUTDIR/cases-cuda.txt"
 log "bench"
-"$BUILD/tests/realn_cuda_bench" > "$OUTDIR/bench-cuda.jsonl" 2>&1
+timeout 900 "$BUILD/tests/realn_cuda_bench" > "$OUTDIR/bench-cuda.jsonl" 2>&1
 bench_rc=$?
+[ "$bench_rc" = 124 ] && echo '{"error": "realn_cuda_bench timed out after 900 s"}' >> "$OUTDIR/bench-cuda.jsonl"
+log "attention vs PyTorch SDPA"
+sdpa_rc=0
+if python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+  timeout 600 python3 tools/sdpa_bench.py 4096 32 8 128 "$OUTDIR/bench-cuda.jsonl" > "$OUTDIR/sdpa.jsonl" 2>&1
+  sdpa_rc=$?
+  [ "$sdpa_rc" = 124 ] && echo '{"error": "sdpa_bench.py timed out after 600 s"}' >> "$OUTDIR/sdpa.jsonl"
+else
+  echo '{"bench": "attention_vs_sdpa", "skipped": "no python3 with torch that sees the GPU"}' > "$OUTDIR/sdpa.jsonl"
+fi
 set -e
 tail -1 "$OUTDIR/cases-cuda.txt" | tee -a "$OUTDIR/gpu-check.log"
-cat "$OUTDIR/bench-cuda.jsonl" | tee -a "$OUTDIR/gpu-check.log"
+cat "$OUTDIR/bench-cuda.jsonl" "$OUTDIR/sdpa.jsonl" | tee -a "$OUTDIR/gpu-check.log"
 
 {
   echo "# CUDA backend: measured figures"
@@ -79,7 +94,13 @@ cat "$OUTDIR/bench-cuda.jsonl" | tee -a "$OUTDIR/gpu-check.log"
   echo '```'
   cat "$OUTDIR/bench-cuda.jsonl"
   echo '```'
+  echo
+  echo "## Attention vs PyTorch scaled_dot_product_attention (ratio = SDPA time / ours, same run)"
+  echo
+  echo '```'
+  cat "$OUTDIR/sdpa.jsonl"
+  echo '```'
 } > "$OUTDIR/performance.md"
 [ -d "$ROOT/docs" ] && cp "$OUTDIR/performance.md" "$ROOT/docs/performance.md"
 log "wrote $OUTDIR/performance.md"
-[ "$cases_rc" = 0 ] && [ "$bench_rc" = 0 ]
+[ "$cases_rc" = 0 ] && [ "$bench_rc" = 0 ] && [ "$sdpa_rc" = 0 ]

@@ -4,11 +4,13 @@
 // drivers since CUDA 11.5 and runs on sm_80 / sm_90).
 //
 // STATUS: compiled on every build; NOT YET RUN ON A GPU (no GPU was lent while it was written).
-// Implemented: memory, copies, fill, interval gather/scatter, hash, GEMM / linear (fp32 through
-// cuBLAS), axpby, add, scale, sumsq, count_nonfinite, convert (f32 <-> bf16), embedding,
-// RMSNorm, rotary, SwiGLU, AdamW, GAE. Not yet: attention (fwd/bwd/decode), KV store, log-probs,
-// cross-entropy, sampling: they report REALN_ERR_UNSUPPORTED naming the op.
-// Host-side metadata (cu_seqlens, interval lists) is read from host memory as on the CPU backend.
+// Implemented: memory, copies, fill, interval gather/scatter, hash, GEMM / linear (fp32, and bf16
+// operands with fp32 accumulation, through cuBLAS), axpby, add, scale, sumsq, count_nonfinite,
+// convert (f32 <-> bf16), embedding and RMSNorm (fp32, or a bf16 table / weight), rotary, SwiGLU, attention fwd/bwd (fp32, head_dim
+// <= 128), KV store and decode attention (fp32 or bf16 cache, head_dim <= 256), log-probs /
+// entropy, cross-entropy, sampling (on the host: the CPU sampler), AdamW, GAE.
+// Host-side metadata (cu_seqlens, slots, positions, lens, interval lists) is read from host memory
+// as on the CPU backend; labels and masks are device memory.
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -22,6 +24,7 @@
 #include "../src/core/error.hpp"
 #include "../src/cpu/cpu_ops.hpp"
 #include "driver.hpp"
+#include "host_plans.hpp"
 
 namespace realn::cuda {
 
@@ -100,6 +103,13 @@ void launch(realn_stream_t s, const char* name, unsigned grid, unsigned block, A
     check(driver().cuLaunchKernel(function(s, name), grid, 1, 1, block, 1, 1, 0, native(s), params, nullptr), name);
 }
 
+template <typename... A>
+void launch2(realn_stream_t s, const char* name, unsigned grid_x, unsigned grid_y, unsigned block, A... args) {
+    bind(s);
+    void* params[] = {static_cast<void*>(&args)...};
+    check(driver().cuLaunchKernel(function(s, name), grid_x, grid_y, 1, block, 1, 1, 0, native(s), params, nullptr), name);
+}
+
 CUdeviceptr dp(const void* p) { return reinterpret_cast<CUdeviceptr>(p); }
 
 // Device scratch freed when it goes out of scope (after the stream has consumed it: callers synchronise).
@@ -114,6 +124,19 @@ struct Scratch {
 void sync(realn_stream_t s) {
     bind(s);
     check(driver().cuStreamSynchronize(native(s)), "cuStreamSynchronize");
+}
+
+// Host metadata (slots, lens, tile lists) copied to device scratch; the caller synchronises before
+// the scratch goes out of scope.
+template <typename T>
+std::unique_ptr<Scratch> upload(realn_stream_t s, const std::vector<T>& host) {
+    const int64_t bytes = static_cast<int64_t>(host.size() * sizeof(T));
+    auto dev = std::make_unique<Scratch>(bytes);
+    if (bytes > 0) {
+        bind(s);
+        check(driver().cuMemcpyHtoDAsync(dev->ptr, host.data(), static_cast<size_t>(bytes), native(s)), "cuMemcpyHtoDAsync");
+    }
+    return dev;
 }
 
 // ---- streams and memory ------------------------------------------------------------------------
@@ -241,28 +264,65 @@ cublasHandle_t blas(realn_stream_t s) {
 }
 
 // Row-major C = alpha op(A) op(B) + beta C is column-major C^T = alpha op(B)^T op(A)^T + beta C^T:
-// cuBLAS gets B first, with the same transpose flags, and m and n swapped.
-void gemm(realn_stream_t s, int32_t, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k, float alpha,
-          const void* a, int64_t lda, int64_t sa, const void* b, int64_t ldb, int64_t sb, float beta, void* c,
-          int64_t ldc, int64_t sc, int64_t batch) {
+// cuBLAS gets B first, with the same transpose flags, and m and n swapped. ab_type: the storage
+// of A and B (CUDA_R_32F, or CUDA_R_16BF: bf16 operands); C is fp32 and the compute type is fp32
+// either way (CUBLAS_COMPUTE_32F: fp32 accumulation, as the CPU backend's bf16 GEMM).
+void gemm_typed(realn_stream_t s, int ab_type, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k, float alpha,
+                const void* a, int64_t lda, int64_t sa, const void* b, int64_t ldb, int64_t sb, float beta, void* c,
+                int64_t ldc, int64_t sc, int64_t batch) {
     cublasHandle_t h = blas(s);
     cublasStatus_t st = driver().cublasGemmStridedBatchedEx(
         h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
-        static_cast<int>(k), &alpha, b, CUDA_R_32F, static_cast<int>(ldb), sb, a, CUDA_R_32F, static_cast<int>(lda), sa,
+        static_cast<int>(k), &alpha, b, ab_type, static_cast<int>(ldb), sb, a, ab_type, static_cast<int>(lda), sa,
         &beta, c, CUDA_R_32F, static_cast<int>(ldc), sc, static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != 0) fail(REALN_ERR_BACKEND, "cublasGemmStridedBatchedEx failed (status ", st, ")");
 }
 
+// dtype BF16 (realn.h): A and B bf16, C fp32.
+void gemm(realn_stream_t s, int32_t dt, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k, float alpha,
+          const void* a, int64_t lda, int64_t sa, const void* b, int64_t ldb, int64_t sb, float beta, void* c,
+          int64_t ldc, int64_t sc, int64_t batch) {
+    gemm_typed(s, dt == REALN_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_32F, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta,
+               c, ldc, sc, batch);
+}
+
+// An fp32 tensor rounded to bf16 (nearest even, as the CPU backend rounds fp32 operands of its
+// bf16 GEMM) in device scratch.
+std::unique_ptr<Scratch> to_bf16(realn_stream_t s, const void* src, int64_t n) {
+    auto dst = std::make_unique<Scratch>(n * 2);
+    launch(s, "realn_f32_to_bf16", grid_for(n), kBlock, static_cast<const float*>(src), dst->as<unsigned short>(), n);
+    return dst;
+}
+
+// dtype BF16: w bf16, every other tensor fp32; products of bf16-rounded operands, fp32 accumulation.
 void linear_fwd(realn_stream_t s, int32_t dt, const void* x, const void* w, const void* bias, void* y, int64_t rows,
                 int64_t in, int64_t out) {
-    gemm(s, dt, 0, 1, rows, out, in, 1.0f, x, in, 0, w, in, 0, 0.0f, y, out, 0, 1);
+    if (dt == REALN_DTYPE_BF16) {
+        auto xb = to_bf16(s, x, rows * in);
+        gemm_typed(s, CUDA_R_16BF, 0, 1, rows, out, in, 1.0f, xb->as<void>(), in, 0, w, in, 0, 0.0f, y, out, 0, 1);
+        sync(s);  // xb is freed on return
+    } else {
+        gemm(s, dt, 0, 1, rows, out, in, 1.0f, x, in, 0, w, in, 0, 0.0f, y, out, 0, 1);
+    }
     if (bias) launch(s, "realn_add_bias", grid_for(rows * out), kBlock, static_cast<float*>(y), static_cast<const float*>(bias), rows, out);
 }
 
 void linear_bwd(realn_stream_t s, int32_t dt, const void* x, const void* w, const void* dy, void* dx, void* dw,
                 void* dbias, int64_t rows, int64_t in, int64_t out, int32_t flags) {
-    if (dx) gemm(s, dt, 0, 0, rows, in, out, 1.0f, dy, out, 0, w, in, 0, (flags & REALN_ACCUMULATE_DX) ? 1.0f : 0.0f, dx, in, 0, 1);
-    if (dw) gemm(s, dt, 1, 0, out, in, rows, 1.0f, dy, out, 0, x, in, 0, 1.0f, dw, in, 0, 1);
+    const float dx_beta = (flags & REALN_ACCUMULATE_DX) ? 1.0f : 0.0f;
+    if (dt == REALN_DTYPE_BF16) {
+        auto dyb = to_bf16(s, dy, rows * out);
+        if (dx) gemm_typed(s, CUDA_R_16BF, 0, 0, rows, in, out, 1.0f, dyb->as<void>(), out, 0, w, in, 0, dx_beta, dx, in, 0, 1);
+        if (dw) {
+            auto xb = to_bf16(s, x, rows * in);
+            gemm_typed(s, CUDA_R_16BF, 1, 0, out, in, rows, 1.0f, dyb->as<void>(), out, 0, xb->as<void>(), in, 0, 1.0f, dw, in, 0, 1);
+            sync(s);
+        }
+        sync(s);  // the bf16 copies are freed on return
+    } else {
+        if (dx) gemm(s, dt, 0, 0, rows, in, out, 1.0f, dy, out, 0, w, in, 0, dx_beta, dx, in, 0, 1);
+        if (dw) gemm(s, dt, 1, 0, out, in, rows, 1.0f, dy, out, 0, x, in, 0, 1.0f, dw, in, 0, 1);
+    }
     if (dbias) launch(s, "realn_colsum_acc", grid_for(out), kBlock, static_cast<const float*>(dy), static_cast<float*>(dbias), rows, out);
 }
 
@@ -304,10 +364,16 @@ void convert(realn_stream_t s, int32_t dst_dtype, void* dst, int32_t src_dtype, 
 
 // ---- transformer layers ------------------------------------------------------------------------
 
-void embedding_fwd(realn_stream_t s, int32_t, const int32_t* ids, int64_t n, const void* table, int64_t vocab,
+// dtype BF16 (as on the CPU backend): a bf16 table widened into fp32 rows; the backward never
+// reads the table, so a bf16 table's gradient (fp32) is the fp32 kernel.
+void embedding_fwd(realn_stream_t s, int32_t dt, const int32_t* ids, int64_t n, const void* table, int64_t vocab,
                    int64_t hidden, int64_t vs, void* out) {
-    launch(s, "realn_embedding_fwd", grid_for(n * hidden), kBlock, ids, n, static_cast<const float*>(table), vocab, hidden, vs,
-           static_cast<float*>(out));
+    if (dt == REALN_DTYPE_BF16)
+        launch(s, "realn_embedding_fwd_bf16", grid_for(n * hidden), kBlock, ids, n, static_cast<const unsigned short*>(table), vocab,
+               hidden, vs, static_cast<float*>(out));
+    else
+        launch(s, "realn_embedding_fwd", grid_for(n * hidden), kBlock, ids, n, static_cast<const float*>(table), vocab, hidden, vs,
+               static_cast<float*>(out));
 }
 void embedding_bwd(realn_stream_t s, int32_t, const int32_t* ids, int64_t n, const void* dout, int64_t vocab,
                    int64_t hidden, int64_t vs, void* dtable) {
@@ -315,17 +381,32 @@ void embedding_bwd(realn_stream_t s, int32_t, const int32_t* ids, int64_t n, con
            static_cast<float*>(dtable));
 }
 
-void rmsnorm_fwd(realn_stream_t s, int32_t, const void* x, const void* w, void* y, float* rstd, int64_t rows, int64_t dim,
-                 float eps) {
-    launch(s, "realn_rmsnorm_fwd", static_cast<unsigned>(rows), kBlock, static_cast<const float*>(x), static_cast<const float*>(w),
-           static_cast<float*>(y), rstd, rows, dim, eps);
+// dtype BF16 (as on the CPU backend): the bf16 weight is widened once per call (exactly) into
+// device scratch; everything else is the fp32 path. The caller synchronises before it is freed.
+std::unique_ptr<Scratch> widen_weight(realn_stream_t s, int32_t dt, const void* w, int64_t dim) {
+    if (dt != REALN_DTYPE_BF16) return nullptr;
+    auto wide = std::make_unique<Scratch>(dim * 4);
+    launch(s, "realn_bf16_to_f32", grid_for(dim), kBlock, static_cast<const unsigned short*>(w), wide->as<float>(), dim);
+    return wide;
 }
-void rmsnorm_bwd(realn_stream_t s, int32_t, const void* x, const void* w, const float* rstd, const void* dy, void* dx,
+
+void rmsnorm_fwd(realn_stream_t s, int32_t dt, const void* x, const void* w, void* y, float* rstd, int64_t rows, int64_t dim,
+                 float eps) {
+    auto wide = widen_weight(s, dt, w, dim);
+    const float* wf = wide ? wide->as<float>() : static_cast<const float*>(w);
+    launch(s, "realn_rmsnorm_fwd", static_cast<unsigned>(rows), kBlock, static_cast<const float*>(x), wf,
+           static_cast<float*>(y), rstd, rows, dim, eps);
+    if (wide) sync(s);
+}
+void rmsnorm_bwd(realn_stream_t s, int32_t dt, const void* x, const void* w, const float* rstd, const void* dy, void* dx,
                  void* dw, int64_t rows, int64_t dim) {
-    launch(s, "realn_rmsnorm_bwd_dx", static_cast<unsigned>(rows), kBlock, static_cast<const float*>(x), static_cast<const float*>(w),
+    auto wide = widen_weight(s, dt, w, dim);
+    const float* wf = wide ? wide->as<float>() : static_cast<const float*>(w);
+    launch(s, "realn_rmsnorm_bwd_dx", static_cast<unsigned>(rows), kBlock, static_cast<const float*>(x), wf,
            rstd, static_cast<const float*>(dy), static_cast<float*>(dx), rows, dim);
     launch(s, "realn_rmsnorm_bwd_dw", grid_for(dim), kBlock, static_cast<const float*>(x), rstd, static_cast<const float*>(dy),
            static_cast<float*>(dw), rows, dim);
+    if (wide) sync(s);
 }
 
 void rotary(realn_stream_t s, int32_t, const void* x, const int32_t* positions, void* y, int64_t tokens, int64_t heads,
@@ -373,19 +454,163 @@ void gae(realn_stream_t s, const float* rewards, const float* values, const int3
     sync(s);
 }
 
+// ---- KV cache and attention ----------------------------------------------------------------------
+
+void kv_store(realn_stream_t s, int32_t dtype, const void* k, const void* v, const int32_t* slots, const int32_t* positions,
+              int64_t tokens, void* kcache, void* vcache, int64_t, int64_t max_len, int64_t hkv, int64_t d) {
+    const KvStorePlan plan = kv_store_plan(slots, positions, tokens, max_len);
+    const auto& dst_row = plan.dst_row;
+    const auto& src_tok = plan.src_token;
+    const int64_t items = static_cast<int64_t>(dst_row.size()), row = hkv * d;
+    auto dev_src = upload(s, src_tok);
+    auto dev_dst = upload(s, dst_row);
+    if (dtype == REALN_DTYPE_BF16)
+        launch(s, "realn_kv_store_bf16", grid_for(items * row), kBlock, static_cast<const float*>(k), static_cast<const float*>(v),
+               static_cast<const int*>(dev_src->as<int>()), static_cast<const int64_t*>(dev_dst->as<int64_t>()), items, row,
+               static_cast<unsigned short*>(kcache), static_cast<unsigned short*>(vcache));
+    else
+        launch(s, "realn_kv_store_f32", grid_for(items * row), kBlock, static_cast<const float*>(k), static_cast<const float*>(v),
+               static_cast<const int*>(dev_src->as<int>()), static_cast<const int64_t*>(dev_dst->as<int64_t>()), items, row,
+               static_cast<float*>(kcache), static_cast<float*>(vcache));
+    sync(s);  // the lists are freed on return
+}
+
+constexpr int64_t kDecodeMaxHeadDim = 256;   // REALN_DECODE_DMAX in kernels/kv_cache.cu
+constexpr int64_t kAttentionMaxHeadDim = 128;  // REALN_ATT_DMAX in kernels/attention.cu
+
+void attention_decode(realn_stream_t s, int32_t dtype, const void* q, const void* kcache, const void* vcache,
+                      const int32_t* slots, const int32_t* lens, int64_t batch, int64_t, int64_t max_len, int64_t hq,
+                      int64_t hkv, int64_t d, float scale, void* out) {
+    if (d > kDecodeMaxHeadDim)
+        fail(REALN_ERR_UNSUPPORTED, "cuda backend: attention_decode supports head_dim <= ", kDecodeMaxHeadDim, " (got ", d, ")");
+    auto dev_slots = upload(s, std::vector<int32_t>(slots, slots + batch));
+    auto dev_lens = upload(s, std::vector<int32_t>(lens, lens + batch));
+    const char* kernel = dtype == REALN_DTYPE_BF16 ? "realn_attention_decode_bf16" : "realn_attention_decode_f32";
+    launch2(s, kernel, static_cast<unsigned>(batch), static_cast<unsigned>(hq), 256, q, kcache, vcache,
+            static_cast<const int*>(dev_slots->as<int>()), static_cast<const int*>(dev_lens->as<int>()), max_len, hq, hkv, d,
+            scale, static_cast<float*>(out));
+    sync(s);
+}
+
+void check_attention_head_dim(const char* op, int64_t d) {
+    if (d > kAttentionMaxHeadDim)
+        fail(REALN_ERR_UNSUPPORTED, "cuda backend: ", op, " supports head_dim <= ", kAttentionMaxHeadDim, " (got ", d, ")");
+}
+
+void attention_fwd(realn_stream_t s, int32_t, const void* q, const void* k, const void* v, const int32_t* cu_seqlens,
+                   int64_t nseq, int64_t, int64_t hq, int64_t hkv, int64_t d, float scale, void* out, float* lse) {
+    check_attention_head_dim("attention_fwd", d);
+    const std::vector<int32_t> tiles = attention_tiles(cu_seqlens, nseq);
+    if (tiles.empty()) return;
+    auto dev_tiles = upload(s, tiles);
+    launch2(s, "realn_attention_fwd", static_cast<unsigned>(tiles.size() / 3), static_cast<unsigned>(hq), static_cast<unsigned>(kAttentionRows * 32),
+            static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v),
+            static_cast<const int*>(dev_tiles->as<int>()), hq, hkv, d, scale, static_cast<float*>(out), lse);
+    sync(s);
+}
+
+void attention_bwd(realn_stream_t s, int32_t, const void* q, const void* k, const void* v, const void* out, const float* lse,
+                   const void* dout, const int32_t* cu_seqlens, int64_t nseq, int64_t total, int64_t hq, int64_t hkv,
+                   int64_t d, float scale, void* dq, void* dk, void* dv) {
+    check_attention_head_dim("attention_bwd", d);
+    const std::vector<int32_t> tiles = attention_tiles(cu_seqlens, nseq);
+    if (tiles.empty()) return;
+    auto dev_tiles = upload(s, tiles);
+    Scratch delta(total * hq * static_cast<int64_t>(sizeof(float)));
+    const int64_t rows = total * hq;
+    launch(s, "realn_attention_bwd_delta", static_cast<unsigned>((rows + kAttentionRows - 1) / kAttentionRows), static_cast<unsigned>(kAttentionRows * 32),
+           static_cast<const float*>(out), static_cast<const float*>(dout), rows, d, delta.as<float>());
+    const auto* tl = static_cast<const int*>(dev_tiles->as<int>());
+    const unsigned ntiles = static_cast<unsigned>(tiles.size() / 3);
+    launch2(s, "realn_attention_bwd_dq", ntiles, static_cast<unsigned>(hq), static_cast<unsigned>(kAttentionRows * 32), static_cast<const float*>(q),
+            static_cast<const float*>(k), static_cast<const float*>(v), lse, static_cast<const float*>(dout),
+            static_cast<const float*>(delta.as<float>()), tl, hq, hkv, d, scale, static_cast<float*>(dq));
+    launch2(s, "realn_attention_bwd_dkv", ntiles, static_cast<unsigned>(hkv), static_cast<unsigned>(kAttentionRows * 32), static_cast<const float*>(q),
+            static_cast<const float*>(k), static_cast<const float*>(v), lse, static_cast<const float*>(dout),
+            static_cast<const float*>(delta.as<float>()), tl, hq, hkv, d, scale, static_cast<float*>(dk), static_cast<float*>(dv));
+    sync(s);
+}
+
+// ---- log-probs, losses, sampling ---------------------------------------------------------------
+
+constexpr unsigned kRowThreads = 256;  // REALN_ROW_THREADS in kernels/losses.cu
+
+void logprobs_fwd(realn_stream_t s, int32_t, const void* logits, const int32_t* labels, const uint8_t* mask, int64_t rows,
+                  int64_t vocab, float temperature, float* logp, float* entropy, float* lse) {
+    launch(s, "realn_logprobs_fwd", static_cast<unsigned>(rows), kRowThreads, static_cast<const float*>(logits), labels, mask,
+           rows, vocab, 1.0f / temperature, logp, entropy, lse);
+}
+
+void logprobs_bwd(realn_stream_t s, int32_t, const void* logits, const int32_t* labels, const uint8_t* mask, int64_t rows,
+                  int64_t vocab, float temperature, const float* lse, const float* dlogp, const float* dentropy,
+                  void* dlogits) {
+    launch(s, "realn_logprobs_bwd", static_cast<unsigned>(rows), kRowThreads, static_cast<const float*>(logits), labels, mask,
+           rows, vocab, 1.0f / temperature, lse, dlogp, dentropy, static_cast<float*>(dlogits));
+}
+
+// The mean over non-ignored rows is summed on the host in row order (double), as on the CPU.
+double cross_entropy_fwd(realn_stream_t s, int32_t, const void* logits, const int32_t* labels, int64_t rows, int64_t vocab,
+                         int32_t ignore_index, float* loss, float* lse) {
+    launch(s, "realn_cross_entropy_fwd", static_cast<unsigned>(rows), kRowThreads, static_cast<const float*>(logits), labels,
+           rows, vocab, ignore_index, loss, lse);
+    std::vector<float> host_loss(static_cast<size_t>(rows));
+    std::vector<int32_t> host_labels(static_cast<size_t>(rows));
+    copy(s, host_loss.data(), loss, rows * static_cast<int64_t>(sizeof(float)), REALN_COPY_D2H);
+    copy(s, host_labels.data(), labels, rows * static_cast<int64_t>(sizeof(int32_t)), REALN_COPY_D2H);
+    sync(s);
+    double sum = 0.0;
+    int64_t count = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+        if (host_labels[r] == ignore_index) continue;
+        sum += host_loss[r];
+        ++count;
+    }
+    return count ? sum / double(count) : 0.0;
+}
+
+void cross_entropy_bwd(realn_stream_t s, int32_t, const void* logits, const int32_t* labels, int64_t rows, int64_t vocab,
+                       int32_t ignore_index, const float* lse, float grad_scale, void* dlogits) {
+    launch(s, "realn_cross_entropy_bwd", static_cast<unsigned>(rows), kRowThreads, static_cast<const float*>(logits), labels,
+           rows, vocab, ignore_index, lse, grad_scale, static_cast<float*>(dlogits));
+}
+
+// Sampling runs the CPU backend's sampler on the logits brought to the host (rows x vocab x 4
+// bytes per call), so a seed gives exactly the CPU backend's tokens, mask and log-probs; the
+// results go back to device memory. No device kernel for it yet.
+void sample(realn_stream_t s, int32_t dtype, const void* logits, int64_t rows, int64_t vocab, const realn_sample_opts* o,
+            int32_t* tokens, uint8_t* mask_out, float* logp_out) {
+    std::vector<float> host(static_cast<size_t>(rows * vocab));
+    copy(s, host.data(), logits, rows * vocab * static_cast<int64_t>(sizeof(float)), REALN_COPY_D2H);
+    sync(s);
+    std::vector<int32_t> tok(static_cast<size_t>(rows));
+    std::vector<uint8_t> mask(mask_out ? static_cast<size_t>(rows * vocab) : 0);
+    std::vector<float> logp(logp_out ? static_cast<size_t>(rows) : 0);
+    realn::cpu::sample(nullptr, dtype, host.data(), rows, vocab, o, tok.data(), mask_out ? mask.data() : nullptr,
+                       logp_out ? logp.data() : nullptr);
+    copy(s, tokens, tok.data(), rows * static_cast<int64_t>(sizeof(int32_t)), REALN_COPY_H2D);
+    if (mask_out) copy(s, mask_out, mask.data(), rows * vocab, REALN_COPY_H2D);
+    if (logp_out) copy(s, logp_out, logp.data(), rows * static_cast<int64_t>(sizeof(float)), REALN_COPY_H2D);
+    sync(s);
+}
+
 bool supports(Op op, int32_t dtype) {
     switch (op) {
         case Op::IntervalGather: case Op::IntervalScatter: case Op::HashBytes: case Op::Copy: case Op::Fill:
             return true;
         case Op::Convert:
             return dtype == REALN_DTYPE_F32 || dtype == REALN_DTYPE_BF16;
-        case Op::Gemm: case Op::LinearFwd: case Op::LinearBwd: case Op::Axpby: case Op::Add: case Op::Sumsq:
-        case Op::Scale: case Op::CountNonfinite: case Op::EmbeddingFwd: case Op::EmbeddingBwd: case Op::RmsnormFwd:
-        case Op::RmsnormBwd: case Op::RotaryFwd: case Op::RotaryBwd: case Op::SwigluFwd: case Op::SwigluBwd:
-        case Op::Adamw: case Op::Gae:
+        // bf16 as on the CPU backend (realn.h): GEMM operands / linear, embedding and RMSNorm
+        // weights; a bf16 KV cache.
+        case Op::Gemm: case Op::LinearFwd: case Op::LinearBwd: case Op::KvStore: case Op::AttentionDecode:
+        case Op::EmbeddingFwd: case Op::EmbeddingBwd: case Op::RmsnormFwd: case Op::RmsnormBwd:
+            return dtype == REALN_DTYPE_F32 || dtype == REALN_DTYPE_BF16;
+        case Op::Axpby: case Op::Add: case Op::Sumsq: case Op::Scale: case Op::CountNonfinite: case Op::RotaryFwd: case Op::RotaryBwd:
+        case Op::SwigluFwd: case Op::SwigluBwd: case Op::Adamw: case Op::Gae: case Op::AttentionFwd:
+        case Op::AttentionBwd: case Op::LogprobsFwd: case Op::LogprobsBwd: case Op::CrossEntropyFwd:
+        case Op::CrossEntropyBwd: case Op::Sample:
             return dtype == REALN_DTYPE_F32;
         default:
-            return false;  // attention, KV store, log-probs, cross-entropy, sampling: not yet
+            return false;
     }
 }
 
@@ -421,7 +646,16 @@ Backend make() {
     b.rotary = rotary;
     b.swiglu_fwd = swiglu_fwd;
     b.swiglu_bwd = swiglu_bwd;
+    b.attention_fwd = attention_fwd;
+    b.attention_bwd = attention_bwd;
+    b.kv_store = kv_store;
+    b.attention_decode = attention_decode;
+    b.logprobs_fwd = logprobs_fwd;
+    b.logprobs_bwd = logprobs_bwd;
+    b.cross_entropy_fwd = cross_entropy_fwd;
+    b.cross_entropy_bwd = cross_entropy_bwd;
     b.adamw = adamw;
+    b.sample = sample;
     b.gae = gae;
     return b;
 }
@@ -435,6 +669,8 @@ const Backend* cuda_backend() {
     static const Backend b = cuda::make();
     return &b;
 }
+
+void cuda_bind_device(int32_t d) { cuda::check(cuda::driver().cuCtxSetCurrent(cuda::device(d).ctx), "cuCtxSetCurrent"); }
 
 // Why the cuda backend has no device here ("" when it has one).
 const char* cuda_unavailable_reason() { return cuda::driver().unavailable.c_str(); }

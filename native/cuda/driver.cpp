@@ -51,6 +51,15 @@ Driver load() {
         d.unavailable = "the CUDA driver libcuda.so.1 lacks " + missing + " (driver too old)";
         return d;
     }
+    std::string ipc_missing;  // optional: realn_ipc_* name what is missing when used
+    sym(lib, "cuIpcGetMemHandle", d.cuIpcGetMemHandle, ipc_missing);
+    if (!sym(lib, "cuIpcOpenMemHandle_v2", d.cuIpcOpenMemHandle, ipc_missing)) {
+        ipc_missing.clear();
+        sym(lib, "cuIpcGetMemHandle", d.cuIpcGetMemHandle, ipc_missing);
+        sym(lib, "cuIpcOpenMemHandle", d.cuIpcOpenMemHandle, ipc_missing);
+    }
+    sym(lib, "cuIpcCloseMemHandle", d.cuIpcCloseMemHandle, ipc_missing);
+    if (!ipc_missing.empty()) d.cuIpcGetMemHandle = nullptr;  // all or nothing
     CUresult r = d.cuInit(0);
     if (r != CUDA_SUCCESS) {
         const char* msg = nullptr;

@@ -21,6 +21,11 @@ using cublasHandle_t = struct cublasContext*;
 using cublasStatus_t = int;
 
 constexpr CUresult CUDA_SUCCESS = 0;
+// CUipcMemHandle: 64 opaque bytes (CU_IPC_HANDLE_SIZE), passed by value; CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS.
+struct CUipcMemHandle {
+    char reserved[64];
+};
+constexpr unsigned CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1;
 constexpr unsigned CU_STREAM_NON_BLOCKING = 1;
 // CUjit_option values (cuda.h): the error log of a failed PTX JIT.
 constexpr int CU_JIT_ERROR_LOG_BUFFER = 5;
@@ -52,6 +57,11 @@ struct Driver {
     CUresult (*cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
 
     // cuBLAS (optional until the first GEMM: a driver without cuBLAS still runs the other ops).
+    // CUDA IPC (optional: a driver without them only loses realn_ipc_*).
+    CUresult (*cuIpcGetMemHandle)(CUipcMemHandle*, CUdeviceptr);
+    CUresult (*cuIpcOpenMemHandle)(CUdeviceptr*, CUipcMemHandle, unsigned);
+    CUresult (*cuIpcCloseMemHandle)(CUdeviceptr);
+
     cublasStatus_t (*cublasCreate)(cublasHandle_t*);
     cublasStatus_t (*cublasDestroy)(cublasHandle_t);
     cublasStatus_t (*cublasSetStream)(cublasHandle_t, CUstream);
@@ -73,3 +83,8 @@ const Driver& driver();
 void check(CUresult r, const char* what);
 
 }  // namespace realn::cuda
+
+namespace realn {
+// Makes device's primary context current on this thread (backend_cuda.cpp).
+void cuda_bind_device(int32_t device);
+}  // namespace realn

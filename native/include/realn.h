@@ -391,6 +391,62 @@ REALN_API realn_status realn_op_gae(realn_stream_t stream, const float* rewards,
                                     const int32_t* cu_seqlens, int64_t nseq, float gamma,
                                     float lambda, float* advantages, float* returns);
 
+/* ---------------------------------------------------------------------------------------------
+ * CUDA IPC: device memory shared with another process on this host (cuda backend; NOT YET RUN ON
+ * HARDWARE), so a reallocation between two processes on one node is one device-to-device copy.
+ * device_ptr must be the start of a backend buffer (realn_buf_ptr). A stream of another backend is
+ * refused with REALN_ERR_UNSUPPORTED (host memory: realn_process_read).
+ * ------------------------------------------------------------------------------------------- */
+#define REALN_IPC_HANDLE_BYTES 64
+/* Writes REALN_IPC_HANDLE_BYTES bytes to handle, for another process to open. */
+REALN_API realn_status realn_ipc_handle(realn_stream_t stream, const void* device_ptr, uint8_t* handle);
+/* Maps the memory behind another process's handle into this one (on the stream's device). */
+REALN_API realn_status realn_ipc_open(realn_stream_t stream, const uint8_t* handle, void** device_ptr);
+/* Unmaps what realn_ipc_open returned. */
+REALN_API realn_status realn_ipc_close(realn_stream_t stream, void* device_ptr);
+
+/* ---------------------------------------------------------------------------------------------
+ * Collectives between devices: NCCL, loaded at run time (libnccl.so.2, or REALN_NCCL_LIBRARY)
+ * for streams of the cuda backend. NOT YET RUN ON HARDWARE. Without NCCL, a CUDA driver or a cuda
+ * build every call fails with REALN_ERR_UNSUPPORTED and a message naming what is missing.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct realn_comm* realn_comm_t;
+#define REALN_COMM_ID_BYTES 128
+typedef enum realn_reduce_op {
+    REALN_REDUCE_SUM = 0,
+    REALN_REDUCE_PROD = 1,
+    REALN_REDUCE_MAX = 2,
+    REALN_REDUCE_MIN = 3,
+    REALN_REDUCE_AVG = 4
+} realn_reduce_op;
+/* A new communicator id (REALN_COMM_ID_BYTES bytes into id), made by one rank and handed to every
+ * rank out of band. */
+REALN_API realn_status realn_comm_unique_id(uint8_t* id);
+/* This process's rank of nranks on cuda device `device`; every rank calls it with the same id. */
+REALN_API realn_status realn_comm_init(const uint8_t* id, int32_t nranks, int32_t rank, int32_t device,
+                                       realn_comm_t* out);
+REALN_API realn_status realn_comm_destroy(realn_comm_t comm);
+/* Enqueued on `stream` (a cuda stream of the communicator's device); counts are elements of dtype
+ * (F32, BF16, F16). all_gather: recv holds nranks * send_count; reduce_scatter: send holds
+ * nranks * recv_count; broadcast: send is read on rank root only. */
+REALN_API realn_status realn_comm_all_reduce(realn_comm_t comm, realn_stream_t stream, int32_t dtype,
+                                             const void* send, void* recv, int64_t count, int32_t op);
+REALN_API realn_status realn_comm_all_gather(realn_comm_t comm, realn_stream_t stream, int32_t dtype,
+                                             const void* send, void* recv, int64_t send_count);
+REALN_API realn_status realn_comm_reduce_scatter(realn_comm_t comm, realn_stream_t stream, int32_t dtype,
+                                                 const void* send, void* recv, int64_t recv_count,
+                                                 int32_t op);
+REALN_API realn_status realn_comm_broadcast(realn_comm_t comm, realn_stream_t stream, int32_t dtype,
+                                            const void* send, void* recv, int64_t count, int32_t root);
+REALN_API realn_status realn_comm_send(realn_comm_t comm, realn_stream_t stream, int32_t dtype,
+                                       const void* send, int64_t count, int32_t peer);
+REALN_API realn_status realn_comm_recv(realn_comm_t comm, realn_stream_t stream, int32_t dtype, void* recv,
+                                       int64_t count, int32_t peer);
+/* Calls between group_start and group_end are issued together (e.g. a send and a recv that would
+ * otherwise wait for each other). */
+REALN_API realn_status realn_comm_group_start(void);
+REALN_API realn_status realn_comm_group_end(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,11 +1,16 @@
 // realn_cuda_bench: microbenchmarks of the CUDA backend against a reference measured in the same
 // run (tools/gpu-check.sh runs it on a GPU host and writes docs/performance.md from its output).
-//   gemm  : realn_op_gemm (fp32, through the ABI) vs cublasGemmStridedBatchedEx called directly
+//   gemm  : realn_op_gemm (fp32, and bf16 operands with fp32 accumulation, through the ABI) vs
+//           cublasGemmStridedBatchedEx called directly with the same types
+//   attention: realn_op_attention_fwd / _bwd (fp32, one causal sequence of 4096 tokens, 32 query
+//           heads, 8 kv heads, head_dim 128): times only; tools/gpu-check.sh compares them with
+//           PyTorch's scaled_dot_product_attention on the same shape (tools/sdpa_bench.py)
 //   copy  : realn_copy D2D vs cuMemcpyDtoDAsync directly, 1 GiB
 //   gather: realn_interval_gather of 4 KiB intervals (every other one) vs one D2D copy of the bytes
 // Prints one JSON object per line; exits 77 where no CUDA device is usable.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <vector>
@@ -87,6 +92,52 @@ int main() {
         });
         std::printf("{\"bench\": \"gemm_f32\", \"n\": %lld, \"ours_tflops\": %.2f, \"cublas_tflops\": %.2f, \"ratio\": %.3f}\n",
                     static_cast<long long>(n), 2.0 * n * n * n / ours / 1e12, 2.0 * n * n * n / direct / 1e12, direct / ours);
+    }
+    for (int64_t n : {4096, 8192}) {
+        void* a32 = buf(n * n * 4);
+        void* b32 = buf(n * n * 4);
+        void* a = buf(n * n * 2);
+        void* b = buf(n * n * 2);
+        void* c = buf(n * n * 4);
+        ok(realn_op_convert(s, REALN_DTYPE_BF16, a, REALN_DTYPE_F32, a32, n * n), "convert");
+        ok(realn_op_convert(s, REALN_DTYPE_BF16, b, REALN_DTYPE_F32, b32, n * n), "convert");
+        const int reps = n >= 8192 ? 5 : 20;
+        double ours = best(s, reps, [&] {
+            ok(realn_op_gemm(s, REALN_DTYPE_BF16, 0, 0, n, n, n, 1.0f, a, n, 0, b, n, 0, 0.0f, c, n, 0, 1), "gemm bf16");
+        });
+        const float one = 1.0f, zero = 0.0f;
+        double direct = best(s, reps, [&] {
+            d.cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(n), static_cast<int>(n),
+                                         &one, b, CUDA_R_16BF, static_cast<int>(n), 0, a, CUDA_R_16BF, static_cast<int>(n), 0,
+                                         &zero, c, CUDA_R_32F, static_cast<int>(n), 0, 1, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        });
+        std::printf("{\"bench\": \"gemm_bf16\", \"n\": %lld, \"ours_tflops\": %.2f, \"cublas_tflops\": %.2f, \"ratio\": %.3f}\n",
+                    static_cast<long long>(n), 2.0 * n * n * n / ours / 1e12, 2.0 * n * n * n / direct / 1e12, direct / ours);
+    }
+    {
+        const int64_t T = 4096, hq = 32, hkv = 8, hd = 128;
+        const float scale = 1.0f / std::sqrt(float(hd));
+        const int32_t cu[2] = {0, static_cast<int32_t>(T)};
+        void* q = buf(T * hq * hd * 4);
+        void* k = buf(T * hkv * hd * 4);
+        void* v = buf(T * hkv * hd * 4);
+        void* o = buf(T * hq * hd * 4);
+        void* dout = buf(T * hq * hd * 4);
+        void* dq = buf(T * hq * hd * 4);
+        void* dk = buf(T * hkv * hd * 4);
+        void* dv = buf(T * hkv * hd * 4);
+        auto* lse = static_cast<float*>(buf(T * hq * 4));
+        double fwd = best(s, 5, [&] {
+            ok(realn_op_attention_fwd(s, REALN_DTYPE_F32, q, k, v, cu, 1, T, hq, hkv, hd, scale, o, lse), "attention_fwd");
+        });
+        double bwd = best(s, 5, [&] {
+            ok(realn_op_attention_bwd(s, REALN_DTYPE_F32, q, k, v, o, lse, dout, cu, 1, T, hq, hkv, hd, scale, dq, dk, dv),
+               "attention_bwd");
+        });
+        std::printf("{\"bench\": \"attention_f32\", \"tokens\": %lld, \"hq\": %lld, \"hkv\": %lld, \"d\": %lld, "
+                    "\"fwd_ms\": %.3f, \"bwd_ms\": %.3f, \"fwd_bwd_ms\": %.3f}\n",
+                    static_cast<long long>(T), static_cast<long long>(hq), static_cast<long long>(hkv), static_cast<long long>(hd),
+                    fwd * 1e3, bwd * 1e3, (fwd + bwd) * 1e3);
     }
     const int64_t bytes = int64_t(1) << 30;
     void* src = buf(bytes);

@@ -4,9 +4,34 @@
 // Math without libdevice: sqrt/fma lower to PTX instructions; exp/sin/cos use the hardware
 // approximations (ex2.approx, sin.approx, cos.approx), whose error (~2^-22 relative for ex2,
 // ~2^-21 absolute for sin/cos on [-pi, pi]) is inside the fp32 tolerances of the case list.
+// A third spelling, REALN_CUDA_EMULATE, compiles the kernels as host C++ for ctest
+// `cuda_kernels_emulated` (native/tests/cuda_emulator.hpp: one OS thread per GPU thread, real
+// barriers and warp exchanges, blocks one after another so function statics are shared memory).
 #pragma once
 
-#if defined(__NVCC__)
+#if defined(REALN_CUDA_EMULATE)
+#define REALN_GLOBAL inline
+#define REALN_DEVICE static inline
+#define REALN_SHARED static
+REALN_DEVICE float realn_exp2(float x) { return realn::emu::exp2_(x); }
+REALN_DEVICE float realn_sin(float x) { return realn::emu::sin_(x); }
+REALN_DEVICE float realn_cos(float x) { return realn::emu::cos_(x); }
+REALN_DEVICE void realn_sync() { realn::emu::syncthreads(); }
+REALN_DEVICE unsigned realn_f2u(float x) { return __builtin_bit_cast(unsigned, x); }
+REALN_DEVICE float realn_u2f(unsigned x) { return __builtin_bit_cast(float, x); }
+REALN_DEVICE float realn_sqrt(float x) { return __builtin_sqrtf(x); }
+REALN_DEVICE double realn_sqrt_d(double x) { return __builtin_sqrt(x); }
+REALN_DEVICE double realn_rint_d(double x) { return __builtin_rint(x); }
+REALN_DEVICE float realn_log2(float x) { return realn::emu::log2_(x); }
+REALN_DEVICE float realn_shfl_xor(float v, int lane_mask) { return realn::emu::shfl_xor(v, lane_mask); }
+REALN_DEVICE float realn_shfl(float v, int src_lane) { return realn::emu::shfl(v, src_lane); }
+REALN_DEVICE unsigned long long realn_d2ull(double x) { return __builtin_bit_cast(unsigned long long, x); }
+REALN_DEVICE double realn_ull2d(unsigned long long x) { return __builtin_bit_cast(double, x); }
+using realn::emu::threadIdx;
+using realn::emu::blockIdx;
+using realn::emu::blockDim;
+using realn::emu::gridDim;
+#elif defined(__NVCC__)
 #define REALN_GLOBAL extern "C" __global__
 #define REALN_DEVICE static __device__ inline
 #define REALN_SHARED __shared__
@@ -19,6 +44,11 @@ REALN_DEVICE float realn_u2f(unsigned x) { return __uint_as_float(x); }
 REALN_DEVICE float realn_sqrt(float x) { return sqrtf(x); }
 REALN_DEVICE double realn_sqrt_d(double x) { return sqrt(x); }
 REALN_DEVICE double realn_rint_d(double x) { return rint(x); }
+REALN_DEVICE float realn_log2(float x) { return __log2f(x); }
+REALN_DEVICE float realn_shfl_xor(float v, int lane_mask) { return __shfl_xor_sync(0xffffffffu, v, lane_mask); }
+REALN_DEVICE float realn_shfl(float v, int src_lane) { return __shfl_sync(0xffffffffu, v, src_lane); }
+REALN_DEVICE unsigned long long realn_d2ull(double x) { return __double_as_longlong(x); }
+REALN_DEVICE double realn_ull2d(unsigned long long x) { return __longlong_as_double(x); }
 #else
 #include <__clang_cuda_builtin_vars.h>
 #define REALN_GLOBAL extern "C" __attribute__((global))
@@ -33,6 +63,12 @@ REALN_DEVICE float realn_u2f(unsigned x) { return __builtin_bit_cast(float, x); 
 REALN_DEVICE float realn_sqrt(float x) { return __builtin_sqrtf(x); }
 REALN_DEVICE double realn_sqrt_d(double x) { return __builtin_sqrt(x); }
 REALN_DEVICE double realn_rint_d(double x) { return __builtin_rint(x); }
+REALN_DEVICE float realn_log2(float x) { return __nvvm_lg2_approx_f(x); }
+// Warp shuffles over the full warp (every lane must call them: callers keep whole warps converged).
+REALN_DEVICE float realn_shfl_xor(float v, int lane_mask) { return __nvvm_shfl_sync_bfly_f32(0xffffffffu, v, lane_mask, 0x1f); }
+REALN_DEVICE float realn_shfl(float v, int src_lane) { return __nvvm_shfl_sync_idx_f32(0xffffffffu, v, src_lane, 0x1f); }
+REALN_DEVICE unsigned long long realn_d2ull(double x) { return __builtin_bit_cast(unsigned long long, x); }
+REALN_DEVICE double realn_ull2d(unsigned long long x) { return __builtin_bit_cast(double, x); }
 #endif
 
 typedef long long i64;
@@ -40,6 +76,8 @@ typedef unsigned long long u64;
 typedef unsigned short u16;
 
 REALN_DEVICE float realn_exp(float x) { return realn_exp2(x * 1.4426950408889634f); }
+// Natural log from the hardware log2 approximation (~2^-22 relative): fp32 results only.
+REALN_DEVICE float realn_log(float x) { return realn_log2(x) * 0.6931471805599453f; }
 REALN_DEVICE bool realn_isfinite(float x) { return (realn_f2u(x) & 0x7f800000u) != 0x7f800000u; }
 
 // Grid-stride loop over [0, n).
@@ -56,7 +94,8 @@ REALN_DEVICE u16 realn_f32_to_bf16(float f) {
 REALN_DEVICE float realn_bf16_to_f32(u16 h) { return realn_u2f((unsigned)h << 16); }
 
 // Deterministic block sum (tree in shared memory, fixed order) of one double per thread;
-// blockDim.x must be a power of two <= 1024. The result is valid in thread 0.
+// blockDim.x must be a power of two <= 1024. Every thread gets the result; the closing barrier
+// lets the caller reuse scratch at once (no thread can overwrite it while another still reads it).
 REALN_DEVICE double realn_block_sum(double v, double* scratch) {
     scratch[threadIdx.x] = v;
     realn_sync();
@@ -64,5 +103,54 @@ REALN_DEVICE double realn_block_sum(double v, double* scratch) {
         if (threadIdx.x < s) scratch[threadIdx.x] += scratch[threadIdx.x + s];
         realn_sync();
     }
-    return scratch[0];
+    const double total = scratch[0];
+    realn_sync();
+    return total;
+}
+
+// Natural log in double for x > 0 finite (no libdevice): x = 2^e f with f in [sqrt(1/2), sqrt(2)),
+// log f = 2 atanh(t), t = (f - 1) / (f + 1), |t| <= 0.172, series to t^29 (error < 1e-17).
+REALN_DEVICE double realn_log_d(double x) {
+    unsigned long long u = realn_d2ull(x);
+    int e = (int)((u >> 52) & 0x7ff);
+    if (e == 0) {  // subnormal: scale by 2^54 first
+        u = realn_d2ull(x * 18014398509481984.0);
+        e = (int)((u >> 52) & 0x7ff) - 54;
+    }
+    e -= 1022;  // f in [0.5, 1)
+    double f = realn_ull2d((u & 0x000fffffffffffffull) | 0x3fe0000000000000ull);
+    if (f < 0.7071067811865476) {
+        f *= 2.0;
+        e -= 1;
+    }
+    const double t = (f - 1.0) / (f + 1.0), t2 = t * t;
+    double sum = 0.0;
+    for (int k = 29; k >= 1; k -= 2) sum = sum * t2 + 1.0 / (double)k;
+    return 2.0 * t * sum + (double)e * 0.6931471805599453094;
+}
+
+// Warp sums and maxima (every lane gets the result; fixed butterfly order, so deterministic).
+REALN_DEVICE float realn_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += realn_shfl_xor(v, o);
+    return v;
+}
+REALN_DEVICE float realn_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float w = realn_shfl_xor(v, o);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+
+// Deterministic block maximum (same shape as realn_block_sum); -inf for an empty block.
+REALN_DEVICE float realn_block_max(float v, float* scratch) {
+    scratch[threadIdx.x] = v;
+    realn_sync();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s && scratch[threadIdx.x + s] > scratch[threadIdx.x]) scratch[threadIdx.x] = scratch[threadIdx.x + s];
+        realn_sync();
+    }
+    const float m = scratch[0];
+    realn_sync();
+    return m;
 }

@@ -117,3 +117,13 @@ REALN_GLOBAL void realn_embedding_bwd(const int* ids, i64 n, const float* dout, 
         }
     }
 }
+
+// A bf16 table (dtype BF16): rows widened exactly into the fp32 output.
+REALN_GLOBAL void realn_embedding_fwd_bf16(const int* ids, i64 n, const u16* table, i64 vocab, i64 hidden,
+                                           i64 vocab_start, float* out) {
+    REALN_FOR(i, n * hidden) {
+        const i64 t = i / hidden, h = i % hidden;
+        const i64 row = (i64)ids[t] - vocab_start;
+        out[i] = (row >= 0 && row < vocab) ? realn_bf16_to_f32(table[row * hidden + h]) : 0.0f;
+    }
+}

@@ -307,8 +307,17 @@ static void check_attention_shape(const int32_t* cu_seqlens, int64_t nseq, int64
                   ") must equal total_tokens (", total, ")");
 }
 
-static void check_labels(const int32_t* labels, int64_t rows, int64_t vocab, bool allow_ignore,
-                         int32_t ignore_index) {
+// labels live in the stream's backend memory: a device backend's are read through a copy to the host.
+static void check_labels(realn_stream_t stream, const int32_t* device_or_host_labels, int64_t rows, int64_t vocab,
+                         bool allow_ignore, int32_t ignore_index) {
+    const int32_t* labels = device_or_host_labels;
+    std::vector<int32_t> host;
+    if (stream != nullptr && stream->backend->kind != REALN_BACKEND_CPU) {  // (a null stream is refused by dispatch)
+        host.resize(static_cast<size_t>(rows));
+        stream->backend->copy(stream, host.data(), labels, rows * static_cast<int64_t>(sizeof(int32_t)), REALN_COPY_D2H);
+        stream->backend->stream_synchronize(stream);
+        labels = host.data();
+    }
     for (int64_t r = 0; r < rows; ++r) {
         if (allow_ignore && labels[r] == ignore_index) continue;
         REALN_REQUIRE(labels[r] >= 0 && labels[r] < vocab, "labels[", r, "]=", labels[r],
@@ -754,7 +763,7 @@ REALN_OP(realn_op_logprobs_fwd,
     REALN_NOT_NULL(labels);
     REALN_NOT_NULL(logp);
     REALN_NOT_NULL(lse);
-    check_labels(labels, rows, vocab, false, 0);
+    check_labels(stream, labels, rows, vocab, false, 0);
     return true;
 }
 
@@ -773,7 +782,7 @@ REALN_OP(realn_op_logprobs_bwd,
     REALN_NOT_NULL(lse);
     REALN_NOT_NULL(dlogp);
     REALN_NOT_NULL(dlogits);
-    check_labels(labels, rows, vocab, false, 0);
+    check_labels(stream, labels, rows, vocab, false, 0);
     return true;
 }
 
@@ -793,7 +802,7 @@ REALN_OP_RESULT(realn_op_cross_entropy_fwd,
     REALN_NOT_NULL(labels);
     REALN_NOT_NULL(loss);
     REALN_NOT_NULL(lse);
-    check_labels(labels, rows, vocab, true, ignore_index);
+    check_labels(stream, labels, rows, vocab, true, ignore_index);
     return true;
 }
 
@@ -809,7 +818,7 @@ REALN_OP(realn_op_cross_entropy_bwd,
     REALN_NOT_NULL(labels);
     REALN_NOT_NULL(lse);
     REALN_NOT_NULL(dlogits);
-    check_labels(labels, rows, vocab, true, ignore_index);
+    check_labels(stream, labels, rows, vocab, true, ignore_index);
     return true;
 }
 

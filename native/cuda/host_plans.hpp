@@ -1,0 +1,47 @@
+// Host-side work lists of the CUDA backend's kernels, shared by backend_cuda.cpp and ctest
+// `cuda_kernels_emulated` (which runs the kernels on the CPU with the same lists).
+#pragma once
+
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+namespace realn::cuda {
+
+constexpr int32_t kAttentionRows = 8;  // REALN_ATT_WARPS in kernels/attention.cu: rows per block, one warp each
+
+// (sequence start, sequence length, first row) of every kAttentionRows-row tile of every sequence
+// (query rows for the forward and dQ, key rows for dK/dV); empty sequences have none.
+inline std::vector<int32_t> attention_tiles(const int32_t* cu_seqlens, int64_t nseq) {
+    std::vector<int32_t> tiles;
+    for (int64_t i = 0; i < nseq; ++i) {
+        const int32_t start = cu_seqlens[i], len = cu_seqlens[i + 1] - cu_seqlens[i];
+        for (int32_t r = 0; r < len; r += kAttentionRows) tiles.insert(tiles.end(), {start, len, r});
+    }
+    return tiles;
+}
+
+// kv_store's rows: each cache row (slot * max_len + position) once, with the LAST token naming it
+// (the CPU backend's "later token wins"), so the kernel has one writer per element.
+struct KvStorePlan {
+    std::vector<int32_t> src_token;
+    std::vector<int64_t> dst_row;
+};
+
+inline KvStorePlan kv_store_plan(const int32_t* slots, const int32_t* positions, int64_t tokens, int64_t max_len) {
+    KvStorePlan plan;
+    std::unordered_map<int64_t, size_t> index;  // cache row -> item
+    for (int64_t t = 0; t < tokens; ++t) {
+        const int64_t row = int64_t(slots[t]) * max_len + positions[t];
+        auto [it, fresh] = index.emplace(row, plan.dst_row.size());
+        if (fresh) {
+            plan.dst_row.push_back(row);
+            plan.src_token.push_back(static_cast<int32_t>(t));
+        } else {
+            plan.src_token[it->second] = static_cast<int32_t>(t);
+        }
+    }
+    return plan;
+}
+
+}  // namespace realn::cuda
