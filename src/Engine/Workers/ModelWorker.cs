@@ -339,33 +339,48 @@ internal sealed unsafe class ModelWorker : IDisposable
         var promptOf = new Dictionary<int, int>();
         var refIds = reference["ids"]!.AsArray(); var refPrompts = reference["prompts"]!.AsArray();
         for (int i = 0; i < refIds.Count; i++) promptOf[refIds[i]!.GetValue<int>()] = refPrompts[i]!.GetValue<int>();
+        // Every entry is checked before the first read is posted (a read in flight cannot be cancelled).
+        var mine = new List<(int Src, string Descriptor, List<(int Id, long Offset, int Length)> Seqs)>();
+        foreach (var f in reads)
+        {
+            if (WireJson.Int(f, "dst") != _args.Rank) continue;
+            var ids = f!["ids"]!.AsArray(); var offsets = f["offsets"]!.AsArray(); var lengths = f["lengths"]!.AsArray();
+            if (offsets.Count != ids.Count || lengths.Count != ids.Count) throw new ArgumentException($"{op}: batch {key}: a read of {ids.Count} ids, {offsets.Count} offsets, {lengths.Count} lengths");
+            var seqs = new List<(int, long, int)>();
+            for (int k = 0; k < ids.Count; k++)
+            {
+                int id = ids[k]!.GetValue<int>(), len = lengths[k]!.GetValue<int>();
+                long offset = offsets[k]!.GetValue<long>();
+                if (!promptOf.ContainsKey(id)) throw new ArgumentException($"{op}: batch {key}: a read of sequence {id}, which is not in the call's batch");
+                if (len < 1 || offset < 0) throw new ArgumentException($"{op}: batch {key} sequence {id}: tokens [{offset}, +{len})");
+                seqs.Add((id, offset, len));
+            }
+            mine.Add((WireJson.Int(f, "src"), WireJson.Str(f, "descriptor"), seqs));
+        }
         var rma = (IRmaTransport)_transport;
         var remotes = new List<IRemoteRegion>();
         var pending = new List<(Task Read, int Id, int[] Tokens, int Src)>();
         try
         {
-            foreach (var f in reads)
+            foreach (var (src, descriptor, seqs) in mine)
             {
-                if (WireJson.Int(f, "dst") != _args.Rank) continue;
-                int src = WireJson.Int(f, "src");
-                var remote = rma.Attach(src, Convert.FromBase64String(WireJson.Str(f, "descriptor")));
+                var remote = rma.Attach(src, Convert.FromBase64String(descriptor));
                 remotes.Add(remote);
-                var ids = f!["ids"]!.AsArray(); var offsets = f["offsets"]!.AsArray(); var lengths = f["lengths"]!.AsArray();
-                for (int k = 0; k < ids.Count; k++)
-                {
-                    int id = ids[k]!.GetValue<int>(), len = lengths[k]!.GetValue<int>();
-                    long offset = offsets[k]!.GetValue<long>();
-                    if (len < 1 || offset < 0 || 4 * (offset + len) > remote.Bytes)
-                        throw new ArgumentException($"{op}: batch {key} sequence {id}: tokens [{offset}, +{len}) outside worker {src}'s buffer of {remote.Bytes / 4}");
-                    var tokens = GC.AllocateUninitializedArray<int>(len, pinned: true);
-                    pending.Add((rma.GetAsync(remote, 4 * offset, System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(tokens, 0), 4L * len), id, tokens, src));
-                }
+                if (seqs.FirstOrDefault(q => 4 * (q.Offset + q.Length) > remote.Bytes) is { Length: > 0 } bad)
+                    throw new ArgumentException($"{op}: batch {key} sequence {bad.Id}: tokens [{bad.Offset}, +{bad.Length}) outside worker {src}'s buffer of {remote.Bytes / 4}");
             }
-            var mine = _batches.TryGetValue(key, out var b) ? b : _batches[key] = new Dictionary<int, (int, int[])>();
+            for (int m = 0; m < mine.Count; m++)
+                foreach (var (id, offset, len) in mine[m].Seqs)
+                {
+                    // Pinned (the pinned object heap): the read may outlive a failed wait.
+                    var tokens = GC.AllocateUninitializedArray<int>(len, pinned: true);
+                    pending.Add((rma.GetAsync(remotes[m], 4 * offset, System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(tokens, 0), 4L * len), id, tokens, mine[m].Src));
+                }
+            var held = _batches.TryGetValue(key, out var b) ? b : _batches[key] = new Dictionary<int, (int, int[])>();
             foreach (var (read, id, tokens, src) in pending)
             {
                 Wait(read, $"{op}: batch {key}: read sequence {id} from worker {src}");
-                mine[id] = (promptOf.TryGetValue(id, out int p) ? p : throw new ArgumentException($"{op}: batch {key}: read sequence {id} is not in the call's batch"), tokens);
+                held[id] = (promptOf[id], tokens);
             }
         }
         finally
@@ -386,7 +401,7 @@ internal sealed unsafe class ModelWorker : IDisposable
     }
 
     /// <summary>The batch of an operation: from the sequences this worker holds when the command
-    /// refers to them (after the command's moves), else read from the input blob. Only this rank's
+    /// refers to them (after the command's reads), else read from the input blob. Only this rank's
     /// data-parallel part must be held: the other sequences are placed by their lengths alone (the
     /// shard never reads their tokens), so they are zero tokens of the right length.</summary>
     private ScoredBatch Batch(JsonNode j, ShardReplica r, WireReader? input, string op)
