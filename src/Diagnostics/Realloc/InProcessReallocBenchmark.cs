@@ -116,22 +116,29 @@ internal static unsafe class InProcessReallocBenchmark
         return (bestMemcpy, cases);
     }
 
-    /// <summary>memcpy (or the streaming copy) split into equal parts over the threads the
-    /// reallocation's copy uses.</summary>
+    /// <summary>memcpy split into equal parts over the threads the reallocation's copy uses, or
+    /// the streaming copy scheduled as the reallocation's is: 4 MiB items taken by the threads in
+    /// turn.</summary>
     private static void ParallelCopy(byte* src, byte* dst, long bytes, bool streamingStores)
     {
         int workers = InProcessRealloc.CopyThreads;
-        long part = (bytes + workers - 1) / workers;
-        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, k =>
+        if (!streamingStores)
         {
-            long o = k * part, n = Math.Min(part, bytes - o);
-            if (n <= 0) return;
-            if (!streamingStores) Buffer.MemoryCopy(src + o, dst + o, n, n);
-            else
+            long part = (bytes + workers - 1) / workers;
+            Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, k =>
             {
-                StreamingCopy.Copy(src + o, dst + o, n);
-                StreamingCopy.Fence();
-            }
+                long o = k * part, n = Math.Min(part, bytes - o);
+                if (n > 0) Buffer.MemoryCopy(src + o, dst + o, n, n);
+            });
+            return;
+        }
+        const long Item = 4L << 20;
+        long items = (bytes + Item - 1) / Item, next = -1;
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, _ =>
+        {
+            for (long k; (k = Interlocked.Increment(ref next)) < items;)
+                StreamingCopy.Copy(src + k * Item, dst + k * Item, Math.Min(Item, bytes - k * Item));
+            StreamingCopy.Fence();
         });
     }
 

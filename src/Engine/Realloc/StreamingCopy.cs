@@ -25,20 +25,35 @@ internal static unsafe class StreamingCopy
     private const long PageBlock = 4 * Page;
 
     /// <summary>Whether this CPU has streaming stores that the copy uses (x86 SSE2 and up);
-    /// elsewhere <see cref="Copy"/> is Buffer.MemoryCopy.</summary>
+    /// elsewhere <see cref="Copy(byte*, byte*, long)"/> is Buffer.MemoryCopy.</summary>
     public static bool IsSupported => Sse2.IsSupported;
+
+    /// <summary>The vector width of the streaming stores; <see cref="Best"/> is this CPU's widest.</summary>
+    public enum Width { Sse2 = 16, Avx = 32, Avx512 = 64 }
+
+    public static Width Best => Avx512F.IsSupported ? Width.Avx512 : Avx.IsSupported ? Width.Avx : Width.Sse2;
+
+    /// <summary>The widths this CPU can run (tests run each).</summary>
+    public static IEnumerable<Width> Supported =>
+        new[] { (Width.Sse2, Sse2.IsSupported), (Width.Avx, Avx.IsSupported), (Width.Avx512, Avx512F.IsSupported) }.Where(w => w.Item2).Select(w => w.Item1);
 
     /// <summary>Copies <paramref name="bytes"/> from <paramref name="src"/> to <paramref name="dst"/>
     /// (the ranges must not overlap) with streaming stores; call <see cref="Fence"/> after the last
     /// copy of the thread.</summary>
-    public static void Copy(byte* src, byte* dst, long bytes)
+    public static void Copy(byte* src, byte* dst, long bytes) => Copy(src, dst, bytes, Best);
+
+    /// <summary><see cref="Copy(byte*, byte*, long)"/> with stores of <paramref name="width"/>
+    /// (which this CPU must support).</summary>
+    public static void Copy(byte* src, byte* dst, long bytes, Width width)
     {
         if (bytes < MinStreamBytes || !IsSupported)
         {
             Buffer.MemoryCopy(src, dst, bytes, bytes);
             return;
         }
-        int align = Avx512F.IsSupported ? 64 : Avx.IsSupported ? 32 : 16;
+        if (!(width == Width.Avx512 ? Avx512F.IsSupported : width == Width.Avx ? Avx.IsSupported : Sse2.IsSupported))
+            throw new ArgumentException($"streaming stores of {width} are not supported on this CPU");
+        int align = (int)width;
         // Plain copy up to the destination's first aligned address.
         long head = (align - ((long)dst & (align - 1))) & (align - 1);
         if (head > 0)
@@ -46,7 +61,7 @@ internal static unsafe class StreamingCopy
             Buffer.MemoryCopy(src, dst, head, head);
             src += head; dst += head; bytes -= head;
         }
-        if (Avx512F.IsSupported && bytes >= PageBlock)
+        if (width == Width.Avx512 && bytes >= PageBlock)
         {
             // Whole blocks of 4 pages, the 4 pages read in step (as glibc's large memcpy does):
             // four streams keep more memory pages open and the prefetchers busy than one.
@@ -79,7 +94,7 @@ internal static unsafe class StreamingCopy
         }
         long body = bytes & ~(4L * align - 1);
         byte* end = dst + body;
-        if (Avx512F.IsSupported)
+        if (width == Width.Avx512)
         {
             for (; dst < end; src += 256, dst += 256)
             {
@@ -93,7 +108,7 @@ internal static unsafe class StreamingCopy
                 Avx512F.StoreAlignedNonTemporal(dst + 192, d);
             }
         }
-        else if (Avx.IsSupported)
+        else if (width == Width.Avx)
         {
             for (; dst < end; src += 128, dst += 128)
             {

@@ -151,7 +151,8 @@ public sealed class ReallocTests
     }
 
     /// <summary>Streaming copies equal Buffer.MemoryCopy for every length and source/destination
-    /// misalignment, and write nothing outside the destination range.</summary>
+    /// misalignment, at every store width this CPU has, and write nothing outside the destination
+    /// range.</summary>
     [Fact]
     public unsafe void StreamingCopyEqualsMemoryCopyAtEveryAlignment()
     {
@@ -170,10 +171,14 @@ public sealed class ReallocTests
                 rng.NextBytes(dst);
                 var expect = (byte[])dst.Clone();
                 src.AsSpan(Guard + so, n).CopyTo(expect.AsSpan(Guard + dOff, n));
-                fixed (byte* ps = src, pd = dst)
-                    StreamingCopy.Copy(ps + Guard + so, pd + Guard + dOff, n);
-                StreamingCopy.Fence();
-                Assert.True(expect.AsSpan().SequenceEqual(dst), $"length {n}, source offset {so}, destination offset {dOff}");
+                foreach (var width in StreamingCopy.Supported)
+                {
+                    var got = (byte[])dst.Clone();
+                    fixed (byte* ps = src, pd = got)
+                        StreamingCopy.Copy(ps + Guard + so, pd + Guard + dOff, n, width);
+                    StreamingCopy.Fence();
+                    Assert.True(expect.AsSpan().SequenceEqual(got), $"{width}: length {n}, source offset {so}, destination offset {dOff}");
+                }
             }
     }
 
