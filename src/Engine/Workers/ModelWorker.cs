@@ -56,6 +56,9 @@ internal sealed unsafe class ModelWorker : IDisposable
     private volatile string _busy = "idle";
     private volatile string? _lastError;
     private readonly ManualResetEventSlim _stop = new();
+    /// <summary>Set once the rendezvous has connected the data plane: the master may send a command
+    /// as soon as every rank registered, which can be before this rank has connected.</summary>
+    private readonly ManualResetEventSlim _connected = new();
     private static volatile string? s_signal;
 
     /// <summary>A SIGTERM / SIGINT this process received (the whole job is usually signalled at once:
@@ -88,6 +91,7 @@ internal sealed unsafe class ModelWorker : IDisposable
         if (a.AdvertiseHost is { } adv) endpoint = $"tcp://{adv}:{endpoint[(endpoint.LastIndexOf(':') + 1)..]}";
         var info = new JsonObject { ["control"] = endpoint, ["node"] = a.Node, ["pid"] = Environment.ProcessId };
         Rendezvous.Join(w._client, w._transport, OperationTimeout, info.ToJsonString());
+        w._connected.Set();
         int code = w.Heartbeats();
         // Without its master a command may still be blocked in a collective (up to its deadline),
         // and disposing would wait for it: leave at once, the process's end releases everything.
@@ -144,6 +148,8 @@ internal sealed unsafe class ModelWorker : IDisposable
         _busy = m.Type + (j["what"] is JsonNode w ? " " + w.GetValue<string>() : "");
         try
         {
+            if (m.Type is not ("ping" or "memory" or "shutdown") && !_connected.Wait(OperationTimeout))
+                throw new TimeoutException($"worker {_args.Rank}: its data plane did not connect within {OperationTimeout.TotalSeconds:F0} s of the master's first command");
             if (j["drop_batches"] is JsonArray drop)
                 foreach (var k in drop) Drop(k!.GetValue<string>());
             return m.Type switch
