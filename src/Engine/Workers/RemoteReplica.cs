@@ -423,6 +423,7 @@ internal sealed unsafe class RemoteReplica : IReplica
     {
         if (_disposed) return;
         _disposed = true;
+        if (_deferredBackward is { Reads: { } reads }) _pool.Batches.Done(reads.Key, reads.Fetches, succeeded: false);
         _deferredBackward = null;  // its gradients go with the replica
         try { _pool.Dispatch(What("drop"), Layout.Devices, "drop", new JsonObject { ["id"] = _id }); }
         catch (WorkerFailedException) { /* the job is ending; the workers go with it */ }

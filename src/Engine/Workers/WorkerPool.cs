@@ -99,6 +99,7 @@ internal sealed class WorkerPool : IReplicaHost
         public string Node = "?";
         public int Pid;
         public int? ExitCode;   // reported by the worker's launcher
+        public DateTime ExitReportedAt;
         public bool Silent;     // its heartbeat stopped (hung, SIGSTOP): killed at teardown without asking
         public string ExitTail = "";
     }
@@ -215,7 +216,7 @@ internal sealed class WorkerPool : IReplicaHost
             var j = JsonNode.Parse(m.Payload)!;
             int r = WireJson.Int(j, "rank");
             if ((uint)r >= (uint)Devices) throw new ArgumentException($"exit report for rank {r} outside {Devices} workers");
-            lock (_state[r]) { _state[r].ExitCode = WireJson.Int(j, "code"); _state[r].ExitTail = j["tail"]?.GetValue<string>() ?? ""; }
+            lock (_state[r]) { _state[r].ExitCode = WireJson.Int(j, "code"); _state[r].ExitTail = j["tail"]?.GetValue<string>() ?? ""; _state[r].ExitReportedAt = DateTime.UtcNow; }
             return "ok";
         }
         if (m.Type == "launcher")
@@ -298,16 +299,31 @@ internal sealed class WorkerPool : IReplicaHost
         lock (_state[r]) return _state[r].ExitCode;
     }
 
+    /// <summary>When worker r's exit was seen (a local process's reaping, a launcher's report).</summary>
+    private DateTime ExitTimeOf(int r)
+    {
+        if (_local is { } l && l.Owns(r)) return l.ExitTime(r) ?? DateTime.MaxValue;
+        lock (_state[r]) return _state[r].ExitReportedAt;
+    }
+
     /// <summary>Throws naming the first dead worker: an exited process or a stopped heartbeat.</summary>
     private void CheckHealth(string what)
     {
+        // Of several exited workers, the first to go is named: a peer of a killed worker may abort
+        // a moment later inside a transfer to it (UCX's cma path does), and must not be blamed.
+        var exited = Enumerable.Range(0, Devices).Where(r => ExitOf(r) is not null).OrderBy(ExitTimeOf).ThenBy(r => r).ToList();
+        if (exited.Count > 0)
+        {
+            int r = exited[0];
+            string? last;
+            lock (_state[r]) last = _state[r].LastError;
+            Fail($"{Who(r)} exited with code {ExitOf(r)} during {what}" + (last is null ? "" : $"; its last error: {last}") + StderrTail(r));
+        }
         for (int r = 0; r < Devices; r++)
         {
             var s = _state[r];
             string? last;
             lock (s) last = s.LastError;
-            if (ExitOf(r) is { } code)
-                Fail($"{Who(r)} exited with code {code} during {what}" + (last is null ? "" : $"; its last error: {last}") + StderrTail(r));
             DateTime beat;
             lock (s) beat = s.LastBeat;
             if (DateTime.UtcNow - beat > _options.HeartbeatTimeout)

@@ -91,6 +91,9 @@ internal sealed class WorkerProcesses : IDisposable
     /// <summary>The exit code of local worker <paramref name="rank"/>, or null while it runs (or when it is not local).</summary>
     public int? ExitCode(int rank) => _procs.TryGetValue(rank, out var p) && p.HasExited ? p.ExitCode : null;
 
+    /// <summary>When local worker <paramref name="rank"/> exited (UTC, as the runtime reaped it), or null while it runs.</summary>
+    public DateTime? ExitTime(int rank) => _procs.TryGetValue(rank, out var p) && p.HasExited ? p.ExitTime.ToUniversalTime() : null;
+
     /// <summary>The worker's last lines of output, for error messages ("" when none).</summary>
     public string Tail(int rank, int lines = 8)
     {
