@@ -148,14 +148,12 @@ void kv_store(realn_stream_t, int32_t dtype, const void* k, const void* v, const
 
 namespace {
 
-void attention_decode_bf16(const float* Q, const uint16_t* KC, const uint16_t* VC, const int32_t* slots,
-                           const int32_t* lens, int64_t batch, int64_t max_len, int64_t hq, int64_t hkv, int64_t d,
-                           float scale, float* O) {
-    const bool use512 = g_decode_bf16_forced.load() != static_cast<int32_t>(SimdIsa::Scalar) &&
-                        attention_decode_bf16_has_avx512();
-    const DecodeItemBf16 item = use512 ? decode_item_bf16<Bf16RowsAvx512> : decode_item_bf16<Bf16RowsScalar>;
-    const int64_t group = hq / hkv, ldc = hkv * d;
-    const int64_t n_items = batch * hkv;
+// Runs item(it, lp, sc, acc) for every (sequence, kv head) work item it = b * hkv + g, over the
+// threads when there is enough work; sc is [group][lp] thread-local scores (lp = the longest length
+// rounded up to 8), acc [group][d] accumulators. The schedule of both cache dtypes.
+template <class Item>
+void for_each_decode_item(const int32_t* lens, int64_t batch, int64_t hq, int64_t hkv, int64_t d, Item item) {
+    const int64_t group = hq / hkv, n_items = batch * hkv;
     int64_t work = 0, longest = 0;
     for (int64_t b = 0; b < batch; ++b) {
         work += int64_t(lens[b]) * hq * d;
@@ -170,13 +168,23 @@ void attention_decode_bf16(const float* Q, const uint16_t* KC, const uint16_t* V
         float* sc = buf.data();        // [group][lp] scores, then probabilities
         float* acc = sc + group * lp;  // [group][d] output accumulators
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < n_items; ++it) {
-            const int64_t b = it / hkv, g = it % hkv;
-            const int64_t base = int64_t(slots[b]) * max_len * ldc + g * d;
-            item(Q + (b * hq + g * group) * d, KC + base, VC + base, lens[b], group, d, ldc, lp, scale, sc, acc,
-                 O + (b * hq + g * group) * d);
-        }
+        for (int64_t it = 0; it < n_items; ++it) item(it, lp, sc, acc);
     }
+}
+
+void attention_decode_bf16(const float* Q, const uint16_t* KC, const uint16_t* VC, const int32_t* slots,
+                           const int32_t* lens, int64_t batch, int64_t max_len, int64_t hq, int64_t hkv, int64_t d,
+                           float scale, float* O) {
+    const bool use512 = g_decode_bf16_forced.load() != static_cast<int32_t>(SimdIsa::Scalar) &&
+                        attention_decode_bf16_has_avx512();
+    const DecodeItemBf16 item = use512 ? decode_item_bf16<Bf16RowsAvx512> : decode_item_bf16<Bf16RowsScalar>;
+    const int64_t group = hq / hkv, ldc = hkv * d;
+    for_each_decode_item(lens, batch, hq, hkv, d, [&](int64_t it, int64_t lp, float* sc, float* acc) {
+        const int64_t b = it / hkv, g = it % hkv;
+        const int64_t base = int64_t(slots[b]) * max_len * ldc + g * d;
+        item(Q + (b * hq + g * group) * d, KC + base, VC + base, lens[b], group, d, ldc, lp, scale, sc, acc,
+             O + (b * hq + g * group) * d);
+    });
 }
 
 }  // namespace
@@ -196,48 +204,32 @@ void attention_decode(realn_stream_t, int32_t dtype, const void* q, const void* 
     const auto* VC = static_cast<const float*>(vcache);
     auto* O = static_cast<float*>(out);
     const int64_t group = hq / hkv, ldc = hkv * d;
-    const int64_t n_items = batch * hkv;
-    int64_t work = 0, longest = 0;
-    for (int64_t b = 0; b < batch; ++b) {
-        work += int64_t(lens[b]) * hq * d;
-        longest = std::max<int64_t>(longest, lens[b]);
-    }
-    const int64_t lp = attn::round_up8(longest);
-#pragma omp parallel if (n_items > 1 && work > (1 << 15))
-    {
-        static thread_local std::vector<float> buf;
-        const size_t need = static_cast<size_t>(group * (lp + d));
-        if (buf.size() < need) buf.resize(need);
-        float* sc = buf.data();             // [group][lp] scores, then probabilities
-        float* acc = sc + group * lp;       // [group][d] output accumulators
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < n_items; ++it) {
-            const int64_t b = it / hkv, g = it % hkv, len = lens[b];
-            const float* kb = KC + int64_t(slots[b]) * max_len * ldc + g * d;
-            const float* vb = VC + int64_t(slots[b]) * max_len * ldc + g * d;
-            const float* qb = Q + (b * hq + g * group) * d;
-            for (int64_t j = 0; j < len; ++j) {
-                const float* krow = kb + j * ldc;
-                for (int64_t r = 0; r < group; ++r) sc[r * lp + j] = attn::dot(qb + r * d, krow, d);
-            }
-            for (int64_t r = 0; r < group; ++r) {
-                float* s = sc + r * lp;
-                const float mx = attn::row_max(s, len) * scale;
-                const float inv = 1.0f / attn::exp_row(s, len, len, scale, mx);
-                for (int64_t j = 0; j < len; ++j) s[j] *= inv;
-            }
-            std::memset(acc, 0, sizeof(float) * group * d);
-            for (int64_t j = 0; j < len; ++j) {
-                const float* vrow = vb + j * ldc;
-                for (int64_t r = 0; r < group; ++r) {
-                    const float p = sc[r * lp + j];
-                    float* a = acc + r * d;
-                    for (int64_t c = 0; c < d; ++c) a[c] += p * vrow[c];
-                }
-            }
-            std::memcpy(O + (b * hq + g * group) * d, acc, sizeof(float) * group * d);
+    for_each_decode_item(lens, batch, hq, hkv, d, [&](int64_t it, int64_t lp, float* sc, float* acc) {
+        const int64_t b = it / hkv, g = it % hkv, len = lens[b];
+        const float* kb = KC + int64_t(slots[b]) * max_len * ldc + g * d;
+        const float* vb = VC + int64_t(slots[b]) * max_len * ldc + g * d;
+        const float* qb = Q + (b * hq + g * group) * d;
+        for (int64_t j = 0; j < len; ++j) {
+            const float* krow = kb + j * ldc;
+            for (int64_t r = 0; r < group; ++r) sc[r * lp + j] = attn::dot(qb + r * d, krow, d);
         }
-    }
+        for (int64_t r = 0; r < group; ++r) {
+            float* s = sc + r * lp;
+            const float mx = attn::row_max(s, len) * scale;
+            const float inv = 1.0f / attn::exp_row(s, len, len, scale, mx);
+            for (int64_t j = 0; j < len; ++j) s[j] *= inv;
+        }
+        std::memset(acc, 0, sizeof(float) * group * d);
+        for (int64_t j = 0; j < len; ++j) {
+            const float* vrow = vb + j * ldc;
+            for (int64_t r = 0; r < group; ++r) {
+                const float p = sc[r * lp + j];
+                float* a = acc + r * d;
+                for (int64_t c = 0; c < d; ++c) a[c] += p * vrow[c];
+            }
+        }
+        std::memcpy(O + (b * hq + g * group) * d, acc, sizeof(float) * group * d);
+    });
 }
 
 }  // namespace realn::cpu
