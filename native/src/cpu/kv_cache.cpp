@@ -20,6 +20,7 @@
 #include "attention_kernels.hpp"
 #include "bf16.hpp"
 #include "cpu_ops.hpp"
+#include "simd_sum.hpp"
 
 namespace realn::cpu {
 namespace {
@@ -29,15 +30,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 widen16(__m25
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// Lane sum in a fixed order: 16 -> 8 (halves) -> 4 -> 2 -> 1.
-__attribute__((target("avx512f"))) inline float hsum512(__m512 v) {
-    const __m256 lo = _mm512_castps512_ps256(v);
-    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    const __m256 s8 = _mm256_add_ps(lo, hi);
-    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
-}
 
 struct Bf16RowsAvx512 {
     // sum_c q[c] * widen(k[c]): 16 lanes over c, the masked tail, then the fixed lane sum.

@@ -4,6 +4,7 @@
 // from L1/L2). The accumulation order of an output element is fixed (vector lanes over k, the
 // masked/scalar tail, then a fixed lane reduction) and independent of the thread split.
 #include "small_m_linear.hpp"
+#include "simd_sum.hpp"
 
 #include <immintrin.h>
 #include <omp.h>
@@ -23,15 +24,6 @@ namespace {
 constexpr int64_t kNr = 4;  // weight rows per tile
 
 // ---------------------------------------------------------------- AVX-512
-// Lane sum in a fixed order: 16 -> 8 (halves) -> 4 -> 2 -> 1 (GCC 12's _mm512_reduce_add_ps warns).
-__attribute__((target("avx512f"))) inline float hsum512(__m512 v) {
-    const __m256 lo = _mm512_castps512_ps256(v);
-    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    const __m256 s8 = _mm256_add_ps(lo, hi);
-    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
-}
 
 template <int MR, int NR>
 __attribute__((target("avx512f"))) void tile_avx512(const float* X, const float* W, float* Y, int64_t K,
