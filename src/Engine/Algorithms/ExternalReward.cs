@@ -64,6 +64,9 @@ internal sealed class ExternalReward(IReadOnlyList<string> command, double timeo
             if (line is null)
             {
                 bool exited = p.WaitForExit(2000);
+                // WaitForExit(timeout) does not wait for the stderr reader to drain; the async wait does
+                // (bounded: a child that kept the pipe open must not hang the run).
+                if (exited) p.WaitForExitAsync().Wait(TimeSpan.FromSeconds(2));
                 string how = exited ? $"exited with code {p.ExitCode}" : "closed its output";
                 Stop();
                 throw Fail($"{how} before answering answer {i + 1} of a batch of {batch.Count}");
