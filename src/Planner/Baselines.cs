@@ -24,6 +24,56 @@ public static class Baselines
         ["symmetric"] = Symmetric(p),
     };
 
+    /// <summary>Why baseline <paramref name="name"/> has no plan for this experiment and cluster (its rule cannot
+    /// place a call, or its plan does not fit in memory), in words `realn plan` prints; null when it has one.</summary>
+    public static string? WhyNot(PlanningProblem p, string name, PlanResult? result)
+    {
+        if (result is not null) return null;
+        int n = p.FullMesh.Size;
+        string? Zero3Batch(IEnumerable<ModelCall> calls, int devices)
+        {
+            foreach (var c in calls.Where(c => c.Type != CallType.Generate))
+            {
+                int per = c.Sequences / c.OptimizerSteps;
+                if (per < devices)
+                    return $"ZeRO-3 data parallelism over {devices} devices needs at least one sequence per device in every optimizer step " +
+                           $"(DeepSpeed's train batch = micro-batch x gradient accumulation x world size, micro-batch >= 1), and {c.Name} has {per} " +
+                           $"({c.Sequences} sequences / {c.OptimizerSteps} minibatch{(c.OptimizerSteps == 1 ? "" : "es")}); DeepSpeed-Chat has no tensor, pipeline or sequence parallelism for training to use the other devices";
+            }
+            return null;
+        }
+        string? GenTp(Mesh mesh)
+        {
+            foreach (var (c, i) in p.Calls.Select((c, i) => (c, i)).Where(x => x.c.Type == CallType.Generate))
+                if (GenerationTp(p, i, mesh) < 0)
+                    return $"no tensor-parallel degree within a node of {mesh.Size} devices divides {c.Name}'s model ({p.Experiment.Models[c.Role].Heads} heads)";
+            return null;
+        }
+        string memory = $"its plan does not fit in memory ({Units.Bytes(p.Cluster.UsableMemoryBytes)} per device on cluster '{p.Cluster.Name}', even with recomputation, offload and the most micro-batches its rule allows)";
+        switch (name)
+        {
+            case "deepspeed_chat":
+                return Zero3Batch(p.Calls, n) ?? GenTp(p.FullMesh) ?? memory;
+            case "openrlhf":
+            {
+                var groups = OpenRlhfGroups(p);
+                if (groups is null)
+                    return $"its device groups (actor, generation, critic, reference, reward sized by parameter count, powers of two) cannot be placed on {n} devices of {p.Cluster.DevicesPerNode} per node";
+                foreach (var g in groups.GroupBy(kv => kv.Value))
+                {
+                    var calls = p.Calls.Where(c => g.Any(kv => kv.Key == GroupKey(c)));
+                    if (Zero3Batch(calls, g.Key.Size) is { } why) return why;
+                    if (g.Any(kv => kv.Key == "gen") && GenTp(g.Key) is { } t) return t;
+                }
+                return memory;
+            }
+            case "heuristic":
+                return HeuristicStrategy(p) is null ? $"no single (pp, dp, tp) on {n} devices is valid for every call (heads, layers and sequences must divide)" : memory;
+            default:
+                return $"no single (pp, dp, tp) on all {n} devices fits every call in memory";
+        }
+    }
+
     /// <summary>Best single strategy on the full mesh for every call (micro-batches/flags per call).</summary>
     public static PlanResult? Symmetric(PlanningProblem p)
     {

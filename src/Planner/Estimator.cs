@@ -236,8 +236,8 @@ public sealed class Estimator
 
     /// <summary>Master-worker round trips of a call in worker processes: one for generation and inference; a
     /// train call two per optimizer step (the forward whose outputs the master's loss needs, then the backward
-    /// sent together with the optimizer step).</summary>
-    public static int WorkerRoundTrips(ModelCall c) => c.Type == CallType.TrainStep ? 2 * c.OptimizerSteps : 1;
+    /// sent together with the optimizer step), for each of its epochs.</summary>
+    public static int WorkerRoundTrips(ModelCall c) => c.Type == CallType.TrainStep ? 2 * c.OptimizerSteps * c.Epochs : 1;
 
     /// <summary>Seconds of a call's master-worker round trips (<see cref="ClusterSpec.WorkerRoundTrip"/> each).</summary>
     public double WorkerDispatchSeconds(ModelCall c) => WorkerRoundTrips(c) * Cluster.WorkerRoundTrip;
@@ -249,7 +249,7 @@ public sealed class Estimator
         bool ppInter = PipelineCrossesNodes(o);
         double Hop(double tokens) => s.Pp > 1 ? P2P(tokens * m.Hidden * _eb / s.Tp, ppInter) : 0; // Megatron scatter/gather: 1/tp per rank
         double offload = o.Flag && c.Type != CallType.TrainStep ? Memory(c, o).WeightBytes / Cluster.HostBandwidth : 0;
-        double seqLen = c.SequenceTokens;
+        double seqLen = c.MeanSequenceTokens;   // packed: prompt + response tokens the engine computes, no padding
 
         switch (c.Type)
         {
@@ -259,7 +259,7 @@ public sealed class Estimator
                 double f = SlowestStage(m, scalar, s, tmb, seqLen / 2, seqLen, Pass.Fwd);
                 double b = SlowestStage(m, scalar, s, tmb, seqLen / 2, seqLen, Pass.Bwd);
                 double pipe = (mb + s.Pp - 1) * (f * (o.Flag ? 2 : 1) + b + 2 * Hop(tmb));
-                return c.OptimizerSteps * (pipe + GradSync(m, scalar, o) + OptimizerStep(Layout(m, scalar, s.Pp).MaxParams / s.Tp / s.Dp));
+                return c.Epochs * c.OptimizerSteps * (pipe + GradSync(m, scalar, o) + OptimizerStep(Layout(m, scalar, s.Pp).MaxParams / s.Tp / s.Dp));
             }
             case CallType.Inference:
             {
@@ -269,16 +269,44 @@ public sealed class Estimator
             }
             default:
             {
-                // prefill of the prompts (pipelined like inference), then new_tokens - 1 decode steps; each
-                // step passes every micro-batch through every stage: max(micro-batches, pp) stage times.
-                double seqs = (double)c.Sequences / s.Dp;
-                double pmb = seqs * c.PromptTokens / mb;
-                double prefill = (mb + s.Pp - 1) * (SlowestStage(m, scalar, s, pmb, c.PromptTokens / 2.0, c.PromptTokens, Pass.Fwd) + Hop(pmb));
-                double bs = seqs / mb, ctx = c.PromptTokens + c.NewTokens / 2.0;
-                double step = Math.Max(mb, s.Pp) * (SlowestStage(m, scalar, s, bs, ctx, ctx, Pass.Decode) + Hop(bs));
-                return prefill + Math.Max(0, c.NewTokens - 1) * step + offload;
+                var (prefill, step) = GenerationParts(c, o, m, scalar);
+                return prefill + Math.Max(0, c.DecodeSteps - 1) * step + offload;
             }
         }
+    }
+
+    /// <summary>A generation call's prefill and one decode step. Prefill of the packed prompts (pipelined like
+    /// inference), then decode steps until the batch's longest sequence ends (<see cref="ModelCall.DecodeSteps"/>
+    /// - 1 after the prefill's token); a step computes the sequences still decoding: on average seqs x mean new /
+    /// steps of them. Each step passes every micro-batch through every stage: max(micro-batches, pp) stage times.</summary>
+    private (double Prefill, double Step) GenerationParts(ModelCall c, CallOption o, ModelConfig m, bool scalar)
+    {
+        var s = o.Strategy;
+        int mb = o.MicroBatches;
+        bool ppInter = PipelineCrossesNodes(o);
+        double Hop(double tokens) => s.Pp > 1 ? P2P(tokens * m.Hidden * _eb / s.Tp, ppInter) : 0;
+        double seqs = (double)c.Sequences / s.Dp, prompt = c.MeanPromptTokens;
+        double pmb = seqs * prompt / mb;
+        double prefill = (mb + s.Pp - 1) * (SlowestStage(m, scalar, s, pmb, prompt / 2.0, prompt, Pass.Fwd) + Hop(pmb));
+        double bs = seqs / mb * Math.Min(1.0, c.MeanNewTokens / c.DecodeSteps), ctx = prompt + c.MeanNewTokens / 2.0;
+        double step = Math.Max(mb, s.Pp) * (SlowestStage(m, scalar, s, bs, ctx, ctx, Pass.Decode) + Hop(bs));
+        return (prefill, step);
+    }
+
+    /// <summary>A generation call under `weight_update: interrupt`, split where it takes the new weights: the
+    /// first chunk (prefill and decode steps 1 .. k - 1) and the second (steps k .. the last), each a call of its
+    /// own (a round trip each in worker processes). Null when the batch ends before step k (the engine then takes
+    /// no weights mid-batch: finish_batch).</summary>
+    public (double Before, double After)? InterruptedGenerationSeconds(ModelCall c, CallOption o, int k)
+    {
+        if (c.Type != CallType.Generate || o.Zero3 || k >= c.DecodeSteps) return null;
+        var m = Experiment.Models[c.Role];
+        bool scalar = Experiment.HasScalarHead(c.Role);
+        double offload = o.Flag ? Memory(c, o).WeightBytes / Cluster.HostBandwidth : 0;
+        var (prefill, step) = GenerationParts(c, o, m, scalar);
+        double dispatch = WorkerDispatchSeconds(c);
+        return (dispatch + (prefill + (k - 1) * step + offload) * _workerSlowdown,
+                dispatch + (c.DecodeSteps - k) * step * _workerSlowdown);
     }
 
     /// <summary>Distributed-optimizer gradient sync per optimizer step: reduce-scatter of fp32 gradients and
@@ -307,7 +335,7 @@ public sealed class Estimator
         var (inter, perNode) = DpGroup(o);
         double layerBytes = m.BlockParams * _eb;
         double gather = AllGather(layerBytes, n, inter, perNode);
-        double seqLen = c.SequenceTokens;
+        double seqLen = c.MeanSequenceTokens;
         double headBytes = (double)m.Vocab * m.Hidden * _eb;
         var single1 = new Strategy(1, 1, 1);
         if (c.Type == CallType.TrainStep)
@@ -319,7 +347,7 @@ public sealed class Estimator
                         + SlowestStage(m, scalar, single1, tmb, seqLen / 2, seqLen, Pass.Bwd) - m.Layers * b
                         + 3 * AllGather(headBytes, n, inter, perNode);
             double step = mb * (m.Layers * perLayer + Math.Max(0, ends)) + OptimizerStep(m.Params(scalar) / n);
-            return c.OptimizerSteps * step;
+            return c.Epochs * c.OptimizerSteps * step;
         }
         // inference (ref/reward/critic under ZeRO-3): gathered per layer as in the forward above
         double tokens = (double)c.Sequences * seqLen / n / mb;
@@ -484,7 +512,7 @@ public sealed class Estimator
     public double TransferSeconds(ModelCall producer, CallOption from, CallOption to)
     {
         if (from.SameLayout(to) || producer.OutputBytesPerToken == 0) return 0;
-        double bytes = (double)producer.Sequences * producer.SequenceTokens * producer.OutputBytesPerToken;
+        double bytes = (double)producer.Sequences * producer.MeanSequenceTokens * producer.OutputBytesPerToken;
         int streams = Math.Min(from.Strategy.Dp, to.Mesh.Size);
         bool sameNode = from.Mesh.NodeCount == 1 && to.Mesh.NodeCount == 1 && from.Mesh.NodeStart == to.Mesh.NodeStart;
         return sameNode ? bytes / streams / Cluster.IntraNodeBandwidth + Cluster.IntraNodeLatency

@@ -70,11 +70,29 @@ public enum CallType { Generate, Inference, TrainStep }
 
 /// <summary>One model function call of the dataflow: its model role, type, the calls it consumes
 /// and the work size (sequences and tokens per sequence). Train calls run <see cref="OptimizerSteps"/>
-/// optimizer steps (PPO minibatches).</summary>
+/// optimizer steps (PPO minibatches) per epoch, <see cref="Epochs"/> times. <see cref="PromptTokens"/> and
+/// <see cref="NewTokens"/> are the bounds (batch.prompt_len, gen_len: memory is sized for them); the engine
+/// packs sequences without padding, so compute is priced on the expected lengths
+/// (<see cref="MeanPromptTokens"/>, <see cref="MeanNewTokens"/>) and a static-batch generation decodes
+/// <see cref="DecodeSteps"/> steps (until its longest sequence ends).</summary>
 public sealed record ModelCall(string Name, string Role, CallType Type, string[] Inputs, int Sequences, int PromptTokens, int NewTokens,
     int OptimizerSteps, int OutputBytesPerToken)
 {
+    /// <summary>Longest sequence: prompt_len + gen_len (memory bound).</summary>
     public int SequenceTokens => PromptTokens + NewTokens;
+    /// <summary>Expected prompt tokens per sequence (null: <see cref="PromptTokens"/>, every prompt full length).</summary>
+    public double? ExpectedPromptTokens { get; init; }
+    /// <summary>Expected generated (or response) tokens per sequence (null: <see cref="NewTokens"/>).</summary>
+    public double? ExpectedNewTokens { get; init; }
+    /// <summary>Decode steps of a static batch: its longest generation (null: <see cref="NewTokens"/>).</summary>
+    public int? LongestNewTokens { get; init; }
+    /// <summary>Passes over the batch per train call (ppo.ppo_epochs for the RL algorithms; 1 otherwise).</summary>
+    public int Epochs { get; init; } = 1;
+    public double MeanPromptTokens => Math.Min(PromptTokens, ExpectedPromptTokens ?? PromptTokens);
+    public double MeanNewTokens => Math.Min(NewTokens, ExpectedNewTokens ?? NewTokens);
+    /// <summary>Tokens the engine packs per sequence (prompt + response, no padding).</summary>
+    public double MeanSequenceTokens => MeanPromptTokens + MeanNewTokens;
+    public int DecodeSteps => Math.Max(1, Math.Min(NewTokens, LongestNewTokens ?? NewTokens));
 }
 
 /// <summary>The planner's part of an experiment YAML plus the derived dataflow graph.</summary>
@@ -89,6 +107,9 @@ public sealed class Experiment
     public required int Minibatches { get; init; }
     public required IReadOnlyDictionary<string, ModelConfig> Models { get; init; }
     public required IReadOnlyList<ModelCall> Calls { get; init; }
+    /// <summary>Expected lengths of the synthetic task the experiment samples from (null: a `dataset`, priced at
+    /// prompt_len + gen_len per sequence); the calls carry them (<see cref="ModelCall.MeanSequenceTokens"/>).</summary>
+    public TaskLengths? Lengths { get; init; }
     /// <summary>`reward.kind`: "model" (a reward model scores the samples: rew_inf calls) or a
     /// rule-based kind such as "task" (scored on the master, no reward model and no reward call).</summary>
     public string RewardKind { get; init; } = "model";
@@ -107,6 +128,14 @@ public sealed class Experiment
     public int? MaxStaleness { get; init; }
     /// <summary>True for `mode: async`.</summary>
     public bool Asynchronous => MaxStaleness is not null;
+    /// <summary>`weight_update: interrupt` (mode: async): a generation in flight pauses before decode step
+    /// <see cref="InterruptStep"/>, takes the next policy version and continues; false: finish_batch.</summary>
+    public bool Interrupt { get; init; }
+    /// <summary>`interrupt_at` (fraction of gen_len, default 0.5).</summary>
+    public double InterruptAt { get; init; } = 0.5;
+    /// <summary>The decode step before which an interrupted generation takes the new weights: the engine's
+    /// ceil(interrupt_at x gen_len) clamped to 1 .. gen_len - 1 (src/Engine/Config/ExperimentConfig.cs).</summary>
+    public int InterruptStep => Math.Clamp((int)Math.Ceiling(InterruptAt * GenLen), 1, Math.Max(1, GenLen - 1));
 
     /// <summary>The same experiment with the synchronous dataflow (what an async plan is compared with).</summary>
     public Experiment Synchronous() => WithMaxStaleness(null);
@@ -115,7 +144,8 @@ public sealed class Experiment
     public Experiment WithMaxStaleness(int? maxStaleness) => new()
     {
         Name = Name, Algorithm = Algorithm, Iterations = Iterations, BatchSize = BatchSize, PromptLen = PromptLen, GenLen = GenLen,
-        Minibatches = Minibatches, Models = Models, Calls = Calls, RewardKind = RewardKind, Precision = Precision, MaxStaleness = maxStaleness,
+        Minibatches = Minibatches, Models = Models, Calls = Calls, Lengths = Lengths, RewardKind = RewardKind, Precision = Precision, MaxStaleness = maxStaleness,
+        Interrupt = maxStaleness is not null && Interrupt, InterruptAt = InterruptAt,
         ModelPrecisions = ModelPrecisions,
     };
 
@@ -123,7 +153,8 @@ public sealed class Experiment
     public Experiment WithModelPrecisions(IReadOnlyDictionary<string, Precision>? modelPrecisions) => new()
     {
         Name = Name, Algorithm = Algorithm, Iterations = Iterations, BatchSize = BatchSize, PromptLen = PromptLen, GenLen = GenLen,
-        Minibatches = Minibatches, Models = Models, Calls = Calls, RewardKind = RewardKind, Precision = Precision, MaxStaleness = MaxStaleness,
+        Minibatches = Minibatches, Models = Models, Calls = Calls, Lengths = Lengths, RewardKind = RewardKind, Precision = Precision, MaxStaleness = MaxStaleness,
+        Interrupt = Interrupt, InterruptAt = InterruptAt,
         ModelPrecisions = modelPrecisions,
     };
 
@@ -174,6 +205,24 @@ public sealed class Experiment
                 : throw new PlannerException($"mode: async needs an algorithm that generates and trains (ppo, grpo, rloo, remax), not {algo}"),
             var other => throw new PlannerException($"mode: '{other}' is not one of sync, async"),
         };
+        bool interrupt = false;
+        double interruptAt = 0.5;
+        if (maxStaleness is null && r.Get("weight_update") is not null) throw new PlannerException("weight_update: only meaningful with mode: async");
+        switch (r.OptStr("weight_update"))
+        {
+            case null or "finish_batch":
+                if (r.Get("interrupt_at") is not null) throw new PlannerException("interrupt_at: only meaningful with weight_update: interrupt");
+                break;
+            case "interrupt":
+                if (maxStaleness is null) throw new PlannerException("weight_update: only meaningful with mode: async");
+                if (maxStaleness == 0) throw new PlannerException("weight_update: interrupt needs max_staleness >= 1");
+                if (algo == "remax") throw new PlannerException("weight_update: interrupt is not supported for remax; use finish_batch");
+                interrupt = true;
+                interruptAt = r.OptDouble("interrupt_at", 1e-9, 1 - 1e-9, 0.5);
+                break;
+            case var other:
+                throw new PlannerException($"weight_update: '{other}' is not one of finish_batch, interrupt");
+        }
         string[] roles = algo switch
         {
             "ppo" => rewardModel ? ["actor", "critic", "ref", "reward"] : ["actor", "critic", "ref"],
@@ -204,6 +253,30 @@ public sealed class Experiment
         int mbs = b.OptInt("minibatches", 1, 1 << 16, 1);
         if (mbs > size) throw new PlannerException($"batch.minibatches: {mbs} exceeds batch.size {size}");
         if (algo is "ppo" or "grpo" or "remax" or "rloo" && gen < 1) throw new PlannerException($"batch.gen_len: {algo} generates, needs at least 1 new token");
+        // The tokens the engine packs: the expected lengths of the synthetic task the experiment names (`task:`,
+        // without a `dataset`); without one (a dataset, or a workload described by its lengths alone, as the
+        // examples/scale settings are) every sequence is priced at prompt_len + gen_len (an upper bound).
+        TaskLengths? lengths = null;
+        if (r.Get("dataset") is null && r.Get("task") is { } tn)
+        {
+            if (tn is not YamlMappingNode tm) throw new PlannerException("task: expected a mapping, e.g. { name: sort-digits, min_len: 3, max_len: 6 }");
+            var tr = new Yaml.Reader(tm, "task");
+            string task = tr.OptStr("name") ?? "sort-digits";
+            if (!TaskLengths.Defaults.ContainsKey(task)) throw new PlannerException($"task.name: '{task}' is not one of {string.Join(", ", TaskLengths.Defaults.Keys)}");
+            var (dmin, dmax) = TaskLengths.Defaults[task];
+            lengths = TaskLengths.For(task, tr.OptInt("min_len", 1, 64, dmin), tr.OptInt("max_len", 1, 64, dmax));
+        }
+        int epochs = 1;
+        if (algo is "ppo" or "grpo" or "remax" or "rloo" && r.Get("ppo") is YamlMappingNode pn)
+            epochs = new Yaml.Reader(pn, "ppo").OptInt("ppo_epochs", 1, 1000, 1);
+        var calls = BuildCalls(algo, size, prompt, gen, mbs, rewardModel)
+            .Select(c => c with
+            {
+                ExpectedPromptTokens = lengths?.MeanPromptTokens,
+                ExpectedNewTokens = lengths?.MeanAnswerTokens,
+                LongestNewTokens = lengths?.MaxAnswerTokens,
+                Epochs = c.Type == CallType.TrainStep ? epochs : 1,
+            }).ToList();
         return new Experiment
         {
             Name = r.OptStr("name") ?? Path.GetFileNameWithoutExtension(source),
@@ -211,10 +284,12 @@ public sealed class Experiment
             Iterations = r.OptInt("iterations", 1, int.MaxValue, 1),
             BatchSize = size, PromptLen = prompt, GenLen = gen, Minibatches = mbs,
             Models = models,
-            Calls = BuildCalls(algo, size, prompt, gen, mbs, rewardModel),
+            Calls = calls,
+            Lengths = lengths,
             RewardKind = rewardKind,
             Precision = precision,
             MaxStaleness = maxStaleness,
+            Interrupt = interrupt, InterruptAt = interruptAt,
         };
     }
 

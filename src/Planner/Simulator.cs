@@ -33,6 +33,7 @@ public sealed class Evaluator
     private readonly double[] _end, _prevEnd;
     private readonly int _dpn;
     private readonly Dictionary<long, double> _reallocLocal = new();
+    private readonly Dictionary<long, (double, double)?> _splitLocal = new();
 
     public Evaluator(PlanningProblem p)
     {
@@ -195,6 +196,11 @@ public sealed class Evaluator
     /// g - 1 - N, pushed to its mesh after that iteration's calls (a reallocation occupying the train
     /// and the generation mesh; none when the layouts are equal). With N = 0 this is the synchronous
     /// schedule.
+    /// Under `weight_update: interrupt` (<see cref="Experiment.Interrupt"/>) generation of iteration g runs in
+    /// two chunks: prefill and decode steps before step k on the weights already on its mesh (pushed into
+    /// generation g - 1), then, after the train step of iteration g - N and the push of its weights (the same
+    /// reallocation, occupying both meshes), steps k .. the last. Generations of iterations g &lt; N (no newer
+    /// version exists yet) and batches that end before step k run whole.
     /// </summary>
     private double SimulateAsync(int[] choice, int iterations, int staleness, List<SimTask>? record)
     {
@@ -209,11 +215,46 @@ public sealed class Evaluator
         Array.Clear(_free);
         double makespan = 0;
 
+        bool interrupt = _p.Experiment.Interrupt;
+        (double Before, double After)? Split(int i)
+        {
+            if (!interrupt || !AsyncGeneration(i)) return null;
+            long key = ((long)i << 32) | (uint)choice[i];
+            if (!_splitLocal.TryGetValue(key, out var v))
+                _splitLocal[key] = v = _p.Estimator.InterruptedGenerationSeconds(_p.Calls[i], _p.Options[i][choice[i]].Option, _p.Experiment.InterruptStep);
+            return v;
+        }
+        var firstChunkEnd = new double[calls.Count];
+
         void Run(int i, int it)
         {
             var info = _p.Options[i][choice[i]];
             var o = info.Option;
             double ready = it > 0 ? _endOf[it - 1][i] : 0;
+            // interrupt: the first chunk of a generation that takes the next version mid-batch (the second: SecondChunk)
+            if (Split(i) is { } split && it - staleness >= 0)
+            {
+                int g0 = o.Mesh.FirstDevice(_dpn), gn = o.Mesh.Size;
+                double s0 = Math.Max(ready, MaxFree(g0, gn)), e0 = s0 + split.Before;
+                SetFree(g0, gn, e0);
+                firstChunkEnd[i] = e0;
+                _endOf[it][i] = double.NaN;   // set by the second chunk
+                record?.Add(new SimTask(calls[i].Name + " (to step k)", it, g0, gn, g0, 0, s0, e0, false));
+                if (e0 > makespan) makespan = e0;
+                return;
+            }
+            if (interrupt && AsyncGeneration(i))
+            {
+                // whole, on the weights its mesh holds: the initial ones (g < N), or those pushed into generation g - 1
+                int g0 = o.Mesh.FirstDevice(_dpn), gn = o.Mesh.Size;
+                if (Split(i) is null && it - 1 - staleness >= 0) ready = Math.Max(ready, _pushEnd[it - 1 - staleness][i]);
+                double s0 = Math.Max(ready, MaxFree(g0, gn)), e0 = s0 + info.Seconds;
+                SetFree(g0, gn, e0);
+                _endOf[it][i] = e0;
+                record?.Add(new SimTask(calls[i].Name, it, g0, gn, g0, 0, s0, e0, false));
+                if (e0 > makespan) makespan = e0;
+                return;
+            }
             foreach (int j in _p.InputIdx[i])
                 ready = Math.Max(ready, _endOf[it][j] + _p.Transfer(j, choice[j], i, choice[i]));
             int tc = _p.TrainCallOfRole[i];
@@ -254,7 +295,7 @@ public sealed class Evaluator
             double end = _endOf[it][tc];
             for (int g = 0; g < calls.Count; g++)
             {
-                if (!AsyncGeneration(g) || _p.TrainCallOfRole[g] != tc) continue;
+                if (!AsyncGeneration(g) || _p.TrainCallOfRole[g] != tc || Split(g) is not null) continue;   // interrupt: SecondChunk pushed
                 long key = ((long)g << 48) | ((long)choice[tc] << 24) | (uint)choice[g];
                 if (!_reallocLocal.TryGetValue(key, out double r)) _reallocLocal[key] = r = _p.Realloc(g, choice[tc], choice[g]);
                 if (r <= 0) { _pushEnd[it][g] = end; continue; }
@@ -265,6 +306,37 @@ public sealed class Evaluator
                 _pushEnd[it][g] = rs + r;
                 record?.Add(new SimTask($"realloc {calls[g].Role}->{calls[g].Name}", it, h0, hn, g0, gn, rs, rs + r, true));
                 if (rs + r > makespan) makespan = rs + r;
+            }
+        }
+
+        // interrupt: after the train step of iteration it, its weights go into generation it + N, which then finishes
+        void SecondChunk(int tc, int it)
+        {
+            int g = it + staleness;
+            if (g >= iterations) return;
+            var home = _p.Options[tc][choice[tc]].Option.Mesh;
+            int h0 = home.FirstDevice(_dpn), hn = home.Size;
+            for (int i = 0; i < calls.Count; i++)
+            {
+                if (!AsyncGeneration(i) || _p.TrainCallOfRole[i] != tc || Split(i) is not { } split) continue;
+                var gm = _p.Options[i][choice[i]].Option.Mesh;
+                int g0 = gm.FirstDevice(_dpn), gn = gm.Size;
+                long key = ((long)i << 48) | ((long)choice[tc] << 24) | (uint)choice[i];
+                if (!_reallocLocal.TryGetValue(key, out double r)) _reallocLocal[key] = r = _p.Realloc(i, choice[tc], choice[i]);
+                double ready = Math.Max(_endOf[it][tc], firstChunkEnd[i]);
+                if (r > 0)
+                {
+                    double rs = Math.Max(Math.Max(ready, MaxFree(g0, gn)), MaxFree(h0, hn));
+                    SetFree(g0, gn, rs + r); SetFree(h0, hn, rs + r);
+                    record?.Add(new SimTask($"realloc {calls[i].Role}->{calls[i].Name}", it, h0, hn, g0, gn, rs, rs + r, true));
+                    ready = rs + r;
+                }
+                _pushEnd[it][i] = ready;
+                double s1 = Math.Max(ready, MaxFree(g0, gn)), e1 = s1 + split.After;
+                SetFree(g0, gn, e1);
+                _endOf[g][i] = e1;
+                record?.Add(new SimTask(calls[i].Name + " (from step k)", g, g0, gn, g0, 0, s1, e1, false));
+                if (e1 > makespan) makespan = e1;
             }
         }
 
@@ -283,7 +355,11 @@ public sealed class Evaluator
             _iterationEnd[it] = iterationEnd;
             // After the iteration's calls, as the synchronous schedule does at the next iteration's start.
             for (int i = 0; i < calls.Count; i++)
-                if (calls[i].Type == CallType.TrainStep) Push(i, it);
+                if (calls[i].Type == CallType.TrainStep)
+                {
+                    if (interrupt) SecondChunk(i, it);
+                    Push(i, it);
+                }
         }
         return makespan;
     }

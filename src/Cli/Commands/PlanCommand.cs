@@ -87,6 +87,8 @@ public static class PlanCommand
                 if (sync is not null)
                 {
                     w.WriteNumber("max_staleness", r.Problem.Experiment.MaxStaleness!.Value);
+                    w.WriteString("weight_update", r.Problem.Experiment.Interrupt ? "interrupt" : "finish_batch");
+                    if (r.Problem.Experiment.Interrupt) w.WriteNumber("interrupt_step", r.Problem.Experiment.InterruptStep);
                     w.WriteStartObject("synchronous");
                     w.WriteNumber("iteration_seconds", sync.Best.Evaluation.IterationSeconds);
                     w.WriteNumber("speedup", Math.Round(sync.Best.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds, 4));
@@ -97,7 +99,7 @@ public static class PlanCommand
                 foreach (var (name, b) in r.Baselines)
                 {
                     w.WriteStartObject(name);
-                    if (b is null) { w.WriteNull("iteration_seconds"); w.WriteNull("speedup"); w.WriteString("note", "not applicable or does not fit in memory"); }
+                    if (b is null) { w.WriteNull("iteration_seconds"); w.WriteNull("speedup"); w.WriteString("note", "not applicable: " + Baselines.WhyNot(r.Problem, name, b)); }
                     else
                     {
                         w.WriteNumber("iteration_seconds", b.Evaluation.IterationSeconds);
@@ -140,11 +142,12 @@ public static class PlanCommand
         AnsiConsole.Write(table);
         AnsiConsole.MarkupLine($"estimated iteration: [bold]{S(r.Best.Evaluation.IterationSeconds)} s[/] ({Markup.Escape(r.Method)}, {r.Evaluations} plans evaluated, {r.SearchSeconds:F2} s{(r.TimedOut ? ", time limit hit" : "")})");
         if (sync is not null)
-            AnsiConsole.MarkupLine($"asynchronous dataflow, max_staleness {r.Problem.Experiment.MaxStaleness}: the best synchronous plan takes " +
+            AnsiConsole.MarkupLine($"asynchronous dataflow, max_staleness {r.Problem.Experiment.MaxStaleness}, weight_update " +
+                (r.Problem.Experiment.Interrupt ? $"interrupt (new weights before decode step {r.Problem.Experiment.InterruptStep})" : "finish_batch") + ": the best synchronous plan takes " +
                 $"{S(sync.Best.Evaluation.IterationSeconds)} s -> speedup {sync.Best.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x (steady state)");
         AnsiConsole.MarkupLine("baselines (speedup of the plan over each; rules in docs/cost-model.md):");
         foreach (var (name, b) in r.Baselines)
-            AnsiConsole.MarkupLine(b is null ? $"  {name}: not applicable or does not fit in memory"
+            AnsiConsole.MarkupLine(b is null ? $"  {name}: not applicable: {Markup.Escape(Baselines.WhyNot(r.Problem, name, b)!)}"
                 : $"  {name}: {S(b.Evaluation.IterationSeconds)} s -> speedup {b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x");
         if (single is { } one)
             AnsiConsole.MarkupLine(r.SingleDeviceChosen
