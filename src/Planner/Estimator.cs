@@ -61,7 +61,8 @@ public sealed class Estimator
     [
         "no compute/communication overlap for tp and pipeline messages (ZeRO-3 gathers do overlap)",
         "no interleaved pipeline schedule, sequence/context or expert parallelism",
-        "static-batch generation: every sequence decodes gen_len tokens; no continuous batching, paged KV or speculative decoding",
+        "static-batch generation: a batch decodes until its longest sequence ends, at the mean number still decoding; no continuous batching, paged KV or speculative decoding",
+        "sequence lengths: a named synthetic task's expected prompt and answer (a trained policy's answer length); a dataset or a workload without `task` at prompt_len + gen_len",
         "no network contention between concurrent calls or groups sharing NICs",
         "CPU devices of one machine (shared_host) share its memory bandwidth evenly, and worker processes compute at a measured slowdown, whether or not the others are busy",
         "no stragglers, failures, data loading, checkpointing or evaluation time",
@@ -76,6 +77,10 @@ public sealed class Estimator
 
     public Estimator(ClusterSpec cluster, Experiment exp, ProfileData? profile = null)
     {
+        // the round trip measured by `realn profile` on this host replaces the spec's, for as many worker processes
+        // as it measured (a spec that prices none, WorkerRoundTrip 0, as the in-process estimate does, keeps none)
+        if (cluster.SharedHost && cluster.WorkerRoundTrip > 0 && profile?.WorkerRoundTripUs is { } rt && profile.WorkerRoundTripDevices == cluster.DevicesPerNode)
+            cluster = cluster with { WorkerRoundTrip = rt * 1e-6 };
         Cluster = cluster; Experiment = exp; Profile = profile;
         // a profile is measured by one process on every core of the host; a device of a shared host has 1/n of them
         _hostShare = cluster.SharedHost ? cluster.DevicesPerNode : 1;

@@ -35,6 +35,12 @@ public sealed record ProfileData
     [JsonPropertyName("gemm_gflops")] public double? GemmGflops { get; init; }
     [JsonPropertyName("memcpy_gbps")] public double? MemcpyGbps { get; init; }
     [JsonPropertyName("threads")] public int? Threads { get; init; }
+    /// <summary>The mean master-worker round trip beyond compute measured on this host (`realn profile`: a short
+    /// PPO in <see cref="WorkerRoundTripDevices"/> worker processes); on a shared-host spec with that many devices
+    /// per node it replaces the spec's worker_round_trip_us.</summary>
+    [JsonPropertyName("worker_round_trip_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? WorkerRoundTripUs { get; init; }
+    /// <summary>Worker processes of the round-trip measurement.</summary>
+    [JsonPropertyName("worker_round_trip_devices")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public int? WorkerRoundTripDevices { get; init; }
     [JsonPropertyName("layers")] public List<LayerProfile> Layers { get; init; } = [];
 
     public static ProfileData Load(string path)
@@ -57,6 +63,9 @@ public sealed record ProfileData
         if (GemmGflops is { } g && !(g > 0 && double.IsFinite(g))) throw new PlannerException($"profile.gemm_gflops: {g} must be a positive number");
         if (MemcpyGbps is { } m && !(m > 0 && double.IsFinite(m))) throw new PlannerException($"profile.memcpy_gbps: {m} must be a positive number");
         if (Threads is { } th && th <= 0) throw new PlannerException($"profile.threads: {th} must be positive");
+        if (WorkerRoundTripUs is { } rt && !(rt > 0 && double.IsFinite(rt))) throw new PlannerException($"profile.worker_round_trip_us: {rt} must be a positive number");
+        if ((WorkerRoundTripUs is null) != (WorkerRoundTripDevices is null)) throw new PlannerException("profile.worker_round_trip_devices: give it together with worker_round_trip_us");
+        if (WorkerRoundTripDevices is { } rd && rd < 2) throw new PlannerException($"profile.worker_round_trip_devices: {rd} must be at least 2");
         for (int i = 0; i < Layers.Count; i++)
         {
             var l = Layers[i];

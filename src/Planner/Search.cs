@@ -90,7 +90,12 @@ public static class PlanSearch
     /// (`realn run` default), one device in one process with every core of the node (compute x devices per node,
     /// the whole memory bandwidth, no worker dispatch; a profile is used as measured, `realn profile` runs on
     /// every core); its fastest micro-batch/recompute choice. Null for other clusters or when it does not fit.</summary>
-    public static double? SingleDeviceSeconds(ClusterSpec cluster, Experiment exp, ProfileData? profile = null)
+    public static double? SingleDeviceSeconds(ClusterSpec cluster, Experiment exp, ProfileData? profile = null) =>
+        SingleDevice(cluster, exp, profile)?.Evaluation.IterationSeconds;
+
+    /// <summary>The run without a plan priced as <see cref="SingleDeviceSeconds"/> does, with its per-call seconds
+    /// (<see cref="PlanEstimate.CallSeconds"/>); null where that is null.</summary>
+    public static PlanResult? SingleDevice(ClusterSpec cluster, Experiment exp, ProfileData? profile = null)
     {
         if (!cluster.SharedHost) return null;
         var one = cluster with
@@ -100,7 +105,7 @@ public static class PlanSearch
             DeviceMemoryBytes = cluster.DeviceMemoryBytes * cluster.DevicesPerNode,
             ReservedMemoryBytes = cluster.ReservedMemoryBytes * cluster.DevicesPerNode,
         };
-        try { return Baselines.Symmetric(new PlanningProblem(new Estimator(one, exp, profile)))?.Evaluation.IterationSeconds; }
+        try { return Baselines.Symmetric(new PlanningProblem(new Estimator(one, exp, profile))); }
         catch (PlannerException) { return null; }
     }
 
@@ -108,7 +113,10 @@ public static class PlanSearch
     /// (`realn run --plan --in-process`): the same calls without the master-worker round trips
     /// (<see cref="ClusterSpec.WorkerRoundTrip"/>) and at the profiled one-thread speed
     /// (<see cref="ClusterSpec.WorkerComputeSlowdown"/> is for one-thread worker processes).</summary>
-    public static double InProcessSeconds(SearchResult r)
+    public static double InProcessSeconds(SearchResult r) => InProcess(r).Evaluation.IterationSeconds;
+
+    /// <summary>The searched plan priced in process as <see cref="InProcessSeconds"/> does, with its per-call seconds.</summary>
+    public static PlanResult InProcess(SearchResult r)
     {
         var p = r.Problem;
         var q = new PlanningProblem(new Estimator(p.Cluster with { WorkerRoundTrip = 0, WorkerComputeSlowdown = 1 }, p.Experiment, p.Estimator.Profile));
@@ -129,7 +137,7 @@ public static class PlanSearch
         var again = Finish(q, choice, new Evaluator(q));
         if (!again.Plan.Calls.SequenceEqual(r.Best.Plan.Calls))
             throw new PlannerException("internal: the plan's options differ without worker dispatch; cannot price it in-process");
-        return again.Evaluation.IterationSeconds;
+        return again;
     }
 
     /// <summary>Whether every call of a result is priced as the engine executes it (no ZeRO-3 pricing).</summary>

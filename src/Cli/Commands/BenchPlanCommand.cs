@@ -59,18 +59,22 @@ public static class BenchPlanCommand
 
         SearchResult r;
         ClusterSpec spec;
+        PlanResult? singlePlan;
+        PlanResult threadsPlan;
         try
         {
             spec = ClusterSpec.Load(clusterPath);
             if (spec.Nodes != 1) throw new UsageException($"{clusterPath}: nodes: {spec.Nodes}; `realn bench plan` runs the plan on this machine, so the spec must describe one node");
             var prof = profilePath is null ? null : ProfileData.Load(profilePath);
             r = PlanSearch.Run(spec, Experiment.Load(configPath), new SearchOptions(), prof);
+            singlePlan = PlanSearch.SingleDevice(r.Problem.Cluster, r.Problem.Experiment, prof);
+            threadsPlan = PlanSearch.InProcess(r);
         }
         catch (PlannerException e) { throw new UsageException(e.Message); }
         var plan = r.Best.Plan;
         double? singleEstimate = r.SingleDeviceSeconds;
         string chosen = r.SingleDeviceChosen ? "single" : "workers";   // what `realn plan` tells the user to run
-        double threadsEstimate = PlanSearch.InProcessSeconds(r);
+        double threadsEstimate = threadsPlan.Evaluation.IterationSeconds;
         int stage = PlannedStage(experiment, plan)
             ?? throw new UsageException($"{configPath}: no stage runs exactly the calls of the plan ({string.Join(", ", plan.Calls.Select(c => c.Name))})");
 
@@ -98,8 +102,27 @@ public static class BenchPlanCommand
             double measured = (double)st["iterations_seconds"]! / (int)st["iterations"]!;
             double estimate = mode switch { "single" => singleEstimate ?? double.NaN, "threads" => threadsEstimate, _ => r.Best.Evaluation.IterationSeconds };
             if (mode == "single") singleMeasured = measured;
+            // per call: the estimate's seconds and packed tokens against the run's metrics.jsonl (median seconds of the
+            // planned stage's iterations, mean tokens): which term is off, rather than only the whole iteration
+            var estCalls = (mode switch { "single" => singlePlan?.Plan, "threads" => threadsPlan.Plan, _ => plan })?.Estimate?.CallSeconds;
+            var measuredCalls = CallMetrics(Path.Combine(dir, "metrics.jsonl"), stage);
+            var calls = new JsonObject();
+            foreach (var c in r.Problem.Calls)
+            {
+                measuredCalls.TryGetValue(c.Name, out var mc);
+                double? est = estCalls is not null && estCalls.TryGetValue(c.Name, out double e) ? e : null;
+                calls[c.Name] = new JsonObject
+                {
+                    ["estimate_seconds"] = est is { } x ? Math.Round(x, 5) : null,
+                    ["measured_seconds"] = mc.Seconds is { } ms ? Math.Round(ms, 5) : null,
+                    ["measured_over_estimate"] = est is { } x2 && x2 > 0 && mc.Seconds is { } ms2 ? Math.Round(ms2 / x2, 3) : null,
+                    ["estimate_tokens"] = Math.Round(c.Sequences * c.MeanSequenceTokens, 1),
+                    ["measured_tokens"] = mc.Tokens is { } mt ? Math.Round(mt, 1) : null,
+                };
+            }
             rows.Add(new JsonObject
             {
+                ["calls"] = calls,
                 ["mode"] = mode,
                 ["chosen"] = mode == chosen,
                 ["estimate_seconds"] = double.IsFinite(estimate) ? Math.Round(estimate, 5) : null,
@@ -132,6 +155,17 @@ public static class BenchPlanCommand
             Console.WriteLine($"{(string)row["mode"]! + ((bool)row["chosen"]! ? "*" : ""),-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {vs,10} {(row["load_average_after"] is { } la ? ((double)la).ToString("F1", CultureInfo.InvariantCulture) : "-"),10}");
         }
         Console.WriteLine("single: realn run without --plan (one process, every core); threads: --plan --in-process; workers: --plan, one worker process per device; *: what realn plan chooses");
+        Console.WriteLine("per call, seconds estimated / measured (median over the stage's iterations, metrics.jsonl) and packed tokens estimated / measured:");
+        foreach (var row in rows.Select(x => x!.AsObject()))
+        {
+            var parts = new List<string>();
+            foreach (var (name, node) in row["calls"]!.AsObject())
+            {
+                var c = node!.AsObject();
+                parts.Add($"{name} {F((double?)c["estimate_seconds"])}/{F((double?)c["measured_seconds"])} s, {((double?)c["estimate_tokens"])?.ToString("F0", CultureInfo.InvariantCulture) ?? "-"}/{((double?)c["measured_tokens"])?.ToString("F0", CultureInfo.InvariantCulture) ?? "-"} tok");
+            }
+            Console.WriteLine($"  {(string)row["mode"]!}: {string.Join("; ", parts)}");
+        }
         if (loadBefore is { } lb)
             Console.WriteLine($"load average (1 min) before: {lb.ToString("F1", CultureInfo.InvariantCulture)} on {Environment.ProcessorCount} cores; other jobs' threads inflate every measurement, workers most");
         if (measuredRoundTripMs is { } rt)
@@ -175,6 +209,32 @@ public static class BenchPlanCommand
         p.WaitForExit();   // drains the redirected output
         if (p.ExitCode != 0)
             throw new MeasurementException($"bench plan: the {mode} run failed with exit code {p.ExitCode}; see {log}");
+    }
+
+    /// <summary>Per call of stage <paramref name="stage"/> in a run's metrics.jsonl: the median `seconds` and the
+    /// mean `tokens` over its iterations.</summary>
+    internal static Dictionary<string, (double? Seconds, double? Tokens)> CallMetrics(string metricsPath, int stage)
+    {
+        var seconds = new Dictionary<string, List<double>>();
+        var tokens = new Dictionary<string, List<double>>();
+        foreach (var line in File.ReadLines(metricsPath))
+        {
+            if (string.IsNullOrWhiteSpace(line)) continue;
+            JsonObject o;
+            try { o = JsonNode.Parse(line)!.AsObject(); }
+            catch (JsonException) { continue; }   // a torn last line of a killed run
+            if (o["stage"]?.GetValue<int>() != stage || o["call"]?.GetValue<string>() is not { } call) continue;
+            if (o["seconds"] is { } sec) { if (!seconds.TryGetValue(call, out var l)) seconds[call] = l = []; l.Add(sec.GetValue<double>()); }
+            if (o["tokens"] is { } tok) { if (!tokens.TryGetValue(call, out var l)) tokens[call] = l = []; l.Add(tok.GetValue<double>()); }
+        }
+        var result = new Dictionary<string, (double?, double?)>();
+        foreach (var call in seconds.Keys.Union(tokens.Keys))
+        {
+            double? med = null;
+            if (seconds.TryGetValue(call, out var s) && s.Count > 0) { s.Sort(); med = s.Count % 2 == 1 ? s[s.Count / 2] : (s[s.Count / 2 - 1] + s[s.Count / 2]) / 2; }
+            result[call] = (med, tokens.TryGetValue(call, out var t) && t.Count > 0 ? t.Average() : null);
+        }
+        return result;
     }
 
     /// <summary>The host's 1-minute load average (/proc/loadavg), printed with the measurements; null where absent.</summary>

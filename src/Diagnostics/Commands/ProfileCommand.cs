@@ -5,6 +5,11 @@
 // documents the format). A block is timed as half the difference between a 3-block and a 1-block model
 // with a tiny vocabulary, so embedding and head costs cancel; the two are timed alternately, and a
 // difference that does not stand above the timing noise is refused (exit 1) rather than recorded.
+// With more than one core it also measures the worker round trip (the cluster spec's
+// worker_round_trip_us) on this machine: a short PPO of the tiny preset in one worker process per core,
+// every call data parallel over all of them, run as a child `realn run --plan` with REALN_WORKER_TIMING=1;
+// the mean master-worker round trip beyond the workers' compute it reports goes into the profile
+// (`worker_round_trip_us`, `worker_round_trip_devices`), which the planner prefers to the spec's figure.
 using System.CommandLine;
 using System.Diagnostics;
 using ReaLNative.Engine.Generation;
@@ -20,11 +25,88 @@ public static class ProfileCommand
     {
         var models = new Option<string[]>("--model") { Description = "Model presets to profile (repeatable)", DefaultValueFactory = _ => ["tiny"], AllowMultipleArgumentsPerToken = true };
         var output = new Option<string>("--out") { Description = "Profile JSON to write", DefaultValueFactory = _ => "profile.json" };
-        var cmd = new Command("profile", "Measure block costs on this machine and write a planner calibration profile");
+        var noWorkers = new Option<bool>("--no-workers") { Description = "Skip the worker round-trip measurement (a short PPO in one worker process per core)" };
+        var cmd = new Command("profile", "Measure block costs and the worker round trip on this machine and write a planner calibration profile");
         cmd.Options.Add(models);
         cmd.Options.Add(output);
-        cmd.SetAction(p => Run(p.GetValue(models)!, p.GetValue(output)!));
+        cmd.Options.Add(noWorkers);
+        cmd.SetAction(p => Run(p.GetValue(models)!, p.GetValue(output)!, !p.GetValue(noWorkers)));
         return cmd;
+    }
+
+    /// <summary>The job whose worker round trips are timed: ppo-tiny's shapes (batch 256, prompt 16, gen 8, 4
+    /// minibatches, 2 epochs), short SFT and RM stages that only give PPO its models.</summary>
+    private const string RoundTripConfig = """
+        name: profile-round-trip
+        algorithm: ppo
+        seed: 1
+        iterations: 4
+        task: { name: sort-digits, min_len: 3, max_len: 6 }
+        eval: { size: 8, every: 1000 }
+        checkpoint_every: 1000
+        models:
+          actor:  { preset: tiny, init: sft }
+          critic: { preset: tiny, init: rm }
+          ref:    { preset: tiny, init: sft }
+          reward: { preset: tiny, init: rm }
+        batch: { size: 256, prompt_len: 16, gen_len: 8, minibatches: 4 }
+        ppo: { kl_coef: 0.2, ppo_epochs: 2 }
+        stages:
+          - { algorithm: sft, iterations: 1, models: { actor: { preset: tiny, init: random } } }
+          - { algorithm: rm, iterations: 1, models: { reward: { preset: tiny, init: sft } } }
+          - { algorithm: ppo }
+        """;
+
+    /// <summary>The mean master-worker round trip beyond compute, in seconds, of <see cref="RoundTripConfig"/> in
+    /// <paramref name="devices"/> worker processes (every call data parallel over all of them).</summary>
+    internal static double WorkerRoundTripSeconds(int devices, TimeSpan deadline)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "realn-profile-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string cfg = Path.Combine(dir, "ppo.yaml"), planPath = Path.Combine(dir, "plan.json");
+            File.WriteAllText(cfg, RoundTripConfig);
+            var all = new Mesh(0, 1, 0, devices);
+            var calls = new (string, string, CallType)[]
+            {
+                ("actor_gen", "actor", CallType.Generate), ("rew_inf", "reward", CallType.Inference), ("ref_inf", "ref", CallType.Inference),
+                ("critic_inf", "critic", CallType.Inference), ("actor_train", "actor", CallType.TrainStep), ("critic_train", "critic", CallType.TrainStep),
+            }.Select(c => new PlanCall(c.Item1, c.Item2, c.Item3, all, new Strategy(1, devices, 1), 1)).ToList();
+            File.WriteAllText(planPath, PlanJson.ToJson(new Plan(1, devices, calls, null)));
+            string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate the realn executable");
+            var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            if (Path.GetFileNameWithoutExtension(exe) == "dotnet")
+                psi.ArgumentList.Add(System.Reflection.Assembly.GetEntryAssembly()?.Location ?? throw new InvalidOperationException("cannot locate realn.dll"));
+            foreach (var a in new[] { "run", cfg, "--plan", planPath, "--out", Path.Combine(dir, "run") }) psi.ArgumentList.Add(a);
+            psi.Environment["REALN_WORKER_TIMING"] = "1";
+            using var p = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {exe}");
+            var output = new System.Text.StringBuilder();
+            var gate = new object();
+            p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (gate) output.AppendLine(e.Data); };
+            p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (gate) output.AppendLine(e.Data); };
+            p.BeginOutputReadLine();
+            p.BeginErrorReadLine();
+            if (!p.WaitForExit(deadline))
+            {
+                p.Kill(entireProcessTree: true);
+                p.WaitForExit(10_000);
+                throw new MeasurementException($"profile: the worker round-trip run did not finish within {deadline.TotalSeconds:F0} s; rerun with --no-workers or when the load is lower");
+            }
+            p.WaitForExit();
+            string text;
+            lock (gate) text = output.ToString();
+            if (p.ExitCode != 0)
+                throw new MeasurementException($"profile: the worker round-trip run failed with exit code {p.ExitCode}: {text[^Math.Min(800, text.Length)..]}");
+            const string prefix = "worker round trip beyond compute, ms:";
+            var line = text.Split('\n').LastOrDefault(l => l.StartsWith(prefix, StringComparison.Ordinal))
+                ?? throw new MeasurementException($"profile: the worker round-trip run printed no '{prefix}' line");
+            var first = line[prefix.Length..].Trim().Split(' ')[0];
+            if (!double.TryParse(first, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double ms) || !(ms > 0))
+                throw new MeasurementException($"profile: cannot read the round trip from '{line}'");
+            return ms * 1e-3;
+        }
+        finally { Directory.Delete(dir, true); }
     }
 
     private static double Best(Action a, int reps = 5)
@@ -83,7 +165,7 @@ public static class ProfileCommand
         m.Backward(g);
     };
 
-    private static int Run(string[] presets, string output)
+    private static int Run(string[] presets, string output, bool workers)
     {
         var layers = new List<LayerProfile>();
         foreach (var name in presets)
@@ -146,6 +228,14 @@ public static class ProfileCommand
         }
         double gemm = BenchTrainCommand.SgemmGflops(4);
         double memcpy = MemcpyGbps();
+        // one worker process per core (a power of two: a plan's devices per node), as cpu-local's devices are
+        int devices = 1 << (int)Math.Log2(Math.Max(1, Environment.ProcessorCount));
+        double? roundTrip = null;
+        if (workers && devices > 1)
+        {
+            roundTrip = WorkerRoundTripSeconds(devices, TimeSpan.FromMinutes(10));
+            Console.WriteLine($"worker round trip beyond compute ({devices} worker processes): {roundTrip * 1e3:F2} ms");
+        }
         var profile = new ProfileData
         {
             Backend = "cpu",
@@ -153,6 +243,8 @@ public static class ProfileCommand
             Threads = Native.GetNumThreads(),
             GemmGflops = Math.Round(gemm, 2),
             MemcpyGbps = Math.Round(memcpy, 2),
+            WorkerRoundTripUs = roundTrip is { } rt ? Math.Round(rt * 1e6, 1) : null,
+            WorkerRoundTripDevices = roundTrip is null ? null : devices,
             Layers = layers,
         };
         profile.Validate();
