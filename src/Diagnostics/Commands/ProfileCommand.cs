@@ -167,6 +167,15 @@ public static class ProfileCommand
 
     private static int Run(string[] presets, string output, bool workers)
     {
+        // one worker process per core (a power of two: a plan's devices per node), as cpu-local's devices are;
+        // measured first, so its child processes are gone before the blocks are timed
+        int devices = 1 << (int)Math.Log2(Math.Max(1, Environment.ProcessorCount));
+        double? roundTrip = null;
+        if (workers && devices > 1)
+        {
+            roundTrip = WorkerRoundTripSeconds(devices, TimeSpan.FromMinutes(10));
+            Console.WriteLine($"worker round trip beyond compute ({devices} worker processes): {roundTrip * 1e3:F2} ms");
+        }
         var layers = new List<LayerProfile>();
         foreach (var name in presets)
         {
@@ -228,14 +237,7 @@ public static class ProfileCommand
         }
         double gemm = BenchTrainCommand.SgemmGflops(4);
         double memcpy = MemcpyGbps();
-        // one worker process per core (a power of two: a plan's devices per node), as cpu-local's devices are
-        int devices = 1 << (int)Math.Log2(Math.Max(1, Environment.ProcessorCount));
-        double? roundTrip = null;
-        if (workers && devices > 1)
-        {
-            roundTrip = WorkerRoundTripSeconds(devices, TimeSpan.FromMinutes(10));
-            Console.WriteLine($"worker round trip beyond compute ({devices} worker processes): {roundTrip * 1e3:F2} ms");
-        }
+
         var profile = new ProfileData
         {
             Backend = "cpu",
