@@ -49,6 +49,13 @@ public static class Baselines
                     return $"no tensor-parallel degree within a node of {mesh.Size} devices divides {c.Name}'s model ({p.Experiment.Models[c.Role].Heads} heads)";
             return null;
         }
+        string async = $"mode: async runs generation on devices no other call uses, and this baseline puts generation on devices shared with other calls";
+        if (p.Experiment.Asynchronous)
+        {
+            if (name is "heuristic" or "deepspeed_chat" or "symmetric") return $"mode: async runs generation on devices no other call uses, and this baseline puts every call on all {n} devices";
+            if (name == "openrlhf" && OpenRlhfGroups(p) is { } g && g.TryGetValue("gen", out var gm) && g.Any(kv => kv.Key != "gen" && kv.Value.Overlaps(gm)))
+                return async;
+        }
         string memory = $"its plan does not fit in memory ({Units.Bytes(p.Cluster.UsableMemoryBytes)} per device on cluster '{p.Cluster.Name}', even with recomputation, offload and the most micro-batches its rule allows)";
         switch (name)
         {

@@ -163,5 +163,10 @@ public class PackedTokenTests
         Assert.Contains("over 8 devices needs at least one sequence per device", why);
         Assert.Contains("actor_train has 4 (16 sequences / 4 minibatches)", why);
         Assert.Null(Baselines.WhyNot(p, "heuristic", Baselines.Heuristic(p)));
+        // async: a baseline with generation on shared devices is not what the engine runs
+        var a = new PlanningProblem(new Estimator(TestData.Cluster(1, 4, 4), Exp("mode: async", "{ size: 32, prompt_len: 32, gen_len: 256, minibatches: 2 }")));
+        var h = Baselines.Heuristic(a);
+        Assert.Null(h);
+        Assert.Contains("mode: async runs generation on devices no other call uses, and this baseline puts every call on all 4 devices", Baselines.WhyNot(a, "heuristic", h));
     }
 }
