@@ -152,6 +152,26 @@ public class PackedTokenTests
     }
 
     [Fact]
+    public void TheProfilesRoundTripReplacesTheSpecsForAsManyDevicesAsItMeasured()
+    {
+        var spec = ClusterSpec.Load(TestData.Example("clusters/cpu-local.yaml"));
+        var prof = new ProfileData { WorkerRoundTripUs = 12500, WorkerRoundTripDevices = 2 };
+        prof.Validate();
+        var e = Exp("");
+        Assert.Equal(12.5e-3, new Estimator(spec, e, prof).Cluster.WorkerRoundTrip, 12);
+        Assert.Equal(spec.WorkerRoundTrip, new Estimator(spec, e).Cluster.WorkerRoundTrip);
+        // measured with 2 worker processes: not the 4-device spec's figure, nor an in-process estimate's (none)
+        var four = ClusterSpec.Load(TestData.Example("clusters/cpu-local-4.yaml"));
+        Assert.Equal(four.WorkerRoundTrip, new Estimator(four, e, prof).Cluster.WorkerRoundTrip);
+        Assert.Equal(0, new Estimator(spec with { WorkerRoundTrip = 0 }, e, prof).Cluster.WorkerRoundTrip);
+        // the plan's dispatch follows: a train call of 4 minibatches x 2 round trips
+        var t = e.Calls.Single(c => c.Name == "actor_train");
+        Assert.Equal(8 * 12.5e-3, new Estimator(spec, e, prof).WorkerDispatchSeconds(t), 12);
+        Assert.Contains("profile.worker_round_trip_devices", Assert.Throws<PlannerException>(() => new ProfileData { WorkerRoundTripUs = 5 }.Validate()).Message);
+        Assert.Contains("profile.worker_round_trip_us", Assert.Throws<PlannerException>(() => new ProfileData { WorkerRoundTripUs = -5, WorkerRoundTripDevices = 2 }.Validate()).Message);
+    }
+
+    [Fact]
     public void ABaselineWithoutAPlanSaysWhy()
     {
         var e = Experiment.Load(TestData.Example("scale/scale-actor-7b-long-p1k-g7k.yaml"));
