@@ -190,9 +190,9 @@ public sealed class Estimator
         // them, else the all-core points scaled as if the block's time were inversely proportional to threads.
         // More devices than cores (4 worker processes on 2 cores): each one-thread device gets cores / devices
         // of a core while all compute, so its one-thread time is stretched by devices / cores.
-        if (_hostShare > 1 && Profile?.Threads is { } all && Profile.BlockSeconds(m, kind, tokens, Math.Max(1, all / _hostShare)) is { } own)
+        if (_hostShare > 1 && Profile?.Threads is { } all && Profile.BlockSeconds(m, kind, tokens, Math.Max(1, all / _hostShare), seqLen) is { } own)
             return own * Math.Max(1.0, (double)_hostShare / all) / tp + ar;
-        if (Profile?.BlockSeconds(m, kind, tokens) is { } measured) return measured * _hostShare / tp + ar;
+        if (Profile?.BlockSeconds(m, kind, tokens, null, seqLen) is { } measured) return measured * _hostShare / tp + ar;
         int h = m.Hidden, qd = m.Heads / tp * m.HeadDim, kvd = Math.Max(m.KvHeads / tp, 1) * m.HeadDim;
         double inter = (double)m.Intermediate / tp, t = tokens;
         double gemms = Gemm(t, qd + 2 * kvd, h) + Gemm(t, h, qd) + Gemm(t, 2 * inter, h) + Gemm(t, h, inter);

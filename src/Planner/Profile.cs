@@ -17,8 +17,8 @@ namespace ReaLNative.Planner;
 ///                             { "kind": "decode", "tokens": 8,   "context": 32, "seconds": 3.0e-5 } ] } ] }
 /// </code>
 /// A point is the wall time of ONE transformer block (tp = 1) on one device: <c>fwd</c>/<c>bwd</c> for
-/// <c>tokens</c> packed tokens, <c>decode</c> for one decode step of <c>tokens</c> sequences at
-/// <c>context</c> cached tokens. The estimator interpolates linearly in tokens between points of the
+/// <c>tokens</c> packed tokens in sequences of min(tokens, <c>context</c>) tokens (context 0, older profiles:
+/// unknown), <c>decode</c> for one decode step of <c>tokens</c> sequences at <c>context</c> cached tokens. The estimator interpolates linearly in tokens between points of the
 /// same kind (beyond the largest it scales proportionally, below the smallest it keeps the smallest),
 /// divides by tp, and uses the roofline for everything a profile lacks (other models, head, comms).
 /// <c>threads</c> (top level) is how many threads the process that measured had (every core of the
@@ -85,13 +85,37 @@ public sealed record ProfileData
 
     /// <summary>Measured block time for a model's layer shape, or null when the profile lacks it.</summary>
     /// <param name="threads">Only points measured with this many threads (null: the all-thread points).</param>
-    public double? BlockSeconds(ModelConfig m, string kind, double tokens, int? threads = null)
+    /// <param name="seqLen">fwd/bwd: tokens per sequence of the packed batch. Points that record theirs (`context`
+    /// > 0: batches of sequences of min(tokens, context) tokens; `realn profile` measures contexts 16 and 256) are
+    /// interpolated in tokens within each context, then linearly in the sequence length (attention per token grows
+    /// linearly with it), clamped to the measured lengths; points without one (older profiles) are interpolated in
+    /// tokens alone.</param>
+    public double? BlockSeconds(ModelConfig m, string kind, double tokens, int? threads = null, double? seqLen = null)
     {
         var l = Layers.FirstOrDefault(x => x.Hidden == m.Hidden && x.Intermediate == m.Intermediate && x.Heads == m.Heads && x.KvHeads == m.KvHeads);
         if (l is null) return null;
         int? all = Threads;
         var pts = l.Points.Where(p => p.Kind == kind && (p.Threads ?? all) == (threads ?? all)).OrderBy(p => p.Tokens).ToList();
         if (pts.Count == 0) return null;
+        if (kind != "decode" && seqLen is { } sl && pts.All(p => p.Context > 0))
+        {
+            // a group's batches are sequences of min(tokens, context) tokens
+            var byLen = pts.GroupBy(p => p.Context).Select(g => (Len: Math.Min(tokens, g.Key), T: Interpolate(g.OrderBy(p => p.Tokens).ToList(), tokens)))
+                .OrderBy(x => x.Len).ToList();
+            if (sl <= byLen[0].Len) return byLen[0].T;
+            for (int i = 1; i < byLen.Count; i++)
+                if (sl <= byLen[i].Len)
+                {
+                    double a = (sl - byLen[i - 1].Len) / (byLen[i].Len - byLen[i - 1].Len);
+                    return byLen[i - 1].T + a * (byLen[i].T - byLen[i - 1].T);
+                }
+            return byLen[^1].T;
+        }
+        return Interpolate(pts, tokens);
+    }
+
+    private static double Interpolate(List<LayerPoint> pts, double tokens)
+    {
         if (tokens <= pts[0].Tokens) return pts[0].Seconds;
         for (int i = 1; i < pts.Count; i++)
             if (tokens <= pts[i].Tokens)

@@ -172,6 +172,30 @@ public class PackedTokenTests
     }
 
     [Fact]
+    public void ProfileBlocksAreReadAtTheRunsSequenceLength()
+    {
+        // `realn profile` measures packed batches of 16-token and of up-to-256-token sequences (context 16 / 256)
+        LayerPoint P(string kind, long tokens, long ctx, double s) => new() { Kind = kind, Tokens = tokens, Context = ctx, Seconds = s };
+        var prof = new ProfileData
+        {
+            Threads = 1,
+            Layers = [new LayerProfile { Hidden = 64, Intermediate = 176, Heads = 4, KvHeads = 2, Points =
+                [P("fwd", 64, 16, 1.0), P("fwd", 1024, 16, 10.0), P("fwd", 64, 256, 1.0), P("fwd", 256, 256, 5.0), P("fwd", 1024, 256, 20.0)] }],
+        };
+        prof.Validate();
+        var tiny = ModelConfig.Presets["tiny"];
+        Assert.Equal(10.0, prof.BlockSeconds(tiny, "fwd", 1024, null, 16)!.Value, 12);
+        Assert.Equal(10.0, prof.BlockSeconds(tiny, "fwd", 1024, null, 8)!.Value, 12);     // clamped below
+        Assert.Equal(20.0, prof.BlockSeconds(tiny, "fwd", 1024, null, 512)!.Value, 12);   // clamped above
+        Assert.Equal(15.0, prof.BlockSeconds(tiny, "fwd", 1024, null, 136)!.Value, 12);   // halfway in sequence length
+        // at 64 tokens the batches are 4 x 16 and 1 x 64 tokens: a 40-token sequence lies between (both 1.0 here)
+        Assert.Equal(1.0, prof.BlockSeconds(tiny, "fwd", 64, null, 40)!.Value, 12);
+        // older profiles (context 0) are read by tokens alone
+        var old = prof with { Layers = [prof.Layers[0] with { Points = [P("fwd", 64, 0, 1.0), P("fwd", 1024, 0, 20.0)] }] };
+        Assert.Equal(20.0, old.BlockSeconds(tiny, "fwd", 1024, null, 16)!.Value, 12);
+    }
+
+    [Fact]
     public void ABaselineWithoutAPlanSaysWhy()
     {
         var e = Experiment.Load(TestData.Example("scale/scale-actor-7b-long-p1k-g7k.yaml"));

@@ -199,18 +199,22 @@ public static class ProfileCommand
             var rng = new Random(3);
             int? tag = threads == all ? null : threads;
             string at = threads == all ? "" : $" ({threads} thread)";
+            // Packed batches of short (16-token) and long (up to 256-token) sequences: attention grows with the
+            // sequence length, so a block of 1024 tokens in 64 sequences costs less than in 4 (the point's `context`: sequences of
+            // min(tokens, context) tokens).
+            foreach (int seqCap in new[] { 16, 256 })
             foreach (int tokens in new[] { 64, 256, 1024 })
             {
-                int seqLen = Math.Min(tokens, 256);
+                int seqLen = Math.Min(tokens, seqCap);
                 var lens = Enumerable.Repeat(seqLen, tokens / seqLen).ToArray();
                 var batch = new PackedBatch(Enumerable.Range(0, tokens).Select(_ => rng.Next(64)).ToArray(), lens);
                 double fwd = BlockSeconds($"{name} forward of {tokens} tokens", TrainStep(one, batch, false), TrainStep(three, batch, false), 2);
                 double both = BlockSeconds($"{name} forward+backward of {tokens} tokens", TrainStep(one, batch, true), TrainStep(three, batch, true), 2);
                 if (both <= fwd)
                     throw new MeasurementException($"profile: {name} at {tokens} tokens: forward+backward of a block ({both * 1e3:F3} ms) measured no slower than its forward ({fwd * 1e3:F3} ms): the machine is too busy to measure; rerun it when the load is lower");
-                points.Add(new LayerPoint { Kind = "fwd", Tokens = tokens, Seconds = fwd, Threads = tag });
-                points.Add(new LayerPoint { Kind = "bwd", Tokens = tokens, Seconds = both - fwd, Threads = tag });
-                Console.WriteLine($"{name} block{at}: {tokens} tokens fwd {fwd * 1e3:F3} ms, bwd {(both - fwd) * 1e3:F3} ms");
+                points.Add(new LayerPoint { Kind = "fwd", Tokens = tokens, Context = seqCap, Seconds = fwd, Threads = tag });
+                points.Add(new LayerPoint { Kind = "bwd", Tokens = tokens, Context = seqCap, Seconds = both - fwd, Threads = tag });
+                Console.WriteLine($"{name} block{at}: {tokens} tokens in sequences of {seqLen}: fwd {fwd * 1e3:F3} ms, bwd {(both - fwd) * 1e3:F3} ms");
             }
             const int context = 32;
             foreach (int batchSize in new[] { 8, 32 })
