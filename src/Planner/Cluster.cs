@@ -25,6 +25,7 @@ public enum Precision { Bf16, Fp32 }
 /// <c>memory_efficiency</c> (share of memory_bandwidth_gbps a streaming kernel reaches, default 1),
 /// <c>kernel_launch_us</c> (floor of any kernel: launch + minimal execution, default 0),
 /// <c>layer_overhead_us</c> (host work per transformer block per pass, default 0),
+/// <c>train_step_overhead_us</c> (per optimizer step of a train call, the work beyond its blocks, default 0),
 /// <c>peak_tflops_bf16</c> / <c>peak_tflops_fp32</c> (dense peak in each precision, for experiments whose
 /// <c>precision</c> differs from the spec's; see <see cref="ForPrecision"/>),
 /// <c>attention_kernel</c> (flash | materialized, default flash), <c>shared_host</c> (true: the node's devices are
@@ -77,6 +78,10 @@ public sealed record ClusterSpec
     public double KernelLaunch { get; init; }
     /// <summary>Host seconds per transformer block per pass (dispatch of its ops).</summary>
     public double LayerOverhead { get; init; }
+    /// <summary>Seconds per optimizer step of a train call beyond its blocks: the step's non-block work (embedding,
+    /// head and log-softmax backward, the loss and its gradient, gradient clipping, AdamW and zeroing per tensor:
+    /// many small ops) that the block terms and a profile's block points do not hold. Default 0.</summary>
+    public double TrainStepOverhead { get; init; }
 
     public int TotalDevices => Nodes * DevicesPerNode;
     /// <summary>Memory the planner may fill on each device.</summary>
@@ -116,7 +121,7 @@ public sealed record ClusterSpec
         var known = new HashSet<string> { "name", "nodes", "devices_per_node", "device_memory_gib", "precision", "peak_tflops",
             "compute_efficiency", "memory_bandwidth_gbps", "intra_node_bandwidth_gbps", "intra_node_latency_us",
             "inter_node_bandwidth_gbps", "inter_node_latency_us", "host_bandwidth_gbps", "reserved_memory_gib", "description",
-            "gemm_half_dim", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel", "shared_host", "worker_round_trip_us", "worker_compute_slowdown",
+            "gemm_half_dim", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel", "shared_host", "worker_round_trip_us", "worker_compute_slowdown", "train_step_overhead_us",
             "peak_tflops_bf16", "peak_tflops_fp32" };
         foreach (var k in map.Children.Keys)
             if (!known.Contains(k.ToString())) throw new PlannerException($"cluster.{k}: unknown key in {source} (known: {string.Join(", ", known.Order())})");
@@ -154,6 +159,7 @@ public sealed record ClusterSpec
             MemoryEfficiency = r.OptDouble("memory_efficiency", 0.01, 1.0, 1.0),
             KernelLaunch = r.OptDouble("kernel_launch_us", 0, 1e6, 0) * 1e-6,
             LayerOverhead = r.OptDouble("layer_overhead_us", 0, 1e6, 0) * 1e-6,
+            TrainStepOverhead = r.OptDouble("train_step_overhead_us", 0, 1e9, 0) * 1e-6,
             SharedHost = (r.OptStr("shared_host") ?? "false") switch
             {
                 "true" => true,

@@ -264,7 +264,8 @@ public sealed class Estimator
                 double f = SlowestStage(m, scalar, s, tmb, seqLen / 2, seqLen, Pass.Fwd);
                 double b = SlowestStage(m, scalar, s, tmb, seqLen / 2, seqLen, Pass.Bwd);
                 double pipe = (mb + s.Pp - 1) * (f * (o.Flag ? 2 : 1) + b + 2 * Hop(tmb));
-                return c.Epochs * c.OptimizerSteps * (pipe + GradSync(m, scalar, o) + OptimizerStep(Layout(m, scalar, s.Pp).MaxParams / s.Tp / s.Dp));
+                return c.Epochs * c.OptimizerSteps * (pipe + GradSync(m, scalar, o) + OptimizerStep(Layout(m, scalar, s.Pp).MaxParams / s.Tp / s.Dp)
+                    + Cluster.TrainStepOverhead);
             }
             case CallType.Inference:
             {
@@ -351,7 +352,7 @@ public sealed class Estimator
             double ends = SlowestStage(m, scalar, single1, tmb, seqLen / 2, seqLen, Pass.Fwd) - m.Layers * f
                         + SlowestStage(m, scalar, single1, tmb, seqLen / 2, seqLen, Pass.Bwd) - m.Layers * b
                         + 3 * AllGather(headBytes, n, inter, perNode);
-            double step = mb * (m.Layers * perLayer + Math.Max(0, ends)) + OptimizerStep(m.Params(scalar) / n);
+            double step = mb * (m.Layers * perLayer + Math.Max(0, ends)) + OptimizerStep(m.Params(scalar) / n) + Cluster.TrainStepOverhead;
             return c.Epochs * c.OptimizerSteps * step;
         }
         // inference (ref/reward/critic under ZeRO-3): gathered per layer as in the forward above

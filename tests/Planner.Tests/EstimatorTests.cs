@@ -92,13 +92,13 @@ public class EstimatorTests
         // 2 optimizer steps x 2 layers x (fwd 0.028 + bwd 0.056 at 256 tokens) = 0.336 s as profiled on the whole
         // host; a device of cpu-local's shared 2-core host has half the cores (x2) and computes in a worker process
         // next to the others (x worker_compute_slowdown), plus 2 worker round trips per optimizer step (forward,
-        // then backward with the step)
+        // then backward with the step), plus train_step_overhead_us per optimizer step (the step's non-block work)
         Assert.Equal(4, Estimator.WorkerRoundTrips(call));
-        double dispatch = 4 * cpu.WorkerRoundTrip, slow = cpu.WorkerComputeSlowdown;
-        Assert.True(dispatch > 0 && slow > 1);
-        Assert.InRange(measured, slow * 2 * 0.336 + dispatch, slow * (2 * 0.336 + 0.01) + dispatch);
+        double dispatch = 4 * cpu.WorkerRoundTrip, slow = cpu.WorkerComputeSlowdown, steps = 2 * cpu.TrainStepOverhead;
+        Assert.True(dispatch > 0 && slow > 1 && steps > 0);
+        Assert.InRange(measured, slow * (2 * 0.336 + steps) + dispatch, slow * (2 * 0.336 + steps + 0.01) + dispatch);
         double own = new Estimator(cpu with { SharedHost = false, WorkerRoundTrip = 0 }, exp, prof).CallSeconds(call, o);
-        Assert.InRange(own, 0.336, 0.345);
+        Assert.InRange(own, 0.336 + steps, 0.345 + steps);
         Assert.True(measured - dispatch > 10 * (roof - dispatch));
         var back = System.Text.Json.JsonSerializer.Deserialize<ProfileData>(prof.ToJson())!;
         Assert.Equal(4, back.Layers[0].Points.Count);
@@ -110,7 +110,8 @@ public class EstimatorTests
         // realn profile on 2 cores writes all-thread points and 1-thread points; a cpu-local device (1 core) takes
         // the 1-thread ones as measured (small blocks barely speed up with a second thread), a run without a plan
         // (one device with both cores) the all-thread ones; a profile without 1-thread points scales by 2.
-        var cpu = ClusterSpec.Load(TestData.Example("clusters/cpu-local.yaml"));
+        // (block terms alone: without the per-step overhead)
+        var cpu = ClusterSpec.Load(TestData.Example("clusters/cpu-local.yaml")) with { TrainStepOverhead = 0 };
         var exp = TestData.Exp("sft", "tiny", "tiny", 8, 32, 32);
         var call = exp.Calls[0];
         var o = Opt(new Mesh(0, 1, 0, 1), 1, 1, 1, 1);

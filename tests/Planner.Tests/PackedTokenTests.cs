@@ -106,6 +106,9 @@ public class PackedTokenTests
         double one = est.CallSeconds(t, o), two = est.CallSeconds(t with { Epochs = 2 }, o);
         Assert.Equal(2 * one, two, 12);   // compute and round trips both double
         Assert.Equal(2 * Estimator.WorkerRoundTrips(t), Estimator.WorkerRoundTrips(t with { Epochs = 2 }));
+        // train_step_overhead_us: once per optimizer step of every epoch (4 minibatches x 2 epochs)
+        double over = new Estimator(cl with { TrainStepOverhead = 5e-3 }, e).CallSeconds(t with { Epochs = 2 }, o);
+        Assert.Equal(two + 8 * 5e-3, over, 12);
     }
 
     [Fact]
