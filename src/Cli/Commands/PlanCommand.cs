@@ -61,7 +61,7 @@ public static class PlanCommand
         var shown = tasks;
         if (show != "plan")
         {
-            var b = r.Baselines[show] ?? throw new UsageException($"--show: baseline {show} has no plan for this experiment and cluster (not applicable or does not fit in memory)");
+            var b = r.Baselines[show] ?? throw new UsageException($"--show: baseline {show} has no plan for this experiment and cluster: {Baselines.WhyNot(r.Problem, show, null)}");
             shown = [];
             new Evaluator(r.Problem).Simulate(b.Choice, 1, shown);
         }
