@@ -2,8 +2,8 @@
 // against llama.cpp on the same model in the same process. `check` converts a small GQA model
 // to GGUF and compares logits at every position (the converter's correctness test); `bench` runs
 // greedy prefill + decode for batch 1, 4 and 64 on the gpt2-small preset, interleaving realn and
-// llama.cpp, measures the memory read bandwidth (best of several read methods, same thread count),
-// and prints tokens/s, ratios and the batch-1 bandwidth bound; `--dtype f32,f16,bf16` picks the
+// llama.cpp, measures the memory read bandwidth over the decode step's weight bytes (best of several
+// read methods, same thread count), and prints tokens/s, ratios and the batch-1 bandwidth bound; `--dtype f32,f16,bf16` picks the
 // comparisons: f32 = realn fp32 vs llama.cpp F32, f16 / bf16 = realn bf16 weights vs llama.cpp
 // F16 / BF16 weights (the bound then counts 2 bytes per weight). `kernels` times one decode step's
 // linears through realn's small-M kernel (fp32: against OpenBLAS SGEMM; bf16: against the bandwidth).
@@ -102,55 +102,48 @@ public static class Program
     /// <summary>One way of reading memory: its name and the GB/s it reached.</summary>
     internal sealed record ReadMethod(string Name, double GBs);
 
-    /// <summary>Read bandwidth of <paramref name="threads"/> threads over a 1 GiB buffer (larger than
-    /// any cache), best of several methods, each the best of 3 passes after a first that faults pages
-    /// in: 256-bit and 512-bit loads (8 accumulators), one stream per thread or 4 interleaved streams
-    /// per thread (as the small-M kernel reads 4 weight rows at once), and realn's own OpenMP-threaded
-    /// sum of squares. The bound is only honest if no decode kernel beats it; Bench checks that.</summary>
-    internal static unsafe List<ReadMethod> ReadBandwidths(int threads)
+    /// <summary>Read bandwidth of <paramref name="threads"/> threads over a buffer of <paramref name="bytes"/>
+    /// (pass the decode step's weight bytes: the same working set, read in the same cyclic order every
+    /// pass, so whatever share of it the last-level cache keeps between passes helps the reference as
+    /// much as the kernel), best of several methods, each the best of 3 passes after a first that faults
+    /// pages in: 256-bit and 512-bit loads (8 accumulators), one stream per thread or 4 interleaved
+    /// streams per thread (as the small-M kernel reads 4 weight rows at once), and realn's own
+    /// OpenMP-threaded sum of squares. The managed methods run on dedicated threads that are already
+    /// running and meet at a barrier before each pass (a thread-pool loop can start its second
+    /// worker late and time one thread's work twice). The bound is only honest if no decode kernel beats
+    /// it; Bench and Kernels check that.</summary>
+    internal static unsafe List<ReadMethod> ReadBandwidths(int threads, long bytes)
     {
-        const long bytes = 1L << 30;
+        bytes = Math.Max(bytes / 4 / (threads * 1024L) * (threads * 1024L) * 4, threads * 4096L);
         using var block = new HostBlock(bytes);
-        new Span<float>(block.Pointer, (int)(bytes / 4)).Fill(1f);
+        long n = bytes / 4, per = n / threads;
         float* p = (float*)block.Pointer;
-        long n = bytes / 4, per = n / threads / 1024 * 1024;
+        for (long i = 0; i < n; i++) p[i] = 1f;
         var res = new List<ReadMethod>();
-        double Time(Action pass)
-        {
-            double best = double.MaxValue;
-            for (int rep = 0; rep < 4; rep++)
-            {
-                long t0 = Stopwatch.GetTimestamp();
-                pass();
-                double s = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-                if (rep > 0) best = Math.Min(best, s);
-            }
-            return per * threads * 4.0 / best / 1e9;
-        }
         var sums = new float[threads];
-        void Threads(Action<int> body) => Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, body);
+        using var team = new ReadTeam(threads);
         foreach (int streams in new[] { 1, 4 })
         {
             long len = per / streams;
             if (streams == 1)
-                res.Add(new("256-bit loads, 1 stream/thread", Time(() => Threads(t =>
+                res.Add(new("256-bit loads, 1 stream/thread", team.Measure(4, t =>
                 {
                     Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
                     float* q = p + t * per;
-                    for (long i = 0; i < per; i += 32)
+                    for (long i = 0; i + 32 <= per; i += 32)
                     {
                         a0 += Vector256.Load(q + i); a1 += Vector256.Load(q + i + 8);
                         a2 += Vector256.Load(q + i + 16); a3 += Vector256.Load(q + i + 24);
                     }
                     sums[t] = Vector256.Sum(a0 + a1 + a2 + a3);
-                }))));
+                }, per * threads * 4.0)));
             if (!Vector512.IsHardwareAccelerated) continue;
-            res.Add(new($"512-bit loads, {streams} stream{(streams > 1 ? "s" : "")}/thread", Time(() => Threads(t =>
+            res.Add(new($"512-bit loads, {streams} stream{(streams > 1 ? "s" : "")}/thread", team.Measure(4, t =>
             {
                 float* b = p + t * per;
                 Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
                 // `streams` equally spaced pointers advanced together (the 4-stream case interleaves them).
-                for (long i = 0; i < len; i += 128 / streams)
+                for (long i = 0; i + 128 / streams <= len; i += 128 / streams)
                 {
                     for (int s = 0; s < streams; s++)
                     {
@@ -167,20 +160,91 @@ public static class Program
                     }
                 }
                 sums[t] = Vector512.Sum(a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7);
-            }))));
+            }, per * threads * 4.0)));
         }
         using (var s = NativeStream.Cpu())
         {
             using var out1 = new HostBlock(8);
-            res.Add(new("realn sumsq (OpenMP)", Time(() => Native.Check(Native.realn_op_sumsq(s.Ptr, p, per * threads, (double*)out1.Pointer)))));
+            double best = double.MaxValue;
+            for (int rep = 0; rep < 4; rep++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                Native.Check(Native.realn_op_sumsq(s.Ptr, p, per * threads, (double*)out1.Pointer));
+                double sec = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                if (rep > 0) best = Math.Min(best, sec);
+            }
+            res.Add(new("realn sumsq (OpenMP)", per * threads * 4.0 / best / 1e9));
         }
         GC.KeepAlive(sums);
         return res;
     }
 
+    /// <summary>A fixed team of threads for the read references: the caller is member 0, the others are
+    /// dedicated threads that wait at a barrier, so every member starts a pass together and the pass ends
+    /// when the last one finishes. Waits are bounded: a member that does not arrive within a minute fails
+    /// the measurement instead of hanging the benchmark.</summary>
+    private sealed class ReadTeam : IDisposable
+    {
+        private static readonly TimeSpan Deadline = TimeSpan.FromMinutes(1);
+        private readonly Barrier _start, _end;
+        private readonly Thread[] _threads;
+        private Action<int>? _body;
+        private volatile bool _stop;
+
+        public ReadTeam(int size)
+        {
+            _start = new Barrier(size);
+            _end = new Barrier(size);
+            _threads = Enumerable.Range(1, size - 1).Select(t => new Thread(() => Member(t)) { IsBackground = true, Name = $"read-ref-{t}" }).ToArray();
+            foreach (var th in _threads) th.Start();
+        }
+
+        private void Member(int t)
+        {
+            while (true)
+            {
+                if (!_start.SignalAndWait(Deadline) || _stop) return;
+                _body!(t);
+                if (!_end.SignalAndWait(Deadline)) return;
+            }
+        }
+
+        /// <summary>Seconds of one pass of <paramref name="body"/> over every member.</summary>
+        public double Time(Action<int> body)
+        {
+            _body = body;
+            if (!_start.SignalAndWait(Deadline)) throw new InvalidOperationException("read reference: a thread did not start within a minute");
+            long t0 = Stopwatch.GetTimestamp();
+            body(0);
+            if (!_end.SignalAndWait(Deadline)) throw new InvalidOperationException("read reference: a thread did not finish within a minute");
+            return Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        }
+
+        /// <summary>GB/s of the best of <paramref name="passes"/> - 1 passes after a first (page faults, warm-up).</summary>
+        public double Measure(int passes, Action<int> body, double bytes)
+        {
+            double best = double.MaxValue;
+            for (int rep = 0; rep < passes; rep++)
+            {
+                double s = Time(body);
+                if (rep > 0) best = Math.Min(best, s);
+            }
+            return bytes / best / 1e9;
+        }
+
+        public void Dispose()
+        {
+            _stop = true;
+            _start.SignalAndWait(Deadline);
+            foreach (var th in _threads) th.Join(Deadline);
+            _start.Dispose();
+            _end.Dispose();
+        }
+    }
+
     /// <summary>One decode step's linears (every layer's qkv, o, gate|up, down and the head) through
     /// realn's linear op (small-M kernel) vs OpenBLAS SGEMM directly (the path before it), interleaved.</summary>
-    private static unsafe void DecodeLinearKernels(LlamaConfig cfg, int[] rows, double readGBs = 0)
+    private static unsafe void DecodeLinearKernels(LlamaConfig cfg, int[] rows)
     {
         int H = cfg.Hidden, I = cfg.Intermediate, kd = cfg.KvHeads * cfg.HeadDim;
         (int In, int Out)[] shapes = [(H, H + 2 * kd), (H, H), (H, 2 * I), (I, H)];
@@ -188,6 +252,8 @@ public static class Program
         long wElems = all.Max(s => (long)s.In * s.Out), maxIn = Math.Max(H, I), maxOut = Math.Max(cfg.Vocab, 2 * I);
         // Distinct weights per matrix, as in the model (no cache reuse between calls).
         long total = all.Sum(s => (long)s.In * s.Out);
+        int threads = Native.GetNumThreads();
+        double readGBs = PrintBandwidth(threads, total * 4, "fp32 weights of the decode step");
         using var w = new HostBlock(total * 4);
         new Span<float>(w.Pointer, (int)total).Fill(0.01f);
         int maxRows = rows.Max();
@@ -212,6 +278,7 @@ public static class Program
             Console.WriteLine($"  decode-step linears, {M} rows: realn {bestOurs * 1e3:F1} ms ({total * 4 / bestOurs / 1e9:F1} GB/s of weights{OfRead(total * 4 / bestOurs / 1e9, readGBs)}), OpenBLAS SGEMM {bestBlas * 1e3:F1} ms: speed-up {bestBlas / bestOurs:F2}");
         }
         // The same linears with bf16 weights (realn's small-M bf16 kernel; no BLAS reference for it).
+        readGBs = PrintBandwidth(threads, total * 2, "bf16 weights of the decode step");
         using var wh = new HostBlock(total * 2);
         new Span<ushort>(wh.Pointer, (int)total).Fill(GgufWriter.ToBf16(0.01f));
         foreach (int M in rows)
@@ -235,8 +302,7 @@ public static class Program
     {
         int threads = Native.GetNumThreads();
         Console.WriteLine($"decode linears, {preset}, {threads} threads; load {File.ReadAllText("/proc/loadavg").Trim()}");
-        double bw = PrintBandwidth(threads);
-        DecodeLinearKernels(LlamaConfig.Preset(preset), rows, bw);
+        DecodeLinearKernels(LlamaConfig.Preset(preset), rows);
         return 0;
     }
 
@@ -258,12 +324,12 @@ public static class Program
         return (pre, Math.Max(1e-9, all - pre), g.NewTokens);
     }
 
-    /// <summary>Measures every read method, prints them, returns the best (GB/s).</summary>
-    private static double PrintBandwidth(int threads)
+    /// <summary>Measures every read method over <paramref name="bytes"/>, prints them, returns the best (GB/s).</summary>
+    private static double PrintBandwidth(int threads, long bytes, string what)
     {
-        var methods = ReadBandwidths(threads);
+        var methods = ReadBandwidths(threads, bytes);
         var best = methods.MaxBy(m => m.GBs)!;
-        Console.WriteLine($"  read bandwidth, {threads} threads: {string.Join("; ", methods.Select(m => $"{m.Name} {m.GBs:F1}"))} GB/s; best {best.GBs:F1} ({best.Name})");
+        Console.WriteLine($"  read bandwidth, {threads} threads, {bytes / 1e6:F0} MB ({what}): {string.Join("; ", methods.Select(m => $"{m.Name} {m.GBs:F1}"))} GB/s; best {best.GBs:F1} ({best.Name})");
         return best.GBs;
     }
 
@@ -276,9 +342,8 @@ public static class Program
         var cfg = LlamaConfig.Preset(preset);
         int threads = Native.GetNumThreads();
         Console.WriteLine($"llama.cpp vs realn, {preset}, {threads} threads, prompt {promptLen}, new tokens {newTokens}, best of {reps}; load {File.ReadAllText("/proc/loadavg").Trim()}");
-        double bw = PrintBandwidth(threads);
-        DecodeLinearKernels(cfg, [1, 4, 64], bw);
-        foreach (var dtype in dtypes) BenchOne(cfg, preset, batches, promptLen, newTokens, reps, dtype, threads, bw);
+        DecodeLinearKernels(cfg, [1, 4, 64]);
+        foreach (var dtype in dtypes) BenchOne(cfg, preset, batches, promptLen, newTokens, reps, dtype, threads);
         Console.WriteLine($"  load after: {File.ReadAllText("/proc/loadavg").Trim()}");
         return 0;
     }
@@ -286,7 +351,7 @@ public static class Program
     /// <summary>One comparison: llama.cpp with <paramref name="dtype"/> weights against realn fp32 (F32)
     /// or realn bf16 weights (F16, BF16), on the same random model.</summary>
     private static void BenchOne(LlamaConfig cfg, string preset, int[] batches, int promptLen, int newTokens, int reps, GgufDType dtype,
-                                 int threads, double bw)
+                                 int threads)
     {
         using var model = new LlamaModel(cfg, scalarHead: false);
         model.InitRandom(1);
@@ -318,6 +383,7 @@ public static class Program
             Console.WriteLine($"  logits cross-check: max |diff| {cmp.MaxAbsDiff:E2}, relative L2 {cmp.RelL2:E2} over {probe.Length} positions");
             double bytesPerWeight = bf16 ? 2 : 4;
             double decodeBytes = bytesPerWeight * (model.ParameterCount - (cfg.TiedEmbeddings ? 0 : (long)cfg.Vocab * cfg.Hidden));
+            double bw = PrintBandwidth(threads, (long)decodeBytes, $"{ours} weights of the decode step");
             double bound = bw * 1e9 / decodeBytes;
             Console.WriteLine($"  a decode step reads {decodeBytes / 1e6:F0} MB of weights ({bytesPerWeight} B each): batch-1 bound {bound:F1} tokens/s at {bw:F1} GB/s");
             Console.WriteLine($"  {"batch",5} {"phase",8} {"realn tok/s",12} {"llama.cpp",12} {"ratio",7}  {"greedy tokens equal",20}");

@@ -2,8 +2,9 @@
 // iterations by list scheduling. Calls on disjoint meshes overlap; a reallocation occupies both its
 // source and destination meshes. One Evaluator per thread (it owns scratch arrays).
 // Asynchronous RL (Experiment.MaxStaleness = N, see SimulateAsync): generation runs up to N policy
-// versions ahead of training, so on its own mesh it overlaps the trainers; each train step pushes
-// its weights to the generation mesh at once, occupying both meshes for the transfer.
+// versions ahead of training, so on its own mesh it overlaps the trainers, together with the frozen
+// models' scoring calls placed on that mesh; each train step pushes its weights to the generation
+// mesh at once, occupying both meshes for the transfer.
 namespace ReaLNative.Planner;
 
 /// <summary>One scheduled task of the simulation (a call or a reallocation).</summary>
@@ -30,6 +31,7 @@ public sealed class Evaluator
     private double[][] _pushEnd = [];    // async: [iteration][call] when the weights of that iteration's train step reached a generation call's mesh
     private double[] _iterationEnd = []; // async: when the iteration's last non-generation call ended
     private readonly double[] _static, _active, _free;
+    private bool[] _rollout = [];        // async: per call, whether it runs on the rollout side (MarkRollout)
     private readonly double[] _end, _prevEnd;
     private readonly int _dpn;
     private readonly Dictionary<long, double> _reallocLocal = new();
@@ -108,26 +110,53 @@ public sealed class Evaluator
         return new Evaluation(t, over, shared ? cost * 100 : cost, shared);
     }
 
-    /// <summary>Whether a generation call's mesh shares a device with a call of another type (the
-    /// engine's async mode needs the generation group apart: Runs/PipelineAsync.cs).</summary>
+    /// <summary>Whether a generation call's mesh shares a device with a call of the trainer's side
+    /// (the engine's async mode needs the generation group apart, shared only with the rollout side's
+    /// scoring calls: Runs/PipelineAsync.cs).</summary>
     private bool GenerationSharesDevices(int[] choice)
     {
-        Array.Clear(_free);   // scratch: 1 = a generation call's device
+        MarkRollout(choice);   // leaves _free[d] = 1 on the generation devices
         var calls = _p.Calls;
         for (int i = 0; i < calls.Count; i++)
-            if (calls[i].Type == CallType.Generate)
-            {
-                var m = _p.Options[i][choice[i]].Option.Mesh;
-                SetFree(m.FirstDevice(_dpn), m.Size, 1);
-            }
-        for (int i = 0; i < calls.Count; i++)
-            if (calls[i].Type != CallType.Generate)
+            if (!_rollout[i])
             {
                 var m = _p.Options[i][choice[i]].Option.Mesh;
                 if (MaxFree(m.FirstDevice(_dpn), m.Size) > 0) return true;
             }
         return false;
     }
+
+    /// <summary>The rollout side of an asynchronous choice, as the engine splits it
+    /// (Dataflow/DataflowGraph.cs SplitRollout): the generation calls, and the scoring calls, which
+    /// follow each generation on its devices: inference of a model no call trains (reward,
+    /// reference), whose inputs all come from the rollout side, on a mesh that lies on the
+    /// generation devices. Leaves _free[d] = 1 on the generation devices, 0 elsewhere.</summary>
+    private void MarkRollout(int[] choice)
+    {
+        var calls = _p.Calls;
+        if (_rollout.Length != calls.Count) _rollout = new bool[calls.Count];
+        Array.Clear(_free);
+        for (int i = 0; i < calls.Count; i++)
+        {
+            _rollout[i] = calls[i].Type == CallType.Generate;
+            if (!_rollout[i]) continue;
+            var m = _p.Options[i][choice[i]].Option.Mesh;
+            SetFree(m.FirstDevice(_dpn), m.Size, 1);
+        }
+        for (int i = 0; i < calls.Count; i++)
+        {
+            if (calls[i].Type != CallType.Inference || _p.TrainCallOfRole[i] >= 0) continue;
+            bool inputs = true;
+            foreach (int j in _p.InputIdx[i]) inputs &= j < 0 || _rollout[j];
+            var m = _p.Options[i][choice[i]].Option.Mesh;
+            bool onGen = true;
+            for (int d = m.FirstDevice(_dpn); d < m.FirstDevice(_dpn) + m.Size; d++) onGen &= _free[d] == 1;
+            _rollout[i] = inputs && onGen;
+        }
+    }
+
+    /// <summary>Async: a scoring call of the rollout side (issued with the generation of its iteration).</summary>
+    private bool Scoring(int i) => _rollout[i] && _p.Calls[i].Type != CallType.Generate;
 
     private double MaxFree(int d0, int n)
     {
@@ -212,6 +241,7 @@ public sealed class Evaluator
             _pushEnd = Enumerable.Range(0, rows).Select(_ => new double[calls.Count]).ToArray();
             _iterationEnd = new double[rows];
         }
+        MarkRollout(choice);
         Array.Clear(_free);
         double makespan = 0;
 
@@ -343,12 +373,16 @@ public sealed class Evaluator
         for (int it = 0; it < iterations; it++)
         {
             for (int g = it == 0 ? 0 : it + staleness; g <= it + staleness && g < iterations; g++)
+            {
                 for (int i = 0; i < calls.Count; i++)
                     if (AsyncGeneration(i)) Run(i, g);
+                for (int i = 0; i < calls.Count; i++)
+                    if (Scoring(i)) Run(i, g);   // the frozen models score the batch right after its generation
+            }
             double iterationEnd = 0;
             for (int i = 0; i < calls.Count; i++)
             {
-                if (AsyncGeneration(i)) continue;
+                if (AsyncGeneration(i) || Scoring(i)) continue;
                 Run(i, it);
                 iterationEnd = Math.Max(iterationEnd, _endOf[it][i]);
             }

@@ -1,5 +1,6 @@
 // The asynchronous dataflow (`mode: async`, `max_staleness: N`): reading it, and what the simulator
-// makes of it (generation of iteration i waits for the train step of i - 1 - N, not i - 1).
+// makes of it (generation of iteration i waits for the train step of i - 1 - N, not i - 1; frozen
+// models' scoring on the generation devices runs with the generation).
 using Xunit;
 
 namespace ReaLNative.Planner.Tests;
@@ -77,10 +78,51 @@ public class AsyncPlanTests
     }
 
     [Fact]
+    public void FrozenModelsScoringOnTheGenerationDevicesFollowsEachGeneration()
+    {
+        // The engine runs reward and reference inference placed on the generation devices on the
+        // rollout side (Runs/PipelineAsync.cs): the simulator issues them with their generation, so
+        // they overlap the trainers too; a trained model's inference there is still infeasible.
+        var cl = TestData.Cluster(1, 4, 4);
+        Both(Baselines.OpenRlhf, cl, 1, out var p, out var choice);
+        var calls = p.Calls.ToList();
+        int Idx(string name) => calls.FindIndex(c => c.Name == name);
+        var genMesh = p.Options[Idx("actor_gen")][choice[Idx("actor_gen")]].Option.Mesh;
+        int OnGen(string name) => p.Options[Idx(name)].FindIndex(o => o.Option.Mesh == genMesh && !o.Option.Flag);
+        var moved = (int[])choice.Clone();
+        foreach (var name in new[] { "rew_inf", "ref_inf" })
+        {
+            Assert.True(OnGen(name) >= 0, $"no option of {name} on the generation mesh");
+            moved[Idx(name)] = OnGen(name);
+        }
+        var ev = new Evaluator(p);
+        Assert.True(ev.Evaluate(moved).Feasible);
+        var tasks = new List<SimTask>();
+        ev.Simulate(moved, 6, tasks);
+        for (int it = 0; it < 6; it++)
+        {
+            // Issued with their generation: each starts the moment the work before it on the
+            // generation devices ends, never waiting for the trainer.
+            double previous = tasks.Single(t => t.Name == "actor_gen" && t.Iteration == it).End;
+            foreach (var name in new[] { "rew_inf", "ref_inf" })
+            {
+                var t = tasks.Single(t => t.Name == name && t.Iteration == it);
+                Assert.Equal(genMesh.FirstDevice(4), t.FirstDevice);
+                Assert.True(Math.Abs(t.Start - previous) < 1e-9, $"{name} of iteration {it + 1} starts at {t.Start}, the generation side was free at {previous}");
+                previous = t.End;
+            }
+        }
+        int criticOnGen = OnGen("critic_inf");
+        Assert.True(criticOnGen >= 0);
+        moved[Idx("critic_inf")] = criticOnGen;
+        Assert.True(ev.Evaluate(moved).GenerationShared);
+    }
+
+    [Fact]
     public void SearchGivesGenerationDevicesOfItsOwnAndComparesWithTheBestSynchronousPlan()
     {
-        // The engine runs async generation only on devices no other call uses: the search returns such
-        // a plan, and the synchronous search beside it (realn plan prints the ratio, which may be below 1).
+        // The engine runs async generation only on devices no trainer-side call uses: the search returns
+        // such a plan, and the synchronous search beside it (realn plan prints the ratio, which may be below 1).
         var cl = TestData.Cluster(1, 4, 4);
         var exp = Exp("ppo", "mode: async");
         var asyncBest = PlanSearch.Run(cl, exp, new SearchOptions { Seed = 1 });
@@ -88,8 +130,15 @@ public class AsyncPlanTests
         Assert.True(asyncBest.Best.Evaluation.Feasible);
         var plan = asyncBest.Best.Plan;
         var genDevices = plan.Calls.Where(c => c.Type == CallType.Generate).SelectMany(c => Enumerable.Range(c.Mesh.FirstDevice(4), c.Mesh.Size)).ToHashSet();
+        // Shared only with the frozen models' scoring (reward, reference inference), whole meshes on the
+        // generation devices: the engine runs those on the rollout side (DataflowGraph.SplitRollout).
         foreach (var c in plan.Calls.Where(c => c.Type != CallType.Generate))
-            Assert.DoesNotContain(Enumerable.Range(c.Mesh.FirstDevice(4), c.Mesh.Size), genDevices.Contains);
+        {
+            var mesh = Enumerable.Range(c.Mesh.FirstDevice(4), c.Mesh.Size).ToList();
+            if (!mesh.Any(genDevices.Contains)) continue;
+            Assert.True(c.Type == CallType.Inference && c.Model is "ref" or "reward", $"{c.Name} shares a generation device");
+            Assert.All(mesh, d => Assert.Contains(d, genDevices));
+        }
         // One device cannot hold a generation group apart: refused, naming mode.
         var e = Assert.Throws<PlannerException>(() => PlanSearch.Run(TestData.Cluster(1, 1, 4), exp, new SearchOptions { Seed = 1 }));
         Assert.Contains("mode: async runs generation on devices of its own", e.Message);

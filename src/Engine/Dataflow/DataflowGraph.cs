@@ -93,10 +93,33 @@ internal sealed class DataflowGraph
     /// the rest, which reads the generation calls' outputs as its source keys.</summary>
     public (DataflowGraph Generation, DataflowGraph Others) SplitGeneration()
     {
+        var (gen, _, rest) = SplitRollout(_ => false);
+        return (gen, rest);
+    }
+
+    /// <summary>The graph split for asynchronous RL with the rollout side's scoring: the generation
+    /// calls; the scoring calls, which join the rollout side (inference calls of models that no call
+    /// of the graph trains, reading only source keys and outputs of the rollout side, for which
+    /// <paramref name="joins"/> holds: their results do not depend on the policy version, so they
+    /// can run ahead with the generation); and the rest (the trainer side), whose source keys include
+    /// every output of the other two. Scoring is empty when no call qualifies.</summary>
+    public (DataflowGraph Generation, DataflowGraph Scoring, DataflowGraph Others) SplitRollout(Func<ModelFunctionCall, bool> joins)
+    {
         var gen = Calls.Where(c => c.Type == CallType.Generate).ToList();
         if (gen.Count == 0) throw new InvalidOperationException("the graph has no generation call");
-        var rest = Calls.Where(c => c.Type != CallType.Generate).ToList();
-        return (new DataflowGraph(SourceKeys, gen), new DataflowGraph([.. SourceKeys, .. gen.SelectMany(c => c.Outputs)], rest));
+        var trained = TrainedModels.ToHashSet(StringComparer.Ordinal);
+        var produced = new HashSet<string>([.. SourceKeys, .. gen.SelectMany(c => c.Outputs)], StringComparer.Ordinal);
+        var scoring = new List<ModelFunctionCall>();
+        foreach (var c in TopologicalOrder)
+            if (c.Type == CallType.Inference && !trained.Contains(c.Model) && c.Inputs.All(produced.Contains) && joins(c))
+            {
+                scoring.Add(c);
+                produced.UnionWith(c.Outputs);
+            }
+        var rest = Calls.Where(c => c.Type != CallType.Generate && !scoring.Contains(c)).ToList();
+        string[] genOut = [.. SourceKeys, .. gen.SelectMany(c => c.Outputs)];
+        return (new DataflowGraph(SourceKeys, gen), new DataflowGraph(genOut, scoring),
+                new DataflowGraph([.. genOut, .. scoring.SelectMany(c => c.Outputs)], rest));
     }
 
     /// <summary>Models whose parameters some call trains.</summary>

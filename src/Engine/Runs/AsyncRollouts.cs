@@ -1,7 +1,9 @@
 // Asynchronous RL (`mode: async`, `max_staleness: N`; docs/algorithms.md "Asynchronous RL"). The
 // generation calls of an RL stage (actor_gen; ReMax's actor_greedy_gen too) run on their own
 // thread and their own weights (the plan's generation mesh, or without a plan a generation copy of
-// the actor), ahead of the rest of the dataflow, which the run loop executes as before.
+// the actor), ahead of the rest of the dataflow, which the run loop executes as before. Under a
+// plan that puts frozen models' inference (reward, reference) on the generation devices, those
+// scoring calls follow each generation on this side too (DataflowGraph.SplitRollout).
 //
 // Versions: the policy after t train iterations of the stage is version t. Generation of iteration
 // g samples with version max(g - N, start) exactly, where start is the version the stage (or the
@@ -77,6 +79,8 @@ internal sealed class PausingCalls(IModelCalls inner, IGenerationPausePoint poin
 internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
 {
     private readonly MeshExecutor _generation;
+    private readonly MeshExecutor? _scoring;   // frozen models' inference after each generation (null: none on this side)
+    private readonly Queue<GeneratedBatch> _unscored = new();   // restored batches whose scoring outputs rollouts.bin lacks
     private readonly Func<int, SampleBatch> _sources;
     private readonly Action _push;
     private readonly int _staleness, _start, _end;
@@ -106,10 +110,14 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     /// <param name="deadline">How long the trainer waits for one generation (or the generation side for a push) before the run fails.</param>
     /// <param name="interruptStep">`weight_update: interrupt`: the decode step before which a generation takes the next version (>= 1, needs N >= 1); 0: finish_batch.</param>
     /// <param name="pausePoint">Receives this object as the generation calls' pause point (before the generation thread starts).</param>
+    /// <param name="scoring">The scoring calls that run on this side after each generation (their sources: the generation's batch), or null.
+    /// A restored batch without their outputs (a checkpoint of a run that scored on the trainer side) is scored here before any new generation.</param>
     public AsyncRollouts(MeshExecutor generation, Func<int, SampleBatch> sources, Action push, int maxStaleness, int start, int end,
                          IReadOnlyList<(int Iteration, Action<SampleBatch> Fill, IReadOnlyList<CallRecord> Records, int Version)> restored,
-                         TimeSpan deadline, CancellationToken cancel, int interruptStep = 0, PausePointRelay? pausePoint = null)
+                         TimeSpan deadline, CancellationToken cancel, int interruptStep = 0, PausePointRelay? pausePoint = null,
+                         MeshExecutor? scoring = null)
     {
+        _scoring = scoring;
         if (interruptStep < 0 || (interruptStep > 0 && maxStaleness < 1))
             throw new ArgumentException($"weight_update: interrupt needs a pause step >= 1 and max_staleness >= 1 (got {interruptStep}, {maxStaleness})");
         _interruptStep = interruptStep;
@@ -134,7 +142,9 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
                 if (tv.Any(v => v < r.Version || v > r.Iteration))
                     throw new InvalidDataException($"rollouts.bin: iteration {r.Iteration} has a token version outside [{r.Version}, {r.Iteration}]");
             }
-            _ready[r.Iteration] = new GeneratedBatch(r.Iteration, batch, r.Records, r.Version);
+            var ready = new GeneratedBatch(r.Iteration, batch, r.Records, r.Version);
+            if (_scoring is not null && _scoring.Graph.Calls.SelectMany(c => c.Outputs).Any(k => !batch.Contains(k))) _unscored.Enqueue(ready);
+            else _ready[r.Iteration] = ready;
             _next++;
         }
         _thread = new Thread(Loop) { IsBackground = true, Name = "realn async generation" };
@@ -150,6 +160,16 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     {
         try
         {
+            while (_unscored.TryPeek(out var restored))
+            {
+                var records = _scoring!.RunIteration(restored.Batch, _cancel);
+                lock (_gate)
+                {
+                    _unscored.Dequeue();
+                    _ready[restored.Iteration] = restored with { Records = [.. restored.Records, .. records] };
+                    Monitor.PulseAll(_gate);
+                }
+            }
             while (true)
             {
                 int g, version;
@@ -177,8 +197,9 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
                 batch.Set(StageContext.BehaviourVersionKey, new[] { version });
                 long t0 = Stopwatch.GetTimestamp();
                 var records = _generation.RunIteration(batch, _cancel);
-                double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds - _pausedSeconds;
                 SetTokenVersions(batch, version, _swapTaken ? (_interruptStep, _swap!.Value.To) : null);
+                if (_scoring is not null) records = [.. records, .. _scoring.RunIteration(batch, _cancel)];
+                double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds - _pausedSeconds;
                 lock (_gate)
                 {
                     _ready[g] = new GeneratedBatch(g, batch, records, version);
@@ -304,7 +325,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     public IReadOnlyList<GeneratedBatch> Ahead(int next)
     {
         int last = Math.Min(next - 1 + _staleness, _end - 1);   // the last iteration sampled before version next
-        WaitFor(() => _next > last, () => $"generation of iteration {last + 1}");
+        WaitFor(() => _next > last && _unscored.Count == 0, () => $"generation of iteration {last + 1}");
         lock (_gate) return _ready.Values.Where(b => b.Iteration >= next && b.Version < next).OrderBy(b => b.Iteration).ToList();
     }
 

@@ -1,7 +1,8 @@
 // The run loop of an asynchronous RL stage (`mode: async`): the stage's generation calls run ahead
 // on their own side (AsyncRollouts: the plan's generation mesh, or without a plan a generation
-// copy of the actor), the rest of the dataflow here, one iteration after another as in a
-// synchronous stage, then the weight push, evaluation and checkpoints. Each iteration also writes
+// copy of the actor), with the frozen models' scoring calls placed on that mesh (reward and
+// reference inference: DataflowGraph.SplitRollout), the rest of the dataflow here, one iteration
+// after another as in a synchronous stage, then the weight push, evaluation and checkpoints. Each iteration also writes
 // an "async" metric line: the batch's staleness, the time the trainer waited, the push, and the
 // generation and training sides' utilisation.
 using System.Diagnostics;
@@ -26,10 +27,23 @@ internal sealed partial class Pipeline
     private bool RunAsyncIterations(StageConfig stage, int first, ref int budget, Stopwatch stageClock, CancellationToken cancellationToken)
     {
         int staleness = _cfg.MaxStaleness!.Value;
-        var (genGraph, restGraph) = DataflowGraph.For(stage).SplitGeneration();
+        var graph = DataflowGraph.For(stage);
+        // Under a plan, the inference calls of frozen models (reference, reward) whose meshes lie on the
+        // generation devices join the rollout side: they score each batch right after its generation,
+        // ahead of the trainer (their results do not depend on the policy version). Without a plan they
+        // stay with the trainer, which shares the master's models with nothing else.
+        Func<ModelFunctionCall, bool> scoresOnRolloutSide = _ => false;
+        if (_binding.Bound)
+        {
+            var genDevices0 = graph.Calls.Where(c => c.Type == CallType.Generate).SelectMany(c => _binding.MeshOf(c.Name)).ToHashSet();
+            scoresOnRolloutSide = c => _binding.MeshOf(c.Name).All(genDevices0.Contains);
+        }
+        var (genGraph, scoreGraph, restGraph) = graph.SplitRollout(scoresOnRolloutSide);
         var genNames = genGraph.Calls.Select(c => c.Name).ToHashSet();
+        var scoreNames = scoreGraph.Calls.Select(c => c.Name).ToHashSet();
         var handlers = _algorithm!.Handlers(Context(stage));
-        var restHandlers = handlers.Where(h => !genNames.Contains(h.Key)).ToDictionary();
+        var restHandlers = handlers.Where(h => !genNames.Contains(h.Key) && !scoreNames.Contains(h.Key)).ToDictionary();
+        var scoreHandlers = handlers.Where(h => scoreNames.Contains(h.Key)).ToDictionary();
         // weight_update: interrupt: the generation calls' actor pauses for the new weights (AsyncRollouts).
         int interruptStep = _cfg.WeightUpdate == WeightUpdates.Interrupt ? _cfg.InterruptStep(stage) : 0;
         var pausePoint = new PausePointRelay();
@@ -74,9 +88,10 @@ internal sealed partial class Pipeline
                 return batch;
             }
             using var rollouts = new AsyncRollouts(new MeshExecutor(genGraph, genHandlers, genDevices), Sources, push, staleness, first, stage.Iterations,
-                                                   restored, AsyncDeadline, cancellationToken, interruptStep, pausePoint);
+                                                   restored, AsyncDeadline, cancellationToken, interruptStep, pausePoint,
+                                                   scoreGraph.Calls.Count > 0 ? new MeshExecutor(scoreGraph, scoreHandlers, genDevices) : null);
             _rollouts = rollouts;
-            _rolloutKeys = [.. genGraph.Calls.SelectMany(c => c.Outputs), StageContext.TokenVersionsKey];
+            _rolloutKeys = [.. genGraph.Calls.SelectMany(c => c.Outputs), .. scoreGraph.Calls.SelectMany(c => c.Outputs), StageContext.TokenVersionsKey];
             var exec = new MeshExecutor(restGraph, restHandlers, _binding.DevicesOf);
             for (int it = first; it < stage.Iterations; it++)
             {

@@ -65,7 +65,9 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
     }
 
     /// <summary>`mode: async`: refuses, before anything runs, a plan that puts a generation call of an
-    /// async stage on a device another call of the stage uses (the generation group runs apart).</summary>
+    /// async stage on a device another call of the stage uses (the generation group runs apart),
+    /// except the scoring calls that run on the generation side with it (DataflowGraph.SplitRollout:
+    /// a frozen model's inference whose whole mesh lies on the generation devices).</summary>
     public static void CheckAsyncGeneration(ExperimentConfig cfg, Plan plan)
     {
         foreach (var stage in cfg.Stages.Where(cfg.Asynchronous))
@@ -78,10 +80,13 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
             if (cfg.WeightUpdate == WeightUpdates.Interrupt && gen.FirstOrDefault(c => plan.Call(c.Name).Strategy.Pp > 1) is { } piped)
                 throw new ConfigException("weight_update", $"interrupt pauses generation between decode steps, which {piped.Name}'s pipeline parallelism (pp {plan.Call(piped.Name).Strategy.Pp}) cannot; use a plan without pp for it or finish_batch");
             var mesh = gen.SelectMany(c => Devices(c.Name)).ToHashSet();
-            foreach (var c in graph.Calls.Where(c => c.Type != CallType.Generate))
+            // Scoring calls (frozen models' inference on the generation group's devices) run on the rollout side too.
+            var (_, _, rest) = graph.SplitRollout(c => Devices(c.Name).All(mesh.Contains));
+            foreach (var c in rest.Calls)
                 if (Devices(c.Name).Where(mesh.Contains).ToList() is { Count: > 0 } shared)
                     throw new ConfigException("mode", $"async runs generation ({string.Join(", ", gen.Select(g => g.Name))}) on devices of its own, but the plan also puts {c.Name} " +
-                                                      $"on device(s) {string.Join(", ", shared)}; use a plan with a separate generation group (realn plan searches one for mode: async) or mode: sync");
+                                                      $"on device(s) {string.Join(", ", shared)}{(c.Type == CallType.Inference && !graph.TrainedModels.Contains(c.Model) ? " (an inference call of a frozen model joins the generation side only when its whole mesh lies on the generation devices)" : "")}; " +
+                                                      "use a plan with a separate generation group (realn plan searches one for mode: async) or mode: sync");
         }
     }
 

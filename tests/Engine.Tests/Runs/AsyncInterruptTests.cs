@@ -112,7 +112,8 @@ public sealed class AsyncInterruptTests
         string d = PlanExecutionTests.TempDir();
         try
         {
-            using var p = new Pipeline(cfg, d, plan: AsyncRunTests.TwoGroups(genDevice: 0), hosts: WorkerProcessTests.Processes());
+            // In worker processes with the reward and reference scoring on the generation device (the rollout side).
+            using var p = new Pipeline(cfg, d, plan: AsyncRunTests.TwoGroups(genDevice: 0, scoringDevice: 0), hosts: WorkerProcessTests.Processes());
             p.Run(resume: false);
             Assert.Equal(noPlan.Actor, p.Model("actor").Parameters.ToArray());
             Assert.Equal(AsyncRunTests.Content(noPlan.Lines), AsyncRunTests.Content(AsyncRunTests.Lines(d)));

@@ -3,7 +3,8 @@
 // (metrics.jsonl's async lines say so), the run is reproducible, and differs from the synchronous
 // one (its samples are off-policy); a resume from a checkpoint of an async run (which holds the
 // batches generated ahead) ends bit-identical to the uninterrupted run; under a plan the
-// generation calls need devices of their own; the rollouts file names what is malformed.
+// generation calls need devices of their own, shared only with frozen models' inference, which
+// then runs on the rollout side; the rollouts file names what is malformed.
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Dataflow;
@@ -111,18 +112,20 @@ public sealed class AsyncRunTests
     /// uninterrupted, and again stopped after PPO iteration 2 (its checkpoint must hold rollouts.bin)
     /// then resumed: the actor and every metric line (timings aside) are equal. Returns the
     /// uninterrupted run's metric lines.</summary>
-    internal static List<JsonObject> ResumeFromTheCheckpointAfterPpoIteration2IsBitExact(ExperimentConfig cfg)
+    /// <param name="planFull">The plan of the uninterrupted run and of the resume.</param>
+    /// <param name="planCut">The plan of the run that is stopped (default: <paramref name="planFull"/>).</param>
+    internal static List<JsonObject> ResumeFromTheCheckpointAfterPpoIteration2IsBitExact(ExperimentConfig cfg, Plan? planFull = null, Plan? planCut = null)
     {
         string full = PlanExecutionTests.TempDir(), cut = PlanExecutionTests.TempDir();
         try
         {
             float[] want;
-            using (var p = new Pipeline(cfg, full)) { p.Run(resume: false); want = p.Model("actor").Parameters.ToArray(); }
-            using (var p = new Pipeline(cfg, cut))
+            using (var p = new Pipeline(cfg, full, plan: planFull)) { p.Run(resume: false); want = p.Model("actor").Parameters.ToArray(); }
+            using (var p = new Pipeline(cfg, cut, plan: planCut ?? planFull))
                 Assert.True((bool)p.Run(resume: false, stopAfterIterations: 6 + 4 + 2)["interrupted"]!);
             var latest = Directory.GetDirectories(Path.Combine(cut, "checkpoints"), "step-*").OrderBy(d => d.Length).ThenBy(d => d).Last();
             Assert.True(File.Exists(Path.Combine(latest, RolloutFile.Name)), $"{latest} holds no {RolloutFile.Name}");
-            using (var p = new Pipeline(cfg, cut))
+            using (var p = new Pipeline(cfg, cut, plan: planFull))
             {
                 p.Run(resume: true);
                 Assert.Equal(want, p.Model("actor").Parameters.ToArray());
@@ -136,12 +139,14 @@ public sealed class AsyncRunTests
     private static PlanCall Call(string name, string model, PlanCallType type, int start, int count) =>
         new(name, model, type, new Mesh(0, 1, start, count), new Strategy(1, 1, 1), 1);
 
-    internal static Plan TwoGroups(int genDevice) => new(1, 2,
+    /// <param name="scoringDevice">The device of the reward and reference inference (1: with the trainer).</param>
+    /// <param name="criticInfDevice">The device of the critic's inference.</param>
+    internal static Plan TwoGroups(int genDevice, int scoringDevice = 1, int criticInfDevice = 1) => new(1, 2,
     [
         Call("actor_gen", "actor", PlanCallType.Generate, genDevice, 1),
-        Call("rew_inf", "reward", PlanCallType.Inference, 1, 1),
-        Call("ref_inf", "ref", PlanCallType.Inference, 1, 1),
-        Call("critic_inf", "critic", PlanCallType.Inference, 1, 1),
+        Call("rew_inf", "reward", PlanCallType.Inference, scoringDevice, 1),
+        Call("ref_inf", "ref", PlanCallType.Inference, scoringDevice, 1),
+        Call("critic_inf", "critic", PlanCallType.Inference, criticInfDevice, 1),
         Call("actor_train", "actor", PlanCallType.TrainStep, 1, 1),
         Call("critic_train", "critic", PlanCallType.TrainStep, 1, 1),
     ], null);
@@ -155,6 +160,50 @@ public sealed class AsyncRunTests
         // Every call on one device with (1, 1, 1): the same ops as the single device.
         Assert.Equal(noPlan.Actor, planned.Actor);
         Assert.Equal(Content(noPlan.Lines), Content(planned.Lines));
+    }
+
+    [Fact]
+    public void FrozenModelsInferenceJoinsTheRolloutSideOnlyWhereAllowed()
+    {
+        var graph = DataflowGraph.For(Config("mode: async").Stages[^1]);
+        var (gen, scoring, rest) = graph.SplitRollout(_ => true);
+        Assert.Equal(["actor_gen"], gen.Calls.Select(c => c.Name));
+        Assert.Equal(["rew_inf", "ref_inf"], scoring.Calls.Select(c => c.Name));   // critic_inf: the critic is trained
+        Assert.Equal(["critic_inf", "actor_train", "critic_train"], rest.Calls.Select(c => c.Name));
+        Assert.Contains("scores", rest.SourceKeys);
+        Assert.Contains("ref_logprobs", rest.SourceKeys);
+        // Only where the predicate (under a plan: the call's mesh lies on the generation devices) allows.
+        var (_, onlyRef, rest2) = graph.SplitRollout(c => c.Name == "ref_inf");
+        Assert.Equal(["ref_inf"], onlyRef.Calls.Select(c => c.Name));
+        Assert.Contains(rest2.Calls, c => c.Name == "rew_inf");
+        Assert.Empty(graph.SplitRollout(_ => false).Scoring.Calls);
+    }
+
+    [Fact]
+    public void ScoringOnTheGenerationDevicesTrainsTheSameModelAndResumesAcrossPlans()
+    {
+        // Reward and reference inference on the generation device: they run on the rollout side, right
+        // after each generation; the results are those of the run that scores on the trainer's side.
+        var cfg = Config("mode: async\nmax_staleness: 2", iterations: 5, checkpointEvery: 1);
+        var withTrainer = Run(cfg, TwoGroups(genDevice: 0));
+        var lines = ResumeFromTheCheckpointAfterPpoIteration2IsBitExact(cfg, planFull: TwoGroups(genDevice: 0, scoringDevice: 0));
+        Assert.Equal(Content(withTrainer.Lines), Content(lines));
+        // Resumed from a checkpoint whose rollouts.bin lacks the scores (written while the trainer
+        // scored): the restored batches are scored on the rollout side before anything else.
+        ResumeFromTheCheckpointAfterPpoIteration2IsBitExact(cfg, planFull: TwoGroups(genDevice: 0, scoringDevice: 0), planCut: TwoGroups(genDevice: 0));
+    }
+
+    [Fact]
+    public void ATrainedModelsInferenceOnTheGenerationDevicesIsRefused()
+    {
+        string d = PlanExecutionTests.TempDir();
+        try
+        {
+            var e = Assert.Throws<ConfigException>(() => new Pipeline(Config("mode: async"), d, plan: TwoGroups(genDevice: 0, scoringDevice: 0, criticInfDevice: 0)));
+            Assert.StartsWith("mode:", e.Message);
+            Assert.Contains("critic_inf on device(s) 0", e.Message);
+        }
+        finally { Directory.Delete(d, true); }
     }
 
     [Fact]
