@@ -32,6 +32,7 @@ public sealed class Evaluator
     private double[] _iterationEnd = []; // async: when the iteration's last non-generation call ended
     private readonly double[] _static, _active, _free;
     private bool[] _rollout = [];        // async: per call, whether it runs on the rollout side (MarkRollout)
+    private bool[] _scored = [];         // async: per iteration, whether its scoring calls were issued
     private readonly double[] _end, _prevEnd;
     private readonly int _dpn;
     private readonly Dictionary<long, double> _reallocLocal = new();
@@ -240,6 +241,7 @@ public sealed class Evaluator
             _endOf = Enumerable.Range(0, rows).Select(_ => new double[calls.Count]).ToArray();
             _pushEnd = Enumerable.Range(0, rows).Select(_ => new double[calls.Count]).ToArray();
             _iterationEnd = new double[rows];
+            _scored = new bool[rows];
         }
         MarkRollout(choice);
         Array.Clear(_free);
@@ -368,6 +370,20 @@ public sealed class Evaluator
                 record?.Add(new SimTask(calls[i].Name + " (from step k)", g, g0, gn, g0, 0, s1, e1, false));
                 if (e1 > makespan) makespan = e1;
             }
+            ScoreWhenGenerated(g);
+        }
+
+        // The rollout side's scoring of iteration g, once, right after its generation has ended
+        // (under interrupt: after the second chunk; until then the generation's end is NaN).
+        Array.Clear(_scored);
+        void ScoreWhenGenerated(int g)
+        {
+            if (_scored[g]) return;
+            for (int i = 0; i < calls.Count; i++)
+                if (AsyncGeneration(i) && double.IsNaN(_endOf[g][i])) return;
+            _scored[g] = true;
+            for (int i = 0; i < calls.Count; i++)
+                if (Scoring(i)) Run(i, g);
         }
 
         for (int it = 0; it < iterations; it++)
@@ -376,8 +392,7 @@ public sealed class Evaluator
             {
                 for (int i = 0; i < calls.Count; i++)
                     if (AsyncGeneration(i)) Run(i, g);
-                for (int i = 0; i < calls.Count; i++)
-                    if (Scoring(i)) Run(i, g);   // the frozen models score the batch right after its generation
+                ScoreWhenGenerated(g);
             }
             double iterationEnd = 0;
             for (int i = 0; i < calls.Count; i++)

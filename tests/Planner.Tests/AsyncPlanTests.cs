@@ -112,6 +112,21 @@ public class AsyncPlanTests
                 previous = t.End;
             }
         }
+        // Under weight_update: interrupt the generation ends with its second chunk (after the push): scoring follows that.
+        var pi = new PlanningProblem(new Estimator(cl, Exp("ppo", "mode: async\nmax_staleness: 1\nweight_update: interrupt")));
+        var movedI = moved.Select((c, i) => pi.IndexOf(i, p.Options[i][c].Option)).ToArray();
+        var evI = new Evaluator(pi);
+        var e = evI.Evaluate(movedI);
+        Assert.True(e.Feasible && double.IsFinite(e.IterationSeconds) && e.IterationSeconds > 0, $"{e}");
+        var tasksI = new List<SimTask>();
+        evI.Simulate(movedI, 6, tasksI);
+        for (int it = 0; it < 6; it++)
+        {
+            double genEnd = tasksI.Where(t => t.Iteration == it && t.Name.StartsWith("actor_gen")).Max(t => t.End);
+            var first = tasksI.Single(t => t.Name == "rew_inf" && t.Iteration == it);
+            Assert.True(first.Start >= genEnd - 1e-9 && double.IsFinite(first.End), $"rew_inf of iteration {it + 1} at {first.Start}, generation ended {genEnd}");
+        }
+        Assert.Contains(tasksI, t => t.Name == "actor_gen (from step k)");
         int criticOnGen = OnGen("critic_inf");
         Assert.True(criticOnGen >= 0);
         moved[Idx("critic_inf")] = criticOnGen;
