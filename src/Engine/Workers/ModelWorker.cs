@@ -378,7 +378,8 @@ internal sealed unsafe class ModelWorker : IDisposable
             for (int m = 0; m < mine.Count; m++)
                 foreach (var (id, offset, len) in mine[m].Seqs)
                 {
-                    // Pinned (the pinned object heap): the read may outlive a failed wait.
+                    // On the pinned object heap (never moved) and in `pending` until the read completed;
+                    // a read still in flight after a failure keeps its array for good (below).
                     var tokens = GC.AllocateUninitializedArray<int>(len, pinned: true);
                     pending.Add((rma.GetAsync(remotes[m], 4 * offset, System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(tokens, 0), 4L * len), id, tokens, mine[m].Src));
                 }
@@ -388,6 +389,15 @@ internal sealed unsafe class ModelWorker : IDisposable
                 Wait(read, $"{op}: batch {key}: read sequence {id} from worker {src}");
                 held[id] = (promptOf[id], tokens);
             }
+        }
+        catch
+        {
+            // UCX cannot cancel an RMA read: one still running writes into its array later, and
+            // uses its remote key until then (the transport destroys that at its disposal).
+            var running = pending.Where(p => !p.Read.IsCompleted).ToList();
+            AbandonedBuffers.Keep([.. running.Select(p => (object)p.Tokens)]);
+            if (running.Count > 0) remotes.Clear();
+            throw;
         }
         finally
         {
