@@ -26,7 +26,7 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
         throw new DirectoryNotFoundException("no ReaLNative.sln above " + AppContext.BaseDirectory);
     }
 
-    internal static Func<int, IReplicaHost> Processes(Dictionary<string, string>? env = null, bool workerToWorkerData = false) =>
+    internal static Func<int, IReplicaHost> Processes(Dictionary<string, string>? env = null, bool workerToWorkerData = true) =>
         n => new WorkerPool(n, new WorkerPoolOptions { Executable = Realn(), ThreadsPerWorker = 1, Environment = env ?? new(), WorkerToWorkerData = workerToWorkerData });
 
     /// <summary>In bf16 the train replicas keep the fp32 master and moments; the other replicas hold
@@ -60,11 +60,9 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
     /// ref_inf on 2-3 reads across the generation's split, actor_train's dp-1 pipeline reads
     /// everything), with calls on disjoint meshes running at once. The run is bit-identical to the one
     /// where the master sends every call its whole batch, and the master sends a fraction of the bytes.</summary>
-    [SkippableFact]
+    [Fact]
     public void BatchesMoveWorkerToWorkerAndTheRunIsUnchanged()
     {
-        Skip.IfNot(Environment.GetEnvironmentVariable("REALN_WORKER_TO_WORKER_DATA") == "1",
-            "worker-to-worker batches are off by default (one full-suite run had a worker receive an empty generate input with them on): set REALN_WORKER_TO_WORKER_DATA=1 to run it");
         string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir();
         try
         {
