@@ -100,6 +100,11 @@ internal sealed unsafe class ShardReplica : IDisposable
     /// <summary>Whether this rank returns its data replica's outputs.</summary>
     public bool Collects => Comm.LastStage && Comm.Model == 0;
 
+    /// <summary>Whether this rank computes the loss of a training call (the last pipeline stage's
+    /// ranks): the only ones that read the per-token gradients of <see cref="BackwardLogProbs"/> and
+    /// <see cref="BackwardValues"/>.</summary>
+    public bool ComputesLoss => Comm.LastStage;
+
     /// <summary>Log-probs of the action tokens of this replica's sequences (collecting ranks).</summary>
     public ShardOutput? LogProbs(ScoredBatch batch, float temperature)
     {
@@ -129,17 +134,21 @@ internal sealed unsafe class ShardReplica : IDisposable
     }
 
     /// <summary>Gradients of sum_k dActionLogp[k] * logp(action k), zeroed first.</summary>
-    public void BackwardLogProbs(ScoredBatch batch, float temperature, float[] dActionLogp)
+    /// <summary>Only the last pipeline stage computes the loss and reads <paramref name="dActionLogp"/>:
+    /// the other stages' ranks may pass null (a worker process is sent the gradients only there).</summary>
+    public void BackwardLogProbs(ScoredBatch batch, float temperature, float[]? dActionLogp)
     {
-        if (dActionLogp.Length != batch.Actions) throw new ArgumentException($"{dActionLogp.Length} log-prob gradients for {batch.Actions} actions");
+        if (dActionLogp is null && ComputesLoss) throw new ArgumentException($"the last pipeline stage needs the {batch.Actions} log-prob gradients");
+        if (dActionLogp is not null && dActionLogp.Length != batch.Actions) throw new ArgumentException($"{dActionLogp.Length} log-prob gradients for {batch.Actions} actions");
         Runner.TrainLogProbs(Sequences(batch), MicroBatches, temperature, (mb, lp, d) =>
         {
-            foreach (var (k, row) in ActionRows(batch, mb)) d[row] = dActionLogp[k];
+            foreach (var (k, row) in ActionRows(batch, mb)) d[row] = dActionLogp![k];
             return 0;
         });
     }
 
-    /// <summary>Gradients from d loss / d action values and d loss / d last scores (either may be empty), zeroed first.</summary>
+    /// <summary>Gradients from d loss / d action values and d loss / d last scores (either may be empty), zeroed first.
+    /// Only the last pipeline stage reads them: the other stages' ranks may pass empty arrays.</summary>
     public void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores)
     {
         if (dActionValues.Length is var a && a != 0 && a != batch.Actions) throw new ArgumentException($"{a} value gradients for {batch.Actions} actions");

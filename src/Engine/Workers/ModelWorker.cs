@@ -378,7 +378,8 @@ internal sealed unsafe class ModelWorker : IDisposable
             for (int m = 0; m < mine.Count; m++)
                 foreach (var (id, offset, len) in mine[m].Seqs)
                 {
-                    // Pinned (the pinned object heap): the read may outlive a failed wait.
+                    // On the pinned object heap (never moved) and in `pending` until the read completed;
+                    // a read still in flight after a failure keeps its array for good (below).
                     var tokens = GC.AllocateUninitializedArray<int>(len, pinned: true);
                     pending.Add((rma.GetAsync(remotes[m], 4 * offset, System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(tokens, 0), 4L * len), id, tokens, mine[m].Src));
                 }
@@ -389,11 +390,43 @@ internal sealed unsafe class ModelWorker : IDisposable
                 held[id] = (promptOf[id], tokens);
             }
         }
+        catch
+        {
+            // UCX cannot cancel an RMA read: one still running writes into its array later, and
+            // uses its remote key until then (the transport destroys that at its disposal).
+            var running = pending.Where(p => !p.Read.IsCompleted).ToList();
+            AbandonedBuffers.Keep([.. running.Select(p => (object)p.Tokens)]);
+            if (running.Count > 0) remotes.Clear();
+            throw;
+        }
         finally
         {
             foreach (var r in remotes) r.Dispose();
             _inputSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
         }
+    }
+
+    /// <summary>The input blob of a backward: the batch when it is inline, and on the last pipeline
+    /// stage the per-token gradients; none on another stage's rank when the batch went by reference.</summary>
+    private WireReader? BackwardInput(JsonNode j, ShardReplica r, string op) =>
+        j["batch_ref"] is null || r.ComputesLoss ? new WireReader(Input(j, op), op) : null;
+
+    /// <summary>Per-token gradients of this rank's data-parallel part of <paramref name="b"/> (per
+    /// action, or per sequence), as RemoteReplica.WithGradients writes them, placed in a whole-batch
+    /// array (zeros outside the part, which this rank never reads); an <paramref name="optional"/>
+    /// gradient may be empty (none).</summary>
+    private static float[] Gradients(WireReader rd, ScoredBatch b, ShardReplica r, bool perAction, bool optional, string op)
+    {
+        var part = Split.Contiguous(b.Packed.SeqLens, r.Layout.Dp)[r.Comm.Data];
+        int first = part[0], end = part[^1] + 1;
+        int at = perAction ? b.ActionCu[first] : first, count = perAction ? b.ActionCu[end] - b.ActionCu[first] : end - first;
+        var slice = rd.Floats();
+        if (optional && slice.Length == 0) return [];
+        if (slice.Length != count)
+            throw new InvalidDataException($"{op}: {slice.Length} {(perAction ? "action" : "sequence")} gradients for data-parallel part {r.Comm.Data} (sequences {first}..{end - 1}), which has {count}");
+        var whole = new float[perAction ? b.Actions : b.Packed.Count];
+        slice.CopyTo(whole, at);
+        return whole;
     }
 
     /// <summary>The batch of an operation that carries nothing else: by reference, or the input blob.</summary>
@@ -460,17 +493,25 @@ internal sealed unsafe class ModelWorker : IDisposable
                 Output(j, r, o is null ? null : w => w.Output(o), op);
                 break;
             }
+            // The per-token gradients come only to the last pipeline stage (which computes the loss),
+            // those of this rank's data-parallel part; a rank of another stage gets an input blob only
+            // for a batch sent inline.
             case "backward_logprobs":
             {
-                var rd = new WireReader(Input(j, op), op);
-                var b = Batch(j, r, rd, op); var d = rd.Floats(); rd.End();
+                var rd = BackwardInput(j, r, op);
+                var b = Batch(j, r, rd, op);
+                var d = r.ComputesLoss ? Gradients(rd!, b, r, perAction: true, optional: false, op) : null;
+                rd?.End();
                 r.BackwardLogProbs(b, (float)WireJson.Num(j, "temperature"), d);
                 break;
             }
             case "backward_values":
             {
-                var rd = new WireReader(Input(j, op), op);
-                var b = Batch(j, r, rd, op); var dv = rd.Floats(); var dl = rd.Floats(); rd.End();
+                var rd = BackwardInput(j, r, op);
+                var b = Batch(j, r, rd, op);
+                float[] dv = r.ComputesLoss ? Gradients(rd!, b, r, perAction: true, optional: true, op) : [];
+                float[] dl = r.ComputesLoss ? Gradients(rd!, b, r, perAction: false, optional: true, op) : [];
+                rd?.End();
                 r.BackwardValues(b, dv, dl);
                 break;
             }

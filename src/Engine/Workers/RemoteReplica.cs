@@ -1,6 +1,7 @@
 // A model replica whose shards live in model worker processes: each operation is one command to
-// every worker of the layout (metadata only), with the batch sent to them and the collecting
-// ranks' outputs returned over UCX. A backward is sent with the optimizer step that follows it
+// every worker of the layout (metadata only), with the batch sent to them (by reference when the
+// workers hold it; a backward's per-token gradients only to the last pipeline stage) and the
+// collecting ranks' outputs returned over UCX. A backward is sent with the optimizer step that follows it
 // (one round trip instead of two; a backward only writes gradients, which only the step reads):
 // any other operation sends a deferred backward on its own first. Reallocation between two replicas runs entirely between the
 // workers (TransportRealloc, no byte through the master); to and from the full model the master
@@ -26,7 +27,21 @@ internal sealed unsafe class RemoteReplica : IReplica
     private long _step;
     private bool _disposed;
     /// <summary>A backward not sent yet: it goes with the next <see cref="Step"/>, or alone before any other operation.</summary>
-    private (string Op, JsonObject Args, byte[] Input, BatchReads? Reads)? _deferredBackward;
+    private (string Op, JsonObject Args, Inputs Input, BatchReads? Reads)? _deferredBackward;
+
+    /// <summary>The input blobs of an operation: <see cref="Rest"/> to every rank (none when null),
+    /// except that the last pipeline stage's ranks get <see cref="LastStage"/>[their data-parallel
+    /// index] when it is set: the per-token gradients of a loss go only to the stage that computes the
+    /// loss, each data-parallel rank getting those of its own part of the batch.</summary>
+    private sealed record Inputs(byte[]? Rest, byte[][]? LastStage = null)
+    {
+        public static readonly Inputs None = new((byte[]?)null);
+        public byte[]? For(ParallelLayout layout, int rank)
+        {
+            var (pipe, data, _) = layout.Coords(rank);
+            return pipe == layout.Pp - 1 && LastStage is not null ? LastStage[data] : Rest;
+        }
+    }
 
     public RemoteReplica(WorkerPool pool, string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer,
                          ModelPrecision precision = ModelPrecision.Fp32)
@@ -69,12 +84,12 @@ internal sealed unsafe class RemoteReplica : IReplica
 
     private string What(string op) => $"{_name} {op} on {Layout}";
 
-    /// <summary>Runs an operation on every worker: <paramref name="input"/> (if any) sent to each,
-    /// the collecting ranks' output blobs returned; the replies' values in device order.</summary>
-    private (double[] Values, byte[][] Outputs) Op(string op, JsonObject args, byte[]? input, bool output, BatchReads? reads = null) =>
+    /// <summary>Runs an operation on every worker: its <paramref name="input"/> blob (if any) sent to
+    /// each, the collecting ranks' output blobs returned; the replies' values in device order.</summary>
+    private (double[] Values, byte[][] Outputs) Op(string op, JsonObject args, Inputs input, bool output, BatchReads? reads = null) =>
         Op(op, args, input, output, reads, out _);
 
-    private (double[] Values, byte[][] Outputs) Op(string op, JsonObject args, byte[]? input, bool output, BatchReads? reads, out JsonNode?[] replies)
+    private (double[] Values, byte[][] Outputs) Op(string op, JsonObject args, Inputs input, bool output, BatchReads? reads, out JsonNode?[] replies)
     {
         SendDeferredBackward();
         return Send(op, args, input, output, reads, out replies);
@@ -88,11 +103,11 @@ internal sealed unsafe class RemoteReplica : IReplica
         Send(d.Op, d.Args, d.Input, output: false, d.Reads);
     }
 
-    private (double[] Values, byte[][] Outputs) Send(string op, JsonObject args, byte[]? input, bool output, BatchReads? reads) =>
+    private (double[] Values, byte[][] Outputs) Send(string op, JsonObject args, Inputs input, bool output, BatchReads? reads) =>
         Send(op, args, input, output, reads, out _);
 
     /// <summary>Sends an operation; a batch it refers to (<paramref name="reads"/>) is released once it returns.</summary>
-    private (double[] Values, byte[][] Outputs) Send(string op, JsonObject args, byte[]? input, bool output, BatchReads? reads, out JsonNode?[] replies)
+    private (double[] Values, byte[][] Outputs) Send(string op, JsonObject args, Inputs input, bool output, BatchReads? reads, out JsonNode?[] replies)
     {
         bool ok = false;
         try
@@ -107,16 +122,19 @@ internal sealed unsafe class RemoteReplica : IReplica
         }
     }
 
-    private (double[] Values, byte[][] Outputs) SendOnce(string op, JsonObject args, byte[]? input, bool output, out JsonNode?[] parsed)
+    private (double[] Values, byte[][] Outputs) SendOnce(string op, JsonObject args, Inputs input, bool output, out JsonNode?[] parsed)
     {
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         string label = args["then_step"] is not null ? op + " and optimizer step" : op;
         var (tagIn, tagOut) = _pool.DataTags();
         var t = _pool.Transport;
         var data = new List<Task>();
-        if (input is not null)
-            foreach (var d in Layout.Devices) data.Add(Blobs.SendAsync(t, d, tagIn, input));
-        if (input is not null) _pool.Batches.CountFromMaster((long)input.Length * Layout.Devices.Count);
+        for (int r = 0; r < Layout.Devices.Count; r++)
+        {
+            if (input.For(Layout, r) is not { } blob) continue;
+            data.Add(Blobs.SendAsync(t, Layout.Devices[r], tagIn, blob));
+            _pool.Batches.CountFromMaster(blob.Length);
+        }
         var outs = output ? _collectors.Select(d => Blobs.RecvAsync(t, d, tagOut, $"{What(label)}: output of worker {d}")).ToArray() : [];
         data.AddRange(outs);
         args["id"] = _id; args["op"] = op; args["tag_in"] = tagIn; args["tag_out"] = tagOut;
@@ -153,8 +171,23 @@ internal sealed unsafe class RemoteReplica : IReplica
         return (new WireWriter(), new BatchReads((string)reference["key"]!, fetches));
     }
 
-    /// <summary>The input blob of an operation that carries nothing but its batch: none when the batch went by reference.</summary>
-    private static byte[]? Blob((WireWriter Input, BatchReads? Reads) b) => b.Reads is null ? b.Input.ToArray() : null;
+    /// <summary>The input of an operation that carries nothing but its batch: none when the batch went by reference.</summary>
+    private static Inputs Blob((WireWriter Input, BatchReads? Reads) b) => new(b.Reads is null ? b.Input.ToArray() : null);
+
+    /// <summary>The input of a backward: the batch (when inline) to every rank, and to each rank of the
+    /// last pipeline stage the batch followed by the per-token gradients of its data-parallel part
+    /// (<paramref name="gradients"/> writes those of sequences [first, end); ModelWorker.Gradients reads them).</summary>
+    private Inputs WithGradients(ScoredBatch batch, (WireWriter Input, BatchReads? Reads) b, Func<WireWriter, int, int, WireWriter> gradients)
+    {
+        WireWriter Start() => b.Reads is null ? new WireWriter().Batch(batch) : new WireWriter();
+        var parts = Split.Contiguous(batch.Packed.SeqLens, Layout.Dp);
+        return new Inputs(b.Reads is null ? Start().ToArray() : null,
+                          [.. parts.Select(p => gradients(Start(), p[0], p[^1] + 1).ToArray())]);
+    }
+
+    /// <summary><paramref name="perAction"/>'s entries of the actions of sequences [first, end).</summary>
+    private static ReadOnlySpan<float> ActionSlice(ScoredBatch batch, float[] perAction, int first, int end) =>
+        perAction.AsSpan(batch.ActionCu[first], batch.ActionCu[end] - batch.ActionCu[first]);
 
     public float[] LogProbs(ScoredBatch batch, float temperature)
     {
@@ -182,7 +215,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         SendDeferredBackward();
         var args = new JsonObject { ["temperature"] = temperature };
         var input = BatchInput(args, batch);
-        Defer("backward_logprobs", args, input.Input.Floats(dActionLogp).ToArray(), input.Reads);
+        Defer("backward_logprobs", args, WithGradients(batch, input, (w, first, end) => w.Floats(ActionSlice(batch, dActionLogp, first, end))), input.Reads);
     }
 
     public void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores)
@@ -190,11 +223,14 @@ internal sealed unsafe class RemoteReplica : IReplica
         SendDeferredBackward();
         var args = new JsonObject();
         var input = BatchInput(args, batch);
-        Defer("backward_values", args, input.Input.Floats(dActionValues).Floats(dLastScores).ToArray(), input.Reads);
+        // An empty array (no gradient of that output) stays empty.
+        Defer("backward_values", args, WithGradients(batch, input, (w, first, end) =>
+            w.Floats(dActionValues.Length == 0 ? [] : ActionSlice(batch, dActionValues, first, end))
+             .Floats(dLastScores.Length == 0 ? [] : dLastScores.AsSpan(first, end - first))), input.Reads);
     }
 
     /// <summary>Keeps a backward for the step that follows it (an inference replica has none: sent at once).</summary>
-    private void Defer(string op, JsonObject args, byte[] input, BatchReads? reads)
+    private void Defer(string op, JsonObject args, Inputs input, BatchReads? reads)
     {
         SendDeferredBackward();
         if (_optimizer is null) { Send(op, args, input, output: false, reads); return; }
@@ -219,7 +255,7 @@ internal sealed unsafe class RemoteReplica : IReplica
             d.Args["then_step"] = true;
             norm = Send(d.Op, d.Args, d.Input, output: false, d.Reads).Values[0];
         }
-        else norm = Op("step", new JsonObject(), null, output: false).Values[0];
+        else norm = Op("step", new JsonObject(), Inputs.None, output: false).Values[0];
         _step++;
         return norm;
     }
@@ -231,7 +267,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         // of a paused generation: every chunk returns the tokens so far).
         string? key = _pool.WorkerToWorkerData && opt.Pause is null or { Resume: true, StopBeforeStep: 0 } ? _pool.Batches.NewKey() : null;
         if (key is not null) args["keep_as"] = key;
-        var (_, outs) = Op("generate", args, new WireWriter().Prompts(prompts).ToArray(), output: true, null, out var replies);
+        var (_, outs) = Op("generate", args, new Inputs(new WireWriter().Prompts(prompts).ToArray()), output: true, null, out var replies);
         var parts = outs.Select((b, i) =>
         {
             var r = new WireReader(b, $"{What("generate")}: output of worker {_collectors[i]}");

@@ -49,23 +49,54 @@ internal static class Blobs
 
     /// <summary>Sends <paramref name="body"/>, which must come from <see cref="WireWriter.ToArray"/>
     /// (the pinned object heap: it never moves, so one blob goes to many peers without a copy).</summary>
+    /// <remarks>The transport reads both buffers when it gets to them (UCX: when its progress thread
+    /// posts the send, or later when the lane is busy), possibly after this method has returned its
+    /// task; "pinned" only means "never moved": an unreachable pinned array is collected and its
+    /// memory given to the next allocation. So each buffer is used after the awaits, which keeps it
+    /// in the state machine (a local used only before an await is not), and a failed operation's
+    /// buffers are kept for good (<see cref="AbandonedBuffers"/>). Was: the 8-byte size was
+    /// unreachable once posted, and under a collection workers read a size of 0 or of a stranger's
+    /// bytes ("malformed data at byte 0 of 0", "Message truncated").</remarks>
     public static async Task SendAsync(ITransport t, int peer, long tag, byte[] body)
     {
         var size = GC.AllocateUninitializedArray<byte>(8, pinned: true);
         BitConverter.TryWriteBytes(size, (long)body.Length);
-        var head = t.SendAsync(peer, tag, Ptr(size), 8);
-        if (body.Length > 0) await t.SendAsync(peer, tag + 1, Ptr(body), body.Length).ConfigureAwait(false);
-        await head.ConfigureAwait(false);
+        try
+        {
+            var head = t.SendAsync(peer, tag, Ptr(size), 8);
+            try
+            {
+                if (body.Length > 0) await t.SendAsync(peer, tag + 1, Ptr(body), body.Length).ConfigureAwait(false);
+            }
+            finally { await head.ConfigureAwait(false); }   // never leave the head in flight behind a failed body
+        }
+        catch
+        {
+            AbandonedBuffers.Keep(size, body);
+            throw;
+        }
+        GC.KeepAlive(size);
+        GC.KeepAlive(body);
     }
 
     public static async Task<byte[]> RecvAsync(ITransport t, int peer, long tag, string what)
     {
         var size = GC.AllocateUninitializedArray<byte>(8, pinned: true);
-        await t.RecvAsync(peer, tag, Ptr(size), 8).ConfigureAwait(false);
-        long n = BitConverter.ToInt64(size);
-        if (n < 0 || n > MaxBytes) throw new InvalidDataException($"{what}: rank {peer} announced a {n}-byte blob (limit {MaxBytes})");
-        var body = GC.AllocateUninitializedArray<byte>((int)n, pinned: true);
-        if (n > 0) await t.RecvAsync(peer, tag + 1, Ptr(body), n).ConfigureAwait(false);
+        byte[]? body = null;
+        try
+        {
+            await t.RecvAsync(peer, tag, Ptr(size), 8).ConfigureAwait(false);
+            long n = BitConverter.ToInt64(size);
+            if (n < 0 || n > MaxBytes) throw new InvalidDataException($"{what}: rank {peer} announced a {n}-byte blob (limit {MaxBytes})");
+            body = GC.AllocateUninitializedArray<byte>((int)n, pinned: true);
+            if (n > 0) await t.RecvAsync(peer, tag + 1, Ptr(body), n).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not InvalidDataException)
+        {
+            AbandonedBuffers.Keep(size, body);   // a receive UCX could not cancel may still write into them
+            throw;
+        }
+        GC.KeepAlive(size);
         return body;
     }
 

@@ -60,11 +60,10 @@ internal sealed record WorkerPoolOptions
     public Action<string>? JoinNote { get; init; }
     public TimeSpan JoinNoteEvery { get; init; } = TimeSpan.FromSeconds(10);
     /// <summary>A generation's sequences stay with the workers that produced them, and later calls'
-    /// workers read them from those workers (Workers/ResidentBatches.cs); false (the default): the
-    /// master sends every call its whole batch. Off by default: one full-suite run with it on had a
-    /// worker receive an empty input blob for a generate command, cause not yet found (README).
-    /// `REALN_WORKER_TO_WORKER_DATA=1` turns it on for `realn run`.</summary>
-    public bool WorkerToWorkerData { get; init; } = System.Environment.GetEnvironmentVariable("REALN_WORKER_TO_WORKER_DATA") == "1";
+    /// workers read them from those workers (Workers/ResidentBatches.cs); false: the master sends
+    /// every call its whole batch (for comparison). On by default; `REALN_WORKER_TO_WORKER_DATA=0`
+    /// turns it off for `realn run`.</summary>
+    public bool WorkerToWorkerData { get; init; } = System.Environment.GetEnvironmentVariable("REALN_WORKER_TO_WORKER_DATA") != "0";
 }
 
 internal sealed class WorkerPool : IReplicaHost

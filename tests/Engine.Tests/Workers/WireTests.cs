@@ -81,6 +81,74 @@ public sealed class WireTests
         Assert.True(refused > 1300, $"only {refused} of 2000 damaged blobs refused");
     }
 
+    /// <summary>A transport may read a send buffer long after the send was posted (UCX: when its
+    /// progress thread starts the send, or when a busy lane frees up), and a garbage collection
+    /// may run meanwhile: every buffer of a blob stays alive until its send completes. Here each
+    /// send is held until a full collection has run and the pinned heap has been churned with
+    /// other arrays, then delivered from its pointer. Was: the 8-byte size of the blob was dead
+    /// once its send was posted, and a worker read a size of 0 ("generate: malformed data at byte
+    /// 0 of 0").</summary>
+    [Fact]
+    public async Task ABlobsBuffersStayAliveUntilTheTransportHasReadThem()
+    {
+        var fabric = new ReaLNative.Engine.Transport.LocalFabric(2);
+        var late = new LateTransport(fabric.Rank(0));
+        var receiver = fabric.Rank(1);
+        const int blobs = 64;
+        var bodies = Enumerable.Range(0, blobs).Select(i => new WireWriter().Ints(Enumerable.Range(i, 3 + i % 5).ToArray()).ToArray()).ToArray();
+        var sends = Enumerable.Range(0, blobs).Select(i => Blobs.SendAsync(late, 1, 1000 + 2 * i, bodies[i])).ToArray();
+        late.Deliver();
+        await Task.WhenAll(sends);
+        for (int i = 0; i < blobs; i++)
+            Assert.Equal(bodies[i], await Blobs.RecvAsync(receiver, 0, 1000 + 2 * i, $"blob {i}"));
+    }
+
+    /// <summary>Holds every send until <see cref="Deliver"/>, which first collects garbage and fills
+    /// the pinned heap's free space with other arrays, then sends from the held pointers.</summary>
+    private sealed class LateTransport(ReaLNative.Engine.Transport.ITransport inner) : ReaLNative.Engine.Transport.ITransport
+    {
+        private readonly List<(int Peer, long Tag, nint Data, long Bytes, TaskCompletionSource Done)> _held = [];
+        public int Rank => inner.Rank;
+        public int Size => inner.Size;
+        public TimeSpan Timeout { get => inner.Timeout; set => inner.Timeout = value; }
+
+        public Task SendAsync(int peer, long tag, nint data, long bytes, CancellationToken ct = default)
+        {
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            lock (_held) _held.Add((peer, tag, data, bytes, done));
+            return done.Task;
+        }
+
+        public Task RecvAsync(int peer, long tag, nint data, long bytes, CancellationToken ct = default) => inner.RecvAsync(peer, tag, data, bytes, ct);
+        public int? LocalProcessOf(int peer) => null;
+
+        public void Deliver()
+        {
+            var churn = new List<byte[]>();
+            for (int round = 0; round < 3; round++)
+            {
+                GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true, compacting: true);
+                GC.WaitForPendingFinalizers();
+                for (int k = 0; k < 4096; k++)
+                {
+                    var a = GC.AllocateArray<byte>(8 + k % 3 * 8, pinned: true);
+                    a.AsSpan().Fill(0xEE);
+                    churn.Add(a);
+                }
+            }
+            List<(int Peer, long Tag, nint Data, long Bytes, TaskCompletionSource Done)> held;
+            lock (_held) { held = [.. _held]; _held.Clear(); }
+            foreach (var (peer, tag, data, bytes, done) in held)
+            {
+                inner.SendAsync(peer, tag, data, bytes).GetAwaiter().GetResult();
+                done.SetResult();
+            }
+            GC.KeepAlive(churn);
+        }
+
+        public void Dispose() { }
+    }
+
     private static byte[] Flip(byte[] b, Random rng)
     {
         var c = (byte[])b.Clone();

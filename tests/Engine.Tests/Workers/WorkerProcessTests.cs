@@ -26,7 +26,7 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
         throw new DirectoryNotFoundException("no ReaLNative.sln above " + AppContext.BaseDirectory);
     }
 
-    internal static Func<int, IReplicaHost> Processes(Dictionary<string, string>? env = null, bool workerToWorkerData = false) =>
+    internal static Func<int, IReplicaHost> Processes(Dictionary<string, string>? env = null, bool workerToWorkerData = true) =>
         n => new WorkerPool(n, new WorkerPoolOptions { Executable = Realn(), ThreadsPerWorker = 1, Environment = env ?? new(), WorkerToWorkerData = workerToWorkerData });
 
     /// <summary>In bf16 the train replicas keep the fp32 master and moments; the other replicas hold
@@ -60,11 +60,9 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
     /// ref_inf on 2-3 reads across the generation's split, actor_train's dp-1 pipeline reads
     /// everything), with calls on disjoint meshes running at once. The run is bit-identical to the one
     /// where the master sends every call its whole batch, and the master sends a fraction of the bytes.</summary>
-    [SkippableFact]
+    [Fact]
     public void BatchesMoveWorkerToWorkerAndTheRunIsUnchanged()
     {
-        Skip.IfNot(Environment.GetEnvironmentVariable("REALN_WORKER_TO_WORKER_DATA") == "1",
-            "worker-to-worker batches are off by default (one full-suite run had a worker receive an empty generate input with them on): set REALN_WORKER_TO_WORKER_DATA=1 to run it");
         string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir();
         try
         {
@@ -117,6 +115,63 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
 [Collection("worker processes")]
 public sealed class WorkerPoolTests
 {
+    /// <summary>The per-token gradients of a loss go only to the ranks of the last pipeline stage
+    /// (the only ones that compute the loss), each data-parallel rank getting those of its part of
+    /// the batch; the other stages get the batch alone. Under pp2, pp2 x tp2, pp2 x dp2 and dp2 x tp2,
+    /// an actor (log-prob loss) and a critic (value loss) trained by worker processes reach the
+    /// in-process replica's gradient norms and parameters bit for bit, and the master sends exactly
+    /// the batch to every rank plus its part's gradients to each rank of the last stage.</summary>
+    [Fact]
+    public void PerTokenGradientsGoOnlyToTheLastPipelineStage()
+    {
+        var cfg = ReaLNative.Engine.Model.LlamaConfig.Preset("tiny");
+        var spec = new OptimizerSpec(new ReaLNative.Engine.Optim.LrSchedule(1e-2), 0.9f, 0.95f, 1e-8f, 0f, 1f);
+        using var pool = new WorkerPool(4, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+        using var cluster = new LocalCluster(4);
+        var batch = new ReaLNative.Engine.Model.ScoredBatch([[1, 2, 3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13]], [2, 1, 3]);
+        var rng = new Random(3);
+        float[] Grad(int n) => Enumerable.Range(0, n).Select(_ => rng.NextSingle() - 0.5f).ToArray();
+        float[] dLogp = Grad(batch.Actions), dValues = Grad(batch.Actions), dLast = Grad(batch.Packed.Count);
+        long batchBytes = new WireWriter().Batch(batch).ToArray().Length;
+        foreach (var layout in new[] { new ParallelLayout([0, 1], 2, 1, 1), new ParallelLayout([3, 2, 1, 0], 2, 1, 2), new ParallelLayout([0, 1, 2, 3], 2, 2, 1),
+                                       new ParallelLayout([2, 3, 0, 1], 1, 2, 2) })
+            foreach (bool critic in new[] { false, true })
+            {
+                string what = $"{(critic ? "critic" : "actor")} on {layout}";
+                var norms = new double[2];
+                var parameters = new float[2][];
+                long sent = 0;
+                for (int k = 0; k < 2; k++)
+                {
+                    IReplicaHost host = k == 0 ? cluster : pool;
+                    using var r = host.Create(what, cfg, critic, layout, 2, spec);
+                    r.Initialise(41);
+                    long before = pool.DataBytes!.Value.FromMaster;
+                    if (critic) r.BackwardValues(batch, dValues, dLast);
+                    else r.BackwardLogProbs(batch, 1f, dLogp);
+                    norms[k] = r.Step();
+                    sent = pool.DataBytes!.Value.FromMaster - before;
+                    using var back = new ReaLNative.Engine.Model.LlamaModel(cfg, critic);
+                    r.CopyTo(back);
+                    parameters[k] = back.Parameters.ToArray();
+                }
+                Assert.Equal(norms[0], norms[1]);
+                Assert.True(parameters[0].AsSpan().SequenceEqual(parameters[1]), $"{what}: parameters after the step");
+                var parts = ReaLNative.Engine.Generation.Split.Contiguous(batch.Packed.SeqLens, layout.Dp);
+                long expected = 0;
+                for (int rank = 0; rank < layout.Devices.Count; rank++)
+                {
+                    expected += batchBytes;
+                    var (pipe, data, _) = layout.Coords(rank);
+                    if (pipe != layout.Pp - 1) continue;
+                    int first = parts[data][0], end = parts[data][^1] + 1;
+                    long actions = batch.ActionCu[end] - batch.ActionCu[first];
+                    expected += critic ? 4 + 4 * actions + 4 + 4 * (end - first) : 4 + 4 * actions;
+                }
+                Assert.Equal(expected, sent);
+            }
+    }
+
     /// <summary>Workers initialise, load and save their own shards (no byte of the model through the
     /// master), in worker processes and in process, under layouts with tp (the part moves to a
     /// temporary tp-1 pipeline that writes), pp and dp (data replica 0's stages write): initialised
