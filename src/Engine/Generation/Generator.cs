@@ -570,18 +570,20 @@ internal static unsafe class Generator
     // Control message: [count, slot_0 .. slot_{count-1}, token_0 .. token_{count-1}], fixed size 1 + 2 * mb size.
     private static void SendControl(ShardComm comm, int stage, int mbSize, List<int> slots, List<int> tokens)
     {
-        var msg = new int[1 + 2 * mbSize];
+        // On the pinned object heap; a send that failed (its deadline passed) may still be read by the
+        // transport later, so its array is kept for good (AbandonedBuffers).
+        var msg = GC.AllocateArray<int>(1 + 2 * mbSize, pinned: true);
         msg[0] = slots.Count;
         for (int r = 0; r < slots.Count; r++) { msg[1 + r] = slots[r]; msg[1 + slots.Count + r] = tokens[r]; }
-        var h = GCHandle.Alloc(msg, GCHandleType.Pinned);
-        try { ShardComm.Complete(comm.SendStage(stage, ControlKind, (void*)h.AddrOfPinnedObject(), msg.Length * 4)); }
-        finally { h.Free(); }
+        try { ShardComm.Complete(comm.SendStage(stage, ControlKind, (void*)Marshal.UnsafeAddrOfPinnedArrayElement(msg, 0), msg.Length * 4)); }
+        catch { AbandonedBuffers.Keep(msg); throw; }
     }
 
     private static void ReceiveControl(ShardComm comm, int from, int mbSize, out List<int> slots, out int[] tokens)
     {
-        var msg = new int[1 + 2 * mbSize];
-        fixed (int* p = msg) comm.RecvStage(from, ControlKind, p, msg.Length * 4);
+        var msg = GC.AllocateArray<int>(1 + 2 * mbSize, pinned: true);   // a failed receive may still write into it: kept
+        try { comm.RecvStage(from, ControlKind, (void*)Marshal.UnsafeAddrOfPinnedArrayElement(msg, 0), msg.Length * 4); }
+        catch { AbandonedBuffers.Keep(msg); throw; }
         int n = msg[0];
         if ((uint)n > (uint)mbSize) throw new InvalidDataException($"generation control message names {n} sequences of a micro-batch of {mbSize}");
         slots = [.. msg.AsSpan(1, n)];

@@ -67,6 +67,19 @@ internal sealed class TransportRealloc : IDisposable
     /// <param name="destination">this device's destination shard (0 when it receives none)</param>
     public async Task ExecuteAsync(ReallocPlan plan, ReallocSchedule schedule, nint source, nint destination, CancellationToken ct = default)
     {
+        try { await ExecuteCoreAsync(plan, schedule, source, destination, ct); }
+        catch
+        {
+            // A failed move may leave transfers in flight on the staging blocks (a deadline passed and
+            // the transport could not cancel them): they are never freed nor reused (AbandonedBuffers).
+            AbandonedBuffers.Keep([.. _staging]);
+            _staging.Clear();
+            throw;
+        }
+    }
+
+    private async Task ExecuteCoreAsync(ReallocPlan plan, ReallocSchedule schedule, nint source, nint destination, CancellationToken ct)
+    {
         long es = plan.ElementSize;
         var rma = RmaMinBytes > 0 ? _transport as IRmaTransport : null;
         int si = 0;

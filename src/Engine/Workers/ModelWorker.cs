@@ -595,11 +595,13 @@ internal sealed unsafe class ModelWorker : IDisposable
     public void Dispose()
     {
         _server.Dispose();
-        foreach (var key in _kept.Keys.ToList()) Drop(key);
+        foreach (var key in _kept.Keys.ToList()) Drop(key);   // unregisters its memory: needs the transport
+        // The transport first: operations a failure left in flight end with it, before the memory
+        // they read or write (shards, staging blocks) is freed.
+        _transport.Dispose();
         foreach (var r in _replicas.Values) r.Dispose();
         _replicas.Clear();
         _mover.Dispose();
-        _transport.Dispose();
         _client.Dispose();
     }
 }
