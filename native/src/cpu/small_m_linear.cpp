@@ -23,6 +23,13 @@ namespace {
 
 constexpr int64_t kNr = 4;  // weight rows per tile
 
+// The weight tile after this one (the next NR rows, contiguous in W) is requested line by line in
+// step with the reads of this one: a tile interleaves NR short row streams (1.5-3 KiB each for
+// gpt2-small), a pattern the hardware prefetchers follow poorly, so without it a 1-row decode reads
+// its weights at about half of what one core streams. A prefetch never faults (past the end of W it
+// is dropped) and changes no result.
+inline void prefetch_next_tile(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+
 // ---------------------------------------------------------------- AVX-512
 
 template <int MR, int NR>
@@ -35,6 +42,7 @@ __attribute__((target("avx512f"))) void tile_avx512(const float* X, const float*
     for (; k + 16 <= K; k += 16) {
         __m512 w[NR];
         for (int n = 0; n < NR; ++n) w[n] = _mm512_loadu_ps(W + n * K + k);
+        for (int n = 0; n < NR; ++n) prefetch_next_tile(W + (NR + n) * K + k);
         for (int m = 0; m < MR; ++m) {
             const __m512 x = _mm512_loadu_ps(X + m * K + k);
             for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_fmadd_ps(x, w[n], acc[m][n]);
@@ -181,6 +189,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void tile_dp_bf16(const u
     for (; k + kChunk <= K; k += kChunk) {
         __m512bh w[NR];
         for (int n = 0; n < NR; ++n) w[n] = (__m512bh)_mm512_loadu_si512(W + n * K + k);
+        for (int n = 0; n < NR; ++n) prefetch_next_tile(W + (NR + n) * K + k);
         for (int m = 0; m < MR; ++m) {
             const __m512bh x = (__m512bh)_mm512_loadu_si512(X + m * K + k);
             for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_dpbf16_ps(acc[m][n], x, w[n]);
