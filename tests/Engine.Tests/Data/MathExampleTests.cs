@@ -2,7 +2,8 @@
 // the splits share no prompt; tools/MathTokenizer's recipe (the engine's BpeTrainer) writes the
 // committed byte-level BPE tokenizer and model config, which split numbers one digit per token; a shortened run of the example (a few SFT and GRPO iterations) goes
 // through the dataset, numeric_match and `realn eval`, whose score must equal the run's last eval
-// line. The full example (SFT then GRPO, held-out accuracy rising) is opt-in: REALN_EXAMPLE_TESTS=1.
+// line. The full example (SFT then GRPO with the BPE tokenizer, held-out accuracy rising by at least
+// 0.15) is opt-in: REALN_EXAMPLE_TESTS=1.
 using System.Diagnostics;
 using System.Text.RegularExpressions;
 using System.Text.Json.Nodes;
@@ -150,6 +151,9 @@ public sealed class MathExampleTests(ITestOutputHelper output) : IDisposable
         Directory.CreateDirectory(_dir);
         var (code, text) = ReadmeCommandTableTests.Realn("run", Path.Combine(Examples, "grpo-math.yaml"), "--out", run);
         Assert.True(code == 0, text);
+        // trained with the example's byte-level BPE tokenizer, which its checkpoints carry
+        Assert.Equal(File.ReadAllBytes(Path.Combine(Examples, "models", "math-bpe", "tokenizer.json")),
+                     File.ReadAllBytes(Path.Combine(run, "checkpoints", "sft", "tokenizer.json")));
         var s = JsonNode.Parse(File.ReadAllText(Path.Combine(run, "summary.json")))!;
         double sft = (double)s["stages"]![0]!["final_task_score"]!, grpo = (double)s["final_task_score"]!;
         output.WriteLine($"held-out accuracy after SFT {sft:0.000}, after GRPO {grpo:0.000}, {(double)s["seconds"]!:0} s");

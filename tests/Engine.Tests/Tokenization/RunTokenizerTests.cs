@@ -69,10 +69,15 @@ public sealed class RunTokenizerTests : IDisposable
     {
         var hf = TrainedTokenizerTests.ByteLevelLlama3(_dir);
         var run = RunTokenizer.Of(hf);
-        // LLaMA-3 layout: the post-processor adds <|begin_of_text|>; tokenizer_config.json makes <|eot_id|> EOS
+        // tokenizer_config.json makes <|eot_id|> EOS; without a BOS-adding post-processor or add_bos_token no BOS
         int bos = hf.TokenId("<|begin_of_text|>")!.Value, eos = hf.TokenId("<|eot_id|>")!.Value;
-        Assert.Equal((bos, eos), (hf.Bos, run.Eos));
-        Assert.Equal([bos, .. hf.Encode("How many pens?")], run.Prompt("How many pens?"));
+        Assert.Equal((bos, eos, false), (hf.Bos, run.Eos, hf.AddBos));
+        Assert.Equal(hf.Encode("How many pens?"), run.Prompt("How many pens?"));
+        var cfg = JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "tokenizer_config.json")))!.AsObject();
+        cfg["add_bos_token"] = true;
+        File.WriteAllText(Path.Combine(_dir, "tokenizer_config.json"), cfg.ToJsonString());
+        var withBos = RunTokenizer.Of(HfTokenizer.Load(_dir));
+        Assert.Equal([bos, .. hf.Encode("How many pens?")], withBos.Prompt("How many pens?"));
         Assert.Equal([.. hf.Encode("7+5=12 #### 12"), eos], run.Response("How many pens?", "7+5=12 #### 12"));
         // a completion stops before the first EOS, whatever follows
         Assert.Equal("7+5=12", run.Completion([.. hf.Encode("7+5=12"), eos, .. hf.Encode("junk")]));
