@@ -43,6 +43,11 @@ internal sealed record ResumePoint(string Dir, JsonNode State)
 /// <param name="note">Receives resume's messages (refused checkpoints, the one resumed from).</param>
 internal sealed class RunCheckpoints(ExperimentConfig cfg, string root, Action<string> note)
 {
+    /// <summary>Writes the run's further files into each model folder a checkpoint or stage artifact
+    /// holds (the tokenizer files, so the folder is a complete Hugging Face model for `realn
+    /// generate / eval / export`); nothing when null.</summary>
+    public Action<string>? ModelFolderFiles { get; init; }
+
     public CheckpointStore Store { get; } = new(root, cfg.CheckpointKeep);
     public string Root => root;
 
@@ -117,6 +122,7 @@ internal sealed class RunCheckpoints(ExperimentConfig cfg, string root, Action<s
                 // optimizer updates is resumable state next to the moments.
                 foreach (var part in Parts(r.Bf16))
                     r.Write(Path.Combine(tmp, CheckpointParts.Name(r.Role, part)), part);
+                ModelFolderFiles?.Invoke(Path.Combine(tmp, CheckpointParts.Name(r.Role, CheckpointPart.Weights)));
                 steps[r.Role] = r.OptimizerStep;
             }
             var state = new JsonObject
@@ -178,11 +184,14 @@ internal sealed class RunCheckpoints(ExperimentConfig cfg, string root, Action<s
     }
 
     /// <summary>Writes a stage artifact (a model's safetensors under its manifest) for later stages' `init`.</summary>
-    public void WriteArtifact(string name, LlamaModel model) =>
-        CheckpointStore.WriteArtifact(ArtifactPath(name), tmp => Safetensors.Save(model, tmp));
+    public void WriteArtifact(string name, LlamaModel model) => WriteArtifact(name, tmp => Safetensors.Save(model, tmp));
 
     /// <summary>Writes a stage artifact whose HF folder <paramref name="write"/> fills (a plan replica's shards write it).</summary>
-    public void WriteArtifact(string name, Action<string> write) => CheckpointStore.WriteArtifact(ArtifactPath(name), write);
+    public void WriteArtifact(string name, Action<string> write) => CheckpointStore.WriteArtifact(ArtifactPath(name), tmp =>
+    {
+        write(tmp);
+        ModelFolderFiles?.Invoke(tmp);
+    });
 
     internal static void WriteFloats(string path, ReadOnlySpan<float> data)
     {

@@ -28,6 +28,10 @@ internal sealed record DatasetFields(IReadOnlyDictionary<string, string> Mapped)
 internal sealed record DatasetConfig(string Train, string? HeldOut, string Format, string? HeldOutFormat, DatasetFields Fields,
                                     int ShuffleBuffer, long? Seed, bool SkipBadRecords)
 {
+    /// <summary>`chat`: prompts are a user turn and responses the assistant's, rendered through the
+    /// tokenizer's chat template (a Hugging Face tokenizer with a chat_template; default false).</summary>
+    public bool Chat { get; init; }
+
     public const string Skip = "skip", Fail = "fail";
 
     public static DatasetConfig? Parse(YamlDotNet.RepresentationModel.YamlNode? node, string path, string baseDirectory, string algorithm)
@@ -66,10 +70,11 @@ internal sealed record DatasetConfig(string Train, string? HeldOut, string Forma
         int buffer = (int)r.Int("shuffle_buffer", 10_000, 1, 10_000_000);
         long? seed = r.Has("seed") ? r.Int("seed", null, 0, long.MaxValue) : null;
         bool skip = r.Enum("on_bad_record", Fail, Skip, Fail) == Skip;
+        bool chat = r.Bool("chat", false);
         r.RejectUnknown();
         if (heldOut is null && algorithm != AlgorithmNames.Rm)
             throw new ConfigException(r.Sub("held_out"), $"required for a {algorithm} stage with a dataset: its held-out evaluation reads it (a file that does not overlap `train`)");
-        return new DatasetConfig(train, heldOut, trainFormat, heldFormat, new DatasetFields(mapped), buffer, seed, skip);
+        return new DatasetConfig(train, heldOut, trainFormat, heldFormat, new DatasetFields(mapped), buffer, seed, skip) { Chat = chat };
     }
 
     private static string? File(MapReader r, string key, string baseDirectory, bool required)

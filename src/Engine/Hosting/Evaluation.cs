@@ -18,6 +18,7 @@ public static class Evaluation
     /// <exception cref="ArgumentOutOfRangeException">No such stage.</exception>
     /// <exception cref="ArgumentException">The stage has no actor (an rm stage).</exception>
     /// <exception cref="InvalidDataException">The model folder is incomplete or corrupt.</exception>
+    /// <exception cref="InputException">The model folder carries a tokenizer.json other than the experiment models' tokenizer, or its vocabulary is smaller than that tokenizer's.</exception>
     public static HeldOutScore HeldOut(TrainingExperiment experiment, string modelDirectory, int stage)
     {
         ArgumentNullException.ThrowIfNull(experiment);
@@ -30,6 +31,16 @@ public static class Evaluation
         using var model = Safetensors.Load(modelDirectory, scalarHead: false);
         // The pipeline is only asked to evaluate: it writes nothing (no run directory is created).
         using var pipeline = new Pipeline(cfg, Path.Combine(Path.GetTempPath(), "realn-eval-unused"));
+        // A model folder that carries its tokenizer (a checkpoint of a run) must have been trained with the experiment's.
+        string own = Path.Combine(modelDirectory, "tokenizer.json");
+        if (File.Exists(own))
+        {
+            var files = pipeline.Tokenizer.Files();
+            if (files.Count == 0 || !File.ReadAllBytes(files[0]).AsSpan().SequenceEqual(File.ReadAllBytes(own)))
+                throw new InputException($"{own} is not the tokenizer of the experiment's models ({(files.Count == 0 ? "the character tokenizer: no tokenizer.json in their folder" : files[0])}): the model was trained with another tokenizer");
+        }
+        if (model.Config.Vocab < pipeline.Tokenizer.VocabSize)
+            throw new InputException($"{modelDirectory}: vocab_size {model.Config.Vocab} is smaller than the experiment's tokenizer's {pipeline.Tokenizer.VocabSize} ids");
         var r = pipeline.EvaluateHeldOut(model, st);
         return new HeldOutScore
         {

@@ -45,7 +45,7 @@ internal sealed partial class Pipeline : IDisposable
     private readonly string _out;
     private readonly Action<ProgressEvent>? _progress;
     private readonly SyntheticTask _task;
-    private readonly CharTokenizer _tok;
+    private readonly RunTokenizer _tok;
     private readonly StageExamples _examples;   // each stage's training and held-out examples
     private IStageAlgorithm? _algorithm; // the current stage's algorithm: its call handlers, trained roles, batch shape
     private ISequenceReward? _reward;    // the current stage's rule-based reward (null: reward model / exact match)
@@ -79,10 +79,13 @@ internal sealed partial class Pipeline : IDisposable
         _cfg = cfg;
         _out = Path.GetFullPath(outDir);
         _progress = progress;
-        _checkpoints = new RunCheckpoints(cfg, Path.Combine(_out, "checkpoints"), Note);
         _task = SyntheticTask.Create(cfg.Task);
-        var vocab = cfg.Stages.SelectMany(s => s.Models.Values).Select(m => Arch(m).Vocab).Min();
-        _tok = new CharTokenizer(vocab);
+        _tok = RunTokenizers.Resolve(cfg, Arch);
+        var tok = _tok;
+        _checkpoints = new RunCheckpoints(cfg, Path.Combine(_out, "checkpoints"), Note)
+        {
+            ModelFolderFiles = tok.Hf is null ? null : tok.CopyFilesTo,
+        };
         _examples = new StageExamples(cfg, _task, _tok, note);
         if (plan is not null)
         {
@@ -90,6 +93,9 @@ internal sealed partial class Pipeline : IDisposable
             PlanBinding.CheckAsyncGeneration(cfg, plan);
         }
     }
+
+    /// <summary>The run's tokenizer (RunTokenizers.Resolve).</summary>
+    public RunTokenizer Tokenizer => _tok;
 
     public string MetricsPath => Path.Combine(_out, "metrics.jsonl");
     private string CkptDir => _checkpoints.Root;
@@ -491,7 +497,7 @@ internal sealed partial class Pipeline : IDisposable
     /// <summary>What the stage's call handlers use of this run (models: the plan replica of a call, else
     /// the single device; or where <paramref name="calls"/> says).</summary>
     private StageContext Context(StageConfig stage, Func<string, string, IModelCalls>? calls = null) =>
-        new(stage, _cfg.Seed, _tok, _reward, calls ?? _binding.Calls, _stream);
+        new(stage, _cfg.Seed, _tok.WithChat(stage.Dataset?.Chat == true), _reward, calls ?? _binding.Calls, _stream);
 
     /// <summary>Greedy answers of <paramref name="actor"/> to stage <paramref name="stage"/>'s held-out
     /// examples and each one's score (the stage's rule-based reward, else exact match): what

@@ -11,7 +11,8 @@ using ReaLNative.Engine.Tokenization;
 namespace ReaLNative.Engine.Runs;
 
 /// <param name="note">Receives the first few skipped records' messages.</param>
-internal sealed class StageExamples(ExperimentConfig cfg, SyntheticTask task, CharTokenizer tok, Action<string>? note) : IDisposable
+/// <param name="tokenizer">The run's tokenizer (each stage formats with it, through the chat template under `dataset.chat`).</param>
+internal sealed class StageExamples(ExperimentConfig cfg, SyntheticTask task, RunTokenizer tokenizer, Action<string>? note) : IDisposable
 {
     private IExampleSource? _source;     // the current stage's training examples
     private IStageAlgorithm? _algorithm;
@@ -52,23 +53,28 @@ internal sealed class StageExamples(ExperimentConfig cfg, SyntheticTask task, Ch
     /// batch.prompt_len, an SFT response longer than batch.gen_len, an answer the reward cannot use).</summary>
     private DatasetSpec Spec(StageConfig stage, DatasetConfig ds, string path, string format, bool heldOut, ISequenceReward? reward)
     {
+        var tok = tokenizer.WithChat(ds.Chat);
         string? Check(TaskExample e)
         {
             int promptTokens, targetTokens = 0;
             string target = "response";
             try
             {
-                promptTokens = StageContext.PromptIds(tok, e.Prompt).Length;
-                if (!heldOut && stage.Algorithm == AlgorithmNames.Sft) targetTokens = tok.Encode(e.Target).Length + 1;
+                promptTokens = tok.Prompt(e.Prompt).Length;
+                if (!heldOut && stage.Algorithm == AlgorithmNames.Sft) targetTokens = tok.Response(e.Prompt, e.Target).Length;
                 if (!heldOut && ds.Fields.OfflinePairs)
                 {
-                    int c = tok.Encode(e.Chosen!).Length + 1, r = tok.Encode(e.Rejected!).Length + 1;
+                    int c = tok.Response(e.Prompt, e.Chosen!).Length, r = tok.Response(e.Prompt, e.Rejected!).Length;
                     (targetTokens, target) = c >= r ? (c, "chosen response") : (r, "rejected response");
                 }
             }
             catch (ArgumentException x) { return $"{x.Message.Split(" (Parameter")[0]} (the tokenizer of this run cannot encode it)"; }
+            catch (InvalidDataException x) { return x.Message; }
+            catch (ChatTemplateException x) { return $"chat template: {x.Message}"; }
+            if (promptTokens == 0)
+                return "prompt encodes to no tokens (and the tokenizer adds no BOS): generation needs at least one";
             if (promptTokens > stage.Batch.PromptLen)
-                return $"prompt is {promptTokens} tokens with BOS, longer than batch.prompt_len ({stage.Batch.PromptLen})";
+                return $"prompt is {promptTokens} tokens{(tok.Chat ? " in the chat template" : " with BOS")}, longer than batch.prompt_len ({stage.Batch.PromptLen})";
             if (targetTokens > stage.Batch.GenLen)
                 return $"{target} is {targetTokens} tokens with EOS, longer than batch.gen_len ({stage.Batch.GenLen})";
             return reward?.CheckExample(e);

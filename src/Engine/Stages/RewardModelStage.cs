@@ -32,7 +32,7 @@ internal sealed class RewardModelStage(StageConfig stage) : StageAlgorithm(stage
                 for (int i = 0; i < r.Examples.Length && !r.OfflinePairs; i++)
                     if (SyntheticTask.Exact(r.Examples[i], r.Completions[i]) < 1 || !r.Gen.EndedWithEos[i])
                     {
-                        chosen.Add(([.. r.Prompts[i], .. tok.Encode(r.Examples[i].Target), tok.Eos], r.Prompts[i].Length));
+                        chosen.Add(([.. r.Prompts[i], .. tok.Response(r.Examples[i].Prompt, r.Examples[i].Target)], r.Prompts[i].Length));
                         rejected.Add((r.Gen.Sequence(i), r.Prompts[i].Length));
                     }
                 b.Set("reward_stats", new object());

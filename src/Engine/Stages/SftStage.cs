@@ -26,8 +26,9 @@ internal sealed class SftStage(StageConfig stage) : StageAlgorithm(stage)
             ["actor_train"] = (call, b) =>
             {
                 var ex = b.Get<TaskExample[]>("prompts");
-                var seqs = ex.Select(e => (int[])[.. context.PromptIds(e.Prompt), .. tok.Encode(e.Target), tok.Eos]).ToArray();
-                var sb = new ScoredBatch(seqs, ex.Select(e => context.PromptIds(e.Prompt).Length).ToArray());
+                var prompts = ex.Select(e => context.PromptIds(e.Prompt)).ToArray();
+                var seqs = ex.Select((e, i) => (int[])[.. prompts[i], .. tok.Response(e.Prompt, e.Target)]).ToArray();
+                var sb = new ScoredBatch(seqs, prompts.Select(p => p.Length).ToArray());
                 var m = context.Calls(call.Name, "actor");
                 double loss = m.SftStep(sb);
                 double gn = m.Step();

@@ -53,11 +53,12 @@ internal sealed record Rollout(TaskExample[] Examples, int[][] Prompts, Generati
 /// <param name="reward">The stage's rule-based reward; null where a reward model (or, for held-out checks, exact match) scores.</param>
 /// <param name="calls">Where a call (name, model role) runs its model.</param>
 /// <param name="stream">The master's own compute stream (GAE and other per-batch math on the master).</param>
-internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer tokenizer, ISequenceReward? reward,
+internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer tokenizer, ISequenceReward? reward,
                                    Func<string, string, IModelCalls> calls, NativeStream stream)
 {
     public StageConfig Stage => stage;
-    public CharTokenizer Tokenizer => tokenizer;
+    /// <summary>The run's tokenizer, formatting this stage's examples (the chat template under `dataset.chat`).</summary>
+    public RunTokenizer Tokenizer => tokenizer;
 
     /// <summary>Where call <paramref name="call"/> runs its model <paramref name="role"/>.</summary>
     public IModelCalls Calls(string call, string role) => calls(call, role);
@@ -65,10 +66,8 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
     /// <summary>The master's compute stream (the master holds no model under a plan).</summary>
     public NativeStream Stream => stream;
 
-    /// <summary>BOS then the prompt's tokens.</summary>
-    public static int[] PromptIds(CharTokenizer tokenizer, string prompt) => [tokenizer.Bos, .. tokenizer.Encode(prompt)];
-
-    public int[] PromptIds(string prompt) => PromptIds(tokenizer, prompt);
+    /// <summary>The prompt's token ids (BOS then the prompt's tokens, or its chat-template rendering).</summary>
+    public int[] PromptIds(string prompt) => tokenizer.Prompt(prompt);
 
     /// <summary>The iteration number the run put in the batch.</summary>
     public static int Iteration(SampleBatch b) => b.Get<int[]>("iteration")[0];
@@ -96,7 +95,7 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
         if (gen.Prompts.Length != ex.Length) throw new ArgumentException($"{gen.Prompts.Length} generated sequences for {ex.Length} examples");
         var seqs = Enumerable.Range(0, ex.Length).Select(gen.Sequence).ToArray();
         var scored = new ScoredBatch(seqs, gen.Prompts.Select(p => p.Length).ToArray()) { Source = gen.Source };
-        var comps = gen.NewTokens.Select(t => tokenizer.Decode(t)).ToArray();
+        var comps = gen.NewTokens.Select(t => tokenizer.Completion(t)).ToArray();
         return new Rollout(ex, gen.Prompts, gen, scored, comps);
     }
 
@@ -186,7 +185,7 @@ internal sealed class StageContext(StageConfig stage, long seed, CharTokenizer t
     {
         var ex = b.Get<TaskExample[]>("prompts");
         var prompts = ex.Select(e => PromptIds(e.Prompt)).ToArray();
-        var responses = ex.Select((e, i) => (int[])[.. tokenizer.Encode(i % 2 == 0 ? e.Chosen! : e.Rejected!), tokenizer.Eos]).ToArray();
+        var responses = ex.Select((e, i) => tokenizer.Response(e.Prompt, i % 2 == 0 ? e.Chosen! : e.Rejected!)).ToArray();
         var gen = new GenerationResult
         {
             Prompts = prompts, NewTokens = responses, LogProbs = responses.Select(t => new float[t.Length]).ToArray(),

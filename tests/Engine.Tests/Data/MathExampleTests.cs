@@ -1,12 +1,18 @@
 // examples/grpo-math.yaml and its data: the generator writes the committed files byte for byte and
-// the splits share no prompt; a shortened run of the example (a few SFT and GRPO iterations) goes
+// the splits share no prompt; tools/MathTokenizer's recipe (the engine's BpeTrainer) writes the
+// committed byte-level BPE tokenizer and model config, which split numbers one digit per token; a shortened run of the example (a few SFT and GRPO iterations) goes
 // through the dataset, numeric_match and `realn eval`, whose score must equal the run's last eval
-// line. The full example (SFT then GRPO, held-out accuracy rising) is opt-in: REALN_EXAMPLE_TESTS=1.
+// line. The full example (SFT then GRPO with the BPE tokenizer, held-out accuracy rising by at least
+// 0.15) is opt-in: REALN_EXAMPLE_TESTS=1.
 using System.Diagnostics;
 using System.Text.RegularExpressions;
 using System.Text.Json.Nodes;
+using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Tests.Docs;
+using ReaLNative.Engine.Tokenization;
+using ReaLNative.Tools;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -53,12 +59,49 @@ public sealed class MathExampleTests(ITestOutputHelper output) : IDisposable
                         $"tools/gen_math_data.py writes a different {f} than the committed one: regenerate and commit");
     }
 
+    [Fact]
+    public void TokenizerRecipeWritesTheCommittedFilesAndSplitsDigits()
+    {
+        string folder = Path.Combine(Examples, "models", "math-bpe");
+        var files = MathBpeRecipe.Build(File.ReadLines(Path.Combine(Examples, "data", "math-train.jsonl")));
+        Assert.Equal(["config.json", "tokenizer.json", "tokenizer_config.json"], files.Keys);
+        foreach (var (name, text) in files)
+            Assert.True(text == File.ReadAllText(Path.Combine(folder, name)),
+                        $"tools/MathTokenizer writes a different {name} than examples/models/math-bpe's: run it (dotnet run --project tools/MathTokenizer -c Release) and commit");
+
+        var tok = HfTokenizer.Load(folder);
+        Assert.Equal(BpeStyle.ByteLevel, tok.Style);
+        Assert.Equal(("<|begin_of_text|>", "<|end_of_text|>", true), (tok.BosToken, tok.EosToken, tok.AddBos));
+        var model = LlamaConfig.FromHfJson(Path.Combine(folder, "config.json"));
+        Assert.True(model.Vocab >= tok.VocabSize);
+        // every digit its own token, wherever it stands; words, " ####" whole
+        foreach (string number in new[] { "7", "12", "20", "108", "9876543210" })
+            foreach (string text in new[] { number, " " + number, "=" + number, number + "=" })
+            {
+                var ids = tok.Encode(text);
+                var digits = ids.Select(t => tok.Decode([t])).Where(p => p.Any(char.IsDigit)).ToArray();
+                Assert.Equal(number.Select(c => c.ToString()), digits);
+            }
+        Assert.Single(tok.Encode(" ####"));
+        Assert.Single(tok.Encode(" apples"));
+        Assert.Equal("Tom had 7 apples, got 5 more. How many now?7+5=12 #### 12", tok.Decode(tok.Encode("Tom had 7 apples, got 5 more. How many now?7+5=12 #### 12")));
+        // llama.cpp knows the pre-tokenizer (the GGUF export of a trained model tokenizes the same way)
+        Assert.Equal("qwen2", GgufVocab.From(tok, model.Vocab).Pre);
+        // the example's lengths hold every record: the longest prompt with BOS, the longest response with EOS
+        var cfg = ExperimentConfig.Load(Path.Combine(Examples, "grpo-math.yaml"));
+        var records = Lines(Path.Combine(Examples, "data", "math-train.jsonl")).Concat(Lines(Path.Combine(Examples, "data", "math-test.jsonl"))).ToArray();
+        int prompt = records.Max(r => tok.Encode((string)r["prompt"]!).Length + 1), response = records.Max(r => tok.Encode((string)r["response"]!).Length + 1);
+        output.WriteLine($"longest prompt {prompt} tokens, longest response {response} tokens, vocabulary {tok.VocabSize} (model {model.Vocab})");
+        Assert.All(cfg.Stages, s => Assert.True(s.Batch.PromptLen >= prompt && s.Batch.GenLen >= response, $"{s.Algorithm}: prompt_len {s.Batch.PromptLen}, gen_len {s.Batch.GenLen}"));
+        Assert.All(cfg.Stages, s => Assert.Equal(Path.Combine(folder, "config.json"), Path.GetFullPath(Path.Combine(cfg.BaseDirectory, s.Models["actor"].ConfigPath!))));
+    }
+
     /// <summary>The example with absolute paths and the given iterations / eval size, in a temporary folder.</summary>
     private string Shortened(int sft, int grpo, int evalSize)
     {
         Directory.CreateDirectory(_dir);
         string yaml = File.ReadAllText(Path.Combine(Examples, "grpo-math.yaml"))
-            .Replace("models/math-char/", Path.Combine(Examples, "models", "math-char") + "/")
+            .Replace("models/math-bpe/", Path.Combine(Examples, "models", "math-bpe") + "/")
             .Replace("data/math-", Path.Combine(Examples, "data") + "/math-");
         // the top-level iterations (grpo), the sft stage's (indented), the eval line: whatever the example's figures
         yaml = Regex.Replace(yaml, @"^iterations: \d+$", $"iterations: {grpo}", RegexOptions.Multiline);
@@ -108,6 +151,9 @@ public sealed class MathExampleTests(ITestOutputHelper output) : IDisposable
         Directory.CreateDirectory(_dir);
         var (code, text) = ReadmeCommandTableTests.Realn("run", Path.Combine(Examples, "grpo-math.yaml"), "--out", run);
         Assert.True(code == 0, text);
+        // trained with the example's byte-level BPE tokenizer, which its checkpoints carry
+        Assert.Equal(File.ReadAllBytes(Path.Combine(Examples, "models", "math-bpe", "tokenizer.json")),
+                     File.ReadAllBytes(Path.Combine(run, "checkpoints", "sft", "tokenizer.json")));
         var s = JsonNode.Parse(File.ReadAllText(Path.Combine(run, "summary.json")))!;
         double sft = (double)s["stages"]![0]!["final_task_score"]!, grpo = (double)s["final_task_score"]!;
         output.WriteLine($"held-out accuracy after SFT {sft:0.000}, after GRPO {grpo:0.000}, {(double)s["seconds"]!:0} s");

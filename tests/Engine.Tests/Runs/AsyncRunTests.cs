@@ -248,7 +248,7 @@ public sealed class AsyncRunTests
         try
         {
             var stage = Config("mode: async").Stages[^1];
-            var context = new StageContext(stage, 3, new ReaLNative.Engine.Tokenization.CharTokenizer(64), null, (_, _) => throw new InvalidOperationException(), null!);
+            var context = new StageContext(stage, 3, ReaLNative.Engine.Tokenization.RunTokenizer.Of(new ReaLNative.Engine.Tokenization.CharTokenizer(64)), null, (_, _) => throw new InvalidOperationException(), null!);
             var gen = new ReaLNative.Engine.Generation.GenerationResult
             {
                 Prompts = [[1, 5, 6], [1, 7]], NewTokens = [[9, 2], [8]], LogProbs = [[-0.5f, -1.25f], [-2f]], EndedWithEos = [true, false],
