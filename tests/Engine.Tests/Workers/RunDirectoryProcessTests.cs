@@ -222,13 +222,23 @@ public sealed class RunDirectoryProcessTests(FinishedRunFixture run, ITestOutput
         catch (IOException) { return 0; }
     }
 
-    [Theory]
+    /// <summary>Whether this process was started with <paramref name="signal"/> ignored (/proc/self/status
+    /// SigIgn): a background job of a non-interactive shell starts with SIGINT ignored, and its children
+    /// inherit that across exec, so realn (which honours it, as POSIX programs do) never sees the signal.</summary>
+    private static bool StartedIgnoring(int signal)
+    {
+        var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("SigIgn:", StringComparison.Ordinal));
+        return line is not null && (Convert.ToUInt64(line["SigIgn:".Length..].Trim(), 16) & (1UL << (signal - 1))) != 0;
+    }
+
+    [SkippableTheory]
     [InlineData("TERM", false, false, 143)]   // systemd / Slurm / kill: the master alone
     [InlineData("INT", true, false, 130)]     // a terminal's Ctrl-C: the whole process group, workers included
     [InlineData("TERM", false, true, 143)]    // a second signal: stop at once, still no worker or *.tmp left
     [InlineData("TERM", false, false, 143, true)]   // `realn launch` (one node): the same
     public void SignalStopsAPlanRunMidPpoAndResumeCompletes(string signal, bool group, bool twice, int exitCode, bool launch = false)
     {
+        Skip.If(signal == "INT" && StartedIgnoring(2), "the test process was started with SIGINT ignored (e.g. `cmd &` in a script), which realn inherits and honours: run the suite in the foreground to test Ctrl-C");
         const int Ppo = 8;
         string dir = Path.Combine(run.Root, $"sig-{signal}-" + Guid.NewGuid().ToString("N")[..6]);
         Directory.CreateDirectory(dir);
