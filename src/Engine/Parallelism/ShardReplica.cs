@@ -133,9 +133,9 @@ internal sealed unsafe class ShardReplica : IDisposable
         return Collects ? new ShardOutput([.. ids], [.. acts], [.. last]) : null;
     }
 
-    /// <summary>Gradients of sum_k dActionLogp[k] * logp(action k), zeroed first.</summary>
-    /// <summary>Only the last pipeline stage computes the loss and reads <paramref name="dActionLogp"/>:
-    /// the other stages' ranks may pass null (a worker process is sent the gradients only there).</summary>
+    /// <summary>Gradients of sum_k dActionLogp[k] * logp(action k), zeroed first. Only the last
+    /// pipeline stage computes the loss and reads <paramref name="dActionLogp"/>: the other stages'
+    /// ranks may pass null (a worker process is sent the gradients only there).</summary>
     public void BackwardLogProbs(ScoredBatch batch, float temperature, float[]? dActionLogp)
     {
         if (dActionLogp is null && ComputesLoss) throw new ArgumentException($"the last pipeline stage needs the {batch.Actions} log-prob gradients");
