@@ -6,7 +6,7 @@
 // STATUS: compiled on every build; NOT YET RUN ON A GPU (no GPU was lent while it was written).
 // Implemented: memory, copies, fill, interval gather/scatter, hash, GEMM / linear (fp32, and bf16
 // operands with fp32 accumulation, through cuBLAS), axpby, add, scale, sumsq, count_nonfinite,
-// convert (f32 <-> bf16), embedding and RMSNorm (fp32, or a bf16 table / weight), rotary, SwiGLU, attention fwd/bwd (fp32, head_dim
+// convert (f32, bf16, f16: every pair), embedding and RMSNorm (fp32, or a bf16 table / weight), rotary, SwiGLU, attention fwd/bwd (fp32, head_dim
 // <= 128), KV store and decode attention (fp32 or bf16 cache, head_dim <= 256), log-probs /
 // entropy, cross-entropy, sampling (on the host: the CPU sampler), AdamW, GAE.
 // Host-side metadata (cu_seqlens, slots, positions, lens, interval lists) is read from host memory
@@ -155,6 +155,17 @@ void* stream_create(int32_t d) {
 std::mutex g_blas_mu;
 std::map<CUstream, cublasHandle_t> g_blas;
 
+// Per stream: a device buffer for an op's host metadata (interval lists) that lives as long as the
+// stream and only grows, so a call costs one H2D copy, not an allocation, a copy and a free that
+// waits for the device. Stream order makes reuse safe: the next op's copy into it runs after the
+// last kernel that read it. Growing synchronises the stream before the old buffer is freed.
+struct MetaBuffer {
+    CUdeviceptr ptr = 0;
+    size_t bytes = 0;
+};
+std::mutex g_meta_mu;
+std::map<CUstream, MetaBuffer> g_meta;
+
 void stream_destroy(void* p) {
     auto st = static_cast<CUstream>(p);
     {
@@ -163,6 +174,15 @@ void stream_destroy(void* p) {
         if (it != g_blas.end()) {
             driver().cublasDestroy(it->second);
             g_blas.erase(it);
+        }
+    }
+    {
+        std::lock_guard<std::mutex> lock(g_meta_mu);
+        auto it = g_meta.find(st);
+        if (it != g_meta.end()) {
+            if (st) driver().cuStreamSynchronize(st);
+            if (it->second.ptr) driver().cuMemFree(it->second.ptr);
+            g_meta.erase(it);
         }
     }
     if (st) driver().cuStreamDestroy(st);
@@ -194,8 +214,8 @@ void copy(realn_stream_t s, void* dst, const void* src, int64_t bytes, int32_t k
 
 void fill_f32(realn_stream_t s, float* dst, int64_t n, float v) { launch(s, "realn_fill_f32", grid_for(n), kBlock, dst, n, v); }
 
-// Few intervals: one DMA copy each (full bandwidth for large ones). Many: one kernel launch, a block
-// per interval (per-call overhead of thousands of small copies would dominate).
+// Few intervals: one DMA copy each (full bandwidth for large ones). Many: one kernel launch, a warp
+// per piece of at most 16 KiB (per-call overhead of thousands of small copies would dominate).
 constexpr int64_t kDmaIntervals = 64;
 
 void intervals(realn_stream_t s, bool gather, void* flat, void* staging, const int64_t* off, const int64_t* len, int64_t count) {
@@ -212,24 +232,37 @@ void intervals(realn_stream_t s, bool gather, void* flat, void* staging, const i
         }
         return;
     }
-    std::vector<int64_t> meta(static_cast<size_t>(3 * count));
-    for (int64_t i = 0, at = 0; i < count; ++i) {
-        meta[i] = off[i];
-        meta[count + i] = len[i];
-        meta[2 * count + i] = at;
-        at += len[i];
+    const std::vector<int64_t> meta = interval_pieces(off, len, count);
+    const int64_t pieces = static_cast<int64_t>(meta.size() / 3);
+    if (pieces == 0) return;
+    const size_t bytes = meta.size() * sizeof(int64_t);
+    CUdeviceptr buf = 0;
+    {
+        std::lock_guard<std::mutex> lock(g_meta_mu);
+        MetaBuffer& mb = g_meta[native(s)];
+        if (mb.bytes < bytes) {
+            if (mb.ptr) {
+                sync(s);  // a kernel enqueued earlier may still read the old lists
+                driver().cuMemFree(mb.ptr);
+                mb = MetaBuffer{};
+            }
+            const size_t grown = std::max<size_t>(bytes, 1 << 16);
+            check(driver().cuMemAlloc(&mb.ptr, grown), "cuMemAlloc");
+            mb.bytes = grown;
+        }
+        buf = mb.ptr;
     }
-    Scratch dev(3 * count * static_cast<int64_t>(sizeof(int64_t)));
-    copy(s, dev.as<int64_t>(), meta.data(), 3 * count * static_cast<int64_t>(sizeof(int64_t)), REALN_COPY_H2D);
-    const int64_t* d = dev.as<int64_t>();
-    const unsigned grid = static_cast<unsigned>(std::min<int64_t>(count, 65535));
+    // Pageable source: the call returns once the lists are staged, so `meta` may go out of scope.
+    check(driver().cuMemcpyHtoDAsync(buf, meta.data(), bytes, native(s)), "cuMemcpyHtoDAsync");
+    const int64_t* d = reinterpret_cast<const int64_t*>(buf);
+    // A warp per piece; enough blocks to fill every SM several times over, then grid-stride.
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>((pieces + kBlock / 32 - 1) / (kBlock / 32), 8192));
     if (gather)
-        launch(s, "realn_interval_gather", grid, kBlock, static_cast<char*>(staging), static_cast<const char*>(flat), d, d + count,
-               d + 2 * count, count);
+        launch(s, "realn_interval_gather", grid, kBlock, static_cast<char*>(staging), static_cast<const char*>(flat), d, d + pieces,
+               d + 2 * pieces, pieces);
     else
-        launch(s, "realn_interval_scatter", grid, kBlock, static_cast<char*>(flat), static_cast<const char*>(staging), d, d + count,
-               d + 2 * count, count);
-    sync(s);  // the lists are freed on return
+        launch(s, "realn_interval_scatter", grid, kBlock, static_cast<char*>(flat), static_cast<const char*>(staging), d, d + pieces,
+               d + 2 * pieces, pieces);
 }
 
 void interval_gather(realn_stream_t s, void* staging, const void* flat, const int64_t* off, const int64_t* len, int64_t count) {
@@ -358,7 +391,7 @@ void convert(realn_stream_t s, int32_t dst_dtype, void* dst, int32_t src_dtype, 
     } else if (src_dtype == REALN_DTYPE_BF16 && dst_dtype == REALN_DTYPE_F32) {
         launch(s, "realn_bf16_to_f32", grid_for(n), kBlock, static_cast<const unsigned short*>(src), static_cast<float*>(dst), n);
     } else {
-        fail(REALN_ERR_UNSUPPORTED, "cuda backend: convert from dtype ", src_dtype, " to ", dst_dtype, " is not implemented (f32 <-> bf16 only)");
+        launch(s, "realn_convert_any", grid_for(n), kBlock, src, static_cast<int>(src_dtype), dst, static_cast<int>(dst_dtype), n);
     }
 }
 
@@ -597,8 +630,8 @@ bool supports(Op op, int32_t dtype) {
     switch (op) {
         case Op::IntervalGather: case Op::IntervalScatter: case Op::HashBytes: case Op::Copy: case Op::Fill:
             return true;
-        case Op::Convert:
-            return dtype == REALN_DTYPE_F32 || dtype == REALN_DTYPE_BF16;
+        case Op::Convert:  // every pair of F32, BF16, F16
+            return dtype == REALN_DTYPE_F32 || dtype == REALN_DTYPE_BF16 || dtype == REALN_DTYPE_F16;
         // bf16 as on the CPU backend (realn.h): GEMM operands / linear, embedding and RMSNorm
         // weights; a bf16 KV cache.
         case Op::Gemm: case Op::LinearFwd: case Op::LinearBwd: case Op::KvStore: case Op::AttentionDecode:

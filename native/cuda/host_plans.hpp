@@ -21,6 +21,29 @@ inline std::vector<int32_t> attention_tiles(const int32_t* cu_seqlens, int64_t n
     return tiles;
 }
 
+// Interval gather/scatter work list: every interval cut into pieces of at most kIntervalPiece bytes
+// (cut at multiples of the piece size from the interval's start, so a piece keeps its interval's
+// alignment), as three arrays [offsets | lengths | staging positions] of one int64 list; a warp
+// copies one piece, so a few huge intervals and many tiny ones both spread over the whole GPU.
+// Empty intervals have no piece.
+constexpr int64_t kIntervalPiece = 16384;
+
+inline std::vector<int64_t> interval_pieces(const int64_t* off, const int64_t* len, int64_t count) {
+    std::vector<int64_t> o, l, a;
+    for (int64_t i = 0, at = 0; i < count; at += len[i], ++i)
+        for (int64_t p = 0; p < len[i]; p += kIntervalPiece) {
+            o.push_back(off[i] + p);
+            l.push_back(len[i] - p < kIntervalPiece ? len[i] - p : kIntervalPiece);
+            a.push_back(at + p);
+        }
+    std::vector<int64_t> meta;
+    meta.reserve(3 * o.size());
+    meta.insert(meta.end(), o.begin(), o.end());
+    meta.insert(meta.end(), l.begin(), l.end());
+    meta.insert(meta.end(), a.begin(), a.end());
+    return meta;
+}
+
 // kv_store's rows: each cache row (slot * max_len + position) once, with the LAST token naming it
 // (the CPU backend's "later token wins"), so the kernel has one writer per element.
 struct KvStorePlan {

@@ -6,7 +6,10 @@
 //           heads, 8 kv heads, head_dim 128): times only; tools/gpu-check.sh compares them with
 //           PyTorch's scaled_dot_product_attention on the same shape (tools/sdpa_bench.py)
 //   copy  : realn_copy D2D vs cuMemcpyDtoDAsync directly, 1 GiB
-//   gather: realn_interval_gather of 4 KiB intervals (every other one) vs one D2D copy of the bytes
+//   gather: realn_interval_gather of 256 MiB in 4 KiB and 64 KiB intervals (every other one) vs one
+//           D2D copy of the same bytes
+//   launch: one tiny op through the ABI, back to back (the planner's launch floor), beside tiny
+//           driver copies issued directly
 // Prints one JSON object per line; exits 77 where no CUDA device is usable.
 #include <algorithm>
 #include <chrono>
@@ -148,17 +151,39 @@ int main() {
     });
     std::printf("{\"bench\": \"copy_d2d\", \"bytes\": %lld, \"ours_gbps\": %.1f, \"direct_gbps\": %.1f, \"ratio\": %.3f}\n",
                 static_cast<long long>(bytes), bytes / ours / 1e9, bytes / direct / 1e9, direct / ours);
-    std::vector<int64_t> off, len;
-    for (int64_t o = 0; o + 4096 <= bytes / 64; o += 8192) { off.push_back(o); len.push_back(4096); }
-    const int64_t moved = static_cast<int64_t>(off.size()) * 4096;
-    double gather = best(s, 5, [&] {
-        ok(realn_interval_gather(s, dst, src, off.data(), len.data(), static_cast<int64_t>(off.size())), "gather");
-    });
-    double plain = best(s, 5, [&] {
-        d.cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dst), reinterpret_cast<CUdeviceptr>(src), moved, native);
-    });
-    std::printf("{\"bench\": \"interval_gather\", \"intervals\": %zu, \"bytes\": %lld, \"ours_gbps\": %.1f, \"memcpy_gbps\": %.1f, \"ratio\": %.3f}\n",
-                off.size(), static_cast<long long>(moved), moved / gather / 1e9, moved / plain / 1e9, plain / gather);
+    // Reallocation-sized gathers: 256 MiB moved as every other interval of 4 KiB (row-parallel
+    // shards of narrow rows) and of 64 KiB, against one D2D copy of the same bytes.
+    for (int64_t ilen : {int64_t(4096), int64_t(65536)}) {
+        std::vector<int64_t> off, len;
+        for (int64_t o = 0; o + ilen <= bytes / 2; o += 2 * ilen) { off.push_back(o); len.push_back(ilen); }
+        const int64_t moved = static_cast<int64_t>(off.size()) * ilen;
+        double gather = best(s, 5, [&] {
+            ok(realn_interval_gather(s, dst, src, off.data(), len.data(), static_cast<int64_t>(off.size())), "gather");
+        });
+        double plain = best(s, 5, [&] {
+            d.cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dst), reinterpret_cast<CUdeviceptr>(src), moved, native);
+        });
+        std::printf("{\"bench\": \"interval_gather\", \"intervals\": %zu, \"interval_bytes\": %lld, \"bytes\": %lld, "
+                    "\"ours_gbps\": %.1f, \"memcpy_gbps\": %.1f, \"ratio\": %.3f}\n",
+                    off.size(), static_cast<long long>(ilen), static_cast<long long>(moved), moved / gather / 1e9,
+                    moved / plain / 1e9, plain / gather);
+    }
+    {
+        // The floor of one op through the ABI: host dispatch + launch of a tiny kernel, back to back
+        // (what the planner's kernel_launch_us prices), against cuLaunchKernel's share measured by the
+        // same loop of D2D copies of 64 bytes issued directly.
+        void* t32 = buf(64);
+        void* t16 = buf(64);
+        const int n = 20000;
+        double op = best(s, 3, [&] {
+            for (int i = 0; i < n; ++i) ok(realn_op_convert(s, REALN_DTYPE_BF16, t16, REALN_DTYPE_F32, t32, 16), "convert");
+        });
+        double raw = best(s, 3, [&] {
+            for (int i = 0; i < n; ++i)
+                d.cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(t16), reinterpret_cast<CUdeviceptr>(t32), 64, native);
+        });
+        std::printf("{\"bench\": \"launch\", \"abi_op_us\": %.2f, \"driver_copy_us\": %.2f}\n", op / n * 1e6, raw / n * 1e6);
+    }
     d.cublasDestroy(h);
     realn_stream_destroy(s);
     return 0;

@@ -16,6 +16,9 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <vector>
+
+#include <unistd.h>
 
 #include "realn.h"
 #include "realn_selftest.h"
@@ -41,10 +44,19 @@ static int failures = 0;
 
 // The kernel names the host code launches: every "realn_..." string literal in native/cuda/*.cpp
 // (kernels are launched by name; the host code has no other such literals).
+// The folder is the build's source tree, or REALN_CUDA_HOST_DIR where the binary runs elsewhere
+// (tools/gpu-check.sh with prebuilt binaries).
+static std::string host_dir() {
+    const char* env = std::getenv("REALN_CUDA_HOST_DIR");
+    return env && *env ? env : REALN_CUDA_HOST_DIR;
+}
+
 static std::set<std::string> launched_kernels() {
     std::set<std::string> names;
     const std::regex literal("\"(realn_[a-z0-9_]+)\"");
-    for (const auto& file : std::filesystem::directory_iterator(REALN_CUDA_HOST_DIR)) {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(host_dir(), ec)) return names;  // reported by the count check
+    for (const auto& file : std::filesystem::directory_iterator(host_dir())) {
         if (file.path().extension() != ".cpp") continue;
         std::ifstream in(file.path());
         std::stringstream text;
@@ -55,9 +67,123 @@ static std::set<std::string> launched_kernels() {
     return names;
 }
 
-int main() {
+// ---- On a GPU: the collectives and IPC handles run for real ------------------------------------
+// A device buffer of n floats holding `values`.
+static void* device_floats(realn_stream_t s, const std::vector<float>& values, std::vector<realn_buf_t>& bufs) {
+    realn_buf_t b = nullptr;
+    void* p = nullptr;
+    if (realn_buf_alloc(s, static_cast<int64_t>(values.size() * 4), &b) != REALN_OK) return nullptr;
+    bufs.push_back(b);
+    realn_buf_ptr(b, &p);
+    realn_copy(s, p, values.data(), static_cast<int64_t>(values.size() * 4), REALN_COPY_H2D);
+    return p;
+}
+
+static std::vector<float> host_floats(realn_stream_t s, const void* p, size_t n) {
+    std::vector<float> out(n);
+    realn_copy(s, out.data(), p, static_cast<int64_t>(n * 4), REALN_COPY_D2H);
+    realn_stream_synchronize(s);
+    return out;
+}
+
+// One rank of NCCL (a communicator of one process on one GPU): every collective is then a copy, so
+// the results must equal the input bit for bit; send/recv to itself inside a group. This runs the
+// dlopen'd NCCL through our declarations (ids, enums, argument order) on hardware.
+static void nccl_one_rank(realn_stream_t s) {
+    uint8_t id[REALN_COMM_ID_BYTES] = {0};
+    realn_comm_t comm = nullptr;
+    if (realn_comm_unique_id(id) != REALN_OK || realn_comm_init(id, 1, 0, 0, &comm) != REALN_OK) {
+        EXPECT(false, "NCCL one-rank communicator: %s", realn_last_error());
+        return;
+    }
+    const size_t n = 1000003;
+    std::vector<float> x(n);
+    for (size_t i = 0; i < n; ++i) x[i] = static_cast<float>((i * 2654435761u) % 100003) / 777.0f - 50.0f;
+    std::vector<realn_buf_t> bufs;
+    void* send = device_floats(s, x, bufs);
+    std::vector<float> zeros(n, 0.0f);
+    const char* names[] = {"all_reduce", "all_gather", "reduce_scatter", "broadcast", "send/recv"};
+    for (int which = 0; which < 5; ++which) {
+        void* recv = device_floats(s, zeros, bufs);
+        realn_status st = REALN_OK;
+        switch (which) {
+            case 0: st = realn_comm_all_reduce(comm, s, REALN_DTYPE_F32, send, recv, n, REALN_REDUCE_SUM); break;
+            case 1: st = realn_comm_all_gather(comm, s, REALN_DTYPE_F32, send, recv, n); break;
+            case 2: st = realn_comm_reduce_scatter(comm, s, REALN_DTYPE_F32, send, recv, n, REALN_REDUCE_SUM); break;
+            case 3: st = realn_comm_broadcast(comm, s, REALN_DTYPE_F32, send, recv, n, 0); break;
+            default:
+                st = realn_comm_group_start();
+                if (st == REALN_OK) st = realn_comm_send(comm, s, REALN_DTYPE_F32, send, n, 0);
+                if (st == REALN_OK) st = realn_comm_recv(comm, s, REALN_DTYPE_F32, recv, n, 0);
+                if (st == REALN_OK) st = realn_comm_group_end();
+        }
+        EXPECT(st == REALN_OK, "NCCL %s: %s", names[which], realn_last_error());
+        if (st != REALN_OK) continue;
+        const std::vector<float> got = host_floats(s, recv, n);
+        EXPECT(std::memcmp(got.data(), x.data(), n * 4) == 0, "NCCL %s of one rank is not a bit-exact copy", names[which]);
+    }
+    for (realn_buf_t b : bufs) realn_buf_free(b);
+    EXPECT(realn_comm_destroy(comm) == REALN_OK, "comm_destroy: %s", realn_last_error());
+    std::printf("NCCL one-rank collectives and send/recv: bit-exact copies of 1000003 floats\n");
+}
+
+// CUDA IPC between two processes: this one fills a device buffer and hands its handle to a child
+// (this binary again, `--ipc-child HEX`), which opens it, reads the values and prints their checksum.
+static uint64_t checksum(const std::vector<float>& v) {
+    uint64_t h = 1469598103934665603ull;
+    const auto* b = reinterpret_cast<const unsigned char*>(v.data());
+    for (size_t i = 0; i < v.size() * 4; ++i) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+static const size_t kIpcFloats = 262147;
+
+static int ipc_child(const char* hex) {
+    uint8_t handle[REALN_IPC_HANDLE_BYTES];
+    for (int i = 0; i < REALN_IPC_HANDLE_BYTES; ++i) std::sscanf(hex + 2 * i, "%2hhx", &handle[i]);
+    realn_stream_t s = nullptr;
+    void* p = nullptr;
+    if (realn_stream_create(REALN_BACKEND_CUDA, 0, &s) != REALN_OK || realn_ipc_open(s, handle, &p) != REALN_OK) {
+        std::printf("ipc-child: %s\n", realn_last_error());
+        return 1;
+    }
+    const std::vector<float> got = host_floats(s, p, kIpcFloats);
+    std::printf("checksum %llu\n", static_cast<unsigned long long>(checksum(got)));
+    const bool closed = realn_ipc_close(s, p) == REALN_OK;
+    realn_stream_destroy(s);
+    return closed ? 0 : 1;
+}
+
+static void ipc_two_processes(realn_stream_t s) {
+    std::vector<float> x(kIpcFloats);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 40503u) % 65521) * 0.125f - 4000.0f;
+    std::vector<realn_buf_t> bufs;
+    void* p = device_floats(s, x, bufs);
+    realn_stream_synchronize(s);
+    uint8_t handle[REALN_IPC_HANDLE_BYTES] = {0};
+    if (realn_ipc_handle(s, p, handle) != REALN_OK) {
+        EXPECT(false, "ipc_handle of a device buffer: %s", realn_last_error());
+        return;
+    }
+    std::string cmd = "timeout 60 /proc/" + std::to_string(getpid()) + "/exe --ipc-child ";
+    char byte[3];
+    for (int i = 0; i < REALN_IPC_HANDLE_BYTES; ++i) { std::snprintf(byte, sizeof byte, "%02x", handle[i]); cmd += byte; }
+    FILE* child = popen(cmd.c_str(), "r");
+    std::string out;
+    char line[512];
+    while (child && std::fgets(line, sizeof line, child)) out += line;
+    const int rc = child ? pclose(child) : -1;
+    const std::string want = "checksum " + std::to_string(checksum(x));
+    EXPECT(rc == 0 && out.find(want) != std::string::npos, "CUDA IPC: the child process read %s (want %s, exit %d)",
+           out.c_str(), want.c_str(), rc);
+    if (rc == 0 && out.find(want) != std::string::npos)
+        std::printf("CUDA IPC: a second process read the %zu floats bit for bit\n", x.size());
+    for (realn_buf_t b : bufs) realn_buf_free(b);
+}
+
+int main(int argc, char** argv) {
+    if (argc == 3 && std::strcmp(argv[1], "--ipc-child") == 0) return ipc_child(argv[2]);
     const std::set<std::string> kernels = launched_kernels();
-    EXPECT(kernels.size() >= 36, "only %zu kernel names found in %s", kernels.size(), REALN_CUDA_HOST_DIR);
+    EXPECT(kernels.size() >= 36, "only %zu kernel names found in %s (REALN_CUDA_HOST_DIR)", kernels.size(), host_dir().c_str());
     EXPECT(realn::cuda::kPtxCount >= 3, "only %d PTX modules embedded", realn::cuda::kPtxCount);
     for (int i = 0; i < realn::cuda::kPtxCount; ++i) {
         const char* ptx = realn::cuda::kPtx[i].ptx;
@@ -98,7 +224,13 @@ int main() {
            "comm_init with rank 2 of 2: %s", realn_last_error());
     void* libnccl = dlopen(std::getenv("REALN_NCCL_LIBRARY") ? std::getenv("REALN_NCCL_LIBRARY") : "libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
     if (libnccl != nullptr && available) {
-        std::printf("NCCL and a CUDA device are present: the collectives are not refused here\n");
+        std::printf("NCCL and a CUDA device are present: the collectives run on one rank\n");
+        realn_stream_t gpu = nullptr;
+        EXPECT(realn_stream_create(REALN_BACKEND_CUDA, 0, &gpu) == REALN_OK, "cuda stream: %s", realn_last_error());
+        if (gpu) {
+            nccl_one_rank(gpu);
+            realn_stream_destroy(gpu);
+        }
     } else {
         const realn_status ids = realn_comm_unique_id(comm_id);
         const std::string id_why = realn_last_error();
@@ -138,6 +270,12 @@ int main() {
            "ipc handle of NULL: %s", realn_last_error());
     realn_stream_destroy(cpu);
     if (available) {
+        realn_stream_t gpu = nullptr;
+        EXPECT(realn_stream_create(REALN_BACKEND_CUDA, 0, &gpu) == REALN_OK, "cuda stream: %s", realn_last_error());
+        if (gpu) {
+            ipc_two_processes(gpu);
+            realn_stream_destroy(gpu);
+        }
         std::printf("a CUDA device is present: the ops_* tests run every case on it\n");
         return failures == 0 ? 0 : 1;
     }

@@ -376,6 +376,49 @@ void elementwise_case() {
     realn::emu::launch(2, 1, 64, [&] { realn_bf16_to_f32(h.data(), back.data(), n); });
     expect_same("convert f32->bf16", "n=5000 with NaN, inf", h.data(), h_ref.data(), h.size() * 2);
     expect_same("convert bf16->f32", "n=5000", back.data(), back_ref.data(), back.size() * 4);
+    {
+        // f16 both ways against the CPU's _Float16: every 2^-13 step of the fp32 bit patterns from
+        // 0 to inf (subnormal, normal, ties at each exponent, overflow), both signs, NaN; and
+        // every one of the 65536 half bit patterns back to fp32 (NaNs compared as NaN).
+        auto as_float = [](uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; };
+        auto as_bits = [](float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; };
+        std::vector<float> xs;
+        for (uint64_t u = 0; u <= 0x7f800000u; u += 0x2001u)
+            for (uint32_t sign : {0u, 0x80000000u}) xs.push_back(as_float(uint32_t(u) | sign));
+        // At every exponent from below the subnormal range to above the largest half: the exact
+        // ties (even and odd kept bit, for the normal and each subnormal rounding position) and
+        // their neighbours.
+        for (uint32_t e = 100; e <= 143; ++e)
+            for (uint32_t shift = 13; shift <= 24; ++shift)
+                for (uint32_t kept : {0u, 1u, 0x155u})
+                    for (int32_t nudge : {-1, 0, 1}) {
+                        const uint32_t man = ((kept << shift) | (1u << (shift - 1))) & 0x7fffffu;
+                        xs.push_back(as_float((e << 23) | ((man + uint32_t(nudge)) & 0x7fffffu)));
+                    }
+        for (uint32_t u : {0x477fefffu, 0x477ff000u, 0x33000000u, 0x33000001u, 0x387fe000u, 0x387ff000u, 0x7fc00001u, 0xffa00000u})
+            xs.push_back(as_float(u));
+        const int64_t m = static_cast<int64_t>(xs.size());
+        std::vector<uint16_t> f16_ref(m), f16(m);
+        check(realn_op_convert(cpu_stream(), REALN_DTYPE_F16, f16_ref.data(), REALN_DTYPE_F32, xs.data(), m), "cpu convert f16");
+        realn::emu::launch(4, 1, 64, [&] { realn_convert_any(xs.data(), REALN_DTYPE_F32, f16.data(), REALN_DTYPE_F16, m); });
+        expect_same("convert f32->f16", "fp32 patterns 0..inf, both signs, ties, NaN", f16.data(), f16_ref.data(), m * 2);
+        std::vector<uint16_t> all(65536);
+        for (uint32_t i = 0; i < 65536; ++i) all[i] = uint16_t(i);
+        std::vector<float> wide_ref(65536), wide(65536);
+        check(realn_op_convert(cpu_stream(), REALN_DTYPE_F32, wide_ref.data(), REALN_DTYPE_F16, all.data(), 65536), "cpu convert");
+        realn::emu::launch(4, 1, 64, [&] { realn_convert_any(all.data(), REALN_DTYPE_F16, wide.data(), REALN_DTYPE_F32, 65536); });
+        int bad = 0;
+        for (int i = 0; i < 65536; ++i)
+            if (!(std::isnan(wide[i]) && std::isnan(wide_ref[i])) && as_bits(wide[i]) != as_bits(wide_ref[i]))
+                ++bad;
+        expect_close("convert f16->f32", "all 65536 half patterns (NaN as NaN)", {float(bad)}, {0.0f}, 0);
+        // bf16 -> f16 through fp32, as the CPU backend.
+        std::vector<uint16_t> hb(m), f16b_ref(m), f16b(m);
+        check(realn_op_convert(cpu_stream(), REALN_DTYPE_BF16, hb.data(), REALN_DTYPE_F32, xs.data(), m), "cpu convert");
+        check(realn_op_convert(cpu_stream(), REALN_DTYPE_F16, f16b_ref.data(), REALN_DTYPE_BF16, hb.data(), m), "cpu convert");
+        realn::emu::launch(4, 1, 64, [&] { realn_convert_any(hb.data(), REALN_DTYPE_BF16, f16b.data(), REALN_DTYPE_F16, m); });
+        expect_same("convert bf16->f16", "the same patterns rounded to bf16", f16b.data(), f16b_ref.data(), m * 2);
+    }
 
     // AdamW: the step size and bias correction as backend_cuda.cpp's host code forms them.
     realn_adamw_opts o = REALN_ADAMW_OPTS_INIT;
@@ -407,30 +450,35 @@ void elementwise_case() {
     expect_close("gae advantages", "lens=4,0,9", adv, adv_ref, 1e-6);
     expect_close("gae returns", "lens=4,0,9", ret, ret_ref, 1e-6);
 
-    std::vector<unsigned char> flat(4096);
+    // 16-byte, 16, 4, empty, byte paths; then intervals above the 16 KiB piece size (16-byte
+    // aligned with a 16-byte tail, 4-byte aligned, odd), cut by the host's piece list, so the
+    // four-words-in-flight loop, the piece cuts and the staging positions are all exercised.
+    std::vector<unsigned char> flat(4096 + 120000);
     for (size_t i = 0; i < flat.size(); ++i) flat[i] = static_cast<unsigned char>(i * 131 + 7);
-    std::vector<int64_t> off{0, 64, 1004, 2048, 3000}, len{32, 48, 20, 0, 77}, at;  // 16-byte, 16, 4, empty, byte
+    const std::vector<int64_t> user_off{0, 64, 1004, 2048, 3000, 4096, 41000, 81924},
+        user_len{32, 48, 20, 0, 77, 36880, 20004, 33333};
+    const std::vector<int64_t> meta = realn::cuda::interval_pieces(user_off.data(), user_len.data(), 8);
+    const int64_t pieces = static_cast<int64_t>(meta.size() / 3);
+    const std::vector<int64_t> off(meta.begin(), meta.begin() + pieces), len(meta.begin() + pieces, meta.begin() + 2 * pieces),
+        at(meta.begin() + 2 * pieces, meta.end());
     int64_t total_bytes = 0;
-    for (int64_t l : len) {
-        at.push_back(total_bytes);
-        total_bytes += l;
-    }
+    for (int64_t l : user_len) total_bytes += l;
     std::vector<unsigned char> st_ref(total_bytes), st(total_bytes);
-    check(realn_interval_gather(cpu_stream(), st_ref.data(), flat.data(), off.data(), len.data(), 5), "cpu gather");
+    check(realn_interval_gather(cpu_stream(), st_ref.data(), flat.data(), user_off.data(), user_len.data(), 8), "cpu gather");
     realn::emu::launch(2, 1, 64, [&] {
         realn_interval_gather(reinterpret_cast<char*>(st.data()), reinterpret_cast<const char*>(flat.data()),
                               reinterpret_cast<const i64*>(off.data()), reinterpret_cast<const i64*>(len.data()),
-                              reinterpret_cast<const i64*>(at.data()), 5);
+                              reinterpret_cast<const i64*>(at.data()), pieces);
     });
-    expect_same("interval_gather", "5 intervals, 16/4/1-byte paths", st.data(), st_ref.data(), st.size());
+    expect_same("interval_gather", "8 intervals (16/4/1-byte paths, 3 above the piece size)", st.data(), st_ref.data(), st.size());
     std::vector<unsigned char> flat2(flat.size(), 0), flat2_ref(flat.size(), 0);
-    check(realn_interval_scatter(cpu_stream(), flat2_ref.data(), st_ref.data(), off.data(), len.data(), 5), "cpu scatter");
+    check(realn_interval_scatter(cpu_stream(), flat2_ref.data(), st_ref.data(), user_off.data(), user_len.data(), 8), "cpu scatter");
     realn::emu::launch(2, 1, 64, [&] {
         realn_interval_scatter(reinterpret_cast<char*>(flat2.data()), reinterpret_cast<const char*>(st_ref.data()),
                                reinterpret_cast<const i64*>(off.data()), reinterpret_cast<const i64*>(len.data()),
-                               reinterpret_cast<const i64*>(at.data()), 5);
+                               reinterpret_cast<const i64*>(at.data()), pieces);
     });
-    expect_same("interval_scatter", "5 intervals, 16/4/1-byte paths", flat2.data(), flat2_ref.data(), flat2.size());
+    expect_same("interval_scatter", "8 intervals (16/4/1-byte paths, 3 above the piece size)", flat2.data(), flat2_ref.data(), flat2.size());
 }
 }  // namespace
 

@@ -93,6 +93,49 @@ REALN_DEVICE u16 realn_f32_to_bf16(float f) {
 }
 REALN_DEVICE float realn_bf16_to_f32(u16 h) { return realn_u2f((unsigned)h << 16); }
 
+// IEEE binary16 <-> fp32 in integer arithmetic (no cvt instruction, so the three spellings agree):
+// round to nearest even, subnormals, overflow to inf, NaN kept quiet with its top payload bits,
+// exactly as the CPU backend's _Float16 conversions (vcvtps2ph / vcvtph2ps).
+REALN_DEVICE u16 realn_f32_to_f16(float f) {
+    const unsigned x = realn_f2u(f), sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (u16)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));  // NaN
+    if (ax >= 0x477ff000u) return (u16)(sign | 0x7c00u);                          // >= 65520: inf
+    if (ax >= 0x38800000u) {                                                       // normal half
+        unsigned r = ax - 0x38000000u;                                             // rebias 127 -> 15
+        r += 0xfffu + ((r >> 13) & 1u);
+        return (u16)(sign | (r >> 13));
+    }
+    if (ax < 0x33000000u) return (u16)sign;  // < 2^-25 (2^-25 itself ties to even zero)
+    // Subnormal half: the value in units of 2^-24 is m * 2^(e - 126), m with its implicit bit.
+    const unsigned e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u, shift = 126u - e;  // 14..24
+    unsigned q = m >> shift;
+    const unsigned rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (q & 1u))) ++q;
+    return (u16)(sign | q);
+}
+REALN_DEVICE float realn_f16_to_f32(u16 h) {
+    const unsigned sign = ((unsigned)h & 0x8000u) << 16, e = ((unsigned)h >> 10) & 0x1fu, m = (unsigned)h & 0x3ffu;
+    if (e == 0x1fu) return realn_u2f(sign | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0u));  // inf, quiet NaN
+    if (e == 0u) {
+        const float v = (float)m * 5.9604644775390625e-8f;  // m * 2^-24, exact
+        return sign ? -v : v;
+    }
+    return realn_u2f(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+// Element i of a tensor of dtype REALN_DTYPE_F32 (0), BF16 (1) or F16 (2), as fp32, and back.
+REALN_DEVICE float realn_load_any(const void* p, int dtype, i64 i) {
+    if (dtype == 0) return ((const float*)p)[i];
+    const u16 h = ((const u16*)p)[i];
+    return dtype == 1 ? realn_bf16_to_f32(h) : realn_f16_to_f32(h);
+}
+REALN_DEVICE void realn_store_any(void* p, int dtype, i64 i, float v) {
+    if (dtype == 0)
+        ((float*)p)[i] = v;
+    else
+        ((u16*)p)[i] = dtype == 1 ? realn_f32_to_bf16(v) : realn_f32_to_f16(v);
+}
+
 // Deterministic block sum (tree in shared memory, fixed order) of one double per thread;
 // blockDim.x must be a power of two <= 1024. Every thread gets the result; the closing barrier
 // lets the caller reuse scratch at once (no thread can overwrite it while another still reads it).

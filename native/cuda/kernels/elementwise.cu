@@ -24,6 +24,11 @@ REALN_GLOBAL void realn_bf16_to_f32(const u16* src, float* dst, i64 n) {
     REALN_FOR(i, n) dst[i] = realn_bf16_to_f32(src[i]);
 }
 
+// Any other pair of F32 / BF16 / F16 (the F16 pairs): through fp32, as the CPU backend converts.
+REALN_GLOBAL void realn_convert_any(const void* src, int src_dtype, void* dst, int dst_dtype, i64 n) {
+    REALN_FOR(i, n) realn_store_any(dst, dst_dtype, i, realn_load_any(src, src_dtype, i));
+}
+
 // Per block: the sum of x^2 (double) over its grid-stride share, into partial[blockIdx.x].
 REALN_GLOBAL void realn_sumsq_partial(const float* x, i64 n, double* partial) {
     REALN_SHARED double scratch[256];
