@@ -1,6 +1,6 @@
 // dlopen of NCCL (see nccl.hpp). Library: REALN_NCCL_LIBRARY if set, else libnccl.so.2 (NCCL's
 // soname; a PyTorch install keeps it in site-packages/nvidia/nccl/lib, reachable through
-// LD_LIBRARY_PATH). COMPILED, NEVER RUN.
+// LD_LIBRARY_PATH). Run on one rank of one GPU (H200), never with several ranks.
 #include "nccl.hpp"
 
 #include <dlfcn.h>

@@ -2,7 +2,8 @@
 // link-time dependency. The declarations are the documented ABI of the few functions the
 // collectives (core/collectives.cpp) call (NCCL API reference, nccl.h): ncclResult_t is an int
 // (ncclSuccess = 0), ncclComm_t an opaque pointer, ncclUniqueId a 128-byte struct passed by value,
-// the stream a CUstream. COMPILED, NEVER RUN: no machine with NCCL and a GPU was available.
+// the stream a CUstream. Run on one GPU only (one rank: ctest cuda_backend on an H200); never
+// with several ranks.
 #pragma once
 
 #include <cstddef>

@@ -392,8 +392,8 @@ REALN_API realn_status realn_op_gae(realn_stream_t stream, const float* rewards,
                                     float lambda, float* advantages, float* returns);
 
 /* ---------------------------------------------------------------------------------------------
- * CUDA IPC: device memory shared with another process on this host (cuda backend; NOT YET RUN ON
- * HARDWARE), so a reallocation between two processes on one node is one device-to-device copy.
+ * CUDA IPC: device memory shared with another process on this host (cuda backend; run between two
+ * processes on one H200), so a reallocation between two processes on one node is one device-to-device copy.
  * device_ptr must be the start of a backend buffer (realn_buf_ptr). A stream of another backend is
  * refused with REALN_ERR_UNSUPPORTED (host memory: realn_process_read).
  * ------------------------------------------------------------------------------------------- */
@@ -407,7 +407,7 @@ REALN_API realn_status realn_ipc_close(realn_stream_t stream, void* device_ptr);
 
 /* ---------------------------------------------------------------------------------------------
  * Collectives between devices: NCCL, loaded at run time (libnccl.so.2, or REALN_NCCL_LIBRARY)
- * for streams of the cuda backend. NOT YET RUN ON HARDWARE. Without NCCL, a CUDA driver or a cuda
+ * for streams of the cuda backend. Run on one rank of one H200 only, never with several. Without NCCL, a CUDA driver or a cuda
  * build every call fails with REALN_ERR_UNSUPPORTED and a message naming what is missing.
  * ------------------------------------------------------------------------------------------- */
 typedef struct realn_comm* realn_comm_t;

@@ -7,7 +7,7 @@
 // lane l accumulates output dims l, l + 32, ... (head_dim <= REALN_ATT_DMAX, checked by the
 // host). Every sum runs in a fixed order and every output element has one writer: deterministic.
 // Work tiles come from the host as int triples (sequence start token, sequence length, first row
-// of the tile relative to the start). COMPILED, NEVER RUN ON A GPU.
+// of the tile relative to the start). Its cases pass on an NVIDIA H200 (docs/performance.md).
 #include "common.cuh"
 
 #define REALN_ATT_WARPS 8

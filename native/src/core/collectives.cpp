@@ -1,7 +1,8 @@
 // The collectives of realn.h (realn_comm_*): NCCL loaded at run time (native/cuda/nccl.hpp) over
 // cuda streams. A build without the cuda backend, or a machine without NCCL or a CUDA driver,
 // refuses every call with REALN_ERR_UNSUPPORTED naming what is missing (the arguments are checked
-// first, so a bad call is still named as such). COMPILED, NEVER RUN WITH NCCL.
+// first, so a bad call is still named as such). Run with NCCL on one rank of one H200 (every
+// collective and send/recv bit-exact there); never with several ranks.
 #include <cstring>
 
 #include "backend.hpp"
