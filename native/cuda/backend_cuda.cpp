@@ -111,6 +111,27 @@ void launch2(realn_stream_t s, const char* name, unsigned grid_x, unsigned grid_
     check(driver().cuLaunchKernel(function(s, name), grid_x, grid_y, 1, block, 1, 1, 0, native(s), params, nullptr), name);
 }
 
+// A 2-D grid with `smem` bytes of dynamic shared memory; above 48 KiB the kernel is opted in once
+// per device (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).
+template <typename... A>
+void launch2_smem(realn_stream_t s, const char* name, unsigned grid_x, unsigned grid_y, unsigned block, int64_t smem,
+                  A... args) {
+    bind(s);
+    CUfunction f = function(s, name);
+    if (smem > 48 * 1024) {
+        static std::mutex mu;
+        static std::map<CUfunction, int64_t> opted;
+        std::lock_guard<std::mutex> lock(mu);
+        if (opted[f] < smem) {
+            check(driver().cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, static_cast<int>(smem)),
+                  "cuFuncSetAttribute (dynamic shared memory)");
+            opted[f] = smem;
+        }
+    }
+    void* params[] = {static_cast<void*>(&args)...};
+    check(driver().cuLaunchKernel(f, grid_x, grid_y, 1, block, 1, 1, static_cast<unsigned>(smem), native(s), params, nullptr), name);
+}
+
 CUdeviceptr dp(const void* p) { return reinterpret_cast<CUdeviceptr>(p); }
 
 // Device scratch freed when it goes out of scope (after the stream has consumed it: callers synchronise).
@@ -537,7 +558,7 @@ void attention_fwd(realn_stream_t s, int32_t, const void* q, const void* k, cons
     const std::vector<int32_t> tiles = attention_tiles(cu_seqlens, nseq);
     if (tiles.empty()) return;
     auto dev_tiles = upload(s, tiles);
-    launch2(s, "realn_attention_fwd", static_cast<unsigned>(tiles.size() / 3), static_cast<unsigned>(hq), static_cast<unsigned>(kAttentionRows * 32),
+    launch2(s, "realn_attention_fwd", static_cast<unsigned>(tiles.size() / 3), static_cast<unsigned>(hq), static_cast<unsigned>(kAttentionThreads),
             static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v),
             static_cast<const int*>(dev_tiles->as<int>()), hq, hkv, d, scale, static_cast<float*>(out), lse);
     sync(s);
@@ -552,14 +573,17 @@ void attention_bwd(realn_stream_t s, int32_t, const void* q, const void* k, cons
     auto dev_tiles = upload(s, tiles);
     Scratch delta(total * hq * static_cast<int64_t>(sizeof(float)));
     const int64_t rows = total * hq;
-    launch(s, "realn_attention_bwd_delta", static_cast<unsigned>((rows + kAttentionRows - 1) / kAttentionRows), static_cast<unsigned>(kAttentionRows * 32),
+    launch(s, "realn_attention_bwd_delta", static_cast<unsigned>((rows + kAttentionDeltaWarps - 1) / kAttentionDeltaWarps),
+           static_cast<unsigned>(kAttentionDeltaWarps * 32),
            static_cast<const float*>(out), static_cast<const float*>(dout), rows, d, delta.as<float>());
     const auto* tl = static_cast<const int*>(dev_tiles->as<int>());
     const unsigned ntiles = static_cast<unsigned>(tiles.size() / 3);
-    launch2(s, "realn_attention_bwd_dq", ntiles, static_cast<unsigned>(hq), static_cast<unsigned>(kAttentionRows * 32), static_cast<const float*>(q),
+    launch2_smem(s, "realn_attention_bwd_dq", ntiles, static_cast<unsigned>(hq), static_cast<unsigned>(kAttentionThreads), kAttentionDqSmem,
+            static_cast<const float*>(q),
             static_cast<const float*>(k), static_cast<const float*>(v), lse, static_cast<const float*>(dout),
             static_cast<const float*>(delta.as<float>()), tl, hq, hkv, d, scale, static_cast<float*>(dq));
-    launch2(s, "realn_attention_bwd_dkv", ntiles, static_cast<unsigned>(hkv), static_cast<unsigned>(kAttentionRows * 32), static_cast<const float*>(q),
+    launch2_smem(s, "realn_attention_bwd_dkv", ntiles, static_cast<unsigned>(hkv), static_cast<unsigned>(kAttentionThreads), kAttentionDkvSmem,
+            static_cast<const float*>(q),
             static_cast<const float*>(k), static_cast<const float*>(v), lse, static_cast<const float*>(dout),
             static_cast<const float*>(delta.as<float>()), tl, hq, hkv, d, scale, static_cast<float*>(dk), static_cast<float*>(dv));
     sync(s);

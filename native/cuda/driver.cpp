@@ -39,6 +39,7 @@ Driver load() {
     sym(lib, "cuModuleLoadDataEx", d.cuModuleLoadDataEx, missing);
     sym(lib, "cuModuleGetFunction", d.cuModuleGetFunction, missing);
     sym(lib, "cuLaunchKernel", d.cuLaunchKernel, missing);
+    sym(lib, "cuFuncSetAttribute", d.cuFuncSetAttribute, missing);
     sym(lib, "cuStreamCreate", d.cuStreamCreate, missing);
     sym(lib, "cuStreamSynchronize", d.cuStreamSynchronize, missing);
     sym(lib, "cuStreamDestroy_v2", d.cuStreamDestroy, missing);

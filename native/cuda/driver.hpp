@@ -27,6 +27,9 @@ struct CUipcMemHandle {
 };
 constexpr unsigned CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1;
 constexpr unsigned CU_STREAM_NON_BLOCKING = 1;
+// CUfunction_attribute (cuda.h): the dynamic shared memory a kernel may be launched with (above 48 KiB
+// only after this opt-in).
+constexpr int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 // CUjit_option values (cuda.h): the error log of a failed PTX JIT.
 constexpr int CU_JIT_ERROR_LOG_BUFFER = 5;
 constexpr int CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6;
@@ -47,6 +50,7 @@ struct Driver {
     CUresult (*cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
     CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
                                unsigned, CUstream, void**, void**);
+    CUresult (*cuFuncSetAttribute)(CUfunction, int, int);
     CUresult (*cuStreamCreate)(CUstream*, unsigned);
     CUresult (*cuStreamSynchronize)(CUstream);
     CUresult (*cuStreamDestroy)(CUstream);

@@ -8,7 +8,16 @@
 
 namespace realn::cuda {
 
-constexpr int32_t kAttentionRows = 8;  // REALN_ATT_WARPS in kernels/attention.cu: rows per block, one warp each
+// kernels/attention.cu: REALN_ATT_T rows per tile, REALN_ATT_THREADS threads per block, and the
+// dynamic shared memory of dQ (Q, dO, K, V tiles of T x (128 + 4) floats and a T x (T + 1) dS tile)
+// and of dK/dV (the same four tiles, P^T and dS^T, lse and delta of the query tile).
+constexpr int32_t kAttentionRows = 32;
+constexpr int32_t kAttentionThreads = 128;
+constexpr int32_t kAttentionDeltaWarps = 8;  // REALN_ATT_DELTA_WARPS: delta rows per block, a warp each
+constexpr int64_t kAttentionTileFloats = int64_t(kAttentionRows) * (128 + 4);
+constexpr int64_t kAttentionPFloats = int64_t(kAttentionRows) * (kAttentionRows + 1);
+constexpr int64_t kAttentionDqSmem = (4 * kAttentionTileFloats + kAttentionPFloats) * 4;
+constexpr int64_t kAttentionDkvSmem = (4 * kAttentionTileFloats + 2 * kAttentionPFloats + 2 * kAttentionRows) * 4;
 
 // (sequence start, sequence length, first row) of every kAttentionRows-row tile of every sequence
 // (query rows for the forward and dQ, key rows for dK/dV); empty sequences have none.

@@ -102,7 +102,9 @@ void attention_case(const std::vector<int>& lens, int64_t hq, int64_t hkv, int64
           "cpu attention_bwd");
 
     const std::vector<int32_t> tiles = realn::cuda::attention_tiles(cu.data(), nseq);
-    const unsigned ntiles = static_cast<unsigned>(tiles.size() / 3), threads = realn::cuda::kAttentionRows * 32;
+    const unsigned ntiles = static_cast<unsigned>(tiles.size() / 3), threads = realn::cuda::kAttentionThreads;
+    static_assert(realn::cuda::kAttentionDkvSmem <= 24 * 1024 * 4 && realn::cuda::kAttentionDqSmem <= 24 * 1024 * 4,
+                  "the emulator's dynamic shared memory (common.cuh) holds the attention kernels' tiles");
     std::vector<float> out(q.size(), NAN), lse(lse_ref.size(), NAN);
     realn::emu::launch(ntiles, static_cast<unsigned>(hq), threads, [&] {
         realn_attention_fwd(q.data(), k.data(), v.data(), tiles.data(), hq, hkv, d, scale, out.data(), lse.data());
@@ -112,7 +114,8 @@ void attention_case(const std::vector<int>& lens, int64_t hq, int64_t hkv, int64
 
     std::vector<float> delta(lse.size(), NAN), dq(q.size(), NAN), dk(k.size(), NAN), dv(v.size(), NAN);
     const int64_t rows = T * hq;
-    realn::emu::launch(static_cast<unsigned>((rows + realn::cuda::kAttentionRows - 1) / realn::cuda::kAttentionRows), 1, threads,
+    realn::emu::launch(static_cast<unsigned>((rows + realn::cuda::kAttentionDeltaWarps - 1) / realn::cuda::kAttentionDeltaWarps), 1,
+                       realn::cuda::kAttentionDeltaWarps * 32,
                        [&] { realn_attention_bwd_delta(out.data(), dout.data(), rows, d, delta.data()); });
     realn::emu::launch(ntiles, static_cast<unsigned>(hq), threads, [&] {
         realn_attention_bwd_dq(q.data(), k.data(), v.data(), lse.data(), dout.data(), delta.data(), tiles.data(), hq, hkv, d,
@@ -483,7 +486,7 @@ void elementwise_case() {
 }  // namespace
 
 int main() {
-    // Attention: sequences crossing 8-row blocks and a 32-key tile, an empty one, GQA groups of 2
+    // Attention: sequences crossing 32-row tiles, an empty one, GQA groups of 2
     // and 3, head dims 40 (partial lanes) and 128 (the maximum). Decode: head dims up to 256,
     // groups of 1 to 3. Shapes are small: the emulator costs ~a context switch per shuffle.
     const auto timed = [](const char* what, const std::function<void()>& run) {
@@ -493,6 +496,9 @@ int main() {
     };
     timed("attention 1", [] { attention_case({1, 0, 35}, 2, 1, 40); });
     timed("attention 2", [] { attention_case({10}, 3, 1, 128); });
+    // Three query tiles and key tiles (70 rows), GQA groups of 2, a head dim that is not a multiple
+    // of 4 (the scalar staging path, padded columns).
+    timed("attention 3", [] { attention_case({70, 3}, 4, 2, 38); });
     timed("kv cache", [] {
         kv_cache_case(false, {5, 1, 12}, 4, 2, 40);
         kv_cache_case(true, {5, 1, 12}, 6, 2, 64);

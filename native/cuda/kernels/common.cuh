@@ -27,6 +27,12 @@ REALN_DEVICE float realn_shfl_xor(float v, int lane_mask) { return realn::emu::s
 REALN_DEVICE float realn_shfl(float v, int src_lane) { return realn::emu::shfl(v, src_lane); }
 REALN_DEVICE unsigned long long realn_d2ull(double x) { return __builtin_bit_cast(unsigned long long, x); }
 REALN_DEVICE double realn_ull2d(unsigned long long x) { return __builtin_bit_cast(double, x); }
+#define REALN_UNROLL
+// Dynamic shared memory: one buffer per block, which the emulator runs one after another.
+REALN_DEVICE float* realn_dynamic_smem() {
+    alignas(16) static float buf[24 * 1024];
+    return buf;
+}
 using realn::emu::threadIdx;
 using realn::emu::blockIdx;
 using realn::emu::blockDim;
@@ -49,6 +55,9 @@ REALN_DEVICE float realn_shfl_xor(float v, int lane_mask) { return __shfl_xor_sy
 REALN_DEVICE float realn_shfl(float v, int src_lane) { return __shfl_sync(0xffffffffu, v, src_lane); }
 REALN_DEVICE unsigned long long realn_d2ull(double x) { return __double_as_longlong(x); }
 REALN_DEVICE double realn_ull2d(unsigned long long x) { return __longlong_as_double(x); }
+#define REALN_UNROLL _Pragma("unroll")
+extern __shared__ __align__(16) float realn_dyn_smem[];
+REALN_DEVICE float* realn_dynamic_smem() { return realn_dyn_smem; }
 #else
 #include <__clang_cuda_builtin_vars.h>
 #define REALN_GLOBAL extern "C" __attribute__((global))
@@ -69,11 +78,24 @@ REALN_DEVICE float realn_shfl_xor(float v, int lane_mask) { return __nvvm_shfl_s
 REALN_DEVICE float realn_shfl(float v, int src_lane) { return __nvvm_shfl_sync_idx_f32(0xffffffffu, v, src_lane, 0x1f); }
 REALN_DEVICE unsigned long long realn_d2ull(double x) { return __builtin_bit_cast(unsigned long long, x); }
 REALN_DEVICE double realn_ull2d(unsigned long long x) { return __builtin_bit_cast(double, x); }
+#define REALN_UNROLL _Pragma("unroll")
+extern __attribute__((shared)) __attribute__((aligned(16))) float realn_dyn_smem[];
+REALN_DEVICE float* realn_dynamic_smem() { return realn_dyn_smem; }
 #endif
 
 typedef long long i64;
 typedef unsigned long long u64;
 typedef unsigned short u16;
+// Four floats (or four 32-bit words) read or written as one 16-byte access (LDS.128 / LDG.128):
+// the alignment makes the compiler use vector loads instead of staging the struct in local memory.
+// Loops over such registers carry REALN_UNROLL, so that every index is a constant and arrays stay
+// in registers (a loop left rolled puts them in local memory).
+typedef struct __attribute__((aligned(16))) {
+    float x, y, z, w;
+} realn_f4;
+typedef struct __attribute__((aligned(16))) {
+    unsigned a, b, c, d;
+} realn_u4;
 
 REALN_DEVICE float realn_exp(float x) { return realn_exp2(x * 1.4426950408889634f); }
 // Natural log from the hardware log2 approximation (~2^-22 relative): fp32 results only.

@@ -5,23 +5,29 @@
 // offsets, lengths and the staging positions are a device copy of the host's piece list.
 #include "common.cuh"
 
-typedef struct { unsigned a, b, c, d; } realn_v16;
+// Field by field: a whole-struct assignment is lowered to a copy through local memory.
+REALN_DEVICE void realn_st4u(realn_u4* d, realn_u4 w) {
+    d->a = w.a;
+    d->b = w.b;
+    d->c = w.c;
+    d->d = w.d;
+}
 
 REALN_DEVICE void realn_copy_bytes_warp(char* dst, const char* src, i64 n, int lane) {
     const u64 align = (u64)dst | (u64)src | (u64)n;
     if ((align & 15) == 0) {
-        realn_v16* d = (realn_v16*)dst;
-        const realn_v16* s = (const realn_v16*)src;
+        realn_u4* d = (realn_u4*)dst;
+        const realn_u4* s = (const realn_u4*)src;
         const i64 words = n / 16;
         i64 i = lane;
         for (; i + 96 < words; i += 128) {  // four independent loads in flight before the stores
-            const realn_v16 w0 = s[i], w1 = s[i + 32], w2 = s[i + 64], w3 = s[i + 96];
-            d[i] = w0;
-            d[i + 32] = w1;
-            d[i + 64] = w2;
-            d[i + 96] = w3;
+            const realn_u4 w0 = s[i], w1 = s[i + 32], w2 = s[i + 64], w3 = s[i + 96];
+            realn_st4u(d + i, w0);
+            realn_st4u(d + i + 32, w1);
+            realn_st4u(d + i + 64, w2);
+            realn_st4u(d + i + 96, w3);
         }
-        for (; i < words; i += 32) d[i] = s[i];
+        for (; i < words; i += 32) realn_st4u(d + i, s[i]);
     } else if ((align & 3) == 0) {
         for (i64 i = lane; i < n / 4; i += 32) ((unsigned*)dst)[i] = ((const unsigned*)src)[i];
     } else {
