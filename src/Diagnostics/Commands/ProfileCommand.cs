@@ -5,6 +5,12 @@
 // documents the format). A block is timed as half the difference between a 3-block and a 1-block model
 // with a tiny vocabulary, so embedding and head costs cancel; the two are timed alternately, and a
 // difference that does not stand above the timing noise is refused (exit 1) rather than recorded.
+// It times the engine's train step (a PPO actor and critic optimizer step as SingleModelCalls runs it) on the whole
+// model and records what it costs beyond layers x (2 forward + backward) of its blocks (`train_steps`: embedding,
+// head, loss, AdamW, host work; the engine runs the forward again in its backward), at every core and one thread.
+// With more than one core it times one-thread processes running that step side by side, as many as the devices (one
+// per core) and twice as many, against one alone (`shared_compute`: the cost of sharing caches, memory bandwidth
+// and, beyond the cores, time slices), so the planner prices worker processes with no hand-fitted constant.
 // With more than one core it also measures the worker round trip (the cluster spec's
 // worker_round_trip_us) on this machine: a short PPO of the tiny preset in one worker process per core,
 // every call data parallel over all of them, run as a child `realn run --plan` with REALN_WORKER_TIMING=1;
