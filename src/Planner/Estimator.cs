@@ -79,7 +79,7 @@ public sealed class Estimator
     {
         // the round trip measured by `realn profile` on this host replaces the spec's, for as many worker processes
         // as it measured (a spec that prices none, WorkerRoundTrip 0, as the in-process estimate does, keeps none)
-        if (cluster.SharedHost && cluster.WorkerRoundTrip > 0 && profile?.WorkerRoundTripUs is { } rt && profile.WorkerRoundTripDevices == cluster.DevicesPerNode)
+        if (cluster.SharedHost && cluster.WorkerRoundTrip > 0 && profile?.WorkerRoundTripUsFor(cluster.DevicesPerNode) is { } rt)
             cluster = cluster with { WorkerRoundTrip = rt * 1e-6 };
         Cluster = cluster; Experiment = exp; Profile = profile;
         // a profile is measured by one process on every core of the host; a device of a shared host has 1/n of them

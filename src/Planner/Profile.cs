@@ -41,6 +41,9 @@ public sealed record ProfileData
     [JsonPropertyName("worker_round_trip_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? WorkerRoundTripUs { get; init; }
     /// <summary>Worker processes of the round-trip measurement.</summary>
     [JsonPropertyName("worker_round_trip_devices")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public int? WorkerRoundTripDevices { get; init; }
+    /// <summary>Worker round trips measured with other device counts too (`realn profile`: one worker process per core
+    /// and twice as many); an entry for a spec's devices per node replaces the spec's worker_round_trip_us.</summary>
+    [JsonPropertyName("worker_round_trips")] public List<WorkerRoundTrip> WorkerRoundTrips { get; init; } = [];
     [JsonPropertyName("layers")] public List<LayerProfile> Layers { get; init; } = [];
     /// <summary>A train call's optimizer step outside its blocks, measured on whole models (`realn profile`): see
     /// <see cref="TrainStepProfile"/>. Replaces the spec's train_step_overhead_us and the roofline's head, embedding and
@@ -73,6 +76,13 @@ public sealed record ProfileData
         if (WorkerRoundTripUs is { } rt && !(rt > 0 && double.IsFinite(rt))) throw new PlannerException($"profile.worker_round_trip_us: {rt} must be a positive number");
         if ((WorkerRoundTripUs is null) != (WorkerRoundTripDevices is null)) throw new PlannerException("profile.worker_round_trip_devices: give it together with worker_round_trip_us");
         if (WorkerRoundTripDevices is { } rd && rd < 2) throw new PlannerException($"profile.worker_round_trip_devices: {rd} must be at least 2");
+        for (int i = 0; i < WorkerRoundTrips.Count; i++)
+        {
+            var w = WorkerRoundTrips[i];
+            if (w.Devices < 2) throw new PlannerException($"profile.worker_round_trips[{i}].devices: {w.Devices} must be at least 2");
+            if (!(w.Us > 0 && double.IsFinite(w.Us))) throw new PlannerException($"profile.worker_round_trips[{i}].us: {w.Us} must be a positive number");
+            if (WorkerRoundTrips.Take(i).Any(o => o.Devices == w.Devices)) throw new PlannerException($"profile.worker_round_trips[{i}].devices: {w.Devices} appears twice");
+        }
         for (int i = 0; i < TrainSteps.Count; i++)
         {
             var t = TrainSteps[i];
@@ -166,6 +176,12 @@ public sealed record ProfileData
         return Interpolate(pts.OrderBy(p => p.Tokens).ToList(), tokens);
     }
 
+    /// <summary>The master-worker round trip beyond compute measured with <paramref name="devices"/> worker processes, in
+    /// microseconds (<see cref="WorkerRoundTrips"/>, else <see cref="WorkerRoundTripUs"/> for its device count); null when
+    /// the profile did not measure that many.</summary>
+    public double? WorkerRoundTripUsFor(int devices) =>
+        WorkerRoundTrips.FirstOrDefault(w => w.Devices == devices)?.Us ?? (WorkerRoundTripDevices == devices ? WorkerRoundTripUs : null);
+
     /// <summary>The measured slowdown of a one-thread process computing beside <paramref name="processes"/> - 1 others on
     /// this host (<see cref="SharedCompute"/>); null when the profile did not measure that many.</summary>
     public double? SharedComputeOverAlone(int processes) => SharedCompute.FirstOrDefault(c => c.Processes == processes)?.OverAlone;
@@ -234,4 +250,11 @@ public sealed record SharedCompute
 {
     [JsonPropertyName("processes")] public int Processes { get; init; }
     [JsonPropertyName("over_alone")] public double OverAlone { get; init; }
+}
+
+/// <summary>A worker round trip beyond compute (microseconds) measured with <c>devices</c> worker processes.</summary>
+public sealed record WorkerRoundTrip
+{
+    [JsonPropertyName("devices")] public int Devices { get; init; }
+    [JsonPropertyName("us")] public double Us { get; init; }
 }

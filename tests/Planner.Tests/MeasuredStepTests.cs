@@ -75,6 +75,28 @@ public class MeasuredStepTests
     }
 
     [Fact]
+    public void TheRoundTripMeasuredForTheSpecsDeviceCountReplacesTheSpecs()
+    {
+        // `realn profile` measures the round trip with one worker per core (the old pair) and with twice as many (the list)
+        var prof = new ProfileData { WorkerRoundTripUs = 3000, WorkerRoundTripDevices = 2, WorkerRoundTrips = [new WorkerRoundTrip { Devices = 2, Us = 3000 }, new WorkerRoundTrip { Devices = 4, Us = 6200 }] };
+        prof.Validate();
+        var four = ClusterSpec.Load(TestData.Example("clusters/cpu-local-4.yaml"));
+        Assert.Equal(10.5e-3, four.WorkerRoundTrip, 9);
+        Assert.Equal(6.2e-3, new Estimator(four, Sft, prof).Cluster.WorkerRoundTrip, 9);
+        Assert.Equal(3e-3, new Estimator(Cpu, Sft, prof).Cluster.WorkerRoundTrip, 9);
+        // an older profile (the pair alone) still serves its own device count, and no other
+        var old = new ProfileData { WorkerRoundTripUs = 3000, WorkerRoundTripDevices = 2 };
+        Assert.Equal(3e-3, new Estimator(Cpu, Sft, old).Cluster.WorkerRoundTrip, 9);
+        Assert.Equal(10.5e-3, new Estimator(four, Sft, old).Cluster.WorkerRoundTrip, 9);
+        // the in-process estimate (no worker processes priced) keeps none
+        Assert.Equal(0, new Estimator(four with { WorkerRoundTrip = 0 }, Sft, prof).Cluster.WorkerRoundTrip);
+        void Refused(ProfileData p, string field) => Assert.Contains(field, Assert.Throws<PlannerException>(p.Validate).Message);
+        Refused(new ProfileData { WorkerRoundTrips = [new WorkerRoundTrip { Devices = 1, Us = 5 }] }, "profile.worker_round_trips[0].devices");
+        Refused(new ProfileData { WorkerRoundTrips = [new WorkerRoundTrip { Devices = 4, Us = 0 }] }, "profile.worker_round_trips[0].us");
+        Refused(new ProfileData { WorkerRoundTrips = [new WorkerRoundTrip { Devices = 4, Us = 5 }, new WorkerRoundTrip { Devices = 4, Us = 6 }] }, "profile.worker_round_trips[1].devices");
+    }
+
+    [Fact]
     public void TheNewProfileFieldsRoundTripAndBadOnesAreRefusedByName()
     {
         var prof = Profile(new SharedCompute { Processes = 2, OverAlone = 1.07 });

@@ -12,7 +12,8 @@
 // per core) and twice as many, against one alone (`shared_compute`: the cost of sharing caches, memory bandwidth
 // and, beyond the cores, time slices), so the planner prices worker processes with no hand-fitted constant.
 // With more than one core it also measures the worker round trip (the cluster spec's
-// worker_round_trip_us) on this machine: a short PPO of the tiny preset in one worker process per core,
+// worker_round_trip_us) on this machine: a short PPO of the tiny preset in one worker process per core (and in
+// twice as many: `worker_round_trips`),
 // every call data parallel over all of them, run as a child `realn run --plan` with REALN_WORKER_TIMING=1;
 // the mean master-worker round trip beyond the workers' compute it reports goes into the profile
 // (`worker_round_trip_us`, `worker_round_trip_devices`), which the planner prefers to the spec's figure.
@@ -354,12 +355,17 @@ public static class ProfileCommand
         // one worker process per core (a power of two: a plan's devices per node), as cpu-local's devices are;
         // measured first, so its child processes are gone before the blocks are timed
         int devices = 1 << (int)Math.Log2(Math.Max(1, Environment.ProcessorCount));
+        // and twice as many (cpu-local-4 on 2 cores: the workers also wait for each other's time slices)
         double? roundTrip = null;
+        var roundTrips = new List<WorkerRoundTrip>();
         if (workers && devices > 1)
-        {
-            roundTrip = WorkerRoundTripSeconds(devices, TimeSpan.FromMinutes(10));
-            Console.WriteLine($"worker round trip beyond compute ({devices} worker processes): {roundTrip * 1e3:F2} ms");
-        }
+            foreach (int n in new[] { devices, 2 * devices })
+            {
+                double seconds = WorkerRoundTripSeconds(n, TimeSpan.FromMinutes(10));
+                if (n == devices) roundTrip = seconds;
+                roundTrips.Add(new WorkerRoundTrip { Devices = n, Us = Math.Round(seconds * 1e6, 1) });
+                Console.WriteLine($"worker round trip beyond compute ({n} worker processes): {seconds * 1e3:F2} ms");
+            }
         // One-thread processes computing side by side (a plan's worker processes on this host): as many as the
         // devices, and twice as many (cpu-local-4 on 2 cores).
         var shared = new List<SharedCompute>();
@@ -476,6 +482,7 @@ public static class ProfileCommand
             MemcpyGbps = Math.Round(memcpy, 2),
             WorkerRoundTripUs = roundTrip is { } rt ? Math.Round(rt * 1e6, 1) : null,
             WorkerRoundTripDevices = roundTrip is null ? null : devices,
+            WorkerRoundTrips = roundTrips,
             Layers = layers,
             TrainSteps = trainSteps,
             SharedCompute = shared,
