@@ -19,7 +19,12 @@ public sealed record SearchOptions
 }
 
 /// <summary>A finished plan with its evaluation.</summary>
-public sealed record PlanResult(Plan Plan, int[] Choice, Evaluation Evaluation, double[] PeakMemory);
+public sealed record PlanResult(Plan Plan, int[] Choice, Evaluation Evaluation, double[] PeakMemory)
+{
+    /// <summary>A baseline priced on a changed experiment (<see cref="Baselines.DeepSpeedChat"/>: fewer optimizer steps): the
+    /// problem its <see cref="Choice"/> indexes; null when it is the search's own problem.</summary>
+    public PlanningProblem? PricedOn { get; init; }
+}
 
 /// <summary>Search outcome: best plan, baselines, search time and how it was found.</summary>
 public sealed record SearchResult(PlanResult Best, IReadOnlyDictionary<string, PlanResult?> Baselines, double SearchSeconds,
