@@ -147,7 +147,7 @@ public static class PlanSearch
 
     /// <summary>Whether every call of a result is priced as the engine executes it (no ZeRO-3 pricing).</summary>
     internal static bool Executable(PlanningProblem p, PlanResult r) =>
-        r.Choice.Select((k, i) => p.Options[i][k].Option.Zero3).All(z => !z);
+        r.PricedOn is null && r.Choice.Select((k, i) => p.Options[i][k].Option.Zero3).All(z => !z);
 
     internal static PlanResult Finish(PlanningProblem p, int[] choice, Evaluator ev)
     {

@@ -43,6 +43,21 @@ public class DeepSpeedChatTests
     }
 
     [Fact]
+    public void TheSearchNeverStartsFromOrReturnsABaselinePricedOnAChangedExperiment()
+    {
+        // its choice indexes the changed experiment's options, not the search's (the search crashed on it, and a plan
+        // with merged minibatches is not this experiment's)
+        // scale-both-34b-gen896 on 64 GPUs: 128 sequences in 4 minibatches, 32 per step: priced with 2 steps
+        var e = Experiment.Load(TestData.Example("scale/scale-both-34b-gen896.yaml"));
+        var r = PlanSearch.Run(H100.WithNodes(8), e, new SearchOptions { Seed = 1, StepsPerChain = 2000 });
+        var ds = r.Baselines["deepspeed_chat"]!;
+        Assert.NotNull(ds.PricedOn);
+        Assert.NotSame(ds, r.Best);
+        Assert.Null(r.Best.PricedOn);
+        Assert.True(r.Best.Evaluation.IterationSeconds > 0);
+    }
+
+    [Fact]
     public void EnoughSequencesPerStepKeepTheExperimentsSchedule()
     {
         var e = Experiment.Load(TestData.Example("scale/scale-actor-7b-gen384.yaml"));
