@@ -14,7 +14,11 @@ namespace ReaLNative.Planner;
 ///   "layers": [ { "hidden": 64, "intermediate": 176, "heads": 4, "kv_heads": 2,
 ///                 "points": [ { "kind": "fwd",    "tokens": 256, "context": 0,  "seconds": 1.2e-4 },
 ///                             { "kind": "bwd",    "tokens": 256, "context": 0,  "seconds": 2.5e-4 },
-///                             { "kind": "decode", "tokens": 8,   "context": 32, "seconds": 3.0e-5 } ] } ] }
+///                             { "kind": "decode", "tokens": 8,   "context": 32, "seconds": 3.0e-5 } ] } ],
+///   "train_steps": [ { "layers": 2, "hidden": 64, "intermediate": 176, "heads": 4, "kv_heads": 2, "vocab": 32, "scalar_head": false,
+///                      "points": [ { "kind": "step", "tokens": 384, "context": 12, "seconds": 3.0e-4, "threads": 1 } ] } ],
+///   "shared_compute": [ { "processes": 2, "over_alone": 1.07 }, { "processes": 4, "over_alone": 2.15 } ],
+///   "worker_round_trips": [ { "devices": 2, "us": 3600 }, { "devices": 4, "us": 7700 } ] }
 /// </code>
 /// A point is the wall time of ONE transformer block (tp = 1) on one device: <c>fwd</c>/<c>bwd</c> for
 /// <c>tokens</c> packed tokens in sequences of min(tokens, <c>context</c>) tokens (context 0, older profiles:
