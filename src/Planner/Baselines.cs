@@ -60,7 +60,12 @@ public static class Baselines
         switch (name)
         {
             case "deepspeed_chat":
-                return Zero3Batch(p.Calls, n) ?? GenTp(p.FullMesh) ?? memory;
+                // fewer sequences per step than devices is priced with merged minibatches (DeepSpeedChatCalls); fewer in all cannot run
+                foreach (var c in p.Calls.Where(c => c.Type != CallType.Generate && c.Sequences < n))
+                    return $"ZeRO-3 data parallelism over {n} devices needs at least one sequence per device in every optimizer step " +
+                           $"(DeepSpeed's train batch = micro-batch x gradient accumulation x world size, micro-batch >= 1), and {c.Name} has {c.Sequences} sequences in all, " +
+                           "so even one optimizer step per epoch leaves devices without one; DeepSpeed-Chat has no tensor, pipeline or sequence parallelism for training to use the other devices";
+                return (DeepSpeedChatCalls(p) is null ? Zero3Batch(p.Calls, n) : null) ?? GenTp(p.FullMesh) ?? memory;
             case "openrlhf":
             {
                 var groups = OpenRlhfGroups(p);
@@ -190,6 +195,42 @@ public static class Baselines
     /// micro-batches that fit (gradient checkpointing when needed). Null when a call cannot run that way
     /// (more devices than sequences per optimizer step, which ZeRO-3 data parallelism needs).</summary>
     public static PlanResult? DeepSpeedChat(PlanningProblem p)
+    {
+        // DeepSpeed's training batch per optimizer step is micro-batch x accumulation x world size, at least one sequence
+        // per device: a call with fewer per step runs (DeepSpeed-Chat's nearest configuration) with its minibatches merged,
+        // floor(sequences / devices) optimizer steps per epoch, and is priced so (same sequences, fewer steps)
+        if (DeepSpeedChatCalls(p) is { } merged)
+        {
+            var q = new PlanningProblem(new Estimator(p.Cluster, p.Experiment.WithCalls(merged), p.Estimator.Profile));
+            return DeepSpeedChatRule(q) is { } r ? r with { PricedOn = q } : null;
+        }
+        return DeepSpeedChatRule(p);
+    }
+
+    /// <summary>The experiment's calls as DeepSpeed-Chat runs them on <paramref name="p"/>'s devices when some call has fewer
+    /// sequences per optimizer step than devices (its optimizer steps cut to floor(sequences / devices)); null when none
+    /// has, or when a call has fewer sequences in all than devices (no DeepSpeed configuration runs it).</summary>
+    public static IReadOnlyList<ModelCall>? DeepSpeedChatCalls(PlanningProblem p)
+    {
+        int n = p.FullMesh.Size;
+        var zero = p.Calls.Where(c => c.Type != CallType.Generate).ToList();
+        if (zero.All(c => c.Sequences / c.OptimizerSteps >= n) || zero.Any(c => c.Sequences < n)) return null;
+        return p.Calls.Select(c => c.Type != CallType.Generate && c.Sequences / c.OptimizerSteps < n ? c with { OptimizerSteps = c.Sequences / n } : c).ToList();
+    }
+
+    /// <summary>What a baseline's price assumes beyond its rule (null: nothing): deepspeed_chat with merged minibatches.</summary>
+    public static string? Note(PlanningProblem p, string name, PlanResult? result)
+    {
+        if (name != "deepspeed_chat" || result?.PricedOn is not { } q) return null;
+        int n = p.FullMesh.Size;
+        var changed = p.Calls.Zip(q.Calls).Where(x => x.First.OptimizerSteps != x.Second.OptimizerSteps)
+            .Select(x => $"{x.First.Name} {x.First.OptimizerSteps} -> {x.Second.OptimizerSteps}");
+        return $"priced with fewer optimizer steps per epoch ({string.Join(", ", changed)}; same sequences): DeepSpeed's training batch is " +
+               $"micro-batch x gradient accumulation x world size, at least one sequence on each of the {n} devices, so DeepSpeed-Chat merges minibatches; " +
+               "not this experiment's optimizer schedule, and not a plan the engine runs for it";
+    }
+
+    private static PlanResult? DeepSpeedChatRule(PlanningProblem p)
     {
         var full = p.FullMesh;
         int n = full.Size;

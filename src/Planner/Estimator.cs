@@ -79,7 +79,7 @@ public sealed class Estimator
     {
         // the round trip measured by `realn profile` on this host replaces the spec's, for as many worker processes
         // as it measured (a spec that prices none, WorkerRoundTrip 0, as the in-process estimate does, keeps none)
-        if (cluster.SharedHost && cluster.WorkerRoundTrip > 0 && profile?.WorkerRoundTripUs is { } rt && profile.WorkerRoundTripDevices == cluster.DevicesPerNode)
+        if (cluster.SharedHost && cluster.WorkerRoundTrip > 0 && profile?.WorkerRoundTripUsFor(cluster.DevicesPerNode) is { } rt)
             cluster = cluster with { WorkerRoundTrip = rt * 1e-6 };
         Cluster = cluster; Experiment = exp; Profile = profile;
         // a profile is measured by one process on every core of the host; a device of a shared host has 1/n of them
@@ -88,9 +88,18 @@ public sealed class Estimator
         _membw = (profile?.MemcpyGbps is { } m ? m * 1e9 : cluster.MemoryBandwidth * cluster.MemoryEfficiency)
             / (cluster.SharedHost ? cluster.DevicesPerNode : 1); // cores of one host share its memory bandwidth
         _eb = cluster.ElementBytes;
-        // devices in one-thread worker processes of a shared host compute alongside each other and the master
+        // devices in one-thread worker processes of a shared host compute alongside each other and the master: the
+        // slowdown `realn profile` measured with as many one-thread processes as devices replaces the spec's (for
+        // worker processes only: a spec that prices none, WorkerRoundTrip 0, is the in-process estimate). The
+        // measurement includes the time slicing of more processes than cores, which Block already charges as the
+        // devices / cores stretch, so that stretch is divided out here.
         _workerSlowdown = cluster.SharedHost ? cluster.WorkerComputeSlowdown : 1;
+        if (cluster.SharedHost && cluster.WorkerRoundTrip > 0 && profile?.SharedComputeOverAlone(cluster.DevicesPerNode) is { } over)
+            _workerSlowdown = over / (profile.Threads is { } cores ? Math.Max(1.0, (double)cluster.DevicesPerNode / cores) : 1.0);
     }
+
+    /// <summary>The slowdown applied to a call's compute in worker processes (1 off a shared host).</summary>
+    public double WorkerComputeSlowdown => _workerSlowdown;
 
     public StageLayout Layout(ModelConfig m, bool scalar, int pp) => _layouts.GetOrAdd((m, scalar, pp), k => StageLayout.For(k.Item1, k.Item2, k.Item3));
 
@@ -213,9 +222,21 @@ public sealed class Estimator
         return x + ar + Cluster.LayerOverhead;
     }
 
+    /// <summary>A train call's optimizer step outside its blocks as `realn profile` measured it on this model
+    /// (<see cref="ProfileData.TrainStepSeconds"/>), for <paramref name="tokens"/> packed tokens per step on one device;
+    /// picked and scaled by threads as <see cref="Block"/> picks block points. Null without such a measurement.</summary>
+    public double? MeasuredTrainStepSeconds(ModelConfig m, bool scalar, double tokens, double seqLen)
+    {
+        if (Profile is null) return null;
+        if (_hostShare > 1 && Profile.Threads is { } all && Profile.TrainStepSeconds(m, scalar, tokens, Math.Max(1, all / _hostShare), seqLen) is { } own)
+            return own * Math.Max(1.0, (double)_hostShare / all);
+        return Profile.TrainStepSeconds(m, scalar, tokens, null, seqLen) is { } measured ? measured * _hostShare : null;
+    }
+
     /// <summary>Seconds of the slowest pipeline stage for one micro-batch (integer blocks per stage; the
-    /// first stage holds the embedding, the last the final norm, head and log-softmax / sampling).</summary>
-    private double SlowestStage(ModelConfig m, bool scalar, Strategy s, double tokens, double ctx, double seqLen, Pass pass)
+    /// first stage holds the embedding, the last the final norm, head and log-softmax / sampling; without
+    /// <paramref name="ends"/> the blocks alone, when a measured train step holds the rest).</summary>
+    private double SlowestStage(ModelConfig m, bool scalar, Strategy s, double tokens, double ctx, double seqLen, Pass pass, bool ends = true)
     {
         var lay = Layout(m, scalar, s.Pp);
         double block = Block(m, s.Tp, tokens, ctx, seqLen, pass);
@@ -225,7 +246,7 @@ public sealed class Estimator
         double embed = Stream(2.0 * tokens * m.Hidden * _eb) + (s.Tp > 1 ? AllReduce(tokens * m.Hidden * _eb, s.Tp, false) : 0);
         double worst = 0;
         for (int j = 0; j < lay.Stages; j++)
-            worst = Math.Max(worst, lay.Blocks[j] * block + (lay.Embedding[j] ? embed : 0) + (lay.Head[j] ? head : 0));
+            worst = Math.Max(worst, lay.Blocks[j] * block + (ends && lay.Embedding[j] ? embed : 0) + (ends && lay.Head[j] ? head : 0));
         return worst;
     }
 
@@ -261,6 +282,17 @@ public sealed class Estimator
             case CallType.TrainStep:
             {
                 double tmb = (double)c.Sequences / c.OptimizerSteps * seqLen / s.Dp / mb;
+                // Measured on this engine (`realn profile`): its step runs the forward for the loss, then the backward with
+                // the forward again (one more with recompute), and the rest of the step (embedding, head, loss, AdamW,
+                // per-op host work) as measured on the whole model; else the roofline's ends, optimizer and the spec's overhead.
+                if (MeasuredTrainStepSeconds(m, scalar, tmb * mb, seqLen) is { } rest)
+                {
+                    double fm = SlowestStage(m, scalar, s, tmb, seqLen / 2, seqLen, Pass.Fwd, ends: false);
+                    double bm = SlowestStage(m, scalar, s, tmb, seqLen / 2, seqLen, Pass.Bwd, ends: false);
+                    double pipeM = (mb + s.Pp - 1) * (fm * (o.Flag ? 3 : 2) + bm + 2 * Hop(tmb));
+                    // pp or tp > 1: the whole model's figure on every rank (not measured sharded: an upper bound)
+                    return c.Epochs * c.OptimizerSteps * (pipeM + GradSync(m, scalar, o) + rest);
+                }
                 double f = SlowestStage(m, scalar, s, tmb, seqLen / 2, seqLen, Pass.Fwd);
                 double b = SlowestStage(m, scalar, s, tmb, seqLen / 2, seqLen, Pass.Bwd);
                 double pipe = (mb + s.Pp - 1) * (f * (o.Flag ? 2 : 1) + b + 2 * Hop(tmb));

@@ -158,6 +158,15 @@ public sealed class Experiment
         ModelPrecisions = modelPrecisions,
     };
 
+    /// <summary>The same experiment with calls <paramref name="calls"/> (a baseline priced on a configuration its system can run).</summary>
+    public Experiment WithCalls(IReadOnlyList<ModelCall> calls) => new()
+    {
+        Name = Name, Algorithm = Algorithm, Iterations = Iterations, BatchSize = BatchSize, PromptLen = PromptLen, GenLen = GenLen,
+        Minibatches = Minibatches, Models = Models, Calls = calls, Lengths = Lengths, RewardKind = RewardKind, Precision = Precision, MaxStaleness = MaxStaleness,
+        Interrupt = Interrupt, InterruptAt = InterruptAt,
+        ModelPrecisions = ModelPrecisions,
+    };
+
     /// <summary>Roles with a value (scalar) head instead of the LM head.</summary>
     public static bool HasScalarHead(string role) => role is "critic" or "reward";
 

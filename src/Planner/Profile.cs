@@ -14,7 +14,11 @@ namespace ReaLNative.Planner;
 ///   "layers": [ { "hidden": 64, "intermediate": 176, "heads": 4, "kv_heads": 2,
 ///                 "points": [ { "kind": "fwd",    "tokens": 256, "context": 0,  "seconds": 1.2e-4 },
 ///                             { "kind": "bwd",    "tokens": 256, "context": 0,  "seconds": 2.5e-4 },
-///                             { "kind": "decode", "tokens": 8,   "context": 32, "seconds": 3.0e-5 } ] } ] }
+///                             { "kind": "decode", "tokens": 8,   "context": 32, "seconds": 3.0e-5 } ] } ],
+///   "train_steps": [ { "layers": 2, "hidden": 64, "intermediate": 176, "heads": 4, "kv_heads": 2, "vocab": 32, "scalar_head": false,
+///                      "points": [ { "kind": "step", "tokens": 384, "context": 12, "seconds": 3.0e-4, "threads": 1 } ] } ],
+///   "shared_compute": [ { "processes": 2, "over_alone": 1.07 }, { "processes": 4, "over_alone": 2.15 } ],
+///   "worker_round_trips": [ { "devices": 2, "us": 3600 }, { "devices": 4, "us": 7700 } ] }
 /// </code>
 /// A point is the wall time of ONE transformer block (tp = 1) on one device: <c>fwd</c>/<c>bwd</c> for
 /// <c>tokens</c> packed tokens in sequences of min(tokens, <c>context</c>) tokens (context 0, older profiles:
@@ -41,7 +45,17 @@ public sealed record ProfileData
     [JsonPropertyName("worker_round_trip_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? WorkerRoundTripUs { get; init; }
     /// <summary>Worker processes of the round-trip measurement.</summary>
     [JsonPropertyName("worker_round_trip_devices")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public int? WorkerRoundTripDevices { get; init; }
+    /// <summary>Worker round trips measured with other device counts too (`realn profile`: one worker process per core
+    /// and twice as many); an entry for a spec's devices per node replaces the spec's worker_round_trip_us.</summary>
+    [JsonPropertyName("worker_round_trips")] public List<WorkerRoundTrip> WorkerRoundTrips { get; init; } = [];
     [JsonPropertyName("layers")] public List<LayerProfile> Layers { get; init; } = [];
+    /// <summary>A train call's optimizer step outside its blocks, measured on whole models (`realn profile`): see
+    /// <see cref="TrainStepProfile"/>. Replaces the spec's train_step_overhead_us and the roofline's head, embedding and
+    /// optimizer terms for a model of exactly that shape.</summary>
+    [JsonPropertyName("train_steps")] public List<TrainStepProfile> TrainSteps { get; init; } = [];
+    /// <summary>How much slower a one-thread process computes while others compute beside it on the same host
+    /// (`realn profile`: the same train step timed in 1 and in n concurrent processes): see <see cref="SharedCompute"/>.</summary>
+    [JsonPropertyName("shared_compute")] public List<SharedCompute> SharedCompute { get; init; } = [];
 
     public static ProfileData Load(string path)
     {
@@ -66,6 +80,36 @@ public sealed record ProfileData
         if (WorkerRoundTripUs is { } rt && !(rt > 0 && double.IsFinite(rt))) throw new PlannerException($"profile.worker_round_trip_us: {rt} must be a positive number");
         if ((WorkerRoundTripUs is null) != (WorkerRoundTripDevices is null)) throw new PlannerException("profile.worker_round_trip_devices: give it together with worker_round_trip_us");
         if (WorkerRoundTripDevices is { } rd && rd < 2) throw new PlannerException($"profile.worker_round_trip_devices: {rd} must be at least 2");
+        for (int i = 0; i < WorkerRoundTrips.Count; i++)
+        {
+            var w = WorkerRoundTrips[i];
+            if (w.Devices < 2) throw new PlannerException($"profile.worker_round_trips[{i}].devices: {w.Devices} must be at least 2");
+            if (!(w.Us > 0 && double.IsFinite(w.Us))) throw new PlannerException($"profile.worker_round_trips[{i}].us: {w.Us} must be a positive number");
+            if (WorkerRoundTrips.Take(i).Any(o => o.Devices == w.Devices)) throw new PlannerException($"profile.worker_round_trips[{i}].devices: {w.Devices} appears twice");
+        }
+        for (int i = 0; i < TrainSteps.Count; i++)
+        {
+            var t = TrainSteps[i];
+            string f = $"profile.train_steps[{i}]";
+            if (t.Layers <= 0 || t.Hidden <= 0 || t.Intermediate <= 0 || t.Heads <= 0 || t.KvHeads <= 0 || t.Vocab <= 0)
+                throw new PlannerException($"{f}: layers, hidden, intermediate, heads, kv_heads, vocab must be positive");
+            if (t.Points.Count == 0) throw new PlannerException($"{f}.points: give at least one point");
+            for (int j = 0; j < t.Points.Count; j++)
+            {
+                var pt = t.Points[j];
+                if (pt.Tokens <= 0) throw new PlannerException($"{f}.points[{j}].tokens: {pt.Tokens} must be positive");
+                // the overhead is a difference of measurements: it may be zero, never negative
+                if (!(pt.Seconds >= 0 && double.IsFinite(pt.Seconds))) throw new PlannerException($"{f}.points[{j}].seconds: {pt.Seconds} must be a number >= 0");
+                if (pt.Threads is { } th2 && th2 <= 0) throw new PlannerException($"{f}.points[{j}].threads: {th2} must be positive");
+            }
+        }
+        for (int i = 0; i < SharedCompute.Count; i++)
+        {
+            var c = SharedCompute[i];
+            if (c.Processes < 2) throw new PlannerException($"profile.shared_compute[{i}].processes: {c.Processes} must be at least 2");
+            if (!(c.OverAlone > 0 && double.IsFinite(c.OverAlone))) throw new PlannerException($"profile.shared_compute[{i}].over_alone: {c.OverAlone} must be a positive number");
+            if (SharedCompute.Take(i).Any(o => o.Processes == c.Processes)) throw new PlannerException($"profile.shared_compute[{i}].processes: {c.Processes} appears twice");
+        }
         for (int i = 0; i < Layers.Count; i++)
         {
             var l = Layers[i];
@@ -114,6 +158,38 @@ public sealed record ProfileData
         return Interpolate(pts, tokens);
     }
 
+    /// <summary>Measured seconds of a train call's optimizer step outside its blocks for a model of exactly this shape and
+    /// head, at <paramref name="tokens"/> packed tokens per step in sequences of <paramref name="seqLen"/> (interpolated
+    /// like <see cref="BlockSeconds"/>); null when the profile lacks the model or the thread count.</summary>
+    public double? TrainStepSeconds(ModelConfig m, bool scalarHead, double tokens, int? threads = null, double? seqLen = null)
+    {
+        var t = TrainSteps.FirstOrDefault(x => x.Layers == m.Layers && x.Hidden == m.Hidden && x.Intermediate == m.Intermediate && x.Heads == m.Heads
+                                               && x.KvHeads == m.KvHeads && x.Vocab == m.Vocab && x.ScalarHead == scalarHead);
+        if (t is null) return null;
+        int? all = Threads;
+        var pts = t.Points.Where(p => (p.Threads ?? all) == (threads ?? all)).ToList();
+        if (pts.Count == 0) return null;
+        if (seqLen is { } sl && pts.All(p => p.Context > 0))
+        {
+            var byLen = pts.GroupBy(p => p.Context).Select(g => (Len: (double)g.Key, T: Interpolate(g.OrderBy(p => p.Tokens).ToList(), tokens))).OrderBy(x => x.Len).ToList();
+            if (sl <= byLen[0].Len) return byLen[0].T;
+            for (int i = 1; i < byLen.Count; i++)
+                if (sl <= byLen[i].Len) return byLen[i - 1].T + (sl - byLen[i - 1].Len) / (byLen[i].Len - byLen[i - 1].Len) * (byLen[i].T - byLen[i - 1].T);
+            return byLen[^1].T;
+        }
+        return Interpolate(pts.OrderBy(p => p.Tokens).ToList(), tokens);
+    }
+
+    /// <summary>The master-worker round trip beyond compute measured with <paramref name="devices"/> worker processes, in
+    /// microseconds (<see cref="WorkerRoundTrips"/>, else <see cref="WorkerRoundTripUs"/> for its device count); null when
+    /// the profile did not measure that many.</summary>
+    public double? WorkerRoundTripUsFor(int devices) =>
+        WorkerRoundTrips.FirstOrDefault(w => w.Devices == devices)?.Us ?? (WorkerRoundTripDevices == devices ? WorkerRoundTripUs : null);
+
+    /// <summary>The measured slowdown of a one-thread process computing beside <paramref name="processes"/> - 1 others on
+    /// this host (<see cref="SharedCompute"/>); null when the profile did not measure that many.</summary>
+    public double? SharedComputeOverAlone(int processes) => SharedCompute.FirstOrDefault(c => c.Processes == processes)?.OverAlone;
+
     private static double Interpolate(List<LayerPoint> pts, double tokens)
     {
         if (tokens <= pts[0].Tokens) return pts[0].Seconds;
@@ -146,4 +222,43 @@ public sealed record LayerPoint
     [JsonPropertyName("seconds")] public double Seconds { get; init; }
     /// <summary>Threads of the measuring process (absent: the profile's <see cref="ProfileData.Threads"/>).</summary>
     [JsonPropertyName("threads")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public int? Threads { get; init; }
+}
+
+/// <summary>
+/// A train call's optimizer step outside its transformer blocks, for one whole model (shape, vocabulary and head):
+/// the engine's step (forward for the loss, the loss and its gradient, the backward with its recomputed forward, gradient
+/// clipping and AdamW) timed on the model, minus <c>layers x (2 forward + backward)</c> of its blocks at the same tokens,
+/// sequence length and threads (from the profile's own block points). It holds the embedding, the head and log-softmax
+/// (or scalar head) forward twice and backward, the loss, the optimizer and the per-op host work.
+/// </summary>
+public sealed record TrainStepProfile
+{
+    [JsonPropertyName("layers")] public int Layers { get; init; }
+    [JsonPropertyName("hidden")] public int Hidden { get; init; }
+    [JsonPropertyName("intermediate")] public int Intermediate { get; init; }
+    [JsonPropertyName("heads")] public int Heads { get; init; }
+    [JsonPropertyName("kv_heads")] public int KvHeads { get; init; }
+    [JsonPropertyName("vocab")] public int Vocab { get; init; }
+    /// <summary>A critic/reward model's value head (the clipped value loss) rather than the LM head (the clipped policy loss).</summary>
+    [JsonPropertyName("scalar_head")] public bool ScalarHead { get; init; }
+    /// <summary>Points: <c>tokens</c> per optimizer step in sequences of <c>context</c> tokens, <c>seconds</c> outside the blocks.</summary>
+    [JsonPropertyName("points")] public List<LayerPoint> Points { get; init; } = [];
+}
+
+/// <summary>
+/// <c>processes</c> one-thread processes on this host each timing the same train step at once: their median step time
+/// over the step timed in one process alone (<c>over_alone</c>). With at most as many processes as cores it is what
+/// sharing caches and memory bandwidth costs; with more, it also holds the time slicing (4 on 2 cores: about 2x more).
+/// </summary>
+public sealed record SharedCompute
+{
+    [JsonPropertyName("processes")] public int Processes { get; init; }
+    [JsonPropertyName("over_alone")] public double OverAlone { get; init; }
+}
+
+/// <summary>A worker round trip beyond compute (microseconds) measured with <c>devices</c> worker processes.</summary>
+public sealed record WorkerRoundTrip
+{
+    [JsonPropertyName("devices")] public int Devices { get; init; }
+    [JsonPropertyName("us")] public double Us { get; init; }
 }

@@ -19,7 +19,12 @@ public sealed record SearchOptions
 }
 
 /// <summary>A finished plan with its evaluation.</summary>
-public sealed record PlanResult(Plan Plan, int[] Choice, Evaluation Evaluation, double[] PeakMemory);
+public sealed record PlanResult(Plan Plan, int[] Choice, Evaluation Evaluation, double[] PeakMemory)
+{
+    /// <summary>A baseline priced on a changed experiment (<see cref="Baselines.DeepSpeedChat"/>: fewer optimizer steps): the
+    /// problem its <see cref="Choice"/> indexes; null when it is the search's own problem.</summary>
+    public PlanningProblem? PricedOn { get; init; }
+}
 
 /// <summary>Search outcome: best plan, baselines, search time and how it was found.</summary>
 public sealed record SearchResult(PlanResult Best, IReadOnlyDictionary<string, PlanResult?> Baselines, double SearchSeconds,
@@ -142,7 +147,7 @@ public static class PlanSearch
 
     /// <summary>Whether every call of a result is priced as the engine executes it (no ZeRO-3 pricing).</summary>
     internal static bool Executable(PlanningProblem p, PlanResult r) =>
-        r.Choice.Select((k, i) => p.Options[i][k].Option.Zero3).All(z => !z);
+        r.PricedOn is null && r.Choice.Select((k, i) => p.Options[i][k].Option.Zero3).All(z => !z);
 
     internal static PlanResult Finish(PlanningProblem p, int[] choice, Evaluator ev)
     {

@@ -203,12 +203,14 @@ public class PackedTokenTests
     {
         var e = Experiment.Load(TestData.Example("scale/scale-actor-7b-long-p1k-g7k.yaml"));
         var cl = ClusterSpec.Load(TestData.Example("clusters/h100-80gb.yaml"));
-        var p = new PlanningProblem(new Estimator(cl, e));
+        // 32 GPUs, 16 sequences: no DeepSpeed configuration gives each device a sequence (8 GPUs: priced with merged
+        // minibatches, DeepSpeedChatTests)
+        var p = new PlanningProblem(new Estimator(cl.WithNodes(4), e));
         var ds = Baselines.DeepSpeedChat(p);
         Assert.Null(ds);
         string why = Baselines.WhyNot(p, "deepspeed_chat", ds)!;
-        Assert.Contains("over 8 devices needs at least one sequence per device", why);
-        Assert.Contains("actor_train has 4 (16 sequences / 4 minibatches)", why);
+        Assert.Contains("over 32 devices needs at least one sequence per device", why);
+        Assert.Contains("has 16 sequences in all", why);
         Assert.Null(Baselines.WhyNot(p, "heuristic", Baselines.Heuristic(p)));
         // async: a baseline with generation on shared devices is not what the engine runs
         var a = new PlanningProblem(new Estimator(TestData.Cluster(1, 4, 4), Exp("mode: async", "{ size: 32, prompt_len: 32, gen_len: 256, minibatches: 2 }")));

@@ -1,7 +1,8 @@
 // Validation of the cost model against public measurements it was not fitted to (docs/cost-model.md,
 // "Validation"): Megatron-LM training steps (Narayanan et al. 2021, Table 1) and gpt-fast decode rates on
-// A100-80GB. Recomputes every estimate, checks each ratio is within 0.67-1.5 and that the table in the
-// doc shows exactly these rows, so the table stays true when the model changes.
+// A100-80GB, llm-foundry's MPT FSDP (ZeRO-3) training steps on H100 and A100. Recomputes every estimate, checks
+// each ratio is within 0.67-1.5 (or is one of the doc's explained misses) and that the table in the doc shows
+// exactly these rows, so the table stays true when the model changes.
 using Xunit;
 using Xunit.Abstractions;
 
@@ -59,6 +60,47 @@ public class ValidationTests(ITestOutputHelper output)
         return gen / new Estimator(A100, exp).CallSeconds(exp.Calls[0], o);
     }
 
+    private static readonly ClusterSpec H100 = ClusterSpec.Load(TestData.Example("clusters/h100-80gb.yaml"));
+
+    /// <summary>An MPT model of llm-foundry (GELU MLP of width 4h modelled as a SwiGLU of width 8h/3, the same FLOPs;
+    /// vocab 50368, tied embeddings, no GQA).</summary>
+    private static ModelConfig Mpt(string name, int layers, int hidden, int heads) =>
+        new(name, layers, hidden, (int)Math.Round(8.0 * hidden / 3), heads, heads, 50368, true);
+
+    /// <summary>A PyTorch FSDP FULL_SHARD (ZeRO-3) train step of <paramref name="globalBatch"/> sequences over
+    /// <paramref name="gpus"/> GPUs, <paramref name="microBatch"/> sequences per micro-batch, priced as the
+    /// deepspeed_chat / openrlhf baselines price ZeRO-3 (Estimator.Zero3Seconds).</summary>
+    private static double Zero3Step(ClusterSpec spec, ModelConfig m, int gpus, int seq, int globalBatch, int microBatch, bool checkpointing)
+    {
+        var exp = new Experiment
+        {
+            Name = m.Name, Algorithm = "sft", Iterations = 1, BatchSize = globalBatch, PromptLen = seq, GenLen = 0, Minibatches = 1,
+            Models = new Dictionary<string, ModelConfig> { ["actor"] = m },
+            Calls = [new ModelCall("actor_train", "actor", CallType.TrainStep, [], globalBatch, seq, 0, 1, 0)],
+        };
+        var cl = spec with { Nodes = Math.Max(1, gpus / 8) };
+        int micro = globalBatch / gpus / microBatch;
+        var o = new CallOption(new Mesh(0, cl.Nodes, 0, Math.Min(8, gpus)), new Strategy(1, gpus, 1), micro, checkpointing, Zero3: true);
+        return new Estimator(cl, exp).CallSeconds(exp.Calls[0], o);
+    }
+
+    /// <summary>Static-batch generation throughput: <paramref name="batch"/> sequences, <paramref name="prompt"/> prompt
+    /// tokens each, exactly <paramref name="gen"/> new tokens each (prefill and every decode step), tensor parallel on one node.</summary>
+    private static double GenerationTokensPerSecond(ClusterSpec spec, ModelConfig m, int tp, int batch, int prompt, int gen)
+    {
+        var exp = new Experiment
+        {
+            Name = m.Name, Algorithm = "ppo", Iterations = 1, BatchSize = batch, PromptLen = prompt, GenLen = gen, Minibatches = 1,
+            Models = new Dictionary<string, ModelConfig> { ["actor"] = m },
+            Calls = [new ModelCall("actor_gen", "actor", CallType.Generate, [], batch, prompt, gen, 1, 12)],
+        };
+        var o = new CallOption(new Mesh(0, 1, 0, tp), new Strategy(1, 1, tp), 1, false);
+        return (double)batch * gen / new Estimator(spec, exp).CallSeconds(exp.Calls[0], o);
+    }
+
+    /// <summary>Cases outside 0.67-1.5, explained in docs/cost-model.md ("Validation", misses).</summary>
+    private static readonly string[] Misses = ["fsdp-13b-8h100", "fsdp-13b-64h100", "trtllm-llama-70b-b240-tp4-128-2048"];
+
     public static List<Case> Cases()
     {
         const string meg = "Narayanan et al. 2021 (Megatron-LM), Table 1";
@@ -83,6 +125,34 @@ public class ValidationTests(ITestOutputHelper output)
                  })
             list.Add(new Case($"decode-{preset}-tp{tp}", $"{preset} decode, batch 1, tp {tp} on {tp} A100", fast, tps, "tokens/s",
                 DecodeTokensPerSecond(ModelConfig.Presets[preset], tp)));
+        // TensorRT-LLM's static-batch throughput table (gptSessionBenchmark, v0.6.1), A100 FP16: output tokens per second
+        // per GPU (the column's unit in the table's later revisions), x tp for the model's rate
+        const string trt = "TensorRT-LLM docs/source/performance.md (v0.6.1, A100 FP16, static batch; out tok/s/GPU x tp)";
+        foreach (var (preset, tp, batch, prompt, gen, perGpu) in new[]
+                 {
+                     ("llama-7b", 1, 384, 128, 128, 5586.0), ("llama-7b", 1, 60, 128, 2048, 1928.0), ("llama-7b", 1, 52, 2048, 128, 591.0),
+                     ("llama-7b", 2, 64, 2048, 2048, 782.0),
+                     ("llama-70b", 4, 1280, 128, 128, 670.0), ("llama-70b", 4, 240, 128, 2048, 525.0), ("llama-70b", 4, 120, 2048, 128, 79.0),
+                 })
+            list.Add(new Case($"trtllm-{preset}-b{batch}-tp{tp}-{prompt}-{gen}", $"{preset} generation, batch {batch}, {prompt} + {gen} tokens, tp {tp} on {tp} A100", trt,
+                perGpu * tp, "tokens/s", GenerationTokensPerSecond(A100, ModelConfig.Presets[preset], tp, batch, prompt, gen)));
+        // llm-foundry's MPT benchmark tables: step = global batch x seq / published tokens per second
+        const string mosaic = "llm-foundry scripts/train/benchmarking/README.md (MPT, FSDP FULL_SHARD, bf16)";
+        foreach (var (gpu, spec, name, l, h, a, gpus, seq, mbs, gbs, ckpt, tps) in new[]
+                 {
+                     ("H100", H100, "7b", 32, 4096, 32, 8, 2048, 6, 48, false, 85144.0),
+                     ("H100", H100, "13b", 40, 5120, 40, 8, 2048, 2, 16, false, 38336.0),
+                     ("H100", H100, "13b", 40, 5120, 40, 64, 2048, 2, 128, false, 307209.0),
+                     ("H100", H100, "70b", 80, 8192, 64, 64, 2048, 8, 2048, true, 66523.0),
+                     ("A100", A100, "7b", 32, 4096, 32, 8, 2048, 6, 96, false, 37130.0),
+                     ("A100", A100, "13b", 40, 5120, 40, 8, 2048, 2, 48, false, 18097.0),
+                     ("A100", A100, "70b", 80, 8192, 64, 64, 2048, 8, 2048, true, 26274.0),
+                 })
+        {
+            var m = Mpt($"mpt-{name}", l, h, a);
+            list.Add(new Case($"fsdp-{name}-{gpus}{gpu.ToLowerInvariant()}", $"MPT-{name} ZeRO-3 step, dp {gpus}, batch {gbs} x {seq} (micro-batch {mbs}{(ckpt ? ", recompute" : "")}), {gpus} {gpu}",
+                mosaic, (double)gbs * seq / tps, "s/step", Zero3Step(spec, m, gpus, seq, gbs, mbs, ckpt)));
+        }
         return list;
     }
 
@@ -98,7 +168,11 @@ public class ValidationTests(ITestOutputHelper output)
             if (!doc.Contains(c.Row)) stale.Add(c.Row);
         }
         Assert.True(cases.Count >= 8);
-        Assert.All(cases, c => Assert.InRange(c.Ratio, 0.67, 1.5));
+        // every ratio within the goal, except the cases the doc lists as misses (with the term that causes each):
+        // those must stay outside it (else the doc's explanation is stale) and within 0.5-2
+        Assert.All(cases.Where(c => !Misses.Contains(c.Id)), c => Assert.InRange(c.Ratio, 0.67, 1.5));
+        Assert.All(cases.Where(c => Misses.Contains(c.Id)), c => Assert.True(c.Ratio is (>= 0.5 and < 0.67) or (> 1.5 and <= 2), $"{c.Id}: {c.Ratio:F2}"));
+        foreach (var id in Misses) Assert.Contains($"| {id} |", doc);
         Assert.True(stale.Count == 0, "docs/cost-model.md validation table is stale; current rows:\n" + string.Join("\n", stale));
     }
 }

@@ -63,7 +63,7 @@ public static class PlanCommand
         {
             var b = r.Baselines[show] ?? throw new UsageException($"--show: baseline {show} has no plan for this experiment and cluster: {Baselines.WhyNot(r.Problem, show, null)}");
             shown = [];
-            new Evaluator(r.Problem).Simulate(b.Choice, 1, shown);
+            new Evaluator(b.PricedOn ?? r.Problem).Simulate(b.Choice, 1, shown);
         }
         try
         {
@@ -104,6 +104,7 @@ public static class PlanCommand
                     {
                         w.WriteNumber("iteration_seconds", b.Evaluation.IterationSeconds);
                         w.WriteNumber("speedup", Math.Round(b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds, 4));
+                        if (Baselines.Note(r.Problem, name, b) is { } note) w.WriteString("note", note);
                     }
                     w.WriteString("rule", Baselines.Rules[name]);
                     w.WriteEndObject();
@@ -148,7 +149,8 @@ public static class PlanCommand
         AnsiConsole.MarkupLine("baselines (speedup of the plan over each; rules in docs/cost-model.md):");
         foreach (var (name, b) in r.Baselines)
             AnsiConsole.MarkupLine(b is null ? $"  {name}: not applicable: {Markup.Escape(Baselines.WhyNot(r.Problem, name, b)!)}"
-                : $"  {name}: {S(b.Evaluation.IterationSeconds)} s -> speedup {b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x");
+                : $"  {name}: {S(b.Evaluation.IterationSeconds)} s -> speedup {b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x"
+                  + (Baselines.Note(r.Problem, name, b) is { } note ? $" ({Markup.Escape(note)})" : ""));
         if (single is { } one)
             AnsiConsole.MarkupLine(r.SingleDeviceChosen
                 ? $"[yellow]chosen: the single device (realn run without --plan, all {r.Problem.Cluster.DevicesPerNode} cores in one process): {S(one)} s, no slower than this plan in worker processes: run without --plan[/]"

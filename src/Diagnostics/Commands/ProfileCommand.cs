@@ -5,15 +5,26 @@
 // documents the format). A block is timed as half the difference between a 3-block and a 1-block model
 // with a tiny vocabulary, so embedding and head costs cancel; the two are timed alternately, and a
 // difference that does not stand above the timing noise is refused (exit 1) rather than recorded.
+// It times the engine's train step (a PPO actor and critic optimizer step as SingleModelCalls runs it) on the whole
+// model and records what it costs beyond layers x (2 forward + backward) of its blocks (`train_steps`: embedding,
+// head, loss, AdamW, host work; the engine runs the forward again in its backward), at every core and one thread.
+// With more than one core it times one-thread processes running that step side by side, as many as the devices (one
+// per core) and twice as many, against one alone (`shared_compute`: the cost of sharing caches, memory bandwidth
+// and, beyond the cores, time slices), so the planner prices worker processes with no hand-fitted constant.
 // With more than one core it also measures the worker round trip (the cluster spec's
-// worker_round_trip_us) on this machine: a short PPO of the tiny preset in one worker process per core,
+// worker_round_trip_us) on this machine: a short PPO of the tiny preset in one worker process per core (and in
+// twice as many: `worker_round_trips`),
 // every call data parallel over all of them, run as a child `realn run --plan` with REALN_WORKER_TIMING=1;
 // the mean master-worker round trip beyond the workers' compute it reports goes into the profile
 // (`worker_round_trip_us`, `worker_round_trip_devices`), which the planner prefers to the spec's figure.
 using System.CommandLine;
 using System.Diagnostics;
+using ReaLNative.Engine.Algorithms;
+using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Optim;
+using ReaLNative.Engine.Stages;
 using ReaLNative.Interop;
 using ReaLNative.Planner;
 
@@ -26,12 +37,186 @@ public static class ProfileCommand
         var models = new Option<string[]>("--model") { Description = "Model presets to profile (repeatable)", DefaultValueFactory = _ => ["tiny"], AllowMultipleArgumentsPerToken = true };
         var output = new Option<string>("--out") { Description = "Profile JSON to write", DefaultValueFactory = _ => "profile.json" };
         var noWorkers = new Option<bool>("--no-workers") { Description = "Skip the worker round-trip measurement (a short PPO in one worker process per core)" };
-        var cmd = new Command("profile", "Measure block costs and the worker round trip on this machine and write a planner calibration profile");
+        // internal: one of the processes of the shared-compute measurement (started by `realn profile` itself)
+        var sharedChild = new Option<bool>(SharedChildOption) { Hidden = true };
+        var cmd = new Command("profile", "Measure block costs, train-step overhead, shared-core slowdown and the worker round trip on this machine and write a planner calibration profile");
         cmd.Options.Add(models);
         cmd.Options.Add(output);
         cmd.Options.Add(noWorkers);
-        cmd.SetAction(p => Run(p.GetValue(models)!, p.GetValue(output)!, !p.GetValue(noWorkers)));
+        cmd.Options.Add(sharedChild);
+        cmd.SetAction(p => p.GetValue(sharedChild) ? SharedChild() : Run(p.GetValue(models)!, p.GetValue(output)!, !p.GetValue(noWorkers)));
         return cmd;
+    }
+
+    private const string SharedChildOption = "--shared-compute-child";
+
+    /// <summary>The packed batch of a train-step measurement: <paramref name="seqs"/> sequences of
+    /// <see cref="StepSeqLen"/> tokens, the second half of each its actions (ppo-tiny's 6.5-token prompts and
+    /// 5.5-token answers, rounded).</summary>
+    internal static ScoredBatch StepBatch(int seqs, int vocab, Random rng)
+    {
+        var s = Enumerable.Range(0, seqs).Select(_ => Enumerable.Range(0, StepSeqLen).Select(_ => rng.Next(vocab)).ToArray()).ToArray();
+        return new ScoredBatch(s, Enumerable.Repeat(StepSeqLen / 2, seqs).ToArray());
+    }
+
+    internal const int StepSeqLen = 12;
+
+    /// <summary>One optimizer step as a PPO train call runs it on one device (SingleModelCalls, the stage's loss):
+    /// actor (LM head): log-probs forward, clipped policy loss, backward from the log-prob gradients (which
+    /// runs the forward again), AdamW with clipping; critic (scalar head): values forward, clipped value loss,
+    /// backward (forward again), AdamW.</summary>
+    internal static Action EngineTrainStep(LlamaModel model, AdamW opt, ScoredBatch b)
+    {
+        var calls = new SingleModelCalls(model, () => opt);
+        int a = b.Actions;
+        var rng = new Random(5);
+        var old = Enumerable.Range(0, a).Select(_ => (float)(-3 + rng.NextDouble())).ToArray();
+        var adv = Enumerable.Range(0, a).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        var keep = Enumerable.Repeat(true, b.Packed.Count).ToArray();
+        var mask = Enumerable.Repeat(1f, a).ToArray();
+        if (!model.ScalarHead)
+            return () =>
+            {
+                var lp = calls.LogProbs(b, 1f);
+                var g = new float[lp.Length];
+                Losses.ClippedPolicy(lp, old, adv, [], b.ActionCu, keep, 0.2, 0.2, LossAggregation.Token, 0, g);
+                calls.BackwardLogProbs(b, 1f, g);
+                calls.Step();
+            };
+        return () =>
+        {
+            var (v, _) = calls.Values(b);
+            var g = new float[v.Length];
+            Losses.ClippedValue(v, adv, old, mask, 0.2, g);
+            calls.BackwardValues(b, g, []);
+            calls.Step();
+        };
+    }
+
+    /// <summary>A whole model of <paramref name="cfg"/> with its optimizer (tiny learning rate: the weights barely move
+    /// over the repetitions).</summary>
+    private static (LlamaModel Model, AdamW Opt) TrainedModel(LlamaConfig cfg, bool scalarHead)
+    {
+        var m = new LlamaModel(cfg with { MaxPositions = Math.Max(cfg.MaxPositions, StepSeqLen) }, scalarHead);
+        m.InitRandom(2);
+        return (m, new AdamW(m, new LrSchedule(1e-6), clipGradNorm: 1f));
+    }
+
+    /// <summary>Sequences per train step of the shared-compute measurement: ppo-tiny's optimizer step on one of two
+    /// data-parallel devices (256 / 4 minibatches / 2).</summary>
+    private const int SharedSeqs = 32;
+    /// <summary>About how long one process alone computes its steps in the shared-compute measurement.</summary>
+    private const double SharedSeconds = 1.5;
+
+    /// <summary>A child of <see cref="SharedStepsSeconds"/>: builds the tiny actor on one thread, says "ready", waits for
+    /// "go N" on stdin, runs N train steps and says "done" (for "time N": prints the median step's seconds).</summary>
+    private static int SharedChild()
+    {
+        Native.SetNumThreads(1);
+        var (model, opt) = TrainedModel(LlamaConfig.Preset("tiny"), false);
+        using var _m = model;
+        using var _o = opt;
+        var step = EngineTrainStep(model, opt, StepBatch(SharedSeqs, model.Config.Vocab, new Random(7)));
+        for (int i = 0; i < 3; i++) step();
+        Console.WriteLine("ready");
+        Console.Out.Flush();
+        var cmd = (Console.ReadLine() ?? "").Split(' ');
+        if (cmd.Length != 2 || !int.TryParse(cmd[1], out int n) || n <= 0) return 2;
+        if (cmd[0] == "time")
+        {
+            var times = new double[n];
+            for (int i = 0; i < n; i++) { long t0 = Stopwatch.GetTimestamp(); step(); times[i] = Stopwatch.GetElapsedTime(t0).TotalSeconds; }
+            Array.Sort(times);
+            Console.WriteLine(FormattableString.Invariant($"median {times[n / 2]:R}"));
+            return 0;
+        }
+        if (cmd[0] != "go") return 2;
+        for (int i = 0; i < n; i++) step();
+        Console.WriteLine("done");
+        return 0;
+    }
+
+    private static ProcessStartInfo Self(IEnumerable<string> args)
+    {
+        string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate the realn executable");
+        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        if (Path.GetFileNameWithoutExtension(exe) == "dotnet")
+            psi.ArgumentList.Add(System.Reflection.Assembly.GetEntryAssembly()?.Location ?? throw new InvalidOperationException("cannot locate realn.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        return psi;
+    }
+
+    /// <summary>Wall seconds until <paramref name="processes"/> one-thread processes, started together once all are
+    /// ready, have each run <paramref name="steps"/> train steps (ppo-tiny's actor, <see cref="SharedSeqs"/> sequences):
+    /// a makespan, so it means the same under any scheduling policy (a real-time one does not time-slice). With
+    /// <paramref name="steps"/> null, one process times 20 steps and the median step's seconds come back instead.</summary>
+    internal static double SharedStepsSeconds(int processes, int? steps, TimeSpan deadline)
+    {
+        var procs = new List<Process>();
+        var until = DateTime.UtcNow + deadline;
+        try
+        {
+            for (int i = 0; i < processes; i++)
+            {
+                var psi = Self(["profile", SharedChildOption]);
+                psi.RedirectStandardInput = true;
+                psi.Environment["OMP_NUM_THREADS"] = "1";
+                procs.Add(Process.Start(psi) ?? throw new InvalidOperationException("cannot start realn"));
+            }
+            foreach (var p in procs)
+                if (ReadLine(p, until) is var line && line != "ready")
+                    throw new MeasurementException($"profile: a shared-compute process said '{line}' instead of 'ready'");
+            long t0 = Stopwatch.GetTimestamp();
+            foreach (var p in procs) { p.StandardInput.WriteLine(steps is { } n ? $"go {n}" : "time 20"); p.StandardInput.Flush(); }
+            double result = 0;
+            foreach (var p in procs)
+            {
+                var line = ReadLine(p, until) ?? "";
+                if (steps is null)
+                {
+                    var parts = line.Split(' ');
+                    if (parts.Length != 2 || parts[0] != "median" || !double.TryParse(parts[1], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out result) || !(result > 0))
+                        throw new MeasurementException($"profile: a shared-compute process printed '{line}'");
+                }
+                else if (line != "done") throw new MeasurementException($"profile: a shared-compute process printed '{line}' instead of 'done'");
+            }
+            if (steps is not null) result = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            foreach (var p in procs)
+                if (!p.WaitForExit(Math.Max(1, (int)(until - DateTime.UtcNow).TotalMilliseconds)))
+                    throw new MeasurementException($"profile: a shared-compute process did not exit within {deadline.TotalSeconds:F0} s");
+            return result;
+        }
+        finally
+        {
+            foreach (var p in procs)
+            {
+                try { if (!p.HasExited) { p.Kill(entireProcessTree: true); p.WaitForExit(10_000); } } catch (InvalidOperationException) { }
+                p.Dispose();
+            }
+        }
+    }
+
+    /// <summary>A line of the child's stdout, or a <see cref="MeasurementException"/> past <paramref name="until"/>.</summary>
+    private static string? ReadLine(Process p, DateTime until)
+    {
+        var t = p.StandardOutput.ReadLineAsync();
+        var left = until - DateTime.UtcNow;
+        if (left <= TimeSpan.Zero || !t.Wait(left))
+            throw new MeasurementException("profile: a shared-compute process did not answer in time; rerun when the load is lower");
+        return t.Result;
+    }
+
+    /// <summary>The shared-compute slowdown for <paramref name="processes"/>: the makespan of that many processes
+    /// running the same steps at once over one process alone (the mean of an alone run before and after, so drift of
+    /// the host shows less); the steps are sized to about <see cref="SharedSeconds"/> alone.</summary>
+    internal static (double OverAlone, double Alone, double Shared) SharedComputeOverAlone(int processes, TimeSpan deadline)
+    {
+        int steps = Math.Max(10, (int)Math.Ceiling(SharedSeconds / SharedStepsSeconds(1, null, deadline)));
+        double a0 = SharedStepsSeconds(1, steps, deadline);
+        double shared = SharedStepsSeconds(processes, steps, deadline);
+        double a1 = SharedStepsSeconds(1, steps, deadline);
+        double alone = (a0 + a1) / 2;
+        return (shared / alone, alone / steps, shared / steps);
     }
 
     /// <summary>The job whose worker round trips are timed: ppo-tiny's shapes (batch 256, prompt 16, gen 8, 4
@@ -170,13 +355,29 @@ public static class ProfileCommand
         // one worker process per core (a power of two: a plan's devices per node), as cpu-local's devices are;
         // measured first, so its child processes are gone before the blocks are timed
         int devices = 1 << (int)Math.Log2(Math.Max(1, Environment.ProcessorCount));
+        // and twice as many (cpu-local-4 on 2 cores: the workers also wait for each other's time slices)
         double? roundTrip = null;
+        var roundTrips = new List<WorkerRoundTrip>();
         if (workers && devices > 1)
-        {
-            roundTrip = WorkerRoundTripSeconds(devices, TimeSpan.FromMinutes(10));
-            Console.WriteLine($"worker round trip beyond compute ({devices} worker processes): {roundTrip * 1e3:F2} ms");
-        }
+            foreach (int n in new[] { devices, 2 * devices })
+            {
+                double seconds = WorkerRoundTripSeconds(n, TimeSpan.FromMinutes(10));
+                if (n == devices) roundTrip = seconds;
+                roundTrips.Add(new WorkerRoundTrip { Devices = n, Us = Math.Round(seconds * 1e6, 1) });
+                Console.WriteLine($"worker round trip beyond compute ({n} worker processes): {seconds * 1e3:F2} ms");
+            }
+        // One-thread processes computing side by side (a plan's worker processes on this host): as many as the
+        // devices, and twice as many (cpu-local-4 on 2 cores).
+        var shared = new List<SharedCompute>();
+        if (devices > 1)
+            foreach (int n in new[] { devices, 2 * devices })
+            {
+                var (over, alone, withOthers) = SharedComputeOverAlone(n, TimeSpan.FromMinutes(5));
+                shared.Add(new SharedCompute { Processes = n, OverAlone = Math.Round(over, 4) });
+                Console.WriteLine($"shared compute: one-thread train steps {alone * 1e3:F3} ms each alone, {withOthers * 1e3:F3} ms each while {n} processes run them at once: {over:F3}x");
+            }
         var layers = new List<LayerProfile>();
+        var trainSteps = new List<TrainStepProfile>();
         foreach (var name in presets)
         {
             LlamaConfig cfg;
@@ -188,6 +389,7 @@ public static class ProfileCommand
             one.InitRandom(1);
             three.InitRandom(1);
             var points = new List<LayerPoint>();
+            var stepPoints = new Dictionary<bool, List<LayerPoint>> { [false] = [], [true] = [] };
             // Every core (how a run without a plan computes), and one thread (a device of a shared host
             // with one core each, how a plan's devices compute on this 2-core machine).
             int all = Native.GetNumThreads();
@@ -234,10 +436,39 @@ public static class ProfileCommand
                 points.Add(new LayerPoint { Kind = "decode", Tokens = batchSize, Context = context, Seconds = step, Threads = tag });
                 Console.WriteLine($"{name} block{at}: decode step of {batchSize} sequences at context {context}: {step * 1e3:F3} ms");
             }
+            // The whole model's train step as the engine runs it, minus layers x (2 forward + backward) of its blocks as
+            // this profile prices them: what the step costs outside the blocks (embedding, head, loss, optimizer, host work).
+            var blocksSoFar = new ProfileData { Threads = all, Layers = [new LayerProfile { Hidden = cfg.Hidden, Intermediate = cfg.Intermediate, Heads = cfg.Heads, KvHeads = cfg.KvHeads, Points = points }] };
+            var mc = new ModelConfig(name, cfg.Layers, cfg.Hidden, cfg.Intermediate, cfg.Heads, cfg.KvHeads, cfg.Vocab, false);
+            foreach (bool scalarHead in new[] { false, true })
+            {
+                var (model, opt) = TrainedModel(cfg, scalarHead);
+                using var _model = model;
+                using var _opt = opt;
+                var sp = stepPoints[scalarHead];
+                foreach (int seqs in new[] { 16, 32, 64, 85 })   // up to 1020 tokens: within the block points (1024)
+                {
+                    var b = StepBatch(seqs, cfg.Vocab, rng);
+                    int tokens = b.Packed.TotalTokens;
+                    double whole = Best(EngineTrainStep(model, opt, b), Reps);
+                    double fwd = blocksSoFar.BlockSeconds(mc, "fwd", tokens, tag, StepSeqLen) ?? throw new InvalidOperationException("internal: no forward point");
+                    double bwd = blocksSoFar.BlockSeconds(mc, "bwd", tokens, tag, StepSeqLen) ?? throw new InvalidOperationException("internal: no backward point");
+                    double rest = whole - cfg.Layers * (2 * fwd + bwd);
+                    // a difference of two measurements: a small negative one is a true zero within the noise
+                    if (rest < 0 && rest > -0.1 * whole) rest = 0;
+                    if (rest < 0)
+                        throw new MeasurementException($"profile: {name} train step of {tokens} tokens{at} took {whole * 1e3:F3} ms, less than its {cfg.Layers} blocks' 2 forwards and a backward ({cfg.Layers * (2 * fwd + bwd) * 1e3:F3} ms): the machine is too busy to measure; rerun it when the load is lower");
+                    sp.Add(new LayerPoint { Kind = "step", Tokens = tokens, Context = StepSeqLen, Seconds = rest, Threads = tag });
+                    Console.WriteLine($"{name} {(scalarHead ? "critic" : "actor")} train step{at}: {tokens} tokens in sequences of {StepSeqLen}: {whole * 1e3:F3} ms, {rest * 1e3:F3} ms outside the blocks");
+                }
+            }
             }
             finally { Native.SetNumThreads(0); }
             }
             layers.Add(new LayerProfile { Hidden = cfg.Hidden, Intermediate = cfg.Intermediate, Heads = cfg.Heads, KvHeads = cfg.KvHeads, Points = points });
+            foreach (var (scalarHead, sp) in stepPoints)
+                trainSteps.Add(new TrainStepProfile { Layers = cfg.Layers, Hidden = cfg.Hidden, Intermediate = cfg.Intermediate, Heads = cfg.Heads, KvHeads = cfg.KvHeads,
+                                                      Vocab = cfg.Vocab, ScalarHead = scalarHead, Points = sp });
         }
         double gemm = BenchTrainCommand.SgemmGflops(4);
         double memcpy = MemcpyGbps();
@@ -251,7 +482,10 @@ public static class ProfileCommand
             MemcpyGbps = Math.Round(memcpy, 2),
             WorkerRoundTripUs = roundTrip is { } rt ? Math.Round(rt * 1e6, 1) : null,
             WorkerRoundTripDevices = roundTrip is null ? null : devices,
+            WorkerRoundTrips = roundTrips,
             Layers = layers,
+            TrainSteps = trainSteps,
+            SharedCompute = shared,
         };
         profile.Validate();
         File.WriteAllText(output, profile.ToJson());
