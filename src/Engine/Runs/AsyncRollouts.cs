@@ -200,6 +200,8 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
                     if (_stopping || _next >= _end) return;
                     g = _next; version = _weights;
                     if (version != Needed(g)) throw new InvalidOperationException($"generation of iteration {g} holds policy version {version}, not {Needed(g)}");
+                    // The batch the trainer trains with the weights this side now holds (OfferProximal: one whose
+                    // weights are pushed, or held from the start, while a generation is still to come).
                     _proximalJobs.Remove(version, out job);
                     // interrupt: this generation takes the version that finish_batch would push after it.
                     _swap = _interruptStep > 0 && Needed(g + 1) > version ? (g, version, Needed(g + 1)) : null;
@@ -207,8 +209,12 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
                     _pausedSeconds = 0;
                 }
                 long t0 = Stopwatch.GetTimestamp();
-                // The batch the trainer trains next, with the weights this side now holds: its proximal log-probs first.
-                if (job.Result is not null) job.Result.Set(_proximal!(job.Rollout));
+                // Its proximal log-probs first: the trainer is about to need them.
+                if (job.Result is not null)
+                {
+                    try { job.Result.Set(_proximal!(job.Rollout)); }
+                    catch (Exception e) { job.Result.Fail(e); throw; }
+                }
                 var batch = _sources(g);
                 batch.Set(StageContext.BehaviourVersionKey, new[] { version });
                 var records = _generation.RunIteration(batch, _cancel);
@@ -238,10 +244,15 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     }
 
     /// <summary>A stale batch (sampled by a version older than the one it trains with, its iteration):
-    /// this side computes its proximal log-probs once it holds that version (under the lock, or before the thread starts).</summary>
+    /// this side computes its proximal log-probs once it holds that version, which it does when the
+    /// version is pushed (after train iteration it - 1, when generation it + N is still to come) or
+    /// held from the start (a resume's first restored batch, under the same condition), before that
+    /// generation. The last N iterations' versions are never pushed: the trainer computes theirs.
+    /// The rule depends on the iteration alone, so a resumed run takes the same path as the
+    /// uninterrupted one. Called under the lock, or before the thread starts.</summary>
     private void OfferProximal(GeneratedBatch b)
     {
-        if (_proximal is null || b.Version >= b.Iteration || !b.Batch.Contains("sequences")) return;
+        if (_proximal is null || b.Version >= b.Iteration || b.Iteration + _staleness >= _end || !b.Batch.Contains("sequences")) return;
         var result = new RolloutProximal(_deadline);
         b.Batch.Set(StageContext.RolloutProximalKey, result);
         _proximalJobs[b.Iteration] = (b.Batch.Get<Rollout>("sequences"), result);
@@ -339,12 +350,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
         }
         else
         {
-            if (g >= _end)
-            {
-                // No later generation needs these weights, so they are not pushed: the trainer computes batch version's proximal log-probs itself.
-                lock (_gate) if (_proximalJobs.Remove(version, out var job)) job.Result.Withdraw();
-                return (0, 0);
-            }
+            if (g >= _end) return (0, 0);
             WaitFor(() => _next >= g, () => $"generation of iteration {g}");
         }
         double wait = Stopwatch.GetElapsedTime(t0).TotalSeconds;

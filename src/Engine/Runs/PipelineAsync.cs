@@ -134,8 +134,7 @@ internal sealed partial class Pipeline
                     ["interrupt_step"] = interruptStep,
                     // 1: the decoupled loss's proximal log-probs of this (stale) batch were computed on the rollout side,
                     // after the push; 0: by the trainer, or not needed (an on-policy batch, or no decoupled loss).
-                    ["proximal_on_rollout_side"] = StageContext.Staleness(ready.Batch) > 0 && stage.Ppo.DecoupledLoss && ready.Batch.Contains(StageContext.RolloutProximalKey)
-                        && ready.Batch.Get<RolloutProximal>(StageContext.RolloutProximalKey).Delivers ? 1 : 0,
+                    ["proximal_on_rollout_side"] = StageContext.Staleness(ready.Batch) > 0 && stage.Ppo.DecoupledLoss && ready.Batch.Contains(StageContext.RolloutProximalKey) ? 1 : 0,
                     ["gen_utilisation"] = Math.Round(Math.Min(1, generating / wall), 4),
                     ["train_utilisation"] = Math.Round(Math.Min(1, (training + pushSeconds) / wall), 4),
                 };

@@ -148,7 +148,7 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     public float[]? ProximalLogProbs(SampleBatch b, IModelCalls actor, Rollout r)
     {
         if (Staleness(b) == 0 || !stage.Ppo.DecoupledLoss) return null;
-        if (b.Contains(RolloutProximalKey) && b.Get<RolloutProximal>(RolloutProximalKey).Delivers) return new float[r.Scored.ActionCu[r.Examples.Length]];
+        if (b.Contains(RolloutProximalKey)) return new float[r.Scored.ActionCu[r.Examples.Length]];
         return ProximalOfLaterMinibatches(actor, r);
     }
 
@@ -172,7 +172,7 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     /// batch has one; nothing otherwise.</summary>
     public static void AwaitProximal(SampleBatch b, float[]? proximal, Rollout r, int minibatches)
     {
-        if (proximal is null || !b.Contains(RolloutProximalKey) || !b.Get<RolloutProximal>(RolloutProximalKey).Delivers) return;
+        if (proximal is null || !b.Contains(RolloutProximalKey)) return;
         var from = b.Get<RolloutProximal>(RolloutProximalKey).Wait();
         int start = r.Scored.ActionCu[r.Examples.Length / minibatches];
         if (from.Length != proximal.Length) throw new InvalidOperationException($"the rollout side's proximal log-probs have {from.Length} values for {proximal.Length} actions");

@@ -183,6 +183,34 @@ public sealed class AsyncRunTests
         Assert.All(Sources(trainer.Lines), x => Assert.Equal(0, x));
     }
 
+    /// <summary>A resume from the checkpoint after PPO iteration 3 of 5 with N = 2: the restored batches
+    /// are the last ones and nothing is left to generate. The resumed run takes the proximal log-probs
+    /// from where the uninterrupted run took them (here the trainer: those weights are never pushed,
+    /// though the resumed generation side holds them from the start), so it ends bit-identical,
+    /// metric lines included, well within the (shortened) deadline.</summary>
+    [Fact]
+    public void ResumeWithNothingLeftToGenerateTakesTheProximalLogProbsFromTheSameSide()
+    {
+        var cfg = Config("mode: async\nmax_staleness: 2", iterations: 5, checkpointEvery: 1);
+        string full = PlanExecutionTests.TempDir(), cut = PlanExecutionTests.TempDir();
+        try
+        {
+            float[] want;
+            using (var p = new Pipeline(cfg, full)) { p.Run(resume: false); want = p.Model("actor").Parameters.ToArray(); }
+            using (var p = new Pipeline(cfg, cut))
+                Assert.True((bool)p.Run(resume: false, stopAfterIterations: 6 + 4 + 3)["interrupted"]!);
+            using (var p = new Pipeline(cfg, cut) { AsyncDeadline = TimeSpan.FromSeconds(60) })
+            {
+                p.Run(resume: true);
+                Assert.Equal(want, p.Model("actor").Parameters.ToArray());
+            }
+            Assert.Equal(Content(Lines(full)), Content(Lines(cut)));
+            var asyncLines = Lines(cut).Where(l => (string)l["call"]! == "async").ToList();
+            Assert.Equal([0, 1, 1, 0, 0], asyncLines.Select(l => (int)l["proximal_on_rollout_side"]!));
+        }
+        finally { Directory.Delete(full, true); Directory.Delete(cut, true); }
+    }
+
     [Fact]
     public void UnderAPlanGenerationRunsOnItsOwnDevicesAndTrainsTheSameModel()
     {
