@@ -1,10 +1,20 @@
-// `realn bench async CONFIG [--max-staleness N] [--plan PLAN.json] [--workers] [--reps R] [--out DIR]
-// [--json]`: runs the experiment synchronously and asynchronously (`mode: async`, generation up to N
-// policy versions ahead of training) in the same process, one after the other (async first in odd
-// repetitions, sync first in even ones, so neither gets the warm start every time), and prints for
-// each the final held-out score and the wall time of the whole run and of the RL stage's iterations,
-// the async run's staleness and utilisation, and the ratios async / sync (medians over repetitions).
-// The reference (sync) is the same experiment on the same devices in the same run.
+// `realn bench async [CONFIG] [--max-staleness N] [--plan PLAN.json] [--in-process] [--examples DIR]
+// [--only a,b] [--reps R] [--out DIR] [--json]`: runs an RL workload synchronously and asynchronously
+// (`mode: async`, generation up to N policy versions ahead of training) under the same plan and
+// prints for each the final held-out score, the wall time of the whole run, of the RL stage and of
+// its iterations, the async run's staleness and utilisation, and the ratios async / sync (medians
+// over repetitions). Without CONFIG it runs the suite the async goal names: ppo-tiny and grpo-math
+// under their two-device plans in examples/bench (generation and the frozen models' scoring on
+// device 0, the training on device 1).
+//
+// The same start for both modes: the stages before the RL stage (sft, rm) run once, into
+// OUT/NAME/pre-rl, and every run of the RL stage resumes a copy of that directory (a resume from
+// the checkpoint after those stages continues exactly as the uninterrupted run: tested). So the
+// pair differs only in the mode, and a bench that runs grpo-math twice runs its SFT stage once.
+// The whole-run wall time of each run is the shared stages' time plus its own RL stage (summary.json
+// "seconds" carries the first part over in the checkpoint). Async first in odd repetitions, sync
+// first in even ones, so neither gets the warm start every time; the 1-minute load average is
+// recorded before and after every run (timings on a shared machine say little).
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
@@ -14,19 +24,32 @@ namespace ReaLNative.Cli.Commands;
 
 public static class BenchAsyncCommand
 {
+    /// <summary>The suite without CONFIG: (name, config, plan) relative to --examples.</summary>
+    public static readonly (string Name, string Config, string Plan)[] Suite =
+    [
+        ("ppo-tiny", "ppo-tiny.yaml", "bench/ppo-tiny-two-groups.plan.json"),
+        ("grpo-math", "grpo-math.yaml", "bench/grpo-math-two-groups.plan.json"),
+    ];
+
+    /// <summary>The async goal: the async run's final held-out score within this of the sync run's.</summary>
+    public const double ScoreTolerance = 0.03;
+
     public static Command Create()
     {
-        var config = new Argument<string>("CONFIG") { Description = "Experiment YAML of an RL algorithm (ppo, grpo, rloo, remax), e.g. examples/grpo-tiny.yaml" };
+        var config = new Argument<string?>("CONFIG") { Description = "Experiment YAML of an RL algorithm (ppo, grpo, rloo, remax); default: the suite (ppo-tiny and grpo-math under their two-device plans in examples/bench)", Arity = ArgumentArity.ZeroOrOne };
         var staleness = new Option<int?>("--max-staleness") { Description = "N for the async run (default: the config's max_staleness, else 1)" };
-        var planPath = new Option<string?>("--plan") { Description = "Execution plan JSON for both runs (its generation calls need devices of their own); default: no plan" };
-        var workers = new Option<bool>("--workers") { Description = "Run the plan's devices as worker processes (default: in-process devices)" };
-        var reps = new Option<int>("--reps") { Description = "Repetitions of the pair (medians are reported)", DefaultValueFactory = _ => 1 };
-        var output = new Option<string>("--out") { Description = "Run directories go to OUT/{sync,async}-REP; must be new or empty", DefaultValueFactory = _ => "runs/bench-async" };
+        var planPath = new Option<string?>("--plan") { Description = "Execution plan JSON for both runs of CONFIG (its generation calls need devices of their own); default: no plan" };
+        var inProcess = new Option<bool>("--in-process") { Description = "Run the plan's devices as threads of this process (default: one worker process per device, as `realn run --plan`)" };
+        var examples = new Option<string>("--examples") { Description = "Folder of the suite's configs and plans", DefaultValueFactory = _ => "examples" };
+        var only = new Option<string?>("--only") { Description = $"Comma-separated subset of the suite: {string.Join(",", Suite.Select(s => s.Name))}" };
+        var reps = new Option<int>("--reps") { Description = "Repetitions of each pair (medians are reported)", DefaultValueFactory = _ => 1 };
+        var output = new Option<string>("--out") { Description = "Run directories go to OUT[/NAME]/{pre-rl,sync-REP,async-REP}; must be new or empty", DefaultValueFactory = _ => "runs/bench-async" };
         var json = new Option<bool>("--json") { Description = "Print JSON" };
-        var cmd = new Command("async", "Run an RL experiment synchronously and with mode: async: final held-out score, wall time, ratio");
+        var cmd = new Command("async", "Run RL workloads synchronously and with mode: async from the same start: held-out scores, wall times, ratio");
         cmd.Arguments.Add(config);
-        foreach (var o in new Option[] { staleness, planPath, workers, reps, output, json }) cmd.Options.Add(o);
-        cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(staleness), p.GetValue(planPath), p.GetValue(workers), p.GetValue(reps), p.GetValue(output)!, p.GetValue(json)));
+        foreach (var o in new Option[] { staleness, planPath, inProcess, examples, only, reps, output, json }) cmd.Options.Add(o);
+        cmd.SetAction(p => Run(p.GetValue(config), p.GetValue(staleness), p.GetValue(planPath), p.GetValue(inProcess), p.GetValue(examples)!,
+                               p.GetValue(only), p.GetValue(reps), p.GetValue(output)!, p.GetValue(json)));
         return cmd;
     }
 
@@ -38,35 +61,131 @@ public static class BenchAsyncCommand
         return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
     }
 
-    private static int Run(string configPath, int? staleness, string? planPath, bool workers, int reps, string outRoot, bool json)
+    private sealed record Workload(string Name, string ConfigPath, string? PlanPath, string Dir);
+
+    private static int Run(string? configPath, int? staleness, string? planPath, bool inProcess, string examplesDir, string? only,
+                           int reps, string outRoot, bool json)
     {
         if (reps < 1 || reps > 100) throw new UsageException($"--reps: {reps} must be in [1, 100]");
         if (staleness is { } s0 && (s0 < 0 || s0 > 16)) throw new UsageException($"--max-staleness: {s0} must be in [0, 16]");
-        if (workers && planPath is null) throw new UsageException("--workers runs a plan's devices as worker processes: give --plan too");
-        var experiment = RunCommand.LoadExperiment(configPath);
-        int n = staleness ?? experiment.MaxStaleness ?? 1;
-        TrainingExperiment sync, async;
-        try { (sync, async) = (experiment.WithMaxStaleness(null), experiment.WithMaxStaleness(n)); }
-        catch (ExperimentConfigException e) { throw new UsageException($"{configPath}: {e.Message}"); }
-        var plan = planPath is null ? null : RunCommand.LoadPlan(planPath, configPath);
+        var workloads = new List<Workload>();
+        if (configPath is not null)
+        {
+            if (only is not null) throw new UsageException("--only selects from the suite: give it without CONFIG");
+            workloads.Add(new Workload(Path.GetFileNameWithoutExtension(configPath), configPath, planPath, outRoot));
+        }
+        else
+        {
+            if (planPath is not null) throw new UsageException("--plan goes with CONFIG: the suite uses the plans in --examples' bench folder");
+            var names = only is null ? Suite.Select(s => s.Name).ToArray() : only.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            foreach (var n in names)
+            {
+                var w = Suite.FirstOrDefault(s => s.Name == n);
+                if (w.Name is null) throw new UsageException($"--only: '{n}' is not one of {string.Join(", ", Suite.Select(s => s.Name))}");
+                workloads.Add(new Workload(w.Name, Path.Combine(examplesDir, w.Config), Path.Combine(examplesDir, w.Plan), Path.Combine(outRoot, w.Name)));
+            }
+        }
         if (File.Exists(outRoot)) throw new UsageException($"--out: '{outRoot}' is a file");
         if (Directory.Exists(outRoot) && Directory.EnumerateFileSystemEntries(outRoot).Any())
             throw new UsageException($"--out: '{outRoot}' is not empty; name a new directory");
+        // Every config and plan is read (and refused, naming it) before anything runs.
+        var loaded = workloads.Select(w =>
+        {
+            var experiment = RunCommand.LoadExperiment(w.ConfigPath);
+            int n = staleness ?? experiment.MaxStaleness ?? 1;
+            TrainingExperiment sync, async;
+            try { (sync, async) = (experiment.WithMaxStaleness(null), experiment.WithMaxStaleness(n)); }
+            catch (ExperimentConfigException e) { throw new UsageException($"{w.ConfigPath}: {e.Message}"); }
+            var plan = w.PlanPath is null ? null : RunCommand.LoadPlan(w.PlanPath, w.ConfigPath);
+            return (w, experiment, n, sync, async, plan);
+        }).ToList();
+
+        var results = new JsonArray();
+        double? loadStart = LoadAverage();
+        foreach (var (w, experiment, n, sync, async, plan) in loaded)
+            results.Add(RunWorkload(w, experiment, n, sync, async, plan, inProcess, reps, json));
+        var result = new JsonObject
+        {
+            ["benchmark"] = "async", ["cores"] = Environment.ProcessorCount,
+            ["load_average_start"] = loadStart, ["load_average_end"] = LoadAverage(),
+            ["score_tolerance"] = ScoreTolerance,
+            ["workloads"] = results,
+        };
+        if (json)
+        {
+            Console.WriteLine(result.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            return 0;
+        }
+        foreach (var r in results.Select(x => x!.AsObject()))
+        {
+            Console.WriteLine($"{r["workload"]}: {r["hosts"]}, async max_staleness {r["max_staleness"]} weight_update {r["weight_update"]}, {r["reps"]} rep(s) (medians)"
+                              + (r["shared_start"] is JsonObject sh ? $"; shared start ({string.Join(", ", sh["stages"]!.AsArray().Select(x => (string)x!))}) {F((double?)sh["seconds"], "F1")} s, score {F((double?)sh["task_score"])}" : ""));
+            Console.WriteLine($"  {"mode",-6} {"score",7} {"run s",8} {"RL stage s",11} {"RL iter s",10}");
+            foreach (var mode in new[] { "sync", "async" })
+            {
+                var m = r[mode]!.AsObject();
+                Console.WriteLine($"  {mode,-6} {F((double?)m["final_task_score"]),7} {F((double?)m["seconds"], "F1"),8} {F((double?)m["rl_stage_seconds"], "F1"),11} {F((double?)m["rl_iterations_seconds"], "F2"),10}");
+            }
+            var a = r["async"]!.AsObject();
+            Console.WriteLine($"  async / sync: run {F((double?)r["seconds_ratio"], "F2")}x, RL stage {F((double?)r["rl_stage_seconds_ratio"], "F2")}x, RL iterations {F((double?)r["rl_iterations_seconds_ratio"], "F2")}x; " +
+                              $"score difference {F((double?)r["score_difference"])} (goal: within {ScoreTolerance}); " +
+                              $"async: samples by staleness {a["staleness_histogram"]?.ToJsonString() ?? "-"}, generation busy {F((double?)a["gen_utilisation"], "P0")}, training busy {F((double?)a["train_utilisation"], "P0")}");
+        }
+        Console.WriteLine($"load average {F(loadStart, "F2")} at the start, {F((double?)result["load_average_end"], "F2")} at the end, {Environment.ProcessorCount} cores");
+        return 0;
+    }
+
+    private static JsonObject RunWorkload(Workload w, TrainingExperiment experiment, int n, TrainingExperiment sync, TrainingExperiment async,
+                                          Planner.Plan? plan, bool inProcess, int reps, bool json)
+    {
         int rl = experiment.Stages.Count - 1;
+        string hostsName = plan is null ? "single device" : inProcess ? "in-process devices" : "worker processes";
+        JobHosts Hosts() => plan is null || inProcess ? JobHosts.InProcess : JobHosts.WorkerProcesses();
+
+        // The stages before the RL stage, once: every RL run resumes a copy of this directory.
+        string? pre = null;
+        JsonObject? shared = null;
+        if (rl > 0)
+        {
+            pre = Path.Combine(w.Dir, "pre-rl");
+            if (!json) Console.Error.WriteLine($"{w.Name}: the stages before the RL stage, once: {w.ConfigPath} -> {pre}");
+            double? before = LoadAverage();
+            JsonObject summary;
+            double carried;
+            using (var job = new TrainingJob(sync.WithFirstStages(rl), Options(pre, resume: false, plan: null, JobHosts.InProcess, json)))
+            {
+                RunCommand.Prepare(job, w.ConfigPath, null);
+                var result = job.Run();
+                summary = JsonNode.Parse(result.SummaryJson!)!.AsObject();
+                // The wall time the RL runs carry over from the checkpoint they resume (its state.json "seconds").
+                carried = (double)JsonNode.Parse(File.ReadAllText(Path.Combine(result.LastCheckpoint!.Directory, "state.json")))!["seconds"]!;
+            }
+            shared = new JsonObject
+            {
+                ["stages"] = new JsonArray(experiment.Stages.Take(rl).Select(s => (JsonNode)s.Algorithm).ToArray()),
+                ["seconds"] = Math.Round(carried, 3),
+                // The RL stage's start: the last of these stages that scores the actor (sft; rm does not).
+                ["task_score"] = summary["stages"]!.AsArray().Select(st => (double?)st!["final_task_score"]).LastOrDefault(x => x is not null),
+                ["dir"] = pre,
+                ["load_average_before"] = before, ["load_average_after"] = LoadAverage(),
+            };
+        }
 
         var rows = new JsonArray();
         for (int rep = 0; rep < reps; rep++)
             foreach (var mode in rep % 2 == 0 ? new[] { "async", "sync" } : ["sync", "async"])
             {
-                string dir = Path.Combine(outRoot, $"{mode}-{rep + 1}");
-                if (!json) Console.Error.WriteLine($"run {rep + 1}/{reps}, {mode}{(mode == "async" ? $" (max_staleness {n})" : "")}: {configPath} -> {dir}");
-                var hosts = plan is null || !workers ? JobHosts.InProcess : JobHosts.WorkerProcesses();
+                string dir = Path.Combine(w.Dir, $"{mode}-{rep + 1}");
+                if (!json) Console.Error.WriteLine($"{w.Name}: run {rep + 1}/{reps}, {mode}{(mode == "async" ? $" (max_staleness {n})" : "")}, {hostsName} -> {dir}");
+                if (pre is not null) CopyRun(pre, dir);
+                double? before = LoadAverage();
                 JsonObject summary;
-                using (var job = new TrainingJob(mode == "async" ? async : sync, RunCommand.Options(dir, resume: false, overwrite: false, plan, hosts)))
+                using (var job = new TrainingJob(mode == "async" ? async : sync, Options(dir, resume: pre is not null, plan, Hosts(), json)))
                 {
-                    RunCommand.Prepare(job, configPath, planPath);
+                    RunCommand.Prepare(job, w.ConfigPath, w.PlanPath);
                     summary = JsonNode.Parse(job.Run().SummaryJson!)!.AsObject();
                 }
+                double? after = LoadAverage();
                 Curves.Write(Path.Combine(dir, "metrics.jsonl"), Path.Combine(dir, "curves.png"), $"{experiment.Name} ({mode}): training curves");
                 var stage = summary["stages"]![rl]!.AsObject();
                 var row = new JsonObject
@@ -76,6 +195,8 @@ public static class BenchAsyncCommand
                     ["seconds"] = (double)summary["seconds"]!,
                     ["rl_stage_seconds"] = (double)stage["seconds"]!,
                     ["rl_iterations_seconds"] = (double)stage["iterations_seconds"]!,
+                    ["rl_eval_seconds"] = (double?)stage["eval_seconds"],
+                    ["load_average_before"] = before, ["load_average_after"] = after,
                 };
                 if (stage["async"] is JsonObject a) row["async"] = a.DeepClone();
                 rows.Add(row);
@@ -84,38 +205,67 @@ public static class BenchAsyncCommand
         JsonObject Medians(string mode)
         {
             var own = rows.Select(r => r!.AsObject()).Where(r => (string)r["mode"]! == mode).ToList();
-            return new JsonObject
+            double M(string key, int digits) => Math.Round(Median(own.Select(r => (double)r[key]!)), digits);
+            var m = new JsonObject
             {
-                ["final_task_score"] = own.All(r => r["final_task_score"] is not null) ? Math.Round(Median(own.Select(r => (double)r["final_task_score"]!)), 4) : null,
-                ["seconds"] = Math.Round(Median(own.Select(r => (double)r["seconds"]!)), 2),
-                ["rl_iterations_seconds"] = Math.Round(Median(own.Select(r => (double)r["rl_iterations_seconds"]!)), 3),
+                ["final_task_score"] = own.All(r => r["final_task_score"] is not null) ? M("final_task_score", 4) : null,
+                ["seconds"] = M("seconds", 2),
+                ["rl_stage_seconds"] = M("rl_stage_seconds", 2),
+                ["rl_iterations_seconds"] = M("rl_iterations_seconds", 3),
             };
+            // The async runs' staleness and utilisation (the runs are deterministic: the histograms are the
+            // same in every repetition; utilisations and waits are medians).
+            if (own[0]["async"] is JsonObject first)
+            {
+                m["staleness_histogram"] = first["staleness_histogram"]?.DeepClone();
+                m["token_staleness_histogram"] = first["token_staleness_histogram"]?.DeepClone();
+                m["dropped_stale"] = first["dropped_stale"]?.DeepClone();
+                foreach (var k in new[] { "gen_utilisation", "train_utilisation", "wait_seconds", "push_seconds" })
+                    m[k] = Math.Round(Median(own.Select(r => (double)r["async"]![k]!)), 4);
+            }
+            return m;
         }
         var (ms, ma) = (Medians("sync"), Medians("async"));
         double? scoreDiff = ms["final_task_score"] is { } ss && ma["final_task_score"] is { } sa ? Math.Round((double)sa - (double)ss, 4) : null;
-        var result = new JsonObject
+        double Ratio(string key) => Math.Round((double)ma[key]! / (double)ms[key]!, 3);
+        return new JsonObject
         {
-            ["benchmark"] = "async", ["config"] = configPath, ["algorithm"] = experiment.Algorithm, ["max_staleness"] = n, ["weight_update"] = async.WeightUpdate,
-            ["plan"] = planPath, ["hosts"] = plan is null ? "single device" : workers ? "worker processes" : "in-process devices",
-            ["reps"] = reps, ["sync"] = ms, ["async"] = ma,
+            ["workload"] = w.Name, ["config"] = w.ConfigPath, ["algorithm"] = experiment.Algorithm,
+            ["max_staleness"] = n, ["weight_update"] = async.WeightUpdate,
+            ["plan"] = w.PlanPath, ["hosts"] = hostsName, ["reps"] = reps,
+            ["shared_start"] = shared,
+            ["sync"] = ms, ["async"] = ma,
             ["score_difference"] = scoreDiff,
-            ["seconds_ratio"] = Math.Round((double)ma["seconds"]! / (double)ms["seconds"]!, 3),
-            ["rl_iterations_seconds_ratio"] = Math.Round((double)ma["rl_iterations_seconds"]! / (double)ms["rl_iterations_seconds"]!, 3),
-            ["cores"] = Environment.ProcessorCount,
-            ["load_average"] = LoadAverage(),
+            ["score_within_tolerance"] = scoreDiff is { } d ? Math.Abs(d) <= ScoreTolerance : null,
+            ["seconds_ratio"] = Ratio("seconds"),
+            ["rl_stage_seconds_ratio"] = Ratio("rl_stage_seconds"),
+            ["rl_iterations_seconds_ratio"] = Ratio("rl_iterations_seconds"),
             ["rows"] = rows,
         };
-        if (json)
-        {
-            Console.WriteLine(result.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            return 0;
-        }
-        Console.WriteLine($"{experiment.Name}, {result["hosts"]}, async max_staleness {n} weight_update {async.WeightUpdate}, {reps} rep(s) (medians):");
-        Console.WriteLine($"{"mode",-6} {"score",7} {"run s",8} {"RL iter s",10}");
-        foreach (var (mode, m) in new[] { ("sync", ms), ("async", ma) })
-            Console.WriteLine($"{mode,-6} {F((double?)m["final_task_score"]),7} {F((double?)m["seconds"], "F1"),8} {F((double?)m["rl_iterations_seconds"], "F2"),10}");
-        Console.WriteLine($"async / sync: run {F((double?)result["seconds_ratio"], "F2")}x, RL iterations {F((double?)result["rl_iterations_seconds_ratio"], "F2")}x; score difference {F(scoreDiff)}");
-        return 0;
+    }
+
+    /// <summary>A run's options: as `realn run`'s, its notes (the checkpoint each run resumes from) on
+    /// stderr, none with --json (stdout is the JSON document).</summary>
+    private static TrainingOptions Options(string dir, bool resume, Planner.Plan? plan, JobHosts hosts, bool json) => new()
+    {
+        OutputDirectory = dir, Resume = resume,
+        Plan = plan is null ? PlanChoice.SingleDevice : PlanChoice.FromPlan(plan), Hosts = hosts,
+        ResumeOptionName = "--resume", OverwriteOptionName = "--overwrite", WritePlanJson = false,
+        OnNote = json ? null : n => Console.Error.WriteLine(n),
+    };
+
+    /// <summary>A copy of the shared start's run directory (metrics.jsonl and checkpoints/, with the
+    /// stage artifacts) for one RL run to resume.</summary>
+    private static void CopyRun(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        File.Copy(Path.Combine(from, "metrics.jsonl"), Path.Combine(to, "metrics.jsonl"));
+        string src = Path.Combine(from, "checkpoints");
+        foreach (var d in Directory.EnumerateDirectories(src, "*", SearchOption.AllDirectories))
+            Directory.CreateDirectory(Path.Combine(to, "checkpoints", Path.GetRelativePath(src, d)));
+        Directory.CreateDirectory(Path.Combine(to, "checkpoints"));
+        foreach (var f in Directory.EnumerateFiles(src, "*", SearchOption.AllDirectories))
+            File.Copy(f, Path.Combine(to, "checkpoints", Path.GetRelativePath(src, f)));
     }
 
     /// <summary>The 1-minute load average (the machine may be shared), or null where /proc has none.</summary>

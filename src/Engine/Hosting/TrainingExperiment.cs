@@ -116,6 +116,20 @@ public sealed class TrainingExperiment
         return new TrainingExperiment(Config with { Stages = stages }, YamlText);
     }
 
+    /// <summary>A copy with only the first <paramref name="count"/> stages (its workload algorithm the
+    /// last kept stage's). Its stages run exactly as in the whole experiment, so a run of the copy ends
+    /// with the checkpoint (and stage artifacts) that the whole experiment resumes from at the next
+    /// stage: for example to run the stages before an RL stage once and start several runs of that
+    /// stage from the same point (<c>realn bench async</c>).</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="count"/> is not in [1, stage count].</exception>
+    public TrainingExperiment WithFirstStages(int count)
+    {
+        if (count < 1 || count > Config.Stages.Count)
+            throw new ArgumentOutOfRangeException(nameof(count), count, $"the experiment has {Config.Stages.Count} stages");
+        var stages = Config.Stages.Take(count).ToArray();
+        return new TrainingExperiment(Config with { Stages = stages, Algorithm = stages[^1].Algorithm }, YamlText);
+    }
+
     /// <summary>A copy that writes a checkpoint every <paramref name="iterations"/> iterations (and after each stage's last).</summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="iterations"/> is below 1.</exception>
     public TrainingExperiment WithCheckpointEvery(int iterations)

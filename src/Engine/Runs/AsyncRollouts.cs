@@ -99,6 +99,10 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     private int _pausedIteration = -1;      // the generation paused for new weights (or that ended before its pause)
     private bool _swapTaken;                // whether the generation in flight took the new weights
     private double _pausedSeconds;          // how long the generation in flight waited at its pause (not busy time)
+    // The decoupled loss's proximal log-probs computed on this side (null: the trainer computes them):
+    // for each stale batch, once this side holds the version the trainer trains it with.
+    private readonly Func<Rollout, float[]>? _proximal;
+    private readonly Dictionary<int, (Rollout Rollout, RolloutProximal Result)> _proximalJobs = new();
 
     /// <param name="generation">The stage's generation calls on the generation side.</param>
     /// <param name="sources">An iteration's batch with its source keys (called in iteration order, on the generation thread).</param>
@@ -112,12 +116,18 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     /// <param name="pausePoint">Receives this object as the generation calls' pause point (before the generation thread starts).</param>
     /// <param name="scoring">The scoring calls that run on this side after each generation (their sources: the generation's batch), or null.
     /// A restored batch without their outputs (a checkpoint of a run that scored on the trainer side) is scored here before any new generation.</param>
+    /// <param name="proximal">Computes a stale batch's proximal log-probs (minibatches 1..) with this side's actor weights, or null:
+    /// the trainer computes them. Called on this side's thread right after the push of the version the batch trains with, before the
+    /// next generation (finish_batch only).</param>
     public AsyncRollouts(MeshExecutor generation, Func<int, SampleBatch> sources, Action push, int maxStaleness, int start, int end,
                          IReadOnlyList<(int Iteration, Action<SampleBatch> Fill, IReadOnlyList<CallRecord> Records, int Version)> restored,
                          TimeSpan deadline, CancellationToken cancel, int interruptStep = 0, PausePointRelay? pausePoint = null,
-                         MeshExecutor? scoring = null)
+                         MeshExecutor? scoring = null, Func<Rollout, float[]>? proximal = null)
     {
         _scoring = scoring;
+        if (proximal is not null && interruptStep > 0)
+            throw new ArgumentException("the proximal log-probs are computed on the rollout side under weight_update: finish_batch only (a paused generation holds the model)");
+        _proximal = proximal;
         if (interruptStep < 0 || (interruptStep > 0 && maxStaleness < 1))
             throw new ArgumentException($"weight_update: interrupt needs a pause step >= 1 and max_staleness >= 1 (got {interruptStep}, {maxStaleness})");
         _interruptStep = interruptStep;
@@ -143,6 +153,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
                     throw new InvalidDataException($"rollouts.bin: iteration {r.Iteration} has a token version outside [{r.Version}, {r.Iteration}]");
             }
             var ready = new GeneratedBatch(r.Iteration, batch, r.Records, r.Version);
+            OfferProximal(ready);
             if (_scoring is not null && _scoring.Graph.Calls.SelectMany(c => c.Outputs).Any(k => !batch.Contains(k))) _unscored.Enqueue(ready);
             else _ready[r.Iteration] = ready;
             _next++;
@@ -173,6 +184,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
             while (true)
             {
                 int g, version;
+                (Rollout Rollout, RolloutProximal Result) job;
                 lock (_gate)
                 {
                     // The trainer pushes each version after its iteration (or stops the loop on a failure); a
@@ -188,14 +200,23 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
                     if (_stopping || _next >= _end) return;
                     g = _next; version = _weights;
                     if (version != Needed(g)) throw new InvalidOperationException($"generation of iteration {g} holds policy version {version}, not {Needed(g)}");
+                    // The batch the trainer trains with the weights this side now holds (OfferProximal: one whose
+                    // weights are pushed, or held from the start, while a generation is still to come).
+                    _proximalJobs.Remove(version, out job);
                     // interrupt: this generation takes the version that finish_batch would push after it.
                     _swap = _interruptStep > 0 && Needed(g + 1) > version ? (g, version, Needed(g + 1)) : null;
                     _swapTaken = false;
                     _pausedSeconds = 0;
                 }
+                long t0 = Stopwatch.GetTimestamp();
+                // Its proximal log-probs first: the trainer is about to need them.
+                if (job.Result is not null)
+                {
+                    try { job.Result.Set(_proximal!(job.Rollout)); }
+                    catch (Exception e) { job.Result.Fail(e); throw; }
+                }
                 var batch = _sources(g);
                 batch.Set(StageContext.BehaviourVersionKey, new[] { version });
-                long t0 = Stopwatch.GetTimestamp();
                 var records = _generation.RunIteration(batch, _cancel);
                 SetTokenVersions(batch, version, _swapTaken ? (_interruptStep, _swap!.Value.To) : null);
                 if (_scoring is not null) records = [.. records, .. _scoring.RunIteration(batch, _cancel)];
@@ -203,6 +224,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
                 lock (_gate)
                 {
                     _ready[g] = new GeneratedBatch(g, batch, records, version);
+                    OfferProximal(_ready[g]);
                     _next = g + 1;
                     _swap = null;
                     _busySeconds += seconds;
@@ -212,8 +234,28 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
         }
         catch (Exception e)
         {
-            lock (_gate) { _failure = e; Monitor.PulseAll(_gate); }
+            lock (_gate)
+            {
+                _failure = e;
+                foreach (var j in _proximalJobs.Values) j.Result.Fail(e);
+                Monitor.PulseAll(_gate);
+            }
         }
+    }
+
+    /// <summary>A stale batch (sampled by a version older than the one it trains with, its iteration):
+    /// this side computes its proximal log-probs once it holds that version, which it does when the
+    /// version is pushed (after train iteration it - 1, when generation it + N is still to come) or
+    /// held from the start (a resume's first restored batch, under the same condition), before that
+    /// generation. The last N iterations' versions are never pushed: the trainer computes theirs.
+    /// The rule depends on the iteration alone, so a resumed run takes the same path as the
+    /// uninterrupted one. Called under the lock, or before the thread starts.</summary>
+    private void OfferProximal(GeneratedBatch b)
+    {
+        if (_proximal is null || b.Version >= b.Iteration || b.Iteration + _staleness >= _end || !b.Batch.Contains("sequences")) return;
+        var result = new RolloutProximal(_deadline);
+        b.Batch.Set(StageContext.RolloutProximalKey, result);
+        _proximalJobs[b.Iteration] = (b.Batch.Get<Rollout>("sequences"), result);
     }
 
     /// <summary>Sets the batch's per-token policy versions (aligned with "logprobs": sequence by
@@ -333,7 +375,12 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     /// so that nothing uses the generation side once this returns true.</summary>
     public bool Stop()
     {
-        lock (_gate) { _stopping = true; Monitor.PulseAll(_gate); }
+        lock (_gate)
+        {
+            _stopping = true;
+            foreach (var j in _proximalJobs.Values) j.Result.Fail(new OperationCanceledException("async generation stopped"));
+            Monitor.PulseAll(_gate);
+        }
         return _thread.Join(_deadline);
     }
 

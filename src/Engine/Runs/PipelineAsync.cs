@@ -22,6 +22,12 @@ internal sealed partial class Pipeline
     /// <summary>How long the trainer waits for one generation (and the generation side for a stop) before the run fails.</summary>
     public TimeSpan AsyncDeadline { get; init; } = TimeSpan.FromMinutes(30);
 
+    /// <summary>Whether the rollout side computes the decoupled loss's proximal log-probs of each stale
+    /// batch (under finish_batch, with more than one minibatch), right after the push of the weights the
+    /// batch trains with, while the trainer starts the iteration; false: the trainer recomputes them
+    /// (the same values: tested). Off the trainer's critical path is the point.</summary>
+    internal bool ProximalOnRolloutSide { get; init; } = true;
+
     /// <summary>Iterations <paramref name="first"/>.. of an async stage; false when the iteration
     /// budget ran out first (the run is interrupted).</summary>
     private bool RunAsyncIterations(StageConfig stage, int first, ref int budget, Stopwatch stageClock, CancellationToken cancellationToken)
@@ -49,6 +55,7 @@ internal sealed partial class Pipeline
         var pausePoint = new PausePointRelay();
         IModelCalls Pausing(IModelCalls calls) => interruptStep > 0 ? new PausingCalls(calls, pausePoint) : calls;
         Dictionary<string, CallHandler> genHandlers;
+        IModelCalls genActor;   // the generation side's actor (its weights: the version last pushed)
         Action push;
         Func<string, IReadOnlyCollection<int>> genDevices;
         LlamaModel? genCopy = null;
@@ -62,6 +69,7 @@ internal sealed partial class Pipeline
                     : _algorithm.Handlers(Context(stage, (call, role) => role == "actor" && genNames.Contains(call) ? Pausing(_binding.Calls(call, role)) : _binding.Calls(call, role)))
                                 .Where(h => genNames.Contains(h.Key)).ToDictionary();
                 push = () => { foreach (var c in genGraph.Calls) _binding.Push(c.Name, c.Model); };
+                genActor = _binding.Calls(genGraph.Calls.First(c => c.Model == "actor").Name, "actor");
                 genDevices = _binding.MeshOf;
             }
             else
@@ -75,6 +83,7 @@ internal sealed partial class Pipeline
                 var genContext = Context(stage, (call, role) => role == "actor" ? Pausing(new SingleModelCalls(copy, () => null)) : _binding.Calls(call, role));
                 genHandlers = _algorithm.Handlers(genContext).Where(h => genNames.Contains(h.Key)).ToDictionary();
                 push = () => copy.CopyParametersFrom(actor);
+                genActor = new SingleModelCalls(copy, () => null);
                 genDevices = _ => [0];
             }
 
@@ -87,9 +96,13 @@ internal sealed partial class Pipeline
                 _algorithm.SetSources(batch, _examples.Take(stage, g));
                 return batch;
             }
+            // The proximal log-probs of minibatches 1..: only the decoupled loss needs them, and only with several minibatches.
+            var context = Context(stage);
+            Func<Rollout, float[]>? proximal = ProximalOnRolloutSide && interruptStep == 0 && stage.Ppo.DecoupledLoss && stage.Batch.Minibatches > 1
+                ? r => context.ProximalOfLaterMinibatches(genActor, r) : null;
             using var rollouts = new AsyncRollouts(new MeshExecutor(genGraph, genHandlers, genDevices), Sources, push, staleness, first, stage.Iterations,
                                                    restored, AsyncDeadline, cancellationToken, interruptStep, pausePoint,
-                                                   scoreGraph.Calls.Count > 0 ? new MeshExecutor(scoreGraph, scoreHandlers, genDevices) : null);
+                                                   scoreGraph.Calls.Count > 0 ? new MeshExecutor(scoreGraph, scoreHandlers, genDevices) : null, proximal);
             _rollouts = rollouts;
             _rolloutKeys = [.. genGraph.Calls.SelectMany(c => c.Outputs), .. scoreGraph.Calls.SelectMany(c => c.Outputs), StageContext.TokenVersionsKey];
             var exec = new MeshExecutor(restGraph, restHandlers, _binding.DevicesOf);
@@ -119,6 +132,9 @@ internal sealed partial class Pipeline
                     ["staleness"] = it - ready.Version, ["samples"] = stage.Batch.Size, ["dropped_stale"] = 0,
                     ["wait_seconds"] = Math.Round(waited + pushWait, 5), ["push_seconds"] = Math.Round(pushSeconds, 5),
                     ["interrupt_step"] = interruptStep,
+                    // 1: the decoupled loss's proximal log-probs of this (stale) batch were computed on the rollout side,
+                    // after the push; 0: by the trainer, or not needed (an on-policy batch, or no decoupled loss).
+                    ["proximal_on_rollout_side"] = StageContext.Staleness(ready.Batch) > 0 && stage.Ppo.DecoupledLoss && ready.Batch.Contains(StageContext.RolloutProximalKey) ? 1 : 0,
                     ["gen_utilisation"] = Math.Round(Math.Min(1, generating / wall), 4),
                     ["train_utilisation"] = Math.Round(Math.Min(1, (training + pushSeconds) / wall), 4),
                 };

@@ -58,6 +58,7 @@ internal sealed class CriticFreeStage(StageConfig stage) : StageAlgorithm(stage)
             for (int e = 0; e < Stage.Ppo.PpoEpochs; e++)
                 for (int k = 0; k < mb; k++)
                 {
+                    if (e == 0 && k == 1) StageContext.AwaitProximal(b, proximal, r, mb);   // computed on the rollout side meanwhile
                     int s0 = k * n / mb, s1 = (k + 1) * n / mb;
                     if (!keep.AsSpan(s0, s1 - s0).Contains(true)) continue;  // dynamic sampling dropped the whole minibatch
                     var (sb, a0, a1) = r.Slice(s0, s1);

@@ -61,6 +61,7 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
             for (int e = 0; e < ppo.PpoEpochs; e++)
                 for (int k = 0; k < mb; k++)
                 {
+                    if (e == 0 && k == 1) StageContext.AwaitProximal(b, proximal, r, mb);   // computed on the rollout side meanwhile
                     var (sb, a0, a1) = r.Slice(k * n / mb, (k + 1) * n / mb);
                     var lp = m.LogProbs(sb, temp);
                     if (proximal is not null && e == 0 && k == 0) lp.CopyTo(proximal, a0);   // the proximal weights' forward

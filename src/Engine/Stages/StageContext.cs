@@ -133,15 +133,30 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     public static int Staleness(SampleBatch b) =>
         b.Contains(PolicyVersionKey) && b.Contains(BehaviourVersionKey) ? b.Get<int[]>(PolicyVersionKey)[0] - b.Get<int[]>(BehaviourVersionKey)[0] : 0;
 
+    /// <summary>An async batch's proximal log-probs of minibatches 1.. computed on the rollout side
+    /// (Runs/AsyncRollouts.cs), set in the batch when it is handed to the trainer.</summary>
+    public const string RolloutProximalKey = "rollout_proximal";
+
     /// <summary>The proximal policy's log-probs of the sampled actions (the trainer's weights before
     /// the iteration's first step, minibatch by minibatch) for an off-policy batch of the decoupled
     /// objective; null for an on-policy batch, whose generation log-probs are the proximal ones, and
     /// with `ppo.decoupled_loss: false` (the ratio is then against the behaviour log-probs).
     /// Minibatch 0 is left for the caller to fill from its first forward (epoch 0, minibatch 0: the
-    /// same weights, so the same values), which saves one minibatch's forward.</summary>
+    /// same weights, so the same values), which saves one minibatch's forward. When the rollout side
+    /// computes minibatches 1.. (the batch holds a <see cref="RolloutProximal"/> that will deliver
+    /// them), they are left too: the caller calls <see cref="AwaitProximal"/> before minibatch 1.</summary>
     public float[]? ProximalLogProbs(SampleBatch b, IModelCalls actor, Rollout r)
     {
         if (Staleness(b) == 0 || !stage.Ppo.DecoupledLoss) return null;
+        if (b.Contains(RolloutProximalKey)) return new float[r.Scored.ActionCu[r.Examples.Length]];
+        return ProximalOfLaterMinibatches(actor, r);
+    }
+
+    /// <summary>Minibatches 1.. of <paramref name="r"/>'s log-probs under <paramref name="actor"/>'s
+    /// weights (minibatch 0's range left 0): what the trainer's recompute of the proximal policy gives,
+    /// computed where those weights are (the trainer, or the rollout side right after their push).</summary>
+    public float[] ProximalOfLaterMinibatches(IModelCalls actor, Rollout r)
+    {
         int n = r.Examples.Length, mb = stage.Batch.Minibatches;
         var all = new float[r.Scored.ActionCu[n]];
         for (int k = 1; k < mb; k++)
@@ -150,6 +165,18 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
             actor.LogProbs(sb, (float)stage.Generation.Temperature).CopyTo(all, a0);
         }
         return all;
+    }
+
+    /// <summary>Before minibatch 1 of the first epoch: fills minibatches 1.. of
+    /// <paramref name="proximal"/> from the rollout side's computation (waiting for it), when the
+    /// batch has one; nothing otherwise.</summary>
+    public static void AwaitProximal(SampleBatch b, float[]? proximal, Rollout r, int minibatches)
+    {
+        if (proximal is null || !b.Contains(RolloutProximalKey)) return;
+        var from = b.Get<RolloutProximal>(RolloutProximalKey).Wait();
+        int start = r.Scored.ActionCu[r.Examples.Length / minibatches];
+        if (from.Length != proximal.Length) throw new InvalidOperationException($"the rollout side's proximal log-probs have {from.Length} values for {proximal.Length} actions");
+        Array.Copy(from, start, proximal, start, proximal.Length - start);
     }
 
     /// <summary>Sequence rewards after DAPO's overlong penalty (ppo.overlong_buffer; unchanged when 0).</summary>

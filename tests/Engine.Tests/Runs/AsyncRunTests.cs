@@ -151,6 +151,66 @@ public sealed class AsyncRunTests
         Call("critic_train", "critic", PlanCallType.TrainStep, 1, 1),
     ], null);
 
+    /// <summary>The decoupled loss's proximal log-probs of a stale batch, computed on the rollout side
+    /// right after the push of the weights the batch trains with (off the trainer's critical path),
+    /// are the trainer's own recompute bit for bit: the same parameters and metric lines; the async
+    /// lines say where they came from (the last N iterations' weights are never pushed: the trainer's).</summary>
+    [Theory]
+    [InlineData("ppo", 1, true)]
+    [InlineData("ppo", 2, false)]
+    [InlineData("grpo", 1, false)]
+    public void ProximalLogProbsFromTheRolloutSideAreTheTrainersRecompute(string algorithm, int staleness, bool plan)
+    {
+        var cfg = Config($"mode: async\nmax_staleness: {staleness}", algorithm, iterations: 5);
+        (float[] Actor, List<JsonObject> Lines) RunWith(bool rolloutSide)
+        {
+            string d = PlanExecutionTests.TempDir();
+            try
+            {
+                using var p = new Pipeline(cfg, d, plan: plan ? TwoGroups(genDevice: 0, scoringDevice: 0) : null) { ProximalOnRolloutSide = rolloutSide };
+                p.Run(resume: false);
+                return (p.Model("actor").Parameters.ToArray(), Lines(d));
+            }
+            finally { Directory.Delete(d, true); }
+        }
+        var (rollout, trainer) = (RunWith(true), RunWith(false));
+        Assert.Equal(trainer.Actor, rollout.Actor);
+        static IEnumerable<string> WithoutSource(List<JsonObject> lines) => Content(lines.Select(l => { var c = l.DeepClone().AsObject(); c.Remove("proximal_on_rollout_side"); return c; }));
+        Assert.Equal(WithoutSource(trainer.Lines), WithoutSource(rollout.Lines));
+        int[] Sources(List<JsonObject> lines) => lines.Where(l => (string)l["call"]! == "async").Select(l => (int)l["proximal_on_rollout_side"]!).ToArray();
+        // Iteration g samples with version max(g - N, 0): stale from g = 1 on; the last N iterations train with weights never pushed.
+        Assert.Equal(Enumerable.Range(0, 5).Select(it => it >= 1 && it < 5 - staleness ? 1 : 0), Sources(rollout.Lines));
+        Assert.All(Sources(trainer.Lines), x => Assert.Equal(0, x));
+    }
+
+    /// <summary>A resume from the checkpoint after PPO iteration 3 of 5 with N = 2: the restored batches
+    /// are the last ones and nothing is left to generate. The resumed run takes the proximal log-probs
+    /// from where the uninterrupted run took them (here the trainer: those weights are never pushed,
+    /// though the resumed generation side holds them from the start), so it ends bit-identical,
+    /// metric lines included, well within the (shortened) deadline.</summary>
+    [Fact]
+    public void ResumeWithNothingLeftToGenerateTakesTheProximalLogProbsFromTheSameSide()
+    {
+        var cfg = Config("mode: async\nmax_staleness: 2", iterations: 5, checkpointEvery: 1);
+        string full = PlanExecutionTests.TempDir(), cut = PlanExecutionTests.TempDir();
+        try
+        {
+            float[] want;
+            using (var p = new Pipeline(cfg, full)) { p.Run(resume: false); want = p.Model("actor").Parameters.ToArray(); }
+            using (var p = new Pipeline(cfg, cut))
+                Assert.True((bool)p.Run(resume: false, stopAfterIterations: 6 + 4 + 3)["interrupted"]!);
+            using (var p = new Pipeline(cfg, cut) { AsyncDeadline = TimeSpan.FromSeconds(60) })
+            {
+                p.Run(resume: true);
+                Assert.Equal(want, p.Model("actor").Parameters.ToArray());
+            }
+            Assert.Equal(Content(Lines(full)), Content(Lines(cut)));
+            var asyncLines = Lines(cut).Where(l => (string)l["call"]! == "async").ToList();
+            Assert.Equal([0, 1, 1, 0, 0], asyncLines.Select(l => (int)l["proximal_on_rollout_side"]!));
+        }
+        finally { Directory.Delete(full, true); Directory.Delete(cut, true); }
+    }
+
     [Fact]
     public void UnderAPlanGenerationRunsOnItsOwnDevicesAndTrainsTheSameModel()
     {

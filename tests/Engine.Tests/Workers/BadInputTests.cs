@@ -170,6 +170,18 @@ public sealed class BadInputTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void BenchAsyncRefusesWhatItCannotRun()
+    {
+        string root = ConfigRoot(), fresh = Path.Combine(_dir, "bench-async");
+        string plan = Path.Combine(root, "examples", "bench", "ppo-tiny-two-groups.plan.json");
+        Refused(["bench", "async", "--only", "ppo-tiny,nope", "--out", fresh], "--only", "'nope' is not one of ppo-tiny, grpo-math");
+        Refused(["bench", "async", "--plan", plan, "--out", fresh], "--plan", "goes with CONFIG");
+        Refused(["bench", "async", "--examples", Path.Combine(_dir, "none"), "--out", fresh], "ppo-tiny.yaml");
+        Refused(["bench", "async", Write("sft.yaml", Sft), "--out", fresh], "sft.yaml", "RL algorithms");
+        Assert.False(Directory.Exists(fresh), "a refused bench async created its --out");
+    }
+
+    [Fact]
     public void SelftestOnAnAbsentBackendNamesWhy()
     {
         if (ReaLNative.Interop.Native.BackendAvailable(ReaLNative.Interop.Backend.Cuda))
