@@ -83,7 +83,7 @@ public static class BenchReallocCommand
                     ["memcpy_1_thread_gbps"] = Round(c.MemcpyOneThreadGbps), ["memcpy_threads_gbps"] = Round(c.MemcpyThreadsGbps),
                     ["streaming_copy_threads_gbps"] = Round(c.StreamingCopyThreadsGbps),
                     ["contiguous_read_gbps"] = Round(c.ContiguousReadGbps), ["contiguous_mapped_copy_gbps"] = Round(c.MappedCopyGbps),
-                    ["p2p_gbps"] = Round(c.P2pGbps),
+                    ["p2p_gbps"] = Round(c.P2pGbps), ["shard_huge_page_fraction"] = c.ShardHugePageFraction is double h ? Math.Round(h, 3) : null,
                 }.Where(kv => kv.Value is not null).ToDictionary(kv => kv.Key, kv => kv.Value!)).ToList(),
             };
             Console.WriteLine(JsonSerializer.Serialize(o, new JsonSerializerOptions { WriteIndented = true }));
@@ -164,9 +164,13 @@ public static class BenchReallocCommand
             var (refName, refGbps) = new[] { ("p2p", p2p), ("contiguous_read", read ?? 0), ("contiguous_mapped_copy", mapped ?? 0) }.MaxBy(x => x.Item2);
             var bc = new ReallocBenchCase(InProcessReallocBenchmark.Describe(pairs[c].From), InProcessReallocBenchmark.Describe(pairs[c].To),
                 "cross-process", bytes, sec, bytes / sec / 1e9, refGbps)
-            { Reference = refName, ContiguousReadGbps = read, MappedCopyGbps = mapped, P2pGbps = p2p };
+            {
+                Reference = refName, ContiguousReadGbps = read, MappedCopyGbps = mapped, P2pGbps = p2p,
+                ShardHugePageFraction = reports.Values.Min(rep => rep.TryGetProperty("shard_huge_page_fraction", out var f) ? f[c].GetDouble() : 1.0),
+            };
             log?.Invoke($"{bc.From} -> {bc.To}: {bytes / 1e9:F2} GB in {sec * 1e3:F0} ms, {bc.Gbps:F2} GB/s, contiguous reads {(read is double r ? $"{r:F2} GB/s" : "unavailable")}, "
-                        + $"contiguous mapped copies {(mapped is double m ? $"{m:F2} GB/s" : "unavailable")}, p2p {p2p:F2} GB/s, ratio {bc.Ratio:F2} (of {bc.Reference})");
+                        + $"contiguous mapped copies {(mapped is double m ? $"{m:F2} GB/s" : "unavailable")}, p2p {p2p:F2} GB/s, ratio {bc.Ratio:F2} (of {bc.Reference}); "
+                        + $"shards on 2 MiB pages: {bc.ShardHugePageFraction:P0}");
             result.Add(bc);
         }
         log?.Invoke((bool)extra["shared_memory"] ? "cross-process cases copied out of the senders' shards mapped from shared memory (REALN_REALLOC_SHARED_MEMORY=0: process_vm_readv)"

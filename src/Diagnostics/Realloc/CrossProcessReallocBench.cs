@@ -75,6 +75,7 @@ internal static unsafe class CrossProcessReallocBench
         var repTimes = new List<List<double>>();
         var referenceTimes = new List<List<double>>();
         var mappedReferenceTimes = new List<List<double>>();
+        var hugeFractions = new List<double>();
         for (int c = 0; c < pairs.Count; c++)
         {
             var plan = ReallocPlan.Build(pairs[c].From, pairs[c].To, factory, 4, _ => 0);
@@ -90,6 +91,11 @@ internal static unsafe class CrossProcessReallocBench
                 }
                 if (plan.To.Devices.Contains(rank)) dst = new HostBlock(plan.DestinationLayoutOf(rank).TotalElements * 4, ShardMemory(mover));
                 nint s = src is null ? 0 : (nint)src.Pointer, d = dst is null ? 0 : (nint)dst.Pointer;
+                // How much of this rank's shards lies on 2 MiB pages (shared blocks are collapsed
+                // into them where the kernel can: realn_host_alloc); 4 KiB pages would slow the
+                // cases and the references alike.
+                long shardBytes = (src?.Bytes ?? 0) + (dst?.Bytes ?? 0);
+                hugeFractions.Add(shardBytes == 0 || !mover.SharedMemory ? 1.0 : Math.Min(1.0, ShmemPmdMappedBytes() / (double)shardBytes));
                 using var contiguous = ContiguousReads.Prepare(transport, plan, schedule, s, c);
                 double best = double.MaxValue;
                 var times = new List<double>();
@@ -129,12 +135,27 @@ internal static unsafe class CrossProcessReallocBench
         }
         report["process_read_bytes"] = mover.ProcessReadBytes;
         report["shared_read_bytes"] = mover.SharedMemoryReadBytes;
+        report["shard_huge_page_fraction"] = hugeFractions;
         report["case_seconds"] = cases;
         report["case_rep_seconds"] = repTimes;  // per timed repetition: the master takes min over reps of max over ranks
         report["contiguous_read_rep_seconds"] = referenceTimes;  // the same, for the contiguous-read reference (0 on ranks that read nothing)
         report["mapped_copy_rep_seconds"] = mappedReferenceTimes;  // the same, copying out of the senders' mapped shards (-1: not available)
         client.Request("report", JsonSerializer.Serialize(new { rank, json = JsonSerializer.Serialize(report) }), TimeSpan.FromSeconds(10));
         Rendezvous.Barrier(client, rank, "done", limit);
+        return 0;
+    }
+
+    /// <summary>Shared memory of this process mapped with 2 MiB entries (ShmemPmdMapped of
+    /// /proc/self/smaps_rollup), in bytes; 0 where it cannot be read.</summary>
+    private static long ShmemPmdMappedBytes()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/smaps_rollup"))
+                if (line.StartsWith("ShmemPmdMapped:", StringComparison.Ordinal))
+                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+        }
+        catch (IOException) { }
         return 0;
     }
 

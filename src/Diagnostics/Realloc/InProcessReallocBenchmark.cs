@@ -21,6 +21,8 @@ internal sealed record ReallocBenchCase(string From, string To, string Kind, lon
     public double? StreamingCopyThreadsGbps { get; init; }
     public double? ContiguousReadGbps { get; init; }
     public double? MappedCopyGbps { get; init; }
+    /// <summary>Cross-process cases: the least share of a rank's shards on 2 MiB pages.</summary>
+    public double? ShardHugePageFraction { get; init; }
     public double? P2pGbps { get; init; }
 }
 

@@ -47,9 +47,10 @@ internal sealed class TransportRealloc : IDisposable
     private const long DescriptorTag = 1L << 39 | 1, DoneTag = 1L << 39 | 2, ProcAddressTag = 1L << 39 | 3, ProcDoneTag = 1L << 39 | 4;
 
     /// <summary>Whether a receiver reads its intervals straight from the shard of a sender that the
-    /// transport names a process on this host (<see cref="ITransport.LocalProcessOf"/>) with one
+    /// transport names a process on this host (<see cref="ITransport.LocalProcessOf"/>): out of the
+    /// sender's shard mapped from shared memory (<see cref="SharedMemory"/>), else with one
     /// process_vm_readv per batch of intervals (<c>realn_process_read</c>): one copy, no gather,
-    /// no scatter, no message per interval; the sender only sends its shard's address and waits for
+    /// no scatter, no message per interval; the sender only announces its shard and waits for
     /// the receiver's "done". Every other peer (another host, process reads off) goes over the
     /// transport as below. Where the kernel refuses the read (another user, ptrace scope) the pair
     /// falls back to tagged messages, one per interval. Every mover of a job must agree (the

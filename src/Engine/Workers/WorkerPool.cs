@@ -429,6 +429,13 @@ internal sealed class WorkerPool : IReplicaHost
         return replies.Select(r => JsonNode.Parse(r)?["peak_rss_bytes"]?.GetValue<long?>()).ToArray();
     }
 
+    /// <summary>Bytes of other workers' shared shards each worker keeps mapped (the `memory` command).</summary>
+    public IReadOnlyList<long>? WorkerPeerMappedBytes()
+    {
+        var replies = Dispatch("memory", Enumerable.Range(0, Devices).ToArray(), "memory", new JsonObject());
+        return replies.Select(r => JsonNode.Parse(r)?["peer_mapped_bytes"]?.GetValue<long>() ?? 0).ToArray();
+    }
+
     public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer,
                            ModelPrecision precision = ModelPrecision.Fp32)
     {

@@ -51,10 +51,13 @@ public sealed class SharedMemoryReallocTests
 
     private static unsafe nint Ptr(Dictionary<int, HostBlock> m, int d) => m.TryGetValue(d, out var x) ? (nint)x.Pointer : 0;
 
-    private static async Task Execute(TransportRealloc[] movers, ReallocPlan plan, Dictionary<int, HostBlock> src, Dictionary<int, HostBlock> dst)
+    private static Task Execute(TransportRealloc[] movers, ReallocPlan plan, Dictionary<int, HostBlock> src, Dictionary<int, HostBlock> dst) =>
+        Execute(movers, plan, src.ToDictionary(kv => kv.Key, kv => Ptr(src, kv.Key)), dst);
+
+    private static async Task Execute(TransportRealloc[] movers, ReallocPlan plan, Dictionary<int, nint> src, Dictionary<int, HostBlock> dst)
     {
         var tasks = Enumerable.Range(0, movers.Length).Select(d => Task.Run(() =>
-            movers[d].ExecuteAsync(plan, ReallocSchedule.ForDevice(plan, d), Ptr(src, d), Ptr(dst, d)))).ToArray();
+            movers[d].ExecuteAsync(plan, ReallocSchedule.ForDevice(plan, d), src.GetValueOrDefault(d), Ptr(dst, d)))).ToArray();
         await Task.WhenAll(tasks).WaitAsync(TimeSpan.FromSeconds(60));
     }
 
@@ -93,9 +96,27 @@ public sealed class SharedMemoryReallocTests
                 for (int w = 0; w < 2; w++)
                 {
                     var src = a.Devices.ToDictionary(d => d, d => Block(TestLayouts.Shard(plan.SourceLayoutOf(d), global), w == 0 && sharedSender[d]));
+                    var srcAt = src.ToDictionary(kv => kv.Key, kv => Ptr(src, kv.Key));
+                    if (w == 0 && trial % 2 == 1)
+                    {
+                        // Shared senders' shards inside one shared block, at offsets (the announced
+                        // offset must be honoured), the senders' own blocks unused.
+                        var shards = a.Devices.Where(d => sharedSender[d]).ToList();
+                        long at = 0;
+                        var offsets = new Dictionary<int, long>();
+                        foreach (var d in shards) { at += 4096 + 64 * (d + 1); offsets[d] = at; at += plan.SourceLayoutOf(d).TotalElements * 4; }
+                        var arena = new HostBlock(Math.Max(at, 4), HostAllocFlags.Prefault | HostAllocFlags.Shared);
+                        blocks.Add(arena);
+                        foreach (var d in shards)
+                        {
+                            srcAt[d] = Ptr(new Dictionary<int, HostBlock> { [0] = arena }, 0) + (nint)offsets[d];
+                            unsafe { Buffer.MemoryCopy((void*)Ptr(src, d), (void*)srcAt[d], src[d].Bytes, plan.SourceLayoutOf(d).TotalElements * 4); }
+                            Assert.Equal(offsets[d], SharedHostMemory.Describe(srcAt[d])!.Value.Offset);
+                        }
+                    }
                     var dst = b.Devices.ToDictionary(d => d, d => Block(Enumerable.Repeat(float.NaN, (int)plan.DestinationLayoutOf(d).TotalElements).ToArray(), w == 0 && rng.Next(2) == 0));
                     blocks.AddRange(src.Values.Concat(dst.Values));
-                    await Execute(w == 0 ? movers : transportPath, plan, src, dst);
+                    await Execute(w == 0 ? movers : transportPath, plan, srcAt, dst);
                     results[w] = [];
                     foreach (var d in b.Devices.Order())
                     {
