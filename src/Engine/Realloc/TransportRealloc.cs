@@ -361,19 +361,20 @@ internal sealed class TransportRealloc : IDisposable
     private async Task ReadFromAsync(int peer, Task address, HostBlock buf, List<(long Tag, long S, long D, long L)> intervals, nint destination, CancellationToken ct)
     {
         await address.ConfigureAwait(false);
-        ulong remote;
-        SharedHostMemory.Descriptor? shared;
-        unsafe
-        {
-            long* w = (long*)buf.Pointer;
-            remote = (ulong)w[0];
-            shared = w[1] >= 0 ? new SharedHostMemory.Descriptor(checked((int)w[1]), w[2], w[3], (ulong)w[4]) : null;
-        }
         int pid = _transport.LocalProcessOf(peer) ?? throw new InvalidOperationException($"device {peer} is not a process on this host");
         long status = ReadDone;
         Exception? failure = null;
         try
         {
+            ulong remote;
+            SharedHostMemory.Descriptor? shared;
+            unsafe
+            {
+                long* w = (long*)buf.Pointer;
+                remote = (ulong)w[0];
+                if (w[1] > int.MaxValue) throw new InvalidOperationException($"device {peer} announced descriptor number {w[1]}");
+                shared = w[1] >= 0 ? new SharedHostMemory.Descriptor((int)w[1], w[2], w[3], (ulong)w[4]) : null;
+            }
             bool copied = false;
             if (shared is { } d && SharedMemory)
             {
