@@ -104,11 +104,29 @@ REALN_API realn_status realn_stream_destroy(realn_stream_t stream);
 enum {
     REALN_HOST_PREFAULT = 1, /* touch every page once now (first touch is slow on these hosts) */
     REALN_HOST_PINNED = 2,   /* page-lock (mlock / cudaHostRegister where possible)           */
-    REALN_HOST_HUGEPAGE = 4  /* advise transparent huge pages                                 */
+    REALN_HOST_HUGEPAGE = 4, /* advise transparent huge pages (not for SHARED)                 */
+    REALN_HOST_SHARED = 8    /* a sealed memfd, MAP_SHARED: other processes of this host may map
+                                it read-only (realn_shared_map); freeing returns its pages at once */
 };
 /* Page-aligned host memory (2 MiB aligned when at least 2 MiB). Flags as above. */
 REALN_API realn_status realn_host_alloc(int64_t bytes, int32_t flags, void** out);
+/* Frees; a SHARED allocation's pages are released even where another process still maps it
+ * (that mapping then reads zero pages). */
 REALN_API realn_status realn_host_free(void* ptr);
+/* Whether ptr lies inside a REALN_HOST_SHARED allocation of this process: its memfd's descriptor
+ * here, ptr's offset in it, the memfd's size and its token (random, part of the memfd's name, which
+ * realn_shared_map checks). fd = -1, the rest 0, when it does not. */
+REALN_API realn_status realn_host_shared_info(const void* ptr, int32_t* fd, int64_t* offset, int64_t* size,
+                                              uint64_t* token);
+/* Maps read-only, in this process, the shared allocation that process pid of this host described
+ * with realn_host_shared_info (fd, token, size): opens /proc/pid/fd/fd, checks that it is that memfd
+ * (name with the token, size, shrink seal), maps it and closes the descriptor. The mapping keeps the
+ * memory alive after pid exits, until realn_shared_unmap. REALN_ERR_UNSUPPORTED when not allowed to
+ * open it (another user, ptrace restrictions); REALN_ERR_NOT_FOUND when the process, descriptor or
+ * memfd is gone or is not the one described. */
+REALN_API realn_status realn_shared_map(int32_t pid, int32_t fd, uint64_t token, int64_t size, const void** out);
+/* Unmaps what realn_shared_map returned (size as given to it). */
+REALN_API realn_status realn_shared_unmap(const void* ptr, int64_t size);
 
 /* Backend memory owned by a handle (host memory for the CPU backend, device memory for CUDA). */
 typedef struct realn_buf* realn_buf_t;

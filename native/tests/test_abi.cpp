@@ -106,6 +106,98 @@ static void test_process_read() {
     close(go[1]);
 }
 
+// Shared host memory (REALN_HOST_SHARED): another process maps it read-only and sees the owner's
+// bytes; the mapping outlives the owner; freeing releases the pages even while mapped (the stale
+// mapping reads zeros, never faults); a wrong token, a gone process or a descriptor that is not
+// the announced memfd is refused, not mapped.
+static void test_shared_memory() {
+    const int64_t bytes = (int64_t(3) << 20) + 12345;
+    void* p = nullptr;
+    EXPECT(realn_host_alloc(bytes, REALN_HOST_PREFAULT | REALN_HOST_SHARED, &p) == REALN_OK && p != nullptr);
+    EXPECT((reinterpret_cast<uintptr_t>(p) & ((2u << 20) - 1)) == 0);
+    auto* bytes_p = static_cast<unsigned char*>(p);
+    std::mt19937_64 rng(23);
+    for (int64_t i = 0; i < bytes; ++i) bytes_p[i] = static_cast<unsigned char>(rng());
+    int32_t fd = -2;
+    int64_t offset = -1, size = -1;
+    uint64_t token = 0;
+    EXPECT(realn_host_shared_info(bytes_p + 4097, &fd, &offset, &size, &token) == REALN_OK);
+    EXPECT(fd >= 0 && offset == 4097 && size >= bytes && token != 0);
+    int32_t none = 0;
+    int64_t o2 = 1, s2 = 1;
+    uint64_t t2 = 1;
+    std::vector<char> heap(64);
+    EXPECT(realn_host_shared_info(heap.data(), &none, &o2, &s2, &t2) == REALN_OK && none == -1 && o2 == 0 && s2 == 0 && t2 == 0);
+    void* plain = nullptr;
+    EXPECT(realn_host_alloc(1 << 20, REALN_HOST_PREFAULT, &plain) == REALN_OK);
+    EXPECT(realn_host_shared_info(plain, &none, &o2, &s2, &t2) == REALN_OK && none == -1);
+    EXPECT(realn_host_free(plain) == REALN_OK);
+
+    // Another process maps it and reads the owner's bytes.
+    int go[2];
+    EXPECT(pipe(go) == 0);
+    const pid_t owner = getpid();
+    pid_t child = fork();
+    if (child == 0) {
+        const void* m = nullptr;
+        bool ok = realn_shared_map(owner, fd, token, size, &m) == REALN_OK && m != nullptr &&
+                  std::memcmp(m, p, static_cast<size_t>(bytes)) == 0;  // p: the child's copy-on-write copy of the same bytes
+        ok = ok && realn_shared_unmap(m, size) == REALN_OK;
+        const void* bad = nullptr;
+        ok = ok && realn_shared_map(owner, fd, token ^ 1, size, &bad) == REALN_ERR_NOT_FOUND && bad == nullptr;
+        ok = ok && realn_shared_map(owner, fd, token, size + 4096, &bad) == REALN_ERR_NOT_FOUND;
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    EXPECT(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    const void* m = nullptr;
+    EXPECT(realn_shared_map(owner, 0, token, size, &m) == REALN_ERR_NOT_FOUND && m == nullptr);  // stdin: not that memfd
+    EXPECT(error_mentions("not the shared buffer announced"));
+    EXPECT(realn_shared_map(child, fd, token, size, &m) == REALN_ERR_NOT_FOUND);  // the child is gone
+    EXPECT(error_mentions("gone"));
+    EXPECT(realn_shared_map(owner, fd, token, 0, &m) == REALN_ERR_INVALID_ARGUMENT);
+
+    // Freed while mapped: the pages are released, the stale mapping reads zeros.
+    EXPECT(realn_shared_map(owner, fd, token, size, &m) == REALN_OK && m != nullptr);
+    EXPECT(std::memcmp(m, p, static_cast<size_t>(bytes)) == 0);
+    EXPECT(realn_host_free(p) == REALN_OK);
+    const auto* q = static_cast<const unsigned char*>(m);
+    bool zero = true;
+    for (int64_t i = 0; i < bytes; i += 4096) zero = zero && q[i] == 0;
+    EXPECT(zero);
+    EXPECT(realn_shared_unmap(m, size) == REALN_OK);
+
+    // The mapping outlives its owner: a child allocates, announces, exits; its bytes stay readable.
+    struct Announce { int32_t fd; int64_t size; uint64_t token; unsigned char first; } a{};
+    int back[2];  // child -> parent (go: parent -> child)
+    EXPECT(pipe(back) == 0);
+    child = fork();
+    if (child == 0) {
+        void* c = nullptr;
+        if (realn_host_alloc(1 << 20, REALN_HOST_PREFAULT | REALN_HOST_SHARED, &c) != REALN_OK) _exit(1);
+        std::memset(c, 0x5c, 1 << 20);
+        int64_t off = 0;
+        Announce x{};
+        realn_host_shared_info(c, &x.fd, &off, &x.size, &x.token);
+        x.first = 0x5c;
+        if (write(back[1], &x, sizeof x) != static_cast<ssize_t>(sizeof x)) _exit(1);
+        char wait;
+        if (read(go[0], &wait, 1) != 1) _exit(1);  // until the parent has mapped it
+        _exit(0);
+    }
+    EXPECT(read(back[0], &a, sizeof a) == static_cast<ssize_t>(sizeof a));
+    EXPECT(realn_shared_map(child, a.fd, a.token, a.size, &m) == REALN_OK);
+    EXPECT(write(go[1], "x", 1) == 1);
+    EXPECT(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    q = static_cast<const unsigned char*>(m);
+    EXPECT(m != nullptr && q[0] == 0x5c && q[(1 << 20) - 1] == 0x5c);
+    EXPECT(m == nullptr || realn_shared_unmap(m, a.size) == REALN_OK);
+    close(go[0]);
+    close(go[1]);
+    close(back[0]);
+    close(back[1]);
+}
+
 int main() {
     int32_t maj = -1, min = -1, pat = -1;
     EXPECT(realn_version(&maj, &min, &pat) == REALN_OK && maj == REALN_VERSION_MAJOR);
@@ -184,6 +276,7 @@ int main() {
     EXPECT(realn_host_free(h) == REALN_OK);
     EXPECT(realn_host_free(h) == REALN_ERR_INVALID_ARGUMENT);  // double free is caught
     EXPECT(error_mentions("was not returned by realn_host_alloc"));
+    test_shared_memory();
 
     // Selftest of a backend without a device: NOT_FOUND where it is not built, UNSUPPORTED (naming
     // the missing driver or device) where it is built but cannot run here.

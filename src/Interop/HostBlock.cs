@@ -13,6 +13,10 @@ public enum HostAllocFlags
     Prefault = 1,
     Pinned = 2,
     HugePage = 4,
+    /// <summary>A sealed memfd mapped shared: a process of this host maps it read-only
+    /// (<see cref="SharedHostMemory"/>) and copies straight out of it; no transparent huge pages
+    /// (HugePage is ignored). Freeing releases its pages even while another process maps it.</summary>
+    Shared = 8,
     Default = Prefault | HugePage,
 }
 

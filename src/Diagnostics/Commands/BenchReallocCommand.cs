@@ -3,8 +3,9 @@
 // same-process cases to the best copy of the same bytes (memcpy on one thread or several, or the
 // streaming copy, between pre-faulted buffers), cross-process cases to the best process-to-process
 // copy of the same bytes: the same receivers reading them from the same senders as contiguous
-// regions (process_vm_readv), or point-to-point UCX, whichever is faster. Each case is verified
-// bit-exact before it is timed.
+// regions (process_vm_readv), the same receivers copying the same bytes as contiguous regions out of
+// the senders' shards mapped from shared memory, or point-to-point UCX, whichever is fastest. Each
+// case is verified bit-exact before it is timed.
 using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;
@@ -71,6 +72,7 @@ public static class BenchReallocCommand
                 ["workers"] = CrossProcessReallocBench.Workers,
                 ["transport"] = extra["transport"],
                 ["process_read"] = extra["process_read"],
+                ["shared_memory"] = extra["shared_memory"],
                 ["p2p"] = extra["p2p"],
                 ["cases"] = cases.Select(c => new Dictionary<string, object?>
                 {
@@ -80,7 +82,8 @@ public static class BenchReallocCommand
                     ["reference"] = c.Reference, ["goal"] = 0.80, ["goal_max"] = 1.10,
                     ["memcpy_1_thread_gbps"] = Round(c.MemcpyOneThreadGbps), ["memcpy_threads_gbps"] = Round(c.MemcpyThreadsGbps),
                     ["streaming_copy_threads_gbps"] = Round(c.StreamingCopyThreadsGbps),
-                    ["contiguous_read_gbps"] = Round(c.ContiguousReadGbps), ["p2p_gbps"] = Round(c.P2pGbps),
+                    ["contiguous_read_gbps"] = Round(c.ContiguousReadGbps), ["contiguous_mapped_copy_gbps"] = Round(c.MappedCopyGbps),
+                    ["p2p_gbps"] = Round(c.P2pGbps), ["shard_huge_page_fraction"] = c.ShardHugePageFraction is double h ? Math.Round(h, 3) : null,
                 }.Where(kv => kv.Value is not null).ToDictionary(kv => kv.Key, kv => kv.Value!)).ToList(),
             };
             Console.WriteLine(JsonSerializer.Serialize(o, new JsonSerializerOptions { WriteIndented = true }));
@@ -126,6 +129,8 @@ public static class BenchReallocCommand
         var extra = P2pFigures(reports);
         // Whether the cases read shards from the other processes (process_vm_readv) or moved them over UCX.
         extra["process_read"] = reports.Values.Any(r => r.TryGetProperty("process_read_bytes", out var b) && b.GetInt64() > 0);
+        // Whether they copied out of the senders' mapped shards (shared memory).
+        extra["shared_memory"] = reports.Values.Any(r => r.TryGetProperty("shared_read_bytes", out var b) && b.GetInt64() > 0);
         // The reference: the best tagged rank 0 -> rank 1 bandwidth among the bulk message sizes
         // (64 MiB, 256 MiB, 256 MiB as concurrent pieces of the size the cases move their bulk in);
         // the 4 MiB figure is latency-bound and left out. Taking the best keeps the ratio conservative.
@@ -148,17 +153,29 @@ public static class BenchReallocCommand
             // The process-to-process reference: the same receivers reading the same bytes from the
             // same senders as contiguous regions, concurrently (ContiguousReads); -1 on a rank
             // means it could not read its senders' processes.
-            bool readable = reports.Values.All(rep => rep.GetProperty("contiguous_read_rep_seconds")[c].EnumerateArray().All(x => x.GetDouble() >= 0));
-            double readSec = readable ? Enumerable.Range(0, nrep).Min(i => reports.Values.Max(rep => rep.GetProperty("contiguous_read_rep_seconds")[c][i].GetDouble())) : double.PositiveInfinity;
-            double read = bytes / readSec / 1e9;
+            double? Reference(string key)
+            {
+                bool available = reports.Values.All(rep => rep.GetProperty(key)[c].EnumerateArray().All(x => x.GetDouble() >= 0));
+                return available ? bytes / Enumerable.Range(0, nrep).Min(i => reports.Values.Max(rep => rep.GetProperty(key)[c][i].GetDouble())) / 1e9 : null;
+            }
+            double? read = Reference("contiguous_read_rep_seconds");
+            // Copies of the same contiguous regions out of the senders' mapped shards (shared memory).
+            double? mapped = Reference("mapped_copy_rep_seconds");
+            var (refName, refGbps) = new[] { ("p2p", p2p), ("contiguous_read", read ?? 0), ("contiguous_mapped_copy", mapped ?? 0) }.MaxBy(x => x.Item2);
             var bc = new ReallocBenchCase(InProcessReallocBenchmark.Describe(pairs[c].From), InProcessReallocBenchmark.Describe(pairs[c].To),
-                "cross-process", bytes, sec, bytes / sec / 1e9, Math.Max(p2p, read))
-            { Reference = read > p2p ? "contiguous_read" : "p2p", ContiguousReadGbps = readable ? read : null, P2pGbps = p2p };
-            log?.Invoke($"{bc.From} -> {bc.To}: {bytes / 1e9:F2} GB in {sec * 1e3:F0} ms, {bc.Gbps:F2} GB/s, contiguous reads {(readable ? $"{read:F2} GB/s" : "unavailable")}, p2p {p2p:F2} GB/s, ratio {bc.Ratio:F2} (of {bc.Reference})");
+                "cross-process", bytes, sec, bytes / sec / 1e9, refGbps)
+            {
+                Reference = refName, ContiguousReadGbps = read, MappedCopyGbps = mapped, P2pGbps = p2p,
+                ShardHugePageFraction = reports.Values.Min(rep => rep.TryGetProperty("shard_huge_page_fraction", out var f) ? f[c].GetDouble() : 1.0),
+            };
+            log?.Invoke($"{bc.From} -> {bc.To}: {bytes / 1e9:F2} GB in {sec * 1e3:F0} ms, {bc.Gbps:F2} GB/s, contiguous reads {(read is double r ? $"{r:F2} GB/s" : "unavailable")}, "
+                        + $"contiguous mapped copies {(mapped is double m ? $"{m:F2} GB/s" : "unavailable")}, p2p {p2p:F2} GB/s, ratio {bc.Ratio:F2} (of {bc.Reference}); "
+                        + $"shards on 2 MiB pages: {bc.ShardHugePageFraction:P0}");
             result.Add(bc);
         }
-        log?.Invoke((bool)extra["process_read"] ? "cross-process cases read the senders' shards with process_vm_readv (REALN_REALLOC_PROCESS_READ=0: over UCX)"
-                                                 : "cross-process cases moved everything over UCX");
+        log?.Invoke((bool)extra["shared_memory"] ? "cross-process cases copied out of the senders' shards mapped from shared memory (REALN_REALLOC_SHARED_MEMORY=0: process_vm_readv)"
+                    : (bool)extra["process_read"] ? "cross-process cases read the senders' shards with process_vm_readv (REALN_REALLOC_PROCESS_READ=0: over UCX)"
+                    : "cross-process cases moved everything over UCX");
         log?.Invoke($"transport {extra["transport"]}; point-to-point GB/s: {string.Join(", ", ((Dictionary<string, double>)extra["p2p"]).Select(x => $"{x.Key} {x.Value}"))}");
         return (p2p, result, extra);
     }

@@ -97,6 +97,7 @@ public static class BenchScaleOutCommand
         var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(run, "summary.json")))!.AsObject();
         var peak = summary["peak_rss_bytes_by_process"]?.AsObject() ?? throw new MeasurementException("summary.json has no peak_rss_bytes_by_process");
         var planned = summary["planned_memory_bytes_by_process"]?.AsObject();
+        var mappedBy = summary["peer_mapped_bytes_by_process"]?.AsObject();
         long master = (long)peak["master"]!;
         var processes = new JsonArray();
         foreach (var (name, v) in peak)
@@ -106,6 +107,8 @@ public static class BenchScaleOutCommand
             processes.Add(new JsonObject
             {
                 ["process"] = name, ["peak_rss_bytes"] = b, ["planned_bytes"] = plannedBytes,
+                // Other workers' shards this one maps (shared memory): their pages it read count in its peak RSS too.
+                ["peer_mapped_bytes"] = mappedBy?[name] is JsonNode mb ? (long)mb : null,
                 ["of_reference"] = Math.Round((double)b / reference, 4),
                 ["of_planned"] = plannedBytes is > 0 ? Math.Round((double)b / plannedBytes.Value, 3) : null,
             });
@@ -126,9 +129,10 @@ public static class BenchScaleOutCommand
             return 0;
         }
         Console.WriteLine($"{cfg.Name} under {Path.GetFileName(planPath)}: one copy of the models' state {Gb(reference)} GB ({string.Join(", ", bytesByRole.Select(kv => $"{kv.Key} {Gb((long)kv.Value!)}"))})");
-        Console.WriteLine($"{"process",-10} {"peak RSS GB",12} {"of models",10} {"planned GB",11} {"of planned",11}");
+        Console.WriteLine($"{"process",-10} {"peak RSS GB",12} {"of models",10} {"planned GB",11} {"of planned",11} {"peers mapped GB",16}");
         foreach (var row in processes.Select(r => r!.AsObject()))
-            Console.WriteLine($"{(string)row["process"]!,-10} {Gb((long)row["peak_rss_bytes"]!),12} {(double)row["of_reference"]!,10:F3} {(row["planned_bytes"] is JsonNode pb ? Gb((long)pb) : "-"),11} {(row["of_planned"] is JsonNode op ? ((double)op).ToString("F2", CultureInfo.InvariantCulture) : "-"),11}");
+            Console.WriteLine($"{(string)row["process"]!,-10} {Gb((long)row["peak_rss_bytes"]!),12} {(double)row["of_reference"]!,10:F3} {(row["planned_bytes"] is JsonNode pb ? Gb((long)pb) : "-"),11} {(row["of_planned"] is JsonNode op ? ((double)op).ToString("F2", CultureInfo.InvariantCulture) : "-"),11} {(row["peer_mapped_bytes"] is JsonNode mb ? Gb((long)mb) : "-"),16}");
+        Console.WriteLine("(a worker's peak RSS counts the pages of other workers' shards it maps to reallocate out of them: shared memory, held once by their owner)");
         Console.WriteLine($"master peak RSS / models' state: {(double)result["master_of_reference"]!:F3} (goal < 0.1); run {result["run_seconds"]} s");
         if (result["data_bytes"] is JsonObject d)
             Console.WriteLine($"call inputs: {(long)d["from_master"]!} bytes from the master, {(long)d["between_workers"]!} bytes read worker to worker");

@@ -46,6 +46,11 @@ internal static unsafe class CrossProcessReallocBench
     }
     public const long P2pBytes = 256L << 20;
 
+    /// <summary>How the cases' shards are allocated: as a worker process allocates its parameters
+    /// (shared host memory, unless REALN_REALLOC_SHARED_MEMORY=0 turned the mapped path off).</summary>
+    public static HostAllocFlags ShardMemory(TransportRealloc mover) =>
+        mover.SharedMemory ? HostAllocFlags.Prefault | HostAllocFlags.Shared : HostAllocFlags.Default;
+
     public static int RunWorker(string endpoint, string jobId, byte[] secret, int rank, int size, LlamaShape shape, int reps, bool p2pOnly = false)
     {
         var auth = new MessageAuth(secret, jobId);
@@ -69,6 +74,8 @@ internal static unsafe class CrossProcessReallocBench
         var cases = new List<double>();
         var repTimes = new List<List<double>>();
         var referenceTimes = new List<List<double>>();
+        var mappedReferenceTimes = new List<List<double>>();
+        var hugeFractions = new List<double>();
         for (int c = 0; c < pairs.Count; c++)
         {
             var plan = ReallocPlan.Build(pairs[c].From, pairs[c].To, factory, 4, _ => 0);
@@ -79,15 +86,21 @@ internal static unsafe class CrossProcessReallocBench
                 if (plan.From.Devices.Contains(rank))
                 {
                     var l = plan.SourceLayoutOf(rank);
-                    src = new HostBlock(l.TotalElements * 4);
+                    src = new HostBlock(l.TotalElements * 4, ShardMemory(mover));
                     Fill(l, (float*)src.Pointer);
                 }
-                if (plan.To.Devices.Contains(rank)) dst = new HostBlock(plan.DestinationLayoutOf(rank).TotalElements * 4);
+                if (plan.To.Devices.Contains(rank)) dst = new HostBlock(plan.DestinationLayoutOf(rank).TotalElements * 4, ShardMemory(mover));
                 nint s = src is null ? 0 : (nint)src.Pointer, d = dst is null ? 0 : (nint)dst.Pointer;
-                var contiguous = ContiguousReads.Prepare(transport, plan, schedule, s, c);
+                // How much of this rank's shards lies on 2 MiB pages (shared blocks are collapsed
+                // into them where the kernel can: realn_host_alloc); 4 KiB pages would slow the
+                // cases and the references alike.
+                long shardBytes = (src?.Bytes ?? 0) + (dst?.Bytes ?? 0);
+                hugeFractions.Add(shardBytes == 0 || !mover.SharedMemory ? 1.0 : Math.Min(1.0, ShmemPmdMappedBytes() / (double)shardBytes));
+                using var contiguous = ContiguousReads.Prepare(transport, plan, schedule, s, c);
                 double best = double.MaxValue;
                 var times = new List<double>();
                 var refTimes = new List<double>();
+                var mappedTimes = new List<double>();
                 // Candidate and reference alternate, so both see the same load.
                 for (int i = 0; i < reps + 1; i++)
                 {
@@ -102,13 +115,17 @@ internal static unsafe class CrossProcessReallocBench
                     }
                     Rendezvous.Barrier(client, rank, $"case-{c}-{i}-reference", limit);
                     double refSec = contiguous.Time(d, limit);
-                    if (i > 0) { best = Math.Min(best, sec); times.Add(sec); refTimes.Add(refSec); }
+                    Rendezvous.Barrier(client, rank, $"case-{c}-{i}-mapped", limit);
+                    double mappedSec = contiguous.TimeMapped(d, limit);
+                    if (i > 0) { best = Math.Min(best, sec); times.Add(sec); refTimes.Add(refSec); mappedTimes.Add(mappedSec); }
                 }
+                contiguous.Dispose();
                 // No sender frees its shard while a receiver may still read it.
                 Rendezvous.Barrier(client, rank, $"case-{c}-end", limit);
                 cases.Add(best);
                 repTimes.Add(times);
                 referenceTimes.Add(refTimes);
+                mappedReferenceTimes.Add(mappedTimes);
             }
             finally
             {
@@ -117,11 +134,28 @@ internal static unsafe class CrossProcessReallocBench
             }
         }
         report["process_read_bytes"] = mover.ProcessReadBytes;
+        report["shared_read_bytes"] = mover.SharedMemoryReadBytes;
+        report["shard_huge_page_fraction"] = hugeFractions;
         report["case_seconds"] = cases;
         report["case_rep_seconds"] = repTimes;  // per timed repetition: the master takes min over reps of max over ranks
         report["contiguous_read_rep_seconds"] = referenceTimes;  // the same, for the contiguous-read reference (0 on ranks that read nothing)
+        report["mapped_copy_rep_seconds"] = mappedReferenceTimes;  // the same, copying out of the senders' mapped shards (-1: not available)
         client.Request("report", JsonSerializer.Serialize(new { rank, json = JsonSerializer.Serialize(report) }), TimeSpan.FromSeconds(10));
         Rendezvous.Barrier(client, rank, "done", limit);
+        return 0;
+    }
+
+    /// <summary>Shared memory of this process mapped with 2 MiB entries (ShmemPmdMapped of
+    /// /proc/self/smaps_rollup), in bytes; 0 where it cannot be read.</summary>
+    private static long ShmemPmdMappedBytes()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/smaps_rollup"))
+                if (line.StartsWith("ShmemPmdMapped:", StringComparison.Ordinal))
+                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+        }
+        catch (IOException) { }
         return 0;
     }
 
@@ -289,10 +323,10 @@ internal static unsafe class CrossProcessReallocBench
                 if (plan.From.Devices.Contains(rank))
                 {
                     var l = plan.SourceLayoutOf(rank);
-                    _src = new HostBlock(l.TotalElements * 4);
+                    _src = new HostBlock(l.TotalElements * 4, ShardMemory(_mover));
                     Fill(l, (float*)_src.Pointer);
                 }
-                if (plan.To.Devices.Contains(rank)) _dst = new HostBlock(plan.DestinationLayoutOf(rank).TotalElements * 4);
+                if (plan.To.Devices.Contains(rank)) _dst = new HostBlock(plan.DestinationLayoutOf(rank).TotalElements * 4, ShardMemory(_mover));
                 _case = c;
             }
             var schedule = ReallocSchedule.ForDevice(plan, rank);

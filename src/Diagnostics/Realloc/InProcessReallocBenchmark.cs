@@ -11,7 +11,8 @@ internal sealed record ReallocBenchCase(string From, string To, string Kind, lon
     public double Ratio => Gbps / ReferenceGbps;
 
     /// <summary>Which figure <see cref="ReferenceGbps"/> is: memcpy (same process), the
-    /// contiguous reads or point-to-point (cross process), whichever was faster.</summary>
+    /// contiguous reads, the contiguous copies out of mapped shards or point-to-point (cross
+    /// process), whichever was fastest.</summary>
     public string Reference { get; init; } = "memcpy";
 
     /// <summary>The candidates of the reference (null where they do not apply).</summary>
@@ -19,6 +20,9 @@ internal sealed record ReallocBenchCase(string From, string To, string Kind, lon
     public double? MemcpyThreadsGbps { get; init; }
     public double? StreamingCopyThreadsGbps { get; init; }
     public double? ContiguousReadGbps { get; init; }
+    public double? MappedCopyGbps { get; init; }
+    /// <summary>Cross-process cases: the least share of a rank's shards on 2 MiB pages.</summary>
+    public double? ShardHugePageFraction { get; init; }
     public double? P2pGbps { get; init; }
 }
 

@@ -88,8 +88,12 @@ internal sealed unsafe class LlamaModel : IDisposable
 
     /// <summary>The shard of rank <paramref name="comm"/> (its pipeline stage and tensor rank) of a
     /// model laid out by comm's layout; null = single device. Errors name what does not divide.</summary>
-    public LlamaModel(LlamaConfig config, bool scalarHead, ShardComm? comm, NativeStream? stream = null)
+    /// <param name="sharedParameters">allocate the parameter buffers (fp32 and bf16; AdamW's moments
+    /// follow <see cref="ParameterMemory"/>) in shared host memory, which other processes of this host
+    /// map to reallocate straight out of them (worker processes do)</param>
+    public LlamaModel(LlamaConfig config, bool scalarHead, ShardComm? comm, NativeStream? stream = null, bool sharedParameters = false)
     {
+        ParameterMemory = sharedParameters ? HostAllocFlags.Prefault | HostAllocFlags.Shared : HostAllocFlags.Default;
         Config = config.Validate();
         ScalarHead = scalarHead;
         _stream = stream ?? NativeStream.Cpu();
@@ -106,7 +110,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         _vocabLocal = config.Vocab / _tp;
         _vocabStart = _tpRank * _vocabLocal;
         _headWidth = scalarHead ? 1 : _vocabLocal;
-        _params = new HostBlock(Math.Max(4, Layout.TotalElements * 4));
+        _params = new HostBlock(Math.Max(4, Layout.TotalElements * 4), ParameterMemory);
         // Gradients: fresh anonymous pages read as zero and are not touched until a backward writes
         // them, so a model that never trains (inference replicas, ref, reward) holds no gradient memory.
         _grads = new HostBlock(Math.Max(4, Layout.TotalElements * 4), HostAllocFlags.HugePage);
@@ -188,7 +192,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         if (precision == ModelPrecision.Bf16 && Precision != ModelPrecision.Bf16)
         {
             ProbeBf16(_stream);
-            _bf16Params = new HostBlock(Math.Max(2, Layout.TotalElements * 2));
+            _bf16Params = new HostBlock(Math.Max(2, Layout.TotalElements * 2), ParameterMemory);
             _bf16Stale = true;
         }
         else if (precision == ModelPrecision.Fp32 && _bf16Params is not null)
@@ -211,6 +215,10 @@ internal sealed unsafe class LlamaModel : IDisposable
         Native.Check(st);
         if (y != 1) throw new InvalidOperationException($"bf16 probe: 1 x 1 linear layer gave {y}, not 1");
     }
+
+    /// <summary>How the buffers that reallocation moves (parameters fp32 and bf16, AdamW's moments)
+    /// are allocated: <see cref="HostAllocFlags.Default"/>, or shared host memory.</summary>
+    public HostAllocFlags ParameterMemory { get; }
 
     /// <summary>A frozen model (never trained: ref, reward) in bf16 holds its bf16 weights only: the
     /// copy is made now and the fp32 master and gradient buffers are freed (6 of every 8 bytes per

@@ -55,8 +55,8 @@ internal sealed unsafe class AdamW : IDisposable
         Schedule = schedule;
         Beta1 = beta1; Beta2 = beta2; Eps = eps; WeightDecay = weightDecay; ClipGradNorm = clipGradNorm;
         long bytes = Math.Max(4, model.ParameterCount * 4);
-        _m = new HostBlock(bytes);
-        _v = new HostBlock(bytes);
+        _m = new HostBlock(bytes, model.ParameterMemory);
+        _v = new HostBlock(bytes, model.ParameterMemory);
         _m.AsSpan<float>((int)model.ParameterCount).Clear();
         _v.AsSpan<float>((int)model.ParameterCount).Clear();
     }

@@ -21,6 +21,11 @@ internal interface IReplicaHost : IDisposable
     /// by device; null when the devices are threads of this process (counted in its own).</summary>
     IReadOnlyList<long?>? WorkerPeakRssBytes() => null;
 
+    /// <summary>Bytes of other workers' shared shards each worker process keeps mapped, by device
+    /// (the pages it has read of them count in its resident set as well as in their owner's); null
+    /// for in-process devices.</summary>
+    IReadOnlyList<long>? WorkerPeerMappedBytes() => null;
+
     /// <summary>Bytes of call inputs the master sent to worker processes, and bytes of sequences the
     /// workers moved between themselves (Workers/ResidentBatches.cs); null for in-process devices.</summary>
     (long FromMaster, long BetweenWorkers)? DataBytes => null;

@@ -61,9 +61,11 @@ internal sealed unsafe class ShardReplica : IDisposable
     /// <summary>The shard of layout rank <paramref name="rank"/> over <paramref name="transport"/>
     /// (tag space from <paramref name="groupBase"/>); with <paramref name="optimizer"/> trainable.
     /// <paramref name="precision"/> bf16: a trainable shard keeps its fp32 master (the optimizer's)
-    /// and runs on a bf16 copy; an inference shard holds bf16 weights only.</summary>
+    /// and runs on a bf16 copy; an inference shard holds bf16 weights only. <paramref name="sharedParameters"/>:
+    /// parameters and moments in shared host memory (<see cref="LlamaModel.ParameterMemory"/>).</summary>
     public ShardReplica(ITransport transport, LlamaConfig config, bool scalarHead, ParallelLayout layout, int rank, int groupBase,
-                        int microBatches, Func<LlamaModel, AdamW>? optimizer, ModelPrecision precision = ModelPrecision.Fp32)
+                        int microBatches, Func<LlamaModel, AdamW>? optimizer, ModelPrecision precision = ModelPrecision.Fp32,
+                        bool sharedParameters = false)
     {
         if (microBatches < 1) throw new ArgumentException($"micro_batches must be >= 1 (got {microBatches})");
         Layout = layout;
@@ -72,7 +74,7 @@ internal sealed unsafe class ShardReplica : IDisposable
         if (Comm.LayoutRank != rank) { Comm.Dispose(); throw new ArgumentException($"transport rank {transport.Rank} is layout rank {Comm.LayoutRank}, not {rank}"); }
         try
         {
-            Shard = new LlamaModel(config, scalarHead, Comm);
+            Shard = new LlamaModel(config, scalarHead, Comm, sharedParameters: sharedParameters);
             Runner = new ShardRunner(Shard);
             Optimizer = optimizer?.Invoke(Shard);
             if (precision == ModelPrecision.Bf16)

@@ -42,6 +42,16 @@ internal static unsafe class InProcessRealloc
                 }
             }
         }
+        CopyPieces(pieces, total, streamMinBytes);
+    }
+
+    /// <summary>Copies (src, dst, bytes) pieces, none longer than 4 MiB, that total
+    /// <paramref name="total"/> bytes: with streaming stores from <paramref name="streamMinBytes"/>
+    /// bytes on, over <see cref="CopyThreads"/> threads from 8 MiB on. Used for the copies of a
+    /// same-process reallocation and for those out of another process's mapped shard
+    /// (<see cref="TransportRealloc"/>).</summary>
+    internal static void CopyPieces(List<(nint Src, nint Dst, long Bytes)> pieces, long total, long streamMinBytes = StreamMinBytes)
+    {
         bool stream = total >= streamMinBytes;
         void CopyRange(int first, int end)
         {
@@ -85,7 +95,8 @@ internal static unsafe class InProcessRealloc
     /// caches, where nothing the copy writes would still be cached when it is read.</summary>
     public const long StreamMinBytes = 16L << 20;
 
-    private const long PieceBytes = 4L << 20;
+    /// <summary>Longest piece of <see cref="CopyPieces"/>, and its threads' work item.</summary>
+    internal const long PieceBytes = 4L << 20;
     private const long ParallelBytes = 8L << 20;
 
     private static void Require(IReadOnlyDictionary<int, DeviceBuffer> buffers, int device, long bytes, string side)

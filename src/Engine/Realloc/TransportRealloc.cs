@@ -47,18 +47,51 @@ internal sealed class TransportRealloc : IDisposable
     private const long DescriptorTag = 1L << 39 | 1, DoneTag = 1L << 39 | 2, ProcAddressTag = 1L << 39 | 3, ProcDoneTag = 1L << 39 | 4;
 
     /// <summary>Whether a receiver reads its intervals straight from the shard of a sender that the
-    /// transport names a process on this host (<see cref="ITransport.LocalProcessOf"/>) with one
+    /// transport names a process on this host (<see cref="ITransport.LocalProcessOf"/>): out of the
+    /// sender's shard mapped from shared memory (<see cref="SharedMemory"/>), else with one
     /// process_vm_readv per batch of intervals (<c>realn_process_read</c>): one copy, no gather,
-    /// no scatter, no message per interval; the sender only sends its shard's address and waits for
+    /// no scatter, no message per interval; the sender only announces its shard and waits for
     /// the receiver's "done". Every other peer (another host, process reads off) goes over the
     /// transport as below. Where the kernel refuses the read (another user, ptrace scope) the pair
     /// falls back to tagged messages, one per interval. Every mover of a job must agree (the
     /// default; tests turn it off to exercise the transport paths).</summary>
     public bool ProcessRead { get; init; } = true;
 
-    /// <summary>Bytes this mover has read from other processes' shards (process_vm_readv).</summary>
+    /// <summary>Whether a receiver that reads a sender's process (<see cref="ProcessRead"/>) maps
+    /// the sender's shard instead, where the shard lies in shared host memory
+    /// (<see cref="HostAllocFlags.Shared"/>; worker processes allocate their parameters and AdamW
+    /// moments so): the sender announces its block (memfd descriptor number, offset, size, token),
+    /// the receiver maps it read-only once (<see cref="PeerMappings"/>, kept for later
+    /// reallocations) and copies every interval straight from it into its destination shard, as a
+    /// same-process reallocation does (<see cref="InProcessRealloc.CopyPieces"/>: streaming stores,
+    /// its threads), with no system call per interval. Where the block cannot be opened (another
+    /// user, ptrace restrictions) the receiver reads with process_vm_readv as before; a sender
+    /// whose shard is not shared is read that way too. Reader-side only: movers need not agree.
+    /// REALN_REALLOC_SHARED_MEMORY=0 turns it off by default.</summary>
+    public bool SharedMemory { get; init; } = Environment.GetEnvironmentVariable("REALN_REALLOC_SHARED_MEMORY") != "0";
+
+    /// <summary>Bytes this mover has read from other processes' shards on this host (process_vm_readv
+    /// or mapped shared memory).</summary>
     public long ProcessReadBytes => Interlocked.Read(ref _processReadBytes);
     private long _processReadBytes;
+
+    /// <summary>Of <see cref="ProcessReadBytes"/>, those copied out of mapped shared shards.</summary>
+    public long SharedMemoryReadBytes => Interlocked.Read(ref _sharedReadBytes);
+    private long _sharedReadBytes;
+
+    /// <summary>Bytes of other processes' shared shards this mover keeps mapped (their pages read so
+    /// far count in this process's resident set too).</summary>
+    public long PeerMappedBytes => _mappings.MappedBytes;
+
+    /// <summary>Shared blocks of other processes this mover keeps mapped.</summary>
+    internal int PeerMappingCount => _mappings.Count;
+
+    private readonly PeerMappings _mappings = new();
+
+    /// <summary>The announcement a sender sends each receiver that reads its process: its shard's
+    /// address, then (when the shard lies in a shared block) the block's descriptor number, the
+    /// shard's offset in it, the block's size and token; descriptor -1 otherwise.</summary>
+    private const int AnnouncementBytes = 40;
 
     private bool ReadsFrom(int peer) => ProcessRead && _transport.LocalProcessOf(peer) is not null;
     private const int DescriptorMax = 4096;
@@ -67,9 +100,12 @@ internal sealed class TransportRealloc : IDisposable
     /// <param name="destination">this device's destination shard (0 when it receives none)</param>
     public async Task ExecuteAsync(ReallocPlan plan, ReallocSchedule schedule, nint source, nint destination, CancellationToken ct = default)
     {
+        _mappings.Sweep();
         try { await ExecuteCoreAsync(plan, schedule, source, destination, ct); }
         catch
         {
+            // A peer may have died: keep no mapping of its memory alive.
+            _mappings.DropUnused();
             // A failed move may leave transfers in flight on the staging blocks (a deadline passed and
             // the transport could not cancel them): they are never freed nor reused (AbandonedBuffers).
             AbandonedBuffers.Keep([.. _staging]);
@@ -166,8 +202,8 @@ internal sealed class TransportRealloc : IDisposable
         // Senders whose process this device reads: their shard's address, then (after the read) "done".
         var addresses = readFrom.Keys.ToDictionary(peer => peer, peer =>
         {
-            var b = Staging(8);
-            return (Recv: _transport.RecvAsync(peer, ProcAddressTag, Ptr(b), 8, ct), Buf: b);
+            var b = Staging(AnnouncementBytes);
+            return (Recv: _transport.RecvAsync(peer, ProcAddressTag, Ptr(b), AnnouncementBytes, ct), Buf: b);
         });
         // Receivers that read this device's shard from its process, and the others.
         var sendSteps = schedule.Sends.Where(snd => !ReadsFrom(snd.Peer)).ToList();
@@ -186,14 +222,23 @@ internal sealed class TransportRealloc : IDisposable
             if (readers.Count > 0)
             {
                 if (source == 0) throw new ArgumentException($"device {schedule.Device} sends but has no source buffer");
-                var ab = Staging(8 + 8 * readers.Count);
-                unsafe { *(long*)ab.Pointer = source; }
+                var ab = Staging(AnnouncementBytes + 8 * readers.Count);
+                var shared = SharedHostMemory.Describe(source);
+                unsafe
+                {
+                    long* w = (long*)ab.Pointer;
+                    w[0] = source;
+                    w[1] = shared?.Fd ?? -1;
+                    w[2] = shared?.Offset ?? 0;
+                    w[3] = shared?.Size ?? 0;
+                    w[4] = (long)(shared?.Token ?? 0);
+                }
                 int k = 0;
                 foreach (var peer in readers.Keys)
                 {
-                    nint status = Ptr(ab) + 8 + 8 * k++;
+                    nint status = Ptr(ab) + AnnouncementBytes + 8 * k++;
                     readerDone.Add((peer, _transport.RecvAsync(peer, ProcDoneTag, status, 8, ct), status));
-                    sends.Add(_transport.SendAsync(peer, ProcAddressTag, Ptr(ab), 8, ct));
+                    sends.Add(_transport.SendAsync(peer, ProcAddressTag, Ptr(ab), AnnouncementBytes, ct));
                 }
             }
             if (getPeers.Count > 0)
@@ -307,29 +352,56 @@ internal sealed class TransportRealloc : IDisposable
 
     private const long ReadDone = 0, ReadRefused = 1, ReadFailed = 2;
 
-    /// <summary>The receiver's side of a process read: waits for the sender's shard address, reads
-    /// every interval from the sender's process, tells the sender it is done. When the kernel
-    /// refuses (EPERM), the intervals are received as tagged messages instead (the sender sends them
-    /// on the "refused" status); any other failure is reported to the sender and thrown.</summary>
+    /// <summary>The receiver's side of a process read: waits for the sender's announcement, copies
+    /// every interval out of the sender's shard (mapped, when it lies in shared memory and
+    /// <see cref="SharedMemory"/>; else process_vm_readv), tells the sender it is done. When the
+    /// kernel refuses both (EPERM), the intervals are received as tagged messages instead (the
+    /// sender sends them on the "refused" status); any other failure is reported to the sender and
+    /// thrown.</summary>
     private async Task ReadFromAsync(int peer, Task address, HostBlock buf, List<(long Tag, long S, long D, long L)> intervals, nint destination, CancellationToken ct)
     {
         await address.ConfigureAwait(false);
-        ulong remote;
-        unsafe { remote = *(ulong*)buf.Pointer; }
         int pid = _transport.LocalProcessOf(peer) ?? throw new InvalidOperationException($"device {peer} is not a process on this host");
         long status = ReadDone;
         Exception? failure = null;
         try
         {
-            var so = intervals.Select(x => x.S).ToArray();
-            var d = intervals.Select(x => x.D).ToArray();
-            var l = intervals.Select(x => x.L).ToArray();
+            ulong remote;
+            SharedHostMemory.Descriptor? shared;
             unsafe
             {
-                fixed (long* ps = so, pd = d, pl = l)
-                    Native.Check(Native.realn_process_read(pid, (void*)destination, remote, ps, pd, pl, so.Length));
+                long* w = (long*)buf.Pointer;
+                remote = (ulong)w[0];
+                if (w[1] > int.MaxValue) throw new InvalidOperationException($"device {peer} announced descriptor number {w[1]}");
+                shared = w[1] >= 0 ? new SharedHostMemory.Descriptor((int)w[1], w[2], w[3], (ulong)w[4]) : null;
             }
-            Interlocked.Add(ref _processReadBytes, l.Sum());
+            bool copied = false;
+            if (shared is { } d && SharedMemory)
+            {
+                PeerMappings.Lease? lease = null;
+                try { lease = _mappings.Acquire(pid, d); }
+                catch (RealnException e) when (e.Status == RealnStatus.Unsupported) { }  // not allowed to open it: read the process
+                if (lease is not null)
+                    using (lease)
+                    {
+                        long total = CopyFromMapping(peer, lease.Base, d, intervals, destination);
+                        Interlocked.Add(ref _processReadBytes, total);
+                        Interlocked.Add(ref _sharedReadBytes, total);
+                        copied = true;
+                    }
+            }
+            if (!copied)
+            {
+                var so = intervals.Select(x => x.S).ToArray();
+                var dd = intervals.Select(x => x.D).ToArray();
+                var l = intervals.Select(x => x.L).ToArray();
+                unsafe
+                {
+                    fixed (long* ps = so, pd = dd, pl = l)
+                        Native.Check(Native.realn_process_read(pid, (void*)destination, remote, ps, pd, pl, so.Length));
+                }
+                Interlocked.Add(ref _processReadBytes, l.Sum());
+            }
         }
         catch (RealnException e) when (e.Status == RealnStatus.Unsupported) { status = ReadRefused; }
         catch (Exception e)
@@ -345,6 +417,26 @@ internal sealed class TransportRealloc : IDisposable
         await _transport.SendAsync(peer, ProcDoneTag, Ptr(buf), 8, ct).ConfigureAwait(false);
         await Task.WhenAll(fallback).ConfigureAwait(false);
         if (failure is not null) throw failure;
+    }
+
+    /// <summary>Copies the intervals (source offsets relative to the announced shard) out of the
+    /// mapped block at <paramref name="mapped"/> into <paramref name="destination"/>; every interval
+    /// is checked to lie inside the block first. Returns the bytes copied.</summary>
+    private static long CopyFromMapping(int peer, nint mapped, SharedHostMemory.Descriptor d, List<(long Tag, long S, long D, long L)> intervals, nint destination)
+    {
+        var pieces = new List<(nint Src, nint Dst, long Bytes)>(intervals.Count);
+        long total = 0, room = d.Size - d.Offset;
+        nint from = mapped + (nint)d.Offset;
+        foreach (var (_, s, dst, len) in intervals)
+        {
+            if (s < 0 || len < 0 || d.Offset < 0 || s > room - len)
+                throw new InvalidOperationException($"device {peer}: interval [{s}, +{len}) lies outside its shared shard ({room} bytes from offset {d.Offset})");
+            for (long o = 0; o < len; o += InProcessRealloc.PieceBytes)
+                pieces.Add((from + (nint)(s + o), destination + (nint)(dst + o), Math.Min(InProcessRealloc.PieceBytes, len - o)));
+            total += len;
+        }
+        InProcessRealloc.CopyPieces(pieces, total);
+        return total;
     }
 
     /// <summary>Bytes of one staged message: a multi-interval step is cut into pieces of about this
@@ -456,5 +548,6 @@ internal sealed class TransportRealloc : IDisposable
     {
         foreach (var b in _staging) b.Dispose();
         _stream.Dispose();
+        _mappings.Dispose();
     }
 }

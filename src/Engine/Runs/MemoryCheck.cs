@@ -81,6 +81,14 @@ internal static class MemoryCheck
         var workers = host?.WorkerPeakRssBytes();
         for (int d = 0; d < (workers?.Count ?? 0); d++) peak[MemoryCheck.WorkerKey(d)] = workers![d];
         summary["peak_rss_bytes_by_process"] = peak;
+        // A worker's resident set counts the pages of other workers' shards it has mapped to
+        // reallocate out of them (shared memory: they exist once, in their owner's count too).
+        if (host?.WorkerPeerMappedBytes() is { } mapped)
+        {
+            var m = new JsonObject();
+            for (int d = 0; d < mapped.Count; d++) m[MemoryCheck.WorkerKey(d)] = mapped[d];
+            summary["peer_mapped_bytes_by_process"] = m;
+        }
         SortedDictionary<string, long> planned;
         try { planned = MemoryCheck.Planned(cfg, plan); }
         catch (PlannerException) { return; }   // no estimate for this experiment: the measured figures stand alone

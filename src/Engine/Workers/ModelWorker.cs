@@ -163,7 +163,9 @@ internal sealed unsafe class ModelWorker : IDisposable
                 "load-state" => LoadState(j),
                 "save-state" => SaveState(j),
                 "ping" => "ok",
-                "memory" => new JsonObject { ["peak_rss_bytes"] = ProcessMemory.PeakRssBytes() }.ToJsonString(),
+                // peer_mapped_bytes: other workers' shared shards this one maps; the pages it has read
+                // of them count in its resident set (and its peak) as well as in their owner's.
+                "memory" => new JsonObject { ["peak_rss_bytes"] = ProcessMemory.PeakRssBytes(), ["peer_mapped_bytes"] = _mover.PeerMappedBytes }.ToJsonString(),
                 "shutdown" => Shutdown(),
                 _ => throw new ArgumentException($"unknown worker command '{m.Type}'"),
             };
@@ -207,7 +209,7 @@ internal sealed unsafe class ModelWorker : IDisposable
             var other => throw new ArgumentException($"replica {id}: precision '{other}' is not one of fp32, bf16"),
         };
         _replicas[id] = new ShardReplica(_transport, WireJson.Config(j["config"]), j["scalar"]!.GetValue<bool>(), layout, rank, group,
-            WireJson.Int(j, "micro"), optim is null ? null : optim.Create, precision);
+            WireJson.Int(j, "micro"), optim is null ? null : optim.Create, precision, sharedParameters: _mover.SharedMemory);
         return "ok";
     }
 

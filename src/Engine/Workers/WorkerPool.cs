@@ -126,7 +126,10 @@ internal sealed class WorkerPool : IReplicaHost
             // While this node's workers compute on every core, the master's progress thread must not spin either.
             int localComputeThreads = (_local?.Ranks.Count ?? 0) * _localThreadsPerWorker;
             _transport = new UcxTransport(devices, devices + 1, UcxTransportOptions.Default.ForBusyCores(localComputeThreads)) { Timeout = options.CallTimeout };
-            _mover = new TransportRealloc(Tags.Realloc(_transport));
+            // The master reads workers' shards with process_vm_readv, never by mapping them: its reads
+            // are rare (a full copy for tests and embedders) and a kept mapping would count the
+            // workers' pages in the master's resident set for the rest of the run.
+            _mover = new TransportRealloc(Tags.Realloc(_transport)) { SharedMemory = false };
             using var self = new ControlClient(_server.Endpoint, new MessageAuth(_secret, options.Job), "master-rank");
             JoinWatching(self);
             for (int r = 0; r < devices; r++)
@@ -424,6 +427,13 @@ internal sealed class WorkerPool : IReplicaHost
     {
         var replies = Dispatch("memory", Enumerable.Range(0, Devices).ToArray(), "memory", new JsonObject());
         return replies.Select(r => JsonNode.Parse(r)?["peak_rss_bytes"]?.GetValue<long?>()).ToArray();
+    }
+
+    /// <summary>Bytes of other workers' shared shards each worker keeps mapped (the `memory` command).</summary>
+    public IReadOnlyList<long>? WorkerPeerMappedBytes()
+    {
+        var replies = Dispatch("memory", Enumerable.Range(0, Devices).ToArray(), "memory", new JsonObject());
+        return replies.Select(r => JsonNode.Parse(r)?["peer_mapped_bytes"]?.GetValue<long>() ?? 0).ToArray();
     }
 
     public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer,

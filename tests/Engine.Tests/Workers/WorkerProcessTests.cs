@@ -99,6 +99,13 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             Assert.Equal(expected, byProcess.Select(kv => kv.Key).Order().ToArray());
             Assert.All(byProcess, kv => Assert.True((long)kv.Value! > 0, $"{key}.{kv.Key} = {kv.Value}"));
         }
+        // Beside them, per worker, the bytes of other workers' shards it maps (shared memory).
+        if (workers > 0)
+        {
+            var mapped = summary["peer_mapped_bytes_by_process"]!.AsObject();
+            Assert.Equal(Enumerable.Range(0, workers).Select(d => $"worker_{d}").Order().ToArray(), mapped.Select(kv => kv.Key).Order().ToArray());
+            Assert.All(mapped, kv => Assert.True((long)kv.Value! >= 0, $"peer_mapped_bytes_by_process.{kv.Key} = {kv.Value}"));
+        }
         // The master holds the full models: its peak is at least what the planner counts for it.
         Assert.True((long)summary["peak_rss_bytes_by_process"]!["master"]! >= (long)summary["planned_memory_bytes_by_process"]!["master"]!);
     }
@@ -308,16 +315,21 @@ public sealed class WorkerPoolTests
         Assert.Equal(full.Parameters.ToArray(), master.Parameters.ToArray());
     }
 
-    /// <summary>With process reads (the default: workers and master read each other's shards with
-    /// process_vm_readv) and with REALN_REALLOC_PROCESS_READ=0 in the workers (their address header
-    /// says so, and the master, which allows it, moves everything over UCX with them).</summary>
+    /// <summary>With process reads (the default: workers map each other's shards from shared memory,
+    /// the master reads theirs with process_vm_readv and they read the master's that way), with
+    /// REALN_REALLOC_SHARED_MEMORY=0 in the workers (process_vm_readv between workers too) and with
+    /// REALN_REALLOC_PROCESS_READ=0 in the workers (their address header says so, and the master,
+    /// which allows it, moves everything over UCX with them).</summary>
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public void ParametersAndMomentsRoundTripThroughWorkersBitExact(bool processRead)
+    [InlineData(true, true)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public void ParametersAndMomentsRoundTripThroughWorkersBitExact(bool processRead, bool sharedMemory)
     {
         var cfg = ReaLNative.Engine.Model.LlamaConfig.Preset("tiny");
-        var env = processRead ? new Dictionary<string, string>() : new Dictionary<string, string> { ["REALN_REALLOC_PROCESS_READ"] = "0" };
+        var env = new Dictionary<string, string>();
+        if (!processRead) env["REALN_REALLOC_PROCESS_READ"] = "0";
+        if (!sharedMemory) env["REALN_REALLOC_SHARED_MEMORY"] = "0";
         using var pool = new WorkerPool(2, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1, Environment = env });
         using var full = new ReaLNative.Engine.Model.LlamaModel(cfg, false);
         full.InitRandom(11);
@@ -345,5 +357,9 @@ public sealed class WorkerPoolTests
         // The master read the workers' shards from their processes, or never did.
         if (processRead) Assert.True(pool.ProcessReadBytes >= full.ParameterCount * 4 * 2, $"{pool.ProcessReadBytes} bytes read");
         else Assert.Equal(0, pool.ProcessReadBytes);
+        // pp.CopyFrom(tp) went worker to worker: out of each other's mapped shards, or not at all mapped.
+        long mapped = pool.WorkerPeerMappedBytes()!.Sum();
+        if (processRead && sharedMemory) Assert.True(mapped >= full.ParameterCount * 4, $"{mapped} bytes mapped");
+        else Assert.Equal(0, mapped);
     }
 }

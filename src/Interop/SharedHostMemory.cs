@@ -1,0 +1,39 @@
+// Host memory shared between processes of one host (HostAllocFlags.Shared, native
+// host_memory.cpp): the owner describes a pointer inside one of its shared blocks, another process
+// maps the whole block read-only from that description and copies out of it. The host-memory
+// counterpart of CUDA IPC handles.
+namespace ReaLNative.Interop;
+
+public static unsafe class SharedHostMemory
+{
+    /// <summary>Where a pointer sits in a shared block of the process that described it: the
+    /// block's memfd descriptor number in that process, the pointer's offset in the block, the
+    /// block's size and its token (random, checked by <see cref="Map"/>).</summary>
+    public readonly record struct Descriptor(int Fd, long Offset, long Size, ulong Token);
+
+    /// <summary>The descriptor of <paramref name="pointer"/> when it lies in a shared block of this
+    /// process, else null.</summary>
+    public static Descriptor? Describe(nint pointer)
+    {
+        int fd;
+        long offset, size;
+        ulong token;
+        Native.Check(Native.realn_host_shared_info((void*)pointer, &fd, &offset, &size, &token));
+        return fd < 0 ? null : new Descriptor(fd, offset, size, token);
+    }
+
+    /// <summary>Maps, read-only, the block process <paramref name="pid"/> of this host described;
+    /// returns its base (the described pointer is base + Offset). The mapping keeps the memory
+    /// alive until <see cref="Unmap"/>, even after that process exits. Throws
+    /// <see cref="RealnException"/>: status Unsupported when this process may not open the other's
+    /// descriptors, NotFound when the process or block is gone or is not the one described.</summary>
+    public static nint Map(int pid, Descriptor d)
+    {
+        void* p;
+        Native.Check(Native.realn_shared_map(pid, d.Fd, d.Token, d.Size, &p));
+        return (nint)p;
+    }
+
+    /// <summary>Unmaps what <see cref="Map"/> returned (<paramref name="size"/>: the descriptor's Size).</summary>
+    public static void Unmap(nint baseAddress, long size) => Native.Check(Native.realn_shared_unmap((void*)baseAddress, size));
+}
