@@ -36,9 +36,13 @@ internal sealed record GenerationOptions
     /// packed forward of all prompts (SGEMM). Continuous batching always prefills so; on a CPU it
     /// costs a weight stream per 64 prompt tokens.</summary>
     public bool BatchIndependentPrefill { get; init; }
-    /// <summary>Benchmarks: record each forward's rows and seconds (static path, single device) in
-    /// <see cref="GenerationResult.Steps"/>.</summary>
+    /// <summary>Benchmarks: record each forward's rows and seconds (single device; static and
+    /// continuous paths) in <see cref="GenerationResult.Steps"/>.</summary>
     public bool RecordSteps { get; init; }
+    /// <summary>Benchmarks only (the static batch as it decoded before decode became
+    /// batch-invariant): decode steps of more than 64 rows run the linear's SGEMM path, so a
+    /// sequence's tokens depend on its batch. Static path only.</summary>
+    public bool BatchVariantDecode { get; init; }
 
     /// <summary>Generation in chunks with the weights changed in between (async runs'
     /// `weight_update: interrupt`): null = in one call. See <see cref="GenerationPause"/>.</summary>
@@ -236,7 +240,7 @@ internal static unsafe class Generator
                     if (!decode && first && isLast && (opt.BatchIndependentPrefill || opt.Continuous))
                         Prefill(model, caches[m], members.Select(i => prompts[i]).ToArray(), Enumerable.Range(0, members.Length).ToArray(), output, V);
                     else
-                        model.ForwardCached(caches[m], toks, slots, pos, decode, input, output);
+                        model.ForwardCached(caches[m], toks, slots, pos, decode, input, output, decode && opt.BatchVariantDecode ? false : null);
                     steps?.Add((decode ? T : members.Length, decode, System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds));
                     if (!isLast)
                     {
@@ -452,6 +456,7 @@ internal static unsafe class Generator
         var shared = new List<(int Slot, int SourceRow, int SourceSlot)>();
         var wave = new List<(int Slot, int Source)>();  // admitted this round: slot, slot whose prefill it shares (-1: its own)
         long prefilled = 0;
+        var steps = opt.RecordSteps ? new List<(int, bool, double)>() : null;
 
         // Samples row r of `output` for the sequence in slot `slot`; frees the slot when it is done.
         void Sample(int r, int slot)
@@ -502,8 +507,10 @@ internal static unsafe class Generator
                 }
             if (admitted > 0)
             {
+                long t0 = steps is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
                 prefilled += Prefill(model, cache, rowSlot.AsSpan(0, admitted).ToArray().Select(sl => prompts[slotSeq[sl]]).ToArray(),
                                      rowSlot.AsSpan(0, admitted).ToArray(), output, V);
+                steps?.Add((admitted, false, System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds));
                 // Shared prompts first (Sample may free a source slot whose prefix they copy).
                 foreach (var (sl, srcRow, srcSlot) in shared)
                 {
@@ -524,7 +531,9 @@ internal static unsafe class Generator
                 n++;
             }
             if (n == 0) continue;
+            long ts = steps is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
             model.ForwardCached(cache, decTok.AsSpan(0, n).ToArray(), decSlot.AsSpan(0, n).ToArray(), decPos.AsSpan(0, n).ToArray(), true, output);
+            steps?.Add((n, true, System.Diagnostics.Stopwatch.GetElapsedTime(ts).TotalSeconds));
             for (int r = 0; r < n; r++) Sample(r, decSlot[r]);
         }
         return new GenerationResult
@@ -535,6 +544,7 @@ internal static unsafe class Generator
             Masks = masks?.Select((m, i) => m.AsSpan(0, (int)((long)count[i] * V)).ToArray()).ToArray(),
             EndedWithEos = eos,
             PrefilledTokens = prefilled,
+            Steps = steps?.ToArray(),
         };
     }
 

@@ -798,20 +798,20 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// reads the cache up to and including that position (prefill: a whole prompt per slot, in
     /// order; decode: one token per slot). Writes the head output of the LAST token of each run of
     /// tokens of one slot into <paramref name="outRows"/> ([runs, OutputWidth]).
-    /// Decode (and a prefill with <paramref name="batchInvariant"/>) is batch-invariant: every
-    /// linear computes each row in one summation order whatever the row count
-    /// (<see cref="Kernels.LinearForwardRowInvariant"/>), and every other op of the forward works
-    /// per row or per sequence, so a sequence's logits and K/V do not depend on which other
-    /// sequences share the forward. A prefill without it is one packed forward on the fastest
-    /// linear path for its shape (SGEMM above 64 rows), whose bits depend on the batch.</summary>
-    internal void ForwardCached(KvCache cache, int[] tokens, int[] slots, int[] positions, bool decode, float* outRows, bool batchInvariant = false) =>
+    /// With <paramref name="batchInvariant"/> (null: true for decode, false for a prefill) the
+    /// forward is batch-invariant: every linear computes each row in one summation order whatever
+    /// the row count (<see cref="Kernels.LinearForwardRowInvariant"/>), and every other op of the
+    /// forward works per row or per sequence, so a sequence's logits and K/V do not depend on which
+    /// other sequences share the forward. Without it the linears take the fastest path for their
+    /// shape (SGEMM above 64 rows), whose bits for a row depend on the batch.</summary>
+    internal void ForwardCached(KvCache cache, int[] tokens, int[] slots, int[] positions, bool decode, float* outRows, bool? batchInvariant = null) =>
         ForwardCached(cache, tokens, slots, positions, decode, null, outRows, batchInvariant);
 
     /// <summary><see cref="ForwardCached(KvCache, int[], int[], int[], bool, float*)"/> of a
     /// pipeline stage: without the embedding it reads the previous stage's hidden states [T, hidden]
     /// from <paramref name="input"/>; without the head it writes its hidden states [T, hidden] to
     /// <paramref name="output"/> (every token: the next stage stores their K/V).</summary>
-    internal void ForwardCached(KvCache cache, int[] tokens, int[] slots, int[] positions, bool decode, float* input, float* output, bool batchInvariant = false)
+    internal void ForwardCached(KvCache cache, int[] tokens, int[] slots, int[] positions, bool decode, float* input, float* output, bool? batchInvariant = null)
     {
         var c = Config;
         int T = tokens.Length;
@@ -852,7 +852,7 @@ internal sealed unsafe class LlamaModel : IDisposable
             GateUp = arena.Take(T * 2 * I), Act = arena.Take(T * I),
         };
         EmbedOrTakeInput(tokenIds, T, input, x);
-        bool rowInvariant = decode || batchInvariant;
+        bool rowInvariant = batchInvariant ?? decode;
         var attention = new AttentionSource(cache, cuSeqlens, runs, tokenSlots, runSlots, runLengths, decode, rowInvariant);
         for (int l = 0; l < _layerCount; l++)
             BlockForward(l, T, tokenPositions, x, x, scratch, attention);
