@@ -532,7 +532,7 @@ internal static unsafe class Generator
             }
             if (n == 0) continue;
             long ts = steps is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
-            model.ForwardCached(cache, decTok.AsSpan(0, n).ToArray(), decSlot.AsSpan(0, n).ToArray(), decPos.AsSpan(0, n).ToArray(), true, output);
+            model.ForwardCached(cache, decTok.AsSpan(0, n), decSlot.AsSpan(0, n), decPos.AsSpan(0, n), true, output);
             steps?.Add((n, true, System.Diagnostics.Stopwatch.GetElapsedTime(ts).TotalSeconds));
             for (int r = 0; r < n; r++) Sample(r, decSlot[r]);
         }

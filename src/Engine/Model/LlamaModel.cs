@@ -804,14 +804,14 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// forward works per row or per sequence, so a sequence's logits and K/V do not depend on which
     /// other sequences share the forward. Without it the linears take the fastest path for their
     /// shape (SGEMM above 64 rows), whose bits for a row depend on the batch.</summary>
-    internal void ForwardCached(KvCache cache, int[] tokens, int[] slots, int[] positions, bool decode, float* outRows, bool? batchInvariant = null) =>
+    internal void ForwardCached(KvCache cache, ReadOnlySpan<int> tokens, ReadOnlySpan<int> slots, ReadOnlySpan<int> positions, bool decode, float* outRows, bool? batchInvariant = null) =>
         ForwardCached(cache, tokens, slots, positions, decode, null, outRows, batchInvariant);
 
     /// <summary><see cref="ForwardCached(KvCache, int[], int[], int[], bool, float*)"/> of a
     /// pipeline stage: without the embedding it reads the previous stage's hidden states [T, hidden]
     /// from <paramref name="input"/>; without the head it writes its hidden states [T, hidden] to
     /// <paramref name="output"/> (every token: the next stage stores their K/V).</summary>
-    internal void ForwardCached(KvCache cache, int[] tokens, int[] slots, int[] positions, bool decode, float* input, float* output, bool? batchInvariant = null)
+    internal void ForwardCached(KvCache cache, ReadOnlySpan<int> tokens, ReadOnlySpan<int> slots, ReadOnlySpan<int> positions, bool decode, float* input, float* output, bool? batchInvariant = null)
     {
         var c = Config;
         int T = tokens.Length;
@@ -820,10 +820,9 @@ internal sealed unsafe class LlamaModel : IDisposable
             throw new ArgumentException($"KV cache holds {cache.Layers} layers of {cache.KvHeads} kv heads; this shard has {_layerCount} of {_kvHeads}");
         if (!HasEmbedding && input is null) throw new ArgumentException("a pipeline stage without the embedding needs the previous stage's hidden states");
         // Runs: maximal groups of consecutive tokens of one slot (prefill) or single tokens (decode).
-        var runEnds = new List<int>();
+        int runs = 0;
         for (int i = 0; i < T; i++)
-            if (decode || i == T - 1 || slots[i + 1] != slots[i]) runEnds.Add(i);
-        int runs = runEnds.Count;
+            if (decode || i == T - 1 || slots[i + 1] != slots[i]) runs++;
         _forwardStates[0] = null;
         RefreshBf16();
         var arena = _arenas[0];
@@ -835,11 +834,13 @@ internal sealed unsafe class LlamaModel : IDisposable
         slots.CopyTo(new Span<int>(tokenSlots, T));
         int* cuSeqlens = (int*)arena.Take(runs + 1), runSlots = (int*)arena.Take(runs), runLengths = (int*)arena.Take(runs);
         cuSeqlens[0] = 0;
+        for (int i = 0, r = 0; i < T; i++)
+            if (decode || i == T - 1 || slots[i + 1] != slots[i]) cuSeqlens[++r] = i + 1;
         for (int r = 0; r < runs; r++)
         {
-            cuSeqlens[r + 1] = runEnds[r] + 1;
-            runSlots[r] = slots[runEnds[r]];
-            runLengths[r] = positions[runEnds[r]] + 1;
+            int end = cuSeqlens[r + 1] - 1;   // the run's last token
+            runSlots[r] = slots[end];
+            runLengths[r] = positions[end] + 1;
             if (!decode && positions[cuSeqlens[r]] != 0) throw new ArgumentException("prefill runs must start at position 0");
         }
         float* x = arena.Take(T * H), normed = arena.Take(T * H);
@@ -864,7 +865,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         // Head on the last token of each run only; sampling needs whole rows: always gathered.
         float* last = arena.Take(runs * H), lastNormed = arena.Take(runs * H);
         for (int r = 0; r < runs; r++)
-            Buffer.MemoryCopy(x + (long)runEnds[r] * H, last + r * H, H * 4, H * 4);
+            Buffer.MemoryCopy(x + (long)(cuSeqlens[r + 1] - 1) * H, last + r * H, H * 4, H * 4);
         Head(arena, last, runs, lastNormed, null, output, gather: true, rowInvariant);
     }
 
