@@ -13,7 +13,7 @@ namespace realn::cpu {
 // logits whatever batch it is in: generation calls linear_fwd in chunks of at most this many rows
 // (ReaLNative.Interop.Kernels.LinearForwardRowInvariant), so that continuous batching in S slots
 // gives the static batch's bits at any batch size. At 64 rows the full tiles are compute-bound
-// (gpt2-small's decode linears, one EPYC core: 3.1 ms per row, SGEMM at 256 rows 2.8).
+// (gpt2-small's fp32 decode linears, one EPYC core: 3.1 ms per row, SGEMM at 256 rows 2.8).
 constexpr int64_t kSmallMMaxRows = 64;
 
 enum class SimdIsa : int32_t { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3, AmxBf16 = 4 };

@@ -555,8 +555,7 @@ internal static unsafe class Generator
     /// <summary>
     /// Prefills <paramref name="runPrompts"/> into KV slots <paramref name="runSlots"/> and writes the
     /// logits of each prompt's last token to row r of <paramref name="output"/>: consecutive prompts
-    /// packed into batch-invariant forwards (<see cref="LlamaModel.ForwardCached(KvCache, int[], int[], int[], bool, float*, bool)"/>
-    /// with batchInvariant) of at most <see cref="PrefillTokensPerForward"/> tokens, so a prompt's
+    /// packed into batch-invariant forwards (<c>LlamaModel.ForwardCached</c> with batchInvariant) of at most <see cref="PrefillTokensPerForward"/> tokens, so a prompt's
     /// logits and K/V do not depend on which other prompts are prefilled with it. Static and
     /// continuous batching, shared prefixes and data-parallel splits then agree bit for bit.
     /// Returns the tokens prefilled.
