@@ -263,19 +263,27 @@ public static class Program
         using var s = NativeStream.Cpu();
         foreach (int M in rows)
         {
-            double bestOurs = double.MaxValue, bestBlas = double.MaxValue;
+            double bestOurs = double.MaxValue, bestBlas = double.MaxValue, bestInv = double.MaxValue;
             for (int rep = 0; rep < 4; rep++)
             {
                 long t0 = Stopwatch.GetTimestamp();
                 float* wp = (float*)w.Pointer;
                 foreach (var (i, o) in all) { Native.Check(Native.realn_op_linear_fwd(s.Ptr, DType.F32, x.Pointer, wp, null, y.Pointer, M, i, o)); wp += (long)i * o; }
                 bestOurs = Math.Min(bestOurs, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+                if (M > ReaLNative.Interop.Kernels.SmallMMaxRows)
+                {
+                    t0 = Stopwatch.GetTimestamp();
+                    wp = (float*)w.Pointer;
+                    foreach (var (i, o) in all) { Native.Check(ReaLNative.Interop.Kernels.LinearForwardRowInvariant(s.Ptr, DType.F32, x.Pointer, wp, null, (float*)y.Pointer, M, i, o)); wp += (long)i * o; }
+                    bestInv = Math.Min(bestInv, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+                }
                 t0 = Stopwatch.GetTimestamp();
                 wp = (float*)w.Pointer;
                 foreach (var (i, o) in all) { OpenBlas.cblas_sgemm(OpenBlas.RowMajor, OpenBlas.NoTrans, OpenBlas.Trans, M, o, i, 1f, (float*)x.Pointer, i, wp, i, 0f, (float*)y.Pointer, o); wp += (long)i * o; }
                 bestBlas = Math.Min(bestBlas, Stopwatch.GetElapsedTime(t0).TotalSeconds);
             }
-            Console.WriteLine($"  decode-step linears, {M} rows: realn {bestOurs * 1e3:F1} ms ({total * 4 / bestOurs / 1e9:F1} GB/s of weights{OfRead(total * 4 / bestOurs / 1e9, readGBs)}), OpenBLAS SGEMM {bestBlas * 1e3:F1} ms: speed-up {bestBlas / bestOurs:F2}");
+            Console.WriteLine($"  decode-step linears, {M} rows: realn {bestOurs * 1e3:F1} ms ({total * 4 / bestOurs / 1e9:F1} GB/s of weights{OfRead(total * 4 / bestOurs / 1e9, readGBs)}), OpenBLAS SGEMM {bestBlas * 1e3:F1} ms: speed-up {bestBlas / bestOurs:F2}"
+                + (M > ReaLNative.Interop.Kernels.SmallMMaxRows ? $"; row-invariant (decode's path: chunks of <= {ReaLNative.Interop.Kernels.SmallMMaxRows} rows) {bestInv * 1e3:F1} ms, {bestInv / bestOurs:F2}x the realn linear's time" : ""));
         }
         // The same linears with bf16 weights (realn's small-M bf16 kernel; no BLAS reference for it).
         readGBs = PrintBandwidth(threads, total * 2, "bf16 weights of the decode step");
@@ -283,15 +291,21 @@ public static class Program
         new Span<ushort>(wh.Pointer, (int)total).Fill(GgufWriter.ToBf16(0.01f));
         foreach (int M in rows)
         {
-            double best = double.MaxValue;
+            double best = double.MaxValue, bestInv = double.MaxValue;
             for (int rep = 0; rep < 4; rep++)
             {
                 long t0 = Stopwatch.GetTimestamp();
                 ushort* wp = (ushort*)wh.Pointer;
                 foreach (var (i, o) in all) { Native.Check(Native.realn_op_linear_fwd(s.Ptr, DType.BF16, x.Pointer, wp, null, y.Pointer, M, i, o)); wp += (long)i * o; }
                 best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+                if (M <= ReaLNative.Interop.Kernels.SmallMMaxRows) continue;
+                t0 = Stopwatch.GetTimestamp();
+                wp = (ushort*)wh.Pointer;
+                foreach (var (i, o) in all) { Native.Check(ReaLNative.Interop.Kernels.LinearForwardRowInvariant(s.Ptr, DType.BF16, x.Pointer, wp, null, (float*)y.Pointer, M, i, o)); wp += (long)i * o; }
+                bestInv = Math.Min(bestInv, Stopwatch.GetElapsedTime(t0).TotalSeconds);
             }
-            Console.WriteLine($"  decode-step linears, {M} rows, bf16 weights: realn {best * 1e3:F1} ms ({total * 2 / best / 1e9:F1} GB/s of weights{OfRead(total * 2 / best / 1e9, readGBs)})");
+            Console.WriteLine($"  decode-step linears, {M} rows, bf16 weights: realn {best * 1e3:F1} ms ({total * 2 / best / 1e9:F1} GB/s of weights{OfRead(total * 2 / best / 1e9, readGBs)})"
+                + (M > ReaLNative.Interop.Kernels.SmallMMaxRows ? $"; row-invariant (chunks of <= {ReaLNative.Interop.Kernels.SmallMMaxRows} rows) {bestInv * 1e3:F1} ms, {bestInv / best:F2}x" : ""));
         }
     }
 

@@ -31,6 +31,12 @@ constexpr int64_t kNr = 4;  // weight rows per tile
 inline void prefetch_next_tile(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 // ---------------------------------------------------------------- AVX-512
+// Keeps a loaded vector in its register: without it GCC folds the weight loads into every FMA as a
+// memory operand (one load per FMA instead of one per weight vector), which made the full tiles
+// load-bound at about half the FMA rate (64 rows of gpt2-small's decode linears, one thread on the
+// EPYC: 5.4 -> 3.1 ms per row, OpenBLAS SGEMM at 256 rows 2.7-3.0). Changes no value.
+template <typename V>
+__attribute__((always_inline)) inline void keep_in_register(V& v) { asm("" : "+v"(v)); }
 
 template <int MR, int NR>
 __attribute__((target("avx512f"))) void tile_avx512(const float* X, const float* W, float* Y, int64_t K,
@@ -42,7 +48,8 @@ __attribute__((target("avx512f"))) void tile_avx512(const float* X, const float*
     for (; k + 16 <= K; k += 16) {
         __m512 w[NR];
         for (int n = 0; n < NR; ++n) w[n] = _mm512_loadu_ps(W + n * K + k);
-        for (int n = 0; n < NR; ++n) prefetch_next_tile(W + (NR + n) * K + k);
+        if constexpr (NR == 1) prefetch_next_tile(W + K + k);  // wide tiles: the driver prefetches the next block
+        for (int n = 0; n < NR; ++n) keep_in_register(w[n]);
         for (int m = 0; m < MR; ++m) {
             const __m512 x = _mm512_loadu_ps(X + m * K + k);
             for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_fmadd_ps(x, w[n], acc[m][n]);
@@ -109,7 +116,13 @@ using TileFn = void (*)(const float*, const float*, float*, int64_t, int64_t);
 struct TileSet {
     TileFn full[4];
     TileFn one[4];
+    int64_t nr;  // weight rows of a full tile
 };
+
+// Weight rows of the AVX-512 full tiles: 4 rows of x by 6 weight rows is 24 accumulators + 6
+// weight vectors + 1 x vector (31 of 32 registers), 10 loads per 24 FMAs (4 x 4: 8 per 16), and x
+// re-read from L2 once per 6 weight rows instead of 4.
+constexpr int64_t kNrWide = 6;
 
 template <int MR>
 void avx2_full(const float* X, const float* W, float* Y, int64_t K, int64_t ldy) {
@@ -118,12 +131,15 @@ void avx2_full(const float* X, const float* W, float* Y, int64_t K, int64_t ldy)
 }
 
 const TileSet& tiles(SimdIsa isa) {
-    static const TileSet k512{{tile_avx512<1, kNr>, tile_avx512<2, kNr>, tile_avx512<3, kNr>, tile_avx512<4, kNr>},
-                              {tile_avx512<1, 1>, tile_avx512<2, 1>, tile_avx512<3, 1>, tile_avx512<4, 1>}};
+    static const TileSet k512{{tile_avx512<1, kNrWide>, tile_avx512<2, kNrWide>, tile_avx512<3, kNrWide>, tile_avx512<4, kNrWide>},
+                              {tile_avx512<1, 1>, tile_avx512<2, 1>, tile_avx512<3, 1>, tile_avx512<4, 1>},
+                              kNrWide};
     static const TileSet k256{{avx2_full<1>, avx2_full<2>, avx2_full<3>, avx2_full<4>},
-                              {tile_avx2<1, 1>, tile_avx2<2, 1>, tile_avx2<3, 1>, tile_avx2<4, 1>}};
+                              {tile_avx2<1, 1>, tile_avx2<2, 1>, tile_avx2<3, 1>, tile_avx2<4, 1>},
+                              kNr};
     static const TileSet kScalar{{tile_scalar<1, kNr>, tile_scalar<2, kNr>, tile_scalar<3, kNr>, tile_scalar<4, kNr>},
-                                 {tile_scalar<1, 1>, tile_scalar<2, 1>, tile_scalar<3, 1>, tile_scalar<4, 1>}};
+                                 {tile_scalar<1, 1>, tile_scalar<2, 1>, tile_scalar<3, 1>, tile_scalar<4, 1>},
+                                 kNr};
     switch (isa) {
         case SimdIsa::Avx512: return k512;
         case SimdIsa::Avx2: return k256;
@@ -131,28 +147,39 @@ const TileSet& tiles(SimdIsa isa) {
     }
 }
 
-// The driver of every kernel: blocks of kNr output columns over the threads of the enclosing
+// The driver of every kernel: blocks of output columns over the threads of the enclosing
 // parallel region (an orphaned omp for: serial outside one), rows of X in tiles of up to 4. Up to 4
-// rows of x (decode) read one weight row at a time (the one-row tile): each thread then streams
-// its part of W strictly in order, which the hardware prefetchers follow (4 interleaved rows read
-// at 0.6-0.7 of the machine's bandwidth on a 2-core EPYC, in order at 0.9-1.0; bf16 one-row decode
-// linears 9.5-10.3 -> 5.0-5.3 ms for gpt2-small). More rows go through the full-block tile, which
-// loads each weight vector once for 4 weight rows (x is then re-read from L1/L2 per block). Both
-// tiles sum every output element in the same order, so the choice changes no bit. Then the tail of
-// `out` row by row, then the bias.
+// rows of x (decode) read one weight row at a time (the one-row tile, blocks of kNr rows): each
+// thread then streams its part of W strictly in order, which the hardware prefetchers follow (4
+// interleaved rows read at 0.6-0.7 of the machine's bandwidth on a 2-core EPYC, in order at
+// 0.9-1.0; bf16 one-row decode linears 9.5-10.3 -> 5.0-5.3 ms for gpt2-small). More rows go
+// through the full-block tile (blocks of ts.nr weight rows), which loads each weight vector once
+// for ts.nr weight rows (x is then re-read from L1/L2 per block); the next block is prefetched into
+// L2 while this one is computed (its tiles carry no prefetches, which would be issued again for
+// every tile of 4 rows of x). Both tiles sum every output element in the same order, so the
+// choice changes no bit. Then the tail of `out` row by row, then the bias.
+inline void prefetch_l2(const void* p, int64_t bytes) {
+    const char* c = static_cast<const char*>(p);
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T1);
+}
+
 template <typename TileSetT, typename XT, typename WT>
 void run_tile_blocks(const TileSetT& ts, const XT* X, const WT* W, const float* B, float* Y, int64_t rows,
                      int64_t in, int64_t out) {
-    const int64_t blocks = (out + kNr - 1) / kNr;
+    const bool wide = rows > 4;
+    const int64_t nrb = wide ? ts.nr : kNr;
+    const int64_t blocks = (out + nrb - 1) / nrb;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t n0 = b * kNr, nr = std::min(kNr, out - n0);
+        const int64_t n0 = b * nrb, nr = std::min(nrb, out - n0);
         const WT* Wb = W + n0 * in;
+        if (wide && n0 + nrb < out)
+            prefetch_l2(Wb + nrb * in, std::min(nrb, out - n0 - nrb) * in * static_cast<int64_t>(sizeof(WT)));
         for (int64_t m0 = 0; m0 < rows; m0 += 4) {
             const int64_t mr = std::min<int64_t>(4, rows - m0);
             const XT* Xm = X + m0 * in;
             float* Ym = Y + m0 * out + n0;
-            if (nr == kNr && rows > 4)
+            if (nr == nrb && wide)
                 ts.full[mr - 1](Xm, Wb, Ym, in, out);
             // else: one weight row at a time (decode, or the tail of `out`)
             else
@@ -196,7 +223,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void tile_dp_bf16(const u
     for (; k + kChunk <= K; k += kChunk) {
         __m512bh w[NR];
         for (int n = 0; n < NR; ++n) w[n] = (__m512bh)_mm512_loadu_si512(W + n * K + k);
-        for (int n = 0; n < NR; ++n) prefetch_next_tile(W + (NR + n) * K + k);
+        if constexpr (NR == 1) prefetch_next_tile(W + K + k);  // wide tiles: the driver prefetches the next block
+        for (int n = 0; n < NR; ++n) keep_in_register(w[n]);
         for (int m = 0; m < MR; ++m) {
             const __m512bh x = (__m512bh)_mm512_loadu_si512(X + m * K + k);
             for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_dpbf16_ps(acc[m][n], x, w[n]);
@@ -318,16 +346,20 @@ using TileDpFn = void (*)(const uint16_t*, const uint16_t*, float*, int64_t, int
 struct TileSetDp {
     TileDpFn full[4];
     TileDpFn one[4];
+    int64_t nr;  // weight rows of a full tile
 };
 
-#define REALN_DP_TILESET(fn) \
-    TileSetDp{{fn<1, kNr>, fn<2, kNr>, fn<3, kNr>, fn<4, kNr>}, {fn<1, 1>, fn<2, 1>, fn<3, 1>, fn<4, 1>}}
+// Full tiles are 4 x 4: 4 x 6 vdpbf16ps tiles measured no faster (one EPYC core, gpt2-small's
+// decode linears at 8, 16 and 64 rows: 3.6 / 2.5-2.8 / 1.8-2.0 ms per row against 3.2-3.3 /
+// 2.4-2.5 / 1.7-1.8 for 4 x 4), and the emulating AVX-512F tile needs two registers per weight row.
+#define REALN_DP_TILESET(fn, NR) \
+    TileSetDp{{fn<1, NR>, fn<2, NR>, fn<3, NR>, fn<4, NR>}, {fn<1, 1>, fn<2, 1>, fn<3, 1>, fn<4, 1>}, NR}
 
 const TileSetDp& dp_tiles(SimdIsa isa) {
-    static const TileSetDp kBf16 = REALN_DP_TILESET(tile_dp_bf16);
-    static const TileSetDp k512 = REALN_DP_TILESET(tile_dp_avx512);
-    static const TileSetDp k256 = REALN_DP_TILESET(tile_dp_avx2);
-    static const TileSetDp kScalar = REALN_DP_TILESET(tile_dp_scalar);
+    static const TileSetDp kBf16 = REALN_DP_TILESET(tile_dp_bf16, kNr);
+    static const TileSetDp k512 = REALN_DP_TILESET(tile_dp_avx512, kNr);
+    static const TileSetDp k256 = REALN_DP_TILESET(tile_dp_avx2, kNr);
+    static const TileSetDp kScalar = REALN_DP_TILESET(tile_dp_scalar, kNr);
     switch (isa) {
         case SimdIsa::Avx512Bf16: return kBf16;
         case SimdIsa::Avx512: return k512;

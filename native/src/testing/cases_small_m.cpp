@@ -70,7 +70,7 @@ void add_small_m_cases() {
                              std::tuple{cpu::SimdIsa::Scalar, "scalar"}}) {
         for (auto [rows, in, out, bias] : {std::tuple{1, 1, 1, false}, std::tuple{3, 45, 7, true},
                                            std::tuple{5, 200, 300, false}, std::tuple{8, 1031, 65, true},
-                                           std::tuple{37, 129, 70, false}}) {
+                                           std::tuple{37, 129, 70, false}, std::tuple{150, 96, 71, true}}) {
             add_case({"small_m_linear_" + std::string(name),
                       concat_shape("rows=", rows, " in=", in, " out=", out, " bias=", bias), kTolF32,
                       [=](Env& e) { return isa_case(e, isa, rows, in, out, bias); }});

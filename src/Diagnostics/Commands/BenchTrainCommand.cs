@@ -280,12 +280,17 @@ public static unsafe class BenchTrainCommand
         return res;
     }
 
-    // Static batch (row dropping, packed prefill: today's default) vs continuous batching in --slots
-    // slots and in one slot per sequence (the pipeline's `generation.batching: continuous`: shared
-    // prefixes for groups, batch-independent prefill). Continuous results are checked identical to
-    // the static batch with the batch-independent prefill, timed too. The
-    // static run records each forward, which bounds what any refill schedule could gain without
-    // sharing: its prefill plus every decoded row at the best per-row cost of its own decode steps.
+    // The static batch as main decoded it before batch-invariant decode (row dropping, packed
+    // prefill, decode steps of more than 64 rows on SGEMM) and the batch-invariant static batch
+    // (batch-independent prefill, every decode row in the small-M kernel's order) vs continuous
+    // batching in --slots slots and in one slot per sequence (the pipeline's
+    // `generation.batching: continuous`: shared prefixes for groups). Continuous results are
+    // checked identical to the batch-invariant static batch. Two bounds: the refill bound (the
+    // static prefill plus every decoded row at the best per-row cost of the static decode steps),
+    // and the schedule bound: a decode step's cost fitted as a + b * rows over the batch-invariant
+    // static steps, any schedule of S slots needs at least max(longest output - 1,
+    // ceil(decoded rows / S)) steps (the longest sequence decodes one token per step), so it costs
+    // at least prefill (shared) + steps * a + rows * b.
     private static int RunRlhfGenerate(bool asJson, string preset, int batchSize, int maxNew, int slots, int groupSize)
     {
         var cfg = LlamaConfig.Preset(preset);
@@ -297,10 +302,11 @@ public static unsafe class BenchTrainCommand
         var distinct = Enumerable.Range(0, batchSize / groupSize).Select(_ => Enumerable.Range(0, rng.Next(16, 65)).Select(_ => rng.Next(cfg.Vocab)).ToArray()).ToList();
         var prompts = distinct.SelectMany(p => Enumerable.Repeat(p, groupSize)).ToList();
         var caps = prompts.Select(_ => rng.Next(1, maxNew + 1)).ToArray();
-        var opt = new GenerationOptions { MaxNewTokens = maxNew, Temperature = 1f, Seed = 11, MaxNewTokensPerPrompt = caps };
+        var opt = new GenerationOptions { MaxNewTokens = maxNew, Temperature = 1f, Seed = 11, MaxNewTokensPerPrompt = caps, RecordSteps = true };
+        string load0 = LoadAverage();
         Generator.Generate(model, prompts.Take(2).ToList(), opt with { MaxNewTokens = 2, MaxNewTokensPerPrompt = null });  // warm-up
         long t0 = Stopwatch.GetTimestamp();
-        var stat = Generator.Generate(model, prompts, opt with { RecordSteps = true });
+        var stat = Generator.Generate(model, prompts, opt with { BatchVariantDecode = true });
         double statSec = Stopwatch.GetElapsedTime(t0).TotalSeconds;
         t0 = Stopwatch.GetTimestamp();
         var indep = Generator.Generate(model, prompts, opt with { BatchIndependentPrefill = true });
@@ -314,6 +320,7 @@ public static unsafe class BenchTrainCommand
         bool Same(GenerationResult r) => Enumerable.Range(0, batchSize).All(i => indep.NewTokens[i].AsSpan().SequenceEqual(r.NewTokens[i]) && indep.LogProbs[i].AsSpan().SequenceEqual(r.LogProbs[i]));
         bool same = Same(cont), sameWhole = Same(whole);
         int tokens = stat.NewTokens.Sum(t => t.Length);
+        // Refill bound, from the static batch as it was.
         var steps = stat.Steps!;
         double prefillSec = steps.Where(s => !s.Decode).Sum(s => s.Seconds);
         var dec = steps.Where(s => s.Decode).ToArray();
@@ -321,31 +328,58 @@ public static unsafe class BenchTrainCommand
         long decodedRows = dec.Sum(s => (long)s.Rows);
         double bound = statSec / (prefillSec + (statSec - prefillSec - dec.Sum(s => s.Seconds)) + decodedRows * bestRowSec);
         double thin = dec.Where(s => s.Rows < Math.Min(slots, batchSize)).Sum(s => s.Seconds) / Math.Max(1e-12, dec.Sum(s => s.Seconds));
+        // Schedule bound, from the batch-invariant static batch (the kernels continuous batching runs).
+        var idec = indep.Steps!.Where(s => s.Decode).ToArray();
+        double ipre = indep.Steps!.Where(s => !s.Decode).Sum(s => s.Seconds), idecSec = idec.Sum(s => s.Seconds);
+        var (a, b) = FitLine(idec.Select(s => (double)s.Rows).ToArray(), idec.Select(s => s.Seconds).ToArray());
+        a = Math.Max(0, a);   // a negative intercept is noise: no step costs less than nothing
+        double Best(int s) => Math.Max(caps.Max() - 1, Math.Ceiling(decodedRows / (double)s)) * a + decodedRows * b;
+        double sharedPre = ipre * whole.PrefilledTokens / Math.Max(1, indep.PrefilledTokens);
+        double other = indepSec - ipre - idecSec;   // sampling and bookkeeping, as in the static run
+        double scheduleBound = statSec / (sharedPre + other + Best(Math.Min(slots, batchSize)));
+        double scheduleBoundAny = statSec / (sharedPre + other + Best(batchSize));
+        var cdec = cont.Steps!.Where(s => s.Decode).ToArray();
+        var cpre = cont.Steps!.Where(s => !s.Decode).ToArray();
         var res = new Dictionary<string, object>
         {
             ["model"] = preset,
             ["prompts"] = $"{batchSize} ({batchSize / groupSize} distinct x group {groupSize})",
             ["prompt_tokens"] = "16..64",
-            ["new_tokens"] = $"1..{maxNew} (total {tokens})",
+            ["new_tokens"] = $"1..{maxNew} (total {tokens}; {decodedRows} decoded rows, the first token of each from its prefill)",
             ["slots"] = slots,
             ["threads"] = Native.GetNumThreads(),
-            ["load_average"] = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "?",
+            ["load_average_start_end"] = $"{load0} / {LoadAverage()}",
             ["static_tokens_per_second"] = Math.Round(tokens / statSec, 1),
             ["static_prefill_share"] = Math.Round(prefillSec / statSec, 3),
             ["static_decode_share_in_steps_below_slots_rows"] = Math.Round(thin, 3),
-            ["static_batch_independent_prefill_tokens_per_second"] = Math.Round(tokens / indepSec, 1),
+            ["static_batch_invariant_tokens_per_second"] = Math.Round(tokens / indepSec, 1),
             ["continuous_tokens_per_second"] = Math.Round(tokens / contSec, 1),
             ["ratio"] = Math.Round(statSec / contSec, 3),
+            ["ratio_vs_batch_invariant_static"] = Math.Round(indepSec / contSec, 3),
+            ["continuous_steps"] = $"{cdec.Length} decode steps of {cdec.Average(s => s.Rows):F1} rows on average ({cdec.Sum(s => s.Seconds):F2} s), "
+                + $"{cpre.Length} prefill forwards of {cpre.Average(s => s.Rows):F1} prompts ({cpre.Sum(s => s.Seconds):F2} s); static: {idec.Length} decode steps ({idecSec:F2} s), prefill {ipre:F2} s",
             ["continuous_one_slot_per_sequence_tokens_per_second"] = Math.Round(tokens / wholeSec, 1),
             ["ratio_one_slot_per_sequence"] = Math.Round(statSec / wholeSec, 3),
             ["prefilled_tokens_static_vs_shared"] = $"{stat.PrefilledTokens} vs {whole.PrefilledTokens}",
             ["refill_bound_without_sharing"] = Math.Round(bound, 3),
+            ["decode_step_cost_fit"] = $"{a * 1e3:F2} ms + {b * 1e3:F3} ms per row (batch-invariant static steps of 1..{idec.Max(s => s.Rows)} rows)",
+            ["schedule_bound"] = Math.Round(scheduleBound, 3),
+            ["schedule_bound_any_slots"] = Math.Round(scheduleBoundAny, 3),
             ["goal"] = 1.5,
             ["tokens_identical"] = same,
             ["tokens_identical_one_slot_per_sequence"] = sameWhole,
         };
         Print(asJson, "bench generate --rlhf", res);
-        return sameWhole ? 0 : 1;
+        return same && sameWhole ? 0 : 1;
+    }
+
+    /// <summary>Least-squares line y = a + b x.</summary>
+    private static (double A, double B) FitLine(double[] x, double[] y)
+    {
+        double mx = x.Average(), my = y.Average(), sxx = 0, sxy = 0;
+        for (int i = 0; i < x.Length; i++) { sxx += (x[i] - mx) * (x[i] - mx); sxy += (x[i] - mx) * (y[i] - my); }
+        double b = sxx > 0 ? sxy / sxx : 0;
+        return (my - b * mx, b);
     }
 
     private static void Print(bool asJson, string title, Dictionary<string, object> res)

@@ -31,13 +31,18 @@ internal sealed record GenerationOptions
     /// <see cref="BatchIndependentPrefill"/>. Applies where a shard is a whole model (no pipeline or
     /// tensor parallelism); elsewhere generation stays static (with that prefill).</summary>
     public bool Continuous { get; init; }
-    /// <summary>Prefill through <see cref="Generator.Prefill"/> (forwards of at most 64 tokens: a
-    /// prompt's K/V and logits do not depend on its batch) instead of one packed forward of all
-    /// prompts. Continuous batching always prefills so; on a CPU it costs a weight stream per forward.</summary>
+    /// <summary>Prefill through <see cref="Generator.Prefill"/> (batch-invariant forwards, linears in
+    /// chunks of at most 64 rows: a prompt's K/V and logits do not depend on its batch) instead of one
+    /// packed forward of all prompts (SGEMM). Continuous batching always prefills so; on a CPU it
+    /// costs a weight stream per 64 prompt tokens.</summary>
     public bool BatchIndependentPrefill { get; init; }
-    /// <summary>Benchmarks: record each forward's rows and seconds (static path, single device) in
-    /// <see cref="GenerationResult.Steps"/>.</summary>
+    /// <summary>Benchmarks: record each forward's rows and seconds (single device; static and
+    /// continuous paths) in <see cref="GenerationResult.Steps"/>.</summary>
     public bool RecordSteps { get; init; }
+    /// <summary>Benchmarks only (the static batch as it decoded before decode became
+    /// batch-invariant): decode steps of more than 64 rows run the linear's SGEMM path, so a
+    /// sequence's tokens depend on its batch. Static path only.</summary>
+    public bool BatchVariantDecode { get; init; }
 
     /// <summary>Generation in chunks with the weights changed in between (async runs'
     /// `weight_update: interrupt`): null = in one call. See <see cref="GenerationPause"/>.</summary>
@@ -235,7 +240,7 @@ internal static unsafe class Generator
                     if (!decode && first && isLast && (opt.BatchIndependentPrefill || opt.Continuous))
                         Prefill(model, caches[m], members.Select(i => prompts[i]).ToArray(), Enumerable.Range(0, members.Length).ToArray(), output, V);
                     else
-                        model.ForwardCached(caches[m], toks, slots, pos, decode, input, output);
+                        model.ForwardCached(caches[m], toks, slots, pos, decode, input, output, decode && opt.BatchVariantDecode ? false : null);
                     steps?.Add((decode ? T : members.Length, decode, System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds));
                     if (!isLast)
                     {
@@ -381,22 +386,21 @@ internal static unsafe class Generator
     /// the longest sequence. Prompts admitted together that are identical (a GRPO/RLOO group's
     /// samples) share one prefill: its K/V prefix is copied into the others' slots and their first
     /// tokens are drawn from the same logits. Each draw is keyed by (seed, token index of the
-    /// sequence, prompt index) exactly as in <see cref="Generate"/>, and prefills go through
-    /// <see cref="Prefill"/>, so the result is the static path's with
-    /// <see cref="GenerationOptions.BatchIndependentPrefill"/>: always with slots &gt;= prompts
-    /// (the decode batches are then the static path's), and with fewer slots while no decode step
-    /// of either path has more than <see cref="SmallMMaxRows"/> rows (the SGEMM above it rounds a
-    /// row differently from the small-M kernel below it).
+    /// sequence, prompt index) exactly as in <see cref="Generate"/>, prefills go through
+    /// <see cref="Prefill"/> and decode steps are batch-invariant (each linear row in one summation
+    /// order whatever the step's row count), so the result is the static path's with
+    /// <see cref="GenerationOptions.BatchIndependentPrefill"/> for any number of slots.
     /// </summary>
     public static GenerationResult GenerateContinuous(LlamaModel model, IReadOnlyList<int[]> prompts, GenerationOptions opt, int slots) =>
         GenerateContinuous(model, prompts, Enumerable.Range(0, prompts.Count).ToArray(), opt, slots);
 
     /// <summary>
     /// Rows up to which the native linear forward runs its small-M kernel, above which SGEMM
-    /// (native/src/cpu/small_m_linear.hpp, kSmallMMaxRows). The small-M kernel gives a row the same
-    /// value whatever other rows it is batched with; SGEMM's value depends on the call's shape.
+    /// (<see cref="Kernels.SmallMMaxRows"/>). The small-M kernel gives a row the same value whatever
+    /// other rows it is batched with; SGEMM's value depends on the call's shape, so generation's
+    /// forwards call the linear in chunks of at most this many rows.
     /// </summary>
-    public const int SmallMMaxRows = 64;
+    public const int SmallMMaxRows = Kernels.SmallMMaxRows;
 
     /// <summary><see cref="GenerateContinuous(LlamaModel, IReadOnlyList{int[]}, GenerationOptions, int)"/> of
     /// a data-parallel replica's share: <paramref name="sequenceIds"/> are the prompts' ids in the
@@ -452,6 +456,7 @@ internal static unsafe class Generator
         var shared = new List<(int Slot, int SourceRow, int SourceSlot)>();
         var wave = new List<(int Slot, int Source)>();  // admitted this round: slot, slot whose prefill it shares (-1: its own)
         long prefilled = 0;
+        var steps = opt.RecordSteps ? new List<(int, bool, double)>() : null;
 
         // Samples row r of `output` for the sequence in slot `slot`; frees the slot when it is done.
         void Sample(int r, int slot)
@@ -502,8 +507,10 @@ internal static unsafe class Generator
                 }
             if (admitted > 0)
             {
+                long t0 = steps is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
                 prefilled += Prefill(model, cache, rowSlot.AsSpan(0, admitted).ToArray().Select(sl => prompts[slotSeq[sl]]).ToArray(),
                                      rowSlot.AsSpan(0, admitted).ToArray(), output, V);
+                steps?.Add((admitted, false, System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds));
                 // Shared prompts first (Sample may free a source slot whose prefix they copy).
                 foreach (var (sl, srcRow, srcSlot) in shared)
                 {
@@ -524,7 +531,9 @@ internal static unsafe class Generator
                 n++;
             }
             if (n == 0) continue;
-            model.ForwardCached(cache, decTok.AsSpan(0, n).ToArray(), decSlot.AsSpan(0, n).ToArray(), decPos.AsSpan(0, n).ToArray(), true, output);
+            long ts = steps is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
+            model.ForwardCached(cache, decTok.AsSpan(0, n), decSlot.AsSpan(0, n), decPos.AsSpan(0, n), true, output);
+            steps?.Add((n, true, System.Diagnostics.Stopwatch.GetElapsedTime(ts).TotalSeconds));
             for (int r = 0; r < n; r++) Sample(r, decSlot[r]);
         }
         return new GenerationResult
@@ -535,17 +544,21 @@ internal static unsafe class Generator
             Masks = masks?.Select((m, i) => m.AsSpan(0, (int)((long)count[i] * V)).ToArray()).ToArray(),
             EndedWithEos = eos,
             PrefilledTokens = prefilled,
+            Steps = steps?.ToArray(),
         };
     }
+
+    /// <summary>Prompt tokens per forward of <see cref="Prefill"/> at most (a longer prompt alone):
+    /// bounds the forward's activations; its linears run in chunks of 64 rows whatever the size.</summary>
+    public const int PrefillTokensPerForward = 1024;
 
     /// <summary>
     /// Prefills <paramref name="runPrompts"/> into KV slots <paramref name="runSlots"/> and writes the
     /// logits of each prompt's last token to row r of <paramref name="output"/>: consecutive prompts
-    /// packed into forwards of at most <see cref="SmallMMaxRows"/> tokens (a longer prompt alone), so
-    /// every linear runs the small-M kernel and a prompt's logits and K/V do not depend on which
-    /// other prompts are prefilled with it (a longer one's forward is the same whatever the batch).
-    /// Static and continuous batching, shared prefixes and data-parallel splits then agree bit for
-    /// bit. Returns the tokens prefilled.
+    /// packed into batch-invariant forwards (<c>LlamaModel.ForwardCached</c> with batchInvariant) of at most <see cref="PrefillTokensPerForward"/> tokens, so a prompt's
+    /// logits and K/V do not depend on which other prompts are prefilled with it. Static and
+    /// continuous batching, shared prefixes and data-parallel splits then agree bit for bit.
+    /// Returns the tokens prefilled.
     /// </summary>
     internal static long Prefill(LlamaModel model, KvCache cache, IReadOnlyList<int[]> runPrompts, IReadOnlyList<int> runSlots, float* output, int V)
     {
@@ -554,13 +567,13 @@ internal static unsafe class Generator
         {
             int r1 = r0, tokens = 0;
             do tokens += runPrompts[r1++].Length;
-            while (r1 < runPrompts.Count && tokens + runPrompts[r1].Length <= SmallMMaxRows);
+            while (r1 < runPrompts.Count && tokens + runPrompts[r1].Length <= PrefillTokensPerForward);
             var toks = new int[tokens];
             var slots = new int[tokens];
             var pos = new int[tokens];
             for (int r = r0, o = 0; r < r1; r++)
                 for (int j = 0; j < runPrompts[r].Length; j++, o++) { toks[o] = runPrompts[r][j]; slots[o] = runSlots[r]; pos[o] = j; }
-            model.ForwardCached(cache, toks, slots, pos, false, output + (long)r0 * V);
+            model.ForwardCached(cache, toks, slots, pos, false, output + (long)r0 * V, batchInvariant: true);
             total += tokens;
             r0 = r1;
         }

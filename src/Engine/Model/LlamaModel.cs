@@ -63,12 +63,16 @@ internal sealed unsafe class LlamaModel : IDisposable
         public readonly int* RunSlots;      // [Sequences] cache slot of each run (decode)
         public readonly int* RunLengths;    // [Sequences] tokens in the cache after the step (decode)
         public readonly bool Decode;
+        /// <summary>Linears in the small-M kernel's order whatever the row count (<see cref="Kernels.LinearForwardRowInvariant"/>):
+        /// a row's output does not depend on the other rows of the forward (generation).</summary>
+        public readonly bool RowInvariant;
 
         public AttentionSource(int* cuSeqlens, int sequences) { CuSeqlens = cuSeqlens; Sequences = sequences; }
 
-        public AttentionSource(KvCache cache, int* cuSeqlens, int runs, int* tokenSlots, int* runSlots, int* runLengths, bool decode)
+        public AttentionSource(KvCache cache, int* cuSeqlens, int runs, int* tokenSlots, int* runSlots, int* runLengths, bool decode, bool rowInvariant)
         {
             Cache = cache; CuSeqlens = cuSeqlens; Sequences = runs; TokenSlots = tokenSlots; RunSlots = runSlots; RunLengths = runLengths; Decode = decode;
+            RowInvariant = rowInvariant;
         }
     }
 
@@ -585,20 +589,27 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// <summary>Final norm and head over <paramref name="rows"/> hidden states: output [rows,
     /// OutputWidth]. Under tensor parallelism an LM head's vocab slices are all-gathered into whole
     /// rows when <paramref name="gather"/> (always for sampling), else each rank keeps its slice.</summary>
-    private void Head(Arena arena, float* hidden, int rows, float* normed, float* rstd, float* output, bool gather)
+    private void Head(Arena arena, float* hidden, int rows, float* normed, float* rstd, float* output, bool gather, bool rowInvariant = false)
     {
         nint stream = _stream.Ptr;
         long H = Config.Hidden;
         Check(Native.realn_op_rmsnorm_fwd(stream, WeightType, hidden, Weight(_norm), normed, rstd, rows, H, Config.RmsEps));
         if (_tp == 1 || ScalarHead || !gather)
-            Check(Native.realn_op_linear_fwd(stream, WeightType, normed, Weight(_head), null, output, rows, H, _headWidth));
+            Check(LinearFwd(rowInvariant, normed, Weight(_head), null, output, rows, H, _headWidth));
         else
         {
             float* parts = arena.Take((long)_tp * rows * _vocabLocal);
-            Check(Native.realn_op_linear_fwd(stream, WeightType, normed, Weight(_head), null, parts + (long)_tpRank * rows * _vocabLocal, rows, H, _vocabLocal));
+            Check(LinearFwd(rowInvariant, normed, Weight(_head), null, parts + (long)_tpRank * rows * _vocabLocal, rows, H, _vocabLocal));
             GatherColumns(parts, output, rows);
         }
     }
+
+    /// <summary>The linear forward y = x w^T (+ bias) in the model's weight type; with
+    /// <paramref name="rowInvariant"/> every row in one summation order whatever the row count
+    /// (<see cref="Kernels.LinearForwardRowInvariant"/>), else the native op's fastest path for the shape.</summary>
+    private int LinearFwd(bool rowInvariant, float* x, void* w, float* bias, float* y, long rows, long inFeatures, long outFeatures) =>
+        rowInvariant ? Kernels.LinearForwardRowInvariant(_stream.Ptr, WeightType, x, w, bias, y, rows, inFeatures, outFeatures)
+                     : Native.realn_op_linear_fwd(_stream.Ptr, WeightType, x, w, bias, y, rows, inFeatures, outFeatures);
 
     private void TpAllReduce(float* x, long n)
     {
@@ -651,7 +662,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         {
             // Rows of the fused output are q | k | v (one token: used in place); so are the biases.
             long qkvWidth = qd + 2 * kd;
-            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.QProj), Bias(w.QBias), a.Qkv, T, H, qkvWidth));
+            Check(LinearFwd(attention.RowInvariant, a.Normed1, Weight(w.QProj), Bias(w.QBias), a.Qkv, T, H, qkvWidth));
             if (T == 1) { q = a.Qkv; k = a.Qkv + qd; v = k + kd; }
             else
                 for (long t = 0; t < T; t++)
@@ -663,9 +674,9 @@ internal sealed unsafe class LlamaModel : IDisposable
         }
         else
         {
-            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.QProj), Bias(w.QBias), q, T, H, qd));
-            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.KProj), Bias(w.KBias), k, T, H, kd));
-            Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed1, Weight(w.VProj), Bias(w.VBias), v, T, H, kd));
+            Check(LinearFwd(attention.RowInvariant, a.Normed1, Weight(w.QProj), Bias(w.QBias), q, T, H, qd));
+            Check(LinearFwd(attention.RowInvariant, a.Normed1, Weight(w.KProj), Bias(w.KBias), k, T, H, kd));
+            Check(LinearFwd(attention.RowInvariant, a.Normed1, Weight(w.VProj), Bias(w.VBias), v, T, H, kd));
         }
         Rotary(q, positions, T, _qHeads, inverse: false);
         Rotary(k, positions, T, _kvHeads, inverse: false);
@@ -678,13 +689,13 @@ internal sealed unsafe class LlamaModel : IDisposable
         else
             Check(Native.realn_op_attention_fwd(stream, DType.F32, q, k, v, attention.CuSeqlens, attention.Sequences, T, _qHeads, _kvHeads,
                 c.HeadDim, scale, a.Attn, a.Lse));
-        Check(Native.realn_op_linear_fwd(stream, WeightType, a.Attn, Weight(w.OProj), null, a.Mid, T, qd, H));
+        Check(LinearFwd(attention.RowInvariant, a.Attn, Weight(w.OProj), null, a.Mid, T, qd, H));
         TpAllReduce(a.Mid, T * H);
         Check(Native.realn_op_add(stream, DType.F32, T * H, a.Mid, x, a.Mid));
         Check(Native.realn_op_rmsnorm_fwd(stream, WeightType, a.Mid, Weight(w.PostNorm), a.Normed2, a.Rstd2, T, H, c.RmsEps));
-        Check(Native.realn_op_linear_fwd(stream, WeightType, a.Normed2, Weight(w.GateUp), null, a.GateUp, T, H, 2 * I));
+        Check(LinearFwd(attention.RowInvariant, a.Normed2, Weight(w.GateUp), null, a.GateUp, T, H, 2 * I));
         Check(Native.realn_op_swiglu_fwd(stream, DType.F32, a.GateUp, a.GateUp + I, 2 * I, a.Act, I, T, I));
-        Check(Native.realn_op_linear_fwd(stream, WeightType, a.Act, Weight(w.Down), null, output, T, I, H));
+        Check(LinearFwd(attention.RowInvariant, a.Act, Weight(w.Down), null, output, T, I, H));
         TpAllReduce(output, T * H);
         Check(Native.realn_op_add(stream, DType.F32, T * H, output, a.Mid, output));
     }
@@ -794,15 +805,21 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// tokens[i] belongs to slot slots[i] at position positions[i]; K/V are stored, attention
     /// reads the cache up to and including that position (prefill: a whole prompt per slot, in
     /// order; decode: one token per slot). Writes the head output of the LAST token of each run of
-    /// tokens of one slot into <paramref name="outRows"/> ([runs, OutputWidth]).</summary>
-    internal void ForwardCached(KvCache cache, int[] tokens, int[] slots, int[] positions, bool decode, float* outRows) =>
-        ForwardCached(cache, tokens, slots, positions, decode, null, outRows);
+    /// tokens of one slot into <paramref name="outRows"/> ([runs, OutputWidth]).
+    /// With <paramref name="batchInvariant"/> (null: true for decode, false for a prefill) the
+    /// forward is batch-invariant: every linear computes each row in one summation order whatever
+    /// the row count (<see cref="Kernels.LinearForwardRowInvariant"/>), and every other op of the
+    /// forward works per row or per sequence, so a sequence's logits and K/V do not depend on which
+    /// other sequences share the forward. Without it the linears take the fastest path for their
+    /// shape (SGEMM above 64 rows), whose bits for a row depend on the batch.</summary>
+    internal void ForwardCached(KvCache cache, ReadOnlySpan<int> tokens, ReadOnlySpan<int> slots, ReadOnlySpan<int> positions, bool decode, float* outRows, bool? batchInvariant = null) =>
+        ForwardCached(cache, tokens, slots, positions, decode, null, outRows, batchInvariant);
 
     /// <summary><see cref="ForwardCached(KvCache, int[], int[], int[], bool, float*)"/> of a
     /// pipeline stage: without the embedding it reads the previous stage's hidden states [T, hidden]
     /// from <paramref name="input"/>; without the head it writes its hidden states [T, hidden] to
     /// <paramref name="output"/> (every token: the next stage stores their K/V).</summary>
-    internal void ForwardCached(KvCache cache, int[] tokens, int[] slots, int[] positions, bool decode, float* input, float* output)
+    internal void ForwardCached(KvCache cache, ReadOnlySpan<int> tokens, ReadOnlySpan<int> slots, ReadOnlySpan<int> positions, bool decode, float* input, float* output, bool? batchInvariant = null)
     {
         var c = Config;
         int T = tokens.Length;
@@ -811,10 +828,9 @@ internal sealed unsafe class LlamaModel : IDisposable
             throw new ArgumentException($"KV cache holds {cache.Layers} layers of {cache.KvHeads} kv heads; this shard has {_layerCount} of {_kvHeads}");
         if (!HasEmbedding && input is null) throw new ArgumentException("a pipeline stage without the embedding needs the previous stage's hidden states");
         // Runs: maximal groups of consecutive tokens of one slot (prefill) or single tokens (decode).
-        var runEnds = new List<int>();
+        int runs = 0;
         for (int i = 0; i < T; i++)
-            if (decode || i == T - 1 || slots[i + 1] != slots[i]) runEnds.Add(i);
-        int runs = runEnds.Count;
+            if (decode || i == T - 1 || slots[i + 1] != slots[i]) runs++;
         _forwardStates[0] = null;
         RefreshBf16();
         var arena = _arenas[0];
@@ -826,11 +842,13 @@ internal sealed unsafe class LlamaModel : IDisposable
         slots.CopyTo(new Span<int>(tokenSlots, T));
         int* cuSeqlens = (int*)arena.Take(runs + 1), runSlots = (int*)arena.Take(runs), runLengths = (int*)arena.Take(runs);
         cuSeqlens[0] = 0;
+        for (int i = 0, r = 0; i < T; i++)
+            if (decode || i == T - 1 || slots[i + 1] != slots[i]) cuSeqlens[++r] = i + 1;
         for (int r = 0; r < runs; r++)
         {
-            cuSeqlens[r + 1] = runEnds[r] + 1;
-            runSlots[r] = slots[runEnds[r]];
-            runLengths[r] = positions[runEnds[r]] + 1;
+            int end = cuSeqlens[r + 1] - 1;   // the run's last token
+            runSlots[r] = slots[end];
+            runLengths[r] = positions[end] + 1;
             if (!decode && positions[cuSeqlens[r]] != 0) throw new ArgumentException("prefill runs must start at position 0");
         }
         float* x = arena.Take(T * H), normed = arena.Take(T * H);
@@ -843,7 +861,8 @@ internal sealed unsafe class LlamaModel : IDisposable
             GateUp = arena.Take(T * 2 * I), Act = arena.Take(T * I),
         };
         EmbedOrTakeInput(tokenIds, T, input, x);
-        var attention = new AttentionSource(cache, cuSeqlens, runs, tokenSlots, runSlots, runLengths, decode);
+        bool rowInvariant = batchInvariant ?? decode;
+        var attention = new AttentionSource(cache, cuSeqlens, runs, tokenSlots, runSlots, runLengths, decode, rowInvariant);
         for (int l = 0; l < _layerCount; l++)
             BlockForward(l, T, tokenPositions, x, x, scratch, attention);
         if (!HasHead)
@@ -854,8 +873,8 @@ internal sealed unsafe class LlamaModel : IDisposable
         // Head on the last token of each run only; sampling needs whole rows: always gathered.
         float* last = arena.Take(runs * H), lastNormed = arena.Take(runs * H);
         for (int r = 0; r < runs; r++)
-            Buffer.MemoryCopy(x + (long)runEnds[r] * H, last + r * H, H * 4, H * 4);
-        Head(arena, last, runs, lastNormed, null, output, gather: true);
+            Buffer.MemoryCopy(x + (long)(cuSeqlens[r + 1] - 1) * H, last + r * H, H * 4, H * 4);
+        Head(arena, last, runs, lastNormed, null, output, gather: true, rowInvariant);
     }
 
     /// <summary>A KV cache for this shard (its blocks and kv heads) of <paramref name="slots"/> sequences,
