@@ -38,18 +38,18 @@ inline std::vector<int32_t> attention_tiles(const int32_t* cu_seqlens, int64_t n
 constexpr int64_t kIntervalPiece = 16384;
 
 inline std::vector<int64_t> interval_pieces(const int64_t* off, const int64_t* len, int64_t count) {
-    std::vector<int64_t> o, l, a;
-    for (int64_t i = 0, at = 0; i < count; at += len[i], ++i)
-        for (int64_t p = 0; p < len[i]; p += kIntervalPiece) {
-            o.push_back(off[i] + p);
-            l.push_back(len[i] - p < kIntervalPiece ? len[i] - p : kIntervalPiece);
-            a.push_back(at + p);
+    int64_t pieces = 0;
+    for (int64_t i = 0; i < count; ++i) pieces += (len[i] + kIntervalPiece - 1) / kIntervalPiece;
+    std::vector<int64_t> meta(static_cast<size_t>(3 * pieces));
+    int64_t* o = meta.data();
+    int64_t* l = o + pieces;
+    int64_t* a = l + pieces;
+    for (int64_t i = 0, at = 0, k = 0; i < count; at += len[i], ++i)
+        for (int64_t p = 0; p < len[i]; p += kIntervalPiece, ++k) {
+            o[k] = off[i] + p;
+            l[k] = len[i] - p < kIntervalPiece ? len[i] - p : kIntervalPiece;
+            a[k] = at + p;
         }
-    std::vector<int64_t> meta;
-    meta.reserve(3 * o.size());
-    meta.insert(meta.end(), o.begin(), o.end());
-    meta.insert(meta.end(), l.begin(), l.end());
-    meta.insert(meta.end(), a.begin(), a.end());
     return meta;
 }
 
