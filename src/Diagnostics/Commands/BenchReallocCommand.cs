@@ -84,6 +84,7 @@ public static class BenchReallocCommand
                     ["streaming_copy_threads_gbps"] = Round(c.StreamingCopyThreadsGbps),
                     ["contiguous_read_gbps"] = Round(c.ContiguousReadGbps), ["contiguous_mapped_copy_gbps"] = Round(c.MappedCopyGbps),
                     ["p2p_gbps"] = Round(c.P2pGbps), ["shard_huge_page_fraction"] = c.ShardHugePageFraction is double h ? Math.Round(h, 3) : null,
+                    ["last_start_ms"] = Round(c.LastStartMs), ["reference_last_start_ms"] = Round(c.ReferenceLastStartMs),
                 }.Where(kv => kv.Value is not null).ToDictionary(kv => kv.Key, kv => kv.Value!)).ToList(),
             };
             Console.WriteLine(JsonSerializer.Serialize(o, new JsonSerializerOptions { WriteIndented = true }));
@@ -102,22 +103,43 @@ public static class BenchReallocCommand
         return 0;
     }
 
-    /// <summary>The point-to-point figures of the workers' reports: tagged GB/s per size, put, get.</summary>
+    /// <summary>The best repetition of a timed figure of the workers' reports (key NAME_ticks, or a
+    /// case's entry of it): each repetition timed from the instant all its participants were
+    /// released at to its last participant's end on the host's clock
+    /// (CrossProcessReallocBench.RepSeconds); how late the last participant started in that
+    /// repetition beside it (milliseconds). Null when no rank took part.</summary>
+    internal static (double Seconds, double LateMs)? Best(Dictionary<int, JsonElement> reports, string key, int? caseIndex = null)
+    {
+        long f = reports.Values.First().GetProperty("ticks_per_second").GetInt64();
+        JsonElement Reps(JsonElement report) => caseIndex is int c ? report.GetProperty(key)[c] : report.GetProperty(key);
+        static long[] Ticks(JsonElement e) => e.EnumerateArray().Select(x => x.GetInt64()).ToArray();
+        int n = Reps(reports.Values.First()).GetArrayLength();
+        (double, double)? best = null;
+        for (int i = 0; i < n; i++)
+        {
+            var entries = reports.Values.Select(r => Ticks(Reps(r)[i])).ToList();
+            if (entries.All(e => e.Length == 0)) continue;
+            double sec = CrossProcessReallocBench.RepSeconds(entries, f);
+            if (best is null || sec < best.Value.Item1) best = (sec, CrossProcessReallocBench.StartLateness(entries, f) * 1e3);
+        }
+        return best;
+    }
+
+    /// <summary>The point-to-point figures of the workers' reports: tagged GB/s per size, put, get, read.</summary>
     private static Dictionary<string, object> P2pFigures(Dictionary<int, JsonElement> reports)
     {
-        var r1 = reports[1];
-        var r0 = reports[0];
         var tagged = new Dictionary<string, double>();
+        double Gbps(string name) => Best(reports, name + "_ticks") is var (s, _) ? Math.Round(CrossProcessReallocBench.P2pBytes / s / 1e9, 2) : 0;
         foreach (long b in CrossProcessReallocBench.P2pSizes)
         {
-            string key = b == CrossProcessReallocBench.P2pBytes ? "p2p_seconds" : $"p2p_seconds_{b >> 20}";
-            tagged[$"tag_{b >> 20}MiB"] = Math.Round(b / r1.GetProperty(key).GetDouble() / 1e9, 2);
+            string key = b == CrossProcessReallocBench.P2pBytes ? "p2p" : $"p2p_{b >> 20}";
+            if (Best(reports, key + "_ticks") is var (s, _)) tagged[$"tag_{b >> 20}MiB"] = Math.Round(b / s / 1e9, 2);
         }
-        if (r1.TryGetProperty(CrossProcessReallocBench.PiecesKey, out var ps))
-            tagged[$"tag_{CrossProcessReallocBench.P2pBytes >> 20}MiB_in_{TransportRealloc.DefaultDirectPieceBytes >> 20}MiB_pieces"] = Math.Round(CrossProcessReallocBench.P2pBytes / ps.GetDouble() / 1e9, 2);
+        tagged[$"tag_{CrossProcessReallocBench.P2pBytes >> 20}MiB_in_{TransportRealloc.DefaultDirectPieceBytes >> 20}MiB_pieces"] = Gbps(CrossProcessReallocBench.PiecesKey);
         foreach (var k in new[] { "put", "get", "read" })
-            if ((k == "read" ? r1 : r0).TryGetProperty(k + "_seconds", out var s)) tagged[$"{k}_{CrossProcessReallocBench.P2pBytes >> 20}MiB"] = Math.Round(CrossProcessReallocBench.P2pBytes / s.GetDouble() / 1e9, 2);
-        return new Dictionary<string, object> { ["transport"] = r1.GetProperty("transport").GetString()!, ["p2p"] = tagged };
+            if (reports[0].TryGetProperty(k + "_ticks", out _) && Best(reports, k + "_ticks") is not null)
+                tagged[$"{k}_{CrossProcessReallocBench.P2pBytes >> 20}MiB"] = Gbps(k);
+        return new Dictionary<string, object> { ["transport"] = reports[1].GetProperty("transport").GetString()!, ["p2p"] = tagged };
     }
 
     /// <summary>Starts the worker processes, runs the rendezvous and collects their reports.
@@ -131,52 +153,53 @@ public static class BenchReallocCommand
         extra["process_read"] = reports.Values.Any(r => r.TryGetProperty("process_read_bytes", out var b) && b.GetInt64() > 0);
         // Whether they copied out of the senders' mapped shards (shared memory).
         extra["shared_memory"] = reports.Values.Any(r => r.TryGetProperty("shared_read_bytes", out var b) && b.GetInt64() > 0);
-        // The reference: the best tagged rank 0 -> rank 1 bandwidth among the bulk message sizes
-        // (64 MiB, 256 MiB, 256 MiB as concurrent pieces of the size the cases move their bulk in);
-        // the 4 MiB figure is latency-bound and left out. Taking the best keeps the ratio conservative.
-        var r1 = reports[1];
-        double p2p = Math.Max(Math.Max(CrossProcessReallocBench.P2pBytes / r1.GetProperty("p2p_seconds").GetDouble(),
-                                       (64L << 20) / r1.GetProperty("p2p_seconds_64").GetDouble()),
-                              r1.TryGetProperty(CrossProcessReallocBench.PiecesKey, out var ps) ? CrossProcessReallocBench.P2pBytes / ps.GetDouble() : 0) / 1e9;
+        // The point-to-point reference: the best tagged rank 0 -> rank 1 bandwidth among the bulk
+        // message sizes (64 MiB, 256 MiB, 256 MiB as concurrent pieces of the size the cases move
+        // their bulk in); the 4 MiB figure is latency-bound and left out.
+        var p2pFig = (Dictionary<string, double>)extra["p2p"];
+        double p2p = new[] { $"tag_64MiB", $"tag_{CrossProcessReallocBench.P2pBytes >> 20}MiB",
+                             $"tag_{CrossProcessReallocBench.P2pBytes >> 20}MiB_in_{TransportRealloc.DefaultDirectPieceBytes >> 20}MiB_pieces" }
+            .Max(k => p2pFig.GetValueOrDefault(k));
         log?.Invoke($"cross-process ({n} worker processes, UCX): point-to-point {p2p:F2} GB/s (best of the bulk sizes)");
         var pairs = CrossProcessReallocBench.Pairs();
         var factory = LlamaShardLayouts.Factory(Model);
         var result = new List<ReallocBenchCase>();
         for (int c = 0; c < pairs.Count; c++)
         {
-            // A repetition takes as long as its slowest rank; the case's time is its best repetition
-            // (not the max over ranks of each rank's own best, which can mix repetitions).
-            int nrep = reports.Values.First().GetProperty("case_rep_seconds")[c].GetArrayLength();
-            double sec = Enumerable.Range(0, nrep).Min(i => reports.Values.Max(rep => rep.GetProperty("case_rep_seconds")[c][i].GetDouble()));
+            // Every repetition of the case and of its references is timed alike: all participants
+            // are released at one instant (Rendezvous.Start), the repetition lasts from it to the
+            // last participant's end; the figure is the best repetition.
+            var (sec, late) = Best(reports, "case_rep_ticks", c) ?? throw new InvalidOperationException($"case {c}: no rank took part");
             var plan = ReallocPlan.Build(pairs[c].From, pairs[c].To, factory, 4, _ => 0);
             long bytes = plan.RemoteBytes + plan.LocalBytes;
-            // The process-to-process reference: the same receivers reading the same bytes from the
-            // same senders as contiguous regions, concurrently (ContiguousReads); -1 on a rank
-            // means it could not read its senders' processes.
-            double? Reference(string key)
+            // The process-to-process references: the same receivers reading the same bytes from the
+            // same senders as contiguous regions, concurrently (ContiguousReads); null where a rank
+            // could not read its senders' processes (or map their shards).
+            (double Gbps, double LateMs)? Reference(string key, string available)
             {
-                bool available = reports.Values.All(rep => rep.GetProperty(key)[c].EnumerateArray().All(x => x.GetDouble() >= 0));
-                return available ? bytes / Enumerable.Range(0, nrep).Min(i => reports.Values.Max(rep => rep.GetProperty(key)[c][i].GetDouble())) / 1e9 : null;
+                if (!reports.Values.All(rep => rep.GetProperty(available)[c].GetBoolean())) return null;
+                return Best(reports, key, c) is var (s, sp) ? (bytes / s / 1e9, sp) : null;
             }
-            double? read = Reference("contiguous_read_rep_seconds");
+            var read = Reference("contiguous_read_rep_ticks", "contiguous_read_available");
             // Copies of the same contiguous regions out of the senders' mapped shards (shared memory).
-            double? mapped = Reference("mapped_copy_rep_seconds");
-            var (refName, refGbps) = new[] { ("p2p", p2p), ("contiguous_read", read ?? 0), ("contiguous_mapped_copy", mapped ?? 0) }.MaxBy(x => x.Item2);
+            var mapped = Reference("mapped_copy_rep_ticks", "mapped_copy_available");
+            var (refName, refGbps, refLate) = new[] { ("p2p", p2p, (double?)null), ("contiguous_read", read?.Gbps ?? 0, read?.LateMs), ("contiguous_mapped_copy", mapped?.Gbps ?? 0, mapped?.LateMs) }.MaxBy(x => x.Item2);
             var bc = new ReallocBenchCase(InProcessReallocBenchmark.Describe(pairs[c].From), InProcessReallocBenchmark.Describe(pairs[c].To),
                 "cross-process", bytes, sec, bytes / sec / 1e9, refGbps)
             {
-                Reference = refName, ContiguousReadGbps = read, MappedCopyGbps = mapped, P2pGbps = p2p,
+                Reference = refName, ContiguousReadGbps = read?.Gbps, MappedCopyGbps = mapped?.Gbps, P2pGbps = p2p,
                 ShardHugePageFraction = reports.Values.Min(rep => rep.TryGetProperty("shard_huge_page_fraction", out var f) ? f[c].GetDouble() : 1.0),
+                LastStartMs = late, ReferenceLastStartMs = refLate,
             };
-            log?.Invoke($"{bc.From} -> {bc.To}: {bytes / 1e9:F2} GB in {sec * 1e3:F0} ms, {bc.Gbps:F2} GB/s, contiguous reads {(read is double r ? $"{r:F2} GB/s" : "unavailable")}, "
-                        + $"contiguous mapped copies {(mapped is double m ? $"{m:F2} GB/s" : "unavailable")}, p2p {p2p:F2} GB/s, ratio {bc.Ratio:F2} (of {bc.Reference}); "
-                        + $"shards on 2 MiB pages: {bc.ShardHugePageFraction:P0}");
+            log?.Invoke($"{bc.From} -> {bc.To}: {bytes / 1e9:F2} GB in {sec * 1e3:F0} ms, {bc.Gbps:F2} GB/s, contiguous reads {(read is { } r ? $"{r.Gbps:F2} GB/s" : "unavailable")}, "
+                        + $"contiguous mapped copies {(mapped is { } m ? $"{m.Gbps:F2} GB/s" : "unavailable")}, p2p {p2p:F2} GB/s, ratio {bc.Ratio:F2} (of {bc.Reference}); "
+                        + $"last start {late:F2} ms after the release (reference {refLate?.ToString("F2") ?? "-"} ms); shards on 2 MiB pages: {bc.ShardHugePageFraction:P0}");
             result.Add(bc);
         }
         log?.Invoke((bool)extra["shared_memory"] ? "cross-process cases copied out of the senders' shards mapped from shared memory (REALN_REALLOC_SHARED_MEMORY=0: process_vm_readv)"
                     : (bool)extra["process_read"] ? "cross-process cases read the senders' shards with process_vm_readv (REALN_REALLOC_PROCESS_READ=0: over UCX)"
                     : "cross-process cases moved everything over UCX");
-        log?.Invoke($"transport {extra["transport"]}; point-to-point GB/s: {string.Join(", ", ((Dictionary<string, double>)extra["p2p"]).Select(x => $"{x.Key} {x.Value}"))}");
+        log?.Invoke($"transport {extra["transport"]}; point-to-point GB/s: {string.Join(", ", p2pFig.Select(x => $"{x.Key} {x.Value}"))}");
         return (p2p, result, extra);
     }
 

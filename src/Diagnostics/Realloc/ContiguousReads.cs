@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Transport;
 using ReaLNative.Interop;
@@ -119,12 +118,14 @@ internal sealed unsafe class ContiguousReads : IDisposable
         return new ContiguousReads(reads, available, copies, mapped, mappable);
     }
 
-    /// <summary>Seconds this rank takes to copy its regions out of its senders' mapped shards into
-    /// <paramref name="destination"/> (0 when it reads nothing, -1 when not available).</summary>
-    public double TimeMapped(nint destination, TimeSpan limit)
+    /// <summary>Whether this rank reads anything (it receives in the case).</summary>
+    public bool Reads => _reads.Count > 0;
+
+    /// <summary>Copies this rank's regions out of its senders' mapped shards into
+    /// <paramref name="destination"/>, each sender's concurrently (the caller times it).</summary>
+    public void CopyMapped(nint destination, TimeSpan limit)
     {
-        if (!MappedAvailable) return -1;
-        if (_copies.Count == 0) return 0;
+        if (!MappedAvailable) throw new InvalidOperationException("the senders' shards are not mapped here");
         void Copy((nint From, long LocalOffset, long Bytes) c)
         {
             var pieces = new List<(nint, nint, long)>();
@@ -132,11 +133,9 @@ internal sealed unsafe class ContiguousReads : IDisposable
                 pieces.Add((c.From + (nint)o, destination + (nint)(c.LocalOffset + o), Math.Min(InProcessRealloc.PieceBytes, c.Bytes - o)));
             InProcessRealloc.CopyPieces(pieces, c.Bytes);
         }
-        long t0 = Stopwatch.GetTimestamp();
         if (_copies.Count == 1) Copy(_copies[0]);
-        else if (!Task.WhenAll(_copies.Select(c => Task.Run(() => Copy(c)))).Wait(limit))
+        else if (_copies.Count > 1 && !Task.WhenAll(_copies.Select(c => Task.Run(() => Copy(c)))).Wait(limit))
             throw new TimeoutException($"mapped copies did not finish within {limit.TotalSeconds:F0} s");
-        return Stopwatch.GetElapsedTime(t0).TotalSeconds;
     }
 
     /// <summary>Unmaps the senders' shards (before they free them).</summary>
@@ -146,17 +145,14 @@ internal sealed unsafe class ContiguousReads : IDisposable
         _mapped.Clear();
     }
 
-    /// <summary>Seconds this rank takes to read its regions into <paramref name="destination"/>
-    /// (0 when it reads nothing, -1 when the reference is not available).</summary>
-    public double Time(nint destination, TimeSpan limit)
+    /// <summary>Reads this rank's regions into <paramref name="destination"/> with process_vm_readv,
+    /// each sender's concurrently (the caller times it).</summary>
+    public void Read(nint destination, TimeSpan limit)
     {
-        if (!Available) return -1;
-        if (_reads.Count == 0) return 0;
-        long t0 = Stopwatch.GetTimestamp();
+        if (!Available) throw new InvalidOperationException("a sender's process cannot be read from here");
         if (_reads.Count == 1) Read(_reads[0], destination);
-        else if (!Task.WhenAll(_reads.Select(r => Task.Run(() => Read(r, destination)))).Wait(limit))
+        else if (_reads.Count > 1 && !Task.WhenAll(_reads.Select(r => Task.Run(() => Read(r, destination)))).Wait(limit))
             throw new TimeoutException($"contiguous reads did not finish within {limit.TotalSeconds:F0} s");
-        return Stopwatch.GetElapsedTime(t0).TotalSeconds;
     }
 
     private static void Read((int Pid, ulong Remote, long LocalOffset, long Bytes) r, nint destination)

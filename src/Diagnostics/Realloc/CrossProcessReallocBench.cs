@@ -60,7 +60,8 @@ internal static unsafe class CrossProcessReallocBench
         Rendezvous.Join(client, transport, limit);
         var report = new Dictionary<string, object> { ["transport"] = transport.Options.ToString() };
 
-        foreach (var (name, sec) in PointToPoint(client, transport, rank, reps, limit, rma: true)) report[name] = sec;
+        report["ticks_per_second"] = Stopwatch.Frequency;
+        foreach (var (name, ticks) in PointToPoint(client, transport, rank, reps, limit, rma: true)) report[name + "_ticks"] = ticks;
         if (p2pOnly)
         {
             client.Request("report", JsonSerializer.Serialize(new { rank, json = JsonSerializer.Serialize(report) }), TimeSpan.FromSeconds(10));
@@ -71,10 +72,11 @@ internal static unsafe class CrossProcessReallocBench
         using var mover = Mover(transport);
         var factory = LlamaShardLayouts.Factory(shape);
         var pairs = Pairs();
-        var cases = new List<double>();
-        var repTimes = new List<List<double>>();
-        var referenceTimes = new List<List<double>>();
-        var mappedReferenceTimes = new List<List<double>>();
+        var repTicks = new List<List<long[]>>();
+        var readTicks = new List<List<long[]>>();
+        var mappedTicks = new List<List<long[]>>();
+        var readAvailable = new List<bool>();
+        var mappedAvailable = new List<bool>();
         var hugeFractions = new List<double>();
         for (int c = 0; c < pairs.Count; c++)
         {
@@ -97,35 +99,38 @@ internal static unsafe class CrossProcessReallocBench
                 long shardBytes = (src?.Bytes ?? 0) + (dst?.Bytes ?? 0);
                 hugeFractions.Add(shardBytes == 0 || !mover.SharedMemory ? 1.0 : Math.Min(1.0, ShmemPmdMappedBytes() / (double)shardBytes));
                 using var contiguous = ContiguousReads.Prepare(transport, plan, schedule, s, c);
-                double best = double.MaxValue;
-                var times = new List<double>();
-                var refTimes = new List<double>();
-                var mappedTimes = new List<double>();
-                // Candidate and reference alternate, so both see the same load.
+                // Who takes part: in the case every sender and receiver; in the references the
+                // ranks that copy (the senders' shards are read, they do nothing).
+                bool inCase = plan.From.Devices.Contains(rank) || plan.To.Devices.Contains(rank);
+                var times = new List<long[]>();
+                var reads = new List<long[]>();
+                var mapped = new List<long[]>();
+                // Candidate and references alternate, so all see the same load; each starts at one
+                // instant on every rank (Rendezvous.Start) and is timed on the host's clock.
                 for (int i = 0; i < reps + 1; i++)
                 {
-                    Rendezvous.Barrier(client, rank, $"case-{c}-{i}", limit);
-                    long t0 = Stopwatch.GetTimestamp();
-                    mover.ExecuteAsync(plan, schedule, s, d).Wait(limit);
-                    double sec = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                    var t = Timed(client, rank, $"case-{c}-{i}", limit, inCase, () =>
+                    {
+                        if (!mover.ExecuteAsync(plan, schedule, s, d).Wait(limit))
+                            throw new TimeoutException($"rank {rank}, case {c}: the reallocation did not finish within {limit.TotalSeconds:F0} s");
+                    });
                     if (i == 0 && dst is not null)
                     {
                         string? bad = Verify(plan.DestinationLayoutOf(rank), (float*)dst.Pointer);
                         if (bad is not null) throw new InvalidOperationException($"rank {rank}, case {c}: {bad}");
                     }
-                    Rendezvous.Barrier(client, rank, $"case-{c}-{i}-reference", limit);
-                    double refSec = contiguous.Time(d, limit);
-                    Rendezvous.Barrier(client, rank, $"case-{c}-{i}-mapped", limit);
-                    double mappedSec = contiguous.TimeMapped(d, limit);
-                    if (i > 0) { best = Math.Min(best, sec); times.Add(sec); refTimes.Add(refSec); mappedTimes.Add(mappedSec); }
+                    var r = Timed(client, rank, $"case-{c}-{i}-reference", limit, contiguous.Available && contiguous.Reads, () => contiguous.Read(d, limit));
+                    var m = Timed(client, rank, $"case-{c}-{i}-mapped", limit, contiguous.MappedAvailable && contiguous.Reads, () => contiguous.CopyMapped(d, limit));
+                    if (i > 0) { times.Add(t); reads.Add(r); mapped.Add(m); }
                 }
+                readAvailable.Add(contiguous.Available);
+                mappedAvailable.Add(contiguous.MappedAvailable);
                 contiguous.Dispose();
                 // No sender frees its shard while a receiver may still read it.
                 Rendezvous.Barrier(client, rank, $"case-{c}-end", limit);
-                cases.Add(best);
-                repTimes.Add(times);
-                referenceTimes.Add(refTimes);
-                mappedReferenceTimes.Add(mappedTimes);
+                repTicks.Add(times);
+                readTicks.Add(reads);
+                mappedTicks.Add(mapped);
             }
             finally
             {
@@ -136,13 +141,49 @@ internal static unsafe class CrossProcessReallocBench
         report["process_read_bytes"] = mover.ProcessReadBytes;
         report["shared_read_bytes"] = mover.SharedMemoryReadBytes;
         report["shard_huge_page_fraction"] = hugeFractions;
-        report["case_seconds"] = cases;
-        report["case_rep_seconds"] = repTimes;  // per timed repetition: the master takes min over reps of max over ranks
-        report["contiguous_read_rep_seconds"] = referenceTimes;  // the same, for the contiguous-read reference (0 on ranks that read nothing)
-        report["mapped_copy_rep_seconds"] = mappedReferenceTimes;  // the same, copying out of the senders' mapped shards (-1: not available)
+        // Per case, per timed repetition: this rank's [release instant, start, end] (Stopwatch ticks
+        // of the host's clock), [] where it takes no part; the master times a repetition from the
+        // release instant to the last participant's end (RepSeconds).
+        report["case_rep_ticks"] = repTicks;
+        report["contiguous_read_rep_ticks"] = readTicks;    // the contiguous-read reference
+        report["mapped_copy_rep_ticks"] = mappedTicks;      // copying the same regions out of the senders' mapped shards
+        report["contiguous_read_available"] = readAvailable;
+        report["mapped_copy_available"] = mappedAvailable;
         client.Request("report", JsonSerializer.Serialize(new { rank, json = JsonSerializer.Serialize(report) }), TimeSpan.FromSeconds(10));
         Rendezvous.Barrier(client, rank, "done", limit);
         return 0;
+    }
+
+    /// <summary>One timed repetition: every rank meets at <see cref="Rendezvous.Start"/>, which names
+    /// one start instant for all; a rank that takes <paramref name="part"/> waits for it, runs
+    /// <paramref name="run"/> and returns [the instant, its own start, its end] on the host's clock
+    /// (Stopwatch ticks); the others return [] at once.</summary>
+    private static long[] Timed(ControlClient client, int rank, string name, TimeSpan limit, bool part, Action run)
+    {
+        long at = Rendezvous.Start(client, rank, name, limit, wait: part);
+        if (!part) return [];
+        long t0 = Stopwatch.GetTimestamp();
+        run();
+        return [at, t0, Stopwatch.GetTimestamp()];
+    }
+
+    /// <summary>Seconds of one repetition from the ranks' entries (<see cref="Timed"/>): from the
+    /// instant every participant was released at to the last participant's end, as collectives are
+    /// timed from a synchronised start (every rank's clock is the host's); 0 when no rank took part.
+    /// A rank the scheduler woke late (the cores busy with the others' work) counts from the
+    /// instant too: the work it waited for is part of the time.</summary>
+    public static double RepSeconds(IEnumerable<long[]> entries, long ticksPerSecond)
+    {
+        var e = entries.Where(x => x.Length == 3).ToList();
+        return e.Count == 0 ? 0 : (e.Max(x => x[2]) - e.Max(x => x[0])) / (double)ticksPerSecond;
+    }
+
+    /// <summary>How late after the release instant the last participant started, seconds (a rank
+    /// that learned the instant late, or that the scheduler woke late).</summary>
+    public static double StartLateness(IEnumerable<long[]> entries, long ticksPerSecond)
+    {
+        var e = entries.Where(x => x.Length == 3).ToList();
+        return e.Count == 0 ? 0 : (e.Max(x => x[1]) - e.Max(x => x[0])) / (double)ticksPerSecond;
     }
 
     /// <summary>Shared memory of this process mapped with 2 MiB entries (ShmemPmdMapped of
@@ -165,36 +206,41 @@ internal static unsafe class CrossProcessReallocBench
 
     /// <summary>Report key of <see cref="P2pBytes"/> moved as concurrent pieces of the mover's
     /// direct-piece size.</summary>
-    public const string PiecesKey = "p2p_seconds_pieces";
+    public const string PiecesKey = "p2p_pieces";
 
-    /// <summary>Best seconds of a tagged rank 0 -> rank 1 message per size ("p2p_seconds" for
-    /// <see cref="P2pBytes"/>, "p2p_seconds_&lt;MiB&gt;" for the others) and, with
-    /// <paramref name="rma"/>, of a put and a get of <see cref="P2pBytes"/> into / from rank 1's
-    /// registered buffer ("put_seconds", "get_seconds"). Every rank takes part in the barriers, so
-    /// the process count (and the polling cores) match the reallocation cases.</summary>
-    private static List<(string, double)> PointToPoint(ControlClient client, UcxTransport transport, int rank, int reps, TimeSpan limit, bool rma)
+    /// <summary>Per timed repetition, each rank's [start, end] (<see cref="Timed"/>) of a tagged rank 0
+    /// -> rank 1 message per size ("p2p" for <see cref="P2pBytes"/>, "p2p_&lt;MiB&gt;" for the others),
+    /// of <see cref="P2pBytes"/> as concurrent pieces (<see cref="PiecesKey"/>), of rank 1 reading
+    /// them from rank 0's process ("read") and, with <paramref name="rma"/>, of a put and a get of
+    /// <see cref="P2pBytes"/> into / from rank 1's registered buffer ("put", "get"): report keys
+    /// NAME_ticks; the master times each as the cases (<see cref="RepSeconds"/>). Every rank takes
+    /// part in the starts, so the process count (and the polling cores) match the reallocation cases.</summary>
+    private static List<(string, List<long[]>)> PointToPoint(ControlClient client, UcxTransport transport, int rank, int reps, TimeSpan limit, bool rma)
     {
-        var result = new List<(string, double)>();
+        var result = new List<(string, List<long[]>)>();
         using var buf = new HostBlock(P2pBytes);
         nint p = (nint)buf.Pointer;
         int round = 0;
-        double Time(Func<Task?> op)
+        // part: the ranks that act (a one-sided put or get, or a read, leaves the other rank passive).
+        List<long[]> Time(int[] part, Func<Task?> op)
         {
-            double best = double.MaxValue;
+            var ticks = new List<long[]>();
             for (int i = 0; i < reps + 1; i++)
             {
-                Rendezvous.Barrier(client, rank, $"p2p-{round++}", limit);
-                long t0 = Stopwatch.GetTimestamp();
-                op()?.Wait(limit);
-                if (i > 0) best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+                var t = Timed(client, rank, $"p2p-{round++}", limit, part.Contains(rank), () =>
+                {
+                    if (op() is { } task && !task.Wait(limit)) throw new TimeoutException($"rank {rank}: a point-to-point transfer did not finish within {limit.TotalSeconds:F0} s");
+                });
+                if (i > 0) ticks.Add(t);
             }
-            return best;
+            return ticks;
         }
+        int[] both = [0, 1];
         foreach (long bytes in P2pSizes)
         {
             long tag = 1000 + bytes / (1 << 20);
-            double s = Time(() => rank == 0 ? transport.SendAsync(1, tag, p, bytes) : rank == 1 ? transport.RecvAsync(0, tag, p, bytes) : null);
-            result.Add((bytes == P2pBytes ? "p2p_seconds" : $"p2p_seconds_{bytes >> 20}", s));
+            var t = Time(both, () => rank == 0 ? transport.SendAsync(1, tag, p, bytes) : rank == 1 ? transport.RecvAsync(0, tag, p, bytes) : null);
+            result.Add((bytes == P2pBytes ? "p2p" : $"p2p_{bytes >> 20}", t));
         }
         // The message size the reallocation moves its bulk in: P2pBytes as pieces of
         // TransportRealloc.DirectPieceBytes, all posted at once (as the cases post them).
@@ -209,7 +255,7 @@ internal static unsafe class CrossProcessReallocBench
                     ops[k] = rank == 0 ? transport.SendAsync(1, 2000 + k, p + (nint)(k * piece), piece) : transport.RecvAsync(0, 2000 + k, p + (nint)(k * piece), piece);
                 return Task.WhenAll(ops);
             }
-            result.Add((PiecesKey, Time(Pieces)));
+            result.Add((PiecesKey, Time(both, Pieces)));
         }
         // One process reading P2pBytes straight from the other's buffer (process_vm_readv), the
         // system call under UCX's cma rendezvous and under the cases' reads: the same pair and bytes.
@@ -219,23 +265,22 @@ internal static unsafe class CrossProcessReallocBench
             *(long*)address.Pointer = p;
             (rank == 0 ? transport.SendAsync(1, 3000, (nint)address.Pointer, 8) : transport.RecvAsync(0, 3000, (nint)address.Pointer, 8)).Wait(limit);
             ulong remote = *(ulong*)address.Pointer;
-            result.Add(("read_seconds", Time(() =>
+            result.Add(("read", Time([1], () =>
             {
-                if (rank != 1) return null;
                 long zero = 0, bytes = P2pBytes;
                 Native.Check(Native.realn_process_read(peerPid, (void*)p, remote, &zero, &zero, &bytes, 1));
                 return null;
             })));
         }
-        else result.Add(("read_seconds", Time(() => null)));  // the other ranks join the barriers
+        else result.Add(("read", Time([], () => null)));  // the other ranks join the starts
         if (rma && transport.Size > 1)
         {
             using var region = transport.Register(p, P2pBytes);
             var group = new[] { 0, 1 };
             byte[][]? table = rank < 2 ? RmaBootstrap.AllGatherAsync(transport, group, 1 << 30, region.Descriptor).Result : null;
             using var remote = rank == 0 ? transport.Attach(1, table![1]) : null;
-            result.Add(("put_seconds", Time(() => rank == 0 ? transport.PutAsync(remote!, 0, p, P2pBytes) : null)));
-            result.Add(("get_seconds", Time(() => rank == 0 ? transport.GetAsync(remote!, 0, p, P2pBytes) : null)));
+            result.Add(("put", Time([0], () => transport.PutAsync(remote!, 0, p, P2pBytes))));
+            result.Add(("get", Time([0], () => transport.GetAsync(remote!, 0, p, P2pBytes))));
             Rendezvous.Barrier(client, rank, "rma-done", limit);
         }
         return result;

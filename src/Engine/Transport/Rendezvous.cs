@@ -1,4 +1,6 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
 using System.Text.Json;
 using ReaLNative.Engine.Control;
 
@@ -7,8 +9,10 @@ namespace ReaLNative.Engine.Transport;
 /// <summary>
 /// Address exchange and barriers over the control plane. The master's <see cref="Handle"/> answers
 /// "register" (a rank's UCX address), "addresses" (the whole table once every rank registered,
-/// "wait" before), "barrier" (released when all ranks arrived) and "report" (a worker's result);
-/// workers use <see cref="Join"/> and <see cref="Barrier"/>. Every wait has a deadline.
+/// "wait" before), "barrier" (released when all ranks arrived), "start" (a barrier whose release
+/// names one instant for every rank to start at, <see cref="Start"/>) and "report" (a worker's
+/// result); workers use <see cref="Join"/>, <see cref="Barrier"/> and <see cref="Start"/>. Every
+/// wait has a deadline.
 /// </summary>
 internal sealed class Rendezvous
 {
@@ -16,6 +20,8 @@ internal sealed class Rendezvous
     private readonly string?[] _addresses;
     private readonly string?[] _infos;
     private readonly ConcurrentDictionary<string, HashSet<int>> _barriers = new();
+    private readonly ConcurrentDictionary<string, HashSet<int>> _startArrivals = new();
+    private readonly ConcurrentDictionary<string, long> _starts = new();
     private readonly Lock _gate = new();
 
     public Rendezvous(int size)
@@ -56,6 +62,13 @@ internal sealed class Rendezvous
                     var set = _barriers.GetOrAdd(Text(root, "name"), _ => []);
                     set.Add(rank);
                     return set.Count == _size ? "go" : Wait(r => !set.Contains(r));
+                case "start":
+                    var arrived = _startArrivals.GetOrAdd(Text(root, "name"), _ => []);
+                    arrived.Add(rank);
+                    if (arrived.Count < _size) return Wait(r => !arrived.Contains(r));
+                    // Fixed when the last rank arrives: every rank's next poll (1 ms apart) lands before it.
+                    long at = _starts.GetOrAdd(Text(root, "name"), _ => Stopwatch.GetTimestamp() + StartMargin);
+                    return "go:" + at.ToString(CultureInfo.InvariantCulture);
                 case "report":
                     Reports.Enqueue((rank, Text(root, "json")));
                     return "ok";
@@ -105,6 +118,42 @@ internal sealed class Rendezvous
                 throw new TimeoutException($"rank {transport.Rank}: rendezvous at {client.Endpoint}: not every rank registered within {timeout.TotalSeconds:F0} s ({Missing(reply)})");
             Thread.Sleep(10);
         }
+    }
+
+    /// <summary>How far after the last rank's arrival at a <see cref="Start"/> its ranks start: longer
+    /// than a waiting rank's poll (1 ms sleep and a round trip), so that every rank learns the
+    /// instant before it comes.</summary>
+    public static readonly long StartMargin = Stopwatch.Frequency * 5 / 1000;
+
+    /// <summary>A barrier that releases every rank at one instant: when the last rank has arrived, the
+    /// master names a start time (<see cref="StartMargin"/> later, on <see cref="Stopwatch"/>'s clock:
+    /// CLOCK_MONOTONIC, one clock for every process of a host, so only for ranks of one host); each
+    /// rank learns it by polling, sleeps until about a millisecond before and yields the core until
+    /// it comes (a spin would keep an equal-priority real-time process off the core), then
+    /// returns it. A rank that learns it late returns at once (its own start is later: callers
+    /// time with their own timestamps). With <paramref name="wait"/> false a rank that takes no part
+    /// in what follows returns as soon as it knows the instant, without waiting for it.</summary>
+    public static long Start(ControlClient client, int rank, string name, TimeSpan timeout, bool wait = true)
+    {
+        var until = DateTime.UtcNow + timeout;
+        string reply;
+        while (!(reply = client.Request("start", JsonSerializer.Serialize(new { rank, name }), Step(until))).StartsWith("go:", StringComparison.Ordinal))
+        {
+            if (DateTime.UtcNow > until)
+                throw new TimeoutException($"rank {rank}: start '{name}' not reached by every rank within {timeout.TotalSeconds:F0} s ({Missing(reply)})");
+            Thread.Sleep(1);
+        }
+        long at = long.Parse(reply.AsSpan(3), NumberStyles.Integer, CultureInfo.InvariantCulture);
+        if (at - Stopwatch.GetTimestamp() > 1000 * StartMargin)
+            throw new InvalidOperationException($"rank {rank}: start '{name}' named an instant {(at - Stopwatch.GetTimestamp()) / (double)Stopwatch.Frequency:F1} s ahead (another host's clock?)");
+        if (!wait) return at;
+        long spin = Stopwatch.Frequency * 3 / 2000;  // the last 1.5 ms: polled (a sleep overshoots by up to a tick)
+        for (long left; (left = at - Stopwatch.GetTimestamp()) > 0;)
+        {
+            if (left > spin) Thread.Sleep(TimeSpan.FromTicks((left - spin) * TimeSpan.TicksPerSecond / Stopwatch.Frequency));
+            else Thread.Yield();
+        }
+        return at;
     }
 
     public static void Barrier(ControlClient client, int rank, string name, TimeSpan timeout)
