@@ -71,6 +71,7 @@ public static class BenchReallocCommand
                 ["p2p_gbps"] = Math.Round(p2p, 2),
                 ["workers"] = CrossProcessReallocBench.Workers,
                 ["transport"] = extra["transport"],
+                ["cases_spin"] = extra["cases_spin"],
                 ["process_read"] = extra["process_read"],
                 ["shared_memory"] = extra["shared_memory"],
                 ["p2p"] = extra["p2p"],
@@ -153,6 +154,8 @@ public static class BenchReallocCommand
         extra["process_read"] = reports.Values.Any(r => r.TryGetProperty("process_read_bytes", out var b) && b.GetInt64() > 0);
         // Whether they copied out of the senders' mapped shards (shared memory).
         extra["shared_memory"] = reports.Values.Any(r => r.TryGetProperty("shared_read_bytes", out var b) && b.GetInt64() > 0);
+        // The progress threads' spin count during the cases (0 where the copy threads fill the cores).
+        extra["cases_spin"] = reports[0].GetProperty("cases_spin").GetInt32();
         // The point-to-point reference: the best tagged rank 0 -> rank 1 bandwidth among the bulk
         // message sizes (64 MiB, 256 MiB, 256 MiB as concurrent pieces of the size the cases move
         // their bulk in); the 4 MiB figure is latency-bound and left out.
@@ -199,7 +202,7 @@ public static class BenchReallocCommand
         log?.Invoke((bool)extra["shared_memory"] ? "cross-process cases copied out of the senders' shards mapped from shared memory (REALN_REALLOC_SHARED_MEMORY=0: process_vm_readv)"
                     : (bool)extra["process_read"] ? "cross-process cases read the senders' shards with process_vm_readv (REALN_REALLOC_PROCESS_READ=0: over UCX)"
                     : "cross-process cases moved everything over UCX");
-        log?.Invoke($"transport {extra["transport"]}; point-to-point GB/s: {string.Join(", ", p2pFig.Select(x => $"{x.Key} {x.Value}"))}");
+        log?.Invoke($"transport {extra["transport"]} (cases: spin {extra["cases_spin"]}); point-to-point GB/s: {string.Join(", ", p2pFig.Select(x => $"{x.Key} {x.Value}"))}");
         return (p2p, result, extra);
     }
 

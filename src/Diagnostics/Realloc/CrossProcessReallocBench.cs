@@ -69,6 +69,12 @@ internal static unsafe class CrossProcessReallocBench
             return 0;
         }
 
+        // The cases run as a job's workers run on this host: a progress thread that spins takes a
+        // core from the copies, and the copy threads of the workers fill the cores, so (as
+        // WorkerProcesses starts a job's workers) without the spin unless REALN_UCX_SPIN says
+        // otherwise. The point-to-point figures above keep the spin (UCX's best latency).
+        if (UcxTransportOptions.SkipSpin(size * InProcessRealloc.CopyThreads)) transport.SpinIterations = 0;
+        report["cases_spin"] = transport.SpinIterations;
         using var mover = Mover(transport);
         var factory = LlamaShardLayouts.Factory(shape);
         var pairs = Pairs();

@@ -81,6 +81,7 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
         Rank = rank;
         Size = size;
         Options = options;
+        _spin = options.SpinIterations;
         nint cfg;
         Check(Ucp.ucp_config_read(null, null, &cfg), "ucp_config_read");
         if (options.Transports is string tls)
@@ -131,6 +132,17 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
     public int Size { get; }
     public UcxTransportOptions Options { get; }
     public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>Idle rounds the progress thread spins before it yields and naps: at first
+    /// <see cref="UcxTransportOptions.SpinIterations"/>; settable while it runs (0: no spin), for a
+    /// process whose phases differ (`realn bench realloc` times point-to-point messages with the spin
+    /// and reallocations as a job's workers run them, UcxTransportOptions.SkipSpin).</summary>
+    public int SpinIterations
+    {
+        get => Volatile.Read(ref _spin);
+        set => Volatile.Write(ref _spin, value >= 0 ? value : throw new ArgumentOutOfRangeException(nameof(value), "a spin count is >= 0"));
+    }
+    private int _spin;
 
     /// <summary>This rank's address, to hand to the other ranks: a header naming its process
     /// (host key, pid, whether it allows process reads; <see cref="ProcessHeader"/>) followed by
@@ -358,6 +370,7 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
                 if (_pending.Count > 0) ExpireDeadlines();
                 if (any) { idle = 0; continue; }
                 idle++;
+                int spin = Volatile.Read(ref _spin);
                 if (Options.Wakeup)
                 {
                     if (idle < 200) { Thread.SpinWait(50); continue; }
@@ -365,12 +378,12 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
                     var st = Ucp.ucp_worker_arm(_worker);
                     if (st == ucs_status_t.UCS_OK && _queue.IsEmpty && !_stop) Ucp.ucp_worker_wait(_worker);
                 }
-                else if (idle <= Options.SpinIterations) Thread.SpinWait(20);
-                else if (idle <= Options.SpinIterations + Options.YieldIterations) Thread.Yield();
+                else if (idle <= spin) Thread.SpinWait(20);
+                else if (idle <= spin + Options.YieldIterations) Thread.Yield();
                 else
                 {
                     // Operations in flight: 1 ms naps (a peer may be computing); idle: 1, 2, 4 .. MaxSleep ms.
-                    int step = idle - Options.SpinIterations - Options.YieldIterations;
+                    int step = idle - spin - Options.YieldIterations;
                     int ms = _pending.Count > 0 ? 1 : (int)Math.Min(Options.MaxSleep.TotalMilliseconds, 1 << Math.Min(step, 10));
                     _kick.Wait(Math.Max(ms, 1));
                     _kick.Reset();
