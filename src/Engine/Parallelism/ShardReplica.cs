@@ -189,6 +189,14 @@ internal sealed unsafe class ShardReplica : IDisposable
         return Collects ? r : null;
     }
 
+    /// <summary>This replica's share of a generation given as it is (its prompts and their ids in
+    /// the whole batch: what a worker process receives); (ids, result) on collecting ranks.</summary>
+    public (int[] Ids, GenerationResult Result)? GeneratePart(int[] ids, IReadOnlyList<int[]> prompts, GenerationOptions opt)
+    {
+        var r = Runner.GeneratePart(ids, prompts, opt, MicroBatches);
+        return Collects ? r : null;
+    }
+
     /// <summary>Whole-batch generation result assembled from the collecting ranks' parts.</summary>
     public static GenerationResult MergeGeneration(IReadOnlyList<int[]> prompts, GenerationOptions opt, IEnumerable<(int[] Ids, GenerationResult Result)> parts,
                                                    BatchSource? source = null)

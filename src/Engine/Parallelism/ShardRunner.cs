@@ -157,8 +157,17 @@ internal sealed unsafe class ShardRunner(LlamaModel shard)
     public (int[] Ids, GenerationResult Result)? Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt, int microBatches)
     {
         var part = DataPart(prompts);
-        var r = Generator.GenerateShard(shard, part.Select(i => prompts[i]).ToArray(), part, opt, microBatches);
-        return r is null ? null : (part, r);
+        return GeneratePart(part, part.Select(i => prompts[i]).ToArray(), opt, microBatches);
+    }
+
+    /// <summary>Generation of this replica's share given as it is: the prompts of its data part
+    /// (<see cref="DataPart"/> of the whole batch) and their global ids, which key the random draws
+    /// (a worker process receives only its share). Returns (ids, result) on the last stage, null
+    /// elsewhere.</summary>
+    public (int[] Ids, GenerationResult Result)? GeneratePart(int[] ids, IReadOnlyList<int[]> prompts, GenerationOptions opt, int microBatches)
+    {
+        var r = Generator.GenerateShard(shard, prompts, ids, opt, microBatches);
+        return r is null ? null : (ids, r);
     }
 
     /// <summary>

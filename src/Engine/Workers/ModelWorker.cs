@@ -295,12 +295,13 @@ internal sealed unsafe class ModelWorker : IDisposable
     /// <summary>Keeps a generation's sequences (this rank's <paramref name="ids"/>) under
     /// <paramref name="key"/>: for this worker's own calls, and in one native buffer registered for
     /// one-sided reads by the other workers (their tokens back to back, in <paramref name="ids"/>
-    /// order). Returns the buffer's descriptor (base64), null when this rank generated no sequence.</summary>
+    /// order; <paramref name="prompts"/> are theirs, in the same order). Returns the buffer's
+    /// descriptor (base64), null when this rank generated no sequence.</summary>
     private string? Keep(string key, int[] ids, IReadOnlyList<int[]> prompts, GenerationResult result)
     {
         Drop(key);
         var held = new Dictionary<int, (int, int[])>();
-        for (int k = 0; k < ids.Length; k++) held[ids[k]] = (prompts[ids[k]].Length, result.Sequence(k));
+        for (int k = 0; k < ids.Length; k++) held[ids[k]] = (prompts[k].Length, result.Sequence(k));
         _batches[key] = held;
         long tokens = ids.Select((id, k) => (long)held[id].Item2.Length).Sum();
         if (tokens == 0) return null;
@@ -528,9 +529,10 @@ internal sealed unsafe class ModelWorker : IDisposable
                 break;
             case "generate":
             {
+                // This rank's share of the prompts only (its data-parallel part, with their ids in the batch).
                 var rd = new WireReader(Input(j, op), op);
-                var prompts = rd.Prompts(); rd.End();
-                var g = r.Generate(prompts, WireJson.Generation(j["gen"]));
+                var (ids, prompts) = rd.PromptShare(WireJson.Int(j, "batch")); rd.End();
+                var g = r.GeneratePart(ids, prompts, WireJson.Generation(j["gen"]));
                 if ((string?)j["keep_as"] is { } key && g is { } kept) descriptor = Keep(key, kept.Ids, prompts, kept.Result);
                 Output(j, r, g is { } x ? w => w.Generation(x) : null, op);
                 break;

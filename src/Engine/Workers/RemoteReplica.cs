@@ -1,6 +1,7 @@
 // A model replica whose shards live in model worker processes: each operation is one command to
 // every worker of the layout (metadata only), with the batch sent to them (by reference when the
-// workers hold it; a backward's per-token gradients only to the last pipeline stage) and the
+// workers hold it; a backward's per-token gradients only to the last pipeline stage; a generation's
+// prompts to each data-parallel rank only its share) and the
 // collecting ranks' outputs returned over UCX. A backward is sent with the optimizer step that follows it
 // (one round trip instead of two; a backward only writes gradients, which only the step reads):
 // any other operation sends a deferred backward on its own first. Reallocation between two replicas runs entirely between the
@@ -32,13 +33,16 @@ internal sealed unsafe class RemoteReplica : IReplica
     /// <summary>The input blobs of an operation: <see cref="Rest"/> to every rank (none when null),
     /// except that the last pipeline stage's ranks get <see cref="LastStage"/>[their data-parallel
     /// index] when it is set: the per-token gradients of a loss go only to the stage that computes the
-    /// loss, each data-parallel rank getting those of its own part of the batch.</summary>
-    private sealed record Inputs(byte[]? Rest, byte[][]? LastStage = null)
+    /// loss, each data-parallel rank getting those of its own part of the batch; with
+    /// <see cref="PerData"/> every rank gets PerData[its data-parallel index] (a generation's prompts:
+    /// each data-parallel rank only its share).</summary>
+    private sealed record Inputs(byte[]? Rest, byte[][]? LastStage = null, byte[][]? PerData = null)
     {
         public static readonly Inputs None = new((byte[]?)null);
         public byte[]? For(ParallelLayout layout, int rank)
         {
             var (pipe, data, _) = layout.Coords(rank);
+            if (PerData is not null) return PerData[data];
             return pipe == layout.Pp - 1 && LastStage is not null ? LastStage[data] : Rest;
         }
     }
@@ -267,7 +271,13 @@ internal sealed unsafe class RemoteReplica : IReplica
         // of a paused generation: every chunk returns the tokens so far).
         string? key = _pool.WorkerToWorkerData && opt.Pause is null or { Resume: true, StopBeforeStep: 0 } ? _pool.Batches.NewKey() : null;
         if (key is not null) args["keep_as"] = key;
-        var (_, outs) = Op("generate", args, new Inputs(new WireWriter().Prompts(prompts).ToArray()), output: true, null, out var replies);
+        // Each data-parallel rank gets only the prompts of its part (the split its shards make of the
+        // whole batch, ShardRunner.DataPart: a contiguous run) and where the run starts in the batch
+        // (the ids key the random draws).
+        args["batch"] = prompts.Count;
+        var shares = Split.Contiguous(prompts.Select(p => p.Length).ToArray(), Layout.Dp)
+            .Select(part => new WireWriter().PromptShare(part[0], [.. part.Select(i => prompts[i])]).ToArray()).ToArray();
+        var (_, outs) = Op("generate", args, new Inputs(null, PerData: shares), output: true, null, out var replies);
         var parts = outs.Select((b, i) =>
         {
             var r = new WireReader(b, $"{What("generate")}: output of worker {_collectors[i]}");

@@ -137,6 +137,11 @@ internal sealed class WireWriter
         return this;
     }
 
+    /// <summary>A data-parallel rank's share of a generation's prompts: a contiguous run of the batch
+    /// (Split.Contiguous), as the id of its first prompt, then the prompts
+    /// (<see cref="WireReader.PromptShare"/>).</summary>
+    public WireWriter PromptShare(int first, IReadOnlyList<int[]> prompts) => Int(first).Prompts(prompts);
+
     public WireWriter Output(ShardOutput o) => Ints(o.Ids).Floats(o.Actions).Floats(o.Last);
 
     public WireWriter Generation((int[] Ids, GenerationResult Result) g)
@@ -224,6 +229,17 @@ internal sealed class WireReader(byte[] data, string what)
         var r = new int[n][];
         for (int i = 0; i < n; i++) r[i] = Ints();
         return r;
+    }
+
+    /// <summary>A share of prompts (<see cref="WireWriter.PromptShare"/>) of a batch of
+    /// <paramref name="batch"/> prompts: their ids (first, first + 1, ...) and the prompts; the run
+    /// must lie inside the batch.</summary>
+    public (int[] Ids, int[][] Prompts) PromptShare(int batch)
+    {
+        int first = Int();
+        var prompts = Prompts();
+        if (first < 0 || first > batch - prompts.Length) throw Bad($"prompts {first}..{first + prompts.Length - 1} outside a batch of {batch}");
+        return (Enumerable.Range(first, prompts.Length).ToArray(), prompts);
     }
 
     public ShardOutput Output() => new(Ints(), Floats(), Floats());

@@ -179,6 +179,60 @@ public sealed class WorkerPoolTests
             }
     }
 
+    /// <summary>A generation sends each data-parallel rank only its share of the prompts (the part its
+    /// shards generate, with where it starts in the batch): the master's bytes for the call are exactly the
+    /// shares, every rank of a data-parallel part getting that part's; the generated tokens, log-probs,
+    /// EOS flags and filter masks equal the in-process replica's bit for bit, and the sequences the
+    /// collecting ranks keep score (log-probs read worker to worker) as the in-process batch does.</summary>
+    [Fact]
+    public void GenerationPromptsGoToEachDataParallelRankOnlyItsShare()
+    {
+        var cfg = ReaLNative.Engine.Model.LlamaConfig.Preset("tiny");
+        using var pool = new WorkerPool(4, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1, WorkerToWorkerData = true });
+        using var cluster = new LocalCluster(4);
+        int[][] prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10], [11, 12, 13, 14, 15, 16, 17], [18], [19, 20, 21, 22]];
+        var opt = new ReaLNative.Engine.Generation.GenerationOptions { MaxNewTokens = 4, Temperature = 1f, TopK = 20, Seed = 7 };
+        // The whole batch's bytes to one rank: what every rank got before.
+        long whole = 4 + prompts.Sum(p => 4 + 4L * p.Length);
+        foreach (var layout in new[] { new ParallelLayout([0, 1], 1, 2, 1), new ParallelLayout([3, 2, 1, 0], 1, 4, 1), new ParallelLayout([0, 1, 2, 3], 1, 2, 2),
+                                       new ParallelLayout([2, 3, 0, 1], 2, 2, 1), new ParallelLayout([1, 2], 1, 1, 2) })
+        {
+            var results = new ReaLNative.Engine.Generation.GenerationResult[2];
+            var logps = new float[2][];
+            long sent = 0;
+            for (int k = 0; k < 2; k++)
+            {
+                IReplicaHost host = k == 0 ? cluster : pool;
+                using var r = host.Create($"actor on {layout}", cfg, false, layout, 2, null);
+                r.Initialise(41);
+                long before = pool.DataBytes!.Value.FromMaster;
+                var g = results[k] = r.Generate(prompts, opt);
+                sent = pool.DataBytes!.Value.FromMaster - before;
+                var seqs = Enumerable.Range(0, prompts.Length).Select(g.Sequence).ToArray();
+                logps[k] = r.LogProbs(new ReaLNative.Engine.Model.ScoredBatch(seqs, prompts.Select(p => p.Length).ToArray()) { Source = g.Source }, 1f);
+            }
+            Assert.Null(results[0].Source);
+            Assert.NotNull(results[1].Source);
+            for (int i = 0; i < prompts.Length; i++)
+            {
+                Assert.Equal(results[0].NewTokens[i], results[1].NewTokens[i]);
+                Assert.Equal(results[0].LogProbs[i], results[1].LogProbs[i]);
+                Assert.Equal(results[0].EndedWithEos[i], results[1].EndedWithEos[i]);
+                Assert.Equal(results[0].Masks![i], results[1].Masks![i]);
+            }
+            Assert.Equal(logps[0], logps[1]);
+            var parts = ReaLNative.Engine.Generation.Split.Contiguous(prompts.Select(p => p.Length).ToArray(), layout.Dp);
+            long expected = 0;
+            for (int rank = 0; rank < layout.Devices.Count; rank++)
+            {
+                var part = parts[layout.Coords(rank).Data];
+                expected += 4 + 4 + part.Sum(i => 4 + 4L * prompts[i].Length);  // the first id, the count, the prompts
+            }
+            Assert.Equal(expected, sent);
+            if (layout.Dp > 1) Assert.True(sent < layout.Devices.Count * whole, $"{layout}: {sent} bytes for the prompts, {layout.Devices.Count * whole} sent whole");
+        }
+    }
+
     /// <summary>Workers initialise, load and save their own shards (no byte of the model through the
     /// master), in worker processes and in process, under layouts with tp (the part moves to a
     /// temporary tp-1 pipeline that writes), pp and dp (data replica 0's stages write): initialised
