@@ -401,6 +401,46 @@ public sealed class ControlFuzzTests(ITestOutputHelper output)
         Assert.Equal("wait:1", rdv.Handle(M("barrier", "{\"rank\":0,\"name\":\"b\"}")));
     }
 
+    /// <summary>A start (Rendezvous.Start, what `realn bench realloc` times its repetitions from)
+    /// names one instant for every rank, fixed after the last rank arrived: every rank that takes part
+    /// returns it and returns no earlier than it; one that takes no part returns it without waiting;
+    /// before everyone arrived the master answers which ranks are missing.</summary>
+    [Fact]
+    public void AStartReleasesEveryRankAtOneInstantAfterTheLastArrival()
+    {
+        var secret = MessageAuth.NewSecret();
+        var rdv = new Rendezvous(3);
+        Assert.Equal("wait:1,2", rdv.Handle(new ControlMessage(Job, "w", 1, "start", "{\"rank\":0,\"name\":\"probe\"}")));
+        using var server = new ControlServer("tcp://127.0.0.1:0", new MessageAuth(secret, Job), rdv.Handle);
+        var at = new long[3];
+        var arrived = new long[3];
+        var returned = new long[3];
+        var errors = new ConcurrentQueue<Exception>();
+        var threads = Enumerable.Range(0, 3).Select(r => new Thread(() =>
+        {
+            try
+            {
+                using var client = new ControlClient(server.Endpoint, new MessageAuth(secret, Job), $"worker-{r}");
+                Thread.Sleep(40 * r);  // the ranks arrive one after another
+                arrived[r] = Stopwatch.GetTimestamp();
+                at[r] = Rendezvous.Start(client, r, "s", TimeSpan.FromSeconds(30), wait: r != 1);
+                returned[r] = Stopwatch.GetTimestamp();
+            }
+            catch (Exception e) { errors.Enqueue(e); }
+        }) { IsBackground = true }).ToArray();
+        foreach (var t in threads) t.Start();
+        foreach (var t in threads) Assert.True(t.Join(TimeSpan.FromSeconds(60)), "a rank did not return from the start");
+        Assert.Empty(errors);
+        Assert.Equal(at[0], at[1]);
+        Assert.Equal(at[0], at[2]);
+        Assert.True(at[0] >= arrived.Max() + Rendezvous.StartMargin, "the instant was named before the last rank arrived");
+        Assert.True(returned[0] >= at[0] && returned[2] >= at[0], "a rank that takes part returned before the instant");
+        // Rank 2 arrived last, so its request fixed the instant StartMargin (5 ms) ahead: the rank that
+        // takes no part learned it by polling and returned at once (as long as it polled in time).
+        output.WriteLine($"instant {(at[0] - arrived.Max()) * 1e3 / Stopwatch.Frequency:F2} ms after the last arrival; returns at +{(returned[0] - at[0]) * 1e3 / Stopwatch.Frequency:F2}, "
+                         + $"+{(returned[1] - at[0]) * 1e3 / Stopwatch.Frequency:F2} (no part), +{(returned[2] - at[0]) * 1e3 / Stopwatch.Frequency:F2} ms");
+    }
+
     // ---- 2. worker side -----------------------------------------------------------------------
 
     [Fact]
