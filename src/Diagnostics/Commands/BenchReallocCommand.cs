@@ -5,7 +5,10 @@
 // copy of the same bytes: the same receivers reading them from the same senders as contiguous
 // regions (process_vm_readv), the same receivers copying the same bytes as contiguous regions out of
 // the senders' shards mapped from shared memory, or point-to-point UCX, whichever is fastest. Each
-// case is verified bit-exact before it is timed.
+// case is verified bit-exact before it is timed. Every cross-process repetition (case or reference)
+// is timed alike: the master names one instant at which all ranks start (Rendezvous.Start), and the
+// repetition lasts from it to the last participating rank's end, on the host's monotonic clock
+// (Stopwatch: CLOCK_MONOTONIC, one clock for every process of the host); the best repetition counts.
 using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;

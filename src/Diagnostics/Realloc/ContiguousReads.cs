@@ -16,7 +16,9 @@ namespace ReaLNative.Diagnostics;
 /// <see cref="InProcessRealloc.CopyPieces"/>). So the case is compared with the best copy this
 /// machine does between the same processes for the same bytes, not with one pair of processes
 /// exchanging one message (UCX point-to-point moves one pair's bytes on one core while a case has
-/// several receivers reading on every core).
+/// several receivers reading on every core). Timed as the cases are: every receiver starts at one
+/// instant named by the master, the repetition ends with the last receiver's copy (the senders do
+/// nothing: their shards are read).
 /// </summary>
 internal sealed unsafe class ContiguousReads : IDisposable
 {
