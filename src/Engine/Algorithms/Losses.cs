@@ -37,16 +37,9 @@ internal static class Losses
     /// Decoupled PPO (off-policy samples of asynchronous RL; Hilton et al. 2021, AReaL): with
     /// <paramref name="behaviourLogp"/> given, oldLogp is the proximal policy (the trainer's weights
     /// before this step, recomputed) and behaviourLogp the policy that generated the tokens; each
-    /// token's loss, surrogate and k3 term both, is weighted by the constant
-    /// w_i = exp(oldLogp_i - behaviourLogp_i), capped at <paramref name="behaviourWeightCap"/> when
-    /// that is positive (tokens above the cap are dropped from the loss, as AReaL does). So the loss
-    /// estimates the synchronous run's (tokens sampled by the proximal policy) from the behaviour
-    /// policy's tokens: without the weight the k3 term measured the KL on the behaviour policy's
-    /// tokens, which weights the tokens the reference likes and the current policy does not by
-    /// ref/pi (E_mu[k3] with mu = ref is the chi-square-like ref-weighted divergence): on grpo-math,
-    /// iteration 2 of an async run (samples of version 0, which is the reference) had k3 0.65
-    /// against 0.05 in the synchronous run and its step was mostly the KL's. The k3 figure
-    /// (<see cref="ClippedPolicyStats.K3"/>) is weighted the same way. When behaviour equals
+    /// token's surrogate is weighted by the constant w_i = exp(oldLogp_i - behaviourLogp_i), capped
+    /// at <paramref name="behaviourWeightCap"/> when that is positive (tokens above the cap are
+    /// dropped from the surrogate, as AReaL does). The KL term is not weighted. When behaviour equals
     /// proximal every w_i is exp(0) = 1 exactly and the result equals the on-policy loss bit for bit.
     /// </summary>
     public static ClippedPolicyStats ClippedPolicy(ReadOnlySpan<float> logp, ReadOnlySpan<float> oldLogp, ReadOnlySpan<float> advantages,
@@ -89,11 +82,10 @@ internal static class Losses
                 else { sur += w * behaviourWeight * s2; clipped++; }
                 if (refLogp.Length != 0)
                 {
-                    // Weighted like the surrogate (w_i = 1 on-policy: w * 1 * x is w * x exactly).
                     double d = (double)refLogp[i] - logp[i], e = Math.Exp(d), k3 = e - d - 1;
-                    k3Sum += w * behaviourWeight * k3;
-                    klSum += w * behaviourWeight * klCoef * k3;
-                    g += behaviourWeight * klCoef * (1 - e);
+                    k3Sum += w * k3;
+                    klSum += w * klCoef * k3;
+                    g += klCoef * (1 - e);
                 }
                 dLogp[i] = (float)(w * g);
             }

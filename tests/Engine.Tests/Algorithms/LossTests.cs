@@ -59,33 +59,6 @@ public class LossTests
     }
 
     [Fact]
-    public void DecoupledPpoWeightsTheKlTermLikeTheSurrogate()
-    {
-        // Advantages 0 (the surrogate is 0), kl_coef 0.1, token mean over two one-token sequences;
-        // logp 0 and proximal logp 0 on both, so w = exp(0 - b) and k3 = e^d - d - 1 with d = ref - logp:
-        //  token 0: ref ln 2  -> e = 2,   k3 = 1 - ln 2   = 0.3068528; b = ln 2    -> w = 0.5
-        //           weighted k3 0.1534264; grad w kl (1 - e) / n = 0.5 * 0.1 * (1 - 2) / 2 = -0.025
-        //  token 1: ref -ln 2 -> e = 0.5, k3 = ln 2 - 0.5 = 0.1931472; b = ln 0.25 -> w = 4
-        //           weighted k3 0.7725887; grad 4 * 0.1 * (1 - 0.5) / 2 = 0.1
-        // K3 = (0.1534264 + 0.7725887) / 2 = 0.4630076, KL term = loss = 0.1 K3 = 0.04630076.
-        // (Unweighted: K3 0.25 and gradients -0.05, 0.025: the k3 of the behaviour policy's tokens.)
-        float[] logp = [0, 0], old = [0, 0], adv = [0, 0];
-        float[] refLp = [MathF.Log(2f), -MathF.Log(2f)], behaviour = [MathF.Log(2f), MathF.Log(0.25f)];
-        var g = new float[2];
-        var s = Losses.ClippedPolicy(logp, old, adv, refLp, [0, 1, 2], All(2), 0.2, 0.2, "token", 0.1, g, behaviour);
-        Assert.Equal(0.4630076, s.K3, P);
-        Assert.Equal(0.04630076, s.KlTerm, P);
-        Assert.Equal(0.04630076, s.Loss, P);
-        Assert.Equal(0, s.Surrogate, P);
-        Assert.Equal(-0.025, g[0], P);
-        Assert.Equal(0.1, g[1], P);
-        // Above the cap (1.5) token 1 leaves the loss, its k3 term too.
-        var capped = Losses.ClippedPolicy(logp, old, adv, refLp, [0, 1, 2], All(2), 0.2, 0.2, "token", 0.1, g, behaviour, behaviourWeightCap: 1.5);
-        Assert.Equal(0.1534264 / 2, capped.K3, P);
-        Assert.Equal(0, g[1]);
-    }
-
-    [Fact]
     public void DecoupledPpoWithBehaviourEqualToProximalIsTheOnPolicyLossBitForBit()
     {
         var rng = new Random(7);
