@@ -260,13 +260,19 @@ void add_optim_cases() {
     add_case({"sample", "repro T=0.9 top_k=50 top_p=0.95 rows=512 vocab=256", 0.0,
               [](Env& e) { return sample_repro_case(e, 512, 256, 0.9f, 50, 0.95f); }});
 
-    // gae: ragged, with lengths 1 and 0; many sequences (parallel path); gamma = lambda = 1.
+    // gae: ragged, with lengths 1 and 0; many sequences; gamma = lambda = 1; over 2^20 tokens (the
+    // parallel path: smaller batches run on one thread, cpu/gae.cpp).
     add_case({"gae", "lens={1,5,0,37,1,200} g=0.99 l=0.95", kTolF32,
               [](Env& e) { return gae_case(e, {1, 5, 0, 37, 1, 200}, 0.99f, 0.95f); }});
     add_case({"gae", "nseq=300 lens 1..60 g=1 l=1", kTolF32, [](Env& e) {
                   std::vector<int32_t> lens(300);
                   for (auto& l : lens) l = e.rng().integer(1, 60);
                   return gae_case(e, lens, 1.0f, 1.0f);
+              }});
+    add_case({"gae", "nseq=4400 lens 1..511 (>= 2^20 tokens: parallel) g=0.99 l=0.95", kTolF32, [](Env& e) {
+                  std::vector<int32_t> lens(4400);
+                  for (auto& l : lens) l = e.rng().integer(1, 511);
+                  return gae_case(e, lens, 0.99f, 0.95f);
               }});
     add_case({"gae", "single step nseq=1 g=0.9 l=0.5", kTolF32,
               [](Env& e) { return gae_case(e, {1}, 0.9f, 0.5f); }});

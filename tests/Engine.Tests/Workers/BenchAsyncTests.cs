@@ -112,4 +112,46 @@ public sealed class BenchAsyncTests(Xunit.Abstractions.ITestOutputHelper output)
             Assert.NotEqual(RlContent(plain, rl), RlContent(Path.Combine(wdir, "async-1"), rl).Where(l => !l.Contains("\"call\":\"async\"")).ToList());
         }
     }
+
+    /// <summary>--seeds: each mode's RL stage runs once per seed from the one shared start (the
+    /// config's seed), the seed changes the RL stage's samples, and each mode's score is the mean of
+    /// its seeds' scores (listed per seed); a malformed list is refused naming the option.</summary>
+    [Fact]
+    public void SeedsRunTheRlStageOncePerSeedFromTheSameStartAndAverageTheScores()
+    {
+        string cfg = Path.Combine(_dir, "grpo.yaml"), outDir = Path.Combine(_dir, "out-seeds");
+        File.WriteAllText(cfg, Grpo);
+        var (code, text) = ReadmeCommandTableTests.Realn("bench", "async", cfg, "--seeds", "5,6", "--out", outDir, "--json");
+        output.WriteLine(text);
+        Assert.True(code == 0, $"exit {code}: {text}");
+        var w = JsonNode.Parse(text)!["workloads"]![0]!.AsObject();
+        Assert.Equal([5L, 6L], w["seeds"]!.AsArray().Select(x => (long)x!));
+        var rows = w["rows"]!.AsArray().Select(r => r!.AsObject()).ToList();
+        Assert.Equal(["5 async", "5 sync", "6 async", "6 sync"], rows.Select(r => $"{(long)r["seed"]!} {(string)r["mode"]!}"));
+        foreach (var mode in new[] { "sync", "async" })
+        {
+            var m = w[mode]!.AsObject();
+            var bySeed = m["final_task_score_by_seed"]!.AsObject();
+            Assert.Equal(["5", "6"], bySeed.Select(kv => kv.Key));
+            foreach (var r in rows.Where(r => (string)r["mode"]! == mode))
+                Assert.Equal((double)r["final_task_score"]!, (double)bySeed[((long)r["seed"]!).ToString()]!, 4);
+            Assert.Equal(Math.Round(((double)bySeed["5"]! + (double)bySeed["6"]!) / 2, 4), (double)m["final_task_score"]!, 4);
+        }
+        // One shared start (the SFT stage, the config's seed), then the RL stage with each seed's samples.
+        string D(string name) => Path.Combine(outDir, name);
+        foreach (var run in new[] { "sync-seed5-1", "sync-seed6-1", "async-seed5-1", "async-seed6-1" })
+            Assert.Equal(RlContent(D("pre-rl"), 0), RlContent(D(run), 0));
+        Assert.NotEqual(RlContent(D("sync-seed5-1"), 1), RlContent(D("sync-seed6-1"), 1));
+        // Seed 5 is the config's own: its sync run is the plain bench's.
+        var (rc, o) = ReadmeCommandTableTests.Realn("bench", "async", cfg, "--out", Path.Combine(_dir, "out-plain"), "--json");
+        Assert.True(rc == 0, o);
+        Assert.Equal(RlContent(Path.Combine(_dir, "out-plain", "sync-1"), 1), RlContent(D("sync-seed5-1"), 1));
+
+        foreach (var bad in new[] { "5,5", "x", "-1", "" })
+        {
+            var (badCode, badText) = ReadmeCommandTableTests.Realn("bench", "async", cfg, "--seeds", bad, "--out", Path.Combine(_dir, "never"));
+            Assert.True(badCode != 0, $"--seeds '{bad}' accepted");
+            Assert.Contains("--seeds", badText);
+        }
+    }
 }
