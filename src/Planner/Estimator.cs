@@ -72,6 +72,9 @@ public sealed class Estimator
     public Experiment Experiment { get; }
     public ProfileData? Profile { get; }
     private readonly double _gemm, _membw, _workerSlowdown;
+    // master-worker round trips by operation (seconds): the spec's (or the profile's mean) figure for each, unless the
+    // profile measured them by kind for this many worker processes
+    private readonly double _rtGenerate, _rtForward, _rtBackward;
     private readonly int _eb, _hostShare;
     private readonly ConcurrentDictionary<(ModelConfig, bool, int), StageLayout> _layouts = new();
 
@@ -82,6 +85,13 @@ public sealed class Estimator
         if (cluster.SharedHost && cluster.WorkerRoundTrip > 0 && profile?.WorkerRoundTripUsFor(cluster.DevicesPerNode) is { } rt)
             cluster = cluster with { WorkerRoundTrip = rt * 1e-6 };
         Cluster = cluster; Experiment = exp; Profile = profile;
+        _rtGenerate = _rtForward = _rtBackward = cluster.WorkerRoundTrip;
+        if (cluster.SharedHost && cluster.WorkerRoundTrip > 0 && profile?.WorkerRoundTripEntryFor(cluster.DevicesPerNode) is { } kinds)
+        {
+            _rtGenerate = kinds.GenerateUs * 1e-6 ?? _rtGenerate;
+            _rtForward = kinds.ForwardUs * 1e-6 ?? _rtForward;
+            _rtBackward = kinds.BackwardUs * 1e-6 ?? _rtBackward;
+        }
         // a profile is measured by one process on every core of the host; a device of a shared host has 1/n of them
         _hostShare = cluster.SharedHost ? cluster.DevicesPerNode : 1;
         _gemm = profile?.GemmGflops is { } g ? g * 1e9 / _hostShare : cluster.PeakFlops * cluster.ComputeEfficiency;
@@ -265,8 +275,15 @@ public sealed class Estimator
     /// sent together with the optimizer step), for each of its epochs.</summary>
     public static int WorkerRoundTrips(ModelCall c) => c.Type == CallType.TrainStep ? 2 * c.OptimizerSteps * c.Epochs : 1;
 
-    /// <summary>Seconds of a call's master-worker round trips (<see cref="ClusterSpec.WorkerRoundTrip"/> each).</summary>
-    public double WorkerDispatchSeconds(ModelCall c) => WorkerRoundTrips(c) * Cluster.WorkerRoundTrip;
+    /// <summary>Seconds of a call's master-worker round trips: <see cref="ClusterSpec.WorkerRoundTrip"/> each, or what the
+    /// profile measured for the operation (a generation; a forward - inference, or a train step's first round trip; a
+    /// backward with the optimizer step - its second).</summary>
+    public double WorkerDispatchSeconds(ModelCall c) => c.Type switch
+    {
+        CallType.Generate => _rtGenerate,
+        CallType.Inference => _rtForward,
+        _ => c.OptimizerSteps * c.Epochs * (_rtForward + _rtBackward),
+    };
 
     private double NativeSeconds(ModelCall c, CallOption o, ModelConfig m, bool scalar)
     {

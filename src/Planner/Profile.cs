@@ -86,6 +86,8 @@ public sealed record ProfileData
             if (w.Devices < 2) throw new PlannerException($"profile.worker_round_trips[{i}].devices: {w.Devices} must be at least 2");
             if (!(w.Us > 0 && double.IsFinite(w.Us))) throw new PlannerException($"profile.worker_round_trips[{i}].us: {w.Us} must be a positive number");
             if (WorkerRoundTrips.Take(i).Any(o => o.Devices == w.Devices)) throw new PlannerException($"profile.worker_round_trips[{i}].devices: {w.Devices} appears twice");
+            foreach (var (name, v) in new[] { ("generate_us", w.GenerateUs), ("forward_us", w.ForwardUs), ("backward_us", w.BackwardUs) })
+                if (v is { } x && !(x >= 0 && double.IsFinite(x))) throw new PlannerException($"profile.worker_round_trips[{i}].{name}: {x} must be a number >= 0");
         }
         for (int i = 0; i < TrainSteps.Count; i++)
         {
@@ -183,6 +185,8 @@ public sealed record ProfileData
     /// <summary>The master-worker round trip beyond compute measured with <paramref name="devices"/> worker processes, in
     /// microseconds (<see cref="WorkerRoundTrips"/>, else <see cref="WorkerRoundTripUs"/> for its device count); null when
     /// the profile did not measure that many.</summary>
+    public WorkerRoundTrip? WorkerRoundTripEntryFor(int devices) => WorkerRoundTrips.FirstOrDefault(w => w.Devices == devices);
+
     public double? WorkerRoundTripUsFor(int devices) =>
         WorkerRoundTrips.FirstOrDefault(w => w.Devices == devices)?.Us ?? (WorkerRoundTripDevices == devices ? WorkerRoundTripUs : null);
 
@@ -260,5 +264,13 @@ public sealed record SharedCompute
 public sealed record WorkerRoundTrip
 {
     [JsonPropertyName("devices")] public int Devices { get; init; }
+    /// <summary>The mean over every operation of the measurement run.</summary>
     [JsonPropertyName("us")] public double Us { get; init; }
+    /// <summary>By operation (`realn profile` since session 14; absent in older profiles): a generation (its prompts out,
+    /// its sequences and log-probs back), a forward (an inference call, or a train step's forward whose outputs the
+    /// master's loss needs) and a backward sent with the optimizer step. The master's work around an operation differs by
+    /// kind (a generation's round trip measured 12.6 ms beyond compute where a forward's was 3.8 ms).</summary>
+    [JsonPropertyName("generate_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? GenerateUs { get; init; }
+    [JsonPropertyName("forward_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? ForwardUs { get; init; }
+    [JsonPropertyName("backward_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? BackwardUs { get; init; }
 }

@@ -120,4 +120,30 @@ public class MeasuredStepTests
         Refused(prof with { SharedCompute = [new SharedCompute { Processes = 2, OverAlone = 0 }] }, "profile.shared_compute[0].over_alone");
         Refused(prof with { SharedCompute = [new SharedCompute { Processes = 2, OverAlone = 1 }, new SharedCompute { Processes = 2, OverAlone = 1.2 }] }, "profile.shared_compute[1].processes");
     }
+
+    [Fact]
+    public void EachCallPaysTheRoundTripMeasuredForItsOperations()
+    {
+        // ppo-tiny-timing: a generation, three inference calls, two train calls of 2 epochs x 4 minibatches
+        var exp = Experiment.Load(TestData.Example("bench/ppo-tiny-timing.yaml"));
+        var rt = new WorkerRoundTrip { Devices = 2, Us = 4000, GenerateUs = 12000, ForwardUs = 3500, BackwardUs = 2500 };
+        var prof = new ProfileData { WorkerRoundTrips = [rt] };
+        prof.Validate();
+        var est = new Estimator(Cpu, exp, prof);
+        var gen = exp.Calls.Single(c => c.Type == CallType.Generate);
+        var inf = exp.Calls.First(c => c.Type == CallType.Inference);
+        var train = exp.Calls.First(c => c.Type == CallType.TrainStep);
+        Assert.Equal(8, train.OptimizerSteps * train.Epochs);
+        Assert.Equal(12e-3, est.WorkerDispatchSeconds(gen), 9);
+        Assert.Equal(3.5e-3, est.WorkerDispatchSeconds(inf), 9);
+        Assert.Equal(8 * (3.5e-3 + 2.5e-3), est.WorkerDispatchSeconds(train), 9);
+        // the mean is the figure for collectives between workers, and for a kind an older profile did not measure
+        Assert.Equal(4e-3, est.Cluster.WorkerRoundTrip, 9);
+        var older = new Estimator(Cpu, exp, new ProfileData { WorkerRoundTrips = [rt with { GenerateUs = null }] });
+        Assert.Equal(4e-3, older.WorkerDispatchSeconds(gen), 9);
+        // in process (no worker processes priced) none
+        Assert.Equal(0, new Estimator(Cpu with { WorkerRoundTrip = 0 }, exp, prof).WorkerDispatchSeconds(gen));
+        Assert.Contains("profile.worker_round_trips[0].forward_us",
+                        Assert.Throws<PlannerException>(new ProfileData { WorkerRoundTrips = [rt with { ForwardUs = -1 }] }.Validate).Message);
+    }
 }

@@ -244,7 +244,7 @@ public static class ProfileCommand
 
     /// <summary>The mean master-worker round trip beyond compute, in seconds, of <see cref="RoundTripConfig"/> in
     /// <paramref name="devices"/> worker processes (every call data parallel over all of them).</summary>
-    internal static double WorkerRoundTripSeconds(int devices, TimeSpan deadline)
+    internal static WorkerRoundTrip WorkerRoundTripMeasured(int devices, TimeSpan deadline)
     {
         string dir = Path.Combine(Path.GetTempPath(), "realn-profile-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(dir);
@@ -289,9 +289,17 @@ public static class ProfileCommand
             var first = line[prefix.Length..].Trim().Split(' ')[0];
             if (!double.TryParse(first, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double ms) || !(ms > 0))
                 throw new MeasurementException($"profile: cannot read the round trip from '{line}'");
-            return ms * 1e-3;
+            return ByOperation(text, devices, ms * 1e3);
         }
         finally { Directory.Delete(dir, true); }
+    }
+
+    /// <summary>The measured round trip: the mean, and by operation from the run's REALN_WORKER_TIMING table.</summary>
+    internal static WorkerRoundTrip ByOperation(string log, int devices, double meanUs)
+    {
+        var (gen, fwd, bwd) = ReaLNative.Engine.Workers.OpTimings.RoundTripByKind(log);
+        double? Us(double? ms) => ms is { } x ? Math.Round(x * 1e3, 1) : null;
+        return new WorkerRoundTrip { Devices = devices, Us = Math.Round(meanUs, 1), GenerateUs = Us(gen), ForwardUs = Us(fwd), BackwardUs = Us(bwd) };
     }
 
     private static double Best(Action a, int reps = 5)
@@ -361,10 +369,11 @@ public static class ProfileCommand
         if (workers && devices > 1)
             foreach (int n in new[] { devices, 2 * devices })
             {
-                double seconds = WorkerRoundTripSeconds(n, TimeSpan.FromMinutes(10));
+                var measured = WorkerRoundTripMeasured(n, TimeSpan.FromMinutes(10));
+                double seconds = measured.Us * 1e-6;
                 if (n == devices) roundTrip = seconds;
-                roundTrips.Add(new WorkerRoundTrip { Devices = n, Us = Math.Round(seconds * 1e6, 1) });
-                Console.WriteLine($"worker round trip beyond compute ({n} worker processes): {seconds * 1e3:F2} ms");
+                roundTrips.Add(measured);
+                Console.WriteLine($"worker round trip beyond compute ({n} worker processes): {seconds * 1e3:F2} ms (generate {measured.GenerateUs / 1e3:F2}, forward {measured.ForwardUs / 1e3:F2}, backward with the optimizer step {measured.BackwardUs / 1e3:F2})");
             }
         // One-thread processes computing side by side (a plan's worker processes on this host): as many as the
         // devices, and twice as many (cpu-local-4 on 2 cores).
