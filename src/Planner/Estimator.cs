@@ -243,6 +243,17 @@ public sealed class Estimator
         return Profile.TrainStepSeconds(m, scalar, tokens, null, seqLen) is { } measured ? measured * _hostShare : null;
     }
 
+    /// <summary>A generation's seconds per decode step outside its blocks as `realn profile` measured it on this model
+    /// (<see cref="ProfileData.GenerationStepSeconds"/>) for <paramref name="sequences"/> sequences on one device; picked and
+    /// scaled by threads as <see cref="Block"/> picks block points. Null without such a measurement.</summary>
+    public double? MeasuredGenerationStepSeconds(ModelConfig m, bool scalar, double sequences)
+    {
+        if (Profile is null || scalar) return null;
+        if (_hostShare > 1 && Profile.Threads is { } all && Profile.GenerationStepSeconds(m, sequences, Math.Max(1, all / _hostShare)) is { } own)
+            return own * Math.Max(1.0, (double)_hostShare / all);
+        return Profile.GenerationStepSeconds(m, sequences) is { } measured ? measured * _hostShare : null;
+    }
+
     /// <summary>Seconds of the slowest pipeline stage for one micro-batch (integer blocks per stage; the
     /// first stage holds the embedding, the last the final norm, head and log-softmax / sampling; without
     /// <paramref name="ends"/> the blocks alone, when a measured train step holds the rest).</summary>
@@ -342,9 +353,14 @@ public sealed class Estimator
         double Hop(double tokens) => s.Pp > 1 ? P2P(tokens * m.Hidden * _eb / s.Tp, ppInter) : 0;
         double seqs = (double)c.Sequences / s.Dp, prompt = c.MeanPromptTokens;
         double pmb = seqs * prompt / mb;
-        double prefill = (mb + s.Pp - 1) * (SlowestStage(m, scalar, s, pmb, prompt / 2.0, prompt, Pass.Fwd) + Hop(pmb));
+        // Measured on this engine (`realn profile`): per decode step, what a whole generation costs beyond its blocks
+        // (embedding, head, sampling, KV-cache bookkeeping, host work), in place of the roofline's ends; the prefill
+        // (which samples the first token) counts as a step
+        double? rest = MeasuredGenerationStepSeconds(m, scalar, seqs);
+        bool ends = rest is null;
+        double prefill = (mb + s.Pp - 1) * (SlowestStage(m, scalar, s, pmb, prompt / 2.0, prompt, Pass.Fwd, ends) + Hop(pmb)) + (rest ?? 0);
         double bs = seqs / mb * Math.Min(1.0, c.MeanNewTokens / c.DecodeSteps), ctx = prompt + c.MeanNewTokens / 2.0;
-        double step = Math.Max(mb, s.Pp) * (SlowestStage(m, scalar, s, bs, ctx, ctx, Pass.Decode) + Hop(bs));
+        double step = Math.Max(mb, s.Pp) * (SlowestStage(m, scalar, s, bs, ctx, ctx, Pass.Decode, ends) + Hop(bs)) + (rest ?? 0);
         return (prefill, step);
     }
 

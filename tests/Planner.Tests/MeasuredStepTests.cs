@@ -146,4 +146,34 @@ public class MeasuredStepTests
         Assert.Contains("profile.worker_round_trips[0].forward_us",
                         Assert.Throws<PlannerException>(new ProfileData { WorkerRoundTrips = [rt with { ForwardUs = -1 }] }.Validate).Message);
     }
+
+    [Fact]
+    public void AMeasuredGenerationRestIsChargedPerDecodeStepInPlaceOfTheRooflinesEnds()
+    {
+        var exp = Experiment.Load(TestData.Example("bench/ppo-tiny-timing.yaml"));
+        var gen = exp.Calls.Single(c => c.Type == CallType.Generate);
+        var single = Cpu with { SharedHost = false, WorkerRoundTrip = 0, DevicesPerNode = 1 };
+        var all = new CallOption(new Mesh(0, 1, 0, 1), new Strategy(1, 1, 1), 1, false);
+        LayerPoint D(int seqs, double s) => new() { Kind = "decode", Tokens = seqs, Context = 32, Seconds = s };
+        LayerPoint G(int seqs, double s) => new() { Kind = "generate", Tokens = seqs, Context = 7, Seconds = s };
+        TrainStepProfile Rest(params LayerPoint[] pts) => new() { Layers = 2, Hidden = 64, Intermediate = 176, Heads = 4, KvHeads = 2, Vocab = 32, Points = [.. pts] };
+        var blocks = new ProfileData
+        {
+            Threads = 2,
+            Layers = [new LayerProfile { Hidden = 64, Intermediate = 176, Heads = 4, KvHeads = 2, Points = [P("fwd", 0.01), P("bwd", 0.02), D(8, 1e-4), D(256, 1e-3)] }],
+        };
+        var zero = blocks with { Generations = [Rest(G(32, 0), G(256, 0))] };
+        var rest = blocks with { Generations = [Rest(G(32, 1e-4), G(256, 2e-3))] };
+        rest.Validate();
+        Assert.Equal(2e-3, rest.GenerationStepSeconds(exp.Models["actor"], 256)!.Value, 9);
+        Assert.Equal(1e-3, rest.GenerationStepSeconds(exp.Models["actor"], 400)!.Value * 256 / 400 / 2, 9);   // beyond: proportional
+        double e0 = new Estimator(single, exp, zero).CallSeconds(gen, all);
+        double e1 = new Estimator(single, exp, rest).CallSeconds(gen, all);
+        // the prefill (which samples the first token) and every decode step after it pay the measured rest
+        Assert.Equal(2e-3 * gen.DecodeSteps, e1 - e0, 9);
+        // without the measurement (older profiles) the roofline's embedding, head and sampling are charged instead
+        Assert.True(new Estimator(single, exp, blocks).CallSeconds(gen, all) > e0);
+        var bad = blocks with { Generations = [Rest(G(32, -1))] };
+        Assert.Contains("profile.generations[0].points[0].seconds", Assert.Throws<PlannerException>(bad.Validate).Message);
+    }
 }
