@@ -483,10 +483,14 @@ public static class ProfileCommand
                     double fwd = blocksSoFar.BlockSeconds(mc, "fwd", tokens, tag, StepSeqLen) ?? throw new InvalidOperationException("internal: no forward point");
                     double bwd = blocksSoFar.BlockSeconds(mc, "bwd", tokens, tag, StepSeqLen) ?? throw new InvalidOperationException("internal: no backward point");
                     double rest = whole - cfg.Layers * (2 * fwd + bwd);
-                    // a difference of two measurements: a small negative one is a true zero within the noise
-                    if (rest < 0 && rest > -0.1 * whole) rest = 0;
+                    // a difference of two measurements: a negative one is a zero within the noise of the block points it
+                    // is interpolated from (at 192 tokens, between 64- and 256-token blocks of 0.15-0.6 ms; it came out 11-26%
+                    // below zero on an idle machine, where refusing, as this did, stopped every profile)
                     if (rest < 0)
-                        throw new MeasurementException($"profile: {name} train step of {tokens} tokens{at} took {whole * 1e3:F3} ms, less than its {cfg.Layers} blocks' 2 forwards and a backward ({cfg.Layers * (2 * fwd + bwd) * 1e3:F3} ms): the machine is too busy to measure; rerun it when the load is lower");
+                    {
+                        Console.WriteLine($"{name} {(scalarHead ? "critic" : "actor")} train step{at}: {tokens} tokens took {whole * 1e3:F3} ms, less than its {cfg.Layers} blocks' 2 forwards and a backward as the block points give them ({cfg.Layers * (2 * fwd + bwd) * 1e3:F3} ms): recorded as 0 outside the blocks");
+                        rest = 0;
+                    }
                     sp.Add(new LayerPoint { Kind = "step", Tokens = tokens, Context = StepSeqLen, Seconds = rest, Threads = tag });
                     Console.WriteLine($"{name} {(scalarHead ? "critic" : "actor")} train step{at}: {tokens} tokens in sequences of {StepSeqLen}: {whole * 1e3:F3} ms, {rest * 1e3:F3} ms outside the blocks");
                 }
