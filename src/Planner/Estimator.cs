@@ -72,6 +72,9 @@ public sealed class Estimator
     public Experiment Experiment { get; }
     public ProfileData? Profile { get; }
     private readonly double _gemm, _membw, _workerSlowdown;
+    // master-worker round trips by operation (seconds): the spec's (or the profile's mean) figure for each, unless the
+    // profile measured them by kind for this many worker processes
+    private readonly double _rtGenerate, _rtForward, _rtBackward;
     private readonly int _eb, _hostShare;
     private readonly ConcurrentDictionary<(ModelConfig, bool, int), StageLayout> _layouts = new();
 
@@ -82,6 +85,13 @@ public sealed class Estimator
         if (cluster.SharedHost && cluster.WorkerRoundTrip > 0 && profile?.WorkerRoundTripUsFor(cluster.DevicesPerNode) is { } rt)
             cluster = cluster with { WorkerRoundTrip = rt * 1e-6 };
         Cluster = cluster; Experiment = exp; Profile = profile;
+        _rtGenerate = _rtForward = _rtBackward = cluster.WorkerRoundTrip;
+        if (cluster.SharedHost && cluster.WorkerRoundTrip > 0 && profile?.WorkerRoundTripEntryFor(cluster.DevicesPerNode) is { } kinds)
+        {
+            _rtGenerate = kinds.GenerateUs * 1e-6 ?? _rtGenerate;
+            _rtForward = kinds.ForwardUs * 1e-6 ?? _rtForward;
+            _rtBackward = kinds.BackwardUs * 1e-6 ?? _rtBackward;
+        }
         // a profile is measured by one process on every core of the host; a device of a shared host has 1/n of them
         _hostShare = cluster.SharedHost ? cluster.DevicesPerNode : 1;
         _gemm = profile?.GemmGflops is { } g ? g * 1e9 / _hostShare : cluster.PeakFlops * cluster.ComputeEfficiency;
@@ -233,6 +243,17 @@ public sealed class Estimator
         return Profile.TrainStepSeconds(m, scalar, tokens, null, seqLen) is { } measured ? measured * _hostShare : null;
     }
 
+    /// <summary>A generation's seconds per decode step outside its blocks as `realn profile` measured it on this model
+    /// (<see cref="ProfileData.GenerationStepSeconds"/>) for <paramref name="sequences"/> sequences on one device; picked and
+    /// scaled by threads as <see cref="Block"/> picks block points. Null without such a measurement.</summary>
+    public double? MeasuredGenerationStepSeconds(ModelConfig m, bool scalar, double sequences)
+    {
+        if (Profile is null || scalar) return null;
+        if (_hostShare > 1 && Profile.Threads is { } all && Profile.GenerationStepSeconds(m, sequences, Math.Max(1, all / _hostShare)) is { } own)
+            return own * Math.Max(1.0, (double)_hostShare / all);
+        return Profile.GenerationStepSeconds(m, sequences) is { } measured ? measured * _hostShare : null;
+    }
+
     /// <summary>Seconds of the slowest pipeline stage for one micro-batch (integer blocks per stage; the
     /// first stage holds the embedding, the last the final norm, head and log-softmax / sampling; without
     /// <paramref name="ends"/> the blocks alone, when a measured train step holds the rest).</summary>
@@ -265,8 +286,15 @@ public sealed class Estimator
     /// sent together with the optimizer step), for each of its epochs.</summary>
     public static int WorkerRoundTrips(ModelCall c) => c.Type == CallType.TrainStep ? 2 * c.OptimizerSteps * c.Epochs : 1;
 
-    /// <summary>Seconds of a call's master-worker round trips (<see cref="ClusterSpec.WorkerRoundTrip"/> each).</summary>
-    public double WorkerDispatchSeconds(ModelCall c) => WorkerRoundTrips(c) * Cluster.WorkerRoundTrip;
+    /// <summary>Seconds of a call's master-worker round trips: <see cref="ClusterSpec.WorkerRoundTrip"/> each, or what the
+    /// profile measured for the operation (a generation; a forward - inference, or a train step's first round trip; a
+    /// backward with the optimizer step - its second).</summary>
+    public double WorkerDispatchSeconds(ModelCall c) => c.Type switch
+    {
+        CallType.Generate => _rtGenerate,
+        CallType.Inference => _rtForward,
+        _ => c.OptimizerSteps * c.Epochs * (_rtForward + _rtBackward),
+    };
 
     private double NativeSeconds(ModelCall c, CallOption o, ModelConfig m, bool scalar)
     {
@@ -325,9 +353,14 @@ public sealed class Estimator
         double Hop(double tokens) => s.Pp > 1 ? P2P(tokens * m.Hidden * _eb / s.Tp, ppInter) : 0;
         double seqs = (double)c.Sequences / s.Dp, prompt = c.MeanPromptTokens;
         double pmb = seqs * prompt / mb;
-        double prefill = (mb + s.Pp - 1) * (SlowestStage(m, scalar, s, pmb, prompt / 2.0, prompt, Pass.Fwd) + Hop(pmb));
+        // Measured on this engine (`realn profile`): per decode step, what a whole generation costs beyond its blocks
+        // (embedding, head, sampling, KV-cache bookkeeping, host work), in place of the roofline's ends; the prefill
+        // (which samples the first token) counts as a step
+        double? rest = MeasuredGenerationStepSeconds(m, scalar, seqs);
+        bool ends = rest is null;
+        double prefill = (mb + s.Pp - 1) * (SlowestStage(m, scalar, s, pmb, prompt / 2.0, prompt, Pass.Fwd, ends) + Hop(pmb)) + (rest ?? 0);
         double bs = seqs / mb * Math.Min(1.0, c.MeanNewTokens / c.DecodeSteps), ctx = prompt + c.MeanNewTokens / 2.0;
-        double step = Math.Max(mb, s.Pp) * (SlowestStage(m, scalar, s, bs, ctx, ctx, Pass.Decode) + Hop(bs));
+        double step = Math.Max(mb, s.Pp) * (SlowestStage(m, scalar, s, bs, ctx, ctx, Pass.Decode, ends) + Hop(bs)) + (rest ?? 0);
         return (prefill, step);
     }
 

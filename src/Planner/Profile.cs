@@ -53,6 +53,12 @@ public sealed record ProfileData
     /// <see cref="TrainStepProfile"/>. Replaces the spec's train_step_overhead_us and the roofline's head, embedding and
     /// optimizer terms for a model of exactly that shape.</summary>
     [JsonPropertyName("train_steps")] public List<TrainStepProfile> TrainSteps { get; init; } = [];
+    /// <summary>A generation call outside its blocks, measured on whole models (`realn profile`, session 14): the engine's
+    /// <c>Generator.Generate</c> of <c>tokens</c> sequences (7-token prompts, 7 new tokens, sampling at temperature 1, no
+    /// EOS) minus <c>layers x (prefill forward + 6 decode steps)</c> of its blocks, per decode step (<c>seconds</c> / 7;
+    /// <c>context</c> = the 7 new tokens): the embedding, the LM head, sampling, the KV cache's bookkeeping and per-step host
+    /// work. Points have kind <c>generate</c>; the rest is as <see cref="TrainSteps"/>.</summary>
+    [JsonPropertyName("generations")] public List<TrainStepProfile> Generations { get; init; } = [];
     /// <summary>How much slower a one-thread process computes while others compute beside it on the same host
     /// (`realn profile`: the same train step timed in 1 and in n concurrent processes): see <see cref="SharedCompute"/>.</summary>
     [JsonPropertyName("shared_compute")] public List<SharedCompute> SharedCompute { get; init; } = [];
@@ -86,11 +92,14 @@ public sealed record ProfileData
             if (w.Devices < 2) throw new PlannerException($"profile.worker_round_trips[{i}].devices: {w.Devices} must be at least 2");
             if (!(w.Us > 0 && double.IsFinite(w.Us))) throw new PlannerException($"profile.worker_round_trips[{i}].us: {w.Us} must be a positive number");
             if (WorkerRoundTrips.Take(i).Any(o => o.Devices == w.Devices)) throw new PlannerException($"profile.worker_round_trips[{i}].devices: {w.Devices} appears twice");
+            foreach (var (name, v) in new[] { ("generate_us", w.GenerateUs), ("forward_us", w.ForwardUs), ("backward_us", w.BackwardUs) })
+                if (v is { } x && !(x >= 0 && double.IsFinite(x))) throw new PlannerException($"profile.worker_round_trips[{i}].{name}: {x} must be a number >= 0");
         }
-        for (int i = 0; i < TrainSteps.Count; i++)
+        foreach (var (list, key) in new[] { (TrainSteps, "train_steps"), (Generations, "generations") })
+        for (int i = 0; i < list.Count; i++)
         {
-            var t = TrainSteps[i];
-            string f = $"profile.train_steps[{i}]";
+            var t = list[i];
+            string f = $"profile.{key}[{i}]";
             if (t.Layers <= 0 || t.Hidden <= 0 || t.Intermediate <= 0 || t.Heads <= 0 || t.KvHeads <= 0 || t.Vocab <= 0)
                 throw new PlannerException($"{f}: layers, hidden, intermediate, heads, kv_heads, vocab must be positive");
             if (t.Points.Count == 0) throw new PlannerException($"{f}.points: give at least one point");
@@ -161,9 +170,18 @@ public sealed record ProfileData
     /// <summary>Measured seconds of a train call's optimizer step outside its blocks for a model of exactly this shape and
     /// head, at <paramref name="tokens"/> packed tokens per step in sequences of <paramref name="seqLen"/> (interpolated
     /// like <see cref="BlockSeconds"/>); null when the profile lacks the model or the thread count.</summary>
-    public double? TrainStepSeconds(ModelConfig m, bool scalarHead, double tokens, int? threads = null, double? seqLen = null)
+    public double? TrainStepSeconds(ModelConfig m, bool scalarHead, double tokens, int? threads = null, double? seqLen = null) =>
+        OutsideBlocks(TrainSteps, m, scalarHead, tokens, threads, seqLen);
+
+    /// <summary>Measured seconds per decode step of a generation call outside its blocks (<see cref="Generations"/>) for an
+    /// LM-head model of exactly this shape, generating for <paramref name="sequences"/> sequences on one device
+    /// (interpolated in sequences); null when the profile lacks the model or the thread count.</summary>
+    public double? GenerationStepSeconds(ModelConfig m, double sequences, int? threads = null) =>
+        OutsideBlocks(Generations, m, false, sequences, threads, null);
+
+    private double? OutsideBlocks(List<TrainStepProfile> list, ModelConfig m, bool scalarHead, double tokens, int? threads, double? seqLen)
     {
-        var t = TrainSteps.FirstOrDefault(x => x.Layers == m.Layers && x.Hidden == m.Hidden && x.Intermediate == m.Intermediate && x.Heads == m.Heads
+        var t = list.FirstOrDefault(x => x.Layers == m.Layers && x.Hidden == m.Hidden && x.Intermediate == m.Intermediate && x.Heads == m.Heads
                                                && x.KvHeads == m.KvHeads && x.Vocab == m.Vocab && x.ScalarHead == scalarHead);
         if (t is null) return null;
         int? all = Threads;
@@ -183,6 +201,8 @@ public sealed record ProfileData
     /// <summary>The master-worker round trip beyond compute measured with <paramref name="devices"/> worker processes, in
     /// microseconds (<see cref="WorkerRoundTrips"/>, else <see cref="WorkerRoundTripUs"/> for its device count); null when
     /// the profile did not measure that many.</summary>
+    public WorkerRoundTrip? WorkerRoundTripEntryFor(int devices) => WorkerRoundTrips.FirstOrDefault(w => w.Devices == devices);
+
     public double? WorkerRoundTripUsFor(int devices) =>
         WorkerRoundTrips.FirstOrDefault(w => w.Devices == devices)?.Us ?? (WorkerRoundTripDevices == devices ? WorkerRoundTripUs : null);
 
@@ -260,5 +280,13 @@ public sealed record SharedCompute
 public sealed record WorkerRoundTrip
 {
     [JsonPropertyName("devices")] public int Devices { get; init; }
+    /// <summary>The mean over every operation of the measurement run.</summary>
     [JsonPropertyName("us")] public double Us { get; init; }
+    /// <summary>By operation (`realn profile` since session 14; absent in older profiles): a generation (its prompts out,
+    /// its sequences and log-probs back), a forward (an inference call, or a train step's forward whose outputs the
+    /// master's loss needs) and a backward sent with the optimizer step. The master's work around an operation differs by
+    /// kind (a generation's round trip measured 12.6 ms beyond compute where a forward's was 3.8 ms).</summary>
+    [JsonPropertyName("generate_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? GenerateUs { get; init; }
+    [JsonPropertyName("forward_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? ForwardUs { get; init; }
+    [JsonPropertyName("backward_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? BackwardUs { get; init; }
 }

@@ -120,4 +120,60 @@ public class MeasuredStepTests
         Refused(prof with { SharedCompute = [new SharedCompute { Processes = 2, OverAlone = 0 }] }, "profile.shared_compute[0].over_alone");
         Refused(prof with { SharedCompute = [new SharedCompute { Processes = 2, OverAlone = 1 }, new SharedCompute { Processes = 2, OverAlone = 1.2 }] }, "profile.shared_compute[1].processes");
     }
+
+    [Fact]
+    public void EachCallPaysTheRoundTripMeasuredForItsOperations()
+    {
+        // ppo-tiny-timing: a generation, three inference calls, two train calls of 2 epochs x 4 minibatches
+        var exp = Experiment.Load(TestData.Example("bench/ppo-tiny-timing.yaml"));
+        var rt = new WorkerRoundTrip { Devices = 2, Us = 4000, GenerateUs = 12000, ForwardUs = 3500, BackwardUs = 2500 };
+        var prof = new ProfileData { WorkerRoundTrips = [rt] };
+        prof.Validate();
+        var est = new Estimator(Cpu, exp, prof);
+        var gen = exp.Calls.Single(c => c.Type == CallType.Generate);
+        var inf = exp.Calls.First(c => c.Type == CallType.Inference);
+        var train = exp.Calls.First(c => c.Type == CallType.TrainStep);
+        Assert.Equal(8, train.OptimizerSteps * train.Epochs);
+        Assert.Equal(12e-3, est.WorkerDispatchSeconds(gen), 9);
+        Assert.Equal(3.5e-3, est.WorkerDispatchSeconds(inf), 9);
+        Assert.Equal(8 * (3.5e-3 + 2.5e-3), est.WorkerDispatchSeconds(train), 9);
+        // the mean is the figure for collectives between workers, and for a kind an older profile did not measure
+        Assert.Equal(4e-3, est.Cluster.WorkerRoundTrip, 9);
+        var older = new Estimator(Cpu, exp, new ProfileData { WorkerRoundTrips = [rt with { GenerateUs = null }] });
+        Assert.Equal(4e-3, older.WorkerDispatchSeconds(gen), 9);
+        // in process (no worker processes priced) none
+        Assert.Equal(0, new Estimator(Cpu with { WorkerRoundTrip = 0 }, exp, prof).WorkerDispatchSeconds(gen));
+        Assert.Contains("profile.worker_round_trips[0].forward_us",
+                        Assert.Throws<PlannerException>(new ProfileData { WorkerRoundTrips = [rt with { ForwardUs = -1 }] }.Validate).Message);
+    }
+
+    [Fact]
+    public void AMeasuredGenerationRestIsChargedPerDecodeStepInPlaceOfTheRooflinesEnds()
+    {
+        var exp = Experiment.Load(TestData.Example("bench/ppo-tiny-timing.yaml"));
+        var gen = exp.Calls.Single(c => c.Type == CallType.Generate);
+        var single = Cpu with { SharedHost = false, WorkerRoundTrip = 0, DevicesPerNode = 1 };
+        var all = new CallOption(new Mesh(0, 1, 0, 1), new Strategy(1, 1, 1), 1, false);
+        LayerPoint D(int seqs, double s) => new() { Kind = "decode", Tokens = seqs, Context = 32, Seconds = s };
+        LayerPoint G(int seqs, double s) => new() { Kind = "generate", Tokens = seqs, Context = 7, Seconds = s };
+        TrainStepProfile Rest(params LayerPoint[] pts) => new() { Layers = 2, Hidden = 64, Intermediate = 176, Heads = 4, KvHeads = 2, Vocab = 32, Points = [.. pts] };
+        var blocks = new ProfileData
+        {
+            Threads = 2,
+            Layers = [new LayerProfile { Hidden = 64, Intermediate = 176, Heads = 4, KvHeads = 2, Points = [P("fwd", 0.01), P("bwd", 0.02), D(8, 1e-4), D(256, 1e-3)] }],
+        };
+        var zero = blocks with { Generations = [Rest(G(32, 0), G(256, 0))] };
+        var rest = blocks with { Generations = [Rest(G(32, 1e-4), G(256, 2e-3))] };
+        rest.Validate();
+        Assert.Equal(2e-3, rest.GenerationStepSeconds(exp.Models["actor"], 256)!.Value, 9);
+        Assert.Equal(1e-3, rest.GenerationStepSeconds(exp.Models["actor"], 400)!.Value * 256 / 400 / 2, 9);   // beyond: proportional
+        double e0 = new Estimator(single, exp, zero).CallSeconds(gen, all);
+        double e1 = new Estimator(single, exp, rest).CallSeconds(gen, all);
+        // the prefill (which samples the first token) and every decode step after it pay the measured rest
+        Assert.Equal(2e-3 * gen.DecodeSteps, e1 - e0, 9);
+        // without the measurement (older profiles) the roofline's embedding, head and sampling are charged instead
+        Assert.True(new Estimator(single, exp, blocks).CallSeconds(gen, all) > e0);
+        var bad = blocks with { Generations = [Rest(G(32, -1))] };
+        Assert.Contains("profile.generations[0].points[0].seconds", Assert.Throws<PlannerException>(bad.Validate).Message);
+    }
 }

@@ -7,7 +7,8 @@
 // difference that does not stand above the timing noise is refused (exit 1) rather than recorded.
 // It times the engine's train step (a PPO actor and critic optimizer step as SingleModelCalls runs it) on the whole
 // model and records what it costs beyond layers x (2 forward + backward) of its blocks (`train_steps`: embedding,
-// head, loss, AdamW, host work; the engine runs the forward again in its backward), at every core and one thread.
+// head, loss, AdamW, host work; the engine runs the forward again in its backward), at every core and one thread; and
+// likewise a whole generation beyond its prefill and decode blocks, per decode step (`generations`).
 // With more than one core it times one-thread processes running that step side by side, as many as the devices (one
 // per core) and twice as many, against one alone (`shared_compute`: the cost of sharing caches, memory bandwidth
 // and, beyond the cores, time slices), so the planner prices worker processes with no hand-fitted constant.
@@ -244,7 +245,7 @@ public static class ProfileCommand
 
     /// <summary>The mean master-worker round trip beyond compute, in seconds, of <see cref="RoundTripConfig"/> in
     /// <paramref name="devices"/> worker processes (every call data parallel over all of them).</summary>
-    internal static double WorkerRoundTripSeconds(int devices, TimeSpan deadline)
+    internal static WorkerRoundTrip WorkerRoundTripMeasured(int devices, TimeSpan deadline)
     {
         string dir = Path.Combine(Path.GetTempPath(), "realn-profile-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(dir);
@@ -289,9 +290,17 @@ public static class ProfileCommand
             var first = line[prefix.Length..].Trim().Split(' ')[0];
             if (!double.TryParse(first, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double ms) || !(ms > 0))
                 throw new MeasurementException($"profile: cannot read the round trip from '{line}'");
-            return ms * 1e-3;
+            return ByOperation(text, devices, ms * 1e3);
         }
         finally { Directory.Delete(dir, true); }
+    }
+
+    /// <summary>The measured round trip: the mean, and by operation from the run's REALN_WORKER_TIMING table.</summary>
+    internal static WorkerRoundTrip ByOperation(string log, int devices, double meanUs)
+    {
+        var (gen, fwd, bwd) = ReaLNative.Engine.Workers.OpTimings.RoundTripByKind(log);
+        double? Us(double? ms) => ms is { } x ? Math.Round(x * 1e3, 1) : null;
+        return new WorkerRoundTrip { Devices = devices, Us = Math.Round(meanUs, 1), GenerateUs = Us(gen), ForwardUs = Us(fwd), BackwardUs = Us(bwd) };
     }
 
     private static double Best(Action a, int reps = 5)
@@ -308,6 +317,23 @@ public static class ProfileCommand
     }
 
     private const int Reps = 7;
+
+    /// <summary>Prompt and new tokens of the generation measurement (ppo-tiny: 6.5-token prompts, answers of up to 7).</summary>
+    private const int GenPrompt = 7, GenNew = 7;
+
+    private static double Median(Action a, int reps)
+    {
+        a();
+        var t = new double[reps];
+        for (int i = 0; i < reps; i++)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            a();
+            t[i] = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        }
+        Array.Sort(t);
+        return t[reps / 2];
+    }
 
     /// <summary>
     /// The cost of <paramref name="blocks"/> extra blocks: <paramref name="one"/> and <paramref name="three"/>
@@ -361,10 +387,11 @@ public static class ProfileCommand
         if (workers && devices > 1)
             foreach (int n in new[] { devices, 2 * devices })
             {
-                double seconds = WorkerRoundTripSeconds(n, TimeSpan.FromMinutes(10));
+                var measured = WorkerRoundTripMeasured(n, TimeSpan.FromMinutes(10));
+                double seconds = measured.Us * 1e-6;
                 if (n == devices) roundTrip = seconds;
-                roundTrips.Add(new WorkerRoundTrip { Devices = n, Us = Math.Round(seconds * 1e6, 1) });
-                Console.WriteLine($"worker round trip beyond compute ({n} worker processes): {seconds * 1e3:F2} ms");
+                roundTrips.Add(measured);
+                Console.WriteLine($"worker round trip beyond compute ({n} worker processes): {seconds * 1e3:F2} ms (generate {measured.GenerateUs / 1e3:F2}, forward {measured.ForwardUs / 1e3:F2}, backward with the optimizer step {measured.BackwardUs / 1e3:F2})");
             }
         // One-thread processes computing side by side (a plan's worker processes on this host): as many as the
         // devices, and twice as many (cpu-local-4 on 2 cores).
@@ -378,6 +405,7 @@ public static class ProfileCommand
             }
         var layers = new List<LayerProfile>();
         var trainSteps = new List<TrainStepProfile>();
+        var generations = new List<TrainStepProfile>();
         foreach (var name in presets)
         {
             LlamaConfig cfg;
@@ -390,6 +418,7 @@ public static class ProfileCommand
             three.InitRandom(1);
             var points = new List<LayerPoint>();
             var stepPoints = new Dictionary<bool, List<LayerPoint>> { [false] = [], [true] = [] };
+            var genPoints = new List<LayerPoint>();
             // Every core (how a run without a plan computes), and one thread (a device of a shared host
             // with one core each, how a plan's devices compute on this 2-core machine).
             int all = Native.GetNumThreads();
@@ -419,7 +448,7 @@ public static class ProfileCommand
                 Console.WriteLine($"{name} block{at}: {tokens} tokens in sequences of {seqLen}: fwd {fwd * 1e3:F3} ms, bwd {(both - fwd) * 1e3:F3} ms");
             }
             const int context = 32;
-            foreach (int batchSize in new[] { 8, 32 })
+            foreach (int batchSize in new[] { 8, 32, 256 })   // 256: ppo-tiny's 256 sequences (dp 2: 128) decode between the points, not beyond
             {
                 var prompts = Enumerable.Range(0, batchSize).Select(_ => Enumerable.Range(0, context).Select(_ => rng.Next(64)).ToArray()).ToArray();
                 // 16 decode steps after the prefill: the prefill and the per-call set-up cancel in the difference
@@ -454,18 +483,46 @@ public static class ProfileCommand
                     double fwd = blocksSoFar.BlockSeconds(mc, "fwd", tokens, tag, StepSeqLen) ?? throw new InvalidOperationException("internal: no forward point");
                     double bwd = blocksSoFar.BlockSeconds(mc, "bwd", tokens, tag, StepSeqLen) ?? throw new InvalidOperationException("internal: no backward point");
                     double rest = whole - cfg.Layers * (2 * fwd + bwd);
-                    // a difference of two measurements: a small negative one is a true zero within the noise
-                    if (rest < 0 && rest > -0.1 * whole) rest = 0;
+                    // a difference of two measurements: a negative one is a zero within the noise of the block points it
+                    // is interpolated from (at 192 tokens, between 64- and 256-token blocks of 0.15-0.6 ms; it came out 11-26%
+                    // below zero on an idle machine, where refusing, as this did, stopped every profile)
                     if (rest < 0)
-                        throw new MeasurementException($"profile: {name} train step of {tokens} tokens{at} took {whole * 1e3:F3} ms, less than its {cfg.Layers} blocks' 2 forwards and a backward ({cfg.Layers * (2 * fwd + bwd) * 1e3:F3} ms): the machine is too busy to measure; rerun it when the load is lower");
+                    {
+                        Console.WriteLine($"{name} {(scalarHead ? "critic" : "actor")} train step{at}: {tokens} tokens took {whole * 1e3:F3} ms, less than its {cfg.Layers} blocks' 2 forwards and a backward as the block points give them ({cfg.Layers * (2 * fwd + bwd) * 1e3:F3} ms): recorded as 0 outside the blocks");
+                        rest = 0;
+                    }
                     sp.Add(new LayerPoint { Kind = "step", Tokens = tokens, Context = StepSeqLen, Seconds = rest, Threads = tag });
                     Console.WriteLine($"{name} {(scalarHead ? "critic" : "actor")} train step{at}: {tokens} tokens in sequences of {StepSeqLen}: {whole * 1e3:F3} ms, {rest * 1e3:F3} ms outside the blocks");
+                }
+            }
+            // A whole generation as the engine runs it (sampling at temperature 1, no EOS: every sequence decodes GenNew
+            // tokens), minus layers x (the prompts' forward + GenNew - 1 decode steps) of its blocks: per decode step, what a
+            // generation costs outside the blocks (embedding, LM head, sampling, KV-cache bookkeeping, host work). The
+            // median of the repetitions, as a run's call is a typical one.
+            {
+                var (gm, gopt) = TrainedModel(cfg, false);
+                using var _gm = gm;
+                using var _gopt = gopt;
+                foreach (int seqs in new[] { 32, 128, 256 })   // ppo-tiny: 256 on one device, 128 on each of two
+                {
+                    var prompts = Enumerable.Range(0, seqs).Select(_ => Enumerable.Range(0, GenPrompt).Select(_ => rng.Next(cfg.Vocab)).ToArray()).ToArray();
+                    var opts = new GenerationOptions { MaxNewTokens = GenNew, Temperature = 1f, Seed = 3 };
+                    double whole = Median(() => Generator.Generate(gm, prompts, opts), Reps);
+                    double fwd = blocksSoFar.BlockSeconds(mc, "fwd", seqs * GenPrompt, tag, GenPrompt) ?? throw new InvalidOperationException("internal: no forward point");
+                    double dec = blocksSoFar.BlockSeconds(mc, "decode", seqs, tag) ?? throw new InvalidOperationException("internal: no decode point");
+                    double blocks = cfg.Layers * (fwd + (GenNew - 1) * dec);
+                    // a difference of two measurements: below zero it is a zero within the noise
+                    double rest = Math.Max(0, whole - blocks);
+                    genPoints.Add(new LayerPoint { Kind = "generate", Tokens = seqs, Context = GenNew, Seconds = rest / GenNew, Threads = tag });
+                    Console.WriteLine($"{name} generation{at}: {seqs} sequences, {GenPrompt}-token prompts, {GenNew} new tokens: {whole * 1e3:F3} ms, {rest / GenNew * 1e3:F3} ms per step outside the blocks ({blocks * 1e3:F3} ms of blocks)");
                 }
             }
             }
             finally { Native.SetNumThreads(0); }
             }
             layers.Add(new LayerProfile { Hidden = cfg.Hidden, Intermediate = cfg.Intermediate, Heads = cfg.Heads, KvHeads = cfg.KvHeads, Points = points });
+            generations.Add(new TrainStepProfile { Layers = cfg.Layers, Hidden = cfg.Hidden, Intermediate = cfg.Intermediate, Heads = cfg.Heads, KvHeads = cfg.KvHeads,
+                                                   Vocab = cfg.Vocab, ScalarHead = false, Points = genPoints });
             foreach (var (scalarHead, sp) in stepPoints)
                 trainSteps.Add(new TrainStepProfile { Layers = cfg.Layers, Hidden = cfg.Hidden, Intermediate = cfg.Intermediate, Heads = cfg.Heads, KvHeads = cfg.KvHeads,
                                                       Vocab = cfg.Vocab, ScalarHead = scalarHead, Points = sp });
@@ -485,6 +542,7 @@ public static class ProfileCommand
             WorkerRoundTrips = roundTrips,
             Layers = layers,
             TrainSteps = trainSteps,
+            Generations = generations,
             SharedCompute = shared,
         };
         profile.Validate();

@@ -27,15 +27,32 @@ internal sealed class MeshExecutor(DataflowGraph graph, IReadOnlyDictionary<stri
         {
             bool cancelled = cancellationToken.IsCancellationRequested;
             if (failure is null && !cancelled)
+            {
+                var ready = new List<(ModelFunctionCall Call, HashSet<int> Devices)>();
                 foreach (var call in pending.ToList())
                 {
                     if (!graph.Parents(call.Name).All(done.ContainsKey)) continue;
                     var devs = devicesOf(call.Name).ToHashSet();
-                    if (running.Values.Any(r => r.Devices.Overlaps(devs))) continue;
+                    if (running.Values.Any(r => r.Devices.Overlaps(devs)) || ready.Any(r => r.Devices.Overlaps(devs))) continue;
                     pending.Remove(call);
+                    ready.Add((call, devs));
+                }
+                // A call that starts alone runs on this thread: nothing else can start before it ends (a call becomes ready
+                // or its devices free only when a running call ends), and the native library's OpenMP team and per-thread
+                // buffers stay those of one thread, as in a run without a plan (a new thread per call pays for new ones).
+                if (ready.Count == 1 && running.Count == 0)
+                {
+                    var (call, _) = ready[0];
+                    try { done[call.Name] = Run(call, handlers[call.Name], batch); }
+                    catch (Exception e) { failure ??= e; }
+                    continue;
+                }
+                foreach (var (call, devs) in ready)
+                {
                     var h = handlers[call.Name];
                     running[Task.Factory.StartNew(() => Run(call, h, batch), TaskCreationOptions.LongRunning)] = (call, devs);
                 }
+            }
             if (running.Count == 0)
             {
                 if (failure is not null || cancelled) break;

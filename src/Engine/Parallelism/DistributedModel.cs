@@ -23,17 +23,25 @@ internal sealed class LocalCluster : IReplicaHost
     private int _nextGroup;
     private readonly ITransport[] _ranks;
 
-    /// <summary>A cluster of <paramref name="devices"/> in-process devices.</summary>
-    public LocalCluster(int devices, TimeSpan? timeout = null)
+    /// <summary>A cluster of <paramref name="devices"/> in-process devices, each computing with
+    /// <paramref name="threadsPerDevice"/> native threads (default: this process's native threads / devices, at least 1).</summary>
+    public LocalCluster(int devices, TimeSpan? timeout = null, int? threadsPerDevice = null)
     {
         var fabric = new LocalFabric(devices);
         _ranks = Enumerable.Range(0, devices).Select(fabric.Rank).ToArray();
         foreach (var r in _ranks) r.Timeout = timeout ?? TimeSpan.FromSeconds(120);
         Timeout = timeout ?? TimeSpan.FromSeconds(120);
+        if (threadsPerDevice is <= 0) throw new ArgumentOutOfRangeException(nameof(threadsPerDevice), threadsPerDevice, "must be positive");
+        ThreadsPerDevice = threadsPerDevice ?? Math.Max(1, Interop.Native.GetNumThreads() / Math.Max(1, devices));
     }
 
     /// <summary>Devices in the cluster.</summary>
     public int Devices => _ranks.Length;
+
+    /// <summary>Native (OpenMP) threads each device's operations run with: the host's cores shared out among the
+    /// devices, as worker processes get them (one device per core on cpu-local), instead of every device thread
+    /// starting a team of all the cores (two devices of a 2-core host ran 4 threads on 2 cores).</summary>
+    public int ThreadsPerDevice { get; }
 
     /// <summary>Deadline of one SPMD dispatch and of each exchange inside it.</summary>
     public TimeSpan Timeout { get; }
@@ -67,7 +75,7 @@ internal sealed class LocalCluster : IReplicaHost
     public T[] Spmd<T>(int count, string what, Func<int, T> body)
     {
         var results = new T[count];
-        if (count == 1) { results[0] = body(0); return results; }
+        if (count == 1) { results[0] = WithDeviceThreads(() => body(0)); return results; }
         var errors = new Exception?[count];
         var threads = new Thread[count];
         for (int i = 0; i < count; i++)
@@ -75,7 +83,7 @@ internal sealed class LocalCluster : IReplicaHost
             int k = i;
             threads[k] = new Thread(() =>
             {
-                try { results[k] = body(k); }
+                try { results[k] = WithDeviceThreads(() => body(k)); }
                 catch (Exception e) { errors[k] = e; }
             }) { IsBackground = true, Name = $"{what} #{k}" };
             threads[k].Start();
@@ -91,6 +99,17 @@ internal sealed class LocalCluster : IReplicaHost
     }
 
     private static TimeSpan Max(TimeSpan a, TimeSpan b) => a > b ? a : b;
+
+    /// <summary>Runs <paramref name="body"/> on this thread with <see cref="ThreadsPerDevice"/> native threads (the OpenMP
+    /// thread count is per calling thread), restoring the thread's count after.</summary>
+    private T WithDeviceThreads<T>(Func<T> body)
+    {
+        int saved = Interop.Native.GetNumThreads();
+        if (saved == ThreadsPerDevice) return body();
+        Interop.Native.SetNumThreads(ThreadsPerDevice);
+        try { return body(); }
+        finally { Interop.Native.SetNumThreads(saved); }
+    }
 }
 
 /// <summary>

@@ -58,6 +58,36 @@ internal sealed class OpTimings
     /// <summary>The summary line's start (what `realn bench plan` looks for in a run's log).</summary>
     public const string SummaryPrefix = "worker round trip beyond compute, ms:";
 
+    /// <summary>The round trip beyond compute by operation kind, in ms, read back from <see cref="ToString"/>'s table (as
+    /// `realn profile` reads a child run's log): a generation (`generate`), a forward (`logprobs`, `values`: inference
+    /// calls and a train step's first round trip) and a backward sent with the optimizer step (`backward_* and optimizer
+    /// step`), each the count-weighted mean of its rows, at least 0; null for a kind the table lacks.</summary>
+    public static (double? GenerateMs, double? ForwardMs, double? BackwardMs) RoundTripByKind(string table)
+    {
+        var sums = new Dictionary<string, (double Ms, int N)>(StringComparer.Ordinal);
+        foreach (var raw in table.Split('\n'))
+        {
+            var f = raw.Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (f.Length < 7) continue;
+            var inv = System.Globalization.CultureInfo.InvariantCulture;
+            if (!int.TryParse(f[^6], System.Globalization.NumberStyles.None, inv, out int count) || count <= 0) continue;
+            if (!double.TryParse(f[^1], System.Globalization.NumberStyles.Float, inv, out double ms) || !double.IsFinite(ms)) continue;
+            string op = string.Join(' ', f[..^6]);
+            string? kind = op switch
+            {
+                "generate" => "generate",
+                "logprobs" or "values" => "forward",
+                _ when op.StartsWith("backward_", StringComparison.Ordinal) && op.EndsWith(" and optimizer step", StringComparison.Ordinal) => "backward",
+                _ => null,
+            };
+            if (kind is null) continue;
+            var (s0, n0) = sums.GetValueOrDefault(kind);
+            sums[kind] = (s0 + ms * count, n0 + count);
+        }
+        double? Ms(string kind) => sums.TryGetValue(kind, out var v) ? Math.Max(0, v.Ms / v.N) : null;
+        return (Ms("generate"), Ms("forward"), Ms("backward"));
+    }
+
     public override string ToString()
     {
         var sb = new StringBuilder("worker operations (ms per operation): op, count, master wall, worker, worker input wait, worker output send, round trip beyond compute\n");

@@ -1,6 +1,7 @@
 // The plan executor's scheduling: calls on disjoint meshes overlap in time, calls sharing a device
 // never do, parents always finish first, records come back in topological order, and a failing
-// call fails the iteration naming it after the others finished.
+// call fails the iteration naming it after the others finished; a call that starts alone runs on the
+// executor's own thread (one OpenMP team for the whole run, as without a plan).
 using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Dataflow;
 using Xunit;
@@ -60,5 +61,34 @@ public class MeshExecutorTests
             for (int j = i + 1; j < all.Count; j++) Assert.False(Overlap(all[i], all[j]));
         var e = Assert.Throws<InvalidOperationException>(() => Run(n => n == "ref_inf" ? [1] : [0], failing: "ref_inf"));
         Assert.Contains("ref_inf broke", e.Message);
+    }
+
+    [Fact]
+    public void ACallThatStartsAloneRunsOnTheCallersThread()
+    {
+        // PPO on one device: every call starts alone. With rew/ref/critic on disjoint devices they start together.
+        var g = DataflowGraph.For("ppo", Batch);
+        foreach (var (devices, concurrent) in new (Func<string, int[]>, string[])[]
+                 {
+                     (_ => [0], []),
+                     (n => n switch { "rew_inf" => [0], "ref_inf" => [1], "critic_inf" => [2], _ => [0, 1, 2] }, ["rew_inf", "ref_inf", "critic_inf"]),
+                 })
+        {
+            var threads = new Dictionary<string, int>();
+            var handlers = g.Calls.ToDictionary(c => c.Name, c => (CallHandler)((call, b) =>
+            {
+                if (concurrent.Contains(call.Name)) Thread.Sleep(100);
+                lock (threads) threads[call.Name] = Environment.CurrentManagedThreadId;
+                foreach (var k in call.Outputs) b.Set(k, new object());
+                return new Dictionary<string, double>();
+            }));
+            var batch = new SampleBatch();
+            foreach (var k in g.SourceKeys) batch.Set(k, new object());
+            new MeshExecutor(g, handlers, n => devices(n)).RunIteration(batch);
+            int me = Environment.CurrentManagedThreadId;
+            foreach (var c in g.Calls)
+                if (concurrent.Contains(c.Name)) Assert.NotEqual(me, threads[c.Name]);
+                else Assert.True(me == threads[c.Name], $"{c.Name} started alone but ran on another thread");
+        }
     }
 }
