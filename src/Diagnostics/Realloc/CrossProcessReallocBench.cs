@@ -184,6 +184,16 @@ internal static unsafe class CrossProcessReallocBench
         return e.Count == 0 ? 0 : (e.Max(x => x[2]) - e.Max(x => x[0])) / (double)ticksPerSecond;
     }
 
+    /// <summary>Seconds of one repetition of a reference: from the moment the last participant actually
+    /// started (not the release instant) to the last participant's end. A reference must be the best
+    /// this host does, so a participant the scheduler woke late does not make it slower (the cases,
+    /// timed by <see cref="RepSeconds"/>, get no such allowance); 0 when no rank took part.</summary>
+    public static double ReferenceRepSeconds(IEnumerable<long[]> entries, long ticksPerSecond)
+    {
+        var e = entries.Where(x => x.Length == 3).ToList();
+        return e.Count == 0 ? 0 : (e.Max(x => x[2]) - e.Max(x => x[1])) / (double)ticksPerSecond;
+    }
+
     /// <summary>How late after the release instant the last participant started, seconds (a rank
     /// that learned the instant late, or that the scheduler woke late).</summary>
     public static double StartLateness(IEnumerable<long[]> entries, long ticksPerSecond)
