@@ -121,9 +121,11 @@ internal sealed class Rendezvous
     }
 
     /// <summary>How far after the last rank's arrival at a <see cref="Start"/> its ranks start: longer
-    /// than a waiting rank's poll (1 ms sleep and a round trip), so that every rank learns the
-    /// instant before it comes.</summary>
-    public static readonly long StartMargin = Stopwatch.Frequency * 5 / 1000;
+    /// than a waiting rank's poll (1 ms sleep and a control-plane round trip), so that every rank
+    /// learns the instant before it comes. 20 ms: with 5 ms, idle runs of `realn bench realloc` (4 worker
+    /// processes and the master on 2 cores) had a rank learn the instant 2-8 ms after it in every
+    /// repetition of some references; with 20 ms none did.</summary>
+    public static readonly long StartMargin = Stopwatch.Frequency * 20 / 1000;
 
     /// <summary>A barrier that releases every rank at one instant: when the last rank has arrived, the
     /// master names a start time (<see cref="StartMargin"/> later, on <see cref="Stopwatch"/>'s clock:

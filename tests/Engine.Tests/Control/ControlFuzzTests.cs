@@ -435,7 +435,7 @@ public sealed class ControlFuzzTests(ITestOutputHelper output)
         Assert.Equal(at[0], at[2]);
         Assert.True(at[0] >= arrived.Max() + Rendezvous.StartMargin, "the instant was named before the last rank arrived");
         Assert.True(returned[0] >= at[0] && returned[2] >= at[0], "a rank that takes part returned before the instant");
-        // Rank 2 arrived last, so its request fixed the instant StartMargin (5 ms) ahead: the rank that
+        // Rank 2 arrived last, so its request fixed the instant StartMargin (20 ms) ahead: the rank that
         // takes no part learned it by polling and returned at once (as long as it polled in time).
         output.WriteLine($"instant {(at[0] - arrived.Max()) * 1e3 / Stopwatch.Frequency:F2} ms after the last arrival; returns at +{(returned[0] - at[0]) * 1e3 / Stopwatch.Frequency:F2}, "
                          + $"+{(returned[1] - at[0]) * 1e3 / Stopwatch.Frequency:F2} (no part), +{(returned[2] - at[0]) * 1e3 / Stopwatch.Frequency:F2} ms");
