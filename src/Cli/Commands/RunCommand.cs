@@ -202,7 +202,7 @@ public static class Curves
         var lines = File.ReadLines(metricsPath).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
         var plot = new ScottPlot.Plot();
         int offset = 0;
-        bool rewards = false;
+        bool rewards = false, staleness = false;
         var starts = new List<(int At, string Name)>();
         foreach (var g in lines.GroupBy(l => (int)l["stage"]!).OrderBy(g => g.Key))
         {
@@ -240,6 +240,32 @@ public static class Curves
                     var s = plot.Add.Scatter(asy.Select(l => (double)((int)l["step"]! + offset)).ToArray(), asy.Select(l => (double)l[key]!).ToArray());
                     s.LegendText = $"{alg}: {name} (async)";
                 }
+            // async stages: how many versions behind the trainer the batch's generated tokens were sampled (mean over
+            // the tokens, from the line's tokens_staleness_S counts), and the samples dropped for staleness (as a
+            // fraction of the batch; the line says "none dropped" while no iteration dropped any)
+            if (asy.Count > 0)
+            {
+                static double MeanStaleness(JsonObject l)
+                {
+                    double tokens = 0, sum = 0;
+                    foreach (var (k, v) in l)
+                        if (k.StartsWith("tokens_staleness_", StringComparison.Ordinal)
+                            && int.TryParse(k.AsSpan("tokens_staleness_".Length), NumberStyles.None, CultureInfo.InvariantCulture, out int s))
+                        { tokens += (double)v!; sum += s * (double)v!; }
+                    return tokens > 0 ? sum / tokens : (double?)l["staleness"] ?? 0;
+                }
+                bool anyDropped = asy.Any(l => (double?)l["dropped_stale"] > 0);
+                var st = plot.Add.Scatter(asy.Select(l => (double)((int)l["step"]! + offset)).ToArray(), asy.Select(MeanStaleness).ToArray());
+                st.LegendText = $"{alg}: token staleness, mean versions (async, right axis{(anyDropped ? "" : "; no sample dropped")})";
+                st.Axes.YAxis = plot.Axes.Right;
+                rewards = staleness = true;
+                if (anyDropped)
+                {
+                    var dr = plot.Add.Scatter(asy.Select(l => (double)((int)l["step"]! + offset)).ToArray(),
+                                              asy.Select(l => ((double?)l["dropped_stale"] ?? 0) / Math.Max(1.0, (double?)l["samples"] ?? 1)).ToArray());
+                    dr.LegendText = $"{alg}: samples dropped for staleness (fraction, async)";
+                }
+            }
             var acc = g.Where(l => (string)l["call"]! == "rew_train" && l["accuracy"] is not null).ToList();
             if (acc.Count > 0)
             {
@@ -262,7 +288,7 @@ public static class Curves
         plot.Title(title ?? $"{Path.GetFileName(Path.GetDirectoryName(Path.GetFullPath(metricsPath)))}: training curves");
         plot.Axes.Bottom.Label.Text = "iteration (stages back to back)";
         plot.Axes.Left.Label.Text = "task score / pair accuracy";
-        if (rewards) plot.Axes.Right.Label.Text = "reward / KL";
+        if (rewards) plot.Axes.Right.Label.Text = staleness ? "reward / KL / staleness (versions)" : "reward / KL";
         plot.Axes.SetLimitsX(0, Math.Max(1, offset));
         plot.Axes.SetLimitsY(0, 1.05);
         plot.ShowLegend(ScottPlot.Alignment.LowerRight);
