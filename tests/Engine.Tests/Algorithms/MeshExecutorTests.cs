@@ -12,14 +12,24 @@ public class MeshExecutorTests
 {
     private static readonly BatchConfig Batch = new(8, 16, 8, 2, 1);
 
-    private static (IReadOnlyList<CallRecord> Records, Dictionary<string, (DateTime Start, DateTime End)> Spans) Run(Func<string, int[]> devices, string? failing = null)
+    /// <param name="together">Groups of calls expected to run at once: each call of a group, once started, waits (up to
+    /// 10 s) until every call of its group has started, so their overlap does not depend on how fast a loaded host starts
+    /// threads (with 150 ms sleeps alone, a thread started late under heavy parallel tests missed its siblings). Run one
+    /// after another they cannot all start, the wait ends at its deadline and the spans do not overlap: the assertion fails.</param>
+    private static (IReadOnlyList<CallRecord> Records, Dictionary<string, (DateTime Start, DateTime End)> Spans) Run(Func<string, int[]> devices, string? failing = null, string[][]? together = null)
     {
         var g = DataflowGraph.For("ppo", Batch);
         var spans = new Dictionary<string, (DateTime, DateTime)>();
+        var groups = (together ?? []).Select(names => (Names: names, Started: new CountdownEvent(names.Length))).ToList();
         var handlers = g.Calls.ToDictionary(c => c.Name, c => (CallHandler)((call, b) =>
         {
             var start = DateTime.UtcNow;
             foreach (var k in call.Inputs) Assert.True(b.Contains(k), $"{call.Name} started before its input {k} existed");
+            foreach (var (names, started) in groups.Where(x => x.Names.Contains(call.Name)))
+            {
+                started.Signal();
+                started.Wait(TimeSpan.FromSeconds(10));
+            }
             Thread.Sleep(150);
             if (call.Name == failing) throw new InvalidOperationException($"{call.Name} broke");
             foreach (var k in call.Outputs) b.Set(k, new object());
@@ -43,7 +53,7 @@ public class MeshExecutorTests
             ["actor_gen"] = [0, 1, 2, 3], ["rew_inf"] = [0], ["ref_inf"] = [1], ["critic_inf"] = [2],
             ["actor_train"] = [0, 1], ["critic_train"] = [2, 3],
         };
-        var (records, spans) = Run(n => mesh[n]);
+        var (records, spans) = Run(n => mesh[n], together: [["rew_inf", "ref_inf", "critic_inf"], ["actor_train", "critic_train"]]);
         Assert.Equal(DataflowGraph.For("ppo", Batch).TopologicalOrder.Select(c => c.Name), records.Select(r => r.Call));
         Assert.True(Overlap(spans["rew_inf"], spans["ref_inf"]) && Overlap(spans["ref_inf"], spans["critic_inf"]), "inference calls on disjoint devices did not overlap");
         Assert.True(Overlap(spans["actor_train"], spans["critic_train"]), "train calls on disjoint meshes did not overlap");
