@@ -477,9 +477,6 @@ internal sealed class TransportRealloc : IDisposable
         if (failure is not null) throw failure;
     }
 
-    /// <summary>Copies the intervals (source offsets relative to the announced shard) out of the
-    /// mapped block at <paramref name="mapped"/> into <paramref name="destination"/>; every interval
-    /// is checked to lie inside the block first. Returns the bytes copied.</summary>
     /// <summary>Bytes other processes wrote into this mover's destination shards (<see cref="Push"/>).</summary>
     public long WrittenByPeerBytes => Interlocked.Read(ref _writtenByPeerBytes);
     private long _writtenByPeerBytes;
@@ -622,6 +619,9 @@ internal sealed class TransportRealloc : IDisposable
         return (pieces, total);
     }
 
+    /// <summary>Copies the intervals (source offsets relative to the announced shard) out of the
+    /// mapped block at <paramref name="mapped"/> into <paramref name="destination"/>; every interval
+    /// is checked to lie inside the block first. Returns the bytes copied.</summary>
     private static long CopyFromMapping(int peer, nint mapped, SharedHostMemory.Descriptor d, List<(long Tag, long S, long D, long L)> intervals, nint destination)
     {
         var pieces = new List<(nint Src, nint Dst, long Bytes)>(intervals.Count);
