@@ -40,6 +40,9 @@ internal sealed class OpTimings
     /// <summary>Operations recorded so far.</summary>
     public int Count { get { lock (_gate) return _rows.Values.Sum(r => r.Count); } }
 
+    /// <summary>Operations of kind <paramref name="op"/> (the table's label) recorded so far.</summary>
+    public int CountOf(string op) { lock (_gate) return _rows.TryGetValue(op, out var r) ? r.Count : 0; }
+
     /// <summary>Mean master wall time minus mean worker time of every recorded operation, in seconds.</summary>
     public double MeanOverheadSeconds
     {
