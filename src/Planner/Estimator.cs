@@ -282,18 +282,19 @@ public sealed class Estimator
     }
 
     /// <summary>Master-worker round trips of a call in worker processes: one for generation and inference; a
-    /// train call two per optimizer step (the forward whose outputs the master's loss needs, then the backward
-    /// sent together with the optimizer step), for each of its epochs.</summary>
-    public static int WorkerRoundTrips(ModelCall c) => c.Type == CallType.TrainStep ? 2 * c.OptimizerSteps * c.Epochs : 1;
+    /// train call, for each of its epochs, one per optimizer step when its workers compute the loss
+    /// (<see cref="ModelCall.LossOnWorkers"/>: forward, loss, backward and step in one command), else two (the
+    /// forward whose outputs the master's loss needs, then the backward sent together with the optimizer step).</summary>
+    public static int WorkerRoundTrips(ModelCall c) => c.Type == CallType.TrainStep ? (c.LossOnWorkers ? 1 : 2) * c.OptimizerSteps * c.Epochs : 1;
 
     /// <summary>Seconds of a call's master-worker round trips: <see cref="ClusterSpec.WorkerRoundTrip"/> each, or what the
     /// profile measured for the operation (a generation; a forward - inference, or a train step's first round trip; a
-    /// backward with the optimizer step - its second).</summary>
+    /// train step's round trip carrying its backward and optimizer step - the only one where the workers compute the loss).</summary>
     public double WorkerDispatchSeconds(ModelCall c) => c.Type switch
     {
         CallType.Generate => _rtGenerate,
         CallType.Inference => _rtForward,
-        _ => c.OptimizerSteps * c.Epochs * (_rtForward + _rtBackward),
+        _ => c.OptimizerSteps * c.Epochs * (c.LossOnWorkers ? _rtBackward : _rtForward + _rtBackward),
     };
 
     private double NativeSeconds(ModelCall c, CallOption o, ModelConfig m, bool scalar)

@@ -217,7 +217,8 @@ public class CostModelTests
         var r = PlanSearch.Run(cpu, timing, new SearchOptions(), prof);
         Assert.NotNull(r.SingleDeviceSeconds);
         Assert.True(r.SingleDeviceChosen, $"single {r.SingleDeviceSeconds} vs plan {r.Best.Evaluation.IterationSeconds}");
-        Assert.True(r.Best.Evaluation.IterationSeconds > 1.1 * r.SingleDeviceSeconds!.Value);
+        // 1.07x since the RL train calls compute their loss on the workers (one round trip per optimizer step, not two)
+        Assert.True(r.Best.Evaluation.IterationSeconds > 1.05 * r.SingleDeviceSeconds!.Value, $"plan {r.Best.Evaluation.IterationSeconds} vs single {r.SingleDeviceSeconds}");
         // devices as threads of one process: no round trips and the profiled one-thread speed
         Assert.True(PlanSearch.InProcessSeconds(r) < r.SingleDeviceSeconds);
         var unpriced = PlanSearch.Run(cpu with { WorkerRoundTrip = 0, WorkerComputeSlowdown = 1 }, timing, new SearchOptions(), prof);
