@@ -309,7 +309,7 @@ public sealed class Estimator
     {
         var m = Experiment.Models[c.Role];
         bool scalar = Experiment.HasScalarHead(c.Role);
-        double dispatch = WorkerDispatchSeconds(c);
+        double dispatch = DispatchSeconds(c, o);
         if (o.Zero3) return Zero3Seconds(c, o, m, scalar) * _workerSlowdown + dispatch;
         return dispatch + NativeSeconds(c, o, m, scalar) * _workerSlowdown;
     }
@@ -322,6 +322,30 @@ public sealed class Estimator
     /// <summary>Seconds of a call's master-worker round trips: <see cref="ClusterSpec.WorkerRoundTrip"/> each, or what the
     /// profile measured for the operation (a generation; a forward - inference, or a train step's first round trip; a
     /// backward with the optimizer step - its second).</summary>
+    /// <summary>What a call costs beyond its devices' compute: its master-worker round trips (<see cref="WorkerDispatchSeconds"/>)
+    /// in worker processes, or with its devices as threads of one process (a shared host priced without round trips) the
+    /// in-process dispatch of each operation on more than one device (<see cref="InProcessDispatchSeconds"/>).</summary>
+    public double DispatchSeconds(ModelCall c, CallOption o, bool crowded = true) => WorkerDispatchSeconds(c, crowded) + InProcessDispatchSeconds(c, o);
+
+    /// <summary>Devices as threads of one process (a shared host priced without worker round trips): an operation on
+    /// <c>n</c> &gt; 1 devices costs what `realn profile` measured beyond its fastest device's compute with n in-process
+    /// devices (<see cref="ProfileData.InProcessOverheads"/>: threads started and joined, the batch split, the outputs
+    /// merged, the wait for the slowest device): a generation one, an inference call one forward, a train call a forward
+    /// and a backward with its optimizer step per optimizer step and epoch. 0 on one device (the operation runs on the
+    /// calling thread), in worker processes, off a shared host, or without the measurement.</summary>
+    public double InProcessDispatchSeconds(ModelCall c, CallOption o)
+    {
+        if (!Cluster.SharedHost || Cluster.WorkerRoundTrip > 0 || o.Mesh.Size < 2 || Profile is null) return 0;
+        if ((Profile.InProcessOverheadFor(o.Mesh.Size) ?? Profile.InProcessOverheadFor(Cluster.DevicesPerNode)) is not { } w) return 0;
+        double Kind(double? us) => (us ?? w.Us) * 1e-6;
+        return c.Type switch
+        {
+            CallType.Generate => Kind(w.GenerateUs),
+            CallType.Inference => Kind(w.ForwardUs),
+            _ => c.OptimizerSteps * c.Epochs * (Kind(w.ForwardUs) + Kind(w.BackwardUs)),
+        };
+    }
+
     /// <param name="crowded">False: while no more devices compute than the host has cores (a shared host with more
     /// devices than cores), the round trips `realn profile` measured with as many worker processes as cores.</param>
     public double WorkerDispatchSeconds(ModelCall c, bool crowded = true) => c.Type switch

@@ -8,8 +8,8 @@ namespace ReaLNative.Planner;
 /// <summary>One candidate of one call with its estimated seconds and memory.</summary>
 public sealed record OptionInfo(CallOption Option, double Seconds, CallMemory Memory)
 {
-    /// <summary>Of <see cref="Seconds"/>: the master-worker round trips (<see cref="Estimator.WorkerDispatchSeconds"/>), which
-    /// no device computes in.</summary>
+    /// <summary>Of <see cref="Seconds"/>: the master-worker round trips or the in-process dispatch
+    /// (<see cref="Estimator.DispatchSeconds"/>), which no device computes in.</summary>
     public double Dispatch { get; init; }
     /// <summary>The call's compute on one device as if it had its core alone (<see cref="Estimator.Unstretched"/>): what the
     /// schedule stretches by the devices computing at the same time on a shared host with more devices than cores.</summary>
@@ -188,10 +188,10 @@ public sealed class PlanningProblem
     public OptionInfo Info(int ci, CallOption o, CallMemory mem)
     {
         var c = Calls[ci];
-        double dispatch = Estimator.WorkerDispatchSeconds(c);
+        double dispatch = Estimator.DispatchSeconds(c, o);
         double seconds = Estimator.CallSeconds(c, o);
         double work = ScheduleStretch ? Estimator.Unstretched.CallSeconds(c, o) - dispatch : seconds - dispatch;
-        return new OptionInfo(o, seconds, mem) { Dispatch = dispatch, Work = Math.Max(0, work), DispatchUncrowded = Estimator.WorkerDispatchSeconds(c, crowded: false) };
+        return new OptionInfo(o, seconds, mem) { Dispatch = dispatch, Work = Math.Max(0, work), DispatchUncrowded = Estimator.DispatchSeconds(c, o, crowded: false) };
     }
 
     /// <summary>Whether the synchronous schedule stretches compute by the devices computing at the same time (a shared
