@@ -64,7 +64,7 @@ public sealed class Estimator
         "static-batch generation: a batch decodes until its longest sequence ends, at the mean number still decoding; no continuous batching, paged KV or speculative decoding",
         "sequence lengths: a named synthetic task's expected prompt and answer (a trained policy's answer length); a dataset or a workload without `task` at prompt_len + gen_len",
         "no network contention between concurrent calls or groups sharing NICs",
-        "CPU devices of one machine (shared_host) share its memory bandwidth evenly, and worker processes compute at a measured slowdown, whether or not the others are busy",
+        "CPU devices of one machine (shared_host) share its memory bandwidth evenly and worker processes compute at a measured slowdown whether or not the others are busy; only the cores are shared by the devices computing at the same time (more devices than cores, synchronous schedules)",
         "no stragglers, failures, data loading, checkpointing or evaluation time",
     ];
 

@@ -17,7 +17,9 @@
 // twice as many: `worker_round_trips`),
 // every call data parallel over all of them, run as a child `realn run --plan` with REALN_WORKER_TIMING=1;
 // the mean master-worker round trip beyond the workers' compute it reports goes into the profile
-// (`worker_round_trip_us`, `worker_round_trip_devices`), which the planner prefers to the spec's figure.
+// (`worker_round_trip_us`, `worker_round_trip_devices`), which the planner prefers to the spec's figure. The same
+// PPO run `--in-process` (devices as threads) with REALN_INPROCESS_TIMING=1 gives what an operation on that many
+// in-process devices costs beyond its fastest device, by kind (`in_process_overheads`).
 using System.CommandLine;
 using System.Diagnostics;
 using ReaLNative.Engine.Algorithms;
