@@ -106,7 +106,7 @@ enum {
     REALN_HOST_PINNED = 2,   /* page-lock (mlock / cudaHostRegister where possible)           */
     REALN_HOST_HUGEPAGE = 4, /* advise transparent huge pages (not for SHARED)                 */
     REALN_HOST_SHARED = 8    /* a sealed memfd, MAP_SHARED: other processes of this host may map
-                                it read-only (realn_shared_map); freeing returns its pages at once */
+                                it (realn_shared_map, realn_shared_map_writable); freeing returns its pages at once */
 };
 /* Page-aligned host memory (2 MiB aligned when at least 2 MiB). Flags as above. */
 REALN_API realn_status realn_host_alloc(int64_t bytes, int32_t flags, void** out);
@@ -125,6 +125,9 @@ REALN_API realn_status realn_host_shared_info(const void* ptr, int32_t* fd, int6
  * open it (another user, ptrace restrictions); REALN_ERR_NOT_FOUND when the process, descriptor or
  * memfd is gone or is not the one described. */
 REALN_API realn_status realn_shared_map(int32_t pid, int32_t fd, uint64_t token, int64_t size, const void** out);
+/* realn_shared_map, mapped for reading and writing: a sender of a reallocation writes a receiver's
+ * destination shard (the receiver waits for the sender's word before it reads it). */
+REALN_API realn_status realn_shared_map_writable(int32_t pid, int32_t fd, uint64_t token, int64_t size, void** out);
 /* Unmaps what realn_shared_map returned (size as given to it). */
 REALN_API realn_status realn_shared_unmap(const void* ptr, int64_t size);
 

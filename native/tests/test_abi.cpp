@@ -146,10 +146,19 @@ static void test_shared_memory() {
         const void* bad = nullptr;
         ok = ok && realn_shared_map(owner, fd, token ^ 1, size, &bad) == REALN_ERR_NOT_FOUND && bad == nullptr;
         ok = ok && realn_shared_map(owner, fd, token, size + 4096, &bad) == REALN_ERR_NOT_FOUND;
+        // Mapped writable, a write lands in the owner's memory (checked by the owner below).
+        void* w = nullptr;
+        ok = ok && realn_shared_map_writable(owner, fd, token, size, &w) == REALN_OK && w != nullptr;
+        if (ok) static_cast<unsigned char*>(w)[1] = static_cast<unsigned char>(~static_cast<const unsigned char*>(w)[1]);
+        ok = ok && realn_shared_unmap(w, size) == REALN_OK;
+        void* wbad = nullptr;
+        ok = ok && realn_shared_map_writable(owner, fd, token ^ 1, size, &wbad) == REALN_ERR_NOT_FOUND && wbad == nullptr;
         _exit(ok ? 0 : 1);
     }
+    const unsigned char before = static_cast<const unsigned char*>(p)[1];
     int status = 0;
     EXPECT(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    EXPECT(static_cast<const unsigned char*>(p)[1] == static_cast<unsigned char>(~before));  // the child's write, through its writable mapping
     const void* m = nullptr;
     EXPECT(realn_shared_map(owner, 0, token, size, &m) == REALN_ERR_NOT_FOUND && m == nullptr);  // stdin: not that memfd
     EXPECT(error_mentions("not the shared buffer announced"));

@@ -70,6 +70,7 @@ public static unsafe partial class Native
     [LibraryImport(Library)] public static partial int realn_host_free(void* ptr);
     [LibraryImport(Library)] public static partial int realn_host_shared_info(void* ptr, int* fd, long* offset, long* size, ulong* token);
     [LibraryImport(Library)] public static partial int realn_shared_map(int pid, int fd, ulong token, long size, void** ptr);
+    [LibraryImport(Library)] public static partial int realn_shared_map_writable(int pid, int fd, ulong token, long size, void** ptr);
     [LibraryImport(Library)] public static partial int realn_shared_unmap(void* ptr, long size);
     [LibraryImport(Library)] public static partial int realn_buf_alloc(nint stream, long bytes, nint* buf);
     [LibraryImport(Library)] public static partial int realn_buf_ptr(nint buf, void** ptr);

@@ -1,6 +1,6 @@
 // Host memory shared between processes of one host (HostAllocFlags.Shared, native
 // host_memory.cpp): the owner describes a pointer inside one of its shared blocks, another process
-// maps the whole block read-only from that description and copies out of it. The host-memory
+// maps the whole block from that description and copies out of it (or, writable, into it). The host-memory
 // counterpart of CUDA IPC handles.
 namespace ReaLNative.Interop;
 
@@ -34,6 +34,16 @@ public static unsafe class SharedHostMemory
         return (nint)p;
     }
 
-    /// <summary>Unmaps what <see cref="Map"/> returned (<paramref name="size"/>: the descriptor's Size).</summary>
+    /// <summary><see cref="Map"/>, mapped for reading and writing: a reallocation's sender writes a
+    /// receiver's destination shard this way (the receiver reads it only after the sender's word).
+    /// Throws as <see cref="Map"/>.</summary>
+    public static nint MapWritable(int pid, Descriptor d)
+    {
+        void* p;
+        Native.Check(Native.realn_shared_map_writable(pid, d.Fd, d.Token, d.Size, &p));
+        return (nint)p;
+    }
+
+    /// <summary>Unmaps what <see cref="Map"/> or <see cref="MapWritable"/> returned (<paramref name="size"/>: the descriptor's Size).</summary>
     public static void Unmap(nint baseAddress, long size) => Native.Check(Native.realn_shared_unmap((void*)baseAddress, size));
 }

@@ -315,13 +315,11 @@ public sealed class Estimator
     }
 
     /// <summary>Master-worker round trips of a call in worker processes: one for generation and inference; a
-    /// train call two per optimizer step (the forward whose outputs the master's loss needs, then the backward
-    /// sent together with the optimizer step), for each of its epochs.</summary>
-    public static int WorkerRoundTrips(ModelCall c) => c.Type == CallType.TrainStep ? 2 * c.OptimizerSteps * c.Epochs : 1;
+    /// train call, for each of its epochs, one per optimizer step when its workers compute the loss
+    /// (<see cref="ModelCall.LossOnWorkers"/>: forward, loss, backward and step in one command), else two (the
+    /// forward whose outputs the master's loss needs, then the backward sent together with the optimizer step).</summary>
+    public static int WorkerRoundTrips(ModelCall c) => c.Type == CallType.TrainStep ? (c.LossOnWorkers ? 1 : 2) * c.OptimizerSteps * c.Epochs : 1;
 
-    /// <summary>Seconds of a call's master-worker round trips: <see cref="ClusterSpec.WorkerRoundTrip"/> each, or what the
-    /// profile measured for the operation (a generation; a forward - inference, or a train step's first round trip; a
-    /// backward with the optimizer step - its second).</summary>
     /// <summary>What a call costs beyond its devices' compute: its master-worker round trips (<see cref="WorkerDispatchSeconds"/>)
     /// in worker processes, or with its devices as threads of one process (a shared host priced without round trips) the
     /// in-process dispatch of each operation on more than one device (<see cref="InProcessDispatchSeconds"/>).</summary>
@@ -330,8 +328,9 @@ public sealed class Estimator
     /// <summary>Devices as threads of one process (a shared host priced without worker round trips): an operation on
     /// <c>n</c> &gt; 1 devices costs what `realn profile` measured beyond its fastest device's compute with n in-process
     /// devices (<see cref="ProfileData.InProcessOverheads"/>: threads started and joined, the batch split, the outputs
-    /// merged, the wait for the slowest device): a generation one, an inference call one forward, a train call a forward
-    /// and a backward with its optimizer step per optimizer step and epoch. 0 on one device (the operation runs on the
+    /// merged, the wait for the slowest device): a generation one, an inference call one forward, a train call per
+    /// optimizer step and epoch one backward with its optimizer step (<see cref="ModelCall.LossOnWorkers"/>: one fused
+    /// operation), else a forward and a backward with its optimizer step. 0 on one device (the operation runs on the
     /// calling thread), in worker processes, off a shared host, or without the measurement.</summary>
     public double InProcessDispatchSeconds(ModelCall c, CallOption o)
     {
@@ -342,17 +341,21 @@ public sealed class Estimator
         {
             CallType.Generate => Kind(w.GenerateUs),
             CallType.Inference => Kind(w.ForwardUs),
-            _ => c.OptimizerSteps * c.Epochs * (Kind(w.ForwardUs) + Kind(w.BackwardUs)),
+            _ => c.OptimizerSteps * c.Epochs * (c.LossOnWorkers ? Kind(w.BackwardUs) : Kind(w.ForwardUs) + Kind(w.BackwardUs)),
         };
     }
 
+    /// <summary>Seconds of a call's master-worker round trips: <see cref="ClusterSpec.WorkerRoundTrip"/> each, or what the
+    /// profile measured for the operation (a generation; a forward - inference, or a train step's first round trip; a
+    /// train step's round trip carrying its backward and optimizer step - the only one where the workers compute the loss).</summary>
     /// <param name="crowded">False: while no more devices compute than the host has cores (a shared host with more
     /// devices than cores), the round trips `realn profile` measured with as many worker processes as cores.</param>
     public double WorkerDispatchSeconds(ModelCall c, bool crowded = true) => c.Type switch
     {
         CallType.Generate => crowded ? _rtGenerate : _rtGenerateAlone,
         CallType.Inference => crowded ? _rtForward : _rtForwardAlone,
-        _ => c.OptimizerSteps * c.Epochs * (crowded ? _rtForward + _rtBackward : _rtForwardAlone + _rtBackwardAlone),
+        _ => c.OptimizerSteps * c.Epochs * (c.LossOnWorkers ? (crowded ? _rtBackward : _rtBackwardAlone)
+                                                              : crowded ? _rtForward + _rtBackward : _rtForwardAlone + _rtBackwardAlone),
     };
 
     private double NativeSeconds(ModelCall c, CallOption o, ModelConfig m, bool scalar)

@@ -88,6 +88,11 @@ public sealed record ModelCall(string Name, string Role, CallType Type, string[]
     public int? LongestNewTokens { get; init; }
     /// <summary>Passes over the batch per train call (ppo.ppo_epochs for the RL algorithms; 1 otherwise).</summary>
     public int Epochs { get; init; } = 1;
+    /// <summary>A train call whose workers compute its loss themselves (the RL algorithms' actor and critic
+    /// train calls): in worker processes one master round trip per optimizer step (forward, loss, backward
+    /// and step in one command) instead of two (the forward's outputs to the master's loss, then the
+    /// backward with the step).</summary>
+    public bool LossOnWorkers { get; init; }
     public double MeanPromptTokens => Math.Min(PromptTokens, ExpectedPromptTokens ?? PromptTokens);
     public double MeanNewTokens => Math.Min(NewTokens, ExpectedNewTokens ?? NewTokens);
     /// <summary>Tokens the engine packs per sequence (prompt + response, no padding).</summary>
@@ -315,7 +320,10 @@ public sealed class Experiment
     /// <summary>The dataflow per algorithm (REFERENCE.md), the same calls as the engine's
     /// DataflowGraph: data edges follow keys. Without a reward model (<paramref name="rewardModel"/>
     /// false: a rule-based reward scored on the master) there are no rew_inf calls.</summary>
-    internal static List<ModelCall> BuildCalls(string algo, int b, int p, int g, int mbs, bool rewardModel = true)
+    internal static List<ModelCall> BuildCalls(string algo, int b, int p, int g, int mbs, bool rewardModel = true) =>
+        [.. DataflowCalls(algo, b, p, g, mbs, rewardModel).Select(c => c with { LossOnWorkers = c.Type == CallType.TrainStep && algo is "ppo" or "grpo" or "remax" or "rloo" })];
+
+    private static List<ModelCall> DataflowCalls(string algo, int b, int p, int g, int mbs, bool rewardModel)
     {
         // Output bytes per token: token ids + logprobs (+ mask) for generation, one fp32 per token for inference.
         ModelCall[] Rew(string name, string from) => rewardModel ? [new(name, "reward", CallType.Inference, [from], b, p, g, 1, 4)] : [];

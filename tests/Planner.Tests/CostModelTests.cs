@@ -218,7 +218,8 @@ public class CostModelTests
         var prof = MeasuredCpuLocalProfile();
         var r = PlanSearch.Run(cpu, timing, new SearchOptions(), prof);
         Assert.NotNull(r.SingleDeviceSeconds);
-        Assert.True(r.Workers.Best.Evaluation.IterationSeconds > 1.1 * r.SingleDeviceSeconds!.Value);
+        // 1.07x since the RL train calls compute their loss on the workers (one round trip per optimizer step, not two)
+        Assert.True(r.Workers.Best.Evaluation.IterationSeconds > 1.05 * r.SingleDeviceSeconds!.Value, $"plan in workers {r.Workers.Best.Evaluation.IterationSeconds} vs single {r.SingleDeviceSeconds}");
         // devices as threads of one process: no round trips and the profiled one-thread speed
         Assert.Equal(PlanExecution.InProcess, r.Execution);
         Assert.Same(r, r.InProcessSearch);

@@ -136,7 +136,15 @@ public class MeasuredStepTests
         Assert.Equal(8, train.OptimizerSteps * train.Epochs);
         Assert.Equal(12e-3, est.WorkerDispatchSeconds(gen), 9);
         Assert.Equal(3.5e-3, est.WorkerDispatchSeconds(inf), 9);
-        Assert.Equal(8 * (3.5e-3 + 2.5e-3), est.WorkerDispatchSeconds(train), 9);
+        // PPO's train calls compute their loss on the workers: one round trip per optimizer step (the backward
+        // kind: forward, loss, backward and step in one command); a train call of another algorithm two
+        Assert.True(train.LossOnWorkers);
+        Assert.Equal(8, Estimator.WorkerRoundTrips(train));
+        Assert.Equal(8 * 2.5e-3, est.WorkerDispatchSeconds(train), 9);
+        Assert.Equal(16, Estimator.WorkerRoundTrips(train with { LossOnWorkers = false }));
+        Assert.Equal(8 * (3.5e-3 + 2.5e-3), est.WorkerDispatchSeconds(train with { LossOnWorkers = false }), 9);
+        var sft = Experiment.Create("sft", "sft", 1, 8, 16, 8, 2, exp.Models).Calls.Single(c => c.Type == CallType.TrainStep);
+        Assert.False(sft.LossOnWorkers);
         // the mean is the figure for collectives between workers, and for a kind an older profile did not measure
         Assert.Equal(4e-3, est.Cluster.WorkerRoundTrip, 9);
         var older = new Estimator(Cpu, exp, new ProfileData { WorkerRoundTrips = [rt with { GenerateUs = null }] });

@@ -218,8 +218,8 @@ REALN_API realn_status realn_host_shared_info(const void* ptr, int32_t* fd, int6
     });
 }
 
-REALN_API realn_status realn_shared_map(int32_t pid, int32_t fd, uint64_t token, int64_t size, const void** out) {
-    return realn::guard("realn_shared_map", [&] {
+static realn_status shared_map(const char* name, int32_t pid, int32_t fd, uint64_t token, int64_t size, bool writable, void** out) {
+    return realn::guard(name, [&] {
         REALN_NOT_NULL(out);
         *out = nullptr;
         REALN_POSITIVE(pid);
@@ -227,7 +227,7 @@ REALN_API realn_status realn_shared_map(int32_t pid, int32_t fd, uint64_t token,
         REALN_POSITIVE(size);
         char path[64];
         std::snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
-        int mine = open(path, O_RDONLY | O_CLOEXEC);
+        int mine = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
         if (mine < 0) {
             int e = errno;
             if (e == EACCES || e == EPERM)
@@ -254,7 +254,7 @@ REALN_API realn_status realn_shared_map(int32_t pid, int32_t fd, uint64_t token,
         }
         // 2 MiB aligned, so the owner's huge pages map with one entry each.
         char* at = reserve_aligned(static_cast<size_t>(size));
-        void* p = at == nullptr ? MAP_FAILED : mmap(at, static_cast<size_t>(size), PROT_READ, MAP_SHARED | MAP_FIXED, mine, 0);
+        void* p = at == nullptr ? MAP_FAILED : mmap(at, static_cast<size_t>(size), writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED | MAP_FIXED, mine, 0);
         int e = errno;
         close(mine);  // the mapping keeps the memory alive
         if (p == MAP_FAILED) {
@@ -263,6 +263,14 @@ REALN_API realn_status realn_shared_map(int32_t pid, int32_t fd, uint64_t token,
         }
         *out = p;
     });
+}
+
+REALN_API realn_status realn_shared_map(int32_t pid, int32_t fd, uint64_t token, int64_t size, const void** out) {
+    return shared_map("realn_shared_map", pid, fd, token, size, false, const_cast<void**>(out));
+}
+
+REALN_API realn_status realn_shared_map_writable(int32_t pid, int32_t fd, uint64_t token, int64_t size, void** out) {
+    return shared_map("realn_shared_map_writable", pid, fd, token, size, true, out);
 }
 
 REALN_API realn_status realn_shared_unmap(const void* ptr, int64_t size) {

@@ -7,8 +7,9 @@
 // the senders' shards mapped from shared memory, or point-to-point UCX, whichever is fastest. Each
 // case is verified bit-exact before it is timed. Every cross-process repetition (case or reference)
 // is timed alike: the master names one instant at which all ranks start (Rendezvous.Start), and the
-// repetition lasts from it to the last participating rank's end, on the host's monotonic clock
-// (Stopwatch: CLOCK_MONOTONIC, one clock for every process of the host); the best repetition counts.
+// repetition lasts from the first participating rank's actual start to the last one's end, on the
+// host's monotonic clock (Stopwatch: CLOCK_MONOTONIC, one clock for every process of the host); the
+// best repetition counts.
 using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;
@@ -77,6 +78,7 @@ public static class BenchReallocCommand
                 ["cases_spin"] = extra["cases_spin"],
                 ["process_read"] = extra["process_read"],
                 ["shared_memory"] = extra["shared_memory"],
+                ["push"] = extra["push"],
                 ["p2p"] = extra["p2p"],
                 ["cases"] = cases.Select(c => new Dictionary<string, object?>
                 {
@@ -88,7 +90,7 @@ public static class BenchReallocCommand
                     ["streaming_copy_threads_gbps"] = Round(c.StreamingCopyThreadsGbps),
                     ["contiguous_read_gbps"] = Round(c.ContiguousReadGbps), ["contiguous_mapped_copy_gbps"] = Round(c.MappedCopyGbps),
                     ["p2p_gbps"] = Round(c.P2pGbps), ["shard_huge_page_fraction"] = c.ShardHugePageFraction is double h ? Math.Round(h, 3) : null,
-                    ["last_start_ms"] = Round(c.LastStartMs), ["reference_last_start_ms"] = Round(c.ReferenceLastStartMs),
+                    ["start_spread_ms"] = Round(c.StartSpreadMs), ["reference_start_spread_ms"] = Round(c.ReferenceStartSpreadMs),
                 }.Where(kv => kv.Value is not null).ToDictionary(kv => kv.Key, kv => kv.Value!)).ToList(),
             };
             Console.WriteLine(JsonSerializer.Serialize(o, new JsonSerializerOptions { WriteIndented = true }));
@@ -108,13 +110,11 @@ public static class BenchReallocCommand
     }
 
     /// <summary>The best repetition of a timed figure of the workers' reports (key NAME_ticks, or a
-    /// case's entry of it): each repetition timed from the instant all its participants were
-    /// released at to its last participant's end on the host's clock
-    /// (CrossProcessReallocBench.RepSeconds); how late the last participant started in that
-    /// repetition beside it (milliseconds). A reference (<paramref name="reference"/>) is timed from
-    /// the last participant's actual start instead (CrossProcessReallocBench.ReferenceRepSeconds): a
-    /// late-woken rank must not make the reference slower. Null when no rank took part.</summary>
-    internal static (double Seconds, double LateMs)? Best(Dictionary<int, JsonElement> reports, string key, int? caseIndex = null, bool reference = false)
+    /// case's entry of it): each repetition timed from its first participant's actual start to its
+    /// last participant's end on the host's clock (CrossProcessReallocBench.RepSeconds, one rule for
+    /// cases and references); how long after the first participant the last one started in that
+    /// repetition beside it (milliseconds). Null when no rank took part.</summary>
+    internal static (double Seconds, double SpreadMs)? Best(Dictionary<int, JsonElement> reports, string key, int? caseIndex = null)
     {
         long f = reports.Values.First().GetProperty("ticks_per_second").GetInt64();
         JsonElement Reps(JsonElement report) => caseIndex is int c ? report.GetProperty(key)[c] : report.GetProperty(key);
@@ -125,8 +125,8 @@ public static class BenchReallocCommand
         {
             var entries = reports.Values.Select(r => Ticks(Reps(r)[i])).ToList();
             if (entries.All(e => e.Length == 0)) continue;
-            double sec = reference ? CrossProcessReallocBench.ReferenceRepSeconds(entries, f) : CrossProcessReallocBench.RepSeconds(entries, f);
-            if (best is null || sec < best.Value.Item1) best = (sec, CrossProcessReallocBench.StartLateness(entries, f) * 1e3);
+            double sec = CrossProcessReallocBench.RepSeconds(entries, f);
+            if (best is null || sec < best.Value.Item1) best = (sec, CrossProcessReallocBench.StartSpread(entries, f) * 1e3);
         }
         return best;
     }
@@ -135,16 +135,15 @@ public static class BenchReallocCommand
     private static Dictionary<string, object> P2pFigures(Dictionary<int, JsonElement> reports)
     {
         var tagged = new Dictionary<string, double>();
-        // The point-to-point figures are references of the cross-process cases: timed from the last participant's start.
-        double Gbps(string name) => Best(reports, name + "_ticks", reference: true) is var (s, _) ? Math.Round(CrossProcessReallocBench.P2pBytes / s / 1e9, 2) : 0;
+        double Gbps(string name) => Best(reports, name + "_ticks") is var (s, _) ? Math.Round(CrossProcessReallocBench.P2pBytes / s / 1e9, 2) : 0;
         foreach (long b in CrossProcessReallocBench.P2pSizes)
         {
             string key = b == CrossProcessReallocBench.P2pBytes ? "p2p" : $"p2p_{b >> 20}";
-            if (Best(reports, key + "_ticks", reference: true) is var (s, _)) tagged[$"tag_{b >> 20}MiB"] = Math.Round(b / s / 1e9, 2);
+            if (Best(reports, key + "_ticks") is var (s, _)) tagged[$"tag_{b >> 20}MiB"] = Math.Round(b / s / 1e9, 2);
         }
         tagged[$"tag_{CrossProcessReallocBench.P2pBytes >> 20}MiB_in_{TransportRealloc.DefaultDirectPieceBytes >> 20}MiB_pieces"] = Gbps(CrossProcessReallocBench.PiecesKey);
         foreach (var k in new[] { "put", "get", "read" })
-            if (reports[0].TryGetProperty(k + "_ticks", out _) && Best(reports, k + "_ticks", reference: true) is not null)
+            if (reports[0].TryGetProperty(k + "_ticks", out _) && Best(reports, k + "_ticks") is not null)
                 tagged[$"{k}_{CrossProcessReallocBench.P2pBytes >> 20}MiB"] = Gbps(k);
         return new Dictionary<string, object> { ["transport"] = reports[1].GetProperty("transport").GetString()!, ["p2p"] = tagged };
     }
@@ -160,6 +159,8 @@ public static class BenchReallocCommand
         extra["process_read"] = reports.Values.Any(r => r.TryGetProperty("process_read_bytes", out var b) && b.GetInt64() > 0);
         // Whether they copied out of the senders' mapped shards (shared memory).
         extra["shared_memory"] = reports.Values.Any(r => r.TryGetProperty("shared_read_bytes", out var b) && b.GetInt64() > 0);
+        // Whether senders wrote their receivers' shared destinations themselves (push).
+        extra["push"] = reports.Values.Any(r => r.TryGetProperty("pushed_bytes", out var b) && b.GetInt64() > 0);
         // The progress threads' spin count during the cases (0 where the copy threads fill the cores).
         extra["cases_spin"] = reports[0].GetProperty("cases_spin").GetInt32();
         // The point-to-point reference: the best tagged rank 0 -> rank 1 bandwidth among the bulk
@@ -176,36 +177,37 @@ public static class BenchReallocCommand
         for (int c = 0; c < pairs.Count; c++)
         {
             // Every repetition of the case and of its references is timed alike: all participants
-            // are released at one instant (Rendezvous.Start), the repetition lasts from it to the
-            // last participant's end; the figure is the best repetition.
-            var (sec, late) = Best(reports, "case_rep_ticks", c) ?? throw new InvalidOperationException($"case {c}: no rank took part");
+            // are released at one instant (Rendezvous.Start), the repetition lasts from the first
+            // participant's start to the last one's end; the figure is the best repetition.
+            var (sec, spread) = Best(reports, "case_rep_ticks", c) ?? throw new InvalidOperationException($"case {c}: no rank took part");
             var plan = ReallocPlan.Build(pairs[c].From, pairs[c].To, factory, 4, _ => 0);
             long bytes = plan.RemoteBytes + plan.LocalBytes;
             // The process-to-process references: the same receivers reading the same bytes from the
             // same senders as contiguous regions, concurrently (ContiguousReads); null where a rank
             // could not read its senders' processes (or map their shards).
-            (double Gbps, double LateMs)? Reference(string key, string available)
+            (double Gbps, double SpreadMs)? Reference(string key, string available)
             {
                 if (!reports.Values.All(rep => rep.GetProperty(available)[c].GetBoolean())) return null;
-                return Best(reports, key, c, reference: true) is var (s, sp) ? (bytes / s / 1e9, sp) : null;
+                return Best(reports, key, c) is var (s, sp) ? (bytes / s / 1e9, sp) : null;
             }
             var read = Reference("contiguous_read_rep_ticks", "contiguous_read_available");
             // Copies of the same contiguous regions out of the senders' mapped shards (shared memory).
             var mapped = Reference("mapped_copy_rep_ticks", "mapped_copy_available");
-            var (refName, refGbps, refLate) = new[] { ("p2p", p2p, (double?)null), ("contiguous_read", read?.Gbps ?? 0, read?.LateMs), ("contiguous_mapped_copy", mapped?.Gbps ?? 0, mapped?.LateMs) }.MaxBy(x => x.Item2);
+            var (refName, refGbps, refLate) = new[] { ("p2p", p2p, (double?)null), ("contiguous_read", read?.Gbps ?? 0, read?.SpreadMs), ("contiguous_mapped_copy", mapped?.Gbps ?? 0, mapped?.SpreadMs) }.MaxBy(x => x.Item2);
             var bc = new ReallocBenchCase(InProcessReallocBenchmark.Describe(pairs[c].From), InProcessReallocBenchmark.Describe(pairs[c].To),
                 "cross-process", bytes, sec, bytes / sec / 1e9, refGbps)
             {
                 Reference = refName, ContiguousReadGbps = read?.Gbps, MappedCopyGbps = mapped?.Gbps, P2pGbps = p2p,
                 ShardHugePageFraction = reports.Values.Min(rep => rep.TryGetProperty("shard_huge_page_fraction", out var f) ? f[c].GetDouble() : 1.0),
-                LastStartMs = late, ReferenceLastStartMs = refLate,
+                StartSpreadMs = spread, ReferenceStartSpreadMs = refLate,
             };
             log?.Invoke($"{bc.From} -> {bc.To}: {bytes / 1e9:F2} GB in {sec * 1e3:F0} ms, {bc.Gbps:F2} GB/s, contiguous reads {(read is { } r ? $"{r.Gbps:F2} GB/s" : "unavailable")}, "
                         + $"contiguous mapped copies {(mapped is { } m ? $"{m.Gbps:F2} GB/s" : "unavailable")}, p2p {p2p:F2} GB/s, ratio {bc.Ratio:F2} (of {bc.Reference}); "
-                        + $"last start {late:F2} ms after the release (reference {refLate?.ToString("F2") ?? "-"} ms); shards on 2 MiB pages: {bc.ShardHugePageFraction:P0}");
+                        + $"last start {spread:F2} ms after the first (reference {refLate?.ToString("F2") ?? "-"} ms); shards on 2 MiB pages: {bc.ShardHugePageFraction:P0}");
             result.Add(bc);
         }
-        log?.Invoke((bool)extra["shared_memory"] ? "cross-process cases copied out of the senders' shards mapped from shared memory (REALN_REALLOC_SHARED_MEMORY=0: process_vm_readv)"
+        log?.Invoke((bool)extra["push"] ? "cross-process cases: the senders wrote their receivers' shared destination shards (REALN_REALLOC_PUSH=0: the receivers copy out of the senders' mapped shards)"
+                    : (bool)extra["shared_memory"] ? "cross-process cases copied out of the senders' shards mapped from shared memory (REALN_REALLOC_SHARED_MEMORY=0: process_vm_readv)"
                     : (bool)extra["process_read"] ? "cross-process cases read the senders' shards with process_vm_readv (REALN_REALLOC_PROCESS_READ=0: over UCX)"
                     : "cross-process cases moved everything over UCX");
         log?.Invoke($"transport {extra["transport"]} (cases: spin {extra["cases_spin"]}); point-to-point GB/s: {string.Join(", ", p2pFig.Select(x => $"{x.Key} {x.Value}"))}");

@@ -24,10 +24,10 @@ internal sealed record ReallocBenchCase(string From, string To, string Kind, lon
     /// <summary>Cross-process cases: the least share of a rank's shards on 2 MiB pages.</summary>
     public double? ShardHugePageFraction { get; init; }
     public double? P2pGbps { get; init; }
-    /// <summary>Cross-process cases: how late after the release instant the last participant of the
-    /// timed repetition started (milliseconds), in the case and in the reference chosen.</summary>
-    public double? LastStartMs { get; init; }
-    public double? ReferenceLastStartMs { get; init; }
+    /// <summary>Cross-process cases: how long after the first participant of the timed repetition
+    /// the last one started (milliseconds), in the case and in the reference chosen.</summary>
+    public double? StartSpreadMs { get; init; }
+    public double? ReferenceStartSpreadMs { get; init; }
 }
 
 /// <summary>

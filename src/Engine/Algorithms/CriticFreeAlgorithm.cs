@@ -3,6 +3,7 @@
 // surrogate with k3 KL to the reference (Losses.ClippedPolicy) and DAPO's options. Formulas:
 // docs/algorithms.md.
 using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Parallelism;
 
 namespace ReaLNative.Engine.Algorithms;
 

@@ -4,14 +4,11 @@
 // native logprobs_bwd and its own backward. Accumulation is in double so tests can compare with
 // hand-computed values tightly.
 using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Parallelism;
 
 namespace ReaLNative.Engine.Algorithms;
 
-internal readonly record struct ValueLossStats(double Loss, double ClipFraction, int Tokens);
 internal readonly record struct PairLossStats(double Loss, double Accuracy, double MeanMargin);
-/// <summary>Figures of <see cref="Losses.ClippedPolicy"/>: the whole loss, its surrogate and k3 KL parts,
-/// the fraction of tokens whose ratio was clipped (gradient 0), the aggregated k3 and the tokens that trained.</summary>
-internal readonly record struct ClippedPolicyStats(double Loss, double Surrogate, double KlTerm, double ClipFraction, double K3, int Tokens, int Sequences);
 
 internal static class Losses
 {
@@ -57,40 +54,11 @@ internal static class Losses
         if (nseq < 0 || cuSeqlens[nseq] != t) throw new ArgumentException($"cu_seqlens must end at {t}", nameof(cuSeqlens));
         if (aggregation is not (LossAggregation.Token or LossAggregation.Sequence))
             throw new ArgumentException($"aggregation '{aggregation}': allowed values token | sequence", nameof(aggregation));
-        dLogp.Clear();
-        int tokens = 0, seqs = 0;
-        for (int s = 0; s < nseq; s++)
-            if (keep[s] && cuSeqlens[s + 1] > cuSeqlens[s]) { tokens += cuSeqlens[s + 1] - cuSeqlens[s]; seqs++; }
-        if (tokens == 0) return new ClippedPolicyStats(0, 0, 0, 0, 0, 0, 0);
-        double sur = 0, klSum = 0, k3Sum = 0, clipped = 0;
-        for (int s = 0; s < nseq; s++)
-        {
-            int len = cuSeqlens[s + 1] - cuSeqlens[s];
-            if (!keep[s] || len == 0) continue;
-            double w = aggregation == LossAggregation.Token ? 1.0 / tokens : 1.0 / ((double)seqs * len);
-            for (int i = cuSeqlens[s]; i < cuSeqlens[s + 1]; i++)
-            {
-                double a = advantages[i], lr = (double)logp[i] - oldLogp[i], r = Math.Exp(lr);
-                double s1 = -a * r, s2 = -a * Math.Clamp(r, 1 - clipLow, 1 + clipHigh);
-                double g = 0, behaviourWeight = 1;
-                if (behaviourLogp.Length != 0)
-                {
-                    behaviourWeight = Math.Exp((double)oldLogp[i] - behaviourLogp[i]);
-                    if (behaviourWeightCap > 0 && behaviourWeight > behaviourWeightCap) behaviourWeight = 0;
-                }
-                if (s1 >= s2) { sur += w * behaviourWeight * s1; g = -a * r * behaviourWeight; }
-                else { sur += w * behaviourWeight * s2; clipped++; }
-                if (refLogp.Length != 0)
-                {
-                    double d = (double)refLogp[i] - logp[i], e = Math.Exp(d), k3 = e - d - 1;
-                    k3Sum += w * k3;
-                    klSum += w * klCoef * k3;
-                    g += klCoef * (1 - e);
-                }
-                dLogp[i] = (float)(w * g);
-            }
-        }
-        return new ClippedPolicyStats(sur + klSum, sur, klSum, clipped / tokens, k3Sum, tokens, seqs);
+        var (tokens, seqs) = ShardLosses.ClippedPolicyCounts(cuSeqlens, keep);
+        var sums = new ClippedPolicySums();
+        ShardLosses.ClippedPolicyTerms(logp, oldLogp, advantages, refLogp, cuSeqlens, keep,
+                                       new PolicyLossOptions(clipLow, clipHigh, aggregation, klCoef, behaviourWeightCap), tokens, seqs, dLogp, behaviourLogp, ref sums);
+        return ShardLosses.ClippedPolicyResult(sums, tokens, seqs);
     }
 
     /// <summary>
@@ -128,19 +96,9 @@ internal static class Losses
         CheckLen(nameof(oldValues), oldValues.Length, t); CheckLen(nameof(returns), returns.Length, t);
         CheckLen(nameof(mask), mask.Length, t); CheckLen(nameof(dValues), dValues.Length, t);
         int n = CountMask(mask);
-        dValues.Clear();
-        if (n == 0) return new ValueLossStats(0, 0, 0);
-        double loss = 0, clipped = 0;
-        for (int i = 0; i < t; i++)
-        {
-            if (mask[i] == 0) continue;
-            double v = values[i], old = oldValues[i], ret = returns[i];
-            double vc = old + Math.Clamp(v - old, -clipEps, clipEps);
-            double l1 = (v - ret) * (v - ret), l2 = (vc - ret) * (vc - ret);
-            if (l1 >= l2) { loss += l1; dValues[i] = (float)((v - ret) / n); }
-            else { loss += l2; clipped++; }
-        }
-        return new ValueLossStats(0.5 * loss / n, clipped / n, n);
+        var sums = new ClippedValueSums();
+        ShardLosses.ClippedValueTerms(values, oldValues, returns, mask, clipEps, n, dValues, ref sums);
+        return ShardLosses.ClippedValueResult(sums, n);
     }
 
     /// <summary>

@@ -154,6 +154,16 @@ internal interface IReplica : IDisposable
     void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores);
     double SftStep(ScoredBatch batch);
     double Step();
+    /// <summary>One optimizer step of the clipped policy loss on minibatch <paramref name="batch"/>
+    /// (sequences from <paramref name="s0"/>, actions from <paramref name="a0"/> of the call's
+    /// rollout), the loss and its per-token gradient computed by the ranks of the last pipeline stage
+    /// (ShardReplica.PolicyStep); returns the minibatch's loss figures (those of Losses.ClippedPolicy
+    /// on it) and the gradient norm. <paramref name="inputs"/> is one object per train call.</summary>
+    (ClippedPolicyStats Stats, double GradNorm) PolicyStep(ScoredBatch batch, int s0, int a0, float temperature, PolicyLossInputs inputs, bool ratioBaseFromForward);
+    /// <summary>One optimizer step of the clipped value loss on minibatch <paramref name="batch"/>
+    /// (actions from <paramref name="a0"/> of the call's rollout), computed by the last stage's ranks
+    /// (ShardReplica.ValueStep); the minibatch's loss figures and the gradient norm.</summary>
+    (ValueLossStats Stats, double GradNorm) ValueStep(ScoredBatch batch, int a0, ValueLossInputs inputs);
     GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt);
 
     /// <summary>Parameter reallocation from another replica of the same model (bit-exact): bf16
@@ -293,6 +303,24 @@ internal sealed unsafe class DistributedModel : IReplica
     {
         if (!Trainable) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
         return Run("optimizer step", s => s.Step())[0];
+    }
+
+    public (ClippedPolicyStats Stats, double GradNorm) PolicyStep(ScoredBatch batch, int s0, int a0, float temperature, PolicyLossInputs inputs, bool ratioBaseFromForward)
+    {
+        if (!Trainable) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
+        var (tokens, seqs) = inputs.Minibatch(batch, s0, a0);
+        // The ranks read the caller's arrays; one rank per data-parallel part writes a forward's ratio base.
+        var r = Run("policy step", s => s.PolicyStep(batch, s0, a0, temperature, inputs, tokens, seqs, ratioBaseFromForward, writeRatioBase: s.Collects));
+        return (r.Single(x => x.Stats is not null).Stats!.Value, r[0].GradNorm);
+    }
+
+    public (ValueLossStats Stats, double GradNorm) ValueStep(ScoredBatch batch, int a0, ValueLossInputs inputs)
+    {
+        if (!Trainable) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
+        if (!ScalarHead) throw new ArgumentException($"{_name}: values need a scalar-head model");
+        inputs.CheckMinibatch(batch, a0);
+        var r = Run("value step", s => s.ValueStep(batch, a0, inputs));
+        return (r.Single(x => x.Stats is not null).Stats!.Value, r[0].GradNorm);
     }
 
     public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt)
@@ -480,10 +508,13 @@ internal static class InProcessTimings
             }
             var gen = Beyond(o => o == "generate");
             var fwd = Beyond(o => o is "logprobs" or "values");
+            // a train step: one fused operation where the devices compute the loss (policy step, value step: forward, loss,
+            // backward and optimizer step), else a backward after the master's loss and the optimizer step dispatched apart
+            var fused = Beyond(o => o is "policy step" or "value step");
             var bwd = Beyond(o => o is "train (log-probs)" or "train (values)");
             var opt = Beyond(o => o == "optimizer step");
             string F(double? v) => v is { } x ? x.ToString("F3", System.Globalization.CultureInfo.InvariantCulture) : "-";
-            sb.AppendLine($"{SummaryPrefix} generate {F(gen)} forward {F(fwd)} backward {F(bwd is { } b ? b + (opt ?? 0) : null)}");
+            sb.AppendLine($"{SummaryPrefix} generate {F(gen)} forward {F(fwd)} backward {F(fused ?? (bwd is { } b ? b + (opt ?? 0) : null))}");
             return sb.ToString();
         }
     }

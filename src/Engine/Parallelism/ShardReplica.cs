@@ -179,6 +179,126 @@ internal sealed unsafe class ShardReplica : IDisposable
         });
     }
 
+    /// <summary>
+    /// One optimizer step of the clipped policy loss on minibatch <paramref name="batch"/>, sequences
+    /// [s0, s0 + count) of a train call's rollout (its actions from <paramref name="a0"/>), with the
+    /// loss computed here: every rank of the last pipeline stage takes its micro-batches' log-probs
+    /// from the training forward, computes the loss's per-token gradient from
+    /// <paramref name="inputs"/> (read at the rollout's indices of its data-parallel part only) and
+    /// the minibatch's counts <paramref name="tokens"/> / <paramref name="seqs"/>
+    /// (ShardLosses.ClippedPolicyCounts), then backward, the gradient all-reduce and the AdamW step
+    /// run as for <see cref="BackwardLogProbs"/> and <see cref="Step"/>. The collecting ranks then
+    /// hand the loss's running sums on in data-parallel order, so the last one (data index dp - 1)
+    /// returns the figures of the whole minibatch with the bits of Losses.ClippedPolicy on it; other
+    /// ranks return null figures. <paramref name="ratioBaseFromForward"/>: this minibatch's ratio
+    /// base is the forward's own log-probs (the proximal policy of an off-policy batch, first epoch),
+    /// written into inputs.RatioBase where <paramref name="writeRatioBase"/> for the later epochs.
+    /// </summary>
+    public (double GradNorm, ClippedPolicyStats? Stats) PolicyStep(ScoredBatch batch, int s0, int a0, float temperature, PolicyLossInputs inputs,
+                                                                   int tokens, int seqs, bool ratioBaseFromForward, bool writeRatioBase)
+    {
+        var (first, end) = LossPart(batch);
+        int p0 = batch.ActionCu[first], pn = batch.ActionCu[end] - p0;
+        // The part's log-probs from the training forward, kept for the loss's figures.
+        var partLogp = ComputesLoss ? new float[pn] : [];
+        var o = inputs.Options;
+        Runner.TrainLogProbs(Sequences(batch), MicroBatches, temperature, (mb, lp, d) =>
+        {
+            int f = mb.Ids[0], e = mb.Ids[^1] + 1, k0 = batch.ActionCu[f], len = batch.ActionCu[e] - k0;
+            var lpA = partLogp.AsSpan(k0 - p0, len);
+            var rows = ActionRows(batch, mb);
+            foreach (var (k, row) in rows) lpA[k - k0] = lp[row];
+            if (ratioBaseFromForward && writeRatioBase) lpA.CopyTo(inputs.RatioBase.AsSpan(a0 + k0, len));
+            var dA = new float[len];
+            var sums = new ClippedPolicySums();
+            ShardLosses.ClippedPolicyTerms(lpA, ratioBaseFromForward ? lpA : inputs.RatioBase.AsSpan(a0 + k0, len), inputs.Advantages.AsSpan(a0 + k0, len),
+                                           Slice(inputs.Ref, a0 + k0, len), LocalCu(batch, f, e), inputs.Keep.AsSpan(s0 + f, e - f), o, tokens, seqs, dA,
+                                           Slice(inputs.Behaviour, a0 + k0, len), ref sums);
+            foreach (var (k, row) in rows) d[row] = dA[k - k0];
+            return 0;
+        });
+        double norm = Step();
+        if (!Collects) return (norm, null);
+        var chained = new double[ClippedPolicySums.Count];
+        fixed (double* c = chained)
+        {
+            double* at = c;
+            Comm.DpChain(c, ClippedPolicySums.Count, () =>
+            {
+                var sums = new ClippedPolicySums { Surrogate = at[0], Kl = at[1], K3 = at[2], Clipped = at[3] };
+                ShardLosses.ClippedPolicyTerms(partLogp, inputs.RatioBase.AsSpan(a0 + p0, pn), inputs.Advantages.AsSpan(a0 + p0, pn), Slice(inputs.Ref, a0 + p0, pn),
+                                               LocalCu(batch, first, end), inputs.Keep.AsSpan(s0 + first, end - first), o, tokens, seqs, new float[pn],
+                                               Slice(inputs.Behaviour, a0 + p0, pn), ref sums);
+                at[0] = sums.Surrogate; at[1] = sums.Kl; at[2] = sums.K3; at[3] = sums.Clipped;
+            });
+        }
+        if (Comm.Data != Layout.Dp - 1) return (norm, null);
+        var total = new ClippedPolicySums { Surrogate = chained[0], Kl = chained[1], K3 = chained[2], Clipped = chained[3] };
+        return (norm, ShardLosses.ClippedPolicyResult(total, tokens, seqs));
+    }
+
+    /// <summary>
+    /// One optimizer step of PPO's clipped value loss on minibatch <paramref name="batch"/> (its
+    /// actions from <paramref name="a0"/> of the rollout), computed here as <see cref="PolicyStep"/>
+    /// computes the policy loss: the last stage's ranks take the values from the training forward
+    /// and the gradient from <paramref name="inputs"/> (their data-parallel part), backward and
+    /// AdamW step follow, and the collecting rank of data index dp - 1 returns the whole minibatch's
+    /// figures (the bits of Losses.ClippedValue on it); other ranks return null figures.
+    /// </summary>
+    public (double GradNorm, ValueLossStats? Stats) ValueStep(ScoredBatch batch, int a0, ValueLossInputs inputs)
+    {
+        if (!Shard.ScalarHead) throw new ArgumentException("values need a scalar-head model");
+        var (first, end) = LossPart(batch);
+        int p0 = batch.ActionCu[first], pn = batch.ActionCu[end] - p0, n = batch.Actions;
+        var partValues = ComputesLoss ? new float[pn] : [];
+        Runner.TrainStep(Sequences(batch), MicroBatches, (mb, output, d) =>
+        {
+            int f = mb.Ids[0], e = mb.Ids[^1] + 1, k0 = batch.ActionCu[f], len = batch.ActionCu[e] - k0;
+            var vA = partValues.AsSpan(k0 - p0, len);
+            var rows = ActionRows(batch, mb);
+            foreach (var (k, row) in rows) vA[k - k0] = output[row];
+            var dA = new float[len];
+            var sums = new ClippedValueSums();
+            ShardLosses.ClippedValueTerms(vA, inputs.OldValues.AsSpan(a0 + k0, len), inputs.Returns.AsSpan(a0 + k0, len), [], inputs.ClipEps, n, dA, ref sums);
+            new Span<float>(d, mb.Packed.TotalTokens).Clear();
+            foreach (var (k, row) in rows) d[row] += dA[k - k0];
+            return 0;
+        });
+        double norm = Step();
+        if (!Collects) return (norm, null);
+        var chained = new double[ClippedValueSums.Count];
+        fixed (double* c = chained)
+        {
+            double* at = c;
+            Comm.DpChain(c, ClippedValueSums.Count, () =>
+            {
+                var sums = new ClippedValueSums { Loss = at[0], Clipped = at[1] };
+                ShardLosses.ClippedValueTerms(partValues, inputs.OldValues.AsSpan(a0 + p0, pn), inputs.Returns.AsSpan(a0 + p0, pn), [], inputs.ClipEps, n,
+                                              new float[pn], ref sums);
+                at[0] = sums.Loss; at[1] = sums.Clipped;
+            });
+        }
+        if (Comm.Data != Layout.Dp - 1) return (norm, null);
+        return (norm, ShardLosses.ClippedValueResult(new ClippedValueSums { Loss = chained[0], Clipped = chained[1] }, n));
+    }
+
+    /// <summary>Sequences [first, end) of <paramref name="batch"/>: this rank's data-parallel part, whose loss inputs it reads.</summary>
+    public (int First, int End) LossPart(ScoredBatch batch)
+    {
+        var part = Runner.DataPart(Sequences(batch));
+        return part.Length == 0 ? (0, 0) : (part[0], part[^1] + 1);
+    }
+
+    private static ReadOnlySpan<float> Slice(float[] perAction, int at, int count) => perAction.Length == 0 ? default : perAction.AsSpan(at, count);
+
+    /// <summary>Action offsets of sequences [first, end) of <paramref name="b"/>, from 0.</summary>
+    private static int[] LocalCu(ScoredBatch b, int first, int end)
+    {
+        var cu = new int[end - first + 1];
+        for (int j = 0; j <= end - first; j++) cu[j] = b.ActionCu[first + j] - b.ActionCu[first];
+        return cu;
+    }
+
     /// <summary>One AdamW step (every rank of a trainable replica); returns the global gradient norm before clipping.</summary>
     public double Step() => (Optimizer ?? throw new InvalidOperationException("an inference replica has no optimizer")).StepOnce();
 

@@ -24,8 +24,9 @@ internal static unsafe class InProcessRealloc
             Require(destination, d, plan.DestinationLayoutOf(d).TotalElements * plan.ElementSize, "destination");
         long es = plan.ElementSize;
         // Copies as (src, dst, bytes) pieces of at most PieceBytes, taken by the threads in work
-        // items of about PieceBytes: small per-row intervals are batched, big ones split.
-        var pieces = new List<(nint Src, nint Dst, long Bytes)>();
+        // items of about PieceBytes: small per-row intervals are batched, big ones split. The pieces
+        // of every step that reads one source device come in source order (SourceOrder).
+        var runs = new List<(int SrcDevice, List<(nint Src, nint Dst, long Bytes)> Pieces)>();
         long total = 0;
         foreach (var step in plan.Steps)
         {
@@ -33,16 +34,52 @@ internal static unsafe class InProcessRealloc
             foreach (var dd in step.DstDevices)
             {
                 byte* t = (byte*)destination[dd].Pointer;
+                var run = new List<(nint Src, nint Dst, long Bytes)>(step.Intervals.Count);
                 foreach (var iv in step.Intervals)
                 {
                     long n = iv.Length * es, so = iv.SrcOffset * es, to = iv.DstOffset * es;
                     for (long o = 0; o < n; o += PieceBytes)
-                        pieces.Add(((nint)(s + so + o), (nint)(t + to + o), Math.Min(PieceBytes, n - o)));
+                        run.Add(((nint)(s + so + o), (nint)(t + to + o), Math.Min(PieceBytes, n - o)));
                     total += n;
                 }
+                runs.Add((step.SrcDevice, run));
             }
         }
+        var pieces = new List<(nint Src, nint Dst, long Bytes)>(runs.Sum(r => r.Pieces.Count));
+        foreach (var group in runs.GroupBy(r => r.SrcDevice))
+            SourceOrder(group.Select(r => r.Pieces).ToList(), pieces);
         CopyPieces(pieces, total, streamMinBytes);
+    }
+
+    /// <summary>Appends the pieces of <paramref name="runs"/> (each in ascending source order, as a
+    /// step's intervals are; all reading one source buffer) to <paramref name="into"/> merged by
+    /// source address. A tensor split along its rows (the row-parallel weights of a tensor-parallel
+    /// layout) sends part of every row to each destination: copied one destination after the
+    /// other, each pass reads part rows, and part rows read at about half the bandwidth of whole
+    /// ones, the hardware prefetchers fetching the rest of each row anyway (measured on the
+    /// development machine, one thread, 2 KiB halves of 4 KiB rows: 10.5 GB/s against 20 for the
+    /// same bytes as whole rows split to two destinations). Merged, every row is read once, in
+    /// order. The order does not change the result: destination ranges never overlap.
+    /// A linear scan of the runs' heads: there are few runs per source (its destinations).</summary>
+    internal static void SourceOrder(List<List<(nint Src, nint Dst, long Bytes)>> runs, List<(nint Src, nint Dst, long Bytes)> into)
+    {
+        if (runs.Count == 1) { into.AddRange(runs[0]); return; }
+        var next = new int[runs.Count];
+        while (true)
+        {
+            int best = -1;
+            for (int r = 0; r < runs.Count; r++)
+                if (next[r] < runs[r].Count && (best < 0 || runs[r][next[r]].Src < runs[best][next[best]].Src)) best = r;
+            if (best < 0) return;
+            // Take the whole stretch of this run that comes before every other run's head.
+            nint limit = nint.MaxValue;
+            for (int r = 0; r < runs.Count; r++)
+                if (r != best && next[r] < runs[r].Count && runs[r][next[r]].Src < limit) limit = runs[r][next[r]].Src;
+            var run = runs[best];
+            int i = next[best];
+            do into.Add(run[i++]); while (i < run.Count && run[i].Src <= limit);
+            next[best] = i;
+        }
     }
 
     /// <summary>Copies (src, dst, bytes) pieces, none longer than 4 MiB, that total

@@ -90,6 +90,31 @@ internal static class IntervalMath
         return result;
     }
 
+    /// <summary><paramref name="intervals"/> cut into <paramref name="parts"/> consecutive parts of
+    /// equal length (to an element; an interval that straddles a boundary is cut in two), in order.</summary>
+    public static List<Interval>[] Split(IReadOnlyList<Interval> intervals, int parts)
+    {
+        if (parts < 1) throw new ArgumentOutOfRangeException(nameof(parts), parts, "at least one part");
+        long total = TotalLength(intervals);
+        var result = Enumerable.Range(0, parts).Select(_ => new List<Interval>()).ToArray();
+        int part = 0;
+        long done = 0;   // elements placed before the current interval's remainder
+        foreach (var iv0 in intervals)
+        {
+            var iv = iv0;
+            while (iv.Length > 0)
+            {
+                long end = total * (part + 1) / parts;   // this part ends at this many elements
+                long take = Math.Min(iv.Length, end - done);
+                if (take <= 0) { part++; continue; }
+                result[part].Add(new Interval(iv.SrcOffset, iv.DstOffset, take));
+                done += take;
+                iv = new Interval(iv.SrcOffset + take, iv.DstOffset + take, iv.Length - take);
+            }
+        }
+        return result;
+    }
+
     public static long TotalLength(IReadOnlyList<Interval> intervals)
     {
         long n = 0;

@@ -4,14 +4,17 @@ namespace ReaLNative.Engine.Realloc;
 
 /// <summary>
 /// The shared shard blocks of other processes of this host that a <see cref="TransportRealloc"/>
-/// has mapped (read-only, <see cref="SharedHostMemory"/>), kept between reallocations: mapping a
+/// has mapped (<see cref="SharedHostMemory"/>: read-only, a sender's shard it reads; writable, a
+/// receiver's destination shard it writes), kept between reallocations: mapping a
 /// block costs a page-table entry per 4 KiB page on its first reads (about as long as copying the
 /// block once), so a reallocation that mapped afresh every time would run at half speed. A block is
 /// known by its owner's process id and its random token (a freed and reallocated buffer has a new
 /// one). Lifetime:
 /// - an entry is used only between the owner's announcement of the block (at the start of a
 ///   reallocation) and this process's "done" (the owner does not return from the reallocation,
-///   and so neither writes nor frees the block, before every reader said done);
+///   and so neither writes nor frees the block, before every reader said done); a writable entry
+///   only between a receiver's announcement of its destination and this process's word that it
+///   wrote it (the receiver neither reads nor frees its destination before that word);
 /// - a lease (<see cref="Acquire"/>) pins an entry while a copy runs; only unleased entries are unmapped;
 /// - entries of processes that have exited are unmapped at the next <see cref="Sweep"/> (the start
 ///   of each reallocation), all entries after a failed reallocation (<see cref="DropUnused"/>),
@@ -27,6 +30,7 @@ internal sealed class PeerMappings : IDisposable
     {
         public required int Pid;
         public required ulong Token;
+        public required bool Writable;
         public required nint Base;
         public required long Size;
         public long LastUse;
@@ -34,7 +38,7 @@ internal sealed class PeerMappings : IDisposable
     }
 
     private readonly object _lock = new();
-    private readonly Dictionary<(int Pid, ulong Token), Entry> _entries = [];
+    private readonly Dictionary<(int Pid, ulong Token, bool Writable), Entry> _entries = [];
     private long _clock;
     private bool _disposed;
 
@@ -64,14 +68,17 @@ internal sealed class PeerMappings : IDisposable
         }
     }
 
-    /// <summary>The block process <paramref name="pid"/> announced, mapped now or earlier. Throws
-    /// what <see cref="SharedHostMemory.Map"/> throws.</summary>
-    public Lease Acquire(int pid, SharedHostMemory.Descriptor d)
+    /// <summary>The block process <paramref name="pid"/> announced, mapped now or earlier: read-only,
+    /// or for reading and writing (<paramref name="writable"/>: a receiver's destination shard that
+    /// this process writes, kept apart from read-only mappings of the same block). Throws what
+    /// <see cref="SharedHostMemory.Map"/> throws.</summary>
+    public Lease Acquire(int pid, SharedHostMemory.Descriptor d, bool writable = false)
     {
+        var key = (pid, d.Token, writable);
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (_entries.TryGetValue((pid, d.Token), out var e) && e.Size == d.Size)
+            if (_entries.TryGetValue(key, out var e) && e.Size == d.Size)
             {
                 e.LastUse = ++_clock;
                 e.Leases++;
@@ -79,21 +86,21 @@ internal sealed class PeerMappings : IDisposable
             }
         }
         // Mapped outside the lock (it reads the other process's /proc entries).
-        nint b = SharedHostMemory.Map(pid, d);
+        nint b = writable ? SharedHostMemory.MapWritable(pid, d) : SharedHostMemory.Map(pid, d);
         lock (_lock)
         {
-            if (_disposed || _entries.ContainsKey((pid, d.Token)))
+            if (_disposed || _entries.ContainsKey(key))
             {
                 // Disposed meanwhile, or another thread mapped the same block first: keep one.
                 SharedHostMemory.Unmap(b, d.Size);
                 ObjectDisposedException.ThrowIf(_disposed, this);
-                var other = _entries[(pid, d.Token)];
+                var other = _entries[key];
                 other.LastUse = ++_clock;
                 other.Leases++;
                 return new Lease(this, other);
             }
-            var e = new Entry { Pid = pid, Token = d.Token, Base = b, Size = d.Size, LastUse = ++_clock, Leases = 1 };
-            _entries[(pid, d.Token)] = e;
+            var e = new Entry { Pid = pid, Token = d.Token, Writable = writable, Base = b, Size = d.Size, LastUse = ++_clock, Leases = 1 };
+            _entries[key] = e;
             while (_entries.Count > MaxEntries)
             {
                 var victim = _entries.Values.Where(x => x.Leases == 0).MinBy(x => x.LastUse);
@@ -122,7 +129,7 @@ internal sealed class PeerMappings : IDisposable
 
     private void Remove(Entry e)
     {
-        _entries.Remove((e.Pid, e.Token));
+        _entries.Remove((e.Pid, e.Token, e.Writable));
         SharedHostMemory.Unmap(e.Base, e.Size);
     }
 

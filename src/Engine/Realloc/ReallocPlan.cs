@@ -22,9 +22,11 @@ internal sealed record ReallocStep(
 
 /// <summary>
 /// The interval plan that moves a model's parameters from one layout to another: for every
-/// destination shard, the intervals of every source shard it overlaps; one sender per (source
-/// shard, destination node) chosen among the source's data-parallel replicas to balance the bytes
-/// each sender puts on its links (same-node senders first); a local copy where a replica of the
+/// destination shard, the intervals of every source shard it overlaps; per (source shard,
+/// destination node) the source's data-parallel replicas on that node each send an equal part (in
+/// order: every replica the same range of every destination shard), or where there is one or none
+/// (or the step is small), one sender chosen among the replicas to balance the bytes each sender
+/// puts on its links (same-node senders first); a local copy where a replica of the
 /// source shard already sits on the destination device; a broadcast where several destination
 /// devices on one node need the same bytes. Executing it reproduces every destination shard
 /// bit-exactly.
@@ -76,9 +78,14 @@ internal sealed class ReallocPlan
         return SourceShards[(p, m)];
     }
 
-    /// <summary>Builds the plan. <paramref name="nodeOf"/> maps a device id to its node.</summary>
+    /// <summary>A step of at least this many bytes per replica is split among the source shard's
+    /// replicas on the destination's node (<see cref="Build"/>).</summary>
+    public const long SplitMinBytes = 1L << 20;
+
+    /// <summary>Builds the plan. <paramref name="nodeOf"/> maps a device id to its node.
+    /// <paramref name="splitMinBytes"/>: tests lower it (<see cref="SplitMinBytes"/>).</summary>
     public static ReallocPlan Build(ParallelLayout from, ParallelLayout to, ShardLayoutFactory layouts,
-                                   int elementSize, Func<int, int> nodeOf)
+                                   int elementSize, Func<int, int> nodeOf, long splitMinBytes = SplitMinBytes)
     {
         if (elementSize <= 0) throw new ArgumentException($"element size {elementSize} must be positive");
         var src = new Dictionary<(int, int), ShardLayout>();
@@ -113,6 +120,24 @@ internal sealed class ReallocPlan
                         foreach (var group in remote.GroupBy(nodeOf).OrderBy(g => g.Key))
                         {
                             int node = group.Key;
+                            // Several replicas on the destination's node: each sends its part, part i
+                            // of every destination shard's intervals from the i-th replica. So each
+                            // replica reads one range of the source shard for all destination shards
+                            // (the parts of a tensor split along its rows come from whole rows read
+                            // once, TransportRealloc.Push), and the senders share the bytes evenly.
+                            var near = replicas.Where(r => nodeOf(r) == node).Order().ToList();
+                            if (near.Count > 1 && bytes >= near.Count * splitMinBytes)
+                            {
+                                var parts = IntervalMath.Split(intervals, near.Count);
+                                for (int i = 0; i < near.Count; i++)
+                                {
+                                    if (parts[i].Count == 0) continue;
+                                    long partBytes = IntervalMath.TotalLength(parts[i]) * elementSize;
+                                    senderLoad[near[i]] = senderLoad.GetValueOrDefault(near[i]) + partBytes;
+                                    steps.Add(new ReallocStep(near[i], group.ToList(), (sp, sm), (dp_, dm), parts[i], partBytes));
+                                }
+                                continue;
+                            }
                             // Same-node replicas first, then the least loaded sender; ties by rank order.
                             int sender = replicas
                                 .OrderBy(r => nodeOf(r) == node ? 0 : 1)

@@ -62,6 +62,9 @@ internal sealed class PausingCalls(IModelCalls inner, IGenerationPausePoint poin
     public void BackwardValues(Model.ScoredBatch b, float[] dActionValues, float[] dLastScores) => inner.BackwardValues(b, dActionValues, dLastScores);
     public double SftStep(Model.ScoredBatch b) => inner.SftStep(b);
     public double Step() => inner.Step();
+    public (Parallelism.ClippedPolicyStats Stats, double GradNorm) PolicyStep(Model.ScoredBatch minibatch, int s0, int a0, float temperature, Parallelism.PolicyLossInputs inputs, bool ratioBaseFromForward) =>
+        inner.PolicyStep(minibatch, s0, a0, temperature, inputs, ratioBaseFromForward);
+    public (Parallelism.ValueLossStats Stats, double GradNorm) ValueStep(Model.ScoredBatch minibatch, int a0, Parallelism.ValueLossInputs inputs) => inner.ValueStep(minibatch, a0, inputs);
     public float LearningRate => inner.LearningRate;
 
     public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt)

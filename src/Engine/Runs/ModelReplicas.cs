@@ -36,6 +36,20 @@ internal sealed class ReplicaCalls(IReplica replica, ModelReplicas owner) : IMod
         return n;
     }
 
+    public (ClippedPolicyStats Stats, double GradNorm) PolicyStep(ScoredBatch minibatch, int s0, int a0, float temperature, PolicyLossInputs inputs, bool ratioBaseFromForward)
+    {
+        var r = Fresh(() => replica.PolicyStep(minibatch, s0, a0, temperature, inputs, ratioBaseFromForward));
+        owner.Stepped(replica);
+        return r;
+    }
+
+    public (ValueLossStats Stats, double GradNorm) ValueStep(ScoredBatch minibatch, int a0, ValueLossInputs inputs)
+    {
+        var r = Fresh(() => replica.ValueStep(minibatch, a0, inputs));
+        owner.Stepped(replica);
+        return r;
+    }
+
     public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Fresh(() => replica.Generate(prompts, opt));
 }
 

@@ -7,6 +7,7 @@ using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Dataflow;
+using ReaLNative.Engine.Parallelism;
 
 namespace ReaLNative.Engine.Stages;
 
@@ -52,7 +53,10 @@ internal sealed class CriticFreeStage(StageConfig stage) : StageAlgorithm(stage)
             // Asynchronous RL: an off-policy batch's ratio is against the proximal policy (recomputed),
             // the generation log-probs weight it (decoupled objective); on-policy they are the same.
             var proximal = context.ProximalLogProbs(b, m, r);
-            var ratioBase = proximal ?? oldLp;
+            var o = algo.Options;
+            // The loss and its gradient are computed where the actor is (its train layout's last stage).
+            var inputs = new PolicyLossInputs(CriticFreeAlgorithm.TokenAdvantages(seqAdv, r.Scored.ActionCu), proximal ?? oldLp, proximal is null ? [] : oldLp,
+                                              refLp, keep, new PolicyLossOptions(o.ClipEpsLow, o.ClipEpsHigh, o.LossAgg, o.KlCoef, o.BehaviourWeightCap));
             int n = r.Examples.Length, mb = Stage.Batch.Minibatches;
             double loss = 0, klTerm = 0, k3 = 0, clip = 0, gradNorm = 0; int steps = 0;
             for (int e = 0; e < Stage.Ppo.PpoEpochs; e++)
@@ -61,15 +65,10 @@ internal sealed class CriticFreeStage(StageConfig stage) : StageAlgorithm(stage)
                     if (e == 0 && k == 1) StageContext.AwaitProximal(b, proximal, r, mb);   // computed on the rollout side meanwhile
                     int s0 = k * n / mb, s1 = (k + 1) * n / mb;
                     if (!keep.AsSpan(s0, s1 - s0).Contains(true)) continue;  // dynamic sampling dropped the whole minibatch
-                    var (sb, a0, a1) = r.Slice(s0, s1);
-                    var lp = m.LogProbs(sb, temp);
-                    if (proximal is not null && e == 0 && k == 0) lp.CopyTo(proximal, a0);   // the proximal weights' forward
-                    var g = new float[lp.Length];
-                    var st = algo.Loss(lp, ratioBase.AsSpan(a0, a1 - a0), refLp.AsSpan(a0, a1 - a0), sb.ActionCu,
-                                       seqAdv.AsSpan(s0, s1 - s0), keep.AsSpan(s0, s1 - s0), g,
-                                       proximal is null ? default : oldLp.AsSpan(a0, a1 - a0));
-                    m.BackwardLogProbs(sb, temp, g);
-                    gradNorm += m.Step();
+                    var (sb, a0, _) = r.Slice(s0, s1);
+                    // Epoch 0, minibatch 0 of an off-policy batch: the proximal weights' forward is this step's own.
+                    var (st, norm) = m.PolicyStep(sb, s0, a0, temp, inputs, ratioBaseFromForward: proximal is not null && e == 0 && k == 0);
+                    gradNorm += norm;
                     loss += st.Loss; klTerm += st.KlTerm; k3 += st.K3; clip += st.ClipFraction; steps++;
                 }
             double kl = 0; for (int k = 0; k < oldLp.Length; k++) kl += oldLp[k] - refLp[k];

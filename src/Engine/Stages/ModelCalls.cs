@@ -6,6 +6,7 @@ using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
+using ReaLNative.Engine.Parallelism;
 
 namespace ReaLNative.Engine.Stages;
 
@@ -21,6 +22,18 @@ internal interface IModelCalls
     /// <summary>Zeroes the gradients, then the SFT loss's backward; returns the loss.</summary>
     double SftStep(ScoredBatch b);
     double Step();
+    /// <summary>One optimizer step of the clipped policy loss on a minibatch of a train call's rollout
+    /// (its sequences from <paramref name="s0"/>, actions from <paramref name="a0"/>): forward, the
+    /// loss and its per-token gradient from <paramref name="inputs"/> (one object per call), backward,
+    /// step, computed where the model is; the minibatch's loss figures (Losses.ClippedPolicy's) and
+    /// the gradient norm. <paramref name="ratioBaseFromForward"/>: the minibatch's ratio base is the
+    /// forward's own log-probs (an off-policy batch's proximal policy, first epoch), kept in
+    /// inputs.RatioBase (where the model is) for the later epochs.</summary>
+    (ClippedPolicyStats Stats, double GradNorm) PolicyStep(ScoredBatch minibatch, int s0, int a0, float temperature, PolicyLossInputs inputs, bool ratioBaseFromForward);
+    /// <summary>One optimizer step of the clipped value loss on a minibatch (actions from
+    /// <paramref name="a0"/> of the call's rollout), computed where the model is; the loss figures
+    /// (Losses.ClippedValue's) and the gradient norm.</summary>
+    (ValueLossStats Stats, double GradNorm) ValueStep(ScoredBatch minibatch, int a0, ValueLossInputs inputs);
     /// <summary>Learning rate of the last optimizer step.</summary>
     float LearningRate { get; }
     GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt);
@@ -62,8 +75,42 @@ internal sealed class SingleModelCalls(LlamaModel m, Func<AdamW?> optimizer) : I
     }
 
     public double Step() => Optimizer.StepOnce();
+    public (ClippedPolicyStats Stats, double GradNorm) PolicyStep(ScoredBatch minibatch, int s0, int a0, float temperature, PolicyLossInputs inputs, bool ratioBaseFromForward) =>
+        HostLosses.PolicyStep(this, minibatch, s0, a0, temperature, inputs, ratioBaseFromForward);
+    public (ValueLossStats Stats, double GradNorm) ValueStep(ScoredBatch minibatch, int a0, ValueLossInputs inputs) => HostLosses.ValueStep(this, minibatch, a0, inputs);
     private AdamW Optimizer => optimizer() ?? throw new InvalidOperationException("this model is not trained in this stage");
     public float LearningRate => Optimizer.Schedule.At(Optimizer.Step);
 
     public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generator.Generate(m, prompts, opt);
+}
+
+/// <summary>A train step's loss computed in this process between the model's forward and its
+/// backward (the single device): what every plan layout computes on its last pipeline stage
+/// (ShardReplica.PolicyStep, ValueStep), the same bits.</summary>
+internal static class HostLosses
+{
+    public static (ClippedPolicyStats Stats, double GradNorm) PolicyStep(IModelCalls m, ScoredBatch sb, int s0, int a0, float temperature, PolicyLossInputs inputs, bool ratioBaseFromForward)
+    {
+        int n = sb.Packed.Count, t = sb.Actions;
+        inputs.Minibatch(sb, s0, a0);
+        var lp = m.LogProbs(sb, temperature);
+        if (ratioBaseFromForward) lp.CopyTo(inputs.RatioBase, a0);
+        var g = new float[t];
+        var o = inputs.Options;
+        var st = Losses.ClippedPolicy(lp, inputs.RatioBase.AsSpan(a0, t), inputs.Advantages.AsSpan(a0, t), inputs.Ref.Length == 0 ? [] : inputs.Ref.AsSpan(a0, t),
+                                      sb.ActionCu, inputs.Keep.AsSpan(s0, n), o.ClipLow, o.ClipHigh, o.Aggregation, o.KlCoef, g,
+                                      inputs.Behaviour.Length == 0 ? default : inputs.Behaviour.AsSpan(a0, t), o.BehaviourWeightCap);
+        m.BackwardLogProbs(sb, temperature, g);
+        return (st, m.Step());
+    }
+
+    public static (ValueLossStats Stats, double GradNorm) ValueStep(IModelCalls m, ScoredBatch sb, int a0, ValueLossInputs inputs)
+    {
+        inputs.CheckMinibatch(sb, a0);
+        var (v, _) = m.Values(sb);
+        var g = new float[v.Length]; var mask = new float[v.Length]; Array.Fill(mask, 1f);
+        var st = Losses.ClippedValue(v, inputs.OldValues.AsSpan(a0, v.Length), inputs.Returns.AsSpan(a0, v.Length), mask, inputs.ClipEps, g);
+        m.BackwardValues(sb, g, []);
+        return (st, m.Step());
+    }
 }

@@ -1,11 +1,13 @@
 // PPO: the actor samples (actor_gen), the reward model (or the rule-based reward), the frozen
 // reference and the critic score the samples (rew_inf, ref_inf, critic_inf); then actor_train
 // (clipped policy loss) and critic_train (clipped value loss) each take ppo_epochs x minibatches
-// optimizer steps on the advantages and returns of Ppo.Advantages (KL-shaped rewards, GAE).
+// optimizer steps on the advantages and returns of Ppo.Advantages (KL-shaped rewards, GAE), each
+// step's loss computed where the model is (IModelCalls.PolicyStep, ValueStep).
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Dataflow;
+using ReaLNative.Engine.Parallelism;
 
 namespace ReaLNative.Engine.Stages;
 
@@ -55,22 +57,20 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
             // Asynchronous RL: an off-policy batch's ratio is against the proximal policy (recomputed),
             // the generation log-probs weight it (decoupled objective); on-policy they are the same.
             var proximal = context.ProximalLogProbs(b, m, r);
-            var ratioBase = proximal ?? oldLp;
-            double loss = 0, clip = 0; int steps = 0;
             int n = r.Examples.Length, mb = Stage.Batch.Minibatches;
+            var keep = new bool[n]; Array.Fill(keep, true);
+            // The loss and its gradient are computed where the actor is (its train layout's last stage).
+            var inputs = new PolicyLossInputs(adv, proximal ?? oldLp, proximal is null ? [] : oldLp, [], keep,
+                                              new PolicyLossOptions(ppo.ClipEpsLow, ppo.ClipEpsHigh, ppo.LossAgg, 0, ppo.BehaviourWeightCap));
+            double loss = 0, clip = 0; int steps = 0;
             for (int e = 0; e < ppo.PpoEpochs; e++)
                 for (int k = 0; k < mb; k++)
                 {
                     if (e == 0 && k == 1) StageContext.AwaitProximal(b, proximal, r, mb);   // computed on the rollout side meanwhile
-                    var (sb, a0, a1) = r.Slice(k * n / mb, (k + 1) * n / mb);
-                    var lp = m.LogProbs(sb, temp);
-                    if (proximal is not null && e == 0 && k == 0) lp.CopyTo(proximal, a0);   // the proximal weights' forward
-                    var g = new float[lp.Length]; var keep = new bool[sb.Packed.Count]; Array.Fill(keep, true);
-                    var st = Losses.ClippedPolicy(lp, ratioBase.AsSpan(a0, a1 - a0), adv.AsSpan(a0, a1 - a0), [], sb.ActionCu, keep,
-                                                  ppo.ClipEpsLow, ppo.ClipEpsHigh, ppo.LossAgg, 0, g,
-                                                  proximal is null ? default : oldLp.AsSpan(a0, a1 - a0), ppo.BehaviourWeightCap);
-                    m.BackwardLogProbs(sb, temp, g);
-                    m.Step();
+                    int s0 = k * n / mb;
+                    var (sb, a0, _) = r.Slice(s0, (k + 1) * n / mb);
+                    // Epoch 0, minibatch 0 of an off-policy batch: the proximal weights' forward is this step's own.
+                    var (st, _) = m.PolicyStep(sb, s0, a0, temp, inputs, ratioBaseFromForward: proximal is not null && e == 0 && k == 0);
                     loss += st.Loss; clip += st.ClipFraction; steps++;
                 }
             b.Set("actor_stats", new object());
@@ -80,20 +80,16 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
         h["critic_train"] = (call, b) =>
         {
             var r = b.Get<Rollout>("sequences");
-            var oldV = b.Get<float[]>("values");
             var (_, ret, _, _) = Advantages(b);
             var m = context.Calls(call.Name, "critic");
+            var inputs = new ValueLossInputs(b.Get<float[]>("values"), ret, ppo.ValueClipEps);
             double loss = 0; int steps = 0;
             int n = r.Examples.Length, mb = Stage.Batch.Minibatches;
             for (int e = 0; e < ppo.PpoEpochs; e++)
                 for (int k = 0; k < mb; k++)
                 {
-                    var (sb, a0, a1) = r.Slice(k * n / mb, (k + 1) * n / mb);
-                    var (v, _) = m.Values(sb);
-                    var g = new float[v.Length]; var mask = new float[v.Length]; Array.Fill(mask, 1f);
-                    var st = Losses.ClippedValue(v, oldV.AsSpan(a0, a1 - a0), ret.AsSpan(a0, a1 - a0), mask, ppo.ValueClipEps, g);
-                    m.BackwardValues(sb, g, []);
-                    m.Step();
+                    var (sb, a0, _) = r.Slice(k * n / mb, (k + 1) * n / mb);
+                    var (st, _) = m.ValueStep(sb, a0, inputs);
                     loss += st.Loss; steps++;
                 }
             b.Set("critic_stats", new object());

@@ -4,7 +4,8 @@ namespace ReaLNative.Engine.Transport;
 /// Collectives over an <see cref="ITransport"/> for a group of ranks (a sub-communicator: the
 /// ranks of one data- or tensor-parallel group), all fp32 sums or byte copies on caller buffers:
 /// ring all-reduce (reduce-scatter + all-gather, 2(p-1)/p of the data per link), ring all-gather,
-/// ring reduce-scatter and a pipelined chain broadcast (segments forwarded as they arrive). Every
+/// ring reduce-scatter, a pipelined chain broadcast (segments forwarded as they arrive) and a
+/// sequential pass in member order (running sums handed on, ChainAsync). Every
 /// member must call the same collectives in the same order; a per-group sequence number keeps
 /// consecutive collectives' messages apart.
 /// </summary>
@@ -88,6 +89,18 @@ internal sealed class Collectives
             if (sends.Count >= 4) { await sends[0]; sends.RemoveAt(0); }  // bound the outstanding sends (tags repeat after 256)
         }
         await Task.WhenAll(sends);
+    }
+
+    /// <summary>A sequential pass in member order: member i > 0 first receives <paramref name="bytes"/>
+    /// at <paramref name="data"/> from member i - 1, then every member runs <paramref name="step"/> on
+    /// them and sends them to member i + 1. The last member ends with every member's step applied in
+    /// order: a running sum handed on this way has the bits of one process's loop over all members' parts.</summary>
+    public async Task ChainAsync(nint data, long bytes, Action step, CancellationToken ct = default)
+    {
+        long seq = _seq++;
+        if (_me > 0) await _transport.RecvAsync(_group[_me - 1], Tag(seq, 0), data, bytes, ct);
+        step();
+        if (_me < Count - 1) await _transport.SendAsync(_group[_me + 1], Tag(seq, 0), data, bytes, ct);
     }
 
     private async Task ReduceScatterSteps(nint data, long n, nint scratch, long seq, CancellationToken ct)

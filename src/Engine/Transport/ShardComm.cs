@@ -123,6 +123,16 @@ internal sealed unsafe class ShardComm : IDisposable
         return s;
     }
 
+    /// <summary>A pass over the data-parallel group in data-parallel order: the rank of data index
+    /// d > 0 receives the <paramref name="n"/> doubles at <paramref name="data"/> from index d - 1,
+    /// every rank runs <paramref name="step"/> on them and hands them to d + 1; the last index ends
+    /// with all steps applied in order (running sums over a batch split into contiguous parts).</summary>
+    public void DpChain(double* data, int n, Action step)
+    {
+        if (_dp is null) { step(); return; }
+        Wait(_dp.ChainAsync((nint)data, 8L * n, step));
+    }
+
     // Pipeline point-to-point: kind 0 = activations forward, 1 = gradients backward, 2 = generation
     // control (last stage -> others). Sender and receiver count the messages of each kind between
     // them in the same order, so the count is the tag's sequence.

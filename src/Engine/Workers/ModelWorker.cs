@@ -215,6 +215,7 @@ internal sealed unsafe class ModelWorker : IDisposable
 
     private string Drop(JsonNode j)
     {
+        _lossInputs.Remove(WireJson.Int(j, "id"));
         if (_replicas.Remove(WireJson.Int(j, "id"), out var r)) r.Dispose();
         return "ok";
     }
@@ -432,6 +433,107 @@ internal sealed unsafe class ModelWorker : IDisposable
         return whole;
     }
 
+    /// <summary>The input blob of a train step with its loss: the batch when it is inline, and on the
+    /// last pipeline stage the part of the loss inputs when the command says they are sent.</summary>
+    private WireReader? StepInput(JsonNode j, ShardReplica r, string op) =>
+        j["batch_ref"] is null || (r.ComputesLoss && (j["loss_inputs"]?["sent"]?.GetValue<bool>() ?? false)) ? new WireReader(Input(j, op), op) : null;
+
+    /// <summary>The loss inputs of the train call in progress, by replica: their key, the inputs
+    /// (arrays over the call's whole rollout, filled at this rank's parts) and which sequences
+    /// (policy) or actions (value) this rank holds.</summary>
+    private readonly Dictionary<int, (string Key, object Inputs, bool[] Held)> _lossInputs = new();
+
+    /// <summary>The held loss inputs of replica <paramref name="id"/> under the command's key, or new
+    /// ones from <paramref name="create"/> when the command sends a first part of a new key.</summary>
+    private (T Inputs, bool[] Held) Held<T>(int id, JsonNode li, bool sent, Func<(T, bool[])> create, string op) where T : class
+    {
+        string key = WireJson.Str(li, "key");
+        if (_lossInputs.TryGetValue(id, out var h) && h.Key == key && h.Inputs is T held) return (held, h.Held);
+        if (!sent) throw new ArgumentException($"{op}: worker {_args.Rank} holds no loss inputs '{key}' of replica {id} (its part was never sent)");
+        var (inputs, have) = create();
+        _lossInputs[id] = (key, inputs, have);
+        return (inputs, have);
+    }
+
+    /// <summary>A policy step's loss inputs: on a rank of the last stage the call's held inputs, with
+    /// the part the command sends placed at its rollout indices (RemoteReplica.PolicyStep writes it:
+    /// keep flags, advantages, ratio bases, behaviour and reference log-probs of this rank's
+    /// sequences); elsewhere empty arrays (the rank never reads them).</summary>
+    private PolicyLossInputs PolicyInputs(JsonNode j, WireReader? rd, ScoredBatch b, ShardReplica r, string op)
+    {
+        var li = j["loss_inputs"] ?? throw new ArgumentException($"{op}: no 'loss_inputs'");
+        var options = new PolicyLossOptions(WireJson.Num(li, "clip_low"), WireJson.Num(li, "clip_high"), WireJson.Str(li, "aggregation"),
+                                            WireJson.Num(li, "kl_coef"), WireJson.Num(li, "behaviour_weight_cap"));
+        options.Check();
+        if (!r.ComputesLoss) return new PolicyLossInputs([], [], [], [], [], options);
+        int actions = WireJson.Int(li, "actions"), sequences = WireJson.Int(li, "sequences"), s0 = WireJson.Int(j, "s0"), a0 = WireJson.Int(j, "a0");
+        bool sent = li["sent"]?.GetValue<bool>() ?? false, behaviour = li["behaviour"]?.GetValue<bool>() ?? false, reference = li["ref"]?.GetValue<bool>() ?? false;
+        if (actions < 0 || sequences < 0 || s0 < 0 || a0 < 0 || s0 + b.Packed.Count > sequences || a0 + b.Actions > actions)
+            throw new ArgumentException($"{op}: minibatch sequences [{s0}, +{b.Packed.Count}) and actions [{a0}, +{b.Actions}) outside the call's {sequences} sequences and {actions} actions");
+        var (inputs, held) = Held(WireJson.Int(j, "id"), li, sent, () =>
+            (new PolicyLossInputs(new float[actions], new float[actions], behaviour ? new float[actions] : [], reference ? new float[actions] : [], new bool[sequences], options),
+             new bool[sequences]), op);
+        if (inputs.Advantages.Length != actions || inputs.Keep.Length != sequences || inputs.Options != options
+            || (inputs.Behaviour.Length > 0) != behaviour || (inputs.Ref.Length > 0) != reference)
+            throw new ArgumentException($"{op}: loss inputs '{WireJson.Str(li, "key")}' held with other sizes or options than the command's");
+        var (first, end) = r.LossPart(b);
+        int p0 = a0 + b.ActionCu[first], pn = b.ActionCu[end] - b.ActionCu[first];
+        if (sent)
+        {
+            var reader = rd ?? throw new ArgumentException($"{op}: loss inputs sent without an input blob");
+            var keep = reader.Bytes();
+            if (keep.Length != end - first) throw new InvalidDataException($"{op}: {keep.Length} keep flags for data-parallel part {r.Comm.Data} (sequences {first}..{end - 1})");
+            for (int k = 0; k < keep.Length; k++)
+                inputs.Keep[s0 + first + k] = keep[k] switch { 0 => false, 1 => true, var x => throw new InvalidDataException($"{op}: keep flag {x}") };
+            void Place(float[] into, string what, bool optional)
+            {
+                var part = reader.Floats();
+                if (optional && into.Length == 0 && part.Length == 0) return;
+                if (part.Length != pn) throw new InvalidDataException($"{op}: {part.Length} {what} for data-parallel part {r.Comm.Data}, which has {pn} actions");
+                part.CopyTo(into, p0);
+            }
+            Place(inputs.Advantages, "advantages", false);
+            Place(inputs.RatioBase, "ratio bases", false);
+            Place(inputs.Behaviour, "behaviour log-probs", true);
+            Place(inputs.Ref, "reference log-probs", true);
+            held.AsSpan(s0 + first, end - first).Fill(true);
+        }
+        if (held.AsSpan(s0 + first, end - first).Contains(false))
+            throw new ArgumentException($"{op}: worker {_args.Rank} holds no loss inputs of sequences {s0 + first}..{s0 + end - 1} (its part of this minibatch was never sent)");
+        return inputs;
+    }
+
+    /// <summary>A value step's loss inputs (old values and returns of this rank's part), as <see cref="PolicyInputs"/>.</summary>
+    private ValueLossInputs ValueInputs(JsonNode j, WireReader? rd, ScoredBatch b, ShardReplica r, string op)
+    {
+        var li = j["loss_inputs"] ?? throw new ArgumentException($"{op}: no 'loss_inputs'");
+        double clipEps = WireJson.Num(li, "clip_eps");
+        if (!r.ComputesLoss) return new ValueLossInputs([], [], clipEps);
+        int actions = WireJson.Int(li, "actions"), a0 = WireJson.Int(j, "a0");
+        bool sent = li["sent"]?.GetValue<bool>() ?? false;
+        if (actions < 0 || a0 < 0 || a0 + b.Actions > actions)
+            throw new ArgumentException($"{op}: minibatch actions [{a0}, +{b.Actions}) outside the call's {actions} actions");
+        var (inputs, held) = Held(WireJson.Int(j, "id"), li, sent, () => (new ValueLossInputs(new float[actions], new float[actions], clipEps), new bool[actions]), op);
+        if (inputs.OldValues.Length != actions || inputs.ClipEps != clipEps)
+            throw new ArgumentException($"{op}: loss inputs '{WireJson.Str(li, "key")}' held with other sizes or options than the command's");
+        var (first, end) = r.LossPart(b);
+        int p0 = a0 + b.ActionCu[first], pn = b.ActionCu[end] - b.ActionCu[first];
+        if (sent)
+        {
+            var reader = rd ?? throw new ArgumentException($"{op}: loss inputs sent without an input blob");
+            foreach (var (into, what) in new[] { (inputs.OldValues, "old values"), (inputs.Returns, "returns") })
+            {
+                var part = reader.Floats();
+                if (part.Length != pn) throw new InvalidDataException($"{op}: {part.Length} {what} for data-parallel part {r.Comm.Data}, which has {pn} actions");
+                part.CopyTo(into, p0);
+            }
+            held.AsSpan(p0, pn).Fill(true);
+        }
+        if (held.AsSpan(p0, pn).Contains(false))
+            throw new ArgumentException($"{op}: worker {_args.Rank} holds no loss inputs of actions {p0}..{p0 + pn - 1} (its part of this minibatch was never sent)");
+        return inputs;
+    }
+
     /// <summary>The batch of an operation that carries nothing else: by reference, or the input blob.</summary>
     private ScoredBatch BatchOnly(JsonNode j, ShardReplica r, string op)
     {
@@ -479,6 +581,7 @@ internal sealed unsafe class ModelWorker : IDisposable
         var r = Replica(j);
         string op = WireJson.Str(j, "op");
         double value = 0;
+        double[]? figures = null;
         string? descriptor = null;
         switch (op)
         {
@@ -518,6 +621,33 @@ internal sealed unsafe class ModelWorker : IDisposable
                 r.BackwardValues(b, dv, dl);
                 break;
             }
+            // A train step that computes its loss here (ShardReplica.PolicyStep / ValueStep): the last
+            // stage's ranks get their part of the call's loss inputs with a minibatch's first step and
+            // keep it for the later epochs; the reply carries the loss figures (as bits) on the rank
+            // that ends the data-parallel pass.
+            case "policy_step":
+            {
+                var rd = StepInput(j, r, op);
+                var b = Batch(j, r, rd, op);
+                var inputs = PolicyInputs(j, rd, b, r, op);
+                rd?.End();
+                var (norm, st) = r.PolicyStep(b, WireJson.Int(j, "s0"), WireJson.Int(j, "a0"), (float)WireJson.Num(j, "temperature"), inputs,
+                                              WireJson.Int(j, "tokens"), WireJson.Int(j, "seqs"), j["from_forward"]?.GetValue<bool>() ?? false, writeRatioBase: true);
+                value = norm;
+                if (st is { } x) figures = [x.Loss, x.Surrogate, x.KlTerm, x.ClipFraction, x.K3];
+                break;
+            }
+            case "value_step":
+            {
+                var rd = StepInput(j, r, op);
+                var b = Batch(j, r, rd, op);
+                var inputs = ValueInputs(j, rd, b, r, op);
+                rd?.End();
+                var (norm, st) = r.ValueStep(b, WireJson.Int(j, "a0"), inputs);
+                value = norm;
+                if (st is { } x) figures = [x.Loss, x.ClipFraction];
+                break;
+            }
             case "sft":
             {
                 var b = BatchOnly(j, r, op);
@@ -552,6 +682,7 @@ internal sealed unsafe class ModelWorker : IDisposable
             ["value"] = value, ["seconds"] = Stopwatch.GetElapsedTime(start).TotalSeconds, ["input_seconds"] = _inputSeconds, ["output_seconds"] = _outputSeconds,
         };
         if (descriptor is not null) reply["kept"] = descriptor;
+        if (figures is not null) reply["stats"] = new JsonArray([.. figures.Select(f => (JsonNode)BitConverter.DoubleToInt64Bits(f))]);
         return reply.ToJsonString();
     }
 

@@ -40,6 +40,9 @@ internal sealed class OpTimings
     /// <summary>Operations recorded so far.</summary>
     public int Count { get { lock (_gate) return _rows.Values.Sum(r => r.Count); } }
 
+    /// <summary>Operations of kind <paramref name="op"/> (the table's label) recorded so far.</summary>
+    public int CountOf(string op) { lock (_gate) return _rows.TryGetValue(op, out var r) ? r.Count : 0; }
+
     /// <summary>Mean master wall time minus mean worker time of every recorded operation, in seconds.</summary>
     public double MeanOverheadSeconds
     {
@@ -61,7 +64,8 @@ internal sealed class OpTimings
     /// <summary>The round trip beyond compute by operation kind, in ms, read back from <see cref="ToString"/>'s table (as
     /// `realn profile` reads a child run's log): a generation (`generate`), a forward (`logprobs`, `values`: inference
     /// calls and a train step's first round trip) and a backward sent with the optimizer step (`backward_* and optimizer
-    /// step`), each the count-weighted mean of its rows, at least 0; null for a kind the table lacks.</summary>
+    /// step`, or a train step whose workers compute the loss: `policy_step`, `value_step`), each the count-weighted mean
+    /// of its rows, at least 0; null for a kind the table lacks.</summary>
     public static (double? GenerateMs, double? ForwardMs, double? BackwardMs) RoundTripByKind(string table)
     {
         var sums = new Dictionary<string, (double Ms, int N)>(StringComparer.Ordinal);
@@ -78,6 +82,7 @@ internal sealed class OpTimings
                 "generate" => "generate",
                 "logprobs" or "values" => "forward",
                 _ when op.StartsWith("backward_", StringComparison.Ordinal) && op.EndsWith(" and optimizer step", StringComparison.Ordinal) => "backward",
+                "policy_step" or "value_step" => "backward",
                 _ => null,
             };
             if (kind is null) continue;

@@ -264,6 +264,88 @@ internal sealed unsafe class RemoteReplica : IReplica
         return norm;
     }
 
+    // ------------------------------------------------------------------ train steps that compute their loss on the workers
+
+    /// <summary>The loss inputs of the train call in progress (one object per call), their key on the
+    /// workers and the minibatches (by first sequence) whose parts the loss ranks already hold.</summary>
+    private (object Inputs, string Key, HashSet<int> Sent)? _lossInputs;
+    private int _lossCalls;
+
+    /// <summary>The workers' key of <paramref name="inputs"/> and whether minibatch <paramref name="s0"/>'s
+    /// parts must be sent (its first step in this call: each part goes once, the later epochs reuse it).</summary>
+    private (string Key, bool Send) LossInputs(object inputs, int s0)
+    {
+        if (_lossInputs is not { } h || !ReferenceEquals(h.Inputs, inputs))
+            _lossInputs = h = (inputs, "l" + (++_lossCalls).ToString(System.Globalization.CultureInfo.InvariantCulture), []);
+        return (h.Key, h.Sent.Add(s0));
+    }
+
+    /// <summary>The device of the rank that returns a loss's figures: the collecting rank of the last data-parallel index.</summary>
+    private int FiguresDevice => Layout.Device(Layout.Pp - 1, Layout.Dp - 1, 0);
+
+    private double[] Figures(JsonNode?[] replies, string op, int count)
+    {
+        var reply = replies[Layout.Devices.ToList().IndexOf(FiguresDevice)];
+        var bits = reply?["stats"]?.AsArray() ?? throw new InvalidDataException($"{What(op)}: worker {FiguresDevice} returned no loss figures");
+        if (bits.Count != count) throw new InvalidDataException($"{What(op)}: worker {FiguresDevice} returned {bits.Count} loss figures, expected {count}");
+        return [.. bits.Select(b => BitConverter.Int64BitsToDouble(b!.GetValue<long>()))];
+    }
+
+    /// <summary>One command per minibatch: the workers run forward, loss, backward and step
+    /// (ShardReplica.PolicyStep); the last stage's ranks get their part of the loss inputs with the
+    /// minibatch's first step of the call, and only the loss figures come back.</summary>
+    public (ClippedPolicyStats Stats, double GradNorm) PolicyStep(ScoredBatch batch, int s0, int a0, float temperature, PolicyLossInputs inputs, bool ratioBaseFromForward)
+    {
+        if (_optimizer is null) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
+        var (tokens, seqs) = inputs.Minibatch(batch, s0, a0);
+        SendDeferredBackward();
+        var o = inputs.Options;
+        var (key, send) = LossInputs(inputs, s0);
+        var args = new JsonObject
+        {
+            ["temperature"] = temperature, ["s0"] = s0, ["a0"] = a0, ["tokens"] = tokens, ["seqs"] = seqs, ["from_forward"] = ratioBaseFromForward,
+            ["loss_inputs"] = new JsonObject
+            {
+                ["key"] = key, ["sent"] = send, ["actions"] = inputs.Advantages.Length, ["sequences"] = inputs.Keep.Length,
+                ["behaviour"] = inputs.Behaviour.Length > 0, ["ref"] = inputs.Ref.Length > 0,
+                ["clip_low"] = o.ClipLow, ["clip_high"] = o.ClipHigh, ["aggregation"] = o.Aggregation, ["kl_coef"] = o.KlCoef, ["behaviour_weight_cap"] = o.BehaviourWeightCap,
+            },
+        };
+        var input = BatchInput(args, batch);
+        ReadOnlySpan<float> Part(float[] x, int first, int end) => x.Length == 0 ? [] : x.AsSpan(a0 + batch.ActionCu[first], batch.ActionCu[end] - batch.ActionCu[first]);
+        var blobs = send
+            ? WithGradients(batch, input, (w, first, end) => w.Bytes([.. inputs.Keep.AsSpan(s0 + first, end - first).ToArray().Select(k => k ? (byte)1 : (byte)0)])
+                .Floats(Part(inputs.Advantages, first, end)).Floats(Part(inputs.RatioBase, first, end))
+                .Floats(Part(inputs.Behaviour, first, end)).Floats(Part(inputs.Ref, first, end)))
+            : Blob(input);
+        var (values, _) = Op("policy_step", args, blobs, output: false, input.Reads, out var replies);
+        _step++;
+        var f = Figures(replies, "policy_step", 5);
+        return (new ClippedPolicyStats(f[0], f[1], f[2], f[3], f[4], tokens, seqs), values[0]);
+    }
+
+    /// <summary>As <see cref="PolicyStep"/>, for the clipped value loss (ShardReplica.ValueStep).</summary>
+    public (ValueLossStats Stats, double GradNorm) ValueStep(ScoredBatch batch, int a0, ValueLossInputs inputs)
+    {
+        if (_optimizer is null) throw new InvalidOperationException($"{_name}: an inference replica has no optimizer");
+        if (!ScalarHead) throw new ArgumentException($"{_name}: values need a scalar-head model");
+        inputs.CheckMinibatch(batch, a0);
+        SendDeferredBackward();
+        var (key, send) = LossInputs(inputs, a0);
+        var args = new JsonObject
+        {
+            ["a0"] = a0,
+            ["loss_inputs"] = new JsonObject { ["key"] = key, ["sent"] = send, ["actions"] = inputs.OldValues.Length, ["clip_eps"] = inputs.ClipEps },
+        };
+        var input = BatchInput(args, batch);
+        ReadOnlySpan<float> Part(float[] x, int first, int end) => x.AsSpan(a0 + batch.ActionCu[first], batch.ActionCu[end] - batch.ActionCu[first]);
+        var blobs = send ? WithGradients(batch, input, (w, first, end) => w.Floats(Part(inputs.OldValues, first, end)).Floats(Part(inputs.Returns, first, end))) : Blob(input);
+        var (values, _) = Op("value_step", args, blobs, output: false, input.Reads, out var replies);
+        _step++;
+        var f = Figures(replies, "value_step", 2);
+        return (new ValueLossStats(f[0], f[1], batch.Actions), values[0]);
+    }
+
     public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt)
     {
         var args = new JsonObject { ["gen"] = WireJson.Generation(opt) };

@@ -24,6 +24,9 @@ public class InProcessTimingsTests
         Assert.Equal(5.0, gen!.Value, 3);          // (12 - 8 + 14 - 8) / 2
         Assert.Equal(1.0, fwd!.Value, 3);
         Assert.Equal(1.0 + 0.3, bwd!.Value, 3);    // the backward and its optimizer step
+        // a train step whose devices compute the loss is one fused operation (PPO's policy step): that is the backward kind
+        InProcessTimings.Add("ut_train (actor) policy step on pp1 dp2 tp1", 2, 0.010, 0.009, 0.0085);
+        Assert.Equal(1.5, InProcessTimings.ReadSummary(InProcessTimings.Table())!.Value.BackwardMs!.Value, 3);
         Assert.Null(InProcessTimings.ReadSummary("no summary here"));
         Assert.Equal((null, 2.5, null), InProcessTimings.ReadSummary($"x\n{InProcessTimings.SummaryPrefix} generate - forward 2.5 backward -\n")!.Value);
     }

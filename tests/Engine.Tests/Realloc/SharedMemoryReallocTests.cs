@@ -14,7 +14,10 @@ namespace ReaLNative.Engine.Tests.Realloc;
 /// processes): bit-exact on random bit patterns against slicing the global tensors and against
 /// the transport's own path, exactly the bytes of shared senders copied from mappings (the others
 /// read with process_vm_readv), one mapping per block kept across reallocations, and a receiver
-/// that cannot map what was announced fails both sides at once instead of hanging.
+/// that cannot map what was announced fails both sides at once instead of hanging. With
+/// TransportRealloc.Push (the default) the senders write the receivers' shared destination shards
+/// themselves: bit-exact, exactly those bytes pushed (the rest pulled), and a sender that cannot
+/// map an announced destination fails both sides at once too.
 /// </summary>
 public sealed class SharedMemoryReallocTests
 {
@@ -71,7 +74,7 @@ public sealed class SharedMemoryReallocTests
         const int n = 4;
         var shared = World(n);
         var plain = World(n);
-        var movers = shared.Select(t => new TransportRealloc(t) { SharedMemory = true, DirectMinBytes = 64, ChunkBytes = 200 }).ToArray();
+        var movers = shared.Select(t => new TransportRealloc(t) { SharedMemory = true, Push = false, DirectMinBytes = 64, ChunkBytes = 200 }).ToArray();
         var transportPath = plain.Select(t => new TransportRealloc(t) { ProcessRead = false, DirectMinBytes = 64, ChunkBytes = 200 }).ToArray();
         var blocks = new List<HostBlock>();
         try
@@ -146,9 +149,9 @@ public sealed class SharedMemoryReallocTests
     {
         const int n = 4;
         var world = World(n);
-        var movers = world.Select(t => new TransportRealloc(t)).ToArray();
+        var movers = world.Select(t => new TransportRealloc(t) { Push = false }).ToArray();
         var off = World(n);
-        var offMovers = off.Select(t => new TransportRealloc(t) { SharedMemory = false }).ToArray();
+        var offMovers = off.Select(t => new TransportRealloc(t) { SharedMemory = false, Push = false }).ToArray();
         var blocks = new List<HostBlock>();
         try
         {
@@ -222,7 +225,7 @@ public sealed class SharedMemoryReallocTests
         const int n = 2;
         var world = World(n);
         var wrapped = world.Select(t => new WrongToken(t)).ToArray();
-        var movers = wrapped.Select(t => new TransportRealloc(t)).ToArray();
+        var movers = wrapped.Select(t => new TransportRealloc(t) { Push = false }).ToArray();
         var blocks = new List<HostBlock>();
         try
         {
@@ -240,6 +243,123 @@ public sealed class SharedMemoryReallocTests
             var s = await Assert.ThrowsAsync<InvalidOperationException>(() => sender.WaitAsync(TimeSpan.FromSeconds(30)));
             Assert.Contains("device 1 could not read device 0's shard", s.Message);
             Assert.Equal(0, movers[1].PeerMappingCount);
+        }
+        finally
+        {
+            foreach (var m in movers) m.Dispose();
+            foreach (var b in blocks) b.Dispose();
+            foreach (var t in world) t.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task SendersWriteSharedDestinationsBitExactAndTheOthersPull()
+    {
+        const int n = 4;
+        var pushing = World(n);
+        var pulling = World(n);
+        var movers = pushing.Select(t => new TransportRealloc(t) { DirectMinBytes = 64, ChunkBytes = 200 }).ToArray();
+        var pullMovers = pulling.Select(t => new TransportRealloc(t) { Push = false, DirectMinBytes = 64, ChunkBytes = 200 }).ToArray();
+        Assert.All(movers, m => Assert.True(m.Push));   // the default
+        var blocks = new List<HostBlock>();
+        try
+        {
+            var rng = new Random(2031);
+            var global = Shape(1, 0, 1, 0).Views.ToDictionary(v => v.Name, v => Enumerable.Range(0, (int)v.LocalElements).Select(_ => BitConverter.Int32BitsToSingle(rng.Next() ^ rng.Next() << 1)).ToArray());
+            long expectPushed = 0, expectPulled = 0;
+            for (int trial = 0; trial < 12; trial++)
+            {
+                var a = Pick(rng, n);
+                var b = Pick(rng, n);
+                var plan = ReallocPlan.Build(a, b, Shape, 4, d => d / 2);
+                // Some destinations in shared memory (written by their senders), some not (pulled);
+                // senders' shards shared or not (a sender writes from either).
+                var sharedDst = b.Devices.ToDictionary(d => d, _ => rng.Next(3) > 0);
+                var sharedSrc = a.Devices.ToDictionary(d => d, _ => rng.Next(2) > 0);
+                foreach (var st in plan.Steps.Where(x => !x.IsLocal))
+                    foreach (var d in st.DstDevices)
+                        if (sharedDst[d]) expectPushed += st.Bytes; else expectPulled += st.Bytes;
+                var results = new List<int[]>[2];
+                for (int w = 0; w < 2; w++)
+                {
+                    var src = a.Devices.ToDictionary(d => d, d => Block(TestLayouts.Shard(plan.SourceLayoutOf(d), global), sharedSrc[d]));
+                    var dstAt = new Dictionary<int, HostBlock>();
+                    var dst = b.Devices.ToDictionary(d => d, d => Block(Enumerable.Repeat(float.NaN, (int)plan.DestinationLayoutOf(d).TotalElements).ToArray(), w == 0 && sharedDst[d]));
+                    blocks.AddRange(src.Values.Concat(dst.Values));
+                    var dstPtr = dst.ToDictionary(kv => kv.Key, kv => Ptr(dst, kv.Key));
+                    if (w == 0 && trial % 2 == 1)
+                    {
+                        // Shared destinations inside one shared block at offsets: the announced offset must be honoured.
+                        var shards = b.Devices.Where(d => sharedDst[d]).ToList();
+                        long at = 0;
+                        var offsets = new Dictionary<int, long>();
+                        foreach (var d in shards) { at += 4096 + 64 * (d + 1); offsets[d] = at; at += plan.DestinationLayoutOf(d).TotalElements * 4; }
+                        var arena = new HostBlock(Math.Max(at, 4), HostAllocFlags.Prefault | HostAllocFlags.Shared);
+                        blocks.Add(arena);
+                        arena.AsSpan<byte>().Fill(0xff);
+                        foreach (var d in shards)
+                        {
+                            dstPtr[d] = Ptr(new Dictionary<int, HostBlock> { [0] = arena }, 0) + (nint)offsets[d];
+                            Assert.Equal(offsets[d], SharedHostMemory.Describe(dstPtr[d])!.Value.Offset);
+                        }
+                    }
+                    var ms = w == 0 ? movers : pullMovers;
+                    await Task.WhenAll(Enumerable.Range(0, n).Select(d => Task.Run(() =>
+                        ms[d].ExecuteAsync(plan, ReallocSchedule.ForDevice(plan, d), Ptr(src, d), dstPtr.GetValueOrDefault(d))))).WaitAsync(TimeSpan.FromSeconds(60));
+                    results[w] = [];
+                    foreach (var d in b.Devices.Order())
+                    {
+                        var want = MemoryMarshal.Cast<float, int>(TestLayouts.Shard(plan.DestinationLayoutOf(d), global)).ToArray();
+                        int[] got;
+                        unsafe { got = new Span<int>((void*)dstPtr[d], (int)plan.DestinationLayoutOf(d).TotalElements).ToArray(); }
+                        Assert.True(want.AsSpan().SequenceEqual(got), $"world {w}, trial {trial}: {a} -> {b}, device {d}");
+                        results[w].Add(got);
+                    }
+                }
+                for (int i = 0; i < results[0].Count; i++) Assert.True(results[0][i].AsSpan().SequenceEqual(results[1][i]), $"trial {trial}, shard {i}");
+            }
+            Assert.True(expectPushed > 0 && expectPulled > 0, "the trials did not mix shared and private destinations");
+            Assert.Equal(expectPushed, movers.Sum(m => m.PushedBytes));
+            Assert.Equal(expectPushed, movers.Sum(m => m.WrittenByPeerBytes));
+            Assert.Equal(expectPulled, movers.Sum(m => m.ProcessReadBytes));   // the private destinations pulled
+            Assert.Equal(0, pullMovers.Sum(m => m.PushedBytes));
+            Assert.Equal(expectPushed + expectPulled, pullMovers.Sum(m => m.ProcessReadBytes));
+        }
+        finally
+        {
+            foreach (var m in movers.Concat(pullMovers)) m.Dispose();
+            foreach (var b in blocks) b.Dispose();
+            foreach (var t in pushing.Concat(pulling)) t.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task ADestinationThatIsNotTheOneAnnouncedFailsBothSidesWithoutHanging()
+    {
+        const int n = 2;
+        var world = World(n);
+        var wrapped = world.Select(t => new WrongToken(t)).ToArray();
+        var movers = wrapped.Select(t => new TransportRealloc(t)).ToArray();
+        var blocks = new List<HostBlock>();
+        try
+        {
+            var rng = new Random(5);
+            var global = Shape(1, 0, 1, 0).Views.ToDictionary(v => v.Name, v => Enumerable.Range(0, (int)v.LocalElements).Select(_ => rng.NextSingle()).ToArray());
+            var plan = ReallocPlan.Build(new ParallelLayout([0], 1, 1, 1), new ParallelLayout([1], 1, 1, 1), Shape, 4, _ => 0);
+            // The sender's shard is private: only the receiver's destination announcement carries a
+            // (wrong) token, so the failure is the sender's mapping of it.
+            var src = new Dictionary<int, HostBlock> { [0] = Block(TestLayouts.Shard(plan.SourceLayoutOf(0), global), false) };
+            var dst = new Dictionary<int, HostBlock> { [1] = Block(new float[plan.DestinationLayoutOf(1).TotalElements], true) };
+            blocks.AddRange(src.Values.Concat(dst.Values));
+            var sender = Task.Run(() => movers[0].ExecuteAsync(plan, ReallocSchedule.ForDevice(plan, 0), Ptr(src, 0), 0));
+            var receiver = Task.Run(() => movers[1].ExecuteAsync(plan, ReallocSchedule.ForDevice(plan, 1), 0, Ptr(dst, 1)));
+            var s = await Assert.ThrowsAsync<InvalidOperationException>(() => sender.WaitAsync(TimeSpan.FromSeconds(30)));
+            Assert.Contains("device 1's destination shard", s.Message);
+            Assert.Contains("not the shared buffer announced", s.Message);
+            var r = await Assert.ThrowsAsync<InvalidOperationException>(() => receiver.WaitAsync(TimeSpan.FromSeconds(30)));
+            Assert.Contains("device 0 failed to write device 1's destination shard", r.Message);
+            Assert.Equal(0, movers[0].PeerMappingCount);
+            Assert.Equal(0, movers[0].PushedBytes);
         }
         finally
         {
