@@ -64,7 +64,7 @@ public sealed class Estimator
         "static-batch generation: a batch decodes until its longest sequence ends, at the mean number still decoding; no continuous batching, paged KV or speculative decoding",
         "sequence lengths: a named synthetic task's expected prompt and answer (a trained policy's answer length); a dataset or a workload without `task` at prompt_len + gen_len",
         "no network contention between concurrent calls or groups sharing NICs",
-        "CPU devices of one machine (shared_host) share its memory bandwidth evenly, and worker processes compute at a measured slowdown, whether or not the others are busy",
+        "CPU devices of one machine (shared_host) share its memory bandwidth evenly and worker processes compute at a measured slowdown whether or not the others are busy; only the cores are shared by the devices computing at the same time (more devices than cores, synchronous schedules)",
         "no stragglers, failures, data loading, checkpointing or evaluation time",
     ];
 
@@ -75,10 +75,19 @@ public sealed class Estimator
     // master-worker round trips by operation (seconds): the spec's (or the profile's mean) figure for each, unless the
     // profile measured them by kind for this many worker processes
     private readonly double _rtGenerate, _rtForward, _rtBackward;
+    // the same with no more worker processes computing than cores (ComputeStretch > 1 only; else equal to the above)
+    private readonly double _rtGenerateAlone, _rtForwardAlone, _rtBackwardAlone;
     private readonly int _eb, _hostShare;
+    // more devices than profiled cores on a shared host: a one-thread device gets cores / devices of a core while all of
+    // them compute; 1 when the schedule applies it instead (ComputeStretch), from the devices computing at the same time
+    private readonly double _stretch;
     private readonly ConcurrentDictionary<(ModelConfig, bool, int), StageLayout> _layouts = new();
+    private Estimator? _unstretched;
 
-    public Estimator(ClusterSpec cluster, Experiment exp, ProfileData? profile = null)
+    /// <param name="staticStretch">Whether a shared host's devices / cores stretch is priced into every call (as if every
+    /// device computed all the time); false prices one device's compute alone and leaves the stretch to the schedule
+    /// (<see cref="Unstretched"/>, <see cref="Evaluator"/>).</param>
+    public Estimator(ClusterSpec cluster, Experiment exp, ProfileData? profile = null, bool staticStretch = true)
     {
         // the round trip measured by `realn profile` on this host replaces the spec's, for as many worker processes
         // as it measured (a spec that prices none, WorkerRoundTrip 0, as the in-process estimate does, keeps none)
@@ -94,6 +103,18 @@ public sealed class Estimator
         }
         // a profile is measured by one process on every core of the host; a device of a shared host has 1/n of them
         _hostShare = cluster.SharedHost ? cluster.DevicesPerNode : 1;
+        ComputeStretch = _hostShare > 1 && profile?.Threads is { } hostCores && _hostShare > hostCores ? (double)_hostShare / hostCores : 1;
+        _stretch = staticStretch ? ComputeStretch : 1;
+        // more devices than cores: the round trips measured with as many worker processes as cores (no process waits for
+        // a time slice), for the moments the schedule has no more devices computing than cores
+        (_rtGenerateAlone, _rtForwardAlone, _rtBackwardAlone) = (_rtGenerate, _rtForward, _rtBackward);
+        if (ComputeStretch > 1 && cluster.WorkerRoundTrip > 0 && profile!.WorkerRoundTripEntryFor(profile.Threads!.Value) is { } alone)
+        {
+            double mean = alone.Us * 1e-6;
+            _rtGenerateAlone = alone.GenerateUs * 1e-6 ?? mean;
+            _rtForwardAlone = alone.ForwardUs * 1e-6 ?? mean;
+            _rtBackwardAlone = alone.BackwardUs * 1e-6 ?? mean;
+        }
         _gemm = profile?.GemmGflops is { } g ? g * 1e9 / _hostShare : cluster.PeakFlops * cluster.ComputeEfficiency;
         _membw = (profile?.MemcpyGbps is { } m ? m * 1e9 : cluster.MemoryBandwidth * cluster.MemoryEfficiency)
             / (cluster.SharedHost ? cluster.DevicesPerNode : 1); // cores of one host share its memory bandwidth
@@ -107,6 +128,18 @@ public sealed class Estimator
         if (cluster.SharedHost && cluster.WorkerRoundTrip > 0 && profile?.SharedComputeOverAlone(cluster.DevicesPerNode) is { } over)
             _workerSlowdown = over / (profile.Threads is { } cores ? Math.Max(1.0, (double)cluster.DevicesPerNode / cores) : 1.0);
     }
+
+    /// <summary>On a shared host with more devices than the profile's cores (cpu-local-4: 4 one-thread devices on 2 cores):
+    /// devices / cores, the stretch of a device's compute while every device computes; 1 elsewhere. The synchronous
+    /// schedule applies it by the devices computing at each moment (<see cref="Evaluator"/>), not to every call.</summary>
+    public double ComputeStretch { get; }
+
+    /// <summary>The cores the devices of a shared host share (the profile's threads); null without a profile.</summary>
+    public int? HostCores => Cluster.SharedHost ? Profile?.Threads : null;
+
+    /// <summary>This estimator without the static devices / cores stretch (<see cref="ComputeStretch"/>): one device's
+    /// compute as if it had its core alone, for the schedule to stretch by the devices computing at the same time.</summary>
+    public Estimator Unstretched => _stretch == 1 ? this : _unstretched ??= new Estimator(Cluster, Experiment, Profile, staticStretch: false);
 
     /// <summary>The slowdown applied to a call's compute in worker processes (1 off a shared host).</summary>
     public double WorkerComputeSlowdown => _workerSlowdown;
@@ -210,7 +243,7 @@ public sealed class Estimator
         // More devices than cores (4 worker processes on 2 cores): each one-thread device gets cores / devices
         // of a core while all compute, so its one-thread time is stretched by devices / cores.
         if (_hostShare > 1 && Profile?.Threads is { } all && Profile.BlockSeconds(m, kind, tokens, Math.Max(1, all / _hostShare), seqLen) is { } own)
-            return own * Math.Max(1.0, (double)_hostShare / all) / tp + ar;
+            return own * _stretch / tp + ar;
         if (Profile?.BlockSeconds(m, kind, tokens, null, seqLen) is { } measured) return measured * _hostShare / tp + ar;
         int h = m.Hidden, qd = m.Heads / tp * m.HeadDim, kvd = Math.Max(m.KvHeads / tp, 1) * m.HeadDim;
         double inter = (double)m.Intermediate / tp, t = tokens;
@@ -239,7 +272,7 @@ public sealed class Estimator
     {
         if (Profile is null) return null;
         if (_hostShare > 1 && Profile.Threads is { } all && Profile.TrainStepSeconds(m, scalar, tokens, Math.Max(1, all / _hostShare), seqLen) is { } own)
-            return own * Math.Max(1.0, (double)_hostShare / all);
+            return own * _stretch;
         return Profile.TrainStepSeconds(m, scalar, tokens, null, seqLen) is { } measured ? measured * _hostShare : null;
     }
 
@@ -250,7 +283,7 @@ public sealed class Estimator
     {
         if (Profile is null || scalar) return null;
         if (_hostShare > 1 && Profile.Threads is { } all && Profile.GenerationStepSeconds(m, sequences, Math.Max(1, all / _hostShare)) is { } own)
-            return own * Math.Max(1.0, (double)_hostShare / all);
+            return own * _stretch;
         return Profile.GenerationStepSeconds(m, sequences) is { } measured ? measured * _hostShare : null;
     }
 
@@ -276,7 +309,7 @@ public sealed class Estimator
     {
         var m = Experiment.Models[c.Role];
         bool scalar = Experiment.HasScalarHead(c.Role);
-        double dispatch = WorkerDispatchSeconds(c);
+        double dispatch = DispatchSeconds(c, o);
         if (o.Zero3) return Zero3Seconds(c, o, m, scalar) * _workerSlowdown + dispatch;
         return dispatch + NativeSeconds(c, o, m, scalar) * _workerSlowdown;
     }
@@ -287,14 +320,42 @@ public sealed class Estimator
     /// forward whose outputs the master's loss needs, then the backward sent together with the optimizer step).</summary>
     public static int WorkerRoundTrips(ModelCall c) => c.Type == CallType.TrainStep ? (c.LossOnWorkers ? 1 : 2) * c.OptimizerSteps * c.Epochs : 1;
 
+    /// <summary>What a call costs beyond its devices' compute: its master-worker round trips (<see cref="WorkerDispatchSeconds"/>)
+    /// in worker processes, or with its devices as threads of one process (a shared host priced without round trips) the
+    /// in-process dispatch of each operation on more than one device (<see cref="InProcessDispatchSeconds"/>).</summary>
+    public double DispatchSeconds(ModelCall c, CallOption o, bool crowded = true) => WorkerDispatchSeconds(c, crowded) + InProcessDispatchSeconds(c, o);
+
+    /// <summary>Devices as threads of one process (a shared host priced without worker round trips): an operation on
+    /// <c>n</c> &gt; 1 devices costs what `realn profile` measured beyond its fastest device's compute with n in-process
+    /// devices (<see cref="ProfileData.InProcessOverheads"/>: threads started and joined, the batch split, the outputs
+    /// merged, the wait for the slowest device): a generation one, an inference call one forward, a train call per
+    /// optimizer step and epoch one backward with its optimizer step (<see cref="ModelCall.LossOnWorkers"/>: one fused
+    /// operation), else a forward and a backward with its optimizer step. 0 on one device (the operation runs on the
+    /// calling thread), in worker processes, off a shared host, or without the measurement.</summary>
+    public double InProcessDispatchSeconds(ModelCall c, CallOption o)
+    {
+        if (!Cluster.SharedHost || Cluster.WorkerRoundTrip > 0 || o.Mesh.Size < 2 || Profile is null) return 0;
+        if ((Profile.InProcessOverheadFor(o.Mesh.Size) ?? Profile.InProcessOverheadFor(Cluster.DevicesPerNode)) is not { } w) return 0;
+        double Kind(double? us) => (us ?? w.Us) * 1e-6;
+        return c.Type switch
+        {
+            CallType.Generate => Kind(w.GenerateUs),
+            CallType.Inference => Kind(w.ForwardUs),
+            _ => c.OptimizerSteps * c.Epochs * (c.LossOnWorkers ? Kind(w.BackwardUs) : Kind(w.ForwardUs) + Kind(w.BackwardUs)),
+        };
+    }
+
     /// <summary>Seconds of a call's master-worker round trips: <see cref="ClusterSpec.WorkerRoundTrip"/> each, or what the
     /// profile measured for the operation (a generation; a forward - inference, or a train step's first round trip; a
     /// train step's round trip carrying its backward and optimizer step - the only one where the workers compute the loss).</summary>
-    public double WorkerDispatchSeconds(ModelCall c) => c.Type switch
+    /// <param name="crowded">False: while no more devices compute than the host has cores (a shared host with more
+    /// devices than cores), the round trips `realn profile` measured with as many worker processes as cores.</param>
+    public double WorkerDispatchSeconds(ModelCall c, bool crowded = true) => c.Type switch
     {
-        CallType.Generate => _rtGenerate,
-        CallType.Inference => _rtForward,
-        _ => c.OptimizerSteps * c.Epochs * (c.LossOnWorkers ? _rtBackward : _rtForward + _rtBackward),
+        CallType.Generate => crowded ? _rtGenerate : _rtGenerateAlone,
+        CallType.Inference => crowded ? _rtForward : _rtForwardAlone,
+        _ => c.OptimizerSteps * c.Epochs * (c.LossOnWorkers ? (crowded ? _rtBackward : _rtBackwardAlone)
+                                                              : crowded ? _rtForward + _rtBackward : _rtForwardAlone + _rtBackwardAlone),
     };
 
     private double NativeSeconds(ModelCall c, CallOption o, ModelConfig m, bool scalar)

@@ -6,7 +6,18 @@ using System.Collections.Concurrent;
 namespace ReaLNative.Planner;
 
 /// <summary>One candidate of one call with its estimated seconds and memory.</summary>
-public sealed record OptionInfo(CallOption Option, double Seconds, CallMemory Memory);
+public sealed record OptionInfo(CallOption Option, double Seconds, CallMemory Memory)
+{
+    /// <summary>Of <see cref="Seconds"/>: the master-worker round trips or the in-process dispatch
+    /// (<see cref="Estimator.DispatchSeconds"/>), which no device computes in.</summary>
+    public double Dispatch { get; init; }
+    /// <summary>The call's compute on one device as if it had its core alone (<see cref="Estimator.Unstretched"/>): what the
+    /// schedule stretches by the devices computing at the same time on a shared host with more devices than cores.</summary>
+    public double Work { get; init; }
+    /// <summary>The round trips while no more devices compute than cores (<see cref="Estimator.WorkerDispatchSeconds"/>
+    /// uncrowded); <see cref="Dispatch"/> is with every device of the spec computing.</summary>
+    public double DispatchUncrowded { get; init; }
+}
 
 public sealed class PlanningProblem
 {
@@ -114,7 +125,7 @@ public sealed class PlanningProblem
                         var o = new CallOption(mesh, s, mb, f);
                         var mem = Estimator.Memory(c, o);
                         if (AloneBytes(mem) > Cluster.UsableMemoryBytes) continue;
-                        yield return new OptionInfo(o, Estimator.CallSeconds(c, o), mem);
+                        yield return Info(ci, o, mem);
                     }
                 }
             }
@@ -169,9 +180,23 @@ public sealed class PlanningProblem
     {
         int i = Options[ci].FindIndex(x => x.Option == o);
         if (i >= 0) return i;
-        Options[ci].Add(new OptionInfo(o, Estimator.CallSeconds(Calls[ci], o), Estimator.Memory(Calls[ci], o)));
+        Options[ci].Add(Info(ci, o, Estimator.Memory(Calls[ci], o)));
         return Options[ci].Count - 1;
     }
+
+    /// <summary>An option of call <paramref name="ci"/> with its seconds, round trips and one device's compute alone.</summary>
+    public OptionInfo Info(int ci, CallOption o, CallMemory mem)
+    {
+        var c = Calls[ci];
+        double dispatch = Estimator.DispatchSeconds(c, o);
+        double seconds = Estimator.CallSeconds(c, o);
+        double work = ScheduleStretch ? Estimator.Unstretched.CallSeconds(c, o) - dispatch : seconds - dispatch;
+        return new OptionInfo(o, seconds, mem) { Dispatch = dispatch, Work = Math.Max(0, work), DispatchUncrowded = Estimator.DispatchSeconds(c, o, crowded: false) };
+    }
+
+    /// <summary>Whether the synchronous schedule stretches compute by the devices computing at the same time (a shared
+    /// host with more devices than cores, <see cref="Estimator.ComputeStretch"/>) instead of every call by all devices.</summary>
+    public bool ScheduleStretch => Estimator.ComputeStretch > 1 && Estimator.HostCores is > 0;
 
     internal double Realloc(int ci, int homeIdx, int optIdx) =>
         _realloc.GetOrAdd(((long)ci << 48) | ((long)homeIdx << 24) | (uint)optIdx, _ => Estimator.ReallocSeconds(Calls[ci].Role,

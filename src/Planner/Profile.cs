@@ -48,6 +48,14 @@ public sealed record ProfileData
     /// <summary>Worker round trips measured with other device counts too (`realn profile`: one worker process per core
     /// and twice as many); an entry for a spec's devices per node replaces the spec's worker_round_trip_us.</summary>
     [JsonPropertyName("worker_round_trips")] public List<WorkerRoundTrip> WorkerRoundTrips { get; init; } = [];
+    /// <summary>Devices as threads of one process (`realn run --plan --in-process`, `realn profile` since session 15): what
+    /// an operation dispatched to <c>devices</c> in-process devices costs beyond its fastest device's compute (threads
+    /// started and joined, the batch split and the outputs merged, the wait for the slowest device), by kind as
+    /// <see cref="WorkerRoundTrips"/> (<c>us</c> the mean, <c>generate_us</c>, <c>forward_us</c>, <c>backward_us</c>: a
+    /// train step's backward with its optimizer step), measured by the same short PPO with every call data parallel over
+    /// that many in-process devices (REALN_INPROCESS_TIMING). An operation on one device runs on the calling thread and
+    /// costs nothing beyond it.</summary>
+    [JsonPropertyName("in_process_overheads")] public List<WorkerRoundTrip> InProcessOverheads { get; init; } = [];
     [JsonPropertyName("layers")] public List<LayerProfile> Layers { get; init; } = [];
     /// <summary>A train call's optimizer step outside its blocks, measured on whole models (`realn profile`): see
     /// <see cref="TrainStepProfile"/>. Replaces the spec's train_step_overhead_us and the roofline's head, embedding and
@@ -94,6 +102,15 @@ public sealed record ProfileData
             if (WorkerRoundTrips.Take(i).Any(o => o.Devices == w.Devices)) throw new PlannerException($"profile.worker_round_trips[{i}].devices: {w.Devices} appears twice");
             foreach (var (name, v) in new[] { ("generate_us", w.GenerateUs), ("forward_us", w.ForwardUs), ("backward_us", w.BackwardUs) })
                 if (v is { } x && !(x >= 0 && double.IsFinite(x))) throw new PlannerException($"profile.worker_round_trips[{i}].{name}: {x} must be a number >= 0");
+        }
+        for (int i = 0; i < InProcessOverheads.Count; i++)
+        {
+            var w = InProcessOverheads[i];
+            if (w.Devices < 2) throw new PlannerException($"profile.in_process_overheads[{i}].devices: {w.Devices} must be at least 2");
+            if (!(w.Us >= 0 && double.IsFinite(w.Us))) throw new PlannerException($"profile.in_process_overheads[{i}].us: {w.Us} must be a number >= 0");
+            if (InProcessOverheads.Take(i).Any(o => o.Devices == w.Devices)) throw new PlannerException($"profile.in_process_overheads[{i}].devices: {w.Devices} appears twice");
+            foreach (var (name, v) in new[] { ("generate_us", w.GenerateUs), ("forward_us", w.ForwardUs), ("backward_us", w.BackwardUs) })
+                if (v is { } x && !(x >= 0 && double.IsFinite(x))) throw new PlannerException($"profile.in_process_overheads[{i}].{name}: {x} must be a number >= 0");
         }
         foreach (var (list, key) in new[] { (TrainSteps, "train_steps"), (Generations, "generations") })
         for (int i = 0; i < list.Count; i++)
@@ -202,6 +219,9 @@ public sealed record ProfileData
     /// microseconds (<see cref="WorkerRoundTrips"/>, else <see cref="WorkerRoundTripUs"/> for its device count); null when
     /// the profile did not measure that many.</summary>
     public WorkerRoundTrip? WorkerRoundTripEntryFor(int devices) => WorkerRoundTrips.FirstOrDefault(w => w.Devices == devices);
+
+    /// <summary>The in-process overhead measured with <paramref name="devices"/> in-process devices (<see cref="InProcessOverheads"/>).</summary>
+    public WorkerRoundTrip? InProcessOverheadFor(int devices) => InProcessOverheads.FirstOrDefault(w => w.Devices == devices);
 
     public double? WorkerRoundTripUsFor(int devices) =>
         WorkerRoundTrips.FirstOrDefault(w => w.Devices == devices)?.Us ?? (WorkerRoundTripDevices == devices ? WorkerRoundTripUs : null);

@@ -38,17 +38,68 @@ public sealed record SearchResult(PlanResult Best, IReadOnlyDictionary<string, P
     /// (<see cref="PlanSearch.SingleDeviceSeconds"/>); null elsewhere or when it does not fit.</summary>
     public double? SingleDeviceSeconds { get; init; }
 
-    /// <summary>The search's choice on a shared host: the single device (`realn run` without --plan) when it is
-    /// estimated no slower than the best plan run in worker processes; the plan otherwise.</summary>
-    public bool SingleDeviceChosen => SingleDeviceSeconds is { } s && s <= Best.Evaluation.IterationSeconds;
+    /// <summary>How <see cref="Best"/> is priced and run: one worker process per device (`realn run --plan`, the default),
+    /// or, on a shared host, the devices as threads of one process (`realn run --plan --in-process`).</summary>
+    public PlanExecution Execution { get; init; } = PlanExecution.Workers;
+
+    /// <summary>On a shared host: the search of the same experiment priced in the other execution (in process when this
+    /// one is in worker processes, and the reverse); null elsewhere.</summary>
+    public SearchResult? OtherExecution { get; init; }
+
+    /// <summary>The search priced in worker processes (this one, or <see cref="OtherExecution"/>).</summary>
+    public SearchResult Workers => Execution == PlanExecution.Workers ? this : OtherExecution!;
+
+    /// <summary>On a shared host, the search priced with the devices as threads of one process; null elsewhere.</summary>
+    public SearchResult? InProcessSearch => Execution == PlanExecution.InProcess ? this : OtherExecution;
+
+    /// <summary>The search's choice on a shared host among the single device (`realn run` without --plan), the plan in
+    /// process (`--plan --in-process`) and the plan in worker processes (`--plan`): the fastest estimate (the single
+    /// device on a tie with a plan, the plan in process on a tie between the two plans). Off a shared host the plan
+    /// in worker processes.</summary>
+    public ExecutionChoice Chosen => SingleDeviceSeconds is { } s && s <= Best.Evaluation.IterationSeconds ? ExecutionChoice.SingleDevice
+        : Execution == PlanExecution.InProcess ? ExecutionChoice.PlanInProcess : ExecutionChoice.PlanWorkers;
+
+    /// <summary>Whether the single device is chosen (<see cref="Chosen"/>).</summary>
+    public bool SingleDeviceChosen => Chosen == ExecutionChoice.SingleDevice;
 }
+
+/// <summary>How a plan's devices run: worker processes (one per device) or threads of one process.</summary>
+public enum PlanExecution { Workers, InProcess }
+
+/// <summary>What `realn plan` tells the user to run on a shared host.</summary>
+public enum ExecutionChoice { SingleDevice, PlanInProcess, PlanWorkers }
 
 public static class PlanSearch
 {
+    /// <summary>`realn plan --json`'s name of a choice.</summary>
+    public static string Key(ExecutionChoice c) => c switch
+    {
+        ExecutionChoice.SingleDevice => "single_device", ExecutionChoice.PlanInProcess => "plan_in_process", _ => "plan_workers",
+    };
+
+    /// <summary>Searches the plan. On a shared host (<see cref="ClusterSpec.SharedHost"/>) it searches twice, the devices
+    /// priced as worker processes (round trips, the shared-compute slowdown) and as threads of one process (neither),
+    /// and returns the faster of the two as <see cref="SearchResult.Best"/> (<see cref="SearchResult.Execution"/>), the
+    /// other in <see cref="SearchResult.OtherExecution"/>, with the single device's estimate beside them.</summary>
     public static SearchResult Run(ClusterSpec cluster, Experiment exp, SearchOptions opt, ProfileData? profile = null)
     {
+        var workers = RunOne(cluster, exp, opt, profile);
+        if (!cluster.SharedHost) return workers;
+        var inProcess = RunOne(InProcessCluster(cluster), exp, opt, profile) with { Execution = PlanExecution.InProcess };
+        double? single = workers.SingleDeviceSeconds;
+        var best = inProcess.Best.Evaluation.IterationSeconds <= workers.Best.Evaluation.IterationSeconds ? inProcess : workers;
+        var other = ReferenceEquals(best, workers) ? inProcess : workers;
+        return best with { OtherExecution = other with { SingleDeviceSeconds = single }, SingleDeviceSeconds = single };
+    }
+
+    /// <summary>A shared-host spec as its devices run as threads of one process: no master-worker round trips and no
+    /// worker-process slowdown (collectives then take the spec's in-node latency).</summary>
+    public static ClusterSpec InProcessCluster(ClusterSpec cluster) => cluster with { WorkerRoundTrip = 0, WorkerComputeSlowdown = 1 };
+
+    private static SearchResult RunOne(ClusterSpec cluster, Experiment exp, SearchOptions opt, ProfileData? profile)
+    {
         var sw = Stopwatch.StartNew();
-        var sync = exp.Asynchronous ? Run(cluster, exp.Synchronous(), opt, profile) : null;
+        var sync = exp.Asynchronous ? RunOne(cluster, exp.Synchronous(), opt, profile) : null;
         if (exp.Precision is { } precision) cluster = cluster.ForPrecision(precision);
         var problem = new PlanningProblem(new Estimator(cluster, exp, profile));
         var baselines = Baselines.All(problem);
@@ -124,7 +175,8 @@ public static class PlanSearch
     public static PlanResult InProcess(SearchResult r)
     {
         var p = r.Problem;
-        var q = new PlanningProblem(new Estimator(p.Cluster with { WorkerRoundTrip = 0, WorkerComputeSlowdown = 1 }, p.Experiment, p.Estimator.Profile));
+        if (r.Execution == PlanExecution.InProcess) return r.Best;
+        var q = new PlanningProblem(new Estimator(InProcessCluster(p.Cluster), p.Experiment, p.Estimator.Profile));
         // The option lists are filtered by cost, so the same option may sit at another index (or be
         // filtered out) without the dispatch term: find each chosen option by its content, else add it.
         var choice = new int[p.Calls.Count];
@@ -134,7 +186,7 @@ public static class PlanSearch
             int k = q.Options[i].FindIndex(o => o.Option == chosen.Option);
             if (k < 0)
             {
-                q.Options[i].Add(chosen with { Seconds = q.Estimator.CallSeconds(p.Calls[i], chosen.Option) });
+                q.Options[i].Add(q.Info(i, chosen.Option, chosen.Memory));
                 k = q.Options[i].Count - 1;
             }
             choice[i] = k;

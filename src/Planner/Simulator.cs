@@ -175,6 +175,7 @@ public sealed class Evaluator
     public double Simulate(int[] choice, int iterations, List<SimTask>? record)
     {
         if (_staleness is int staleness) return SimulateAsync(choice, iterations, staleness, record);
+        if (_p.ScheduleStretch) return SimulateShared(choice, iterations, record);
         Array.Clear(_free); Array.Clear(_end); Array.Clear(_prevEnd);
         var calls = _p.Calls;
         double makespan = 0;
@@ -213,6 +214,137 @@ public sealed class Evaluator
             }
             Array.Copy(_end, _prevEnd, _end.Length);
         }
+        return makespan;
+    }
+
+    /// <summary>
+    /// The synchronous list schedule on a shared host with more devices than cores (<see cref="PlanningProblem.ScheduleStretch"/>):
+    /// the same tasks, order and dependencies as <see cref="Simulate"/> (a call after its inputs plus their transfer, its own
+    /// and its train call's previous iteration and, on each of its devices, the task listed before it there; a
+    /// reallocation after the train call's previous iteration and the tasks before it on both meshes), but the devices
+    /// share the host's cores (processor sharing): while b devices compute (the devices of every running call), each
+    /// computes at min(1, cores / b) of its one-core speed. So a call's compute (<see cref="OptionInfo.Work"/>) is
+    /// stretched only by the devices computing beside it, not by every device of the spec; its round trips, interleaved
+    /// with its compute, take <see cref="OptionInfo.DispatchUncrowded"/> while b &lt;= cores and
+    /// <see cref="OptionInfo.Dispatch"/> (measured with every device busy) above. A running call advances at
+    /// 1 / (work / rate + round trips) of itself per second; a reallocation takes its own time and no core.
+    /// </summary>
+    private double SimulateShared(int[] choice, int iterations, List<SimTask>? record)
+    {
+        var calls = _p.Calls;
+        int nc = calls.Count;
+        double cores = _p.Estimator.HostCores!.Value;
+        // tasks in list order: per iteration, per call, its reallocation (if any) then the call
+        var name = new List<string>(); var iter = new List<int>(); var isRealloc = new List<bool>();
+        var dev0 = new List<int>(); var devN = new List<int>(); var dev20 = new List<int>(); var dev2N = new List<int>();
+        var work = new List<double>(); var rtBusy = new List<double>(); var rtIdle = new List<double>();
+        var preds = new List<List<(int Task, double Lag)>>();
+        var lastOn = new int[_p.Cluster.TotalDevices];
+        Array.Fill(lastOn, -1);
+        var callTask = new int[iterations, nc];
+        int Add(string n, int it, bool realloc, int d0, int dn, int h0, int hn, double w, double busyRt, double idleRt, List<(int, double)> ps)
+        {
+            int k = name.Count;
+            name.Add(n); iter.Add(it); isRealloc.Add(realloc); dev0.Add(d0); devN.Add(dn); dev20.Add(h0); dev2N.Add(hn);
+            work.Add(w); rtBusy.Add(busyRt); rtIdle.Add(idleRt);
+            for (int d = d0; d < d0 + dn; d++) { if (lastOn[d] >= 0) ps.Add((lastOn[d], 0)); lastOn[d] = k; }
+            for (int d = h0; d < h0 + hn; d++) { if (lastOn[d] >= 0 && lastOn[d] != k) ps.Add((lastOn[d], 0)); lastOn[d] = k; }
+            preds.Add(ps);
+            return k;
+        }
+        for (int it = 0; it < iterations; it++)
+            for (int i = 0; i < nc; i++)
+            {
+                var info = _p.Options[i][choice[i]];
+                var o = info.Option;
+                int d0 = o.Mesh.FirstDevice(_dpn), n = o.Mesh.Size;
+                var ps = new List<(int, double)>();
+                if (it > 0) ps.Add((callTask[it - 1, i], 0));
+                foreach (int j in _p.InputIdx[i])
+                {
+                    if (j < 0) continue;
+                    int from = j < i ? callTask[it, j] : it > 0 ? callTask[it - 1, j] : -1;
+                    if (from >= 0) ps.Add((from, _p.Transfer(j, choice[j], i, choice[i])));
+                }
+                int tc = _p.TrainCallOfRole[i];
+                if (tc >= 0 && tc != i)
+                {
+                    if (it > 0) ps.Add((callTask[it - 1, tc], 0));
+                    long key = ((long)i << 48) | ((long)choice[tc] << 24) | (uint)choice[i];
+                    if (!_reallocLocal.TryGetValue(key, out double r)) _reallocLocal[key] = r = _p.Realloc(i, choice[tc], choice[i]);
+                    if (r > 0)
+                    {
+                        var home = _p.Options[tc][choice[tc]].Option.Mesh;
+                        var rp = new List<(int, double)>();
+                        if (it > 0) rp.Add((callTask[it - 1, tc], 0));
+                        ps.Add((Add($"realloc {calls[i].Role}->{calls[i].Name}", it, true, home.FirstDevice(_dpn), home.Size, d0, n, 0, r, r, rp), 0));
+                    }
+                }
+                callTask[it, i] = Add(calls[i].Name, it, false, d0, n, d0, 0, info.Work, info.Dispatch, info.DispatchUncrowded, ps);
+            }
+        int count = name.Count;
+        var left = new int[count]; var earliest = new double[count]; var start = new double[count]; var end = new double[count];
+        var state = new byte[count];   // 0 waiting, 1 running, 2 done
+        var remaining = new double[count];   // fraction of the task left
+        var succ = new List<(int Task, double Lag)>[count];
+        for (int k = 0; k < count; k++) succ[k] = [];
+        for (int k = 0; k < count; k++)
+        {
+            left[k] = preds[k].Count;
+            foreach (var (t, lag) in preds[k]) succ[t].Add((k, lag));
+        }
+        double now = 0, makespan = 0, busy = 0;
+        int done = 0;
+        const double Eps = 1e-12;   // seconds
+        // seconds the whole task would take at the current sharing: its compute at the devices' share of the cores,
+        // its round trips measured with as many (or more) worker processes busy
+        double Span(int k) => busy > cores ? work[k] * busy / cores + rtBusy[k] : work[k] + rtIdle[k];
+        while (done < count)
+        {
+            // start and finish everything due now, until nothing changes at this instant
+            bool changed = true;
+            while (changed)
+            {
+                changed = false;
+                for (int k = 0; k < count; k++)
+                {
+                    if (state[k] == 0 && left[k] == 0 && earliest[k] <= now + Eps)
+                    {
+                        start[k] = now; state[k] = 1; remaining[k] = 1; changed = true;
+                        if (work[k] <= 0 && rtBusy[k] <= 0 && rtIdle[k] <= 0) remaining[k] = 0;
+                    }
+                    if (state[k] == 1 && remaining[k] * Span(k) <= Eps)
+                    {
+                        state[k] = 2; end[k] = now; done++; changed = true;
+                        if (now > makespan) makespan = now;
+                        foreach (var (t, lag) in succ[k]) { left[t]--; earliest[t] = Math.Max(earliest[t], now + lag); }
+                    }
+                }
+            }
+            if (done == count) break;
+            busy = 0;
+            for (int k = 0; k < count; k++) if (state[k] == 1 && !isRealloc[k]) busy += devN[k];
+            double next = double.PositiveInfinity;
+            int first = -1;   // the running task that ends first (ended exactly, whatever the rounding)
+            for (int k = 0; k < count; k++)
+            {
+                if (state[k] == 0 && left[k] == 0) next = Math.Min(next, earliest[k]);
+                else if (state[k] == 1 && now + remaining[k] * Span(k) < next) { next = now + remaining[k] * Span(k); first = k; }
+            }
+            if (double.IsPositiveInfinity(next)) throw new InvalidOperationException("internal: the shared-host schedule has a cycle");
+            double dt = Math.Max(0, next - now);
+            for (int k = 0; k < count; k++)
+                if (state[k] == 1)
+                {
+                    double span = Span(k);
+                    remaining[k] = span > 0 ? Math.Max(0, remaining[k] - dt / span) : 0;
+                }
+            if (first >= 0 && now + remaining[first] * Span(first) <= next) remaining[first] = 0;
+            now = next;
+        }
+        if (record is not null)
+            for (int k = 0; k < count; k++)
+                record.Add(new SimTask(name[k], iter[k], dev0[k], devN[k], dev20[k], dev2N[k], start[k], end[k], isRealloc[k]));
         return makespan;
     }
 

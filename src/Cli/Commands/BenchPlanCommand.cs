@@ -8,9 +8,10 @@
 // `iterations_seconds` in summary.json (the iterations' dataflow, no evaluation or checkpoint) divided by
 // its iterations, so examples/bench/ppo-tiny-timing.yaml keeps the earlier stages short. The workers
 // run also reports its mean master-worker round trip beyond the workers' compute (REALN_WORKER_TIMING),
-// printed next to the cluster spec's worker_round_trip_us. The run `realn plan` chooses (the single device when
-// it is estimated no slower than the plan in worker processes, else the plan in worker processes) is marked
-// (`chosen` in --json); its measurement over the single device's is the loop's check. The host's load average is
+// printed next to the cluster spec's worker_round_trip_us. The plan is searched for each execution (worker processes:
+// OUT/plan.json; devices as threads: OUT/plan-in-process.json, `plan_in_process` in --json), and the run `realn plan`
+// chooses among the three (the fastest estimate) is marked (`chosen` in --json: single, threads or workers); its
+// measurement over the single device's is the loop's check. The host's load average is
 // printed with the runs (measurements on a loaded host are not the model's error).
 using System.CommandLine;
 using System.Diagnostics;
@@ -68,21 +69,27 @@ public static class BenchPlanCommand
             var prof = profilePath is null ? null : ProfileData.Load(profilePath);
             r = PlanSearch.Run(spec, Experiment.Load(configPath), new SearchOptions(), prof);
             singlePlan = PlanSearch.SingleDevice(r.Problem.Cluster, r.Problem.Experiment, prof);
-            threadsPlan = PlanSearch.InProcess(r);
+            // the plan searched for devices as threads (its own search: no round trips), priced as such
+            threadsPlan = r.InProcessSearch?.Best ?? PlanSearch.InProcess(r);
         }
         catch (PlannerException e) { throw new UsageException(e.Message); }
-        var plan = r.Best.Plan;
+        var plan = r.Workers.Best.Plan;   // the plan searched for worker processes
+        var threadsRun = threadsPlan.Plan;
         double? singleEstimate = r.SingleDeviceSeconds;
-        string chosen = r.SingleDeviceChosen ? "single" : "workers";   // what `realn plan` tells the user to run
+        // what `realn plan` tells the user to run
+        string chosen = r.Chosen switch { ExecutionChoice.SingleDevice => "single", ExecutionChoice.PlanInProcess => "threads", _ => "workers" };
         double threadsEstimate = threadsPlan.Evaluation.IterationSeconds;
         int stage = PlannedStage(experiment, plan)
             ?? throw new UsageException($"{configPath}: no stage runs exactly the calls of the plan ({string.Join(", ", plan.Calls.Select(c => c.Name))})");
 
         Directory.CreateDirectory(outRoot);
-        string planPath = Path.Combine(outRoot, "plan.json");
+        string planPath = Path.Combine(outRoot, "plan.json"), threadsPlanPath = Path.Combine(outRoot, "plan-in-process.json");
         File.WriteAllText(planPath, PlanJson.ToJson(plan));
+        File.WriteAllText(threadsPlanPath, PlanJson.ToJson(threadsRun));
+        string Describe(Plan p) => string.Join(", ", p.Calls.Select(c => $"{c.Name} {c.Mesh} {c.Strategy} x{c.MicroBatches}"));
         if (!json)
-            Console.Error.WriteLine($"plan for {spec.Name} ({spec.DevicesPerNode} devices): {string.Join(", ", plan.Calls.Select(c => $"{c.Name} {c.Mesh} {c.Strategy}"))}; estimated {F(r.Best.Evaluation.IterationSeconds)} s/iteration in worker processes, {F(threadsEstimate)} s in-process, single device {F(singleEstimate)} s; chosen: {(chosen == "single" ? "the single device (no plan)" : "the plan in worker processes")}");
+            Console.Error.WriteLine($"plans for {spec.Name} ({spec.DevicesPerNode} devices): in worker processes {Describe(plan)}, estimated {F(r.Workers.Best.Evaluation.IterationSeconds)} s/iteration; " +
+                                    $"in process {Describe(threadsRun)}, {F(threadsEstimate)} s; single device {F(singleEstimate)} s; chosen: {chosen}");
 
         var rows = new JsonArray();
         double? singleMeasured = null, measuredRoundTripMs = null;
@@ -91,7 +98,7 @@ public static class BenchPlanCommand
         {
             string dir = Path.Combine(outRoot, mode);
             var args = new List<string> { "run", configPath, "--out", dir };
-            if (mode != "single") { args.Add("--plan"); args.Add(planPath); }
+            if (mode != "single") { args.Add("--plan"); args.Add(mode == "threads" ? threadsPlanPath : planPath); }
             if (mode == "threads") args.Add("--in-process");
             if (!json) Console.Error.WriteLine($"{mode}: realn {string.Join(' ', args)} (log: {dir}.log)");
             RunChild(args, dir + ".log", timeout, mode, mode == "workers" ? new() { ["REALN_WORKER_TIMING"] = "1" } : new());
@@ -100,11 +107,11 @@ public static class BenchPlanCommand
             var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")))!.AsObject();
             var st = summary["stages"]![stage]!.AsObject();
             double measured = (double)st["iterations_seconds"]! / (int)st["iterations"]!;
-            double estimate = mode switch { "single" => singleEstimate ?? double.NaN, "threads" => threadsEstimate, _ => r.Best.Evaluation.IterationSeconds };
+            double estimate = mode switch { "single" => singleEstimate ?? double.NaN, "threads" => threadsEstimate, _ => r.Workers.Best.Evaluation.IterationSeconds };
             if (mode == "single") singleMeasured = measured;
             // per call: the estimate's seconds and packed tokens against the run's metrics.jsonl (median seconds of the
             // planned stage's iterations, mean tokens): which term is off, rather than only the whole iteration
-            var estCalls = (mode switch { "single" => singlePlan?.Plan, "threads" => threadsPlan.Plan, _ => plan })?.Estimate?.CallSeconds;
+            var estCalls = (mode switch { "single" => singlePlan?.Plan, "threads" => threadsRun, _ => plan })?.Estimate?.CallSeconds;
             var measuredCalls = CallMetrics(Path.Combine(dir, "metrics.jsonl"), stage);
             var calls = new JsonObject();
             foreach (var c in r.Problem.Calls)
@@ -141,7 +148,8 @@ public static class BenchPlanCommand
             {
                 ["benchmark"] = "plan", ["config"] = configPath, ["cluster"] = spec.Name, ["stage"] = stage,
                 ["stage_algorithm"] = experiment.Stages[stage].Algorithm, ["iterations"] = experiment.Stages[stage].Iterations,
-                ["load_average_before"] = loadBefore, ["chosen"] = chosen, ["plan"] = JsonNode.Parse(PlanJson.ToJson(plan)), ["rows"] = rows,
+                ["load_average_before"] = loadBefore, ["chosen"] = chosen, ["plan"] = JsonNode.Parse(PlanJson.ToJson(plan)),
+                ["plan_in_process"] = JsonNode.Parse(PlanJson.ToJson(threadsRun)), ["rows"] = rows,
                 ["worker_round_trip_ms"] = new JsonObject { ["spec"] = Math.Round(spec.WorkerRoundTrip * 1e3, 3), ["measured"] = measuredRoundTripMs },
             }.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
             return 0;
@@ -154,7 +162,7 @@ public static class BenchPlanCommand
             string vs = row["over_single_measured"] is { } v ? ((double)v).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-";
             Console.WriteLine($"{(string)row["mode"]! + ((bool)row["chosen"]! ? "*" : ""),-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {vs,10} {(row["load_average_after"] is { } la ? ((double)la).ToString("F1", CultureInfo.InvariantCulture) : "-"),10}");
         }
-        Console.WriteLine("single: realn run without --plan (one process, every core); threads: --plan --in-process; workers: --plan, one worker process per device; *: what realn plan chooses");
+        Console.WriteLine("single: realn run without --plan (one process, every core); threads: --plan plan-in-process.json --in-process; workers: --plan plan.json, one worker process per device; *: what realn plan chooses");
         Console.WriteLine("per call, seconds estimated / measured (median over the stage's iterations, metrics.jsonl) and packed tokens estimated / measured:");
         foreach (var row in rows.Select(x => x!.AsObject()))
         {

@@ -1,9 +1,11 @@
 // `realn plan CONFIG --cluster CLUSTER [--nodes N] [--seed S] [--time-limit SEC] [--out PLAN.json]
 // [--profile PROFILE.json] [--show plan|BASELINE] [--json]`: searches the execution plan, prints it as a
 // table with every baseline's time and the searched plan's speedup over it and the model's limits (or the
-// JSON document {"iteration_seconds", "baselines", ["single_device_seconds", "chosen",] "search_seconds", "limits", "plan"}),
-// (single device: shared-host CPU clusters, a run without --plan on every core; chosen: single_device when it is
-// estimated no slower than the plan in worker processes, else plan), writes the plan
+// JSON document {"iteration_seconds", "baselines", ["execution", "single_device_seconds", "plan_in_process_seconds",
+// "plan_workers_seconds", "chosen", "run",] "search_seconds", "limits", "plan"}). On a shared-host CPU cluster the plan is
+// searched twice, for worker processes and for devices as threads of one process (`--in-process`), and the faster is
+// the plan (`execution`); chosen: single_device (a run without --plan on every core), plan_in_process or plan_workers,
+// whichever is estimated fastest, and `run` is its command line. Writes the plan
 // JSON and a Gantt chart PNG of one iteration (of the plan or the baseline named by --show) beside it.
 using System.CommandLine;
 using System.Text.Json;
@@ -32,6 +34,14 @@ public static class PlanCommand
             p.GetValue(outPath), p.GetValue(profile), p.GetValue(show)!, p.GetValue(json)));
         return cmd;
     }
+
+    /// <summary>The command line that runs <paramref name="chosen"/> (the plan written to <paramref name="planPath"/>).</summary>
+    internal static string RunLine(ExecutionChoice chosen, string configPath, string planPath) => chosen switch
+    {
+        ExecutionChoice.SingleDevice => $"realn run {configPath} --out RUN_DIR",
+        ExecutionChoice.PlanInProcess => $"realn run {configPath} --plan {planPath} --in-process --out RUN_DIR",
+        _ => $"realn run {configPath} --plan {planPath} --out RUN_DIR",
+    };
 
     /// <summary>Seconds in fixed notation (never 5.93E-05): 2 decimals from 1 s, 5 below 0.01 s.</summary>
     internal static string S(double seconds) => seconds.ToString(seconds >= 1 ? "F2" : seconds >= 0.01 ? "F3" : "F5", System.Globalization.CultureInfo.InvariantCulture);
@@ -110,10 +120,16 @@ public static class PlanCommand
                     w.WriteEndObject();
                 }
                 w.WriteEndObject();
-                if (single is { } sd)
+                if (r.Problem.Cluster.SharedHost)
                 {
-                    w.WriteNumber("single_device_seconds", sd);
-                    w.WriteString("chosen", r.SingleDeviceChosen ? "single_device" : "plan");
+                    // the three ways to run the experiment on a shared host, each estimated; `plan` is the faster plan
+                    // execution's plan (`execution`), and `run` the command line of the chosen one
+                    w.WriteString("execution", r.Execution == PlanExecution.InProcess ? "in_process" : "workers");
+                    if (single is { } sd) w.WriteNumber("single_device_seconds", sd);
+                    if (r.InProcessSearch is { } ip) w.WriteNumber("plan_in_process_seconds", ip.Best.Evaluation.IterationSeconds);
+                    w.WriteNumber("plan_workers_seconds", r.Workers.Best.Evaluation.IterationSeconds);
+                    w.WriteString("chosen", PlanSearch.Key(r.Chosen));
+                    w.WriteString("run", RunLine(r.Chosen, configPath, outPath));
                 }
                 w.WriteNumber("search_seconds", r.SearchSeconds);
                 w.WriteStartArray("limits");
@@ -151,10 +167,18 @@ public static class PlanCommand
             AnsiConsole.MarkupLine(b is null ? $"  {name}: not applicable: {Markup.Escape(Baselines.WhyNot(r.Problem, name, b)!)}"
                 : $"  {name}: {S(b.Evaluation.IterationSeconds)} s -> speedup {b.Evaluation.IterationSeconds / r.Best.Evaluation.IterationSeconds:F2}x"
                   + (Baselines.Note(r.Problem, name, b) is { } note ? $" ({Markup.Escape(note)})" : ""));
-        if (single is { } one)
-            AnsiConsole.MarkupLine(r.SingleDeviceChosen
-                ? $"[yellow]chosen: the single device (realn run without --plan, all {r.Problem.Cluster.DevicesPerNode} cores in one process): {S(one)} s, no slower than this plan in worker processes: run without --plan[/]"
-                : $"single device (realn run without --plan, all {r.Problem.Cluster.DevicesPerNode} cores in one process): {S(one)} s ({one / r.Best.Evaluation.IterationSeconds:F2}x the plan)");
+        if (r.Problem.Cluster.SharedHost)
+        {
+            // a shared host runs the experiment three ways; each estimated, the fastest chosen
+            string Mark(ExecutionChoice c) => r.Chosen == c ? " [yellow](chosen)[/]" : "";
+            AnsiConsole.MarkupLine($"this plan is {(r.Execution == PlanExecution.InProcess ? "for its devices as threads of one process (--in-process)" : "for one worker process per device")}; ways to run the experiment on this shared host, estimated per iteration:");
+            if (single is { } one)
+                AnsiConsole.MarkupLine($"  single device (no plan, all {r.Problem.Cluster.DevicesPerNode} cores in one process): {S(one)} s{Mark(ExecutionChoice.SingleDevice)}");
+            if (r.InProcessSearch is { } ip)
+                AnsiConsole.MarkupLine($"  plan with devices as threads of one process (--in-process): {S(ip.Best.Evaluation.IterationSeconds)} s{Mark(ExecutionChoice.PlanInProcess)}");
+            AnsiConsole.MarkupLine($"  plan in worker processes: {S(r.Workers.Best.Evaluation.IterationSeconds)} s{Mark(ExecutionChoice.PlanWorkers)}");
+            AnsiConsole.MarkupLine($"[yellow]run: {Markup.Escape(RunLine(r.Chosen, configPath, outPath))}[/]");
+        }
         AnsiConsole.MarkupLine("the estimate leaves out:");
         foreach (var l in Estimator.Limits) AnsiConsole.MarkupLine($"  - {Markup.Escape(l)}");
         AnsiConsole.MarkupLine($"plan: {Markup.Escape(outPath)}, Gantt chart{(show == "plan" ? "" : $" ({show})")}: {Markup.Escape(png)}");

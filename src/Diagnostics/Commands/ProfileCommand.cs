@@ -17,7 +17,9 @@
 // twice as many: `worker_round_trips`),
 // every call data parallel over all of them, run as a child `realn run --plan` with REALN_WORKER_TIMING=1;
 // the mean master-worker round trip beyond the workers' compute it reports goes into the profile
-// (`worker_round_trip_us`, `worker_round_trip_devices`), which the planner prefers to the spec's figure.
+// (`worker_round_trip_us`, `worker_round_trip_devices`), which the planner prefers to the spec's figure. The same
+// PPO run `--in-process` (devices as threads) with REALN_INPROCESS_TIMING=1 gives what an operation on that many
+// in-process devices costs beyond its fastest device, by kind (`in_process_overheads`).
 using System.CommandLine;
 using System.Diagnostics;
 using ReaLNative.Engine.Algorithms;
@@ -37,7 +39,7 @@ public static class ProfileCommand
     {
         var models = new Option<string[]>("--model") { Description = "Model presets to profile (repeatable)", DefaultValueFactory = _ => ["tiny"], AllowMultipleArgumentsPerToken = true };
         var output = new Option<string>("--out") { Description = "Profile JSON to write", DefaultValueFactory = _ => "profile.json" };
-        var noWorkers = new Option<bool>("--no-workers") { Description = "Skip the worker round-trip measurement (a short PPO in one worker process per core)" };
+        var noWorkers = new Option<bool>("--no-workers") { Description = "Skip the round-trip measurements (short PPO runs in one worker process per core and with devices as threads)" };
         // internal: one of the processes of the shared-compute measurement (started by `realn profile` itself)
         var sharedChild = new Option<bool>(SharedChildOption) { Hidden = true };
         var cmd = new Command("profile", "Measure block costs, train-step overhead, shared-core slowdown and the worker round trip on this machine and write a planner calibration profile");
@@ -245,7 +247,14 @@ public static class ProfileCommand
 
     /// <summary>The mean master-worker round trip beyond compute, in seconds, of <see cref="RoundTripConfig"/> in
     /// <paramref name="devices"/> worker processes (every call data parallel over all of them).</summary>
-    internal static WorkerRoundTrip WorkerRoundTripMeasured(int devices, TimeSpan deadline)
+    internal static WorkerRoundTrip WorkerRoundTripMeasured(int devices, TimeSpan deadline) => RoundTripRun(devices, deadline, inProcess: false);
+
+    /// <summary>What an operation on <paramref name="devices"/> in-process devices costs beyond its fastest device's compute,
+    /// by kind (<see cref="ProfileData.InProcessOverheads"/>): <see cref="RoundTripConfig"/> run with `--in-process`, every
+    /// call data parallel over all of them, REALN_INPROCESS_TIMING's summary.</summary>
+    internal static WorkerRoundTrip InProcessOverheadMeasured(int devices, TimeSpan deadline) => RoundTripRun(devices, deadline, inProcess: true);
+
+    private static WorkerRoundTrip RoundTripRun(int devices, TimeSpan deadline, bool inProcess)
     {
         string dir = Path.Combine(Path.GetTempPath(), "realn-profile-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(dir);
@@ -265,7 +274,8 @@ public static class ProfileCommand
             if (Path.GetFileNameWithoutExtension(exe) == "dotnet")
                 psi.ArgumentList.Add(System.Reflection.Assembly.GetEntryAssembly()?.Location ?? throw new InvalidOperationException("cannot locate realn.dll"));
             foreach (var a in new[] { "run", cfg, "--plan", planPath, "--out", Path.Combine(dir, "run") }) psi.ArgumentList.Add(a);
-            psi.Environment["REALN_WORKER_TIMING"] = "1";
+            if (inProcess) psi.ArgumentList.Add("--in-process");
+            psi.Environment[inProcess ? "REALN_INPROCESS_TIMING" : "REALN_WORKER_TIMING"] = "1";
             using var p = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {exe}");
             var output = new System.Text.StringBuilder();
             var gate = new object();
@@ -283,7 +293,16 @@ public static class ProfileCommand
             string text;
             lock (gate) text = output.ToString();
             if (p.ExitCode != 0)
-                throw new MeasurementException($"profile: the worker round-trip run failed with exit code {p.ExitCode}: {text[^Math.Min(800, text.Length)..]}");
+                throw new MeasurementException($"profile: the {(inProcess ? "in-process" : "worker round-trip")} run failed with exit code {p.ExitCode}: {text[^Math.Min(800, text.Length)..]}");
+            if (inProcess)
+            {
+                var (g, f, b) = ReaLNative.Engine.Parallelism.InProcessTimings.ReadSummary(text)
+                    ?? throw new MeasurementException($"profile: the in-process run printed no '{ReaLNative.Engine.Parallelism.InProcessTimings.SummaryPrefix}' line");
+                double?[] kinds = [g, f, b];
+                double? UsOf(double? ms) => ms is { } x ? Math.Round(x * 1e3, 1) : null;
+                double mean = kinds.Where(k => k is not null).Select(k => k!.Value).DefaultIfEmpty(0).Average();
+                return new WorkerRoundTrip { Devices = devices, Us = Math.Round(mean * 1e3, 1), GenerateUs = UsOf(g), ForwardUs = UsOf(f), BackwardUs = UsOf(b) };
+            }
             const string prefix = "worker round trip beyond compute, ms:";
             var line = text.Split('\n').LastOrDefault(l => l.StartsWith(prefix, StringComparison.Ordinal))
                 ?? throw new MeasurementException($"profile: the worker round-trip run printed no '{prefix}' line");
@@ -392,6 +411,15 @@ public static class ProfileCommand
                 if (n == devices) roundTrip = seconds;
                 roundTrips.Add(measured);
                 Console.WriteLine($"worker round trip beyond compute ({n} worker processes): {seconds * 1e3:F2} ms (generate {measured.GenerateUs / 1e3:F2}, forward {measured.ForwardUs / 1e3:F2}, backward with the optimizer step {measured.BackwardUs / 1e3:F2})");
+            }
+        // Devices as threads of one process (`--in-process`): what a dispatch to all of them costs beyond compute
+        var inProcess = new List<WorkerRoundTrip>();
+        if (workers && devices > 1)
+            foreach (int n in new[] { devices, 2 * devices })
+            {
+                var m = InProcessOverheadMeasured(n, TimeSpan.FromMinutes(10));
+                inProcess.Add(m);
+                Console.WriteLine($"in-process operation beyond its fastest device ({n} devices as threads): generate {m.GenerateUs / 1e3:F2} ms, forward {m.ForwardUs / 1e3:F2}, backward with the optimizer step {m.BackwardUs / 1e3:F2}");
             }
         // One-thread processes computing side by side (a plan's worker processes on this host): as many as the
         // devices, and twice as many (cpu-local-4 on 2 cores).
@@ -544,6 +572,7 @@ public static class ProfileCommand
             TrainSteps = trainSteps,
             Generations = generations,
             SharedCompute = shared,
+            InProcessOverheads = inProcess,
         };
         profile.Validate();
         File.WriteAllText(output, profile.ToJson());

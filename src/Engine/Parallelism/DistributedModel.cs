@@ -74,6 +74,19 @@ internal sealed class LocalCluster : IReplicaHost
     /// deadline fails the dispatch (naming <paramref name="what"/>).</summary>
     public T[] Spmd<T>(int count, string what, Func<int, T> body)
     {
+        if (InProcessTimings.Enabled)
+        {
+            long w0 = System.Diagnostics.Stopwatch.GetTimestamp();
+            var bodies = new double[count];
+            var r = SpmdCore(count, what, i => { long b0 = System.Diagnostics.Stopwatch.GetTimestamp(); try { return body(i); } finally { bodies[i] = System.Diagnostics.Stopwatch.GetElapsedTime(b0).TotalSeconds; } });
+            InProcessTimings.Add(what, count, System.Diagnostics.Stopwatch.GetElapsedTime(w0).TotalSeconds, bodies.Max(), bodies.Min());
+            return r;
+        }
+        return SpmdCore(count, what, body);
+    }
+
+    private T[] SpmdCore<T>(int count, string what, Func<int, T> body)
+    {
         var results = new T[count];
         if (count == 1) { results[0] = WithDeviceThreads(() => body(0)); return results; }
         var errors = new Exception?[count];
@@ -442,5 +455,81 @@ internal sealed unsafe class DistributedModel : IReplica
     public void Dispose()
     {
         foreach (var s in _ranks) s?.Dispose();
+    }
+}
+
+/// <summary>REALN_INPROCESS_TIMING=1: per operation of in-process devices (an SPMD dispatch of one replica's operation), the
+/// master's wall time and the slowest and the fastest device's time inside it; printed at exit with a last line that
+/// `realn profile` reads: what an operation on more than one device costs beyond its fastest device's compute (the
+/// threads' start and join, splitting and merging, and waiting for the slowest device), by kind.</summary>
+internal static class InProcessTimings
+{
+    public static readonly bool Enabled = System.Environment.GetEnvironmentVariable("REALN_INPROCESS_TIMING") == "1";
+    private static readonly Dictionary<string, (int N, double Wall, double Max, double Min)> Rows = new();
+    private static readonly Lock Gate = new();
+
+    /// <summary>The summary line's start.</summary>
+    public const string SummaryPrefix = "in-process beyond compute by kind, ms:";
+
+    static InProcessTimings()
+    {
+        if (Enabled) AppDomain.CurrentDomain.ProcessExit += (_, _) => Console.Error.Write(Table());
+    }
+
+    public static void Add(string what, int devices, double wall, double max, double min)
+    {
+        int on = what.IndexOf(" on ", StringComparison.Ordinal);
+        string op = on > 0 ? what[..on] : what;
+        int paren = op.IndexOf(") ", StringComparison.Ordinal);   // "actor_gen (actor) generate": the operation after the replica
+        string key = $"{(paren > 0 ? op[(paren + 2)..] : op)} x{devices}";
+        lock (Gate)
+        {
+            Rows.TryGetValue(key, out var r);
+            Rows[key] = (r.N + 1, r.Wall + wall, r.Max + max, r.Min + min);
+        }
+    }
+
+    /// <summary>The table and the summary line: by kind, the mean of (wall - fastest device) over operations on more than
+    /// one device: generate; forward (logprobs, values); backward (a train step's backward, train (log-probs) or train
+    /// (values), plus its optimizer step, which is dispatched on its own in process).</summary>
+    public static string Table()
+    {
+        lock (Gate)
+        {
+            var sb = new System.Text.StringBuilder();
+            sb.AppendLine("in-process operations (ms per operation): op, count, master wall, slowest device, fastest device");
+            foreach (var (k, r) in Rows.OrderBy(x => x.Key, StringComparer.Ordinal))
+                sb.AppendLine(FormattableString.Invariant($"  {k,-28} {r.N,6} {r.Wall / r.N * 1e3,9:F3} {r.Max / r.N * 1e3,9:F3} {r.Min / r.N * 1e3,9:F3}"));
+            double? Beyond(Func<string, bool> op)
+            {
+                var rows = Rows.Where(x => !x.Key.EndsWith(" x1", StringComparison.Ordinal) && op(x.Key[..x.Key.LastIndexOf(" x", StringComparison.Ordinal)])).Select(x => x.Value).ToList();
+                int n = rows.Sum(r => r.N);
+                return n == 0 ? null : Math.Max(0, rows.Sum(r => r.Wall - r.Min) / n * 1e3);
+            }
+            var gen = Beyond(o => o == "generate");
+            var fwd = Beyond(o => o is "logprobs" or "values");
+            // a train step: one fused operation where the devices compute the loss (policy step, value step: forward, loss,
+            // backward and optimizer step), else a backward after the master's loss and the optimizer step dispatched apart
+            var fused = Beyond(o => o is "policy step" or "value step");
+            var bwd = Beyond(o => o is "train (log-probs)" or "train (values)");
+            var opt = Beyond(o => o == "optimizer step");
+            string F(double? v) => v is { } x ? x.ToString("F3", System.Globalization.CultureInfo.InvariantCulture) : "-";
+            sb.AppendLine($"{SummaryPrefix} generate {F(gen)} forward {F(fwd)} backward {F(fused ?? (bwd is { } b ? b + (opt ?? 0) : null))}");
+            return sb.ToString();
+        }
+    }
+
+    /// <summary>Reads the summary line of <see cref="Table"/> back (ms by kind; null for a kind it lacks).</summary>
+    public static (double? GenerateMs, double? ForwardMs, double? BackwardMs)? ReadSummary(string log)
+    {
+        var line = log.Split('\n').LastOrDefault(l => l.StartsWith(SummaryPrefix, StringComparison.Ordinal));
+        if (line is null) return null;
+        var f = line[SummaryPrefix.Length..].Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        double? Get(string kind)
+        {
+            int i = Array.IndexOf(f, kind);
+            return i >= 0 && i + 1 < f.Length && double.TryParse(f[i + 1], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v) ? v : null;
+        }
+        return (Get("generate"), Get("forward"), Get("backward"));
     }
 }

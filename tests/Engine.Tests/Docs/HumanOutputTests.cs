@@ -75,6 +75,11 @@ public sealed class HumanOutputTests : IDisposable
         string cfg = ShortPpo(), plan = Path.Combine(_dir, "ppo.plan.json"), outDir = Path.Combine(_dir, "run");
         var (pc, po) = Realn("plan", cfg, "--cluster", Path.Combine(Root(), "examples", "clusters", "cpu-local.yaml"), "--time-limit", "1", "--out", plan);
         Assert.True(pc == 0, po);
+        // a shared host: the three executions estimated, the chosen one's command line printed (issue 19 item 6)
+        Assert.Contains("plan with devices as threads of one process (--in-process):", po);
+        Assert.Contains("plan in worker processes:", po);
+        var runLine = po.Split('\n').Select(l => l.TrimEnd('\r')).Single(l => l.StartsWith("run: realn run ", StringComparison.Ordinal));
+        Assert.Contains(runLine.Contains("--plan") ? $"--plan {plan}" : "--out RUN_DIR", runLine);
         var (code, output) = Realn("run", cfg, "--plan", plan, "--in-process", "--out", outDir);
         Assert.True(code == 0, output);
         Assert.Contains($"plan {plan}: 1 node(s) x 2 device(s), 6 calls", output);
