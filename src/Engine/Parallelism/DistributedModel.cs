@@ -55,6 +55,7 @@ internal sealed class LocalCluster : IReplicaHost
     public void Dispose()
     {
         foreach (var r in _ranks) r.Dispose();
+        _threads.Dispose();
     }
 
     internal int AllocateGroups(ParallelLayout layout)
@@ -90,26 +91,33 @@ internal sealed class LocalCluster : IReplicaHost
         var results = new T[count];
         if (count == 1) { results[0] = WithDeviceThreads(() => body(0)); return results; }
         var errors = new Exception?[count];
-        var threads = new Thread[count];
-        for (int i = 0; i < count; i++)
+        // Index 0 runs on this thread, the others on the cluster's kept threads (SpmdThreads): an
+        // operation used to start a new thread per device, and with it a new OpenMP team, which
+        // cost two-device in-process operations 2-14 ms beyond their slowest device, growing with
+        // the host's load (REALN_INPROCESS_TIMING).
+        var done = new CountdownEvent(count - 1);   // not disposed: a body past the deadline still signals it
+        for (int i = 1; i < count; i++)
         {
             int k = i;
-            threads[k] = new Thread(() =>
+            _threads.Run(() =>
             {
                 try { results[k] = WithDeviceThreads(() => body(k)); }
                 catch (Exception e) { errors[k] = e; }
-            }) { IsBackground = true, Name = $"{what} #{k}" };
-            threads[k].Start();
+                finally { done.Signal(); }
+            }, $"{what} #{k}");
         }
         var deadline = DateTime.UtcNow + Timeout + TimeSpan.FromSeconds(5);
-        foreach (var t in threads)
-            if (!t.Join(Max(TimeSpan.Zero, deadline - DateTime.UtcNow)))
-                throw new TimeoutException($"{what}: a device did not finish within {Timeout.TotalSeconds:F0} s");
+        try { results[0] = WithDeviceThreads(() => body(0)); }
+        catch (Exception e) { errors[0] = e; }
+        if (!done.Wait(Max(TimeSpan.Zero, deadline - DateTime.UtcNow)))
+            throw new TimeoutException($"{what}: a device did not finish within {Timeout.TotalSeconds:F0} s");
         // Report the root cause, not the peers' timeouts waiting for the failed rank.
         var first = errors.Select((e, i) => (e, i)).Where(x => x.e is not null).OrderBy(x => x.e is TimeoutException ? 1 : 0).FirstOrDefault();
         if (first.e is not null) throw new InvalidOperationException($"{what}: device rank {first.i} failed: {first.e.Message}", first.e);
         return results;
     }
+
+    private readonly SpmdThreads _threads = new();
 
     private static TimeSpan Max(TimeSpan a, TimeSpan b) => a > b ? a : b;
 
@@ -122,6 +130,72 @@ internal sealed class LocalCluster : IReplicaHost
         Interop.Native.SetNumThreads(ThreadsPerDevice);
         try { return body(); }
         finally { Interop.Native.SetNumThreads(saved); }
+    }
+}
+
+/// <summary>The threads a <see cref="LocalCluster"/> runs its SPMD bodies on, kept between
+/// operations: each keeps its native (OpenMP) thread team, which a new thread would start afresh.
+/// A body takes an idle thread or, when every one is busy (several operations on disjoint meshes
+/// at once), a new one, so all bodies of an operation run at once (they exchange data). A thread
+/// whose body never returns stays busy and is never handed another.</summary>
+internal sealed class SpmdThreads : IDisposable
+{
+    private sealed class Worker
+    {
+        public readonly SemaphoreSlim Go = new(0);
+        public Action? Job;
+        public string Name = "";
+    }
+
+    private readonly Stack<Worker> _idle = new();
+    private readonly List<Worker> _all = [];
+    private bool _disposed;
+
+    public void Run(Action job, string name)
+    {
+        Worker w;
+        lock (_idle)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (!_idle.TryPop(out w!))
+            {
+                w = new Worker();
+                _all.Add(w);
+                var worker = w;
+                new Thread(() => Loop(worker)) { IsBackground = true, Name = "spmd" }.Start();
+            }
+        }
+        w.Job = job;
+        w.Name = name;
+        w.Go.Release();
+    }
+
+    private void Loop(Worker w)
+    {
+        while (true)
+        {
+            w.Go.Wait();
+            var job = w.Job;
+            if (job is null) return;   // disposed
+            w.Job = null;
+            job();   // catches its own exceptions (SpmdCore)
+            lock (_idle)
+            {
+                if (_disposed) return;
+                _idle.Push(w);
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_idle)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            // Idle threads end; a busy one ends after its body.
+            while (_idle.TryPop(out var w)) { w.Job = null; w.Go.Release(); }
+        }
     }
 }
 
