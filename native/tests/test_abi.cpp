@@ -137,6 +137,7 @@ static void test_shared_memory() {
     int go[2];
     EXPECT(pipe(go) == 0);
     const pid_t owner = getpid();
+    const unsigned char before = static_cast<const unsigned char*>(p)[1];   // read before the child can write it
     pid_t child = fork();
     if (child == 0) {
         const void* m = nullptr;
@@ -155,7 +156,6 @@ static void test_shared_memory() {
         ok = ok && realn_shared_map_writable(owner, fd, token ^ 1, size, &wbad) == REALN_ERR_NOT_FOUND && wbad == nullptr;
         _exit(ok ? 0 : 1);
     }
-    const unsigned char before = static_cast<const unsigned char*>(p)[1];
     int status = 0;
     EXPECT(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0);
     EXPECT(static_cast<const unsigned char*>(p)[1] == static_cast<unsigned char>(~before));  // the child's write, through its writable mapping
