@@ -104,7 +104,7 @@ internal sealed class LocalCluster : IReplicaHost
                 try { results[k] = WithDeviceThreads(() => body(k)); }
                 catch (Exception e) { errors[k] = e; }
                 finally { done.Signal(); }
-            }, $"{what} #{k}");
+            });
         }
         var deadline = DateTime.UtcNow + Timeout + TimeSpan.FromSeconds(5);
         try { results[0] = WithDeviceThreads(() => body(0)); }
@@ -144,14 +144,13 @@ internal sealed class SpmdThreads : IDisposable
     {
         public readonly SemaphoreSlim Go = new(0);
         public Action? Job;
-        public string Name = "";
     }
 
     private readonly Stack<Worker> _idle = new();
     private readonly List<Worker> _all = [];
     private bool _disposed;
 
-    public void Run(Action job, string name)
+    public void Run(Action job)
     {
         Worker w;
         lock (_idle)
@@ -162,11 +161,10 @@ internal sealed class SpmdThreads : IDisposable
                 w = new Worker();
                 _all.Add(w);
                 var worker = w;
-                new Thread(() => Loop(worker)) { IsBackground = true, Name = "spmd" }.Start();
+                new Thread(() => Loop(worker)) { IsBackground = true, Name = "LocalCluster device" }.Start();
             }
         }
         w.Job = job;
-        w.Name = name;
         w.Go.Release();
     }
 
