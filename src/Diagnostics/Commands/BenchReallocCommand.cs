@@ -25,7 +25,10 @@ public static class BenchReallocCommand
     public static Command Create()
     {
         var json = new Option<bool>("--json") { Description = "Print JSON" };
-        var reps = new Option<int>("--reps") { Description = "Timed repetitions per case", DefaultValueFactory = _ => 5 };
+        // 10: this VM's copies alternate between two speeds (about 24 and 31 GB/s) from moment to moment;
+        // with 5, a reference caught the fast one where its case did not in 3 of 16 idle same-process
+        // figures (0.76-0.78); with 10, nothing dipped in three idle runs (0.82-1.02). Cases and references alike.
+        var reps = new Option<int>("--reps") { Description = "Timed repetitions per case and per reference (the best counts)", DefaultValueFactory = _ => 10 };
         var p2pOnly = new Option<bool>("--p2p-only") { Description = "Only the UCX point-to-point figures between the worker processes (tagged, put, get)" };
         var cmd = new Command("realloc", "Parameter reallocation bandwidth vs the best copy of the same bytes (model > 1 GiB)");
         cmd.Options.Add(json);
