@@ -397,6 +397,9 @@ public static class ProfileCommand
 
     private static int Run(string[] presets, string output, bool workers)
     {
+        // Each thread count measured as it is: the engine's choice between the calling thread's threads and one thread
+        // (ThreadChoice) would otherwise time one-thread units inside the all-core points.
+        ThreadChoice.Enabled = false;
         // one worker process per core (a power of two: a plan's devices per node), as cpu-local's devices are;
         // measured first, so its child processes are gone before the blocks are timed
         int devices = 1 << (int)Math.Log2(Math.Max(1, Environment.ProcessorCount));
