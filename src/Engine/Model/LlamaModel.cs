@@ -495,8 +495,11 @@ internal sealed unsafe class LlamaModel : IDisposable
     public void ZeroGrad() => Gradients.Clear();
 
     /// <summary>Whether each forward, backward, prefill, decode step and optimizer step of this model runs on the calling
-    /// thread's OpenMP threads or on one, whichever has measured faster (<see cref="Model.ThreadChoice"/>).</summary>
-    internal ThreadChoice ThreadChoice { get; } = new();
+    /// thread's OpenMP threads or on one, whichever has measured faster (<see cref="Model.ThreadChoice"/>): shared by
+    /// every model of this process with the same shard shape and precision (a PPO job's four tiny models learn it
+    /// together, and each timing of a slow option is paid once).</summary>
+    internal ThreadChoice ThreadChoice => ThreadChoice.For(
+        $"{_layerCount}x{Config.Hidden}x{_ffnLocal}x{_qHeads}x{_kvHeads}x{_headWidth}{(HasEmbedding ? "e" : "")}{(ScalarHead ? "s" : "")}/{Precision}");
 
     private long ArenaFloats(int T, int nseq, bool recompute)
     {

@@ -49,7 +49,13 @@ internal sealed class ThreadChoice
 
     [ThreadStatic] private static int t_depth;
 
-    /// <summary>This instance only: every unit on the calling thread's threads (tests compare it with the choice).</summary>
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, ThreadChoice> s_shared = new();
+
+    /// <summary>The process's choice for work of one kind of model (<paramref name="shape"/>: what makes its units'
+    /// timings comparable, e.g. its shard's dimensions and precision).</summary>
+    internal static ThreadChoice For(string shape) => s_shared.GetOrAdd(shape, _ => new ThreadChoice());
+
+    /// <summary>Every unit of this instance on the calling thread's threads (tests compare it with the choice).</summary>
     internal bool Fixed { get; set; }
 
     private readonly Dictionary<(string Site, int Bucket), Entry> _entries = [];

@@ -105,10 +105,12 @@ public class ThreadChoiceTests
             Native.SetNumThreads(threads);
             try
             {
-                var cfg = LlamaConfig.Preset("tiny");
+                // a shape of its own: the choice is shared by the process's models of one shape
+                var cfg = LlamaConfig.Preset("tiny") with { Vocab = 37 };
                 using var m = new LlamaModel(cfg, false);
                 m.InitRandom(4);
                 m.ThreadChoice.Fixed = !choose;
+                var before = m.ThreadChoice.Units();
                 using var opt = new AdamW(m, new LrSchedule(1e-3), clipGradNorm: 1f);
                 var rng = new Random(9);
                 for (int step = 0; step < 8; step++)
@@ -121,7 +123,8 @@ public class ThreadChoiceTests
                     ModelOps.BackwardLogProbs(m, b, 1f, lse, g);
                     opt.StepOnce();
                 }
-                units = m.ThreadChoice.Units();
+                var after = m.ThreadChoice.Units();
+                units = (after.Threads - before.Threads, after.One - before.One);
                 return m.Parameters.ToArray();
             }
             finally { Native.SetNumThreads(saved); }
