@@ -153,6 +153,29 @@ public sealed record ProfileData
         }
     }
 
+    /// <summary>The profile as the single device of `realn run` computes (every core, the engine's ThreadChoice): each
+    /// unit of model work runs on every core or on one thread, whichever has measured faster lately, so every all-thread
+    /// point (blocks, train steps and generations outside their blocks) becomes the faster of itself and the one-thread
+    /// point of the same kind, tokens and context where the profile has one. Unchanged with one core or no one-thread
+    /// points.</summary>
+    public ProfileData FasterOfThreads()
+    {
+        int? all = Threads;
+        if (all is not > 1) return this;
+        List<LayerPoint> Faster(List<LayerPoint> pts) => pts.Select(p =>
+        {
+            if ((p.Threads ?? all) != all) return p;
+            var one = pts.FirstOrDefault(o => o.Threads == 1 && o.Kind == p.Kind && o.Tokens == p.Tokens && o.Context == p.Context);
+            return one is not null && one.Seconds < p.Seconds ? p with { Seconds = one.Seconds } : p;
+        }).ToList();
+        return this with
+        {
+            Layers = Layers.Select(l => l with { Points = Faster(l.Points) }).ToList(),
+            TrainSteps = TrainSteps.Select(t => t with { Points = Faster(t.Points) }).ToList(),
+            Generations = Generations.Select(t => t with { Points = Faster(t.Points) }).ToList(),
+        };
+    }
+
     /// <summary>Measured block time for a model's layer shape, or null when the profile lacks it.</summary>
     /// <param name="threads">Only points measured with this many threads (null: the all-thread points).</param>
     /// <param name="seqLen">fwd/bwd: tokens per sequence of the packed batch. Points that record theirs (`context`
