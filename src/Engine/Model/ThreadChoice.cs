@@ -18,29 +18,34 @@ namespace ReaLNative.Engine.Model;
 
 /// <summary>
 /// The choice between the calling thread's OpenMP threads (<c>n</c> = <see cref="Native.GetNumThreads"/> when the
-/// unit starts; nothing to choose where that is 1) and one thread, per (site, log2 size) of work, from the last
-/// <see cref="Window"/> timings of each: after a first unit (not timed: it grows buffers and compiles code), each
-/// option is timed twice (alternately, one thread first) before the faster is taken;
-/// after that the slower option runs one unit at most every <see cref="ExploreInterval"/> (less often after an
-/// exploring unit that cost much: <see cref="ExploreCostRatio"/>), so a change of the host (the cores' distance,
-/// other processes' load) is seen within about that long. The median of the recent timings
-/// is compared (per unit of work), so one unit slowed by a passing interruption does not flip the choice, while an
-/// option that has become slower (two of its last three units) is left. (The minimum was tried first: under load
-/// it kept two threads through units of 300 ms that one thread ran in 7.) Units nest: only the outermost
-/// unit of a thread chooses and is timed. Off (every unit on the calling thread's threads) when
-/// <see cref="Enabled"/> is false: `realn profile` measures each thread count as it is, and
+/// unit starts; nothing to choose where that is 1) and one thread for the units of one kind of model (its shape:
+/// <see cref="For"/>). One option runs at a time, for every unit, so a unit is timed next to units of the same option
+/// (a unit after a change of option moves its data between the cores' caches: it is run but not timed). It starts with
+/// a burst of <see cref="Burst"/> units on one thread, then one on threads, and takes the option whose recent timings
+/// price the units seen on both as cheaper: per key (site, log2 work) the median of its last <see cref="Window"/>
+/// seconds per unit of work, times the key's last work, summed over the keys timed both ways. After that the other
+/// option runs a burst at most every <see cref="ExploreInterval"/> (less often after a burst that cost much:
+/// <see cref="ExploreCostRatio"/>), so a change of the host (the cores' distance, other processes' load) is seen within
+/// about that long, and every timed unit updates the comparison, so the option in use is left as soon as its recent
+/// timings have become dearer. (Two designs were tried first: a choice per key, with a single unit to explore, stayed
+/// on two threads with the cores far apart because a one-thread unit between two-thread units paid for moving their
+/// data; and the minimum of the recent timings kept two threads under load through units of 300 ms that one thread
+/// ran in 7.) Units nest: only the outermost unit of a thread chooses and is timed. Off (every unit on the calling
+/// thread's threads) when <see cref="Enabled"/> is false: `realn profile` measures each thread count as it is, and
 /// <c>REALN_THREAD_CHOICE=off</c> turns it off for a whole process.
 /// </summary>
 internal sealed class ThreadChoice
 {
     /// <summary>Timings kept per option and key.</summary>
     public const int Window = 3;
-    /// <summary>Once both options are timed, the slower option runs one unit of a key at most this often (the cost:
-    /// one unit per key at the slower speed per interval, about 1% of a busy second for a tiny model's
-    /// 3-5 ms units; the gain: a change of the host is followed within about this long).</summary>
+    /// <summary>Units of one option in a row when it is tried (its first one is not timed): a tiny model's PPO train
+    /// step is 3 units (log-probs, their backward, the optimizer step).</summary>
+    public const int Burst = 7;
+    /// <summary>Once both options are timed, the other option runs a burst at most this often (the gain: a change of
+    /// the host is followed within about this long; the cost: a burst at the slower speed per interval).</summary>
     public static readonly TimeSpan ExploreInterval = TimeSpan.FromSeconds(1);
-    /// <summary>After an exploring unit that took <c>x</c> seconds more than the preferred option would have, the next
-    /// waits at least this many times <c>x</c> (so exploring costs at most about 1% of the time: under load from other
+    /// <summary>After an exploring burst that took <c>x</c> seconds more than the preferred option would have, the next
+    /// waits at least this many times <c>x</c> (exploring costs at most about 1% of the time: under load from other
     /// processes a two-thread unit of 7 ms took 300-550 ms).</summary>
     public const double ExploreCostRatio = 100;
 
@@ -58,36 +63,25 @@ internal sealed class ThreadChoice
     /// <summary>Every unit of this instance on the calling thread's threads (tests compare it with the choice).</summary>
     internal bool Fixed { get; set; }
 
-    private readonly Dictionary<(string Site, int Bucket), Entry> _entries = [];
+    private readonly Dictionary<(string Site, int Bucket), KeyTimes> _keys = [];
     private readonly Lock _gate = new();
-
+    private readonly long[] _units = new long[2];
     /// <summary>Options: 0 = the calling thread's threads, 1 = one thread.</summary>
-    internal sealed class Entry
+    private int _preferred;
+    private int _burstOption = 1, _burstLeft = Burst + 1;   // the first burst: one thread (its first unit also warms up)
+    private bool _initial = true, _exploring;
+    private int _last = -1;
+    private double _burstExcess;
+    private TimeSpan _nextExplore;
+
+    private sealed class KeyTimes
     {
-        internal readonly double[][] Recent = [new double[Window], new double[Window]];
-        internal readonly int[] Count = new int[2];
-        internal readonly long[] Chosen = new long[2];
-        private TimeSpan _nextExplore;
-        private bool _warm;
+        public readonly double[][] Recent = [new double[Window], new double[Window]];
+        public readonly int[] Count = new int[2];
+        public double LastWork;
 
-        /// <summary>The option for the next unit at time <paramref name="now"/> (any clock that only goes forward), and
-        /// whether it explores (runs the option that is not preferred).</summary>
-        internal (int Option, bool Explore) Pick(TimeSpan now)
-        {
-            if (Count[0] < 2 || Count[1] < 2)
-            {
-                _nextExplore = now + ExploreInterval;
-                return (Count[1] <= Count[0] ? 1 : 0, false);
-            }
-            int best = Best(0) <= Best(1) ? 0 : 1;
-            if (now < _nextExplore) return (best, false);
-            _nextExplore = now + ExploreInterval;
-            return (1 - best, true);
-        }
-
-        /// <summary>The typical recent seconds per unit of work of an option: the median of its last <see cref="Window"/>
-        /// timings (of 2: their mean; +inf before any).</summary>
-        internal double Best(int option)
+        /// <summary>The median of an option's last <see cref="Window"/> seconds per unit of work (of 2: their mean).</summary>
+        public double Median(int option)
         {
             int n = Math.Min(Count[option], Window);
             if (n == 0) return double.PositiveInfinity;
@@ -96,98 +90,137 @@ internal sealed class ThreadChoice
             r[..n].Sort();
             return n % 2 == 1 ? r[n / 2] : (r[n / 2 - 1] + r[n / 2]) / 2;
         }
-
-        /// <summary>Records a unit of <paramref name="work"/> that took <paramref name="seconds"/> with
-        /// <paramref name="option"/>, ending at <paramref name="now"/>.</summary>
-        internal void Record(int option, double seconds, double work, bool explore, TimeSpan now)
-        {
-            if (!_warm)
-            {
-                _warm = true;   // a key's first unit grows buffers and compiles code: not a timing of either option
-                return;
-            }
-            if (explore)
-            {
-                double excess = seconds - Best(1 - option) * work;
-                if (excess > 0 && now + excess * ExploreCostRatio * TimeSpan.FromSeconds(1) > _nextExplore)
-                    _nextExplore = now + excess * ExploreCostRatio * TimeSpan.FromSeconds(1);
-            }
-            Recent[option][Count[option] % Window] = seconds / work;
-            Count[option]++;
-            Chosen[option]++;
-        }
-    }
-
-    /// <summary>The entry of a key (tests read it).</summary>
-    internal Entry EntryFor(string site, double work)
-    {
-        var key = (site, Bucket(work));
-        lock (_gate)
-        {
-            if (!_entries.TryGetValue(key, out var e)) _entries[key] = e = new Entry();
-            return e;
-        }
     }
 
     private static int Bucket(double work) => work >= 1 ? (int)Math.Floor(Math.Log2(work)) : 0;
 
-    /// <summary>Units run with each option so far, over every key: (the calling thread's threads, one thread).</summary>
-    public (long Threads, long One) Units()
+    /// <summary>The option in use outside bursts: 0 = the calling thread's threads, 1 = one thread.</summary>
+    internal int Preferred { get { lock (_gate) return _preferred; } }
+
+    /// <summary>The option of the next unit of <paramref name="work"/> at <paramref name="site"/> at time
+    /// <paramref name="now"/> (any clock that only goes forward), whether it is to be timed, and whether it explores.</summary>
+    internal (int Option, bool Timed, bool Explore) Pick(string site, double work, TimeSpan now)
     {
         lock (_gate)
-            return (_entries.Values.Sum(e => e.Chosen[0]), _entries.Values.Sum(e => e.Chosen[1]));
+        {
+            if (_burstLeft == 0 && !_initial && now >= _nextExplore)
+            {
+                _burstOption = 1 - _preferred;
+                _burstLeft = Burst;
+                _exploring = true;
+                _burstExcess = 0;
+            }
+            int option = _burstLeft > 0 ? _burstOption : _preferred;
+            bool explore = _burstLeft > 0 && _exploring;
+            if (_burstLeft > 0) _burstLeft--;
+            bool timed = option == _last;
+            _last = option;
+            return (option, timed, explore);
+        }
     }
 
-    /// <summary>Per key: the lowest recent seconds per unit of work with the calling thread's threads and with one, and
-    /// the units run with each (diagnostics).</summary>
-    internal IReadOnlyList<(string Site, int Bucket, double Threads, double One, long ThreadsUnits, long OneUnits)> Summary()
+    /// <summary>Records a unit picked by <see cref="Pick"/> that took <paramref name="seconds"/>, ending at <paramref name="now"/>.</summary>
+    internal void Record(string site, double work, int option, bool timed, bool explore, double seconds, TimeSpan now)
     {
         lock (_gate)
-            return _entries.Select(kv => (kv.Key.Site, kv.Key.Bucket, kv.Value.Best(0), kv.Value.Best(1), kv.Value.Chosen[0], kv.Value.Chosen[1])).ToList();
+        {
+            _units[option]++;
+            var key = (site, Bucket(work));
+            if (!_keys.TryGetValue(key, out var k)) _keys[key] = k = new KeyTimes();
+            k.LastWork = work;
+            if (timed)
+            {
+                if (explore && double.IsFinite(k.Median(1 - option))) _burstExcess += seconds - k.Median(1 - option) * work;
+                k.Recent[option][k.Count[option] % Window] = seconds / work;
+                k.Count[option]++;
+            }
+            if (_burstLeft > 0) return;
+            if (_initial && _burstOption == 1)
+            {
+                _burstOption = 0;   // the second burst of the start: threads
+                _burstLeft = Burst;
+                return;
+            }
+            if (_initial || _exploring)
+            {
+                _nextExplore = now + (_exploring && _burstExcess > 0 ? Max(ExploreInterval, _burstExcess * ExploreCostRatio * TimeSpan.FromSeconds(1)) : ExploreInterval);
+                _initial = _exploring = false;
+            }
+            Decide();
+        }
+    }
+
+    private static TimeSpan Max(TimeSpan a, TimeSpan b) => a > b ? a : b;
+
+    /// <summary>The option whose recent timings price the keys timed both ways cheaper (unchanged when none is).</summary>
+    private void Decide()
+    {
+        double c0 = 0, c1 = 0;
+        bool any = false;
+        foreach (var k in _keys.Values)
+        {
+            if (k.Count[0] == 0 || k.Count[1] == 0) continue;
+            any = true;
+            c0 += k.LastWork * k.Median(0);
+            c1 += k.LastWork * k.Median(1);
+        }
+        if (any) _preferred = c1 < c0 ? 1 : 0;
+    }
+
+    /// <summary>Units run with each option so far: (the calling thread's threads, one thread).</summary>
+    public (long Threads, long One) Units()
+    {
+        lock (_gate) return (_units[0], _units[1]);
+    }
+
+    /// <summary>Per key: the median recent seconds per unit of work with the calling thread's threads and with one
+    /// (diagnostics).</summary>
+    internal IReadOnlyList<(string Site, int Bucket, double Threads, double One)> Summary()
+    {
+        lock (_gate)
+            return _keys.Select(kv => (kv.Key.Site, kv.Key.Bucket, kv.Value.Median(0), kv.Value.Median(1))).ToList();
     }
 
     /// <summary>Starts a unit of <paramref name="work"/> (tokens, sequences or elements: any measure proportional to
     /// its compute, the same for every unit of a site) at <paramref name="site"/>; dispose it when the unit ends.</summary>
     public Unit Begin(string site, double work)
     {
-        if (t_depth++ > 0 || !Enabled || Fixed || !(work > 0)) return new Unit(null, 0, false, 0, 0, 0);
+        if (t_depth++ > 0 || !Enabled || Fixed || !(work > 0)) return default;
         int n;
         try { n = Native.GetNumThreads(); }
         catch { t_depth--; throw; }
-        if (n <= 1) return new Unit(null, 0, false, 0, 0, 0);
-        var e = EntryFor(site, work);
-        int option;
-        bool explore;
-        lock (e) (option, explore) = e.Pick(Stopwatch.GetElapsedTime(0));
+        if (n <= 1) return default;
+        var (option, timed, explore) = Pick(site, work, Stopwatch.GetElapsedTime(0));
         if (option == 1)
         {
             try { Native.SetNumThreads(1); }
             catch { t_depth--; throw; }
         }
-        return new Unit(e, option, explore, n, work, Stopwatch.GetTimestamp());
+        return new Unit(this, site, work, option, timed, explore, n, Stopwatch.GetTimestamp());
     }
 
     /// <summary>A unit in progress: restores the thread count and records its time when disposed.</summary>
     public readonly struct Unit : IDisposable
     {
-        private readonly Entry? _entry;
-        private readonly int _option, _threads;
-        private readonly bool _explore;
+        private readonly ThreadChoice? _owner;
+        private readonly string _site;
         private readonly double _work;
+        private readonly int _option, _threads;
+        private readonly bool _timed, _explore;
         private readonly long _start;
 
-        internal Unit(Entry? entry, int option, bool explore, int threads, double work, long start)
+        internal Unit(ThreadChoice owner, string site, double work, int option, bool timed, bool explore, int threads, long start)
         {
-            _entry = entry; _option = option; _explore = explore; _threads = threads; _work = work; _start = start;
+            _owner = owner; _site = site; _work = work; _option = option; _timed = timed; _explore = explore; _threads = threads; _start = start;
         }
 
         public void Dispose()
         {
             t_depth--;
-            if (_entry is null) return;
+            if (_owner is null) return;
             double seconds = Stopwatch.GetElapsedTime(_start).TotalSeconds;
             if (_option == 1) Native.SetNumThreads(_threads);
-            lock (_entry) _entry.Record(_option, seconds, _work, _explore, Stopwatch.GetElapsedTime(0));
+            _owner.Record(_site, _work, _option, _timed, _explore, seconds, Stopwatch.GetElapsedTime(0));
         }
     }
 }

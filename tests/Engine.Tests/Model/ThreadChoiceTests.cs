@@ -13,87 +13,109 @@ public class ThreadChoiceTests
 {
     private static TimeSpan S(double s) => TimeSpan.FromSeconds(s);
 
-    /// <summary>Runs one unit of <paramref name="work"/> at <paramref name="now"/>, timed by <paramref name="perWork"/>
-    /// (seconds per unit of work for option 0 = threads, 1 = one thread); returns the option it ran.</summary>
-    private static int Unit(ThreadChoice.Entry e, TimeSpan now, double work, Func<int, double> perWork)
+    /// <summary>A made-up host: seconds per token of each option (0 = threads, 1 = one thread) for a train step's three
+    /// units of 768 tokens; a unit after a change of option costs <see cref="Move"/> more (its data moves between caches).</summary>
+    private sealed class Host(ThreadChoice c)
     {
-        var (option, explore) = e.Pick(now);
-        double seconds = perWork(option) * work;
-        e.Record(option, seconds, work, explore, now + S(seconds));
-        return option;
+        public double Threads = 6e-6, One = 10e-6, Move = 0;
+        public TimeSpan Now;
+        public readonly List<int> Ran = [];
+        private int _last = -1;
+        private static readonly string[] Sites = ["log-probs", "log-probs backward", "optimizer step"];
+
+        public double Unit(int i)
+        {
+            string site = Sites[i % 3];
+            var (o, timed, explore) = c.Pick(site, 768, Now);
+            double s = (o == 0 ? Threads : One) * 768 + (o != _last ? Move : 0);
+            _last = o;
+            Now += S(s);
+            c.Record(site, 768, o, timed, explore, s, Now);
+            Ran.Add(o);
+            return s;
+        }
+
+        public List<int> Run(int units) { int n = Ran.Count; for (int i = 0; i < units; i++) Unit(n + i); return Ran.Skip(n).ToList(); }
     }
 
     [Fact]
-    public void TimesBothOptionsThenKeepsTheFaster()
+    public void TimesABurstOfEachOptionThenKeepsTheFaster()
     {
-        var e = new ThreadChoice().EntryFor("forward", 768);
-        var ran = new List<int>();
-        for (int i = 0; i < 5; i++) ran.Add(Unit(e, S(i * 0.01), 768, o => o == 0 ? 6e-6 : 10e-6));
-        // the first unit warms up (untimed), then one thread and threads alternate until each is timed twice
-        Assert.Equal([1, 1, 0, 1, 0], ran);
-        for (int i = 5; i < 50; i++) Assert.Equal(0, Unit(e, S(i * 0.01), 768, o => o == 0 ? 6e-6 : 10e-6));
+        var h = new Host(new ThreadChoice());
+        var start = h.Run(2 * ThreadChoice.Burst + 1);
+        // a burst on one thread (its first unit warms up, untimed), then one on threads
+        Assert.Equal(Enumerable.Repeat(1, ThreadChoice.Burst + 1).Concat(Enumerable.Repeat(0, ThreadChoice.Burst)), start);
+        Assert.All(h.Run(60), o => Assert.Equal(0, o));
         // and the other way round
-        var f = new ThreadChoice().EntryFor("forward", 768);
-        for (int i = 0; i < 5; i++) Unit(f, S(i * 0.01), 768, o => o == 0 ? 10e-6 : 6e-6);
-        for (int i = 5; i < 50; i++) Assert.Equal(1, Unit(f, S(i * 0.01), 768, o => o == 0 ? 10e-6 : 6e-6));
+        var g = new Host(new ThreadChoice()) { Threads = 10e-6, One = 6e-6 };
+        g.Run(2 * ThreadChoice.Burst + 1);
+        Assert.All(g.Run(60), o => Assert.Equal(1, o));
     }
 
     [Fact]
-    public void ExploresOncePerIntervalAndFollowsAChangeOfTheHost()
+    public void ExploresABurstPerIntervalAndFollowsAChangeOfTheHost()
     {
-        var e = new ThreadChoice().EntryFor("backward", 768);
-        double threads = 6e-6, one = 10e-6;
-        var t = S(0);
-        int Next() { int o = Unit(e, t, 768, x => x == 0 ? threads : one); t += S(0.01); return o; }
-        for (int i = 0; i < 5; i++) Next();
-        // 10 ms units: 100 per second, one of them (after the interval) on the slower option
-        var second = Enumerable.Range(0, 300).Select(_ => Next()).ToList();
-        Assert.InRange(second.Count(o => o == 1), 2, 4);
-        // the cores move apart: threads become slower than one thread; within a few units the choice follows
-        threads = 12e-6;
-        for (int i = 0; i < 3; i++) Next();
-        Assert.All(Enumerable.Range(0, 90).Select(_ => Next()), o => Assert.Equal(1, o));
-        // and back: threads are faster again; seen at the next exploration (within the interval) and kept
-        threads = 6e-6;
-        var back = Enumerable.Range(0, 250).Select(_ => Next()).ToList();
-        // an exploration is one unit: two in a row on threads mean threads are preferred again
-        int settled = Enumerable.Range(0, back.Count - 1).First(i => back[i] == 0 && back[i + 1] == 0);
-        Assert.InRange(settled, 1, 150);   // within 1.5 s (two explorations: the median needs two fast timings)
-        Assert.InRange(back.Skip(settled).Count(o => o == 1), 0, 2);   // then one thread only when exploring
+        // the cores near: threads 6 us per token, one thread 10; a unit after a change of option moves its data (1 ms)
+        var h = new Host(new ThreadChoice()) { Move = 1e-3 };
+        h.Run(2 * ThreadChoice.Burst + 1);
+        var t0 = h.Now;
+        var steady = h.Run(1000);   // ~5 s of ~5 ms units
+        double seconds = (h.Now - t0).TotalSeconds;
+        int explored = steady.Count(o => o == 1);
+        // a burst costs ~20 ms more than threads (7 units of 7.7 instead of 4.6 ms): the next waits 100 x that, ~2 s
+        Assert.InRange(explored, ThreadChoice.Burst, ThreadChoice.Burst * (int)Math.Ceiling(seconds / 1.5));
+        Assert.True(explored * (10e-6 - 6e-6) * 768 < 0.015 * seconds, $"{explored} units explored in {seconds:F1} s");
+        // the cores move apart: threads become slower than one thread (12 us); within two steps the choice follows
+        h.Threads = 12e-6;
+        var far = h.Run(200);
+        int switched = far.FindIndex(o => o == 1);
+        Assert.InRange(switched, 0, 6);   // two slow timings of each of the step's three units (the median of three)
+        Assert.True(far.Skip(switched).Count(o => o == 0) <= 2 * ThreadChoice.Burst, "threads only in exploring bursts");
+        // and back: threads are faster again; seen at the next exploring burst
+        h.Threads = 6e-6;
+        var near = h.Run(400);
+        int back = Enumerable.Range(0, near.Count - 20).First(i => near.Skip(i).Take(20).All(o => o == 0));
+        Assert.InRange(back, 0, 250);   // within about a second (the interval) of ~5 ms units
+    }
+
+    [Fact]
+    public void AChoicePerUnitWouldStayOnThreadsWhereEveryUnitOnOneThreadPaysForMovingData()
+    {
+        // the cores far apart: a whole step is cheaper on one thread (3 x 7.68 ms) than on threads (3 x 8.45 ms), but a
+        // single one-thread unit between two-thread units moves their data (+2 ms) and looks dearer (9.68 ms): bursts
+        // time each option next to its own kind, so the choice goes to one thread
+        var h = new Host(new ThreadChoice()) { Threads = 11e-6, One = 10e-6, Move = 2e-3 };
+        h.Run(2 * ThreadChoice.Burst + 1);
+        var after = h.Run(100);
+        Assert.True(after.Count(o => o == 1) >= 100 - ThreadChoice.Burst, $"one thread {after.Count(o => o == 1)} of 100");
     }
 
     [Fact]
     public void OneSlowUnitDoesNotFlipTheChoice()
     {
-        var e = new ThreadChoice().EntryFor("log-probs", 768);
-        var t = S(0);
-        for (int i = 0; i < 8; i++) { Unit(e, t, 768, o => o == 0 ? 6e-6 : 10e-6); t += S(0.01); }
+        var c = new ThreadChoice();
+        var h = new Host(c);
+        h.Run(2 * ThreadChoice.Burst + 10);
+        Assert.Equal(0, c.Preferred);
         // one unit interrupted (50x), then the host is as before
-        var (opt, explore) = e.Pick(t);
-        Assert.Equal((0, false), (opt, explore));
-        e.Record(0, 50 * 6e-6 * 768, 768, false, t);
-        for (int i = 0; i < 20; i++) { t += S(0.01); Assert.Equal(0, Unit(e, t, 768, o => o == 0 ? 6e-6 : 10e-6)); }
+        var (o, timed, explore) = c.Pick("log-probs", 768, h.Now);
+        Assert.Equal((0, true, false), (o, timed, explore));
+        c.Record("log-probs", 768, 0, true, false, 50 * 6e-6 * 768, h.Now);
+        Assert.Equal(0, c.Preferred);
+        Assert.All(h.Run(30), x => Assert.Equal(0, x));
     }
 
     [Fact]
     public void AnExpensiveExplorationWaitsLongerBeforeTheNext()
     {
-        // under load a two-thread unit took 300-550 ms where one thread took 7: exploring once a second would cost
+        // under load a two-thread unit took 300-550 ms where one thread took 7: exploring a burst once a second would cost
         // most of the time
-        var e = new ThreadChoice().EntryFor("log-probs backward", 768);
-        var t = S(0);
-        double threads = 0.4 / 768, one = 0.007 / 768;
-        double spent = 0, onThreads = 0;
-        while (t < S(60))
-        {
-            int o = Unit(e, t, 768, x => x == 0 ? threads : one);
-            double s = (o == 0 ? threads : one) * 768;
-            spent += s;
-            if (o == 0) onThreads += s;
-            t += S(s);
-        }
-        // the initial timings (2 x 0.4 s) and explorations at most every 100 x 0.39 s
-        Assert.InRange(onThreads, 0.8, 0.8 + 2 * 0.4 + 1e-9);
+        var h = new Host(new ThreadChoice()) { Threads = 0.4 / 768, One = 0.007 / 768 };
+        double onThreads = 0;
+        int i = 0;
+        while (h.Now < S(120)) { double s = h.Unit(i++); if (h.Ran[^1] == 0) onThreads += s; }
+        // the starting burst (7 x 0.4 s) and one exploring burst: the next waits 100 x its ~2.8 s of excess
+        Assert.InRange(onThreads, 2 * ThreadChoice.Burst * 0.4 - 0.01, 2 * ThreadChoice.Burst * 0.4 + 0.01);
     }
 
     [Fact]
