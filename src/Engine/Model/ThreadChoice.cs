@@ -1,13 +1,13 @@
-// Threads only where they pay: a unit of model work (a forward, a backward, a prefill or decode step, an
-// optimizer step) runs on the calling thread's OpenMP threads or on one thread, whichever this process has
-// measured faster for that kind and size of work lately.
+// Threads only where they pay: each unit of model work (a forward with its head op, a backward, a prefill or decode
+// step, an optimizer step) runs on the calling thread's OpenMP threads or on one thread, whichever this process has
+// measured faster lately for models of that shape.
 //
 // Why (docs/cost-model.md, "Threads of the single device"): on the 2-core development VM a tiny model's
-// two-thread train step took 5.8-6.1 ms or 9.9-10.6 ms from one minute to the next (one thread: 9.3-10.1 ms),
-// in lockstep with the round trip of a cache line between the two cores (100-125 ns or 480-520 ns: the host
-// moves the virtual CPUs between nearby and distant physical cores), and under load from other processes
-// the two-thread step's median reached 19-113 ms (a descheduled OpenMP thread stalls every barrier) where one
-// thread is only time-sliced. No thread count fixed in advance is right in both states; the work measures it.
+// two-thread train step took 5.7-6.9 ms or 9.8-11.2 ms from one minute to the next (one thread: 9.3-12.5 ms),
+// in lockstep with the round trip of a cache line between the two cores (100-125 ns or 400-600 ns: the host
+// places the virtual CPUs on nearby or distant physical cores), and under load from other processes the
+// two-thread step's median reached 13-113 ms (a descheduled OpenMP thread stalls every barrier) where one
+// thread is only time-sliced. No thread count fixed in advance is right in every state; the work measures it.
 //
 // Results do not depend on the choice: every CPU op gives bit-identical outputs for any thread count (README
 // "Determinism"; ctest thread_determinism), so switching between units changes only the time.
