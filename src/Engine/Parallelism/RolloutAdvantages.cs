@@ -33,8 +33,25 @@ internal static unsafe class RolloutAdvantages
             var mask = new float[T]; Array.Fill(mask, 1f);
             NormalizeMasked(adv, mask);
         }
-        double kl = 0; for (int k = 0; k < T; k++) kl += logp[k] - refLogp[k];
-        return (adv, ret, nseq > 0 ? kl / nseq : 0);
+        return (adv, ret, MeanKl(logp, refLogp, nseq));
+    }
+
+    /// <summary>The mean per-sequence KL estimate sum(logp - ref) / sequences (0 without sequences), summed in action order.</summary>
+    public static double MeanKl(ReadOnlySpan<float> logp, ReadOnlySpan<float> refLogp, int sequences)
+    {
+        CheckLen(nameof(refLogp), refLogp.Length, logp.Length);
+        double kl = 0; for (int k = 0; k < logp.Length; k++) kl += logp[k] - refLogp[k];
+        return sequences > 0 ? kl / sequences : 0;
+    }
+
+    /// <summary>Each sequence's advantage on every one of its actions (the critic-free algorithms).</summary>
+    public static float[] TokenAdvantages(ReadOnlySpan<float> sequenceAdvantages, ReadOnlySpan<int> cuSeqlens)
+    {
+        int nseq = cuSeqlens.Length - 1;
+        if (sequenceAdvantages.Length != nseq) throw new ArgumentException($"{sequenceAdvantages.Length} advantages for {nseq} sequences");
+        var adv = new float[cuSeqlens[nseq]];
+        for (int s = 0; s < nseq; s++) adv.AsSpan(cuSeqlens[s], cuSeqlens[s + 1] - cuSeqlens[s]).Fill(sequenceAdvantages[s]);
+        return adv;
     }
 
     /// <summary>
@@ -101,15 +118,14 @@ internal static unsafe class RolloutAdvantages
 }
 
 /// <summary>
-/// The inputs of PPO's advantages over a train call's whole rollout (the generation's, the
-/// reference's log-probs, the critic's values, the shaped sequence scores, EOS flags, the rollout's
-/// action offsets): what a train call's loss inputs derive from. Computed on the master on first use
-/// (<see cref="Result"/>), unless a worker replica finds the per-token arrays resident on its
-/// workers and has the loss ranks compute them there: the master then never computes them, and
-/// <see cref="Kl"/> comes back from the workers (the same bits).
+/// What a train call's per-token loss inputs derive from, over its whole rollout: the generation's
+/// and the reference's log-probs (per action), the rollout's action offsets, and per algorithm the
+/// rest (<see cref="PpoAdvantageInputs"/>, <see cref="SequenceAdvantageInputs"/>). Computed on the
+/// master on first use (<see cref="Result"/>), unless a worker replica finds the per-action arrays
+/// resident on its workers and has the loss ranks compute them there (Workers/RemoteReplica): the
+/// master then never computes them, and <see cref="Kl"/> comes back from the workers (the same bits).
 /// </summary>
-internal sealed class PpoAdvantageInputs(float[] logProbs, float[] refLogProbs, float[] values, float[] scores, bool[] endedWithEos, int[] actionCu,
-                                         PpoConfig ppo, NativeStream masterStream)
+internal abstract class DerivedLossInputs(float[] logProbs, float[] refLogProbs, int[] actionCu)
 {
     private readonly Lock _gate = new();
     private (float[] Adv, float[] Ret, double Kl)? _result;
@@ -117,18 +133,16 @@ internal sealed class PpoAdvantageInputs(float[] logProbs, float[] refLogProbs, 
 
     public float[] LogProbs { get; } = logProbs;
     public float[] RefLogProbs { get; } = refLogProbs;
-    public float[] Values { get; } = values;
-    /// <summary>Per-sequence scores after shaping (the overlong penalty), one per sequence.</summary>
-    public float[] Scores { get; } = scores;
-    public bool[] EndedWithEos { get; } = endedWithEos;
     public int[] ActionCu { get; } = actionCu;
-    public PpoConfig Ppo { get; } = ppo;
     /// <summary>Where the rollout's sequences live (its store ids, in rollout order), when workers keep them.</summary>
     public Model.BatchSource? Source { get; init; }
     public int Actions => ActionCu[^1];
     public int Sequences => ActionCu.Length - 1;
 
-    /// <summary>Advantages, returns and KL, computed here (on the master's stream) on first use.</summary>
+    /// <summary>Per-action advantages, returns (empty without a critic) and the mean per-sequence KL, computed in this process.</summary>
+    protected abstract (float[] Adv, float[] Ret, double Kl) Compute();
+
+    /// <summary>Advantages, returns and KL, computed here on first use.</summary>
     public (float[] Adv, float[] Ret, double Kl) Result
     {
         get
@@ -136,22 +150,12 @@ internal sealed class PpoAdvantageInputs(float[] logProbs, float[] refLogProbs, 
             lock (_gate)
             {
                 if (_result is { } r) return r;
-                var x = RolloutAdvantages.Ppo(masterStream, LogProbs, RefLogProbs, Values, Scores, EndedWithEos, ActionCu, Ppo);
+                Check();
+                var x = Compute();
                 _result = x;
                 _kl ??= x.Kl;
                 return x;
             }
-        }
-    }
-
-    /// <summary>The mean per-sequence KL: from <see cref="Result"/>, or as a worker that computed the
-    /// advantages reported it; computed here when neither has happened.</summary>
-    public double Kl
-    {
-        get
-        {
-            lock (_gate) if (_kl is { } k) return k;
-            return Result.Kl;
         }
     }
 
@@ -161,19 +165,68 @@ internal sealed class PpoAdvantageInputs(float[] logProbs, float[] refLogProbs, 
         get { lock (_gate) return _result is not null; }
     }
 
+    /// <summary>The mean per-sequence KL: from <see cref="Result"/>, or as a worker that derived the
+    /// inputs reported it; computed here when neither has happened.</summary>
+    public double Kl
+    {
+        get
+        {
+            lock (_gate) if (_kl is { } k) return k;
+            return Result.Kl;
+        }
+    }
+
     /// <summary>Records the KL a worker computed (bit-identical to <see cref="Result"/>'s).</summary>
     public void ReportKl(double kl)
     {
         lock (_gate) _kl ??= kl;
     }
 
-    public void Check()
+    public virtual void Check()
     {
-        int n = Sequences, t = Actions;
-        if (n < 0 || ActionCu[0] != 0) throw new ArgumentException("PPO advantage inputs: action offsets must start at 0");
-        if (LogProbs.Length != t || RefLogProbs.Length != t || Values.Length != t)
-            throw new ArgumentException($"PPO advantage inputs: {LogProbs.Length} log-probs, {RefLogProbs.Length} reference log-probs and {Values.Length} values for {t} actions");
-        if (Scores.Length != n || EndedWithEos.Length != n)
-            throw new ArgumentException($"PPO advantage inputs: {Scores.Length} scores and {EndedWithEos.Length} EOS flags for {n} sequences");
+        int t = Actions;
+        if (Sequences < 0 || ActionCu[0] != 0) throw new ArgumentException("derived loss inputs: action offsets must start at 0");
+        if (LogProbs.Length != t || RefLogProbs.Length != t)
+            throw new ArgumentException($"derived loss inputs: {LogProbs.Length} log-probs and {RefLogProbs.Length} reference log-probs for {t} actions");
+    }
+}
+
+/// <summary>PPO's advantages and returns (<see cref="RolloutAdvantages.Ppo"/>) from the critic's
+/// values, the shaped sequence scores and the EOS flags besides the log-probs.</summary>
+internal sealed class PpoAdvantageInputs(float[] logProbs, float[] refLogProbs, float[] values, float[] scores, bool[] endedWithEos, int[] actionCu,
+                                         PpoConfig ppo, NativeStream masterStream) : DerivedLossInputs(logProbs, refLogProbs, actionCu)
+{
+    public float[] Values { get; } = values;
+    /// <summary>Per-sequence scores after shaping (the overlong penalty), one per sequence.</summary>
+    public float[] Scores { get; } = scores;
+    public bool[] EndedWithEos { get; } = endedWithEos;
+    public PpoConfig Ppo { get; } = ppo;
+
+    protected override (float[] Adv, float[] Ret, double Kl) Compute() =>
+        RolloutAdvantages.Ppo(masterStream, LogProbs, RefLogProbs, Values, Scores, EndedWithEos, ActionCu, Ppo);
+
+    public override void Check()
+    {
+        base.Check();
+        if (Values.Length != Actions) throw new ArgumentException($"PPO advantage inputs: {Values.Length} values for {Actions} actions");
+        if (Scores.Length != Sequences || EndedWithEos.Length != Sequences)
+            throw new ArgumentException($"PPO advantage inputs: {Scores.Length} scores and {EndedWithEos.Length} EOS flags for {Sequences} sequences");
+    }
+}
+
+/// <summary>The critic-free algorithms' inputs (GRPO, RLOO, ReMax): one advantage per sequence
+/// (computed from the sequence rewards, Algorithms/CriticFreeAlgorithm), spread over its actions.</summary>
+internal sealed class SequenceAdvantageInputs(float[] logProbs, float[] refLogProbs, float[] sequenceAdvantages, int[] actionCu)
+    : DerivedLossInputs(logProbs, refLogProbs, actionCu)
+{
+    public float[] SequenceAdvantages { get; } = sequenceAdvantages;
+
+    protected override (float[] Adv, float[] Ret, double Kl) Compute() =>
+        (RolloutAdvantages.TokenAdvantages(SequenceAdvantages, ActionCu), [], RolloutAdvantages.MeanKl(LogProbs, RefLogProbs, Sequences));
+
+    public override void Check()
+    {
+        base.Check();
+        if (SequenceAdvantages.Length != Sequences) throw new ArgumentException($"critic-free inputs: {SequenceAdvantages.Length} advantages for {Sequences} sequences");
     }
 }

@@ -57,8 +57,14 @@ internal sealed class PolicyLossInputs(float[]? advantages, float[] ratioBase, f
     public static PolicyLossInputs FromPpo(PpoAdvantageInputs derived, bool[] keep, PolicyLossOptions options) =>
         new(null, derived.LogProbs, [], [], keep, options) { Derived = derived };
 
-    /// <summary>What the advantages derive from (PPO on-policy), or null: they were given.</summary>
-    public PpoAdvantageInputs? Derived { get; private init; }
+    /// <summary>The critic-free algorithms' on-policy inputs: the advantages spread from
+    /// <paramref name="derived"/>'s per-sequence ones (as <see cref="FromPpo"/>, computed on the master
+    /// only when read), the ratio base the generation's log-probs, the reference's for the k3 term.</summary>
+    public static PolicyLossInputs FromSequenceAdvantages(SequenceAdvantageInputs derived, bool[] keep, PolicyLossOptions options) =>
+        new(null, derived.LogProbs, [], derived.RefLogProbs, keep, options) { Derived = derived };
+
+    /// <summary>What the advantages derive from (on-policy PPO, GRPO, RLOO, ReMax), or null: they were given.</summary>
+    public DerivedLossInputs? Derived { get; private init; }
     public float[] Advantages => _advantages ?? Derived!.Result.Adv;
     /// <summary>The call's actions (without computing derived advantages).</summary>
     public int Actions => _advantages?.Length ?? Derived!.Actions;

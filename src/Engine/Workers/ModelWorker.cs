@@ -513,7 +513,7 @@ internal sealed unsafe class ModelWorker : IDisposable
             var keep = Flags(reader.Bytes(), sequences, "keep flags", op);
             var d = Derive(li["derive"]!, reader, r, sequences, actions, op);
             var all = new bool[sequences]; Array.Fill(all, true);
-            return (new PolicyLossInputs(d.Advantages, d.LogProbs, [], [], keep, options), all);
+            return (new PolicyLossInputs(d.Advantages, d.LogProbs, [], reference ? d.Ref : [], keep, options), all);
         }, op);
         if (inputs.Advantages.Length != actions || inputs.Keep.Length != sequences || inputs.Options != options
             || (inputs.Behaviour.Length > 0) != behaviour || (inputs.Ref.Length > 0) != reference)
@@ -596,25 +596,31 @@ internal sealed unsafe class ModelWorker : IDisposable
     }
 
     /// <summary>
-    /// PPO's advantages and returns of a train call's whole rollout, derived on this rank
-    /// (Parallelism/RolloutAdvantages.cs, the function the master runs): the generation's and the
-    /// reference's log-probs and the critic's values are read from the workers that computed them
-    /// (the command's "derive" entry: per array, each holder's registered part and the rollout
-    /// indices of its sequences; this worker's own parts are copied), the shaped scores and EOS flags
-    /// come in the input blob. Every read is posted at once and waited for with the data plane's
-    /// deadline; a failed or missing holder fails the operation naming it.
+    /// The per-action loss inputs of a train call's whole rollout, derived on this rank by the
+    /// function the master runs (Parallelism/RolloutAdvantages.cs): PPO's advantages and returns
+    /// ("kind": "ppo"), or the critic-free algorithms' per-sequence advantages spread over their
+    /// actions ("sequence"), and the mean KL. The generation's and the reference's log-probs (and
+    /// PPO's critic values) are read from the workers that computed them (the command's "derive"
+    /// entry: per array, each holder's registered part and the rollout indices of its sequences;
+    /// this worker's own parts are copied); the per-sequence inputs (PPO's shaped scores and EOS
+    /// flags, or the sequence advantages) come in the input blob. Every read is posted at once and
+    /// waited for with the data plane's deadline; a failed or missing holder fails the operation naming it.
     /// </summary>
-    private (float[] LogProbs, float[] Values, float[] Advantages, float[] Returns) Derive(JsonNode d, WireReader reader, ShardReplica r, int sequences, int actions, string op)
+    private (float[] LogProbs, float[] Ref, float[] Values, float[] Advantages, float[] Returns) Derive(JsonNode d, WireReader reader, ShardReplica r, int sequences, int actions, string op)
     {
-        var scores = reader.Floats();
-        if (scores.Length != sequences) throw new InvalidDataException($"{op}: {scores.Length} scores for {sequences} sequences");
-        var eos = Flags(reader.Bytes(), sequences, "EOS flags", op);
+        string kind = WireJson.Str(d, "kind");
+        if (kind is not ("ppo" or "sequence")) throw new ArgumentException($"{op}: derive: kind '{kind}' is not one of ppo, sequence");
+        float[] Floats(string what)
+        {
+            var x = reader.Floats();
+            return x.Length == sequences ? x : throw new InvalidDataException($"{op}: {x.Length} {what} for {sequences} sequences");
+        }
+        var scores = Floats(kind == "ppo" ? "scores" : "sequence advantages");
+        var eos = kind == "ppo" ? Flags(reader.Bytes(), sequences, "EOS flags", op) : [];
         var cu = d["cu"]?.AsArray().Select(x => x!.GetValue<int>()).ToArray() ?? throw new ArgumentException($"{op}: derive: no 'cu'");
         if (cu.Length != sequences + 1 || cu[0] != 0 || cu[^1] != actions || cu.Zip(cu.Skip(1)).Any(p => p.Second < p.First))
             throw new ArgumentException($"{op}: derive: action offsets of {cu.Length - 1} sequences ending at {cu[^1]} for {sequences} sequences and {actions} actions");
-        double Bits(string name) => BitConverter.Int64BitsToDouble(WireJson.Long(d, name));
-        var ppo = new Config.PpoConfig(Bits("kl_coef"), 0, 0, Bits("gamma"), Bits("lambda"), 1, d["adv_norm"]?.GetValue<bool>() ?? false, Bits("max_reward_clip"));
-        string[] names = ["logprobs", "ref", "values"];
+        string[] names = kind == "ppo" ? ["logprobs", "ref", "values"] : ["logprobs", "ref"];
         var arrays = names.Select(_ => new float[actions]).ToArray();
         var covered = names.Select(_ => new bool[sequences]).ToArray();
         var rma = (IRmaTransport)_transport;
@@ -680,9 +686,16 @@ internal sealed unsafe class ModelWorker : IDisposable
             foreach (var x in remotes) x.Dispose();
             _inputSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
         }
+        if (kind == "sequence")
+        {
+            _derivedKl = RolloutAdvantages.MeanKl(arrays[0], arrays[1], sequences);
+            return (arrays[0], arrays[1], [], RolloutAdvantages.TokenAdvantages(scores, cu), []);
+        }
+        double Bits(string name) => BitConverter.Int64BitsToDouble(WireJson.Long(d, name));
+        var ppo = new Config.PpoConfig(Bits("kl_coef"), 0, 0, Bits("gamma"), Bits("lambda"), 1, d["adv_norm"]?.GetValue<bool>() ?? false, Bits("max_reward_clip"));
         var (adv, ret, kl) = RolloutAdvantages.Ppo(r.Shard.Stream, arrays[0], arrays[1], arrays[2], scores, eos, cu, ppo);
         _derivedKl = kl;
-        return (arrays[0], arrays[2], adv, ret);
+        return (arrays[0], arrays[1], arrays[2], adv, ret);
     }
 
     /// <summary>The batch of an operation that carries nothing else: by reference, or the input blob.</summary>

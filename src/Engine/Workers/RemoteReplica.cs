@@ -326,7 +326,7 @@ internal sealed unsafe class RemoteReplica : IReplica
     /// the loss ranks will read from other workers; null otherwise (the master computes them and
     /// sends each rank its part, as before).
     /// </summary>
-    private (JsonObject Spec, long Bytes)? Derivation(PpoAdvantageInputs? d, BatchReads? reads)
+    private (JsonObject Spec, long Bytes)? Derivation(DerivedLossInputs? d, BatchReads? reads)
     {
         if (d is null || reads is null || d.Source is not { } src || !ReferenceEquals(src.Owner, _pool.Batches) || src.Key != reads.Key) return null;
         d.Check();
@@ -335,7 +335,10 @@ internal sealed unsafe class RemoteReplica : IReplica
         for (int i = 0; i < src.Ids.Length; i++) index[src.Ids[i]] = i;
         var arrays = new JsonObject();
         var parts = new List<ResidentPart>();
-        foreach (var (name, array) in new[] { ("logprobs", d.LogProbs), ("ref", d.RefLogProbs), ("values", d.Values) })
+        (string, float[])[] resident = d is PpoAdvantageInputs p0
+            ? [("logprobs", d.LogProbs), ("ref", d.RefLogProbs), ("values", p0.Values)]
+            : [("logprobs", d.LogProbs), ("ref", d.RefLogProbs)];
+        foreach (var (name, array) in resident)
         {
             if (_pool.Batches.Find(array) is not { } o || o.Key != src.Key) return null;
             var list = new JsonArray();
@@ -352,13 +355,14 @@ internal sealed unsafe class RemoteReplica : IReplica
             arrays[name] = list;
         }
         static long Bits(double x) => BitConverter.DoubleToInt64Bits(x);
-        var spec = new JsonObject
+        var spec = new JsonObject { ["cu"] = new JsonArray([.. d.ActionCu.Select(x => (JsonNode)x)]), ["arrays"] = arrays };
+        if (d is PpoAdvantageInputs ppo)
         {
-            ["cu"] = new JsonArray([.. d.ActionCu.Select(x => (JsonNode)x)]),
-            ["kl_coef"] = Bits(d.Ppo.KlCoef), ["gamma"] = Bits(d.Ppo.Gamma), ["lambda"] = Bits(d.Ppo.Lambda),
-            ["max_reward_clip"] = Bits(d.Ppo.MaxRewardClip), ["adv_norm"] = d.Ppo.AdvNorm,
-            ["arrays"] = arrays,
-        };
+            spec["kind"] = "ppo";
+            spec["kl_coef"] = Bits(ppo.Ppo.KlCoef); spec["gamma"] = Bits(ppo.Ppo.Gamma); spec["lambda"] = Bits(ppo.Ppo.Lambda);
+            spec["max_reward_clip"] = Bits(ppo.Ppo.MaxRewardClip); spec["adv_norm"] = ppo.Ppo.AdvNorm;
+        }
+        else spec["kind"] = "sequence";
         long bytes = 0;
         foreach (int dst in LossDevices)
             bytes += parts.Where(p => p.Worker != dst).Sum(p => 4 * p.Floats);
@@ -369,18 +373,21 @@ internal sealed unsafe class RemoteReplica : IReplica
     private IEnumerable<int> LossDevices => Enumerable.Range(0, Layout.Devices.Count).Where(r => Layout.Coords(r).Pipe == Layout.Pp - 1).Select(r => Layout.Devices[r]);
 
     /// <summary>The input blob of a derived call's first command, to every loss rank: the keep flags
-    /// (policy), the shaped scores and EOS flags of the rollout's sequences.</summary>
-    private Inputs DerivationBlob(PpoAdvantageInputs d, bool[]? keep)
+    /// (policy), then PPO's shaped scores and EOS flags, or the critic-free per-sequence advantages,
+    /// of the rollout's sequences.</summary>
+    private Inputs DerivationBlob(DerivedLossInputs d, bool[]? keep)
     {
         static byte[] Flags(bool[] x) => [.. x.Select(k => k ? (byte)1 : (byte)0)];
         var w = new WireWriter();
         if (keep is not null) w.Bytes(Flags(keep));
-        var blob = w.Floats(d.Scores).Bytes(Flags(d.EndedWithEos)).ToArray();
+        if (d is PpoAdvantageInputs p) w.Floats(p.Scores).Bytes(Flags(p.EndedWithEos));
+        else w.Floats(((SequenceAdvantageInputs)d).SequenceAdvantages);
+        var blob = w.ToArray();
         return new Inputs(null, LastStage: [.. Enumerable.Repeat(blob, Layout.Dp)]);
     }
 
     /// <summary>The KL the figures rank derived (its reply's "kl", bits), reported to <paramref name="d"/>.</summary>
-    private void DerivedKl(JsonNode?[] replies, PpoAdvantageInputs d, string op)
+    private void DerivedKl(JsonNode?[] replies, DerivedLossInputs d, string op)
     {
         var reply = replies[Layout.Devices.ToList().IndexOf(FiguresDevice)];
         var bits = reply?["kl"] ?? throw new InvalidDataException($"{What(op)}: worker {FiguresDevice} derived the advantages but returned no KL");
@@ -412,8 +419,10 @@ internal sealed unsafe class RemoteReplica : IReplica
             ["temperature"] = temperature, ["s0"] = s0, ["a0"] = a0, ["tokens"] = tokens, ["seqs"] = seqs, ["from_forward"] = ratioBaseFromForward,
         };
         var input = BatchInput(args, batch);
-        // PPO on-policy: the loss ranks derive the advantages from the resident inference outputs.
-        var d = inputs.Derived is { } x && ReferenceEquals(inputs.RatioBase, x.LogProbs) && inputs.Behaviour.Length == 0 && inputs.Ref.Length == 0 ? x : null;
+        // On-policy: the loss ranks derive the advantages from the resident inference outputs (PPO's
+        // loss has no k3 term; the critic-free algorithms' uses the reference's log-probs they read).
+        var d = inputs.Derived is { } x && ReferenceEquals(inputs.RatioBase, x.LogProbs) && inputs.Behaviour.Length == 0
+                && (x is PpoAdvantageInputs ? inputs.Ref.Length == 0 : ReferenceEquals(inputs.Ref, x.RefLogProbs)) ? x : null;
         (JsonObject Spec, long Bytes)? derivation = null;
         var (key, send, derived) = LossInputs(inputs, s0, () => (derivation = Derivation(d, input.Reads)) is not null);
         var li = new JsonObject

@@ -137,6 +137,64 @@ public sealed class DerivedAdvantagesTests(Xunit.Abstractions.ITestOutputHelper 
         Assert.Equal(BitConverter.DoubleToInt64Bits(kl), BitConverter.DoubleToInt64Bits(derived.Kl));
     }
 
+    /// <summary>
+    /// The critic-free algorithms (GRPO, RLOO, ReMax) the same way: per-sequence advantages (one
+    /// sequence dropped, as dynamic sampling does), the clipped surrogate with the k3 term against the
+    /// reference's log-probs, sequence aggregation; actor_train on a dp2 x tp2 layout. The loss ranks
+    /// read the generation's and the reference's log-probs worker to worker and spread the advantages
+    /// themselves: loss figures, gradient norms, parameters and the KL bit for bit against the
+    /// in-process replica on the master's arrays, and the master sends each loss rank only the keep
+    /// flags and the per-sequence advantages, once.
+    /// </summary>
+    [Fact]
+    public void CriticFreeLossRanksSpreadTheSequenceAdvantagesAndReadTheLogProbsBitForBit()
+    {
+        using var pool = new WorkerPool(4, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+        using var cluster = new LocalCluster(4);
+        ParallelLayout gen = new([2, 3], 1, 2, 1), reference = new([0, 1], 2, 1, 1), critic = new([0, 1], 1, 2, 1), actor = new([1, 0, 3, 2], 1, 2, 2);
+        using var criticW = pool.Create("critic", Cfg, true, critic, 1, Spec);   // unused here: the rollout helper scores with it
+        criticW.Initialise(47);
+        var ro = Generate(pool, gen, reference, criticW);
+        int n = ro.Batch.Packed.Count;
+        var seqAdv = ro.Scores.Select(x => x / 2).ToArray();
+        var keep = new bool[n]; Array.Fill(keep, true); keep[1] = false;
+        var options = new PolicyLossOptions(0.2, 0.28, LossAggregation.Sequence, 0.05, 0);
+        var tokenAdv = RolloutAdvantages.TokenAdvantages(seqAdv, ro.Batch.ActionCu);
+        double kl = RolloutAdvantages.MeanKl(ro.LogProbs, ro.Ref, n);
+        var derived = new SequenceAdvantageInputs(ro.LogProbs, ro.Ref, seqAdv, ro.Batch.ActionCu) { Source = ro.Batch.Source };
+        var figures = new List<string>[2];
+        var parameters = new float[2][];
+        for (int k = 0; k < 2; k++)
+        {
+            figures[k] = [];
+            IReplicaHost host = k == 0 ? cluster : pool;
+            using var a = host.Create("actor", Cfg, false, actor, 2, Spec);
+            a.Initialise(41);
+            var policy = k == 0 ? new PolicyLossInputs(tokenAdv, ro.LogProbs, [], ro.Ref, keep, options) : PolicyLossInputs.FromSequenceAdvantages(derived, keep, options);
+            for (int epoch = 0; epoch < 2; epoch++)
+                for (int m = 0; m < Minibatches; m++)
+                {
+                    var (mb, s0, a0) = Minibatch(ro, m);
+                    var (fromMaster, between) = pool.DataBytes!.Value;
+                    var (ps, pn) = a.PolicyStep(mb, s0, a0, 1f, policy, ratioBaseFromForward: false);
+                    figures[k].Add($"{ps} {pn:R}");
+                    if (k == 0) continue;
+                    bool first = epoch == 0 && m == 0;
+                    var (fromMaster2, between2) = pool.DataBytes!.Value;
+                    Assert.Equal(first ? 4 * ((4 + n) + (4 + 4 * n)) : 0, fromMaster2 - fromMaster);
+                    if (first) Assert.True(between2 > between, "the loss ranks read the log-probs from other workers");
+                }
+            using var back = new LlamaModel(Cfg, false);
+            a.CopyTo(back);
+            parameters[k] = back.Parameters.ToArray();
+        }
+        output.WriteLine(string.Join("\n", figures[0]));
+        Assert.Equal(figures[0], figures[1]);
+        Assert.True(parameters[0].AsSpan().SequenceEqual(parameters[1]), "actor parameters");
+        Assert.False(derived.ComputedHere, "the master spread the advantages the loss ranks derive");
+        Assert.Equal(BitConverter.DoubleToInt64Bits(kl), BitConverter.DoubleToInt64Bits(derived.Kl));
+    }
+
     /// <summary>The worker that keeps the reference's log-probs is killed before the train step that
     /// reads them (it takes no part in the actor's layout): the step fails naming it, well within the
     /// data plane's deadline, and does not hang.</summary>
