@@ -507,8 +507,8 @@ internal sealed unsafe class ModelWorker : IDisposable
             if (!derive)
                 return (new PolicyLossInputs(new float[actions], new float[actions], behaviour ? new float[actions] : [], reference ? new float[actions] : [], new bool[sequences], options),
                         new bool[sequences]);
-            // PPO on-policy: this rank derives the advantages of the whole rollout itself; the ratio
-            // base is the generation's log-probs (read with the rest).
+            // On-policy RL: this rank derives the advantages of the whole rollout itself; the ratio
+            // base is the generation's log-probs, the k3 term's the reference's (read with the rest).
             var reader = rd ?? throw new ArgumentException($"{op}: loss inputs sent without an input blob");
             var keep = Flags(reader.Bytes(), sequences, "keep flags", op);
             var d = Derive(li["derive"]!, reader, r, sequences, actions, op);

@@ -2,7 +2,9 @@
 // every worker of the layout (metadata only), with the batch sent to them (by reference when the
 // workers hold it; a backward's per-token gradients only to the last pipeline stage; a generation's
 // prompts to each data-parallel rank only its share) and the
-// collecting ranks' outputs returned over UCX. A backward is sent with the optimizer step that follows it
+// collecting ranks' outputs returned over UCX (and, for a batch the workers hold, kept by them
+// for later calls: an on-policy RL train call's loss ranks read them worker to worker and derive
+// their loss inputs themselves, see Derivation). A backward is sent with the optimizer step that follows it
 // (one round trip instead of two; a backward only writes gradients, which only the step reads):
 // any other operation sends a deferred backward on its own first. Reallocation between two replicas runs entirely between the
 // workers (TransportRealloc, no byte through the master); to and from the full model the master

@@ -9,7 +9,10 @@
 // collecting rank that generated it (the only one with a registered copy); a worker that read it
 // keeps it for its later calls. Capacity is bounded: the oldest batch is forgotten (its workers are told with their next command),
 // and a batch the master no longer tracks goes inline, as before, so correctness never depends on
-// the store.
+// the store. The per-action outputs of the calls on a batch (the generation's log-probs, an
+// inference call's log-probs or values) are kept the same way by the collecting ranks that
+// computed them (ResidentOutput, dropped with the batch), so that a train call's loss ranks read
+// them worker to worker (RemoteReplica.Derivation) instead of the master sending its copy.
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Layout;
