@@ -53,14 +53,8 @@ internal abstract class CriticFreeAlgorithm(PpoConfig options)
     }
 
     /// <summary>Each sequence's advantage on every one of its tokens.</summary>
-    public static float[] TokenAdvantages(ReadOnlySpan<float> sequenceAdvantages, ReadOnlySpan<int> cuSeqlens)
-    {
-        int nseq = cuSeqlens.Length - 1;
-        if (sequenceAdvantages.Length != nseq) throw new ArgumentException($"{sequenceAdvantages.Length} advantages for {nseq} sequences");
-        var adv = new float[cuSeqlens[nseq]];
-        for (int s = 0; s < nseq; s++) adv.AsSpan(cuSeqlens[s], cuSeqlens[s + 1] - cuSeqlens[s]).Fill(sequenceAdvantages[s]);
-        return adv;
-    }
+    public static float[] TokenAdvantages(ReadOnlySpan<float> sequenceAdvantages, ReadOnlySpan<int> cuSeqlens) =>
+        RolloutAdvantages.TokenAdvantages(sequenceAdvantages, cuSeqlens);
 
     protected static void CheckGroups(int n, int groupSize)
     {

@@ -107,31 +107,11 @@ internal static class Losses
     /// </summary>
     public static void KlShapedRewards(ReadOnlySpan<float> logp, ReadOnlySpan<float> refLogp, ReadOnlySpan<int> cuSeqlens,
                                        ReadOnlySpan<float> scores, ReadOnlySpan<bool> endedWithEos, double klCoef, double maxClip,
-                                       Span<float> rewards)
-    {
-        int nseq = cuSeqlens.Length - 1, t = logp.Length;
-        CheckLen(nameof(refLogp), refLogp.Length, t); CheckLen(nameof(rewards), rewards.Length, t);
-        CheckLen(nameof(scores), scores.Length, nseq); CheckLen(nameof(endedWithEos), endedWithEos.Length, nseq);
-        if (cuSeqlens[nseq] != t) throw new ArgumentException($"cu_seqlens ends at {cuSeqlens[nseq]}, expected {t}", nameof(cuSeqlens));
-        for (int i = 0; i < t; i++) rewards[i] = (float)(-klCoef * ((double)logp[i] - refLogp[i]));
-        for (int s = 0; s < nseq; s++)
-            if (endedWithEos[s] && cuSeqlens[s + 1] > cuSeqlens[s])
-                rewards[cuSeqlens[s + 1] - 1] += (float)Math.Clamp(scores[s], -maxClip, maxClip);
-    }
+                                       Span<float> rewards) =>
+        RolloutAdvantages.KlShapedRewards(logp, refLogp, cuSeqlens, scores, endedWithEos, klCoef, maxClip, rewards);
 
     /// <summary>In place: (x - mean) / (std + eps) over masked entries (population std); others become 0.</summary>
-    public static void NormalizeMasked(Span<float> x, ReadOnlySpan<float> mask, double eps = 1e-5)
-    {
-        CheckLen(nameof(mask), mask.Length, x.Length);
-        int n = CountMask(mask);
-        if (n == 0) { x.Clear(); return; }
-        double sum = 0;
-        for (int i = 0; i < x.Length; i++) if (mask[i] != 0) sum += x[i];
-        double mean = sum / n, sq = 0;
-        for (int i = 0; i < x.Length; i++) if (mask[i] != 0) sq += (x[i] - mean) * (x[i] - mean);
-        double inv = 1.0 / (Math.Sqrt(sq / n) + eps);
-        for (int i = 0; i < x.Length; i++) x[i] = mask[i] != 0 ? (float)((x[i] - mean) * inv) : 0f;
-    }
+    public static void NormalizeMasked(Span<float> x, ReadOnlySpan<float> mask, double eps = 1e-5) => RolloutAdvantages.NormalizeMasked(x, mask, eps);
 
     private static double Softplus(double x) => Math.Max(x, 0) + Math.Log(1 + Math.Exp(-Math.Abs(x)));
     private static double Sigmoid(double x) => x >= 0 ? 1 / (1 + Math.Exp(-x)) : Math.Exp(x) / (1 + Math.Exp(x));

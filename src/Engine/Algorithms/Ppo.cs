@@ -3,6 +3,7 @@
 // values, optional whitening. Its policy loss is Losses.ClippedPolicy (token mean), its value
 // loss Losses.ClippedValue.
 using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Parallelism;
 using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Algorithms;
@@ -13,20 +14,7 @@ internal static class Ppo
     /// sum(logp - ref) of the samples.</summary>
     public static (float[] Advantages, float[] Returns, double Kl) Advantages(NativeStream stream, ReadOnlySpan<float> logp, ReadOnlySpan<float> refLogp,
         ReadOnlySpan<float> values, ReadOnlySpan<float> scores, ReadOnlySpan<bool> endedWithEos, ReadOnlySpan<int> cuSeqlens, PpoConfig ppo)
-    {
-        int T = logp.Length, nseq = cuSeqlens.Length - 1;
-        var rewards = new float[T];
-        Losses.KlShapedRewards(logp, refLogp, cuSeqlens, scores, endedWithEos, ppo.KlCoef, ppo.MaxRewardClip, rewards);
-        var adv = new float[T]; var ret = new float[T];
-        Gae.Compute(stream, rewards, Gae.WithBootstrap(values, cuSeqlens), cuSeqlens, ppo.Gamma, ppo.Lambda, adv, ret);
-        if (ppo.AdvNorm)
-        {
-            var mask = new float[T]; Array.Fill(mask, 1f);
-            Losses.NormalizeMasked(adv, mask);
-        }
-        double kl = 0; for (int k = 0; k < T; k++) kl += logp[k] - refLogp[k];
-        return (adv, ret, nseq > 0 ? kl / nseq : 0);
-    }
+        => RolloutAdvantages.Ppo(stream, logp, refLogp, values, scores, endedWithEos, cuSeqlens, ppo);
 }
 
 /// <summary>DPO (Rafailov et al. 2023) or IPO (Azar et al. 2023) on pairs of sequence log-probs (`dpo.loss`).</summary>

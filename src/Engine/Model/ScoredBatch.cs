@@ -40,4 +40,17 @@ internal sealed record BatchSource(object Owner, string Key, int[] Ids)
 {
     /// <summary>Sequences [s0, s1) of this source.</summary>
     public BatchSource Slice(int s0, int s1) => this with { Ids = Ids[s0..s1] };
+
+    /// <summary>Records <paramref name="flat"/> (the generation's per-action log-probs of these
+    /// sequences, in their order) as the copy of the log-probs the generating workers keep beside the
+    /// sequences, so that a later call can have them read there instead of sending it; nothing when
+    /// the owner keeps none.</summary>
+    public void AttachGenerationLogProbs(float[] flat) => (Owner as IResidentOutputs)?.AttachGenerationLogProbs(flat, this);
+}
+
+/// <summary>An owner of <see cref="BatchSource"/>s that also keeps per-action outputs on the workers
+/// (Workers/ResidentBatches.cs).</summary>
+internal interface IResidentOutputs
+{
+    void AttachGenerationLogProbs(float[] flat, BatchSource source);
 }

@@ -47,9 +47,27 @@ internal sealed record PolicyLossOptions(double ClipLow, double ClipHigh, string
 /// log-probs of the decoupled objective (empty: none), the reference's (empty: no k3 term), and
 /// which sequences train. One object per call: a worker replica sends each minibatch's part of it
 /// once, to the ranks that compute the loss, and they keep it for the later epochs.</summary>
-internal sealed class PolicyLossInputs(float[] advantages, float[] ratioBase, float[] behaviour, float[] reference, bool[] keep, PolicyLossOptions options)
+internal sealed class PolicyLossInputs(float[]? advantages, float[] ratioBase, float[] behaviour, float[] reference, bool[] keep, PolicyLossOptions options)
 {
-    public float[] Advantages { get; } = advantages;
+    private readonly float[]? _advantages = advantages;
+
+    /// <summary>PPO's on-policy inputs: the advantages derived from <paramref name="derived"/>
+    /// (computed on the master only when read: a worker replica may have its loss ranks derive them
+    /// from resident inference outputs instead), the ratio base the generation's log-probs.</summary>
+    public static PolicyLossInputs FromPpo(PpoAdvantageInputs derived, bool[] keep, PolicyLossOptions options) =>
+        new(null, derived.LogProbs, [], [], keep, options) { Derived = derived };
+
+    /// <summary>The critic-free algorithms' on-policy inputs: the advantages spread from
+    /// <paramref name="derived"/>'s per-sequence ones (as <see cref="FromPpo"/>, computed on the master
+    /// only when read), the ratio base the generation's log-probs, the reference's for the k3 term.</summary>
+    public static PolicyLossInputs FromSequenceAdvantages(SequenceAdvantageInputs derived, bool[] keep, PolicyLossOptions options) =>
+        new(null, derived.LogProbs, [], derived.RefLogProbs, keep, options) { Derived = derived };
+
+    /// <summary>What the advantages derive from (on-policy PPO, GRPO, RLOO, ReMax), or null: they were given.</summary>
+    public DerivedLossInputs? Derived { get; private init; }
+    public float[] Advantages => _advantages ?? Derived!.Result.Adv;
+    /// <summary>The call's actions (without computing derived advantages).</summary>
+    public int Actions => _advantages?.Length ?? Derived!.Actions;
     public float[] RatioBase { get; } = ratioBase;
     public float[] Behaviour { get; } = behaviour;
     public float[] Ref { get; } = reference;
@@ -61,8 +79,8 @@ internal sealed class PolicyLossInputs(float[] advantages, float[] ratioBase, fl
     public void Check(int actions)
     {
         Options.Check();
-        if (Advantages.Length != actions || RatioBase.Length != actions)
-            throw new ArgumentException($"policy loss inputs: {Advantages.Length} advantages and {RatioBase.Length} ratio bases for {actions} actions");
+        if (Actions != actions || RatioBase.Length != actions)
+            throw new ArgumentException($"policy loss inputs: {Actions} advantages and {RatioBase.Length} ratio bases for {actions} actions");
         if (Behaviour.Length is var b && b != 0 && b != actions) throw new ArgumentException($"policy loss inputs: {b} behaviour log-probs for {actions} actions");
         if (Ref.Length is var r && r != 0 && r != actions) throw new ArgumentException($"policy loss inputs: {r} reference log-probs for {actions} actions");
     }
@@ -71,26 +89,35 @@ internal sealed class PolicyLossInputs(float[] advantages, float[] ratioBase, fl
     /// actions from <paramref name="a0"/>); the counts its loss normalises by (ShardLosses.ClippedPolicyCounts).</summary>
     public (int Tokens, int Sequences) Minibatch(ScoredBatch batch, int s0, int a0)
     {
-        Check(Advantages.Length);
+        Check(Actions);
         int n = batch.Packed.Count;
-        if (s0 < 0 || s0 + n > Keep.Length || a0 < 0 || a0 + batch.Actions > Advantages.Length)
-            throw new ArgumentException($"policy step: sequences [{s0}, +{n}) and actions [{a0}, +{batch.Actions}) outside the call's {Keep.Length} sequences and {Advantages.Length} actions");
+        if (s0 < 0 || s0 + n > Keep.Length || a0 < 0 || a0 + batch.Actions > Actions)
+            throw new ArgumentException($"policy step: sequences [{s0}, +{n}) and actions [{a0}, +{batch.Actions}) outside the call's {Keep.Length} sequences and {Actions} actions");
         return ShardLosses.ClippedPolicyCounts(batch.ActionCu, Keep.AsSpan(s0, n));
     }
 }
 
 /// <summary>The per-token inputs of a train call's clipped value loss over its whole rollout:
 /// the critic's values at inference and the returns.</summary>
-internal sealed class ValueLossInputs(float[] oldValues, float[] returns, double clipEps)
+internal sealed class ValueLossInputs(float[] oldValues, float[]? returns, double clipEps)
 {
+    private readonly float[]? _returns = returns;
+
+    /// <summary>PPO's inputs: the critic's inference values, the returns derived from
+    /// <paramref name="derived"/> (as <see cref="PolicyLossInputs.FromPpo"/>).</summary>
+    public static ValueLossInputs FromPpo(PpoAdvantageInputs derived, double clipEps) => new(derived.Values, null, clipEps) { Derived = derived };
+
+    /// <summary>What the returns derive from (PPO), or null: they were given.</summary>
+    public PpoAdvantageInputs? Derived { get; private init; }
     public float[] OldValues { get; } = oldValues;
-    public float[] Returns { get; } = returns;
+    public float[] Returns => _returns ?? Derived!.Result.Ret;
     public double ClipEps { get; } = clipEps;
 
     public void Check(int actions)
     {
-        if (OldValues.Length != actions || Returns.Length != actions)
-            throw new ArgumentException($"value loss inputs: {OldValues.Length} old values and {Returns.Length} returns for {actions} actions");
+        int returns = _returns?.Length ?? Derived!.Actions;
+        if (OldValues.Length != actions || returns != actions)
+            throw new ArgumentException($"value loss inputs: {OldValues.Length} old values and {returns} returns for {actions} actions");
     }
 
     /// <summary>Checks the inputs and a minibatch of the call (actions from <paramref name="a0"/>).</summary>

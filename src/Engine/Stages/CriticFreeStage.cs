@@ -55,8 +55,13 @@ internal sealed class CriticFreeStage(StageConfig stage) : StageAlgorithm(stage)
             var proximal = context.ProximalLogProbs(b, m, r);
             var o = algo.Options;
             // The loss and its gradient are computed where the actor is (its train layout's last stage).
-            var inputs = new PolicyLossInputs(CriticFreeAlgorithm.TokenAdvantages(seqAdv, r.Scored.ActionCu), proximal ?? oldLp, proximal is null ? [] : oldLp,
-                                              refLp, keep, new PolicyLossOptions(o.ClipEpsLow, o.ClipEpsHigh, o.LossAgg, o.KlCoef, o.BehaviourWeightCap));
+            var options = new PolicyLossOptions(o.ClipEpsLow, o.ClipEpsHigh, o.LossAgg, o.KlCoef, o.BehaviourWeightCap);
+            // On-policy under worker processes the loss ranks spread the sequence advantages and read
+            // the log-probs themselves (Parallelism/RolloutAdvantages.cs); the master sends no per-token float.
+            var derived = new SequenceAdvantageInputs(oldLp, refLp, seqAdv, r.Scored.ActionCu) { Source = r.Scored.Source };
+            var inputs = proximal is null
+                ? PolicyLossInputs.FromSequenceAdvantages(derived, keep, options)
+                : new PolicyLossInputs(CriticFreeAlgorithm.TokenAdvantages(seqAdv, r.Scored.ActionCu), proximal, oldLp, refLp, keep, options);
             int n = r.Examples.Length, mb = Stage.Batch.Minibatches;
             double loss = 0, klTerm = 0, k3 = 0, clip = 0, gradNorm = 0; int steps = 0;
             for (int e = 0; e < Stage.Ppo.PpoEpochs; e++)
@@ -71,13 +76,12 @@ internal sealed class CriticFreeStage(StageConfig stage) : StageAlgorithm(stage)
                     gradNorm += norm;
                     loss += st.Loss; klTerm += st.KlTerm; k3 += st.K3; clip += st.ClipFraction; steps++;
                 }
-            double kl = 0; for (int k = 0; k < oldLp.Length; k++) kl += oldLp[k] - refLp[k];
             b.Set("actor_stats", new object());
             int div = Math.Max(steps, 1);
             var figures = new Dictionary<string, double>
             {
                 ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = loss / div, ["kl_penalty"] = klTerm / div, ["k3"] = k3 / div,
-                ["clip_fraction"] = clip / div, ["reward_mean"] = scores.Average(), ["kl"] = kl / n,
+                ["clip_fraction"] = clip / div, ["reward_mean"] = scores.Average(), ["kl"] = derived.Kl,
                 ["kept_fraction"] = keep.Count(x => x) / (double)n, ["grad_norm"] = gradNorm / div, ["lr"] = m.LearningRate,
             };
             if (greedy.Length > 0) figures["greedy_reward_mean"] = greedy.Average();

@@ -2,7 +2,8 @@
 // reference and the critic score the samples (rew_inf, ref_inf, critic_inf); then actor_train
 // (clipped policy loss) and critic_train (clipped value loss) each take ppo_epochs x minibatches
 // optimizer steps on the advantages and returns of Ppo.Advantages (KL-shaped rewards, GAE), each
-// step's loss computed where the model is (IModelCalls.PolicyStep, ValueStep).
+// step's loss computed where the model is (IModelCalls.PolicyStep, ValueStep); under worker
+// processes the advantages too (Parallelism/RolloutAdvantages.cs, PpoAdvantageInputs).
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Config;
@@ -19,26 +20,26 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
     {
         float temp = (float)Stage.Generation.Temperature;
         var ppo = Stage.Ppo;
-        // Advantages and returns are computed once per iteration and shared by both train calls.
-        (float[] Adv, float[] Ret, double Kl, double Reward)? cache = null;
+        // The inputs of the advantages and returns, shared by both train calls of an iteration: on
+        // the single device and in-process plans the master computes them once (on first use); under
+        // worker processes the loss ranks of each train call derive them from the inference outputs
+        // the workers kept (Workers/RemoteReplica.PolicyStep), and the master never does.
+        PpoAdvantageInputs? cache = null;
         int cachedFor = -1;
         var gate = new Lock();  // actor_train and critic_train may run concurrently under a plan
-        (float[] Adv, float[] Ret, double Kl, double Reward) Advantages(SampleBatch b)
+        PpoAdvantageInputs Advantages(SampleBatch b)
         {
-            lock (gate) return AdvantagesLocked(b);
-        }
-        (float[] Adv, float[] Ret, double Kl, double Reward) AdvantagesLocked(SampleBatch b)
-        {
-            int it = b.Get<int[]>("iteration")[0];
-            if (cachedFor == it && cache is { } c) return c;
-            var r = b.Get<Rollout>("sequences");
-            var logp = b.Get<float[]>("logprobs"); var refLp = b.Get<float[]>("ref_logprobs");
-            var scores = context.Shaped(r, b.Get<float[]>("scores"));
-            var (adv, ret, kl) = Ppo.Advantages(context.Stream, logp, refLp, b.Get<float[]>("values"), scores,
-                                                r.Gen.EndedWithEos, r.Scored.ActionCu, ppo);
-            cache = (adv, ret, kl, scores.Average());
-            cachedFor = it;
-            return cache.Value;
+            lock (gate)
+            {
+                int it = b.Get<int[]>("iteration")[0];
+                if (cachedFor == it && cache is { } c) return c;
+                var r = b.Get<Rollout>("sequences");
+                var scores = context.Shaped(r, b.Get<float[]>("scores"));
+                cache = new PpoAdvantageInputs(b.Get<float[]>("logprobs"), b.Get<float[]>("ref_logprobs"), b.Get<float[]>("values"), scores,
+                                               r.Gen.EndedWithEos, r.Scored.ActionCu, ppo, context.Stream) { Source = r.Scored.Source };
+                cachedFor = it;
+                return cache;
+            }
         }
 
         var h = new Dictionary<string, CallHandler>
@@ -52,7 +53,7 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
         {
             var r = b.Get<Rollout>("sequences");
             var oldLp = b.Get<float[]>("logprobs");
-            var (adv, _, kl, reward) = Advantages(b);
+            var adv = Advantages(b);
             var m = context.Calls(call.Name, "actor");
             // Asynchronous RL: an off-policy batch's ratio is against the proximal policy (recomputed),
             // the generation log-probs weight it (decoupled objective); on-policy they are the same.
@@ -60,8 +61,10 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
             int n = r.Examples.Length, mb = Stage.Batch.Minibatches;
             var keep = new bool[n]; Array.Fill(keep, true);
             // The loss and its gradient are computed where the actor is (its train layout's last stage).
-            var inputs = new PolicyLossInputs(adv, proximal ?? oldLp, proximal is null ? [] : oldLp, [], keep,
-                                              new PolicyLossOptions(ppo.ClipEpsLow, ppo.ClipEpsHigh, ppo.LossAgg, 0, ppo.BehaviourWeightCap));
+            var options = new PolicyLossOptions(ppo.ClipEpsLow, ppo.ClipEpsHigh, ppo.LossAgg, 0, ppo.BehaviourWeightCap);
+            var inputs = proximal is null && ReferenceEquals(adv.LogProbs, oldLp)
+                ? PolicyLossInputs.FromPpo(adv, keep, options)
+                : new PolicyLossInputs(adv.Result.Adv, proximal ?? oldLp, proximal is null ? [] : oldLp, [], keep, options);
             double loss = 0, clip = 0; int steps = 0;
             for (int e = 0; e < ppo.PpoEpochs; e++)
                 for (int k = 0; k < mb; k++)
@@ -75,14 +78,13 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
                 }
             b.Set("actor_stats", new object());
             return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["loss"] = loss / steps, ["clip_fraction"] = clip / steps,
-                ["reward_mean"] = reward, ["kl"] = kl, ["lr"] = m.LearningRate };
+                ["reward_mean"] = adv.Scores.Average(), ["kl"] = adv.Kl, ["lr"] = m.LearningRate };
         };
         h["critic_train"] = (call, b) =>
         {
             var r = b.Get<Rollout>("sequences");
-            var (_, ret, _, _) = Advantages(b);
             var m = context.Calls(call.Name, "critic");
-            var inputs = new ValueLossInputs(b.Get<float[]>("values"), ret, ppo.ValueClipEps);
+            var inputs = ValueLossInputs.FromPpo(Advantages(b), ppo.ValueClipEps);
             double loss = 0; int steps = 0;
             int n = r.Examples.Length, mb = Stage.Batch.Minibatches;
             for (int e = 0; e < ppo.PpoEpochs; e++)

@@ -194,7 +194,10 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     public CallHandler SampleCall() => (call, b) =>
     {
         var r = Generate(Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), Iteration(b), "gen", greedy: false);
-        b.Set("sequences", r); b.Set("logprobs", r.Gen.LogProbs.SelectMany(x => x).ToArray());
+        var logProbs = r.Gen.LogProbs.SelectMany(x => x).ToArray();
+        // Worker processes keep the generation's log-probs with its sequences: this array is theirs.
+        r.Scored.Source?.AttachGenerationLogProbs(logProbs);
+        b.Set("sequences", r); b.Set("logprobs", logProbs);
         b.Set("logits_mask", Array.Empty<byte>()); b.Set("ended_with_eos", r.Gen.EndedWithEos);
         if (RuleScores(r) is { } scores) b.Set("scores", scores);
         double score = Checks(r.Examples, r.Completions, r.Gen.EndedWithEos).Average();

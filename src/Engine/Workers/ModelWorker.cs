@@ -53,6 +53,10 @@ internal sealed unsafe class ModelWorker : IDisposable
     private readonly Dictionary<string, Dictionary<int, (int Prompt, int[] Tokens)>> _batches = new(StringComparer.Ordinal);
     /// <summary>The registered buffers of the batches this worker generated (read by other workers).</summary>
     private readonly Dictionary<string, (IRmaRegion Region, nint Buffer)> _kept = new(StringComparer.Ordinal);
+    /// <summary>Per-action outputs this worker keeps for later calls (a generation's log-probs, an
+    /// inference call's log-probs or values of its part): batch key -> output name -> a native buffer
+    /// registered for one-sided reads, with its float count. Dropped with the batch.</summary>
+    private readonly Dictionary<string, Dictionary<string, (IRmaRegion Region, nint Buffer, long Floats)>> _outputs = new(StringComparer.Ordinal);
     private volatile string _busy = "idle";
     private volatile string? _lastError;
     private readonly ManualResetEventSlim _stop = new();
@@ -304,6 +308,7 @@ internal sealed unsafe class ModelWorker : IDisposable
         var held = new Dictionary<int, (int, int[])>();
         for (int k = 0; k < ids.Length; k++) held[ids[k]] = (prompts[k].Length, result.Sequence(k));
         _batches[key] = held;
+        _keptLogProbs = KeepOutput(key, "generation", [.. Enumerable.Range(0, ids.Length).SelectMany(k => result.LogProbs[k])]);
         long tokens = ids.Select((id, k) => (long)held[id].Item2.Length).Sum();
         if (tokens == 0) return null;
         nint buffer = (nint)System.Runtime.InteropServices.NativeMemory.Alloc((nuint)(4 * tokens));
@@ -327,9 +332,35 @@ internal sealed unsafe class ModelWorker : IDisposable
         }
     }
 
+    /// <summary>Keeps <paramref name="floats"/> (this rank's part of a per-action output of batch
+    /// <paramref name="key"/>, its sequences' values back to back) under <paramref name="name"/> in a
+    /// native buffer registered for one-sided reads; returns its descriptor (base64), "" when the
+    /// part is empty (nothing to read).</summary>
+    private string KeepOutput(string key, string name, float[] floats)
+    {
+        var of = _outputs.TryGetValue(key, out var o) ? o : _outputs[key] = new(StringComparer.Ordinal);
+        if (of.Remove(name, out var old)) { old.Region.Dispose(); System.Runtime.InteropServices.NativeMemory.Free((void*)old.Buffer); }
+        if (floats.Length == 0) return "";
+        nint buffer = (nint)System.Runtime.InteropServices.NativeMemory.Alloc((nuint)(4L * floats.Length));
+        try
+        {
+            floats.CopyTo(new Span<float>((float*)buffer, floats.Length));
+            var region = ((IRmaTransport)_transport).Register(buffer, 4L * floats.Length);
+            of[name] = (region, buffer, floats.Length);
+            return Convert.ToBase64String(region.Descriptor);
+        }
+        catch
+        {
+            System.Runtime.InteropServices.NativeMemory.Free((void*)buffer);
+            throw;
+        }
+    }
+
     /// <summary>Forgets batch <paramref name="key"/> (its registered buffer too).</summary>
     private void Drop(string key)
     {
+        if (_outputs.Remove(key, out var outputs))
+            foreach (var o in outputs.Values) { o.Region.Dispose(); System.Runtime.InteropServices.NativeMemory.Free((void*)o.Buffer); }
         _batches.Remove(key);
         if (_kept.Remove(key, out var k))
         {
@@ -470,15 +501,26 @@ internal sealed unsafe class ModelWorker : IDisposable
         bool sent = li["sent"]?.GetValue<bool>() ?? false, behaviour = li["behaviour"]?.GetValue<bool>() ?? false, reference = li["ref"]?.GetValue<bool>() ?? false;
         if (actions < 0 || sequences < 0 || s0 < 0 || a0 < 0 || s0 + b.Packed.Count > sequences || a0 + b.Actions > actions)
             throw new ArgumentException($"{op}: minibatch sequences [{s0}, +{b.Packed.Count}) and actions [{a0}, +{b.Actions}) outside the call's {sequences} sequences and {actions} actions");
+        bool derive = li["derive"] is not null;
         var (inputs, held) = Held(WireJson.Int(j, "id"), li, sent, () =>
-            (new PolicyLossInputs(new float[actions], new float[actions], behaviour ? new float[actions] : [], reference ? new float[actions] : [], new bool[sequences], options),
-             new bool[sequences]), op);
+        {
+            if (!derive)
+                return (new PolicyLossInputs(new float[actions], new float[actions], behaviour ? new float[actions] : [], reference ? new float[actions] : [], new bool[sequences], options),
+                        new bool[sequences]);
+            // On-policy RL: this rank derives the advantages of the whole rollout itself; the ratio
+            // base is the generation's log-probs, the k3 term's the reference's (read with the rest).
+            var reader = rd ?? throw new ArgumentException($"{op}: loss inputs sent without an input blob");
+            var keep = Flags(reader.Bytes(), sequences, "keep flags", op);
+            var d = Derive(li["derive"]!, reader, r, sequences, actions, op);
+            var all = new bool[sequences]; Array.Fill(all, true);
+            return (new PolicyLossInputs(d.Advantages, d.LogProbs, [], reference ? d.Ref : [], keep, options), all);
+        }, op);
         if (inputs.Advantages.Length != actions || inputs.Keep.Length != sequences || inputs.Options != options
             || (inputs.Behaviour.Length > 0) != behaviour || (inputs.Ref.Length > 0) != reference)
             throw new ArgumentException($"{op}: loss inputs '{WireJson.Str(li, "key")}' held with other sizes or options than the command's");
         var (first, end) = r.LossPart(b);
         int p0 = a0 + b.ActionCu[first], pn = b.ActionCu[end] - b.ActionCu[first];
-        if (sent)
+        if (sent && !derive)
         {
             var reader = rd ?? throw new ArgumentException($"{op}: loss inputs sent without an input blob");
             var keep = reader.Bytes();
@@ -513,12 +555,21 @@ internal sealed unsafe class ModelWorker : IDisposable
         bool sent = li["sent"]?.GetValue<bool>() ?? false;
         if (actions < 0 || a0 < 0 || a0 + b.Actions > actions)
             throw new ArgumentException($"{op}: minibatch actions [{a0}, +{b.Actions}) outside the call's {actions} actions");
-        var (inputs, held) = Held(WireJson.Int(j, "id"), li, sent, () => (new ValueLossInputs(new float[actions], new float[actions], clipEps), new bool[actions]), op);
+        bool derive = li["derive"] is not null;
+        var (inputs, held) = Held(WireJson.Int(j, "id"), li, sent, () =>
+        {
+            if (!derive) return (new ValueLossInputs(new float[actions], new float[actions], clipEps), new bool[actions]);
+            // PPO: this rank derives the returns of the whole rollout itself; the old values are the critic's inference values.
+            var reader = rd ?? throw new ArgumentException($"{op}: loss inputs sent without an input blob");
+            var d = Derive(li["derive"]!, reader, r, WireJson.Int(li, "sequences"), actions, op);
+            var all = new bool[actions]; Array.Fill(all, true);
+            return (new ValueLossInputs(d.Values, d.Returns, clipEps), all);
+        }, op);
         if (inputs.OldValues.Length != actions || inputs.ClipEps != clipEps)
             throw new ArgumentException($"{op}: loss inputs '{WireJson.Str(li, "key")}' held with other sizes or options than the command's");
         var (first, end) = r.LossPart(b);
         int p0 = a0 + b.ActionCu[first], pn = b.ActionCu[end] - b.ActionCu[first];
-        if (sent)
+        if (sent && !derive)
         {
             var reader = rd ?? throw new ArgumentException($"{op}: loss inputs sent without an input blob");
             foreach (var (into, what) in new[] { (inputs.OldValues, "old values"), (inputs.Returns, "returns") })
@@ -532,6 +583,119 @@ internal sealed unsafe class ModelWorker : IDisposable
         if (held.AsSpan(p0, pn).Contains(false))
             throw new ArgumentException($"{op}: worker {_args.Rank} holds no loss inputs of actions {p0}..{p0 + pn - 1} (its part of this minibatch was never sent)");
         return inputs;
+    }
+
+    // The kept generation log-probs and the derived KL of the current operation, for its reply.
+    private string? _keptLogProbs;
+    private double? _derivedKl;
+
+    private static bool[] Flags(byte[] bytes, int count, string what, string op)
+    {
+        if (bytes.Length != count) throw new InvalidDataException($"{op}: {bytes.Length} {what} for {count} sequences");
+        return [.. bytes.Select(x => x switch { 0 => false, 1 => true, _ => throw new InvalidDataException($"{op}: {what}: value {x}") })];
+    }
+
+    /// <summary>
+    /// The per-action loss inputs of a train call's whole rollout, derived on this rank by the
+    /// function the master runs (Parallelism/RolloutAdvantages.cs): PPO's advantages and returns
+    /// ("kind": "ppo"), or the critic-free algorithms' per-sequence advantages spread over their
+    /// actions ("sequence"), and the mean KL. The generation's and the reference's log-probs (and
+    /// PPO's critic values) are read from the workers that computed them (the command's "derive"
+    /// entry: per array, each holder's registered part and the rollout indices of its sequences;
+    /// this worker's own parts are copied); the per-sequence inputs (PPO's shaped scores and EOS
+    /// flags, or the sequence advantages) come in the input blob. Every read is posted at once and
+    /// waited for with the data plane's deadline; a failed or missing holder fails the operation naming it.
+    /// </summary>
+    private (float[] LogProbs, float[] Ref, float[] Values, float[] Advantages, float[] Returns) Derive(JsonNode d, WireReader reader, ShardReplica r, int sequences, int actions, string op)
+    {
+        string kind = WireJson.Str(d, "kind");
+        if (kind is not ("ppo" or "sequence")) throw new ArgumentException($"{op}: derive: kind '{kind}' is not one of ppo, sequence");
+        float[] Floats(string what)
+        {
+            var x = reader.Floats();
+            return x.Length == sequences ? x : throw new InvalidDataException($"{op}: {x.Length} {what} for {sequences} sequences");
+        }
+        var scores = Floats(kind == "ppo" ? "scores" : "sequence advantages");
+        var eos = kind == "ppo" ? Flags(reader.Bytes(), sequences, "EOS flags", op) : [];
+        var cu = d["cu"]?.AsArray().Select(x => x!.GetValue<int>()).ToArray() ?? throw new ArgumentException($"{op}: derive: no 'cu'");
+        if (cu.Length != sequences + 1 || cu[0] != 0 || cu[^1] != actions || cu.Zip(cu.Skip(1)).Any(p => p.Second < p.First))
+            throw new ArgumentException($"{op}: derive: action offsets of {cu.Length - 1} sequences ending at {cu[^1]} for {sequences} sequences and {actions} actions");
+        string[] names = kind == "ppo" ? ["logprobs", "ref", "values"] : ["logprobs", "ref"];
+        var arrays = names.Select(_ => new float[actions]).ToArray();
+        var covered = names.Select(_ => new bool[sequences]).ToArray();
+        var rma = (IRmaTransport)_transport;
+        var remotes = new List<IRemoteRegion>();
+        var pending = new List<(Task Read, float[] Into, int Array, int[] Seqs, int Src)>();
+        long t0 = Stopwatch.GetTimestamp();
+        try
+        {
+            var local = new List<(float[] Floats, int Array, int[] Seqs)>();
+            for (int a = 0; a < names.Length; a++)
+            {
+                var parts = d["arrays"]?[names[a]]?.AsArray() ?? throw new ArgumentException($"{op}: derive: no parts of '{names[a]}'");
+                foreach (var part in parts)
+                {
+                    int src = WireJson.Int(part, "src");
+                    var seqs = part!["seqs"]?.AsArray().Select(x => x!.GetValue<int>()).ToArray() ?? throw new ArgumentException($"{op}: derive: a part of '{names[a]}' without 'seqs'");
+                    long floats = 0;
+                    foreach (int s in seqs)
+                    {
+                        if ((uint)s >= (uint)sequences) throw new ArgumentException($"{op}: derive: '{names[a]}' of sequence {s}, outside the rollout's {sequences}");
+                        if (covered[a][s]) throw new ArgumentException($"{op}: derive: '{names[a]}' of sequence {s} from two parts");
+                        covered[a][s] = true;
+                        floats += cu[s + 1] - cu[s];
+                    }
+                    if (floats == 0) continue;
+                    string key = WireJson.Str(part, "key"), name = WireJson.Str(part, "name");
+                    if (src == _args.Rank)
+                    {
+                        if (!_outputs.TryGetValue(key, out var mine) || !mine.TryGetValue(name, out var o))
+                            throw new ArgumentException($"{op}: derive: worker {_args.Rank} keeps no output '{name}' of batch {key}");
+                        if (o.Floats != floats) throw new ArgumentException($"{op}: derive: output '{name}' of batch {key} holds {o.Floats} values here, the part needs {floats}");
+                        local.Add((new ReadOnlySpan<float>((float*)o.Buffer, (int)floats).ToArray(), a, seqs));
+                        continue;
+                    }
+                    var remote = rma.Attach(src, Convert.FromBase64String(WireJson.Str(part, "descriptor")));
+                    remotes.Add(remote);
+                    if (remote.Bytes < 4 * floats) throw new ArgumentException($"{op}: derive: '{names[a]}' part of worker {src} holds {remote.Bytes / 4} values, the part needs {floats}");
+                    var into = GC.AllocateUninitializedArray<float>((int)floats, pinned: true);
+                    pending.Add((rma.GetAsync(remote, 0, System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(into, 0), 4 * floats), into, a, seqs, src));
+                }
+                if (Array.IndexOf(covered[a], false) is var miss and >= 0) throw new ArgumentException($"{op}: derive: no part holds '{names[a]}' of sequence {miss}");
+            }
+            foreach (var (read, _, a, _, src) in pending) Wait(read, $"{op}: read the {names[a]} of its rollout from worker {src}");
+            foreach (var (floats, a, seqs) in local.Concat(pending.Select(p => (p.Into, p.Array, p.Seqs))))
+            {
+                int at = 0;
+                foreach (int s in seqs)
+                {
+                    Array.Copy(floats, at, arrays[a], cu[s], cu[s + 1] - cu[s]);
+                    at += cu[s + 1] - cu[s];
+                }
+            }
+        }
+        catch
+        {
+            var running = pending.Where(p => !p.Read.IsCompleted).ToList();
+            AbandonedBuffers.Keep([.. running.Select(p => (object)p.Into)]);
+            if (running.Count > 0) remotes.Clear();
+            throw;
+        }
+        finally
+        {
+            foreach (var x in remotes) x.Dispose();
+            _inputSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        }
+        if (kind == "sequence")
+        {
+            _derivedKl = RolloutAdvantages.MeanKl(arrays[0], arrays[1], sequences);
+            return (arrays[0], arrays[1], [], RolloutAdvantages.TokenAdvantages(scores, cu), []);
+        }
+        double Bits(string name) => BitConverter.Int64BitsToDouble(WireJson.Long(d, name));
+        var ppo = new Config.PpoConfig(Bits("kl_coef"), 0, 0, Bits("gamma"), Bits("lambda"), 1, d["adv_norm"]?.GetValue<bool>() ?? false, Bits("max_reward_clip"));
+        var (adv, ret, kl) = RolloutAdvantages.Ppo(r.Shard.Stream, arrays[0], arrays[1], arrays[2], scores, eos, cu, ppo);
+        _derivedKl = kl;
+        return (arrays[0], arrays[1], arrays[2], adv, ret);
     }
 
     /// <summary>The batch of an operation that carries nothing else: by reference, or the input blob.</summary>
@@ -582,13 +746,18 @@ internal sealed unsafe class ModelWorker : IDisposable
         string op = WireJson.Str(j, "op");
         double value = 0;
         double[]? figures = null;
-        string? descriptor = null;
+        string? descriptor = null, keptOutput = null;
+        _keptLogProbs = null;
+        _derivedKl = null;
         switch (op)
         {
+            // With "keep_output" (a batch by reference), a collecting rank also keeps its part of
+            // the per-action output for later calls to read (Workers/ResidentBatches.cs).
             case "logprobs":
             {
                 var b = BatchOnly(j, r, op);
                 var o = r.LogProbs(b, (float)WireJson.Num(j, "temperature"));
+                if (o is not null && (string?)j["keep_output"] is { } name && j["batch_ref"] is { } br) keptOutput = KeepOutput(WireJson.Str(br, "key"), name, o.Actions);
                 Output(j, r, o is null ? null : w => w.Output(o), op);
                 break;
             }
@@ -596,6 +765,7 @@ internal sealed unsafe class ModelWorker : IDisposable
             {
                 var b = BatchOnly(j, r, op);
                 var o = r.Values(b);
+                if (o is not null && (string?)j["keep_output"] is { } name && j["batch_ref"] is { } br) keptOutput = KeepOutput(WireJson.Str(br, "key"), name, o.Actions);
                 Output(j, r, o is null ? null : w => w.Output(o), op);
                 break;
             }
@@ -682,6 +852,9 @@ internal sealed unsafe class ModelWorker : IDisposable
             ["value"] = value, ["seconds"] = Stopwatch.GetElapsedTime(start).TotalSeconds, ["input_seconds"] = _inputSeconds, ["output_seconds"] = _outputSeconds,
         };
         if (descriptor is not null) reply["kept"] = descriptor;
+        if (_keptLogProbs is not null) reply["kept_logprobs"] = _keptLogProbs;
+        if (keptOutput is not null) reply["kept_output"] = keptOutput;
+        if (_derivedKl is { } kl) reply["kl"] = BitConverter.DoubleToInt64Bits(kl);
         if (figures is not null) reply["stats"] = new JsonArray([.. figures.Select(f => (JsonNode)BitConverter.DoubleToInt64Bits(f))]);
         return reply.ToJsonString();
     }
@@ -730,7 +903,7 @@ internal sealed unsafe class ModelWorker : IDisposable
     public void Dispose()
     {
         _server.Dispose();
-        foreach (var key in _kept.Keys.ToList()) Drop(key);   // unregisters its memory: needs the transport
+        foreach (var key in _kept.Keys.Union(_outputs.Keys).ToList()) Drop(key);   // unregisters its memory: needs the transport
         // The transport first: operations a failure left in flight end with it, before the memory
         // they read or write (shards, staging blocks) is freed.
         _transport.Dispose();

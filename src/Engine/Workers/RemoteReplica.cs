@@ -2,7 +2,9 @@
 // every worker of the layout (metadata only), with the batch sent to them (by reference when the
 // workers hold it; a backward's per-token gradients only to the last pipeline stage; a generation's
 // prompts to each data-parallel rank only its share) and the
-// collecting ranks' outputs returned over UCX. A backward is sent with the optimizer step that follows it
+// collecting ranks' outputs returned over UCX (and, for a batch the workers hold, kept by them
+// for later calls: an on-policy RL train call's loss ranks read them worker to worker and derive
+// their loss inputs themselves, see Derivation). A backward is sent with the optimizer step that follows it
 // (one round trip instead of two; a backward only writes gradients, which only the step reads):
 // any other operation sends a deferred backward on its own first. Reallocation between two replicas runs entirely between the
 // workers (TransportRealloc, no byte through the master); to and from the full model the master
@@ -198,8 +200,12 @@ internal sealed unsafe class RemoteReplica : IReplica
         SendDeferredBackward();
         var args = new JsonObject { ["temperature"] = temperature };
         var input = BatchInput(args, batch);
-        var (_, outs) = Op("logprobs", args, Blob(input), output: true, input.Reads);
-        return ShardOutput.MergeActions(batch, Outputs(outs, "logprobs"));
+        string? name = KeepOutput(args, input);
+        var (_, outs) = Op("logprobs", args, Blob(input), output: true, input.Reads, out var replies);
+        var parts = Outputs(outs, "logprobs").ToList();
+        var merged = ShardOutput.MergeActions(batch, parts);
+        if (name is not null) AttachKept(merged, batch, parts, replies, name);
+        return merged;
     }
 
     public (float[] ActionValues, float[] LastScores) Values(ScoredBatch batch)
@@ -208,9 +214,37 @@ internal sealed unsafe class RemoteReplica : IReplica
         SendDeferredBackward();
         var args = new JsonObject();
         var input = BatchInput(args, batch);
-        var (_, outs) = Op("values", args, Blob(input), output: true, input.Reads);
+        string? name = KeepOutput(args, input);
+        var (_, outs) = Op("values", args, Blob(input), output: true, input.Reads, out var replies);
         var parts = Outputs(outs, "values").ToList();
-        return (ShardOutput.MergeActions(batch, parts), ShardOutput.MergeLast(batch.Packed.Count, parts));
+        var merged = ShardOutput.MergeActions(batch, parts);
+        if (name is not null) AttachKept(merged, batch, parts, replies, name);
+        return (merged, ShardOutput.MergeLast(batch.Packed.Count, parts));
+    }
+
+    /// <summary>For a batch the workers hold: asks the collecting ranks to keep their part of the
+    /// per-action output for later calls (the train calls' loss ranks read it from them); the name it is kept under.</summary>
+    private string? KeepOutput(JsonObject args, (WireWriter Input, BatchReads? Reads) input)
+    {
+        if (input.Reads is null) return null;
+        string name = _pool.Batches.NewOutputName();
+        args["keep_output"] = name;
+        return name;
+    }
+
+    /// <summary>Records where the collecting ranks keep their parts of <paramref name="merged"/> (by
+    /// the batch's store ids); nothing when a collector kept none.</summary>
+    private void AttachKept(float[] merged, ScoredBatch batch, List<ShardOutput> parts, JsonNode?[] replies, string name)
+    {
+        var src = batch.Source!;
+        var kept = new ResidentPart[parts.Count];
+        for (int i = 0; i < parts.Count; i++)
+        {
+            var reply = replies[Layout.Devices.ToList().IndexOf(_collectors[i])];
+            if ((string?)reply?["kept_output"] is not { } descriptor || (descriptor.Length == 0) != (parts[i].Actions.Length == 0)) return;
+            kept[i] = new ResidentPart(_collectors[i], descriptor, [.. parts[i].Ids.Select(k => src.Ids[k])], parts[i].Actions.Length);
+        }
+        _pool.Batches.Attach(merged, new ResidentOutput(src.Key, name, kept));
     }
 
     public void BackwardLogProbs(ScoredBatch batch, float temperature, float[] dActionLogp)
@@ -267,17 +301,99 @@ internal sealed unsafe class RemoteReplica : IReplica
     // ------------------------------------------------------------------ train steps that compute their loss on the workers
 
     /// <summary>The loss inputs of the train call in progress (one object per call), their key on the
-    /// workers and the minibatches (by first sequence) whose parts the loss ranks already hold.</summary>
-    private (object Inputs, string Key, HashSet<int> Sent)? _lossInputs;
+    /// workers, the minibatches (by first sequence or action) whose parts the loss ranks already hold,
+    /// and whether the loss ranks derive them (PPO: <see cref="Derivation"/>; then the call's first
+    /// command carries everything, and the loss ranks hold the whole rollout's inputs after it).</summary>
+    private (object Inputs, string Key, HashSet<int> Sent, bool Derived)? _lossInputs;
     private int _lossCalls;
 
-    /// <summary>The workers' key of <paramref name="inputs"/> and whether minibatch <paramref name="s0"/>'s
-    /// parts must be sent (its first step in this call: each part goes once, the later epochs reuse it).</summary>
-    private (string Key, bool Send) LossInputs(object inputs, int s0)
+    /// <summary>The workers' key of <paramref name="inputs"/>, whether the command sends loss inputs
+    /// (the minibatch's first step in this call: each part goes once, the later epochs reuse it; when
+    /// derived, the call's first command only) and whether the loss ranks derive them:
+    /// <paramref name="derive"/> decides that at the call's first command.</summary>
+    private (string Key, bool Send, bool Derived) LossInputs(object inputs, int s0, Func<bool> derive)
     {
         if (_lossInputs is not { } h || !ReferenceEquals(h.Inputs, inputs))
-            _lossInputs = h = (inputs, "l" + (++_lossCalls).ToString(System.Globalization.CultureInfo.InvariantCulture), []);
-        return (h.Key, h.Sent.Add(s0));
+            _lossInputs = h = (inputs, "l" + (++_lossCalls).ToString(System.Globalization.CultureInfo.InvariantCulture), [], derive());
+        bool first = h.Sent.Count == 0, added = h.Sent.Add(s0);
+        return (h.Key, h.Derived ? first : added, h.Derived);
+    }
+
+    /// <summary>
+    /// When the PPO advantages of a train call can be derived by its loss ranks (the generation's and
+    /// the reference's log-probs and the critic's values of the rollout are all kept by workers of
+    /// this job, and the minibatch's batch, pinned by <paramref name="reads"/>, is the same rollout):
+    /// the command entry that tells each loss rank where to read them (per array, each holder's part
+    /// and the rollout indices of its sequences) and the options of the computation, and the bytes
+    /// the loss ranks will read from other workers; null otherwise (the master computes them and
+    /// sends each rank its part, as before).
+    /// </summary>
+    private (JsonObject Spec, long Bytes)? Derivation(DerivedLossInputs? d, BatchReads? reads)
+    {
+        if (d is null || reads is null || d.Source is not { } src || !ReferenceEquals(src.Owner, _pool.Batches) || src.Key != reads.Key) return null;
+        d.Check();
+        if (src.Ids.Length != d.Sequences) return null;
+        var index = new Dictionary<int, int>();
+        for (int i = 0; i < src.Ids.Length; i++) index[src.Ids[i]] = i;
+        var arrays = new JsonObject();
+        var parts = new List<ResidentPart>();
+        (string, float[])[] resident = d is PpoAdvantageInputs p0
+            ? [("logprobs", d.LogProbs), ("ref", d.RefLogProbs), ("values", p0.Values)]
+            : [("logprobs", d.LogProbs), ("ref", d.RefLogProbs)];
+        foreach (var (name, array) in resident)
+        {
+            if (_pool.Batches.Find(array) is not { } o || o.Key != src.Key) return null;
+            var list = new JsonArray();
+            foreach (var p in o.Parts)
+            {
+                if (p.Ids.Any(id => !index.ContainsKey(id))) return null;
+                list.Add(new JsonObject
+                {
+                    ["src"] = p.Worker, ["key"] = o.Key, ["name"] = o.Name, ["descriptor"] = p.Descriptor,
+                    ["seqs"] = new JsonArray([.. p.Ids.Select(id => (JsonNode)index[id])]),
+                });
+                parts.Add(p);
+            }
+            arrays[name] = list;
+        }
+        static long Bits(double x) => BitConverter.DoubleToInt64Bits(x);
+        var spec = new JsonObject { ["cu"] = new JsonArray([.. d.ActionCu.Select(x => (JsonNode)x)]), ["arrays"] = arrays };
+        if (d is PpoAdvantageInputs ppo)
+        {
+            spec["kind"] = "ppo";
+            spec["kl_coef"] = Bits(ppo.Ppo.KlCoef); spec["gamma"] = Bits(ppo.Ppo.Gamma); spec["lambda"] = Bits(ppo.Ppo.Lambda);
+            spec["max_reward_clip"] = Bits(ppo.Ppo.MaxRewardClip); spec["adv_norm"] = ppo.Ppo.AdvNorm;
+        }
+        else spec["kind"] = "sequence";
+        long bytes = 0;
+        foreach (int dst in LossDevices)
+            bytes += parts.Where(p => p.Worker != dst).Sum(p => 4 * p.Floats);
+        return (spec, bytes);
+    }
+
+    /// <summary>The devices of the ranks that compute a train call's loss (the last pipeline stage).</summary>
+    private IEnumerable<int> LossDevices => Enumerable.Range(0, Layout.Devices.Count).Where(r => Layout.Coords(r).Pipe == Layout.Pp - 1).Select(r => Layout.Devices[r]);
+
+    /// <summary>The input blob of a derived call's first command, to every loss rank: the keep flags
+    /// (policy), then PPO's shaped scores and EOS flags, or the critic-free per-sequence advantages,
+    /// of the rollout's sequences.</summary>
+    private Inputs DerivationBlob(DerivedLossInputs d, bool[]? keep)
+    {
+        static byte[] Flags(bool[] x) => [.. x.Select(k => k ? (byte)1 : (byte)0)];
+        var w = new WireWriter();
+        if (keep is not null) w.Bytes(Flags(keep));
+        if (d is PpoAdvantageInputs p) w.Floats(p.Scores).Bytes(Flags(p.EndedWithEos));
+        else w.Floats(((SequenceAdvantageInputs)d).SequenceAdvantages);
+        var blob = w.ToArray();
+        return new Inputs(null, LastStage: [.. Enumerable.Repeat(blob, Layout.Dp)]);
+    }
+
+    /// <summary>The KL the figures rank derived (its reply's "kl", bits), reported to <paramref name="d"/>.</summary>
+    private void DerivedKl(JsonNode?[] replies, DerivedLossInputs d, string op)
+    {
+        var reply = replies[Layout.Devices.ToList().IndexOf(FiguresDevice)];
+        var bits = reply?["kl"] ?? throw new InvalidDataException($"{What(op)}: worker {FiguresDevice} derived the advantages but returned no KL");
+        d.ReportKl(BitConverter.Int64BitsToDouble(bits.GetValue<long>()));
     }
 
     /// <summary>The device of the rank that returns a loss's figures: the collecting rank of the last data-parallel index.</summary>
@@ -300,26 +416,43 @@ internal sealed unsafe class RemoteReplica : IReplica
         var (tokens, seqs) = inputs.Minibatch(batch, s0, a0);
         SendDeferredBackward();
         var o = inputs.Options;
-        var (key, send) = LossInputs(inputs, s0);
         var args = new JsonObject
         {
             ["temperature"] = temperature, ["s0"] = s0, ["a0"] = a0, ["tokens"] = tokens, ["seqs"] = seqs, ["from_forward"] = ratioBaseFromForward,
-            ["loss_inputs"] = new JsonObject
-            {
-                ["key"] = key, ["sent"] = send, ["actions"] = inputs.Advantages.Length, ["sequences"] = inputs.Keep.Length,
-                ["behaviour"] = inputs.Behaviour.Length > 0, ["ref"] = inputs.Ref.Length > 0,
-                ["clip_low"] = o.ClipLow, ["clip_high"] = o.ClipHigh, ["aggregation"] = o.Aggregation, ["kl_coef"] = o.KlCoef, ["behaviour_weight_cap"] = o.BehaviourWeightCap,
-            },
         };
         var input = BatchInput(args, batch);
+        // On-policy: the loss ranks derive the advantages from the resident inference outputs (PPO's
+        // loss has no k3 term; the critic-free algorithms' uses the reference's log-probs they read).
+        var d = inputs.Derived is { } x && ReferenceEquals(inputs.RatioBase, x.LogProbs) && inputs.Behaviour.Length == 0
+                && (x is PpoAdvantageInputs ? inputs.Ref.Length == 0 : ReferenceEquals(inputs.Ref, x.RefLogProbs)) ? x : null;
+        (JsonObject Spec, long Bytes)? derivation = null;
+        var (key, send, derived) = LossInputs(inputs, s0, () => (derivation = Derivation(d, input.Reads)) is not null);
+        var li = new JsonObject
+        {
+            ["key"] = key, ["sent"] = send, ["actions"] = inputs.Actions, ["sequences"] = inputs.Keep.Length,
+            ["behaviour"] = inputs.Behaviour.Length > 0, ["ref"] = inputs.Ref.Length > 0,
+            ["clip_low"] = o.ClipLow, ["clip_high"] = o.ClipHigh, ["aggregation"] = o.Aggregation, ["kl_coef"] = o.KlCoef, ["behaviour_weight_cap"] = o.BehaviourWeightCap,
+        };
+        args["loss_inputs"] = li;
         ReadOnlySpan<float> Part(float[] x, int first, int end) => x.Length == 0 ? [] : x.AsSpan(a0 + batch.ActionCu[first], batch.ActionCu[end] - batch.ActionCu[first]);
-        var blobs = send
+        Inputs blobs;
+        if (derived && send)
+        {
+            li["derive"] = derivation!.Value.Spec;
+            blobs = DerivationBlob(d!, inputs.Keep);
+        }
+        else blobs = send && !derived
             ? WithGradients(batch, input, (w, first, end) => w.Bytes([.. inputs.Keep.AsSpan(s0 + first, end - first).ToArray().Select(k => k ? (byte)1 : (byte)0)])
                 .Floats(Part(inputs.Advantages, first, end)).Floats(Part(inputs.RatioBase, first, end))
                 .Floats(Part(inputs.Behaviour, first, end)).Floats(Part(inputs.Ref, first, end)))
             : Blob(input);
         var (values, _) = Op("policy_step", args, blobs, output: false, input.Reads, out var replies);
         _step++;
+        if (derived && send)
+        {
+            _pool.Batches.CountBetweenWorkers(derivation!.Value.Bytes);
+            DerivedKl(replies, d!, "policy_step");
+        }
         var f = Figures(replies, "policy_step", 5);
         return (new ClippedPolicyStats(f[0], f[1], f[2], f[3], f[4], tokens, seqs), values[0]);
     }
@@ -331,17 +464,30 @@ internal sealed unsafe class RemoteReplica : IReplica
         if (!ScalarHead) throw new ArgumentException($"{_name}: values need a scalar-head model");
         inputs.CheckMinibatch(batch, a0);
         SendDeferredBackward();
-        var (key, send) = LossInputs(inputs, a0);
-        var args = new JsonObject
-        {
-            ["a0"] = a0,
-            ["loss_inputs"] = new JsonObject { ["key"] = key, ["sent"] = send, ["actions"] = inputs.OldValues.Length, ["clip_eps"] = inputs.ClipEps },
-        };
+        var args = new JsonObject { ["a0"] = a0 };
         var input = BatchInput(args, batch);
+        // PPO: the loss ranks derive the returns from the resident inference outputs.
+        var d = inputs.Derived is { } x && ReferenceEquals(inputs.OldValues, x.Values) ? x : null;
+        (JsonObject Spec, long Bytes)? derivation = null;
+        var (key, send, derived) = LossInputs(inputs, a0, () => (derivation = Derivation(d, input.Reads)) is not null);
+        var li = new JsonObject { ["key"] = key, ["sent"] = send, ["actions"] = inputs.OldValues.Length, ["clip_eps"] = inputs.ClipEps };
+        args["loss_inputs"] = li;
         ReadOnlySpan<float> Part(float[] x, int first, int end) => x.AsSpan(a0 + batch.ActionCu[first], batch.ActionCu[end] - batch.ActionCu[first]);
-        var blobs = send ? WithGradients(batch, input, (w, first, end) => w.Floats(Part(inputs.OldValues, first, end)).Floats(Part(inputs.Returns, first, end))) : Blob(input);
+        Inputs blobs;
+        if (derived && send)
+        {
+            li["derive"] = derivation!.Value.Spec;
+            li["sequences"] = d!.Sequences;
+            blobs = DerivationBlob(d, null);
+        }
+        else blobs = send && !derived ? WithGradients(batch, input, (w, first, end) => w.Floats(Part(inputs.OldValues, first, end)).Floats(Part(inputs.Returns, first, end))) : Blob(input);
         var (values, _) = Op("value_step", args, blobs, output: false, input.Reads, out var replies);
         _step++;
+        if (derived && send)
+        {
+            _pool.Batches.CountBetweenWorkers(derivation!.Value.Bytes);
+            DerivedKl(replies, d!, "value_step");
+        }
         var f = Figures(replies, "value_step", 2);
         return (new ValueLossStats(f[0], f[1], batch.Actions), values[0]);
     }
@@ -375,6 +521,16 @@ internal sealed unsafe class RemoteReplica : IReplica
             if ((string?)reply?["kept"] is { } descriptor)
                 _pool.Batches.Hold(key, _collectors[i], descriptor, parts[i].Ids, [.. parts[i].Ids.Select((id, k) => prompts[id].Length + parts[i].Result.NewTokens[k].Length)]);
         }
+        // The generation's log-probs, kept by the same ranks (read by the train calls' loss ranks).
+        var logProbs = new List<ResidentPart>();
+        for (int i = 0; i < parts.Count; i++)
+        {
+            var reply = replies[Layout.Devices.ToList().IndexOf(_collectors[i])];
+            long floats = parts[i].Result.LogProbs.Sum(l => (long)l.Length);
+            if (((string?)reply?["kept_logprobs"] ?? (floats == 0 ? "" : null)) is not { } d || (d.Length == 0) != (floats == 0)) { logProbs = null; break; }
+            logProbs.Add(new ResidentPart(_collectors[i], d, parts[i].Ids, floats));
+        }
+        if (logProbs is not null) _pool.Batches.HoldGenerationLogProbs(key, [.. logProbs]);
         return ShardReplica.MergeGeneration(prompts, opt, parts, new BatchSource(_pool.Batches, key, [.. Enumerable.Range(0, prompts.Count)]));
     }
 

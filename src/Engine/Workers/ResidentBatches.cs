@@ -9,7 +9,10 @@
 // collecting rank that generated it (the only one with a registered copy); a worker that read it
 // keeps it for its later calls. Capacity is bounded: the oldest batch is forgotten (its workers are told with their next command),
 // and a batch the master no longer tracks goes inline, as before, so correctness never depends on
-// the store.
+// the store. The per-action outputs of the calls on a batch (the generation's log-probs, an
+// inference call's log-probs or values) are kept the same way by the collecting ranks that
+// computed them (ResidentOutput, dropped with the batch), so that a train call's loss ranks read
+// them worker to worker (RemoteReplica.Derivation) instead of the master sending its copy.
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Layout;
@@ -25,8 +28,19 @@ internal sealed record BatchFetch(int Dst, int Src, string Descriptor, int[] Ids
     public long Bytes => 4L * Lengths.Sum(l => (long)l);
 }
 
+/// <summary>Per-action floats of a batch's sequences that worker <see cref="Worker"/> keeps in a
+/// registered buffer (<see cref="Descriptor"/>): those of the sequences with store ids
+/// <see cref="Ids"/>, back to back in this order, <see cref="Floats"/> in all.</summary>
+internal sealed record ResidentPart(int Worker, string Descriptor, int[] Ids, long Floats);
+
+/// <summary>A per-action output of batch <see cref="Key"/> (the generation's log-probs, an
+/// inference call's log-probs or values) that the collecting ranks which computed it keep, each its
+/// part, under <see cref="Name"/>: a later call's workers read it from them (the master holds a copy
+/// too, but need not send it).</summary>
+internal sealed record ResidentOutput(string Key, string Name, ResidentPart[] Parts);
+
 /// <summary>The master's map of which workers hold which sequences of which batches.</summary>
-internal sealed class ResidentBatches
+internal sealed class ResidentBatches : IResidentOutputs
 {
     /// <summary>Batches tracked at once (each a generation's sequences: tokens, 4 bytes each).</summary>
     public const int Capacity = 16;
@@ -38,7 +52,13 @@ internal sealed class ResidentBatches
         /// <summary>Per sequence, the workers that have it (sources and fetched copies).</summary>
         public readonly Dictionary<int, HashSet<int>> Has = new();
         public int Pins;
+        /// <summary>The generation's log-probs, kept by its collecting ranks (null: not kept).</summary>
+        public ResidentOutput? GenerationLogProbs;
     }
+
+    /// <summary>The master's copies of resident outputs (by identity) and where the workers keep them.</summary>
+    private readonly System.Runtime.CompilerServices.ConditionalWeakTable<float[], ResidentOutput> _outputs = new();
+    private long _nextOutput;
 
     private readonly Lock _gate = new();
     private readonly LinkedList<string> _order = new();
@@ -53,6 +73,42 @@ internal sealed class ResidentBatches
     public long BytesBetweenWorkers => Interlocked.Read(ref _betweenWorkers);
 
     public void CountFromMaster(long bytes) => Interlocked.Add(ref _fromMaster, bytes);
+    public void CountBetweenWorkers(long bytes) => Interlocked.Add(ref _betweenWorkers, bytes);
+
+    /// <summary>A fresh name for an output the workers keep.</summary>
+    public string NewOutputName() => "o" + Interlocked.Increment(ref _nextOutput).ToString(System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>Records that <paramref name="array"/> (the master's copy of a per-action output of a
+    /// batch) is kept by workers as <paramref name="output"/>; ignored when the batch is no longer tracked.</summary>
+    public void Attach(float[] array, ResidentOutput output)
+    {
+        lock (_gate)
+            if (_batches.ContainsKey(output.Key)) _outputs.AddOrUpdate(array, output);
+    }
+
+    /// <summary>Records the generation's log-probs of batch <paramref name="key"/> as kept by its collecting ranks.</summary>
+    public void HoldGenerationLogProbs(string key, ResidentPart[] parts)
+    {
+        lock (_gate)
+            if (_batches.TryGetValue(key, out var e)) e.GenerationLogProbs = new ResidentOutput(key, "generation", parts);
+    }
+
+    /// <summary>Records <paramref name="flat"/> (the generation's log-probs of the sequences of
+    /// <paramref name="source"/>, flattened in their order) as the log-probs its collecting ranks keep.</summary>
+    public void AttachGenerationLogProbs(float[] flat, BatchSource source)
+    {
+        lock (_gate)
+            if (_batches.TryGetValue(source.Key, out var e) && e.GenerationLogProbs is { } g
+                && g.Parts.Sum(p => p.Ids.Length) == source.Ids.Length && g.Parts.SelectMany(p => p.Ids).Order().SequenceEqual(source.Ids.Order()))
+                _outputs.AddOrUpdate(flat, g);
+    }
+
+    /// <summary>Where the workers keep <paramref name="array"/>, when they do and its batch is still tracked.</summary>
+    public ResidentOutput? Find(float[] array)
+    {
+        lock (_gate)
+            return _outputs.TryGetValue(array, out var o) && _batches.ContainsKey(o.Key) ? o : null;
+    }
 
     /// <summary>A fresh batch key; the oldest batch beyond <see cref="Capacity"/> that no call is
     /// reading is forgotten.</summary>

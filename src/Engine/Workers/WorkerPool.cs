@@ -289,6 +289,9 @@ internal sealed class WorkerPool : IReplicaHost
     private TransportRealloc Mover => _mover ?? throw new InvalidOperationException("the worker pool's reallocation mover is not started");
 
     /// <summary>A description of worker r for error messages.</summary>
+    /// <summary>The process id worker <paramref name="rank"/> reported when it joined.</summary>
+    internal int WorkerPid(int rank) => _state[rank].Pid;
+
     private string Who(int r) => $"worker {r} (node {_state[r].Node}, pid {_state[r].Pid})";
 
     private string StderrTail(int r)

@@ -76,7 +76,7 @@ public sealed class PlanExecutionTests
         Assert.True(off <= total / 500, $"{what}: {off} of {total} parameters differ by more than 1e-6");
     }
 
-    private static ExperimentConfig TaskRewardConfig(string algorithm) => ExperimentConfig.Parse($$"""
+    internal static ExperimentConfig TaskRewardConfig(string algorithm) => ExperimentConfig.Parse($$"""
         name: plan-task-reward
         algorithm: {{algorithm}}
         seed: 3
@@ -93,13 +93,9 @@ public sealed class PlanExecutionTests
           - { algorithm: {{algorithm}}, optim: { lr: 5.0e-4 } }
         """, Path.GetTempPath());
 
-    [Theory]
-    [InlineData("grpo")]
-    [InlineData("remax")]
-    public void TaskRewardStageWithoutRewardModelRunsUnderAPlan(string algorithm)
+    /// <summary>A 4-device plan of a critic-free stage with a rule-based reward (<see cref="TaskRewardConfig"/>).</summary>
+    internal static Plan TaskRewardPlan(string algorithm)
     {
-        // No reward model and no rew_inf call: the plan lists only the actor's and ref's calls,
-        // is accepted, and the run matches the single-device one.
         var calls = new List<PlanCall>
         {
             Call("actor_gen", "actor", PlanCallType.Generate, 0, 2, 1, 2, 1, 1),
@@ -107,7 +103,17 @@ public sealed class PlanExecutionTests
             Call("actor_train", "actor", PlanCallType.TrainStep, 0, 4, 1, 2, 2, 2),
         };
         if (algorithm == "remax") calls.Insert(1, Call("actor_greedy_gen", "actor", PlanCallType.Generate, 0, 2, 1, 2, 1, 1));
-        var plan = new Plan(1, 4, calls, null);
+        return new Plan(1, 4, calls, null);
+    }
+
+    [Theory]
+    [InlineData("grpo")]
+    [InlineData("remax")]
+    public void TaskRewardStageWithoutRewardModelRunsUnderAPlan(string algorithm)
+    {
+        // No reward model and no rew_inf call: the plan lists only the actor's and ref's calls,
+        // is accepted, and the run matches the single-device one.
+        var plan = TaskRewardPlan(algorithm);
         string a = TempDir(), b = TempDir();
         try
         {

@@ -54,6 +54,40 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
         finally { Directory.Delete(a, true); Directory.Delete(b, true); }
     }
 
+    /// <summary>GRPO and ReMax with a rule-based reward under a plan in worker processes, where
+    /// actor_train's loss ranks read the generation's and the reference's log-probs worker to worker
+    /// and spread the sequence advantages themselves: metrics (KL included) and the actor bit for bit
+    /// as the in-process plan run's and as the worker run whose master sends every call its batch
+    /// and the per-token loss inputs (REALN_WORKER_TO_WORKER_DATA=0); that run sends more.</summary>
+    [Theory]
+    [InlineData("grpo")]
+    [InlineData("remax")]
+    public void CriticFreeStageInWorkerProcessesEqualsTheInProcessPlanRun(string algorithm)
+    {
+        string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir(), c = PlanExecutionTests.TempDir();
+        try
+        {
+            using var inProcess = new Pipeline(PlanExecutionTests.TaskRewardConfig(algorithm), a, plan: PlanExecutionTests.TaskRewardPlan(algorithm));
+            using var direct = new Pipeline(PlanExecutionTests.TaskRewardConfig(algorithm), b, plan: PlanExecutionTests.TaskRewardPlan(algorithm), hosts: Processes());
+            using var viaMaster = new Pipeline(PlanExecutionTests.TaskRewardConfig(algorithm), c, plan: PlanExecutionTests.TaskRewardPlan(algorithm), hosts: Processes(workerToWorkerData: false));
+            inProcess.Run(resume: false);
+            var d = direct.Run(resume: false);
+            var m = viaMaster.Run(resume: false);
+            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), direct.Model("actor").Parameters.ToArray());
+            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), viaMaster.Model("actor").Parameters.ToArray());
+            var want = File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip).ToList();
+            Assert.Equal(want, File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
+            Assert.Equal(want, File.ReadLines(Path.Combine(c, "metrics.jsonl")).Select(Strip));
+            long Bytes(System.Text.Json.Nodes.JsonObject s, string k) => (long)s["data_bytes"]![k]!;
+            output.WriteLine($"{algorithm}: master sent {Bytes(m, "from_master")} bytes via the master, {Bytes(d, "from_master")} with worker-to-worker data ({Bytes(d, "between_workers")} between workers)");
+            Assert.True(Bytes(d, "from_master") < Bytes(m, "from_master"));
+            // No per-token loss input from the master: grpo 12,472 and remax 12,920 bytes (14,264 and
+            // 14,712 while the master sent the advantages, old and reference log-probs).
+            Assert.True(Bytes(d, "from_master") < 13_500, $"{algorithm}: the master sent {Bytes(d, "from_master")} bytes with worker-to-worker data");
+        }
+        finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
+    }
+
     /// <summary>Data between calls goes worker to worker: the generation's collecting ranks keep the
     /// sequences (registered for one-sided reads) and every later call's workers read the ones their
     /// data-parallel part needs straight from them (rew_inf on devices 0-1 reads device 2's half,
@@ -81,6 +115,10 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             // evaluation's and earlier stages' batches.
             Assert.True(Bytes(d, "from_master") < Bytes(m, "from_master") / 2,
                 $"the master sent {Bytes(d, "from_master")} bytes with worker-to-worker data and {Bytes(m, "from_master")} without");
+            // The PPO train calls get no per-token float from the master (their loss ranks derive the
+            // advantages and returns from the inference outputs the workers kept): 17,040 bytes before,
+            // 15,296 now, of which the SFT stage's batches are 9,376 and prompts 5,296.
+            Assert.True(Bytes(d, "from_master") < 16_000, $"the master sent {Bytes(d, "from_master")} bytes with worker-to-worker data (17,040 while it sent PPO's per-token loss inputs)");
         }
         finally { Directory.Delete(a, true); Directory.Delete(b, true); }
     }
