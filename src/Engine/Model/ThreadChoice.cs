@@ -32,7 +32,8 @@ namespace ReaLNative.Engine.Model;
 /// data; and the minimum of the recent timings kept two threads under load through units of 300 ms that one thread
 /// ran in 7.) Units nest: only the outermost unit of a thread chooses and is timed. Off (every unit on the calling
 /// thread's threads) when <see cref="Enabled"/> is false: `realn profile` measures each thread count as it is, and
-/// <c>REALN_THREAD_CHOICE=off</c> turns it off for a whole process.
+/// <c>REALN_THREAD_CHOICE=off</c> turns it off for a whole process (<c>=log</c>: on, and each shape's units and timings
+/// are printed to stderr at exit).
 /// </summary>
 internal sealed class ThreadChoice
 {
@@ -59,6 +60,22 @@ internal sealed class ThreadChoice
     /// <summary>The process's choice for work of one kind of model (<paramref name="shape"/>: what makes its units'
     /// timings comparable, e.g. its shard's dimensions and precision).</summary>
     internal static ThreadChoice For(string shape) => s_shared.GetOrAdd(shape, _ => new ThreadChoice());
+
+    static ThreadChoice()
+    {
+        // REALN_THREAD_CHOICE=log: at exit, each model shape's units on threads and on one thread, its option in use
+        // and its keys' median timings (stderr)
+        if (string.Equals(Environment.GetEnvironmentVariable("REALN_THREAD_CHOICE"), "log", StringComparison.OrdinalIgnoreCase))
+            AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+            {
+                foreach (var (shape, c) in s_shared)
+                {
+                    var (t, o) = c.Units();
+                    Console.Error.WriteLine($"thread choice {shape}: {t} units on threads, {o} on one thread, now {(c.Preferred == 0 ? "threads" : "one thread")}; " +
+                        string.Join("; ", c.Summary().Select(k => FormattableString.Invariant($"{k.Site} 2^{k.Bucket} {k.Threads * 1e6:F2}/{k.One * 1e6:F2} us"))));
+                }
+            };
+    }
 
     /// <summary>Every unit of this instance on the calling thread's threads (tests compare it with the choice).</summary>
     internal bool Fixed { get; set; }
