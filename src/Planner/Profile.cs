@@ -56,6 +56,11 @@ public sealed record ProfileData
     /// that many in-process devices (REALN_INPROCESS_TIMING). An operation on one device runs on the calling thread and
     /// costs nothing beyond it.</summary>
     [JsonPropertyName("in_process_overheads")] public List<WorkerRoundTrip> InProcessOverheads { get; init; } = [];
+    /// <summary>The round trip of a cache line between two cores (nanoseconds) when `realn profile` began its all-core
+    /// points and when it ended them (session 16). On a virtual machine the host may place the virtual CPUs near or far
+    /// apart (the 2-core development VM: 100-125 or 460-540 ns, changing within minutes), and the all-core points of a
+    /// small model follow it; `realn bench plan` prints it next to each run's. Diagnostics only: no estimate reads it.</summary>
+    [JsonPropertyName("core_round_trips_ns")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<double>? CoreRoundTripsNs { get; init; }
     [JsonPropertyName("layers")] public List<LayerProfile> Layers { get; init; } = [];
     /// <summary>A train call's optimizer step outside its blocks, measured on whole models (`realn profile`): see
     /// <see cref="TrainStepProfile"/>. Replaces the spec's train_step_overhead_us and the roofline's head, embedding and
@@ -91,6 +96,8 @@ public sealed record ProfileData
         if (GemmGflops is { } g && !(g > 0 && double.IsFinite(g))) throw new PlannerException($"profile.gemm_gflops: {g} must be a positive number");
         if (MemcpyGbps is { } m && !(m > 0 && double.IsFinite(m))) throw new PlannerException($"profile.memcpy_gbps: {m} must be a positive number");
         if (Threads is { } th && th <= 0) throw new PlannerException($"profile.threads: {th} must be positive");
+        for (int i = 0; i < (CoreRoundTripsNs?.Count ?? 0); i++)
+            if (!(CoreRoundTripsNs![i] > 0 && double.IsFinite(CoreRoundTripsNs[i]))) throw new PlannerException($"profile.core_round_trips_ns[{i}]: {CoreRoundTripsNs[i]} must be a positive number");
         if (WorkerRoundTripUs is { } rt && !(rt > 0 && double.IsFinite(rt))) throw new PlannerException($"profile.worker_round_trip_us: {rt} must be a positive number");
         if ((WorkerRoundTripUs is null) != (WorkerRoundTripDevices is null)) throw new PlannerException("profile.worker_round_trip_devices: give it together with worker_round_trip_us");
         if (WorkerRoundTripDevices is { } rd && rd < 2) throw new PlannerException($"profile.worker_round_trip_devices: {rd} must be at least 2");
@@ -151,6 +158,29 @@ public sealed record ProfileData
                 if (pt.Threads is { } t && t <= 0) throw new PlannerException($"{f}.threads: {t} must be positive");
             }
         }
+    }
+
+    /// <summary>The profile as the single device of `realn run` computes (every core, the engine's ThreadChoice): each
+    /// unit of model work runs on every core or on one thread, whichever has measured faster lately, so every all-thread
+    /// point (blocks, train steps and generations outside their blocks) becomes the faster of itself and the one-thread
+    /// point of the same kind, tokens and context where the profile has one. Unchanged with one core or no one-thread
+    /// points.</summary>
+    public ProfileData FasterOfThreads()
+    {
+        int? all = Threads;
+        if (all is not > 1) return this;
+        List<LayerPoint> Faster(List<LayerPoint> pts) => pts.Select(p =>
+        {
+            if ((p.Threads ?? all) != all) return p;
+            var one = pts.FirstOrDefault(o => o.Threads == 1 && o.Kind == p.Kind && o.Tokens == p.Tokens && o.Context == p.Context);
+            return one is not null && one.Seconds < p.Seconds ? p with { Seconds = one.Seconds } : p;
+        }).ToList();
+        return this with
+        {
+            Layers = Layers.Select(l => l with { Points = Faster(l.Points) }).ToList(),
+            TrainSteps = TrainSteps.Select(t => t with { Points = Faster(t.Points) }).ToList(),
+            Generations = Generations.Select(t => t with { Points = Faster(t.Points) }).ToList(),
+        };
     }
 
     /// <summary>Measured block time for a model's layer shape, or null when the profile lacks it.</summary>

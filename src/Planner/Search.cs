@@ -145,7 +145,9 @@ public static class PlanSearch
     /// <summary>For a <see cref="ClusterSpec.SharedHost"/> cluster: the estimated iteration of a run without a plan
     /// (`realn run` default), one device in one process with every core of the node (compute x devices per node,
     /// the whole memory bandwidth, no worker dispatch; a profile is used as measured, `realn profile` runs on
-    /// every core); its fastest micro-batch/recompute choice. Null for other clusters or when it does not fit.</summary>
+    /// every core, each point the faster of its all-core and one-thread measurement as the engine's ThreadChoice runs each
+    /// unit of work: <see cref="ProfileData.FasterOfThreads"/>); its fastest micro-batch/recompute choice. Null for other
+    /// clusters or when it does not fit.</summary>
     public static double? SingleDeviceSeconds(ClusterSpec cluster, Experiment exp, ProfileData? profile = null) =>
         SingleDevice(cluster, exp, profile)?.Evaluation.IterationSeconds;
 
@@ -161,7 +163,7 @@ public static class PlanSearch
             DeviceMemoryBytes = cluster.DeviceMemoryBytes * cluster.DevicesPerNode,
             ReservedMemoryBytes = cluster.ReservedMemoryBytes * cluster.DevicesPerNode,
         };
-        try { return Baselines.Symmetric(new PlanningProblem(new Estimator(one, exp, profile))); }
+        try { return Baselines.Symmetric(new PlanningProblem(new Estimator(one, exp, profile?.FasterOfThreads()))); }
         catch (PlannerException) { return null; }
     }
 

@@ -12,7 +12,9 @@
 // OUT/plan.json; devices as threads: OUT/plan-in-process.json, `plan_in_process` in --json), and the run `realn plan`
 // chooses among the three (the fastest estimate) is marked (`chosen` in --json: single, threads or workers); its
 // measurement over the single device's is the loop's check. The host's load average is
-// printed with the runs (measurements on a loaded host are not the model's error).
+// printed with the runs (measurements on a loaded host are not the model's error), and the round trip of a cache
+// line between two cores before and after each run next to the profile's (a virtual machine's host moves its CPUs
+// near or far apart, and a small model's all-core speed follows).
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -60,6 +62,7 @@ public static class BenchPlanCommand
 
         SearchResult r;
         ClusterSpec spec;
+        List<double>? profileCores = null;
         PlanResult? singlePlan;
         PlanResult threadsPlan;
         try
@@ -67,6 +70,7 @@ public static class BenchPlanCommand
             spec = ClusterSpec.Load(clusterPath);
             if (spec.Nodes != 1) throw new UsageException($"{clusterPath}: nodes: {spec.Nodes}; `realn bench plan` runs the plan on this machine, so the spec must describe one node");
             var prof = profilePath is null ? null : ProfileData.Load(profilePath);
+            profileCores = prof?.CoreRoundTripsNs;
             r = PlanSearch.Run(spec, Experiment.Load(configPath), new SearchOptions(), prof);
             singlePlan = PlanSearch.SingleDevice(r.Problem.Cluster, r.Problem.Experiment, prof);
             // the plan searched for devices as threads (its own search: no round trips), priced as such
@@ -101,7 +105,9 @@ public static class BenchPlanCommand
             if (mode != "single") { args.Add("--plan"); args.Add(mode == "threads" ? threadsPlanPath : planPath); }
             if (mode == "threads") args.Add("--in-process");
             if (!json) Console.Error.WriteLine($"{mode}: realn {string.Join(' ', args)} (log: {dir}.log)");
+            double? coreBefore = CoreRoundTrip.Nanoseconds();
             RunChild(args, dir + ".log", timeout, mode, mode == "workers" ? new() { ["REALN_WORKER_TIMING"] = "1" } : new());
+            double? coreAfter = CoreRoundTrip.Nanoseconds();
             if (mode == "workers") measuredRoundTripMs = RoundTripMs(dir + ".log");
             double? runLoad = LoadAverage();
             var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")))!.AsObject();
@@ -137,6 +143,7 @@ public static class BenchPlanCommand
                 ["measured_over_estimate"] = double.IsFinite(estimate) && estimate > 0 ? Math.Round(measured / estimate, 3) : null,
                 ["task_score"] = (double?)st["final_task_score"],
                 ["load_average_after"] = runLoad,
+                ["core_round_trip_ns"] = new JsonObject { ["before"] = coreBefore, ["after"] = coreAfter },
             });
         }
         foreach (var row in rows.Select(x => x!.AsObject()))
@@ -151,16 +158,19 @@ public static class BenchPlanCommand
                 ["load_average_before"] = loadBefore, ["chosen"] = chosen, ["plan"] = JsonNode.Parse(PlanJson.ToJson(plan)),
                 ["plan_in_process"] = JsonNode.Parse(PlanJson.ToJson(threadsRun)), ["rows"] = rows,
                 ["worker_round_trip_ms"] = new JsonObject { ["spec"] = Math.Round(spec.WorkerRoundTrip * 1e3, 3), ["measured"] = measuredRoundTripMs },
+                ["profile_core_round_trips_ns"] = profileCores is null ? null : new JsonArray(profileCores.Select(x => (JsonNode?)x).ToArray()),
             }.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
             return 0;
         }
         Console.WriteLine($"stage {stage} ({experiment.Stages[stage].Algorithm}, {experiment.Stages[stage].Iterations} iterations), seconds per iteration:");
-        Console.WriteLine($"{"run",-8} {"estimate",9} {"measured",9} {"meas/est",9} {"vs single",10} {"load after",10}");
+        Console.WriteLine($"{"run",-8} {"estimate",9} {"measured",9} {"meas/est",9} {"vs single",10} {"load after",10} {"cores ns",11}");
         foreach (var row in rows.Select(x => x!.AsObject()))
         {
             string ratio = row["measured_over_estimate"] is { } q ? ((double)q).ToString("F2", CultureInfo.InvariantCulture) : "-";
             string vs = row["over_single_measured"] is { } v ? ((double)v).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-";
-            Console.WriteLine($"{(string)row["mode"]! + ((bool)row["chosen"]! ? "*" : ""),-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {vs,10} {(row["load_average_after"] is { } la ? ((double)la).ToString("F1", CultureInfo.InvariantCulture) : "-"),10}");
+            var cores = row["core_round_trip_ns"]!.AsObject();
+            string Ns(JsonNode? n) => n is null ? "-" : ((double)n).ToString("F0", CultureInfo.InvariantCulture);
+            Console.WriteLine($"{(string)row["mode"]! + ((bool)row["chosen"]! ? "*" : ""),-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {vs,10} {(row["load_average_after"] is { } la ? ((double)la).ToString("F1", CultureInfo.InvariantCulture) : "-"),10} {Ns(cores["before"]) + "/" + Ns(cores["after"]),11}");
         }
         Console.WriteLine("single: realn run without --plan (one process, every core); threads: --plan plan-in-process.json --in-process; workers: --plan plan.json, one worker process per device; *: what realn plan chooses");
         Console.WriteLine("per call, seconds estimated / measured (median over the stage's iterations, metrics.jsonl) and packed tokens estimated / measured:");
@@ -176,6 +186,9 @@ public static class BenchPlanCommand
         }
         if (loadBefore is { } lb)
             Console.WriteLine($"load average (1 min) before: {lb.ToString("F1", CultureInfo.InvariantCulture)} on {Environment.ProcessorCount} cores; other jobs' threads inflate every measurement, workers most");
+        Console.WriteLine($"cores ns: a cache line's round trip between two cores before/after each run; the profile's, before/after its all-core points: " +
+                          (profileCores is null ? "not recorded" : string.Join("/", profileCores.Select(x => x.ToString("F0", CultureInfo.InvariantCulture)))) +
+                          " (a virtual machine's host may move its CPUs near or far apart; a small model's all-core speed follows: docs/cost-model.md)");
         if (measuredRoundTripMs is { } rt)
             Console.WriteLine($"worker round trip beyond compute: {rt.ToString("F2", CultureInfo.InvariantCulture)} ms measured, {(spec.WorkerRoundTrip * 1e3).ToString("F2", CultureInfo.InvariantCulture)} ms in {spec.Name}'s worker_round_trip_us");
         return 0;

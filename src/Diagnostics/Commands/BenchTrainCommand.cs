@@ -109,6 +109,8 @@ public static unsafe class BenchTrainCommand
 
     private static int RunTrain(bool asJson, int steps, string preset, int seqs, int len, bool recompute, ModelPrecision precision)
     {
+        // measured on every thread as SGEMM is (the engine's choice of one thread per unit of work is off)
+        ReaLNative.Engine.Model.ThreadChoice.Enabled = false;
         if (seqs < 1 || len < 2) throw new ArgumentException($"bench train: --seqs >= 1 and --len >= 2 (got {seqs}, {len})");
         var res = MeasureTrain(steps, preset, seqs, len, recompute, precision);
         if (precision == ModelPrecision.Bf16)
@@ -222,6 +224,8 @@ public static unsafe class BenchTrainCommand
 
     private static int RunGenerate(bool asJson, string preset, int batchSize, int promptLen, int newTokens, ModelPrecision precision)
     {
+        // measured on every thread as SGEMM is (the engine's choice of one thread per unit of work is off)
+        ReaLNative.Engine.Model.ThreadChoice.Enabled = false;
         if (batchSize < 1 || promptLen < 1 || newTokens < 2)
             throw new ArgumentException($"bench generate: --batch >= 1, --prompt-len >= 1, --new-tokens >= 2 (got {batchSize}, {promptLen}, {newTokens})");
         var res = MeasureGenerate(preset, batchSize, promptLen, newTokens, precision);
@@ -293,6 +297,8 @@ public static unsafe class BenchTrainCommand
     // at least prefill (shared) + steps * a + rows * b.
     private static int RunRlhfGenerate(bool asJson, string preset, int batchSize, int maxNew, int slots, int groupSize)
     {
+        // measured on every thread as SGEMM is (the engine's choice of one thread per unit of work is off)
+        ReaLNative.Engine.Model.ThreadChoice.Enabled = false;
         var cfg = LlamaConfig.Preset(preset);
         if (batchSize < 1 || maxNew < 1 || slots < 1 || groupSize < 1 || batchSize % groupSize != 0)
             throw new ArgumentException($"bench generate --rlhf: --batch >= 1, --new-tokens >= 1, --slots >= 1, --group-size >= 1 dividing --batch (got {batchSize}, {maxNew}, {slots}, {groupSize})");

@@ -397,6 +397,9 @@ public static class ProfileCommand
 
     private static int Run(string[] presets, string output, bool workers)
     {
+        // Each thread count measured as it is: the engine's choice between the calling thread's threads and one thread
+        // (ThreadChoice) would otherwise time one-thread units inside the all-core points.
+        ThreadChoice.Enabled = false;
         // one worker process per core (a power of two: a plan's devices per node), as cpu-local's devices are;
         // measured first, so its child processes are gone before the blocks are timed
         int devices = 1 << (int)Math.Log2(Math.Max(1, Environment.ProcessorCount));
@@ -432,6 +435,7 @@ public static class ProfileCommand
                 Console.WriteLine($"shared compute: one-thread train steps {alone * 1e3:F3} ms each alone, {withOthers * 1e3:F3} ms each while {n} processes run them at once: {over:F3}x");
             }
         var layers = new List<LayerProfile>();
+        var coreTrips = new List<double>();
         var trainSteps = new List<TrainStepProfile>();
         var generations = new List<TrainStepProfile>();
         foreach (var name in presets)
@@ -452,6 +456,9 @@ public static class ProfileCommand
             int all = Native.GetNumThreads();
             foreach (int threads in all > 1 ? new[] { all, 1 } : new[] { all })
             {
+            // how far apart the cores are while the all-core points are taken (before them, and after them below)
+            if (threads == all && threads > 1 && CoreRoundTrip.Nanoseconds() is { } rtBefore) { coreTrips.Add(rtBefore); Console.WriteLine($"cores' cache-line round trip before the all-core points: {rtBefore:F0} ns"); }
+            if (threads == 1 && all > 1 && CoreRoundTrip.Nanoseconds() is { } rtAfter) { coreTrips.Add(rtAfter); Console.WriteLine($"cores' cache-line round trip after the all-core points: {rtAfter:F0} ns"); }
             Native.SetNumThreads(threads);
             try
             {
@@ -568,6 +575,7 @@ public static class ProfileCommand
             WorkerRoundTripUs = roundTrip is { } rt ? Math.Round(rt * 1e6, 1) : null,
             WorkerRoundTripDevices = roundTrip is null ? null : devices,
             WorkerRoundTrips = roundTrips,
+            CoreRoundTripsNs = coreTrips.Count > 0 ? coreTrips : null,
             Layers = layers,
             TrainSteps = trainSteps,
             Generations = generations,

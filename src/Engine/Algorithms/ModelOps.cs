@@ -2,6 +2,7 @@
 // sequences, and backward from d loss / d logp (native logprobs_bwd, then the model backward)
 // or from d loss / d value. Row p of the output predicts token p + 1, so action token p is
 // scored by row p - 1, and a critic's value for action p is read from row p - 1.
+// Each is one unit of the model's ThreadChoice (its forward, head op and backward on the same threads).
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Interop;
@@ -19,6 +20,7 @@ internal static unsafe class ModelOps
     public static float[] LogProbs(LlamaModel model, ScoredBatch batch, float temperature, out float[] lse)
     {
         var b = batch.Packed;
+        using var unit = model.ThreadChoice.Begin("log-probs", b.TotalTokens);
         int T = b.TotalTokens, V = model.Config.Vocab;
         float* logits = model.Forward(b);
         var labels = NextTokenLabels(b);
@@ -37,6 +39,7 @@ internal static unsafe class ModelOps
     public static void BackwardLogProbs(LlamaModel model, ScoredBatch batch, float temperature, float[] lse, ReadOnlySpan<float> dActionLogp)
     {
         var b = batch.Packed;
+        using var unit = model.ThreadChoice.Begin("log-probs backward", b.TotalTokens);
         int T = b.TotalTokens, V = model.Config.Vocab;
         var labels = NextTokenLabels(b);
         var dl = new float[T];
@@ -54,6 +57,7 @@ internal static unsafe class ModelOps
     {
         if (!model.ScalarHead) throw new ArgumentException("values need a scalar-head model");
         var b = batch.Packed;
+        using var unit = model.ThreadChoice.Begin("values", b.TotalTokens);
         float* o = model.Forward(b);
         model.Stream.Synchronize();
         var v = new float[batch.Actions];
@@ -68,6 +72,7 @@ internal static unsafe class ModelOps
     public static void BackwardValues(LlamaModel model, ScoredBatch batch, ReadOnlySpan<float> dActionValues, ReadOnlySpan<float> dLastScores)
     {
         var b = batch.Packed;
+        using var unit = model.ThreadChoice.Begin("values backward", b.TotalTokens);
         model.Forward(b);
         float* d = model.OutputGradientBuffer();
         new Span<float>(d, b.TotalTokens).Clear();
@@ -80,6 +85,7 @@ internal static unsafe class ModelOps
     public static double SftStep(LlamaModel model, ScoredBatch batch)
     {
         var b = batch.Packed;
+        using var unit = model.ThreadChoice.Begin("sft step", b.TotalTokens);
         int T = b.TotalTokens, V = model.Config.Vocab;
         var labels = new int[T];
         Array.Fill(labels, Ignore);

@@ -494,6 +494,13 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// <summary>Zeroes the gradient buffer.</summary>
     public void ZeroGrad() => Gradients.Clear();
 
+    /// <summary>Whether each forward, backward, prefill, decode step and optimizer step of this model runs on the calling
+    /// thread's OpenMP threads or on one, whichever has measured faster (<see cref="Model.ThreadChoice"/>): shared by
+    /// every model of this process with the same shard shape and precision (a PPO job's four tiny models learn it
+    /// together, and each timing of a slow option is paid once).</summary>
+    internal ThreadChoice ThreadChoice => ThreadChoice.For(
+        $"{_layerCount}x{Config.Hidden}x{_ffnLocal}x{_qHeads}x{_kvHeads}x{_headWidth}{(HasEmbedding ? "e" : "")}{(ScalarHead ? "s" : "")}/{Precision}");
+
     private long ArenaFloats(int T, int nseq, bool recompute)
     {
         var c = Config;
@@ -523,6 +530,12 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// the embedding takes the previous stage's hidden states [T, hidden] in <paramref name="input"/>;
     /// returns [T, <see cref="OutputWidth"/>] (valid until the next forward in that slot).</summary>
     public float* Forward(PackedBatch batch, float* input, int slot)
+    {
+        using var unit = ThreadChoice.Begin("forward", batch.TotalTokens);
+        return ForwardOnChosenThreads(batch, input, slot);
+    }
+
+    private float* ForwardOnChosenThreads(PackedBatch batch, float* input, int slot)
     {
         var c = Config;
         int T = batch.TotalTokens;
@@ -725,6 +738,12 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// null on the first stage.</summary>
     public float* Backward(float* dOut, int slot)
     {
+        using var unit = ThreadChoice.Begin("backward", StateOf(slot).TokenCount);
+        return BackwardOnChosenThreads(dOut, slot);
+    }
+
+    private float* BackwardOnChosenThreads(float* dOut, int slot)
+    {
         ThrowIfBf16Only("Backward");
         var state = StateOf(slot);
         var arena = _arenas[slot];
@@ -820,6 +839,12 @@ internal sealed unsafe class LlamaModel : IDisposable
     /// from <paramref name="input"/>; without the head it writes its hidden states [T, hidden] to
     /// <paramref name="output"/> (every token: the next stage stores their K/V).</summary>
     internal void ForwardCached(KvCache cache, ReadOnlySpan<int> tokens, ReadOnlySpan<int> slots, ReadOnlySpan<int> positions, bool decode, float* input, float* output, bool? batchInvariant = null)
+    {
+        using var unit = ThreadChoice.Begin(decode ? "decode" : "prefill", tokens.Length);
+        ForwardCachedOnChosenThreads(cache, tokens, slots, positions, decode, input, output, batchInvariant);
+    }
+
+    private void ForwardCachedOnChosenThreads(KvCache cache, ReadOnlySpan<int> tokens, ReadOnlySpan<int> slots, ReadOnlySpan<int> positions, bool decode, float* input, float* output, bool? batchInvariant)
     {
         var c = Config;
         int T = tokens.Length;

@@ -92,6 +92,7 @@ internal sealed unsafe class AdamW : IDisposable
     /// refused (the step is skipped and an exception names it) so no NaN reaches the weights.</summary>
     public double StepOnce()
     {
+        using var unit = _model.ThreadChoice.Begin("optimizer step", _model.ParameterCount);
         double norm = GradNorm();
         if (!double.IsFinite(norm)) throw new TrainingFailedException($"gradient norm is {norm} at optimizer step {Step + 1}; step refused (are the weights or the learning rate finite?)");
         Step++;
