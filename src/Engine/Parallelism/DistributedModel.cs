@@ -103,8 +103,7 @@ internal sealed class LocalCluster : IReplicaHost
             {
                 try { results[k] = WithDeviceThreads(() => body(k)); }
                 catch (Exception e) { errors[k] = e; }
-                finally { done.Signal(); }
-            });
+            }, () => done.Signal());
         }
         var deadline = DateTime.UtcNow + Timeout + TimeSpan.FromSeconds(5);
         try { results[0] = WithDeviceThreads(() => body(0)); }
@@ -144,13 +143,18 @@ internal sealed class SpmdThreads : IDisposable
     {
         public readonly SemaphoreSlim Go = new(0);
         public Action? Job;
+        public Action? Done;
     }
 
     private readonly Stack<Worker> _idle = new();
     private readonly List<Worker> _all = [];
     private bool _disposed;
 
-    public void Run(Action job)
+    /// <summary>Runs <paramref name="job"/> (which catches its own exceptions) on a kept thread, then
+    /// <paramref name="done"/> once that thread is back among the idle ones: a caller that waits for
+    /// <paramref name="done"/> and dispatches again finds it there (signalling from inside the job let
+    /// the next operation start a new thread while this one was still on its way back).</summary>
+    public void Run(Action job, Action done)
     {
         Worker w;
         lock (_idle)
@@ -165,6 +169,7 @@ internal sealed class SpmdThreads : IDisposable
             }
         }
         w.Job = job;
+        w.Done = done;
         w.Go.Release();
     }
 
@@ -175,13 +180,17 @@ internal sealed class SpmdThreads : IDisposable
             w.Go.Wait();
             var job = w.Job;
             if (job is null) return;   // disposed
-            w.Job = null;
+            var done = w.Done!;
+            w.Job = null; w.Done = null;
             job();   // catches its own exceptions (SpmdCore)
+            bool disposed;
             lock (_idle)
             {
-                if (_disposed) return;
-                _idle.Push(w);
+                disposed = _disposed;
+                if (!disposed) _idle.Push(w);
             }
+            done();
+            if (disposed) return;
         }
     }
 
