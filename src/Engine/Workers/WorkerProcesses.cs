@@ -21,6 +21,9 @@ internal sealed record WorkerCommandLine(string Executable, IReadOnlyList<string
 
 internal sealed class WorkerProcesses : IDisposable
 {
+    /// <summary>The runtime's switch for tiered compilation, off in every worker unless the user set it.</summary>
+    public const string TieredCompilationVariable = "DOTNET_TieredCompilation";
+
     private readonly Dictionary<int, Process> _procs = new();
     private readonly Dictionary<int, ConcurrentQueue<string>> _tails = new();
 
@@ -45,6 +48,16 @@ internal sealed class WorkerProcesses : IDisposable
                 psi.Environment["OMP_NUM_THREADS"] = cmd.ThreadsPerWorker.ToString();
                 psi.Environment["OPENBLAS_NUM_THREADS"] = cmd.ThreadsPerWorker.ToString();
                 if (skipSpin) psi.Environment[UcxTransportOptions.SpinVariable] = "0";
+                // Code compiled once, optimized, at its first call: with the runtime's tiered compilation a
+                // worker ran its first hundreds of operations partly in unoptimized code while a background
+                // thread compiled it again (with profiling instrumentation, then optimized), and that thread
+                // takes a shared host's cores from the workers' compute: ppo-tiny on 2 cores spent 0.4-1.7
+                // core-seconds of its 12-iteration PPO stage compiling (11-28% of the cores), 0.18 against
+                // 0.25-0.28 s per iteration with 4 workers (docs/cost-model.md, "Compilation in worker
+                // processes"). The realn executable is built so (its runtimeconfig); this covers any other
+                // host's workers. A value the user set (DOTNET_ or COMPlus_ prefix) is kept.
+                if (!psi.Environment.ContainsKey(TieredCompilationVariable) && !psi.Environment.ContainsKey("COMPlus_TieredCompilation"))
+                    psi.Environment[TieredCompilationVariable] = "0";
                 // A worker needs no UCX fault handlers: libucs would install them for SEGV/BUS/ILL/FPE
                 // when it loads, and a managed null dereference on another thread before the resolver
                 // puts the runtime's handlers back killed a worker at start-up ("Caught signal 11 ...
