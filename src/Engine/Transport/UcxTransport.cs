@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using ReaLNative.Interop;
 using ReaLNative.Interop.Ucx;
 
 namespace ReaLNative.Engine.Transport;
@@ -16,6 +17,11 @@ namespace ReaLNative.Engine.Transport;
 /// and cma between local processes). Endpoints come from worker addresses exchanged through a
 /// bootstrap (<see cref="Connect"/>). The 64-bit UCX tag carries the source rank (24 bits) and the
 /// user tag (40 bits), receives match both exactly.
+/// A get from a rank that is a process of this host whose memory this process may read
+/// (<see cref="LocalProcessOf"/>) is one process_vm_readv on the calling thread
+/// (<see cref="UcxTransportOptions.GetByProcessRead"/>): UCX would serve it with software RMA, active
+/// messages that the owner's progress thread answers, and an owner with nothing else to do naps up to
+/// <see cref="UcxTransportOptions.MaxSleep"/> between polls (docs/cost-model.md, "Reads from a napping peer").
 /// Deadlines: an operation that misses its deadline is cancelled (ucp_request_cancel; tagged sends
 /// and receives) and, for sends and RMA, the peer is treated as failed: no new operation to it is
 /// accepted and, with <see cref="UcxTransportOptions.PeerFailureDetection"/>, its endpoint is
@@ -150,6 +156,8 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
     public byte[] LocalAddress => _address;
 
     private int?[] _localPids = [];
+    /// <summary>Peers whose memory the kernel refused to let this process read: their gets go over UCX.</summary>
+    private volatile bool[] _readRefused = [];
 
     /// <inheritdoc/>
     public int? LocalProcessOf(int peer) => (uint)peer < (uint)_localPids.Length ? _localPids[peer] : null;
@@ -169,6 +177,7 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
             if (h.ProcessRead && mine.ProcessRead && h.HostKey == mine.HostKey) pids[r] = h.Pid;
         }
         _localPids = pids;
+        _readRefused = new bool[Size];
         Invoke(() =>
         {
             var eps = new nint[Size];
@@ -281,7 +290,37 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
         if (r.Rkey == 0) throw new ObjectDisposedException(nameof(IRemoteRegion));
         if (offset < 0 || bytes < 0 || offset > r.Bytes - bytes) throw new ArgumentOutOfRangeException(nameof(offset), $"[{offset}, +{bytes}) outside rank {r.Peer}'s region of {r.Bytes} bytes");
         if (bytes > 0 && local == 0) throw new ArgumentException("null buffer with a positive size");
+        if (kind == Kind.Get && ReadProcess(r, offset, local, bytes) is { } done) return done;
         return Post(new Op { Kind = kind, Peer = r.Peer, Data = local, Bytes = bytes, RemoteAddress = r.Address + (ulong)offset, Rkey = r.Rkey }, ct);
+    }
+
+    /// <summary>A get from a process of this host that this process may read: process_vm_readv of the region's bytes
+    /// straight into <paramref name="local"/> (<c>realn_process_read</c>), completed when this returns; nothing of the
+    /// owner takes part (its progress thread may nap, or be busy computing). Null where the get goes over UCX: another
+    /// host, process reads off on either end or in <see cref="UcxTransportOptions.GetByProcessRead"/>, or the kernel
+    /// refused a read of that peer before (another user, ptrace restrictions; remembered).</summary>
+    private Task? ReadProcess(RemoteRegion r, long offset, nint local, long bytes)
+    {
+        if (!Options.GetByProcessRead || (uint)r.Peer >= (uint)_localPids.Length || _localPids[r.Peer] is not int pid || _readRefused[r.Peer]) return null;
+        if (_fatal is not null) return Task.FromException(_fatal);
+        if (_stop) return Task.FromException(new ObjectDisposedException(nameof(UcxTransport)));
+        if (_closed[r.Peer] is string why) return Task.FromException(new IOException($"rank {Rank}: the endpoint to rank {r.Peer} was closed: {why}"));
+        if (bytes == 0) return Task.CompletedTask;
+        try
+        {
+            long zero = 0, n = bytes;
+            Native.Check(Native.realn_process_read(pid, (void*)local, r.Address + (ulong)offset, &zero, &zero, &n, 1));
+            return Task.CompletedTask;
+        }
+        catch (RealnException e) when (e.Status == RealnStatus.Unsupported)
+        {
+            _readRefused[r.Peer] = true;
+            return null;
+        }
+        catch (RealnException e)
+        {
+            return Task.FromException(new IOException($"rank {Rank}: get from rank {r.Peer} ({bytes} bytes, read from process {pid}) failed: {e.Message}", e));
+        }
     }
 
     private void Release(Region region)

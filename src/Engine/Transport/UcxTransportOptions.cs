@@ -38,6 +38,13 @@ internal sealed record UcxTransportOptions
     /// REALN_REALLOC_PROCESS_READ=0 turns it off: reallocation then moves everything over UCX.</summary>
     public bool ProcessRead { get; init; } = true;
 
+    /// <summary>Whether a get from a peer this process may read (<see cref="ProcessRead"/> on both ends, one host) is
+    /// a process_vm_readv on the calling thread instead of UCX's get, which on the shared-memory lanes is software RMA
+    /// served by the owner's progress thread: a worker reading a generation's sequences from an idle peer waited for
+    /// that peer's nap (up to <see cref="MaxSleep"/>) per read, 8-24 ms per operation with 4 workers on 2 cores
+    /// (docs/cost-model.md, "Reads from a napping peer"). REALN_RMA_GET_PROCESS_READ=0 turns it off.</summary>
+    public bool GetByProcessRead { get; init; } = true;
+
     /// <summary>What identifies this host to its peers: ranks with equal keys are processes of one
     /// kernel that can read each other's memory. Null: the boot id with the pid and network
     /// namespaces (processes in two network namespaces are two nodes, as the multi-node tests
@@ -67,9 +74,10 @@ internal sealed record UcxTransportOptions
         if (Environment.GetEnvironmentVariable("REALN_UCX_ERRMODE") is string e) o = o with { PeerFailureDetection = e == "peer" };
         if (int.TryParse(Environment.GetEnvironmentVariable(SpinVariable), out int s) && s >= 0) o = o with { SpinIterations = s };
         if (Environment.GetEnvironmentVariable("REALN_REALLOC_PROCESS_READ") == "0") o = o with { ProcessRead = false };
+        if (Environment.GetEnvironmentVariable("REALN_RMA_GET_PROCESS_READ") == "0") o = o with { GetByProcessRead = false };
         return o;
     }
 
     public override string ToString() => (Wakeup ? "wakeup" : $"poll (spin {SpinIterations}, yield {YieldIterations}, sleep <= {MaxSleep.TotalMilliseconds:F0} ms)")
-        + (PeerFailureDetection ? ", err mode peer" : "") + (Transports is null ? "" : $", tls {Transports}") + (ProcessRead ? "" : ", no process read");
+        + (PeerFailureDetection ? ", err mode peer" : "") + (Transports is null ? "" : $", tls {Transports}") + (ProcessRead ? "" : ", no process read") + (GetByProcessRead ? "" : ", gets over UCX");
 }

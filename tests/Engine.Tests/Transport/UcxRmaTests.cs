@@ -35,13 +35,16 @@ public sealed class UcxRmaTests
         return b;
     }
 
+    /// <summary>Gets by process_vm_readv (the default between processes of one host, here ranks of one process) and
+    /// over UCX (<see cref="UcxTransportOptions.GetByProcessRead"/> off: the path between hosts).</summary>
     [Theory]
-    [InlineData(null)]
-    [InlineData("tcp")]
-    public async Task PutAndGetBetweenRanksAreBitExact(string? tls)
+    [InlineData(null, true)]
+    [InlineData(null, false)]
+    [InlineData("tcp", false)]
+    public async Task PutAndGetBetweenRanksAreBitExact(string? tls, bool getByProcessRead)
     {
         const int n = 3, bytes = 3 << 20;  // 3 MiB per region: above the rendezvous threshold
-        var w = World(n, new UcxTransportOptions { Transports = tls });
+        var w = World(n, new UcxTransportOptions { Transports = tls, GetByProcessRead = getByProcessRead });
         var mem = Enumerable.Range(0, n).Select(r => Random(bytes, 10 + r)).ToArray();
         var local = Enumerable.Range(0, n).Select(r => Random(bytes, 20 + r)).ToArray();
         var handles = mem.Concat(local).Select(x => GCHandle.Alloc(x, GCHandleType.Pinned)).ToArray();
@@ -104,7 +107,7 @@ public sealed class UcxRmaTests
     {
         // 256 MiB over tcp cannot finish in 1 ms; the endpoint is closed and the task fails.
         const long bytes = 256L << 20;
-        var w = World(2, new UcxTransportOptions { Transports = "tcp" });
+        var w = World(2, new UcxTransportOptions { Transports = "tcp", GetByProcessRead = false });
         var a = Marshal.AllocHGlobal((nint)bytes);
         var b = Marshal.AllocHGlobal((nint)bytes);
         try
@@ -121,6 +124,40 @@ public sealed class UcxRmaTests
             foreach (var t in w) t.Dispose();
             Marshal.FreeHGlobal(a);
             Marshal.FreeHGlobal(b);
+        }
+    }
+
+    /// <summary>A get from a rank of this host takes nothing from that rank: it completes, bit-exact and within its
+    /// deadline, after the owner's transport was disposed (its progress thread gone; the memory kept alive, as the
+    /// owner of a region must). Before, UCX's software RMA over the shared-memory lanes waited for the owner's
+    /// progress thread to answer (a napping owner: up to 10 ms per get; here never).</summary>
+    [Fact]
+    public async Task AGetFromARankOfThisHostNeedsNothingOfIt()
+    {
+        const int bytes = 1 << 16;
+        var w = World(2, timeout: TimeSpan.FromSeconds(3));
+        var mem = Random(bytes, 31);
+        var got = new byte[bytes];
+        var h = new[] { GCHandle.Alloc(mem, GCHandleType.Pinned), GCHandle.Alloc(got, GCHandleType.Pinned) };
+        try
+        {
+            var region = w[1].Register(h[0].AddrOfPinnedObject(), bytes);
+            using var remote = w[0].Attach(1, region.Descriptor);
+            Assert.NotNull(w[0].LocalProcessOf(1));
+            region.Dispose();
+            w[1].Dispose();
+            var rng = new Random(4);
+            for (int i = 0; i < 50; i++)
+            {
+                int off = rng.Next(0, bytes - 64), len = rng.Next(1, 64);
+                await w[0].GetAsync(remote, off, h[1].AddrOfPinnedObject() + off, len).WaitAsync(TimeSpan.FromSeconds(10));
+                Assert.True(mem.AsSpan(off, len).SequenceEqual(got.AsSpan(off, len)), $"get {i}: [{off}, +{len})");
+            }
+        }
+        finally
+        {
+            foreach (var t in w) t.Dispose();
+            foreach (var x in h) x.Free();
         }
     }
 
