@@ -6,7 +6,9 @@
 // for each, the estimated and the measured wall time of one iteration of the planned stage and their
 // ratio, plus each plan run against the measured single device. The measurement is the stage's
 // `iterations_seconds` in summary.json (the iterations' dataflow, no evaluation or checkpoint) divided by
-// its iterations, so examples/bench/ppo-tiny-timing.yaml keeps the earlier stages short. The workers
+// its iterations, so examples/bench/ppo-tiny-timing.yaml keeps the earlier stages short; next to it the steady
+// iteration, the mean of the iterations after the first (`first_iteration_seconds` in summary.json carries the run's
+// one-time costs: code compiled at its first call in every process, a layout's first reallocation). The workers
 // run also reports its mean master-worker round trip beyond the workers' compute (REALN_WORKER_TIMING),
 // printed next to the cluster spec's worker_round_trip_us. The plan is searched for each execution (worker processes:
 // OUT/plan.json; devices as threads: OUT/plan-in-process.json, `plan_in_process` in --json), and the run `realn plan`
@@ -113,6 +115,9 @@ public static class BenchPlanCommand
             var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")))!.AsObject();
             var st = summary["stages"]![stage]!.AsObject();
             double measured = (double)st["iterations_seconds"]! / (int)st["iterations"]!;
+            // the iterations after the first: what a per-iteration estimate describes (the first carries one-time costs)
+            double? first = (double?)st["first_iteration_seconds"];
+            double? steady = first is { } f1 && (int)st["iterations"]! > 1 ? ((double)st["iterations_seconds"]! - f1) / ((int)st["iterations"]! - 1) : null;
             double estimate = mode switch { "single" => singleEstimate ?? double.NaN, "threads" => threadsEstimate, _ => r.Workers.Best.Evaluation.IterationSeconds };
             if (mode == "single") singleMeasured = measured;
             // per call: the estimate's seconds and packed tokens against the run's metrics.jsonl (median seconds of the
@@ -141,6 +146,9 @@ public static class BenchPlanCommand
                 ["estimate_seconds"] = double.IsFinite(estimate) ? Math.Round(estimate, 5) : null,
                 ["measured_seconds"] = Math.Round(measured, 5),
                 ["measured_over_estimate"] = double.IsFinite(estimate) && estimate > 0 ? Math.Round(measured / estimate, 3) : null,
+                ["first_iteration_seconds"] = first is { } f2 ? Math.Round(f2, 5) : null,
+                ["steady_seconds"] = steady is { } sd ? Math.Round(sd, 5) : null,
+                ["steady_over_estimate"] = steady is { } sd2 && double.IsFinite(estimate) && estimate > 0 ? Math.Round(sd2 / estimate, 3) : null,
                 ["task_score"] = (double?)st["final_task_score"],
                 ["load_average_after"] = runLoad,
                 ["core_round_trip_ns"] = new JsonObject { ["before"] = coreBefore, ["after"] = coreAfter },
@@ -163,16 +171,18 @@ public static class BenchPlanCommand
             return 0;
         }
         Console.WriteLine($"stage {stage} ({experiment.Stages[stage].Algorithm}, {experiment.Stages[stage].Iterations} iterations), seconds per iteration:");
-        Console.WriteLine($"{"run",-8} {"estimate",9} {"measured",9} {"meas/est",9} {"vs single",10} {"load after",10} {"cores ns",11}");
+        Console.WriteLine($"{"run",-8} {"estimate",9} {"measured",9} {"meas/est",9} {"steady",9} {"st/est",7} {"first",7} {"vs single",10} {"load after",10} {"cores ns",11}");
         foreach (var row in rows.Select(x => x!.AsObject()))
         {
             string ratio = row["measured_over_estimate"] is { } q ? ((double)q).ToString("F2", CultureInfo.InvariantCulture) : "-";
             string vs = row["over_single_measured"] is { } v ? ((double)v).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-";
             var cores = row["core_round_trip_ns"]!.AsObject();
             string Ns(JsonNode? n) => n is null ? "-" : ((double)n).ToString("F0", CultureInfo.InvariantCulture);
-            Console.WriteLine($"{(string)row["mode"]! + ((bool)row["chosen"]! ? "*" : ""),-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {vs,10} {(row["load_average_after"] is { } la ? ((double)la).ToString("F1", CultureInfo.InvariantCulture) : "-"),10} {Ns(cores["before"]) + "/" + Ns(cores["after"]),11}");
+            string steadyRatio = row["steady_over_estimate"] is { } sq ? ((double)sq).ToString("F2", CultureInfo.InvariantCulture) : "-";
+            Console.WriteLine($"{(string)row["mode"]! + ((bool)row["chosen"]! ? "*" : ""),-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {F((double?)row["steady_seconds"]),9} {steadyRatio,7} {F((double?)row["first_iteration_seconds"]),7} {vs,10} {(row["load_average_after"] is { } la ? ((double)la).ToString("F1", CultureInfo.InvariantCulture) : "-"),10} {Ns(cores["before"]) + "/" + Ns(cores["after"]),11}");
         }
         Console.WriteLine("single: realn run without --plan (one process, every core); threads: --plan plan-in-process.json --in-process; workers: --plan plan.json, one worker process per device; *: what realn plan chooses");
+        Console.WriteLine("measured: the mean of every iteration; steady: of the iterations after the first; first: the first iteration (its one-time costs: code compiled at its first call in every process, a first reallocation)");
         Console.WriteLine("per call, seconds estimated / measured (median over the stage's iterations, metrics.jsonl) and packed tokens estimated / measured:");
         foreach (var row in rows.Select(x => x!.AsObject()))
         {

@@ -166,6 +166,17 @@ internal sealed partial class Pipeline : IDisposable
     private double _priorSeconds;
     private Stopwatch _clock = new();
     private double[] _stageSeconds = [], _iterationSeconds = [];
+    /// <summary>The wall time of each stage's first iteration run by this process (NaN: none yet): it carries the
+    /// one-time costs (code compiled at its first call in every process, a layout's first reallocation, buffers
+    /// touched the first time) that the planner's per-iteration estimate leaves out.</summary>
+    private double[] _firstIterationSeconds = [];
+
+    /// <summary>Adds an iteration's wall time to its stage's (and keeps it when it is the stage's first here).</summary>
+    private void AddIterationSeconds(int stage, double wall)
+    {
+        _iterationSeconds[stage] += wall;
+        if (double.IsNaN(_firstIterationSeconds[stage])) _firstIterationSeconds[stage] = wall;
+    }
 
     /// <summary>The run loop: stages in order, each set up (models, optimizers, plan replicas) and
     /// then its iterations, each the stage's dataflow graph followed by evaluation, the stage
@@ -212,6 +223,7 @@ internal sealed partial class Pipeline : IDisposable
         _priorSeconds = 0;
         _stageSeconds = new double[_cfg.Stages.Count];
         _iterationSeconds = new double[_cfg.Stages.Count];
+        _firstIterationSeconds = Enumerable.Repeat(double.NaN, _cfg.Stages.Count).ToArray();
         _resumeNotes.Clear();
         _resume = null;
         _pendingCut = null; _startCommitted = false;
@@ -246,7 +258,7 @@ internal sealed partial class Pipeline : IDisposable
         long iterationStart = Stopwatch.GetTimestamp();
         bool firstCall = true;
         WriteCallRecords(stage, it, exec.RunIteration(batch, cancellationToken), figures, ref firstCall);
-        _iterationSeconds[stage.Index] += Stopwatch.GetElapsedTime(iterationStart).TotalSeconds;
+        AddIterationSeconds(stage.Index, Stopwatch.GetElapsedTime(iterationStart).TotalSeconds);
         return figures;
     }
 
@@ -293,7 +305,7 @@ internal sealed partial class Pipeline : IDisposable
     private JsonObject WriteSummary()
     {
         _position = "summary";
-        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, _priorSeconds + _clock.Elapsed.TotalSeconds, _stageSeconds, _iterationSeconds);
+        var summary = RunSummary.FromMetrics(MetricsPath, _cfg, _priorSeconds + _clock.Elapsed.TotalSeconds, _stageSeconds, _iterationSeconds, _firstIterationSeconds);
         // The process that ran the run (VmHWM; under a resume, the resumed process only); per process below.
         if (ProcessMemory.PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
         MemoryCheck.AddToSummary(summary, _cfg, _plan, _binding.Host);

@@ -123,7 +123,7 @@ internal sealed partial class Pipeline
                 double training = Stopwatch.GetElapsedTime(trainStart).TotalSeconds;
                 var (pushWait, pushSeconds) = rollouts.Publish(it + 1);
                 double wall = Stopwatch.GetElapsedTime(start).TotalSeconds;
-                _iterationSeconds[stage.Index] += wall;
+                AddIterationSeconds(stage.Index, wall);
                 double generating = rollouts.TakeBusySeconds();
                 var line = new JsonObject
                 {

@@ -10,7 +10,9 @@ internal static class RunSummary
     /// <param name="stageSeconds">Wall time of each stage (set-up, iterations, evaluations, checkpoints).</param>
     /// <param name="iterationSeconds">Of which each stage's iterations: the wall time of their dataflow (every
     /// call of the iteration, no evaluation or checkpoint).</param>
-    public static JsonObject FromMetrics(string metricsPath, ExperimentConfig cfg, double seconds, IReadOnlyList<double> stageSeconds, IReadOnlyList<double> iterationSeconds)
+    /// <param name="firstIterationSeconds">Of those, each stage's first iteration run by this process (NaN: none).</param>
+    public static JsonObject FromMetrics(string metricsPath, ExperimentConfig cfg, double seconds, IReadOnlyList<double> stageSeconds, IReadOnlyList<double> iterationSeconds,
+                                         IReadOnlyList<double>? firstIterationSeconds = null)
     {
         var lines = File.ReadLines(metricsPath).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
         int last = cfg.Stages.Count - 1;
@@ -33,6 +35,9 @@ internal static class RunSummary
                 ["seconds"] = Math.Round(stageSeconds[st.Index], 3),
                 // The wall time of the iterations' dataflow (what `realn plan` estimates per iteration).
                 ["iterations_seconds"] = Math.Round(iterationSeconds[st.Index], 4),
+                // Of which the first iteration this process ran (null: none): its one-time costs (code compiled at its
+                // first call, a first reallocation) are not a steady iteration's.
+                ["first_iteration_seconds"] = firstIterationSeconds is { } f && st.Index < f.Count && double.IsFinite(f[st.Index]) ? Math.Round(f[st.Index], 4) : null,
                 // Summed over the stage's calls: calls on disjoint meshes of a plan overlap, so this
                 // can exceed the stage's wall time; the rest of a stage is set-up and checkpoints.
                 ["calls_seconds"] = Math.Round(callSeconds, 3),

@@ -106,6 +106,8 @@ public sealed class HumanOutputTests : IDisposable
             // sequential run
             double iterations = (double)st["iterations_seconds"]!;
             Assert.InRange(iterations + (double)st["eval_seconds"]!, 0, (double)st["seconds"]! + 0.01);
+            // the first iteration is one of them (a run that was not resumed ran every iteration here)
+            Assert.InRange((double)st["first_iteration_seconds"]!, 1e-6, iterations + 1e-4);
             if (sequentialCalls) Assert.InRange((double)st["calls_seconds"]!, 0, iterations + 0.01);
             if (sequentialCalls) Assert.InRange((double)st["calls_seconds"]! + (double)st["eval_seconds"]!, 0, (double)st["seconds"]! + 0.01);
         }
