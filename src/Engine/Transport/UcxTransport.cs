@@ -21,7 +21,7 @@ namespace ReaLNative.Engine.Transport;
 /// (<see cref="LocalProcessOf"/>) is one process_vm_readv on the calling thread
 /// (<see cref="UcxTransportOptions.GetByProcessRead"/>): UCX would serve it with software RMA, active
 /// messages that the owner's progress thread answers, and an owner with nothing else to do naps up to
-/// <see cref="UcxTransportOptions.MaxSleep"/> between polls (docs/cost-model.md, "Reads from a napping peer").
+/// <see cref="UcxTransportOptions.MaxSleep"/> between polls (docs/cost-model.md, "Worker processes: compilation and reads").
 /// Deadlines: an operation that misses its deadline is cancelled (ucp_request_cancel; tagged sends
 /// and receives) and, for sends and RMA, the peer is treated as failed: no new operation to it is
 /// accepted and, with <see cref="UcxTransportOptions.PeerFailureDetection"/>, its endpoint is

@@ -42,7 +42,7 @@ internal sealed record UcxTransportOptions
     /// a process_vm_readv on the calling thread instead of UCX's get, which on the shared-memory lanes is software RMA
     /// served by the owner's progress thread: a worker reading a generation's sequences from an idle peer waited for
     /// that peer's nap (up to <see cref="MaxSleep"/>) per read, 8-24 ms per operation with 4 workers on 2 cores
-    /// (docs/cost-model.md, "Reads from a napping peer"). REALN_RMA_GET_PROCESS_READ=0 turns it off.</summary>
+    /// (docs/cost-model.md, "Worker processes: compilation and reads"). REALN_RMA_GET_PROCESS_READ=0 turns it off.</summary>
     public bool GetByProcessRead { get; init; } = true;
 
     /// <summary>What identifies this host to its peers: ranks with equal keys are processes of one

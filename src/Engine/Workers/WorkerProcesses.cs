@@ -53,8 +53,8 @@ internal sealed class WorkerProcesses : IDisposable
                 // thread compiled it again (with profiling instrumentation, then optimized), and that thread
                 // takes a shared host's cores from the workers' compute: ppo-tiny on 2 cores spent 0.4-1.7
                 // core-seconds of its 12-iteration PPO stage compiling (11-28% of the cores), 0.18 against
-                // 0.25-0.28 s per iteration with 4 workers (docs/cost-model.md, "Compilation in worker
-                // processes"). The realn executable is built so (its runtimeconfig); this covers any other
+                // 0.25-0.28 s per iteration with 4 workers (docs/cost-model.md, "Worker processes:
+                // compilation and reads"). The realn executable is built so (its runtimeconfig); this covers any other
                 // host's workers. A value the user set (DOTNET_ or COMPlus_ prefix) is kept.
                 if (!psi.Environment.ContainsKey(TieredCompilationVariable) && !psi.Environment.ContainsKey("COMPlus_TieredCompilation"))
                     psi.Environment[TieredCompilationVariable] = "0";

@@ -1,6 +1,6 @@
 // Worker processes compile the engine's code once, at its first call: no tiered compilation, whose
 // background re-compilation took a shared host's cores from the workers' compute (docs/cost-model.md,
-// "Compilation in worker processes").
+// "Worker processes: compilation and reads").
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
