@@ -401,7 +401,9 @@ internal sealed class WorkerPool : IReplicaHost
         }
         var all = tasks.Concat(data).ToArray();
         var until = DateTime.UtcNow + _options.CallTimeout + TimeSpan.FromSeconds(10);
-        while (!Task.WaitAll(all, TimeSpan.FromMilliseconds(200)))
+        // Task.WaitAll throws once every task ended and one faulted: CheckTasks says which worker (a dead one first).
+        bool Ended() { try { return Task.WaitAll(all, TimeSpan.FromMilliseconds(200)); } catch (AggregateException) { return true; } }
+        while (!Ended())
         {
             CheckTasks();
             CheckHealth(what);
