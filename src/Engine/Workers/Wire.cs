@@ -144,12 +144,14 @@ internal sealed class WireWriter
 
     public WireWriter Output(ShardOutput o) => Ints(o.Ids).Floats(o.Actions).Floats(o.Last);
 
-    public WireWriter Generation((int[] Ids, GenerationResult Result) g)
+    /// <summary>A collecting rank's generation output; without <paramref name="logProbs"/> (the rank
+    /// keeps them, RemoteReplica.KeptGenerate) every sequence's log-probs are written empty.</summary>
+    public WireWriter Generation((int[] Ids, GenerationResult Result) g, bool logProbs = true)
     {
         Ints(g.Ids);
         for (int k = 0; k < g.Ids.Length; k++)
         {
-            Ints(g.Result.NewTokens[k]).Floats(g.Result.LogProbs[k]).Int(g.Result.EndedWithEos[k] ? 1 : 0);
+            Ints(g.Result.NewTokens[k]).Floats(logProbs ? g.Result.LogProbs[k] : []).Int(g.Result.EndedWithEos[k] ? 1 : 0);
             Bytes(g.Result.Masks is { } m ? m[k] : []);
         }
         return this;

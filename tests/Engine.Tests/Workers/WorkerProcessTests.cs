@@ -80,6 +80,7 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             Assert.Equal(want, File.ReadLines(Path.Combine(c, "metrics.jsonl")).Select(Strip));
             long Bytes(System.Text.Json.Nodes.JsonObject s, string k) => (long)s["data_bytes"]![k]!;
             output.WriteLine($"{algorithm}: master sent {Bytes(m, "from_master")} bytes via the master, {Bytes(d, "from_master")} with worker-to-worker data ({Bytes(d, "between_workers")} between workers)");
+            output.WriteLine($"{algorithm}: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
             Assert.True(Bytes(d, "from_master") < Bytes(m, "from_master"));
             // No per-token loss input from the master: grpo 12,472 and remax 12,920 bytes (14,264 and
             // 14,712 while the master sent the advantages, old and reference log-probs).
@@ -109,6 +110,7 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             Assert.Equal(File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip), File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
             long Bytes(System.Text.Json.Nodes.JsonObject s, string k) => (long)s["data_bytes"]![k]!;
             output.WriteLine($"master sent {Bytes(m, "from_master")} bytes via the master, {Bytes(d, "from_master")} with worker-to-worker data ({Bytes(d, "between_workers")} bytes between workers)");
+            output.WriteLine($"master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
             Assert.Equal(0, Bytes(m, "between_workers"));
             Assert.True(Bytes(d, "between_workers") > 0, "no sequence moved between workers");
             // What the master still sends: prompts, per-token gradients of its losses, and the

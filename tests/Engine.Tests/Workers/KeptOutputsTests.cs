@@ -1,0 +1,131 @@
+// Per-action outputs left with the workers (IReplica.KeptGenerate, KeptLogProbs, KeptValues): the
+// collecting ranks keep the generation's log-probs, an inference call's log-probs or values and do
+// not send them; the master's ActionFloats reads them from those ranks on first use (one-sided reads
+// of their registered buffers), bit for bit what the call would have sent, and counted in
+// data_bytes.to_master only then. A read after release fails, and so does a read from a holder
+// that was killed, naming it.
+using System.Diagnostics;
+using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Layout;
+using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Optim;
+using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Workers;
+using Xunit;
+
+namespace ReaLNative.Engine.Tests.Workers;
+
+[Collection("worker processes")]
+public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output)
+{
+    private static readonly LlamaConfig Cfg = LlamaConfig.Preset("tiny");
+
+    private static int[][] Prompts()
+    {
+        var rng = new Random(9);
+        return [.. Enumerable.Range(0, 6).Select(i => Enumerable.Range(0, 2 + i % 3).Select(_ => 3 + rng.Next(20)).ToArray())];
+    }
+
+    private static GenerationOptions Options => new() { MaxNewTokens = 5, Temperature = 1f, EosToken = 2, Seed = 7 };
+
+    private static long ToMaster(WorkerPool pool) => pool.DataBytes!.Value.ToMaster;
+
+    private static bool Same(float[] a, float[] b) => a.AsSpan().SequenceEqual(b);
+
+    /// <summary>
+    /// A generation on workers 0-1 (dp2), the reference's log-probs on 2-3 (pp2) and the critic's
+    /// values on all four (dp2 x tp2), each once as today (outputs sent) and once left with the
+    /// workers: the kept call returns exactly 4 bytes per action fewer to the master, the first read
+    /// fetches exactly those bytes and gives the same bits, a second read fetches nothing; an output
+    /// released unread cannot be read.
+    /// </summary>
+    [Fact]
+    public void KeptOutputsComeBackOnlyWhenReadAndBitForBit()
+    {
+        using var pool = new WorkerPool(4, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+        ParallelLayout gen = new([0, 1], 1, 2, 1), reference = new([2, 3], 2, 1, 1), critic = new([0, 1, 2, 3], 1, 2, 2);
+        var prompts = Prompts();
+        using var actor = pool.Create("actor", Cfg, false, gen, 1, null);
+        actor.Initialise(41);
+
+        long t0 = ToMaster(pool);
+        var sent = actor.Generate(prompts, Options);
+        long t1 = ToMaster(pool);
+        var kept = actor.KeptGenerate(prompts, Options);
+        long t2 = ToMaster(pool);
+        int actions = sent.NewTokens.Sum(t => t.Length);
+        output.WriteLine($"generation: {t1 - t0} bytes back with its log-probs, {t2 - t1} without; {actions} actions");
+        Assert.True(actions > 0);
+        Assert.Equal(t1 - t0 - 4L * actions, t2 - t1);
+        Assert.Equal(sent.NewTokens.Select(t => string.Join(",", t)), kept.NewTokens.Select(t => string.Join(",", t)));
+        var lazy = kept.KeptLogProbs ?? throw new Xunit.Sdk.XunitException("the kept generation has no kept log-probs");
+        Assert.False(lazy.Fetched);
+        Assert.Equal(actions, lazy.Length);
+        Assert.True(Same(sent.LogProbs.SelectMany(x => x).ToArray(), kept.LogProbs.SelectMany(x => x).ToArray()), "generation log-probs");
+        Assert.True(lazy.Fetched);
+        Assert.Equal(t2 + 4L * actions, ToMaster(pool));
+        _ = kept.LogProbs; _ = lazy.Values;
+        Assert.Equal(t2 + 4L * actions, ToMaster(pool));   // fetched once
+
+        var batch = new ScoredBatch([.. Enumerable.Range(0, prompts.Length).Select(kept.Sequence)], [.. prompts.Select(p => p.Length)]) { Source = kept.Source };
+        Assert.Equal(actions, batch.Actions);
+        using (var r = pool.Create("ref", Cfg, false, reference, 2, null))
+        {
+            r.Initialise(43);
+            long a0 = ToMaster(pool);
+            var lp = r.LogProbs(batch, 1f);
+            long a1 = ToMaster(pool);
+            var klp = r.KeptLogProbs(batch, 1f);
+            long a2 = ToMaster(pool);
+            output.WriteLine($"ref log-probs: {a1 - a0} bytes back sent, {a2 - a1} kept");
+            Assert.Equal(a1 - a0 - 4L * actions, a2 - a1);
+            Assert.True(Same(lp, klp.Values), "reference log-probs");
+            Assert.Equal(a2 + 4L * actions, ToMaster(pool));
+            // Released unread: no read, and a later read fails instead of giving zeros.
+            var unread = r.KeptLogProbs(batch, 1f);
+            long a3 = ToMaster(pool);
+            unread.Release();
+            var e = Assert.Throws<InvalidOperationException>(() => unread.Values);
+            Assert.Contains("released", e.Message);
+            Assert.Equal(a3, ToMaster(pool));
+        }
+        using var c = pool.Create("critic", Cfg, true, critic, 2, null);
+        c.Initialise(47);
+        long v0 = ToMaster(pool);
+        var (values, last) = c.Values(batch);
+        long v1 = ToMaster(pool);
+        var (kv, klast) = c.KeptValues(batch);
+        long v2 = ToMaster(pool);
+        output.WriteLine($"critic values: {v1 - v0} bytes back sent, {v2 - v1} kept");
+        Assert.Equal(v1 - v0 - 4L * actions, v2 - v1);
+        Assert.True(Same(last, klast), "last scores");
+        Assert.True(Same(values, kv.Values), "critic values");
+        Assert.Equal(v2 + 4L * actions, ToMaster(pool));
+    }
+
+    /// <summary>The worker that keeps the reference's log-probs (the collecting rank of a pp2 layout)
+    /// is killed before the master reads them: the read fails naming it, well within the deadline.</summary>
+    [Fact]
+    public void AKilledHolderFailsTheReadNamingIt()
+    {
+        using var pool = new WorkerPool(4, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+        ParallelLayout gen = new([0, 1], 1, 2, 1), reference = new([2, 3], 2, 1, 1);
+        var prompts = Prompts();
+        GenerationResult g;
+        using (var actor = pool.Create("actor", Cfg, false, gen, 1, null))
+        {
+            actor.Initialise(41);
+            g = actor.KeptGenerate(prompts, Options);
+        }
+        var batch = new ScoredBatch([.. Enumerable.Range(0, prompts.Length).Select(g.Sequence)], [.. prompts.Select(p => p.Length)]) { Source = g.Source };
+        using var r = pool.Create("ref", Cfg, false, reference, 2, null);
+        r.Initialise(43);
+        var lp = r.KeptLogProbs(batch, 1f);
+        Process.GetProcessById(pool.WorkerPid(3)).Kill();
+        var clock = Stopwatch.StartNew();
+        var e = Assert.Throws<WorkerFailedException>(() => lp.Values);
+        output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s: {e.Message}");
+        Assert.Contains("worker 3", e.Message);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"the read failed after {clock.Elapsed.TotalSeconds:F0} s");
+    }
+}
