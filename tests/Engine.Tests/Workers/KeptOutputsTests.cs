@@ -10,6 +10,11 @@ using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Config;
+using ReaLNative.Planner;
+using PlanCallType = ReaLNative.Planner.CallType;
+using ReaLNative.Engine.Runs;
+using ReaLNative.Engine.Tests.Runs;
 using ReaLNative.Engine.Workers;
 using Xunit;
 
@@ -101,6 +106,68 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
         Assert.True(Same(last, klast), "last scores");
         Assert.True(Same(values, kv.Values), "critic values");
         Assert.Equal(v2 + 4L * actions, ToMaster(pool));
+    }
+
+    private static ExperimentConfig DpoConfig() => ExperimentConfig.Parse("""
+        name: kept-dpo
+        algorithm: dpo
+        seed: 3
+        iterations: 2
+        task: { name: sort-digits, min_len: 3, max_len: 4 }
+        eval: { size: 8, every: 2 }
+        models:
+          actor: { preset: tiny, init: sft }
+          ref:   { preset: tiny, init: sft }
+        batch: { size: 8, prompt_len: 8, gen_len: 6 }
+        stages:
+          - { algorithm: sft, iterations: 6, models: { actor: { preset: tiny, init: random } }, optim: { lr: 3.0e-3 } }
+          - { algorithm: dpo, optim: { lr: 5.0e-4 } }
+        """, Path.GetTempPath());
+
+    private static Plan DpoPlan() => new(1, 4,
+    [
+        PlanExecutionTests.Call("actor_gen", "actor", PlanCallType.Generate, 0, 2, 1, 2, 1, 1),
+        PlanExecutionTests.Call("ref_inf", "ref", PlanCallType.Inference, 2, 2, 2, 1, 1, 2),
+        PlanExecutionTests.Call("actor_train", "actor", PlanCallType.TrainStep, 0, 4, 1, 2, 2, 2),
+    ], null);
+
+    private static string Strip(string line)
+    {
+        var o = System.Text.Json.Nodes.JsonNode.Parse(line)!.AsObject();
+        o.Remove("seconds");
+        return o.ToJsonString();
+    }
+
+    /// <summary>
+    /// DPO reads the reference's log-probs on the master (its loss sums them per sequence there), so
+    /// in worker processes the master fetches the log-probs ref_inf left with its collecting rank:
+    /// the run (metrics, actor) is bit-identical to the in-process plan run and to the worker run whose
+    /// master gets every output with its call (REALN_WORKER_TO_WORKER_DATA=0), and the bytes that came
+    /// back are fewer (the generation's and the evaluation's log-probs never do).
+    /// </summary>
+    [Fact]
+    public void AStageThatReadsAKeptOutputOnTheMasterFetchesItAndTheRunIsUnchanged()
+    {
+        string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir(), c = PlanExecutionTests.TempDir();
+        try
+        {
+            using var inProcess = new Pipeline(DpoConfig(), a, plan: DpoPlan());
+            using var direct = new Pipeline(DpoConfig(), b, plan: DpoPlan(), hosts: WorkerProcessTests.Processes());
+            using var viaMaster = new Pipeline(DpoConfig(), c, plan: DpoPlan(), hosts: WorkerProcessTests.Processes(workerToWorkerData: false));
+            inProcess.Run(resume: false);
+            var d = direct.Run(resume: false);
+            var m = viaMaster.Run(resume: false);
+            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), direct.Model("actor").Parameters.ToArray());
+            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), viaMaster.Model("actor").Parameters.ToArray());
+            var want = File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip).ToList();
+            Assert.Contains(want, l => l.Contains("\"call\":\"actor_train\"") && l.Contains("\"loss\""));
+            Assert.Equal(want, File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
+            Assert.Equal(want, File.ReadLines(Path.Combine(c, "metrics.jsonl")).Select(Strip));
+            long Bytes(System.Text.Json.Nodes.JsonObject s, string k) => (long)s["data_bytes"]![k]!;
+            output.WriteLine($"dpo: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
+            Assert.True(Bytes(d, "to_master") < Bytes(m, "to_master"));
+        }
+        finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
     }
 
     /// <summary>The worker that keeps the reference's log-probs (the collecting rank of a pp2 layout)
