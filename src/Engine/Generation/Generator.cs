@@ -98,7 +98,17 @@ internal sealed class GenerationResult
     /// and did not send them (null: <see cref="LogProbs"/> came with the result).</summary>
     public ActionFloats? KeptLogProbs { get; init; }
     /// <summary>Per sequence, per new token, vocab bytes (1 = allowed); null without filtering.</summary>
-    public byte[][]? Masks { get; init; }
+    public byte[][]? Masks
+    {
+        get => MasksDropped ? throw new InvalidOperationException("the generation's sampling masks were not kept: the workers that generated it sent none (a synchronous run's train calls read no mask)") : _masks;
+        init => _masks = value;
+    }
+
+    private byte[][]? _masks;
+
+    /// <summary>The sampling masks (a filtered generation's) were neither sent nor kept by the workers
+    /// (RemoteReplica.KeptGenerate): reading <see cref="Masks"/> fails.</summary>
+    public bool MasksDropped { get; init; }
     /// <summary>Whether each sequence stopped at EOS (else at max_new_tokens).</summary>
     public required bool[] EndedWithEos { get; init; }
     /// <summary>Prompt tokens that went through a prefill (fewer than all prompt tokens when

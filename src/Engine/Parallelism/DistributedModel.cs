@@ -240,7 +240,8 @@ internal interface IReplica : IDisposable
         var (a, l) = Values(batch);
         return (ActionFloats.Here(a), l);
     }
-    /// <summary>As <see cref="Generate"/>, leaving the log-probs with the workers as <see cref="KeptLogProbs"/> does.</summary>
+    /// <summary>As <see cref="Generate"/>, leaving the log-probs with the workers as <see cref="KeptLogProbs"/> does. A filtered generation's sampling masks are
+    /// then not sent at all (the result's Masks fails: a synchronous run reads none).</summary>
     GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt);
     void BackwardLogProbs(ScoredBatch batch, float temperature, float[] dActionLogp);
     void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores);

@@ -24,7 +24,8 @@ internal interface IModelCalls
         var (a, l) = Values(b);
         return (ActionFloats.Here(a), l);
     }
-    /// <summary>As <see cref="Generate"/>, the log-probs kept as <see cref="KeptLogProbs"/> keeps them.</summary>
+    /// <summary>As <see cref="Generate"/>, the log-probs kept as <see cref="KeptLogProbs"/> keeps them. A filtered generation's sampling masks are
+    /// then not sent at all (the result's Masks fails: a synchronous run reads none).</summary>
     GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt);
     /// <summary>Zeroes the gradients, then backward of sum_k d[k] * logp(action k).</summary>
     void BackwardLogProbs(ScoredBatch b, float temperature, float[] dActionLogp);

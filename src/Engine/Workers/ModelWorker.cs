@@ -846,7 +846,7 @@ internal sealed unsafe class ModelWorker : IDisposable
                 if ((string?)j["keep_as"] is { } key && g is { } kept) descriptor = Keep(key, kept.Ids, prompts, kept.Result);
                 bool lazy = j["lazy"]?.GetValue<bool>() == true;
                 if (lazy && j["keep_as"] is null) throw new ArgumentException($"{op}: 'lazy' without 'keep_as': the log-probs would be neither sent nor kept");
-                Output(j, r, g is { } x ? w => w.Generation(x, logProbs: !lazy) : null, op);
+                Output(j, r, g is { } x ? w => w.Generation(x, perToken: !lazy) : null, op);
                 break;
             }
             default:

@@ -608,7 +608,9 @@ internal sealed unsafe class RemoteReplica : IReplica
     public GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt, leave: true);
 
     /// <summary>A generation; with <paramref name="leave"/>, when the workers keep the sequences, the
-    /// collecting ranks do not send the log-probs either (the result's KeptLogProbs reads them on first use).</summary>
+    /// collecting ranks do not send the log-probs either (the result's KeptLogProbs reads them on first
+    /// use), nor a filtered generation's sampling masks (vocab bytes per token, which a synchronous
+    /// run's train calls do not read: its batch's logits_mask is empty; the result's Masks then fails).</summary>
     private GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt, bool leave)
     {
         var args = new JsonObject { ["gen"] = WireJson.Generation(opt) };
@@ -662,7 +664,7 @@ internal sealed unsafe class RemoteReplica : IReplica
             for (int i = 0; i < prompts.Count; i++) cu[i + 1] = cu[i] + m.NewTokens[i].Length;
             return new GenerationResult
             {
-                Prompts = m.Prompts, NewTokens = m.NewTokens, LogProbs = null!, Masks = m.Masks, EndedWithEos = m.EndedWithEos,
+                Prompts = m.Prompts, NewTokens = m.NewTokens, LogProbs = null!, Masks = null, MasksDropped = opt.Filters, EndedWithEos = m.EndedWithEos,
                 PrefilledTokens = m.PrefilledTokens, Steps = m.Steps, Source = source,
                 KeptLogProbs = Left(kept, source.Ids, cu, $"{_name} generation log-probs of batch {key}"),
             };

@@ -72,6 +72,21 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
         _ = kept.LogProbs; _ = lazy.Values;
         Assert.Equal(t2 + 4L * actions, ToMaster(pool));   // fetched once
 
+        // A filtered generation (top-k) sends a vocab-byte sampling mask per token too: left out as well.
+        var topK = Options with { TopK = 5 };
+        long f0 = ToMaster(pool);
+        var fs = actor.Generate(prompts, topK);
+        long f1 = ToMaster(pool);
+        var fk = actor.KeptGenerate(prompts, topK);
+        long f2 = ToMaster(pool);
+        int fa = fs.NewTokens.Sum(t => t.Length);
+        output.WriteLine($"top-k generation: {f1 - f0} bytes back with log-probs and masks, {f2 - f1} without; {fa} actions, vocab {Cfg.Vocab}");
+        Assert.Equal(f1 - f0 - (4L + Cfg.Vocab) * fa, f2 - f1);
+        Assert.Equal((long)Cfg.Vocab * fa, fs.Masks!.Sum(m => (long)m.Length));
+        Assert.Throws<InvalidOperationException>(() => fk.Masks);
+        Assert.True(Same(fs.LogProbs.SelectMany(x => x).ToArray(), fk.KeptLogProbs!.Values), "top-k generation log-probs");
+        fk.KeptLogProbs.Release();
+
         var batch = new ScoredBatch([.. Enumerable.Range(0, prompts.Length).Select(kept.Sequence)], [.. prompts.Select(p => p.Length)]) { Source = kept.Source };
         Assert.Equal(actions, batch.Actions);
         using (var r = pool.Create("ref", Cfg, false, reference, 2, null))
