@@ -20,6 +20,8 @@ public enum Precision { Bf16, Fp32 }
 /// <c>inter_node_latency_us</c> (base time of one collective or message across nodes), <c>host_bandwidth_gbps</c>
 /// (device-host copies for offload). Optional: <c>reserved_memory_gib</c> (runtime/fragmentation reserve, default 0),
 /// <c>gemm_half_dim</c> (GEMM dimension at which efficiency per dimension halves, default 128),
+/// <c>gemm_max_efficiency</c> (the share of peak no GEMM exceeds, the measured plateau of large layer-shaped GEMMs;
+/// default none: the shape factor alone),
 /// <c>attention_efficiency</c> (share of peak of fused attention at long sequences, default compute_efficiency),
 /// <c>attention_half_seq</c> (sequence length at which it halves, default 256),
 /// <c>memory_efficiency</c> (share of memory_bandwidth_gbps a streaming kernel reaches, default 1),
@@ -54,6 +56,8 @@ public sealed record ClusterSpec
     public double ReservedMemoryBytes { get; init; }
     /// <summary>GEMM dimension d at which the per-dimension efficiency factor d/(d+half) is 1/2.</summary>
     public double GemmHalfDim { get; init; } = 128;
+    /// <summary>The share of peak no GEMM exceeds (a measured plateau); null: no cap beyond the shape factor.</summary>
+    public double? GemmMaxEfficiency { get; init; }
     /// <summary>Share of peak a fused (flash) attention kernel reaches at long sequences.</summary>
     public double AttentionEfficiency { get; init; } = 0.5;
     /// <summary>Sequence length at which attention efficiency is half of <see cref="AttentionEfficiency"/>.</summary>
@@ -95,8 +99,9 @@ public sealed record ClusterSpec
     public ClusterSpec ForPrecision(Precision precision)
     {
         string key = precision == Precision.Bf16 ? "peak_tflops_bf16" : "peak_tflops_fp32";
-        if (PeakFlopsByPrecision.TryGetValue(precision, out double peak)) return this with { Precision = precision, PeakFlops = peak };
-        if (precision == Precision) return this;
+        if (precision == Precision) return PeakFlopsByPrecision.TryGetValue(precision, out double own) ? this with { PeakFlops = own } : this;
+        // the GEMM plateau was measured in the spec's precision: another precision's peak has no measured cap
+        if (PeakFlopsByPrecision.TryGetValue(precision, out double peak)) return this with { Precision = precision, PeakFlops = peak, GemmMaxEfficiency = null };
         throw new PlannerException($"cluster.{key}: missing; the experiment's precision is {key[^4..]} and the spec's peak_tflops is for {(Precision == Precision.Bf16 ? "bf16" : "fp32")}");
     }
 
@@ -121,7 +126,7 @@ public sealed record ClusterSpec
         var known = new HashSet<string> { "name", "nodes", "devices_per_node", "device_memory_gib", "precision", "peak_tflops",
             "compute_efficiency", "memory_bandwidth_gbps", "intra_node_bandwidth_gbps", "intra_node_latency_us",
             "inter_node_bandwidth_gbps", "inter_node_latency_us", "host_bandwidth_gbps", "reserved_memory_gib", "description",
-            "gemm_half_dim", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel", "shared_host", "worker_round_trip_us", "worker_compute_slowdown", "train_step_overhead_us",
+            "gemm_half_dim", "gemm_max_efficiency", "attention_efficiency", "attention_half_seq", "memory_efficiency", "kernel_launch_us", "layer_overhead_us", "attention_kernel", "shared_host", "worker_round_trip_us", "worker_compute_slowdown", "train_step_overhead_us",
             "peak_tflops_bf16", "peak_tflops_fp32" };
         foreach (var k in map.Children.Keys)
             if (!known.Contains(k.ToString())) throw new PlannerException($"cluster.{k}: unknown key in {source} (known: {string.Join(", ", known.Order())})");
@@ -154,6 +159,7 @@ public sealed record ClusterSpec
             HostBandwidth = r.Double("host_bandwidth_gbps", 0.001, 1e6) * 1e9,
             ReservedMemoryBytes = r.OptDouble("reserved_memory_gib", 0, 1e6, 0) * Units.GiB,
             GemmHalfDim = r.OptDouble("gemm_half_dim", 0, 1e6, 128),
+            GemmMaxEfficiency = r.Get("gemm_max_efficiency") is null ? null : r.Double("gemm_max_efficiency", 0.01, 1.0),
             AttentionEfficiency = r.OptDouble("attention_efficiency", 0.01, 1.0, eff),
             AttentionHalfSeq = r.OptDouble("attention_half_seq", 0, 1e7, 256),
             MemoryEfficiency = r.OptDouble("memory_efficiency", 0.01, 1.0, 1.0),

@@ -71,7 +71,7 @@ public sealed class Estimator
     public ClusterSpec Cluster { get; }
     public Experiment Experiment { get; }
     public ProfileData? Profile { get; }
-    private readonly double _gemm, _membw, _workerSlowdown;
+    private readonly double _gemm, _gemmCap, _membw, _workerSlowdown;
     // master-worker round trips by operation (seconds): the spec's (or the profile's mean) figure for each, unless the
     // profile measured them by kind for this many worker processes
     private readonly double _rtGenerate, _rtForward, _rtBackward;
@@ -116,6 +116,8 @@ public sealed class Estimator
             _rtBackwardAlone = alone.BackwardUs * 1e-6 ?? mean;
         }
         _gemm = profile?.GemmGflops is { } g ? g * 1e9 / _hostShare : cluster.PeakFlops * cluster.ComputeEfficiency;
+        // the measured plateau of large GEMMs caps the shape factor's rise (a profile's GEMM rate is its own measurement)
+        _gemmCap = profile?.GemmGflops is null && cluster.GemmMaxEfficiency is { } cap ? cluster.PeakFlops * cap : double.PositiveInfinity;
         _membw = (profile?.MemcpyGbps is { } m ? m * 1e9 : cluster.MemoryBandwidth * cluster.MemoryEfficiency)
             / (cluster.SharedHost ? cluster.DevicesPerNode : 1); // cores of one host share its memory bandwidth
         _eb = cluster.ElementBytes;
@@ -151,11 +153,12 @@ public sealed class Estimator
     private double Sat(double d) => d / (d + Cluster.GemmHalfDim);
 
     /// <summary>One GEMM (M x K) * (K x N): the slower of compute at shape-dependent efficiency
-    /// (large-GEMM throughput x d/(d+half) per dimension) and reading/writing its operands, at least a launch.</summary>
+    /// (large-GEMM throughput x d/(d+half) per dimension, at most the measured plateau <c>gemm_max_efficiency</c>)
+    /// and reading/writing its operands, at least a launch.</summary>
     public double Gemm(double m, double n, double k)
     {
         if (m <= 0 || n <= 0 || k <= 0) return 0;
-        double compute = 2 * m * n * k / (_gemm * Sat(m) * Sat(n) * Sat(k));
+        double compute = 2 * m * n * k / Math.Min(_gemm * Sat(m) * Sat(n) * Sat(k), _gemmCap);
         double memory = (m * k + k * n + m * n) * _eb / _membw;
         return Math.Max(Math.Max(compute, memory), Cluster.KernelLaunch);
     }

@@ -26,6 +26,7 @@ public class InputTests
     [InlineData("devices_per_node: 8", "devices_per_node: 6", "cluster.devices_per_node: 6 is not a power of two")]
     [InlineData("precision: bf16", "precision: fp8", "cluster.precision: 'fp8' is not one of")]
     [InlineData("peak_tflops: 989", "peak_tflops: fast", "cluster.peak_tflops: 'fast' is not a finite number")]
+    [InlineData("host_bandwidth_gbps: 50", "host_bandwidth_gbps: 50\ngemm_max_efficiency: 1.2", "cluster.gemm_max_efficiency: 1.2 is out of range")]
     [InlineData("nodes: 1\n", "", "cluster.nodes: missing")]
     [InlineData("host_bandwidth_gbps: 50", "host_bandwidth_gbps: 50\nbogus: 1", "cluster.bogus: unknown key")]
     [InlineData("nodes: 1", "nodes: [1", "YAML syntax error")]

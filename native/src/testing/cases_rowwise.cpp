@@ -5,6 +5,7 @@
 // and re-evaluate only the part of the loss it touches: exact FD, affordable at real sizes.
 // Large logits rows sample their FD entries (every label entry plus random ones).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "harness.hpp"
@@ -232,6 +233,45 @@ Outcome rotary_fwd_case(Env& env, int64_t tokens, int64_t heads, int64_t hd, int
         o.note = a.note + b.note + c.note;
     }
     return o;
+}
+
+// Packed sequences that all start at position 0 repeat positions, so the CPU kernel computes a cos/sin row per
+// position instead of per token: the whole call must give the same bits as the same tokens one call each (per-token
+// rows), forward and inverse, for the theta table and a scaled one.
+Outcome rotary_rows_case(Env& env, int64_t tokens, int64_t heads, int64_t hd, int64_t rot, bool scaled) {
+    Rng& r = env.rng();
+    auto x = r.uniform_vec(tokens * heads * hd);
+    auto pos = packed_positions(r, tokens, 0);
+    const auto table = scaled ? scaled_table(r, rot, 10000.0) : theta_table(rot, 10000.0);
+    const int64_t row = heads * hd;
+    double worst_diff = 0.0;
+    std::string note;
+    for (bool inverse : {false, true}) {
+        auto run = [&](const float* xs, const int32_t* ps, int64_t n) {
+            float* dx = env.upload(std::vector<float>(xs, xs + n * row));
+            float* dy = static_cast<float*>(env.alloc(n * row * 4));
+            int32_t* dp = env.upload(std::vector<int32_t>(ps, ps + n));
+            if (inverse)
+                Env::check(realn_op_rotary_freqs_bwd(env.stream(), REALN_DTYPE_F32, dx, dp, dy, n, heads, hd, rot, table.data()));
+            else
+                Env::check(realn_op_rotary_freqs_fwd(env.stream(), REALN_DTYPE_F32, dx, dp, dy, n, heads, hd, rot, table.data()));
+            return env.download(dy, n * row);
+        };
+        const auto whole = run(x.data(), pos.data(), tokens);
+        for (int64_t t = 0; t < tokens; ++t) {
+            const auto one = run(x.data() + t * row, pos.data() + t, 1);
+            for (int64_t j = 0; j < row; ++j) {
+                const float a = whole[t * row + j], b = one[j];
+                if (std::memcmp(&a, &b, sizeof a) != 0) {
+                    worst_diff = std::max(worst_diff, std::abs(double(a) - b) / std::max(1e-30, std::abs(double(b))) + 1e-30);
+                    if (note.empty())
+                        note = concat_shape(inverse ? "inverse" : "forward", ": token ", t, " (position ", pos[t], ") element ", j,
+                                            " differs from its one-token call");
+                }
+            }
+        }
+    }
+    return {worst_diff, note};
 }
 
 Outcome rotary_bwd_case(Env& env, int64_t tokens, int64_t heads, int64_t hd, int64_t rot,
@@ -578,6 +618,11 @@ void add_rowwise_cases() {
                   [=](Env& e) { return rotary_fwd_case(e, c.t, c.h, c.hd, c.rot, c.theta, c.start, c.inplace, true); }});
         add_case({"rotary_freqs_bwd", shape + " scaled table", kTolGrad,
                   [=](Env& e) { return rotary_bwd_case(e, c.t, c.h, c.hd, c.rot, c.theta, c.start, c.inplace, true); }});
+    }
+    for (auto [t, h, hd, rot, scaled] : {std::tuple{96, 3, 16, 16, false}, std::tuple{160, 2, 24, 16, true}}) {
+        add_case({"rotary_fwd", concat_shape("tokens=", t, " heads=", h, " head_dim=", hd, " rot=", rot,
+                                             " sequences from 0, whole call = one call per token", scaled ? ", scaled table" : ""),
+                  0.0, [=](Env& e) { return rotary_rows_case(e, t, h, hd, rot, scaled); }});
     }
     // swiglu: (rows, cols, fused gate|up layout).
     for (auto [rows, cols, fused] : {std::tuple{1, 1, false}, std::tuple{7, 33, true}, std::tuple{5, 19, false},

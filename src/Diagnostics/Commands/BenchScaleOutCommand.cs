@@ -121,7 +121,7 @@ public static class BenchScaleOutCommand
             ["processes"] = processes, ["run_seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 1),
             ["cores"] = Environment.ProcessorCount, ["run"] = run,
         };
-        // Call inputs the master sent and sequences the workers read from each other (summary.json's data_bytes).
+        // Call inputs the master sent, sequences and outputs the workers read from each other, call outputs the master received (summary.json's data_bytes).
         if (summary["data_bytes"] is JsonObject data) result["data_bytes"] = data.DeepClone();
         if (json)
         {
@@ -135,7 +135,7 @@ public static class BenchScaleOutCommand
         Console.WriteLine("(a worker's peak RSS counts the pages of other workers' shards it maps to reallocate out of them: shared memory, held once by their owner)");
         Console.WriteLine($"master peak RSS / models' state: {(double)result["master_of_reference"]!:F3} (goal < 0.1); run {result["run_seconds"]} s");
         if (result["data_bytes"] is JsonObject d)
-            Console.WriteLine($"call inputs: {(long)d["from_master"]!} bytes from the master, {(long)d["between_workers"]!} bytes read worker to worker");
+            Console.WriteLine($"call inputs: {(long)d["from_master"]!} bytes from the master, {(long)d["between_workers"]!} bytes read worker to worker; call outputs: {(long?)d["to_master"] ?? 0} bytes to the master");
         return 0;
     }
 

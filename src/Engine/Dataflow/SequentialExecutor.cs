@@ -22,12 +22,43 @@ internal sealed class SampleBatch
             if (!_data.TryAdd(key, value)) throw new InvalidOperationException($"key '{key}' is already set in this iteration");
     }
 
+    /// <summary>The value of <paramref name="key"/>. A per-action output (<see cref="Model.ActionFloats"/>,
+    /// which may stay on the worker processes) reads as float[] (fetched on first read) and a float[]
+    /// as an ActionFloats (the same one on every read).</summary>
     public T Get<T>(string key) where T : class
     {
         object? v;
         lock (_gate)
+        {
             if (!_data.TryGetValue(key, out v)) throw new KeyNotFoundException($"key '{key}' is not in this iteration's batch");
+            if (typeof(T) == typeof(Model.ActionFloats) && v is float[] f) _data[key] = v = Model.ActionFloats.Here(f);
+        }
+        if (typeof(T) == typeof(float[]) && v is Model.ActionFloats a) return (T)(object)a.Values;
         return v as T ?? throw new InvalidCastException($"key '{key}' holds {v.GetType().Name}, not {typeof(T).Name}");
+    }
+
+    /// <summary>Runs <paramref name="action"/> when the iteration is over (<see cref="Release"/>).</summary>
+    public void OnRelease(Action action)
+    {
+        lock (_gate) _onRelease.Add(action);
+    }
+
+    private readonly List<Action> _onRelease = [];
+
+    /// <summary>The iteration is over: the per-action outputs the workers keep (<see cref="Model.ActionFloats"/>)
+    /// will not be read any more (a later read fails), and what handlers registered with <see cref="OnRelease"/> runs.</summary>
+    public void Release()
+    {
+        List<Action> actions;
+        List<Model.ActionFloats> outputs;
+        lock (_gate)
+        {
+            actions = [.. _onRelease];
+            _onRelease.Clear();
+            outputs = [.. _data.Values.OfType<Model.ActionFloats>()];
+        }
+        foreach (var o in outputs) o.Release();
+        foreach (var a in actions) a();
     }
 }
 

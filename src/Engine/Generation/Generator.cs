@@ -76,10 +76,39 @@ internal sealed class GenerationResult
     public required int[][] Prompts { get; init; }
     /// <summary>Generated tokens per sequence (EOS included when hit).</summary>
     public required int[][] NewTokens { get; init; }
-    /// <summary>Log-prob of each new token under the (tempered, filtered) sampling distribution.</summary>
-    public required float[][] LogProbs { get; init; }
+    private float[][]? _logProbs;
+
+    /// <summary>Log-prob of each new token under the (tempered, filtered) sampling distribution
+    /// (when the workers keep them, <see cref="KeptLogProbs"/>: fetched from them on first read).</summary>
+    public required float[][] LogProbs
+    {
+        get
+        {
+            if (_logProbs is { } l) return l;
+            var flat = (KeptLogProbs ?? throw new InvalidOperationException("generation result without log-probs")).Values;
+            var split = new float[NewTokens.Length][];
+            int at = 0;
+            for (int i = 0; i < split.Length; i++) { split[i] = flat.AsSpan(at, NewTokens[i].Length).ToArray(); at += NewTokens[i].Length; }
+            return _logProbs = split;
+        }
+        init => _logProbs = value;
+    }
+
+    /// <summary>The log-probs, flattened sequence by sequence, when the generating workers keep them
+    /// and did not send them (null: <see cref="LogProbs"/> came with the result).</summary>
+    public ActionFloats? KeptLogProbs { get; init; }
     /// <summary>Per sequence, per new token, vocab bytes (1 = allowed); null without filtering.</summary>
-    public byte[][]? Masks { get; init; }
+    public byte[][]? Masks
+    {
+        get => MasksDropped ? throw new InvalidOperationException("the generation's sampling masks were not kept: the workers that generated it sent none (a synchronous run's train calls read no mask)") : _masks;
+        init => _masks = value;
+    }
+
+    private byte[][]? _masks;
+
+    /// <summary>The sampling masks (a filtered generation's) were neither sent nor kept by the workers
+    /// (RemoteReplica.KeptGenerate): reading <see cref="Masks"/> fails.</summary>
+    public bool MasksDropped { get; init; }
     /// <summary>Whether each sequence stopped at EOS (else at max_new_tokens).</summary>
     public required bool[] EndedWithEos { get; init; }
     /// <summary>Prompt tokens that went through a prefill (fewer than all prompt tokens when

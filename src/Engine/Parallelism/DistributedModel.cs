@@ -231,6 +231,18 @@ internal interface IReplica : IDisposable
 
     float[] LogProbs(ScoredBatch batch, float temperature);
     (float[] ActionValues, float[] LastScores) Values(ScoredBatch batch);
+    /// <summary>As <see cref="LogProbs"/>, for a batch a synchronous run consumes on-policy: a replica
+    /// in worker processes leaves the log-probs of a batch its workers hold with them (fetched on first read).</summary>
+    ActionFloats KeptLogProbs(ScoredBatch batch, float temperature) => ActionFloats.Here(LogProbs(batch, temperature));
+    /// <summary>As <see cref="Values"/>, leaving the per-action values with the workers as <see cref="KeptLogProbs"/> does.</summary>
+    (ActionFloats ActionValues, float[] LastScores) KeptValues(ScoredBatch batch)
+    {
+        var (a, l) = Values(batch);
+        return (ActionFloats.Here(a), l);
+    }
+    /// <summary>As <see cref="Generate"/>, leaving the log-probs with the workers as <see cref="KeptLogProbs"/> does. A filtered generation's sampling masks are
+    /// then not sent at all (the result's Masks fails: a synchronous run reads none).</summary>
+    GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt);
     void BackwardLogProbs(ScoredBatch batch, float temperature, float[] dActionLogp);
     void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores);
     double SftStep(ScoredBatch batch);

@@ -26,7 +26,8 @@ internal interface IReplicaHost : IDisposable
     /// for in-process devices.</summary>
     IReadOnlyList<long>? WorkerPeerMappedBytes() => null;
 
-    /// <summary>Bytes of call inputs the master sent to worker processes, and bytes of sequences the
-    /// workers moved between themselves (Workers/ResidentBatches.cs); null for in-process devices.</summary>
-    (long FromMaster, long BetweenWorkers)? DataBytes => null;
+    /// <summary>Bytes of call inputs the master sent to worker processes, bytes of sequences and
+    /// outputs the workers moved between themselves (Workers/ResidentBatches.cs), and bytes of call
+    /// outputs the master received from them; null for in-process devices.</summary>
+    (long FromMaster, long BetweenWorkers, long ToMaster)? DataBytes => null;
 }

@@ -7,6 +7,7 @@
 // each sequence's recurrence serially in double whatever the thread count, and the whitening's
 // sums run over the whole array in rollout order.
 using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Model;
 using ReaLNative.Interop;
 
 namespace ReaLNative.Engine.Parallelism;
@@ -125,14 +126,16 @@ internal static unsafe class RolloutAdvantages
 /// resident on its workers and has the loss ranks compute them there (Workers/RemoteReplica): the
 /// master then never computes them, and <see cref="Kl"/> comes back from the workers (the same bits).
 /// </summary>
-internal abstract class DerivedLossInputs(float[] logProbs, float[] refLogProbs, int[] actionCu)
+internal abstract class DerivedLossInputs(ActionFloats logProbs, ActionFloats refLogProbs, int[] actionCu)
 {
     private readonly Lock _gate = new();
     private (float[] Adv, float[] Ret, double Kl)? _result;
     private double? _kl;
 
-    public float[] LogProbs { get; } = logProbs;
-    public float[] RefLogProbs { get; } = refLogProbs;
+    /// <summary>The generation's and the reference's log-probs: under worker processes possibly
+    /// kept by the workers only (read on the master only when it computes <see cref="Result"/>).</summary>
+    public ActionFloats LogProbs { get; } = logProbs;
+    public ActionFloats RefLogProbs { get; } = refLogProbs;
     public int[] ActionCu { get; } = actionCu;
     /// <summary>Where the rollout's sequences live (its store ids, in rollout order), when workers keep them.</summary>
     public Model.BatchSource? Source { get; init; }
@@ -193,17 +196,17 @@ internal abstract class DerivedLossInputs(float[] logProbs, float[] refLogProbs,
 
 /// <summary>PPO's advantages and returns (<see cref="RolloutAdvantages.Ppo"/>) from the critic's
 /// values, the shaped sequence scores and the EOS flags besides the log-probs.</summary>
-internal sealed class PpoAdvantageInputs(float[] logProbs, float[] refLogProbs, float[] values, float[] scores, bool[] endedWithEos, int[] actionCu,
+internal sealed class PpoAdvantageInputs(ActionFloats logProbs, ActionFloats refLogProbs, ActionFloats values, float[] scores, bool[] endedWithEos, int[] actionCu,
                                          PpoConfig ppo, NativeStream masterStream) : DerivedLossInputs(logProbs, refLogProbs, actionCu)
 {
-    public float[] Values { get; } = values;
+    public ActionFloats Values { get; } = values;
     /// <summary>Per-sequence scores after shaping (the overlong penalty), one per sequence.</summary>
     public float[] Scores { get; } = scores;
     public bool[] EndedWithEos { get; } = endedWithEos;
     public PpoConfig Ppo { get; } = ppo;
 
     protected override (float[] Adv, float[] Ret, double Kl) Compute() =>
-        RolloutAdvantages.Ppo(masterStream, LogProbs, RefLogProbs, Values, Scores, EndedWithEos, ActionCu, Ppo);
+        RolloutAdvantages.Ppo(masterStream, LogProbs.Values, RefLogProbs.Values, Values.Values, Scores, EndedWithEos, ActionCu, Ppo);
 
     public override void Check()
     {
@@ -216,13 +219,13 @@ internal sealed class PpoAdvantageInputs(float[] logProbs, float[] refLogProbs, 
 
 /// <summary>The critic-free algorithms' inputs (GRPO, RLOO, ReMax): one advantage per sequence
 /// (computed from the sequence rewards, Algorithms/CriticFreeAlgorithm), spread over its actions.</summary>
-internal sealed class SequenceAdvantageInputs(float[] logProbs, float[] refLogProbs, float[] sequenceAdvantages, int[] actionCu)
+internal sealed class SequenceAdvantageInputs(ActionFloats logProbs, ActionFloats refLogProbs, float[] sequenceAdvantages, int[] actionCu)
     : DerivedLossInputs(logProbs, refLogProbs, actionCu)
 {
     public float[] SequenceAdvantages { get; } = sequenceAdvantages;
 
     protected override (float[] Adv, float[] Ret, double Kl) Compute() =>
-        (RolloutAdvantages.TokenAdvantages(SequenceAdvantages, ActionCu), [], RolloutAdvantages.MeanKl(LogProbs, RefLogProbs, Sequences));
+        (RolloutAdvantages.TokenAdvantages(SequenceAdvantages, ActionCu), [], RolloutAdvantages.MeanKl(LogProbs.Values, RefLogProbs.Values, Sequences));
 
     public override void Check()
     {

@@ -47,15 +47,18 @@ internal sealed record PolicyLossOptions(double ClipLow, double ClipHigh, string
 /// log-probs of the decoupled objective (empty: none), the reference's (empty: no k3 term), and
 /// which sequences train. One object per call: a worker replica sends each minibatch's part of it
 /// once, to the ranks that compute the loss, and they keep it for the later epochs.</summary>
-internal sealed class PolicyLossInputs(float[]? advantages, float[] ratioBase, float[] behaviour, float[] reference, bool[] keep, PolicyLossOptions options)
+internal sealed class PolicyLossInputs(float[]? advantages, ActionFloats ratioBase, float[] behaviour, ActionFloats reference, bool[] keep, PolicyLossOptions options)
 {
     private readonly float[]? _advantages = advantages;
+
+    public PolicyLossInputs(float[]? advantages, float[] ratioBase, float[] behaviour, float[] reference, bool[] keep, PolicyLossOptions options)
+        : this(advantages, ActionFloats.Here(ratioBase), behaviour, ActionFloats.Here(reference), keep, options) { }
 
     /// <summary>PPO's on-policy inputs: the advantages derived from <paramref name="derived"/>
     /// (computed on the master only when read: a worker replica may have its loss ranks derive them
     /// from resident inference outputs instead), the ratio base the generation's log-probs.</summary>
     public static PolicyLossInputs FromPpo(PpoAdvantageInputs derived, bool[] keep, PolicyLossOptions options) =>
-        new(null, derived.LogProbs, [], [], keep, options) { Derived = derived };
+        new(null, derived.LogProbs, [], ActionFloats.Here([]), keep, options) { Derived = derived };
 
     /// <summary>The critic-free algorithms' on-policy inputs: the advantages spread from
     /// <paramref name="derived"/>'s per-sequence ones (as <see cref="FromPpo"/>, computed on the master
@@ -68,9 +71,13 @@ internal sealed class PolicyLossInputs(float[]? advantages, float[] ratioBase, f
     public float[] Advantages => _advantages ?? Derived!.Result.Adv;
     /// <summary>The call's actions (without computing derived advantages).</summary>
     public int Actions => _advantages?.Length ?? Derived!.Actions;
-    public float[] RatioBase { get; } = ratioBase;
+    /// <summary>The ratio base (read on the master only where it sends the loss inputs itself: it may be kept by the workers).</summary>
+    public float[] RatioBase => RatioBaseOutput.Values;
+    public ActionFloats RatioBaseOutput { get; } = ratioBase;
     public float[] Behaviour { get; } = behaviour;
-    public float[] Ref { get; } = reference;
+    /// <summary>The reference's log-probs (as <see cref="RatioBase"/>); empty: no k3 term.</summary>
+    public float[] Ref => RefOutput.Values;
+    public ActionFloats RefOutput { get; } = reference;
     public bool[] Keep { get; } = keep;
     public PolicyLossOptions Options { get; } = options;
 
@@ -79,10 +86,10 @@ internal sealed class PolicyLossInputs(float[]? advantages, float[] ratioBase, f
     public void Check(int actions)
     {
         Options.Check();
-        if (Actions != actions || RatioBase.Length != actions)
-            throw new ArgumentException($"policy loss inputs: {Actions} advantages and {RatioBase.Length} ratio bases for {actions} actions");
+        if (Actions != actions || RatioBaseOutput.Length != actions)
+            throw new ArgumentException($"policy loss inputs: {Actions} advantages and {RatioBaseOutput.Length} ratio bases for {actions} actions");
         if (Behaviour.Length is var b && b != 0 && b != actions) throw new ArgumentException($"policy loss inputs: {b} behaviour log-probs for {actions} actions");
-        if (Ref.Length is var r && r != 0 && r != actions) throw new ArgumentException($"policy loss inputs: {r} reference log-probs for {actions} actions");
+        if (RefOutput.Length is var r && r != 0 && r != actions) throw new ArgumentException($"policy loss inputs: {r} reference log-probs for {actions} actions");
     }
 
     /// <summary>Checks the inputs and a minibatch of the call (sequences from <paramref name="s0"/>,
@@ -99,9 +106,11 @@ internal sealed class PolicyLossInputs(float[]? advantages, float[] ratioBase, f
 
 /// <summary>The per-token inputs of a train call's clipped value loss over its whole rollout:
 /// the critic's values at inference and the returns.</summary>
-internal sealed class ValueLossInputs(float[] oldValues, float[]? returns, double clipEps)
+internal sealed class ValueLossInputs(ActionFloats oldValues, float[]? returns, double clipEps)
 {
     private readonly float[]? _returns = returns;
+
+    public ValueLossInputs(float[] oldValues, float[]? returns, double clipEps) : this(ActionFloats.Here(oldValues), returns, clipEps) { }
 
     /// <summary>PPO's inputs: the critic's inference values, the returns derived from
     /// <paramref name="derived"/> (as <see cref="PolicyLossInputs.FromPpo"/>).</summary>
@@ -109,23 +118,25 @@ internal sealed class ValueLossInputs(float[] oldValues, float[]? returns, doubl
 
     /// <summary>What the returns derive from (PPO), or null: they were given.</summary>
     public PpoAdvantageInputs? Derived { get; private init; }
-    public float[] OldValues { get; } = oldValues;
+    /// <summary>The critic's inference values (as <see cref="PolicyLossInputs.RatioBase"/>: possibly kept by the workers).</summary>
+    public float[] OldValues => OldValuesOutput.Values;
+    public ActionFloats OldValuesOutput { get; } = oldValues;
     public float[] Returns => _returns ?? Derived!.Result.Ret;
     public double ClipEps { get; } = clipEps;
 
     public void Check(int actions)
     {
         int returns = _returns?.Length ?? Derived!.Actions;
-        if (OldValues.Length != actions || returns != actions)
-            throw new ArgumentException($"value loss inputs: {OldValues.Length} old values and {returns} returns for {actions} actions");
+        if (OldValuesOutput.Length != actions || returns != actions)
+            throw new ArgumentException($"value loss inputs: {OldValuesOutput.Length} old values and {returns} returns for {actions} actions");
     }
 
     /// <summary>Checks the inputs and a minibatch of the call (actions from <paramref name="a0"/>).</summary>
     public void CheckMinibatch(ScoredBatch batch, int a0)
     {
-        Check(OldValues.Length);
-        if (a0 < 0 || a0 + batch.Actions > OldValues.Length)
-            throw new ArgumentException($"value step: actions [{a0}, +{batch.Actions}) outside the call's {OldValues.Length} actions");
+        Check(OldValuesOutput.Length);
+        if (a0 < 0 || a0 + batch.Actions > OldValuesOutput.Length)
+            throw new ArgumentException($"value step: actions [{a0}, +{batch.Actions}) outside the call's {OldValuesOutput.Length} actions");
     }
 }
 

@@ -195,7 +195,9 @@ internal sealed partial class Pipeline : IDisposable
             var stageClock = Stopwatch.StartNew();
             SetUpStage(stage, resumeFrom: s == startStage && first > 0, first);
             CommitStart(start);
-            var exec = new MeshExecutor(DataflowGraph.For(stage), _algorithm!.Handlers(Context(stage)), _binding.DevicesOf);
+            // A synchronous stage consumes each batch on-policy within its iteration: the calls' per-action
+            // outputs may stay with the worker processes that hold the batch (released at the iteration's end).
+            var exec = new MeshExecutor(DataflowGraph.For(stage), _algorithm!.Handlers(Context(stage, keepOutputsOnWorkers: !_cfg.Asynchronous(stage))), _binding.DevicesOf);
             if (_algorithm.EvaluatesActor && first == 0) Evaluate(stage, 0);
             if (_cfg.Asynchronous(stage))
             {
@@ -257,7 +259,8 @@ internal sealed partial class Pipeline : IDisposable
         var figures = new Dictionary<string, double>();
         long iterationStart = Stopwatch.GetTimestamp();
         bool firstCall = true;
-        WriteCallRecords(stage, it, exec.RunIteration(batch, cancellationToken), figures, ref firstCall);
+        try { WriteCallRecords(stage, it, exec.RunIteration(batch, cancellationToken), figures, ref firstCall); }
+        finally { batch.Release(); }   // the workers may drop the per-action outputs they kept for it
         AddIterationSeconds(stage.Index, Stopwatch.GetElapsedTime(iterationStart).TotalSeconds);
         return figures;
     }
@@ -310,8 +313,8 @@ internal sealed partial class Pipeline : IDisposable
         if (ProcessMemory.PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
         MemoryCheck.AddToSummary(summary, _cfg, _plan, _binding.Host);
         if (_binding.Host is not null) summary["realloc_bytes"] = _binding.ReallocatedBytes;
-        if (_binding.Host?.DataBytes is var (fromMaster, betweenWorkers))
-            summary["data_bytes"] = new JsonObject { ["from_master"] = fromMaster, ["between_workers"] = betweenWorkers };
+        if (_binding.Host?.DataBytes is var (fromMaster, betweenWorkers, toMaster))
+            summary["data_bytes"] = new JsonObject { ["from_master"] = fromMaster, ["between_workers"] = betweenWorkers, ["to_master"] = toMaster };
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return summary;
     }
@@ -508,8 +511,8 @@ internal sealed partial class Pipeline : IDisposable
 
     /// <summary>What the stage's call handlers use of this run (models: the plan replica of a call, else
     /// the single device; or where <paramref name="calls"/> says).</summary>
-    private StageContext Context(StageConfig stage, Func<string, string, IModelCalls>? calls = null) =>
-        new(stage, _cfg.Seed, _tok.WithChat(stage.Dataset?.Chat == true), _reward, calls ?? _binding.Calls, _stream);
+    private StageContext Context(StageConfig stage, Func<string, string, IModelCalls>? calls = null, bool keepOutputsOnWorkers = false) =>
+        new(stage, _cfg.Seed, _tok.WithChat(stage.Dataset?.Chat == true), _reward, calls ?? _binding.Calls, _stream) { KeepOutputsOnWorkers = keepOutputsOnWorkers };
 
     /// <summary>Greedy answers of <paramref name="actor"/> to stage <paramref name="stage"/>'s held-out
     /// examples and each one's score (the stage's rule-based reward, else exact match): what
@@ -526,7 +529,9 @@ internal sealed partial class Pipeline : IDisposable
         }
         var heldOut = _examples.HeldOut(stage, _reward);
         var context = Context(stage);
-        var r = context.Generate(actor, heldOut, 0, "eval", greedy: true);
+        // Only the answers are scored: worker processes keep the log-probs, never read (released at once).
+        var r = context.Generate(actor, heldOut, 0, "eval", greedy: true, keepOnWorkers: true);
+        r.Gen.KeptLogProbs?.Release();
         return new HeldOutResult(heldOut, r.Completions, r.Gen.EndedWithEos, context.Checks(heldOut, r.Completions, r.Gen.EndedWithEos),
                                  _examples.HeldOutSkipped(stage));
     }

@@ -56,6 +56,7 @@ internal static class RolloutFile
                         w.Write(g.PrefilledTokens);
                         break;
                     case float[] f: w.Write(FloatsTag); Array(w, f, (w, x) => w.Write(x)); break;
+                    case Model.ActionFloats f: w.Write(FloatsTag); Array(w, f.Values, (w, x) => w.Write(x)); break;
                     case bool[] f: w.Write(BoolsTag); Array(w, f, (w, x) => w.Write(x)); break;
                     case byte[] f: w.Write(BytesTag); Array(w, f, (w, x) => w.Write(x)); break;
                     case int[] f: w.Write(IntsTag); Array(w, f, (w, x) => w.Write(x)); break;

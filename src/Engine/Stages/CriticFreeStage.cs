@@ -44,7 +44,7 @@ internal sealed class CriticFreeStage(StageConfig stage) : StageAlgorithm(stage)
         return (call, b) =>
         {
             var r = b.Get<Rollout>("sequences");
-            var oldLp = b.Get<float[]>("logprobs"); var refLp = b.Get<float[]>("ref_logprobs");
+            var oldLp = b.Get<ActionFloats>("logprobs"); var refLp = b.Get<ActionFloats>("ref_logprobs");
             var scores = context.Shaped(r, b.Get<float[]>("scores"));
             float[] greedy = algo.NeedsGreedyBaseline ? context.Shaped(b.Get<Rollout>("greedy_sequences"), b.Get<float[]>("greedy_scores")) : [];
             var seqAdv = algo.Advantages(scores, greedy, group);
@@ -61,7 +61,7 @@ internal sealed class CriticFreeStage(StageConfig stage) : StageAlgorithm(stage)
             var derived = new SequenceAdvantageInputs(oldLp, refLp, seqAdv, r.Scored.ActionCu) { Source = r.Scored.Source };
             var inputs = proximal is null
                 ? PolicyLossInputs.FromSequenceAdvantages(derived, keep, options)
-                : new PolicyLossInputs(CriticFreeAlgorithm.TokenAdvantages(seqAdv, r.Scored.ActionCu), proximal, oldLp, refLp, keep, options);
+                : new PolicyLossInputs(CriticFreeAlgorithm.TokenAdvantages(seqAdv, r.Scored.ActionCu), proximal, oldLp.Values, refLp.Values, keep, options);
             int n = r.Examples.Length, mb = Stage.Batch.Minibatches;
             double loss = 0, klTerm = 0, k3 = 0, clip = 0, gradNorm = 0; int steps = 0;
             for (int e = 0; e < Stage.Ppo.PpoEpochs; e++)

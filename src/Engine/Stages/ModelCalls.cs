@@ -15,6 +15,18 @@ internal interface IModelCalls
 {
     float[] LogProbs(ScoredBatch b, float temperature);
     (float[] ActionValues, float[] LastScores) Values(ScoredBatch b);
+    /// <summary>As <see cref="LogProbs"/>, for a batch a synchronous run consumes on-policy: worker
+    /// processes that hold the batch keep the log-probs, fetched on first read (IReplica.KeptLogProbs).</summary>
+    ActionFloats KeptLogProbs(ScoredBatch b, float temperature) => ActionFloats.Here(LogProbs(b, temperature));
+    /// <summary>As <see cref="Values"/>, the per-action values kept as <see cref="KeptLogProbs"/> keeps log-probs.</summary>
+    (ActionFloats ActionValues, float[] LastScores) KeptValues(ScoredBatch b)
+    {
+        var (a, l) = Values(b);
+        return (ActionFloats.Here(a), l);
+    }
+    /// <summary>As <see cref="Generate"/>, the log-probs kept as <see cref="KeptLogProbs"/> keeps them. A filtered generation's sampling masks are
+    /// then not sent at all (the result's Masks fails: a synchronous run reads none).</summary>
+    GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt);
     /// <summary>Zeroes the gradients, then backward of sum_k d[k] * logp(action k).</summary>
     void BackwardLogProbs(ScoredBatch b, float temperature, float[] dActionLogp);
     /// <summary>Zeroes the gradients, then backward from value / last-score gradients.</summary>

@@ -35,7 +35,7 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
                 if (cachedFor == it && cache is { } c) return c;
                 var r = b.Get<Rollout>("sequences");
                 var scores = context.Shaped(r, b.Get<float[]>("scores"));
-                cache = new PpoAdvantageInputs(b.Get<float[]>("logprobs"), b.Get<float[]>("ref_logprobs"), b.Get<float[]>("values"), scores,
+                cache = new PpoAdvantageInputs(b.Get<ActionFloats>("logprobs"), b.Get<ActionFloats>("ref_logprobs"), b.Get<ActionFloats>("values"), scores,
                                                r.Gen.EndedWithEos, r.Scored.ActionCu, ppo, context.Stream) { Source = r.Scored.Source };
                 cachedFor = it;
                 return cache;
@@ -52,7 +52,7 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
         h["actor_train"] = (call, b) =>
         {
             var r = b.Get<Rollout>("sequences");
-            var oldLp = b.Get<float[]>("logprobs");
+            var oldLp = b.Get<ActionFloats>("logprobs");
             var adv = Advantages(b);
             var m = context.Calls(call.Name, "actor");
             // Asynchronous RL: an off-policy batch's ratio is against the proximal policy (recomputed),
@@ -64,7 +64,7 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
             var options = new PolicyLossOptions(ppo.ClipEpsLow, ppo.ClipEpsHigh, ppo.LossAgg, 0, ppo.BehaviourWeightCap);
             var inputs = proximal is null && ReferenceEquals(adv.LogProbs, oldLp)
                 ? PolicyLossInputs.FromPpo(adv, keep, options)
-                : new PolicyLossInputs(adv.Result.Adv, proximal ?? oldLp, proximal is null ? [] : oldLp, [], keep, options);
+                : new PolicyLossInputs(adv.Result.Adv, proximal ?? oldLp.Values, proximal is null ? [] : oldLp.Values, [], keep, options);
             double loss = 0, clip = 0; int steps = 0;
             for (int e = 0; e < ppo.PpoEpochs; e++)
                 for (int k = 0; k < mb; k++)

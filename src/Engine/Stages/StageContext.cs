@@ -57,6 +57,11 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
                                    Func<string, string, IModelCalls> calls, NativeStream stream)
 {
     public StageConfig Stage => stage;
+
+    /// <summary>A synchronous run's calls: batches are consumed on-policy within their iteration, so
+    /// the per-action outputs of the generation and inference calls may stay with the worker
+    /// processes that hold the batch (IModelCalls.KeptLogProbs; released with the iteration's batch).</summary>
+    public bool KeepOutputsOnWorkers { get; init; }
     /// <summary>The run's tokenizer, formatting this stage's examples (the chat template under `dataset.chat`).</summary>
     public RunTokenizer Tokenizer => tokenizer;
 
@@ -74,10 +79,10 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
 
     /// <summary>Samples (or, <paramref name="greedy"/>, the greedy answers) of <paramref name="actor"/>
     /// to <paramref name="ex"/>, seeded by (seed, <paramref name="stream"/>, stage, <paramref name="it"/>).</summary>
-    public Rollout Generate(IModelCalls actor, TaskExample[] ex, int it, string stream, bool greedy)
+    public Rollout Generate(IModelCalls actor, TaskExample[] ex, int it, string stream, bool greedy, bool keepOnWorkers = false)
     {
         var prompts = ex.Select(e => PromptIds(e.Prompt)).ToArray();
-        var gen = actor.Generate(prompts, new GenerationOptions
+        var opt = new GenerationOptions
         {
             MaxNewTokens = stage.Batch.GenLen,
             Temperature = greedy ? 0f : (float)stage.Generation.Temperature,
@@ -85,7 +90,8 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
             Seed = StepRandom.Seed64(seed, stream, stage.Index, it),
             Continuous = stage.Generation.Continuous,
             BatchIndependentPrefill = stage.Generation.BatchIndependentPrefill,
-        });
+        };
+        var gen = keepOnWorkers ? actor.KeptGenerate(prompts, opt) : actor.Generate(prompts, opt);
         return Assemble(ex, gen);
     }
 
@@ -193,11 +199,16 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     /// "ended_with_eos"; "scores" too under a rule-based reward).</summary>
     public CallHandler SampleCall() => (call, b) =>
     {
-        var r = Generate(Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), Iteration(b), "gen", greedy: false);
-        var logProbs = r.Gen.LogProbs.SelectMany(x => x).ToArray();
-        // Worker processes keep the generation's log-probs with its sequences: this array is theirs.
-        r.Scored.Source?.AttachGenerationLogProbs(logProbs);
-        b.Set("sequences", r); b.Set("logprobs", logProbs);
+        var r = Generate(Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), Iteration(b), "gen", greedy: false, KeepOutputsOnWorkers);
+        b.Set("sequences", r);
+        if (r.Gen.KeptLogProbs is { } kept) b.Set("logprobs", kept);   // left with the workers (fetched on first read)
+        else
+        {
+            var logProbs = r.Gen.LogProbs.SelectMany(x => x).ToArray();
+            // Worker processes keep the generation's log-probs with its sequences: this array is theirs.
+            r.Scored.Source?.AttachGenerationLogProbs(logProbs);
+            b.Set("logprobs", logProbs);
+        }
         b.Set("logits_mask", Array.Empty<byte>()); b.Set("ended_with_eos", r.Gen.EndedWithEos);
         if (RuleScores(r) is { } scores) b.Set("scores", scores);
         double score = Checks(r.Examples, r.Completions, r.Gen.EndedWithEos).Average();
@@ -233,7 +244,8 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     /// "greedy_scores" too under a rule-based reward).</summary>
     public CallHandler GreedyCall() => (call, b) =>
     {
-        var r = Generate(Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), Iteration(b), "greedy", greedy: true);
+        var r = Generate(Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), Iteration(b), "greedy", greedy: true, KeepOutputsOnWorkers);
+        if (r.Gen.KeptLogProbs is { } kept) b.OnRelease(kept.Release);   // nothing reads the greedy answers' log-probs
         b.Set("greedy_sequences", r); b.Set("greedy_ended_with_eos", r.Gen.EndedWithEos);
         if (RuleScores(r) is { } scores) b.Set("greedy_scores", scores);
         return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
@@ -243,7 +255,14 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     public CallHandler RewardCall(string seqKey, string outKey) => (call, b) =>
     {
         var r = b.Get<Rollout>(seqKey);
-        var (_, last) = Calls(call.Name, "reward").Values(r.Scored);
+        float[] last;
+        if (KeepOutputsOnWorkers)
+        {
+            // Only the sequence scores are read: the per-action values never come to the master.
+            (var actions, last) = Calls(call.Name, "reward").KeptValues(r.Scored);
+            actions.Release();
+        }
+        else (_, last) = Calls(call.Name, "reward").Values(r.Scored);
         b.Set(outKey, last);
         return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["reward_mean"] = last.Average() };
     };
@@ -252,7 +271,8 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     public CallHandler ReferenceCall() => (call, b) =>
     {
         var r = b.Get<Rollout>("sequences");
-        b.Set("ref_logprobs", Calls(call.Name, "ref").LogProbs(r.Scored, (float)stage.Generation.Temperature));
+        float temperature = (float)stage.Generation.Temperature;
+        b.Set("ref_logprobs", KeepOutputsOnWorkers ? Calls(call.Name, "ref").KeptLogProbs(r.Scored, temperature) : Calls(call.Name, "ref").LogProbs(r.Scored, temperature));
         return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
     };
 
@@ -260,7 +280,7 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     public CallHandler CriticCall() => (call, b) =>
     {
         var r = b.Get<Rollout>("sequences");
-        b.Set("values", Calls(call.Name, "critic").Values(r.Scored).ActionValues);
+        b.Set("values", KeepOutputsOnWorkers ? Calls(call.Name, "critic").KeptValues(r.Scored).ActionValues : Calls(call.Name, "critic").Values(r.Scored).ActionValues);
         return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
     };
 }

@@ -356,6 +356,15 @@ internal sealed unsafe class ModelWorker : IDisposable
         }
     }
 
+    /// <summary>What a collecting rank sends of inference output <paramref name="o"/>: all of it, or with
+    /// "lazy" (the rank keeps the per-action floats, <paramref name="kept"/>) the last scores only.</summary>
+    private static ShardOutput Lazy(JsonNode j, ShardOutput o, string? kept, string op)
+    {
+        if (j["lazy"]?.GetValue<bool>() != true) return o;
+        if (kept is null) throw new ArgumentException($"{op}: 'lazy' without 'keep_output' of a batch by reference: the output would be neither sent nor kept");
+        return o with { Actions = [] };
+    }
+
     /// <summary>Forgets batch <paramref name="key"/> (its registered buffer too).</summary>
     private void Drop(string key)
     {
@@ -753,12 +762,13 @@ internal sealed unsafe class ModelWorker : IDisposable
         {
             // With "keep_output" (a batch by reference), a collecting rank also keeps its part of
             // the per-action output for later calls to read (Workers/ResidentBatches.cs).
+            // With "lazy" too, it sends no per-action float (values: the last scores only): the master reads them later if at all.
             case "logprobs":
             {
                 var b = BatchOnly(j, r, op);
                 var o = r.LogProbs(b, (float)WireJson.Num(j, "temperature"));
                 if (o is not null && (string?)j["keep_output"] is { } name && j["batch_ref"] is { } br) keptOutput = KeepOutput(WireJson.Str(br, "key"), name, o.Actions);
-                Output(j, r, o is null ? null : w => w.Output(o), op);
+                Output(j, r, o is null ? null : w => w.Output(Lazy(j, o, keptOutput, op)), op);
                 break;
             }
             case "values":
@@ -766,7 +776,7 @@ internal sealed unsafe class ModelWorker : IDisposable
                 var b = BatchOnly(j, r, op);
                 var o = r.Values(b);
                 if (o is not null && (string?)j["keep_output"] is { } name && j["batch_ref"] is { } br) keptOutput = KeepOutput(WireJson.Str(br, "key"), name, o.Actions);
-                Output(j, r, o is null ? null : w => w.Output(o), op);
+                Output(j, r, o is null ? null : w => w.Output(Lazy(j, o, keptOutput, op)), op);
                 break;
             }
             // The per-token gradients come only to the last pipeline stage (which computes the loss),
@@ -834,7 +844,9 @@ internal sealed unsafe class ModelWorker : IDisposable
                 var (ids, prompts) = rd.PromptShare(WireJson.Int(j, "batch")); rd.End();
                 var g = r.GeneratePart(ids, prompts, WireJson.Generation(j["gen"]));
                 if ((string?)j["keep_as"] is { } key && g is { } kept) descriptor = Keep(key, kept.Ids, prompts, kept.Result);
-                Output(j, r, g is { } x ? w => w.Generation(x) : null, op);
+                bool lazy = j["lazy"]?.GetValue<bool>() == true;
+                if (lazy && j["keep_as"] is null) throw new ArgumentException($"{op}: 'lazy' without 'keep_as': the log-probs would be neither sent nor kept");
+                Output(j, r, g is { } x ? w => w.Generation(x, perToken: !lazy) : null, op);
                 break;
             }
             default:

@@ -147,6 +147,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         var replies = _pool.Dispatch(What(label), Layout.Devices, "op", args, [.. data]);
         parsed = replies.Select(r => JsonNode.Parse(r)).ToArray();
         var values = parsed.Select(r => WireJson.Num(r, "value")).ToArray();
+        foreach (var o in outs) _pool.Batches.CountToMaster(o.Result.Length);
         _pool.OpTimings.Add(label, System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds, parsed);
         return (values, outs.Select(o => o.Result).ToArray());
     }
@@ -195,31 +196,135 @@ internal sealed unsafe class RemoteReplica : IReplica
     private static ReadOnlySpan<float> ActionSlice(ScoredBatch batch, float[] perAction, int first, int end) =>
         perAction.AsSpan(batch.ActionCu[first], batch.ActionCu[end] - batch.ActionCu[first]);
 
-    public float[] LogProbs(ScoredBatch batch, float temperature)
-    {
-        SendDeferredBackward();
-        var args = new JsonObject { ["temperature"] = temperature };
-        var input = BatchInput(args, batch);
-        string? name = KeepOutput(args, input);
-        var (_, outs) = Op("logprobs", args, Blob(input), output: true, input.Reads, out var replies);
-        var parts = Outputs(outs, "logprobs").ToList();
-        var merged = ShardOutput.MergeActions(batch, parts);
-        if (name is not null) AttachKept(merged, batch, parts, replies, name);
-        return merged;
-    }
+    public float[] LogProbs(ScoredBatch batch, float temperature) => Scored("logprobs", batch, new JsonObject { ["temperature"] = temperature }, leave: false).Actions.Values;
 
     public (float[] ActionValues, float[] LastScores) Values(ScoredBatch batch)
     {
-        if (!ScalarHead) throw new ArgumentException($"{_name}: values need a scalar-head model");
+        var (actions, parts) = Scored("values", batch, new JsonObject(), leave: false);
+        return (actions.Values, ShardOutput.MergeLast(batch.Packed.Count, parts));
+    }
+
+    public ActionFloats KeptLogProbs(ScoredBatch batch, float temperature) => Scored("logprobs", batch, new JsonObject { ["temperature"] = temperature }, leave: true).Actions;
+
+    public (ActionFloats ActionValues, float[] LastScores) KeptValues(ScoredBatch batch)
+    {
+        var (actions, parts) = Scored("values", batch, new JsonObject(), leave: true);
+        return (actions, ShardOutput.MergeLast(batch.Packed.Count, parts));
+    }
+
+    /// <summary>An inference operation (log-probs, values) on <paramref name="batch"/>. With
+    /// <paramref name="leave"/>, for a batch the workers hold: the collecting ranks keep their part of
+    /// the per-action output and do not send it ("lazy"); the master gets an ActionFloats that reads
+    /// it from them on first read (the batch stays tracked until it is fetched or released).</summary>
+    private (ActionFloats Actions, List<ShardOutput> Parts) Scored(string op, ScoredBatch batch, JsonObject args, bool leave)
+    {
+        if (op == "values" && !ScalarHead) throw new ArgumentException($"{_name}: values need a scalar-head model");
         SendDeferredBackward();
-        var args = new JsonObject();
         var input = BatchInput(args, batch);
         string? name = KeepOutput(args, input);
-        var (_, outs) = Op("values", args, Blob(input), output: true, input.Reads, out var replies);
-        var parts = Outputs(outs, "values").ToList();
-        var merged = ShardOutput.MergeActions(batch, parts);
-        if (name is not null) AttachKept(merged, batch, parts, replies, name);
-        return (merged, ShardOutput.MergeLast(batch.Packed.Count, parts));
+        string? held = leave && name is not null && _pool.Batches.HoldOutput(input.Reads!.Key) ? input.Reads!.Key : null;
+        if (held is not null) args["lazy"] = true;
+        try
+        {
+            var (_, outs) = Op(op, args, Blob(input), output: true, input.Reads, out var replies);
+            var parts = Outputs(outs, op).ToList();
+            if (held is null)
+            {
+                var merged = ShardOutput.MergeActions(batch, parts);
+                if (name is not null) AttachKept(merged, batch, parts, replies, name);
+                return (ActionFloats.Here(merged), parts);
+            }
+            var cu = batch.ActionCu;
+            var kept = Kept(parts.Select(p => (p.Ids, p.Actions.Length, p.Ids.Sum(k => (long)(cu[k + 1] - cu[k])))).ToList(), batch.Source!, replies, "kept_output", name!, op);
+            return (Left(kept, batch.Source!.Ids, cu, $"{_name} {op} of batch {kept.Key}"), parts);
+        }
+        catch
+        {
+            if (held is not null) _pool.Batches.UnholdOutput(held);
+            throw;
+        }
+    }
+
+    /// <summary>Where the collecting ranks keep their parts of an output they did not send: per
+    /// part, its sequences (batch positions), the floats it sent (none) and those it keeps.</summary>
+    private ResidentOutput Kept(List<(int[] Ids, int Sent, long Floats)> parts, BatchSource src, JsonNode?[] replies, string field, string name, string op)
+    {
+        var kept = new ResidentPart[parts.Count];
+        for (int i = 0; i < parts.Count; i++)
+        {
+            var reply = replies[Layout.Devices.ToList().IndexOf(_collectors[i])];
+            if (parts[i].Sent != 0) throw new InvalidDataException($"{What(op)}: worker {_collectors[i]} sent {parts[i].Sent} floats of an output it was to keep");
+            // A collector with no action of its own keeps nothing ("").
+            if (((string?)reply?[field] ?? (parts[i].Floats == 0 ? "" : null)) is not { } descriptor || (descriptor.Length == 0) != (parts[i].Floats == 0))
+                throw new InvalidDataException($"{What(op)}: worker {_collectors[i]} did not keep its {parts[i].Floats} floats of the output");
+            kept[i] = new ResidentPart(_collectors[i], descriptor, [.. parts[i].Ids.Select(k => src.Ids[k])], parts[i].Floats);
+        }
+        return new ResidentOutput(src.Key, name, kept);
+    }
+
+    /// <summary>The master's handle of output <paramref name="o"/> that the workers keep: the
+    /// sequences with store ids <paramref name="ids"/>, in this order, with action offsets
+    /// <paramref name="cu"/>; read from the workers on first use (<see cref="Fetch"/>).</summary>
+    private ActionFloats Left(ResidentOutput o, int[] ids, int[] cu, string what) =>
+        ActionFloats.Remote(cu[^1], o, () => Fetch(o, ids, cu, what), () => _pool.Batches.UnholdOutput(o.Key), what);
+
+    /// <summary>Reads output <paramref name="o"/> from the workers that keep it (one-sided reads of
+    /// their registered buffers: their command threads take no part), all posted at once and waited
+    /// for watching the workers (a holder that exited or went silent is named) and with the call
+    /// deadline; the floats in the order of <paramref name="ids"/>.</summary>
+    private float[] Fetch(ResidentOutput o, int[] ids, int[] cu, string what)
+    {
+        if (!_pool.Batches.Tracked(o.Key)) throw new InvalidOperationException($"{what}: its batch is no longer kept by the workers");
+        var index = new Dictionary<int, int>();
+        for (int i = 0; i < ids.Length; i++) index[ids[i]] = i;
+        var flat = new float[cu[^1]];
+        var rma = (Transport.IRmaTransport)_pool.Transport;
+        var remotes = new List<Transport.IRemoteRegion>();
+        var pending = new List<(Task Read, float[] Into, ResidentPart Part)>();
+        try
+        {
+            foreach (var p in o.Parts)
+            {
+                long floats = 0;
+                foreach (int id in p.Ids)
+                {
+                    if (!index.TryGetValue(id, out int k)) throw new InvalidDataException($"{what}: worker {p.Worker} keeps sequence {id}, which is not in the batch");
+                    floats += cu[k + 1] - cu[k];
+                }
+                if (floats != p.Floats) throw new InvalidDataException($"{what}: worker {p.Worker} keeps {p.Floats} floats, its sequences have {floats} actions");
+                if (floats == 0) continue;
+                var remote = rma.Attach(p.Worker, Convert.FromBase64String(p.Descriptor));
+                remotes.Add(remote);
+                if (remote.Bytes < 4 * floats) throw new InvalidDataException($"{what}: worker {p.Worker}'s buffer holds {remote.Bytes / 4} floats, the part needs {floats}");
+                var into = GC.AllocateUninitializedArray<float>((int)floats, pinned: true);
+                pending.Add((rma.GetAsync(remote, 0, System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(into, 0), 4 * floats), into, p));
+            }
+            _pool.AwaitData($"{what}: read from worker{(pending.Count == 1 ? "" : "s")} {string.Join(", ", pending.Select(x => x.Part.Worker))}", [.. pending.Select(x => x.Read)]);
+        }
+        catch
+        {
+            // UCX cannot cancel an RMA read: one still running writes into its array later (Workers/ModelWorker.Fetch).
+            var running = pending.Where(x => !x.Read.IsCompleted).ToList();
+            Transport.AbandonedBuffers.Keep([.. running.Select(x => (object)x.Into)]);
+            if (running.Count > 0) remotes.Clear();
+            throw;
+        }
+        finally
+        {
+            foreach (var r in remotes) r.Dispose();
+        }
+        foreach (var (_, into, p) in pending)
+        {
+            int at = 0;
+            foreach (int id in p.Ids)
+            {
+                int k = index[id];
+                Array.Copy(into, at, flat, cu[k], cu[k + 1] - cu[k]);
+                at += cu[k + 1] - cu[k];
+            }
+            _pool.Batches.CountToMaster(4L * into.Length);
+        }
+        return flat;
     }
 
     /// <summary>For a batch the workers hold: asks the collecting ranks to keep their part of the
@@ -337,12 +442,12 @@ internal sealed unsafe class RemoteReplica : IReplica
         for (int i = 0; i < src.Ids.Length; i++) index[src.Ids[i]] = i;
         var arrays = new JsonObject();
         var parts = new List<ResidentPart>();
-        (string, float[])[] resident = d is PpoAdvantageInputs p0
+        (string, ActionFloats)[] resident = d is PpoAdvantageInputs p0
             ? [("logprobs", d.LogProbs), ("ref", d.RefLogProbs), ("values", p0.Values)]
             : [("logprobs", d.LogProbs), ("ref", d.RefLogProbs)];
         foreach (var (name, array) in resident)
         {
-            if (_pool.Batches.Find(array) is not { } o || o.Key != src.Key) return null;
+            if (Where(array) is not { } o || o.Key != src.Key) return null;
             var list = new JsonArray();
             foreach (var p in o.Parts)
             {
@@ -370,6 +475,12 @@ internal sealed unsafe class RemoteReplica : IReplica
             bytes += parts.Where(p => p.Worker != dst).Sum(p => 4 * p.Floats);
         return (spec, bytes);
     }
+
+    /// <summary>Where the workers keep <paramref name="a"/> (left with them, or a copy the master also
+    /// holds), while its batch is tracked; null otherwise. Never fetches.</summary>
+    private ResidentOutput? Where(ActionFloats a) =>
+        a.Resident is ResidentOutput r ? (_pool.Batches.Tracked(r.Key) ? r : null)
+        : a.Fetched ? _pool.Batches.Find(a.Values) : null;
 
     /// <summary>The devices of the ranks that compute a train call's loss (the last pipeline stage).</summary>
     private IEnumerable<int> LossDevices => Enumerable.Range(0, Layout.Devices.Count).Where(r => Layout.Coords(r).Pipe == Layout.Pp - 1).Select(r => Layout.Devices[r]);
@@ -423,14 +534,14 @@ internal sealed unsafe class RemoteReplica : IReplica
         var input = BatchInput(args, batch);
         // On-policy: the loss ranks derive the advantages from the resident inference outputs (PPO's
         // loss has no k3 term; the critic-free algorithms' uses the reference's log-probs they read).
-        var d = inputs.Derived is { } x && ReferenceEquals(inputs.RatioBase, x.LogProbs) && inputs.Behaviour.Length == 0
-                && (x is PpoAdvantageInputs ? inputs.Ref.Length == 0 : ReferenceEquals(inputs.Ref, x.RefLogProbs)) ? x : null;
+        var d = inputs.Derived is { } x && ReferenceEquals(inputs.RatioBaseOutput, x.LogProbs) && inputs.Behaviour.Length == 0
+                && (x is PpoAdvantageInputs ? inputs.RefOutput.Length == 0 : ReferenceEquals(inputs.RefOutput, x.RefLogProbs)) ? x : null;
         (JsonObject Spec, long Bytes)? derivation = null;
         var (key, send, derived) = LossInputs(inputs, s0, () => (derivation = Derivation(d, input.Reads)) is not null);
         var li = new JsonObject
         {
             ["key"] = key, ["sent"] = send, ["actions"] = inputs.Actions, ["sequences"] = inputs.Keep.Length,
-            ["behaviour"] = inputs.Behaviour.Length > 0, ["ref"] = inputs.Ref.Length > 0,
+            ["behaviour"] = inputs.Behaviour.Length > 0, ["ref"] = inputs.RefOutput.Length > 0,
             ["clip_low"] = o.ClipLow, ["clip_high"] = o.ClipHigh, ["aggregation"] = o.Aggregation, ["kl_coef"] = o.KlCoef, ["behaviour_weight_cap"] = o.BehaviourWeightCap,
         };
         args["loss_inputs"] = li;
@@ -467,10 +578,10 @@ internal sealed unsafe class RemoteReplica : IReplica
         var args = new JsonObject { ["a0"] = a0 };
         var input = BatchInput(args, batch);
         // PPO: the loss ranks derive the returns from the resident inference outputs.
-        var d = inputs.Derived is { } x && ReferenceEquals(inputs.OldValues, x.Values) ? x : null;
+        var d = inputs.Derived is { } x && ReferenceEquals(inputs.OldValuesOutput, x.Values) ? x : null;
         (JsonObject Spec, long Bytes)? derivation = null;
         var (key, send, derived) = LossInputs(inputs, a0, () => (derivation = Derivation(d, input.Reads)) is not null);
-        var li = new JsonObject { ["key"] = key, ["sent"] = send, ["actions"] = inputs.OldValues.Length, ["clip_eps"] = inputs.ClipEps };
+        var li = new JsonObject { ["key"] = key, ["sent"] = send, ["actions"] = inputs.OldValuesOutput.Length, ["clip_eps"] = inputs.ClipEps };
         args["loss_inputs"] = li;
         ReadOnlySpan<float> Part(float[] x, int first, int end) => x.AsSpan(a0 + batch.ActionCu[first], batch.ActionCu[end] - batch.ActionCu[first]);
         Inputs blobs;
@@ -492,13 +603,33 @@ internal sealed unsafe class RemoteReplica : IReplica
         return (new ValueLossStats(f[0], f[1], batch.Actions), values[0]);
     }
 
-    public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt)
+    public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt, leave: false);
+
+    public GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt, leave: true);
+
+    /// <summary>A generation; with <paramref name="leave"/>, when the workers keep the sequences, the
+    /// collecting ranks do not send the log-probs either (the result's KeptLogProbs reads them on first
+    /// use), nor a filtered generation's sampling masks (vocab bytes per token, which a synchronous
+    /// run's train calls do not read: its batch's logits_mask is empty; the result's Masks then fails).</summary>
+    private GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt, bool leave)
     {
         var args = new JsonObject { ["gen"] = WireJson.Generation(opt) };
         // The collecting ranks keep the sequences for the calls that score them next (the last chunk
         // of a paused generation: every chunk returns the tokens so far).
         string? key = _pool.WorkerToWorkerData && opt.Pause is null or { Resume: true, StopBeforeStep: 0 } ? _pool.Batches.NewKey() : null;
         if (key is not null) args["keep_as"] = key;
+        bool held = leave && key is not null && _pool.Batches.HoldOutput(key);
+        if (held) args["lazy"] = true;
+        try { return Generated(prompts, opt, args, key, held); }
+        catch
+        {
+            if (held) _pool.Batches.UnholdOutput(key!);
+            throw;
+        }
+    }
+
+    private GenerationResult Generated(IReadOnlyList<int[]> prompts, GenerationOptions opt, JsonObject args, string? key, bool held)
+    {
         // Each data-parallel rank gets only the prompts of its part (the split its shards make of the
         // whole batch, ShardRunner.DataPart: a contiguous run) and where the run starts in the batch
         // (the ids key the random draws).
@@ -521,6 +652,23 @@ internal sealed unsafe class RemoteReplica : IReplica
             if ((string?)reply?["kept"] is { } descriptor)
                 _pool.Batches.Hold(key, _collectors[i], descriptor, parts[i].Ids, [.. parts[i].Ids.Select((id, k) => prompts[id].Length + parts[i].Result.NewTokens[k].Length)]);
         }
+        var source = new BatchSource(_pool.Batches, key, [.. Enumerable.Range(0, prompts.Count)]);
+        if (held)
+        {
+            // The log-probs stayed with the collecting ranks: where, and the master's handle of them.
+            var kept = Kept(parts.Select(p => (p.Ids, p.Result.LogProbs.Sum(l => l.Length), p.Result.NewTokens.Sum(t => (long)t.Length))).ToList(),
+                            source, replies, "kept_logprobs", "generation", "generate");
+            _pool.Batches.HoldGenerationLogProbs(key, kept.Parts);
+            var m = ShardReplica.MergeGeneration(prompts, opt, parts, source);
+            var cu = new int[prompts.Count + 1];
+            for (int i = 0; i < prompts.Count; i++) cu[i + 1] = cu[i] + m.NewTokens[i].Length;
+            return new GenerationResult
+            {
+                Prompts = m.Prompts, NewTokens = m.NewTokens, LogProbs = null!, Masks = null, MasksDropped = opt.Filters, EndedWithEos = m.EndedWithEos,
+                PrefilledTokens = m.PrefilledTokens, Steps = m.Steps, Source = source,
+                KeptLogProbs = Left(kept, source.Ids, cu, $"{_name} generation log-probs of batch {key}"),
+            };
+        }
         // The generation's log-probs, kept by the same ranks (read by the train calls' loss ranks).
         var logProbs = new List<ResidentPart>();
         for (int i = 0; i < parts.Count; i++)
@@ -531,7 +679,7 @@ internal sealed unsafe class RemoteReplica : IReplica
             logProbs.Add(new ResidentPart(_collectors[i], d, parts[i].Ids, floats));
         }
         if (logProbs is not null) _pool.Batches.HoldGenerationLogProbs(key, [.. logProbs]);
-        return ShardReplica.MergeGeneration(prompts, opt, parts, new BatchSource(_pool.Batches, key, [.. Enumerable.Range(0, prompts.Count)]));
+        return ShardReplica.MergeGeneration(prompts, opt, parts, source);
     }
 
     // ------------------------------------------------------------------ reallocation

@@ -12,7 +12,11 @@
 // the store. The per-action outputs of the calls on a batch (the generation's log-probs, an
 // inference call's log-probs or values) are kept the same way by the collecting ranks that
 // computed them (ResidentOutput, dropped with the batch), so that a train call's loss ranks read
-// them worker to worker (RemoteReplica.Derivation) instead of the master sending its copy.
+// them worker to worker (RemoteReplica.Derivation) instead of the master sending its copy. In a
+// synchronous run those outputs are not sent to the master at all (RemoteReplica.KeptLogProbs and
+// friends): the master's Model/ActionFloats fetches one from its holders if something reads it, and
+// the batch is not forgotten while such an output may still be read (HoldOutput, until fetched or
+// released at the end of its iteration).
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Layout;
@@ -52,6 +56,9 @@ internal sealed class ResidentBatches : IResidentOutputs
         /// <summary>Per sequence, the workers that have it (sources and fetched copies).</summary>
         public readonly Dictionary<int, HashSet<int>> Has = new();
         public int Pins;
+        /// <summary>Outputs of the batch the master left with the workers and may still read
+        /// (ActionFloats not yet fetched nor released): the batch is not forgotten meanwhile.</summary>
+        public int Held;
         /// <summary>The generation's log-probs, kept by its collecting ranks (null: not kept).</summary>
         public ResidentOutput? GenerationLogProbs;
     }
@@ -65,14 +72,18 @@ internal sealed class ResidentBatches : IResidentOutputs
     private readonly Dictionary<string, Entry> _batches = new(StringComparer.Ordinal);
     private readonly Dictionary<int, HashSet<string>> _forget = new();
     private long _next;
-    private long _fromMaster, _betweenWorkers;
+    private long _fromMaster, _betweenWorkers, _toMaster;
 
     /// <summary>Bytes of call inputs (batches and their per-token gradients, prompts) the master sent to workers.</summary>
     public long BytesFromMaster => Interlocked.Read(ref _fromMaster);
     /// <summary>Bytes of sequences workers read from other workers.</summary>
     public long BytesBetweenWorkers => Interlocked.Read(ref _betweenWorkers);
 
+    /// <summary>Bytes of call outputs the master received from workers (outputs of calls, and outputs left with the workers that it fetched later).</summary>
+    public long BytesToMaster => Interlocked.Read(ref _toMaster);
+
     public void CountFromMaster(long bytes) => Interlocked.Add(ref _fromMaster, bytes);
+    public void CountToMaster(long bytes) => Interlocked.Add(ref _toMaster, bytes);
     public void CountBetweenWorkers(long bytes) => Interlocked.Add(ref _betweenWorkers, bytes);
 
     /// <summary>A fresh name for an output the workers keep.</summary>
@@ -103,6 +114,32 @@ internal sealed class ResidentBatches : IResidentOutputs
                 _outputs.AddOrUpdate(flat, g);
     }
 
+    /// <summary>Whether batch <paramref name="key"/> is still tracked (its workers keep it).</summary>
+    public bool Tracked(string key)
+    {
+        lock (_gate) return _batches.ContainsKey(key);
+    }
+
+    /// <summary>An output of batch <paramref name="key"/> stays with the workers for the master to
+    /// read later: the batch is not forgotten until <see cref="UnholdOutput"/>. False when the batch is no
+    /// longer tracked.</summary>
+    public bool HoldOutput(string key)
+    {
+        lock (_gate)
+        {
+            if (!_batches.TryGetValue(key, out var e)) return false;
+            e.Held++;
+            return true;
+        }
+    }
+
+    /// <summary>Ends a <see cref="HoldOutput"/> (the output was fetched, or released unread).</summary>
+    public void UnholdOutput(string key)
+    {
+        lock (_gate)
+            if (_batches.TryGetValue(key, out var e) && e.Held > 0) e.Held--;
+    }
+
     /// <summary>Where the workers keep <paramref name="array"/>, when they do and its batch is still tracked.</summary>
     public ResidentOutput? Find(float[] array)
     {
@@ -111,7 +148,7 @@ internal sealed class ResidentBatches : IResidentOutputs
     }
 
     /// <summary>A fresh batch key; the oldest batch beyond <see cref="Capacity"/> that no call is
-    /// reading is forgotten.</summary>
+    /// reading and none of whose outputs the master may still read (<see cref="HoldOutput"/>) is forgotten.</summary>
     public string NewKey()
     {
         lock (_gate)
@@ -122,7 +159,7 @@ internal sealed class ResidentBatches : IResidentOutputs
             for (var node = _order.First; node is not null && _order.Count > Capacity;)
             {
                 var next = node.Next;
-                if (_batches[node.Value].Pins == 0)
+                if (_batches[node.Value] is { Pins: 0, Held: 0 })
                 {
                     foreach (var w in _batches[node.Value].Has.Values.SelectMany(h => h).Distinct()) Forget(w, node.Value);
                     _batches.Remove(node.Value);

@@ -144,13 +144,16 @@ internal sealed class WireWriter
 
     public WireWriter Output(ShardOutput o) => Ints(o.Ids).Floats(o.Actions).Floats(o.Last);
 
-    public WireWriter Generation((int[] Ids, GenerationResult Result) g)
+    /// <summary>A collecting rank's generation output; without <paramref name="perToken"/> (the rank
+    /// keeps the log-probs, RemoteReplica.KeptGenerate, and a synchronous run reads no sampling mask)
+    /// every sequence's log-probs and mask are written empty.</summary>
+    public WireWriter Generation((int[] Ids, GenerationResult Result) g, bool perToken = true)
     {
         Ints(g.Ids);
         for (int k = 0; k < g.Ids.Length; k++)
         {
-            Ints(g.Result.NewTokens[k]).Floats(g.Result.LogProbs[k]).Int(g.Result.EndedWithEos[k] ? 1 : 0);
-            Bytes(g.Result.Masks is { } m ? m[k] : []);
+            Ints(g.Result.NewTokens[k]).Floats(perToken ? g.Result.LogProbs[k] : []).Int(g.Result.EndedWithEos[k] ? 1 : 0);
+            Bytes(perToken && g.Result.Masks is { } m ? m[k] : []);
         }
         return this;
     }

@@ -257,7 +257,7 @@ internal sealed class WorkerPool : IReplicaHost
     /// <summary>Which workers hold which sequences of the batches generated on them.</summary>
     internal ResidentBatches Batches { get; } = new();
 
-    public (long FromMaster, long BetweenWorkers)? DataBytes => (Batches.BytesFromMaster, Batches.BytesBetweenWorkers);
+    public (long FromMaster, long BetweenWorkers, long ToMaster)? DataBytes => (Batches.BytesFromMaster, Batches.BytesBetweenWorkers, Batches.BytesToMaster);
 
     /// <summary>Whether generated sequences stay with the workers (<see cref="WorkerPoolOptions.WorkerToWorkerData"/>).</summary>
     internal bool WorkerToWorkerData => _options.WorkerToWorkerData;
@@ -414,6 +414,33 @@ internal sealed class WorkerPool : IReplicaHost
     }
 
     private static Exception Inner(Task t) => t.Exception!.InnerException ?? t.Exception;
+
+    /// <summary>Waits for the master's own data-plane tasks <paramref name="data"/> (reads from workers'
+    /// registered buffers, no command), watching the workers meanwhile: a worker that exits or stops
+    /// beating fails the wait naming it, and so does the call deadline.</summary>
+    internal void AwaitData(string what, IReadOnlyList<Task> data)
+    {
+        if (Volatile.Read(ref _failed) is { } f) throw new WorkerFailedException($"the job has already failed: {f}");
+        var all = data.ToArray();
+        void CheckTasks()
+        {
+            foreach (var t in all)
+                if (t.IsFaulted)
+                {
+                    BlameADeadWorkerFirst(what);
+                    Fail($"master's data plane failed during {what}: {Inner(t).Message}");
+                }
+        }
+        var until = DateTime.UtcNow + _options.CallTimeout;
+        var done = Task.WhenAll(all).ContinueWith(_ => { }, TaskScheduler.Default);   // never throws: CheckTasks says why
+        while (!done.Wait(TimeSpan.FromMilliseconds(200)))
+        {
+            CheckTasks();
+            CheckHealth(what);
+            if (DateTime.UtcNow > until) Fail($"{what} did not finish within {_options.CallTimeout.TotalSeconds:F0} s");
+        }
+        CheckTasks();
+    }
 
     /// <summary>The master's part of a reallocation to or from its full copy, with the workers' parts.</summary>
     internal void ReallocWithMaster(string what, ReallocPlan plan, nint source, nint destination, IReadOnlyList<int> workers, JsonObject command)

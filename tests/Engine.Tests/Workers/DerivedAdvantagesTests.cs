@@ -93,7 +93,7 @@ public sealed class DerivedAdvantagesTests(Xunit.Abstractions.ITestOutputHelper 
 
         var figures = new List<string>[2];
         var parameters = new float[2][][];
-        var derived = new PpoAdvantageInputs(ro.LogProbs, ro.Ref, ro.Values, ro.Scores, ro.Eos, ro.Batch.ActionCu, Ppo, stream) { Source = ro.Batch.Source };
+        var derived = new PpoAdvantageInputs(ActionFloats.Here(ro.LogProbs), ActionFloats.Here(ro.Ref), ActionFloats.Here(ro.Values), ro.Scores, ro.Eos, ro.Batch.ActionCu, Ppo, stream) { Source = ro.Batch.Source };
         for (int k = 0; k < 2; k++)   // 0: in process, on the master's arrays; 1: workers, derived
         {
             figures[k] = [];
@@ -109,11 +109,11 @@ public sealed class DerivedAdvantagesTests(Xunit.Abstractions.ITestOutputHelper 
                 for (int m = 0; m < Minibatches; m++)
                 {
                     var (mb, s0, a0) = Minibatch(ro, m);
-                    var (fromMaster, between) = pool.DataBytes!.Value;
+                    var (fromMaster, between, _) = pool.DataBytes!.Value;
                     var (ps, pn) = a.PolicyStep(mb, s0, a0, 1f, policy, ratioBaseFromForward: false);
-                    var (fromMaster2, between2) = pool.DataBytes!.Value;
+                    var (fromMaster2, between2, _) = pool.DataBytes!.Value;
                     var (vs, vn) = c.ValueStep(mb, a0, value);
-                    var (fromMaster3, between3) = pool.DataBytes!.Value;
+                    var (fromMaster3, between3, _) = pool.DataBytes!.Value;
                     figures[k].Add($"{ps} {pn:R} | {vs} {vn:R}");
                     if (k == 0) continue;
                     bool first = epoch == 0 && m == 0;
@@ -161,7 +161,7 @@ public sealed class DerivedAdvantagesTests(Xunit.Abstractions.ITestOutputHelper 
         var options = new PolicyLossOptions(0.2, 0.28, LossAggregation.Sequence, 0.05, 0);
         var tokenAdv = RolloutAdvantages.TokenAdvantages(seqAdv, ro.Batch.ActionCu);
         double kl = RolloutAdvantages.MeanKl(ro.LogProbs, ro.Ref, n);
-        var derived = new SequenceAdvantageInputs(ro.LogProbs, ro.Ref, seqAdv, ro.Batch.ActionCu) { Source = ro.Batch.Source };
+        var derived = new SequenceAdvantageInputs(ActionFloats.Here(ro.LogProbs), ActionFloats.Here(ro.Ref), seqAdv, ro.Batch.ActionCu) { Source = ro.Batch.Source };
         var figures = new List<string>[2];
         var parameters = new float[2][];
         for (int k = 0; k < 2; k++)
@@ -175,12 +175,12 @@ public sealed class DerivedAdvantagesTests(Xunit.Abstractions.ITestOutputHelper 
                 for (int m = 0; m < Minibatches; m++)
                 {
                     var (mb, s0, a0) = Minibatch(ro, m);
-                    var (fromMaster, between) = pool.DataBytes!.Value;
+                    var (fromMaster, between, _) = pool.DataBytes!.Value;
                     var (ps, pn) = a.PolicyStep(mb, s0, a0, 1f, policy, ratioBaseFromForward: false);
                     figures[k].Add($"{ps} {pn:R}");
                     if (k == 0) continue;
                     bool first = epoch == 0 && m == 0;
-                    var (fromMaster2, between2) = pool.DataBytes!.Value;
+                    var (fromMaster2, between2, _) = pool.DataBytes!.Value;
                     Assert.Equal(first ? 4 * ((4 + n) + (4 + 4 * n)) : 0, fromMaster2 - fromMaster);
                     if (first) Assert.True(between2 > between, "the loss ranks read the log-probs from other workers");
                 }
@@ -209,7 +209,7 @@ public sealed class DerivedAdvantagesTests(Xunit.Abstractions.ITestOutputHelper 
         criticW.Initialise(47);
         var ro = Generate(pool, gen, reference, criticW);
         var keep = new bool[ro.Batch.Packed.Count]; Array.Fill(keep, true);
-        var derived = new PpoAdvantageInputs(ro.LogProbs, ro.Ref, ro.Values, ro.Scores, ro.Eos, ro.Batch.ActionCu, Ppo, stream) { Source = ro.Batch.Source };
+        var derived = new PpoAdvantageInputs(ActionFloats.Here(ro.LogProbs), ActionFloats.Here(ro.Ref), ActionFloats.Here(ro.Values), ro.Scores, ro.Eos, ro.Batch.ActionCu, Ppo, stream) { Source = ro.Batch.Source };
         using var a = pool.Create("actor", Cfg, false, actor, 1, Spec);
         a.Initialise(41);
         // Worker 3 is the reference's collecting rank (pp2: the last stage), the only holder of its log-probs.

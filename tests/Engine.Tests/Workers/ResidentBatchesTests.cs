@@ -117,4 +117,26 @@ public sealed class ResidentBatchesTests
         store.Hold(key, 3, "d3", [0], [seqs[0].Length]);
         Assert.Equal([key], store.TakeForgotten([3])!.Select(k => (string)k!));
     }
+
+    /// <summary>An output left with the workers that the master may still read (HoldOutput, one
+    /// per output) keeps its batch however many newer ones come; once every such output is fetched or
+    /// released the batch goes at the next new batch, its workers told.</summary>
+    [Fact]
+    public void ABatchWhoseOutputsTheMasterMayStillReadIsNotForgotten()
+    {
+        var (store, key, _) = Generated();
+        Assert.True(store.HoldOutput(key));
+        Assert.True(store.HoldOutput(key));
+        for (int i = 0; i < 2 * ResidentBatches.Capacity; i++) store.NewKey();
+        Assert.True(store.Tracked(key));
+        Assert.Null(store.TakeForgotten([0, 2]));
+        store.UnholdOutput(key);
+        store.NewKey();
+        Assert.True(store.Tracked(key));                      // one output still unread
+        store.UnholdOutput(key);
+        store.NewKey();
+        Assert.False(store.Tracked(key));
+        Assert.Equal([key], store.TakeForgotten([0, 2])!.Select(k => (string)k!));
+        Assert.False(store.HoldOutput(key));                  // gone: nothing more is left with the workers
+    }
 }

@@ -80,10 +80,16 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             Assert.Equal(want, File.ReadLines(Path.Combine(c, "metrics.jsonl")).Select(Strip));
             long Bytes(System.Text.Json.Nodes.JsonObject s, string k) => (long)s["data_bytes"]![k]!;
             output.WriteLine($"{algorithm}: master sent {Bytes(m, "from_master")} bytes via the master, {Bytes(d, "from_master")} with worker-to-worker data ({Bytes(d, "between_workers")} between workers)");
+            output.WriteLine($"{algorithm}: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
             Assert.True(Bytes(d, "from_master") < Bytes(m, "from_master"));
             // No per-token loss input from the master: grpo 12,472 and remax 12,920 bytes (14,264 and
             // 14,712 while the master sent the advantages, old and reference log-probs).
             Assert.True(Bytes(d, "from_master") < 13_500, $"{algorithm}: the master sent {Bytes(d, "from_master")} bytes with worker-to-worker data");
+            // No per-token float comes back either (the generation's, the reference's and the held-out
+            // evaluation's log-probs stay with the workers): grpo 2,348 and remax 2,992 bytes (3,568
+            // and 4,520 while every output came back, as it still does via the master).
+            Assert.True(Bytes(d, "to_master") < 3_200, $"{algorithm}: the master received {Bytes(d, "to_master")} bytes with worker-to-worker data");
+            Assert.True(Bytes(d, "to_master") < Bytes(m, "to_master"));
         }
         finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
     }
@@ -109,6 +115,7 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             Assert.Equal(File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip), File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
             long Bytes(System.Text.Json.Nodes.JsonObject s, string k) => (long)s["data_bytes"]![k]!;
             output.WriteLine($"master sent {Bytes(m, "from_master")} bytes via the master, {Bytes(d, "from_master")} with worker-to-worker data ({Bytes(d, "between_workers")} bytes between workers)");
+            output.WriteLine($"master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
             Assert.Equal(0, Bytes(m, "between_workers"));
             Assert.True(Bytes(d, "between_workers") > 0, "no sequence moved between workers");
             // What the master still sends: prompts, per-token gradients of its losses, and the
@@ -119,6 +126,12 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             // advantages and returns from the inference outputs the workers kept): 17,040 bytes before,
             // 15,296 now, of which the SFT stage's batches are 9,376 and prompts 5,296.
             Assert.True(Bytes(d, "from_master") < 16_000, $"the master sent {Bytes(d, "from_master")} bytes with worker-to-worker data (17,040 while it sent PPO's per-token loss inputs)");
+            // The per-token outputs of the calls on a resident batch (the generation's and ref_inf's
+            // log-probs, critic_inf's and rew_inf's per-action values, the evaluation's log-probs) stay
+            // with the workers: 2,588 bytes come back (generated tokens, sequence scores), 4,176 while
+            // every output came back (as it still does via the master).
+            Assert.True(Bytes(m, "to_master") > 0);
+            Assert.True(Bytes(d, "to_master") < 3_000, $"the master received {Bytes(d, "to_master")} bytes with worker-to-worker data and {Bytes(m, "to_master")} without");
         }
         finally { Directory.Delete(a, true); Directory.Delete(b, true); }
     }

@@ -1,0 +1,89 @@
+// A per-action float output of a batch on the master (a generation's log-probs, an inference call's
+// log-probs or values): either here, or kept by the worker processes that computed it and fetched
+// from them on first read (Workers/RemoteReplica.cs). Under worker processes, a synchronous run's
+// on-policy train calls read these outputs worker to worker and derive their loss inputs there
+// (Workers/ResidentBatches.cs), so the master needs only their length and where they are: the
+// floats never come back unless something on the master reads them (an off-policy fallback, a
+// batch the workers no longer hold). A read after the output was released (its iteration is over)
+// fails: it never reads zeros.
+namespace ReaLNative.Engine.Model;
+
+internal sealed class ActionFloats
+{
+    private readonly Lock _gate = new();
+    private float[]? _values;
+    private Func<float[]>? _fetch;
+    private Action? _release;
+    private bool _released;
+
+    private ActionFloats(int length, float[]? values, object? resident, Func<float[]>? fetch, Action? release, string what)
+    {
+        Length = length;
+        _values = values;
+        Resident = resident;
+        _fetch = fetch;
+        _release = release;
+        What = what;
+    }
+
+    /// <summary>An output this process holds.</summary>
+    public static ActionFloats Here(float[] values) => new(values.Length, values, null, null, null, "per-action output");
+
+    /// <summary>An output of <paramref name="length"/> floats the workers keep (<paramref name="resident"/>:
+    /// where, Workers/ResidentOutput); <paramref name="fetch"/> reads it from them (with a deadline,
+    /// failing naming the worker); <paramref name="release"/> tells the owner the master will not
+    /// read it any more (called once: at the first fetch or at <see cref="Release"/>).</summary>
+    public static ActionFloats Remote(int length, object resident, Func<float[]> fetch, Action release, string what) =>
+        new(length, null, resident, fetch, release, what);
+
+    /// <summary>Actions (floats), known without fetching.</summary>
+    public int Length { get; }
+    /// <summary>Where the workers keep this output (the Workers folder's ResidentOutput), or null.</summary>
+    public object? Resident { get; }
+    /// <summary>What the output is, for messages.</summary>
+    public string What { get; }
+
+    /// <summary>Whether the floats are in this process (held from the start, or fetched).</summary>
+    public bool Fetched
+    {
+        get { lock (_gate) return _values is not null; }
+    }
+
+    /// <summary>The floats; the first read of an output the workers keep fetches it from them (once).</summary>
+    public float[] Values
+    {
+        get
+        {
+            Action? release;
+            float[] v;
+            lock (_gate)
+            {
+                if (_values is { } have) return have;
+                if (_released) throw new InvalidOperationException($"{What}: read after it was released (its iteration is over); it was never fetched from the workers");
+                v = _fetch!();
+                if (v.Length != Length) throw new InvalidDataException($"{What}: fetched {v.Length} floats, expected {Length}");
+                _values = v;
+                _fetch = null;
+                release = _release;
+                _release = null;
+            }
+            release?.Invoke();
+            return v;
+        }
+    }
+
+    /// <summary>The master will not read this output any more: the workers may drop it with its
+    /// batch. A later read of an output never fetched fails.</summary>
+    public void Release()
+    {
+        Action? release;
+        lock (_gate)
+        {
+            _released = true;
+            _fetch = null;
+            release = _release;
+            _release = null;
+        }
+        release?.Invoke();
+    }
+}

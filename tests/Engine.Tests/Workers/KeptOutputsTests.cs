@@ -1,0 +1,213 @@
+// Per-action outputs left with the workers (IReplica.KeptGenerate, KeptLogProbs, KeptValues): the
+// collecting ranks keep the generation's log-probs, an inference call's log-probs or values and do
+// not send them; the master's ActionFloats reads them from those ranks on first use (one-sided reads
+// of their registered buffers), bit for bit what the call would have sent, and counted in
+// data_bytes.to_master only then. A read after release fails, and so does a read from a holder
+// that was killed, naming it.
+using System.Diagnostics;
+using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Layout;
+using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Optim;
+using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Config;
+using ReaLNative.Planner;
+using PlanCallType = ReaLNative.Planner.CallType;
+using ReaLNative.Engine.Runs;
+using ReaLNative.Engine.Tests.Runs;
+using ReaLNative.Engine.Workers;
+using Xunit;
+
+namespace ReaLNative.Engine.Tests.Workers;
+
+[Collection("worker processes")]
+public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output)
+{
+    private static readonly LlamaConfig Cfg = LlamaConfig.Preset("tiny");
+
+    private static int[][] Prompts()
+    {
+        var rng = new Random(9);
+        return [.. Enumerable.Range(0, 6).Select(i => Enumerable.Range(0, 2 + i % 3).Select(_ => 3 + rng.Next(20)).ToArray())];
+    }
+
+    private static GenerationOptions Options => new() { MaxNewTokens = 5, Temperature = 1f, EosToken = 2, Seed = 7 };
+
+    private static long ToMaster(WorkerPool pool) => pool.DataBytes!.Value.ToMaster;
+
+    private static bool Same(float[] a, float[] b) => a.AsSpan().SequenceEqual(b);
+
+    /// <summary>
+    /// A generation on workers 0-1 (dp2), the reference's log-probs on 2-3 (pp2) and the critic's
+    /// values on all four (dp2 x tp2), each once as today (outputs sent) and once left with the
+    /// workers: the kept call returns exactly 4 bytes per action fewer to the master, the first read
+    /// fetches exactly those bytes and gives the same bits, a second read fetches nothing; an output
+    /// released unread cannot be read.
+    /// </summary>
+    [Fact]
+    public void KeptOutputsComeBackOnlyWhenReadAndBitForBit()
+    {
+        using var pool = new WorkerPool(4, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+        ParallelLayout gen = new([0, 1], 1, 2, 1), reference = new([2, 3], 2, 1, 1), critic = new([0, 1, 2, 3], 1, 2, 2);
+        var prompts = Prompts();
+        using var actor = pool.Create("actor", Cfg, false, gen, 1, null);
+        actor.Initialise(41);
+
+        long t0 = ToMaster(pool);
+        var sent = actor.Generate(prompts, Options);
+        long t1 = ToMaster(pool);
+        var kept = actor.KeptGenerate(prompts, Options);
+        long t2 = ToMaster(pool);
+        int actions = sent.NewTokens.Sum(t => t.Length);
+        output.WriteLine($"generation: {t1 - t0} bytes back with its log-probs, {t2 - t1} without; {actions} actions");
+        Assert.True(actions > 0);
+        Assert.Equal(t1 - t0 - 4L * actions, t2 - t1);
+        Assert.Equal(sent.NewTokens.Select(t => string.Join(",", t)), kept.NewTokens.Select(t => string.Join(",", t)));
+        var lazy = kept.KeptLogProbs ?? throw new Xunit.Sdk.XunitException("the kept generation has no kept log-probs");
+        Assert.False(lazy.Fetched);
+        Assert.Equal(actions, lazy.Length);
+        Assert.True(Same(sent.LogProbs.SelectMany(x => x).ToArray(), kept.LogProbs.SelectMany(x => x).ToArray()), "generation log-probs");
+        Assert.True(lazy.Fetched);
+        Assert.Equal(t2 + 4L * actions, ToMaster(pool));
+        _ = kept.LogProbs; _ = lazy.Values;
+        Assert.Equal(t2 + 4L * actions, ToMaster(pool));   // fetched once
+
+        // A filtered generation (top-k) sends a vocab-byte sampling mask per token too: left out as well.
+        var topK = Options with { TopK = 5 };
+        long f0 = ToMaster(pool);
+        var fs = actor.Generate(prompts, topK);
+        long f1 = ToMaster(pool);
+        var fk = actor.KeptGenerate(prompts, topK);
+        long f2 = ToMaster(pool);
+        int fa = fs.NewTokens.Sum(t => t.Length);
+        output.WriteLine($"top-k generation: {f1 - f0} bytes back with log-probs and masks, {f2 - f1} without; {fa} actions, vocab {Cfg.Vocab}");
+        Assert.Equal(f1 - f0 - (4L + Cfg.Vocab) * fa, f2 - f1);
+        Assert.Equal((long)Cfg.Vocab * fa, fs.Masks!.Sum(m => (long)m.Length));
+        Assert.Throws<InvalidOperationException>(() => fk.Masks);
+        Assert.True(Same(fs.LogProbs.SelectMany(x => x).ToArray(), fk.KeptLogProbs!.Values), "top-k generation log-probs");
+        fk.KeptLogProbs.Release();
+
+        var batch = new ScoredBatch([.. Enumerable.Range(0, prompts.Length).Select(kept.Sequence)], [.. prompts.Select(p => p.Length)]) { Source = kept.Source };
+        Assert.Equal(actions, batch.Actions);
+        using (var r = pool.Create("ref", Cfg, false, reference, 2, null))
+        {
+            r.Initialise(43);
+            long a0 = ToMaster(pool);
+            var lp = r.LogProbs(batch, 1f);
+            long a1 = ToMaster(pool);
+            var klp = r.KeptLogProbs(batch, 1f);
+            long a2 = ToMaster(pool);
+            output.WriteLine($"ref log-probs: {a1 - a0} bytes back sent, {a2 - a1} kept");
+            Assert.Equal(a1 - a0 - 4L * actions, a2 - a1);
+            Assert.True(Same(lp, klp.Values), "reference log-probs");
+            Assert.Equal(a2 + 4L * actions, ToMaster(pool));
+            // Released unread: no read, and a later read fails instead of giving zeros.
+            var unread = r.KeptLogProbs(batch, 1f);
+            long a3 = ToMaster(pool);
+            unread.Release();
+            var e = Assert.Throws<InvalidOperationException>(() => unread.Values);
+            Assert.Contains("released", e.Message);
+            Assert.Equal(a3, ToMaster(pool));
+        }
+        using var c = pool.Create("critic", Cfg, true, critic, 2, null);
+        c.Initialise(47);
+        long v0 = ToMaster(pool);
+        var (values, last) = c.Values(batch);
+        long v1 = ToMaster(pool);
+        var (kv, klast) = c.KeptValues(batch);
+        long v2 = ToMaster(pool);
+        output.WriteLine($"critic values: {v1 - v0} bytes back sent, {v2 - v1} kept");
+        Assert.Equal(v1 - v0 - 4L * actions, v2 - v1);
+        Assert.True(Same(last, klast), "last scores");
+        Assert.True(Same(values, kv.Values), "critic values");
+        Assert.Equal(v2 + 4L * actions, ToMaster(pool));
+    }
+
+    private static ExperimentConfig DpoConfig() => ExperimentConfig.Parse("""
+        name: kept-dpo
+        algorithm: dpo
+        seed: 3
+        iterations: 2
+        task: { name: sort-digits, min_len: 3, max_len: 4 }
+        eval: { size: 8, every: 2 }
+        models:
+          actor: { preset: tiny, init: sft }
+          ref:   { preset: tiny, init: sft }
+        batch: { size: 8, prompt_len: 8, gen_len: 6 }
+        stages:
+          - { algorithm: sft, iterations: 6, models: { actor: { preset: tiny, init: random } }, optim: { lr: 3.0e-3 } }
+          - { algorithm: dpo, optim: { lr: 5.0e-4 } }
+        """, Path.GetTempPath());
+
+    private static Plan DpoPlan() => new(1, 4,
+    [
+        PlanExecutionTests.Call("actor_gen", "actor", PlanCallType.Generate, 0, 2, 1, 2, 1, 1),
+        PlanExecutionTests.Call("ref_inf", "ref", PlanCallType.Inference, 2, 2, 2, 1, 1, 2),
+        PlanExecutionTests.Call("actor_train", "actor", PlanCallType.TrainStep, 0, 4, 1, 2, 2, 2),
+    ], null);
+
+    private static string Strip(string line)
+    {
+        var o = System.Text.Json.Nodes.JsonNode.Parse(line)!.AsObject();
+        o.Remove("seconds");
+        return o.ToJsonString();
+    }
+
+    /// <summary>
+    /// DPO reads the reference's log-probs on the master (its loss sums them per sequence there), so
+    /// in worker processes the master fetches the log-probs ref_inf left with its collecting rank:
+    /// the run (metrics, actor) is bit-identical to the in-process plan run and to the worker run whose
+    /// master gets every output with its call (REALN_WORKER_TO_WORKER_DATA=0), and the bytes that came
+    /// back are fewer (the generation's and the evaluation's log-probs never do).
+    /// </summary>
+    [Fact]
+    public void AStageThatReadsAKeptOutputOnTheMasterFetchesItAndTheRunIsUnchanged()
+    {
+        string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir(), c = PlanExecutionTests.TempDir();
+        try
+        {
+            using var inProcess = new Pipeline(DpoConfig(), a, plan: DpoPlan());
+            using var direct = new Pipeline(DpoConfig(), b, plan: DpoPlan(), hosts: WorkerProcessTests.Processes());
+            using var viaMaster = new Pipeline(DpoConfig(), c, plan: DpoPlan(), hosts: WorkerProcessTests.Processes(workerToWorkerData: false));
+            inProcess.Run(resume: false);
+            var d = direct.Run(resume: false);
+            var m = viaMaster.Run(resume: false);
+            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), direct.Model("actor").Parameters.ToArray());
+            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), viaMaster.Model("actor").Parameters.ToArray());
+            var want = File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip).ToList();
+            Assert.Contains(want, l => l.Contains("\"call\":\"actor_train\"") && l.Contains("\"loss\""));
+            Assert.Equal(want, File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
+            Assert.Equal(want, File.ReadLines(Path.Combine(c, "metrics.jsonl")).Select(Strip));
+            long Bytes(System.Text.Json.Nodes.JsonObject s, string k) => (long)s["data_bytes"]![k]!;
+            output.WriteLine($"dpo: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
+            Assert.True(Bytes(d, "to_master") < Bytes(m, "to_master"));
+        }
+        finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
+    }
+
+    /// <summary>The worker that keeps the reference's log-probs (the collecting rank of a pp2 layout)
+    /// is killed before the master reads them: the read fails naming it, well within the deadline.</summary>
+    [Fact]
+    public void AKilledHolderFailsTheReadNamingIt()
+    {
+        using var pool = new WorkerPool(4, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+        ParallelLayout gen = new([0, 1], 1, 2, 1), reference = new([2, 3], 2, 1, 1);
+        var prompts = Prompts();
+        GenerationResult g;
+        using (var actor = pool.Create("actor", Cfg, false, gen, 1, null))
+        {
+            actor.Initialise(41);
+            g = actor.KeptGenerate(prompts, Options);
+        }
+        var batch = new ScoredBatch([.. Enumerable.Range(0, prompts.Length).Select(g.Sequence)], [.. prompts.Select(p => p.Length)]) { Source = g.Source };
+        using var r = pool.Create("ref", Cfg, false, reference, 2, null);
+        r.Initialise(43);
+        var lp = r.KeptLogProbs(batch, 1f);
+        Process.GetProcessById(pool.WorkerPid(3)).Kill();
+        var clock = Stopwatch.StartNew();
+        var e = Assert.Throws<WorkerFailedException>(() => lp.Values);
+        output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s: {e.Message}");
+        Assert.Contains("worker 3", e.Message);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"the read failed after {clock.Elapsed.TotalSeconds:F0} s");
+    }
+}
