@@ -19,6 +19,16 @@ internal static class AbandonedBuffers
             if (b is not null) s_kept.Add(b);
     }
 
+    /// <summary>After a failure among one-sided reads (which UCX cannot cancel): keeps the arrays of the reads
+    /// still in flight and, if there is one, empties <paramref name="remotes"/> so the caller does not dispose the
+    /// regions (remote keys) such a read still uses (the transport destroys them at its disposal).</summary>
+    public static void KeepUnfinished<TRemote>(IEnumerable<(Task Read, object Into)> reads, List<TRemote> remotes)
+    {
+        var running = reads.Where(r => !r.Read.IsCompleted).Select(r => r.Into).ToArray();
+        Keep(running);
+        if (running.Length > 0) remotes.Clear();
+    }
+
     /// <summary>How many buffers are kept (tests).</summary>
     internal static int Count => s_kept.Count;
 }

@@ -438,9 +438,7 @@ internal sealed unsafe class ModelWorker : IDisposable
         {
             // UCX cannot cancel an RMA read: one still running writes into its array later, and
             // uses its remote key until then (the transport destroys that at its disposal).
-            var running = pending.Where(p => !p.Read.IsCompleted).ToList();
-            AbandonedBuffers.Keep([.. running.Select(p => (object)p.Tokens)]);
-            if (running.Count > 0) remotes.Clear();
+            AbandonedBuffers.KeepUnfinished(pending.Select(p => (p.Read, (object)p.Tokens)), remotes);
             throw;
         }
         finally
@@ -685,9 +683,7 @@ internal sealed unsafe class ModelWorker : IDisposable
         }
         catch
         {
-            var running = pending.Where(p => !p.Read.IsCompleted).ToList();
-            AbandonedBuffers.Keep([.. running.Select(p => (object)p.Into)]);
-            if (running.Count > 0) remotes.Clear();
+            AbandonedBuffers.KeepUnfinished(pending.Select(p => (p.Read, (object)p.Into)), remotes);
             throw;
         }
         finally

@@ -304,9 +304,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         catch
         {
             // UCX cannot cancel an RMA read: one still running writes into its array later (Workers/ModelWorker.Fetch).
-            var running = pending.Where(x => !x.Read.IsCompleted).ToList();
-            Transport.AbandonedBuffers.Keep([.. running.Select(x => (object)x.Into)]);
-            if (running.Count > 0) remotes.Clear();
+            Transport.AbandonedBuffers.KeepUnfinished(pending.Select(x => (x.Read, (object)x.Into)), remotes);
             throw;
         }
         finally
