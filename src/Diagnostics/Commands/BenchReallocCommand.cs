@@ -91,6 +91,8 @@ public static class BenchReallocCommand
                     ["reference"] = c.Reference, ["goal"] = 0.80, ["goal_max"] = 1.10,
                     ["memcpy_1_thread_gbps"] = Round(c.MemcpyOneThreadGbps), ["memcpy_threads_gbps"] = Round(c.MemcpyThreadsGbps),
                     ["streaming_copy_threads_gbps"] = Round(c.StreamingCopyThreadsGbps),
+                    ["case_pages_memcpy_threads_gbps"] = Round(c.CasePagesMemcpyThreadsGbps),
+                    ["case_pages_streaming_copy_threads_gbps"] = Round(c.CasePagesStreamingCopyThreadsGbps),
                     ["contiguous_read_gbps"] = Round(c.ContiguousReadGbps), ["contiguous_mapped_copy_gbps"] = Round(c.MappedCopyGbps),
                     ["p2p_gbps"] = Round(c.P2pGbps), ["shard_huge_page_fraction"] = c.ShardHugePageFraction is double h ? Math.Round(h, 3) : null,
                     ["start_spread_ms"] = Round(c.StartSpreadMs), ["reference_start_spread_ms"] = Round(c.ReferenceStartSpreadMs),
