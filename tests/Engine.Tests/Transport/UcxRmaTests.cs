@@ -7,9 +7,10 @@ namespace ReaLNative.Engine.Tests.Transport;
 /// <summary>UCX RMA between in-process ranks: registered regions, descriptors exchanged over the
 /// tagged channel, put and get of random bytes at random offsets (bit-exact), bounds, deadlines,
 /// and the poll / wakeup progress modes carrying the same tagged traffic.</summary>
-/// <summary>Runs alone: UCX 1.13 can abort the process (stubs.c "Assertion '0' failed" in
-/// uct_tcp_ep_pending_purge) when the timed-out rendezvous send's endpoint is destroyed while other
-/// tests' transports keep the host busy; seen twice in whole-assembly runs under load.</summary>
+/// <summary>Runs alone. UCX 1.13 aborted the process (stubs.c "Assertion '0' failed" in
+/// uct_tcp_ep_pending_purge) when the timed-out rendezvous send's endpoint was destroyed with the
+/// send still queued (three times in whole-assembly runs, the last with this collection alone);
+/// UcxTransport.Dispose now leaves a transport with such an operation to process exit.</summary>
 [CollectionDefinition("ucx alone", DisableParallelization = true)]
 public sealed class UcxAloneCollection;
 
