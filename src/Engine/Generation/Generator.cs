@@ -1,4 +1,5 @@
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Tasks;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using ReaLNative.Engine.Transport;
@@ -121,6 +122,10 @@ internal sealed class GenerationResult
     /// <summary>Where worker processes keep the generated sequences (prompt + new tokens, in prompt
     /// order), for the calls that score them next; null when only this process has them.</summary>
     public BatchSource? Source { get; init; }
+
+    /// <summary>The answers' scores that the workers holding them computed (RemoteReplica.KeptGenerate
+    /// with a ScoringRequest); null when the caller scores them.</summary>
+    public SequenceScores? Scores { get; init; }
 
     /// <summary>Prompt + new tokens of sequence i.</summary>
     public int[] Sequence(int i) => [.. Prompts[i], .. NewTokens[i]];

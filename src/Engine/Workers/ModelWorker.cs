@@ -14,6 +14,7 @@ using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Transport;
@@ -48,6 +49,8 @@ internal sealed unsafe class ModelWorker : IDisposable
     private readonly ControlServer _server;
     private readonly Dictionary<int, ShardReplica> _replicas = new();
     private readonly Dictionary<string, (ReallocPlan Plan, ReallocSchedule Schedule)> _plans = new();
+    /// <summary>Answer scorers the master described (Tasks/SequenceScoring.cs), by id.</summary>
+    private readonly Dictionary<string, SequenceScorer> _scorers = new(StringComparer.Ordinal);
     /// <summary>Sequences this worker keeps for later calls (Workers/ResidentBatches.cs): batch key ->
     /// store id -> (prompt length, prompt + generated tokens).</summary>
     private readonly Dictionary<string, Dictionary<int, (int Prompt, int[] Tokens)>> _batches = new(StringComparer.Ordinal);
@@ -293,6 +296,33 @@ internal sealed unsafe class ModelWorker : IDisposable
         if (!t.Wait(OperationTimeout + TimeSpan.FromSeconds(5)))
             throw new TimeoutException($"{what}: the data plane did not complete within {OperationTimeout.TotalSeconds:F0} s");
         if (t.IsFaulted) throw t.Exception!.InnerException!;
+    }
+
+    // ------------------------------------------------------------------ scoring where the tokens are
+
+    /// <summary>The scorer and examples of a generation's "score" request (null without one): the
+    /// scorer is described once per id (the first request that names it), built once and kept.</summary>
+    private (SequenceScorer Scorer, TaskExample[] Examples, bool Checks)? Scoring(JsonNode? j, int batch, string op)
+    {
+        if (j is null) return null;
+        string id = (string?)j["scorer_id"] ?? throw new ArgumentException($"{op}: score without 'scorer_id'");
+        if (!_scorers.TryGetValue(id, out var scorer))
+        {
+            if (j["scorer"] is not { } d) throw new ArgumentException($"{op}: scorer '{id}' was never described to worker {_args.Rank}");
+            _scorers[id] = scorer = SequenceScorer.FromDescription(d, $"{op}: score.scorer");
+        }
+        var ex = ScoringRequest.ParseExamples(j["examples"], $"{op}: score");
+        if (ex.Length != batch) throw new ArgumentException($"{op}: score holds {ex.Length} examples for a batch of {batch} prompts");
+        return (scorer, ex, j["checks"]?.GetValue<bool>() ?? throw new ArgumentException($"{op}: score without 'checks'"));
+    }
+
+    /// <summary>Appends the scores of this rank's answers <paramref name="g"/> (rule rewards, then
+    /// held-out checks, each empty when not computed) to its generation output.</summary>
+    private static WireWriter Scored(WireWriter w, (int[] Ids, GenerationResult Result) g, (SequenceScorer Scorer, TaskExample[] Examples, bool Checks)? score, string op)
+    {
+        if (score is not { } s) return w;
+        var sc = s.Scorer.Score([.. g.Ids.Select(i => s.Examples[i])], g.Result.NewTokens, g.Result.EndedWithEos, s.Checks);
+        return w.Floats(sc.Rule ?? []).Floats(sc.Checks ?? []);
     }
 
     // ------------------------------------------------------------------ batches between workers
@@ -842,7 +872,9 @@ internal sealed unsafe class ModelWorker : IDisposable
                 if ((string?)j["keep_as"] is { } key && g is { } kept) descriptor = Keep(key, kept.Ids, prompts, kept.Result);
                 bool lazy = j["lazy"]?.GetValue<bool>() == true;
                 if (lazy && j["keep_as"] is null) throw new ArgumentException($"{op}: 'lazy' without 'keep_as': the log-probs would be neither sent nor kept");
-                Output(j, r, g is { } x ? w => w.Generation(x, perToken: !lazy) : null, op);
+                // With "score", the answers' scores follow (Tasks/SequenceScoring.cs): computed here, where the tokens are.
+                var score = Scoring(j["score"], WireJson.Int(j, "batch"), op);
+                Output(j, r, g is { } x ? w => Scored(w.Generation(x, perToken: !lazy), x, score, op) : null, op);
                 break;
             }
             default:

@@ -14,6 +14,7 @@ using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Realloc;
@@ -603,13 +604,18 @@ internal sealed unsafe class RemoteReplica : IReplica
 
     public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt, leave: false);
 
-    public GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt, leave: true);
+    public GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt, ScoringRequest? scoring = null) => Generate(prompts, opt, leave: true, scoring);
+
+    /// <summary>Scorer descriptions this replica's workers were sent, with the id they know each by.</summary>
+    private readonly Dictionary<string, string> _scorers = new(StringComparer.Ordinal);
 
     /// <summary>A generation; with <paramref name="leave"/>, when the workers keep the sequences, the
     /// collecting ranks do not send the log-probs either (the result's KeptLogProbs reads them on first
     /// use), nor a filtered generation's sampling masks (vocab bytes per token, which a synchronous
     /// run's train calls do not read: its batch's logits_mask is empty; the result's Masks then fails).</summary>
-    private GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt, bool leave)
+    /// <remarks>With <paramref name="scoring"/> and the sequences kept, the collecting ranks also
+    /// score their answers (Tasks/SequenceScoring.cs) and send the scores with them.</remarks>
+    private GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt, bool leave, ScoringRequest? scoring = null)
     {
         var args = new JsonObject { ["gen"] = WireJson.Generation(opt) };
         // The collecting ranks keep the sequences for the calls that score them next (the last chunk
@@ -618,7 +624,22 @@ internal sealed unsafe class RemoteReplica : IReplica
         if (key is not null) args["keep_as"] = key;
         bool held = leave && key is not null && _pool.Batches.HoldOutput(key);
         if (held) args["lazy"] = true;
-        try { return Generated(prompts, opt, args, key, held); }
+        bool scored = held && scoring is not null;
+        if (scored)
+        {
+            if (scoring!.Examples.Count != prompts.Count) throw new ArgumentException($"{_name}: scoring {scoring.Examples.Count} examples for {prompts.Count} prompts");
+            // The scorer (tokenizer, reward) is described once; later requests name it by id.
+            string desc = scoring.Scorer.ToJsonString();
+            var score = new JsonObject { ["examples"] = scoring.ExamplesJson(), ["checks"] = scoring.Checks };
+            if (!_scorers.TryGetValue(desc, out var id))
+            {
+                _scorers[desc] = id = $"{_id}.{_scorers.Count}";
+                score["scorer"] = scoring.Scorer.DeepClone();
+            }
+            score["scorer_id"] = id;
+            args["score"] = score;
+        }
+        try { return Generated(prompts, opt, args, key, held, scored ? scoring : null); }
         catch
         {
             if (held) _pool.Batches.UnholdOutput(key!);
@@ -626,7 +647,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         }
     }
 
-    private GenerationResult Generated(IReadOnlyList<int[]> prompts, GenerationOptions opt, JsonObject args, string? key, bool held)
+    private GenerationResult Generated(IReadOnlyList<int[]> prompts, GenerationOptions opt, JsonObject args, string? key, bool held, ScoringRequest? scoring)
     {
         // Each data-parallel rank gets only the prompts of its part (the split its shards make of the
         // whole batch, ShardRunner.DataPart: a contiguous run) and where the run starts in the batch
@@ -635,10 +656,12 @@ internal sealed unsafe class RemoteReplica : IReplica
         var shares = Split.Contiguous(prompts.Select(p => p.Length).ToArray(), Layout.Dp)
             .Select(part => new WireWriter().PromptShare(part[0], [.. part.Select(i => prompts[i])]).ToArray()).ToArray();
         var (_, outs) = Op("generate", args, new Inputs(null, PerData: shares), output: true, null, out var replies);
+        var scores = scoring is null ? null : new SequenceScoresBuilder(prompts.Count);
         var parts = outs.Select((b, i) =>
         {
             var r = new WireReader(b, $"{What("generate")}: output of worker {_collectors[i]}");
             var g = r.Generation(prompts, opt.Filters);
+            scores?.Add(r, g.Ids, $"{What("generate")}: scores of worker {_collectors[i]}");
             r.End();
             return g;
         }).ToList();
@@ -665,6 +688,7 @@ internal sealed unsafe class RemoteReplica : IReplica
                 Prompts = m.Prompts, NewTokens = m.NewTokens, LogProbs = null!, Masks = null, MasksDropped = opt.Filters, EndedWithEos = m.EndedWithEos,
                 PrefilledTokens = m.PrefilledTokens, Steps = m.Steps, Source = source,
                 KeptLogProbs = Left(kept, source.Ids, cu, $"{_name} generation log-probs of batch {key}"),
+                Scores = scores?.Build(scoring!.Checks, $"{What("generate")}: scores"),
             };
         }
         // The generation's log-probs, kept by the same ranks (read by the train calls' loss ranks).
@@ -857,5 +881,44 @@ internal sealed unsafe class RemoteReplica : IReplica
         _deferredBackward = null;  // its gradients go with the replica
         try { _pool.Dispatch(What("drop"), Layout.Devices, "drop", new JsonObject { ["id"] = _id }); }
         catch (WorkerFailedException) { /* the job is ending; the workers go with it */ }
+    }
+}
+
+/// <summary>The collecting ranks' answer scores merged into prompt order (their outputs' tails:
+/// rule rewards, then held-out checks, each empty when not computed).</summary>
+internal sealed class SequenceScoresBuilder(int count)
+{
+    private float[]? _rule;
+    private readonly float[] _checks = new float[count];
+    private readonly bool[] _seen = new bool[count];
+    private bool? _hasRule;
+    private bool _hasChecks;
+
+    public void Add(WireReader r, int[] ids, string what)
+    {
+        var rule = r.Floats();
+        var checks = r.Floats();
+        if (rule.Length != 0 && rule.Length != ids.Length) throw new InvalidDataException($"{what}: {rule.Length} rule rewards for {ids.Length} answers");
+        if (checks.Length != 0 && checks.Length != ids.Length) throw new InvalidDataException($"{what}: {checks.Length} checks for {ids.Length} answers");
+        if (ids.Length == 0) return;
+        if (_hasRule is { } h && h != (rule.Length != 0)) throw new InvalidDataException($"{what}: rule rewards from some collecting ranks only");
+        _hasRule = rule.Length != 0;
+        _hasChecks |= checks.Length != 0;
+        if (_hasRule == true) _rule ??= new float[count];
+        for (int k = 0; k < ids.Length; k++)
+        {
+            int i = ids[k];
+            if ((uint)i >= (uint)count || _seen[i]) throw new InvalidDataException($"{what}: answer {i} out of range or scored twice");
+            _seen[i] = true;
+            if (_rule is not null) _rule[i] = rule[k];
+            if (checks.Length != 0) _checks[i] = checks[k];
+        }
+    }
+
+    public SequenceScores Build(bool checks, string what)
+    {
+        if (Array.IndexOf(_seen, false) is var miss and >= 0) throw new InvalidDataException($"{what}: no collecting rank scored answer {miss}");
+        if (checks != _hasChecks) throw new InvalidDataException($"{what}: held-out checks {(checks ? "missing" : "not asked for")}");
+        return new SequenceScores(_rule, checks ? _checks : null);
     }
 }

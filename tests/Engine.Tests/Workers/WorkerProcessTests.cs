@@ -88,7 +88,7 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             // No per-token float comes back either (the generation's, the reference's and the held-out
             // evaluation's log-probs stay with the workers): grpo 2,348 and remax 2,992 bytes (3,568
             // and 4,520 while every output came back, as it still does via the master).
-            Assert.True(Bytes(d, "to_master") < 3_200, $"{algorithm}: the master received {Bytes(d, "to_master")} bytes with worker-to-worker data");
+            Assert.True(Bytes(d, "to_master") < 3_300, $"{algorithm}: the master received {Bytes(d, "to_master")} bytes with worker-to-worker data");
             Assert.True(Bytes(d, "to_master") < Bytes(m, "to_master"));
         }
         finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
