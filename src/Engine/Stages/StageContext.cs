@@ -38,19 +38,25 @@ internal sealed record Rollout(TaskExample[] Examples, int[][] Prompts, Generati
         var c = new List<int>(); var j = new List<int>();
         for (int i = 0; i + 1 < Examples.Length; i += 2)
         {
-            double a = SyntheticTask.Grade(Examples[i], Completions[i]) + (Gen.EndedWithEos[i] ? 0 : -1);
-            double b = SyntheticTask.Grade(Examples[i + 1], Completions[i + 1]) + (Gen.EndedWithEos[i + 1] ? 0 : -1);
+            double a = Grade(i) + (Gen.EndedWithEos[i] ? 0 : -1);
+            double b = Grade(i + 1) + (Gen.EndedWithEos[i + 1] ? 0 : -1);
             if (a == b) continue;
             c.Add(a > b ? i : i + 1); j.Add(a > b ? i + 1 : i);
         }
         return (c.ToArray(), j.ToArray());
     }
 
+    /// <summary>The graded score of sample <paramref name="i"/>: as the workers that hold it computed it, else from its decoded text.</summary>
+    private double Grade(int i) => Gen.Scores?.Grades is { } g ? g[i] : SyntheticTask.Grade(Examples[i], Completions[i]);
+
     /// <summary>Selects sequences [s0, s1) as their own scored batch, with the matching slice [A0, A1) of per-action arrays.</summary>
     public (ScoredBatch Batch, int A0, int A1) Slice(int s0, int s1)
     {
-        var seqs = Enumerable.Range(s0, s1 - s0).Select(Gen.Sequence).ToArray();
-        var sb = new ScoredBatch(seqs, Enumerable.Range(s0, s1 - s0).Select(i => Prompts[i].Length).ToArray()) { Source = Scored.Source?.Slice(s0, s1) };
+        // From the lengths: the ids are the rollout's (read from the workers only if something reads these).
+        var packed = Scored.Packed;
+        int t0 = packed.CuSeqlens[s0], t1 = packed.CuSeqlens[s1];
+        var sb = new ScoredBatch(packed.SeqLens[s0..s1], Enumerable.Range(s0, s1 - s0).Select(i => Prompts[i].Length).ToArray(), () => packed.Tokens[t0..t1])
+            { Source = Scored.Source?.Slice(s0, s1) };
         return (sb, Scored.ActionCu[s0], Scored.ActionCu[s1]);
     }
 }
@@ -102,7 +108,10 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
             Continuous = stage.Generation.Continuous,
             BatchIndependentPrefill = stage.Generation.BatchIndependentPrefill,
         };
-        var scoring = keepOnWorkers && score != WorkerScoring.None && Scorer is { } desc ? new ScoringRequest(desc, ex, score == WorkerScoring.RuleAndChecks) : null;
+        // rm and dpo rank pairs of sampled answers by their graded score.
+        var scoring = keepOnWorkers && score != WorkerScoring.None && Scorer is { } desc
+            ? new ScoringRequest(desc, ex, score != WorkerScoring.Rule) { Rule = score != WorkerScoring.Checks, Grades = !greedy && stage.Algorithm is AlgorithmNames.Dpo or AlgorithmNames.Rm }
+            : null;
         var gen = keepOnWorkers ? actor.KeptGenerate(prompts, opt, scoring) : actor.Generate(prompts, opt);
         return Assemble(ex, gen);
     }
@@ -116,8 +125,11 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     public Rollout Assemble(TaskExample[] ex, GenerationResult gen)
     {
         if (gen.Prompts.Length != ex.Length) throw new ArgumentException($"{gen.Prompts.Length} generated sequences for {ex.Length} examples");
-        var seqs = Enumerable.Range(0, ex.Length).Select(gen.Sequence).ToArray();
-        var scored = new ScoredBatch(seqs, gen.Prompts.Select(p => p.Length).ToArray()) { Source = gen.Source };
+        var promptLengths = gen.Prompts.Select(p => p.Length).ToArray();
+        // Ids the workers kept are read from them only if something here reads them (lengths suffice for the rest).
+        var scored = gen.KeptTokens is { } kept
+            ? new ScoredBatch([.. promptLengths.Select((p, i) => p + gen.NewTokenCounts[i])], promptLengths, () => kept.Values) { Source = gen.Source }
+            : new ScoredBatch([.. Enumerable.Range(0, ex.Length).Select(gen.Sequence)], promptLengths) { Source = gen.Source };
         var decoded = new Lazy<string[]>(() => gen.NewTokens.Select(t => tokenizer.Completion(t)).ToArray());
         return new Rollout(ex, gen.Prompts, gen, scored, decoded);
     }
@@ -139,7 +151,7 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     public float[]? RuleScores(Rollout r)
     {
         if (!AlgorithmNames.Rewarded(stage.Algorithm) || reward is null) return null;
-        if (r.Gen.Scores is { } s) return s.Rule ?? throw new InvalidDataException("the workers scored the answers without the stage's rule reward");
+        if (r.Gen.Scores is { Rule: { } s }) return s;
         lock (reward) return reward.Score(SequenceRewards.Inputs(r.Examples, r.Completions, r.Gen.EndedWithEos));
     }
 
@@ -209,7 +221,7 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     {
         var p = stage.Ppo;
         if (p.OverlongBuffer == 0) return scores;
-        return scores.Select((s, i) => s + SequenceRewards.OverlongPenalty(r.Gen.NewTokens[i].Length, stage.Batch.GenLen, p.OverlongBuffer, p.OverlongPenalty)).ToArray();
+        return scores.Select((s, i) => s + SequenceRewards.OverlongPenalty(r.Gen.NewTokenCounts[i], stage.Batch.GenLen, p.OverlongBuffer, p.OverlongPenalty)).ToArray();
     }
 
     // ---------------------------------------------------------------- calls several algorithms share
@@ -220,6 +232,7 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     {
         var r = Generate(Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), Iteration(b), "gen", greedy: false, KeepOutputsOnWorkers, WorkerScoring.RuleAndChecks);
         b.Set("sequences", r);
+        if (r.Gen.KeptTokens is { } ids) b.OnRelease(ids.Release);   // the ids stay readable until the iteration ends
         if (r.Gen.KeptLogProbs is { } kept) b.Set("logprobs", kept);   // left with the workers (fetched on first read)
         else
         {
@@ -232,7 +245,7 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
         if (RuleScores(r) is { } scores) b.Set("scores", scores);
         double score = SampleChecks(r).Average();
         return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["sample_task_score"] = score,
-            ["gen_len_mean"] = r.Gen.NewTokens.Average(t => t.Length) };
+            ["gen_len_mean"] = r.Gen.NewTokenCounts.Average() };
     };
 
     /// <summary>actor_gen of rm and dpo: the actor's samples, or, with a dataset of chosen / rejected
@@ -265,6 +278,7 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     {
         var r = Generate(Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), Iteration(b), "greedy", greedy: true, KeepOutputsOnWorkers, WorkerScoring.Rule);
         if (r.Gen.KeptLogProbs is { } kept) b.OnRelease(kept.Release);   // nothing reads the greedy answers' log-probs
+        if (r.Gen.KeptTokens is { } ids) b.OnRelease(ids.Release);
         b.Set("greedy_sequences", r); b.Set("greedy_ended_with_eos", r.Gen.EndedWithEos);
         if (RuleScores(r) is { } scores) b.Set("greedy_scores", scores);
         return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
@@ -313,4 +327,6 @@ internal enum WorkerScoring
     Rule,
     /// <summary>The rule reward and the held-out check (`sample_task_score`).</summary>
     RuleAndChecks,
+    /// <summary>The held-out check only (a held-out evaluation's task_score).</summary>
+    Checks,
 }

@@ -17,6 +17,12 @@ namespace ReaLNative.Engine.Tasks;
 /// <paramref name="Checks"/>: the held-out check too (else the rule reward only).</summary>
 internal sealed record ScoringRequest(JsonObject Scorer, IReadOnlyList<TaskExample> Examples, bool Checks)
 {
+    /// <summary>The graded score too (SyntheticTask.Grade: what ranks sampled answers into preference
+    /// pairs for rm and dpo, Rollout.Pairs).</summary>
+    public bool Grades { get; init; }
+    /// <summary>The stage's rule reward, when its scorer computes one (false: a held-out evaluation's checks only).</summary>
+    public bool Rule { get; init; } = true;
+
     /// <summary>The examples as the request's JSON: prompt, answer, metadata (null when none).</summary>
     public JsonArray ExamplesJson() =>
         new([.. Examples.Select(e => (JsonNode)new JsonArray(e.Prompt, e.Answer, e.Metadata))]);
@@ -32,8 +38,8 @@ internal sealed record ScoringRequest(JsonObject Scorer, IReadOnlyList<TaskExamp
 }
 
 /// <summary>Per sequence, in prompt order: the rule reward (null when the stage has none to compute
-/// there) and the held-out check (null when not asked).</summary>
-internal sealed record SequenceScores(float[]? Rule, float[]? Checks);
+/// there), the held-out check and the graded score (each null when not asked).</summary>
+internal sealed record SequenceScores(float[]? Rule, float[]? Checks, double[]? Grades = null);
 
 /// <summary>Decodes completions and scores them: the rule reward (StageContext.RuleScores) and the
 /// held-out check (StageContext.Checks), bit for bit what the master computes of the same tokens.</summary>
@@ -63,15 +69,17 @@ internal sealed class SequenceScorer(RunTokenizer tokenizer, ISequenceReward? re
     }
 
     /// <summary>The scores of answers <paramref name="newTokens"/> to <paramref name="examples"/>.</summary>
-    public SequenceScores Score(IReadOnlyList<TaskExample> examples, IReadOnlyList<int[]> newTokens, IReadOnlyList<bool> endedWithEos, bool checks)
+    public SequenceScores Score(IReadOnlyList<TaskExample> examples, IReadOnlyList<int[]> newTokens, IReadOnlyList<bool> endedWithEos, bool checks, bool grades = false, bool withRule = true)
     {
+        bool ruleHere = withRule && rule;
         var completions = newTokens.Select(t => tokenizer.Completion(t)).ToArray();
-        float[]? scores = reward is not null && (rule || (checks && reward is not TaskCheckerReward))
+        float[]? scores = reward is not null && (ruleHere || (checks && reward is not TaskCheckerReward))
             ? reward.Score(RuleRewards.Inputs(examples, completions, endedWithEos)) : null;
         float[]? c = null;
         if (checks)
             c = reward is null or TaskCheckerReward ? [.. examples.Select((e, i) => (float)SyntheticTask.Exact(e, completions[i]))] : scores;
-        return new SequenceScores(rule ? scores : null, c);
+        double[]? g = grades ? [.. examples.Select((e, i) => SyntheticTask.Grade(e, completions[i]))] : null;
+        return new SequenceScores(ruleHere ? scores : null, c, g);
     }
 
     /// <summary>Each completion's held-out score: <paramref name="reward"/> (other than `task`), else

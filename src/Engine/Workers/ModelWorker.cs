@@ -302,7 +302,7 @@ internal sealed unsafe class ModelWorker : IDisposable
 
     /// <summary>The scorer and examples of a generation's "score" request (null without one): the
     /// scorer is described once per id (the first request that names it), built once and kept.</summary>
-    private (SequenceScorer Scorer, TaskExample[] Examples, bool Checks)? Scoring(JsonNode? j, int batch, string op)
+    private (SequenceScorer Scorer, TaskExample[] Examples, bool Checks, bool Grades, bool Rule)? Scoring(JsonNode? j, int batch, string op)
     {
         if (j is null) return null;
         string id = (string?)j["scorer_id"] ?? throw new ArgumentException($"{op}: score without 'scorer_id'");
@@ -313,16 +313,16 @@ internal sealed unsafe class ModelWorker : IDisposable
         }
         var ex = ScoringRequest.ParseExamples(j["examples"], $"{op}: score");
         if (ex.Length != batch) throw new ArgumentException($"{op}: score holds {ex.Length} examples for a batch of {batch} prompts");
-        return (scorer, ex, j["checks"]?.GetValue<bool>() ?? throw new ArgumentException($"{op}: score without 'checks'"));
+        return (scorer, ex, j["checks"]?.GetValue<bool>() ?? throw new ArgumentException($"{op}: score without 'checks'"), j["grades"]?.GetValue<bool>() == true, j["rule"]?.GetValue<bool>() != false);
     }
 
-    /// <summary>Appends the scores of this rank's answers <paramref name="g"/> (rule rewards, then
-    /// held-out checks, each empty when not computed) to its generation output.</summary>
-    private static WireWriter Scored(WireWriter w, (int[] Ids, GenerationResult Result) g, (SequenceScorer Scorer, TaskExample[] Examples, bool Checks)? score, string op)
+    /// <summary>Appends the scores of this rank's answers <paramref name="g"/> (rule rewards,
+    /// held-out checks, graded scores, each empty when not computed) to its generation output.</summary>
+    private static WireWriter Scored(WireWriter w, (int[] Ids, GenerationResult Result) g, (SequenceScorer Scorer, TaskExample[] Examples, bool Checks, bool Grades, bool Rule)? score, string op)
     {
         if (score is not { } s) return w;
-        var sc = s.Scorer.Score([.. g.Ids.Select(i => s.Examples[i])], g.Result.NewTokens, g.Result.EndedWithEos, s.Checks);
-        return w.Floats(sc.Rule ?? []).Floats(sc.Checks ?? []);
+        var sc = s.Scorer.Score([.. g.Ids.Select(i => s.Examples[i])], g.Result.NewTokens, g.Result.EndedWithEos, s.Checks, s.Grades, s.Rule);
+        return w.Floats(sc.Rule ?? []).Floats(sc.Checks ?? []).Doubles(sc.Grades ?? []);
     }
 
     // ------------------------------------------------------------------ batches between workers
@@ -874,7 +874,10 @@ internal sealed unsafe class ModelWorker : IDisposable
                 if (lazy && j["keep_as"] is null) throw new ArgumentException($"{op}: 'lazy' without 'keep_as': the log-probs would be neither sent nor kept");
                 // With "score", the answers' scores follow (Tasks/SequenceScoring.cs): computed here, where the tokens are.
                 var score = Scoring(j["score"], WireJson.Int(j, "batch"), op);
-                Output(j, r, g is { } x ? w => Scored(w.Generation(x, perToken: !lazy), x, score, op) : null, op);
+                // The answers scored here, the kept sequences' ids stay too: the master reads them only if it needs them.
+                bool idsStay = j["lazy_tokens"]?.GetValue<bool>() == true;
+                if (idsStay && (!lazy || score is null)) throw new ArgumentException($"{op}: 'lazy_tokens' without 'lazy' and 'score': the token ids would be neither sent nor kept and scored");
+                Output(j, r, g is { } x ? w => Scored(w.Generation(x, perToken: !lazy, ids: !idsStay), x, score, op) : null, op);
                 break;
             }
             default:
