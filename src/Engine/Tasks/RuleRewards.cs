@@ -153,7 +153,9 @@ internal sealed class CombinedReward(IReadOnlyList<(ISequenceReward Reward, doub
 internal static class RuleRewards
 {
     /// <summary>A kind that is a pure function of one answer's text (task, exact_match, numeric_match,
-    /// regex, require_eos, and combined of only those): computable wherever the tokens are.</summary>
+    /// regex, require_eos, and combined of only those): computable wherever the tokens are. These
+    /// read the completion, ended_with_eos and the reference answer only (never the prompt or the
+    /// metadata): the scoring workers get nothing else of an example (SequenceScorer.Example).</summary>
     public static bool Pure(RewardConfig cfg) => cfg.Kind switch
     {
         RewardConfig.Task or RewardConfig.ExactMatch or RewardConfig.NumericMatch or RewardConfig.Regex or RewardConfig.RequireEos => true,

@@ -3,8 +3,9 @@
 // the run's tokenizer and compute the stage's rule reward and the held-out check that the
 // `sample_task_score` metric averages, and send only those per-sequence scalars to the master. The
 // master describes the tokenizer and the reward once (SequenceScorer.Describe; a worker builds the
-// scorer once per description) and sends each request's examples (prompt, answer, metadata: the
-// dataset's, on the master). Rewards that call out of the run (an external program, a .NET
+// scorer once per description) and sends each data-parallel part of a request the reference answers
+// of its prompts' examples with the prompts: the pure rules, the held-out check and the graded score
+// read nothing else of an example (not its prompt text, not its metadata), which stay on the master. Rewards that call out of the run (an external program, a .NET
 // delegate) are not described: the master scores those itself, as before.
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Config;
@@ -22,19 +23,6 @@ internal sealed record ScoringRequest(JsonObject Scorer, IReadOnlyList<TaskExamp
     public bool Grades { get; init; }
     /// <summary>The stage's rule reward, when its scorer computes one (false: a held-out evaluation's checks only).</summary>
     public bool Rule { get; init; } = true;
-
-    /// <summary>The examples as the request's JSON: prompt, answer, metadata (null when none).</summary>
-    public JsonArray ExamplesJson() =>
-        new([.. Examples.Select(e => (JsonNode)new JsonArray(e.Prompt, e.Answer, e.Metadata))]);
-
-    /// <summary>The examples <see cref="ExamplesJson"/> wrote; malformed JSON is refused naming the entry.</summary>
-    public static TaskExample[] ParseExamples(JsonNode? j, string where)
-    {
-        var a = j as JsonArray ?? throw new InvalidDataException($"{where}: 'examples' missing");
-        return [.. a.Select((e, i) => e is JsonArray { Count: 3 } x && x[0] is JsonValue && x[1] is JsonValue
-            ? new TaskExample((string)x[0]!, (string)x[1]!) { Metadata = (string?)x[2] }
-            : throw new InvalidDataException($"{where}: examples[{i}] is not [prompt, answer, metadata]"))];
-    }
 }
 
 /// <summary>Per sequence, in prompt order: the rule reward (null when the stage has none to compute
@@ -67,6 +55,11 @@ internal sealed class SequenceScorer(RunTokenizer tokenizer, ISequenceReward? re
         var reward = j!["reward"] is { } r ? RuleRewards.Create(RuleRewards.Parse(r, $"{where}.reward")) : null;
         return new SequenceScorer(tok, reward, j["rule"]?.GetValue<bool>() ?? throw new InvalidDataException($"{where}: 'rule' missing"));
     }
+
+    /// <summary>An example as the scoring workers know it: its reference answer only (the pure
+    /// rules, Exact and Grade read nothing else; a rule that read the prompt or the metadata would
+    /// not be pure in this sense and would stay on the master).</summary>
+    public static TaskExample Example(string answer) => new("", answer);
 
     /// <summary>The scores of answers <paramref name="newTokens"/> to <paramref name="examples"/>.</summary>
     public SequenceScores Score(IReadOnlyList<TaskExample> examples, IReadOnlyList<int[]> newTokens, IReadOnlyList<bool> endedWithEos, bool checks, bool grades = false, bool withRule = true)

@@ -631,7 +631,8 @@ internal sealed unsafe class RemoteReplica : IReplica
             if (scoring!.Examples.Count != prompts.Count) throw new ArgumentException($"{_name}: scoring {scoring.Examples.Count} examples for {prompts.Count} prompts");
             // The scorer (tokenizer, reward) is described once; later requests name it by id.
             string desc = scoring.Scorer.ToJsonString();
-            var score = new JsonObject { ["examples"] = scoring.ExamplesJson(), ["checks"] = scoring.Checks, ["grades"] = scoring.Grades, ["rule"] = scoring.Rule };
+            // The reference answers go with each data-parallel part's prompts (Generated).
+            var score = new JsonObject { ["checks"] = scoring.Checks, ["grades"] = scoring.Grades, ["rule"] = scoring.Rule };
             if (!_scorers.TryGetValue(desc, out var id))
             {
                 _scorers[desc] = id = $"{_id}.{_scorers.Count}";
@@ -656,8 +657,14 @@ internal sealed unsafe class RemoteReplica : IReplica
         // whole batch, ShardRunner.DataPart: a contiguous run) and where the run starts in the batch
         // (the ids key the random draws).
         args["batch"] = prompts.Count;
+        // With scoring, each part's reference answers follow its prompts (its collecting rank scores the generated answers).
         var shares = Split.Contiguous(prompts.Select(p => p.Length).ToArray(), Layout.Dp)
-            .Select(part => new WireWriter().PromptShare(part[0], [.. part.Select(i => prompts[i])]).ToArray()).ToArray();
+            .Select(part =>
+            {
+                var w = new WireWriter().PromptShare(part[0], [.. part.Select(i => prompts[i])]);
+                if (scoring is not null) w.Answers([.. part.Select(i => scoring.Examples[i].Answer)]);
+                return w.ToArray();
+            }).ToArray();
         var (_, outs) = Op("generate", args, new Inputs(null, PerData: shares), output: true, null, out var replies);
         var scores = scoring is null ? null : new SequenceScoresBuilder(prompts.Count);
         var parts = outs.Select((b, i) =>

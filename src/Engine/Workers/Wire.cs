@@ -10,6 +10,7 @@ using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Transport;
 
 namespace ReaLNative.Engine.Workers;
@@ -143,6 +144,15 @@ internal sealed class WireWriter
     /// (<see cref="WireReader.PromptShare"/>).</summary>
     public WireWriter PromptShare(int first, IReadOnlyList<int[]> prompts) => Int(first).Prompts(prompts);
 
+    /// <summary>The reference answers of a share's prompts' examples, for the ranks that score their
+    /// answers (Tasks/SequenceScoring.cs: the pure rules read nothing else of an example), as UTF-8.</summary>
+    public WireWriter Answers(IReadOnlyList<string> answers)
+    {
+        Int(answers.Count);
+        foreach (var a in answers) Bytes(System.Text.Encoding.UTF8.GetBytes(a));
+        return this;
+    }
+
     public WireWriter Output(ShardOutput o) => Ints(o.Ids).Floats(o.Actions).Floats(o.Last);
 
     /// <summary>A collecting rank's generation output; without <paramref name="perToken"/> (the rank
@@ -216,6 +226,21 @@ internal sealed class WireReader(byte[] data, string what)
         Buffer.BlockCopy(data, _at, r, 0, n * 4);
         _at += n * 4;
         return r;
+    }
+
+    /// <summary>The answers <see cref="WireWriter.Answers"/> wrote (malformed UTF-8 is refused).</summary>
+    public string[] Answers()
+    {
+        int n = Count(4);
+        var utf8 = new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true);
+        var answers = new string[n];
+        for (int i = 0; i < n; i++)
+        {
+            var b = Bytes();
+            try { answers[i] = utf8.GetString(b); }
+            catch (System.Text.DecoderFallbackException) { throw Bad($"answer {i} is not UTF-8"); }
+        }
+        return answers;
     }
 
     public double[] Doubles()

@@ -47,7 +47,8 @@ public sealed class SequenceScoringTests
         var d = SequenceScorer.Describe(Tok, cfg, rule: true) ?? throw new Xunit.Sdk.XunitException($"{reward} not described");
         var worker = SequenceScorer.FromDescription(JsonNode.Parse(d.ToJsonString()), "score.scorer");
         var (ex, tokens, eos) = Answers();
-        var got = worker.Score(ex, tokens, eos, checks: true, grades: true);
+        // The workers know an example by its answer only: the scores must not change.
+        var got = worker.Score([.. ex.Select(e => SequenceScorer.Example(e.Answer))], tokens, eos, checks: true, grades: true);
         using var master = SequenceRewards.Create(cfg, Path.GetTempPath())!;
         var completions = tokens.Select(t => Tok.Completion(t)).ToArray();
         Assert.Equal(master.Score(SequenceRewards.Inputs(ex, completions, eos)), got.Rule);
@@ -96,10 +97,17 @@ public sealed class SequenceScoringTests
         Assert.Contains("not a pure rule", e.Message);
         e = Assert.Throws<InvalidDataException>(() => RunTokenizer.FromDescription(JsonNode.Parse("""{ "chat": false }"""), "score.scorer.tokenizer"));
         Assert.Contains("score.scorer.tokenizer", e.Message);
-        e = Assert.Throws<InvalidDataException>(() => ScoringRequest.ParseExamples(JsonNode.Parse("""[["p", "a", null], [1, 2]]"""), "generate: score"));
-        Assert.Contains("examples[1]", e.Message);
-        var request = new ScoringRequest(d, [new TaskExample("p", "a") { Metadata = "{\"x\": [1]}" }], true);
-        var back = ScoringRequest.ParseExamples(JsonNode.Parse(request.ExamplesJson().ToJsonString()), "s");
-        Assert.Equal(request.Examples, back);
+        // The reference answers go with a share's prompts, as UTF-8.
+        string[] answers = ["a \u00e9", "", "12"];
+        var blob = new ReaLNative.Engine.Workers.WireWriter().Answers(answers).ToArray();
+        var rd = new ReaLNative.Engine.Workers.WireReader(blob, "generate: share");
+        Assert.Equal(answers, rd.Answers());
+        rd.End();
+        blob[8] = 0xff;   // the first answer's 'a': its UTF-8 is broken
+        var bad = Assert.Throws<InvalidDataException>(() => new ReaLNative.Engine.Workers.WireReader(blob, "generate: share").Answers());
+        Assert.Contains("generate: share", bad.Message);
+        Assert.Contains("answer 0 is not UTF-8", bad.Message);
+        e = Assert.Throws<InvalidDataException>(() => new ReaLNative.Engine.Workers.WireReader(blob[..^1], "generate: share").Answers());
+        Assert.Contains("generate: share", e.Message);
     }
 }
