@@ -8,6 +8,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using ReaLNative.Engine.Tasks;
 
 namespace ReaLNative.Engine.Algorithms;
 

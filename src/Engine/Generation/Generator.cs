@@ -1,4 +1,5 @@
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Tasks;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using ReaLNative.Engine.Transport;
@@ -74,8 +75,41 @@ internal sealed class GenerationResult
 {
     /// <summary>The prompts, as given.</summary>
     public required int[][] Prompts { get; init; }
-    /// <summary>Generated tokens per sequence (EOS included when hit).</summary>
-    public required int[][] NewTokens { get; init; }
+    private int[][]? _newTokens;
+    private int[]? _newTokenCounts;
+
+    /// <summary>Generated tokens per sequence (EOS included when hit); when the workers keep them
+    /// (<see cref="KeptTokens"/>), fetched from them on first read.</summary>
+    public required int[][] NewTokens
+    {
+        get
+        {
+            if (_newTokens is { } t) return t;
+            var flat = (KeptTokens ?? throw new InvalidOperationException("generation result without token ids")).Values;
+            var split = new int[Prompts.Length][];
+            int at = 0;
+            for (int i = 0; i < split.Length; i++)
+            {
+                at += Prompts[i].Length;
+                split[i] = flat.AsSpan(at, NewTokenCounts[i]).ToArray();
+                at += NewTokenCounts[i];
+            }
+            return _newTokens = split;
+        }
+        init => _newTokens = value;
+    }
+
+    /// <summary>Generated tokens of each sequence, known without the ids.</summary>
+    public int[] NewTokenCounts
+    {
+        get => _newTokenCounts ??= [.. NewTokens.Select(t => t.Length)];
+        init => _newTokenCounts = value;
+    }
+
+    /// <summary>The sequences (prompt and new tokens, packed in prompt order) when the generating
+    /// workers keep them and sent only their lengths (RemoteReplica.KeptGenerate of answers the
+    /// workers score); null when <see cref="NewTokens"/> came with the result.</summary>
+    public KeptInts? KeptTokens { get; init; }
     private float[][]? _logProbs;
 
     /// <summary>Log-prob of each new token under the (tempered, filtered) sampling distribution
@@ -86,9 +120,9 @@ internal sealed class GenerationResult
         {
             if (_logProbs is { } l) return l;
             var flat = (KeptLogProbs ?? throw new InvalidOperationException("generation result without log-probs")).Values;
-            var split = new float[NewTokens.Length][];
+            var split = new float[NewTokenCounts.Length][];
             int at = 0;
-            for (int i = 0; i < split.Length; i++) { split[i] = flat.AsSpan(at, NewTokens[i].Length).ToArray(); at += NewTokens[i].Length; }
+            for (int i = 0; i < split.Length; i++) { split[i] = flat.AsSpan(at, NewTokenCounts[i]).ToArray(); at += NewTokenCounts[i]; }
             return _logProbs = split;
         }
         init => _logProbs = value;
@@ -121,6 +155,10 @@ internal sealed class GenerationResult
     /// <summary>Where worker processes keep the generated sequences (prompt + new tokens, in prompt
     /// order), for the calls that score them next; null when only this process has them.</summary>
     public BatchSource? Source { get; init; }
+
+    /// <summary>The answers' scores that the workers holding them computed (RemoteReplica.KeptGenerate
+    /// with a ScoringRequest); null when the caller scores them.</summary>
+    public SequenceScores? Scores { get; init; }
 
     /// <summary>Prompt + new tokens of sequence i.</summary>
     public int[] Sequence(int i) => [.. Prompts[i], .. NewTokens[i]];

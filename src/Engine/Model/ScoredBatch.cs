@@ -7,15 +7,26 @@ namespace ReaLNative.Engine.Model;
 internal sealed class ScoredBatch
 {
     public ScoredBatch(IReadOnlyList<int[]> sequences, IReadOnlyList<int> promptLengths)
+        : this(PackedBatch.FromSequences(sequences), promptLengths) { }
+
+    /// <summary>Sequences of <paramref name="seqLens"/> tokens whose ids <paramref name="tokens"/>
+    /// reads on first use (PackedBatch's lazy form): the actions need only the lengths.</summary>
+    public ScoredBatch(int[] seqLens, IReadOnlyList<int> promptLengths, Func<int[]> tokens)
+        : this(new PackedBatch(seqLens, tokens), promptLengths) { }
+
+    private ScoredBatch(PackedBatch packed, IReadOnlyList<int> promptLengths)
     {
-        Packed = PackedBatch.FromSequences(sequences);
+        Packed = packed;
+        int n = packed.Count;
+        if (promptLengths.Count != n) throw new ArgumentException($"{promptLengths.Count} prompt lengths for {n} sequences");
         var idx = new List<int>();
-        var cu = new int[sequences.Count + 1];
-        for (int i = 0; i < sequences.Count; i++)
+        var cu = new int[n + 1];
+        for (int i = 0; i < n; i++)
         {
-            if (promptLengths[i] < 1 || promptLengths[i] > sequences[i].Length)
-                throw new ArgumentException($"sequence {i}: prompt length {promptLengths[i]} outside 1..{sequences[i].Length}");
-            for (int p = promptLengths[i]; p < sequences[i].Length; p++) idx.Add(Packed.CuSeqlens[i] + p);
+            int len = packed.SeqLens[i];
+            if (promptLengths[i] < 1 || promptLengths[i] > len)
+                throw new ArgumentException($"sequence {i}: prompt length {promptLengths[i]} outside 1..{len}");
+            for (int p = promptLengths[i]; p < len; p++) idx.Add(Packed.CuSeqlens[i] + p);
             cu[i + 1] = idx.Count;
         }
         ActionIndex = idx.ToArray();

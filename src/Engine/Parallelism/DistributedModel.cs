@@ -10,6 +10,7 @@ using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Transport;
@@ -241,8 +242,10 @@ internal interface IReplica : IDisposable
         return (ActionFloats.Here(a), l);
     }
     /// <summary>As <see cref="Generate"/>, leaving the log-probs with the workers as <see cref="KeptLogProbs"/> does. A filtered generation's sampling masks are
-    /// then not sent at all (the result's Masks fails: a synchronous run reads none).</summary>
-    GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt);
+    /// then not sent at all (the result's Masks fails: a synchronous run reads none). With
+    /// <paramref name="scoring"/>, replicas in worker processes score the answers where they are
+    /// (the result's Scores; Tasks/SequenceScoring.cs); elsewhere the caller scores them.</summary>
+    GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt, ScoringRequest? scoring = null) => Generate(prompts, opt);
     void BackwardLogProbs(ScoredBatch batch, float temperature, float[] dActionLogp);
     void BackwardValues(ScoredBatch batch, float[] dActionValues, float[] dLastScores);
     double SftStep(ScoredBatch batch);

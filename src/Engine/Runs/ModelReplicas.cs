@@ -5,6 +5,7 @@ using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Stages;
 
@@ -25,7 +26,8 @@ internal sealed class ReplicaCalls(IReplica replica, ModelReplicas owner) : IMod
     public (float[] ActionValues, float[] LastScores) Values(ScoredBatch b) => Fresh(() => replica.Values(b));
     public ActionFloats KeptLogProbs(ScoredBatch b, float temperature) => Fresh(() => replica.KeptLogProbs(b, temperature));
     public (ActionFloats ActionValues, float[] LastScores) KeptValues(ScoredBatch b) => Fresh(() => replica.KeptValues(b));
-    public GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Fresh(() => replica.KeptGenerate(prompts, opt));
+    public GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt, ScoringRequest? scoring = null) =>
+        Fresh(() => replica.KeptGenerate(prompts, opt, scoring));
     public void BackwardLogProbs(ScoredBatch b, float temperature, float[] d) => Fresh(() => { replica.BackwardLogProbs(b, temperature, d); return 0; });
     public void BackwardValues(ScoredBatch b, float[] dv, float[] dl) => Fresh(() => { replica.BackwardValues(b, dv, dl); return 0; });
     public double SftStep(ScoredBatch b) => Fresh(() => replica.SftStep(b));

@@ -28,8 +28,11 @@ using ReaLNative.Interop;
 namespace ReaLNative.Engine.Runs;
 
 /// <summary>A held-out evaluation: the examples, the greedy answers, and each answer's score.</summary>
-internal sealed record HeldOutResult(TaskExample[] Examples, string[] Completions, bool[] EndedWithEos, double[] Scores, long RecordsSkipped)
+internal sealed record HeldOutResult(TaskExample[] Examples, Lazy<string[]> Decoded, bool[] EndedWithEos, double[] Scores, long RecordsSkipped)
 {
+    /// <summary>The greedy answers' text (decoded on first read; under worker processes a run's own
+    /// evaluation reads only the scores, and its answers' ids are released with the evaluation).</summary>
+    public string[] Completions => Decoded.Value;
     /// <summary>The held-out score (task_score): the mean of <see cref="Scores"/>.</summary>
     public double Score => Scores.Average();
     /// <summary>Answers that scored at least 1 (right, for 0/1 rewards).</summary>
@@ -529,11 +532,13 @@ internal sealed partial class Pipeline : IDisposable
         }
         var heldOut = _examples.HeldOut(stage, _reward);
         var context = Context(stage);
-        // Only the answers are scored: worker processes keep the log-probs, never read (released at once).
-        var r = context.Generate(actor, heldOut, 0, "eval", greedy: true, keepOnWorkers: true);
+        // Only the answers are scored, by the worker processes that hold them (their log-probs and
+        // token ids, never read, are released at once).
+        var r = context.Generate(actor, heldOut, 0, "eval", greedy: true, keepOnWorkers: true, WorkerScoring.Checks);
         r.Gen.KeptLogProbs?.Release();
-        return new HeldOutResult(heldOut, r.Completions, r.Gen.EndedWithEos, context.Checks(heldOut, r.Completions, r.Gen.EndedWithEos),
-                                 _examples.HeldOutSkipped(stage));
+        var scores = context.SampleChecks(r);
+        r.Gen.KeptTokens?.Release();
+        return new HeldOutResult(heldOut, r.Decoded, r.Gen.EndedWithEos, scores, _examples.HeldOutSkipped(stage));
     }
 
     private int _rewardStage = -1;

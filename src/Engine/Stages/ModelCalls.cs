@@ -5,6 +5,7 @@
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
 
@@ -25,8 +26,9 @@ internal interface IModelCalls
         return (ActionFloats.Here(a), l);
     }
     /// <summary>As <see cref="Generate"/>, the log-probs kept as <see cref="KeptLogProbs"/> keeps them. A filtered generation's sampling masks are
-    /// then not sent at all (the result's Masks fails: a synchronous run reads none).</summary>
-    GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt);
+    /// then not sent at all (the result's Masks fails: a synchronous run reads none). With
+    /// <paramref name="scoring"/>, worker processes that hold the answers score them there (the result's Scores).</summary>
+    GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt, ScoringRequest? scoring = null) => Generate(prompts, opt);
     /// <summary>Zeroes the gradients, then backward of sum_k d[k] * logp(action k).</summary>
     void BackwardLogProbs(ScoredBatch b, float temperature, float[] dActionLogp);
     /// <summary>Zeroes the gradients, then backward from value / last-score gradients.</summary>

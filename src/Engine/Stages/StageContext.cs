@@ -2,6 +2,7 @@
 // (single device or plan replica), the tokenizer and the stage's rule-based reward; and the steps
 // several algorithms share: sampling a rollout, scoring it, and the generation and inference calls
 // (actor_gen, actor_greedy_gen, rew_inf, ref_inf, critic_inf).
+using System.Text.Json.Nodes;
 using ReaLNative.Engine.Algorithms;
 using ReaLNative.Engine.Config;
 using ReaLNative.Engine.Dataflow;
@@ -15,9 +16,16 @@ using ReaLNative.Interop;
 namespace ReaLNative.Engine.Stages;
 
 /// <summary>An iteration's samples: the examples, their prompts' token ids, what generation
-/// returned, the sequences as a scored batch and the decoded completions.</summary>
-internal sealed record Rollout(TaskExample[] Examples, int[][] Prompts, GenerationResult Gen, ScoredBatch Scored, string[] Completions)
+/// returned, the sequences as a scored batch and the decoded completions (decoded on first read:
+/// where the workers that hold the answers scored them, nothing on the master may need the text).</summary>
+internal sealed record Rollout(TaskExample[] Examples, int[][] Prompts, GenerationResult Gen, ScoredBatch Scored, Lazy<string[]> Decoded)
 {
+    public Rollout(TaskExample[] examples, int[][] prompts, GenerationResult gen, ScoredBatch scored, string[] completions)
+        : this(examples, prompts, gen, scored, new Lazy<string[]>(completions)) { }
+
+    /// <summary>The generated answers' text, up to (without) EOS.</summary>
+    public string[] Completions => Decoded.Value;
+
     /// <summary>The sequences are a dataset's chosen (even index) / rejected (odd) responses, not samples.</summary>
     public bool OfflinePairs { get; init; }
 
@@ -30,19 +38,25 @@ internal sealed record Rollout(TaskExample[] Examples, int[][] Prompts, Generati
         var c = new List<int>(); var j = new List<int>();
         for (int i = 0; i + 1 < Examples.Length; i += 2)
         {
-            double a = SyntheticTask.Grade(Examples[i], Completions[i]) + (Gen.EndedWithEos[i] ? 0 : -1);
-            double b = SyntheticTask.Grade(Examples[i + 1], Completions[i + 1]) + (Gen.EndedWithEos[i + 1] ? 0 : -1);
+            double a = Grade(i) + (Gen.EndedWithEos[i] ? 0 : -1);
+            double b = Grade(i + 1) + (Gen.EndedWithEos[i + 1] ? 0 : -1);
             if (a == b) continue;
             c.Add(a > b ? i : i + 1); j.Add(a > b ? i + 1 : i);
         }
         return (c.ToArray(), j.ToArray());
     }
 
+    /// <summary>The graded score of sample <paramref name="i"/>: as the workers that hold it computed it, else from its decoded text.</summary>
+    private double Grade(int i) => Gen.Scores?.Grades is { } g ? g[i] : SyntheticTask.Grade(Examples[i], Completions[i]);
+
     /// <summary>Selects sequences [s0, s1) as their own scored batch, with the matching slice [A0, A1) of per-action arrays.</summary>
     public (ScoredBatch Batch, int A0, int A1) Slice(int s0, int s1)
     {
-        var seqs = Enumerable.Range(s0, s1 - s0).Select(Gen.Sequence).ToArray();
-        var sb = new ScoredBatch(seqs, Enumerable.Range(s0, s1 - s0).Select(i => Prompts[i].Length).ToArray()) { Source = Scored.Source?.Slice(s0, s1) };
+        // From the lengths: the ids are the rollout's (read from the workers only if something reads these).
+        var packed = Scored.Packed;
+        int t0 = packed.CuSeqlens[s0], t1 = packed.CuSeqlens[s1];
+        var sb = new ScoredBatch(packed.SeqLens[s0..s1], Enumerable.Range(s0, s1 - s0).Select(i => Prompts[i].Length).ToArray(), () => packed.Tokens[t0..t1])
+            { Source = Scored.Source?.Slice(s0, s1) };
         return (sb, Scored.ActionCu[s0], Scored.ActionCu[s1]);
     }
 }
@@ -78,8 +92,11 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     public static int Iteration(SampleBatch b) => b.Get<int[]>("iteration")[0];
 
     /// <summary>Samples (or, <paramref name="greedy"/>, the greedy answers) of <paramref name="actor"/>
-    /// to <paramref name="ex"/>, seeded by (seed, <paramref name="stream"/>, stage, <paramref name="it"/>).</summary>
-    public Rollout Generate(IModelCalls actor, TaskExample[] ex, int it, string stream, bool greedy, bool keepOnWorkers = false)
+    /// to <paramref name="ex"/>, seeded by (seed, <paramref name="stream"/>, stage, <paramref name="it"/>).
+    /// With <paramref name="keepOnWorkers"/> and <paramref name="score"/>, worker processes that keep
+    /// the answers also score them (the rule reward; with <see cref="WorkerScoring.RuleAndChecks"/> the
+    /// held-out check too), so that <see cref="RuleScores"/> and <see cref="SampleChecks"/> need no text here.</summary>
+    public Rollout Generate(IModelCalls actor, TaskExample[] ex, int it, string stream, bool greedy, bool keepOnWorkers = false, WorkerScoring score = WorkerScoring.None)
     {
         var prompts = ex.Select(e => PromptIds(e.Prompt)).ToArray();
         var opt = new GenerationOptions
@@ -91,36 +108,50 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
             Continuous = stage.Generation.Continuous,
             BatchIndependentPrefill = stage.Generation.BatchIndependentPrefill,
         };
-        var gen = keepOnWorkers ? actor.KeptGenerate(prompts, opt) : actor.Generate(prompts, opt);
+        // rm and dpo rank pairs of sampled answers by their graded score.
+        var scoring = keepOnWorkers && score != WorkerScoring.None && Scorer is { } desc
+            ? new ScoringRequest(desc, ex, score != WorkerScoring.Rule) { Rule = score != WorkerScoring.Checks, Grades = !greedy && stage.Algorithm is AlgorithmNames.Dpo or AlgorithmNames.Rm }
+            : null;
+        var gen = keepOnWorkers ? actor.KeptGenerate(prompts, opt, scoring) : actor.Generate(prompts, opt);
         return Assemble(ex, gen);
     }
+
+    /// <summary>The stage's answer scorer as the workers build it (Tasks/SequenceScoring.cs); null
+    /// when its reward cannot be computed outside the master (an external program, a .NET delegate).</summary>
+    private JsonObject? Scorer => (_scorer ??= new(() => SequenceScorer.Describe(tokenizer, stage.Reward, AlgorithmNames.Rewarded(stage.Algorithm) && reward is not null))).Value;
+    private Lazy<JsonObject?>? _scorer;
 
     /// <summary>The rollout of examples <paramref name="ex"/> whose generation returned <paramref name="gen"/>.</summary>
     public Rollout Assemble(TaskExample[] ex, GenerationResult gen)
     {
         if (gen.Prompts.Length != ex.Length) throw new ArgumentException($"{gen.Prompts.Length} generated sequences for {ex.Length} examples");
-        var seqs = Enumerable.Range(0, ex.Length).Select(gen.Sequence).ToArray();
-        var scored = new ScoredBatch(seqs, gen.Prompts.Select(p => p.Length).ToArray()) { Source = gen.Source };
-        var comps = gen.NewTokens.Select(t => tokenizer.Completion(t)).ToArray();
-        return new Rollout(ex, gen.Prompts, gen, scored, comps);
+        var promptLengths = gen.Prompts.Select(p => p.Length).ToArray();
+        // Ids the workers kept are read from them only if something here reads them (lengths suffice for the rest).
+        var scored = gen.KeptTokens is { } kept
+            ? new ScoredBatch([.. promptLengths.Select((p, i) => p + gen.NewTokenCounts[i])], promptLengths, () => kept.Values) { Source = gen.Source }
+            : new ScoredBatch([.. Enumerable.Range(0, ex.Length).Select(gen.Sequence)], promptLengths) { Source = gen.Source };
+        var decoded = new Lazy<string[]>(() => gen.NewTokens.Select(t => tokenizer.Completion(t)).ToArray());
+        return new Rollout(ex, gen.Prompts, gen, scored, decoded);
     }
 
     /// <summary>Each completion's held-out score: the stage's rule-based reward (other than `task`),
     /// else 1 for exactly the reference answer.</summary>
-    public double[] Checks(TaskExample[] ex, string[] completions, bool[] endedWithEos)
-    {
-        if (reward is null or TaskCheckerReward)
-            return Enumerable.Range(0, ex.Length).Select(i => SyntheticTask.Exact(ex[i], completions[i])).ToArray();
-        // One reward serves the generation thread of an async run and the trainer's evaluations (an
-        // external program answers one batch at a time).
-        lock (reward) return reward.Score(SequenceRewards.Inputs(ex, completions, endedWithEos)).Select(x => (double)x).ToArray();
-    }
+    // One reward serves the generation thread of an async run and the trainer's evaluations (an
+    // external program answers one batch at a time): SequenceScorer.Checks locks it.
+    public double[] Checks(TaskExample[] ex, string[] completions, bool[] endedWithEos) => SequenceScorer.Checks(reward, ex, completions, endedWithEos);
+
+    /// <summary>The held-out checks of a rollout's samples: as the workers that hold them computed
+    /// them, else <see cref="Checks"/> of the decoded completions.</summary>
+    public double[] SampleChecks(Rollout r) =>
+        r.Gen.Scores?.Checks is { } c ? [.. c.Select(x => (double)x)] : Checks(r.Examples, r.Completions, r.Gen.EndedWithEos);
 
     /// <summary>The rule-based reward of each sample of a rollout (`reward.kind` other than model, in
-    /// an RL stage), computed on the master where the generated text is; null when a reward model scores them.</summary>
+    /// an RL stage): as the workers that hold the answers computed it, else computed here from the
+    /// decoded text; null when a reward model scores them.</summary>
     public float[]? RuleScores(Rollout r)
     {
         if (!AlgorithmNames.Rewarded(stage.Algorithm) || reward is null) return null;
+        if (r.Gen.Scores is { Rule: { } s }) return s;
         lock (reward) return reward.Score(SequenceRewards.Inputs(r.Examples, r.Completions, r.Gen.EndedWithEos));
     }
 
@@ -190,7 +221,7 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     {
         var p = stage.Ppo;
         if (p.OverlongBuffer == 0) return scores;
-        return scores.Select((s, i) => s + SequenceRewards.OverlongPenalty(r.Gen.NewTokens[i].Length, stage.Batch.GenLen, p.OverlongBuffer, p.OverlongPenalty)).ToArray();
+        return scores.Select((s, i) => s + SequenceRewards.OverlongPenalty(r.Gen.NewTokenCounts[i], stage.Batch.GenLen, p.OverlongBuffer, p.OverlongPenalty)).ToArray();
     }
 
     // ---------------------------------------------------------------- calls several algorithms share
@@ -199,8 +230,9 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     /// "ended_with_eos"; "scores" too under a rule-based reward).</summary>
     public CallHandler SampleCall() => (call, b) =>
     {
-        var r = Generate(Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), Iteration(b), "gen", greedy: false, KeepOutputsOnWorkers);
+        var r = Generate(Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), Iteration(b), "gen", greedy: false, KeepOutputsOnWorkers, WorkerScoring.RuleAndChecks);
         b.Set("sequences", r);
+        if (r.Gen.KeptTokens is { } ids) b.OnRelease(ids.Release);   // the ids stay readable until the iteration ends
         if (r.Gen.KeptLogProbs is { } kept) b.Set("logprobs", kept);   // left with the workers (fetched on first read)
         else
         {
@@ -211,9 +243,9 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
         }
         b.Set("logits_mask", Array.Empty<byte>()); b.Set("ended_with_eos", r.Gen.EndedWithEos);
         if (RuleScores(r) is { } scores) b.Set("scores", scores);
-        double score = Checks(r.Examples, r.Completions, r.Gen.EndedWithEos).Average();
+        double score = SampleChecks(r).Average();
         return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens, ["sample_task_score"] = score,
-            ["gen_len_mean"] = r.Gen.NewTokens.Average(t => t.Length) };
+            ["gen_len_mean"] = r.Gen.NewTokenCounts.Average() };
     };
 
     /// <summary>actor_gen of rm and dpo: the actor's samples, or, with a dataset of chosen / rejected
@@ -244,8 +276,9 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     /// "greedy_scores" too under a rule-based reward).</summary>
     public CallHandler GreedyCall() => (call, b) =>
     {
-        var r = Generate(Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), Iteration(b), "greedy", greedy: true, KeepOutputsOnWorkers);
+        var r = Generate(Calls(call.Name, "actor"), b.Get<TaskExample[]>("prompts"), Iteration(b), "greedy", greedy: true, KeepOutputsOnWorkers, WorkerScoring.Rule);
         if (r.Gen.KeptLogProbs is { } kept) b.OnRelease(kept.Release);   // nothing reads the greedy answers' log-probs
+        if (r.Gen.KeptTokens is { } ids) b.OnRelease(ids.Release);
         b.Set("greedy_sequences", r); b.Set("greedy_ended_with_eos", r.Gen.EndedWithEos);
         if (RuleScores(r) is { } scores) b.Set("greedy_scores", scores);
         return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
@@ -283,4 +316,17 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
         b.Set("values", KeepOutputsOnWorkers ? Calls(call.Name, "critic").KeptValues(r.Scored).ActionValues : Calls(call.Name, "critic").Values(r.Scored).ActionValues);
         return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
     };
+}
+
+/// <summary>What the workers that keep a generation's answers score of them (StageContext.Generate).</summary>
+internal enum WorkerScoring
+{
+    /// <summary>Nothing: the master scores the text.</summary>
+    None,
+    /// <summary>The stage's rule reward.</summary>
+    Rule,
+    /// <summary>The rule reward and the held-out check (`sample_task_score`).</summary>
+    RuleAndChecks,
+    /// <summary>The held-out check only (a held-out evaluation's task_score).</summary>
+    Checks,
 }

@@ -6,6 +6,8 @@
 // pair's answer) is its tokens then EOS, or the assistant turn the template writes after that
 // prompt, cut after its first EOS (EOS added when the template writes none). A completion is
 // decoded up to (without) the first EOS.
+using System.Text.Json.Nodes;
+
 namespace ReaLNative.Engine.Tokenization;
 
 internal sealed class RunTokenizer
@@ -28,6 +30,23 @@ internal sealed class RunTokenizer
         if (tokenizer.Eos < 0)
             throw new InvalidDataException($"tokenizer {tokenizer.Path} has no EOS token: name it as eos_token in tokenizer_config.json beside it");
         return new(null, tokenizer, false);
+    }
+
+    /// <summary>This tokenizer as JSON that names it in another process of the run (the model workers
+    /// that score generated sequences where they are): the character tokenizer's vocabulary size, or
+    /// the full path of the Hugging Face tokenizer.json (the same files on every node, as for
+    /// checkpoints), and whether the chat template formats.</summary>
+    public JsonObject Describe() => _char is not null
+        ? new JsonObject { ["char_vocab"] = _char.VocabSize, ["chat"] = Chat }
+        : new JsonObject { ["hf"] = System.IO.Path.GetFullPath(_hf!.Path), ["chat"] = Chat };
+
+    /// <summary>The tokenizer <see cref="Describe"/> named (a Hugging Face one loaded from its file).</summary>
+    public static RunTokenizer FromDescription(JsonNode? j, string where)
+    {
+        bool chat = j?["chat"]?.GetValue<bool>() ?? throw new InvalidDataException($"{where}: 'chat' missing");
+        if (j["char_vocab"] is { } v) return Of(new CharTokenizer(v.GetValue<int>())).WithChat(chat);
+        string path = (string?)j["hf"] ?? throw new InvalidDataException($"{where}: neither 'char_vocab' nor 'hf'");
+        return Of(HfTokenizer.Load(path)).WithChat(chat);
     }
 
     public ITokenizer Tokenizer => (ITokenizer?)_hf ?? _char!;

@@ -14,6 +14,7 @@ using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Realloc;
 using ReaLNative.Engine.Transport;
@@ -48,6 +49,8 @@ internal sealed unsafe class ModelWorker : IDisposable
     private readonly ControlServer _server;
     private readonly Dictionary<int, ShardReplica> _replicas = new();
     private readonly Dictionary<string, (ReallocPlan Plan, ReallocSchedule Schedule)> _plans = new();
+    /// <summary>Answer scorers the master described (Tasks/SequenceScoring.cs), by id.</summary>
+    private readonly Dictionary<string, SequenceScorer> _scorers = new(StringComparer.Ordinal);
     /// <summary>Sequences this worker keeps for later calls (Workers/ResidentBatches.cs): batch key ->
     /// store id -> (prompt length, prompt + generated tokens).</summary>
     private readonly Dictionary<string, Dictionary<int, (int Prompt, int[] Tokens)>> _batches = new(StringComparer.Ordinal);
@@ -293,6 +296,36 @@ internal sealed unsafe class ModelWorker : IDisposable
         if (!t.Wait(OperationTimeout + TimeSpan.FromSeconds(5)))
             throw new TimeoutException($"{what}: the data plane did not complete within {OperationTimeout.TotalSeconds:F0} s");
         if (t.IsFaulted) throw t.Exception!.InnerException!;
+    }
+
+    // ------------------------------------------------------------------ scoring where the tokens are
+
+    /// <summary>The scorer of a generation's "score" request and the examples of this rank's share
+    /// (their answers read from <paramref name="share"/> after its prompts, by batch id; null without a request):
+    /// the scorer is described once per id (the first request that names it), built once and kept.</summary>
+    private (SequenceScorer Scorer, Dictionary<int, TaskExample> Examples, bool Checks, bool Grades, bool Rule)? Scoring(JsonNode? j, WireReader share, int[] ids, string op)
+    {
+        if (j is null) return null;
+        string id = (string?)j["scorer_id"] ?? throw new ArgumentException($"{op}: score without 'scorer_id'");
+        if (!_scorers.TryGetValue(id, out var scorer))
+        {
+            if (j["scorer"] is not { } d) throw new ArgumentException($"{op}: scorer '{id}' was never described to worker {_args.Rank}");
+            _scorers[id] = scorer = SequenceScorer.FromDescription(d, $"{op}: score.scorer");
+        }
+        // The pure rules read an example's answer only (SequenceScorer): the prompt text and metadata stay on the master.
+        var answers = share.Answers();
+        if (answers.Length != ids.Length) throw new ArgumentException($"{op}: score: {answers.Length} answers for a share of {ids.Length} prompts");
+        var ex = answers.Select(a => SequenceScorer.Example(a)).ToArray();
+        return (scorer, ids.Select((id, k) => (id, k)).ToDictionary(x => x.id, x => ex[x.k]), j["checks"]?.GetValue<bool>() ?? throw new ArgumentException($"{op}: score without 'checks'"), j["grades"]?.GetValue<bool>() == true, j["rule"]?.GetValue<bool>() != false);
+    }
+
+    /// <summary>Appends the scores of this rank's answers <paramref name="g"/> (rule rewards,
+    /// held-out checks, graded scores, each empty when not computed) to its generation output.</summary>
+    private static WireWriter Scored(WireWriter w, (int[] Ids, GenerationResult Result) g, (SequenceScorer Scorer, Dictionary<int, TaskExample> Examples, bool Checks, bool Grades, bool Rule)? score, string op)
+    {
+        if (score is not { } s) return w;
+        var sc = s.Scorer.Score([.. g.Ids.Select(i => s.Examples[i])], g.Result.NewTokens, g.Result.EndedWithEos, s.Checks, s.Grades, s.Rule);
+        return w.Floats(sc.Rule ?? []).Floats(sc.Checks ?? []).Doubles(sc.Grades ?? []);
     }
 
     // ------------------------------------------------------------------ batches between workers
@@ -837,12 +870,18 @@ internal sealed unsafe class ModelWorker : IDisposable
             {
                 // This rank's share of the prompts only (its data-parallel part, with their ids in the batch).
                 var rd = new WireReader(Input(j, op), op);
-                var (ids, prompts) = rd.PromptShare(WireJson.Int(j, "batch")); rd.End();
+                var (ids, prompts) = rd.PromptShare(WireJson.Int(j, "batch"));
+                var score = Scoring(j["score"], rd, ids, op);
+                rd.End();
                 var g = r.GeneratePart(ids, prompts, WireJson.Generation(j["gen"]));
                 if ((string?)j["keep_as"] is { } key && g is { } kept) descriptor = Keep(key, kept.Ids, prompts, kept.Result);
                 bool lazy = j["lazy"]?.GetValue<bool>() == true;
                 if (lazy && j["keep_as"] is null) throw new ArgumentException($"{op}: 'lazy' without 'keep_as': the log-probs would be neither sent nor kept");
-                Output(j, r, g is { } x ? w => w.Generation(x, perToken: !lazy) : null, op);
+                // With "score", the answers' scores follow (Tasks/SequenceScoring.cs): computed here, where the tokens are.
+                // The answers scored here, the kept sequences' ids stay too: the master reads them only if it needs them.
+                bool idsStay = j["lazy_tokens"]?.GetValue<bool>() == true;
+                if (idsStay && (!lazy || score is null)) throw new ArgumentException($"{op}: 'lazy_tokens' without 'lazy' and 'score': the token ids would be neither sent nor kept and scored");
+                Output(j, r, g is { } x ? w => Scored(w.Generation(x, perToken: !lazy, ids: !idsStay), x, score, op) : null, op);
                 break;
             }
             default:

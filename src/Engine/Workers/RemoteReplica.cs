@@ -14,6 +14,7 @@ using ReaLNative.Engine.Checkpoints;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Realloc;
@@ -266,21 +267,22 @@ internal sealed unsafe class RemoteReplica : IReplica
     /// sequences with store ids <paramref name="ids"/>, in this order, with action offsets
     /// <paramref name="cu"/>; read from the workers on first use (<see cref="Fetch"/>).</summary>
     private ActionFloats Left(ResidentOutput o, int[] ids, int[] cu, string what) =>
-        ActionFloats.Remote(cu[^1], o, () => Fetch(o, ids, cu, what), () => _pool.Batches.UnholdOutput(o.Key), what);
+        ActionFloats.Remote(cu[^1], o, () => Fetch<float>(o, ids, cu, what), () => _pool.Batches.UnholdOutput(o.Key), what);
 
     /// <summary>Reads output <paramref name="o"/> from the workers that keep it (one-sided reads of
     /// their registered buffers: their command threads take no part), all posted at once and waited
     /// for watching the workers (a holder that exited or went silent is named) and with the call
     /// deadline; the floats in the order of <paramref name="ids"/>.</summary>
-    private float[] Fetch(ResidentOutput o, int[] ids, int[] cu, string what)
+    private T[] Fetch<T>(ResidentOutput o, int[] ids, int[] cu, string what) where T : unmanaged
     {
         if (!_pool.Batches.Tracked(o.Key)) throw new InvalidOperationException($"{what}: its batch is no longer kept by the workers");
         var index = new Dictionary<int, int>();
         for (int i = 0; i < ids.Length; i++) index[ids[i]] = i;
-        var flat = new float[cu[^1]];
+        var flat = new T[cu[^1]];
+        long size = System.Runtime.CompilerServices.Unsafe.SizeOf<T>();
         var rma = (Transport.IRmaTransport)_pool.Transport;
         var remotes = new List<Transport.IRemoteRegion>();
-        var pending = new List<(Task Read, float[] Into, ResidentPart Part)>();
+        var pending = new List<(Task Read, T[] Into, ResidentPart Part)>();
         try
         {
             foreach (var p in o.Parts)
@@ -295,9 +297,9 @@ internal sealed unsafe class RemoteReplica : IReplica
                 if (floats == 0) continue;
                 var remote = rma.Attach(p.Worker, Convert.FromBase64String(p.Descriptor));
                 remotes.Add(remote);
-                if (remote.Bytes < 4 * floats) throw new InvalidDataException($"{what}: worker {p.Worker}'s buffer holds {remote.Bytes / 4} floats, the part needs {floats}");
-                var into = GC.AllocateUninitializedArray<float>((int)floats, pinned: true);
-                pending.Add((rma.GetAsync(remote, 0, System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(into, 0), 4 * floats), into, p));
+                if (remote.Bytes < size * floats) throw new InvalidDataException($"{what}: worker {p.Worker}'s buffer holds {remote.Bytes / size} values, the part needs {floats}");
+                var into = GC.AllocateUninitializedArray<T>((int)floats, pinned: true);
+                pending.Add((rma.GetAsync(remote, 0, System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(into, 0), size * floats), into, p));
             }
             _pool.AwaitData($"{what}: read from worker{(pending.Count == 1 ? "" : "s")} {string.Join(", ", pending.Select(x => x.Part.Worker))}", [.. pending.Select(x => x.Read)]);
         }
@@ -320,7 +322,7 @@ internal sealed unsafe class RemoteReplica : IReplica
                 Array.Copy(into, at, flat, cu[k], cu[k + 1] - cu[k]);
                 at += cu[k + 1] - cu[k];
             }
-            _pool.Batches.CountToMaster(4L * into.Length);
+            _pool.Batches.CountToMaster(size * into.Length);
         }
         return flat;
     }
@@ -603,13 +605,18 @@ internal sealed unsafe class RemoteReplica : IReplica
 
     public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt, leave: false);
 
-    public GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generate(prompts, opt, leave: true);
+    public GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt, ScoringRequest? scoring = null) => Generate(prompts, opt, leave: true, scoring);
+
+    /// <summary>Scorer descriptions this replica's workers were sent, with the id they know each by.</summary>
+    private readonly Dictionary<string, string> _scorers = new(StringComparer.Ordinal);
 
     /// <summary>A generation; with <paramref name="leave"/>, when the workers keep the sequences, the
     /// collecting ranks do not send the log-probs either (the result's KeptLogProbs reads them on first
     /// use), nor a filtered generation's sampling masks (vocab bytes per token, which a synchronous
     /// run's train calls do not read: its batch's logits_mask is empty; the result's Masks then fails).</summary>
-    private GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt, bool leave)
+    /// <remarks>With <paramref name="scoring"/> and the sequences kept, the collecting ranks also
+    /// score their answers (Tasks/SequenceScoring.cs) and send the scores with them.</remarks>
+    private GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt, bool leave, ScoringRequest? scoring = null)
     {
         var args = new JsonObject { ["gen"] = WireJson.Generation(opt) };
         // The collecting ranks keep the sequences for the calls that score them next (the last chunk
@@ -618,7 +625,25 @@ internal sealed unsafe class RemoteReplica : IReplica
         if (key is not null) args["keep_as"] = key;
         bool held = leave && key is not null && _pool.Batches.HoldOutput(key);
         if (held) args["lazy"] = true;
-        try { return Generated(prompts, opt, args, key, held); }
+        bool scored = held && scoring is not null;
+        if (scored)
+        {
+            if (scoring!.Examples.Count != prompts.Count) throw new ArgumentException($"{_name}: scoring {scoring.Examples.Count} examples for {prompts.Count} prompts");
+            // The scorer (tokenizer, reward) is described once; later requests name it by id.
+            string desc = scoring.Scorer.ToJsonString();
+            // The reference answers go with each data-parallel part's prompts (Generated).
+            var score = new JsonObject { ["checks"] = scoring.Checks, ["grades"] = scoring.Grades, ["rule"] = scoring.Rule };
+            if (!_scorers.TryGetValue(desc, out var id))
+            {
+                _scorers[desc] = id = $"{_id}.{_scorers.Count}";
+                score["scorer"] = scoring.Scorer.DeepClone();
+            }
+            score["scorer_id"] = id;
+            args["score"] = score;
+            // The answers are scored where they are: their token ids stay there too (read only if the master needs them).
+            args["lazy_tokens"] = true;
+        }
+        try { return Generated(prompts, opt, args, key, held, scored ? scoring : null); }
         catch
         {
             if (held) _pool.Batches.UnholdOutput(key!);
@@ -626,19 +651,27 @@ internal sealed unsafe class RemoteReplica : IReplica
         }
     }
 
-    private GenerationResult Generated(IReadOnlyList<int[]> prompts, GenerationOptions opt, JsonObject args, string? key, bool held)
+    private GenerationResult Generated(IReadOnlyList<int[]> prompts, GenerationOptions opt, JsonObject args, string? key, bool held, ScoringRequest? scoring)
     {
         // Each data-parallel rank gets only the prompts of its part (the split its shards make of the
         // whole batch, ShardRunner.DataPart: a contiguous run) and where the run starts in the batch
         // (the ids key the random draws).
         args["batch"] = prompts.Count;
+        // With scoring, each part's reference answers follow its prompts (its collecting rank scores the generated answers).
         var shares = Split.Contiguous(prompts.Select(p => p.Length).ToArray(), Layout.Dp)
-            .Select(part => new WireWriter().PromptShare(part[0], [.. part.Select(i => prompts[i])]).ToArray()).ToArray();
+            .Select(part =>
+            {
+                var w = new WireWriter().PromptShare(part[0], [.. part.Select(i => prompts[i])]);
+                if (scoring is not null) w.Answers([.. part.Select(i => scoring.Examples[i].Answer)]);
+                return w.ToArray();
+            }).ToArray();
         var (_, outs) = Op("generate", args, new Inputs(null, PerData: shares), output: true, null, out var replies);
+        var scores = scoring is null ? null : new SequenceScoresBuilder(prompts.Count);
         var parts = outs.Select((b, i) =>
         {
             var r = new WireReader(b, $"{What("generate")}: output of worker {_collectors[i]}");
-            var g = r.Generation(prompts, opt.Filters);
+            var g = r.Generation(prompts, opt.Filters, tokenIds: scoring is null, opt.MaxNewTokens);
+            scores?.Add(r, g.Ids, $"{What("generate")}: scores of worker {_collectors[i]}");
             r.End();
             return g;
         }).ToList();
@@ -648,23 +681,25 @@ internal sealed unsafe class RemoteReplica : IReplica
             var reply = replies[Layout.Devices.ToList().IndexOf(_collectors[i])];
             // A collector with no sequence of its own registers no buffer.
             if ((string?)reply?["kept"] is { } descriptor)
-                _pool.Batches.Hold(key, _collectors[i], descriptor, parts[i].Ids, [.. parts[i].Ids.Select((id, k) => prompts[id].Length + parts[i].Result.NewTokens[k].Length)]);
+                _pool.Batches.Hold(key, _collectors[i], descriptor, parts[i].Ids, [.. parts[i].Ids.Select((id, k) => prompts[id].Length + parts[i].Result.NewTokenCounts[k])]);
         }
         var source = new BatchSource(_pool.Batches, key, [.. Enumerable.Range(0, prompts.Count)]);
         if (held)
         {
             // The log-probs stayed with the collecting ranks: where, and the master's handle of them.
-            var kept = Kept(parts.Select(p => (p.Ids, p.Result.LogProbs.Sum(l => l.Length), p.Result.NewTokens.Sum(t => (long)t.Length))).ToList(),
+            var kept = Kept(parts.Select(p => (p.Ids, p.Result.LogProbs.Sum(l => l.Length), p.Result.NewTokenCounts.Sum(t => (long)t))).ToList(),
                             source, replies, "kept_logprobs", "generation", "generate");
             _pool.Batches.HoldGenerationLogProbs(key, kept.Parts);
-            var m = ShardReplica.MergeGeneration(prompts, opt, parts, source);
+            var m = scoring is null ? ShardReplica.MergeGeneration(prompts, opt, parts, source) : MergeCounts(prompts, parts);
             var cu = new int[prompts.Count + 1];
-            for (int i = 0; i < prompts.Count; i++) cu[i + 1] = cu[i] + m.NewTokens[i].Length;
+            for (int i = 0; i < prompts.Count; i++) cu[i + 1] = cu[i] + m.NewTokenCounts[i];
             return new GenerationResult
             {
-                Prompts = m.Prompts, NewTokens = m.NewTokens, LogProbs = null!, Masks = null, MasksDropped = opt.Filters, EndedWithEos = m.EndedWithEos,
-                PrefilledTokens = m.PrefilledTokens, Steps = m.Steps, Source = source,
+                Prompts = m.Prompts, NewTokens = scoring is null ? m.NewTokens : null!, NewTokenCounts = m.NewTokenCounts, LogProbs = null!, Masks = null,
+                MasksDropped = opt.Filters, EndedWithEos = m.EndedWithEos, PrefilledTokens = m.PrefilledTokens, Steps = m.Steps, Source = source,
                 KeptLogProbs = Left(kept, source.Ids, cu, $"{_name} generation log-probs of batch {key}"),
+                KeptTokens = scoring is null ? null : KeptSequences(key, source, m, parts, replies),
+                Scores = scores?.Build(scoring!.Checks, scoring.Grades, $"{What("generate")}: scores"),
             };
         }
         // The generation's log-probs, kept by the same ranks (read by the train calls' loss ranks).
@@ -678,6 +713,44 @@ internal sealed unsafe class RemoteReplica : IReplica
         }
         if (logProbs is not null) _pool.Batches.HoldGenerationLogProbs(key, [.. logProbs]);
         return ShardReplica.MergeGeneration(prompts, opt, parts, source);
+    }
+
+    /// <summary>The collecting ranks' parts of a generation that sent new-token counts instead of
+    /// ids, in prompt order (ShardReplica.MergeGeneration's checks).</summary>
+    private static GenerationResult MergeCounts(IReadOnlyList<int[]> prompts, List<(int[] Ids, GenerationResult Result)> parts)
+    {
+        int n = prompts.Count;
+        var counts = new int[n]; var eos = new bool[n]; var seen = new bool[n];
+        foreach (var p in parts)
+            for (int k = 0; k < p.Ids.Length; k++)
+            {
+                int i = p.Ids[k];
+                if ((uint)i >= (uint)n || seen[i]) throw new InvalidDataException($"generation outputs: prompt {i} out of range or reported twice");
+                seen[i] = true; counts[i] = p.Result.NewTokenCounts[k]; eos[i] = p.Result.EndedWithEos[k];
+            }
+        if (Array.IndexOf(seen, false) is var miss and >= 0) throw new InvalidDataException($"generation outputs: no collecting rank reported prompt {miss}");
+        return new GenerationResult { Prompts = [.. prompts.Select(x => x.ToArray())], NewTokens = null!, NewTokenCounts = counts, LogProbs = null!, EndedWithEos = eos };
+    }
+
+    /// <summary>The master's handle of a kept generation's sequences (prompt and new tokens, packed in
+    /// prompt order) that the collecting ranks keep in their registered buffers: read from them
+    /// (one-sided, as <see cref="Fetch{T}"/>) on first use; the batch stays with the workers until then or until released.</summary>
+    private KeptInts KeptSequences(string key, BatchSource source, GenerationResult m, List<(int[] Ids, GenerationResult Result)> parts, JsonNode?[] replies)
+    {
+        var cu = new int[m.Prompts.Length + 1];
+        for (int i = 0; i < m.Prompts.Length; i++) cu[i + 1] = cu[i] + m.Prompts[i].Length + m.NewTokenCounts[i];
+        var held = new ResidentPart[parts.Count];
+        for (int i = 0; i < parts.Count; i++)
+        {
+            var reply = replies[Layout.Devices.ToList().IndexOf(_collectors[i])];
+            long ints = parts[i].Ids.Sum(k => (long)(cu[k + 1] - cu[k]));
+            string descriptor = (string?)reply?["kept"] ?? (ints == 0 ? "" : throw new InvalidDataException($"{What("generate")}: worker {_collectors[i]} did not keep its {ints} tokens"));
+            held[i] = new ResidentPart(_collectors[i], descriptor, [.. parts[i].Ids.Select(k => source.Ids[k])], ints);
+        }
+        var o = new ResidentOutput(key, "sequences", held);
+        string what = $"{_name} generated sequences of batch {key}";
+        if (!_pool.Batches.HoldOutput(key)) throw new InvalidOperationException($"{what}: the batch is no longer kept by the workers");
+        return KeptInts.Remote(cu[^1], () => Fetch<int>(o, source.Ids, cu, what), () => _pool.Batches.UnholdOutput(key), what);
     }
 
     // ------------------------------------------------------------------ reallocation
@@ -857,5 +930,51 @@ internal sealed unsafe class RemoteReplica : IReplica
         _deferredBackward = null;  // its gradients go with the replica
         try { _pool.Dispatch(What("drop"), Layout.Devices, "drop", new JsonObject { ["id"] = _id }); }
         catch (WorkerFailedException) { /* the job is ending; the workers go with it */ }
+    }
+}
+
+/// <summary>The collecting ranks' answer scores merged into prompt order (their outputs' tails:
+/// rule rewards, then held-out checks, each empty when not computed).</summary>
+internal sealed class SequenceScoresBuilder(int count)
+{
+    private float[]? _rule;
+    private readonly float[] _checks = new float[count];
+    private readonly double[] _grades = new double[count];
+    private bool _hasGrades;
+    private readonly bool[] _seen = new bool[count];
+    private bool? _hasRule;
+    private bool _hasChecks;
+
+    public void Add(WireReader r, int[] ids, string what)
+    {
+        var rule = r.Floats();
+        var checks = r.Floats();
+        var grades = r.Doubles();
+        if (grades.Length != 0 && grades.Length != ids.Length) throw new InvalidDataException($"{what}: {grades.Length} graded scores for {ids.Length} answers");
+        if (rule.Length != 0 && rule.Length != ids.Length) throw new InvalidDataException($"{what}: {rule.Length} rule rewards for {ids.Length} answers");
+        if (checks.Length != 0 && checks.Length != ids.Length) throw new InvalidDataException($"{what}: {checks.Length} checks for {ids.Length} answers");
+        if (ids.Length == 0) return;
+        if (_hasRule is { } h && h != (rule.Length != 0)) throw new InvalidDataException($"{what}: rule rewards from some collecting ranks only");
+        _hasRule = rule.Length != 0;
+        _hasChecks |= checks.Length != 0;
+        _hasGrades |= grades.Length != 0;
+        if (_hasRule == true) _rule ??= new float[count];
+        for (int k = 0; k < ids.Length; k++)
+        {
+            int i = ids[k];
+            if ((uint)i >= (uint)count || _seen[i]) throw new InvalidDataException($"{what}: answer {i} out of range or scored twice");
+            _seen[i] = true;
+            if (_rule is not null) _rule[i] = rule[k];
+            if (checks.Length != 0) _checks[i] = checks[k];
+            if (grades.Length != 0) _grades[i] = grades[k];
+        }
+    }
+
+    public SequenceScores Build(bool checks, bool grades, string what)
+    {
+        if (Array.IndexOf(_seen, false) is var miss and >= 0) throw new InvalidDataException($"{what}: no collecting rank scored answer {miss}");
+        if (checks != _hasChecks) throw new InvalidDataException($"{what}: held-out checks {(checks ? "missing" : "not asked for")}");
+        if (grades != _hasGrades) throw new InvalidDataException($"{what}: graded scores {(grades ? "missing" : "not asked for")}");
+        return new SequenceScores(_rule, checks ? _checks : null, grades ? _grades : null);
     }
 }

@@ -10,6 +10,7 @@ using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Transport;
 
 namespace ReaLNative.Engine.Workers;
@@ -112,6 +113,7 @@ internal sealed class WireWriter
     public WireWriter() => _writer = new BinaryWriter(_buffer);
 
     public WireWriter Int(int v) { _writer.Write(v); return this; }
+    public WireWriter Doubles(ReadOnlySpan<double> v) { _writer.Write(v.Length); foreach (var x in v) _writer.Write(x); return this; }
     public WireWriter Ints(ReadOnlySpan<int> v) { _writer.Write(v.Length); foreach (var x in v) _writer.Write(x); return this; }
     public WireWriter Floats(ReadOnlySpan<float> v) { _writer.Write(v.Length); foreach (var x in v) _writer.Write(x); return this; }
     public WireWriter Bytes(ReadOnlySpan<byte> v) { _writer.Write(v.Length); _writer.Write(v); return this; }
@@ -142,16 +144,34 @@ internal sealed class WireWriter
     /// (<see cref="WireReader.PromptShare"/>).</summary>
     public WireWriter PromptShare(int first, IReadOnlyList<int[]> prompts) => Int(first).Prompts(prompts);
 
+    /// <summary>The reference answers of a share's prompts' examples, for the ranks that score their
+    /// answers (Tasks/SequenceScoring.cs: the pure rules read nothing else of an example), as UTF-8.</summary>
+    public WireWriter Answers(IReadOnlyList<string> answers)
+    {
+        Int(answers.Count);
+        foreach (var a in answers) Bytes(System.Text.Encoding.UTF8.GetBytes(a));
+        return this;
+    }
+
     public WireWriter Output(ShardOutput o) => Ints(o.Ids).Floats(o.Actions).Floats(o.Last);
 
     /// <summary>A collecting rank's generation output; without <paramref name="perToken"/> (the rank
     /// keeps the log-probs, RemoteReplica.KeptGenerate, and a synchronous run reads no sampling mask)
     /// every sequence's log-probs and mask are written empty.</summary>
-    public WireWriter Generation((int[] Ids, GenerationResult Result) g, bool perToken = true)
+    /// <remarks>Without <paramref name="ids"/> (the rank keeps the sequences, their log-probs, and
+    /// scores them: the master reads the ids only if it needs them) each sequence is its new-token
+    /// count and whether it ended with EOS, nothing else.</remarks>
+    public WireWriter Generation((int[] Ids, GenerationResult Result) g, bool perToken = true, bool ids = true)
     {
+        if (!ids && perToken) throw new ArgumentException("a generation output without token ids has no per-token values either");
         Ints(g.Ids);
         for (int k = 0; k < g.Ids.Length; k++)
         {
+            if (!ids)
+            {
+                Int(g.Result.NewTokens[k].Length).Int(g.Result.EndedWithEos[k] ? 1 : 0);
+                continue;
+            }
             Ints(g.Result.NewTokens[k]).Floats(perToken ? g.Result.LogProbs[k] : []).Int(g.Result.EndedWithEos[k] ? 1 : 0);
             Bytes(perToken && g.Result.Masks is { } m ? m[k] : []);
         }
@@ -208,6 +228,30 @@ internal sealed class WireReader(byte[] data, string what)
         return r;
     }
 
+    /// <summary>The answers <see cref="WireWriter.Answers"/> wrote (malformed UTF-8 is refused).</summary>
+    public string[] Answers()
+    {
+        int n = Count(4);
+        var utf8 = new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true);
+        var answers = new string[n];
+        for (int i = 0; i < n; i++)
+        {
+            var b = Bytes();
+            try { answers[i] = utf8.GetString(b); }
+            catch (System.Text.DecoderFallbackException) { throw Bad($"answer {i} is not UTF-8"); }
+        }
+        return answers;
+    }
+
+    public double[] Doubles()
+    {
+        int n = Count(8);
+        var r = new double[n];
+        Buffer.BlockCopy(data, _at, r, 0, n * 8);
+        _at += n * 8;
+        return r;
+    }
+
     public byte[] Bytes()
     {
         int n = Count(1);
@@ -247,19 +291,31 @@ internal sealed class WireReader(byte[] data, string what)
 
     public ShardOutput Output() => new(Ints(), Floats(), Floats());
 
-    public (int[] Ids, GenerationResult Result) Generation(IReadOnlyList<int[]> prompts, bool masks)
+    /// <summary>A collecting rank's generation output (<see cref="WireWriter.Generation"/>); without
+    /// <paramref name="tokenIds"/>, the new-token counts only (the result's NewTokenCounts; its
+    /// NewTokens then fail: the ids stayed with the worker), each at most <paramref name="maxNewTokens"/>.</summary>
+    public (int[] Ids, GenerationResult Result) Generation(IReadOnlyList<int[]> prompts, bool masks, bool tokenIds = true, int maxNewTokens = int.MaxValue)
     {
         var ids = Ints();
-        var tok = new int[ids.Length][]; var lp = new float[ids.Length][]; var eos = new bool[ids.Length];
+        var tok = tokenIds ? new int[ids.Length][] : null; var counts = new int[ids.Length];
+        var lp = new float[ids.Length][]; var eos = new bool[ids.Length];
         var m = masks ? new byte[ids.Length][] : null;
         for (int k = 0; k < ids.Length; k++)
         {
             if ((uint)ids[k] >= (uint)prompts.Count) throw Bad($"prompt id {ids[k]} of {prompts.Count}");
-            tok[k] = Ints(); lp[k] = Floats(); eos[k] = Int() != 0;
+            if (tok is null)
+            {
+                if ((counts[k] = Int()) < 0 || counts[k] > maxNewTokens) throw Bad($"sequence {ids[k]}: {counts[k]} new tokens (at most {maxNewTokens})");
+                eos[k] = Int() != 0; lp[k] = [];
+                if (m is not null) m[k] = [];
+                continue;
+            }
+            counts[k] = (tok[k] = Ints()).Length;
+            lp[k] = Floats(); eos[k] = Int() != 0;
             var mk = Bytes();
             if (m is not null) m[k] = mk;
         }
-        return (ids, new GenerationResult { Prompts = ids.Select(i => prompts[i]).ToArray(), NewTokens = tok, LogProbs = lp, Masks = m, EndedWithEos = eos });
+        return (ids, new GenerationResult { Prompts = ids.Select(i => prompts[i]).ToArray(), NewTokens = tok!, NewTokenCounts = counts, LogProbs = lp, Masks = m, EndedWithEos = eos });
     }
 
     public void End()

@@ -82,4 +82,40 @@ public sealed class ActionFloatsTests
         Assert.Equal([6f], b.Get<float[]>("remote"));
         Assert.Throws<InvalidOperationException>(() => b.Get<float[]>("unread"));
     }
+
+    /// <summary>A packed batch whose ids the workers keep: lengths, offsets, positions and actions
+    /// without a read; the ids read once on first use; a wrong count refused.</summary>
+    [Fact]
+    public void ALazyPackedBatchReadsItsIdsOnlyWhenTheyAreRead()
+    {
+        int reads = 0;
+        var sb = new ScoredBatch([3, 2], [2, 1], () => { reads++; return [5, 6, 7, 8, 9]; });
+        var eager = new ScoredBatch([[5, 6, 7], [8, 9]], [2, 1]);
+        Assert.Equal(eager.ActionIndex, sb.ActionIndex);
+        Assert.Equal(eager.ActionCu, sb.ActionCu);
+        Assert.Equal(eager.Packed.Positions, sb.Packed.Positions);
+        Assert.Equal(5, sb.Packed.TotalTokens);
+        Assert.False(sb.Packed.HasTokens);
+        Assert.Equal(0, reads);
+        Assert.Equal(eager.Packed.Tokens, sb.Packed.Tokens);
+        Assert.Equal([8, 9], sb.Packed.Sequence(1).ToArray());
+        Assert.Equal(1, reads);
+        var bad = new PackedBatch([3, 2], () => [1, 2]);
+        Assert.Contains("fetched 2 token ids for 5 tokens", Assert.Throws<InvalidDataException>(() => bad.Tokens).Message);
+    }
+
+    /// <summary>Kept token ids: read once, the owner told once; released unread, a read fails.</summary>
+    [Fact]
+    public void KeptIdsAreReadOnceAndFailAfterRelease()
+    {
+        int fetches = 0, releases = 0;
+        var ids = KeptInts.Remote(3, () => { fetches++; return [4, 5, 6]; }, () => releases++, "test ids");
+        Assert.Equal([4, 5, 6], ids.Values);
+        _ = ids.Values;
+        Assert.Equal((1, 1), (fetches, releases));
+        var unread = KeptInts.Remote(3, () => [1, 2, 3], () => releases++, "test ids");
+        unread.Release();
+        Assert.Equal(2, releases);
+        Assert.Contains("released", Assert.Throws<InvalidOperationException>(() => unread.Values).Message);
+    }
 }

@@ -76,7 +76,7 @@ public sealed class PlanExecutionTests
         Assert.True(off <= total / 500, $"{what}: {off} of {total} parameters differ by more than 1e-6");
     }
 
-    internal static ExperimentConfig TaskRewardConfig(string algorithm) => ExperimentConfig.Parse($$"""
+    internal static ExperimentConfig TaskRewardConfig(string algorithm, string reward = "{ kind: task }", string ppo = "{}") => ExperimentConfig.Parse($$"""
         name: plan-task-reward
         algorithm: {{algorithm}}
         seed: 3
@@ -86,7 +86,8 @@ public sealed class PlanExecutionTests
         models:
           actor: { preset: tiny, init: sft }
           ref:   { preset: tiny, init: sft }
-        reward: { kind: task }
+        reward: {{reward}}
+        ppo: {{ppo}}
         batch: { size: 8, prompt_len: 8, gen_len: 6, minibatches: 2, group_size: {{(algorithm == "remax" ? 1 : 4)}} }
         stages:
           - { algorithm: sft, iterations: 6, models: { actor: { preset: tiny, init: random } }, optim: { lr: 3.0e-3 } }

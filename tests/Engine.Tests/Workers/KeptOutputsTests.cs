@@ -11,6 +11,8 @@ using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Optim;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Tasks;
+using ReaLNative.Engine.Tokenization;
 using ReaLNative.Planner;
 using PlanCallType = ReaLNative.Planner.CallType;
 using ReaLNative.Engine.Runs;
@@ -181,6 +183,9 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
             long Bytes(System.Text.Json.Nodes.JsonObject s, string k) => (long)s["data_bytes"]![k]!;
             output.WriteLine($"dpo: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
             Assert.True(Bytes(d, "to_master") < Bytes(m, "to_master"));
+            // The generated pairs are ranked by their graded score where the answers are: no token id
+            // comes back (3,128 bytes while they did).
+            Assert.Equal(2_216, Bytes(d, "to_master"));
         }
         finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
     }
@@ -209,5 +214,150 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
         output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s: {e.Message}");
         Assert.Contains("worker 3", e.Message);
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"the read failed after {clock.Elapsed.TotalSeconds:F0} s");
+    }
+
+    /// <summary>A combined reward of every pure rule kind, as the workers that score answers build it.</summary>
+    private static RewardConfig Combined() => new(RewardConfig.Combined)
+    {
+        Components =
+        [
+            new(new RewardConfig(RewardConfig.NumericMatch) { Tolerance = 0.5 }, 1.0),
+            new(new RewardConfig(RewardConfig.RequireEos), 0.1),
+            new(new RewardConfig(RewardConfig.Regex) { Pattern = "[0-9],[0-9]" }, 0.25),
+            new(new RewardConfig(RewardConfig.ExactMatch), 0.3),
+        ],
+    };
+
+    private static TaskExample[] Examples(int n) =>
+        [.. Enumerable.Range(0, n).Select(i => new TaskExample($"sort {i}", i % 2 == 0 ? "1,2" : $"{i}") { Metadata = i == 1 ? "{\"k\": 1}" : null })];
+
+    /// <summary>
+    /// A generation whose answers its collecting ranks score (dp2 on workers 0-1): per sequence only
+    /// the new-token count, the EOS flag and the scores come back, exactly 4 bytes per generated token
+    /// fewer than with the ids, less 12 bytes per rank of score arrays' lengths, plus the scores; the
+    /// scores are bit for bit those this process computes from the ids (rule reward of a combined
+    /// reward of every pure kind, held-out checks, graded scores); the ids are read from the workers
+    /// only when read (exactly their 4 bytes each, prompts included), the same ids; released unread,
+    /// a read fails.
+    /// </summary>
+    [Fact]
+    public void ScoredAnswersSendScoresNotTokensAndTheIdsComeOnlyWhenRead()
+    {
+        using var pool = new WorkerPool(4, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+        var prompts = Prompts();
+        using var actor = pool.Create("actor", Cfg, false, new ParallelLayout([0, 1], 1, 2, 1), 1, null);
+        actor.Initialise(41);
+        var tok = RunTokenizer.Of(new CharTokenizer(Cfg.Vocab));
+        var ex = Examples(prompts.Length);
+        var request = new ScoringRequest(SequenceScorer.Describe(tok, Combined(), rule: true)!, ex, Checks: true) { Grades = true };
+        var opt = Options with { MaxNewTokens = 8 };
+
+        long t0 = ToMaster(pool);
+        var sent = actor.KeptGenerate(prompts, opt);
+        long t1 = ToMaster(pool);
+        var scored = actor.KeptGenerate(prompts, opt, request);
+        long t2 = ToMaster(pool);
+        int actions = sent.NewTokens.Sum(t => t.Length);
+        output.WriteLine($"generation: {t1 - t0} bytes back with the ids, {t2 - t1} with the scores instead; {actions} new tokens");
+        Assert.True(actions > 0);
+        // Per sequence 4 (count) + 4 (EOS) instead of 4 + 4 x ids + 4 + 4 + 4 (empty log-probs, EOS,
+        // empty mask); per rank 3 array lengths, then 4 + 4 + 8 bytes of scores per sequence.
+        Assert.Equal(t1 - t0 - 4L * actions - 8L * prompts.Length + 2 * 12 + 16L * prompts.Length, t2 - t1);
+        Assert.Equal(sent.NewTokens.Select(t => t.Length), scored.NewTokenCounts);
+        Assert.Equal(sent.EndedWithEos, scored.EndedWithEos);
+
+        var want = new SequenceScorer(tok, RuleRewards.Create(Combined()), true).Score(ex, sent.NewTokens, sent.EndedWithEos, checks: true, grades: true);
+        var got = scored.Scores ?? throw new Xunit.Sdk.XunitException("no scores from the workers");
+        Assert.True(want.Rule!.AsSpan().SequenceEqual(got.Rule), "rule rewards");
+        Assert.True(want.Checks!.AsSpan().SequenceEqual(got.Checks), "held-out checks");
+        Assert.True(want.Grades!.AsSpan().SequenceEqual(got.Grades), "graded scores");
+        var completions = sent.NewTokens.Select(t => tok.Completion(t)).ToArray();
+        Assert.Equal(SequenceScorer.Checks(RuleRewards.Create(Combined()), ex, completions, sent.EndedWithEos), got.Checks!.Select(x => (double)x));
+        Assert.Contains(got.Rule!, x => x != 0);
+
+        var ids = scored.KeptTokens ?? throw new Xunit.Sdk.XunitException("the scored generation sent its ids");
+        Assert.False(ids.Fetched);
+        Assert.Equal(t2, ToMaster(pool));
+        Assert.Equal(sent.NewTokens.Select(t => string.Join(",", t)), scored.NewTokens.Select(t => string.Join(",", t)));
+        long sequenceTokens = prompts.Sum(p => p.Length) + actions;
+        Assert.Equal(t2 + 4L * sequenceTokens, ToMaster(pool));
+        _ = scored.NewTokens; _ = ids.Values;
+        Assert.Equal(t2 + 4L * sequenceTokens, ToMaster(pool));   // read once
+        Assert.True(sent.LogProbs.SelectMany(x => x).SequenceEqual(scored.LogProbs.SelectMany(x => x)), "log-probs of the scored generation");
+
+        // Released unread: a later read fails instead of giving zeros or stale ids.
+        var unread = actor.KeptGenerate(prompts, opt, request);
+        long t3 = ToMaster(pool);
+        unread.KeptTokens!.Release();
+        var e = Assert.Throws<InvalidOperationException>(() => unread.NewTokens);
+        Assert.Contains("released", e.Message);
+        Assert.Equal(t3, ToMaster(pool));
+    }
+
+    /// <summary>A worker that would score answers (a collecting rank) is killed: the scored generation
+    /// fails naming it within the deadline; and one killed after scoring, before the master reads the
+    /// ids it keeps, fails that read naming it.</summary>
+    [Fact]
+    public void AKilledScorerOrIdHolderFailsNamingIt()
+    {
+        var prompts = Prompts();
+        var tok = RunTokenizer.Of(new CharTokenizer(Cfg.Vocab));
+        var request = new ScoringRequest(SequenceScorer.Describe(tok, new RewardConfig(RewardConfig.Task), rule: true)!, Examples(prompts.Length), Checks: true);
+        using (var pool = new WorkerPool(4, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 }))
+        {
+            using var actor = pool.Create("actor", Cfg, false, new ParallelLayout([0, 1], 1, 2, 1), 1, null);
+            actor.Initialise(41);
+            var g = actor.KeptGenerate(prompts, Options, request);
+            Process.GetProcessById(pool.WorkerPid(1)).Kill();
+            var clock = Stopwatch.StartNew();
+            var e = Assert.Throws<WorkerFailedException>(() => g.NewTokens);
+            output.WriteLine($"read of the ids: {clock.Elapsed.TotalSeconds:F1} s: {e.Message}");
+            Assert.Contains("worker 1", e.Message);
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"the read failed after {clock.Elapsed.TotalSeconds:F0} s");
+        }
+        using (var pool = new WorkerPool(4, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 }))
+        {
+            using var actor = pool.Create("actor", Cfg, false, new ParallelLayout([0, 1], 1, 2, 1), 1, null);
+            actor.Initialise(41);
+            Process.GetProcessById(pool.WorkerPid(1)).Kill();
+            var clock = Stopwatch.StartNew();
+            var e = Assert.ThrowsAny<Exception>(() => actor.KeptGenerate(prompts, Options, request));
+            output.WriteLine($"scored generation: {clock.Elapsed.TotalSeconds:F1} s: {e.GetType().Name}: {e.Message}");
+            Assert.Contains("worker 1", e.Message);
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"the call failed after {clock.Elapsed.TotalSeconds:F0} s");
+        }
+    }
+
+    /// <summary>GRPO with a combined reward of every pure rule kind and DAPO's overlong penalty (from
+    /// the lengths alone), and ReMax with numeric_match: the workers that hold the answers score
+    /// them, and the run (metrics, actor) is bit-identical to the in-process plan run and to the
+    /// worker run whose master gets every output and scores the text itself
+    /// (REALN_WORKER_TO_WORKER_DATA=0); no token id comes back.</summary>
+    [Theory]
+    [InlineData("grpo", "{ kind: combined, components: [{ kind: numeric_match, tolerance: 0.5, weight: 1.0 }, { kind: require_eos, weight: 0.1 }, { kind: regex, pattern: '[0-9],[0-9]', weight: 0.25 }, { kind: exact_match, weight: 0.3 }] }", "{ overlong_buffer: 3, overlong_penalty: 0.5 }")]
+    [InlineData("remax", "{ kind: numeric_match }", "{}")]
+    public void RuleRewardsScoredOnTheWorkersLeaveTheRunUnchanged(string algorithm, string reward, string ppo)
+    {
+        string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir(), c = PlanExecutionTests.TempDir();
+        try
+        {
+            ExperimentConfig Cfg() => PlanExecutionTests.TaskRewardConfig(algorithm, reward, ppo);
+            using var inProcess = new Pipeline(Cfg(), a, plan: PlanExecutionTests.TaskRewardPlan(algorithm));
+            using var direct = new Pipeline(Cfg(), b, plan: PlanExecutionTests.TaskRewardPlan(algorithm), hosts: WorkerProcessTests.Processes());
+            using var viaMaster = new Pipeline(Cfg(), c, plan: PlanExecutionTests.TaskRewardPlan(algorithm), hosts: WorkerProcessTests.Processes(workerToWorkerData: false));
+            inProcess.Run(resume: false);
+            var d = direct.Run(resume: false);
+            var m = viaMaster.Run(resume: false);
+            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), direct.Model("actor").Parameters.ToArray());
+            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), viaMaster.Model("actor").Parameters.ToArray());
+            var want = File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip).ToList();
+            Assert.Contains(want, l => l.Contains("\"call\":\"actor_gen\"") && l.Contains("\"sample_task_score\""));
+            Assert.Equal(want, File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
+            Assert.Equal(want, File.ReadLines(Path.Combine(c, "metrics.jsonl")).Select(Strip));
+            long Bytes(System.Text.Json.Nodes.JsonObject s, string k) => (long)s["data_bytes"]![k]!;
+            output.WriteLine($"{algorithm}: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
+            Assert.True(Bytes(d, "to_master") < Bytes(m, "to_master") / 2);
+        }
+        finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
     }
 }
