@@ -176,7 +176,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
         {
             while (_unscored.TryPeek(out var restored))
             {
-                var records = _scoring!.RunIteration(restored.Batch, _cancel);
+                var records = _scoring!.RunIteration(restored.Batch, _cancel);   // (a failure: Dispose releases the queued batch)
                 lock (_gate)
                 {
                     _unscored.Dequeue();
@@ -219,10 +219,19 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
                     catch (Exception e) { job.Result.Fail(e); throw; }
                 }
                 var batch = _sources(g);
-                batch.Set(StageContext.BehaviourVersionKey, new[] { version });
-                var records = _generation.RunIteration(batch, _cancel);
-                SetTokenVersions(batch, version, _swapTaken ? (_interruptStep, _swap!.Value.To) : null);
-                if (_scoring is not null) records = [.. records, .. _scoring.RunIteration(batch, _cancel)];
+                IReadOnlyList<CallRecord> records;
+                try
+                {
+                    batch.Set(StageContext.BehaviourVersionKey, new[] { version });
+                    records = _generation.RunIteration(batch, _cancel);
+                    SetTokenVersions(batch, version, _swapTaken ? (_interruptStep, _swap!.Value.To) : null);
+                    if (_scoring is not null) records = [.. records, .. _scoring.RunIteration(batch, _cancel)];
+                }
+                catch
+                {
+                    batch.Release();   // never queued: nothing else would release what its calls left with the workers
+                    throw;
+                }
                 double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds - _pausedSeconds;
                 lock (_gate)
                 {
@@ -390,7 +399,20 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     public void Dispose()
     {
         if (!Stop())
+        {
             Console.Error.WriteLine($"realn: async generation: the generation in flight did not end within {_deadline.TotalSeconds:F0} s of the stop");
+            return;   // its thread may still add a batch: leave them (the run fails anyway)
+        }
+        // Batches generated ahead that no iteration will train on (the stage stopped early, or failed):
+        // the outputs their calls left with the workers are released with them.
+        List<GeneratedBatch> left;
+        lock (_gate)
+        {
+            left = [.. _ready.Values, .. _unscored];
+            _ready.Clear();
+            _unscored.Clear();
+        }
+        foreach (var b in left) b.Batch.Release();
     }
 }
 

@@ -25,6 +25,7 @@ internal sealed class ReplicaCalls(IReplica replica, ModelReplicas owner) : IMod
     public (float[] ActionValues, float[] LastScores) Values(ScoredBatch b) => Fresh(() => replica.Values(b));
     public ActionFloats KeptLogProbs(ScoredBatch b, float temperature) => Fresh(() => replica.KeptLogProbs(b, temperature));
     public (ActionFloats ActionValues, float[] LastScores) KeptValues(ScoredBatch b) => Fresh(() => replica.KeptValues(b));
+    public ActionFloats KeptActionValues(ScoredBatch b) => Fresh(() => replica.KeptActionValues(b));
     public GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Fresh(() => replica.KeptGenerate(prompts, opt));
     public void BackwardLogProbs(ScoredBatch b, float temperature, float[] d) => Fresh(() => { replica.BackwardLogProbs(b, temperature, d); return 0; });
     public void BackwardValues(ScoredBatch b, float[] dv, float[] dl) => Fresh(() => { replica.BackwardValues(b, dv, dl); return 0; });

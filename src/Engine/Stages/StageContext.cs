@@ -280,7 +280,8 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     public CallHandler CriticCall() => (call, b) =>
     {
         var r = b.Get<Rollout>("sequences");
-        b.Set("values", KeepOutputsOnWorkers ? Calls(call.Name, "critic").KeptValues(r.Scored).ActionValues : Calls(call.Name, "critic").Values(r.Scored).ActionValues);
+        // Nothing reads the critic's last scores: kept, they do not come back either.
+        b.Set("values", KeepOutputsOnWorkers ? Calls(call.Name, "critic").KeptActionValues(r.Scored) : Calls(call.Name, "critic").Values(r.Scored).ActionValues);
         return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
     };
 }

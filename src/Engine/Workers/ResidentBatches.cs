@@ -133,6 +133,12 @@ internal sealed class ResidentBatches : IResidentOutputs
         }
     }
 
+    /// <summary>Outputs held (<see cref="HoldOutput"/>) and not yet unheld, over every tracked batch.</summary>
+    public int HeldOutputs
+    {
+        get { lock (_gate) return _batches.Values.Sum(e => e.Held); }
+    }
+
     /// <summary>Ends a <see cref="HoldOutput"/> (the output was fetched, or released unread).</summary>
     public void UnholdOutput(string key)
     {
