@@ -58,9 +58,9 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
 {
     public StageConfig Stage => stage;
 
-    /// <summary>A synchronous run's calls: batches are consumed on-policy within their iteration, so
-    /// the per-action outputs of the generation and inference calls may stay with the worker
-    /// processes that hold the batch (IModelCalls.KeptLogProbs; released with the iteration's batch).</summary>
+    /// <summary>The per-action outputs of the generation and inference calls may stay with the worker
+    /// processes that hold the batch (IModelCalls.KeptLogProbs; released with the batch: a synchronous
+    /// run's at its iteration's end, an async run's once the trainer consumed it, Runs/PipelineAsync.cs).</summary>
     public bool KeepOutputsOnWorkers { get; init; }
     /// <summary>The run's tokenizer, formatting this stage's examples (the chat template under `dataset.chat`).</summary>
     public RunTokenizer Tokenizer => tokenizer;
