@@ -67,15 +67,22 @@ internal sealed class PausingCalls(IModelCalls inner, IGenerationPausePoint poin
     public (Parallelism.ValueLossStats Stats, double GradNorm) ValueStep(Model.ScoredBatch minibatch, int a0, Parallelism.ValueLossInputs inputs) => inner.ValueStep(minibatch, a0, inputs);
     public float LearningRate => inner.LearningRate;
 
-    public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt)
+    public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Paused(prompts, opt, inner.Generate);
+
+    /// <summary>As <see cref="Generate"/>; the last command (the whole generation, or what follows the
+    /// pause: it returns every token so far, and its workers keep the batch) leaves the log-probs with
+    /// the workers. The first command, up to the pause, keeps no batch: its tokens and log-probs come back.</summary>
+    public GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Paused(prompts, opt, inner.KeptGenerate);
+
+    private GenerationResult Paused(IReadOnlyList<int[]> prompts, GenerationOptions opt, Func<IReadOnlyList<int[]>, GenerationOptions, GenerationResult> last)
     {
-        if (point.PausePoint() is not var (step, session)) return inner.Generate(prompts, opt);
+        if (point.PausePoint() is not var (step, session)) return last(prompts, opt);
         var first = inner.Generate(prompts, opt with { Pause = new GenerationPause(session, step, Resume: false) });
         bool unfinished = false;
         for (int i = 0; i < first.NewTokens.Length; i++)
             unfinished |= !first.EndedWithEos[i] && first.NewTokens[i].Length < (opt.MaxNewTokensPerPrompt?[i] ?? opt.MaxNewTokens);
         point.Paused(unfinished);
-        return inner.Generate(prompts, opt with { Pause = new GenerationPause(session, 0, Resume: true) });
+        return last(prompts, opt with { Pause = new GenerationPause(session, 0, Resume: true) });
     }
 }
 

@@ -51,12 +51,12 @@ internal sealed partial class Pipeline
         // that hold the batch (IModelCalls.KeptLogProbs and friends) until the trainer has consumed the
         // batch (released after its iteration; a batch still queued when the stage ends or stops is
         // released by AsyncRollouts.Dispose); what reads them on the master (a stale batch's loss
-        // inputs, a checkpoint's rollouts.bin) fetches them then. Two cases still bring them back with
-        // the call, as before: without a plan there are no workers (the generation copy and the
-        // master's models hold everything anyway), and under weight_update: interrupt the actor's
-        // generation is two commands (PausingCalls: up to the pause, then the rest on the same KV
-        // cache) whose first keeps no batch, so the generation log-probs come back (the scoring and
-        // critic calls' outputs on the resulting batch are still kept).
+        // inputs, a checkpoint's rollouts.bin) fetches them then. Without a plan nothing changes: there
+        // are no workers (the generation copy and the master's models hold everything anyway). Under
+        // weight_update: interrupt the actor's generation is two commands (PausingCalls: up to the
+        // pause, then the rest on the same KV cache); the second returns every token so far and leaves
+        // all their log-probs with the workers, but the first keeps no batch, so its tokens' log-probs
+        // (up to the pause step) still come back.
         var handlers = _algorithm!.Handlers(Context(stage, keepOutputsOnWorkers: true));
         var restHandlers = handlers.Where(h => !genNames.Contains(h.Key) && !scoreNames.Contains(h.Key)).ToDictionary();
         var scoreHandlers = handlers.Where(h => scoreNames.Contains(h.Key)).ToDictionary();

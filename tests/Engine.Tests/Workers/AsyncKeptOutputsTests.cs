@@ -82,18 +82,19 @@ public sealed class AsyncKeptOutputsTests(Xunit.Abstractions.ITestOutputHelper o
 
     /// <summary>
     /// Async PPO (sft 6 + rm 4 + ppo 4 iterations, a checkpoint every 2) on a two-device plan in worker
-    /// processes, generation on device 0 (with the reward and reference inference for N = 2: the
-    /// rollout side scores), decoupled loss: metrics, actor and critic, and every checkpoint file
+    /// processes, generation on device 0 (with the reward and reference inference where
+    /// <paramref name="scoreOnRolloutSide"/>), decoupled loss, finish_batch or interrupt: metrics, actor and critic, and every checkpoint file
     /// (rollouts.bin with the batches generated ahead) equal the run whose master gets every output
     /// with its call. The master receives exactly <paramref name="toMaster"/> bytes (before the
     /// outputs stayed: <paramref name="before"/>).
     /// </summary>
     [Theory]
-    [InlineData(1, false, 4_552L, 5_720L)]
-    [InlineData(2, true, 4_616L, 5_800L)]
-    public void AsyncPpoKeepsItsOutputsOnTheWorkersAndTheRunIsUnchanged(int staleness, bool scoreOnRolloutSide, long toMaster, long before)
+    [InlineData(1, false, false, 4_552L, 5_720L)]
+    [InlineData(2, true, false, 4_616L, 5_800L)]
+    [InlineData(1, true, true, 5_548L, 0L)]
+    public void AsyncPpoKeepsItsOutputsOnTheWorkersAndTheRunIsUnchanged(int staleness, bool scoreOnRolloutSide, bool interrupt, long toMaster, long before)
     {
-        var cfg = AsyncRunTests.Config($"mode: async\nmax_staleness: {staleness}", iterations: 4, checkpointEvery: 2);
+        var cfg = AsyncRunTests.Config($"mode: async\nmax_staleness: {staleness}{(interrupt ? "\nweight_update: interrupt" : "")}", iterations: 4, checkpointEvery: 2);
         var plan = AsyncRunTests.TwoGroups(genDevice: 0, scoringDevice: scoreOnRolloutSide ? 0 : 1);
         string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir();
         try
@@ -111,7 +112,7 @@ public sealed class AsyncKeptOutputsTests(Xunit.Abstractions.ITestOutputHelper o
             Assert.Contains(fd.Keys, k => k.EndsWith(RolloutFile.Name, StringComparison.Ordinal));
             Assert.Equal(fm.Keys, fd.Keys);
             foreach (var k in fm.Keys) Assert.True(fm[k].AsSpan().SequenceEqual(fd[k]), $"checkpoint file {k} differs");
-            output.WriteLine($"async ppo, max_staleness {staleness}: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
+            output.WriteLine($"async ppo, max_staleness {staleness}{(interrupt ? ", interrupt" : "")}: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
             Assert.Equal(toMaster, Bytes(d, "to_master"));
             Assert.True(Bytes(d, "to_master") < before);
         }
