@@ -30,4 +30,9 @@ internal interface IReplicaHost : IDisposable
     /// outputs the workers moved between themselves (Workers/ResidentBatches.cs), and bytes of call
     /// outputs the master received from them; null for in-process devices.</summary>
     (long FromMaster, long BetweenWorkers, long ToMaster)? DataBytes => null;
+
+    /// <summary>Per-action outputs the master left with the worker processes and may still read
+    /// (Workers/ResidentBatches.HoldOutput: neither fetched nor released); 0 once every batch that
+    /// holds one is released, which a stage's end checks. 0 for in-process devices.</summary>
+    int HeldOutputs => 0;
 }

@@ -33,6 +33,7 @@
 using System.Diagnostics;
 using ReaLNative.Engine.Dataflow;
 using ReaLNative.Engine.Generation;
+using ReaLNative.Engine.Tasks;
 using ReaLNative.Engine.Stages;
 
 namespace ReaLNative.Engine.Runs;
@@ -67,15 +68,23 @@ internal sealed class PausingCalls(IModelCalls inner, IGenerationPausePoint poin
     public (Parallelism.ValueLossStats Stats, double GradNorm) ValueStep(Model.ScoredBatch minibatch, int a0, Parallelism.ValueLossInputs inputs) => inner.ValueStep(minibatch, a0, inputs);
     public float LearningRate => inner.LearningRate;
 
-    public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt)
+    public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Paused(prompts, opt, inner.Generate);
+
+    /// <summary>As <see cref="Generate"/>; the last command (the whole generation, or what follows the
+    /// pause: it returns every token so far, and its workers keep the batch) leaves the log-probs with
+    /// the workers. The first command, up to the pause, keeps no batch: its tokens and log-probs come back.</summary>
+    public GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt, ScoringRequest? scoring = null) =>
+        Paused(prompts, opt, (p, o) => inner.KeptGenerate(p, o, scoring));
+
+    private GenerationResult Paused(IReadOnlyList<int[]> prompts, GenerationOptions opt, Func<IReadOnlyList<int[]>, GenerationOptions, GenerationResult> last)
     {
-        if (point.PausePoint() is not var (step, session)) return inner.Generate(prompts, opt);
+        if (point.PausePoint() is not var (step, session)) return last(prompts, opt);
         var first = inner.Generate(prompts, opt with { Pause = new GenerationPause(session, step, Resume: false) });
         bool unfinished = false;
         for (int i = 0; i < first.NewTokens.Length; i++)
             unfinished |= !first.EndedWithEos[i] && first.NewTokens[i].Length < (opt.MaxNewTokensPerPrompt?[i] ?? opt.MaxNewTokens);
         point.Paused(unfinished);
-        return inner.Generate(prompts, opt with { Pause = new GenerationPause(session, 0, Resume: true) });
+        return last(prompts, opt with { Pause = new GenerationPause(session, 0, Resume: true) });
     }
 }
 
@@ -150,7 +159,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
             else if (batch.Contains("sequences"))
             {
                 var tv = batch.Get<int[]>(StageContext.TokenVersionsKey);
-                int tokens = batch.Get<Rollout>("sequences").Gen.NewTokens.Sum(t => t.Length);
+                int tokens = batch.Get<Rollout>("sequences").Gen.NewTokenCounts.Sum();
                 if (tv.Length != tokens) throw new InvalidDataException($"rollouts.bin: iteration {r.Iteration} has {tv.Length} token versions for {tokens} tokens");
                 if (tv.Any(v => v < r.Version || v > r.Iteration))
                     throw new InvalidDataException($"rollouts.bin: iteration {r.Iteration} has a token version outside [{r.Version}, {r.Iteration}]");
@@ -176,7 +185,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
         {
             while (_unscored.TryPeek(out var restored))
             {
-                var records = _scoring!.RunIteration(restored.Batch, _cancel);
+                var records = _scoring!.RunIteration(restored.Batch, _cancel);   // (a failure: Dispose releases the queued batch)
                 lock (_gate)
                 {
                     _unscored.Dequeue();
@@ -219,10 +228,19 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
                     catch (Exception e) { job.Result.Fail(e); throw; }
                 }
                 var batch = _sources(g);
-                batch.Set(StageContext.BehaviourVersionKey, new[] { version });
-                var records = _generation.RunIteration(batch, _cancel);
-                SetTokenVersions(batch, version, _swapTaken ? (_interruptStep, _swap!.Value.To) : null);
-                if (_scoring is not null) records = [.. records, .. _scoring.RunIteration(batch, _cancel)];
+                IReadOnlyList<CallRecord> records;
+                try
+                {
+                    batch.Set(StageContext.BehaviourVersionKey, new[] { version });
+                    records = _generation.RunIteration(batch, _cancel);
+                    SetTokenVersions(batch, version, _swapTaken ? (_interruptStep, _swap!.Value.To) : null);
+                    if (_scoring is not null) records = [.. records, .. _scoring.RunIteration(batch, _cancel)];
+                }
+                catch
+                {
+                    batch.Release();   // never queued: nothing else would release what its calls left with the workers
+                    throw;
+                }
                 double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds - _pausedSeconds;
                 lock (_gate)
                 {
@@ -268,10 +286,11 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     {
         if (!batch.Contains("sequences")) return;
         var gen = batch.Get<Rollout>("sequences").Gen;
-        var versions = new int[gen.NewTokens.Sum(t => t.Length)];
+        // Lengths only: the ids may be with the workers that scored the answers (read only if something reads them).
+        var versions = new int[gen.NewTokenCounts.Sum()];
         int o = 0;
-        foreach (var t in gen.NewTokens)
-            for (int j = 0; j < t.Length; j++) versions[o++] = swap is { } s && j >= s.Step ? s.To : version;
+        foreach (int n in gen.NewTokenCounts)
+            for (int j = 0; j < n; j++) versions[o++] = swap is { } s && j >= s.Step ? s.To : version;
         batch.Set(StageContext.TokenVersionsKey, versions);
     }
 
@@ -390,7 +409,20 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     public void Dispose()
     {
         if (!Stop())
+        {
             Console.Error.WriteLine($"realn: async generation: the generation in flight did not end within {_deadline.TotalSeconds:F0} s of the stop");
+            return;   // its thread may still add a batch: leave them (the run fails anyway)
+        }
+        // Batches generated ahead that no iteration will train on (the stage stopped early, or failed):
+        // the outputs their calls left with the workers are released with them.
+        List<GeneratedBatch> left;
+        lock (_gate)
+        {
+            left = [.. _ready.Values, .. _unscored];
+            _ready.Clear();
+            _unscored.Clear();
+        }
+        foreach (var b in left) b.Batch.Release();
     }
 }
 

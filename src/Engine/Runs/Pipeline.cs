@@ -204,7 +204,9 @@ internal sealed partial class Pipeline : IDisposable
             if (_algorithm.EvaluatesActor && first == 0) Evaluate(stage, 0);
             if (_cfg.Asynchronous(stage))
             {
-                if (!RunAsyncIterations(stage, first, ref budget, stageClock, cancellationToken)) { CloseMetrics(); return new JsonObject { ["interrupted"] = true }; }
+                bool done = RunAsyncIterations(stage, first, ref budget, stageClock, cancellationToken);
+                CheckNothingHeld(stage);
+                if (!done) { CloseMetrics(); return new JsonObject { ["interrupted"] = true }; }
             }
             else for (int it = first; it < stage.Iterations; it++)
             {
@@ -214,11 +216,20 @@ internal sealed partial class Pipeline : IDisposable
                 var figures = RunIteration(stage, exec, it, cancellationToken);
                 EndIteration(stage, it, figures, stageClock);
             }
+            CheckNothingHeld(stage);
             _stageSeconds[s] += stageClock.Elapsed.TotalSeconds;
         }
         CommitStart(start);
         CloseMetrics();
         return WriteSummary();
+    }
+
+    /// <summary>Every batch of the stage is released (consumed, or dropped when the stage stopped):
+    /// no output its calls left with the worker processes may still be read, so none is pinned there.</summary>
+    private void CheckNothingHeld(StageConfig stage)
+    {
+        if (_binding.Host?.HeldOutputs is > 0 and var n)
+            throw new InvalidOperationException($"stage {stage.Index} ({stage.Algorithm}): {n} per-action output{(n == 1 ? " is" : "s are")} still held by the workers after its batches were released");
     }
 
     /// <summary>Where the run starts: the beginning, or (resume) the verified checkpoint's stage and

@@ -47,7 +47,17 @@ internal sealed partial class Pipeline
         var (genGraph, scoreGraph, restGraph) = graph.SplitRollout(scoresOnRolloutSide);
         var genNames = genGraph.Calls.Select(c => c.Name).ToHashSet();
         var scoreNames = scoreGraph.Calls.Select(c => c.Name).ToHashSet();
-        var handlers = _algorithm!.Handlers(Context(stage));
+        // The per-action outputs of the generation and inference calls stay with the worker processes
+        // that hold the batch (IModelCalls.KeptLogProbs and friends) until the trainer has consumed the
+        // batch (released after its iteration; a batch still queued when the stage ends or stops is
+        // released by AsyncRollouts.Dispose); what reads them on the master (a stale batch's loss
+        // inputs, a checkpoint's rollouts.bin) fetches them then. Without a plan nothing changes: there
+        // are no workers (the generation copy and the master's models hold everything anyway). Under
+        // weight_update: interrupt the actor's generation is two commands (PausingCalls: up to the
+        // pause, then the rest on the same KV cache); the second returns every token so far and leaves
+        // all their log-probs with the workers, but the first keeps no batch, so its tokens' log-probs
+        // (up to the pause step) still come back.
+        var handlers = _algorithm!.Handlers(Context(stage, keepOutputsOnWorkers: true));
         var restHandlers = handlers.Where(h => !genNames.Contains(h.Key) && !scoreNames.Contains(h.Key)).ToDictionary();
         var scoreHandlers = handlers.Where(h => scoreNames.Contains(h.Key)).ToDictionary();
         // weight_update: interrupt: the generation calls' actor pauses for the new weights (AsyncRollouts).
@@ -66,7 +76,7 @@ internal sealed partial class Pipeline
                 // The generation calls have devices of their own (PlanBinding.CheckAsyncGeneration, when the run was made).
                 foreach (var c in genGraph.Calls) _binding.Pin(c.Name, c.Model);
                 genHandlers = interruptStep == 0 ? handlers.Where(h => genNames.Contains(h.Key)).ToDictionary()
-                    : _algorithm.Handlers(Context(stage, (call, role) => role == "actor" && genNames.Contains(call) ? Pausing(_binding.Calls(call, role)) : _binding.Calls(call, role)))
+                    : _algorithm.Handlers(Context(stage, (call, role) => role == "actor" && genNames.Contains(call) ? Pausing(_binding.Calls(call, role)) : _binding.Calls(call, role), keepOutputsOnWorkers: true))
                                 .Where(h => genNames.Contains(h.Key)).ToDictionary();
                 push = () => { foreach (var c in genGraph.Calls) _binding.Push(c.Name, c.Model); };
                 genActor = _binding.Calls(genGraph.Calls.First(c => c.Model == "actor").Name, "actor");
@@ -80,7 +90,7 @@ internal sealed partial class Pipeline
                 genCopy.CopyParametersFrom(actor);
                 if (actor.Precision == ModelPrecision.Bf16) genCopy.SetPrecision(ModelPrecision.Bf16);
                 var copy = genCopy;
-                var genContext = Context(stage, (call, role) => role == "actor" ? Pausing(new SingleModelCalls(copy, () => null)) : _binding.Calls(call, role));
+                var genContext = Context(stage, (call, role) => role == "actor" ? Pausing(new SingleModelCalls(copy, () => null)) : _binding.Calls(call, role), keepOutputsOnWorkers: true);
                 genHandlers = _algorithm.Handlers(genContext).Where(h => genNames.Contains(h.Key)).ToDictionary();
                 push = () => copy.CopyParametersFrom(actor);
                 genActor = new SingleModelCalls(copy, () => null);
@@ -114,13 +124,18 @@ internal sealed partial class Pipeline
                 long start = Stopwatch.GetTimestamp();
                 var ready = rollouts.Take(it);
                 double waited = Stopwatch.GetElapsedTime(start).TotalSeconds;
-                ready.Batch.Set(StageContext.PolicyVersionKey, new[] { it });
                 var figures = new Dictionary<string, double>();
-                bool firstCall = true;
-                WriteCallRecords(stage, it, ready.Records, figures, ref firstCall);
-                long trainStart = Stopwatch.GetTimestamp();
-                WriteCallRecords(stage, it, exec.RunIteration(ready.Batch, cancellationToken), figures, ref firstCall);
-                double training = Stopwatch.GetElapsedTime(trainStart).TotalSeconds;
+                double training;
+                try
+                {
+                    ready.Batch.Set(StageContext.PolicyVersionKey, new[] { it });
+                    bool firstCall = true;
+                    WriteCallRecords(stage, it, ready.Records, figures, ref firstCall);
+                    long trainStart = Stopwatch.GetTimestamp();
+                    WriteCallRecords(stage, it, exec.RunIteration(ready.Batch, cancellationToken), figures, ref firstCall);
+                    training = Stopwatch.GetElapsedTime(trainStart).TotalSeconds;
+                }
+                finally { ready.Batch.Release(); }   // consumed: the workers may drop the outputs they kept for it
                 var (pushWait, pushSeconds) = rollouts.Publish(it + 1);
                 double wall = Stopwatch.GetElapsedTime(start).TotalSeconds;
                 AddIterationSeconds(stage.Index, wall);

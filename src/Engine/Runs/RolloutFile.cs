@@ -4,7 +4,9 @@
 // generation calls' records (seconds and figures: metrics.jsonl's lines) and the generation
 // outputs (tokens, log-probs, masks, EOS flags, rule-based scores) and the policy version of each
 // generated token (format 2; a format-1 file, written before per-token versions, is read with every
-// token of a batch at the batch's version, which is what it held). The examples are not stored:
+// token of a batch at the batch's version, which is what it held). Under worker processes the
+// per-action outputs of a queued batch stay with the workers until it is consumed: writing the file
+// fetches them (Model/ActionFloats), so it holds the same bits. The examples are not stored:
 // the run's example source gives them again for the iteration. Little-endian binary; the
 // checkpoint manifest's SHA-256 covers the file, and reading names what is malformed.
 using System.Text;
@@ -49,9 +51,11 @@ internal static class RolloutFile
                         var g = ro.Gen;
                         Jagged(w, g.Prompts, (w, x) => w.Write(x));
                         Jagged(w, g.NewTokens, (w, x) => w.Write(x));
-                        Jagged(w, g.LogProbs, (w, x) => w.Write(x));
-                        w.Write(g.Masks is not null);
-                        if (g.Masks is not null) Jagged(w, g.Masks, (w, x) => w.Write(x));
+                        Jagged(w, g.LogProbs, (w, x) => w.Write(x));   // fetched from the workers when they kept them
+                        // A filtered generation whose workers kept its log-probs sent no sampling mask (nothing reads one: the batch's logits_mask is empty).
+                        var masks = g.MasksDropped ? null : g.Masks;
+                        w.Write(masks is not null);
+                        if (masks is not null) Jagged(w, masks, (w, x) => w.Write(x));
                         Array(w, g.EndedWithEos, (w, x) => w.Write(x));
                         w.Write(g.PrefilledTokens);
                         break;

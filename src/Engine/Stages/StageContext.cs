@@ -72,9 +72,9 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
 {
     public StageConfig Stage => stage;
 
-    /// <summary>A synchronous run's calls: batches are consumed on-policy within their iteration, so
-    /// the per-action outputs of the generation and inference calls may stay with the worker
-    /// processes that hold the batch (IModelCalls.KeptLogProbs; released with the iteration's batch).</summary>
+    /// <summary>The per-action outputs of the generation and inference calls may stay with the worker
+    /// processes that hold the batch (IModelCalls.KeptLogProbs; released with the batch: a synchronous
+    /// run's at its iteration's end, an async run's once the trainer consumed it, Runs/PipelineAsync.cs).</summary>
     public bool KeepOutputsOnWorkers { get; init; }
     /// <summary>The run's tokenizer, formatting this stage's examples (the chat template under `dataset.chat`).</summary>
     public RunTokenizer Tokenizer => tokenizer;
@@ -313,7 +313,8 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     public CallHandler CriticCall() => (call, b) =>
     {
         var r = b.Get<Rollout>("sequences");
-        b.Set("values", KeepOutputsOnWorkers ? Calls(call.Name, "critic").KeptValues(r.Scored).ActionValues : Calls(call.Name, "critic").Values(r.Scored).ActionValues);
+        // Nothing reads the critic's last scores: kept, they do not come back either.
+        b.Set("values", KeepOutputsOnWorkers ? Calls(call.Name, "critic").KeptActionValues(r.Scored) : Calls(call.Name, "critic").Values(r.Scored).ActionValues);
         return new Dictionary<string, double> { ["tokens"] = r.Scored.Packed.TotalTokens };
     };
 }

@@ -390,12 +390,15 @@ internal sealed unsafe class ModelWorker : IDisposable
     }
 
     /// <summary>What a collecting rank sends of inference output <paramref name="o"/>: all of it, or with
-    /// "lazy" (the rank keeps the per-action floats, <paramref name="kept"/>) the last scores only.</summary>
+    /// "lazy" (the rank keeps the per-action floats, <paramref name="kept"/>) the last scores only, and
+    /// with "no_last" too (the caller reads no last score: critic_inf) not even those.</summary>
     private static ShardOutput Lazy(JsonNode j, ShardOutput o, string? kept, string op)
     {
-        if (j["lazy"]?.GetValue<bool>() != true) return o;
+        bool noLast = j["no_last"]?.GetValue<bool>() == true;
+        if (j["lazy"]?.GetValue<bool>() != true)
+            return noLast ? throw new ArgumentException($"{op}: 'no_last' without 'lazy': the last scores are sent with the per-action output") : o;
         if (kept is null) throw new ArgumentException($"{op}: 'lazy' without 'keep_output' of a batch by reference: the output would be neither sent nor kept");
-        return o with { Actions = [] };
+        return o with { Actions = [], Last = noLast ? [] : o.Last };
     }
 
     /// <summary>Forgets batch <paramref name="key"/> (its registered buffer too).</summary>

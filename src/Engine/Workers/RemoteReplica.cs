@@ -213,11 +213,15 @@ internal sealed unsafe class RemoteReplica : IReplica
         return (actions, ShardOutput.MergeLast(batch.Packed.Count, parts));
     }
 
+    /// <summary>As <see cref="KeptValues"/>; when the values stay with the workers ("lazy"), the
+    /// collecting ranks send no last score either ("no_last": nothing but their sequence ids).</summary>
+    public ActionFloats KeptActionValues(ScoredBatch batch) => Scored("values", batch, new JsonObject(), leave: true, noLast: true).Actions;
+
     /// <summary>An inference operation (log-probs, values) on <paramref name="batch"/>. With
     /// <paramref name="leave"/>, for a batch the workers hold: the collecting ranks keep their part of
     /// the per-action output and do not send it ("lazy"); the master gets an ActionFloats that reads
     /// it from them on first read (the batch stays tracked until it is fetched or released).</summary>
-    private (ActionFloats Actions, List<ShardOutput> Parts) Scored(string op, ScoredBatch batch, JsonObject args, bool leave)
+    private (ActionFloats Actions, List<ShardOutput> Parts) Scored(string op, ScoredBatch batch, JsonObject args, bool leave, bool noLast = false)
     {
         if (op == "values" && !ScalarHead) throw new ArgumentException($"{_name}: values need a scalar-head model");
         SendDeferredBackward();
@@ -225,6 +229,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         string? name = KeepOutput(args, input);
         string? held = leave && name is not null && _pool.Batches.HoldOutput(input.Reads!.Key) ? input.Reads!.Key : null;
         if (held is not null) args["lazy"] = true;
+        if (held is not null && noLast) args["no_last"] = true;
         try
         {
             var (_, outs) = Op(op, args, Blob(input), output: true, input.Reads, out var replies);

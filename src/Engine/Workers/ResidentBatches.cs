@@ -12,11 +12,12 @@
 // the store. The per-action outputs of the calls on a batch (the generation's log-probs, an
 // inference call's log-probs or values) are kept the same way by the collecting ranks that
 // computed them (ResidentOutput, dropped with the batch), so that a train call's loss ranks read
-// them worker to worker (RemoteReplica.Derivation) instead of the master sending its copy. In a
-// synchronous run those outputs are not sent to the master at all (RemoteReplica.KeptLogProbs and
+// them worker to worker (RemoteReplica.Derivation) instead of the master sending its copy. In
+// synchronous and async runs alike those outputs are not sent to the master at all (RemoteReplica.KeptLogProbs and
 // friends): the master's Model/ActionFloats fetches one from its holders if something reads it, and
 // the batch is not forgotten while such an output may still be read (HoldOutput, until fetched or
-// released at the end of its iteration).
+// released: at the end of its iteration, or of an async batch once consumed or dropped; a stage's
+// end checks that none is left, HeldOutputs).
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Layout;
@@ -131,6 +132,12 @@ internal sealed class ResidentBatches : IResidentOutputs
             e.Held++;
             return true;
         }
+    }
+
+    /// <summary>Outputs held (<see cref="HoldOutput"/>) and not yet unheld, over every tracked batch.</summary>
+    public int HeldOutputs
+    {
+        get { lock (_gate) return _batches.Values.Sum(e => e.Held); }
     }
 
     /// <summary>Ends a <see cref="HoldOutput"/> (the output was fetched, or released unread).</summary>

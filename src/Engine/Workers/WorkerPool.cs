@@ -258,6 +258,7 @@ internal sealed class WorkerPool : IReplicaHost
     internal ResidentBatches Batches { get; } = new();
 
     public (long FromMaster, long BetweenWorkers, long ToMaster)? DataBytes => (Batches.BytesFromMaster, Batches.BytesBetweenWorkers, Batches.BytesToMaster);
+    public int HeldOutputs => Batches.HeldOutputs;
 
     /// <summary>Whether generated sequences stay with the workers (<see cref="WorkerPoolOptions.WorkerToWorkerData"/>).</summary>
     internal bool WorkerToWorkerData => _options.WorkerToWorkerData;
