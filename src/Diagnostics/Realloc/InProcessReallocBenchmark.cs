@@ -93,8 +93,9 @@ internal static unsafe class InProcessReallocBenchmark
                 // Also the same copies between the case's own pages (its destination shards filled
                 // from its source shards in order), so that where the buffers lie in memory (huge
                 // pages or not, which channels) favours no side.
-                var ownItems = OwnPageItems(src.Values.Select(v => v.Buffer).ToList(), dst.Values.Select(v => v.Buffer).ToList());
+                var ownItems = CopyItems(src.Values.Select(v => v.Buffer).ToList(), dst.Values.Select(v => v.Buffer).ToList());
                 long ownBytes = ownItems.Sum(x => x.Bytes);
+                var refItems = CopyItems([new InProcessRealloc.DeviceBuffer((nint)rs, bytes)], [new InProcessRealloc.DeviceBuffer((nint)rd, bytes)]);
                 double best = double.MaxValue, one = double.MaxValue, threads = double.MaxValue, streaming = double.MaxValue,
                        ownMemcpy = double.MaxValue, ownStreaming = double.MaxValue;
                 static double Seconds(long t0, long t1) => (t1 - t0) / (double)Stopwatch.Frequency;
@@ -105,9 +106,9 @@ internal static unsafe class InProcessReallocBenchmark
                     long t1 = Stopwatch.GetTimestamp();
                     Buffer.MemoryCopy(rs, rd, bytes, bytes);
                     long t2 = Stopwatch.GetTimestamp();
-                    ParallelCopy(rs, rd, bytes, streamingStores: false);
+                    ParallelCopy(rs, rd, bytes);
                     long t3 = Stopwatch.GetTimestamp();
-                    ParallelCopy(rs, rd, bytes, streamingStores: true);
+                    ItemCopy(refItems, streamingStores: true);
                     long t4 = Stopwatch.GetTimestamp();
                     ItemCopy(ownItems, streamingStores: false);
                     long t5 = Stopwatch.GetTimestamp();
@@ -141,36 +142,23 @@ internal static unsafe class InProcessReallocBenchmark
         return (bestMemcpy, cases);
     }
 
-    /// <summary>memcpy split into equal parts over the threads the reallocation's copy uses, or
-    /// the streaming copy scheduled as the reallocation's is: 4 MiB items taken by the threads in
-    /// turn.</summary>
-    private static void ParallelCopy(byte* src, byte* dst, long bytes, bool streamingStores)
+    /// <summary>memcpy split into equal parts over the threads the reallocation's copy uses.</summary>
+    private static void ParallelCopy(byte* src, byte* dst, long bytes)
     {
         int workers = InProcessRealloc.CopyThreads;
-        if (!streamingStores)
+        long part = (bytes + workers - 1) / workers;
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, k =>
         {
-            long part = (bytes + workers - 1) / workers;
-            Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, k =>
-            {
-                long o = k * part, n = Math.Min(part, bytes - o);
-                if (n > 0) Buffer.MemoryCopy(src + o, dst + o, n, n);
-            });
-            return;
-        }
-        const long Item = 4L << 20;
-        long items = (bytes + Item - 1) / Item, next = -1;
-        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, _ =>
-        {
-            for (long k; (k = Interlocked.Increment(ref next)) < items;)
-                StreamingCopy.Copy(src + k * Item, dst + k * Item, Math.Min(Item, bytes - k * Item));
-            StreamingCopy.Fence();
+            long o = k * part, n = Math.Min(part, bytes - o);
+            if (n > 0) Buffer.MemoryCopy(src + o, dst + o, n, n);
         });
     }
 
-    /// <summary>The case's destination shards, each filled from the source shards read in order
-    /// (wrapping round: a replicated tensor makes the destinations larger than the sources), as
-    /// copy items of at most 4 MiB that never cross a shard's end.</summary>
-    private static List<(nint Src, nint Dst, long Bytes)> OwnPageItems(List<InProcessRealloc.DeviceBuffer> src, List<InProcessRealloc.DeviceBuffer> dst)
+    /// <summary>The destination buffers <paramref name="dst"/>, each filled from the source buffers
+    /// read in order (wrapping round: a replicated tensor makes a case's destinations larger than its
+    /// sources), as copy items of at most 4 MiB that never cross a buffer's end: the reallocation's
+    /// streaming copy schedule (<see cref="ItemCopy"/>).</summary>
+    private static List<(nint Src, nint Dst, long Bytes)> CopyItems(List<InProcessRealloc.DeviceBuffer> src, List<InProcessRealloc.DeviceBuffer> dst)
     {
         const long Item = 4L << 20;
         var items = new List<(nint, nint, long)>();

@@ -148,6 +148,35 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
         PlanExecutionTests.Call("actor_train", "actor", PlanCallType.TrainStep, 0, 4, 1, 2, 2, 2),
     ], null);
 
+    /// <summary>Runs <paramref name="config"/> under <paramref name="plan"/> in process, in worker
+    /// processes, and in worker processes whose master gets every output
+    /// (REALN_WORKER_TO_WORKER_DATA=0): the actor and metrics.jsonl (which holds a line
+    /// <paramref name="expected"/> matches) are the same in all three. Returns the bytes the master
+    /// received from the workers in the second run and in the third.</summary>
+    private (long Direct, long ViaMaster) RunThreeWays(string what, Func<ExperimentConfig> config, Func<Plan> plan, Func<string, bool> expected)
+    {
+        string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir(), c = PlanExecutionTests.TempDir();
+        try
+        {
+            using var inProcess = new Pipeline(config(), a, plan: plan());
+            using var direct = new Pipeline(config(), b, plan: plan(), hosts: WorkerProcessTests.Processes());
+            using var viaMaster = new Pipeline(config(), c, plan: plan(), hosts: WorkerProcessTests.Processes(workerToWorkerData: false));
+            inProcess.Run(resume: false);
+            var d = direct.Run(resume: false);
+            var m = viaMaster.Run(resume: false);
+            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), direct.Model("actor").Parameters.ToArray());
+            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), viaMaster.Model("actor").Parameters.ToArray());
+            var want = File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip).ToList();
+            Assert.Contains(want, l => expected(l));
+            Assert.Equal(want, File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
+            Assert.Equal(want, File.ReadLines(Path.Combine(c, "metrics.jsonl")).Select(Strip));
+            static long ToMaster(System.Text.Json.Nodes.JsonObject s) => (long)s["data_bytes"]!["to_master"]!;
+            output.WriteLine($"{what}: master received {ToMaster(m)} bytes via the master, {ToMaster(d)} with worker-to-worker data");
+            return (ToMaster(d), ToMaster(m));
+        }
+        finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
+    }
+
     private static string Strip(string line)
     {
         var o = System.Text.Json.Nodes.JsonNode.Parse(line)!.AsObject();
@@ -165,29 +194,11 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
     [Fact]
     public void AStageThatReadsAKeptOutputOnTheMasterFetchesItAndTheRunIsUnchanged()
     {
-        string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir(), c = PlanExecutionTests.TempDir();
-        try
-        {
-            using var inProcess = new Pipeline(DpoConfig(), a, plan: DpoPlan());
-            using var direct = new Pipeline(DpoConfig(), b, plan: DpoPlan(), hosts: WorkerProcessTests.Processes());
-            using var viaMaster = new Pipeline(DpoConfig(), c, plan: DpoPlan(), hosts: WorkerProcessTests.Processes(workerToWorkerData: false));
-            inProcess.Run(resume: false);
-            var d = direct.Run(resume: false);
-            var m = viaMaster.Run(resume: false);
-            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), direct.Model("actor").Parameters.ToArray());
-            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), viaMaster.Model("actor").Parameters.ToArray());
-            var want = File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip).ToList();
-            Assert.Contains(want, l => l.Contains("\"call\":\"actor_train\"") && l.Contains("\"loss\""));
-            Assert.Equal(want, File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
-            Assert.Equal(want, File.ReadLines(Path.Combine(c, "metrics.jsonl")).Select(Strip));
-            long Bytes(System.Text.Json.Nodes.JsonObject s, string k) => (long)s["data_bytes"]![k]!;
-            output.WriteLine($"dpo: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
-            Assert.True(Bytes(d, "to_master") < Bytes(m, "to_master"));
-            // The generated pairs are ranked by their graded score where the answers are: no token id
-            // comes back (3,128 bytes while they did).
-            Assert.Equal(2_216, Bytes(d, "to_master"));
-        }
-        finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
+        var (d, m) = RunThreeWays("dpo", DpoConfig, DpoPlan, l => l.Contains("\"call\":\"actor_train\"") && l.Contains("\"loss\""));
+        Assert.True(d < m);
+        // The generated pairs are ranked by their graded score where the answers are: no token id
+        // comes back (3,128 bytes while they did).
+        Assert.Equal(2_216, d);
     }
 
     /// <summary>The worker that keeps the reference's log-probs (the collecting rank of a pp2 layout)
@@ -338,26 +349,8 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
     [InlineData("remax", "{ kind: numeric_match }", "{}")]
     public void RuleRewardsScoredOnTheWorkersLeaveTheRunUnchanged(string algorithm, string reward, string ppo)
     {
-        string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir(), c = PlanExecutionTests.TempDir();
-        try
-        {
-            ExperimentConfig Cfg() => PlanExecutionTests.TaskRewardConfig(algorithm, reward, ppo);
-            using var inProcess = new Pipeline(Cfg(), a, plan: PlanExecutionTests.TaskRewardPlan(algorithm));
-            using var direct = new Pipeline(Cfg(), b, plan: PlanExecutionTests.TaskRewardPlan(algorithm), hosts: WorkerProcessTests.Processes());
-            using var viaMaster = new Pipeline(Cfg(), c, plan: PlanExecutionTests.TaskRewardPlan(algorithm), hosts: WorkerProcessTests.Processes(workerToWorkerData: false));
-            inProcess.Run(resume: false);
-            var d = direct.Run(resume: false);
-            var m = viaMaster.Run(resume: false);
-            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), direct.Model("actor").Parameters.ToArray());
-            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), viaMaster.Model("actor").Parameters.ToArray());
-            var want = File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip).ToList();
-            Assert.Contains(want, l => l.Contains("\"call\":\"actor_gen\"") && l.Contains("\"sample_task_score\""));
-            Assert.Equal(want, File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
-            Assert.Equal(want, File.ReadLines(Path.Combine(c, "metrics.jsonl")).Select(Strip));
-            long Bytes(System.Text.Json.Nodes.JsonObject s, string k) => (long)s["data_bytes"]![k]!;
-            output.WriteLine($"{algorithm}: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
-            Assert.True(Bytes(d, "to_master") < Bytes(m, "to_master") / 2);
-        }
-        finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
+        var (d, m) = RunThreeWays(algorithm, () => PlanExecutionTests.TaskRewardConfig(algorithm, reward, ppo), () => PlanExecutionTests.TaskRewardPlan(algorithm),
+                                  l => l.Contains("\"call\":\"actor_gen\"") && l.Contains("\"sample_task_score\""));
+        Assert.True(d < m / 2);
     }
 }
