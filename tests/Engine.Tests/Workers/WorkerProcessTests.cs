@@ -14,14 +14,20 @@ namespace ReaLNative.Engine.Tests.Workers;
 [Collection("worker processes")]
 public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper output)
 {
-    /// <summary>The realn built from this checkout (./build.sh builds the whole solution before the tests).</summary>
+    /// <summary>The realn built from this checkout (./build.sh builds the whole solution before the
+    /// tests): the ReadyToRun publish that ./realn runs when it is as new as the build, else the build.</summary>
     internal static string Realn()
     {
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
             if (File.Exists(Path.Combine(d.FullName, "ReaLNative.sln")))
             {
-                string exe = Path.Combine(d.FullName, "src", "Cli", "bin", "Release", "net10.0", "realn");
-                return File.Exists(exe) ? exe : throw new FileNotFoundException($"{exe} is missing: build the solution (./build.sh) first");
+                string bin = Path.Combine(d.FullName, "src", "Cli", "bin", "Release");
+                string exe = Path.Combine(bin, "net10.0", "realn"), published = Path.Combine(bin, "publish", "realn");
+                if (!File.Exists(exe)) throw new FileNotFoundException($"{exe} is missing: build the solution (./build.sh) first");
+                bool current = File.Exists(published)
+                    && File.GetLastWriteTimeUtc(Path.Combine(bin, "publish", "realn.dll")) >= File.GetLastWriteTimeUtc(Path.Combine(bin, "net10.0", "realn.dll"))
+                    && File.GetLastWriteTimeUtc(Path.Combine(bin, "publish", "ReaLNative.Engine.dll")) >= File.GetLastWriteTimeUtc(Path.Combine(bin, "net10.0", "ReaLNative.Engine.dll"));
+                return current ? published : exe;
             }
         throw new DirectoryNotFoundException("no ReaLNative.sln above " + AppContext.BaseDirectory);
     }
