@@ -49,8 +49,17 @@ internal sealed class ScoredBatch
 /// (the worker pool), store id of each sequence in order (Workers/ResidentBatches.cs).</summary>
 internal sealed record BatchSource(object Owner, string Key, int[] Ids)
 {
+    /// <summary>Per sequence, null or the tokens that replace the held sequence's answer: sequence k
+    /// is then the prompt of held sequence Ids[k] followed by Tails[k] (a reward model's chosen
+    /// reference answer to a sampled prompt). Null: every sequence is the held one.</summary>
+    public int[]?[]? Tails { get; init; }
+
+    /// <summary>Whether a sequence of this batch is not exactly one held sequence (a tail) or one is
+    /// listed twice: the workers must not keep per-sequence outputs of it by store id.</summary>
+    public bool Composite => (Tails is { } t && t.Any(x => x is not null)) || Ids.Distinct().Count() != Ids.Length;
+
     /// <summary>Sequences [s0, s1) of this source.</summary>
-    public BatchSource Slice(int s0, int s1) => this with { Ids = Ids[s0..s1] };
+    public BatchSource Slice(int s0, int s1) => this with { Ids = Ids[s0..s1], Tails = Tails?[s0..s1] };
 
     /// <summary>Records <paramref name="flat"/> (the generation's per-action log-probs of these
     /// sequences, in their order) as the copy of the log-probs the generating workers keep beside the

@@ -244,6 +244,9 @@ internal interface IReplica : IDisposable
     /// <summary>As <see cref="KeptValues"/>, for a caller that reads no last score (critic_inf): a replica
     /// in worker processes that leaves the values with its workers does not send the last scores either.</summary>
     ActionFloats KeptActionValues(ScoredBatch batch) => KeptValues(batch).ActionValues;
+    /// <summary>The last scores of <see cref="Values"/> alone (a reward model's sequence scores): a
+    /// replica in worker processes has its collecting ranks send no per-action value.</summary>
+    float[] SequenceScores(ScoredBatch batch) => Values(batch).LastScores;
     /// <summary>As <see cref="Generate"/>, leaving the log-probs with the workers as <see cref="KeptLogProbs"/> does. A filtered generation's sampling masks are
     /// then not sent at all (the result's Masks fails: a synchronous run reads none). With
     /// <paramref name="scoring"/>, replicas in worker processes score the answers where they are

@@ -29,6 +29,7 @@ internal sealed class ReplicaCalls(IReplica replica, ModelReplicas owner) : IMod
     public GenerationResult KeptGenerate(IReadOnlyList<int[]> prompts, GenerationOptions opt, ScoringRequest? scoring = null) =>
         Fresh(() => replica.KeptGenerate(prompts, opt, scoring));
     public ActionFloats KeptActionValues(ScoredBatch b) => Fresh(() => replica.KeptActionValues(b));
+    public float[] SequenceScores(ScoredBatch b) => Fresh(() => replica.SequenceScores(b));
     public void BackwardLogProbs(ScoredBatch b, float temperature, float[] d) => Fresh(() => { replica.BackwardLogProbs(b, temperature, d); return 0; });
     public void BackwardValues(ScoredBatch b, float[] dv, float[] dl) => Fresh(() => { replica.BackwardValues(b, dv, dl); return 0; });
     public double SftStep(ScoredBatch b) => Fresh(() => replica.SftStep(b));

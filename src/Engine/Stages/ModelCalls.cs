@@ -27,6 +27,8 @@ internal interface IModelCalls
     }
     /// <summary>As <see cref="KeptValues"/>, for a caller that reads no last score (critic_inf): nor do they come back.</summary>
     ActionFloats KeptActionValues(ScoredBatch b) => KeptValues(b).ActionValues;
+    /// <summary>The last scores of <see cref="Values"/> alone (IReplica.SequenceScores).</summary>
+    float[] SequenceScores(ScoredBatch b) => Values(b).LastScores;
     /// <summary>As <see cref="Generate"/>, the log-probs kept as <see cref="KeptLogProbs"/> keeps them. A filtered generation's sampling masks are
     /// then not sent at all (the result's Masks fails: a synchronous run reads none). With
     /// <paramref name="scoring"/>, worker processes that hold the answers score them there (the result's Scores).</summary>

@@ -25,22 +25,23 @@ internal sealed class RewardModelStage(StageConfig stage) : StageAlgorithm(stage
             {
                 var r = b.Get<Rollout>("sequences");
                 // Pairs: the two samples of a prompt ranked by the graded checker, and the
-                // checker's exact answer preferred over every wrong sample.
+                // checker's exact answer preferred over every wrong sample. Each entry is a sample
+                // (tail null) or its prompt followed by the reference answer: where the workers hold
+                // the samples, they build the batch (Rollout.Compose) and no id comes back here.
                 var (ci, ri) = r.Pairs();
-                var chosen = ci.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
-                var rejected = ri.Select(i => (r.Gen.Sequence(i), r.Prompts[i].Length)).ToList();
+                var chosen = ci.Select(i => (i, (int[]?)null)).ToList();
+                var rejected = ri.Select(i => (i, (int[]?)null)).ToList();
                 for (int i = 0; i < r.Examples.Length && !r.OfflinePairs; i++)
-                    if (SyntheticTask.Exact(r.Examples[i], r.Completions[i]) < 1 || !r.Gen.EndedWithEos[i])
+                    if (!r.Exact(i) || !r.Gen.EndedWithEos[i])
                     {
-                        chosen.Add(([.. r.Prompts[i], .. tok.Response(r.Examples[i].Prompt, r.Examples[i].Target)], r.Prompts[i].Length));
-                        rejected.Add((r.Gen.Sequence(i), r.Prompts[i].Length));
+                        chosen.Add((i, tok.Response(r.Examples[i].Prompt, r.Examples[i].Target)));
+                        rejected.Add((i, null));
                     }
                 b.Set("reward_stats", new object());
                 if (chosen.Count == 0) return new Dictionary<string, double> { ["pairs"] = 0 };
-                var all = chosen.Concat(rejected).ToList();
-                var sb = new ScoredBatch(all.Select(x => x.Item1).ToArray(), all.Select(x => x.Item2).ToArray());
+                var sb = r.Compose([.. chosen, .. rejected]);
                 var m = context.Calls(call.Name, "reward");
-                var (_, last) = m.Values(sb);
+                var last = m.SequenceScores(sb);
                 int n = chosen.Count;
                 var dc = new float[n]; var dr = new float[n];
                 var st = Losses.PairwiseReward(last.AsSpan(0, n), last.AsSpan(n), dc, dr);

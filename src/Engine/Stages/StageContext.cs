@@ -49,6 +49,31 @@ internal sealed record Rollout(TaskExample[] Examples, int[][] Prompts, Generati
     /// <summary>The graded score of sample <paramref name="i"/>: as the workers that hold it computed it, else from its decoded text.</summary>
     private double Grade(int i) => Gen.Scores?.Grades is { } g ? g[i] : SyntheticTask.Grade(Examples[i], Completions[i]);
 
+    /// <summary>Whether sample <paramref name="i"/> is exactly its example's answer (the graded score
+    /// is 1 exactly then: SyntheticTask.Grade), without its text where the workers graded it.</summary>
+    public bool Exact(int i) => Gen.Scores?.Grades is { } g ? g[i] >= 1 : SyntheticTask.Exact(Examples[i], Completions[i]) >= 1;
+
+    /// <summary>A batch of this rollout's samples, each the sample (<c>Tail</c> null) or its prompt
+    /// followed by <c>Tail</c>: built from the lengths, and where the workers hold the samples a
+    /// composite batch of theirs (Model/ScoredBatch.cs), so that neither the samples' ids nor their
+    /// text are read here.</summary>
+    public ScoredBatch Compose(IReadOnlyList<(int Sample, int[]? Tail)> seqs)
+    {
+        var packed = Scored.Packed;
+        int[] lens = [.. seqs.Select(x => x.Tail is null ? packed.SeqLens[x.Sample] : Prompts[x.Sample].Length + x.Tail.Length)];
+        int[] prompts = [.. seqs.Select(x => Prompts[x.Sample].Length)];
+        int[] Tokens()
+        {
+            var all = new List<int>(lens.Sum());
+            foreach (var (i, tail) in seqs)
+                if (tail is null) all.AddRange(packed.Tokens.AsSpan(packed.CuSeqlens[i], packed.SeqLens[i]));
+                else { all.AddRange(Prompts[i]); all.AddRange(tail); }
+            return [.. all];
+        }
+        return new ScoredBatch(lens, prompts, Tokens)
+            { Source = Scored.Source is { } s ? s with { Ids = [.. seqs.Select(x => s.Ids[x.Sample])], Tails = [.. seqs.Select(x => x.Tail)] } : null };
+    }
+
     /// <summary>Selects sequences [s0, s1) as their own scored batch, with the matching slice [A0, A1) of per-action arrays.</summary>
     public (ScoredBatch Batch, int A0, int A1) Slice(int s0, int s1)
     {

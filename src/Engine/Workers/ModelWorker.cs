@@ -391,9 +391,13 @@ internal sealed unsafe class ModelWorker : IDisposable
 
     /// <summary>What a collecting rank sends of inference output <paramref name="o"/>: all of it, or with
     /// "lazy" (the rank keeps the per-action floats, <paramref name="kept"/>) the last scores only, and
-    /// with "no_last" too (the caller reads no last score: critic_inf) not even those.</summary>
+    /// with "no_last" too (the caller reads no last score: critic_inf) not even those; with
+    /// "last_only" the last scores only, nothing kept.</summary>
     private static ShardOutput Lazy(JsonNode j, ShardOutput o, string? kept, string op)
     {
+        // "last_only": the caller reads the sequence scores alone (IReplica.SequenceScores).
+        if (j["last_only"]?.GetValue<bool>() == true)
+            return j["lazy"] is not null || j["no_last"] is not null ? throw new ArgumentException($"{op}: 'last_only' with 'lazy' or 'no_last'") : o with { Actions = [] };
         bool noLast = j["no_last"]?.GetValue<bool>() == true;
         if (j["lazy"]?.GetValue<bool>() != true)
             return noLast ? throw new ArgumentException($"{op}: 'no_last' without 'lazy': the last scores are sent with the per-action output") : o;
@@ -763,6 +767,18 @@ internal sealed unsafe class ModelWorker : IDisposable
         if (lens.Length != ids.Length || prompts.Length != ids.Length)
             throw new ArgumentException($"{op}: batch {key}: {ids.Length} ids, {lens.Length} lengths, {prompts.Length} prompt lengths");
         if (lens.Any(l => l < 1)) throw new ArgumentException($"{op}: batch {key}: a sequence length below 1");
+        // A composite batch (Model/ScoredBatch.cs BatchSource.Tails): sequence "at" is the prompt of
+        // held sequence ids[at] followed by "tokens".
+        var tails = new Dictionary<int, int[]>();
+        foreach (var t in br["tails"]?.AsArray() ?? [])
+        {
+            int at = WireJson.Int(t, "at");
+            var tokens = t!["tokens"]?.AsArray().Select(x => x!.GetValue<int>()).ToArray() ?? throw new ArgumentException($"{op}: batch {key}: tails[{tails.Count}]: no 'tokens'");
+            if (at < 0 || at >= ids.Length || !tails.TryAdd(at, tokens))
+                throw new ArgumentException($"{op}: batch {key}: a tail at sequence {at} (the batch has {ids.Length}, each at most one tail)");
+            if (tokens.Length != lens[at] - prompts[at])
+                throw new ArgumentException($"{op}: batch {key} sequence {at}: a tail of {tokens.Length} tokens after a prompt of {prompts[at]} in a sequence of {lens[at]}");
+        }
         var part = Split.Contiguous(lens, r.Layout.Dp)[r.Comm.Data].ToHashSet();
         _batches.TryGetValue(key, out var held);
         var seqs = new int[ids.Length][];
@@ -771,6 +787,13 @@ internal sealed unsafe class ModelWorker : IDisposable
             if (!part.Contains(i)) { seqs[i] = new int[lens[i]]; continue; }
             if (held is null || !held.TryGetValue(ids[i], out var q))
                 throw new ArgumentException($"{op}: worker {_args.Rank} holds no sequence {ids[i]} of batch {key} (its data-parallel part needs it)");
+            if (tails.TryGetValue(i, out var tail))
+            {
+                if (q.Prompt != prompts[i])
+                    throw new ArgumentException($"{op}: batch {key} sequence {ids[i]}: held with a prompt of {q.Prompt} tokens, the call's tail follows {prompts[i]}");
+                seqs[i] = [.. q.Tokens.AsSpan(0, q.Prompt), .. tail];
+                continue;
+            }
             if (q.Tokens.Length != lens[i] || q.Prompt != prompts[i])
                 throw new ArgumentException($"{op}: batch {key} sequence {ids[i]}: held with {q.Tokens.Length} tokens (prompt {q.Prompt}), the call has {lens[i]} (prompt {prompts[i]})");
             seqs[i] = q.Tokens;

@@ -175,6 +175,8 @@ internal sealed unsafe class RemoteReplica : IReplica
     {
         if (_pool.Batches.Plan(batch, Layout) is not var (reference, fetches)) return (new WireWriter().Batch(batch), null);
         args["batch_ref"] = reference;
+        // The tokens of a composite batch's tails (Model/ScoredBatch.cs) go from here to every rank, in the command.
+        if (batch.Source!.Tails is { } tails) _pool.Batches.CountFromMaster(4L * Layout.Devices.Count * tails.Sum(t => (long)(t?.Length ?? 0)));
         if (fetches.Count > 0) args["fetch"] = ResidentBatches.Wire(fetches);
         return (new WireWriter(), new BatchReads((string)reference["key"]!, fetches));
     }
@@ -217,6 +219,16 @@ internal sealed unsafe class RemoteReplica : IReplica
     /// collecting ranks send no last score either ("no_last": nothing but their sequence ids).</summary>
     public ActionFloats KeptActionValues(ScoredBatch batch) => Scored("values", batch, new JsonObject(), leave: true, noLast: true).Actions;
 
+    /// <summary>The collecting ranks send the last scores only ("last_only"); nothing is kept.</summary>
+    public float[] SequenceScores(ScoredBatch batch)
+    {
+        if (!ScalarHead) throw new ArgumentException($"{_name}: values need a scalar-head model");
+        var args = new JsonObject { ["last_only"] = true };
+        var input = BatchInput(args, batch);
+        var (_, outs) = Op("values", args, Blob(input), output: true, input.Reads);
+        return ShardOutput.MergeLast(batch.Packed.Count, [.. Outputs(outs, "values")]);
+    }
+
     /// <summary>An inference operation (log-probs, values) on <paramref name="batch"/>. With
     /// <paramref name="leave"/>, for a batch the workers hold: the collecting ranks keep their part of
     /// the per-action output and do not send it ("lazy"); the master gets an ActionFloats that reads
@@ -226,7 +238,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         if (op == "values" && !ScalarHead) throw new ArgumentException($"{_name}: values need a scalar-head model");
         SendDeferredBackward();
         var input = BatchInput(args, batch);
-        string? name = KeepOutput(args, input);
+        string? name = batch.Source is { Composite: true } ? null : KeepOutput(args, input);
         string? held = leave && name is not null && _pool.Batches.HoldOutput(input.Reads!.Key) ? input.Reads!.Key : null;
         if (held is not null) args["lazy"] = true;
         if (held is not null && noLast) args["no_last"] = true;

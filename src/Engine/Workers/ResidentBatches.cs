@@ -228,12 +228,17 @@ internal sealed class ResidentBatches : IResidentOutputs
             lens[i] = batch.Packed.SeqLens[i];
             prompts[i] = batch.ActionCu[i + 1] > batch.ActionCu[i] ? batch.ActionIndex[batch.ActionCu[i]] - batch.Packed.CuSeqlens[i] : lens[i];
         }
+        if (src.Tails is { } tails && tails.Length != n) throw new ArgumentException($"batch {src.Key}: {tails.Length} tails for {n} sequences");
+        for (int i = 0; i < n; i++)
+            if (src.Tails?[i] is { } t && t.Length != lens[i] - prompts[i])
+                throw new ArgumentException($"batch {src.Key} sequence {i}: a tail of {t.Length} tokens after a prompt of {prompts[i]} in a sequence of {lens[i]}");
         var parts = Split.Contiguous(lens, layout.Dp);
         lock (_gate)
         {
             if (!_batches.TryGetValue(src.Key, out var e)) return null;
+            // A sequence with a tail needs the held sequence's prompt (the worker checks its length).
             for (int i = 0; i < n; i++)
-                if (!e.Sources.Values.Any(s => s.At.TryGetValue(src.Ids[i], out var a) && a.Length == lens[i])) return null;
+                if (!e.Sources.Values.Any(s => s.At.TryGetValue(src.Ids[i], out var a) && (src.Tails?[i] is null ? a.Length == lens[i] : a.Length >= prompts[i]))) return null;
             var fetches = new Dictionary<(int Dst, int Src), List<int>>();
             for (int r = 0; r < layout.Devices.Count; r++)
             {
@@ -260,6 +265,11 @@ internal sealed class ResidentBatches : IResidentOutputs
                 ["lens"] = new JsonArray(lens.Select(i => (JsonNode)i).ToArray()),
                 ["prompts"] = new JsonArray(prompts.Select(i => (JsonNode)i).ToArray()),
             };
+            if (src.Tails is { } tl && tl.Any(t => t is not null))
+                reference["tails"] = new JsonArray([.. Enumerable.Range(0, n).Where(i => tl[i] is not null).Select(i => (JsonNode)new JsonObject
+                {
+                    ["at"] = i, ["tokens"] = new JsonArray(tl[i]!.Select(x => (JsonNode)x).ToArray()),
+                })]);
             return (reference, list);
         }
     }

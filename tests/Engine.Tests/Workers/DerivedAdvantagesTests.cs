@@ -213,7 +213,7 @@ public sealed class DerivedAdvantagesTests(Xunit.Abstractions.ITestOutputHelper 
         using var a = pool.Create("actor", Cfg, false, actor, 1, Spec);
         a.Initialise(41);
         // Worker 3 is the reference's collecting rank (pp2: the last stage), the only holder of its log-probs.
-        Process.GetProcessById(pool.WorkerPid(3)).Kill();
+        Procs.KillAndWait(pool.WorkerPid(3));
         var (mb, s0, a0) = Minibatch(ro, 0);
         var clock = Stopwatch.StartNew();
         var e = Assert.Throws<WorkerFailedException>(() => a.PolicyStep(mb, s0, a0, 1f, PolicyLossInputs.FromPpo(derived, keep, new PolicyLossOptions(0.2, 0.2, LossAggregation.Token, 0, 0)), false));

@@ -150,10 +150,10 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
 
     /// <summary>Runs <paramref name="config"/> under <paramref name="plan"/> in process, in worker
     /// processes, and in worker processes whose master gets every output
-    /// (REALN_WORKER_TO_WORKER_DATA=0): the actor and metrics.jsonl (which holds a line
-    /// <paramref name="expected"/> matches) are the same in all three. Returns the bytes the master
-    /// received from the workers in the second run and in the third.</summary>
-    private (long Direct, long ViaMaster) RunThreeWays(string what, Func<ExperimentConfig> config, Func<Plan> plan, Func<string, bool> expected)
+    /// (REALN_WORKER_TO_WORKER_DATA=0): the trained model (<paramref name="trained"/>) and
+    /// metrics.jsonl (which holds a line <paramref name="expected"/> matches) are the same in all
+    /// three. Returns the bytes the master received from the workers in the second run and in the third.</summary>
+    private (long Direct, long ViaMaster) RunThreeWays(string what, Func<ExperimentConfig> config, Func<Plan> plan, Func<string, bool> expected, string trained = "actor")
     {
         string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir(), c = PlanExecutionTests.TempDir();
         try
@@ -164,8 +164,8 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
             inProcess.Run(resume: false);
             var d = direct.Run(resume: false);
             var m = viaMaster.Run(resume: false);
-            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), direct.Model("actor").Parameters.ToArray());
-            Assert.Equal(inProcess.Model("actor").Parameters.ToArray(), viaMaster.Model("actor").Parameters.ToArray());
+            Assert.Equal(inProcess.Model(trained).Parameters.ToArray(), direct.Model(trained).Parameters.ToArray());
+            Assert.Equal(inProcess.Model(trained).Parameters.ToArray(), viaMaster.Model(trained).Parameters.ToArray());
             var want = File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip).ToList();
             Assert.Contains(want, l => expected(l));
             Assert.Equal(want, File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
@@ -201,6 +201,49 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
         Assert.Equal(2_216, d);
     }
 
+    private static ExperimentConfig RmConfig() => ExperimentConfig.Parse("""
+        name: kept-rm
+        algorithm: rm
+        seed: 3
+        iterations: 3
+        task: { name: sort-digits, min_len: 3, max_len: 4 }
+        models:
+          actor:  { preset: tiny, init: sft }
+          reward: { preset: tiny, init: sft }
+        batch: { size: 8, prompt_len: 8, gen_len: 6 }
+        stages:
+          - { algorithm: sft, iterations: 4, models: { actor: { preset: tiny, init: random } }, optim: { lr: 3.0e-3 } }
+          - { algorithm: rm, optim: { lr: 5.0e-4 } }
+        """, Path.GetTempPath());
+
+    // rew_train's dp2 x tp2 layout spans the generation's two workers and two that hold nothing.
+    private static Plan RmPlan() => new(1, 4,
+    [
+        PlanExecutionTests.Call("actor_gen", "actor", PlanCallType.Generate, 0, 2, 1, 2, 1, 1),
+        PlanExecutionTests.Call("rew_train", "reward", PlanCallType.TrainStep, 0, 4, 1, 2, 2, 1),
+    ], null);
+
+    /// <summary>
+    /// The reward model's stage trains on pairs of sampled answers and, for each wrong answer, on its
+    /// prompt followed by the reference answer against it. In worker processes its batch is a
+    /// composite of the sequences the generation's workers hold (BatchSource.Tails): the reference
+    /// answers go out with the command, the samples are read worker to worker, the workers rank them
+    /// (graded scores) and send back only the sequence scores; no token id and no per-action value
+    /// comes back. The reward model and metrics are bit-identical to the in-process run and to the
+    /// run via the master.
+    /// </summary>
+    [Fact]
+    public void TheRewardModelStageBuildsItsPairsWhereTheSamplesAre()
+    {
+        var (d, m) = RunThreeWays("rm", RmConfig, RmPlan, l => l.Contains("\"call\":\"rew_train\"") && l.Contains("\"margin\""), trained: "reward");
+        Assert.True(d < m);
+        // Back to the master: the generations' new-token counts, EOS flags and graded scores, and
+        // rew_train's sequence scores. 3,548 bytes while the samples' ids came back to build the
+        // pairs there (and rew_train sent its per-action values too: via the master 3,340 then, 2,064 now).
+        Assert.Equal(1_272, d);
+        Assert.Equal(2_064, m);
+    }
+
     /// <summary>The worker that keeps the reference's log-probs (the collecting rank of a pp2 layout)
     /// is killed before the master reads them: the read fails naming it, well within the deadline.</summary>
     [Fact]
@@ -219,7 +262,7 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
         using var r = pool.Create("ref", Cfg, false, reference, 2, null);
         r.Initialise(43);
         var lp = r.KeptLogProbs(batch, 1f);
-        Process.GetProcessById(pool.WorkerPid(3)).Kill();
+        Procs.KillAndWait(pool.WorkerPid(3));
         var clock = Stopwatch.StartNew();
         var e = Assert.Throws<WorkerFailedException>(() => lp.Values);
         output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s: {e.Message}");
@@ -319,7 +362,7 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
             using var actor = pool.Create("actor", Cfg, false, new ParallelLayout([0, 1], 1, 2, 1), 1, null);
             actor.Initialise(41);
             var g = actor.KeptGenerate(prompts, Options, request);
-            Process.GetProcessById(pool.WorkerPid(1)).Kill();
+            Procs.KillAndWait(pool.WorkerPid(1));
             var clock = Stopwatch.StartNew();
             var e = Assert.Throws<WorkerFailedException>(() => g.NewTokens);
             output.WriteLine($"read of the ids: {clock.Elapsed.TotalSeconds:F1} s: {e.Message}");
@@ -330,7 +373,7 @@ public sealed class KeptOutputsTests(Xunit.Abstractions.ITestOutputHelper output
         {
             using var actor = pool.Create("actor", Cfg, false, new ParallelLayout([0, 1], 1, 2, 1), 1, null);
             actor.Initialise(41);
-            Process.GetProcessById(pool.WorkerPid(1)).Kill();
+            Procs.KillAndWait(pool.WorkerPid(1));
             var clock = Stopwatch.StartNew();
             var e = Assert.ThrowsAny<Exception>(() => actor.KeptGenerate(prompts, Options, request));
             output.WriteLine($"scored generation: {clock.Elapsed.TotalSeconds:F1} s: {e.GetType().Name}: {e.Message}");

@@ -67,6 +67,20 @@ internal static class Procs
         catch (IOException) { return false; }
     }
 
+    /// <summary>SIGKILL to <paramref name="pid"/>, returning once it is gone (a zombie or reaped): a
+    /// signalled process tears down its memory only when the kernel runs its exit, later on a loaded
+    /// host, and until then a process read of it still succeeds.</summary>
+    public static void KillAndWait(int pid)
+    {
+        System.Diagnostics.Process.GetProcessById(pid).Kill();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (Alive(pid))
+        {
+            if (clock.Elapsed > TimeSpan.FromSeconds(30)) throw new TimeoutException($"process {pid} still runs 30 s after SIGKILL");
+            Thread.Sleep(5);
+        }
+    }
+
     public static int ParentOf(int pid)
     {
         try
