@@ -65,6 +65,32 @@ public sealed class ResidentBatchesTests
         store.Done(key, again.Fetches, succeeded: true);
     }
 
+    /// <summary>A composite batch (the rm stage's pairs): held sequence 4 twice, once whole and once its
+    /// prompt followed by a tail. Its reference carries the tail at its position, the reads fetch
+    /// sequence 4 once, a slice keeps the tails aligned, and a tail whose length disagrees with the
+    /// batch is refused naming the sequence.</summary>
+    [Fact]
+    public void ACompositeBatchCarriesItsTailsAndReadsEachHeldSequenceOnce()
+    {
+        var (store, key, seqs) = Generated();
+        int[] tail = [7, 8, 9, 2];
+        int[][] rows = [seqs[1], seqs[4], [.. seqs[4][..2], .. tail]];
+        var batch = new ScoredBatch(rows, [2, 2, 2]) { Source = new BatchSource(store, key, [1, 4, 4]) { Tails = [null, null, tail] } };
+        Assert.True(batch.Source.Composite);
+        Assert.False(new BatchSource(store, key, [1, 4]).Composite);
+        var (reference, fetches) = store.Plan(batch, ParallelLayout.Contiguous(1, 1, 1, 1))!.Value;
+        var tails = reference["tails"]!.AsArray();
+        Assert.Single(tails);
+        Assert.Equal(2, (int)tails[0]!["at"]!);
+        Assert.Equal(tail, tails[0]!["tokens"]!.AsArray().Select(x => x!.GetValue<int>()));
+        Assert.Equal([1, 4], fetches.SelectMany(f => f.Ids).Order());
+        store.Done(key, fetches, succeeded: true);
+        Assert.Equal([null, tail], batch.Source.Slice(1, 3).Tails!);
+        var wrong = new ScoredBatch(rows, [2, 2, 2]) { Source = new BatchSource(store, key, [1, 4, 4]) { Tails = [null, null, [7, 8]] } };
+        var e = Assert.Throws<ArgumentException>(() => store.Plan(wrong, ParallelLayout.Contiguous(1, 1, 1, 1)));
+        Assert.Contains("sequence 2: a tail of 2 tokens", e.Message);
+    }
+
     [Fact]
     public void AReadCopyServesItsReaderButOnlyTheGeneratorServesOthersAndASliceKeepsItsIds()
     {
