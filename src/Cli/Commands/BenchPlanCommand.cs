@@ -16,7 +16,9 @@
 // measurement over the single device's is the loop's check. The host's load average is
 // printed with the runs (measurements on a loaded host are not the model's error), and the round trip of a cache
 // line between two cores before and after each run next to the profile's (a virtual machine's host moves its CPUs
-// near or far apart, and a small model's all-core speed follows).
+// near or far apart, and a small model's all-core speed follows). With --repeat N each run is made N times,
+// the modes interleaved (single, threads, workers, single, ...), and every figure is the median over the N
+// trials, each trial listed beside it (a virtual machine's neighbours take a core for tens of seconds at a time).
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -41,17 +43,29 @@ public static class BenchPlanCommand
         var output = new Option<string>("--out") { Description = "Plan and run directories go to OUT (OUT/plan.json, OUT/MODE/, OUT/MODE.log); must be new or empty", DefaultValueFactory = _ => "runs/bench-plan" };
         var timeout = new Option<double>("--timeout") { Description = "Deadline of each run in seconds", DefaultValueFactory = _ => 1800 };
         var json = new Option<bool>("--json") { Description = "Print JSON" };
+        var repeat = new Option<int>("--repeat") { Description = "Runs of each mode, interleaved; the figures are the medians (OUT/MODE-K/ for K = 1..N)", DefaultValueFactory = _ => 1 };
         var cmd = new Command("plan", "Plan an experiment for this machine, run it without a plan, with the plan in-process and in worker processes: estimated vs measured seconds per iteration");
         cmd.Arguments.Add(config);
-        foreach (var o in new Option[] { cluster, profile, only, output, timeout, json }) cmd.Options.Add(o);
-        cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(cluster)!, p.GetValue(profile), p.GetValue(only), p.GetValue(output)!, p.GetValue(timeout), p.GetValue(json)));
+        foreach (var o in new Option[] { cluster, profile, only, output, timeout, repeat, json }) cmd.Options.Add(o);
+        cmd.SetAction(p => Run(p.GetValue(config)!, p.GetValue(cluster)!, p.GetValue(profile), p.GetValue(only), p.GetValue(output)!, p.GetValue(timeout), p.GetValue(repeat), p.GetValue(json)));
         return cmd;
     }
 
     private static string F(double? v) => v is { } x ? x.ToString("F3", CultureInfo.InvariantCulture) : "-";
 
-    private static int Run(string configPath, string clusterPath, string? profilePath, string? only, string outRoot, double timeout, bool json)
+    /// <summary>One run of one mode: its seconds per iteration (mean, first, steady), the per-call medians, what the host did.</summary>
+    private sealed record Trial(string Dir, double Measured, double? First, double? Steady, double? TaskScore, double? Load,
+                                double? CoreBefore, double? CoreAfter, double? RoundTripMs, Dictionary<string, (double? Seconds, double? Tokens)> Calls);
+
+    private static double? Median(IEnumerable<double?> values)
     {
+        var v = values.Where(x => x is not null).Select(x => x!.Value).Order().ToList();
+        return v.Count == 0 ? null : v.Count % 2 == 1 ? v[v.Count / 2] : (v[v.Count / 2 - 1] + v[v.Count / 2]) / 2;
+    }
+
+    private static int Run(string configPath, string clusterPath, string? profilePath, string? only, string outRoot, double timeout, int repeat, bool json)
+    {
+        if (repeat < 1) throw new UsageException($"--repeat: {repeat} must be at least 1");
         var modes = only is null ? Modes : only.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         if (modes.Length == 0) throw new UsageException($"--only: name at least one of {string.Join(", ", Modes)}");
         foreach (var m in modes)
@@ -100,44 +114,56 @@ public static class BenchPlanCommand
         var rows = new JsonArray();
         double? singleMeasured = null, measuredRoundTripMs = null;
         double? loadBefore = LoadAverage();
+        var trials = modes.ToDictionary(m => m, _ => new List<Trial>());
+        for (int k = 1; k <= repeat; k++)
+            foreach (var mode in Modes.Where(modes.Contains))
+            {
+                string dir = Path.Combine(outRoot, repeat == 1 ? mode : $"{mode}-{k}");
+                var args = new List<string> { "run", configPath, "--out", dir };
+                if (mode != "single") { args.Add("--plan"); args.Add(mode == "threads" ? threadsPlanPath : planPath); }
+                if (mode == "threads") args.Add("--in-process");
+                if (!json) Console.Error.WriteLine($"{mode}{(repeat == 1 ? "" : $" {k}/{repeat}")}: realn {string.Join(' ', args)} (log: {dir}.log)");
+                double? coreBefore = CoreRoundTrip.Nanoseconds();
+                RunChild(args, dir + ".log", timeout, mode, mode == "workers" ? new() { ["REALN_WORKER_TIMING"] = "1" } : new());
+                double? coreAfter = CoreRoundTrip.Nanoseconds();
+                double? runLoad = LoadAverage();
+                var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")))!.AsObject();
+                var st = summary["stages"]![stage]!.AsObject();
+                int iterations = (int)st["iterations"]!;
+                double measured = (double)st["iterations_seconds"]! / iterations;
+                // the iterations after the first: what a per-iteration estimate describes (the first carries one-time costs)
+                double? first = (double?)st["first_iteration_seconds"];
+                double? steady = first is { } f1 && iterations > 1 ? ((double)st["iterations_seconds"]! - f1) / (iterations - 1) : null;
+                trials[mode].Add(new Trial(dir, measured, first, steady, (double?)st["final_task_score"], runLoad, coreBefore, coreAfter,
+                                           mode == "workers" ? RoundTripMs(dir + ".log") : null, CallMetrics(Path.Combine(dir, "metrics.jsonl"), stage)));
+            }
         foreach (var mode in Modes.Where(modes.Contains))
         {
-            string dir = Path.Combine(outRoot, mode);
-            var args = new List<string> { "run", configPath, "--out", dir };
-            if (mode != "single") { args.Add("--plan"); args.Add(mode == "threads" ? threadsPlanPath : planPath); }
-            if (mode == "threads") args.Add("--in-process");
-            if (!json) Console.Error.WriteLine($"{mode}: realn {string.Join(' ', args)} (log: {dir}.log)");
-            double? coreBefore = CoreRoundTrip.Nanoseconds();
-            RunChild(args, dir + ".log", timeout, mode, mode == "workers" ? new() { ["REALN_WORKER_TIMING"] = "1" } : new());
-            double? coreAfter = CoreRoundTrip.Nanoseconds();
-            if (mode == "workers") measuredRoundTripMs = RoundTripMs(dir + ".log");
-            double? runLoad = LoadAverage();
-            var summary = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "summary.json")))!.AsObject();
-            var st = summary["stages"]![stage]!.AsObject();
-            double measured = (double)st["iterations_seconds"]! / (int)st["iterations"]!;
-            // the iterations after the first: what a per-iteration estimate describes (the first carries one-time costs)
-            double? first = (double?)st["first_iteration_seconds"];
-            double? steady = first is { } f1 && (int)st["iterations"]! > 1 ? ((double)st["iterations_seconds"]! - f1) / ((int)st["iterations"]! - 1) : null;
+            var ts = trials[mode];
+            double measured = Median(ts.Select(t => (double?)t.Measured))!.Value;
+            double? first = Median(ts.Select(t => t.First)), steady = Median(ts.Select(t => t.Steady));
             double estimate = mode switch { "single" => singleEstimate ?? double.NaN, "threads" => threadsEstimate, _ => r.Workers.Best.Evaluation.IterationSeconds };
             if (mode == "single") singleMeasured = measured;
+            if (mode == "workers") measuredRoundTripMs = Median(ts.Select(t => t.RoundTripMs));
             // per call: the estimate's seconds and packed tokens against the run's metrics.jsonl (median seconds of the
-            // planned stage's iterations, mean tokens): which term is off, rather than only the whole iteration
+            // planned stage's iterations, mean tokens; over trials, the median of those): which term is off, rather than only the whole iteration
             var estCalls = (mode switch { "single" => singlePlan?.Plan, "threads" => threadsRun, _ => plan })?.Estimate?.CallSeconds;
-            var measuredCalls = CallMetrics(Path.Combine(dir, "metrics.jsonl"), stage);
             var calls = new JsonObject();
             foreach (var c in r.Problem.Calls)
             {
-                measuredCalls.TryGetValue(c.Name, out var mc);
+                double? ms = Median(ts.Select(t => t.Calls.TryGetValue(c.Name, out var mc) ? mc.Seconds : null));
+                double? mt = Median(ts.Select(t => t.Calls.TryGetValue(c.Name, out var mc) ? mc.Tokens : null));
                 double? est = estCalls is not null && estCalls.TryGetValue(c.Name, out double e) ? e : null;
                 calls[c.Name] = new JsonObject
                 {
                     ["estimate_seconds"] = est is { } x ? Math.Round(x, 5) : null,
-                    ["measured_seconds"] = mc.Seconds is { } ms ? Math.Round(ms, 5) : null,
-                    ["measured_over_estimate"] = est is { } x2 && x2 > 0 && mc.Seconds is { } ms2 ? Math.Round(ms2 / x2, 3) : null,
+                    ["measured_seconds"] = ms is { } m1 ? Math.Round(m1, 5) : null,
+                    ["measured_over_estimate"] = est is { } x2 && x2 > 0 && ms is { } ms2 ? Math.Round(ms2 / x2, 3) : null,
                     ["estimate_tokens"] = Math.Round(c.Sequences * c.MeanSequenceTokens, 1),
-                    ["measured_tokens"] = mc.Tokens is { } mt ? Math.Round(mt, 1) : null,
+                    ["measured_tokens"] = mt is { } t1 ? Math.Round(t1, 1) : null,
                 };
             }
+            var last = ts[^1];
             rows.Add(new JsonObject
             {
                 ["calls"] = calls,
@@ -149,9 +175,19 @@ public static class BenchPlanCommand
                 ["first_iteration_seconds"] = first is { } f2 ? Math.Round(f2, 5) : null,
                 ["steady_seconds"] = steady is { } sd ? Math.Round(sd, 5) : null,
                 ["steady_over_estimate"] = steady is { } sd2 && double.IsFinite(estimate) && estimate > 0 ? Math.Round(sd2 / estimate, 3) : null,
-                ["task_score"] = (double?)st["final_task_score"],
-                ["load_average_after"] = runLoad,
-                ["core_round_trip_ns"] = new JsonObject { ["before"] = coreBefore, ["after"] = coreAfter },
+                ["task_score"] = Median(ts.Select(t => t.TaskScore)),
+                ["load_average_after"] = last.Load,
+                ["core_round_trip_ns"] = new JsonObject { ["before"] = ts[0].CoreBefore, ["after"] = last.CoreAfter },
+                ["trials"] = new JsonArray([.. ts.Select(t => (JsonNode)new JsonObject
+                {
+                    ["dir"] = t.Dir,
+                    ["measured_seconds"] = Math.Round(t.Measured, 5),
+                    ["measured_over_estimate"] = double.IsFinite(estimate) && estimate > 0 ? Math.Round(t.Measured / estimate, 3) : null,
+                    ["steady_seconds"] = t.Steady is { } ts1 ? Math.Round(ts1, 5) : null,
+                    ["first_iteration_seconds"] = t.First is { } tf ? Math.Round(tf, 5) : null,
+                    ["load_average_after"] = t.Load,
+                    ["core_round_trip_ns"] = new JsonObject { ["before"] = t.CoreBefore, ["after"] = t.CoreAfter },
+                })]),
             });
         }
         foreach (var row in rows.Select(x => x!.AsObject()))
@@ -162,7 +198,7 @@ public static class BenchPlanCommand
             Console.WriteLine(new JsonObject
             {
                 ["benchmark"] = "plan", ["config"] = configPath, ["cluster"] = spec.Name, ["stage"] = stage,
-                ["stage_algorithm"] = experiment.Stages[stage].Algorithm, ["iterations"] = experiment.Stages[stage].Iterations,
+                ["stage_algorithm"] = experiment.Stages[stage].Algorithm, ["iterations"] = experiment.Stages[stage].Iterations, ["repeat"] = repeat,
                 ["load_average_before"] = loadBefore, ["chosen"] = chosen, ["plan"] = JsonNode.Parse(PlanJson.ToJson(plan)),
                 ["plan_in_process"] = JsonNode.Parse(PlanJson.ToJson(threadsRun)), ["rows"] = rows,
                 ["worker_round_trip_ms"] = new JsonObject { ["spec"] = Math.Round(spec.WorkerRoundTrip * 1e3, 3), ["measured"] = measuredRoundTripMs },
@@ -181,6 +217,11 @@ public static class BenchPlanCommand
             string steadyRatio = row["steady_over_estimate"] is { } sq ? ((double)sq).ToString("F2", CultureInfo.InvariantCulture) : "-";
             Console.WriteLine($"{(string)row["mode"]! + ((bool)row["chosen"]! ? "*" : ""),-8} {F((double?)row["estimate_seconds"]),9} {F((double?)row["measured_seconds"]),9} {ratio,9} {F((double?)row["steady_seconds"]),9} {steadyRatio,7} {F((double?)row["first_iteration_seconds"]),7} {vs,10} {(row["load_average_after"] is { } la ? ((double)la).ToString("F1", CultureInfo.InvariantCulture) : "-"),10} {Ns(cores["before"]) + "/" + Ns(cores["after"]),11}");
         }
+        if (repeat > 1)
+            foreach (var row in rows.Select(x => x!.AsObject()))
+                Console.WriteLine($"  {(string)row["mode"]!} trials, measured/estimate: " + string.Join(", ", row["trials"]!.AsArray().Select(t =>
+                    $"{F((double?)t!["measured_seconds"])} s" + (t["measured_over_estimate"] is { } q ? $" ({((double)q).ToString("F2", CultureInfo.InvariantCulture)})" : ""))));
+        if (repeat > 1) Console.WriteLine($"every figure above is the median of {repeat} trials per run, the modes interleaved");
         Console.WriteLine("single: realn run without --plan (one process, every core); threads: --plan plan-in-process.json --in-process; workers: --plan plan.json, one worker process per device; *: what realn plan chooses");
         Console.WriteLine("measured: the mean of every iteration; steady: of the iterations after the first; first: the first iteration (its one-time costs: code compiled at its first call in every process, a first reallocation)");
         Console.WriteLine("per call, seconds estimated / measured (median over the stage's iterations, metrics.jsonl) and packed tokens estimated / measured:");

@@ -122,9 +122,10 @@ public sealed class BadInputTests(ITestOutputHelper output) : IDisposable
         Write("wide/config.json", """{"num_hidden_layers": 2, "hidden_size": 1000000, "intermediate_size": 176, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32, "max_position_embeddings": 128}""");
         Refused(RunArgs(Write("wide.yaml", Sft.Replace("{ preset: tiny }", "{ config: wide/config.json }")), "--plan", Write("plan.json", Plan1)),
                 "wide.yaml", "does not fit in memory", "call actor_train", "plan devices sharing");   // the master holds no model under a plan: the devices' share is what does not fit
-        // Both refusals come before any allocation (10^8 layers could not be allocated at all, and the old path took
-        // 18 s and 2.8 GB for 10^6): about 5 s on an idle machine; the bound leaves room for a loaded one.
-        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(60), $"took {sw.Elapsed.TotalSeconds:F1} s");
+        // Both refusals come before any allocation: 10^8 layers (or 2 of width 10^6) could not be allocated at all,
+        // so the planner's message is the proof (the old path took 18 s and 2.8 GB for 10^6 layers before failing).
+        // About 5 s on an idle machine; no bound on the time: a loaded host (load 49) took 64 s.
+        output.WriteLine($"both refusals: {sw.Elapsed.TotalSeconds:F1} s");
     }
 
     [Fact]
@@ -162,6 +163,7 @@ public sealed class BadInputTests(ITestOutputHelper output) : IDisposable
         string cluster = Path.Combine(root, "examples", "clusters", "cpu-local.yaml");
         string fresh = Path.Combine(_dir, "bench-plan");
         Refused(["bench", "plan", cfg, "--cluster", cluster, "--only", "single,gpu", "--out", fresh], "--only", "'gpu' is not one of single, threads, workers");
+        Refused(["bench", "plan", cfg, "--cluster", cluster, "--repeat", "0", "--out", fresh], "--repeat", "0 must be at least 1");
         string two = Write("two-nodes.yaml", File.ReadAllText(cluster).Replace("nodes: 1", "nodes: 2"));
         Refused(["bench", "plan", cfg, "--cluster", two, "--out", fresh], "two-nodes.yaml", "nodes: 2", "one node");
         Write("busy/keep.txt", "x");
