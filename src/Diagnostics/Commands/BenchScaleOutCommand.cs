@@ -144,9 +144,9 @@ public static class BenchScaleOutCommand
         {
             var t = row["terms"] as JsonObject;
             Console.WriteLine($"{(string)row["process"]!,-10} {Gb((long)row["peak_rss_bytes"]!),12} {(double)row["of_reference"]!,10:F3} {G(row["planned_bytes"]),14} {F2(row["of_planned"]),6} " +
-                              $"{G(row["estimated_peak_bytes"]),12} {F2(row["of_estimate"]),6} {G(t?["base_rss_bytes"]),8} {G(t?["checkpoint_writer_bytes"]),8} {G(t?["activation_arena_bytes"]),10}  {(string?)t?["peak_set_by"]?["command"] ?? "-"}");
+                              $"{G(row["estimated_peak_bytes"]),12} {F2(row["of_estimate"]),6} {G(t?["base_rss_bytes"]),8} {G(t?["checkpoint_writer_bytes"]),8} {G(t?["activation_arena_peak_bytes"]),10}  {(string?)t?["peak_set_by"]?["command"] ?? "-"}");
         }
-        Console.WriteLine("(shards+act: the planner's shards, train state and largest activations; estimate: resident + max(active, checkpoint writers' temporary shard) + the process's base RSS measured after start-up)");
+        Console.WriteLine("(shards+act: the planner's shards, train state and largest activations; estimate: resident + max(active, checkpoint writers' temporary shard) + the process's base RSS measured after start-up; arenas: the most activation blocks the worker held at once)");
         Console.WriteLine($"master peak RSS / models' state: {(double)result["master_of_reference"]!:F3} (goal < 0.1); run {result["run_seconds"]} s");
         if (result["data_bytes"] is JsonObject d)
             Console.WriteLine($"call inputs: {(long)d["from_master"]!} bytes from the master, {(long)d["between_workers"]!} bytes read worker to worker; call outputs: {(long?)d["to_master"] ?? 0} bytes to the master");

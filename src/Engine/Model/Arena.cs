@@ -78,6 +78,10 @@ internal static class ArenaBlocks
     /// <summary>Bytes of every arena block of this process, held by an arena or free.</summary>
     public static long AllocatedBytes { get { lock (s_lock) return s_allocatedBytes; } }
 
+    /// <summary>The most <see cref="AllocatedBytes"/> has been in this process.</summary>
+    public static long PeakAllocatedBytes { get { lock (s_lock) return s_peakBytes; } }
+    private static long s_peakBytes;
+
     /// <summary>A free block of at least <paramref name="minBytes"/> (the smallest such), else a new
     /// pre-faulted one of <paramref name="newBytes"/> (at least <paramref name="minBytes"/>).</summary>
     public static HostBlock Take(long minBytes, long newBytes)
@@ -104,7 +108,11 @@ internal static class ArenaBlocks
         }
         tooSmall?.Dispose();
         var block = new HostBlock(Math.Max(minBytes, newBytes));
-        lock (s_lock) s_allocatedBytes += block.Bytes;
+        lock (s_lock)
+        {
+            s_allocatedBytes += block.Bytes;
+            s_peakBytes = Math.Max(s_peakBytes, s_allocatedBytes);
+        }
         return block;
     }
 

@@ -180,6 +180,7 @@ internal static class MemoryCheck
                 ["resident_bytes"] = w.Resident, ["active_bytes"] = w.Active, ["checkpoint_writer_bytes"] = w.CheckpointWriters, ["base_rss_bytes"] = w.BaseRss,
                 ["activation_arena_bytes"] = reports[d]["activation_arena_bytes"]?.GetValue<long?>(),
                 ["activation_arena_held_bytes"] = reports[d]["activation_arena_held_bytes"]?.GetValue<long?>(),
+                ["activation_arena_peak_bytes"] = reports[d]["activation_arena_peak_bytes"]?.GetValue<long?>(),
             };
             if (reports[d]["peak_set_by"] is JsonObject by) t["peak_set_by"] = by.DeepClone();
             terms[WorkerKey(d)] = t;

@@ -214,7 +214,8 @@ internal sealed unsafe class ModelWorker : IDisposable
     private string MemoryReport()
     {
         var o = new JsonObject { ["peak_rss_bytes"] = ProcessMemory.PeakRssBytes(), ["peer_mapped_bytes"] = _mover.PeerMappedBytes, ["activation_arena_bytes"] = Model.ArenaBlocks.AllocatedBytes,
-                              ["activation_arena_held_bytes"] = Model.ArenaBlocks.AllocatedBytes - Model.ArenaBlocks.FreeBytes };
+                              ["activation_arena_held_bytes"] = Model.ArenaBlocks.AllocatedBytes - Model.ArenaBlocks.FreeBytes,
+                              ["activation_arena_peak_bytes"] = Model.ArenaBlocks.PeakAllocatedBytes };
         if (_baseMemory is { } b) o["base_rss_bytes"] = b.Rss;
         if (_peakSetBy is { } p)
             o["peak_set_by"] = new JsonObject { ["command"] = p.Command, ["peak_before_bytes"] = p.PeakBefore, ["rss_after_bytes"] = p.After.Rss, ["shmem_after_bytes"] = p.After.Shmem };

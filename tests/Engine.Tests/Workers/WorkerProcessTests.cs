@@ -179,6 +179,7 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
                 Assert.Equal(resident + Math.Max(active, writers) + baseRss, (long)estimated[$"worker_{d}"]!);
                 Assert.True(resident + active >= (long)summary["planned_memory_bytes_by_process"]![$"worker_{d}"]! - 1, $"worker {d}");
                 Assert.Equal(0, (long)t["activation_arena_held_bytes"]!);
+                Assert.True((long)t["activation_arena_peak_bytes"]! > 0, $"worker {d} ran no forward");
                 Assert.False(string.IsNullOrEmpty((string?)t["peak_set_by"]?["command"]), $"worker {d}: no command raised its peak");
             }
         }
