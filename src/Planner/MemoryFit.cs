@@ -41,20 +41,23 @@ public static class MemoryFit
             return new MemoryEstimate(DevicePeaks(exp, single, one)[0], []);
         }
         var cluster = Machine("plan devices", plan.Nodes, plan.DevicesPerNode, 1e18);
-        return new MemoryEstimate(0, DevicePeaks(exp, plan, cluster));
+        var (resident, active) = BuildEvaluator(exp, plan, cluster, out var choice).MemoryParts(choice);
+        return new MemoryEstimate(0, resident.Select((r, d) => r + active[d]).ToArray()) { DeviceResidentBytes = resident, DeviceActiveBytes = active };
     }
 
     /// <summary>Peak memory per device of the plan's choice for every call.</summary>
-    private static double[] DevicePeaks(Experiment exp, Plan plan, ClusterSpec cluster)
+    private static double[] DevicePeaks(Experiment exp, Plan plan, ClusterSpec cluster) => BuildEvaluator(exp, plan, cluster, out var choice).PeakMemory(choice);
+
+    private static Evaluator BuildEvaluator(Experiment exp, Plan plan, ClusterSpec cluster, out int[] choice)
     {
         var problem = new PlanningProblem(new Estimator(cluster, exp));
-        var choice = new int[problem.Calls.Count];
+        choice = new int[problem.Calls.Count];
         for (int i = 0; i < choice.Length; i++)
         {
             var pc = plan.Calls.First(c => c.Name == problem.Calls[i].Name);
             choice[i] = problem.IndexOf(i, new CallOption(pc.Mesh, pc.Strategy, pc.MicroBatches, false));
         }
-        return new Evaluator(problem).PeakMemory(choice);
+        return new Evaluator(problem);
     }
 
     /// <summary>A CPU machine as a cluster: fp32 activations (the engine's on every precision), only the
@@ -69,5 +72,10 @@ public static class MemoryFit
 }
 
 /// <summary>The planner's memory estimate per process of a run: the master and each plan device
-/// (empty without a plan), in bytes.</summary>
-public sealed record MemoryEstimate(double MasterBytes, double[] DeviceBytes);
+/// (empty without a plan), in bytes; with a plan, each device's peak split into its resident bytes
+/// (weights and train state of the models that live there) and the largest active bytes of its calls.</summary>
+public sealed record MemoryEstimate(double MasterBytes, double[] DeviceBytes)
+{
+    public double[] DeviceResidentBytes { get; init; } = [];
+    public double[] DeviceActiveBytes { get; init; } = [];
+}

@@ -48,6 +48,15 @@ public sealed class Evaluator
         _staleness = p.Experiment.MaxStaleness;
     }
 
+    /// <summary>Per device of a choice: the resident bytes (weights and train state of the models that
+    /// live there) and the largest active bytes of its calls (activations, KV caches, weights of a
+    /// layout a call reallocates into); <see cref="PeakMemory"/> is their sum.</summary>
+    public (double[] Resident, double[] Active) MemoryParts(int[] choice)
+    {
+        Memory(choice);
+        return ([.. _static], [.. _active]);
+    }
+
     /// <summary>Peak memory per device of a choice (resident + largest active).</summary>
     public double[] PeakMemory(int[] choice)
     {

@@ -7,7 +7,8 @@
 // the bytes of one copy of every model's state (weights, and for trained roles gradients and both
 // AdamW moments; bf16: fp32 master, bf16 weights, fp32 gradients and moments; frozen bf16: 2 bytes).
 // Goals: the master below 0.1 of it; each worker at most its planned memory (shards + activations,
-// the planner's estimate).
+// the planner's estimate); beside it the estimate with the checkpoint writers' temporary shard and
+// the worker's measured base RSS, and the command during which each worker's peak last rose.
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -98,19 +99,26 @@ public static class BenchScaleOutCommand
         var peak = summary["peak_rss_bytes_by_process"]?.AsObject() ?? throw new MeasurementException("summary.json has no peak_rss_bytes_by_process");
         var planned = summary["planned_memory_bytes_by_process"]?.AsObject();
         var mappedBy = summary["peer_mapped_bytes_by_process"]?.AsObject();
+        var estimated = summary["estimated_peak_bytes_by_process"]?.AsObject();
+        var terms = summary["memory_terms_by_process"]?.AsObject();
         long master = (long)peak["master"]!;
         var processes = new JsonArray();
         foreach (var (name, v) in peak)
         {
             long b = (long)v!;
             long? plannedBytes = planned?[name] is JsonNode pn ? (long)pn : null;
+            long? estimate = estimated?[name] is JsonNode en ? (long)en : null;
             processes.Add(new JsonObject
             {
-                ["process"] = name, ["peak_rss_bytes"] = b, ["planned_bytes"] = plannedBytes,
-                // Other workers' shards this one maps (shared memory): their pages it read count in its peak RSS too.
+                // planned_bytes: the planner's shards + activations; estimated_peak_bytes: with the
+                // checkpoint writers' temporary shard and the process's measured base (summary.json's memory_terms_by_process).
+                ["process"] = name, ["peak_rss_bytes"] = b, ["planned_bytes"] = plannedBytes, ["estimated_peak_bytes"] = estimate,
+                // Other workers' shards this one maps (shared memory): address space; their pages leave its resident set as it copies.
                 ["peer_mapped_bytes"] = mappedBy?[name] is JsonNode mb ? (long)mb : null,
                 ["of_reference"] = Math.Round((double)b / reference, 4),
                 ["of_planned"] = plannedBytes is > 0 ? Math.Round((double)b / plannedBytes.Value, 3) : null,
+                ["of_estimate"] = estimate is > 0 ? Math.Round((double)b / estimate.Value, 3) : null,
+                ["terms"] = terms?[name]?.DeepClone(),
             });
         }
         var result = new JsonObject
@@ -129,10 +137,16 @@ public static class BenchScaleOutCommand
             return 0;
         }
         Console.WriteLine($"{cfg.Name} under {Path.GetFileName(planPath)}: one copy of the models' state {Gb(reference)} GB ({string.Join(", ", bytesByRole.Select(kv => $"{kv.Key} {Gb((long)kv.Value!)}"))})");
-        Console.WriteLine($"{"process",-10} {"peak RSS GB",12} {"of models",10} {"planned GB",11} {"of planned",11} {"peers mapped GB",16}");
+        static string F2(JsonNode? n) => n is null ? "-" : ((double)n).ToString("F2", CultureInfo.InvariantCulture);
+        static string G(JsonNode? n) => n is null ? "-" : Gb((long)n);
+        Console.WriteLine($"{"process",-10} {"peak RSS GB",12} {"of models",10} {"shards+act GB",14} {"of it",6} {"estimate GB",12} {"of it",6} {"base GB",8} {"ckpt GB",8} {"arenas GB",10}  peak set by");
         foreach (var row in processes.Select(r => r!.AsObject()))
-            Console.WriteLine($"{(string)row["process"]!,-10} {Gb((long)row["peak_rss_bytes"]!),12} {(double)row["of_reference"]!,10:F3} {(row["planned_bytes"] is JsonNode pb ? Gb((long)pb) : "-"),11} {(row["of_planned"] is JsonNode op ? ((double)op).ToString("F2", CultureInfo.InvariantCulture) : "-"),11} {(row["peer_mapped_bytes"] is JsonNode mb ? Gb((long)mb) : "-"),16}");
-        Console.WriteLine("(a worker's peak RSS counts the pages of other workers' shards it maps to reallocate out of them: shared memory, held once by their owner)");
+        {
+            var t = row["terms"] as JsonObject;
+            Console.WriteLine($"{(string)row["process"]!,-10} {Gb((long)row["peak_rss_bytes"]!),12} {(double)row["of_reference"]!,10:F3} {G(row["planned_bytes"]),14} {F2(row["of_planned"]),6} " +
+                              $"{G(row["estimated_peak_bytes"]),12} {F2(row["of_estimate"]),6} {G(t?["base_rss_bytes"]),8} {G(t?["checkpoint_writer_bytes"]),8} {G(t?["activation_arena_peak_bytes"]),10}  {(string?)t?["peak_set_by"]?["command"] ?? "-"}");
+        }
+        Console.WriteLine("(shards+act: the planner's shards, train state and largest activations; estimate: resident + max(active, checkpoint writers' temporary shard) + the process's base RSS measured after start-up; arenas: the most activation blocks the worker held at once)");
         Console.WriteLine($"master peak RSS / models' state: {(double)result["master_of_reference"]!:F3} (goal < 0.1); run {result["run_seconds"]} s");
         if (result["data_bytes"] is JsonObject d)
             Console.WriteLine($"call inputs: {(long)d["from_master"]!} bytes from the master, {(long)d["between_workers"]!} bytes read worker to worker; call outputs: {(long?)d["to_master"] ?? 0} bytes to the master");

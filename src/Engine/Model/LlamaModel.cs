@@ -522,6 +522,19 @@ internal sealed unsafe class LlamaModel : IDisposable
         return _arenas[slot];
     }
 
+    /// <summary>Gives this model's activation arenas back to the process's <see cref="ArenaBlocks"/>
+    /// and forgets its forward states: every pointer into them (outputs, gradients of the input) is
+    /// invalid afterwards and a backward needs a new forward. A worker process calls it after each
+    /// operation, so that its replicas share one set of arena blocks.</summary>
+    public void ReleaseActivations()
+    {
+        foreach (var a in _arenas) a.Release();
+        for (int i = 0; i < _forwardStates.Count; i++) _forwardStates[i] = null;
+    }
+
+    /// <summary>Bytes of the activation arenas this model holds now.</summary>
+    public long ActivationBytes => _arenas.Sum(a => a.HeldBytes);
+
     /// <summary>Forward over a packed batch. Returns the output [T, OutputWidth] in the arena
     /// (valid until the next forward): logits, or values for a scalar head.</summary>
     public float* Forward(PackedBatch batch) => Forward(batch, null, 0);

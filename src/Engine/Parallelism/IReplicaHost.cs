@@ -19,12 +19,13 @@ internal interface IReplicaHost : IDisposable
 
     /// <summary>Each worker process's peak resident set in bytes (null where a worker cannot tell),
     /// by device; null when the devices are threads of this process (counted in its own).</summary>
-    IReadOnlyList<long?>? WorkerPeakRssBytes() => null;
+    IReadOnlyList<long?>? WorkerPeakRssBytes() => WorkerMemory()?.Select(r => r["peak_rss_bytes"]?.GetValue<long?>()).ToArray();
 
-    /// <summary>Bytes of other workers' shared shards each worker process keeps mapped, by device
-    /// (the pages it has read of them count in its resident set as well as in their owner's); null
-    /// for in-process devices.</summary>
-    IReadOnlyList<long>? WorkerPeerMappedBytes() => null;
+    /// <summary>Each worker process's memory report, by device (ModelWorker's `memory` command:
+    /// peak_rss_bytes, its VmHWM; base_rss_bytes, its resident set after start-up; peer_mapped_bytes,
+    /// other workers' shared shards it keeps mapped; activation_arena_bytes; peak_set_by, the command
+    /// during which its peak last rose); null for in-process devices.</summary>
+    IReadOnlyList<System.Text.Json.Nodes.JsonObject>? WorkerMemory() => null;
 
     /// <summary>Bytes of call inputs the master sent to worker processes, bytes of sequences and
     /// outputs the workers moved between themselves (Workers/ResidentBatches.cs), and bytes of call

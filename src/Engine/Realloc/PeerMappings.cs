@@ -22,7 +22,9 @@ namespace ReaLNative.Engine.Realloc;
 /// - an owner that frees a block releases its pages at once, mapped or not (native
 ///   realn_host_free punches the memfd), so a stale entry holds address space, not memory.
 /// The pages read through a mapping count in this process's resident set (RssShmem) as well as
-/// in the owner's, though they exist once: <see cref="MappedBytes"/> says how much is mapped.
+/// in the owner's, though they exist once: <see cref="MappedBytes"/> says how much is mapped, and
+/// TransportRealloc drops its page-table entries of a block as it copies (ReleasePeerPages), so
+/// that a mapped block holds address space between reallocations, not resident pages.
 /// </summary>
 internal sealed class PeerMappings : IDisposable
 {

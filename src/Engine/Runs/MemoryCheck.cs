@@ -5,6 +5,7 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using ReaLNative.Engine.Config;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Workers;
@@ -68,6 +69,70 @@ internal static class MemoryCheck
         return result;
     }
 
+    /// <summary>Per plan device, the most bytes a checkpoint's temporary writers put there: a trained
+    /// model whose train layout splits tensors (tp &gt; 1) writes each part of its checkpoint (weights,
+    /// AdamW m, v: one at a time) from a temporary tp-1 pipeline over its first devices that the part
+    /// is reallocated into (ShardedSave.Writers); each writer holds its stage's share of the
+    /// parameters, 4 bytes each (fp32; a moment is fp32 in every precision). The plan determines it:
+    /// the trained roles are those with a train call, their layouts the train calls'. Zero for a
+    /// plan whose trained models all train at tp 1 (data replica 0 writes its own shard).</summary>
+    internal static long[] CheckpointWriterBytes(ExperimentConfig cfg, StageConfig stage, Plan plan)
+    {
+        var result = new long[plan.Nodes * plan.DevicesPerNode];
+        foreach (var pc in plan.Calls.Where(c => c.Type == CallType.TrainStep && stage.Models.ContainsKey(c.Model)))
+        {
+            var layout = new ParallelLayout(Enumerable.Range(0, pc.Mesh.Size).Select(r => pc.Mesh.Device(r, plan.DevicesPerNode)).ToArray(),
+                                            pc.Strategy.Pp, pc.Strategy.Dp, pc.Strategy.Tp);
+            var arch = Arch(cfg, stage.Models[pc.Model]);
+            bool scalar = AlgorithmNames.ScalarHead(pc.Model);
+            var (writers, temporary) = ShardedSave.Writers(layout, arch, scalar);
+            if (!temporary) continue;
+            for (int p = 0; p < writers.Pp; p++)
+            {
+                int d = writers.Devices[p];
+                result[d] = Math.Max(result[d], ParamLayout.Create(arch, scalar, writers.Pp, p).TotalElements * 4);
+            }
+        }
+        return result;
+    }
+
+    /// <summary>One worker's memory estimate: what the planner counts (<paramref name="Resident"/>
+    /// shards and train state, <paramref name="Active"/> the largest call's), the checkpoint writers'
+    /// temporary shard (<see cref="CheckpointWriterBytes"/>: between calls, so beside the active
+    /// bytes, not on top of them) and the process's own base (<paramref name="BaseRss"/>: its resident
+    /// set measured after start-up, before any replica: runtime, native libraries, UCX). Peak =
+    /// resident + max(active, checkpoint writers) + base.</summary>
+    internal readonly record struct WorkerEstimate(long Resident, long Active, long CheckpointWriters, long BaseRss)
+    {
+        public long Peak => Resident + Math.Max(Active, CheckpointWriters) + BaseRss;
+    }
+
+    /// <summary>Each plan device's <see cref="WorkerEstimate"/> (the stage with the largest peak),
+    /// with the measured base resident set of its worker process (<paramref name="baseRss"/>, 0 where unknown);
+    /// null without a plan or where no stage runs under it.</summary>
+    internal static WorkerEstimate[]? Estimates(ExperimentConfig cfg, Plan? plan, IReadOnlyList<long?>? baseRss)
+    {
+        if (plan is null) return null;
+        WorkerEstimate[]? best = null;
+        foreach (var stage in cfg.Stages)
+        {
+            var (exp, planned) = StageExperiment(cfg, stage, plan);
+            if (!planned) continue;
+            var e = MemoryFit.Estimate(exp, plan);
+            var writers = CheckpointWriterBytes(cfg, stage, plan);
+            best ??= new WorkerEstimate[e.DeviceBytes.Length];
+            for (int d = 0; d < best.Length; d++)
+            {
+                var w = new WorkerEstimate((long)e.DeviceResidentBytes[d], (long)e.DeviceActiveBytes[d], writers[d], baseRss is not null && d < baseRss.Count ? baseRss[d] ?? 0 : 0);
+                if (w.Peak > best[d].Peak) best[d] = w;
+            }
+        }
+        return best;
+    }
+
+    private static LlamaConfig Arch(ExperimentConfig cfg, ModelSpec m) =>
+        m.Preset is not null ? LlamaConfig.Preset(m.Preset) : LlamaConfig.FromHfJson(Path.Combine(cfg.BaseDirectory, m.ConfigPath!));
+
     /// <summary>A worker's key in the by-process memory figures.</summary>
     public static string WorkerKey(int device) => $"worker_{device}";
 
@@ -78,15 +143,16 @@ internal static class MemoryCheck
     public static void AddToSummary(JsonObject summary, ExperimentConfig cfg, Plan? plan, IReplicaHost? host)
     {
         var peak = new JsonObject { ["master"] = ProcessMemory.PeakRssBytes() };
-        var workers = host?.WorkerPeakRssBytes();
-        for (int d = 0; d < (workers?.Count ?? 0); d++) peak[MemoryCheck.WorkerKey(d)] = workers![d];
+        var reports = host?.WorkerMemory();
+        var workers = reports?.Select(r => r["peak_rss_bytes"]?.GetValue<long?>()).ToArray();
+        for (int d = 0; d < (workers?.Length ?? 0); d++) peak[MemoryCheck.WorkerKey(d)] = workers![d];
         summary["peak_rss_bytes_by_process"] = peak;
         // A worker's resident set counts the pages of other workers' shards it has mapped to
         // reallocate out of them (shared memory: they exist once, in their owner's count too).
-        if (host?.WorkerPeerMappedBytes() is { } mapped)
+        if (reports is not null)
         {
             var m = new JsonObject();
-            for (int d = 0; d < mapped.Count; d++) m[MemoryCheck.WorkerKey(d)] = mapped[d];
+            for (int d = 0; d < reports.Count; d++) m[MemoryCheck.WorkerKey(d)] = reports[d]["peer_mapped_bytes"]?.GetValue<long>() ?? 0;
             summary["peer_mapped_bytes_by_process"] = m;
         }
         SortedDictionary<string, long> planned;
@@ -100,6 +166,27 @@ internal static class MemoryCheck
             else p[k] = v;
         }
         summary["planned_memory_bytes_by_process"] = p;
+        if (reports is null || Estimates(cfg, plan, reports.Select(r => r["base_rss_bytes"]?.GetValue<long?>()).ToArray()) is not { } est) return;
+        // Each worker's estimate with its terms, beside what the worker measured: its base resident
+        // set, the activation blocks it keeps, and the command during which its peak last rose.
+        var estimated = new JsonObject();
+        var terms = new JsonObject();
+        for (int d = 0; d < est.Length && d < reports.Count; d++)
+        {
+            var w = est[d];
+            estimated[WorkerKey(d)] = w.Peak;
+            var t = new JsonObject
+            {
+                ["resident_bytes"] = w.Resident, ["active_bytes"] = w.Active, ["checkpoint_writer_bytes"] = w.CheckpointWriters, ["base_rss_bytes"] = w.BaseRss,
+                ["activation_arena_bytes"] = reports[d]["activation_arena_bytes"]?.GetValue<long?>(),
+                ["activation_arena_held_bytes"] = reports[d]["activation_arena_held_bytes"]?.GetValue<long?>(),
+                ["activation_arena_peak_bytes"] = reports[d]["activation_arena_peak_bytes"]?.GetValue<long?>(),
+            };
+            if (reports[d]["peak_set_by"] is JsonObject by) t["peak_set_by"] = by.DeepClone();
+            terms[WorkerKey(d)] = t;
+        }
+        summary["estimated_peak_bytes_by_process"] = estimated;
+        summary["memory_terms_by_process"] = terms;
     }
 
 }

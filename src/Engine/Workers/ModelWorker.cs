@@ -98,6 +98,8 @@ internal sealed unsafe class ModelWorker : IDisposable
         if (a.AdvertiseHost is { } adv) endpoint = $"tcp://{adv}:{endpoint[(endpoint.LastIndexOf(':') + 1)..]}";
         var info = new JsonObject { ["control"] = endpoint, ["node"] = a.Node, ["pid"] = Environment.ProcessId };
         Rendezvous.Join(w._client, w._transport, OperationTimeout, info.ToJsonString());
+        w._baseMemory = ProcessMemory.Sample();
+        if (s_memoryTrace) Console.Error.WriteLine($"worker {a.Rank} memory: after rendezvous: {w._baseMemory}");
         w._connected.Set();
         int code = w.Heartbeats();
         // Without its master a command may still be blocked in a collective (up to its deadline),
@@ -152,7 +154,9 @@ internal sealed unsafe class ModelWorker : IDisposable
     private string Execute(ControlMessage m)
     {
         var j = m.Payload.Length == 0 ? new JsonObject() : JsonNode.Parse(m.Payload) ?? new JsonObject();
-        _busy = m.Type + (j["what"] is JsonNode w ? " " + w.GetValue<string>() : "");
+        string label = m.Type + (j["what"] is JsonNode w ? " " + w.GetValue<string>() : "");
+        _busy = label;
+        var before = m.Type is "ping" or "memory" or "shutdown" ? null : ProcessMemory.Sample();
         try
         {
             if (m.Type is not ("ping" or "memory" or "shutdown") && !_connected.Wait(OperationTimeout))
@@ -172,7 +176,7 @@ internal sealed unsafe class ModelWorker : IDisposable
                 "ping" => "ok",
                 // peer_mapped_bytes: other workers' shared shards this one maps; the pages it has read
                 // of them count in its resident set (and its peak) as well as in their owner's.
-                "memory" => new JsonObject { ["peak_rss_bytes"] = ProcessMemory.PeakRssBytes(), ["peer_mapped_bytes"] = _mover.PeerMappedBytes }.ToJsonString(),
+                "memory" => MemoryReport(),
                 "shutdown" => Shutdown(),
                 _ => throw new ArgumentException($"unknown worker command '{m.Type}'"),
             };
@@ -184,7 +188,38 @@ internal sealed unsafe class ModelWorker : IDisposable
             Console.Error.WriteLine($"worker {_args.Rank}: {m.Type} failed: {e}");
             throw;
         }
-        finally { _busy = "idle"; }
+        finally
+        {
+            _busy = "idle";
+            if (before is { } b) NoteMemory(label, b);
+        }
+    }
+
+    /// <summary>Resident set after rendezvous, before the first command: the process itself (.NET
+    /// runtime, librealn, OpenBLAS, UCX and their buffers), no model yet.</summary>
+    private MemorySample? _baseMemory;
+    /// <summary>The command during which the peak resident set (VmHWM) last rose, the peak before it
+    /// and the resident set after it.</summary>
+    private (string Command, long PeakBefore, MemorySample After)? _peakSetBy;
+    private static readonly bool s_memoryTrace = Environment.GetEnvironmentVariable("REALN_WORKER_MEMORY_TRACE") == "1";
+
+    private void NoteMemory(string command, MemorySample before)
+    {
+        if (ProcessMemory.Sample() is not { } after) return;
+        if (after.Peak > before.Peak) _peakSetBy = (command, before.Peak, after);
+        if (s_memoryTrace)
+            Console.Error.WriteLine($"worker {_args.Rank} memory: {command}: before {before}; after {after}; activation arenas {Model.ArenaBlocks.AllocatedBytes / 1e6:F1} MB ({Model.ArenaBlocks.FreeBytes / 1e6:F1} free), managed heap committed {GC.GetGCMemoryInfo().TotalCommittedBytes / 1e6:F1} MB");
+    }
+
+    private string MemoryReport()
+    {
+        var o = new JsonObject { ["peak_rss_bytes"] = ProcessMemory.PeakRssBytes(), ["peer_mapped_bytes"] = _mover.PeerMappedBytes, ["activation_arena_bytes"] = Model.ArenaBlocks.AllocatedBytes,
+                              ["activation_arena_held_bytes"] = Model.ArenaBlocks.AllocatedBytes - Model.ArenaBlocks.FreeBytes,
+                              ["activation_arena_peak_bytes"] = Model.ArenaBlocks.PeakAllocatedBytes };
+        if (_baseMemory is { } b) o["base_rss_bytes"] = b.Rss;
+        if (_peakSetBy is { } p)
+            o["peak_set_by"] = new JsonObject { ["command"] = p.Command, ["peak_before_bytes"] = p.PeakBefore, ["rss_after_bytes"] = p.After.Rss, ["shmem_after_bytes"] = p.After.Shmem };
+        return o.ToJsonString();
     }
 
     private string Shutdown()
@@ -209,6 +244,9 @@ internal sealed unsafe class ModelWorker : IDisposable
         int group = WireJson.Int(j, "group");
         if (group < 0 || group + ShardComm.GroupIdsNeeded(layout) > Tags.MaxGroups) throw new ArgumentException($"group ids {group}.. outside the {Tags.MaxGroups} a job holds");
         var optim = j["optimizer"] is { } o ? WireJson.Optimizer(o) : null;
+        // The free activation blocks go first: the new shards take their place rather than add to them
+        // (a checkpoint's temporary writers are created between calls, when no activation is live).
+        Model.ArenaBlocks.Trim();
         var precision = (string?)j["precision"] switch
         {
             null or "fp32" => ModelPrecision.Fp32,
@@ -802,7 +840,19 @@ internal sealed unsafe class ModelWorker : IDisposable
         catch (ArgumentException e) { throw new ArgumentException($"{op}: batch {key}: {e.Message}"); }
     }
 
+    /// <summary>An operation on a replica; afterwards its activation arenas go back to this process's
+    /// ArenaBlocks (nothing of them is read after the operation), so the worker's replicas share one
+    /// set of pre-faulted blocks: it holds the largest operation's activations, not every replica's.</summary>
     private string Op(JsonNode j)
+    {
+        try { return OpCore(j); }
+        finally
+        {
+            if (_replicas.TryGetValue(WireJson.Int(j, "id"), out var r)) r.Shard.ReleaseActivations();
+        }
+    }
+
+    private string OpCore(JsonNode j)
     {
         long start = Stopwatch.GetTimestamp();
         _inputSeconds = _outputSeconds = 0;

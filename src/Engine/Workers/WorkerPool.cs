@@ -455,18 +455,12 @@ internal sealed class WorkerPool : IReplicaHost
         }
     }
 
-    /// <summary>Asks every worker for its peak resident set (the `memory` command: its VmHWM).</summary>
-    public IReadOnlyList<long?>? WorkerPeakRssBytes()
+    /// <summary>Asks every worker for its memory report (the `memory` command: its VmHWM, base
+    /// resident set, mapped peer shards, activation blocks, the command that raised its peak).</summary>
+    public IReadOnlyList<JsonObject>? WorkerMemory()
     {
         var replies = Dispatch("memory", Enumerable.Range(0, Devices).ToArray(), "memory", new JsonObject());
-        return replies.Select(r => JsonNode.Parse(r)?["peak_rss_bytes"]?.GetValue<long?>()).ToArray();
-    }
-
-    /// <summary>Bytes of other workers' shared shards each worker keeps mapped (the `memory` command).</summary>
-    public IReadOnlyList<long>? WorkerPeerMappedBytes()
-    {
-        var replies = Dispatch("memory", Enumerable.Range(0, Devices).ToArray(), "memory", new JsonObject());
-        return replies.Select(r => JsonNode.Parse(r)?["peer_mapped_bytes"]?.GetValue<long>() ?? 0).ToArray();
+        return replies.Select(r => JsonNode.Parse(r) as JsonObject ?? new JsonObject()).ToArray();
     }
 
     public IReplica Create(string name, LlamaConfig config, bool scalarHead, ParallelLayout layout, int microBatches, OptimizerSpec? optimizer,

@@ -169,6 +169,25 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             var mapped = summary["peer_mapped_bytes_by_process"]!.AsObject();
             Assert.Equal(Enumerable.Range(0, workers).Select(d => $"worker_{d}").Order().ToArray(), mapped.Select(kv => kv.Key).Order().ToArray());
             Assert.All(mapped, kv => Assert.True((long)kv.Value! >= 0, $"peer_mapped_bytes_by_process.{kv.Key} = {kv.Value}"));
+            // Each worker's estimate and its terms: the planner's resident and active bytes, the
+            // checkpoint writers' temporary shard, the base resident set the worker measured after
+            // start-up; peak = resident + max(active, writers) + base. After the run no replica holds
+            // activation blocks (each operation gives them back), and the planner's terms are those
+            // of planned_memory_bytes_by_process.
+            var estimated = summary["estimated_peak_bytes_by_process"]!.AsObject();
+            var terms = summary["memory_terms_by_process"]!.AsObject();
+            Assert.Equal(estimated.ToJsonString(), written["estimated_peak_bytes_by_process"]!.ToJsonString());
+            for (int d = 0; d < workers; d++)
+            {
+                var t = terms[$"worker_{d}"]!;
+                long resident = (long)t["resident_bytes"]!, active = (long)t["active_bytes"]!, writers = (long)t["checkpoint_writer_bytes"]!, baseRss = (long)t["base_rss_bytes"]!;
+                Assert.True(baseRss > 10_000_000 && baseRss < (long)summary["peak_rss_bytes_by_process"]![$"worker_{d}"]!, $"worker {d}: base RSS {baseRss}");
+                Assert.Equal(resident + Math.Max(active, writers) + baseRss, (long)estimated[$"worker_{d}"]!);
+                Assert.True(resident + active >= (long)summary["planned_memory_bytes_by_process"]![$"worker_{d}"]! - 1, $"worker {d}");
+                Assert.Equal(0, (long)t["activation_arena_held_bytes"]!);
+                Assert.True((long)t["activation_arena_peak_bytes"]! > 0, $"worker {d} ran no forward");
+                Assert.False(string.IsNullOrEmpty((string?)t["peak_set_by"]?["command"]), $"worker {d}: no command raised its peak");
+            }
         }
         // The master holds the full models: its peak is at least what the planner counts for it.
         Assert.True((long)summary["peak_rss_bytes_by_process"]!["master"]! >= (long)summary["planned_memory_bytes_by_process"]!["master"]!);
@@ -476,7 +495,7 @@ public sealed class WorkerPoolTests
         if (processRead) Assert.True(pool.ProcessReadBytes >= full.ParameterCount * 4 * 2, $"{pool.ProcessReadBytes} bytes read");
         else Assert.Equal(0, pool.ProcessReadBytes);
         // pp.CopyFrom(tp) went worker to worker: out of each other's mapped shards, or not at all mapped.
-        long mapped = pool.WorkerPeerMappedBytes()!.Sum();
+        long mapped = pool.WorkerMemory()!.Sum(r => (long)r["peer_mapped_bytes"]!);
         if (processRead && sharedMemory) Assert.True(mapped >= full.ParameterCount * 4, $"{mapped} bytes mapped");
         else Assert.Equal(0, mapped);
     }
