@@ -592,7 +592,15 @@ internal sealed unsafe class RemoteReplica : IReplica
         args["loss_inputs"] = li;
         long proximalBytes = 0;
         if (derived && inputs.Proximal is { } proximal && firstOfMinibatch && !ratioBaseFromForward)
-            (li["proximal"], proximalBytes) = ProximalPart(proximal, batch, a0, inputs.Derived!);
+        {
+            try { (li["proximal"], proximalBytes) = ProximalPart(proximal, batch, a0, inputs.Derived!); }
+            catch
+            {
+                if (input.Reads is { } r) _pool.Batches.Done(r.Key, r.Fetches, succeeded: false);   // the command is never sent
+                _lossInputs = null;   // nor is this minibatch's part: a later step starts the call's inputs afresh
+                throw;
+            }
+        }
         ReadOnlySpan<float> Part(float[] x, int first, int end) => x.Length == 0 ? [] : x.AsSpan(a0 + batch.ActionCu[first], batch.ActionCu[end] - batch.ActionCu[first]);
         Inputs blobs;
         if (derived && send)

@@ -90,14 +90,16 @@ public sealed class AsyncKeptOutputsTests(Xunit.Abstractions.ITestOutputHelper o
     /// built on the loss ranks (advantages derived there, behaviour log-probs the kept generation's,
     /// the proximal log-probs of minibatches 1.. kept where they were computed: the trainer or the
     /// rollout side): the master receives exactly <paramref name="toMaster"/> bytes; before, with
-    /// those inputs built on the master, <paramref name="masterLoss"/>; before the outputs stayed
-    /// on the workers at all, <paramref name="before"/>.
+    /// those inputs built on the master, <paramref name="masterLoss"/> (what is left: the generation's
+    /// per-sequence counts and scores, the interrupted generations' first commands, the proximal
+    /// log-prob calls' sequence ids, and the kept outputs that rollouts.bin fetches at a checkpoint);
+    /// before the outputs stayed on the workers at all (session 17), <paramref name="before"/> (0: not measured).
     /// </summary>
     [Theory]
     [InlineData("ppo", 1, false, false, 2_380L, 3_748L, 5_720L)]
     [InlineData("ppo", 2, true, false, 3_096L, 4_100L, 5_800L)]
     [InlineData("ppo", 1, true, true, 3_532L, 4_744L, 6_716L)]
-    [InlineData("grpo", 1, true, false, 2_376L, 0L, 0L)]
+    [InlineData("grpo", 1, true, false, 2_376L, 3_156L, 0L)]
     public void AsyncRunsKeepTheirOutputsOnTheWorkersAndTheRunIsUnchanged(string algorithm, int staleness, bool scoreOnRolloutSide, bool interrupt,
                                                                          long toMaster, long masterLoss, long before)
     {
@@ -132,7 +134,7 @@ public sealed class AsyncKeptOutputsTests(Xunit.Abstractions.ITestOutputHelper o
             }
             output.WriteLine($"async {algorithm}, max_staleness {staleness}{(interrupt ? ", interrupt" : "")}: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
             Assert.Equal(toMaster, Bytes(d, "to_master"));
-            Assert.True(Bytes(d, "to_master") <= masterLoss && masterLoss < before);
+            Assert.True(Bytes(d, "to_master") < masterLoss && masterLoss < Bytes(m, "to_master") && (before == 0 || masterLoss < before));
         }
         finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
     }
