@@ -534,7 +534,10 @@ internal sealed unsafe class ModelWorker : IDisposable
     /// <summary>A policy step's loss inputs: on a rank of the last stage the call's held inputs, with
     /// the part the command sends placed at its rollout indices (RemoteReplica.PolicyStep writes it:
     /// keep flags, advantages, ratio bases, behaviour and reference log-probs of this rank's
-    /// sequences); elsewhere empty arrays (the rank never reads them).</summary>
+    /// sequences), or derived here ("derive", the call's first command: <see cref="Derive"/>; an
+    /// off-policy call's ratio base then comes with each minibatch's first step: the forward's own
+    /// for "from_forward", else read from the workers that keep it, "proximal"); elsewhere empty
+    /// arrays (the rank never reads them).</summary>
     private PolicyLossInputs PolicyInputs(JsonNode j, WireReader? rd, ScoredBatch b, ShardReplica r, string op)
     {
         var li = j["loss_inputs"] ?? throw new ArgumentException($"{op}: no 'loss_inputs'");
