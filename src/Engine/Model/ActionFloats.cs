@@ -41,6 +41,12 @@ internal abstract class KeptArray<T>
         get { lock (_gate) return _values is not null; }
     }
 
+    /// <summary>Whether the master released it (a read of values never fetched then fails).</summary>
+    public bool Released
+    {
+        get { lock (_gate) return _released; }
+    }
+
     /// <summary>The values; the first read of an output the workers keep fetches it from them (once).</summary>
     public T[] Values
     {

@@ -41,40 +41,142 @@ internal sealed record PolicyLossOptions(double ClipLow, double ClipHigh, string
     }
 }
 
+/// <summary>
+/// The ratio base of an off-policy batch's decoupled objective: the proximal policy's log-probs of
+/// its actions (the trainer's weights before the batch's iteration), minibatch by minibatch.
+/// Minibatch 0's come from the first train step's own forward (where the model is); minibatches 1..
+/// are computed where the trainer's weights are (the trainer, or the rollout side right after their
+/// push) and set here as outputs the workers may keep (<see cref="ActionFloats"/>): a worker replica
+/// has its loss ranks read them worker to worker (Workers/RemoteReplica.PolicyStep), and only a
+/// master that computes the loss inputs itself reads <see cref="Values"/>, which fetches them.
+/// </summary>
+internal sealed class ProximalLogProbs
+{
+    private readonly Lock _gate = new();
+    private readonly float[] _whole;
+    private readonly int[] _starts;
+    private readonly ActionFloats?[] _parts;
+    private readonly bool[] _copied;
+    private bool _released;
+
+    /// <param name="minibatchStarts">The action offset of each minibatch, then the rollout's action count.</param>
+    public ProximalLogProbs(int[] minibatchStarts)
+    {
+        if (minibatchStarts.Length < 2 || minibatchStarts[0] != 0 || minibatchStarts.Zip(minibatchStarts.Skip(1)).Any(p => p.Second < p.First))
+            throw new ArgumentException($"proximal log-probs: minibatch action offsets [{string.Join(", ", minibatchStarts)}] must start at 0 and not decrease");
+        _starts = minibatchStarts;
+        _whole = new float[minibatchStarts[^1]];
+        _parts = new ActionFloats?[minibatchStarts.Length - 1];
+        _copied = new bool[_parts.Length];
+    }
+
+    public int Actions => _whole.Length;
+    public int Minibatches => _parts.Length;
+    /// <summary>The whole rollout's array as it is (nothing copied in or fetched): what <see cref="Values"/> returns.</summary>
+    public float[] Buffer => _whole;
+
+    /// <summary>Sets minibatches 1.. (<paramref name="later"/>[k - 1] is minibatch k's); released at
+    /// once when <see cref="Release"/> came first (a batch dropped before they were computed).</summary>
+    public void Set(IReadOnlyList<ActionFloats> later)
+    {
+        if (later.Count != _parts.Length - 1) throw new ArgumentException($"proximal log-probs: {later.Count} minibatches given, expected {_parts.Length - 1}");
+        for (int k = 1; k < _parts.Length; k++)
+            if (later[k - 1].Length != _starts[k + 1] - _starts[k])
+                throw new ArgumentException($"proximal log-probs: minibatch {k} has {later[k - 1].Length} values for {_starts[k + 1] - _starts[k]} actions");
+        bool released;
+        lock (_gate)
+        {
+            if (_parts.Skip(1).Any(p => p is not null)) throw new InvalidOperationException("proximal log-probs: minibatches 1.. were already set");
+            for (int k = 1; k < _parts.Length; k++) _parts[k] = later[k - 1];
+            released = _released;
+        }
+        if (released) foreach (var p in later) p.Release();
+    }
+
+    /// <summary>The output of the minibatch whose actions start at <paramref name="a0"/> (null for
+    /// minibatch 0, which the forward fills, and for one not set yet).</summary>
+    public ActionFloats? OfMinibatch(int a0)
+    {
+        int k = Array.IndexOf(_starts, a0, 1, _parts.Length - 1);
+        if (k < 1) return null;
+        lock (_gate) return _parts[k];
+    }
+
+    /// <summary>The whole rollout's array on this process (the same array on every read): minibatch 0
+    /// as the forward wrote it, the minibatches set so far copied in (fetched from the workers that keep them).</summary>
+    public float[] Values
+    {
+        get
+        {
+            lock (_gate)
+            {
+                for (int k = 1; k < _parts.Length; k++)
+                    if (!_copied[k] && _parts[k] is { } p)
+                    {
+                        p.Values.CopyTo(_whole, _starts[k]);
+                        _copied[k] = true;
+                    }
+                return _whole;
+            }
+        }
+    }
+
+    /// <summary>The batch is consumed: the workers may drop the minibatches they keep.</summary>
+    public void Release()
+    {
+        ActionFloats?[] parts;
+        lock (_gate) { _released = true; parts = [.. _parts]; }
+        foreach (var p in parts) p?.Release();
+    }
+}
+
 /// <summary>The per-token inputs of a train call's clipped policy loss over its whole rollout
 /// (action k of sequence s at the rollout's action index; the minibatches are runs of sequences):
 /// advantages, the ratio's base (the generation's or the proximal policy's log-probs), the behaviour
 /// log-probs of the decoupled objective (empty: none), the reference's (empty: no k3 term), and
 /// which sequences train. One object per call: a worker replica sends each minibatch's part of it
 /// once, to the ranks that compute the loss, and they keep it for the later epochs.</summary>
-internal sealed class PolicyLossInputs(float[]? advantages, ActionFloats ratioBase, float[] behaviour, ActionFloats reference, bool[] keep, PolicyLossOptions options)
+internal sealed class PolicyLossInputs(float[]? advantages, ActionFloats ratioBase, ActionFloats behaviour, ActionFloats reference, bool[] keep, PolicyLossOptions options)
 {
     private readonly float[]? _advantages = advantages;
 
     public PolicyLossInputs(float[]? advantages, float[] ratioBase, float[] behaviour, float[] reference, bool[] keep, PolicyLossOptions options)
-        : this(advantages, ActionFloats.Here(ratioBase), behaviour, ActionFloats.Here(reference), keep, options) { }
+        : this(advantages, ActionFloats.Here(ratioBase), ActionFloats.Here(behaviour), ActionFloats.Here(reference), keep, options) { }
 
-    /// <summary>PPO's on-policy inputs: the advantages derived from <paramref name="derived"/>
-    /// (computed on the master only when read: a worker replica may have its loss ranks derive them
-    /// from resident inference outputs instead), the ratio base the generation's log-probs.</summary>
-    public static PolicyLossInputs FromPpo(PpoAdvantageInputs derived, bool[] keep, PolicyLossOptions options) =>
-        new(null, derived.LogProbs, [], ActionFloats.Here([]), keep, options) { Derived = derived };
+    /// <summary>PPO's inputs: the advantages derived from <paramref name="derived"/> (computed on the
+    /// master only when read: a worker replica may have its loss ranks derive them from resident
+    /// inference outputs instead); the ratio base the generation's log-probs, or, for an off-policy
+    /// batch of the decoupled objective, <paramref name="proximal"/>'s with the generation's as the
+    /// behaviour log-probs.</summary>
+    public static PolicyLossInputs FromPpo(PpoAdvantageInputs derived, bool[] keep, PolicyLossOptions options, ProximalLogProbs? proximal = null) =>
+        proximal is null
+            ? new(null, derived.LogProbs, ActionFloats.Here([]), ActionFloats.Here([]), keep, options) { Derived = derived }
+            : new(null, ActionFloats.Here(proximal.Buffer), derived.LogProbs, ActionFloats.Here([]), keep, options) { Derived = derived, Proximal = proximal };
 
-    /// <summary>The critic-free algorithms' on-policy inputs: the advantages spread from
+    /// <summary>The critic-free algorithms' inputs: the advantages spread from
     /// <paramref name="derived"/>'s per-sequence ones (as <see cref="FromPpo"/>, computed on the master
-    /// only when read), the ratio base the generation's log-probs, the reference's for the k3 term.</summary>
-    public static PolicyLossInputs FromSequenceAdvantages(SequenceAdvantageInputs derived, bool[] keep, PolicyLossOptions options) =>
-        new(null, derived.LogProbs, [], derived.RefLogProbs, keep, options) { Derived = derived };
+    /// only when read), the ratio base and behaviour log-probs as <see cref="FromPpo"/>'s, the
+    /// reference's for the k3 term.</summary>
+    public static PolicyLossInputs FromSequenceAdvantages(SequenceAdvantageInputs derived, bool[] keep, PolicyLossOptions options, ProximalLogProbs? proximal = null) =>
+        proximal is null
+            ? new(null, derived.LogProbs, ActionFloats.Here([]), derived.RefLogProbs, keep, options) { Derived = derived }
+            : new(null, ActionFloats.Here(proximal.Buffer), derived.LogProbs, derived.RefLogProbs, keep, options) { Derived = derived, Proximal = proximal };
 
-    /// <summary>What the advantages derive from (on-policy PPO, GRPO, RLOO, ReMax), or null: they were given.</summary>
+    /// <summary>What the advantages derive from (PPO, GRPO, RLOO, ReMax), or null: they were given.</summary>
     public DerivedLossInputs? Derived { get; private init; }
+    /// <summary>An off-policy batch's proximal log-probs (the ratio base), or null.</summary>
+    public ProximalLogProbs? Proximal { get; private init; }
     public float[] Advantages => _advantages ?? Derived!.Result.Adv;
     /// <summary>The call's actions (without computing derived advantages).</summary>
     public int Actions => _advantages?.Length ?? Derived!.Actions;
-    /// <summary>The ratio base (read on the master only where it sends the loss inputs itself: it may be kept by the workers).</summary>
-    public float[] RatioBase => RatioBaseOutput.Values;
+    /// <summary>The ratio base (read on the master only where it sends the loss inputs itself: it may
+    /// be kept by the workers; the proximal log-probs: the same array on every read, minibatches 1..
+    /// copied in as they are set).</summary>
+    public float[] RatioBase => Proximal?.Values ?? RatioBaseOutput.Values;
     public ActionFloats RatioBaseOutput { get; } = ratioBase;
-    public float[] Behaviour { get; } = behaviour;
+    /// <summary>The behaviour log-probs (as <see cref="RatioBase"/>); empty: none.</summary>
+    public float[] Behaviour => BehaviourOutput.Values;
+    public ActionFloats BehaviourOutput { get; } = behaviour;
     /// <summary>The reference's log-probs (as <see cref="RatioBase"/>); empty: no k3 term.</summary>
     public float[] Ref => RefOutput.Values;
     public ActionFloats RefOutput { get; } = reference;
@@ -88,7 +190,7 @@ internal sealed class PolicyLossInputs(float[]? advantages, ActionFloats ratioBa
         Options.Check();
         if (Actions != actions || RatioBaseOutput.Length != actions)
             throw new ArgumentException($"policy loss inputs: {Actions} advantages and {RatioBaseOutput.Length} ratio bases for {actions} actions");
-        if (Behaviour.Length is var b && b != 0 && b != actions) throw new ArgumentException($"policy loss inputs: {b} behaviour log-probs for {actions} actions");
+        if (BehaviourOutput.Length is var b && b != 0 && b != actions) throw new ArgumentException($"policy loss inputs: {b} behaviour log-probs for {actions} actions");
         if (RefOutput.Length is var r && r != 0 && r != actions) throw new ArgumentException($"policy loss inputs: {r} reference log-probs for {actions} actions");
     }
 

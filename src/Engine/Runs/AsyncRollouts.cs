@@ -113,7 +113,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     private double _pausedSeconds;          // how long the generation in flight waited at its pause (not busy time)
     // The decoupled loss's proximal log-probs computed on this side (null: the trainer computes them):
     // for each stale batch, once this side holds the version the trainer trains it with.
-    private readonly Func<Rollout, float[]>? _proximal;
+    private readonly Func<Rollout, Model.ActionFloats[]>? _proximal;
     private readonly Dictionary<int, (Rollout Rollout, RolloutProximal Result)> _proximalJobs = new();
 
     /// <param name="generation">The stage's generation calls on the generation side.</param>
@@ -134,7 +134,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
     public AsyncRollouts(MeshExecutor generation, Func<int, SampleBatch> sources, Action push, int maxStaleness, int start, int end,
                          IReadOnlyList<(int Iteration, Action<SampleBatch> Fill, IReadOnlyList<CallRecord> Records, int Version)> restored,
                          TimeSpan deadline, CancellationToken cancel, int interruptStep = 0, PausePointRelay? pausePoint = null,
-                         MeshExecutor? scoring = null, Func<Rollout, float[]>? proximal = null)
+                         MeshExecutor? scoring = null, Func<Rollout, Model.ActionFloats[]>? proximal = null)
     {
         _scoring = scoring;
         if (proximal is not null && interruptStep > 0)
@@ -276,6 +276,7 @@ internal sealed class AsyncRollouts : IDisposable, IGenerationPausePoint
         if (_proximal is null || b.Version >= b.Iteration || b.Iteration + _staleness >= _end || !b.Batch.Contains("sequences")) return;
         var result = new RolloutProximal(_deadline);
         b.Batch.Set(StageContext.RolloutProximalKey, result);
+        b.Batch.OnRelease(result.Release);   // what the workers keep of them goes with the batch, taken or not
         _proximalJobs[b.Iteration] = (b.Batch.Get<Rollout>("sequences"), result);
     }
 

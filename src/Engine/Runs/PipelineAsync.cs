@@ -107,8 +107,9 @@ internal sealed partial class Pipeline
                 return batch;
             }
             // The proximal log-probs of minibatches 1..: only the decoupled loss needs them, and only with several minibatches.
-            var context = Context(stage);
-            Func<Rollout, float[]>? proximal = ProximalOnRolloutSide && interruptStep == 0 && stage.Ppo.DecoupledLoss && stage.Batch.Minibatches > 1
+            // Kept by the generation side's workers that compute them: the train call's loss ranks read them there.
+            var context = Context(stage, keepOutputsOnWorkers: true);
+            Func<Rollout, ActionFloats[]>? proximal = ProximalOnRolloutSide && interruptStep == 0 && stage.Ppo.DecoupledLoss && stage.Batch.Minibatches > 1
                 ? r => context.ProximalOfLaterMinibatches(genActor, r) : null;
             using var rollouts = new AsyncRollouts(new MeshExecutor(genGraph, genHandlers, genDevices), Sources, push, staleness, first, stage.Iterations,
                                                    restored, AsyncDeadline, cancellationToken, interruptStep, pausePoint,

@@ -52,22 +52,21 @@ internal sealed class CriticFreeStage(StageConfig stage) : StageAlgorithm(stage)
             var m = context.Calls(call.Name, "actor");
             // Asynchronous RL: an off-policy batch's ratio is against the proximal policy (recomputed),
             // the generation log-probs weight it (decoupled objective); on-policy they are the same.
-            var proximal = context.ProximalLogProbs(b, m, r);
+            var proximal = context.Proximal(b, m, r);
             var o = algo.Options;
             // The loss and its gradient are computed where the actor is (its train layout's last stage).
             var options = new PolicyLossOptions(o.ClipEpsLow, o.ClipEpsHigh, o.LossAgg, o.KlCoef, o.BehaviourWeightCap);
-            // On-policy under worker processes the loss ranks spread the sequence advantages and read
-            // the log-probs themselves (Parallelism/RolloutAdvantages.cs); the master sends no per-token float.
+            // Under worker processes the loss ranks spread the sequence advantages and read the
+            // log-probs themselves (generation, reference, an off-policy batch's proximal ones: from
+            // the workers that keep them, Workers/RemoteReplica.PolicyStep); the master sends no per-token float.
             var derived = new SequenceAdvantageInputs(oldLp, refLp, seqAdv, r.Scored.ActionCu) { Source = r.Scored.Source };
-            var inputs = proximal is null
-                ? PolicyLossInputs.FromSequenceAdvantages(derived, keep, options)
-                : new PolicyLossInputs(CriticFreeAlgorithm.TokenAdvantages(seqAdv, r.Scored.ActionCu), proximal, oldLp.Values, refLp.Values, keep, options);
+            var inputs = PolicyLossInputs.FromSequenceAdvantages(derived, keep, options, proximal);
             int n = r.Examples.Length, mb = Stage.Batch.Minibatches;
             double loss = 0, klTerm = 0, k3 = 0, clip = 0, gradNorm = 0; int steps = 0;
             for (int e = 0; e < Stage.Ppo.PpoEpochs; e++)
                 for (int k = 0; k < mb; k++)
                 {
-                    if (e == 0 && k == 1) StageContext.AwaitProximal(b, proximal, r, mb);   // computed on the rollout side meanwhile
+                    if (e == 0 && k == 1) StageContext.AwaitProximal(b, proximal);   // computed on the rollout side meanwhile
                     int s0 = k * n / mb, s1 = (k + 1) * n / mb;
                     if (!keep.AsSpan(s0, s1 - s0).Contains(true)) continue;  // dynamic sampling dropped the whole minibatch
                     var (sb, a0, _) = r.Slice(s0, s1);

@@ -52,24 +52,23 @@ internal sealed class PpoStage(StageConfig stage) : StageAlgorithm(stage)
         h["actor_train"] = (call, b) =>
         {
             var r = b.Get<Rollout>("sequences");
-            var oldLp = b.Get<ActionFloats>("logprobs");
             var adv = Advantages(b);
             var m = context.Calls(call.Name, "actor");
             // Asynchronous RL: an off-policy batch's ratio is against the proximal policy (recomputed),
             // the generation log-probs weight it (decoupled objective); on-policy they are the same.
-            var proximal = context.ProximalLogProbs(b, m, r);
+            var proximal = context.Proximal(b, m, r);
             int n = r.Examples.Length, mb = Stage.Batch.Minibatches;
             var keep = new bool[n]; Array.Fill(keep, true);
-            // The loss and its gradient are computed where the actor is (its train layout's last stage).
+            // The loss and its gradient are computed where the actor is (its train layout's last stage);
+            // under worker processes its loss ranks derive the advantages and read the log-probs
+            // (generation, proximal) from the workers that keep them (Workers/RemoteReplica.PolicyStep).
             var options = new PolicyLossOptions(ppo.ClipEpsLow, ppo.ClipEpsHigh, ppo.LossAgg, 0, ppo.BehaviourWeightCap);
-            var inputs = proximal is null && ReferenceEquals(adv.LogProbs, oldLp)
-                ? PolicyLossInputs.FromPpo(adv, keep, options)
-                : new PolicyLossInputs(adv.Result.Adv, proximal ?? oldLp.Values, proximal is null ? [] : oldLp.Values, [], keep, options);
+            var inputs = PolicyLossInputs.FromPpo(adv, keep, options, proximal);
             double loss = 0, clip = 0; int steps = 0;
             for (int e = 0; e < ppo.PpoEpochs; e++)
                 for (int k = 0; k < mb; k++)
                 {
-                    if (e == 0 && k == 1) StageContext.AwaitProximal(b, proximal, r, mb);   // computed on the rollout side meanwhile
+                    if (e == 0 && k == 1) StageContext.AwaitProximal(b, proximal);   // computed on the rollout side meanwhile
                     int s0 = k * n / mb;
                     var (sb, a0, _) = r.Slice(s0, (k + 1) * n / mb);
                     // Epoch 0, minibatch 0 of an off-policy batch: the proximal weights' forward is this step's own.

@@ -9,6 +9,7 @@ using ReaLNative.Engine.Dataflow;
 using ReaLNative.Engine.Generation;
 using ReaLNative.Engine.Model;
 using ReaLNative.Engine.Tasks;
+using ReaLNative.Engine.Parallelism;
 using ReaLNative.Engine.Tokenization;
 
 using ReaLNative.Interop;
@@ -204,41 +205,54 @@ internal sealed class StageContext(StageConfig stage, long seed, RunTokenizer to
     /// objective; null for an on-policy batch, whose generation log-probs are the proximal ones, and
     /// with `ppo.decoupled_loss: false` (the ratio is then against the behaviour log-probs).
     /// Minibatch 0 is left for the caller to fill from its first forward (epoch 0, minibatch 0: the
-    /// same weights, so the same values), which saves one minibatch's forward. When the rollout side
-    /// computes minibatches 1.. (the batch holds a <see cref="RolloutProximal"/> that will deliver
-    /// them), they are left too: the caller calls <see cref="AwaitProximal"/> before minibatch 1.</summary>
-    public float[]? ProximalLogProbs(SampleBatch b, IModelCalls actor, Rollout r)
+    /// same weights, so the same values), which saves one minibatch's forward. Minibatches 1.. are
+    /// computed here with <paramref name="actor"/> (kept by the workers that computed them, where the
+    /// run keeps outputs there), unless the rollout side computes them (the batch holds a
+    /// <see cref="RolloutProximal"/> that will deliver them): the caller then calls
+    /// <see cref="AwaitProximal"/> before minibatch 1. Released with the batch.</summary>
+    public ProximalLogProbs? Proximal(SampleBatch b, IModelCalls actor, Rollout r)
     {
         if (Staleness(b) == 0 || !stage.Ppo.DecoupledLoss) return null;
-        if (b.Contains(RolloutProximalKey)) return new float[r.Scored.ActionCu[r.Examples.Length]];
-        return ProximalOfLaterMinibatches(actor, r);
+        int n = r.Examples.Length, mb = stage.Batch.Minibatches;
+        var p = new ProximalLogProbs([.. Enumerable.Range(0, mb + 1).Select(k => r.Scored.ActionCu[k * n / mb])]);
+        b.OnRelease(p.Release);
+        if (!b.Contains(RolloutProximalKey)) p.Set(ProximalOfLaterMinibatches(actor, r));
+        return p;
     }
 
     /// <summary>Minibatches 1.. of <paramref name="r"/>'s log-probs under <paramref name="actor"/>'s
-    /// weights (minibatch 0's range left 0): what the trainer's recompute of the proximal policy gives,
-    /// computed where those weights are (the trainer, or the rollout side right after their push).</summary>
-    public float[] ProximalOfLaterMinibatches(IModelCalls actor, Rollout r)
+    /// weights, one output per minibatch: what the trainer's recompute of the proximal policy gives,
+    /// computed where those weights are (the trainer, or the rollout side right after their push).
+    /// Where the run keeps outputs on the workers (<see cref="KeepOutputsOnWorkers"/>), the workers
+    /// that computed them keep them (IModelCalls.KeptLogProbs): the train call's loss ranks read them there.</summary>
+    public ActionFloats[] ProximalOfLaterMinibatches(IModelCalls actor, Rollout r)
     {
         int n = r.Examples.Length, mb = stage.Batch.Minibatches;
-        var all = new float[r.Scored.ActionCu[n]];
-        for (int k = 1; k < mb; k++)
+        float temperature = (float)stage.Generation.Temperature;
+        var parts = new List<ActionFloats>();
+        try
         {
-            var (sb, a0, _) = r.Slice(k * n / mb, (k + 1) * n / mb);
-            actor.LogProbs(sb, (float)stage.Generation.Temperature).CopyTo(all, a0);
+            for (int k = 1; k < mb; k++)
+            {
+                var (sb, _, _) = r.Slice(k * n / mb, (k + 1) * n / mb);
+                parts.Add(KeepOutputsOnWorkers ? actor.KeptLogProbs(sb, temperature) : ActionFloats.Here(actor.LogProbs(sb, temperature)));
+            }
         }
-        return all;
+        catch
+        {
+            foreach (var p in parts) p.Release();
+            throw;
+        }
+        return [.. parts];
     }
 
-    /// <summary>Before minibatch 1 of the first epoch: fills minibatches 1.. of
+    /// <summary>Before minibatch 1 of the first epoch: sets minibatches 1.. of
     /// <paramref name="proximal"/> from the rollout side's computation (waiting for it), when the
     /// batch has one; nothing otherwise.</summary>
-    public static void AwaitProximal(SampleBatch b, float[]? proximal, Rollout r, int minibatches)
+    public static void AwaitProximal(SampleBatch b, ProximalLogProbs? proximal)
     {
         if (proximal is null || !b.Contains(RolloutProximalKey)) return;
-        var from = b.Get<RolloutProximal>(RolloutProximalKey).Wait();
-        int start = r.Scored.ActionCu[r.Examples.Length / minibatches];
-        if (from.Length != proximal.Length) throw new InvalidOperationException($"the rollout side's proximal log-probs have {from.Length} values for {proximal.Length} actions");
-        Array.Copy(from, start, proximal, start, proximal.Length - start);
+        proximal.Set(b.Get<RolloutProximal>(RolloutProximalKey).Wait());
     }
 
     /// <summary>Sequence rewards after DAPO's overlong penalty (ppo.overlong_buffer; unchanged when 0).</summary>

@@ -558,6 +558,8 @@ internal sealed unsafe class ModelWorker : IDisposable
     /// (arrays over the call's whole rollout, filled at this rank's parts) and which sequences
     /// (policy) or actions (value) this rank holds.</summary>
     private readonly Dictionary<int, (string Key, object Inputs, bool[] Held)> _lossInputs = new();
+    /// <summary>The key of the derived off-policy loss inputs held per replica (their ratio base comes minibatch by minibatch).</summary>
+    private readonly Dictionary<int, string> _offPolicy = new();
 
     /// <summary>The held loss inputs of replica <paramref name="id"/> under the command's key, or new
     /// ones from <paramref name="create"/> when the command sends a first part of a new key.</summary>
@@ -574,7 +576,10 @@ internal sealed unsafe class ModelWorker : IDisposable
     /// <summary>A policy step's loss inputs: on a rank of the last stage the call's held inputs, with
     /// the part the command sends placed at its rollout indices (RemoteReplica.PolicyStep writes it:
     /// keep flags, advantages, ratio bases, behaviour and reference log-probs of this rank's
-    /// sequences); elsewhere empty arrays (the rank never reads them).</summary>
+    /// sequences), or derived here ("derive", the call's first command: <see cref="Derive"/>; an
+    /// off-policy call's ratio base then comes with each minibatch's first step: the forward's own
+    /// for "from_forward", else read from the workers that keep it, "proximal"); elsewhere empty
+    /// arrays (the rank never reads them).</summary>
     private PolicyLossInputs PolicyInputs(JsonNode j, WireReader? rd, ScoredBatch b, ShardReplica r, string op)
     {
         var li = j["loss_inputs"] ?? throw new ArgumentException($"{op}: no 'loss_inputs'");
@@ -592,13 +597,18 @@ internal sealed unsafe class ModelWorker : IDisposable
             if (!derive)
                 return (new PolicyLossInputs(new float[actions], new float[actions], behaviour ? new float[actions] : [], reference ? new float[actions] : [], new bool[sequences], options),
                         new bool[sequences]);
-            // On-policy RL: this rank derives the advantages of the whole rollout itself; the ratio
-            // base is the generation's log-probs, the k3 term's the reference's (read with the rest).
+            // RL: this rank derives the advantages of the whole rollout itself; the k3 term's
+            // reference log-probs are read with the rest. On-policy the ratio base is the generation's
+            // log-probs; off-policy ("behaviour": the decoupled objective) those are the behaviour
+            // log-probs, and the ratio base, the proximal log-probs, comes minibatch by minibatch:
+            // minibatch 0's from its first step's forward, the others read with their first step ("proximal").
             var reader = rd ?? throw new ArgumentException($"{op}: loss inputs sent without an input blob");
             var keep = Flags(reader.Bytes(), sequences, "keep flags", op);
             var d = Derive(li["derive"]!, reader, r, sequences, actions, op);
-            var all = new bool[sequences]; Array.Fill(all, true);
-            return (new PolicyLossInputs(d.Advantages, d.LogProbs, [], reference ? d.Ref : [], keep, options), all);
+            var all = new bool[sequences]; Array.Fill(all, !behaviour);
+            if (behaviour) _offPolicy[WireJson.Int(j, "id")] = WireJson.Str(li, "key");
+            return (behaviour ? new PolicyLossInputs(d.Advantages, new float[actions], d.LogProbs, reference ? d.Ref : [], keep, options)
+                              : new PolicyLossInputs(d.Advantages, d.LogProbs, [], reference ? d.Ref : [], keep, options), all);
         }, op);
         if (inputs.Advantages.Length != actions || inputs.Keep.Length != sequences || inputs.Options != options
             || (inputs.Behaviour.Length > 0) != behaviour || (inputs.Ref.Length > 0) != reference)
@@ -625,6 +635,21 @@ internal sealed unsafe class ModelWorker : IDisposable
             Place(inputs.Ref, "reference log-probs", true);
             held.AsSpan(s0 + first, end - first).Fill(true);
         }
+        if (_offPolicy.TryGetValue(WireJson.Int(j, "id"), out var offKey) && offKey == WireJson.Str(li, "key"))
+        {
+            // An off-policy minibatch's ratio base: this step's forward writes this rank's part, or the proximal log-probs are read now.
+            if (j["from_forward"]?.GetValue<bool>() == true) held.AsSpan(s0 + first, end - first).Fill(true);
+            if (li["proximal"] is JsonArray parts)
+            {
+                var got = ReadKept([("proximal log-probs", parts, inputs.RatioBase)], sequences, s =>
+                    s >= s0 && s < s0 + b.Packed.Count ? (a0 + b.ActionCu[s - s0], b.ActionCu[s - s0 + 1] - b.ActionCu[s - s0])
+                    : throw new ArgumentException($"{op}: proximal log-probs of sequence {s}, outside the minibatch's sequences [{s0}, +{b.Packed.Count})"), "proximal", op)[0];
+                for (int s = s0; s < s0 + b.Packed.Count; s++)
+                    if (!got[s]) throw new ArgumentException($"{op}: no part holds the proximal log-probs of sequence {s}");
+                held.AsSpan(s0, b.Packed.Count).Fill(true);
+            }
+        }
+        else if (li["proximal"] is not null) throw new ArgumentException($"{op}: 'proximal' log-probs for loss inputs that are not derived off-policy ('derive' with 'behaviour')");
         if (held.AsSpan(s0 + first, end - first).Contains(false))
             throw new ArgumentException($"{op}: worker {_args.Rank} holds no loss inputs of sequences {s0 + first}..{s0 + end - 1} (its part of this minibatch was never sent)");
         return inputs;
@@ -681,6 +706,81 @@ internal sealed unsafe class ModelWorker : IDisposable
     }
 
     /// <summary>
+    /// Reads per-action outputs that workers keep into this rank's arrays: per array, its parts (the
+    /// holder "src", the output's batch "key" and "name", the holder's registered "descriptor" and the
+    /// rollout indices "seqs" of its sequences, in the order it keeps them), each sequence s placed at
+    /// <paramref name="place"/>(s) (action offset, actions) of the array; this worker's own parts are
+    /// copied. Every read is posted at once and waited for with the data plane's deadline; a failed
+    /// holder fails the operation naming it. Which sequences each array got, per array.
+    /// </summary>
+    private bool[][] ReadKept(IReadOnlyList<(string Name, JsonArray Parts, float[] Into)> arrays, int sequences, Func<int, (int At, int Length)> place, string what, string op)
+    {
+        var covered = arrays.Select(_ => new bool[sequences]).ToArray();
+        var rma = (IRmaTransport)_transport;
+        var remotes = new List<IRemoteRegion>();
+        var pending = new List<(Task Read, float[] Into, int Array, int[] Seqs, int Src)>();
+        long t0 = Stopwatch.GetTimestamp();
+        try
+        {
+            var local = new List<(float[] Floats, int Array, int[] Seqs)>();
+            for (int a = 0; a < arrays.Count; a++)
+            {
+                string name0 = arrays[a].Name;
+                foreach (var part in arrays[a].Parts)
+                {
+                    int src = WireJson.Int(part, "src");
+                    var seqs = part!["seqs"]?.AsArray().Select(x => x!.GetValue<int>()).ToArray() ?? throw new ArgumentException($"{op}: {what}: a part of '{name0}' without 'seqs'");
+                    long floats = 0;
+                    foreach (int s in seqs)
+                    {
+                        if ((uint)s >= (uint)sequences) throw new ArgumentException($"{op}: {what}: '{name0}' of sequence {s}, outside the rollout's {sequences}");
+                        if (covered[a][s]) throw new ArgumentException($"{op}: {what}: '{name0}' of sequence {s} from two parts");
+                        covered[a][s] = true;
+                        floats += place(s).Length;
+                    }
+                    if (floats == 0) continue;
+                    string key = WireJson.Str(part, "key"), name = WireJson.Str(part, "name");
+                    if (src == _args.Rank)
+                    {
+                        if (!_outputs.TryGetValue(key, out var mine) || !mine.TryGetValue(name, out var o))
+                            throw new ArgumentException($"{op}: {what}: worker {_args.Rank} keeps no output '{name}' of batch {key}");
+                        if (o.Floats != floats) throw new ArgumentException($"{op}: {what}: output '{name}' of batch {key} holds {o.Floats} values here, the part needs {floats}");
+                        local.Add((new ReadOnlySpan<float>((float*)o.Buffer, (int)floats).ToArray(), a, seqs));
+                        continue;
+                    }
+                    var remote = rma.Attach(src, Convert.FromBase64String(WireJson.Str(part, "descriptor")));
+                    remotes.Add(remote);
+                    if (remote.Bytes < 4 * floats) throw new ArgumentException($"{op}: {what}: '{name0}' part of worker {src} holds {remote.Bytes / 4} values, the part needs {floats}");
+                    var into = GC.AllocateUninitializedArray<float>((int)floats, pinned: true);
+                    pending.Add((rma.GetAsync(remote, 0, System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(into, 0), 4 * floats), into, a, seqs, src));
+                }
+            }
+            foreach (var (read, _, a, _, src) in pending) Wait(read, $"{op}: read the {arrays[a].Name} of its rollout from worker {src}");
+            foreach (var (floats, a, seqs) in local.Concat(pending.Select(p => (p.Into, p.Array, p.Seqs))))
+            {
+                int at = 0;
+                foreach (int s in seqs)
+                {
+                    var (to, len) = place(s);
+                    Array.Copy(floats, at, arrays[a].Into, to, len);
+                    at += len;
+                }
+            }
+        }
+        catch
+        {
+            AbandonedBuffers.KeepUnfinished(pending.Select(p => (p.Read, (object)p.Into)), remotes);
+            throw;
+        }
+        finally
+        {
+            foreach (var x in remotes) x.Dispose();
+            _inputSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        }
+        return covered;
+    }
+
+    /// <summary>
     /// The per-action loss inputs of a train call's whole rollout, derived on this rank by the
     /// function the master runs (Parallelism/RolloutAdvantages.cs): PPO's advantages and returns
     /// ("kind": "ppo"), or the critic-free algorithms' per-sequence advantages spread over their
@@ -707,68 +807,10 @@ internal sealed unsafe class ModelWorker : IDisposable
             throw new ArgumentException($"{op}: derive: action offsets of {cu.Length - 1} sequences ending at {cu[^1]} for {sequences} sequences and {actions} actions");
         string[] names = kind == "ppo" ? ["logprobs", "ref", "values"] : ["logprobs", "ref"];
         var arrays = names.Select(_ => new float[actions]).ToArray();
-        var covered = names.Select(_ => new bool[sequences]).ToArray();
-        var rma = (IRmaTransport)_transport;
-        var remotes = new List<IRemoteRegion>();
-        var pending = new List<(Task Read, float[] Into, int Array, int[] Seqs, int Src)>();
-        long t0 = Stopwatch.GetTimestamp();
-        try
-        {
-            var local = new List<(float[] Floats, int Array, int[] Seqs)>();
-            for (int a = 0; a < names.Length; a++)
-            {
-                var parts = d["arrays"]?[names[a]]?.AsArray() ?? throw new ArgumentException($"{op}: derive: no parts of '{names[a]}'");
-                foreach (var part in parts)
-                {
-                    int src = WireJson.Int(part, "src");
-                    var seqs = part!["seqs"]?.AsArray().Select(x => x!.GetValue<int>()).ToArray() ?? throw new ArgumentException($"{op}: derive: a part of '{names[a]}' without 'seqs'");
-                    long floats = 0;
-                    foreach (int s in seqs)
-                    {
-                        if ((uint)s >= (uint)sequences) throw new ArgumentException($"{op}: derive: '{names[a]}' of sequence {s}, outside the rollout's {sequences}");
-                        if (covered[a][s]) throw new ArgumentException($"{op}: derive: '{names[a]}' of sequence {s} from two parts");
-                        covered[a][s] = true;
-                        floats += cu[s + 1] - cu[s];
-                    }
-                    if (floats == 0) continue;
-                    string key = WireJson.Str(part, "key"), name = WireJson.Str(part, "name");
-                    if (src == _args.Rank)
-                    {
-                        if (!_outputs.TryGetValue(key, out var mine) || !mine.TryGetValue(name, out var o))
-                            throw new ArgumentException($"{op}: derive: worker {_args.Rank} keeps no output '{name}' of batch {key}");
-                        if (o.Floats != floats) throw new ArgumentException($"{op}: derive: output '{name}' of batch {key} holds {o.Floats} values here, the part needs {floats}");
-                        local.Add((new ReadOnlySpan<float>((float*)o.Buffer, (int)floats).ToArray(), a, seqs));
-                        continue;
-                    }
-                    var remote = rma.Attach(src, Convert.FromBase64String(WireJson.Str(part, "descriptor")));
-                    remotes.Add(remote);
-                    if (remote.Bytes < 4 * floats) throw new ArgumentException($"{op}: derive: '{names[a]}' part of worker {src} holds {remote.Bytes / 4} values, the part needs {floats}");
-                    var into = GC.AllocateUninitializedArray<float>((int)floats, pinned: true);
-                    pending.Add((rma.GetAsync(remote, 0, System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(into, 0), 4 * floats), into, a, seqs, src));
-                }
-                if (Array.IndexOf(covered[a], false) is var miss and >= 0) throw new ArgumentException($"{op}: derive: no part holds '{names[a]}' of sequence {miss}");
-            }
-            foreach (var (read, _, a, _, src) in pending) Wait(read, $"{op}: read the {names[a]} of its rollout from worker {src}");
-            foreach (var (floats, a, seqs) in local.Concat(pending.Select(p => (p.Into, p.Array, p.Seqs))))
-            {
-                int at = 0;
-                foreach (int s in seqs)
-                {
-                    Array.Copy(floats, at, arrays[a], cu[s], cu[s + 1] - cu[s]);
-                    at += cu[s + 1] - cu[s];
-                }
-            }
-        }
-        catch
-        {
-            AbandonedBuffers.KeepUnfinished(pending.Select(p => (p.Read, (object)p.Into)), remotes);
-            throw;
-        }
-        finally
-        {
-            foreach (var x in remotes) x.Dispose();
-            _inputSeconds += Stopwatch.GetElapsedTime(t0).TotalSeconds;
-        }
+        var covered = ReadKept([.. names.Select((n, a) => (n, d["arrays"]?[n]?.AsArray() ?? throw new ArgumentException($"{op}: derive: no parts of '{n}'"), arrays[a]))],
+                               sequences, s => (cu[s], cu[s + 1] - cu[s]), "derive", op);
+        for (int a = 0; a < names.Length; a++)
+            if (Array.IndexOf(covered[a], false) is var miss and >= 0) throw new ArgumentException($"{op}: derive: no part holds '{names[a]}' of sequence {miss}");
         if (kind == "sequence")
         {
             _derivedKl = RolloutAdvantages.MeanKl(arrays[0], arrays[1], sequences);

@@ -431,14 +431,15 @@ internal sealed unsafe class RemoteReplica : IReplica
 
     /// <summary>The workers' key of <paramref name="inputs"/>, whether the command sends loss inputs
     /// (the minibatch's first step in this call: each part goes once, the later epochs reuse it; when
-    /// derived, the call's first command only) and whether the loss ranks derive them:
-    /// <paramref name="derive"/> decides that at the call's first command.</summary>
-    private (string Key, bool Send, bool Derived) LossInputs(object inputs, int s0, Func<bool> derive)
+    /// derived, the call's first command only), whether the loss ranks derive them
+    /// (<paramref name="derive"/> decides that at the call's first command) and whether this is the
+    /// minibatch's first step in this call.</summary>
+    private (string Key, bool Send, bool Derived, bool FirstOfMinibatch) LossInputs(object inputs, int s0, Func<bool> derive)
     {
         if (_lossInputs is not { } h || !ReferenceEquals(h.Inputs, inputs))
             _lossInputs = h = (inputs, "l" + (++_lossCalls).ToString(System.Globalization.CultureInfo.InvariantCulture), [], derive());
         bool first = h.Sent.Count == 0, added = h.Sent.Add(s0);
-        return (h.Key, h.Derived ? first : added, h.Derived);
+        return (h.Key, h.Derived ? first : added, h.Derived, added);
     }
 
     /// <summary>
@@ -499,6 +500,40 @@ internal sealed unsafe class RemoteReplica : IReplica
         a.Resident is ResidentOutput r ? (_pool.Batches.Tracked(r.Key) ? r : null)
         : a.Fetched ? _pool.Batches.Find(a.Values) : null;
 
+    /// <summary>
+    /// The command entry that tells the loss ranks where to read the proximal log-probs of the
+    /// minibatch whose actions start at <paramref name="a0"/> (an off-policy batch's ratio base, kept
+    /// by the workers that computed them: per holder, its part and the rollout indices of its
+    /// sequences), and the bytes the loss ranks read from other workers. Fails when they are not
+    /// set, were released, or are not kept by workers of this job with the rollout's batch.
+    /// </summary>
+    private (JsonArray Parts, long Bytes) ProximalPart(ProximalLogProbs proximal, ScoredBatch minibatch, int a0, DerivedLossInputs d)
+    {
+        string what = $"{_name} policy step: the proximal log-probs of the minibatch at action {a0}";
+        var p = proximal.OfMinibatch(a0) ?? throw new InvalidOperationException($"{what} were not computed before its first step");
+        if (p.Released) throw new InvalidOperationException($"{what}: read after they were released (the batch was consumed)");
+        if (Where(p) is not { } o || d.Source is not { } src || o.Key != src.Key)
+            throw new InvalidOperationException($"{what} are not kept by the workers that hold the rollout (the loss ranks derive the rest of the inputs there)");
+        var index = new Dictionary<int, int>();
+        for (int i = 0; i < src.Ids.Length; i++) index[src.Ids[i]] = i;
+        var mine = minibatch.Source?.Ids.ToHashSet() ?? throw new InvalidOperationException($"{what}: the minibatch has no sequences on the workers");
+        var list = new JsonArray();
+        foreach (var part in o.Parts)
+        {
+            if (part.Ids.Any(id => !mine.Contains(id) || !index.ContainsKey(id)))
+                throw new InvalidDataException($"{what}: worker {part.Worker} keeps sequences outside the minibatch");
+            list.Add(new JsonObject
+            {
+                ["src"] = part.Worker, ["key"] = o.Key, ["name"] = o.Name, ["descriptor"] = part.Descriptor,
+                ["seqs"] = new JsonArray([.. part.Ids.Select(id => (JsonNode)index[id])]),
+            });
+        }
+        long bytes = 0;
+        foreach (int dst in LossDevices)
+            bytes += o.Parts.Where(x => x.Worker != dst).Sum(x => 4 * x.Floats);
+        return (list, bytes);
+    }
+
     /// <summary>The devices of the ranks that compute a train call's loss (the last pipeline stage).</summary>
     private IEnumerable<int> LossDevices => Enumerable.Range(0, Layout.Devices.Count).Where(r => Layout.Coords(r).Pipe == Layout.Pp - 1).Select(r => Layout.Devices[r]);
 
@@ -549,19 +584,35 @@ internal sealed unsafe class RemoteReplica : IReplica
             ["temperature"] = temperature, ["s0"] = s0, ["a0"] = a0, ["tokens"] = tokens, ["seqs"] = seqs, ["from_forward"] = ratioBaseFromForward,
         };
         var input = BatchInput(args, batch);
-        // On-policy: the loss ranks derive the advantages from the resident inference outputs (PPO's
-        // loss has no k3 term; the critic-free algorithms' uses the reference's log-probs they read).
-        var d = inputs.Derived is { } x && ReferenceEquals(inputs.RatioBaseOutput, x.LogProbs) && inputs.Behaviour.Length == 0
+        // The loss ranks derive the advantages from the resident inference outputs (PPO's loss has no
+        // k3 term; the critic-free algorithms' uses the reference's log-probs they read). On-policy the
+        // ratio base is the generation's log-probs; off-policy those are the behaviour log-probs and
+        // the ratio base is the proximal log-probs, which the loss ranks take from the minibatch's
+        // first forward (minibatch 0) or read from the workers that keep them (the others: ProximalPart).
+        var d = inputs.Derived is { } x
+                && (inputs.Proximal is null ? ReferenceEquals(inputs.RatioBaseOutput, x.LogProbs) && inputs.BehaviourOutput.Length == 0
+                                            : ReferenceEquals(inputs.BehaviourOutput, x.LogProbs))
                 && (x is PpoAdvantageInputs ? inputs.RefOutput.Length == 0 : ReferenceEquals(inputs.RefOutput, x.RefLogProbs)) ? x : null;
         (JsonObject Spec, long Bytes)? derivation = null;
-        var (key, send, derived) = LossInputs(inputs, s0, () => (derivation = Derivation(d, input.Reads)) is not null);
+        var (key, send, derived, firstOfMinibatch) = LossInputs(inputs, s0, () => (derivation = Derivation(d, input.Reads)) is not null);
         var li = new JsonObject
         {
             ["key"] = key, ["sent"] = send, ["actions"] = inputs.Actions, ["sequences"] = inputs.Keep.Length,
-            ["behaviour"] = inputs.Behaviour.Length > 0, ["ref"] = inputs.RefOutput.Length > 0,
+            ["behaviour"] = inputs.BehaviourOutput.Length > 0, ["ref"] = inputs.RefOutput.Length > 0,
             ["clip_low"] = o.ClipLow, ["clip_high"] = o.ClipHigh, ["aggregation"] = o.Aggregation, ["kl_coef"] = o.KlCoef, ["behaviour_weight_cap"] = o.BehaviourWeightCap,
         };
         args["loss_inputs"] = li;
+        long proximalBytes = 0;
+        if (derived && inputs.Proximal is { } proximal && firstOfMinibatch && !ratioBaseFromForward)
+        {
+            try { (li["proximal"], proximalBytes) = ProximalPart(proximal, batch, a0, inputs.Derived!); }
+            catch
+            {
+                if (input.Reads is { } r) _pool.Batches.Done(r.Key, r.Fetches, succeeded: false);   // the command is never sent
+                _lossInputs = null;   // nor is this minibatch's part: a later step starts the call's inputs afresh
+                throw;
+            }
+        }
         ReadOnlySpan<float> Part(float[] x, int first, int end) => x.Length == 0 ? [] : x.AsSpan(a0 + batch.ActionCu[first], batch.ActionCu[end] - batch.ActionCu[first]);
         Inputs blobs;
         if (derived && send)
@@ -576,6 +627,7 @@ internal sealed unsafe class RemoteReplica : IReplica
             : Blob(input);
         var (values, _) = Op("policy_step", args, blobs, output: false, input.Reads, out var replies);
         _step++;
+        _pool.Batches.CountBetweenWorkers(proximalBytes);
         if (derived && send)
         {
             _pool.Batches.CountBetweenWorkers(derivation!.Value.Bytes);
@@ -597,7 +649,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         // PPO: the loss ranks derive the returns from the resident inference outputs.
         var d = inputs.Derived is { } x && ReferenceEquals(inputs.OldValuesOutput, x.Values) ? x : null;
         (JsonObject Spec, long Bytes)? derivation = null;
-        var (key, send, derived) = LossInputs(inputs, a0, () => (derivation = Derivation(d, input.Reads)) is not null);
+        var (key, send, derived, _) = LossInputs(inputs, a0, () => (derivation = Derivation(d, input.Reads)) is not null);
         var li = new JsonObject { ["key"] = key, ["sent"] = send, ["actions"] = inputs.OldValuesOutput.Length, ["clip_eps"] = inputs.ClipEps };
         args["loss_inputs"] = li;
         ReadOnlySpan<float> Part(float[] x, int first, int end) => x.AsSpan(a0 + batch.ActionCu[first], batch.ActionCu[end] - batch.ActionCu[first]);

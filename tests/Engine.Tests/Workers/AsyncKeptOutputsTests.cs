@@ -81,42 +81,62 @@ public sealed class AsyncKeptOutputsTests(Xunit.Abstractions.ITestOutputHelper o
     }
 
     /// <summary>
-    /// Async PPO (sft 6 + rm 4 + ppo 4 iterations, a checkpoint every 2) on a two-device plan in worker
-    /// processes, generation on device 0 (with the reward and reference inference where
-    /// <paramref name="scoreOnRolloutSide"/>), decoupled loss, finish_batch or interrupt: metrics, actor and critic, and every checkpoint file
-    /// (rollouts.bin with the batches generated ahead) equal the run whose master gets every output
-    /// with its call. The master receives exactly <paramref name="toMaster"/> bytes (before the
-    /// outputs stayed: <paramref name="before"/>).
+    /// Async PPO or GRPO (sft 6 + rm 4 + 4 RL iterations, a checkpoint every 2) on a two-device plan,
+    /// generation on device 0 (with the reward and reference inference where
+    /// <paramref name="scoreOnRolloutSide"/>), decoupled loss, finish_batch or interrupt: metrics,
+    /// models and every checkpoint file (rollouts.bin with the batches generated ahead) of the run in
+    /// worker processes equal those of the run whose master gets every output with its call
+    /// (REALN_WORKER_TO_WORKER_DATA=0) and of the in-process run. A stale batch's loss inputs are
+    /// built on the loss ranks (advantages derived there, behaviour log-probs the kept generation's,
+    /// the proximal log-probs of minibatches 1.. kept where they were computed: the trainer or the
+    /// rollout side): the master receives exactly <paramref name="toMaster"/> bytes; before, with
+    /// those inputs built on the master, <paramref name="masterLoss"/> (what is left: the generation's
+    /// per-sequence counts and scores, the interrupted generations' first commands, the proximal
+    /// log-prob calls' sequence ids, and the kept outputs that rollouts.bin fetches at a checkpoint);
+    /// before the outputs stayed on the workers at all (session 17), <paramref name="before"/> (0: not measured).
     /// </summary>
     [Theory]
-    [InlineData(1, false, false, 3_748L, 5_720L)]
-    [InlineData(2, true, false, 4_100L, 5_800L)]
-    [InlineData(1, true, true, 4_744L, 6_716L)]
-    public void AsyncPpoKeepsItsOutputsOnTheWorkersAndTheRunIsUnchanged(int staleness, bool scoreOnRolloutSide, bool interrupt, long toMaster, long before)
+    [InlineData("ppo", 1, false, false, 2_380L, 3_748L, 5_720L)]
+    [InlineData("ppo", 2, true, false, 3_096L, 4_100L, 5_800L)]
+    [InlineData("ppo", 1, true, true, 3_532L, 4_744L, 6_716L)]
+    [InlineData("grpo", 1, true, false, 2_376L, 3_156L, 0L)]
+    public void AsyncRunsKeepTheirOutputsOnTheWorkersAndTheRunIsUnchanged(string algorithm, int staleness, bool scoreOnRolloutSide, bool interrupt,
+                                                                         long toMaster, long masterLoss, long before)
     {
-        var cfg = AsyncRunTests.Config($"mode: async\nmax_staleness: {staleness}{(interrupt ? "\nweight_update: interrupt" : "")}", iterations: 4, checkpointEvery: 2);
+        var cfg = AsyncRunTests.Config($"mode: async\nmax_staleness: {staleness}{(interrupt ? "\nweight_update: interrupt" : "")}", algorithm, iterations: 4, checkpointEvery: 2);
         var plan = AsyncRunTests.TwoGroups(genDevice: 0, scoringDevice: scoreOnRolloutSide ? 0 : 1);
-        string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir();
+        if (algorithm != "ppo") plan = plan with { Calls = [.. plan.Calls.Where(c => c.Model != "critic")] };
+        string[] models = algorithm == "ppo" ? ["actor", "critic"] : ["actor"];
+        string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir(), c = PlanExecutionTests.TempDir();
         try
         {
             using var direct = new Pipeline(cfg, a, plan: plan, hosts: WorkerProcessTests.Processes());
             using var viaMaster = new Pipeline(cfg, b, plan: plan, hosts: WorkerProcessTests.Processes(workerToWorkerData: false));
+            using var inProcess = new Pipeline(cfg, c, plan: plan);
             var d = direct.Run(resume: false);
             var m = viaMaster.Run(resume: false);
-            Assert.Equal(viaMaster.Model("actor").Parameters.ToArray(), direct.Model("actor").Parameters.ToArray());
-            Assert.Equal(viaMaster.Model("critic").Parameters.ToArray(), direct.Model("critic").Parameters.ToArray());
-            var want = AsyncRunTests.Content(AsyncRunTests.Lines(b)).ToList();
+            inProcess.Run(resume: false);
+            foreach (var model in models)
+            {
+                Assert.Equal(inProcess.Model(model).Parameters.ToArray(), direct.Model(model).Parameters.ToArray());
+                Assert.Equal(inProcess.Model(model).Parameters.ToArray(), viaMaster.Model(model).Parameters.ToArray());
+            }
+            var want = AsyncRunTests.Content(AsyncRunTests.Lines(c)).ToList();
             Assert.Contains(want, l => l.Contains("\"call\":\"async\"") && l.Contains("\"staleness\":" + staleness));
             Assert.Equal(want, AsyncRunTests.Content(AsyncRunTests.Lines(a)));
-            var (fd, fm) = (CheckpointFiles(a), CheckpointFiles(b));
-            Assert.Contains(fd.Keys, k => k.EndsWith(RolloutFile.Name, StringComparison.Ordinal));
-            Assert.Equal(fm.Keys, fd.Keys);
-            foreach (var k in fm.Keys) Assert.True(fm[k].AsSpan().SequenceEqual(fd[k]), $"checkpoint file {k} differs");
-            output.WriteLine($"async ppo, max_staleness {staleness}{(interrupt ? ", interrupt" : "")}: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
+            Assert.Equal(want, AsyncRunTests.Content(AsyncRunTests.Lines(b)));
+            var fc = CheckpointFiles(c);
+            Assert.Contains(fc.Keys, k => k.EndsWith(RolloutFile.Name, StringComparison.Ordinal));
+            foreach (var (run, files) in new[] { ("worker to worker", CheckpointFiles(a)), ("via the master", CheckpointFiles(b)) })
+            {
+                Assert.Equal(fc.Keys, files.Keys);
+                foreach (var k in fc.Keys) Assert.True(fc[k].AsSpan().SequenceEqual(files[k]), $"checkpoint file {k} differs ({run})");
+            }
+            output.WriteLine($"async {algorithm}, max_staleness {staleness}{(interrupt ? ", interrupt" : "")}: master received {Bytes(m, "to_master")} bytes via the master, {Bytes(d, "to_master")} with worker-to-worker data");
             Assert.Equal(toMaster, Bytes(d, "to_master"));
-            Assert.True(Bytes(d, "to_master") < before);
+            Assert.True(Bytes(d, "to_master") < masterLoss && masterLoss < Bytes(m, "to_master") && (before == 0 || masterLoss < before));
         }
-        finally { Directory.Delete(a, true); Directory.Delete(b, true); }
+        finally { Directory.Delete(a, true); Directory.Delete(b, true); Directory.Delete(c, true); }
     }
 
     /// <summary>An async run in worker processes stopped after PPO iteration 2 (its checkpoint holds

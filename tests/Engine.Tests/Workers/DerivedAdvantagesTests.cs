@@ -195,6 +195,132 @@ public sealed class DerivedAdvantagesTests(Xunit.Abstractions.ITestOutputHelper 
         Assert.Equal(BitConverter.DoubleToInt64Bits(kl), BitConverter.DoubleToInt64Bits(derived.Kl));
     }
 
+    /// <summary>
+    /// An off-policy batch of the decoupled objective (asynchronous RL): the ratio base is the
+    /// proximal policy's log-probs (the trainer's weights before the call: minibatch 0's from the
+    /// first step's own forward, minibatch 1's computed by the trainer before it, left with its
+    /// workers: IReplica.KeptLogProbs), the generation's log-probs weight it. Against the in-process
+    /// replica on the master's arrays: every loss figure, gradient norm and the parameters bit for bit;
+    /// the master never computes the advantages nor reads the proximal log-probs, and sends each loss
+    /// rank exactly what an on-policy call sends (keep flags, scores, EOS flags, once): the loss ranks
+    /// read minibatch 1's proximal log-probs worker to worker with its first step.
+    /// </summary>
+    [Fact]
+    public void OffPolicyLossRanksReadTheKeptProximalLogProbsBitForBit()
+    {
+        using var pool = new WorkerPool(4, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1 });
+        using var cluster = new LocalCluster(4);
+        using var stream = NativeStream.Cpu();
+        ParallelLayout gen = new([0, 1], 1, 2, 1), reference = new([2, 3], 2, 1, 1), critic = new([0, 1, 2, 3], 1, 2, 2), actor = new([3, 2, 1, 0], 2, 1, 2);
+        using var criticW = pool.Create("critic", Cfg, true, critic, 2, Spec);
+        criticW.Initialise(47);
+        var ro = Generate(pool, gen, reference, criticW);
+        int n = ro.Batch.Packed.Count;
+        var (adv, _, kl) = RolloutAdvantages.Ppo(stream, ro.LogProbs, ro.Ref, ro.Values, ro.Scores, ro.Eos, ro.Batch.ActionCu, Ppo);
+        var keep = new bool[n]; Array.Fill(keep, true);
+        var options = new PolicyLossOptions(0.2, 0.2, LossAggregation.Token, 0, 2.0);
+        int[] starts = [.. Enumerable.Range(0, Minibatches + 1).Select(k => ro.Batch.ActionCu[k * n / Minibatches])];
+        var derived = new PpoAdvantageInputs(ActionFloats.Here(ro.LogProbs), ActionFloats.Here(ro.Ref), ActionFloats.Here(ro.Values), ro.Scores, ro.Eos, ro.Batch.ActionCu, Ppo, stream) { Source = ro.Batch.Source };
+        var figures = new List<string>[2];
+        var parameters = new float[2][];
+        ProximalLogProbs? kept = null;
+        for (int k = 0; k < 2; k++)   // 0: in process, on the master's arrays; 1: workers, derived, the proximal log-probs kept
+        {
+            figures[k] = [];
+            IReplicaHost host = k == 0 ? cluster : pool;
+            using var a = host.Create("actor", Cfg, false, actor, 2, Spec);
+            a.Initialise(41);
+            PolicyLossInputs policy;
+            if (k == 0)
+            {
+                var proximal = new float[ro.LogProbs.Length];
+                a.LogProbs(Minibatch(ro, 1).Batch, 1f).CopyTo(proximal, starts[1]);
+                policy = new PolicyLossInputs(adv, proximal, ro.LogProbs, [], keep, options);
+            }
+            else
+            {
+                kept = new ProximalLogProbs(starts);
+                kept.Set([a.KeptLogProbs(Minibatch(ro, 1).Batch, 1f)]);
+                Assert.False(kept.OfMinibatch(starts[1])!.Fetched);
+                policy = PolicyLossInputs.FromPpo(derived, keep, options, kept);
+            }
+            for (int epoch = 0; epoch < 2; epoch++)
+                for (int m = 0; m < Minibatches; m++)
+                {
+                    var (mb, s0, a0) = Minibatch(ro, m);
+                    var (fromMaster, between, _) = pool.DataBytes!.Value;
+                    var (ps, pn) = a.PolicyStep(mb, s0, a0, 1f, policy, ratioBaseFromForward: epoch == 0 && m == 0);
+                    figures[k].Add($"{ps} {pn:R}");
+                    if (k == 0) continue;
+                    var (fromMaster2, between2, _) = pool.DataBytes!.Value;
+                    Assert.Equal(epoch == 0 && m == 0 ? 2 * ((4 + n) + (4 + 4 * n) + (4 + n)) : 0, fromMaster2 - fromMaster);
+                    if (epoch == 0) Assert.True(between2 > between, $"minibatch {m}: the loss ranks read {(m == 0 ? "the outputs" : "the proximal log-probs")} from other workers");
+                    else Assert.Equal(between, between2);
+                }
+            using var back = new LlamaModel(Cfg, false);
+            a.CopyTo(back);
+            parameters[k] = back.Parameters.ToArray();
+        }
+        output.WriteLine(string.Join("\n", figures[0]));
+        Assert.Equal(figures[0], figures[1]);
+        Assert.True(parameters[0].AsSpan().SequenceEqual(parameters[1]), "actor parameters");
+        Assert.False(derived.ComputedHere, "the master computed the advantages the loss ranks derive");
+        Assert.False(kept!.OfMinibatch(starts[1])!.Fetched, "the master fetched the proximal log-probs the loss ranks read");
+        Assert.Equal(BitConverter.DoubleToInt64Bits(kl), BitConverter.DoubleToInt64Bits(derived.Kl));
+        kept.Release();
+        Assert.Equal(0, pool.HeldOutputs);
+    }
+
+    /// <summary>The proximal log-probs of minibatch 1 are kept by a replica on worker 2 (outside the
+    /// actor's layout): released before the step that reads them, the step fails saying so; with
+    /// worker 2 killed, it fails naming it, well within the data plane's deadline.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void AStepReadingReleasedOrLostProximalLogProbsFailsNamingWhy(bool kill)
+    {
+        var env = new Dictionary<string, string> { ["REALN_OP_TIMEOUT"] = "20" };
+        using var pool = new WorkerPool(4, new WorkerPoolOptions { Executable = WorkerProcessTests.Realn(), ThreadsPerWorker = 1, Environment = env });
+        using var stream = NativeStream.Cpu();
+        ParallelLayout gen = new([0, 1], 1, 2, 1), reference = new([0, 3], 2, 1, 1), critic = new([0, 1], 1, 2, 1), actor = new([0, 1], 1, 1, 2);
+        using var criticW = pool.Create("critic", Cfg, true, critic, 1, Spec);
+        criticW.Initialise(47);
+        var ro = Generate(pool, gen, reference, criticW);
+        int n = ro.Batch.Packed.Count;
+        var keep = new bool[n]; Array.Fill(keep, true);
+        var derived = new PpoAdvantageInputs(ActionFloats.Here(ro.LogProbs), ActionFloats.Here(ro.Ref), ActionFloats.Here(ro.Values), ro.Scores, ro.Eos, ro.Batch.ActionCu, Ppo, stream) { Source = ro.Batch.Source };
+        var proximal = new ProximalLogProbs([.. Enumerable.Range(0, Minibatches + 1).Select(k => ro.Batch.ActionCu[k * n / Minibatches])]);
+        using (var side = pool.Create("rollout side", Cfg, false, new ParallelLayout([2], 1, 1, 1), 1, null))
+        {
+            side.Initialise(41);
+            proximal.Set([side.KeptLogProbs(Minibatch(ro, 1).Batch, 1f)]);
+        }
+        using var a = pool.Create("actor", Cfg, false, actor, 1, Spec);
+        a.Initialise(41);
+        var policy = PolicyLossInputs.FromPpo(derived, keep, new PolicyLossOptions(0.2, 0.2, LossAggregation.Token, 0, 0), proximal);
+        var (mb0, s00, a00) = Minibatch(ro, 0);
+        a.PolicyStep(mb0, s00, a00, 1f, policy, ratioBaseFromForward: true);
+        var (mb, s0, a0) = Minibatch(ro, 1);
+        var clock = Stopwatch.StartNew();
+        if (kill)
+        {
+            Process.GetProcessById(pool.WorkerPid(2)).Kill();
+            var e = Assert.Throws<WorkerFailedException>(() => a.PolicyStep(mb, s0, a0, 1f, policy, false));
+            output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s: {e.Message}");
+            Assert.Contains("worker 2", e.Message);
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"the step failed after {clock.Elapsed.TotalSeconds:F0} s");
+        }
+        else
+        {
+            proximal.Release();
+            var e = Assert.Throws<InvalidOperationException>(() => a.PolicyStep(mb, s0, a0, 1f, policy, false));
+            output.WriteLine(e.Message);
+            Assert.Contains("proximal log-probs", e.Message);
+            Assert.Contains("released", e.Message);
+            Assert.Throws<InvalidOperationException>(() => proximal.Values);
+        }
+    }
+
     /// <summary>The worker that keeps the reference's log-probs is killed before the train step that
     /// reads them (it takes no part in the actor's layout): the step fails naming it, well within the
     /// data plane's deadline, and does not hang.</summary>
