@@ -60,6 +60,16 @@ public static unsafe class SharedHostMemory
         if (hi > lo) Posix.DropPageTableEntries((nint)lo, hi - lo);
     }
 
+    /// <summary>As <see cref="ReleasePages"/>, only the whole 2 MiB pages inside [<paramref name="from"/>,
+    /// <paramref name="to"/>) (narrowed, not widened): a page that reaches beyond may still be in use.</summary>
+    public static void ReleasePagesWithin(nint baseAddress, long size, nint from, nint to)
+    {
+        const long Page = 2L << 20;
+        long lo = Math.Max((long)baseAddress, ((long)from + Page - 1) & ~(Page - 1));
+        long hi = Math.Min((long)baseAddress + size, (long)to & ~(Page - 1));
+        if (hi > lo) Posix.DropPageTableEntries((nint)lo, hi - lo);
+    }
+
     /// <summary>Unmaps what <see cref="Map"/> or <see cref="MapWritable"/> returned (<paramref name="size"/>: the descriptor's Size).</summary>
     public static void Unmap(nint baseAddress, long size) => Native.Check(Native.realn_shared_unmap((void*)baseAddress, size));
 }

@@ -87,9 +87,11 @@ internal static unsafe class InProcessRealloc
     /// bytes on, over <see cref="CopyThreads"/> threads from 8 MiB on. Used for the copies of a
     /// same-process reallocation and for those out of another process's mapped shard
     /// (<see cref="TransportRealloc"/>).</summary>
-    internal static void CopyPieces(List<(nint Src, nint Dst, long Bytes)> pieces, long total, long streamMinBytes = StreamMinBytes)
+    internal static void CopyPieces(List<(nint Src, nint Dst, long Bytes)> pieces, long total, long streamMinBytes = StreamMinBytes,
+                                    Action<int, int>? copied = null)
     {
         bool stream = total >= streamMinBytes;
+        // copied(first, end): pieces [first, end) are written (fenced), on the thread that copied them.
         void CopyRange(int first, int end)
         {
             for (int i = first; i < end; i++)
@@ -98,9 +100,12 @@ internal static unsafe class InProcessRealloc
                 if (stream) StreamingCopy.Copy((byte*)src, (byte*)dst, n);
                 else Buffer.MemoryCopy((void*)src, (void*)dst, n, n);
             }
+            if (copied is null) return;
+            if (stream) StreamingCopy.Fence();
+            copied(first, end);
         }
         int workers = total < ParallelBytes ? 1 : CopyThreads;
-        if (workers == 1)
+        if (workers == 1 && copied is null)
         {
             CopyRange(0, pieces.Count);
             if (stream) StreamingCopy.Fence();
