@@ -319,13 +319,20 @@ internal sealed class WorkerPool : IReplicaHost
     {
         // Of several exited workers, the first to go is named: a peer of a killed worker may abort
         // a moment later inside a transfer to it (UCX's cma path does), and must not be blamed.
+        // Exits seen within SimultaneousExits of the first are one event (the process reaps its
+        // children in one pass, so their exit times say nothing of their order): of those, a worker
+        // that aborted (code 134, SIGABRT: UCX's fatal-error handler) is named only when every one did.
         var exited = Enumerable.Range(0, Devices).Where(r => ExitOf(r) is not null).OrderBy(ExitTimeOf).ThenBy(r => r).ToList();
         if (exited.Count > 0)
         {
-            int r = exited[0];
+            var firstSeen = ExitTimeOf(exited[0]);
+            int r = exited.Where(x => ExitTimeOf(x) - firstSeen <= SimultaneousExits).OrderBy(x => ExitOf(x) == AbortExitCode ? 1 : 0).First();
+            // An abort alone is named once no other exit followed within SimultaneousExits (the killed
+            // peer it aborted over may be seen a moment later: its memory went before its exit did).
+            bool wait = ExitOf(r) == AbortExitCode && exited.Count < Devices && DateTime.UtcNow - firstSeen < SimultaneousExits;
             string? last;
             lock (_state[r]) last = _state[r].LastError;
-            Fail($"{Who(r)} exited with code {ExitOf(r)} during {what}" + (last is null ? "" : $"; its last error: {last}") + StderrTail(r));
+            if (!wait) Fail($"{Who(r)} exited with code {ExitOf(r)} during {what}" + (last is null ? "" : $"; its last error: {last}") + StderrTail(r));
         }
         for (int r = 0; r < Devices; r++)
         {
@@ -355,6 +362,12 @@ internal sealed class WorkerPool : IReplicaHost
             Thread.Sleep(50);
         } while (DateTime.UtcNow < until);
     }
+
+    /// <summary>Worker exits seen this close to the first are taken as one event (<see cref="CheckHealth"/>).</summary>
+    internal static readonly TimeSpan SimultaneousExits = TimeSpan.FromSeconds(1);
+
+    /// <summary>A process's exit code after SIGABRT (128 + 6).</summary>
+    private const int AbortExitCode = 134;
 
     /// <summary>How long a reported failure waits for another worker's exit to show (see <see cref="BlameADeadWorkerFirst"/>).</summary>
     internal static readonly TimeSpan DeadWorkerGrace = TimeSpan.FromSeconds(2);
