@@ -52,23 +52,22 @@ public static unsafe class SharedHostMemory
     /// to whole 2 MiB pages: the blocks lie in transparent huge pages, and dropping part of one
     /// splits its mapping into 4 KiB entries, which a later copy faults in one by one (cross-process
     /// reallocation at 0.69-0.93 of its reference against 0.88-1.03 kept, `realn bench realloc`).</summary>
-    public static void ReleasePages(nint baseAddress, long size, nint from, nint to)
+    public static void ReleasePages(nint baseAddress, long size, nint from, nint to) =>
+        DropWithin(baseAddress, size, (long)from & ~(HugePage - 1), ((long)to + HugePage - 1) & ~(HugePage - 1));
+
+    private const long HugePage = 2L << 20;
+
+    private static void DropWithin(nint baseAddress, long size, long lo, long hi)
     {
-        const long Page = 2L << 20;
-        long lo = Math.Max((long)baseAddress, (long)from & ~(Page - 1));
-        long hi = Math.Min((long)baseAddress + size, ((long)to + Page - 1) & ~(Page - 1));
+        lo = Math.Max((long)baseAddress, lo);
+        hi = Math.Min((long)baseAddress + size, hi);
         if (hi > lo) Posix.DropPageTableEntries((nint)lo, hi - lo);
     }
 
     /// <summary>As <see cref="ReleasePages"/>, only the whole 2 MiB pages inside [<paramref name="from"/>,
     /// <paramref name="to"/>) (narrowed, not widened): a page that reaches beyond may still be in use.</summary>
-    public static void ReleasePagesWithin(nint baseAddress, long size, nint from, nint to)
-    {
-        const long Page = 2L << 20;
-        long lo = Math.Max((long)baseAddress, ((long)from + Page - 1) & ~(Page - 1));
-        long hi = Math.Min((long)baseAddress + size, (long)to & ~(Page - 1));
-        if (hi > lo) Posix.DropPageTableEntries((nint)lo, hi - lo);
-    }
+    public static void ReleasePagesWithin(nint baseAddress, long size, nint from, nint to) =>
+        DropWithin(baseAddress, size, ((long)from + HugePage - 1) & ~(HugePage - 1), (long)to & ~(HugePage - 1));
 
     /// <summary>Unmaps what <see cref="Map"/> or <see cref="MapWritable"/> returned (<paramref name="size"/>: the descriptor's Size).</summary>
     public static void Unmap(nint baseAddress, long size) => Native.Check(Native.realn_shared_unmap((void*)baseAddress, size));

@@ -99,6 +99,7 @@ internal sealed unsafe class ModelWorker : IDisposable
         var info = new JsonObject { ["control"] = endpoint, ["node"] = a.Node, ["pid"] = Environment.ProcessId };
         Rendezvous.Join(w._client, w._transport, OperationTimeout, info.ToJsonString());
         w._baseMemory = ProcessMemory.Sample();
+        w._seenPeak = w._baseMemory?.Peak ?? 0;
         if (s_memoryTrace) Console.Error.WriteLine($"worker {a.Rank} memory: after rendezvous: {w._baseMemory}");
         w._connected.Set();
         int code = w.Heartbeats();
@@ -156,7 +157,8 @@ internal sealed unsafe class ModelWorker : IDisposable
         var j = m.Payload.Length == 0 ? new JsonObject() : JsonNode.Parse(m.Payload) ?? new JsonObject();
         string label = m.Type + (j["what"] is JsonNode w ? " " + w.GetValue<string>() : "");
         _busy = label;
-        var before = m.Type is "ping" or "memory" or "shutdown" ? null : ProcessMemory.Sample();
+        bool noted = m.Type is not ("ping" or "memory" or "shutdown");
+        var before = noted && s_memoryTrace ? ProcessMemory.Sample() : null;   // only the trace prints it
         try
         {
             if (m.Type is not ("ping" or "memory" or "shutdown") && !_connected.Wait(OperationTimeout))
@@ -191,7 +193,7 @@ internal sealed unsafe class ModelWorker : IDisposable
         finally
         {
             _busy = "idle";
-            if (before is { } b) NoteMemory(label, b);
+            if (noted) NoteMemory(label, before);
         }
     }
 
@@ -201,12 +203,20 @@ internal sealed unsafe class ModelWorker : IDisposable
     /// <summary>The command during which the peak resident set (VmHWM) last rose, the peak before it
     /// and the resident set after it.</summary>
     private (string Command, long PeakBefore, MemorySample After)? _peakSetBy;
+    /// <summary>The peak (VmHWM) of the last sample: one read of /proc per command, after it (a rise
+    /// between two commands, by a background thread, counts to the next one).</summary>
+    private long _seenPeak;
+    private readonly Lock _memoryGate = new();
     private static readonly bool s_memoryTrace = Environment.GetEnvironmentVariable("REALN_WORKER_MEMORY_TRACE") == "1";
 
-    private void NoteMemory(string command, MemorySample before)
+    private void NoteMemory(string command, MemorySample? before)
     {
         if (ProcessMemory.Sample() is not { } after) return;
-        if (after.Peak > before.Peak) _peakSetBy = (command, before.Peak, after);
+        lock (_memoryGate)
+        {
+            if (after.Peak > _seenPeak) _peakSetBy = (command, _seenPeak, after);
+            _seenPeak = Math.Max(_seenPeak, after.Peak);
+        }
         if (s_memoryTrace)
             Console.Error.WriteLine($"worker {_args.Rank} memory: {command}: before {before}; after {after}; activation arenas {Model.ArenaBlocks.AllocatedBytes / 1e6:F1} MB ({Model.ArenaBlocks.FreeBytes / 1e6:F1} free), managed heap committed {GC.GetGCMemoryInfo().TotalCommittedBytes / 1e6:F1} MB");
     }
@@ -217,7 +227,9 @@ internal sealed unsafe class ModelWorker : IDisposable
                               ["activation_arena_held_bytes"] = Model.ArenaBlocks.AllocatedBytes - Model.ArenaBlocks.FreeBytes,
                               ["activation_arena_peak_bytes"] = Model.ArenaBlocks.PeakAllocatedBytes };
         if (_baseMemory is { } b) o["base_rss_bytes"] = b.Rss;
-        if (_peakSetBy is { } p)
+        (string Command, long PeakBefore, MemorySample After)? peakSetBy;
+        lock (_memoryGate) peakSetBy = _peakSetBy;
+        if (peakSetBy is { } p)
             o["peak_set_by"] = new JsonObject { ["command"] = p.Command, ["peak_before_bytes"] = p.PeakBefore, ["rss_after_bytes"] = p.After.Rss, ["shmem_after_bytes"] = p.After.Shmem };
         return o.ToJsonString();
     }
