@@ -94,6 +94,9 @@ internal sealed class ModelReplicas(string role) : IDisposable
     {
         if (ReferenceEquals(r, Train)) throw new InvalidOperationException($"{role}: the train replica cannot be pinned");
         _pinned.Add(r);
+        // It keeps its weights from now on; given back after an earlier call, they are refilled here.
+        _releaseAfterUse.Remove(r);
+        if (_version[r] == -1) Push(r);
     }
 
     /// <summary>Copies the train replica's weights into <paramref name="r"/> now.</summary>
