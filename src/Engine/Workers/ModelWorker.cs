@@ -1076,7 +1076,13 @@ internal sealed unsafe class ModelWorker : IDisposable
         }
         // A replica whose weights were released takes pages again now: the plan writes every byte of
         // them, its senders included (whose mappings of it stay valid; what they write is kept).
-        if (dstKind is "params" or "params_bf16" && to.Devices.Contains(_args.Rank) && _replicas.TryGetValue(dst, out var into)) into.Shard.ReacquireWeights();
+        // Free activation blocks go first (Model.ArenaBlocks.Trim): the weights come back for the call
+        // that needs them, whose own activations the planner counts beside them, not the last call's.
+        if (dstKind is "params" or "params_bf16" && to.Devices.Contains(_args.Rank) && _replicas.TryGetValue(dst, out var into) && into.Shard.WeightsReleased)
+        {
+            Model.ArenaBlocks.Trim();
+            into.Shard.ReacquireWeights();
+        }
         nint s = Buffer(src, from, "source", kind), d = Buffer(dst, to, "destination", dstKind);
         Wait(_mover.ExecuteAsync(p.Plan, p.Schedule, s, d), $"realloc {kind} {from} -> {to}");
         // A bf16-only shard's fp32 q/k/v biases follow its new bf16 weights.
