@@ -379,7 +379,14 @@ internal sealed unsafe class DistributedModel : IReplica
     /// <summary>The optimizer of layout rank r (null for an inference replica).</summary>
     public AdamW? Optimizer(int rank) => _ranks[rank]!.Optimizer;
 
-    private T[] Run<T>(string op, Func<ShardReplica, T> body) => _cluster.Spmd(_ranks.Length, $"{_name} {op} on {Layout}", r => body(_ranks[r]!));
+    /// <summary>An operation on every shard at once; afterwards each shard's activation arenas go back to the
+    /// process's ArenaBlocks (nothing of them is read after the operation), as in a worker process: the replicas
+    /// whose operations follow one another on a device share its pre-faulted blocks.</summary>
+    private T[] Run<T>(string op, Func<ShardReplica, T> body) => _cluster.Spmd(_ranks.Length, $"{_name} {op} on {Layout}", r =>
+    {
+        try { return body(_ranks[r]!); }
+        finally { _ranks[r]!.Shard.ReleaseActivations(); }
+    });
 
     private static IEnumerable<T> Collected<T>(T?[] parts) where T : class => parts.Where(p => p is not null)!;
 
