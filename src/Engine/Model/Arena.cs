@@ -14,6 +14,10 @@ internal sealed unsafe class Arena : IDisposable
 {
     private HostBlock? _block;
     private long _used;
+    /// <summary>The capacity of the last block this arena held, kept across <see cref="Release"/>: an arena that
+    /// outgrows it allocates half as much again (as one that had kept its block), so a need that creeps up from one
+    /// call to the next (a rollout's tokens vary) allocates a few times, not at every new maximum.</summary>
+    private long _lastCapacityFloats;
 
     public long CapacityFloats => _block is null ? 0 : _block.Bytes / 4;
 
@@ -26,10 +30,11 @@ internal sealed unsafe class Arena : IDisposable
     {
         if (CapacityFloats < floats)
         {
-            long grown = Math.Max(floats, CapacityFloats * 3 / 2) * 4 + 64;
+            long grown = (floats > _lastCapacityFloats ? Math.Max(floats, _lastCapacityFloats * 3 / 2) : floats) * 4 + 64;
             if (_block is { } old) ArenaBlocks.Return(old);
             _block = null;
             _block = ArenaBlocks.Take(floats * 4 + 64, grown);
+            _lastCapacityFloats = CapacityFloats;
         }
         _used = 0;
     }
@@ -106,8 +111,13 @@ internal static class ArenaBlocks
                 s_allocatedBytes -= tooSmall.Bytes;
             }
         }
-        tooSmall?.Dispose();
-        var block = new HostBlock(Math.Max(minBytes, newBytes));
+        // Fresh pages are faulted in here: on the calling thread's threads and off the clock of the unit of model work
+        // it falls in (ThreadChoice.OffTheClock).
+        var block = ThreadChoice.OffTheClock(() =>
+        {
+            tooSmall?.Dispose();
+            return new HostBlock(Math.Max(minBytes, newBytes));
+        });
         lock (s_lock)
         {
             s_allocatedBytes += block.Bytes;

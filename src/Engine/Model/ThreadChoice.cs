@@ -54,6 +54,10 @@ internal sealed class ThreadChoice
     public static bool Enabled { get; set; } = !string.Equals(Environment.GetEnvironmentVariable("REALN_THREAD_CHOICE"), "off", StringComparison.OrdinalIgnoreCase);
 
     [ThreadStatic] private static int t_depth;
+    /// <summary>The outermost unit in progress on this thread ran one-time work (<see cref="OffTheClock{T}"/>): not timed.</summary>
+    [ThreadStatic] private static bool t_untimed;
+    /// <summary>The calling thread's thread count, while the outermost unit in progress runs on one thread (else 0).</summary>
+    [ThreadStatic] private static int t_oneThreadOf;
 
     private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, ThreadChoice> s_shared = new();
 
@@ -198,11 +202,29 @@ internal sealed class ThreadChoice
             return _keys.Select(kv => (kv.Key.Site, kv.Key.Bucket, kv.Value.Median(0), kv.Value.Median(1))).ToList();
     }
 
+    /// <summary>One-time work inside a unit (an activation block allocated and its pages faulted in): it runs on the
+    /// calling thread's threads even where the unit runs on one, and the unit it falls in is not timed, so neither
+    /// option's timings carry it (session 20: a critic's first forward, on one thread while the choice was
+    /// exploring, spent 96 ms of its 107 faulting a 43 MB block in on one thread and was timed as a one-thread
+    /// forward). Outside a unit it just runs.</summary>
+    internal static T OffTheClock<T>(Func<T> work)
+    {
+        if (t_depth == 0) return work();
+        t_untimed = true;
+        int threads = t_oneThreadOf;
+        if (threads > 1) Native.SetNumThreads(threads);
+        try { return work(); }
+        finally { if (threads > 1) Native.SetNumThreads(1); }
+    }
+
     /// <summary>Starts a unit of <paramref name="work"/> (tokens, sequences or elements: any measure proportional to
     /// its compute, the same for every unit of a site) at <paramref name="site"/>; dispose it when the unit ends.</summary>
     public Unit Begin(string site, double work)
     {
-        if (t_depth++ > 0 || !Enabled || Fixed || !(work > 0)) return default;
+        if (t_depth++ > 0) return default;
+        t_untimed = false;
+        t_oneThreadOf = 0;
+        if (!Enabled || Fixed || !(work > 0)) return default;
         int n;
         try { n = Native.GetNumThreads(); }
         catch { t_depth--; throw; }
@@ -212,6 +234,7 @@ internal sealed class ThreadChoice
         {
             try { Native.SetNumThreads(1); }
             catch { t_depth--; throw; }
+            t_oneThreadOf = n;
         }
         return new Unit(this, site, work, option, timed, explore, n, Stopwatch.GetTimestamp());
     }
@@ -236,8 +259,9 @@ internal sealed class ThreadChoice
             t_depth--;
             if (_owner is null) return;
             double seconds = Stopwatch.GetElapsedTime(_start).TotalSeconds;
+            t_oneThreadOf = 0;
             if (_option == 1) Native.SetNumThreads(_threads);
-            _owner.Record(_site, _work, _option, _timed, _explore, seconds, Stopwatch.GetElapsedTime(0));
+            _owner.Record(_site, _work, _option, _timed && !t_untimed, _explore, seconds, Stopwatch.GetElapsedTime(0));
         }
     }
 }

@@ -386,12 +386,20 @@ internal sealed unsafe class DistributedModel : IReplica
     /// <summary>The optimizer of layout rank r (null for an inference replica).</summary>
     public AdamW? Optimizer(int rank) => _ranks[rank]!.Optimizer;
 
+    /// <summary>An operation on every shard at once; afterwards each shard's activation arenas go back to the
+    /// process's ArenaBlocks (nothing of them is read after the operation), as in a worker process: the replicas
+    /// whose operations follow one another on a device share its pre-faulted blocks. Refused before any rank
+    /// starts on a replica whose weights were released (a rank that failed alone would leave its pipeline
+    /// peers' messages behind).</summary>
     private T[] Run<T>(string op, Func<ShardReplica, T> body)
     {
-        // Refused before any rank starts: a rank that failed alone would leave its pipeline peers' messages behind.
         if (op != "initialise" && _ranks.Any(r => r!.Shard.WeightsReleased))
             throw new InvalidOperationException($"{_name} {op} on {Layout}: the replica's weights were released after its last call; reallocate into it first");
-        return _cluster.Spmd(_ranks.Length, $"{_name} {op} on {Layout}", r => body(_ranks[r]!));
+        return _cluster.Spmd(_ranks.Length, $"{_name} {op} on {Layout}", r =>
+        {
+            try { return body(_ranks[r]!); }
+            finally { _ranks[r]!.Shard.ReleaseActivations(); }
+        });
     }
 
     private static IEnumerable<T> Collected<T>(T?[] parts) where T : class => parts.Where(p => p is not null)!;

@@ -57,40 +57,55 @@ internal interface IModelCalls
     GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt);
 }
 
-/// <summary>The single-device model (and its optimizer, for the trained roles).</summary>
+/// <summary>The single-device model (and its optimizer, for the trained roles). After each operation the model's
+/// activation arenas go back to the process's <see cref="ArenaBlocks"/> (nothing of them is read after it), as a
+/// worker process does after each command: the single device's calls run one at a time, so its models share one set
+/// of pre-faulted blocks instead of each faulting in and keeping its own (docs/cost-model.md, "The single device's
+/// first iteration": a PPO stage's reference and critic each faulted 43 MB of fresh pages in their first call).</summary>
 internal sealed class SingleModelCalls(LlamaModel m, Func<AdamW?> optimizer) : IModelCalls
 {
     private float[]? _lse;
     private ScoredBatch? _lseFor;
 
-    public float[] LogProbs(ScoredBatch b, float temperature)
+    private T Released<T>(Func<T> op)
+    {
+        try { return op(); }
+        finally { m.ReleaseActivations(); }
+    }
+
+    public float[] LogProbs(ScoredBatch b, float temperature) => Released(() =>
     {
         var lp = ModelOps.LogProbs(m, b, temperature, out var lse);
         _lse = lse;
         _lseFor = b;
         return lp;
-    }
+    });
 
-    public (float[] ActionValues, float[] LastScores) Values(ScoredBatch b) => ModelOps.Values(m, b);
+    public (float[] ActionValues, float[] LastScores) Values(ScoredBatch b) => Released(() => ModelOps.Values(m, b));
 
     public void BackwardLogProbs(ScoredBatch b, float temperature, float[] d)
     {
         if (!ReferenceEquals(_lseFor, b)) LogProbs(b, temperature);
-        m.ZeroGrad();
-        ModelOps.BackwardLogProbs(m, b, temperature, _lse!, d);
+        Released(() =>
+        {
+            m.ZeroGrad();
+            ModelOps.BackwardLogProbs(m, b, temperature, _lse!, d);
+            return 0;
+        });
     }
 
-    public void BackwardValues(ScoredBatch b, float[] dActionValues, float[] dLastScores)
+    public void BackwardValues(ScoredBatch b, float[] dActionValues, float[] dLastScores) => Released(() =>
     {
         m.ZeroGrad();
         ModelOps.BackwardValues(m, b, dActionValues, dLastScores);
-    }
+        return 0;
+    });
 
-    public double SftStep(ScoredBatch b)
+    public double SftStep(ScoredBatch b) => Released(() =>
     {
         m.ZeroGrad();
         return ModelOps.SftStep(m, b);
-    }
+    });
 
     public double Step() => Optimizer.StepOnce();
     public (ClippedPolicyStats Stats, double GradNorm) PolicyStep(ScoredBatch minibatch, int s0, int a0, float temperature, PolicyLossInputs inputs, bool ratioBaseFromForward) =>
@@ -99,7 +114,7 @@ internal sealed class SingleModelCalls(LlamaModel m, Func<AdamW?> optimizer) : I
     private AdamW Optimizer => optimizer() ?? throw new InvalidOperationException("this model is not trained in this stage");
     public float LearningRate => Optimizer.Schedule.At(Optimizer.Step);
 
-    public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Generator.Generate(m, prompts, opt);
+    public GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt) => Released(() => Generator.Generate(m, prompts, opt));
 }
 
 /// <summary>A train step's loss computed in this process between the model's forward and its

@@ -1,4 +1,10 @@
+using ReaLNative.Engine.Algorithms;
+using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Model;
+using ReaLNative.Engine.Optim;
+using ReaLNative.Engine.Parallelism;
+using ReaLNative.Engine.Stages;
+using ReaLNative.Interop;
 using Xunit;
 
 namespace ReaLNative.Engine.Tests.Model;
@@ -90,5 +96,141 @@ public sealed unsafe class ArenaBlocksTests
         Assert.Equal((4 << 20) + (1 << 19), ArenaBlocks.Trim());
         Assert.Equal(before, ArenaBlocks.AllocatedBytes);
         Assert.True(big.IsDisposed && smaller.IsDisposed);
+    }
+
+    private static ScoredBatch Batch(int seqs, int len, int seed)
+    {
+        var rng = new Random(seed);
+        return new ScoredBatch(Enumerable.Range(0, seqs).Select(_ => Enumerable.Range(0, len).Select(_ => rng.Next(32)).ToArray()).ToArray(),
+                               Enumerable.Repeat(len / 2, seqs).ToArray());
+    }
+
+    [Fact]
+    public void TheSingleDevicesModelsGiveTheirBlocksBackAfterEachOperationWithTheSameBits()
+    {
+        // The single device's calls (SingleModelCalls) release the model's activations after each operation, as a
+        // worker does after each command: a second model's operations then take the first's block instead of
+        // faulting in one of their own (a PPO stage's reference and critic did, in the stage's first iteration).
+        var cfg = LlamaConfig.Preset("tiny");
+        using var actor = new LlamaModel(cfg, false);
+        using var critic = new LlamaModel(cfg, true);
+        using var refActor = new LlamaModel(cfg, false);
+        actor.InitRandom(1); critic.InitRandom(2); refActor.InitRandom(1);
+        using var opt = new AdamW(actor, new LrSchedule(1e-3), clipGradNorm: 1f);
+        using var refOpt = new AdamW(refActor, new LrSchedule(1e-3), clipGradNorm: 1f);
+        var b = Batch(16, 12, 3);
+        ArenaBlocks.Trim();
+        long before = ArenaBlocks.AllocatedBytes;
+        var calls = new SingleModelCalls(actor, () => opt);
+        var lp = calls.LogProbs(b, 1f);
+        Assert.Equal(0, actor.ActivationBytes);
+        long one = ArenaBlocks.AllocatedBytes - before;
+        Assert.True(one > 0);
+        var (values, _) = new SingleModelCalls(critic, () => null).Values(b);
+        Assert.Equal(0, critic.ActivationBytes);
+        var d = lp.Select((x, i) => (float)(0.01 * Math.Sin(i + x))).ToArray();
+        calls.BackwardLogProbs(b, 1f, d);
+        calls.Step();
+        Assert.Equal(0, actor.ActivationBytes);
+        // one block served the three operations of both models
+        Assert.Equal(before + one, ArenaBlocks.AllocatedBytes);
+        Assert.Equal(one, ArenaBlocks.FreeBytes);
+        // the same bits as the operations on models that keep their arenas
+        Assert.Equal(ModelOps.LogProbs(refActor, b, 1f, out var lse), lp);
+        refActor.ZeroGrad();
+        ModelOps.BackwardLogProbs(refActor, b, 1f, lse, d);
+        refOpt.StepOnce();
+        Assert.Equal(refActor.Parameters.ToArray(), actor.Parameters.ToArray());
+        using var critic2 = new LlamaModel(cfg, true);
+        critic2.InitRandom(2);
+        Assert.Equal(ModelOps.Values(critic2, b).ActionValues, values);
+        refActor.ReleaseActivations(); critic2.ReleaseActivations();
+        ArenaBlocks.Trim();
+    }
+
+    [Fact]
+    public void APlanReplicaInThisProcessGivesItsShardsBlocksBackAfterEachOperation()
+    {
+        // Devices as threads (DistributedModel): each shard releases its activations after each operation, so the
+        // next replica's operation on that device takes its blocks, and the first replica's outputs are the same
+        // bits on blocks the other wrote.
+        var cfg = LlamaConfig.Preset("tiny");
+        using var cluster = new LocalCluster(2);
+        using var full = new LlamaModel(cfg, false);
+        using var other = new LlamaModel(cfg, false);
+        full.InitRandom(5);
+        other.InitRandom(6);
+        var layout = new ParallelLayout([0, 1], 1, 2, 1);
+        using var replica = new DistributedModel(cluster, "ref_inf", cfg, false, layout, 1);
+        using var replica2 = new DistributedModel(cluster, "actor_gen", cfg, false, layout, 1);
+        replica.CopyFrom(full);
+        replica2.CopyFrom(other);
+        var b = Batch(8, 10, 4);
+        ArenaBlocks.Trim();
+        long before = ArenaBlocks.AllocatedBytes;
+        var want = replica.LogProbs(b, 1f);
+        Assert.Equal(0, replica.Shard(0).ActivationBytes);
+        Assert.Equal(0, replica.Shard(1).ActivationBytes);
+        long blocks = ArenaBlocks.AllocatedBytes;
+        Assert.True(blocks > before);
+        Assert.NotEqual(want, replica2.LogProbs(b, 1f));
+        Assert.Equal(0, replica2.Shard(0).ActivationBytes);
+        Assert.Equal(want, replica.LogProbs(b, 1f));
+        // At most one block per device: the first operation allocated one (a shard that finished first gave its
+        // block to the other) or two; the next replica's ran on those (and, after one, a second).
+        Assert.InRange(ArenaBlocks.AllocatedBytes - before, blocks - before, 2 * (blocks - before));
+        Assert.Equal(ArenaBlocks.AllocatedBytes - before, ArenaBlocks.FreeBytes);
+        ArenaBlocks.Trim();
+    }
+
+    [Fact]
+    public void AnArenaThatOutgrowsTheBlockItLastHeldAllocatesHalfAsMuchAgainAfterARelease()
+    {
+        // As an arena that had kept its block: a need that creeps up from one call to the next (a rollout's tokens
+        // vary) allocates a few times, not at every new maximum.
+        ArenaBlocks.Trim();
+        using var a = new Arena();
+        a.Reset(100_000);
+        long first = a.CapacityFloats;
+        Assert.InRange(first, 100_000, 100_016);
+        a.Release();
+        ArenaBlocks.Trim();
+        a.Reset(120_000);
+        Assert.Equal(first * 3 / 2, a.CapacityFloats - 16);
+        a.Release();
+        // A need within the last block's capacity, with no free block: exactly that need.
+        ArenaBlocks.Trim();
+        a.Reset(50_000);
+        Assert.InRange(a.CapacityFloats, 50_000, 50_016);
+        a.Release();
+        ArenaBlocks.Trim();
+    }
+
+    [Fact]
+    public void AnActivationBlockAllocatedInAUnitOfModelWorkIsNotTimedAndFaultsOnEveryThread()
+    {
+        if (!ThreadChoice.Enabled) return;   // REALN_THREAD_CHOICE=off: no unit is timed
+        int saved = Native.GetNumThreads();
+        Native.SetNumThreads(2);
+        try
+        {
+            var c = new ThreadChoice();   // its first burst runs on one thread; the burst's first unit is not timed
+            using (c.Begin("forward", 100)) { }
+            ArenaBlocks.Trim();
+            using (c.Begin("forward", 100))
+            {
+                Assert.Equal(1, Native.GetNumThreads());
+                ArenaBlocks.Return(ArenaBlocks.Take(1 << 20, 1 << 20));   // no free block: allocated and faulted in
+            }
+            Assert.True(double.IsPositiveInfinity(c.Summary().Single().One), "the unit that allocated was timed");
+            using (c.Begin("forward", 100)) { }
+            Assert.True(double.IsFinite(c.Summary().Single().One), "a plain unit after it was not timed");
+            // the allocation's pages are faulted in on the calling thread's threads, though the unit runs on one
+            int threadsInside = 0;
+            using (c.Begin("forward", 100)) threadsInside = ThreadChoice.OffTheClock(Native.GetNumThreads);
+            Assert.Equal(2, threadsInside);
+            ArenaBlocks.Trim();
+        }
+        finally { Native.SetNumThreads(saved); }
     }
 }
