@@ -319,8 +319,8 @@ public sealed class WorkerPoolTests
     }
 
     /// <summary>Workers initialise, load and save their own shards (no byte of the model through the
-    /// master), in worker processes and in process, under layouts with tp (the part moves to a
-    /// temporary tp-1 pipeline that writes), pp and dp (data replica 0's stages write): initialised
+    /// master), in worker processes and in process, under layouts with tp (each tensor rank writes its
+    /// slices into the files), pp and dp (the tensors spread over the data replicas): initialised
     /// they equal the single-device model with the same seed; loaded from a sharded checkpoint (whole,
     /// or only its shared tensors into a scalar-head model) they equal the single device's load; every
     /// checkpoint part they write (HF weights, fp32 master, both AdamW moments) equals what the single
