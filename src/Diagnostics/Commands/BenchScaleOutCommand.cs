@@ -7,8 +7,8 @@
 // the bytes of one copy of every model's state (weights, and for trained roles gradients and both
 // AdamW moments; bf16: fp32 master, bf16 weights, fp32 gradients and moments; frozen bf16: 2 bytes).
 // Goals: the master below 0.1 of it; each worker at most its planned memory (shards + activations,
-// the planner's estimate); beside it the estimate with the checkpoint writers' temporary shard and
-// the worker's measured base RSS, and the command during which each worker's peak last rose.
+// the planner's estimate); beside it the estimate with the worker's measured base RSS, and the
+// command during which each worker's peak last rose.
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -111,7 +111,7 @@ public static class BenchScaleOutCommand
             processes.Add(new JsonObject
             {
                 // planned_bytes: the planner's shards + activations; estimated_peak_bytes: with the
-                // checkpoint writers' temporary shard and the process's measured base (summary.json's memory_terms_by_process).
+                // process's measured base (summary.json's memory_terms_by_process).
                 ["process"] = name, ["peak_rss_bytes"] = b, ["planned_bytes"] = plannedBytes, ["estimated_peak_bytes"] = estimate,
                 // Other workers' shards this one maps (shared memory): address space; their pages leave its resident set as it copies.
                 ["peer_mapped_bytes"] = mappedBy?[name] is JsonNode mb ? (long)mb : null,
@@ -139,14 +139,14 @@ public static class BenchScaleOutCommand
         Console.WriteLine($"{cfg.Name} under {Path.GetFileName(planPath)}: one copy of the models' state {Gb(reference)} GB ({string.Join(", ", bytesByRole.Select(kv => $"{kv.Key} {Gb((long)kv.Value!)}"))})");
         static string F2(JsonNode? n) => n is null ? "-" : ((double)n).ToString("F2", CultureInfo.InvariantCulture);
         static string G(JsonNode? n) => n is null ? "-" : Gb((long)n);
-        Console.WriteLine($"{"process",-10} {"peak RSS GB",12} {"of models",10} {"shards+act GB",14} {"of it",6} {"estimate GB",12} {"of it",6} {"base GB",8} {"ckpt GB",8} {"arenas GB",10}  peak set by");
+        Console.WriteLine($"{"process",-10} {"peak RSS GB",12} {"of models",10} {"shards+act GB",14} {"of it",6} {"estimate GB",12} {"of it",6} {"base GB",8} {"arenas GB",10}  peak set by");
         foreach (var row in processes.Select(r => r!.AsObject()))
         {
             var t = row["terms"] as JsonObject;
             Console.WriteLine($"{(string)row["process"]!,-10} {Gb((long)row["peak_rss_bytes"]!),12} {(double)row["of_reference"]!,10:F3} {G(row["planned_bytes"]),14} {F2(row["of_planned"]),6} " +
-                              $"{G(row["estimated_peak_bytes"]),12} {F2(row["of_estimate"]),6} {G(t?["base_rss_bytes"]),8} {G(t?["checkpoint_writer_bytes"]),8} {G(t?["activation_arena_peak_bytes"]),10}  {(string?)t?["peak_set_by"]?["command"] ?? "-"}");
+                              $"{G(row["estimated_peak_bytes"]),12} {F2(row["of_estimate"]),6} {G(t?["base_rss_bytes"]),8} {G(t?["activation_arena_peak_bytes"]),10}  {(string?)t?["peak_set_by"]?["command"] ?? "-"}");
         }
-        Console.WriteLine("(shards+act: the planner's shards, train state and largest activations; estimate: resident + max(active, checkpoint writers' temporary shard) + the process's base RSS measured after start-up; arenas: the most activation blocks the worker held at once)");
+        Console.WriteLine("(shards+act: the planner's shards, train state and largest activations; estimate: resident + active + the process's base RSS measured after start-up; arenas: the most activation blocks the worker held at once)");
         Console.WriteLine($"master peak RSS / models' state: {(double)result["master_of_reference"]!:F3} (goal < 0.1); run {result["run_seconds"]} s");
         if (result["data_bytes"] is JsonObject d)
             Console.WriteLine($"call inputs: {(long)d["from_master"]!} bytes from the master, {(long)d["between_workers"]!} bytes read worker to worker; call outputs: {(long?)d["to_master"] ?? 0} bytes to the master");

@@ -23,53 +23,50 @@ internal static class Safetensors
     /// <paramref name="shardBytes"/>) into <paramref name="dir"/>, atomically per file.</summary>
     public static void Save(LlamaModel model, string dir, long shardBytes = DefaultShardBytes, IReadOnlyDictionary<string, string>? metadata = null)
     {
+        int es = model.Precision == ModelPrecision.Bf16 ? 2 : 4;
+        // Group tensors into shards.
+        var shards = new List<List<string>>();
+        long cur = 0;
+        foreach (var v in model.Layout.Views)
+        {
+            long b = v.LocalElements * es;
+            if (shards.Count == 0 || (cur + b > shardBytes && shards[^1].Count > 0)) { shards.Add([]); cur = 0; }
+            shards[^1].Add(v.Name);
+            cur += b;
+        }
+        Save(model, dir, shards, metadata);
+    }
+
+    /// <summary>Writes config.json and the tensors of a model that holds them whole (a single
+    /// device's) into <paramref name="dir"/>, file i holding the tensors <paramref name="files"/>[i]
+    /// in layout order (one file: model.safetensors; several: model-0000i-of-0000n.safetensors and
+    /// model.safetensors.index.json), each file atomically (temporary name, fsync, rename).</summary>
+    public static void Save(LlamaModel model, string dir, IReadOnlyList<IReadOnlyCollection<string>> files, IReadOnlyDictionary<string, string>? metadata = null)
+    {
         Directory.CreateDirectory(dir);
         bool bf16 = model.Precision == ModelPrecision.Bf16;
         int es = bf16 ? 2 : 4;
         File.WriteAllText(Path.Combine(dir, "config.json"), model.Config.ToHfJson(model.ScalarHead, bf16 ? "bfloat16" : "float32"));
-        var views = model.Layout.Views;
-        // Group tensors into shards.
-        var shards = new List<List<ShardView>>();
-        long cur = 0;
-        foreach (var v in views)
+        var names = FileNames(files.Count);
+        var fileOf = new Dictionary<string, string>(StringComparer.Ordinal);
+        for (int s = 0; s < files.Count; s++)
         {
-            long b = v.LocalElements * es;
-            if (shards.Count == 0 || (cur + b > shardBytes && shards[^1].Count > 0)) { shards.Add([]); cur = 0; }
-            shards[^1].Add(v);
-            cur += b;
-        }
-        var names = shards.Count == 1 ? ["model.safetensors"]
-            : Enumerable.Range(1, shards.Count).Select(i => $"model-{i:D5}-of-{shards.Count:D5}.safetensors").ToArray();
-        var weightMap = new JsonObject();
-        for (int s = 0; s < shards.Count; s++)
-        {
-            WriteFile(Path.Combine(dir, names[s]), shards[s], model, metadata);
-            foreach (var v in shards[s]) weightMap[v.Name] = names[s];
+            var views = model.Layout.Views.Where(v => files[s].Contains(v.Name)).ToList();
+            if (views.Count != files[s].Count) throw new ArgumentException($"{dir}: {names[s]} names {files[s].Count} tensors, the model has {views.Count} of them");
+            WriteFile(Path.Combine(dir, names[s]), views, model, metadata);
+            foreach (var v in views) fileOf[v.Name] = names[s];
         }
         string index = Path.Combine(dir, "model.safetensors.index.json");
-        if (shards.Count > 1)
-        {
-            var idx = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = model.ParameterCount * es }, ["weight_map"] = weightMap };
-            File.WriteAllText(index, idx.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        }
+        if (files.Count > 1) WriteIndex(dir, fileOf, model.ParameterCount * es);
         else if (File.Exists(index)) File.Delete(index);
     }
 
-    /// <summary>Writes the whole tensors <paramref name="names"/> of a shard that holds them unsplit
-    /// (a pipeline stage with tensor parallelism 1) as one .safetensors file (fp32, fsynced, then
-    /// renamed into place): one file of a sharded HF checkpoint written by the worker holding it.</summary>
-    public static void SaveShardFile(LlamaModel shard, string path, IReadOnlyCollection<string> names)
-    {
-        var views = shard.Layout.Views.Where(v => names.Contains(v.Name)).ToList();
-        foreach (var v in views)
-            if (v.SplitDim >= 0 && v.SliceLength != v.GlobalShape[v.SplitDim])
-                throw new ArgumentException($"{path}: tensor '{v.Name}' is split in this shard; only whole tensors are written");
-        if (views.Count != names.Count) throw new ArgumentException($"{path}: the shard holds {views.Count} of the {names.Count} tensors asked for");
-        WriteFile(path, views, shard, null);
-    }
+    /// <summary>The file names of a checkpoint of <paramref name="count"/> files: model.safetensors,
+    /// or model-0000i-of-0000n.safetensors (Hugging Face's names).</summary>
+    public static string[] FileNames(int count) => count == 1 ? ["model.safetensors"]
+        : Enumerable.Range(1, count).Select(i => $"model-{i:D5}-of-{count:D5}.safetensors").ToArray();
 
-    /// <summary>The index of a sharded checkpoint written file by file (<see cref="SaveShardFile"/>):
-    /// each tensor's file, and the total size.</summary>
+    /// <summary>The index of a checkpoint of several files: each tensor's file, and the total size.</summary>
     public static void WriteIndex(string dir, IReadOnlyDictionary<string, string> fileOfTensor, long totalBytes)
     {
         var wm = new JsonObject();
@@ -78,39 +75,49 @@ internal static class Safetensors
         File.WriteAllText(Path.Combine(dir, "model.safetensors.index.json"), idx.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
-    private static void WriteFile(string path, List<ShardView> views, LlamaModel model, IReadOnlyDictionary<string, string>? metadata)
+    /// <summary>The bytes of a .safetensors file before its data: the header's length (8 bytes,
+    /// little-endian), the JSON header (<c>__metadata__</c>, then each tensor in file order with its
+    /// dtype, shape and data_offsets) and spaces up to a multiple of 8; and each tensor's data offset
+    /// from the end of these bytes, in file order, with the data's total size.</summary>
+    public static (byte[] Prefix, long[] Offsets, long DataBytes) Header(IReadOnlyList<(string Name, long[] Shape)> tensors, bool bf16,
+                                                                        IReadOnlyDictionary<string, string>? metadata = null)
     {
-        var header = new JsonObject();
+        var md = new JsonObject { ["format"] = "pt" };
         if (metadata is not null)
-        {
-            var md = new JsonObject { ["format"] = "pt" };
             foreach (var (k, v) in metadata) md[k] = v;
-            header["__metadata__"] = md;
-        }
-        else header["__metadata__"] = new JsonObject { ["format"] = "pt" };
-        bool bf16 = model.Precision == ModelPrecision.Bf16;
+        var header = new JsonObject { ["__metadata__"] = md };
+        var offsets = new long[tensors.Count];
         long off = 0;
-        foreach (var v in views)
+        for (int i = 0; i < tensors.Count; i++)
         {
-            long n = v.LocalElements * (bf16 ? 2 : 4);
-            header[v.Name] = new JsonObject
+            var (name, shape) = tensors[i];
+            long n = shape.Aggregate(1L, (a, d) => a * d) * (bf16 ? 2 : 4);
+            header[name] = new JsonObject
             {
                 ["dtype"] = bf16 ? "BF16" : "F32",
-                ["shape"] = new JsonArray(v.LocalShape.Select(d => (JsonNode)d).ToArray()),
+                ["shape"] = new JsonArray(shape.Select(d => (JsonNode)d).ToArray()),
                 ["data_offsets"] = new JsonArray(off, off + n),
             };
+            offsets[i] = off;
             off += n;
         }
         var hb = Encoding.UTF8.GetBytes(header.ToJsonString());
         int pad = (8 - hb.Length % 8) % 8;
+        var prefix = new byte[8 + hb.Length + pad];
+        BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)(hb.Length + pad));
+        hb.CopyTo(prefix, 8);
+        prefix.AsSpan(8 + hb.Length).Fill((byte)' ');
+        return (prefix, offsets, off);
+    }
+
+    private static void WriteFile(string path, List<ShardView> views, LlamaModel model, IReadOnlyDictionary<string, string>? metadata)
+    {
+        bool bf16 = model.Precision == ModelPrecision.Bf16;
+        var (prefix, _, _) = Header(views.Select(v => (v.Name, v.LocalShape)).ToList(), bf16, metadata);
         string tmp = path + ".tmp";
         using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
         {
-            Span<byte> len = stackalloc byte[8];
-            BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)(hb.Length + pad));
-            fs.Write(len);
-            fs.Write(hb);
-            for (int i = 0; i < pad; i++) fs.WriteByte((byte)' ');
+            fs.Write(prefix);
             if (bf16)
             {
                 var half = model.Bf16Parameters;
@@ -126,6 +133,22 @@ internal static class Safetensors
             fs.Flush(true);
         }
         File.Move(tmp, path, overwrite: true);  // never a half-written checkpoint under the real name
+    }
+
+    /// <summary>Creates the .safetensors file <paramref name="path"/> of a sharded save at its full
+    /// size, with its header (<see cref="Header"/>: the bytes a single device's save writes) and its
+    /// data still to be written (a sparse range the shards' owners fill, <see cref="WriteSlices"/>);
+    /// fsynced. Returns each tensor's absolute file offset, in file order.</summary>
+    public static long[] CreateTensorFile(string path, IReadOnlyList<(string Name, long[] Shape)> tensors, bool bf16)
+    {
+        var (prefix, offsets, data) = Header(tensors, bf16);
+        using (var fs = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.ReadWrite))
+        {
+            fs.SetLength(prefix.Length + data);
+            fs.Write(prefix);
+            fs.Flush(flushToDisk: true);
+        }
+        return offsets.Select(o => prefix.Length + o).ToArray();
     }
 
     /// <summary>Reads config.json and builds a model; <paramref name="scalarHead"/> null: decide from the
@@ -401,39 +424,71 @@ internal static class Safetensors
         }
     }
 
-    /// <summary>Writes the whole tensors <paramref name="names"/> of a shard that holds them unsplit
-    /// (<paramref name="data"/>: the shard's fp32 buffer of its layout, e.g. an AdamW moment) into the
-    /// flat file <paramref name="path"/> at the offsets the single-device layout
-    /// <paramref name="full"/> gives them (the run checkpoint's role.adam_m / .adam_v / .master
-    /// format: the full model's buffer, little-endian fp32). The file must exist with its full size
-    /// (<see cref="CreateFlat"/>); each writer of a sharded save writes its own tensors and fsyncs.</summary>
-    public static unsafe void WriteFlatShard(string path, ShardLayout layout, ShardLayout full, float* data, IReadOnlyCollection<string> names)
+    /// <summary>Writes this shard's slices of the tensors <paramref name="names"/> (<paramref name="layout"/>'s
+    /// views: whole tensors, or each cut to its tensor-parallel slice) from its flat buffer
+    /// <paramref name="data"/> (elements of <paramref name="elementBytes"/> bytes, as the buffer holds
+    /// them) into checkpoint files that exist at their full size: tensor t's element 0 is at byte
+    /// <paramref name="at"/>[t].Offset of file <paramref name="at"/>[t].Path, the tensor row-major over
+    /// its global shape (a flat fp32 file in the single device's layout, or a .safetensors file made
+    /// by <see cref="CreateTensorFile"/>). A slice along dimension d is <c>outer</c> runs (the product
+    /// of the dimensions before d) of <c>SliceLength x inner</c> elements, contiguous in the buffer and
+    /// one positioned write each in the file: one run for a whole tensor or a column-parallel slice
+    /// (dim 0), one per row for a row-parallel one (dim 1: its columns of every row, between the other
+    /// ranks' columns). No staging buffer: the bytes go from the shard's buffer to the file. Every
+    /// file written is fsynced before this returns. Other processes may write other byte ranges of
+    /// the same files at the same time (the other owners of a sharded save).</summary>
+    public static unsafe void WriteSlices(ShardLayout layout, byte* data, int elementBytes, IReadOnlyDictionary<string, (string Path, long Offset)> at,
+                                          IReadOnlyCollection<string> names)
     {
-        using var fs = new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.ReadWrite, 1);
-        if (fs.Length != full.TotalElements * 4) throw new InvalidDataException($"{path}: {fs.Length} bytes, expected {full.TotalElements * 4}");
-        var handle = fs.SafeFileHandle;
-        foreach (var v in layout.Views.Where(v => names.Contains(v.Name)))
+        var byFile = new Dictionary<string, List<(ShardView View, long Offset)>>(StringComparer.Ordinal);
+        foreach (var v in layout.Views)
         {
-            if (v.SplitDim >= 0 && v.SliceLength != v.GlobalShape[v.SplitDim])
-                throw new ArgumentException($"{path}: tensor '{v.Name}' is split in this shard; only whole tensors are written");
-            if (!full.TryGet(v.Name, out var f)) throw new ArgumentException($"{path}: tensor '{v.Name}' is not in the model");
-            // Writes of up to 1 GiB each (RandomAccess takes an int-sized span).
-            for (long at = 0; at < v.LocalElements;)
-            {
-                int n = (int)Math.Min(v.LocalElements - at, 1 << 28);
-                RandomAccess.Write(handle, new ReadOnlySpan<byte>(data + v.Offset + at, n * 4), (f.Offset + at) * 4);
-                at += n;
-            }
+            if (!names.Contains(v.Name)) continue;
+            if (!at.TryGetValue(v.Name, out var t)) throw new ArgumentException($"sharded save: no file offset for tensor '{v.Name}'");
+            if (!byFile.TryGetValue(t.Path, out var l)) byFile[t.Path] = l = [];
+            l.Add((v, t.Offset));
         }
-        fs.Flush(flushToDisk: true);
+        if (byFile.Values.Sum(l => l.Count) != names.Count) throw new ArgumentException($"sharded save: the shard holds {byFile.Values.Sum(l => l.Count)} of the {names.Count} tensors asked for");
+        foreach (var (path, views) in byFile)
+        {
+            using var fs = new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.ReadWrite, 1);
+            long length = fs.Length;
+            var handle = fs.SafeFileHandle;
+            foreach (var (v, start) in views)
+            {
+                var g = v.GlobalShape;
+                int split = v.SplitDim < 0 ? 0 : v.SplitDim;
+                long outer = 1, inner = 1;
+                for (int d = 0; d < split; d++) outer *= g[d];
+                for (int d = split + 1; d < g.Length; d++) inner *= g[d];
+                long first = v.SplitDim < 0 ? 0 : v.SliceStart, len = v.SplitDim < 0 ? g[0] : v.SliceLength;
+                long runBytes = len * inner * elementBytes, total = g.Aggregate(1L, (a, d) => a * d) * elementBytes;
+                if (start < 0 || start + total > length)
+                    throw new InvalidDataException($"{path}: tensor '{v.Name}' at byte {start} ({total} bytes) does not fit in the file's {length} bytes");
+                byte* src = data + v.Offset * elementBytes;
+                for (long o = 0; o < outer; o++, src += runBytes)
+                {
+                    long fileAt = start + (o * g[split] + first) * inner * elementBytes;
+                    // Writes of up to 1 GiB each (RandomAccess takes an int-sized span).
+                    for (long w = 0; w < runBytes;)
+                    {
+                        int n = (int)Math.Min(runBytes - w, 1 << 30);
+                        RandomAccess.Write(handle, new ReadOnlySpan<byte>(src + w, n), fileAt + w);
+                        w += n;
+                    }
+                }
+            }
+            fs.Flush(flushToDisk: true);
+        }
     }
 
     /// <summary>Creates (or cuts back) <paramref name="path"/> to <paramref name="bytes"/> bytes of
-    /// zeros, without writing them (a sparse file the shard writers fill).</summary>
+    /// zeros, without writing them (a sparse file the shards' owners fill, <see cref="WriteSlices"/>); fsynced.</summary>
     public static void CreateFlat(string path, long bytes)
     {
         using var fs = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.ReadWrite);
         fs.SetLength(bytes);
+        fs.Flush(flushToDisk: true);
     }
 
     /// <summary>Reads one shard (<paramref name="layout"/>: each tensor cut to its slice) of a flat

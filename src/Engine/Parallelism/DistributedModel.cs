@@ -291,8 +291,9 @@ internal interface IReplica : IDisposable
     /// nobody holds the whole model. Bit-identical to scattering the single device's model.</summary>
     void Initialise(int seed, string? checkpoint = null, bool sharedOnly = false, bool allowNonFinite = false);
     /// <summary>Writes checkpoint part <paramref name="part"/> to <paramref name="path"/> (the weights'
-    /// HF folder, or the flat file) from the shards (<see cref="ShardedSave"/>); returns once every
-    /// file is complete and fsynced. Nobody holds the whole model.</summary>
+    /// HF folder, or the flat file): each shard writes its own pieces into the files
+    /// (<see cref="ShardedSave"/>); returns once every file is complete and fsynced. Nobody holds
+    /// the whole model, and no shard is copied.</summary>
     void SaveState(string path, CheckpointPart part);
     /// <summary>Every shard reads its slices of checkpoint part <paramref name="part"/> from
     /// <paramref name="path"/> by byte range (whatever layout wrote it).</summary>
@@ -509,34 +510,10 @@ internal sealed unsafe class DistributedModel : IReplica
 
     public void SaveState(string path, CheckpointPart part)
     {
-        var (writers, temporary) = ShardedSave.Writers(Layout, Config, ScalarHead);
         bool bf16Weights = part == CheckpointPart.Weights && Precision == ModelPrecision.Bf16;
-        DistributedModel? temp = null;
-        try
-        {
-            var target = this;
-            var writePart = part;
-            if (temporary)
-            {
-                // The part is reallocated into the parameters of a tp-1 pipeline that writes it.
-                target = temp = new DistributedModel(_cluster, _name + " (checkpoint)", Config, ScalarHead, writers, 1, null,
-                                                     bf16Weights ? ModelPrecision.Bf16 : ModelPrecision.Fp32);
-                var kind = bf16Weights ? ParameterBuffer.Bf16 : ParameterBuffer.Fp32Master;
-                int es = ParameterBuffers.ElementSize(kind);
-                InProcessRealloc.Execute(Plan(Layout, writers, Config, ScalarHead, es), Buffers(r => StatePointer(r, part), es), temp.Buffers(r => temp.Parameters(r, kind), es));
-                if (bf16Weights) foreach (var t in temp._ranks) t!.Shard.BiasesFromBf16();
-                writePart = part == CheckpointPart.Weights ? part : CheckpointPart.Master;   // a moment now sits in the temporary's fp32 weights
-            }
-            var writes = ShardedSave.Prepare(path, part, writers, Config, ScalarHead);
-            var byRank = writes.ToDictionary(w => target.Layout.Devices.ToList().IndexOf(writers.Devices[w.WriterRank]));
-            target.Run($"save {Path.GetFileName(path)}", s =>
-            {
-                if (byRank.TryGetValue(s.Comm.LayoutRank, out var w)) s.SaveState(writePart, w.Path, w.Tensors);
-                return 0;
-            });
-            ShardedSave.Finish(path, part, writes, Config, ScalarHead, bf16Weights);
-        }
-        finally { temp?.Dispose(); }
+        var targets = ShardedSave.Prepare(path, part, Layout, Config, ScalarHead, bf16Weights);
+        Run($"save {Path.GetFileName(path)}", s => { s.SaveState(part, targets); return 0; });
+        ShardedSave.Finish(Path.GetFullPath(path), part, Layout, Config, ScalarHead, bf16Weights);
     }
 
     public void LoadState(string path, CheckpointPart part, bool allowNonFinite = false)
@@ -549,19 +526,6 @@ internal sealed unsafe class DistributedModel : IReplica
     {
         get => (_ranks[0]!.Optimizer ?? throw new InvalidOperationException($"{_name}: an inference replica has no optimizer")).Step;
         set { foreach (var r in _ranks) (r!.Optimizer ?? throw new InvalidOperationException($"{_name}: an inference replica has no optimizer")).Step = value; }
-    }
-
-    /// <summary>Rank r's buffer of checkpoint part <paramref name="part"/> (the weights: bf16 for a bf16 model, else the fp32 master).</summary>
-    private nint StatePointer(int r, CheckpointPart part)
-    {
-        var shard = _ranks[r]!;
-        switch (part)
-        {
-            case CheckpointPart.Weights: return Parameters(r, Precision == ModelPrecision.Bf16 ? ParameterBuffer.Bf16 : ParameterBuffer.Fp32Master);
-            case CheckpointPart.Master: return Parameters(r, ParameterBuffer.Fp32Master);
-        }
-        var o = shard.Optimizer ?? throw new InvalidOperationException($"{_name}: an inference replica has no optimizer state");
-        fixed (float* p = part == CheckpointPart.FirstMoment ? o.FirstMoment : o.SecondMoment) return (nint)p;
     }
 
     public void MoveOptimizerState(AdamW full, bool toShards)

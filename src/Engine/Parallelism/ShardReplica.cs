@@ -362,18 +362,21 @@ internal sealed unsafe class ShardReplica : IDisposable
         }
     }
 
-    /// <summary>Whether this rank writes its tensors in a sharded save: a replica with tp 1 saves
-    /// from data replica 0's pipeline stages, which hold whole tensors.</summary>
-    public bool Writes => Comm.Tp == 1 && Comm.Data == 0;
-
-    /// <summary>Writes <paramref name="part"/> of this rank's whole tensors: the weights as one file of
-    /// a sharded HF checkpoint (<paramref name="path"/>; bf16 for a bf16 model), the master or a
-    /// moment at its offsets into the flat file <paramref name="path"/>; fsynced.</summary>
-    public void SaveState(CheckpointPart part, string path, IReadOnlyCollection<string> names)
+    /// <summary>Writes this rank's pieces of checkpoint part <paramref name="part"/> (the tensors
+    /// <see cref="ShardedSave.Mine"/> gives it: its slices, of its data replica's share) straight
+    /// from its buffer into the files <paramref name="targets"/> names, which exist at their full
+    /// size (<see cref="ShardedSave.Prepare"/>): the weights (bf16 for a bf16 model, else the fp32
+    /// master), the fp32 master or an AdamW moment; fsynced. No copy of the shard is made.</summary>
+    public void SaveState(CheckpointPart part, SaveTargets targets)
     {
-        if (!Writes) throw new InvalidOperationException($"rank {Comm.LayoutRank} of {Layout} writes no checkpoint file (tp 1, data replica 0 only)");
-        if (part == CheckpointPart.Weights) { Checkpoints.Safetensors.SaveShardFile(Shard, path, names); return; }
-        Checkpoints.Safetensors.WriteFlatShard(path, Shard.Layout, ParamLayout.Create(Shard.Config, Shard.ScalarHead), StatePointer(part), names);
+        bool bf16 = part == CheckpointPart.Weights && Shard.Precision == ModelPrecision.Bf16;
+        int es = bf16 ? 2 : 4;
+        if (targets.ElementBytes != es)
+            throw new ArgumentException($"save of {part}: the files hold {targets.ElementBytes}-byte elements, this shard's buffer {es}-byte ones");
+        var mine = ShardedSave.Mine(Shard.Layout, Layout, Comm.Data, Comm.Model, Shard.Config, Shard.ScalarHead);
+        if (mine.Count == 0) return;
+        byte* data = part == CheckpointPart.Weights ? (bf16 ? (byte*)Shard.Bf16ParametersPointer : (byte*)Shard.ParametersPointer) : (byte*)StatePointer(part);
+        Checkpoints.Safetensors.WriteSlices(Shard.Layout, data, es, targets.At, mine);
     }
 
     /// <summary>Reads <paramref name="part"/> of this rank's shard from a checkpoint by byte range

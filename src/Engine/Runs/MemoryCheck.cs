@@ -69,42 +69,14 @@ internal static class MemoryCheck
         return result;
     }
 
-    /// <summary>Per plan device, the most bytes a checkpoint's temporary writers put there: a trained
-    /// model whose train layout splits tensors (tp &gt; 1) writes each part of its checkpoint (weights,
-    /// AdamW m, v: one at a time) from a temporary tp-1 pipeline over its first devices that the part
-    /// is reallocated into (ShardedSave.Writers); each writer holds its stage's share of the
-    /// parameters, 4 bytes each (fp32; a moment is fp32 in every precision). The plan determines it:
-    /// the trained roles are those with a train call, their layouts the train calls'. Zero for a
-    /// plan whose trained models all train at tp 1 (data replica 0 writes its own shard).</summary>
-    internal static long[] CheckpointWriterBytes(ExperimentConfig cfg, StageConfig stage, Plan plan)
-    {
-        var result = new long[plan.Nodes * plan.DevicesPerNode];
-        foreach (var pc in plan.Calls.Where(c => c.Type == CallType.TrainStep && stage.Models.ContainsKey(c.Model)))
-        {
-            var layout = new ParallelLayout(Enumerable.Range(0, pc.Mesh.Size).Select(r => pc.Mesh.Device(r, plan.DevicesPerNode)).ToArray(),
-                                            pc.Strategy.Pp, pc.Strategy.Dp, pc.Strategy.Tp);
-            var arch = Arch(cfg, stage.Models[pc.Model]);
-            bool scalar = AlgorithmNames.ScalarHead(pc.Model);
-            var (writers, temporary) = ShardedSave.Writers(layout, arch, scalar);
-            if (!temporary) continue;
-            for (int p = 0; p < writers.Pp; p++)
-            {
-                int d = writers.Devices[p];
-                result[d] = Math.Max(result[d], ParamLayout.Create(arch, scalar, writers.Pp, p).TotalElements * 4);
-            }
-        }
-        return result;
-    }
-
     /// <summary>One worker's memory estimate: what the planner counts (<paramref name="Resident"/>
-    /// shards and train state, <paramref name="Active"/> the largest call's), the checkpoint writers'
-    /// temporary shard (<see cref="CheckpointWriterBytes"/>: between calls, so beside the active
-    /// bytes, not on top of them) and the process's own base (<paramref name="BaseRss"/>: its resident
-    /// set measured after start-up, before any replica: runtime, native libraries, UCX). Peak =
-    /// resident + max(active, checkpoint writers) + base.</summary>
-    internal readonly record struct WorkerEstimate(long Resident, long Active, long CheckpointWriters, long BaseRss)
+    /// shards and train state, <paramref name="Active"/> the largest call's) and the process's own
+    /// base (<paramref name="BaseRss"/>: its resident set measured after start-up, before any
+    /// replica: runtime, native libraries, UCX). A checkpoint adds nothing: every shard writes its
+    /// own pieces into the files (Parallelism/ShardedSave.cs). Peak = resident + active + base.</summary>
+    internal readonly record struct WorkerEstimate(long Resident, long Active, long BaseRss)
     {
-        public long Peak => Resident + Math.Max(Active, CheckpointWriters) + BaseRss;
+        public long Peak => Resident + Active + BaseRss;
     }
 
     /// <summary>Each plan device's <see cref="WorkerEstimate"/> (the stage with the largest peak),
@@ -119,19 +91,15 @@ internal static class MemoryCheck
             var (exp, planned) = StageExperiment(cfg, stage, plan);
             if (!planned) continue;
             var e = MemoryFit.Estimate(exp, plan);
-            var writers = CheckpointWriterBytes(cfg, stage, plan);
             best ??= new WorkerEstimate[e.DeviceBytes.Length];
             for (int d = 0; d < best.Length; d++)
             {
-                var w = new WorkerEstimate((long)e.DeviceResidentBytes[d], (long)e.DeviceActiveBytes[d], writers[d], baseRss is not null && d < baseRss.Count ? baseRss[d] ?? 0 : 0);
+                var w = new WorkerEstimate((long)e.DeviceResidentBytes[d], (long)e.DeviceActiveBytes[d], baseRss is not null && d < baseRss.Count ? baseRss[d] ?? 0 : 0);
                 if (w.Peak > best[d].Peak) best[d] = w;
             }
         }
         return best;
     }
-
-    private static LlamaConfig Arch(ExperimentConfig cfg, ModelSpec m) =>
-        m.Preset is not null ? LlamaConfig.Preset(m.Preset) : LlamaConfig.FromHfJson(Path.Combine(cfg.BaseDirectory, m.ConfigPath!));
 
     /// <summary>A worker's key in the by-process memory figures.</summary>
     public static string WorkerKey(int device) => $"worker_{device}";
@@ -177,7 +145,7 @@ internal static class MemoryCheck
             estimated[WorkerKey(d)] = w.Peak;
             var t = new JsonObject
             {
-                ["resident_bytes"] = w.Resident, ["active_bytes"] = w.Active, ["checkpoint_writer_bytes"] = w.CheckpointWriters, ["base_rss_bytes"] = w.BaseRss,
+                ["resident_bytes"] = w.Resident, ["active_bytes"] = w.Active, ["base_rss_bytes"] = w.BaseRss,
                 ["activation_arena_bytes"] = reports[d]["activation_arena_bytes"]?.GetValue<long?>(),
                 ["activation_arena_held_bytes"] = reports[d]["activation_arena_held_bytes"]?.GetValue<long?>(),
                 ["activation_arena_peak_bytes"] = reports[d]["activation_arena_peak_bytes"]?.GetValue<long?>(),

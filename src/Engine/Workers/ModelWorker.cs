@@ -300,18 +300,17 @@ internal sealed unsafe class ModelWorker : IDisposable
         return "ok";
     }
 
-    /// <summary>Writes this worker's whole tensors of a checkpoint part (one file of the weights, or its byte ranges of a flat file), fsynced.</summary>
+    /// <summary>Writes this worker's pieces of a checkpoint part into the files the master created
+    /// (its slices at their offsets: <see cref="ShardReplica.SaveState"/>), fsynced.</summary>
     private string SaveState(JsonNode j)
     {
-        var mine = j["files"]?[_args.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture)] ?? throw new ArgumentException($"save-state: no file for worker {_args.Rank}");
-        var names = mine["names"]!.AsArray().Select(n => n!.GetValue<string>()).ToHashSet(StringComparer.Ordinal);
-        string path = WireJson.Str(mine, "path");
+        var targets = SaveTargets.FromJson(j["targets"]);
         // Fault injection (tests): REALN_FAILPOINT=save-state:TEXT kills this worker (SIGKILL) when it is
         // to write a path containing TEXT: a worker lost in the middle of a sharded checkpoint write.
         if (Environment.GetEnvironmentVariable("REALN_FAILPOINT") is { } fp && fp.StartsWith("save-state:", StringComparison.Ordinal)
-            && path.Contains(fp["save-state:".Length..], StringComparison.Ordinal))
+            && targets.At.Values.Any(t => t.Path.Contains(fp["save-state:".Length..], StringComparison.Ordinal)))
             Process.GetCurrentProcess().Kill();
-        Replica(j).SaveState(CheckpointParts.FromWire(WireJson.Str(j, "part")), path, names);
+        Replica(j).SaveState(CheckpointParts.FromWire(WireJson.Str(j, "part")), targets);
         return "ok";
     }
 
@@ -1061,8 +1060,6 @@ internal sealed unsafe class ModelWorker : IDisposable
             var plan = ReallocPlan.Build(from, to, ParamLayout.Factory(config, scalar), elementSize, _ => 0);
             _plans[key] = p = (plan, ReallocSchedule.ForDevice(plan, _args.Rank));
         }
-        string dstKind = (string?)j["dst_kind"] ?? kind;   // a checkpoint part moves into a writer's weights
-        if ((dstKind == "params_bf16") != (kind == "params_bf16")) throw new ArgumentException($"realloc {kind} -> {dstKind}: element sizes differ");
         nint Buffer(int id, ParallelLayout layout, string side, string kind)
         {
             if (!layout.Devices.Contains(_args.Rank)) return 0;
@@ -1078,15 +1075,15 @@ internal sealed unsafe class ModelWorker : IDisposable
         // them, its senders included (whose mappings of it stay valid; what they write is kept).
         // Free activation blocks go first (Model.ArenaBlocks.Trim): the weights come back for the call
         // that needs them, whose own activations the planner counts beside them, not the last call's.
-        if (dstKind is "params" or "params_bf16" && to.Devices.Contains(_args.Rank) && _replicas.TryGetValue(dst, out var into) && into.Shard.WeightsReleased)
+        if (kind is "params" or "params_bf16" && to.Devices.Contains(_args.Rank) && _replicas.TryGetValue(dst, out var into) && into.Shard.WeightsReleased)
         {
             Model.ArenaBlocks.Trim();
             into.Shard.ReacquireWeights();
         }
-        nint s = Buffer(src, from, "source", kind), d = Buffer(dst, to, "destination", dstKind);
+        nint s = Buffer(src, from, "source", kind), d = Buffer(dst, to, "destination", kind);
         Wait(_mover.ExecuteAsync(p.Plan, p.Schedule, s, d), $"realloc {kind} {from} -> {to}");
         // A bf16-only shard's fp32 q/k/v biases follow its new bf16 weights.
-        if (dstKind == "params_bf16" && to.Devices.Contains(_args.Rank)) _replicas[dst].Shard.BiasesFromBf16();
+        if (kind == "params_bf16" && to.Devices.Contains(_args.Rank)) _replicas[dst].Shard.BiasesFromBf16();
         return "ok";
     }
 

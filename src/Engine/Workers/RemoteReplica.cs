@@ -891,49 +891,20 @@ internal sealed unsafe class RemoteReplica : IReplica
         _pool.Dispatch(What("initialise"), Layout.Devices, "init-shard", cmd);
     }
 
-    /// <summary>The realloc kind (ModelWorker's names) of checkpoint part <paramref name="part"/>'s buffer.</summary>
-    private string StateKind(CheckpointPart part) => part switch
-    {
-        CheckpointPart.Weights => Precision == ModelPrecision.Bf16 ? "params_bf16" : "params",
-        CheckpointPart.Master => "params",
-        CheckpointPart.FirstMoment => "adam_m",
-        _ => "adam_v",
-    };
-
-    /// <summary>Writes a part of the checkpoint without the master holding it: the writers (data
-    /// replica 0 of a tp-1 layout, or a temporary tp-1 pipeline the part is reallocated into worker to
-    /// worker) each write their file or byte ranges and fsync; the master writes config.json and the
-    /// index. The caller commits the checkpoint folder once this returns.</summary>
+    /// <summary>Writes a part of the checkpoint without the master holding it and without a copy
+    /// of any shard: the master creates the files (full size, the weights' headers), each worker
+    /// that owns pieces of it writes them at their offsets and fsyncs (<see cref="ShardedSave"/>);
+    /// the master writes config.json and the index. The path must name the same files on every
+    /// worker's node (one machine, or a shared file system). The caller commits the checkpoint
+    /// folder once this returns.</summary>
     public void SaveState(string path, CheckpointPart part)
     {
         SendDeferredBackward();
-        var (writers, temporary) = ShardedSave.Writers(Layout, Config, ScalarHead);
         bool bf16Weights = part == CheckpointPart.Weights && Precision == ModelPrecision.Bf16;
-        RemoteReplica? temp = null;
-        try
-        {
-            var target = this;
-            var writePart = part;
-            if (temporary)
-            {
-                target = temp = new RemoteReplica(_pool, _name + " (checkpoint)", Config, ScalarHead, writers, 1, null, bf16Weights ? ModelPrecision.Bf16 : ModelPrecision.Fp32);
-                var move = Realloc(StateKind(part), Layout, writers, _id, temp._id);
-                move["dst_kind"] = bf16Weights ? "params_bf16" : "params";
-                _pool.Dispatch(What($"move {Path.GetFileName(path)} to its writers"), Layout.Devices.Union(writers.Devices).ToArray(), "realloc", move);
-                writePart = part == CheckpointPart.Weights ? part : CheckpointPart.Master;   // a moment now sits in the temporary's fp32 weights
-            }
-            var writes = ShardedSave.Prepare(path, part, writers, Config, ScalarHead);
-            var files = new JsonObject();
-            foreach (var w in writes)
-                files[writers.Devices[w.WriterRank].ToString(System.Globalization.CultureInfo.InvariantCulture)] = new JsonObject
-                {
-                    ["path"] = w.Path, ["names"] = new JsonArray(w.Tensors.Select(n => (JsonNode)n).ToArray()),
-                };
-            _pool.Dispatch(What($"save {Path.GetFileName(path)}"), writes.Select(w => writers.Devices[w.WriterRank]).ToArray(), "save-state",
-                           new JsonObject { ["id"] = target._id, ["part"] = CheckpointParts.Wire(writePart), ["files"] = files });
-            ShardedSave.Finish(path, part, writes, Config, ScalarHead, bf16Weights);
-        }
-        finally { temp?.Dispose(); }
+        var targets = ShardedSave.Prepare(path, part, Layout, Config, ScalarHead, bf16Weights);
+        _pool.Dispatch(What($"save {Path.GetFileName(path)}"), ShardedSave.WriterDevices(Layout, Config, ScalarHead), "save-state",
+                       new JsonObject { ["id"] = _id, ["part"] = CheckpointParts.Wire(part), ["targets"] = targets.ToJson() });
+        ShardedSave.Finish(Path.GetFullPath(path), part, Layout, Config, ScalarHead, bf16Weights);
     }
 
     /// <summary>Each worker reads its slices itself: the path must name the same files on every worker's node.</summary>

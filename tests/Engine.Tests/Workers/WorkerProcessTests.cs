@@ -172,9 +172,9 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             var mapped = summary["peer_mapped_bytes_by_process"]!.AsObject();
             Assert.Equal(Enumerable.Range(0, workers).Select(d => $"worker_{d}").Order().ToArray(), mapped.Select(kv => kv.Key).Order().ToArray());
             Assert.All(mapped, kv => Assert.True((long)kv.Value! >= 0, $"peer_mapped_bytes_by_process.{kv.Key} = {kv.Value}"));
-            // Each worker's estimate and its terms: the planner's resident and active bytes, the
-            // checkpoint writers' temporary shard, the base resident set the worker measured after
-            // start-up; peak = resident + max(active, writers) + base. After the run no replica holds
+            // Each worker's estimate and its terms: the planner's resident and active bytes, the base
+            // resident set the worker measured after start-up; peak = resident + active + base (a
+            // checkpoint adds no temporary writer shard: no such term). After the run no replica holds
             // activation blocks (each operation gives them back), and the planner's terms are those
             // of planned_memory_bytes_by_process.
             var estimated = summary["estimated_peak_bytes_by_process"]!.AsObject();
@@ -183,9 +183,11 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             for (int d = 0; d < workers; d++)
             {
                 var t = terms[$"worker_{d}"]!;
-                long resident = (long)t["resident_bytes"]!, active = (long)t["active_bytes"]!, writers = (long)t["checkpoint_writer_bytes"]!, baseRss = (long)t["base_rss_bytes"]!;
+                long resident = (long)t["resident_bytes"]!, active = (long)t["active_bytes"]!, baseRss = (long)t["base_rss_bytes"]!;
+                Assert.Equal(["activation_arena_bytes", "activation_arena_held_bytes", "activation_arena_peak_bytes", "active_bytes", "base_rss_bytes", "peak_set_by", "resident_bytes"],
+                             t.AsObject().Select(kv => kv.Key).Order(StringComparer.Ordinal).ToArray());
                 Assert.True(baseRss > 10_000_000 && baseRss < (long)summary["peak_rss_bytes_by_process"]![$"worker_{d}"]!, $"worker {d}: base RSS {baseRss}");
-                Assert.Equal(resident + Math.Max(active, writers) + baseRss, (long)estimated[$"worker_{d}"]!);
+                Assert.Equal(resident + active + baseRss, (long)estimated[$"worker_{d}"]!);
                 Assert.True(resident + active >= (long)summary["planned_memory_bytes_by_process"]![$"worker_{d}"]! - 1, $"worker {d}");
                 Assert.Equal(0, (long)t["activation_arena_held_bytes"]!);
                 Assert.True((long)t["activation_arena_peak_bytes"]! > 0, $"worker {d} ran no forward");
@@ -320,8 +322,8 @@ public sealed class WorkerPoolTests
     }
 
     /// <summary>Workers initialise, load and save their own shards (no byte of the model through the
-    /// master), in worker processes and in process, under layouts with tp (the part moves to a
-    /// temporary tp-1 pipeline that writes), pp and dp (data replica 0's stages write): initialised
+    /// master), in worker processes and in process, under layouts with tp (each tensor rank writes its
+    /// slices into the files), pp and dp (the tensors spread over the data replicas): initialised
     /// they equal the single-device model with the same seed; loaded from a sharded checkpoint (whole,
     /// or only its shared tensors into a scalar-head model) they equal the single device's load; every
     /// checkpoint part they write (HF weights, fp32 master, both AdamW moments) equals what the single
