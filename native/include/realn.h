@@ -113,6 +113,15 @@ REALN_API realn_status realn_host_alloc(int64_t bytes, int32_t flags, void** out
 /* Frees; a SHARED allocation's pages are released even where another process still maps it
  * (that mapping then reads zero pages). */
 REALN_API realn_status realn_host_free(void* ptr);
+/* Gives the pages of allocation ptr (as realn_host_alloc returned it) back to the system and keeps
+ * its addresses mapped: afterwards it reads as zeros and holds no memory until written. A SHARED
+ * allocation's memfd is punched: its pages go even where another process maps it, whose mapping stays
+ * valid and sees later writes (an inference replica's weights between the calls that need them). */
+REALN_API realn_status realn_host_release(void* ptr);
+/* Takes pages for allocation ptr again as realn_host_alloc did (a large SHARED one: allocated and
+ * collapsed into 2 MiB pages; PREFAULT: touched), keeping what it holds; after realn_host_release,
+ * before the allocation is refilled. */
+REALN_API realn_status realn_host_reacquire(void* ptr);
 /* Whether ptr lies inside a REALN_HOST_SHARED allocation of this process: its memfd's descriptor
  * here, ptr's offset in it, the memfd's size and its token (random, part of the memfd's name, which
  * realn_shared_map checks). fd = -1, the rest 0, when it does not. */

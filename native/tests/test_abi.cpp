@@ -1,6 +1,8 @@
 // The C ABI's error contract, exercised through the shared library exactly as a host sees it:
 // bad arguments return a status (never crash), the thread's last error names the argument,
 // unsupported dtypes and missing backends are reported, handles free cleanly.
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -207,6 +209,69 @@ static void test_shared_memory() {
     close(back[1]);
 }
 
+// Pages of [p, p + bytes) resident in this process (mincore).
+static int64_t resident_pages(const void* p, int64_t bytes) {
+    const int64_t page = sysconf(_SC_PAGESIZE);
+    std::vector<unsigned char> v(static_cast<size_t>((bytes + page - 1) / page));
+    if (mincore(const_cast<void*>(p), static_cast<size_t>(bytes), v.data()) != 0) return -1;
+    int64_t n = 0;
+    for (unsigned char c : v) n += c & 1;
+    return n;
+}
+
+// realn_host_release / realn_host_reacquire on random bytes: a released block holds no pages and
+// reads zeros; what is written after the release (by the owner, or through another mapping of a
+// shared block) survives realn_host_reacquire, the rest reads zero; reacquired, every page is there.
+static void test_release_reacquire() {
+    std::mt19937 rng(7);
+    const int64_t bytes = 6 << 20, page = sysconf(_SC_PAGESIZE);
+    auto fill = [&](unsigned char* d, int64_t n) { for (int64_t i = 0; i < n; ++i) d[i] = static_cast<unsigned char>(rng() | 1); };
+    for (int shared = 0; shared < 2; ++shared) {
+        void* v = nullptr;
+        const int32_t flags = REALN_HOST_PREFAULT | (shared ? REALN_HOST_SHARED : REALN_HOST_HUGEPAGE);
+        EXPECT(realn_host_alloc(bytes, flags, &v) == REALN_OK && v != nullptr);
+        auto* b = static_cast<unsigned char*>(v);
+        fill(b, bytes);
+        int32_t fd = -1;
+        int64_t off = 0, size = 0;
+        uint64_t token = 0;
+        EXPECT(realn_host_shared_info(b, &fd, &off, &size, &token) == REALN_OK);
+        void* peer = nullptr;   // another mapping of the shared block, as a sender of a reallocation holds one
+        if (shared) EXPECT(realn_shared_map_writable(getpid(), fd, token, size, &peer) == REALN_OK && peer != nullptr);
+        auto file_bytes = [&] { struct stat st{}; return fstat(fd, &st) == 0 ? static_cast<int64_t>(st.st_blocks) * 512 : -1; };
+        if (shared) EXPECT(file_bytes() >= bytes);
+        EXPECT(resident_pages(b, bytes) == bytes / page);
+
+        EXPECT(realn_host_release(b) == REALN_OK);
+        EXPECT(resident_pages(b, bytes) == 0);
+        if (shared) EXPECT(file_bytes() == 0);
+        bool zero = true;
+        for (int64_t i = 0; i < bytes; i += 997) zero = zero && b[i] == 0;
+        EXPECT(zero);
+        if (shared) EXPECT(static_cast<unsigned char*>(peer)[12345] == 0);
+
+        // Written while released: 1 MiB at 1 MiB + 123, by the peer where there is one.
+        std::vector<unsigned char> mark(1 << 20);
+        fill(mark.data(), static_cast<int64_t>(mark.size()));
+        std::memcpy((shared ? static_cast<unsigned char*>(peer) : b) + (1 << 20) + 123, mark.data(), mark.size());
+        EXPECT(realn_host_reacquire(b) == REALN_OK);
+        EXPECT(resident_pages(b, bytes) == bytes / page);
+        if (shared) EXPECT(file_bytes() >= bytes);
+        EXPECT(std::memcmp(b + (1 << 20) + 123, mark.data(), mark.size()) == 0);
+        bool rest = true;
+        for (int64_t i = 0; i < bytes; ++i)
+            if (i < (1 << 20) + 123 || i >= (2 << 20) + 123) rest = rest && b[i] == 0;
+        EXPECT(rest);
+        fill(b, bytes);   // usable as before
+        if (shared) EXPECT(std::memcmp(peer, b, static_cast<size_t>(bytes)) == 0 && realn_shared_unmap(peer, size) == REALN_OK);
+        EXPECT(realn_host_release(b + page) == REALN_ERR_INVALID_ARGUMENT);   // not the allocation's start
+        EXPECT(error_mentions("realn_host_release"));
+        EXPECT(realn_host_free(b) == REALN_OK);
+        EXPECT(realn_host_reacquire(b) == REALN_ERR_INVALID_ARGUMENT);       // freed
+        EXPECT(realn_host_release(nullptr) == REALN_ERR_INVALID_ARGUMENT);
+    }
+}
+
 int main() {
     int32_t maj = -1, min = -1, pat = -1;
     EXPECT(realn_version(&maj, &min, &pat) == REALN_OK && maj == REALN_VERSION_MAJOR);
@@ -286,6 +351,7 @@ int main() {
     EXPECT(realn_host_free(h) == REALN_ERR_INVALID_ARGUMENT);  // double free is caught
     EXPECT(error_mentions("was not returned by realn_host_alloc"));
     test_shared_memory();
+    test_release_reacquire();
 
     // Selftest of a backend without a device: NOT_FOUND where it is not built, UNSUPPORTED (naming
     // the missing driver or device) where it is built but cannot run here.

@@ -56,6 +56,16 @@ public sealed unsafe class HostBlock : IDisposable
         return new Span<T>(Pointer, (int)count);
     }
 
+    /// <summary>Gives the block's pages back to the system, keeping its addresses (native
+    /// realn_host_release): it reads as zeros and holds no memory until written; a
+    /// <see cref="HostAllocFlags.Shared"/> block's pages go even where another process maps it.</summary>
+    public void Release() => Native.Check(Native.realn_host_release(Pointer));
+
+    /// <summary>Takes pages for the block again as its allocation did (2 MiB pages for a large shared
+    /// block; touched where it was pre-faulted), keeping what it holds: after <see cref="Release"/>,
+    /// before the block is refilled.</summary>
+    public void Reacquire() => Native.Check(Native.realn_host_reacquire(Pointer));
+
     public void Dispose() => _handle.Dispose();
 
     private sealed class HostMemoryHandle : SafeHandle

@@ -68,6 +68,8 @@ public static unsafe partial class Native
     // --- memory ----------------------------------------------------------------------------------
     [LibraryImport(Library)] public static partial int realn_host_alloc(long bytes, int flags, void** ptr);
     [LibraryImport(Library)] public static partial int realn_host_free(void* ptr);
+    [LibraryImport(Library)] public static partial int realn_host_release(void* ptr);
+    [LibraryImport(Library)] public static partial int realn_host_reacquire(void* ptr);
     [LibraryImport(Library)] public static partial int realn_host_shared_info(void* ptr, int* fd, long* offset, long* size, ulong* token);
     [LibraryImport(Library)] public static partial int realn_shared_map(int pid, int fd, ulong token, long size, void** ptr);
     [LibraryImport(Library)] public static partial int realn_shared_map_writable(int pid, int fd, ulong token, long size, void** ptr);

@@ -64,11 +64,6 @@ public static unsafe class SharedHostMemory
         if (hi > lo) Posix.DropPageTableEntries((nint)lo, hi - lo);
     }
 
-    /// <summary>As <see cref="ReleasePages"/>, only the whole 2 MiB pages inside [<paramref name="from"/>,
-    /// <paramref name="to"/>) (narrowed, not widened): a page that reaches beyond may still be in use.</summary>
-    public static void ReleasePagesWithin(nint baseAddress, long size, nint from, nint to) =>
-        DropWithin(baseAddress, size, ((long)from + HugePage - 1) & ~(HugePage - 1), (long)to & ~(HugePage - 1));
-
     /// <summary>Unmaps what <see cref="Map"/> or <see cref="MapWritable"/> returned (<paramref name="size"/>: the descriptor's Size).</summary>
     public static void Unmap(nint baseAddress, long size) => Native.Check(Native.realn_shared_unmap((void*)baseAddress, size));
 }

@@ -51,6 +51,7 @@ struct Mapping {
     bool locked;
     int fd;          // the memfd of a shared allocation, else -1
     uint64_t token;  // its name's token
+    int32_t flags;   // as allocated (realn_host_reacquire repeats what they asked for)
 };
 
 std::mutex g_mutex;
@@ -90,6 +91,23 @@ void prefault(void* p, size_t bytes) {
     const int64_t pages = static_cast<int64_t>((bytes + page - 1) / page);
 #pragma omp parallel for schedule(static) if (pages > 4096)
     for (int64_t i = 0; i < pages; ++i) c[static_cast<size_t>(i) * page] = 0;
+}
+
+// As prefault, keeping the contents: the pages of a shared block whose file already has them are
+// mapped by reading (nobody else's writes are raced); private pages, which only this process writes,
+// by writing back what they hold.
+void refault(void* p, size_t bytes, bool shared) {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    auto* c = static_cast<volatile char*>(p);
+    const int64_t pages = static_cast<int64_t>((bytes + page - 1) / page);
+    int64_t sink = 0;
+#pragma omp parallel for schedule(static) reduction(+ : sink) if (pages > 4096)
+    for (int64_t i = 0; i < pages; ++i) {
+        volatile char* at = c + static_cast<size_t>(i) * page;
+        if (shared) sink += *at;
+        else *at = *at;
+    }
+    (void)sink;
 }
 
 }  // namespace
@@ -167,7 +185,7 @@ REALN_API realn_status realn_host_alloc(int64_t bytes, int32_t flags, void** out
         // usable (and pre-faulted) without it, so a refusal is not an error.
         if (flags & REALN_HOST_PINNED) locked = mlock(p, length) == 0;
         std::lock_guard<std::mutex> lock(g_mutex);
-        g_maps[reinterpret_cast<uintptr_t>(p)] = Mapping{base, length, locked, fd, token};
+        g_maps[reinterpret_cast<uintptr_t>(p)] = Mapping{base, length, locked, fd, token, flags};
         *out = p;
     });
 }
@@ -192,6 +210,44 @@ REALN_API realn_status realn_host_free(void* ptr) {
             close(m.fd);
         }
         munmap(m.base, m.length);
+    });
+}
+
+// The allocation that starts at ptr (as realn_host_alloc returned it).
+static Mapping find_allocation(const char* what, void* ptr) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    auto it = g_maps.find(reinterpret_cast<uintptr_t>(ptr));
+    if (it == g_maps.end())
+        realn::fail(REALN_ERR_INVALID_ARGUMENT, what, ": pointer ", ptr, " was not returned by realn_host_alloc (or was freed)");
+    return it->second;
+}
+
+REALN_API realn_status realn_host_release(void* ptr) {
+    return realn::guard("realn_host_release", [&] {
+        REALN_NOT_NULL(ptr);
+        Mapping m = find_allocation("realn_host_release", ptr);
+        if (m.fd >= 0) {
+            // The file's pages go (and with them this mapping's entries); readers' mappings stay valid.
+            if (fallocate(m.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(m.length)) != 0)
+                realn::fail(REALN_ERR_BACKEND, "punching the pages of a shared block of ", m.length, " bytes failed: ", strerror(errno));
+        } else if (madvise(m.base, m.length, MADV_DONTNEED) != 0) {
+            realn::fail(REALN_ERR_BACKEND, "madvise(MADV_DONTNEED) of ", m.length, " bytes failed: ", strerror(errno));
+        }
+    });
+}
+
+REALN_API realn_status realn_host_reacquire(void* ptr) {
+    return realn::guard("realn_host_reacquire", [&] {
+        REALN_NOT_NULL(ptr);
+        Mapping m = find_allocation("realn_host_reacquire", ptr);
+        const bool big = m.length >= kHuge;
+        if (m.fd >= 0 && big) {
+            // As at allocation: the file's pages (holes only; pages written meanwhile stay), then 2 MiB pages (best effort).
+            if (fallocate(m.fd, 0, 0, static_cast<off_t>(m.length)) != 0)
+                realn::fail(REALN_ERR_OUT_OF_MEMORY, "taking the pages of a shared block of ", m.length, " bytes again failed: ", strerror(errno));
+            madvise(m.base, m.length, MADV_COLLAPSE);
+        }
+        if (m.flags & REALN_HOST_PREFAULT) refault(m.base, m.length, m.fd >= 0);
     });
 }
 

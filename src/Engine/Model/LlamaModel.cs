@@ -31,7 +31,7 @@ internal sealed unsafe class LlamaModel : IDisposable
     private readonly ShardComm? _comm;
     private readonly nint _masterBase;
     private HostBlock? _bf16Params;              // bf16 copy of the parameters (Precision = Bf16), same layout
-    private bool _bf16Stale = true, _masterReleased;
+    private bool _bf16Stale = true, _masterReleased, _weightsReleased;
     private readonly int _firstLayer, _layerCount, _qHeads, _kvHeads, _ffnLocal, _vocabLocal, _vocabStart, _headWidth, _tp, _tpRank;
 
     /// <summary>Where one block's weights (or their gradients) sit in a flat buffer.</summary>
@@ -238,12 +238,48 @@ internal sealed unsafe class LlamaModel : IDisposable
         _masterReleased = true;
     }
 
+    /// <summary>Gives the pages of the weights (the parameters this model computes from: its fp32
+    /// buffer, or its bf16 weights where it holds bf16 only) back to the system, keeping their
+    /// addresses (<see cref="HostBlock.Release"/>): an inference replica of a trained model between the
+    /// calls that need it, whose weights are reallocated into it before its next call anyway. Until
+    /// <see cref="ReacquireWeights"/>, every access to the weights and every forward throws. Not for a
+    /// model with a bf16 copy of a master it keeps (a trainable one: its master is the source of truth).</summary>
+    public void ReleaseWeights()
+    {
+        if (_weightsReleased) return;
+        if (!_masterReleased && _bf16Params is not null)
+            throw new InvalidOperationException("a model that keeps an fp32 master beside its bf16 copy (trainable) does not release its weights");
+        (_masterReleased ? _bf16Params! : _params).Release();
+        _weightsReleased = true;
+    }
+
+    /// <summary>Takes pages for the weights again after <see cref="ReleaseWeights"/> (no-op otherwise);
+    /// their contents are undefined (zeros) until refilled, which the caller does next.</summary>
+    public void ReacquireWeights()
+    {
+        if (!_weightsReleased) return;
+        (_masterReleased ? _bf16Params! : _params).Reacquire();
+        _weightsReleased = false;
+    }
+
+    /// <summary>Bytes of the weights <see cref="ReleaseWeights"/> gives back: the fp32 parameters, or the bf16 weights of a model that holds bf16 only.</summary>
+    public long WeightBytes => Layout.TotalElements * (_masterReleased ? 2 : 4);
+
+    /// <summary>Whether <see cref="ReleaseWeights"/> gave the weights' pages back (and no refill took them again).</summary>
+    public bool WeightsReleased => _weightsReleased;
+
+    private void ThrowIfWeightsReleased(string what)
+    {
+        if (_weightsReleased) throw new InvalidOperationException($"{what}: the model's weights were released (an inference replica between its calls); reallocate into it first");
+    }
+
     /// <summary>The bf16 copy of the parameters (layout order), refreshed from the master if stale.</summary>
     public ReadOnlySpan<ushort> Bf16Parameters
     {
         get
         {
             if (_bf16Params is null) throw new InvalidOperationException("the model is not in bf16 precision");
+            ThrowIfWeightsReleased("bf16 parameters");
             RefreshBf16();
             return new(_bf16Params.Pointer, checked((int)Layout.TotalElements));
         }
@@ -257,6 +293,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         get
         {
             if (_bf16Params is null) throw new InvalidOperationException("the model is not in bf16 precision");
+            ThrowIfWeightsReleased("bf16 parameters");
             RefreshBf16();
             return (ushort*)_bf16Params.Pointer;
         }
@@ -266,6 +303,7 @@ internal sealed unsafe class LlamaModel : IDisposable
     public void LoadBf16(ReadOnlySpan<ushort> values)
     {
         if (!_masterReleased || _bf16Params is null) throw new InvalidOperationException("LoadBf16 is for models frozen to bf16");
+        ThrowIfWeightsReleased("LoadBf16");
         if (values.Length != Layout.TotalElements) throw new ArgumentException($"{values.Length} values for {Layout.TotalElements} parameters");
         values.CopyTo(new Span<ushort>(_bf16Params.Pointer, values.Length));
         LoadFp32BiasesFromBf16();
@@ -277,6 +315,8 @@ internal sealed unsafe class LlamaModel : IDisposable
     public void LoadFrozen(LlamaModel other)
     {
         if (!_masterReleased || !other._masterReleased) throw new InvalidOperationException("LoadFrozen is between models frozen to bf16");
+        ThrowIfWeightsReleased("LoadFrozen");
+        other.ThrowIfWeightsReleased("LoadFrozen's source");
         if (other.Layout.TotalElements != Layout.TotalElements || other.Config != Config) throw new ArgumentException("LoadFrozen: the models' layouts differ");
         long n = Layout.TotalElements * 2;
         Buffer.MemoryCopy(other._bf16Params!.Pointer, _bf16Params!.Pointer, n, n);
@@ -408,6 +448,7 @@ internal sealed unsafe class LlamaModel : IDisposable
         get
         {
             ThrowIfBf16Only("parameters");
+            ThrowIfWeightsReleased("parameters");
             _bf16Stale = true;
             return (float*)_params.Pointer;
         }
@@ -550,6 +591,7 @@ internal sealed unsafe class LlamaModel : IDisposable
 
     private float* ForwardOnChosenThreads(PackedBatch batch, float* input, int slot)
     {
+        ThrowIfWeightsReleased("forward");
         var c = Config;
         int T = batch.TotalTokens;
         if (HasEmbedding)
@@ -859,6 +901,7 @@ internal sealed unsafe class LlamaModel : IDisposable
 
     private void ForwardCachedOnChosenThreads(KvCache cache, ReadOnlySpan<int> tokens, ReadOnlySpan<int> slots, ReadOnlySpan<int> positions, bool decode, float* input, float* output, bool? batchInvariant)
     {
+        ThrowIfWeightsReleased("forward");
         var c = Config;
         int T = tokens.Length;
         long H = c.Hidden, qd = _qHeads * c.HeadDim, kd = _kvHeads * c.HeadDim, I = _ffnLocal;

@@ -268,6 +268,13 @@ internal interface IReplica : IDisposable
     (ValueLossStats Stats, double GradNorm) ValueStep(ScoredBatch batch, int a0, ValueLossInputs inputs);
     GenerationResult Generate(IReadOnlyList<int[]> prompts, GenerationOptions opt);
 
+    /// <summary>Gives the pages of this inference replica's weights back to the system on every one
+    /// of its devices (<see cref="LlamaModel.ReleaseWeights"/>): between the calls of a trained model's
+    /// replica whose weights go stale at the model's next step (the planner counts them only while
+    /// its call runs). The next <see cref="CopyFrom(IReplica)"/> into it takes pages again and refills
+    /// them; an operation before that throws. A worker replica releases with its workers' next command.</summary>
+    void ReleaseWeights();
+
     /// <summary>Parameter reallocation from another replica of the same model (bit-exact): bf16
     /// weights into a replica that holds bf16 only, else the fp32 master (<see cref="ParameterBuffers.Between"/>).
     /// Returns the bytes the reallocation plan moved (between devices and within them).</summary>
@@ -382,12 +389,19 @@ internal sealed unsafe class DistributedModel : IReplica
 
     /// <summary>An operation on every shard at once; afterwards each shard's activation arenas go back to the
     /// process's ArenaBlocks (nothing of them is read after the operation), as in a worker process: the replicas
-    /// whose operations follow one another on a device share its pre-faulted blocks.</summary>
-    private T[] Run<T>(string op, Func<ShardReplica, T> body) => _cluster.Spmd(_ranks.Length, $"{_name} {op} on {Layout}", r =>
+    /// whose operations follow one another on a device share its pre-faulted blocks. Refused before any rank
+    /// starts on a replica whose weights were released (a rank that failed alone would leave its pipeline
+    /// peers' messages behind).</summary>
+    private T[] Run<T>(string op, Func<ShardReplica, T> body)
     {
-        try { return body(_ranks[r]!); }
-        finally { _ranks[r]!.Shard.ReleaseActivations(); }
-    });
+        if (op != "initialise" && _ranks.Any(r => r!.Shard.WeightsReleased))
+            throw new InvalidOperationException($"{_name} {op} on {Layout}: the replica's weights were released after its last call; reallocate into it first");
+        return _cluster.Spmd(_ranks.Length, $"{_name} {op} on {Layout}", r =>
+        {
+            try { return body(_ranks[r]!); }
+            finally { _ranks[r]!.Shard.ReleaseActivations(); }
+        });
+    }
 
     private static IEnumerable<T> Collected<T>(T?[] parts) where T : class => parts.Where(p => p is not null)!;
 
@@ -460,12 +474,23 @@ internal sealed unsafe class DistributedModel : IReplica
         var kind = ParameterBuffers.Between($"{_name}: reallocation from {src._name}", src.Precision, ((IReplica)src).HoldsBf16Only, Precision, ((IReplica)this).HoldsBf16Only);
         int es = ParameterBuffers.ElementSize(kind);
         var plan = Plan(src.Layout, Layout, Config, ScalarHead, es);
+        if (_ranks.Any(r => r!.Shard.WeightsReleased))
+        {
+            ArenaBlocks.Trim();   // the last call's free activation blocks go before the weights come back (as in a worker)
+            foreach (var r in _ranks) r!.Shard.ReacquireWeights();   // every byte is written next (the plan covers the shards)
+        }
         InProcessRealloc.Execute(plan, src.Buffers(r => src.Parameters(r, kind), es), Buffers(r => Parameters(r, kind), es));
         if (kind == ParameterBuffer.Bf16) foreach (var r in _ranks) r!.Shard.BiasesFromBf16();
         return plan.RemoteBytes + plan.LocalBytes;
     }
 
     private static readonly ParallelLayout Single = ParallelLayout.Contiguous(0, 1, 1, 1);
+
+    public void ReleaseWeights()
+    {
+        if (Trainable) throw new InvalidOperationException($"{_name}: a train replica keeps its weights");
+        foreach (var r in _ranks) r!.Shard.ReleaseWeights();
+    }
 
     public void CopyFrom(LlamaModel full)
     {

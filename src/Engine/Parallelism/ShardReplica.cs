@@ -346,6 +346,7 @@ internal sealed unsafe class ShardReplica : IDisposable
     /// to slicing the single device's model.</summary>
     public void Initialise(int seed, float std, string? checkpoint, bool sharedOnly, bool allowNonFinite)
     {
+        Shard.ReacquireWeights();   // filled here whole
         if (!Shard.HoldsBf16Only) { Fill(Shard); return; }
         using var twin = new LlamaModel(Shard.Config, Shard.ScalarHead, Comm);
         Fill(twin);

@@ -19,7 +19,9 @@ internal sealed class ReplicaCalls(IReplica replica, ModelReplicas owner) : IMod
     private T Fresh<T>(Func<T> f)
     {
         owner.Refresh(replica);
-        return f();
+        var result = f();
+        owner.Used(replica);
+        return result;
     }
 
     public float[] LogProbs(ScoredBatch b, float temperature) => Fresh(() => replica.LogProbs(b, temperature));
@@ -92,6 +94,9 @@ internal sealed class ModelReplicas(string role) : IDisposable
     {
         if (ReferenceEquals(r, Train)) throw new InvalidOperationException($"{role}: the train replica cannot be pinned");
         _pinned.Add(r);
+        // It keeps its weights from now on; given back after an earlier call, they are refilled here.
+        _releaseAfterUse.Remove(r);
+        if (_version[r] == -1) Push(r);
     }
 
     /// <summary>Copies the train replica's weights into <paramref name="r"/> now.</summary>
@@ -100,6 +105,34 @@ internal sealed class ModelReplicas(string role) : IDisposable
         if (Train is null) throw new InvalidOperationException($"{role}: no train replica to push from");
         ReallocatedBytes += r.CopyFrom(Train);
         _version[r] = _trainVersion;
+    }
+
+    private readonly HashSet<IReplica> _releaseAfterUse = new(ReferenceEqualityComparer.Instance);
+
+    /// <summary>Releases <paramref name="r"/>'s weights after each of its operations (<see cref="Used"/>):
+    /// an inference replica of this trained model that serves one call, whose weights the model's
+    /// next step makes stale before that call comes again. It is refilled before its next operation
+    /// as any stale replica is. This is what the planner counts (Planner/Simulator.cs Memory: a
+    /// trained model's weights in a layout other than its train call's are active bytes of the call,
+    /// not resident), and what ReaL does with the destination of a reallocation.</summary>
+    public void ReleaseAfterUse(IReplica r)
+    {
+        if (ReferenceEquals(r, Train) || Train is null) throw new InvalidOperationException($"{role}: only an inference replica of a trained model releases its weights between calls");
+        _releaseAfterUse.Add(r);
+    }
+
+    /// <summary>Replicas whose weights were released so far (<see cref="ReleaseAfterUse"/>).</summary>
+    public int Releases { get; private set; }
+
+    /// <summary>After an operation of <paramref name="r"/>: gives its weights back where
+    /// <see cref="ReleaseAfterUse"/> asked for it (never a pinned replica: async generation keeps
+    /// the weights pushed to it), marking it stale.</summary>
+    public void Used(IReplica r)
+    {
+        if (!_releaseAfterUse.Contains(r) || _pinned.Contains(r)) return;
+        r.ReleaseWeights();
+        _version[r] = -1;   // reallocated into before its next operation
+        Releases++;
     }
 
     public void Stepped(IReplica r)

@@ -326,7 +326,12 @@ internal sealed partial class Pipeline : IDisposable
         // The process that ran the run (VmHWM; under a resume, the resumed process only); per process below.
         if (ProcessMemory.PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
         MemoryCheck.AddToSummary(summary, _cfg, _plan, _binding.Host);
-        if (_binding.Host is not null) summary["realloc_bytes"] = _binding.ReallocatedBytes;
+        if (_binding.Host is not null)
+        {
+            summary["realloc_bytes"] = _binding.ReallocatedBytes;
+            // Inference replicas of trained models that gave their weights back after a call (PlanBinding.Bind).
+            summary["weight_releases"] = _binding.WeightReleases;
+        }
         if (_binding.Host?.DataBytes is var (fromMaster, betweenWorkers, toMaster))
             summary["data_bytes"] = new JsonObject { ["from_master"] = fromMaster, ["between_workers"] = betweenWorkers, ["to_master"] = toMaster };
         File.WriteAllText(Path.Combine(_out, "summary.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));

@@ -140,7 +140,21 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
             else if (role == "actor") _actorAny ??= call.Name;
         }
         foreach (var reps in _replicas.Values) reps.Initialise(r => initialise(reps.Role, r));
+        // A trained model's replica that serves one call (its generation, or an inference in another
+        // layout) goes stale at the model's next step: its weights are given back after the call and
+        // reallocated into it before the next (ModelReplicas.ReleaseAfterUse), as the planner counts them.
+        if (!KeepInferenceWeights)
+            foreach (var reps in _replicas.Values.Where(x => x.Train is not null))
+                foreach (var rep in reps.All.Where(r => !ReferenceEquals(r, reps.Train)))
+                    if (_callReplica.Values.Count(c => ReferenceEquals(c, rep)) == 1) reps.ReleaseAfterUse(rep);
     }
+
+    /// <summary>REALN_KEEP_INFERENCE_WEIGHTS=1 keeps a trained model's inference replicas' weights
+    /// between their calls (more memory than the plan's estimate, no page faults at the refill).</summary>
+    internal static bool KeepInferenceWeights => Environment.GetEnvironmentVariable("REALN_KEEP_INFERENCE_WEIGHTS") == "1";
+
+    /// <summary>How many times inference replicas of trained models gave their weights back between calls.</summary>
+    public int WeightReleases => _replicas.Values.Sum(r => r.Releases);
 
     private string? _actorGenerate, _actorAny;
 

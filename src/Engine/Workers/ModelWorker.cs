@@ -165,6 +165,11 @@ internal sealed unsafe class ModelWorker : IDisposable
                 throw new TimeoutException($"worker {_args.Rank}: its data plane did not connect within {OperationTimeout.TotalSeconds:F0} s of the master's first command");
             if (j["drop_batches"] is JsonArray drop)
                 foreach (var k in drop) Drop(k!.GetValue<string>());
+            // Inference replicas whose weights went stale (IReplica.ReleaseWeights): their pages go
+            // before this command runs; the next reallocation into them takes pages again.
+            if (j["release_weights"] is JsonArray release)
+                foreach (var id in release)
+                    if (_replicas.TryGetValue(id!.GetValue<int>(), out var held) && held.Optimizer is null) held.Shard.ReleaseWeights();
             return m.Type switch
             {
                 "create" => Create(j),
@@ -225,7 +230,9 @@ internal sealed unsafe class ModelWorker : IDisposable
     {
         var o = new JsonObject { ["peak_rss_bytes"] = ProcessMemory.PeakRssBytes(), ["peer_mapped_bytes"] = _mover.PeerMappedBytes, ["activation_arena_bytes"] = Model.ArenaBlocks.AllocatedBytes,
                               ["activation_arena_held_bytes"] = Model.ArenaBlocks.AllocatedBytes - Model.ArenaBlocks.FreeBytes,
-                              ["activation_arena_peak_bytes"] = Model.ArenaBlocks.PeakAllocatedBytes };
+                              ["activation_arena_peak_bytes"] = Model.ArenaBlocks.PeakAllocatedBytes,
+                              // weights of inference replicas given back between their calls (IReplica.ReleaseWeights)
+                              ["released_weight_bytes"] = _replicas.Values.Where(r => r.Shard.WeightsReleased).Sum(r => r.Shard.WeightBytes) };
         if (_baseMemory is { } b) o["base_rss_bytes"] = b.Rss;
         (string Command, long PeakBefore, MemorySample After)? peakSetBy;
         lock (_memoryGate) peakSetBy = _peakSetBy;
@@ -1063,6 +1070,15 @@ internal sealed unsafe class ModelWorker : IDisposable
             // AdamW's moments live in native memory: the pointer is stable.
             var moments = kind switch { "adam_m" => o.FirstMoment, "adam_v" => o.SecondMoment, _ => throw new ArgumentException($"unknown realloc kind '{kind}'") };
             fixed (float* p = moments) return (nint)p;
+        }
+        // A replica whose weights were released takes pages again now: the plan writes every byte of
+        // them, its senders included (whose mappings of it stay valid; what they write is kept).
+        // Free activation blocks go first (Model.ArenaBlocks.Trim): the weights come back for the call
+        // that needs them, whose own activations the planner counts beside them, not the last call's.
+        if (kind is "params" or "params_bf16" && to.Devices.Contains(_args.Rank) && _replicas.TryGetValue(dst, out var into) && into.Shard.WeightsReleased)
+        {
+            Model.ArenaBlocks.Trim();
+            into.Shard.ReacquireWeights();
         }
         nint s = Buffer(src, from, "source", kind), d = Buffer(dst, to, "destination", kind);
         Wait(_mover.ExecuteAsync(p.Plan, p.Schedule, s, d), $"realloc {kind} {from} -> {to}");

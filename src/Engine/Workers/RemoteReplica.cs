@@ -962,6 +962,12 @@ internal sealed unsafe class RemoteReplica : IReplica
         }
     }
 
+    public void ReleaseWeights()
+    {
+        if (Trainable) throw new InvalidOperationException($"{_name}: a train replica keeps its weights");
+        _pool.ReleaseWeights(_id, Layout.Devices);
+    }
+
     public void Dispose()
     {
         if (_disposed) return;

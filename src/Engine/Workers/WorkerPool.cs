@@ -382,6 +382,30 @@ internal sealed class WorkerPool : IReplicaHost
         throw new WorkerFailedException(message);
     }
 
+    private readonly Dictionary<int, SortedSet<int>> _releaseWeights = new();
+
+    /// <summary>Has the workers of <paramref name="devices"/> give back the pages of replica
+    /// <paramref name="id"/>'s weights before their next command (sent with it, as forgotten
+    /// batches are: no round trip of its own). A worker that no longer holds the replica ignores it.</summary>
+    internal void ReleaseWeights(int id, IReadOnlyList<int> devices)
+    {
+        lock (_releaseWeights)
+            foreach (int d in devices)
+                (_releaseWeights.TryGetValue(d, out var s) ? s : _releaseWeights[d] = new SortedSet<int>()).Add(id);
+    }
+
+    /// <summary>The replicas whose weights <paramref name="workers"/> release with their next command (then cleared).</summary>
+    private JsonArray? TakeWeightReleases(IReadOnlyList<int> workers)
+    {
+        lock (_releaseWeights)
+        {
+            var ids = new SortedSet<int>();
+            foreach (int w in workers)
+                if (_releaseWeights.Remove(w, out var s)) ids.UnionWith(s);
+            return ids.Count == 0 ? null : new JsonArray(ids.Select(i => (JsonNode)i).ToArray());
+        }
+    }
+
     /// <summary>Sends every worker of <paramref name="devices"/> the command and waits for every
     /// reply and every data-plane task of the master, watching the workers meanwhile. Returns the
     /// replies in device order.</summary>
@@ -390,6 +414,7 @@ internal sealed class WorkerPool : IReplicaHost
         if (Volatile.Read(ref _failed) is { } f) throw new WorkerFailedException($"the job has already failed: {f}");
         payload["what"] = what;
         if (Batches.TakeForgotten(devices) is { } forgotten) payload["drop_batches"] = forgotten;
+        if (TakeWeightReleases(devices) is { } released) payload["release_weights"] = released;
         string json = payload.ToJsonString();
         var replies = new string[devices.Count];
         var tasks = new Task[devices.Count];

@@ -6,14 +6,14 @@ namespace ReaLNative.Engine.Tests.Realloc;
 
 /// <summary>
 /// A copy out of (or into) another process's shared shard leaves none of that shard's pages in this
-/// process's resident set beyond one window (TransportRealloc.ReleasePeerPages): kept, they counted
+/// process's resident set beyond the work items in flight (TransportRealloc.ReleasePeerPages): kept, they counted
 /// in a worker's peak RSS though they are the owner's memory (session 19: ~0.3 GB of a gpt2-small
 /// PPO worker's 2.6 GB). The block is mapped through /proc/self/fd, the same call as between processes;
 /// the mapping's resident pages are read from /proc/self/smaps. Bit-exact either way.
 /// </summary>
 public sealed unsafe class PeerPagesTests
 {
-    private const long Bytes = 96L << 20;
+    private const long Bytes = 256L << 20;
 
     [Theory]
     [InlineData(true, true)]
@@ -40,8 +40,15 @@ public sealed unsafe class PeerPagesTests
             for (long o = Bytes - 2 * Mi; o >= 0; o -= 2 * Mi)
                 pieces.Add(peerIsSource ? (peer + (nint)o, mine + (nint)o, Mi) : (mine + (nint)o, peer + (nint)o, Mi));
             Assert.Equal(0, ResidentBytes(mapped));
-            TransportRealloc.CopyWithPeer(pieces, Bytes / 2, peerIsSource, [(mapped, d.Size)], release);
+            long most = 0;
+            TransportRealloc.CopyWithPeer(pieces, Bytes / 2, peerIsSource, [(mapped, d.Size)], release,
+                                          release ? () => { long r = ResidentBytes(mapped); lock (pieces) most = Math.Max(most, r); } : null);
             long resident = ResidentBytes(mapped);
+            // During the copy: at most the 2 MiB pages of the items in flight (an item: 4 pieces of 1 MiB,
+            // each in a page of its own), one per copy thread, and the one the sampling thread is between;
+            // pages at items' edges left until the end made it the pages of every item copied so far.
+            long bound = (InProcessRealloc.CopyThreads + 1) * 4 * (2L << 20);
+            if (release) Assert.True(most <= bound, $"{most} bytes of the peer block resident during the copy (bound {bound})");
             if (release) Assert.True(resident == 0, $"{resident} bytes of the peer block resident after the copy");
             else Assert.True(resident >= Bytes / 2, $"{resident} bytes of the peer block resident after the copy");
             // The copied bytes, and nothing else, changed (read through the owner's own pointer).

@@ -53,6 +53,9 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             Assert.Equal(inProcess.Model("critic").Parameters.ToArray(), workers.Model("critic").Parameters.ToArray());
             Assert.True((long)inProcessSummary["realloc_bytes"]! > 0);
             Assert.Equal((long)inProcessSummary["realloc_bytes"]!, (long)workersSummary["realloc_bytes"]!);
+            // actor_gen's replica (another layout than actor_train's) gives its weights back after every generation.
+            Assert.True((int)inProcessSummary["weight_releases"]! >= PlanExecutionTests.Config(precision).Stages[^1].Iterations, $"weight_releases {inProcessSummary["weight_releases"]}");
+            Assert.Equal((int)inProcessSummary["weight_releases"]!, (int)workersSummary["weight_releases"]!);
             Assert.Equal(File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip), File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
             CheckMemoryFigures(inProcessSummary, workers: 0, Path.Combine(a, "summary.json"));
             CheckMemoryFigures(workersSummary, workers: PlanExecutionTests.MixedPlan().DevicesPerNode, Path.Combine(b, "summary.json"));
