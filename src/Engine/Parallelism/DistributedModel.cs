@@ -474,11 +474,7 @@ internal sealed unsafe class DistributedModel : IReplica
         var kind = ParameterBuffers.Between($"{_name}: reallocation from {src._name}", src.Precision, ((IReplica)src).HoldsBf16Only, Precision, ((IReplica)this).HoldsBf16Only);
         int es = ParameterBuffers.ElementSize(kind);
         var plan = Plan(src.Layout, Layout, Config, ScalarHead, es);
-        if (_ranks.Any(r => r!.Shard.WeightsReleased))
-        {
-            ArenaBlocks.Trim();   // the last call's free activation blocks go before the weights come back (as in a worker)
-            foreach (var r in _ranks) r!.Shard.ReacquireWeights();   // every byte is written next (the plan covers the shards)
-        }
+        foreach (var r in _ranks) r!.Shard.ReacquireWeights();   // where released: every byte is written next (the plan covers the shards)
         InProcessRealloc.Execute(plan, src.Buffers(r => src.Parameters(r, kind), es), Buffers(r => Parameters(r, kind), es));
         if (kind == ParameterBuffer.Bf16) foreach (var r in _ranks) r!.Shard.BiasesFromBf16();
         return plan.RemoteBytes + plan.LocalBytes;
