@@ -111,9 +111,22 @@ internal static unsafe class InProcessRealloc
             if (stream) StreamingCopy.Fence();
             return;
         }
-        // Work items of about PieceBytes (runs of consecutive pieces), taken by the threads in
-        // turn: a thread the scheduler delays (the cores are shared) holds up at most one item,
-        // where equal shares per thread would make the copy wait for its slowest thread.
+        var items = Items(pieces);
+        int next = -1;
+        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, _ =>
+        {
+            for (int k; (k = Interlocked.Increment(ref next)) < items.Count - 1;) CopyRange(items[k], items[k + 1]);
+            if (stream) StreamingCopy.Fence();
+        });
+    }
+
+    /// <summary>The work items of <see cref="CopyPieces"/> with a <c>copied</c> callback or more than one
+    /// thread: item k is pieces [items[k], items[k + 1]), runs of consecutive pieces of about
+    /// <see cref="PieceBytes"/>, taken by the threads in turn (a thread the scheduler delays, the cores
+    /// being shared, holds up at most one item, where equal shares per thread would make the copy wait
+    /// for its slowest thread).</summary>
+    internal static List<int> Items(List<(nint Src, nint Dst, long Bytes)> pieces)
+    {
         var items = new List<int> { 0 };
         long acc = 0;
         for (int i = 0; i < pieces.Count; i++)
@@ -122,12 +135,7 @@ internal static unsafe class InProcessRealloc
             if (acc >= PieceBytes) { items.Add(i + 1); acc = 0; }
         }
         if (items[^1] != pieces.Count) items.Add(pieces.Count);
-        int next = -1;
-        Parallel.For(0, workers, new ParallelOptions { MaxDegreeOfParallelism = workers }, _ =>
-        {
-            for (int k; (k = Interlocked.Increment(ref next)) < items.Count - 1;) CopyRange(items[k], items[k + 1]);
-            if (stream) StreamingCopy.Fence();
-        });
+        return items;
     }
 
     /// <summary>Threads of a large copy.</summary>

@@ -115,15 +115,15 @@ internal sealed class TransportRealloc : IDisposable
             return;
         }
         // Each peer page (2 MiB: the shards lie in huge pages) leaves this process's page table as
-        // soon as every piece that touches it is copied: a count per page, decremented by the copy
-        // thread that finished a piece; the thread that brings it to zero drops the page (runs of
-        // such pages in one call). So at any time only the pages of the items in flight are mapped,
-        // edges included (dropped at the end of the copy, up to 2 MiB per item edge stayed mapped
-        // until then: 86 MB of a gpt2-small refill, session 20). One copy, one set of threads:
-        // releasing in separate windows copied each window with its own threads (cross-process
-        // reallocation at 0.77 of its reference against 0.94 kept, `realn bench realloc`, session 19).
+        // soon as every work item that touches it is copied: a count per page of the items touching
+        // it, decremented once per item by the copy thread that finished it; the thread that brings
+        // it to zero drops the page (runs of such pages in one call). So at any time only the pages
+        // of the items in flight are mapped, edges included (until session 20 an item's edge pages
+        // stayed until the end of the copy: 86 MB of a gpt2-small refill). One copy, one set of
+        // threads: releasing in separate windows copied each window with its own threads
+        // (cross-process reallocation at 0.77 of its reference against 0.94 kept, session 19).
         const int PageShift = 21;
-        var pageOf = new (int Span, long First, long Last)[pieces.Count];
+        var items = InProcessRealloc.Items(pieces);
         var firstPage = new long[spans.Count];
         var refs = new int[spans.Count][];
         for (int k = 0; k < spans.Count; k++)
@@ -131,19 +131,38 @@ internal sealed class TransportRealloc : IDisposable
             firstPage[k] = (long)spans[k].Base >> PageShift;
             refs[k] = new int[(int)((((long)spans[k].Base + spans[k].Size - 1) >> PageShift) - firstPage[k] + 1)];
         }
-        for (int i = 0; i < pieces.Count; i++)
+        // Per item and span, the pages from the lowest to the highest it touches (a page in between that
+        // it does not touch only waits for it too: no sort of the pieces, which may be thousands of rows).
+        var itemPages = new List<(int Span, long First, long Last)>[items.Count - 1];
+        var itemOf = new Dictionary<int, int>(items.Count);
+        var lo = new long[spans.Count];
+        var hi = new long[spans.Count];
+        for (int t = 0; t + 1 < items.Count; t++)
         {
-            long at = peerIsSource ? pieces[i].Src : pieces[i].Dst;
-            pageOf[i] = (-1, 0, -1);
-            if (pieces[i].Bytes <= 0) continue;
+            itemOf[items[t]] = t;
+            Array.Fill(lo, long.MaxValue);
+            Array.Fill(hi, long.MinValue);
+            for (int i = items[t]; i < items[t + 1]; i++)
+            {
+                long at = peerIsSource ? pieces[i].Src : pieces[i].Dst;
+                if (pieces[i].Bytes <= 0) continue;
+                for (int k = 0; k < spans.Count; k++)
+                    if (at >= spans[k].Base && at < spans[k].Base + spans[k].Size)
+                    {
+                        lo[k] = Math.Min(lo[k], at >> PageShift);
+                        hi[k] = Math.Max(hi[k], (at + pieces[i].Bytes - 1) >> PageShift);
+                        break;
+                    }
+            }
+            var runs = new List<(int, long, long)>();
             for (int k = 0; k < spans.Count; k++)
-                if (at >= spans[k].Base && at < spans[k].Base + spans[k].Size)
-                {
-                    long p0 = (at >> PageShift) - firstPage[k], p1 = ((at + pieces[i].Bytes - 1) >> PageShift) - firstPage[k];
-                    pageOf[i] = (k, p0, p1);
-                    for (long p = p0; p <= p1; p++) refs[k][p]++;
-                    break;
-                }
+            {
+                if (hi[k] < lo[k]) continue;
+                long p0 = lo[k] - firstPage[k], p1 = hi[k] - firstPage[k];
+                runs.Add((k, p0, p1));
+                for (long p = p0; p <= p1; p++) refs[k][p]++;
+            }
+            itemPages[t] = runs;
         }
         InProcessRealloc.CopyPieces(pieces, total, InProcessRealloc.StreamMinBytes, (first, end) =>
         {
@@ -157,9 +176,7 @@ internal sealed class TransportRealloc : IDisposable
                 SharedHostMemory.ReleasePages(b, size, (nint)a, (nint)z);
                 runSpan = -1;
             }
-            for (int i = first; i < end; i++)
-            {
-                var (k, p0, p1) = pageOf[i];
+            foreach (var (k, p0, p1) in itemPages[itemOf[first]])
                 for (long p = p0; p <= p1; p++)
                 {
                     if (Interlocked.Decrement(ref refs[k][p]) != 0) continue;
@@ -167,7 +184,6 @@ internal sealed class TransportRealloc : IDisposable
                     Flush();
                     (runSpan, runFirst, runEnd) = (k, p, p + 1);
                 }
-            }
             Flush();
             afterItem?.Invoke();
         });
