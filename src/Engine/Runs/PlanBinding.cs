@@ -154,7 +154,8 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
     internal static bool KeepInferenceWeights => Environment.GetEnvironmentVariable("REALN_KEEP_INFERENCE_WEIGHTS") == "1";
 
     /// <summary>How many times inference replicas of trained models gave their weights back between calls.</summary>
-    public int WeightReleases => _replicas.Values.Sum(r => r.Releases);
+    public int WeightReleases => _earlierWeightReleases + _replicas.Values.Sum(r => r.Releases);
+    private int _earlierWeightReleases;
 
     private string? _actorGenerate, _actorAny;
 
@@ -241,6 +242,7 @@ internal sealed class PlanBinding(Plan? plan, Func<int, IReplicaHost> hosts,
     public void Release()
     {
         _releasedBytes += _replicas.Values.Sum(r => r.ReallocatedBytes);
+        _earlierWeightReleases += _replicas.Values.Sum(r => r.Releases);
         foreach (var r in _replicas.Values) r.Dispose();
         _replicas.Clear(); _callReplica.Clear();
     }
