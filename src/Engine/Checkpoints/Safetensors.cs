@@ -456,19 +456,14 @@ internal static class Safetensors
             var handle = fs.SafeFileHandle;
             foreach (var (v, start) in views)
             {
-                var g = v.GlobalShape;
-                int split = v.SplitDim < 0 ? 0 : v.SplitDim;
-                long outer = 1, inner = 1;
-                for (int d = 0; d < split; d++) outer *= g[d];
-                for (int d = split + 1; d < g.Length; d++) inner *= g[d];
-                long first = v.SplitDim < 0 ? 0 : v.SliceStart, len = v.SplitDim < 0 ? g[0] : v.SliceLength;
-                long runBytes = len * inner * elementBytes, total = g.Aggregate(1L, (a, d) => a * d) * elementBytes;
+                var (outer, runElements, runStart) = Runs(v);
+                long runBytes = runElements * elementBytes, total = v.GlobalShape.Aggregate(1L, (a, d) => a * d) * elementBytes;
                 if (start < 0 || start + total > length)
                     throw new InvalidDataException($"{path}: tensor '{v.Name}' at byte {start} ({total} bytes) does not fit in the file's {length} bytes");
                 byte* src = data + v.Offset * elementBytes;
                 for (long o = 0; o < outer; o++, src += runBytes)
                 {
-                    long fileAt = start + (o * g[split] + first) * inner * elementBytes;
+                    long fileAt = start + runStart(o) * elementBytes;
                     // Writes of up to 1 GiB each (RandomAccess takes an int-sized span).
                     for (long w = 0; w < runBytes;)
                     {
@@ -506,9 +501,25 @@ internal static class Safetensors
         }
     }
 
-    /// <summary>Reads a view's slice of a tensor stored row-major at <paramref name="start"/>: the
-    /// split dimension cuts the tensor into <c>outer</c> runs (the product of the dimensions before
-    /// it) of <c>SliceLength x inner</c> contiguous elements, one positioned read each.</summary>
+    /// <summary>Where a view's slice lies in its tensor stored row-major: the split dimension cuts the
+    /// tensor into <c>Outer</c> runs (the product of the dimensions before it) of <c>RunElements</c>
+    /// (SliceLength x the product of the dimensions after it) contiguous elements, run o starting
+    /// <c>RunStart(o)</c> elements into the tensor; a whole tensor is one run from 0. The slice's runs
+    /// follow one another in the shard's buffer. What <see cref="WriteSlices"/> writes and
+    /// <see cref="ReadSlice"/> reads, one positioned write or read per run.</summary>
+    private static (long Outer, long RunElements, Func<long, long> RunStart) Runs(ShardView v)
+    {
+        var g = v.GlobalShape;
+        int split = v.SplitDim < 0 ? 0 : v.SplitDim;
+        long outer = 1, inner = 1;
+        for (int d = 0; d < split; d++) outer *= g[d];
+        for (int d = split + 1; d < g.Length; d++) inner *= g[d];
+        long first = v.SplitDim < 0 ? 0 : v.SliceStart, len = v.SplitDim < 0 ? g[0] : v.SliceLength, extent = g[split];
+        return (outer, len * inner, o => (o * extent + first) * inner);
+    }
+
+    /// <summary>Reads a view's slice of a tensor stored row-major at <paramref name="start"/>
+    /// (<see cref="Runs"/>), one positioned read per run.</summary>
     private static void ReadSlice(FileStream fs, string path, long start, string dtype, ShardView v, Span<float> dst)
     {
         int eb = dtype switch
@@ -516,18 +527,13 @@ internal static class Safetensors
             "F32" => 4, "BF16" or "F16" => 2,
             _ => throw new InvalidDataException($"{path}: tensor '{v.Name}' has dtype {dtype} (supported: F32, BF16, F16)"),
         };
-        var g = v.GlobalShape;
-        int split = v.SplitDim < 0 ? 0 : v.SplitDim;
-        long outer = 1, inner = 1;
-        for (int d = 0; d < split; d++) outer *= g[d];
-        for (int d = split + 1; d < g.Length; d++) inner *= g[d];
-        long first = v.SplitDim < 0 ? 0 : v.SliceStart, len = v.SplitDim < 0 ? g[0] : v.SliceLength;
-        int run = checked((int)(len * inner));   // elements per run
+        var (outer, runElements, runStart) = Runs(v);
+        int run = checked((int)runElements);
         var handle = fs.SafeFileHandle;
         byte[]? buf = eb == 4 ? null : new byte[run * eb];
         for (long o = 0; o < outer; o++)
         {
-            long at = start + (o * g[split] + first) * inner * eb;
+            long at = start + runStart(o) * eb;
             var target = dst.Slice((int)(o * run), run);
             var bytes = eb == 4 ? System.Runtime.InteropServices.MemoryMarshal.AsBytes(target) : buf.AsSpan();
             for (int got = 0; got < bytes.Length;)
