@@ -58,8 +58,14 @@ build_managed() {
   # "ReadyToRun"). The runtime's Crossgen2 pack exists for x86_64 hosts; elsewhere ./realn runs the build.
   local target=src/Cli/bin/Release/net10.0/realn
   if [ "$(uname -m)" = x86_64 ]; then
+    # The publish recompiles an assembly only when it is newer than its image, not when crossgen2's options
+    # (PublishReadyToRunCrossgen2ExtraArgs in the CLI's project) change: then every image is compiled again.
+    local r2r_obj=src/Cli/obj/Release/net10.0/linux-x64/R2R options
+    options=$(grep -o '<PublishReadyToRunCrossgen2ExtraArgs>.*</PublishReadyToRunCrossgen2ExtraArgs>' src/Cli/ReaLNative.Cli.csproj || true)
+    if [ "$(cat "$r2r_obj.options" 2>/dev/null)" != "$options" ]; then rm -rf "$r2r_obj"; fi
     dotnet publish src/Cli/ReaLNative.Cli.csproj -c Release -r linux-x64 --self-contained false \
       -p:PublishReadyToRun=true -o "$R2R_DIR" -nologo -v q "-clp:ErrorsOnly;NoSummary"
+    printf '%s' "$options" > "$r2r_obj.options"
     target="$R2R_DIR/realn"
   else
     log "no ReadyToRun on $(uname -m): ./realn runs $target (compiled at run time)"

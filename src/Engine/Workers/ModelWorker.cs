@@ -159,6 +159,7 @@ internal sealed unsafe class ModelWorker : IDisposable
         _busy = label;
         bool noted = m.Type is not ("ping" or "memory" or "shutdown");
         var before = noted && s_memoryTrace ? ProcessMemory.Sample() : null;   // only the trace prints it
+        long started = Stopwatch.GetTimestamp(), compiled = s_memoryTrace ? System.Runtime.JitInfo.GetCompiledMethodCount() : 0;
         try
         {
             if (m.Type is not ("ping" or "memory" or "shutdown") && !_connected.Wait(OperationTimeout))
@@ -198,7 +199,7 @@ internal sealed unsafe class ModelWorker : IDisposable
         finally
         {
             _busy = "idle";
-            if (noted) NoteMemory(label, before);
+            if (noted) NoteMemory(label, before, Stopwatch.GetElapsedTime(started).TotalSeconds, System.Runtime.JitInfo.GetCompiledMethodCount() - compiled);
         }
     }
 
@@ -214,7 +215,9 @@ internal sealed unsafe class ModelWorker : IDisposable
     private readonly Lock _memoryGate = new();
     private static readonly bool s_memoryTrace = Environment.GetEnvironmentVariable("REALN_WORKER_MEMORY_TRACE") == "1";
 
-    private void NoteMemory(string command, MemorySample? before)
+    /// <summary>Notes the peak after a command; with REALN_WORKER_MEMORY_TRACE=1 prints the command's memory before and
+    /// after, its wall time and the methods this process compiled at run time meanwhile (code ReadyToRun did not cover).</summary>
+    private void NoteMemory(string command, MemorySample? before, double seconds, long compiledMethods)
     {
         if (ProcessMemory.Sample() is not { } after) return;
         lock (_memoryGate)
@@ -223,7 +226,7 @@ internal sealed unsafe class ModelWorker : IDisposable
             _seenPeak = Math.Max(_seenPeak, after.Peak);
         }
         if (s_memoryTrace)
-            Console.Error.WriteLine($"worker {_args.Rank} memory: {command}: before {before}; after {after}; activation arenas {Model.ArenaBlocks.AllocatedBytes / 1e6:F1} MB ({Model.ArenaBlocks.FreeBytes / 1e6:F1} free), managed heap committed {GC.GetGCMemoryInfo().TotalCommittedBytes / 1e6:F1} MB");
+            Console.Error.WriteLine($"worker {_args.Rank} memory: {command} ({1e3 * seconds:F1} ms, {compiledMethods} methods compiled): before {before}; after {after}; activation arenas {Model.ArenaBlocks.AllocatedBytes / 1e6:F1} MB ({Model.ArenaBlocks.FreeBytes / 1e6:F1} free), managed heap committed {GC.GetGCMemoryInfo().TotalCommittedBytes / 1e6:F1} MB");
     }
 
     private string MemoryReport()

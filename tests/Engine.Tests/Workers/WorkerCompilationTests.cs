@@ -103,4 +103,44 @@ public sealed class WorkerCompilationTests
         Assert.True(CompilesInTheBackground(new Dictionary<string, string> { [TieredVariable] = "1" }, seconds: 30),
             "with DOTNET_TieredCompilation=1 the worker never showed the tiered-compilation thread: the check above cannot fail");
     }
+
+    /// <summary>The flags of the ReadyToRun header of <paramref name="path"/> (READYTORUN_HEADER, which the CLI header's
+    /// managed native header directory points to: signature "RTR", major and minor version, flags).</summary>
+    internal static uint ReadyToRunFlags(string path)
+    {
+        using var pe = new System.Reflection.PortableExecutable.PEReader(File.OpenRead(path));
+        var dir = pe.PEHeaders.CorHeader?.ManagedNativeHeaderDirectory ?? throw new InvalidDataException($"{path}: no CLI header");
+        if (dir.Size < 12) throw new InvalidDataException($"{path}: no ReadyToRun header (not compiled ahead of time)");
+        var header = pe.GetSectionData(dir.RelativeVirtualAddress).GetReader(0, 12);
+        uint signature = header.ReadUInt32();
+        if (signature != 0x00525452) throw new InvalidDataException($"{path}: managed native header signature 0x{signature:x8} is not ReadyToRun's");
+        header.ReadUInt16();   // major version
+        header.ReadUInt16();   // minor version
+        return header.ReadUInt32();
+    }
+
+    /// <summary>READYTORUN_FLAG_UNRELATED_R2R_CODE: the image holds code of generic instantiations that are not
+    /// its own (List&lt;(int, long, int)&gt;, LINQ over ints and tuples: definition and arguments from the framework).</summary>
+    private const uint UnrelatedCode = 0x80;
+
+    /// <summary>The ReadyToRun publish that ./realn and its worker processes run compiles the framework generics the
+    /// engine instantiates (crossgen2 --non-local-generics-module, with --opt-cross-module): without them each process
+    /// compiled them at their first call, a worker 122-135 methods (25 ms) and the master 94 (29 ms) in the first PPO
+    /// iteration of examples/bench/ppo-tiny-timing.yaml (docs/cost-model.md, "The worker plan's first iteration").
+    /// A publish made without the option has the same header without the flag.</summary>
+    [Fact]
+    public void ThePublishCompilesTheFrameworkGenericsTheEngineUsesAheadOfTime()
+    {
+        // ./build.sh publishes ReadyToRun on x86_64 only (elsewhere ./realn runs the build, compiled at run time).
+        if (System.Runtime.InteropServices.RuntimeInformation.OSArchitecture != System.Runtime.InteropServices.Architecture.X64) return;
+        string realn = WorkerProcessTests.Realn();
+        string publish = Path.GetDirectoryName(realn)!;
+        Assert.True(Path.GetFileName(publish) == "publish",
+                    $"{realn} is not the ReadyToRun publish (src/Cli/bin/Release/publish, as new as the build): run ./build.sh");
+        foreach (var dll in new[] { "realn.dll", "ReaLNative.Engine.dll", "ReaLNative.Interop.dll", "ReaLNative.Planner.dll" })
+        {
+            uint flags = ReadyToRunFlags(Path.Combine(publish, dll));
+            Assert.True((flags & UnrelatedCode) != 0, $"{dll}: ReadyToRun flags 0x{flags:x}, without READYTORUN_FLAG_UNRELATED_R2R_CODE (0x80)");
+        }
+    }
 }
