@@ -113,7 +113,7 @@ internal sealed class TransportRealloc : IDisposable
     /// REALN_PEER_PAGE_BATCH overrides it.</summary>
     internal static readonly int PeerPageBatch = int.TryParse(Environment.GetEnvironmentVariable("REALN_PEER_PAGE_BATCH"), out int n) && n > 0 ? n : 16;
 
-    /// <param name="afterItem">tests: called on the copy thread after each work item's pages went</param>
+    /// <param name="afterItem">tests: called on the copy thread after each work item (and the drop of the batch of pages it filled)</param>
     internal static void CopyWithPeer(List<(nint Src, nint Dst, long Bytes)> pieces, long total, bool peerIsSource, IReadOnlyList<(nint Base, long Size)> spans, bool release,
                                       Action? afterItem = null, int batchPages = 0)
     {
@@ -191,7 +191,13 @@ internal sealed class TransportRealloc : IDisposable
                 i = j;
             }
         }
-        InProcessRealloc.CopyPieces(pieces, total, InProcessRealloc.StreamMinBytes, (first, end) =>
+        try
+        {
+            CopyAndDrop();
+        }
+        finally { Drop(ready); }   // the batch not yet full, also when the copy failed
+
+        void CopyAndDrop() => InProcessRealloc.CopyPieces(pieces, total, InProcessRealloc.StreamMinBytes, (first, end) =>
         {
             List<(int Span, long Page)>? done = null;
             foreach (var (k, p0, p1) in itemPages[itemOf[first]])
@@ -213,7 +219,6 @@ internal sealed class TransportRealloc : IDisposable
             }
             afterItem?.Invoke();
         });
-        Drop(ready);
     }
 
     /// <summary>Bytes this mover has written into other processes' destination shards (push).</summary>
