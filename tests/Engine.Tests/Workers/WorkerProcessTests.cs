@@ -220,12 +220,13 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             {
                 var t = terms[$"worker_{d}"]!;
                 long resident = (long)t["resident_bytes"]!, active = (long)t["active_bytes"]!, baseRss = (long)t["base_rss_bytes"]!;
-                Assert.Equal(["activation_arena_bytes", "activation_arena_held_bytes", "activation_arena_peak_bytes", "active_bytes", "base_rss_bytes", "peak_set_by", "resident_bytes"],
+                Assert.Equal(["activation_arena_bytes", "activation_arena_held_bytes", "activation_arena_peak_bytes", "activation_cache_clears", "active_bytes", "base_rss_bytes", "peak_set_by", "resident_bytes"],
                              t.AsObject().Select(kv => kv.Key).Order(StringComparer.Ordinal).ToArray());
                 Assert.True(baseRss > 10_000_000 && baseRss < (long)summary["peak_rss_bytes_by_process"]![$"worker_{d}"]!, $"worker {d}: base RSS {baseRss}");
                 Assert.Equal(resident + active + baseRss, (long)estimated[$"worker_{d}"]!);
                 Assert.True(resident + active >= (long)summary["planned_memory_bytes_by_process"]![$"worker_{d}"]! - 1, $"worker {d}");
                 Assert.Equal(0, (long)t["activation_arena_held_bytes"]!);
+                Assert.Equal(0, (int)t["activation_cache_clears"]!);   // activation_cache_clear_every: 0
                 Assert.True((long)t["activation_arena_peak_bytes"]! > 0, $"worker {d} ran no forward");
                 Assert.False(string.IsNullOrEmpty((string?)t["peak_set_by"]?["command"]), $"worker {d}: no command raised its peak");
             }
