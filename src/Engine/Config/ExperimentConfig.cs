@@ -181,6 +181,15 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
     /// <summary>How many of the newest checkpoints are kept (`checkpoint_keep`, >= 1, default 2).</summary>
     public int CheckpointKeep { get; init; } = 2;
 
+    /// <summary>`activation_cache_clear_every: N`: after the calls of every Nth iteration (before its
+    /// evaluation, checkpoint and the next iteration) each process frees the activation blocks no call
+    /// holds (Model/ArenaBlocks, the cache its calls take their activations from), so that the
+    /// reallocations that refill released inference replicas next (evaluation's generation, the next
+    /// iteration's) take their room instead of adding to it; the next calls fault their blocks in again.
+    /// 0 (the default): never, the blocks stay for the next call. ReaLHF's `cache_clear_freq` (its model
+    /// workers call torch.cuda.empty_cache every 10 steps by default) makes the same trade.</summary>
+    public int ActivationCacheClearEvery { get; init; }
+
     /// <summary>`mode: async` with `max_staleness: N`: in the RL stages, generation of iteration g
     /// runs with the policy of iteration g - N, overlapping the training of the iterations before
     /// (Runs/AsyncRollouts.cs); null: `mode: sync`.</summary>
@@ -263,6 +272,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
         ev.RejectUnknown();
         int ckptEvery = (int)top.Int("checkpoint_every", 10, 1, 1_000_000);
         int ckptKeep = (int)top.Int("checkpoint_keep", 2, 1, 1_000_000);
+        int cacheClearEvery = (int)top.Int("activation_cache_clear_every", 0, 0, 1_000_000);
         // Sections are validated as part of every stage; reading them here marks them known.
         foreach (var k in new[] { "models", "batch", "optim", "generation", "ppo", "dpo", "reward", "dataset" }) top.Get(k);
         var stagesNode = top.Get("stages");
@@ -303,7 +313,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
             throw new ConfigException("weight_update", $"interrupt pauses the static generation at a decode step; stage {cs.Index} has generation.batching: continuous");
         return new ExperimentConfig(name, algorithm, seed, baseDirectory, task, eval, ckptEvery, stages, explicitStages)
         {
-            CheckpointKeep = ckptKeep, MaxStaleness = maxStaleness, WeightUpdate = weightUpdate, InterruptAt = interruptAt,
+            CheckpointKeep = ckptKeep, ActivationCacheClearEvery = cacheClearEvery, MaxStaleness = maxStaleness, WeightUpdate = weightUpdate, InterruptAt = interruptAt,
         };
     }
 
@@ -353,7 +363,7 @@ internal sealed record ExperimentConfig(string Name, string Algorithm, long Seed
 
         // Top-level-only keys are allowed in the merged single-stage mapping.
         if (path.Length == 0)
-            foreach (var k in new[] { "name", "seed", "task", "eval", "checkpoint_every", "checkpoint_keep", "stages", "precision" }) r.Get(k);
+            foreach (var k in new[] { "name", "seed", "task", "eval", "checkpoint_every", "checkpoint_keep", "activation_cache_clear_every", "stages", "precision" }) r.Get(k);
         r.RejectUnknown();
         return new StageConfig(index, algorithm, iterations, models, batch, optim, gen, ppo, dpo) { Reward = reward, Dataset = dataset };
     }

@@ -36,4 +36,9 @@ internal interface IReplicaHost : IDisposable
     /// (Workers/ResidentBatches.HoldOutput: neither fetched nor released); 0 once every batch that
     /// holds one is released, which a stage's end checks. 0 for in-process devices.</summary>
     int HeldOutputs => 0;
+
+    /// <summary>Has every worker process free the activation blocks no call holds (Model/ArenaBlocks.Trim)
+    /// before its next command (`activation_cache_clear_every`); in-process devices share this process's
+    /// blocks, which the caller frees itself.</summary>
+    void ClearActivationCaches() { }
 }

@@ -105,9 +105,17 @@ internal sealed class TransportRealloc : IDisposable
     private void CopyWithPeer(List<(nint Src, nint Dst, long Bytes)> pieces, long total, bool peerIsSource, IReadOnlyList<(nint Base, long Size)> spans) =>
         CopyWithPeer(pieces, total, peerIsSource, spans, ReleasePeerPages);
 
-    /// <param name="afterItem">tests: called on the copy thread after each work item's pages went</param>
+    /// <summary>How many done peer pages (2 MiB) a copy that releases them drops together (at most this
+    /// many minus one wait, 30 MiB at 16): each drop is one madvise that unmaps them and flushes the TLB
+    /// of every core running this process's threads, i.e. interrupts the other copy threads; dropping
+    /// each 4 MiB work item's pages alone cost the cross-process bench case with one sender (d0 tp1 to
+    /// d1-2 tp2) 0.74-0.79 of its reference against 0.89 with the pages kept (session 21, under load).
+    /// REALN_PEER_PAGE_BATCH overrides it.</summary>
+    internal static readonly int PeerPageBatch = int.TryParse(Environment.GetEnvironmentVariable("REALN_PEER_PAGE_BATCH"), out int n) && n > 0 ? n : 16;
+
+    /// <param name="afterItem">tests: called on the copy thread after each work item (and the drop of the batch of pages it filled)</param>
     internal static void CopyWithPeer(List<(nint Src, nint Dst, long Bytes)> pieces, long total, bool peerIsSource, IReadOnlyList<(nint Base, long Size)> spans, bool release,
-                                      Action? afterItem = null)
+                                      Action? afterItem = null, int batchPages = 0)
     {
         if (!release)
         {
@@ -123,6 +131,7 @@ internal sealed class TransportRealloc : IDisposable
         // threads: releasing in separate windows copied each window with its own threads
         // (cross-process reallocation at 0.77 of its reference against 0.94 kept, session 19).
         const int PageShift = 21;
+        if (batchPages <= 0) batchPages = PeerPageBatch;
         var items = InProcessRealloc.Items(pieces);
         var firstPage = new long[spans.Count];
         var refs = new int[spans.Count][];
@@ -164,27 +173,50 @@ internal sealed class TransportRealloc : IDisposable
             }
             itemPages[t] = runs;
         }
-        InProcessRealloc.CopyPieces(pieces, total, InProcessRealloc.StreamMinBytes, (first, end) =>
+        // Pages whose count reached zero wait in one list until it holds batchPages of them, then go in
+        // runs (one call per run of adjacent pages): each call unmaps and flushes the TLB of every core that
+        // runs this process's threads, so dropping each item's 2 pages alone interrupted the other copy threads
+        // once per 4 MiB.
+        var ready = new List<(int Span, long Page)>();
+        void Drop(List<(int Span, long Page)> pages)
         {
-            int runSpan = -1;
-            long runFirst = 0, runEnd = 0;   // pages [runFirst, runEnd) of span runSpan, to drop in one call
-            void Flush()
+            pages.Sort();
+            for (int i = 0; i < pages.Count;)
             {
-                if (runSpan < 0) return;
-                var (b, size) = spans[runSpan];
-                long a = (firstPage[runSpan] + runFirst) << PageShift, z = (firstPage[runSpan] + runEnd) << PageShift;
+                int j = i + 1;
+                while (j < pages.Count && pages[j].Span == pages[i].Span && pages[j].Page == pages[j - 1].Page + 1) j++;
+                var (b, size) = spans[pages[i].Span];
+                long a = (firstPage[pages[i].Span] + pages[i].Page) << PageShift, z = (firstPage[pages[i].Span] + pages[j - 1].Page + 1) << PageShift;
                 SharedHostMemory.ReleasePages(b, size, (nint)a, (nint)z);
-                runSpan = -1;
+                i = j;
             }
+        }
+        try
+        {
+            CopyAndDrop();
+        }
+        finally { Drop(ready); }   // the batch not yet full, also when the copy failed
+
+        void CopyAndDrop() => InProcessRealloc.CopyPieces(pieces, total, InProcessRealloc.StreamMinBytes, (first, end) =>
+        {
+            List<(int Span, long Page)>? done = null;
             foreach (var (k, p0, p1) in itemPages[itemOf[first]])
                 for (long p = p0; p <= p1; p++)
+                    if (Interlocked.Decrement(ref refs[k][p]) == 0) (done ??= []).Add((k, p));
+            if (done is not null)
+            {
+                lock (ready)
                 {
-                    if (Interlocked.Decrement(ref refs[k][p]) != 0) continue;
-                    if (runSpan == k && p == runEnd) { runEnd++; continue; }
-                    Flush();
-                    (runSpan, runFirst, runEnd) = (k, p, p + 1);
+                    ready.AddRange(done);
+                    if (ready.Count < batchPages) done = null;
+                    else
+                    {
+                        done = [.. ready];
+                        ready.Clear();
+                    }
                 }
-            Flush();
+                if (done is not null) Drop(done);
+            }
             afterItem?.Invoke();
         });
     }

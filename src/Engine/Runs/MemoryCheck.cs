@@ -149,6 +149,7 @@ internal static class MemoryCheck
                 ["activation_arena_bytes"] = reports[d]["activation_arena_bytes"]?.GetValue<long?>(),
                 ["activation_arena_held_bytes"] = reports[d]["activation_arena_held_bytes"]?.GetValue<long?>(),
                 ["activation_arena_peak_bytes"] = reports[d]["activation_arena_peak_bytes"]?.GetValue<long?>(),
+                ["activation_cache_clears"] = reports[d]["activation_cache_clears"]?.GetValue<int?>(),
             };
             if (reports[d]["peak_set_by"] is JsonObject by) t["peak_set_by"] = by.DeepClone();
             terms[WorkerKey(d)] = t;

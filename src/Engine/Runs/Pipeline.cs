@@ -214,6 +214,7 @@ internal sealed partial class Pipeline : IDisposable
                 if (budget-- <= 0) { CloseMetrics(); return new JsonObject { ["interrupted"] = true }; }
                 cancellationToken.ThrowIfCancellationRequested();
                 var figures = RunIteration(stage, exec, it, cancellationToken);
+                ClearActivationCaches(it);
                 EndIteration(stage, it, figures, stageClock);
             }
             CheckNothingHeld(stage);
@@ -318,6 +319,20 @@ internal sealed partial class Pipeline : IDisposable
         }
     }
 
+    private int _activationCacheClears;
+
+    /// <summary>`activation_cache_clear_every: N`: after the calls of iterations N - 1, 2N - 1, ... of a stage
+    /// (before its evaluation, its checkpoint and the next iteration, whose first reallocations refill
+    /// released replicas) this process frees the activation blocks no call holds, and every worker process
+    /// its own with its next command.</summary>
+    private void ClearActivationCaches(int it)
+    {
+        if (_cfg.ActivationCacheClearEvery is not (> 0 and var every) || (it + 1) % every != 0) return;
+        ArenaBlocks.Trim();
+        _binding.Host?.ClearActivationCaches();
+        _activationCacheClears++;
+    }
+
     /// <summary>summary.json, from metrics.jsonl and the wall times, with the processes' peak memory.</summary>
     private JsonObject WriteSummary()
     {
@@ -326,6 +341,7 @@ internal sealed partial class Pipeline : IDisposable
         // The process that ran the run (VmHWM; under a resume, the resumed process only); per process below.
         if (ProcessMemory.PeakRssBytes() is { } rss) summary["peak_rss_bytes"] = rss;
         MemoryCheck.AddToSummary(summary, _cfg, _plan, _binding.Host);
+        if (_cfg.ActivationCacheClearEvery > 0) summary["activation_cache_clears"] = _activationCacheClears;
         if (_binding.Host is not null)
         {
             summary["realloc_bytes"] = _binding.ReallocatedBytes;

@@ -137,6 +137,7 @@ internal sealed partial class Pipeline
                     training = Stopwatch.GetElapsedTime(trainStart).TotalSeconds;
                 }
                 finally { ready.Batch.Release(); }   // consumed: the workers may drop the outputs they kept for it
+                ClearActivationCaches(it);   // before the push refills the generation replica
                 var (pushWait, pushSeconds) = rollouts.Publish(it + 1);
                 double wall = Stopwatch.GetElapsedTime(start).TotalSeconds;
                 AddIterationSeconds(stage.Index, wall);

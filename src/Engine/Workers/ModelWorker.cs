@@ -63,6 +63,8 @@ internal sealed unsafe class ModelWorker : IDisposable
     private volatile string _busy = "idle";
     private volatile string? _lastError;
     private readonly ManualResetEventSlim _stop = new();
+    /// <summary>How many times this worker freed its free activation blocks (`activation_cache_clear_every`).</summary>
+    private int _activationCacheClears;
     /// <summary>Set once the rendezvous has connected the data plane: the master may send a command
     /// as soon as every rank registered, which can be before this rank has connected.</summary>
     private readonly ManualResetEventSlim _connected = new();
@@ -171,6 +173,13 @@ internal sealed unsafe class ModelWorker : IDisposable
             if (j["release_weights"] is JsonArray release)
                 foreach (var id in release)
                     if (_replicas.TryGetValue(id!.GetValue<int>(), out var held) && held.Optimizer is null) held.Shard.ReleaseWeights();
+            // activation_cache_clear_every: the activation blocks no call holds go before this command runs
+            // (the list names the workers that have not cleared yet this round).
+            if (j["clear_activation_cache"] is JsonArray clear && clear.Any(r => r!.GetValue<int>() == _args.Rank))
+            {
+                Model.ArenaBlocks.Trim();
+                _activationCacheClears++;
+            }
             return m.Type switch
             {
                 "create" => Create(j),
@@ -234,6 +243,7 @@ internal sealed unsafe class ModelWorker : IDisposable
         var o = new JsonObject { ["peak_rss_bytes"] = ProcessMemory.PeakRssBytes(), ["peer_mapped_bytes"] = _mover.PeerMappedBytes, ["activation_arena_bytes"] = Model.ArenaBlocks.AllocatedBytes,
                               ["activation_arena_held_bytes"] = Model.ArenaBlocks.AllocatedBytes - Model.ArenaBlocks.FreeBytes,
                               ["activation_arena_peak_bytes"] = Model.ArenaBlocks.PeakAllocatedBytes,
+                              ["activation_cache_clears"] = _activationCacheClears,
                               // weights of inference replicas given back between their calls (IReplica.ReleaseWeights)
                               ["released_weight_bytes"] = _replicas.Values.Where(r => r.Shard.WeightsReleased).Sum(r => r.Shard.WeightBytes) };
         if (_baseMemory is { } b) o["base_rss_bytes"] = b.Rss;

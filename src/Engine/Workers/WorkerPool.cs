@@ -383,6 +383,27 @@ internal sealed class WorkerPool : IReplicaHost
     }
 
     private readonly Dictionary<int, SortedSet<int>> _releaseWeights = new();
+    private readonly SortedSet<int> _clearCaches = new();
+
+    /// <summary>Every worker frees its free activation blocks before its next command (sent with it, as
+    /// weight releases are).</summary>
+    public void ClearActivationCaches()
+    {
+        lock (_clearCaches)
+            for (int d = 0; d < Devices; d++) _clearCaches.Add(d);
+    }
+
+    /// <summary>Which of <paramref name="workers"/> clear their activation caches with their next command
+    /// (then cleared): each worker takes the list and acts only where it names its own rank, so a
+    /// worker that cleared before this iteration's earlier calls does not clear again.</summary>
+    private JsonArray? TakeCacheClears(IReadOnlyList<int> workers)
+    {
+        lock (_clearCaches)
+        {
+            var ranks = workers.Where(_clearCaches.Remove).ToArray();
+            return ranks.Length == 0 ? null : new JsonArray(ranks.Select(r => (JsonNode)r).ToArray());
+        }
+    }
 
     /// <summary>Has the workers of <paramref name="devices"/> give back the pages of replica
     /// <paramref name="id"/>'s weights before their next command (sent with it, as forgotten
@@ -415,6 +436,8 @@ internal sealed class WorkerPool : IReplicaHost
         payload["what"] = what;
         if (Batches.TakeForgotten(devices) is { } forgotten) payload["drop_batches"] = forgotten;
         if (TakeWeightReleases(devices) is { } released) payload["release_weights"] = released;
+        if (TakeCacheClears(devices) is { } clears) payload["clear_activation_cache"] = clears;
+        else payload.Remove("clear_activation_cache");
         string json = payload.ToJsonString();
         var replies = new string[devices.Count];
         var tasks = new Task[devices.Count];

@@ -227,6 +227,23 @@ public class ConfigTests
     }
 
     [Fact]
+    public void ActivationCacheClearEveryDefaultsToNeverValidatesAndIsTopLevelOnly()
+    {
+        Assert.Equal(0, ExperimentConfig.Parse(Valid, Path.GetTempPath()).ActivationCacheClearEvery);
+        Assert.Equal(3, ExperimentConfig.Parse(Valid.Replace("seed: 3", "seed: 3\nactivation_cache_clear_every: 3"), Path.GetTempPath()).ActivationCacheClearEvery);
+
+        var e = Fails(Valid.Replace("seed: 3", "seed: 3\nactivation_cache_clear_every: -1"));
+        Assert.Equal("activation_cache_clear_every", e.FieldPath);
+        Assert.Contains("out of range", e.Message);
+
+        e = Fails(Valid.Replace("seed: 3", "seed: 3\nactivation_cache_clear_every: often"));
+        Assert.Equal("activation_cache_clear_every", e.FieldPath);
+
+        e = Fails(Valid.Replace("- { algorithm: ppo, ppo: { clip_eps: 0.3 } }", "- { algorithm: ppo, activation_cache_clear_every: 1 }"));
+        Assert.Equal("stages[2].activation_cache_clear_every", e.FieldPath);
+    }
+
+    [Fact]
     public void PipelineChecks()
     {
         // init: rm without an earlier rm stage

@@ -233,4 +233,41 @@ public sealed unsafe class ArenaBlocksTests
         }
         finally { Native.SetNumThreads(saved); }
     }
+
+    /// <summary>`activation_cache_clear_every` (Runs/Pipeline.ClearActivationCaches, a worker's
+    /// clear_activation_cache): the free blocks go, a block a model holds stays, and what the models
+    /// compute afterwards is the same bits.</summary>
+    [Fact]
+    public void ClearingTheCacheFreesTheFreeBlocksAndKeepsHeldOnes()
+    {
+        var cfg = LlamaConfig.Preset("tiny");
+        using var a = new LlamaModel(cfg, false);
+        using var b = new LlamaModel(cfg, false);
+        a.InitRandom(3);
+        b.InitRandom(4);
+        ArenaBlocks.Trim();
+        long before = ArenaBlocks.AllocatedBytes;
+        var wantA = Forward(a, Tokens, Lens);
+        a.ReleaseActivations();
+        long one = ArenaBlocks.FreeBytes;
+        Assert.True(one > 0);
+        // B holds a block of its own (A's free one is taken by B's forward: a second batch, longer, needs a larger one).
+        int[] longer = [.. Tokens, .. Tokens, .. Tokens], longerLens = [13, 10, 7];
+        var wantB = Forward(b, longer, longerLens);
+        long held = b.ActivationBytes;
+        Assert.True(held > one, $"B holds {held} bytes, A's free block is {one}");
+        a.Forward(new PackedBatch(Tokens, Lens));
+        a.ReleaseActivations();
+        Assert.Equal(one, ArenaBlocks.FreeBytes);
+        Assert.Equal(one, ArenaBlocks.Trim());
+        Assert.Equal(0, ArenaBlocks.FreeBytes);
+        Assert.Equal(before + held, ArenaBlocks.AllocatedBytes);
+        Assert.Equal(held, b.ActivationBytes);
+        // A allocates afresh, B computes on the block it kept: the same bits as before the clear.
+        Assert.Equal(wantA, Forward(a, Tokens, Lens));
+        Assert.Equal(wantB, Forward(b, longer, longerLens));
+        a.ReleaseActivations();
+        b.ReleaseActivations();
+        ArenaBlocks.Trim();
+    }
 }

@@ -63,6 +63,42 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
         finally { Directory.Delete(a, true); Directory.Delete(b, true); }
     }
 
+    /// <summary>`activation_cache_clear_every: 1`: after every iteration the master and, in the plan's
+    /// stage, each worker free their free activation blocks (each worker once per iteration, with its first
+    /// command); the run is the same bits as the in-process run that never clears.</summary>
+    [Fact]
+    public void ClearingActivationCachesEveryIterationLeavesThePlanRunUnchanged()
+    {
+        string a = PlanExecutionTests.TempDir(), b = PlanExecutionTests.TempDir();
+        try
+        {
+            var cfg = PlanExecutionTests.Config("fp32");
+            using var kept = new Pipeline(cfg, a, plan: PlanExecutionTests.MixedPlan());
+            using var cleared = new Pipeline(cfg with { ActivationCacheClearEvery = 1 }, b, plan: PlanExecutionTests.MixedPlan(), hosts: Processes());
+            var keptSummary = kept.Run(resume: false);
+            var summary = cleared.Run(resume: false);
+            Assert.Equal(kept.Model("actor").Parameters.ToArray(), cleared.Model("actor").Parameters.ToArray());
+            Assert.Equal(kept.Model("critic").Parameters.ToArray(), cleared.Model("critic").Parameters.ToArray());
+            Assert.Equal(File.ReadLines(Path.Combine(a, "metrics.jsonl")).Select(Strip), File.ReadLines(Path.Combine(b, "metrics.jsonl")).Select(Strip));
+            int iterations = cfg.Stages.Sum(s => s.Iterations);
+            Assert.Null(keptSummary["activation_cache_clears"]);
+            Assert.Equal(iterations, (int)summary["activation_cache_clears"]!);
+            // The plan's stage (the last) runs on the workers, every call on all four: each clears once in each
+            // of its iterations; in the earlier stages a worker clears with its first command after a round
+            // began (evaluation may run there), at most once per round.
+            int planned = cfg.Stages[^1].Iterations;
+            Assert.True(planned < iterations);
+            var terms = summary["memory_terms_by_process"]!.AsObject();
+            Assert.Equal(PlanExecutionTests.MixedPlan().DevicesPerNode, terms.Count);
+            foreach (var (worker, t) in terms)
+            {
+                int clears = (int)t!["activation_cache_clears"]!;
+                Assert.True(clears >= planned && clears <= iterations, $"{worker}: {clears} clears; the run had {iterations} iterations, {planned} under the plan");
+            }
+        }
+        finally { Directory.Delete(a, true); Directory.Delete(b, true); }
+    }
+
     /// <summary>GRPO and ReMax with a rule-based reward under a plan in worker processes, where
     /// actor_train's loss ranks read the generation's and the reference's log-probs worker to worker
     /// and spread the sequence advantages themselves: metrics (KL included) and the actor bit for bit
@@ -184,12 +220,13 @@ public sealed class WorkerProcessTests(Xunit.Abstractions.ITestOutputHelper outp
             {
                 var t = terms[$"worker_{d}"]!;
                 long resident = (long)t["resident_bytes"]!, active = (long)t["active_bytes"]!, baseRss = (long)t["base_rss_bytes"]!;
-                Assert.Equal(["activation_arena_bytes", "activation_arena_held_bytes", "activation_arena_peak_bytes", "active_bytes", "base_rss_bytes", "peak_set_by", "resident_bytes"],
+                Assert.Equal(["activation_arena_bytes", "activation_arena_held_bytes", "activation_arena_peak_bytes", "activation_cache_clears", "active_bytes", "base_rss_bytes", "peak_set_by", "resident_bytes"],
                              t.AsObject().Select(kv => kv.Key).Order(StringComparer.Ordinal).ToArray());
                 Assert.True(baseRss > 10_000_000 && baseRss < (long)summary["peak_rss_bytes_by_process"]![$"worker_{d}"]!, $"worker {d}: base RSS {baseRss}");
                 Assert.Equal(resident + active + baseRss, (long)estimated[$"worker_{d}"]!);
                 Assert.True(resident + active >= (long)summary["planned_memory_bytes_by_process"]![$"worker_{d}"]! - 1, $"worker {d}");
                 Assert.Equal(0, (long)t["activation_arena_held_bytes"]!);
+                Assert.Equal(0, (int)t["activation_cache_clears"]!);   // activation_cache_clear_every: 0
                 Assert.True((long)t["activation_arena_peak_bytes"]! > 0, $"worker {d} ran no forward");
                 Assert.False(string.IsNullOrEmpty((string?)t["peak_set_by"]?["command"]), $"worker {d}: no command raised its peak");
             }
