@@ -6,7 +6,7 @@ namespace ReaLNative.Engine.Tests.Realloc;
 
 /// <summary>
 /// A copy out of (or into) another process's shared shard leaves none of that shard's pages in this
-/// process's resident set beyond the work items in flight (TransportRealloc.ReleasePeerPages): kept, they counted
+/// process's resident set beyond the work items in flight and one batch of done pages (TransportRealloc.ReleasePeerPages): kept, they counted
 /// in a worker's peak RSS though they are the owner's memory (session 19: ~0.3 GB of a gpt2-small
 /// PPO worker's 2.6 GB). The block is mapped through /proc/self/fd, the same call as between processes;
 /// the mapping's resident pages are read from /proc/self/smaps. Bit-exact either way.
