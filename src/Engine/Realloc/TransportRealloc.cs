@@ -195,7 +195,7 @@ internal sealed class TransportRealloc : IDisposable
         {
             CopyAndDrop();
         }
-        finally { Drop(ready); }   // the batch not yet full, also when the copy failed
+        finally { lock (ready) Drop(ready); }   // the batch not yet full, also when the copy failed
 
         void CopyAndDrop() => InProcessRealloc.CopyPieces(pieces, total, InProcessRealloc.StreamMinBytes, (first, end) =>
         {
@@ -203,20 +203,18 @@ internal sealed class TransportRealloc : IDisposable
             foreach (var (k, p0, p1) in itemPages[itemOf[first]])
                 for (long p = p0; p <= p1; p++)
                     if (Interlocked.Decrement(ref refs[k][p]) == 0) (done ??= []).Add((k, p));
+            // Dropped under the lock: a thread that finishes an item meanwhile waits (tens of microseconds) rather
+            // than fill another batch while this one is still mapped, so at most one batch is.
             if (done is not null)
-            {
                 lock (ready)
                 {
                     ready.AddRange(done);
-                    if (ready.Count < batchPages) done = null;
-                    else
+                    if (ready.Count >= batchPages)
                     {
-                        done = [.. ready];
+                        Drop(ready);
                         ready.Clear();
                     }
                 }
-                if (done is not null) Drop(done);
-            }
             afterItem?.Invoke();
         });
     }
