@@ -124,9 +124,9 @@ internal sealed class TransportRealloc : IDisposable
         }
         // Each peer page (2 MiB: the shards lie in huge pages) leaves this process's page table as
         // soon as every work item that touches it is copied: a count per page of the items touching
-        // it, decremented once per item by the copy thread that finished it; the thread that brings
-        // it to zero drops the page (runs of such pages in one call). So at any time only the pages
-        // of the items in flight are mapped, edges included (until session 20 an item's edge pages
+        // it, decremented once per item by the copy thread that finished it; pages at zero go in
+        // batches (below). So at any time only the pages of the items in flight and one batch are
+        // mapped, edges included (until session 20 an item's edge pages
         // stayed until the end of the copy: 86 MB of a gpt2-small refill). One copy, one set of
         // threads: releasing in separate windows copied each window with its own threads
         // (cross-process reallocation at 0.77 of its reference against 0.94 kept, session 19).
@@ -193,30 +193,28 @@ internal sealed class TransportRealloc : IDisposable
         }
         try
         {
-            CopyAndDrop();
+            InProcessRealloc.CopyPieces(pieces, total, InProcessRealloc.StreamMinBytes, (first, end) =>
+            {
+                List<(int Span, long Page)>? done = null;
+                foreach (var (k, p0, p1) in itemPages[itemOf[first]])
+                    for (long p = p0; p <= p1; p++)
+                        if (Interlocked.Decrement(ref refs[k][p]) == 0) (done ??= []).Add((k, p));
+                // Dropped under the lock: a thread that finishes an item meanwhile waits (tens of microseconds) rather
+                // than fill another batch while this one is still mapped, so at most one batch is.
+                if (done is not null)
+                    lock (ready)
+                    {
+                        ready.AddRange(done);
+                        if (ready.Count >= batchPages)
+                        {
+                            Drop(ready);
+                            ready.Clear();
+                        }
+                    }
+                afterItem?.Invoke();
+            });
         }
         finally { lock (ready) Drop(ready); }   // the batch not yet full, also when the copy failed
-
-        void CopyAndDrop() => InProcessRealloc.CopyPieces(pieces, total, InProcessRealloc.StreamMinBytes, (first, end) =>
-        {
-            List<(int Span, long Page)>? done = null;
-            foreach (var (k, p0, p1) in itemPages[itemOf[first]])
-                for (long p = p0; p <= p1; p++)
-                    if (Interlocked.Decrement(ref refs[k][p]) == 0) (done ??= []).Add((k, p));
-            // Dropped under the lock: a thread that finishes an item meanwhile waits (tens of microseconds) rather
-            // than fill another batch while this one is still mapped, so at most one batch is.
-            if (done is not null)
-                lock (ready)
-                {
-                    ready.AddRange(done);
-                    if (ready.Count >= batchPages)
-                    {
-                        Drop(ready);
-                        ready.Clear();
-                    }
-                }
-            afterItem?.Invoke();
-        });
     }
 
     /// <summary>Bytes this mover has written into other processes' destination shards (push).</summary>
