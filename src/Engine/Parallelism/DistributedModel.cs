@@ -464,8 +464,18 @@ internal sealed unsafe class DistributedModel : IReplica
     private static nint ParameterPointer(LlamaModel m, ParameterBuffer b) =>
         b == ParameterBuffer.Bf16 ? (nint)m.Bf16ParametersPointer : (nint)m.ParametersPointer;
 
+    /// <summary>The reallocation plan between two layouts of a model, built once per process and kept: the same layout
+    /// changes run every iteration, and a kept plan also keeps its copy pieces (<see cref="InProcessRealloc"/>). Keyed by
+    /// the layouts' devices and degrees (ParallelLayout compares its device list by reference), the model's shape
+    /// (LlamaConfig is a record of values), the head and the element size; the worker processes keep theirs the same
+    /// way (ModelWorker.Realloc).</summary>
     private static ReallocPlan Plan(ParallelLayout from, ParallelLayout to, LlamaConfig c, bool scalar, int elementSize) =>
-        ReallocPlan.Build(from, to, ParamLayout.Factory(c, scalar), elementSize, _ => 0);
+        s_plans.GetOrAdd((LayoutKey(from), LayoutKey(to), c, scalar, elementSize),
+                         _ => ReallocPlan.Build(from, to, ParamLayout.Factory(c, scalar), elementSize, _ => 0));
+
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(string, string, LlamaConfig, bool, int), ReallocPlan> s_plans = new();
+
+    private static string LayoutKey(ParallelLayout l) => $"{string.Join(',', l.Devices)}|{l.Pp}|{l.Dp}|{l.Tp}";
 
     public long CopyFrom(IReplica source)
     {

@@ -130,49 +130,10 @@ internal sealed class TransportRealloc : IDisposable
         // stayed until the end of the copy: 86 MB of a gpt2-small refill). One copy, one set of
         // threads: releasing in separate windows copied each window with its own threads
         // (cross-process reallocation at 0.77 of its reference against 0.94 kept, session 19).
-        const int PageShift = 21;
         if (batchPages <= 0) batchPages = PeerPageBatch;
-        var items = InProcessRealloc.Items(pieces);
-        var firstPage = new long[spans.Count];
-        var refs = new int[spans.Count][];
-        for (int k = 0; k < spans.Count; k++)
-        {
-            firstPage[k] = (long)spans[k].Base >> PageShift;
-            refs[k] = new int[(int)((((long)spans[k].Base + spans[k].Size - 1) >> PageShift) - firstPage[k] + 1)];
-        }
-        // Per item and span, the pages from the lowest to the highest it touches (a page in between that
-        // it does not touch only waits for it too: no sort of the pieces, which may be thousands of rows).
-        var itemPages = new List<(int Span, long First, long Last)>[items.Count - 1];
-        var itemOf = new Dictionary<int, int>(items.Count);
-        var lo = new long[spans.Count];
-        var hi = new long[spans.Count];
-        for (int t = 0; t + 1 < items.Count; t++)
-        {
-            itemOf[items[t]] = t;
-            Array.Fill(lo, long.MaxValue);
-            Array.Fill(hi, long.MinValue);
-            for (int i = items[t]; i < items[t + 1]; i++)
-            {
-                long at = peerIsSource ? pieces[i].Src : pieces[i].Dst;
-                if (pieces[i].Bytes <= 0) continue;
-                for (int k = 0; k < spans.Count; k++)
-                    if (at >= spans[k].Base && at < spans[k].Base + spans[k].Size)
-                    {
-                        lo[k] = Math.Min(lo[k], at >> PageShift);
-                        hi[k] = Math.Max(hi[k], (at + pieces[i].Bytes - 1) >> PageShift);
-                        break;
-                    }
-            }
-            var runs = new List<(int, long, long)>();
-            for (int k = 0; k < spans.Count; k++)
-            {
-                if (hi[k] < lo[k]) continue;
-                long p0 = lo[k] - firstPage[k], p1 = hi[k] - firstPage[k];
-                runs.Add((k, p0, p1));
-                for (long p = p0; p <= p1; p++) refs[k][p]++;
-            }
-            itemPages[t] = runs;
-        }
+        var book = PageBook.For(pieces, peerIsSource, spans);
+        var (items, firstPage, itemPages, itemOf) = (book.Items, book.FirstPage, book.ItemPages, book.ItemOf);
+        var refs = book.Refs.Select(r => (int[])r.Clone()).ToArray();   // counted down by this copy
         // Pages whose count reached zero wait in one list until it holds batchPages of them, then go in
         // runs (one call per run of adjacent pages): each call unmaps and flushes the TLB of every core that
         // runs this process's threads, so dropping each item's 2 pages alone interrupted the other copy threads
@@ -186,14 +147,14 @@ internal sealed class TransportRealloc : IDisposable
                 int j = i + 1;
                 while (j < pages.Count && pages[j].Span == pages[i].Span && pages[j].Page == pages[j - 1].Page + 1) j++;
                 var (b, size) = spans[pages[i].Span];
-                long a = (firstPage[pages[i].Span] + pages[i].Page) << PageShift, z = (firstPage[pages[i].Span] + pages[j - 1].Page + 1) << PageShift;
+                long a = (firstPage[pages[i].Span] + pages[i].Page) << PageBook.PageShift, z = (firstPage[pages[i].Span] + pages[j - 1].Page + 1) << PageBook.PageShift;
                 SharedHostMemory.ReleasePages(b, size, (nint)a, (nint)z);
                 i = j;
             }
         }
         try
         {
-            InProcessRealloc.CopyPieces(pieces, total, InProcessRealloc.StreamMinBytes, (first, end) =>
+            InProcessRealloc.CopyPieces(pieces, total, InProcessRealloc.StreamMinBytes, items: items, copied: (first, end) =>
             {
                 List<(int Span, long Page)>? done = null;
                 foreach (var (k, p0, p1) in itemPages[itemOf[first]])
@@ -215,6 +176,88 @@ internal sealed class TransportRealloc : IDisposable
             });
         }
         finally { lock (ready) Drop(ready); }   // the batch not yet full, also when the copy failed
+    }
+
+    /// <summary>Which peer pages (2 MiB) each work item of a copy touches, and how many items touch each page
+    /// (<see cref="CopyWithPeer(List{ValueTuple{nint, nint, long}}, long, bool, IReadOnlyList{ValueTuple{nint, long}}, bool, Action?, int)"/>
+    /// counts a copy of <see cref="Refs"/> down). Worked out once per pieces list and kept with it: a push's pieces
+    /// are kept per plan (<see cref="_pushPieces"/>) and run every iteration, and walking their tens of thousands of
+    /// per-row pieces took 3-7 ms of a 63-97 ms copy of 1.2 GB from one sender (`realn bench realloc`, d0 tp1 to
+    /// d1-2 tp2; session 22).</summary>
+    private sealed class PageBook
+    {
+        public const int PageShift = 21;
+        public required (nint Base, long Size)[] Spans { get; init; }
+        public required bool PeerIsSource { get; init; }
+        public required List<int> Items { get; init; }
+        public required long[] FirstPage { get; init; }
+        /// <summary>Per span, the items touching each of its pages (read only: a copy counts down a clone).</summary>
+        public required int[][] Refs { get; init; }
+        /// <summary>Per item, per span it touches, the pages from the lowest to the highest it touches.</summary>
+        public required List<(int Span, long First, long Last)>[] ItemPages { get; init; }
+        /// <summary>The item that starts at a piece index.</summary>
+        public required Dictionary<int, int> ItemOf { get; init; }
+
+        private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<List<(nint Src, nint Dst, long Bytes)>, PageBook> s_kept = new();
+
+        /// <summary>The book of <paramref name="pieces"/> (their peer side: sources where
+        /// <paramref name="peerIsSource"/>, else destinations) over <paramref name="spans"/>: kept where the same list
+        /// ran last with the same spans and direction, else worked out (and kept). The caller must not change a list
+        /// it has copied with.</summary>
+        public static PageBook For(List<(nint Src, nint Dst, long Bytes)> pieces, bool peerIsSource, IReadOnlyList<(nint Base, long Size)> spans)
+        {
+            if (s_kept.TryGetValue(pieces, out var kept) && kept.PeerIsSource == peerIsSource && kept.Spans.AsSpan().SequenceEqual(spans.ToArray()))
+                return kept;
+            var book = Build(pieces, peerIsSource, spans);
+            s_kept.AddOrUpdate(pieces, book);
+            return book;
+        }
+
+        private static PageBook Build(List<(nint Src, nint Dst, long Bytes)> pieces, bool peerIsSource, IReadOnlyList<(nint Base, long Size)> spans)
+        {
+            var items = InProcessRealloc.Items(pieces);
+            var firstPage = new long[spans.Count];
+            var refs = new int[spans.Count][];
+            for (int k = 0; k < spans.Count; k++)
+            {
+                firstPage[k] = (long)spans[k].Base >> PageShift;
+                refs[k] = new int[(int)((((long)spans[k].Base + spans[k].Size - 1) >> PageShift) - firstPage[k] + 1)];
+            }
+            // Per item and span, the pages from the lowest to the highest it touches (a page in between that
+            // it does not touch only waits for it too: no sort of the pieces, which may be thousands of rows).
+            var itemPages = new List<(int Span, long First, long Last)>[items.Count - 1];
+            var itemOf = new Dictionary<int, int>(items.Count);
+            var lo = new long[spans.Count];
+            var hi = new long[spans.Count];
+            for (int t = 0; t + 1 < items.Count; t++)
+            {
+                itemOf[items[t]] = t;
+                Array.Fill(lo, long.MaxValue);
+                Array.Fill(hi, long.MinValue);
+                for (int i = items[t]; i < items[t + 1]; i++)
+                {
+                    long at = peerIsSource ? pieces[i].Src : pieces[i].Dst;
+                    if (pieces[i].Bytes <= 0) continue;
+                    for (int k = 0; k < spans.Count; k++)
+                        if (at >= spans[k].Base && at < spans[k].Base + spans[k].Size)
+                        {
+                            lo[k] = Math.Min(lo[k], at >> PageShift);
+                            hi[k] = Math.Max(hi[k], (at + pieces[i].Bytes - 1) >> PageShift);
+                            break;
+                        }
+                }
+                var runs = new List<(int, long, long)>();
+                for (int k = 0; k < spans.Count; k++)
+                {
+                    if (hi[k] < lo[k]) continue;
+                    long p0 = lo[k] - firstPage[k], p1 = hi[k] - firstPage[k];
+                    runs.Add((k, p0, p1));
+                    for (long p = p0; p <= p1; p++) refs[k][p]++;
+                }
+                itemPages[t] = runs;
+            }
+            return new PageBook { Spans = [.. spans], PeerIsSource = peerIsSource, Items = items, FirstPage = firstPage, Refs = refs, ItemPages = itemPages, ItemOf = itemOf };
+        }
     }
 
     /// <summary>Bytes this mover has written into other processes' destination shards (push).</summary>

@@ -150,6 +150,58 @@ public sealed class ReallocTests
         }
     }
 
+    /// <summary>A plan keeps its copy pieces for the buffers it last ran between (InProcessRealloc.Compile): run again
+    /// between the same buffers it copies their new contents, and run between other buffers it writes those and
+    /// leaves the first ones alone. A model above the threads' and streaming thresholds, tp1 -> tp4 (per-row pieces).</summary>
+    [Fact]
+    public unsafe void APlanRunAgainCopiesBetweenTheBuffersItIsGiven()
+    {
+        var shape = new LlamaShape(Layers: 2, Hidden: 384, Intermediate: 1000, Heads: 8, KvHeads: 4, Vocab: 6000);
+        var f = LlamaShardLayouts.Factory(shape);
+        var rng = new Random(77);
+        var (a, b) = (ParallelLayout.Contiguous(0, 1, 1, 1), new ParallelLayout([3, 1, 2, 0], 1, 1, 4));
+        var plan = ReallocPlan.Build(a, b, f, 4, _ => 0);
+        Assert.True(plan.LocalBytes + plan.RemoteBytes >= InProcessRealloc.StreamMinBytes);
+        Dictionary<int, float[]> Source(Dictionary<string, float[]> g) => a.Devices.ToDictionary(d => d, d => TestLayouts.Shard(f(1, 0, 1, 0), g));
+        Dictionary<int, float[]> Destination() => b.Devices.ToDictionary(d => d, d => new float[plan.DestinationLayoutOf(d).TotalElements]);
+        var handles = new List<GCHandle>();
+        Dictionary<int, InProcessRealloc.DeviceBuffer> Pin(Dictionary<int, float[]> arrays) => arrays.ToDictionary(kv => kv.Key, kv =>
+        {
+            var h = GCHandle.Alloc(kv.Value, GCHandleType.Pinned);
+            handles.Add(h);
+            return new InProcessRealloc.DeviceBuffer(h.AddrOfPinnedObject(), kv.Value.LongLength * 4);
+        });
+        void Check(Dictionary<string, float[]> g, Dictionary<int, float[]> moved, string what)
+        {
+            foreach (var d in b.Devices)
+                Assert.True(TestLayouts.Shard(plan.DestinationLayoutOf(d), g).AsSpan().SequenceEqual(moved[d]), $"{what}: device {d} differs");
+        }
+        try
+        {
+            var g1 = RandomParams(f, rng);
+            var (src1, dst1) = (Source(g1), Destination());
+            var (s1, d1) = (Pin(src1), Pin(dst1));
+            InProcessRealloc.Execute(plan, s1, d1);
+            Check(g1, dst1, "first run");
+            // New parameters in the same source buffers: the kept pieces copy them.
+            var g2 = RandomParams(f, rng);
+            var again = Source(g2);
+            foreach (var (d, arr) in again) arr.CopyTo(src1[d], 0);
+            InProcessRealloc.Execute(plan, s1, d1);
+            Check(g2, dst1, "the same buffers again");
+            // Other buffers: written, and the first destination untouched.
+            var g3 = RandomParams(f, rng);
+            var (src3, dst3) = (Source(g3), Destination());
+            InProcessRealloc.Execute(plan, Pin(src3), Pin(dst3));
+            Check(g3, dst3, "other buffers");
+            Check(g2, dst1, "the first buffers after a run between others");
+        }
+        finally
+        {
+            foreach (var h in handles) h.Free();
+        }
+    }
+
     /// <summary>Streaming copies equal Buffer.MemoryCopy for every length and source/destination
     /// misalignment, at every store width this CPU has, and write nothing outside the destination
     /// range.</summary>
