@@ -464,16 +464,15 @@ internal sealed unsafe class DistributedModel : IReplica
     private static nint ParameterPointer(LlamaModel m, ParameterBuffer b) =>
         b == ParameterBuffer.Bf16 ? (nint)m.Bf16ParametersPointer : (nint)m.ParametersPointer;
 
-    /// <summary>The reallocation plan between two layouts of a model, built once per process and kept: the same layout
-    /// changes run every iteration, and a kept plan also keeps its copy pieces (<see cref="InProcessRealloc"/>). Keyed by
-    /// the layouts' devices and degrees (ParallelLayout compares its device list by reference), the model's shape
-    /// (LlamaConfig is a record of values), the head and the element size; the worker processes keep theirs the same
-    /// way (ModelWorker.Realloc).</summary>
-    private static ReallocPlan Plan(ParallelLayout from, ParallelLayout to, LlamaConfig c, bool scalar, int elementSize) =>
-        s_plans.GetOrAdd((LayoutKey(from), LayoutKey(to), c, scalar, elementSize),
-                         _ => ReallocPlan.Build(from, to, ParamLayout.Factory(c, scalar), elementSize, _ => 0));
+    /// <summary>The reallocation plan of this model between two layouts, built once and kept with the model: the same layout
+    /// changes run every iteration, and a kept plan also keeps its copy pieces (<see cref="InProcessRealloc"/>). Keyed by the
+    /// layouts' devices and degrees (ParallelLayout compares its device list by reference) and the element size; the worker
+    /// processes keep theirs the same way (ModelWorker.Realloc).</summary>
+    private ReallocPlan Plan(ParallelLayout from, ParallelLayout to, int elementSize) =>
+        _plans.GetOrAdd((LayoutKey(from), LayoutKey(to), elementSize),
+                        _ => ReallocPlan.Build(from, to, ParamLayout.Factory(Config, ScalarHead), elementSize, _ => 0));
 
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(string, string, LlamaConfig, bool, int), ReallocPlan> s_plans = new();
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<(string, string, int), ReallocPlan> _plans = new();
 
     private static string LayoutKey(ParallelLayout l) => $"{string.Join(',', l.Devices)}|{l.Pp}|{l.Dp}|{l.Tp}";
 
@@ -483,7 +482,7 @@ internal sealed unsafe class DistributedModel : IReplica
         if (src.Config != Config || src.ScalarHead != ScalarHead) throw new ArgumentException($"{_name}: replicas of different models");
         var kind = ParameterBuffers.Between($"{_name}: reallocation from {src._name}", src.Precision, ((IReplica)src).HoldsBf16Only, Precision, ((IReplica)this).HoldsBf16Only);
         int es = ParameterBuffers.ElementSize(kind);
-        var plan = Plan(src.Layout, Layout, Config, ScalarHead, es);
+        var plan = Plan(src.Layout, Layout, es);
         foreach (var r in _ranks) r!.Shard.ReacquireWeights();   // where released: every byte is written next (the plan covers the shards)
         InProcessRealloc.Execute(plan, src.Buffers(r => src.Parameters(r, kind), es), Buffers(r => Parameters(r, kind), es));
         if (kind == ParameterBuffer.Bf16) foreach (var r in _ranks) r!.Shard.BiasesFromBf16();
@@ -552,8 +551,8 @@ internal sealed unsafe class DistributedModel : IReplica
     {
         var one = new Dictionary<int, InProcessRealloc.DeviceBuffer> { [Single.Devices[0]] = new(full, count * elementSize) };
         // The full copy is "device 0 alone": a device the layout may also use; buffers are per side, so that is fine.
-        if (toShards) InProcessRealloc.Execute(Plan(Single, Layout, Config, ScalarHead, elementSize), one, Buffers(shardPtr, elementSize));
-        else InProcessRealloc.Execute(Plan(Layout, Single, Config, ScalarHead, elementSize), Buffers(shardPtr, elementSize), one);
+        if (toShards) InProcessRealloc.Execute(Plan(Single, Layout, elementSize), one, Buffers(shardPtr, elementSize));
+        else InProcessRealloc.Execute(Plan(Layout, Single, elementSize), Buffers(shardPtr, elementSize), one);
     }
 
     public void Dispose()
