@@ -395,6 +395,42 @@ public static class ProfileCommand
         return diff / blocks;
     }
 
+    /// <summary>(a - b) - (c - d) in seconds: the four timed in turn within each of <see cref="DifferenceReps"/> rounds, the
+    /// median of the rounds' values. For a decode step: 17 and 1 new tokens of 3 and of 1 blocks. Until session 22 the two
+    /// generations were each the best of their own runs at different moments (the 17-token ones paired as
+    /// <see cref="BlockSeconds"/> does, the 1-token ones 3 times apart) and their difference moved with the host between
+    /// them: two profiles an hour apart on an idle 2-core Intel VM gave a decode step of 256 sequences 0.21 and 1.04 ms on
+    /// both cores, 1.02 and 0.53 ms on one thread (the whole generation, which the profile also times, 18-26 ms in both).
+    /// Within a round the four see the same host, and the median ignores the rounds a burst of other work falls into.</summary>
+    internal static double InterleavedDifference(string what, Action a, Action b, Action c, Action d)
+    {
+        a(); b(); c(); d();
+        var values = new double[DifferenceReps];
+        for (int i = 0; i < DifferenceReps; i++)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            a();
+            long t1 = Stopwatch.GetTimestamp();
+            b();
+            long t2 = Stopwatch.GetTimestamp();
+            c();
+            long t3 = Stopwatch.GetTimestamp();
+            d();
+            long t4 = Stopwatch.GetTimestamp();
+            values[i] = ((t1 - t0) - (t2 - t1) - (t3 - t2) + (t4 - t3)) / (double)Stopwatch.Frequency;
+        }
+        Array.Sort(values);
+        double median = values[DifferenceReps / 2];
+        // The spread of the middle half against the value: a difference the host's noise swamps is no measurement.
+        double spread = values[3 * DifferenceReps / 4] - values[DifferenceReps / 4];
+        if (median <= 0 || spread > median)
+            throw new MeasurementException($"profile: {what}: the difference measured {median * 1e3:F3} ms with its middle half spread over {spread * 1e3:F3} ms: the machine is too busy to measure it; rerun it when the load is lower");
+        return median;
+    }
+
+    /// <summary>Rounds of <see cref="InterleavedDifference"/>.</summary>
+    private const int DifferenceReps = 9;
+
     private static unsafe Action TrainStep(LlamaModel m, PackedBatch b, bool backward) => () =>
     {
         m.ZeroGrad();
@@ -498,13 +534,8 @@ public static class ProfileCommand
                 var prompts = Enumerable.Range(0, batchSize).Select(_ => Enumerable.Range(0, context).Select(_ => rng.Next(64)).ToArray()).ToArray();
                 // 16 decode steps after the prefill: the prefill and the per-call set-up cancel in the difference
                 // of 17 and 1 new tokens, the embedding and head in the difference of 3 and 1 blocks.
-                Action Steps(LlamaModel m) => () =>
-                {
-                    Generator.Generate(m, prompts, new GenerationOptions { MaxNewTokens = 17, Temperature = 0 });
-                };
-                double prefillOne = Best(() => Generator.Generate(one, prompts, new GenerationOptions { MaxNewTokens = 1, Temperature = 0 }), 3);
-                double prefillThree = Best(() => Generator.Generate(three, prompts, new GenerationOptions { MaxNewTokens = 1, Temperature = 0 }), 3);
-                double step = (BlockSeconds($"{name} 16 decode steps of {batchSize} sequences", Steps(one), Steps(three), 2) * 2 - (prefillThree - prefillOne)) / 2 / 16;
+                Action Gen(LlamaModel m, int newTokens) => () => Generator.Generate(m, prompts, new GenerationOptions { MaxNewTokens = newTokens, Temperature = 0 });
+                double step = InterleavedDifference($"{name} 16 decode steps of {batchSize} sequences", Gen(three, 17), Gen(three, 1), Gen(one, 17), Gen(one, 1)) / 2 / 16;
                 if (step <= 0)
                     throw new MeasurementException($"profile: {name}: a decode step of {batchSize} sequences measured {step * 1e3:F3} ms per block: the machine is too busy to measure; rerun it when the load is lower");
                 points.Add(new LayerPoint { Kind = "decode", Tokens = batchSize, Context = context, Seconds = step, Threads = tag });
