@@ -31,9 +31,9 @@ internal static unsafe class InProcessRealloc
 
     /// <summary>The last compiled pieces of each plan: a layout change runs again and again between the same
     /// buffers (every iteration's reallocation between a train call's layout and a generation's), and cutting
-    /// tens of thousands of per-row intervals into pieces and merging them in source order took 3-36 ms of a
-    /// 56-78 ms copy of 1.2 GB (`realn bench realloc`, tp4 -> pp2 x tp2 and tp1 -> tp2, 82-164 thousand
-    /// pieces; session 22): 5-40% on top of the copy. Kept per plan object, for the buffers it last ran
+    /// tens of thousands of per-row intervals into pieces and merging them in source order took 3-36 ms (mostly
+    /// 4-10) on top of a 56-78 ms copy of 1.2 GB (`realn bench realloc`, tp4 -> pp2 x tp2 and tp1 -> tp2, 82-164
+    /// thousand pieces; session 22). Kept per plan object, for the buffers it last ran
     /// between (other buffers compile anew); the worker processes' push keeps its pieces the same way.</summary>
     private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<ReallocPlan, Compiled> s_compiled = new();
 
