@@ -395,41 +395,46 @@ public static class ProfileCommand
         return diff / blocks;
     }
 
-    /// <summary>(a - b) - (c - d) in seconds: the four timed in turn within each of <see cref="DifferenceReps"/> rounds, the
-    /// median of the rounds' values. For a decode step: 17 and 1 new tokens of 3 and of 1 blocks. Until session 22 the two
-    /// generations were each the best of their own runs at different moments (the 17-token ones paired as
-    /// <see cref="BlockSeconds"/> does, the 1-token ones 3 times apart) and their difference moved with the host between
-    /// them: two profiles an hour apart on an idle 2-core Intel VM gave a decode step of 256 sequences 0.21 and 1.04 ms on
-    /// both cores, 1.02 and 0.53 ms on one thread (the whole generation, which the profile also times, 18-26 ms in both).
-    /// Within a round the four see the same host, and the median ignores the rounds a burst of other work falls into.</summary>
+    /// <summary>(a - b) - (c - d) in seconds: the four timed in turn within each round, the median of the rounds' values.
+    /// For a decode step: 17 and 1 new tokens of 3 and of 1 blocks. Until session 22 the two generations were each the best
+    /// of their own runs at different moments (the 17-token ones paired as <see cref="BlockSeconds"/> does, the 1-token ones
+    /// 3 times apart) and their difference moved with the host between them: two profiles an hour apart on an idle 2-core
+    /// Intel VM gave a decode step of 256 sequences 0.21 and 1.04 ms on both cores, 1.02 and 0.53 ms on one thread (the
+    /// whole generation, which the profile also times, 18-26 ms in both). Within a round the four see the same host, and
+    /// the median ignores the rounds a burst of other work falls into. Rounds come in sets of <see cref="DifferenceRounds"/>
+    /// until the median's standard error (about 0.93 x the interquartile range / sqrt(rounds)) is at most a quarter of it,
+    /// up to <see cref="DifferenceMaxRounds"/>; a difference still that uncertain is no measurement.</summary>
     internal static double InterleavedDifference(string what, Action a, Action b, Action c, Action d)
     {
         a(); b(); c(); d();
-        var values = new double[DifferenceReps];
-        for (int i = 0; i < DifferenceReps; i++)
+        var values = new List<double>();
+        while (true)
         {
-            long t0 = Stopwatch.GetTimestamp();
-            a();
-            long t1 = Stopwatch.GetTimestamp();
-            b();
-            long t2 = Stopwatch.GetTimestamp();
-            c();
-            long t3 = Stopwatch.GetTimestamp();
-            d();
-            long t4 = Stopwatch.GetTimestamp();
-            values[i] = ((t1 - t0) - (t2 - t1) - (t3 - t2) + (t4 - t3)) / (double)Stopwatch.Frequency;
+            for (int i = 0; i < DifferenceRounds; i++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                a();
+                long t1 = Stopwatch.GetTimestamp();
+                b();
+                long t2 = Stopwatch.GetTimestamp();
+                c();
+                long t3 = Stopwatch.GetTimestamp();
+                d();
+                long t4 = Stopwatch.GetTimestamp();
+                values.Add(((t1 - t0) - (t2 - t1) - (t3 - t2) + (t4 - t3)) / (double)Stopwatch.Frequency);
+            }
+            var sorted = values.Order().ToArray();
+            int n = sorted.Length;
+            double median = sorted[n / 2], iqr = sorted[3 * n / 4] - sorted[n / 4];
+            double error = 0.93 * iqr / Math.Sqrt(n);
+            if (median > 0 && error <= median / 4) return median;
+            if (n >= DifferenceMaxRounds)
+                throw new MeasurementException($"profile: {what}: the difference measured {median * 1e3:F3} ms, its middle half spread over {iqr * 1e3:F3} ms in {n} rounds: the machine is too busy to measure it; rerun it when the load is lower");
         }
-        Array.Sort(values);
-        double median = values[DifferenceReps / 2];
-        // The spread of the middle half against the value: a difference the host's noise swamps is no measurement.
-        double spread = values[3 * DifferenceReps / 4] - values[DifferenceReps / 4];
-        if (median <= 0 || spread > median)
-            throw new MeasurementException($"profile: {what}: the difference measured {median * 1e3:F3} ms with its middle half spread over {spread * 1e3:F3} ms: the machine is too busy to measure it; rerun it when the load is lower");
-        return median;
     }
 
-    /// <summary>Rounds of <see cref="InterleavedDifference"/>.</summary>
-    private const int DifferenceReps = 9;
+    /// <summary>Rounds of <see cref="InterleavedDifference"/> per set, and at most.</summary>
+    private const int DifferenceRounds = 9, DifferenceMaxRounds = 45;
 
     private static unsafe Action TrainStep(LlamaModel m, PackedBatch b, bool backward) => () =>
     {
