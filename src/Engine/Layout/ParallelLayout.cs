@@ -32,6 +32,10 @@ internal sealed record ParallelLayout
     public static ParallelLayout Contiguous(int start, int pp, int dp, int tp) =>
         new(Enumerable.Range(start, pp * dp * tp).ToArray(), pp, dp, tp);
 
+    /// <summary>Devices and degrees as one string: a key for tables of plans between layouts (the record's own equality
+    /// compares <see cref="Devices"/> by reference).</summary>
+    public string Key => $"{string.Join(',', Devices)}|{Pp}|{Dp}|{Tp}";
+
     public override string ToString() =>
         $"devices {Devices[0]}..{Devices[^1]} pp{Pp} dp{Dp} tp{Tp}";
 }

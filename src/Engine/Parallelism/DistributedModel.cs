@@ -466,15 +466,13 @@ internal sealed unsafe class DistributedModel : IReplica
 
     /// <summary>The reallocation plan of this model between two layouts, built once and kept with the model: the same layout
     /// changes run every iteration, and a kept plan also keeps its copy pieces (<see cref="InProcessRealloc"/>). Keyed by the
-    /// layouts' devices and degrees (ParallelLayout compares its device list by reference) and the element size; the worker
+    /// layouts' devices and degrees (ParallelLayout.Key) and the element size; the worker
     /// processes keep theirs the same way (ModelWorker.Realloc).</summary>
     private ReallocPlan Plan(ParallelLayout from, ParallelLayout to, int elementSize) =>
-        _plans.GetOrAdd((LayoutKey(from), LayoutKey(to), elementSize),
+        _plans.GetOrAdd((from.Key, to.Key, elementSize),
                         _ => ReallocPlan.Build(from, to, ParamLayout.Factory(Config, ScalarHead), elementSize, _ => 0));
 
     private readonly System.Collections.Concurrent.ConcurrentDictionary<(string, string, int), ReallocPlan> _plans = new();
-
-    private static string LayoutKey(ParallelLayout l) => $"{string.Join(',', l.Devices)}|{l.Pp}|{l.Dp}|{l.Tp}";
 
     public long CopyFrom(IReplica source)
     {

@@ -828,7 +828,7 @@ internal sealed unsafe class RemoteReplica : IReplica
     /// counts a reallocation's bytes with it every iteration, 0.6-0.9 ms for gpt2-small pp2 x tp2 to dp2 x tp2, and executes
     /// its part of loads and gathers); keyed as DistributedModel keeps its plans.</summary>
     private ReallocPlan Plan(ParallelLayout from, ParallelLayout to, int elementSize) =>
-        _plans.GetOrAdd(($"{string.Join(',', from.Devices)}|{from.Pp}|{from.Dp}|{from.Tp}", $"{string.Join(',', to.Devices)}|{to.Pp}|{to.Dp}|{to.Tp}", elementSize),
+        _plans.GetOrAdd((from.Key, to.Key, elementSize),
                         _ => ReallocPlan.Build(from, to, ParamLayout.Factory(Config, ScalarHead), elementSize, _ => 0));
 
     private readonly System.Collections.Concurrent.ConcurrentDictionary<(string, string, int), ReallocPlan> _plans = new();
