@@ -175,6 +175,14 @@ REALN_API realn_status realn_interval_scatter(realn_stream_t stream, void* flat,
  * either process's mappings). Offsets and lengths live in host memory. */
 REALN_API realn_status realn_process_read(int32_t pid, void* local, uint64_t remote, const int64_t* remote_offsets,
                                           const int64_t* local_offsets, const int64_t* lengths, int64_t count);
+/* Futex on a 32-bit word that may lie in memory shared between processes (a REALN_HOST_SHARED
+ * block, mapped by its peers with realn_shared_map_writable): realn_futex_wait sleeps while *word
+ * equals expected, at most timeout_us microseconds (> 0); it returns REALN_OK when woken, when the
+ * word differed already, on the timeout and on a signal alike: the caller checks what it waits
+ * for. realn_futex_wake wakes up to count waiters on word in any process. Not the private futex:
+ * the word's shared mapping is what keys it. REALN_ERR_UNSUPPORTED off Linux. */
+REALN_API realn_status realn_futex_wait(const int32_t* word, int32_t expected, int64_t timeout_us);
+REALN_API realn_status realn_futex_wake(int32_t* word, int32_t count);
 /* 64-bit FNV-1a-style hash of bytes, for bit-exactness checks (deterministic, any backend). */
 REALN_API realn_status realn_hash_bytes(realn_stream_t stream, const void* data, int64_t bytes,
                                         uint64_t* out);

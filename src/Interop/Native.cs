@@ -74,6 +74,8 @@ public static unsafe partial class Native
     [LibraryImport(Library)] public static partial int realn_shared_map(int pid, int fd, ulong token, long size, void** ptr);
     [LibraryImport(Library)] public static partial int realn_shared_map_writable(int pid, int fd, ulong token, long size, void** ptr);
     [LibraryImport(Library)] public static partial int realn_shared_unmap(void* ptr, long size);
+    [LibraryImport(Library)] public static partial int realn_futex_wait(int* word, int expected, long timeoutUs);
+    [LibraryImport(Library)] public static partial int realn_futex_wake(int* word, int count);
     [LibraryImport(Library)] public static partial int realn_buf_alloc(nint stream, long bytes, nint* buf);
     [LibraryImport(Library)] public static partial int realn_buf_ptr(nint buf, void** ptr);
     [LibraryImport(Library)] public static partial int realn_buf_size(nint buf, long* bytes);

@@ -64,6 +64,16 @@ public static unsafe class SharedHostMemory
         if (hi > lo) Posix.DropPageTableEntries((nint)lo, hi - lo);
     }
 
+    /// <summary>Sleeps while the 32-bit word at <paramref name="word"/> (in a shared block, or a mapping
+    /// of one) equals <paramref name="expected"/>, at most <paramref name="timeoutUs"/> microseconds;
+    /// returns when woken (<see cref="FutexWake"/>, from any process), when the word differs, on the
+    /// timeout or a signal, without saying which: the caller checks what it waits for.
+    /// Throws <see cref="RealnException"/> (Unsupported) off Linux.</summary>
+    public static void FutexWait(nint word, int expected, long timeoutUs) => Native.Check(Native.realn_futex_wait((int*)word, expected, timeoutUs));
+
+    /// <summary>Wakes up to <paramref name="count"/> processes' threads sleeping in <see cref="FutexWait"/> on the word.</summary>
+    public static void FutexWake(nint word, int count = 1) => Native.Check(Native.realn_futex_wake((int*)word, count));
+
     /// <summary>Unmaps what <see cref="Map"/> or <see cref="MapWritable"/> returned (<paramref name="size"/>: the descriptor's Size).</summary>
     public static void Unmap(nint baseAddress, long size) => Native.Check(Native.realn_shared_unmap((void*)baseAddress, size));
 }

@@ -28,6 +28,10 @@
 // kernel, no free huge page) the block keeps 4 KiB pages.
 #include <fcntl.h>
 #include <sys/mman.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -37,6 +41,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <mutex>
 
@@ -335,6 +340,38 @@ REALN_API realn_status realn_shared_unmap(const void* ptr, int64_t size) {
         REALN_POSITIVE(size);
         if (munmap(const_cast<void*>(ptr), static_cast<size_t>(size)) != 0)
             realn::fail(REALN_ERR_INVALID_ARGUMENT, "munmap of ", size, " bytes at ", ptr, ": ", strerror(errno));
+    });
+}
+
+// Doorbells between the processes of a job (src/Engine/Transport/Doorbell.cs): a word in a shared
+// block, waited on and woken with the shared (not FUTEX_PRIVATE_FLAG) futex, which the kernel keys
+// by the block's page, so a waiter and a waker in two processes with two mappings meet.
+REALN_API realn_status realn_futex_wait(const int32_t* word, int32_t expected, int64_t timeout_us) {
+    return realn::guard("realn_futex_wait", [&] {
+        REALN_NOT_NULL(word);
+        REALN_REQUIRE(timeout_us > 0, "timeout_us must be > 0 (got ", timeout_us, ")");
+#ifdef __linux__
+        timespec t{static_cast<time_t>(timeout_us / 1000000), static_cast<long>(timeout_us % 1000000) * 1000};
+        if (syscall(SYS_futex, word, FUTEX_WAIT, expected, &t, nullptr, 0) != 0 && errno != EAGAIN &&
+            errno != ETIMEDOUT && errno != EINTR)
+            realn::fail(REALN_ERR_BACKEND, "futex wait at ", static_cast<const void*>(word), ": ", strerror(errno));
+#else
+        (void)expected;
+        realn::fail(REALN_ERR_UNSUPPORTED, "futex: Linux only");
+#endif
+    });
+}
+
+REALN_API realn_status realn_futex_wake(int32_t* word, int32_t count) {
+    return realn::guard("realn_futex_wake", [&] {
+        REALN_NOT_NULL(word);
+        REALN_REQUIRE(count > 0, "count must be > 0 (got ", count, ")");
+#ifdef __linux__
+        if (syscall(SYS_futex, word, FUTEX_WAKE, count, nullptr, nullptr, 0) < 0)
+            realn::fail(REALN_ERR_BACKEND, "futex wake at ", static_cast<void*>(word), ": ", strerror(errno));
+#else
+        realn::fail(REALN_ERR_UNSUPPORTED, "futex: Linux only");
+#endif
     });
 }
 

@@ -43,6 +43,7 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
     private readonly HashSet<Op> _pending = [];
     private readonly Timer? _watchdog;
     private readonly ManualResetEventSlim _kick = new(false, 1);
+    private readonly Doorbell? _bell;
     private readonly byte[] _address;
     private readonly HashSet<Region> _regions = [];
     private readonly HashSet<RemoteRegion> _remotes = [];
@@ -126,7 +127,8 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
         nint addr;
         ulong len;
         Check(Ucp.ucp_worker_get_address(_worker, &addr, &len), "ucp_worker_get_address");
-        _address = ProcessHeader.Write(options, new ReadOnlySpan<byte>((void*)addr, checked((int)len)));
+        if (!options.Wakeup && options.Doorbell) _bell = Doorbell.TryCreate();
+        _address = ProcessHeader.Write(options, new ReadOnlySpan<byte>((void*)addr, checked((int)len)), _bell?.Descriptor);
         Ucp.ucp_worker_release_address(_worker, addr);
         _thread = new Thread(Loop) { IsBackground = true, Name = $"ucx-progress-{rank}" };
         if (options.Wakeup)
@@ -159,6 +161,10 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
     /// <summary>Peers whose memory the kernel refused to let this process read: their gets go over UCX.</summary>
     private volatile bool[] _readRefused = [];
 
+    /// <summary>How many peers this transport rings when it gives them work (<see cref="Doorbell"/>): the
+    /// local ones whose doorbell it could map; set by <see cref="Connect"/>.</summary>
+    public int RungPeers { get; private set; }
+
     /// <inheritdoc/>
     public int? LocalProcessOf(int peer) => (uint)peer < (uint)_localPids.Length ? _localPids[peer] : null;
 
@@ -170,13 +176,16 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
         var mine = ProcessHeader.Read(_address, Rank);
         var ucx = new byte[Size][];
         var pids = new int?[Size];
+        var bells = new (int Pid, SharedHostMemory.Descriptor Block)?[Size];
         for (int r = 0; r < Size; r++)
         {
             var h = ProcessHeader.Read(addresses[r], r);
             ucx[r] = h.Ucx;
             if (h.ProcessRead && mine.ProcessRead && h.HostKey == mine.HostKey) pids[r] = h.Pid;
+            if (pids[r] is int pid && r != Rank && h.Doorbell is { } d) bells[r] = (pid, d);
         }
         _localPids = pids;
+        RungPeers = _bell?.Attach(bells) ?? 0;
         _readRefused = new bool[Size];
         Invoke(() =>
         {
@@ -393,6 +402,7 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
     private void Kick()
     {
         if (Options.Wakeup) Ucp.ucp_worker_signal(_worker);
+        else if (_bell is not null) _bell.RingSelf();
         else _kick.Set();
     }
 
@@ -421,11 +431,17 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
                 else if (idle <= spin + Options.YieldIterations) Thread.Yield();
                 else
                 {
-                    // Operations in flight: 1 ms naps (a peer may be computing); idle: 1, 2, 4 .. MaxSleep ms.
+                    // Operations in flight: PendingNap (1 ms; a peer may be computing); idle: 1, 2, 4 .. MaxSleep ms.
+                    // With a doorbell, a local peer that gives this process work ends the nap at once.
                     int step = idle - spin - Options.YieldIterations;
-                    int ms = _pending.Count > 0 ? 1 : (int)Math.Min(Options.MaxSleep.TotalMilliseconds, 1 << Math.Min(step, 10));
-                    _kick.Wait(Math.Max(ms, 1));
-                    _kick.Reset();
+                    int ms = _pending.Count > 0 ? (int)Math.Max(1, Options.PendingNap.TotalMilliseconds) : (int)Math.Min(Options.MaxSleep.TotalMilliseconds, 1 << Math.Min(step, 10));
+                    if (_bell is not null)
+                        _bell.Sleep(ms, () => _stop || !_queue.IsEmpty || Ucp.ucp_worker_progress(_worker) != 0);
+                    else
+                    {
+                        _kick.Wait(Math.Max(ms, 1));
+                        _kick.Reset();
+                    }
                 }
             }
         }
@@ -509,6 +525,9 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
                 break;
             }
         }
+        // The peer has work now: a message (or a rendezvous request) in its queue, a matched receive
+        // whose data it may now serve, an RMA request it answers.
+        _bell?.Ring(op.Peer);
     }
 
     private void Started(Op op, void* req)
@@ -590,6 +609,9 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
         op.Owner._pending.Remove(op);
         Finish(op, st);
         Ucp.ucp_request_free(request);
+        // A receive that completed a rendezvous sent the sender its acknowledgement: the sender's
+        // send completes when it reads it.
+        op.Owner._bell?.Ring(op.Peer);
     }
 
     [UnmanagedCallersOnly(CallConvs = [typeof(CallConvCdecl)])]
@@ -607,6 +629,7 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
         if (--op.Outstanding > 0) return;
         op.Owner._pending.Remove(op);
         Finish(op, op.Status);
+        op.Owner._bell?.Ring(op.Peer);
     }
 
     public void Dispose()
@@ -671,6 +694,7 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
         Ucp.ucp_worker_destroy(_worker);
         Ucp.ucp_cleanup(_context);
         _kick.Dispose();
+        _bell?.Dispose();
     }
 
     private static void Check(ucs_status_t st, string what)
@@ -680,36 +704,47 @@ internal sealed unsafe class UcxTransport : ITransport, IRmaTransport
 }
 
 /// <summary>The header of a rank's address: which process it is and where. Layout: "RLNP", a
-/// version byte (1), a flags byte (bit 0: the process allows process reads), the pid (int32), the
-/// host key's length (uint16) and UTF-8 bytes, then the UCX worker address.</summary>
+/// version byte (2), a flags byte (bit 0: the process allows process reads), the pid (int32), its
+/// <see cref="Doorbell"/>'s block (descriptor number int32, -1 for none; offset, size int64; token
+/// uint64), the host key's length (uint16) and UTF-8 bytes, then the UCX worker address.</summary>
 internal static class ProcessHeader
 {
     private static readonly byte[] Magic = "RLNP"u8.ToArray();
 
-    public readonly record struct Parsed(bool ProcessRead, int Pid, string HostKey, byte[] Ucx);
+    public readonly record struct Parsed(bool ProcessRead, int Pid, string HostKey, byte[] Ucx, SharedHostMemory.Descriptor? Doorbell);
 
-    public static byte[] Write(UcxTransportOptions o, ReadOnlySpan<byte> ucx)
+    private const byte Version = 2;
+    private const int Fixed = 4 + 1 + 1 + 4 + 4 + 8 + 8 + 8 + 2;   // through the host key's length
+
+    public static byte[] Write(UcxTransportOptions o, ReadOnlySpan<byte> ucx, SharedHostMemory.Descriptor? doorbell = null)
     {
         var key = System.Text.Encoding.UTF8.GetBytes(o.HostKey ?? ThisHost.Value);
         if (key.Length > ushort.MaxValue) throw new ArgumentException("host key longer than 65535 bytes");
-        var b = new byte[4 + 1 + 1 + 4 + 2 + key.Length + ucx.Length];
+        var b = new byte[Fixed + key.Length + ucx.Length];
         Magic.CopyTo(b, 0);
-        b[4] = 1;
+        b[4] = Version;
         b[5] = (byte)(o.ProcessRead ? 1 : 0);
         BitConverter.TryWriteBytes(b.AsSpan(6), Environment.ProcessId);
-        BitConverter.TryWriteBytes(b.AsSpan(10), (ushort)key.Length);
-        key.CopyTo(b, 12);
-        ucx.CopyTo(b.AsSpan(12 + key.Length));
+        var d = doorbell ?? new SharedHostMemory.Descriptor(-1, 0, 0, 0);
+        BitConverter.TryWriteBytes(b.AsSpan(10), d.Fd);
+        BitConverter.TryWriteBytes(b.AsSpan(14), d.Offset);
+        BitConverter.TryWriteBytes(b.AsSpan(22), d.Size);
+        BitConverter.TryWriteBytes(b.AsSpan(30), d.Token);
+        BitConverter.TryWriteBytes(b.AsSpan(38), (ushort)key.Length);
+        key.CopyTo(b, Fixed);
+        ucx.CopyTo(b.AsSpan(Fixed + key.Length));
         return b;
     }
 
     public static Parsed Read(byte[] a, int rank)
     {
-        if (a.Length < 12 || !a.AsSpan(0, 4).SequenceEqual(Magic) || a[4] != 1)
-            throw new ArgumentException($"rank {rank}'s address has no ReaLNative process header (version 1): is every rank running this build of realn?");
-        int keyLength = BitConverter.ToUInt16(a, 10);
-        if (12 + keyLength >= a.Length) throw new ArgumentException($"rank {rank}'s address is truncated ({a.Length} bytes, host key of {keyLength})");
-        return new Parsed((a[5] & 1) != 0, BitConverter.ToInt32(a, 6), System.Text.Encoding.UTF8.GetString(a, 12, keyLength), a[(12 + keyLength)..]);
+        if (a.Length < Fixed || !a.AsSpan(0, 4).SequenceEqual(Magic) || a[4] != Version)
+            throw new ArgumentException($"rank {rank}'s address has no ReaLNative process header (version {Version}): is every rank running this build of realn?");
+        int keyLength = BitConverter.ToUInt16(a, 38);
+        if (Fixed + keyLength >= a.Length) throw new ArgumentException($"rank {rank}'s address is truncated ({a.Length} bytes, host key of {keyLength})");
+        int fd = BitConverter.ToInt32(a, 10);
+        var bell = fd >= 0 ? new SharedHostMemory.Descriptor(fd, BitConverter.ToInt64(a, 14), BitConverter.ToInt64(a, 22), BitConverter.ToUInt64(a, 30)) : (SharedHostMemory.Descriptor?)null;
+        return new Parsed((a[5] & 1) != 0, BitConverter.ToInt32(a, 6), System.Text.Encoding.UTF8.GetString(a, Fixed, keyLength), a[(Fixed + keyLength)..], bell);
     }
 
     /// <summary>This host: the kernel's boot id, with this process's pid and network namespaces.</summary>

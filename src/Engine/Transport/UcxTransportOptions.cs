@@ -29,6 +29,15 @@ internal sealed record UcxTransportOptions
     public int YieldIterations { get; init; } = 200;
     public TimeSpan MaxSleep { get; init; } = TimeSpan.FromMilliseconds(10);
 
+    /// <summary>The nap of a progress thread with operations in flight (after the spin and the yields).</summary>
+    public TimeSpan PendingNap { get; init; } = TimeSpan.FromMilliseconds(1);
+
+    /// <summary>Whether a polling progress thread naps on a <see cref="Transport.Doorbell"/> that the
+    /// processes of its host ring when they give it work (a message, a rendezvous step), so that it wakes
+    /// at once instead of at the end of its nap. No effect with <see cref="Wakeup"/>.
+    /// REALN_UCX_DOORBELL=0 turns it off.</summary>
+    public bool Doorbell { get; init; } = true;
+
     /// <summary>UCX transport list for this context only (UCX's TLS setting, e.g. "tcp" or
     /// "sm,cma,self"); null keeps UCX_TLS / UCX's choice.</summary>
     public string? Transports { get; init; }
@@ -75,9 +84,10 @@ internal sealed record UcxTransportOptions
         if (int.TryParse(Environment.GetEnvironmentVariable(SpinVariable), out int s) && s >= 0) o = o with { SpinIterations = s };
         if (Environment.GetEnvironmentVariable("REALN_REALLOC_PROCESS_READ") == "0") o = o with { ProcessRead = false };
         if (Environment.GetEnvironmentVariable("REALN_RMA_GET_PROCESS_READ") == "0") o = o with { GetByProcessRead = false };
+        if (Environment.GetEnvironmentVariable("REALN_UCX_DOORBELL") == "0") o = o with { Doorbell = false };
         return o;
     }
 
-    public override string ToString() => (Wakeup ? "wakeup" : $"poll (spin {SpinIterations}, yield {YieldIterations}, sleep <= {MaxSleep.TotalMilliseconds:F0} ms)")
+    public override string ToString() => (Wakeup ? "wakeup" : $"poll (spin {SpinIterations}, yield {YieldIterations}, sleep <= {MaxSleep.TotalMilliseconds:F0} ms{(Doorbell ? ", doorbell" : "")})")
         + (PeerFailureDetection ? ", err mode peer" : "") + (Transports is null ? "" : $", tls {Transports}") + (ProcessRead ? "" : ", no process read") + (GetByProcessRead ? "" : ", gets over UCX");
 }
