@@ -76,6 +76,10 @@ internal sealed class WorkerPool : IReplicaHost
     private readonly Rendezvous _rv;
     private WorkerProcesses? _local;
     private readonly ControlClient?[] _clients;
+    /// <summary>Per worker, the thread that sends it commands and waits for its replies (a command's
+    /// request blocks on the control socket): kept for the run, where a thread started per command
+    /// cost 0.12 ms median, 0.29 ms mean on the 2-core VM (session 23), twice per call with 2 workers.</summary>
+    private readonly Requester?[] _requesters;
     // Null only while the constructor has not got that far (its failure path disposes a partial pool).
     private readonly UcxTransport? _transport;
     private readonly TransportRealloc? _mover;
@@ -118,6 +122,7 @@ internal sealed class WorkerPool : IReplicaHost
         _rv = new Rendezvous(devices + 1);
         _state = Enumerable.Range(0, devices).Select(_ => new WorkerState()).ToArray();
         _clients = new ControlClient?[devices];
+        _requesters = new Requester?[devices];
         _server = new ControlServer(options.Bind, _auth, Handle, _log);
         try
         {
@@ -139,6 +144,7 @@ internal sealed class WorkerPool : IReplicaHost
                 _state[r].Node = WireJson.Str(info, "node");
                 _state[r].Pid = WireJson.Int(info, "pid");
                 _clients[r] = new ControlClient(WireJson.Str(info, "control"), new MessageAuth(_secret, options.Job), "master", _log);
+                _requesters[r] = new Requester($"realn-request-{r}");
             }
             // Workers beat from the moment the rendezvous completes; a slow start (another node
             // joining late) must not count against them.
@@ -444,7 +450,7 @@ internal sealed class WorkerPool : IReplicaHost
         for (int i = 0; i < devices.Count; i++)
         {
             int k = i, d = devices[i];
-            tasks[k] = Task.Factory.StartNew(() => replies[k] = _clients[d]!.Request(type, json, _options.CallTimeout), TaskCreationOptions.LongRunning);
+            tasks[k] = _requesters[d]!.Run(() => replies[k] = _clients[d]!.Request(type, json, _options.CallTimeout));
         }
         void CheckTasks()
         {
@@ -553,11 +559,46 @@ internal sealed class WorkerPool : IReplicaHost
                 stops.Add(Task.Run(() => { try { c.Request("shutdown", "{}", TimeSpan.FromSeconds(2)); } catch (Exception) { /* killed below, or by its launcher */ } }));
         Task.WaitAll(stops.ToArray(), TimeSpan.FromSeconds(5));
         _local?.Dispose();
+        foreach (var q in _requesters) q?.Dispose();
         foreach (var c in _clients) c?.Dispose();
         _mover?.Dispose();
         _transport?.Dispose();
         // Launchers poll about once a second: give them the answer before the socket goes.
         if (_options.ExternalWorkers) Thread.Sleep(1500);
         _server.Dispose();
+    }
+
+    /// <summary>A thread that runs blocking requests one after another (in order) and completes each one's task.
+    /// A request that never returns keeps its thread (a background thread: the process still ends); the
+    /// requests queued behind it wait, as they would for the control client's lock anyway.</summary>
+    private sealed class Requester : IDisposable
+    {
+        private readonly System.Collections.Concurrent.BlockingCollection<Action> _queue = new();
+
+        public Requester(string name)
+        {
+            var t = new Thread(() =>
+            {
+                foreach (var run in _queue.GetConsumingEnumerable()) run();
+            }) { IsBackground = true, Name = name };
+            t.Start();
+        }
+
+        public Task Run(Action request)
+        {
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            try
+            {
+                _queue.Add(() =>
+                {
+                    try { request(); done.SetResult(); }
+                    catch (Exception e) { done.SetException(e); }
+                });
+            }
+            catch (InvalidOperationException) { done.SetException(new ObjectDisposedException(nameof(WorkerPool))); }
+            return done.Task;
+        }
+
+        public void Dispose() => _queue.CompleteAdding();
     }
 }
