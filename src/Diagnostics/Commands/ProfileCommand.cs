@@ -3,8 +3,9 @@
 // and one decode step at several batch sizes) plus GEMM and memcpy throughput, and writes the
 // calibration profile the planner's estimator uses instead of its roofline (src/Planner/Profile.cs
 // documents the format). A block is timed as half the difference between a 3-block and a 1-block model
-// with a tiny vocabulary, so embedding and head costs cancel; the two are timed alternately, and a
-// difference that does not stand above the timing noise is refused (exit 1) rather than recorded.
+// with a tiny vocabulary, so embedding and head costs cancel; the two are timed in turn in rounds, every block point
+// (every core and one thread) in the same rounds, and the median round counts (InterleavedDifferences); a difference
+// whose median the rounds leave uncertain is refused (exit 1) rather than recorded.
 // It times the engine's train step (a PPO actor and critic optimizer step as SingleModelCalls runs it) on the whole
 // model and records what it costs beyond layers x (2 forward + backward) of its blocks (`train_steps`: embedding,
 // head, loss, AdamW, host work; the engine runs the forward again in its backward), at every core and one thread; and
@@ -365,39 +366,65 @@ public static class ProfileCommand
     }
 
     /// <summary>
-    /// The cost of <paramref name="blocks"/> extra blocks: <paramref name="one"/> and <paramref name="three"/>
-    /// are timed alternately (so a burst of load hits both), best of <see cref="Reps"/> each. The difference
-    /// must stand above the noise of the measurement (the gap between the best and the second best time of
-    /// either model); otherwise the profile would record noise, and it is refused.
+    /// Per pair, the median over rounds of (time of its <c>A</c>) - (time of its <c>B</c>) in seconds: every pair is timed in
+    /// each round, in turn, after its <c>Setup</c> (the thread count), so a phase of the host - another process's burst, the
+    /// virtual CPUs moved near or far apart (session 16) - falls on every pair alike, and the median ignores the rounds a burst
+    /// falls into. The block points' rule since session 24: a block's cost is (3 blocks - 1 block) / 2, every point (token
+    /// count, sequence length, forward or forward+backward, every core or one thread) a pair timed in the same rounds, the
+    /// median round counting; before, each point's two models were the best of 7 runs, point after point, and the all-core
+    /// and one-thread points were taken a minute apart. A best-of-N time prices the
+    /// host at its fastest moment while a run's iteration is a mean over whatever the host did: the runs' calls came out
+    /// 1.2-1.6x their estimates on the idle 2-core VMs, and the points disagreed with themselves (session 24's profile: a
+    /// forward of 1024 tokens in sequences of 16 took 2.31 ms on both cores and 6.76 ms on one, 2.9x from two cores; in
+    /// sequences of 256, 2.84 and 5.54 ms). Rounds come in sets of <see cref="DifferenceRounds"/> until every pair's median has a
+    /// standard error (about 0.93 x the interquartile range / sqrt(rounds)) of at most a quarter of it, up to
+    /// <see cref="DifferenceMaxRounds"/>; a difference still that uncertain, or not above zero, is no measurement and the
+    /// profile refuses. <paramref name="clock"/> (tests): the timestamp source, <see cref="Stopwatch.GetTimestamp"/> by
+    /// default, in <paramref name="ticksPerSecond"/>.
     /// </summary>
-    internal static double BlockSeconds(string what, Action one, Action three, int blocks)
+    internal static double[] InterleavedDifferences(string what, IReadOnlyList<(string What, Action? Setup, Action A, Action B)> pairs,
+                                                    Func<long>? clock = null, double ticksPerSecond = 0)
     {
-        one();
-        three();
-        var t1 = new double[Reps];
-        var t3 = new double[Reps];
-        for (int i = 0; i < Reps; i++)
+        if (pairs.Count == 0) throw new ArgumentException("no pair to time", nameof(pairs));
+        clock ??= Stopwatch.GetTimestamp;
+        if (ticksPerSecond <= 0) ticksPerSecond = Stopwatch.Frequency;
+        foreach (var p in pairs) { p.Setup?.Invoke(); p.A(); p.B(); }   // first runs: allocations, code, pages
+        var values = pairs.Select(_ => new List<double>()).ToArray();
+        while (true)
         {
-            long t0 = Stopwatch.GetTimestamp();
-            one();
-            t1[i] = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-            t0 = Stopwatch.GetTimestamp();
-            three();
-            t3[i] = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            for (int round = 0; round < DifferenceRounds; round++)
+                for (int i = 0; i < pairs.Count; i++)
+                {
+                    pairs[i].Setup?.Invoke();
+                    long t0 = clock();
+                    pairs[i].A();
+                    long t1 = clock();
+                    pairs[i].B();
+                    long t2 = clock();
+                    values[i].Add(((t1 - t0) - (t2 - t1)) / ticksPerSecond);
+                }
+            var medians = new double[pairs.Count];
+            bool settled = true;
+            for (int i = 0; i < pairs.Count; i++)
+            {
+                var sorted = values[i].Order().ToArray();
+                int n = sorted.Length;
+                medians[i] = sorted[n / 2];
+                double iqr = sorted[3 * n / 4] - sorted[n / 4], error = 0.93 * iqr / Math.Sqrt(n);
+                if (!(medians[i] > 0 && error <= medians[i] / 4))
+                {
+                    settled = false;
+                    if (n >= DifferenceMaxRounds)
+                        throw new MeasurementException($"profile: {what}, {pairs[i].What}: the difference measured {medians[i] * 1e3:F3} ms, its middle half spread over {iqr * 1e3:F3} ms in {n} rounds: the machine is too busy to measure it; rerun it when the load is lower");
+                }
+            }
+            if (settled) return medians;
         }
-        Array.Sort(t1);
-        Array.Sort(t3);
-        double diff = t3[0] - t1[0];
-        // The uncertainty of a best-of-N time: how far the second best is from it.
-        double noise = Math.Max(t1[1] - t1[0], t3[1] - t3[0]);
-        if (diff <= 0 || diff < noise)
-            throw new MeasurementException($"profile: {what}: {blocks} more blocks took {diff * 1e3:F3} ms against a timing spread of {noise * 1e3:F3} ms (best {t1[0] * 1e3:F3} / {t3[0] * 1e3:F3} ms): the machine is too busy to measure a block; rerun it when the load is lower");
-        return diff / blocks;
     }
 
     /// <summary>(a - b) - (c - d) in seconds: the four timed in turn within each round, the median of the rounds' values.
     /// For a decode step: 17 and 1 new tokens of 3 and of 1 blocks. Until session 22 the two generations were each the best
-    /// of their own runs at different moments (the 17-token ones paired as <see cref="BlockSeconds"/> does, the 1-token ones
+    /// of their own runs at different moments (the 17-token ones paired, the 1-token ones
     /// 3 times apart) and their difference moved with the host between them: two profiles an hour apart on an idle 2-core
     /// Intel VM gave a decode step of 256 sequences 0.21 and 1.04 ms on both cores, 1.02 and 0.53 ms on one thread (the
     /// whole generation, which the profile also times, 18-26 ms in both). Within a round the four see the same host, and
@@ -445,6 +472,66 @@ public static class ProfileCommand
         new Span<float>(g, b.TotalTokens * m.OutputWidth).Fill(1e-3f);
         m.Backward(g);
     };
+
+    /// <summary>The block points of one model shape (<paramref name="one"/> and <paramref name="three"/>: 1 and 3 blocks, a
+    /// tiny vocabulary): forward and backward at 64, 256 and 1024 packed tokens in sequences of up to 16 and of up to 256
+    /// (attention grows with the sequence length, so a block of 1024 tokens in 64 sequences costs less than in 4: the point's
+    /// `context`), at every thread count of <paramref name="threadCounts"/>; all of them in the same rounds
+    /// (<see cref="InterleavedDifferences"/>), so that the points agree with each other: timed point by point, even with
+    /// every round's thread counts together, the host's phases split them (one profile of session 24: a forward of 1024
+    /// tokens in sequences of 16 at 3.88 ms on both cores, in sequences of 256 at 3.04; the profile before, 2.39 and 4.28).
+    /// Tagged with the thread count where it is not <paramref name="all"/>.</summary>
+    private static List<LayerPoint> BlockPoints(string name, LlamaModel one, LlamaModel three, int[] threadCounts, int all)
+    {
+        var rng = new Random(3);
+        var shapes = new List<(int SeqCap, int Tokens, int SeqLen, PackedBatch Batch)>();
+        foreach (int seqCap in new[] { 16, 256 })
+        foreach (int tokens in new[] { 64, 256, 1024 })
+        {
+            int seqLen = Math.Min(tokens, seqCap);
+            var lens = Enumerable.Repeat(seqLen, tokens / seqLen).ToArray();
+            shapes.Add((seqCap, tokens, seqLen, new PackedBatch(Enumerable.Range(0, tokens).Select(_ => rng.Next(64)).ToArray(), lens)));
+        }
+        // A change of thread count is followed by two untimed small forwards: the first parallel region after it wakes
+        // the OpenMP threads that slept through the other count's pairs, and timed, that wake-up made a 64-token block
+        // on both cores (0.15 ms) cost 0.24 ms. The pairs of one count follow each other, so a round changes twice.
+        var warm = TrainStep(one, shapes[0].Batch, false);
+        void Use(int threads)
+        {
+            if (Native.GetNumThreads() == threads) return;
+            Native.SetNumThreads(threads);
+            warm();
+            warm();
+        }
+        var pairs = new List<(string, Action?, Action, Action)>();
+        foreach (int threads in threadCounts)
+            foreach (var (_, tokens, seqLen, batch) in shapes)
+            {
+                string at = $"{tokens} tokens in sequences of {seqLen}, {(threads == all ? "every core" : $"{threads} thread")}";
+                pairs.Add(($"forward of {at}", () => Use(threads), TrainStep(three, batch, false), TrainStep(one, batch, false)));
+                pairs.Add(($"forward+backward of {at}", () => Use(threads), TrainStep(three, batch, true), TrainStep(one, batch, true)));
+            }
+        double[] d;
+        try { d = InterleavedDifferences($"{name} block", pairs).Select(x => x / 2).ToArray(); }   // 2 more blocks in the 3-block model
+        finally { Native.SetNumThreads(0); }
+        var points = new List<LayerPoint>();
+        for (int t = 0; t < threadCounts.Length; t++)
+            for (int j = 0; j < shapes.Count; j++)
+            {
+                var (seqCap, tokens, seqLen, _) = shapes[j];
+                int k = 2 * (t * shapes.Count + j);
+                double fwd = d[k], both = d[k + 1];
+                int threads = threadCounts[t];
+                string at = threads == all ? "" : $" ({threads} thread)";
+                if (both <= fwd)
+                    throw new MeasurementException($"profile: {name}{at} at {tokens} tokens: forward+backward of a block ({both * 1e3:F3} ms) measured no slower than its forward ({fwd * 1e3:F3} ms): the machine is too busy to measure; rerun it when the load is lower");
+                int? tag = threads == all ? null : threads;
+                points.Add(new LayerPoint { Kind = "fwd", Tokens = tokens, Context = seqCap, Seconds = fwd, Threads = tag });
+                points.Add(new LayerPoint { Kind = "bwd", Tokens = tokens, Context = seqCap, Seconds = both - fwd, Threads = tag });
+                Console.WriteLine($"{name} block{at}: {tokens} tokens in sequences of {seqLen}: fwd {fwd * 1e3:F3} ms, bwd {(both - fwd) * 1e3:F3} ms");
+            }
+        return points;
+    }
 
     private static int Run(string[] presets, string output, bool workers)
     {
@@ -502,13 +589,16 @@ public static class ProfileCommand
             var points = new List<LayerPoint>();
             var stepPoints = new Dictionary<bool, List<LayerPoint>> { [false] = [], [true] = [] };
             var genPoints = new List<LayerPoint>();
+            int all = Native.GetNumThreads();
+            int[] threadCounts = all > 1 ? [all, 1] : [all];
+            // how far apart the cores are while the all-core points are taken (before the block points, which take every
+            // thread count in turn, and after the last all-core point below)
+            if (all > 1 && CoreRoundTrip.Nanoseconds() is { } rtBefore) { coreTrips.Add(rtBefore); Console.WriteLine($"cores' cache-line round trip before the all-core points: {rtBefore:F0} ns"); }
+            var blockPoints = BlockPoints(name, one, three, threadCounts, all);
             // Every core (how a run without a plan computes), and one thread (a device of a shared host
             // with one core each, how a plan's devices compute on this 2-core machine).
-            int all = Native.GetNumThreads();
-            foreach (int threads in all > 1 ? new[] { all, 1 } : new[] { all })
+            foreach (int threads in threadCounts)
             {
-            // how far apart the cores are while the all-core points are taken (before them, and after them below)
-            if (threads == all && threads > 1 && CoreRoundTrip.Nanoseconds() is { } rtBefore) { coreTrips.Add(rtBefore); Console.WriteLine($"cores' cache-line round trip before the all-core points: {rtBefore:F0} ns"); }
             if (threads == 1 && all > 1 && CoreRoundTrip.Nanoseconds() is { } rtAfter) { coreTrips.Add(rtAfter); Console.WriteLine($"cores' cache-line round trip after the all-core points: {rtAfter:F0} ns"); }
             Native.SetNumThreads(threads);
             try
@@ -516,23 +606,7 @@ public static class ProfileCommand
             var rng = new Random(3);
             int? tag = threads == all ? null : threads;
             string at = threads == all ? "" : $" ({threads} thread)";
-            // Packed batches of short (16-token) and long (up to 256-token) sequences: attention grows with the
-            // sequence length, so a block of 1024 tokens in 64 sequences costs less than in 4 (the point's `context`: sequences of
-            // min(tokens, context) tokens).
-            foreach (int seqCap in new[] { 16, 256 })
-            foreach (int tokens in new[] { 64, 256, 1024 })
-            {
-                int seqLen = Math.Min(tokens, seqCap);
-                var lens = Enumerable.Repeat(seqLen, tokens / seqLen).ToArray();
-                var batch = new PackedBatch(Enumerable.Range(0, tokens).Select(_ => rng.Next(64)).ToArray(), lens);
-                double fwd = BlockSeconds($"{name} forward of {tokens} tokens", TrainStep(one, batch, false), TrainStep(three, batch, false), 2);
-                double both = BlockSeconds($"{name} forward+backward of {tokens} tokens", TrainStep(one, batch, true), TrainStep(three, batch, true), 2);
-                if (both <= fwd)
-                    throw new MeasurementException($"profile: {name} at {tokens} tokens: forward+backward of a block ({both * 1e3:F3} ms) measured no slower than its forward ({fwd * 1e3:F3} ms): the machine is too busy to measure; rerun it when the load is lower");
-                points.Add(new LayerPoint { Kind = "fwd", Tokens = tokens, Context = seqCap, Seconds = fwd, Threads = tag });
-                points.Add(new LayerPoint { Kind = "bwd", Tokens = tokens, Context = seqCap, Seconds = both - fwd, Threads = tag });
-                Console.WriteLine($"{name} block{at}: {tokens} tokens in sequences of {seqLen}: fwd {fwd * 1e3:F3} ms, bwd {(both - fwd) * 1e3:F3} ms");
-            }
+            points.AddRange(blockPoints.Where(p => p.Threads == tag));
             const int context = 32;
             foreach (int batchSize in new[] { 8, 32, 256 })   // 256: ppo-tiny's 256 sequences (dp 2: 128) decode between the points, not beyond
             {
@@ -560,7 +634,7 @@ public static class ProfileCommand
                 {
                     var b = StepBatch(seqs, cfg.Vocab, rng);
                     int tokens = b.Packed.TotalTokens;
-                    double whole = Best(EngineTrainStep(model, opt, b), Reps);
+                    double whole = Median(EngineTrainStep(model, opt, b), Reps);   // typical, as the block points (best of 7 until session 24)
                     double fwd = blocksSoFar.BlockSeconds(mc, "fwd", tokens, tag, StepSeqLen) ?? throw new InvalidOperationException("internal: no forward point");
                     double bwd = blocksSoFar.BlockSeconds(mc, "bwd", tokens, tag, StepSeqLen) ?? throw new InvalidOperationException("internal: no backward point");
                     double rest = whole - cfg.Layers * (2 * fwd + bwd);
