@@ -8,12 +8,11 @@ namespace ReaLNative.Engine.Tests.Diagnostics;
 
 public sealed class ProfileMeasurementTests
 {
-    /// <summary>A clock that advances only when an action says so.</summary>
+    /// <summary>A clock that only the timed actions advance.</summary>
     private sealed class FakeClock
     {
         public long Now;
         public long Read() => Now;
-        public Action Takes(Func<long> ticks) => () => Now += ticks();
     }
 
     [Fact]
@@ -34,7 +33,7 @@ public sealed class ProfileMeasurementTests
         Assert.Equal(0.05, d[1], 12);
         // a warm-up of each pair, then one set of 9 rounds, the pairs in turn within each
         Assert.Equal(10, roundC);
-        Assert.Equal(["setup1", "A", "B", "setup2", "C", "D"], order.Take(6));
+        Assert.Equal(60, order.Count);
         for (int round = 0; round < 10; round++)
             Assert.Equal(["setup1", "A", "B", "setup2", "C", "D"], order.Skip(6 * round).Take(6));
     }
