@@ -376,36 +376,45 @@ public static class ProfileCommand
     /// host at its fastest moment while a run's iteration is a mean over whatever the host did: the runs' calls came out
     /// 1.2-1.6x their estimates on the idle 2-core VMs, and the points disagreed with themselves (session 24's profile: a
     /// forward of 1024 tokens in sequences of 16 took 2.31 ms on both cores and 6.76 ms on one, 2.9x from two cores; in
-    /// sequences of 256, 2.84 and 5.54 ms). Rounds come in sets of <see cref="DifferenceRounds"/> until every pair's median has a
-    /// standard error (about 0.93 x the interquartile range / sqrt(rounds)) of at most a quarter of it, up to
-    /// <see cref="DifferenceMaxRounds"/>; a difference still that uncertain, or not above zero, is no measurement and the
-    /// profile refuses. <paramref name="clock"/> (tests): the timestamp source, <see cref="Stopwatch.GetTimestamp"/> by
+    /// sequences of 256, 2.84 and 5.54 ms). How many rounds, and when it refuses: <see cref="InterleavedMedians"/>.
+    /// <paramref name="clock"/> (tests): the timestamp source, <see cref="Stopwatch.GetTimestamp"/> by
     /// default, in <paramref name="ticksPerSecond"/>.
     /// </summary>
     internal static double[] InterleavedDifferences(string what, IReadOnlyList<(string What, Action? Setup, Action A, Action B)> pairs,
                                                     Func<long>? clock = null, double ticksPerSecond = 0)
     {
-        if (pairs.Count == 0) throw new ArgumentException("no pair to time", nameof(pairs));
         clock ??= Stopwatch.GetTimestamp;
         if (ticksPerSecond <= 0) ticksPerSecond = Stopwatch.Frequency;
-        foreach (var p in pairs) { p.Setup?.Invoke(); p.A(); p.B(); }   // first runs: allocations, code, pages
-        var values = pairs.Select(_ => new List<double>()).ToArray();
+        return InterleavedMedians(what, pairs.Select(p => (p.What, (Func<double>)(() =>
+        {
+            p.Setup?.Invoke();
+            long t0 = clock();
+            p.A();
+            long t1 = clock();
+            p.B();
+            long t2 = clock();
+            return ((t1 - t0) - (t2 - t1)) / ticksPerSecond;
+        }))).ToList());
+    }
+
+    /// <summary>The rule of <see cref="InterleavedDifferences"/> and <see cref="InterleavedDifference"/>: each sample taken
+    /// once unrecorded (allocations, code, pages), then all of them in turn in every round, sets of
+    /// <see cref="DifferenceRounds"/> rounds until every sample's median is above zero with a standard error (about 0.93 x
+    /// the interquartile range / sqrt(rounds)) of at most a quarter of it; past <see cref="DifferenceMaxRounds"/> the first
+    /// unsettled one is refused by name (<see cref="MeasurementException"/>).</summary>
+    private static double[] InterleavedMedians(string what, IReadOnlyList<(string What, Func<double> Sample)> samples)
+    {
+        if (samples.Count == 0) throw new ArgumentException("nothing to time", nameof(samples));
+        foreach (var s in samples) s.Sample();
+        var values = samples.Select(_ => new List<double>()).ToArray();
         while (true)
         {
             for (int round = 0; round < DifferenceRounds; round++)
-                for (int i = 0; i < pairs.Count; i++)
-                {
-                    pairs[i].Setup?.Invoke();
-                    long t0 = clock();
-                    pairs[i].A();
-                    long t1 = clock();
-                    pairs[i].B();
-                    long t2 = clock();
-                    values[i].Add(((t1 - t0) - (t2 - t1)) / ticksPerSecond);
-                }
-            var medians = new double[pairs.Count];
+                for (int i = 0; i < samples.Count; i++)
+                    values[i].Add(samples[i].Sample());
+            var medians = new double[samples.Count];
             bool settled = true;
-            for (int i = 0; i < pairs.Count; i++)
+            for (int i = 0; i < samples.Count; i++)
             {
                 var sorted = values[i].Order().ToArray();
                 int n = sorted.Length;
@@ -415,7 +424,7 @@ public static class ProfileCommand
                 {
                     settled = false;
                     if (n >= DifferenceMaxRounds)
-                        throw new MeasurementException($"profile: {what}, {pairs[i].What}: the difference measured {medians[i] * 1e3:F3} ms, its middle half spread over {iqr * 1e3:F3} ms in {n} rounds: the machine is too busy to measure it; rerun it when the load is lower");
+                        throw new MeasurementException($"profile: {what}{(samples[i].What.Length > 0 ? ", " + samples[i].What : "")}: the difference measured {medians[i] * 1e3:F3} ms, its middle half spread over {iqr * 1e3:F3} ms in {n} rounds: the machine is too busy to measure it; rerun it when the load is lower");
                 }
             }
             if (settled) return medians;
@@ -428,39 +437,24 @@ public static class ProfileCommand
     /// 3 times apart) and their difference moved with the host between them: two profiles an hour apart on an idle 2-core
     /// Intel VM gave a decode step of 256 sequences 0.21 and 1.04 ms on both cores, 1.02 and 0.53 ms on one thread (the
     /// whole generation, which the profile also times, 18-26 ms in both). Within a round the four see the same host, and
-    /// the median ignores the rounds a burst of other work falls into. Rounds come in sets of <see cref="DifferenceRounds"/>
-    /// until the median's standard error (about 0.93 x the interquartile range / sqrt(rounds)) is at most a quarter of it,
-    /// up to <see cref="DifferenceMaxRounds"/>; a difference still that uncertain is no measurement.</summary>
-    internal static double InterleavedDifference(string what, Action a, Action b, Action c, Action d)
-    {
-        a(); b(); c(); d();
-        var values = new List<double>();
-        while (true)
+    /// the median ignores the rounds a burst of other work falls into; how many rounds, and when it refuses:
+    /// <see cref="InterleavedMedians"/>.</summary>
+    internal static double InterleavedDifference(string what, Action a, Action b, Action c, Action d) =>
+        InterleavedMedians(what, [("", () =>
         {
-            for (int i = 0; i < DifferenceRounds; i++)
-            {
-                long t0 = Stopwatch.GetTimestamp();
-                a();
-                long t1 = Stopwatch.GetTimestamp();
-                b();
-                long t2 = Stopwatch.GetTimestamp();
-                c();
-                long t3 = Stopwatch.GetTimestamp();
-                d();
-                long t4 = Stopwatch.GetTimestamp();
-                values.Add(((t1 - t0) - (t2 - t1) - (t3 - t2) + (t4 - t3)) / (double)Stopwatch.Frequency);
-            }
-            var sorted = values.Order().ToArray();
-            int n = sorted.Length;
-            double median = sorted[n / 2], iqr = sorted[3 * n / 4] - sorted[n / 4];
-            double error = 0.93 * iqr / Math.Sqrt(n);
-            if (median > 0 && error <= median / 4) return median;
-            if (n >= DifferenceMaxRounds)
-                throw new MeasurementException($"profile: {what}: the difference measured {median * 1e3:F3} ms, its middle half spread over {iqr * 1e3:F3} ms in {n} rounds: the machine is too busy to measure it; rerun it when the load is lower");
-        }
-    }
+            long t0 = Stopwatch.GetTimestamp();
+            a();
+            long t1 = Stopwatch.GetTimestamp();
+            b();
+            long t2 = Stopwatch.GetTimestamp();
+            c();
+            long t3 = Stopwatch.GetTimestamp();
+            d();
+            long t4 = Stopwatch.GetTimestamp();
+            return ((t1 - t0) - (t2 - t1) - (t3 - t2) + (t4 - t3)) / (double)Stopwatch.Frequency;
+        })])[0];
 
-    /// <summary>Rounds of <see cref="InterleavedDifference"/> per set, and at most.</summary>
+    /// <summary>Rounds of <see cref="InterleavedMedians"/> per set, and at most.</summary>
     private const int DifferenceRounds = 9, DifferenceMaxRounds = 45;
 
     private static unsafe Action TrainStep(LlamaModel m, PackedBatch b, bool backward) => () =>
