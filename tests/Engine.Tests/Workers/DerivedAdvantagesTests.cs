@@ -304,7 +304,7 @@ public sealed class DerivedAdvantagesTests(Xunit.Abstractions.ITestOutputHelper 
         var clock = Stopwatch.StartNew();
         if (kill)
         {
-            Process.GetProcessById(pool.WorkerPid(2)).Kill();
+            Procs.KillAndWait(pool.WorkerPid(2));   // dead before the step: Kill() only sends the signal
             var e = Assert.Throws<WorkerFailedException>(() => a.PolicyStep(mb, s0, a0, 1f, policy, false));
             output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s: {e.Message}");
             Assert.Contains("worker 2", e.Message);
