@@ -81,14 +81,14 @@ public sealed record ProfileData
         try { InputFile.Check(path, "profile"); }
         catch (InputException e) { throw new PlannerException(e.Message); }
         ProfileData? p;
-        try { p = JsonSerializer.Deserialize<ProfileData>(File.ReadAllText(path)); }
+        try { p = JsonSerializer.Deserialize(File.ReadAllText(path), ProfileJson.Default.ProfileData); }
         catch (JsonException e) { throw new PlannerException($"profile: {e.Path}: {e.Message}"); }
         if (p is null) throw new PlannerException("profile: empty document");
         p.Validate();
         return p;
     }
 
-    public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true });
+    public string ToJson() => JsonSerializer.Serialize(this, ProfileJson.Default.ProfileData);
 
     public void Validate()
     {
@@ -340,3 +340,9 @@ public sealed record WorkerRoundTrip
     [JsonPropertyName("forward_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? ForwardUs { get; init; }
     [JsonPropertyName("backward_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? BackwardUs { get; init; }
 }
+
+/// <summary>The profile's JSON reader and writer, generated at build time (no reflection: `realn` is also published
+/// NativeAOT, where reflection-based serialization is off). Indented, as the reflection writer wrote it.</summary>
+[JsonSourceGenerationOptions(WriteIndented = true)]
+[JsonSerializable(typeof(ProfileData))]
+internal sealed partial class ProfileJson : JsonSerializerContext;

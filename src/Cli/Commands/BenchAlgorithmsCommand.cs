@@ -60,7 +60,7 @@ public static class BenchAlgorithmsCommand
             double? cut = start is { } s && end is { } e2 && s < 1 ? ((1 - s) - (1 - e2)) / (1 - s) : null;
             double? kl = trainLines.Count > 0 && trainLines[^1]["kl"] is { } k ? (double)k : null;
             double? maxKl = trainLines.Where(o => o["kl"] is not null).Select(o => (double?)(double)o["kl"]!).Max();
-            rows.Add(new JsonObject
+            rows.Add((JsonNode)new JsonObject  // Add(JsonNode), not Add<T>: no reflection (NativeAOT)
             {
                 ["example"] = $"{name}-tiny", ["algorithm"] = last.Algorithm,
                 ["reward"] = last.Reward ?? "pairs (graded checker)",

@@ -125,7 +125,7 @@ public static class BenchAsyncCommand
         var results = new JsonArray();
         double? loadStart = LoadAverage();
         foreach (var (w, experiment, n, sync, async, plan) in loaded)
-            results.Add(RunWorkload(w, experiment, n, sync, async, plan, inProcess, seeds, reps, json));
+            results.Add((JsonNode)RunWorkload(w, experiment, n, sync, async, plan, inProcess, seeds, reps, json));
         var result = new JsonObject
         {
             ["benchmark"] = "async", ["cores"] = Environment.ProcessorCount,
@@ -224,7 +224,7 @@ public static class BenchAsyncCommand
                     ["load_average_before"] = before, ["load_average_after"] = after,
                 };
                 if (stage["async"] is JsonObject a) row["async"] = a.DeepClone();
-                rows.Add(row);
+                rows.Add((JsonNode)row);
             }
 
         JsonObject Medians(string mode)

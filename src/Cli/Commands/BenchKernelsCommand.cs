@@ -143,7 +143,7 @@ public static unsafe class BenchKernelsCommand
 
         if (asJson)
         {
-            Console.WriteLine(JsonSerializer.Serialize(results, new JsonSerializerOptions { WriteIndented = true }));
+            Console.WriteLine(ReaLNative.Diagnostics.JsonReport.Write(results));
         }
         else
         {

@@ -164,7 +164,7 @@ public static class BenchPlanCommand
                 };
             }
             var last = ts[^1];
-            rows.Add(new JsonObject
+            rows.Add((JsonNode)new JsonObject  // Add(JsonNode), not Add<T>: no reflection (NativeAOT)
             {
                 ["calls"] = calls,
                 ["mode"] = mode,

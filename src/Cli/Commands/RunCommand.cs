@@ -131,9 +131,12 @@ public static class RunCommand
     internal static (string Exe, string[] Prefix) Self()
     {
         string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate the realn executable");
+        // Assembly.Location is empty in a single-file or NativeAOT realn (IL3000), which is its own process path.
+#pragma warning disable IL3000
         return Path.GetFileNameWithoutExtension(exe) == "dotnet"
             ? (exe, [typeof(RunCommand).Assembly.Location])
             : (exe, []);
+#pragma warning restore IL3000
     }
 
     private static int Run(string configPath, string outDir, bool resume, bool overwrite, string? planPath, bool inProcess)

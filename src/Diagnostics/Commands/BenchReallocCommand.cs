@@ -98,7 +98,7 @@ public static class BenchReallocCommand
                     ["start_spread_ms"] = Round(c.StartSpreadMs), ["reference_start_spread_ms"] = Round(c.ReferenceStartSpreadMs),
                 }.Where(kv => kv.Value is not null).ToDictionary(kv => kv.Key, kv => kv.Value!)).ToList(),
             };
-            Console.WriteLine(JsonSerializer.Serialize(o, new JsonSerializerOptions { WriteIndented = true }));
+            Console.WriteLine(JsonReport.Write(o));
         }
         return 0;
     }
@@ -109,7 +109,7 @@ public static class BenchReallocCommand
     {
         var reports = StartWorkers("bench-p2p", reps);
         var o = P2pFigures(reports);
-        if (asJson) Console.WriteLine(JsonSerializer.Serialize(o, new JsonSerializerOptions { WriteIndented = true }));
+        if (asJson) Console.WriteLine(JsonReport.Write(o));
         else foreach (var (k, v) in o) Console.WriteLine($"{k}: {(v is Dictionary<string, double> d ? string.Join(", ", d.Select(x => $"{x.Key} {x.Value} GB/s")) : v)}");
         return 0;
     }

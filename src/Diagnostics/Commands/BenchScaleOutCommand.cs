@@ -108,7 +108,7 @@ public static class BenchScaleOutCommand
             long b = (long)v!;
             long? plannedBytes = planned?[name] is JsonNode pn ? (long)pn : null;
             long? estimate = estimated?[name] is JsonNode en ? (long)en : null;
-            processes.Add(new JsonObject
+            processes.Add((JsonNode)new JsonObject  // Add(JsonNode), not Add<T>: no reflection (NativeAOT)
             {
                 // planned_bytes: the planner's shards + activations; estimated_peak_bytes: with the
                 // process's measured base (summary.json's memory_terms_by_process).

@@ -392,7 +392,7 @@ public static unsafe class BenchTrainCommand
     {
         if (asJson)
         {
-            Console.WriteLine(JsonSerializer.Serialize(res, new JsonSerializerOptions { WriteIndented = true }));
+            Console.WriteLine(JsonReport.Write(res));
             return;
         }
         Console.WriteLine(title);

@@ -145,7 +145,7 @@ public static class ProfileCommand
         string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate the realn executable");
         var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         if (Path.GetFileNameWithoutExtension(exe) == "dotnet")
-            psi.ArgumentList.Add(System.Reflection.Assembly.GetEntryAssembly()?.Location ?? throw new InvalidOperationException("cannot locate realn.dll"));
+            psi.ArgumentList.Add(EntryAssemblyPath());
         foreach (var a in args) psi.ArgumentList.Add(a);
         return psi;
     }
@@ -283,7 +283,7 @@ public static class ProfileCommand
             string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate the realn executable");
             var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
             if (Path.GetFileNameWithoutExtension(exe) == "dotnet")
-                psi.ArgumentList.Add(System.Reflection.Assembly.GetEntryAssembly()?.Location ?? throw new InvalidOperationException("cannot locate realn.dll"));
+                psi.ArgumentList.Add(EntryAssemblyPath());
             foreach (var a in new[] { "run", cfg, "--plan", planPath, "--out", Path.Combine(dir, "run") }) psi.ArgumentList.Add(a);
             if (inProcess) psi.ArgumentList.Add("--in-process");
             psi.Environment[inProcess ? "REALN_INPROCESS_TIMING" : "REALN_WORKER_TIMING"] = "1";
@@ -710,4 +710,11 @@ public static class ProfileCommand
         double s = Best(() => Buffer.MemoryCopy(a.Pointer, b.Pointer, n, n), 3);
         return n / s / 1e9;
     }
+
+    /// <summary>realn.dll, for `dotnet realn.dll` (the only case that asks: a single-file or NativeAOT realn is its own
+    /// process path, and there Assembly.Location would be empty, IL3000).</summary>
+#pragma warning disable IL3000
+    private static string EntryAssemblyPath() => System.Reflection.Assembly.GetEntryAssembly()?.Location is { Length: > 0 } dll ? dll
+        : throw new InvalidOperationException("cannot locate realn.dll");
+#pragma warning restore IL3000
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using ReaLNative.Engine.Control;
 using ReaLNative.Engine.Layout;
 using ReaLNative.Engine.Transport;
@@ -66,7 +67,7 @@ internal static unsafe class CrossProcessReallocBench
         foreach (var (name, ticks) in PointToPoint(client, transport, rank, reps, limit, rma: true)) report[name + "_ticks"] = ticks;
         if (p2pOnly)
         {
-            client.Request("report", JsonSerializer.Serialize(new { rank, json = JsonSerializer.Serialize(report) }), TimeSpan.FromSeconds(10));
+            client.Request("report", new JsonObject { ["rank"] = rank, ["json"] = JsonReport.Write(report, indented: false) }.ToJsonString(), TimeSpan.FromSeconds(10));
             Rendezvous.Barrier(client, rank, "done", limit);
             return 0;
         }
@@ -158,7 +159,7 @@ internal static unsafe class CrossProcessReallocBench
         report["mapped_copy_rep_ticks"] = mappedTicks;      // copying the same regions out of the senders' mapped shards
         report["contiguous_read_available"] = readAvailable;
         report["mapped_copy_available"] = mappedAvailable;
-        client.Request("report", JsonSerializer.Serialize(new { rank, json = JsonSerializer.Serialize(report) }), TimeSpan.FromSeconds(10));
+        client.Request("report", new JsonObject { ["rank"] = rank, ["json"] = JsonReport.Write(report, indented: false) }.ToJsonString(), TimeSpan.FromSeconds(10));
         Rendezvous.Barrier(client, rank, "done", limit);
         return 0;
     }
@@ -418,7 +419,7 @@ internal static unsafe class CrossProcessReallocBench
         for (int seq = 0; ; seq++)
         {
             string cmd;
-            while ((cmd = client.Request("command", JsonSerializer.Serialize(new { rank, seq }), rq)) == "wait")
+            while ((cmd = client.Request("command", new JsonObject { ["rank"] = rank, ["seq"] = seq }.ToJsonString(), rq)) == "wait")
             {
                 if (DateTime.UtcNow - idleSince > TimeSpan.FromMinutes(30)) throw new TimeoutException($"rank {rank}: no command for 30 minutes");
                 Thread.Sleep(1);  // each poll is a control-plane round trip: keep them off the cores the data plane needs
@@ -434,7 +435,7 @@ internal static unsafe class CrossProcessReallocBench
                 else throw new InvalidOperationException($"unknown command '{cmd}'");
             }
             catch (Exception e) { error = e.GetBaseException().Message; }
-            client.Request("done", JsonSerializer.Serialize(new { rank, seq, error }), rq);
+            client.Request("done", new JsonObject { ["rank"] = rank, ["seq"] = seq, ["error"] = error }.ToJsonString(), rq);
             if (error is not null) return 1;
         }
     }

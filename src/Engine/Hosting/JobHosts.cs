@@ -116,8 +116,11 @@ public record WorkerProcessOptions
     {
         if (o.Executable is { } exe) return (exe, o.ExecutableArguments);
         string self = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate this process's executable; set WorkerProcessOptions.Executable");
-        // Under `dotnet app.dll` the worker is `dotnet app.dll worker ...`.
+        // Under `dotnet app.dll` the worker is `dotnet app.dll worker ...`. Assembly.Location is empty in a single-file or
+        // NativeAOT app (IL3000), but there the process is the app itself, not `dotnet`, and this branch is not taken.
+#pragma warning disable IL3000
         return Path.GetFileNameWithoutExtension(self) == "dotnet" && System.Reflection.Assembly.GetEntryAssembly()?.Location is { Length: > 0 } dll
+#pragma warning restore IL3000
             ? (self, [dll, .. o.ExecutableArguments])
             : (self, o.ExecutableArguments);
     }

@@ -46,7 +46,7 @@ internal static class RunSummary
                 ["final_task_score"] = ev.Count > 0 ? (double?)ev[^1]["task_score"] : null,
             };
             if (AsyncSummary(own) is { } a) stageSummary["async"] = a;
-            stages.Add(stageSummary);
+            stages.Add((JsonNode)stageSummary);  // Add(JsonNode), not Add<T>: no reflection (NativeAOT)
         }
         return new JsonObject
         {

@@ -114,7 +114,7 @@ internal static class BpeTrainer
     {
         var arr = new JsonArray();
         foreach (var (c, id) in added)
-            arr.Add(new JsonObject
+            arr.Add((JsonNode)new JsonObject  // Add(JsonNode), not Add<T>: no reflection (NativeAOT)
             {
                 ["id"] = id, ["content"] = c, ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = false, ["special"] = true,
             });
@@ -126,7 +126,7 @@ internal static class BpeTrainer
         var v = new JsonObject();
         for (int i = 0; i < vocab.Count; i++) v[vocab[i]] = i;
         var m = new JsonArray();
-        foreach (var (a, b) in merges) m.Add(new JsonArray(a, b));
+        foreach (var (a, b) in merges) m.Add((JsonNode)new JsonArray(a, b));
         return new JsonObject
         {
             ["type"] = "BPE", ["dropout"] = null, ["unk_token"] = unk, ["continuing_subword_prefix"] = null, ["end_of_word_suffix"] = null,

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using ReaLNative.Engine.Control;
 
 namespace ReaLNative.Engine.Transport;
@@ -57,7 +58,7 @@ internal sealed class Rendezvous
                     _infos[rank] = info;
                     return "ok";
                 case "addresses":
-                    return _addresses.Any(a => a is null) ? Wait(r => _addresses[r] is null) : JsonSerializer.Serialize(_addresses);
+                    return _addresses.Any(a => a is null) ? Wait(r => _addresses[r] is null) : new JsonArray([.. _addresses.Select(a => (JsonNode?)a)]).ToJsonString();
                 case "barrier":
                     var set = _barriers.GetOrAdd(Text(root, "name"), _ => []);
                     set.Add(rank);
@@ -102,15 +103,15 @@ internal sealed class Rendezvous
     public static void Join(ControlClient client, UcxTransport transport, TimeSpan timeout, string? info = null)
     {
         var until = DateTime.UtcNow + timeout;
-        var reg = new System.Text.Json.Nodes.JsonObject { ["rank"] = transport.Rank, ["address"] = Convert.ToBase64String(transport.LocalAddress) };
+        var reg = new JsonObject { ["rank"] = transport.Rank, ["address"] = Convert.ToBase64String(transport.LocalAddress) };
         if (info is not null) reg["info"] = info;
         client.Request("register", reg.ToJsonString(), Step(until));
         while (true)
         {
-            var reply = client.Request("addresses", JsonSerializer.Serialize(new { rank = transport.Rank }), Step(until));
+            var reply = client.Request("addresses", new JsonObject { ["rank"] = transport.Rank }.ToJsonString(), Step(until));
             if (!reply.StartsWith("wait", StringComparison.Ordinal))
             {
-                var table = JsonSerializer.Deserialize<string[]>(reply)!;
+                var table = JsonNode.Parse(reply)!.AsArray().Select(n => n!.GetValue<string>()).ToArray();
                 transport.Connect(table.Select(Convert.FromBase64String).ToArray());
                 return;
             }
@@ -139,7 +140,7 @@ internal sealed class Rendezvous
     {
         var until = DateTime.UtcNow + timeout;
         string reply;
-        while (!(reply = client.Request("start", JsonSerializer.Serialize(new { rank, name }), Step(until))).StartsWith("go:", StringComparison.Ordinal))
+        while (!(reply = client.Request("start", new JsonObject { ["rank"] = rank, ["name"] = name }.ToJsonString(), Step(until))).StartsWith("go:", StringComparison.Ordinal))
         {
             if (DateTime.UtcNow > until)
                 throw new TimeoutException($"rank {rank}: start '{name}' not reached by every rank within {timeout.TotalSeconds:F0} s ({Missing(reply)})");
@@ -162,7 +163,7 @@ internal sealed class Rendezvous
     {
         var until = DateTime.UtcNow + timeout;
         string reply;
-        while ((reply = client.Request("barrier", JsonSerializer.Serialize(new { rank, name }), Step(until))) != "go")
+        while ((reply = client.Request("barrier", new JsonObject { ["rank"] = rank, ["name"] = name }.ToJsonString(), Step(until))) != "go")
         {
             if (DateTime.UtcNow > until)
                 throw new TimeoutException($"rank {rank}: barrier '{name}' not reached by every rank within {timeout.TotalSeconds:F0} s ({Missing(reply)})");

@@ -470,7 +470,7 @@ internal sealed unsafe class RemoteReplica : IReplica
             foreach (var p in o.Parts)
             {
                 if (p.Ids.Any(id => !index.ContainsKey(id))) return null;
-                list.Add(new JsonObject
+                list.Add((JsonNode)new JsonObject  // Add(JsonNode), not Add<T>: no reflection (NativeAOT)
                 {
                     ["src"] = p.Worker, ["key"] = o.Key, ["name"] = o.Name, ["descriptor"] = p.Descriptor,
                     ["seqs"] = new JsonArray([.. p.Ids.Select(id => (JsonNode)index[id])]),
@@ -522,7 +522,7 @@ internal sealed unsafe class RemoteReplica : IReplica
         {
             if (part.Ids.Any(id => !mine.Contains(id) || !index.ContainsKey(id)))
                 throw new InvalidDataException($"{what}: worker {part.Worker} keeps sequences outside the minibatch");
-            list.Add(new JsonObject
+            list.Add((JsonNode)new JsonObject  // Add(JsonNode), not Add<T>: no reflection (NativeAOT)
             {
                 ["src"] = part.Worker, ["key"] = o.Key, ["name"] = o.Name, ["descriptor"] = part.Descriptor,
                 ["seqs"] = new JsonArray([.. part.Ids.Select(id => (JsonNode)index[id])]),
