@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # ReaLNative's one entry point.
 #   ./build.sh          install missing system packages, build native (Release) + managed, write ./realn
-#   ./build.sh test     the above, then every test suite (ctest + dotnet test); non-zero on any failure
+#   ./build.sh test     the above and `aot`, then every test suite (ctest + dotnet test); non-zero on any failure
+#   ./build.sh aot      native + realn compiled NativeAOT with its native libraries, for a host without .NET:
+#                       dist/realn-linux-x64/ and dist/realn-linux-x64.tar.gz
 #   ./build.sh pack     native + the ReaLNative packages (ReaLNative, .Interop, .Planner) into
 #                       artifacts/feed, versioned 0.1.0-dev.<UTC time> so a new pack never meets a
 #                       stale copy in a NuGet cache; prints the version
@@ -125,6 +127,36 @@ run_tests() {
   return $failed
 }
 
+# ./build.sh aot: realn compiled NativeAOT, with the native libraries it loads, for a Linux x86-64 host without .NET (a
+# GPU machine): dist/realn-linux-x64/ holds realn, librealn (this build's, CUDA backend included where it was built) and
+# librealn_selftest beside it, and in lib/ OpenBLAS, libgomp, UCX (libucp and the cma transport module in lib/ucx, where
+# libucs looks for its modules) and every library they need outside the C and C++ runtimes, copied from where this
+# host's loader finds them; realn's DT_RPATH ($ORIGIN/lib) finds those before the host's own. Also packed as
+# dist/realn-linux-x64.tar.gz (symbolic links kept). `./build.sh test` builds it and runs it (NativeAotTests).
+AOT_DIR=dist/realn-linux-x64
+build_aot() {
+  log "NativeAOT realn ($AOT_DIR)"
+  rm -rf "$AOT_DIR" "$AOT_DIR.tar.gz"
+  mkdir -p "$AOT_DIR/lib/ucx"
+  dotnet publish src/Cli/ReaLNative.Cli.csproj -c Release -r linux-x64 -p:PublishAot=true -o "$AOT_DIR" -nologo -v q "-clp:ErrorsOnly;NoSummary"
+  rm -f "$AOT_DIR"/*.pdb "$AOT_DIR"/*.dbg "$AOT_DIR"/*.xml
+  cp -P native/build/librealn.so native/build/librealn.so.0 native/build/librealn.so.0.* native/build/librealn_selftest.so "$AOT_DIR/"
+  local ucp
+  ucp=$(ldconfig -p | awk '/libucp\.so\.0 .*x86-64/ {print $NF; exit}')
+  [ -n "$ucp" ] || { echo "aot: libucp.so.0 not found (libucx0)" >&2; exit 1; }
+  cp -L "$ucp" "$AOT_DIR/lib/libucp.so.0"
+  cp -L "$(dirname "$ucp")/ucx/libuct_cma.so.0" "$AOT_DIR/lib/ucx/"
+  local f name path
+  for f in "$AOT_DIR/librealn.so.0" "$AOT_DIR/librealn_selftest.so" "$AOT_DIR/lib/libucp.so.0" "$AOT_DIR/lib/ucx/libuct_cma.so.0"; do
+    while read -r name path; do
+      case "$name" in libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libstdc++.so*|libgcc_s.so*|librealn*) continue ;; esac
+      [ -e "$AOT_DIR/lib/$name" ] || cp -L "$path" "$AOT_DIR/lib/$name"
+    done < <(ldd "$f" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}')
+  done
+  tar -C dist -czf "$AOT_DIR.tar.gz" realn-linux-x64
+  echo "$AOT_DIR: $(du -sh "$AOT_DIR" | cut -f1) ($(ls "$AOT_DIR/lib" | tr '\n' ' ')); $AOT_DIR.tar.gz: $(du -h "$AOT_DIR.tar.gz" | cut -f1)"
+}
+
 # The packages a host references. Each pack gets its own version, so a host's restore never takes an
 # older build from its NuGet cache (which never refreshes a version it already holds).
 pack_packages() {
@@ -142,11 +174,12 @@ pack_packages() {
 
 case "${1:-build}" in
   build) ensure_packages; build_native; build_managed; log "done: ./realn --help" ;;
-  test) ensure_packages; build_native; build_managed; run_tests ;;
+  test) ensure_packages; build_native; build_managed; build_aot; REALN_AOT_DIR="$ROOT/$AOT_DIR" run_tests ;;
+  aot) ensure_packages; build_native; build_aot ;;
   pack) ensure_packages; build_native; pack_packages ;;
   docs-check) ensure_packages; build_native; build_managed
     dotnet test tests/Engine.Tests -c Release --no-build -nologo -v q --logger "console;verbosity=normal" \
       --filter "FullyQualifiedName~ReaLNative.Engine.Tests.Docs|FullyQualifiedName~ReaLNative.Engine.Tests.Hosting.PackageTests" ;;
-  clean) rm -rf native/build realn "$R2R_DIR"; dotnet clean ReaLNative.sln -c Release -v q >/dev/null ;;
-  *) echo "usage: ./build.sh [build|test|pack|docs-check|clean]" >&2; exit 2 ;;
+  clean) rm -rf native/build realn "$R2R_DIR" dist; dotnet clean ReaLNative.sln -c Release -v q >/dev/null ;;
+  *) echo "usage: ./build.sh [build|test|aot|pack|docs-check|clean]" >&2; exit 2 ;;
 esac

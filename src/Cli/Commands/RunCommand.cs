@@ -128,15 +128,14 @@ public static class RunCommand
         (result.LastCheckpoint is { } ck ? $"last checkpoint {Path.GetFileName(ck.Directory)}; resume with --resume" : "no checkpoint yet; start over with --overwrite");
 
     /// <summary>How to start this realn again: the apphost, or `dotnet realn.dll`.</summary>
+    // Assembly.Location is empty in a single-file or NativeAOT realn (IL3000), but that one is its own process path.
+    [System.Diagnostics.CodeAnalysis.UnconditionalSuppressMessage("SingleFile", "IL3000", Justification = "only under `dotnet realn.dll`; a single-file or NativeAOT realn is its own process path")]
     internal static (string Exe, string[] Prefix) Self()
     {
         string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate the realn executable");
-        // Assembly.Location is empty in a single-file or NativeAOT realn (IL3000), which is its own process path.
-#pragma warning disable IL3000
         return Path.GetFileNameWithoutExtension(exe) == "dotnet"
             ? (exe, [typeof(RunCommand).Assembly.Location])
             : (exe, []);
-#pragma warning restore IL3000
     }
 
     private static int Run(string configPath, string outDir, bool resume, bool overwrite, string? planPath, bool inProcess)

@@ -713,8 +713,7 @@ public static class ProfileCommand
 
     /// <summary>realn.dll, for `dotnet realn.dll` (the only case that asks: a single-file or NativeAOT realn is its own
     /// process path, and there Assembly.Location would be empty, IL3000).</summary>
-#pragma warning disable IL3000
+    [System.Diagnostics.CodeAnalysis.UnconditionalSuppressMessage("SingleFile", "IL3000", Justification = "only under `dotnet realn.dll`; a single-file or NativeAOT realn is its own process path")]
     private static string EntryAssemblyPath() => System.Reflection.Assembly.GetEntryAssembly()?.Location is { Length: > 0 } dll ? dll
         : throw new InvalidOperationException("cannot locate realn.dll");
-#pragma warning restore IL3000
 }

@@ -112,15 +112,14 @@ public record WorkerProcessOptions
     public Action<string>? OnWorkerSignal { get; init; }
 
     /// <summary>The executable and the arguments before <c>worker</c> that start a worker process.</summary>
+    [System.Diagnostics.CodeAnalysis.UnconditionalSuppressMessage("SingleFile", "IL3000", Justification = "only under `dotnet realn.dll`; a single-file or NativeAOT realn is its own process path")]
     internal static (string Executable, IReadOnlyList<string> Prefix) Resolve(WorkerProcessOptions o)
     {
         if (o.Executable is { } exe) return (exe, o.ExecutableArguments);
         string self = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate this process's executable; set WorkerProcessOptions.Executable");
         // Under `dotnet app.dll` the worker is `dotnet app.dll worker ...`. Assembly.Location is empty in a single-file or
         // NativeAOT app (IL3000), but there the process is the app itself, not `dotnet`, and this branch is not taken.
-#pragma warning disable IL3000
         return Path.GetFileNameWithoutExtension(self) == "dotnet" && System.Reflection.Assembly.GetEntryAssembly()?.Location is { Length: > 0 } dll
-#pragma warning restore IL3000
             ? (self, [dll, .. o.ExecutableArguments])
             : (self, o.ExecutableArguments);
     }
