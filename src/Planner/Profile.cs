@@ -33,21 +33,21 @@ namespace ReaLNative.Planner;
 /// </summary>
 public sealed record ProfileData
 {
-    [JsonPropertyName("version")] public int Version { get; init; } = 1;
-    [JsonPropertyName("backend")] public string Backend { get; init; } = "";
-    [JsonPropertyName("device")] public string Device { get; init; } = "";
-    [JsonPropertyName("gemm_gflops")] public double? GemmGflops { get; init; }
-    [JsonPropertyName("memcpy_gbps")] public double? MemcpyGbps { get; init; }
-    [JsonPropertyName("threads")] public int? Threads { get; init; }
+    [JsonPropertyName("version")] public int Version { get; set; } = 1;
+    [JsonPropertyName("backend")] public string Backend { get; set; } = "";
+    [JsonPropertyName("device")] public string Device { get; set; } = "";
+    [JsonPropertyName("gemm_gflops")] public double? GemmGflops { get; set; }
+    [JsonPropertyName("memcpy_gbps")] public double? MemcpyGbps { get; set; }
+    [JsonPropertyName("threads")] public int? Threads { get; set; }
     /// <summary>The mean master-worker round trip beyond compute measured on this host (`realn profile`: a short
     /// PPO in <see cref="WorkerRoundTripDevices"/> worker processes); on a shared-host spec with that many devices
     /// per node it replaces the spec's worker_round_trip_us.</summary>
-    [JsonPropertyName("worker_round_trip_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? WorkerRoundTripUs { get; init; }
+    [JsonPropertyName("worker_round_trip_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? WorkerRoundTripUs { get; set; }
     /// <summary>Worker processes of the round-trip measurement.</summary>
-    [JsonPropertyName("worker_round_trip_devices")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public int? WorkerRoundTripDevices { get; init; }
+    [JsonPropertyName("worker_round_trip_devices")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public int? WorkerRoundTripDevices { get; set; }
     /// <summary>Worker round trips measured with other device counts too (`realn profile`: one worker process per core
     /// and twice as many); an entry for a spec's devices per node replaces the spec's worker_round_trip_us.</summary>
-    [JsonPropertyName("worker_round_trips")] public List<WorkerRoundTrip> WorkerRoundTrips { get; init; } = [];
+    [JsonPropertyName("worker_round_trips")] public List<WorkerRoundTrip> WorkerRoundTrips { get; set; } = [];
     /// <summary>Devices as threads of one process (`realn run --plan --in-process`, `realn profile` since session 15): what
     /// an operation dispatched to <c>devices</c> in-process devices costs beyond its fastest device's compute (threads
     /// started and joined, the batch split and the outputs merged, the wait for the slowest device), by kind as
@@ -55,26 +55,26 @@ public sealed record ProfileData
     /// train step's backward with its optimizer step), measured by the same short PPO with every call data parallel over
     /// that many in-process devices (REALN_INPROCESS_TIMING). An operation on one device runs on the calling thread and
     /// costs nothing beyond it.</summary>
-    [JsonPropertyName("in_process_overheads")] public List<WorkerRoundTrip> InProcessOverheads { get; init; } = [];
+    [JsonPropertyName("in_process_overheads")] public List<WorkerRoundTrip> InProcessOverheads { get; set; } = [];
     /// <summary>The round trip of a cache line between two cores (nanoseconds) when `realn profile` began its all-core
     /// points and when it ended them (session 16). On a virtual machine the host may place the virtual CPUs near or far
     /// apart (the 2-core development VM: 100-125 or 460-540 ns, changing within minutes), and the all-core points of a
     /// small model follow it; `realn bench plan` prints it next to each run's. Diagnostics only: no estimate reads it.</summary>
-    [JsonPropertyName("core_round_trips_ns")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<double>? CoreRoundTripsNs { get; init; }
-    [JsonPropertyName("layers")] public List<LayerProfile> Layers { get; init; } = [];
+    [JsonPropertyName("core_round_trips_ns")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<double>? CoreRoundTripsNs { get; set; }
+    [JsonPropertyName("layers")] public List<LayerProfile> Layers { get; set; } = [];
     /// <summary>A train call's optimizer step outside its blocks, measured on whole models (`realn profile`): see
     /// <see cref="TrainStepProfile"/>. Replaces the spec's train_step_overhead_us and the roofline's head, embedding and
     /// optimizer terms for a model of exactly that shape.</summary>
-    [JsonPropertyName("train_steps")] public List<TrainStepProfile> TrainSteps { get; init; } = [];
+    [JsonPropertyName("train_steps")] public List<TrainStepProfile> TrainSteps { get; set; } = [];
     /// <summary>A generation call outside its blocks, measured on whole models (`realn profile`, session 14): the engine's
     /// <c>Generator.Generate</c> of <c>tokens</c> sequences (7-token prompts, 7 new tokens, sampling at temperature 1, no
     /// EOS) minus <c>layers x (prefill forward + 6 decode steps)</c> of its blocks, per decode step (<c>seconds</c> / 7;
     /// <c>context</c> = the 7 new tokens): the embedding, the LM head, sampling, the KV cache's bookkeeping and per-step host
     /// work. Points have kind <c>generate</c>; the rest is as <see cref="TrainSteps"/>.</summary>
-    [JsonPropertyName("generations")] public List<TrainStepProfile> Generations { get; init; } = [];
+    [JsonPropertyName("generations")] public List<TrainStepProfile> Generations { get; set; } = [];
     /// <summary>How much slower a one-thread process computes while others compute beside it on the same host
     /// (`realn profile`: the same train step timed in 1 and in n concurrent processes): see <see cref="SharedCompute"/>.</summary>
-    [JsonPropertyName("shared_compute")] public List<SharedCompute> SharedCompute { get; init; } = [];
+    [JsonPropertyName("shared_compute")] public List<SharedCompute> SharedCompute { get; set; } = [];
 
     public static ProfileData Load(string path)
     {
@@ -276,22 +276,22 @@ public sealed record ProfileData
 /// <summary>Measured points of one transformer block shape.</summary>
 public sealed record LayerProfile
 {
-    [JsonPropertyName("hidden")] public int Hidden { get; init; }
-    [JsonPropertyName("intermediate")] public int Intermediate { get; init; }
-    [JsonPropertyName("heads")] public int Heads { get; init; }
-    [JsonPropertyName("kv_heads")] public int KvHeads { get; init; }
-    [JsonPropertyName("points")] public List<LayerPoint> Points { get; init; } = [];
+    [JsonPropertyName("hidden")] public int Hidden { get; set; }
+    [JsonPropertyName("intermediate")] public int Intermediate { get; set; }
+    [JsonPropertyName("heads")] public int Heads { get; set; }
+    [JsonPropertyName("kv_heads")] public int KvHeads { get; set; }
+    [JsonPropertyName("points")] public List<LayerPoint> Points { get; set; } = [];
 }
 
 /// <summary>One measurement: kind fwd | bwd | decode, tokens, cached context (decode), seconds.</summary>
 public sealed record LayerPoint
 {
-    [JsonPropertyName("kind")] public string Kind { get; init; } = "";
-    [JsonPropertyName("tokens")] public long Tokens { get; init; }
-    [JsonPropertyName("context")] public long Context { get; init; }
-    [JsonPropertyName("seconds")] public double Seconds { get; init; }
+    [JsonPropertyName("kind")] public string Kind { get; set; } = "";
+    [JsonPropertyName("tokens")] public long Tokens { get; set; }
+    [JsonPropertyName("context")] public long Context { get; set; }
+    [JsonPropertyName("seconds")] public double Seconds { get; set; }
     /// <summary>Threads of the measuring process (absent: the profile's <see cref="ProfileData.Threads"/>).</summary>
-    [JsonPropertyName("threads")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public int? Threads { get; init; }
+    [JsonPropertyName("threads")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public int? Threads { get; set; }
 }
 
 /// <summary>
@@ -303,16 +303,16 @@ public sealed record LayerPoint
 /// </summary>
 public sealed record TrainStepProfile
 {
-    [JsonPropertyName("layers")] public int Layers { get; init; }
-    [JsonPropertyName("hidden")] public int Hidden { get; init; }
-    [JsonPropertyName("intermediate")] public int Intermediate { get; init; }
-    [JsonPropertyName("heads")] public int Heads { get; init; }
-    [JsonPropertyName("kv_heads")] public int KvHeads { get; init; }
-    [JsonPropertyName("vocab")] public int Vocab { get; init; }
+    [JsonPropertyName("layers")] public int Layers { get; set; }
+    [JsonPropertyName("hidden")] public int Hidden { get; set; }
+    [JsonPropertyName("intermediate")] public int Intermediate { get; set; }
+    [JsonPropertyName("heads")] public int Heads { get; set; }
+    [JsonPropertyName("kv_heads")] public int KvHeads { get; set; }
+    [JsonPropertyName("vocab")] public int Vocab { get; set; }
     /// <summary>A critic/reward model's value head (the clipped value loss) rather than the LM head (the clipped policy loss).</summary>
-    [JsonPropertyName("scalar_head")] public bool ScalarHead { get; init; }
+    [JsonPropertyName("scalar_head")] public bool ScalarHead { get; set; }
     /// <summary>Points: <c>tokens</c> per optimizer step in sequences of <c>context</c> tokens, <c>seconds</c> outside the blocks.</summary>
-    [JsonPropertyName("points")] public List<LayerPoint> Points { get; init; } = [];
+    [JsonPropertyName("points")] public List<LayerPoint> Points { get; set; } = [];
 }
 
 /// <summary>
@@ -322,27 +322,30 @@ public sealed record TrainStepProfile
 /// </summary>
 public sealed record SharedCompute
 {
-    [JsonPropertyName("processes")] public int Processes { get; init; }
-    [JsonPropertyName("over_alone")] public double OverAlone { get; init; }
+    [JsonPropertyName("processes")] public int Processes { get; set; }
+    [JsonPropertyName("over_alone")] public double OverAlone { get; set; }
 }
 
 /// <summary>A worker round trip beyond compute (microseconds) measured with <c>devices</c> worker processes.</summary>
 public sealed record WorkerRoundTrip
 {
-    [JsonPropertyName("devices")] public int Devices { get; init; }
+    [JsonPropertyName("devices")] public int Devices { get; set; }
     /// <summary>The mean over every operation of the measurement run.</summary>
-    [JsonPropertyName("us")] public double Us { get; init; }
+    [JsonPropertyName("us")] public double Us { get; set; }
     /// <summary>By operation (`realn profile` since session 14; absent in older profiles): a generation (its prompts out,
     /// its sequences and log-probs back), a forward (an inference call, or a train step's forward whose outputs the
     /// master's loss needs) and a backward sent with the optimizer step. The master's work around an operation differs by
     /// kind (a generation's round trip measured 12.6 ms beyond compute where a forward's was 3.8 ms).</summary>
-    [JsonPropertyName("generate_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? GenerateUs { get; init; }
-    [JsonPropertyName("forward_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? ForwardUs { get; init; }
-    [JsonPropertyName("backward_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? BackwardUs { get; init; }
+    [JsonPropertyName("generate_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? GenerateUs { get; set; }
+    [JsonPropertyName("forward_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? ForwardUs { get; set; }
+    [JsonPropertyName("backward_us")] [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public double? BackwardUs { get; set; }
 }
 
 /// <summary>The profile's JSON reader and writer, generated at build time (no reflection: `realn` is also published
-/// NativeAOT, where reflection-based serialization is off). Indented, as the reflection writer wrote it.</summary>
+/// NativeAOT, where reflection-based serialization is off). Indented, as the reflection writer wrote it. The records'
+/// properties have setters, not init accessors: the generated reader builds a record with every init-only property in
+/// one object initializer, so a field the file leaves out would be written as default (version 0, a null list) over
+/// the property's initializer; with setters it sets only the fields present, as the reflection reader did.</summary>
 [JsonSourceGenerationOptions(WriteIndented = true)]
 [JsonSerializable(typeof(ProfileData))]
 internal sealed partial class ProfileJson : JsonSerializerContext;

@@ -125,6 +125,24 @@ public class MeasuredStepTests
             }
             finally { File.Delete(path); }
         }
+        // a field left out keeps its default, as the reflection reader kept it (older profiles lack the newer lists)
+        string minimal = Path.Combine(Path.GetTempPath(), $"realn-profile-{Guid.NewGuid():N}.json");
+        try
+        {
+            File.WriteAllText(minimal, """{ "layers": [ { "hidden": 64, "intermediate": 176, "heads": 4, "kv_heads": 2, "points": [ { "kind": "fwd", "tokens": 8, "seconds": 0.001 } ] } ] }""");
+            var old = ProfileData.Load(minimal);
+            Assert.Equal(1, old.Version);
+            Assert.Equal("", old.Backend);
+            Assert.Equal("", old.Device);
+            Assert.Empty(old.WorkerRoundTrips);
+            Assert.Empty(old.InProcessOverheads);
+            Assert.Empty(old.TrainSteps);
+            Assert.Empty(old.Generations);
+            Assert.Empty(old.SharedCompute);
+            Assert.Null(old.Layers[0].Points[0].Threads);
+            Assert.Equal(new ProfileData { Layers = [new LayerProfile { Hidden = 64, Intermediate = 176, Heads = 4, KvHeads = 2, Points = [new LayerPoint { Kind = "fwd", Tokens = 8, Seconds = 0.001 }] }] }.ToJson(), old.ToJson());
+        }
+        finally { File.Delete(minimal); }
         Assert.Contains("\"generate_us\": 12600", full.ToJson());
         Assert.DoesNotContain("worker_round_trip_us", new ProfileData().ToJson());   // WhenWritingNull holds
     }
