@@ -54,7 +54,7 @@ for spec in cpu-local cpu-local-4; do
   run 300 "$REALN" bench plan examples/bench/ppo-tiny-timing.yaml --cluster "examples/clusters/$spec.yaml" \
       --profile "$OUTDIR/profile.json" --repeat "$REPEAT" --out "$OUTDIR/bench-$spec" >"$OUTDIR/bench-$spec.txt" 2>&1 \
     || { tail -20 "$OUTDIR/bench-$spec.txt" >>"$LOG"; fail "bench plan on $spec"; }
-  grep -A6 "seconds per iteration" "$OUTDIR/bench-$spec.txt" | tee -a "$LOG" || true
+  grep -A8 "seconds per iteration" "$OUTDIR/bench-$spec.txt" | tee -a "$LOG" || true
   # the run directories are large (checkpoints): keep the plans, logs and metrics
   find "$OUTDIR/bench-$spec" -name checkpoints -type d -prune -exec rm -rf {} +
 done
