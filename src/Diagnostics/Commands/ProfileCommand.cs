@@ -140,13 +140,13 @@ public static class ProfileCommand
         return 0;
     }
 
+    /// <summary>This realn started again with <paramref name="args"/>, as worker processes are started (under `dotnet
+    /// realn.dll` too).</summary>
     private static ProcessStartInfo Self(IEnumerable<string> args)
     {
-        string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate the realn executable");
+        var (exe, prefix) = WorkerProcessOptions.Resolve(new WorkerProcessOptions());
         var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(exe) == "dotnet")
-            psi.ArgumentList.Add(EntryAssemblyPath());
-        foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var a in prefix.Concat(args)) psi.ArgumentList.Add(a);
         return psi;
     }
 
@@ -280,14 +280,9 @@ public static class ProfileCommand
                 ("critic_inf", "critic", CallType.Inference), ("actor_train", "actor", CallType.TrainStep), ("critic_train", "critic", CallType.TrainStep),
             }.Select(c => new PlanCall(c.Item1, c.Item2, c.Item3, all, new Strategy(1, devices, 1), 1)).ToList();
             File.WriteAllText(planPath, PlanJson.ToJson(new Plan(1, devices, calls, null)));
-            string exe = Environment.ProcessPath ?? throw new InvalidOperationException("cannot locate the realn executable");
-            var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            if (Path.GetFileNameWithoutExtension(exe) == "dotnet")
-                psi.ArgumentList.Add(EntryAssemblyPath());
-            foreach (var a in new[] { "run", cfg, "--plan", planPath, "--out", Path.Combine(dir, "run") }) psi.ArgumentList.Add(a);
-            if (inProcess) psi.ArgumentList.Add("--in-process");
+            var psi = Self(["run", cfg, "--plan", planPath, "--out", Path.Combine(dir, "run"), .. (inProcess ? new[] { "--in-process" } : [])]);
             psi.Environment[inProcess ? "REALN_INPROCESS_TIMING" : "REALN_WORKER_TIMING"] = "1";
-            using var p = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {exe}");
+            using var p = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {psi.FileName}");
             var output = new System.Text.StringBuilder();
             var gate = new object();
             p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (gate) output.AppendLine(e.Data); };
@@ -710,10 +705,4 @@ public static class ProfileCommand
         double s = Best(() => Buffer.MemoryCopy(a.Pointer, b.Pointer, n, n), 3);
         return n / s / 1e9;
     }
-
-    /// <summary>realn.dll, for `dotnet realn.dll` (the only case that asks: a single-file or NativeAOT realn is its own
-    /// process path, and there Assembly.Location would be empty, IL3000).</summary>
-    [System.Diagnostics.CodeAnalysis.UnconditionalSuppressMessage("SingleFile", "IL3000", Justification = "only under `dotnet realn.dll`; a single-file or NativeAOT realn is its own process path")]
-    private static string EntryAssemblyPath() => System.Reflection.Assembly.GetEntryAssembly()?.Location is { Length: > 0 } dll ? dll
-        : throw new InvalidOperationException("cannot locate realn.dll");
 }
